@@ -1,0 +1,146 @@
+/** A command-line flag, also settable as the environment variable `MESHD_<NAME>`. */
+export interface FlagSpec {
+  /** Long name without dashes, such as `config-dir`. */
+  name: string;
+  kind: "string" | "int" | "bool" | "list" | "range";
+  /** Allowed values for a `string` flag. */
+  values?: readonly string[];
+  /** The default, as it would be written on the command line; `undefined` for none. */
+  default?: string;
+  /** Placeholder in help, such as `DIR`. */
+  arg?: string;
+  help: string;
+}
+
+/** A flag value after parsing. */
+export type FlagValue =
+  | string
+  | number
+  | boolean
+  | string[]
+  | { first: number; last: number }
+  | undefined;
+
+/** Wrong usage: an unknown flag, a bad value. The CLI prints it with the help hint and exits 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** The environment variable for a flag: `config-dir` is `MESHD_CONFIG_DIR`. */
+export function envName(flag: string): string {
+  return "MESHD_" + flag.toUpperCase().replaceAll("-", "_");
+}
+
+/**
+ * Parses `argv` against `specs`. A flag on the command line beats its environment variable,
+ * which beats the default. Returns the values and the positional arguments.
+ *
+ * @example
+ * ```ts
+ * const { values } = parseFlags(["--api-port", "9100"], specs, (k) => Deno.env.get(k));
+ * ```
+ */
+export function parseFlags(
+  argv: readonly string[],
+  specs: readonly FlagSpec[],
+  env: (name: string) => string | undefined = () => undefined,
+): { values: Record<string, FlagValue>; positionals: string[]; help: boolean } {
+  const byName = new Map(specs.map((s) => [s.name, s]));
+  const raw = new Map<string, { value: string; from: string }>();
+  const positionals: string[] = [];
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--help" || a === "-h") {
+      help = true;
+      continue;
+    }
+    if (a === "--") {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!a.startsWith("--")) {
+      positionals.push(a);
+      continue;
+    }
+    const eq = a.indexOf("=");
+    let name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    let value: string | undefined = eq > 0 ? a.slice(eq + 1) : undefined;
+    let spec = byName.get(name);
+    if (
+      !spec && name.startsWith("no-") && byName.get(name.slice(3))?.kind === "bool" &&
+      value === undefined
+    ) {
+      name = name.slice(3);
+      spec = byName.get(name);
+      value = "false";
+    }
+    if (!spec) throw new UsageError(`Unknown flag "--${name}"`);
+    if (value === undefined) {
+      if (spec.kind === "bool") value = "true";
+      else {
+        const next = argv[i + 1];
+        if (next === undefined || (next.startsWith("--") && next.length > 2)) {
+          throw new UsageError(`Flag "--${name}" needs a value${spec.arg ? ` (${spec.arg})` : ""}`);
+        }
+        value = next;
+        i++;
+      }
+    }
+    raw.set(name, { value, from: `--${name}` });
+  }
+  const values: Record<string, FlagValue> = {};
+  for (const spec of specs) {
+    let r = raw.get(spec.name);
+    if (!r) {
+      const e = env(envName(spec.name));
+      if (e !== undefined && e !== "") r = { value: e, from: envName(spec.name) };
+    }
+    if (!r && spec.default !== undefined) r = { value: spec.default, from: "the default" };
+    values[spec.name] = r ? convert(spec, r.value, r.from) : undefined;
+  }
+  return { values, positionals, help };
+}
+
+function convert(spec: FlagSpec, v: string, from: string): FlagValue {
+  const bad = (expected: string): never => {
+    throw new UsageError(`Invalid value "${v}" for ${from}: expected ${expected}`);
+  };
+  switch (spec.kind) {
+    case "string":
+      if (spec.values && !spec.values.includes(v)) bad(spec.values.join(", "));
+      return v;
+    case "int": {
+      if (!/^\d+$/.test(v) || Number(v) > 65535) bad("a port number from 0 to 65535");
+      return Number(v);
+    }
+    case "bool":
+      if (["true", "1", "yes"].includes(v.toLowerCase())) return true;
+      if (["false", "0", "no"].includes(v.toLowerCase())) return false;
+      return bad("true or false");
+    case "list":
+      return v.split(",").map((s) => s.trim()).filter((s) => s);
+    case "range": {
+      const m = /^(\d+)-(\d+)$/.exec(v.trim());
+      const first = Number(m?.[1]);
+      const last = Number(m?.[2]);
+      if (!m || first < 1 || last > 65535 || first > last) bad("a port range such as 10000-14999");
+      return { first, last };
+    }
+  }
+}
+
+/** Formats the flags for `--help`: name, placeholder, help, environment variable, default. */
+export function formatFlags(specs: readonly FlagSpec[]): string {
+  const rows = specs.map((s) => {
+    const left = `  --${s.name}${s.kind === "bool" ? "" : ` ${s.arg ?? "VALUE"}`}`;
+    const extra = [`env ${envName(s.name)}`];
+    if (s.default !== undefined && s.default !== "") extra.push(`default ${s.default}`);
+    return { left, right: `${s.help} [${extra.join(", ")}]` };
+  });
+  const width = Math.max(...rows.map((r) => r.left.length)) + 2;
+  return rows.map((r) => r.left.padEnd(width) + r.right).join("\n");
+}

@@ -1,0 +1,305 @@
+import denoJson from "../../deno.json" with { type: "json" };
+import { MeshNode } from "../node/mod.ts";
+import {
+  type ApiServer,
+  type LogFormat,
+  Logger,
+  type LogLevel,
+  serveApi,
+} from "../observability/mod.ts";
+import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
+import { NodeProxy } from "../proxy/mod.ts";
+import { compileMeshConfig } from "../topology/mod.ts";
+import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
+import { compileOptions, LOG_FLAGS, MODEL_FLAGS } from "./options.ts";
+
+/** meshd's version, from deno.json. */
+export const VERSION: string = denoJson.version;
+
+/** A failure the user can act on: printed as one line, exit code 1, no stack trace. */
+export class CliError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "CliError";
+  }
+}
+
+/** Where the CLI writes and reads; tests swap these. */
+export interface CliIo {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  env: (name: string) => string | undefined;
+}
+
+const RUN_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "provider",
+    kind: "string",
+    values: ["file"],
+    arg: "file",
+    default: "file",
+    help: "Where objects come from: file reads --config-dir (the kube provider comes with #5)",
+  },
+  ...MODEL_FLAGS,
+  {
+    name: "proxy-address",
+    kind: "string",
+    arg: "ADDR",
+    default: "127.0.0.1",
+    help: "Address the proxy listens on (0.0.0.0 in a DaemonSet)",
+  },
+  {
+    name: "http-port",
+    kind: "int",
+    arg: "PORT",
+    default: "5000",
+    help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+  },
+  {
+    name: "api-address",
+    kind: "string",
+    arg: "ADDR",
+    default: "127.0.0.1",
+    help: "Address of the API (/api/config, /api/services, /healthz, /readyz)",
+  },
+  { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+  ...LOG_FLAGS,
+];
+
+const DUMP_FLAGS: readonly FlagSpec[] = [...MODEL_FLAGS];
+
+interface Command {
+  usage: string;
+  summary: string;
+  flags: readonly FlagSpec[];
+  run: (values: Record<string, FlagValue>, io: CliIo, positionals: string[]) => Promise<number>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  run: {
+    usage: "meshd run [flags]",
+    summary: "Run the node proxy and the API, fed by a provider",
+    flags: RUN_FLAGS,
+    run: runCommand,
+  },
+  "config dump": {
+    usage: "meshd config dump --config-dir DIR [flags]",
+    summary: "Print the MeshConfig built from a directory as JSON; exit 1 on bad input",
+    flags: DUMP_FLAGS,
+    run: dumpCommand,
+  },
+  version: {
+    usage: "meshd version",
+    summary: "Print the version",
+    flags: [],
+    run: (_v, io) => {
+      io.stdout(`meshd ${VERSION} (deno ${Deno.version.deno})\n`);
+      return Promise.resolve(0);
+    },
+  },
+};
+
+function topHelp(): string {
+  const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(13)}${c.summary}`);
+  return `meshd: a sidecar-less service mesh for Kubernetes
+
+Usage: meshd <command> [flags]
+
+Commands:
+${rows.join("\n")}
+
+Every flag can also be set as an environment variable MESHD_<FLAG>, such as
+MESHD_CONFIG_DIR for --config-dir; a flag on the command line wins.
+Run "meshd <command> --help" for its flags.
+`;
+}
+
+function commandHelp(c: Command): string {
+  const flags = c.flags.length > 0
+    ? `\nFlags:\n${formatFlags(c.flags)}\n  --help${" ".repeat(3)}Show this help\n`
+    : "";
+  return `${c.summary}\n\nUsage: ${c.usage}\n${flags}`;
+}
+
+/**
+ * The CLI: parses `argv`, runs the command, returns the exit code (0 done, 1 failed, 2 wrong
+ * usage). Known errors are one line on stderr; stack traces only at `--log-level debug`.
+ */
+export async function main(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  const [first, second] = argv;
+  if (first === undefined || first === "help" || first === "--help" || first === "-h") {
+    (first === undefined ? io.stderr : io.stdout)(topHelp());
+    return first === undefined ? 2 : 0;
+  }
+  if (first === "--version") return COMMANDS.version!.run({}, io, []);
+  let name = first;
+  let rest = argv.slice(1);
+  if (first === "config") {
+    if (second === undefined || second === "--help" || second === "-h") {
+      io.stdout(
+        `Usage: meshd config dump --config-dir DIR [flags]\n\nSubcommands:\n  dump  ${
+          COMMANDS["config dump"]!.summary
+        }\n`,
+      );
+      return second === undefined ? 2 : 0;
+    }
+    name = `config ${second}`;
+    rest = argv.slice(2);
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    io.stderr(`meshd: unknown command "${name}"; run "meshd --help" for the commands\n`);
+    return 2;
+  }
+  let parsed;
+  try {
+    parsed = parseFlags(rest, cmd.flags, io.env);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr(`meshd ${name}: ${e.message}; run "meshd ${name} --help" for the flags\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (parsed.help) {
+    io.stdout(commandHelp(cmd));
+    return 0;
+  }
+  if (parsed.positionals.length > 0) {
+    io.stderr(
+      `meshd ${name}: unexpected argument "${parsed.positionals[0]}"; run "meshd ${name} --help"\n`,
+    );
+    return 2;
+  }
+  try {
+    return await cmd.run(parsed.values, io, parsed.positionals);
+  } catch (e) {
+    const debug = parsed.values["log-level"] === "debug";
+    if (
+      e instanceof CliError || e instanceof Deno.errors.NotFound ||
+      e instanceof Deno.errors.AddrInUse ||
+      e instanceof Deno.errors.PermissionDenied
+    ) {
+      io.stderr(`meshd ${name}: ${(e as Error).message}\n`);
+      if (debug) io.stderr(`${(e as Error).stack}\n`);
+      return 1;
+    }
+    // Not a known failure: a bug. Say so, with the trace.
+    io.stderr(
+      `meshd ${name}: internal error (please report): ${
+        e instanceof Error ? e.stack : String(e)
+      }\n`,
+    );
+    return 1;
+  }
+}
+
+function defaultIo(): CliIo {
+  const enc = new TextEncoder();
+  return {
+    stdout: (s) => Deno.stdout.writeSync(enc.encode(s)),
+    stderr: (s) => Deno.stderr.writeSync(enc.encode(s)),
+    env: (k) => {
+      try {
+        return Deno.env.get(k);
+      } catch {
+        return undefined; // not allowed to read it: treat as unset
+      }
+    },
+  };
+}
+
+function needDir(values: Record<string, FlagValue>): string {
+  const dir = values["config-dir"] as string | undefined;
+  if (!dir) throw new CliError("--config-dir (or MESHD_CONFIG_DIR) is required");
+  return dir;
+}
+
+async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
+  const dir = needDir(values);
+  const stat = await Deno.stat(dir).catch(() => null);
+  if (!stat?.isDirectory) {
+    throw new CliError(`Cannot read config directory "${dir}": not a directory`);
+  }
+  const result = new ObjectLoader().load(await readConfigFiles(dir));
+  const { config, diagnostics } = compileMeshConfig(result.objects, compileOptions(values));
+  for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
+  for (const d of diagnostics) {
+    io.stderr(`${d.level === "error" ? "error" : "warning"}: ${d.object}: ${d.message}\n`);
+  }
+  if (result.errors.length > 0 || diagnostics.some((d) => d.level === "error")) {
+    for (const e of result.errors) io.stderr(`error: ${e.message}\n`);
+    return 1;
+  }
+  io.stdout(JSON.stringify(config, null, 2) + "\n");
+  return 0;
+}
+
+async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
+  const dir = needDir(values);
+  const logger = new Logger({
+    level: values["log-level"] as LogLevel,
+    format: values["log-format"] as LogFormat,
+    write: (line) => io.stderr(line + "\n"),
+  });
+  logger.info("meshd starting", { version: VERSION, provider: values["provider"], configDir: dir });
+  const proxy = new NodeProxy({
+    hostname: values["proxy-address"] as string,
+    httpPort: values["http-port"] as number,
+    logger: logger.with({ room: "proxy" }),
+  });
+  let api: ApiServer | null = null;
+  let provider: FileProvider | null = null;
+  const stopped = new Promise<string>((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(sig, () => resolve(sig));
+    }
+  });
+  try {
+    try {
+      await proxy.start();
+    } catch (e) {
+      throw new CliError(
+        `Cannot listen on ${values["proxy-address"]}:${
+          values["http-port"]
+        } for the HTTP entrypoint: ${(e as Error).message}`,
+      );
+    }
+    const node = new MeshNode({
+      proxy,
+      logger: logger.with({ room: "node" }),
+      compile: compileOptions(values),
+    });
+    try {
+      api = await serveApi({
+        hostname: values["api-address"] as string,
+        port: values["api-port"] as number,
+        source: node,
+        logger: logger.with({ room: "api" }),
+      });
+    } catch (e) {
+      throw new CliError(
+        `Cannot listen on ${values["api-address"]}:${values["api-port"]} for the API: ${
+          (e as Error).message
+        }`,
+      );
+    }
+    provider = new FileProvider({
+      dir,
+      logger: logger.with({ room: "provider" }),
+      onLoad: (r) => node.load(r),
+    });
+    await provider.start();
+    logger.info("meshd ready", {
+      http: proxy.httpAddress,
+      api: `${api.addr.hostname}:${api.addr.port}`,
+    });
+    const sig = await stopped;
+    logger.info("meshd stopping", { signal: sig });
+    return 0;
+  } finally {
+    await provider?.stop();
+    await api?.shutdown();
+    await proxy.stop();
+  }
+}

@@ -1,0 +1,9 @@
+/**
+ * The command line: `meshd run`, `meshd config dump`, `meshd version`.
+ *
+ * @module
+ */
+export { CliError, main, VERSION } from "./main.ts";
+export type { CliIo } from "./main.ts";
+export { envName, parseFlags, UsageError } from "./flags.ts";
+export type { FlagSpec, FlagValue } from "./flags.ts";

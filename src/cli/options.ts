@@ -1,0 +1,89 @@
+import { DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "../topology/mod.ts";
+import type { CompileOptions, PortRange } from "../topology/mod.ts";
+import type { FlagSpec, FlagValue } from "./flags.ts";
+
+const range = (r: PortRange): string => `${r.first}-${r.last}`;
+
+/** Flags that shape the MeshConfig; `run` and `config dump` share them. */
+export const MODEL_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "config-dir",
+    kind: "string",
+    arg: "DIR",
+    help: "Directory of Kubernetes-style YAML/JSON for the file provider",
+  },
+  {
+    name: "domain",
+    kind: "string",
+    arg: "DOMAIN",
+    default: "mesh",
+    help: "Mesh DNS domain: services are <name>.<namespace>.<domain>",
+  },
+  {
+    name: "default-mode",
+    kind: "string",
+    values: ["http", "tcp"],
+    arg: "http|tcp",
+    default: "http",
+    help: "Traffic type of Services without a traffic-type annotation",
+  },
+  {
+    name: "acl",
+    kind: "bool",
+    default: "false",
+    help: "Enforce SMI access control: deny by default, TrafficTargets let traffic in",
+  },
+  {
+    name: "ignore-namespaces",
+    kind: "list",
+    arg: "NS,...",
+    default: "kube-system",
+    help: "Namespaces left out of the mesh",
+  },
+  {
+    name: "tcp-ports",
+    kind: "range",
+    arg: "FIRST-LAST",
+    default: range(DEFAULT_TCP_PORTS),
+    help: "Proxy ports handed to TCP service ports",
+  },
+  {
+    name: "udp-ports",
+    kind: "range",
+    arg: "FIRST-LAST",
+    default: range(DEFAULT_UDP_PORTS),
+    help: "Proxy ports handed to UDP service ports",
+  },
+];
+
+/** Logging flags. */
+export const LOG_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "log-level",
+    kind: "string",
+    values: ["debug", "info", "warn", "error"],
+    arg: "LEVEL",
+    default: "info",
+    help: "Least severe level logged; debug also prints stack traces",
+  },
+  {
+    name: "log-format",
+    kind: "string",
+    values: ["text", "json"],
+    arg: "text|json",
+    default: "text",
+    help: "One line per event, key=value or JSON",
+  },
+];
+
+/** The builder options the model flags describe. */
+export function compileOptions(v: Record<string, FlagValue>): CompileOptions {
+  return {
+    domain: v["domain"] as string,
+    defaultTrafficType: v["default-mode"] as "http" | "tcp",
+    acl: v["acl"] as boolean,
+    ignoredNamespaces: v["ignore-namespaces"] as string[],
+    tcpPorts: v["tcp-ports"] as PortRange,
+    udpPorts: v["udp-ports"] as PortRange,
+  };
+}

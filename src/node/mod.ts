@@ -1,0 +1,7 @@
+/**
+ * The node agent: applies each MeshConfig to this node's data plane and reports its state.
+ *
+ * @module
+ */
+export { MeshNode } from "./mesh_node.ts";
+export type { MeshNodeOptions } from "./mesh_node.ts";

@@ -1,0 +1,8 @@
+/**
+ * Providers turn an outside source of Kubernetes-style objects into domain objects. The file
+ * provider is the embedded default.
+ *
+ * @module
+ */
+export * from "./object_loader.ts";
+export * from "./file_provider.ts";

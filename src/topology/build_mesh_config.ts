@@ -1,0 +1,123 @@
+import type { Diagnostic, MeshConfig, MeshPort } from "./mesh_config.ts";
+import type { Topology } from "./build_topology.ts";
+
+/** An inclusive range of ports. */
+export interface PortRange {
+  first: number;
+  last: number;
+}
+
+/** Options for {@linkcode buildMeshConfig}. */
+export interface BuildMeshConfigOptions {
+  /** The config in force: its version and its listen ports are carried forward. */
+  previous?: MeshConfig | null;
+  /** The mesh DNS domain. Default `mesh`. */
+  domain?: string;
+  /** Proxy ports for TCP service ports. Default 10000-14999. */
+  tcpPorts?: PortRange;
+  /** Proxy ports for UDP service ports. Default 15000-19999. */
+  udpPorts?: PortRange;
+}
+
+/** The config, and what could not be placed in it. */
+export interface BuildMeshConfigResult {
+  config: MeshConfig;
+  diagnostics: Diagnostic[];
+}
+
+/** Default proxy port ranges, far above the 25-port pool that Traefik Mesh capped them at. */
+export const DEFAULT_TCP_PORTS: PortRange = { first: 10000, last: 14999 };
+/** See {@linkcode DEFAULT_TCP_PORTS}. */
+export const DEFAULT_UDP_PORTS: PortRange = { first: 15000, last: 19999 };
+
+/**
+ * Turns a {@linkcode Topology} into the versioned {@linkcode MeshConfig}. Pure. The version
+ * grows only when the content changes, and a TCP or UDP service port keeps its proxy port for
+ * as long as it exists, so clients and shadow Services never see ports move.
+ *
+ * @example
+ * ```ts
+ * const { config } = buildMeshConfig(topology, { previous: current });
+ * ```
+ */
+export function buildMeshConfig(
+  topology: Topology,
+  options: BuildMeshConfigOptions = {},
+): BuildMeshConfigResult {
+  const previous = options.previous ?? null;
+  const diagnostics: Diagnostic[] = [];
+  const ranges = {
+    tcp: options.tcpPorts ?? DEFAULT_TCP_PORTS,
+    udp: options.udpPorts ?? DEFAULT_UDP_PORTS,
+  };
+  const held = new Map<string, number>();
+  for (const s of previous?.services ?? []) {
+    for (const p of s.ports) {
+      if (p.listenPort !== null) {
+        held.set(portKey(s.namespace, s.name, p.port, p.protocol), p.listenPort);
+      }
+    }
+  }
+  // Ports still in use keep their number; only then are new ones handed out, lowest first.
+  const wanted = new Set<string>();
+  for (const s of topology.services) {
+    for (const p of s.ports) {
+      if (p.protocol !== "http") wanted.add(portKey(s.namespace, s.name, p.port, p.protocol));
+    }
+  }
+  const used = { tcp: new Set<number>(), udp: new Set<number>() };
+  for (const [k, port] of held) {
+    const proto = k.endsWith("/udp") ? "udp" : "tcp";
+    if (wanted.has(k) && port >= ranges[proto].first && port <= ranges[proto].last) {
+      used[proto].add(port);
+    } else held.delete(k);
+  }
+  const next = { tcp: ranges.tcp.first, udp: ranges.udp.first };
+  const allocate = (proto: "tcp" | "udp"): number | null => {
+    while (next[proto] <= ranges[proto].last && used[proto].has(next[proto])) next[proto]++;
+    if (next[proto] > ranges[proto].last) return null;
+    used[proto].add(next[proto]);
+    return next[proto]++;
+  };
+
+  const services = [];
+  for (const s of topology.services) {
+    const ports: MeshPort[] = [];
+    for (const p of s.ports) {
+      let listenPort: number | null = null;
+      if (p.protocol !== "http") {
+        const k = portKey(s.namespace, s.name, p.port, p.protocol);
+        listenPort = held.get(k) ?? allocate(p.protocol);
+        if (listenPort === null) {
+          const r = ranges[p.protocol];
+          diagnostics.push({
+            level: "error",
+            object: `Service/${s.namespace}/${s.name}`,
+            message: `Cannot give ${p.protocol.toUpperCase()} port ${p.port} a proxy port: ` +
+              `all of ${r.first}-${r.last} are taken`,
+          });
+          continue;
+        }
+      }
+      ports.push({ ...p, listenPort });
+    }
+    if (ports.length > 0) services.push({ ...s, ports });
+  }
+  const body = {
+    domain: options.domain ?? "mesh",
+    acl: topology.acl,
+    services,
+    identities: topology.acl ? topology.identities : {},
+  };
+  if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
+  return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
+}
+
+function portKey(ns: string, name: string, port: number, proto: string): string {
+  return `${ns}/${name}:${port}/${proto}`;
+}
+
+function sameContent(a: MeshConfig, b: Omit<MeshConfig, "version">): boolean {
+  const { version: _, ...rest } = a;
+  return JSON.stringify(rest) === JSON.stringify(b);
+}

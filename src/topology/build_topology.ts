@@ -1,0 +1,409 @@
+import type {
+  Diagnostic,
+  MeshAccessRule,
+  MeshEndpoint,
+  MeshPort,
+  MeshService,
+  MeshSplit,
+} from "./mesh_config.ts";
+import {
+  type EndpointSlice,
+  type HttpMatch,
+  type HttpRouteGroup,
+  type MeshObject,
+  objectKey,
+  type Pod,
+  type Service,
+  type ServicePort,
+  type TcpRoute,
+  type TrafficSplit,
+  type TrafficTarget,
+  type TrafficType,
+} from "./objects.ts";
+
+/** Options for {@linkcode buildTopology}. */
+export interface BuildTopologyOptions {
+  /** Traffic type of Services without a `traffic-type` annotation. Default `http`. */
+  defaultTrafficType?: "http" | "tcp";
+  /** Enforce SMI access control: deny by default, TrafficTargets let traffic in. */
+  acl?: boolean;
+  /** Namespaces whose Services, TrafficSplits and TrafficTargets are left out of the mesh. */
+  ignoredNamespaces?: readonly string[];
+}
+
+/** A service port before the proxy's listen port is chosen. */
+export type TopologyPort = Omit<MeshPort, "listenPort">;
+/** A service as resolved from the objects. */
+export type TopologyService = Omit<MeshService, "ports"> & { ports: TopologyPort[] };
+
+/** The mesh as the objects describe it: services with their endpoints, splits and access. */
+export interface Topology {
+  acl: boolean;
+  /** Sorted by namespace, then name. */
+  services: TopologyService[];
+  identities: Record<string, string>;
+  /** Everything the builder skipped or could not resolve, in a stable order. */
+  diagnostics: Diagnostic[];
+}
+
+const byKey = <T extends MeshObject>(objs: T[]): Map<string, T> =>
+  new Map(objs.map((o) => [`${o.meta.namespace}/${o.meta.name}`, o]));
+
+/**
+ * Builds the {@linkcode Topology} from decoded objects. Pure: the same objects always give the
+ * same topology. A reference that cannot be resolved is skipped with a diagnostic; it never
+ * fails the whole build.
+ *
+ * @example
+ * ```ts
+ * const topology = buildTopology(objects, { acl: true, ignoredNamespaces: ["kube-system"] });
+ * ```
+ */
+export function buildTopology(
+  objects: readonly MeshObject[],
+  options: BuildTopologyOptions = {},
+): Topology {
+  const acl = options.acl ?? false;
+  const ignored = new Set(options.ignoredNamespaces ?? []);
+  const diagnostics: Diagnostic[] = [];
+  const warn = (obj: MeshObject, message: string): void => {
+    diagnostics.push({ level: "warn", object: objectKey(obj), source: obj.source, message });
+  };
+
+  const of = <K extends MeshObject["kind"]>(kind: K) =>
+    objects.filter((o): o is Extract<MeshObject, { kind: K }> => o.kind === kind);
+  const inMesh = <T extends MeshObject>(objs: T[]): T[] =>
+    objs.filter((o) => !ignored.has(o.meta.namespace));
+
+  const services = inMesh(of("Service")).sort(compareMeta);
+  const serviceByKey = byKey(services);
+  const pods = of("Pod");
+  const podByKey = byKey(pods);
+  const podByIp = new Map<string, Pod>();
+  for (const p of pods) if (p.podIP) podByIp.set(p.podIP, p);
+  const slicesByService = new Map<string, EndpointSlice[]>();
+  for (const s of of("EndpointSlice").sort(compareMeta)) {
+    if (!s.serviceName) {
+      warn(s, 'EndpointSlice has no "kubernetes.io/service-name" label and belongs to no Service');
+      continue;
+    }
+    if (s.addressType === "FQDN") {
+      warn(s, "EndpointSlice with addressType FQDN is not supported; skipped");
+      continue;
+    }
+    const k = `${s.meta.namespace}/${s.serviceName}`;
+    slicesByService.set(k, [...(slicesByService.get(k) ?? []), s]);
+  }
+
+  const identities: Record<string, string> = {};
+  for (const p of [...pods].sort(compareMeta)) {
+    // Only running pods own their address; a finished pod's IP may be reused.
+    if (p.podIP && (p.phase === "Running" || p.phase === "Pending")) {
+      identities[p.podIP] = `${p.meta.namespace}/${p.serviceAccountName}`;
+    }
+  }
+
+  const result: TopologyService[] = [];
+  for (const svc of services) {
+    const key = `${svc.meta.namespace}/${svc.meta.name}`;
+    if (svc.ports.length === 0) {
+      warn(svc, "Service has no ports; skipped");
+      continue;
+    }
+    const ports: TopologyPort[] = [];
+    for (const sp of svc.ports) {
+      const protocol = portProtocol(svc, sp, options.defaultTrafficType ?? "http", warn);
+      if (!protocol) continue;
+      ports.push({
+        name: sp.name,
+        port: sp.port,
+        protocol,
+        endpoints: resolveEndpoints(sp, slicesByService.get(key) ?? [], podByKey, podByIp, warn),
+        split: null,
+        access: acl ? [] : null,
+      });
+    }
+    if (ports.length === 0) continue;
+    result.push({
+      name: svc.meta.name,
+      namespace: svc.meta.namespace,
+      clusterIP: svc.clusterIP,
+      scheme: svc.mesh.scheme ?? "http",
+      retryAttempts: svc.mesh.retryAttempts ?? 0,
+      circuitBreaker: svc.mesh.circuitBreaker ?? null,
+      rateLimit: svc.mesh.rateLimit ?? null,
+      ports,
+    });
+  }
+  const resultByKey = new Map(result.map((s) => [`${s.namespace}/${s.name}`, s]));
+  const groups = byKey(of("HTTPRouteGroup"));
+
+  applySplits(
+    inMesh(of("TrafficSplit")).sort(compareMeta),
+    resultByKey,
+    serviceByKey,
+    groups,
+    warn,
+  );
+  if (acl) {
+    applyAccess(
+      inMesh(of("TrafficTarget")).sort(compareMeta),
+      result,
+      groups,
+      byKey(of("TCPRoute")),
+      warn,
+    );
+  }
+  return { acl, services: result, identities, diagnostics };
+}
+
+function compareMeta(a: MeshObject, b: MeshObject): number {
+  return a.meta.namespace.localeCompare(b.meta.namespace) || a.meta.name.localeCompare(b.meta.name);
+}
+
+function portProtocol(
+  svc: Service,
+  sp: ServicePort,
+  fallback: "http" | "tcp",
+  warn: (o: MeshObject, m: string) => void,
+): TrafficType | null {
+  const label = `port ${sp.name ? `"${sp.name}" ` : ""}${sp.port}`;
+  if (sp.protocol === "SCTP") {
+    warn(svc, `${label} is SCTP, which the mesh does not carry; skipped`);
+    return null;
+  }
+  const tt = svc.mesh.trafficType;
+  if (sp.protocol === "UDP") {
+    if (tt && tt !== "udp") warn(svc, `${label} is UDP; traffic-type "${tt}" does not apply to it`);
+    return "udp";
+  }
+  if (tt === "udp") {
+    warn(svc, `${label} is TCP but traffic-type is "udp"; skipped`);
+    return null;
+  }
+  return tt ?? fallback;
+}
+
+function resolveEndpoints(
+  sp: ServicePort,
+  slices: EndpointSlice[],
+  podByKey: Map<string, Pod>,
+  podByIp: Map<string, Pod>,
+  warn: (o: MeshObject, m: string) => void,
+): MeshEndpoint[] {
+  const seen = new Map<string, MeshEndpoint>();
+  for (const slice of slices) {
+    // The EndpointSlice controller names each slice port after the Service port, and resolves
+    // a named targetPort to a number per Pod. Hand-written slices may use the targetPort name.
+    const match = slice.ports.find((p) => p.name === sp.name && p.protocol === sp.protocol) ??
+      (typeof sp.targetPort === "string"
+        ? slice.ports.find((p) => p.name === sp.targetPort && p.protocol === sp.protocol)
+        : undefined);
+    if (!match) {
+      if (slice.endpoints.length > 0) {
+        warn(
+          slice,
+          `EndpointSlice has no port for Service port ${sp.name ? `"${sp.name}"` : sp.port}`,
+        );
+      }
+      continue;
+    }
+    for (const ep of slice.endpoints) {
+      for (const address of ep.addresses) {
+        const pod =
+          (ep.podName ? podByKey.get(`${slice.meta.namespace}/${ep.podName}`) : undefined) ??
+            podByIp.get(address);
+        const id = `${address}:${match.port}`;
+        const prev = seen.get(id);
+        // Slices may repeat an endpoint while they are being rebalanced; keep the readier one.
+        if (prev && (prev.ready || !ep.ready)) continue;
+        seen.set(id, {
+          address,
+          port: match.port,
+          ready: ep.ready,
+          serving: ep.serving,
+          terminating: ep.terminating,
+          nodeName: ep.nodeName ?? pod?.nodeName ?? null,
+          serviceAccount: pod ? `${pod.meta.namespace}/${pod.serviceAccountName}` : null,
+        });
+      }
+    }
+  }
+  return [...seen.values()].sort((a, b) =>
+    a.address.localeCompare(b.address, "en", { numeric: true }) || a.port - b.port
+  );
+}
+
+function resolveMatches(
+  owner: MeshObject,
+  ns: string,
+  name: string,
+  wanted: string[],
+  groups: Map<string, HttpRouteGroup>,
+  warn: (o: MeshObject, m: string) => void,
+): HttpMatch[] | null {
+  const group = groups.get(`${ns}/${name}`);
+  if (!group) {
+    warn(owner, `HTTPRouteGroup "${ns}/${name}" does not exist`);
+    return null;
+  }
+  // SMI access: a rule with no `matches` takes every match of the group.
+  if (wanted.length === 0) return group.matches;
+  const out: HttpMatch[] = [];
+  for (const w of wanted) {
+    const m = group.matches.find((x) => x.name === w);
+    if (m) out.push(m);
+    else warn(owner, `HTTPRouteGroup "${ns}/${name}" has no match named "${w}"`);
+  }
+  return out;
+}
+
+function applySplits(
+  splits: TrafficSplit[],
+  services: Map<string, TopologyService>,
+  declared: Map<string, Service>,
+  groups: Map<string, HttpRouteGroup>,
+  warn: (o: MeshObject, m: string) => void,
+): void {
+  const taken = new Map<string, string>();
+  const edges = new Map<string, string[]>();
+  for (const split of splits) {
+    const ns = split.meta.namespace;
+    const rootKey = `${ns}/${split.service}`;
+    const root = services.get(rootKey);
+    if (!root) {
+      warn(split, `root Service "${rootKey}" is not in the mesh; split ignored`);
+      continue;
+    }
+    const owner = taken.get(rootKey);
+    if (owner) {
+      // Two splits for one root cannot both apply; the first by name wins, deterministically.
+      warn(split, `Service "${rootKey}" already has TrafficSplit "${owner}"; this one is ignored`);
+      continue;
+    }
+    let matches: HttpMatch[] = [];
+    let broken = false;
+    for (const m of split.matches) {
+      const found = resolveMatches(split, ns, m.name, [], groups, warn);
+      if (!found) broken = true;
+      else matches = matches.concat(found);
+    }
+    if (broken) {
+      warn(split, "split ignored because a match it names is missing");
+      continue;
+    }
+    const backends: { svc: TopologyService; weight: number }[] = [];
+    for (const b of split.backends) {
+      const key = `${ns}/${b.service}`;
+      if (b.service === split.service) {
+        warn(split, `backend "${b.service}" is the root service itself; ignored`);
+        continue;
+      }
+      const svc = services.get(key);
+      if (!svc) {
+        warn(
+          split,
+          `backend Service "${key}" ${
+            declared.has(key) ? "is not in the mesh" : "does not exist"
+          }; skipped`,
+        );
+        continue;
+      }
+      if (b.weight === 0) continue;
+      backends.push({ svc, weight: b.weight });
+    }
+    if (backends.length === 0) {
+      warn(split, "no usable backend with a weight above 0; split ignored");
+      continue;
+    }
+    taken.set(rootKey, `${ns}/${split.meta.name}`);
+    edges.set(rootKey, backends.map((b) => `${b.svc.namespace}/${b.svc.name}`));
+    for (const port of root.ports) {
+      if (matches.length > 0 && port.protocol !== "http") continue;
+      // A backend that does not expose the root's port gets nothing on that port.
+      const usable = backends.filter((b) =>
+        b.svc.ports.some((p) => p.port === port.port && p.protocol === port.protocol)
+      );
+      if (usable.length === 0) {
+        warn(split, `no backend exposes port ${port.port} of "${rootKey}"; that port is not split`);
+        continue;
+      }
+      port.split = {
+        name: `${ns}/${split.meta.name}`,
+        matches,
+        backends: usable.map((b) => ({ service: b.svc.name, weight: b.weight })),
+      } satisfies MeshSplit;
+    }
+  }
+  // Splits never nest: a request goes to an endpoint of the chosen backend in one hop, so a
+  // cycle cannot loop. It is still almost certainly a mistake, so say so.
+  for (const cycle of findCycles(edges)) {
+    const split = splits.find((s) => `${s.meta.namespace}/${s.service}` === cycle[0]);
+    if (split) {
+      warn(
+        split,
+        `splits form a cycle (${cycle.join(" -> ")}); splits do not nest, each applies in one hop`,
+      );
+    }
+  }
+}
+
+function findCycles(edges: Map<string, string[]>): string[][] {
+  const cycles: string[][] = [];
+  const state = new Map<string, "open" | "done">();
+  const visit = (node: string, path: string[]): void => {
+    state.set(node, "open");
+    for (const next of edges.get(node) ?? []) {
+      if (state.get(next) === "open") cycles.push([...path.slice(path.indexOf(next)), node, next]);
+      else if (!state.has(next)) visit(next, [...path, node]);
+    }
+    state.set(node, "done");
+  };
+  for (const node of [...edges.keys()].sort()) if (!state.has(node)) visit(node, []);
+  return cycles.map((c) => c.filter((n, i) => i === 0 || n !== c[i - 1]));
+}
+
+function applyAccess(
+  targets: TrafficTarget[],
+  services: TopologyService[],
+  groups: Map<string, HttpRouteGroup>,
+  tcpRoutes: Map<string, TcpRoute>,
+  warn: (o: MeshObject, m: string) => void,
+): void {
+  for (const tt of targets) {
+    const ns = tt.meta.namespace;
+    const dest = `${tt.destination.namespace}/${tt.destination.name}`;
+    let http: HttpMatch[] = [];
+    let l4 = false;
+    for (const rule of tt.rules) {
+      if (rule.kind === "TCPRoute") {
+        if (tcpRoutes.has(`${ns}/${rule.name}`)) l4 = true;
+        else warn(tt, `TCPRoute "${ns}/${rule.name}" does not exist`);
+      } else {
+        http = http.concat(resolveMatches(tt, ns, rule.name, rule.matches, groups, warn) ?? []);
+      }
+    }
+    const rule: MeshAccessRule = {
+      trafficTarget: `${ns}/${tt.meta.name}`,
+      destination: dest,
+      sources: tt.sources.map((s) => `${s.namespace}/${s.name}`).sort(),
+      http,
+      l4,
+    };
+    let applied = false;
+    for (const svc of services) {
+      for (const port of svc.ports) {
+        // SMI: the destination is every Pod running as the ServiceAccount, and `port`, when
+        // set, narrows it to that port of those Pods.
+        const eps = port.endpoints.filter((e) => e.serviceAccount === dest);
+        if (eps.length === 0) continue;
+        if (tt.destination.port !== null && !eps.some((e) => e.port === tt.destination.port)) {
+          continue;
+        }
+        port.access!.push(rule);
+        applied = true;
+      }
+    }
+    if (!applied) warn(tt, `no service port has endpoints running as ServiceAccount "${dest}"`);
+  }
+}

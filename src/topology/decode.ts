@@ -1,0 +1,437 @@
+import { parseServiceAnnotations } from "./annotations.ts";
+import { ConfigError, describeSource } from "./errors.ts";
+import type {
+  EndpointSlice,
+  HttpMatch,
+  HttpRouteGroup,
+  IdentityRef,
+  MeshObject,
+  ObjectMeta,
+  Pod,
+  Service,
+  ServicePort,
+  SliceEndpoint,
+  SourceRef,
+  TcpRoute,
+  TrafficSplit,
+  TrafficTarget,
+} from "./objects.ts";
+
+/** The outcome of decoding one raw object. */
+export type DecodeResult =
+  | { status: "ok"; object: MeshObject }
+  /** Not an object meshd uses (another kind or API version); skip it with a warning. */
+  | { status: "skipped"; reason: string }
+  /** A malformed object. `key` is its `Kind/namespace/name` when that much could be read. */
+  | { status: "invalid"; error: ConfigError; key?: string };
+
+/** API versions meshd reads, per kind. */
+export const SUPPORTED_KINDS: Readonly<Record<string, string>> = {
+  Service: "v1",
+  Pod: "v1",
+  EndpointSlice: "discovery.k8s.io/v1",
+  TrafficTarget: "access.smi-spec.io/v1alpha2",
+  HTTPRouteGroup: "specs.smi-spec.io/v1alpha3",
+  TCPRoute: "specs.smi-spec.io/v1alpha3",
+  TrafficSplit: "split.smi-spec.io/v1alpha3",
+};
+
+type Obj = Record<string, unknown>;
+
+/** Thrown inside the decoders; turned into a {@linkcode ConfigError} at the top. */
+class FieldError extends Error {
+  /** `whole`: the message is a full sentence of its own, not a remark on the field. */
+  constructor(readonly field: string, message: string, readonly whole = false) {
+    super(message);
+  }
+}
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+function typeName(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object") return "a map";
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+// Small typed readers. Each takes the parent object, the key and the parent's path.
+function field(path: string, key: string | number): string {
+  return typeof key === "number" ? `${path}[${key}]` : path ? `${path}.${key}` : key;
+}
+function optMap(o: Obj, key: string, path: string): Obj | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) throw new FieldError(field(path, key), `expected a map, found ${typeName(v)}`);
+  return v;
+}
+function map(o: Obj, key: string, path: string): Obj {
+  const v = optMap(o, key, path);
+  if (!v) throw new FieldError(field(path, key), "is required");
+  return v;
+}
+function optList(o: Obj, key: string, path: string): unknown[] {
+  const v = o[key];
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) {
+    throw new FieldError(field(path, key), `expected a list, found ${typeName(v)}`);
+  }
+  return v;
+}
+function listOfMaps(o: Obj, key: string, path: string): [Obj, string][] {
+  return optList(o, key, path).map((item, i) => {
+    const p = field(field(path, key), i);
+    if (!isObj(item)) throw new FieldError(p, `expected a map, found ${typeName(item)}`);
+    return [item, p];
+  });
+}
+function optStr(o: Obj, key: string, path: string): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "string") {
+    throw new FieldError(field(path, key), `expected a string, found ${typeName(v)}`);
+  }
+  return v;
+}
+function str(o: Obj, key: string, path: string): string {
+  const v = optStr(o, key, path);
+  if (v === undefined || v === "") throw new FieldError(field(path, key), "is required");
+  return v;
+}
+function optBool(o: Obj, key: string, path: string): boolean | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "boolean") {
+    throw new FieldError(field(path, key), `expected true or false, found ${typeName(v)}`);
+  }
+  return v;
+}
+function int(o: Obj, key: string, path: string, min: number, max: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) throw new FieldError(field(path, key), "is required");
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw new FieldError(
+      field(path, key),
+      `expected an integer from ${min} to ${max}, found ${typeName(v)}`,
+    );
+  }
+  return v;
+}
+function strMap(o: Obj, key: string, path: string): Record<string, string> {
+  const m = optMap(o, key, path) ?? {};
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m)) {
+    // YAML turns `true` or `80` into non-strings; Kubernetes would reject them, and so do we.
+    if (typeof v !== "string") {
+      throw new FieldError(
+        `${field(path, key)}["${k}"]`,
+        `expected a string, found ${typeName(v)} (quote it)`,
+      );
+    }
+    out[k] = v;
+  }
+  return out;
+}
+function strList(o: Obj, key: string, path: string): string[] {
+  return optList(o, key, path).map((v, i) => {
+    if (typeof v !== "string") {
+      throw new FieldError(field(field(path, key), i), `expected a string, found ${typeName(v)}`);
+    }
+    return v;
+  });
+}
+function oneOf<T extends string>(v: string, allowed: readonly T[], path: string): T {
+  if (!(allowed as readonly string[]).includes(v)) {
+    throw new FieldError(path, `expected one of ${allowed.join(", ")}, found "${v}"`);
+  }
+  return v as T;
+}
+function regex(v: string, path: string): string {
+  try {
+    new RegExp(v);
+  } catch (e) {
+    throw new FieldError(
+      path,
+      `is not a valid regular expression "${v}" (${(e as Error).message})`,
+    );
+  }
+  return v;
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const PROTOCOLS = ["TCP", "UDP", "SCTP"] as const;
+
+function decodeMeta(raw: Obj): ObjectMeta {
+  const m = map(raw, "metadata", "");
+  const name = str(m, "name", "metadata");
+  const namespace = optStr(m, "namespace", "metadata") ?? "default";
+  if (!DNS_LABEL.test(namespace) || namespace.length > 63) {
+    throw new FieldError("metadata.namespace", `expected a DNS label, found "${namespace}"`);
+  }
+  return {
+    name,
+    namespace,
+    labels: strMap(m, "labels", "metadata"),
+    annotations: strMap(m, "annotations", "metadata"),
+  };
+}
+
+function decodeService(raw: Obj, meta: ObjectMeta): Service {
+  const spec = map(raw, "spec", "");
+  const ports: ServicePort[] = listOfMaps(spec, "ports", "spec").map(([p, path]) => {
+    const port = int(p, "port", path, 1, 65535);
+    const tp = p["targetPort"];
+    let targetPort: number | string = port;
+    if (typeof tp === "number") targetPort = int(p, "targetPort", path, 1, 65535);
+    else if (typeof tp === "string") targetPort = /^\d+$/.test(tp) ? Number(tp) : tp;
+    else if (tp !== undefined && tp !== null) {
+      throw new FieldError(
+        field(path, "targetPort"),
+        `expected a number or a port name, found ${typeName(tp)}`,
+      );
+    }
+    return {
+      name: optStr(p, "name", path) ?? "",
+      port,
+      targetPort,
+      protocol: oneOf(optStr(p, "protocol", path) ?? "TCP", PROTOCOLS, field(path, "protocol")),
+    };
+  });
+  const clusterIP = optStr(spec, "clusterIP", "spec") ?? null;
+  const what = `Service "${meta.namespace}/${meta.name}"`;
+  const ann = parseServiceAnnotations(meta.annotations, what);
+  if (!ann.ok) {
+    const first = ann.problems[0]!;
+    const message = ann.problems.map((p) => p.message).join("; ");
+    throw new FieldError(`metadata.annotations["${first.key}"]`, message, true);
+  }
+  return {
+    kind: "Service",
+    meta,
+    clusterIP: clusterIP === "None" || clusterIP === "" ? null : clusterIP,
+    ports,
+    selector: strMap(spec, "selector", "spec"),
+    mesh: ann.options,
+  };
+}
+
+function decodeEndpointSlice(raw: Obj, meta: ObjectMeta): EndpointSlice {
+  const addressType = oneOf(
+    str(raw, "addressType", ""),
+    ["IPv4", "IPv6", "FQDN"] as const,
+    "addressType",
+  );
+  const ports = listOfMaps(raw, "ports", "").map(([p, path]) => ({
+    name: optStr(p, "name", path) ?? "",
+    port: int(p, "port", path, 1, 65535),
+    protocol: oneOf(optStr(p, "protocol", path) ?? "TCP", PROTOCOLS, field(path, "protocol")),
+  }));
+  const endpoints: SliceEndpoint[] = listOfMaps(raw, "endpoints", "").map(([e, path]) => {
+    const addresses = strList(e, "addresses", path);
+    if (addresses.length === 0) {
+      throw new FieldError(field(path, "addresses"), "needs at least one address");
+    }
+    const cond = optMap(e, "conditions", path) ?? {};
+    const cpath = field(path, "conditions");
+    // discovery.k8s.io/v1: a nil `ready` means ready, a nil `serving` follows `ready`,
+    // a nil `terminating` means not terminating.
+    const ready = optBool(cond, "ready", cpath) ?? true;
+    const ref = optMap(e, "targetRef", path);
+    return {
+      addresses,
+      ready,
+      serving: optBool(cond, "serving", cpath) ?? ready,
+      terminating: optBool(cond, "terminating", cpath) ?? false,
+      nodeName: optStr(e, "nodeName", path) ?? null,
+      podName: ref && optStr(ref, "kind", field(path, "targetRef")) === "Pod"
+        ? optStr(ref, "name", field(path, "targetRef")) ?? null
+        : null,
+    };
+  });
+  return {
+    kind: "EndpointSlice",
+    meta,
+    serviceName: meta.labels["kubernetes.io/service-name"] ?? null,
+    addressType,
+    ports,
+    endpoints,
+  };
+}
+
+function decodePod(raw: Obj, meta: ObjectMeta): Pod {
+  const spec = optMap(raw, "spec", "") ?? {};
+  const status = optMap(raw, "status", "") ?? {};
+  return {
+    kind: "Pod",
+    meta,
+    podIP: optStr(status, "podIP", "status") ?? null,
+    serviceAccountName: optStr(spec, "serviceAccountName", "spec") ?? "default",
+    phase: optStr(status, "phase", "status") ?? "Pending",
+    nodeName: optStr(spec, "nodeName", "spec") ?? null,
+  };
+}
+
+function identity(o: Obj, path: string, defaultNs: string): IdentityRef {
+  const kind = str(o, "kind", path);
+  if (kind !== "ServiceAccount") {
+    throw new FieldError(field(path, "kind"), `expected ServiceAccount, found "${kind}"`);
+  }
+  return { name: str(o, "name", path), namespace: optStr(o, "namespace", path) ?? defaultNs };
+}
+
+function decodeTrafficTarget(raw: Obj, meta: ObjectMeta): TrafficTarget {
+  const spec = map(raw, "spec", "");
+  const d = map(spec, "destination", "spec");
+  const port = d["port"] === undefined || d["port"] === null
+    ? null
+    : int(d, "port", "spec.destination", 1, 65535);
+  const sources = listOfMaps(spec, "sources", "spec").map(([s, p]) =>
+    identity(s, p, meta.namespace)
+  );
+  if (sources.length === 0) throw new FieldError("spec.sources", "needs at least one source");
+  return {
+    kind: "TrafficTarget",
+    meta,
+    destination: { ...identity(d, "spec.destination", meta.namespace), port },
+    rules: listOfMaps(spec, "rules", "spec").map(([r, p]) => ({
+      kind: oneOf(str(r, "kind", p), ["HTTPRouteGroup", "TCPRoute"] as const, field(p, "kind")),
+      name: str(r, "name", p),
+      matches: strList(r, "matches", p),
+    })),
+    sources,
+  };
+}
+
+function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
+  const spec = map(raw, "spec", "");
+  const matches: HttpMatch[] = listOfMaps(spec, "matches", "spec").map(([m, p]) => {
+    const headers = strMap(m, "headers", p);
+    for (const [k, v] of Object.entries(headers)) regex(v, `${field(p, "headers")}["${k}"]`);
+    return {
+      name: str(m, "name", p),
+      methods: strList(m, "methods", p).map((x) => x.toUpperCase()),
+      pathRegex: regex(optStr(m, "pathRegex", p) ?? "", field(p, "pathRegex")),
+      headers,
+    };
+  });
+  const seen = new Set<string>();
+  for (const [i, m] of matches.entries()) {
+    if (seen.has(m.name)) {
+      throw new FieldError(`spec.matches[${i}].name`, `duplicate match name "${m.name}"`);
+    }
+    seen.add(m.name);
+  }
+  return { kind: "HTTPRouteGroup", meta, matches };
+}
+
+function decodeTrafficSplit(raw: Obj, meta: ObjectMeta): TrafficSplit {
+  const spec = map(raw, "spec", "");
+  const backends = listOfMaps(spec, "backends", "spec").map(([b, p]) => ({
+    service: str(b, "service", p),
+    weight: int(b, "weight", p, 0, 1_000_000),
+  }));
+  if (backends.length === 0) throw new FieldError("spec.backends", "needs at least one backend");
+  return {
+    kind: "TrafficSplit",
+    meta,
+    service: str(spec, "service", "spec"),
+    matches: listOfMaps(spec, "matches", "spec").map(([m, p]) => ({
+      kind: oneOf(str(m, "kind", p), ["HTTPRouteGroup"] as const, field(p, "kind")),
+      name: str(m, "name", p),
+    })),
+    backends,
+  };
+}
+
+/**
+ * Turns one raw Kubernetes-style object (parsed YAML or JSON) into a domain object, or says
+ * why it cannot. A bad object never throws: the error names the source, the object and the
+ * field.
+ *
+ * @example
+ * ```ts
+ * const r = decodeObject({ apiVersion: "v1", kind: "Pod", metadata: { name: "p" } });
+ * // r.status === "ok"
+ * ```
+ */
+export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
+  const where = source ? ` in ${describeSource(source)}` : "";
+  if (!isObj(raw)) {
+    return {
+      status: "invalid",
+      error: new ConfigError(`Cannot read object${where}: expected a map, found ${typeName(raw)}`, {
+        source,
+      }),
+    };
+  }
+  const kind = raw["kind"];
+  const apiVersion = raw["apiVersion"];
+  if (typeof kind !== "string" || typeof apiVersion !== "string" || !kind || !apiVersion) {
+    const f = typeof apiVersion !== "string" || !apiVersion ? "apiVersion" : "kind";
+    return {
+      status: "invalid",
+      error: new ConfigError(`Cannot read object${where}: field "${f}" is required`, {
+        source,
+        field: f,
+      }),
+    };
+  }
+  const want = SUPPORTED_KINDS[kind];
+  if (want === undefined) {
+    return { status: "skipped", reason: `kind "${kind}" is not used by meshd` };
+  }
+  if (want !== apiVersion) {
+    return {
+      status: "skipped",
+      reason: `${kind} "${apiVersion}" is not supported, expected "${want}"`,
+    };
+  }
+  let key: string | undefined;
+  try {
+    const meta = decodeMeta(raw);
+    key = `${kind}/${meta.namespace}/${meta.name}`;
+    let object: MeshObject;
+    switch (kind) {
+      case "Service":
+        object = decodeService(raw, meta);
+        break;
+      case "EndpointSlice":
+        object = decodeEndpointSlice(raw, meta);
+        break;
+      case "Pod":
+        object = decodePod(raw, meta);
+        break;
+      case "TrafficTarget":
+        object = decodeTrafficTarget(raw, meta);
+        break;
+      case "HTTPRouteGroup":
+        object = decodeHttpRouteGroup(raw, meta);
+        break;
+      case "TCPRoute":
+        object = { kind: "TCPRoute", meta } satisfies TcpRoute;
+        break;
+      default:
+        object = decodeTrafficSplit(raw, meta);
+    }
+    if (source) object.source = source;
+    return { status: "ok", object };
+  } catch (e) {
+    if (!(e instanceof FieldError)) throw e;
+    const name = key ? ` ${kind} "${key.split("/").slice(1).join("/")}"` : ` ${kind}`;
+    return {
+      status: "invalid",
+      key,
+      error: new ConfigError(
+        e.whole
+          ? `${e.message}${where}`
+          : `Cannot read${name}${where}: field "${e.field}" ${e.message}`,
+        {
+          source,
+          field: e.field,
+          cause: e,
+        },
+      ),
+    };
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * The mesh model: Kubernetes-style objects in, a versioned {@linkcode MeshConfig} out. Pure:
+ * no I/O, no clock, no randomness, so every case is a golden-file test.
+ *
+ * @example
+ * ```ts
+ * import { buildMeshConfig, buildTopology, decodeObject } from "./mod.ts";
+ * const objects = raws.map((r) => decodeObject(r)).flatMap((r) => r.status === "ok" ? [r.object] : []);
+ * const { config } = buildMeshConfig(buildTopology(objects), { previous: null });
+ * ```
+ *
+ * @module
+ */
+export * from "./objects.ts";
+export * from "./errors.ts";
+export * from "./mesh_config.ts";
+export { ANNOTATION_PREFIXES, parseServiceAnnotations } from "./annotations.ts";
+export type { AnnotationProblem, AnnotationResult } from "./annotations.ts";
+export { parseBreakerExpression } from "./circuit_breaker.ts";
+export { decodeObject, SUPPORTED_KINDS } from "./decode.ts";
+export type { DecodeResult } from "./decode.ts";
+export { buildTopology } from "./build_topology.ts";
+export type {
+  BuildTopologyOptions,
+  Topology,
+  TopologyPort,
+  TopologyService,
+} from "./build_topology.ts";
+export { buildMeshConfig, DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "./build_mesh_config.ts";
+export type {
+  BuildMeshConfigOptions,
+  BuildMeshConfigResult,
+  PortRange,
+} from "./build_mesh_config.ts";
+export { compileMeshConfig } from "./compile_mesh_config.ts";
+export type { CompileOptions } from "./compile_mesh_config.ts";
