@@ -124,17 +124,16 @@ function parseFile(file: SourceFile): Parsed {
     }
     return { docs };
   }
-  const all = parseAllDocuments(file.text, { prettyErrors: false, uniqueKeys: true });
+  const all = parseAllDocuments(file.text, { prettyErrors: true, uniqueKeys: true });
   const documents = Array.isArray(all) ? all : [];
   for (const [i, d] of documents.entries()) {
     const err = d.errors[0];
     if (err) {
-      const [line, col] = err.linePos?.[0] ? [err.linePos[0].line, err.linePos[0].col] : [0, 0];
-      const where = line ? ` at line ${line}, column ${col}` : "";
-      const firstLine = err.message.split("\n")[0];
+      // With prettyErrors the message reads "<what> at line L, column C:" and then a snippet.
+      const firstLine = err.message.split("\n")[0]!.replace(/:\s*$/, "");
       return {
         error: new ConfigError(
-          `Cannot parse file "${file.path}", document ${i + 1}, as YAML${where}: ${firstLine}`,
+          `Cannot parse file "${file.path}", document ${i + 1}, as YAML: ${firstLine}`,
           { source: { file: file.path, doc: i }, cause: err },
         ),
       };

@@ -1,0 +1,100 @@
+/**
+ * Helpers for tests that run real processes on loopback: free ports, waiting on conditions
+ * with a deadline, and child processes stopped by PID.
+ *
+ * @module
+ */
+
+/** A free TCP port on `hostname`, found by binding port 0. */
+export function freePort(hostname = "127.0.0.1"): number {
+  const l = Deno.listen({ hostname, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/**
+ * Polls `probe` until it returns a value other than `undefined`, or fails after `timeoutMs`
+ * with `what` and the last value or error seen.
+ */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  let last: unknown = "nothing yet";
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+      last = "not yet";
+    } catch (e) {
+      last = e instanceof Error ? e.message : e;
+    }
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${JSON.stringify(last)}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A child process whose stderr lines are collected. */
+export class Child {
+  readonly name: string;
+  readonly lines: string[] = [];
+  readonly #proc: Deno.ChildProcess;
+  readonly #drained: Promise<void>;
+
+  constructor(name: string, args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
+    this.name = name;
+    this.#proc = new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: options.cwd,
+      env: { NO_COLOR: "1", ...options.env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#drained = Promise.all([this.#collect(this.#proc.stdout), this.#collect(this.#proc.stderr)])
+      .then(() => {});
+  }
+
+  get pid(): number {
+    return this.#proc.pid;
+  }
+
+  async #collect(stream: ReadableStream<Uint8Array>): Promise<void> {
+    let rest = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      this.lines.push(...parts);
+    }
+    if (rest) this.lines.push(rest);
+  }
+
+  /** Whether the process has exited. */
+  async exited(): Promise<Deno.CommandStatus> {
+    const s = await this.#proc.status;
+    await this.#drained;
+    return s;
+  }
+
+  /** Sends SIGTERM to this process (by its PID) and waits for it to end. */
+  async stop(): Promise<Deno.CommandStatus> {
+    try {
+      this.#proc.kill("SIGTERM");
+    } catch { /* already gone */ }
+    return await this.exited();
+  }
+}
+
+/** Resolves once a TCP connect to `hostname:port` succeeds. */
+export function waitForPort(hostname: string, port: number, timeoutMs = 15_000): Promise<true> {
+  return waitFor(`${hostname}:${port} to accept connections`, async () => {
+    const c = await Deno.connect({ hostname, port });
+    c.close();
+    return true as const;
+  }, timeoutMs);
+}
