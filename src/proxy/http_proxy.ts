@@ -233,7 +233,7 @@ export class HttpProxy {
       encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk)),
     );
     const complete = await copyBody(up.reader, client, resFraming, dechunk);
-    const requestSent = await settledWithin(bodyDone);
+    const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
     const upstreamReusable = complete && requestSent === true && resFraming.kind !== "close" &&
       !headerTokens(res.headers, "connection").includes("close");
     if (upstreamReusable) this.#release(up);

@@ -13,7 +13,14 @@ const WHOAMI_IPS = ["127.0.3.1", "127.0.3.2", "127.0.3.3"];
 const HELLO_IP = "127.0.3.9";
 const ECHO_IP = "127.0.4.1";
 
-function slice(service: string, name: string, ip: string, port: number, portName: string, ready = true): string {
+function slice(
+  service: string,
+  name: string,
+  ip: string,
+  port: number,
+  portName: string,
+  ready = true,
+): string {
   return `apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -49,10 +56,18 @@ interface Mesh {
 }
 
 /** A GET written by hand: Deno's fetch() would replace the Host header with the URL's host. */
-async function rawGet(port: number, host: string, path = "/"): Promise<{ status: number; body: string }> {
+async function rawGet(
+  port: number,
+  host: string,
+  path = "/",
+): Promise<{ status: number; body: string }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
-    await conn.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+    await conn.write(
+      new TextEncoder().encode(
+        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
     const text = await new Response(conn.readable).text();
     const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
     return { status, body: text.slice(text.indexOf("\r\n\r\n") + 4) };
@@ -80,27 +95,64 @@ async function startMesh(): Promise<{ mesh: Mesh; stop: () => Promise<void> }> {
     for (const [i, ip] of WHOAMI_IPS.entries()) {
       const port = freePort(ip);
       backends.set(`whoami-${i + 1}`, port);
-      children.push(new Child(`whoami-${i + 1}`, ["run", "--allow-net", WHOAMI, "--name", `whoami-${i + 1}`, "--listen", `${ip}:${port}`]));
+      children.push(
+        new Child(`whoami-${i + 1}`, [
+          "run",
+          "--allow-net",
+          WHOAMI,
+          "--name",
+          `whoami-${i + 1}`,
+          "--listen",
+          `${ip}:${port}`,
+        ]),
+      );
     }
     const helloPort = freePort(HELLO_IP);
     backends.set("hello", helloPort);
-    children.push(new Child("hello", ["run", "--allow-net", WHOAMI, "--name", "hello", "--listen", `${HELLO_IP}:${helloPort}`]));
+    children.push(
+      new Child("hello", [
+        "run",
+        "--allow-net",
+        WHOAMI,
+        "--name",
+        "hello",
+        "--listen",
+        `${HELLO_IP}:${helloPort}`,
+      ]),
+    );
     const echoPort = freePort(ECHO_IP);
     backends.set("echo", echoPort);
-    children.push(new Child("echo", ["run", "--allow-net", ECHO, "--name", "echo-a", "--listen", `${ECHO_IP}:${echoPort}`]));
+    children.push(
+      new Child("echo", [
+        "run",
+        "--allow-net",
+        ECHO,
+        "--name",
+        "echo-a",
+        "--listen",
+        `${ECHO_IP}:${echoPort}`,
+      ]),
+    );
 
     const whoamiYaml = [
       service("whoami", 80, "web"),
-      ...WHOAMI_IPS.map((ip, i) => slice("whoami", `whoami-${i + 1}`, ip, backends.get(`whoami-${i + 1}`)!, "web")),
+      ...WHOAMI_IPS.map((ip, i) =>
+        slice("whoami", `whoami-${i + 1}`, ip, backends.get(`whoami-${i + 1}`)!, "web")
+      ),
     ].join("---\n");
     await Deno.writeTextFile(`${dir}/whoami.yaml`, whoamiYaml);
     await Deno.writeTextFile(
       `${dir}/hello.yaml`,
-      [service("hello", 8080, "http"), slice("hello", "hello-1", HELLO_IP, helloPort, "http")].join("---\n"),
+      [service("hello", 8080, "http"), slice("hello", "hello-1", HELLO_IP, helloPort, "http")].join(
+        "---\n",
+      ),
     );
     await Deno.writeTextFile(
       `${dir}/echo.yaml`,
-      [service("echo", 7000, "tcp", '"meshd.io/traffic-type": tcp'), slice("echo", "echo-1", ECHO_IP, echoPort, "tcp")]
+      [
+        service("echo", 7000, "tcp", '"meshd.io/traffic-type": tcp'),
+        slice("echo", "echo-1", ECHO_IP, echoPort, "tcp"),
+      ]
         .join("---\n"),
     );
 
@@ -128,7 +180,11 @@ async function startMesh(): Promise<{ mesh: Mesh; stop: () => Promise<void> }> {
     ]);
     children.push(meshd);
     for (const [name, port] of backends) {
-      const ip = name === "hello" ? HELLO_IP : name === "echo" ? ECHO_IP : WHOAMI_IPS[Number(name.slice(-1)) - 1]!;
+      const ip = name === "hello"
+        ? HELLO_IP
+        : name === "echo"
+        ? ECHO_IP
+        : WHOAMI_IPS[Number(name.slice(-1)) - 1]!;
       await waitForPort(ip, port);
     }
     const mesh = { dir, meshd, http, api: apiPort, backends };
@@ -185,22 +241,31 @@ Deno.test("meshd run --provider file routes real traffic and follows the directo
       }
       assert.deepEqual(Object.keys(counts).sort(), ["whoami-1", "whoami-2", "whoami-3"]);
       for (const [name, n] of Object.entries(counts)) {
-        assert.ok(n >= 85 && n <= 115, `${name} got ${n} of 300 requests, expected 100 ± 15: ${JSON.stringify(counts)}`);
+        assert.ok(
+          n >= 85 && n <= 115,
+          `${name} got ${n} of 300 requests, expected 100 ± 15: ${JSON.stringify(counts)}`,
+        );
       }
     });
 
-    await t.step("TCP goes through the service's listener, both ways, with half-close", async () => {
-      const services = await api<{ service: string; protocol: string; address: string }[]>(mesh, "/api/services");
-      const echo = services.find((s) => s.service === "echo");
-      assert.ok(echo, `echo missing from /api/services: ${JSON.stringify(services)}`);
-      assert.equal(echo.protocol, "tcp");
-      const [host, port] = echo.address.split(":");
-      const conn = await Deno.connect({ hostname: host!, port: Number(port) });
-      await conn.write(new TextEncoder().encode("ping through the mesh\n"));
-      await conn.closeWrite();
-      const reply = await new Response(conn.readable).text();
-      assert.equal(reply, "echo echo-a\nping through the mesh\n");
-    });
+    await t.step(
+      "TCP goes through the service's listener, both ways, with half-close",
+      async () => {
+        const services = await api<{ service: string; protocol: string; address: string }[]>(
+          mesh,
+          "/api/services",
+        );
+        const echo = services.find((s) => s.service === "echo");
+        assert.ok(echo, `echo missing from /api/services: ${JSON.stringify(services)}`);
+        assert.equal(echo.protocol, "tcp");
+        const [host, port] = echo.address.split(":");
+        const conn = await Deno.connect({ hostname: host!, port: Number(port) });
+        await conn.write(new TextEncoder().encode("ping through the mesh\n"));
+        await conn.closeWrite();
+        const reply = await new Response(conn.readable).text();
+        assert.equal(reply, "echo echo-a\nping through the mesh\n");
+      },
+    );
 
     await t.step("a file edit takes effect within one second", async () => {
       const before = await api<{ version: number }>(mesh, "/api/config");
@@ -208,7 +273,14 @@ Deno.test("meshd run --provider file routes real traffic and follows the directo
       const yaml = [
         service("whoami", 80, "web"),
         ...WHOAMI_IPS.map((ip, i) =>
-          slice("whoami", `whoami-${i + 1}`, ip, mesh.backends.get(`whoami-${i + 1}`)!, "web", i !== 2)
+          slice(
+            "whoami",
+            `whoami-${i + 1}`,
+            ip,
+            mesh.backends.get(`whoami-${i + 1}`)!,
+            "web",
+            i !== 2,
+          )
         ),
       ].join("---\n");
       const t0 = performance.now();
@@ -219,40 +291,78 @@ Deno.test("meshd run --provider file routes real traffic and follows the directo
       }, 1000);
       const elapsed = performance.now() - t0;
       const seen = new Set<string>();
-      for (let i = 0; i < 30; i++) seen.add(backendName((await rawGet(mesh.http, "whoami.e2e.mesh")).body));
-      assert.deepEqual([...seen].sort(), ["whoami-1", "whoami-2"], `whoami-3 still served after ${elapsed.toFixed(0)} ms`);
+      for (let i = 0; i < 30; i++) {
+        seen.add(backendName((await rawGet(mesh.http, "whoami.e2e.mesh")).body));
+      }
+      assert.deepEqual(
+        [...seen].sort(),
+        ["whoami-1", "whoami-2"],
+        `whoami-3 still served after ${elapsed.toFixed(0)} ms`,
+      );
     });
 
-    await t.step("a broken file keeps the old routes serving and logs the file and field", async () => {
-      const before = await api<{ version: number }>(mesh, "/api/config");
-      const broken = service("hello", 8080, "http").replace("port: 8080", 'port: "eighty"') + "---\n" +
-        slice("hello", "hello-1", HELLO_IP, mesh.backends.get("hello")!, "http");
-      await Deno.writeTextFile(`${mesh.dir}/hello.yaml`, broken);
-      const event = await waitFor("an error log naming hello.yaml", () =>
-        logEvents(mesh.meshd).find((e) => e["level"] === "error" && e["file"] === "hello.yaml"), 5000);
-      assert.equal(event["document"], 1);
-      assert.equal(event["field"], "spec.ports[0].port");
-      assert.match(String(event["error"]), /hello\.yaml/);
-      const h = await rawGet(mesh.http, "hello.e2e.mesh:8080");
-      assert.equal(h.status, 200, "the last good hello Service must keep serving");
-      assert.equal(backendName(h.body), "hello");
-      const status = await api<{ errors: { file: string; field: string }[] }>(mesh, "/api/status");
-      assert.deepEqual(status.errors.map((e) => [e.file, e.field]), [["hello.yaml", "spec.ports[0].port"]]);
-      const after = await api<{ version: number }>(mesh, "/api/config");
-      assert.equal(after.version, before.version, "nothing changed, so the version must not move");
+    await t.step(
+      "a broken file keeps the old routes serving and logs the file and field",
+      async () => {
+        const before = await api<{ version: number }>(mesh, "/api/config");
+        const broken = service("hello", 8080, "http").replace("port: 8080", 'port: "eighty"') +
+          "---\n" +
+          slice("hello", "hello-1", HELLO_IP, mesh.backends.get("hello")!, "http");
+        await Deno.writeTextFile(`${mesh.dir}/hello.yaml`, broken);
+        const event = await waitFor(
+          "an error log naming hello.yaml",
+          () =>
+            logEvents(mesh.meshd).find((e) => e["level"] === "error" && e["file"] === "hello.yaml"),
+          5000,
+        );
+        assert.equal(event["document"], 1);
+        assert.equal(event["field"], "spec.ports[0].port");
+        assert.match(String(event["error"]), /hello\.yaml/);
+        const h = await rawGet(mesh.http, "hello.e2e.mesh:8080");
+        assert.equal(h.status, 200, "the last good hello Service must keep serving");
+        assert.equal(backendName(h.body), "hello");
+        const status = await api<{ errors: { file: string; field: string }[] }>(
+          mesh,
+          "/api/status",
+        );
+        assert.deepEqual(status.errors.map((e) => [e.file, e.field]), [[
+          "hello.yaml",
+          "spec.ports[0].port",
+        ]]);
+        const after = await api<{ version: number }>(mesh, "/api/config");
+        assert.equal(
+          after.version,
+          before.version,
+          "nothing changed, so the version must not move",
+        );
 
-      // Now a YAML syntax error in another file: the file's last good objects stay.
-      await Deno.writeTextFile(`${mesh.dir}/echo.yaml`, "apiVersion: v1\nkind: Service\nmetadata: [oops\n");
-      const syntax = await waitFor("an error log naming echo.yaml", () =>
-        logEvents(mesh.meshd).find((e) => e["level"] === "error" && e["file"] === "echo.yaml"), 5000);
-      assert.match(String(syntax["error"]), /echo\.yaml.*document 1.*line/);
-      const services = await api<{ service: string }[]>(mesh, "/api/services");
-      assert.ok(services.some((s) => s.service === "echo"), "echo must stay in the config");
-      assert.equal(logEvents(mesh.meshd).filter((e) => e["msg"] === "meshd stopping").length, 0);
-    });
+        // Now a YAML syntax error in another file: the file's last good objects stay.
+        await Deno.writeTextFile(
+          `${mesh.dir}/echo.yaml`,
+          "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+        );
+        const syntax = await waitFor(
+          "an error log naming echo.yaml",
+          () =>
+            logEvents(mesh.meshd).find((e) => e["level"] === "error" && e["file"] === "echo.yaml"),
+          5000,
+        );
+        assert.match(String(syntax["error"]), /echo\.yaml.*document 1.*line/);
+        const services = await api<{ service: string }[]>(mesh, "/api/services");
+        assert.ok(
+          services.some((s) => s.service === "echo"),
+          "echo must stay in the config",
+        );
+        assert.equal(logEvents(mesh.meshd).filter((e) => e["msg"] === "meshd stopping").length, 0);
+      },
+    );
   } finally {
     await stop();
   }
   const exit = await mesh.meshd.exited();
-  assert.equal(exit.code, 0, `meshd exited with ${exit.code}:\n${mesh.meshd.lines.slice(-20).join("\n")}`);
+  assert.equal(
+    exit.code,
+    0,
+    `meshd exited with ${exit.code}:\n${mesh.meshd.lines.slice(-20).join("\n")}`,
+  );
 });

@@ -33,7 +33,9 @@ export async function waitFor<T>(
       last = e instanceof Error ? e.message : e;
     }
     if (performance.now() > deadline) {
-      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${JSON.stringify(last)}`);
+      throw new Error(
+        `Timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${JSON.stringify(last)}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -46,7 +48,11 @@ export class Child {
   readonly #proc: Deno.ChildProcess;
   readonly #drained: Promise<void>;
 
-  constructor(name: string, args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
+  constructor(
+    name: string,
+    args: string[],
+    options: { cwd?: string; env?: Record<string, string> } = {},
+  ) {
     this.name = name;
     this.#proc = new Deno.Command(Deno.execPath(), {
       args,
@@ -56,7 +62,10 @@ export class Child {
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    this.#drained = Promise.all([this.#collect(this.#proc.stdout), this.#collect(this.#proc.stderr)])
+    this.#drained = Promise.all([
+      this.#collect(this.#proc.stdout),
+      this.#collect(this.#proc.stderr),
+    ])
       .then(() => {});
   }
 

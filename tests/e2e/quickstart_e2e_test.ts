@@ -1,0 +1,101 @@
+/**
+ * The README's quickstart command, run as a user would: it starts, the commands it prints
+ * work, and an interrupt stops everything it started.
+ */
+import assert from "node:assert/strict";
+import { freePort, waitFor } from "../testenv/process.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+async function rawGet(port: number, host: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(
+    new TextEncoder().encode(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
+  );
+  return await new Response(conn.readable).text();
+}
+
+async function refused(hostname: string, port: number): Promise<boolean> {
+  try {
+    const c = await Deno.connect({ hostname, port });
+    c.close();
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+Deno.test("scripts/quickstart serves the printed commands and stops everything on Ctrl-C", async () => {
+  const http = freePort();
+  const api = freePort();
+  const tcp = freePort();
+  const proc = new Deno.Command(`${ROOT}scripts/quickstart`, {
+    env: {
+      MESHD_HTTP_PORT: String(http),
+      MESHD_API_PORT: String(api),
+      MESHD_TCP_PORTS: `${tcp}-${tcp}`,
+      NO_COLOR: "1",
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let out = "";
+  const collect = (s: ReadableStream<Uint8Array>) =>
+    s.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (c) => void (out += c) }),
+    );
+  const drained = Promise.all([collect(proc.stdout), collect(proc.stderr)]);
+  let status: Deno.CommandStatus | null = null;
+  try {
+    await waitFor(
+      "the quickstart to print its commands",
+      () => out.includes("Press Ctrl-C") ? true : undefined,
+      120_000,
+    );
+    assert.ok(out.includes(`curl -H 'Host: whoami.default.mesh' http://127.0.0.1:${http}/`), out);
+    assert.ok(out.includes(`nc -q1 127.0.0.1 ${tcp}`), out);
+
+    const names = new Set<string>();
+    for (let i = 0; i < 6; i++) {
+      names.add(/^name: (.*)$/m.exec(await rawGet(http, "whoami.default.mesh"))?.[1] ?? "?");
+    }
+    assert.deepEqual([...names].sort(), ["whoami-1", "whoami-2", "whoami-3"]);
+
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
+    await conn.write(new TextEncoder().encode("hello mesh\n"));
+    await conn.closeWrite();
+    assert.equal(await new Response(conn.readable).text(), "echo echo-a\nhello mesh\n");
+
+    proc.kill("SIGINT");
+    status = await proc.status;
+    await drained;
+    assert.match(out, /stopping meshd and the backends/);
+    // Everything it started is gone: meshd's ports and every backend refuse connections.
+    for (
+      const [h, p] of [
+        ["127.0.0.1", http],
+        ["127.0.0.1", api],
+        ["127.0.0.1", tcp],
+        ["127.0.1.1", 8080],
+        ["127.0.1.2", 8080],
+        ["127.0.1.3", 8080],
+        ["127.0.2.1", 7000],
+      ] as const
+    ) {
+      await waitFor(
+        `${h}:${p} to be closed`,
+        async () => (await refused(h, p)) ? true : undefined,
+        5000,
+      );
+    }
+  } finally {
+    if (!status) {
+      try {
+        proc.kill("SIGINT");
+      } catch { /* gone */ }
+      await proc.status;
+      await drained;
+    }
+  }
+});
