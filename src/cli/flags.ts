@@ -134,13 +134,14 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
 }
 
 /** Formats the flags for `--help`: name, placeholder, help, environment variable, default. */
-export function formatFlags(specs: readonly FlagSpec[]): string {
+export function formatFlags(specs: readonly FlagSpec[], withHelp = false): string {
   const rows = specs.map((s) => {
     const left = `  --${s.name}${s.kind === "bool" ? "" : ` ${s.arg ?? "VALUE"}`}`;
     const extra = [`env ${envName(s.name)}`];
     if (s.default !== undefined && s.default !== "") extra.push(`default ${s.default}`);
     return { left, right: `${s.help} [${extra.join(", ")}]` };
   });
+  if (withHelp) rows.push({ left: "  --help", right: "Show this help" });
   const width = Math.max(...rows.map((r) => r.left.length)) + 2;
   return rows.map((r) => r.left.padEnd(width) + r.right).join("\n");
 }

@@ -209,18 +209,20 @@ function defaultIo(): CliIo {
   };
 }
 
-function needDir(values: Record<string, FlagValue>): string {
+async function needDir(values: Record<string, FlagValue>): Promise<string> {
   const dir = values["config-dir"] as string | undefined;
   if (!dir) throw new CliError("--config-dir (or MESHD_CONFIG_DIR) is required");
+  const stat = await Deno.stat(dir).catch((e) => {
+    throw new CliError(`Cannot read config directory "${dir}": ${(e as Error).message}`);
+  });
+  if (!stat.isDirectory) {
+    throw new CliError(`Cannot use "${dir}" as config directory: not a directory`);
+  }
   return dir;
 }
 
 async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
-  const dir = needDir(values);
-  const stat = await Deno.stat(dir).catch(() => null);
-  if (!stat?.isDirectory) {
-    throw new CliError(`Cannot read config directory "${dir}": not a directory`);
-  }
+  const dir = await needDir(values);
   const result = new ObjectLoader().load(await readConfigFiles(dir));
   const { config, diagnostics } = compileMeshConfig(result.objects, compileOptions(values));
   for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
@@ -236,7 +238,7 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
 }
 
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
-  const dir = needDir(values);
+  const dir = await needDir(values);
   const logger = new Logger({
     level: values["log-level"] as LogLevel,
     format: values["log-format"] as LogFormat,
