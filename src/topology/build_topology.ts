@@ -404,6 +404,9 @@ function applyAccess(
         applied = true;
       }
     }
-    if (!applied) warn(tt, `no service port has endpoints running as ServiceAccount "${dest}"`);
+    if (!applied) {
+      const where = tt.destination.port === null ? "" : ` on port ${tt.destination.port}`;
+      warn(tt, `no service port has endpoints running as ServiceAccount "${dest}"${where}`);
+    }
   }
 }
