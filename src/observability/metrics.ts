@@ -1,0 +1,317 @@
+/**
+ * Prometheus metrics without a dependency: counters, gauges and histograms with labels,
+ * rendered in the text exposition format (version 0.0.4).
+ *
+ * Hot paths hold a child (`counter.with("web.shop", "80")`) and call `inc()` on it: one
+ * property add per event, no label lookup.
+ */
+
+/** One set of label values, in the order the metric's label names were declared. */
+export type LabelValues = readonly string[];
+
+interface Family {
+  readonly name: string;
+  readonly help: string;
+  readonly type: "counter" | "gauge" | "histogram";
+  render(out: string[]): void;
+}
+
+/** A counter child: one label set. */
+export interface CounterChild {
+  inc(n?: number): void;
+  readonly value: number;
+}
+
+/** A gauge child: one label set. */
+export interface GaugeChild {
+  set(v: number): void;
+  inc(n?: number): void;
+  dec(n?: number): void;
+  readonly value: number;
+}
+
+/** A histogram child: one label set. */
+export interface HistogramChild {
+  observe(v: number): void;
+  readonly count: number;
+  readonly sum: number;
+}
+
+const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+const LABEL = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+function escapeHelp(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
+}
+
+function formatNumber(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return String(v);
+}
+
+function labelText(names: readonly string[], values: LabelValues, extra = ""): string {
+  const parts = names.map((n, i) => `${n}="${escapeLabel(values[i] ?? "")}"`);
+  if (extra) parts.push(extra);
+  return parts.length === 0 ? "" : `{${parts.join(",")}}`;
+}
+
+abstract class LabelledFamily<C> implements Family {
+  abstract readonly type: "counter" | "gauge" | "histogram";
+  readonly #children = new Map<string, { values: LabelValues; child: C }>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly string[],
+  ) {
+    if (!NAME.test(name)) throw new TypeError(`Invalid metric name "${name}"`);
+    for (const l of labelNames) {
+      if (!LABEL.test(l) || l.startsWith("__") || l === "le") {
+        throw new TypeError(`Invalid label name "${l}" on metric "${name}"`);
+      }
+    }
+  }
+
+  protected abstract create(): C;
+  protected abstract renderChild(out: string[], values: LabelValues, child: C): void;
+
+  /** The child for these label values, created on first use. */
+  with(...values: string[]): C {
+    if (values.length !== this.labelNames.length) {
+      throw new TypeError(
+        `Metric "${this.name}" takes ${this.labelNames.length} label value(s), got ${values.length}`,
+      );
+    }
+    const key = values.join("\u0000");
+    let entry = this.#children.get(key);
+    if (!entry) {
+      entry = { values: [...values], child: this.create() };
+      this.#children.set(key, entry);
+    }
+    return entry.child;
+  }
+
+  /** Drops the child for these label values (a service that is gone). */
+  remove(...values: string[]): void {
+    this.#children.delete(values.join("\u0000"));
+  }
+
+  /** Drops every child whose label values fail `keep`. */
+  retain(keep: (values: LabelValues) => boolean): void {
+    for (const [k, e] of this.#children) if (!keep(e.values)) this.#children.delete(k);
+  }
+
+  render(out: string[]): void {
+    out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`);
+    out.push(`# TYPE ${this.name} ${this.type}`);
+    const entries = [...this.#children.values()].sort((a, b) =>
+      a.values.join("\u0000").localeCompare(b.values.join("\u0000"))
+    );
+    for (const e of entries) this.renderChild(out, e.values, e.child);
+  }
+}
+
+class CounterImpl implements CounterChild {
+  value = 0;
+  inc(n = 1): void {
+    this.value += n;
+  }
+}
+
+/** A monotonically growing count. */
+export class Counter extends LabelledFamily<CounterChild> {
+  readonly type = "counter" as const;
+  protected create(): CounterChild {
+    return new CounterImpl();
+  }
+  protected renderChild(out: string[], values: LabelValues, c: CounterChild): void {
+    out.push(`${this.name}${labelText(this.labelNames, values)} ${formatNumber(c.value)}`);
+  }
+}
+
+class GaugeImpl implements GaugeChild {
+  value = 0;
+  set(v: number): void {
+    this.value = v;
+  }
+  inc(n = 1): void {
+    this.value += n;
+  }
+  dec(n = 1): void {
+    this.value -= n;
+  }
+}
+
+/** A value that goes up and down. */
+export class Gauge extends LabelledFamily<GaugeChild> {
+  readonly type = "gauge" as const;
+  protected create(): GaugeChild {
+    return new GaugeImpl();
+  }
+  protected renderChild(out: string[], values: LabelValues, g: GaugeChild): void {
+    out.push(`${this.name}${labelText(this.labelNames, values)} ${formatNumber(g.value)}`);
+  }
+}
+
+class HistogramImpl implements HistogramChild {
+  readonly counts: Float64Array;
+  count = 0;
+  sum = 0;
+  constructor(readonly bounds: readonly number[]) {
+    this.counts = new Float64Array(bounds.length);
+  }
+  observe(v: number): void {
+    this.count++;
+    this.sum += v;
+    const b = this.bounds;
+    // Buckets are few (about a dozen); a linear scan beats a binary search at this size.
+    for (let i = 0; i < b.length; i++) {
+      if (v <= b[i]!) {
+        this.counts[i]!++;
+        return;
+      }
+    }
+  }
+}
+
+/** Latency buckets in seconds, from 0.5 ms to 10 s. */
+export const LATENCY_BUCKETS: readonly number[] = [
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+];
+
+/** A distribution in cumulative buckets. */
+export class Histogram extends LabelledFamily<HistogramChild> {
+  readonly type = "histogram" as const;
+  readonly #bounds: readonly number[];
+
+  constructor(
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    bounds: readonly number[] = LATENCY_BUCKETS,
+  ) {
+    super(name, help, labelNames);
+    for (let i = 1; i < bounds.length; i++) {
+      if (!(bounds[i]! > bounds[i - 1]!)) {
+        throw new TypeError(`Buckets of "${name}" must grow strictly`);
+      }
+    }
+    this.#bounds = bounds;
+  }
+  protected create(): HistogramChild {
+    return new HistogramImpl(this.#bounds);
+  }
+  protected renderChild(out: string[], values: LabelValues, child: HistogramChild): void {
+    const h = child as HistogramImpl;
+    let cumulative = 0;
+    for (let i = 0; i < h.bounds.length; i++) {
+      cumulative += h.counts[i]!;
+      const le = `le="${formatNumber(h.bounds[i]!)}"`;
+      out.push(`${this.name}_bucket${labelText(this.labelNames, values, le)} ${cumulative}`);
+    }
+    const inf = labelText(this.labelNames, values, 'le="+Inf"');
+    out.push(`${this.name}_bucket${inf} ${h.count}`);
+    out.push(`${this.name}_sum${labelText(this.labelNames, values)} ${formatNumber(h.sum)}`);
+    out.push(`${this.name}_count${labelText(this.labelNames, values)} ${h.count}`);
+  }
+}
+
+/** A gauge whose values are read when scraped. */
+class CollectedGauge implements Family {
+  readonly type = "gauge" as const;
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly string[],
+    readonly collect: () => Iterable<[LabelValues, number]>,
+  ) {
+    if (!NAME.test(name)) throw new TypeError(`Invalid metric name "${name}"`);
+  }
+  render(out: string[]): void {
+    out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`);
+    out.push(`# TYPE ${this.name} gauge`);
+    for (const [values, v] of this.collect()) {
+      out.push(`${this.name}${labelText(this.labelNames, values)} ${formatNumber(v)}`);
+    }
+  }
+}
+
+/**
+ * The set of metrics one process exposes at `/metrics`.
+ *
+ * @example
+ * ```ts
+ * const registry = new Registry();
+ * const requests = registry.counter("meshd_http_requests_total", "Requests.", ["service"]);
+ * requests.with("shop/web:80").inc();
+ * const text = registry.render();
+ * ```
+ */
+export class Registry {
+  readonly #families = new Map<string, Family>();
+
+  #add<F extends Family>(f: F): F {
+    if (this.#families.has(f.name)) throw new TypeError(`Metric "${f.name}" is registered twice`);
+    this.#families.set(f.name, f);
+    return f;
+  }
+
+  /** Registers a counter. */
+  counter(name: string, help: string, labelNames: readonly string[] = []): Counter {
+    return this.#add(new Counter(name, help, labelNames));
+  }
+
+  /** Registers a gauge. */
+  gauge(name: string, help: string, labelNames: readonly string[] = []): Gauge {
+    return this.#add(new Gauge(name, help, labelNames));
+  }
+
+  /** Registers a histogram; buckets default to {@linkcode LATENCY_BUCKETS}. */
+  histogram(
+    name: string,
+    help: string,
+    labelNames: readonly string[] = [],
+    buckets?: readonly number[],
+  ): Histogram {
+    return this.#add(new Histogram(name, help, labelNames, buckets));
+  }
+
+  /** Registers a gauge computed at scrape time. */
+  collect(
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    collect: () => Iterable<[LabelValues, number]>,
+  ): void {
+    this.#add(new CollectedGauge(name, help, labelNames, collect));
+  }
+
+  /** The text exposition format, families in registration order. */
+  render(): string {
+    const out: string[] = [];
+    for (const f of this.#families.values()) f.render(out);
+    return out.join("\n") + "\n";
+  }
+}
+
+/** The Content-Type of {@linkcode Registry.render}'s output. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
