@@ -1,0 +1,162 @@
+import assert from "node:assert/strict";
+import {
+  bodyFraming,
+  BufReader,
+  copyBody,
+  HttpParseError,
+  parseRequestHead,
+  parseResponseHead,
+  type Reader,
+  type Writer,
+} from "./http1.ts";
+
+/** A reader that hands out `parts` one read at a time, as a socket may. */
+function reader(...parts: string[]): Reader {
+  const chunks = parts.map((p) => new TextEncoder().encode(p));
+  return {
+    read(p: Uint8Array): Promise<number | null> {
+      const c = chunks.shift();
+      if (!c) return Promise.resolve(null);
+      const n = Math.min(p.length, c.length);
+      p.set(c.subarray(0, n));
+      if (n < c.length) chunks.unshift(c.subarray(n));
+      return Promise.resolve(n);
+    },
+  };
+}
+
+function sink(): Writer & { text(): string } {
+  const out: Uint8Array[] = [];
+  return {
+    write(p: Uint8Array): Promise<number> {
+      out.push(p.slice());
+      return Promise.resolve(p.length);
+    },
+    text: () => out.map((p) => new TextDecoder("latin1").decode(p)).join(""),
+  };
+}
+
+Deno.test("BufReader.readHead() finds a head split across reads and skips leading CRLFs", async () => {
+  const r = new BufReader(reader("\r\nGET / HT", "TP/1.1\r\nHost: a\r", "\n\r\nBODY"), 8);
+  assert.equal(await r.readHead(1024), "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+  assert.equal(r.buffered, 4);
+  assert.equal(new TextDecoder().decode((await r.readSome(10))!), "BODY");
+  assert.equal(await r.readHead(1024), null);
+});
+
+Deno.test("BufReader.readHead() rejects a head over the limit and one cut short", async () => {
+  await assert.rejects(
+    new BufReader(reader("GET / HTTP/1.1\r\n" + "X: y\r\n".repeat(100))).readHead(64),
+    /message head is over 64 bytes/,
+  );
+  await assert.rejects(
+    new BufReader(reader("GET / HTTP/1.1\r\nHost")).readHead(1024),
+    /closed inside a message head/,
+  );
+});
+
+Deno.test("parseRequestHead() reads the request line and keeps header order and case", () => {
+  const h = parseRequestHead("POST /a?b=1 HTTP/1.0\r\nHost: x\r\nX-Two: 1\r\nx-two: 2\r\n\r\n");
+  assert.equal(h.method, "POST");
+  assert.equal(h.target, "/a?b=1");
+  assert.equal(h.minor, 0);
+  assert.deepEqual(h.headers, [["Host", "x"], ["X-Two", "1"], ["x-two", "2"]]);
+});
+
+Deno.test("parseRequestHead() rejects bad request lines, folded and nameless headers", () => {
+  // RFC 9112 §5.2: obs-fold is rejected with 400 in requests.
+  for (
+    const bad of [
+      "GET /\r\n\r\n",
+      "GET / HTTP/2.0\r\n\r\n",
+      "G@T / HTTP/1.1\r\n\r\n",
+      "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n",
+      "GET / HTTP/1.1\r\n: novalue\r\n\r\n",
+      "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    ]
+  ) {
+    assert.throws(() => parseRequestHead(bad), HttpParseError, JSON.stringify(bad));
+  }
+});
+
+Deno.test("parseResponseHead() reads status and reason, which may be empty", () => {
+  assert.equal(parseResponseHead("HTTP/1.1 204\r\n\r\n").status, 204);
+  const r = parseResponseHead("HTTP/1.1 404 Not Found\r\nA: b\r\n\r\n");
+  assert.equal(r.reason, "Not Found");
+  assert.throws(() => parseResponseHead("HTTP/1.1 20 OK\r\n\r\n"), HttpParseError);
+});
+
+Deno.test("bodyFraming() follows RFC 9112 §6.3", () => {
+  const req = (h: string) => parseRequestHead(`POST / HTTP/1.1\r\n${h}\r\n`);
+  const res = (status: number, h = "") => parseResponseHead(`HTTP/1.1 ${status} X\r\n${h}\r\n`);
+  assert.deepEqual(bodyFraming(req(""), true), { kind: "none" });
+  assert.deepEqual(bodyFraming(req("Content-Length: 12\r\n"), true), {
+    kind: "length",
+    length: 12,
+  });
+  assert.deepEqual(bodyFraming(req("Content-Length: 0\r\n"), true), { kind: "none" });
+  // Repeated identical values are one value (§6.3 item 5).
+  assert.deepEqual(bodyFraming(req("Content-Length: 5, 5\r\n"), true), {
+    kind: "length",
+    length: 5,
+  });
+  assert.deepEqual(bodyFraming(req("Transfer-Encoding: chunked\r\n"), true), { kind: "chunked" });
+  // A response with neither runs to close; HEAD, 1xx, 204 and 304 have no body.
+  assert.deepEqual(bodyFraming(res(200), false), { kind: "close" });
+  assert.deepEqual(bodyFraming(res(200, "Content-Length: 9\r\n"), false, "HEAD"), {
+    kind: "none",
+  });
+  assert.deepEqual(bodyFraming(res(204), false), { kind: "none" });
+  assert.deepEqual(bodyFraming(res(304, "Content-Length: 9\r\n"), false), { kind: "none" });
+  assert.deepEqual(bodyFraming(res(200, "Transfer-Encoding: gzip\r\n"), false), { kind: "close" });
+});
+
+Deno.test("bodyFraming() refuses framing that could smuggle a request", () => {
+  const req = (h: string) => parseRequestHead(`POST / HTTP/1.1\r\n${h}\r\n`);
+  for (
+    const h of [
+      "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+      "Content-Length: 5\r\nContent-Length: 6\r\n",
+      "Content-Length: -1\r\n",
+      "Content-Length: 1e3\r\n",
+      "Transfer-Encoding: gzip\r\n",
+      "Transfer-Encoding: chunked, chunked\r\n",
+    ]
+  ) {
+    assert.throws(() => bodyFraming(req(h), true), HttpParseError, h);
+  }
+});
+
+Deno.test("copyBody() copies chunked bodies with extensions and trailers, or dechunks", async () => {
+  const wire = "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+  const out = sink();
+  const src = new BufReader(reader(wire.slice(0, 7), wire.slice(7)));
+  assert.equal(await copyBody(src, out, { kind: "chunked" }), true);
+  assert.equal(out.text(), wire.slice(0, -4));
+  assert.equal(src.buffered, 4);
+
+  const plain = sink();
+  assert.equal(await copyBody(new BufReader(reader(wire)), plain, { kind: "chunked" }, true), true);
+  assert.equal(plain.text(), "hello world");
+});
+
+Deno.test("copyBody() reports a body cut short and rejects a bad chunk size", async () => {
+  assert.equal(
+    await copyBody(new BufReader(reader("abc")), sink(), { kind: "length", length: 10 }),
+    false,
+  );
+  await assert.rejects(
+    copyBody(new BufReader(reader("zz\r\n")), sink(), { kind: "chunked" }),
+    /invalid chunk size line "zz"/,
+  );
+  await assert.rejects(
+    copyBody(new BufReader(reader("3\r\nabcX\r\n")), sink(), { kind: "chunked" }),
+    /not followed by CRLF/,
+  );
+  const rest = sink();
+  assert.equal(
+    await copyBody(new BufReader(reader("to the ", "end")), rest, { kind: "close" }),
+    true,
+  );
+  assert.equal(rest.text(), "to the end");
+});

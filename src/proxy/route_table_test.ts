@@ -1,0 +1,37 @@
+import assert from "node:assert/strict";
+import { buildRouteTable, lookupHttpRoute } from "./route_table.ts";
+import { meshConfig } from "../../tests/testenv/mesh.ts";
+
+const config = meshConfig([
+  { name: "web", ports: [{ port: 80 }, { port: 8080 }] },
+  { name: "api", namespace: "shop", ports: [{ port: 9000 }] },
+  { name: "db", ports: [{ port: 5432, protocol: "tcp", listenPort: 10000 }] },
+  { name: "dns", ports: [{ port: 53, protocol: "udp", listenPort: 15000 }] },
+  { name: "multi", ports: [{ port: 81 }, { port: 82 }] },
+], { domain: "Mesh.", version: 4 });
+
+Deno.test("lookupHttpRoute() finds service ports by Host, with or without port, any case", () => {
+  const t = buildRouteTable(config);
+  assert.equal(t.version, 4);
+  const key = (h: string | null) => lookupHttpRoute(t, h)?.key;
+  assert.equal(key("web.default.mesh"), "default/web:80");
+  assert.equal(key("web.default.mesh:8080"), "default/web:8080");
+  assert.equal(key("WEB.Default.MESH."), "default/web:80");
+  assert.equal(key(" web.default.mesh:80 "), "default/web:80");
+  // A service with one HTTP port is reached without naming it.
+  assert.equal(key("api.shop.mesh"), "shop/api:9000");
+  assert.equal(key("api.shop.mesh:9000"), "shop/api:9000");
+  // Several ports and none is 80: the port must be named.
+  assert.equal(key("multi.default.mesh"), undefined);
+  assert.equal(key("multi.default.mesh:82"), "default/multi:82");
+  for (const miss of [null, "", "web.default.mesh:9999", "web.other.mesh", "db.default.mesh"]) {
+    assert.equal(key(miss), undefined, String(miss));
+  }
+});
+
+Deno.test("buildRouteTable() puts TCP ports by listen port and leaves UDP to its own proxy", () => {
+  const t = buildRouteTable(config);
+  assert.deepEqual([...t.tcp.keys()], [10000]);
+  assert.equal(t.tcp.get(10000)?.key, "default/db:5432");
+  assert.equal([...t.http.values()].some((r) => r.port.protocol !== "http"), false);
+});
