@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { envName, type FlagSpec, formatFlags, parseFlags, UsageError } from "./flags.ts";
+
+const SPECS: FlagSpec[] = [
+  { name: "config-dir", kind: "string", arg: "DIR", help: "Dir" },
+  { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port" },
+  { name: "acl", kind: "bool", default: "false", help: "ACL" },
+  { name: "mode", kind: "string", values: ["http", "tcp"], default: "http", help: "Mode" },
+  { name: "ignore", kind: "list", default: "kube-system", help: "NS" },
+  { name: "ports", kind: "range", default: "10000-14999", help: "Range" },
+];
+
+Deno.test("envName() maps a flag to its MESHD_ variable", () => {
+  assert.equal(envName("config-dir"), "MESHD_CONFIG_DIR");
+  assert.equal(envName("acl"), "MESHD_ACL");
+});
+
+Deno.test("parseFlags() takes --flag value, --flag=value, booleans and defaults", () => {
+  const { values, positionals, help } = parseFlags(
+    ["--config-dir", "/d", "--api-port=9100", "--acl", "extra", "--ignore", "a, b,,c"],
+    SPECS,
+  );
+  assert.deepEqual(values, {
+    "config-dir": "/d",
+    "api-port": 9100,
+    acl: true,
+    mode: "http",
+    ignore: ["a", "b", "c"],
+    ports: { first: 10000, last: 14999 },
+  });
+  assert.deepEqual(positionals, ["extra"]);
+  assert.equal(help, false);
+  assert.equal(parseFlags(["--no-acl"], SPECS).values.acl, false);
+  assert.equal(parseFlags(["--acl=no"], SPECS).values.acl, false);
+  assert.equal(parseFlags(["-h"], SPECS).help, true);
+  assert.deepEqual(parseFlags(["--", "--acl"], SPECS).positionals, ["--acl"]);
+});
+
+Deno.test("parseFlags() reads MESHD_* variables, and a flag beats its variable", () => {
+  const env: Record<string, string> = { MESHD_API_PORT: "9200", MESHD_ACL: "1", MESHD_MODE: "" };
+  const fromEnv = parseFlags([], SPECS, (k) => env[k]);
+  assert.equal(fromEnv.values["api-port"], 9200);
+  assert.equal(fromEnv.values.acl, true);
+  // An empty variable counts as unset.
+  assert.equal(fromEnv.values.mode, "http");
+  assert.equal(parseFlags(["--api-port", "1"], SPECS, (k) => env[k]).values["api-port"], 1);
+});
+
+Deno.test("parseFlags() rejects unknown flags, missing and bad values, naming the source", () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["--nope"], {}, /Unknown flag "--nope"/],
+    [["--config-dir"], {}, /Flag "--config-dir" needs a value \(DIR\)/],
+    [["--config-dir", "--acl"], {}, /needs a value/],
+    [["--api-port", "http"], {}, /Invalid value "http" for --api-port: expected a port number/],
+    [["--api-port", "70000"], {}, /expected a port number from 0 to 65535/],
+    [["--mode", "udp"], {}, /Invalid value "udp" for --mode: expected http, tcp/],
+    [["--acl=maybe"], {}, /expected true or false/],
+    [["--ports", "20-10"], {}, /expected a port range such as 10000-14999/],
+    [[], { MESHD_API_PORT: "x" }, /Invalid value "x" for MESHD_API_PORT/],
+  ];
+  for (const [argv, env, re] of cases) {
+    assert.throws(() => parseFlags(argv, SPECS, (k) => env[k]), (e: unknown) => {
+      assert.ok(e instanceof UsageError);
+      assert.match(e.message, re);
+      return true;
+    });
+  }
+});
+
+Deno.test("formatFlags() lists every flag with its variable and default", () => {
+  const text = formatFlags(SPECS, true);
+  for (const s of SPECS) {
+    const line = text.split("\n").find((l) => l.startsWith(`  --${s.name}`));
+    assert.ok(line, `--${s.name} is listed`);
+    assert.match(line, new RegExp(`env ${envName(s.name)}`));
+    if (s.default) assert.match(line, new RegExp(`default ${s.default}`));
+  }
+  assert.match(text, /^ {2}--help +Show this help$/m);
+});

@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { main, VERSION } from "./main.ts";
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
+
+async function run(argv: string[], env: Record<string, string> = {}): Promise<Run> {
+  let out = "";
+  let err = "";
+  const code = await main(argv, {
+    stdout: (s) => out += s,
+    stderr: (s) => err += s,
+    env: (k) => env[k],
+  });
+  return { code, out, err };
+}
+
+async function withDir(files: Record<string, string>, fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-cli-" });
+  try {
+    for (const [name, text] of Object.entries(files)) {
+      await Deno.writeTextFile(`${dir}/${name}`, text);
+    }
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const SERVICE = `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop, annotations: { meshd.io/traffic-type: tcp } }
+spec: { ports: [{ name: http, port: 80 }] }
+`;
+
+Deno.test("main() prints help for each command and exits 0", async () => {
+  const top = await run(["--help"]);
+  assert.equal(top.code, 0);
+  assert.match(top.out, /Commands:\n {2}run .*\n {2}config dump .*\n {2}version /);
+  const runHelp = await run(["run", "--help"]);
+  assert.equal(runHelp.code, 0);
+  for (const flag of ["--config-dir", "--http-port", "--api-port", "--acl", "--log-format"]) {
+    assert.match(runHelp.out, new RegExp(`^ {2}${flag}`, "m"), flag);
+  }
+  const dumpHelp = await run(["config", "dump", "--help"]);
+  assert.equal(dumpHelp.code, 0);
+  assert.match(dumpHelp.out, /Usage: meshd config dump --config-dir DIR/);
+  assert.doesNotMatch(dumpHelp.out, /--http-port/);
+});
+
+Deno.test("main() reports usage errors with exit code 2", async () => {
+  const none = await run([]);
+  assert.equal(none.code, 2);
+  assert.match(none.err, /Usage: meshd <command>/);
+  const unknown = await run(["serve"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.err, /unknown command "serve"/);
+  const badFlag = await run(["run", "--bogus"]);
+  assert.equal(badFlag.code, 2);
+  assert.match(badFlag.err, /^meshd run: Unknown flag "--bogus"; run "meshd run --help"/);
+  const extra = await run(["version", "now"]);
+  assert.equal(extra.code, 2);
+  assert.match(extra.err, /unexpected argument "now"/);
+});
+
+Deno.test("main() version prints the version from deno.json", async () => {
+  const r = await run(["version"]);
+  assert.equal(r.code, 0);
+  assert.match(r.out, new RegExp(`^meshd ${VERSION.replaceAll(".", "\\.")} \\(deno `));
+  assert.match(VERSION, /^\d+\.\d+\.\d+/);
+});
+
+Deno.test("main() config dump prints the MeshConfig as JSON", async () => {
+  await withDir({ "svc.yaml": SERVICE }, async (dir) => {
+    const r = await run(["config", "dump", "--config-dir", dir, "--tcp-ports", "20000-20010"]);
+    assert.equal(r.code, 0, r.err);
+    const config = JSON.parse(r.out);
+    assert.equal(config.version, 1);
+    assert.equal(config.services[0].name, "web");
+    assert.equal(config.services[0].ports[0].listenPort, 20000);
+    // The same through the environment.
+    const env = await run(["config", "dump"], { MESHD_CONFIG_DIR: dir, MESHD_DOMAIN: "corp" });
+    assert.equal(env.code, 0, env.err);
+    assert.equal(JSON.parse(env.out).domain, "corp");
+  });
+});
+
+Deno.test("main() config dump exits 1 with one clear line on bad input", async () => {
+  const bad = SERVICE.replace("port: 80", "port: eighty");
+  await withDir({ "svc.yaml": bad }, async (dir) => {
+    const r = await run(["config", "dump", "--config-dir", dir]);
+    assert.equal(r.code, 1);
+    assert.equal(r.out, "");
+    assert.match(r.err, /svc\.yaml/);
+    assert.match(r.err, /spec\.ports\[0\]\.port/);
+    assert.doesNotMatch(r.err, /^\s+at /m, "no stack trace");
+  });
+  const missing = await run(["config", "dump", "--config-dir", "/nonexistent/meshd"]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.err, /\/nonexistent\/meshd/);
+  assert.doesNotMatch(missing.err, /^\s+at /m);
+  const noDir = await run(["config", "dump"]);
+  assert.notEqual(noDir.code, 0);
+  assert.match(noDir.err, /--config-dir/);
+});

@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { Logger } from "./log.ts";
+import { type ApiSource, serveApi } from "./api_server.ts";
+
+Deno.test("serveApi() serves config, services, status and health, ready only once applied", async () => {
+  let config: unknown = null;
+  const source: ApiSource = {
+    config: () => config,
+    services: () => [{ service: "web", namespace: "default", port: 80 }],
+    ready: () => config !== null,
+    status: () => ({ errors: [] }),
+  };
+  const api = await serveApi({
+    hostname: "127.0.0.1",
+    port: 0,
+    source,
+    logger: new Logger({ write: () => {} }),
+  });
+  const get = async (path: string, method = "GET") => {
+    const res = await fetch(`http://127.0.0.1:${api.addr.port}${path}`, { method });
+    return { status: res.status, type: res.headers.get("content-type"), body: await res.text() };
+  };
+  try {
+    assert.equal((await get("/healthz")).status, 200);
+    const notReady = await get("/readyz");
+    assert.equal(notReady.status, 503);
+    assert.match(notReady.body, /no config applied yet/);
+    assert.equal((await get("/api/config")).status, 503);
+
+    config = { version: 4, services: [] };
+    assert.equal((await get("/readyz")).status, 200);
+    const c = await get("/api/config");
+    assert.equal(c.status, 200);
+    assert.equal(c.type, "application/json");
+    assert.equal(JSON.parse(c.body).version, 4);
+    assert.deepEqual(JSON.parse((await get("/api/services")).body), [
+      { service: "web", namespace: "default", port: 80 },
+    ]);
+    assert.deepEqual(JSON.parse((await get("/api/status")).body), { errors: [] });
+
+    const missing = await get("/api/nope");
+    assert.equal(missing.status, 404);
+    assert.match(missing.body, /No such endpoint "\/api\/nope"/);
+    assert.equal((await get("/api/config", "POST")).status, 405);
+  } finally {
+    await api.shutdown();
+  }
+});

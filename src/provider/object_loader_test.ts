@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { ObjectLoader } from "./object_loader.ts";
+import { readConfigFiles } from "./file_provider.ts";
+
+const svc = (name: string, port: number | string) =>
+  `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default }\nspec: { ports: [{ port: ${port} }] }\n`;
+
+const names = (r: ReturnType<ObjectLoader["load"]>) =>
+  r.objects.map((o) => `${o.kind}/${o.meta.name}`).sort();
+
+Deno.test("ObjectLoader reads multi-document YAML, List items and JSON", () => {
+  const loader = new ObjectLoader();
+  const r = loader.load([
+    { path: "a.yaml", text: `${svc("a", 80)}---\n---\n${svc("b", 81)}` },
+    {
+      path: "list.yml",
+      text: "apiVersion: v1\nkind: List\nitems:\n" +
+        "  - { apiVersion: v1, kind: Service, metadata: { name: c }, spec: { ports: [{ port: 1 }] } }\n" +
+        "  - { apiVersion: v1, kind: Pod, metadata: { name: p }, spec: {} }\n",
+    },
+    {
+      path: "d.json",
+      text: JSON.stringify({
+        apiVersion: "v1",
+        kind: "List",
+        items: [{
+          apiVersion: "v1",
+          kind: "Service",
+          metadata: { name: "d" },
+          spec: { ports: [{ port: 2 }] },
+        }],
+      }),
+    },
+  ]);
+  assert.deepEqual(r.errors, []);
+  assert.deepEqual(names(r), ["Pod/p", "Service/a", "Service/b", "Service/c", "Service/d"]);
+});
+
+Deno.test("ObjectLoader keeps a file's last good objects while it does not parse", () => {
+  const loader = new ObjectLoader();
+  loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
+  const broken = loader.load([
+    { path: "a.yaml", text: "kind: [unclosed" },
+    { path: "b.yaml", text: svc("b", 81) },
+  ]);
+  assert.equal(broken.errors.length, 1);
+  assert.match(
+    broken.errors[0]!.message,
+    /^Cannot parse file "a\.yaml", document 1, as YAML: .*line 1/,
+  );
+  assert.deepEqual(names(broken), ["Service/a", "Service/b"]);
+  assert.match(broken.warnings.join("\n"), /Keeping the 1 object\(s\) last read from "a\.yaml"/);
+  // A broken JSON file too.
+  const json = loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.json", text: "{" }]);
+  assert.match(json.errors[0]!.message, /^Cannot parse file "b\.json" as JSON/);
+});
+
+Deno.test("ObjectLoader keeps an object's last good version while it is invalid", () => {
+  const loader = new ObjectLoader();
+  loader.load([{ path: "a.yaml", text: `${svc("a", 80)}---\n${svc("b", 80)}` }]);
+  const r = loader.load([{ path: "a.yaml", text: `${svc("a", "eighty")}---\n${svc("b", 81)}` }]);
+  assert.equal(r.errors.length, 1);
+  assert.match(
+    r.errors[0]!.message,
+    /Service "default\/a" in file "a\.yaml", document 1: field "spec\.ports\[0\]\.port"/,
+  );
+  const a = r.objects.find((o) => o.meta.name === "a");
+  assert.ok(a && a.kind === "Service");
+  assert.equal(a.ports[0]!.port, 80, "the last good version stays");
+  const b = r.objects.find((o) => o.meta.name === "b");
+  assert.ok(b && b.kind === "Service" && b.ports[0]!.port === 81, "the good change applies");
+  // A new object that was never good has nothing to keep.
+  const fresh = new ObjectLoader().load([{ path: "x.yaml", text: svc("x", "bad") }]);
+  assert.deepEqual(fresh.objects, []);
+});
+
+Deno.test("ObjectLoader drops the objects of a deleted file and warns about skipped kinds", () => {
+  const loader = new ObjectLoader();
+  loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
+  const r = loader.load([{
+    path: "b.yaml",
+    text: `${svc("b", 80)}---\napiVersion: v1\nkind: Secret\nmetadata: { name: s }\n`,
+  }]);
+  assert.deepEqual(names(r), ["Service/b"]);
+  assert.deepEqual(r.warnings, [
+    'Skipping file "b.yaml", document 2: kind "Secret" is not used by meshd',
+  ]);
+});
+
+Deno.test("readConfigFiles() reads YAML and JSON recursively, skipping hidden and other files", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-files-" });
+  try {
+    await Deno.mkdir(`${dir}/sub`);
+    await Deno.mkdir(`${dir}/..data`);
+    for (
+      const f of ["b.yaml", "a.yml", "sub/c.json", ".hidden.yaml", "..data/d.yaml", "notes.txt"]
+    ) {
+      await Deno.writeTextFile(`${dir}/${f}`, f);
+    }
+    const files = await readConfigFiles(dir);
+    assert.deepEqual(files.map((f) => f.path), ["a.yml", "b.yaml", "sub/c.json"]);
+    assert.equal(files[2]!.text, "sub/c.json");
+    await assert.rejects(readConfigFiles(`${dir}/missing`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { decodeObject, SUPPORTED_KINDS } from "./decode.ts";
+
+const src = { file: "a.yaml", doc: 2 };
+
+Deno.test("decodeObject() decodes one object of every supported kind", () => {
+  const objects: Record<string, unknown> = {
+    Service: { spec: { ports: [{ port: 80 }] } },
+    EndpointSlice: { addressType: "IPv4", endpoints: [], ports: [] },
+    Pod: { spec: {}, status: {} },
+    TrafficTarget: {
+      spec: {
+        destination: { kind: "ServiceAccount", name: "a" },
+        sources: [{ kind: "ServiceAccount", name: "b" }],
+        rules: [],
+      },
+    },
+    HTTPRouteGroup: { spec: { matches: [{ name: "all", pathRegex: ".*" }] } },
+    TCPRoute: { spec: {} },
+    TrafficSplit: { spec: { service: "a", backends: [{ service: "b", weight: 1 }] } },
+  };
+  assert.deepEqual(Object.keys(objects).sort(), Object.keys(SUPPORTED_KINDS).sort());
+  for (const [kind, body] of Object.entries(objects)) {
+    const r = decodeObject({
+      apiVersion: SUPPORTED_KINDS[kind],
+      kind,
+      metadata: { name: "x", namespace: "ns" },
+      ...(body as object),
+    }, src);
+    assert.equal(r.status, "ok", `${kind}: ${r.status === "invalid" ? r.error.message : ""}`);
+    if (r.status === "ok") {
+      assert.equal(r.object.kind, kind);
+      assert.deepEqual(r.object.meta.namespace, "ns");
+    }
+  }
+});
+
+Deno.test("decodeObject() puts a missing namespace in default and reads EndpointSlice conditions", () => {
+  const r = decodeObject({
+    apiVersion: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+    metadata: { name: "s", labels: { "kubernetes.io/service-name": "web" } },
+    addressType: "IPv4",
+    ports: [{ name: "http", port: 8080 }],
+    endpoints: [
+      { addresses: ["10.0.0.1"] },
+      { addresses: ["10.0.0.2"], conditions: { ready: false, serving: true, terminating: true } },
+    ],
+  });
+  assert.equal(r.status, "ok");
+  if (r.status !== "ok" || r.object.kind !== "EndpointSlice") return;
+  assert.equal(r.object.meta.namespace, "default");
+  assert.equal(r.object.serviceName, "web");
+  // A slice port without protocol is TCP; an endpoint without conditions is ready (the API
+  // says consumers should treat unknown as ready).
+  assert.equal(r.object.ports[0]!.protocol, "TCP");
+  assert.deepEqual(
+    r.object.endpoints.map((e) => [e.ready, e.serving, e.terminating]),
+    [[true, true, false], [false, true, true]],
+  );
+});
+
+Deno.test("decodeObject() skips kinds and versions meshd does not read", () => {
+  const cm = decodeObject({ apiVersion: "v1", kind: "ConfigMap", metadata: { name: "c" } }, src);
+  assert.equal(cm.status, "skipped");
+  const old = decodeObject({
+    apiVersion: "split.smi-spec.io/v1alpha2",
+    kind: "TrafficSplit",
+    metadata: { name: "s" },
+  });
+  assert.equal(old.status, "skipped");
+  if (old.status === "skipped") {
+    assert.match(old.reason, /expected "split\.smi-spec\.io\/v1alpha3"/);
+  }
+});
+
+Deno.test("decodeObject() names the source, object and field of a bad object", () => {
+  const cases: [unknown, RegExp, string | undefined][] = [
+    [
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w", namespace: "n" },
+        spec: { ports: [{ port: "x" }] },
+      },
+      /^Cannot read Service "n\/w" in file "a\.yaml", document 3: field "spec\.ports\[0\]\.port" expected an integer from 1 to 65535, found string "x"$/,
+      "Service/n/w",
+    ],
+    [
+      { apiVersion: "v1", kind: "Service", metadata: {}, spec: {} },
+      /field "metadata\.name" is required/,
+      undefined,
+    ],
+    [
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ port: 1, protocol: "ICMP" }] },
+      },
+      /field "spec\.ports\[0\]\.protocol"/,
+      "Service/default/w",
+    ],
+    [
+      {
+        apiVersion: "specs.smi-spec.io/v1alpha3",
+        kind: "HTTPRouteGroup",
+        metadata: { name: "g" },
+        spec: { matches: [{ name: "a", pathRegex: "([" }] },
+      },
+      /field "spec\.matches\[0\]\.pathRegex"/,
+      "HTTPRouteGroup/default/g",
+    ],
+    ["text", /expected a map, found string "text"/, undefined],
+    [{ kind: "Service" }, /apiVersion/, undefined],
+  ];
+  for (const [raw, re, key] of cases) {
+    const r = decodeObject(raw, src);
+    assert.equal(r.status, "invalid", JSON.stringify(raw));
+    if (r.status === "invalid") {
+      assert.match(r.error.message, re);
+      assert.equal(r.key, key);
+      assert.equal(r.error.name, "ConfigError");
+    }
+  }
+});
