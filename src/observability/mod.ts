@@ -1,8 +1,9 @@
 /**
- * What meshd tells the world: one-line logs, and the HTTP API with health, readiness and the
- * config in force.
+ * What meshd tells the world: one-line logs, Prometheus metrics, and the HTTP API with health,
+ * readiness, metrics and the config in force.
  *
  * @module
  */
 export * from "./log.ts";
+export * from "./metrics.ts";
 export * from "./api_server.ts";

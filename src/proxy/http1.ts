@@ -119,6 +119,14 @@ export class BufReader {
     }
   }
 
+  /** Takes up to `max` bytes already buffered, without reading; may be empty. */
+  takeBuffered(max: number): Uint8Array {
+    const n = Math.min(max, this.#end - this.#start);
+    const out = this.#buf.subarray(this.#start, this.#start + n);
+    this.#start += n;
+    return out;
+  }
+
   /** Returns up to `max` bytes (buffered first), or `null` at end of stream. */
   async readSome(max: number): Promise<Uint8Array | null> {
     if (this.#start === this.#end && !(await this.#fill())) return null;
@@ -273,6 +281,7 @@ export async function copyBody(
   dst: Writer,
   framing: BodyFraming,
   dechunk = false,
+  onData?: (bytes: number) => void,
 ): Promise<boolean> {
   switch (framing.kind) {
     case "none":
@@ -283,6 +292,7 @@ export async function copyBody(
         const part = await src.readSome(Math.min(left, COPY_CHUNK));
         if (!part) return false;
         await writeAll(dst, part);
+        onData?.(part.length);
         left -= part.length;
       }
       return true;
@@ -292,6 +302,7 @@ export async function copyBody(
         const part = await src.readSome(COPY_CHUNK);
         if (!part) return true;
         await writeAll(dst, part);
+        onData?.(part.length);
       }
     case "chunked":
       for (;;) {
@@ -314,6 +325,7 @@ export async function copyBody(
           const part = await src.readSome(Math.min(left, COPY_CHUNK));
           if (!part) return false;
           await writeAll(dst, part);
+          onData?.(part.length);
           left -= part.length;
         }
         if ((await src.readLine(2)) !== "") {

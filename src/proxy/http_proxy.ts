@@ -1,12 +1,14 @@
 import type { Logger } from "../observability/mod.ts";
-import type { MeshEndpoint } from "../topology/mod.ts";
-import type { RoundRobin } from "./balancer.ts";
+import type { RequestInfo } from "./access.ts";
+import { matches } from "./access.ts";
+import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
+  type BodyFraming,
   bodyFraming,
   BufReader,
   copyBody,
   encodeLatin1,
-  type HeaderList,
+  getHeader,
   headerTokens,
   HttpParseError,
   type MessageHead,
@@ -14,7 +16,8 @@ import {
   parseResponseHead,
   writeAll,
 } from "./http1.ts";
-import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
+import type { DenyReason } from "./proxy_metrics.ts";
+import { candidatesFor, lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import type { Connect } from "./tcp_proxy.ts";
 
 /** Options for {@linkcode HttpProxy}. */
@@ -23,18 +26,23 @@ export interface HttpProxyOptions {
   port: number;
   /** The route table in force, read per request so a reload applies at once. */
   routes: () => RouteTable;
-  balancer: RoundRobin;
+  pool: EndpointPool;
   logger: Logger;
   connect?: Connect;
   /** Give up on a backend that has not accepted within this time (502). Default 5000 ms. */
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent a response head within this time (504). Default 30 s. */
   responseTimeoutMs?: number;
+  /** Close a client connection idle between requests for this long. Default 60 s. */
+  clientIdleMs?: number;
 }
 
 const MAX_HEAD = 64 * 1024;
-const MAX_IDLE_PER_ENDPOINT = 64;
-const IDLE_MS = 30_000;
+const MAX_IDLE_PER_ENDPOINT = 256;
+const UPSTREAM_IDLE_MS = 30_000;
+/** Responses up to this size, when already read, go out in one write with their head. */
+const COALESCE_LIMIT = 64 * 1024;
+const SWEEP_MS = 100;
 
 // RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the ones named
 // in Connection. Transfer-Encoding is re-added by the proxy when it frames the body.
@@ -50,39 +58,68 @@ const HOP_BY_HOP = new Set([
   "proxy-authorization",
 ]);
 
+// RFC 9110 §9.2.2: methods a client expects may be repeated.
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
 interface Upstream {
   conn: Deno.TcpConn;
   reader: BufReader;
+  key: string;
   idleSince: number;
 }
 
 /** A response the proxy makes itself, with a body that says which service and why. */
 class ProxyFailure extends Error {
-  constructor(readonly status: number, message: string) {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly extraHeaders: string = "",
+  ) {
     super(message);
     this.name = "ProxyFailure";
   }
 }
 
+/** A backend that failed before sending a response head: another endpoint may be tried. */
+class UpstreamError extends Error {
+  constructor(message: string, readonly requestSent: boolean, readonly timedOut = false) {
+    super(message);
+    this.name = "UpstreamError";
+  }
+}
+
 const REASONS: Record<number, string> = {
   400: "Bad Request",
+  403: "Forbidden",
   404: "Not Found",
+  429: "Too Many Requests",
   431: "Request Header Fields Too Large",
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",
 };
 
+/** A response head being waited for; the sweeper closes it when its deadline passes. */
+interface Waiting {
+  deadline: number;
+  conn: Deno.Conn;
+  timedOut: boolean;
+}
+
 /**
- * The HTTP/1.1 entrypoint: routes each request by its Host header to a mesh service port and
- * forwards it to one of its ready endpoints, streaming bodies both ways and keeping
- * connections alive on both sides.
+ * The HTTP/1.1 entrypoint: routes each request by its Host header to a mesh service port,
+ * applies its traffic policy (rate limit, split, access control), and forwards it to a ready
+ * endpoint chosen by the endpoint pool, streaming bodies both ways and keeping connections
+ * alive on both sides. `Upgrade` (WebSocket) is passed through.
  */
 export class HttpProxy {
   readonly #opts: HttpProxyOptions;
   readonly #listener: Deno.TcpListener;
   readonly #clients = new Set<Deno.Conn>();
   readonly #idle = new Map<string, Upstream[]>();
+  readonly #waiting = new Set<Waiting>();
+  readonly #idleClients = new Map<Deno.Conn, number>();
+  readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
 
   /** Binds the port; throws if it cannot. */
@@ -93,6 +130,9 @@ export class HttpProxy {
       port: options.port,
       transport: "tcp",
     });
+    // One timer for every deadline, rather than one per request.
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
+    this.#sweeper.unref(); // never keeps the process alive on its own
     this.#done = this.#accept();
   }
 
@@ -103,6 +143,7 @@ export class HttpProxy {
 
   /** Stops accepting and closes every connection. */
   async close(): Promise<void> {
+    clearInterval(this.#sweeper);
     try {
       this.#listener.close();
     } catch { /* already closed */ }
@@ -110,6 +151,39 @@ export class HttpProxy {
     for (const c of this.#clients) closeQuietly(c);
     for (const list of this.#idle.values()) for (const u of list) closeQuietly(u.conn);
     this.#idle.clear();
+  }
+
+  /** Closes pooled connections to endpoints that are in no route any more. */
+  dropIdle(keep: Set<string>): void {
+    for (const [key, list] of this.#idle) {
+      if (keep.has(key)) continue;
+      for (const u of list) closeQuietly(u.conn);
+      this.#idle.delete(key);
+    }
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const w of this.#waiting) {
+      if (w.deadline <= now) {
+        w.timedOut = true;
+        this.#waiting.delete(w);
+        closeQuietly(w.conn);
+      }
+    }
+    const idleLimit = this.#opts.clientIdleMs ?? 60_000;
+    for (const [conn, since] of this.#idleClients) {
+      if (now - since >= idleLimit) {
+        this.#idleClients.delete(conn);
+        closeQuietly(conn);
+      }
+    }
+    for (const [key, list] of this.#idle) {
+      while (list.length > 0 && now - list[0]!.idleSince >= UPSTREAM_IDLE_MS) {
+        closeQuietly(list.shift()!.conn);
+      }
+      if (list.length === 0) this.#idle.delete(key);
+    }
   }
 
   async #accept(): Promise<void> {
@@ -126,16 +200,18 @@ export class HttpProxy {
       this.#clients.add(conn);
       this.#serve(conn).finally(() => {
         this.#clients.delete(conn);
+        this.#idleClients.delete(conn);
         closeQuietly(conn);
       });
     }
   }
 
-  async #serve(client: Deno.Conn): Promise<void> {
+  async #serve(client: Deno.TcpConn): Promise<void> {
     const reader = new BufReader(client);
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (;;) {
       let req: MessageHead;
+      this.#idleClients.set(client, Date.now());
       try {
         const head = await reader.readHead(MAX_HEAD);
         if (head === null) return;
@@ -143,109 +219,276 @@ export class HttpProxy {
       } catch (e) {
         if (e instanceof HttpParseError) {
           const status = e.message.includes("over") ? 431 : 400;
-          await this.#fail(client, 1, new ProxyFailure(status, `Bad request: ${e.message}`)).catch(
-            () => {},
-          );
+          await this.#fail(client, 1, new ProxyFailure(status, `Bad request: ${e.message}`))
+            .catch(() => {});
         }
         return;
+      } finally {
+        this.#idleClients.delete(client);
       }
       let keepAlive: boolean;
       try {
-        keepAlive = await this.#forward(req, reader, client, peer);
+        keepAlive = await this.#handle(req, reader, client, peer);
       } catch (e) {
         if (e instanceof ProxyFailure) await this.#fail(client, req.minor, e).catch(() => {});
-        else this.#opts.logger.debug("http connection ended", { client: peer, error: String(e) });
+        else if (this.#opts.logger.enabled("debug")) {
+          this.#opts.logger.debug("http connection ended", { client: peer, error: String(e) });
+        }
         return;
       }
       if (!keepAlive) return;
     }
   }
 
-  /** Forwards one request and its response. Returns whether the client connection stays open. */
-  async #forward(
+  /** One request: policy, then forwarding. Returns whether the client connection stays open. */
+  async #handle(
     req: MessageHead,
     reader: BufReader,
-    client: Deno.Conn,
+    client: Deno.TcpConn,
     peer: string,
   ): Promise<boolean> {
-    const log = this.#opts.logger;
-    let reqFraming;
+    let reqFraming: BodyFraming;
     try {
       reqFraming = bodyFraming(req, true);
     } catch (e) {
       throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
     }
-    const host = headerValue(req.headers, "host");
-    const route = lookupHttpRoute(this.#opts.routes(), host);
-    if (!route) {
-      throw new ProxyFailure(404, `No mesh service answers to Host "${host ?? ""}"`);
+    const host = getHeader(req.headers, "host");
+    const root = lookupHttpRoute(this.#opts.routes(), host);
+    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host ?? ""}"`);
+    const m = root.metrics;
+    m.requests.inc();
+    m.open.inc();
+    const started = performance.now();
+    let status = 0;
+    try {
+      const result = await this.#route(req, reqFraming, reader, client, peer, root);
+      status = result.status;
+      return result.keepAlive;
+    } catch (e) {
+      if (e instanceof ProxyFailure) status = e.status;
+      throw e;
+    } finally {
+      m.open.dec();
+      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
+      m.duration.observe((performance.now() - started) / 1000);
     }
+  }
+
+  async #route(
+    req: MessageHead,
+    reqFraming: BodyFraming,
+    reader: BufReader,
+    client: Deno.TcpConn,
+    peer: string,
+    root: Route,
+  ): Promise<{ status: number; keepAlive: boolean }> {
+    const deny = (reason: DenyReason, f: ProxyFailure): never => {
+      root.metrics.denied(reason).inc();
+      throw f;
+    };
+    if (root.rateLimit && !root.rateLimit.take()) {
+      const wait = Math.max(1, Math.ceil(root.rateLimit.waitMs() / 1000));
+      deny(
+        "rate_limit",
+        new ProxyFailure(
+          429,
+          `Service "${root.key}" is over its rate limit of ${root.rateLimit.rate} requests a second`,
+          `retry-after: ${wait}\r\n`,
+        ),
+      );
+    }
+    const info = requestInfo(req);
+    // TrafficSplit in one hop: the backend's own endpoints, never back through the mesh.
+    let target = root;
+    const split = root.split;
+    if (split && (split.matches.length === 0 || split.matches.some((x) => matches(x, info)))) {
+      target = split.backends.next() ?? root;
+    }
+    // Through a split, the source needs access to the backend chosen.
+    const decision = target.access.checkHttp(peer, info);
+    if (!decision.allowed) deny("acl", new ProxyFailure(403, `Access denied: ${decision.reason}`));
+    const candidates = candidatesFor(target, decision.allowed ? decision.destinations : new Set());
+    if (candidates.length === 0) {
+      const what = target === root
+        ? `Service "${root.key}"`
+        : `Backend "${target.key}" of split "${split!.name}"`;
+      deny(
+        "no_endpoint",
+        new ProxyFailure(
+          503,
+          target.access.open || target.readyStates.length === 0
+            ? `${what} has no ready endpoint`
+            : `${what} has no ready endpoint the source may reach`,
+        ),
+      );
+    }
+    return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
+  }
+
+  async #forward(
+    req: MessageHead,
+    reqFraming: BodyFraming,
+    reader: BufReader,
+    client: Deno.TcpConn,
+    peer: string,
+    root: Route,
+    target: Route,
+    candidates: EndpointState[],
+  ): Promise<{ status: number; keepAlive: boolean }> {
+    const pool = this.#opts.pool;
     const connTokens = headerTokens(req.headers, "connection");
+    const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
-
-    const head = encodeLatin1(requestHead(req, reqFraming, connTokens, peer));
-    // A fresh connection is tried once more when a pooled one turns out to be closed before
-    // anything came back; that is safe only while no body byte has been sent.
-    let up: Upstream;
-    let reused: boolean;
-    let res: MessageHead;
+    const head = encodeLatin1(requestHead(req, reqFraming, connTokens, peer, upgrade));
+    const retryable = reqFraming.kind === "none" && IDEMPOTENT.has(req.method);
+    const attempts = 1 + target.service.retryAttempts;
+    const tried = new Set<EndpointState>();
+    let up!: Upstream;
+    let res!: MessageHead;
+    let ep!: EndpointState;
     let bodyDone: Promise<boolean> = Promise.resolve(true);
     for (let attempt = 0;; attempt++) {
-      const ep = this.#opts.balancer.pick(route.key, route.port.endpoints);
-      if (!ep) {
-        throw new ProxyFailure(503, `Service "${route.key}" has no ready endpoint`);
-      }
-      [up, reused] = await this.#upstream(ep, route);
+      const fresh = candidates.filter((c) => !tried.has(c));
+      const picked = pool.pick(fresh.length > 0 ? fresh : candidates);
+      if (!picked) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
+      ep = picked;
+      tried.add(ep);
+      ep.inflight++;
+      let reused = false;
+      let current: Upstream | undefined;
       try {
+        [current, reused] = await this.#upstream(ep, target);
+        up = current;
         await writeAll(up.conn, head);
-        bodyDone = copyBody(reader, up.conn, reqFraming).catch(() => false);
-        res = await this.#readResponse(up, req, client, route, ep);
+        if (reqFraming.kind !== "none") {
+          const m = root.metrics;
+          bodyDone = copyBody(reader, up.conn, reqFraming, false, (n) => m.bytesIn.inc(n))
+            .catch(() => false);
+        }
+        res = await this.#readResponse(up, req, client, target, ep);
         break;
       } catch (e) {
-        closeQuietly(up.conn);
-        if (e instanceof ProxyFailure) throw e;
-        if (reused && attempt === 0 && reqFraming.kind === "none") continue;
+        ep.inflight--;
+        if (current) closeQuietly(current.conn);
+        if (!(e instanceof UpstreamError)) throw e;
+        // A pooled connection the backend closed while it sat idle is no fault of the backend.
+        const staleReuse = reused && !e.timedOut && reqFraming.kind === "none" && attempt === 0;
+        if (!staleReuse && pool.failure(ep)) {
+          this.#opts.logger.warn("endpoint ejected after failures in a row", {
+            service: target.key,
+            endpoint: ep.key,
+          });
+        }
+        const canRetry = !e.requestSent || retryable;
+        if (staleReuse) continue;
+        if (canRetry && attempt + 1 < attempts) {
+          root.metrics.retries.inc();
+          continue;
+        }
+        if (e.timedOut) {
+          throw new ProxyFailure(
+            504,
+            `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
+              this.#opts.responseTimeoutMs ?? 30_000
+            } ms`,
+          );
+        }
         throw new ProxyFailure(
           502,
-          `Endpoint ${ep.address}:${ep.port} of service "${route.key}" failed: ${
-            (e as Error).message
-          }`,
+          `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
         );
       }
     }
-
-    let resFraming;
     try {
-      resFraming = bodyFraming(res, false, req.method);
-    } catch (e) {
-      closeQuietly(up.conn);
-      throw new ProxyFailure(
-        502,
-        `Service "${route.key}" sent a bad response: ${(e as Error).message}`,
-      );
+      if (res.status >= 500) pool.failure(ep);
+      else pool.success(ep);
+
+      if (res.status === 101 && upgrade !== null) {
+        await this.#tunnel(res, req, reader, client, up, root);
+        return { status: 101, keepAlive: false };
+      }
+      let resFraming: BodyFraming;
+      try {
+        resFraming = bodyFraming(res, false, req.method);
+      } catch (e) {
+        closeQuietly(up.conn);
+        throw new ProxyFailure(
+          502,
+          `Service "${target.key}" sent a bad response: ${(e as Error).message}`,
+        );
+      }
+      // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
+      const dechunk = resFraming.kind === "chunked" && req.minor === 0;
+      const closeAfter = clientClose || resFraming.kind === "close" || dechunk;
+      const outHead = encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk));
+      let complete: boolean;
+      const m = root.metrics;
+      if (
+        resFraming.kind === "length" && resFraming.length <= COALESCE_LIMIT &&
+        up.reader.buffered >= resFraming.length
+      ) {
+        // The whole small body is already here: one write instead of two.
+        const body = up.reader.takeBuffered(resFraming.length);
+        const out = new Uint8Array(outHead.length + body.length);
+        out.set(outHead);
+        out.set(body, outHead.length);
+        await writeAll(client, out);
+        m.bytesOut.inc(body.length);
+        complete = true;
+      } else {
+        await writeAll(client, outHead);
+        complete = await copyBody(up.reader, client, resFraming, dechunk, (n) => m.bytesOut.inc(n));
+      }
+      const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
+      const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
+        !headerTokens(res.headers, "connection").includes("close");
+      if (reusable) this.#release(up);
+      else closeQuietly(up.conn);
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug("http request", {
+          client: peer,
+          service: root.key,
+          backend: target === root ? undefined : target.key,
+          endpoint: ep.key,
+          method: req.method,
+          status: res.status,
+        });
+      }
+      // If the request body was not read to its end, the next request cannot be found.
+      return { status: res.status, keepAlive: complete && requestSent === true && !closeAfter };
+    } finally {
+      ep.inflight--;
     }
-    // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
-    const dechunk = resFraming.kind === "chunked" && req.minor === 0;
-    const closeAfter = clientClose || resFraming.kind === "close" || dechunk;
-    await writeAll(
-      client,
-      encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk)),
-    );
-    const complete = await copyBody(up.reader, client, resFraming, dechunk);
-    const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
-    const upstreamReusable = complete && requestSent === true && resFraming.kind !== "close" &&
-      !headerTokens(res.headers, "connection").includes("close");
-    if (upstreamReusable) this.#release(up);
-    else closeQuietly(up.conn);
-    log.debug("http request", {
-      client: peer,
-      service: route.key,
-      method: req.method,
-      status: res.status,
-    });
-    // If the request body was not read to its end, the next request cannot be found.
-    return complete && requestSent === true && !closeAfter;
+  }
+
+  /** After 101 Switching Protocols: bytes both ways until either side closes. */
+  async #tunnel(
+    res: MessageHead,
+    req: MessageHead,
+    reader: BufReader,
+    client: Deno.TcpConn,
+    up: Upstream,
+    root: Route,
+  ): Promise<void> {
+    let head = `HTTP/1.1 101 ${res.reason}\r\n`;
+    for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
+    await writeAll(client, encodeLatin1(head + "\r\n"));
+    const m = root.metrics;
+    const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
+    const abort = (): void => {
+      closeQuietly(client);
+      closeQuietly(up.conn);
+    };
+    await Promise.all([
+      splice(client, up.conn, early[0]!, (n) => m.bytesIn.inc(n), abort),
+      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort),
+    ]);
+    abort();
+    if (this.#opts.logger.enabled("debug")) {
+      this.#opts.logger.debug("http upgrade ended", { service: root.key, method: req.method });
+    }
   }
 
   async #readResponse(
@@ -253,56 +496,62 @@ export class HttpProxy {
     req: MessageHead,
     client: Deno.Conn,
     route: Route,
-    ep: MeshEndpoint,
+    ep: EndpointState,
   ): Promise<MessageHead> {
-    const timeout = this.#opts.responseTimeoutMs ?? 30_000;
-    for (;;) {
-      let head: string | null;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      try {
-        head = await Promise.race([
-          up.reader.readHead(MAX_HEAD),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new ProxyFailure(504, "")), timeout);
-          }),
-        ]);
-      } catch (e) {
-        if (e instanceof ProxyFailure) {
-          closeQuietly(up.conn);
+    const waiting: Waiting = {
+      deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
+      conn: up.conn,
+      timedOut: false,
+    };
+    this.#waiting.add(waiting);
+    try {
+      for (;;) {
+        let head: string | null;
+        try {
+          head = await up.reader.readHead(MAX_HEAD);
+        } catch (e) {
+          if (waiting.timedOut) throw new UpstreamError("timed out", true, true);
+          if (e instanceof HttpParseError) {
+            throw new ProxyFailure(
+              502,
+              `Endpoint ${ep.key} of service "${route.key}" sent a bad response: ${e.message}`,
+            );
+          }
+          throw new UpstreamError((e as Error).message, true);
+        }
+        if (head === null) {
+          if (waiting.timedOut) throw new UpstreamError("timed out", true, true);
+          throw new UpstreamError("connection closed before a response", true);
+        }
+        let res: MessageHead;
+        try {
+          res = parseResponseHead(head);
+        } catch (e) {
           throw new ProxyFailure(
-            504,
-            `Endpoint ${ep.address}:${ep.port} of service "${route.key}" sent no response within ${timeout} ms`,
+            502,
+            `Endpoint ${ep.key} of service "${route.key}" sent a bad response: ${
+              (e as Error).message
+            }`,
           );
         }
-        throw e;
-      } finally {
-        clearTimeout(timer);
+        if (res.status >= 200 || res.status === 101) return res;
+        // 1xx: pass 100 Continue and 103 Early Hints through to an HTTP/1.1 client.
+        if (req.minor === 1) {
+          await writeAll(
+            client,
+            encodeLatin1(responseHead(res, { kind: "none" }, false, 1, false)),
+          );
+        }
       }
-      if (head === null) throw new Error("connection closed before a response");
-      const res = parseResponseHead(head);
-      if (res.status >= 200) return res;
-      // 1xx: pass 100 Continue and 103 Early Hints through to an HTTP/1.1 client.
-      if (res.status === 101) {
-        throw new ProxyFailure(
-          502,
-          `Service "${route.key}" switched protocols, which is not supported yet`,
-        );
-      }
-      if (req.minor === 1) {
-        await writeAll(client, encodeLatin1(responseHead(res, { kind: "none" }, false, 1, false)));
-      }
+    } finally {
+      this.#waiting.delete(waiting);
     }
   }
 
-  async #upstream(ep: MeshEndpoint, route: Route): Promise<[Upstream, boolean]> {
-    const key = `${ep.address}:${ep.port}`;
+  async #upstream(ep: EndpointState, route: Route): Promise<[Upstream, boolean]> {
+    const key = ep.key;
     const list = this.#idle.get(key);
-    const now = Date.now();
-    while (list && list.length > 0) {
-      const u = list.pop()!;
-      if (now - u.idleSince < IDLE_MS) return [u, true];
-      closeQuietly(u.conn);
-    }
+    if (list && list.length > 0) return [list.pop()!, true];
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const connecting = (this.#opts.connect ?? defaultConnect)(ep.address, ep.port);
@@ -317,12 +566,12 @@ export class HttpProxy {
         }),
       ]);
       conn.setNoDelay(true);
-      return [{ conn, reader: new BufReader(conn), idleSince: 0 }, false];
+      return [{ conn, reader: new BufReader(conn), key, idleSince: 0 }, false];
     } catch (e) {
       connecting.then(closeQuietly, () => {});
-      throw new ProxyFailure(
-        502,
-        `Cannot connect to endpoint ${key} of service "${route.key}": ${(e as Error).message}`,
+      throw new UpstreamError(
+        `cannot connect to endpoint ${key} of service "${route.key}": ${(e as Error).message}`,
+        false,
       );
     } finally {
       clearTimeout(timer);
@@ -330,10 +579,8 @@ export class HttpProxy {
   }
 
   #release(u: Upstream): void {
-    const addr = u.conn.remoteAddr as Deno.NetAddr;
-    const key = `${addr.hostname}:${addr.port}`;
-    let list = this.#idle.get(key);
-    if (!list) this.#idle.set(key, list = []);
+    let list = this.#idle.get(u.key);
+    if (!list) this.#idle.set(u.key, list = []);
     if (list.length >= MAX_IDLE_PER_ENDPOINT || u.reader.buffered > 0) {
       closeQuietly(u.conn);
       return;
@@ -343,71 +590,117 @@ export class HttpProxy {
   }
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {
-    this.#opts.logger.warn("http request failed", { status: f.status, reason: f.message });
+    const level = f.status >= 500 ? "warn" : "debug";
+    if (this.#opts.logger.enabled(level)) {
+      this.#opts.logger[level]("http request failed", { status: f.status, reason: f.message });
+    }
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");
     const head = `HTTP/1.${minor === 0 ? 0 : 1} ${f.status} ${REASONS[f.status] ?? "Error"}\r\n` +
       `content-type: text/plain; charset=utf-8\r\ncontent-length: ${body.length}\r\n` +
-      `x-meshd-error: 1\r\nconnection: close\r\n\r\n`;
-    await writeAll(client, new Uint8Array([...encodeLatin1(head), ...body]));
+      `x-meshd-error: 1\r\n${f.extraHeaders}connection: close\r\n\r\n`;
+    const h = encodeLatin1(head);
+    const out = new Uint8Array(h.length + body.length);
+    out.set(h);
+    out.set(body, h.length);
+    await writeAll(client, out);
   }
 }
 
 const defaultConnect: Connect = (hostname, port) =>
   Deno.connect({ hostname, port, transport: "tcp" });
 
-function headerValue(headers: HeaderList, name: string): string | null {
-  for (const [k, v] of headers) if (k.length === name.length && k.toLowerCase() === name) return v;
-  return null;
-}
-
-function forwardable(headers: HeaderList, connTokens: string[]): HeaderList {
-  return headers.filter(([k]) => {
-    const l = k.toLowerCase();
-    return !HOP_BY_HOP.has(l) && !connTokens.includes(l);
-  });
-}
-
-function framingHeader(f: { kind: string }): string {
-  return f.kind === "chunked" ? "transfer-encoding: chunked\r\n" : "";
+function requestInfo(req: MessageHead): RequestInfo {
+  const q = req.target.indexOf("?");
+  let path = q >= 0 ? req.target.slice(0, q) : req.target;
+  // An absolute-form target (a client that thinks we are a forward proxy) still has a path.
+  if (!path.startsWith("/")) {
+    const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/]*(\/.*)?$/.exec(path);
+    path = m ? (m[1] ?? "/") : path;
+  }
+  return {
+    method: req.method,
+    path,
+    header: (name) => getHeader(req.headers, name),
+  };
 }
 
 function requestHead(
   req: MessageHead,
-  framing: { kind: string },
+  framing: BodyFraming,
   connTokens: string[],
   peer: string,
+  upgrade: string | null,
 ): string {
   let s = `${req.method} ${req.target} HTTP/1.1\r\n`;
   let xff: string | null = null;
-  for (const [k, v] of forwardable(req.headers, connTokens)) {
+  let forwarded: string | null = null;
+  for (const [k, v] of req.headers) {
     const l = k.toLowerCase();
-    // The client's own X-Forwarded-For is kept but never trusted; its address is appended.
+    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
+    // The client's own X-Forwarded-For and Forwarded are kept but never trusted: the proxy
+    // appends the address it saw, and identifies the source by that address alone.
     if (l === "x-forwarded-for") {
       xff = xff === null ? v : `${xff}, ${v}`;
+      continue;
+    }
+    if (l === "forwarded") {
+      forwarded = forwarded === null ? v : `${forwarded}, ${v}`;
       continue;
     }
     s += `${k}: ${v}\r\n`;
   }
   s += `x-forwarded-for: ${xff === null ? peer : `${xff}, ${peer}`}\r\n`;
-  s += framingHeader(framing);
+  const node = peer.includes(":") ? `"[${peer}]"` : peer;
+  s += `forwarded: ${forwarded === null ? "" : `${forwarded}, `}for=${node}\r\n`;
+  if (upgrade !== null) s += `connection: upgrade\r\nupgrade: ${upgrade}\r\n`;
+  if (framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";
   return s + "\r\n";
 }
 
 function responseHead(
   res: MessageHead,
-  framing: { kind: string },
+  framing: BodyFraming,
   close: boolean,
   minor: number,
   dechunk: boolean,
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
-  for (const [k, v] of forwardable(res.headers, headerTokens(res.headers, "connection"))) {
+  const connTokens = headerTokens(res.headers, "connection");
+  for (const [k, v] of res.headers) {
+    const l = k.toLowerCase();
+    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
     s += `${k}: ${v}\r\n`;
   }
-  if (!dechunk) s += framingHeader(framing);
+  if (!dechunk && framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";
   if (close) s += "connection: close\r\n";
   else if (minor === 0) s += "connection: keep-alive\r\n";
   return s + "\r\n";
+}
+
+/** Copies `early` and then everything from `from` to `to`, then half-closes `to`. */
+async function splice(
+  from: Deno.TcpConn,
+  to: Deno.TcpConn,
+  early: Uint8Array,
+  count: (n: number) => void,
+  abort: () => void,
+): Promise<void> {
+  try {
+    if (early.length > 0) {
+      await writeAll(to, early);
+      count(early.length);
+    }
+    const buf = new Uint8Array(64 * 1024);
+    for (;;) {
+      const n = await from.read(buf);
+      if (n === null) break;
+      await writeAll(to, buf.subarray(0, n));
+      count(n);
+    }
+    await to.closeWrite();
+  } catch {
+    abort();
+  }
 }
 
 /**

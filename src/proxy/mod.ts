@@ -1,12 +1,17 @@
 /**
- * The node proxy: HTTP routed by Host, TCP on a listener per service port, round-robin over
- * ready endpoints. It knows {@linkcode MeshConfig} and nothing of Kubernetes.
+ * The node proxy: HTTP/1.1 routed by Host, TCP and UDP on a listener per service port;
+ * endpoints chosen by power of two choices with outlier detection; TrafficSplit in one hop;
+ * SMI access control by source address; retries, timeouts and rate limits; metrics. It knows
+ * {@linkcode MeshConfig} and nothing of Kubernetes.
  *
  * @module
  */
 export { NodeProxy } from "./node_proxy.ts";
 export type { ListenerState, NodeProxyOptions } from "./node_proxy.ts";
-export { buildRouteTable, lookupHttpRoute } from "./route_table.ts";
-export type { Route, RouteTable } from "./route_table.ts";
-export { RoundRobin } from "./balancer.ts";
+export { buildRouteTable, lookupHttpRoute, newRouteState } from "./route_table.ts";
+export type { Route, RouteState, RouteTable } from "./route_table.ts";
+export { DEFAULT_OUTLIER, EndpointPool, EndpointState } from "./endpoint_pool.ts";
+export type { OutlierOptions } from "./endpoint_pool.ts";
+export { AccessPolicy } from "./access.ts";
+export { ProxyMetrics } from "./proxy_metrics.ts";
 export type { Connect } from "./tcp_proxy.ts";

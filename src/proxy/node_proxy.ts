@@ -1,9 +1,11 @@
-import type { Logger } from "../observability/mod.ts";
+import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { RoundRobin } from "./balancer.ts";
+import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
-import { buildRouteTable, type RouteTable } from "./route_table.ts";
+import { ProxyMetrics } from "./proxy_metrics.ts";
+import { buildRouteTable, newRouteState, type RouteState, type RouteTable } from "./route_table.ts";
 import { type Connect, TcpListener } from "./tcp_proxy.ts";
+import { UdpListener } from "./udp_proxy.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
@@ -12,24 +14,39 @@ export interface NodeProxyOptions {
   /** The HTTP entrypoint port; 0 picks a free one. */
   httpPort: number;
   logger: Logger;
+  /** Where the proxy's metrics go; a new registry when absent. */
+  registry?: Registry;
   /** How connections to backends are opened (a test seam). */
   connect?: Connect;
+  /** Passive outlier detection settings. */
+  outlier?: Partial<OutlierOptions>;
+  /** A backend that has not accepted within this time fails (HTTP 502). Default 5 s. */
+  connectTimeoutMs?: number;
+  /** A backend that has not answered within this time fails (HTTP 504). Default 30 s. */
+  responseTimeoutMs?: number;
+  /** TCP connections idle this long are closed. Default 1 hour. */
+  tcpIdleTimeoutMs?: number;
+  /** UDP flows idle this long are forgotten. Default 60 s. */
+  udpIdleTimeoutMs?: number;
+  /** Uniform random in [0, 1) for endpoint choice; a test seam. */
+  random?: () => number;
 }
 
 /** What a service port looks like from a client of this node's proxy. */
 export interface ListenerState {
   /** `host:port` a client connects to. */
   address: string;
-  /** Whether the proxy serves it now (a port may fail to bind, or a protocol be unserved). */
+  /** Whether the proxy serves it now (a port may fail to bind). */
   served: boolean;
   /** Why it is not served. */
   reason?: string;
 }
 
 /**
- * The node proxy: one HTTP entrypoint routed by Host, and a TCP listener per TCP service
- * port. {@linkcode NodeProxy.apply} moves it to a new {@linkcode MeshConfig}: routes switch
- * at once, new ports are bound before the switch, and connections already open go on.
+ * The node proxy: one HTTP entrypoint routed by Host, and a TCP or UDP listener per TCP or UDP
+ * service port. {@linkcode NodeProxy.apply} moves it to a new {@linkcode MeshConfig}: new
+ * ports are bound before the switch, routes switch at once, and requests and connections
+ * already under way finish on the endpoints they started with.
  *
  * @example
  * ```ts
@@ -40,14 +57,37 @@ export interface ListenerState {
  */
 export class NodeProxy {
   readonly #opts: NodeProxyOptions;
-  readonly #balancer = new RoundRobin();
-  #routes: RouteTable = { version: 0, http: new Map(), tcp: new Map() };
+  readonly #state: RouteState;
+  #routes: RouteTable = {
+    version: 0,
+    http: new Map(),
+    tcp: new Map(),
+    udp: new Map(),
+    endpointKeys: new Set(),
+  };
   #http: HttpProxy | null = null;
   readonly #tcp = new Map<number, TcpListener>();
-  readonly #failed = new Map<number, string>();
+  readonly #udp = new Map<number, UdpListener>();
+  readonly #failed = new Map<string, string>();
 
   constructor(options: NodeProxyOptions) {
     this.#opts = options;
+    const metrics = new ProxyMetrics(options.registry);
+    const log = options.logger;
+    const pool = new EndpointPool({
+      outlier: options.outlier,
+      random: options.random,
+      onEject: (s, ms) => {
+        metrics.ejected(s.key);
+        log.warn("endpoint ejected", { endpoint: s.key, forMs: ms, ejections: s.ejections });
+      },
+    });
+    this.#state = newRouteState({ pool, metrics });
+  }
+
+  /** The proxy's metrics registry. */
+  get registry(): Registry {
+    return this.#state.metrics.registry;
   }
 
   /** Binds the HTTP entrypoint. Throws if it cannot. */
@@ -56,9 +96,11 @@ export class NodeProxy {
       hostname: this.#opts.hostname,
       port: this.#opts.httpPort,
       routes: () => this.#routes,
-      balancer: this.#balancer,
+      pool: this.#state.pool,
       logger: this.#opts.logger.with({ component: "http" }),
       connect: this.#opts.connect,
+      connectTimeoutMs: this.#opts.connectTimeoutMs,
+      responseTimeoutMs: this.#opts.responseTimeoutMs,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
     return Promise.resolve();
@@ -79,11 +121,13 @@ export class NodeProxy {
   listener(protocol: string, listenPort: number | null): ListenerState {
     if (protocol === "http") return { address: this.httpAddress, served: this.#http !== null };
     const address = `${this.#opts.hostname}:${listenPort}`;
-    if (protocol === "udp") {
-      return { address, served: false, reason: "UDP is not proxied yet (#4)" };
-    }
-    if (listenPort !== null && this.#tcp.has(listenPort)) return { address, served: true };
-    return { address, served: false, reason: this.#failed.get(listenPort ?? -1) ?? "not bound" };
+    const bound = protocol === "udp" ? this.#udp : this.#tcp;
+    if (listenPort !== null && bound.has(listenPort)) return { address, served: true };
+    return {
+      address,
+      served: false,
+      reason: this.#failed.get(`${protocol}/${listenPort}`) ?? "not bound",
+    };
   }
 
   /**
@@ -91,49 +135,92 @@ export class NodeProxy {
    * {@linkcode listener}; every other route still applies.
    */
   async apply(config: MeshConfig): Promise<void> {
-    const next = buildRouteTable(config);
+    const next = buildRouteTable(config, this.#state);
     const log = this.#opts.logger;
+    const hostname = this.#opts.hostname;
     for (const [port, route] of next.tcp) {
       if (this.#tcp.has(port)) continue;
-      try {
+      this.#bind("tcp", port, route.key, () =>
         this.#tcp.set(
           port,
           new TcpListener({
-            hostname: this.#opts.hostname,
+            hostname,
             port,
             route: () => this.#routes.tcp.get(port),
-            balancer: this.#balancer,
+            pool: this.#state.pool,
             logger: log.with({ component: "tcp" }),
             connect: this.#opts.connect,
+            connectTimeoutMs: this.#opts.connectTimeoutMs,
+            idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
           }),
-        );
-        this.#failed.delete(port);
-        log.info("tcp listener started", {
-          service: route.key,
-          address: `${this.#opts.hostname}:${port}`,
-        });
-      } catch (e) {
-        this.#failed.set(port, String(e));
-        log.error("cannot bind tcp listener", { service: route.key, port, error: String(e) });
-      }
+        ));
+    }
+    for (const [port, route] of next.udp) {
+      if (this.#udp.has(port)) continue;
+      this.#bind("udp", port, route.key, () =>
+        this.#udp.set(
+          port,
+          new UdpListener({
+            hostname,
+            port,
+            route: () => this.#routes.udp.get(port),
+            pool: this.#state.pool,
+            logger: log.with({ component: "udp" }),
+            idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
+          }),
+        ));
     }
     this.#routes = next;
-    const keys = new Set<string>([...next.http.values(), ...next.tcp.values()].map((r) => r.key));
-    this.#balancer.retain(keys);
-    const gone = [...this.#tcp.keys()].filter((p) => !next.tcp.has(p));
-    await Promise.all(gone.map(async (port) => {
-      await this.#tcp.get(port)!.close();
+    this.#state.pool.retain(next.endpointKeys);
+    this.#http?.dropIdle(next.endpointKeys);
+    const keep = new Set<string>();
+    for (const r of [...next.http.values(), ...next.tcp.values(), ...next.udp.values()]) {
+      keep.add(ProxyMetrics.key(r.serviceKey, r.port.port, r.port.protocol));
+    }
+    this.#state.metrics.retain(keep);
+    const closing: Promise<void>[] = [];
+    for (const [port, l] of this.#tcp) {
+      if (next.tcp.has(port)) continue;
       this.#tcp.delete(port);
-      log.info("tcp listener stopped", { port });
-    }));
-    for (const p of this.#failed.keys()) if (!next.tcp.has(p)) this.#failed.delete(p);
+      closing.push(l.close().then(() => log.info("tcp listener stopped", { port })));
+    }
+    for (const [port, l] of this.#udp) {
+      if (next.udp.has(port)) continue;
+      this.#udp.delete(port);
+      closing.push(l.close().then(() => log.info("udp listener stopped", { port })));
+    }
+    await Promise.all(closing);
+    for (const k of this.#failed.keys()) {
+      const [proto, port] = k.split("/");
+      if (!(proto === "udp" ? next.udp : next.tcp).has(Number(port))) this.#failed.delete(k);
+    }
+  }
+
+  #bind(protocol: "tcp" | "udp", port: number, service: string, bind: () => void): void {
+    const address = `${this.#opts.hostname}:${port}`;
+    try {
+      bind();
+      this.#failed.delete(`${protocol}/${port}`);
+      this.#opts.logger.info(`${protocol} listener started`, { service, address });
+    } catch (e) {
+      this.#failed.set(`${protocol}/${port}`, String(e));
+      this.#opts.logger.error(`cannot bind ${protocol} listener`, {
+        service,
+        address,
+        error: String(e),
+      });
+    }
   }
 
   /** Stops every listener and closes every connection. */
   async stop(): Promise<void> {
     await this.#http?.close();
     this.#http = null;
-    await Promise.all([...this.#tcp.values()].map((l) => l.close(true)));
+    await Promise.all([
+      ...[...this.#tcp.values()].map((l) => l.close(true)),
+      ...[...this.#udp.values()].map((l) => l.close()),
+    ]);
     this.#tcp.clear();
+    this.#udp.clear();
   }
 }

@@ -1,6 +1,6 @@
 import type { Logger } from "../observability/mod.ts";
-import type { RoundRobin } from "./balancer.ts";
-import type { Route } from "./route_table.ts";
+import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
+import { candidatesFor, type Route } from "./route_table.ts";
 
 /** Opens a connection to a backend; the seam tests and later transports plug into. */
 export type Connect = (address: string, port: number) => Promise<Deno.TcpConn>;
@@ -11,23 +11,39 @@ export interface TcpListenerOptions {
   port: number;
   /** The route in force for this port, read at each accept so a reload applies at once. */
   route: () => Route | undefined;
-  balancer: RoundRobin;
+  pool: EndpointPool;
   logger: Logger;
   connect?: Connect;
   /** Give up on a backend that has not accepted within this time. Default 5000 ms. */
   connectTimeoutMs?: number;
+  /** Close a connection that carried no byte either way for this long. Default 1 hour. */
+  idleTimeoutMs?: number;
 }
 
 const BUFFER_SIZE = 64 * 1024;
+/** Endpoints tried for one connection when connecting fails; nothing was sent, so it is safe. */
+const CONNECT_TRIES = 3;
+
+interface Tunnel {
+  client: Deno.TcpConn;
+  upstream: Deno.TcpConn;
+  lastActive: number;
+}
 
 /**
- * One TCP listener for one service port: each accepted connection goes to the next ready
- * endpoint, and bytes are copied both ways with half-close, and nothing else.
+ * One TCP listener for one service port. Each accepted connection is checked against access
+ * control (by its source address alone: a denied one is closed at once, before any backend is
+ * dialled), goes through the port's TrafficSplit to a backend service if there is one, and to
+ * a ready endpoint chosen by the pool. Bytes are then copied both ways with half-close, and
+ * nothing else is done to them.
  */
 export class TcpListener {
   readonly #opts: TcpListenerOptions;
   readonly #listener: Deno.TcpListener;
-  readonly #conns = new Set<Deno.Conn>();
+  readonly #tunnels = new Set<Tunnel>();
+  readonly #pending = new Set<Deno.Conn>();
+  readonly #sweeper: ReturnType<typeof setInterval>;
+  #closed = false;
   #done: Promise<void>;
 
   /** Binds the port; throws if it cannot. */
@@ -38,6 +54,8 @@ export class TcpListener {
       port: options.port,
       transport: "tcp",
     });
+    this.#sweeper = setInterval(() => this.#sweep(), 1000);
+    this.#sweeper.unref(); // never keeps the process alive on its own
     this.#done = this.#accept();
   }
 
@@ -46,18 +64,48 @@ export class TcpListener {
     return this.#listener.addr;
   }
 
+  /** Connections open now. */
+  get open(): number {
+    return this.#tunnels.size;
+  }
+
   /** Stops accepting. Open connections go on until they end, unless `abort` is set. */
   async close(abort = false): Promise<void> {
+    this.#closed = true;
     try {
       this.#listener.close();
     } catch { /* already closed */ }
     await this.#done;
-    if (abort) { for (const c of this.#conns) closeQuietly(c); }
+    if (abort) {
+      clearInterval(this.#sweeper);
+      for (const c of this.#pending) closeQuietly(c);
+      for (const t of this.#tunnels) {
+        closeQuietly(t.client);
+        closeQuietly(t.upstream);
+      }
+    } else if (this.#tunnels.size === 0) {
+      clearInterval(this.#sweeper);
+    }
+  }
+
+  #sweep(): void {
+    const limit = this.#opts.idleTimeoutMs ?? 3_600_000;
+    const now = Date.now();
+    for (const t of this.#tunnels) {
+      if (now - t.lastActive >= limit) {
+        this.#opts.logger.info("tcp connection idle too long; closed", {
+          port: this.#opts.port,
+          idleMs: now - t.lastActive,
+        });
+        closeQuietly(t.client);
+        closeQuietly(t.upstream);
+      }
+    }
   }
 
   async #accept(): Promise<void> {
     for (;;) {
-      let conn: Deno.Conn;
+      let conn: Deno.TcpConn;
       try {
         conn = await this.#listener.accept();
       } catch (e) {
@@ -71,55 +119,88 @@ export class TcpListener {
     }
   }
 
-  async #handle(client: Deno.Conn): Promise<void> {
-    const route = this.#opts.route();
+  async #handle(client: Deno.TcpConn): Promise<void> {
+    const root = this.#opts.route();
     const log = this.#opts.logger;
-    const peer = client.remoteAddr as Deno.NetAddr;
-    if (!route) {
+    const peer = (client.remoteAddr as Deno.NetAddr).hostname;
+    if (!root) {
       log.debug("tcp connection to a port with no service", { port: this.#opts.port });
       closeQuietly(client);
       return;
     }
-    const ep = this.#opts.balancer.pick(route.key, route.port.endpoints);
-    if (!ep) {
-      log.warn("tcp connection refused: no ready endpoint", {
-        service: route.key,
-        client: peer.hostname,
+    const m = root.metrics;
+    m.requests.inc();
+    const target = root.split?.backends.next() ?? root;
+    const decision = target.access.checkL4(peer);
+    if (!decision.allowed) {
+      m.denied("acl").inc();
+      log.info("tcp connection denied", {
+        service: root.key,
+        client: peer,
+        reason: decision.reason,
       });
       closeQuietly(client);
       return;
     }
-    this.#conns.add(client);
-    let upstream: Deno.Conn | undefined;
-    try {
-      upstream = await withTimeout(
-        (this.#opts.connect ?? defaultConnect)(ep.address, ep.port),
-        this.#opts.connectTimeoutMs ?? 5000,
-      );
-    } catch (e) {
-      log.warn("tcp backend unreachable", {
-        service: route.key,
-        endpoint: `${ep.address}:${ep.port}`,
-        error: String(e),
-      });
-      this.#conns.delete(client);
+    const candidates = candidatesFor(target, decision.destinations);
+    this.#pending.add(client);
+    let upstream: Deno.TcpConn | undefined;
+    let ep: EndpointState | null = null;
+    const tried = new Set<EndpointState>();
+    for (let i = 0; i < CONNECT_TRIES && upstream === undefined; i++) {
+      const fresh = candidates.filter((c) => !tried.has(c));
+      ep = this.#opts.pool.pick(fresh);
+      if (!ep) break;
+      tried.add(ep);
+      try {
+        upstream = await withTimeout(
+          (this.#opts.connect ?? defaultConnect)(ep.address, ep.port),
+          this.#opts.connectTimeoutMs ?? 5000,
+        );
+        this.#opts.pool.success(ep);
+      } catch (e) {
+        log.warn("tcp backend unreachable", {
+          service: target.key,
+          endpoint: ep.key,
+          error: String(e),
+        });
+        this.#opts.pool.failure(ep);
+      }
+    }
+    this.#pending.delete(client);
+    if (!upstream || !ep) {
+      if (tried.size === 0) {
+        m.denied("no_endpoint").inc();
+        log.warn("tcp connection refused: no ready endpoint", {
+          service: target.key,
+          client: peer,
+        });
+      }
       closeQuietly(client);
       return;
     }
-    this.#conns.add(upstream);
-    log.debug("tcp connection", {
-      service: route.key,
-      client: peer.hostname,
-      endpoint: `${ep.address}:${ep.port}`,
-    });
+    const tunnel: Tunnel = { client, upstream, lastActive: Date.now() };
+    this.#tunnels.add(tunnel);
+    ep.inflight++;
+    m.open.inc();
+    const started = performance.now();
+    if (log.enabled("debug")) {
+      log.debug("tcp connection", { service: root.key, client: peer, endpoint: ep.key });
+    }
     const abort = (): void => {
       closeQuietly(client);
       closeQuietly(upstream);
     };
-    await Promise.all([pipe(client, upstream, abort), pipe(upstream, client, abort)]);
+    await Promise.all([
+      pipe(client, upstream, tunnel, (n) => m.bytesIn.inc(n), abort),
+      pipe(upstream, client, tunnel, (n) => m.bytesOut.inc(n), abort),
+    ]);
     abort();
-    this.#conns.delete(client);
-    this.#conns.delete(upstream);
+    ep.inflight--;
+    m.open.dec();
+    m.duration.observe((performance.now() - started) / 1000);
+    this.#tunnels.delete(tunnel);
+    if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
   }
 }
 
@@ -127,7 +208,13 @@ const defaultConnect: Connect = (hostname, port) =>
   Deno.connect({ hostname, port, transport: "tcp" });
 
 /** Copies `from` to `to` until EOF, then half-closes `to`. On an error, aborts both ways. */
-async function pipe(from: Deno.Conn, to: Deno.Conn, abort: () => void): Promise<void> {
+async function pipe(
+  from: Deno.TcpConn,
+  to: Deno.TcpConn,
+  tunnel: Tunnel,
+  count: (n: number) => void,
+  abort: () => void,
+): Promise<void> {
   const buf = new Uint8Array(BUFFER_SIZE);
   try {
     for (;;) {
@@ -135,6 +222,8 @@ async function pipe(from: Deno.Conn, to: Deno.Conn, abort: () => void): Promise<
       if (n === null) break;
       let off = 0;
       while (off < n) off += await to.write(buf.subarray(off, n));
+      count(n);
+      tunnel.lastActive = Date.now();
     }
     await to.closeWrite();
   } catch {
