@@ -2,7 +2,7 @@
 export interface FlagSpec {
   /** Long name without dashes, such as `config-dir`. */
   name: string;
-  kind: "string" | "int" | "bool" | "list" | "range";
+  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range";
   /** Allowed values for a `string` flag. */
   values?: readonly string[];
   /** The default, as it would be written on the command line; `undefined` for none. */
@@ -116,6 +116,19 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
     case "int": {
       if (!/^\d+$/.test(v) || Number(v) > 65535) bad("a port number from 0 to 65535");
       return Number(v);
+    }
+    case "count": {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || !Number.isSafeInteger(Number(v))) {
+        bad("a whole number of at least 1");
+      }
+      return Number(v);
+    }
+    case "duration": {
+      // Milliseconds, from a number and a unit: 500ms, 5s, 2m, 1h.
+      const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(v.trim());
+      const ms = m ? Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2]!]! : NaN;
+      if (!m || !(ms >= 1) || !Number.isFinite(ms)) bad("a duration such as 500ms, 5s, 2m or 1h");
+      return Math.round(ms);
     }
     case "bool":
       if (["true", "1", "yes"].includes(v.toLowerCase())) return true;

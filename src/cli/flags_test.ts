@@ -8,6 +8,8 @@ const SPECS: FlagSpec[] = [
   { name: "mode", kind: "string", values: ["http", "tcp"], default: "http", help: "Mode" },
   { name: "ignore", kind: "list", default: "kube-system", help: "NS" },
   { name: "ports", kind: "range", default: "10000-14999", help: "Range" },
+  { name: "timeout", kind: "duration", default: "5s", help: "Timeout" },
+  { name: "tries", kind: "count", default: "3", help: "Tries" },
 ];
 
 Deno.test("envName() maps a flag to its MESHD_ variable", () => {
@@ -27,7 +29,11 @@ Deno.test("parseFlags() takes --flag value, --flag=value, booleans and defaults"
     mode: "http",
     ignore: ["a", "b", "c"],
     ports: { first: 10000, last: 14999 },
+    timeout: 5000,
+    tries: 3,
   });
+  const d = (t: string) => parseFlags(["--timeout", t], SPECS).values.timeout;
+  assert.deepEqual([d("250ms"), d("1.5s"), d("2m"), d("1h")], [250, 1500, 120_000, 3_600_000]);
   assert.deepEqual(positionals, ["extra"]);
   assert.equal(help, false);
   assert.equal(parseFlags(["--no-acl"], SPECS).values.acl, false);
@@ -57,6 +63,9 @@ Deno.test("parseFlags() rejects unknown flags, missing and bad values, naming th
     [["--acl=maybe"], {}, /expected true or false/],
     [["--ports", "20-10"], {}, /expected a port range such as 10000-14999/],
     [[], { MESHD_API_PORT: "x" }, /Invalid value "x" for MESHD_API_PORT/],
+    [["--timeout", "5"], {}, /expected a duration such as 500ms, 5s, 2m or 1h/],
+    [["--timeout", "0s"], {}, /expected a duration/],
+    [["--tries", "0"], {}, /expected a whole number of at least 1/],
   ];
   for (const [argv, env, re] of cases) {
     assert.throws(() => parseFlags(argv, SPECS, (k) => env[k]), (e: unknown) => {

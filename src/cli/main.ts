@@ -11,7 +11,7 @@ import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts"
 import { NodeProxy } from "../proxy/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
-import { compileOptions, LOG_FLAGS, MODEL_FLAGS } from "./options.ts";
+import { compileOptions, LOG_FLAGS, MODEL_FLAGS, PROXY_FLAGS, proxyOptions } from "./options.ts";
 
 /** meshd's version, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -63,6 +63,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
     help: "Address of the API (/api/config, /api/services, /healthz, /readyz)",
   },
   { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+  ...PROXY_FLAGS,
   ...LOG_FLAGS,
 ];
 
@@ -249,6 +250,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
     logger: logger.with({ room: "proxy" }),
+    ...proxyOptions(values),
   });
   let api: ApiServer | null = null;
   let provider: FileProvider | null = null;

@@ -1,3 +1,4 @@
+import { DEFAULT_OUTLIER, type NodeProxyOptions } from "../proxy/mod.ts";
 import { DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "../topology/mod.ts";
 import type { CompileOptions, PortRange } from "../topology/mod.ts";
 import type { FlagSpec, FlagValue } from "./flags.ts";
@@ -85,5 +86,68 @@ export function compileOptions(v: Record<string, FlagValue>): CompileOptions {
     ignoredNamespaces: v["ignore-namespaces"] as string[],
     tcpPorts: v["tcp-ports"] as PortRange,
     udpPorts: v["udp-ports"] as PortRange,
+  };
+}
+
+/** Flags of the node proxy's behaviour: timeouts and outlier detection. */
+export const PROXY_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "connect-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "5s",
+    help:
+      "A backend that has not accepted a connection by then fails (HTTP 502, or the next endpoint)",
+  },
+  {
+    name: "response-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "30s",
+    help: "A backend that has not sent a response head by then fails (HTTP 504)",
+  },
+  {
+    name: "tcp-idle-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "1h",
+    help: "A TCP connection with no byte either way for this long is closed",
+  },
+  {
+    name: "udp-idle-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "60s",
+    help: "A UDP flow (one client address) with no datagram either way for this long is closed",
+  },
+  {
+    name: "outlier-failures",
+    kind: "count",
+    arg: "N",
+    default: String(DEFAULT_OUTLIER.consecutiveFailures),
+    help: "Failures in a row (connect errors, resets, 5xx) that take an endpoint out of rotation",
+  },
+  {
+    name: "outlier-ejection",
+    kind: "duration",
+    arg: "DURATION",
+    default: `${DEFAULT_OUTLIER.baseEjectionMs / 1000}s`,
+    help: "How long the first ejection lasts; each one in a row adds this much, up to 10 times it",
+  },
+];
+
+/** The node proxy options the proxy flags describe. */
+export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOptions> {
+  const base = v["outlier-ejection"] as number;
+  return {
+    connectTimeoutMs: v["connect-timeout"] as number,
+    responseTimeoutMs: v["response-timeout"] as number,
+    tcpIdleTimeoutMs: v["tcp-idle-timeout"] as number,
+    udpIdleTimeoutMs: v["udp-idle-timeout"] as number,
+    outlier: {
+      consecutiveFailures: v["outlier-failures"] as number,
+      baseEjectionMs: base,
+      maxEjectionMs: base * 10,
+    },
   };
 }

@@ -35,6 +35,32 @@ export class MeshNode implements ApiSource {
 
   constructor(options: MeshNodeOptions) {
     this.#opts = options;
+    const registry = options.proxy.registry;
+    registry.collect(
+      "meshd_config_version",
+      "Version of the MeshConfig the proxy routes by.",
+      [],
+      () => [[[], options.proxy.version]],
+    );
+    registry.collect(
+      "meshd_process_memory_bytes",
+      "Memory of the meshd process: rss, heap_total, heap_used, external.",
+      ["kind"],
+      () => {
+        const m = Deno.memoryUsage();
+        return [
+          [["rss"], m.rss],
+          [["heap_total"], m.heapTotal],
+          [["heap_used"], m.heapUsed],
+          [["external"], m.external],
+        ];
+      },
+    );
+  }
+
+  /** `/metrics`: the proxy's and the process's. */
+  metrics(): string {
+    return this.#opts.proxy.registry.render();
   }
 
   /** Compiles and applies a load; bad objects were already dropped by the loader. */

@@ -1,4 +1,5 @@
 import type { Logger } from "./log.ts";
+import { METRICS_CONTENT_TYPE } from "./metrics.ts";
 
 /** What the API shows; the caller owns the state and the API only reads it. */
 export interface ApiSource {
@@ -10,6 +11,8 @@ export interface ApiSource {
   ready(): boolean;
   /** Extra detail for `/api/status`: last load errors and the like. */
   status(): unknown;
+  /** `/metrics` in the Prometheus text format. */
+  metrics(): string;
 }
 
 /** Options for {@linkcode serveApi}. */
@@ -27,8 +30,8 @@ export interface ApiServer {
 }
 
 /**
- * Serves meshd's HTTP API: `GET /api/config`, `/api/services`, `/api/status`, `/healthz` and
- * `/readyz`. Resolves once the port is bound.
+ * Serves meshd's HTTP API: `GET /api/config`, `/api/services`, `/api/status`, `/metrics`,
+ * `/healthz` and `/readyz`. Resolves once the port is bound.
  *
  * @example
  * ```ts
@@ -63,9 +66,13 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
         return json(source.services());
       case "/api/status":
         return json(source.status());
+      case "/metrics":
+        return new Response(source.metrics(), {
+          headers: { "content-type": METRICS_CONTENT_TYPE },
+        });
       default:
         return text(
-          `No such endpoint "${path}"; try /api/config, /api/services, /api/status, /healthz, /readyz`,
+          `No such endpoint "${path}"; try /api/config, /api/services, /api/status, /metrics, /healthz, /readyz`,
           404,
         );
     }

@@ -9,6 +9,7 @@ Deno.test("serveApi() serves config, services, status and health, ready only onc
     services: () => [{ service: "web", namespace: "default", port: 80 }],
     ready: () => config !== null,
     status: () => ({ errors: [] }),
+    metrics: () => "# TYPE meshd_up gauge\nmeshd_up 1\n",
   };
   const api = await serveApi({
     hostname: "127.0.0.1",
@@ -37,6 +38,10 @@ Deno.test("serveApi() serves config, services, status and health, ready only onc
       { service: "web", namespace: "default", port: 80 },
     ]);
     assert.deepEqual(JSON.parse((await get("/api/status")).body), { errors: [] });
+
+    const metrics = await get("/metrics");
+    assert.equal(metrics.type, "text/plain; version=0.0.4; charset=utf-8");
+    assert.match(metrics.body, /^meshd_up 1$/m);
 
     const missing = await get("/api/nope");
     assert.equal(missing.status, 404);
