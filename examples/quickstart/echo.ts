@@ -1,11 +1,15 @@
 /**
  * A TCP echo backend for the quickstart and the tests: sends back every byte it gets, after a
- * first line naming itself, and half-closes when the client does.
+ * first line naming itself, and half-closes when the client does. It logs each connection's
+ * source to stderr. With `--udp` it also answers datagrams on the same address, each reply
+ * being `<name>: ` and the datagram.
  *
- * Usage: deno run --allow-net echo.ts --name NAME --listen 127.0.2.1:7000
+ * Usage: deno run --allow-net echo.ts --name NAME --listen 127.0.2.1:7000 [--udp]
  *
  * @module
  */
+
+const udp = Deno.args.includes("--udp");
 
 function arg(name: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -24,6 +28,7 @@ console.error(`echo ${name} listening on ${hostname}:${port}`);
 const hello = new TextEncoder().encode(`echo ${name}\n`);
 
 async function serve(conn: Deno.TcpConn): Promise<void> {
+  console.error(`echo ${name} connection from ${(conn.remoteAddr as Deno.NetAddr).hostname}`);
   try {
     await conn.write(hello);
     const buf = new Uint8Array(64 * 1024);
@@ -43,4 +48,17 @@ async function serve(conn: Deno.TcpConn): Promise<void> {
   }
 }
 
+async function serveUdp(): Promise<void> {
+  const socket = Deno.listenDatagram({ transport: "udp", hostname, port: Number(port) });
+  const prefix = new TextEncoder().encode(`${name}: `);
+  for (;;) {
+    const [data, from] = await socket.receive();
+    const reply = new Uint8Array(prefix.length + data.length);
+    reply.set(prefix);
+    reply.set(data, prefix.length);
+    await socket.send(reply, from);
+  }
+}
+
+if (udp) serveUdp();
 for await (const conn of listener) serve(conn);

@@ -1,0 +1,3 @@
+module meshd.dev/loadtools
+
+go 1.24
