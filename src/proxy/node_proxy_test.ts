@@ -16,7 +16,7 @@ import {
   rawRequest,
   sha256,
 } from "../../tests/testenv/mesh.ts";
-import { freePort } from "../../tests/testenv/process.ts";
+import { freePort, waitFor } from "../../tests/testenv/process.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 
@@ -387,5 +387,281 @@ Deno.test("NodeProxy TCP listener keeps the reply path open after the client hal
   } finally {
     backend.close();
     await serving;
+  }
+});
+
+/** A raw backend that accepts and, per connection, runs `handle`. */
+function rawBackend(handle: (conn: Deno.TcpConn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.TcpConn>();
+  const done = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      handle(conn).catch(() => {}).finally(() => {
+        conns.delete(conn);
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      });
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    async close() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+      await done;
+    },
+  };
+}
+
+Deno.test("NodeProxy retries an idempotent request on another endpoint and ejects the failing one", async () => {
+  // This endpoint accepts and hangs up without answering.
+  let broken = 0;
+  const bad = rawBackend(async () => {
+    broken++;
+    await Promise.resolve();
+  });
+  try {
+    await withBackends(["good"], async ([good]) => {
+      const config = meshConfig([{
+        name: "web",
+        retryAttempts: 2,
+        ports: [{
+          port: 80,
+          endpoints: [endpoint("127.0.0.1", bad.port), endpoint("127.0.0.1", good!.port)],
+        }],
+      }]);
+      const proxy = new NodeProxy({
+        hostname: "127.0.0.1",
+        httpPort: 0,
+        logger: quiet,
+        outlier: { consecutiveFailures: 2, baseEjectionMs: 60_000 },
+      });
+      await proxy.start();
+      try {
+        await proxy.apply(config);
+        const port = Number(proxy.httpAddress.split(":")[1]);
+        for (let i = 0; i < 10; i++) {
+          const r = await rawRequest(port, "web.default.mesh");
+          assert.equal(r.status, 200, r.body);
+          assert.equal(field(r.body, "name"), "good");
+        }
+        // Two failures in a row eject it; after that it gets nothing.
+        assert.equal(broken, 2);
+        const metrics = proxy.registry.render();
+        assert.match(
+          metrics,
+          /^meshd_retries_total\{service="default\/web",port="80",protocol="http"\} 2$/m,
+        );
+        assert.match(
+          metrics,
+          new RegExp(
+            `^meshd_endpoint_ejections_total\\{endpoint="127\\.0\\.0\\.1:${bad.port}"\\} 1$`,
+            "m",
+          ),
+        );
+        // A POST is not retried: its failure is the client's 502.
+        const eject = await rawRequest(port, "web.default.mesh", { method: "POST", body: "x" });
+        assert.equal(eject.status, 200, "the ejected endpoint is not picked");
+      } finally {
+        await proxy.stop();
+      }
+    });
+  } finally {
+    await bad.close();
+  }
+});
+
+Deno.test("NodeProxy does not retry a request with a body, and answers 502", async () => {
+  const bad = rawBackend(async (conn) => {
+    await conn.read(new Uint8Array(1024));
+  });
+  try {
+    const config = meshConfig([{
+      name: "web",
+      retryAttempts: 3,
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", bad.port)] }],
+    }]);
+    await withProxy(config, async (_, port) => {
+      const r = await rawRequest(port, "web.default.mesh", { method: "POST", body: "data" });
+      assert.equal(r.status, 502);
+      assert.match(r.body, /default\/web:80/);
+      assert.match(r.body, /connection closed before a response/);
+    });
+  } finally {
+    await bad.close();
+  }
+});
+
+Deno.test("NodeProxy answers 504 when the backend sends nothing in time", async () => {
+  const silent = rawBackend(async (conn) => {
+    await conn.read(new Uint8Array(1024));
+    await new Promise((r) => setTimeout(r, 2000));
+  });
+  const proxy = new NodeProxy({
+    hostname: "127.0.0.1",
+    httpPort: 0,
+    logger: quiet,
+    responseTimeoutMs: 200,
+  });
+  await proxy.start();
+  try {
+    await proxy.apply(meshConfig([{
+      name: "slow",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", silent.port)] }],
+    }]));
+    const started = performance.now();
+    const r = await rawRequest(Number(proxy.httpAddress.split(":")[1]), "slow.default.mesh");
+    assert.equal(r.status, 504);
+    assert.match(r.body, /sent no response within 200 ms/);
+    assert.ok(performance.now() - started < 1500, "the deadline, not the backend, ended it");
+  } finally {
+    await proxy.stop();
+    await silent.close();
+  }
+});
+
+Deno.test("NodeProxy answers 429 over the rate limit, with Retry-After", async () => {
+  await withBackends(["a"], async ([a]) => {
+    const config = web([a!], { rateLimit: { average: 1, burst: 3 } });
+    await withProxy(config, async (proxy, port) => {
+      const statuses = [];
+      for (let i = 0; i < 5; i++) {
+        statuses.push((await rawRequest(port, "web.default.mesh")).status);
+      }
+      assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
+      const r = await rawRequest(port, "web.default.mesh");
+      assert.equal(r.headers.get("retry-after"), "1");
+      assert.match(r.body, /over its rate limit of 1 requests a second/);
+      assert.match(
+        proxy.registry.render(),
+        /^meshd_denied_total\{service="default\/web",port="80",protocol="http",reason="rate_limit"\} 3$/m,
+      );
+    });
+  });
+});
+
+Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes both ways", async () => {
+  const ws = rawBackend(async (conn) => {
+    const buf = new Uint8Array(4096);
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) return;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    assert.match(head, /^upgrade: websocket$/im);
+    assert.match(head, /^connection: upgrade$/im);
+    await conn.write(new TextEncoder().encode(
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello",
+    ));
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      await conn.write(
+        new TextEncoder().encode(new TextDecoder().decode(buf.subarray(0, n)).toUpperCase()),
+      );
+    }
+  });
+  try {
+    const config = meshConfig([{
+      name: "ws",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", ws.port)] }],
+    }]);
+    await withProxy(config, async (_, port) => {
+      const client = await RawClient.connect(port);
+      try {
+        const r = await client.request(
+          "GET /chat HTTP/1.1\r\nHost: ws.default.mesh\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert.equal(r.status, 101);
+        assert.equal(r.headers.get("upgrade"), "websocket");
+        assert.equal(await client.readBytes(5), "hello");
+        await client.send("shout");
+        const got = await client.readBytes(5);
+        assert.equal(got, "SHOUT");
+      } finally {
+        client.close();
+      }
+    });
+  } finally {
+    await ws.close();
+  }
+});
+
+Deno.test("NodeProxy UDP keeps one flow per client and sends replies back to each", async () => {
+  const backend = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const echoing = (async () => {
+    for (;;) {
+      const [data, from] = await backend.receive();
+      const text = new TextDecoder().decode(data);
+      await backend.send(
+        new TextEncoder().encode(`re:${text}:${(from as Deno.NetAddr).port}`),
+        from,
+      );
+    }
+  })().catch(() => {});
+  const listenPort = freePort();
+  const config = meshConfig([{
+    name: "dns",
+    ports: [{
+      port: 53,
+      protocol: "udp",
+      listenPort,
+      endpoints: [endpoint("127.0.0.1", (backend.addr as Deno.NetAddr).port)],
+    }],
+  }]);
+  const proxy = new NodeProxy({
+    hostname: "127.0.0.1",
+    httpPort: 0,
+    logger: quiet,
+    udpIdleTimeoutMs: 100,
+  });
+  await proxy.start();
+  const clients = [0, 1].map(() =>
+    Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 })
+  );
+  try {
+    await proxy.apply(config);
+    const ask = async (c: Deno.DatagramConn, text: string) => {
+      await c.send(new TextEncoder().encode(text), {
+        transport: "udp",
+        hostname: "127.0.0.1",
+        port: listenPort,
+      });
+      const [data, from] = await c.receive();
+      // The reply comes from the service port the client sent to.
+      assert.equal((from as Deno.NetAddr).port, listenPort);
+      return new TextDecoder().decode(data);
+    };
+    const a1 = await ask(clients[0]!, "a1");
+    const b1 = await ask(clients[1]!, "b1");
+    const a2 = await ask(clients[0]!, "a2");
+    const flowPort = (s: string) => s.split(":")[2];
+    assert.match(a1, /^re:a1:/);
+    assert.match(b1, /^re:b1:/);
+    // Same client, same flow (same upstream socket); another client, another flow.
+    assert.equal(flowPort(a1), flowPort(a2));
+    assert.notEqual(flowPort(a1), flowPort(b1));
+    // An idle flow is closed; the next datagram opens a new one.
+    await waitFor(
+      "flows to close",
+      () =>
+        /^meshd_open_connections\{service="default\/dns",port="53",protocol="udp"\} 0$/m.test(
+          proxy.registry.render(),
+        ) || undefined,
+    );
+    const a3 = await ask(clients[0]!, "a3");
+    assert.notEqual(flowPort(a3), flowPort(a1));
+  } finally {
+    for (const c of clients) c.close();
+    await proxy.stop();
+    backend.close();
+    await echoing;
   }
 });

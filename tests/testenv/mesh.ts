@@ -182,6 +182,16 @@ export class RawClient {
     return out;
   }
 
+  /** Reads until at least `n` bytes past the last response are here; returns them all. */
+  async readBytes(n: number): Promise<string> {
+    while (this.#buf.length < n) {
+      if (!await this.#fill()) break;
+    }
+    const out = dec.decode(this.#buf);
+    this.#buf = new Uint8Array(0);
+    return out;
+  }
+
   /** Whether the server has closed its side (reads EOF with nothing buffered). */
   async closedByPeer(): Promise<boolean> {
     if (this.#buf.length > 0) return false;
@@ -212,7 +222,7 @@ export class RawClient {
       if (status >= 200 || status === 101) break;
     }
     let body = "";
-    if (opts.headRequest || status === 204 || status === 304) {
+    if (opts.headRequest || status === 101 || status === 204 || status === 304) {
       body = "";
     } else if (headers.get("transfer-encoding")?.toLowerCase().includes("chunked")) {
       const parts: Uint8Array[] = [];
