@@ -74,6 +74,8 @@ class ProxyFailure extends Error {
     readonly status: number,
     message: string,
     readonly extraHeaders: string = "",
+    /** The backend failed at the network level (counted by `NetworkErrorRatio()`). */
+    readonly network = false,
   ) {
     super(message);
     this.name = "ProxyFailure";
@@ -261,17 +263,35 @@ export class HttpProxy {
     m.open.inc();
     const started = performance.now();
     let status = 0;
+    let networkError = false;
+    const breaker = root.breaker;
+    let passed = false;
     try {
+      if (breaker) {
+        if (!breaker.allow()) {
+          m.denied("circuit_open").inc();
+          throw new ProxyFailure(
+            503,
+            `Service "${root.key}" is failing; its circuit breaker is open (${breaker.expression})`,
+          );
+        }
+        passed = true;
+      }
       const result = await this.#route(req, reqFraming, reader, client, peer, root);
       status = result.status;
       return result.keepAlive;
     } catch (e) {
-      if (e instanceof ProxyFailure) status = e.status;
+      if (e instanceof ProxyFailure) {
+        status = e.status;
+        networkError = e.network;
+      }
       throw e;
     } finally {
       m.open.dec();
+      const ms = performance.now() - started;
       if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe((performance.now() - started) / 1000);
+      m.duration.observe(ms / 1000);
+      if (passed && status > 0) breaker!.record(status, ms, networkError);
     }
   }
 
@@ -393,11 +413,15 @@ export class HttpProxy {
             `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
               this.#opts.responseTimeoutMs ?? 30_000
             } ms`,
+            "",
+            true,
           );
         }
         throw new ProxyFailure(
           502,
           `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
+          "",
+          true,
         );
       }
     }

@@ -1,5 +1,6 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
+import type { BreakerTiming } from "./breaker.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
 import { ProxyMetrics } from "./proxy_metrics.ts";
@@ -28,6 +29,8 @@ export interface NodeProxyOptions {
   tcpIdleTimeoutMs?: number;
   /** UDP flows idle this long are forgotten. Default 60 s. */
   udpIdleTimeoutMs?: number;
+  /** Circuit breaker window, fallback and recovery times. */
+  breaker?: Partial<BreakerTiming>;
   /** Uniform random in [0, 1) for endpoint choice; a test seam. */
   random?: () => number;
 }
@@ -82,7 +85,14 @@ export class NodeProxy {
         log.warn("endpoint ejected", { endpoint: s.key, forMs: ms, ejections: s.ejections });
       },
     });
-    this.#state = newRouteState({ pool, metrics });
+    this.#state = newRouteState({ pool, metrics, breakerTiming: options.breaker });
+    const breakerStates = { standby: 0, recovering: 1, tripped: 2 } as const;
+    metrics.registry.collect(
+      "meshd_circuit_breaker_state",
+      "Circuit breaker per service: 0 standby (closed), 1 recovering, 2 tripped (open).",
+      ["service"],
+      () => [...this.#state.breakers].map(([k, b]) => [[k], breakerStates[b.state]]),
+    );
   }
 
   /** The proxy's metrics registry. */

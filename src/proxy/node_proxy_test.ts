@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { NodeProxy } from "./mod.ts";
+import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
+import { parseBreakerExpression } from "../topology/mod.ts";
 import {
   endpoint,
   field,
@@ -23,8 +24,9 @@ const quiet = new Logger({ level: "error", write: () => {} });
 async function withProxy(
   config: MeshConfig,
   fn: (proxy: NodeProxy, httpPort: number) => Promise<void>,
+  options: Partial<NodeProxyOptions> = {},
 ): Promise<void> {
-  const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet });
+  const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet, ...options });
   await proxy.start();
   try {
     await proxy.apply(config);
@@ -664,4 +666,34 @@ Deno.test("NodeProxy UDP keeps one flow per client and sends replies back to eac
     backend.close();
     await echoing;
   }
+});
+
+Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
+  await withBackends(["a"], async ([a]) => {
+    const expression = "ResponseCodeRatio(500, 600, 0, 600) > 0.5";
+    const config = web([a!], {
+      circuitBreaker: { expression, expr: parseBreakerExpression(expression) },
+    });
+    await withProxy(config, async (proxy, port) => {
+      const get = (path: string) => rawRequest(port, "web.default.mesh", { path });
+      for (let i = 0; i < 5; i++) assert.equal((await get("/?status=500")).status, 500);
+      const refused = await get("/");
+      assert.equal(refused.status, 503);
+      assert.match(
+        refused.body,
+        /Service "default\/web:80" is failing; its circuit breaker is open/,
+      );
+      assert.equal(a!.requests.length, 5, "the refused request never reached the backend");
+      const metrics = proxy.registry.render();
+      assert.match(metrics, /meshd_denied_total\{[^}]*reason="circuit_open"\} 1/);
+      assert.match(metrics, /meshd_circuit_breaker_state\{service="default\/web"\} 2/);
+      // After the fallback and the recovery time the breaker is closed again.
+      await new Promise((r) => setTimeout(r, 450));
+      for (let i = 0; i < 5; i++) assert.equal((await get("/")).status, 200);
+      assert.match(
+        proxy.registry.render(),
+        /meshd_circuit_breaker_state\{service="default\/web"\} 0/,
+      );
+    }, { breaker: { fallbackMs: 200, recoveryMs: 200, checkMs: 0 } });
+  });
 });

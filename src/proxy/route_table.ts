@@ -1,4 +1,5 @@
 import type { MeshConfig, MeshPort, MeshService } from "../topology/mod.ts";
+import { type BreakerTiming, CircuitBreaker } from "./breaker.ts";
 import { AccessPolicy, type CompiledMatch, compileMatch } from "./access.ts";
 import { EndpointPool, type EndpointState } from "./endpoint_pool.ts";
 import { ProxyMetrics, type RouteMetrics } from "./proxy_metrics.ts";
@@ -35,6 +36,8 @@ export interface Route {
   access: AccessPolicy;
   split: RouteSplit | null;
   rateLimit: TokenBucket | null;
+  /** The service's circuit breaker (HTTP only), shared by its HTTP ports. */
+  breaker: CircuitBreaker | null;
   metrics: RouteMetrics;
 }
 
@@ -57,6 +60,9 @@ export interface RouteState {
   metrics: ProxyMetrics;
   /** Rate limit buckets by route key; kept while the limit is unchanged. */
   buckets: Map<string, TokenBucket>;
+  /** Circuit breakers by service key; kept while the expression is unchanged. */
+  breakers: Map<string, CircuitBreaker>;
+  breakerTiming: Partial<BreakerTiming>;
   /** The clock in ms. */
   now: () => number;
 }
@@ -67,6 +73,8 @@ export function newRouteState(options: Partial<RouteState> = {}): RouteState {
     pool: options.pool ?? new EndpointPool(),
     metrics: options.metrics ?? new ProxyMetrics(),
     buckets: options.buckets ?? new Map(),
+    breakers: options.breakers ?? new Map(),
+    breakerTiming: options.breakerTiming ?? {},
     now: options.now ?? Date.now,
   };
 }
@@ -89,9 +97,19 @@ export function buildRouteTable(
   const byPort = new Map<string, Route>();
   const routes: Route[] = [];
   const buckets = new Map<string, TokenBucket>();
+  const breakers = new Map<string, CircuitBreaker>();
 
   for (const service of config.services) {
     const serviceKey = `${service.namespace}/${service.name}`;
+    let breaker: CircuitBreaker | null = null;
+    if (service.circuitBreaker) {
+      const { expression, expr } = service.circuitBreaker;
+      const old = state.breakers.get(serviceKey);
+      breaker = old && old.expression === expression
+        ? old
+        : new CircuitBreaker(expression, expr, state.breakerTiming, state.now);
+      breakers.set(serviceKey, breaker);
+    }
     for (const port of service.ports) {
       const key = `${serviceKey}:${port.port}`;
       const ready: Candidate[] = [];
@@ -123,6 +141,7 @@ export function buildRouteTable(
         ),
         split: null,
         rateLimit,
+        breaker: port.protocol === "http" ? breaker : null,
         metrics: state.metrics.route(serviceKey, port.port, port.protocol),
       };
       routes.push(route);
@@ -131,6 +150,8 @@ export function buildRouteTable(
   }
   state.buckets.clear();
   for (const [k, b] of buckets) state.buckets.set(k, b);
+  state.breakers.clear();
+  for (const [k, b] of breakers) state.breakers.set(k, b);
 
   // Splits resolve to the backends' routes for the same port: one hop, never re-entering.
   for (const r of routes) {
