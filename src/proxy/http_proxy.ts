@@ -1,6 +1,5 @@
 import type { Logger } from "../observability/mod.ts";
 import type { RequestInfo } from "./access.ts";
-import { matches } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
   type BodyFraming,
@@ -16,8 +15,8 @@ import {
   parseResponseHead,
   writeAll,
 } from "./http1.ts";
-import type { DenyReason } from "./proxy_metrics.ts";
-import { candidatesFor, lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
+import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import type { Connect } from "./tcp_proxy.ts";
 
 /** Options for {@linkcode HttpProxy}. */
@@ -66,20 +65,6 @@ interface Upstream {
   reader: BufReader;
   key: string;
   idleSince: number;
-}
-
-/** A response the proxy makes itself, with a body that says which service and why. */
-class ProxyFailure extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly extraHeaders: string = "",
-    /** The backend failed at the network level (counted by `NetworkErrorRatio()`). */
-    readonly network = false,
-  ) {
-    super(message);
-    this.name = "ProxyFailure";
-  }
 }
 
 /** A backend that failed before sending a response head: another endpoint may be tried. */
@@ -264,19 +249,9 @@ export class HttpProxy {
     const started = performance.now();
     let status = 0;
     let networkError = false;
-    const breaker = root.breaker;
     let passed = false;
     try {
-      if (breaker) {
-        if (!breaker.allow()) {
-          m.denied("circuit_open").inc();
-          throw new ProxyFailure(
-            503,
-            `Service "${root.key}" is failing; its circuit breaker is open (${breaker.expression})`,
-          );
-        }
-        passed = true;
-      }
+      passed = checkBreaker(root);
       const result = await this.#route(req, reqFraming, reader, client, peer, root);
       status = result.status;
       return result.keepAlive;
@@ -291,7 +266,7 @@ export class HttpProxy {
       const ms = performance.now() - started;
       if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
       m.duration.observe(ms / 1000);
-      if (passed && status > 0) breaker!.record(status, ms, networkError);
+      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
     }
   }
 
@@ -303,46 +278,7 @@ export class HttpProxy {
     peer: string,
     root: Route,
   ): Promise<{ status: number; keepAlive: boolean }> {
-    const deny = (reason: DenyReason, f: ProxyFailure): never => {
-      root.metrics.denied(reason).inc();
-      throw f;
-    };
-    if (root.rateLimit && !root.rateLimit.take()) {
-      const wait = Math.max(1, Math.ceil(root.rateLimit.waitMs() / 1000));
-      deny(
-        "rate_limit",
-        new ProxyFailure(
-          429,
-          `Service "${root.key}" is over its rate limit of ${root.rateLimit.rate} requests a second`,
-          `retry-after: ${wait}\r\n`,
-        ),
-      );
-    }
-    const info = requestInfo(req);
-    // TrafficSplit in one hop: the backend's own endpoints, never back through the mesh.
-    let target = root;
-    const split = root.split;
-    if (split && (split.matches.length === 0 || split.matches.some((x) => matches(x, info)))) {
-      target = split.backends.next() ?? root;
-    }
-    // Through a split, the source needs access to the backend chosen.
-    const decision = target.access.checkHttp(peer, info);
-    if (!decision.allowed) deny("acl", new ProxyFailure(403, `Access denied: ${decision.reason}`));
-    const candidates = candidatesFor(target, decision.allowed ? decision.destinations : new Set());
-    if (candidates.length === 0) {
-      const what = target === root
-        ? `Service "${root.key}"`
-        : `Backend "${target.key}" of split "${split!.name}"`;
-      deny(
-        "no_endpoint",
-        new ProxyFailure(
-          503,
-          target.access.open || target.readyStates.length === 0
-            ? `${what} has no ready endpoint`
-            : `${what} has no ready endpoint the source may reach`,
-        ),
-      );
-    }
+    const { target, candidates } = admit(root, peer, requestInfo(req));
     return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
   }
 
@@ -413,14 +349,14 @@ export class HttpProxy {
             `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
               this.#opts.responseTimeoutMs ?? 30_000
             } ms`,
-            "",
+            {},
             true,
           );
         }
         throw new ProxyFailure(
           502,
           `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
-          "",
+          {},
           true,
         );
       }
@@ -621,7 +557,9 @@ export class HttpProxy {
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");
     const head = `HTTP/1.${minor === 0 ? 0 : 1} ${f.status} ${REASONS[f.status] ?? "Error"}\r\n` +
       `content-type: text/plain; charset=utf-8\r\ncontent-length: ${body.length}\r\n` +
-      `x-meshd-error: 1\r\n${f.extraHeaders}connection: close\r\n\r\n`;
+      `x-meshd-error: 1\r\n${
+        Object.entries(f.extraHeaders).map(([k, v]) => `${k}: ${v}\r\n`).join("")
+      }connection: close\r\n\r\n`;
     const h = encodeLatin1(head);
     const out = new Uint8Array(h.length + body.length);
     out.set(h);
