@@ -15,6 +15,7 @@ import {
   parseResponseHead,
   writeAll,
 } from "./http1.ts";
+import { H2_PREFACE_HEAD, H2Proxy } from "./h2_proxy.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import type { Connect } from "./tcp_proxy.ts";
@@ -108,10 +109,18 @@ export class HttpProxy {
   readonly #idleClients = new Map<Deno.Conn, number>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
+  readonly #h2: H2Proxy;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
     this.#opts = options;
+    this.#h2 = new H2Proxy({
+      routes: options.routes,
+      pool: options.pool,
+      logger: options.logger,
+      connectTimeoutMs: options.connectTimeoutMs,
+      responseTimeoutMs: options.responseTimeoutMs,
+    });
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -138,10 +147,12 @@ export class HttpProxy {
     for (const c of this.#clients) closeQuietly(c);
     for (const list of this.#idle.values()) for (const u of list) closeQuietly(u.conn);
     this.#idle.clear();
+    this.#h2.close();
   }
 
   /** Closes pooled connections to endpoints that are in no route any more. */
   dropIdle(keep: Set<string>): void {
+    this.#h2.dropIdle(keep);
     for (const [key, list] of this.#idle) {
       if (keep.has(key)) continue;
       for (const u of list) closeQuietly(u.conn);
@@ -196,12 +207,22 @@ export class HttpProxy {
   async #serve(client: Deno.TcpConn): Promise<void> {
     const reader = new BufReader(client);
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
-    for (;;) {
+    for (let first = true;; first = false) {
       let req: MessageHead;
       this.#idleClients.set(client, Date.now());
       try {
         const head = await reader.readHead(MAX_HEAD);
         if (head === null) return;
+        if (first && head === H2_PREFACE_HEAD) {
+          // HTTP/2 with prior knowledge (h2c, gRPC): the rest of the connection is HTTP/2.
+          this.#idleClients.delete(client);
+          const rest = reader.takeBuffered(Infinity);
+          const early = new Uint8Array(head.length + rest.length);
+          early.set(encodeLatin1(head));
+          early.set(rest, head.length);
+          await this.#h2.adopt(client, early, peer);
+          return;
+        }
         req = parseRequestHead(head);
       } catch (e) {
         if (e instanceof HttpParseError) {
@@ -279,6 +300,19 @@ export class HttpProxy {
     root: Route,
   ): Promise<{ status: number; keepAlive: boolean }> {
     const { target, candidates } = admit(root, peer, requestInfo(req));
+    if (target.service.scheme === "h2c") {
+      // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
+      return await this.#h2.fromHttp1(
+        req,
+        reqFraming,
+        reader,
+        client,
+        peer,
+        root,
+        target,
+        candidates,
+      );
+    }
     return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
   }
 

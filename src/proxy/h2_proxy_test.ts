@@ -1,0 +1,301 @@
+/**
+ * HTTP/2 cleartext and gRPC through the node proxy's HTTP entrypoint: real node:http2 clients
+ * and backends on loopback.
+ */
+import assert from "node:assert/strict";
+import http2 from "node:http2";
+import { Logger } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import { NodeProxy } from "./mod.ts";
+import { endpoint, meshConfig, RawClient, rawRequest } from "../../tests/testenv/mesh.ts";
+
+const quiet = new Logger({ level: "error", write: () => {} });
+
+interface H2Backend {
+  port: number;
+  sessions: number;
+  seen: http2.IncomingHttpHeaders[];
+  close(): Promise<void>;
+}
+
+/**
+ * An h2c backend. `/echo` streams each request chunk back as it arrives, prefixed with the
+ * backend's name, then ends with gRPC-style trailers; `/slow` never answers.
+ */
+function h2Backend(name: string): Promise<H2Backend> {
+  const server = http2.createServer();
+  const open = new Set<http2.ServerHttp2Session>();
+  const b: H2Backend = {
+    port: 0,
+    sessions: 0,
+    seen: [],
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of open) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+  server.on("session", (s) => {
+    b.sessions++;
+    open.add(s);
+    s.on("close", () => open.delete(s));
+  });
+  server.on("stream", (stream, headers) => {
+    b.seen.push(headers);
+    if (headers[":path"] === "/slow") return;
+    stream.respond({ ":status": 200, "content-type": "application/grpc", "x-backend": name }, {
+      waitForTrailers: true,
+    });
+    stream.on("wantTrailers", () => {
+      stream.sendTrailers({ "grpc-status": "0", "grpc-message": `served-by-${name}` });
+    });
+    stream.on(
+      "data",
+      (chunk: Uint8Array) => stream.write(`${name}:${new TextDecoder().decode(chunk)};`),
+    );
+    stream.on("end", () => stream.end());
+  });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () => {
+      b.port = (server.address() as { port: number }).port;
+      resolve(b);
+    });
+  });
+}
+
+interface H2Result {
+  headers: http2.IncomingHttpHeaders;
+  body: string;
+  trailers: http2.IncomingHttpHeaders | null;
+}
+
+function call(
+  client: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  chunks: string[] = [],
+): Promise<H2Result> {
+  return new Promise((resolve, reject) => {
+    const req = client.request(headers);
+    let got: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders | null = null;
+    let body = "";
+    req.on("response", (h) => got = h);
+    req.on("trailers", (t) => trailers = t);
+    req.on("data", (d: Uint8Array) => body += new TextDecoder().decode(d));
+    req.on("end", () => resolve({ headers: got, body, trailers }));
+    req.on("error", reject);
+    for (const c of chunks) req.write(c);
+    req.end();
+  });
+}
+
+async function withH2Proxy(
+  config: MeshConfig,
+  fn: (client: http2.ClientHttp2Session, port: number, proxy: NodeProxy) => Promise<void>,
+  options: { responseTimeoutMs?: number } = {},
+): Promise<void> {
+  const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet, ...options });
+  await proxy.start();
+  await proxy.apply(config);
+  const port = Number(proxy.httpAddress.split(":")[1]);
+  const client = http2.connect(`http://127.0.0.1:${port}`);
+  client.on("error", () => {});
+  try {
+    await fn(client, port, proxy);
+  } finally {
+    client.close();
+    await proxy.stop();
+  }
+}
+
+const grpcHeaders = (authority: string, path = "/echo"): http2.OutgoingHttpHeaders => ({
+  ":method": "POST",
+  ":path": path,
+  ":authority": authority,
+  "content-type": "application/grpc",
+  "te": "trailers",
+});
+
+Deno.test("h2c: a gRPC call gets its body and trailers back, with X-Forwarded-For added", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (client) => {
+      const r = await call(
+        client,
+        { ...grpcHeaders("greeter.default.mesh"), "x-forwarded-for": "10.9.9.9" },
+        ["hello", "world"],
+      );
+      assert.equal(r.headers[":status"], 200);
+      assert.equal(r.headers["x-backend"], "a");
+      assert.match(r.body, /^a:hello;?(a:)?/);
+      assert.equal(r.body.replaceAll("a:", "").replaceAll(";", ""), "helloworld");
+      assert.equal(r.trailers?.["grpc-status"], "0");
+      assert.equal(r.trailers?.["grpc-message"], "served-by-a");
+      const seen = a.seen[0]!;
+      assert.equal(seen[":authority"], "greeter.default.mesh");
+      assert.equal(seen["te"], "trailers");
+      assert.equal(seen["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+      assert.equal(seen["forwarded"], "for=127.0.0.1");
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: many concurrent streams share one backend connection per endpoint", async () => {
+  const a = await h2Backend("a");
+  const b = await h2Backend("b");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{
+        port: 80,
+        endpoints: [endpoint("127.0.0.1", a.port), endpoint("127.0.0.1", b.port)],
+      }],
+    }]);
+    await withH2Proxy(config, async (client) => {
+      const results = await Promise.all(
+        Array.from(
+          { length: 100 },
+          (_, i) => call(client, grpcHeaders("greeter.default.mesh"), [`m${i}`]),
+        ),
+      );
+      const by = new Map<string, number>();
+      for (const r of results) {
+        assert.equal(r.trailers?.["grpc-status"], "0");
+        const who = String(r.headers["x-backend"]);
+        by.set(who, (by.get(who) ?? 0) + 1);
+      }
+      assert.equal((by.get("a") ?? 0) + (by.get("b") ?? 0), 100);
+      assert.ok((by.get("a") ?? 0) > 10 && (by.get("b") ?? 0) > 10, `spread: ${[...by]}`);
+      assert.equal(a.sessions, 1);
+      assert.equal(b.sessions, 1);
+    });
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+Deno.test("h2c: failures come back as gRPC statuses a client understands", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([
+      { name: "empty", scheme: "h2c", ports: [{ port: 80 }] },
+      {
+        name: "plain",
+        scheme: "http",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+      },
+      {
+        name: "slow",
+        scheme: "h2c",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+      },
+      {
+        name: "locked",
+        scheme: "h2c",
+        ports: [{
+          port: 80,
+          access: [],
+          endpoints: [endpoint("127.0.0.1", a.port, { serviceAccount: "default/locked" })],
+        }],
+      },
+    ], { acl: true });
+    await withH2Proxy(config, async (client) => {
+      const noEndpoint = await call(client, grpcHeaders("empty.default.mesh"));
+      assert.equal(noEndpoint.headers[":status"], 200);
+      assert.equal(noEndpoint.headers["grpc-status"], "14");
+      assert.match(
+        decodeURIComponent(String(noEndpoint.headers["grpc-message"])),
+        /Service "default\/empty:80" has no ready endpoint/,
+      );
+      const denied = await call(client, grpcHeaders("locked.default.mesh"));
+      assert.equal(denied.headers["grpc-status"], "7");
+      assert.match(decodeURIComponent(String(denied.headers["grpc-message"])), /Access denied/);
+      const unknown = await call(client, { ":path": "/", ":authority": "nope.default.mesh" });
+      assert.equal(unknown.headers[":status"], 404);
+      assert.match(unknown.body, /No mesh service answers to "nope.default.mesh"/);
+      const wrongScheme = await call(client, { ":path": "/", ":authority": "plain.default.mesh" });
+      assert.equal(wrongScheme.headers[":status"], 502);
+      assert.match(wrongScheme.body, /scheme http/);
+      const slow = await call(client, grpcHeaders("slow.default.mesh", "/slow"));
+      assert.equal(slow.headers["grpc-status"], "4");
+      assert.match(
+        decodeURIComponent(String(slow.headers["grpc-message"])),
+        /no response within 300 ms/,
+      );
+    }, { responseTimeoutMs: 300 });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c and HTTP/1.1 share the entrypoint port", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{ name: "empty", ports: [{ port: 80 }] }]);
+    await withH2Proxy(config, async (client, port) => {
+      const h2 = await call(client, { ":path": "/", ":authority": "empty.default.mesh" });
+      assert.equal(h2.headers[":status"], 503);
+      const h1 = await rawRequest(port, "empty.default.mesh");
+      assert.equal(h1.status, 503);
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: an HTTP/1.1 client reaches an h2c service, with chunked body and trailers", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (_, port) => {
+      const client = await RawClient.connect(port);
+      try {
+        for (const word of ["first", "second"]) {
+          const r = await client.request(
+            `POST /echo HTTP/1.1\r\nHost: greeter.default.mesh\r\nContent-Length: ${word.length}\r\n` +
+              `Connection: keep-alive\r\n\r\n${word}`,
+          );
+          assert.equal(r.status, 200);
+          assert.equal(r.headers.get("transfer-encoding"), "chunked");
+          assert.equal(r.headers.get("x-backend"), "a");
+          assert.equal(r.body, `a:${word};`);
+          assert.match(r.head, /^HTTP\/1\.1 200 OK$/m);
+        }
+        assert.equal(a.sessions, 1, "both requests went over one HTTP/2 connection");
+        assert.equal(a.seen[0]![":method"], "POST");
+        assert.equal(a.seen[0]![":authority"], "greeter.default.mesh");
+        assert.equal(a.seen[0]!["connection"], undefined);
+        assert.equal(a.seen[0]!["x-forwarded-for"], "127.0.0.1");
+      } finally {
+        client.close();
+      }
+      // The trailers arrive after the last chunk.
+      const c2 = await RawClient.connect(port);
+      try {
+        await c2.send(
+          "POST /echo HTTP/1.1\r\nHost: greeter.default.mesh\r\nTransfer-Encoding: chunked\r\n" +
+            "Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        const raw = await c2.readBytes(1 << 20);
+        assert.match(raw, /\r\n0\r\ngrpc-status: 0\r\ngrpc-message: served-by-a\r\n\r\n$/);
+      } finally {
+        c2.close();
+      }
+    });
+  } finally {
+    await a.close();
+  }
+});
