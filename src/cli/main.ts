@@ -245,12 +245,24 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     format: values["log-format"] as LogFormat,
     write: (line) => io.stderr(line + "\n"),
   });
+  const caFile = values["backend-ca"] as string | undefined;
+  let caCerts: string[] | undefined;
+  if (caFile) {
+    const pem = await Deno.readTextFile(caFile).catch((e) => {
+      throw new CliError(`Cannot read --backend-ca "${caFile}": ${(e as Error).message}`);
+    });
+    if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new CliError(`--backend-ca "${caFile}" holds no PEM certificate`);
+    }
+    caCerts = [pem];
+  }
   logger.info("meshd starting", { version: VERSION, provider: values["provider"], configDir: dir });
   const proxy = new NodeProxy({
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
     logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
+    caCerts,
   });
   let api: ApiServer | null = null;
   let provider: FileProvider | null = null;

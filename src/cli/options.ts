@@ -134,6 +134,13 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     default: `${DEFAULT_OUTLIER.baseEjectionMs / 1000}s`,
     help: "How long the first ejection lasts; each one in a row adds this much, up to 10 times it",
   },
+  {
+    name: "backend-ca",
+    kind: "string",
+    arg: "FILE",
+    help: "PEM file of CA certificates that https backends may use, in addition to the system's; " +
+      "a backend's certificate must name <service>.<namespace>.svc",
+  },
 ];
 
 /** The node proxy options the proxy flags describe. */

@@ -33,6 +33,8 @@ export interface HttpProxyOptions {
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent a response head within this time (504). Default 30 s. */
   responseTimeoutMs?: number;
+  /** Extra CA certificates (PEM) that backends of https services may be signed by. */
+  caCerts?: string[];
   /** Close a client connection idle between requests for this long. Default 60 s. */
   clientIdleMs?: number;
 }
@@ -61,8 +63,11 @@ const HOP_BY_HOP = new Set([
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
+/** A connection to a backend: TCP, or TLS for services with scheme https. */
+type Conn = Deno.TcpConn | Deno.TlsConn;
+
 interface Upstream {
-  conn: Deno.TcpConn;
+  conn: Conn;
   reader: BufReader;
   key: string;
   idleSince: number;
@@ -154,7 +159,7 @@ export class HttpProxy {
   dropIdle(keep: Set<string>): void {
     this.#h2.dropIdle(keep);
     for (const [key, list] of this.#idle) {
-      if (keep.has(key)) continue;
+      if (keep.has(key.split("#")[0]!)) continue;
       for (const u of list) closeQuietly(u.conn);
       this.#idle.delete(key);
     }
@@ -543,28 +548,37 @@ export class HttpProxy {
   }
 
   async #upstream(ep: EndpointState, route: Route): Promise<[Upstream, boolean]> {
-    const key = ep.key;
+    // A TLS connection is verified for one service name: pool it under that name too.
+    const key = route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
     const list = this.#idle.get(key);
     if (list && list.length > 0) return [list.pop()!, true];
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`connect timed out after ${timeout} ms`)), timeout);
+    });
     const connecting = (this.#opts.connect ?? defaultConnect)(ep.address, ep.port);
+    let conn: Conn | undefined;
     try {
-      const conn = await Promise.race([
-        connecting,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`connect timed out after ${timeout} ms`)),
-            timeout,
-          );
-        }),
-      ]);
-      conn.setNoDelay(true);
+      const tcp = await Promise.race([connecting, expired]);
+      tcp.setNoDelay(true);
+      conn = tcp;
+      if (route.service.scheme === "https") {
+        // The endpoint is an address; its certificate is checked against the service's name.
+        const tls = await Deno.startTls(tcp, {
+          hostname: tlsServerName(route),
+          caCerts: this.#opts.caCerts,
+        });
+        conn = tls;
+        await Promise.race([tls.handshake(), expired]);
+      }
       return [{ conn, reader: new BufReader(conn), key, idleSince: 0 }, false];
     } catch (e) {
-      connecting.then(closeQuietly, () => {});
+      if (conn) closeQuietly(conn);
+      else connecting.then(closeQuietly, () => {});
+      const what = conn ? "TLS with" : "cannot connect to";
       throw new UpstreamError(
-        `cannot connect to endpoint ${key} of service "${route.key}": ${(e as Error).message}`,
+        `${what} endpoint ${ep.key} of service "${route.key}" failed: ${(e as Error).message}`,
         false,
       );
     } finally {
@@ -600,6 +614,14 @@ export class HttpProxy {
     out.set(body, h.length);
     await writeAll(client, out);
   }
+}
+
+/**
+ * The name an https backend's certificate must carry: `<service>.<namespace>.svc`, as
+ * certificates issued for in-cluster Services usually do.
+ */
+export function tlsServerName(route: Route): string {
+  return `${route.service.name}.${route.service.namespace}.svc`;
 }
 
 const defaultConnect: Connect = (hostname, port) =>
@@ -675,8 +697,8 @@ function responseHead(
 
 /** Copies `early` and then everything from `from` to `to`, then half-closes `to`. */
 async function splice(
-  from: Deno.TcpConn,
-  to: Deno.TcpConn,
+  from: Conn,
+  to: Conn,
   early: Uint8Array,
   count: (n: number) => void,
   abort: () => void,

@@ -29,6 +29,8 @@ export interface NodeProxyOptions {
   tcpIdleTimeoutMs?: number;
   /** UDP flows idle this long are forgotten. Default 60 s. */
   udpIdleTimeoutMs?: number;
+  /** Extra CA certificates (PEM) for backends of https services. */
+  caCerts?: string[];
   /** Circuit breaker window, fallback and recovery times. */
   breaker?: Partial<BreakerTiming>;
   /** Uniform random in [0, 1) for endpoint choice; a test seam. */
@@ -111,6 +113,7 @@ export class NodeProxy {
       connect: this.#opts.connect,
       connectTimeoutMs: this.#opts.connectTimeoutMs,
       responseTimeoutMs: this.#opts.responseTimeoutMs,
+      caCerts: this.#opts.caCerts,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
     return Promise.resolve();

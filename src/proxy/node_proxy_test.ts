@@ -18,6 +18,7 @@ import {
   sha256,
 } from "../../tests/testenv/mesh.ts";
 import { freePort, waitFor } from "../../tests/testenv/process.ts";
+import { makePki } from "../../tests/testenv/tls.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 
@@ -696,4 +697,54 @@ Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and clo
       );
     }, { breaker: { fallbackMs: 200, recoveryMs: 200, checkMs: 0 } });
   });
+});
+
+Deno.test("NodeProxy speaks TLS to https services and checks the certificate names the service", async () => {
+  const pki = await makePki(["secure.default.svc"]);
+  const seen: string[] = [];
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: pki.cert, key: pki.key, onListen: () => {} },
+    (req) => {
+      seen.push(req.url);
+      return new Response("over tls\n");
+    },
+  );
+  try {
+    const port = server.addr.port;
+    const config = meshConfig([
+      {
+        name: "secure",
+        scheme: "https",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }],
+      },
+      // The same backend under another name: its certificate does not name "other".
+      {
+        name: "other",
+        scheme: "https",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }],
+      },
+    ]);
+    await withProxy(config, async (_, httpPort) => {
+      const ok = await rawRequest(httpPort, "secure.default.mesh");
+      assert.equal(ok.status, 200);
+      assert.equal(ok.body, "over tls\n");
+      assert.equal(seen.length, 1);
+      assert.match(seen[0]!, /^https:\/\//);
+      const wrong = await rawRequest(httpPort, "other.default.mesh");
+      assert.equal(wrong.status, 502);
+      assert.match(
+        wrong.body,
+        /TLS with endpoint 127\.0\.0\.1:\d+ of service "default\/other:80" failed/,
+      );
+      assert.equal(seen.length, 1, "nothing was sent over the unverified connection");
+    }, { caCerts: [pki.caCert] });
+    // Without the CA the certificate is not trusted.
+    await withProxy(config, async (_, httpPort) => {
+      const r = await rawRequest(httpPort, "secure.default.mesh");
+      assert.equal(r.status, 502);
+      assert.match(r.body, /TLS with endpoint/);
+    });
+  } finally {
+    await server.shutdown();
+  }
 });
