@@ -75,6 +75,7 @@ export class MeshNode implements ApiSource {
       });
     }
     for (const w of result.warnings) log.warn(w);
+    const started = performance.now();
     const { config, diagnostics } = compileMeshConfig(result.objects, {
       ...this.#opts.compile,
       previous: this.#config,
@@ -101,6 +102,8 @@ export class MeshNode implements ApiSource {
       version: config.version,
       services: config.services.length,
       errors: result.errors.length,
+      // Compiling the objects and switching the proxy to the result.
+      ms: Math.round((performance.now() - started) * 10) / 10,
     });
   }
 

@@ -93,6 +93,7 @@ export class H2Proxy {
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
     this.#server = http2.createServer({ settings: { enablePush: false } });
+    this.#server.on("sessionError", () => {});
     this.#server.on("session", (s: http2.ServerHttp2Session) => {
       this.#peers.set(s, this.#adopting);
       this.#sessions.add(s);
@@ -102,6 +103,8 @@ export class H2Proxy {
     this.#server.on(
       "stream",
       (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+        // A client that resets or vanishes ends its streams with an error: nothing to report.
+        stream.on("error", () => {});
         this.#onStream(stream, headers).catch((e) => {
           this.#opts.logger.warn("h2 stream failed", { error: String(e) });
           if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
@@ -117,6 +120,12 @@ export class H2Proxy {
    */
   adopt(conn: Deno.TcpConn, early: Uint8Array, peer: string): Promise<void> {
     const socket = connDuplex(conn, early);
+    // A client that goes away mid-write is routine: the session sees the close and cleans up.
+    socket.on("error", (e: Error) => {
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug("h2 client connection failed", { client: peer, error: e.message });
+      }
+    });
     const ended = new Promise<void>((resolve) => socket.once("close", () => resolve()));
     this.#adopting = peer;
     try {

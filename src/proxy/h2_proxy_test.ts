@@ -299,3 +299,34 @@ Deno.test("h2c: an HTTP/1.1 client reaches an h2c service, with chunked body and
     await a.close();
   }
 });
+
+Deno.test("h2c: clients that vanish mid-response do not hurt the proxy or other clients", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (client, port) => {
+      for (let round = 0; round < 5; round++) {
+        const rude = http2.connect(`http://127.0.0.1:${port}`);
+        rude.on("error", () => {});
+        const streams = Array.from({ length: 20 }, () => {
+          const s = rude.request(grpcHeaders("greeter.default.mesh"));
+          s.on("error", () => {});
+          s.write("x".repeat(32 * 1024));
+          return s;
+        });
+        await new Promise((r) => setTimeout(r, 10));
+        rude.destroy();
+        void streams;
+      }
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["still"]);
+      assert.equal(r.trailers?.["grpc-status"], "0");
+      assert.equal(r.body, "a:still;");
+    });
+  } finally {
+    await a.close();
+  }
+});

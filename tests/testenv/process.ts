@@ -41,7 +41,7 @@ export async function waitFor<T>(
   }
 }
 
-/** A child process whose stderr lines are collected. */
+/** A child process (deno itself, or `command`) whose output lines are collected. */
 export class Child {
   readonly name: string;
   readonly lines: string[] = [];
@@ -51,10 +51,10 @@ export class Child {
   constructor(
     name: string,
     args: string[],
-    options: { cwd?: string; env?: Record<string, string> } = {},
+    options: { cwd?: string; env?: Record<string, string>; command?: string } = {},
   ) {
     this.name = name;
-    this.#proc = new Deno.Command(Deno.execPath(), {
+    this.#proc = new Deno.Command(options.command ?? Deno.execPath(), {
       args,
       cwd: options.cwd,
       env: { NO_COLOR: "1", ...options.env },
