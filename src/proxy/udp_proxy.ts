@@ -95,11 +95,13 @@ export class UdpListener {
   }
 
   async #receive(): Promise<void> {
+    // One buffer for the loop: each datagram is sent on before the next is received.
+    const buf = new Uint8Array(MAX_DATAGRAM);
     for (;;) {
       let data: Uint8Array;
       let from: Deno.Addr;
       try {
-        [data, from] = await this.#socket.receive(new Uint8Array(MAX_DATAGRAM));
+        [data, from] = await this.#socket.receive(buf);
       } catch (e) {
         if (this.#closed || e instanceof Deno.errors.BadResource) return;
         this.#opts.logger.warn("udp receive failed", { port: this.#opts.port, error: String(e) });
@@ -175,11 +177,12 @@ export class UdpListener {
 
   /** Replies from the endpoint go back to the flow's client, from the service port. */
   async #replies(flow: Flow): Promise<void> {
+    const buf = new Uint8Array(MAX_DATAGRAM);
     for (;;) {
       let data: Uint8Array;
       let from: Deno.NetAddr;
       try {
-        const [d, f] = await flow.upstream.receive(new Uint8Array(MAX_DATAGRAM));
+        const [d, f] = await flow.upstream.receive(buf);
         data = d;
         from = f as Deno.NetAddr;
       } catch {

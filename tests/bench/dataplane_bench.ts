@@ -54,7 +54,7 @@ function parseArgs(argv: string[]): Args {
 /** One measurement of one load against one target. */
 interface Measure {
   case: string;
-  target: "direct" | "meshd" | "haproxy";
+  target: "direct" | "meshd" | "haproxy" | "nginx";
   /** Requests (or datagrams) a second; for bulk, MiB a second. */
   rate: number;
   unit: "req/s" | "MiB/s";
@@ -316,7 +316,49 @@ async function metric(apiPort: number, name: string): Promise<number | undefined
   return m ? Number(m[1]) : undefined;
 }
 
+async function heapUsed(apiPort: number): Promise<number> {
+  const text = await (await fetch(`http://${HOST}:${apiPort}/metrics`)).text();
+  return Number(/^meshd_process_memory_bytes\{kind="heap_used"\} (\S+)$/m.exec(text)?.[1] ?? NaN);
+}
+
 // ---- the run ----
+
+async function startMeshd(configDir: string) {
+  const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
+  const meshd = new Child("meshd", [
+    "run",
+    "--allow-net",
+    "--allow-read",
+    "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
+    `${ROOT}main.ts`,
+    "run",
+    "--config-dir",
+    configDir,
+    "--proxy-address",
+    HOST,
+    "--http-port",
+    String(mesh.http),
+    "--api-port",
+    String(mesh.api),
+    "--tcp-ports",
+    `${mesh.tcp}-${mesh.tcp}`,
+    "--udp-ports",
+    `${mesh.udp}-${mesh.udp}`,
+    "--log-format",
+    "json",
+  ]);
+  try {
+    await waitFor("meshd ready", async () => {
+      const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);
+      await r?.body?.cancel();
+      return r?.ok ? true : undefined;
+    }, 30_000);
+  } catch (e) {
+    await meshd.stop();
+    throw new Error(`${(e as Error).message}\n${meshd.lines.slice(-10).join("\n")}`);
+  }
+  return { meshd, mesh };
+}
 
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
@@ -369,36 +411,8 @@ async function main(): Promise<void> {
     const configDir = `${work}/mesh`;
     await Deno.mkdir(configDir);
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-    const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-    const meshd = start(
-      new Child("meshd", [
-        "run",
-        "--allow-net",
-        "--allow-read",
-        "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-        `${ROOT}main.ts`,
-        "run",
-        "--config-dir",
-        configDir,
-        "--proxy-address",
-        HOST,
-        "--http-port",
-        String(mesh.http),
-        "--api-port",
-        String(mesh.api),
-        "--tcp-ports",
-        `${mesh.tcp}-${mesh.tcp}`,
-        "--udp-ports",
-        `${mesh.udp}-${mesh.udp}`,
-        "--log-format",
-        "json",
-      ]),
-    );
-    await waitFor("meshd ready", async () => {
-      const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);
-      await r?.body?.cancel();
-      return r?.ok ? true : undefined;
-    }, 30_000);
+    let { meshd, mesh } = await startMeshd(configDir);
+    start(meshd);
 
     const hap = { web: freePort(), grpc: freePort(), tcp: freePort() };
     await Deno.writeTextFile(`${work}/hosts.map`, haproxyMap(0));
@@ -411,11 +425,12 @@ async function main(): Promise<void> {
     );
     await waitForPort(HOST, hap.web);
 
-    const targets = (direct: number, meshd: number, haproxy: number | null) =>
-      [["direct", direct], ["meshd", meshd], ...(haproxy ? [["haproxy", haproxy]] : [])] as [
-        Measure["target"],
-        number,
-      ][];
+    const targets = (
+      direct: number,
+      meshd: number,
+      ref: number,
+      refName: Measure["target"] = "haproxy",
+    ) => [["direct", direct], ["meshd", meshd], [refName, ref]] as [Measure["target"], number][];
     const step = (m: Measure) => {
       results.push(m);
       console.error(
@@ -472,8 +487,37 @@ async function main(): Promise<void> {
       }
     }
     if (want("udp-rr")) {
-      // HAProxy has no UDP proxy: the reference is the backend alone.
-      for (const [t, port] of targets(ports.udp, mesh.udp, null)) {
+      // HAProxy has no UDP proxy: nginx's stream module is the reference here.
+      const ng = freePort();
+      await Deno.writeTextFile(
+        `${work}/nginx.conf`,
+        `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid ${work}/nginx.pid;
+error_log ${work}/nginx.err warn;
+events { worker_connections 4096; }
+stream {
+  server {
+    listen ${HOST}:${ng} udp;
+    proxy_pass ${HOST}:${ports.udp};
+    proxy_timeout 60s;
+  }
+}
+`,
+      );
+      start(
+        new Child("nginx", ["-e", `${work}/nginx.err`, "-p", work, "-c", `${work}/nginx.conf`], {
+          command: "nginx",
+        }),
+      );
+      await waitFor("nginx started", async () => {
+        const err = await Deno.readTextFile(`${work}/nginx.err`).catch(() => "");
+        if (/\[emerg\]/.test(err)) throw new Error(`nginx failed: ${err}`);
+        return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
+      });
+      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx")) {
         step(
           await loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
@@ -489,8 +533,15 @@ async function main(): Promise<void> {
     }
 
     if (want("memory")) {
+      // A fresh meshd, so the figures are the config's and not the loads' buffers.
       await haproxy.stop();
+      await meshd.stop();
+      await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
+      ({ meshd, mesh } = await startMeshd(configDir));
+      start(meshd);
+      await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB10 = rssMiB(meshd.pid);
+      memory.meshdHeapUsedMiB10 = (await heapUsed(mesh.api)) / 2 ** 20;
       // The large config: 1,000 services with 10 endpoints each (plus the 4 under load).
       const before = await metric(mesh.api, "meshd_config_version") ?? 0;
       const big = meshYaml(ports, 996);
@@ -513,6 +564,7 @@ async function main(): Promise<void> {
       memory.meshdServices = Number(applied.at(-1)?.services ?? NaN);
       await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB1000 = rssMiB(meshd.pid);
+      memory.meshdHeapUsedMiB1000 = (await heapUsed(mesh.api)) / 2 ** 20;
 
       // HAProxy with the same 1,000 backends and 10,000 servers, and a Host map to them.
       await Deno.writeTextFile(`${work}/hosts.map`, haproxyMap(1000));
@@ -555,16 +607,16 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   const lines = [
     `meshd data plane benchmark: ${args.seconds}s per load, loopback, ${navigator.hardwareConcurrency} CPUs`,
     "",
-    "case            target         rate        unit    p50 ms   p99 ms  errors  vs HAProxy  vs direct",
+    "case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct",
   ];
   for (const c of cases) {
     const of = (t: string) => results.find((r) => r.case === c && r.target === t);
     const direct = of("direct");
-    const haproxy = of("haproxy");
+    const ref = of("haproxy") ?? of("nginx");
     for (const r of results.filter((x) => x.case === c)) {
-      const vsHaproxy = ratio(r.rate, haproxy?.rate);
+      const vsReference = ratio(r.rate, ref?.rate);
       const vsDirect = ratio(r.rate, direct?.rate);
-      rows.push({ ...r, vsHaproxy, vsDirect });
+      rows.push({ ...r, reference: ref?.target ?? null, vsReference, vsDirect });
       lines.push(
         `${c.padEnd(15)} ${r.target.padEnd(8)} ${fmt(r.rate, 1).padStart(10)}  ${
           r.unit.padEnd(6)
@@ -572,7 +624,7 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
           ` ${fmt(r.p50Ms).padStart(8)} ${fmt(r.p99Ms).padStart(8)} ${
             String(r.errors).padStart(7)
           }` +
-          `  ${fmt(vsHaproxy, 3).padStart(10)} ${fmt(vsDirect, 3).padStart(10)}`,
+          `  ${fmt(vsReference, 3).padStart(8)} ${fmt(vsDirect, 3).padStart(10)}`,
       );
     }
   }
@@ -584,11 +636,15 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   if (memory.meshdRssMiB10 !== undefined) {
     lines.push(
       "",
-      "config size                         meshd RSS MiB   HAProxy RSS MiB   meshd/HAProxy",
-      `10 services                          ${fmt(memory.meshdRssMiB10, 1).padStart(12)}`,
-      `1,000 services, 10,000 endpoints     ${fmt(memory.meshdRssMiB1000, 1).padStart(12)}   ${
-        fmt(memory.haproxyRssMiB1000, 1).padStart(15)
-      }   ${fmt(mem.rssVsHaproxy1000, 3).padStart(13)}`,
+      "config size                       meshd RSS MiB  (JS heap used)  HAProxy RSS MiB  meshd/HAProxy",
+      `10 services                        ${fmt(memory.meshdRssMiB10, 1).padStart(12)}  ${
+        `(${fmt(memory.meshdHeapUsedMiB10, 1)})`.padStart(14)
+      }`,
+      `1,000 services, 10,000 endpoints   ${fmt(memory.meshdRssMiB1000, 1).padStart(12)}  ${
+        `(${fmt(memory.meshdHeapUsedMiB1000, 1)})`.padStart(14)
+      }  ${fmt(memory.haproxyRssMiB1000, 1).padStart(15)}  ${
+        fmt(mem.rssVsHaproxy1000, 3).padStart(13)
+      }`,
       "",
       `apply 1,000 services: ${fmt(memory.meshdCompileApplyMs, 1)} ms compile+switch in meshd, ` +
         `${fmt(memory.meshdFileToLiveMs, 0)} ms from file write to live routes ` +
@@ -596,6 +652,11 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
         `${fmt(memory.haproxyStartMs1000, 0)} ms`,
     );
   }
+  lines.push(
+    "",
+    "vs ref: meshd's rate over HAProxy's (nginx's for UDP, which HAProxy cannot proxy); " +
+      "HAProxy and nginx run one thread, as meshd's proxy does.",
+  );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
   Deno.writeTextFileSync(
