@@ -432,8 +432,10 @@ export class H2Proxy {
       stream.on("wantTrailers", () => {
         stream.sendTrailers(trailers ? responseHeaders(trailers) : {});
       });
+      let clientGone = false;
       stream.on("close", () => {
         // The client reset or the response is done: either way nothing more goes upstream.
+        clientGone = status === 0;
         if (!up.closed) up.close(NGHTTP2_CANCEL);
         if (status > 0) settle(status);
       });
@@ -442,7 +444,9 @@ export class H2Proxy {
         else if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
       });
       up.on("close", () => {
-        if (status === 0) {
+        if (clientGone) {
+          settle(499); // the client cancelled: no fault of the endpoint
+        } else if (status === 0) {
           settle(
             new UpstreamError(`stream closed before a response (code ${up.rstCode ?? "?"})`, true),
           );

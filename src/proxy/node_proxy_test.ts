@@ -748,3 +748,40 @@ Deno.test("NodeProxy speaks TLS to https services and checks the certificate nam
     await server.shutdown();
   }
 });
+
+Deno.test("NodeProxy lets a request in flight finish on an endpoint the new config removed", async () => {
+  let release!: () => void;
+  const held = new Promise<void>((r) => release = r);
+  const slow = rawBackend(async (conn) => {
+    const buf = new Uint8Array(4096);
+    await conn.read(buf);
+    await held;
+    await conn.write(
+      new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslow\n"),
+    );
+  });
+  try {
+    await withBackends(["fresh"], async ([fresh]) => {
+      const before = meshConfig([{
+        name: "web",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", slow.port)] }],
+      }]);
+      await withProxy(before, async (proxy, port) => {
+        const inflight = rawRequest(port, "web.default.mesh");
+        await new Promise((r) => setTimeout(r, 50));
+        await proxy.apply(meshConfig([{
+          name: "web",
+          ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", fresh!.port)] }],
+        }], { version: 2 }));
+        assert.equal(field((await rawRequest(port, "web.default.mesh")).body, "name"), "fresh");
+        release();
+        const r = await inflight;
+        assert.equal(r.status, 200);
+        assert.equal(r.body, "slow\n");
+      });
+    });
+  } finally {
+    release();
+    await slow.close();
+  }
+});
