@@ -54,3 +54,38 @@ ensure_deno() {
   export PATH="$dir/bin:$PATH"
   export DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
 }
+
+GO_MIN=1.24
+GO_FALLBACK=go1.26.8
+# ensure_go: puts a Go toolchain of at least $GO_MIN on PATH, for building the test cluster.
+# Uses the machine's go when it is new enough; otherwise installs $GO_FALLBACK into
+# $MESHD_CACHE from the Go module proxy's toolchain module (what GOTOOLCHAIN downloads).
+ensure_go() {
+  local have
+  if command -v go >/dev/null; then
+    have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+    if [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$GO_MIN" "$have" | sort -V | head -n 1)" = "$GO_MIN" ]; then
+      return 0
+    fi
+    log "go $have is older than $GO_MIN"
+  fi
+  local dir="$MESHD_CACHE/$GO_FALLBACK" arch
+  case "$(uname -m)" in
+    x86_64) arch=amd64 ;;
+    aarch64) arch=arm64 ;;
+    *) die "no Go toolchain for $(uname -m)" ;;
+  esac
+  if [ ! -x "$dir/bin/go" ]; then
+    ensure_apt curl unzip ca-certificates
+    local proxy=${GOPROXY:-https://proxy.golang.org}
+    proxy=${proxy%%,*}
+    log "installing $GO_FALLBACK from the Go module proxy into $dir"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    curl -fsSL "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_FALLBACK.linux-$arch.zip" -o "$dir.tmp/go.zip" \
+      || die "cannot download $GO_FALLBACK from $proxy"
+    unzip -q "$dir.tmp/go.zip" -d "$dir.tmp/x" || die "cannot unpack $GO_FALLBACK"
+    mv "$dir.tmp/x/golang.org/toolchain@v0.0.1-$GO_FALLBACK.linux-$arch" "$dir" && rm -rf "$dir.tmp"
+    chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/* 2>/dev/null || true
+  fi
+  export PATH="$dir/bin:$PATH"
+}

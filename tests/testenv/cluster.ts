@@ -1,0 +1,462 @@
+/**
+ * The test cluster: a real etcd, kube-apiserver and kube-controller-manager on loopback, built
+ * from the Go module proxy by `tests/testenv/kube/build.sh`. No kubelet runs; the harness plays
+ * kubelet where a test needs Pods (see `pods.ts`).
+ *
+ * Every run works under `/tmp/meshd-tc-<pid>-<n>` and records the PIDs it started there, so a
+ * later run can stop exactly those processes (by PID, after checking that the process still
+ * runs from that folder) and remove what a crashed run left.
+ *
+ * @module
+ */
+import { Child, freePort, waitFor } from "./process.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+/** Every folder, network namespace and cgroup a run creates starts with this. */
+export const PREFIX = "meshd-tc-";
+/** The service CIDR: a documentation range, so no ClusterIP is ever a real address. */
+export const SERVICE_CIDR = "198.51.100.0/24";
+
+/** What a test needs to talk to the cluster as its admin. */
+export interface ClusterAccess {
+  /** `https://127.0.0.1:<port>` */
+  server: string;
+  caCert: string;
+  /** An admin (system:masters) client certificate and key. */
+  cert: string;
+  key: string;
+  /** A kubeconfig file with those credentials. */
+  kubeconfig: string;
+}
+
+/** Where the harness puts a run's files and how to reach the binaries. */
+export interface ClusterOptions {
+  /** Kubernetes version to build or reuse; default: `$MESHD_KUBE_VERSION`, then the pinned one. */
+  version?: string;
+  /** Also start kube-controller-manager (default true). */
+  controllerManager?: boolean;
+}
+
+/**
+ * Fails with a plain message when this machine cannot host the integration tier: it needs
+ * root, Linux network namespaces (`ip netns`), cgroup v2, and Go to build the control plane.
+ */
+export async function requireIntegrationHost(): Promise<void> {
+  const missing: string[] = [];
+  if (Deno.build.os !== "linux") missing.push(`Linux (this is ${Deno.build.os})`);
+  else {
+    if (Deno.uid() !== 0) missing.push("root (the tier creates network namespaces)");
+    const ip = await run("ip", ["netns", "list"]).catch((e) => ({ ok: false, out: String(e) }));
+    if (!ip.ok) missing.push(`"ip netns" from iproute2 (${ip.out.trim()})`);
+    if (!(await cgroup2Mount())) missing.push("a cgroup v2 mount");
+    const go = await run("go", ["version"]).catch((e) => ({ ok: false, out: String(e) }));
+    if (!go.ok) missing.push("Go, to build the control plane");
+  }
+  if (missing.length > 0) {
+    throw new Error(
+      `The integration tier cannot run on this machine; it needs ${missing.join(", ")}. ` +
+        "It does not skip itself: run it as root on Linux, or run only the unit tests.",
+    );
+  }
+}
+
+/** The mount point of cgroup v2, or null. */
+export async function cgroup2Mount(): Promise<string | null> {
+  const mounts = await Deno.readTextFile("/proc/self/mounts").catch(() => "");
+  for (const line of mounts.split("\n")) {
+    const [, dir, type] = line.split(" ");
+    if (type === "cgroup2" && dir) return dir;
+  }
+  return null;
+}
+
+async function run(
+  cmd: string,
+  args: string[],
+  cwd?: string,
+): Promise<{ ok: boolean; out: string }> {
+  const o = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
+  const dec = new TextDecoder();
+  return { ok: o.success, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
+}
+
+async function must(cmd: string, args: string[], cwd?: string): Promise<string> {
+  const r = await run(cmd, args, cwd);
+  if (!r.ok) throw new Error(`${cmd} ${args.join(" ")} failed:\n${r.out}`);
+  return r.out;
+}
+
+/** Builds (once per version, cached outside the repo) and returns the control plane's bin dir. */
+export async function controlPlaneBinaries(version?: string): Promise<string> {
+  const args = [`${ROOT}/tests/testenv/kube/build.sh`];
+  if (version) args.push(version);
+  const p = new Deno.Command("bash", { args, stdout: "piped", stderr: "inherit" });
+  const o = await p.output();
+  if (!o.success) throw new Error("Building the test cluster failed; see the lines above");
+  return new TextDecoder().decode(o.stdout).trim().split("\n").pop()!;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether process `pid` was started from inside `dir` (its command line names the folder). */
+function startedFrom(pid: number, dir: string): boolean {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes(dir);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Removes what crashed runs left: their processes (by the PIDs they recorded, and only while
+ * such a process still runs from that run's folder), network namespaces, and folders. A run
+ * whose owning test process is still alive is left alone.
+ */
+export async function removeLeftovers(): Promise<string[]> {
+  const removed: string[] = [];
+  for await (const e of Deno.readDir("/tmp")) {
+    if (!e.isDirectory || !e.name.startsWith(PREFIX)) continue;
+    const dir = `/tmp/${e.name}`;
+    const owner = Number(e.name.slice(PREFIX.length).split("-")[0]);
+    if (owner && owner !== Deno.pid && isAlive(owner) && startedFrom(owner, "deno")) continue;
+    const pids = (await Deno.readTextFile(`${dir}/pids`).catch(() => "")).split("\n")
+      .map(Number).filter((n) => n > 0);
+    for (const pid of pids) {
+      if (isAlive(pid) && startedFrom(pid, dir)) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone meanwhile */ }
+      }
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    removed.push(dir);
+  }
+  const ns = await run("ip", ["netns", "list"]).catch(() => ({ ok: false, out: "" }));
+  for (const line of ns.out.split("\n")) {
+    const name = line.split(" ")[0];
+    if (!name?.startsWith(PREFIX)) continue;
+    const owner = Number(name.slice(PREFIX.length).split("-")[0]);
+    if (owner && owner !== Deno.pid && isAlive(owner)) continue;
+    await run("ip", ["netns", "delete", name]);
+    removed.push(`netns ${name}`);
+  }
+  return removed;
+}
+
+let runCounter = 0;
+
+/** A running test cluster. Call {@linkcode TestCluster.stop} in a `finally`. */
+export class TestCluster implements ClusterAccess {
+  readonly dir: string;
+  readonly server: string;
+  readonly caCert: string;
+  readonly cert: string;
+  readonly key: string;
+  readonly kubeconfig: string;
+  readonly version: string;
+  readonly #children: Child[];
+  readonly #client: Deno.HttpClient;
+
+  private constructor(
+    init: ClusterAccess & { dir: string; version: string; children: Child[] },
+  ) {
+    this.dir = init.dir;
+    this.server = init.server;
+    this.caCert = init.caCert;
+    this.cert = init.cert;
+    this.key = init.key;
+    this.kubeconfig = init.kubeconfig;
+    this.version = init.version;
+    this.#children = init.children;
+    this.#client = Deno.createHttpClient({
+      caCerts: [this.caCert],
+      cert: this.cert,
+      key: this.key,
+    });
+  }
+
+  /** Builds the binaries if needed, then starts etcd, the API server and the controller manager. */
+  static async start(options: ClusterOptions = {}): Promise<TestCluster> {
+    await requireIntegrationHost();
+    await removeLeftovers();
+    const bin = await controlPlaneBinaries(options.version);
+    const version = (await Deno.readTextFile(`${bin}/../VERSION`)).trim();
+    const dir = `/tmp/${PREFIX}${Deno.pid}-${++runCounter}`;
+    await Deno.mkdir(dir, { recursive: true });
+    const children: Child[] = [];
+    const gone = new Map<string, string>();
+    const record = async (c: Child) => {
+      children.push(c);
+      c.exited().then((st) => gone.set(c.name, `exited with code ${st.code}`));
+      await Deno.writeTextFile(`${dir}/pids`, `${c.pid}\n`, { append: true });
+    };
+    try {
+      const pki = await makeClusterPki(dir);
+      const etcdPort = freePort();
+      const etcdPeer = freePort();
+      await record(
+        new Child("etcd", [
+          "--name=meshd-test",
+          `--data-dir=${dir}/etcd`,
+          `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
+          `--advertise-client-urls=http://127.0.0.1:${etcdPort}`,
+          `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
+          `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
+          `--initial-cluster=meshd-test=http://127.0.0.1:${etcdPeer}`,
+          "--unsafe-no-fsync",
+          "--log-level=warn",
+        ], { command: `${bin}/etcd` }),
+      );
+      const apiPort = freePort();
+      const server = `https://127.0.0.1:${apiPort}`;
+      await record(
+        new Child("kube-apiserver", [
+          `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+          "--bind-address=127.0.0.1",
+          "--advertise-address=127.0.0.1",
+          // The reconciler that keeps the kubernetes Service's endpoints refuses loopback.
+          "--endpoint-reconciler-type=none",
+          `--secure-port=${apiPort}`,
+          `--cert-dir=${dir}/apiserver`,
+          `--tls-cert-file=${dir}/apiserver.crt`,
+          `--tls-private-key-file=${dir}/apiserver.key`,
+          `--client-ca-file=${dir}/ca.crt`,
+          `--service-account-key-file=${dir}/sa.pub`,
+          `--service-account-signing-key-file=${dir}/sa.key`,
+          "--service-account-issuer=https://kubernetes.default.svc",
+          `--service-cluster-ip-range=${SERVICE_CIDR}`,
+          "--authorization-mode=RBAC",
+          "--allow-privileged=true",
+          "--profiling=false",
+          "--v=1",
+        ], { command: `${bin}/kube-apiserver` }),
+      );
+      const kubeconfig = `${dir}/admin.kubeconfig`;
+      await Deno.writeTextFile(kubeconfig, kubeconfigYaml(server, pki.ca, pki.admin, "admin"));
+      const cluster = new TestCluster({
+        dir,
+        server,
+        caCert: pki.ca,
+        cert: pki.admin.cert,
+        key: pki.admin.key,
+        kubeconfig,
+        version,
+        children,
+      });
+      try {
+        await waitFor("the API server's /readyz", async () => {
+          for (const [name, how] of gone) throw new Error(`${name} ${how}`);
+          const r = await cluster.request("GET", "/readyz").catch((e) => {
+            throw new Error(`${e.message}: ${e.cause ?? ""}`);
+          });
+          return r.status === 200 ? true : undefined;
+        }, 60_000);
+        if (options.controllerManager ?? true) {
+          const cmConfig = `${dir}/controller-manager.kubeconfig`;
+          await Deno.writeTextFile(
+            cmConfig,
+            kubeconfigYaml(server, pki.ca, pki.controllerManager, "kube-controller-manager"),
+          );
+          await record(
+            new Child("kube-controller-manager", [
+              `--kubeconfig=${cmConfig}`,
+              `--authentication-kubeconfig=${cmConfig}`,
+              `--authorization-kubeconfig=${cmConfig}`,
+              "--leader-elect=false",
+              "--bind-address=127.0.0.1",
+              "--secure-port=0",
+              `--service-account-private-key-file=${dir}/sa.key`,
+              `--root-ca-file=${dir}/ca.crt`,
+              "--use-service-account-credentials=true",
+              `--service-cluster-ip-range=${SERVICE_CIDR}`,
+              "--v=1",
+            ], { command: `${bin}/kube-controller-manager` }),
+          );
+          // The ServiceAccount controller making "default" shows the controllers are running.
+          await waitFor(
+            "kube-controller-manager to create the default ServiceAccount",
+            async () => {
+              const r = await cluster.request(
+                "GET",
+                "/api/v1/namespaces/default/serviceaccounts/default",
+              );
+              return r.status === 200 ? true : undefined;
+            },
+            60_000,
+          );
+        }
+      } catch (e) {
+        const logs = cluster.logs();
+        await cluster.stop();
+        throw new Error(`${(e as Error).message}\n${logs}`);
+      }
+      return cluster;
+    } catch (e) {
+      for (const c of children.reverse()) await c.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** The last lines each control-plane process wrote, for a failure message. */
+  logs(lines = 20): string {
+    return this.#children.map((c) => `--- ${c.name}\n${c.lines.slice(-lines).join("\n")}`).join(
+      "\n",
+    );
+  }
+
+  /**
+   * One request to the API server as admin. `body` is sent as JSON, or as given with
+   * `contentType` (e.g. a merge patch). Resolves with the status and the parsed JSON body.
+   */
+  async request(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType = "application/json",
+  ): Promise<{ status: number; body: Record<string, unknown> }> {
+    const r = await fetch(`${this.server}${path}`, {
+      method,
+      client: this.#client,
+      headers: body === undefined ? {} : { "content-type": contentType },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.text();
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = { text };
+    }
+    return { status: r.status, body: parsed };
+  }
+
+  /** Like {@linkcode request}, but throws naming the call unless the status is 2xx. */
+  async must(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType?: string,
+  ): Promise<Record<string, unknown>> {
+    const r = await this.request(method, path, body, contentType);
+    if (r.status < 200 || r.status > 299) {
+      throw new Error(`${method} ${path} answered ${r.status}: ${JSON.stringify(r.body)}`);
+    }
+    return r.body;
+  }
+
+  /** Stops every process (by PID, newest first) and removes the run's folder. */
+  async stop(): Promise<void> {
+    for (const c of [...this.#children].reverse()) await c.stop();
+    this.#client.close();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** One client identity: certificate and key, PEM. */
+export interface KeyPair {
+  cert: string;
+  key: string;
+}
+
+/** A kubeconfig that reaches `server` with a client certificate. */
+export function kubeconfigYaml(server: string, ca: string, id: KeyPair, user: string): string {
+  const b64 = (s: string) => btoa(s);
+  return [
+    "apiVersion: v1",
+    "kind: Config",
+    "clusters:",
+    "- name: test",
+    "  cluster:",
+    `    server: ${server}`,
+    `    certificate-authority-data: ${b64(ca)}`,
+    "users:",
+    `- name: ${user}`,
+    "  user:",
+    `    client-certificate-data: ${b64(id.cert)}`,
+    `    client-key-data: ${b64(id.key)}`,
+    "contexts:",
+    "- name: test",
+    "  context:",
+    "    cluster: test",
+    `    user: ${user}`,
+    "current-context: test",
+    "",
+  ].join("\n");
+}
+
+/**
+ * The cluster's certificates, made with openssl in `dir`: a CA, the API server's serving
+ * certificate, client certificates for the admin and the controller manager, and the
+ * service-account signing key pair. `extraClient` adds client certificates by CN and groups.
+ */
+async function makeClusterPki(dir: string) {
+  const ssl = (...args: string[]) => must("openssl", args, dir);
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await ssl(
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=meshd test cluster CA",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  );
+  const issue = async (name: string, subj: string, ext: string): Promise<KeyPair> => {
+    await ssl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subj);
+    await Deno.writeTextFile(`${dir}/${name}.ext`, ext);
+    await ssl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+    );
+    return {
+      cert: await Deno.readTextFile(`${dir}/${name}.crt`),
+      key: await Deno.readTextFile(`${dir}/${name}.key`),
+    };
+  };
+  const client = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
+  await issue(
+    "apiserver",
+    "/CN=kube-apiserver",
+    "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=" +
+      "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default," +
+      "DNS:kubernetes.default.svc,IP:198.51.100.1\n",
+  );
+  const admin = await issue("admin", "/O=system:masters/CN=meshd-test-admin", client);
+  const controllerManager = await issue(
+    "controller-manager",
+    "/CN=system:kube-controller-manager",
+    client,
+  );
+  await ssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key");
+  await ssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub");
+  return { ca: await Deno.readTextFile(`${dir}/ca.crt`), admin, controllerManager };
+}
