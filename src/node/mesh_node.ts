@@ -69,7 +69,7 @@ export class MeshNode implements ApiSource {
     for (const e of result.errors) {
       log.error("invalid config", {
         file: e.source?.file,
-        document: e.source ? e.source.doc + 1 : undefined,
+        document: e.source && e.source.doc >= 0 ? e.source.doc + 1 : undefined,
         field: e.field,
         error: e.message,
       });
@@ -87,7 +87,7 @@ export class MeshNode implements ApiSource {
     }
     this.#errors = result.errors.map((e) => ({
       file: e.source?.file,
-      document: e.source ? e.source.doc + 1 : undefined,
+      document: e.source && e.source.doc >= 0 ? e.source.doc + 1 : undefined,
       field: e.field,
       message: e.message,
     }));

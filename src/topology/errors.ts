@@ -21,6 +21,7 @@ export class ConfigError extends Error {
 /** Formats where an object came from: `file "a.yaml", document 2` (counted from 1). */
 export function describeSource(source: SourceRef | undefined): string {
   if (!source) return "";
+  if (source.doc < 0) return source.file; // not from a file, e.g. an object in the API
   const item = source.item === undefined ? "" : `, item ${source.item + 1}`;
   return `file "${source.file}", document ${source.doc + 1}${item}`;
 }

@@ -7,7 +7,7 @@
 export interface SourceRef {
   /** File path or API location, as the user would recognise it. */
   file: string;
-  /** Zero-based index of the YAML document within the file. */
+  /** Zero-based index of the YAML document within the file; -1 when not from a file. */
   doc: number;
   /** Zero-based index within the `items` of a `kind: List` document. */
   item?: number;

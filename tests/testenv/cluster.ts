@@ -233,6 +233,10 @@ export class TestCluster implements ClusterAccess {
           "--service-account-issuer=https://kubernetes.default.svc",
           `--service-cluster-ip-range=${SERVICE_CIDR}`,
           "--authorization-mode=RBAC",
+          // Compact often, and serve ConfigMap watches from etcd rather than the watch cache, so
+          // a test can see a watch from a compacted version answered 410 Gone.
+          "--etcd-compaction-interval=5s",
+          "--watch-cache-sizes=configmaps#0",
           "--allow-privileged=true",
           "--profiling=false",
           "--v=1",
@@ -459,4 +463,63 @@ async function makeClusterPki(dir: string) {
   await ssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key");
   await ssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub");
   return { ca: await Deno.readTextFile(`${dir}/ca.crt`), admin, controllerManager };
+}
+
+/** Plural and scope of the kinds the tests and manifests create. */
+const RESOURCES: Record<string, { plural: string; namespaced: boolean }> = {
+  Namespace: { plural: "namespaces", namespaced: false },
+  ServiceAccount: { plural: "serviceaccounts", namespaced: true },
+  Service: { plural: "services", namespaced: true },
+  ConfigMap: { plural: "configmaps", namespaced: true },
+  Pod: { plural: "pods", namespaced: true },
+  DaemonSet: { plural: "daemonsets", namespaced: true },
+  ClusterRole: { plural: "clusterroles", namespaced: false },
+  ClusterRoleBinding: { plural: "clusterrolebindings", namespaced: false },
+  Role: { plural: "roles", namespaced: true },
+  RoleBinding: { plural: "rolebindings", namespaced: true },
+  CustomResourceDefinition: { plural: "customresourcedefinitions", namespaced: false },
+  TrafficTarget: { plural: "traffictargets", namespaced: true },
+  HTTPRouteGroup: { plural: "httproutegroups", namespaced: true },
+  TCPRoute: { plural: "tcproutes", namespaced: true },
+  TrafficSplit: { plural: "trafficsplits", namespaced: true },
+};
+
+/** The API path of one object (`name` omitted: its collection). */
+export function objectPath(
+  obj: { apiVersion: string; kind: string; metadata?: { name?: string; namespace?: string } },
+  withName = true,
+): string {
+  const r = RESOURCES[obj.kind];
+  if (!r) throw new Error(`objectPath: add ${obj.kind} to RESOURCES`);
+  const base = obj.apiVersion.includes("/") ? `/apis/${obj.apiVersion}` : `/api/${obj.apiVersion}`;
+  const ns = r.namespaced ? `/namespaces/${obj.metadata?.namespace ?? "default"}` : "";
+  const name = withName && obj.metadata?.name ? `/${obj.metadata.name}` : "";
+  return `${base}${ns}/${r.plural}${name}`;
+}
+
+/** Server-side apply of one object, as `kubectl apply --server-side` does. */
+export async function serverSideApply(
+  cluster: TestCluster,
+  obj: { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } },
+  fieldManager = "meshd-test",
+): Promise<Record<string, unknown>> {
+  return await cluster.must(
+    "PATCH",
+    `${objectPath(obj)}?fieldManager=${fieldManager}&force=true`,
+    obj,
+    "application/apply-patch+yaml",
+  );
+}
+
+/** Waits until a CRD reports Established. */
+export async function waitEstablished(cluster: TestCluster, name: string): Promise<void> {
+  await waitFor(`CRD ${name} to be Established`, async () => {
+    const crd = await cluster.must(
+      "GET",
+      `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}`,
+    );
+    const conds = ((crd["status"] as { conditions?: { type: string; status: string }[] })
+      ?.conditions) ?? [];
+    return conds.some((c) => c.type === "Established" && c.status === "True") ? true : undefined;
+  }, 30_000);
 }

@@ -1,0 +1,279 @@
+import { KubeConfig } from "@kubernetes/client-node";
+
+/** An answer from the API server other than success, or a request that never got one. */
+export class KubeApiError extends Error {
+  /** HTTP status; 0 when the server could not be reached. */
+  readonly status: number;
+  /** The `reason` of a Kubernetes Status, such as `NotFound`, `Conflict`, `Expired`. */
+  readonly reason: string;
+
+  constructor(message: string, status: number, reason = "") {
+    super(message);
+    this.name = "KubeApiError";
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+/** A raw object as the API returns it. */
+export type RawObject = Record<string, unknown>;
+
+/** One event of a watch stream. */
+export interface WatchEvent {
+  type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK";
+  object: RawObject;
+}
+
+/**
+ * Loads credentials the way kubectl does: `path` when given; inside a Pod, its ServiceAccount;
+ * otherwise `$KUBECONFIG` or `~/.kube/config`. Throws one line that says what it tried.
+ */
+export function loadKubeConfig(
+  path?: string,
+  env: (k: string) => string | undefined = (k) => Deno.env.get(k),
+): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (path) kc.loadFromFile(path);
+    else if (env("KUBERNETES_SERVICE_HOST")) kc.loadFromCluster();
+    else kc.loadFromDefault();
+  } catch (e) {
+    const from = path ? `"${path}"` : "the Pod's ServiceAccount or the default kubeconfig";
+    throw new Error(`Cannot load Kubernetes credentials from ${from}: ${(e as Error).message}`);
+  }
+  if (!kc.getCurrentCluster()) {
+    throw new Error(
+      path
+        ? `The kubeconfig "${path}" names no current cluster`
+        : "No Kubernetes cluster found: not in a Pod, and no kubeconfig at $KUBECONFIG or " +
+          "~/.kube/config; pass --kubeconfig",
+    );
+  }
+  return kc;
+}
+
+/** What a request needs from the KubeConfig: TLS material and auth headers. */
+interface Credentials {
+  ca?: string;
+  cert?: string;
+  key?: string;
+  headers: Record<string, string>;
+}
+
+function pem(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "string") return v;
+  if (v instanceof Uint8Array) return new TextDecoder().decode(v);
+  if (Array.isArray(v)) return v.map(pem).join("\n");
+  return String(v);
+}
+
+/**
+ * The Kubernetes API. `@kubernetes/client-node`'s KubeConfig loads the credentials and
+ * authenticates every request (client certificates, bearer tokens re-read from their file,
+ * exec plugins); the bytes go through Deno's own fetch, whose requests and watch streams stop
+ * at once when aborted. (The client's bundled fetch does not end an aborted watch under Deno:
+ * the connection stays open and the caller is never told.) Requests are plain JSON by path,
+ * so one client serves built-in kinds and CRDs alike.
+ */
+export class KubeApi {
+  readonly kc: KubeConfig;
+  readonly server: string;
+  #client: Deno.HttpClient | null = null;
+  #tlsKey = "";
+
+  constructor(kc: KubeConfig) {
+    this.kc = kc;
+    const cluster = kc.getCurrentCluster()!;
+    this.server = cluster.server.replace(/\/+$/, "");
+    if (cluster.skipTLSVerify) {
+      throw new Error(
+        `The kubeconfig's cluster "${cluster.name}" sets insecure-skip-tls-verify, which meshd ` +
+          "does not support: give it the cluster's CA (certificate-authority or -data)",
+      );
+    }
+  }
+
+  async #credentials(): Promise<Credentials> {
+    const opts: Record<string, unknown> = {};
+    await this.kc.applyToHTTPSOptions(opts as never);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries((opts["headers"] ?? {}) as Record<string, unknown>)) {
+      headers[k.toLowerCase()] = String(v);
+    }
+    if (typeof opts["auth"] === "string") headers["authorization"] = `Basic ${btoa(opts["auth"])}`;
+    return { ca: pem(opts["ca"]), cert: pem(opts["cert"]), key: pem(opts["key"]), headers };
+  }
+
+  #httpClient(c: Credentials): Deno.HttpClient {
+    const key = `${c.ca ?? ""}|${c.cert ?? ""}|${c.key ?? ""}`;
+    if (!this.#client || key !== this.#tlsKey) {
+      this.#client?.close();
+      this.#client = Deno.createHttpClient({
+        ...(c.ca ? { caCerts: [c.ca] } : {}),
+        ...(c.cert && c.key ? { cert: c.cert, key: c.key } : {}),
+      });
+      this.#tlsKey = key;
+    }
+    return this.#client;
+  }
+
+  async #fetch(
+    method: string,
+    path: string,
+    body: unknown,
+    contentType: string | undefined,
+    signal: AbortSignal,
+    stream = false,
+  ): Promise<Response> {
+    const cred = await this.#credentials();
+    const headers: Record<string, string> = { ...cred.headers, accept: "application/json" };
+    // The API server gzips a watch stream as it flushes each event, and Deno's fetch ends
+    // such a body after the first event or two; a watch asks for it uncompressed.
+    if (stream) headers["accept-encoding"] = "identity";
+    if (body !== undefined) headers["content-type"] = contentType ?? "application/json";
+    try {
+      return await fetch(this.server + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        client: this.#httpClient(cred),
+        signal,
+      });
+    } catch (e) {
+      if (signal.aborted) throw e;
+      throw new KubeApiError(
+        `${method} ${path}: cannot reach the API server at ${this.server}: ${(e as Error).message}`,
+        0,
+      );
+    }
+  }
+
+  /**
+   * One request. Resolves with the parsed body of a 2xx answer; throws {@linkcode KubeApiError}
+   * for any other, with the server's message. `body` is JSON unless `contentType` says a patch.
+   */
+  async request(
+    method: string,
+    path: string,
+    body?: unknown,
+    options: { contentType?: string; signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<RawObject> {
+    const timeout = AbortSignal.timeout(options.timeoutMs ?? 15_000);
+    const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+    const res = await this.#fetch(method, path, body, options.contentType, signal);
+    const text = await res.text();
+    let parsed: RawObject = {};
+    try {
+      parsed = text ? JSON.parse(text) : {};
+    } catch {
+      parsed = { message: text.slice(0, 200) };
+    }
+    if (res.status < 200 || res.status > 299) {
+      throw new KubeApiError(
+        `${method} ${path}: ${res.status} ${parsed["message"] ?? res.statusText}`,
+        res.status,
+        typeof parsed["reason"] === "string" ? parsed["reason"] : "",
+      );
+    }
+    return parsed;
+  }
+
+  /**
+   * Watches `path` from `resourceVersion`, with bookmarks, calling `onEvent` for each event.
+   * Resolves when the server ends the stream (at the latest after `timeoutSeconds`) or
+   * `signal` aborts; rejects with {@linkcode KubeApiError} when the server answers or streams
+   * an error (410 Gone among them), or with what `onEvent` threw. A stream silent for
+   * `timeoutSeconds` plus a minute is given up as dead.
+   */
+  async watch(
+    path: string,
+    resourceVersion: string,
+    onEvent: (ev: WatchEvent) => void,
+    options: { signal?: AbortSignal; timeoutSeconds?: number } = {},
+  ): Promise<void> {
+    const timeoutSeconds = options.timeoutSeconds ?? 300;
+    const q = new URLSearchParams({
+      watch: "true",
+      allowWatchBookmarks: "true",
+      timeoutSeconds: String(timeoutSeconds),
+    });
+    if (resourceVersion) q.set("resourceVersion", resourceVersion);
+    const sep = path.includes("?") ? "&" : "?";
+    const ac = new AbortController();
+    const onAbort = () => ac.abort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    let silent = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        silent = true;
+        ac.abort();
+      }, (timeoutSeconds + 60) * 1000);
+    };
+    try {
+      arm();
+      const res = await this.#fetch(
+        "GET",
+        `${path}${sep}${q}`,
+        undefined,
+        undefined,
+        ac.signal,
+        true,
+      );
+      if (res.status !== 200) {
+        const text = await res.text();
+        let st: RawObject = {};
+        try {
+          st = JSON.parse(text);
+        } catch { /* not a Status */ }
+        throw new KubeApiError(
+          `watch ${path}: ${res.status} ${st["message"] ?? res.statusText}`,
+          res.status,
+          typeof st["reason"] === "string" ? st["reason"] : "",
+        );
+      }
+      let rest = "";
+      for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) {
+        arm();
+        const lines = (rest + chunk).split("\n");
+        rest = lines.pop()!;
+        for (const line of lines) {
+          if (!line.trim()) continue;
+          const ev = JSON.parse(line) as { type: string; object: RawObject };
+          if (ev.type === "ERROR") {
+            // A Status object: 410 Gone when resourceVersion is too old.
+            const o = ev.object;
+            throw new KubeApiError(
+              `watch ${path}: ${o["message"] ?? "error"}`,
+              Number(o["code"] ?? 0),
+              typeof o["reason"] === "string" ? o["reason"] : "",
+            );
+          }
+          onEvent(ev as WatchEvent);
+        }
+      }
+    } catch (e) {
+      if (options.signal?.aborted) return;
+      if (silent) throw new KubeApiError(`watch ${path}: no data for too long`, 0);
+      if (e instanceof KubeApiError) throw e;
+      if (e instanceof SyntaxError) throw new KubeApiError(`watch ${path}: bad event: ${e}`, 0);
+      if ((e as Error).name === "AbortError") return;
+      throw e instanceof Error && e.message.startsWith(`GET ${path}`) ? e : new KubeApiError(
+        `watch ${path}: ${(e as Error).message}`,
+        0,
+      );
+    } finally {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      ac.abort();
+    }
+  }
+
+  /** Closes idle connections. */
+  close(): void {
+    this.#client?.close();
+    this.#client = null;
+  }
+}

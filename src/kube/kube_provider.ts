@@ -1,0 +1,248 @@
+import type { Logger } from "../observability/mod.ts";
+import type { LoadResult } from "../provider/mod.ts";
+import {
+  type ConfigError,
+  decodeObject,
+  type MeshObject,
+  SUPPORTED_KINDS,
+} from "../topology/mod.ts";
+import { type KubeApi, KubeApiError, type RawObject } from "./api.ts";
+import { Reflector } from "./reflector.ts";
+
+/** A collection meshd reads. */
+export interface Collection {
+  kind: string;
+  apiVersion: string;
+  plural: string;
+  /** An SMI CRD: missing is a warning, not a failure. */
+  smi: boolean;
+}
+
+/** Everything the kube provider lists and watches, at the versions meshd reads. */
+export const COLLECTIONS: readonly Collection[] = [
+  { kind: "Service", plural: "services", smi: false },
+  { kind: "EndpointSlice", plural: "endpointslices", smi: false },
+  { kind: "Pod", plural: "pods", smi: false },
+  { kind: "TrafficTarget", plural: "traffictargets", smi: true },
+  { kind: "HTTPRouteGroup", plural: "httproutegroups", smi: true },
+  { kind: "TCPRoute", plural: "tcproutes", smi: true },
+  { kind: "TrafficSplit", plural: "trafficsplits", smi: true },
+].map((c) => ({ ...c, apiVersion: SUPPORTED_KINDS[c.kind]! }));
+
+/** The API path of a collection, cluster-wide or in one namespace. */
+export function collectionPath(c: Collection, namespace?: string): string {
+  const base = c.apiVersion.includes("/") ? `/apis/${c.apiVersion}` : `/api/${c.apiVersion}`;
+  return `${base}${namespace ? `/namespaces/${namespace}` : ""}/${c.plural}`;
+}
+
+/** What the API server serves of one SMI group. */
+export interface SmiGroupStatus {
+  group: string;
+  /** The version meshd reads. */
+  wanted: string;
+  /** Versions the server serves; empty when the group is not there. */
+  served: string[];
+  ok: boolean;
+  /** One line for a log or `meshd check`. */
+  message: string;
+}
+
+/**
+ * Asks the API server which versions of each SMI group it serves. A missing group, or one
+ * without the version meshd reads, is not ok; extra versions are fine and noted.
+ */
+export async function smiGroupStatus(api: KubeApi): Promise<SmiGroupStatus[]> {
+  const wanted = new Map<string, string>();
+  for (const c of COLLECTIONS) {
+    if (!c.smi) continue;
+    const [group, version] = c.apiVersion.split("/") as [string, string];
+    wanted.set(group, version);
+  }
+  const out: SmiGroupStatus[] = [];
+  for (const [group, version] of wanted) {
+    let served: string[] = [];
+    try {
+      const g = await api.request("GET", `/apis/${group}`);
+      served = ((g["versions"] ?? []) as { version: string }[]).map((v) => v.version);
+    } catch (e) {
+      if (!(e instanceof KubeApiError && e.status === 404)) throw e;
+    }
+    const ok = served.includes(version);
+    const extra = served.filter((v) => v !== version);
+    let message: string;
+    if (served.length === 0) {
+      message = `${group} is not served: install its CRDs (manifests/crds) to use it`;
+    } else if (!ok) {
+      message = `${group} serves ${served.join(", ")} but not ${version}, the version meshd reads`;
+    } else {
+      message = `${group}/${version} is served` +
+        (extra.length ? `; ${extra.join(", ")} also served, and not read by meshd` : "");
+    }
+    out.push({ group, wanted: version, served, ok, message });
+  }
+  return out;
+}
+
+/** Options for {@linkcode KubeProvider}. */
+export interface KubeProviderOptions {
+  api: KubeApi;
+  logger: Logger;
+  /** Only these namespaces; empty: every namespace. */
+  watchNamespaces: readonly string[];
+  /** Objects in these namespaces are dropped as they arrive. */
+  ignoreNamespaces: readonly string[];
+  /** Called with every load once every collection was listed (or found missing). */
+  onLoad: (result: LoadResult) => void | Promise<void>;
+  /** How long a burst of events may settle before a load; default 50 ms. */
+  debounceMs?: number;
+  /** Passed to each {@linkcode Reflector}. */
+  watchTimeoutSeconds?: number;
+}
+
+interface Decoded {
+  resourceVersion: string;
+  object: MeshObject | null;
+  error: ConfigError | null;
+  skipped: string | null;
+}
+
+/**
+ * The kube provider: lists and watches Services, EndpointSlices, Pods and the SMI kinds through
+ * the Kubernetes API and hands the same loads to the same topology code as the file provider.
+ * Each object is decoded once per resource version; an object that stops decoding keeps its
+ * last good version, as with files. A missing SMI CRD is a warning: meshd runs without those
+ * objects and picks them up once the CRD is installed.
+ */
+export class KubeProvider {
+  readonly #opts: KubeProviderOptions;
+  readonly #reflectors: Reflector[] = [];
+  readonly #decoded = new Map<string, Decoded>();
+  readonly #good = new Map<string, MeshObject>();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #loading: Promise<void> = Promise.resolve();
+  #firstLoad: (() => void) | null = null;
+  #loads = 0;
+
+  constructor(options: KubeProviderOptions) {
+    this.#opts = options;
+  }
+
+  /** Loads delivered so far. */
+  get loads(): number {
+    return this.#loads;
+  }
+
+  /** The reflectors, for status and tests. */
+  get reflectors(): readonly Reflector[] {
+    return this.#reflectors;
+  }
+
+  /**
+   * Checks the SMI groups (warnings only), starts every list-and-watch, and resolves once the
+   * first load was delivered.
+   */
+  async start(): Promise<void> {
+    const log = this.#opts.logger;
+    for (const s of await smiGroupStatus(this.#opts.api)) {
+      if (s.ok && s.served.length === 1) log.info(s.message);
+      else log.warn(s.message);
+    }
+    const first = new Promise<void>((r) => this.#firstLoad = r);
+    const namespaces = this.#opts.watchNamespaces.length ? this.#opts.watchNamespaces : [undefined];
+    for (const c of COLLECTIONS) {
+      for (const ns of namespaces) {
+        const r = new Reflector({
+          api: this.#opts.api,
+          path: collectionPath(c, ns),
+          apiVersion: c.apiVersion,
+          kind: c.kind,
+          logger: log,
+          onChange: () => this.#schedule(),
+          watchTimeoutSeconds: this.#opts.watchTimeoutSeconds,
+        });
+        this.#reflectors.push(r);
+      }
+    }
+    for (const r of this.#reflectors) r.start();
+    await first;
+  }
+
+  /** Stops every watch. */
+  async stop(): Promise<void> {
+    clearTimeout(this.#timer);
+    await Promise.all(this.#reflectors.map((r) => r.stop()));
+    await this.#loading;
+  }
+
+  #schedule(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      // The first load waits for every collection, so meshd never routes on half a picture.
+      if (!this.#reflectors.every((r) => r.synced || r.missing)) return;
+      this.#loading = this.#loading.then(() => this.#deliver()).catch((e) =>
+        this.#opts.logger.error("applying a load failed", { error: String(e) })
+      );
+    }, this.#opts.debounceMs ?? 50);
+  }
+
+  async #deliver(): Promise<void> {
+    const ignored = new Set(this.#opts.ignoreNamespaces);
+    const objects: MeshObject[] = [];
+    const errors: ConfigError[] = [];
+    const warnings: string[] = [];
+    const seen = new Set<string>();
+    for (const r of this.#reflectors) {
+      for (const [nsName, raw] of r.items) {
+        const ns = nsName.slice(0, nsName.indexOf("/"));
+        if (ignored.has(ns)) continue;
+        const key = `${r.opts.kind}/${nsName}`;
+        seen.add(key);
+        const d = this.#decode(key, raw);
+        if (d.object) {
+          objects.push(d.object);
+          this.#good.set(key, d.object);
+        } else if (d.error) {
+          errors.push(d.error);
+          const old = this.#good.get(key);
+          if (old) {
+            warnings.push(`Keeping the last good version of ${key} until it is fixed`);
+            objects.push(old);
+          }
+        } else if (d.skipped) {
+          warnings.push(`Skipping ${key}: ${d.skipped}`);
+        }
+      }
+    }
+    for (const k of this.#decoded.keys()) {
+      if (!seen.has(k)) {
+        this.#decoded.delete(k);
+        this.#good.delete(k);
+      }
+    }
+    for (const r of this.#reflectors) {
+      if (r.missing) warnings.push(`${r.opts.path} is not served; its objects are not read`);
+    }
+    this.#loads++;
+    await this.#opts.onLoad({ objects, errors, warnings });
+    this.#firstLoad?.();
+    this.#firstLoad = null;
+  }
+
+  #decode(key: string, raw: RawObject): Decoded {
+    const rv = String(
+      (raw["metadata"] as { resourceVersion?: string } | undefined)
+        ?.resourceVersion ?? "",
+    );
+    const cached = this.#decoded.get(key);
+    if (cached && cached.resourceVersion === rv && rv !== "") return cached;
+    const r = decodeObject(raw, { file: `${key} in the Kubernetes API`, doc: -1 });
+    const d: Decoded = {
+      resourceVersion: rv,
+      object: r.status === "ok" ? r.object : null,
+      error: r.status === "invalid" ? r.error : null,
+      skipped: r.status === "skipped" ? r.reason : null,
+    };
+    this.#decoded.set(key, d);
+    return d;
+  }
+}
