@@ -40,7 +40,7 @@ function h2Backend(name: string): Promise<H2Backend> {
     open.add(s);
     s.on("close", () => open.delete(s));
   });
-  server.on("stream", (stream, headers) => {
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
     b.seen.push(headers);
     if (headers[":path"] === "/slow") return;
     stream.respond({ ":status": 200, "content-type": "application/grpc", "x-backend": name }, {

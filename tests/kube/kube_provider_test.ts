@@ -6,7 +6,6 @@ import assert from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
 import {
   collectionPath,
-  COLLECTIONS,
   KubeApi,
   KubeProvider,
   loadKubeConfig,
