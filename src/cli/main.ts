@@ -8,10 +8,24 @@ import {
   serveApi,
 } from "../observability/mod.ts";
 import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
+import {
+  checkElectionTiming,
+  KubeApi,
+  KubeProvider,
+  LeaderElector,
+  loadKubeConfig,
+} from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
-import { compileOptions, LOG_FLAGS, MODEL_FLAGS, PROXY_FLAGS, proxyOptions } from "./options.ts";
+import {
+  compileOptions,
+  KUBE_FLAGS,
+  LOG_FLAGS,
+  MODEL_FLAGS,
+  PROXY_FLAGS,
+  proxyOptions,
+} from "./options.ts";
 
 /** meshd's version, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -35,12 +49,14 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   {
     name: "provider",
     kind: "string",
-    values: ["file"],
-    arg: "file",
+    values: ["file", "kube"],
+    arg: "file|kube",
     default: "file",
-    help: "Where objects come from: file reads --config-dir (the kube provider comes with #5)",
+    help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes API " +
+      "and elects a controller leader",
   },
   ...MODEL_FLAGS,
+  ...KUBE_FLAGS,
   {
     name: "proxy-address",
     kind: "string",
@@ -238,8 +254,36 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   return 0;
 }
 
+/** The kube provider's client and election settings, checked before anything starts. */
+function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
+  let kapi: KubeApi;
+  try {
+    kapi = new KubeApi(loadKubeConfig(values["kubeconfig"] as string | undefined, io.env));
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+  const timing = {
+    leaseDurationMs: values["lease-duration"] as number,
+    renewDeadlineMs: values["renew-deadline"] as number,
+    retryPeriodMs: values["retry-period"] as number,
+  };
+  const bad = checkElectionTiming(timing);
+  if (bad) throw new CliError(`Leader election: ${bad}`);
+  let identity = (values["identity"] as string | undefined) ?? io.env("POD_NAME");
+  if (!identity) {
+    try {
+      identity = Deno.hostname();
+    } catch {
+      throw new CliError("Cannot tell who this pod is: set --identity or POD_NAME");
+    }
+  }
+  return { kapi, timing, identity };
+}
+
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
-  const dir = await needDir(values);
+  const kube = values["provider"] === "kube";
+  const dir = kube ? undefined : await needDir(values);
+  const kubeCfg = kube ? kubeSetup(values, io) : null;
   const logger = new Logger({
     level: values["log-level"] as LogLevel,
     format: values["log-format"] as LogFormat,
@@ -256,7 +300,11 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
     caCerts = [pem];
   }
-  logger.info("meshd starting", { version: VERSION, provider: values["provider"], configDir: dir });
+  logger.info("meshd starting", {
+    version: VERSION,
+    provider: values["provider"],
+    ...(dir ? { configDir: dir } : { server: kubeCfg!.kapi.server, identity: kubeCfg!.identity }),
+  });
   const proxy = new NodeProxy({
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
@@ -265,7 +313,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     caCerts,
   });
   let api: ApiServer | null = null;
-  let provider: FileProvider | null = null;
+  let provider: FileProvider | KubeProvider | null = null;
+  let elector: LeaderElector | null = null;
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -300,12 +349,40 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         }`,
       );
     }
-    provider = new FileProvider({
-      dir,
-      logger: logger.with({ room: "provider" }),
-      onLoad: (r) => node.load(r),
-    });
-    await provider.start();
+    if (kubeCfg) {
+      const ignore = values["ignore-namespaces"] as string[];
+      elector = new LeaderElector({
+        api: kubeCfg.kapi,
+        logger: logger.with({ room: "controller" }),
+        namespace: values["mesh-namespace"] as string,
+        name: values["lease-name"] as string,
+        identity: kubeCfg.identity,
+        ...kubeCfg.timing,
+      });
+      // Campaign at once: electing a controller does not wait for this node's first config.
+      elector.start();
+      provider = new KubeProvider({
+        api: kubeCfg.kapi,
+        logger: logger.with({ room: "provider" }),
+        watchNamespaces: values["watch-namespaces"] as string[],
+        ignoreNamespaces: [...ignore, values["mesh-namespace"] as string],
+        onLoad: (r) => node.load(r),
+      });
+      const started = provider.start();
+      // Until the first load (the API may be down), signals still stop meshd.
+      const first = await Promise.race([started.then(() => null), stopped]);
+      if (first) {
+        logger.info("meshd stopping", { signal: first });
+        return 0;
+      }
+    } else {
+      provider = new FileProvider({
+        dir: dir!,
+        logger: logger.with({ room: "provider" }),
+        onLoad: (r) => node.load(r),
+      });
+      await provider.start();
+    }
     logger.info("meshd ready", {
       http: proxy.httpAddress,
       api: `${api.addr.hostname}:${api.addr.port}`,
@@ -314,6 +391,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     logger.info("meshd stopping", { signal: sig });
     return 0;
   } finally {
+    // A leader gives the lease up first, so another pod takes over at once.
+    await elector?.stop();
     await provider?.stop();
     await api?.shutdown();
     await proxy.stop();

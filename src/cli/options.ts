@@ -158,3 +158,62 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
     },
   };
 }
+
+/** Flags of the kube provider and of the controller's leader election. */
+export const KUBE_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "kubeconfig",
+    kind: "string",
+    arg: "FILE",
+    help: "Kubeconfig for --provider kube; default: the Pod's ServiceAccount, then " +
+      "$KUBECONFIG, then ~/.kube/config",
+  },
+  {
+    name: "watch-namespaces",
+    kind: "list",
+    arg: "NS,...",
+    default: "",
+    help: "Watch only these namespaces (default: every namespace, less --ignore-namespaces)",
+  },
+  {
+    name: "mesh-namespace",
+    kind: "string",
+    arg: "NS",
+    default: "meshd",
+    help: "Namespace meshd runs in: its Lease and shadow Services live there",
+  },
+  {
+    name: "identity",
+    kind: "string",
+    arg: "NAME",
+    help: "This pod's name in leader election; default: $POD_NAME, then the host name",
+  },
+  {
+    name: "lease-name",
+    kind: "string",
+    arg: "NAME",
+    default: "meshd-controller",
+    help: "Name of the coordination.k8s.io/v1 Lease the controllers elect a leader on",
+  },
+  {
+    name: "lease-duration",
+    kind: "duration",
+    arg: "DURATION",
+    default: "15s",
+    help: "How long candidates wait after the leader's last renewal before taking over",
+  },
+  {
+    name: "renew-deadline",
+    kind: "duration",
+    arg: "DURATION",
+    default: "10s",
+    help: "How long the leader tries to renew before it stops leading; below --lease-duration",
+  },
+  {
+    name: "retry-period",
+    kind: "duration",
+    arg: "DURATION",
+    default: "2s",
+    help: "How often candidates try for the lease and the leader renews it",
+  },
+];

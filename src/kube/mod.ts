@@ -7,3 +7,4 @@
 export * from "./api.ts";
 export * from "./reflector.ts";
 export * from "./kube_provider.ts";
+export * from "./leader.ts";

@@ -1,0 +1,126 @@
+/**
+ * Lease leader election with three real meshd processes against the test cluster: one leads,
+ * a SIGKILLed leader is replaced within the lease duration, a clean shutdown hands over at
+ * once, and the leading intervals of all three never overlap.
+ */
+import assert from "node:assert/strict";
+import { TestCluster } from "../testenv/cluster.ts";
+import { MeshdProcess } from "../testenv/meshd.ts";
+import { waitFor } from "../testenv/process.ts";
+
+const LEASE_MS = 4000;
+const RETRY_MS = 500;
+const TIMING = ["--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms"];
+
+interface Interval {
+  who: string;
+  start: number;
+  end: number;
+}
+
+/** Each process's leading intervals, from its logs; a killed leader's ends at the kill. */
+function intervals(procs: MeshdProcess[], killedAt: Map<string, number>): Interval[] {
+  const out: Interval[] = [];
+  for (const p of procs) {
+    let start: number | null = null;
+    for (const e of p.events()) {
+      if (e["msg"] === "started leading") start = e["at"] as number;
+      if (e["msg"] === "stopped leading" && start !== null) {
+        out.push({ who: p.identity, start, end: e["at"] as number });
+        start = null;
+      }
+    }
+    if (start !== null) {
+      out.push({ who: p.identity, start, end: killedAt.get(p.identity) ?? Date.now() });
+    }
+  }
+  return out.sort((a, b) => a.start - b.start);
+}
+
+async function holder(cluster: TestCluster): Promise<string> {
+  const r = await cluster.request(
+    "GET",
+    "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
+  );
+  return r.status === 200
+    ? (r.body["spec"] as { holderIdentity?: string }).holderIdentity ?? ""
+    : "";
+}
+
+Deno.test("leader election: one leads, a killed leader is replaced, leading never overlaps", async () => {
+  const cluster = await TestCluster.start({ controllerManager: false });
+  const procs: MeshdProcess[] = [];
+  const killedAt = new Map<string, number>();
+  try {
+    await cluster.must("POST", "/api/v1/namespaces", {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: "meshd" },
+    });
+    for (const n of ["meshd-a", "meshd-b", "meshd-c"]) {
+      procs.push(MeshdProcess.start(cluster.kubeconfig, n, TIMING));
+    }
+    const leading = () =>
+      procs.filter((p) => {
+        const ev = p.events().filter((e) => /^(started|stopped) leading$/.test(`${e["msg"]}`));
+        return ev.at(-1)?.["msg"] === "started leading" && !killedAt.has(p.identity);
+      });
+
+    const first = await waitFor("one meshd to lead", () => {
+      const l = leading();
+      return l.length === 1 ? l[0] : undefined;
+    }, 30_000).catch((e) => {
+      const logs = procs.map((p) => `--- ${p.identity}\n${p.child.lines.slice(-8).join("\n")}`);
+      throw new Error(`${e.message}\n${logs.join("\n")}`);
+    });
+    assert.equal(await holder(cluster), first.identity);
+    // Stays alone for a few renewals.
+    await new Promise((r) => setTimeout(r, 3 * RETRY_MS));
+    assert.deepEqual(leading().map((p) => p.identity), [first.identity]);
+
+    // A crash: SIGKILL, no lease released.
+    const killed = Date.now();
+    await first.kill();
+    killedAt.set(first.identity, killed);
+    const second = await waitFor("another meshd to lead", () => {
+      const l = leading();
+      return l.length === 1 ? l[0] : undefined;
+    }, 3 * LEASE_MS);
+    const startedAt = (await second.waitLog("started leading"))["at"] as number;
+    const takeover = startedAt - killed;
+    // The candidates wait a lease duration after the last renewal they saw, which came at
+    // most one retry period before the kill.
+    assert.ok(
+      takeover <= LEASE_MS + 2 * RETRY_MS,
+      `took over ${takeover} ms after the kill; lease ${LEASE_MS} ms`,
+    );
+    assert.equal(await holder(cluster), second.identity);
+
+    // A clean shutdown gives the lease up, so the third takes over well within a lease.
+    const stoppedAt = Date.now();
+    const st = await second.stop();
+    assert.equal(st.code, 0);
+    await second.waitLog("released the lease");
+    const third = procs.find((p) => p !== first && p !== second)!;
+    const thirdStart = (await third.waitLog("started leading", () =>
+      true, LEASE_MS))["at"] as number;
+    assert.ok(
+      thirdStart - stoppedAt < LEASE_MS,
+      `handover after a clean stop took ${thirdStart - stoppedAt} ms`,
+    );
+    killedAt.set(second.identity, Date.now());
+
+    const ivs = intervals(procs, killedAt);
+    assert.deepEqual(ivs.map((i) => i.who), [first.identity, second.identity, third.identity]);
+    for (let i = 1; i < ivs.length; i++) {
+      assert.ok(
+        ivs[i]!.start >= ivs[i - 1]!.end,
+        `${ivs[i]!.who} started leading at ${ivs[i]!.start}, before ${ivs[i - 1]!.who} stopped ` +
+          `at ${ivs[i - 1]!.end}`,
+      );
+    }
+  } finally {
+    for (const p of procs) await p.stop();
+    await cluster.stop();
+  }
+});
