@@ -16,6 +16,7 @@ import {
   loadKubeConfig,
 } from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
+import { ShadowServiceController } from "../controller/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
@@ -269,6 +270,14 @@ function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
   };
   const bad = checkElectionTiming(timing);
   if (bad) throw new CliError(`Leader election: ${bad}`);
+  const selector: Record<string, string> = {};
+  for (const kv of values["meshd-selector"] as string[]) {
+    const [k, v] = kv.split("=");
+    if (!k || v === undefined) {
+      throw new CliError(`--meshd-selector: "${kv}" is not KEY=VALUE`);
+    }
+    selector[k] = v;
+  }
   let identity = (values["identity"] as string | undefined) ?? io.env("POD_NAME");
   if (!identity) {
     try {
@@ -277,7 +286,7 @@ function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
       throw new CliError("Cannot tell who this pod is: set --identity or POD_NAME");
     }
   }
-  return { kapi, timing, identity };
+  return { kapi, timing, identity, selector };
 }
 
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
@@ -315,6 +324,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   let api: ApiServer | null = null;
   let provider: FileProvider | KubeProvider | null = null;
   let elector: LeaderElector | null = null;
+  let shadows: ShadowServiceController | null = null;
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -330,10 +340,21 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         } for the HTTP entrypoint: ${(e as Error).message}`,
       );
     }
+    if (kubeCfg) {
+      shadows = new ShadowServiceController({
+        api: kubeCfg.kapi,
+        logger: logger.with({ room: "controller" }),
+        meshNamespace: values["mesh-namespace"] as string,
+        selector: kubeCfg.selector,
+        httpPort: values["http-port"] as number,
+        isLeader: () => elector?.isLeader ?? false,
+      });
+    }
     const node = new MeshNode({
       proxy,
       logger: logger.with({ room: "node" }),
       compile: compileOptions(values),
+      onApplied: (c) => void shadows?.update(c),
     });
     try {
       api = await serveApi({
@@ -358,6 +379,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         name: values["lease-name"] as string,
         identity: kubeCfg.identity,
         ...kubeCfg.timing,
+        // A new leader brings the API in line with the config at once.
+        onStartedLeading: () => void shadows?.resync(),
       });
       // Campaign at once: electing a controller does not wait for this node's first config.
       elector.start();

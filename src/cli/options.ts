@@ -183,6 +183,13 @@ export const KUBE_FLAGS: readonly FlagSpec[] = [
     help: "Namespace meshd runs in: its Lease and shadow Services live there",
   },
   {
+    name: "meshd-selector",
+    kind: "list",
+    arg: "KEY=VALUE,...",
+    default: "app.kubernetes.io/name=meshd",
+    help: "Labels of the meshd pods, which the shadow Services select",
+  },
+  {
     name: "identity",
     kind: "string",
     arg: "NAME",

@@ -196,6 +196,8 @@ export class KubeProvider {
         const ns = nsName.slice(0, nsName.indexOf("/"));
         if (ignored.has(ns)) continue;
         const key = `${r.opts.kind}/${nsName}`;
+        // The API server's own Service: clients reach it directly, never through the mesh.
+        if (key === "Service/default/kubernetes") continue;
         seen.add(key);
         const d = this.#decode(key, raw);
         if (d.object) {
@@ -218,9 +220,6 @@ export class KubeProvider {
         this.#decoded.delete(k);
         this.#good.delete(k);
       }
-    }
-    for (const r of this.#reflectors) {
-      if (r.missing) warnings.push(`${r.opts.path} is not served; its objects are not read`);
     }
     this.#loads++;
     await this.#opts.onLoad({ objects, errors, warnings });

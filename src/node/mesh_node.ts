@@ -13,6 +13,8 @@ export interface MeshNodeOptions {
   proxy: NodeProxy;
   logger: Logger;
   compile: CompileOptions;
+  /** Called after each new config reached the proxy. */
+  onApplied?: (config: MeshConfig) => void;
 }
 
 /** A problem with the input, as `/api/status` shows it. */
@@ -98,6 +100,7 @@ export class MeshNode implements ApiSource {
     }
     await this.#opts.proxy.apply(config);
     this.#config = config;
+    this.#opts.onApplied?.(config);
     log.info("config applied", {
       version: config.version,
       services: config.services.length,

@@ -1,0 +1,6 @@
+/**
+ * The controller: what the elected leader writes to the Kubernetes API.
+ *
+ * @module
+ */
+export * from "./shadow_services.ts";

@@ -1,0 +1,210 @@
+import type { KubeApi, RawObject } from "../kube/mod.ts";
+import type { Logger } from "../observability/mod.ts";
+import type { MeshConfig, MeshService } from "../topology/mod.ts";
+
+/** Labels on every shadow Service. */
+export const SHADOW_LABELS = {
+  managedBy: "app.kubernetes.io/managed-by",
+  role: "meshd.io/role",
+  ofName: "meshd.io/shadow-of-name",
+  ofNamespace: "meshd.io/shadow-of-namespace",
+} as const;
+
+/** 64-bit FNV-1a of `s`, as 16 hex digits. */
+function fnv64(s: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (const b of new TextEncoder().encode(s)) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
+}
+
+function cut(s: string, n: number): string {
+  return s.slice(0, n).replace(/-+$/, "");
+}
+
+/**
+ * The shadow Service's name for `namespace/name`: `m-<name>-<namespace>-<hash>`, the two parts
+ * cut to 22 characters each and the hash of the full pair added, so it is a valid DNS label of
+ * at most 63 characters for any names, and distinct pairs never collide by truncation.
+ */
+export function shadowServiceName(namespace: string, name: string): string {
+  return `m-${cut(name, 22)}-${cut(namespace, 22)}-${fnv64(`${namespace}/${name}`).slice(0, 12)}`;
+}
+
+/** Options that shape the shadow Services. */
+export interface ShadowOptions {
+  meshNamespace: string;
+  /** Labels that select the meshd pods. */
+  selector: Record<string, string>;
+  /** The HTTP entrypoint port on the meshd pods. */
+  httpPort: number;
+}
+
+/**
+ * The shadow Services a MeshConfig needs: one per meshed Service, in the mesh namespace, with
+ * one port per service port, sent to the meshd pod on the client's own node
+ * (`internalTrafficPolicy: Local`): HTTP ports to the HTTP entrypoint, TCP and UDP ports to the
+ * proxy port the config gave them. Ports without a proxy port are left out.
+ */
+export function desiredShadowServices(config: MeshConfig, o: ShadowOptions): RawObject[] {
+  const out: RawObject[] = [];
+  for (const s of config.services) {
+    const ports = shadowPorts(s, o.httpPort);
+    if (ports.length === 0) continue;
+    out.push({
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: {
+        name: shadowServiceName(s.namespace, s.name),
+        namespace: o.meshNamespace,
+        labels: {
+          [SHADOW_LABELS.managedBy]: "meshd",
+          [SHADOW_LABELS.role]: "shadow",
+          [SHADOW_LABELS.ofName]: s.name,
+          [SHADOW_LABELS.ofNamespace]: s.namespace,
+        },
+      },
+      spec: {
+        type: "ClusterIP",
+        selector: o.selector,
+        internalTrafficPolicy: "Local",
+        ports,
+      },
+    });
+  }
+  return out.sort((a, b) => name(a).localeCompare(name(b)));
+}
+
+function name(o: RawObject): string {
+  return (o["metadata"] as { name: string }).name;
+}
+
+function shadowPorts(s: MeshService, httpPort: number) {
+  const ports = [];
+  for (const p of s.ports) {
+    const target = p.protocol === "http" ? httpPort : p.listenPort;
+    if (target === null) continue;
+    const proto = p.protocol === "udp" ? "UDP" : "TCP";
+    ports.push({
+      name: `${proto.toLowerCase()}-${p.port}`,
+      port: p.port,
+      protocol: proto,
+      targetPort: target,
+    });
+  }
+  return ports;
+}
+
+/** Options for {@linkcode ShadowServiceController}. */
+export interface ShadowControllerOptions extends ShadowOptions {
+  api: KubeApi;
+  logger: Logger;
+  /** Asked before every write: only the leader writes. */
+  isLeader: () => boolean;
+}
+
+/**
+ * Keeps the shadow Services in the mesh namespace in line with the MeshConfig: creates and
+ * updates them by server-side apply, and deletes the ones no Service needs any more. It writes
+ * only while `isLeader()` holds; a failed pass is tried again on the next config or
+ * {@linkcode ShadowServiceController.resync}.
+ */
+export class ShadowServiceController {
+  readonly #o: ShadowControllerOptions;
+  #config: MeshConfig | null = null;
+  #running: Promise<void> = Promise.resolve();
+  #again = false;
+  /** Completed passes that wrote something, for tests. */
+  writes = 0;
+
+  constructor(options: ShadowControllerOptions) {
+    this.#o = options;
+  }
+
+  /** Takes a new config and reconciles. */
+  update(config: MeshConfig): Promise<void> {
+    this.#config = config;
+    return this.resync();
+  }
+
+  /** Reconciles against the last config (coalescing calls that overlap). */
+  resync(): Promise<void> {
+    if (this.#again) return this.#running;
+    this.#again = true;
+    this.#running = this.#running.then(async () => {
+      this.#again = false;
+      try {
+        await this.#reconcile();
+      } catch (e) {
+        this.#o.logger.warn("shadow services: reconcile failed; will retry", {
+          error: String(e),
+        });
+      }
+    });
+    return this.#running;
+  }
+
+  async #reconcile(): Promise<void> {
+    const config = this.#config;
+    if (!config || !this.#o.isLeader()) return;
+    const { api, meshNamespace } = this.#o;
+    const base = `/api/v1/namespaces/${meshNamespace}/services`;
+    const want = desiredShadowServices(config, this.#o);
+    const sel = encodeURIComponent(`${SHADOW_LABELS.managedBy}=meshd,${SHADOW_LABELS.role}=shadow`);
+    const existing = await api.request("GET", `${base}?labelSelector=${sel}`);
+    const have = new Map<string, RawObject>();
+    for (const item of (existing["items"] ?? []) as RawObject[]) have.set(name(item), item);
+    let created = 0;
+    let updated = 0;
+    let deleted = 0;
+    for (const svc of want) {
+      if (!this.#o.isLeader()) return;
+      const old = have.get(name(svc));
+      if (old && sameShape(old, svc)) continue;
+      await api.request("PATCH", `${base}/${name(svc)}?fieldManager=meshd&force=true`, svc, {
+        contentType: "application/apply-patch+yaml",
+      });
+      if (old) updated++;
+      else created++;
+    }
+    const keep = new Set(want.map(name));
+    for (const n of have.keys()) {
+      if (keep.has(n)) continue;
+      if (!this.#o.isLeader()) return;
+      await api.request("DELETE", `${base}/${n}`).catch((e) => {
+        if ((e as { status?: number }).status !== 404) throw e;
+      });
+      deleted++;
+    }
+    if (created + updated + deleted > 0) {
+      this.writes++;
+      this.#o.logger.info("shadow services updated", {
+        version: config.version,
+        created,
+        updated,
+        deleted,
+        total: want.length,
+      });
+    }
+  }
+}
+
+/** Whether an existing Service already has the ports, selector and labels wanted. */
+function sameShape(have: RawObject, want: RawObject): boolean {
+  const h = have["spec"] as Record<string, unknown>;
+  const w = want["spec"] as Record<string, unknown>;
+  const ports = (x: unknown) =>
+    JSON.stringify(
+      ((x ?? []) as Record<string, unknown>[]).map((
+        p,
+      ) => [p["name"], p["port"], p["protocol"], p["targetPort"]]),
+    );
+  const hl = (have["metadata"] as { labels?: Record<string, string> }).labels ?? {};
+  const wl = (want["metadata"] as { labels: Record<string, string> }).labels;
+  return ports(h["ports"]) === ports(w["ports"]) &&
+    JSON.stringify(h["selector"] ?? {}) === JSON.stringify(w["selector"]) &&
+    h["internalTrafficPolicy"] === w["internalTrafficPolicy"] &&
+    Object.entries(wl).every(([k, v]) => hl[k] === v);
+}

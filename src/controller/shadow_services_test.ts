@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { desiredShadowServices, shadowServiceName } from "./shadow_services.ts";
+
+const DNS_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+
+Deno.test("shadowServiceName() is a DNS label of at most 63 characters for any names", () => {
+  const long = "a".repeat(63);
+  const cases: [string, string][] = [
+    ["default", "whoami"],
+    [long, long],
+    ["ns-", "svc-"],
+    ["a", "b-c"],
+    ["a-b", "c"],
+  ];
+  const names = cases.map(([ns, n]) => shadowServiceName(ns, n));
+  for (const n of names) {
+    assert.ok(n.length <= 63, `${n} has ${n.length} characters`);
+    assert.match(n, DNS_LABEL);
+  }
+  assert.equal(new Set(names).size, names.length, "distinct pairs, distinct names");
+  // Truncation alone would make these equal; the hash keeps them apart.
+  assert.notEqual(
+    shadowServiceName(long, `${"b".repeat(40)}-x`),
+    shadowServiceName(long, `${"b".repeat(40)}-y`),
+  );
+  assert.equal(shadowServiceName("default", "whoami"), shadowServiceName("default", "whoami"));
+});
+
+Deno.test("desiredShadowServices() makes one node-local Service per meshed service", () => {
+  const config = meshConfig([
+    {
+      name: "web",
+      ports: [
+        { port: 80, endpoints: [endpoint("10.0.0.1", 8080)] },
+        { port: 9000, protocol: "tcp", listenPort: 10001 },
+        { port: 53, protocol: "udp", listenPort: 15001 },
+        { port: 7000, protocol: "tcp", listenPort: null },
+      ],
+    },
+    { name: "empty", ports: [{ port: 1, protocol: "tcp", listenPort: null }] },
+  ]);
+  const out = desiredShadowServices(config, {
+    meshNamespace: "meshd",
+    selector: { "app.kubernetes.io/name": "meshd" },
+    httpPort: 5000,
+  });
+  assert.equal(out.length, 1, "a service with no placeable port gets none");
+  const svc = out[0] as {
+    metadata: { namespace: string; labels: Record<string, string> };
+    spec: { internalTrafficPolicy: string; ports: unknown[]; selector: unknown };
+  };
+  assert.equal(svc.metadata.namespace, "meshd");
+  assert.equal(svc.metadata.labels["meshd.io/shadow-of-name"], "web");
+  assert.equal(svc.metadata.labels["meshd.io/shadow-of-namespace"], "default");
+  assert.equal(svc.spec.internalTrafficPolicy, "Local");
+  assert.deepEqual(svc.spec.selector, { "app.kubernetes.io/name": "meshd" });
+  assert.deepEqual(svc.spec.ports, [
+    { name: "tcp-80", port: 80, protocol: "TCP", targetPort: 5000 },
+    { name: "tcp-9000", port: 9000, protocol: "TCP", targetPort: 10001 },
+    { name: "udp-53", port: 53, protocol: "UDP", targetPort: 15001 },
+  ]);
+});

@@ -1,0 +1,104 @@
+/**
+ * What the elected controller writes: shadow Services for meshed services, kept in line and
+ * removed when stale, written by the leader only.
+ */
+import assert from "node:assert/strict";
+import { shadowServiceName } from "../../src/controller/mod.ts";
+import { TestCluster } from "../testenv/cluster.ts";
+import { MeshdProcess } from "../testenv/meshd.ts";
+import { waitFor } from "../testenv/process.ts";
+
+const TIMING = ["--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms"];
+
+Deno.test("the leader writes node-local shadow Services and removes stale ones", async () => {
+  const cluster = await TestCluster.start({ controllerManager: false });
+  const procs: MeshdProcess[] = [];
+  try {
+    for (const ns of ["meshd", "shop"]) {
+      await cluster.must("POST", "/api/v1/namespaces", {
+        apiVersion: "v1",
+        kind: "Namespace",
+        metadata: { name: ns },
+      });
+    }
+    const longNs = "n".repeat(60);
+    await cluster.must("POST", "/api/v1/namespaces", {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: longNs },
+    });
+    const svc = (ns: string, name: string, ports: unknown[], annotations = {}) =>
+      cluster.must("POST", `/api/v1/namespaces/${ns}/services`, {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name, namespace: ns, annotations },
+        spec: { selector: { app: name }, ports },
+      });
+    await svc("shop", "cart", [{ name: "web", port: 80 }, { name: "admin", port: 8081 }]);
+    await svc("shop", "db", [{ name: "pg", port: 5432 }], { "meshd.io/traffic-type": "tcp" });
+    await svc(longNs, "s".repeat(60), [{ port: 80 }]);
+
+    for (const n of ["meshd-a", "meshd-b"]) {
+      procs.push(MeshdProcess.start(cluster.kubeconfig, n, [...TIMING, "--tcp-ports=20000-20099"]));
+    }
+    const list = async () => {
+      const r = await cluster.must(
+        "GET",
+        "/api/v1/namespaces/meshd/services?labelSelector=meshd.io%2Frole%3Dshadow",
+      );
+      return r["items"] as {
+        metadata: { name: string; labels: Record<string, string> };
+        spec: {
+          internalTrafficPolicy: string;
+          selector: Record<string, string>;
+          ports: { port: number; targetPort: number; protocol: string }[];
+        };
+      }[];
+    };
+    const items = await waitFor("three shadow Services", async () => {
+      const l = await list();
+      return l.length === 3 ? l : undefined;
+    }, 30_000).catch((e) => {
+      const logs = procs.map((p) => `--- ${p.identity}\n${p.child.lines.slice(-10).join("\n")}`);
+      throw new Error(`${e.message}\n${logs.join("\n")}`);
+    });
+    const byName = new Map(items.map((i) => [i.metadata.name, i]));
+    const cart = byName.get(shadowServiceName("shop", "cart"))!;
+    assert.ok(cart, [...byName.keys()].join(", "));
+    assert.equal(cart.spec.internalTrafficPolicy, "Local");
+    assert.deepEqual(cart.spec.selector, { "app.kubernetes.io/name": "meshd" });
+    const httpPort = procs[0]!.httpPort; // the leader's; both have their own
+    assert.deepEqual(
+      cart.spec.ports.map((p) => p.port),
+      [80, 8081],
+    );
+    assert.ok(
+      cart.spec.ports.every((p) => procs.some((m) => m.httpPort === p.targetPort)),
+      `HTTP ports go to the HTTP entrypoint (${httpPort})`,
+    );
+    const db = byName.get(shadowServiceName("shop", "db"))!;
+    const dbPort = db.spec.ports[0]!;
+    assert.equal(dbPort.port, 5432);
+    assert.ok(dbPort.targetPort >= 20000 && dbPort.targetPort <= 20099, String(dbPort.targetPort));
+    for (const name of byName.keys()) assert.ok(name.length <= 63, name);
+    assert.equal(cart.metadata.labels["meshd.io/shadow-of-namespace"], "shop");
+
+    // Exactly one process wrote them: the leader.
+    const writers = procs.filter((p) =>
+      p.events().some((e) => e["msg"] === "shadow services updated")
+    );
+    const leaders = procs.filter((p) => p.events().some((e) => e["msg"] === "started leading"));
+    assert.equal(leaders.length, 1);
+    assert.deepEqual(writers.map((p) => p.identity), leaders.map((p) => p.identity));
+
+    // Stale: the Service goes, so does its shadow.
+    await cluster.must("DELETE", "/api/v1/namespaces/shop/services/db");
+    await waitFor("the db shadow Service to be removed", async () => {
+      const l = await list();
+      return l.some((i) => i.metadata.name === shadowServiceName("shop", "db")) ? undefined : true;
+    }, 15_000);
+  } finally {
+    for (const p of procs) await p.stop();
+    await cluster.stop();
+  }
+});
