@@ -8,13 +8,9 @@ import {
   serveApi,
 } from "../observability/mod.ts";
 import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
-import {
-  checkElectionTiming,
-  KubeApi,
-  KubeProvider,
-  LeaderElector,
-  loadKubeConfig,
-} from "../kube/mod.ts";
+// Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
+// file provider needs neither it nor the permissions it asks for.
+import type { KubeApi, KubeProvider, LeaderElector } from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { ShadowServiceController } from "../controller/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
@@ -256,7 +252,9 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
 }
 
 /** The kube provider's client and election settings, checked before anything starts. */
-function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
+async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
+  const kube = await import("../kube/mod.ts");
+  const { checkElectionTiming, KubeApi, loadKubeConfig } = kube;
   let kapi: KubeApi;
   try {
     kapi = new KubeApi(loadKubeConfig(values["kubeconfig"] as string | undefined, io.env));
@@ -286,13 +284,13 @@ function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
       throw new CliError("Cannot tell who this pod is: set --identity or POD_NAME");
     }
   }
-  return { kapi, timing, identity, selector };
+  return { kube, kapi, timing, identity, selector };
 }
 
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
   const kube = values["provider"] === "kube";
   const dir = kube ? undefined : await needDir(values);
-  const kubeCfg = kube ? kubeSetup(values, io) : null;
+  const kubeCfg = kube ? await kubeSetup(values, io) : null;
   const logger = new Logger({
     level: values["log-level"] as LogLevel,
     format: values["log-format"] as LogFormat,
@@ -372,7 +370,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
     if (kubeCfg) {
       const ignore = values["ignore-namespaces"] as string[];
-      elector = new LeaderElector({
+      elector = new kubeCfg.kube.LeaderElector({
         api: kubeCfg.kapi,
         logger: logger.with({ room: "controller" }),
         namespace: values["mesh-namespace"] as string,
@@ -384,7 +382,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       });
       // Campaign at once: electing a controller does not wait for this node's first config.
       elector.start();
-      provider = new KubeProvider({
+      provider = new kubeCfg.kube.KubeProvider({
         api: kubeCfg.kapi,
         logger: logger.with({ room: "provider" }),
         watchNamespaces: values["watch-namespaces"] as string[],
