@@ -106,3 +106,40 @@ Deno.test("main() config dump exits 1 with one clear line on bad input", async (
   assert.notEqual(noDir.code, 0);
   assert.match(noDir.err, /--config-dir/);
 });
+
+Deno.test("main() run --provider kube says what is wrong in one line, before starting", async () => {
+  const missing = await run(["run", "--provider", "kube", "--kubeconfig", "/nonexistent/kc"]);
+  assert.equal(missing.code, 1);
+  assert.match(
+    missing.err,
+    /^meshd run: Cannot load Kubernetes credentials from "\/nonexistent\/kc"/,
+  );
+  assert.equal(missing.err.trim().split("\n").length, 1, missing.err);
+  await withDir({
+    "kc.yaml": `apiVersion: v1
+kind: Config
+clusters: [{ name: c, cluster: { server: "https://127.0.0.1:1" } }]
+users: [{ name: u, user: { token: t } }]
+contexts: [{ name: x, context: { cluster: c, user: u } }]
+current-context: x
+`,
+  }, async (dir) => {
+    const timing = await run([
+      "run",
+      "--provider=kube",
+      `--kubeconfig=${dir}/kc.yaml`,
+      "--lease-duration=10s",
+      "--renew-deadline=10s",
+    ]);
+    assert.equal(timing.code, 1);
+    assert.match(timing.err, /renew deadline must be shorter than the lease duration/);
+    const selector = await run([
+      "run",
+      "--provider=kube",
+      `--kubeconfig=${dir}/kc.yaml`,
+      "--meshd-selector=app",
+    ]);
+    assert.equal(selector.code, 1);
+    assert.match(selector.err, /--meshd-selector: "app" is not KEY=VALUE/);
+  });
+});
