@@ -752,9 +752,12 @@ Deno.test("NodeProxy speaks TLS to https services and checks the certificate nam
 Deno.test("NodeProxy lets a request in flight finish on an endpoint the new config removed", async () => {
   let release!: () => void;
   const held = new Promise<void>((r) => release = r);
+  let arrived!: () => void;
+  const received = new Promise<void>((r) => arrived = r);
   const slow = rawBackend(async (conn) => {
     const buf = new Uint8Array(4096);
     await conn.read(buf);
+    arrived();
     await held;
     await conn.write(
       new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslow\n"),
@@ -768,7 +771,7 @@ Deno.test("NodeProxy lets a request in flight finish on an endpoint the new conf
       }]);
       await withProxy(before, async (proxy, port) => {
         const inflight = rawRequest(port, "web.default.mesh");
-        await new Promise((r) => setTimeout(r, 50));
+        await received; // the request is at the old endpoint before the config changes
         await proxy.apply(meshConfig([{
           name: "web",
           ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", fresh!.port)] }],

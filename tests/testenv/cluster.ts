@@ -10,6 +10,7 @@
  * @module
  */
 import { Child, freePort, waitFor } from "./process.ts";
+import { EC_KEY, makeCa, openssl } from "./tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** Every folder, network namespace and cgroup a run creates starts with this. */
@@ -78,12 +79,6 @@ async function run(
   const o = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
   const dec = new TextDecoder();
   return { ok: o.success, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
-}
-
-async function must(cmd: string, args: string[], cwd?: string): Promise<string> {
-  const r = await run(cmd, args, cwd);
-  if (!r.ok) throw new Error(`${cmd} ${args.join(" ")} failed:\n${r.out}`);
-  return r.out;
 }
 
 /** Builds (once per version, cached outside the repo) and returns the control plane's bin dir. */
@@ -402,25 +397,9 @@ export function kubeconfigYaml(server: string, ca: string, id: KeyPair, user: st
  * service-account signing key pair. `extraClient` adds client certificates by CN and groups.
  */
 async function makeClusterPki(dir: string) {
-  const ssl = (...args: string[]) => must("openssl", args, dir);
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-  await ssl(
-    "req",
-    "-x509",
-    ...ec,
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.crt",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=meshd test cluster CA",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-  );
+  const ssl = (...args: string[]) => openssl(dir, ...args);
+  const ec = EC_KEY;
+  await makeCa(dir, "meshd test cluster CA");
   const issue = async (name: string, subj: string, ext: string): Promise<KeyPair> => {
     await ssl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subj);
     await Deno.writeTextFile(`${dir}/${name}.ext`, ext);

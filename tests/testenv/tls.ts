@@ -7,7 +7,8 @@ export interface TestPki {
   key: string;
 }
 
-async function openssl(dir: string, ...args: string[]): Promise<void> {
+/** Runs openssl in `dir`; throws with its stderr on failure. */
+export async function openssl(dir: string, ...args: string[]): Promise<void> {
   const out = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" })
     .output();
   if (!out.success) {
@@ -15,29 +16,37 @@ async function openssl(dir: string, ...args: string[]): Promise<void> {
   }
 }
 
+/** EC P-256 key options for `openssl req`. */
+export const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+
+/** Writes a self-signed CA, `ca.key` and `ca.crt`, valid for two days, into `dir`. */
+export async function makeCa(dir: string, cn: string): Promise<void> {
+  await openssl(
+    dir,
+    "req",
+    "-x509",
+    ...EC_KEY,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${cn}`,
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  );
+}
+
 /** A new CA and a server certificate for `dnsNames`, valid for a day, in a temporary dir. */
 export async function makePki(dnsNames: string[]): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-pki-" });
   try {
-    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    await openssl(
-      dir,
-      "req",
-      "-x509",
-      ...ec,
-      "-keyout",
-      "ca.key",
-      "-out",
-      "ca.crt",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=meshd test CA",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
-    );
+    const ec = EC_KEY;
+    await makeCa(dir, "meshd test CA");
     await openssl(dir, "req", ...ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=srv");
     await Deno.writeTextFile(
       `${dir}/ext.cnf`,
