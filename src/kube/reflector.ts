@@ -9,6 +9,8 @@ export interface ReflectorOptions {
   /** `apiVersion` and `kind` to stamp on listed items (a list's items carry neither). */
   apiVersion: string;
   kind: string;
+  /** Only objects with these labels, as a label selector such as `a=b,c`. */
+  labelSelector?: string;
   logger: Logger;
   /** Called after every change to the store: a list, or a watch event. */
   onChange: (r: Reflector) => void;
@@ -101,7 +103,9 @@ export class Reflector {
         }
         this.stats.watches++;
         await this.opts.api.watch(
-          this.opts.path,
+          this.opts.labelSelector
+            ? `${this.opts.path}?${new URLSearchParams({ labelSelector: this.opts.labelSelector })}`
+            : this.opts.path,
           this.#resourceVersion,
           (ev) => this.#apply(ev),
           { signal, timeoutSeconds: this.opts.watchTimeoutSeconds },
@@ -149,6 +153,7 @@ export class Reflector {
     do {
       const q = new URLSearchParams({ limit: String(this.opts.pageSize ?? 500) });
       if (cont) q.set("continue", cont);
+      if (this.opts.labelSelector) q.set("labelSelector", this.opts.labelSelector);
       const page = await this.opts.api.request("GET", `${this.opts.path}?${q}`, undefined, {
         signal,
         timeoutMs: 60_000,
