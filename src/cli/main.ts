@@ -12,11 +12,13 @@ import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts"
 // file provider needs neither it nor the permissions it asks for.
 import type { KubeApi, KubeProvider, LeaderElector } from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
-import { ShadowServiceController } from "../controller/mod.ts";
+import { SHADOW_SELECTOR, shadowDnsEntries, ShadowServiceController } from "../controller/mod.ts";
+import { DnsServer, MeshZone } from "../dns/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
   compileOptions,
+  DNS_FLAGS,
   KUBE_FLAGS,
   LOG_FLAGS,
   MODEL_FLAGS,
@@ -54,6 +56,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   },
   ...MODEL_FLAGS,
   ...KUBE_FLAGS,
+  ...DNS_FLAGS,
   {
     name: "proxy-address",
     kind: "string",
@@ -284,7 +287,16 @@ async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
       throw new CliError("Cannot tell who this pod is: set --identity or POD_NAME");
     }
   }
-  return { kube, kapi, timing, identity, selector };
+  let zone: MeshZone;
+  try {
+    zone = new MeshZone({
+      domain: values["domain"] as string,
+      ttlSeconds: Math.max(1, Math.round((values["dns-ttl"] as number) / 1000)),
+    });
+  } catch (e) {
+    throw new CliError(`--domain: ${(e as Error).message}`);
+  }
+  return { kube, kapi, timing, identity, selector, zone };
 }
 
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
@@ -323,6 +335,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   let provider: FileProvider | KubeProvider | null = null;
   let elector: LeaderElector | null = null;
   let shadows: ShadowServiceController | null = null;
+  let dns: DnsServer | null = null;
+  let dnsFeed: { stop(): Promise<void> } | null = null;
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -367,6 +381,37 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
           (e as Error).message
         }`,
       );
+    }
+    if (kubeCfg && (values["dns-port"] as number) > 0) {
+      const zone = kubeCfg.zone;
+      dns = new DnsServer({
+        hostname: values["dns-address"] as string,
+        port: values["dns-port"] as number,
+        zone,
+        logger: logger.with({ room: "dns" }),
+        registry: proxy.registry,
+      });
+      try {
+        await dns.start();
+      } catch (e) {
+        throw new CliError(
+          `Cannot listen on ${values["dns-address"]}:${values["dns-port"]} for DNS: ${
+            (e as Error).message
+          }`,
+        );
+      }
+      // Every node answers from the shadow Services the leader keeps.
+      const feed = new kubeCfg.kube.Reflector({
+        api: kubeCfg.kapi,
+        path: `/api/v1/namespaces/${values["mesh-namespace"]}/services`,
+        apiVersion: "v1",
+        kind: "Service",
+        labelSelector: SHADOW_SELECTOR,
+        logger: logger.with({ room: "dns" }),
+        onChange: (r) => zone.replace(shadowDnsEntries(r.items.values())),
+      });
+      feed.start();
+      dnsFeed = feed;
     }
     if (kubeCfg) {
       const ignore = values["ignore-namespaces"] as string[];
@@ -415,6 +460,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     // A leader gives the lease up first, so another pod takes over at once.
     await elector?.stop();
     await provider?.stop();
+    await dnsFeed?.stop();
+    await dns?.stop();
     await api?.shutdown();
     await proxy.stop();
   }

@@ -224,3 +224,30 @@ export const KUBE_FLAGS: readonly FlagSpec[] = [
     help: "How often candidates try for the lease and the leader renews it",
   },
 ];
+
+/** Flags of the mesh DNS responder (kube provider). */
+export const DNS_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "dns-address",
+    kind: "string",
+    arg: "ADDR",
+    default: "127.0.0.1",
+    help: "Address the mesh DNS responder listens on, UDP and TCP (0.0.0.0 in a DaemonSet); " +
+      "with --provider kube only",
+  },
+  {
+    name: "dns-port",
+    kind: "int",
+    arg: "PORT",
+    default: "5353",
+    help: "Port of the mesh DNS responder, which answers <service>.<namespace>.<domain> with " +
+      "the shadow Service's ClusterIPs; 0 turns it off",
+  },
+  {
+    name: "dns-ttl",
+    kind: "duration",
+    arg: "DURATION",
+    default: "5s",
+    help: "TTL of DNS answers and of negative answers (whole seconds)",
+  },
+];

@@ -4,3 +4,4 @@
  * @module
  */
 export * from "./shadow_services.ts";
+export * from "./corefile.ts";

@@ -1,6 +1,7 @@
 import type { KubeApi, RawObject } from "../kube/mod.ts";
 import type { Logger } from "../observability/mod.ts";
 import type { MeshConfig, MeshService } from "../topology/mod.ts";
+import type { MeshDnsEntry } from "../dns/mod.ts";
 
 /** Labels on every shadow Service. */
 export const SHADOW_LABELS = {
@@ -9,6 +10,9 @@ export const SHADOW_LABELS = {
   ofName: "meshd.io/shadow-of-name",
   ofNamespace: "meshd.io/shadow-of-namespace",
 } as const;
+
+/** The label selector of the shadow Services meshd manages. */
+export const SHADOW_SELECTOR = `${SHADOW_LABELS.managedBy}=meshd,${SHADOW_LABELS.role}=shadow`;
 
 /** 64-bit FNV-1a of `s`, as 16 hex digits. */
 function fnv64(s: string): string {
@@ -152,7 +156,7 @@ export class ShadowServiceController {
     const { api, meshNamespace } = this.#o;
     const base = `/api/v1/namespaces/${meshNamespace}/services`;
     const want = desiredShadowServices(config, this.#o);
-    const sel = encodeURIComponent(`${SHADOW_LABELS.managedBy}=meshd,${SHADOW_LABELS.role}=shadow`);
+    const sel = encodeURIComponent(SHADOW_SELECTOR);
     const existing = await api.request("GET", `${base}?labelSelector=${sel}`);
     const have = new Map<string, RawObject>();
     for (const item of (existing["items"] ?? []) as RawObject[]) have.set(name(item), item);
@@ -207,4 +211,26 @@ function sameShape(have: RawObject, want: RawObject): boolean {
     JSON.stringify(h["selector"] ?? {}) === JSON.stringify(w["selector"]) &&
     h["internalTrafficPolicy"] === w["internalTrafficPolicy"] &&
     Object.entries(wl).every(([k, v]) => hl[k] === v);
+}
+
+/** What the mesh DNS answers, from the shadow Services: `<name>.<namespace>` to their ClusterIPs. */
+export function shadowDnsEntries(services: Iterable<RawObject>): MeshDnsEntry[] {
+  const out: MeshDnsEntry[] = [];
+  for (const s of services) {
+    const labels = ((s["metadata"] ?? {}) as { labels?: Record<string, string> }).labels ?? {};
+    const ofName = labels[SHADOW_LABELS.ofName];
+    const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
+    if (!ofName || !ofNamespace) continue;
+    const spec = (s["spec"] ?? {}) as { clusterIP?: string; clusterIPs?: string[] };
+    const ips = (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : []))
+      .filter((ip) => ip && ip !== "None");
+    if (ips.length === 0) continue; // not allocated yet
+    out.push({
+      namespace: ofNamespace,
+      name: ofName,
+      ipv4: ips.filter((ip) => !ip.includes(":")),
+      ipv6: ips.filter((ip) => ip.includes(":")),
+    });
+  }
+  return out;
 }

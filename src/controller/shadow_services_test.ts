@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { desiredShadowServices, shadowServiceName } from "./shadow_services.ts";
+import { desiredShadowServices, shadowDnsEntries, shadowServiceName } from "./shadow_services.ts";
 
 const DNS_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -60,4 +60,27 @@ Deno.test("desiredShadowServices() makes one node-local Service per meshed servi
     { name: "tcp-9000", port: 9000, protocol: "TCP", targetPort: 10001 },
     { name: "udp-53", port: 53, protocol: "UDP", targetPort: 15001 },
   ]);
+});
+
+Deno.test("shadowDnsEntries() maps shadow Services to their ClusterIPs by family", () => {
+  const svc = (labels: Record<string, string>, spec: Record<string, unknown>) => ({
+    metadata: { name: "x", labels },
+    spec,
+  });
+  const of = { "meshd.io/shadow-of-name": "web", "meshd.io/shadow-of-namespace": "shop" };
+  assert.deepEqual(
+    shadowDnsEntries([
+      svc(of, { clusterIP: "10.96.0.1", clusterIPs: ["10.96.0.1", "fd00::1"] }),
+      // not allocated yet, headless, or not a shadow: no name
+      svc({ ...of, "meshd.io/shadow-of-name": "pending" }, {}),
+      svc({ ...of, "meshd.io/shadow-of-name": "headless" }, { clusterIP: "None" }),
+      svc({}, { clusterIP: "10.96.0.2" }),
+      // a Service from before dual-stack fields: clusterIP alone
+      svc({ ...of, "meshd.io/shadow-of-name": "old" }, { clusterIP: "10.96.0.3" }),
+    ]),
+    [
+      { namespace: "shop", name: "web", ipv4: ["10.96.0.1"], ipv6: ["fd00::1"] },
+      { namespace: "shop", name: "old", ipv4: ["10.96.0.3"], ipv6: [] },
+    ],
+  );
 });

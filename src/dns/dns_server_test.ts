@@ -2,49 +2,7 @@ import assert from "node:assert/strict";
 import { Logger, Registry } from "../observability/mod.ts";
 import { DnsServer } from "./dns_server.ts";
 import { MeshZone } from "./mesh_zone.ts";
-
-interface DigResult {
-  status: string;
-  flags: string[];
-  answer: string[];
-  authority: string[];
-}
-
-/**
- * Asks with BIND's dig, a client written independently of meshd's DNS code. scripts/test
- * installs it (Debian bind9-dnsutils); without it these tests fail and say so.
- */
-async function dig(port: number, ...args: string[]): Promise<DigResult> {
-  let out;
-  try {
-    out = await new Deno.Command("dig", {
-      args: [
-        "@127.0.0.1",
-        "-p",
-        String(port),
-        "+time=2",
-        "+tries=1",
-        "+noall",
-        "+comments",
-        "+answer",
-        "+authority",
-        ...args,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-  } catch (e) {
-    throw new Error(`Cannot run dig (Debian package bind9-dnsutils): ${(e as Error).message}`);
-  }
-  const text = new TextDecoder().decode(out.stdout);
-  const status = text.match(/status: (\w+)/)?.[1] ?? `no answer: ${text}`;
-  const flags = text.match(/;; flags: ([^;]*);/)?.[1]?.trim().split(/\s+/) ?? [];
-  const section = (name: string) => {
-    const m = text.match(new RegExp(`;; ${name} SECTION:\\n([\\s\\S]*?)(?:\\n\\n|$)`));
-    return m ? m[1]!.trim().split("\n").map((l) => l.split(/\s+/).join(" ")) : [];
-  };
-  return { status, flags, answer: section("ANSWER"), authority: section("AUTHORITY") };
-}
+import { dig } from "../../tests/testenv/dig.ts";
 
 async function withServer(
   fn: (port: number, zone: MeshZone, registry: Registry) => Promise<void>,

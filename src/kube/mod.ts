@@ -8,3 +8,4 @@ export * from "./api.ts";
 export * from "./reflector.ts";
 export * from "./kube_provider.ts";
 export * from "./leader.ts";
+export * from "./permissions.ts";

@@ -7,6 +7,7 @@ import { shadowServiceName } from "../../src/controller/mod.ts";
 import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
 import { waitFor } from "../testenv/process.ts";
+import { dig } from "../testenv/dig.ts";
 
 const TIMING = ["--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms"];
 
@@ -49,6 +50,7 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
       return r["items"] as {
         metadata: { name: string; labels: Record<string, string> };
         spec: {
+          clusterIP: string;
           internalTrafficPolicy: string;
           selector: Record<string, string>;
           ports: { port: number; targetPort: number; protocol: string }[];
@@ -91,12 +93,33 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
     assert.equal(leaders.length, 1);
     assert.deepEqual(writers.map((p) => p.identity), leaders.map((p) => p.identity));
 
+    // Every node's DNS answers the mesh names with the shadow Services' ClusterIPs.
+    for (const p of procs) {
+      for (const [ns, n] of [["shop", "cart"], ["shop", "db"]] as const) {
+        const ip = byName.get(shadowServiceName(ns, n))!.spec.clusterIP;
+        assert.match(ip, /^198\.51\.100\./);
+        const r = await waitFor(`${p.identity} to resolve ${n}.${ns}.mesh`, async () => {
+          const r = await dig(p.dnsPort, `${n}.${ns}.mesh`, "A");
+          return r.answer.length > 0 ? r : undefined;
+        }, 10_000);
+        assert.deepEqual(r.answer, [`${n}.${ns}.mesh. 5 IN A ${ip}`]);
+      }
+      assert.equal((await dig(p.dnsPort, "nope.shop.mesh", "A")).status, "NXDOMAIN");
+      assert.equal((await dig(p.dnsPort, "cart.shop.mesh", "AAAA")).status, "NOERROR");
+    }
+
     // Stale: the Service goes, so does its shadow.
     await cluster.must("DELETE", "/api/v1/namespaces/shop/services/db");
     await waitFor("the db shadow Service to be removed", async () => {
       const l = await list();
       return l.some((i) => i.metadata.name === shadowServiceName("shop", "db")) ? undefined : true;
     }, 15_000);
+    // and its name with it, on every node
+    for (const p of procs) {
+      await waitFor(`${p.identity} to answer NXDOMAIN for db.shop.mesh`, async () => {
+        return (await dig(p.dnsPort, "db.shop.mesh", "A")).status === "NXDOMAIN" || undefined;
+      }, 10_000);
+    }
   } finally {
     for (const p of procs) await p.stop();
     await cluster.stop();

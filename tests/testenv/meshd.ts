@@ -22,18 +22,26 @@ export class MeshdProcess {
   readonly identity: string;
   readonly apiPort: number;
   readonly httpPort: number;
+  /** Port of its DNS responder, UDP and TCP. */
+  readonly dnsPort: number;
 
-  constructor(child: Child, identity: string, apiPort: number, httpPort: number) {
+  constructor(
+    child: Child,
+    identity: string,
+    ports: { api: number; http: number; dns: number },
+  ) {
     this.child = child;
     this.identity = identity;
-    this.apiPort = apiPort;
-    this.httpPort = httpPort;
+    this.apiPort = ports.api;
+    this.httpPort = ports.http;
+    this.dnsPort = ports.dns;
   }
 
   /** Starts `meshd run --provider kube` with `extra` flags. */
   static start(kubeconfig: string, identity: string, extra: string[] = []): MeshdProcess {
     const apiPort = freePort();
     const httpPort = freePort();
+    const dnsPort = freePort();
     const child = new Child(identity, [
       "run",
       ...MESHD_PERMISSIONS,
@@ -44,10 +52,11 @@ export class MeshdProcess {
       `--identity=${identity}`,
       `--api-port=${apiPort}`,
       `--http-port=${httpPort}`,
+      `--dns-port=${dnsPort}`,
       "--log-format=json",
       ...extra,
     ], { cwd: ROOT });
-    return new MeshdProcess(child, identity, apiPort, httpPort);
+    return new MeshdProcess(child, identity, { api: apiPort, http: httpPort, dns: dnsPort });
   }
 
   /** The JSON log events written so far. */

@@ -1,0 +1,81 @@
+import type { KubeApi } from "./api.ts";
+
+/** One thing meshd does through the API, as an access review asks it. */
+export interface Permission {
+  verb: string;
+  group: string;
+  resource: string;
+  /** Namespace; absent for every namespace. */
+  namespace?: string;
+  /** Which part of meshd needs it, for the message when it is missing. */
+  why: string;
+}
+
+/**
+ * What `meshd run --provider kube` does through the API: watch the topology everywhere, and in
+ * its own namespace elect a leader and keep the shadow Services. `manifests/rbac.yaml` grants
+ * these, which a test checks.
+ */
+export function runPermissions(meshNamespace: string): Permission[] {
+  const watch = (group: string, resource: string, why: string): Permission[] =>
+    ["list", "watch"].map((verb) => ({ verb, group, resource, why }));
+  const own = (group: string, resource: string, verbs: string[], why: string): Permission[] =>
+    verbs.map((verb) => ({ verb, group, resource, namespace: meshNamespace, why }));
+  return [
+    ...watch("", "services", "the topology"),
+    ...watch("discovery.k8s.io", "endpointslices", "the topology"),
+    ...watch("", "pods", "access control (Pod IP to ServiceAccount)"),
+    ...watch("access.smi-spec.io", "traffictargets", "SMI access control"),
+    ...watch("specs.smi-spec.io", "httproutegroups", "SMI route specs"),
+    ...watch("specs.smi-spec.io", "tcproutes", "SMI route specs"),
+    ...watch("split.smi-spec.io", "trafficsplits", "SMI traffic splits"),
+    ...own("coordination.k8s.io", "leases", ["get", "create", "update"], "leader election"),
+    ...own("", "services", ["list", "watch", "patch", "delete"], "shadow Services and mesh DNS"),
+  ];
+}
+
+/** What `meshd prepare` and `meshd cleanup` do besides the shadow Services. */
+export function preparePermissions(
+  meshNamespace: string,
+  coredns: { namespace: string; name: string },
+): Permission[] {
+  return [
+    {
+      verb: "get",
+      group: "",
+      resource: "services",
+      namespace: meshNamespace,
+      why: "the DNS Service",
+    },
+    ...["get", "update"].map((verb) => ({
+      verb,
+      group: "",
+      resource: "configmaps",
+      namespace: coredns.namespace,
+      why: `the CoreDNS Corefile (ConfigMap ${coredns.name})`,
+    })),
+  ];
+}
+
+/** Asks the API server whether the caller may do `p` (a SelfSubjectAccessReview). */
+export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
+  const r = await api.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {
+    apiVersion: "authorization.k8s.io/v1",
+    kind: "SelfSubjectAccessReview",
+    spec: {
+      resourceAttributes: {
+        verb: p.verb,
+        group: p.group,
+        resource: p.resource,
+        ...(p.namespace ? { namespace: p.namespace } : {}),
+      },
+    },
+  });
+  return ((r["status"] ?? {}) as { allowed?: boolean }).allowed === true;
+}
+
+/** `verb group/resource in namespace`, as a person reads it. */
+export function describePermission(p: Permission): string {
+  const res = p.group ? `${p.resource}.${p.group}` : p.resource;
+  return `${p.verb} ${res} ${p.namespace ? `in ${p.namespace}` : "in every namespace"}`;
+}
