@@ -10,7 +10,7 @@ import {
 import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
-import type { KubeApi, KubeProvider, LeaderElector } from "../kube/mod.ts";
+import type { KubeProvider, LeaderElector } from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { SHADOW_SELECTOR, shadowDnsEntries, ShadowServiceController } from "../controller/mod.ts";
 import { DnsServer, MeshZone } from "../dns/mod.ts";
@@ -18,31 +18,25 @@ import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
   compileOptions,
+  COREDNS_FLAGS,
   DNS_FLAGS,
   KUBE_FLAGS,
   LOG_FLAGS,
   MODEL_FLAGS,
+  PROBE_FLAGS,
   PROXY_FLAGS,
   proxyOptions,
 } from "./options.ts";
+import { checkCommand, cleanupCommand, prepareCommand } from "./cluster_commands.ts";
+import { CliError, type CliIo, kubeClient } from "./common.ts";
+
+export { CliError, type CliIo };
 
 /** meshd's version, from deno.json. */
 export const VERSION: string = denoJson.version;
 
-/** A failure the user can act on: printed as one line, exit code 1, no stack trace. */
-export class CliError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "CliError";
-  }
-}
-
-/** Where the CLI writes and reads; tests swap these. */
-export interface CliIo {
-  stdout: (s: string) => void;
-  stderr: (s: string) => void;
-  env: (name: string) => string | undefined;
-}
+/** Failures of the cluster commands that are the cluster's state, not a bug in meshd. */
+const KNOWN_ERRORS = new Set(["KubeApiError", "PrepareError", "CorefileError"]);
 
 const RUN_FLAGS: readonly FlagSpec[] = [
   {
@@ -85,6 +79,45 @@ const RUN_FLAGS: readonly FlagSpec[] = [
 
 const DUMP_FLAGS: readonly FlagSpec[] = [...MODEL_FLAGS];
 
+const pick = (specs: readonly FlagSpec[], ...names: string[]) =>
+  specs.filter((f) => names.includes(f.name));
+const CLUSTER_FLAGS = pick(KUBE_FLAGS, "kubeconfig", "mesh-namespace");
+const LEVEL_FLAG = pick(LOG_FLAGS, "log-level");
+const DOMAIN_FLAG = pick(MODEL_FLAGS, "domain");
+
+const PREPARE_FLAGS: readonly FlagSpec[] = [
+  ...CLUSTER_FLAGS,
+  ...DOMAIN_FLAG,
+  ...COREDNS_FLAGS,
+  {
+    ...pick(DNS_FLAGS, "dns-ttl")[0]!,
+    help: "How long CoreDNS caches mesh answers; match meshd run's --dns-ttl",
+  },
+  ...LEVEL_FLAG,
+];
+
+const CLEANUP_FLAGS: readonly FlagSpec[] = [
+  ...CLUSTER_FLAGS,
+  ...pick(COREDNS_FLAGS, "coredns-namespace", "coredns-configmap"),
+  ...pick(KUBE_FLAGS, "lease-name"),
+  {
+    name: "force",
+    kind: "bool",
+    default: "false",
+    help: "Clean up even while a meshd controller holds the Lease (it will write its shadow " +
+      "Services again)",
+  },
+  ...LEVEL_FLAG,
+];
+
+const CHECK_FLAGS: readonly FlagSpec[] = [
+  ...CLUSTER_FLAGS,
+  ...DOMAIN_FLAG,
+  ...COREDNS_FLAGS,
+  ...PROBE_FLAGS,
+  ...LEVEL_FLAG,
+];
+
 interface Command {
   usage: string;
   summary: string;
@@ -98,6 +131,25 @@ const COMMANDS: Record<string, Command> = {
     summary: "Run the node proxy and the API, fed by a provider",
     flags: RUN_FLAGS,
     run: runCommand,
+  },
+  prepare: {
+    usage: "meshd prepare [flags]",
+    summary: "Add the mesh domain to CoreDNS: a Corefile server block forwarding it to meshd",
+    flags: PREPARE_FLAGS,
+    run: (v, io) => prepareCommand(v, io),
+  },
+  cleanup: {
+    usage: "meshd cleanup [flags]",
+    summary: "Remove what prepare added to CoreDNS, and the shadow Services",
+    flags: CLEANUP_FLAGS,
+    run: (v, io) => cleanupCommand(v, io),
+  },
+  check: {
+    usage: "meshd check [flags]",
+    summary: "Pre-flight: API, RBAC, SMI CRDs, CoreDNS and data path, one line each; " +
+      "exit 1 when something blocks meshd",
+    flags: CHECK_FLAGS,
+    run: (v, io) => checkCommand(v, io),
   },
   "config dump": {
     usage: "meshd config dump --config-dir DIR [flags]",
@@ -193,7 +245,8 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
   } catch (e) {
     const debug = parsed.values["log-level"] === "debug";
     if (
-      e instanceof CliError || e instanceof Deno.errors.NotFound ||
+      e instanceof CliError || KNOWN_ERRORS.has((e as Error)?.name) ||
+      e instanceof Deno.errors.NotFound ||
       e instanceof Deno.errors.AddrInUse ||
       e instanceof Deno.errors.PermissionDenied
     ) {
@@ -256,14 +309,8 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
 
 /** The kube provider's client and election settings, checked before anything starts. */
 async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
-  const kube = await import("../kube/mod.ts");
-  const { checkElectionTiming, KubeApi, loadKubeConfig } = kube;
-  let kapi: KubeApi;
-  try {
-    kapi = new KubeApi(loadKubeConfig(values["kubeconfig"] as string | undefined, io.env));
-  } catch (e) {
-    throw new CliError((e as Error).message);
-  }
+  const { kube, kapi } = await kubeClient(values, io);
+  const { checkElectionTiming } = kube;
   const timing = {
     leaseDurationMs: values["lease-duration"] as number,
     renewDeadlineMs: values["renew-deadline"] as number,

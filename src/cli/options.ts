@@ -251,3 +251,45 @@ export const DNS_FLAGS: readonly FlagSpec[] = [
     help: "TTL of DNS answers and of negative answers (whole seconds)",
   },
 ];
+
+/** Flags that say where CoreDNS and the mesh DNS Service are (prepare, cleanup, check). */
+export const COREDNS_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "dns-service",
+    kind: "string",
+    arg: "NAME",
+    default: "meshd-dns",
+    help: "Service in --mesh-namespace in front of the meshd DNS responders; CoreDNS forwards " +
+      "the mesh domain to its ClusterIP",
+  },
+  {
+    name: "coredns-namespace",
+    kind: "string",
+    arg: "NS",
+    default: "kube-system",
+    help: "Namespace of the CoreDNS ConfigMap",
+  },
+  {
+    name: "coredns-configmap",
+    kind: "string",
+    arg: "NAME",
+    default: "coredns",
+    help: "ConfigMap whose Corefile key is CoreDNS's configuration",
+  },
+];
+
+/** Flags that replace what the data path probe reads, to see what another node would do. */
+export const PROBE_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "kernel-release",
+    kind: "string",
+    arg: "RELEASE",
+    help: "Kernel release to judge instead of the running one's, such as 5.4.0-150-generic",
+  },
+  {
+    name: "libbpf",
+    kind: "string",
+    arg: "FILE",
+    help: "libbpf shared object to use instead of the first libbpf.so.1 in the usual places",
+  },
+];

@@ -5,3 +5,4 @@
  */
 export * from "./shadow_services.ts";
 export * from "./corefile.ts";
+export * from "./prepare.ts";

@@ -7,6 +7,8 @@ export interface Permission {
   resource: string;
   /** Namespace; absent for every namespace. */
   namespace?: string;
+  /** One object by name, when meshd touches only that one. */
+  name?: string;
   /** Which part of meshd needs it, for the message when it is missing. */
   why: string;
 }
@@ -52,6 +54,7 @@ export function preparePermissions(
       group: "",
       resource: "configmaps",
       namespace: coredns.namespace,
+      name: coredns.name,
       why: `the CoreDNS Corefile (ConfigMap ${coredns.name})`,
     })),
   ];
@@ -68,6 +71,7 @@ export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
         group: p.group,
         resource: p.resource,
         ...(p.namespace ? { namespace: p.namespace } : {}),
+        ...(p.name ? { name: p.name } : {}),
       },
     },
   });
@@ -76,6 +80,6 @@ export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
 
 /** `verb group/resource in namespace`, as a person reads it. */
 export function describePermission(p: Permission): string {
-  const res = p.group ? `${p.resource}.${p.group}` : p.resource;
+  const res = (p.group ? `${p.resource}.${p.group}` : p.resource) + (p.name ? ` ${p.name}` : "");
   return `${p.verb} ${res} ${p.namespace ? `in ${p.namespace}` : "in every namespace"}`;
 }

@@ -4,27 +4,9 @@
  * ServiceAccount what it uses and no write outside its namespace.
  */
 import assert from "node:assert/strict";
-import { parse, parseAllDocuments } from "yaml";
-import { serverSideApply, TestCluster, waitEstablished } from "../testenv/cluster.ts";
-
-const MANIFESTS = new URL("../../manifests/", import.meta.url).pathname;
-
-type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } };
-
-async function kustomizationObjects(): Promise<Obj[]> {
-  const k = parse(await Deno.readTextFile(`${MANIFESTS}kustomization.yaml`)) as {
-    resources: string[];
-  };
-  const out: Obj[] = [];
-  for (const file of k.resources) {
-    for (const doc of parseAllDocuments(await Deno.readTextFile(`${MANIFESTS}${file}`))) {
-      if (doc.errors.length) throw new Error(`${file}: ${doc.errors[0]}`);
-      const o = doc.toJS();
-      if (o) out.push(o);
-    }
-  }
-  return out;
-}
+import { TestCluster } from "../testenv/cluster.ts";
+import { applyManifests, kustomizationObjects } from "../testenv/manifests.ts";
+import { preparePermissions, runPermissions } from "../../src/kube/mod.ts";
 
 Deno.test("manifests: every object applies, CRDs are established, RBAC is what meshd uses", async () => {
   const objects = await kustomizationObjects();
@@ -34,20 +16,30 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
   }
   const cluster = await TestCluster.start({ controllerManager: false });
   try {
-    // CRDs and the namespace first, as kubectl orders them.
-    const order = (o: Obj) => ["CustomResourceDefinition", "Namespace"].indexOf(o.kind) + 1 || 9;
-    for (const o of [...objects].sort((a, b) => order(a) - order(b))) {
-      await serverSideApply(cluster, o).catch((e) => {
-        throw new Error(`${o.kind} ${o.metadata.name} was refused: ${e.message}`);
-      });
-    }
-    const crds = objects.filter((o) => o.kind === "CustomResourceDefinition");
-    assert.equal(crds.length, 4);
-    for (const c of crds) await waitEstablished(cluster, c.metadata.name);
+    await applyManifests(cluster, objects);
+    assert.equal(objects.filter((o) => o.kind === "CustomResourceDefinition").length, 4);
     const ds = await cluster.must("GET", "/apis/apps/v1/namespaces/meshd/daemonsets/meshd");
     assert.equal((ds["metadata"] as { name: string }).name, "meshd");
+    // The DNS Service reaches the DNS ports of the meshd container, which meshd listens on.
+    const container = ((ds["spec"] as { template: { spec: { containers: unknown[] } } }).template
+      .spec.containers[0]) as { ports: { name: string; containerPort: number }[]; args: string[] };
+    const dnsSvc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
+    const svcPorts = (dnsSvc["spec"] as { ports: { targetPort: string; port: number }[] }).ports;
+    for (const p of svcPorts) {
+      const c = container.ports.find((c) => c.name === p.targetPort);
+      assert.ok(c, `the container has a port named ${p.targetPort}`);
+      assert.equal(c.containerPort, 5353, "meshd's default --dns-port");
+      assert.equal(p.port, 53);
+    }
+    assert.ok(container.args.includes("--dns-address=0.0.0.0"));
 
-    const can = async (verb: string, group: string, resource: string, namespace?: string) => {
+    const can = async (
+      verb: string,
+      group: string,
+      resource: string,
+      namespace?: string,
+      name?: string,
+    ) => {
       const r = await cluster.must(
         "POST",
         "/apis/authorization.k8s.io/v1/subjectaccessreviews",
@@ -57,27 +49,28 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
           spec: {
             user: "system:serviceaccount:meshd:meshd",
             groups: ["system:serviceaccounts", "system:serviceaccounts:meshd"],
-            resourceAttributes: { verb, group, resource, ...(namespace ? { namespace } : {}) },
+            resourceAttributes: {
+              verb,
+              group,
+              resource,
+              ...(namespace ? { namespace } : {}),
+              ...(name ? { name } : {}),
+            },
           },
         },
       );
       return (r["status"] as { allowed?: boolean }).allowed === true;
     };
-    const needed: [string, string, string, string?][] = [
-      ["watch", "", "services"],
-      ["list", "", "pods"],
-      ["watch", "discovery.k8s.io", "endpointslices"],
-      ["watch", "access.smi-spec.io", "traffictargets"],
-      ["watch", "specs.smi-spec.io", "httproutegroups"],
-      ["watch", "specs.smi-spec.io", "tcproutes"],
-      ["watch", "split.smi-spec.io", "trafficsplits"],
-      ["update", "coordination.k8s.io", "leases", "meshd"],
-      ["create", "coordination.k8s.io", "leases", "meshd"],
-      ["patch", "", "services", "meshd"],
-      ["delete", "", "services", "meshd"],
+    // What meshd run does (the list meshd check asks about), and what prepare/cleanup do.
+    const needed = [
+      ...runPermissions("meshd"),
+      ...preparePermissions("meshd", { namespace: "kube-system", name: "coredns" }),
     ];
-    for (const [verb, group, resource, ns] of needed) {
-      assert.ok(await can(verb, group, resource, ns), `meshd may ${verb} ${group}/${resource}`);
+    for (const p of needed) {
+      assert.ok(
+        await can(p.verb, p.group, p.resource, p.namespace, p.name),
+        `meshd may ${p.verb} ${p.group}/${p.resource} (${p.why})`,
+      );
     }
     const forbidden: [string, string, string, string?][] = [
       ["delete", "", "services", "default"],

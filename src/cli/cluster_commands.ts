@@ -1,0 +1,183 @@
+import {
+  cleanupCoreDns,
+  coreDnsBlock,
+  deleteShadowServices,
+  dnsServiceAddresses,
+  leaseHolder,
+  prepareCoreDns,
+} from "../controller/mod.ts";
+import { probeDatapath } from "../datapath/mod.ts";
+import type { KubeApi } from "../kube/mod.ts";
+import { CliError, type CliIo, kubeClient } from "./common.ts";
+import type { FlagValue } from "./flags.ts";
+
+type Values = Record<string, FlagValue>;
+
+const corednsRef = (v: Values) => ({
+  namespace: v["coredns-namespace"] as string,
+  name: v["coredns-configmap"] as string,
+});
+
+/** `meshd prepare`: meshd's server block into the CoreDNS Corefile. */
+export async function prepareCommand(v: Values, io: CliIo): Promise<number> {
+  const { kapi } = await kubeClient(v, io);
+  const ref = corednsRef(v);
+  const domain = v["domain"] as string;
+  const r = await prepareCoreDns(kapi, {
+    meshNamespace: v["mesh-namespace"] as string,
+    dnsService: v["dns-service"] as string,
+    domain,
+    coredns: ref,
+    cacheSeconds: Math.max(1, Math.round((v["dns-ttl"] as number) / 1000)),
+  });
+  const where = `${ref.namespace}/${ref.name}`;
+  io.stdout(
+    r.changed
+      ? `CoreDNS (${where}) now forwards ${domain} to ${r.upstreams.join(", ")}\n`
+      : `CoreDNS (${where}) already forwards ${domain} to ${
+        r.upstreams.join(", ")
+      }; nothing changed\n`,
+  );
+  if (!r.reloads) {
+    io.stderr(
+      `warning: the Corefile has no reload plugin, so CoreDNS reads it only at start; restart it ` +
+        `(kubectl -n ${ref.namespace} rollout restart deployment coredns)\n`,
+    );
+  }
+  return 0;
+}
+
+/** `meshd cleanup`: what prepare added, and the shadow Services. */
+export async function cleanupCommand(v: Values, io: CliIo): Promise<number> {
+  const { kapi } = await kubeClient(v, io);
+  const ns = v["mesh-namespace"] as string;
+  const holder = await leaseHolder(kapi, ns, v["lease-name"] as string, Date.now());
+  if (holder && !v["force"]) {
+    throw new CliError(
+      `meshd is still running: "${holder}" holds the Lease ${ns}/${v["lease-name"]} and would ` +
+        "write its shadow Services again; delete the DaemonSet first, or pass --force",
+    );
+  }
+  const ref = corednsRef(v);
+  const removed = await cleanupCoreDns(kapi, ref);
+  io.stdout(
+    removed
+      ? `Removed meshd's block from the CoreDNS Corefile (${ref.namespace}/${ref.name})\n`
+      : `The CoreDNS Corefile (${ref.namespace}/${ref.name}) has no meshd block; nothing changed\n`,
+  );
+  const n = await deleteShadowServices(kapi, ns);
+  io.stdout(`Deleted ${n} shadow Service${n === 1 ? "" : "s"} in ${ns}\n`);
+  return 0;
+}
+
+type Level = "ok" | "warn" | "FAIL" | "skip";
+
+/** `meshd check`: one line per check; 1 when something blocks meshd. */
+export async function checkCommand(v: Values, io: CliIo): Promise<number> {
+  let failed = false;
+  const line = (level: Level, name: string, text: string) => {
+    if (level === "FAIL") failed = true;
+    io.stdout(`${level.padEnd(5)} ${name.padEnd(9)} ${text}\n`);
+  };
+  let api: KubeApi | null = null;
+  let kube: typeof import("../kube/mod.ts") | null = null;
+  try {
+    ({ kapi: api, kube } = await kubeClient(v, io));
+    const ver = await api.request("GET", "/version", undefined, { timeoutMs: 5_000 });
+    line("ok", "api", `${api.server} answers, Kubernetes ${ver["gitVersion"] ?? "(no version)"}`);
+  } catch (e) {
+    line("FAIL", "api", (e as Error).message);
+    api = null;
+  }
+  if (api && kube) {
+    await checkRbac(api, kube, v, line);
+    try {
+      for (const s of await kube.smiGroupStatus(api)) line(s.ok ? "ok" : "warn", "smi", s.message);
+    } catch (e) {
+      line("FAIL", "smi", `Cannot read the SMI API groups: ${(e as Error).message}`);
+    }
+    await checkCoreDns(api, v, line);
+  } else {
+    for (const name of ["rbac", "smi", "coredns"]) line("skip", name, "needs the API");
+  }
+  const dp = await probeDatapath({
+    kernelRelease: v["kernel-release"] as string | undefined,
+    libbpfPath: v["libbpf"] as string | undefined,
+  });
+  line("ok", "datapath", `${dp.datapath}: ${dp.reason}`);
+  return failed ? 1 : 0;
+}
+
+async function checkRbac(
+  api: KubeApi,
+  kube: typeof import("../kube/mod.ts"),
+  v: Values,
+  line: (level: Level, name: string, text: string) => void,
+): Promise<void> {
+  let who = "this identity";
+  try {
+    const r = await api.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", {
+      apiVersion: "authentication.k8s.io/v1",
+      kind: "SelfSubjectReview",
+    });
+    const name = ((r["status"] ?? {}) as { userInfo?: { username?: string } }).userInfo?.username;
+    if (name) who = name;
+  } catch { /* an older API server: the reviews below still answer */ }
+  try {
+    const wanted = kube.runPermissions(v["mesh-namespace"] as string);
+    const missing = [];
+    for (const p of wanted) if (!(await kube.mayI(api, p))) missing.push(p);
+    if (missing.length === 0) {
+      line("ok", "rbac", `${who} may do all ${wanted.length} things meshd run does`);
+    } else {
+      line(
+        "FAIL",
+        "rbac",
+        `${who} may not ${
+          missing.map((p) => `${kube.describePermission(p)} (${p.why})`).join("; ")
+        }`,
+      );
+    }
+  } catch (e) {
+    line("FAIL", "rbac", `Cannot review access: ${(e as Error).message}`);
+  }
+}
+
+async function checkCoreDns(
+  api: KubeApi,
+  v: Values,
+  line: (level: Level, name: string, text: string) => void,
+): Promise<void> {
+  const ref = corednsRef(v);
+  const where = `${ref.namespace}/${ref.name}`;
+  const domain = v["domain"] as string;
+  try {
+    const block = await coreDnsBlock(api, ref);
+    if (!block) {
+      line("FAIL", "coredns", `the Corefile in ${where} has no meshd block: run meshd prepare`);
+      return;
+    }
+    const zone = block.match(/^(\S+):53 \{/m)?.[1];
+    const to = (block.match(/^\s*forward \. (.+)$/m)?.[1] ?? "").split(/\s+/)
+      .map((a) => a.replace(/:53$/, "").replace(/^\[(.*)\]$/, "$1"));
+    const want = await dnsServiceAddresses(
+      api,
+      v["mesh-namespace"] as string,
+      v["dns-service"] as string,
+    );
+    if (zone !== domain) {
+      line("FAIL", "coredns", `${where} forwards "${zone}", not "${domain}": run meshd prepare`);
+    } else if (to.join() !== want.join()) {
+      line(
+        "FAIL",
+        "coredns",
+        `${where} forwards ${domain} to ${to.join(", ")}, but ${v["dns-service"]} is at ` +
+          `${want.join(", ")}: run meshd prepare`,
+      );
+    } else {
+      line("ok", "coredns", `${where} forwards ${domain} to ${want.join(", ")}`);
+    }
+  } catch (e) {
+    line("FAIL", "coredns", (e as Error).message);
+  }
+}

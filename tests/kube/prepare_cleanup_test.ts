@@ -1,0 +1,162 @@
+/**
+ * `meshd prepare` and `meshd cleanup` against a real API server, with the Corefile of several
+ * CoreDNS releases: prepare adds one block between markers and is idempotent, cleanup gives
+ * back the very same Corefile and removes the shadow Services, and neither touches what it did
+ * not add.
+ */
+import assert from "node:assert/strict";
+import { TestCluster } from "../testenv/cluster.ts";
+import { meshd } from "../testenv/cli.ts";
+import { applyManifests, kustomizationObjects } from "../testenv/manifests.ts";
+
+const FIXTURES = new URL("../fixtures/corefile/", import.meta.url);
+const CM = "/api/v1/namespaces/kube-system/configmaps";
+
+Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefile", async (t) => {
+  const cluster = await TestCluster.start({ controllerManager: false });
+  const kc = `--kubeconfig=${cluster.kubeconfig}`;
+  try {
+    const corefile = async () => {
+      const cm = await cluster.must("GET", `${CM}/coredns`);
+      return {
+        text: (cm["data"] as Record<string, string>)["Corefile"]!,
+        rv: (cm["metadata"] as { resourceVersion: string }).resourceVersion,
+      };
+    };
+    const setCorefile = async (text: string) => {
+      const r = await cluster.request("GET", `${CM}/coredns`);
+      const body = {
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: { name: "coredns", namespace: "kube-system" },
+        data: { Corefile: text },
+      };
+      if (r.status === 404) await cluster.must("POST", CM, body);
+      else await cluster.must("PUT", `${CM}/coredns`, body);
+    };
+
+    await t.step("prepare says what is missing before meshd is installed", async () => {
+      let r = await meshd("prepare", kc);
+      assert.equal(r.code, 1);
+      assert.match(
+        r.err,
+        /^meshd prepare: Cannot find the Service "meshd\/meshd-dns".*kubectl apply -k manifests\/\)\n$/,
+      );
+      // only the namespace and the DNS Service: the CoreDNS ConfigMap is still missing
+      const objects = await kustomizationObjects();
+      await applyManifests(
+        cluster,
+        objects.filter((o) => o.kind === "Namespace" || o.metadata.name === "meshd-dns"),
+      );
+      r = await meshd("prepare", kc);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /Cannot find the CoreDNS ConfigMap "kube-system\/coredns"/);
+      assert.doesNotMatch(r.err, /\n.+\n/, "one line, no stack trace");
+    });
+
+    const dnsSvc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
+    const dnsIp = (dnsSvc["spec"] as { clusterIP: string }).clusterIP;
+    const fixtures = [...Deno.readDirSync(FIXTURES)].map((e) => e.name)
+      .filter((n) => n.endsWith(".Corefile")).sort();
+    assert.ok(fixtures.length >= 4);
+
+    for (const f of fixtures) {
+      await t.step(`prepare, prepare again, cleanup: ${f}`, async () => {
+        const original = await Deno.readTextFile(new URL(f, FIXTURES));
+        await setCorefile(original);
+        const r1 = await meshd("prepare", kc);
+        assert.equal(r1.code, 0, r1.err);
+        assert.equal(
+          r1.out,
+          `CoreDNS (kube-system/coredns) now forwards mesh to ${dnsIp}\n`,
+        );
+        assert.equal(r1.err, "", "every fixture has the reload plugin");
+        const after = await corefile();
+        assert.ok(after.text.startsWith(original));
+        assert.ok(
+          after.text.endsWith(`mesh:53 {
+    errors
+    cache 5
+    forward . ${dnsIp}:53
+}
+# END meshd
+`),
+          after.text,
+        );
+        // Idempotent: no write at all, so the resource version stays.
+        const r2 = await meshd("prepare", kc);
+        assert.equal(r2.code, 0);
+        assert.match(r2.out, /already forwards mesh .*nothing changed/);
+        assert.equal((await corefile()).rv, after.rv);
+        const r3 = await meshd("cleanup", kc);
+        assert.equal(r3.code, 0, r3.err);
+        assert.match(r3.out, /^Removed meshd's block/);
+        assert.equal((await corefile()).text, original, "byte for byte what was there");
+        const r4 = await meshd("cleanup", kc);
+        assert.match(r4.out, /has no meshd block; nothing changed/);
+      });
+    }
+
+    await t.step("prepare refuses a Corefile that already serves the domain", async () => {
+      const traefik = await Deno.readTextFile(
+        new URL("coredns-1.11-with-traefik-mesh.Corefile", FIXTURES),
+      );
+      await setCorefile(traefik);
+      const before = await corefile();
+      const r = await meshd("prepare", kc, "--domain=traefik.mesh");
+      assert.equal(r.code, 1);
+      assert.match(
+        r.err,
+        /already has a server block for "traefik\.mesh:53" that meshd did not add/,
+      );
+      assert.equal((await corefile()).rv, before.rv, "nothing written");
+    });
+
+    await t.step("prepare warns when CoreDNS will not reload the Corefile", async () => {
+      await setCorefile(".:53 {\n    forward . /etc/resolv.conf\n}\n");
+      const r = await meshd("prepare", kc, "--dns-ttl=30s");
+      assert.equal(r.code, 0);
+      assert.match(r.err, /^warning: the Corefile has no reload plugin.*rollout restart/);
+      assert.match((await corefile()).text, /cache 30\n/);
+    });
+
+    await t.step("cleanup removes the shadow Services and leaves other Services", async () => {
+      const svc = (name: string, labels: Record<string, string>) =>
+        cluster.must("POST", "/api/v1/namespaces/meshd/services", {
+          apiVersion: "v1",
+          kind: "Service",
+          metadata: { name, labels },
+          spec: { ports: [{ port: 80 }] },
+        });
+      const shadow = { "app.kubernetes.io/managed-by": "meshd", "meshd.io/role": "shadow" };
+      await svc("m-a-shop-000000000001", shadow);
+      await svc("m-b-shop-000000000002", shadow);
+      // a look-alike someone else manages
+      await svc("m-c-shop-000000000003", { "meshd.io/role": "shadow" });
+      // a live controller would write them again: cleanup refuses unless forced
+      const now = new Date().toISOString().replace(/\.(\d{3})\d*Z$/, ".$1000Z");
+      await cluster.must("POST", "/apis/coordination.k8s.io/v1/namespaces/meshd/leases", {
+        apiVersion: "coordination.k8s.io/v1",
+        kind: "Lease",
+        metadata: { name: "meshd-controller" },
+        spec: { holderIdentity: "meshd-node-1", leaseDurationSeconds: 60, renewTime: now },
+      });
+      const refused = await meshd("cleanup", kc);
+      assert.equal(refused.code, 1);
+      assert.match(refused.err, /"meshd-node-1" holds the Lease meshd\/meshd-controller/);
+      assert.match((await corefile()).text, /# END meshd/, "nothing removed");
+
+      const r = await meshd("cleanup", kc, "--force");
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /Deleted 2 shadow Services in meshd\n$/);
+      const left = await cluster.must("GET", "/api/v1/namespaces/meshd/services");
+      assert.deepEqual(
+        (left["items"] as { metadata: { name: string } }[]).map((i) => i.metadata.name).sort(),
+        ["m-c-shop-000000000003", "meshd-dns"],
+      );
+      assert.doesNotMatch((await corefile()).text, /meshd/);
+    });
+  } finally {
+    await cluster.stop();
+  }
+});
