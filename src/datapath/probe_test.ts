@@ -1,0 +1,98 @@
+import assert from "node:assert/strict";
+import { kernelVersion, probeDatapath } from "./probe.ts";
+
+const MOUNTS = [
+  "sysfs /sys sysfs rw,nosuid 0 0",
+  "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0",
+  "bpf /sys/fs/bpf bpf rw,relatime 0 0",
+].join("\n");
+
+async function withLib(fn: (lib: string) => Promise<void>): Promise<void> {
+  const lib = await Deno.makeTempFile({ prefix: "meshd-libbpf-", suffix: ".so.1" });
+  try {
+    await fn(lib);
+  } finally {
+    await Deno.remove(lib);
+  }
+}
+
+Deno.test("kernelVersion() reads major and minor from a release string", () => {
+  assert.deepEqual(kernelVersion("6.18.44-fc-v657"), [6, 18]);
+  assert.deepEqual(kernelVersion("5.10.0-28-amd64"), [5, 10]);
+  assert.equal(kernelVersion("unknown"), null);
+});
+
+Deno.test("probeDatapath() checks everything and names each thing it found", async () => {
+  await withLib(async (lib) => {
+    const r = await probeDatapath({
+      kernelRelease: "5.10.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+    });
+    assert.deepEqual(r.checks.map((c) => `${c.name}:${c.ok}`), [
+      "kernel:true",
+      "libbpf:true",
+      "bpffs:true",
+      "cgroup2:true",
+      "programs:false",
+    ]);
+    assert.equal(r.datapath, "userspace");
+    assert.match(
+      r.reason,
+      /^this meshd build has no eBPF programs to load \(found: kernel 5\.10\.0, libbpf at .*, bpffs at \/sys\/fs\/bpf, cgroup v2 at \/sys\/fs\/cgroup\/unified\)$/,
+    );
+  });
+});
+
+const fallbacks: { name: string; kernel: string; mounts: string; reason: RegExp }[] = [
+  {
+    name: "a kernel before 5.10",
+    kernel: "5.4.0-150-generic",
+    mounts: MOUNTS,
+    reason: /^kernel 5\.4\.0-150-generic is older than 5\.10/,
+  },
+  {
+    name: "a release that is not a version",
+    kernel: "weird",
+    mounts: MOUNTS,
+    reason: /^kernel weird is older than 5\.10, or not a version/,
+  },
+  {
+    name: "no bpffs mounted",
+    kernel: "6.1.0",
+    mounts: MOUNTS.split("\n").filter((l) => !l.startsWith("bpf")).join("\n"),
+    reason: /^no bpffs mounted/,
+  },
+  {
+    name: "no cgroup v2",
+    kernel: "6.1.0",
+    mounts: MOUNTS.split("\n").filter((l) => !l.startsWith("cgroup2")).join("\n"),
+    reason: /^no cgroup v2 hierarchy mounted/,
+  },
+];
+for (const c of fallbacks) {
+  Deno.test(`probeDatapath() falls back to userspace with ${c.name}`, async () => {
+    await withLib(async (lib) => {
+      const r = await probeDatapath({
+        kernelRelease: c.kernel,
+        libbpfPath: lib,
+        mounts: () => Promise.resolve(c.mounts),
+      });
+      assert.equal(r.datapath, "userspace");
+      assert.match(r.reason, c.reason);
+    });
+  });
+}
+
+Deno.test("probeDatapath() says so when it may not read the mount table", async () => {
+  const r = await probeDatapath({
+    kernelRelease: "6.1.0",
+    libbpfPath: "/nonexistent/libbpf.so.1",
+    mounts: () => Promise.reject(new Deno.errors.NotCapable("Requires all access")),
+  });
+  assert.match(r.reason, /^no libbpf at \/nonexistent\/libbpf\.so\.1/);
+  assert.match(
+    r.checks.find((c) => c.name === "bpffs")!.detail,
+    /may not read \/proc\/self\/mounts/,
+  );
+});

@@ -1,0 +1,220 @@
+/**
+ * `meshd check` against a real API server: one line per check, exit 1 while something blocks
+ * meshd, and RBAC judged for whoever runs it (meshd's own ServiceAccount included).
+ */
+import assert from "node:assert/strict";
+import { TestCluster } from "../testenv/cluster.ts";
+import { type CliRun, meshd } from "../testenv/cli.ts";
+import { applyManifests } from "../testenv/manifests.ts";
+import { freePort } from "../testenv/process.ts";
+import { runPermissions } from "../../src/kube/mod.ts";
+
+/** The lines of a check run as `{ level, name, text }`. */
+function lines(r: CliRun): { level: string; name: string; text: string }[] {
+  return r.out.trimEnd().split("\n").map((l) => {
+    const m = l.match(/^(ok|warn|FAIL|skip)\s+(\S+)\s+(.*)$/);
+    assert.ok(m, `a check line: ${l}`);
+    return { level: m[1]!, name: m[2]!, text: m[3]! };
+  });
+}
+
+const level = (r: CliRun, name: string) =>
+  lines(r).filter((l) => l.name === name).map((l) => l.level);
+
+/** A kubeconfig that uses a bearer token (a ServiceAccount's) instead of the admin's cert. */
+async function tokenKubeconfig(cluster: TestCluster, ns: string, sa: string): Promise<string> {
+  const r = await cluster.must("POST", `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
+    apiVersion: "authentication.k8s.io/v1",
+    kind: "TokenRequest",
+    spec: { expirationSeconds: 3600 },
+  });
+  const token = (r["status"] as { token: string }).token;
+  const file = `${cluster.dir}/${sa}.kubeconfig`;
+  await Deno.writeTextFile(
+    file,
+    [
+      "apiVersion: v1",
+      "kind: Config",
+      "clusters:",
+      "- name: test",
+      "  cluster:",
+      `    server: ${cluster.server}`,
+      `    certificate-authority-data: ${btoa(cluster.caCert)}`,
+      "users:",
+      `- name: ${sa}`,
+      "  user:",
+      `    token: ${token}`,
+      "contexts:",
+      "- name: test",
+      "  context: { cluster: test, user: " + sa + " }",
+      "current-context: test",
+      "",
+    ].join("\n"),
+  );
+  return file;
+}
+
+Deno.test("meshd check reports each check on one line and fails while meshd is blocked", async (t) => {
+  const cluster = await TestCluster.start({ controllerManager: false });
+  const kc = `--kubeconfig=${cluster.kubeconfig}`;
+  try {
+    await t.step("a bare cluster: SMI missing is a warning, no CoreDNS block blocks", async () => {
+      const r = await meshd("check", kc);
+      assert.equal(r.code, 1, r.out + r.err);
+      assert.deepEqual(lines(r).map((l) => l.name), [
+        "api",
+        "rbac",
+        "smi",
+        "smi",
+        "smi",
+        "coredns",
+        "datapath",
+      ]);
+      assert.match(
+        lines(r)[0]!.text,
+        new RegExp(`answers, Kubernetes ${cluster.version.replace(/\./g, "\\.")}$`),
+      );
+      assert.deepEqual(level(r, "rbac"), ["ok"]);
+      assert.match(
+        lines(r)[1]!.text,
+        new RegExp(
+          `^meshd-test-admin may do all ${runPermissions("meshd").length} things meshd run does$`,
+        ),
+      );
+      assert.deepEqual(level(r, "smi"), ["warn", "warn", "warn"]);
+      assert.deepEqual(level(r, "coredns"), ["FAIL"]);
+      assert.deepEqual(level(r, "datapath"), ["ok"]);
+    });
+
+    await applyManifests(cluster);
+    await cluster.must("POST", "/api/v1/namespaces/kube-system/configmaps", {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "coredns" },
+      data: {
+        Corefile: await Deno.readTextFile(
+          new URL("../fixtures/corefile/coredns-1.11-kubeadm-1.30.Corefile", import.meta.url),
+        ),
+      },
+    });
+
+    await t.step("installed but not prepared: CoreDNS is what blocks", async () => {
+      const r = await meshd("check", kc);
+      assert.equal(r.code, 1);
+      assert.deepEqual(level(r, "smi"), ["ok", "ok", "ok"]);
+      const dns = lines(r).find((l) => l.name === "coredns")!;
+      assert.equal(dns.level, "FAIL");
+      assert.match(dns.text, /kube-system\/coredns has no meshd block: run meshd prepare/);
+    });
+
+    await t.step("prepared: every check passes, as meshd's own ServiceAccount too", async () => {
+      assert.equal((await meshd("prepare", kc)).code, 0);
+      const admin = await meshd("check", kc);
+      assert.equal(admin.code, 0, admin.out);
+      const sa = await meshd(
+        "check",
+        `--kubeconfig=${await tokenKubeconfig(cluster, "meshd", "meshd")}`,
+      );
+      assert.equal(sa.code, 0, sa.out);
+      assert.match(
+        lines(sa).find((l) => l.name === "rbac")!.text,
+        new RegExp(
+          `^system:serviceaccount:meshd:meshd may do all ${runPermissions("meshd").length} things`,
+        ),
+      );
+      assert.match(lines(sa).find((l) => l.name === "coredns")!.text, /forwards mesh to /);
+    });
+
+    await t.step("a moved DNS Service address makes the block stale", async () => {
+      // the block points at an address the Service no longer has
+      const cm = await cluster.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
+      const data = cm["data"] as Record<string, string>;
+      const svc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
+      const ip = (svc["spec"] as { clusterIP: string }).clusterIP;
+      assert.ok(data["Corefile"]!.includes(`forward . ${ip}:53\n`));
+      data["Corefile"] = data["Corefile"]!.replace(
+        `forward . ${ip}:53\n`,
+        "forward . 198.51.100.250:53\n",
+      );
+      await cluster.must("PUT", "/api/v1/namespaces/kube-system/configmaps/coredns", cm);
+      const r = await meshd("check", kc);
+      assert.equal(r.code, 1);
+      assert.match(
+        lines(r).find((l) => l.name === "coredns")!.text,
+        /forwards mesh to 198\.51\.100\.250, but meshd-dns is at .*: run meshd prepare/,
+      );
+      assert.equal((await meshd("prepare", kc)).code, 0);
+      assert.equal((await meshd("check", kc)).code, 0);
+    });
+
+    await t.step("an identity without meshd's RBAC fails, naming what it lacks", async () => {
+      await cluster.must("POST", "/api/v1/namespaces/meshd/serviceaccounts", {
+        apiVersion: "v1",
+        kind: "ServiceAccount",
+        metadata: { name: "nobody" },
+      });
+      const r = await meshd(
+        "check",
+        `--kubeconfig=${await tokenKubeconfig(cluster, "meshd", "nobody")}`,
+      );
+      assert.equal(r.code, 1);
+      const rbac = lines(r).find((l) => l.name === "rbac")!;
+      assert.equal(rbac.level, "FAIL");
+      assert.match(
+        rbac.text,
+        /^system:serviceaccount:meshd:nobody may not list services in every namespace \(the topology\);/,
+      );
+      assert.match(rbac.text, /update leases\.coordination\.k8s\.io in meshd \(leader election\)/);
+      assert.equal(lines(r).find((l) => l.name === "coredns")!.level, "FAIL");
+    });
+
+    await t.step("the data path line says why, and follows --kernel-release", async () => {
+      const r = await meshd("check", kc, "--kernel-release=5.4.0-150-generic");
+      const dp = lines(r).find((l) => l.name === "datapath")!;
+      assert.match(dp.text, /^userspace: kernel 5\.4\.0-150-generic is older than 5\.10/);
+      const missing = await meshd("check", kc, "--libbpf=/nonexistent/libbpf.so.1");
+      assert.match(
+        lines(missing).find((l) => l.name === "datapath")!.text,
+        /^userspace: no libbpf at \/nonexistent\/libbpf\.so\.1/,
+      );
+    });
+  } finally {
+    await cluster.stop();
+  }
+});
+
+Deno.test("meshd check with the API unreachable fails on the api line and skips the rest", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-check-" });
+  try {
+    const port = freePort(); // nothing listens there
+    const file = `${dir}/kubeconfig`;
+    await Deno.writeTextFile(
+      file,
+      `apiVersion: v1
+kind: Config
+clusters:
+- name: gone
+  cluster: { server: "https://127.0.0.1:${port}" }
+users:
+- name: u
+  user: { token: abc }
+contexts:
+- name: gone
+  context: { cluster: gone, user: u }
+current-context: gone
+`,
+    );
+    const r = await meshd("check", `--kubeconfig=${file}`);
+    assert.equal(r.code, 1);
+    assert.deepEqual(lines(r).map((l) => `${l.level} ${l.name}`), [
+      "FAIL api",
+      "skip rbac",
+      "skip smi",
+      "skip coredns",
+      "ok datapath",
+    ]);
+    assert.match(lines(r)[0]!.text, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
