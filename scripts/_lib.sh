@@ -2,6 +2,7 @@
 # Shared setup for the scripts in this folder: installs what meshd needs on a fresh
 # Debian machine (root) and is safe to run again. Source it; do not run it.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 MESHD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DENO_VERSION=2.9.6
 MESHD_CACHE=${MESHD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshd}

@@ -13,7 +13,7 @@ export const MESHD_PERMISSIONS = [
   "--allow-net",
   "--allow-read",
   "--allow-env",
-  "--allow-sys=hostname",
+  "--allow-sys=hostname,osRelease",
 ];
 
 /** One meshd process on loopback. */

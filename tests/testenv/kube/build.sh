@@ -25,9 +25,9 @@ point_module_at() {
   sed -nE '/^(module|go|tool) |^tool \(/,/^\)/p; /^(module|go) /p' go.mod | awk '!seen[$0]++' >go.mod.new
   mv go.mod.new go.mod
   rm -f go.sum
-  for r in $(sed -nE 's/^\s*(k8s\.io\/[a-z0-9-]+) => \.\/staging\/.*/\1/p' "$gomod"); do
+  while read -r r; do
     go mod edit "-replace=$r=$r@v0.${v#1.}"
-  done
+  done < <(sed -nE 's/^\s*(k8s\.io\/[a-z0-9-]+) => \.\/staging\/.*/\1/p' "$gomod")
   go mod edit "-require=k8s.io/kubernetes@v$v"
   go mod tidy >&2 || die "go mod tidy failed for Kubernetes v$v"
 }
@@ -79,7 +79,7 @@ go build -trimpath -ldflags="$ldflags" -o "$out/bin.tmp/" \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-proxy \
   ./etcd >&2 || die "go build failed for Kubernetes v$version"
-rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+rm -rf "${out:?}/bin" && mv "$out/bin.tmp" "$out/bin"
 echo "v$version" >"$out/VERSION"
 say "built Kubernetes v$version in $(($(date +%s) - started)) s"
 echo "$out/bin"

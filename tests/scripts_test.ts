@@ -1,0 +1,59 @@
+/**
+ * The scripts and files that build and deploy meshd outside CI: they pass shellcheck, and the
+ * version, image tag and binary path agree everywhere they are written down.
+ */
+import assert from "node:assert/strict";
+import denoJson from "../deno.json" with { type: "json" };
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+async function run(cmd: string, args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd: ROOT,
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("scripts pass shellcheck", async () => {
+  const scripts = [...Deno.readDirSync(`${ROOT}scripts`)].map((e) => `scripts/${e.name}`).sort();
+  assert.ok(scripts.includes("scripts/kind-up"));
+  const r = await run("shellcheck", [...scripts, "tests/testenv/kube/build.sh", ".ci/run"]).catch(
+    (e) => {
+      throw new Error(`Cannot run shellcheck (Debian package shellcheck): ${e.message}`);
+    },
+  );
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+});
+
+Deno.test("the image tag, the DaemonSet and deno.json agree on the version", async () => {
+  const ds = await Deno.readTextFile(`${ROOT}manifests/daemonset.yaml`);
+  assert.match(ds, new RegExp(`^\\s+image: meshd:${denoJson.version.replace(/\./g, "\\.")}$`, "m"));
+  const docker = await Deno.readTextFile(`${ROOT}Dockerfile`);
+  const out = denoJson.tasks.compile.match(/--output (\S+)/)?.[1];
+  assert.equal(out, "dist/meshd");
+  assert.match(docker, new RegExp(`^COPY ${out} /usr/local/bin/meshd$`, "m"));
+  assert.match(await Deno.readTextFile(`${ROOT}.dockerignore`), new RegExp(`^!${out}$`, "m"));
+});
+
+Deno.test("scripts/kind-up explains itself and stops with a plain message without its tools", async () => {
+  const help = await run("bash", ["scripts/kind-up", "--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /^scripts\/kind-up \[CLUSTER\]: meshd on a local kind cluster/);
+  assert.match(help.stdout, /kind delete cluster --name CLUSTER/);
+  // a PATH with what the script needs before its check, and none of docker, kind or kubectl
+  const empty = await Deno.makeTempDir({ prefix: "meshd-nopath-" });
+  try {
+    await Deno.symlink("/usr/bin/dirname", `${empty}/dirname`);
+    const r = await run("/bin/bash", ["scripts/kind-up"], { PATH: empty });
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, "[meshd-setup] error: kind-up needs docker on PATH\n");
+  } finally {
+    await Deno.remove(empty, { recursive: true });
+  }
+});
