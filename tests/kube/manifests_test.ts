@@ -1,11 +1,12 @@
 /**
- * The manifests meshd ships: every object in the kustomization is accepted by a real API
- * server through server-side apply, the CRDs become Established, and the RBAC grants meshd's
+ * The manifests meshd ships: `kubectl apply --server-side -k manifests/` (the kubectl built
+ * with the test cluster) has every object accepted by a real API server, the CRDs become
+ * Established, and the RBAC grants meshd's
  * ServiceAccount what it uses and no write outside its namespace.
  */
 import assert from "node:assert/strict";
 import { TestCluster } from "../testenv/cluster.ts";
-import { applyManifests, kustomizationObjects } from "../testenv/manifests.ts";
+import { kustomizationObjects } from "../testenv/manifests.ts";
 import { preparePermissions, runPermissions } from "../../src/kube/mod.ts";
 
 Deno.test("manifests: every object applies, CRDs are established, RBAC is what meshd uses", async () => {
@@ -16,8 +17,26 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
   }
   const cluster = await TestCluster.start({ controllerManager: false });
   try {
-    await applyManifests(cluster, objects);
-    assert.equal(objects.filter((o) => o.kind === "CustomResourceDefinition").length, 4);
+    // As users install meshd: kubectl apply -k, server-side.
+    const applied = await cluster.kubectl("apply", "--server-side", "-k", "manifests/");
+    assert.equal(applied.code, 0, applied.out);
+    const reported = applied.out.trim().split("\n");
+    assert.equal(reported.length, objects.length, applied.out);
+    for (const o of objects) {
+      assert.ok(
+        reported.some((l) => l.endsWith(`/${o.metadata.name} serverside-applied`)),
+        `kubectl applied ${o.kind} ${o.metadata.name}:\n${applied.out}`,
+      );
+    }
+    const crds = objects.filter((o) => o.kind === "CustomResourceDefinition");
+    assert.equal(crds.length, 4);
+    const established = await cluster.kubectl(
+      "wait",
+      "--for=condition=Established",
+      "--timeout=30s",
+      ...crds.map((c) => `crd/${c.metadata.name}`),
+    );
+    assert.equal(established.code, 0, established.out);
     const ds = await cluster.must("GET", "/apis/apps/v1/namespaces/meshd/daemonsets/meshd");
     assert.equal((ds["metadata"] as { name: string }).name, "meshd");
     // The DNS Service reaches the DNS ports of the meshd container, which meshd listens on.

@@ -156,12 +156,15 @@ export class TestCluster implements ClusterAccess {
   readonly key: string;
   readonly kubeconfig: string;
   readonly version: string;
+  /** Where the control plane's binaries (and kubectl) are. */
+  readonly bin: string;
   readonly #children: Child[];
   readonly #client: Deno.HttpClient;
 
   private constructor(
-    init: ClusterAccess & { dir: string; version: string; children: Child[] },
+    init: ClusterAccess & { dir: string; version: string; bin: string; children: Child[] },
   ) {
+    this.bin = init.bin;
     this.dir = init.dir;
     this.server = init.server;
     this.caCert = init.caCert;
@@ -247,6 +250,7 @@ export class TestCluster implements ClusterAccess {
         key: pki.admin.key,
         kubeconfig,
         version,
+        bin,
         children,
       });
       try {
@@ -302,6 +306,18 @@ export class TestCluster implements ClusterAccess {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw e;
     }
+  }
+
+  /** Runs the kubectl built with the cluster, as admin; resolves with its exit code and output. */
+  async kubectl(...args: string[]): Promise<{ code: number; out: string }> {
+    const o = await new Deno.Command(`${this.bin}/kubectl`, {
+      args: [`--kubeconfig=${this.kubeconfig}`, ...args],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
   }
 
   /** The last lines each control-plane process wrote, for a failure message. */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test cluster's control plane from the Go module proxy: kube-apiserver,
-# kube-controller-manager, kube-proxy and etcd, for one Kubernetes version.
+# kube-controller-manager, kube-proxy, kubectl (to apply the manifests as users do) and etcd,
+# for one Kubernetes version.
 #
 #   tests/testenv/kube/build.sh [VERSION]     e.g. 1.37.2, or 1.36 for that minor's newest patch
 #
@@ -10,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MESHD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshd}
-binaries=(etcd kube-apiserver kube-controller-manager kube-proxy)
+binaries=(etcd kube-apiserver kube-controller-manager kube-proxy kubectl)
 
 say() { printf '[testenv-build] %s\n' "$*" >&2; }
 die() { printf '[testenv-build] error: %s\n' "$*" >&2; exit 1; }
@@ -78,6 +79,7 @@ go build -trimpath -ldflags="$ldflags" -o "$out/bin.tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-proxy \
+  k8s.io/kubernetes/cmd/kubectl \
   ./etcd >&2 || die "go build failed for Kubernetes v$version"
 rm -rf "${out:?}/bin" && mv "$out/bin.tmp" "$out/bin"
 echo "v$version" >"$out/VERSION"
