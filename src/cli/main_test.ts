@@ -39,7 +39,10 @@ spec: { ports: [{ name: http, port: 80 }] }
 Deno.test("main() prints help for each command and exits 0", async () => {
   const top = await run(["--help"]);
   assert.equal(top.code, 0);
-  assert.match(top.out, /Commands:\n {2}run .*\n {2}config dump .*\n {2}version /);
+  assert.match(
+    top.out,
+    /Commands:\n {2}run .*\n {2}prepare .*\n {2}cleanup .*\n {2}check .*\n {2}config dump .*\n {2}version /,
+  );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
   for (const flag of ["--config-dir", "--http-port", "--api-port", "--acl", "--log-format"]) {
@@ -49,6 +52,22 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   assert.equal(dumpHelp.code, 0);
   assert.match(dumpHelp.out, /Usage: meshd config dump --config-dir DIR/);
   assert.doesNotMatch(dumpHelp.out, /--http-port/);
+  const flagsOf: Record<string, string[]> = {
+    prepare: ["--kubeconfig", "--domain", "--dns-service", "--coredns-configmap", "--dns-ttl"],
+    cleanup: ["--kubeconfig", "--coredns-namespace", "--lease-name", "--force"],
+    check: ["--kubeconfig", "--domain", "--dns-service", "--kernel-release", "--libbpf"],
+  };
+  for (const [cmd, flags] of Object.entries(flagsOf)) {
+    const h = await run([cmd, "--help"]);
+    assert.equal(h.code, 0);
+    for (const flag of flags) {
+      assert.match(h.out, new RegExp(`^ {2}${flag}`, "m"), `${cmd} ${flag}`);
+    }
+    assert.doesNotMatch(h.out, /--http-port/, cmd);
+  }
+  for (const flag of ["--dns-address", "--dns-port", "--dns-ttl"]) {
+    assert.match(runHelp.out, new RegExp(`^ {2}${flag}`, "m"), flag);
+  }
 });
 
 Deno.test("main() reports usage errors with exit code 2", async () => {

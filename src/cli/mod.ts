@@ -1,5 +1,5 @@
 /**
- * The command line: `meshd run`, `meshd config dump`, `meshd version`.
+ * The command line: `meshd run`, `prepare`, `cleanup`, `check`, `config dump`, `version`.
  *
  * @module
  */
