@@ -8,6 +8,12 @@ import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
 import { waitFor } from "../testenv/process.ts";
 import { dig } from "../testenv/dig.ts";
+import { CoreDns } from "../testenv/coredns.ts";
+import { meshd } from "../testenv/cli.ts";
+import { kustomizationObjects } from "../testenv/manifests.ts";
+import { serverSideApply } from "../testenv/cluster.ts";
+import { freePort } from "../testenv/process.ts";
+import { currentMeshBlock } from "../../src/controller/mod.ts";
 
 const TIMING = ["--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms"];
 
@@ -85,10 +91,12 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
     for (const name of byName.keys()) assert.ok(name.length <= 63, name);
     assert.equal(cart.metadata.labels["meshd.io/shadow-of-namespace"], "shop");
 
-    // Exactly one process wrote them: the leader.
-    const writers = procs.filter((p) =>
-      p.events().some((e) => e["msg"] === "shadow services updated")
-    );
+    // Exactly one process wrote them: the leader. It logs once its pass is done, which can be
+    // a moment after the Services are visible.
+    const wrote = (p: MeshdProcess) =>
+      p.events().some((e) => e["msg"] === "shadow services updated");
+    await waitFor("the writer's log line", () => procs.some(wrote) || undefined, 10_000);
+    const writers = procs.filter(wrote);
     const leaders = procs.filter((p) => p.events().some((e) => e["msg"] === "started leading"));
     assert.equal(leaders.length, 1);
     assert.deepEqual(writers.map((p) => p.identity), leaders.map((p) => p.identity));
@@ -106,6 +114,49 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
       }
       assert.equal((await dig(p.dnsPort, "nope.shop.mesh", "A")).status, "NXDOMAIN");
       assert.equal((await dig(p.dnsPort, "cart.shop.mesh", "AAAA")).status, "NOERROR");
+    }
+
+    // As clients resolve, through CoreDNS: meshd prepare writes its block into the Corefile,
+    // and a real CoreDNS serving that block sends the mesh names to meshd.
+    await cluster.must("POST", "/api/v1/namespaces/kube-system/configmaps", {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "coredns" },
+      data: {
+        Corefile: await Deno.readTextFile(
+          new URL("../fixtures/corefile/coredns-1.11-kubeadm-1.30.Corefile", import.meta.url),
+        ),
+      },
+    });
+    const dnsSvc = (await kustomizationObjects()).find((o) => o.metadata.name === "meshd-dns")!;
+    const applied = await serverSideApply(cluster, dnsSvc);
+    const dnsIp = (applied["spec"] as { clusterIP: string }).clusterIP;
+    const prepared = await meshd("prepare", `--kubeconfig=${cluster.kubeconfig}`);
+    assert.equal(prepared.code, 0, prepared.err);
+    const cm = await cluster.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
+    const block = currentMeshBlock((cm["data"] as { Corefile: string }).Corefile)!;
+    assert.ok(block.includes(`forward . ${dnsIp}:53\n`), block);
+    // The one change to the block: nothing on the host may connect to a ClusterIP (no
+    // kube-proxy routes it here), so CoreDNS forwards to one meshd's DNS port directly, and it
+    // listens on a free loopback port instead of 53.
+    const corePort = freePort();
+    const local = block
+      .replace(`forward . ${dnsIp}:53\n`, `forward . 127.0.0.1:${procs[0]!.dnsPort}\n`)
+      .replace(/^mesh:53 \{\n/m, `mesh:${corePort} {\n    bind 127.0.0.1\n`);
+    assert.match(local, new RegExp(`mesh:${corePort} \\{`));
+    const coredns = await CoreDns.start(cluster, local, corePort, "mesh");
+    try {
+      for (const [ns, n] of [["shop", "cart"], ["shop", "db"]] as const) {
+        const ip = byName.get(shadowServiceName(ns, n))!.spec.clusterIP;
+        const r = await dig(coredns.port, `${n}.${ns}.mesh`, "A");
+        assert.equal(r.status, "NOERROR");
+        assert.deepEqual(r.answer.map((a) => a.replace(/ \d+ IN /, " IN ")), [
+          `${n}.${ns}.mesh. IN A ${ip}`,
+        ]);
+      }
+      assert.equal((await dig(coredns.port, "nope.shop.mesh", "A")).status, "NXDOMAIN");
+    } finally {
+      await coredns.stop();
     }
 
     // Stale: the Service goes, so does its shadow.
