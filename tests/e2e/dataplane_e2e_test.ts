@@ -423,10 +423,18 @@ Deno.test({
     assert.match(stranger.body, /source 127\.0\.0\.1 is not a known Pod/);
 
     // TCP: allowed through; denied is closed at once and never reaches the backend.
+    // The backend logs each connection a moment after serving it, so the count is read only
+    // once an allowed connection after the denied one has been logged: the log is in order.
+    const seen = () => mesh.echo.lines.filter((l) => l.includes("connection from")).length;
+    const logged = (n: number) =>
+      waitFor(`${n} logged connections`, () => seen() >= n || undefined);
+    const before = seen();
     assert.equal(await tcpFrom(WEB_POD, mesh.tcpPort, "ping"), "echo db\nping");
-    const reached = mesh.echo.lines.filter((l) => l.includes("connection from")).length;
+    await logged(before + 1);
     assert.equal(await tcpFrom(INTRUDER_POD, mesh.tcpPort, "ping"), "");
-    assert.equal(mesh.echo.lines.filter((l) => l.includes("connection from")).length, reached);
+    assert.equal(await tcpFrom(WEB_POD, mesh.tcpPort, "pong"), "echo db\npong");
+    await logged(before + 2);
+    assert.equal(seen(), before + 2, "the denied connection never reached the backend");
 
     // UDP: the reply comes back to the allowed client; the other's datagram is dropped and
     // counted.

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { TestCluster } from "../testenv/cluster.ts";
 import { type CliRun, meshd } from "../testenv/cli.ts";
 import { applyManifests } from "../testenv/manifests.ts";
+import { corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { freePort } from "../testenv/process.ts";
 import { runPermissions } from "../../src/kube/mod.ts";
 
@@ -87,16 +88,7 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
     });
 
     await applyManifests(cluster);
-    await cluster.must("POST", "/api/v1/namespaces/kube-system/configmaps", {
-      apiVersion: "v1",
-      kind: "ConfigMap",
-      metadata: { name: "coredns" },
-      data: {
-        Corefile: await Deno.readTextFile(
-          new URL("../fixtures/corefile/coredns-1.11-kubeadm-1.30.Corefile", import.meta.url),
-        ),
-      },
-    });
+    await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
 
     await t.step("installed but not prepared: CoreDNS is what blocks", async () => {
       const r = await meshd("check", kc);

@@ -8,7 +8,7 @@ import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
 import { waitFor } from "../testenv/process.ts";
 import { dig } from "../testenv/dig.ts";
-import { CoreDns } from "../testenv/coredns.ts";
+import { CoreDns, corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { meshd } from "../testenv/cli.ts";
 import { kustomizationObjects } from "../testenv/manifests.ts";
 import { serverSideApply } from "../testenv/cluster.ts";
@@ -118,16 +118,7 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
 
     // As clients resolve, through CoreDNS: meshd prepare writes its block into the Corefile,
     // and a real CoreDNS serving that block sends the mesh names to meshd.
-    await cluster.must("POST", "/api/v1/namespaces/kube-system/configmaps", {
-      apiVersion: "v1",
-      kind: "ConfigMap",
-      metadata: { name: "coredns" },
-      data: {
-        Corefile: await Deno.readTextFile(
-          new URL("../fixtures/corefile/coredns-1.11-kubeadm-1.30.Corefile", import.meta.url),
-        ),
-      },
-    });
+    await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
     const dnsSvc = (await kustomizationObjects()).find((o) => o.metadata.name === "meshd-dns")!;
     const applied = await serverSideApply(cluster, dnsSvc);
     const dnsIp = (applied["spec"] as { clusterIP: string }).clusterIP;

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { TestCluster } from "../testenv/cluster.ts";
 import { meshd } from "../testenv/cli.ts";
 import { applyManifests, kustomizationObjects } from "../testenv/manifests.ts";
+import { corefileFixture, corefileFixtureNames, putCorefile } from "../testenv/coredns.ts";
 
-const FIXTURES = new URL("../fixtures/corefile/", import.meta.url);
 const CM = "/api/v1/namespaces/kube-system/configmaps";
 
 Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefile", async (t) => {
@@ -23,17 +23,7 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
         rv: (cm["metadata"] as { resourceVersion: string }).resourceVersion,
       };
     };
-    const setCorefile = async (text: string) => {
-      const r = await cluster.request("GET", `${CM}/coredns`);
-      const body = {
-        apiVersion: "v1",
-        kind: "ConfigMap",
-        metadata: { name: "coredns", namespace: "kube-system" },
-        data: { Corefile: text },
-      };
-      if (r.status === 404) await cluster.must("POST", CM, body);
-      else await cluster.must("PUT", `${CM}/coredns`, body);
-    };
+    const setCorefile = (text: string) => putCorefile(cluster, text);
 
     await t.step("prepare says what is missing before meshd is installed", async () => {
       let r = await meshd("prepare", kc);
@@ -56,13 +46,12 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
 
     const dnsSvc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
     const dnsIp = (dnsSvc["spec"] as { clusterIP: string }).clusterIP;
-    const fixtures = [...Deno.readDirSync(FIXTURES)].map((e) => e.name)
-      .filter((n) => n.endsWith(".Corefile")).sort();
+    const fixtures = corefileFixtureNames();
     assert.ok(fixtures.length >= 4);
 
     for (const f of fixtures) {
       await t.step(`prepare, prepare again, cleanup: ${f}`, async () => {
-        const original = await Deno.readTextFile(new URL(f, FIXTURES));
+        const original = await corefileFixture(f);
         await setCorefile(original);
         const r1 = await meshd("prepare", kc);
         assert.equal(r1.code, 0, r1.err);
@@ -98,9 +87,7 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
     }
 
     await t.step("prepare refuses a Corefile that already serves the domain", async () => {
-      const traefik = await Deno.readTextFile(
-        new URL("coredns-1.11-with-traefik-mesh.Corefile", FIXTURES),
-      );
+      const traefik = await corefileFixture("coredns-1.11-with-traefik-mesh.Corefile");
       await setCorefile(traefik);
       const before = await corefile();
       const r = await meshd("prepare", kc, "--domain=traefik.mesh");

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { Child, freePort, waitFor } from "./process.ts";
+import { Child, cmdline, freePort, isAlive, sweepOrphanedChildren, waitFor } from "./process.ts";
 import { EC_KEY, makeCa, openssl } from "./tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
@@ -91,22 +91,9 @@ export async function controlPlaneBinaries(version?: string): Promise<string> {
   return new TextDecoder().decode(o.stdout).trim().split("\n").pop()!;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Whether process `pid` was started from inside `dir` (its command line names the folder). */
 function startedFrom(pid: number, dir: string): boolean {
-  try {
-    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes(dir);
-  } catch {
-    return false;
-  }
+  return cmdline(pid).includes(dir);
 }
 
 /**
@@ -116,6 +103,8 @@ function startedFrom(pid: number, dir: string): boolean {
  */
 export async function removeLeftovers(): Promise<string[]> {
   const removed: string[] = [];
+  const orphans = sweepOrphanedChildren();
+  if (orphans > 0) removed.push(`${orphans} orphaned test processes`);
   for await (const e of Deno.readDir("/tmp")) {
     if (!e.isDirectory || !e.name.startsWith(PREFIX)) continue;
     const dir = `/tmp/${e.name}`;

@@ -65,3 +65,30 @@ export class CoreDns {
     await this.child.stop();
   }
 }
+
+const FIXTURES = new URL("../fixtures/corefile/", import.meta.url);
+const CONFIGMAPS = "/api/v1/namespaces/kube-system/configmaps";
+
+/** The text of one Corefile fixture (`tests/fixtures/corefile/NAME`). */
+export function corefileFixture(name: string): Promise<string> {
+  return Deno.readTextFile(new URL(name, FIXTURES));
+}
+
+/** The names of every Corefile fixture, sorted. */
+export function corefileFixtureNames(): string[] {
+  return [...Deno.readDirSync(FIXTURES)].map((e) => e.name)
+    .filter((n) => n.endsWith(".Corefile")).sort();
+}
+
+/** Creates or replaces the ConfigMap kube-system/coredns holding `corefile`. */
+export async function putCorefile(cluster: TestCluster, corefile: string): Promise<void> {
+  const body = {
+    apiVersion: "v1",
+    kind: "ConfigMap",
+    metadata: { name: "coredns", namespace: "kube-system" },
+    data: { Corefile: corefile },
+  };
+  const r = await cluster.request("GET", `${CONFIGMAPS}/coredns`);
+  if (r.status === 404) await cluster.must("POST", CONFIGMAPS, body);
+  else await cluster.must("PUT", `${CONFIGMAPS}/coredns`, body);
+}

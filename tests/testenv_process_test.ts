@@ -1,0 +1,38 @@
+/**
+ * The test harness's own promise: children a crashed test process left behind are stopped by
+ * the next one, and nothing else is.
+ */
+import assert from "node:assert/strict";
+import { isAlive, sweepOrphanedChildren } from "./testenv/process.ts";
+
+Deno.test("sweepOrphanedChildren() stops what a dead test process recorded, and only that", async () => {
+  // a test process that has exited: its PID is no longer a deno
+  const gone = new Deno.Command("true").spawn();
+  await gone.status;
+  const orphan = new Deno.Command("sleep", { args: ["60"] }).spawn();
+  const bystander = new Deno.Command("sleep", { args: ["61"] }).spawn();
+  const file = `/tmp/meshd-test-children/${gone.pid}`;
+  try {
+    await Deno.mkdir("/tmp/meshd-test-children", { recursive: true });
+    await Deno.writeTextFile(
+      file,
+      [
+        { pid: orphan.pid, argv: ["sleep", "60"] },
+        // a PID that now runs something else than what was recorded: left alone
+        { pid: bystander.pid, argv: ["sleep", "999"] },
+      ].map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+    assert.equal(sweepOrphanedChildren(), 1);
+    const st = await orphan.status;
+    assert.equal(st.signal, "SIGKILL");
+    assert.ok(isAlive(bystander.pid));
+    assert.equal(await Deno.stat(file).then(() => true, () => false), false, "the record goes");
+  } finally {
+    try {
+      orphan.kill("SIGKILL");
+    } catch { /* stopped */ }
+    bystander.kill("SIGKILL");
+    await bystander.status;
+    await Deno.remove(file).catch(() => {});
+  }
+});
