@@ -38,6 +38,7 @@ export class DnsServer {
   #tasks: Promise<void>[] = [];
   #conns = new Set<Deno.Conn>();
   #queries: Counter | null = null;
+  #stopping = false;
 
   constructor(options: DnsServerOptions) {
     this.#opts = options;
@@ -78,6 +79,7 @@ export class DnsServer {
 
   /** Closes both listeners and every TCP connection. */
   async stop(): Promise<void> {
+    this.#stopping = true;
     try {
       this.#udp?.close();
     } catch { /* closed already */ }
@@ -127,13 +129,20 @@ export class DnsServer {
   }
 
   async #serveUdp(conn: Deno.DatagramConn): Promise<void> {
-    try {
-      for await (const [msg, addr] of conn) {
-        const out = this.#respond(msg, "udp");
-        if (out) await conn.send(out, addr).catch(() => {});
+    while (!this.#stopping) {
+      let msg: Uint8Array;
+      let addr: Deno.Addr;
+      try {
+        [msg, addr] = await conn.receive();
+      } catch (e) {
+        if (this.#stopping || e instanceof Deno.errors.BadResource) return;
+        // One bad receive must not silence the responder.
+        this.#opts.logger.warn("DNS receive failed; listening on", { error: String(e) });
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
       }
-    } catch {
-      // closed by stop()
+      const out = this.#respond(msg, "udp");
+      if (out) await conn.send(out, addr).catch(() => {});
     }
   }
 
