@@ -1,0 +1,6 @@
+/**
+ * Distribution: how the leader's MeshConfig reaches every node, as versioned deltas.
+ *
+ * @module
+ */
+export * from "./config_delta.ts";
