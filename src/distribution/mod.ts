@@ -4,3 +4,4 @@
  * @module
  */
 export * from "./config_delta.ts";
+export * from "./config_history.ts";
