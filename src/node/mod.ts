@@ -5,3 +5,4 @@
  */
 export { MeshNode } from "./mesh_node.ts";
 export type { MeshNodeOptions } from "./mesh_node.ts";
+export * from "./config_store.ts";

@@ -1,0 +1,98 @@
+import type { MeshConfig } from "../topology/mod.ts";
+
+/** A saved config that cannot be used, and why. */
+export class ConfigStoreError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "ConfigStoreError";
+  }
+}
+
+/** The format tag of the saved file; a new layout gets a new tag. */
+export const CONFIG_STORE_FORMAT = "meshd.config/v1";
+
+/**
+ * The last applied MeshConfig on disk, so a restarted node routes before it reaches any
+ * controller. A save writes a temporary file beside the target, syncs it to disk, then renames
+ * it over the target and syncs the folder, so a crash at any moment leaves either the old
+ * file or the new one, whole.
+ */
+export class ConfigStore {
+  readonly path: string;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  /** Saves `config`, replacing what was saved. */
+  async save(config: MeshConfig): Promise<void> {
+    const tmp = `${this.path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+    const data = new TextEncoder().encode(
+      JSON.stringify({ format: CONFIG_STORE_FORMAT, config }) + "\n",
+    );
+    try {
+      const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+      try {
+        for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
+        await f.sync();
+      } finally {
+        f.close();
+      }
+      await Deno.rename(tmp, this.path);
+      // and the rename itself reaches the disk: sync the folder that holds the name
+      const dir = await Deno.open(this.path.slice(0, this.path.lastIndexOf("/")) || ".", {
+        read: true,
+      });
+      try {
+        await dir.sync();
+      } finally {
+        dir.close();
+      }
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      throw new ConfigStoreError(
+        `Cannot save the config to "${this.path}": ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+  }
+
+  /** The saved config, or null when none was saved. */
+  async load(): Promise<MeshConfig | null> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(this.path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw new ConfigStoreError(
+        `Cannot read the saved config "${this.path}": ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    let parsed: { format?: unknown; config?: Partial<MeshConfig> };
+    try {
+      parsed = JSON.parse(text);
+    } catch (e) {
+      throw new ConfigStoreError(
+        `Cannot use the saved config "${this.path}": not JSON (${(e as Error).message})`,
+      );
+    }
+    if (parsed?.format !== CONFIG_STORE_FORMAT) {
+      throw new ConfigStoreError(
+        `Cannot use the saved config "${this.path}": format is ${
+          JSON.stringify(parsed?.format)
+        }, expected "${CONFIG_STORE_FORMAT}"`,
+      );
+    }
+    const c = parsed.config;
+    if (
+      !c || typeof c.version !== "number" || !Array.isArray(c.services) ||
+      typeof c.domain !== "string" || typeof c.identities !== "object"
+    ) {
+      throw new ConfigStoreError(
+        `Cannot use the saved config "${this.path}": it is not a MeshConfig`,
+      );
+    }
+    return c as MeshConfig;
+  }
+}
