@@ -40,9 +40,9 @@ export class ConfigStore {
       }
       await Deno.rename(tmp, this.path);
       // and the rename itself reaches the disk: sync the folder that holds the name
-      const dir = await Deno.open(this.path.slice(0, this.path.lastIndexOf("/")) || ".", {
-        read: true,
-      });
+      const slash = this.path.lastIndexOf("/");
+      const folder = slash < 0 ? "." : slash === 0 ? "/" : this.path.slice(0, slash);
+      const dir = await Deno.open(folder, { read: true });
       try {
         await dir.sync();
       } finally {

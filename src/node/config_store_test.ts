@@ -69,6 +69,20 @@ for (const c of broken) {
   });
 }
 
+Deno.test("ConfigStore works with a path relative to the working folder", async () => {
+  await withDir(async (dir) => {
+    const cwd = Deno.cwd();
+    Deno.chdir(dir);
+    try {
+      const store = new ConfigStore("config.json");
+      await store.save(config(2));
+      assert.equal((await store.load())?.version, 2);
+    } finally {
+      Deno.chdir(cwd);
+    }
+  });
+});
+
 Deno.test("ConfigStore.save() says where it could not write", async () => {
   await withDir(async (dir) => {
     const store = new ConfigStore(`${dir}/missing/config.json`);
