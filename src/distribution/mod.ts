@@ -5,3 +5,6 @@
  */
 export * from "./config_delta.ts";
 export * from "./config_history.ts";
+export * from "./grpc_service.ts";
+export * from "./distribution_server.ts";
+export * from "./distribution_client.ts";

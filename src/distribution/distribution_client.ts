@@ -1,0 +1,170 @@
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import { applyDelta, type MeshDelta } from "./config_delta.ts";
+import {
+  type ConfigUpdateMessage,
+  distributionPackage,
+  type NodeReportMessage,
+} from "./grpc_service.ts";
+
+/** Options for {@linkcode DistributionClient}. */
+export interface DistributionClientOptions {
+  /** This node's name. */
+  node: string;
+  /** Where the leader listens now (`host:port`), or null while no leader is known. */
+  leader: () => Promise<string | null>;
+  /** The token that proves this node is a meshd pod; default none. */
+  token?: () => Promise<string>;
+  /** The config this node has applied, the base of deltas; null before any. */
+  current: () => MeshConfig | null;
+  /** Applies a config whole, or throws why it cannot; the node keeps what it had. */
+  apply: (config: MeshConfig) => Promise<void>;
+  logger: Logger;
+  /** Waits between attempts: first and largest, before jitter; default 200 ms and 10 s. */
+  backoffMs?: { first: number; max: number };
+}
+
+/** Counters a test or `/metrics` can read. */
+export interface DistributionClientStats {
+  connects: number;
+  snapshots: number;
+  deltas: number;
+  /** Versions it could not apply. */
+  failures: number;
+}
+
+/**
+ * The node's side of config distribution: subscribes to the leader with the version it has,
+ * applies each update whole, and acknowledges it, or says why it could not. When the stream
+ * ends (the leader went away or moved) it asks `leader()` again and reconnects, backing off
+ * with jitter.
+ */
+export class DistributionClient {
+  readonly stats: DistributionClientStats = { connects: 0, snapshots: 0, deltas: 0, failures: 0 };
+  readonly #o: DistributionClientOptions;
+  #stopped = false;
+  #wake: (() => void) | null = null;
+  #client: grpc.Client | null = null;
+  #call: grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage> | null = null;
+  #done: Promise<void> = Promise.resolve();
+
+  constructor(options: DistributionClientOptions) {
+    this.#o = options;
+  }
+
+  /** Starts subscribing in the background. */
+  start(): void {
+    this.#done = this.#loop();
+  }
+
+  /** Stops and waits for the loop to end. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    // closing the channel waits for calls in progress: cancel ours first
+    this.#call?.cancel();
+    this.#client?.close();
+    this.#wake?.();
+    await this.#done;
+  }
+
+  async #loop(): Promise<void> {
+    const { first, max } = this.#o.backoffMs ?? { first: 200, max: 10_000 };
+    let backoff = first;
+    while (!this.#stopped) {
+      const addr = await this.#o.leader().catch(() => null);
+      if (addr && !this.#stopped) {
+        const gotUpdates = await this.#session(addr);
+        if (gotUpdates) backoff = first;
+      }
+      if (this.#stopped) break;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, backoff / 2 + Math.random() * backoff / 2);
+        this.#wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      backoff = Math.min(max, backoff * 2);
+    }
+  }
+
+  /** One stream to the leader at `addr`; resolves when it ends, true if it carried updates. */
+  async #session(addr: string): Promise<boolean> {
+    const log = this.#o.logger;
+    const pkg = distributionPackage();
+    const client = new pkg.client(addr, grpc.credentials.createInsecure());
+    this.#client = client;
+    const call = (client as unknown as {
+      Subscribe(): grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
+    }).Subscribe();
+    this.#call = call;
+    if (this.#stopped) call.cancel();
+    this.stats.connects++;
+    let updates = 0;
+    let chain = Promise.resolve();
+    const ended = new Promise<void>((resolve) => {
+      call.on("data", (m: ConfigUpdateMessage) => {
+        updates++;
+        chain = chain.then(() => this.#update(m, call));
+      });
+      call.on("error", (e: grpc.ServiceError) => {
+        if (!this.#stopped) {
+          log.warn("config stream from the leader failed", {
+            leader: addr,
+            error: e.details ?? String(e),
+          });
+        }
+        resolve();
+      });
+      call.on("end", () => resolve());
+    });
+    const token = this.#o.token ? await this.#o.token().catch(() => "") : "";
+    call.write({
+      hello: {
+        node: this.#o.node,
+        applied_version: this.#o.current()?.version ?? 0,
+        token,
+      },
+    });
+    await ended;
+    await chain;
+    client.close();
+    this.#client = null;
+    this.#call = null;
+    return updates > 0;
+  }
+
+  async #update(
+    m: ConfigUpdateMessage,
+    call: grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage>,
+  ): Promise<void> {
+    let error = "";
+    this.#o.logger.debug("config received", { version: m.version, body: m.body ?? "" });
+    try {
+      let next: MeshConfig;
+      if (m.snapshot && m.snapshot.length > 0) {
+        this.stats.snapshots++;
+        next = JSON.parse(new TextDecoder().decode(m.snapshot));
+      } else {
+        this.stats.deltas++;
+        const base = this.#o.current();
+        const delta = JSON.parse(new TextDecoder().decode(m.delta)) as MeshDelta;
+        if (!base) throw new Error(`a delta from ${delta.from}, and no config to apply it to`);
+        next = applyDelta(base, delta);
+      }
+      if (next.version !== m.version) {
+        throw new Error(`the update says version ${m.version} but holds ${next.version}`);
+      }
+      await this.#o.apply(next);
+    } catch (e) {
+      error = (e as Error).message;
+      this.stats.failures++;
+      this.#o.logger.warn("cannot apply the leader's config; keeping the one in force", {
+        version: m.version,
+        error,
+      });
+    }
+    if (!this.#stopped) call.write({ ack: { version: m.version, applied: !error, error } });
+  }
+}

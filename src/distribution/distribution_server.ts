@@ -1,0 +1,224 @@
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import { ConfigHistory, type ConfigUpdate } from "./config_history.ts";
+import {
+  type ConfigUpdateMessage,
+  distributionPackage,
+  type NodeReportMessage,
+} from "./grpc_service.ts";
+
+/** What the leader knows of one node, for `/api/status/nodes` and metrics. */
+export interface NodeStatus {
+  node: string;
+  connected: boolean;
+  /** The version the node last said it applied; null before its first. */
+  applied: number | null;
+  /** The version last sent to it. */
+  sent: number | null;
+  /** Why the node could not apply the last version it was sent; null when it could. */
+  error: string | null;
+  /** Milliseconds since the epoch of its last acknowledgement. */
+  lastAckAt: number | null;
+}
+
+/** Options for {@linkcode DistributionServer}. */
+export interface DistributionServerOptions {
+  logger: Logger;
+  /** Versions kept for deltas; default a new history of 32. */
+  history?: ConfigHistory;
+  /**
+   * Checks a node before it gets any config: resolves to null to let it in, or to the reason
+   * it is refused. Default: every node is let in.
+   */
+  authenticate?: (hello: { node: string; token: string }) => Promise<string | null>;
+  /** The clock, for `lastAckAt`. */
+  now?: () => number;
+}
+
+type Call = grpc.ServerDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
+
+interface Stream {
+  call: Call;
+  node: string | null;
+  applied: number | null;
+  /** The version sent and not acknowledged yet; one at a time per node. */
+  inflight: number | null;
+  /** A version the node could not apply: not sent again; a newer one goes whole. */
+  failed: number | null;
+}
+
+/**
+ * The leader's side of config distribution: each node's stream gets the whole config or a
+ * delta from the version it reported, then one update at a time, each after the node
+ * acknowledged the one before. A node that falls behind gets one delta over all it missed,
+ * not one per version; a node that could not apply a version gets the whole config next.
+ */
+export class DistributionServer {
+  readonly history: ConfigHistory;
+  readonly #o: DistributionServerOptions;
+  readonly #server = new grpc.Server();
+  readonly #streams = new Set<Stream>();
+  readonly #nodes = new Map<string, NodeStatus>();
+  readonly #encoded = new WeakMap<object, Uint8Array>();
+
+  constructor(options: DistributionServerOptions) {
+    this.#o = options;
+    this.history = options.history ?? new ConfigHistory();
+    this.#server.addService(distributionPackage().service, {
+      Subscribe: (call: Call) => this.#subscribe(call),
+    });
+  }
+
+  /** Listens (plaintext for now) on `hostname:port`; resolves with the port bound. */
+  listen(hostname: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.bindAsync(
+        `${hostname}:${port}`,
+        grpc.ServerCredentials.createInsecure(),
+        (err, bound) => err ? reject(err) : resolve(bound),
+      );
+    });
+  }
+
+  /** Makes `config` the current version and sends it to every node that is not busy. */
+  publish(config: MeshConfig): void {
+    this.history.push(config);
+    for (const s of this.#streams) this.#pump(s);
+  }
+
+  /** Every node seen, connected or not, by name. */
+  nodes(): NodeStatus[] {
+    return [...this.#nodes.values()].sort((a, b) => a.node.localeCompare(b.node));
+  }
+
+  /** Closes every stream and the listener. */
+  async stop(): Promise<void> {
+    for (const s of this.#streams) s.call.end();
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.#server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.#server.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  #subscribe(call: Call): void {
+    const s: Stream = { call, node: null, applied: null, inflight: null, failed: null };
+    this.#streams.add(s);
+    const log = this.#o.logger;
+    const gone = () => {
+      if (!this.#streams.delete(s)) return;
+      const st = s.node ? this.#nodes.get(s.node) : undefined;
+      if (st && this.#current(s.node!) === s) st.connected = false;
+      if (s.node) log.info("node disconnected", { node: s.node });
+    };
+    call.on("data", (m: NodeReportMessage) => {
+      if (m.hello) void this.#hello(s, m.hello);
+      else if (m.ack) this.#ack(s, m.ack);
+    });
+    call.on("end", () => {
+      gone();
+      call.end();
+    });
+    call.on("error", gone);
+    call.on("cancelled", gone);
+  }
+
+  /** The newest stream of `node` (a reconnect can overlap the old stream's end). */
+  #current(node: string): Stream | undefined {
+    let found: Stream | undefined;
+    for (const s of this.#streams) if (s.node === node) found = s;
+    return found;
+  }
+
+  async #hello(s: Stream, hello: NonNullable<NodeReportMessage["hello"]>): Promise<void> {
+    const log = this.#o.logger;
+    if (s.node !== null || !hello.node) {
+      s.call.emit("error", {
+        code: grpc.status.INVALID_ARGUMENT,
+        details: s.node ? "Hello was sent twice" : "Hello names no node",
+      });
+      return;
+    }
+    const refused = this.#o.authenticate
+      ? await this.#o.authenticate({ node: hello.node, token: hello.token }).catch((e) =>
+        `cannot check its token: ${(e as Error).message}`
+      )
+      : null;
+    if (refused) {
+      log.warn("node refused", { node: hello.node, reason: refused });
+      s.call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: refused });
+      return;
+    }
+    s.node = hello.node;
+    s.applied = hello.applied_version > 0 ? hello.applied_version : null;
+    const prev = this.#nodes.get(hello.node);
+    this.#nodes.set(hello.node, {
+      node: hello.node,
+      connected: true,
+      applied: s.applied ?? prev?.applied ?? null,
+      sent: prev?.sent ?? null,
+      error: null,
+      lastAckAt: prev?.lastAckAt ?? null,
+    });
+    log.info("node connected", { node: hello.node, applied: s.applied ?? 0 });
+    this.#pump(s);
+  }
+
+  #ack(s: Stream, ack: NonNullable<NodeReportMessage["ack"]>): void {
+    if (!s.node) {
+      s.call.emit("error", { code: grpc.status.FAILED_PRECONDITION, details: "Ack before Hello" });
+      return;
+    }
+    const st = this.#nodes.get(s.node)!;
+    st.lastAckAt = (this.#o.now ?? Date.now)();
+    if (s.inflight === ack.version) s.inflight = null;
+    if (ack.applied) {
+      s.applied = ack.version;
+      st.applied = ack.version;
+      st.error = null;
+    } else {
+      // It keeps routing on what it had; the next version goes whole.
+      s.applied = null;
+      s.failed = ack.version;
+      st.error = ack.error || "no reason given";
+      this.#o.logger.warn("node could not apply a version", {
+        node: s.node,
+        version: ack.version,
+        error: st.error,
+      });
+    }
+    this.#pump(s);
+  }
+
+  #pump(s: Stream): void {
+    if (s.node === null || s.inflight !== null) return;
+    if (s.failed !== null && s.failed === this.history.current?.version) return;
+    const u = this.history.updateFor(s.applied);
+    if (u.kind === "none") return;
+    const version = u.kind === "delta" ? u.delta.to : u.config.version;
+    const msg: ConfigUpdateMessage = u.kind === "delta"
+      ? { version, delta: this.#encode(u) }
+      : { version, snapshot: this.#encode(u) };
+    s.inflight = version;
+    this.#nodes.get(s.node)!.sent = version;
+    this.#o.logger.debug("config sent", { node: s.node, version, kind: u.kind });
+    s.call.write(msg);
+  }
+
+  /** The JSON of an update, encoded once however many nodes it goes to. */
+  #encode(u: Exclude<ConfigUpdate, { kind: "none" }>): Uint8Array {
+    const obj = u.kind === "delta" ? u.delta : u.config;
+    let bytes = this.#encoded.get(obj);
+    if (!bytes) {
+      bytes = new TextEncoder().encode(JSON.stringify(obj));
+      this.#encoded.set(obj, bytes);
+    }
+    return bytes;
+  }
+}
