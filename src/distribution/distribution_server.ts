@@ -114,7 +114,8 @@ export class DistributionServer {
     const gone = () => {
       if (!this.#streams.delete(s)) return;
       const st = s.node ? this.#nodes.get(s.node) : undefined;
-      if (st && this.#current(s.node!) === s) st.connected = false;
+      // a reconnect may have opened a new stream before this one ended
+      if (st && !this.#current(s.node!)) st.connected = false;
       if (s.node) log.info("node disconnected", { node: s.node });
     };
     call.on("data", (m: NodeReportMessage) => {

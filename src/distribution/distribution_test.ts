@@ -66,6 +66,12 @@ Deno.test("a node gets the whole config, then deltas, and the leader tracks what
       server.nodes().map((s) => [s.node, s.connected, s.applied, s.sent, s.error]),
       [["node-1", true, 2, 2, null]],
     );
+    await n.client.stop();
+    await waitFor(
+      "the leader to see the node go",
+      () => server.nodes()[0]?.connected === false || undefined,
+    );
+    assert.equal(server.nodes()[0]!.applied, 2, "what it applied is still known");
   } finally {
     await n.client.stop();
     await server.stop();
