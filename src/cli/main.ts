@@ -439,7 +439,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         registry: proxy.registry,
       });
       try {
-        await dns.start();
+        dns.start();
       } catch (e) {
         throw new CliError(
           `Cannot listen on ${values["dns-address"]}:${values["dns-port"]} for DNS: ${

@@ -1,6 +1,6 @@
 import type { KubeApi, RawObject } from "../kube/mod.ts";
 import { addMeshBlock, currentMeshBlock, removeMeshBlock } from "./corefile.ts";
-import { SHADOW_SELECTOR } from "./shadow_services.ts";
+import { clusterIps, SHADOW_SELECTOR } from "./shadow_services.ts";
 
 /** Where the CoreDNS Corefile lives. */
 export interface CoreDnsRef {
@@ -37,9 +37,7 @@ export async function dnsServiceAddresses(
     }
     throw e;
   }
-  const spec = (svc["spec"] ?? {}) as { clusterIP?: string; clusterIPs?: string[] };
-  const ips = (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : []))
-    .filter((ip) => ip && ip !== "None");
+  const ips = clusterIps(svc);
   if (ips.length === 0) {
     throw new PrepareError(`The Service "${meshNamespace}/${service}" has no ClusterIP`);
   }

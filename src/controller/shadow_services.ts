@@ -213,6 +213,13 @@ function sameShape(have: RawObject, want: RawObject): boolean {
     Object.entries(wl).every(([k, v]) => hl[k] === v);
 }
 
+/** A Service's ClusterIPs, both families (`clusterIP` alone on older objects); none if headless. */
+export function clusterIps(service: RawObject): string[] {
+  const spec = (service["spec"] ?? {}) as { clusterIP?: string; clusterIPs?: string[] };
+  return (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : []))
+    .filter((ip) => ip && ip !== "None");
+}
+
 /** What the mesh DNS answers, from the shadow Services: `<name>.<namespace>` to their ClusterIPs. */
 export function shadowDnsEntries(services: Iterable<RawObject>): MeshDnsEntry[] {
   const out: MeshDnsEntry[] = [];
@@ -221,9 +228,7 @@ export function shadowDnsEntries(services: Iterable<RawObject>): MeshDnsEntry[] 
     const ofName = labels[SHADOW_LABELS.ofName];
     const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
     if (!ofName || !ofNamespace) continue;
-    const spec = (s["spec"] ?? {}) as { clusterIP?: string; clusterIPs?: string[] };
-    const ips = (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : []))
-      .filter((ip) => ip && ip !== "None");
+    const ips = clusterIps(s);
     if (ips.length === 0) continue; // not allocated yet
     out.push({
       namespace: ofNamespace,

@@ -55,7 +55,7 @@ export class DnsServer {
   }
 
   /** Binds UDP, then TCP on the same port (trying again when port 0 picked one TCP has). */
-  async start(): Promise<void> {
+  start(): void {
     const { hostname, port } = this.#opts;
     for (let attempt = 0;; attempt++) {
       const udp = Deno.listenDatagram({ transport: "udp", hostname, port });
@@ -74,7 +74,6 @@ export class DnsServer {
       address: `${hostname}:${this.port}`,
       domain: nameToString(this.#opts.zone.domain),
     });
-    await Promise.resolve();
   }
 
   /** Closes both listeners and every TCP connection. */

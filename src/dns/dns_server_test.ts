@@ -25,7 +25,7 @@ async function withServer(
     registry,
     logger: new Logger({ level: "error", write: () => {} }),
   });
-  await server.start();
+  server.start();
   try {
     await fn(server.port, zone, registry);
   } finally {
@@ -145,7 +145,7 @@ Deno.test("DnsServer closes a TCP connection that sends nothing", async () => {
     tcpIdleTimeoutMs: 100,
     logger: new Logger({ level: "error", write: () => {} }),
   });
-  await server.start();
+  server.start();
   try {
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
     const t0 = performance.now();

@@ -193,27 +193,34 @@ Deno.test("kube provider", async (t) => {
         metadata: { name: "dashboards", namespace: "ops" },
       });
       const cm = { kind: "ConfigMap", apiVersion: "v1", plural: "configmaps", smi: false };
-      let changes = 0;
-      const r = await waitFor("a watch from version 1 answered 410 and a fresh list", async () => {
-        const r = new Reflector({
-          api,
-          path: collectionPath(cm, "ops"),
-          apiVersion: "v1",
-          kind: "ConfigMap",
-          logger: quiet(),
-          onChange: () => changes++,
-          resumeFrom: "1",
-        });
-        r.start();
-        try {
-          await waitFor("a list or events", () => r.stats.lists + r.stats.events > 0 || undefined);
-          if (r.stats.relistsAfterGone === 1 && r.stats.lists === 1) return r;
-        } finally {
-          await r.stop();
-        }
-        await new Promise((ok) => setTimeout(ok, 1000));
-        return undefined;
+      // Wait until the server itself says version 1 is gone: a watch from it answers with an
+      // ERROR event of code 410 instead of streaming events.
+      await waitFor("etcd to compact version 1", async () => {
+        const w = await cluster.request(
+          "GET",
+          "/api/v1/namespaces/ops/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1",
+        );
+        const ev = w.body as { type?: string; object?: { code?: number } };
+        return ev.type === "ERROR" && ev.object?.code === 410 || undefined;
       }, 30_000);
+      let changes = 0;
+      const r = new Reflector({
+        api,
+        path: collectionPath(cm, "ops"),
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        logger: quiet(),
+        onChange: () => changes++,
+        resumeFrom: "1",
+      });
+      r.start();
+      try {
+        await waitFor("a fresh list after 410", () => r.stats.lists > 0 || undefined);
+        assert.equal(r.stats.relistsAfterGone, 1);
+        assert.equal(r.stats.lists, 1);
+      } finally {
+        await r.stop();
+      }
       assert.ok(r.items.has("ops/dashboards"), [...r.items.keys()].join(","));
       assert.ok(changes > 0);
     });

@@ -10,7 +10,7 @@
  * @module
  */
 import { Child, cmdline, freePort, isAlive, sweepOrphanedChildren, waitFor } from "./process.ts";
-import { EC_KEY, makeCa, openssl } from "./tls.ts";
+import { issueCert, makeCa, openssl } from "./tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** Every folder, network namespace and cgroup a run creates starts with this. */
@@ -403,33 +403,9 @@ export function kubeconfigYaml(server: string, ca: string, id: KeyPair, user: st
  */
 async function makeClusterPki(dir: string) {
   const ssl = (...args: string[]) => openssl(dir, ...args);
-  const ec = EC_KEY;
   await makeCa(dir, "meshd test cluster CA");
-  const issue = async (name: string, subj: string, ext: string): Promise<KeyPair> => {
-    await ssl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subj);
-    await Deno.writeTextFile(`${dir}/${name}.ext`, ext);
-    await ssl(
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      "ca.crt",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "2",
-      "-extfile",
-      `${name}.ext`,
-    );
-    return {
-      cert: await Deno.readTextFile(`${dir}/${name}.crt`),
-      key: await Deno.readTextFile(`${dir}/${name}.key`),
-    };
-  };
+  const issue = (name: string, subj: string, ext: string): Promise<KeyPair> =>
+    issueCert(dir, name, { subj, ext });
   const client = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
   await issue(
     "apiserver",

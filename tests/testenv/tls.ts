@@ -41,41 +41,62 @@ export async function makeCa(dir: string, cn: string): Promise<void> {
   );
 }
 
-/** A new CA and a server certificate for `dnsNames`, valid for a day, in a temporary dir. */
+/**
+ * Makes a key and a certificate for `subj` signed by the CA in `dir` (see {@linkcode makeCa}),
+ * with the X.509 extensions in `ext`, valid for two days; returns their PEM text.
+ */
+export async function issueCert(
+  dir: string,
+  name: string,
+  o: { subj: string; ext: string },
+): Promise<{ cert: string; key: string }> {
+  await openssl(
+    dir,
+    "req",
+    ...EC_KEY,
+    "-keyout",
+    `${name}.key`,
+    "-out",
+    `${name}.csr`,
+    "-subj",
+    o.subj,
+  );
+  await Deno.writeTextFile(`${dir}/${name}.ext`, o.ext);
+  await openssl(
+    dir,
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    "ca.crt",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    `${name}.crt`,
+    "-days",
+    "2",
+    "-extfile",
+    `${name}.ext`,
+  );
+  return {
+    cert: await Deno.readTextFile(`${dir}/${name}.crt`),
+    key: await Deno.readTextFile(`${dir}/${name}.key`),
+  };
+}
+
+/** A new CA and a server certificate for `dnsNames`, in a temporary dir. */
 export async function makePki(dnsNames: string[]): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-pki-" });
   try {
-    const ec = EC_KEY;
     await makeCa(dir, "meshd test CA");
-    await openssl(dir, "req", ...ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=srv");
-    await Deno.writeTextFile(
-      `${dir}/ext.cnf`,
-      `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(",")}\n` +
+    const srv = await issueCert(dir, "srv", {
+      subj: "/CN=srv",
+      ext: `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(",")}\n` +
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
-    await openssl(
-      dir,
-      "x509",
-      "-req",
-      "-in",
-      "srv.csr",
-      "-CA",
-      "ca.crt",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      "srv.crt",
-      "-days",
-      "1",
-      "-extfile",
-      "ext.cnf",
-    );
-    return {
-      caCert: await Deno.readTextFile(`${dir}/ca.crt`),
-      cert: await Deno.readTextFile(`${dir}/srv.crt`),
-      key: await Deno.readTextFile(`${dir}/srv.key`),
-    };
+    });
+    return { caCert: await Deno.readTextFile(`${dir}/ca.crt`), ...srv };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
