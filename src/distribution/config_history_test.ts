@@ -10,33 +10,51 @@ const config = (version: number, ready: boolean): MeshConfig =>
     { name: "b", ports: [{ port: 80, endpoints: [endpoint("10.0.0.2", 80)] }] },
   ], { version });
 
+const at = (version: number, epoch = "e1") => ({ epoch, version });
+
 Deno.test("ConfigHistory.updateFor() sends a delta from a known version, else a snapshot", () => {
   const h = new ConfigHistory(2);
   assert.deepEqual(h.updateFor(null), { kind: "none" }, "nothing to send yet");
-  h.push(config(1, true));
+  h.push(config(1, true), "e1");
   assert.equal(h.updateFor(null).kind, "snapshot", "a new node");
-  assert.deepEqual(h.updateFor(1), { kind: "none" }, "up to date");
-  h.push(config(2, false));
-  const u = h.updateFor(1);
+  assert.deepEqual(h.updateFor(at(1)), { kind: "none" }, "up to date");
+  h.push(config(2, false), "e1");
+  const u = h.updateFor(at(1));
   assert.equal(u.kind, "delta");
   if (u.kind === "delta") {
+    assert.equal(u.epoch, "e1");
     assert.equal(u.delta.upserts.length, 1);
     assert.deepEqual(applyDelta(config(1, true), u.delta), config(2, false));
-    const again = h.updateFor(1);
-    assert.ok(again.kind === "delta" && again.delta === u.delta, "made once per starting version");
+    const again = h.updateFor(at(1));
+    assert.ok(again.kind === "delta" && again.delta === u.delta, "made once per starting config");
   }
-  h.push(config(3, true));
-  assert.equal(h.updateFor(2).kind, "delta");
+  h.push(config(3, true), "e1");
+  assert.equal(h.updateFor(at(2)).kind, "delta");
   // with a limit of 2, version 1 is forgotten: that node gets the whole config
-  const old = h.updateFor(1);
-  assert.equal(old.kind, "snapshot");
-  // a version this leader never had (another leader's numbering)
-  assert.equal(h.updateFor(99).kind, "snapshot");
+  assert.equal(h.updateFor(at(1)).kind, "snapshot");
+  // a version this leader never had
+  assert.equal(h.updateFor(at(99)).kind, "snapshot");
+});
+
+Deno.test("ConfigHistory tells two leaders' equal version numbers apart by epoch", () => {
+  const h = new ConfigHistory();
+  // the new leader seeds its history with the config its own node applied (old epoch)...
+  h.push(config(4, true), "old");
+  h.push(config(5, false), "new");
+  // ...so a node with that config gets a delta across the change of leader
+  const u = h.updateFor(at(4, "old"));
+  assert.ok(u.kind === "delta" && u.epoch === "new" && u.delta.from === 4 && u.delta.to === 5);
+  // a node at version 4 of some other epoch has another config: it gets the whole one
+  const other = h.updateFor(at(4, "other"));
+  assert.ok(other.kind === "snapshot" && other.epoch === "new");
+  // the same version number in another epoch is not "up to date"
+  assert.equal(h.updateFor(at(5, "old")).kind, "snapshot");
+  assert.deepEqual(h.updateFor(at(5, "new")), { kind: "none" });
 });
 
 Deno.test("ConfigHistory.push() refuses versions that do not grow", () => {
   const h = new ConfigHistory();
-  h.push(config(5, true));
-  assert.throws(() => h.push(config(5, false)), /versions only grow/);
+  h.push(config(5, true), "e1");
+  assert.throws(() => h.push(config(5, false), "e2"), /versions only grow/);
   assert.throws(() => new ConfigHistory(0), RangeError);
 });

@@ -1,7 +1,10 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
+import { Buffer } from "node:buffer";
 import { applyDelta, type MeshDelta } from "./config_delta.ts";
+import type { StampedConfig } from "./config_history.ts";
+import { LEADER_TLS_NAME } from "./leader_identity.ts";
 import {
   type ConfigUpdateMessage,
   distributionPackage,
@@ -12,17 +15,28 @@ import {
 export interface DistributionClientOptions {
   /** This node's name. */
   node: string;
-  /** Where the leader listens now (`host:port`), or null while no leader is known. */
-  leader: () => Promise<string | null>;
+  /**
+   * Where the leader listens now (`host:port`) and the certificate it serves, the only one
+   * trusted; null while no leader is known.
+   */
+  leader: () => Promise<LeaderAddress | null>;
   /** The token that proves this node is a meshd pod; default none. */
   token?: () => Promise<string>;
   /** The config this node has applied, the base of deltas; null before any. */
-  current: () => MeshConfig | null;
+  current: () => StampedConfig | null;
   /** Applies a config whole, or throws why it cannot; the node keeps what it had. */
-  apply: (config: MeshConfig) => Promise<void>;
+  apply: (config: StampedConfig) => Promise<void>;
   logger: Logger;
   /** Waits between attempts: first and largest, before jitter; default 200 ms and 10 s. */
   backoffMs?: { first: number; max: number };
+}
+
+/** How to reach the leader. */
+export interface LeaderAddress {
+  /** `host:port`. */
+  address: string;
+  /** The leader's self-signed certificate, in PEM. */
+  certPem: string;
 }
 
 /** Counters a test or `/metrics` can read. */
@@ -48,6 +62,8 @@ export class DistributionClient {
   #client: grpc.Client | null = null;
   #call: grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage> | null = null;
   #done: Promise<void> = Promise.resolve();
+  #session: LeaderAddress | null = null;
+  #backoffReset = false;
 
   constructor(options: DistributionClientOptions) {
     this.#o = options;
@@ -56,6 +72,28 @@ export class DistributionClient {
   /** Starts subscribing in the background. */
   start(): void {
     this.#done = this.#loop();
+  }
+
+  /** True while a stream to a leader is open. */
+  get connected(): boolean {
+    return this.#call !== null;
+  }
+
+  /**
+   * Says that the leader may have moved (the Lease changed): a stream to another leader ends,
+   * and a node waiting to reconnect tries again at once.
+   */
+  leaderChanged(now: LeaderAddress | null): void {
+    const cur = this.#session;
+    if (
+      cur && this.#call &&
+      (now === null || now.address !== cur.address || now.certPem !== cur.certPem)
+    ) {
+      this.#o.logger.info("the leader moved; leaving the old one", { leader: cur.address });
+      this.#call.cancel();
+    }
+    this.#backoffReset = true;
+    this.#wake?.();
   }
 
   /** Stops and waits for the loop to end. */
@@ -72,12 +110,17 @@ export class DistributionClient {
     const { first, max } = this.#o.backoffMs ?? { first: 200, max: 10_000 };
     let backoff = first;
     while (!this.#stopped) {
-      const addr = await this.#o.leader().catch(() => null);
-      if (addr && !this.#stopped) {
-        const gotUpdates = await this.#session(addr);
+      this.#backoffReset = false;
+      const leader = await this.#o.leader().catch(() => null);
+      if (leader && !this.#stopped) {
+        const gotUpdates = await this.#subscribe(leader);
         if (gotUpdates) backoff = first;
       }
       if (this.#stopped) break;
+      if (this.#backoffReset) {
+        backoff = first;
+        this.#backoffReset = false;
+      }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, backoff / 2 + Math.random() * backoff / 2);
         this.#wake = () => {
@@ -89,12 +132,19 @@ export class DistributionClient {
     }
   }
 
-  /** One stream to the leader at `addr`; resolves when it ends, true if it carried updates. */
-  async #session(addr: string): Promise<boolean> {
+  /** One stream to `leader`; resolves when it ends, true if it carried updates. */
+  async #subscribe(leader: LeaderAddress): Promise<boolean> {
     const log = this.#o.logger;
+    const addr = leader.address;
     const pkg = distributionPackage();
-    const client = new pkg.client(addr, grpc.credentials.createInsecure());
+    // Only the certificate the Lease names is trusted, under the name it was made for.
+    const creds = grpc.credentials.createSsl(Buffer.from(leader.certPem));
+    const client = new pkg.client(addr, creds, {
+      "grpc.ssl_target_name_override": LEADER_TLS_NAME,
+      "grpc.default_authority": LEADER_TLS_NAME,
+    });
     this.#client = client;
+    this.#session = leader;
     const call = (client as unknown as {
       Subscribe(): grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
     }).Subscribe();
@@ -120,10 +170,12 @@ export class DistributionClient {
       call.on("end", () => resolve());
     });
     const token = this.#o.token ? await this.#o.token().catch(() => "") : "";
+    const current = this.#o.current();
     call.write({
       hello: {
         node: this.#o.node,
-        applied_version: this.#o.current()?.version ?? 0,
+        applied_version: current?.config.version ?? 0,
+        applied_epoch: current?.epoch ?? "",
         token,
       },
     });
@@ -132,6 +184,7 @@ export class DistributionClient {
     client.close();
     this.#client = null;
     this.#call = null;
+    this.#session = null;
     return updates > 0;
   }
 
@@ -151,12 +204,12 @@ export class DistributionClient {
         const base = this.#o.current();
         const delta = JSON.parse(new TextDecoder().decode(m.delta)) as MeshDelta;
         if (!base) throw new Error(`a delta from ${delta.from}, and no config to apply it to`);
-        next = applyDelta(base, delta);
+        next = applyDelta(base.config, delta);
       }
       if (next.version !== m.version) {
         throw new Error(`the update says version ${m.version} but holds ${next.version}`);
       }
-      await this.#o.apply(next);
+      await this.#o.apply({ epoch: m.epoch, config: next });
     } catch (e) {
       error = (e as Error).message;
       this.stats.failures++;

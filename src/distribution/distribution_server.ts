@@ -1,7 +1,9 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { ConfigHistory, type ConfigUpdate } from "./config_history.ts";
+import { Buffer } from "node:buffer";
+import { ConfigHistory, type ConfigRef, type ConfigUpdate } from "./config_history.ts";
+import type { LeaderIdentity } from "./leader_identity.ts";
 import {
   type ConfigUpdateMessage,
   distributionPackage,
@@ -14,6 +16,8 @@ export interface NodeStatus {
   connected: boolean;
   /** The version the node last said it applied; null before its first. */
   applied: number | null;
+  /** True when what it applied is the leader's current config. */
+  inSync: boolean;
   /** The version last sent to it. */
   sent: number | null;
   /** Why the node could not apply the last version it was sent; null when it could. */
@@ -25,6 +29,13 @@ export interface NodeStatus {
 /** Options for {@linkcode DistributionServer}. */
 export interface DistributionServerOptions {
   logger: Logger;
+  /** The key and certificate the stream is served with (TLS, always). */
+  identity: LeaderIdentity;
+  /**
+   * Whether this process leads now; a node that subscribes to one that does not is told to
+   * look again. Default: always.
+   */
+  isLeader?: () => boolean;
   /** Versions kept for deltas; default a new history of 32. */
   history?: ConfigHistory;
   /**
@@ -41,9 +52,9 @@ type Call = grpc.ServerDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
 interface Stream {
   call: Call;
   node: string | null;
-  applied: number | null;
+  applied: ConfigRef | null;
   /** The version sent and not acknowledged yet; one at a time per node. */
-  inflight: number | null;
+  inflight: ConfigRef | null;
   /** A version the node could not apply: not sent again; a newer one goes whole. */
   failed: number | null;
 }
@@ -55,11 +66,13 @@ interface Stream {
  * not one per version; a node that could not apply a version gets the whole config next.
  */
 export class DistributionServer {
-  readonly history: ConfigHistory;
+  history: ConfigHistory;
   readonly #o: DistributionServerOptions;
   readonly #server = new grpc.Server();
   readonly #streams = new Set<Stream>();
   readonly #nodes = new Map<string, NodeStatus>();
+  readonly #appliedRefs = new Map<string, ConfigRef>();
+  #bytesSent = 0;
   readonly #encoded = new WeakMap<object, Uint8Array>();
 
   constructor(options: DistributionServerOptions) {
@@ -70,25 +83,59 @@ export class DistributionServer {
     });
   }
 
-  /** Listens (plaintext for now) on `hostname:port`; resolves with the port bound. */
+  /** Listens with TLS on `hostname:port`; resolves with the port bound. */
   listen(hostname: string, port: number): Promise<number> {
+    const { certPem, keyPem } = this.#o.identity;
+    // The root list is never used (no client certificates are asked for), but without one
+    // grpc-js passes every public root, and Deno's TLS server then fails its handshakes.
+    const creds = grpc.ServerCredentials.createSsl(Buffer.from(certPem), [
+      { cert_chain: Buffer.from(certPem), private_key: Buffer.from(keyPem) },
+    ], false);
+    const host = hostname.includes(":") ? `[${hostname}]` : hostname;
     return new Promise((resolve, reject) => {
       this.#server.bindAsync(
-        `${hostname}:${port}`,
-        grpc.ServerCredentials.createInsecure(),
+        `${host}:${port}`,
+        creds,
         (err, bound) => err ? reject(err) : resolve(bound),
       );
     });
   }
 
-  /** Makes `config` the current version and sends it to every node that is not busy. */
-  publish(config: MeshConfig): void {
-    this.history.push(config);
+  /**
+   * Makes `config` the current version, in `epoch`, and sends it to every node that is not
+   * busy. A new leader first publishes the config its own node has, in that config's epoch.
+   */
+  publish(config: MeshConfig, epoch: string): void {
+    this.history.push(config, epoch);
     for (const s of this.#streams) this.#pump(s);
+  }
+
+  /** Ends every node's stream, telling it why (this process stopped leading). */
+  disconnectAll(reason: string): void {
+    for (const s of [...this.#streams]) {
+      s.call.emit("error", { code: grpc.status.UNAVAILABLE, details: reason });
+    }
+  }
+
+  /** Forgets every node and the history: a new leadership term starts from nothing. */
+  reset(): void {
+    this.disconnectAll("the leader changed");
+    this.#nodes.clear();
+    this.history = new ConfigHistory(this.history.limit);
+  }
+
+  /** Bytes of config (snapshots and deltas) written to nodes so far. */
+  get bytesSent(): number {
+    return this.#bytesSent;
   }
 
   /** Every node seen, connected or not, by name. */
   nodes(): NodeStatus[] {
+    const cur = this.history.current;
+    for (const st of this.#nodes.values()) {
+      const ref = this.#appliedRefs.get(st.node);
+      st.inSync = !!cur && ref?.epoch === cur.epoch && ref.version === cur.config.version;
+    }
     return [...this.#nodes.values()].sort((a, b) => a.node.localeCompare(b.node));
   }
 
@@ -146,6 +193,13 @@ export class DistributionServer {
       });
       return;
     }
+    if (this.#o.isLeader && !this.#o.isLeader()) {
+      s.call.emit("error", {
+        code: grpc.status.UNAVAILABLE,
+        details: "this meshd does not lead now: read the Lease again",
+      });
+      return;
+    }
     const refused = this.#o.authenticate
       ? await this.#o.authenticate({ node: hello.node, token: hello.token }).catch((e) =>
         `cannot check its token: ${(e as Error).message}`
@@ -157,17 +211,21 @@ export class DistributionServer {
       return;
     }
     s.node = hello.node;
-    s.applied = hello.applied_version > 0 ? hello.applied_version : null;
+    s.applied = hello.applied_version > 0
+      ? { epoch: hello.applied_epoch, version: hello.applied_version }
+      : null;
+    if (s.applied) this.#appliedRefs.set(hello.node, s.applied);
     const prev = this.#nodes.get(hello.node);
     this.#nodes.set(hello.node, {
       node: hello.node,
       connected: true,
-      applied: s.applied ?? prev?.applied ?? null,
+      inSync: false,
+      applied: s.applied?.version ?? prev?.applied ?? null,
       sent: prev?.sent ?? null,
       error: null,
       lastAckAt: prev?.lastAckAt ?? null,
     });
-    log.info("node connected", { node: hello.node, applied: s.applied ?? 0 });
+    log.info("node connected", { node: hello.node, applied: s.applied?.version ?? 0 });
     this.#pump(s);
   }
 
@@ -178,9 +236,13 @@ export class DistributionServer {
     }
     const st = this.#nodes.get(s.node)!;
     st.lastAckAt = (this.#o.now ?? Date.now)();
-    if (s.inflight === ack.version) s.inflight = null;
+    const sent = s.inflight;
+    if (s.inflight?.version === ack.version) s.inflight = null;
     if (ack.applied) {
-      s.applied = ack.version;
+      if (sent?.version === ack.version) {
+        s.applied = sent;
+        this.#appliedRefs.set(s.node, sent);
+      }
       st.applied = ack.version;
       st.error = null;
     } else {
@@ -199,14 +261,15 @@ export class DistributionServer {
 
   #pump(s: Stream): void {
     if (s.node === null || s.inflight !== null) return;
-    if (s.failed !== null && s.failed === this.history.current?.version) return;
+    if (s.failed !== null && s.failed === this.history.current?.config.version) return;
     const u = this.history.updateFor(s.applied);
     if (u.kind === "none") return;
     const version = u.kind === "delta" ? u.delta.to : u.config.version;
     const msg: ConfigUpdateMessage = u.kind === "delta"
-      ? { version, delta: this.#encode(u) }
-      : { version, snapshot: this.#encode(u) };
-    s.inflight = version;
+      ? { version, epoch: u.epoch, delta: this.#encode(u) }
+      : { version, epoch: u.epoch, snapshot: this.#encode(u) };
+    s.inflight = { epoch: u.epoch, version };
+    this.#bytesSent += (msg.delta ?? msg.snapshot)!.length;
     this.#nodes.get(s.node)!.sent = version;
     this.#o.logger.debug("config sent", { node: s.node, version, kind: u.kind });
     s.call.write(msg);

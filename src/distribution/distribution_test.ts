@@ -8,10 +8,21 @@ import { waitFor } from "../../tests/testenv/process.ts";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { compareServices } from "./config_delta.ts";
-import { DistributionClient } from "./distribution_client.ts";
-import { DistributionServer } from "./distribution_server.ts";
+import type { StampedConfig } from "./config_history.ts";
+import { DistributionClient, type LeaderAddress } from "./distribution_client.ts";
+import { DistributionServer, type DistributionServerOptions } from "./distribution_server.ts";
+import { createLeaderIdentity, type LeaderIdentity } from "./leader_identity.ts";
 
 const quiet = () => new Logger({ level: "error", write: () => {} });
+
+/** A leader's server with a fresh identity, listening on loopback. */
+async function leader(extra: Partial<DistributionServerOptions> = {}) {
+  const identity = await createLeaderIdentity("test-leader");
+  const server = new DistributionServer({ logger: quiet(), identity, ...extra });
+  const port = await server.listen("127.0.0.1", 0);
+  const address: LeaderAddress = { address: `127.0.0.1:${port}`, certPem: identity.certPem };
+  return { server, address, identity };
+}
 
 /** A config sorted as the builder sorts services, as applyDelta keeps them. */
 function config(version: number, ready = true, extra = 0): MeshConfig {
@@ -27,17 +38,26 @@ function config(version: number, ready = true, extra = 0): MeshConfig {
 }
 
 /** A node: applies what it gets into `applied`, or refuses versions in `refuse`. */
-function node(name: string, leader: () => Promise<string | null>, refuse = new Set<number>()) {
-  const state = { applied: null as MeshConfig | null, versions: [] as number[] };
+function node(
+  name: string,
+  leader: () => Promise<LeaderAddress | null>,
+  refuse = new Set<number>(),
+) {
+  const state = {
+    applied: null as MeshConfig | null,
+    epoch: "",
+    versions: [] as number[],
+  };
   const client = new DistributionClient({
     node: name,
     leader,
-    current: () => state.applied,
-    apply: (c) => {
+    current: () => state.applied && { epoch: state.epoch, config: state.applied },
+    apply: ({ config: c, epoch }) => {
       if (refuse.has(c.version)) {
         return Promise.reject(new Error(`version ${c.version} is refused`));
       }
       state.applied = c;
+      state.epoch = epoch;
       state.versions.push(c.version);
       return Promise.resolve();
     },
@@ -48,23 +68,22 @@ function node(name: string, leader: () => Promise<string | null>, refuse = new S
 }
 
 Deno.test("a node gets the whole config, then deltas, and the leader tracks what it applied", async () => {
-  const server = new DistributionServer({ logger: quiet() });
-  const port = await server.listen("127.0.0.1", 0);
-  const n = node("node-1", () => Promise.resolve(`127.0.0.1:${port}`));
+  const { server, address } = await leader();
+  const n = node("node-1", () => Promise.resolve(address));
   try {
-    server.publish(config(1, true, 50));
+    server.publish(config(1, true, 50), "e1");
     n.client.start();
     await waitFor("version 1 on the node", () => n.state.applied?.version === 1 || undefined);
     assert.deepEqual(n.state.applied, config(1, true, 50));
     assert.equal(n.client.stats.snapshots, 1);
-    server.publish(config(2, false, 50));
+    server.publish(config(2, false, 50), "e1");
     await waitFor("version 2 on the node", () => n.state.applied?.version === 2 || undefined);
     assert.deepEqual(n.state.applied, config(2, false, 50));
     assert.equal(n.client.stats.deltas, 1);
     await waitFor("the leader to see the ack", () => server.nodes()[0]?.applied === 2 || undefined);
     assert.deepEqual(
-      server.nodes().map((s) => [s.node, s.connected, s.applied, s.sent, s.error]),
-      [["node-1", true, 2, 2, null]],
+      server.nodes().map((s) => [s.node, s.connected, s.applied, s.sent, s.inSync, s.error]),
+      [["node-1", true, 2, 2, true, null]],
     );
     await n.client.stop();
     await waitFor(
@@ -79,31 +98,31 @@ Deno.test("a node gets the whole config, then deltas, and the leader tracks what
 });
 
 Deno.test("a node that falls behind gets one delta over all it missed", async () => {
-  const server = new DistributionServer({ logger: quiet() });
-  const port = await server.listen("127.0.0.1", 0);
+  const { server, address } = await leader();
   let slow: (() => void) | null = null;
-  const state = { applied: null as MeshConfig | null, versions: [] as number[] };
+  const state = { applied: null as StampedConfig | null, versions: [] as number[] };
   const client = new DistributionClient({
     node: "slow",
-    leader: () => Promise.resolve(`127.0.0.1:${port}`),
+    leader: () => Promise.resolve(address),
     current: () => state.applied,
-    apply: async (c) => {
+    apply: async (stamped) => {
+      const c = stamped.config;
       // version 1 takes until the test lets it go
       if (c.version === 1) await new Promise<void>((r) => slow = r);
-      state.applied = c;
+      state.applied = stamped;
       state.versions.push(c.version);
     },
     logger: quiet(),
   });
   try {
-    server.publish(config(1));
+    server.publish(config(1), "e1");
     client.start();
     await waitFor("version 1 to be applying", () => slow ?? undefined);
-    for (let v = 2; v <= 5; v++) server.publish(config(v, v % 2 === 0));
+    for (let v = 2; v <= 5; v++) server.publish(config(v, v % 2 === 0), "e1");
     slow!();
-    await waitFor("version 5 on the node", () => state.applied?.version === 5 || undefined);
+    await waitFor("version 5 on the node", () => state.applied?.config.version === 5 || undefined);
     assert.deepEqual(state.versions, [1, 5]);
-    assert.deepEqual(state.applied, config(5, false));
+    assert.deepEqual(state.applied?.config, config(5, false));
   } finally {
     await client.stop();
     await server.stop();
@@ -111,19 +130,18 @@ Deno.test("a node that falls behind gets one delta over all it missed", async ()
 });
 
 Deno.test("a version a node cannot apply is reported, and the whole config comes next", async () => {
-  const server = new DistributionServer({ logger: quiet() });
-  const port = await server.listen("127.0.0.1", 0);
-  const n = node("picky", () => Promise.resolve(`127.0.0.1:${port}`), new Set([2]));
+  const { server, address } = await leader();
+  const n = node("picky", () => Promise.resolve(address), new Set([2]));
   try {
-    server.publish(config(1));
+    server.publish(config(1), "e1");
     n.client.start();
     await waitFor("version 1", () => n.state.applied?.version === 1 || undefined);
-    server.publish(config(2, false));
+    server.publish(config(2, false), "e1");
     await waitFor("the failure at the leader", () => server.nodes()[0]?.error ?? undefined);
     assert.equal(server.nodes()[0]!.error, "version 2 is refused");
     assert.equal(server.nodes()[0]!.applied, 1);
     assert.equal(n.state.applied?.version, 1, "the node keeps what it had");
-    server.publish(config(3, true));
+    server.publish(config(3, true), "e1");
     await waitFor("version 3", () => n.state.applied?.version === 3 || undefined);
     assert.equal(n.client.stats.snapshots, 2, "a full config after the failure");
     assert.equal(server.nodes()[0]!.error, null);
@@ -133,38 +151,104 @@ Deno.test("a version a node cannot apply is reported, and the whole config comes
   }
 });
 
-Deno.test("a node follows a new leader, and one the leader refuses gets nothing", async () => {
-  const first = new DistributionServer({ logger: quiet() });
-  let addr = `127.0.0.1:${await first.listen("127.0.0.1", 0)}`;
-  const n = node("node-1", () => Promise.resolve(addr));
-  const second = new DistributionServer({
-    logger: quiet(),
-    authenticate: ({ node }) => Promise.resolve(node === "node-1" ? null : "not a meshd pod"),
-  });
-  const stranger = node("intruder", () => Promise.resolve(addr));
+Deno.test("a node follows a new leader, and gets a delta when the new leader has its config", async () => {
+  const first = await leader();
+  let current: LeaderAddress = first.address;
+  const n = node("node-1", () => Promise.resolve(current));
+  let second: Awaited<ReturnType<typeof leader>> | null = null;
   try {
-    first.publish(config(1));
+    first.server.publish(config(1), "term-1");
     n.client.start();
     await waitFor("version 1", () => n.state.applied?.version === 1 || undefined);
-    // the leader goes; another, with its own history, takes over at another address
-    await first.stop();
-    addr = `127.0.0.1:${await second.listen("127.0.0.1", 0)}`;
-    second.publish(config(7, false));
+    // the leader goes; another, with its own certificate, takes over at another address and
+    // seeds its history with the config its own node had (term 1's version 1)
+    await first.server.stop();
+    second = await leader();
+    second.server.publish(config(1), "term-1");
+    second.server.publish(config(2, false), "term-2");
+    current = second.address;
+    n.client.leaderChanged(current);
     await waitFor(
-      "version 7 from the new leader",
-      () => n.state.applied?.version === 7 || undefined,
+      "version 2 from the new leader",
+      () => n.state.applied?.version === 2 || undefined,
     );
+    assert.equal(n.state.epoch, "term-2");
+    assert.deepEqual(n.state.applied, config(2, false));
+    assert.equal(n.client.stats.snapshots, 1, "a delta across the change of leader");
     assert.ok(n.client.stats.connects >= 2);
+  } finally {
+    await n.client.stop();
+    await first.server.stop();
+    await second?.server.stop();
+  }
+});
+
+Deno.test("a node whose version number the new leader has in another epoch gets the whole config", async () => {
+  const first = await leader();
+  const n = node("node-1", () => Promise.resolve(first.address));
+  const second = await leader();
+  const again = node("node-1", () => Promise.resolve(second.address));
+  try {
+    first.server.publish(config(1, true, 3), "term-1");
+    n.client.start();
+    await waitFor("version 1", () => n.state.applied?.version === 1 || undefined);
+    await n.client.stop();
+    // another leader's version 1 is another config: never a base for a delta
+    second.server.publish(config(1, false), "term-2");
+    again.state.applied = n.state.applied;
+    again.state.epoch = n.state.epoch;
+    again.client.start();
+    await waitFor("term 2's config", () => again.state.epoch === "term-2" || undefined);
+    assert.deepEqual(again.state.applied, config(1, false));
+    assert.equal(again.client.stats.snapshots, 1);
+  } finally {
+    await n.client.stop();
+    await again.client.stop();
+    await first.server.stop();
+    await second.server.stop();
+  }
+});
+
+Deno.test("only the leader's own certificate is trusted, only a leader serves, and a refused node gets nothing", async () => {
+  let leading = false;
+  const l = await leader({
+    isLeader: () => leading,
+    authenticate: ({ node }) => Promise.resolve(node === "node-1" ? null : "not a meshd pod"),
+  });
+  const impostor = await createLeaderIdentity("impostor");
+  const fooled = node(
+    "node-1",
+    () => Promise.resolve({ address: l.address.address, certPem: impostor.certPem }),
+  );
+  const n = node("node-1", () => Promise.resolve(l.address));
+  const stranger = node("intruder", () => Promise.resolve(l.address));
+  try {
+    l.server.publish(config(1), "e1");
+    // a client that expects another certificate never completes the handshake
+    fooled.client.start();
+    n.client.start();
+    await waitFor("two refused attempts", () => n.client.stats.connects >= 2 || undefined);
+    assert.equal(n.state.applied, null, "a meshd that does not lead sends nothing");
+    leading = true;
+    n.client.leaderChanged(l.address);
+    await waitFor("version 1 once it leads", () => n.state.applied?.version === 1 || undefined);
     stranger.client.start();
     await waitFor(
       "the stranger to be refused",
       () => stranger.client.stats.connects >= 2 || undefined,
     );
     assert.equal(stranger.state.applied, null);
-    assert.deepEqual(second.nodes().map((s) => s.node), ["node-1"]);
+    assert.equal(fooled.state.applied, null, "the TLS check failed");
+    assert.ok(fooled.client.stats.connects >= 1);
+    assert.deepEqual(l.server.nodes().map((s) => s.node), ["node-1"]);
+    // losing the lead ends every stream
+    leading = false;
+    l.server.disconnectAll("stopped leading");
+    await waitFor("the node to be dropped", () => !n.client.connected || undefined);
   } finally {
+    await fooled.client.stop();
     await n.client.stop();
     await stranger.client.stop();
-    await second.stop();
+    await l.server.stop();
   }
 });

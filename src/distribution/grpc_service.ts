@@ -6,13 +6,14 @@ import protoText from "./distribution.proto" with { type: "text" };
 /** `NodeReport`, as grpc-js decodes it (oneof field names kept as in the .proto). */
 export interface NodeReportMessage {
   report?: "hello" | "ack";
-  hello?: { node: string; applied_version: number; token: string };
+  hello?: { node: string; applied_version: number; applied_epoch: string; token: string };
   ack?: { version: number; applied: boolean; error: string };
 }
 
 /** `ConfigUpdate`, as grpc-js decodes it. */
 export interface ConfigUpdateMessage {
   version: number;
+  epoch: string;
   body?: "snapshot" | "delta";
   snapshot?: Uint8Array;
   delta?: Uint8Array;

@@ -8,3 +8,4 @@ export * from "./config_history.ts";
 export * from "./grpc_service.ts";
 export * from "./distribution_server.ts";
 export * from "./distribution_client.ts";
+export * from "./leader_identity.ts";
