@@ -11,7 +11,7 @@ import { compareServices } from "./config_delta.ts";
 import type { StampedConfig } from "./config_history.ts";
 import { DistributionClient, type LeaderAddress } from "./distribution_client.ts";
 import { DistributionServer, type DistributionServerOptions } from "./distribution_server.ts";
-import { createLeaderIdentity, type LeaderIdentity } from "./leader_identity.ts";
+import { createLeaderIdentity } from "./leader_identity.ts";
 
 const quiet = () => new Logger({ level: "error", write: () => {} });
 
