@@ -1,24 +1,34 @@
 import denoJson from "../../deno.json" with { type: "json" };
-import { MeshNode } from "../node/mod.ts";
+import { ConfigStore, MeshNode } from "../node/mod.ts";
 import {
   type ApiServer,
   type LogFormat,
   Logger,
   type LogLevel,
+  type Registry,
   serveApi,
 } from "../observability/mod.ts";
 import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
-import type { KubeProvider, LeaderElector } from "../kube/mod.ts";
+import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
-import { SHADOW_SELECTOR, shadowDnsEntries, ShadowServiceController } from "../controller/mod.ts";
+import {
+  MeshController,
+  SHADOW_SELECTOR,
+  shadowDnsEntries,
+  ShadowServiceController,
+} from "../controller/mod.ts";
+// Types only as well: the distribution room brings grpc-js, which reads GRPC_* variables as it
+// loads, so it is imported in kube mode alone.
+import type { DistributionClient, DistributionServer } from "../distribution/mod.ts";
 import { DnsServer, MeshZone } from "../dns/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
   compileOptions,
   COREDNS_FLAGS,
+  DISTRIBUTION_FLAGS,
   DNS_FLAGS,
   KUBE_FLAGS,
   LOG_FLAGS,
@@ -51,6 +61,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   ...MODEL_FLAGS,
   ...KUBE_FLAGS,
   ...DNS_FLAGS,
+  ...DISTRIBUTION_FLAGS,
   {
     name: "proxy-address",
     kind: "string",
@@ -346,6 +357,31 @@ async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
   return { kube, kapi, timing, identity, selector, zone };
 }
 
+/** Annotations the leader writes on the Lease: where its config stream is, and its certificate. */
+export const LEASE_ADDRESS_ANNOTATION = "meshd.io/distribution-address";
+export const LEASE_CERT_ANNOTATION = "meshd.io/distribution-cert";
+
+/** Where other pods reach this one's config stream, from the flags and the environment. */
+function advertiseAddress(values: Record<string, FlagValue>, io: CliIo): string {
+  const flag = values["advertise-address"] as string | undefined;
+  if (flag) return flag;
+  const podIp = io.env("POD_IP");
+  if (podIp) return podIp;
+  const bind = values["distribution-address"] as string;
+  if (bind === "0.0.0.0" || bind === "::") {
+    throw new CliError(
+      `--distribution-address ${bind} says nothing of where other pods reach this one: ` +
+        "set --advertise-address or POD_IP",
+    );
+  }
+  return bind;
+}
+
+/** `host:port`, with brackets for an IPv6 host. */
+function hostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
   const kube = values["provider"] === "kube";
   const dir = kube ? undefined : await needDir(values);
@@ -366,6 +402,20 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
     caCerts = [pem];
   }
+  const advertise = kubeCfg ? advertiseAddress(values, io) : "";
+  let store: ConfigStore | undefined;
+  const stateDir = values["state-dir"] as string;
+  if (kubeCfg && stateDir) {
+    try {
+      await Deno.mkdir(stateDir, { recursive: true });
+    } catch (e) {
+      throw new CliError(
+        `Cannot use --state-dir "${stateDir}" for the saved config: ${(e as Error).message}; ` +
+          'pass another, or --state-dir "" to keep nothing',
+      );
+    }
+    store = new ConfigStore(`${stateDir}/config.json`);
+  }
   logger.info("meshd starting", {
     version: VERSION,
     provider: values["provider"],
@@ -379,11 +429,15 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     caCerts,
   });
   let api: ApiServer | null = null;
-  let provider: FileProvider | KubeProvider | null = null;
+  let provider: FileProvider | null = null;
   let elector: LeaderElector | null = null;
   let shadows: ShadowServiceController | null = null;
   let dns: DnsServer | null = null;
   let dnsFeed: { stop(): Promise<void> } | null = null;
+  let leaseWatch: Reflector | null = null;
+  let controller: MeshController | null = null;
+  let distServer: DistributionServer | null = null;
+  let client: DistributionClient | null = null;
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -409,11 +463,17 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         isLeader: () => elector?.isLeader ?? false,
       });
     }
+    const leaseKey = `${values["mesh-namespace"]}/${values["lease-name"]}`;
+    const leaseHolder = () =>
+      kubeCfg && leaseWatch ? kubeCfg.kube.leaseHolderOf(leaseWatch.items.get(leaseKey)) : null;
     const node = new MeshNode({
       proxy,
       logger: logger.with({ room: "node" }),
       compile: compileOptions(values),
-      onApplied: (c) => void shadows?.update(c),
+      store,
+      nodes: kubeCfg
+        ? () => ({ leader: leaseHolder()?.identity ?? null, ...controller?.report() })
+        : undefined,
     });
     try {
       api = await serveApi({
@@ -429,7 +489,24 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         }`,
       );
     }
-    if (kubeCfg && (values["dns-port"] as number) > 0) {
+    if (!kubeCfg) {
+      provider = new FileProvider({
+        dir: dir!,
+        logger: logger.with({ room: "provider" }),
+        onLoad: (r) => node.load(r),
+      });
+      await provider.start();
+      logger.info("meshd ready", {
+        http: proxy.httpAddress,
+        api: `${api.addr.hostname}:${api.addr.port}`,
+      });
+      const sig = await stopped;
+      logger.info("meshd stopping", { signal: sig });
+      return 0;
+    }
+    // A restarted node routes on what it last applied before it reaches anyone.
+    await node.restore();
+    if ((values["dns-port"] as number) > 0) {
       const zone = kubeCfg.zone;
       dns = new DnsServer({
         hostname: values["dns-address"] as string,
@@ -460,45 +537,127 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       feed.start();
       dnsFeed = feed;
     }
-    if (kubeCfg) {
-      const ignore = values["ignore-namespaces"] as string[];
-      elector = new kubeCfg.kube.LeaderElector({
-        api: kubeCfg.kapi,
-        logger: logger.with({ room: "controller" }),
-        namespace: values["mesh-namespace"] as string,
-        name: values["lease-name"] as string,
-        identity: kubeCfg.identity,
-        ...kubeCfg.timing,
+    // The config stream this pod serves while it leads, with a key made for this process.
+    const { kube: k, kapi } = kubeCfg;
+    const meshNs = values["mesh-namespace"] as string;
+    const dist = await import("../distribution/mod.ts");
+    const identity = await dist.createLeaderIdentity(kubeCfg.identity);
+    const nodeUser = k.serviceAccountUser(meshNs, values["service-account"] as string);
+    distServer = new dist.DistributionServer({
+      identity,
+      logger: logger.with({ room: "distribution" }),
+      isLeader: () => controller?.leading ?? false,
+      authenticate: ({ token }) => k.reviewToken(kapi, token, nodeUser),
+    });
+    let distPort: number;
+    try {
+      distPort = await distServer.listen(
+        values["distribution-address"] as string,
+        values["distribution-port"] as number,
+      );
+    } catch (e) {
+      throw new CliError(
+        `Cannot listen on ${values["distribution-address"]}:${
+          values["distribution-port"]
+        } for the config stream: ${(e as Error).message}`,
+      );
+    }
+    const ignore = values["ignore-namespaces"] as string[];
+    const ctl = controller = new MeshController({
+      logger: logger.with({ room: "controller" }),
+      identity: kubeCfg.identity,
+      server: distServer,
+      registry: proxy.registry,
+      seed: () => node.current(),
+      compile: (r, previous) => node.compile(r, previous),
+      onConfig: (c) => void shadows?.update(c),
+      watch: (onLoad) => {
+        const p = new k.KubeProvider({
+          api: kapi,
+          logger: logger.with({ room: "provider" }),
+          watchNamespaces: values["watch-namespaces"] as string[],
+          ignoreNamespaces: [...ignore, meshNs],
+          onLoad,
+        });
+        p.start().catch((e) =>
+          logger.error("watching the cluster failed", { error: (e as Error).message })
+        );
+        return p;
+      },
+    });
+    elector = new k.LeaderElector({
+      api: kapi,
+      logger: logger.with({ room: "controller" }),
+      namespace: meshNs,
+      name: values["lease-name"] as string,
+      identity: kubeCfg.identity,
+      ...kubeCfg.timing,
+      annotations: {
+        [LEASE_ADDRESS_ANNOTATION]: hostPort(advertise, distPort),
+        [LEASE_CERT_ANNOTATION]: identity.certPem,
+      },
+      onStartedLeading: () => {
+        void ctl.lead();
         // A new leader brings the API in line with the config at once.
-        onStartedLeading: () => void shadows?.resync(),
-      });
-      // Campaign at once: electing a controller does not wait for this node's first config.
-      elector.start();
-      provider = new kubeCfg.kube.KubeProvider({
-        api: kubeCfg.kapi,
-        logger: logger.with({ room: "provider" }),
-        watchNamespaces: values["watch-namespaces"] as string[],
-        ignoreNamespaces: [...ignore, values["mesh-namespace"] as string],
-        onLoad: (r) => node.load(r),
-      });
-      const started = provider.start();
-      // Until the first load (the API may be down), signals still stop meshd.
-      const first = await Promise.race([started.then(() => null), stopped]);
-      if (first) {
-        logger.info("meshd stopping", { signal: first });
-        return 0;
-      }
-    } else {
-      provider = new FileProvider({
-        dir: dir!,
-        logger: logger.with({ room: "provider" }),
-        onLoad: (r) => node.load(r),
-      });
-      await provider.start();
+        void shadows?.resync();
+      },
+      onStoppedLeading: () => void ctl.stepDown("the lease is lost"),
+    });
+    // Every node, the leader's too, takes its config from whoever holds the Lease.
+    const leaderAddress = () => {
+      const h = leaseHolder();
+      const address = h?.annotations[LEASE_ADDRESS_ANNOTATION];
+      const certPem = h?.annotations[LEASE_CERT_ANNOTATION];
+      return address && certPem ? { address, certPem } : null;
+    };
+    const tokenFile = values["token-file"] as string;
+    const dc = client = new dist.DistributionClient({
+      node: kubeCfg.identity,
+      leader: () => Promise.resolve(leaderAddress()),
+      token: () => nodeToken(tokenFile, kapi),
+      current: () => node.current(),
+      apply: (c) => node.apply(c, "leader"),
+      logger: logger.with({ room: "node" }),
+    });
+    registerNodeMetrics(proxy.registry, dc);
+    let lastLeader = "";
+    leaseWatch = new k.Reflector({
+      api: kapi,
+      path: `/apis/coordination.k8s.io/v1/namespaces/${meshNs}/leases`,
+      apiVersion: "coordination.k8s.io/v1",
+      kind: "Lease",
+      fieldSelector: `metadata.name=${values["lease-name"]}`,
+      logger: logger.with({ room: "node" }),
+      onChange: () => {
+        const now = leaderAddress();
+        const key = now ? `${now.address}|${now.certPem}` : "";
+        if (key === lastLeader) return;
+        lastLeader = key;
+        logger.info("leader found", {
+          room: "node",
+          leader: leaseHolder()?.identity ?? null,
+          address: now?.address ?? null,
+        });
+        dc.leaderChanged(now);
+      },
+    });
+    leaseWatch.start();
+    // Campaign at once: electing a controller does not wait for this node's first config.
+    elector.start();
+    dc.start();
+    // Until the first config (the API or the leader may be down), signals still stop meshd.
+    const first = await Promise.race([
+      waitUntil(() => node.ready(), stopped).then(() => null),
+      stopped,
+    ]);
+    if (first) {
+      logger.info("meshd stopping", { signal: first });
+      return 0;
     }
     logger.info("meshd ready", {
       http: proxy.httpAddress,
       api: `${api.addr.hostname}:${api.addr.port}`,
+      distribution: hostPort(advertise, distPort),
     });
     const sig = await stopped;
     logger.info("meshd stopping", { signal: sig });
@@ -506,10 +665,62 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   } finally {
     // A leader gives the lease up first, so another pod takes over at once.
     await elector?.stop();
+    await controller?.stepDown("meshd is stopping");
+    await client?.stop();
+    await leaseWatch?.stop();
+    await distServer?.stop();
     await provider?.stop();
     await dnsFeed?.stop();
     await dns?.stop();
     await api?.shutdown();
     await proxy.stop();
   }
+}
+
+/** Resolves once `cond()` holds, checking every 50 ms, or when `until` settles. */
+function waitUntil(cond: () => boolean, until: Promise<unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    let done = false;
+    until.then(() => done = true);
+    const tick = () => {
+      if (done || cond()) resolve();
+      else setTimeout(tick, 50);
+    };
+    tick();
+  });
+}
+
+/** The token this node proves itself with: the token file, else the kubeconfig's token. */
+async function nodeToken(file: string, kapi: KubeApi): Promise<string> {
+  try {
+    return (await Deno.readTextFile(file)).trim();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return kapi.kc.getCurrentUser()?.token ?? "";
+}
+
+function registerNodeMetrics(registry: Registry, client: DistributionClient): void {
+  registry.collect(
+    "meshd_distribution_connected",
+    "1 while this node holds a config stream to the leader.",
+    [],
+    () => [[[], client.connected ? 1 : 0]],
+  );
+  registry.collect(
+    "meshd_distribution_updates_total",
+    "Config updates this node received from the leader: snapshot, delta, or failed to apply.",
+    ["kind"],
+    () => [
+      [["snapshot"], client.stats.snapshots],
+      [["delta"], client.stats.deltas],
+      [["failed"], client.stats.failures],
+    ],
+  );
+  registry.collect(
+    "meshd_distribution_connects_total",
+    "Config streams this node opened to a leader.",
+    [],
+    () => [[[], client.stats.connects]],
+  );
 }

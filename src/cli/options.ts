@@ -293,3 +293,53 @@ export const PROBE_FLAGS: readonly FlagSpec[] = [
     help: "libbpf shared object to use instead of the first libbpf.so.1 in the usual places",
   },
 ];
+
+/** Flags of config distribution and the node agent (kube provider). */
+export const DISTRIBUTION_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "distribution-address",
+    kind: "string",
+    arg: "ADDR",
+    default: "127.0.0.1",
+    help: "Address the config stream (gRPC over TLS) listens on while this meshd leads " +
+      "(0.0.0.0 in a DaemonSet)",
+  },
+  {
+    name: "distribution-port",
+    kind: "int",
+    arg: "PORT",
+    default: "9443",
+    help: "Port of the config stream",
+  },
+  {
+    name: "advertise-address",
+    kind: "string",
+    arg: "ADDR",
+    help: "Address other meshd pods reach this one's config stream at, written on the Lease " +
+      "when it leads; default: $POD_IP, then --distribution-address unless it is 0.0.0.0 or ::",
+  },
+  {
+    name: "service-account",
+    kind: "string",
+    arg: "NAME",
+    default: "meshd",
+    help: "ServiceAccount (in --mesh-namespace) whose token a node must present to get the " +
+      "config; the leader checks it with a TokenReview",
+  },
+  {
+    name: "token-file",
+    kind: "string",
+    arg: "FILE",
+    default: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    help: "This pod's ServiceAccount token, sent to the leader, read at every connect; when " +
+      "the file is missing, the kubeconfig's bearer token is used",
+  },
+  {
+    name: "state-dir",
+    kind: "string",
+    arg: "DIR",
+    default: "/var/lib/meshd",
+    help: "Where the last applied config is kept (config.json), loaded at start so a " +
+      "restarted node routes before it reaches the leader; empty: keep nothing",
+  },
+];

@@ -6,3 +6,4 @@
 export * from "./shadow_services.ts";
 export * from "./corefile.ts";
 export * from "./prepare.ts";
+export * from "./mesh_controller.ts";

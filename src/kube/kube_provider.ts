@@ -143,9 +143,14 @@ export class KubeProvider {
    */
   async start(): Promise<void> {
     const log = this.#opts.logger;
-    for (const s of await smiGroupStatus(this.#opts.api)) {
-      if (s.ok && s.served.length === 1) log.info(s.message);
-      else log.warn(s.message);
+    try {
+      for (const s of await smiGroupStatus(this.#opts.api)) {
+        if (s.ok && s.served.length === 1) log.info(s.message);
+        else log.warn(s.message);
+      }
+    } catch (e) {
+      // Only a report: the watches below find out for themselves, and keep trying.
+      log.warn("cannot ask which SMI versions are served", { error: (e as Error).message });
     }
     const first = new Promise<void>((r) => this.#firstLoad = r);
     const namespaces = this.#opts.watchNamespaces.length ? this.#opts.watchNamespaces : [undefined];

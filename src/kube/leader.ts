@@ -16,6 +16,11 @@ export interface LeaderElectionOptions {
   renewDeadlineMs: number;
   /** How often candidates try to acquire, and the leader renews. */
   retryPeriodMs: number;
+  /**
+   * Annotations the leader sets on the Lease while it holds it, and removes when it gives it
+   * up: how the other pods find and trust it.
+   */
+  annotations?: Record<string, string>;
   onStartedLeading?: () => void;
   onStoppedLeading?: () => void;
   /** Monotonic clock in ms; default `performance.now`. */
@@ -190,7 +195,11 @@ export class LeaderElector {
         await api.request("POST", this.#path(false), {
           apiVersion: "coordination.k8s.io/v1",
           kind: "Lease",
-          metadata: { name: this.#o.name, namespace: this.#o.namespace },
+          metadata: {
+            name: this.#o.name,
+            namespace: this.#o.namespace,
+            ...(this.#o.annotations ? { annotations: this.#o.annotations } : {}),
+          },
           spec: this.#spec(null, true),
         }, { timeoutMs: this.#o.retryPeriodMs });
         return true;
@@ -217,6 +226,7 @@ export class LeaderElector {
     try {
       await api.request("PUT", this.#path(), {
         ...lease,
+        metadata: this.#annotate(lease, true),
         spec: this.#spec(spec, !mine),
       }, { timeoutMs: this.#o.retryPeriodMs });
       return true;
@@ -232,6 +242,7 @@ export class LeaderElector {
     if (spec.holderIdentity !== this.#o.identity) return;
     await this.#o.api.request("PUT", this.#path(), {
       ...lease,
+      metadata: this.#annotate(lease, false),
       spec: {
         ...spec,
         holderIdentity: "",
@@ -240,6 +251,19 @@ export class LeaderElector {
       },
     });
     this.#o.logger.info("released the lease", { lease: this.#leaseRef() });
+  }
+
+  /** The Lease's metadata with this process's annotations set, or removed. */
+  #annotate(lease: RawObject, set: boolean): Record<string, unknown> {
+    const meta = { ...(lease["metadata"] as Record<string, unknown>) };
+    const mine = this.#o.annotations ?? {};
+    const annotations = { ...(meta["annotations"] as Record<string, string> | undefined) };
+    for (const [k, v] of Object.entries(mine)) {
+      if (set) annotations[k] = v;
+      else delete annotations[k];
+    }
+    meta["annotations"] = annotations;
+    return meta;
   }
 
   #sleep(ms: number): Promise<void> {
@@ -255,4 +279,21 @@ export class LeaderElector {
       };
     });
   }
+}
+
+/** Who holds a Lease now, as the other pods see it. */
+export interface LeaseHolder {
+  /** The holder's identity. */
+  identity: string;
+  /** The Lease's annotations (the holder's address and certificate, for meshd). */
+  annotations: Record<string, string>;
+}
+
+/** The holder of a Lease object, or null when nobody holds it. */
+export function leaseHolderOf(lease: RawObject | undefined): LeaseHolder | null {
+  if (!lease) return null;
+  const identity = ((lease["spec"] ?? {}) as LeaseSpec).holderIdentity ?? "";
+  if (!identity) return null;
+  const meta = (lease["metadata"] ?? {}) as { annotations?: Record<string, string> };
+  return { identity, annotations: { ...meta.annotations } };
 }

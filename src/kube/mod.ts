@@ -9,3 +9,4 @@ export * from "./reflector.ts";
 export * from "./kube_provider.ts";
 export * from "./leader.ts";
 export * from "./permissions.ts";
+export * from "./token_review.ts";

@@ -32,6 +32,13 @@ export function runPermissions(meshNamespace: string): Permission[] {
     ...watch("specs.smi-spec.io", "tcproutes", "SMI route specs"),
     ...watch("split.smi-spec.io", "trafficsplits", "SMI traffic splits"),
     ...own("coordination.k8s.io", "leases", ["get", "create", "update"], "leader election"),
+    ...own("coordination.k8s.io", "leases", ["list", "watch"], "finding the leader"),
+    {
+      verb: "create",
+      group: "authentication.k8s.io",
+      resource: "tokenreviews",
+      why: "checking that a node asking for config is a meshd pod",
+    },
     ...own("", "services", ["list", "watch", "patch", "delete"], "shadow Services and mesh DNS"),
   ];
 }

@@ -11,6 +11,8 @@ export interface ReflectorOptions {
   kind: string;
   /** Only objects with these labels, as a label selector such as `a=b,c`. */
   labelSelector?: string;
+  /** Only objects whose fields match, such as `metadata.name=meshd`. */
+  fieldSelector?: string;
   logger: Logger;
   /** Called after every change to the store: a list, or a watch event. */
   onChange: (r: Reflector) => void;
@@ -102,10 +104,9 @@ export class Reflector {
           }
         }
         this.stats.watches++;
+        const selectors = this.#selectors().toString();
         await this.opts.api.watch(
-          this.opts.labelSelector
-            ? `${this.opts.path}?${new URLSearchParams({ labelSelector: this.opts.labelSelector })}`
-            : this.opts.path,
+          selectors ? `${this.opts.path}?${selectors}` : this.opts.path,
           this.#resourceVersion,
           (ev) => this.#apply(ev),
           { signal, timeoutSeconds: this.opts.watchTimeoutSeconds },
@@ -146,14 +147,21 @@ export class Reflector {
     }
   }
 
+  #selectors(): URLSearchParams {
+    const q = new URLSearchParams();
+    if (this.opts.labelSelector) q.set("labelSelector", this.opts.labelSelector);
+    if (this.opts.fieldSelector) q.set("fieldSelector", this.opts.fieldSelector);
+    return q;
+  }
+
   async #list(signal: AbortSignal): Promise<void> {
     const fresh = new Map<string, RawObject>();
     let cont = "";
     let rv = "";
     do {
-      const q = new URLSearchParams({ limit: String(this.opts.pageSize ?? 500) });
+      const q = this.#selectors();
+      q.set("limit", String(this.opts.pageSize ?? 500));
       if (cont) q.set("continue", cont);
-      if (this.opts.labelSelector) q.set("labelSelector", this.opts.labelSelector);
       const page = await this.opts.api.request("GET", `${this.opts.path}?${q}`, undefined, {
         signal,
         timeoutMs: 60_000,

@@ -1,5 +1,11 @@
 import type { MeshConfig } from "../topology/mod.ts";
 
+/** A config and the epoch it was made in (see the distribution room): what is saved. */
+export interface AppliedConfig {
+  epoch: string;
+  config: MeshConfig;
+}
+
 /** A saved config that cannot be used, and why. */
 export class ConfigStoreError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -24,11 +30,11 @@ export class ConfigStore {
     this.path = path;
   }
 
-  /** Saves `config`, replacing what was saved. */
-  async save(config: MeshConfig): Promise<void> {
+  /** Saves `config` and its epoch, replacing what was saved. */
+  async save({ epoch, config }: AppliedConfig): Promise<void> {
     const tmp = `${this.path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
     const data = new TextEncoder().encode(
-      JSON.stringify({ format: CONFIG_STORE_FORMAT, config }) + "\n",
+      JSON.stringify({ format: CONFIG_STORE_FORMAT, epoch, config }) + "\n",
     );
     try {
       const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
@@ -58,7 +64,7 @@ export class ConfigStore {
   }
 
   /** The saved config, or null when none was saved. */
-  async load(): Promise<MeshConfig | null> {
+  async load(): Promise<AppliedConfig | null> {
     let text: string;
     try {
       text = await Deno.readTextFile(this.path);
@@ -69,7 +75,7 @@ export class ConfigStore {
         { cause: e },
       );
     }
-    let parsed: { format?: unknown; config?: Partial<MeshConfig> };
+    let parsed: { format?: unknown; epoch?: unknown; config?: Partial<MeshConfig> };
     try {
       parsed = JSON.parse(text);
     } catch (e) {
@@ -93,6 +99,6 @@ export class ConfigStore {
         `Cannot use the saved config "${this.path}": it is not a MeshConfig`,
       );
     }
-    return c as MeshConfig;
+    return { epoch: typeof parsed.epoch === "string" ? parsed.epoch : "", config: c as MeshConfig };
   }
 }

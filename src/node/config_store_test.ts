@@ -20,9 +20,9 @@ Deno.test("ConfigStore.load() gives back what save() wrote, and null before any 
   await withDir(async (dir) => {
     const store = new ConfigStore(`${dir}/config.json`);
     assert.equal(await store.load(), null);
-    await store.save(config(3));
-    await store.save(config(4));
-    assert.deepEqual(await store.load(), config(4));
+    await store.save({ epoch: "e1", config: config(3) });
+    await store.save({ epoch: "e1", config: config(4) });
+    assert.deepEqual(await store.load(), { epoch: "e1", config: config(4) });
     // only the file itself is left: no temporary files
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["config.json"]);
     assert.equal((await Deno.stat(`${dir}/config.json`)).mode! & 0o777, 0o600);
@@ -32,13 +32,13 @@ Deno.test("ConfigStore.load() gives back what save() wrote, and null before any 
 Deno.test("ConfigStore.load() ignores a temporary file a crash left, and keeps the last whole save", async () => {
   await withDir(async (dir) => {
     const store = new ConfigStore(`${dir}/config.json`);
-    await store.save(config(7));
+    await store.save({ epoch: "e1", config: config(7) });
     // a save cut off before its rename
     await Deno.writeTextFile(
       `${dir}/config.json.tmp-1-deadbeef`,
       '{"format":"meshd.config/v1","con',
     );
-    assert.equal((await store.load())?.version, 7);
+    assert.equal((await store.load())?.config.version, 7);
   });
 });
 
@@ -75,8 +75,8 @@ Deno.test("ConfigStore works with a path relative to the working folder", async 
     Deno.chdir(dir);
     try {
       const store = new ConfigStore("config.json");
-      await store.save(config(2));
-      assert.equal((await store.load())?.version, 2);
+      await store.save({ epoch: "e1", config: config(2) });
+      assert.equal((await store.load())?.config.version, 2);
     } finally {
       Deno.chdir(cwd);
     }
@@ -87,7 +87,7 @@ Deno.test("ConfigStore.save() says where it could not write", async () => {
   await withDir(async (dir) => {
     const store = new ConfigStore(`${dir}/missing/config.json`);
     await assert.rejects(
-      store.save(config(1)),
+      store.save({ epoch: "e1", config: config(1) }),
       /^ConfigStoreError: Cannot save the config to ".*missing\/config\.json"/,
     );
   });

@@ -1,6 +1,7 @@
 import type { ApiSource, Logger } from "../observability/mod.ts";
 import type { LoadResult } from "../provider/mod.ts";
 import type { NodeProxy } from "../proxy/mod.ts";
+import type { AppliedConfig, ConfigStore } from "./config_store.ts";
 import {
   compileMeshConfig,
   type CompileOptions,
@@ -15,7 +16,14 @@ export interface MeshNodeOptions {
   compile: CompileOptions;
   /** Called after each new config reached the proxy. */
   onApplied?: (config: MeshConfig) => void;
+  /** Where each applied config is saved, to route from at the next start. */
+  store?: ConfigStore;
+  /** `/api/status/nodes`: the leader's view of every node; absent without distribution. */
+  nodes?: () => unknown;
 }
+
+/** Where the config in force came from. */
+export type ConfigSource = "provider" | "leader" | "disk";
 
 /** A problem with the input, as `/api/status` shows it. */
 interface Problem {
@@ -32,6 +40,10 @@ interface Problem {
 export class MeshNode implements ApiSource {
   readonly #opts: MeshNodeOptions;
   #config: MeshConfig | null = null;
+  #epoch = "";
+  #source: ConfigSource | null = null;
+  #applying: Promise<void> = Promise.resolve();
+  #saveErrors = 0;
   #errors: Problem[] = [];
   #warnings: string[] = [];
 
@@ -60,6 +72,11 @@ export class MeshNode implements ApiSource {
     );
   }
 
+  /** `/api/status/nodes`, when this node takes part in distribution. */
+  get nodes(): (() => unknown) | undefined {
+    return this.#opts.nodes;
+  }
+
   /** `/metrics`: the proxy's and the process's. */
   metrics(): string {
     return this.#opts.proxy.registry.render();
@@ -67,6 +84,24 @@ export class MeshNode implements ApiSource {
 
   /** Compiles and applies a load; bad objects were already dropped by the loader. */
   async load(result: LoadResult): Promise<void> {
+    const started = performance.now();
+    const config = this.compile(result, this.#config);
+    if (config === this.#config) {
+      this.#opts.logger.debug("config unchanged", { version: config.version });
+      return;
+    }
+    await this.apply({ epoch: "local", config }, "provider", {
+      errors: result.errors.length,
+      // Compiling the objects and switching the proxy to the result.
+      ms: Math.round((performance.now() - started) * 10) / 10,
+    });
+  }
+
+  /**
+   * Compiles a load into the config that follows `previous` (the same object when nothing
+   * changed), logs what is wrong with the objects, and keeps it for `/api/status`.
+   */
+  compile(result: LoadResult, previous: MeshConfig | null): MeshConfig {
     const log = this.#opts.logger;
     for (const e of result.errors) {
       log.error("invalid config", {
@@ -77,10 +112,9 @@ export class MeshNode implements ApiSource {
       });
     }
     for (const w of result.warnings) log.warn(w);
-    const started = performance.now();
     const { config, diagnostics } = compileMeshConfig(result.objects, {
       ...this.#opts.compile,
-      previous: this.#config,
+      previous,
     });
     for (const d of diagnostics) {
       const fields = { object: d.object, source: d.source ? describeSource(d.source) : undefined };
@@ -94,24 +128,80 @@ export class MeshNode implements ApiSource {
       message: e.message,
     }));
     this.#warnings = [...result.warnings, ...diagnostics.map((d) => `${d.object}: ${d.message}`)];
-    if (config === this.#config) {
-      log.debug("config unchanged", { version: config.version });
-      return;
-    }
+    return config;
+  }
+
+  /**
+   * Applies a config to the data plane, whole: the proxy switches to the new routes in one
+   * step, or throws and keeps the old ones (and this node keeps reporting the old version).
+   * Then saves it, when a store is set. Applies run one at a time, in order.
+   */
+  apply(
+    applied: AppliedConfig,
+    source: ConfigSource,
+    fields: Record<string, unknown> = {},
+  ): Promise<void> {
+    const run = this.#applying.then(() => this.#apply(applied, source, fields));
+    this.#applying = run.catch(() => {});
+    return run;
+  }
+
+  async #apply(
+    { epoch, config }: AppliedConfig,
+    source: ConfigSource,
+    fields: Record<string, unknown>,
+  ): Promise<void> {
+    const log = this.#opts.logger;
+    const started = performance.now();
     await this.#opts.proxy.apply(config);
     this.#config = config;
+    this.#epoch = epoch;
+    this.#source = source;
     this.#opts.onApplied?.(config);
     log.info("config applied", {
       version: config.version,
+      from: source,
       services: config.services.length,
-      errors: result.errors.length,
-      // Compiling the objects and switching the proxy to the result.
       ms: Math.round((performance.now() - started) * 10) / 10,
+      ...fields,
     });
+    if (this.#opts.store && source !== "disk") {
+      try {
+        await this.#opts.store.save({ epoch, config });
+      } catch (e) {
+        // It routes on the new config all the same; only a restart would start older.
+        this.#saveErrors++;
+        log.error("cannot save the applied config", { error: (e as Error).message });
+      }
+    }
+  }
+
+  /**
+   * Loads the saved config, if there is one, and applies it, so the node routes before it
+   * reaches any controller. A file that cannot be used is logged and left alone.
+   */
+  async restore(): Promise<boolean> {
+    const store = this.#opts.store;
+    if (!store) return false;
+    let saved: AppliedConfig | null;
+    try {
+      saved = await store.load();
+    } catch (e) {
+      this.#opts.logger.warn("not using the saved config", { error: (e as Error).message });
+      return false;
+    }
+    if (!saved) return false;
+    await this.apply(saved, "disk", { file: store.path });
+    return true;
   }
 
   config(): MeshConfig | null {
     return this.#config;
+  }
+
+  /** The config in force with its epoch, the base of the leader's deltas. */
+  current(): AppliedConfig | null {
+    return this.#config && { epoch: this.#epoch, config: this.#config };
   }
 
   ready(): boolean {
@@ -151,6 +241,8 @@ export class MeshNode implements ApiSource {
     return {
       ready: this.ready(),
       version: this.#config?.version ?? 0,
+      ...(this.#source ? { from: this.#source } : {}),
+      ...(this.#opts.store ? { saveErrors: this.#saveErrors } : {}),
       errors: this.#errors,
       warnings: this.#warnings,
     };

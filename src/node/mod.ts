@@ -4,5 +4,5 @@
  * @module
  */
 export { MeshNode } from "./mesh_node.ts";
-export type { MeshNodeOptions } from "./mesh_node.ts";
+export type { ConfigSource, MeshNodeOptions } from "./mesh_node.ts";
 export * from "./config_store.ts";

@@ -13,6 +13,8 @@ export interface ApiSource {
   status(): unknown;
   /** `/metrics` in the Prometheus text format. */
   metrics(): string;
+  /** `/api/status/nodes`: what the leader knows of every node; absent when not distributing. */
+  nodes?: () => unknown;
 }
 
 /** Options for {@linkcode serveApi}. */
@@ -30,7 +32,8 @@ export interface ApiServer {
 }
 
 /**
- * Serves meshd's HTTP API: `GET /api/config`, `/api/services`, `/api/status`, `/metrics`,
+ * Serves meshd's HTTP API: `GET /api/config`, `/api/services`, `/api/status`,
+ * `/api/status/nodes`, `/metrics`,
  * `/healthz` and `/readyz`. Resolves once the port is bound.
  *
  * @example
@@ -66,13 +69,17 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
         return json(source.services());
       case "/api/status":
         return json(source.status());
+      case "/api/status/nodes":
+        return source.nodes
+          ? json(source.nodes())
+          : json({ error: "this meshd gets its config from files: there are no nodes" }, 404);
       case "/metrics":
         return new Response(source.metrics(), {
           headers: { "content-type": METRICS_CONTENT_TYPE },
         });
       default:
         return text(
-          `No such endpoint "${path}"; try /api/config, /api/services, /api/status, /metrics, /healthz, /readyz`,
+          `No such endpoint "${path}"; try /api/config, /api/services, /api/status, /api/status/nodes, /metrics, /healthz, /readyz`,
           404,
         );
     }

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { TestCluster } from "../testenv/cluster.ts";
 import { type CliRun, meshd } from "../testenv/cli.ts";
-import { applyManifests } from "../testenv/manifests.ts";
+import { applyManifests, tokenKubeconfig } from "../testenv/manifests.ts";
 import { corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { freePort } from "../testenv/process.ts";
 import { runPermissions } from "../../src/kube/mod.ts";
@@ -21,39 +21,6 @@ function lines(r: CliRun): { level: string; name: string; text: string }[] {
 
 const level = (r: CliRun, name: string) =>
   lines(r).filter((l) => l.name === name).map((l) => l.level);
-
-/** A kubeconfig that uses a bearer token (a ServiceAccount's) instead of the admin's cert. */
-async function tokenKubeconfig(cluster: TestCluster, ns: string, sa: string): Promise<string> {
-  const r = await cluster.must("POST", `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
-    apiVersion: "authentication.k8s.io/v1",
-    kind: "TokenRequest",
-    spec: { expirationSeconds: 3600 },
-  });
-  const token = (r["status"] as { token: string }).token;
-  const file = `${cluster.dir}/${sa}.kubeconfig`;
-  await Deno.writeTextFile(
-    file,
-    [
-      "apiVersion: v1",
-      "kind: Config",
-      "clusters:",
-      "- name: test",
-      "  cluster:",
-      `    server: ${cluster.server}`,
-      `    certificate-authority-data: ${btoa(cluster.caCert)}`,
-      "users:",
-      `- name: ${sa}`,
-      "  user:",
-      `    token: ${token}`,
-      "contexts:",
-      "- name: test",
-      "  context: { cluster: test, user: " + sa + " }",
-      "current-context: test",
-      "",
-    ].join("\n"),
-  );
-  return file;
-}
 
 Deno.test("meshd check reports each check on one line and fails while meshd is blocked", async (t) => {
   const cluster = await TestCluster.start({ controllerManager: false });

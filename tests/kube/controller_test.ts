@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { shadowServiceName } from "../../src/controller/mod.ts";
 import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
+import { meshdKubeconfig } from "../testenv/manifests.ts";
 import { waitFor } from "../testenv/process.ts";
 import { dig } from "../testenv/dig.ts";
 import { CoreDns, corefileFixture, putCorefile } from "../testenv/coredns.ts";
@@ -45,8 +46,9 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
     await svc("shop", "db", [{ name: "pg", port: 5432 }], { "meshd.io/traffic-type": "tcp" });
     await svc(longNs, "s".repeat(60), [{ port: 80 }]);
 
+    const kc = await meshdKubeconfig(cluster);
     for (const n of ["meshd-a", "meshd-b"]) {
-      procs.push(MeshdProcess.start(cluster.kubeconfig, n, [...TIMING, "--tcp-ports=20000-20099"]));
+      procs.push(MeshdProcess.start(kc, n, [...TIMING, "--tcp-ports=20000-20099"]));
     }
     const list = async () => {
       const r = await cluster.must(

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
+import { meshdKubeconfig } from "../testenv/manifests.ts";
 import { waitFor } from "../testenv/process.ts";
 
 const LEASE_MS = 4000;
@@ -57,8 +58,9 @@ Deno.test("leader election: one leads, a killed leader is replaced, leading neve
       kind: "Namespace",
       metadata: { name: "meshd" },
     });
+    const kc = await meshdKubeconfig(cluster);
     for (const n of ["meshd-a", "meshd-b", "meshd-c"]) {
-      procs.push(MeshdProcess.start(cluster.kubeconfig, n, TIMING));
+      procs.push(MeshdProcess.start(kc, n, TIMING));
     }
     const leading = () =>
       procs.filter((p) => {

@@ -149,10 +149,18 @@ export class TestCluster implements ClusterAccess {
   readonly bin: string;
   readonly #children: Child[];
   readonly #client: Deno.HttpClient;
+  readonly #apiServer: { stop(): Promise<void>; start(): Promise<void> };
 
   private constructor(
-    init: ClusterAccess & { dir: string; version: string; bin: string; children: Child[] },
+    init: ClusterAccess & {
+      dir: string;
+      version: string;
+      bin: string;
+      children: Child[];
+      apiServer: { stop(): Promise<void>; start(): Promise<void> };
+    },
   ) {
+    this.#apiServer = init.apiServer;
     this.bin = init.bin;
     this.dir = init.dir;
     this.server = init.server;
@@ -203,32 +211,36 @@ export class TestCluster implements ClusterAccess {
       );
       const apiPort = freePort();
       const server = `https://127.0.0.1:${apiPort}`;
-      await record(
-        new Child("kube-apiserver", [
-          `--etcd-servers=http://127.0.0.1:${etcdPort}`,
-          "--bind-address=127.0.0.1",
-          "--advertise-address=127.0.0.1",
-          // The reconciler that keeps the kubernetes Service's endpoints refuses loopback.
-          "--endpoint-reconciler-type=none",
-          `--secure-port=${apiPort}`,
-          `--cert-dir=${dir}/apiserver`,
-          `--tls-cert-file=${dir}/apiserver.crt`,
-          `--tls-private-key-file=${dir}/apiserver.key`,
-          `--client-ca-file=${dir}/ca.crt`,
-          `--service-account-key-file=${dir}/sa.pub`,
-          `--service-account-signing-key-file=${dir}/sa.key`,
-          "--service-account-issuer=https://kubernetes.default.svc",
-          `--service-cluster-ip-range=${SERVICE_CIDR}`,
-          "--authorization-mode=RBAC",
-          // Compact often, and serve ConfigMap watches from etcd rather than the watch cache, so
-          // a test can see a watch from a compacted version answered 410 Gone.
-          "--etcd-compaction-interval=5s",
-          "--watch-cache-sizes=configmaps#0",
-          "--allow-privileged=true",
-          "--profiling=false",
-          "--v=1",
-        ], { command: `${bin}/kube-apiserver` }),
-      );
+      const apiArgs = [
+        `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        // The reconciler that keeps the kubernetes Service's endpoints refuses loopback.
+        "--endpoint-reconciler-type=none",
+        `--secure-port=${apiPort}`,
+        `--cert-dir=${dir}/apiserver`,
+        `--tls-cert-file=${dir}/apiserver.crt`,
+        `--tls-private-key-file=${dir}/apiserver.key`,
+        `--client-ca-file=${dir}/ca.crt`,
+        `--service-account-key-file=${dir}/sa.pub`,
+        `--service-account-signing-key-file=${dir}/sa.key`,
+        "--service-account-issuer=https://kubernetes.default.svc",
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
+        "--authorization-mode=RBAC",
+        // Compact often, and serve ConfigMap watches from etcd rather than the watch cache, so
+        // a test can see a watch from a compacted version answered 410 Gone.
+        "--etcd-compaction-interval=5s",
+        "--watch-cache-sizes=configmaps#0",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+      ];
+      const startApi = async () => {
+        const c = new Child("kube-apiserver", apiArgs, { command: `${bin}/kube-apiserver` });
+        await record(c);
+        return c;
+      };
+      let api = await startApi();
       const kubeconfig = `${dir}/admin.kubeconfig`;
       await Deno.writeTextFile(kubeconfig, kubeconfigYaml(server, pki.ca, pki.admin, "admin"));
       const cluster = new TestCluster({
@@ -241,6 +253,19 @@ export class TestCluster implements ClusterAccess {
         version,
         bin,
         children,
+        apiServer: {
+          stop: async () => {
+            // SIGKILL: with watches open, a graceful stop waits a minute for them to end.
+            try {
+              Deno.kill(api.pid, "SIGKILL");
+            } catch { /* already gone */ }
+            await api.exited();
+            gone.delete("kube-apiserver");
+          },
+          start: async () => {
+            api = await startApi();
+          },
+        },
       });
       try {
         await waitFor("the API server's /readyz", async () => {
@@ -354,6 +379,20 @@ export class TestCluster implements ClusterAccess {
       throw new Error(`${method} ${path} answered ${r.status}: ${JSON.stringify(r.body)}`);
     }
     return r.body;
+  }
+
+  /** Kills the API server (SIGKILL, by PID), as an outage; etcd and the rest keep running. */
+  async stopApiServer(): Promise<void> {
+    await this.#apiServer.stop();
+  }
+
+  /** Starts the API server again, with the same flags and port; resolves once it is ready. */
+  async startApiServer(): Promise<void> {
+    await this.#apiServer.start();
+    await waitFor("the API server's /readyz after a restart", async () => {
+      const r = await this.request("GET", "/readyz").catch(() => null);
+      return r?.status === 200 ? true : undefined;
+    }, 60_000);
   }
 
   /** Stops every process (by PID, newest first) and removes the run's folder. */

@@ -54,3 +54,62 @@ export async function applyManifests(
   }
   return all;
 }
+
+/** The kinds that make up meshd's identity and permissions in the manifests. */
+const RBAC_KINDS = [
+  "Namespace",
+  "ServiceAccount",
+  "ClusterRole",
+  "ClusterRoleBinding",
+  "Role",
+  "RoleBinding",
+];
+
+/**
+ * Gives the test cluster meshd's namespace, ServiceAccount and RBAC from the manifests, and
+ * returns a kubeconfig that authenticates as that ServiceAccount with a token from the
+ * TokenRequest API: meshd then runs with exactly the permissions it is deployed with, and has
+ * a token the leader can review.
+ */
+export async function meshdKubeconfig(cluster: TestCluster): Promise<string> {
+  const objects = (await kustomizationObjects()).filter((o) => RBAC_KINDS.includes(o.kind));
+  await applyManifests(cluster, objects);
+  return await tokenKubeconfig(cluster, "meshd", "meshd");
+}
+
+/** A kubeconfig that uses a ServiceAccount's bearer token instead of the admin's cert. */
+export async function tokenKubeconfig(
+  cluster: TestCluster,
+  ns: string,
+  sa: string,
+): Promise<string> {
+  const r = await cluster.must("POST", `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
+    apiVersion: "authentication.k8s.io/v1",
+    kind: "TokenRequest",
+    spec: { expirationSeconds: 3600 },
+  });
+  const token = (r["status"] as { token: string }).token;
+  const file = `${cluster.dir}/${ns}-${sa}.kubeconfig`;
+  await Deno.writeTextFile(
+    file,
+    [
+      "apiVersion: v1",
+      "kind: Config",
+      "clusters:",
+      "- name: test",
+      "  cluster:",
+      `    server: ${cluster.server}`,
+      `    certificate-authority-data: ${btoa(cluster.caCert)}`,
+      "users:",
+      `- name: ${sa}`,
+      "  user:",
+      `    token: ${token}`,
+      "contexts:",
+      "- name: test",
+      `  context: { cluster: test, user: ${sa} }`,
+      "current-context: test",
+      "",
+    ].join("\n"),
+  );
+  return file;
+}

@@ -12,6 +12,7 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 export const MESHD_PERMISSIONS = [
   "--allow-net",
   "--allow-read",
+  "--allow-write",
   "--allow-env",
   "--allow-sys=hostname,osRelease",
 ];
@@ -24,24 +25,36 @@ export class MeshdProcess {
   readonly httpPort: number;
   /** Port of its DNS responder, UDP and TCP. */
   readonly dnsPort: number;
+  /** Port of its config stream (served while it leads). */
+  readonly distributionPort: number;
 
   constructor(
     child: Child,
     identity: string,
-    ports: { api: number; http: number; dns: number },
+    ports: { api: number; http: number; dns: number; distribution: number },
   ) {
     this.child = child;
     this.identity = identity;
     this.apiPort = ports.api;
     this.httpPort = ports.http;
     this.dnsPort = ports.dns;
+    this.distributionPort = ports.distribution;
   }
 
-  /** Starts `meshd run --provider kube` with `extra` flags. */
-  static start(kubeconfig: string, identity: string, extra: string[] = []): MeshdProcess {
+  /**
+   * Starts `meshd run --provider kube` with `extra` flags, on free loopback ports; it keeps
+   * its applied config in `stateDir` when one is given, and nothing otherwise.
+   */
+  static start(
+    kubeconfig: string,
+    identity: string,
+    extra: string[] = [],
+    stateDir = "",
+  ): MeshdProcess {
     const apiPort = freePort();
     const httpPort = freePort();
     const dnsPort = freePort();
+    const distributionPort = freePort();
     const child = new Child(identity, [
       "run",
       ...MESHD_PERMISSIONS,
@@ -53,10 +66,17 @@ export class MeshdProcess {
       `--api-port=${apiPort}`,
       `--http-port=${httpPort}`,
       `--dns-port=${dnsPort}`,
+      `--distribution-port=${distributionPort}`,
+      `--state-dir=${stateDir}`,
       "--log-format=json",
       ...extra,
     ], { cwd: ROOT });
-    return new MeshdProcess(child, identity, { api: apiPort, http: httpPort, dns: dnsPort });
+    return new MeshdProcess(child, identity, {
+      api: apiPort,
+      http: httpPort,
+      dns: dnsPort,
+      distribution: distributionPort,
+    });
   }
 
   /** The JSON log events written so far. */
