@@ -1,5 +1,5 @@
 import denoJson from "../../deno.json" with { type: "json" };
-import { ConfigStore, MeshNode } from "../node/mod.ts";
+import { ConfigStore, MeshNode, ZoneStore } from "../node/mod.ts";
 import {
   type ApiServer,
   type LogFormat,
@@ -524,7 +524,27 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
           }`,
         );
       }
-      // Every node answers from the shadow Services the leader keeps.
+      // Every node answers from the shadow Services the leader keeps, and saves the names
+      // beside its config: restarted while the API server is away, it still resolves them.
+      const dnsLog = logger.with({ room: "dns" });
+      const zoneStore = stateDir
+        ? new ZoneStore(
+          `${stateDir}/dns.json`,
+          (e) => dnsLog.warn("cannot save the DNS names", { error: e.message }),
+        )
+        : null;
+      let fed = false;
+      if (zoneStore) {
+        try {
+          const saved = await zoneStore.load();
+          if (saved) {
+            zone.replace(saved);
+            dnsLog.info("DNS names restored", { from: "disk", names: saved.length });
+          }
+        } catch (e) {
+          dnsLog.warn("not using the saved DNS names", { error: (e as Error).message });
+        }
+      }
       const feed = new kubeCfg.kube.Reflector({
         api: kubeCfg.kapi,
         path: `/api/v1/namespaces/${values["mesh-namespace"]}/services`,
@@ -532,10 +552,21 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         kind: "Service",
         labelSelector: SHADOW_SELECTOR,
         logger: logger.with({ room: "dns" }),
-        onChange: (r) => zone.replace(shadowDnsEntries(r.items.values())),
+        onChange: (r) => {
+          const entries = [...shadowDnsEntries(r.items.values())];
+          zone.replace(entries);
+          if (!fed) dnsLog.info("DNS names loaded", { from: "api", names: entries.length });
+          fed = true;
+          zoneStore?.save(entries);
+        },
       });
       feed.start();
-      dnsFeed = feed;
+      dnsFeed = {
+        stop: async () => {
+          await feed.stop();
+          await zoneStore?.flush();
+        },
+      };
     }
     // The config stream this pod serves while it leads, with a key made for this process.
     const { kube: k, kapi } = kubeCfg;

@@ -339,7 +339,8 @@ export const DISTRIBUTION_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "DIR",
     default: "/var/lib/meshd",
-    help: "Where the last applied config is kept (config.json), loaded at start so a " +
-      "restarted node routes before it reaches the leader; empty: keep nothing",
+    help: "Where the last applied config (config.json) and mesh DNS names (dns.json) are " +
+      "kept, loaded at start so a restarted node routes and resolves before it reaches the " +
+      "leader or the API server; empty: keep nothing",
   },
 ];

@@ -18,10 +18,39 @@ export class ConfigStoreError extends Error {
 export const CONFIG_STORE_FORMAT = "meshd.config/v1";
 
 /**
+ * Replaces `path` with `text` so that a crash at any moment leaves either the old file or the
+ * new one, whole: writes a temporary file beside it, syncs it, renames it over `path`, and
+ * syncs the folder so the rename reaches the disk too. The temporary file is removed on failure.
+ */
+export async function writeFileAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  const data = new TextEncoder().encode(text);
+  try {
+    const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    try {
+      for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
+      await f.sync();
+    } finally {
+      f.close();
+    }
+    await Deno.rename(tmp, path);
+    const slash = path.lastIndexOf("/");
+    const folder = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+    const dir = await Deno.open(folder, { read: true });
+    try {
+      await dir.sync();
+    } finally {
+      dir.close();
+    }
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+/**
  * The last applied MeshConfig on disk, so a restarted node routes before it reaches any
- * controller. A save writes a temporary file beside the target, syncs it to disk, then renames
- * it over the target and syncs the folder, so a crash at any moment leaves either the old
- * file or the new one, whole.
+ * controller. Saves go through {@linkcode writeFileAtomic}.
  */
 export class ConfigStore {
   readonly path: string;
@@ -32,30 +61,10 @@ export class ConfigStore {
 
   /** Saves `config` and its epoch, replacing what was saved. */
   async save({ epoch, config }: AppliedConfig): Promise<void> {
-    const tmp = `${this.path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-    const data = new TextEncoder().encode(
-      JSON.stringify({ format: CONFIG_STORE_FORMAT, epoch, config }) + "\n",
-    );
+    const data = JSON.stringify({ format: CONFIG_STORE_FORMAT, epoch, config }) + "\n";
     try {
-      const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
-      try {
-        for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
-        await f.sync();
-      } finally {
-        f.close();
-      }
-      await Deno.rename(tmp, this.path);
-      // and the rename itself reaches the disk: sync the folder that holds the name
-      const slash = this.path.lastIndexOf("/");
-      const folder = slash < 0 ? "." : slash === 0 ? "/" : this.path.slice(0, slash);
-      const dir = await Deno.open(folder, { read: true });
-      try {
-        await dir.sync();
-      } finally {
-        dir.close();
-      }
+      await writeFileAtomic(this.path, data);
     } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
       throw new ConfigStoreError(
         `Cannot save the config to "${this.path}": ${(e as Error).message}`,
         { cause: e },

@@ -131,6 +131,18 @@ export async function removeLeftovers(): Promise<string[]> {
     await run("ip", ["netns", "delete", name]);
     removed.push(`netns ${name}`);
   }
+  // The resolv.conf files of pod namespaces (`ip netns exec` mounts /etc/netns/<name>/*).
+  let netnsEtc: Deno.DirEntry[] = [];
+  try {
+    netnsEtc = [...Deno.readDirSync("/etc/netns")];
+  } catch { /* none yet */ }
+  for (const e of netnsEtc) {
+    if (!e.name.startsWith(PREFIX)) continue;
+    const owner = Number(e.name.slice(PREFIX.length).split("-")[0]);
+    if (owner && owner !== Deno.pid && isAlive(owner)) continue;
+    await Deno.remove(`/etc/netns/${e.name}`, { recursive: true }).catch(() => {});
+    removed.push(`/etc/netns/${e.name}`);
+  }
   return removed;
 }
 

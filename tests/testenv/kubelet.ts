@@ -10,7 +10,11 @@
 import type { TestCluster } from "./cluster.ts";
 
 /** Creates a Node object that reports Ready. */
-export async function registerNode(cluster: TestCluster, name: string): Promise<void> {
+export async function registerNode(
+  cluster: TestCluster,
+  name: string,
+  internalIP?: string,
+): Promise<void> {
   await cluster.must("POST", "/api/v1/nodes", {
     apiVersion: "v1",
     kind: "Node",
@@ -26,7 +30,10 @@ export async function registerNode(cluster: TestCluster, name: string): Promise<
         lastHeartbeatTime: new Date().toISOString(),
         lastTransitionTime: new Date().toISOString(),
       }],
-      addresses: [{ type: "Hostname", address: name }],
+      addresses: [
+        ...(internalIP ? [{ type: "InternalIP", address: internalIP }] : []),
+        { type: "Hostname", address: name },
+      ],
     },
   });
 }
@@ -42,6 +49,10 @@ export interface PodSpec {
   /** Container ports, named or not. */
   ports?: { name?: string; containerPort: number; protocol?: string }[];
   ready?: boolean;
+  /** The node's address, as kubelet reports it (default 203.0.113.254). */
+  hostIP?: string;
+  /** A pod in its node's network namespace, as a DaemonSet's with `hostNetwork: true`. */
+  hostNetwork?: boolean;
 }
 
 /** Creates a Pod bound to `node` and marks it Running (and Ready unless `ready: false`). */
@@ -55,10 +66,11 @@ export async function runPod(cluster: TestCluster, pod: PodSpec): Promise<void> 
       nodeName: pod.node,
       serviceAccountName: pod.serviceAccount ?? "default",
       automountServiceAccountToken: false,
+      ...(pod.hostNetwork ? { hostNetwork: true } : {}),
       containers: [{ name: "app", image: "meshd.test/none", ports: pod.ports ?? [] }],
     },
   });
-  await setPodReady(cluster, ns, pod.name, pod.ip, pod.ready ?? true);
+  await setPodReady(cluster, ns, pod.name, pod.ip, pod.ready ?? true, pod.hostIP);
 }
 
 /** Patches a Pod's status as kubelet would: Running, with `ip`, Ready or not. */
@@ -68,6 +80,7 @@ export async function setPodReady(
   name: string,
   ip: string,
   ready: boolean,
+  hostIP = "203.0.113.254",
 ): Promise<void> {
   const now = new Date().toISOString();
   const cond = (type: string, ok: boolean) => ({
@@ -80,7 +93,7 @@ export async function setPodReady(
       phase: "Running",
       podIP: ip,
       podIPs: [{ ip }],
-      hostIP: "203.0.113.254",
+      hostIP,
       startTime: now,
       conditions: [
         cond("PodScheduled", true),

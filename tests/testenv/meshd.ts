@@ -17,7 +17,20 @@ export const MESHD_PERMISSIONS = [
   "--allow-sys=hostname,osRelease",
 ];
 
-/** One meshd process on loopback. */
+/** `GET` on a meshd's API, from wherever it can be reached. */
+export type ApiGet = (path: string) => Promise<{ status: number; body: string }>;
+
+/** Where a meshd runs: on host loopback (free ports), or inside a node's network namespace. */
+export interface MeshdPlace {
+  /** The network namespace (`ip netns exec`); its ports are meshd's defaults there. */
+  netns: string;
+  /** How the test reaches the API inside the namespace. */
+  api: ApiGet;
+  /** Called with the PID once the process runs (the harness records it for cleanup). */
+  started?: (pid: number) => void;
+}
+
+/** One meshd process, on loopback or in a node's network namespace. */
 export class MeshdProcess {
   readonly child: Child;
   readonly identity: string;
@@ -27,11 +40,13 @@ export class MeshdProcess {
   readonly dnsPort: number;
   /** Port of its config stream (served while it leads). */
   readonly distributionPort: number;
+  readonly #get: ApiGet;
 
   constructor(
     child: Child,
     identity: string,
     ports: { api: number; http: number; dns: number; distribution: number },
+    get?: ApiGet,
   ) {
     this.child = child;
     this.identity = identity;
@@ -39,23 +54,29 @@ export class MeshdProcess {
     this.httpPort = ports.http;
     this.dnsPort = ports.dns;
     this.distributionPort = ports.distribution;
+    this.#get = get ?? (async (path) => {
+      const r = await fetch(`http://127.0.0.1:${this.apiPort}${path}`);
+      return { status: r.status, body: await r.text() };
+    });
   }
 
   /**
-   * Starts `meshd run --provider kube` with `extra` flags, on free loopback ports; it keeps
-   * its applied config in `stateDir` when one is given, and nothing otherwise.
+   * Starts `meshd run --provider kube` with `extra` flags; it keeps its applied config in
+   * `stateDir` when one is given, and nothing otherwise. On loopback it takes free ports; in a
+   * namespace (`place`) it listens on every address there, on ports 9000 (API), 5000 (HTTP),
+   * 53 (DNS) and 9443 (config stream).
    */
   static start(
     kubeconfig: string,
     identity: string,
     extra: string[] = [],
     stateDir = "",
+    place?: MeshdPlace,
   ): MeshdProcess {
-    const apiPort = freePort();
-    const httpPort = freePort();
-    const dnsPort = freePort();
-    const distributionPort = freePort();
-    const child = new Child(identity, [
+    const ports = place
+      ? { api: 9000, http: 5000, dns: 53, distribution: 9443 }
+      : { api: freePort(), http: freePort(), dns: freePort(), distribution: freePort() };
+    const args = [
       "run",
       ...MESHD_PERMISSIONS,
       `${ROOT}main.ts`,
@@ -63,20 +84,25 @@ export class MeshdProcess {
       "--provider=kube",
       `--kubeconfig=${kubeconfig}`,
       `--identity=${identity}`,
-      `--api-port=${apiPort}`,
-      `--http-port=${httpPort}`,
-      `--dns-port=${dnsPort}`,
-      `--distribution-port=${distributionPort}`,
+      `--api-port=${ports.api}`,
+      `--http-port=${ports.http}`,
+      `--dns-port=${ports.dns}`,
+      `--distribution-port=${ports.distribution}`,
       `--state-dir=${stateDir}`,
       "--log-format=json",
+      ...(place
+        ? ["--proxy-address=0.0.0.0", "--dns-address=0.0.0.0", "--distribution-address=0.0.0.0"]
+        : []),
       ...extra,
-    ], { cwd: ROOT });
-    return new MeshdProcess(child, identity, {
-      api: apiPort,
-      http: httpPort,
-      dns: dnsPort,
-      distribution: distributionPort,
-    });
+    ];
+    const child = place
+      ? new Child(identity, ["netns", "exec", place.netns, Deno.execPath(), ...args], {
+        cwd: ROOT,
+        command: "ip",
+      })
+      : new Child(identity, args, { cwd: ROOT });
+    place?.started?.(child.pid);
+    return new MeshdProcess(child, identity, ports, place?.api);
   }
 
   /** The JSON log events written so far. */
@@ -107,9 +133,8 @@ export class MeshdProcess {
   }
 
   /** `GET` on this meshd's API. */
-  async api(path: string): Promise<{ status: number; body: string }> {
-    const r = await fetch(`http://127.0.0.1:${this.apiPort}${path}`);
-    return { status: r.status, body: await r.text() };
+  api(path: string): Promise<{ status: number; body: string }> {
+    return this.#get(path);
   }
 
   /** SIGKILL, by PID: no cleanup at all, as a crash. */
