@@ -31,6 +31,9 @@ export interface DistributionClientOptions {
   backoffMs?: { first: number; max: number };
 }
 
+/** The largest config update a node accepts: a snapshot of about 500,000 services. */
+export const MAX_UPDATE_BYTES = 256 * 1024 * 1024;
+
 /** How to reach the leader. */
 export interface LeaderAddress {
   /** `host:port`. */
@@ -142,6 +145,8 @@ export class DistributionClient {
     const client = new pkg.client(addr, creds, {
       "grpc.ssl_target_name_override": LEADER_TLS_NAME,
       "grpc.default_authority": LEADER_TLS_NAME,
+      // gRPC refuses messages over 4 MiB by default; a snapshot of 10,000 services is larger.
+      "grpc.max_receive_message_length": MAX_UPDATE_BYTES,
     });
     this.#client = client;
     this.#session = leader;

@@ -97,6 +97,26 @@ Deno.test("a node gets the whole config, then deltas, and the leader tracks what
   }
 });
 
+Deno.test("a snapshot larger than gRPC's default 4 MiB limit reaches the node", async () => {
+  const { server, address } = await leader();
+  const n = node("node-big", () => Promise.resolve(address));
+  try {
+    const big = config(1, true, 20_000);
+    const bytes = new TextEncoder().encode(JSON.stringify(big)).length;
+    assert.ok(bytes > 4 * 1024 * 1024, `the config is ${bytes} bytes`);
+    server.publish(big, "e1");
+    n.client.start();
+    await waitFor(
+      "the big snapshot on the node",
+      () => n.state.applied?.version === 1 || undefined,
+    );
+    assert.equal(n.state.applied!.services.length, 20_001);
+  } finally {
+    await n.client.stop();
+    await server.stop();
+  }
+});
+
 Deno.test("a node that falls behind gets one delta over all it missed", async () => {
   const { server, address } = await leader();
   let slow: (() => void) | null = null;
