@@ -435,6 +435,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   let dns: DnsServer | null = null;
   let dnsFeed: { stop(): Promise<void> } | null = null;
   let leaseWatch: Reflector | null = null;
+  let shadowWatch: Reflector | null = null;
   let controller: MeshController | null = null;
   let distServer: DistributionServer | null = null;
   let client: DistributionClient | null = null;
@@ -461,6 +462,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         selector: kubeCfg.selector,
         httpPort: values["http-port"] as number,
         isLeader: () => elector?.isLeader ?? false,
+        existing: () => shadowWatch?.synced ? shadowWatch.items.values() : null,
       });
     }
     const leaseKey = `${values["mesh-namespace"]}/${values["lease-name"]}`;
@@ -524,50 +526,61 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
           }`,
         );
       }
-      // Every node answers from the shadow Services the leader keeps, and saves the names
-      // beside its config: restarted while the API server is away, it still resolves them.
-      const dnsLog = logger.with({ room: "dns" });
-      const zoneStore = stateDir
-        ? new ZoneStore(
-          `${stateDir}/dns.json`,
-          (e) => dnsLog.warn("cannot save the DNS names", { error: e.message }),
-        )
-        : null;
-      let fed = false;
-      if (zoneStore) {
-        try {
-          const saved = await zoneStore.load();
-          if (saved) {
-            zone.replace(saved);
-            dnsLog.info("DNS names restored", { from: "disk", names: saved.length });
-          }
-        } catch (e) {
-          dnsLog.warn("not using the saved DNS names", { error: (e as Error).message });
-        }
-      }
-      const feed = new kubeCfg.kube.Reflector({
-        api: kubeCfg.kapi,
-        path: `/api/v1/namespaces/${values["mesh-namespace"]}/services`,
-        apiVersion: "v1",
-        kind: "Service",
-        labelSelector: SHADOW_SELECTOR,
-        logger: logger.with({ room: "dns" }),
-        onChange: (r) => {
-          const entries = [...shadowDnsEntries(r.items.values())];
-          zone.replace(entries);
-          if (!fed) dnsLog.info("DNS names loaded", { from: "api", names: entries.length });
-          fed = true;
-          zoneStore?.save(entries);
-        },
-      });
-      feed.start();
-      dnsFeed = {
-        stop: async () => {
-          await feed.stop();
-          await zoneStore?.flush();
-        },
-      };
     }
+    // Every node watches the shadow Services the leader keeps: the leader to reconcile them
+    // without listing them all on each change, every node to answer DNS from them. The names
+    // are saved beside the config, so a node restarted while the API server is away still
+    // resolves them. A burst of changes (thousands of shadows at start) rebuilds the zone once.
+    const dnsLog = logger.with({ room: "dns" });
+    const zone = dns ? kubeCfg.zone : null;
+    const zoneStore = zone && stateDir
+      ? new ZoneStore(
+        `${stateDir}/dns.json`,
+        (e) => dnsLog.warn("cannot save the DNS names", { error: e.message }),
+      )
+      : null;
+    if (zone && zoneStore) {
+      try {
+        const saved = await zoneStore.load();
+        if (saved) {
+          zone.replace(saved);
+          dnsLog.info("DNS names restored", { from: "disk", names: saved.length });
+        }
+      } catch (e) {
+        dnsLog.warn("not using the saved DNS names", { error: (e as Error).message });
+      }
+    }
+    let fed = false;
+    let zoneTimer: ReturnType<typeof setTimeout> | undefined;
+    const feedZone = () => {
+      if (!zone || zoneTimer !== undefined || !shadowWatch) return;
+      const watch = shadowWatch;
+      zoneTimer = setTimeout(() => {
+        zoneTimer = undefined;
+        const entries = [...shadowDnsEntries(watch.items.values())];
+        zone.replace(entries);
+        if (!fed) dnsLog.info("DNS names loaded", { from: "api", names: entries.length });
+        fed = true;
+        zoneStore?.save(entries);
+      }, fed ? 20 : 0);
+    };
+    const watch = shadowWatch = new kubeCfg.kube.Reflector({
+      api: kubeCfg.kapi,
+      path: `/api/v1/namespaces/${values["mesh-namespace"]}/services`,
+      apiVersion: "v1",
+      kind: "Service",
+      labelSelector: SHADOW_SELECTOR,
+      logger: logger.with({ room: "controller" }),
+      onChange: feedZone,
+    });
+    watch.start();
+    dnsFeed = {
+      stop: async () => {
+        await watch.stop();
+        clearTimeout(zoneTimer);
+        await zoneStore?.flush();
+      },
+    };
     // The config stream this pod serves while it leads, with a key made for this process.
     const { kube: k, kapi } = kubeCfg;
     const meshNs = values["mesh-namespace"] as string;

@@ -107,6 +107,14 @@ export interface ShadowControllerOptions extends ShadowOptions {
   logger: Logger;
   /** Asked before every write: only the leader writes. */
   isLeader: () => boolean;
+  /**
+   * The shadow Services as a watch last saw them, or null until it has listed them; without
+   * it (or while it is null) each pass lists them from the API. With 10,000 Services that list
+   * is megabytes on every config change, so meshd hands over the watch its DNS answers from.
+   */
+  existing?: () => Iterable<RawObject> | null;
+  /** Writes in flight at once; default 8. */
+  concurrency?: number;
 }
 
 /**
@@ -156,32 +164,56 @@ export class ShadowServiceController {
     const { api, meshNamespace } = this.#o;
     const base = `/api/v1/namespaces/${meshNamespace}/services`;
     const want = desiredShadowServices(config, this.#o);
-    const sel = encodeURIComponent(SHADOW_SELECTOR);
-    const existing = await api.request("GET", `${base}?labelSelector=${sel}`);
     const have = new Map<string, RawObject>();
-    for (const item of (existing["items"] ?? []) as RawObject[]) have.set(name(item), item);
+    const cached = this.#o.existing?.();
+    if (cached) {
+      for (const item of cached) have.set(name(item), item);
+    } else {
+      const sel = encodeURIComponent(SHADOW_SELECTOR);
+      const existing = await api.request("GET", `${base}?labelSelector=${sel}`);
+      for (const item of (existing["items"] ?? []) as RawObject[]) have.set(name(item), item);
+    }
     let created = 0;
     let updated = 0;
     let deleted = 0;
+    const writes: (() => Promise<void>)[] = [];
     for (const svc of want) {
-      if (!this.#o.isLeader()) return;
       const old = have.get(name(svc));
       if (old && sameShape(old, svc)) continue;
-      await api.request("PATCH", `${base}/${name(svc)}?fieldManager=meshd&force=true`, svc, {
-        contentType: "application/apply-patch+yaml",
+      writes.push(async () => {
+        await api.request("PATCH", `${base}/${name(svc)}?fieldManager=meshd&force=true`, svc, {
+          contentType: "application/apply-patch+yaml",
+        });
+        if (old) updated++;
+        else created++;
       });
-      if (old) updated++;
-      else created++;
     }
     const keep = new Set(want.map(name));
     for (const n of have.keys()) {
       if (keep.has(n)) continue;
-      if (!this.#o.isLeader()) return;
-      await api.request("DELETE", `${base}/${n}`).catch((e) => {
-        if ((e as { status?: number }).status !== 404) throw e;
+      writes.push(async () => {
+        await api.request("DELETE", `${base}/${n}`).catch((e) => {
+          if ((e as { status?: number }).status !== 404) throw e;
+        });
+        deleted++;
       });
-      deleted++;
     }
+    // A few writes at a time; all stop at the first failure or once leadership is lost.
+    let next = 0;
+    let failed: unknown = null;
+    await Promise.all(
+      Array.from({ length: Math.min(this.#o.concurrency ?? 8, writes.length) }, async () => {
+        while (next < writes.length && failed === null && this.#o.isLeader()) {
+          try {
+            await writes[next++]!();
+          } catch (e) {
+            failed ??= e;
+          }
+        }
+      }),
+    );
+    if (failed !== null) throw failed;
+    if (!this.#o.isLeader()) return;
     if (created + updated + deleted > 0) {
       this.writes++;
       this.#o.logger.info("shadow services updated", {

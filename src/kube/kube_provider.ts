@@ -154,6 +154,12 @@ export class KubeProvider {
     }
     const first = new Promise<void>((r) => this.#firstLoad = r);
     const namespaces = this.#opts.watchNamespaces.length ? this.#opts.watchNamespaces : [undefined];
+    // Watching every namespace, the server leaves the ignored ones out (the mesh namespace
+    // among them, where the leader writes a shadow Service per Service): their events would
+    // only start loads that drop them.
+    const fieldSelector = this.#opts.watchNamespaces.length
+      ? undefined
+      : this.#opts.ignoreNamespaces.map((n) => `metadata.namespace!=${n}`).join(",") || undefined;
     for (const c of COLLECTIONS) {
       for (const ns of namespaces) {
         const r = new Reflector({
@@ -161,6 +167,7 @@ export class KubeProvider {
           path: collectionPath(c, ns),
           apiVersion: c.apiVersion,
           kind: c.kind,
+          fieldSelector,
           logger: log,
           onChange: () => this.#schedule(),
           watchTimeoutSeconds: this.#opts.watchTimeoutSeconds,

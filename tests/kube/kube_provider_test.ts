@@ -94,6 +94,10 @@ Deno.test("kube provider", async (t) => {
         await provider.start();
         // The API server's own Service is never meshed.
         assert.deepEqual(names(current(), "Service"), ["shop/cart"]);
+        // An ignored namespace is left out by the server: its objects never reach the watch,
+        // so a busy one (the mesh namespace, with a shadow per Service) starts no load.
+        const services = provider.reflectors.find((r) => r.opts.kind === "Service")!;
+        assert.deepEqual([...services.items.keys()].filter((k) => k.startsWith("ops/")), []);
         assert.ok(
           warnings.some((w) => w.includes("split.smi-spec.io is not served")),
           `warned about SMI: ${warnings.join("\n")}`,

@@ -51,6 +51,16 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
       assert.equal(p.port, 53);
     }
     assert.ok(container.args.includes("--dns-address=0.0.0.0"));
+    // Other nodes reach the leader's config stream at its pod IP, on the port meshd serves.
+    assert.ok(container.args.includes("--distribution-address=0.0.0.0"));
+    assert.equal(container.ports.find((p) => p.name === "distribution")?.containerPort, 9443);
+    const env = (container as unknown as {
+      env: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
+    }).env;
+    assert.equal(
+      env.find((e) => e.name === "POD_IP")?.valueFrom?.fieldRef?.fieldPath,
+      "status.podIP",
+    );
 
     const can = async (
       verb: string,

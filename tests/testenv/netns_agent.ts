@@ -122,7 +122,7 @@ async function fetchOnce(m: Msg): Promise<Reply> {
 }
 
 async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const t = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${what}: no answer in ${ms} ms`)), ms);
   });
