@@ -257,8 +257,9 @@ export class NetnsMesh {
     }
   }
 
-  async #record(pid: number): Promise<void> {
-    await Deno.writeTextFile(`${this.cluster.dir}/pids`, `${pid}\n`, { append: true });
+  /** Records a PID with the cluster's, so a later run stops it if this one crashes. */
+  #record(pid: number): void {
+    Deno.writeTextFileSync(`${this.cluster.dir}/pids`, `${pid}\n`, { append: true });
   }
 
   async #netns(name: string): Promise<void> {
@@ -318,7 +319,7 @@ export class NetnsMesh {
     await registerNode(this.cluster, name, nodeIp);
 
     const agent = new NetnsAgent(name, netns, this.cluster.dir);
-    await this.#record(agent.pid);
+    this.#record(agent.pid);
     const relay = await agent.call("relay", { ...NODE_API, path: this.#socket });
     if (relay.error) throw new Error(`${name}: API relay: ${relay.error}`);
 
@@ -445,7 +446,7 @@ export class NetnsMesh {
       await ip("-n", netns, "route", "add", range, "via", GATEWAY, "dev", "eth0");
     }
     const agent = new NetnsAgent(opts.name, netns, this.cluster.dir);
-    await this.#record(agent.pid);
+    this.#record(agent.pid);
     if (opts.http || opts.tcp || opts.udp) {
       const r = await agent.call("serve", { http: opts.http, tcp: opts.tcp, udp: opts.udp });
       if (r.error) throw new Error(`${opts.name}: ${r.error}`);
