@@ -213,6 +213,11 @@ interface CaseResult {
   changes: number;
   p50Ms: number;
   p99Ms: number;
+  /** Write to the leader's publish, p50 and p99. */
+  publishP50Ms: number;
+  publishP99Ms: number;
+  /** Write to the last real node's apply, p99. */
+  realNodesP99Ms: number;
   maxMs: number;
   fullConfigBytes: number;
   deltaBytesPerNodePerChange: number;
@@ -329,6 +334,9 @@ async function main(): Promise<void> {
         const cpu0 = cpuSeconds(pid);
         const wall0 = performance.now();
         const times: number[] = [];
+        // Where the time goes: the write to the leader's publish, and to the real nodes' apply.
+        const toPublish: number[] = [];
+        const toRealNodes: number[] = [];
         for (let k = 0; k < args.changes; k++) {
           generation++;
           const i = (generation * 7919) % services;
@@ -346,6 +354,7 @@ async function main(): Promise<void> {
           );
           const version = pub["version"] as number;
           const epoch = pub["epoch"] as string;
+          toPublish.push(Math.max(0, (pub["at"] as number) - t0));
           const last = await waitFor(`version ${version} on every node`, () => {
             const at: number[] = [];
             for (const n of nodes) {
@@ -356,14 +365,16 @@ async function main(): Promise<void> {
               if (!e) return undefined;
               at.push(Date.parse(e["ts"] as string));
             }
+            const real = Math.max(...at);
             for (const s of sims) {
               const t = s.appliedAt(epoch, version);
               if (t === undefined) return undefined;
               at.push(t);
             }
-            return Math.max(...at);
+            return { all: Math.max(...at), real };
           }, 30_000);
-          times.push(Math.max(0, last - t0));
+          times.push(Math.max(0, last.all - t0));
+          toRealNodes.push(Math.max(0, last.real - t0));
           if (epochOf() !== epoch) throw new Error("leadership moved during the benchmark");
         }
         const wall = (performance.now() - wall0) / 1000;
@@ -388,6 +399,9 @@ async function main(): Promise<void> {
           simulatedAgents: simulated,
           changes: args.changes,
           p50Ms: quantile(sorted, 0.5),
+          publishP50Ms: quantile([...toPublish].sort((a, b) => a - b), 0.5),
+          publishP99Ms: quantile([...toPublish].sort((a, b) => a - b), 0.99),
+          realNodesP99Ms: quantile([...toRealNodes].sort((a, b) => a - b), 0.99),
           p99Ms: quantile(sorted, 0.99),
           maxMs: sorted.at(-1)!,
           fullConfigBytes: fullBytes,
@@ -426,6 +440,8 @@ async function main(): Promise<void> {
       pad("nodes", 12),
       pad("p50 ms", 8),
       pad("p99 ms", 8),
+      pad("publish p50/p99", 16),
+      pad("real p99", 9),
       pad("max ms", 8),
       pad("config B", 10),
       pad("delta B/node", 12),
@@ -446,6 +462,8 @@ async function main(): Promise<void> {
         pad(`3+${r.simulatedAgents}`, 12),
         pad(r.p50Ms.toFixed(1), 8),
         pad(r.p99Ms.toFixed(1), 8),
+        pad(`${r.publishP50Ms.toFixed(0)}/${r.publishP99Ms.toFixed(0)}`, 16),
+        pad(r.realNodesP99Ms.toFixed(0), 9),
         pad(r.maxMs.toFixed(1), 8),
         pad(String(r.fullConfigBytes), 10),
         pad(r.deltaBytesPerNodePerChange.toFixed(0), 12),
@@ -461,7 +479,8 @@ async function main(): Promise<void> {
     );
   }
   console.log(
-    "nodes: real meshd + simulated agents. delta/full: bytes a node got per one-endpoint change " +
+    "nodes: real meshd + simulated agents. publish: from the write to the leader's publish. " +
+      "real: from the write to the last real node's apply. delta/full: bytes a node got per one-endpoint change " +
       "over the whole config. full/s: the whole config to every node each second (Traefik " +
       "Mesh's polling). full/s÷change: how many changes a second meshd could push for the " +
       "bytes that polling sends. CPU: the leader's share of one core.",
