@@ -552,6 +552,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
     let fed = false;
     let zoneTimer: ReturnType<typeof setTimeout> | undefined;
+    let resyncTimer: ReturnType<typeof setTimeout> | undefined;
     const feedZone = () => {
       if (!zone || zoneTimer !== undefined || !shadowWatch) return;
       const watch = shadowWatch;
@@ -571,13 +572,25 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       kind: "Service",
       labelSelector: SHADOW_SELECTOR,
       logger: logger.with({ room: "controller" }),
-      onChange: feedZone,
+      onChange: () => {
+        feedZone();
+        // The leader reconciles from this watch: when the shadows change (its own writes
+        // arriving, or someone else's edit), it looks again, so nothing waits for the next
+        // config. A burst of changes makes one pass.
+        if (elector?.isLeader && resyncTimer === undefined) {
+          resyncTimer = setTimeout(() => {
+            resyncTimer = undefined;
+            void shadows?.resync();
+          }, 100);
+        }
+      },
     });
     watch.start();
     dnsFeed = {
       stop: async () => {
         await watch.stop();
         clearTimeout(zoneTimer);
+        clearTimeout(resyncTimer);
         await zoneStore?.flush();
       },
     };

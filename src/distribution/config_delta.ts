@@ -1,4 +1,4 @@
-import type { MeshConfig, MeshService } from "../topology/mod.ts";
+import { type MeshConfig, type MeshService, serviceJson } from "../topology/mod.ts";
 
 /**
  * What turns one MeshConfig version into the next: services added or changed are sent whole,
@@ -44,13 +44,15 @@ export function compareServices(a: MeshService, b: MeshService): number {
 
 /** The delta from `a` to `b`. Pure. */
 export function diffConfigs(a: MeshConfig, b: MeshConfig): MeshDelta {
-  const before = new Map(a.services.map((s) => [serviceKey(s), JSON.stringify(s)]));
+  const before = new Map(a.services.map((s) => [serviceKey(s), s]));
   const after = new Set<string>();
   const upserts: MeshService[] = [];
   for (const s of b.services) {
     const k = serviceKey(s);
     after.add(k);
-    if (before.get(k) !== JSON.stringify(s)) upserts.push(s);
+    const old = before.get(k);
+    // The same object is the same service (configs never change a service once built).
+    if (old !== s && (!old || serviceJson(old) !== serviceJson(s))) upserts.push(s);
   }
   const removes = [...before.keys()].filter((k) => !after.has(k));
   const identitiesSet: Record<string, string> = {};
@@ -87,14 +89,23 @@ export function applyDelta(a: MeshConfig, d: MeshDelta): MeshConfig {
       );
     }
   }
-  for (const s of d.upserts) services.set(serviceKey(s), s);
+  // Services only changed or removed keep the base's order (sorted, and a Map keeps insertion
+  // order); only new ones need a sort.
+  let added = false;
+  for (const s of d.upserts) {
+    const k = serviceKey(s);
+    if (!services.has(k)) added = true;
+    services.set(k, s);
+  }
+  const list = [...services.values()];
+  if (added) list.sort(compareServices);
   const identities = { ...a.identities, ...d.identitiesSet };
   for (const ip of d.identitiesRemoved) delete identities[ip];
   return {
     version: d.to,
     domain: d.domain ?? a.domain,
     acl: d.acl ?? a.acl,
-    services: [...services.values()].sort(compareServices),
+    services: list,
     identities,
   };
 }

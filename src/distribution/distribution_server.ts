@@ -45,6 +45,13 @@ export interface DistributionServerOptions {
   authenticate?: (hello: { node: string; token: string }) => Promise<string | null>;
   /** The clock, for `lastAckAt`. */
   now?: () => number;
+  /**
+   * Whole configs in flight at once, across nodes; default 8. Nodes that need one while that
+   * many are on their way wait their turn (deltas never wait): when hundreds of nodes connect
+   * at once to a leader of a large mesh, its memory holds a few copies of the config in
+   * transit, not one per node.
+   */
+  maxSnapshotsInFlight?: number;
 }
 
 type Call = grpc.ServerDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
@@ -57,6 +64,8 @@ interface Stream {
   inflight: ConfigRef | null;
   /** A version the node could not apply: not sent again; a newer one goes whole. */
   failed: number | null;
+  /** Whether what is in flight is a whole config. */
+  snapshot: boolean;
 }
 
 /**
@@ -74,6 +83,9 @@ export class DistributionServer {
   readonly #appliedRefs = new Map<string, ConfigRef>();
   #bytesSent = 0;
   readonly #encoded = new WeakMap<object, Uint8Array>();
+  /** Streams waiting for a whole config, in the order they asked. */
+  readonly #waiting = new Set<Stream>();
+  #snapshotsInFlight = 0;
 
   constructor(options: DistributionServerOptions) {
     this.#o = options;
@@ -155,11 +167,20 @@ export class DistributionServer {
   }
 
   #subscribe(call: Call): void {
-    const s: Stream = { call, node: null, applied: null, inflight: null, failed: null };
+    const s: Stream = {
+      call,
+      node: null,
+      applied: null,
+      inflight: null,
+      failed: null,
+      snapshot: false,
+    };
     this.#streams.add(s);
     const log = this.#o.logger;
     const gone = () => {
       if (!this.#streams.delete(s)) return;
+      this.#waiting.delete(s);
+      this.#snapshotDone(s);
       const st = s.node ? this.#nodes.get(s.node) : undefined;
       // a reconnect may have opened a new stream before this one ended
       if (st && !this.#current(s.node!)) st.connected = false;
@@ -237,7 +258,10 @@ export class DistributionServer {
     const st = this.#nodes.get(s.node)!;
     st.lastAckAt = (this.#o.now ?? Date.now)();
     const sent = s.inflight;
-    if (s.inflight?.version === ack.version) s.inflight = null;
+    if (s.inflight?.version === ack.version) {
+      s.inflight = null;
+      this.#snapshotDone(s);
+    }
     if (ack.applied) {
       if (sent?.version === ack.version) {
         s.applied = sent;
@@ -264,6 +288,15 @@ export class DistributionServer {
     if (s.failed !== null && s.failed === this.history.current?.config.version) return;
     const u = this.history.updateFor(s.applied);
     if (u.kind === "none") return;
+    if (u.kind === "snapshot") {
+      if (this.#snapshotsInFlight >= (this.#o.maxSnapshotsInFlight ?? 8)) {
+        this.#waiting.add(s);
+        return;
+      }
+      this.#waiting.delete(s);
+      this.#snapshotsInFlight++;
+      s.snapshot = true;
+    }
     const version = u.kind === "delta" ? u.delta.to : u.config.version;
     const msg: ConfigUpdateMessage = u.kind === "delta"
       ? { version, epoch: u.epoch, delta: this.#encode(u) }
@@ -273,6 +306,18 @@ export class DistributionServer {
     this.#nodes.get(s.node)!.sent = version;
     this.#o.logger.debug("config sent", { node: s.node, version, kind: u.kind });
     s.call.write(msg);
+  }
+
+  /** Frees `s`'s whole-config slot, if it held one, and gives it to the next that waits. */
+  #snapshotDone(s: Stream): void {
+    if (!s.snapshot) return;
+    s.snapshot = false;
+    this.#snapshotsInFlight--;
+    for (const w of this.#waiting) {
+      if (this.#snapshotsInFlight >= (this.#o.maxSnapshotsInFlight ?? 8)) break;
+      this.#waiting.delete(w);
+      this.#pump(w);
+    }
   }
 
   /** The JSON of an update, encoded once however many nodes it goes to. */

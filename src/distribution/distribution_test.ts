@@ -117,6 +117,55 @@ Deno.test("a snapshot larger than gRPC's default 4 MiB limit reaches the node", 
   }
 });
 
+Deno.test("whole configs go out a few at a time; the other nodes wait their turn", async () => {
+  const { server, address } = await leader({ maxSnapshotsInFlight: 1 });
+  const spans: { node: string; start: number; end: number }[] = [];
+  const clients = ["n1", "n2", "n3"].map((name) => {
+    let held: StampedConfig | null = null;
+    return new DistributionClient({
+      node: name,
+      leader: () => Promise.resolve(address),
+      current: () => held,
+      apply: async (c) => {
+        const start = performance.now();
+        await new Promise((r) => setTimeout(r, 150));
+        held = c;
+        spans.push({ node: name, start, end: performance.now() });
+      },
+      logger: quiet(),
+      backoffMs: { first: 20, max: 100 },
+    });
+  });
+  try {
+    server.publish(config(1, true, 10), "e1");
+    for (const c of clients) c.start();
+    await waitFor(
+      "every node on version 1",
+      () =>
+        server.nodes().length === 3 && server.nodes().every((n) => n.applied === 1) || undefined,
+    );
+    spans.sort((a, b) => a.start - b.start);
+    for (let i = 1; i < spans.length; i++) {
+      assert.ok(
+        spans[i]!.start >= spans[i - 1]!.end - 1,
+        `${spans[i]!.node} got its config while ${spans[i - 1]!.node}'s was in flight`,
+      );
+    }
+    // Deltas do not wait: a change reaches all three at once.
+    spans.length = 0;
+    server.publish(config(2, false, 10), "e1");
+    await waitFor(
+      "every node on version 2",
+      () => server.nodes().every((n) => n.applied === 2) || undefined,
+    );
+    spans.sort((a, b) => a.start - b.start);
+    assert.ok(spans[2]!.start < spans[0]!.end, "the deltas were applied side by side");
+  } finally {
+    await Promise.all(clients.map((c) => c.stop()));
+    await server.stop();
+  }
+});
+
 Deno.test("a node that falls behind gets one delta over all it missed", async () => {
   const { server, address } = await leader();
   let slow: (() => void) | null = null;

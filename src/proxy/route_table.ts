@@ -65,6 +65,23 @@ export interface RouteState {
   breakerTiming: Partial<BreakerTiming>;
   /** The clock in ms. */
   now: () => number;
+  /**
+   * Routes of the last build by port object, to reuse for ports that did not change: configs
+   * keep the objects of unchanged services (`applyDelta`, `buildMeshConfig`), so a one-endpoint
+   * change rebuilds one route, not ten thousand.
+   */
+  routes: WeakMap<MeshPort, CachedRoute>;
+  /** Builds so far; a cached route is reused only by the build right after the one it was in. */
+  builds: number;
+}
+
+/** A route kept for reuse, with what it was built from. */
+export interface CachedRoute {
+  route: Route;
+  service: MeshService;
+  identities: string;
+  endpointKeys: string[];
+  build: number;
 }
 
 /** A fresh {@linkcode RouteState}. */
@@ -76,6 +93,8 @@ export function newRouteState(options: Partial<RouteState> = {}): RouteState {
     breakers: options.breakers ?? new Map(),
     breakerTiming: options.breakerTiming ?? {},
     now: options.now ?? Date.now,
+    routes: options.routes ?? new WeakMap(),
+    builds: options.builds ?? 0,
   };
 }
 
@@ -98,6 +117,9 @@ export function buildRouteTable(
   const routes: Route[] = [];
   const buckets = new Map<string, TokenBucket>();
   const breakers = new Map<string, CircuitBreaker>();
+  const build = ++state.builds;
+  // Access policies read the identity table: a route is reused only while it is the same.
+  const identities = JSON.stringify(config.identities);
 
   for (const service of config.services) {
     const serviceKey = `${service.namespace}/${service.name}`;
@@ -112,12 +134,6 @@ export function buildRouteTable(
     }
     for (const port of service.ports) {
       const key = `${serviceKey}:${port.port}`;
-      const ready: Candidate[] = [];
-      for (const ep of port.endpoints) {
-        const s = state.pool.state(ep);
-        endpointKeys.add(s.key);
-        if (ep.ready) ready.push({ state: s, serviceAccount: ep.serviceAccount });
-      }
       let rateLimit: TokenBucket | null = null;
       if (service.rateLimit) {
         const { average, burst } = service.rateLimit;
@@ -126,6 +142,29 @@ export function buildRouteTable(
           ? old
           : new TokenBucket(average, burst, state.now);
         buckets.set(key, rateLimit);
+      }
+      const cached = state.routes.get(port);
+      if (
+        cached && cached.build === build - 1 && cached.service === service &&
+        cached.identities === identities && cached.route.rateLimit === rateLimit &&
+        cached.route.breaker === (port.protocol === "http" ? breaker : null)
+      ) {
+        // The same port of the same service as in the last build: its endpoint states are
+        // still in the pool (that build kept them), so the route is reused whole.
+        cached.build = build;
+        for (const k of cached.endpointKeys) endpointKeys.add(k);
+        cached.route.split = null;
+        routes.push(cached.route);
+        byPort.set(`${serviceKey}:${port.port}/${port.protocol}`, cached.route);
+        continue;
+      }
+      const keys: string[] = [];
+      const ready: Candidate[] = [];
+      for (const ep of port.endpoints) {
+        const s = state.pool.state(ep);
+        endpointKeys.add(s.key);
+        keys.push(s.key);
+        if (ep.ready) ready.push({ state: s, serviceAccount: ep.serviceAccount });
       }
       const route: Route = {
         key,
@@ -146,6 +185,7 @@ export function buildRouteTable(
       };
       routes.push(route);
       byPort.set(`${serviceKey}:${port.port}/${port.protocol}`, route);
+      state.routes.set(port, { route, service, identities, endpointKeys: keys, build });
     }
   }
   state.buckets.clear();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { buildRouteTable, lookupHttpRoute } from "./route_table.ts";
-import { meshConfig } from "../../tests/testenv/mesh.ts";
+import { buildRouteTable, lookupHttpRoute, newRouteState } from "./route_table.ts";
+import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
 
 const config = meshConfig([
   { name: "web", ports: [{ port: 80 }, { port: 8080 }] },
@@ -34,4 +34,33 @@ Deno.test("buildRouteTable() puts TCP ports by listen port and leaves UDP to its
   assert.deepEqual([...t.tcp.keys()], [10000]);
   assert.equal(t.tcp.get(10000)?.key, "default/db:5432");
   assert.equal([...t.http.values()].some((r) => r.port.protocol !== "http"), false);
+});
+
+Deno.test("buildRouteTable() reuses the routes of ports whose service object did not change", () => {
+  const a = meshConfig([
+    { name: "web", ports: [{ port: 80, endpoints: [endpoint("10.0.0.1", 8080)] }] },
+    { name: "api", ports: [{ port: 80, endpoints: [endpoint("10.0.0.2", 8080)] }] },
+  ], { version: 1 });
+  const state = newRouteState();
+  const first = buildRouteTable(a, state);
+  // The next version keeps web's object and replaces api's, as applyDelta does.
+  const api = meshConfig([
+    { name: "api", ports: [{ port: 80, endpoints: [endpoint("10.0.0.3", 8080)] }] },
+  ]).services[0]!;
+  const b = { ...a, version: 2, services: [a.services[0]!, api] };
+  const second = buildRouteTable(b, state);
+  const web = (t: typeof first) => lookupHttpRoute(t, "web.default.mesh")!;
+  const apiRoute = (t: typeof first) => lookupHttpRoute(t, "api.default.mesh")!;
+  assert.equal(web(second), web(first), "web's route is the same object");
+  assert.notEqual(apiRoute(second), apiRoute(first));
+  assert.deepEqual(apiRoute(second).readyStates.map((s) => s.key), ["10.0.0.3:8080"]);
+  assert.ok(second.endpointKeys.has("10.0.0.1:8080"), "a reused route's endpoints are kept");
+  assert.ok(!second.endpointKeys.has("10.0.0.2:8080"));
+  // A new identity table can change who may use any route: nothing is reused.
+  const third = buildRouteTable({ ...b, version: 3, identities: { "10.1.0.1": "a/b" } }, state);
+  assert.notEqual(web(third), web(second));
+  // A route is reused only by the build right after its own.
+  buildRouteTable(meshConfig([]), state);
+  const fifth = buildRouteTable({ ...b, version: 5, identities: { "10.1.0.1": "a/b" } }, state);
+  assert.notEqual(web(fifth), web(third));
 });

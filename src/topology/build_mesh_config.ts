@@ -1,4 +1,5 @@
-import type { Diagnostic, MeshConfig, MeshPort } from "./mesh_config.ts";
+import type { Diagnostic, MeshConfig, MeshPort, MeshService } from "./mesh_config.ts";
+import { knownServiceJson, serviceJson } from "./service_json.ts";
 import type { Topology } from "./build_topology.ts";
 
 /** An inclusive range of ports. */
@@ -80,7 +81,11 @@ export function buildMeshConfig(
     return next[proto]++;
   };
 
-  const services = [];
+  // An unchanged service keeps the previous config's object, so whoever compares the two
+  // configs (the delta to the nodes, the proxy's routes) can skip it by reference.
+  const before = new Map<string, MeshService>();
+  for (const s of previous?.services ?? []) before.set(`${s.namespace}/${s.name}`, s);
+  const services: MeshService[] = [];
   for (const s of topology.services) {
     const ports: MeshPort[] = [];
     for (const p of s.ports) {
@@ -101,7 +106,15 @@ export function buildMeshConfig(
       }
       ports.push({ ...p, listenPort });
     }
-    if (ports.length > 0) services.push({ ...s, ports });
+    if (ports.length === 0) continue;
+    const built: MeshService = { ...s, ports };
+    const old = before.get(`${s.namespace}/${s.name}`);
+    const text = JSON.stringify(built);
+    if (old && serviceJson(old) === text) services.push(old);
+    else {
+      knownServiceJson(built, text);
+      services.push(built);
+    }
   }
   const body = {
     domain: options.domain ?? "mesh",
@@ -118,6 +131,8 @@ function portKey(ns: string, name: string, port: number, proto: string): string 
 }
 
 function sameContent(a: MeshConfig, b: Omit<MeshConfig, "version">): boolean {
-  const { version: _, ...rest } = a;
-  return JSON.stringify(rest) === JSON.stringify(b);
+  return a.domain === b.domain && a.acl === b.acl &&
+    a.services.length === b.services.length &&
+    a.services.every((s, i) => s === b.services[i]) &&
+    JSON.stringify(a.identities) === JSON.stringify(b.identities);
 }

@@ -50,6 +50,18 @@ Deno.test("buildMeshConfig() bumps the version only when the content changes", (
   assert.deepEqual(domain.config.identities, {});
 });
 
+Deno.test("buildMeshConfig() keeps the previous object of every unchanged service", () => {
+  const first = buildMeshConfig(topo(svc("a", [80, "http"]), svc("b", [80, "http"]))).config;
+  const next = buildMeshConfig(topo(svc("a", [80, "http"]), svc("b", [81, "http"]), svc("c")), {
+    previous: first,
+  }).config;
+  assert.equal(next.version, 2);
+  assert.equal(next.services[0], first.services[0], "a is unchanged: the same object");
+  assert.notEqual(next.services[1], first.services[1], "b changed: a new object");
+  assert.deepEqual(next.services[1]!.ports.map((p) => p.port), [81]);
+  assert.deepEqual(next.services.map((s) => s.name), ["a", "b"], "c has no ports: left out");
+});
+
 Deno.test("buildMeshConfig() keeps each TCP and UDP port's proxy port while it exists", () => {
   const tcpPorts = { first: 20000, last: 20009 };
   const udpPorts = { first: 21000, last: 21009 };

@@ -20,6 +20,7 @@ export { parseBreakerExpression } from "./circuit_breaker.ts";
 export { decodeObject, SUPPORTED_KINDS } from "./decode.ts";
 export type { DecodeResult } from "./decode.ts";
 export { buildTopology } from "./build_topology.ts";
+export { serviceJson } from "./service_json.ts";
 export type {
   BuildTopologyOptions,
   Topology,
