@@ -52,6 +52,11 @@ export interface DistributionServerOptions {
    * transit, not one per node.
    */
   maxSnapshotsInFlight?: number;
+  /**
+   * How long a node may take to acknowledge a whole config before its stream is ended (it
+   * reconnects and asks again), so a node that hangs cannot keep a slot; default 60 s.
+   */
+  snapshotAckTimeoutMs?: number;
 }
 
 type Call = grpc.ServerDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
@@ -66,6 +71,8 @@ interface Stream {
   failed: number | null;
   /** Whether what is in flight is a whole config. */
   snapshot: boolean;
+  /** Ends the stream if the whole config in flight is not acknowledged in time. */
+  snapshotTimer?: ReturnType<typeof setTimeout>;
 }
 
 /**
@@ -296,6 +303,18 @@ export class DistributionServer {
       this.#waiting.delete(s);
       this.#snapshotsInFlight++;
       s.snapshot = true;
+      const limit = this.#o.snapshotAckTimeoutMs ?? 60_000;
+      s.snapshotTimer = setTimeout(() => {
+        this.#o.logger.warn("node did not acknowledge the whole config; ending its stream", {
+          node: s.node,
+          version: u.config.version,
+          waitedMs: limit,
+        });
+        s.call.emit("error", {
+          code: grpc.status.DEADLINE_EXCEEDED,
+          details: `the whole config was not acknowledged within ${limit} ms`,
+        });
+      }, limit);
     }
     const version = u.kind === "delta" ? u.delta.to : u.config.version;
     const msg: ConfigUpdateMessage = u.kind === "delta"
@@ -312,6 +331,7 @@ export class DistributionServer {
   #snapshotDone(s: Stream): void {
     if (!s.snapshot) return;
     s.snapshot = false;
+    clearTimeout(s.snapshotTimer);
     this.#snapshotsInFlight--;
     for (const w of this.#waiting) {
       if (this.#snapshotsInFlight >= (this.#o.maxSnapshotsInFlight ?? 8)) break;

@@ -166,6 +166,39 @@ Deno.test("whole configs go out a few at a time; the other nodes wait their turn
   }
 });
 
+Deno.test("a node that never acknowledges a whole config loses its slot to the others", async () => {
+  const { server, address } = await leader({ maxSnapshotsInFlight: 1, snapshotAckTimeoutMs: 200 });
+  let release = () => {};
+  const stuck = new Promise<void>((r) => release = r);
+  const hung = new DistributionClient({
+    node: "hung",
+    leader: () => Promise.resolve(address),
+    current: () => null,
+    apply: () => stuck, // done only when the test ends
+    logger: quiet(),
+    backoffMs: { first: 1_000, max: 1_000 },
+  });
+  const ok = node("ok", () => Promise.resolve(address));
+  try {
+    server.publish(config(1, true, 10), "e1");
+    hung.start();
+    await waitFor(
+      "the hung node to hold the slot",
+      () => server.nodes().find((n) => n.node === "hung")?.sent === 1 || undefined,
+    );
+    ok.client.start();
+    await waitFor(
+      "the other node on version 1",
+      () => ok.state.applied?.version === 1 || undefined,
+    );
+  } finally {
+    release();
+    await ok.client.stop();
+    await hung.stop();
+    await server.stop();
+  }
+});
+
 Deno.test("a node that falls behind gets one delta over all it missed", async () => {
   const { server, address } = await leader();
   let slow: (() => void) | null = null;
