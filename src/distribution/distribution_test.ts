@@ -119,7 +119,8 @@ Deno.test("a snapshot larger than gRPC's default 4 MiB limit reaches the node", 
 
 Deno.test("whole configs go out a few at a time; the other nodes wait their turn", async () => {
   const { server, address } = await leader({ maxSnapshotsInFlight: 1 });
-  const spans: { node: string; start: number; end: number }[] = [];
+  // Each node's apply waits until the test lets it finish: `applying` holds who is at it.
+  const applying = new Map<string, () => void>();
   const clients = ["n1", "n2", "n3"].map((name) => {
     let held: StampedConfig | null = null;
     return new DistributionClient({
@@ -127,40 +128,42 @@ Deno.test("whole configs go out a few at a time; the other nodes wait their turn
       leader: () => Promise.resolve(address),
       current: () => held,
       apply: async (c) => {
-        const start = performance.now();
-        await new Promise((r) => setTimeout(r, 150));
+        await new Promise<void>((done) => applying.set(name, done));
+        applying.delete(name);
         held = c;
-        spans.push({ node: name, start, end: performance.now() });
       },
       logger: quiet(),
       backoffMs: { first: 20, max: 100 },
     });
   });
+  const finish = (name: string) => applying.get(name)!();
   try {
     server.publish(config(1, true, 10), "e1");
     for (const c of clients) c.start();
-    await waitFor(
-      "every node on version 1",
-      () =>
-        server.nodes().length === 3 && server.nodes().every((n) => n.applied === 1) || undefined,
-    );
-    spans.sort((a, b) => a.start - b.start);
-    for (let i = 1; i < spans.length; i++) {
-      assert.ok(
-        spans[i]!.start >= spans[i - 1]!.end - 1,
-        `${spans[i]!.node} got its config while ${spans[i - 1]!.node}'s was in flight`,
+    for (let done = 0; done < 3; done++) {
+      const [name] = await waitFor(
+        `whole config ${done + 1} being applied`,
+        () => server.nodes().length === 3 && applying.size === 1 ? [...applying.keys()] : undefined,
+      );
+      // While that one is unacknowledged, the others have been sent nothing.
+      const sentNow = server.nodes().filter((n) => n.sent === 1 && n.applied !== 1);
+      assert.deepEqual(sentNow.map((n) => n.node), [name]);
+      finish(name!);
+      await waitFor(
+        `${name} acknowledged`,
+        () => server.nodes().find((n) => n.node === name)?.applied === 1 || undefined,
       );
     }
-    // Deltas do not wait: a change reaches all three at once.
-    spans.length = 0;
+    // Deltas do not wait: all three nodes are applying version 2 at once.
     server.publish(config(2, false, 10), "e1");
+    await waitFor("three deltas applied side by side", () => applying.size === 3 || undefined);
+    for (const name of [...applying.keys()]) finish(name);
     await waitFor(
       "every node on version 2",
       () => server.nodes().every((n) => n.applied === 2) || undefined,
     );
-    spans.sort((a, b) => a.start - b.start);
-    assert.ok(spans[2]!.start < spans[0]!.end, "the deltas were applied side by side");
   } finally {
+    for (const done of applying.values()) done();
     await Promise.all(clients.map((c) => c.stop()));
     await server.stop();
   }

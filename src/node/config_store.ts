@@ -74,32 +74,9 @@ export class ConfigStore {
 
   /** The saved config, or null when none was saved. */
   async load(): Promise<AppliedConfig | null> {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(this.path);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return null;
-      throw new ConfigStoreError(
-        `Cannot read the saved config "${this.path}": ${(e as Error).message}`,
-        { cause: e },
-      );
-    }
-    let parsed: { format?: unknown; epoch?: unknown; config?: Partial<MeshConfig> };
-    try {
-      parsed = JSON.parse(text);
-    } catch (e) {
-      throw new ConfigStoreError(
-        `Cannot use the saved config "${this.path}": not JSON (${(e as Error).message})`,
-      );
-    }
-    if (parsed?.format !== CONFIG_STORE_FORMAT) {
-      throw new ConfigStoreError(
-        `Cannot use the saved config "${this.path}": format is ${
-          JSON.stringify(parsed?.format)
-        }, expected "${CONFIG_STORE_FORMAT}"`,
-      );
-    }
-    const c = parsed.config;
+    const parsed = await readStateFile(this.path, "the saved config", CONFIG_STORE_FORMAT);
+    if (!parsed) return null;
+    const c = parsed["config"] as Partial<MeshConfig> | undefined;
     if (
       !c || typeof c.version !== "number" || !Array.isArray(c.services) ||
       typeof c.domain !== "string" || typeof c.identities !== "object"
@@ -108,6 +85,44 @@ export class ConfigStore {
         `Cannot use the saved config "${this.path}": it is not a MeshConfig`,
       );
     }
-    return { epoch: typeof parsed.epoch === "string" ? parsed.epoch : "", config: c as MeshConfig };
+    const epoch = parsed["epoch"];
+    return { epoch: typeof epoch === "string" ? epoch : "", config: c as MeshConfig };
   }
+}
+
+/**
+ * Reads a state file meshd wrote: its JSON object, or null when there is none. Throws
+ * {@linkcode ConfigStoreError} naming `what` when it cannot be read, is not JSON, or carries
+ * another `format` tag than `format`.
+ */
+export async function readStateFile(
+  path: string,
+  what: string,
+  format: string,
+): Promise<Record<string, unknown> | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new ConfigStoreError(`Cannot read ${what} "${path}": ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  let parsed: Record<string, unknown> | null;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigStoreError(
+      `Cannot use ${what} "${path}": not JSON (${(e as Error).message})`,
+    );
+  }
+  if (parsed?.["format"] !== format) {
+    throw new ConfigStoreError(
+      `Cannot use ${what} "${path}": format is ${
+        JSON.stringify(parsed?.["format"])
+      }, expected "${format}"`,
+    );
+  }
+  return parsed;
 }

@@ -1,5 +1,5 @@
 import type { MeshDnsEntry } from "../dns/mod.ts";
-import { ConfigStoreError, writeFileAtomic } from "./config_store.ts";
+import { ConfigStoreError, readStateFile, writeFileAtomic } from "./config_store.ts";
 
 /** The format tag of the saved names; a new layout gets a new tag. */
 export const ZONE_STORE_FORMAT = "meshd.dns/v1";
@@ -55,32 +55,10 @@ export class ZoneStore {
 
   /** The saved names, or null when none were saved; throws ConfigStoreError when unusable. */
   async load(): Promise<MeshDnsEntry[] | null> {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(this.path);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return null;
-      throw new ConfigStoreError(
-        `Cannot read the saved DNS names "${this.path}": ${(e as Error).message}`,
-      );
-    }
-    let parsed: { format?: unknown; entries?: unknown };
-    try {
-      parsed = JSON.parse(text);
-    } catch (e) {
-      throw new ConfigStoreError(
-        `Cannot use the saved DNS names "${this.path}": not JSON (${(e as Error).message})`,
-      );
-    }
-    if (parsed?.format !== ZONE_STORE_FORMAT) {
-      throw new ConfigStoreError(
-        `Cannot use the saved DNS names "${this.path}": format is ${
-          JSON.stringify(parsed?.format)
-        }, expected "${ZONE_STORE_FORMAT}"`,
-      );
-    }
+    const parsed = await readStateFile(this.path, "the saved DNS names", ZONE_STORE_FORMAT);
+    if (!parsed) return null;
     const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
-    const entries = parsed.entries;
+    const entries = parsed["entries"];
     if (
       !Array.isArray(entries) ||
       !entries.every((e) =>

@@ -270,21 +270,30 @@ async function main(): Promise<void> {
         60_000,
       );
       const configOf = async () => JSON.parse((await leader!.api("/api/config")).body);
-      const full = await waitFor(`the leader's config to hold ${services} services`, async () => {
-        const c = await configOf();
-        return c.services.length >= services ? c : undefined;
-      }, 600_000);
+      const full = await waitFor(
+        `the leader's config to hold ${services} services`,
+        async () => {
+          const c = await configOf();
+          return c.services.length >= services ? c : undefined;
+        },
+        600_000,
+        500,
+      );
       const fullBytes = new TextEncoder().encode(JSON.stringify(full)).length;
       say(`the config holds ${full.services.length} services, ${fullBytes} bytes of JSON`);
       // The leader keeps a shadow Service per meshed Service; let it finish before measuring.
       // (Only shadows live in the meshd namespace here; a label selector would hide the count.)
-      await waitFor("the shadow Services", async () => {
-        await new Promise((r) => setTimeout(r, 500));
-        const r = await cluster.must("GET", "/api/v1/namespaces/meshd/services?limit=1");
-        const meta = r["metadata"] as { remainingItemCount?: number };
-        const n = (r["items"] as unknown[]).length + (meta.remainingItemCount ?? 0);
-        return n >= services ? true : undefined;
-      }, 900_000);
+      await waitFor(
+        "the shadow Services",
+        async () => {
+          const r = await cluster.must("GET", "/api/v1/namespaces/meshd/services?limit=1");
+          const meta = r["metadata"] as { remainingItemCount?: number };
+          const n = (r["items"] as unknown[]).length + (meta.remainingItemCount ?? 0);
+          return n >= services ? true : undefined;
+        },
+        900_000,
+        500,
+      );
 
       const leaderInfo = async () => {
         const r = await cluster.must(
@@ -316,13 +325,18 @@ async function main(): Promise<void> {
             | undefined;
         // Everyone in sync with the newest version first.
         const settleStart = performance.now();
-        await waitFor("every agent on the leader's newest version", async () => {
-          const s = JSON.parse((await leader!.api("/api/status/nodes")).body) as {
-            nodes: { connected: boolean; inSync: boolean }[];
-          };
-          const live = s.nodes.filter((n) => n.connected);
-          return live.length === 3 + simulated && live.every((n) => n.inSync) ? true : undefined;
-        }, 900_000);
+        await waitFor(
+          "every agent on the leader's newest version",
+          async () => {
+            const s = JSON.parse((await leader!.api("/api/status/nodes")).body) as {
+              nodes: { connected: boolean; inSync: boolean }[];
+            };
+            const live = s.nodes.filter((n) => n.connected);
+            return live.length === 3 + simulated && live.every((n) => n.inSync) ? true : undefined;
+          },
+          900_000,
+          100,
+        );
         say(
           `  all ${3 + simulated} nodes in sync after ${
             Math.round(performance.now() - settleStart)

@@ -385,12 +385,17 @@ spec:
         const old = await m.leader();
         assert.ok(old, "a node leads");
         const client = clients.find((c) => c.node !== old)!;
-        const stopLoad = await client.agent.load("http://whoami.default.mesh/", {
+        const load = await client.agent.load("http://whoami.default.mesh/", {
           maxRequests: 500_000,
           maxMs: 60_000,
           concurrency: 2,
         });
-        await new Promise((r) => setTimeout(r, 300));
+        // The loop is under way, and succeeding, before the leader goes.
+        await waitFor(
+          "the load loop's first answers",
+          async () => (await load.progress()).ok >= 50 || undefined,
+        );
+        const atKill = (await load.progress()).ok;
         await old.meshd.kill();
         const next = await waitFor("another node to lead", async () => {
           const l = await m.leader();
@@ -406,12 +411,14 @@ spec:
           (p) => allTo(p, (pod) => pod === v2.name, 1),
           15_000,
         );
-        const load = await stopLoad();
-        assert.equal(load.failed, 0, `failed requests: ${JSON.stringify(load.errors)}`);
-        assert.ok(load.ok > 50, `the load loop made ${load.ok} requests`);
-        assert.ok(load.sent < 500_000, "the load loop ran until the new leader's change landed");
+        const counts = await load.stop();
+        assert.equal(counts.failed, 0, `failed requests: ${JSON.stringify(counts.errors)}`);
+        assert.ok(counts.ok > atKill, `no request succeeded after the kill (${counts.ok} in all)`);
+        assert.ok(counts.sent < 500_000, "the load loop ran until the new leader's change landed");
         console.log(
-          `leader ${old.name} killed, ${next.name} took over; load loop from ${client.name}: ${load.ok} ok, ${load.failed} failed`,
+          `leader ${old.name} killed, ${next.name} took over; load loop from ${client.name}: ${counts.ok} ok (${
+            counts.ok - atKill
+          } after the kill), ${counts.failed} failed`,
         );
         m.startMeshd(old);
         await m.waitReady(old);

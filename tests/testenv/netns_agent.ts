@@ -10,8 +10,8 @@
  *   (a path, which crosses namespaces), through which the test reaches the API server.
  * - `fetch`, `tcp`, `udp`: one client exchange from inside the namespace, names resolved by
  *   the namespace's resolv.conf.
- * - `load` / `load-stop`: a bounded HTTP load loop; the reply counts successes, failures
- *   (with their reasons) and which pod answered.
+ * - `load` / `load-status` / `load-stop`: a bounded HTTP load loop; the replies count
+ *   successes, failures (with their reasons) and which pod answered.
  *
  * Started as `ip netns exec <ns> deno run --allow-all netns_agent.ts <name> <run dir>`; the run
  * dir is only there so leftovers of a crashed run can be found by their command line.
@@ -191,10 +191,9 @@ async function udpOnce(m: Msg): Promise<Reply> {
 }
 
 /** Load loops by the id of the message that started them. */
-const loads = new Map<number, { stop: boolean; done: Promise<Reply> }>();
+const loads = new Map<number, { stop: boolean; done: Promise<Reply>; counts: () => Reply }>();
 
 function startLoad(m: Msg): void {
-  const state = { stop: false, done: Promise.resolve({} as Reply) };
   const url = m["url"] as string;
   const maxRequests = (m["maxRequests"] as number) ?? 10_000;
   const maxMs = (m["maxMs"] as number) ?? 30_000;
@@ -203,6 +202,11 @@ function startLoad(m: Msg): void {
   let sent = 0, ok = 0, failed = 0;
   const errors: Record<string, number> = {};
   const by: Record<string, number> = {};
+  const state = {
+    stop: false,
+    done: Promise.resolve({} as Reply),
+    counts: (): Reply => ({ sent, ok, failed, errors, by }),
+  };
   const worker = async () => {
     while (!state.stop && sent < maxRequests && performance.now() < end) {
       sent++;
@@ -218,13 +222,7 @@ function startLoad(m: Msg): void {
       }
     }
   };
-  state.done = Promise.all(Array.from({ length: concurrency }, worker)).then(() => ({
-    sent,
-    ok,
-    failed,
-    errors,
-    by,
-  }));
+  state.done = Promise.all(Array.from({ length: concurrency }, worker)).then(state.counts);
   loads.set(m.id, state);
 }
 
@@ -251,6 +249,10 @@ async function handle(m: Msg): Promise<Reply> {
     case "load":
       startLoad(m);
       return {};
+    case "load-status": {
+      const l = loads.get(m["load"] as number);
+      return l ? l.counts() : { error: `no load loop ${m["load"]}` };
+    }
     case "load-stop": {
       const l = loads.get(m["load"] as number);
       if (!l) return { error: `no load loop ${m["load"]}` };

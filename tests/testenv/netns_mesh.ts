@@ -53,6 +53,10 @@ async function sh(cmd: string, args: string[]): Promise<string> {
 
 const ip = (...args: string[]) => sh("ip", args);
 
+/** A veth pair: `name` in namespace `ns`, its peer `eth0` in `peerNs`. */
+const vethPair = (ns: string, name: string, peerNs: string) =>
+  ip("-n", ns, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", peerNs);
+
 /** The netns agent in one namespace, driven over its stdin and stdout. */
 export class NetnsAgent {
   readonly name: string;
@@ -119,19 +123,20 @@ export class NetnsAgent {
     return { status: r["status"] as number, body: r["body"] as string };
   }
 
-  /** Starts a bounded HTTP load loop; call the returned function to stop it and read counts. */
+  /** Starts a bounded HTTP load loop; read its counts as it runs, or stop it and read them. */
   async load(
     url: string,
     opts: { maxRequests: number; maxMs: number; concurrency?: number },
-  ): Promise<() => Promise<LoadResult>> {
+  ): Promise<{ progress(): Promise<LoadResult>; stop(): Promise<LoadResult> }> {
     const id = this.#next;
     const r = await this.call("load", { url, ...opts });
     if (r.error) throw new Error(r.error);
-    return async () => {
-      const out = await this.call("load-stop", { load: id });
+    const ask = async (op: string) => {
+      const out = await this.call(op, { load: id });
       if (out.error) throw new Error(out.error);
       return out as unknown as LoadResult;
     };
+    return { progress: () => ask("load-status"), stop: () => ask("load-stop") };
   }
 
   /** Closes its stdin, so it exits; kills it if it has not within a few seconds. */
@@ -298,20 +303,7 @@ export class NetnsMesh {
     const netns = `${this.base}-n${i}`;
     const nodeIp = `192.0.2.${10 + i}`;
     await this.#netns(netns);
-    await ip(
-      "-n",
-      this.fabric,
-      "link",
-      "add",
-      `n${i}`,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      netns,
-    );
+    await vethPair(this.fabric, `n${i}`, netns);
     await ip("-n", this.fabric, "link", "set", `n${i}`, "master", "br0", "up");
     await ip("-n", netns, "addr", "add", `${nodeIp}/24`, "dev", "eth0");
     await ip("-n", netns, "link", "set", "eth0", "up");
@@ -409,20 +401,7 @@ export class NetnsMesh {
       `nameserver ${node.ip}\noptions timeout:1 attempts:3\n`,
     );
     const veth = `v${k}`;
-    await ip(
-      "-n",
-      node.netns,
-      "link",
-      "add",
-      veth,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      netns,
-    );
+    await vethPair(node.netns, veth, netns);
     await ip("-n", node.netns, "link", "set", veth, "up");
     await ip("-n", node.netns, "route", "add", `${podIp}/32`, "dev", veth, "scope", "link");
     const mac = JSON.parse(await ip("-j", "-n", node.netns, "link", "show", veth))[0].address;

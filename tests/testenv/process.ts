@@ -15,13 +15,14 @@ export function freePort(hostname = "127.0.0.1"): number {
 }
 
 /**
- * Polls `probe` until it returns a value other than `undefined`, or fails after `timeoutMs`
- * with `what` and the last value or error seen.
+ * Polls `probe` every `intervalMs` until it returns a value other than `undefined`, or fails
+ * after `timeoutMs` with `what` and the last value or error seen.
  */
 export async function waitFor<T>(
   what: string,
   probe: () => Promise<T | undefined> | T | undefined,
   timeoutMs = 10_000,
+  intervalMs = 20,
 ): Promise<T> {
   const deadline = performance.now() + timeoutMs;
   let last: unknown = "nothing yet";
@@ -38,7 +39,7 @@ export async function waitFor<T>(
         `Timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${JSON.stringify(last)}`,
       );
     }
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 
