@@ -23,7 +23,12 @@ async function run(cmd: string, args: string[], env: Record<string, string> = {}
 Deno.test("scripts pass shellcheck", async () => {
   const scripts = [...Deno.readDirSync(`${ROOT}scripts`)].map((e) => `scripts/${e.name}`).sort();
   assert.ok(scripts.includes("scripts/kind-up"));
-  const r = await run("shellcheck", [...scripts, "tests/testenv/kube/build.sh", ".ci/run"]).catch(
+  const r = await run("shellcheck", [
+    ...scripts,
+    "tests/testenv/kube/build.sh",
+    "bpf/build.sh",
+    ".ci/run",
+  ]).catch(
     (e) => {
       throw new Error(`Cannot run shellcheck (Debian package shellcheck): ${e.message}`);
     },

@@ -6,7 +6,7 @@ import {
   leaseHolder,
   prepareCoreDns,
 } from "../controller/mod.ts";
-import { probeDatapath } from "../datapath/mod.ts";
+import { EbpfDatapath, findLibbpf, probeDatapath, readBpfObject } from "../datapath/mod.ts";
 import type { KubeApi } from "../kube/mod.ts";
 import { CliError, type CliIo, kubeClient } from "./common.ts";
 import type { FlagValue } from "./flags.ts";
@@ -100,11 +100,21 @@ export async function checkCommand(v: Values, io: CliIo): Promise<number> {
   } else {
     for (const name of ["rbac", "smi", "coredns"]) line("skip", name, "needs the API");
   }
+  // What `meshd run --datapath auto` would choose here, short of attaching: the programs are
+  // loaded (the verifier runs) and let go.
+  const libbpf = v["libbpf"] as string | undefined;
   const dp = await probeDatapath({
     kernelRelease: v["kernel-release"] as string | undefined,
-    libbpfPath: v["libbpf"] as string | undefined,
+    libbpfPath: libbpf,
+    bpffs: v["bpffs"] as string,
+    cgroup: v["cgroup"] as string | undefined,
+    programs: async () => {
+      const object = await readBpfObject(v["bpf-object"] as string | undefined);
+      EbpfDatapath.verify(libbpf ?? findLibbpf() ?? "libbpf.so.1", object);
+      return "the programs load (not attached by check)";
+    },
   });
-  line("ok", "datapath", `${dp.datapath}: ${dp.reason}`);
+  line(dp.datapath === "ebpf" ? "ok" : "warn", "datapath", `${dp.datapath}: ${dp.reason}`);
   return failed ? 1 : 0;
 }
 

@@ -22,14 +22,24 @@ import {
 // Types only as well: the distribution room brings grpc-js, which reads GRPC_* variables as it
 // loads, so it is imported in kube mode alone.
 import type { DistributionClient, DistributionServer } from "../distribution/mod.ts";
-import { DnsServer, MeshZone } from "../dns/mod.ts";
+import { DnsServer, type MeshDnsEntry, MeshZone } from "../dns/mod.ts";
 import { compileMeshConfig } from "../topology/mod.ts";
+import {
+  DatapathError,
+  type DatapathMode,
+  FastPath,
+  type MeshAddresses,
+  type ProxyListener,
+  selectDatapath,
+} from "../datapath/mod.ts";
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
   compileOptions,
   COREDNS_FLAGS,
+  DATAPATH_FLAG,
   DISTRIBUTION_FLAGS,
   DNS_FLAGS,
+  EBPF_FLAGS,
   KUBE_FLAGS,
   LOG_FLAGS,
   MODEL_FLAGS,
@@ -85,6 +95,9 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   },
   { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
   ...PROXY_FLAGS,
+  DATAPATH_FLAG,
+  ...EBPF_FLAGS,
+  ...PROBE_FLAGS,
   ...LOG_FLAGS,
 ];
 
@@ -125,6 +138,7 @@ const CHECK_FLAGS: readonly FlagSpec[] = [
   ...CLUSTER_FLAGS,
   ...DOMAIN_FLAG,
   ...COREDNS_FLAGS,
+  ...EBPF_FLAGS,
   ...PROBE_FLAGS,
   ...LEVEL_FLAG,
 ];
@@ -439,6 +453,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   let controller: MeshController | null = null;
   let distServer: DistributionServer | null = null;
   let client: DistributionClient | null = null;
+  let fastPath: FastPath | null = null;
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));
@@ -453,6 +468,34 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
           values["http-port"]
         } for the HTTP entrypoint: ${(e as Error).message}`,
       );
+    }
+    // The eBPF fast path, or why not; before the first config, so that config reaches it.
+    const dpLog = logger.with({ room: "datapath" });
+    try {
+      const selected = await selectDatapath({
+        mode: values["datapath"] as DatapathMode,
+        cgroup: values["cgroup"] as string | undefined,
+        bpffs: values["bpffs"] as string,
+        object: values["bpf-object"] as string | undefined,
+        kernelRelease: values["kernel-release"] as string | undefined,
+        libbpfPath: values["libbpf"] as string | undefined,
+        logger: dpLog,
+        verbose: values["log-level"] === "debug",
+      });
+      fastPath = new FastPath({
+        selected,
+        proxy: redirectListener(values, advertise),
+        addresses: kubeCfg ? "given" : "cluster-ip",
+        logger: dpLog,
+        registry: proxy.registry,
+      });
+      dpLog.info("data path chosen", {
+        datapath: selected.choice.datapath,
+        reason: selected.choice.reason,
+      });
+    } catch (e) {
+      if (e instanceof DatapathError) throw new CliError(e.message);
+      throw e;
     }
     if (kubeCfg) {
       shadows = new ShadowServiceController({
@@ -473,6 +516,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       logger: logger.with({ room: "node" }),
       compile: compileOptions(values),
       store,
+      datapath: fastPath,
       nodes: kubeCfg
         ? () => ({ leader: leaseHolder()?.identity ?? null, ...controller?.report() })
         : undefined,
@@ -544,6 +588,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         const saved = await zoneStore.load();
         if (saved) {
           zone.replace(saved);
+          fastPath?.setAddresses(meshAddresses(saved));
           dnsLog.info("DNS names restored", { from: "disk", names: saved.length });
         }
       } catch (e) {
@@ -560,6 +605,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         zoneTimer = undefined;
         const entries = [...shadowDnsEntries(watch.items.values())];
         zone.replace(entries);
+        fastPath?.setAddresses(meshAddresses(entries));
         if (!fed) dnsLog.info("DNS names loaded", { from: "api", names: entries.length });
         fed = true;
         zoneStore?.save(entries);
@@ -731,7 +777,27 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     await dns?.stop();
     await api?.shutdown();
     await proxy.stop();
+    // Left pinned and attached: sockets stay balanced until the next meshd takes over.
+    fastPath?.close();
   }
+}
+
+/**
+ * Where the eBPF path sends ports that need the L7 proxy: this pod's own address (the one it
+ * advertises), else the proxy's bind address, else loopback when it binds every address.
+ */
+function redirectListener(values: Record<string, FlagValue>, advertise: string): ProxyListener {
+  const bind = values["proxy-address"] as string;
+  const own = advertise || (bind === "0.0.0.0" || bind === "::" ? "127.0.0.1" : bind);
+  return {
+    ...(own.includes(":") ? { ipv6: own } : { ipv4: own }),
+    httpPort: values["http-port"] as number,
+  };
+}
+
+/** The mesh addresses of each service, from the DNS names of its shadow Service. */
+function meshAddresses(entries: readonly MeshDnsEntry[]): MeshAddresses {
+  return new Map(entries.map((e) => [`${e.namespace}/${e.name}`, e]));
 }
 
 /** Resolves once `cond()` holds, checking every 50 ms, or when `until` settles. */

@@ -294,6 +294,44 @@ export const PROBE_FLAGS: readonly FlagSpec[] = [
   },
 ];
 
+/** Where the eBPF fast path attaches and pins, and what it loads (run and check). */
+export const EBPF_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "cgroup",
+    kind: "string",
+    arg: "DIR",
+    help: "cgroup v2 directory whose processes' sockets the eBPF path balances; default: the " +
+      "root of the cgroup v2 mount (every process on the node)",
+  },
+  {
+    name: "bpffs",
+    kind: "string",
+    arg: "DIR",
+    default: "/sys/fs/bpf",
+    help: "bpffs mount; meshd pins its maps and links in DIR/meshd, where the next meshd " +
+      "takes them over, so sockets stay balanced across restarts (removing that directory " +
+      "detaches the hooks)",
+  },
+  {
+    name: "bpf-object",
+    kind: "string",
+    arg: "FILE",
+    help: "The BPF object to load instead of the built bpf/build/meshd_sock.bpf.o",
+  },
+];
+
+/** `--datapath`, of meshd run. */
+export const DATAPATH_FLAG: FlagSpec = {
+  name: "datapath",
+  kind: "string",
+  values: ["auto", "ebpf", "userspace"],
+  arg: "auto|ebpf|userspace",
+  default: "auto",
+  help: "auto: the eBPF fast path when the kernel (5.10+), libbpf, bpffs, cgroup v2 and " +
+    "loading the programs all work, else the userspace proxy alone, with one log line saying " +
+    "why; ebpf: exit with that line instead of falling back; userspace: no eBPF",
+};
+
 /** Flags of config distribution and the node agent (kube provider). */
 export const DISTRIBUTION_FLAGS: readonly FlagSpec[] = [
   {

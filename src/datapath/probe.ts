@@ -25,6 +25,21 @@ export interface ProbeOptions {
   libbpfPath?: string;
   /** The mount table (`/proc/self/mounts` format); default: read it. */
   mounts?: () => Promise<string>;
+  /** Where meshd pins its maps and links; the check wants a bpffs mount there. */
+  bpffs?: string;
+  /** The cgroup meshd attaches to; the check wants it inside the cgroup v2 hierarchy. */
+  cgroup?: string;
+  /**
+   * The last check: loads (and, when running, attaches) the programs; resolves to what it
+   * did, or throws why not. Run only when every other check passed. Absent: not tried.
+   */
+  programs?: () => Promise<string>;
+}
+
+/** Whether `path` is `mount` or below it. */
+function under(path: string, mount: string): boolean {
+  const m = mount.endsWith("/") ? mount : `${mount}/`;
+  return path === mount || path.startsWith(m);
 }
 
 /** The oldest kernel the eBPF path supports. */
@@ -38,6 +53,11 @@ const LIBBPF_DIRS = [
   "/lib/x86_64-linux-gnu",
   "/lib64",
 ];
+
+/** The first `libbpf.so.1` in the usual places, or undefined. */
+export function findLibbpf(): string | undefined {
+  return LIBBPF_DIRS.map((d) => `${d}/libbpf.so.1`).find(exists);
+}
 
 /** `[major, minor]` of a kernel release, or null when it does not start with them. */
 export function kernelVersion(release: string): [number, number] | null {
@@ -79,7 +99,7 @@ export async function probeDatapath(o: ProbeOptions = {}): Promise<DatapathChoic
         : `kernel ${release} is older than ${MIN_KERNEL.join(".")}, or not a version`,
     });
   }
-  const lib = o.libbpfPath ?? LIBBPF_DIRS.map((d) => `${d}/libbpf.so.1`).find(exists);
+  const lib = o.libbpfPath ?? findLibbpf();
   checks.push(
     lib && exists(lib) ? { name: "libbpf", ok: true, detail: `libbpf at ${lib}` } : {
       name: "libbpf",
@@ -99,26 +119,41 @@ export async function probeDatapath(o: ProbeOptions = {}): Promise<DatapathChoic
   }
   if (table) {
     const mounts = table.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
-    const of = (type: string) => mounts.find((f) => f[2] === type)?.[1];
-    const bpf = of("bpf");
+    const all = (type: string) => mounts.filter((f) => f[2] === type).map((f) => f[1]!);
+    const bpf = all("bpf");
+    const bpfAt = o.bpffs ? bpf.filter((m) => under(o.bpffs!, m)).at(-1) : bpf[0];
     checks.push(
-      bpf
-        ? { name: "bpffs", ok: true, detail: `bpffs at ${bpf}` }
-        : { name: "bpffs", ok: false, detail: "no bpffs mounted (mount -t bpf bpf /sys/fs/bpf)" },
+      bpfAt ? { name: "bpffs", ok: true, detail: `bpffs at ${bpfAt}` } : {
+        name: "bpffs",
+        ok: false,
+        detail: o.bpffs
+          ? `no bpffs mounted at ${o.bpffs} (mount -t bpf bpf ${o.bpffs})`
+          : "no bpffs mounted (mount -t bpf bpf /sys/fs/bpf)",
+      },
     );
-    const cg = of("cgroup2");
+    const cg = all("cgroup2");
+    const cgAt = o.cgroup ? cg.filter((m) => under(o.cgroup!, m)).at(-1) : cg[0];
     checks.push(
-      cg
-        ? { name: "cgroup2", ok: true, detail: `cgroup v2 at ${cg}` }
-        : { name: "cgroup2", ok: false, detail: "no cgroup v2 hierarchy mounted" },
+      cgAt ? { name: "cgroup2", ok: true, detail: `cgroup v2 at ${cgAt}` } : {
+        name: "cgroup2",
+        ok: false,
+        detail: o.cgroup
+          ? `${o.cgroup} is not in a cgroup v2 hierarchy`
+          : "no cgroup v2 hierarchy mounted",
+      },
     );
   }
-  // Loading and attaching the programs is the last check; this build does not carry them yet.
-  checks.push({
-    name: "programs",
-    ok: false,
-    detail: "this meshd build has no eBPF programs to load",
-  });
+  if (!o.programs) {
+    checks.push({ name: "programs", ok: false, detail: "the programs were not tried" });
+  } else if (checks.some((c) => !c.ok)) {
+    checks.push({ name: "programs", ok: false, detail: "not tried: an earlier check failed" });
+  } else {
+    try {
+      checks.push({ name: "programs", ok: true, detail: await o.programs() });
+    } catch (e) {
+      checks.push({ name: "programs", ok: false, detail: (e as Error).message });
+    }
+  }
   const failed = checks.find((c) => !c.ok);
   if (!failed) return { datapath: "ebpf", reason: checks.map((c) => c.detail).join(", "), checks };
   return {

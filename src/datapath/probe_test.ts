@@ -24,23 +24,86 @@ Deno.test("kernelVersion() reads major and minor from a release string", () => {
 
 Deno.test("probeDatapath() checks everything and names each thing it found", async () => {
   await withLib(async (lib) => {
+    let tried = 0;
     const r = await probeDatapath({
       kernelRelease: "5.10.0",
       libbpfPath: lib,
       mounts: () => Promise.resolve(MOUNTS),
+      programs: () => {
+        tried++;
+        return Promise.resolve("8 programs attached");
+      },
     });
     assert.deepEqual(r.checks.map((c) => `${c.name}:${c.ok}`), [
       "kernel:true",
       "libbpf:true",
       "bpffs:true",
       "cgroup2:true",
-      "programs:false",
+      "programs:true",
     ]);
-    assert.equal(r.datapath, "userspace");
+    assert.equal(tried, 1);
+    assert.equal(r.datapath, "ebpf");
     assert.match(
       r.reason,
-      /^this meshd build has no eBPF programs to load \(found: kernel 5\.10\.0, libbpf at .*, bpffs at \/sys\/fs\/bpf, cgroup v2 at \/sys\/fs\/cgroup\/unified\)$/,
+      /^kernel 5\.10\.0, libbpf at .*, bpffs at \/sys\/fs\/bpf, cgroup v2 at \/sys\/fs\/cgroup\/unified, 8 programs attached$/,
     );
+  });
+});
+
+Deno.test("probeDatapath() reports a program load that fails, and does not try after a failed check", async () => {
+  await withLib(async (lib) => {
+    const failing = await probeDatapath({
+      kernelRelease: "6.1.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+      programs: () => Promise.reject(new Error("cannot load the programs: Permission denied")),
+    });
+    assert.equal(failing.datapath, "userspace");
+    assert.match(failing.reason, /^cannot load the programs: Permission denied \(found: kernel/);
+    let tried = false;
+    const old = await probeDatapath({
+      kernelRelease: "5.4.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+      programs: () => {
+        tried = true;
+        return Promise.resolve("attached");
+      },
+    });
+    assert.equal(tried, false, "the programs are not loaded on a kernel that failed its check");
+    assert.equal(old.checks.at(-1)!.detail, "not tried: an earlier check failed");
+    const none = await probeDatapath({
+      kernelRelease: "6.1.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+    });
+    assert.equal(none.reason.split(" (")[0], "the programs were not tried");
+  });
+});
+
+Deno.test("probeDatapath() wants bpffs where meshd pins, and the cgroup inside cgroup v2", async () => {
+  await withLib(async (lib) => {
+    const r = await probeDatapath({
+      kernelRelease: "6.1.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+      bpffs: "/run/other-bpffs",
+      cgroup: "/sys/fs/cgroup/unified/meshd-test/node-1",
+      programs: () => Promise.resolve("attached"),
+    });
+    const by = Object.fromEntries(r.checks.map((c) => [c.name, c]));
+    assert.equal(
+      by["bpffs"]!.detail,
+      "no bpffs mounted at /run/other-bpffs (mount -t bpf bpf /run/other-bpffs)",
+    );
+    assert.equal(by["cgroup2"]!.ok, true);
+    const cg = await probeDatapath({
+      kernelRelease: "6.1.0",
+      libbpfPath: lib,
+      mounts: () => Promise.resolve(MOUNTS),
+      cgroup: "/sys/fs/cgroup-v1/x",
+    });
+    assert.match(cg.reason, /^\/sys\/fs\/cgroup-v1\/x is not in a cgroup v2 hierarchy/);
   });
 });
 

@@ -73,39 +73,73 @@ export function diffConfigs(a: MeshConfig, b: MeshConfig): MeshDelta {
 }
 
 /**
+ * Where each service sits in a config's service list, by key. Built once per list and shared
+ * by every list made from it by replacing services in place, so applying a delta that only
+ * changes services costs what changed, not a pass over every service.
+ */
+const positions = new WeakMap<readonly MeshService[], Map<string, number>>();
+
+function positionsOf(services: readonly MeshService[]): Map<string, number> {
+  let index = positions.get(services);
+  if (!index) {
+    index = new Map();
+    services.forEach((s, i) => index!.set(serviceKey(s), i));
+    positions.set(services, index);
+  }
+  return index;
+}
+
+/**
  * `a` with `d` applied: a new config, `a` untouched. Throws {@linkcode DeltaError} when `d`
  * was made from another version, or names services `a` does not have; a node then asks for a
- * full snapshot. Pure.
+ * full snapshot. Pure: configs are never changed once made, so the result shares what did not
+ * change with `a` (service objects, and the identity table when the delta leaves it alone).
  */
 export function applyDelta(a: MeshConfig, d: MeshDelta): MeshConfig {
   if (d.from !== a.version) {
     throw new DeltaError(`Cannot apply delta ${d.from}->${d.to} to version ${a.version}`);
   }
-  const services = new Map(a.services.map((s) => [serviceKey(s), s]));
+  const at = positionsOf(a.services);
   for (const k of d.removes) {
-    if (!services.delete(k)) {
+    if (!at.has(k)) {
       throw new DeltaError(
         `Cannot apply delta ${d.from}->${d.to}: it removes "${k}", not in ${a.version}`,
       );
     }
   }
-  // Services only changed or removed keep the base's order (sorted, and a Map keeps insertion
-  // order); only new ones need a sort.
-  let added = false;
-  for (const s of d.upserts) {
-    const k = serviceKey(s);
-    if (!services.has(k)) added = true;
-    services.set(k, s);
+  let services: MeshService[];
+  if (d.removes.length === 0 && d.upserts.every((s) => at.has(serviceKey(s)))) {
+    // Only changes: each replaced where it stands, so the order and the index carry over.
+    services = a.services.slice();
+    for (const s of d.upserts) services[at.get(serviceKey(s))!] = s;
+    positions.set(services, at);
+  } else {
+    const gone = new Set(d.removes);
+    const changed = new Map(d.upserts.map((s) => [serviceKey(s), s]));
+    services = [];
+    for (const s of a.services) {
+      const k = serviceKey(s);
+      if (gone.has(k)) continue;
+      const next = changed.get(k);
+      services.push(next ?? s);
+      changed.delete(k);
+    }
+    // What is left is new; the builder's order is by namespace, then name.
+    if (changed.size > 0) {
+      services.push(...changed.values());
+      services.sort(compareServices);
+    }
   }
-  const list = [...services.values()];
-  if (added) list.sort(compareServices);
-  const identities = { ...a.identities, ...d.identitiesSet };
-  for (const ip of d.identitiesRemoved) delete identities[ip];
+  let identities = a.identities;
+  if (Object.keys(d.identitiesSet).length > 0 || d.identitiesRemoved.length > 0) {
+    identities = { ...a.identities, ...d.identitiesSet };
+    for (const ip of d.identitiesRemoved) delete identities[ip];
+  }
   return {
     version: d.to,
     domain: d.domain ?? a.domain,
     acl: d.acl ?? a.acl,
-    services: list,
+    services,
     identities,
   };
 }

@@ -99,3 +99,49 @@ Deno.test("applyDelta() refuses a delta from another version, or one that does n
   assert.throws(() => applyDelta({ ...once, version: 1 }, d), /removes "ns-\d\/svc-\d+", not in 1/);
   assert.equal(a.services.length, 3, "the input is not changed");
 });
+
+Deno.test("a chain of deltas (changes, adds, removes, in any mix) makes each next version", () => {
+  // A deterministic walk: each step changes, adds or removes a few services, so a delta
+  // applied to a config made by an earlier delta (whose service index was carried over, or
+  // rebuilt after an add) is checked against the config the builder would have sent.
+  let seed = 7;
+  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
+  let want = big(50);
+  let have = want;
+  let next = 100;
+  for (let step = 0; step < 200; step++) {
+    const b: MeshConfig = structuredClone(want);
+    b.version = want.version + 1;
+    const kind = rand(4);
+    if (kind === 0 && b.services.length > 1) b.services.splice(rand(b.services.length), 1);
+    if (kind === 1) {
+      b.services.push({
+        ...structuredClone(b.services[0]!),
+        name: `svc-${String(rand(99999)).padStart(5, "0")}-${next++}`,
+      });
+      b.services.sort((x, y) =>
+        x.namespace.localeCompare(y.namespace) || x.name.localeCompare(y.name)
+      );
+    }
+    const i = rand(b.services.length);
+    b.services[i]!.ports[0]!.endpoints[0]!.ready = !b.services[i]!.ports[0]!.endpoints[0]!.ready;
+    if (kind === 3) b.identities = { ...b.identities, [`10.9.0.${step % 250}`]: "ns-1/api" };
+    const d = diffConfigs(want, b);
+    have = applyDelta(have, d);
+    assert.deepEqual(have, b, `step ${step}`);
+    want = b;
+  }
+});
+
+Deno.test("applyDelta() shares what a delta leaves alone", () => {
+  const a = big(100);
+  const b = structuredClone(a);
+  b.version = 2;
+  b.services[40]!.ports[0]!.endpoints[0]!.ready = false;
+  const next = applyDelta(a, diffConfigs(a, b));
+  assert.equal(next.identities, a.identities, "an untouched identity table is the same object");
+  assert.equal(next.services[39], a.services[39], "an unchanged service is the same object");
+  assert.notEqual(next.services[40], a.services[40]);
+  assert.notEqual(next.services, a.services, "the base's list is not changed");
+  assert.equal(a.services[40]!.ports[0]!.endpoints[0]!.ready, true);
+});

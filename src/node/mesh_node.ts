@@ -20,6 +20,12 @@ export interface MeshNodeOptions {
   store?: ConfigStore;
   /** `/api/status/nodes`: the leader's view of every node; absent without distribution. */
   nodes?: () => unknown;
+  /**
+   * The node's data path beside the proxy (the eBPF maps): given each config the proxy took,
+   * and shown in `/api/status`. Its failures are its own to log: the hooks fail open, to the
+   * proxy.
+   */
+  datapath?: { apply(config: MeshConfig): void; status(): unknown };
 }
 
 /** Where the config in force came from. */
@@ -154,6 +160,7 @@ export class MeshNode implements ApiSource {
     const log = this.#opts.logger;
     const started = performance.now();
     await this.#opts.proxy.apply(config);
+    this.#opts.datapath?.apply(config);
     this.#config = config;
     this.#epoch = epoch;
     this.#source = source;
@@ -245,6 +252,7 @@ export class MeshNode implements ApiSource {
       ...(this.#opts.store ? { saveErrors: this.#saveErrors } : {}),
       errors: this.#errors,
       warnings: this.#warnings,
+      ...(this.#opts.datapath ? { datapath: this.#opts.datapath.status() } : {}),
     };
   }
 }

@@ -125,8 +125,28 @@ export async function removeLeftovers(): Promise<string[]> {
         } catch { /* gone meanwhile */ }
       }
     }
+    // An eBPF run's bpffs: removing its pins detaches its hooks; then it can be unmounted.
+    for (const m of mountsUnder(dir)) {
+      await Deno.remove(`${m}/meshd`, { recursive: true }).catch(() => {});
+      await run("umount", [m]);
+    }
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     removed.push(dir);
+  }
+  // An eBPF run's scratch cgroups (empty once its processes are gone).
+  const cg2 = mountsOfType("cgroup2")[0];
+  if (cg2) {
+    let cgs: Deno.DirEntry[] = [];
+    try {
+      cgs = [...Deno.readDirSync(`${cg2}/meshd-test`)];
+    } catch { /* none yet */ }
+    for (const e of cgs) {
+      if (!e.name.startsWith(PREFIX)) continue;
+      const owner = Number(e.name.slice(PREFIX.length).split("-")[0]);
+      if (owner && owner !== Deno.pid && isAlive(owner)) continue;
+      await Deno.remove(`${cg2}/meshd-test/${e.name}`).catch(() => {});
+      removed.push(`cgroup ${e.name}`);
+    }
   }
   const ns = await run("ip", ["netns", "list"]).catch(() => ({ ok: false, out: "" }));
   for (const line of ns.out.split("\n")) {
@@ -150,6 +170,24 @@ export async function removeLeftovers(): Promise<string[]> {
     removed.push(`/etc/netns/${e.name}`);
   }
   return removed;
+}
+
+function mountTable(): string[][] {
+  try {
+    return Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) => l.split(" "));
+  } catch {
+    return [];
+  }
+}
+
+/** Mount points at or below `dir`, deepest first. */
+function mountsUnder(dir: string): string[] {
+  return mountTable().map((f) => f[1] ?? "").filter((m) => m === dir || m.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+}
+
+function mountsOfType(type: string): string[] {
+  return mountTable().filter((f) => f[2] === type).map((f) => f[1]!);
 }
 
 let runCounter = 0;

@@ -8,7 +8,11 @@ import { Child, freePort, waitFor } from "./process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
-/** The permissions `deno task compile` gives the binary. */
+/**
+ * The userspace path's permissions (`deno task meshd`). Without FFI, `--datapath auto` falls
+ * back to the userspace proxy, so these meshd processes never attach anything; the eBPF tier
+ * (`tests/ebpf/`) runs meshd with `--allow-all` on a scratch cgroup of its own.
+ */
 export const MESHD_PERMISSIONS = [
   "--allow-net",
   "--allow-read",

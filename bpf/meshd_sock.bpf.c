@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * meshd's socket-level load balancer: cgroup hooks that send a connect (TCP, connected UDP)
+ * or a sendmsg (unconnected UDP) aimed at a mesh service address straight to one of its
+ * backends, chosen in O(1) from a dense array; and that show the service address again to
+ * getpeername and recvmsg. Services that need meshd's L7 proxy have one backend: this node's
+ * meshd listener for that port.
+ *
+ * Every hook fails open: when it cannot decide (no entry, an empty array, a slot missing
+ * while meshd rewrites it) the socket call goes on unchanged, to the address the application
+ * gave, which the userspace path serves.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "meshd.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct meshd_svc4_key);
+	__type(value, struct meshd_svc);
+} meshd_svc4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct meshd_svc6_key);
+	__type(value, struct meshd_svc);
+} meshd_svc6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct meshd_be_key);
+	__type(value, struct meshd_be4);
+} meshd_be4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct meshd_be_key);
+	__type(value, struct meshd_be6);
+} meshd_be6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct meshd_rnat4_key);
+	__type(value, struct meshd_rnat4);
+} meshd_rnat4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct meshd_rnat6_key);
+	__type(value, struct meshd_rnat6);
+} meshd_rnat6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct meshd_meta);
+} meshd_meta SEC(".maps");
+
+/* The socket's protocol as a service key holds it: TCP or UDP, 0 for anything else. */
+static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol == IPPROTO_TCP)
+		return IPPROTO_TCP;
+	if (ctx->protocol == IPPROTO_UDP)
+		return IPPROTO_UDP;
+	return 0;
+}
+
+/* The slot of a backend chosen at random from the half in force, or -1. */
+static __always_inline int pick_slot(const struct meshd_svc *svc)
+{
+	__u32 count = svc->count;
+
+	if (count == 0 || count > MESHD_MAX_BACKENDS || svc->half > 1)
+		return -1;
+	return (int)(svc->half * MESHD_MAX_BACKENDS + bpf_get_prandom_u32() % count);
+}
+
+/* Sends an IPv4 connect or sendmsg to a backend; remembers the service for the replies. */
+static __always_inline void balance4(struct bpf_sock_addr *ctx)
+{
+	struct meshd_svc4_key key = {};
+	struct meshd_be_key bkey = {};
+	struct meshd_rnat4_key rkey = {};
+	struct meshd_rnat4 orig = {};
+	struct meshd_svc *svc;
+	struct meshd_be4 *be;
+	int slot;
+
+	key.proto = sock_proto(ctx);
+	if (!key.proto)
+		return;
+	key.addr = ctx->user_ip4;
+	key.port = (__be16)ctx->user_port;
+	svc = bpf_map_lookup_elem(&meshd_svc4, &key);
+	if (!svc)
+		return;
+	slot = pick_slot(svc);
+	if (slot < 0)
+		return;
+	bkey.id = svc->id;
+	bkey.slot = (__u32)slot;
+	be = bpf_map_lookup_elem(&meshd_be4, &bkey);
+	if (!be)
+		return;
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.addr = be->addr;
+	rkey.port = be->port;
+	orig.addr = key.addr;
+	orig.port = key.port;
+	/* Without the entry, getpeername would show the backend: still a working socket. */
+	bpf_map_update_elem(&meshd_rnat4, &rkey, &orig, BPF_ANY);
+	ctx->user_ip4 = be->addr;
+	ctx->user_port = (__u32)be->port;
+}
+
+/* Shows the service address in place of the backend this socket was sent to. */
+static __always_inline void reverse4(struct bpf_sock_addr *ctx)
+{
+	struct meshd_rnat4_key rkey = {};
+	struct meshd_rnat4 *orig;
+
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.addr = ctx->user_ip4;
+	rkey.port = (__be16)ctx->user_port;
+	orig = bpf_map_lookup_elem(&meshd_rnat4, &rkey);
+	if (!orig)
+		return;
+	ctx->user_ip4 = orig->addr;
+	ctx->user_port = (__u32)orig->port;
+}
+
+static __always_inline void copy6(__be32 *dst, const __u32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+static __always_inline void balance6(struct bpf_sock_addr *ctx)
+{
+	struct meshd_svc6_key key = {};
+	struct meshd_be_key bkey = {};
+	struct meshd_rnat6_key rkey = {};
+	struct meshd_rnat6 orig = {};
+	struct meshd_svc *svc;
+	struct meshd_be6 *be;
+	int slot;
+
+	key.proto = sock_proto(ctx);
+	if (!key.proto)
+		return;
+	/* The context's address words are read one by one: the verifier wants 4-byte loads. */
+	key.addr[0] = ctx->user_ip6[0];
+	key.addr[1] = ctx->user_ip6[1];
+	key.addr[2] = ctx->user_ip6[2];
+	key.addr[3] = ctx->user_ip6[3];
+	key.port = (__be16)ctx->user_port;
+	svc = bpf_map_lookup_elem(&meshd_svc6, &key);
+	if (!svc)
+		return;
+	slot = pick_slot(svc);
+	if (slot < 0)
+		return;
+	bkey.id = svc->id;
+	bkey.slot = (__u32)slot;
+	be = bpf_map_lookup_elem(&meshd_be6, &bkey);
+	if (!be)
+		return;
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	copy6(rkey.addr, be->addr);
+	rkey.port = be->port;
+	copy6(orig.addr, key.addr);
+	orig.port = key.port;
+	bpf_map_update_elem(&meshd_rnat6, &rkey, &orig, BPF_ANY);
+	ctx->user_ip6[0] = be->addr[0];
+	ctx->user_ip6[1] = be->addr[1];
+	ctx->user_ip6[2] = be->addr[2];
+	ctx->user_ip6[3] = be->addr[3];
+	ctx->user_port = (__u32)be->port;
+}
+
+static __always_inline void reverse6(struct bpf_sock_addr *ctx)
+{
+	struct meshd_rnat6_key rkey = {};
+	struct meshd_rnat6 *orig;
+
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.addr[0] = ctx->user_ip6[0];
+	rkey.addr[1] = ctx->user_ip6[1];
+	rkey.addr[2] = ctx->user_ip6[2];
+	rkey.addr[3] = ctx->user_ip6[3];
+	rkey.port = (__be16)ctx->user_port;
+	orig = bpf_map_lookup_elem(&meshd_rnat6, &rkey);
+	if (!orig)
+		return;
+	ctx->user_ip6[0] = orig->addr[0];
+	ctx->user_ip6[1] = orig->addr[1];
+	ctx->user_ip6[2] = orig->addr[2];
+	ctx->user_ip6[3] = orig->addr[3];
+	ctx->user_port = (__u32)orig->port;
+}
+
+SEC("cgroup/connect4")
+int meshd_connect4(struct bpf_sock_addr *ctx)
+{
+	balance4(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int meshd_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	balance4(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int meshd_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	reverse4(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int meshd_peer4(struct bpf_sock_addr *ctx)
+{
+	reverse4(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int meshd_connect6(struct bpf_sock_addr *ctx)
+{
+	balance6(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int meshd_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	balance6(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int meshd_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	reverse6(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int meshd_peer6(struct bpf_sock_addr *ctx)
+{
+	reverse6(ctx);
+	return 1;
+}

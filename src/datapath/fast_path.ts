@@ -1,0 +1,273 @@
+import type { Logger, Registry } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import { DatapathError, EbpfDatapath, MAPS, PROGRAMS } from "./ebpf_datapath.ts";
+import {
+  clusterIPAddresses,
+  datapathEntries,
+  type MeshAddresses,
+  type ProxyListener,
+} from "./entries.ts";
+import { type DatapathChoice, findLibbpf, probeDatapath, type ProbeOptions } from "./probe.ts";
+
+/** `--datapath`: what the node may use. */
+export type DatapathMode = "auto" | "ebpf" | "userspace";
+
+/** The built object, beside meshd's sources (and included by `deno task compile`). */
+export const DEFAULT_BPF_OBJECT = new URL("../../bpf/build/meshd_sock.bpf.o", import.meta.url);
+
+/** Options of {@linkcode selectDatapath}. */
+export interface SelectOptions extends Omit<ProbeOptions, "programs" | "bpffs" | "cgroup"> {
+  mode: DatapathMode;
+  /** The cgroup v2 directory to attach to; default: the root of the cgroup v2 mount. */
+  cgroup?: string;
+  /** The bpffs mount; meshd pins under `<bpffs>/meshd`. */
+  bpffs: string;
+  /** The BPF object; default {@linkcode DEFAULT_BPF_OBJECT}. */
+  object?: string | URL;
+  logger: Logger;
+  verbose?: boolean;
+}
+
+/** The outcome of {@linkcode selectDatapath}: the choice and, for eBPF, the loaded path. */
+export interface Selected {
+  choice: DatapathChoice;
+  ebpf: EbpfDatapath | null;
+}
+
+async function cgroup2Root(mounts: () => Promise<string>): Promise<string | undefined> {
+  try {
+    // The last one: a hostPath mount of the node's hierarchy lies over the container's own.
+    return (await mounts()).split("\n").map((l) => l.split(" ")).filter((f) => f[2] === "cgroup2")
+      .at(-1)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Removes the links and maps an earlier meshd pinned, so hooks left attached do not keep
+ * balancing from maps no one updates any more. Only meshd's own pin names are touched.
+ */
+export function removeStalePins(pinDir: string, logger: Logger): void {
+  let removed = 0;
+  for (const name of [...PROGRAMS.map((p) => `link_${p}`), ...MAPS]) {
+    try {
+      Deno.removeSync(`${pinDir}/${name}`);
+      removed++;
+    } catch { /* not there, or bpffs not readable: nothing to undo */ }
+  }
+  if (removed > 0) {
+    logger.warn("removed the eBPF hooks an earlier meshd left attached", { pinDir, pins: removed });
+  }
+  try {
+    Deno.removeSync(pinDir);
+  } catch { /* not empty or not there */ }
+}
+
+/**
+ * Chooses this node's data path. `userspace` does not look further. `auto` and `ebpf` run
+ * every probe check, and last load the programs and attach them to the cgroup (taking over
+ * what an earlier meshd pinned): eBPF when all of it worked. Otherwise `auto` logs one line
+ * naming the check that failed and goes on with the userspace proxy alone, and `ebpf` throws
+ * a {@linkcode DatapathError} with that line.
+ */
+export async function selectDatapath(o: SelectOptions): Promise<Selected> {
+  const pinDir = `${o.bpffs.replace(/\/+$/, "")}/meshd`;
+  if (o.mode === "userspace") {
+    removeStalePins(pinDir, o.logger);
+    return {
+      choice: { datapath: "userspace", reason: "--datapath userspace", checks: [] },
+      ebpf: null,
+    };
+  }
+  const mounts = o.mounts ?? (() => Deno.readTextFile("/proc/self/mounts"));
+  const cgroup = o.cgroup ?? await cgroup2Root(mounts);
+  let ebpf: EbpfDatapath | null = null;
+  const choice = await probeDatapath({
+    ...o,
+    mounts,
+    bpffs: o.bpffs,
+    cgroup,
+    programs: async () => {
+      const where = o.object ?? DEFAULT_BPF_OBJECT;
+      let object: Uint8Array<ArrayBuffer>;
+      try {
+        object = await Deno.readFile(where);
+      } catch (e) {
+        throw new DatapathError(
+          `cannot read the BPF object ${where}: ${
+            (e as Error).message
+          } (bash bpf/build.sh builds it)`,
+        );
+      }
+      const lib = o.libbpfPath ?? findLibbpf() ?? "libbpf.so.1";
+      ebpf = EbpfDatapath.load({
+        libbpfPath: lib,
+        object,
+        cgroup: cgroup!,
+        pinDir,
+        logger: o.logger,
+        verbose: o.verbose,
+      });
+      return `${PROGRAMS.length} programs attached to ${cgroup}` +
+        (ebpf.tookOver ? `, maps and links taken over from ${pinDir}` : `, pinned in ${pinDir}`);
+    },
+  });
+  if (choice.datapath === "userspace") {
+    if (o.mode === "ebpf") throw new DatapathError(`--datapath ebpf: ${choice.reason}`);
+    o.logger.warn("eBPF fast path off; the userspace proxy serves alone", {
+      reason: choice.reason,
+    });
+    removeStalePins(pinDir, o.logger);
+  }
+  return { choice, ebpf };
+}
+
+/** Reads the BPF object, with an error that says how to build it. */
+export async function readBpfObject(
+  where: string | URL = DEFAULT_BPF_OBJECT,
+): Promise<Uint8Array<ArrayBuffer>> {
+  try {
+    return await Deno.readFile(where);
+  } catch (e) {
+    throw new DatapathError(
+      `cannot read the BPF object ${where}: ${(e as Error).message} (bash bpf/build.sh builds it)`,
+    );
+  }
+}
+
+/** Options of {@linkcode FastPath}. */
+export interface FastPathOptions {
+  selected: Selected;
+  /** meshd's listeners, for ports that need the L7 proxy. */
+  proxy: ProxyListener;
+  /**
+   * Where mesh addresses come from: each Service's ClusterIP (file provider), or the table
+   * given to {@linkcode FastPath.setAddresses} (the shadow Services, kube provider).
+   */
+  addresses: "cluster-ip" | "given";
+  logger: Logger;
+  registry?: Registry;
+}
+
+/**
+ * The node's data path as the rest of meshd sees it: which one is in use and why, and, on
+ * eBPF, the maps kept equal to each config applied and to the mesh addresses.
+ */
+export class FastPath {
+  readonly choice: DatapathChoice;
+  #ebpf: EbpfDatapath | null;
+  #o: FastPathOptions;
+  #config: MeshConfig | null = null;
+  #given: MeshAddresses = new Map();
+  #errors = 0;
+
+  constructor(o: FastPathOptions) {
+    this.#o = o;
+    this.choice = o.selected.choice;
+    this.#ebpf = o.selected.ebpf;
+    const r = o.registry;
+    if (!r) return;
+    r.collect(
+      "meshd_datapath_info",
+      "The data path in use (ebpf or userspace) and why; always 1.",
+      ["datapath", "reason"],
+      () => [[[this.choice.datapath, this.choice.reason], 1]],
+    );
+    if (!this.#ebpf) return;
+    const stats = () => this.#ebpf!.stats();
+    r.collect(
+      "meshd_ebpf_services",
+      "Service addresses in the eBPF maps, by family and by where they go.",
+      ["family", "to"],
+      () => {
+        const s = stats();
+        return [
+          [["4", "any"], s.services4],
+          [["6", "any"], s.services6],
+          [["any", "proxy"], s.redirects],
+        ];
+      },
+    );
+    r.collect("meshd_ebpf_backends", "Backend slots in force in the eBPF maps.", [], () => [[
+      [],
+      stats().backends,
+    ]]);
+    r.collect(
+      "meshd_ebpf_map_bytes",
+      "Kernel memory of meshd's eBPF maps.",
+      [],
+      () => [[[], stats().mapBytes]],
+    );
+    r.collect(
+      "meshd_ebpf_map_writes_total",
+      "eBPF map entries written and deleted.",
+      ["op"],
+      () => {
+        const s = stats();
+        return [[["update"], s.writes], [["delete"], s.deletes]];
+      },
+    );
+    r.collect(
+      "meshd_ebpf_apply_errors_total",
+      "Configs the eBPF maps could not be brought to.",
+      [],
+      () => [[[], this.#errors]],
+    );
+  }
+
+  /** Brings the maps to `config` (nothing on the userspace path). */
+  apply(config: MeshConfig): void {
+    this.#config = config;
+    this.#sync();
+  }
+
+  /** The mesh addresses of each service (`namespace/name`), when they are given. */
+  setAddresses(a: MeshAddresses): void {
+    this.#given = a;
+    this.#sync();
+  }
+
+  #sync(): void {
+    const ebpf = this.#ebpf;
+    const config = this.#config;
+    if (!ebpf || !config) return;
+    const started = performance.now();
+    try {
+      const addresses = this.#o.addresses === "cluster-ip"
+        ? clusterIPAddresses(config)
+        : this.#given;
+      const r = ebpf.apply(datapathEntries(config, addresses, this.#o.proxy), config.version);
+      this.#o.logger.debug("eBPF maps updated", {
+        version: config.version,
+        ...r,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+      });
+    } catch (e) {
+      // The hooks fail open: what the maps miss goes to the mesh address and the proxy.
+      this.#errors++;
+      this.#o.logger.error("cannot update the eBPF maps", {
+        version: config.version,
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  /** For `/api/status`. */
+  status(): unknown {
+    return {
+      datapath: this.choice.datapath,
+      reason: this.choice.reason,
+      checks: this.choice.checks,
+      ...(this.#ebpf
+        ? { ebpf: { ...this.#ebpf.stats(), tookOver: this.#ebpf.tookOver, errors: this.#errors } }
+        : {}),
+    };
+  }
+
+  /** Lets go of the eBPF path and leaves it pinned, balancing, for the next meshd. */
+  close(): void {
+    this.#ebpf?.close();
+    this.#ebpf = null;
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Small socket programs for the eBPF tests, run inside the test's network namespace (and, for
+ * clients, inside its scratch cgroup, where meshd's hooks are attached):
+ *
+ * - `serve NAME HOST PORT`: TCP: writes `NAME\n` to each connection and closes it; UDP on the
+ *   same port: answers each datagram with `NAME`.
+ * - `tcp HOST PORT N`: N connections one after another; prints `{"by": {name: count},
+ *   "peers": [...distinct getpeername results], "failed", "errors"}`.
+ * - `udp HOST PORT N`: N datagrams from one unconnected socket; prints `by` and the distinct
+ *   `from` addresses of the answers.
+ * - `http HOST PORT HOSTHEADER [PATH]`: one `GET PATH` (default `/`) with that Host; prints status and body.
+ * - `loop HOST PORT MAXMS`: connects and reads the name, again and again with 4 workers,
+ *   until stdin closes or MAXMS pass; prints a progress line `{"ok", "failed"}` every 100 ms,
+ *   and the totals at the end with the errors seen.
+ *
+ * @module
+ */
+const [mode, ...args] = Deno.args;
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+const fmt = (a: Deno.Addr) => {
+  const n = a as Deno.NetAddr;
+  return n.hostname.includes(":") ? `[${n.hostname}]:${n.port}` : `${n.hostname}:${n.port}`;
+};
+
+async function readName(c: Deno.Conn): Promise<string> {
+  let got = "";
+  const buf = new Uint8Array(256);
+  while (!got.includes("\n")) {
+    const n = await c.read(buf);
+    if (n === null) break;
+    got += dec.decode(buf.subarray(0, n));
+  }
+  return got.trim();
+}
+
+async function once(hostname: string, port: number): Promise<{ name: string; peer: string }> {
+  const c = await Deno.connect({ hostname, port });
+  try {
+    return { name: await readName(c), peer: fmt(c.remoteAddr) };
+  } finally {
+    c.close();
+  }
+}
+
+function count(m: Record<string, number>, k: string): void {
+  m[k] = (m[k] ?? 0) + 1;
+}
+
+if (mode === "serve") {
+  const [name, hostname, port] = [args[0]!, args[1]!, Number(args[2])];
+  const tcp = Deno.listen({ hostname, port });
+  const udp = Deno.listenDatagram({ hostname, port, transport: "udp" });
+  (async () => {
+    for (;;) {
+      const [, from] = await udp.receive();
+      await udp.send(enc.encode(name), from);
+    }
+  })();
+  console.log("ready");
+  for await (const c of tcp) {
+    c.write(enc.encode(`${name}\n`)).catch(() => {}).finally(() => c.close());
+  }
+} else if (mode === "tcp") {
+  const [hostname, port, n] = [args[0]!, Number(args[1]), Number(args[2])];
+  const by: Record<string, number> = {};
+  const errors: Record<string, number> = {};
+  const peers = new Set<string>();
+  let failed = 0;
+  for (let i = 0; i < n; i++) {
+    try {
+      const r = await once(hostname, port);
+      count(by, r.name);
+      peers.add(r.peer);
+    } catch (e) {
+      failed++;
+      count(errors, (e as Error).message);
+    }
+  }
+  console.log(JSON.stringify({ by, peers: [...peers], failed, errors }));
+} else if (mode === "udp") {
+  const [hostname, port, n] = [args[0]!, Number(args[1]), Number(args[2])];
+  const v6 = hostname.includes(":");
+  const s = Deno.listenDatagram({ hostname: v6 ? "::" : "0.0.0.0", port: 0, transport: "udp" });
+  const by: Record<string, number> = {};
+  const from = new Set<string>();
+  let failed = 0;
+  for (let i = 0; i < n; i++) {
+    await s.send(enc.encode("hi"), { transport: "udp", hostname, port });
+    const timer = setTimeout(() => s.close(), 2_000);
+    try {
+      const [data, addr] = await s.receive();
+      count(by, dec.decode(data));
+      from.add(fmt(addr));
+    } catch {
+      failed++;
+      break;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  console.log(JSON.stringify({ by, from: [...from], failed }));
+} else if (mode === "http") {
+  const [hostname, port, host, path] = [args[0]!, Number(args[1]), args[2]!, args[3] ?? "/"];
+  const c = await Deno.connect({ hostname, port });
+  await c.write(enc.encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+  let got = "";
+  const buf = new Uint8Array(16 * 1024);
+  for (;;) {
+    const n = await c.read(buf);
+    if (n === null) break;
+    got += dec.decode(buf.subarray(0, n));
+  }
+  c.close();
+  const status = Number(got.split(" ")[1]);
+  console.log(JSON.stringify({ status, body: got.slice(got.indexOf("\r\n\r\n") + 4) }));
+} else if (mode === "loop") {
+  const [hostname, port, maxMs] = [args[0]!, Number(args[1]), Number(args[2])];
+  const end = performance.now() + maxMs;
+  let ok = 0, failed = 0, stop = false;
+  const errors: Record<string, number> = {};
+  (async () => {
+    for await (const _ of Deno.stdin.readable) { /* runs until stdin closes */ }
+    stop = true;
+  })();
+  const progress = setInterval(() => console.log(JSON.stringify({ ok, failed })), 100);
+  const worker = async () => {
+    while (!stop && performance.now() < end) {
+      try {
+        const r = await once(hostname, port);
+        if (r.name) ok++;
+        else {
+          failed++;
+          count(errors, "no name read");
+        }
+      } catch (e) {
+        failed++;
+        count(errors, (e as Error).message);
+      }
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  clearInterval(progress);
+  console.log(JSON.stringify({ ok, failed, errors, done: true }));
+  Deno.exit(0);
+} else {
+  console.error("usage: sock_tool.ts serve|tcp|udp|http|loop ...");
+  Deno.exit(2);
+}

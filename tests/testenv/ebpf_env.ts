@@ -1,0 +1,178 @@
+/**
+ * A place to run the eBPF path safely: a network namespace with only loopback (so no address
+ * in it leads off the machine), a scratch cgroup v2 directory that meshd attaches to (never the
+ * root cgroup), and a bpffs of its own for the pins. {@linkcode EbpfEnv.remove} kills what it
+ * started by PID, unpins, unmounts and removes it all; `removeLeftovers()` does the same for a
+ * crashed run.
+ *
+ * @module
+ */
+import { removeLeftovers } from "./cluster.ts";
+
+/** Name prefix of everything a test run creates (shared with the cluster harness). */
+const PREFIX = "meshd-tc-";
+let counter = 0;
+
+async function sh(cmd: string, args: string[]): Promise<string> {
+  const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const dec = new TextDecoder();
+  if (!o.success) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${dec.decode(o.stderr).trim()}`);
+  }
+  return dec.decode(o.stdout);
+}
+
+/** The cgroup v2 mount point, or an error saying the tier cannot run. */
+export function cgroup2Mount(): string {
+  const m = Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) => l.split(" "))
+    .find((f) => f[2] === "cgroup2")?.[1];
+  if (!m) throw new Error("no cgroup v2 hierarchy mounted: the eBPF tier needs one");
+  return m;
+}
+
+/** A process started in the namespace; its output lines are kept. */
+export class EnvProcess {
+  readonly proc: Deno.ChildProcess;
+  readonly lines: string[] = [];
+  readonly errLines: string[] = [];
+  readonly #done: Promise<void>;
+  #writer: WritableStreamDefaultWriter<Uint8Array> | null;
+
+  constructor(proc: Deno.ChildProcess) {
+    this.proc = proc;
+    this.#writer = proc.stdin.getWriter();
+    const read = async (s: ReadableStream<Uint8Array>, into: string[]) => {
+      let rest = "";
+      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
+        const parts = (rest + chunk).split("\n");
+        rest = parts.pop()!;
+        into.push(...parts);
+      }
+      if (rest) into.push(rest);
+    };
+    this.#done = Promise.all([read(proc.stdout, this.lines), read(proc.stderr, this.errLines)])
+      .then(() => {});
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  /** Closes stdin (programs that wait on it finish). */
+  async closeStdin(): Promise<void> {
+    await this.#writer?.close().catch(() => {});
+    this.#writer = null;
+  }
+
+  /** Waits for it to exit (killing it after `killAfterMs`) and for its output. */
+  async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs);
+    const st = await this.proc.status;
+    clearTimeout(timer);
+    await this.#done;
+    return st;
+  }
+
+  kill(sig: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.proc.kill(sig);
+    } catch { /* gone */ }
+  }
+
+  /** The last stdout line parsed as JSON. */
+  last<T>(): T {
+    return JSON.parse(this.lines.filter(Boolean).at(-1) ?? "null") as T;
+  }
+}
+
+/** One scratch namespace, cgroup and bpffs. */
+export class EbpfEnv {
+  readonly name: string;
+  readonly dir: string;
+  readonly netns: string;
+  readonly cgroup: string;
+  readonly bpffs: string;
+  readonly #procs: EnvProcess[] = [];
+
+  private constructor(name: string) {
+    this.name = name;
+    this.dir = `/tmp/${name}`;
+    this.netns = name;
+    this.cgroup = `${cgroup2Mount()}/meshd-test/${name}`;
+    this.bpffs = `${this.dir}/bpffs`;
+  }
+
+  /** Creates the namespace (loopback up, `v6` addresses on it), cgroup and bpffs. */
+  static async create(v6: string[] = []): Promise<EbpfEnv> {
+    if (Deno.uid() !== 0) throw new Error("the eBPF tier runs as root");
+    await removeLeftovers();
+    const env = new EbpfEnv(`${PREFIX}${Deno.pid}-ebpf${++counter}`);
+    await Deno.mkdir(env.bpffs, { recursive: true });
+    await Deno.writeTextFile(`${env.dir}/pids`, "");
+    await Deno.mkdir(env.cgroup, { recursive: true });
+    await sh("mount", ["-t", "bpf", "bpf", env.bpffs]);
+    await sh("ip", ["netns", "add", env.netns]);
+    await sh("ip", ["-n", env.netns, "link", "set", "lo", "up"]);
+    for (const a of v6) await sh("ip", ["-n", env.netns, "addr", "add", `${a}/128`, "dev", "lo"]);
+    return env;
+  }
+
+  /**
+   * Starts `cmd args` in the namespace; `inCgroup` puts it in the scratch cgroup first, where
+   * the hooks see its sockets.
+   */
+  spawn(cmd: string, args: string[], o: { inCgroup?: boolean } = {}): EnvProcess {
+    // nsenter switches the network namespace only: `ip netns exec` would also mount a new
+    // /sys, where the cgroup v2 mount below /sys/fs/cgroup is not to be found.
+    const inner = ["nsenter", `--net=/run/netns/${this.netns}`, cmd, ...args];
+    const argv = o.inCgroup
+      ? ["sh", "-c", `echo $$ > '${this.cgroup}/cgroup.procs' && exec "$@"`, "sh", ...inner]
+      : inner;
+    const proc = new Deno.Command(argv[0]!, {
+      args: argv.slice(1),
+      env: { NO_COLOR: "1" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Recorded at once, so a crashed run's processes can be found by removeLeftovers().
+    Deno.writeTextFileSync(`${this.dir}/pids`, `${proc.pid}\n`, { append: true });
+    const p = new EnvProcess(proc);
+    this.#procs.push(p);
+    return p;
+  }
+
+  /** Runs a Deno script (with `perms`) to its end and returns its last JSON line. */
+  async deno<T>(
+    script: string,
+    args: string[],
+    o: { inCgroup?: boolean; perms?: string[] } = {},
+  ): Promise<T> {
+    const p = this.spawn(
+      Deno.execPath(),
+      ["run", ...(o.perms ?? ["--allow-net"]), script, ...args],
+      o,
+    );
+    await p.closeStdin();
+    const st = await p.wait();
+    if (!st.success) throw new Error(`${script} ${args.join(" ")}: ${p.errLines.join("\n")}`);
+    return p.last<T>();
+  }
+
+  /** Programs attached to the scratch cgroup, as bpftool lists them. */
+  async attached(): Promise<string[]> {
+    const out = await sh("bpftool", ["cgroup", "show", this.cgroup, "-j"]).catch(() => "[]");
+    return (JSON.parse(out.trim() || "[]") as { name?: string }[]).map((p) => p.name ?? "?");
+  }
+
+  /** Stops every process it started, unpins, unmounts, removes the cgroup and namespace. */
+  async remove(): Promise<void> {
+    for (const p of this.#procs) p.kill("SIGKILL");
+    for (const p of this.#procs) await p.wait(5_000).catch(() => {});
+    await Deno.remove(`${this.bpffs}/meshd`, { recursive: true }).catch(() => {});
+    await sh("umount", [this.bpffs]).catch(() => {});
+    await Deno.remove(this.cgroup).catch(() => {});
+    await sh("ip", ["netns", "delete", this.netns]).catch(() => {});
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
