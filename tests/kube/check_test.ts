@@ -27,7 +27,7 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
   const kc = `--kubeconfig=${cluster.kubeconfig}`;
   try {
     await t.step("a bare cluster: SMI missing is a warning, no CoreDNS block blocks", async () => {
-      const r = await meshd("check", kc);
+      const r = await meshd("check", kc, `--bpffs=${cluster.dir}/no-bpffs`);
       assert.equal(r.code, 1, r.out + r.err);
       assert.deepEqual(lines(r).map((l) => l.name), [
         "api",
@@ -51,7 +51,12 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
       );
       assert.deepEqual(level(r, "smi"), ["warn", "warn", "warn"]);
       assert.deepEqual(level(r, "coredns"), ["FAIL"]);
-      assert.deepEqual(level(r, "datapath"), ["ok"]);
+      // A data path that falls back is a warning: meshd runs, on the userspace proxy.
+      assert.deepEqual(level(r, "datapath"), ["warn"]);
+      assert.match(
+        lines(r).find((l) => l.name === "datapath")!.text,
+        new RegExp(`^userspace: no bpffs mounted at ${cluster.dir}/no-bpffs`),
+      );
     });
 
     await applyManifests(cluster);
@@ -137,6 +142,39 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
         /^userspace: no libbpf at \/nonexistent\/libbpf\.so\.1/,
       );
     });
+
+    await t.step(
+      "with a bpffs, check loads the programs (the verifier runs) and attaches none",
+      async () => {
+        const bpffs = `${cluster.dir}/bpffs`;
+        await Deno.mkdir(bpffs);
+        const mount = await new Deno.Command("mount", { args: ["-t", "bpf", "bpf", bpffs] })
+          .output();
+        assert.ok(mount.success, "mount a bpffs for the test");
+        try {
+          const r = await meshd("check", kc, `--bpffs=${bpffs}`);
+          const dp = lines(r).find((l) => l.name === "datapath")!;
+          assert.equal(dp.level, "ok", dp.text);
+          assert.match(dp.text, /^ebpf: kernel .*, the programs load \(not attached by check\)$/);
+          assert.deepEqual(
+            [...Deno.readDirSync(bpffs)].filter((e) => e.name.startsWith("meshd")),
+            [],
+          );
+          const missing = await meshd(
+            "check",
+            kc,
+            `--bpffs=${bpffs}`,
+            "--bpf-object=/nonexistent.o",
+          );
+          assert.match(
+            lines(missing).find((l) => l.name === "datapath")!.text,
+            /^userspace: cannot read the BPF object \/nonexistent\.o: .*\(bash bpf\/build\.sh builds it\)/,
+          );
+        } finally {
+          await new Deno.Command("umount", { args: [bpffs] }).output();
+        }
+      },
+    );
   } finally {
     await cluster.stop();
   }
@@ -163,14 +201,14 @@ contexts:
 current-context: gone
 `,
     );
-    const r = await meshd("check", `--kubeconfig=${file}`);
+    const r = await meshd("check", `--kubeconfig=${file}`, `--bpffs=${dir}/no-bpffs`);
     assert.equal(r.code, 1);
     assert.deepEqual(lines(r).map((l) => `${l.level} ${l.name}`), [
       "FAIL api",
       "skip rbac",
       "skip smi",
       "skip coredns",
-      "ok datapath",
+      "warn datapath",
     ]);
     assert.match(lines(r)[0]!.text, new RegExp(`127\\.0\\.0\\.1:${port}`));
   } finally {
