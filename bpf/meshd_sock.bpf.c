@@ -29,7 +29,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_svc6_key);
 	__type(value, struct meshd_svc);
@@ -37,7 +37,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
+	/* Both halves of every port's array: about 250,000 IPv4 backends in force. The kernel
+	 * sizes a hash's buckets by max_entries, so this is most of the maps' memory. */
+	__uint(max_entries, 524288);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_be_key);
 	__type(value, struct meshd_be4);
@@ -45,7 +47,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_be_key);
 	__type(value, struct meshd_be6);
@@ -60,7 +62,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct meshd_rnat6_key);
 	__type(value, struct meshd_rnat6);
 } meshd_rnat6 SEC(".maps");
