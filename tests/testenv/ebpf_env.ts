@@ -167,8 +167,9 @@ export class EbpfEnv {
 
   /** Stops every process it started, unpins, unmounts, removes the cgroup and namespace. */
   async remove(): Promise<void> {
-    for (const p of this.#procs) p.kill("SIGKILL");
-    for (const p of this.#procs) await p.wait(5_000).catch(() => {});
+    // SIGTERM first, so servers that fork (nginx) take their workers with them.
+    for (const p of this.#procs) p.kill("SIGTERM");
+    for (const p of this.#procs) await p.wait(3_000).catch(() => {});
     await Deno.remove(`${this.bpffs}/meshd`, { recursive: true }).catch(() => {});
     await sh("umount", [this.bpffs]).catch(() => {});
     await Deno.remove(this.cgroup).catch(() => {});
