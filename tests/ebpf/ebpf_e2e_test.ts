@@ -114,6 +114,21 @@ async function status(env: EbpfEnv): Promise<Record<string, unknown>> {
   return JSON.parse(r.body);
 }
 
+/**
+ * A bounded connection loop to 10.96.0.10:7000 from inside the cgroup, and the count of its
+ * answers so far (from its progress lines).
+ */
+function connectLoop(env: EbpfEnv, maxMs: number): { loop: EnvProcess; okNow: () => number } {
+  const loop = env.spawn(
+    Deno.execPath(),
+    ["run", "--allow-net", SOCK, "loop", "10.96.0.10", "7000", String(maxMs)],
+    { inCgroup: true },
+  );
+  const okNow =
+    () => (loop.lines.length ? (JSON.parse(loop.lines.at(-1)!) as { ok: number }).ok : 0);
+  return { loop, okNow };
+}
+
 type TcpResult = { by: Record<string, number>; peers: string[]; failed: number; errors: unknown };
 
 Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, and restarts without losing a connection", async (t) => {
@@ -229,19 +244,7 @@ Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, a
     );
 
     await t.step("restarted three times under a load loop: not one connection fails", async () => {
-      const loop = env.spawn(Deno.execPath(), [
-        "run",
-        "--allow-net",
-        SOCK,
-        "loop",
-        "10.96.0.10",
-        "7000",
-        "90000",
-      ], {
-        inCgroup: true,
-      });
-      const okNow =
-        () => (loop.lines.length ? (JSON.parse(loop.lines.at(-1)!) as { ok: number }).ok : 0);
+      const { loop, okNow } = connectLoop(env, 90_000);
       await waitFor("the loop answering", () => okNow() > 50 || undefined, 20_000);
       for (let i = 0; i < 3; i++) {
         await stopMeshd(meshd);
@@ -341,19 +344,7 @@ Deno.test("eBPF maps: a service's backends are replaced in place, never seen emp
         const dp = load();
         try {
           dp.apply([entry(ips.slice(0, 2))], 1);
-          const loop = env.spawn(Deno.execPath(), [
-            "run",
-            "--allow-net",
-            SOCK,
-            "loop",
-            "10.96.0.10",
-            "7000",
-            "60000",
-          ], {
-            inCgroup: true,
-          });
-          const okNow =
-            () => (loop.lines.length ? (JSON.parse(loop.lines.at(-1)!) as { ok: number }).ok : 0);
+          const { loop, okNow } = connectLoop(env, 60_000);
           await waitFor("the loop answering", () => okNow() > 20 || undefined, 20_000);
           for (let v = 2; v < 502; v++) {
             // Sets of different sizes, so slots are added and deleted as well as replaced.

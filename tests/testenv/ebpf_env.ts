@@ -8,19 +8,11 @@
  * @module
  */
 import { removeLeftovers } from "./cluster.ts";
+import { sh } from "./netns_mesh.ts";
 
 /** Name prefix of everything a test run creates (shared with the cluster harness). */
 const PREFIX = "meshd-tc-";
 let counter = 0;
-
-async function sh(cmd: string, args: string[]): Promise<string> {
-  const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  const dec = new TextDecoder();
-  if (!o.success) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${dec.decode(o.stderr).trim()}`);
-  }
-  return dec.decode(o.stdout);
-}
 
 /** The cgroup v2 mount point, or an error saying the tier cannot run. */
 export function cgroup2Mount(): string {

@@ -42,7 +42,8 @@ export type AgentReply = { error?: string; [k: string]: unknown };
 
 let meshCounter = 0;
 
-async function sh(cmd: string, args: string[]): Promise<string> {
+/** Runs a command to its end; its stdout, or an error with its stderr. */
+export async function sh(cmd: string, args: string[]): Promise<string> {
   const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
   const dec = new TextDecoder();
   if (!o.success) {
