@@ -165,6 +165,8 @@ export class EbpfEnv {
     await Deno.remove(`${this.bpffs}/meshd`, { recursive: true }).catch(() => {});
     await sh("umount", [this.bpffs]).catch(() => {});
     await Deno.remove(this.cgroup).catch(() => {});
+    // The shared parent goes too once no other run uses it (rmdir fails while it has children).
+    await Deno.remove(this.cgroup.slice(0, this.cgroup.lastIndexOf("/"))).catch(() => {});
     await sh("ip", ["netns", "delete", this.netns]).catch(() => {});
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
