@@ -1,4 +1,4 @@
-import { BpfCallError, type BpfLink, Libbpf } from "../../ffi/libbpf.ts";
+import { type BpfLink, Libbpf } from "../../ffi/libbpf.ts";
 import type { Logger } from "../observability/mod.ts";
 import type { DatapathEntry } from "./entries.ts";
 import {
@@ -45,6 +45,26 @@ export const MAPS = [
 
 type MapName = typeof MAPS[number];
 
+/** What a service entry is keyed by. */
+type ServiceAddress = Pick<DatapathEntry, "family" | "address" | "port" | "protocol">;
+
+/**
+ * Removes the pins meshd makes in `dir` (all of them, or the links only); a link detaches
+ * once no process holds it any more. Other files are left alone. Returns how many it removed.
+ */
+export function removePins(dir: string, which: "all" | "links" = "all"): number {
+  const names = PROGRAMS.map((p) => `link_${p}`);
+  if (which === "all") names.push(...MAPS);
+  let removed = 0;
+  for (const name of names) {
+    try {
+      Deno.removeSync(`${dir}/${name}`);
+      removed++;
+    } catch { /* not there, or bpffs not writable here: nothing of ours to remove */ }
+  }
+  return removed;
+}
+
 /** Options of {@linkcode EbpfDatapath.load}. */
 export interface EbpfOptions {
   /** libbpf's shared object. */
@@ -86,8 +106,6 @@ export interface EbpfStats {
   deletes: number;
   /** The MeshConfig version last written. */
   version: number;
-  /** Kernel memory of the maps, from each map's fdinfo. */
-  mapBytes: number;
 }
 
 function keyHex(b: Uint8Array): string {
@@ -168,15 +186,19 @@ export class EbpfDatapath {
       step = "read the pinned maps";
       const pinned = EbpfDatapath.#pinnedMaps(bpf, o.pinDir, o.logger);
       const previousCgroup = pinned?.cgroup ?? null;
-      if (!pinned) EbpfDatapath.#unpinAll(o.pinDir);
+      if (!pinned) removePins(o.pinDir);
 
       step = "open the BPF object";
       const obj = bpf.openObject(o.object);
       made.push(() => bpf.closeObject(obj));
       if (pinned) {
         step = "reuse the pinned maps";
-        for (const name of MAPS) bpf.reuseMapFd(bpf.map(obj, name), pinned.fds[name]);
-        for (const name of MAPS) bpf.closeFd(pinned.fds[name]);
+        try {
+          for (const name of MAPS) bpf.reuseMapFd(bpf.map(obj, name), pinned.fds[name]);
+        } finally {
+          // reuse_fd keeps a copy of each.
+          for (const name of MAPS) bpf.closeFd(pinned.fds[name]);
+        }
       }
       step = "load the programs (the verifier runs here)";
       bpf.load(obj);
@@ -185,11 +207,11 @@ export class EbpfDatapath {
       if (!pinned) {
         step = "pin the maps";
         for (const name of MAPS) bpf.pinMap(bpf.map(obj, name), `${o.pinDir}/${name}`);
-        made.push(() => EbpfDatapath.#unpinAll(o.pinDir));
+        made.push(() => removePins(o.pinDir));
       }
       if (previousCgroup !== null && previousCgroup !== cgroupIno) {
         // The earlier meshd balanced another cgroup: its links go, ours replace them.
-        for (const p of PROGRAMS) EbpfDatapath.#unlink(`${o.pinDir}/link_${p}`);
+        removePins(o.pinDir, "links");
       }
       step = `open the cgroup ${o.cgroup}`;
       const cgroupFd = bpf.openDir(o.cgroup);
@@ -236,8 +258,7 @@ export class EbpfDatapath {
         } catch { /* best effort: the error below is the one to report */ }
       }
       bpf.close();
-      const why = e instanceof BpfCallError ? e.message : (e as Error).message;
-      throw new DatapathError(`cannot ${step}: ${why}`, { cause: e });
+      throw new DatapathError(`cannot ${step}: ${(e as Error).message}`, { cause: e });
     }
   }
 
@@ -299,20 +320,6 @@ export class EbpfDatapath {
     return { fds, version: Number(meta["version"]), cgroup: meta["cgroup"] as bigint };
   }
 
-  static #unlink(path: string): void {
-    try {
-      Deno.removeSync(path);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-  }
-
-  /** Removes every pin meshd makes in `dir`; a link detaches once no one holds it. */
-  static #unpinAll(dir: string): void {
-    for (const p of PROGRAMS) EbpfDatapath.#unlink(`${dir}/link_${p}`);
-    for (const m of MAPS) EbpfDatapath.#unlink(`${dir}/${m}`);
-  }
-
   #writeMeta(version: number): void {
     this.#stats.version = version;
     this.#bpf.mapUpdate(
@@ -363,7 +370,7 @@ export class EbpfDatapath {
     for (let id = 1; id < this.#nextId; id++) if (!used.has(id)) this.#freeIds.push(id);
   }
 
-  #svcKey(e: DatapathEntry): Uint8Array<ArrayBuffer> {
+  #svcKey(e: ServiceAddress): Uint8Array<ArrayBuffer> {
     const proto = e.protocol === "udp" ? 17 : 6;
     return e.family === 4
       ? encode(STRUCTS.meshd_svc4_key, { addr: ipv4Number(e.address), port: e.port, proto })
@@ -468,22 +475,14 @@ export class EbpfDatapath {
     this.#freeIds.push(w.id);
   }
 
-  /** The backend a key holds in force, for tests and `meshd check`. */
-  lookup(e: Pick<DatapathEntry, "family" | "address" | "port" | "protocol">): {
+  /** What the service entry of an address holds, or null: for tests. */
+  lookup(e: ServiceAddress): {
     count: number;
     redirect: boolean;
   } | null {
     const buf = new Uint8Array(STRUCTS.meshd_svc.size);
     const fd = e.family === 4 ? this.#fds.meshd_svc4 : this.#fds.meshd_svc6;
-    if (
-      !this.#bpf.mapLookup(
-        fd,
-        this.#svcKey({ ...e, backends: [], redirect: false, service: "" }),
-        buf,
-      )
-    ) {
-      return null;
-    }
+    if (!this.#bpf.mapLookup(fd, this.#svcKey(e), buf)) return null;
     const v = decode(STRUCTS.meshd_svc, buf);
     return { count: Number(v["count"]), redirect: (Number(v["flags"]) & SVC_REDIRECT) !== 0 };
   }
@@ -497,14 +496,19 @@ export class EbpfDatapath {
       if (w.sig.startsWith("1|")) redirects++;
       backends += w.halves[w.half]!;
     }
-    let mapBytes = 0;
+    return { services4, services6, redirects, backends, ...this.#stats };
+  }
+
+  /** Kernel memory of the maps: the sum of each map's fdinfo `memlock`. */
+  mapBytes(): number {
+    let bytes = 0;
     for (const name of MAPS) {
       try {
         const info = Deno.readTextFileSync(`/proc/self/fdinfo/${this.#fds[name]}`);
-        mapBytes += Number(info.match(/^memlock:\s*(\d+)/m)?.[1] ?? 0);
+        bytes += Number(info.match(/^memlock:\s*(\d+)/m)?.[1] ?? 0);
       } catch { /* fdinfo unreadable: counted as 0 */ }
     }
-    return { services4, services6, redirects, backends, ...this.#stats, mapBytes };
+    return bytes;
   }
 
   /**
@@ -521,7 +525,7 @@ export class EbpfDatapath {
 
   /** Detaches the programs and removes every pin: the cgroup is as it was before meshd. */
   remove(): void {
-    EbpfDatapath.#unpinAll(this.pinDir);
+    removePins(this.pinDir);
     this.close();
     try {
       Deno.removeSync(this.pinDir);

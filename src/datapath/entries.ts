@@ -62,7 +62,7 @@ export function clusterIPAddresses(config: MeshConfig): MeshAddresses {
   return out;
 }
 
-function portEntries(
+function portEntry(
   s: MeshService,
   p: MeshPort,
   family: 4 | 6,
@@ -109,11 +109,11 @@ export function datapathEntries(
     if (!a) continue;
     for (const p of s.ports) {
       for (const v4 of a.ipv4) {
-        const e = portEntries(s, p, 4, v4, proxy);
+        const e = portEntry(s, p, 4, v4, proxy);
         if (e) out.push(e);
       }
       for (const v6 of a.ipv6) {
-        const e = portEntries(s, p, 6, v6, proxy);
+        const e = portEntry(s, p, 6, v6, proxy);
         if (e) out.push(e);
       }
     }

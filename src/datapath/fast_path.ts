@@ -1,6 +1,6 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { DatapathError, EbpfDatapath, MAPS, PROGRAMS } from "./ebpf_datapath.ts";
+import { DatapathError, EbpfDatapath, PROGRAMS, removePins } from "./ebpf_datapath.ts";
 import {
   clusterIPAddresses,
   datapathEntries,
@@ -49,13 +49,7 @@ async function cgroup2Root(mounts: () => Promise<string>): Promise<string | unde
  * balancing from maps no one updates any more. Only meshd's own pin names are touched.
  */
 export function removeStalePins(pinDir: string, logger: Logger): void {
-  let removed = 0;
-  for (const name of [...PROGRAMS.map((p) => `link_${p}`), ...MAPS]) {
-    try {
-      Deno.removeSync(`${pinDir}/${name}`);
-      removed++;
-    } catch { /* not there, or bpffs not readable: nothing to undo */ }
-  }
+  const removed = removePins(pinDir);
   if (removed > 0) {
     logger.warn("removed the eBPF hooks an earlier meshd left attached", { pinDir, pins: removed });
   }
@@ -89,17 +83,7 @@ export async function selectDatapath(o: SelectOptions): Promise<Selected> {
     bpffs: o.bpffs,
     cgroup,
     programs: async () => {
-      const where = o.object ?? DEFAULT_BPF_OBJECT;
-      let object: Uint8Array<ArrayBuffer>;
-      try {
-        object = await Deno.readFile(where);
-      } catch (e) {
-        throw new DatapathError(
-          `cannot read the BPF object ${where}: ${
-            (e as Error).message
-          } (bash bpf/build.sh builds it)`,
-        );
-      }
+      const object = await readBpfObject(o.object);
       const lib = o.libbpfPath ?? findLibbpf() ?? "libbpf.so.1";
       ebpf = EbpfDatapath.load({
         libbpfPath: lib,
@@ -197,7 +181,7 @@ export class FastPath {
       "meshd_ebpf_map_bytes",
       "Kernel memory of meshd's eBPF maps.",
       [],
-      () => [[[], stats().mapBytes]],
+      () => [[[], this.#ebpf!.mapBytes()]],
     );
     r.collect(
       "meshd_ebpf_map_writes_total",
@@ -260,7 +244,14 @@ export class FastPath {
       reason: this.choice.reason,
       checks: this.choice.checks,
       ...(this.#ebpf
-        ? { ebpf: { ...this.#ebpf.stats(), tookOver: this.#ebpf.tookOver, errors: this.#errors } }
+        ? {
+          ebpf: {
+            ...this.#ebpf.stats(),
+            mapBytes: this.#ebpf.mapBytes(),
+            tookOver: this.#ebpf.tookOver,
+            errors: this.#errors,
+          },
+        }
         : {}),
     };
   }

@@ -125,7 +125,7 @@ async function mapMemory(env: EbpfEnv): Promise<
       const t0 = performance.now();
       dp.apply(entries, 1);
       const writeMs = performance.now() - t0;
-      out.push({ services, entries: services * 4, mapBytes: dp.stats().mapBytes, writeMs });
+      out.push({ services, entries: services * 4, mapBytes: dp.mapBytes(), writeMs });
     } finally {
       dp.remove();
     }
