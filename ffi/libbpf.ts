@@ -28,7 +28,6 @@ const LIBBPF_SYMBOLS = {
   bpf_object__close: { parameters: ["pointer"], result: "void" },
   bpf_object__find_program_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
   bpf_object__find_map_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
-  bpf_program__fd: { parameters: ["pointer"], result: "i32" },
   bpf_program__attach_cgroup: { parameters: ["pointer", "i32"], result: "pointer" },
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },
   bpf_map__reuse_fd: { parameters: ["pointer", "i32"], result: "i32" },
@@ -36,7 +35,6 @@ const LIBBPF_SYMBOLS = {
   bpf_link__pin: { parameters: ["pointer", "buffer"], result: "i32" },
   bpf_link__open: { parameters: ["buffer"], result: "pointer" },
   bpf_link__update_program: { parameters: ["pointer", "pointer"], result: "i32" },
-  bpf_link__fd: { parameters: ["pointer"], result: "i32" },
   bpf_link__destroy: { parameters: ["pointer"], result: "i32" },
   bpf_obj_get: { parameters: ["buffer"], result: "i32" },
   bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
@@ -57,10 +55,8 @@ const O_RDONLY = 0;
 const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
 
-/** Flags of {@linkcode Libbpf.mapUpdate}. */
+/** The flag of {@linkcode Libbpf.mapUpdate}: create the entry or replace it. */
 export const BPF_ANY = 0n;
-/** Fails with EEXIST when the key is there. */
-export const BPF_NOEXIST = 1n;
 
 const ENOENT = 2;
 

@@ -7,11 +7,9 @@
  *
  * @module
  */
-import { removeLeftovers } from "./cluster.ts";
+import { PREFIX, removeLeftovers } from "./cluster.ts";
 import { sh } from "./netns_mesh.ts";
 
-/** Name prefix of everything a test run creates (shared with the cluster harness). */
-const PREFIX = "meshd-tc-";
 let counter = 0;
 
 /** The cgroup v2 mount point, or an error saying the tier cannot run. */
