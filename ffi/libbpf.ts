@@ -29,6 +29,10 @@ const LIBBPF_SYMBOLS = {
   bpf_object__find_program_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
   bpf_object__find_map_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
   bpf_program__attach_cgroup: { parameters: ["pointer", "i32"], result: "pointer" },
+  bpf_program__fd: { parameters: ["pointer"], result: "i32" },
+  bpf_prog_attach: { parameters: ["i32", "i32", "u32", "u32"], result: "i32" },
+  bpf_prog_detach2: { parameters: ["i32", "i32", "u32"], result: "i32" },
+  libbpf_num_possible_cpus: { parameters: [], result: "i32" },
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },
   bpf_map__reuse_fd: { parameters: ["pointer", "i32"], result: "i32" },
   bpf_map__pin: { parameters: ["pointer", "buffer"], result: "i32" },
@@ -54,6 +58,9 @@ const LIBC_SYMBOLS = {
 const O_RDONLY = 0;
 const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
+
+/** The attach type (`enum bpf_attach_type`) of an sk_msg program on a sockmap or sockhash. */
+export const BPF_SK_MSG_VERDICT = 7;
 
 /** The flag of {@linkcode Libbpf.mapUpdate}: create the entry or replace it. */
 export const BPF_ANY = 0n;
@@ -219,6 +226,36 @@ export class Libbpf {
         this.#lib.symbols.bpf_program__attach_cgroup(p.program, cgroupFd),
       ),
     };
+  }
+
+  /** A loaded program's file descriptor (owned by the object). */
+  programFd(p: BpfProgram): number {
+    return this.#check(`bpf_program__fd(${p.name})`, this.#lib.symbols.bpf_program__fd(p.program));
+  }
+
+  /**
+   * Attaches a program to a target that takes no link, such as an sk_msg program to a
+   * sockhash (`type` {@linkcode BPF_SK_MSG_VERDICT}). It stays until
+   * {@linkcode progDetach} or until the target is freed.
+   */
+  progAttach(p: BpfProgram, targetFd: number, type: number): void {
+    this.#check(
+      `bpf_prog_attach(${p.name})`,
+      this.#lib.symbols.bpf_prog_attach(this.programFd(p), targetFd, type, 0),
+    );
+  }
+
+  /** Undoes {@linkcode progAttach}. */
+  progDetach(p: BpfProgram, targetFd: number, type: number): void {
+    this.#check(
+      `bpf_prog_detach2(${p.name})`,
+      this.#lib.symbols.bpf_prog_detach2(this.programFd(p), targetFd, type),
+    );
+  }
+
+  /** How many CPUs the kernel may bring up: the value count of a per-CPU map entry. */
+  possibleCpus(): number {
+    return this.#check("libbpf_num_possible_cpus", this.#lib.symbols.libbpf_num_possible_cpus());
   }
 
   /** Pins the link at `path`, so the attachment outlives this process. */

@@ -120,6 +120,7 @@ export class TcpListener {
   }
 
   async #handle(client: Deno.TcpConn): Promise<void> {
+    noDelay(client);
     const root = this.#opts.route();
     const log = this.#opts.logger;
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
@@ -158,6 +159,7 @@ export class TcpListener {
           this.#opts.connectTimeoutMs ?? 5000,
         );
         this.#opts.pool.success(ep);
+        noDelay(upstream);
       } catch (e) {
         log.warn("tcp backend unreachable", {
           service: target.key,
@@ -229,6 +231,18 @@ async function pipe(
   } catch {
     abort();
   }
+}
+
+/**
+ * Turns Nagle's algorithm off. The proxy sends on each segment as it reads it; with Nagle on,
+ * the last short segment of a burst waits for the peer's ACK of the one before, which a peer
+ * with delayed ACKs holds for up to 40 ms (the sockmap benchmark measured 47 ms p99 for a
+ * 256 KiB answer, 3 ms without). The endpoints' own writes were already coalesced by them.
+ */
+function noDelay(c: Deno.TcpConn): void {
+  try {
+    c.setNoDelay(true);
+  } catch { /* closed already: the copy loop sees it */ }
 }
 
 function closeQuietly(c: Deno.Conn | undefined): void {

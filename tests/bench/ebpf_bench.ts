@@ -18,6 +18,7 @@
  */
 import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
 import { waitFor } from "../testenv/process.ts";
+import { hey, median, startNginx } from "./local_servers.ts";
 import {
   type DatapathEntry,
   DEFAULT_BPF_OBJECT,
@@ -52,32 +53,6 @@ function parseArgs(argv: string[]) {
 }
 
 const say = (s: string) => console.error(`[bench] ${s}`);
-
-/** One `hey` run: requests per second and p99 in ms, from its summary. */
-async function hey(
-  env: EbpfEnv,
-  url: string,
-  n: number,
-  c: number,
-): Promise<{ rps: number; p99: number; errors: number }> {
-  const p = env.spawn("hey", ["-n", String(n), "-c", String(c), "-disable-keepalive", url], {
-    inCgroup: true,
-  });
-  await p.closeStdin();
-  const st = await p.wait(120_000);
-  const out = p.lines.join("\n");
-  if (!st.success) throw new Error(`hey ${url}: ${p.errLines.join("\n")}`);
-  const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1]);
-  const p99 = Number(out.match(/99%+ in ([\d.]+) secs/)?.[1]) * 1000;
-  const ok = Number(out.match(/\[200\]\s+(\d+) responses/)?.[1] ?? 0);
-  if (!rps || !p99) throw new Error(`cannot read hey's summary:\n${out}`);
-  return { rps, p99, errors: n - ok };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 const MESH = `
 apiVersion: v1
@@ -140,25 +115,6 @@ try {
   const dir = env.dir;
   await Deno.mkdir(`${dir}/config`);
   await Deno.writeTextFile(`${dir}/config/mesh.yaml`, MESH);
-  await Deno.mkdir(`${dir}/nginx`);
-  await Deno.writeTextFile(
-    `${dir}/nginx/nginx.conf`,
-    `user root;
-worker_processes 1;
-pid ${dir}/nginx/nginx.pid;
-error_log ${dir}/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/nginx;
-  proxy_temp_path ${dir}/nginx;
-  fastcgi_temp_path ${dir}/nginx;
-  uwsgi_temp_path ${dir}/nginx;
-  scgi_temp_path ${dir}/nginx;
-  server { listen 127.0.1.1:8080; location / { return 200 "ok\\n"; } }
-}
-`,
-  );
   await Deno.writeTextFile(
     `${dir}/haproxy.cfg`,
     `global
@@ -175,7 +131,7 @@ backend web
   server b1 127.0.1.1:8080
 `,
   );
-  procs.push(env.spawn("nginx", ["-c", `${dir}/nginx/nginx.conf`, "-g", "daemon off;"]));
+  procs.push(await startNginx(env, "127.0.1.1:8080"));
   procs.push(env.spawn("haproxy", ["-f", `${dir}/haproxy.cfg`, "-db"]));
   const meshd = env.spawn(Deno.execPath(), [
     "run",
@@ -225,10 +181,10 @@ backend web
   const runs: Record<string, { rps: number[]; p99: number[]; errors: number }> = {};
   for (const [name] of cases) runs[name] = { rps: [], p99: [], errors: 0 };
   // A short warm-up, then rounds that take the cases in turn, so drift hits each alike.
-  for (const [, url] of cases) await hey(env, url, 500, args.concurrency);
+  for (const [, url] of cases) await hey(env, url, 500, args.concurrency, ["-disable-keepalive"]);
   for (let r = 0; r < args.rounds; r++) {
     for (const [name, url] of cases) {
-      const h = await hey(env, url, args.requests, args.concurrency);
+      const h = await hey(env, url, args.requests, args.concurrency, ["-disable-keepalive"]);
       runs[name]!.rps.push(h.rps);
       runs[name]!.p99.push(h.p99);
       runs[name]!.errors += h.errors;

@@ -1,0 +1,264 @@
+/**
+ * The sockmap experiment's benchmark (not a test): does sockops + sk_msg redirection between
+ * local sockets (`bpf/sockmap_accel.bpf.c`) make traffic through meshd's userspace proxy
+ * faster on this kernel?
+ *
+ * hey, meshd (`--datapath userspace`) and one nginx run in a loopback-only network namespace,
+ * all three in a scratch cgroup. Every case runs with the sockops program detached ("off")
+ * and attached ("on"), in turn within each round, so both see the same machine:
+ *
+ * - through meshd's TCP proxy: a new connection per request; keep-alive with a 3-byte body;
+ *   keep-alive with a 256 KiB body;
+ * - through meshd's HTTP proxy (routed by Host), keep-alive;
+ * - straight to nginx, new connections, keep-alive and 256 KiB: what the redirect does with no proxy.
+ *
+ * It prints requests per second and p99 for each, and the on/off ratios, with the
+ * experiment's counters, so a run where no send was redirected shows as such.
+ *
+ *   deno run -A tests/bench/sockmap_bench.ts [--requests N] [--concurrency C] [--rounds R] [--out FILE]
+ *
+ * @module
+ */
+import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
+import { waitFor } from "../testenv/process.ts";
+import { findLibbpf } from "../../src/datapath/mod.ts";
+import { hey, median, startNginx } from "./local_servers.ts";
+import { type AccelStats, SOCKMAP_OBJECT, SockmapAccel } from "./sockmap_accel.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
+
+function parseArgs(argv: string[]) {
+  const a = { requests: 10_000, concurrency: 8, rounds: 3, out: "" };
+  for (let i = 0; i < argv.length; i++) {
+    const [k, v] = [argv[i], argv[i + 1]];
+    if (k === "--requests" && v) a.requests = Number(v), i++;
+    else if (k === "--concurrency" && v) a.concurrency = Number(v), i++;
+    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
+    else if (k === "--out" && v) a.out = v, i++;
+    else {
+      console.error(
+        "usage: sockmap_bench.ts [--requests N (per case, mode and round; default 10000)] " +
+          "[--concurrency C (default 8)] [--rounds R (default 3)] [--out FILE]",
+      );
+      Deno.exit(2);
+    }
+  }
+  if (!(a.requests >= 100 && a.requests <= 200_000)) throw new Error("--requests: 100 to 200000");
+  if (!(a.concurrency >= 1 && a.concurrency <= 64)) throw new Error("--concurrency: 1 to 64");
+  if (!(a.rounds >= 1 && a.rounds <= 10)) throw new Error("--rounds: 1 to 10");
+  return a;
+}
+
+const say = (s: string) => console.error(`[bench] ${s}`);
+
+const MESH = `
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: default, annotations: { meshd.io/traffic-type: tcp } }
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{ name: web, port: 8080 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-1, namespace: default, labels: { kubernetes.io/service-name: web } }
+addressType: IPv4
+ports: [{ name: web, port: 8080, protocol: TCP }]
+endpoints:
+  - { addresses: ["127.0.1.1"], conditions: { ready: true } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: webh, namespace: default, annotations: { meshd.io/traffic-type: http } }
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{ name: web, port: 80, targetPort: 8080 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: webh-1, namespace: default, labels: { kubernetes.io/service-name: webh } }
+addressType: IPv4
+ports: [{ name: web, port: 8080, protocol: TCP }]
+endpoints:
+  - { addresses: ["127.0.1.1"], conditions: { ready: true } }
+`;
+
+const BIG = 256 * 1024;
+// meshd's first TCP listener (the web service) and its HTTP entrypoint; "{tcp}" and
+// "{http}" become the ports of the mode's meshd.
+const MESHD_TCP = "http://127.0.0.1:{tcp}";
+const MESHD_HTTP = "http://127.0.0.1:{http}";
+
+interface Case {
+  name: string;
+  url: string;
+  flags: string[];
+  /** Requests per run, as a share of --requests (the slow cases take fewer). */
+  share: number;
+}
+
+const CASES: Case[] = [
+  { name: "meshd tcp, new conn", url: `${MESHD_TCP}/`, flags: ["-disable-keepalive"], share: 1 },
+  { name: "meshd tcp, keep-alive", url: `${MESHD_TCP}/`, flags: [], share: 2 },
+  { name: "meshd tcp, 256 KiB", url: `${MESHD_TCP}/big`, flags: [], share: 0.5 },
+  {
+    name: "meshd http, keep-alive",
+    url: `${MESHD_HTTP}/`,
+    flags: ["-host", "webh.default.mesh"],
+    share: 2,
+  },
+  {
+    name: "direct, new conn",
+    url: "http://127.0.1.1:8080/",
+    flags: ["-disable-keepalive"],
+    share: 1,
+  },
+  { name: "direct, keep-alive", url: "http://127.0.1.1:8080/", flags: [], share: 2 },
+  { name: "direct, 256 KiB", url: "http://127.0.1.1:8080/big", flags: [], share: 0.5 },
+];
+
+const diff = (a: AccelStats, b: AccelStats): AccelStats => ({
+  added: b.added - a.added,
+  addFailed: b.addFailed - a.addFailed,
+  redirected: b.redirected - a.redirected,
+  passed: b.passed - a.passed,
+});
+
+const args = parseArgs(Deno.args);
+const env = await EbpfEnv.create();
+const procs: EnvProcess[] = [];
+let accel: SockmapAccel | null = null;
+try {
+  const dir = env.dir;
+  await Deno.mkdir(`${dir}/config`);
+  await Deno.writeTextFile(`${dir}/config/mesh.yaml`, MESH);
+  procs.push(await startNginx(env, "127.0.1.1:8080", { inCgroup: true }));
+  await Deno.writeFile(`${dir}/nginx/www/big`, new Uint8Array(BIG).map((_, i) => i * 31 + 7));
+  // One meshd per mode. meshd's HTTP proxy keeps its upstream connections, and a socket is
+  // only accelerated when it was established while sockops was attached: so the "on" runs
+  // use a meshd whose every connection was made while on, and the "off" runs one that never was.
+  const meshds = {
+    off: { http: 5000, tcp: 10000, api: 9000 },
+    on: { http: 5001, tcp: 10100, api: 9001 },
+  };
+  for (const p of Object.values(meshds)) {
+    procs.push(env.spawn(Deno.execPath(), [
+      "run",
+      "--allow-all",
+      `${ROOT}main.ts`,
+      "run",
+      `--config-dir=${dir}/config`,
+      "--proxy-address=127.0.0.1",
+      `--http-port=${p.http}`,
+      `--tcp-ports=${p.tcp}-${p.tcp + 99}`,
+      `--udp-ports=${p.tcp + 1000}-${p.tcp + 1099}`,
+      `--api-port=${p.api}`,
+      "--datapath=userspace",
+      "--log-level=warn",
+    ], { inCgroup: true }));
+  }
+  const ready: [string, string, number, string][] = [["nginx", "127.0.1.1", 8080, "x"]];
+  for (const [mode, p] of Object.entries(meshds)) {
+    ready.push([`meshd (${mode}) TCP listener`, "127.0.0.1", p.tcp, "x"]);
+    ready.push([`meshd (${mode}) HTTP entrypoint`, "127.0.0.1", p.http, "webh.default.mesh"]);
+  }
+  for (const [what, addr, port, host] of ready) {
+    await waitFor(
+      what,
+      async () => {
+        const r = await env.deno<{ status: number }>(SOCK, ["http", addr, String(port), host])
+          .catch(() => undefined);
+        return r?.status === 200 ? true : undefined;
+      },
+      30_000,
+      200,
+    );
+  }
+  accel = SockmapAccel.load(findLibbpf()!, await Deno.readFile(SOCKMAP_OBJECT));
+
+  type Runs = { rps: number[]; p99: number[]; errors: number; stats: AccelStats };
+  const zero = (): AccelStats => ({ added: 0, addFailed: 0, redirected: 0, passed: 0 });
+  const runs: Record<string, Record<"off" | "on", Runs>> = {};
+  for (const c of CASES) {
+    runs[c.name] = {
+      off: { rps: [], p99: [], errors: 0, stats: zero() },
+      on: { rps: [], p99: [], errors: 0, stats: zero() },
+    };
+  }
+  const run = async (c: Case, mode: "off" | "on", n: number) => {
+    if (mode === "on") accel!.enable(env.cgroup);
+    else accel!.disable();
+    const before = accel!.stats();
+    const url = c.url.replace("{tcp}", String(meshds[mode].tcp))
+      .replace("{http}", String(meshds[mode].http));
+    const h = await hey(env, url, n, args.concurrency, c.flags);
+    const d = diff(before, accel!.stats());
+    return { h, d };
+  };
+  // A short warm-up of each case in each mode, then rounds that take them in turn.
+  for (const c of CASES) for (const mode of ["off", "on"] as const) await run(c, mode, 300);
+  for (let r = 0; r < args.rounds; r++) {
+    for (const c of CASES) {
+      // Which mode goes first alternates, so neither always runs on a warmer machine.
+      const order = r % 2 === 0 ? ["off", "on"] as const : ["on", "off"] as const;
+      for (const mode of order) {
+        const { h, d } = await run(c, mode, Math.round(args.requests * c.share));
+        const x = runs[c.name]![mode];
+        x.rps.push(h.rps);
+        x.p99.push(h.p99);
+        x.errors += h.errors;
+        for (const k of Object.keys(d) as (keyof AccelStats)[]) x.stats[k] += d[k];
+        say(
+          `round ${r + 1} ${c.name} sockmap ${mode}: ${h.rps.toFixed(0)} req/s, ` +
+            `p99 ${h.p99.toFixed(2)} ms, redirected ${d.redirected}, passed ${d.passed}`,
+        );
+      }
+    }
+  }
+  accel.disable();
+
+  const table = CASES.map((c) => {
+    const { off, on } = runs[c.name]!;
+    return {
+      case: c.name,
+      offRps: Math.round(median(off.rps)),
+      onRps: Math.round(median(on.rps)),
+      rpsOnVsOff: Math.round((median(on.rps) / median(off.rps)) * 1000) / 1000,
+      offP99Ms: Math.round(median(off.p99) * 100) / 100,
+      onP99Ms: Math.round(median(on.p99) * 100) / 100,
+      p99OnVsOff: Math.round((median(on.p99) / median(off.p99)) * 100) / 100,
+      errors: off.errors + on.errors,
+      onStats: on.stats,
+      offRedirected: off.stats.redirected,
+    };
+  });
+  console.log(
+    `\nsockops + sk_msg redirect between local sockets, off vs on; hey -c ${args.concurrency}, ` +
+      `${args.rounds} rounds (median), one nginx backend, meshd --datapath userspace, ` +
+      `kernel ${Deno.osRelease()}, 2 cores`,
+  );
+  console.log(
+    "case".padEnd(24) + "off req/s".padStart(10) + "on req/s".padStart(10) + "on/off".padStart(8) +
+      "off p99".padStart(9) + "on p99".padStart(8) + "on/off".padStart(8) +
+      "redirected".padStart(12) + "passed".padStart(9) + "errors".padStart(8),
+  );
+  for (const t of table) {
+    console.log(
+      t.case.padEnd(24) + String(t.offRps).padStart(10) + String(t.onRps).padStart(10) +
+        t.rpsOnVsOff.toFixed(3).padStart(8) + t.offP99Ms.toFixed(2).padStart(9) +
+        t.onP99Ms.toFixed(2).padStart(8) + t.p99OnVsOff.toFixed(2).padStart(8) +
+        String(t.onStats.redirected).padStart(12) + String(t.onStats.passed).padStart(9) +
+        String(t.errors).padStart(8),
+    );
+  }
+  const result = { args, table, kernel: Deno.osRelease() };
+  const out = args.out || `${ROOT}bench-results/sockmap.json`;
+  await Deno.mkdir(new URL(".", `file://${out}`).pathname, { recursive: true });
+  await Deno.writeTextFile(out, JSON.stringify(result, null, 2) + "\n");
+  console.log(`wrote ${out}`);
+} finally {
+  accel?.close();
+  await env.remove();
+}
+Deno.exit(0);
