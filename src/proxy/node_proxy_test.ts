@@ -335,7 +335,7 @@ Deno.test("NodeProxy.apply() switches routes at once and closes removed TCP list
   }
 });
 
-Deno.test("NodeProxy TCP listener keeps the reply path open after the client half-closes", async () => {
+Deno.test("NodeProxy TCP listener keeps the reply path open after the client half-closes, with Nagle off upstream", async () => {
   // A backend that reads to EOF, then answers with the byte count and closes.
   const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const serving = (async () => {
@@ -375,6 +375,15 @@ Deno.test("NodeProxy TCP listener keeps the reply path open after the client hal
       }],
     },
   ]);
+  // Every backend connection is dialled with Nagle off: the proxy's last short segment must
+  // not wait for the backend's delayed ACK.
+  const noDelay: boolean[] = [];
+  const connect = async (hostname: string, port: number) => {
+    const c = await Deno.connect({ hostname, port });
+    const set = c.setNoDelay.bind(c);
+    c.setNoDelay = (v?: boolean) => (noDelay.push(v ?? true), set(v));
+    return c;
+  };
   try {
     await withProxy(config, async () => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: listenPort });
@@ -382,11 +391,12 @@ Deno.test("NodeProxy TCP listener keeps the reply path open after the client hal
       await conn.closeWrite();
       const reply = await new Response(conn.readable).text();
       assert.equal(reply, "got 100000");
+      assert.deepEqual(noDelay, [true]);
 
       // An endpoint that refuses: the client's connection is closed without data.
       const dead = await Deno.connect({ hostname: "127.0.0.1", port: refusedPort });
       assert.equal(await new Response(dead.readable).text(), "");
-    });
+    }, { connect });
   } finally {
     backend.close();
     await serving;

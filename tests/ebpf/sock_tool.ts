@@ -9,6 +9,9 @@
  * - `udp HOST PORT N`: N datagrams from one unconnected socket; prints `by` and the distinct
  *   `from` addresses of the answers.
  * - `http HOST PORT HOSTHEADER [PATH]`: one `GET PATH` (default `/`) with that Host; prints status and body.
+ * - `echo HOST PORT`: TCP: sends back every byte of each connection until it half-closes.
+ * - `bulk HOST PORT BYTES`: sends BYTES of a counting pattern to an echo server while reading
+ *   the echo; prints `{"sent", "received", "same"}` (`same`: every byte came back in order).
  * - `loop HOST PORT MAXMS`: connects and reads the name, again and again with 4 workers,
  *   until stdin closes or MAXMS pass; prints a progress line `{"ok", "failed"}` every 100 ms,
  *   and the totals at the end with the errors seen.
@@ -115,6 +118,45 @@ if (mode === "serve") {
   c.close();
   const status = Number(got.split(" ")[1]);
   console.log(JSON.stringify({ status, body: got.slice(got.indexOf("\r\n\r\n") + 4) }));
+} else if (mode === "echo") {
+  const tcp = Deno.listen({ hostname: args[0]!, port: Number(args[1]) });
+  console.log("ready");
+  for await (const c of tcp) {
+    (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        for (let off = 0; off < n;) off += await c.write(buf.subarray(off, n));
+      }
+      await c.closeWrite();
+    })().catch(() => {}).finally(() => c.close());
+  }
+} else if (mode === "bulk") {
+  const [hostname, port, bytes] = [args[0]!, Number(args[1]), Number(args[2])];
+  const pattern = (i: number) => (i * 7 + (i >> 12)) & 255;
+  const c = await Deno.connect({ hostname, port });
+  const sending = (async () => {
+    const chunk = new Uint8Array(48 * 1024);
+    for (let sent = 0; sent < bytes;) {
+      const n = Math.min(chunk.length, bytes - sent);
+      for (let i = 0; i < n; i++) chunk[i] = pattern(sent + i);
+      for (let off = 0; off < n;) off += await c.write(chunk.subarray(off, n));
+      sent += n;
+    }
+    await c.closeWrite();
+  })();
+  let received = 0, same = true;
+  const buf = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await c.read(buf);
+    if (n === null) break;
+    for (let i = 0; i < n && same; i++) same = buf[i] === pattern(received + i);
+    received += n;
+  }
+  await sending;
+  c.close();
+  console.log(JSON.stringify({ sent: bytes, received, same: same && received === bytes }));
 } else if (mode === "loop") {
   const [hostname, port, maxMs] = [args[0]!, Number(args[1]), Number(args[2])];
   const end = performance.now() + maxMs;
@@ -145,6 +187,6 @@ if (mode === "serve") {
   console.log(JSON.stringify({ ok, failed, errors, done: true }));
   Deno.exit(0);
 } else {
-  console.error("usage: sock_tool.ts serve|tcp|udp|http|loop ...");
+  console.error("usage: sock_tool.ts serve|tcp|udp|http|echo|bulk|loop ...");
   Deno.exit(2);
 }
