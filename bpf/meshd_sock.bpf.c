@@ -94,8 +94,12 @@ static __always_inline int pick_slot(const struct meshd_svc *svc)
 	return (int)(svc->half * MESHD_MAX_BACKENDS + bpf_get_prandom_u32() % count);
 }
 
-/* Sends an IPv4 connect or sendmsg to a backend; remembers the service for the replies. */
-static __always_inline void balance4(struct bpf_sock_addr *ctx)
+/*
+ * Picks an IPv4 backend for a connect or sendmsg to addr:port and remembers the service for
+ * the replies; NULL leaves the socket alone.
+ */
+static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32 addr,
+					       __be16 port)
 {
 	struct meshd_svc4_key key = {};
 	struct meshd_be_key bkey = {};
@@ -107,45 +111,72 @@ static __always_inline void balance4(struct bpf_sock_addr *ctx)
 
 	key.proto = sock_proto(ctx);
 	if (!key.proto)
-		return;
-	key.addr = ctx->user_ip4;
-	key.port = (__be16)ctx->user_port;
+		return NULL;
+	key.addr = addr;
+	key.port = port;
 	svc = bpf_map_lookup_elem(&meshd_svc4, &key);
 	if (!svc)
-		return;
+		return NULL;
 	slot = pick_slot(svc);
 	if (slot < 0)
-		return;
+		return NULL;
 	bkey.id = svc->id;
 	bkey.slot = (__u32)slot;
 	be = bpf_map_lookup_elem(&meshd_be4, &bkey);
 	if (!be)
-		return;
+		return NULL;
 	rkey.cookie = bpf_get_socket_cookie(ctx);
 	rkey.addr = be->addr;
 	rkey.port = be->port;
-	orig.addr = key.addr;
-	orig.port = key.port;
+	orig.addr = addr;
+	orig.port = port;
 	/* Without the entry, getpeername would show the backend: still a working socket. */
 	bpf_map_update_elem(&meshd_rnat4, &rkey, &orig, BPF_ANY);
+	return be;
+}
+
+/* Sends an IPv4 connect or sendmsg to a backend. */
+static __always_inline void balance4(struct bpf_sock_addr *ctx)
+{
+	struct meshd_be4 *be = pick4(ctx, ctx->user_ip4, (__be16)ctx->user_port);
+
+	if (!be)
+		return;
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = (__u32)be->port;
+}
+
+/* The reverse entry of an IPv4 socket, or of an IPv6 one talking to an IPv4-mapped address. */
+static __always_inline struct meshd_rnat4 *rnat4_of(struct bpf_sock_addr *ctx, __be32 addr)
+{
+	struct meshd_rnat4_key rkey = {};
+
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.addr = addr;
+	rkey.port = (__be16)ctx->user_port;
+	return bpf_map_lookup_elem(&meshd_rnat4, &rkey);
 }
 
 /* Shows the service address in place of the backend this socket was sent to. */
 static __always_inline void reverse4(struct bpf_sock_addr *ctx)
 {
-	struct meshd_rnat4_key rkey = {};
-	struct meshd_rnat4 *orig;
+	struct meshd_rnat4 *orig = rnat4_of(ctx, ctx->user_ip4);
 
-	rkey.cookie = bpf_get_socket_cookie(ctx);
-	rkey.addr = ctx->user_ip4;
-	rkey.port = (__be16)ctx->user_port;
-	orig = bpf_map_lookup_elem(&meshd_rnat4, &rkey);
 	if (!orig)
 		return;
 	ctx->user_ip4 = orig->addr;
 	ctx->user_port = (__u32)orig->port;
+}
+
+/*
+ * An IPv6 socket may reach an IPv4 address as ::ffff:a.b.c.d (a dual-stack socket, as Java
+ * opens by default): such an address is looked up among the IPv4 services, and its backend
+ * written back in the same form.
+ */
+static __always_inline int v4_mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
 }
 
 static __always_inline void copy6(__be32 *dst, const __u32 *src)
@@ -156,6 +187,25 @@ static __always_inline void copy6(__be32 *dst, const __u32 *src)
 	dst[3] = src[3];
 }
 
+/* Writes an IPv6 address and port into the context. */
+static __always_inline void set6(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port)
+{
+	ctx->user_ip6[0] = addr[0];
+	ctx->user_ip6[1] = addr[1];
+	ctx->user_ip6[2] = addr[2];
+	ctx->user_ip6[3] = addr[3];
+	ctx->user_port = (__u32)port;
+}
+
+/* An IPv4 address in its IPv4-mapped IPv6 form. */
+static __always_inline void mapped(__u32 *dst, __be32 addr)
+{
+	dst[0] = 0;
+	dst[1] = 0;
+	dst[2] = bpf_htonl(0x0000ffff);
+	dst[3] = addr;
+}
+
 static __always_inline void balance6(struct bpf_sock_addr *ctx)
 {
 	struct meshd_svc6_key key = {};
@@ -164,8 +214,20 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 	struct meshd_rnat6 orig = {};
 	struct meshd_svc *svc;
 	struct meshd_be6 *be;
+	__u32 addr[4];
 	int slot;
 
+	/* One place writes the context below: clang would otherwise merge the two branches'
+	 * stores through a moved context pointer, which the verifier refuses. */
+	if (v4_mapped(ctx)) {
+		struct meshd_be4 *be4 = pick4(ctx, ctx->user_ip6[3], (__be16)ctx->user_port);
+
+		if (!be4)
+			return;
+		mapped(addr, be4->addr);
+		set6(ctx, addr, be4->port);
+		return;
+	}
 	key.proto = sock_proto(ctx);
 	if (!key.proto)
 		return;
@@ -192,32 +254,38 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 	copy6(orig.addr, key.addr);
 	orig.port = key.port;
 	bpf_map_update_elem(&meshd_rnat6, &rkey, &orig, BPF_ANY);
-	ctx->user_ip6[0] = be->addr[0];
-	ctx->user_ip6[1] = be->addr[1];
-	ctx->user_ip6[2] = be->addr[2];
-	ctx->user_ip6[3] = be->addr[3];
-	ctx->user_port = (__u32)be->port;
+	copy6(addr, be->addr);
+	set6(ctx, addr, be->port);
 }
 
 static __always_inline void reverse6(struct bpf_sock_addr *ctx)
 {
 	struct meshd_rnat6_key rkey = {};
 	struct meshd_rnat6 *orig;
+	__u32 addr[4];
+	__u16 port;
 
-	rkey.cookie = bpf_get_socket_cookie(ctx);
-	rkey.addr[0] = ctx->user_ip6[0];
-	rkey.addr[1] = ctx->user_ip6[1];
-	rkey.addr[2] = ctx->user_ip6[2];
-	rkey.addr[3] = ctx->user_ip6[3];
-	rkey.port = (__be16)ctx->user_port;
-	orig = bpf_map_lookup_elem(&meshd_rnat6, &rkey);
-	if (!orig)
-		return;
-	ctx->user_ip6[0] = orig->addr[0];
-	ctx->user_ip6[1] = orig->addr[1];
-	ctx->user_ip6[2] = orig->addr[2];
-	ctx->user_ip6[3] = orig->addr[3];
-	ctx->user_port = (__u32)orig->port;
+	if (v4_mapped(ctx)) {
+		struct meshd_rnat4 *orig4 = rnat4_of(ctx, ctx->user_ip6[3]);
+
+		if (!orig4)
+			return;
+		mapped(addr, orig4->addr);
+		port = orig4->port;
+	} else {
+		rkey.cookie = bpf_get_socket_cookie(ctx);
+		rkey.addr[0] = ctx->user_ip6[0];
+		rkey.addr[1] = ctx->user_ip6[1];
+		rkey.addr[2] = ctx->user_ip6[2];
+		rkey.addr[3] = ctx->user_ip6[3];
+		rkey.port = (__be16)ctx->user_port;
+		orig = bpf_map_lookup_elem(&meshd_rnat6, &rkey);
+		if (!orig)
+			return;
+		copy6(addr, orig->addr);
+		port = orig->port;
+	}
+	set6(ctx, addr, port);
 }
 
 SEC("cgroup/connect4")

@@ -38,7 +38,8 @@ export async function hey(
   const p99 = Number(out.match(/99%+ in ([\d.]+) secs/)?.[1]) * 1000;
   const ok = Number(out.match(/\[200\]\s+(\d+) responses/)?.[1] ?? 0);
   if (!rps || !p99) throw new Error(`cannot read hey's summary:\n${out}`);
-  return { rps, p99, errors: n - ok };
+  // hey gives each of its c workers n/c requests, rounded down.
+  return { rps, p99, errors: Math.floor(n / c) * c - ok };
 }
 
 /** The middle value (the upper one of an even count). */

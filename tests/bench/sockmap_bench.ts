@@ -12,8 +12,9 @@
  * - through meshd's HTTP proxy (routed by Host), keep-alive;
  * - straight to nginx, new connections, keep-alive and 256 KiB: what the redirect does with no proxy.
  *
- * It prints requests per second and p99 for each, and the on/off ratios, with the
- * experiment's counters, so a run where no send was redirected shows as such.
+ * It prints requests per second, p99 and the whole machine's CPU time per request for each,
+ * the on/off ratios taken round by round, and the experiment's counters, so a run where no
+ * send was redirected shows as such.
  *
  *   deno run -A tests/bench/sockmap_bench.ts [--requests N] [--concurrency C] [--rounds R] [--out FILE]
  *
@@ -118,6 +119,14 @@ const CASES: Case[] = [
   { name: "direct, 256 KiB", url: "http://127.0.1.1:8080/big", flags: [], share: 0.5 },
 ];
 
+/** Busy CPU time of the whole machine so far, in ms, from /proc/stat (all but idle and iowait). */
+async function busyCpuMs(): Promise<number> {
+  const f = (await Deno.readTextFile("/proc/stat")).split("\n")[0]!.trim().split(/\s+/).slice(1)
+    .map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return (total - f[3]! - f[4]!) * 1000 / 100; // USER_HZ is 100 on Linux
+}
+
 const diff = (a: AccelStats, b: AccelStats): AccelStats => ({
   added: b.added - a.added,
   addFailed: b.addFailed - a.addFailed,
@@ -177,14 +186,12 @@ try {
   }
   accel = SockmapAccel.load(findLibbpf()!, await Deno.readFile(SOCKMAP_OBJECT));
 
-  type Runs = { rps: number[]; p99: number[]; errors: number; stats: AccelStats };
+  type Runs = { rps: number[]; p99: number[]; cpu: number[]; errors: number; stats: AccelStats };
   const zero = (): AccelStats => ({ added: 0, addFailed: 0, redirected: 0, passed: 0 });
   const runs: Record<string, Record<"off" | "on", Runs>> = {};
   for (const c of CASES) {
-    runs[c.name] = {
-      off: { rps: [], p99: [], errors: 0, stats: zero() },
-      on: { rps: [], p99: [], errors: 0, stats: zero() },
-    };
+    const fresh = (): Runs => ({ rps: [], p99: [], cpu: [], errors: 0, stats: zero() });
+    runs[c.name] = { off: fresh(), on: fresh() };
   }
   const run = async (c: Case, mode: "off" | "on", n: number) => {
     if (mode === "on") accel!.enable(env.cgroup);
@@ -192,9 +199,13 @@ try {
     const before = accel!.stats();
     const url = c.url.replace("{tcp}", String(meshds[mode].tcp))
       .replace("{http}", String(meshds[mode].http));
+    const cpu0 = await busyCpuMs();
     const h = await hey(env, url, n, args.concurrency, c.flags);
+    // The whole machine's busy CPU per request: hey, meshd, nginx and the kernel's share
+    // (softirq included), which throughput alone hides on a saturated machine.
+    const cpuUs = ((await busyCpuMs()) - cpu0) * 1000 / n;
     const d = diff(before, accel!.stats());
-    return { h, d };
+    return { h, d, cpuUs };
   };
   // A short warm-up of each case in each mode, then rounds that take them in turn.
   for (const c of CASES) for (const mode of ["off", "on"] as const) await run(c, mode, 300);
@@ -203,31 +214,42 @@ try {
       // Which mode goes first alternates, so neither always runs on a warmer machine.
       const order = r % 2 === 0 ? ["off", "on"] as const : ["on", "off"] as const;
       for (const mode of order) {
-        const { h, d } = await run(c, mode, Math.round(args.requests * c.share));
+        const { h, d, cpuUs } = await run(c, mode, Math.round(args.requests * c.share));
         const x = runs[c.name]![mode];
         x.rps.push(h.rps);
         x.p99.push(h.p99);
+        x.cpu.push(cpuUs);
         x.errors += h.errors;
         for (const k of Object.keys(d) as (keyof AccelStats)[]) x.stats[k] += d[k];
         say(
           `round ${r + 1} ${c.name} sockmap ${mode}: ${h.rps.toFixed(0)} req/s, ` +
-            `p99 ${h.p99.toFixed(2)} ms, redirected ${d.redirected}, passed ${d.passed}`,
+            `p99 ${h.p99.toFixed(2)} ms, CPU ${cpuUs.toFixed(0)} us/req, ` +
+            `redirected ${d.redirected}, passed ${d.passed}`,
         );
       }
     }
   }
   accel.disable();
 
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  // on/off taken round by round (the two ran next to each other), then the median and range.
+  const paired = (on: number[], off: number[]) => {
+    const q = on.map((v, i) => v / off[i]!);
+    return { median: r3(median(q)), min: r3(Math.min(...q)), max: r3(Math.max(...q)) };
+  };
   const table = CASES.map((c) => {
     const { off, on } = runs[c.name]!;
     return {
       case: c.name,
       offRps: Math.round(median(off.rps)),
       onRps: Math.round(median(on.rps)),
-      rpsOnVsOff: Math.round((median(on.rps) / median(off.rps)) * 1000) / 1000,
+      rpsOnVsOff: paired(on.rps, off.rps),
       offP99Ms: Math.round(median(off.p99) * 100) / 100,
       onP99Ms: Math.round(median(on.p99) * 100) / 100,
-      p99OnVsOff: Math.round((median(on.p99) / median(off.p99)) * 100) / 100,
+      p99OnVsOff: paired(on.p99, off.p99),
+      offCpuUsPerReq: Math.round(median(off.cpu)),
+      onCpuUsPerReq: Math.round(median(on.cpu)),
+      cpuOnVsOff: paired(on.cpu, off.cpu),
       errors: off.errors + on.errors,
       onStats: on.stats,
       offRedirected: off.stats.redirected,
@@ -235,21 +257,25 @@ try {
   });
   console.log(
     `\nsockops + sk_msg redirect between local sockets, off vs on; hey -c ${args.concurrency}, ` +
-      `${args.rounds} rounds (median), one nginx backend, meshd --datapath userspace, ` +
-      `kernel ${Deno.osRelease()}, 2 cores`,
+      `${args.rounds} rounds, one nginx backend, meshd --datapath userspace, ` +
+      `kernel ${Deno.osRelease()}, ${navigator.hardwareConcurrency} CPUs. req/s, p99 and CPU: ` +
+      "medians; on/off: the median of the rounds' paired ratios [min-max]",
   );
+  const range = (q: { median: number; min: number; max: number }) =>
+    `${q.median.toFixed(2)} [${q.min.toFixed(2)}-${q.max.toFixed(2)}]`;
   console.log(
-    "case".padEnd(24) + "off req/s".padStart(10) + "on req/s".padStart(10) + "on/off".padStart(8) +
-      "off p99".padStart(9) + "on p99".padStart(8) + "on/off".padStart(8) +
-      "redirected".padStart(12) + "passed".padStart(9) + "errors".padStart(8),
+    "case".padEnd(24) + "off req/s".padStart(10) + "on req/s".padStart(10) +
+      "req/s on/off".padStart(19) + "off p99".padStart(9) + "on p99".padStart(8) +
+      "CPU us/req".padStart(12) + "CPU on/off".padStart(19) + "redirected".padStart(12) +
+      "errors".padStart(8),
   );
   for (const t of table) {
     console.log(
       t.case.padEnd(24) + String(t.offRps).padStart(10) + String(t.onRps).padStart(10) +
-        t.rpsOnVsOff.toFixed(3).padStart(8) + t.offP99Ms.toFixed(2).padStart(9) +
-        t.onP99Ms.toFixed(2).padStart(8) + t.p99OnVsOff.toFixed(2).padStart(8) +
-        String(t.onStats.redirected).padStart(12) + String(t.onStats.passed).padStart(9) +
-        String(t.errors).padStart(8),
+        range(t.rpsOnVsOff).padStart(19) + t.offP99Ms.toFixed(2).padStart(9) +
+        t.onP99Ms.toFixed(2).padStart(8) +
+        `${t.offCpuUsPerReq}/${t.onCpuUsPerReq}`.padStart(12) + range(t.cpuOnVsOff).padStart(19) +
+        String(t.onStats.redirected).padStart(12) + String(t.errors).padStart(8),
     );
   }
   const result = { args, table, kernel: Deno.osRelease() };

@@ -203,6 +203,26 @@ Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, a
       assert.deepEqual(r.from, ["10.96.0.11:7000"]);
     });
 
+    await t.step(
+      "an IPv6 socket dialling the IPv4-mapped mesh address is balanced the same way, TCP and UDP",
+      async () => {
+        const r = await env.deno<TcpResult>(SOCK, ["tcp", "::ffff:10.96.0.10", "7000", "60"], {
+          inCgroup: true,
+        });
+        assert.equal(r.failed, 0, JSON.stringify(r.errors));
+        assert.deepEqual(Object.keys(r.by).sort(), ["a", "b", "c"]);
+        assert.deepEqual(r.peers, ["[::ffff:10.96.0.10]:7000"]);
+        const u = await env.deno<{ by: Record<string, number>; from: string[]; failed: number }>(
+          SOCK,
+          ["udp", "::ffff:10.96.0.11", "7000", "40"],
+          { inCgroup: true },
+        );
+        assert.equal(u.failed, 0);
+        assert.ok(Object.keys(u.by).length >= 2, `answers from ${JSON.stringify(u.by)}`);
+        assert.deepEqual(u.from, ["[::ffff:10.96.0.11]:7000"]);
+      },
+    );
+
     await t.step("IPv6: connect6 and getpeername6", async () => {
       const r = await env.deno<TcpResult>(SOCK, ["tcp", "fd00:96::10", "7000", "40"], {
         inCgroup: true,
