@@ -12,7 +12,7 @@
 #include <linux/types.h>
 
 /* The layout of every map below; kept in meshd_meta so a restarted meshd can check it. */
-#define MESHD_LAYOUT_VERSION 1
+#define MESHD_LAYOUT_VERSION 2
 
 /*
  * Backends of one service port are a dense array of at most this many slots, held twice
@@ -108,6 +108,7 @@ struct meshd_meta {
 	__u32 pad;     /* zero */
 	__u64 version; /* the MeshConfig version last written into the maps */
 	__u64 cgroup;  /* inode number of the cgroup the pinned links attach to */
+	__u64 expires; /* CLOCK_BOOTTIME ns; after it the hooks send no socket anywhere (0: never) */
 };
 
 #endif /* MESHD_H */

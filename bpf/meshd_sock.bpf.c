@@ -95,6 +95,21 @@ static __always_inline int pick_slot(const struct meshd_svc *svc)
 }
 
 /*
+ * False once the maps have gone unrenewed past meshd_meta.expires: meshd has been gone so long
+ * (uninstalled, or stuck) that its backends may be stale, and a ClusterIP may have been given
+ * to another Service. Sockets then go where the application sent them.
+ */
+static __always_inline int maps_fresh(void)
+{
+	__u32 zero = 0;
+	struct meshd_meta *meta = bpf_map_lookup_elem(&meshd_meta, &zero);
+
+	if (!meta)
+		return 0;
+	return meta->expires == 0 || bpf_ktime_get_boot_ns() <= meta->expires;
+}
+
+/*
  * Picks an IPv4 backend for a connect or sendmsg to addr:port and remembers the service for
  * the replies; NULL leaves the socket alone.
  */
@@ -110,7 +125,7 @@ static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32
 	int slot;
 
 	key.proto = sock_proto(ctx);
-	if (!key.proto)
+	if (!key.proto || !maps_fresh())
 		return NULL;
 	key.addr = addr;
 	key.port = port;
@@ -229,7 +244,7 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 		return;
 	}
 	key.proto = sock_proto(ctx);
-	if (!key.proto)
+	if (!key.proto || !maps_fresh())
 		return;
 	/* The context's address words are read one by one: the verifier wants 4-byte loads. */
 	key.addr[0] = ctx->user_ip6[0];

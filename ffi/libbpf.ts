@@ -53,7 +53,11 @@ const LIBC_SYMBOLS = {
   strerror: { parameters: ["i32"], result: "pointer" },
   open: { parameters: ["buffer", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
+
+/** The clock `bpf_ktime_get_boot_ns()` reads: monotonic, and counting suspend. */
+const CLOCK_BOOTTIME = 7;
 
 const O_RDONLY = 0;
 const O_DIRECTORY = 0o200000;
@@ -346,6 +350,17 @@ export class Libbpf {
       throw new BpfCallError(`open(${path})`, errno, this.#text(errno));
     }
     return fd;
+  }
+
+  /** CLOCK_BOOTTIME now, in ns: the clock BPF programs read with bpf_ktime_get_boot_ns(). */
+  bootTimeNs(): bigint {
+    const ts = new Uint8Array(16); // struct timespec: tv_sec, tv_nsec (64-bit each)
+    if (this.#libc.symbols.clock_gettime(CLOCK_BOOTTIME, ts) !== 0) {
+      const errno = this.#errno();
+      throw new BpfCallError("clock_gettime(CLOCK_BOOTTIME)", errno, this.#text(errno));
+    }
+    const v = new DataView(ts.buffer);
+    return v.getBigInt64(0, true) * 1_000_000_000n + v.getBigInt64(8, true);
   }
 
   /** Closes a file descriptor this process opened. */

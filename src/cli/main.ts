@@ -40,6 +40,7 @@ import {
   DISTRIBUTION_FLAGS,
   DNS_FLAGS,
   EBPF_FLAGS,
+  EBPF_GRACE_FLAG,
   KUBE_FLAGS,
   LOG_FLAGS,
   MODEL_FLAGS,
@@ -97,6 +98,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
   ...PROXY_FLAGS,
   DATAPATH_FLAG,
   ...EBPF_FLAGS,
+  EBPF_GRACE_FLAG,
   ...PROBE_FLAGS,
   ...LOG_FLAGS,
 ];
@@ -479,11 +481,13 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         object: values["bpf-object"] as string | undefined,
         kernelRelease: values["kernel-release"] as string | undefined,
         libbpfPath: values["libbpf"] as string | undefined,
+        graceMs: values["ebpf-grace"] as number,
         logger: dpLog,
         verbose: values["log-level"] === "debug",
       });
       fastPath = new FastPath({
         selected,
+        graceMs: values["ebpf-grace"] as number,
         proxy: redirectListener(values, advertise),
         addresses: kubeCfg ? "given" : "cluster-ip",
         logger: dpLog,

@@ -320,6 +320,17 @@ export const EBPF_FLAGS: readonly FlagSpec[] = [
   },
 ];
 
+/** `--ebpf-grace`, of meshd run. */
+export const EBPF_GRACE_FLAG: FlagSpec = {
+  name: "ebpf-grace",
+  kind: "duration",
+  arg: "DURATION",
+  default: "10m",
+  help: "How long the pinned hooks go on balancing after meshd stops (a restart within it " +
+    "loses nothing); past it they leave sockets alone, so an uninstalled or stuck meshd's " +
+    "old backends are not used",
+};
+
 /** `--datapath`, of meshd run. */
 export const DATAPATH_FLAG: FlagSpec = {
   name: "datapath",

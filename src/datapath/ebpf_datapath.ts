@@ -78,7 +78,15 @@ export interface EbpfOptions {
   logger: Logger;
   /** Shows libbpf's own output (the verifier log) on stderr. */
   verbose?: boolean;
+  /**
+   * How long the hooks go on balancing from maps no meshd renews: each write and
+   * {@linkcode EbpfDatapath.renew} moves the deadline this far ahead. Default 10 minutes.
+   */
+  graceMs?: number;
 }
+
+/** The default of {@linkcode EbpfOptions.graceMs}. */
+export const DEFAULT_GRACE_MS = 10 * 60_000;
 
 /** What a service port's entry holds, as meshd last wrote it. */
 interface Written {
@@ -140,6 +148,9 @@ export class EbpfDatapath {
   #freeIds: number[] = [];
   #nextId = 1;
   #cgroupIno: bigint;
+  #graceNs: bigint;
+  #expires = 0n;
+  #applied = false;
   #stats = { writes: 0, deletes: 0, version: 0 };
 
   private constructor(
@@ -150,6 +161,7 @@ export class EbpfDatapath {
     closeObject: () => void,
     tookOver: boolean,
     cgroupIno: bigint,
+    graceMs: number,
   ) {
     this.#bpf = bpf;
     this.pinDir = pinDir;
@@ -158,6 +170,7 @@ export class EbpfDatapath {
     this.#closeObject = closeObject;
     this.tookOver = tookOver;
     this.#cgroupIno = cgroupIno;
+    this.#graceNs = BigInt(Math.round(graceMs)) * 1_000_000n;
   }
 
   /**
@@ -246,10 +259,13 @@ export class EbpfDatapath {
         () => bpf.closeObject(obj),
         !!pinned,
         cgroupIno,
+        o.graceMs ?? DEFAULT_GRACE_MS,
       );
       step = "read the maps taken over";
       if (pinned) dp.#readBack();
-      dp.#writeMeta(pinned?.version ?? 0);
+      // Maps taken over keep their deadline until this meshd writes a config into them: if
+      // they outlived it, they stay unused rather than route from a stale config meanwhile.
+      dp.#writeMeta(pinned?.version ?? 0, pinned ? pinned.expires : undefined);
       return dp;
     } catch (e) {
       for (const undo of made.reverse()) {
@@ -292,7 +308,7 @@ export class EbpfDatapath {
     bpf: Libbpf,
     dir: string,
     logger: Logger,
-  ): { fds: Record<MapName, number>; version: number; cgroup: bigint } | null {
+  ): { fds: Record<MapName, number>; version: number; cgroup: bigint; expires: bigint } | null {
     const metaFd = bpf.objGet(`${dir}/meshd_meta`);
     if (metaFd === null) return null;
     const buf = new Uint8Array(STRUCTS.meshd_meta.size);
@@ -317,10 +333,15 @@ export class EbpfDatapath {
       }
       fds[name] = fd;
     }
-    return { fds, version: Number(meta["version"]), cgroup: meta["cgroup"] as bigint };
+    return {
+      fds,
+      version: Number(meta["version"]),
+      cgroup: meta["cgroup"] as bigint,
+      expires: meta["expires"] as bigint,
+    };
   }
 
-  #writeMeta(version: number): void {
+  #writeMeta(version: number, expires = this.#bpf.bootTimeNs() + this.#graceNs): void {
     this.#stats.version = version;
     this.#bpf.mapUpdate(
       this.#fds.meshd_meta,
@@ -329,8 +350,24 @@ export class EbpfDatapath {
         layout: LAYOUT_VERSION,
         version: BigInt(version),
         cgroup: this.#cgroupIno,
+        expires,
       }),
     );
+    this.#expires = expires;
+  }
+
+  /**
+   * Moves the maps' deadline a grace period ahead. A meshd calls it while it runs; when no
+   * meshd has for that long, the hooks stop sending sockets to backends that may be stale.
+   */
+  renew(): void {
+    // Not before this meshd's first apply: maps taken over may hold an old config.
+    if (this.#applied) this.#writeMeta(this.#stats.version);
+  }
+
+  /** Milliseconds until the hooks stop balancing unless renewed. */
+  expiresInMs(): number {
+    return Math.max(0, Number((this.#expires - this.#bpf.bootTimeNs()) / 1_000_000n));
   }
 
   /** Rebuilds what was written from the maps taken over, so the next apply is a diff. */
@@ -418,6 +455,7 @@ export class EbpfDatapath {
       removed++;
     }
     this.#writeMeta(version);
+    this.#applied = true;
     return { written, removed };
   }
 

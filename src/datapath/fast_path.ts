@@ -1,6 +1,12 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { DatapathError, EbpfDatapath, PROGRAMS, removePins } from "./ebpf_datapath.ts";
+import {
+  DatapathError,
+  DEFAULT_GRACE_MS,
+  EbpfDatapath,
+  PROGRAMS,
+  removePins,
+} from "./ebpf_datapath.ts";
 import {
   clusterIPAddresses,
   datapathEntries,
@@ -24,6 +30,8 @@ export interface SelectOptions extends Omit<ProbeOptions, "programs" | "bpffs" |
   bpffs: string;
   /** The BPF object; default {@linkcode DEFAULT_BPF_OBJECT}. */
   object?: string | URL;
+  /** How long pinned maps keep balancing with no meshd renewing them (default 10 min). */
+  graceMs?: number;
   logger: Logger;
   verbose?: boolean;
 }
@@ -92,6 +100,7 @@ export async function selectDatapath(o: SelectOptions): Promise<Selected> {
         pinDir,
         logger: o.logger,
         verbose: o.verbose,
+        graceMs: o.graceMs,
       });
       return `${PROGRAMS.length} programs attached to ${cgroup}` +
         (ebpf.tookOver ? `, maps and links taken over from ${pinDir}` : `, pinned in ${pinDir}`);
@@ -132,6 +141,8 @@ export interface FastPathOptions {
   addresses: "cluster-ip" | "given";
   logger: Logger;
   registry?: Registry;
+  /** The grace period the maps were loaded with; they are renewed well within it. */
+  graceMs?: number;
 }
 
 /**
@@ -145,11 +156,18 @@ export class FastPath {
   #config: MeshConfig | null = null;
   #given: MeshAddresses = new Map();
   #errors = 0;
+  #renewer: ReturnType<typeof setInterval> | undefined;
 
   constructor(o: FastPathOptions) {
     this.#o = o;
     this.choice = o.selected.choice;
     this.#ebpf = o.selected.ebpf;
+    if (this.#ebpf) {
+      // The maps' deadline is pushed ahead four times per grace period while meshd runs.
+      const every = Math.min((o.graceMs ?? DEFAULT_GRACE_MS) / 4, 60_000);
+      this.#renewer = setInterval(() => this.#renew(), every);
+      Deno.unrefTimer(this.#renewer);
+    }
     const r = o.registry;
     if (!r) return;
     r.collect(
@@ -237,6 +255,17 @@ export class FastPath {
     }
   }
 
+  #renew(): void {
+    try {
+      this.#ebpf?.renew();
+    } catch (e) {
+      this.#errors++;
+      this.#o.logger.error("cannot renew the eBPF maps' deadline", {
+        error: (e as Error).message,
+      });
+    }
+  }
+
   /** For `/api/status`. */
   status(): unknown {
     return {
@@ -249,6 +278,7 @@ export class FastPath {
             ...this.#ebpf.stats(),
             mapBytes: this.#ebpf.mapBytes(),
             tookOver: this.#ebpf.tookOver,
+            expiresInMs: this.#ebpf.expiresInMs(),
             errors: this.#errors,
           },
         }
@@ -258,6 +288,7 @@ export class FastPath {
 
   /** Lets go of the eBPF path and leaves it pinned, balancing, for the next meshd. */
   close(): void {
+    clearInterval(this.#renewer);
     this.#ebpf?.close();
     this.#ebpf = null;
   }

@@ -10,7 +10,7 @@
  */
 
 /** `MESHD_LAYOUT_VERSION`: kept in `meshd_meta`, checked before pinned maps are taken over. */
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
 /** `MESHD_MAX_BACKENDS`: slots in each half of a service port's backend array. */
 export const MAX_BACKENDS = 4096;
 /** `MESHD_SVC_REDIRECT`: the backend is this node's meshd listener. */
@@ -111,12 +111,13 @@ export const STRUCTS = {
   },
   meshd_meta: {
     name: "meshd_meta",
-    size: 24,
+    size: 32,
     fields: [
       f("layout", 0, "u32"),
       f("pad", 4, "u32"),
       f("version", 8, "u64"),
       f("cgroup", 16, "u64"),
+      f("expires", 24, "u64"),
     ],
   },
 } as const satisfies Record<string, StructSpec>;

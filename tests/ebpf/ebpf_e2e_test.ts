@@ -296,6 +296,46 @@ Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, a
     });
 
     await t.step(
+      "meshd gone longer than --ebpf-grace: the hooks leave sockets alone until a meshd is back",
+      async () => {
+        await stopMeshd(meshd);
+        meshd = startMeshd(env, dir, ["--datapath=ebpf", "--ebpf-grace=1500ms"]);
+        await ready(meshd);
+        // Running for longer than the grace period: meshd renews the deadline as it goes.
+        await new Promise((r) => setTimeout(r, 2_500));
+        const alive = await env.deno<TcpResult>(SOCK, ["tcp", "10.96.0.10", "7000", "20"], {
+          inCgroup: true,
+        });
+        assert.equal(alive.failed, 0, JSON.stringify(alive.errors));
+        const s = (await status(env))["datapath"] as { ebpf: { expiresInMs: number } };
+        assert.ok(s.ebpf.expiresInMs > 0 && s.ebpf.expiresInMs <= 1_500, `${s.ebpf.expiresInMs}`);
+        // Gone without a word: its hooks and maps stay pinned, and stop balancing once the
+        // deadline passes (10.96.0.10 leads nowhere in this namespace).
+        meshd.kill("SIGKILL");
+        await meshd.wait();
+        assert.equal((await env.attached()).length, 8, "the hooks stay attached");
+        await waitFor(
+          "the hooks to stop balancing",
+          async () => {
+            const r = await env.deno<TcpResult>(SOCK, ["tcp", "10.96.0.10", "7000", "1"], {
+              inCgroup: true,
+            });
+            return r.failed === 1 ? true : undefined;
+          },
+          10_000,
+          200,
+        );
+        meshd = startMeshd(env, dir, ["--datapath=ebpf"]);
+        await ready(meshd);
+        const back = await env.deno<TcpResult>(SOCK, ["tcp", "10.96.0.10", "7000", "20"], {
+          inCgroup: true,
+        });
+        assert.equal(back.failed, 0, JSON.stringify(back.errors));
+        assert.deepEqual(Object.keys(back.by).sort(), ["a", "b"]);
+      },
+    );
+
+    await t.step(
       "auto falls back with one line saying why, and takes the old hooks away",
       async () => {
         await stopMeshd(meshd);
