@@ -1,6 +1,6 @@
 /**
- * What the eBPF benchmarks share: an nginx backend written into a run's directory, `hey`
- * runs read back as numbers, and the median of the rounds.
+ * What the eBPF benchmarks share: their flags, the mesh they load, an nginx backend written
+ * into a run's directory, `hey` runs read back as numbers, and the median of the rounds.
  *
  * @module
  */
@@ -37,7 +37,7 @@ export async function hey(
   const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1]);
   const p99 = Number(out.match(/99%+ in ([\d.]+) secs/)?.[1]) * 1000;
   const ok = Number(out.match(/\[200\]\s+(\d+) responses/)?.[1] ?? 0);
-  if (!rps || !p99) throw new Error(`cannot read hey's summary:\n${out}`);
+  if (!rps || !Number.isFinite(p99)) throw new Error(`cannot read hey's summary:\n${out}`);
   // hey gives each of its c workers n/c requests, rounded down.
   return { rps, p99, errors: Math.floor(n / c) * c - ok };
 }
@@ -85,4 +85,66 @@ http {
 `,
   );
   return env.spawn("nginx", ["-c", `${dir}/nginx.conf`, "-g", "daemon off;"], o);
+}
+
+/** The flags of the eBPF benchmarks. */
+export interface BenchArgs {
+  requests: number;
+  concurrency: number;
+  rounds: number;
+  out: string;
+}
+
+/** Reads `--requests N --concurrency C --rounds R --out FILE`; exits 2 with a usage line. */
+export function parseBenchArgs(
+  argv: string[],
+  script: string,
+  defaults: { requests: number; what: string },
+): BenchArgs {
+  const a = { requests: defaults.requests, concurrency: 8, rounds: 3, out: "" };
+  for (let i = 0; i < argv.length; i++) {
+    const [k, v] = [argv[i], argv[i + 1]];
+    if (k === "--requests" && v) a.requests = Number(v), i++;
+    else if (k === "--concurrency" && v) a.concurrency = Number(v), i++;
+    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
+    else if (k === "--out" && v) a.out = v, i++;
+    else {
+      console.error(
+        `usage: ${script} [--requests N (${defaults.what}, default ${defaults.requests})] ` +
+          "[--concurrency C (default 8)] [--rounds R (default 3)] [--out FILE]",
+      );
+      Deno.exit(2);
+    }
+  }
+  // hey prints no p99 for fewer than 100 answers; the 256 KiB cases take half of N.
+  if (!(a.requests >= 1000 && a.requests <= 200_000)) throw new Error("--requests: 1000 to 200000");
+  if (!(a.concurrency >= 1 && a.concurrency <= 64)) throw new Error("--concurrency: 1 to 64");
+  if (!(a.rounds >= 1 && a.rounds <= 10)) throw new Error("--rounds: 1 to 10");
+  return a;
+}
+
+/**
+ * A Service of the file provider with one ready endpoint: `type` is its
+ * `meshd.io/traffic-type`, `port` its port and `target` the endpoint's port.
+ */
+export function serviceYaml(
+  name: string,
+  o: { clusterIP: string; type: "tcp" | "http"; port: number; endpoint: string; target: number },
+): string {
+  return `
+apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: default, annotations: { meshd.io/traffic-type: ${o.type} } }
+spec:
+  clusterIP: ${o.clusterIP}
+  ports: [{ name: web, port: ${o.port}, targetPort: ${o.target} }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: ${name}-1, namespace: default, labels: { kubernetes.io/service-name: ${name} } }
+addressType: IPv4
+ports: [{ name: web, port: ${o.target}, protocol: TCP }]
+endpoints:
+  - { addresses: ["${o.endpoint}"], conditions: { ready: true } }
+`;
 }

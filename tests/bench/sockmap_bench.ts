@@ -23,67 +23,27 @@
 import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
 import { waitFor } from "../testenv/process.ts";
 import { findLibbpf } from "../../src/datapath/mod.ts";
-import { hey, median, startNginx } from "./local_servers.ts";
+import { hey, median, parseBenchArgs, serviceYaml, startNginx } from "./local_servers.ts";
 import { type AccelStats, SOCKMAP_OBJECT, SockmapAccel } from "./sockmap_accel.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
 
-function parseArgs(argv: string[]) {
-  const a = { requests: 10_000, concurrency: 8, rounds: 3, out: "" };
-  for (let i = 0; i < argv.length; i++) {
-    const [k, v] = [argv[i], argv[i + 1]];
-    if (k === "--requests" && v) a.requests = Number(v), i++;
-    else if (k === "--concurrency" && v) a.concurrency = Number(v), i++;
-    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
-    else if (k === "--out" && v) a.out = v, i++;
-    else {
-      console.error(
-        "usage: sockmap_bench.ts [--requests N (per case, mode and round; default 10000)] " +
-          "[--concurrency C (default 8)] [--rounds R (default 3)] [--out FILE]",
-      );
-      Deno.exit(2);
-    }
-  }
-  if (!(a.requests >= 100 && a.requests <= 200_000)) throw new Error("--requests: 100 to 200000");
-  if (!(a.concurrency >= 1 && a.concurrency <= 64)) throw new Error("--concurrency: 1 to 64");
-  if (!(a.rounds >= 1 && a.rounds <= 10)) throw new Error("--rounds: 1 to 10");
-  return a;
-}
-
 const say = (s: string) => console.error(`[bench] ${s}`);
 
-const MESH = `
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: default, annotations: { meshd.io/traffic-type: tcp } }
-spec:
-  clusterIP: 10.96.0.10
-  ports: [{ name: web, port: 8080 }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: web-1, namespace: default, labels: { kubernetes.io/service-name: web } }
-addressType: IPv4
-ports: [{ name: web, port: 8080, protocol: TCP }]
-endpoints:
-  - { addresses: ["127.0.1.1"], conditions: { ready: true } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: webh, namespace: default, annotations: { meshd.io/traffic-type: http } }
-spec:
-  clusterIP: 10.96.0.11
-  ports: [{ name: web, port: 80, targetPort: 8080 }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: webh-1, namespace: default, labels: { kubernetes.io/service-name: webh } }
-addressType: IPv4
-ports: [{ name: web, port: 8080, protocol: TCP }]
-endpoints:
-  - { addresses: ["127.0.1.1"], conditions: { ready: true } }
-`;
+const MESH = serviceYaml("web", {
+  clusterIP: "10.96.0.10",
+  type: "tcp",
+  port: 8080,
+  endpoint: "127.0.1.1",
+  target: 8080,
+}) + "---\n" + serviceYaml("webh", {
+  clusterIP: "10.96.0.11",
+  type: "http",
+  port: 80,
+  endpoint: "127.0.1.1",
+  target: 8080,
+});
 
 const BIG = 256 * 1024;
 // meshd's first TCP listener (the web service) and its HTTP entrypoint; "{tcp}" and
@@ -134,7 +94,10 @@ const diff = (a: AccelStats, b: AccelStats): AccelStats => ({
   passed: b.passed - a.passed,
 });
 
-const args = parseArgs(Deno.args);
+const args = parseBenchArgs(Deno.args, "sockmap_bench.ts", {
+  requests: 10_000,
+  what: "per case, mode and round",
+});
 const env = await EbpfEnv.create();
 const procs: EnvProcess[] = [];
 let accel: SockmapAccel | null = null;
