@@ -7,8 +7,8 @@
  * meshd listener for that port.
  *
  * Every hook fails open: when it cannot decide (no entry, an empty array, a slot missing
- * while meshd rewrites it) the socket call goes on unchanged, to the address the application
- * gave, which the userspace path serves.
+ * while meshd rewrites it, maps no meshd has renewed within its grace period) the socket call
+ * goes on unchanged, to the address the application gave, which the userspace path serves.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
