@@ -17,8 +17,17 @@
  * @module
  */
 import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
-import { waitFor } from "../testenv/process.ts";
-import { hey, median, parseBenchArgs, serviceYaml, startNginx } from "./local_servers.ts";
+import {
+  hey,
+  median,
+  parseBenchArgs,
+  say,
+  spawnMeshd,
+  startNginx,
+  waitAnswering,
+  WEB_SERVICE,
+  writeResult,
+} from "./local_servers.ts";
 import {
   type DatapathEntry,
   DEFAULT_BPF_OBJECT,
@@ -27,18 +36,7 @@ import {
 } from "../../src/datapath/mod.ts";
 import { Logger } from "../../src/observability/mod.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
-const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
-
-const say = (s: string) => console.error(`[bench] ${s}`);
-
-const MESH = serviceYaml("web", {
-  clusterIP: "10.96.0.10",
-  type: "tcp",
-  port: 8080,
-  endpoint: "127.0.1.1",
-  target: 8080,
-});
+const SOCK = new URL("../ebpf/sock_tool.ts", import.meta.url).pathname;
 
 async function mapMemory(env: EbpfEnv): Promise<
   { services: number; entries: number; mapBytes: number; writeMs: number }[]
@@ -86,7 +84,7 @@ const procs: EnvProcess[] = [];
 try {
   const dir = env.dir;
   await Deno.mkdir(`${dir}/config`);
-  await Deno.writeTextFile(`${dir}/config/mesh.yaml`, MESH);
+  await Deno.writeTextFile(`${dir}/config/mesh.yaml`, WEB_SERVICE);
   await Deno.writeTextFile(
     `${dir}/haproxy.cfg`,
     `global
@@ -105,39 +103,17 @@ backend web
   );
   procs.push(await startNginx(env, "127.0.1.1:8080"));
   procs.push(env.spawn("haproxy", ["-f", `${dir}/haproxy.cfg`, "-db"]));
-  const meshd = env.spawn(Deno.execPath(), [
-    "run",
-    "--allow-all",
-    `${ROOT}main.ts`,
-    "run",
-    `--config-dir=${dir}/config`,
-    "--proxy-address=127.0.0.1",
+  const meshd = spawnMeshd(env, `${dir}/config`, [
     `--cgroup=${env.cgroup}`,
     `--bpffs=${env.bpffs}`,
     "--datapath=ebpf",
-    "--log-level=warn",
   ]);
   procs.push(meshd);
   // The service's TCP listener is the first port of meshd's TCP range.
   const meshdPort = 10000;
-  for (
-    const [what, host, port] of [
-      ["nginx", "127.0.1.1", 8080],
-      ["haproxy", "127.0.0.1", 9100],
-      ["meshd's TCP listener", "127.0.0.1", meshdPort],
-    ] as const
-  ) {
-    await waitFor(
-      what,
-      async () => {
-        const r = await env.deno<{ status: number }>(SOCK, ["http", host, String(port), "x"])
-          .catch(() => undefined);
-        return r?.status === 200 ? true : undefined;
-      },
-      30_000,
-      200,
-    );
-  }
+  await waitAnswering(env, "nginx", "127.0.1.1", 8080);
+  await waitAnswering(env, "haproxy", "127.0.0.1", 9100);
+  await waitAnswering(env, "meshd's TCP listener", "127.0.0.1", meshdPort);
   // The eBPF path answers by the mesh address only from inside the cgroup.
   const viaHook = await env.deno<{ status: number }>(SOCK, ["http", "10.96.0.10", "8080", "x"], {
     inCgroup: true,
@@ -205,11 +181,7 @@ backend web
         `${(m.mapBytes / 1048576).toFixed(2)} MiB, written in ${m.writeMs.toFixed(0)} ms`,
     );
   }
-  const result = { args, table, memory, kernel: Deno.osRelease() };
-  const out = args.out || `${ROOT}bench-results/ebpf.json`;
-  await Deno.mkdir(new URL(".", `file://${out}`).pathname, { recursive: true });
-  await Deno.writeTextFile(out, JSON.stringify(result, null, 2) + "\n");
-  console.log(`wrote ${out}`);
+  await writeResult(args.out, "ebpf.json", { args, table, memory, kernel: Deno.osRelease() });
 } finally {
   await env.remove();
 }

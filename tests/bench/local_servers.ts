@@ -1,10 +1,18 @@
 /**
- * What the eBPF benchmarks share: their flags, the mesh they load, an nginx backend written
- * into a run's directory, `hey` runs read back as numbers, and the median of the rounds.
+ * What the eBPF benchmarks share: their flags, the mesh they load, an nginx backend and meshd
+ * started in the run's namespace and waited for, `hey` runs read back as numbers, the median
+ * of the rounds, and where the result goes.
  *
  * @module
  */
 import type { EbpfEnv, EnvProcess } from "../testenv/ebpf_env.ts";
+import { waitFor } from "../testenv/process.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
+
+/** A progress line on stderr. */
+export const say = (s: string): void => console.error(`[bench] ${s}`);
 
 /** One `hey` run, read from its summary. */
 export interface HeyResult {
@@ -147,4 +155,63 @@ ports: [{ name: web, port: ${o.target}, protocol: TCP }]
 endpoints:
   - { addresses: ["${o.endpoint}"], conditions: { ready: true } }
 `;
+}
+
+/** The plain TCP service both benchmarks load: 10.96.0.10:8080, backed by nginx. */
+export const WEB_SERVICE = serviceYaml("web", {
+  clusterIP: "10.96.0.10",
+  type: "tcp",
+  port: 8080,
+  endpoint: "127.0.1.1",
+  target: 8080,
+});
+
+/**
+ * Starts `meshd run` from this checkout in the env's namespace, on the file provider reading
+ * `configDir`, its proxy on 127.0.0.1, with `flags` added.
+ */
+export function spawnMeshd(
+  env: EbpfEnv,
+  configDir: string,
+  flags: string[],
+  o: { inCgroup?: boolean } = {},
+): EnvProcess {
+  return env.spawn(Deno.execPath(), [
+    "run",
+    "--allow-all",
+    `${ROOT}main.ts`,
+    "run",
+    `--config-dir=${configDir}`,
+    "--proxy-address=127.0.0.1",
+    "--log-level=warn",
+    ...flags,
+  ], o);
+}
+
+/** Waits (30 s at most) until `GET /` to host:port with that Host header answers 200. */
+export async function waitAnswering(
+  env: EbpfEnv,
+  what: string,
+  host: string,
+  port: number,
+  hostHeader = "x",
+): Promise<void> {
+  await waitFor(
+    what,
+    async () => {
+      const r = await env.deno<{ status: number }>(SOCK, ["http", host, String(port), hostHeader])
+        .catch(() => undefined);
+      return r?.status === 200 ? true : undefined;
+    },
+    30_000,
+    200,
+  );
+}
+
+/** Writes the result as JSON to `out`, or to `bench-results/<name>`; says where. */
+export async function writeResult(out: string, name: string, result: unknown): Promise<void> {
+  const file = out || `${ROOT}bench-results/${name}`;
+  await Deno.mkdir(new URL(".", `file://${file}`).pathname, { recursive: true });
+  await Deno.writeTextFile(file, JSON.stringify(result, null, 2) + "\n");
+  console.log(`wrote ${file}`);
 }

@@ -25,6 +25,16 @@ export interface AccelStats {
   passed: number;
 }
 
+/** The counts from `before` to `after`. */
+export function statsSince(before: AccelStats, after: AccelStats): AccelStats {
+  return {
+    added: after.added - before.added,
+    addFailed: after.addFailed - before.addFailed,
+    redirected: after.redirected - before.redirected,
+    passed: after.passed - before.passed,
+  };
+}
+
 /** The loaded experiment. */
 export class SockmapAccel {
   readonly #bpf: Libbpf;

@@ -21,23 +21,22 @@
  * @module
  */
 import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
-import { waitFor } from "../testenv/process.ts";
 import { findLibbpf } from "../../src/datapath/mod.ts";
-import { hey, median, parseBenchArgs, serviceYaml, startNginx } from "./local_servers.ts";
-import { type AccelStats, SOCKMAP_OBJECT, SockmapAccel } from "./sockmap_accel.ts";
+import {
+  hey,
+  median,
+  parseBenchArgs,
+  say,
+  serviceYaml,
+  spawnMeshd,
+  startNginx,
+  waitAnswering,
+  WEB_SERVICE,
+  writeResult,
+} from "./local_servers.ts";
+import { type AccelStats, SOCKMAP_OBJECT, SockmapAccel, statsSince } from "./sockmap_accel.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
-const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
-
-const say = (s: string) => console.error(`[bench] ${s}`);
-
-const MESH = serviceYaml("web", {
-  clusterIP: "10.96.0.10",
-  type: "tcp",
-  port: 8080,
-  endpoint: "127.0.1.1",
-  target: 8080,
-}) + "---\n" + serviceYaml("webh", {
+const MESH = WEB_SERVICE + "---\n" + serviceYaml("webh", {
   clusterIP: "10.96.0.11",
   type: "http",
   port: 80,
@@ -87,13 +86,6 @@ async function busyCpuMs(): Promise<number> {
   return (total - f[3]! - f[4]!) * 1000 / 100; // USER_HZ is 100 on Linux
 }
 
-const diff = (a: AccelStats, b: AccelStats): AccelStats => ({
-  added: b.added - a.added,
-  addFailed: b.addFailed - a.addFailed,
-  redirected: b.redirected - a.redirected,
-  passed: b.passed - a.passed,
-});
-
 const args = parseBenchArgs(Deno.args, "sockmap_bench.ts", {
   requests: 10_000,
   what: "per case, mode and round",
@@ -106,6 +98,7 @@ try {
   await Deno.mkdir(`${dir}/config`);
   await Deno.writeTextFile(`${dir}/config/mesh.yaml`, MESH);
   procs.push(await startNginx(env, "127.0.1.1:8080", { inCgroup: true }));
+  await waitAnswering(env, "nginx", "127.0.1.1", 8080);
   await Deno.writeFile(`${dir}/nginx/www/big`, new Uint8Array(BIG).map((_, i) => i * 31 + 7));
   // One meshd per mode. meshd's HTTP proxy keeps its upstream connections, and a socket is
   // only accelerated when it was established while sockops was attached: so the "on" runs
@@ -114,41 +107,27 @@ try {
     off: { http: 5000, tcp: 10000, api: 9000 },
     on: { http: 5001, tcp: 10100, api: 9001 },
   };
-  for (const p of Object.values(meshds)) {
-    procs.push(env.spawn(Deno.execPath(), [
-      "run",
-      "--allow-all",
-      `${ROOT}main.ts`,
-      "run",
-      `--config-dir=${dir}/config`,
-      "--proxy-address=127.0.0.1",
+  accel = SockmapAccel.load(findLibbpf()!, await Deno.readFile(SOCKMAP_OBJECT));
+  for (const [mode, p] of Object.entries(meshds)) {
+    // Even the backend connection the readiness check leaves in the pool is made in its mode.
+    if (mode === "on") accel.enable(env.cgroup);
+    else accel.disable();
+    procs.push(spawnMeshd(env, `${dir}/config`, [
       `--http-port=${p.http}`,
       `--tcp-ports=${p.tcp}-${p.tcp + 99}`,
       `--udp-ports=${p.tcp + 1000}-${p.tcp + 1099}`,
       `--api-port=${p.api}`,
       "--datapath=userspace",
-      "--log-level=warn",
     ], { inCgroup: true }));
-  }
-  const ready: [string, string, number, string][] = [["nginx", "127.0.1.1", 8080, "x"]];
-  for (const [mode, p] of Object.entries(meshds)) {
-    ready.push([`meshd (${mode}) TCP listener`, "127.0.0.1", p.tcp, "x"]);
-    ready.push([`meshd (${mode}) HTTP entrypoint`, "127.0.0.1", p.http, "webh.default.mesh"]);
-  }
-  for (const [what, addr, port, host] of ready) {
-    await waitFor(
-      what,
-      async () => {
-        const r = await env.deno<{ status: number }>(SOCK, ["http", addr, String(port), host])
-          .catch(() => undefined);
-        return r?.status === 200 ? true : undefined;
-      },
-      30_000,
-      200,
+    await waitAnswering(env, `meshd (${mode}) TCP listener`, "127.0.0.1", p.tcp);
+    await waitAnswering(
+      env,
+      `meshd (${mode}) HTTP entrypoint`,
+      "127.0.0.1",
+      p.http,
+      "webh.default.mesh",
     );
   }
-  accel = SockmapAccel.load(findLibbpf()!, await Deno.readFile(SOCKMAP_OBJECT));
-
   type Runs = { rps: number[]; p99: number[]; cpu: number[]; errors: number; stats: AccelStats };
   const zero = (): AccelStats => ({ added: 0, addFailed: 0, redirected: 0, passed: 0 });
   const runs: Record<string, Record<"off" | "on", Runs>> = {};
@@ -166,8 +145,9 @@ try {
     const h = await hey(env, url, n, args.concurrency, c.flags);
     // The whole machine's busy CPU per request: hey, meshd, nginx and the kernel's share
     // (softirq included), which throughput alone hides on a saturated machine.
-    const cpuUs = ((await busyCpuMs()) - cpu0) * 1000 / n;
-    const d = diff(before, accel!.stats());
+    const cpuUs = ((await busyCpuMs()) - cpu0) * 1000 /
+      (Math.floor(n / args.concurrency) * args.concurrency);
+    const d = statsSince(before, accel!.stats());
     return { h, d, cpuUs };
   };
   // A short warm-up of each case in each mode, then rounds that take them in turn.
@@ -241,11 +221,7 @@ try {
         String(t.onStats.redirected).padStart(12) + String(t.errors).padStart(8),
     );
   }
-  const result = { args, table, kernel: Deno.osRelease() };
-  const out = args.out || `${ROOT}bench-results/sockmap.json`;
-  await Deno.mkdir(new URL(".", `file://${out}`).pathname, { recursive: true });
-  await Deno.writeTextFile(out, JSON.stringify(result, null, 2) + "\n");
-  console.log(`wrote ${out}`);
+  await writeResult(args.out, "sockmap.json", { args, table, kernel: Deno.osRelease() });
 } finally {
   accel?.close();
   await env.remove();

@@ -11,19 +11,12 @@ import assert from "node:assert/strict";
 import { EbpfEnv } from "../testenv/ebpf_env.ts";
 import { waitFor } from "../testenv/process.ts";
 import { findLibbpf } from "../../src/datapath/mod.ts";
-import { type AccelStats, SOCKMAP_OBJECT, SockmapAccel } from "../bench/sockmap_accel.ts";
+import { SOCKMAP_OBJECT, SockmapAccel, statsSince } from "../bench/sockmap_accel.ts";
 
 const SOCK = new URL("./sock_tool.ts", import.meta.url).pathname;
 
 type TcpResult = { by: Record<string, number>; failed: number; errors: unknown };
 type BulkResult = { sent: number; received: number; same: boolean };
-
-const since = (a: AccelStats, b: AccelStats): AccelStats => ({
-  added: b.added - a.added,
-  addFailed: b.addFailed - a.addFailed,
-  redirected: b.redirected - a.redirected,
-  passed: b.passed - a.passed,
-});
 
 Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by sk_msg redirect, bytes intact", async (t) => {
   const env = await EbpfEnv.create(["fd00:2::1"]);
@@ -58,7 +51,7 @@ Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by s
           });
           assert.equal(r.failed, 0, JSON.stringify(r.errors));
           assert.equal(Object.values(r.by)[0], 20);
-          const d = since(before, accel!.stats());
+          const d = statsSince(before, accel!.stats());
           // Two ends per connection; the one send per connection (the name) went by the redirect.
           assert.deepEqual(d, { added: 40, addFailed: 0, redirected: 20, passed: 0 }, host);
         }
@@ -71,7 +64,7 @@ Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by s
         inCgroup: true,
       });
       assert.deepEqual(r, { sent: 4 << 20, received: 4 << 20, same: true });
-      const d = since(before, accel!.stats());
+      const d = statsSince(before, accel!.stats());
       assert.equal(d.added, 2);
       assert.ok(d.redirected >= 2, `redirected ${d.redirected}`);
       assert.equal(d.passed, 0);
@@ -85,7 +78,7 @@ Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by s
         assert.equal(r.failed, 0, JSON.stringify(r.errors));
         // The server's ends are in the cgroup and are added; their peers are not in the map,
         // so the server's sends take the normal path.
-        assert.deepEqual(since(before, accel!.stats()), {
+        assert.deepEqual(statsSince(before, accel!.stats()), {
           added: 5,
           addFailed: 0,
           redirected: 0,
@@ -104,7 +97,7 @@ Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by s
           inCgroup: true,
         });
         assert.equal(r.failed, 0, JSON.stringify(r.errors));
-        assert.deepEqual(since(before, accel!.stats()), {
+        assert.deepEqual(statsSince(before, accel!.stats()), {
           added: 0,
           addFailed: 0,
           redirected: 0,
