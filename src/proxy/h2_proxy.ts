@@ -12,6 +12,8 @@ import {
   encodeLatin1,
   getHeader,
   headerTokens,
+  HttpParseError,
+  isToken,
   type MessageHead,
   writeAll,
   type Writer,
@@ -159,6 +161,12 @@ export class H2Proxy {
   ): Promise<void> {
     const peer = this.#peers.get(stream.session as http2.ServerHttp2Session) ?? "";
     const grpc = String(headers["content-type"] ?? "").startsWith("application/grpc");
+    const malformed = checkH2Request(headers);
+    if (malformed !== null) {
+      // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
+      this.#fail(stream, new ProxyFailure(400, `Bad request: ${malformed}`), grpc);
+      return;
+    }
     const authority = (headers[":authority"] ?? headers["host"] ?? "") as string;
     const root = lookupHttpRoute(this.#opts.routes(), authority);
     if (!root) {
@@ -308,6 +316,8 @@ export class H2Proxy {
       }
       let trailers: http2.IncomingHttpHeaders | null = null;
       up.on("trailers", (t) => trailers = t);
+      // A request body that breaks its own framing ends the exchange with 400.
+      let badBody: HttpParseError | undefined;
       const bodyDone = framing.kind === "none"
         ? Promise.resolve(true)
         : copyBody(reader, streamWriter(up), framing, true, (n) => m.bytesIn.inc(n)).then(
@@ -315,12 +325,20 @@ export class H2Proxy {
             up.end();
             return ok;
           },
-          () => {
+          (e) => {
+            if (e instanceof HttpParseError) badBody = e;
             up.close(NGHTTP2_CANCEL);
             return false;
           },
         );
-      const h = await this.#responseOf(up);
+      let h: http2.IncomingHttpHeaders;
+      try {
+        h = await this.#responseOf(up);
+      } catch (e) {
+        await bodyDone;
+        if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
+        throw e;
+      }
       const status = Number(h[":status"]);
       if (status >= 500) this.#opts.pool.failure(ep);
       else this.#opts.pool.success(ep);
@@ -530,6 +548,68 @@ export class H2Proxy {
     });
     stream.end(f.message + "\n");
   }
+}
+
+const PSEUDO = new Set([":method", ":scheme", ":path", ":authority"]);
+// RFC 9113 §8.2.2: fields that are specific to one HTTP/1.1 connection make a request malformed.
+const CONNECTION_SPECIFIC = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+]);
+const BAD_VALUE = /[\r\n\0]|^[ \t]|[ \t]$/;
+
+/**
+ * Why an HTTP/2 request is malformed (RFC 9113 §8.1.1), or `null`: names not lower case or with
+ * characters outside token, connection-specific fields, `te` other than `trailers`, CR, LF or
+ * NUL or edge whitespace in a value (§8.2.1), unknown or missing pseudo-headers, a `:path` that
+ * is not origin-form (§8.3.1), and a Host that names another authority than `:authority`.
+ */
+export function checkH2Request(headers: http2.IncomingHttpHeaders): string | null {
+  for (const [name, raw] of Object.entries(headers)) {
+    if (raw === undefined) continue;
+    const pseudo = name.startsWith(":");
+    if (pseudo && !PSEUDO.has(name)) return `unknown pseudo-header "${name}"`;
+    const bare = pseudo ? name.slice(1) : name;
+    if (!isToken(bare) || bare !== bare.toLowerCase()) {
+      return `field name "${name.slice(0, 40)}" is not a lower-case token`;
+    }
+    if (CONNECTION_SPECIFIC.has(name)) return `connection-specific field "${name}"`;
+    for (const v of Array.isArray(raw) ? raw : [raw]) {
+      if (BAD_VALUE.test(String(v))) {
+        return `field "${name}" has a CR, LF, NUL or edge whitespace in its value`;
+      }
+    }
+    if (pseudo && Array.isArray(raw)) return `pseudo-header "${name}" appears twice`;
+  }
+  if (headers["te"] !== undefined && String(headers["te"]).toLowerCase() !== "trailers") {
+    return `te "${String(headers["te"]).slice(0, 40)}" is not "trailers"`;
+  }
+  const method = headers[":method"];
+  const path = headers[":path"];
+  if (typeof method !== "string" || !isToken(method)) return "no valid :method";
+  if (method === "CONNECT") return "method CONNECT is not supported";
+  if (typeof headers[":scheme"] !== "string") return "no :scheme";
+  if (
+    typeof path !== "string" || !(path.startsWith("/") || (path === "*" && method === "OPTIONS"))
+  ) {
+    return `:path "${String(path ?? "").slice(0, 60)}" is not an absolute path`;
+  }
+  if (/[^\x21-\x7e]|#/.test(path)) {
+    return `:path "${path.slice(0, 60)}" has a character not allowed`;
+  }
+  const authority = headers[":authority"];
+  const host = headers["host"];
+  if (authority === undefined && host === undefined) return "no :authority or Host";
+  if (
+    authority !== undefined && host !== undefined &&
+    String(host).toLowerCase() !== String(authority).toLowerCase()
+  ) {
+    return `Host "${String(host).slice(0, 60)}" differs from :authority`;
+  }
+  return null;
 }
 
 function requestInfo(headers: http2.IncomingHttpHeaders): RequestInfo {

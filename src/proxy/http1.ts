@@ -69,7 +69,12 @@ export class BufReader {
 
   /**
    * Reads a message head up to and including the empty line. Returns `null` at a clean end of
-   * stream before the first byte; throws if the stream ends inside a head or it exceeds `limit`.
+   * stream before the first byte; throws if the stream ends inside a head or it exceeds `limit`,
+   * however the bytes arrived.
+   *
+   * The head ends at the first empty line, whether its line ends are CRLF or a bare LF: a head
+   * with bare LFs is then refused by the parser at once (RFC 9112 §2.2), rather than held until
+   * a CRLF CRLF that never comes.
    */
   async readHead(limit: number): Promise<string | null> {
     // Bytes from #start already searched; kept relative because #fill may move the data.
@@ -83,16 +88,22 @@ export class BufReader {
         this.#start += 2;
       }
       const b = this.#buf;
-      for (let i = Math.max(this.#start + scanned, this.#start + 3); i < this.#end; i++) {
-        if (b[i] === 10 && b[i - 1] === 13 && b[i - 2] === 10 && b[i - 3] === 13) {
-          const head = latin1.decode(b.subarray(this.#start, i + 1));
-          this.#start = i + 1;
-          return head;
+      for (let i = Math.max(this.#start + scanned, this.#start + 1); i < this.#end; i++) {
+        if (b[i] !== 10) continue;
+        const empty = b[i - 1] === 10 ||
+          (b[i - 1] === 13 && i - 2 >= this.#start && b[i - 2] === 10);
+        if (!empty) continue;
+        if (i + 1 - this.#start > limit) {
+          throw new HttpParseError(`message head is over ${limit} bytes`);
         }
+        const head = latin1.decode(b.subarray(this.#start, i + 1));
+        this.#start = i + 1;
+        return head;
       }
       const have = this.#end - this.#start;
       if (have > limit) throw new HttpParseError(`message head is over ${limit} bytes`);
-      scanned = Math.max(0, have - 3);
+      // Under two bytes, a CRLF before the request may still be coming: look again from the start.
+      scanned = have < 2 ? 0 : have;
       if (!(await this.#fill())) {
         if (have === 0) return null;
         throw new HttpParseError("connection closed inside a message head");
@@ -100,19 +111,28 @@ export class BufReader {
     }
   }
 
-  /** Reads one CRLF-terminated line (without the CRLF), for chunk sizes and trailers. */
+  /**
+   * Reads one CRLF-terminated line (without the CRLF), for chunk sizes and trailers. A bare LF
+   * is an error (RFC 9112 §7.1: the chunked coding has no other line end), and so is a line
+   * longer than `limit`, however the bytes arrived.
+   */
   async readLine(limit: number): Promise<string> {
     for (;;) {
       const b = this.#buf;
       for (let i = this.#start; i < this.#end; i++) {
         if (b[i] === 10) {
-          const end = i > this.#start && b[i - 1] === 13 ? i - 1 : i;
-          const line = latin1.decode(b.subarray(this.#start, end));
+          if (i === this.#start || b[i - 1] !== 13) {
+            throw new HttpParseError("a line in a chunked body ends in a bare LF");
+          }
+          if (i - 1 - this.#start > limit) throw new HttpParseError(`line is over ${limit} bytes`);
+          const line = latin1.decode(b.subarray(this.#start, i - 1));
           this.#start = i + 1;
           return line;
         }
       }
-      if (this.#end - this.#start > limit) throw new HttpParseError(`line is over ${limit} bytes`);
+      if (this.#end - this.#start > limit + 1) {
+        throw new HttpParseError(`line is over ${limit} bytes`);
+      }
       if (!(await this.#fill())) {
         throw new HttpParseError("connection closed inside a chunked body");
       }
@@ -159,27 +179,79 @@ export interface MessageHead {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** A control character other than HTAB, or DEL: never in a field value (RFC 9110 §5.5). */
+// deno-lint-ignore no-control-regex -- matching control characters is the point
+const VALUE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+/** Optional whitespace around a field value: SP and HTAB only (RFC 9110 §5.6.3). */
+const OWS_EDGES = /^[ \t]+|[ \t]+$/g;
 
-function parseFields(lines: string[]): HeaderList {
-  const headers: HeaderList = [];
-  for (const line of lines) {
-    if (line === "") continue;
-    if (line[0] === " " || line[0] === "\t") {
-      throw new HttpParseError("obsolete line folding is not accepted");
-    }
-    const colon = line.indexOf(":");
-    const name = colon > 0 ? line.slice(0, colon) : "";
-    if (!TOKEN.test(name)) throw new HttpParseError(`invalid header line "${line.slice(0, 40)}"`);
-    headers.push([name, line.slice(colon + 1).trim()]);
-  }
-  return headers;
+/** Whether `s` is a token (RFC 9110 §5.6.2). */
+export function isToken(s: string): boolean {
+  return TOKEN.test(s);
 }
 
-/** Parses a request head (request line and fields). */
+/** Shows a piece of a bad line in an error message with its control characters escaped. */
+function quote(s: string, max = 60): string {
+  return JSON.stringify(s.slice(0, max)).slice(1, -1);
+}
+
+/**
+ * Reads one field line (RFC 9112 §5): a token name, a colon with no whitespace before it, and
+ * a value with no CR, LF, NUL or other control character but HTAB (RFC 9110 §5.5).
+ */
+export function parseFieldLine(line: string): [name: string, value: string] {
+  if (line[0] === " " || line[0] === "\t") {
+    throw new HttpParseError("obsolete line folding is not accepted");
+  }
+  const colon = line.indexOf(":");
+  const name = colon > 0 ? line.slice(0, colon) : "";
+  if (!TOKEN.test(name)) throw new HttpParseError(`invalid header line "${quote(line, 40)}"`);
+  const value = line.slice(colon + 1).replace(OWS_EDGES, "");
+  if (VALUE_CTL.test(value)) {
+    const what = value.includes("\r")
+      ? "a CR"
+      : value.includes("\n")
+      ? "a LF"
+      : value.includes("\0")
+      ? "a NUL"
+      : "a control character";
+    throw new HttpParseError(`header "${quote(name, 40)}" has ${what} in its value`);
+  }
+  return [name, value];
+}
+
+/**
+ * Splits a head into its lines. Every line must end in CRLF and hold no other CR or LF: a bare
+ * LF or CR is refused (RFC 9112 §2.2), never read as a line end a backend may not share.
+ */
+function headLines(head: string): string[] {
+  if (!head.endsWith("\r\n\r\n")) {
+    throw new HttpParseError("message head has a line that does not end in CRLF");
+  }
+  const lines = head.slice(0, -4).split("\r\n");
+  for (const line of lines) {
+    if (line.includes("\n")) {
+      throw new HttpParseError(`message head has a bare LF in "${quote(line)}"`);
+    }
+    if (line.includes("\r")) {
+      throw new HttpParseError(`message head has a bare CR in "${quote(line)}"`);
+    }
+  }
+  return lines;
+}
+
+function parseFields(lines: string[]): HeaderList {
+  return lines.map(parseFieldLine);
+}
+
+/**
+ * Parses a request head (request line and fields). The request line is `method SP target SP
+ * HTTP/1.x` with single spaces, a token method and a target of visible ASCII (RFC 9112 §3).
+ */
 export function parseRequestHead(head: string): MessageHead {
-  const lines = head.split("\r\n");
-  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP\/1\.([01])$/.exec(lines[0] ?? "");
-  if (!m) throw new HttpParseError(`invalid request line "${(lines[0] ?? "").slice(0, 60)}"`);
+  const lines = headLines(head);
+  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.([01])$/.exec(lines[0]!);
+  if (!m) throw new HttpParseError(`invalid request line "${quote(lines[0]!)}"`);
   return {
     method: m[1]!,
     target: m[2]!,
@@ -192,9 +264,10 @@ export function parseRequestHead(head: string): MessageHead {
 
 /** Parses a response head (status line and fields). */
 export function parseResponseHead(head: string): MessageHead {
-  const lines = head.split("\r\n");
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
-  if (!m) throw new HttpParseError(`invalid status line "${(lines[0] ?? "").slice(0, 60)}"`);
+  const lines = headLines(head);
+  // deno-lint-ignore no-control-regex -- a reason phrase has no control characters
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/.exec(lines[0]!);
+  if (!m) throw new HttpParseError(`invalid status line "${quote(lines[0]!)}"`);
   return {
     method: "",
     target: "",
@@ -304,18 +377,21 @@ export async function copyBody(
         await writeAll(dst, part);
         onData?.(part.length);
       }
-    case "chunked":
+    case "chunked": {
       for (;;) {
         const line = await src.readLine(4096);
-        const size = parseInt(line.split(";")[0]!.trim(), 16);
-        if (!/^[0-9a-fA-F]+$/.test(line.split(";")[0]!.trim()) || !Number.isSafeInteger(size)) {
-          throw new HttpParseError(`invalid chunk size line "${line.slice(0, 40)}"`);
-        }
+        const size = chunkSize(line);
         if (!dechunk) await writeAll(dst, encodeLatin1(`${line}\r\n`));
         if (size === 0) {
           // Trailer fields, then the empty line.
+          let trailerBytes = 0;
           for (;;) {
             const t = await src.readLine(8192);
+            trailerBytes += t.length + 2;
+            if (trailerBytes > MAX_TRAILERS) {
+              throw new HttpParseError(`trailer section is over ${MAX_TRAILERS} bytes`);
+            }
+            if (t !== "") checkTrailer(t);
             if (!dechunk) await writeAll(dst, encodeLatin1(`${t}\r\n`));
             if (t === "") return true;
           }
@@ -333,5 +409,42 @@ export async function copyBody(
         }
         if (!dechunk) await writeAll(dst, encodeLatin1("\r\n"));
       }
+    }
+  }
+}
+
+const MAX_TRAILERS = 64 * 1024;
+
+// RFC 9112 §7.1: chunk-size is 1*HEXDIG; chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
+// with token names and token or quoted-string values. Nothing else, no CR or NUL, no sign,
+// prefix or whitespace before the size.
+const TCHAR = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]";
+const QUOTED =
+  '"(?:[\\t \\x21\\x23-\\x5b\\x5d-\\x7e\\x80-\\xff]|\\\\[\\t \\x21-\\x7e\\x80-\\xff])*"';
+const CHUNK_LINE = new RegExp(
+  `^([0-9A-Fa-f]+)(?:[ \\t]*;[ \\t]*${TCHAR}+(?:[ \\t]*=[ \\t]*(?:${TCHAR}+|${QUOTED}))?)*$`,
+);
+
+/** The size a chunk-size line gives; throws on any other form or a size over 2^53 - 1. */
+export function chunkSize(line: string): number {
+  const m = CHUNK_LINE.exec(line);
+  if (!m) throw new HttpParseError(`invalid chunk size line "${quote(line, 40)}"`);
+  const digits = m[1]!.replace(/^0+(?=.)/, "");
+  const size = digits.length > 14 ? Infinity : parseInt(digits, 16);
+  if (!Number.isSafeInteger(size)) {
+    throw new HttpParseError(`chunk size "${quote(m[1]!, 40)}" is too large`);
+  }
+  return size;
+}
+
+/**
+ * A trailer field must be a valid field line, and never one that frames or routes the message
+ * (RFC 9110 §6.5.1), which a recipient that merges trailers into the head could act on.
+ */
+function checkTrailer(line: string): void {
+  const [name] = parseFieldLine(line);
+  const lower = name.toLowerCase();
+  if (lower === "content-length" || lower === "transfer-encoding" || lower === "host") {
+    throw new HttpParseError(`trailer section has the field "${name}"`);
   }
 }

@@ -15,6 +15,7 @@ import {
   parseResponseHead,
   writeAll,
 } from "./http1.ts";
+import { checkRequest } from "./http1_validate.ts";
 import { H2_PREFACE_HEAD, H2Proxy } from "./h2_proxy.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
@@ -262,7 +263,8 @@ export class HttpProxy {
   ): Promise<boolean> {
     let reqFraming: BodyFraming;
     try {
-      reqFraming = bodyFraming(req, true);
+      // Routed, checked and forwarded in one form, so the backend reads what was checked.
+      ({ head: req, framing: reqFraming } = checkRequest(req));
     } catch (e) {
       throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
     }
@@ -344,6 +346,8 @@ export class HttpProxy {
     let res!: MessageHead;
     let ep!: EndpointState;
     let bodyDone: Promise<boolean> = Promise.resolve(true);
+    // A request body that breaks its own framing: the exchange ends with 400 at once.
+    let badBody: HttpParseError | undefined;
     for (let attempt = 0;; attempt++) {
       const fresh = candidates.filter((c) => !tried.has(c));
       const picked = pool.pick(fresh.length > 0 ? fresh : candidates);
@@ -359,14 +363,22 @@ export class HttpProxy {
         await writeAll(up.conn, head);
         if (reqFraming.kind !== "none") {
           const m = root.metrics;
-          bodyDone = copyBody(reader, up.conn, reqFraming, false, (n) => m.bytesIn.inc(n))
-            .catch(() => false);
+          const conn = up.conn;
+          bodyDone = copyBody(reader, conn, reqFraming, false, (n) => m.bytesIn.inc(n))
+            .catch((e) => {
+              if (e instanceof HttpParseError) {
+                badBody = e;
+                closeQuietly(conn); // ends the wait for a response
+              }
+              return false;
+            });
         }
         res = await this.#readResponse(up, req, client, target, ep);
         break;
       } catch (e) {
         ep.inflight--;
         if (current) closeQuietly(current.conn);
+        if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
         if (!(e instanceof UpstreamError)) throw e;
         // A pooled connection the backend closed while it sat idle is no fault of the backend.
         const staleReuse = reused && !e.timedOut && reqFraming.kind === "none" && attempt === 0;
@@ -407,6 +419,14 @@ export class HttpProxy {
       if (res.status === 101 && upgrade !== null) {
         await this.#tunnel(res, req, reader, client, up, root);
         return { status: 101, keepAlive: false };
+      }
+      if (res.status === 101) {
+        // A protocol switch nobody asked for: this connection no longer speaks HTTP/1.1.
+        closeQuietly(up.conn);
+        throw new ProxyFailure(
+          502,
+          `Endpoint ${ep.key} of service "${target.key}" switched protocols unasked`,
+        );
       }
       let resFraming: BodyFraming;
       try {
@@ -642,7 +662,8 @@ function requestInfo(req: MessageHead): RequestInfo {
   };
 }
 
-function requestHead(
+/** The head sent to a backend for a checked request `req` (exported for the parser fuzzer). */
+export function requestHead(
   req: MessageHead,
   framing: BodyFraming,
   connTokens: string[],

@@ -82,8 +82,9 @@ Deno.test("NodeProxy answers 404 for an unknown host, naming it", async () => {
     const r = await rawRequest(port, "nobody.default.mesh");
     assert.equal(r.status, 404);
     assert.match(r.body, /nobody\.default\.mesh/);
+    // An empty Host names no authority to route by (RFC 9112 §3.2): a bad request.
     const none = await rawRequest(port, "");
-    assert.equal(none.status, 404);
+    assert.equal(none.status, 400);
   });
 });
 
