@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   bodyFraming,
   BufReader,
+  chunkSize,
   copyBody,
   HttpParseError,
   parseRequestHead,
@@ -159,4 +160,73 @@ Deno.test("copyBody() reports a body cut short and rejects a bad chunk size", as
     true,
   );
   assert.equal(rest.text(), "to the end");
+});
+
+Deno.test("BufReader.readHead() applies the limit however the bytes arrive", async () => {
+  const head = "GET / HTTP/1.1\r\n" + "X: y\r\n".repeat(100) + "\r\n";
+  // In one read, the terminator is in the buffer already: still over the limit.
+  await assert.rejects(new BufReader(reader(head), 4096).readHead(64), /over 64 bytes/);
+  await assert.rejects(new BufReader(reader(...head.split(""))).readHead(64), /over 64 bytes/);
+});
+
+Deno.test("BufReader.readHead() ends a head at an empty line with bare LFs, for the parser to refuse", async () => {
+  // RFC 9112 §2.2: a head of bare LFs is answered at once, not held for a CRLF CRLF.
+  const r = new BufReader(reader("GET / HTTP/1.1\nHost: a\n\nrest"));
+  const head = await r.readHead(1024);
+  assert.equal(head, "GET / HTTP/1.1\nHost: a\n\n");
+  assert.throws(() => parseRequestHead(head!), /does not end in CRLF/);
+  // A CRLF before the request split across reads is still skipped.
+  assert.equal(
+    await new BufReader(reader("\r", "\nGET / HTTP/1.1\r\n\r\n")).readHead(1024),
+    "GET / HTTP/1.1\r\n\r\n",
+  );
+});
+
+Deno.test("parseRequestHead() refuses CR, LF, NUL and control characters in values and targets", () => {
+  // RFC 9110 §5.5: CR, LF and NUL are never valid in a field value.
+  for (
+    const bad of [
+      "GET / HTTP/1.1\r\nA: a\rB: b\r\n\r\n",
+      "GET / HTTP/1.1\r\nA: a\nB: b\r\n\r\n",
+      "GET / HTTP/1.1\r\nA: a\0b\r\n\r\n",
+      "GET / HTTP/1.1\r\nA: a\x01b\r\n\r\n",
+      "GET /a\x7fb HTTP/1.1\r\n\r\n",
+      "GET /a\xe9 HTTP/1.1\r\n\r\n",
+      "GET / HTTP/1.1 \r\n\r\n",
+      "GET  / HTTP/1.1\r\n\r\n",
+    ]
+  ) {
+    assert.throws(() => parseRequestHead(bad), HttpParseError, JSON.stringify(bad));
+  }
+  // HTAB inside a value and obs-text stay; only SP and HTAB are trimmed at the edges.
+  assert.deepEqual(parseRequestHead("GET / HTTP/1.1\r\nA:\t a\tb\xe9 \r\n\r\n").headers, [[
+    "A",
+    "a\tb\xe9",
+  ]]);
+});
+
+Deno.test("chunkSize() reads RFC 9112 §7.1 chunk lines and refuses the rest", () => {
+  assert.equal(chunkSize("1a"), 26);
+  assert.equal(chunkSize('5 ; name=value;x;q="a\\"b"'), 5);
+  assert.equal(chunkSize("000000000000000000ff"), 255);
+  for (
+    const bad of ["", " 5", "5 ", "0x5", "-1", "+5", "5;a=b\rc", "5;a\0", "5;", "fffffffffffffffff"]
+  ) {
+    assert.throws(() => chunkSize(bad), HttpParseError, JSON.stringify(bad));
+  }
+});
+
+Deno.test("copyBody() refuses bare LF chunk lines and framing fields in trailers", async () => {
+  await assert.rejects(
+    copyBody(new BufReader(reader("5\nhello\r\n0\r\n\r\n")), sink(), { kind: "chunked" }),
+    /bare LF/,
+  );
+  await assert.rejects(
+    copyBody(
+      new BufReader(reader("0\r\nContent-Length: 5\r\n\r\n")),
+      sink(),
+      { kind: "chunked" },
+    ),
+    /trailer section has the field "Content-Length"/,
+  );
 });
