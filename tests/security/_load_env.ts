@@ -72,12 +72,14 @@ export interface MeshdOptions {
   config: (ports: { http: number; tcp: number; udp: number }) => string[];
   /** Wait until `/api/services` lists this many service ports. */
   services: number;
+  /** The HTTP entrypoint port, when it must be known before (a free one by default). */
+  http?: number;
 }
 
 /** Starts meshd under `prlimit --nofile`, and waits until it serves every service port. */
 export async function startMeshd(o: MeshdOptions): Promise<Meshd> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-hostile-" });
-  const http = freePort(o.address);
+  const http = o.http ?? freePort(o.address);
   const api = freePort(o.address);
   const tcp = freePort(o.address);
   const udp = freePort(o.address);
