@@ -66,8 +66,14 @@ export interface MeshdOptions {
   address: string;
   /** Open-file limit, soft and hard, set with prlimit. */
   nofile: number;
-  /** Extra flags, such as `--max-connections 100`. */
+  /** Extra flags. */
   flags?: string[];
+  /**
+   * Environment, such as `MESHD_MAX_CONNECTIONS`: flags set this way are ignored by a meshd
+   * that does not know them, so a case run against one without the fix fails on what it
+   * checks, not on an unknown flag.
+   */
+  env?: Record<string, string>;
   /** The config: YAML documents, given meshd's own ports (for loop cases). */
   config: (ports: { http: number; tcp: number; udp: number }) => string[];
   /** Wait until `/api/services` lists this many service ports. */
@@ -110,7 +116,7 @@ export async function startMeshd(o: MeshdOptions): Promise<Meshd> {
     "--datapath",
     "userspace",
     ...(o.flags ?? []),
-  ], { command: "prlimit" });
+  ], { command: "prlimit", env: o.env });
   const m: Meshd = { child, dir, address: o.address, http, api, tcp, udp };
   try {
     await waitFor(

@@ -53,7 +53,7 @@ function figures(
 
 /** meshd with an HTTP service (web), a TCP echo service and a UDP echo service. */
 async function withMesh(
-  opts: { nofile: number; flags?: string[]; bigBytes?: number },
+  opts: { nofile: number; env?: Record<string, string>; bigBytes?: number },
   fn: (m: Meshd, web: CountingBackend) => Promise<void>,
 ): Promise<void> {
   const web = new CountingBackend(WEB, opts.bigBytes);
@@ -64,7 +64,7 @@ async function withMesh(
     m = await startMeshd({
       address: MESHD,
       nofile: opts.nofile,
-      flags: opts.flags,
+      env: opts.env,
       services: 3,
       config: () => [
         service("web", 80),
@@ -144,7 +144,7 @@ Deno.test("meshd survives a UDP flood from many source ports, evicting the oldes
 Deno.test("meshd caps idle TCP connections per source and keeps answering others", async () => {
   await withMesh({
     nofile: 256,
-    flags: ["--max-connections", "100", "--max-connections-per-source", "40"],
+    env: { MESHD_MAX_CONNECTIONS: "100", MESHD_MAX_CONNECTIONS_PER_SOURCE: "40" },
   }, async (m) => {
     const before = procStats(m);
     const toHttp = await idleConnections(MESHD, m.http, 300);
@@ -197,7 +197,7 @@ Deno.test("meshd keeps accepting after EMFILE, with one log line per interval", 
   // Caps above the open-file limit, so the descriptors run out and accept fails.
   await withMesh({
     nofile: 200,
-    flags: ["--max-connections", "5000", "--max-connections-per-source", "5000"],
+    env: { MESHD_MAX_CONNECTIONS: "5000", MESHD_MAX_CONNECTIONS_PER_SOURCE: "5000" },
   }, async (m) => {
     const before = procStats(m);
     const attack = await idleConnections(MESHD, m.http, 400);
@@ -303,7 +303,7 @@ Deno.test("meshd closes the backend connection of each aborted download", async 
 });
 
 Deno.test("meshd closes a client that never reads after --write-timeout, and its backend", async () => {
-  await withMesh({ nofile: 1024, flags: ["--write-timeout", "1s"] }, async (m, web) => {
+  await withMesh({ nofile: 1024, env: { MESHD_WRITE_TIMEOUT: "1s" } }, async (m, web) => {
     const before = procStats(m);
     const readers: net.Socket[] = [];
     try {
