@@ -121,6 +121,41 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     help: "A UDP flow (one client address) with no datagram either way for this long is closed",
   },
   {
+    name: "write-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "60s",
+    help: "An HTTP client that takes no byte of its response for this long is closed, and so " +
+      "is its backend connection",
+  },
+  {
+    name: "max-connections",
+    kind: "count",
+    arg: "N",
+    help: "Client connections open at once, over the HTTP entrypoint and every TCP listener; " +
+      "more are closed at once and counted (default: 35% of the open-file limit meshd finds, " +
+      "as each may hold two file descriptors)",
+  },
+  {
+    name: "max-connections-per-source",
+    kind: "count",
+    arg: "N",
+    help: "Of those, from one client address (default: a quarter of --max-connections)",
+  },
+  {
+    name: "max-udp-flows",
+    kind: "count",
+    arg: "N",
+    help: "UDP flows (one socket each) open at once over every UDP listener; a new one evicts " +
+      "the least recently active (default: 10% of the open-file limit)",
+  },
+  {
+    name: "max-udp-flows-per-listener",
+    kind: "count",
+    arg: "N",
+    help: "UDP flows open at once on one UDP listener (default: half of --max-udp-flows)",
+  },
+  {
     name: "outlier-failures",
     kind: "count",
     arg: "N",
@@ -151,6 +186,13 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
     responseTimeoutMs: v["response-timeout"] as number,
     tcpIdleTimeoutMs: v["tcp-idle-timeout"] as number,
     udpIdleTimeoutMs: v["udp-idle-timeout"] as number,
+    writeTimeoutMs: v["write-timeout"] as number,
+    limits: {
+      maxConnections: v["max-connections"] as number | undefined,
+      maxConnectionsPerSource: v["max-connections-per-source"] as number | undefined,
+      maxUdpFlows: v["max-udp-flows"] as number | undefined,
+      maxUdpFlowsPerListener: v["max-udp-flows-per-listener"] as number | undefined,
+    },
     outlier: {
       consecutiveFailures: v["outlier-failures"] as number,
       baseEjectionMs: base,

@@ -1,9 +1,12 @@
 import http2 from "node:http2";
 import { Duplex } from "node:stream";
 import type { Logger } from "../observability/mod.ts";
+import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import type { CountDrop } from "./proxy_metrics.ts";
+import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import {
   type BodyFraming,
@@ -29,6 +32,12 @@ export interface H2ProxyOptions {
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent response headers within this time (504). */
   responseTimeoutMs?: number;
+  /** Counts retries refused by the retry budget. */
+  drop?: CountDrop;
+  /** Retry budgets per service, shared with HTTP/1. */
+  budgets?: RetryBudgets;
+  /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
+  notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
 }
 
 /** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
@@ -90,10 +99,12 @@ export class H2Proxy {
   readonly #sessions = new Set<http2.ServerHttp2Session>();
   readonly #peers = new WeakMap<http2.ServerHttp2Session, string>();
   readonly #backends = new Map<string, Backend>();
+  readonly #budgets: RetryBudgets;
   #adopting = "";
 
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
+    this.#budgets = options.budgets ?? new RetryBudgets();
     this.#server = http2.createServer({ settings: { enablePush: false } });
     this.#server.on("sessionError", () => {});
     this.#server.on("session", (s: http2.ServerHttp2Session) => {
@@ -182,7 +193,10 @@ export class H2Proxy {
     let passed = false;
     try {
       passed = checkBreaker(root);
-      const { target, candidates } = admit(root, peer, requestInfo(headers));
+      const admitted = admit(root, peer, requestInfo(headers));
+      const target = admitted.target;
+      const candidates = this.#opts.notOwn?.(target, admitted.candidates) ??
+        admitted.candidates;
       if (target.service.scheme !== "h2c") {
         throw new ProxyFailure(
           502,
@@ -219,22 +233,27 @@ export class H2Proxy {
       target,
       candidates,
       (ep) => this.#exchange(stream, out, ep, root, target),
+      () => stream.closed || stream.destroyed,
     );
   }
 
   /**
    * Runs `exchange` on an endpoint picked from `candidates`, on another one after a failure
    * while the request has not been sent (the number of tries is the service's retry
-   * attempts plus one), and turns the last failure into a 502 or 504.
+   * attempts plus one, at most 11, within the service's retry budget, and none once `gone`
+   * says the client left), and turns the last failure into a 502 or 504.
    */
   async #withEndpoint<T>(
     root: Route,
     target: Route,
     candidates: EndpointState[],
     exchange: (ep: EndpointState) => Promise<T>,
+    gone: () => boolean,
   ): Promise<T> {
     const pool = this.#opts.pool;
-    const attempts = 1 + target.service.retryAttempts;
+    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
+    const budget = this.#budgets.of(target.key);
+    budget.request();
     const tried = new Set<EndpointState>();
     for (let attempt = 0;; attempt++) {
       const fresh = candidates.filter((c) => !tried.has(c));
@@ -248,9 +267,12 @@ export class H2Proxy {
         if (!(e instanceof UpstreamError)) throw e;
         pool.failure(ep);
         // A request body is streamed, never kept: only a request not yet sent is retried.
-        if (!e.requestSent && attempt + 1 < attempts) {
-          root.metrics.retries.inc();
-          continue;
+        if (!e.requestSent && attempt + 1 < attempts && !gone()) {
+          if (budget.retry()) {
+            root.metrics.retries.inc();
+            continue;
+          }
+          this.#opts.drop?.("retry_budget");
         }
         if (e.timedOut) {
           throw new ProxyFailure(
@@ -287,6 +309,7 @@ export class H2Proxy {
     root: Route,
     target: Route,
     candidates: EndpointState[],
+    gone: () => boolean = () => false,
   ): Promise<{ status: number; keepAlive: boolean }> {
     const incoming: http2.IncomingHttpHeaders = {};
     const connTokens = headerTokens(req.headers, "connection");
@@ -350,7 +373,12 @@ export class H2Proxy {
       head += fieldLines(responseHeaders(h));
       if (chunked) head += "transfer-encoding: chunked\r\n";
       head += closeAfter ? "connection: close\r\n\r\n" : "\r\n";
-      await writeAll(client, encodeLatin1(head));
+      // A client gone before the head: cancel the backend stream (in the body, leaving the
+      // loop early destroys it).
+      await writeAll(client, encodeLatin1(head)).catch((e) => {
+        up.close(NGHTTP2_CANCEL);
+        throw e;
+      });
       for await (const chunk of up as AsyncIterable<Uint8Array>) {
         if (noBody || chunk.length === 0) continue;
         m.bytesOut.inc(chunk.length);
@@ -371,7 +399,7 @@ export class H2Proxy {
       }
       const sent = await bodyDone;
       return { status, keepAlive: !closeAfter && sent };
-    });
+    }, gone);
   }
 
   /** The response headers of `up`, or an {@linkcode UpstreamError} (504 after the timeout). */

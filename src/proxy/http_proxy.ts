@@ -1,4 +1,8 @@
 import type { Logger } from "../observability/mod.ts";
+import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
+import { acceptLoop } from "./accept_loop.ts";
+import { ClientSource } from "./client_source.ts";
+import type { ConnectionLimiter } from "./conn_limiter.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
@@ -8,16 +12,22 @@ import {
   copyBody,
   encodeLatin1,
   getHeader,
+  type HeaderList,
   headerTokens,
   HttpParseError,
   type MessageHead,
   parseRequestHead,
   parseResponseHead,
+  type Reader,
   writeAll,
+  type Writer,
 } from "./http1.ts";
 import { checkRequest } from "./http1_validate.ts";
 import { H2_PREFACE_HEAD, H2Proxy } from "./h2_proxy.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { LogThrottle } from "./log_throttle.ts";
+import type { CountDrop } from "./proxy_metrics.ts";
+import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import type { Connect } from "./tcp_proxy.ts";
 
@@ -38,6 +48,18 @@ export interface HttpProxyOptions {
   caCerts?: string[];
   /** Close a client connection idle between requests for this long. Default 60 s. */
   clientIdleMs?: number;
+  /** Close a client connection a write to which makes no progress for this long. Default 60 s. */
+  writeTimeoutMs?: number;
+  /** Caps on client connections, shared with the TCP listeners; none when absent. */
+  limiter?: ConnectionLimiter;
+  /** Counts what the proxy drops to protect itself. */
+  drop?: CountDrop;
+  /** Whether `address:port` is one of this meshd's own TCP listeners (a forwarding loop). */
+  isOwn?: (address: string, port: number) => boolean;
+  /** This meshd's name in `Via` (RFC 9110 §7.6.3); a request that has it already is a loop. */
+  viaName?: string;
+  /** Retry budgets per service, shared with HTTP/2. */
+  budgets?: RetryBudgets;
 }
 
 const MAX_HEAD = 64 * 1024;
@@ -46,6 +68,8 @@ const UPSTREAM_IDLE_MS = 30_000;
 /** Responses up to this size, when already read, go out in one write with their head. */
 const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
+/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
+const LOOP_LOG = new LogThrottle();
 
 // RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the ones named
 // in Connection. Transfer-Encoding is re-added by the proxy when it frames the body.
@@ -91,13 +115,27 @@ const REASONS: Record<number, string> = {
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",
+  508: "Loop Detected",
 };
 
-/** A response head being waited for; the sweeper closes it when its deadline passes. */
+/**
+ * A response head being waited for, or a write to a client; the sweeper closes the connection
+ * when its deadline passes.
+ */
 interface Waiting {
   deadline: number;
   conn: Deno.Conn;
   timedOut: boolean;
+  /** Told when the deadline closed the connection. */
+  onTimeout?: () => void;
+}
+
+/** The client went away while its request was being retried: nothing is left to answer. */
+class ClientGone extends Error {
+  constructor() {
+    super("client went away");
+    this.name = "ClientGone";
+  }
 }
 
 /**
@@ -116,16 +154,25 @@ export class HttpProxy {
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
   readonly #h2: H2Proxy;
+  readonly #drop: CountDrop;
+  readonly #budgets: RetryBudgets;
+  /** The read-ahead source of each client connection (see {@linkcode ClientSource}). */
+  readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
     this.#opts = options;
+    this.#drop = options.drop ?? (() => {});
+    this.#budgets = options.budgets ?? new RetryBudgets();
     this.#h2 = new H2Proxy({
       routes: options.routes,
       pool: options.pool,
       logger: options.logger,
       connectTimeoutMs: options.connectTimeoutMs,
       responseTimeoutMs: options.responseTimeoutMs,
+      drop: this.#drop,
+      budgets: this.#budgets,
+      notOwn: (target, candidates) => this.#notOwn(target, candidates),
     });
     this.#listener = Deno.listen({
       hostname: options.hostname,
@@ -173,6 +220,7 @@ export class HttpProxy {
         w.timedOut = true;
         this.#waiting.delete(w);
         closeQuietly(w.conn);
+        w.onTimeout?.();
       }
     }
     const idleLimit = this.#opts.clientIdleMs ?? 60_000;
@@ -190,28 +238,57 @@ export class HttpProxy {
     }
   }
 
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (e) {
-        if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) return;
-        this.#opts.logger.warn("http accept failed", { error: String(e) });
-        continue;
+  #accept(): Promise<void> {
+    const limiter = this.#opts.limiter;
+    return acceptLoop(this.#listener, (conn) => {
+      const source = (conn.remoteAddr as Deno.NetAddr).hostname;
+      if (limiter && !limiter.acquire(source)) {
+        closeQuietly(conn);
+        return;
       }
-      conn.setNoDelay(true);
+      try {
+        conn.setNoDelay(true);
+      } catch { /* closed already: reading sees it */ }
       this.#clients.add(conn);
       this.#serve(conn).finally(() => {
         this.#clients.delete(conn);
         this.#idleClients.delete(conn);
         closeQuietly(conn);
+        limiter?.release(source);
       });
-    }
+    }, { what: "http", logger: this.#opts.logger, drop: this.#drop });
+  }
+
+  /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
+  #clientWriter(client: Deno.Conn): Writer {
+    const ms = this.#opts.writeTimeoutMs ?? 60_000;
+    return {
+      write: async (p) => {
+        const w: Waiting = {
+          deadline: Date.now() + ms,
+          conn: client,
+          timedOut: false,
+          onTimeout: () => {
+            this.#drop("write_timeout");
+            if (this.#opts.logger.enabled("debug")) {
+              this.#opts.logger.debug("http client read nothing; closed", { timeoutMs: ms });
+            }
+          },
+        };
+        this.#waiting.add(w);
+        try {
+          return await client.write(p);
+        } finally {
+          this.#waiting.delete(w);
+        }
+      },
+    };
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    const reader = new BufReader(client);
+    const source = new ClientSource(client);
+    this.#sources.set(client, source);
+    const reader = new BufReader(source);
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
       let req: MessageHead;
@@ -306,21 +383,64 @@ export class HttpProxy {
     peer: string,
     root: Route,
   ): Promise<{ status: number; keepAlive: boolean }> {
-    const { target, candidates } = admit(root, peer, requestInfo(req));
+    const viaName = this.#opts.viaName;
+    if (viaName !== undefined && viaHas(req.headers, viaName)) {
+      this.#drop("loop");
+      throw new ProxyFailure(
+        508,
+        `Forwarding loop: the request to service "${root.key}" came through this meshd ` +
+          `already (Via "${viaName}")`,
+      );
+    }
+    const admitted = admit(root, peer, requestInfo(req));
+    const target = admitted.target;
+    const candidates = this.#notOwn(target, admitted.candidates);
+    // A request with no body has nothing more to read: watch for the client leaving (not
+    // on an Upgrade, whose client may send more at once).
+    if (
+      reqFraming.kind === "none" && !headerTokens(req.headers, "connection").includes("upgrade")
+    ) {
+      this.#sources.get(client)?.watch();
+    }
     if (target.service.scheme === "h2c") {
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
       return await this.#h2.fromHttp1(
         req,
         reqFraming,
         reader,
-        client,
+        this.#clientWriter(client),
         peer,
         root,
         target,
         candidates,
+        () => this.#sources.get(client)?.gone ?? false,
       );
     }
     return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
+  }
+
+  /**
+   * The candidates that are not this meshd's own listeners. An endpoint that is one would
+   * send each request around again, each pass opening two more connections, until the process
+   * runs out of file descriptors: when every candidate is one, the request gets 508.
+   */
+  #notOwn(target: Route, candidates: EndpointState[]): EndpointState[] {
+    const isOwn = this.#opts.isOwn;
+    if (!isOwn || !candidates.some((c) => isOwn(c.address, c.port))) return candidates;
+    const rest = candidates.filter((c) => !isOwn(c.address, c.port));
+    if (rest.length > 0) return rest;
+    this.#drop("loop");
+    if (LOOP_LOG.allow(target.key)) {
+      this.#opts.logger.warn("forwarding loop refused: the endpoints are meshd's own listeners", {
+        service: target.key,
+        endpoint: candidates[0]!.key,
+      });
+    }
+    throw new ProxyFailure(
+      508,
+      `Forwarding loop: endpoint ${candidates[0]!.key} of service "${target.key}" is this ` +
+        "meshd's own listener",
+    );
   }
 
   async #forward(
@@ -338,9 +458,16 @@ export class HttpProxy {
     const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
-    const head = encodeLatin1(requestHead(req, reqFraming, connTokens, peer, upgrade));
+    const head = encodeLatin1(
+      requestHead(req, reqFraming, connTokens, peer, upgrade, this.#opts.viaName),
+    );
     const retryable = reqFraming.kind === "none" && IDEMPOTENT.has(req.method);
-    const attempts = 1 + target.service.retryAttempts;
+    // The decoder refuses more; a config from elsewhere (an older leader) is held to it too.
+    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
+    const budget = this.#budgets.of(target.key);
+    budget.request();
+    const source = this.#sources.get(client);
+    const cw = this.#clientWriter(client);
     const tried = new Set<EndpointState>();
     let up!: Upstream;
     let res!: MessageHead;
@@ -373,7 +500,7 @@ export class HttpProxy {
               return false;
             });
         }
-        res = await this.#readResponse(up, req, client, target, ep);
+        res = await this.#readResponse(up, req, cw, target, ep);
         break;
       } catch (e) {
         ep.inflight--;
@@ -391,8 +518,13 @@ export class HttpProxy {
         const canRetry = !e.requestSent || retryable;
         if (staleReuse) continue;
         if (canRetry && attempt + 1 < attempts) {
-          root.metrics.retries.inc();
-          continue;
+          // Nobody is left to answer: another try would only load the backends.
+          if (source?.gone) throw new ClientGone();
+          if (budget.retry()) {
+            root.metrics.retries.inc();
+            continue;
+          }
+          this.#drop("retry_budget");
         }
         if (e.timedOut) {
           throw new ProxyFailure(
@@ -412,6 +544,7 @@ export class HttpProxy {
         );
       }
     }
+    let released = false;
     try {
       if (res.status >= 500) pool.failure(ep);
       else pool.success(ep);
@@ -453,16 +586,17 @@ export class HttpProxy {
         const out = new Uint8Array(outHead.length + body.length);
         out.set(outHead);
         out.set(body, outHead.length);
-        await writeAll(client, out);
+        await writeAll(cw, out);
         m.bytesOut.inc(body.length);
         complete = true;
       } else {
-        await writeAll(client, outHead);
-        complete = await copyBody(up.reader, client, resFraming, dechunk, (n) => m.bytesOut.inc(n));
+        await writeAll(cw, outHead);
+        complete = await copyBody(up.reader, cw, resFraming, dechunk, (n) => m.bytesOut.inc(n));
       }
       const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
         !headerTokens(res.headers, "connection").includes("close");
+      released = true;
       if (reusable) this.#release(up);
       else closeQuietly(up.conn);
       if (this.#opts.logger.enabled("debug")) {
@@ -477,6 +611,11 @@ export class HttpProxy {
       }
       // If the request body was not read to its end, the next request cannot be found.
       return { status: res.status, keepAlive: complete && requestSent === true && !closeAfter };
+    } catch (e) {
+      // The client went away or stopped reading mid-response: the backend connection goes too,
+      // or it would stay open with the rest of the response unread.
+      if (!released) closeQuietly(up.conn);
+      throw e;
     } finally {
       ep.inflight--;
     }
@@ -501,7 +640,14 @@ export class HttpProxy {
       closeQuietly(up.conn);
     };
     await Promise.all([
-      splice(client, up.conn, early[0]!, (n) => m.bytesIn.inc(n), abort),
+      // From the client through its source: a read ahead may hold bytes already.
+      splice(
+        this.#sources.get(client) ?? client,
+        up.conn,
+        early[0]!,
+        (n) => m.bytesIn.inc(n),
+        abort,
+      ),
       splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort),
     ]);
     abort();
@@ -513,7 +659,7 @@ export class HttpProxy {
   async #readResponse(
     up: Upstream,
     req: MessageHead,
-    client: Deno.Conn,
+    client: Writer,
     route: Route,
     ep: EndpointState,
   ): Promise<MessageHead> {
@@ -669,6 +815,7 @@ export function requestHead(
   connTokens: string[],
   peer: string,
   upgrade: string | null,
+  viaName?: string,
 ): string {
   let s = `${req.method} ${req.target} HTTP/1.1\r\n`;
   let xff: string | null = null;
@@ -691,6 +838,8 @@ export function requestHead(
   s += `x-forwarded-for: ${xff === null ? peer : `${xff}, ${peer}`}\r\n`;
   const node = peer.includes(":") ? `"[${peer}]"` : peer;
   s += `forwarded: ${forwarded === null ? "" : `${forwarded}, `}for=${node}\r\n`;
+  // RFC 9110 §7.6.3: a proxy adds itself to Via; meshd also finds loops by it.
+  if (viaName !== undefined) s += `via: 1.${req.minor} ${viaName}\r\n`;
   if (upgrade !== null) s += `connection: upgrade\r\nupgrade: ${upgrade}\r\n`;
   if (framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";
   return s + "\r\n";
@@ -718,7 +867,7 @@ function responseHead(
 
 /** Copies `early` and then everything from `from` to `to`, then half-closes `to`. */
 async function splice(
-  from: Conn,
+  from: Reader,
   to: Conn,
   early: Uint8Array,
   count: (n: number) => void,
@@ -755,6 +904,18 @@ async function settledWithin(p: Promise<boolean>, ms = 50): Promise<boolean | un
   const r = await Promise.race([p, late]);
   clearTimeout(timer);
   return r;
+}
+
+/** Whether a `Via` field of `headers` names `name` as a recipient (RFC 9110 §7.6.3). */
+export function viaHas(headers: HeaderList, name: string): boolean {
+  for (const [k, v] of headers) {
+    if (k.length !== 3 || k.toLowerCase() !== "via") continue;
+    for (const hop of v.split(",")) {
+      // received-protocol received-by [comment]
+      if (hop.trim().split(/[ \t]+/)[1] === name) return true;
+    }
+  }
+  return false;
 }
 
 function closeQuietly(c: Deno.Conn | undefined): void {

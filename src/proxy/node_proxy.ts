@@ -1,12 +1,15 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
+import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
+import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
+import { ownAddress } from "./own_address.ts";
 import { ProxyMetrics } from "./proxy_metrics.ts";
 import { buildRouteTable, newRouteState, type RouteState, type RouteTable } from "./route_table.ts";
 import { type Connect, TcpListener } from "./tcp_proxy.ts";
-import { UdpListener } from "./udp_proxy.ts";
+import { UdpFlowTable, UdpListener } from "./udp_proxy.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
@@ -35,6 +38,10 @@ export interface NodeProxyOptions {
   breaker?: Partial<BreakerTiming>;
   /** Uniform random in [0, 1) for endpoint choice; a test seam. */
   random?: () => number;
+  /** Caps on connections and UDP flows; those not given follow the open-file limit. */
+  limits?: Partial<ProxyLimits>;
+  /** A client of the HTTP entrypoint that reads nothing for this long is closed. Default 60 s. */
+  writeTimeoutMs?: number;
 }
 
 /** What a service port looks like from a client of this node's proxy. */
@@ -74,6 +81,16 @@ export class NodeProxy {
   readonly #tcp = new Map<number, TcpListener>();
   readonly #udp = new Map<number, UdpListener>();
   readonly #failed = new Map<string, string>();
+  readonly #fdLimit: number | null = readFdLimit();
+  readonly #limits: ProxyLimits;
+  readonly #limiter: ConnectionLimiter;
+  readonly #flowTable: UdpFlowTable;
+  /** Whether an address is this host as the proxy listens on it (see ownAddress). */
+  readonly #ownAddress: (address: string) => boolean;
+  readonly #isOwnTcp = (address: string, port: number): boolean =>
+    (port === this.#http?.addr.port || this.#tcp.has(port)) && this.#ownAddress(address);
+  readonly #isOwnUdp = (address: string, port: number): boolean =>
+    this.#udp.has(port) && this.#ownAddress(address);
 
   constructor(options: NodeProxyOptions) {
     this.#opts = options;
@@ -88,6 +105,13 @@ export class NodeProxy {
       },
     });
     this.#state = newRouteState({ pool, metrics, breakerTiming: options.breaker });
+    this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
+    this.#limiter = new ConnectionLimiter({
+      max: this.#limits.maxConnections,
+      perSource: this.#limits.maxConnectionsPerSource,
+    }, metrics.drop);
+    this.#flowTable = new UdpFlowTable(this.#limits.maxUdpFlows, metrics.drop);
+    this.#ownAddress = ownAddress(options.hostname);
     const breakerStates = { standby: 0, recovering: 1, tripped: 2 } as const;
     metrics.registry.collect(
       "meshd_circuit_breaker_state",
@@ -114,8 +138,17 @@ export class NodeProxy {
       connectTimeoutMs: this.#opts.connectTimeoutMs,
       responseTimeoutMs: this.#opts.responseTimeoutMs,
       caCerts: this.#opts.caCerts,
+      writeTimeoutMs: this.#opts.writeTimeoutMs,
+      limiter: this.#limiter,
+      drop: this.#state.metrics.drop,
+      isOwn: this.#isOwnTcp,
+      viaName: `meshd-${crypto.randomUUID().slice(0, 8)}`,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
+    this.#opts.logger.info("connection limits", {
+      fdLimit: this.#fdLimit ?? `unknown (taken as ${FALLBACK_FD_LIMIT})`,
+      ...this.#limits,
+    });
     return Promise.resolve();
   }
 
@@ -165,6 +198,9 @@ export class NodeProxy {
             connect: this.#opts.connect,
             connectTimeoutMs: this.#opts.connectTimeoutMs,
             idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
+            limiter: this.#limiter,
+            drop: this.#state.metrics.drop,
+            isOwn: this.#isOwnTcp,
           }),
         ));
     }
@@ -180,6 +216,10 @@ export class NodeProxy {
             pool: this.#state.pool,
             logger: log.with({ component: "udp" }),
             idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
+            maxFlows: this.#limits.maxUdpFlowsPerListener,
+            flowTable: this.#flowTable,
+            drop: this.#state.metrics.drop,
+            isOwn: this.#isOwnUdp,
           }),
         ));
     }

@@ -22,6 +22,26 @@ export interface RouteMetrics {
 export type DenyReason = "acl" | "rate_limit" | "circuit_open" | "no_endpoint";
 
 /**
+ * Why meshd dropped traffic to protect itself: a connection over `--max-connections` or
+ * `--max-connections-per-source`, a failed accept (such as EMFILE), a UDP flow evicted for
+ * `--max-udp-flows` or `--max-udp-flows-per-listener`, a UDP flow whose socket could not be
+ * opened, a client that read nothing for `--write-timeout`, a forwarding loop, a retry over the
+ * service's retry budget.
+ */
+export type DropReason =
+  | "connection_limit"
+  | "source_limit"
+  | "accept_failed"
+  | "udp_flow_evicted"
+  | "udp_socket_failed"
+  | "write_timeout"
+  | "loop"
+  | "retry_budget";
+
+/** Counts one drop. */
+export type CountDrop = (reason: DropReason) => void;
+
+/**
  * The proxy's metrics: per service port and protocol, plus endpoint ejections. Label values
  * are `service` (`namespace/name`), `port` and `protocol`.
  */
@@ -35,6 +55,8 @@ export class ProxyMetrics {
   readonly #denied;
   readonly #retries;
   readonly #ejections;
+  readonly #dropped;
+  readonly #drops = new Map<DropReason, CounterChild>();
   readonly #cache = new Map<string, RouteMetrics>();
 
   constructor(readonly registry: Registry = new Registry()) {
@@ -84,7 +106,21 @@ export class ProxyMetrics {
       "Times an endpoint was taken out of rotation by outlier detection.",
       ["endpoint"],
     );
+    this.#dropped = registry.counter(
+      "meshd_dropped_total",
+      "Connections, datagrams, requests or retries meshd dropped to protect itself, by reason: " +
+        "connection_limit, source_limit, accept_failed, udp_flow_evicted, udp_socket_failed, " +
+        "write_timeout, loop, retry_budget.",
+      ["reason"],
+    );
   }
+
+  /** Counts one drop; bound, so it can be handed around as a {@linkcode CountDrop}. */
+  readonly drop: CountDrop = (reason) => {
+    let c = this.#drops.get(reason);
+    if (!c) this.#drops.set(reason, c = this.#dropped.with(reason));
+    c.inc();
+  };
 
   /** The children for one service port, the same object for as long as the port exists. */
   route(service: string, port: number, protocol: string): RouteMetrics {

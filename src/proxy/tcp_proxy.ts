@@ -1,5 +1,9 @@
 import type { Logger } from "../observability/mod.ts";
+import { acceptLoop } from "./accept_loop.ts";
+import type { ConnectionLimiter } from "./conn_limiter.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
+import { LogThrottle } from "./log_throttle.ts";
+import type { CountDrop } from "./proxy_metrics.ts";
 import { candidatesFor, type Route } from "./route_table.ts";
 
 /** Opens a connection to a backend; the seam tests and later transports plug into. */
@@ -18,9 +22,17 @@ export interface TcpListenerOptions {
   connectTimeoutMs?: number;
   /** Close a connection that carried no byte either way for this long. Default 1 hour. */
   idleTimeoutMs?: number;
+  /** Caps on client connections, shared with the HTTP entrypoint; none when absent. */
+  limiter?: ConnectionLimiter;
+  /** Counts what the listener drops to protect meshd. */
+  drop?: CountDrop;
+  /** Whether `address:port` is one of this meshd's own TCP listeners (a forwarding loop). */
+  isOwn?: (address: string, port: number) => boolean;
 }
 
 const BUFFER_SIZE = 64 * 1024;
+/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
+const LOOP_LOG = new LogThrottle();
 /** Endpoints tried for one connection when connecting fails; nothing was sent, so it is safe. */
 const CONNECT_TRIES = 3;
 
@@ -103,20 +115,27 @@ export class TcpListener {
     }
   }
 
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (e) {
-        if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) return;
-        this.#opts.logger.warn("tcp accept failed", { port: this.#opts.port, error: String(e) });
-        continue;
+  #accept(): Promise<void> {
+    const limiter = this.#opts.limiter;
+    return acceptLoop(this.#listener, (conn) => {
+      const source = (conn.remoteAddr as Deno.NetAddr).hostname;
+      if (limiter && !limiter.acquire(source)) {
+        closeQuietly(conn);
+        return;
       }
-      this.#handle(conn).catch((e) =>
-        this.#opts.logger.warn("tcp connection failed", { port: this.#opts.port, error: String(e) })
-      );
-    }
+      this.#handle(conn).catch((e) => {
+        closeQuietly(conn);
+        this.#opts.logger.warn("tcp connection failed", {
+          port: this.#opts.port,
+          error: String(e),
+        });
+      }).finally(() => limiter?.release(source));
+    }, {
+      what: "tcp",
+      logger: this.#opts.logger,
+      drop: this.#opts.drop ?? (() => {}),
+      fields: { port: this.#opts.port },
+    });
   }
 
   async #handle(client: Deno.TcpConn): Promise<void> {
@@ -143,7 +162,25 @@ export class TcpListener {
       closeQuietly(client);
       return;
     }
-    const candidates = candidatesFor(target, decision.destinations);
+    let candidates = candidatesFor(target, decision.destinations);
+    const isOwn = this.#opts.isOwn;
+    if (isOwn && candidates.some((c) => isOwn(c.address, c.port))) {
+      // An endpoint that is meshd's own listener would loop the connection until no file
+      // descriptor is left.
+      const own = candidates.find((c) => isOwn(c.address, c.port))!;
+      candidates = candidates.filter((c) => !isOwn(c.address, c.port));
+      if (candidates.length === 0) {
+        this.#opts.drop?.("loop");
+        if (LOOP_LOG.allow(target.key)) {
+          log.warn("tcp forwarding loop refused: the endpoints are meshd's own listeners", {
+            service: target.key,
+            endpoint: own.key,
+          });
+        }
+        closeQuietly(client);
+        return;
+      }
+    }
     this.#pending.add(client);
     let upstream: Deno.TcpConn | undefined;
     let ep: EndpointState | null = null;

@@ -1,5 +1,7 @@
 import type { Logger } from "../observability/mod.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
+import { LogThrottle } from "./log_throttle.ts";
+import type { CountDrop } from "./proxy_metrics.ts";
 import { candidatesFor, type Route } from "./route_table.ts";
 
 /** Options for {@linkcode UdpListener}. */
@@ -12,6 +14,59 @@ export interface UdpListenerOptions {
   logger: Logger;
   /** A flow with no datagram either way for this long is forgotten. Default 60 s. */
   idleTimeoutMs?: number;
+  /** Flows open at once on this listener; a new one evicts the least recently active. */
+  maxFlows?: number;
+  /** The flows of every UDP listener, under a cap in all; none when absent. */
+  flowTable?: UdpFlowTable;
+  /** Counts what the listener drops to protect meshd. */
+  drop?: CountDrop;
+  /** Whether `address:port` is one of this meshd's own UDP listeners (a forwarding loop). */
+  isOwn?: (address: string, port: number) => boolean;
+}
+
+/**
+ * The UDP flows of every listener, least recently active first, under a cap in all: each flow
+ * holds a socket (a file descriptor), so a flood from many source ports must not open one per
+ * port without end. A flow over the cap evicts the least recently active one, wherever it is.
+ */
+export class UdpFlowTable {
+  readonly #max: number;
+  readonly #drop: CountDrop;
+  readonly #evict = new Map<object, () => void>();
+
+  constructor(max: number, drop: CountDrop) {
+    this.#max = max;
+    this.#drop = drop;
+  }
+
+  /** Flows open now. */
+  get size(): number {
+    return this.#evict.size;
+  }
+
+  /** Adds `flow`, evicting the least recently active flows over the cap. */
+  add(flow: object, evict: () => void): void {
+    while (this.#evict.size >= this.#max) {
+      const [oldest, end] = this.#evict.entries().next().value!;
+      this.#evict.delete(oldest);
+      this.#drop("udp_flow_evicted");
+      end();
+    }
+    this.#evict.set(flow, evict);
+  }
+
+  /** Marks `flow` as the most recently active. */
+  touch(flow: object): void {
+    const end = this.#evict.get(flow);
+    if (!end) return;
+    this.#evict.delete(flow);
+    this.#evict.set(flow, end);
+  }
+
+  /** Forgets `flow`. */
+  remove(flow: object): void {
+    this.#evict.delete(flow);
+  }
 }
 
 interface Flow {
@@ -20,10 +75,16 @@ interface Flow {
   endpoint: EndpointState;
   route: Route;
   lastActive: number;
+  /** When the flow last moved to the back of the eviction order. */
+  touched: number;
   done: Promise<void>;
 }
 
 const MAX_DATAGRAM = 65_535;
+/** A flow moves to the back of the eviction order at most this often: cheap, and close enough. */
+const TOUCH_MS = 1000;
+/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
+const DROP_LOG = new LogThrottle();
 
 /**
  * One UDP listener for one service port. Datagrams from each client address form a flow: the
@@ -87,6 +148,7 @@ export class UdpListener {
     const key = flowKey(f.client);
     if (this.#flows.get(key) !== f) return;
     this.#flows.delete(key);
+    this.#opts.flowTable?.remove(f);
     f.endpoint.inflight--;
     f.route.metrics.open.dec();
     try {
@@ -114,7 +176,17 @@ export class UdpListener {
         if (!opened) continue;
         flow = opened;
       }
-      flow.lastActive = Date.now();
+      const now = Date.now();
+      flow.lastActive = now;
+      if (now - flow.touched >= TOUCH_MS) {
+        // Least recently active last to be evicted: a flood of new source ports evicts its own
+        // flows first, not a flow that is in use.
+        flow.touched = now;
+        const key = flowKey(client);
+        this.#flows.delete(key);
+        this.#flows.set(key, flow);
+        this.#opts.flowTable?.touch(flow);
+      }
       flow.route.metrics.bytesIn.inc(data.length);
       try {
         await flow.upstream.send(data, {
@@ -145,29 +217,67 @@ export class UdpListener {
       }
       return null;
     }
-    const endpoint = this.#opts.pool.pick(candidatesFor(target, decision.destinations));
+    let candidates = candidatesFor(target, decision.destinations);
+    const isOwn = this.#opts.isOwn;
+    if (isOwn && candidates.some((c) => isOwn(c.address, c.port))) {
+      // An endpoint that is meshd's own UDP listener would send each datagram around again.
+      const own = candidates.find((c) => isOwn(c.address, c.port))!;
+      candidates = candidates.filter((c) => !isOwn(c.address, c.port));
+      if (candidates.length === 0) {
+        this.#opts.drop?.("loop");
+        if (DROP_LOG.allow(`loop ${target.key}`)) {
+          log.warn("udp forwarding loop refused: the endpoints are meshd's own listeners", {
+            service: target.key,
+            endpoint: own.key,
+          });
+        }
+        return null;
+      }
+    }
+    const endpoint = this.#opts.pool.pick(candidates);
     if (!endpoint) {
       root.metrics.denied("no_endpoint").inc();
       log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
       return null;
     }
-    const upstream = Deno.listenDatagram({
-      transport: "udp",
-      hostname: endpoint.address.includes(":") ? "::" : "0.0.0.0",
-      port: 0,
-    });
+    const max = this.#opts.maxFlows ?? Infinity;
+    while (this.#flows.size >= max) {
+      this.#opts.drop?.("udp_flow_evicted");
+      this.#end(this.#flows.values().next().value!);
+    }
+    let upstream: Deno.DatagramConn;
+    try {
+      upstream = Deno.listenDatagram({
+        transport: "udp",
+        hostname: endpoint.address.includes(":") ? "::" : "0.0.0.0",
+        port: 0,
+      });
+    } catch (e) {
+      // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
+      this.#opts.drop?.("udp_socket_failed");
+      if (DROP_LOG.allow(`socket ${root.key}`)) {
+        log.warn("udp datagram dropped: cannot open a flow socket", {
+          service: root.key,
+          error: String(e),
+        });
+      }
+      return null;
+    }
+    const now = Date.now();
     const flow: Flow = {
       client,
       upstream,
       endpoint,
       route: root,
-      lastActive: Date.now(),
+      lastActive: now,
+      touched: now,
       done: Promise.resolve(),
     };
     endpoint.inflight++;
     root.metrics.requests.inc();
     root.metrics.open.inc();
     this.#flows.set(flowKey(client), flow);
+    this.#opts.flowTable?.add(flow, () => this.#end(flow));
     flow.done = this.#replies(flow);
     if (log.enabled("debug")) {
       log.debug("udp flow", { service: root.key, client: flowKey(client), endpoint: endpoint.key });

@@ -20,6 +20,12 @@ export type AnnotationResult =
   | { ok: true; options: ServiceMeshOptions }
   | { ok: false; problems: AnnotationProblem[] };
 
+/**
+ * The most `retry-attempts` a Service may ask for. Each retry is one more request to a
+ * backend that is failing already; a higher value is refused, like any bad annotation.
+ */
+export const MAX_RETRY_ATTEMPTS = 10;
+
 const TRAFFIC_TYPES: readonly TrafficType[] = ["http", "tcp", "udp"];
 const SCHEMES: readonly Scheme[] = ["http", "https", "h2c"];
 
@@ -54,11 +60,19 @@ export function parseServiceAnnotations(
         `Cannot parse annotation "${key}" on ${what}: value is "${value}", expected ${expected}`,
     });
   };
-  const integer = (name: string, min: number): number | undefined => {
+  const integer = (name: string, min: number, max?: number): number | undefined => {
     const a = lookup(name);
     if (!a) return undefined;
-    if (!/^\d+$/.test(a.value) || Number(a.value) < min || !Number.isSafeInteger(Number(a.value))) {
-      bad(a.key, a.value, `an integer >= ${min}`);
+    const n = Number(a.value);
+    if (
+      !/^\d+$/.test(a.value) || n < min || !Number.isSafeInteger(n) ||
+      (max !== undefined && n > max)
+    ) {
+      bad(
+        a.key,
+        a.value,
+        max === undefined ? `an integer >= ${min}` : `an integer from ${min} to ${max}`,
+      );
       return undefined;
     }
     return Number(a.value);
@@ -76,7 +90,7 @@ export function parseServiceAnnotations(
     if ((SCHEMES as readonly string[]).includes(v)) options.scheme = v as Scheme;
     else bad(scheme.key, scheme.value, "http, https or h2c");
   }
-  const retries = integer("retry-attempts", 0);
+  const retries = integer("retry-attempts", 0, MAX_RETRY_ATTEMPTS);
   if (retries !== undefined) options.retryAttempts = retries;
 
   const cb = lookup("circuit-breaker-expression");

@@ -62,11 +62,20 @@ Deno.test("parseServiceAnnotations() rejects bad values, naming key, object and 
     ],
     [
       { "meshd.io/retry-attempts": "1.5" },
-      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "1.5", expected an integer >= 0',
+      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "1.5", expected an integer from 0 to 10',
     ],
     [
       { "meshd.io/retry-attempts": "99999999999999999999" },
-      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "99999999999999999999", expected an integer >= 0',
+      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "99999999999999999999", expected an integer from 0 to 10',
+    ],
+    [
+      // Each retry loads a backend that fails already: at most 10.
+      { "meshd.io/retry-attempts": "1000000" },
+      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "1000000", expected an integer from 0 to 10',
+    ],
+    [
+      { "meshd.io/retry-attempts": "11" },
+      'Cannot parse annotation "meshd.io/retry-attempts" on Service "shop/web": value is "11", expected an integer from 0 to 10',
     ],
     [
       { "maesh.containo.us/ratelimit-average": "0" },

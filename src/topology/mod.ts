@@ -14,7 +14,7 @@
 export * from "./objects.ts";
 export * from "./errors.ts";
 export * from "./mesh_config.ts";
-export { ANNOTATION_PREFIXES, parseServiceAnnotations } from "./annotations.ts";
+export { ANNOTATION_PREFIXES, MAX_RETRY_ATTEMPTS, parseServiceAnnotations } from "./annotations.ts";
 export type { AnnotationProblem, AnnotationResult } from "./annotations.ts";
 export { parseBreakerExpression } from "./circuit_breaker.ts";
 export { decodeObject, SUPPORTED_KINDS } from "./decode.ts";

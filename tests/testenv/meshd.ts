@@ -18,7 +18,7 @@ export const MESHD_PERMISSIONS = [
   "--allow-read",
   "--allow-write",
   "--allow-env",
-  "--allow-sys=hostname,osRelease",
+  "--allow-sys=hostname,osRelease,networkInterfaces",
 ];
 
 /** `GET` on a meshd's API, from wherever it can be reached. */

@@ -1,0 +1,72 @@
+/**
+ * The caps that keep the proxy under the process's open-file limit: connections (HTTP
+ * entrypoint and TCP listeners, in all and per source address) and UDP flows (in all and per
+ * listener). Each connection costs a descriptor for the client and usually one for the
+ * backend; each UDP flow costs one socket.
+ */
+
+/** The caps in force. */
+export interface ProxyLimits {
+  /** Client connections open at once over the HTTP entrypoint and every TCP listener. */
+  maxConnections: number;
+  /** Of those, from one source address. */
+  maxConnectionsPerSource: number;
+  /** UDP flows open at once over every UDP listener; the least recently active is evicted. */
+  maxUdpFlows: number;
+  /** UDP flows open at once on one UDP listener. */
+  maxUdpFlowsPerListener: number;
+}
+
+/** The open-file limit assumed when `/proc/self/limits` cannot be read. */
+export const FALLBACK_FD_LIMIT = 1024;
+/** What "unlimited" is taken to mean. */
+const UNLIMITED_FD_LIMIT = 1_048_576;
+
+/**
+ * The soft open-file limit (RLIMIT_NOFILE) of this process, from `/proc/self/limits`; `null`
+ * when it cannot be read (not Linux, or no read permission).
+ */
+export function readFdLimit(
+  read: () => string = () => Deno.readTextFileSync("/proc/self/limits"),
+): number | null {
+  let text: string;
+  try {
+    text = read();
+  } catch {
+    return null;
+  }
+  const m = /^Max open files\s+(\S+)/m.exec(text);
+  if (!m) return null;
+  if (m[1] === "unlimited") return UNLIMITED_FD_LIMIT;
+  const n = Number(m[1]);
+  return Number.isSafeInteger(n) && n > 0 ? n : null;
+}
+
+/**
+ * Caps for an open-file limit of `fdLimit`, leaving room for meshd's own files: connections
+ * 35% of it (each takes up to two descriptors, so 70%), UDP flows 10%, so at most 80% goes to
+ * traffic. One source gets a quarter of the connections, one UDP listener half of the flows.
+ * Values set in `given` are kept; the per-source and per-listener caps never exceed the
+ * total.
+ *
+ * @example
+ * ```ts
+ * defaultLimits(20_000); // 7000 connections, 1750 per source, 2000 UDP flows, 1000 per listener
+ * ```
+ */
+export function defaultLimits(fdLimit: number, given: Partial<ProxyLimits> = {}): ProxyLimits {
+  const maxConnections = given.maxConnections ?? Math.max(16, Math.floor(fdLimit * 0.35));
+  const maxUdpFlows = given.maxUdpFlows ?? Math.max(16, Math.floor(fdLimit * 0.1));
+  return {
+    maxConnections,
+    maxConnectionsPerSource: Math.min(
+      maxConnections,
+      given.maxConnectionsPerSource ?? Math.max(1, Math.floor(maxConnections / 4)),
+    ),
+    maxUdpFlows,
+    maxUdpFlowsPerListener: Math.min(
+      maxUdpFlows,
+      given.maxUdpFlowsPerListener ?? Math.max(1, Math.floor(maxUdpFlows / 2)),
+    ),
+  };
+}

@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { defaultLimits, readFdLimit } from "./limits.ts";
+import { ownAddress } from "./own_address.ts";
+
+const LIMITS = `Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max open files            20000                20000                files
+`;
+
+Deno.test("readFdLimit() reads the soft open-file limit, and null when it cannot", () => {
+  assert.equal(readFdLimit(() => LIMITS), 20000);
+  assert.equal(readFdLimit(() => LIMITS.replace("20000   ", "unlimited")), 1_048_576);
+  assert.equal(readFdLimit(() => "nothing here"), null);
+  assert.equal(
+    readFdLimit(() => {
+      throw new Deno.errors.NotFound("no /proc");
+    }),
+    null,
+  );
+});
+
+Deno.test("defaultLimits() keeps traffic under 80% of the fd limit and keeps given caps", () => {
+  const d = defaultLimits(20_000);
+  assert.deepEqual(d, {
+    maxConnections: 7000,
+    maxConnectionsPerSource: 1750,
+    maxUdpFlows: 2000,
+    maxUdpFlowsPerListener: 1000,
+  });
+  assert.ok(2 * d.maxConnections + d.maxUdpFlows <= 0.8 * 20_000);
+  const g = defaultLimits(1024, { maxConnections: 10, maxConnectionsPerSource: 50 });
+  assert.equal(g.maxConnections, 10);
+  assert.equal(g.maxConnectionsPerSource, 10, "per source never above the total");
+});
+
+Deno.test("ownAddress() knows the listen address, and every local one for a wildcard", () => {
+  const one = ownAddress("127.0.50.1", () => []);
+  assert.equal(one("127.0.50.1"), true);
+  assert.equal(one("127.0.50.2"), false);
+  const any = ownAddress("0.0.0.0", () => ["192.0.2.7", "fe80::1"]);
+  assert.equal(any("127.3.4.5"), true);
+  assert.equal(any("::1"), true);
+  assert.equal(any("192.0.2.7"), true);
+  assert.equal(any("[fe80::1]"), true);
+  assert.equal(any("192.0.2.8"), false);
+});

@@ -1,0 +1,174 @@
+/**
+ * Forwarding loops (issue 18, item 6): an EndpointSlice that points at meshd's own listener
+ * (HTTP entrypoint, TCP listener, UDP listener), and two meshds that point at each other. Each
+ * request used to go around until the process ran out of file descriptors; now the HTTP
+ * request gets 508, the TCP connection is closed, the datagram is dropped, and each is counted
+ * as `meshd_dropped_total{reason="loop"}`. meshd runs with a low open-file limit so that a
+ * loop which is not caught fails fast.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { freePort, waitFor } from "../testenv/process.ts";
+import {
+  alive,
+  BYSTANDER,
+  CountingBackend,
+  drops,
+  httpStatus,
+  type Meshd,
+  procStats,
+  service,
+  slice,
+  startMeshd,
+  stopMeshd,
+  UdpClient,
+} from "./_load_env.ts";
+
+const MESHD = "127.0.50.3";
+const MESHD_A = "127.0.50.4";
+const MESHD_B = "127.0.50.5";
+const WEB = "127.0.50.51";
+
+function figures(
+  name: string,
+  before: ReturnType<typeof procStats>,
+  during: ReturnType<typeof procStats>,
+  after: ReturnType<typeof procStats>,
+  answered: string,
+  extra: string,
+): void {
+  console.log(
+    `figures: ${name}: fds ${before.fds}/${during.fds}/${after.fds}, RSS MiB ` +
+      `${before.rssMiB}/${during.rssMiB}/${after.rssMiB} (before/during/after); ` +
+      `answered to other clients during the attack: ${answered}; ${extra}`,
+  );
+}
+
+/** Sends `ping` on a TCP connection; resolves with what came back before the close. */
+function tcpExchange(m: Meshd): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: m.address, port: m.tcp, localAddress: BYSTANDER });
+    let got = "";
+    const timer = setTimeout(() => done(), 10_000);
+    const done = () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(got);
+    };
+    s.setEncoding("latin1");
+    s.on("connect", () => s.write("ping"));
+    s.on("data", (c: string) => got += c);
+    s.on("error", done);
+    s.on("close", done);
+  });
+}
+
+Deno.test("meshd refuses endpoints that are its own listeners: 508, closed, dropped", async () => {
+  const web = new CountingBackend(WEB);
+  let m: Meshd | undefined;
+  const udp = new UdpClient(BYSTANDER);
+  try {
+    m = await startMeshd({
+      address: MESHD,
+      nofile: 512,
+      services: 4,
+      config: ({ http, tcp, udp }) => [
+        service("web", 80),
+        slice("web", WEB, web.port),
+        service("loop", 80),
+        slice("loop", MESHD, http),
+        service("tloop", 9000, { annotations: { "meshd.io/traffic-type": "tcp" } }),
+        slice("tloop", MESHD, tcp),
+        service("uloop", 53, { protocol: "UDP" }),
+        slice("uloop", MESHD, udp, "UDP"),
+      ],
+    });
+    const mesh = m;
+    const before = procStats(mesh);
+    // Three loops at once killed meshd before: send three, and ask for web meanwhile.
+    const [loops, others] = await Promise.all([
+      Promise.all([1, 2, 3].map(() => httpStatus(mesh, "loop.hl.mesh", { timeoutMs: 15_000 }))),
+      Promise.all([1, 2, 3].map(() => httpStatus(mesh, "web.hl.mesh"))),
+    ]);
+    const during = procStats(mesh);
+    assert.deepEqual(loops, [508, 508, 508], "a request to a service whose endpoint is meshd");
+    const answered = others.filter((s) => s === 200).length;
+    assert.equal(answered, 3, "other clients went unanswered during the loop");
+    assert.ok(alive(mesh));
+    const afterHttp = (await drops(mesh))["loop"] ?? 0;
+    assert.ok(afterHttp >= 3, `HTTP loops not counted: ${afterHttp}`);
+
+    // TCP: the connection is closed without reaching anything.
+    assert.equal(await tcpExchange(mesh), "", "a TCP connection to a looping service got data");
+    await waitFor(
+      "the TCP loop to be counted",
+      async () => ((await drops(mesh))["loop"] ?? 0) > afterHttp ? true : undefined,
+    );
+    const afterTcp = (await drops(mesh))["loop"] ?? 0;
+
+    // UDP: the datagram is dropped and counted.
+    assert.equal(await udp.echoes(MESHD, mesh.udp, 500), false);
+    await waitFor(
+      "the UDP loop to be counted",
+      async () => ((await drops(mesh))["loop"] ?? 0) > afterTcp ? true : undefined,
+    );
+    assert.ok(alive(mesh));
+    assert.equal(await httpStatus(mesh, "web.hl.mesh"), 200);
+    const after = procStats(mesh);
+    assert.ok(after.fds < before.fds + 20, `fds grew from ${before.fds} to ${after.fds}`);
+    figures(
+      "EndpointSlices at meshd's own HTTP, TCP and UDP listeners, 3 HTTP loops at once",
+      before,
+      during,
+      after,
+      `${answered}/3`,
+      `dropped ${JSON.stringify(await drops(mesh))}`,
+    );
+  } finally {
+    if (m) await stopMeshd(m);
+    await udp.close();
+    await web.close();
+  }
+});
+
+Deno.test("two meshds whose endpoints are each other answer 508 by the Via they add", async () => {
+  const httpA = freePort(MESHD_A);
+  const httpB = freePort(MESHD_B);
+  let a: Meshd | undefined;
+  let b: Meshd | undefined;
+  try {
+    [a, b] = await Promise.all([
+      startMeshd({
+        address: MESHD_A,
+        http: httpA,
+        nofile: 512,
+        services: 1,
+        config: () => [service("ping", 80), slice("ping", MESHD_B, httpB)],
+      }),
+      startMeshd({
+        address: MESHD_B,
+        http: httpB,
+        nofile: 512,
+        services: 1,
+        config: () => [service("ping", 80), slice("ping", MESHD_A, httpA)],
+      }),
+    ]);
+    const before = procStats(a);
+    const status = await httpStatus(a, "ping.hl.mesh", { timeoutMs: 15_000 });
+    const during = procStats(a);
+    assert.equal(status, 508, "a request that went A, B, A");
+    assert.ok(alive(a) && alive(b));
+    const dropped = (await drops(a))["loop"] ?? 0;
+    assert.ok(dropped >= 1, `the loop was not counted at A: ${dropped}`);
+    figures(
+      "two meshds pointing at each other",
+      before,
+      during,
+      procStats(a),
+      "n/a",
+      `dropped at A ${JSON.stringify(await drops(a))}`,
+    );
+  } finally {
+    await Promise.all([a && stopMeshd(a), b && stopMeshd(b)]);
+  }
+});
