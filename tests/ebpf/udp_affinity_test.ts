@@ -81,11 +81,15 @@ Deno.test("cgroup/sendmsg4/6 send every datagram of one unconnected UDP socket t
         });
         assert.equal(r.failed, 0);
         assert.equal(r.sockets.length, 30);
-        const chosen = new Set<string>();
+        const chosen = new Map<string, number>();
         for (const by of r.sockets) {
           assert.equal(Object.keys(by).length, 1, `one socket answered by ${JSON.stringify(by)}`);
-          chosen.add(Object.keys(by)[0]!);
+          const name = Object.keys(by)[0]!;
+          chosen.set(name, (chosen.get(name) ?? 0) + 1);
         }
+        console.log(
+          `  ${label}: sockets per backend ${JSON.stringify(Object.fromEntries(chosen))}`,
+        );
         // Each socket picks one of 3 backends: all 30 on one would be a 3 * 3^-30 chance.
         assert.ok(chosen.size >= 2, `30 sockets all went to ${[...chosen]}`);
       });
