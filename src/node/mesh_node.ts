@@ -271,7 +271,8 @@ export class MeshNode implements ApiSource {
       listener: `${e.protocol} ${e.address}`,
       service: e.service,
       message:
-        `Cannot bind ${e.protocol} listener on "${e.address}" for "${e.service}": ${e.error}; tried ${e.attempts} times, retrying`,
+        `Cannot bind ${e.protocol} listener on "${e.address}" for "${e.service}": ${e.error}; ` +
+        `tried ${e.attempts} time${e.attempts === 1 ? "" : "s"}, retrying`,
     }));
   }
 
