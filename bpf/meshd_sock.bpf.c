@@ -2,7 +2,8 @@
 /*
  * meshd's socket-level load balancer: cgroup hooks that send a connect (TCP, connected UDP)
  * or a sendmsg (unconnected UDP) aimed at a mesh service address straight to one of its
- * backends, chosen in O(1) from a dense array; and that show the service address again to
+ * backends, chosen in O(1) from a dense array (TCP at random per connect, UDP by socket, so
+ * one socket's datagrams stay on one backend); and that show the service address again to
  * getpeername and recvmsg. Services that need meshd's L7 proxy have one backend: this node's
  * meshd listener for that port.
  *
@@ -84,14 +85,41 @@ static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 	return 0;
 }
 
-/* The slot of a backend chosen at random from the half in force, or -1. */
-static __always_inline int pick_slot(const struct meshd_svc *svc)
+/*
+ * A 64-bit mix (the finalizer of MurmurHash3) of a socket cookie and the service it sends to:
+ * cookies are handed out in sequence, and the mix spreads neighbours over the backends.
+ */
+static __always_inline __u64 mix64(__u64 h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/*
+ * The slot of a backend from the half in force, or -1. TCP draws one at random per connect.
+ * UDP chooses by the socket (as Cilium does): an unconnected socket's sendmsg runs this for
+ * every datagram, and a random draw would scatter one socket's datagrams, so one QUIC or DTLS
+ * session, over several backends. A hash of the socket cookie and the service keeps each socket
+ * on one backend for as long as the service's backend array is unchanged; different sockets
+ * still spread over all of them.
+ */
+static __always_inline int pick_slot(struct bpf_sock_addr *ctx, const struct meshd_svc *svc,
+				     __u8 proto, __u64 service)
 {
 	__u32 count = svc->count;
+	__u32 index;
 
 	if (count == 0 || count > MESHD_MAX_BACKENDS || svc->half > 1)
 		return -1;
-	return (int)(svc->half * MESHD_MAX_BACKENDS + bpf_get_prandom_u32() % count);
+	if (proto == IPPROTO_UDP)
+		index = (__u32)(mix64(bpf_get_socket_cookie(ctx) ^ service) % count);
+	else
+		index = bpf_get_prandom_u32() % count;
+	return (int)(svc->half * MESHD_MAX_BACKENDS + index);
 }
 
 /*
@@ -132,7 +160,7 @@ static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32
 	svc = bpf_map_lookup_elem(&meshd_svc4, &key);
 	if (!svc)
 		return NULL;
-	slot = pick_slot(svc);
+	slot = pick_slot(ctx, svc, key.proto, ((__u64)addr << 16) | port);
 	if (slot < 0)
 		return NULL;
 	bkey.id = svc->id;
@@ -255,7 +283,9 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 	svc = bpf_map_lookup_elem(&meshd_svc6, &key);
 	if (!svc)
 		return;
-	slot = pick_slot(svc);
+	slot = pick_slot(ctx, svc, key.proto,
+			 ((__u64)(key.addr[0] ^ key.addr[1] ^ key.addr[2] ^ key.addr[3]) << 16) |
+				 key.port);
 	if (slot < 0)
 		return;
 	bkey.id = svc->id;

@@ -31,11 +31,15 @@ export interface MeshNodeOptions {
 /** Where the config in force came from. */
 export type ConfigSource = "provider" | "leader" | "disk";
 
-/** A problem with the input, as `/api/status` shows it. */
+/** A problem with the input, or a listener not bound, as `/api/status` shows it. */
 interface Problem {
   file?: string;
   document?: number;
   field?: string;
+  /** `tcp host:port` or `udp host:port`: a service port the proxy cannot bind (yet). */
+  listener?: string;
+  /** `namespace/name:port` of that service port. */
+  service?: string;
   message: string;
 }
 
@@ -165,12 +169,16 @@ export class MeshNode implements ApiSource {
     this.#epoch = epoch;
     this.#source = source;
     this.#opts.onApplied?.(config);
+    // Ports the proxy could not bind are errors of this apply too (logged each by the proxy).
+    const unbound = this.#opts.proxy.bindErrors().length;
     log.info("config applied", {
       version: config.version,
       from: source,
       services: config.services.length,
       ms: Math.round((performance.now() - started) * 10) / 10,
       ...fields,
+      errors: Number(fields["errors"] ?? 0) + unbound,
+      ...(unbound ? { unboundListeners: unbound } : {}),
     });
     if (this.#opts.store && source !== "disk") {
       try {
@@ -211,8 +219,22 @@ export class MeshNode implements ApiSource {
     return this.#config && { epoch: this.#epoch, config: this.#config };
   }
 
+  /** A config is applied, the proxy routes by it, and every listener it needs is bound. */
   ready(): boolean {
-    return this.#config !== null && this.#opts.proxy.version === this.#config.version;
+    return this.notReadyReason() === "";
+  }
+
+  /** Why {@linkcode ready} is false, in one line; "" when ready. */
+  notReadyReason(): string {
+    if (this.#config === null) return "no config applied yet";
+    if (this.#opts.proxy.version !== this.#config.version) {
+      return `config version ${this.#config.version} is not in force yet`;
+    }
+    const unbound = this.#opts.proxy.bindErrors();
+    if (unbound.length === 0) return "";
+    return `cannot bind ${
+      unbound.map((e) => `${e.protocol} listener "${e.address}" (${e.error})`).join(", ")
+    }; retrying`;
   }
 
   services(): unknown[] {
@@ -244,13 +266,23 @@ export class MeshNode implements ApiSource {
     return out;
   }
 
+  #bindProblems(): Problem[] {
+    return this.#opts.proxy.bindErrors().map((e) => ({
+      listener: `${e.protocol} ${e.address}`,
+      service: e.service,
+      message:
+        `Cannot bind ${e.protocol} listener on "${e.address}" for "${e.service}": ${e.error}; ` +
+        `tried ${e.attempts} time${e.attempts === 1 ? "" : "s"}, retrying`,
+    }));
+  }
+
   status(): unknown {
     return {
       ready: this.ready(),
       version: this.#config?.version ?? 0,
       ...(this.#source ? { from: this.#source } : {}),
       ...(this.#opts.store ? { saveErrors: this.#saveErrors } : {}),
-      errors: this.#errors,
+      errors: [...this.#errors, ...this.#bindProblems()],
       warnings: this.#warnings,
       ...(this.#opts.datapath ? { datapath: this.#opts.datapath.status() } : {}),
     };

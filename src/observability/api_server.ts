@@ -9,6 +9,8 @@ export interface ApiSource {
   services(): unknown[];
   /** Ready once a config is applied and every listener is bound. */
   ready(): boolean;
+  /** Why it is not ready, for `/readyz`; "no config applied yet" when absent. */
+  notReadyReason?(): string;
   /** Extra detail for `/api/status`: last load errors and the like. */
   status(): unknown;
   /** `/metrics` in the Prometheus text format. */
@@ -60,7 +62,9 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
       case "/healthz":
         return text("ok");
       case "/readyz":
-        return source.ready() ? text("ready") : text("not ready: no config applied yet", 503);
+        return source.ready()
+          ? text("ready")
+          : text(`not ready: ${source.notReadyReason?.() || "no config applied yet"}`, 503);
       case "/api/config": {
         const c = source.config();
         return c === null ? json({ error: "no config applied yet" }, 503) : json(c);

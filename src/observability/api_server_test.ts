@@ -51,3 +51,32 @@ Deno.test("serveApi() serves config, services, status and health, ready only onc
     await api.shutdown();
   }
 });
+
+Deno.test("serveApi() /readyz says why it is not ready, as the source tells", async () => {
+  let reason = 'cannot bind tcp listener "127.0.0.1:7000" (Address already in use); retrying';
+  const source: ApiSource = {
+    config: () => ({ version: 1 }),
+    services: () => [],
+    ready: () => reason === "",
+    notReadyReason: () => reason,
+    status: () => ({}),
+    metrics: () => "",
+  };
+  const api = await serveApi({
+    hostname: "127.0.0.1",
+    port: 0,
+    source,
+    logger: new Logger({ write: () => {} }),
+  });
+  const readyz = async () => {
+    const res = await fetch(`http://127.0.0.1:${api.addr.port}/readyz`);
+    return { status: res.status, body: await res.text() };
+  };
+  try {
+    assert.deepEqual(await readyz(), { status: 503, body: `not ready: ${reason}\n` });
+    reason = "";
+    assert.deepEqual(await readyz(), { status: 200, body: "ready\n" });
+  } finally {
+    await api.shutdown();
+  }
+});

@@ -60,6 +60,11 @@ export interface HttpProxyOptions {
   viaName?: string;
   /** Retry budgets per service, shared with HTTP/2. */
   budgets?: RetryBudgets;
+  /**
+   * Accept only once this resolves (the first config applied): connections made before wait
+   * in the listen backlog. Resolve it before {@linkcode HttpProxy.close}. Default: at once.
+   */
+  acceptFrom?: Promise<void>;
 }
 
 const MAX_HEAD = 64 * 1024;
@@ -182,7 +187,7 @@ export class HttpProxy {
     // One timer for every deadline, rather than one per request.
     this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
     this.#sweeper.unref(); // never keeps the process alive on its own
-    this.#done = this.#accept();
+    this.#done = (options.acceptFrom ?? Promise.resolve()).then(() => this.#accept());
   }
 
   /** The bound address. */

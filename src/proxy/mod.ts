@@ -7,7 +7,7 @@
  * @module
  */
 export { NodeProxy } from "./node_proxy.ts";
-export type { ListenerState, NodeProxyOptions } from "./node_proxy.ts";
+export type { BindError, ListenerState, NodeProxyOptions } from "./node_proxy.ts";
 export { buildRouteTable, lookupHttpRoute, newRouteState } from "./route_table.ts";
 export type { Route, RouteState, RouteTable } from "./route_table.ts";
 export { DEFAULT_OUTLIER, EndpointPool, EndpointState } from "./endpoint_pool.ts";

@@ -44,6 +44,24 @@ export interface NodeProxyOptions {
   writeTimeoutMs?: number;
 }
 
+/** A service port the config in force needs and the proxy could not bind (it retries). */
+export interface BindError {
+  protocol: "tcp" | "udp";
+  /** `host:port` the proxy tries to bind. */
+  address: string;
+  /** `namespace/name:port` of the service port. */
+  service: string;
+  /** Why the last try failed, as the OS said it. */
+  error: string;
+  /** Tries so far. */
+  attempts: number;
+}
+
+/** The first wait before binding a port again; it doubles up to {@linkcode BIND_RETRY_MAX_MS}. */
+export const BIND_RETRY_MIN_MS = 250;
+/** The longest wait between two tries to bind a port. */
+export const BIND_RETRY_MAX_MS = 5_000;
+
 /** What a service port looks like from a client of this node's proxy. */
 export interface ListenerState {
   /** `host:port` a client connects to. */
@@ -80,7 +98,6 @@ export class NodeProxy {
   #http: HttpProxy | null = null;
   readonly #tcp = new Map<number, TcpListener>();
   readonly #udp = new Map<number, UdpListener>();
-  readonly #failed = new Map<string, string>();
   readonly #fdLimit: number | null = readFdLimit();
   readonly #limits: ProxyLimits;
   readonly #limiter: ConnectionLimiter;
@@ -91,6 +108,12 @@ export class NodeProxy {
     (port === this.#http?.addr.port || this.#tcp.has(port)) && this.#ownAddress(address);
   readonly #isOwnUdp = (address: string, port: number): boolean =>
     this.#udp.has(port) && this.#ownAddress(address);
+  readonly #failed = new Map<string, BindError & { port: number }>();
+  #retry: ReturnType<typeof setTimeout> | null = null;
+  #retryMs = BIND_RETRY_MIN_MS;
+  #opened!: () => void;
+  /** Resolved by the first apply: the HTTP entrypoint accepts only from then on. */
+  readonly #firstApply = new Promise<void>((resolve) => this.#opened = resolve);
 
   constructor(options: NodeProxyOptions) {
     this.#opts = options;
@@ -126,11 +149,16 @@ export class NodeProxy {
     return this.#state.metrics.registry;
   }
 
-  /** Binds the HTTP entrypoint. Throws if it cannot. */
+  /**
+   * Binds the HTTP entrypoint. Throws if it cannot. It accepts from the first
+   * {@linkcode apply} on: clients that connect before wait in the listen backlog, rather than
+   * get 404 from an empty route table.
+   */
   start(): Promise<void> {
     this.#http = new HttpProxy({
       hostname: this.#opts.hostname,
       port: this.#opts.httpPort,
+      acceptFrom: this.#firstApply,
       routes: () => this.#routes,
       pool: this.#state.pool,
       logger: this.#opts.logger.with({ component: "http" }),
@@ -172,58 +200,31 @@ export class NodeProxy {
     return {
       address,
       served: false,
-      reason: this.#failed.get(`${protocol}/${listenPort}`) ?? "not bound",
+      reason: this.#failed.get(`${protocol}/${listenPort}`)?.error ?? "not bound",
     };
   }
 
+  /** Service ports of the config in force that are not bound now; each is retried. */
+  bindErrors(): BindError[] {
+    return [...this.#failed.values()].map(({ port: _, ...e }) => ({ ...e }));
+  }
+
   /**
-   * Moves to `config`. Ports that cannot be bound are logged and reported by
-   * {@linkcode listener}; every other route still applies.
+   * Moves to `config`. Ports that cannot be bound are logged, reported by
+   * {@linkcode listener} and {@linkcode bindErrors}, and tried again with a backoff until they
+   * bind or leave the config; every other route still applies.
    */
   async apply(config: MeshConfig): Promise<void> {
     const next = buildRouteTable(config, this.#state);
     const log = this.#opts.logger;
-    const hostname = this.#opts.hostname;
     for (const [port, route] of next.tcp) {
-      if (this.#tcp.has(port)) continue;
-      this.#bind("tcp", port, route.key, () =>
-        this.#tcp.set(
-          port,
-          new TcpListener({
-            hostname,
-            port,
-            route: () => this.#routes.tcp.get(port),
-            pool: this.#state.pool,
-            logger: log.with({ component: "tcp" }),
-            connect: this.#opts.connect,
-            connectTimeoutMs: this.#opts.connectTimeoutMs,
-            idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
-            limiter: this.#limiter,
-            drop: this.#state.metrics.drop,
-            isOwn: this.#isOwnTcp,
-          }),
-        ));
+      if (!this.#tcp.has(port)) this.#bind("tcp", port, route.key);
     }
     for (const [port, route] of next.udp) {
-      if (this.#udp.has(port)) continue;
-      this.#bind("udp", port, route.key, () =>
-        this.#udp.set(
-          port,
-          new UdpListener({
-            hostname,
-            port,
-            route: () => this.#routes.udp.get(port),
-            pool: this.#state.pool,
-            logger: log.with({ component: "udp" }),
-            idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
-            maxFlows: this.#limits.maxUdpFlowsPerListener,
-            flowTable: this.#flowTable,
-            drop: this.#state.metrics.drop,
-            isOwn: this.#isOwnUdp,
-          }),
-        ));
+      if (!this.#udp.has(port)) this.#bind("udp", port, route.key);
     }
     this.#routes = next;
+    this.#opened();
     this.#state.pool.retain(next.endpointKeys);
     this.#http?.dropIdle(next.endpointKeys);
     const keep = new Set<string>();
@@ -249,24 +250,97 @@ export class NodeProxy {
     }
   }
 
-  #bind(protocol: "tcp" | "udp", port: number, service: string, bind: () => void): void {
+  /** Binds the listener of one service port; a failure is recorded and retried. */
+  #bind(protocol: "tcp" | "udp", port: number, service: string): void {
+    const key = `${protocol}/${port}`;
     const address = `${this.#opts.hostname}:${port}`;
+    const log = this.#opts.logger;
+    const before = this.#failed.get(key);
     try {
-      bind();
-      this.#failed.delete(`${protocol}/${port}`);
-      this.#opts.logger.info(`${protocol} listener started`, { service, address });
-    } catch (e) {
-      this.#failed.set(`${protocol}/${port}`, String(e));
-      this.#opts.logger.error(`cannot bind ${protocol} listener`, {
+      if (protocol === "tcp") {
+        this.#tcp.set(
+          port,
+          new TcpListener({
+            hostname: this.#opts.hostname,
+            port,
+            route: () => this.#routes.tcp.get(port),
+            pool: this.#state.pool,
+            logger: log.with({ component: "tcp" }),
+            connect: this.#opts.connect,
+            connectTimeoutMs: this.#opts.connectTimeoutMs,
+            idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
+            limiter: this.#limiter,
+            drop: this.#state.metrics.drop,
+            isOwn: this.#isOwnTcp,
+          }),
+        );
+      } else {
+        this.#udp.set(
+          port,
+          new UdpListener({
+            hostname: this.#opts.hostname,
+            port,
+            route: () => this.#routes.udp.get(port),
+            pool: this.#state.pool,
+            logger: log.with({ component: "udp" }),
+            idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
+            maxFlows: this.#limits.maxUdpFlowsPerListener,
+            flowTable: this.#flowTable,
+            drop: this.#state.metrics.drop,
+            isOwn: this.#isOwnUdp,
+          }),
+        );
+      }
+      this.#failed.delete(key);
+      log.info(`${protocol} listener started`, {
         service,
         address,
-        error: String(e),
+        ...(before ? { attempts: before.attempts + 1 } : {}),
       });
+    } catch (e) {
+      const error = e instanceof Error ? e.message : String(e);
+      const attempts = (before?.attempts ?? 0) + 1;
+      this.#failed.set(key, { protocol, port, address, service, error, attempts });
+      const retryInMs = this.#scheduleRetry();
+      // One error line per port and cause; the retries that fail the same way are debug.
+      const fields = { service, address, error: String(e), attempts, retryInMs };
+      if (before?.error === error) log.debug(`cannot bind ${protocol} listener`, fields);
+      else log.error(`cannot bind ${protocol} listener`, fields);
     }
+  }
+
+  /** Starts the retry timer unless it runs; returns the wait before the next try. */
+  #scheduleRetry(): number {
+    if (this.#retry !== null) return this.#retryMs;
+    const wait = this.#retryMs;
+    this.#retryMs = Math.min(wait * 2, BIND_RETRY_MAX_MS);
+    const timer = setTimeout(() => {
+      this.#retry = null;
+      this.#retryBinds();
+    }, wait);
+    timer.unref(); // never keeps the process alive on its own
+    this.#retry = timer;
+    return wait;
+  }
+
+  /** Tries every port that failed to bind again, for the routes in force now. */
+  #retryBinds(): void {
+    for (const [key, f] of [...this.#failed]) {
+      const routes = f.protocol === "udp" ? this.#routes.udp : this.#routes.tcp;
+      const bound = f.protocol === "udp" ? this.#udp : this.#tcp;
+      const route = routes.get(f.port);
+      if (!route || bound.has(f.port)) this.#failed.delete(key);
+      else this.#bind(f.protocol, f.port, route.key);
+    }
+    if (this.#failed.size === 0) this.#retryMs = BIND_RETRY_MIN_MS;
   }
 
   /** Stops every listener and closes every connection. */
   async stop(): Promise<void> {
+    if (this.#retry !== null) clearTimeout(this.#retry);
+    this.#retry = null;
+    this.#failed.clear();
+    this.#opened(); // an entrypoint that never saw a config still ends its accept loop
     await this.#http?.close();
     this.#http = null;
     await Promise.all([

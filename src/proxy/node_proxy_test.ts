@@ -799,3 +799,79 @@ Deno.test("NodeProxy lets a request in flight finish on an endpoint the new conf
     await slow.close();
   }
 });
+
+Deno.test("NodeProxy.apply() reports a TCP or UDP port it cannot bind, retries it, and clears the error once bound", async () => {
+  const tcpPort = freePort("127.0.70.5");
+  const blockTcp = Deno.listen({ hostname: "127.0.70.5", port: tcpPort });
+  const blockUdp = Deno.listenDatagram({ hostname: "127.0.70.5", port: 0, transport: "udp" });
+  const udpPort = (blockUdp.addr as Deno.NetAddr).port;
+  const proxy = new NodeProxy({ hostname: "127.0.70.5", httpPort: 0, logger: quiet });
+  await proxy.start();
+  try {
+    await proxy.apply(meshConfig([{
+      name: "db",
+      ports: [
+        { port: 5432, protocol: "tcp", listenPort: tcpPort, endpoints: [] },
+        { port: 53, protocol: "udp", listenPort: udpPort, endpoints: [] },
+      ],
+    }]));
+    const errors = proxy.bindErrors();
+    assert.deepEqual(errors.map((e) => [e.protocol, e.address, e.service]).sort(), [
+      ["tcp", `127.0.70.5:${tcpPort}`, "default/db:5432"],
+      ["udp", `127.0.70.5:${udpPort}`, "default/db:53"],
+    ]);
+    for (const e of errors) assert.match(e.error, /in use/i);
+    assert.equal(proxy.listener("tcp", tcpPort).served, false);
+    blockTcp.close();
+    blockUdp.close();
+    await waitFor("both ports bound", () => proxy.bindErrors().length === 0 || undefined, 20_000);
+    assert.equal(proxy.listener("tcp", tcpPort).served, true);
+    assert.equal(proxy.listener("udp", udpPort).served, true);
+  } finally {
+    try {
+      blockTcp.close();
+    } catch { /* closed above */ }
+    try {
+      blockUdp.close();
+    } catch { /* closed above */ }
+    await proxy.stop();
+  }
+});
+
+Deno.test("NodeProxy HTTP entrypoint holds connections made before the first apply until it", async () => {
+  await withBackends(["a"], async ([a]) => {
+    const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet });
+    await proxy.start();
+    try {
+      const port = Number(proxy.httpAddress.split(":")[1]);
+      // Connected and sent before any config: answered by the config applied after, not 404.
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      await c.write(
+        new TextEncoder().encode(
+          "GET / HTTP/1.1\r\nHost: web.default.mesh\r\nConnection: close\r\n\r\n",
+        ),
+      );
+      await proxy.apply(meshConfig([{
+        name: "web",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a!.port)] }],
+      }]));
+      let got = "";
+      const buf = new Uint8Array(4096);
+      for (let n = await c.read(buf); n !== null; n = await c.read(buf)) {
+        got += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      c.close();
+      assert.match(got, /^HTTP\/1\.1 200 /);
+      assert.equal(field(got.slice(got.indexOf("\r\n\r\n") + 4), "name"), "a");
+    } finally {
+      await proxy.stop();
+    }
+  });
+});
+
+Deno.test("NodeProxy.stop() ends an entrypoint that never saw a config", async () => {
+  const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet });
+  await proxy.start();
+  await proxy.stop();
+  assert.equal(proxy.version, 0);
+});

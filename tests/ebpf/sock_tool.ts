@@ -8,6 +8,11 @@
  *   "peers": [...distinct getpeername results], "failed", "errors"}`.
  * - `udp HOST PORT N`: N datagrams from one unconnected socket; prints `by` and the distinct
  *   `from` addresses of the answers.
+ * - `udps HOST PORT SOCKETS N`: SOCKETS unconnected sockets, one after another, N datagrams
+ *   each; prints `{"sockets": [{name: count}, ...], "failed"}`, one `by` per socket.
+ * - `udpconn HOST PORT N`: one IPv4 UDP socket that calls connect(2) (through libc: Deno has no
+ *   connected UDP socket) and then send(2)s N datagrams; prints `by`, the `peer` getpeername
+ *   shows, and `failed`. Needs `--allow-ffi`.
  * - `http HOST PORT HOSTHEADER [PATH]`: one `GET PATH` (default `/`) with that Host; prints status and body.
  * - `echo HOST PORT`: TCP: sends back every byte of each connection until it half-closes.
  * - `bulk HOST PORT BYTES`: sends BYTES of a counting pattern to an echo server while reading
@@ -104,6 +109,84 @@ if (mode === "serve") {
     }
   }
   console.log(JSON.stringify({ by, from: [...from], failed }));
+} else if (mode === "udps") {
+  const [hostname, port, sockets, n] = [
+    args[0]!,
+    Number(args[1]),
+    Number(args[2]),
+    Number(args[3]),
+  ];
+  const v6 = hostname.includes(":");
+  const out: Record<string, number>[] = [];
+  let failed = 0;
+  for (let k = 0; k < sockets; k++) {
+    const s = Deno.listenDatagram({ hostname: v6 ? "::" : "0.0.0.0", port: 0, transport: "udp" });
+    const by: Record<string, number> = {};
+    for (let i = 0; i < n; i++) {
+      await s.send(enc.encode("hi"), { transport: "udp", hostname, port });
+      const timer = setTimeout(() => s.close(), 2_000);
+      try {
+        const [data] = await s.receive();
+        count(by, dec.decode(data));
+      } catch {
+        failed++;
+        break;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    try {
+      s.close();
+    } catch { /* closed by the timer */ }
+    out.push(by);
+  }
+  console.log(JSON.stringify({ sockets: out, failed }));
+} else if (mode === "udpconn") {
+  const [hostname, port, n] = [args[0]!, Number(args[1]), Number(args[2])];
+  const libc = Deno.dlopen("libc.so.6", {
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+    recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize", nonblocking: true },
+    getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+    setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  const sockaddr = (host: string, p: number) => {
+    const a = new Uint8Array(16);
+    const v = new DataView(a.buffer);
+    v.setUint16(0, 2, true); // AF_INET, host order
+    v.setUint16(2, p); // network order
+    host.split(".").forEach((o, i) => a[4 + i] = Number(o));
+    return a;
+  };
+  const fd = libc.symbols.socket(2, 2, 0); // AF_INET, SOCK_DGRAM
+  // SO_RCVTIMEO of 2 s, so a lost answer ends the run instead of hanging it.
+  const tv = new BigInt64Array([2n, 0n]);
+  libc.symbols.setsockopt(fd, 1, 20, new Uint8Array(tv.buffer), 16);
+  const by: Record<string, number> = {};
+  let failed = 0;
+  let peer = "";
+  if (libc.symbols.connect(fd, sockaddr(hostname, port), 16) !== 0) failed = n;
+  else {
+    const peerBuf = new Uint8Array(16);
+    const len = new Uint32Array([16]);
+    libc.symbols.getpeername(fd, peerBuf, new Uint8Array(len.buffer));
+    peer = `${peerBuf.slice(4, 8).join(".")}:${new DataView(peerBuf.buffer).getUint16(2)}`;
+    const buf = new Uint8Array(256);
+    for (let i = 0; i < n; i++) {
+      libc.symbols.send(fd, enc.encode("hi"), 2n, 0);
+      const got = Number(await libc.symbols.recv(fd, buf, BigInt(buf.length), 0));
+      if (got <= 0) {
+        failed++;
+        break;
+      }
+      count(by, dec.decode(buf.subarray(0, got)));
+    }
+  }
+  libc.symbols.close(fd);
+  libc.close();
+  console.log(JSON.stringify({ by, peer, failed }));
 } else if (mode === "http") {
   const [hostname, port, host, path] = [args[0]!, Number(args[1]), args[2]!, args[3] ?? "/"];
   const c = await Deno.connect({ hostname, port });
@@ -187,6 +270,6 @@ if (mode === "serve") {
   console.log(JSON.stringify({ ok, failed, errors, done: true }));
   Deno.exit(0);
 } else {
-  console.error("usage: sock_tool.ts serve|tcp|udp|http|echo|bulk|loop ...");
+  console.error("usage: sock_tool.ts serve|tcp|udp|udps|udpconn|http|echo|bulk|loop ...");
   Deno.exit(2);
 }
