@@ -33,6 +33,9 @@ export function loadKubeConfig(
   env: (k: string) => string | undefined = (k) => Deno.env.get(k),
 ): KubeConfig {
   const kc = new KubeConfig();
+  // Outside a Pod with no kubeconfig file, client-node's loadFromDefault() quietly falls back to
+  // http://localhost:8080, and meshd would retry there forever: say where we looked instead.
+  if (!path && !env("KUBERNETES_SERVICE_HOST")) noDefaultKubeconfig(env);
   try {
     if (path) kc.loadFromFile(path);
     else if (env("KUBERNETES_SERVICE_HOST")) kc.loadFromCluster();
@@ -50,6 +53,35 @@ export function loadKubeConfig(
     );
   }
   return kc;
+}
+
+/**
+ * Throws one line naming every place kubectl would look outside a Pod, when none of them holds
+ * a kubeconfig file: the files `$KUBECONFIG` lists, else `~/.kube/config`.
+ */
+function noDefaultKubeconfig(env: (k: string) => string | undefined): void {
+  const list = env("KUBECONFIG");
+  const files = list
+    ? list.split(":").filter((f) => f !== "")
+    : [`${env("HOME") ?? "~"}/.kube/config`];
+  if (files.some(isFile)) return;
+  const where = list
+    ? `$KUBECONFIG names ${
+      files.map((f) => `"${f}"`).join(", ") || "no file"
+    }, none of which exists`
+    : `$KUBECONFIG is unset and "${files[0]}" does not exist`;
+  throw new Error(
+    `No Kubernetes credentials found: not in a Pod (KUBERNETES_SERVICE_HOST is unset), ${where}; ` +
+      "pass --kubeconfig",
+  );
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
 }
 
 /** What a request needs from the KubeConfig: TLS material and auth headers. */
@@ -86,6 +118,12 @@ export class KubeApi {
     this.kc = kc;
     const cluster = kc.getCurrentCluster()!;
     this.server = cluster.server.replace(/\/+$/, "");
+    if (!this.server.startsWith("https://")) {
+      throw new Error(
+        `The kubeconfig's cluster "${cluster.name}" has server "${cluster.server}", expected an ` +
+          "https:// address (meshd does not talk to the API server in the clear)",
+      );
+    }
     if (cluster.skipTLSVerify) {
       throw new Error(
         `The kubeconfig's cluster "${cluster.name}" sets insecure-skip-tls-verify, which meshd ` +
