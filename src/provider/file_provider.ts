@@ -1,5 +1,13 @@
 import type { Logger } from "../observability/mod.ts";
-import { type LoadResult, ObjectLoader, type SourceFile } from "./object_loader.ts";
+import { ConfigError } from "../topology/mod.ts";
+import {
+  decodeDecodedFile,
+  type DecodedFile,
+  type LoadResult,
+  ObjectLoader,
+} from "./object_loader.ts";
+import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./parse_file.ts";
+import type { ParseReply, ParseRequest } from "./parse_worker.ts";
 
 /** Options for {@linkcode FileProvider}. */
 export interface FileProviderOptions {
@@ -10,9 +18,14 @@ export interface FileProviderOptions {
   onLoad: (result: LoadResult) => void | Promise<void>;
   /** How long to wait for a burst of file events to settle. Default 100 ms. */
   debounceMs?: number;
+  /** Bounds on each file; a file past them is an error naming it. */
+  limits?: ConfigLimits;
+  /**
+   * How long one read of the directory may take before the reading thread is stopped and the
+   * file it was on is reported. Default 60 s.
+   */
+  readTimeoutMs?: number;
 }
-
-const EXTENSIONS = [".yaml", ".yml", ".json"];
 
 /**
  * The embedded provider: Kubernetes-style objects from `*.yaml`, `*.yml` and `*.json` files
@@ -28,6 +41,8 @@ const EXTENSIONS = [".yaml", ".yml", ".json"];
 export class FileProvider {
   readonly #opts: FileProviderOptions;
   readonly #loader = new ObjectLoader();
+  #worker: Worker | null = null;
+  #requests = 0;
   #watcher: Deno.FsWatcher | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #loading: Promise<void> = Promise.resolve();
@@ -60,8 +75,18 @@ export class FileProvider {
     this.#again = true;
     this.#loading = this.#loading.then(async () => {
       this.#again = false;
-      const files = await readConfigFiles(this.#opts.dir, this.#opts.logger);
-      await this.#opts.onLoad(this.#loader.load(files));
+      let result: LoadResult;
+      try {
+        result = this.#loader.merge(await this.#read());
+      } catch (e) {
+        result = this.#loader.keep(
+          e instanceof ConfigError ? e : new ConfigError(String((e as Error)?.message ?? e)),
+        );
+      }
+      await this.#opts.onLoad(result);
+    }).catch((e) => {
+      // Whatever failed, the next change must still be read: the chain never stays rejected.
+      this.#opts.logger.error("config reload failed", { error: String(e) });
     });
     return this.#loading;
   }
@@ -73,6 +98,103 @@ export class FileProvider {
     this.#watcher = null;
     await this.#watchDone;
     await this.#loading;
+    this.#worker?.terminate();
+    this.#worker = null;
+  }
+
+  /**
+   * One read of the directory on the reading thread. The serving thread only waits: parsing a
+   * large file there would stop every answer. A read past the deadline stops the thread (a new
+   * one starts next time) and fails naming the file it was on.
+   */
+  #read(): Promise<DecodedFile[]> {
+    const worker = this.#worker ??= this.#spawn();
+    const id = ++this.#requests;
+    const timeoutMs = this.#opts.readTimeoutMs ?? 60_000;
+    return new Promise<DecodedFile[]>((resolve, reject) => {
+      let current: string | undefined;
+      const done = (): void => {
+        clearTimeout(timer);
+        worker.removeEventListener("message", onMessage);
+        worker.removeEventListener("error", onError);
+      };
+      const restart = (): void => {
+        worker.terminate();
+        if (this.#worker === worker) this.#worker = null;
+      };
+      const timer = setTimeout(() => {
+        done();
+        restart();
+        const where = current ? `file "${current}"` : `directory "${this.#opts.dir}"`;
+        reject(
+          new ConfigError(
+            `Cannot read ${where}: reading took longer than ${timeoutMs / 1000} s`,
+            current ? { source: { file: current, doc: 0 } } : {},
+          ),
+        );
+      }, timeoutMs);
+      const onMessage = ({ data }: MessageEvent<ParseReply>): void => {
+        if (data.id !== id) return;
+        if (data.type === "file") {
+          current = data.path;
+          return;
+        }
+        done();
+        if (data.type === "done") resolve(data.files.map(decodeDecodedFile));
+        else {
+          reject(
+            new ConfigError(`Cannot read config directory "${this.#opts.dir}": ${data.message}`),
+          );
+        }
+      };
+      const onError = (e: ErrorEvent): void => {
+        e.preventDefault();
+        done();
+        restart();
+        const where = current ? ` at file "${current}"` : "";
+        reject(
+          new ConfigError(
+            `Cannot read config directory "${this.#opts.dir}"${where}: ${e.message}`,
+            {
+              ...(current ? { source: { file: current, doc: 0 } } : {}),
+            },
+          ),
+        );
+      };
+      worker.addEventListener("message", onMessage);
+      worker.addEventListener("error", onError);
+      worker.postMessage(
+        {
+          id,
+          dir: this.#opts.dir,
+          limits: this.#opts.limits ?? DEFAULT_CONFIG_LIMITS,
+        } satisfies ParseRequest,
+      );
+    });
+  }
+
+  #spawn(): Worker {
+    // The thread reads the config directory and nothing else; the YAML library reads two
+    // variables of its own, when this process may. (deno.json enables the worker-options
+    // feature this needs.)
+    const env = ["LOG_TOKENS", "LOG_STREAM"].filter((variable) =>
+      Deno.permissions.querySync({ name: "env", variable }).state === "granted"
+    );
+    return new Worker(new URL("./parse_worker.ts", import.meta.url), {
+      type: "module",
+      deno: {
+        permissions: {
+          read: [this.#opts.dir],
+          env: env.length > 0 ? env : false,
+          net: false,
+          run: false,
+          write: false,
+          ffi: false,
+          sys: false,
+          import: false,
+        },
+      },
+    } as WorkerOptions);
   }
 
   async #watch(watcher: Deno.FsWatcher): Promise<void> {
@@ -92,43 +214,4 @@ export class FileProvider {
       }
     }
   }
-}
-
-/**
- * Reads every config file under `dir`, recursively, in a stable order. Hidden files and
- * folders (editor swap files, the `..data` folders of a mounted ConfigMap) are skipped.
- */
-export async function readConfigFiles(dir: string, logger?: Logger): Promise<SourceFile[]> {
-  const out: SourceFile[] = [];
-  const walk = async (d: string, rel: string): Promise<void> => {
-    const entries: Deno.DirEntry[] = [];
-    for await (const e of Deno.readDir(d)) entries.push(e);
-    entries.sort((a, b) => a.name.localeCompare(b.name));
-    for (const e of entries) {
-      if (e.name.startsWith(".")) continue;
-      const path = `${d}/${e.name}`;
-      const relPath = rel ? `${rel}/${e.name}` : e.name;
-      let isDir = e.isDirectory;
-      let isFile = e.isFile;
-      if (e.isSymlink) {
-        const s = await Deno.stat(path).catch(() => null);
-        isDir = s?.isDirectory ?? false;
-        isFile = s?.isFile ?? false;
-      }
-      if (isDir) await walk(path, relPath);
-      else if (isFile && EXTENSIONS.some((x) => e.name.endsWith(x))) {
-        try {
-          out.push({ path: relPath, text: await Deno.readTextFile(path) });
-        } catch (err) {
-          // Removed between listing and reading: the next event reloads again.
-          logger?.debug("config file vanished while reading", {
-            file: relPath,
-            error: String(err),
-          });
-        }
-      }
-    }
-  };
-  await walk(dir.replace(/\/+$/, "") || "/", "");
-  return out;
 }
