@@ -16,8 +16,6 @@ export interface FileProviderOptions {
   logger: Logger;
   /** Called with every load, the first one included. */
   onLoad: (result: LoadResult) => void | Promise<void>;
-  /** How long to wait for a burst of file events to settle. Default 100 ms. */
-  debounceMs?: number;
   /** Bounds on each file; a file past them is an error naming it. */
   limits?: ConfigLimits;
   /**
@@ -25,6 +23,13 @@ export interface FileProviderOptions {
    * file it was on is reported. Default 60 s.
    */
   readTimeoutMs?: number;
+  /**
+   * How often the directory's listing (names, sizes, times and inodes; no file is opened) is
+   * compared with the one the last read started from. Default 250 ms. The directory is
+   * polled, not watched: Deno's file watcher opens a FIFO created in the directory, blocks on
+   * it for good, delivers no event again and keeps the process from exiting.
+   */
+  pollMs?: number;
 }
 
 /**
@@ -43,17 +48,20 @@ export class FileProvider {
   readonly #loader = new ObjectLoader();
   #worker: Worker | null = null;
   #requests = 0;
-  #watcher: Deno.FsWatcher | null = null;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #poller: ReturnType<typeof setInterval> | undefined;
+  /** The listing the last read started from. */
+  #seen = "";
+  #polling = false;
+  /** Ends the read under way, if any. */
+  #abort: (() => void) | undefined;
   #loading: Promise<void> = Promise.resolve();
   #again = false;
-  #watchDone: Promise<void> = Promise.resolve();
 
   constructor(options: FileProviderOptions) {
     this.#opts = options;
   }
 
-  /** Reads the directory once, then watches it. Throws if the directory cannot be read. */
+  /** Reads the directory once, then polls it. Throws if the directory cannot be read. */
   async start(): Promise<void> {
     const stat = await Deno.stat(this.#opts.dir).catch((e) => {
       throw new Deno.errors.NotFound(
@@ -63,10 +71,20 @@ export class FileProvider {
     if (!stat.isDirectory) {
       throw new Error(`Cannot use "${this.#opts.dir}" as config directory: not a directory`);
     }
-    // Watch before the first read, so a change made during that read is not missed.
-    this.#watcher = Deno.watchFs(this.#opts.dir, { recursive: true });
-    this.#watchDone = this.#watch(this.#watcher);
     await this.reload();
+    this.#poller = setInterval(() => void this.#poll(), this.#opts.pollMs ?? 250);
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#polling || this.#again) return;
+    this.#polling = true;
+    try {
+      if ((await listing(this.#opts.dir)) !== this.#seen) await this.reload();
+    } catch (e) {
+      this.#opts.logger.debug("cannot list the config directory", { error: String(e) });
+    } finally {
+      this.#polling = false;
+    }
   }
 
   /** Reads every file again and reports the result. Concurrent calls are coalesced. */
@@ -77,6 +95,8 @@ export class FileProvider {
       this.#again = false;
       let result: LoadResult;
       try {
+        // Taken before the read: a change made during it shows at the next poll.
+        this.#seen = await listing(this.#opts.dir).catch(() => "");
         result = this.#loader.merge(await this.#read());
       } catch (e) {
         result = this.#loader.keep(
@@ -91,12 +111,10 @@ export class FileProvider {
     return this.#loading;
   }
 
-  /** Stops watching. */
+  /** Stops polling, and the reading thread once the read under way is done. */
   async stop(): Promise<void> {
-    clearTimeout(this.#timer);
-    this.#watcher?.close();
-    this.#watcher = null;
-    await this.#watchDone;
+    clearInterval(this.#poller);
+    this.#abort?.();
     await this.#loading;
     this.#worker?.terminate();
     this.#worker = null;
@@ -113,7 +131,13 @@ export class FileProvider {
     const timeoutMs = this.#opts.readTimeoutMs ?? 60_000;
     return new Promise<DecodedFile[]>((resolve, reject) => {
       let current: string | undefined;
+      this.#abort = () => {
+        done();
+        restart();
+        reject(new ConfigError("Stopped while reading the config directory"));
+      };
       const done = (): void => {
+        this.#abort = undefined;
         clearTimeout(timer);
         worker.removeEventListener("message", onMessage);
         worker.removeEventListener("error", onError);
@@ -196,22 +220,29 @@ export class FileProvider {
       },
     } as WorkerOptions);
   }
+}
 
-  async #watch(watcher: Deno.FsWatcher): Promise<void> {
-    try {
-      for await (const ev of watcher) {
-        if (ev.kind === "access") continue;
-        clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => {
-          this.reload().catch((e) =>
-            this.#opts.logger.error("config reload failed", { error: String(e) })
-          );
-        }, this.#opts.debounceMs ?? 100);
-      }
-    } catch (e) {
-      if (this.#watcher) {
-        this.#opts.logger.error("config watch stopped", { dir: this.#opts.dir, error: String(e) });
+/**
+ * The directory's config files with their size, change time and inode, as one string: it
+ * differs when a file was added, removed, replaced or written. Only `stat`, so a FIFO is never
+ * opened.
+ */
+async function listing(dir: string): Promise<string> {
+  const parts: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for await (const e of Deno.readDir(d)) {
+      if (e.name.startsWith(".")) continue;
+      const path = `${d}/${e.name}`;
+      const info = await Deno.stat(path).catch(() => null);
+      if (!info) continue;
+      if (info.isDirectory) await walk(path);
+      else {
+        parts.push(
+          `${path}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}:${info.ino}`,
+        );
       }
     }
-  }
+  };
+  await walk(dir);
+  return parts.sort().join("\n");
 }
