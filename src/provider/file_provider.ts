@@ -97,7 +97,13 @@ export class FileProvider {
       try {
         // Taken before the read: a change made during it shows at the next poll.
         this.#seen = await listing(this.#opts.dir).catch(() => "");
-        result = this.#loader.merge(await this.#read());
+        const files = await this.#read().finally(() => {
+          // A new thread for each read: the parser's heap (hundreds of MB for a large file)
+          // goes back with it instead of staying in the process.
+          this.#worker?.terminate();
+          this.#worker = null;
+        });
+        result = this.#loader.merge(files);
       } catch (e) {
         result = this.#loader.keep(
           e instanceof ConfigError ? e : new ConfigError(String((e as Error)?.message ?? e)),
