@@ -23,7 +23,7 @@ import {
 // loads, so it is imported in kube mode alone.
 import type { DistributionClient, DistributionServer } from "../distribution/mod.ts";
 import { DnsServer, type MeshDnsEntry, MeshZone } from "../dns/mod.ts";
-import { compileMeshConfig } from "../topology/mod.ts";
+import { compileMeshConfig, ConfigError } from "../topology/mod.ts";
 import {
   DatapathError,
   type DatapathMode,
@@ -35,6 +35,7 @@ import {
 import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
 import {
   compileOptions,
+  configLimits,
   COREDNS_FLAGS,
   DATAPATH_FLAG,
   DISTRIBUTION_FLAGS,
@@ -320,8 +321,30 @@ async function needDir(values: Record<string, FlagValue>): Promise<string> {
 
 async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promise<number> {
   const dir = await needDir(values);
-  const result = new ObjectLoader().load(await readConfigFiles(dir));
-  const { config, diagnostics } = compileMeshConfig(result.objects, compileOptions(values));
+  const limits = configLimits(values);
+  let files;
+  try {
+    files = await readConfigFiles(dir, { maxFileBytes: limits.maxFileBytes });
+  } catch (e) {
+    throw new CliError(`Cannot read config directory "${dir}": ${(e as Error).message}`);
+  }
+  const result = new ObjectLoader().load(files, limits);
+  // `run` skips a FIFO or device named *.yaml with a warning; a check of the files says no.
+  for (const f of files) {
+    if (f.skipped !== undefined) {
+      result.errors.push(new ConfigError(`Cannot read file "${f.path}": ${f.skipped}`));
+    }
+  }
+  result.warnings = result.warnings.filter((w) => !w.startsWith('Skipping "'));
+  let compiled;
+  try {
+    compiled = compileMeshConfig(result.objects, compileOptions(values));
+  } catch (e) {
+    // The loader bounds what reaches the compiler; should something still break it, say so in
+    // one line, as for any bad input.
+    throw new CliError(`Cannot compile the config of "${dir}": ${(e as Error).message}`);
+  }
+  const { config, diagnostics } = compiled;
   for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
   for (const d of diagnostics) {
     io.stderr(`${d.level === "error" ? "error" : "warning"}: ${d.object}: ${d.message}\n`);
@@ -544,6 +567,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         dir: dir!,
         logger: logger.with({ room: "provider" }),
         onLoad: (r) => node.load(r),
+        limits: configLimits(values),
       });
       await provider.start();
       logger.info("meshd ready", {

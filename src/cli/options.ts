@@ -2,6 +2,7 @@ import { DEFAULT_OUTLIER, type NodeProxyOptions } from "../proxy/mod.ts";
 import { DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "../topology/mod.ts";
 import type { CompileOptions, PortRange } from "../topology/mod.ts";
 import type { FlagSpec, FlagValue } from "./flags.ts";
+import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "../provider/mod.ts";
 
 const range = (r: PortRange): string => `${r.first}-${r.last}`;
 
@@ -12,6 +13,15 @@ export const MODEL_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "DIR",
     help: "Directory of Kubernetes-style YAML/JSON for the file provider",
+  },
+  {
+    name: "config-max-file-size",
+    kind: "count",
+    arg: "BYTES",
+    default: String(DEFAULT_CONFIG_LIMITS.maxFileBytes),
+    help: "Largest config file read; a larger one is an error naming it and keeps its last " +
+      `good objects (as do more than ${DEFAULT_CONFIG_LIMITS.maxAliases} YAML aliases or ` +
+      `nesting past ${DEFAULT_CONFIG_LIMITS.maxDepth} levels)`,
   },
   {
     name: "domain",
@@ -76,6 +86,15 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
     help: "One line per event, key=value or JSON",
   },
 ];
+
+/** The bounds on each config file the model flags describe. */
+export function configLimits(v: Record<string, FlagValue>): ConfigLimits {
+  const max = v["config-max-file-size"];
+  return {
+    ...DEFAULT_CONFIG_LIMITS,
+    ...(typeof max === "number" && max > 0 ? { maxFileBytes: max } : {}),
+  };
+}
 
 /** The builder options the model flags describe. */
 export function compileOptions(v: Record<string, FlagValue>): CompileOptions {

@@ -136,9 +136,32 @@ export function nameToString(n: DnsName): string {
 
 const MAX_NAME = 255;
 
+/**
+ * Compression pointers followed in one name. A name has at most 127 labels and a sane encoder
+ * points once; a chain of pointers to pointers is only there to make the parser work.
+ */
+export const MAX_POINTER_HOPS = 16;
+/** Records after the question (answer, authority and additional) a query may carry. */
+export const MAX_QUERY_RECORDS = 8;
+/**
+ * Labels and pointers read in one message, all names together: the parse work of a message
+ * is bounded by this, whatever the message holds.
+ */
+export const MAX_PARSE_STEPS = 1024;
+
+/** Counts the parse work, for tests and metrics: one step per label or pointer read. */
+export interface ParseStats {
+  steps: number;
+}
+
 class Reader {
   pos = 12;
-  constructor(readonly buf: Uint8Array, readonly id: number, readonly opcode: number) {}
+  constructor(
+    readonly buf: Uint8Array,
+    readonly id: number,
+    readonly opcode: number,
+    readonly stats: ParseStats,
+  ) {}
 
   fail(what: string): never {
     throw new DnsFormatError(`Cannot parse DNS query: ${what}`, this.id, this.opcode);
@@ -168,10 +191,17 @@ class Reader {
     let pos = this.pos;
     let jumped = false;
     let wireLen = 1;
+    let hops = 0;
     for (;;) {
       if (pos >= this.buf.length) this.fail("name runs past the message");
+      if (++this.stats.steps > MAX_PARSE_STEPS) {
+        this.fail(`more than ${MAX_PARSE_STEPS} labels and pointers in the message`);
+      }
       const len = this.buf[pos]!;
       if ((len & 0xc0) === 0xc0) {
+        if (++hops > MAX_POINTER_HOPS) {
+          this.fail(`more than ${MAX_POINTER_HOPS} compression pointers in one name`);
+        }
         if (pos + 1 >= this.buf.length) this.fail("name runs past the message");
         const target = ((len & 0x3f) << 8) | this.buf[pos + 1]!;
         if (target >= pos) this.fail("compression pointer does not point backwards");
@@ -198,18 +228,29 @@ class Reader {
  * Parses a query. Throws {@linkcode DnsFormatError}: with `id` undefined when not even the
  * header is there (drop it), with `id` set otherwise (answer FORMERR). A response (QR set) is
  * rejected without an id, as a server must never answer one.
+ *
+ * The work is bounded before any name is read: a query must hold exactly one question and at
+ * most {@linkcode MAX_QUERY_RECORDS} other records, and a message may take at most
+ * {@linkcode MAX_PARSE_STEPS} labels and pointers in all ({@linkcode MAX_POINTER_HOPS} pointers
+ * per name). `stats`, when given, receives the steps taken.
  */
-export function parseQuery(buf: Uint8Array): DnsQuery {
+export function parseQuery(buf: Uint8Array, stats: ParseStats = { steps: 0 }): DnsQuery {
   if (buf.length < 12) throw new DnsFormatError("Cannot parse DNS query: shorter than a header");
   const id = (buf[0]! << 8) | buf[1]!;
   const flags = (buf[2]! << 8) | buf[3]!;
   if (flags & 0x8000) throw new DnsFormatError("Cannot parse DNS query: it is a response");
   const opcode = (flags >> 11) & 0xf;
-  const r = new Reader(buf, id, opcode);
+  const r = new Reader(buf, id, opcode, stats);
   const qd = (buf[4]! << 8) | buf[5]!;
   const an = (buf[6]! << 8) | buf[7]!;
   const ns = (buf[8]! << 8) | buf[9]!;
   const ar = (buf[10]! << 8) | buf[11]!;
+  // Checked from the header alone, before a single name is decoded. RFC 9619: a query holds
+  // one question (QDCOUNT > 1 is answered FORMERR).
+  if (qd !== 1) r.fail(`${qd} questions, expected 1`);
+  if (an + ns + ar > MAX_QUERY_RECORDS) {
+    r.fail(`${an + ns + ar} records besides the question, expected at most ${MAX_QUERY_RECORDS}`);
+  }
   const questions: DnsQuestion[] = [];
   for (let i = 0; i < qd; i++) {
     const name = r.name();

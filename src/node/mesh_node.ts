@@ -95,7 +95,17 @@ export class MeshNode implements ApiSource {
   /** Compiles and applies a load; bad objects were already dropped by the loader. */
   async load(result: LoadResult): Promise<void> {
     const started = performance.now();
-    const config = this.compile(result, this.#config);
+    let config: MeshConfig;
+    try {
+      config = this.compile(result, this.#config);
+    } catch (e) {
+      // The loader bounds what reaches the compiler; should it still fail, the config in force
+      // stays and the failure shows where the operator looks, beside the input's errors.
+      const message = `Cannot compile the config: ${(e as Error)?.message ?? String(e)}`;
+      this.#opts.logger.error(message);
+      this.#errors = [...this.#errors, { message }];
+      return;
+    }
     if (config === this.#config) {
       this.#opts.logger.debug("config unchanged", { version: config.version });
       return;

@@ -1,5 +1,13 @@
 import type { Logger } from "../observability/mod.ts";
-import { type LoadResult, ObjectLoader, type SourceFile } from "./object_loader.ts";
+import { ConfigError } from "../topology/mod.ts";
+import {
+  decodeDecodedFile,
+  type DecodedFile,
+  type LoadResult,
+  ObjectLoader,
+} from "./object_loader.ts";
+import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./parse_file.ts";
+import type { ParseReply, ParseRequest } from "./parse_worker.ts";
 
 /** Options for {@linkcode FileProvider}. */
 export interface FileProviderOptions {
@@ -8,11 +16,21 @@ export interface FileProviderOptions {
   logger: Logger;
   /** Called with every load, the first one included. */
   onLoad: (result: LoadResult) => void | Promise<void>;
-  /** How long to wait for a burst of file events to settle. Default 100 ms. */
-  debounceMs?: number;
+  /** Bounds on each file; a file past them is an error naming it. */
+  limits?: ConfigLimits;
+  /**
+   * How long one read of the directory may take before the reading thread is stopped and the
+   * file it was on is reported. Default 60 s.
+   */
+  readTimeoutMs?: number;
+  /**
+   * How often the directory's listing (names, sizes, times and inodes; no file is opened) is
+   * compared with the one the last read started from. Default 250 ms. The directory is
+   * polled, not watched: Deno's file watcher opens a FIFO created in the directory, blocks on
+   * it for good, delivers no event again and keeps the process from exiting.
+   */
+  pollMs?: number;
 }
-
-const EXTENSIONS = [".yaml", ".yml", ".json"];
 
 /**
  * The embedded provider: Kubernetes-style objects from `*.yaml`, `*.yml` and `*.json` files
@@ -28,17 +46,22 @@ const EXTENSIONS = [".yaml", ".yml", ".json"];
 export class FileProvider {
   readonly #opts: FileProviderOptions;
   readonly #loader = new ObjectLoader();
-  #watcher: Deno.FsWatcher | null = null;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #worker: Worker | null = null;
+  #requests = 0;
+  #poller: ReturnType<typeof setInterval> | undefined;
+  /** The listing the last read started from. */
+  #seen = "";
+  #polling = false;
+  /** Ends the read under way, if any. */
+  #abort: (() => void) | undefined;
   #loading: Promise<void> = Promise.resolve();
   #again = false;
-  #watchDone: Promise<void> = Promise.resolve();
 
   constructor(options: FileProviderOptions) {
     this.#opts = options;
   }
 
-  /** Reads the directory once, then watches it. Throws if the directory cannot be read. */
+  /** Reads the directory once, then polls it. Throws if the directory cannot be read. */
   async start(): Promise<void> {
     const stat = await Deno.stat(this.#opts.dir).catch((e) => {
       throw new Deno.errors.NotFound(
@@ -48,10 +71,20 @@ export class FileProvider {
     if (!stat.isDirectory) {
       throw new Error(`Cannot use "${this.#opts.dir}" as config directory: not a directory`);
     }
-    // Watch before the first read, so a change made during that read is not missed.
-    this.#watcher = Deno.watchFs(this.#opts.dir, { recursive: true });
-    this.#watchDone = this.#watch(this.#watcher);
     await this.reload();
+    this.#poller = setInterval(() => void this.#poll(), this.#opts.pollMs ?? 250);
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#polling || this.#again) return;
+    this.#polling = true;
+    try {
+      if ((await listing(this.#opts.dir)) !== this.#seen) await this.reload();
+    } catch (e) {
+      this.#opts.logger.debug("cannot list the config directory", { error: String(e) });
+    } finally {
+      this.#polling = false;
+    }
   }
 
   /** Reads every file again and reports the result. Concurrent calls are coalesced. */
@@ -60,75 +93,162 @@ export class FileProvider {
     this.#again = true;
     this.#loading = this.#loading.then(async () => {
       this.#again = false;
-      const files = await readConfigFiles(this.#opts.dir, this.#opts.logger);
-      await this.#opts.onLoad(this.#loader.load(files));
+      let result: LoadResult;
+      try {
+        // Taken before the read: a change made during it shows at the next poll.
+        this.#seen = await listing(this.#opts.dir).catch(() => "");
+        const files = await this.#read().finally(() => {
+          // A new thread for each read: the parser's heap (hundreds of MB for a large file)
+          // goes back with it instead of staying in the process.
+          this.#worker?.terminate();
+          this.#worker = null;
+        });
+        result = this.#loader.merge(files);
+      } catch (e) {
+        result = this.#loader.keep(
+          e instanceof ConfigError ? e : new ConfigError(String((e as Error)?.message ?? e)),
+        );
+      }
+      await this.#opts.onLoad(result);
+    }).catch((e) => {
+      // Whatever failed, the next change must still be read: the chain never stays rejected.
+      this.#opts.logger.error("config reload failed", { error: String(e) });
     });
     return this.#loading;
   }
 
-  /** Stops watching. */
+  /** Stops polling, and the reading thread once the read under way is done. */
   async stop(): Promise<void> {
-    clearTimeout(this.#timer);
-    this.#watcher?.close();
-    this.#watcher = null;
-    await this.#watchDone;
+    clearInterval(this.#poller);
+    this.#abort?.();
     await this.#loading;
+    this.#worker?.terminate();
+    this.#worker = null;
   }
 
-  async #watch(watcher: Deno.FsWatcher): Promise<void> {
-    try {
-      for await (const ev of watcher) {
-        if (ev.kind === "access") continue;
-        clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => {
-          this.reload().catch((e) =>
-            this.#opts.logger.error("config reload failed", { error: String(e) })
+  /**
+   * One read of the directory on the reading thread. The serving thread only waits: parsing a
+   * large file there would stop every answer. A read past the deadline stops the thread (a new
+   * one starts next time) and fails naming the file it was on.
+   */
+  #read(): Promise<DecodedFile[]> {
+    const worker = this.#worker ??= this.#spawn();
+    const id = ++this.#requests;
+    const timeoutMs = this.#opts.readTimeoutMs ?? 60_000;
+    return new Promise<DecodedFile[]>((resolve, reject) => {
+      let current: string | undefined;
+      this.#abort = () => {
+        done();
+        restart();
+        reject(new ConfigError("Stopped while reading the config directory"));
+      };
+      const done = (): void => {
+        this.#abort = undefined;
+        clearTimeout(timer);
+        worker.removeEventListener("message", onMessage);
+        worker.removeEventListener("error", onError);
+      };
+      const restart = (): void => {
+        worker.terminate();
+        if (this.#worker === worker) this.#worker = null;
+      };
+      const timer = setTimeout(() => {
+        done();
+        restart();
+        const where = current ? `file "${current}"` : `directory "${this.#opts.dir}"`;
+        reject(
+          new ConfigError(
+            `Cannot read ${where}: reading took longer than ${timeoutMs / 1000} s`,
+            current ? { source: { file: current, doc: 0 } } : {},
+          ),
+        );
+      }, timeoutMs);
+      const onMessage = ({ data }: MessageEvent<ParseReply>): void => {
+        if (data.id !== id) return;
+        if (data.type === "file") {
+          current = data.path;
+          return;
+        }
+        done();
+        if (data.type === "done") resolve(data.files.map(decodeDecodedFile));
+        else {
+          reject(
+            new ConfigError(`Cannot read config directory "${this.#opts.dir}": ${data.message}`),
           );
-        }, this.#opts.debounceMs ?? 100);
-      }
-    } catch (e) {
-      if (this.#watcher) {
-        this.#opts.logger.error("config watch stopped", { dir: this.#opts.dir, error: String(e) });
-      }
-    }
+        }
+      };
+      const onError = (e: ErrorEvent): void => {
+        e.preventDefault();
+        done();
+        restart();
+        const where = current ? ` at file "${current}"` : "";
+        reject(
+          new ConfigError(
+            `Cannot read config directory "${this.#opts.dir}"${where}: ${e.message}`,
+            {
+              ...(current ? { source: { file: current, doc: 0 } } : {}),
+            },
+          ),
+        );
+      };
+      worker.addEventListener("message", onMessage);
+      worker.addEventListener("error", onError);
+      worker.postMessage(
+        {
+          id,
+          dir: this.#opts.dir,
+          limits: this.#opts.limits ?? DEFAULT_CONFIG_LIMITS,
+        } satisfies ParseRequest,
+      );
+    });
+  }
+
+  #spawn(): Worker {
+    // The thread reads the config directory and nothing else; the YAML library reads two
+    // variables of its own, when this process may. (deno.json enables the worker-options
+    // feature this needs.)
+    const env = ["LOG_TOKENS", "LOG_STREAM"].filter((variable) =>
+      Deno.permissions.querySync({ name: "env", variable }).state === "granted"
+    );
+    return new Worker(new URL("./parse_worker.ts", import.meta.url), {
+      type: "module",
+      deno: {
+        permissions: {
+          read: [this.#opts.dir],
+          env: env.length > 0 ? env : false,
+          net: false,
+          run: false,
+          write: false,
+          ffi: false,
+          sys: false,
+          import: false,
+        },
+      },
+    } as WorkerOptions);
   }
 }
 
 /**
- * Reads every config file under `dir`, recursively, in a stable order. Hidden files and
- * folders (editor swap files, the `..data` folders of a mounted ConfigMap) are skipped.
+ * The directory's config files with their size, change time and inode, as one string: it
+ * differs when a file was added, removed, replaced or written. Only `stat`, so a FIFO is never
+ * opened.
  */
-export async function readConfigFiles(dir: string, logger?: Logger): Promise<SourceFile[]> {
-  const out: SourceFile[] = [];
-  const walk = async (d: string, rel: string): Promise<void> => {
-    const entries: Deno.DirEntry[] = [];
-    for await (const e of Deno.readDir(d)) entries.push(e);
-    entries.sort((a, b) => a.name.localeCompare(b.name));
-    for (const e of entries) {
+async function listing(dir: string): Promise<string> {
+  const parts: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for await (const e of Deno.readDir(d)) {
       if (e.name.startsWith(".")) continue;
       const path = `${d}/${e.name}`;
-      const relPath = rel ? `${rel}/${e.name}` : e.name;
-      let isDir = e.isDirectory;
-      let isFile = e.isFile;
-      if (e.isSymlink) {
-        const s = await Deno.stat(path).catch(() => null);
-        isDir = s?.isDirectory ?? false;
-        isFile = s?.isFile ?? false;
-      }
-      if (isDir) await walk(path, relPath);
-      else if (isFile && EXTENSIONS.some((x) => e.name.endsWith(x))) {
-        try {
-          out.push({ path: relPath, text: await Deno.readTextFile(path) });
-        } catch (err) {
-          // Removed between listing and reading: the next event reloads again.
-          logger?.debug("config file vanished while reading", {
-            file: relPath,
-            error: String(err),
-          });
-        }
+      const info = await Deno.stat(path).catch(() => null);
+      if (!info) continue;
+      if (info.isDirectory) await walk(path);
+      else {
+        parts.push(
+          `${path}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}:${info.ino}`,
+        );
       }
     }
   };
-  await walk(dir.replace(/\/+$/, "") || "/", "");
-  return out;
+  await walk(dir);
+  return parts.sort().join("\n");
 }

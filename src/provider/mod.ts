@@ -4,5 +4,7 @@
  *
  * @module
  */
+export * from "./parse_file.ts";
 export * from "./object_loader.ts";
+export * from "./read_config_files.ts";
 export * from "./file_provider.ts";

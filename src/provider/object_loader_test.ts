@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ObjectLoader } from "./object_loader.ts";
-import { readConfigFiles } from "./file_provider.ts";
+import { readConfigFiles } from "./read_config_files.ts";
 
 const svc = (name: string, port: number | string) =>
   `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default }\nspec: { ports: [{ port: ${port} }] }\n`;
@@ -104,4 +104,60 @@ Deno.test("readConfigFiles() reads YAML and JSON recursively, skipping hidden an
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("ObjectLoader keeps a file's last good objects when a document is not an object", () => {
+  // Issue 18, item 11: each of these once removed the Service with no error.
+  const cases: [string, string, RegExp][] = [
+    ["a scalar (the file cut to `apiV`)", "apiV\n", /expected a map, found string "apiV"/],
+    ["a list of scalars", "- a\n- b\n", /found string "a" \(and 1 more like it\)/],
+    ["an explicit null document", "~\n", /found null/],
+    ["a kind cut short", "apiVersion: v1\nkind: Serv\nmetadata: { name: a }\n", /field "kind"/],
+    [
+      "a kind of a meshd group cut short",
+      "apiVersion: discovery.k8s.io/v1\nkind: Endpoi\nmetadata: { name: a }\n",
+      /"Endpoi": is it "EndpointSlice" cut short/,
+    ],
+    ["an apiVersion cut short", "apiVersion: discovery.k8s.io/v\nkind: Service\n", /apiVersion/],
+    ["metadata cut off", "apiVersion: v1\nkind: Service\nmetadata:\n", /field "metadata"/],
+    [
+      "a Service name that is not a DNS-1035 label",
+      svc("Web_1", 80),
+      /field "metadata\.name" expected a DNS-1035 label.*"Web_1"/,
+    ],
+  ];
+  for (const [name, text, re] of cases) {
+    const loader = new ObjectLoader();
+    loader.load([{ path: "a.yaml", text: svc("a", 80) }]);
+    const r = loader.load([{ path: "a.yaml", text }]);
+    assert.equal(r.errors.length, 1, `${name}: ${r.errors.map((e) => e.message).join("; ")}`);
+    assert.match(r.errors[0]!.message, re, name);
+    assert.match(r.errors[0]!.message, /"a\.yaml"/, name);
+    assert.deepEqual(names(r), ["Service/a"], `${name}: the last good Service must stay`);
+  }
+});
+
+Deno.test("ObjectLoader turns limits and unreadable files into errors naming the file", () => {
+  const limits = { maxFileBytes: 1000, maxAliases: 3, maxDepth: 8 };
+  const cases: [string, string, RegExp][] = [
+    ["an undefined alias", "x: *nope\n", /Unresolved alias/],
+    [
+      "too many aliases",
+      `a: &a 1\nb: [${Array(5).fill("*a").join(", ")}]\n`,
+      /more than 3 aliases/,
+    ],
+    ["deep nesting", `${"[".repeat(20)}${"]".repeat(20)}\n`, /nesting deeper than 8 levels/],
+    ["a file too large", `# ${"x".repeat(2000)}\n`, /more than 1000 bytes/],
+  ];
+  for (const [name, text, re] of cases) {
+    const loader = new ObjectLoader();
+    loader.load([{ path: "a.yaml", text: svc("a", 80) }], limits);
+    const r = loader.load([{ path: "a.yaml", text }], limits);
+    assert.equal(r.errors.length, 1, name);
+    assert.match(r.errors[0]!.message, /^Cannot (parse|read) file "a\.yaml"/, name);
+    assert.match(r.errors[0]!.message, re, name);
+    assert.deepEqual(names(r), ["Service/a"], name);
+  }
+  const unreadable = new ObjectLoader().load([{ path: "b.yaml", text: "", error: "boom" }]);
+  assert.equal(unreadable.errors[0]!.message, 'Cannot read file "b.yaml": boom');
 });

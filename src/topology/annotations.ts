@@ -1,4 +1,5 @@
 import { parseBreakerExpression } from "./circuit_breaker.ts";
+import { abbreviate } from "./errors.ts";
 import type { Scheme, ServiceMeshOptions, TrafficType } from "./objects.ts";
 
 /**
@@ -56,8 +57,9 @@ export function parseServiceAnnotations(
   const bad = (key: string, value: string, expected: string): void => {
     problems.push({
       key,
-      message:
-        `Cannot parse annotation "${key}" on ${what}: value is "${value}", expected ${expected}`,
+      message: `Cannot parse annotation "${key}" on ${what}: value is "${
+        abbreviate(value)
+      }", expected ${expected}`,
     });
   };
   const integer = (name: string, min: number, max?: number): number | undefined => {

@@ -1,5 +1,12 @@
 import type { BreakerExpr, BreakerMetric } from "./objects.ts";
 
+/** Characters in an expression: Traefik's examples are under 100. */
+export const MAX_BREAKER_EXPRESSION_LENGTH = 1024;
+/** Comparisons joined by `&&` and `||` in one expression. */
+export const MAX_BREAKER_TERMS = 32;
+/** Parentheses nested in one expression. */
+export const MAX_BREAKER_NESTING = 8;
+
 /**
  * Parses a circuit-breaker expression in the syntax Traefik uses, so annotations written for
  * Traefik Mesh keep working:
@@ -10,7 +17,10 @@ import type { BreakerExpr, BreakerMetric } from "./objects.ts";
  *   metric := NetworkErrorRatio() | LatencyAtQuantileMS(q) | ResponseCodeRatio(a, b, c, d)
  *   op     := > | >= | < | <= | == | !=
  *
- * Throws a `SyntaxError` whose message says what was expected and where.
+ * Throws a `SyntaxError` whose message says what was expected and where. The expression is
+ * evaluated on every request and kept in the config as a tree, so its size is bounded:
+ * {@linkcode MAX_BREAKER_EXPRESSION_LENGTH} characters, {@linkcode MAX_BREAKER_TERMS}
+ * comparisons, {@linkcode MAX_BREAKER_NESTING} levels of parentheses.
  *
  * @example
  * ```ts
@@ -18,7 +28,19 @@ import type { BreakerExpr, BreakerMetric } from "./objects.ts";
  * ```
  */
 export function parseBreakerExpression(text: string): BreakerExpr {
+  if (text.length > MAX_BREAKER_EXPRESSION_LENGTH) {
+    throw new SyntaxError(
+      `the expression is ${text.length} characters, expected at most ${MAX_BREAKER_EXPRESSION_LENGTH}`,
+    );
+  }
   const tokens = tokenize(text);
+  const terms = tokens.filter((t) => t === "&&" || t === "||").length + 1;
+  if (terms > MAX_BREAKER_TERMS) {
+    throw new SyntaxError(
+      `the expression has ${terms} terms, expected at most ${MAX_BREAKER_TERMS}`,
+    );
+  }
+  let nesting = 0;
   let i = 0;
   const peek = (): string | undefined => tokens[i];
   const take = (what: string): string => {
@@ -74,8 +96,14 @@ export function parseBreakerExpression(text: string): BreakerExpr {
   const term = (): BreakerExpr => {
     if (peek() === "(") {
       i++;
+      if (++nesting > MAX_BREAKER_NESTING) {
+        throw new SyntaxError(
+          `parentheses nest deeper than ${MAX_BREAKER_NESTING} levels`,
+        );
+      }
       const e = or();
       expect(")");
+      nesting--;
       return e;
     }
     const m = metric();

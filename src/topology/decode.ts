@@ -1,5 +1,5 @@
 import { parseServiceAnnotations } from "./annotations.ts";
-import { ConfigError, describeSource } from "./errors.ts";
+import { abbreviate, ConfigError, describeSource } from "./errors.ts";
 import type {
   EndpointSlice,
   HttpMatch,
@@ -53,7 +53,7 @@ function typeName(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a map";
-  return `${typeof v} ${JSON.stringify(v)}`;
+  return `${typeof v} ${abbreviate(JSON.stringify(v) ?? String(v))}`;
 }
 
 // Small typed readers. Each takes the parent object, the key and the parent's path.
@@ -143,7 +143,7 @@ function strList(o: Obj, key: string, path: string): string[] {
 }
 function oneOf<T extends string>(v: string, allowed: readonly T[], path: string): T {
   if (!(allowed as readonly string[]).includes(v)) {
-    throw new FieldError(path, `expected one of ${allowed.join(", ")}, found "${v}"`);
+    throw new FieldError(path, `expected one of ${allowed.join(", ")}, found "${abbreviate(v)}"`);
   }
   return v as T;
 }
@@ -153,21 +153,104 @@ function regex(v: string, path: string): string {
   } catch (e) {
     throw new FieldError(
       path,
-      `is not a valid regular expression "${v}" (${(e as Error).message})`,
+      `is not a valid regular expression "${abbreviate(v)}" (${(e as Error).message})`,
     );
   }
   return v;
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** RFC 1035 labels: what Kubernetes requires of a Service name. */
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+/** RFC 1123 subdomains: what Kubernetes requires of most other names. */
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const PROTOCOLS = ["TCP", "UDP", "SCTP"] as const;
+/** `v1`, `discovery.k8s.io/v1`, `split.smi-spec.io/v1alpha3`: a group (or none) and a version. */
+const API_VERSION = new RegExp(
+  `^(${DNS_SUBDOMAIN.source.slice(1, -1)}/)?v[1-9][0-9]*((alpha|beta)[1-9][0-9]*)?$`,
+);
+const KIND = /^[A-Z][A-Za-z0-9]*$/;
+/** The kinds of the core API group (`v1`): any other kind there is a mistake, not a skip. */
+const CORE_KINDS = new Set([
+  "Binding",
+  "ComponentStatus",
+  "ConfigMap",
+  "Endpoints",
+  "Event",
+  "LimitRange",
+  "Namespace",
+  "Node",
+  "PersistentVolume",
+  "PersistentVolumeClaim",
+  "Pod",
+  "PodTemplate",
+  "ReplicationController",
+  "ResourceQuota",
+  "Secret",
+  "Service",
+  "ServiceAccount",
+  "Status",
+]);
 
-function decodeMeta(raw: Obj): ObjectMeta {
+/** A valid IPv4 address in dotted decimal, as Kubernetes takes it (no leading zeros). */
+export function isIpv4(s: string): boolean {
+  const parts = s.split(".");
+  return parts.length === 4 &&
+    parts.every((p) => /^(0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+/** A valid IPv6 address: eight groups, `::` once, a dotted IPv4 tail allowed. */
+export function isIpv6(s: string): boolean {
+  let text = s;
+  let groups = 0;
+  const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    if (!isIpv4(v4[2]!)) return false;
+    text = v4[1]!.endsWith("::") ? v4[1]! : v4[1]!.slice(0, -1);
+    groups = 2;
+  }
+  const halves = text.split("::");
+  if (halves.length > 2) return false;
+  const group = /^[0-9a-fA-F]{1,4}$/;
+  for (const h of halves) {
+    if (h === "") continue;
+    const gs = h.split(":");
+    if (!gs.every((g) => group.test(g))) return false;
+    groups += gs.length;
+  }
+  return halves.length === 2 ? groups <= 7 : groups === 8;
+}
+
+function checkName(kind: string, name: string): void {
+  if (kind === "Service") {
+    if (!DNS_1035_LABEL.test(name) || name.length > 63) {
+      throw new FieldError(
+        "metadata.name",
+        `expected a DNS-1035 label (at most 63 characters a-z, 0-9 and "-", starting with a letter), found "${
+          abbreviate(name)
+        }"`,
+      );
+    }
+  } else if (!DNS_SUBDOMAIN.test(name) || name.length > 253) {
+    throw new FieldError(
+      "metadata.name",
+      `expected a DNS-1123 subdomain (at most 253 characters a-z, 0-9, "-" and "."), found "${
+        abbreviate(name)
+      }"`,
+    );
+  }
+}
+
+function decodeMeta(raw: Obj, kind: string): ObjectMeta {
   const m = map(raw, "metadata", "");
   const name = str(m, "name", "metadata");
+  checkName(kind, name);
   const namespace = optStr(m, "namespace", "metadata") ?? "default";
   if (!DNS_LABEL.test(namespace) || namespace.length > 63) {
-    throw new FieldError("metadata.namespace", `expected a DNS label, found "${namespace}"`);
+    throw new FieldError(
+      "metadata.namespace",
+      `expected a DNS label, found "${abbreviate(namespace)}"`,
+    );
   }
   return {
     name,
@@ -199,6 +282,12 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
     };
   });
   const clusterIP = optStr(spec, "clusterIP", "spec") ?? null;
+  if (clusterIP && clusterIP !== "None" && !isIpv4(clusterIP) && !isIpv6(clusterIP)) {
+    throw new FieldError(
+      "spec.clusterIP",
+      `expected an IP address or "None", found "${abbreviate(clusterIP)}"`,
+    );
+  }
   const what = `Service "${meta.namespace}/${meta.name}"`;
   const ann = parseServiceAnnotations(meta.annotations, what);
   if (!ann.ok) {
@@ -231,6 +320,21 @@ function decodeEndpointSlice(raw: Obj, meta: ObjectMeta): EndpointSlice {
     const addresses = strList(e, "addresses", path);
     if (addresses.length === 0) {
       throw new FieldError(field(path, "addresses"), "needs at least one address");
+    }
+    for (const [i, a] of addresses.entries()) {
+      const ok = addressType === "IPv4"
+        ? isIpv4(a)
+        : addressType === "IPv6"
+        ? isIpv6(a)
+        : DNS_SUBDOMAIN.test(a) && a.length <= 253;
+      if (!ok) {
+        throw new FieldError(
+          field(field(path, "addresses"), i),
+          `expected ${
+            addressType === "FQDN" ? "a domain name" : `an ${addressType} address`
+          }, found "${abbreviate(a)}"`,
+        );
+      }
     }
     const cond = optMap(e, "conditions", path) ?? {};
     const cpath = field(path, "conditions");
@@ -377,8 +481,35 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
       }),
     };
   }
+  // A broken kind or apiVersion (cut short, mistyped) is not another kind to skip: it is an
+  // object meshd cannot identify, and its file keeps its last good objects.
+  const broken = (f: string, message: string): DecodeResult => ({
+    status: "invalid",
+    error: new ConfigError(`Cannot read object${where}: field "${f}" ${message}`, {
+      source,
+      field: f,
+    }),
+  });
+  if (!API_VERSION.test(apiVersion)) {
+    return broken(
+      "apiVersion",
+      `expected GROUP/VERSION or VERSION such as "v1", found "${abbreviate(apiVersion)}"`,
+    );
+  }
+  if (!KIND.test(kind)) {
+    return broken("kind", `expected a kind such as "Service", found "${abbreviate(kind)}"`);
+  }
   const want = SUPPORTED_KINDS[kind];
   if (want === undefined) {
+    if (apiVersion === "v1" && !CORE_KINDS.has(kind)) {
+      return broken("kind", `expected a kind of the core API (v1), found "${kind}"`);
+    }
+    // A kind of a group meshd reads that is the start of one it uses: a file cut short.
+    const group = (v: string) => v.includes("/") ? v.slice(0, v.indexOf("/")) : "";
+    const cut = Object.entries(SUPPORTED_KINDS).find(([k, v]) =>
+      k.startsWith(kind) && group(v) === group(apiVersion)
+    )?.[0];
+    if (cut) return broken("kind", `is "${kind}": is it "${cut}" cut short?`);
     return { status: "skipped", reason: `kind "${kind}" is not used by meshd` };
   }
   if (want !== apiVersion) {
@@ -389,7 +520,7 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
   }
   let key: string | undefined;
   try {
-    const meta = decodeMeta(raw);
+    const meta = decodeMeta(raw, kind);
     key = `${kind}/${meta.namespace}/${meta.name}`;
     let object: MeshObject;
     switch (kind) {

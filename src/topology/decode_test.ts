@@ -124,3 +124,32 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
     }
   }
 });
+
+Deno.test("decodeObject() rejects endpoint addresses that are not addresses of the slice's type", () => {
+  const slice = (addressType: string, address: string) => ({
+    apiVersion: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+    metadata: { name: "s" },
+    addressType,
+    endpoints: [{ addresses: [address] }],
+  });
+  const bads: [string, string][] = [["IPv4", "999.1.1.1"], ["IPv4", "10.0.0"], [
+    "IPv6",
+    "fd00::1::2",
+  ]];
+  for (const [type, bad] of bads) {
+    const r = decodeObject(slice(type, bad), src);
+    assert.equal(r.status, "invalid", bad);
+    if (r.status === "invalid") {
+      assert.equal(r.error.field, "endpoints[0].addresses[0]");
+      assert.match(r.error.message, new RegExp(`found "${bad}"`));
+    }
+  }
+  const goods: [string, string][] = [["IPv4", "10.0.0.1"], ["IPv6", "fd00::1"], [
+    "FQDN",
+    "a.example",
+  ]];
+  for (const [type, good] of goods) {
+    assert.equal(decodeObject(slice(type, good), src).status, "ok", good);
+  }
+});

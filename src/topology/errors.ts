@@ -25,3 +25,17 @@ export function describeSource(source: SourceRef | undefined): string {
   const item = source.item === undefined ? "" : `, item ${source.item + 1}`;
   return `file "${source.file}", document ${source.doc + 1}${item}`;
 }
+
+/**
+ * `text` cut to `max` characters with an ellipsis, for quoting input in a one-line message:
+ * a 20,000-term annotation or a binary file must not become a 20 kB log line.
+ */
+export function abbreviate(text: string, max = 80): string {
+  // Control characters (a newline in binary garbage) would break the one line.
+  const flat = text.replace(
+    // deno-lint-ignore no-control-regex
+    /[\u0000-\u001f\u007f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+  return flat.length <= max ? flat : `${flat.slice(0, max)}… (${text.length} characters)`;
+}

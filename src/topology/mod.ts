@@ -16,8 +16,13 @@ export * from "./errors.ts";
 export * from "./mesh_config.ts";
 export { ANNOTATION_PREFIXES, MAX_RETRY_ATTEMPTS, parseServiceAnnotations } from "./annotations.ts";
 export type { AnnotationProblem, AnnotationResult } from "./annotations.ts";
-export { parseBreakerExpression } from "./circuit_breaker.ts";
-export { decodeObject, SUPPORTED_KINDS } from "./decode.ts";
+export {
+  MAX_BREAKER_EXPRESSION_LENGTH,
+  MAX_BREAKER_NESTING,
+  MAX_BREAKER_TERMS,
+  parseBreakerExpression,
+} from "./circuit_breaker.ts";
+export { decodeObject, isIpv4, isIpv6, SUPPORTED_KINDS } from "./decode.ts";
 export type { DecodeResult } from "./decode.ts";
 export { buildTopology } from "./build_topology.ts";
 export { serviceJson } from "./service_json.ts";

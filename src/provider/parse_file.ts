@@ -1,0 +1,247 @@
+import { Composer, type CST, isScalar, LineCounter, Parser } from "yaml";
+import { abbreviate, ConfigError, type SourceRef } from "../topology/mod.ts";
+
+/**
+ * Bounds on one config file, so a hostile or broken file costs a bounded amount of time and
+ * memory and becomes an error naming it.
+ */
+export interface ConfigLimits {
+  /** Bytes in one file. */
+  maxFileBytes: number;
+  /** YAML aliases (`*name`) in one file. */
+  maxAliases: number;
+  /** Nesting of maps and lists in one document. */
+  maxDepth: number;
+}
+
+/**
+ * The defaults: 4 MiB a file (an EndpointSlice of 1,000 endpoints is about 200 kB), 100
+ * aliases and 64 levels (a Kubernetes object nests about 6 deep; a `List` adds 2).
+ */
+export const DEFAULT_CONFIG_LIMITS: Readonly<ConfigLimits> = {
+  maxFileBytes: 4 * 1024 * 1024,
+  maxAliases: 100,
+  maxDepth: 64,
+};
+
+/** A file's path and text. */
+export interface SourceFile {
+  path: string;
+  text: string;
+  /**
+   * Why the file could not be read (too large, not UTF-8, gone): the file keeps its last good
+   * objects, and this is reported as its error. `text` is empty then.
+   */
+  error?: string;
+}
+
+/** One raw object of a file and where it came from. */
+export interface RawDocument {
+  raw: unknown;
+  source: SourceRef;
+}
+
+/** A parsed file: its raw objects, or why it cannot be used. */
+export type ParsedFile =
+  | { error: ConfigError; docs?: undefined }
+  | { error?: undefined; docs: RawDocument[] };
+
+/**
+ * Parses a YAML or JSON file into raw objects, within `limits`. Never throws: whatever goes
+ * wrong (a syntax error, an undefined alias, an alias bomb, nesting past the limit, a stack
+ * overflow) is a {@linkcode ConfigError} naming the file.
+ */
+export function parseFile(
+  file: SourceFile,
+  limits: ConfigLimits = DEFAULT_CONFIG_LIMITS,
+): ParsedFile {
+  const fail = (message: string, doc = 0, cause?: unknown): ParsedFile => ({
+    error: new ConfigError(message, { source: { file: file.path, doc }, cause }),
+  });
+  if (file.error !== undefined) return fail(`Cannot read file "${file.path}": ${file.error}`);
+  // Characters are at least a byte each: a quick bound before counting bytes.
+  if (file.text.length > limits.maxFileBytes) return tooLarge(file, limits, fail);
+  const json = file.path.endsWith(".json");
+  try {
+    const docs = json ? [JSON.parse(file.text) as unknown] : null;
+    if (docs) {
+      const depth = depthOf(docs[0], limits.maxDepth);
+      if (depth > limits.maxDepth) {
+        return fail(
+          `Cannot parse file "${file.path}" as JSON: nesting deeper than ${limits.maxDepth} levels`,
+        );
+      }
+      return { docs: toDocs(file.path, docs) };
+    }
+    return parseYaml(file, limits, fail);
+  } catch (e) {
+    // JSON syntax errors, and anything the YAML library throws that is not a document error
+    // (its stack overflowing, say): the file's error, never the loader's.
+    const what = json ? "JSON" : "YAML";
+    return fail(
+      `Cannot parse file "${file.path}" as ${what}: ${firstLine(e)}`,
+      0,
+      e,
+    );
+  }
+}
+
+function tooLarge(
+  file: SourceFile,
+  limits: ConfigLimits,
+  fail: (m: string) => ParsedFile,
+): ParsedFile {
+  return fail(
+    `Cannot read file "${file.path}": it is more than ${limits.maxFileBytes} bytes, the limit (--config-max-file-size)`,
+  );
+}
+
+function parseYaml(
+  file: SourceFile,
+  limits: ConfigLimits,
+  fail: (m: string, doc?: number, cause?: unknown) => ParsedFile,
+): ParsedFile {
+  const lines = new LineCounter();
+  // The lexer and parser keep their own stacks; only the composer and toJS recurse, so the
+  // concrete syntax tree is checked for depth and aliases before either runs.
+  const tokens = [...new Parser(lines.addNewLine).parse(file.text)];
+  let docIndex = -1;
+  let aliases = 0;
+  for (const token of tokens) {
+    if (token.type === "document") docIndex++;
+    const scan = scanToken(token, limits.maxDepth);
+    aliases += scan.aliases;
+    if (scan.depth > limits.maxDepth) {
+      return fail(
+        `Cannot parse file "${file.path}", document ${
+          Math.max(docIndex, 0) + 1
+        }, as YAML: nesting deeper than ${limits.maxDepth} levels`,
+        Math.max(docIndex, 0),
+      );
+    }
+    if (aliases > limits.maxAliases) {
+      return fail(
+        `Cannot parse file "${file.path}" as YAML: more than ${limits.maxAliases} aliases`,
+        Math.max(docIndex, 0),
+      );
+    }
+  }
+  const composer = new Composer({ uniqueKeys: true, prettyErrors: false });
+  const documents = [...composer.compose(tokens)];
+  const raws: unknown[] = [];
+  for (const [i, d] of documents.entries()) {
+    const err = d.errors[0];
+    if (err) {
+      const { line, col } = lines.linePos(err.pos[0]);
+      return fail(
+        `Cannot parse file "${file.path}", document ${
+          i + 1
+        }, as YAML: ${err.message} at line ${line}, column ${col}`,
+        i,
+        err,
+      );
+    }
+    // An empty document (a stray `---`) has no contents and is fine; an explicit `~` or
+    // `null` is a document that is not an object.
+    const c = d.contents as { source?: unknown } | null;
+    if (c === null || (isScalar(c) && c.value === null && c.source === "")) {
+      raws.push(EMPTY);
+      continue;
+    }
+    try {
+      // maxAliasCount also bounds what aliases expand to (an alias bomb).
+      raws.push(d.toJS({ maxAliasCount: limits.maxAliases }));
+    } catch (e) {
+      return fail(
+        `Cannot parse file "${file.path}", document ${i + 1}, as YAML: ${firstLine(e)}`,
+        i,
+        e,
+      );
+    }
+    // Aliases can nest what they point to deeper than the text does.
+    if (depthOf(raws[i], limits.maxDepth) > limits.maxDepth) {
+      return fail(
+        `Cannot parse file "${file.path}", document ${
+          i + 1
+        }, as YAML: nesting deeper than ${limits.maxDepth} levels`,
+        i,
+      );
+    }
+  }
+  return { docs: toDocs(file.path, raws) };
+}
+
+/** Aliases in a token, and how deep its collections nest (stopping past `maxDepth`). */
+function scanToken(root: CST.Token, maxDepth: number): { aliases: number; depth: number } {
+  let aliases = 0;
+  let deepest = 0;
+  const stack: [CST.Token, number][] = [[root, 0]];
+  while (stack.length > 0) {
+    const [t, depth] = stack.pop()!;
+    if (depth > deepest) deepest = depth;
+    if (deepest > maxDepth) break;
+    switch (t.type) {
+      case "alias":
+        aliases++;
+        break;
+      case "document":
+        if (t.value) stack.push([t.value, depth]);
+        break;
+      case "block-map":
+      case "block-seq":
+      case "flow-collection":
+        for (const item of t.items) {
+          if ("key" in item && item.key) stack.push([item.key, depth + 1]);
+          if (item.value) stack.push([item.value, depth + 1]);
+        }
+        break;
+    }
+  }
+  return { aliases, depth: deepest };
+}
+
+/** How deep `v` nests, counted without recursion; stops once past `max`. */
+function depthOf(v: unknown, max: number): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length > 0) {
+    const [x, depth] = stack.pop()!;
+    if (typeof x !== "object" || x === null) continue;
+    if (depth + 1 > deepest) deepest = depth + 1;
+    if (deepest > max) return deepest;
+    for (const child of Array.isArray(x) ? x : Object.values(x)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
+/** Stands for an empty YAML document, which holds no object. */
+const EMPTY = Symbol("empty document");
+
+function toDocs(path: string, raws: unknown[]): RawDocument[] {
+  const docs: RawDocument[] = [];
+  for (const [doc, raw] of raws.entries()) {
+    if (raw === EMPTY) continue;
+    const list = asList(raw);
+    if (list) {
+      list.forEach((item, i) => docs.push({ raw: item, source: { file: path, doc, item: i } }));
+    } else docs.push({ raw, source: { file: path, doc } });
+  }
+  return docs;
+}
+
+/** `kind: List` (and `ServiceList` and the like, as `kubectl get -o yaml` writes) hold items. */
+function asList(raw: unknown): unknown[] | null {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    return Array.isArray(raw) ? raw : null;
+  }
+  const o = raw as Record<string, unknown>;
+  if (typeof o["kind"] === "string" && o["kind"].endsWith("List") && Array.isArray(o["items"])) {
+    return o["items"];
+  }
+  return null;
+}
+
+function firstLine(e: unknown): string {
+  const m = e instanceof Error ? e.message : String(e);
+  return abbreviate(m.split("\n")[0]!.replace(/:\s*$/, ""), 200);
+}
