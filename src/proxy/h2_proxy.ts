@@ -21,6 +21,7 @@ import {
   writeAll,
   type Writer,
 } from "./http1.ts";
+import { normalizeTarget } from "./normalize_path.ts";
 import { STATUS_CODES } from "node:http";
 
 /** Options for {@linkcode H2Proxy}. */
@@ -172,7 +173,16 @@ export class H2Proxy {
   ): Promise<void> {
     const peer = this.#peers.get(stream.session as http2.ServerHttp2Session) ?? "";
     const grpc = String(headers["content-type"] ?? "").startsWith("application/grpc");
-    const malformed = checkH2Request(headers);
+    let malformed = checkH2Request(headers);
+    if (malformed === null) {
+      // Access rules match the path meshd forwards: one normal form, or 400.
+      try {
+        headers[":path"] = normalizeTarget(headers[":path"] as string);
+      } catch (e) {
+        if (!(e instanceof HttpParseError)) throw e;
+        malformed = e.message;
+      }
+    }
     if (malformed !== null) {
       // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
       this.#fail(stream, new ProxyFailure(400, `Bad request: ${malformed}`), grpc);
