@@ -18,6 +18,7 @@ import {
   HttpParseError,
   isToken,
   type MessageHead,
+  viaHas,
   writeAll,
   type Writer,
 } from "./http1.ts";
@@ -39,6 +40,11 @@ export interface H2ProxyOptions {
   budgets?: RetryBudgets;
   /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
   notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
+  /**
+   * This meshd's name in `Via` (RFC 9110 §7.6.3), added to every request it forwards; a
+   * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
+   */
+  viaName?: string;
 }
 
 /** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
@@ -167,6 +173,12 @@ export class H2Proxy {
     }
   }
 
+  /** This meshd's `Via` entry for a request received over `protocol` ("2", "1.1"), if named. */
+  #via(protocol: string): string | null {
+    const name = this.#opts.viaName;
+    return name === undefined ? null : `${protocol} ${name}`;
+  }
+
   async #onStream(
     stream: http2.ServerHttp2Stream,
     headers: http2.IncomingHttpHeaders,
@@ -202,6 +214,16 @@ export class H2Proxy {
     let networkError = false;
     let passed = false;
     try {
+      const viaName = this.#opts.viaName;
+      const via = headers["via"];
+      if (viaName !== undefined && via !== undefined && viaHas([["via", String(via)]], viaName)) {
+        this.#opts.drop?.("loop");
+        throw new ProxyFailure(
+          508,
+          `Forwarding loop: the request to service "${root.key}" came through this meshd ` +
+            `already (Via "${viaName}")`,
+        );
+      }
       passed = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(headers));
       const target = admitted.target;
@@ -237,7 +259,7 @@ export class H2Proxy {
     target: Route,
     candidates: EndpointState[],
   ): Promise<number> {
-    const out = requestHeaders(headers, peer);
+    const out = requestHeaders(headers, peer, this.#via("2"));
     return await this.#withEndpoint(
       root,
       target,
@@ -329,7 +351,7 @@ export class H2Proxy {
       const had = incoming[l];
       incoming[l] = had === undefined ? v : `${had}${l === "cookie" ? "; " : ", "}${v}`;
     }
-    const out = requestHeaders(incoming, peer);
+    const out = requestHeaders(incoming, peer, this.#via(`1.${req.minor}`));
     out[":method"] = req.method;
     out[":path"] = req.target;
     out[":scheme"] = "http";
@@ -664,7 +686,11 @@ function requestInfo(headers: http2.IncomingHttpHeaders): RequestInfo {
   };
 }
 
-function requestHeaders(h: http2.IncomingHttpHeaders, peer: string): http2.OutgoingHttpHeaders {
+function requestHeaders(
+  h: http2.IncomingHttpHeaders,
+  peer: string,
+  via: string | null,
+): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) {
     if (v === undefined || H2_DROP.has(k)) continue;
@@ -678,6 +704,8 @@ function requestHeaders(h: http2.IncomingHttpHeaders, peer: string): http2.Outgo
   const node = peer.includes(":") ? `"[${peer}]"` : peer;
   const fwd = h["forwarded"];
   out["forwarded"] = fwd ? `${fwd}, for=${node}` : `for=${node}`;
+  // RFC 9110 §7.6.3: a proxy appends itself to Via; meshd also finds loops by it.
+  if (via !== null) out["via"] = h["via"] ? `${h["via"]}, ${via}` : via;
   return out;
 }
 

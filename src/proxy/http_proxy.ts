@@ -19,6 +19,7 @@ import {
   parseRequestHead,
   parseResponseHead,
   type Reader,
+  viaHas,
   writeAll,
   type Writer,
 } from "./http1.ts";
@@ -178,6 +179,7 @@ export class HttpProxy {
       drop: this.#drop,
       budgets: this.#budgets,
       notOwn: (target, candidates) => this.#notOwn(target, candidates),
+      viaName: options.viaName,
     });
     this.#listener = Deno.listen({
       hostname: options.hostname,
@@ -909,18 +911,6 @@ async function settledWithin(p: Promise<boolean>, ms = 50): Promise<boolean | un
   const r = await Promise.race([p, late]);
   clearTimeout(timer);
   return r;
-}
-
-/** Whether a `Via` field of `headers` names `name` as a recipient (RFC 9110 §7.6.3). */
-export function viaHas(headers: HeaderList, name: string): boolean {
-  for (const [k, v] of headers) {
-    if (k.length !== 3 || k.toLowerCase() !== "via") continue;
-    for (const hop of v.split(",")) {
-      // received-protocol received-by [comment]
-      if (hop.trim().split(/[ \t]+/)[1] === name) return true;
-    }
-  }
-  return false;
 }
 
 function closeQuietly(c: Deno.Conn | undefined): void {
