@@ -12,7 +12,6 @@ import {
   copyBody,
   encodeLatin1,
   getHeader,
-  type HeaderList,
   headerTokens,
   HttpParseError,
   type MessageHead,
