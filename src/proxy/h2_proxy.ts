@@ -45,6 +45,12 @@ export interface H2ProxyOptions {
    * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
    */
   viaName?: string;
+  /**
+   * Close a client connection that has had no stream open for this long, as HTTP/1 closes one
+   * idle between requests (a connection that only sent the preface held its slot for good).
+   * Default 60 s.
+   */
+  clientIdleMs?: number;
 }
 
 /** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
@@ -107,6 +113,11 @@ export class H2Proxy {
   readonly #peers = new WeakMap<http2.ServerHttp2Session, string>();
   readonly #backends = new Map<string, Backend>();
   readonly #budgets: RetryBudgets;
+  /** Streams open per client session, and the timer that closes it when none has been. */
+  readonly #idle = new WeakMap<
+    http2.ServerHttp2Session,
+    { open: number; timer: ReturnType<typeof setTimeout> | undefined }
+  >();
   #adopting = "";
 
   constructor(options: H2ProxyOptions) {
@@ -117,12 +128,26 @@ export class H2Proxy {
     this.#server.on("session", (s: http2.ServerHttp2Session) => {
       this.#peers.set(s, this.#adopting);
       this.#sessions.add(s);
-      s.on("close", () => this.#sessions.delete(s));
+      this.#idle.set(s, { open: 0, timer: this.#idleTimer(s) });
+      s.on("close", () => {
+        this.#sessions.delete(s);
+        clearTimeout(this.#idle.get(s)?.timer);
+      });
       s.on("error", () => {});
     });
     this.#server.on(
       "stream",
       (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+        const idle = this.#idle.get(stream.session as http2.ServerHttp2Session);
+        if (idle) {
+          idle.open++;
+          clearTimeout(idle.timer);
+          stream.once("close", () => {
+            if (--idle.open === 0) {
+              idle.timer = this.#idleTimer(stream.session as http2.ServerHttp2Session);
+            }
+          });
+        }
         // A client that resets or vanishes ends its streams with an error: nothing to report.
         stream.on("error", () => {});
         this.#onStream(stream, headers).catch((e) => {
@@ -154,6 +179,18 @@ export class H2Proxy {
       this.#adopting = "";
     }
     return ended;
+  }
+
+  /** A timer that closes client session `s` once it has been idle for `clientIdleMs`. */
+  #idleTimer(s: http2.ServerHttp2Session | undefined): ReturnType<typeof setTimeout> | undefined {
+    if (!s || s.destroyed) return undefined;
+    const timer = setTimeout(() => {
+      if (s.destroyed) return;
+      s.close(); // GOAWAY; no stream is open, so the session ends now
+      setTimeout(() => s.destroyed || s.destroy(), 1000).unref();
+    }, this.#opts.clientIdleMs ?? 60_000);
+    timer.unref(); // never keeps the process alive on its own
+    return timer;
   }
 
   /** Closes every client and backend session. */

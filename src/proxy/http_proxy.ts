@@ -179,6 +179,7 @@ export class HttpProxy {
       budgets: this.#budgets,
       notOwn: (target, candidates) => this.#notOwn(target, candidates),
       viaName: options.viaName,
+      clientIdleMs: options.clientIdleMs,
     });
     this.#listener = Deno.listen({
       hostname: options.hostname,
