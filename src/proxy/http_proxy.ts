@@ -639,7 +639,9 @@ export class HttpProxy {
   ): Promise<void> {
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
-    await writeAll(client, encodeLatin1(head + "\r\n"));
+    // A client that stops reading holds the tunnel no longer than --write-timeout.
+    const cw = this.#clientWriter(client);
+    await writeAll(cw, encodeLatin1(head + "\r\n"));
     const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
     const abort = (): void => {
@@ -655,7 +657,7 @@ export class HttpProxy {
         (n) => m.bytesIn.inc(n),
         abort,
       ),
-      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort),
+      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort, cw),
     ]);
     abort();
     if (this.#opts.logger.enabled("debug")) {
@@ -872,24 +874,28 @@ function responseHead(
   return s + "\r\n";
 }
 
-/** Copies `early` and then everything from `from` to `to`, then half-closes `to`. */
+/**
+ * Copies `early` and then everything from `from` to `to` (written through `w`), then
+ * half-closes `to`.
+ */
 async function splice(
   from: Reader,
   to: Conn,
   early: Uint8Array,
   count: (n: number) => void,
   abort: () => void,
+  w: Writer = to,
 ): Promise<void> {
   try {
     if (early.length > 0) {
-      await writeAll(to, early);
+      await writeAll(w, early);
       count(early.length);
     }
     const buf = new Uint8Array(64 * 1024);
     for (;;) {
       const n = await from.read(buf);
       if (n === null) break;
-      await writeAll(to, buf.subarray(0, n));
+      await writeAll(w, buf.subarray(0, n));
       count(n);
     }
     await to.closeWrite();

@@ -8,7 +8,7 @@ import { ConnectionLimiter } from "../../src/proxy/conn_limiter.ts";
 import { EndpointPool } from "../../src/proxy/endpoint_pool.ts";
 import { HttpProxy } from "../../src/proxy/http_proxy.ts";
 import { buildRouteTable } from "../../src/proxy/route_table.ts";
-import { meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../testenv/mesh.ts";
 import { waitFor } from "../testenv/process.ts";
 
 const ADDRESS = "127.0.100.20";
@@ -57,5 +57,103 @@ Deno.test("HttpProxy closes an idle HTTP/2 client as it does an idle HTTP/1 one,
     }
   } finally {
     await proxy.close();
+  }
+});
+
+/**
+ * A backend that answers any request with 101 and then writes 64 KiB blocks until its
+ * connection fails; `closed` counts the connections that failed.
+ */
+function floodingUpgradeBackend(hostname: string): {
+  port: number;
+  closed: () => number;
+  close: () => void;
+} {
+  const listener = Deno.listen({ hostname, port: 0 });
+  let closed = 0;
+  const conns = new Set<Deno.Conn>();
+  (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      (async () => {
+        const buf = new Uint8Array(4096);
+        let head = "";
+        while (!head.includes("\r\n\r\n")) {
+          const n = await conn.read(buf);
+          if (n === null) return;
+          head += new TextDecoder().decode(buf.subarray(0, n));
+        }
+        const block = new Uint8Array(64 * 1024).fill(120);
+        await conn.write(
+          new TextEncoder().encode(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+          ),
+        );
+        for (;;) await conn.write(block);
+      })().catch(() => {}).finally(() => {
+        closed++;
+        conns.delete(conn);
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      });
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    closed: () => closed,
+    close: () => {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    },
+  };
+}
+
+Deno.test("HttpProxy applies the write timeout to an upgraded connection whose client never reads", async () => {
+  const backend = floodingUpgradeBackend("127.0.100.21");
+  const drops: string[] = [];
+  const limiter = new ConnectionLimiter({ max: 100, perSource: 100 }, () => {});
+  const config = meshConfig([{
+    name: "ws",
+    ports: [{ port: 80, endpoints: [endpoint("127.0.100.21", backend.port)] }],
+  }]);
+  const table = buildRouteTable(config);
+  const proxy = new HttpProxy({
+    hostname: ADDRESS,
+    port: 0,
+    routes: () => table,
+    pool: new EndpointPool(),
+    logger: quiet,
+    writeTimeoutMs: 500,
+    limiter,
+    drop: (reason) => drops.push(reason),
+  });
+  const conn = await Deno.connect({ hostname: ADDRESS, port: proxy.addr.port });
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        "GET /chat HTTP/1.1\r\nHost: ws.default.mesh\r\nConnection: Upgrade\r\n" +
+          "Upgrade: websocket\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n",
+      ),
+    );
+    // The client reads nothing: the proxy's writes to it stop making progress.
+    await waitFor(
+      "the backend connection of the stalled tunnel to be closed",
+      () => backend.closed() >= 1 || undefined,
+      20_000,
+      100,
+    );
+    await waitFor("the client's slot back", () => limiter.open === 0 || undefined, 10_000);
+    assert.ok(drops.includes("write_timeout"), `drops: ${JSON.stringify(drops)}`);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the proxy */ }
+    await proxy.close();
+    backend.close();
   }
 });
