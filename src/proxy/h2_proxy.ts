@@ -23,6 +23,7 @@ import {
   type Writer,
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
+import { LogThrottle } from "./log_throttle.ts";
 import { STATUS_CODES } from "node:http";
 
 /** Options for {@linkcode H2Proxy}. */
@@ -52,6 +53,9 @@ export interface H2ProxyOptions {
    */
   clientIdleMs?: number;
 }
+
+/** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
+const FAIL_LOG = new LogThrottle();
 
 /** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
 export const H2_PREFACE_HEAD = "PRI * HTTP/2.0\r\n\r\n";
@@ -617,7 +621,10 @@ export class H2Proxy {
 
   #fail(stream: http2.ServerHttp2Stream, f: ProxyFailure, grpc: boolean): void {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (this.#opts.logger.enabled(level)) {
+    if (
+      this.#opts.logger.enabled(level) &&
+      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
+    ) {
       this.#opts.logger[level]("h2 request failed", { status: f.status, reason: f.message });
     }
     if (stream.destroyed || stream.closed) return;

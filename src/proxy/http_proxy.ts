@@ -75,6 +75,11 @@ const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
 /** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
 const LOOP_LOG = new LogThrottle();
+/**
+ * A 5xx a client can repeat at will (a forged Via, a service with no endpoint): one warning
+ * per status and reason per 10 s; `meshd_responses_total` counts each.
+ */
+const FAIL_LOG = new LogThrottle();
 
 // RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the ones named
 // in Connection. Transfer-Encoding is re-added by the proxy when it frames the body.
@@ -774,7 +779,10 @@ export class HttpProxy {
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (this.#opts.logger.enabled(level)) {
+    if (
+      this.#opts.logger.enabled(level) &&
+      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
+    ) {
       this.#opts.logger[level]("http request failed", { status: f.status, reason: f.message });
     }
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");

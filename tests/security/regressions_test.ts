@@ -10,6 +10,17 @@ import { HttpProxy } from "../../src/proxy/http_proxy.ts";
 import { buildRouteTable } from "../../src/proxy/route_table.ts";
 import { endpoint, meshConfig } from "../testenv/mesh.ts";
 import { waitFor } from "../testenv/process.ts";
+import net from "node:net";
+import {
+  alive,
+  httpStatus,
+  logLines,
+  type Meshd,
+  metric,
+  service,
+  startMeshd,
+  stopMeshd,
+} from "./_load_env.ts";
 
 const ADDRESS = "127.0.100.20";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -155,5 +166,85 @@ Deno.test("HttpProxy applies the write timeout to an upgraded connection whose c
     } catch { /* closed by the proxy */ }
     await proxy.close();
     backend.close();
+  }
+});
+
+/** An EndpointSlice of Service `svc` whose only endpoint is not ready. */
+function unreadySlice(svc: string, port: number, protocol = "TCP"): string {
+  return `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: ${svc}-a, namespace: hl, labels: { kubernetes.io/service-name: ${svc} } }
+addressType: IPv4
+ports: [{ name: p, port: ${port}, protocol: ${protocol} }]
+endpoints:
+  - { addresses: ["127.0.100.30"], conditions: { ready: false } }
+`;
+}
+
+/** Opens a TCP connection from `source` and waits until meshd closes it (or 5 s pass). */
+function connectAndWait(m: Meshd, source: string): Promise<void> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: m.address, port: m.tcp, localAddress: source });
+    const timer = setTimeout(() => s.destroy(), 5000);
+    s.on("error", () => {});
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+Deno.test("meshd logs a repeated failure a client can trigger at will once in a while, not per request", async () => {
+  const client = "127.0.101.1";
+  let m: Meshd | undefined;
+  const udp = Deno.listenDatagram({ transport: "udp", hostname: client, port: 0 });
+  try {
+    // Services whose only endpoint is not ready: every request, connection and datagram fails.
+    m = await startMeshd({
+      address: "127.0.100.6",
+      nofile: 1024,
+      services: 3,
+      config: () => [
+        service("web", 80),
+        unreadySlice("web", 8080),
+        service("tcp", 9000, { annotations: { "meshd.io/traffic-type": "tcp" } }),
+        unreadySlice("tcp", 9000),
+        service("dns", 53, { protocol: "UDP" }),
+        unreadySlice("dns", 53, "UDP"),
+      ],
+    });
+    const mesh = m;
+    const N = 200;
+    const statuses = new Set<number>();
+    for (let i = 0; i < N; i++) {
+      statuses.add(await httpStatus(mesh, "web.hl.mesh", { source: client }));
+    }
+    assert.deepEqual([...statuses], [503]);
+    for (let i = 0; i < N; i++) await connectAndWait(mesh, client);
+    const datagram = new TextEncoder().encode("x");
+    const dropped = () => metric(mesh, "meshd_denied_total", 'reason="no_endpoint"');
+    const before = await dropped();
+    for (let i = 0; i < N; i++) {
+      await udp.send(datagram, { transport: "udp", hostname: mesh.address, port: mesh.udp });
+    }
+    await waitFor(
+      "most datagrams to be counted as dropped",
+      async () => (await dropped()) - before >= N / 2 || undefined,
+      10_000,
+      50,
+    );
+    // Meanwhile each was counted; a handful of lines is enough to tell an operator.
+    const lines = {
+      http: logLines(mesh, /http request failed/),
+      tcp: logLines(mesh, /tcp connection refused/),
+      udp: logLines(mesh, /udp datagram dropped/),
+    };
+    assert.ok(alive(mesh));
+    for (const [what, n] of Object.entries(lines)) {
+      assert.ok(n <= 5, `${n} ${what} log lines for ${N} failures: ${JSON.stringify(lines)}`);
+    }
+  } finally {
+    udp.close();
+    if (m) await stopMeshd(m);
   }
 });
