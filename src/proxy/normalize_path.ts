@@ -20,8 +20,8 @@ const AMBIGUOUS_ESCAPES = new Map([["2F", "/"], ["5C", "\\"], ["00", "NUL"]]);
  *
  * and refuses (throws {@linkcode HttpParseError}, the proxy answers 400) what servers read in
  * different ways: a malformed escape (§2.1), an encoded `/`, `\` or NUL, a `\` (WHATWG URL, as
- * Deno and Node read a path, takes it for `/`), and a segment that is `.` or `..` once its `;`
- * parameters are dropped (as Tomcat does with `/public/..;/admin`). The query is kept as it is;
+ * Deno and Node read a path, takes it for `/`), and a segment that is `.` or `..` once its
+ * escapes are decoded and its `;` parameters dropped (as Tomcat reads `/public/..;/admin`). The query is kept as it is;
  * `*` is returned unchanged.
  *
  * @example
@@ -49,8 +49,11 @@ export function normalizeTarget(target: string): string {
   });
   const out = removeDotSegments(decoded);
   for (const segment of out.split("/")) {
-    const bare = segment.split(";")[0];
-    if (segment.includes(";") && (bare === "." || bare === "..")) {
+    // What is left of a segment once every escape is decoded and its ";" parameters dropped
+    // (`..;x`, `..%3B`): a dot segment to such a server, not to meshd.
+    const bare = segment.replace(/%([0-9A-F]{2})/g, (_, h) => String.fromCharCode(parseInt(h, 16)))
+      .split(";")[0];
+    if (bare === "." || bare === "..") {
       throw new HttpParseError(`request path "${clip(path)}" has the segment "${clip(segment)}"`);
     }
   }

@@ -41,6 +41,8 @@ const REFUSED: [name: string, target: string][] = [
   ["a dot-dot with a parameter", "/public/..;/admin"],
   ["a dot with a parameter", "/public/.;x/b"],
   ["an encoded dot-dot with a parameter", "/public/%2e%2e;/admin"],
+  ["a dot-dot with an encoded semicolon", "/public/..%3B/admin"],
+  ["a dot-dot with an encoded semicolon and a parameter", "/public/..%3bx/admin"],
 ];
 
 for (const [name, target] of REFUSED) {

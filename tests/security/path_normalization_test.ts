@@ -45,6 +45,7 @@ const ATTACKS = [
   "/public/..;/admin",
   "/public/.;x/..;y/admin",
   "/public/%2e%2e;/admin",
+  "/public/..%3B/admin",
   "http://web.default.mesh/public/../admin",
 ];
 
