@@ -18,9 +18,12 @@ import {
   HttpParseError,
   isToken,
   type MessageHead,
+  viaHas,
   writeAll,
   type Writer,
 } from "./http1.ts";
+import { normalizeTarget } from "./normalize_path.ts";
+import { LogThrottle } from "./log_throttle.ts";
 import { STATUS_CODES } from "node:http";
 
 /** Options for {@linkcode H2Proxy}. */
@@ -38,7 +41,21 @@ export interface H2ProxyOptions {
   budgets?: RetryBudgets;
   /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
   notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
+  /**
+   * This meshd's name in `Via` (RFC 9110 §7.6.3), added to every request it forwards; a
+   * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
+   */
+  viaName?: string;
+  /**
+   * Close a client connection that has had no stream open for this long, as HTTP/1 closes one
+   * idle between requests (a connection that only sent the preface held its slot for good).
+   * Default 60 s.
+   */
+  clientIdleMs?: number;
 }
+
+/** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
+const FAIL_LOG = new LogThrottle();
 
 /** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
 export const H2_PREFACE_HEAD = "PRI * HTTP/2.0\r\n\r\n";
@@ -100,6 +117,11 @@ export class H2Proxy {
   readonly #peers = new WeakMap<http2.ServerHttp2Session, string>();
   readonly #backends = new Map<string, Backend>();
   readonly #budgets: RetryBudgets;
+  /** Streams open per client session, and the timer that closes it when none has been. */
+  readonly #idle = new WeakMap<
+    http2.ServerHttp2Session,
+    { open: number; timer: ReturnType<typeof setTimeout> | undefined }
+  >();
   #adopting = "";
 
   constructor(options: H2ProxyOptions) {
@@ -110,12 +132,26 @@ export class H2Proxy {
     this.#server.on("session", (s: http2.ServerHttp2Session) => {
       this.#peers.set(s, this.#adopting);
       this.#sessions.add(s);
-      s.on("close", () => this.#sessions.delete(s));
+      this.#idle.set(s, { open: 0, timer: this.#idleTimer(s) });
+      s.on("close", () => {
+        this.#sessions.delete(s);
+        clearTimeout(this.#idle.get(s)?.timer);
+      });
       s.on("error", () => {});
     });
     this.#server.on(
       "stream",
       (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+        const idle = this.#idle.get(stream.session as http2.ServerHttp2Session);
+        if (idle) {
+          idle.open++;
+          clearTimeout(idle.timer);
+          stream.once("close", () => {
+            if (--idle.open === 0) {
+              idle.timer = this.#idleTimer(stream.session as http2.ServerHttp2Session);
+            }
+          });
+        }
         // A client that resets or vanishes ends its streams with an error: nothing to report.
         stream.on("error", () => {});
         this.#onStream(stream, headers).catch((e) => {
@@ -149,6 +185,18 @@ export class H2Proxy {
     return ended;
   }
 
+  /** A timer that closes client session `s` once it has been idle for `clientIdleMs`. */
+  #idleTimer(s: http2.ServerHttp2Session | undefined): ReturnType<typeof setTimeout> | undefined {
+    if (!s || s.destroyed) return undefined;
+    const timer = setTimeout(() => {
+      if (s.destroyed) return;
+      s.close(); // GOAWAY; no stream is open, so the session ends now
+      setTimeout(() => s.destroyed || s.destroy(), 1000).unref();
+    }, this.#opts.clientIdleMs ?? 60_000);
+    timer.unref(); // never keeps the process alive on its own
+    return timer;
+  }
+
   /** Closes every client and backend session. */
   close(): void {
     for (const s of this.#sessions) s.destroy();
@@ -166,13 +214,28 @@ export class H2Proxy {
     }
   }
 
+  /** This meshd's `Via` entry for a request received over `protocol` ("2", "1.1"), if named. */
+  #via(protocol: string): string | null {
+    const name = this.#opts.viaName;
+    return name === undefined ? null : `${protocol} ${name}`;
+  }
+
   async #onStream(
     stream: http2.ServerHttp2Stream,
     headers: http2.IncomingHttpHeaders,
   ): Promise<void> {
     const peer = this.#peers.get(stream.session as http2.ServerHttp2Session) ?? "";
     const grpc = String(headers["content-type"] ?? "").startsWith("application/grpc");
-    const malformed = checkH2Request(headers);
+    let malformed = checkH2Request(headers);
+    if (malformed === null) {
+      // Access rules match the path meshd forwards: one normal form, or 400.
+      try {
+        headers[":path"] = normalizeTarget(headers[":path"] as string);
+      } catch (e) {
+        if (!(e instanceof HttpParseError)) throw e;
+        malformed = e.message;
+      }
+    }
     if (malformed !== null) {
       // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
       this.#fail(stream, new ProxyFailure(400, `Bad request: ${malformed}`), grpc);
@@ -192,6 +255,16 @@ export class H2Proxy {
     let networkError = false;
     let passed = false;
     try {
+      const viaName = this.#opts.viaName;
+      const via = headers["via"];
+      if (viaName !== undefined && via !== undefined && viaHas([["via", String(via)]], viaName)) {
+        this.#opts.drop?.("loop");
+        throw new ProxyFailure(
+          508,
+          `Forwarding loop: the request to service "${root.key}" came through this meshd ` +
+            `already (Via "${viaName}")`,
+        );
+      }
       passed = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(headers));
       const target = admitted.target;
@@ -227,7 +300,7 @@ export class H2Proxy {
     target: Route,
     candidates: EndpointState[],
   ): Promise<number> {
-    const out = requestHeaders(headers, peer);
+    const out = requestHeaders(headers, peer, this.#via("2"));
     return await this.#withEndpoint(
       root,
       target,
@@ -319,7 +392,7 @@ export class H2Proxy {
       const had = incoming[l];
       incoming[l] = had === undefined ? v : `${had}${l === "cookie" ? "; " : ", "}${v}`;
     }
-    const out = requestHeaders(incoming, peer);
+    const out = requestHeaders(incoming, peer, this.#via(`1.${req.minor}`));
     out[":method"] = req.method;
     out[":path"] = req.target;
     out[":scheme"] = "http";
@@ -548,7 +621,10 @@ export class H2Proxy {
 
   #fail(stream: http2.ServerHttp2Stream, f: ProxyFailure, grpc: boolean): void {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (this.#opts.logger.enabled(level)) {
+    if (
+      this.#opts.logger.enabled(level) &&
+      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
+    ) {
       this.#opts.logger[level]("h2 request failed", { status: f.status, reason: f.message });
     }
     if (stream.destroyed || stream.closed) return;
@@ -654,7 +730,11 @@ function requestInfo(headers: http2.IncomingHttpHeaders): RequestInfo {
   };
 }
 
-function requestHeaders(h: http2.IncomingHttpHeaders, peer: string): http2.OutgoingHttpHeaders {
+function requestHeaders(
+  h: http2.IncomingHttpHeaders,
+  peer: string,
+  via: string | null,
+): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) {
     if (v === undefined || H2_DROP.has(k)) continue;
@@ -668,6 +748,8 @@ function requestHeaders(h: http2.IncomingHttpHeaders, peer: string): http2.Outgo
   const node = peer.includes(":") ? `"[${peer}]"` : peer;
   const fwd = h["forwarded"];
   out["forwarded"] = fwd ? `${fwd}, for=${node}` : `for=${node}`;
+  // RFC 9110 §7.6.3: a proxy appends itself to Via; meshd also finds loops by it.
+  if (via !== null) out["via"] = h["via"] ? `${h["via"]}, ${via}` : via;
   return out;
 }
 

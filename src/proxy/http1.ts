@@ -296,6 +296,18 @@ export function headerTokens(headers: HeaderList, name: string): string[] {
   return v === null ? [] : v.split(",").map((t) => t.trim().toLowerCase()).filter((t) => t);
 }
 
+/** Whether a `Via` field of `headers` names `name` as a recipient (RFC 9110 §7.6.3). */
+export function viaHas(headers: HeaderList, name: string): boolean {
+  for (const [k, v] of headers) {
+    if (k.length !== 3 || k.toLowerCase() !== "via") continue;
+    for (const hop of v.split(",")) {
+      // received-protocol received-by [comment]
+      if (hop.trim().split(/[ \t]+/)[1] === name) return true;
+    }
+  }
+  return false;
+}
+
 /** How a message body is delimited (RFC 9112 §6.3). */
 export type BodyFraming =
   | { kind: "none" }

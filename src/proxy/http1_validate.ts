@@ -14,6 +14,7 @@ import {
   isToken,
   type MessageHead,
 } from "./http1.ts";
+import { normalizeTarget } from "./normalize_path.ts";
 
 /** A request head that passed {@linkcode checkRequest}, in the form to route and forward. */
 export interface CheckedRequest {
@@ -42,6 +43,7 @@ const ABSOLUTE_FORM = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)([^#]*)$/;
 // Upgrades to HTTP/2 over cleartext: the backend would then take requests on this connection
 // that the proxy never sees, so they are never passed on (RFC 9113 §3.1 removed the upgrade).
 const H2_UPGRADES = new Set(["h2c", "h2"]);
+const UPGRADE_PROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\/[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?$/;
 
 /**
  * Checks a parsed request head and returns the form meshd routes and forwards. Throws an
@@ -52,7 +54,8 @@ const H2_UPGRADES = new Set(["h2c", "h2"]);
  * - a target other than origin-form, absolute-form with http(s), or `*` with OPTIONS
  *   (RFC 9112 §3.2); CONNECT;
  * - Transfer-Encoding other than exactly `chunked`, with Content-Length, or in HTTP/1.0
- *   (RFC 9112 §6.1); differing or malformed Content-Length (§6.3).
+ *   (RFC 9112 §6.1); differing or malformed Content-Length (§6.3);
+ * - a path {@linkcode normalizeTarget} refuses; any other is forwarded in its normal form.
  *
  * @example
  * ```ts
@@ -110,6 +113,8 @@ export function checkRequest(req: MessageHead): CheckedRequest {
       : `/${rest}`;
   }
   if (!authority) throw new HttpParseError("request has no Host header");
+  // Access rules match the path meshd forwards: one normal form, or 400 (see normalizeTarget).
+  target = normalizeTarget(target);
 
   const te = getHeader(req.headers, "transfer-encoding");
   if (te !== null) {
@@ -135,8 +140,10 @@ export function checkRequest(req: MessageHead): CheckedRequest {
     offered !== null && req.minor === 1 && connTokens.includes("upgrade") &&
     framing.kind === "none"
   ) {
+    // RFC 9110 §7.8: protocol = protocol-name ["/" protocol-version], both tokens. Anything
+    // else (say "h2c" and a byte over 0x7f) is dropped: a lenient backend may read it as h2c.
     const kept = offered.split(",").map((p) => p.trim()).filter((p) =>
-      p !== "" && !H2_UPGRADES.has(p.split("/")[0]!.toLowerCase())
+      UPGRADE_PROTOCOL.test(p) && !H2_UPGRADES.has(p.split("/")[0]!.toLowerCase())
     );
     if (kept.length > 0) upgrade = kept.join(", ");
   }

@@ -67,6 +67,18 @@ Deno.test("checkRequest() keeps one Content-Length and drops HTTP/2 upgrades", (
   assert.equal(up("Connection: Upgrade\r\nUpgrade: websocket\r\n"), "websocket");
   assert.equal(up("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"), undefined);
   assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n"), "websocket");
+  // RFC 9110 §7.8: a protocol that is not a token is dropped (found by the fuzzer).
+  assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c\x80, websocket/13\r\n"), "websocket/13");
+  assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c\xa0\r\n"), undefined);
   // No upgrade with a body, whose bytes would race the tunnel's.
   assert.equal(up("Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n"), undefined);
+});
+
+Deno.test("checkRequest() forwards the path in its normal form, or refuses it", () => {
+  assert.equal(
+    check(`GET /public/%2e%2e/admin?a=/.. HTTP/1.1\r\n${H}\r\n`).head.target,
+    "/admin?a=/..",
+  );
+  assert.equal(check(`GET http://web.default.mesh/a/./b HTTP/1.1\r\n${H}\r\n`).head.target, "/a/b");
+  assert.throws(() => check(`GET /public/..;/admin HTTP/1.1\r\n${H}\r\n`), HttpParseError);
 });

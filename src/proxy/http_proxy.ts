@@ -12,13 +12,13 @@ import {
   copyBody,
   encodeLatin1,
   getHeader,
-  type HeaderList,
   headerTokens,
   HttpParseError,
   type MessageHead,
   parseRequestHead,
   parseResponseHead,
   type Reader,
+  viaHas,
   writeAll,
   type Writer,
 } from "./http1.ts";
@@ -75,6 +75,11 @@ const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
 /** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
 const LOOP_LOG = new LogThrottle();
+/**
+ * A 5xx a client can repeat at will (a forged Via, a service with no endpoint): one warning
+ * per status and reason per 10 s; `meshd_responses_total` counts each.
+ */
+const FAIL_LOG = new LogThrottle();
 
 // RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the ones named
 // in Connection. Transfer-Encoding is re-added by the proxy when it frames the body.
@@ -178,6 +183,8 @@ export class HttpProxy {
       drop: this.#drop,
       budgets: this.#budgets,
       notOwn: (target, candidates) => this.#notOwn(target, candidates),
+      viaName: options.viaName,
+      clientIdleMs: options.clientIdleMs,
     });
     this.#listener = Deno.listen({
       hostname: options.hostname,
@@ -637,7 +644,9 @@ export class HttpProxy {
   ): Promise<void> {
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
-    await writeAll(client, encodeLatin1(head + "\r\n"));
+    // A client that stops reading holds the tunnel no longer than --write-timeout.
+    const cw = this.#clientWriter(client);
+    await writeAll(cw, encodeLatin1(head + "\r\n"));
     const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
     const abort = (): void => {
@@ -653,7 +662,7 @@ export class HttpProxy {
         (n) => m.bytesIn.inc(n),
         abort,
       ),
-      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort),
+      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort, cw),
     ]);
     abort();
     if (this.#opts.logger.enabled("debug")) {
@@ -770,7 +779,10 @@ export class HttpProxy {
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (this.#opts.logger.enabled(level)) {
+    if (
+      this.#opts.logger.enabled(level) &&
+      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
+    ) {
       this.#opts.logger[level]("http request failed", { status: f.status, reason: f.message });
     }
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");
@@ -870,24 +882,28 @@ function responseHead(
   return s + "\r\n";
 }
 
-/** Copies `early` and then everything from `from` to `to`, then half-closes `to`. */
+/**
+ * Copies `early` and then everything from `from` to `to` (written through `w`), then
+ * half-closes `to`.
+ */
 async function splice(
   from: Reader,
   to: Conn,
   early: Uint8Array,
   count: (n: number) => void,
   abort: () => void,
+  w: Writer = to,
 ): Promise<void> {
   try {
     if (early.length > 0) {
-      await writeAll(to, early);
+      await writeAll(w, early);
       count(early.length);
     }
     const buf = new Uint8Array(64 * 1024);
     for (;;) {
       const n = await from.read(buf);
       if (n === null) break;
-      await writeAll(to, buf.subarray(0, n));
+      await writeAll(w, buf.subarray(0, n));
       count(n);
     }
     await to.closeWrite();
@@ -909,18 +925,6 @@ async function settledWithin(p: Promise<boolean>, ms = 50): Promise<boolean | un
   const r = await Promise.race([p, late]);
   clearTimeout(timer);
   return r;
-}
-
-/** Whether a `Via` field of `headers` names `name` as a recipient (RFC 9110 §7.6.3). */
-export function viaHas(headers: HeaderList, name: string): boolean {
-  for (const [k, v] of headers) {
-    if (k.length !== 3 || k.toLowerCase() !== "via") continue;
-    for (const hop of v.split(",")) {
-      // received-protocol received-by [comment]
-      if (hop.trim().split(/[ \t]+/)[1] === name) return true;
-    }
-  }
-  return false;
 }
 
 function closeQuietly(c: Deno.Conn | undefined): void {

@@ -44,3 +44,35 @@ Deno.test("ownAddress() knows the listen address, and every local one for a wild
   assert.equal(any("[fe80::1]"), true);
   assert.equal(any("192.0.2.8"), false);
 });
+
+Deno.test("ownAddress() knows the listen address in every spelling the resolver reads", () => {
+  const one = ownAddress("127.0.100.3", () => []);
+  // IPv4-mapped IPv6 (RFC 4291 §2.5.5.2) in hex and in full; inet_aton forms.
+  for (
+    const a of [
+      "::ffff:7f00:6403",
+      "[::FFFF:7F00:6403]",
+      "0:0:0:0:0:ffff:127.0.100.3",
+      "0000:0000:0000:0000:0000:FFFF:7f00:6403",
+      "2130732035",
+      "127.0.25603",
+      "0x7f.0.100.3",
+      "0177.0.100.3",
+      "127.000.100.003",
+    ]
+  ) {
+    assert.equal(one(a), true, a);
+  }
+  for (const a of ["127.0.100.4", "::ffff:7f00:6404", "::1", "128.0.100.3", "127.0.100.3.4"]) {
+    assert.equal(one(a), false, a);
+  }
+  const loop6 = ownAddress("::1", () => []);
+  for (const a of ["0:0:0:0:0:0:0:1", "0::1", "::", "[::0001]"]) assert.equal(loop6(a), true, a);
+  const local = ownAddress("127.0.0.1", () => []);
+  for (const a of ["0.0.0.0", "0", "localhost", "127.1"]) assert.equal(local(a), true, a);
+  const any = ownAddress("::", () => ["192.0.2.7"]);
+  for (const a of ["0:0::1", "::ffff:7f63:1", "3221225991", "localhost", "::ffff:c000:207"]) {
+    assert.equal(any(a), true, a);
+  }
+  assert.equal(any("192.0.2.8"), false);
+});

@@ -33,6 +33,11 @@ export interface TcpListenerOptions {
 const BUFFER_SIZE = 64 * 1024;
 /** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
 const LOOP_LOG = new LogThrottle();
+/**
+ * Failures a client can repeat at will (denied, no endpoint, an endpoint down): one line per
+ * kind and service per 10 s; the metrics count each.
+ */
+const FAIL_LOG = new LogThrottle();
 /** Endpoints tried for one connection when connecting fails; nothing was sent, so it is safe. */
 const CONNECT_TRIES = 3;
 
@@ -154,11 +159,13 @@ export class TcpListener {
     const decision = target.access.checkL4(peer);
     if (!decision.allowed) {
       m.denied("acl").inc();
-      log.info("tcp connection denied", {
-        service: root.key,
-        client: peer,
-        reason: decision.reason,
-      });
+      if (FAIL_LOG.allow(`denied ${root.key}`)) {
+        log.info("tcp connection denied", {
+          service: root.key,
+          client: peer,
+          reason: decision.reason,
+        });
+      }
       closeQuietly(client);
       return;
     }
@@ -198,11 +205,13 @@ export class TcpListener {
         this.#opts.pool.success(ep);
         noDelay(upstream);
       } catch (e) {
-        log.warn("tcp backend unreachable", {
-          service: target.key,
-          endpoint: ep.key,
-          error: String(e),
-        });
+        if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
+          log.warn("tcp backend unreachable", {
+            service: target.key,
+            endpoint: ep.key,
+            error: String(e),
+          });
+        }
         this.#opts.pool.failure(ep);
       }
     }
@@ -210,10 +219,12 @@ export class TcpListener {
     if (!upstream || !ep) {
       if (tried.size === 0) {
         m.denied("no_endpoint").inc();
-        log.warn("tcp connection refused: no ready endpoint", {
-          service: target.key,
-          client: peer,
-        });
+        if (FAIL_LOG.allow(`none ${target.key}`)) {
+          log.warn("tcp connection refused: no ready endpoint", {
+            service: target.key,
+            client: peer,
+          });
+        }
       }
       closeQuietly(client);
       return;

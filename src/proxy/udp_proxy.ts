@@ -237,7 +237,9 @@ export class UdpListener {
     const endpoint = this.#opts.pool.pick(candidates);
     if (!endpoint) {
       root.metrics.denied("no_endpoint").inc();
-      log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
+      if (DROP_LOG.allow(`none ${target.key}`)) {
+        log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
+      }
       return null;
     }
     const max = this.#opts.maxFlows ?? Infinity;

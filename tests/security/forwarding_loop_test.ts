@@ -172,3 +172,102 @@ Deno.test("two meshds whose endpoints are each other answer 508 by the Via they 
     await Promise.all([a && stopMeshd(a), b && stopMeshd(b)]);
   }
 });
+
+const MESHD_C = "127.0.100.3";
+const MESHD_D = "127.0.100.4";
+const MESHD_E = "127.0.100.5";
+
+/** An EndpointSlice of addressType IPv6 with one ready endpoint per address. */
+function slice6(svc: string, ips: string[], port: number): string {
+  return `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: ${svc}-a, namespace: hl, labels: { kubernetes.io/service-name: ${svc} } }
+addressType: IPv6
+ports: [{ name: p, port: ${port}, protocol: TCP }]
+endpoints:
+${ips.map((ip) => `  - { addresses: ["${ip}"], conditions: { ready: true } }\n`).join("")}`;
+}
+
+Deno.test("meshd knows its own listener by an IPv4-mapped IPv6 spelling of its address", async () => {
+  let m: Meshd | undefined;
+  try {
+    // ::ffff:7f00:6403 and 0:0:0:0:0:FFFF:127.0.100.3 are both 127.0.100.3 (RFC 4291
+    // §2.5.5.2): a connection to either reaches meshd's own listener.
+    m = await startMeshd({
+      address: MESHD_C,
+      nofile: 512,
+      services: 1,
+      config: ({ tcp }) => [
+        service("tloop", 9000, { annotations: { "meshd.io/traffic-type": "tcp" } }),
+        slice6("tloop", ["::ffff:7f00:6403", "0:0:0:0:0:FFFF:127.0.100.3"], tcp),
+      ],
+    });
+    const mesh = m;
+    const before = procStats(mesh);
+    assert.equal(await tcpExchange(mesh), "", "a TCP connection to a looping service got data");
+    const during = procStats(mesh);
+    await waitFor(
+      "the TCP loop to be counted as a loop",
+      async () => ((await drops(mesh))["loop"] ?? 0) >= 1 ? true : undefined,
+      10_000,
+    );
+    const d = await drops(mesh);
+    assert.equal(d["connection_limit"] ?? 0, 0, `the loop ran into the cap: ${JSON.stringify(d)}`);
+    assert.ok(alive(mesh));
+    figures(
+      "an endpoint at meshd's own TCP listener spelled ::ffff:7f00:6403",
+      before,
+      during,
+      procStats(mesh),
+      "n/a",
+      `dropped ${JSON.stringify(d)}`,
+    );
+  } finally {
+    if (m) await stopMeshd(m);
+  }
+});
+
+Deno.test("two meshds whose h2c endpoints are each other answer 508 by the Via they add", async () => {
+  const httpD = freePort(MESHD_D);
+  const httpE = freePort(MESHD_E);
+  let d: Meshd | undefined;
+  let e: Meshd | undefined;
+  const h2c = { annotations: { "meshd.io/scheme": "h2c" } };
+  try {
+    [d, e] = await Promise.all([
+      startMeshd({
+        address: MESHD_D,
+        http: httpD,
+        nofile: 512,
+        services: 1,
+        config: () => [service("ping", 80, h2c), slice("ping", MESHD_E, httpE)],
+      }),
+      startMeshd({
+        address: MESHD_E,
+        http: httpE,
+        nofile: 512,
+        services: 1,
+        config: () => [service("ping", 80, h2c), slice("ping", MESHD_D, httpD)],
+      }),
+    ]);
+    const before = procStats(d);
+    // HTTP/1 in at D, then HTTP/2 D to E to D: the request must come back to D marked. Without
+    // the mark it went round until a 502, with D's RSS at 235 MiB.
+    const status = await httpStatus(d, "ping.hl.mesh", { timeoutMs: 15_000 });
+    const during = procStats(d);
+    assert.equal(status, 508, "a request that went D, E, D over h2c");
+    assert.ok(alive(d) && alive(e));
+    const dropped = ((await drops(d))["loop"] ?? 0) + ((await drops(e))["loop"] ?? 0);
+    assert.ok(dropped >= 1, `the loop was not counted: ${dropped}`);
+    figures(
+      "two meshds pointing at each other over h2c",
+      before,
+      during,
+      procStats(d),
+      "n/a",
+      `dropped at D ${JSON.stringify(await drops(d))}, at E ${JSON.stringify(await drops(e))}`,
+    );
+  } finally {
+    await Promise.all([d && stopMeshd(d), e && stopMeshd(e)]);
+  }
+});
