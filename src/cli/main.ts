@@ -23,7 +23,7 @@ import {
 // loads, so it is imported in kube mode alone.
 import type { DistributionClient, DistributionServer } from "../distribution/mod.ts";
 import { DnsServer, type MeshDnsEntry, MeshZone } from "../dns/mod.ts";
-import { compileMeshConfig, ConfigError } from "../topology/mod.ts";
+import { compileMeshConfig, ConfigError, unreadableObjects } from "../topology/mod.ts";
 import {
   DatapathError,
   type DatapathMode,
@@ -338,7 +338,10 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   result.warnings = result.warnings.filter((w) => !w.startsWith('Skipping "'));
   let compiled;
   try {
-    compiled = compileMeshConfig(result.objects, compileOptions(values));
+    compiled = compileMeshConfig(result.objects, {
+      ...compileOptions(values),
+      unreadable: unreadableObjects(result.errors),
+    });
   } catch (e) {
     // The loader bounds what reaches the compiler; should something still break it, say so in
     // one line, as for any bad input.
@@ -347,7 +350,7 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   const { config, diagnostics } = compiled;
   for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
   for (const d of diagnostics) {
-    io.stderr(`${d.level === "error" ? "error" : "warning"}: ${d.object}: ${d.message}\n`);
+    io.stderr(`${d.level === "warn" ? "warning" : d.level}: ${d.object}: ${d.message}\n`);
   }
   if (result.errors.length > 0 || diagnostics.some((d) => d.level === "error")) {
     for (const e of result.errors) io.stderr(`error: ${e.message}\n`);

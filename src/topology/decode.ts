@@ -410,7 +410,7 @@ function decodeTrafficTarget(raw: Obj, meta: ObjectMeta): TrafficTarget {
 function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
   const spec = map(raw, "spec", "");
   const matches: HttpMatch[] = listOfMaps(spec, "matches", "spec").map(([m, p]) => {
-    const headers = strMap(m, "headers", p);
+    const headers = headerMap(m, p);
     for (const [k, v] of Object.entries(headers)) regex(v, `${field(p, "headers")}["${k}"]`);
     return {
       name: str(m, "name", p),
@@ -427,6 +427,28 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     seen.add(m.name);
   }
   return { kind: "HTTPRouteGroup", meta, matches };
+}
+
+/**
+ * `headers` of an HTTP match: a map of name to regular expression, as the SMI text shows it,
+ * or a list of such maps (usually one key each), as Traefik Mesh's CRD declares it. A name
+ * given twice in the list is refused rather than silently dropped.
+ */
+function headerMap(m: Obj, path: string): Record<string, string> {
+  if (!Array.isArray(m["headers"])) return strMap(m, "headers", path);
+  const out: Record<string, string> = {};
+  for (const [item, p] of listOfMaps(m, "headers", path)) {
+    for (const [k, v] of Object.entries(item)) {
+      if (typeof v !== "string") {
+        throw new FieldError(`${p}["${k}"]`, `expected a string, found ${typeName(v)} (quote it)`);
+      }
+      if (Object.keys(out).some((x) => x.toLowerCase() === k.toLowerCase())) {
+        throw new FieldError(`${p}["${k}"]`, `names header "${k}" a second time`);
+      }
+      out[k] = v;
+    }
+  }
+  return out;
 }
 
 function decodeTrafficSplit(raw: Obj, meta: ObjectMeta): TrafficSplit {
@@ -557,11 +579,7 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
         e.whole
           ? `${e.message}${where}`
           : `Cannot read${name}${where}: field "${e.field}" ${e.message}`,
-        {
-          source,
-          field: e.field,
-          cause: e,
-        },
+        { source, field: e.field, key, cause: e },
       ),
     };
   }
