@@ -530,10 +530,7 @@ export class H2Proxy {
       session.once("error", (e: Error) => {
         clearTimeout(timer);
         reject(
-          new UpstreamError(
-            `cannot connect to endpoint ${ep.key} of service "${route.key}": ${e.message}`,
-            false,
-          ),
+          new UpstreamError(`cannot connect: ${e.message}`, false),
         );
       });
     });
@@ -563,7 +560,7 @@ export class H2Proxy {
         "content-type": "application/grpc",
         "grpc-status": String(GRPC_STATUS[f.status] ?? 2),
         "grpc-message": encodeURIComponent(f.message),
-        "x-meshd-error": String(f.status),
+        "x-meshd-error": f.code,
         ...f.extraHeaders,
       }, { endStream: true });
       return;
@@ -571,7 +568,7 @@ export class H2Proxy {
     stream.respond({
       ":status": f.status,
       "content-type": "text/plain; charset=utf-8",
-      "x-meshd-error": "1",
+      "x-meshd-error": f.code,
       ...f.extraHeaders,
     });
     stream.end(f.message + "\n");
