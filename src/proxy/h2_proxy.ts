@@ -327,7 +327,7 @@ export class H2Proxy {
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
     return await this.#withEndpoint(root, target, candidates, async (ep) => {
-      const backend = this.#backend(ep, target);
+      const backend = this.#backend(ep);
       await backend.ready;
       const m = root.metrics;
       let up: http2.ClientHttp2Stream;
@@ -432,7 +432,7 @@ export class H2Proxy {
     root: Route,
     target: Route,
   ): Promise<number> {
-    const backend = this.#backend(ep, target);
+    const backend = this.#backend(ep);
     await backend.ready;
     if (stream.destroyed) return 499; // the client went away while we connected
     const m = root.metrics;
@@ -506,7 +506,7 @@ export class H2Proxy {
   }
 
   /** The session to an endpoint, connecting it if there is none. */
-  #backend(ep: EndpointState, route: Route): Backend {
+  #backend(ep: EndpointState): Backend {
     const have = this.#backends.get(ep.key);
     if (have && !have.session.closed && !have.session.destroyed) return have;
     const host = ep.address.includes(":") ? `[${ep.address}]` : ep.address;
