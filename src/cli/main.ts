@@ -40,6 +40,7 @@ import {
   DATAPATH_FLAG,
   DISTRIBUTION_FLAGS,
   DNS_FLAGS,
+  DOMAIN_ALIASES_FLAG,
   EBPF_FLAGS,
   EBPF_GRACE_FLAG,
   KUBE_FLAGS,
@@ -88,6 +89,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
     default: "5000",
     help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
   },
+  DOMAIN_ALIASES_FLAG,
   {
     name: "api-address",
     kind: "string",
@@ -391,10 +393,11 @@ async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
   try {
     zone = new MeshZone({
       domain: values["domain"] as string,
+      aliases: values["domain-aliases"] as string[],
       ttlSeconds: Math.max(1, Math.round((values["dns-ttl"] as number) / 1000)),
     });
   } catch (e) {
-    throw new CliError(`--domain: ${(e as Error).message}`);
+    throw new CliError(`--domain or --domain-aliases: ${(e as Error).message}`);
   }
   return { kube, kapi, timing, identity, selector, zone };
 }
@@ -463,9 +466,17 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     provider: values["provider"],
     ...(dir ? { configDir: dir } : { server: kubeCfg!.kapi.server, identity: kubeCfg!.identity }),
   });
+  for (const a of values["domain-aliases"] as string[]) {
+    if (!/^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?\.?$/i.test(a)) {
+      throw new CliError(
+        `Cannot use "${a}" from --domain-aliases: expected a domain name such as "traefik.mesh"`,
+      );
+    }
+  }
   const proxy = new NodeProxy({
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
+    domainAliases: values["domain-aliases"] as string[],
     logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
     caCerts,
