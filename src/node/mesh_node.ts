@@ -133,6 +133,7 @@ export class MeshNode implements ApiSource {
       });
     }
     for (const w of result.warnings) log.warn(w);
+    for (const n of result.notes ?? []) log.debug(n);
     const { config, diagnostics } = compileMeshConfig(result.objects, {
       ...this.#opts.compile,
       previous,

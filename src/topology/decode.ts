@@ -20,8 +20,12 @@ import type {
 /** The outcome of decoding one raw object. */
 export type DecodeResult =
   | { status: "ok"; object: MeshObject }
-  /** Not an object meshd uses (another kind or API version); skip it with a warning. */
-  | { status: "skipped"; reason: string }
+  /**
+   * Not an object meshd uses (another kind or API version); skip it with a warning, or, when
+   * `quiet`, a debug line: a kind any application manifest carries, such as the
+   * ServiceAccounts in Traefik Mesh's, which meshd learns from Pods instead.
+   */
+  | { status: "skipped"; reason: string; quiet?: boolean }
   /** A malformed object. `key` is its `Kind/namespace/name` when that much could be read. */
   | { status: "invalid"; error: ConfigError; key?: string };
 
@@ -191,6 +195,34 @@ const CORE_KINDS = new Set([
   "ServiceAccount",
   "Status",
 ]);
+
+/**
+ * Kinds a normal application manifest carries beside the ones meshd reads, by the API groups
+ * they belong to (`""` is the core group): skipped without a warning.
+ */
+const MANIFEST_KINDS: Readonly<Record<string, readonly string[]>> = {
+  ServiceAccount: [""],
+  Namespace: [""],
+  ConfigMap: [""],
+  Secret: [""],
+  Endpoints: [""],
+  PersistentVolumeClaim: [""],
+  Deployment: ["apps"],
+  DaemonSet: ["apps"],
+  StatefulSet: ["apps"],
+  ReplicaSet: ["apps"],
+  Job: ["batch"],
+  CronJob: ["batch"],
+  Role: ["rbac.authorization.k8s.io"],
+  RoleBinding: ["rbac.authorization.k8s.io"],
+  ClusterRole: ["rbac.authorization.k8s.io"],
+  ClusterRoleBinding: ["rbac.authorization.k8s.io"],
+  CustomResourceDefinition: ["apiextensions.k8s.io"],
+  Ingress: ["networking.k8s.io"],
+  NetworkPolicy: ["networking.k8s.io"],
+  PodDisruptionBudget: ["policy"],
+  HorizontalPodAutoscaler: ["autoscaling"],
+};
 
 /** A valid IPv4 address in dotted decimal, as Kubernetes takes it (no leading zeros). */
 export function isIpv4(s: string): boolean {
@@ -532,7 +564,12 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
       k.startsWith(kind) && group(v) === group(apiVersion)
     )?.[0];
     if (cut) return broken("kind", `is "${kind}": is it "${cut}" cut short?`);
-    return { status: "skipped", reason: `kind "${kind}" is not used by meshd` };
+    const quiet = MANIFEST_KINDS[kind]?.includes(group(apiVersion)) ?? false;
+    return {
+      status: "skipped",
+      reason: `kind "${kind}" is not used by meshd`,
+      ...(quiet ? { quiet } : {}),
+    };
   }
   if (want !== apiVersion) {
     return {

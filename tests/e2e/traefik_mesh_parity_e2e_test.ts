@@ -389,11 +389,21 @@ Deno.test({
       await expect(TOOL_FORBIDDEN, "server-http-split.test.traefik.mesh:8080", 403);
     });
 
-    await t.step("the rule-less targets are said at info level", () => {
-      const infos = meshd.lines.filter((l) => /has no rules/.test(l));
-      assert.ok(infos.length >= 2, meshd.lines.join("\n"));
-      for (const l of infos) assert.equal(JSON.parse(l).level, "info", l);
-    });
+    await t.step(
+      "rule-less targets are said at info level, ServiceAccount documents not at all",
+      () => {
+        const infos = meshd.lines.filter((l) => /has no rules/.test(l));
+        assert.ok(infos.length >= 2, meshd.lines.join("\n"));
+        for (const l of infos) assert.equal(JSON.parse(l).level, "info", l);
+        // The ServiceAccount documents of the manifests are skipped without a warning.
+        const logged = meshd.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+        assert.ok(logged.some((l) => l.msg === "config applied"), "the log is read as JSON");
+        assert.deepEqual(
+          logged.filter((l) => l.level !== "debug" && /kind "ServiceAccount"/.test(l.msg)),
+          [],
+        );
+      },
+    );
   } finally {
     await Promise.all(children.map((c) => c.stop()));
     await Deno.remove(dir, { recursive: true });
