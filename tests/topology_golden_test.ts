@@ -8,7 +8,12 @@
  */
 import assert from "node:assert/strict";
 import { ObjectLoader } from "../src/provider/mod.ts";
-import { buildMeshConfig, buildTopology, type CompileOptions } from "../src/topology/mod.ts";
+import {
+  buildMeshConfig,
+  buildTopology,
+  type CompileOptions,
+  unreadableObjects,
+} from "../src/topology/mod.ts";
 
 const DIR = new URL("./fixtures/topology/", import.meta.url);
 const UPDATE = Deno.args.includes("--update");
@@ -22,7 +27,10 @@ interface Golden {
 
 function run(objectsYaml: string, options: CompileOptions): Golden {
   const loaded = new ObjectLoader().load([{ path: "objects.yaml", text: objectsYaml }]);
-  const topology = buildTopology(loaded.objects, options);
+  const topology = buildTopology(loaded.objects, {
+    ...options,
+    unreadable: unreadableObjects(loaded.errors),
+  });
   const built = buildMeshConfig(topology, options);
   return {
     errors: loaded.errors.map((e) => e.message),

@@ -23,7 +23,7 @@ import {
 // loads, so it is imported in kube mode alone.
 import type { DistributionClient, DistributionServer } from "../distribution/mod.ts";
 import { DnsServer, type MeshDnsEntry, MeshZone } from "../dns/mod.ts";
-import { compileMeshConfig, ConfigError } from "../topology/mod.ts";
+import { compileMeshConfig, ConfigError, unreadableObjects } from "../topology/mod.ts";
 import {
   DatapathError,
   type DatapathMode,
@@ -40,6 +40,7 @@ import {
   DATAPATH_FLAG,
   DISTRIBUTION_FLAGS,
   DNS_FLAGS,
+  DOMAIN_ALIASES_FLAG,
   EBPF_FLAGS,
   EBPF_GRACE_FLAG,
   KUBE_FLAGS,
@@ -88,6 +89,7 @@ const RUN_FLAGS: readonly FlagSpec[] = [
     default: "5000",
     help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
   },
+  DOMAIN_ALIASES_FLAG,
   {
     name: "api-address",
     kind: "string",
@@ -338,7 +340,10 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   result.warnings = result.warnings.filter((w) => !w.startsWith('Skipping "'));
   let compiled;
   try {
-    compiled = compileMeshConfig(result.objects, compileOptions(values));
+    compiled = compileMeshConfig(result.objects, {
+      ...compileOptions(values),
+      unreadable: unreadableObjects(result.errors),
+    });
   } catch (e) {
     // The loader bounds what reaches the compiler; should something still break it, say so in
     // one line, as for any bad input.
@@ -347,7 +352,7 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   const { config, diagnostics } = compiled;
   for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
   for (const d of diagnostics) {
-    io.stderr(`${d.level === "error" ? "error" : "warning"}: ${d.object}: ${d.message}\n`);
+    io.stderr(`${d.level === "warn" ? "warning" : d.level}: ${d.object}: ${d.message}\n`);
   }
   if (result.errors.length > 0 || diagnostics.some((d) => d.level === "error")) {
     for (const e of result.errors) io.stderr(`error: ${e.message}\n`);
@@ -388,10 +393,11 @@ async function kubeSetup(values: Record<string, FlagValue>, io: CliIo) {
   try {
     zone = new MeshZone({
       domain: values["domain"] as string,
+      aliases: values["domain-aliases"] as string[],
       ttlSeconds: Math.max(1, Math.round((values["dns-ttl"] as number) / 1000)),
     });
   } catch (e) {
-    throw new CliError(`--domain: ${(e as Error).message}`);
+    throw new CliError(`--domain or --domain-aliases: ${(e as Error).message}`);
   }
   return { kube, kapi, timing, identity, selector, zone };
 }
@@ -460,9 +466,17 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     provider: values["provider"],
     ...(dir ? { configDir: dir } : { server: kubeCfg!.kapi.server, identity: kubeCfg!.identity }),
   });
+  for (const a of values["domain-aliases"] as string[]) {
+    if (!/^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?\.?$/i.test(a)) {
+      throw new CliError(
+        `Cannot use "${a}" from --domain-aliases: expected a domain name such as "traefik.mesh"`,
+      );
+    }
+  }
   const proxy = new NodeProxy({
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
+    domainAliases: values["domain-aliases"] as string[],
     logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
     caCerts,

@@ -45,7 +45,16 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
-  for (const flag of ["--config-dir", "--http-port", "--api-port", "--acl", "--log-format"]) {
+  for (
+    const flag of [
+      "--config-dir",
+      "--http-port",
+      "--domain-aliases",
+      "--api-port",
+      "--acl",
+      "--log-format",
+    ]
+  ) {
     assert.match(runHelp.out, new RegExp(`^ {2}${flag}`, "m"), flag);
   }
   const dumpHelp = await run(["config", "dump", "--help"]);

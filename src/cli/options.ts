@@ -67,6 +67,19 @@ export const MODEL_FLAGS: readonly FlagSpec[] = [
   },
 ];
 
+/**
+ * Other domains the HTTP entrypoint and the DNS responder answer to, so Traefik Mesh's clients
+ * (`<svc>.<ns>.traefik.mesh`, and `.maesh` before its 1.4) move over without edits.
+ */
+export const DOMAIN_ALIASES_FLAG: FlagSpec = {
+  name: "domain-aliases",
+  kind: "list",
+  arg: "DOMAIN,...",
+  default: "traefik.mesh,maesh",
+  help: "Domains answered like --domain, in Host routing and mesh DNS (Traefik Mesh's names); " +
+    '"" turns them off',
+};
+
 /** Logging flags. */
 export const LOG_FLAGS: readonly FlagSpec[] = [
   {

@@ -31,7 +31,10 @@ Deno.test("applyDelta(a, diffConfigs(a, b)) is b for every pair of golden config
       const next = { ...b.config, version: a.config.version + 1 };
       const d = diffConfigs(a.config, next);
       assert.deepEqual(applyDelta(a.config, d), next, `${a.name} -> ${b.name}`);
-      assert.equal(isEmptyDelta(d), a === b, `${a.name} -> ${b.name}`);
+      // Fixtures that say one thing two ways (acl-headers-map, acl-headers-list) are equal.
+      const same = JSON.stringify({ ...a.config, version: 0 }) ===
+        JSON.stringify({ ...b.config, version: 0 });
+      assert.equal(isEmptyDelta(d), same, `${a.name} -> ${b.name}`);
       pairs++;
     }
   }

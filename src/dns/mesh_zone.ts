@@ -21,6 +21,11 @@ export interface MeshDnsEntry {
 export interface MeshZoneOptions {
   /** The mesh domain, such as `mesh`. */
   domain: string;
+  /**
+   * Other domains answered the same, such as Traefik Mesh's `traefik.mesh` and `maesh`; each
+   * is a zone of its own with its own SOA.
+   */
+  aliases?: readonly string[];
   /** TTL of answers, and of negative answers (the SOA minimum); default 5 s. */
   ttlSeconds?: number;
 }
@@ -37,19 +42,28 @@ export const EDNS_UDP_SIZE = 1232;
  */
 export class MeshZone {
   readonly domain: DnsName;
+  /** The domain and its aliases, longest first, so `traefik.mesh` wins over `mesh`. */
+  readonly zones: readonly DnsName[];
   readonly ttl: number;
   #entries = new Map<string, MeshDnsEntry>();
   #namespaces = new Set<string>();
   #serial = 1;
 
   constructor(options: MeshZoneOptions) {
-    this.domain = nameFromString(options.domain.toLowerCase());
-    if (
-      this.domain.length === 0 ||
-      this.domain.some((l) => !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/.test(l))
-    ) {
-      throw new TypeError(`Cannot use "${options.domain}" as the mesh DNS domain`);
+    const parse = (text: string, what: string): DnsName => {
+      const name = nameFromString(text.toLowerCase());
+      if (name.length === 0 || name.some((l) => !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/.test(l))) {
+        throw new TypeError(`Cannot use "${text}" as ${what}`);
+      }
+      return name;
+    };
+    this.domain = parse(options.domain, "the mesh DNS domain");
+    const zones = [this.domain];
+    for (const a of options.aliases ?? []) {
+      const z = parse(a, "a mesh DNS domain alias");
+      if (!zones.some((x) => x.join(".") === z.join("."))) zones.push(z);
     }
+    this.zones = zones.sort((a, b) => b.length - a.length);
     this.ttl = options.ttlSeconds ?? 5;
   }
 
@@ -103,11 +117,12 @@ export class MeshZone {
     if (q.edns && q.edns.version > 0) return { ...base, rcode: RCODE.BADVERS };
     const { name, type, class: cls } = q.questions[0]!;
     if (cls !== RR_CLASS.IN && cls !== RR_CLASS.ANY) return { ...base, rcode: RCODE.REFUSED };
-    const rel = this.#relative(name);
-    if (!rel) return { ...base, rcode: RCODE.REFUSED };
+    const found = this.#relative(name);
+    if (!found) return { ...base, rcode: RCODE.REFUSED };
+    const { rel, apex } = found;
     if (type === RR_TYPE.AXFR || type === RR_TYPE.IXFR) return { ...base, rcode: RCODE.REFUSED };
     const zone = { ...base, aa: true };
-    const soa = [this.#soa()];
+    const soa = [this.#soa(apex)];
     if (rel.length === 0) {
       return type === RR_TYPE.SOA || type === RR_TYPE.ANY
         ? { ...zone, rcode: RCODE.NOERROR, answers: soa }
@@ -137,26 +152,30 @@ export class MeshZone {
       : { ...zone, rcode: RCODE.NOERROR, authority: soa };
   }
 
-  /** The labels of `name` below the domain, lower-cased; undefined when outside it. */
-  #relative(name: DnsName): string[] | undefined {
-    const d = this.domain;
-    if (name.length < d.length) return undefined;
+  /**
+   * The labels of `name` below the longest zone that holds it, lower-cased, and that zone;
+   * undefined when outside them all.
+   */
+  #relative(name: DnsName): { rel: string[]; apex: DnsName } | undefined {
     const lower = name.map((l) => l.toLowerCase());
-    for (let i = 0; i < d.length; i++) {
-      if (lower[lower.length - d.length + i] !== d[i]) return undefined;
+    for (const d of this.zones) {
+      if (lower.length < d.length) continue;
+      if (d.every((l, i) => lower[lower.length - d.length + i] === l)) {
+        return { rel: lower.slice(0, lower.length - d.length), apex: d };
+      }
     }
-    return lower.slice(0, lower.length - d.length);
+    return undefined;
   }
 
-  #soa(): DnsRecord {
+  #soa(apex: DnsName): DnsRecord {
     return {
-      name: this.domain,
+      name: apex,
       type: RR_TYPE.SOA,
       ttl: this.ttl,
       data: {
         soa: {
-          mname: ["meshd", ...this.domain],
-          rname: ["hostmaster", ...this.domain],
+          mname: ["meshd", ...apex],
+          rname: ["hostmaster", ...apex],
           serial: this.#serial,
           refresh: 60,
           retry: 10,

@@ -222,3 +222,24 @@ Deno.test("MeshZone serves a multi-label domain and rejects a bad one", () => {
     assert.throws(() => new MeshZone({ domain: d }), /mesh DNS domain/, d);
   }
 });
+
+Deno.test("MeshZone answers under each alias, with the alias's own SOA", () => {
+  // Traefik Mesh clients ask for <svc>.<ns>.traefik.mesh, older ones <svc>.<ns>.maesh.
+  const z = new MeshZone({ domain: "mesh", aliases: ["traefik.mesh", "maesh", "mesh"] });
+  z.replace([{ namespace: "shop", name: "web", ipv4: ["10.96.0.10"], ipv6: [] }]);
+  for (const name of ["web.shop.mesh", "web.shop.traefik.mesh", "WEB.shop.Maesh"]) {
+    const r = z.answer(q(name, RR_TYPE.A));
+    assert.equal(r.rcode, RCODE.NOERROR, name);
+    assert.deepEqual(r.answers.map((a) => a.data), [{ a: "10.96.0.10" }], name);
+  }
+  // The longest zone wins: web.shop.traefik.mesh is not a name three labels below "mesh".
+  const none = z.answer(q("nope.shop.traefik.mesh", RR_TYPE.A));
+  assert.equal(none.rcode, RCODE.NXDOMAIN);
+  assert.deepEqual(none.authority[0]!.name, ["traefik", "mesh"]);
+  assert.equal(z.answer(q("web.shop.other", RR_TYPE.A)).rcode, RCODE.REFUSED);
+  // Without aliases the names are outside the zone.
+  const plain = new MeshZone({ domain: "mesh", aliases: [] });
+  plain.replace([{ namespace: "shop", name: "web", ipv4: ["10.96.0.10"], ipv6: [] }]);
+  assert.equal(plain.answer(q("web.shop.maesh", RR_TYPE.A)).rcode, RCODE.REFUSED);
+  assert.throws(() => new MeshZone({ domain: "mesh", aliases: ["a_b"] }), /domain alias/);
+});

@@ -7,6 +7,7 @@ import {
   type CompileOptions,
   describeSource,
   type MeshConfig,
+  unreadableObjects,
 } from "../topology/mod.ts";
 
 /** Options for {@linkcode MeshNode}. */
@@ -132,14 +133,15 @@ export class MeshNode implements ApiSource {
       });
     }
     for (const w of result.warnings) log.warn(w);
+    for (const n of result.notes ?? []) log.debug(n);
     const { config, diagnostics } = compileMeshConfig(result.objects, {
       ...this.#opts.compile,
       previous,
+      unreadable: unreadableObjects(result.errors),
     });
     for (const d of diagnostics) {
       const fields = { object: d.object, source: d.source ? describeSource(d.source) : undefined };
-      if (d.level === "error") log.error(d.message, fields);
-      else log.warn(d.message, fields);
+      log[d.level](d.message, fields);
     }
     this.#errors = result.errors.map((e) => ({
       file: e.source?.file,
@@ -147,7 +149,10 @@ export class MeshNode implements ApiSource {
       field: e.field,
       message: e.message,
     }));
-    this.#warnings = [...result.warnings, ...diagnostics.map((d) => `${d.object}: ${d.message}`)];
+    this.#warnings = [
+      ...result.warnings,
+      ...diagnostics.filter((d) => d.level !== "info").map((d) => `${d.object}: ${d.message}`),
+    ];
     return config;
   }
 

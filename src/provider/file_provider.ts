@@ -30,7 +30,17 @@ export interface FileProviderOptions {
    * it for good, delivers no event again and keeps the process from exiting.
    */
   pollMs?: number;
+  /**
+   * How long a changed listing must hold still before it is read. Default 200 ms: an editor
+   * or `kubectl` writing a file in several writes is not caught half-way, which would log an
+   * error for a file that is fine a moment later. A directory that keeps changing is read
+   * after {@linkcode MAX_SETTLE_MS} all the same.
+   */
+  settleMs?: number;
 }
+
+/** The longest a change waits for the directory to hold still. */
+export const MAX_SETTLE_MS = 2_000;
 
 /**
  * The embedded provider: Kubernetes-style objects from `*.yaml`, `*.yml` and `*.json` files
@@ -51,6 +61,8 @@ export class FileProvider {
   #poller: ReturnType<typeof setInterval> | undefined;
   /** The listing the last read started from. */
   #seen = "";
+  /** A listing that differs from `#seen`: when it was first seen, and since when it holds. */
+  #pending: { listing: string; first: number; since: number } | null = null;
   #polling = false;
   /** Ends the read under way, if any. */
   #abort: (() => void) | undefined;
@@ -79,7 +91,21 @@ export class FileProvider {
     if (this.#polling || this.#again) return;
     this.#polling = true;
     try {
-      if ((await listing(this.#opts.dir)) !== this.#seen) await this.reload();
+      const now = await listing(this.#opts.dir);
+      if (now === this.#seen) {
+        this.#pending = null;
+        return;
+      }
+      // Changed. Read once it has held still for settleMs, so a file being written is read
+      // whole; a listing that keeps changing is read after MAX_SETTLE_MS anyway.
+      const t = Date.now();
+      const p = this.#pending;
+      if (p?.listing !== now) {
+        this.#pending = { listing: now, first: p?.first ?? t, since: t };
+        if (t - (p?.first ?? t) < MAX_SETTLE_MS) return;
+      } else if (t - p.since < (this.#opts.settleMs ?? 200)) return;
+      this.#pending = null;
+      await this.reload();
     } catch (e) {
       this.#opts.logger.debug("cannot list the config directory", { error: String(e) });
     } finally {

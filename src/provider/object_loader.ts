@@ -25,6 +25,11 @@ export interface LoadResult {
   errors: ConfigError[];
   /** Skipped documents (unknown kinds) and objects kept from an earlier load. */
   warnings: string[];
+  /**
+   * Documents skipped without a warning, for the debug log: kinds any application manifest
+   * carries (ServiceAccount, Deployment, ...).
+   */
+  notes?: string[];
 }
 
 /**
@@ -102,15 +107,17 @@ interface WireError {
   message: string;
   source?: SourceRef;
   field?: string;
+  key?: string;
 }
 
 const toWire = (e: ConfigError): WireError => ({
   message: e.message,
   ...(e.source ? { source: e.source } : {}),
   ...(e.field ? { field: e.field } : {}),
+  ...(e.key ? { key: e.key } : {}),
 });
 const fromWire = (w: WireError): ConfigError =>
-  new ConfigError(w.message, { source: w.source, field: w.field });
+  new ConfigError(w.message, { source: w.source, field: w.field, key: w.key });
 
 /** A {@linkcode DecodedFile} as structured-clonable data (errors lose their class). */
 export function encodeDecodedFile(f: DecodedFile): unknown {
@@ -176,6 +183,7 @@ export class ObjectLoader {
   merge(files: readonly DecodedFile[]): LoadResult {
     const errors: ConfigError[] = [];
     const warnings: string[] = [];
+    const notes: string[] = [];
     const byKey = new Map<string, MeshObject>();
     const nextFiles = new Map<string, MeshObject[]>();
 
@@ -202,7 +210,7 @@ export class ObjectLoader {
           if (r.status === "ok") {
             objects.push(r.object);
           } else if (r.status === "skipped") {
-            warnings.push(`Skipping ${describeSource(r.source)}: ${r.reason}`);
+            (r.quiet ? notes : warnings).push(`Skipping ${describeSource(r.source)}: ${r.reason}`);
           } else {
             errors.push(r.error);
             const old = r.key ? this.#goodObjects.get(r.key) : undefined;
@@ -229,7 +237,7 @@ export class ObjectLoader {
     }
     this.#goodFiles = nextFiles;
     this.#goodObjects = byKey;
-    return { objects: [...byKey.values()], errors, warnings };
+    return { objects: [...byKey.values()], errors, warnings, ...(notes.length ? { notes } : {}) };
   }
 
   /**

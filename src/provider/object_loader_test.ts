@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ObjectLoader } from "./object_loader.ts";
+import { decodeDecodedFile, decodeFile, encodeDecodedFile, ObjectLoader } from "./object_loader.ts";
 import { readConfigFiles } from "./read_config_files.ts";
 
 const svc = (name: string, port: number | string) =>
@@ -79,12 +79,46 @@ Deno.test("ObjectLoader drops the objects of a deleted file and warns about skip
   loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
   const r = loader.load([{
     path: "b.yaml",
-    text: `${svc("b", 80)}---\napiVersion: v1\nkind: Secret\nmetadata: { name: s }\n`,
+    text: `${svc("b", 80)}---\napiVersion: example.com/v1\nkind: Widget\nmetadata: { name: s }\n`,
   }]);
   assert.deepEqual(names(r), ["Service/b"]);
   assert.deepEqual(r.warnings, [
-    'Skipping file "b.yaml", document 2: kind "Secret" is not used by meshd',
+    'Skipping file "b.yaml", document 2: kind "Widget" is not used by meshd',
   ]);
+});
+
+Deno.test("ObjectLoader skips the kinds of a normal manifest quietly, ServiceAccounts included", () => {
+  // Traefik Mesh's manifests carry ServiceAccounts beside the Pods that run as them.
+  const other = [
+    "apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: server, namespace: test }",
+    "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: server }",
+    "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: { name: rb }",
+    // The kind of another group's name is not the manifest kind: it still warns.
+    "apiVersion: example.com/v1\nkind: Deployment\nmetadata: { name: d }",
+  ];
+  const r = new ObjectLoader().load([{
+    path: "a.yaml",
+    text: [svc("a", 80), ...other].join("\n---\n"),
+  }]);
+  assert.deepEqual(names(r), ["Service/a"]);
+  assert.deepEqual(r.errors, []);
+  assert.deepEqual(r.warnings, [
+    'Skipping file "a.yaml", document 5: kind "Deployment" is not used by meshd',
+  ]);
+  assert.deepEqual(r.notes, [
+    'Skipping file "a.yaml", document 2: kind "ServiceAccount" is not used by meshd',
+    'Skipping file "a.yaml", document 3: kind "Deployment" is not used by meshd',
+    'Skipping file "a.yaml", document 4: kind "RoleBinding" is not used by meshd',
+  ]);
+});
+
+Deno.test("decodeDecodedFile() keeps the key of an object that did not decode", () => {
+  const bad = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { ports: 7 }";
+  const wire = JSON.parse(
+    JSON.stringify(encodeDecodedFile(decodeFile({ path: "a.yaml", text: bad }))),
+  );
+  const r = new ObjectLoader().merge([decodeDecodedFile(wire)]);
+  assert.deepEqual(r.errors.map((e) => e.key), ["Service/default/web"]);
 });
 
 Deno.test("readConfigFiles() reads YAML and JSON recursively, skipping hidden and other files", async () => {

@@ -18,25 +18,62 @@ export interface CompiledMatch {
 }
 
 /**
- * Compiles a match. SMI's `pathRegex` and header values are regular expressions that must
- * match the whole value, so `/metrics` is that path only and `/api/.*` is everything under it.
+ * Compiles a match the way Traefik Mesh reads SMI, since the objects users bring were written
+ * against it (the SMI text says neither whether a regular expression is anchored nor how):
+ *
+ * - `pathRegex` is a prefix: Traefik Mesh builds ``PathPrefix(`/{path:<regex>}`)`` with the
+ *   regex's leading `/` trimmed, so `/metrics` allows `/metrics`, `/metrics/x` and also
+ *   `/metricsfoo`. The regex sits in a group after the `/`, so `/a|/b` allows `/a…` and `//b…`
+ *   but not `/b`, as there.
+ * - Header values are unanchored regular expressions (`HeadersRegexp`): `t|True` matches `true`.
+ * - `methods` empty or holding `*` allows any method; others are compared upper-cased.
  */
 export function compileMatch(m: HttpMatch): CompiledMatch {
   const methods = m.methods.length === 0 || m.methods.includes("*")
     ? null
     : new Set(m.methods.map((x) => x.toUpperCase()));
+  const path = m.pathRegex.startsWith("/") ? m.pathRegex.slice(1) : m.pathRegex;
   return {
     name: m.name,
     methods,
-    path: m.pathRegex === "" ? null : new RegExp(`^(?:${m.pathRegex})$`),
-    headers: Object.entries(m.headers).map(([k, v]) => [k.toLowerCase(), new RegExp(`^(?:${v})$`)]),
+    path: m.pathRegex === "" ? null : new RegExp(`^/(?:${path})`),
+    headers: Object.entries(m.headers).map(([k, v]) => [k.toLowerCase(), new RegExp(v)]),
   };
+}
+
+/**
+ * The path access rules and split matches see: percent-encoded unreserved characters decoded
+ * and dot segments removed (RFC 3986 §2.3, §5.2.4), as a backend that normalizes paths sees
+ * it. With prefix rules, `/public/../admin` must not pass as `/public`. `%2F` stays encoded:
+ * it is data, not a separator.
+ */
+export function normalizePath(path: string): string {
+  const decoded = path.includes("%")
+    ? path.replace(/%([0-9A-Fa-f]{2})/g, (all, hex: string) => {
+      const c = String.fromCharCode(parseInt(hex, 16));
+      return /[A-Za-z0-9\-._~]/.test(c) ? c : all.toUpperCase();
+    })
+    : path;
+  if (!/(^|\/)\.\.?(\/|$)/.test(decoded)) return decoded;
+  const out: string[] = [];
+  const segments = decoded.split("/");
+  for (const [i, seg] of segments.entries()) {
+    const last = i === segments.length - 1;
+    if (seg === "..") {
+      if (out.length > 1) out.pop();
+      if (last) out.push("");
+    } else if (seg === ".") {
+      if (last) out.push("");
+    } else out.push(seg);
+  }
+  const joined = out.join("/");
+  return joined.startsWith("/") ? joined : `/${joined}`;
 }
 
 /** Whether `req` satisfies `m`: its method, its path and every header it names. */
 export function matches(m: CompiledMatch, req: RequestInfo): boolean {
   if (m.methods && !m.methods.has(req.method)) return false;
-  if (m.path && !m.path.test(req.path)) return false;
+  if (m.path && !m.path.test(normalizePath(req.path))) return false;
   for (const [name, re] of m.headers) {
     const v = req.header(name);
     if (v === null || !re.test(v)) return false;
@@ -101,8 +138,16 @@ export class AccessPolicy {
     const sa = this.#identity(source);
     if (!sa) return this.#unknown(source);
     const destinations = new Set<string>();
-    for (const r of this.#bySource.get(sa) ?? []) if (r.l4) destinations.add(r.destination);
+    const rules = this.#bySource.get(sa) ?? [];
+    for (const r of rules) if (r.l4) destinations.add(r.destination);
     if (destinations.size > 0) return { allowed: true, destinations };
+    if (rules.length > 0) {
+      return {
+        allowed: false,
+        reason: `${namedBy(rules)} ServiceAccount "${sa}" as a source, but no TCPRoute rule, ` +
+          `so no connection to ${this.what}`,
+      };
+    }
     return {
       allowed: false,
       reason: `no TrafficTarget with a TCPRoute lets ServiceAccount "${sa}" reach ${this.what}`,
@@ -115,11 +160,22 @@ export class AccessPolicy {
     const sa = this.#identity(source);
     if (!sa) return this.#unknown(source);
     const destinations = new Set<string>();
-    for (const r of this.#bySource.get(sa) ?? []) {
+    const rules = this.#bySource.get(sa) ?? [];
+    for (const r of rules) {
       if (destinations.has(r.destination)) continue;
       if (r.l4 || r.http.some((m) => matches(m, req))) destinations.add(r.destination);
     }
     if (destinations.size > 0) return { allowed: true, destinations };
+    if (rules.length > 0) {
+      return {
+        allowed: false,
+        reason: `${namedBy(rules)} ServiceAccount "${sa}" as a source, but none of ` +
+          `${
+            new Set(rules.map((r) => r.trafficTarget)).size === 1 ? "its" : "their"
+          } rules matches ${req.method} ${req.path} ` +
+          `to ${this.what}`,
+      };
+    }
     return {
       allowed: false,
       reason:
@@ -134,6 +190,14 @@ export class AccessPolicy {
         `source ${source} is not a known Pod, so no TrafficTarget can let it reach ${this.what}`,
     };
   }
+}
+
+/** `TrafficTarget "ns/a" names` or `TrafficTargets "ns/a", "ns/b" name`. */
+function namedBy(rules: readonly CompiledRule[]): string {
+  const names = [...new Set(rules.map((r) => `"${r.trafficTarget}"`))];
+  return names.length === 1
+    ? `TrafficTarget ${names[0]} names`
+    : `TrafficTargets ${names.join(", ")} name`;
 }
 
 const ALLOW_ALL: AccessDecision = { allowed: true, destinations: new Set() };

@@ -400,7 +400,7 @@ export class H2Proxy {
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
     return await this.#withEndpoint(root, target, candidates, async (ep) => {
-      const backend = this.#backend(ep, target);
+      const backend = this.#backend(ep);
       await backend.ready;
       const m = root.metrics;
       let up: http2.ClientHttp2Stream;
@@ -505,7 +505,7 @@ export class H2Proxy {
     root: Route,
     target: Route,
   ): Promise<number> {
-    const backend = this.#backend(ep, target);
+    const backend = this.#backend(ep);
     await backend.ready;
     if (stream.destroyed) return 499; // the client went away while we connected
     const m = root.metrics;
@@ -579,7 +579,7 @@ export class H2Proxy {
   }
 
   /** The session to an endpoint, connecting it if there is none. */
-  #backend(ep: EndpointState, route: Route): Backend {
+  #backend(ep: EndpointState): Backend {
     const have = this.#backends.get(ep.key);
     if (have && !have.session.closed && !have.session.destroyed) return have;
     const host = ep.address.includes(":") ? `[${ep.address}]` : ep.address;
@@ -603,10 +603,7 @@ export class H2Proxy {
       session.once("error", (e: Error) => {
         clearTimeout(timer);
         reject(
-          new UpstreamError(
-            `cannot connect to endpoint ${ep.key} of service "${route.key}": ${e.message}`,
-            false,
-          ),
+          new UpstreamError(`cannot connect: ${e.message}`, false),
         );
       });
     });
@@ -639,7 +636,7 @@ export class H2Proxy {
         "content-type": "application/grpc",
         "grpc-status": String(GRPC_STATUS[f.status] ?? 2),
         "grpc-message": encodeURIComponent(f.message),
-        "x-meshd-error": String(f.status),
+        "x-meshd-error": f.code,
         ...f.extraHeaders,
       }, { endStream: true });
       return;
@@ -647,7 +644,7 @@ export class H2Proxy {
     stream.respond({
       ":status": f.status,
       "content-type": "text/plain; charset=utf-8",
-      "x-meshd-error": "1",
+      "x-meshd-error": f.code,
       ...f.extraHeaders,
     });
     stream.end(f.message + "\n");

@@ -521,12 +521,8 @@ export class HttpProxy {
         if (!(e instanceof UpstreamError)) throw e;
         // A pooled connection the backend closed while it sat idle is no fault of the backend.
         const staleReuse = reused && !e.timedOut && reqFraming.kind === "none" && attempt === 0;
-        if (!staleReuse && pool.failure(ep)) {
-          this.#opts.logger.warn("endpoint ejected after failures in a row", {
-            service: target.key,
-            endpoint: ep.key,
-          });
-        }
+        // An ejection is logged once, by the pool's owner (NodeProxy), for every protocol.
+        if (!staleReuse) pool.failure(ep);
         const canRetry = !e.requestSent || retryable;
         if (staleReuse) continue;
         if (canRetry && attempt + 1 < attempts) {
@@ -756,11 +752,9 @@ export class HttpProxy {
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
-      const what = conn ? "TLS with" : "cannot connect to";
-      throw new UpstreamError(
-        `${what} endpoint ${ep.key} of service "${route.key}" failed: ${(e as Error).message}`,
-        false,
-      );
+      // The 502 names the endpoint and the service already: say only what went wrong.
+      const what = conn ? "TLS handshake failed" : "cannot connect";
+      throw new UpstreamError(`${what}: ${(e as Error).message}`, false);
     } finally {
       clearTimeout(timer);
     }
@@ -788,7 +782,7 @@ export class HttpProxy {
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");
     const head = `HTTP/1.${minor === 0 ? 0 : 1} ${f.status} ${REASONS[f.status] ?? "Error"}\r\n` +
       `content-type: text/plain; charset=utf-8\r\ncontent-length: ${body.length}\r\n` +
-      `x-meshd-error: 1\r\n${
+      `x-meshd-error: ${f.code}\r\n${
         Object.entries(f.extraHeaders).map(([k, v]) => `${k}: ${v}\r\n`).join("")
       }connection: close\r\n\r\n`;
     const h = encodeLatin1(head);

@@ -42,6 +42,8 @@ export interface NodeProxyOptions {
   limits?: Partial<ProxyLimits>;
   /** A client of the HTTP entrypoint that reads nothing for this long is closed. Default 60 s. */
   writeTimeoutMs?: number;
+  /** Domains HTTP services answer to besides the config's (`traefik.mesh`, `maesh`). */
+  domainAliases?: readonly string[];
 }
 
 /** A service port the config in force needs and the proxy could not bind (it retries). */
@@ -127,7 +129,12 @@ export class NodeProxy {
         log.warn("endpoint ejected", { endpoint: s.key, forMs: ms, ejections: s.ejections });
       },
     });
-    this.#state = newRouteState({ pool, metrics, breakerTiming: options.breaker });
+    this.#state = newRouteState({
+      pool,
+      metrics,
+      breakerTiming: options.breaker,
+      domainAliases: options.domainAliases,
+    });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
     this.#limiter = new ConnectionLimiter({
       max: this.#limits.maxConnections,

@@ -82,9 +82,11 @@ Deno.test("NodeProxy answers 404 for an unknown host, naming it", async () => {
     const r = await rawRequest(port, "nobody.default.mesh");
     assert.equal(r.status, 404);
     assert.match(r.body, /nobody\.default\.mesh/);
+    assert.equal(r.headers.get("x-meshd-error"), "unknown-host");
     // An empty Host names no authority to route by (RFC 9112 §3.2): a bad request.
     const none = await rawRequest(port, "");
     assert.equal(none.status, 400);
+    assert.equal(none.headers.get("x-meshd-error"), "bad-request");
   });
 });
 
@@ -98,6 +100,7 @@ Deno.test("NodeProxy answers 503 naming the service when no endpoint is ready", 
     assert.equal(r.status, 503);
     assert.match(r.body, /default\/web/);
     assert.match(r.body, /no ready endpoint/);
+    assert.equal(r.headers.get("x-meshd-error"), "no-endpoint");
   });
 });
 
@@ -111,7 +114,16 @@ Deno.test("NodeProxy answers 502 naming the endpoint when the backend refuses", 
     async (_, port) => {
       const r = await rawRequest(port, "web.default.mesh");
       assert.equal(r.status, 502);
-      assert.match(r.body, new RegExp(`127\\.0\\.0\\.1:${closed}`));
+      assert.equal(r.headers.get("x-meshd-error"), "endpoint-failed");
+      // Said once: the endpoint, the service, then the cause, without repeating the first two.
+      assert.match(
+        r.body,
+        new RegExp(
+          `^Endpoint 127\\.0\\.0\\.1:${closed} of service "default/web:80" failed: ` +
+            `cannot connect: [^:]*[Rr]efused`,
+        ),
+      );
+      assert.equal(r.body.split("127.0.0.1").length, 2, r.body);
       assert.match(r.body, /default\/web/);
     },
   );
@@ -450,10 +462,11 @@ Deno.test("NodeProxy retries an idempotent request on another endpoint and eject
           endpoints: [endpoint("127.0.0.1", bad.port), endpoint("127.0.0.1", good!.port)],
         }],
       }]);
+      const lines: string[] = [];
       const proxy = new NodeProxy({
         hostname: "127.0.0.1",
         httpPort: 0,
-        logger: quiet,
+        logger: new Logger({ level: "warn", write: (l) => lines.push(l) }),
         outlier: { consecutiveFailures: 2, baseEjectionMs: 60_000 },
       });
       await proxy.start();
@@ -479,6 +492,8 @@ Deno.test("NodeProxy retries an idempotent request on another endpoint and eject
             "m",
           ),
         );
+        // One ejection, one log line (the pool's owner logs it, not each protocol again).
+        assert.equal(lines.filter((l) => /ejected/.test(l)).length, 1, lines.join("\n"));
         // A POST is not retried: its failure is the client's 502.
         const eject = await rawRequest(port, "web.default.mesh", { method: "POST", body: "x" });
         assert.equal(eject.status, 200, "the ejected endpoint is not picked");
@@ -533,6 +548,7 @@ Deno.test("NodeProxy answers 504 when the backend sends nothing in time", async 
     const r = await rawRequest(Number(proxy.httpAddress.split(":")[1]), "slow.default.mesh");
     assert.equal(r.status, 504);
     assert.match(r.body, /sent no response within 200 ms/);
+    assert.equal(r.headers.get("x-meshd-error"), "timeout");
     assert.ok(performance.now() - started < 1500, "the deadline, not the backend, ended it");
   } finally {
     await proxy.stop();
@@ -551,6 +567,7 @@ Deno.test("NodeProxy answers 429 over the rate limit, with Retry-After", async (
       assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
       const r = await rawRequest(port, "web.default.mesh");
       assert.equal(r.headers.get("retry-after"), "1");
+      assert.equal(r.headers.get("x-meshd-error"), "rate-limited");
       assert.match(r.body, /over its rate limit of 1 requests a second/);
       assert.match(
         proxy.registry.render(),
@@ -691,6 +708,7 @@ Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and clo
       for (let i = 0; i < 5; i++) assert.equal((await get("/?status=500")).status, 500);
       const refused = await get("/");
       assert.equal(refused.status, 503);
+      assert.equal(refused.headers.get("x-meshd-error"), "circuit-open");
       assert.match(
         refused.body,
         /Service "default\/web:80" is failing; its circuit breaker is open/,
@@ -745,7 +763,7 @@ Deno.test("NodeProxy speaks TLS to https services and checks the certificate nam
       assert.equal(wrong.status, 502);
       assert.match(
         wrong.body,
-        /TLS with endpoint 127\.0\.0\.1:\d+ of service "default\/other:80" failed/,
+        /Endpoint 127\.0\.0\.1:\d+ of service "default\/other:80" failed: TLS handshake failed: /,
       );
       assert.equal(seen.length, 1, "nothing was sent over the unverified connection");
     }, { caCerts: [pki.caCert] });
@@ -753,7 +771,7 @@ Deno.test("NodeProxy speaks TLS to https services and checks the certificate nam
     await withProxy(config, async (_, httpPort) => {
       const r = await rawRequest(httpPort, "secure.default.mesh");
       assert.equal(r.status, 502);
-      assert.match(r.body, /TLS with endpoint/);
+      assert.match(r.body, /failed: TLS handshake failed: /);
     });
   } finally {
     await server.shutdown();

@@ -4,17 +4,60 @@ import type { EndpointState } from "./endpoint_pool.ts";
 import type { DenyReason } from "./proxy_metrics.ts";
 import { candidatesFor, type Route } from "./route_table.ts";
 
+/**
+ * The reason codes meshd's own answers carry in `x-meshd-error`, so a client or a log query can
+ * tell them from the backend's: one per cause, whatever the HTTP version.
+ */
+export type ErrorCode =
+  | "bad-request"
+  | "unknown-host"
+  | "acl-denied"
+  | "rate-limited"
+  | "no-endpoint"
+  | "circuit-open"
+  | "endpoint-failed"
+  | "timeout"
+  | "loop";
+
+/** The code a status means when the failure does not name one (503 is `no-endpoint`). */
+function codeFor(status: number): ErrorCode {
+  switch (status) {
+    case 400:
+    case 431:
+      return "bad-request";
+    case 403:
+      return "acl-denied";
+    case 404:
+      return "unknown-host";
+    case 429:
+      return "rate-limited";
+    case 503:
+      return "no-endpoint";
+    case 504:
+      return "timeout";
+    case 508:
+      return "loop";
+    default:
+      return "endpoint-failed";
+  }
+}
+
 /** A response the proxy makes itself, with a body that says which service and why. */
 export class ProxyFailure extends Error {
+  /** What `x-meshd-error` says. */
+  readonly code: ErrorCode;
+
   constructor(
     readonly status: number,
     message: string,
     readonly extraHeaders: Record<string, string> = {},
     /** The backend failed at the network level (counted by `NetworkErrorRatio()`). */
     readonly network = false,
+    code?: ErrorCode,
   ) {
     super(message);
     this.name = "ProxyFailure";
+    this.code = code ?? codeFor(status);
   }
 }
 
@@ -86,6 +129,9 @@ export function checkBreaker(root: Route): boolean {
     throw new ProxyFailure(
       503,
       `Service "${root.key}" is failing; its circuit breaker is open (${breaker.expression})`,
+      {},
+      false,
+      "circuit-open",
     );
   }
   return true;

@@ -73,6 +73,11 @@ export interface RouteState {
   routes: WeakMap<MeshPort, CachedRoute>;
   /** Builds so far; a cached route is reused only by the build right after the one it was in. */
   builds: number;
+  /**
+   * Other domains HTTP services answer to besides the config's, such as Traefik Mesh's
+   * `traefik.mesh` and `maesh`, so its clients move over without edits.
+   */
+  domainAliases: readonly string[];
 }
 
 /** A route kept for reuse, with what it was built from. */
@@ -95,14 +100,16 @@ export function newRouteState(options: Partial<RouteState> = {}): RouteState {
     now: options.now ?? Date.now,
     routes: options.routes ?? new WeakMap(),
     builds: options.builds ?? 0,
+    domainAliases: options.domainAliases ?? [],
   };
 }
 
 /**
  * Builds the lookup tables for a config.
  *
- * An HTTP service port is reached as `<service>.<namespace>.<domain>:<port>`; a Host header
- * without a port means port 80, or the service's only HTTP port when it has no port 80.
+ * An HTTP service port is reached as `<service>.<namespace>.<domain>:<port>`, and under each
+ * of `state.domainAliases` too; a Host header without a port means port 80, or the service's
+ * only HTTP port when it has no port 80.
  */
 export function buildRouteTable(
   config: MeshConfig,
@@ -112,7 +119,9 @@ export function buildRouteTable(
   const tcp = new Map<number, Route>();
   const udp = new Map<number, Route>();
   const endpointKeys = new Set<string>();
-  const domain = config.domain.toLowerCase().replace(/^\.+|\.+$/g, "");
+  const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
+  const domain = trim(config.domain);
+  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)];
   const byPort = new Map<string, Route>();
   const routes: Route[] = [];
   const buckets = new Map<string, TokenBucket>();
@@ -214,10 +223,12 @@ export function buildRouteTable(
 
   for (const r of routes) {
     if (r.port.protocol === "http") {
-      const host = `${r.service.name}.${r.service.namespace}.${domain}`;
       const httpPorts = r.service.ports.filter((p) => p.protocol === "http");
-      http.set(`${host}:${r.port.port}`, r);
-      if (r.port.port === 80 || (httpPorts.length === 1 && !http.has(host))) http.set(host, r);
+      for (const d of domains) {
+        const host = `${r.service.name}.${r.service.namespace}.${d}`;
+        http.set(`${host}:${r.port.port}`, r);
+        if (r.port.port === 80 || (httpPorts.length === 1 && !http.has(host))) http.set(host, r);
+      }
     } else if (r.port.listenPort !== null) {
       (r.port.protocol === "tcp" ? tcp : udp).set(r.port.listenPort, r);
     }

@@ -29,6 +29,23 @@ Deno.test("lookupHttpRoute() finds service ports by Host, with or without port, 
   }
 });
 
+Deno.test("lookupHttpRoute() answers under each domain alias, and under none when there are none", () => {
+  // Traefik Mesh's clients call <svc>.<ns>.traefik.mesh (and, before 1.4, <svc>.<ns>.maesh).
+  const aliased = buildRouteTable(
+    config,
+    newRouteState({ domainAliases: ["traefik.mesh", "Maesh.", "mesh"] }),
+  );
+  const key = (h: string) => lookupHttpRoute(aliased, h)?.key;
+  assert.equal(key("web.default.traefik.mesh"), "default/web:80");
+  assert.equal(key("web.default.traefik.mesh:8080"), "default/web:8080");
+  assert.equal(key("api.shop.maesh"), "shop/api:9000");
+  assert.equal(key("web.default.mesh"), "default/web:80");
+  assert.equal(key("web.default.other"), undefined);
+  const plain = buildRouteTable(config, newRouteState({ domainAliases: [] }));
+  assert.equal(lookupHttpRoute(plain, "web.default.traefik.mesh"), undefined);
+  assert.equal(lookupHttpRoute(plain, "web.default.mesh")?.key, "default/web:80");
+});
+
 Deno.test("buildRouteTable() puts TCP ports by listen port and leaves UDP to its own proxy", () => {
   const t = buildRouteTable(config);
   assert.deepEqual([...t.tcp.keys()], [10000]);

@@ -29,6 +29,11 @@ export interface BuildTopologyOptions {
   acl?: boolean;
   /** Namespaces whose Services, TrafficSplits and TrafficTargets are left out of the mesh. */
   ignoredNamespaces?: readonly string[];
+  /**
+   * Objects that exist but could not be read, by `Kind/namespace/name`, with why: a reference
+   * to one says so instead of "does not exist".
+   */
+  unreadable?: Readonly<Record<string, string>>;
 }
 
 /** A service port before the proxy's listen port is chosen. */
@@ -45,6 +50,11 @@ export interface Topology {
   /** Everything the builder skipped or could not resolve, in a stable order. */
   diagnostics: Diagnostic[];
 }
+
+/** Records a diagnostic about `obj`; `warn` unless told otherwise. */
+type Warn = (obj: MeshObject, message: string, level?: "info" | "warn") => void;
+/** Says why a referenced object is absent: it does not exist, or it could not be read. */
+type Missing = (kind: string, key: string) => string;
 
 const byKey = <T extends MeshObject>(objs: T[]): Map<string, T> =>
   new Map(objs.map((o) => [`${o.meta.namespace}/${o.meta.name}`, o]));
@@ -66,8 +76,14 @@ export function buildTopology(
   const acl = options.acl ?? false;
   const ignored = new Set(options.ignoredNamespaces ?? []);
   const diagnostics: Diagnostic[] = [];
-  const warn = (obj: MeshObject, message: string): void => {
-    diagnostics.push({ level: "warn", object: objectKey(obj), source: obj.source, message });
+  const warn: Warn = (obj, message, level = "warn") => {
+    diagnostics.push({ level, object: objectKey(obj), source: obj.source, message });
+  };
+  const missing: Missing = (kind, key) => {
+    const why = options.unreadable?.[`${kind}/${key}`];
+    return why === undefined
+      ? `${kind} "${key}" does not exist`
+      : `${kind} "${key}" exists but could not be read (${why})`;
   };
 
   const of = <K extends MeshObject["kind"]>(kind: K) =>
@@ -144,6 +160,7 @@ export function buildTopology(
     serviceByKey,
     groups,
     warn,
+    missing,
   );
   if (acl) {
     applyAccess(
@@ -152,9 +169,18 @@ export function buildTopology(
       groups,
       byKey(of("TCPRoute")),
       warn,
+      missing,
     );
   }
   return { acl, services: result, identities, diagnostics };
+}
+
+/** What a TrafficTarget without rules allows: every HTTP request. */
+const ANY_REQUEST: HttpMatch = { name: "(no rules)", methods: [], pathRegex: "", headers: {} };
+
+function hasCondition(m: HttpMatch): boolean {
+  return m.pathRegex !== "" || Object.keys(m.headers).length > 0 ||
+    (m.methods.length > 0 && !m.methods.includes("*"));
 }
 
 function compareMeta(a: MeshObject, b: MeshObject): number {
@@ -165,7 +191,7 @@ function portProtocol(
   svc: Service,
   sp: ServicePort,
   fallback: "http" | "tcp",
-  warn: (o: MeshObject, m: string) => void,
+  warn: Warn,
 ): TrafficType | null {
   const label = `port ${sp.name ? `"${sp.name}" ` : ""}${sp.port}`;
   if (sp.protocol === "SCTP") {
@@ -189,7 +215,7 @@ function resolveEndpoints(
   slices: EndpointSlice[],
   podByKey: Map<string, Pod>,
   podByIp: Map<string, Pod>,
-  warn: (o: MeshObject, m: string) => void,
+  warn: Warn,
 ): MeshEndpoint[] {
   const seen = new Map<string, MeshEndpoint>();
   for (const slice of slices) {
@@ -240,11 +266,12 @@ function resolveMatches(
   name: string,
   wanted: string[],
   groups: Map<string, HttpRouteGroup>,
-  warn: (o: MeshObject, m: string) => void,
+  warn: Warn,
+  missing: Missing,
 ): HttpMatch[] | null {
   const group = groups.get(`${ns}/${name}`);
   if (!group) {
-    warn(owner, `HTTPRouteGroup "${ns}/${name}" does not exist`);
+    warn(owner, missing("HTTPRouteGroup", `${ns}/${name}`));
     return null;
   }
   // SMI access: a rule with no `matches` takes every match of the group.
@@ -263,7 +290,8 @@ function applySplits(
   services: Map<string, TopologyService>,
   declared: Map<string, Service>,
   groups: Map<string, HttpRouteGroup>,
-  warn: (o: MeshObject, m: string) => void,
+  warn: Warn,
+  missing: Missing,
 ): void {
   const taken = new Map<string, string>();
   const edges = new Map<string, string[]>();
@@ -284,7 +312,7 @@ function applySplits(
     let matches: HttpMatch[] = [];
     let broken = false;
     for (const m of split.matches) {
-      const found = resolveMatches(split, ns, m.name, [], groups, warn);
+      const found = resolveMatches(split, ns, m.name, [], groups, warn, missing);
       if (!found) broken = true;
       else matches = matches.concat(found);
     }
@@ -303,8 +331,8 @@ function applySplits(
       if (!svc) {
         warn(
           split,
-          `backend Service "${key}" ${
-            declared.has(key) ? "is not in the mesh" : "does not exist"
+          `backend ${
+            declared.has(key) ? `Service "${key}" is not in the mesh` : missing("Service", key)
           }; skipped`,
         );
         continue;
@@ -320,13 +348,22 @@ function applySplits(
     edges.set(rootKey, backends.map((b) => `${b.svc.namespace}/${b.svc.name}`));
     for (const port of root.ports) {
       if (matches.length > 0 && port.protocol !== "http") continue;
-      // A backend that does not expose the root's port gets nothing on that port.
+      // A backend that does not expose the root's port gets nothing on that port. (Traefik
+      // Mesh refuses the whole split then; meshd splits among the backends that have it.)
       const usable = backends.filter((b) =>
         b.svc.ports.some((p) => p.port === port.port && p.protocol === port.protocol)
       );
       if (usable.length === 0) {
         warn(split, `no backend exposes port ${port.port} of "${rootKey}"; that port is not split`);
         continue;
+      }
+      for (const b of backends) {
+        if (usable.includes(b)) continue;
+        warn(
+          split,
+          `backend Service "${b.svc.namespace}/${b.svc.name}" does not expose port ${port.port} ` +
+            `(${port.protocol}) of "${rootKey}"; it gets no traffic on that port`,
+        );
       }
       port.split = {
         name: `${ns}/${split.meta.name}`,
@@ -368,7 +405,8 @@ function applyAccess(
   services: TopologyService[],
   groups: Map<string, HttpRouteGroup>,
   tcpRoutes: Map<string, TcpRoute>,
-  warn: (o: MeshObject, m: string) => void,
+  warn: Warn,
+  missing: Missing,
 ): void {
   for (const tt of targets) {
     const ns = tt.meta.namespace;
@@ -378,9 +416,38 @@ function applyAccess(
     for (const rule of tt.rules) {
       if (rule.kind === "TCPRoute") {
         if (tcpRoutes.has(`${ns}/${rule.name}`)) l4 = true;
-        else warn(tt, `TCPRoute "${ns}/${rule.name}" does not exist`);
+        else warn(tt, missing("TCPRoute", `${ns}/${rule.name}`));
       } else {
-        http = http.concat(resolveMatches(tt, ns, rule.name, rule.matches, groups, warn) ?? []);
+        http = http.concat(
+          resolveMatches(tt, ns, rule.name, rule.matches, groups, warn, missing) ?? [],
+        );
+      }
+    }
+    if (tt.rules.length === 0) {
+      // SMI access v1alpha2 requires rules, and says nothing of a target without them. Traefik
+      // Mesh routes such a target by Host alone: its sources may send any HTTP request to the
+      // destination. Users' objects were written against that, so meshd reads it the same way;
+      // TCP and UDP still need a TCPRoute rule, as there.
+      http = [ANY_REQUEST];
+      warn(
+        tt,
+        `TrafficTarget has no rules: its sources may send any HTTP request to ServiceAccount ` +
+          `"${dest}" (as Traefik Mesh reads it); TCP and UDP need a TCPRoute rule`,
+        "info",
+      );
+    } else {
+      // Traefik Mesh builds its rule from the matches that have a condition and drops those
+      // without one, unless none has: then the rule is the Host alone. A condition-less match
+      // beside others therefore allows nothing more there, and here.
+      const conditioned = http.filter(hasCondition);
+      if (conditioned.length > 0 && conditioned.length < http.length) {
+        const names = http.filter((m) => !hasCondition(m)).map((m) => `"${m.name}"`).join(", ");
+        warn(
+          tt,
+          `match ${names} has no pathRegex, methods or headers and allows nothing beside matches ` +
+            `that have them (as in Traefik Mesh); remove it, or the other matches to allow all`,
+        );
+        http = conditioned;
       }
     }
     const rule: MeshAccessRule = {

@@ -1,5 +1,6 @@
 import { buildMeshConfig, type BuildMeshConfigOptions } from "./build_mesh_config.ts";
 import { buildTopology, type BuildTopologyOptions } from "./build_topology.ts";
+import { type ConfigError, describeSource } from "./errors.ts";
 import type { Diagnostic, MeshConfig } from "./mesh_config.ts";
 import type { MeshObject } from "./objects.ts";
 
@@ -22,4 +23,20 @@ export function compileMeshConfig(
   const topology = buildTopology(objects, options);
   const built = buildMeshConfig(topology, options);
   return { config: built.config, diagnostics: [...topology.diagnostics, ...built.diagnostics] };
+}
+
+/**
+ * The objects a load could not read, by `Kind/namespace/name`, each with its error: the
+ * builders' `unreadable` option, so a reference to one says it is broken, not absent.
+ */
+export function unreadableObjects(errors: readonly ConfigError[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of errors) {
+    if (!e.key) continue;
+    // "Cannot read Kind "ns/name" in <source>: <why>": keep where and why, not the name again.
+    const cut = e.message.startsWith("Cannot read ") ? e.message.indexOf(": ") : -1;
+    const why = cut >= 0 ? e.message.slice(cut + 2) : e.message;
+    out[e.key] = e.source ? `${describeSource(e.source)}: ${why}` : why;
+  }
+  return out;
 }

@@ -20,8 +20,12 @@ import type {
 /** The outcome of decoding one raw object. */
 export type DecodeResult =
   | { status: "ok"; object: MeshObject }
-  /** Not an object meshd uses (another kind or API version); skip it with a warning. */
-  | { status: "skipped"; reason: string }
+  /**
+   * Not an object meshd uses (another kind or API version); skip it with a warning, or, when
+   * `quiet`, a debug line: a kind any application manifest carries, such as the
+   * ServiceAccounts in Traefik Mesh's, which meshd learns from Pods instead.
+   */
+  | { status: "skipped"; reason: string; quiet?: boolean }
   /** A malformed object. `key` is its `Kind/namespace/name` when that much could be read. */
   | { status: "invalid"; error: ConfigError; key?: string };
 
@@ -191,6 +195,34 @@ const CORE_KINDS = new Set([
   "ServiceAccount",
   "Status",
 ]);
+
+/**
+ * Kinds a normal application manifest carries beside the ones meshd reads, by the API groups
+ * they belong to (`""` is the core group): skipped without a warning.
+ */
+const MANIFEST_KINDS: Readonly<Record<string, readonly string[]>> = {
+  ServiceAccount: [""],
+  Namespace: [""],
+  ConfigMap: [""],
+  Secret: [""],
+  Endpoints: [""],
+  PersistentVolumeClaim: [""],
+  Deployment: ["apps"],
+  DaemonSet: ["apps"],
+  StatefulSet: ["apps"],
+  ReplicaSet: ["apps"],
+  Job: ["batch"],
+  CronJob: ["batch"],
+  Role: ["rbac.authorization.k8s.io"],
+  RoleBinding: ["rbac.authorization.k8s.io"],
+  ClusterRole: ["rbac.authorization.k8s.io"],
+  ClusterRoleBinding: ["rbac.authorization.k8s.io"],
+  CustomResourceDefinition: ["apiextensions.k8s.io"],
+  Ingress: ["networking.k8s.io"],
+  NetworkPolicy: ["networking.k8s.io"],
+  PodDisruptionBudget: ["policy"],
+  HorizontalPodAutoscaler: ["autoscaling"],
+};
 
 /** A valid IPv4 address in dotted decimal, as Kubernetes takes it (no leading zeros). */
 export function isIpv4(s: string): boolean {
@@ -410,7 +442,7 @@ function decodeTrafficTarget(raw: Obj, meta: ObjectMeta): TrafficTarget {
 function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
   const spec = map(raw, "spec", "");
   const matches: HttpMatch[] = listOfMaps(spec, "matches", "spec").map(([m, p]) => {
-    const headers = strMap(m, "headers", p);
+    const headers = headerMap(m, p);
     for (const [k, v] of Object.entries(headers)) regex(v, `${field(p, "headers")}["${k}"]`);
     return {
       name: str(m, "name", p),
@@ -427,6 +459,28 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     seen.add(m.name);
   }
   return { kind: "HTTPRouteGroup", meta, matches };
+}
+
+/**
+ * `headers` of an HTTP match: a map of name to regular expression, as the SMI text shows it,
+ * or a list of such maps (usually one key each), as Traefik Mesh's CRD declares it. A name
+ * given twice in the list is refused rather than silently dropped.
+ */
+function headerMap(m: Obj, path: string): Record<string, string> {
+  if (!Array.isArray(m["headers"])) return strMap(m, "headers", path);
+  const out: Record<string, string> = {};
+  for (const [item, p] of listOfMaps(m, "headers", path)) {
+    for (const [k, v] of Object.entries(item)) {
+      if (typeof v !== "string") {
+        throw new FieldError(`${p}["${k}"]`, `expected a string, found ${typeName(v)} (quote it)`);
+      }
+      if (Object.keys(out).some((x) => x.toLowerCase() === k.toLowerCase())) {
+        throw new FieldError(`${p}["${k}"]`, `names header "${k}" a second time`);
+      }
+      out[k] = v;
+    }
+  }
+  return out;
 }
 
 function decodeTrafficSplit(raw: Obj, meta: ObjectMeta): TrafficSplit {
@@ -510,7 +564,12 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
       k.startsWith(kind) && group(v) === group(apiVersion)
     )?.[0];
     if (cut) return broken("kind", `is "${kind}": is it "${cut}" cut short?`);
-    return { status: "skipped", reason: `kind "${kind}" is not used by meshd` };
+    const quiet = MANIFEST_KINDS[kind]?.includes(group(apiVersion)) ?? false;
+    return {
+      status: "skipped",
+      reason: `kind "${kind}" is not used by meshd`,
+      ...(quiet ? { quiet } : {}),
+    };
   }
   if (want !== apiVersion) {
     return {
@@ -557,11 +616,7 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
         e.whole
           ? `${e.message}${where}`
           : `Cannot read${name}${where}: field "${e.field}" ${e.message}`,
-        {
-          source,
-          field: e.field,
-          cause: e,
-        },
+        { source, field: e.field, key, cause: e },
       ),
     };
   }

@@ -153,3 +153,37 @@ Deno.test("decodeObject() rejects endpoint addresses that are not addresses of t
     assert.equal(decodeObject(slice(type, good), src).status, "ok", good);
   }
 });
+
+Deno.test("decodeObject() reads HTTPRouteGroup headers as a map or as a list of maps", () => {
+  const group = (headers: unknown) =>
+    decodeObject({
+      apiVersion: "specs.smi-spec.io/v1alpha3",
+      kind: "HTTPRouteGroup",
+      metadata: { name: "g", namespace: "test" },
+      spec: { matches: [{ name: "m", headers }] },
+    }, src);
+  const headersOf = (r: ReturnType<typeof decodeObject>): unknown => {
+    if (r.status === "invalid") return r.error.message;
+    if (r.status === "ok" && r.object.kind === "HTTPRouteGroup") {
+      return r.object.matches[0]!.headers;
+    }
+    return r;
+  };
+  // The SMI text's form, and the form of Traefik Mesh's CRD (one key per item, usually).
+  assert.deepEqual(headersOf(group({ a: "1", b: "2" })), { a: "1", b: "2" });
+  assert.deepEqual(headersOf(group([{ a: "1" }, { b: "2" }])), { a: "1", b: "2" });
+  assert.deepEqual(headersOf(group([{ a: "1", b: "2" }])), { a: "1", b: "2" });
+  assert.deepEqual(headersOf(group([])), {});
+  assert.match(
+    String(headersOf(group([{ a: "1" }, { A: "2" }]))),
+    /field "spec\.matches\[0\]\.headers\[1\]\["A"\]" names header "A" a second time/,
+  );
+  assert.match(
+    String(headersOf(group([{ a: true }]))),
+    /field "spec\.matches\[0\]\.headers\[0\]\["a"\]" expected a string, found boolean true/,
+  );
+  assert.match(
+    String(headersOf(group(["a: 1"]))),
+    /field "spec\.matches\[0\]\.headers\[0\]" expected a map, found string/,
+  );
+});

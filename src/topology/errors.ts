@@ -6,15 +6,18 @@ export class ConfigError extends Error {
   readonly source?: SourceRef;
   /** The offending field as a dotted path, such as `spec.ports[0].port`. */
   readonly field?: string;
+  /** `Kind/namespace/name` of the object, when that much could be read. */
+  readonly key?: string;
 
   constructor(
     message: string,
-    options: { source?: SourceRef; field?: string; cause?: unknown } = {},
+    options: { source?: SourceRef; field?: string; key?: string; cause?: unknown } = {},
   ) {
     super(message, { cause: options.cause });
     this.name = "ConfigError";
     this.source = options.source;
     this.field = options.field;
+    this.key = options.key;
   }
 }
 

@@ -66,7 +66,8 @@ export interface MeshService {
 
 /** Something the builder noticed about an object: a skipped part, a conflict, a bad reference. */
 export interface Diagnostic {
-  level: "warn" | "error";
+  /** `info`: meshd read the object as Traefik Mesh does, which may surprise; nothing is wrong. */
+  level: "info" | "warn" | "error";
   /** `Kind/namespace/name` of the object concerned. */
   object: string;
   source?: SourceRef;

@@ -38,5 +38,5 @@ export type {
   BuildMeshConfigResult,
   PortRange,
 } from "./build_mesh_config.ts";
-export { compileMeshConfig } from "./compile_mesh_config.ts";
+export { compileMeshConfig, unreadableObjects } from "./compile_mesh_config.ts";
 export type { CompileOptions } from "./compile_mesh_config.ts";

@@ -407,7 +407,7 @@ Deno.test({
     assert.equal(post.status, 403);
     assert.match(
       post.body,
-      /no TrafficTarget lets ServiceAccount "dp\/web" send POST \/orders to HTTP port 80 of service "dp\/api"/,
+      /TrafficTarget "dp\/[a-z-]+" names ServiceAccount "dp\/web" as a source, but none of its rules matches POST \/orders to HTTP port 80 of service "dp\/api"/,
     );
     // Another Pod claiming to be the allowed one in X-Forwarded-For gains nothing.
     const spoof = await httpFrom(
