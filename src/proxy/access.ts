@@ -3,7 +3,11 @@ import type { HttpMatch, MeshAccessRule } from "../topology/mod.ts";
 /** An HTTP request as access control and split matches see it. */
 export interface RequestInfo {
   method: string;
-  /** The path, without the query. */
+  /**
+   * The path, without the query, in the normal form `normalizeTarget` gives it at the
+   * entrypoint (dot segments removed, unreserved escapes decoded): the path the backend serves,
+   * so `/public/../admin` never passes as `/public`.
+   */
   path: string;
   /** A header's value, or `null`; names are given lower-case. */
   header(name: string): string | null;
@@ -41,39 +45,10 @@ export function compileMatch(m: HttpMatch): CompiledMatch {
   };
 }
 
-/**
- * The path access rules and split matches see: percent-encoded unreserved characters decoded
- * and dot segments removed (RFC 3986 §2.3, §5.2.4), as a backend that normalizes paths sees
- * it. With prefix rules, `/public/../admin` must not pass as `/public`. `%2F` stays encoded:
- * it is data, not a separator.
- */
-export function normalizePath(path: string): string {
-  const decoded = path.includes("%")
-    ? path.replace(/%([0-9A-Fa-f]{2})/g, (all, hex: string) => {
-      const c = String.fromCharCode(parseInt(hex, 16));
-      return /[A-Za-z0-9\-._~]/.test(c) ? c : all.toUpperCase();
-    })
-    : path;
-  if (!/(^|\/)\.\.?(\/|$)/.test(decoded)) return decoded;
-  const out: string[] = [];
-  const segments = decoded.split("/");
-  for (const [i, seg] of segments.entries()) {
-    const last = i === segments.length - 1;
-    if (seg === "..") {
-      if (out.length > 1) out.pop();
-      if (last) out.push("");
-    } else if (seg === ".") {
-      if (last) out.push("");
-    } else out.push(seg);
-  }
-  const joined = out.join("/");
-  return joined.startsWith("/") ? joined : `/${joined}`;
-}
-
 /** Whether `req` satisfies `m`: its method, its path and every header it names. */
 export function matches(m: CompiledMatch, req: RequestInfo): boolean {
   if (m.methods && !m.methods.has(req.method)) return false;
-  if (m.path && !m.path.test(normalizePath(req.path))) return false;
+  if (m.path && !m.path.test(req.path)) return false;
   for (const [name, re] of m.headers) {
     const v = req.header(name);
     if (v === null || !re.test(v)) return false;
