@@ -12,6 +12,7 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const HOST = "127.0.0.1";
@@ -326,12 +327,7 @@ async function heapUsed(apiPort: number): Promise<number> {
 async function startMeshd(configDir: string) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
   const meshd = new Child("meshd", [
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-    `${ROOT}main.ts`,
-    "run",
+    ...FILE_MESHD_RUN,
     "--config-dir",
     configDir,
     "--proxy-address",

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -178,12 +179,7 @@ async function startMesh(opts: { acl: boolean; v2Account?: string }): Promise<{
     const tcpPort = freePort();
     const udpPort = freePort();
     const meshd = new Child("meshd", [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-      `${ROOT}main.ts`,
-      "run",
+      ...FILE_MESHD_RUN,
       "--config-dir",
       dir,
       "--http-port",

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -160,12 +161,7 @@ async function startMesh(): Promise<{ mesh: Mesh; stop: () => Promise<void> }> {
     const apiPort = freePort();
     const tcpFirst = freePort();
     const meshd = new Child("meshd", [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-      `${ROOT}main.ts`,
-      "run",
+      ...FILE_MESHD_RUN,
       "--provider=file",
       "--config-dir",
       dir,

@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -299,12 +300,7 @@ Deno.test({
     const http = freePort();
     const api = freePort();
     const meshd = new Child("meshd", [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-      `${ROOT}main.ts`,
-      "run",
+      ...FILE_MESHD_RUN,
       "--config-dir",
       dir,
       "--http-port",

@@ -5,6 +5,7 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -67,12 +68,7 @@ export async function startFilesMesh(extraArgs: string[] = []): Promise<FilesMes
     const api = freePort();
     const tcp = freePort();
     const meshd = new Child("meshd", [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-      `${ROOT}main.ts`,
-      "run",
+      ...FILE_MESHD_RUN,
       "--provider=file",
       "--config-dir",
       dir,

@@ -13,8 +13,7 @@
 import http2 from "node:http2";
 import net from "node:net";
 import { Child, freePort, waitFor } from "../testenv/process.ts";
-
-const ROOT = new URL("../../", import.meta.url).pathname;
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 /** ServiceAccount default/client: allowed `/public` and `/x`, nothing else. */
 export const CLIENT_POD = "127.0.40.1";
@@ -445,12 +444,7 @@ export async function startEnv(): Promise<SmugglingEnv> {
     const tcp = freePort();
     const udp = freePort();
     meshd = new Child("meshd", [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-      `${ROOT}main.ts`,
-      "run",
+      ...FILE_MESHD_RUN,
       "--config-dir",
       dir,
       "--http-port",

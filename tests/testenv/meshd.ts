@@ -21,6 +21,20 @@ export const MESHD_PERMISSIONS = [
   "--allow-sys=hostname,osRelease,networkInterfaces",
 ];
 
+/**
+ * Deno's argv up to meshd's own flags for a file-mode meshd, with the permissions
+ * `scripts/quickstart` gives it (no FFI, so the userspace path):
+ * `new Child("meshd", [...FILE_MESHD_RUN, "--config-dir", dir, ...])`.
+ */
+export const FILE_MESHD_RUN = [
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
+  `${ROOT}main.ts`,
+  "run",
+];
+
 /** `GET` on a meshd's API, from wherever it can be reached. */
 export type ApiGet = (path: string) => Promise<{ status: number; body: string }>;
 
