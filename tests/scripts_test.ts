@@ -36,9 +36,19 @@ Deno.test("scripts pass shellcheck", async () => {
   assert.equal(r.code, 0, r.stdout + r.stderr);
 });
 
-Deno.test("the image tag, the DaemonSet and deno.json agree on the version", async () => {
-  const ds = await Deno.readTextFile(`${ROOT}manifests/daemonset.yaml`);
-  assert.match(ds, new RegExp(`^\\s+image: meshd:${denoJson.version.replace(/\./g, "\\.")}$`, "m"));
+Deno.test("the image tag, the manifests, the chart and deno.json agree on the version", async () => {
+  const v = denoJson.version.replace(/\./g, "\\.");
+  for (const f of ["daemonset.yaml", "prepare-job.yaml", "cleanup-job.yaml"]) {
+    const text = await Deno.readTextFile(`${ROOT}manifests/${f}`);
+    const images = [...text.matchAll(/^\s+image: (\S+)$/gm)].map((m) => m[1]);
+    assert.ok(images.length > 0, f);
+    for (const i of images) assert.match(i!, new RegExp(`^meshd:${v}$`), f);
+  }
+  const chart = await Deno.readTextFile(`${ROOT}charts/meshd/Chart.yaml`);
+  assert.match(chart, new RegExp(`^version: ${v}$`, "m"));
+  assert.match(chart, new RegExp(`^appVersion: "${v}"$`, "m"));
+  const values = await Deno.readTextFile(`${ROOT}charts/meshd/values.yaml`);
+  assert.match(values, new RegExp(`^  tag: "${v}"$`, "m"));
   const docker = await Deno.readTextFile(`${ROOT}Dockerfile`);
   const out = denoJson.tasks.compile.match(/--output (\S+)/)?.[1];
   assert.equal(out, "dist/meshd");

@@ -1,5 +1,5 @@
 import denoJson from "../../deno.json" with { type: "json" };
-import { ConfigStore, MeshNode, ZoneStore } from "../node/mod.ts";
+import { ConfigStore, MeshNode, successorBound, ZoneStore } from "../node/mod.ts";
 import {
   type ApiServer,
   type LogFormat,
@@ -41,8 +41,10 @@ import {
   DISTRIBUTION_FLAGS,
   DNS_FLAGS,
   DOMAIN_ALIASES_FLAG,
+  DRAIN_FLAGS,
   EBPF_FLAGS,
   EBPF_GRACE_FLAG,
+  HEALTH_FLAGS,
   KUBE_FLAGS,
   LOG_FLAGS,
   MODEL_FLAGS,
@@ -95,10 +97,14 @@ const RUN_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "ADDR",
     default: "127.0.0.1",
-    help: "Address of the API (/api/config, /api/services, /healthz, /readyz)",
+    help: "Address of the API (/api/config, /api/services, /api/status, /metrics, /healthz, " +
+      "/readyz); it shows every endpoint and ServiceAccount, so keep it on loopback and reach " +
+      "it with kubectl port-forward",
   },
   { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+  ...HEALTH_FLAGS,
   ...PROXY_FLAGS,
+  ...DRAIN_FLAGS,
   DATAPATH_FLAG,
   ...EBPF_FLAGS,
   EBPF_GRACE_FLAG,
@@ -473,15 +479,19 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       );
     }
   }
+  const reusePort = values["reuse-port"] as boolean;
   const proxy = new NodeProxy({
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
     domainAliases: values["domain-aliases"] as string[],
+    reusePort,
     logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
     caCerts,
   });
   let api: ApiServer | null = null;
+  let health: ApiServer | null = null;
+  let metrics: ApiServer | null = null;
   let provider: FileProvider | null = null;
   let elector: LeaderElector | null = null;
   let shadows: ShadowServiceController | null = null;
@@ -562,20 +572,93 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         ? () => ({ leader: leaseHolder()?.identity ?? null, ...controller?.report() })
         : undefined,
     });
-    try {
-      api = await serveApi({
-        hostname: values["api-address"] as string,
-        port: values["api-port"] as number,
-        source: node,
-        logger: logger.with({ room: "api" }),
-      });
-    } catch (e) {
-      throw new CliError(
-        `Cannot listen on ${values["api-address"]}:${values["api-port"]} for the API: ${
-          (e as Error).message
-        }`,
+    const serve = async (
+      name: "api" | "health" | "metrics",
+      what: string,
+      address: string,
+      port: number,
+    ): Promise<ApiServer> => {
+      try {
+        return await serveApi({
+          hostname: address,
+          port,
+          source: node,
+          logger: logger.with({ room: "api" }),
+          serves: name === "api" ? undefined : [name],
+          name,
+          reusePort,
+        });
+      } catch (e) {
+        throw new CliError(
+          `Cannot listen on ${address}:${port} for ${what}: ${(e as Error).message}`,
+        );
+      }
+    };
+    api = await serve(
+      "api",
+      "the API",
+      values["api-address"] as string,
+      values["api-port"] as number,
+    );
+    const healthAddress = values["health-address"] as string;
+    if (values["health-port"] !== undefined) {
+      health = await serve(
+        "health",
+        "the health probes",
+        healthAddress,
+        values["health-port"] as number,
       );
     }
+    if (values["metrics-port"] !== undefined) {
+      metrics = await serve(
+        "metrics",
+        "the metrics",
+        healthAddress,
+        values["metrics-port"] as number,
+      );
+    }
+    // On SIGTERM with --drain-timeout: the probes' port is let go at once (the kubelet probes
+    // the successor there), every other port is served until the successor holds it too, then
+    // connections in flight finish. All of it within the timeout.
+    const drainMs = (values["drain-timeout"] as number | undefined) ?? 0;
+    const drain = async (sig: string): Promise<void> => {
+      if (sig !== "SIGTERM" || drainMs <= 0) return;
+      const started = Date.now();
+      const deadline = started + drainMs;
+      await health?.shutdown();
+      health = null;
+      const held = proxy.listening();
+      const ports = {
+        tcp: [...held.tcp, ...(dns ? [dns.port] : [])],
+        udp: [...held.udp, ...(dns ? [dns.port] : [])],
+      };
+      const log = logger.with({ room: "node" });
+      log.info("draining: serving until a successor holds every port", {
+        tcp: ports.tcp.join(","),
+        udp: ports.udp.join(","),
+        timeoutMs: drainMs,
+      });
+      // Deno lets only --allow-all read /proc/net (the compiled binary has it).
+      await Deno.readTextFile("/proc/net/tcp").catch((e) =>
+        log.warn("cannot see a successor's sockets; waiting for the whole drain timeout", {
+          error: (e as Error).message,
+        })
+      );
+      let successor = false;
+      while (Date.now() < deadline && !(successor = await successorBound(ports))) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await proxy.drain();
+      while (proxy.inFlight > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const open = proxy.inFlight;
+      (open > 0 || !successor ? log.warn : log.info).call(log, "drained", {
+        successor,
+        open,
+        ms: Date.now() - started,
+      });
+    };
     if (!kubeCfg) {
       provider = new FileProvider({
         dir: dir!,
@@ -590,6 +673,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       });
       const sig = await stopped;
       logger.info("meshd stopping", { signal: sig });
+      await drain(sig);
       return 0;
     }
     // A restarted node routes on what it last applied before it reaches anyone.
@@ -599,6 +683,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       dns = new DnsServer({
         hostname: values["dns-address"] as string,
         port: values["dns-port"] as number,
+        reusePort,
         zone,
         logger: logger.with({ room: "dns" }),
         registry: proxy.registry,
@@ -694,18 +779,38 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       isLeader: () => controller?.leading ?? false,
       authenticate: ({ token }) => k.reviewToken(kapi, token, nodeUser),
     });
-    let distPort: number;
+    const distAddress = values["distribution-address"] as string;
+    let distPort = values["distribution-port"] as number;
+    const distListen = (): Promise<number> => distServer!.listen(distAddress, distPort);
+    // With --reuse-port, the meshd this one replaces may hold the port (the config stream
+    // cannot share it): take it once that one has left, and campaign for the Lease only then.
+    let distBound: Promise<void> = Promise.resolve();
     try {
-      distPort = await distServer.listen(
-        values["distribution-address"] as string,
-        values["distribution-port"] as number,
-      );
+      distPort = await distListen();
     } catch (e) {
-      throw new CliError(
-        `Cannot listen on ${values["distribution-address"]}:${
-          values["distribution-port"]
-        } for the config stream: ${(e as Error).message}`,
-      );
+      if (!reusePort || distPort === 0) {
+        throw new CliError(
+          `Cannot listen on ${distAddress}:${distPort} for the config stream: ${
+            (e as Error).message
+          }`,
+        );
+      }
+      const distLog = logger.with({ room: "distribution" });
+      distLog.info("the config stream's port is held, by the meshd this one replaces; retrying", {
+        address: hostPort(distAddress, distPort),
+        error: (e as Error).message,
+      });
+      distBound = (async () => {
+        for (let done = false; !done;) {
+          const gone = await Promise.race([
+            new Promise((r) => setTimeout(() => r(false), 1000)),
+            stopped.then(() => true),
+          ]);
+          if (gone) throw new Error("stopped");
+          done = await distListen().then(() => true, () => false);
+        }
+        distLog.info("config stream listening", { address: hostPort(distAddress, distPort) });
+      })();
     }
     const ignore = values["ignore-namespaces"] as string[];
     const ctl = controller = new MeshController({
@@ -787,8 +892,9 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       },
     });
     leaseWatch.start();
-    // Campaign at once: electing a controller does not wait for this node's first config.
-    elector.start();
+    // Campaign at once: electing a controller does not wait for this node's first config (it
+    // waits for the config stream's port, which a predecessor may hold).
+    distBound.then(() => elector?.start(), () => {});
     dc.start();
     // Until the first config (the API or the leader may be down), signals still stop meshd.
     const first = await Promise.race([
@@ -797,6 +903,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     ]);
     if (first) {
       logger.info("meshd stopping", { signal: first });
+      await drain(first);
       return 0;
     }
     logger.info("meshd ready", {
@@ -806,6 +913,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     });
     const sig = await stopped;
     logger.info("meshd stopping", { signal: sig });
+    await drain(sig);
     return 0;
   } finally {
     // A leader gives the lease up first, so another pod takes over at once.
@@ -818,6 +926,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     await dnsFeed?.stop();
     await dns?.stop();
     await api?.shutdown();
+    await health?.shutdown();
+    await metrics?.shutdown();
     await proxy.stop();
     // Left pinned and attached: sockets stay balanced until the next meshd takes over.
     fastPath?.close();

@@ -467,3 +467,49 @@ export const DISTRIBUTION_FLAGS: readonly FlagSpec[] = [
       "leader or the API server; empty: keep nothing",
   },
 ];
+
+/** Flags of the health and metrics ports, apart from the API (meshd run). */
+export const HEALTH_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "health-address",
+    kind: "string",
+    arg: "ADDR",
+    default: "127.0.0.1",
+    help: "Address of the health and metrics ports (0.0.0.0 in a DaemonSet, for the kubelet " +
+      "and Prometheus)",
+  },
+  {
+    name: "health-port",
+    kind: "int",
+    arg: "PORT",
+    help: "Port serving /healthz and /readyz alone, for the probes (default: none; the API " +
+      "port serves them too)",
+  },
+  {
+    name: "metrics-port",
+    kind: "int",
+    arg: "PORT",
+    help: "Port serving /metrics alone, for Prometheus (default: none; the API port serves it too)",
+  },
+];
+
+/** Flags of the hand-over to the next meshd on the node (meshd run). */
+export const DRAIN_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "reuse-port",
+    kind: "bool",
+    default: "false",
+    help: "Bind every port with SO_REUSEPORT (UDP: SO_REUSEADDR), so the next meshd on the node " +
+      "binds the same ports while this one still serves; the config stream's port is taken " +
+      "over once this one has left",
+  },
+  {
+    name: "drain-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    help: "On SIGTERM, go on serving until a successor holds every port this meshd listens on, " +
+      "then stop accepting and let connections in flight finish, all within DURATION " +
+      "(default: none, stop at once); reading the successor's sockets in /proc/net takes " +
+      "--allow-all, which the compiled binary has",
+  },
+];

@@ -16,6 +16,11 @@ export interface DnsServerOptions {
   hostname: string;
   /** UDP and TCP port; 0 picks a free one for both. */
   port: number;
+  /**
+   * Binds UDP with SO_REUSEADDR and TCP with SO_REUSEPORT, so a successor meshd binds the port
+   * before this one leaves (on Linux the UDP socket bound last receives the new queries).
+   */
+  reusePort?: boolean;
   zone: MeshZone;
   logger: Logger;
   /** Where `meshd_dns_queries_total` goes. */
@@ -58,10 +63,21 @@ export class DnsServer {
   start(): void {
     const { hostname, port } = this.#opts;
     for (let attempt = 0;; attempt++) {
-      const udp = Deno.listenDatagram({ transport: "udp", hostname, port });
+      const reuse = this.#opts.reusePort === true;
+      const udp = Deno.listenDatagram({
+        transport: "udp",
+        hostname,
+        port,
+        ...(reuse ? { reuseAddress: true } : {}),
+      });
       const bound = (udp.addr as Deno.NetAddr).port;
       try {
-        this.#tcp = Deno.listen({ transport: "tcp", hostname, port: bound });
+        this.#tcp = Deno.listen({
+          transport: "tcp",
+          hostname,
+          port: bound,
+          ...(reuse ? { reusePort: true } : {}),
+        });
         this.#udp = udp;
         break;
       } catch (e) {

@@ -7,3 +7,4 @@ export { MeshNode } from "./mesh_node.ts";
 export type { ConfigSource, MeshNodeOptions } from "./mesh_node.ts";
 export * from "./config_store.ts";
 export * from "./zone_store.ts";
+export * from "./successor.ts";

@@ -19,12 +19,24 @@ export interface ApiSource {
   nodes?: () => unknown;
 }
 
+/**
+ * What one listener serves: `api` the `/api/*` endpoints, `health` `/healthz` and `/readyz`,
+ * `metrics` `/metrics`.
+ */
+export type ApiPart = "api" | "health" | "metrics";
+
 /** Options for {@linkcode serveApi}. */
 export interface ApiOptions {
   hostname: string;
   port: number;
   source: ApiSource;
   logger: Logger;
+  /** What this listener serves; default all of it. */
+  serves?: readonly ApiPart[];
+  /** Sets SO_REUSEPORT, so a successor meshd can bind the same port before this one leaves. */
+  reusePort?: boolean;
+  /** The listener's name in logs; default "api". */
+  name?: string;
 }
 
 /** A running API server. */
@@ -36,7 +48,9 @@ export interface ApiServer {
 /**
  * Serves meshd's HTTP API: `GET /api/config`, `/api/services`, `/api/status`,
  * `/api/status/nodes`, `/metrics`,
- * `/healthz` and `/readyz`. Resolves once the port is bound.
+ * `/healthz` and `/readyz`, or the part of it `serves` names (a health port answers
+ * `/healthz` and `/readyz` alone, so the probes' port shows no config). Resolves once the port
+ * is bound.
  *
  * @example
  * ```ts
@@ -45,6 +59,17 @@ export interface ApiServer {
  */
 export function serveApi(options: ApiOptions): Promise<ApiServer> {
   const { source } = options;
+  const serves = new Set<ApiPart>(options.serves ?? ["api", "health", "metrics"]);
+  const partOf = (path: string): ApiPart =>
+    path === "/healthz" || path === "/readyz" ? "health" : path === "/metrics" ? "metrics" : "api";
+  const offered = [
+    ...(serves.has("api")
+      ? ["/api/config", "/api/services", "/api/status", "/api/status/nodes"]
+      : []),
+    ...(serves.has("metrics") ? ["/metrics"] : []),
+    ...(serves.has("health") ? ["/healthz", "/readyz"] : []),
+  ];
+  const name = options.name ?? "api";
   const json = (body: unknown, status = 200): Response =>
     new Response(JSON.stringify(body, null, 2) + "\n", {
       status,
@@ -57,6 +82,9 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
     const path = new URL(req.url).pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {
       return text(`Method ${req.method} is not allowed`, 405);
+    }
+    if (!serves.has(partOf(path))) {
+      return text(`No such endpoint "${path}" on the ${name} port; try ${offered.join(", ")}`, 404);
     }
     switch (path) {
       case "/healthz":
@@ -82,10 +110,7 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
           headers: { "content-type": METRICS_CONTENT_TYPE },
         });
       default:
-        return text(
-          `No such endpoint "${path}"; try /api/config, /api/services, /api/status, /api/status/nodes, /metrics, /healthz, /readyz`,
-          404,
-        );
+        return text(`No such endpoint "${path}"; try ${offered.join(", ")}`, 404);
     }
   };
 
@@ -94,12 +119,13 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
       const server = Deno.serve({
         hostname: options.hostname,
         port: options.port,
+        ...(options.reusePort ? { reusePort: true } : {}),
         onListen: (addr) => {
-          options.logger.info("api listening", { address: `${addr.hostname}:${addr.port}` });
+          options.logger.info(`${name} listening`, { address: `${addr.hostname}:${addr.port}` });
           resolve({ addr: addr as Deno.NetAddr, shutdown: () => server.shutdown() });
         },
         onError: (e) => {
-          options.logger.error("api request failed", { error: String(e) });
+          options.logger.error(`${name} request failed`, { error: String(e) });
           return text("internal error", 500);
         },
       }, handler);

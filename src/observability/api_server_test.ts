@@ -80,3 +80,84 @@ Deno.test("serveApi() /readyz says why it is not ready, as the source tells", as
     await api.shutdown();
   }
 });
+
+Deno.test("serveApi() with serves health answers probes only, with metrics /metrics only", async () => {
+  const source: ApiSource = {
+    config: () => ({ version: 1, secret: "sa-token-holder" }),
+    services: () => [{ service: "web" }],
+    ready: () => true,
+    status: () => ({}),
+    metrics: () => "meshd_up 1\n",
+    nodes: () => [],
+  };
+  const logger = new Logger({ write: () => {} });
+  const health = await serveApi({
+    hostname: "127.0.0.1",
+    port: 0,
+    source,
+    logger,
+    serves: ["health"],
+    name: "health",
+  });
+  const metrics = await serveApi({
+    hostname: "127.0.0.1",
+    port: 0,
+    source,
+    logger,
+    serves: ["metrics"],
+    name: "metrics",
+  });
+  const get = async (port: number, path: string) => {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`);
+    return { status: res.status, body: await res.text() };
+  };
+  try {
+    const h = health.addr.port;
+    assert.deepEqual(await get(h, "/healthz"), { status: 200, body: "ok\n" });
+    assert.deepEqual(await get(h, "/readyz"), { status: 200, body: "ready\n" });
+    for (const path of ["/api/config", "/api/services", "/api/status", "/api/status/nodes"]) {
+      const r = await get(h, path);
+      assert.equal(r.status, 404, path);
+      assert.doesNotMatch(r.body, /sa-token-holder|web/);
+      assert.match(r.body, /on the health port; try \/healthz, \/readyz/);
+    }
+    assert.equal((await get(h, "/metrics")).status, 404);
+    const m = metrics.addr.port;
+    assert.deepEqual(await get(m, "/metrics"), { status: 200, body: "meshd_up 1\n" });
+    for (const path of ["/api/config", "/healthz", "/readyz"]) {
+      assert.equal((await get(m, path)).status, 404, path);
+    }
+  } finally {
+    await health.shutdown();
+    await metrics.shutdown();
+  }
+});
+
+Deno.test("serveApi() with reusePort lets a second server bind the same port", async () => {
+  const source: ApiSource = {
+    config: () => null,
+    services: () => [],
+    ready: () => true,
+    status: () => ({}),
+    metrics: () => "",
+  };
+  const logger = new Logger({ write: () => {} });
+  const first = await serveApi({ hostname: "127.0.0.1", port: 0, source, logger, reusePort: true });
+  try {
+    const second = await serveApi({
+      hostname: "127.0.0.1",
+      port: first.addr.port,
+      source,
+      logger,
+      reusePort: true,
+    });
+    await second.shutdown();
+    // Without it, the port is taken.
+    await assert.rejects(
+      serveApi({ hostname: "127.0.0.1", port: first.addr.port, source, logger }),
+      Deno.errors.AddrInUse,
+    );
+  } finally {
+    await first.shutdown();
+  }
+});

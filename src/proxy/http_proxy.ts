@@ -34,6 +34,8 @@ import type { Connect } from "./tcp_proxy.ts";
 /** Options for {@linkcode HttpProxy}. */
 export interface HttpProxyOptions {
   hostname: string;
+  /** Sets SO_REUSEPORT, so a successor meshd can bind the port before this one leaves. */
+  reusePort?: boolean;
   port: number;
   /** The route table in force, read per request so a reload applies at once. */
   routes: () => RouteTable;
@@ -73,6 +75,8 @@ const UPSTREAM_IDLE_MS = 30_000;
 /** Responses up to this size, when already read, go out in one write with their head. */
 const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
+/** Draining, how long a client connection may sit idle between requests before it is closed. */
+const DRAIN_IDLE_MS = 1000;
 /** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
 const LOOP_LOG = new LogThrottle();
 /**
@@ -168,6 +172,8 @@ export class HttpProxy {
   readonly #budgets: RetryBudgets;
   /** The read-ahead source of each client connection (see {@linkcode ClientSource}). */
   readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
+  /** Set by {@linkcode HttpProxy.drain}: every response closes its connection. */
+  #draining = false;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
@@ -190,6 +196,7 @@ export class HttpProxy {
       hostname: options.hostname,
       port: options.port,
       transport: "tcp",
+      ...(options.reusePort ? { reusePort: true } : {}),
     });
     // One timer for every deadline, rather than one per request.
     this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
@@ -200,6 +207,25 @@ export class HttpProxy {
   /** The bound address. */
   get addr(): Deno.NetAddr {
     return this.#listener.addr;
+  }
+
+  /** Client connections open now. */
+  get open(): number {
+    return this.#clients.size;
+  }
+
+  /**
+   * Stops accepting and lets the connections open now finish: each response from now on says
+   * `connection: close` and ends its connection, and a connection idle between requests for
+   * {@linkcode DRAIN_IDLE_MS} is closed (a client may be sending its next request on one that
+   * just went idle), so the clients open their next connection to whoever listens then.
+   */
+  async drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    await this.#done;
   }
 
   /** Stops accepting and closes every connection. */
@@ -235,7 +261,9 @@ export class HttpProxy {
         w.onTimeout?.();
       }
     }
-    const idleLimit = this.#opts.clientIdleMs ?? 60_000;
+    const idleLimit = this.#draining
+      ? Math.min(DRAIN_IDLE_MS, this.#opts.clientIdleMs ?? DRAIN_IDLE_MS)
+      : this.#opts.clientIdleMs ?? 60_000;
     for (const [conn, since] of this.#idleClients) {
       if (now - since >= idleLimit) {
         this.#idleClients.delete(conn);
@@ -581,7 +609,7 @@ export class HttpProxy {
       }
       // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
       const dechunk = resFraming.kind === "chunked" && req.minor === 0;
-      const closeAfter = clientClose || resFraming.kind === "close" || dechunk;
+      const closeAfter = clientClose || resFraming.kind === "close" || dechunk || this.#draining;
       const outHead = encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk));
       let complete: boolean;
       const m = root.metrics;

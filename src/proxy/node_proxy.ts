@@ -15,6 +15,11 @@ import { UdpFlowTable, UdpListener } from "./udp_proxy.ts";
 export interface NodeProxyOptions {
   /** Address the proxy listens on. */
   hostname: string;
+  /**
+   * Binds every listener with SO_REUSEPORT (UDP: SO_REUSEADDR), so a successor meshd on the
+   * same node binds the same ports before this one drains and leaves.
+   */
+  reusePort?: boolean;
   /** The HTTP entrypoint port; 0 picks a free one. */
   httpPort: number;
   logger: Logger;
@@ -112,6 +117,8 @@ export class NodeProxy {
     this.#udp.has(port) && this.#ownAddress(address);
   readonly #failed = new Map<string, BindError & { port: number }>();
   #retry: ReturnType<typeof setTimeout> | null = null;
+  /** Set by {@linkcode NodeProxy.drain}: configs still apply, but no listener is bound. */
+  #draining = false;
   #retryMs = BIND_RETRY_MIN_MS;
   #opened!: () => void;
   /** Resolved by the first apply: the HTTP entrypoint accepts only from then on. */
@@ -165,6 +172,7 @@ export class NodeProxy {
     this.#http = new HttpProxy({
       hostname: this.#opts.hostname,
       port: this.#opts.httpPort,
+      reusePort: this.#opts.reusePort,
       acceptFrom: this.#firstApply,
       routes: () => this.#routes,
       pool: this.#state.pool,
@@ -259,6 +267,7 @@ export class NodeProxy {
 
   /** Binds the listener of one service port; a failure is recorded and retried. */
   #bind(protocol: "tcp" | "udp", port: number, service: string): void {
+    if (this.#draining) return;
     const key = `${protocol}/${port}`;
     const address = `${this.#opts.hostname}:${port}`;
     const log = this.#opts.logger;
@@ -269,6 +278,7 @@ export class NodeProxy {
           port,
           new TcpListener({
             hostname: this.#opts.hostname,
+            reusePort: this.#opts.reusePort,
             port,
             route: () => this.#routes.tcp.get(port),
             pool: this.#state.pool,
@@ -286,6 +296,7 @@ export class NodeProxy {
           port,
           new UdpListener({
             hostname: this.#opts.hostname,
+            reuseAddress: this.#opts.reusePort,
             port,
             route: () => this.#routes.udp.get(port),
             pool: this.#state.pool,
@@ -340,6 +351,38 @@ export class NodeProxy {
       else this.#bind(f.protocol, f.port, route.key);
     }
     if (this.#failed.size === 0) this.#retryMs = BIND_RETRY_MIN_MS;
+  }
+
+  /** The ports bound now: the HTTP entrypoint and the TCP listeners, and the UDP listeners. */
+  listening(): { tcp: number[]; udp: number[] } {
+    const tcp = [...this.#tcp.keys()];
+    if (this.#http) tcp.unshift(this.#http.addr.port);
+    return { tcp, udp: [...this.#udp.keys()] };
+  }
+
+  /** Client connections still open: HTTP clients and TCP tunnels (UDP flows are not counted). */
+  get inFlight(): number {
+    let n = this.#http?.open ?? 0;
+    for (const l of this.#tcp.values()) n += l.open;
+    return n;
+  }
+
+  /**
+   * Stops accepting TCP connections (HTTP and TCP listeners close; no new listener is bound)
+   * while the connections open now go on: HTTP ones end after their response in flight. UDP
+   * sockets stay open, as replies of open flows leave through them; a successor bound on the
+   * same port receives the new datagrams.
+   */
+  async drain(): Promise<void> {
+    if (this.#retry !== null) clearTimeout(this.#retry);
+    this.#retry = null;
+    this.#failed.clear();
+    this.#draining = true;
+    this.#opened();
+    await Promise.all([
+      this.#http?.drain(),
+      ...[...this.#tcp.values()].map((l) => l.close(false)),
+    ]);
   }
 
   /** Stops every listener and closes every connection. */

@@ -12,6 +12,8 @@ export type Connect = (address: string, port: number) => Promise<Deno.TcpConn>;
 /** Options for {@linkcode TcpListener}. */
 export interface TcpListenerOptions {
   hostname: string;
+  /** Sets SO_REUSEPORT, so a successor meshd can bind the port before this one leaves. */
+  reusePort?: boolean;
   port: number;
   /** The route in force for this port, read at each accept so a reload applies at once. */
   route: () => Route | undefined;
@@ -70,6 +72,7 @@ export class TcpListener {
       hostname: options.hostname,
       port: options.port,
       transport: "tcp",
+      ...(options.reusePort ? { reusePort: true } : {}),
     });
     this.#sweeper = setInterval(() => this.#sweep(), 1000);
     this.#sweeper.unref(); // never keeps the process alive on its own

@@ -7,6 +7,11 @@ import { candidatesFor, type Route } from "./route_table.ts";
 /** Options for {@linkcode UdpListener}. */
 export interface UdpListenerOptions {
   hostname: string;
+  /**
+   * Sets SO_REUSEADDR, so a successor meshd can bind the port before this one leaves; on
+   * Linux the socket bound last then receives every new datagram.
+   */
+  reuseAddress?: boolean;
   port: number;
   /** The route in force for this port, read per datagram so a reload applies at once. */
   route: () => Route | undefined;
@@ -108,6 +113,7 @@ export class UdpListener {
       transport: "udp",
       hostname: options.hostname,
       port: options.port,
+      ...(options.reuseAddress ? { reuseAddress: true } : {}),
     });
     const sweepMs = Math.min(1000, Math.max(10, (options.idleTimeoutMs ?? 60_000) / 4));
     this.#sweeper = setInterval(() => this.#sweep(), sweepMs);

@@ -9,7 +9,13 @@ import { TestCluster } from "../testenv/cluster.ts";
 import { kustomizationObjects } from "../testenv/manifests.ts";
 import { preparePermissions, runPermissions } from "../../src/kube/mod.ts";
 
-Deno.test("manifests: every object applies, CRDs are established, RBAC is what meshd uses", async () => {
+async function writeJson(dir: string, o: unknown): Promise<string> {
+  const file = `${dir}/psa-check-${crypto.randomUUID().slice(0, 8)}.json`;
+  await Deno.writeTextFile(file, JSON.stringify(o));
+  return file;
+}
+
+Deno.test("manifests: every object applies, the pod is what a lossless rollout needs, Pod Security admits it only where privileged, RBAC is what meshd uses", async () => {
   const objects = await kustomizationObjects();
   const kinds = new Set(objects.map((o) => o.kind));
   for (const k of ["CustomResourceDefinition", "Namespace", "ServiceAccount", "DaemonSet"]) {
@@ -39,30 +45,115 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
     assert.equal(established.code, 0, established.out);
     const ds = await cluster.must("GET", "/apis/apps/v1/namespaces/meshd/daemonsets/meshd");
     assert.equal((ds["metadata"] as { name: string }).name, "meshd");
-    // The DNS Service reaches the DNS ports of the meshd container, which meshd listens on.
-    const container = ((ds["spec"] as { template: { spec: { containers: unknown[] } } }).template
-      .spec.containers[0]) as { ports: { name: string; containerPort: number }[]; args: string[] };
+    type Container = {
+      args: string[];
+      ports?: unknown[];
+      env: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
+      securityContext: { capabilities: { add: string[]; drop: string[] } };
+      readinessProbe: { httpGet: { port: number }; timeoutSeconds?: number };
+      livenessProbe: { httpGet: { port: number }; timeoutSeconds?: number };
+      volumeMounts: { name: string; mountPath: string }[];
+    };
+    const dsSpec = ds["spec"] as {
+      updateStrategy: { rollingUpdate: { maxSurge: number; maxUnavailable: number } };
+      template: { metadata: unknown; spec: Record<string, unknown> };
+    };
+    const podSpec = dsSpec.template.spec as {
+      hostNetwork: boolean;
+      containers: Container[];
+      nodeSelector: Record<string, string>;
+      priorityClassName: string;
+      volumes: { name: string; emptyDir?: unknown; hostPath?: { path: string } }[];
+    };
+    const container = podSpec.containers[0]!;
+    const arg = (flag: string) =>
+      container.args.find((a) => a.startsWith(`--${flag}=`))?.slice(flag.length + 3);
+    // A rollout that loses nothing: the node's own address, surge, and a hand-over of ports.
+    assert.equal(podSpec.hostNetwork, true);
+    assert.deepEqual(dsSpec.updateStrategy.rollingUpdate, { maxSurge: 1, maxUnavailable: 0 });
+    assert.equal(container.ports, undefined, "hostPorts would keep the surge pod off the node");
+    assert.ok(container.args.includes("--reuse-port"));
+    assert.ok(arg("drain-timeout"));
+    // The DNS Service reaches the port meshd's DNS responder listens on.
     const dnsSvc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
-    const svcPorts = (dnsSvc["spec"] as { ports: { targetPort: string; port: number }[] }).ports;
+    const svcPorts = (dnsSvc["spec"] as { ports: { targetPort: number; port: number }[] }).ports;
     for (const p of svcPorts) {
-      const c = container.ports.find((c) => c.name === p.targetPort);
-      assert.ok(c, `the container has a port named ${p.targetPort}`);
-      assert.equal(c.containerPort, 5353, "meshd's default --dns-port");
+      assert.equal(p.targetPort, Number(arg("dns-port")));
       assert.equal(p.port, 53);
     }
-    assert.ok(container.args.includes("--dns-address=0.0.0.0"));
-    // Other nodes reach the leader's config stream at its pod IP, on the port meshd serves.
-    assert.ok(container.args.includes("--distribution-address=0.0.0.0"));
-    assert.equal(container.ports.find((p) => p.name === "distribution")?.containerPort, 9443);
-    const env = (container as unknown as {
-      env: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
-    }).env;
+    assert.equal(arg("dns-address"), "0.0.0.0");
+    // Other nodes reach the leader's config stream at its address, on the port meshd serves.
+    assert.equal(arg("distribution-address"), "0.0.0.0");
     assert.equal(
-      env.find((e) => e.name === "POD_IP")?.valueFrom?.fieldRef?.fieldPath,
+      container.env.find((e) => e.name === "POD_IP")?.valueFrom?.fieldRef?.fieldPath,
       "status.podIP",
     );
+    // The API on the node's loopback; probes on the health port, with timeouts.
+    assert.equal(arg("api-address"), "127.0.0.1");
+    const healthPort = Number(arg("health-port"));
+    assert.ok(healthPort > 0 && healthPort !== Number(arg("api-port")));
+    for (const probe of [container.readinessProbe, container.livenessProbe]) {
+      assert.equal(probe.httpGet.port, healthPort);
+      assert.ok((probe.timeoutSeconds ?? 0) >= 1);
+    }
+    const tmpl = dsSpec.template.metadata as { annotations: Record<string, string> };
+    assert.equal(tmpl.annotations["prometheus.io/port"], arg("metrics-port"));
+    // The capabilities the eBPF path needs and no more; the host cgroup root at a private path.
+    assert.deepEqual(container.securityContext.capabilities.drop, ["ALL"]);
+    assert.deepEqual(container.securityContext.capabilities.add, [
+      "BPF",
+      "NET_ADMIN",
+      "SYS_RESOURCE",
+    ]);
+    assert.equal(arg("cgroup"), "/run/meshd/cgroupv2");
+    assert.ok(container.volumeMounts.some((m) => m.mountPath === "/run/meshd/cgroupv2"));
+    assert.ok(!container.volumeMounts.some((m) => m.mountPath === "/sys/fs/cgroup"));
+    const tmp = container.volumeMounts.find((m) => m.mountPath === "/tmp");
+    assert.ok(podSpec.volumes.find((v) => v.name === tmp?.name)?.emptyDir, "a writable /tmp");
+    assert.equal(podSpec.nodeSelector["kubernetes.io/os"], "linux");
+    await cluster.must(
+      "GET",
+      `/apis/scheduling.k8s.io/v1/priorityclasses/${podSpec.priorityClassName}`,
+    );
 
-    const can = async (
+    // Pod Security admission, by the API server: the meshd namespace is labelled privileged
+    // and admits the pod; a namespace that enforces baseline refuses it.
+    const pod = (ns: string) => ({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "meshd-psa-check", namespace: ns },
+      spec: dsSpec.template.spec,
+    });
+    await cluster.must("POST", "/api/v1/namespaces/meshd/pods?dryRun=All", pod("meshd"));
+    await cluster.must("POST", "/api/v1/namespaces", {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: {
+        name: "psa-baseline",
+        labels: { "pod-security.kubernetes.io/enforce": "baseline" },
+      },
+    });
+    await cluster.must("POST", "/api/v1/namespaces/psa-baseline/serviceaccounts", {
+      apiVersion: "v1",
+      kind: "ServiceAccount",
+      metadata: { name: "meshd" },
+    });
+    const refused = await cluster.kubectl(
+      "create",
+      "--dry-run=server",
+      "-f",
+      await writeJson(cluster.dir, pod("psa-baseline")),
+    );
+    assert.notEqual(refused.code, 0, refused.out);
+    assert.match(refused.out, /violates PodSecurity "baseline:latest"/);
+    for (
+      const why of ["host namespaces", "hostPath volumes", "non-default capabilities", "privileged"]
+    ) {
+      assert.match(refused.out, new RegExp(why), `baseline names ${why}: ${refused.out}`);
+    }
+
+    const canAs = (sa: string) =>
+    async (
       verb: string,
       group: string,
       resource: string,
@@ -76,7 +167,7 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
           apiVersion: "authorization.k8s.io/v1",
           kind: "SubjectAccessReview",
           spec: {
-            user: "system:serviceaccount:meshd:meshd",
+            user: `system:serviceaccount:meshd:${sa}`,
             groups: ["system:serviceaccounts", "system:serviceaccounts:meshd"],
             resourceAttributes: {
               verb,
@@ -90,22 +181,44 @@ Deno.test("manifests: every object applies, CRDs are established, RBAC is what m
       );
       return (r["status"] as { allowed?: boolean }).allowed === true;
     };
-    // What meshd run does (the list meshd check asks about), and what prepare/cleanup do.
-    const needed = [
-      ...runPermissions("meshd"),
-      ...preparePermissions("meshd", { namespace: "kube-system", name: "coredns" }),
-    ];
-    for (const p of needed) {
+    const can = canAs("meshd");
+    const prepareCan = canAs("meshd-prepare");
+    // What meshd run does (the list meshd check asks about); prepare/cleanup run as their own
+    // ServiceAccount, and the DaemonSet's may not touch CoreDNS.
+    for (const p of runPermissions("meshd")) {
       assert.ok(
         await can(p.verb, p.group, p.resource, p.namespace, p.name),
         `meshd may ${p.verb} ${p.group}/${p.resource} (${p.why})`,
       );
     }
+    for (const p of preparePermissions("meshd", { namespace: "kube-system", name: "coredns" })) {
+      assert.ok(
+        await prepareCan(p.verb, p.group, p.resource, p.namespace, p.name),
+        `meshd-prepare may ${p.verb} ${p.group}/${p.resource} (${p.why})`,
+      );
+      if (p.resource === "configmaps" && p.verb !== "get") {
+        assert.ok(
+          !(await can(p.verb, p.group, p.resource, p.namespace, p.name)),
+          `the DaemonSet's meshd may not ${p.verb} ${p.resource} ${p.name} (it may read it, for meshd check)`,
+        );
+      }
+    }
+    for (
+      const [verb, resource, ns] of [["delete", "services", "meshd"], ["get", "leases", "meshd"]]
+    ) {
+      assert.ok(
+        await prepareCan(verb!, resource === "leases" ? "coordination.k8s.io" : "", resource!, ns),
+        `cleanup may ${verb} ${resource}`,
+      );
+    }
+    assert.ok(!(await prepareCan("list", "", "pods")), "meshd-prepare reads no pods");
     const forbidden: [string, string, string, string?][] = [
       ["delete", "", "services", "default"],
       ["update", "coordination.k8s.io", "leases", "kube-system"],
       ["get", "", "secrets", "meshd"],
       ["create", "", "pods", "meshd"],
+      ["patch", "", "configmaps", "kube-system"],
+      ["update", "", "configmaps", "kube-system"],
     ];
     for (const [verb, group, resource, ns] of forbidden) {
       assert.ok(

@@ -528,6 +528,8 @@ const RESOURCES: Record<string, { plural: string; namespaced: boolean }> = {
   ConfigMap: { plural: "configmaps", namespaced: true },
   Pod: { plural: "pods", namespaced: true },
   DaemonSet: { plural: "daemonsets", namespaced: true },
+  Job: { plural: "jobs", namespaced: true },
+  PriorityClass: { plural: "priorityclasses", namespaced: false },
   ClusterRole: { plural: "clusterroles", namespaced: false },
   ClusterRoleBinding: { plural: "clusterrolebindings", namespaced: false },
   Role: { plural: "roles", namespaced: true },

@@ -1,0 +1,254 @@
+/**
+ * A meshd handing a node over to its successor (a DaemonSet rollout with `maxSurge: 1` and
+ * `hostNetwork`): two meshd processes with `--reuse-port` on the same ports, the first one
+ * told to stop with `--drain-timeout`, under a bounded load of new HTTP connections, HTTP
+ * keep-alive requests and TCP connections. Nothing may fail.
+ */
+import assert from "node:assert/strict";
+import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
+const ECHO = `${ROOT}examples/quickstart/echo.ts`;
+// Addresses of this test's own.
+const WEB_IP = "127.0.9.1";
+const ECHO_IP = "127.0.9.2";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** One HTTP/1.1 response off `conn`: status, and whether the server closes after it. */
+async function readResponse(conn: Deno.Conn): Promise<{ status: number; close: boolean }> {
+  let text = "";
+  const buf = new Uint8Array(16 * 1024);
+  for (;;) {
+    const end = text.indexOf("\r\n\r\n");
+    if (end >= 0) {
+      const head = text.slice(0, end).toLowerCase();
+      const length = Number(/\r\ncontent-length: *(\d+)/.exec(head)?.[1] ?? "0");
+      if (text.length - end - 4 >= length) {
+        return {
+          status: Number(/^http\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0),
+          close: /\r\nconnection: *close/.test(head),
+        };
+      }
+    }
+    const n = await conn.read(buf);
+    if (n === null) throw new Error(`connection closed after ${text.length} bytes of response`);
+    text += dec.decode(buf.subarray(0, n));
+  }
+}
+
+interface Load {
+  sent: number;
+  failed: string[];
+}
+
+function meshdArgs(
+  dir: string,
+  ports: { http: number; api: number; tcp: number },
+  drain: string | null = "30s",
+): string[] {
+  return [
+    "run",
+    "--unstable-net",
+    // As the compiled binary: Deno lets only --allow-all read /proc/net, where a successor's
+    // sockets show.
+    "--allow-all",
+    `${ROOT}main.ts`,
+    "run",
+    "--provider=file",
+    "--config-dir",
+    dir,
+    "--http-port",
+    String(ports.http),
+    "--api-port",
+    String(ports.api),
+    "--tcp-ports",
+    `${ports.tcp}-${ports.tcp}`,
+    "--reuse-port",
+    ...(drain ? [`--drain-timeout=${drain}`] : []),
+    "--log-format",
+    "json",
+  ];
+}
+
+Deno.test("meshd run --reuse-port --drain-timeout hands its ports over with no failed request", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-handover-" });
+  const children: Child[] = [];
+  let stopLoad = false;
+  const loops: Promise<void>[] = [];
+  try {
+    const webPort = freePort(WEB_IP);
+    const echoPort = freePort(ECHO_IP);
+    children.push(
+      new Child("web", [
+        "run",
+        "--allow-net",
+        WHOAMI,
+        "--name",
+        "web",
+        "--listen",
+        `${WEB_IP}:${webPort}`,
+      ]),
+      new Child("echo", [
+        "run",
+        "--allow-net",
+        ECHO,
+        "--name",
+        "echo",
+        "--listen",
+        `${ECHO_IP}:${echoPort}`,
+      ]),
+    );
+    await Deno.writeTextFile(
+      `${dir}/mesh.yaml`,
+      `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: ho }
+spec: { ports: [{ name: web, port: 80 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-1, namespace: ho, labels: { kubernetes.io/service-name: web } }
+addressType: IPv4
+ports: [{ name: web, port: ${webPort}, protocol: TCP }]
+endpoints: [{ addresses: ["${WEB_IP}"], conditions: { ready: true } }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: echo, namespace: ho, annotations: { meshd.io/traffic-type: tcp } }
+spec: { ports: [{ name: tcp, port: 7000 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: echo-1, namespace: ho, labels: { kubernetes.io/service-name: echo } }
+addressType: IPv4
+ports: [{ name: tcp, port: ${echoPort}, protocol: TCP }]
+endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
+`,
+    );
+    await waitForPort(WEB_IP, webPort);
+    await waitForPort(ECHO_IP, echoPort);
+    const http = freePort();
+    const tcp = freePort();
+    const apiA = freePort();
+    const apiB = freePort();
+    const ready = (api: number) =>
+      waitFor(`meshd on API port ${api} to be ready`, async () => {
+        const r = await fetch(`http://127.0.0.1:${api}/readyz`);
+        await r.body?.cancel();
+        return r.status === 200 ? true : undefined;
+      }, 30_000);
+    const a = new Child("meshd-a", meshdArgs(dir, { http, api: apiA, tcp }));
+    children.push(a);
+    await ready(apiA);
+
+    // The load: new HTTP connections, one keep-alive HTTP connection at a time (a new one
+    // when the server says it closes), and TCP connections through the echo service.
+    const newConns: Load = { sent: 0, failed: [] };
+    const keepAlive: Load = { sent: 0, failed: [] };
+    const tcpConns: Load = { sent: 0, failed: [] };
+    const request = (close: boolean) =>
+      enc.encode(
+        `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
+      );
+    loops.push((async () => {
+      while (!stopLoad) {
+        newConns.sent++;
+        try {
+          const c = await Deno.connect({ hostname: "127.0.0.1", port: http });
+          try {
+            await c.write(request(true));
+            const r = await readResponse(c);
+            if (r.status !== 200) newConns.failed.push(`status ${r.status}`);
+          } finally {
+            c.close();
+          }
+        } catch (e) {
+          newConns.failed.push(String(e));
+        }
+      }
+    })());
+    loops.push((async () => {
+      let c: Deno.Conn | null = null;
+      while (!stopLoad) {
+        keepAlive.sent++;
+        try {
+          c ??= await Deno.connect({ hostname: "127.0.0.1", port: http });
+          await c.write(request(false));
+          const r = await readResponse(c);
+          if (r.status !== 200) keepAlive.failed.push(`status ${r.status}`);
+          if (r.close) {
+            c.close();
+            c = null;
+          }
+        } catch (e) {
+          keepAlive.failed.push(String(e));
+          c?.close();
+          c = null;
+        }
+      }
+      c?.close();
+    })());
+    loops.push((async () => {
+      while (!stopLoad) {
+        tcpConns.sent++;
+        try {
+          const c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
+          try {
+            await c.write(enc.encode("ping\n"));
+            await c.closeWrite();
+            const got = dec.decode(await new Response(c.readable).arrayBuffer());
+            if (!got.endsWith("ping\n")) tcpConns.failed.push(`echoed ${JSON.stringify(got)}`);
+          } catch (e) {
+            c.close();
+            throw e;
+          }
+        } catch (e) {
+          tcpConns.failed.push(String(e));
+        }
+      }
+    })());
+    await waitFor(
+      "load to flow through meshd A",
+      () => newConns.sent > 20 && keepAlive.sent > 20 && tcpConns.sent > 20 ? true : undefined,
+    );
+
+    // The successor binds the same ports, then the first one is told to stop.
+    const b = new Child("meshd-b", meshdArgs(dir, { http, api: apiB, tcp }, null));
+    children.push(b);
+    await ready(apiB);
+    const before = { n: newConns.sent, k: keepAlive.sent, t: tcpConns.sent };
+    const status = await a.stop();
+    assert.equal(status.code, 0, a.lines.join("\n"));
+    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    assert.ok(drained, `meshd A logged its drain:\n${a.lines.join("\n")}`);
+    assert.equal(drained.successor, true);
+    assert.equal(drained.open, 0);
+    // B alone serves from now on.
+    await waitFor(
+      "load to flow through meshd B alone",
+      () =>
+        newConns.sent > before.n + 20 && keepAlive.sent > before.k + 20 &&
+          tcpConns.sent > before.t + 20
+          ? true
+          : undefined,
+    );
+    stopLoad = true;
+    await Promise.all(loops);
+    const figures = { newConns, keepAlive, tcpConns };
+    for (const [name, l] of Object.entries(figures)) {
+      assert.deepEqual(l.failed, [], `${name}: ${l.failed.length} of ${l.sent} failed`);
+    }
+    console.log(
+      `handover: ${newConns.sent} new HTTP connections, ${keepAlive.sent} keep-alive requests, ` +
+        `${tcpConns.sent} TCP connections, 0 failed; drain took ${drained.ms} ms`,
+    );
+  } finally {
+    stopLoad = true;
+    await Promise.allSettled(loops);
+    await Promise.all(children.map((c) => c.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
