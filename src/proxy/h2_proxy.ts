@@ -305,7 +305,7 @@ export class H2Proxy {
       root,
       target,
       candidates,
-      (ep) => this.#exchange(stream, out, ep, root, target),
+      (ep) => this.#exchange(stream, out, ep, root),
       () => stream.closed || stream.destroyed,
     );
   }
@@ -503,7 +503,6 @@ export class H2Proxy {
     out: http2.OutgoingHttpHeaders,
     ep: EndpointState,
     root: Route,
-    target: Route,
   ): Promise<number> {
     const backend = this.#backend(ep);
     await backend.ready;
