@@ -106,6 +106,8 @@ interface Upstream {
   reader: BufReader;
   key: string;
   idleSince: number;
+  /** In the idle pool, with a read pending that must return nothing while it is there. */
+  idle: boolean;
 }
 
 /** A backend that failed before sending a response head: another endpoint may be tried. */
@@ -210,7 +212,7 @@ export class HttpProxy {
     } catch { /* already closed */ }
     await this.#done;
     for (const c of this.#clients) closeQuietly(c);
-    for (const list of this.#idle.values()) for (const u of list) closeQuietly(u.conn);
+    for (const list of this.#idle.values()) for (const u of list) this.#discard(u);
     this.#idle.clear();
     this.#h2.close();
   }
@@ -220,7 +222,7 @@ export class HttpProxy {
     this.#h2.dropIdle(keep);
     for (const [key, list] of this.#idle) {
       if (keep.has(key.split("#")[0]!)) continue;
-      for (const u of list) closeQuietly(u.conn);
+      for (const u of list) this.#discard(u);
       this.#idle.delete(key);
     }
   }
@@ -244,7 +246,7 @@ export class HttpProxy {
     }
     for (const [key, list] of this.#idle) {
       while (list.length > 0 && now - list[0]!.idleSince >= UPSTREAM_IDLE_MS) {
-        closeQuietly(list.shift()!.conn);
+        this.#discard(list.shift()!);
       }
       if (list.length === 0) this.#idle.delete(key);
     }
@@ -731,7 +733,14 @@ export class HttpProxy {
     // A TLS connection is verified for one service name: pool it under that name too.
     const key = route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
     const list = this.#idle.get(key);
-    if (list && list.length > 0) return [list.pop()!, true];
+    while (list && list.length > 0) {
+      const u = list.pop()!;
+      u.idle = false;
+      // Bytes that came while it was idle (its idle read removes it when they do) are no
+      // response to a request sent now.
+      if (u.reader.buffered > 0) closeQuietly(u.conn);
+      else return [u, true];
+    }
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<never>((_, reject) => {
@@ -752,7 +761,7 @@ export class HttpProxy {
         conn = tls;
         await Promise.race([tls.handshake(), expired]);
       }
-      return [{ conn, reader: new BufReader(conn), key, idleSince: 0 }, false];
+      return [{ conn, reader: new BufReader(conn), key, idleSince: 0, idle: false }, false];
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
@@ -766,6 +775,13 @@ export class HttpProxy {
     }
   }
 
+  /**
+   * Pools a backend connection whose exchange is complete. It keeps one read pending while it
+   * waits: a backend may send bytes after a complete response (a body on a HEAD or 204
+   * answer, a late unsolicited response), and those must never be read as the response to the
+   * next request on it, perhaps another client's. Data, an end of stream or an error while it
+   * is idle takes it out of the pool and closes it at once.
+   */
   #release(u: Upstream): void {
     let list = this.#idle.get(u.key);
     if (!list) this.#idle.set(u.key, list = []);
@@ -774,7 +790,22 @@ export class HttpProxy {
       return;
     }
     u.idleSince = Date.now();
+    u.idle = true;
     list.push(u);
+    const unpool = (): void => {
+      if (!u.idle) return; // checked out since: what came is the response to its request
+      const at = list.indexOf(u);
+      if (at >= 0) list.splice(at, 1);
+      if (list.length === 0 && this.#idle.get(u.key) === list) this.#idle.delete(u.key);
+      this.#discard(u);
+    };
+    u.reader.readAhead().then(unpool, unpool);
+  }
+
+  /** Closes a pooled connection that leaves the pool unused. */
+  #discard(u: Upstream): void {
+    u.idle = false;
+    closeQuietly(u.conn);
   }
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {
