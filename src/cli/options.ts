@@ -175,6 +175,14 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     help: "UDP flows open at once on one UDP listener (default: half of --max-udp-flows)",
   },
   {
+    name: "max-udp-flows-per-source",
+    kind: "count",
+    arg: "N",
+    help: "UDP flows open at once from one client address; a new one over it evicts that " +
+      "address's own least recently active flow, never another client's (default: 1/16 of " +
+      "--max-udp-flows, at least 16, at most --max-udp-flows-per-listener)",
+  },
+  {
     name: "outlier-failures",
     kind: "count",
     arg: "N",
@@ -211,6 +219,7 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
       maxConnectionsPerSource: v["max-connections-per-source"] as number | undefined,
       maxUdpFlows: v["max-udp-flows"] as number | undefined,
       maxUdpFlowsPerListener: v["max-udp-flows-per-listener"] as number | undefined,
+      maxUdpFlowsPerSource: v["max-udp-flows-per-source"] as number | undefined,
     },
     outlier: {
       consecutiveFailures: v["outlier-failures"] as number,
