@@ -159,7 +159,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     name: "max-connections-per-source",
     kind: "count",
     arg: "N",
-    help: "Of those, from one client address (default: a quarter of --max-connections)",
+    help: "Of those, from one client address (default: 1/16 of --max-connections, or 64 if " +
+      "more but at most 1/8)",
   },
   {
     name: "max-udp-flows",

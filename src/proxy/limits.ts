@@ -47,7 +47,9 @@ export function readFdLimit(
 /**
  * Caps for an open-file limit of `fdLimit`, leaving room for meshd's own files: connections
  * 35% of it (each takes up to two descriptors, so 70%), UDP flows 10%, so at most 80% goes to
- * traffic. One source gets a quarter of the connections, one UDP listener half of the flows,
+ * traffic. One source gets a sixteenth of the connections, or 64 (a busy client's pool) if
+ * more, but never over an eighth: filling the proxy takes 16 addresses wherever the open-file
+ * limit is over about 3000, and 8 under that; a quarter let 4 addresses take every slot. One UDP listener gets half of the flows,
  * one source a sixteenth of the flows (at least 16, at most the per-listener cap: a client's
  * resolver may use a new source port per query, and evicting its own stale flows costs it
  * nothing). Values set in `given` are kept; the per-source and per-listener caps never exceed
@@ -55,7 +57,7 @@ export function readFdLimit(
  *
  * @example
  * ```ts
- * defaultLimits(20_000); // 7000 connections, 1750 per source, 2000 UDP flows, 1000 per listener, 125 per source
+ * defaultLimits(20_000); // 7000 connections, 437 per source, 2000 UDP flows, 1000 per listener, 125 per source
  * ```
  */
 export function defaultLimits(fdLimit: number, given: Partial<ProxyLimits> = {}): ProxyLimits {
@@ -69,7 +71,8 @@ export function defaultLimits(fdLimit: number, given: Partial<ProxyLimits> = {})
     maxConnections,
     maxConnectionsPerSource: Math.min(
       maxConnections,
-      given.maxConnectionsPerSource ?? Math.max(1, Math.floor(maxConnections / 4)),
+      given.maxConnectionsPerSource ??
+        Math.max(1, Math.floor(maxConnections / 16), Math.min(64, Math.floor(maxConnections / 8))),
     ),
     maxUdpFlows,
     maxUdpFlowsPerListener,

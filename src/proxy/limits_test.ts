@@ -23,7 +23,7 @@ Deno.test("defaultLimits() keeps traffic under 80% of the fd limit and keeps giv
   const d = defaultLimits(20_000);
   assert.deepEqual(d, {
     maxConnections: 7000,
-    maxConnectionsPerSource: 1750,
+    maxConnectionsPerSource: 437,
     maxUdpFlows: 2000,
     maxUdpFlowsPerListener: 1000,
     maxUdpFlowsPerSource: 125,
