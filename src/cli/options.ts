@@ -145,7 +145,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     arg: "DURATION",
     default: "60s",
     help: "An HTTP client that takes no byte of its response for this long is closed, and so " +
-      "is its backend connection",
+      "is its backend connection; so is an upgraded (WebSocket) tunnel whose backend takes " +
+      "no byte for as long",
   },
   {
     name: "max-connections",

@@ -275,23 +275,31 @@ export class HttpProxy {
 
   /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
   #clientWriter(client: Deno.Conn): Writer {
+    return this.#timedWriter(client, "client");
+  }
+
+  /**
+   * Writes to `conn` that close it after `--write-timeout` without progress: a peer that never
+   * reads (the client, or the backend of a tunnel) must not hold the connection for good.
+   */
+  #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): Writer {
     const ms = this.#opts.writeTimeoutMs ?? 60_000;
     return {
       write: async (p) => {
         const w: Waiting = {
           deadline: Date.now() + ms,
-          conn: client,
+          conn,
           timedOut: false,
           onTimeout: () => {
             this.#drop("write_timeout");
             if (this.#opts.logger.enabled("debug")) {
-              this.#opts.logger.debug("http client read nothing; closed", { timeoutMs: ms });
+              this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
             }
           },
         };
         this.#waiting.add(w);
         try {
-          return await client.write(p);
+          return await conn.write(p);
         } finally {
           this.#waiting.delete(w);
         }
@@ -646,8 +654,9 @@ export class HttpProxy {
   ): Promise<void> {
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
-    // A client that stops reading holds the tunnel no longer than --write-timeout.
+    // A client or backend that stops reading holds the tunnel no longer than --write-timeout.
     const cw = this.#clientWriter(client);
+    const bw = this.#timedWriter(up.conn, "backend");
     await writeAll(cw, encodeLatin1(head + "\r\n"));
     const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
@@ -663,6 +672,7 @@ export class HttpProxy {
         early[0]!,
         (n) => m.bytesIn.inc(n),
         abort,
+        bw,
       ),
       splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort, cw),
     ]);
