@@ -158,7 +158,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     arg: "DURATION",
     default: "60s",
     help: "An HTTP client that takes no byte of its response for this long is closed, and so " +
-      "is its backend connection",
+      "is its backend connection; so is an upgraded (WebSocket) tunnel whose backend takes " +
+      "no byte for as long",
   },
   {
     name: "max-connections",
@@ -172,7 +173,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     name: "max-connections-per-source",
     kind: "count",
     arg: "N",
-    help: "Of those, from one client address (default: a quarter of --max-connections)",
+    help: "Of those, from one client address (default: 1/16 of --max-connections, or 64 if " +
+      "more but at most 1/8)",
   },
   {
     name: "max-udp-flows",
@@ -186,6 +188,14 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     kind: "count",
     arg: "N",
     help: "UDP flows open at once on one UDP listener (default: half of --max-udp-flows)",
+  },
+  {
+    name: "max-udp-flows-per-source",
+    kind: "count",
+    arg: "N",
+    help: "UDP flows open at once from one client address; a new one over it evicts that " +
+      "address's own least recently active flow, never another client's (default: 1/16 of " +
+      "--max-udp-flows, at least 16, at most --max-udp-flows-per-listener)",
   },
   {
     name: "outlier-failures",
@@ -224,6 +234,7 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
       maxConnectionsPerSource: v["max-connections-per-source"] as number | undefined,
       maxUdpFlows: v["max-udp-flows"] as number | undefined,
       maxUdpFlowsPerListener: v["max-udp-flows-per-listener"] as number | undefined,
+      maxUdpFlowsPerSource: v["max-udp-flows-per-source"] as number | undefined,
     },
     outlier: {
       consecutiveFailures: v["outlier-failures"] as number,

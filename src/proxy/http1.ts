@@ -36,6 +36,8 @@ export class BufReader {
   #start = 0;
   #end = 0;
   readonly #src: Reader;
+  /** A read started while the connection was idle; the next read waits for it. */
+  #ahead: Promise<boolean> | null = null;
 
   constructor(src: Reader, size = 16 * 1024) {
     this.#src = src;
@@ -47,8 +49,32 @@ export class BufReader {
     return this.#end - this.#start;
   }
 
+  /**
+   * Starts a read now, while nothing is expected, and returns it: true when bytes came, false
+   * at end of stream. The next read waits for this one rather than starting its own, so no
+   * byte is lost. A pooled backend connection keeps one pending this way: anything it
+   * returns before a request was sent is not a response to that request.
+   */
+  readAhead(): Promise<boolean> {
+    if (!this.#ahead) {
+      const ahead = this.#read();
+      this.#ahead = ahead;
+      ahead.then(() => {}, () => {}); // the caller or the next read sees the outcome
+    }
+    return this.#ahead;
+  }
+
   /** Reads more bytes into the buffer; false at end of stream. */
-  async #fill(): Promise<boolean> {
+  #fill(): Promise<boolean> {
+    const ahead = this.#ahead;
+    if (ahead) {
+      this.#ahead = null;
+      return ahead;
+    }
+    return this.#read();
+  }
+
+  async #read(): Promise<boolean> {
     if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
       if (this.#start > 0) {

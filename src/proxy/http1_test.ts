@@ -230,3 +230,29 @@ Deno.test("copyBody() refuses bare LF chunk lines and framing fields in trailers
     /trailer section has the field "Content-Length"/,
   );
 });
+
+Deno.test("BufReader.readAhead() starts one read that the next read waits for, losing no byte", async () => {
+  let reads = 0;
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  const parts = ["HTTP/1.1 204 No Content\r\n\r\n"].map((p) => new TextEncoder().encode(p));
+  const src: Reader = {
+    async read(p) {
+      reads++;
+      await gate;
+      const c = parts.shift();
+      if (!c) return null;
+      p.set(c);
+      return c.length;
+    },
+  };
+  const r = new BufReader(src);
+  const ahead = r.readAhead();
+  assert.equal(r.readAhead(), ahead, "a second call returns the read under way");
+  const head = r.readHead(1024);
+  release();
+  assert.equal(await ahead, true);
+  assert.equal(await head, "HTTP/1.1 204 No Content\r\n\r\n");
+  assert.equal(reads, 1, "readHead() waited for the read ahead instead of reading again");
+  assert.equal(await r.readAhead(), false, "end of stream");
+});

@@ -110,6 +110,8 @@ interface Upstream {
   reader: BufReader;
   key: string;
   idleSince: number;
+  /** In the idle pool, with a read pending that must return nothing while it is there. */
+  idle: boolean;
 }
 
 /** A backend that failed before sending a response head: another endpoint may be tried. */
@@ -236,7 +238,7 @@ export class HttpProxy {
     } catch { /* already closed */ }
     await this.#done;
     for (const c of this.#clients) closeQuietly(c);
-    for (const list of this.#idle.values()) for (const u of list) closeQuietly(u.conn);
+    for (const list of this.#idle.values()) for (const u of list) this.#discard(u);
     this.#idle.clear();
     this.#h2.close();
   }
@@ -246,7 +248,7 @@ export class HttpProxy {
     this.#h2.dropIdle(keep);
     for (const [key, list] of this.#idle) {
       if (keep.has(key.split("#")[0]!)) continue;
-      for (const u of list) closeQuietly(u.conn);
+      for (const u of list) this.#discard(u);
       this.#idle.delete(key);
     }
   }
@@ -272,7 +274,7 @@ export class HttpProxy {
     }
     for (const [key, list] of this.#idle) {
       while (list.length > 0 && now - list[0]!.idleSince >= UPSTREAM_IDLE_MS) {
-        closeQuietly(list.shift()!.conn);
+        this.#discard(list.shift()!);
       }
       if (list.length === 0) this.#idle.delete(key);
     }
@@ -301,23 +303,31 @@ export class HttpProxy {
 
   /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
   #clientWriter(client: Deno.Conn): Writer {
+    return this.#timedWriter(client, "client");
+  }
+
+  /**
+   * Writes to `conn` that close it after `--write-timeout` without progress: a peer that never
+   * reads (the client, or the backend of a tunnel) must not hold the connection for good.
+   */
+  #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): Writer {
     const ms = this.#opts.writeTimeoutMs ?? 60_000;
     return {
       write: async (p) => {
         const w: Waiting = {
           deadline: Date.now() + ms,
-          conn: client,
+          conn,
           timedOut: false,
           onTimeout: () => {
             this.#drop("write_timeout");
             if (this.#opts.logger.enabled("debug")) {
-              this.#opts.logger.debug("http client read nothing; closed", { timeoutMs: ms });
+              this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
             }
           },
         };
         this.#waiting.add(w);
         try {
-          return await client.write(p);
+          return await conn.write(p);
         } finally {
           this.#waiting.delete(w);
         }
@@ -668,8 +678,9 @@ export class HttpProxy {
   ): Promise<void> {
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
-    // A client that stops reading holds the tunnel no longer than --write-timeout.
+    // A client or backend that stops reading holds the tunnel no longer than --write-timeout.
     const cw = this.#clientWriter(client);
+    const bw = this.#timedWriter(up.conn, "backend");
     await writeAll(cw, encodeLatin1(head + "\r\n"));
     const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
@@ -685,6 +696,7 @@ export class HttpProxy {
         early[0]!,
         (n) => m.bytesIn.inc(n),
         abort,
+        bw,
       ),
       splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort, cw),
     ]);
@@ -755,7 +767,14 @@ export class HttpProxy {
     // A TLS connection is verified for one service name: pool it under that name too.
     const key = route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
     const list = this.#idle.get(key);
-    if (list && list.length > 0) return [list.pop()!, true];
+    while (list && list.length > 0) {
+      const u = list.pop()!;
+      u.idle = false;
+      // Bytes that came while it was idle (its idle read removes it when they do) are no
+      // response to a request sent now.
+      if (u.reader.buffered > 0) closeQuietly(u.conn);
+      else return [u, true];
+    }
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<never>((_, reject) => {
@@ -776,7 +795,7 @@ export class HttpProxy {
         conn = tls;
         await Promise.race([tls.handshake(), expired]);
       }
-      return [{ conn, reader: new BufReader(conn), key, idleSince: 0 }, false];
+      return [{ conn, reader: new BufReader(conn), key, idleSince: 0, idle: false }, false];
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
@@ -788,6 +807,13 @@ export class HttpProxy {
     }
   }
 
+  /**
+   * Pools a backend connection whose exchange is complete. It keeps one read pending while it
+   * waits: a backend may send bytes after a complete response (a body on a HEAD or 204
+   * answer, a late unsolicited response), and those must never be read as the response to the
+   * next request on it, perhaps another client's. Data, an end of stream or an error while it
+   * is idle takes it out of the pool and closes it at once.
+   */
   #release(u: Upstream): void {
     let list = this.#idle.get(u.key);
     if (!list) this.#idle.set(u.key, list = []);
@@ -796,7 +822,22 @@ export class HttpProxy {
       return;
     }
     u.idleSince = Date.now();
+    u.idle = true;
     list.push(u);
+    const unpool = (): void => {
+      if (!u.idle) return; // checked out since: what came is the response to its request
+      const at = list.indexOf(u);
+      if (at >= 0) list.splice(at, 1);
+      if (list.length === 0 && this.#idle.get(u.key) === list) this.#idle.delete(u.key);
+      this.#discard(u);
+    };
+    u.reader.readAhead().then(unpool, unpool);
+  }
+
+  /** Closes a pooled connection that leaves the pool unused. */
+  #discard(u: Upstream): void {
+    u.idle = false;
+    closeQuietly(u.conn);
   }
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {

@@ -15,6 +15,8 @@ export interface ProxyLimits {
   maxUdpFlows: number;
   /** UDP flows open at once on one UDP listener. */
   maxUdpFlowsPerListener: number;
+  /** UDP flows open at once from one source address; over it, the source's own oldest goes. */
+  maxUdpFlowsPerSource: number;
 }
 
 /** The open-file limit assumed when `/proc/self/limits` cannot be read. */
@@ -45,28 +47,39 @@ export function readFdLimit(
 /**
  * Caps for an open-file limit of `fdLimit`, leaving room for meshd's own files: connections
  * 35% of it (each takes up to two descriptors, so 70%), UDP flows 10%, so at most 80% goes to
- * traffic. One source gets a quarter of the connections, one UDP listener half of the flows.
- * Values set in `given` are kept; the per-source and per-listener caps never exceed the
- * total.
+ * traffic. One source gets a sixteenth of the connections, or 64 (a busy client's pool) if
+ * more, but never over an eighth: filling the proxy takes 16 addresses wherever the open-file
+ * limit is over about 3000, and 8 under that; a quarter let 4 addresses take every slot. One UDP listener gets half of the flows,
+ * one source a sixteenth of the flows (at least 16, at most the per-listener cap: a client's
+ * resolver may use a new source port per query, and evicting its own stale flows costs it
+ * nothing). Values set in `given` are kept; the per-source and per-listener caps never exceed
+ * the total.
  *
  * @example
  * ```ts
- * defaultLimits(20_000); // 7000 connections, 1750 per source, 2000 UDP flows, 1000 per listener
+ * defaultLimits(20_000); // 7000 connections, 437 per source, 2000 UDP flows, 1000 per listener, 125 per source
  * ```
  */
 export function defaultLimits(fdLimit: number, given: Partial<ProxyLimits> = {}): ProxyLimits {
   const maxConnections = given.maxConnections ?? Math.max(16, Math.floor(fdLimit * 0.35));
   const maxUdpFlows = given.maxUdpFlows ?? Math.max(16, Math.floor(fdLimit * 0.1));
+  const maxUdpFlowsPerListener = Math.min(
+    maxUdpFlows,
+    given.maxUdpFlowsPerListener ?? Math.max(1, Math.floor(maxUdpFlows / 2)),
+  );
   return {
     maxConnections,
     maxConnectionsPerSource: Math.min(
       maxConnections,
-      given.maxConnectionsPerSource ?? Math.max(1, Math.floor(maxConnections / 4)),
+      given.maxConnectionsPerSource ??
+        Math.max(1, Math.floor(maxConnections / 16), Math.min(64, Math.floor(maxConnections / 8))),
     ),
     maxUdpFlows,
-    maxUdpFlowsPerListener: Math.min(
+    maxUdpFlowsPerListener,
+    maxUdpFlowsPerSource: Math.min(
       maxUdpFlows,
-      given.maxUdpFlowsPerListener ?? Math.max(1, Math.floor(maxUdpFlows / 2)),
+      given.maxUdpFlowsPerSource ??
+        Math.min(maxUdpFlowsPerListener, Math.max(16, Math.floor(maxUdpFlows / 16))),
     ),
   };
 }

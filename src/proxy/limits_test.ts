@@ -23,14 +23,23 @@ Deno.test("defaultLimits() keeps traffic under 80% of the fd limit and keeps giv
   const d = defaultLimits(20_000);
   assert.deepEqual(d, {
     maxConnections: 7000,
-    maxConnectionsPerSource: 1750,
+    maxConnectionsPerSource: 437,
     maxUdpFlows: 2000,
     maxUdpFlowsPerListener: 1000,
+    maxUdpFlowsPerSource: 125,
   });
   assert.ok(2 * d.maxConnections + d.maxUdpFlows <= 0.8 * 20_000);
   const g = defaultLimits(1024, { maxConnections: 10, maxConnectionsPerSource: 50 });
   assert.equal(g.maxConnections, 10);
   assert.equal(g.maxConnectionsPerSource, 10, "per source never above the total");
+  const u = defaultLimits(1024);
+  assert.equal(u.maxUdpFlows, 102);
+  assert.equal(u.maxUdpFlowsPerSource, 16, "at least 16 UDP flows per source");
+  assert.equal(defaultLimits(1024, { maxUdpFlowsPerListener: 4 }).maxUdpFlowsPerSource, 4);
+  assert.equal(
+    defaultLimits(1024, { maxUdpFlows: 8, maxUdpFlowsPerSource: 50 }).maxUdpFlowsPerSource,
+    8,
+  );
 });
 
 Deno.test("ownAddress() knows the listen address, and every local one for a wildcard", () => {

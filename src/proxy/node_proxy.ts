@@ -147,7 +147,10 @@ export class NodeProxy {
       max: this.#limits.maxConnections,
       perSource: this.#limits.maxConnectionsPerSource,
     }, metrics.drop);
-    this.#flowTable = new UdpFlowTable(this.#limits.maxUdpFlows, metrics.drop);
+    this.#flowTable = new UdpFlowTable({
+      max: this.#limits.maxUdpFlows,
+      perSource: this.#limits.maxUdpFlowsPerSource,
+    }, metrics.drop);
     this.#ownAddress = ownAddress(options.hostname);
     const breakerStates = { standby: 0, recovering: 1, tripped: 2 } as const;
     metrics.registry.collect(

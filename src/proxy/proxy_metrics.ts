@@ -24,7 +24,8 @@ export type DenyReason = "acl" | "rate_limit" | "circuit_open" | "no_endpoint";
 /**
  * Why meshd dropped traffic to protect itself: a connection over `--max-connections` or
  * `--max-connections-per-source`, a failed accept (such as EMFILE), a UDP flow evicted for
- * `--max-udp-flows` or `--max-udp-flows-per-listener`, a UDP flow whose socket could not be
+ * `--max-udp-flows` or `--max-udp-flows-per-listener`, a UDP flow of a source evicted for
+ * `--max-udp-flows-per-source`, a UDP flow whose socket could not be
  * opened, a client that read nothing for `--write-timeout`, a forwarding loop, a retry over the
  * service's retry budget.
  */
@@ -33,6 +34,7 @@ export type DropReason =
   | "source_limit"
   | "accept_failed"
   | "udp_flow_evicted"
+  | "udp_source_limit"
   | "udp_socket_failed"
   | "write_timeout"
   | "loop"

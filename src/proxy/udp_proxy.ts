@@ -29,48 +29,102 @@ export interface UdpListenerOptions {
   isOwn?: (address: string, port: number) => boolean;
 }
 
+/** Caps of a {@linkcode UdpFlowTable}. */
+export interface UdpFlowCaps {
+  /** Flows open at once over every listener. */
+  max: number;
+  /** Of those, from one source address. Default: no cap but `max`. */
+  perSource?: number;
+}
+
+/** A flow in a {@linkcode UdpFlowTable}: its client's address, and how to end it. */
+export interface UdpFlowEntry {
+  source: string;
+  end: () => void;
+}
+
 /**
- * The UDP flows of every listener, least recently active first, under a cap in all: each flow
- * holds a socket (a file descriptor), so a flood from many source ports must not open one per
- * port without end. A flow over the cap evicts the least recently active one, wherever it is.
+ * The UDP flows of every listener, least recently active first, under a cap in all and one per
+ * source address: each flow holds a socket (a file descriptor), so a flood from many source
+ * ports must not open one per port without end. A new flow from a source at its cap evicts that
+ * source's own least recently active flow (`udp_source_limit`), so one address sending from
+ * many ports churns its own flows and never another client's; a flow over the cap in all
+ * evicts the least recently active one, wherever it is (`udp_flow_evicted`).
  */
 export class UdpFlowTable {
   readonly #max: number;
+  readonly #perSource: number;
   readonly #drop: CountDrop;
-  readonly #evict = new Map<object, () => void>();
+  readonly #flows = new Map<object, UdpFlowEntry>();
+  /** Each source's flows, least recently active first. */
+  readonly #bySource = new Map<string, Set<object>>();
 
-  constructor(max: number, drop: CountDrop) {
-    this.#max = max;
+  constructor(caps: UdpFlowCaps, drop: CountDrop) {
+    this.#max = caps.max;
+    this.#perSource = caps.perSource ?? Infinity;
     this.#drop = drop;
   }
 
   /** Flows open now. */
   get size(): number {
-    return this.#evict.size;
+    return this.#flows.size;
   }
 
-  /** Adds `flow`, evicting the least recently active flows over the cap. */
-  add(flow: object, evict: () => void): void {
-    while (this.#evict.size >= this.#max) {
-      const [oldest, end] = this.#evict.entries().next().value!;
-      this.#evict.delete(oldest);
-      this.#drop("udp_flow_evicted");
-      end();
+  /** Flows open now from `source`. */
+  sourceSize(source: string): number {
+    return this.#bySource.get(source)?.size ?? 0;
+  }
+
+  /**
+   * Makes room for a new flow from `source`: while it is at its cap, ends its own least
+   * recently active flow. Call before the listener makes room of its own, so the source pays.
+   */
+  admit(source: string): void {
+    const own = this.#bySource.get(source);
+    while (own && own.size >= this.#perSource) {
+      this.#drop("udp_source_limit");
+      this.#end(own.values().next().value!);
     }
-    this.#evict.set(flow, evict);
+  }
+
+  /** Adds `flow`, evicting the least recently active flows over the caps. */
+  add(flow: object, entry: UdpFlowEntry): void {
+    this.admit(entry.source);
+    while (this.#flows.size >= this.#max) {
+      this.#drop("udp_flow_evicted");
+      this.#end(this.#flows.keys().next().value!);
+    }
+    this.#flows.set(flow, entry);
+    let own = this.#bySource.get(entry.source);
+    if (!own) this.#bySource.set(entry.source, own = new Set());
+    own.add(flow);
   }
 
   /** Marks `flow` as the most recently active. */
   touch(flow: object): void {
-    const end = this.#evict.get(flow);
-    if (!end) return;
-    this.#evict.delete(flow);
-    this.#evict.set(flow, end);
+    const entry = this.#flows.get(flow);
+    if (!entry) return;
+    this.#flows.delete(flow);
+    this.#flows.set(flow, entry);
+    const own = this.#bySource.get(entry.source)!;
+    own.delete(flow);
+    own.add(flow);
   }
 
   /** Forgets `flow`. */
   remove(flow: object): void {
-    this.#evict.delete(flow);
+    const entry = this.#flows.get(flow);
+    if (!entry) return;
+    this.#flows.delete(flow);
+    const own = this.#bySource.get(entry.source);
+    own?.delete(flow);
+    if (own?.size === 0) this.#bySource.delete(entry.source);
+  }
+
+  #end(flow: object): void {
+    const entry = this.#flows.get(flow);
+    this.remove(flow);
+    entry?.end();
   }
 }
 
@@ -248,6 +302,8 @@ export class UdpListener {
       }
       return null;
     }
+    // The source's own flows first: the listener's cap below would evict another client's.
+    this.#opts.flowTable?.admit(client.hostname);
     const max = this.#opts.maxFlows ?? Infinity;
     while (this.#flows.size >= max) {
       this.#opts.drop?.("udp_flow_evicted");
@@ -285,7 +341,7 @@ export class UdpListener {
     root.metrics.requests.inc();
     root.metrics.open.inc();
     this.#flows.set(flowKey(client), flow);
-    this.#opts.flowTable?.add(flow, () => this.#end(flow));
+    this.#opts.flowTable?.add(flow, { source: client.hostname, end: () => this.#end(flow) });
     flow.done = this.#replies(flow);
     if (log.enabled("debug")) {
       log.debug("udp flow", { service: root.key, client: flowKey(client), endpoint: endpoint.key });
