@@ -1,9 +1,12 @@
 import {
   cleanupCoreDns,
-  coreDnsBlock,
+  coreDnsCorefile,
+  corefileZones,
+  currentMeshBlock,
   deleteShadowServices,
   dnsServiceAddresses,
   leaseHolder,
+  meshZones,
   prepareCoreDns,
 } from "../controller/mod.ts";
 import { EbpfDatapath, findLibbpf, probeDatapath, readBpfObject } from "../datapath/mod.ts";
@@ -22,22 +25,30 @@ const corednsRef = (v: Values) => ({
 export async function prepareCommand(v: Values, io: CliIo): Promise<number> {
   const { kapi } = await kubeClient(v, io);
   const ref = corednsRef(v);
-  const domain = v["domain"] as string;
   const r = await prepareCoreDns(kapi, {
     meshNamespace: v["mesh-namespace"] as string,
     dnsService: v["dns-service"] as string,
-    domain,
+    domain: v["domain"] as string,
+    aliases: v["domain-aliases"] as string[],
     coredns: ref,
     cacheSeconds: Math.max(1, Math.round((v["dns-ttl"] as number) / 1000)),
   });
   const where = `${ref.namespace}/${ref.name}`;
+  const zones = r.zones.join(", ");
   io.stdout(
     r.changed
-      ? `CoreDNS (${where}) now forwards ${domain} to ${r.upstreams.join(", ")}\n`
-      : `CoreDNS (${where}) already forwards ${domain} to ${
+      ? `CoreDNS (${where}) now forwards ${zones} to ${r.upstreams.join(", ")}\n`
+      : `CoreDNS (${where}) already forwards ${zones} to ${
         r.upstreams.join(", ")
       }; nothing changed\n`,
   );
+  for (const a of r.leftOut) {
+    io.stderr(
+      `warning: the Corefile already serves "${a}:53" in a block meshd did not add (Traefik ` +
+        `Mesh's?), so CoreDNS does not forward ${a} to meshd; run meshd prepare again after ` +
+        "Traefik Mesh's cleanup removes that block\n",
+    );
+  }
   if (!r.reloads) {
     io.stderr(
       `warning: the Corefile has no reload plugin, so CoreDNS reads it only at start; restart it ` +
@@ -160,14 +171,18 @@ async function checkCoreDns(
 ): Promise<void> {
   const ref = corednsRef(v);
   const where = `${ref.namespace}/${ref.name}`;
-  const domain = v["domain"] as string;
   try {
-    const block = await coreDnsBlock(api, ref);
+    const [domain, ...aliases] = meshZones({
+      domain: v["domain"] as string,
+      aliases: v["domain-aliases"] as string[],
+    });
+    const corefile = await coreDnsCorefile(api, ref);
+    const block = currentMeshBlock(corefile);
     if (!block) {
       line("FAIL", "coredns", `the Corefile in ${where} has no meshd block: run meshd prepare`);
       return;
     }
-    const zone = block.match(/^(\S+):53 \{/m)?.[1];
+    const { forwarded, elsewhere } = corefileZones(corefile);
     const to = (block.match(/^\s*forward \. (.+)$/m)?.[1] ?? "").split(/\s+/)
       .map((a) => a.replace(/:53$/, "").replace(/^\[(.*)\]$/, "$1"));
     const want = await dnsServiceAddresses(
@@ -175,8 +190,13 @@ async function checkCoreDns(
       v["mesh-namespace"] as string,
       v["dns-service"] as string,
     );
-    if (zone !== domain) {
-      line("FAIL", "coredns", `${where} forwards "${zone}", not "${domain}": run meshd prepare`);
+    const missing = aliases.filter((a) => !forwarded.includes(a));
+    if (!forwarded.includes(domain!)) {
+      line(
+        "FAIL",
+        "coredns",
+        `${where} forwards "${forwarded.join(", ")}", not "${domain}": run meshd prepare`,
+      );
     } else if (to.join() !== want.join()) {
       line(
         "FAIL",
@@ -184,8 +204,21 @@ async function checkCoreDns(
         `${where} forwards ${domain} to ${to.join(", ")}, but ${v["dns-service"]} is at ` +
           `${want.join(", ")}: run meshd prepare`,
       );
+    } else if (missing.length > 0) {
+      // meshd answers them, but a client's query never reaches it
+      const held = missing.filter((a) => elsewhere.includes(a));
+      line(
+        "warn",
+        "coredns",
+        `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}, not the alias` +
+          `${missing.length === 1 ? "" : "es"} ${missing.join(", ")}: ` +
+          (held.length > 0
+            ? `a block meshd did not add serves ${held.join(", ")} (Traefik Mesh's?); run meshd ` +
+              "prepare after removing it"
+            : "run meshd prepare"),
+      );
     } else {
-      line("ok", "coredns", `${where} forwards ${domain} to ${want.join(", ")}`);
+      line("ok", "coredns", `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}`);
     }
   } catch (e) {
     line("FAIL", "coredns", (e as Error).message);

@@ -123,6 +123,11 @@ const DOMAIN_FLAG = pick(MODEL_FLAGS, "domain");
 const PREPARE_FLAGS: readonly FlagSpec[] = [
   ...CLUSTER_FLAGS,
   ...DOMAIN_FLAG,
+  {
+    ...DOMAIN_ALIASES_FLAG,
+    help: "Domains CoreDNS also sends to meshd (match meshd run's); one that a block meshd " +
+      "did not add serves (Traefik Mesh's) is left out, with a warning",
+  },
   ...COREDNS_FLAGS,
   {
     ...pick(DNS_FLAGS, "dns-ttl")[0]!,
@@ -148,6 +153,10 @@ const CLEANUP_FLAGS: readonly FlagSpec[] = [
 const CHECK_FLAGS: readonly FlagSpec[] = [
   ...CLUSTER_FLAGS,
   ...DOMAIN_FLAG,
+  {
+    ...DOMAIN_ALIASES_FLAG,
+    help: "Domains the coredns line expects forwarded with --domain; one missing is a warning",
+  },
   ...COREDNS_FLAGS,
   ...EBPF_FLAGS,
   ...PROBE_FLAGS,
@@ -170,7 +179,8 @@ const COMMANDS: Record<string, Command> = {
   },
   prepare: {
     usage: "meshd prepare [flags]",
-    summary: "Add the mesh domain to CoreDNS: a Corefile server block forwarding it to meshd",
+    summary: "Add the mesh domain and its aliases to CoreDNS: a Corefile server block " +
+      "forwarding them to meshd",
     flags: PREPARE_FLAGS,
     run: (v, io) => prepareCommand(v, io),
   },

@@ -62,9 +62,23 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   assert.match(dumpHelp.out, /Usage: meshd config dump --config-dir DIR/);
   assert.doesNotMatch(dumpHelp.out, /--http-port/);
   const flagsOf: Record<string, string[]> = {
-    prepare: ["--kubeconfig", "--domain", "--dns-service", "--coredns-configmap", "--dns-ttl"],
+    prepare: [
+      "--kubeconfig",
+      "--domain",
+      "--domain-aliases",
+      "--dns-service",
+      "--coredns-configmap",
+      "--dns-ttl",
+    ],
     cleanup: ["--kubeconfig", "--coredns-namespace", "--lease-name", "--force"],
-    check: ["--kubeconfig", "--domain", "--dns-service", "--kernel-release", "--libbpf"],
+    check: [
+      "--kubeconfig",
+      "--domain",
+      "--domain-aliases",
+      "--dns-service",
+      "--kernel-release",
+      "--libbpf",
+    ],
   };
   for (const [cmd, flags] of Object.entries(flagsOf)) {
     const h = await run([cmd, "--help"]);

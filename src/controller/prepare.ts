@@ -1,5 +1,5 @@
 import type { KubeApi, RawObject } from "../kube/mod.ts";
-import { addMeshBlock, currentMeshBlock, removeMeshBlock } from "./corefile.ts";
+import { addMeshBlock, currentMeshBlock, type MeshBlockEdit, removeMeshBlock } from "./corefile.ts";
 import { clusterIps, SHADOW_SELECTOR } from "./shadow_services.ts";
 
 /** Where the CoreDNS Corefile lives. */
@@ -102,13 +102,18 @@ async function editCorefile(
 export interface PrepareResult {
   changed: boolean;
   upstreams: string[];
+  /** The zones meshd's block forwards, the domain first. */
+  zones: string[];
+  /** Aliases left out because a block meshd did not add serves them (Traefik Mesh's own). */
+  leftOut: string[];
   /** Whether the Corefile loads itself again on change (CoreDNS's reload plugin). */
   reloads: boolean;
 }
 
 /**
- * Puts meshd's server block into the CoreDNS Corefile: the mesh domain forwarded to the mesh
- * DNS Service. Running it again changes nothing; a moved Service address replaces the block.
+ * Puts meshd's server block into the CoreDNS Corefile: the mesh domain and its aliases
+ * forwarded to the mesh DNS Service. Running it again changes nothing; a moved Service address
+ * replaces the block, and an alias whose other block is gone joins it.
  */
 export async function prepareCoreDns(
   api: KubeApi,
@@ -116,17 +121,31 @@ export async function prepareCoreDns(
     meshNamespace: string;
     dnsService: string;
     domain: string;
+    aliases?: readonly string[];
     coredns: CoreDnsRef;
     cacheSeconds: number;
   },
 ): Promise<PrepareResult> {
   const upstreams = await dnsServiceAddresses(api, o.meshNamespace, o.dnsService);
-  const { before, after } = await editCorefile(
-    api,
-    o.coredns,
-    (c) => addMeshBlock(c, { domain: o.domain, upstreams, cacheSeconds: o.cacheSeconds }),
-  );
-  return { changed: after !== before, upstreams, reloads: /^\s*reload\b/m.test(after) };
+  // the edit of the last attempt, the one written
+  const last: { edit?: MeshBlockEdit } = {};
+  const { before, after } = await editCorefile(api, o.coredns, (c) => {
+    const edit = addMeshBlock(c, {
+      domain: o.domain,
+      aliases: o.aliases ?? [],
+      upstreams,
+      cacheSeconds: o.cacheSeconds,
+    });
+    last.edit = edit;
+    return edit.corefile;
+  });
+  return {
+    changed: after !== before,
+    upstreams,
+    zones: last.edit!.zones,
+    leftOut: last.edit!.leftOut,
+    reloads: /^\s*reload\b/m.test(after),
+  };
 }
 
 /** Takes meshd's block out of the CoreDNS Corefile, leaving the rest as it was. */
@@ -138,6 +157,11 @@ export async function cleanupCoreDns(api: KubeApi, coredns: CoreDnsRef): Promise
 /** meshd's block in the CoreDNS Corefile as it is now, or null. */
 export async function coreDnsBlock(api: KubeApi, coredns: CoreDnsRef): Promise<string | null> {
   return currentMeshBlock((await readCorefile(api, coredns)).corefile);
+}
+
+/** The CoreDNS Corefile as it is now. */
+export async function coreDnsCorefile(api: KubeApi, coredns: CoreDnsRef): Promise<string> {
+  return (await readCorefile(api, coredns)).corefile;
 }
 
 /** Deletes every shadow Service meshd made in the mesh namespace; returns how many. */

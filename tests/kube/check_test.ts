@@ -86,7 +86,10 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
           `^system:serviceaccount:meshd:meshd may do all ${runPermissions("meshd").length} things`,
         ),
       );
-      assert.match(lines(sa).find((l) => l.name === "coredns")!.text, /forwards mesh to /);
+      assert.match(
+        lines(sa).find((l) => l.name === "coredns")!.text,
+        /^kube-system\/coredns forwards mesh, traefik\.mesh, maesh to \S+$/,
+      );
     });
 
     await t.step("a moved DNS Service address makes the block stale", async () => {
@@ -109,6 +112,36 @@ Deno.test("meshd check reports each check on one line and fails while meshd is b
       );
       assert.equal((await meshd("prepare", kc)).code, 0);
       assert.equal((await meshd("check", kc)).code, 0);
+    });
+
+    await t.step("an alias CoreDNS does not forward is a warning naming it", async () => {
+      const dns = (r: CliRun) => lines(r).find((l) => l.name === "coredns")!;
+      // Traefik Mesh's own block still serves traefik.mesh: prepare leaves it out
+      await putCorefile(
+        cluster,
+        await corefileFixture("coredns-1.8-with-traefik-mesh-1.4.Corefile"),
+      );
+      assert.equal((await meshd("prepare", kc)).code, 0);
+      const held = await meshd("check", kc);
+      assert.equal(held.code, 0, "a warning does not block meshd");
+      assert.equal(dns(held).level, "warn");
+      assert.match(
+        dns(held).text,
+        /^kube-system\/coredns forwards mesh, maesh to \S+, not the alias traefik\.mesh: a block meshd did not add serves traefik\.mesh \(Traefik Mesh's\?\); run meshd prepare after removing it$/,
+      );
+      // without aliases asked for, the primary alone is what matters
+      assert.equal(dns(await meshd("check", kc, "--domain-aliases=")).level, "ok");
+      // a block prepared with --domain-aliases "" lacks both
+      await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
+      assert.equal((await meshd("prepare", kc, "--domain-aliases=")).code, 0);
+      const bare = await meshd("check", kc);
+      assert.equal(dns(bare).level, "warn");
+      assert.match(
+        dns(bare).text,
+        /^kube-system\/coredns forwards mesh to \S+, not the aliases traefik\.mesh, maesh: run meshd prepare$/,
+      );
+      assert.equal((await meshd("prepare", kc)).code, 0);
+      assert.equal(dns(await meshd("check", kc)).level, "ok");
     });
 
     await t.step("an identity without meshd's RBAC fails, naming what it lacks", async () => {

@@ -9,7 +9,7 @@ import { MeshdProcess } from "../testenv/meshd.ts";
 import { meshdKubeconfig } from "../testenv/manifests.ts";
 import { waitFor } from "../testenv/process.ts";
 import { dig } from "../testenv/dig.ts";
-import { CoreDns, corefileFixture, putCorefile } from "../testenv/coredns.ts";
+import { CoreDns, corednsBinary, corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { meshd } from "../testenv/cli.ts";
 import { kustomizationObjects } from "../testenv/manifests.ts";
 import { serverSideApply } from "../testenv/cluster.ts";
@@ -129,28 +129,85 @@ Deno.test("the leader writes node-local shadow Services and removes stale ones",
     const cm = await cluster.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
     const block = currentMeshBlock((cm["data"] as { Corefile: string }).Corefile)!;
     assert.ok(block.includes(`forward . ${dnsIp}:53\n`), block);
+    // The domain and both aliases of Traefik Mesh are keys of the one server block.
+    assert.match(block, /^mesh:53 traefik\.mesh:53 maesh:53 \{$/m);
     // The one change to the block: nothing on the host may connect to a ClusterIP (no
     // kube-proxy routes it here), so CoreDNS forwards to one meshd's DNS port directly, and it
     // listens on a free loopback port instead of 53.
     const corePort = freePort();
-    const local = block
-      .replace(`forward . ${dnsIp}:53\n`, `forward . 127.0.0.1:${procs[0]!.dnsPort}\n`)
-      .replace(/^mesh:53 \{\n/m, `mesh:${corePort} {\n    bind 127.0.0.1\n`);
-    assert.match(local, new RegExp(`mesh:${corePort} \\{`));
+    const onLoopback = (text: string, to: string) =>
+      text
+        .replace(/^(\s*forward \. ).*$/m, `$1${to}`)
+        .replace(/^([^#\s].*) \{$/m, (_, keys: string) =>
+          `${keys.replaceAll(":53", `:${corePort}`)} {\n    bind 127.0.0.1`);
+    const local = onLoopback(block, `127.0.0.1:${procs[0]!.dnsPort}`);
+    assert.match(
+      local,
+      new RegExp(`^mesh:${corePort} traefik\\.mesh:${corePort} maesh:${corePort} \\{$`, "m"),
+    );
     const coredns = await CoreDns.start(cluster, local, corePort, "mesh");
     try {
-      for (const [ns, n] of [["shop", "cart"], ["shop", "db"]] as const) {
-        const ip = byName.get(shadowServiceName(ns, n))!.spec.clusterIP;
-        const r = await dig(coredns.port, `${n}.${ns}.mesh`, "A");
-        assert.equal(r.status, "NOERROR");
-        assert.deepEqual(r.answer.map((a) => a.replace(/ \d+ IN /, " IN ")), [
-          `${n}.${ns}.mesh. IN A ${ip}`,
-        ]);
+      for (const domain of ["mesh", "traefik.mesh", "maesh"]) {
+        for (const [ns, n] of [["shop", "cart"], ["shop", "db"]] as const) {
+          const ip = byName.get(shadowServiceName(ns, n))!.spec.clusterIP;
+          const r = await dig(coredns.port, `${n}.${ns}.${domain}`, "A");
+          assert.equal(r.status, "NOERROR", `${n}.${ns}.${domain}`);
+          assert.deepEqual(r.answer.map((a) => a.replace(/ \d+ IN /, " IN ")), [
+            `${n}.${ns}.${domain}. IN A ${ip}`,
+          ]);
+        }
+        assert.equal((await dig(coredns.port, `nope.shop.${domain}`, "A")).status, "NXDOMAIN");
       }
-      assert.equal((await dig(coredns.port, "nope.shop.mesh", "A")).status, "NXDOMAIN");
     } finally {
       await coredns.stop();
     }
+
+    // During a migration Traefik Mesh's own block still serves traefik.mesh: prepare leaves that
+    // alias out, and CoreDNS, which refuses one zone in two blocks, loads both blocks.
+    const theirs = await corefileFixture("coredns-1.8-with-traefik-mesh-1.4.Corefile");
+    await putCorefile(cluster, theirs);
+    const held = await meshd("prepare", `--kubeconfig=${cluster.kubeconfig}`);
+    assert.equal(held.code, 0, held.err);
+    assert.match(held.err, /already serves "traefik\.mesh:53"/);
+    const cm2 = await cluster.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
+    const ours = currentMeshBlock((cm2["data"] as { Corefile: string }).Corefile)!;
+    assert.match(ours, /^mesh:53 maesh:53 \{$/m);
+    // Theirs as the fixture has it, sent to a loopback port where nothing answers, so a name
+    // that reaches it fails (SERVFAIL) where one that reaches meshd gets its address.
+    const theirBlock = theirs.slice(theirs.indexOf("#### Begin Traefik Mesh Block"));
+    const both = onLoopback(theirBlock, `127.0.0.1:${freePort()}`) + "\n" +
+      onLoopback(ours, `127.0.0.1:${procs[0]!.dnsPort}`);
+    const withTheirs = await CoreDns.start(cluster, both, corePort, "mesh");
+    try {
+      const ip = byName.get(shadowServiceName("shop", "cart"))!.spec.clusterIP;
+      for (const domain of ["mesh", "maesh"]) {
+        const r = await dig(withTheirs.port, `cart.shop.${domain}`, "A");
+        assert.deepEqual(r.answer.map((a) => a.replace(/ \d+ IN /, " IN ")), [
+          `cart.shop.${domain}. IN A ${ip}`,
+        ]);
+      }
+      const r = await dig(withTheirs.port, "cart.shop.traefik.mesh", "A");
+      assert.equal(r.status, "SERVFAIL", "traefik.mesh still goes to Traefik Mesh's block");
+    } finally {
+      await withTheirs.stop();
+    }
+    // Had meshd's block named traefik.mesh too, CoreDNS would not have started at all.
+    const clash = `${cluster.dir}/Corefile.clash`;
+    await Deno.writeTextFile(
+      clash,
+      both.replace(/^mesh:(\d+) maesh:\d+ \{$/m, "mesh:$1 traefik.mesh:$1 {"),
+    );
+    const refused = await new Deno.Command(await corednsBinary(), {
+      args: ["-conf", clash],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(30_000),
+    }).output();
+    assert.equal(refused.success, false);
+    assert.match(
+      new TextDecoder().decode(refused.stdout) + new TextDecoder().decode(refused.stderr),
+      /traefik\.mesh.*already defined/,
+    );
 
     // Stale: the Service goes, so does its shadow.
     await cluster.must("DELETE", "/api/v1/namespaces/shop/services/db");

@@ -11,6 +11,17 @@ import { applyManifests, kustomizationObjects } from "../testenv/manifests.ts";
 import { corefileFixture, corefileFixtureNames, putCorefile } from "../testenv/coredns.ts";
 
 const CM = "/api/v1/namespaces/kube-system/configmaps";
+const ALIASES = ["traefik.mesh", "maesh"];
+/** The aliases each fixture already serves in a block of Traefik Mesh's (or Maesh's). */
+const SERVED_BY_TRAEFIK_MESH: Record<string, string[]> = {
+  "coredns-1.11-with-traefik-mesh.Corefile": ["traefik.mesh"],
+  "coredns-1.8-with-traefik-mesh-1.4.Corefile": ["traefik.mesh"],
+  "coredns-1.6-with-maesh.Corefile": ["maesh"],
+};
+const leftOutWarning = (alias: string) =>
+  `warning: the Corefile already serves "${alias}:53" in a block meshd did not add (Traefik ` +
+  `Mesh's?), so CoreDNS does not forward ${alias} to meshd; run meshd prepare again after ` +
+  "Traefik Mesh's cleanup removes that block\n";
 
 Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefile", async (t) => {
   const cluster = await TestCluster.start({ controllerManager: false });
@@ -53,17 +64,20 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
       await t.step(`prepare, prepare again, cleanup: ${f}`, async () => {
         const original = await corefileFixture(f);
         await setCorefile(original);
+        const leftOut = SERVED_BY_TRAEFIK_MESH[f] ?? [];
+        const zones = ["mesh", ...ALIASES.filter((a) => !leftOut.includes(a))];
         const r1 = await meshd("prepare", kc);
         assert.equal(r1.code, 0, r1.err);
         assert.equal(
           r1.out,
-          `CoreDNS (kube-system/coredns) now forwards mesh to ${dnsIp}\n`,
+          `CoreDNS (kube-system/coredns) now forwards ${zones.join(", ")} to ${dnsIp}\n`,
         );
-        assert.equal(r1.err, "", "every fixture has the reload plugin");
+        // every fixture has the reload plugin: the only warnings are for the aliases left out
+        assert.equal(r1.err, leftOut.map(leftOutWarning).join(""));
         const after = await corefile();
         assert.ok(after.text.startsWith(original));
         assert.ok(
-          after.text.endsWith(`mesh:53 {
+          after.text.endsWith(`${zones.map((z) => `${z}:53`).join(" ")} {
     errors
     cache 5
     forward . ${dnsIp}:53
@@ -75,7 +89,12 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
         // Idempotent: no write at all, so the resource version stays.
         const r2 = await meshd("prepare", kc);
         assert.equal(r2.code, 0);
-        assert.match(r2.out, /already forwards mesh .*nothing changed/);
+        assert.equal(
+          r2.out,
+          `CoreDNS (kube-system/coredns) already forwards ${zones.join(", ")} to ${dnsIp}; ` +
+            "nothing changed\n",
+        );
+        assert.equal(r2.err, r1.err, "the same warnings while Traefik Mesh's block stays");
         assert.equal((await corefile()).rv, after.rv);
         const r3 = await meshd("cleanup", kc);
         assert.equal(r3.code, 0, r3.err);
@@ -98,6 +117,55 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
       );
       assert.equal((await corefile()).rv, before.rv, "nothing written");
     });
+
+    await t.step(
+      "prepare adds an alias once Traefik Mesh's cleanup removed its block; cleanup restores",
+      async () => {
+        const theirs = await corefileFixture("coredns-1.8-with-traefik-mesh-1.4.Corefile");
+        await setCorefile(theirs);
+        const r1 = await meshd("prepare", kc);
+        assert.equal(r1.code, 0, r1.err);
+        assert.match(r1.out, /now forwards mesh, maesh to /);
+        assert.equal(r1.err, leftOutWarning("traefik.mesh"), "one line naming the alias");
+        // Traefik Mesh's cleanup takes out its lines from its begin marker to its end marker
+        const migrated = (await corefile()).text.replace(
+          /#### Begin Traefik Mesh Block\n[^]*?#### End Traefik Mesh Block\n/,
+          "",
+        );
+        assert.doesNotMatch(migrated, /traefik\.mesh/);
+        await setCorefile(migrated);
+        const r2 = await meshd("prepare", kc);
+        assert.equal(r2.code, 0, r2.err);
+        assert.equal(
+          r2.out,
+          `CoreDNS (kube-system/coredns) now forwards mesh, traefik.mesh, maesh to ${dnsIp}\n`,
+        );
+        assert.equal(r2.err, "");
+        const after = (await corefile()).text;
+        assert.match(after, /\nmesh:53 traefik\.mesh:53 maesh:53 \{\n/);
+        assert.equal(after.split("# BEGIN meshd").length, 2, "replaced in place");
+        assert.equal((await meshd("cleanup", kc)).code, 0);
+        assert.equal(
+          (await corefile()).text,
+          theirs.replace(/#### Begin Traefik Mesh Block\n[^]*?#### End Traefik Mesh Block\n/, ""),
+          "byte for byte what was there before meshd",
+        );
+        // --domain-aliases "" turns them off: the domain alone
+        await setCorefile(theirs);
+        const r3 = await meshd("prepare", kc, "--domain-aliases=");
+        assert.equal(r3.code, 0, r3.err);
+        assert.equal(r3.err, "");
+        assert.match((await corefile()).text, /\nmesh:53 \{\n/);
+        // a name that is not a domain name would become Corefile syntax
+        const bad = await meshd("prepare", kc, "--domain-aliases=traefik.mesh,x {");
+        assert.equal(bad.code, 1);
+        assert.equal(
+          bad.err,
+          'meshd prepare: Cannot use "x {" as a mesh domain alias: expected a domain name such ' +
+            'as "traefik.mesh"\n',
+        );
+      },
+    );
 
     await t.step("prepare warns when CoreDNS will not reload the Corefile", async () => {
       await setCorefile(".:53 {\n    forward . /etc/resolv.conf\n}\n");
