@@ -29,7 +29,7 @@ say() { printf '[image-build] %s\n' "$*" >&2; }
 die() { printf '[image-build] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "building the test images needs root (debootstrap)"
 command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
-if [ ! -x /bin/busybox ] || ! /bin/busybox --list | grep -qx httpd; then
+if [ ! -x /bin/busybox ] || ! /bin/busybox --list | grep -x httpd >/dev/null; then
   die "/bin/busybox with httpd is missing (apt-get install busybox-static)"
 fi
 deno=$(command -v deno) || die "deno is not on PATH (scripts/_lib.sh ensure_deno puts it there)"
@@ -126,7 +126,7 @@ if [ ! -f "$meshd_tar" ]; then
 #!/bin/sh
 # meshd from source: the compiled binary's equivalent in the test image (see the README).
 export DENO_DIR=/opt/meshd/deno-dir DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
-exec /usr/local/bin/deno run --cached-only --allow-all --unstable-net --unstable-worker-options \
+exec /usr/local/bin/deno run --quiet --cached-only --allow-all --unstable-net --unstable-worker-options \
   --config /opt/meshd/deno.json /opt/meshd/main.ts "$@"
 EOF
   chmod 755 "$work/app/usr/local/bin/meshd"
