@@ -557,6 +557,29 @@ export class RealNodes {
     return { code: o.code, out: dec.decode(o.stdout), err };
   }
 
+  /**
+   * Runs `argv` in container `id` on node `n`, as `kubectl exec` does, through containerd.
+   * (The FIFOs go to the node's folder: its containerd does not see the host's /run.)
+   */
+  async exec(
+    n: RealNode,
+    id: string,
+    argv: string[],
+  ): Promise<{ code: number; out: string; err: string }> {
+    await Deno.mkdir(`${n.dir}/fifo`, { recursive: true });
+    return await this.ctr(
+      n,
+      "tasks",
+      "exec",
+      "--fifo-dir",
+      `${n.dir}/fifo`,
+      "--exec-id",
+      `t${crypto.randomUUID()}`,
+      id,
+      ...argv,
+    );
+  }
+
   /** Waits for node `n` to be Ready. */
   async waitNodeReady(n: RealNode, timeoutMs = 120_000): Promise<void> {
     await waitFor(
