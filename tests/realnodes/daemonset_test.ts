@@ -104,7 +104,11 @@ async function hostState(): Promise<Record<string, string>> {
   for (const l of Deno.readTextFileSync("/proc/self/mounts").split("\n")) {
     const [, dir, type] = l.split(" ");
     if ((type === "cgroup" || type === "cgroup2") && dir) {
-      for (const e of Deno.readDirSync(dir)) if (e.isDirectory) cgroups.push(`${dir}/${e.name}`);
+      // (meshd-test is the scratch cgroups' shared parent: other tiers make it too, and a run
+      // removes it once it is empty.)
+      for (const e of Deno.readDirSync(dir)) {
+        if (e.isDirectory && e.name !== "meshd-test") cgroups.push(`${dir}/${e.name}`);
+      }
     }
   }
   const links = JSON.parse(await sh("ip", ["-j", "link", "show"])).map((l: { ifname: string }) =>
