@@ -11,6 +11,7 @@ import { parseAllDocuments } from "yaml";
 import { removeLeftovers, TestCluster } from "../testenv/cluster.ts";
 import { sh } from "../testenv/netns_mesh.ts";
 import {
+  CLUSTER_DNS,
   nodeBinaries,
   type RealNode,
   RealNodes,
@@ -135,6 +136,55 @@ async function hostState(): Promise<Record<string, string>> {
   return state;
 }
 
+/** CoreDNS as clusters run it: a Deployment behind the kube-dns Service, its Corefile a ConfigMap. */
+const COREDNS = `
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: coredns, namespace: kube-system }
+data:
+  Corefile: |
+    .:53 {
+        errors
+        cache 30
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: coredns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  replicas: 1
+  selector: { matchLabels: { k8s-app: kube-dns } }
+  template:
+    metadata: { labels: { k8s-app: kube-dns } }
+    spec:
+      dnsPolicy: Default
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: coredns
+          image: meshd-test/coredns:1
+          imagePullPolicy: Never
+          args: [-conf, /etc/coredns/Corefile]
+          ports:
+            - { name: dns, containerPort: 53, protocol: UDP }
+            - { name: dns-tcp, containerPort: 53, protocol: TCP }
+          readinessProbe: { tcpSocket: { port: 53 }, periodSeconds: 2 }
+          volumeMounts: [{ name: config, mountPath: /etc/coredns, readOnly: true }]
+      volumes:
+        - name: config
+          configMap: { name: coredns, items: [{ key: Corefile, path: Corefile }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: kube-dns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  selector: { k8s-app: kube-dns }
+  clusterIP: ${CLUSTER_DNS}
+  ports:
+    - { name: dns, port: 53, protocol: UDP }
+    - { name: dns-tcp, port: 53, protocol: TCP }
+`;
+
 function appObjects(nodes: RealNode[]): unknown[] {
   const objects: unknown[] = [
     { apiVersion: "v1", kind: "Namespace", metadata: { name: APP_NS } },
@@ -176,7 +226,7 @@ function appObjects(nodes: RealNode[]): unknown[] {
         ...common,
         containers: [{
           name: "client",
-          image: "meshd-test/busybox:1",
+          image: "meshd-test/client:1",
           imagePullPolicy: "Never",
           command: ["/bin/sleep", "3600"],
         }],
@@ -288,8 +338,7 @@ Deno.test({
       throw new Error(`${e.message}\n${desc.out.slice(-4000)}\n${await nodes.logs()}`);
     });
 
-    // From each node's client pod, through that node's meshd (its pod IP, the HTTP entrypoint;
-    // CoreDNS and the shadow Services' ClusterIPs come with the next steps of the tier).
+    // From each node's client pod, through that node's meshd (its pod IP, the HTTP entrypoint).
     for (const n of nodes.nodes) {
       const client = app.find((p) => p.metadata.name === `client-${n.name}`)!;
       const local = meshd.find((p) => p.spec.nodeName === n.name)!;
@@ -301,6 +350,7 @@ Deno.test({
             // (busybox 1.35's wget crashes with -T: the time limit is timeout's.)
             "timeout",
             "10",
+            "busybox",
             "wget",
             "-O-",
             "--header",
@@ -317,6 +367,77 @@ Deno.test({
       });
       assert.match(body, /pod=whoami-node-\d node=node-\d /, `unexpected answer: ${body}`);
       console.log(`${client.metadata.name} -> ${url} (Host whoami.${APP_NS}.mesh): ${body.trim()}`);
+    }
+    // By name, as applications call: CoreDNS (a Pod) with the block `meshd prepare` (run in a
+    // meshd pod) adds, meshd's DNS behind the meshd-dns Service, the shadow Service's ClusterIP.
+    await Deno.writeTextFile(`${c.dir}/coredns.yaml`, COREDNS);
+    const dns = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/coredns.yaml`);
+    assert.equal(dns.code, 0, `kubectl apply CoreDNS failed:\n${dns.out}`);
+    const leaderNode = nodes.nodes[0]!;
+    const meshdPod = meshd.find((p) => p.spec.nodeName === leaderNode.name)!;
+    const meshdId = meshdPod.status.containerStatuses![0]!.containerID!.replace(
+      /^containerd:\/\//,
+      "",
+    );
+    const prepare = await nodes.exec(leaderNode, meshdId, ["/usr/local/bin/meshd", "prepare"]);
+    assert.equal(
+      prepare.code,
+      0,
+      `meshd prepare in ${meshdPod.metadata.name} failed:\n${prepare.out}${prepare.err}`,
+    );
+    const corefile = await c.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
+    console.log(
+      `Corefile after meshd prepare:\n${(corefile["data"] as Record<string, string>)["Corefile"]}`,
+    );
+    // This CoreDNS has no reload plugin: a new pod reads the new Corefile.
+    const restart = await c.kubectl(
+      "-n",
+      "kube-system",
+      "rollout",
+      "restart",
+      "deployment/coredns",
+    );
+    assert.equal(restart.code, 0, restart.out);
+    const status = await c.kubectl(
+      "-n",
+      "kube-system",
+      "rollout",
+      "status",
+      "deployment/coredns",
+      "--timeout=120s",
+    );
+    assert.equal(
+      status.code,
+      0,
+      `CoreDNS did not become Ready:\n${status.out}\n${await nodes.logs()}`,
+    );
+    for (const n of nodes.nodes) {
+      const client = app.find((p) => p.metadata.name === `client-${n.name}`)!;
+      const url = `http://whoami.${APP_NS}.mesh/cgi-bin/whoami`;
+      const body = await waitFor(
+        `a mesh call by name from ${client.metadata.name}`,
+        async () => {
+          const r = await execIn(nodes, n, client, [
+            "timeout",
+            "10",
+            "busybox",
+            "wget",
+            "-O-",
+            url,
+          ]);
+          if (r.code !== 0) throw new Error(`wget exited ${r.code}: ${r.err.trim()}`);
+          return r.out;
+        },
+        90_000,
+        1_000,
+      ).catch(async (e) => {
+        const look = await execIn(nodes, n, client, ["getent", "hosts", `whoami.${APP_NS}.mesh`]);
+        throw new Error(
+          `${e.message}\ngetent: ${look.code} ${look.out}${look.err}\n${await nodes.logs()}`,
+        );
+      });
+      assert.match(body, /pod=whoami-node-\d node=node-\d /, `unexpected answer: ${body}`);
+      console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
     }
     console.log(
       `cluster, nodes, DaemonSet and mesh calls took ${

@@ -42,6 +42,8 @@ export const NODE_NET = "192.0.2.0/24";
 /** The Pods' network; node N has 203.0.113.64N/26. */
 export const POD_NET = "203.0.113.0/24";
 const SERVICE_NET = "198.51.100.0/24";
+/** The cluster DNS Service's ClusterIP, as the kubelets tell Pods (CoreDNS runs as a Pod). */
+export const CLUSTER_DNS = "198.51.100.10";
 /** The kubelet's own sysctls, and the host's forwarding switch, which must end as they began. */
 export const WATCHED_SYSCTLS = [
   "kernel/panic",
@@ -786,6 +788,7 @@ function kubeletConfig(o: { dir: string; nodeIp: string; cgroupRoot: string; caF
     `  x509: { clientCAFile: ${o.caFile} }`,
     "authorization: { mode: AlwaysAllow }",
     `resolvConf: ${o.dir}/resolv.conf`,
+    `clusterDNS: [${CLUSTER_DNS}]`,
     "clusterDomain: cluster.local",
     "failSwapOn: false",
     "maxPods: 30",

@@ -10,6 +10,9 @@
 #   meshd-test/busybox:1             busybox-static alone: the test applications (httpd with a
 #                                    whoami CGI, wget, nc, sh).
 #   meshd-test/pause:1               the same layer; its entrypoint sleeps (the pod sandbox).
+#   meshd-test/coredns:1             the rootfs with CoreDNS (tests/testenv/coredns/build.sh).
+#   meshd-test/client:1              the rootfs with busybox: wget that resolves names with
+#                                    glibc, as an application pod does.
 #
 # The Dockerfile (the compiled binary on bookworm-slim) stays the users' image; see README.
 #
@@ -176,6 +179,40 @@ EOF
   trap - EXIT
 fi
 
+# --- on the Debian rootfs (glibc and its resolver): CoreDNS, and a client with busybox's wget
+coredns=$(bash "$root/tests/testenv/coredns/build.sh") || die "building CoreDNS failed"
+extra_key=$( (sha256sum "$coredns" /bin/busybox "$here/build.sh" && echo "$rootfs_dir") |
+  sha256sum | cut -c1-12)
+coredns_tar="$cache/images/coredns-$extra_key.tar"
+client_tar="$cache/images/client-$extra_key.tar"
+if [ ! -f "$coredns_tar" ] || [ ! -f "$client_tar" ]; then
+  work=$(mktemp -d "$cache/images/.work.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/coredns/usr/local/bin" "$work/client/usr/local/bin"
+  cp "$coredns" "$work/coredns/usr/local/bin/coredns"
+  cp /bin/busybox "$work/client/usr/local/bin/busybox"
+  tar_layer "$work/coredns" "$work/coredns.tar"
+  tar_layer "$work/client" "$work/client.tar"
+  write_archive "$coredns_tar" "meshd-test/coredns:1" \
+    '{"Entrypoint":["/usr/local/bin/coredns"],"Cmd":["-conf","/etc/coredns/Corefile"]}' \
+    "$rootfs_dir/layer.tar" "$work/coredns.tar"
+  write_archive "$client_tar" "meshd-test/client:1" \
+    '{"Entrypoint":["/bin/sleep"],"Cmd":["infinity"],"Env":["PATH=/usr/local/bin:/usr/bin:/bin"]}' \
+    "$rootfs_dir/layer.tar" "$work/client.tar"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+# Older archives (an earlier source or build) are not needed again.
+for f in "$cache"/images/*.tar; do
+  case "$f" in
+    "$meshd_tar" | "$coredns_tar" | "$client_tar" | "$bb_tar" | "$pause_tar") ;;
+    *) rm -f "$f" "$f.sizes" ;;
+  esac
+done
+
 echo "meshd:$meshd_version=$meshd_tar"
+echo "meshd-test/coredns:1=$coredns_tar"
+echo "meshd-test/client:1=$client_tar"
 echo "meshd-test/busybox:1=$bb_tar"
 echo "meshd-test/pause:1=$pause_tar"
