@@ -80,7 +80,7 @@ async function installTarget(dir: string): Promise<{ path: string; note: string 
 }
 
 type Pod = {
-  metadata: { name: string };
+  metadata: { name: string; uid: string };
   spec: { nodeName?: string };
   status: {
     podIP?: string;
@@ -437,7 +437,23 @@ Deno.test({
         );
       });
       assert.match(body, /pod=whoami-node-\d node=node-\d /, `unexpected answer: ${body}`);
+      // The shadow Service is node-local: the call went through this node's meshd.
+      const local = meshd.find((p) => p.spec.nodeName === n.name)!;
+      assert.match(
+        body,
+        new RegExp(`remote=\\[?(::ffff:)?${local.status.podIP!.replaceAll(".", "\\.")}\\]? `),
+        `the call by name from ${n.name} did not go through ${local.metadata.name} (${local.status.podIP}): ${body}`,
+      );
       console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
+    }
+    for (const p of meshd) {
+      const n = nodes.nodes.find((x) => x.name === p.spec.nodeName)!;
+      const rss = nodes.podRss(n, p.metadata.uid);
+      console.log(
+        `${p.metadata.name} on ${n.name}: RSS ${
+          rss === null ? "?" : (rss / 2 ** 20).toFixed(0)
+        } MiB`,
+      );
     }
     console.log(
       `cluster, nodes, DaemonSet and mesh calls took ${

@@ -54,6 +54,7 @@ export const WATCHED_SYSCTLS = [
   "kernel/keys/root_maxbytes",
   "net/ipv4/ip_forward",
   "net/ipv6/conf/all/forwarding",
+  "net/bridge/bridge-nf-call-iptables",
 ];
 
 /** Binary folders, from `nodes/build.sh`. */
@@ -580,6 +581,21 @@ export class RealNodes {
       id,
       ...argv,
     );
+  }
+
+  /**
+   * The resident memory of Pod `uid` on node `n`, in bytes: `total_rss` of its memory cgroup
+   * (cgroup v1), or null when the Pod has none there.
+   */
+  podRss(n: RealNode, uid: string): number | null {
+    const root = n.cgroups.find((c) =>
+      c.startsWith(`${cgroupMounts().v1.find((m) => m.endsWith("/memory"))}/`)
+    );
+    if (!root) return null;
+    const dir = cgroupTree(`${root}/pods`).find((d) => d.endsWith(`/pod${uid}`));
+    if (!dir) return null;
+    const stat = Deno.readTextFileSync(`${dir}/memory.stat`);
+    return Number(stat.match(/^total_rss (\d+)$/m)?.[1] ?? NaN);
   }
 
   /** Waits for node `n` to be Ready. */
