@@ -95,9 +95,13 @@ function podReady(p: Pod): boolean {
 
 /** What this host looks like where the tier could change it; compared before and after. */
 async function hostState(): Promise<Record<string, string>> {
-  const sysctls = WATCHED_SYSCTLS.map((s) =>
-    `${s}=${Deno.readTextFileSync(`/proc/sys/${s}`).trim()}`
-  );
+  const sysctls = WATCHED_SYSCTLS.map((s) => {
+    try {
+      return `${s}=${Deno.readTextFileSync(`/proc/sys/${s}`).trim()}`;
+    } catch {
+      return `${s} absent`;
+    }
+  });
   const mounts = Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) =>
     l.split(" ").slice(0, 3).join(" ")
   ).sort();

@@ -435,7 +435,14 @@ export class RealNodes {
 
     // cgroups: `daemons` for containerd, the kubelet and the shims; `pods` as the kubelet's root.
     const { v1, v2 } = cgroupMounts();
-    if (!v2) throw new Error("the real-node tier needs a cgroup v2 mount (for its scratch root)");
+    if (!v2 || v1.length === 0) {
+      throw new Error(
+        "The real-node tier needs hybrid cgroups (v1 controllers and a cgroup v2 mount), as " +
+          `this project's machines have; found ${v1.length} v1 hierarchies and ${
+            v2 ?? "no"
+          } cgroup v2`,
+      );
+    }
     const cgName = `${this.base}-n${i}`;
     const cgroups = [...v1.map((m) => `${m}/${cgName}`), `${v2Base(v2)}/${cgName}`];
     for (const cg of cgroups) {
