@@ -42,6 +42,11 @@ export interface ClusterOptions {
    * connects to these addresses from the host.
    */
   serviceCidr?: string;
+  /**
+   * Give the API server a client certificate for kubelets (`kubectl exec`, `logs`, real nodes)
+   * and have it dial a node by its Hostname address first (default false).
+   */
+  kubeletClient?: boolean;
 }
 
 /**
@@ -250,6 +255,12 @@ export class TestCluster implements ClusterAccess {
     };
     try {
       const pki = await makeClusterPki(dir);
+      const kubeletClient = options.kubeletClient
+        ? await issueCert(dir, "apiserver-kubelet-client", {
+          subj: "/O=system:masters/CN=kube-apiserver-kubelet-client",
+          ext: "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        })
+        : null;
       const etcdPort = freePort();
       const etcdPeer = freePort();
       await record(
@@ -288,6 +299,13 @@ export class TestCluster implements ClusterAccess {
         "--etcd-compaction-interval=5s",
         "--watch-cache-sizes=configmaps#0",
         "--allow-privileged=true",
+        ...(kubeletClient
+          ? [
+            `--kubelet-client-certificate=${dir}/apiserver-kubelet-client.crt`,
+            `--kubelet-client-key=${dir}/apiserver-kubelet-client.key`,
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
+          ]
+          : []),
         "--profiling=false",
         "--v=1",
       ];

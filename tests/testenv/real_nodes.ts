@@ -30,7 +30,7 @@
  */
 import { PREFIX, type TestCluster } from "./cluster.ts";
 import { NetnsAgent, sh } from "./netns_mesh.ts";
-import { Child, isAlive, waitFor } from "./process.ts";
+import { Child, freePort, isAlive, waitFor } from "./process.ts";
 import { issueCert } from "./tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
@@ -259,7 +259,8 @@ export class RealNodes {
 
   /**
    * Starts kube-scheduler and `count` nodes, imports `images` (reference → docker-archive)
-   * into each node's containerd, and resolves once every node is Ready.
+   * into each node's containerd, and resolves once every node is Ready. Start `cluster` with
+   * `kubeletClient: true` for `kubectl exec` and `logs` to reach the kubelets.
    */
   static async start(
     cluster: TestCluster,
@@ -285,6 +286,28 @@ export class RealNodes {
           await Promise.all([
             c.readable.pipeTo(t.writable).catch(() => {}),
             t.readable.pipeTo(c.writable).catch(() => {}),
+          ]);
+        } catch {
+          try {
+            c.close();
+          } catch { /* closed */ }
+        }
+      })();
+    }
+  }
+
+  readonly #kubeletRelays: Deno.Listener[] = [];
+
+  /** Pipes each connection to `listener` (host loopback) to the node's kubelet relay socket. */
+  async #serveKubeletRelay(listener: Deno.Listener, path: string): Promise<void> {
+    this.#kubeletRelays.push(listener);
+    for await (const c of listener) {
+      (async () => {
+        try {
+          const u = await Deno.connect({ transport: "unix", path });
+          await Promise.all([
+            c.readable.pipeTo(u.writable).catch(() => {}),
+            u.readable.pipeTo(c.writable).catch(() => {}),
           ]);
         } catch {
           try {
@@ -384,7 +407,11 @@ export class RealNodes {
 
   async #addNode(i: number): Promise<void> {
     const c = this.cluster;
-    const name = `node-${i}`;
+    // The node's name is also its Hostname address, which the API server dials first (for
+    // `kubectl exec` and `logs`): a loopback address on the host where this process relays to
+    // the kubelet inside the node's namespace.
+    const name = `127.77.0.${i}`;
+    const kubeletPort = freePort(name);
     const netns = `${this.base}-n${i}`;
     const nodeIp = `192.0.2.${10 + i}`;
     const podCidr = `203.0.113.${64 * i}/26`;
@@ -419,6 +446,15 @@ export class RealNodes {
       const r = await agent.call("relay", { hostname, port: 6443, path: this.#socket });
       if (r.error) throw new Error(`${name}: API relay on ${hostname}: ${r.error}`);
     }
+
+    const kubeletSocket = `${dir}/kubelet-relay.sock`;
+    const f = await agent.call("forward", {
+      path: kubeletSocket,
+      hostname: nodeIp,
+      port: kubeletPort,
+    });
+    if (f.error) throw new Error(`${name}: kubelet relay: ${f.error}`);
+    this.#serveKubeletRelay(Deno.listen({ hostname: name, port: kubeletPort }), kubeletSocket);
 
     // Its identity: system:node:<name> in system:nodes.
     const id = await issueCert(c.dir, `kubelet-${i}`, {
@@ -487,7 +523,13 @@ export class RealNodes {
     await Deno.writeTextFile(`${dir}/resolv.conf`, "nameserver 192.0.2.253\n");
     await Deno.writeTextFile(
       `${dir}/kubelet.yaml`,
-      kubeletConfig({ dir, nodeIp, cgroupRoot: `/${cgName}/pods`, caFile: `${c.dir}/ca.crt` }),
+      kubeletConfig({
+        dir,
+        nodeIp,
+        port: kubeletPort,
+        cgroupRoot: `/${cgName}/pods`,
+        caFile: `${c.dir}/ca.crt`,
+      }),
     );
 
     const process = new Child(`node ${name}`, [
@@ -659,9 +701,11 @@ export class RealNodes {
     if (v2) await Deno.remove(v2Base(v2)).catch(() => {}); // only when no other run uses it
     await Promise.all(this.nodes.map((n) => n.agent.stop()));
     await this.scheduler?.stop();
-    try {
-      this.#relay.close();
-    } catch { /* closed */ }
+    for (const l of [this.#relay, ...this.#kubeletRelays]) {
+      try {
+        l.close();
+      } catch { /* closed */ }
+    }
     await Deno.remove(this.#socket).catch(() => {});
     for (const ns of this.#namespaces.reverse()) {
       await sh("ip", ["netns", "delete", ns]).catch(() => {});
@@ -789,7 +833,9 @@ function cniConfig(podCidr: string, gateway: string): string {
 }
 
 /** The kubelet's settings; the pitfalls are TESTBEDS.md's. */
-function kubeletConfig(o: { dir: string; nodeIp: string; cgroupRoot: string; caFile: string }) {
+function kubeletConfig(
+  o: { dir: string; nodeIp: string; port: number; cgroupRoot: string; caFile: string },
+) {
   return [
     "apiVersion: kubelet.config.k8s.io/v1beta1",
     "kind: KubeletConfiguration",
@@ -801,7 +847,7 @@ function kubeletConfig(o: { dir: string; nodeIp: string; cgroupRoot: string; caF
     "oomScoreAdj: 0",
     `containerRuntimeEndpoint: unix://${o.dir}/containerd.sock`,
     `address: ${o.nodeIp}`,
-    "port: 10250",
+    `port: ${o.port}`,
     "readOnlyPort: 0",
     "healthzBindAddress: 127.0.0.1",
     "healthzPort: 10248",
