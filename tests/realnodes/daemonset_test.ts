@@ -452,13 +452,12 @@ Deno.test({
       );
       console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
     }
+    const mib = (b: number | null) => b === null ? "?" : `${(b / 2 ** 20).toFixed(0)} MiB`;
     for (const p of meshd) {
       const n = nodes.nodes.find((x) => x.name === p.spec.nodeName)!;
-      const rss = nodes.podRss(n, p.metadata.uid);
       console.log(
-        `${p.metadata.name} on ${n.name}: RSS ${
-          rss === null ? "?" : (rss / 2 ** 20).toFixed(0)
-        } MiB`,
+        `${n.name}: meshd pod ${p.metadata.name} RSS ${mib(nodes.podRss(n, p.metadata.uid))}; ` +
+          `containerd, kubelet and shims ${mib(nodes.nodeRss(n))}`,
       );
     }
     console.log(

@@ -131,6 +131,16 @@ function cgroupTree(dir: string): string[] {
   return out;
 }
 
+/** `total_rss` of a cgroup v1 memory cgroup, or null. */
+function rssOf(dir: string): number | null {
+  try {
+    const stat = Deno.readTextFileSync(`${dir}/memory.stat`);
+    return Number(stat.match(/^total_rss (\d+)$/m)?.[1] ?? NaN);
+  } catch {
+    return null;
+  }
+}
+
 function procsOf(dir: string): number[] {
   try {
     return Deno.readTextFileSync(`${dir}/cgroup.procs`).split("\n").map(Number).filter((n) =>
@@ -637,14 +647,18 @@ export class RealNodes {
    * (cgroup v1), or null when the Pod has none there.
    */
   podRss(n: RealNode, uid: string): number | null {
-    const root = n.cgroups.find((c) =>
-      c.startsWith(`${cgroupMounts().v1.find((m) => m.endsWith("/memory"))}/`)
-    );
-    if (!root) return null;
-    const dir = cgroupTree(`${root}/pods`).find((d) => d.endsWith(`/pod${uid}`));
-    if (!dir) return null;
-    const stat = Deno.readTextFileSync(`${dir}/memory.stat`);
-    return Number(stat.match(/^total_rss (\d+)$/m)?.[1] ?? NaN);
+    const dir = cgroupTree(`${this.#memoryCgroup(n)}/pods`).find((d) => d.endsWith(`/pod${uid}`));
+    return dir ? rssOf(dir) : null;
+  }
+
+  /** The resident memory of node `n`'s own processes (containerd, kubelet, shims), in bytes. */
+  nodeRss(n: RealNode): number | null {
+    return rssOf(`${this.#memoryCgroup(n)}/daemons`);
+  }
+
+  #memoryCgroup(n: RealNode): string {
+    const memory = cgroupMounts().v1.find((m) => m.endsWith("/memory"));
+    return n.cgroups.find((c) => c.startsWith(`${memory}/`)) ?? "/nonexistent";
   }
 
   /** Waits for node `n` to be Ready. */
