@@ -15,7 +15,6 @@ import {
   nodeBinaries,
   type RealNode,
   RealNodes,
-  removeRealNodeLeftovers,
   testImages,
   WATCHED_SYSCTLS,
 } from "../testenv/real_nodes.ts";
@@ -262,7 +261,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
-  const leftovers = [...await removeRealNodeLeftovers(), ...await removeLeftovers()];
+  const leftovers = await removeLeftovers();
   if (leftovers.length) console.log(`removed leftovers of earlier runs: ${leftovers.join(", ")}`);
   const bin = await nodeBinaries();
   const images = await testImages();

@@ -114,6 +114,10 @@ function startedFrom(pid: number, dir: string): boolean {
  */
 export async function removeLeftovers(): Promise<string[]> {
   const removed: string[] = [];
+  // Real nodes first: their processes (kubelet, containerd, shims, containers) live in cgroups
+  // of their own and still use the folders and namespaces removed below.
+  const { removeRealNodeLeftovers } = await import("./real_nodes.ts");
+  removed.push(...await removeRealNodeLeftovers());
   const orphans = sweepOrphanedChildren();
   if (orphans > 0) removed.push(`${orphans} orphaned test processes`);
   for await (const e of Deno.readDir("/tmp")) {

@@ -199,8 +199,8 @@ function ownerOf(name: string): number {
 
 /**
  * Removes what crashed real-node runs left: the processes in their cgroups (by PID) and the
- * cgroups themselves. Their network namespaces and folders go with the cluster's leftovers
- * (`removeLeftovers`); call this first, so no node process still uses them.
+ * cgroups themselves. Their network namespaces and folders go with the cluster's leftovers:
+ * `removeLeftovers` (cluster.ts) calls this first, so no node process still uses them.
  */
 export async function removeRealNodeLeftovers(): Promise<string[]> {
   const { v1, v2 } = cgroupMounts();
