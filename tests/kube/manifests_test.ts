@@ -60,6 +60,7 @@ Deno.test("manifests: every object applies, the pod is what a lossless rollout n
     };
     const podSpec = dsSpec.template.spec as {
       hostNetwork: boolean;
+      enableServiceLinks: boolean;
       containers: Container[];
       nodeSelector: Record<string, string>;
       priorityClassName: string;
@@ -74,6 +75,9 @@ Deno.test("manifests: every object applies, the pod is what a lossless rollout n
     assert.equal(container.ports, undefined, "hostPorts would keep the surge pod off the node");
     assert.ok(container.args.includes("--reuse-port"));
     assert.ok(arg("drain-timeout"));
+    // The kubelet's Docker-link variables for the meshd-dns Service include MESHD_DNS_PORT
+    // (udp://<ip>:53), which meshd would read as its own --dns-port and refuse to start.
+    assert.equal(podSpec.enableServiceLinks, false);
     // The DNS Service reaches the port meshd's DNS responder listens on.
     const dnsSvc = await cluster.must("GET", "/api/v1/namespaces/meshd/services/meshd-dns");
     const svcPorts = (dnsSvc["spec"] as { ports: { targetPort: number; port: number }[] }).ports;
