@@ -12,6 +12,12 @@ export class ClientSource implements Reader {
   readonly #conn: Deno.Conn;
   #ahead: Promise<void> | null = null;
   #stash: Uint8Array | null = null;
+  /**
+   * The read ahead's buffer, one per connection: a read ahead starts only once the last one's
+   * bytes were all taken, so it is free again by then (a new 16 KiB buffer per request cost
+   * more than the rest of the read).
+   */
+  #buf: Uint8Array | null = null;
   #eof = false;
   #error: unknown = null;
 
@@ -27,18 +33,18 @@ export class ClientSource implements Reader {
   /** Starts a read ahead, unless one is under way or bytes are already kept. */
   watch(): void {
     if (this.#ahead || this.#stash || this.gone) return;
-    const buf = new Uint8Array(16 * 1024);
-    this.#ahead = this.#conn.read(buf).then(
-      (n) => {
-        if (n === null) this.#eof = true;
-        else this.#stash = buf.subarray(0, n);
-      },
-      (e) => {
-        this.#error = e;
-      },
-    ).finally(() => {
-      this.#ahead = null;
-    });
+    this.#ahead = this.#readAhead(this.#buf ??= new Uint8Array(16 * 1024));
+  }
+
+  async #readAhead(buf: Uint8Array): Promise<void> {
+    try {
+      const n = await this.#conn.read(buf);
+      if (n === null) this.#eof = true;
+      else this.#stash = buf.subarray(0, n);
+    } catch (e) {
+      this.#error = e;
+    }
+    this.#ahead = null;
   }
 
   /** Reads what the read ahead kept first, then from the connection. */

@@ -112,6 +112,8 @@ interface Upstream {
   idleSince: number;
   /** In the idle pool, with a read pending that must return nothing while it is there. */
   idle: boolean;
+  /** The deadline of the response head awaited on it, reused by each request it carries. */
+  waiting: Waiting;
 }
 
 /** A backend that failed before sending a response head: another endpoint may be tried. */
@@ -174,6 +176,8 @@ export class HttpProxy {
   readonly #budgets: RetryBudgets;
   /** The read-ahead source of each client connection (see {@linkcode ClientSource}). */
   readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
+  /** The timed writer of each client connection, made once rather than per request. */
+  readonly #writers = new WeakMap<Deno.Conn, Writer>();
   /** Set by {@linkcode HttpProxy.drain}: every response closes its connection. */
   #draining = false;
 
@@ -303,7 +307,9 @@ export class HttpProxy {
 
   /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
   #clientWriter(client: Deno.Conn): Writer {
-    return this.#timedWriter(client, "client");
+    let w = this.#writers.get(client);
+    if (!w) this.#writers.set(client, w = this.#timedWriter(client, "client"));
+    return w;
   }
 
   /**
@@ -312,24 +318,27 @@ export class HttpProxy {
    */
   #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): Writer {
     const ms = this.#opts.writeTimeoutMs ?? 60_000;
+    const onTimeout = (): void => {
+      this.#drop("write_timeout");
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
+      }
+    };
+    // Writes through one writer follow each other, so one deadline record serves them all; a
+    // write that overlaps another (none does today) gets a record of its own.
+    let spare: Waiting | null = { deadline: 0, conn, timedOut: false, onTimeout };
     return {
       write: async (p) => {
-        const w: Waiting = {
-          deadline: Date.now() + ms,
-          conn,
-          timedOut: false,
-          onTimeout: () => {
-            this.#drop("write_timeout");
-            if (this.#opts.logger.enabled("debug")) {
-              this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
-            }
-          },
-        };
+        const w = spare ?? { deadline: 0, conn, timedOut: false, onTimeout };
+        spare = null;
+        w.deadline = Date.now() + ms;
+        w.timedOut = false;
         this.#waiting.add(w);
         try {
           return await conn.write(p);
         } finally {
           this.#waiting.delete(w);
+          spare = w;
         }
       },
     };
@@ -713,11 +722,9 @@ export class HttpProxy {
     route: Route,
     ep: EndpointState,
   ): Promise<MessageHead> {
-    const waiting: Waiting = {
-      deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
-      conn: up.conn,
-      timedOut: false,
-    };
+    const waiting = up.waiting;
+    waiting.deadline = Date.now() + (this.#opts.responseTimeoutMs ?? 30_000);
+    waiting.timedOut = false;
     this.#waiting.add(waiting);
     try {
       for (;;) {
@@ -795,7 +802,14 @@ export class HttpProxy {
         conn = tls;
         await Promise.race([tls.handshake(), expired]);
       }
-      return [{ conn, reader: new BufReader(conn), key, idleSince: 0, idle: false }, false];
+      return [{
+        conn,
+        reader: new BufReader(conn),
+        key,
+        idleSince: 0,
+        idle: false,
+        waiting: { deadline: 0, conn, timedOut: false },
+      }, false];
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
