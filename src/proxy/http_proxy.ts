@@ -434,7 +434,11 @@ export class HttpProxy {
     }
   }
 
-  async #route(
+  /**
+   * Not async: each async level costs a promise and a resume per request. A refusal thrown
+   * here is caught by {@linkcode HttpProxy.#handle}, which awaits this in its `try`.
+   */
+  #route(
     req: MessageHead,
     reqFraming: BodyFraming,
     reader: BufReader,
@@ -463,7 +467,7 @@ export class HttpProxy {
     }
     if (target.service.scheme === "h2c") {
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
-      return await this.#h2.fromHttp1(
+      return this.#h2.fromHttp1(
         req,
         reqFraming,
         reader,
@@ -475,7 +479,7 @@ export class HttpProxy {
         () => this.#sources.get(client)?.gone ?? false,
       );
     }
-    return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
+    return this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
   }
 
   /**
@@ -527,26 +531,31 @@ export class HttpProxy {
     budget.request();
     const source = this.#sources.get(client);
     const cw = this.#clientWriter(client);
-    const tried = new Set<EndpointState>();
+    // The endpoints that failed this request, made at its first retry.
+    let tried: Set<EndpointState> | undefined;
     let up!: Upstream;
     let res!: MessageHead;
     let ep!: EndpointState;
-    let bodyDone: Promise<boolean> = Promise.resolve(true);
+    let bodyDone: Promise<boolean> | undefined;
     // A request body that breaks its own framing: the exchange ends with 400 at once.
     let badBody: HttpParseError | undefined;
     for (let attempt = 0;; attempt++) {
-      const fresh = candidates.filter((c) => !tried.has(c));
+      const fresh = tried ? candidates.filter((c) => !tried!.has(c)) : candidates;
       const picked = pool.pick(fresh.length > 0 ? fresh : candidates);
       if (!picked) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
       ep = picked;
-      tried.add(ep);
       ep.inflight++;
       let reused = false;
       let current: Upstream | undefined;
       try {
-        [current, reused] = await this.#upstream(ep, target);
+        // A pooled connection is taken without an await; only a new one is waited for.
+        current = this.#pooled(ep, target);
+        reused = current !== undefined;
+        current ??= await this.#connect(ep, target);
         up = current;
-        await writeAll(up.conn, head);
+        // Most heads go in one write: the rest, if any, through writeAll.
+        const sent = await up.conn.write(head);
+        if (sent < head.length) await writeAll(up.conn, head.subarray(sent));
         if (reqFraming.kind !== "none") {
           const m = root.metrics;
           const conn = up.conn;
@@ -563,6 +572,7 @@ export class HttpProxy {
         break;
       } catch (e) {
         ep.inflight--;
+        (tried ??= new Set()).add(ep);
         if (current) closeQuietly(current.conn);
         if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
         if (!(e instanceof UpstreamError)) throw e;
@@ -641,14 +651,15 @@ export class HttpProxy {
         const out = new Uint8Array(outHead.length + body.length);
         out.set(outHead);
         out.set(body, outHead.length);
-        await writeAll(cw, out);
+        const sent = await cw.write(out);
+        if (sent < out.length) await writeAll(cw, out.subarray(sent));
         m.bytesOut.inc(body.length);
         complete = true;
       } else {
         await writeAll(cw, outHead);
         complete = await copyBody(up.reader, cw, resFraming, dechunk, (n) => m.bytesOut.inc(n));
       }
-      const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
+      const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
         !headerTokens(res.headers, "connection").includes("close");
       released = true;
@@ -770,18 +781,23 @@ export class HttpProxy {
     }
   }
 
-  async #upstream(ep: EndpointState, route: Route): Promise<[Upstream, boolean]> {
-    // A TLS connection is verified for one service name: pool it under that name too.
-    const key = route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
-    const list = this.#idle.get(key);
+  /** A pooled connection to `ep` for `route`, taken out of the pool; none when none is idle. */
+  #pooled(ep: EndpointState, route: Route): Upstream | undefined {
+    const list = this.#idle.get(upstreamKey(ep, route));
     while (list && list.length > 0) {
       const u = list.pop()!;
       u.idle = false;
       // Bytes that came while it was idle (its idle read removes it when they do) are no
       // response to a request sent now.
       if (u.reader.buffered > 0) closeQuietly(u.conn);
-      else return [u, true];
+      else return u;
     }
+    return undefined;
+  }
+
+  /** A new connection to `ep` for `route` (TLS for https services). */
+  async #connect(ep: EndpointState, route: Route): Promise<Upstream> {
+    const key = upstreamKey(ep, route);
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<never>((_, reject) => {
@@ -802,14 +818,14 @@ export class HttpProxy {
         conn = tls;
         await Promise.race([tls.handshake(), expired]);
       }
-      return [{
+      return {
         conn,
         reader: new BufReader(conn),
         key,
         idleSince: 0,
         idle: false,
         waiting: { deadline: 0, conn, timedOut: false },
-      }, false];
+      };
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
@@ -882,6 +898,12 @@ export class HttpProxy {
  */
 export function tlsServerName(route: Route): string {
   return `${route.service.name}.${route.service.namespace}.svc`;
+}
+
+/** The pool key of connections to `ep` for `route`. */
+function upstreamKey(ep: EndpointState, route: Route): string {
+  // A TLS connection is verified for one service name: pool it under that name too.
+  return route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
 }
 
 const defaultConnect: Connect = (hostname, port) =>
