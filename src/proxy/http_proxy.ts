@@ -174,7 +174,7 @@ export class HttpProxy {
   readonly #h2: H2Proxy;
   readonly #drop: CountDrop;
   readonly #budgets: RetryBudgets;
-  /** The read-ahead source of each client connection (see {@linkcode ClientSource}). */
+  /** The watch on each client connection (see {@linkcode ClientSource}). */
   readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
   /** The timed writer of each client connection, made once rather than per request. */
   readonly #writers = new WeakMap<Deno.Conn, Writer>();
@@ -345,9 +345,8 @@ export class HttpProxy {
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    const source = new ClientSource(client);
-    this.#sources.set(client, source);
-    const reader = new BufReader(source);
+    const reader = new BufReader(client);
+    this.#sources.set(client, new ClientSource(reader));
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
       let req: MessageHead;
@@ -709,9 +708,10 @@ export class HttpProxy {
       closeQuietly(up.conn);
     };
     await Promise.all([
-      // From the client through its source: a read ahead may hold bytes already.
+      // Straight from the client: no read ahead is under way (none is started for an Upgrade,
+      // and reading this request's head took the last one), and `early` holds what it got.
       splice(
-        this.#sources.get(client) ?? client,
+        client,
         up.conn,
         early[0]!,
         (n) => m.bytesIn.inc(n),
