@@ -18,8 +18,16 @@ const latin1 = new TextDecoder("latin1");
 /** Encodes a string whose characters are all below U+0100 as ISO-8859-1. */
 export function encodeLatin1(s: string): Uint8Array {
   const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+  encodeLatin1Into(s, out, 0);
   return out;
+}
+
+/**
+ * Encodes `s` as {@linkcode encodeLatin1} does into `out` at `offset`, which must have room
+ * for `s.length` bytes: a head and the body sent with it share one buffer, with no copy.
+ */
+export function encodeLatin1Into(s: string, out: Uint8Array, offset: number): void {
+  for (let i = 0; i < s.length; i++) out[offset + i] = s.charCodeAt(i) & 0xff;
 }
 
 /** A malformed message; the proxy answers 400 (from a client) or 502 (from a backend). */

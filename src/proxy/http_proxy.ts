@@ -11,6 +11,7 @@ import {
   BufReader,
   copyBody,
   encodeLatin1,
+  encodeLatin1Into,
   getHeader,
   headerTokens,
   HttpParseError,
@@ -638,7 +639,8 @@ export class HttpProxy {
       // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
       const dechunk = resFraming.kind === "chunked" && req.minor === 0;
       const closeAfter = clientClose || resFraming.kind === "close" || dechunk || this.#draining;
-      const outHead = encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk));
+      const resTokens = headerTokens(res.headers, "connection");
+      const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
       let complete: boolean;
       const m = root.metrics;
       if (
@@ -648,19 +650,19 @@ export class HttpProxy {
         // The whole small body is already here: one write instead of two.
         const body = up.reader.takeBuffered(resFraming.length);
         const out = new Uint8Array(outHead.length + body.length);
-        out.set(outHead);
+        encodeLatin1Into(outHead, out, 0);
         out.set(body, outHead.length);
         const sent = await cw.write(out);
         if (sent < out.length) await writeAll(cw, out.subarray(sent));
         m.bytesOut.inc(body.length);
         complete = true;
       } else {
-        await writeAll(cw, outHead);
+        await writeAll(cw, encodeLatin1(outHead));
         complete = await copyBody(up.reader, cw, resFraming, dechunk, (n) => m.bytesOut.inc(n));
       }
       const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
-        !headerTokens(res.headers, "connection").includes("close");
+        !resTokens.includes("close");
       released = true;
       if (reusable) this.#release(up);
       else closeQuietly(up.conn);
@@ -967,9 +969,9 @@ function responseHead(
   close: boolean,
   minor: number,
   dechunk: boolean,
+  connTokens: string[] = headerTokens(res.headers, "connection"),
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
-  const connTokens = headerTokens(res.headers, "connection");
   for (const [k, v] of res.headers) {
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
