@@ -1,57 +1,47 @@
-import type { Reader } from "./http1.ts";
+import type { BufReader } from "./http1.ts";
 
 /**
- * A client connection read through one read ahead, so the proxy learns that the client went
- * away while it waits on a backend (and stops retrying for nobody). Bytes the read ahead gets,
- * such as a pipelined next request, are kept and returned by the next {@linkcode read}.
+ * Watches a client connection between its request and the response, so the proxy learns that
+ * the client went away while it waits on a backend (and stops retrying for nobody). The watch
+ * is one read ahead of the connection's own {@linkcode BufReader}: the bytes it gets, such as a
+ * pipelined next request, land in that reader's buffer, where the next read finds them with no
+ * copy and no extra layer per request.
  *
  * An end of stream counts as gone: like nginx (`proxy_ignore_client_abort off`) and Envoy, a
  * client that half-closes after its request is taken for one that left.
  */
-export class ClientSource implements Reader {
-  readonly #conn: Deno.Conn;
-  #ahead: Promise<void> | null = null;
-  #stash: Uint8Array | null = null;
-  #eof = false;
-  #error: unknown = null;
+export class ClientSource {
+  readonly #reader: BufReader;
+  #watching = false;
+  #gone = false;
 
-  constructor(conn: Deno.Conn) {
-    this.#conn = conn;
+  constructor(reader: BufReader) {
+    this.#reader = reader;
   }
 
   /** Whether the read ahead saw the client's end of stream, or an error. */
   get gone(): boolean {
-    return this.#eof || this.#error !== null;
+    return this.#gone;
   }
 
-  /** Starts a read ahead, unless one is under way or bytes are already kept. */
+  /**
+   * Starts a read ahead on the reader, unless one is under way, the client is gone, or the
+   * reader holds bytes already (a pipelined request: its head is read without a read, and no
+   * read may stay pending when the connection is then read past the reader, as a tunnel does).
+   */
   watch(): void {
-    if (this.#ahead || this.#stash || this.gone) return;
-    const buf = new Uint8Array(16 * 1024);
-    this.#ahead = this.#conn.read(buf).then(
-      (n) => {
-        if (n === null) this.#eof = true;
-        else this.#stash = buf.subarray(0, n);
-      },
-      (e) => {
-        this.#error = e;
-      },
-    ).finally(() => {
-      this.#ahead = null;
-    });
+    if (this.#watching || this.#gone || this.#reader.buffered > 0) return;
+    this.#watching = true;
+    this.#reader.readAhead().then(this.#seen, this.#failed);
   }
 
-  /** Reads what the read ahead kept first, then from the connection. */
-  async read(p: Uint8Array): Promise<number | null> {
-    if (this.#ahead) await this.#ahead;
-    if (this.#stash) {
-      const n = Math.min(p.length, this.#stash.length);
-      p.set(this.#stash.subarray(0, n));
-      this.#stash = n === this.#stash.length ? null : this.#stash.subarray(n);
-      return n;
-    }
-    if (this.#eof) return null;
-    if (this.#error !== null) throw this.#error;
-    return await this.#conn.read(p);
-  }
+  readonly #seen = (got: boolean): void => {
+    this.#watching = false;
+    if (!got) this.#gone = true;
+  };
+
+  readonly #failed = (): void => {
+    this.#watching = false;
+    this.#gone = true;
+  };
 }

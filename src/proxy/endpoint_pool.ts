@@ -30,11 +30,14 @@ export class EndpointState {
   /** Sequence number of the last pick, to break ties in favour of the least recent. */
   lastPick = 0;
 
+  /** Made at the first use: the proxy reads it per request, most endpoints never. */
+  #key: string | undefined;
+
   constructor(readonly address: string, readonly port: number) {}
 
   /** `address:port`, bracketed for IPv6. */
   get key(): string {
-    return endpointKey(this.address, this.port);
+    return this.#key ??= endpointKey(this.address, this.port);
   }
 }
 

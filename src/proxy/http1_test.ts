@@ -4,6 +4,8 @@ import {
   BufReader,
   chunkSize,
   copyBody,
+  encodeLatin1,
+  encodeLatin1Into,
   HttpParseError,
   parseRequestHead,
   parseResponseHead,
@@ -255,4 +257,14 @@ Deno.test("BufReader.readAhead() starts one read that the next read waits for, l
   assert.equal(await head, "HTTP/1.1 204 No Content\r\n\r\n");
   assert.equal(reads, 1, "readHead() waited for the read ahead instead of reading again");
   assert.equal(await r.readAhead(), false, "end of stream");
+});
+
+Deno.test("encodeLatin1Into() writes ISO-8859-1 bytes at an offset, as encodeLatin1() makes them", () => {
+  const head = "HTTP/1.1 200 OK\r\nx-name: caf\u00e9\r\n\r\n";
+  const out = new Uint8Array(head.length + 3).fill(7);
+  encodeLatin1Into(head, out, 2);
+  assert.deepEqual(out.subarray(2, 2 + head.length), encodeLatin1(head));
+  assert.equal(out[0], 7, "nothing before the offset is touched");
+  assert.equal(out[head.length + 2], 7, "nothing after the string is touched");
+  assert.equal(encodeLatin1("\u00e9")[0], 0xe9, "one byte per character below U+0100");
 });

@@ -11,6 +11,7 @@ import {
   BufReader,
   copyBody,
   encodeLatin1,
+  encodeLatin1Into,
   getHeader,
   headerTokens,
   HttpParseError,
@@ -112,6 +113,8 @@ interface Upstream {
   idleSince: number;
   /** In the idle pool, with a read pending that must return nothing while it is there. */
   idle: boolean;
+  /** The deadline of the response head awaited on it, reused by each request it carries. */
+  waiting: Waiting;
 }
 
 /** A backend that failed before sending a response head: another endpoint may be tried. */
@@ -172,8 +175,10 @@ export class HttpProxy {
   readonly #h2: H2Proxy;
   readonly #drop: CountDrop;
   readonly #budgets: RetryBudgets;
-  /** The read-ahead source of each client connection (see {@linkcode ClientSource}). */
+  /** The watch on each client connection (see {@linkcode ClientSource}). */
   readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
+  /** The timed writer of each client connection, made once rather than per request. */
+  readonly #writers = new WeakMap<Deno.Conn, Writer>();
   /** Set by {@linkcode HttpProxy.drain}: every response closes its connection. */
   #draining = false;
 
@@ -303,7 +308,9 @@ export class HttpProxy {
 
   /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
   #clientWriter(client: Deno.Conn): Writer {
-    return this.#timedWriter(client, "client");
+    let w = this.#writers.get(client);
+    if (!w) this.#writers.set(client, w = this.#timedWriter(client, "client"));
+    return w;
   }
 
   /**
@@ -312,33 +319,35 @@ export class HttpProxy {
    */
   #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): Writer {
     const ms = this.#opts.writeTimeoutMs ?? 60_000;
+    const onTimeout = (): void => {
+      this.#drop("write_timeout");
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
+      }
+    };
+    // Writes through one writer follow each other, so one deadline record serves them all; a
+    // write that overlaps another (none does today) gets a record of its own.
+    let spare: Waiting | null = { deadline: 0, conn, timedOut: false, onTimeout };
     return {
       write: async (p) => {
-        const w: Waiting = {
-          deadline: Date.now() + ms,
-          conn,
-          timedOut: false,
-          onTimeout: () => {
-            this.#drop("write_timeout");
-            if (this.#opts.logger.enabled("debug")) {
-              this.#opts.logger.debug(`http ${peer} read nothing; closed`, { timeoutMs: ms });
-            }
-          },
-        };
+        const w = spare ?? { deadline: 0, conn, timedOut: false, onTimeout };
+        spare = null;
+        w.deadline = Date.now() + ms;
+        w.timedOut = false;
         this.#waiting.add(w);
         try {
           return await conn.write(p);
         } finally {
           this.#waiting.delete(w);
+          spare = w;
         }
       },
     };
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    const source = new ClientSource(client);
-    this.#sources.set(client, source);
-    const reader = new BufReader(source);
+    const reader = new BufReader(client);
+    this.#sources.set(client, new ClientSource(reader));
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
       let req: MessageHead;
@@ -425,7 +434,11 @@ export class HttpProxy {
     }
   }
 
-  async #route(
+  /**
+   * Not async: each async level costs a promise and a resume per request. A refusal thrown
+   * here is caught by {@linkcode HttpProxy.#handle}, which awaits this in its `try`.
+   */
+  #route(
     req: MessageHead,
     reqFraming: BodyFraming,
     reader: BufReader,
@@ -454,7 +467,7 @@ export class HttpProxy {
     }
     if (target.service.scheme === "h2c") {
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
-      return await this.#h2.fromHttp1(
+      return this.#h2.fromHttp1(
         req,
         reqFraming,
         reader,
@@ -466,7 +479,7 @@ export class HttpProxy {
         () => this.#sources.get(client)?.gone ?? false,
       );
     }
-    return await this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
+    return this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
   }
 
   /**
@@ -518,26 +531,31 @@ export class HttpProxy {
     budget.request();
     const source = this.#sources.get(client);
     const cw = this.#clientWriter(client);
-    const tried = new Set<EndpointState>();
+    // The endpoints that failed this request, made at its first retry.
+    let tried: Set<EndpointState> | undefined;
     let up!: Upstream;
     let res!: MessageHead;
     let ep!: EndpointState;
-    let bodyDone: Promise<boolean> = Promise.resolve(true);
+    let bodyDone: Promise<boolean> | undefined;
     // A request body that breaks its own framing: the exchange ends with 400 at once.
     let badBody: HttpParseError | undefined;
     for (let attempt = 0;; attempt++) {
-      const fresh = candidates.filter((c) => !tried.has(c));
+      const fresh = tried ? candidates.filter((c) => !tried!.has(c)) : candidates;
       const picked = pool.pick(fresh.length > 0 ? fresh : candidates);
       if (!picked) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
       ep = picked;
-      tried.add(ep);
       ep.inflight++;
       let reused = false;
       let current: Upstream | undefined;
       try {
-        [current, reused] = await this.#upstream(ep, target);
+        // A pooled connection is taken without an await; only a new one is waited for.
+        current = this.#pooled(ep, target);
+        reused = current !== undefined;
+        current ??= await this.#connect(ep, target);
         up = current;
-        await writeAll(up.conn, head);
+        // Most heads go in one write: the rest, if any, through writeAll.
+        const sent = await up.conn.write(head);
+        if (sent < head.length) await writeAll(up.conn, head.subarray(sent));
         if (reqFraming.kind !== "none") {
           const m = root.metrics;
           const conn = up.conn;
@@ -554,6 +572,7 @@ export class HttpProxy {
         break;
       } catch (e) {
         ep.inflight--;
+        (tried ??= new Set()).add(ep);
         if (current) closeQuietly(current.conn);
         if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
         if (!(e instanceof UpstreamError)) throw e;
@@ -620,7 +639,8 @@ export class HttpProxy {
       // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
       const dechunk = resFraming.kind === "chunked" && req.minor === 0;
       const closeAfter = clientClose || resFraming.kind === "close" || dechunk || this.#draining;
-      const outHead = encodeLatin1(responseHead(res, resFraming, closeAfter, req.minor, dechunk));
+      const resTokens = headerTokens(res.headers, "connection");
+      const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
       let complete: boolean;
       const m = root.metrics;
       if (
@@ -630,18 +650,19 @@ export class HttpProxy {
         // The whole small body is already here: one write instead of two.
         const body = up.reader.takeBuffered(resFraming.length);
         const out = new Uint8Array(outHead.length + body.length);
-        out.set(outHead);
+        encodeLatin1Into(outHead, out, 0);
         out.set(body, outHead.length);
-        await writeAll(cw, out);
+        const sent = await cw.write(out);
+        if (sent < out.length) await writeAll(cw, out.subarray(sent));
         m.bytesOut.inc(body.length);
         complete = true;
       } else {
-        await writeAll(cw, outHead);
+        await writeAll(cw, encodeLatin1(outHead));
         complete = await copyBody(up.reader, cw, resFraming, dechunk, (n) => m.bytesOut.inc(n));
       }
-      const requestSent = reqFraming.kind === "none" ? true : await settledWithin(bodyDone);
+      const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
-        !headerTokens(res.headers, "connection").includes("close");
+        !resTokens.includes("close");
       released = true;
       if (reusable) this.#release(up);
       else closeQuietly(up.conn);
@@ -689,9 +710,10 @@ export class HttpProxy {
       closeQuietly(up.conn);
     };
     await Promise.all([
-      // From the client through its source: a read ahead may hold bytes already.
+      // Straight from the client: no read ahead is under way (none is started for an Upgrade,
+      // and reading this request's head took the last one), and `early` holds what it got.
       splice(
-        this.#sources.get(client) ?? client,
+        client,
         up.conn,
         early[0]!,
         (n) => m.bytesIn.inc(n),
@@ -713,11 +735,9 @@ export class HttpProxy {
     route: Route,
     ep: EndpointState,
   ): Promise<MessageHead> {
-    const waiting: Waiting = {
-      deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
-      conn: up.conn,
-      timedOut: false,
-    };
+    const waiting = up.waiting;
+    waiting.deadline = Date.now() + (this.#opts.responseTimeoutMs ?? 30_000);
+    waiting.timedOut = false;
     this.#waiting.add(waiting);
     try {
       for (;;) {
@@ -763,18 +783,23 @@ export class HttpProxy {
     }
   }
 
-  async #upstream(ep: EndpointState, route: Route): Promise<[Upstream, boolean]> {
-    // A TLS connection is verified for one service name: pool it under that name too.
-    const key = route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
-    const list = this.#idle.get(key);
+  /** A pooled connection to `ep` for `route`, taken out of the pool; none when none is idle. */
+  #pooled(ep: EndpointState, route: Route): Upstream | undefined {
+    const list = this.#idle.get(upstreamKey(ep, route));
     while (list && list.length > 0) {
       const u = list.pop()!;
       u.idle = false;
       // Bytes that came while it was idle (its idle read removes it when they do) are no
       // response to a request sent now.
       if (u.reader.buffered > 0) closeQuietly(u.conn);
-      else return [u, true];
+      else return u;
     }
+    return undefined;
+  }
+
+  /** A new connection to `ep` for `route` (TLS for https services). */
+  async #connect(ep: EndpointState, route: Route): Promise<Upstream> {
+    const key = upstreamKey(ep, route);
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<never>((_, reject) => {
@@ -795,7 +820,14 @@ export class HttpProxy {
         conn = tls;
         await Promise.race([tls.handshake(), expired]);
       }
-      return [{ conn, reader: new BufReader(conn), key, idleSince: 0, idle: false }, false];
+      return {
+        conn,
+        reader: new BufReader(conn),
+        key,
+        idleSince: 0,
+        idle: false,
+        waiting: { deadline: 0, conn, timedOut: false },
+      };
     } catch (e) {
       if (conn) closeQuietly(conn);
       else connecting.then(closeQuietly, () => {});
@@ -870,6 +902,12 @@ export function tlsServerName(route: Route): string {
   return `${route.service.name}.${route.service.namespace}.svc`;
 }
 
+/** The pool key of connections to `ep` for `route`. */
+function upstreamKey(ep: EndpointState, route: Route): string {
+  // A TLS connection is verified for one service name: pool it under that name too.
+  return route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
+}
+
 const defaultConnect: Connect = (hostname, port) =>
   Deno.connect({ hostname, port, transport: "tcp" });
 
@@ -931,9 +969,9 @@ function responseHead(
   close: boolean,
   minor: number,
   dechunk: boolean,
+  connTokens: string[] = headerTokens(res.headers, "connection"),
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
-  const connTokens = headerTokens(res.headers, "connection");
   for (const [k, v] of res.headers) {
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;

@@ -3,6 +3,9 @@ import { HttpParseError } from "./http1.ts";
 // RFC 3986 §2.3: unreserved characters; their percent-encodings are the same characters.
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
 
+/** A path that is in normal form as it is: no `%`, `.` or `\`. */
+const PLAIN_PATH = /^\/[^%.\\]*$/;
+
 /**
  * Escapes of characters that servers disagree on (RFC 3986 §2.2: an encoded delimiter is data,
  * yet many servers decode it before they split or resolve the path), refused as Traefik does
@@ -33,6 +36,8 @@ export function normalizeTarget(target: string): string {
   if (target === "*") return target;
   const q = target.indexOf("?");
   const path = q >= 0 ? target.slice(0, q) : target;
+  // Most paths have no escape, dot or backslash: nothing to decode, remove or refuse.
+  if (PLAIN_PATH.test(path)) return target;
   const query = q >= 0 ? target.slice(q) : "";
   if (path.includes("\\")) throw new HttpParseError(`request path "${clip(path)}" has a "\\"`);
   const decoded = path.replace(/%(.?.?)/g, (_, hex: string) => {
