@@ -19,8 +19,15 @@ export interface ProxyLimits {
   maxUdpFlowsPerSource: number;
 }
 
-/** The open-file limit assumed when `/proc/self/limits` cannot be read. */
-export const FALLBACK_FD_LIMIT = 1024;
+/**
+ * The open-file limit assumed when `/proc/self/limits` cannot be read. Deno lets only
+ * `--allow-all` read it (the compiled binary has that; `deno run` with narrower permissions, as
+ * the quickstart's, does not). Deno raises the soft limit to the hard one at start, and hard
+ * limits under 4096 are rare; with 1024 a load of 50 connections from one address was already
+ * over its per-source cap. Should the real limit be lower, an accept that fails with EMFILE only
+ * pauses the listener.
+ */
+export const FALLBACK_FD_LIMIT = 4096;
 /** What "unlimited" is taken to mean. */
 const UNLIMITED_FD_LIMIT = 1_048_576;
 
