@@ -6,12 +6,34 @@
  * @module
  */
 
-/** A free TCP port on `hostname`, found by binding port 0. */
+/** Ports this process handed out already: never twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A port free for TCP and UDP on `hostname`, below the kernel's ephemeral range (32768 and
+ * up): a port the kernel picked for `port: 0` could be given to some outgoing connection's
+ * local end before the process under test binds it (seen as a flaky "Address already in use").
+ * Chosen at random from 20000-32767, away from meshd's default ranges and fixed ports.
+ */
 export function freePort(hostname = "127.0.0.1"): number {
-  const l = Deno.listen({ hostname, port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = 20000 + Math.floor(Math.random() * 12768);
+    if (handedOut.has(port)) continue;
+    let tcp: Deno.Listener | null = null;
+    let udp: Deno.DatagramConn | null = null;
+    try {
+      tcp = Deno.listen({ hostname, port });
+      udp = Deno.listenDatagram({ hostname, port, transport: "udp" });
+    } catch {
+      continue;
+    } finally {
+      tcp?.close();
+      udp?.close();
+    }
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`No free port on ${hostname} in 20000-32767 after 1000 tries`);
 }
 
 /**
