@@ -2,8 +2,9 @@
  * The real-node tier: meshd as users deploy it. Two real nodes (kubelet, containerd, runc, CNI
  * bridge; tests/testenv/real_nodes.ts), meshd's image built here without a registry and
  * imported with ctr, `kubectl apply --server-side -k manifests/` as the README says, the
- * DaemonSet's pods Ready on both nodes, and an application pod on each node calling a mesh
- * service through its own node's meshd. The host must end exactly as it began.
+ * DaemonSet's pods (hostNetwork) Ready on both nodes, the kustomization's meshd-prepare Job
+ * pointing CoreDNS (a Pod) at meshd, and an application pod on each node calling a mesh service
+ * through its own node's meshd. The host must end exactly as it began.
  */
 import assert from "node:assert/strict";
 import { relative } from "node:path";
@@ -274,6 +275,12 @@ Deno.test({
     rn = await RealNodes.start(cluster, { count: 2, bin, images });
     const c = cluster, nodes = rn;
 
+    // CoreDNS first, as a cluster has it before meshd is installed: the kustomization's
+    // meshd-prepare Job edits its ConfigMap (and fails until there is one).
+    await Deno.writeTextFile(`${c.dir}/coredns.yaml`, COREDNS);
+    const dns = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/coredns.yaml`);
+    assert.equal(dns.code, 0, `kubectl apply CoreDNS failed:\n${dns.out}`);
+
     // Installed as users install it.
     const target = await installTarget(c.dir);
     if (target.note) console.log(target.note);
@@ -369,26 +376,39 @@ Deno.test({
       assert.match(body, /pod=whoami-\d node=127\.77\.0\.\d /, `unexpected answer: ${body}`);
       console.log(`${client.metadata.name} -> ${url} (Host whoami.${APP_NS}.mesh): ${body.trim()}`);
     }
-    // By name, as applications call: CoreDNS (a Pod) with the block `meshd prepare` (run in a
-    // meshd pod) adds, meshd's DNS behind the meshd-dns Service, the shadow Service's ClusterIP.
-    await Deno.writeTextFile(`${c.dir}/coredns.yaml`, COREDNS);
-    const dns = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/coredns.yaml`);
-    assert.equal(dns.code, 0, `kubectl apply CoreDNS failed:\n${dns.out}`);
-    // As the README says users run it.
+    // By name, as applications call: CoreDNS (a Pod) with the block `meshd prepare` adds,
+    // meshd's DNS behind the meshd-dns Service, the shadow Service's ClusterIP. prepare is the
+    // kustomization's meshd-prepare Job, as its own ServiceAccount: the DaemonSet's may not
+    // write CoreDNS's ConfigMap.
     const prepare = await c.kubectl(
       "-n",
       "meshd",
-      "exec",
-      "daemonset/meshd",
-      "--",
-      "meshd",
-      "prepare",
+      "wait",
+      "--for=condition=complete",
+      "job/meshd-prepare",
+      "--timeout=120s",
     );
-    assert.equal(
-      prepare.code,
-      0,
-      `kubectl exec daemonset/meshd -- meshd prepare failed:\n${prepare.out}`,
-    );
+    if (prepare.code !== 0) {
+      const log = await c.kubectl("-n", "meshd", "logs", "job/meshd-prepare", "--tail=20");
+      const desc = await c.kubectl("-n", "meshd", "describe", "job/meshd-prepare");
+      assert.fail(
+        `the meshd-prepare Job did not complete:\n${prepare.out}\n${log.out}\n${
+          desc.out.slice(-2000)
+        }`,
+      );
+    }
+    for (const [sa, want] of [["meshd-prepare", "yes"], ["meshd", "no"]]) {
+      const can = await c.kubectl(
+        "auth",
+        "can-i",
+        "update",
+        "configmaps/coredns",
+        "-n",
+        "kube-system",
+        `--as=system:serviceaccount:meshd:${sa}`,
+      );
+      assert.equal(can.out.trim().split("\n").at(-1), want, `can ${sa} update CoreDNS: ${can.out}`);
+    }
     const corefile = await c.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
     console.log(
       `Corefile after meshd prepare:\n${(corefile["data"] as Record<string, string>)["Corefile"]}`,
@@ -442,12 +462,16 @@ Deno.test({
         );
       });
       assert.match(body, /pod=whoami-\d node=127\.77\.0\.\d /, `unexpected answer: ${body}`);
-      // The shadow Service is node-local: the call went through this node's meshd.
+      // The shadow Service is node-local: the call went through this node's meshd, which
+      // (hostNetwork) connects from the node: from its address on the nodes' network, or from
+      // its Pod bridge's when the backend is on the same node.
       const local = meshd.find((p) => p.spec.nodeName === n.name)!;
+      assert.equal(local.status.podIP, n.ip, `${local.metadata.name} is not on the node's network`);
+      const from = [n.ip, n.gateway].map((a) => a.replaceAll(".", "\\.")).join("|");
       assert.match(
         body,
-        new RegExp(`remote=\\[?(::ffff:)?${local.status.podIP!.replaceAll(".", "\\.")}\\]? `),
-        `the call by name from ${n.name} did not go through ${local.metadata.name} (${local.status.podIP}): ${body}`,
+        new RegExp(`remote=\\[?(::ffff:)?(${from})\\]? `),
+        `the call by name from ${n.name} did not go through ${local.metadata.name} (${n.ip}, ${n.gateway}): ${body}`,
       );
       console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
     }

@@ -11,7 +11,8 @@
  * - a fabric namespace holds one bridge, the nodes' network 192.0.2.0/24, with no address of
  *   its own and no route anywhere;
  * - each node is a network namespace on that bridge (192.0.2.1N), with routes to the other
- *   nodes' pod ranges and nothing else; it forwards packets (its own `ip_forward`, not the
+ *   nodes' pod ranges and to the Service range (on the bridge, for kube-proxy to rewrite) and
+ *   nothing else; it forwards packets (its own `ip_forward`, not the
  *   host's). Its containerd and kubelet run there in a mount namespace of their own
  *   (`nodes/node.sh`): private /var/lib, /var/log and /run, private copies of the sysctls the
  *   kubelet writes, and a scratch cgroup standing for the cgroup v2 root;
@@ -447,6 +448,11 @@ export class RealNodes {
     await sh("ip", ["-n", netns, "addr", "add", `${nodeIp}/24`, "dev", "eth0"]);
     await sh("ip", ["-n", netns, "link", "set", "eth0", "up"]);
     await sh("ip", ["-n", netns, "addr", "add", `${API_VIP}/32`, "dev", "lo"]);
+    // ClusterIPs from the node itself (hostNetwork Pods such as meshd, which reach the API
+    // server at the `kubernetes` Service): connect() needs a route before kube-proxy's output
+    // hook rewrites the address to an endpoint. A real node's default route serves; here the
+    // Service range goes to the nodes' fabric, which leads nowhere else.
+    await sh("ip", ["-n", netns, "route", "add", SERVICE_NET, "dev", "eth0", "src", nodeIp]);
     // This namespace's own switch: the node routes between its Pods and the other nodes.
     await sh("ip", ["netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
 
