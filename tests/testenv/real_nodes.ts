@@ -20,8 +20,8 @@
  *   routed to the test ranges only: no default route, no masquerade;
  * - each node reaches the API server through a relay: the netns agent listens on
  *   127.0.0.1:6443 (the kubelet, kube-proxy) and on {@linkcode API_VIP}:6443, the `kubernetes`
- *   Service's endpoint (Pods, through kube-proxy), and pipes to a Unix socket this process
- *   serves, which connects to the API server on host loopback.
+ *   Service's endpoint (Pods, hostNetwork ones too, through kube-proxy), and pipes to a Unix
+ *   socket this process serves, which connects to the API server on host loopback.
  *
  * Each node's processes live in cgroups of their own (`<controller>/<prefix>…/daemons`, the
  * Pods under `…/pods`), so stopping a node stops every process it started, shims and
