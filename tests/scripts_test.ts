@@ -26,6 +26,9 @@ Deno.test("scripts pass shellcheck", async () => {
   const r = await run("shellcheck", [
     ...scripts,
     "tests/testenv/kube/build.sh",
+    "tests/testenv/nodes/build.sh",
+    "tests/testenv/nodes/node.sh",
+    "tests/testenv/image/build.sh",
     "bpf/build.sh",
     ".ci/run",
   ]).catch(

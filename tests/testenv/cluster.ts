@@ -42,6 +42,11 @@ export interface ClusterOptions {
    * connects to these addresses from the host.
    */
   serviceCidr?: string;
+  /**
+   * Give the API server a client certificate for kubelets (`kubectl exec`, `logs`, real nodes)
+   * and have it dial a node by its Hostname address first (default false).
+   */
+  kubeletClient?: boolean;
 }
 
 /**
@@ -109,6 +114,10 @@ function startedFrom(pid: number, dir: string): boolean {
  */
 export async function removeLeftovers(): Promise<string[]> {
   const removed: string[] = [];
+  // Real nodes first: their processes (kubelet, containerd, shims, containers) live in cgroups
+  // of their own and still use the folders and namespaces removed below.
+  const { removeRealNodeLeftovers } = await import("./real_nodes.ts");
+  removed.push(...await removeRealNodeLeftovers());
   const orphans = sweepOrphanedChildren();
   if (orphans > 0) removed.push(`${orphans} orphaned test processes`);
   for await (const e of Deno.readDir("/tmp")) {
@@ -250,6 +259,12 @@ export class TestCluster implements ClusterAccess {
     };
     try {
       const pki = await makeClusterPki(dir);
+      const kubeletClient = options.kubeletClient
+        ? await issueCert(dir, "apiserver-kubelet-client", {
+          subj: "/O=system:masters/CN=kube-apiserver-kubelet-client",
+          ext: "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        })
+        : null;
       const etcdPort = freePort();
       const etcdPeer = freePort();
       await record(
@@ -288,6 +303,13 @@ export class TestCluster implements ClusterAccess {
         "--etcd-compaction-interval=5s",
         "--watch-cache-sizes=configmaps#0",
         "--allow-privileged=true",
+        ...(kubeletClient
+          ? [
+            `--kubelet-client-certificate=${dir}/apiserver-kubelet-client.crt`,
+            `--kubelet-client-key=${dir}/apiserver-kubelet-client.key`,
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
+          ]
+          : []),
         "--profiling=false",
         "--v=1",
       ];

@@ -8,6 +8,8 @@
  *   same per datagram.
  * - `relay`: listens on TCP inside the namespace and pipes each connection to a Unix socket
  *   (a path, which crosses namespaces), through which the test reaches the API server.
+ * - `forward`: the other way, a Unix socket to TCP inside the namespace, through which the API
+ *   server reaches a real node's kubelet (`kubectl exec`, `logs`).
  * - `fetch`, `tcp`, `udp`: one client exchange from inside the namespace, names resolved by
  *   the namespace's resolv.conf.
  * - `load` / `load-status` / `load-stop`: a bounded HTTP load loop; the replies count
@@ -97,6 +99,27 @@ async function relay(hostname: string, port: number, path: string): Promise<void
       } catch {
         try {
           c.close();
+        } catch { /* closed */ }
+      }
+    })();
+  }
+}
+
+/** The other way: listens on Unix socket `path` and pipes each connection to TCP `hostname:port` here. */
+async function forward(path: string, hostname: string, port: number): Promise<void> {
+  const l = Deno.listen({ transport: "unix", path });
+  for await (const u of l) {
+    (async () => {
+      let c: Deno.TcpConn | null = null;
+      try {
+        c = await Deno.connect({ hostname, port });
+        await Promise.all([
+          u.readable.pipeTo(c.writable).catch(() => {}),
+          c.readable.pipeTo(u.writable).catch(() => {}),
+        ]);
+      } catch {
+        try {
+          u.close();
         } catch { /* closed */ }
       }
     })();
@@ -238,6 +261,10 @@ async function handle(m: Msg): Promise<Reply> {
     }
     case "relay":
       relay(m["hostname"] as string, m["port"] as number, m["path"] as string)
+        .catch((e) => console.error(errText(e)));
+      return {};
+    case "forward":
+      forward(m["path"] as string, m["hostname"] as string, m["port"] as number)
         .catch((e) => console.error(errText(e)));
       return {};
     case "fetch":

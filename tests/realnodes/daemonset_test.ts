@@ -1,0 +1,499 @@
+/**
+ * The real-node tier: meshd as users deploy it. Two real nodes (kubelet, containerd, runc, CNI
+ * bridge; tests/testenv/real_nodes.ts), meshd's image built here without a registry and
+ * imported with ctr, `kubectl apply --server-side -k manifests/` as the README says, the
+ * DaemonSet's pods (hostNetwork) Ready on both nodes, the kustomization's meshd-prepare Job
+ * pointing CoreDNS (a Pod) at meshd, and an application pod on each node calling a mesh service
+ * through its own node's meshd. The host must end exactly as it began.
+ */
+import assert from "node:assert/strict";
+import { relative } from "node:path";
+import { parseAllDocuments } from "yaml";
+import { removeLeftovers, TestCluster } from "../testenv/cluster.ts";
+import { sh } from "../testenv/netns_mesh.ts";
+import {
+  CLUSTER_DNS,
+  nodeBinaries,
+  type RealNode,
+  RealNodes,
+  testImages,
+  WATCHED_SYSCTLS,
+} from "../testenv/real_nodes.ts";
+import { waitFor } from "../testenv/process.ts";
+
+const APP_NS = "meshd-rn-app";
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** Capability numbers (linux/capability.h) of the ones meshd's manifests may add. */
+const CAP_NUMBERS: Record<string, number> = {
+  NET_BIND_SERVICE: 10,
+  NET_ADMIN: 12,
+  NET_RAW: 13,
+  SYS_PTRACE: 19,
+  SYS_ADMIN: 21,
+  SYS_RESOURCE: 24,
+  PERFMON: 38,
+  BPF: 39,
+};
+
+/**
+ * What to apply: `manifests/` as users do, unless the DaemonSet adds a capability this
+ * machine's bounding set lacks (this VM has no CAP_SYS_RESOURCE, see TESTBEDS.md; runc then
+ * refuses to start the container). Then a kustomization over `manifests/`, written in `dir`,
+ * leaves out only those capabilities, and `note` says so.
+ */
+async function installTarget(dir: string): Promise<{ path: string; note: string }> {
+  const bounding = BigInt(
+    "0x" +
+      (Deno.readTextFileSync("/proc/self/status").match(/^CapBnd:\s*([0-9a-f]+)/m)?.[1] ?? "0"),
+  );
+  const docs = parseAllDocuments(await Deno.readTextFile(`${ROOT}manifests/daemonset.yaml`));
+  const ds = docs.map((d) => d.toJS()).find((o) => o?.kind === "DaemonSet");
+  const add: string[] = ds.spec.template.spec.containers[0].securityContext?.capabilities?.add ??
+    [];
+  const lacking = add.filter((c) =>
+    CAP_NUMBERS[c] !== undefined && (bounding & (1n << BigInt(CAP_NUMBERS[c]!))) === 0n
+  );
+  if (lacking.length === 0) return { path: "manifests/", note: "" };
+  const overlay = `${dir}/install`;
+  await Deno.mkdir(overlay, { recursive: true });
+  await Deno.writeTextFile(
+    `${overlay}/kustomization.yaml`,
+    [
+      "apiVersion: kustomize.config.k8s.io/v1beta1",
+      "kind: Kustomization",
+      `resources: [${relative(overlay, `${ROOT}manifests`)}]`,
+      "patches:",
+      "  - target: { kind: DaemonSet, name: meshd }",
+      "    patch: |-",
+      "      - op: replace",
+      "        path: /spec/template/spec/containers/0/securityContext/capabilities/add",
+      `        value: ${JSON.stringify(add.filter((c) => !lacking.includes(c)))}`,
+      "",
+    ].join("\n"),
+  );
+  return {
+    path: overlay,
+    note: `this machine's capability bounding set lacks ${lacking.join(", ")}: ` +
+      `applied manifests/ without adding ${lacking.length > 1 ? "them" : "it"}`,
+  };
+}
+
+type Pod = {
+  metadata: { name: string; uid: string };
+  spec: { nodeName?: string };
+  status: {
+    podIP?: string;
+    conditions?: { type: string; status: string }[];
+    containerStatuses?: { containerID?: string; restartCount?: number }[];
+  };
+};
+
+function podReady(p: Pod): boolean {
+  return (p.status.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True");
+}
+
+/** What this host looks like where the tier could change it; compared before and after. */
+async function hostState(): Promise<Record<string, string>> {
+  const sysctls = WATCHED_SYSCTLS.map((s) => {
+    try {
+      return `${s}=${Deno.readTextFileSync(`/proc/sys/${s}`).trim()}`;
+    } catch {
+      return `${s} absent`;
+    }
+  });
+  const mounts = Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) =>
+    l.split(" ").slice(0, 3).join(" ")
+  ).sort();
+  const cgroups: string[] = [];
+  for (const l of Deno.readTextFileSync("/proc/self/mounts").split("\n")) {
+    const [, dir, type] = l.split(" ");
+    if ((type === "cgroup" || type === "cgroup2") && dir) {
+      // (meshd-test is the scratch cgroups' shared parent: other tiers make it too, and a run
+      // removes it once it is empty.)
+      for (const e of Deno.readDirSync(dir)) {
+        if (e.isDirectory && e.name !== "meshd-test") cgroups.push(`${dir}/${e.name}`);
+      }
+    }
+  }
+  const links = JSON.parse(await sh("ip", ["-j", "link", "show"])).map((l: { ifname: string }) =>
+    l.ifname
+  ).sort();
+  // Other test processes' own namespaces and cgroups (they may run meanwhile) are theirs.
+  const others = (text: string) =>
+    text.split("\n").filter((l) => {
+      const m = l.match(/meshd-tc-(\d+)/);
+      return !m || Number(m[1]) === Deno.pid;
+    }).join("\n");
+  const state: Record<string, string> = {
+    sysctls: sysctls.join("\n"),
+    mounts: mounts.join("\n"),
+    cgroups: cgroups.sort().join("\n"),
+    links: links.join("\n"),
+    addresses: await sh("ip", ["-o", "addr", "show"]),
+    routes: await sh("ip", ["route", "show", "table", "all"]),
+    netns: (await sh("ip", ["netns", "list"])).split("\n").filter((l) => l.startsWith("meshd-tc-"))
+      .join("\n"),
+    nftables: await sh("nft", ["list", "ruleset"]),
+  };
+  for (const k of Object.keys(state)) state[k] = others(state[k]!);
+  return state;
+}
+
+/** CoreDNS as clusters run it: a Deployment behind the kube-dns Service, its Corefile a ConfigMap. */
+const COREDNS = `
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: coredns, namespace: kube-system }
+data:
+  Corefile: |
+    .:53 {
+        errors
+        cache 30
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: coredns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  replicas: 1
+  selector: { matchLabels: { k8s-app: kube-dns } }
+  template:
+    metadata: { labels: { k8s-app: kube-dns } }
+    spec:
+      dnsPolicy: Default
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: coredns
+          image: meshd-test/coredns:1
+          imagePullPolicy: Never
+          args: [-conf, /etc/coredns/Corefile]
+          ports:
+            - { name: dns, containerPort: 53, protocol: UDP }
+            - { name: dns-tcp, containerPort: 53, protocol: TCP }
+          readinessProbe: { tcpSocket: { port: 53 }, periodSeconds: 2 }
+          volumeMounts: [{ name: config, mountPath: /etc/coredns, readOnly: true }]
+      volumes:
+        - name: config
+          configMap: { name: coredns, items: [{ key: Corefile, path: Corefile }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: kube-dns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  selector: { k8s-app: kube-dns }
+  clusterIP: ${CLUSTER_DNS}
+  ports:
+    - { name: dns, port: 53, protocol: UDP }
+    - { name: dns-tcp, port: 53, protocol: TCP }
+`;
+
+function appObjects(nodes: RealNode[]): unknown[] {
+  const objects: unknown[] = [
+    { apiVersion: "v1", kind: "Namespace", metadata: { name: APP_NS } },
+    {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "whoami", namespace: APP_NS },
+      spec: { selector: { app: "whoami" }, ports: [{ name: "web", port: 80, targetPort: 8080 }] },
+    },
+  ];
+  for (const n of nodes) {
+    const common = {
+      nodeName: n.name,
+      terminationGracePeriodSeconds: 1,
+      automountServiceAccountToken: false,
+    };
+    objects.push({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: `whoami-${n.index}`, namespace: APP_NS, labels: { app: "whoami" } },
+      spec: {
+        ...common,
+        containers: [{
+          name: "whoami",
+          image: "meshd-test/busybox:1",
+          imagePullPolicy: "Never",
+          command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+          env: [{ name: "NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } }],
+          ports: [{ containerPort: 8080 }],
+          readinessProbe: { httpGet: { path: "/cgi-bin/whoami", port: 8080 }, periodSeconds: 2 },
+        }],
+      },
+    });
+    objects.push({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: `client-${n.index}`, namespace: APP_NS, labels: { app: "client" } },
+      spec: {
+        ...common,
+        containers: [{
+          name: "client",
+          image: "meshd-test/client:1",
+          imagePullPolicy: "Never",
+          command: ["/bin/sleep", "3600"],
+        }],
+      },
+    });
+  }
+  return objects;
+}
+
+async function pods(cluster: TestCluster, ns: string, selector: string): Promise<Pod[]> {
+  const r = await cluster.must(
+    "GET",
+    `/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(selector)}`,
+  );
+  return r["items"] as Pod[];
+}
+
+/** `kubectl exec` in an application pod: the API server reaches the pod's kubelet. */
+async function execIn(
+  cluster: TestCluster,
+  pod: Pod,
+  argv: string[],
+): Promise<{ code: number; out: string }> {
+  return await cluster.kubectl("-n", APP_NS, "exec", pod.metadata.name, "--", ...argv);
+}
+
+Deno.test({
+  name: "meshd DaemonSet runs on two real nodes and serves a mesh call from each node's pods",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const leftovers = await removeLeftovers();
+  if (leftovers.length) console.log(`removed leftovers of earlier runs: ${leftovers.join(", ")}`);
+  const bin = await nodeBinaries();
+  const images = await testImages();
+  const before = await hostState();
+  const started = performance.now();
+  let cluster: TestCluster | null = null;
+  let rn: RealNodes | null = null;
+  try {
+    cluster = await TestCluster.start({ kubeletClient: true });
+    rn = await RealNodes.start(cluster, { count: 2, bin, images });
+    const c = cluster, nodes = rn;
+
+    // CoreDNS first, as a cluster has it before meshd is installed: the kustomization's
+    // meshd-prepare Job edits its ConfigMap (and fails until there is one).
+    await Deno.writeTextFile(`${c.dir}/coredns.yaml`, COREDNS);
+    const dns = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/coredns.yaml`);
+    assert.equal(dns.code, 0, `kubectl apply CoreDNS failed:\n${dns.out}`);
+
+    // Installed as users install it.
+    const target = await installTarget(c.dir);
+    if (target.note) console.log(target.note);
+    const apply = await c.kubectl("apply", "--server-side", "-k", target.path);
+    assert.equal(apply.code, 0, `kubectl apply -k ${target.path} failed:\n${apply.out}`);
+
+    // Ready on both nodes, or one of them exiting again and again (then its logs tell why).
+    const outcome = await waitFor(
+      "a Ready meshd pod on each node",
+      async () => {
+        const list = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
+        const crashing = list.find((p) =>
+          (p.status.containerStatuses?.[0]?.restartCount ?? 0) >= 2
+        );
+        if (crashing) return { crashing: crashing.metadata.name };
+        const ready = nodes.nodes.map((n) =>
+          list.find((p) => p.spec.nodeName === n.name && podReady(p))
+        );
+        return ready.every(Boolean) ? { ready: ready as Pod[] } : undefined;
+      },
+      240_000,
+      1_000,
+    ).catch((e) => ({ error: (e as Error).message }));
+    if (!("ready" in outcome)) {
+      const desc = await c.kubectl("-n", "meshd", "describe", "pods");
+      const why = "crashing" in outcome
+        ? `meshd pod ${outcome.crashing} keeps exiting`
+        : outcome.error;
+      throw new Error(`${why}\n${desc.out.slice(-3000)}\n${await nodes.logs()}`);
+    }
+    const meshd = (outcome as { ready: Pod[] }).ready;
+
+    await waitFor(
+      `the default ServiceAccount of ${APP_NS}`,
+      async () => {
+        await c.request("POST", "/api/v1/namespaces", {
+          apiVersion: "v1",
+          kind: "Namespace",
+          metadata: { name: APP_NS },
+        });
+        const r = await c.request("GET", `/api/v1/namespaces/${APP_NS}/serviceaccounts/default`);
+        return r.status === 200 ? true : undefined;
+      },
+      60_000,
+      200,
+    );
+    for (const o of appObjects(nodes.nodes).slice(1)) {
+      const obj = o as { kind: string };
+      const path = obj.kind === "Service" ? "services" : "pods";
+      await c.must("POST", `/api/v1/namespaces/${APP_NS}/${path}`, o);
+    }
+    const app = await waitFor(
+      "the application pods Ready",
+      async () => {
+        const list = await pods(c, APP_NS, "app in (whoami,client)");
+        return list.length === 2 * nodes.nodes.length && list.every(podReady) ? list : undefined;
+      },
+      120_000,
+      1_000,
+    ).catch(async (e) => {
+      const desc = await c.kubectl("-n", APP_NS, "describe", "pods");
+      throw new Error(`${e.message}\n${desc.out.slice(-4000)}\n${await nodes.logs()}`);
+    });
+
+    // From each node's client pod, through that node's meshd (its pod IP, the HTTP entrypoint).
+    for (const n of nodes.nodes) {
+      const client = app.find((p) => p.metadata.name === `client-${n.index}`)!;
+      const local = meshd.find((p) => p.spec.nodeName === n.name)!;
+      const url = `http://${local.status.podIP}:5000/cgi-bin/whoami`;
+      const body = await waitFor(
+        `a mesh call from ${client.metadata.name} to ${url}`,
+        async () => {
+          const r = await execIn(c, client, [
+            // (busybox 1.35's wget crashes with -T: the time limit is timeout's.)
+            "timeout",
+            "10",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            "--header",
+            `Host: whoami.${APP_NS}.mesh`,
+            url,
+          ]);
+          if (r.code !== 0) throw new Error(`wget exited ${r.code}: ${r.out.trim()}`);
+          return r.out;
+        },
+        90_000,
+        1_000,
+      ).catch(async (e) => {
+        throw new Error(`${e.message}\n${await nodes.logs()}`);
+      });
+      assert.match(body, /pod=whoami-\d node=127\.77\.0\.\d /, `unexpected answer: ${body}`);
+      console.log(`${client.metadata.name} -> ${url} (Host whoami.${APP_NS}.mesh): ${body.trim()}`);
+    }
+    // By name, as applications call: CoreDNS (a Pod) with the block `meshd prepare` adds,
+    // meshd's DNS behind the meshd-dns Service, the shadow Service's ClusterIP. prepare is the
+    // kustomization's meshd-prepare Job, as its own ServiceAccount: the DaemonSet's may not
+    // write CoreDNS's ConfigMap.
+    const prepare = await c.kubectl(
+      "-n",
+      "meshd",
+      "wait",
+      "--for=condition=complete",
+      "job/meshd-prepare",
+      "--timeout=120s",
+    );
+    if (prepare.code !== 0) {
+      const log = await c.kubectl("-n", "meshd", "logs", "job/meshd-prepare", "--tail=20");
+      const desc = await c.kubectl("-n", "meshd", "describe", "job/meshd-prepare");
+      assert.fail(
+        `the meshd-prepare Job did not complete:\n${prepare.out}\n${log.out}\n${
+          desc.out.slice(-2000)
+        }`,
+      );
+    }
+    for (const [sa, want] of [["meshd-prepare", "yes"], ["meshd", "no"]]) {
+      const can = await c.kubectl(
+        "auth",
+        "can-i",
+        "update",
+        "configmaps/coredns",
+        "-n",
+        "kube-system",
+        `--as=system:serviceaccount:meshd:${sa}`,
+      );
+      assert.equal(can.out.trim().split("\n").at(-1), want, `can ${sa} update CoreDNS: ${can.out}`);
+    }
+    const corefile = await c.must("GET", "/api/v1/namespaces/kube-system/configmaps/coredns");
+    console.log(
+      `Corefile after meshd prepare:\n${(corefile["data"] as Record<string, string>)["Corefile"]}`,
+    );
+    // This CoreDNS has no reload plugin: a new pod reads the new Corefile.
+    const restart = await c.kubectl(
+      "-n",
+      "kube-system",
+      "rollout",
+      "restart",
+      "deployment/coredns",
+    );
+    assert.equal(restart.code, 0, restart.out);
+    const status = await c.kubectl(
+      "-n",
+      "kube-system",
+      "rollout",
+      "status",
+      "deployment/coredns",
+      "--timeout=120s",
+    );
+    assert.equal(
+      status.code,
+      0,
+      `CoreDNS did not become Ready:\n${status.out}\n${await nodes.logs()}`,
+    );
+    for (const n of nodes.nodes) {
+      const client = app.find((p) => p.metadata.name === `client-${n.index}`)!;
+      const url = `http://whoami.${APP_NS}.mesh/cgi-bin/whoami`;
+      const body = await waitFor(
+        `a mesh call by name from ${client.metadata.name}`,
+        async () => {
+          const r = await execIn(c, client, [
+            "timeout",
+            "10",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            url,
+          ]);
+          if (r.code !== 0) throw new Error(`wget exited ${r.code}: ${r.out.trim()}`);
+          return r.out;
+        },
+        90_000,
+        1_000,
+      ).catch(async (e) => {
+        const look = await execIn(c, client, ["getent", "hosts", `whoami.${APP_NS}.mesh`]);
+        throw new Error(
+          `${e.message}\ngetent: ${look.code} ${look.out}\n${await nodes.logs()}`,
+        );
+      });
+      assert.match(body, /pod=whoami-\d node=127\.77\.0\.\d /, `unexpected answer: ${body}`);
+      // The shadow Service is node-local: the call went through this node's meshd, which
+      // (hostNetwork) connects from the node: from its address on the nodes' network, or from
+      // its Pod bridge's when the backend is on the same node.
+      const local = meshd.find((p) => p.spec.nodeName === n.name)!;
+      assert.equal(local.status.podIP, n.ip, `${local.metadata.name} is not on the node's network`);
+      const from = [n.ip, n.gateway].map((a) => a.replaceAll(".", "\\.")).join("|");
+      assert.match(
+        body,
+        new RegExp(`remote=\\[?(::ffff:)?(${from})\\]? `),
+        `the call by name from ${n.name} did not go through ${local.metadata.name} (${n.ip}, ${n.gateway}): ${body}`,
+      );
+      console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
+    }
+    const mib = (b: number | null) => b === null ? "?" : `${(b / 2 ** 20).toFixed(0)} MiB`;
+    for (const p of meshd) {
+      const n = nodes.nodes.find((x) => x.name === p.spec.nodeName)!;
+      console.log(
+        `${n.name}: meshd pod ${p.metadata.name} RSS ${mib(nodes.podRss(n, p.metadata.uid))}; ` +
+          `containerd, kubelet and shims ${mib(nodes.nodeRss(n))}`,
+      );
+    }
+    console.log(
+      `cluster, nodes, DaemonSet and mesh calls took ${
+        ((performance.now() - started) / 1000).toFixed(0)
+      } s`,
+    );
+  } finally {
+    await rn?.stop();
+    await cluster?.stop();
+  }
+  const after = await hostState();
+  for (const k of Object.keys(before)) {
+    assert.equal(after[k], before[k], `the host's ${k} changed during the real-node tier`);
+  }
+});
