@@ -53,6 +53,23 @@ async function cgroup2Root(mounts: () => Promise<string>): Promise<string | unde
 }
 
 /**
+ * The cgroup v2 directory to attach to for `--cgroup DIR`. On a hybrid host (cgroup v1
+ * controllers, cgroup v2 at `/sys/fs/cgroup/unified`) the DaemonSet mounts the host's
+ * `/sys/fs/cgroup`, which is a tmpfs of v1 hierarchies: there the v2 root is `DIR/unified`.
+ * Anything else is returned as given, for the probe to judge.
+ */
+export function cgroupV2Dir(dir: string, mountTable: string): string {
+  const mounts = mountTable.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
+  const trimmed = dir.replace(/\/+$/, "") || "/";
+  const inV2 = mounts.some((f) =>
+    f[2] === "cgroup2" && (trimmed === f[1] || trimmed.startsWith(`${f[1]!.replace(/\/$/, "")}/`))
+  );
+  if (inV2) return dir;
+  const unified = `${trimmed === "/" ? "" : trimmed}/unified`;
+  return mounts.some((f) => f[2] === "cgroup2" && f[1] === unified) ? unified : dir;
+}
+
+/**
  * Removes the links and maps an earlier meshd pinned, so hooks left attached do not keep
  * balancing from maps no one updates any more. Only meshd's own pin names are touched.
  */
@@ -83,7 +100,9 @@ export async function selectDatapath(o: SelectOptions): Promise<Selected> {
     };
   }
   const mounts = o.mounts ?? (() => Deno.readTextFile("/proc/self/mounts"));
-  const cgroup = o.cgroup ?? await cgroup2Root(mounts);
+  const cgroup = o.cgroup === undefined
+    ? await cgroup2Root(mounts)
+    : cgroupV2Dir(o.cgroup, await mounts().catch(() => ""));
   let ebpf: EbpfDatapath | null = null;
   const choice = await probeDatapath({
     ...o,

@@ -14,6 +14,7 @@ import { sh } from "../testenv/netns_mesh.ts";
 import {
   CLUSTER_DNS,
   nodeBinaries,
+  normalize,
   type RealNode,
   RealNodes,
   testImages,
@@ -42,7 +43,9 @@ const CAP_NUMBERS: Record<string, number> = {
  * refuses to start the container). Then a kustomization over `manifests/`, written in `dir`,
  * leaves out only those capabilities, and `note` says so.
  */
-async function installTarget(dir: string): Promise<{ path: string; note: string }> {
+async function installTarget(
+  dir: string,
+): Promise<{ path: string; note: string; capabilities: string[] }> {
   const bounding = BigInt(
     "0x" +
       (Deno.readTextFileSync("/proc/self/status").match(/^CapBnd:\s*([0-9a-f]+)/m)?.[1] ?? "0"),
@@ -54,7 +57,7 @@ async function installTarget(dir: string): Promise<{ path: string; note: string 
   const lacking = add.filter((c) =>
     CAP_NUMBERS[c] !== undefined && (bounding & (1n << BigInt(CAP_NUMBERS[c]!))) === 0n
   );
-  if (lacking.length === 0) return { path: "manifests/", note: "" };
+  if (lacking.length === 0) return { path: "manifests/", note: "", capabilities: add };
   const overlay = `${dir}/install`;
   await Deno.mkdir(overlay, { recursive: true });
   await Deno.writeTextFile(
@@ -76,6 +79,7 @@ async function installTarget(dir: string): Promise<{ path: string; note: string 
     path: overlay,
     note: `this machine's capability bounding set lacks ${lacking.join(", ")}: ` +
       `applied manifests/ without adding ${lacking.length > 1 ? "them" : "it"}`,
+    capabilities: add.filter((c) => !lacking.includes(c)),
   };
 }
 
@@ -189,15 +193,38 @@ spec:
     - { name: dns-tcp, port: 53, protocol: TCP }
 `;
 
+/** The application: a backend and a client pod on each node, and the Services they use. */
 function appObjects(nodes: RealNode[]): unknown[] {
+  const service = (name: string, spec: Record<string, unknown>, annotations = {}) => ({
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { name, namespace: APP_NS, annotations },
+    spec,
+  });
   const objects: unknown[] = [
-    { apiVersion: "v1", kind: "Namespace", metadata: { name: APP_NS } },
-    {
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { name: "whoami", namespace: APP_NS },
-      spec: { selector: { app: "whoami" }, ports: [{ name: "web", port: 80, targetPort: 8080 }] },
-    },
+    service("whoami", {
+      selector: { app: "whoami" },
+      ports: [{ name: "web", port: 80, targetPort: 8080 }],
+    }),
+    service("echo-tcp", {
+      selector: { app: "whoami" },
+      ports: [{ name: "echo", port: 7000, targetPort: 7000 }],
+    }, { "meshd.io/traffic-type": "tcp" }),
+    service("echo-udp", {
+      selector: { app: "whoami" },
+      ports: [{ name: "echo", port: 7001, targetPort: 7001, protocol: "UDP" }],
+    }),
+    // A TrafficSplit's root and its two backends, one per node's backend pod.
+    service("web", {
+      selector: { app: "whoami" },
+      ports: [{ name: "web", port: 80, targetPort: 8080 }],
+    }),
+    ...nodes.map((n) =>
+      service(`web-v${n.index}`, {
+        selector: { app: "whoami", version: `v${n.index}` },
+        ports: [{ name: "web", port: 80, targetPort: 8080 }],
+      })
+    ),
   ];
   for (const n of nodes) {
     const common = {
@@ -208,17 +235,25 @@ function appObjects(nodes: RealNode[]): unknown[] {
     objects.push({
       apiVersion: "v1",
       kind: "Pod",
-      metadata: { name: `whoami-${n.index}`, namespace: APP_NS, labels: { app: "whoami" } },
+      metadata: {
+        name: `whoami-${n.index}`,
+        namespace: APP_NS,
+        labels: { app: "whoami", version: `v${n.index}` },
+      },
       spec: {
         ...common,
         containers: [{
           name: "whoami",
-          image: "meshd-test/busybox:1",
+          image: "meshd-test/client:1",
           imagePullPolicy: "Never",
-          command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+          command: ["/usr/local/bin/loadgen", "serve"],
           env: [{ name: "NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } }],
-          ports: [{ containerPort: 8080 }],
-          readinessProbe: { httpGet: { path: "/cgi-bin/whoami", port: 8080 }, periodSeconds: 2 },
+          ports: [
+            { containerPort: 8080 },
+            { containerPort: 7000 },
+            { containerPort: 7001, protocol: "UDP" },
+          ],
+          readinessProbe: { httpGet: { path: "/ready", port: 8080 }, periodSeconds: 2 },
         }],
       },
     });
@@ -240,6 +275,311 @@ function appObjects(nodes: RealNode[]): unknown[] {
   return objects;
 }
 
+/** The TrafficSplit over `web`: all to `web-v<to>`. */
+function split(nodes: RealNode[], to: number): unknown {
+  return {
+    apiVersion: "split.smi-spec.io/v1alpha3",
+    kind: "TrafficSplit",
+    metadata: { name: "web", namespace: APP_NS },
+    spec: {
+      service: "web",
+      backends: nodes.map((n) => ({ service: `web-v${n.index}`, weight: n.index === to ? 1 : 0 })),
+    },
+  };
+}
+
+const MESHD_IMAGE = "meshd:0.1.0";
+const NEXT_IMAGE = "meshd:0.1.0-next";
+
+/** Asks the mesh by name from each node's client: TCP and UDP echoes, and a TrafficSplit. */
+async function tcpUdpSplit(c: TestCluster, app: Pod[], nodes: RealNode[]): Promise<void> {
+  for (const n of nodes) {
+    const client = app.find((p) => p.metadata.name === `client-${n.index}`)!;
+    const r = await waitFor(
+      `TCP and UDP by name from ${client.metadata.name}`,
+      async () => {
+        const r = await execIn(c, client, [
+          "loadgen",
+          "load",
+          "--tcp",
+          `echo-tcp.${APP_NS}.mesh:7000`,
+          "--udp",
+          `echo-udp.${APP_NS}.mesh:7001`,
+          "--for",
+          "2s",
+        ]);
+        const kinds = JSON.parse(r.out.trim().split("\n").at(-1) ?? "{}").kinds as
+          | Record<string, { sent: number; failed: number }>
+          | undefined;
+        return kinds && Object.values(kinds).every((k) => k.sent > 0 && k.failed === 0)
+          ? kinds
+          : undefined;
+      },
+      60_000,
+      1_000,
+    );
+    console.log(`${client.metadata.name}: TCP and UDP echoes by name: ${JSON.stringify(r)}`);
+  }
+  // The split sends everything to one node's backend, then, changed, to the other's.
+  for (const to of nodes.map((n) => n.index)) {
+    await Deno.writeTextFile(`${c.dir}/split.json`, JSON.stringify(split(nodes, to)));
+    const a = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/split.json`);
+    assert.equal(a.code, 0, a.out);
+    for (const n of nodes) {
+      const client = app.find((p) => p.metadata.name === `client-${n.index}`)!;
+      await waitFor(
+        `web.${APP_NS}.mesh from ${client.metadata.name} split to web-v${to}`,
+        async () => {
+          const answers: string[] = [];
+          for (let i = 0; i < 6; i++) {
+            const r = await execIn(c, client, [
+              "timeout",
+              "10",
+              "busybox",
+              "wget",
+              "-q",
+              "-O-",
+              `http://web.${APP_NS}.mesh/`,
+            ]);
+            if (r.code !== 0) return undefined;
+            answers.push(r.out.trim().split(" ")[0]!);
+          }
+          return answers.every((a) => a === `pod=whoami-${to}`) ? true : undefined;
+        },
+        60_000,
+        1_000,
+      );
+    }
+    console.log(`TrafficSplit web -> web-v${to}: every answer from whoami-${to}, from both nodes`);
+  }
+}
+
+/**
+ * Pod Security admission by the real API server: meshd's pod (hostNetwork, hostPath, added
+ * capabilities, a privileged init container) is refused in a `baseline` namespace, and the
+ * `meshd` namespace is labelled `privileged`, where it is admitted (server-side dry run).
+ */
+async function checkPodSecurity(c: TestCluster): Promise<void> {
+  const ds = await c.must("GET", "/apis/apps/v1/namespaces/meshd/daemonsets/meshd");
+  const template = (ds["spec"] as { template: { spec: unknown } }).template;
+  const ns = await c.must("GET", "/api/v1/namespaces/meshd");
+  const labels = (ns["metadata"] as { labels?: Record<string, string> }).labels ?? {};
+  assert.equal(labels["pod-security.kubernetes.io/enforce"], "privileged");
+  await c.must("POST", "/api/v1/namespaces", {
+    apiVersion: "v1",
+    kind: "Namespace",
+    metadata: {
+      name: "meshd-rn-baseline",
+      labels: { "pod-security.kubernetes.io/enforce": "baseline" },
+    },
+  });
+  const pod = (namespace: string) => ({
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: "meshd-psa", namespace },
+    spec: { ...(template.spec as object), serviceAccountName: "default" },
+  });
+  const refused = await c.request(
+    "POST",
+    "/api/v1/namespaces/meshd-rn-baseline/pods?dryRun=All",
+    pod("meshd-rn-baseline"),
+  );
+  assert.equal(refused.status, 403, JSON.stringify(refused.body));
+  const why = String(refused.body["message"]);
+  assert.match(why, /violates PodSecurity "baseline/);
+  assert.match(why, /hostNetwork/);
+  console.log(`Pod Security baseline refuses meshd's pod: ${why}`);
+  const admitted = await c.request(
+    "POST",
+    "/api/v1/namespaces/meshd/pods?dryRun=All",
+    pod("meshd"),
+  );
+  assert.equal(admitted.status, 201, JSON.stringify(admitted.body));
+}
+
+/** Capability names by number (linux/capability.h), for the ones that may show up. */
+function capabilityNames(mask: bigint): string[] {
+  const names = Object.entries(CAP_NUMBERS);
+  const out: string[] = [];
+  for (let bit = 0; bit < 64; bit++) {
+    if ((mask >> BigInt(bit)) & 1n) {
+      out.push(names.find(([, n]) => n === bit)?.[0] ?? `cap${bit}`);
+    }
+  }
+  return out.sort();
+}
+
+/**
+ * On each meshd pod: the capabilities its process holds (exactly the DaemonSet's, no more),
+ * no privilege escalation, the data path it chose and why, the health and metrics ports open
+ * to the node's pods, and the API on the node's loopback only.
+ */
+async function checkMeshdPods(
+  c: TestCluster,
+  rn: RealNodes,
+  meshd: Pod[],
+  app: Pod[],
+  capabilities: string[],
+): Promise<void> {
+  for (const p of meshd) {
+    const n = rn.nodes.find((x) => x.name === p.spec.nodeName)!;
+    const pid =
+      rn.containerPids(n, p.metadata.uid, p.status.containerStatuses![0]!.containerID!)[0];
+    assert.ok(pid, `no process found for ${p.metadata.name}`);
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const cap = (k: string) =>
+      BigInt(`0x${status.match(new RegExp(`^${k}:\\s*([0-9a-f]+)`, "m"))![1]}`);
+    const eff = capabilityNames(cap("CapEff"));
+    assert.deepEqual(eff, [...capabilities].sort(), `${p.metadata.name} runs with ${eff}`);
+    assert.deepEqual(capabilityNames(cap("CapBnd")), [...capabilities].sort());
+    assert.match(status, /^NoNewPrivs:\s*1$/m, `${p.metadata.name} may gain privileges`);
+    const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
+    const chosen = logs.out.split("\n").find((l) => l.includes("data path chosen")) ?? "";
+    console.log(`${p.metadata.name} (${n.name}): capabilities ${eff.join(", ")}; ${chosen}`);
+    assert.match(
+      chosen,
+      /datapath=ebpf/,
+      `the eBPF path is off in ${p.metadata.name}:\n${logs.out}`,
+    );
+    const init = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "mount-bpffs");
+    console.log(`${p.metadata.name} init container: ${init.out.trim() || "(nothing to do)"}`);
+
+    const client = app.find((a) => a.metadata.name === `client-${n.index}`)!;
+    const get = (url: string) =>
+      execIn(c, client, ["timeout", "10", "busybox", "wget", "-q", "-O-", url]);
+    const ready = await get(`http://${n.ip}:9001/readyz`);
+    assert.equal(ready.code, 0, `readyz from ${client.metadata.name}: ${ready.out}`);
+    const metrics = await get(`http://${n.ip}:9002/metrics`);
+    assert.equal(metrics.code, 0, `metrics from ${client.metadata.name}: ${metrics.out}`);
+    assert.match(metrics.out, /^meshd_/m);
+    for (const port of [9000, 9001, 9002]) {
+      const api = await get(`http://${n.ip}:${port}/api/config`);
+      assert.notEqual(
+        api.code,
+        0,
+        `the API answered ${client.metadata.name} on ${port}: ${api.out}`,
+      );
+    }
+    // On the node itself the API answers (kubectl port-forward reaches it there).
+    const local = await c.kubectl(
+      "-n",
+      "meshd",
+      "exec",
+      p.metadata.name,
+      "-c",
+      "meshd",
+      "--",
+      "bash",
+      "-c",
+      'exec 3<>/dev/tcp/127.0.0.1/9000 && printf "GET /api/status HTTP/1.0\r\n\r\n" >&3 && cat <&3',
+    );
+    assert.match(local.out, /^HTTP\/1\.[01] 200/, `the API on ${n.name}'s loopback: ${local.out}`);
+  }
+}
+
+type LoadCounts = Record<string, { sent: number; failed: number; errors?: string[] }>;
+
+/**
+ * Runs the load loop in every client pod (HTTP keep-alive and new connections, TCP, UDP, all
+ * by mesh name), and once each has sent some of everything, `disrupt`; waits for the meshd
+ * DaemonSet to be rolled out again (every pod Ready, every one it replaced gone), lets the
+ * load go on a while, stops it, and fails on any failed request. Returns a line of figures.
+ */
+async function underLoad(
+  c: TestCluster,
+  rn: RealNodes,
+  clients: Pod[],
+  what: string,
+  disrupt: () => Promise<void>,
+): Promise<string> {
+  const before = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
+  const runs = clients.map((p) =>
+    execIn(c, p, [
+      "loadgen",
+      "load",
+      "--http",
+      `http://whoami.${APP_NS}.mesh/`,
+      "--tcp",
+      `echo-tcp.${APP_NS}.mesh:7000`,
+      "--udp",
+      `echo-udp.${APP_NS}.mesh:7001`,
+      "--for",
+      "300s",
+    ])
+  );
+  const progress = async () =>
+    await Promise.all(clients.map(async (p) => {
+      const r = await execIn(c, p, ["cat", "/tmp/loadgen.progress"]);
+      return r.code === 0 ? JSON.parse(r.out) as LoadCounts : {};
+    }));
+  const least = (all: LoadCounts[]) =>
+    Math.min(
+      ...all.map((k) => Math.min(...["tcp", "udp", "http-new"].map((x) => k[x]?.sent ?? 0))),
+    );
+  try {
+    await waitFor(
+      `the load running in every client (${what})`,
+      async () => least(await progress()) >= 20 ? true : undefined,
+      60_000,
+      500,
+    );
+    const started = performance.now();
+    await disrupt();
+    await waitFor(
+      `the meshd DaemonSet rolled out after ${what}`,
+      async () => {
+        const now = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
+        const fresh = now.filter((p) => !before.some((b) => b.metadata.uid === p.metadata.uid));
+        const replaced = before.filter((b) => !now.some((p) => p.metadata.uid === b.metadata.uid));
+        const done = now.length === rn.nodes.length && now.every(podReady) &&
+          now.every((p) =>
+            !(p as { metadata: { deletionTimestamp?: string } }).metadata.deletionTimestamp
+          ) &&
+          fresh.length > 0 && replaced.length === fresh.length;
+        return done ? true : undefined;
+      },
+      300_000,
+      1_000,
+    );
+    const took = (performance.now() - started) / 1000;
+    const mark = least(await progress());
+    await waitFor(
+      "more load after the rollout",
+      async () => least(await progress()) >= mark + 20 ? true : undefined,
+      60_000,
+      500,
+    );
+    for (const p of clients) await execIn(c, p, ["touch", "/tmp/loadgen.stop"]);
+    const results = await Promise.all(runs);
+    let sent = 0, failed = 0;
+    const per: string[] = [];
+    const errors: string[] = [];
+    for (const [i, r] of results.entries()) {
+      const out = JSON.parse(r.out.trim().split("\n").at(-1)!) as {
+        ended: string;
+        kinds: LoadCounts;
+      };
+      assert.equal(out.ended, "stop", `the load in ${clients[i]!.metadata.name} ran out of time`);
+      for (const [kind, k] of Object.entries(out.kinds)) {
+        sent += k.sent;
+        failed += k.failed;
+        per.push(`${clients[i]!.metadata.name} ${kind} ${k.sent}/${k.failed}`);
+        for (const e of k.errors ?? []) errors.push(`${clients[i]!.metadata.name} ${kind}: ${e}`);
+      }
+    }
+    const line = `${what} (rolled out in ${took.toFixed(0)} s): ${sent} sent, ${failed} failed ` +
+      `[sent/failed: ${per.join(", ")}]`;
+    console.log(line);
+    if (failed > 0) {
+      assert.fail(`${line}\n${errors.join("\n")}\n${await rn.logs(60, "meshd_")}`);
+    }
+    return line;
+  } finally {
+    for (const p of clients) await execIn(c, p, ["touch", "/tmp/loadgen.stop"]).catch(() => {});
+    await Promise.allSettled(runs);
+  }
+}
+
 async function pods(cluster: TestCluster, ns: string, selector: string): Promise<Pod[]> {
   const r = await cluster.must(
     "GET",
@@ -258,7 +598,8 @@ async function execIn(
 }
 
 Deno.test({
-  name: "meshd DaemonSet runs on two real nodes and serves a mesh call from each node's pods",
+  name:
+    "meshd DaemonSet on two real nodes serves HTTP, TCP, UDP and splits by name and loses nothing in rollouts and restarts",
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
@@ -327,7 +668,7 @@ Deno.test({
       60_000,
       200,
     );
-    for (const o of appObjects(nodes.nodes).slice(1)) {
+    for (const o of appObjects(nodes.nodes)) {
       const obj = o as { kind: string };
       const path = obj.kind === "Service" ? "services" : "pods";
       await c.must("POST", `/api/v1/namespaces/${APP_NS}/${path}`, o);
@@ -470,13 +811,89 @@ Deno.test({
       const from = [n.ip, n.gateway].map((a) => a.replaceAll(".", "\\.")).join("|");
       assert.match(
         body,
-        new RegExp(`remote=\\[?(::ffff:)?(${from})\\]? `),
+        new RegExp(`remote=\\[?(::ffff:)?(${from})\\]?:\\d+ `),
         `the call by name from ${n.name} did not go through ${local.metadata.name} (${n.ip}, ${n.gateway}): ${body}`,
       );
       console.log(`${client.metadata.name} -> ${url}: ${body.trim()}`);
     }
+    await tcpUdpSplit(c, app, nodes.nodes);
+    await checkPodSecurity(c);
+    await checkMeshdPods(c, nodes, meshd, app, target.capabilities);
+
+    // Rollouts and restarts under load: none may fail a request, a connection or a datagram.
+    // First with the eBPF path (TCP and UDP balanced in the kernel, HTTP redirected to meshd),
+    // then with the userspace proxy alone (every kind through meshd's listeners).
+    const clients = app.filter((p) => p.metadata.name.startsWith("client-"));
+    const kubectl = async (...args: string[]) => {
+      const r = await c.kubectl("-n", "meshd", ...args);
+      assert.equal(r.code, 0, `kubectl ${args.join(" ")}: ${r.out}`);
+    };
+    const disruptions: [string, () => Promise<void>][] = [
+      ["kubectl rollout restart (eBPF)", () => kubectl("rollout", "restart", "daemonset/meshd")],
+      ["deleting one meshd pod (eBPF)", async () => {
+        const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
+          p.spec.nodeName === nodes.nodes[0]!.name
+        )!;
+        await kubectl("delete", "pod", p.metadata.name, "--wait=false");
+      }],
+      ["an image change (eBPF)", async () => {
+        // The same image under a new name on each node, as a new version would arrive.
+        for (const n of nodes.nodes) {
+          const t = await nodes.ctr(
+            n,
+            "images",
+            "tag",
+            "--force",
+            normalize(MESHD_IMAGE),
+            normalize(NEXT_IMAGE),
+          );
+          assert.equal(t.code, 0, `${n.name}: ctr images tag: ${t.out}${t.err}`);
+        }
+        await kubectl(
+          "set",
+          "image",
+          "daemonset/meshd",
+          `meshd=${NEXT_IMAGE}`,
+          `mount-bpffs=${NEXT_IMAGE}`,
+        );
+      }],
+      // The eBPF hooks come off as the new pods start with --datapath=userspace.
+      ["switching to the userspace data path", () =>
+        kubectl(
+          "patch",
+          "daemonset/meshd",
+          "--type=json",
+          "-p",
+          JSON.stringify([{
+            op: "add",
+            path: "/spec/template/spec/containers/0/args/-",
+            value: "--datapath=userspace",
+          }]),
+        )],
+      [
+        "kubectl rollout restart (userspace)",
+        () => kubectl("rollout", "restart", "daemonset/meshd"),
+      ],
+      ["deleting one meshd pod (userspace)", async () => {
+        const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
+          p.spec.nodeName === nodes.nodes[1]!.name
+        )!;
+        await kubectl("delete", "pod", p.metadata.name, "--wait=false");
+      }],
+    ];
+    const figures: string[] = [];
+    for (const [what, disrupt] of disruptions) {
+      figures.push(await underLoad(c, nodes, clients, what, disrupt));
+    }
+    for (const p of await pods(c, "meshd", "app.kubernetes.io/name=meshd")) {
+      const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
+      const chosen = logs.out.split("\n").find((l) => l.includes("data path chosen")) ?? "";
+      assert.match(chosen, /datapath=userspace/, `${p.metadata.name}: ${chosen}`);
+    }
+    console.log(`rollouts under load:\n  ${figures.join("\n  ")}`);
+    const now = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
     const mib = (b: number | null) => b === null ? "?" : `${(b / 2 ** 20).toFixed(0)} MiB`;
-    for (const p of meshd) {
+    for (const p of now) {
       const n = nodes.nodes.find((x) => x.name === p.spec.nodeName)!;
       console.log(
         `${n.name}: meshd pod ${p.metadata.name} RSS ${mib(nodes.podRss(n, p.metadata.uid))}; ` +

@@ -657,6 +657,16 @@ export class RealNodes {
     return dir ? rssOf(dir) : null;
   }
 
+  /**
+   * The host PIDs of container `containerId` (`containerd://…` or the bare id) of Pod `uid` on
+   * node `n`, from its memory cgroup.
+   */
+  containerPids(n: RealNode, uid: string, containerId: string): number[] {
+    const id = containerId.replace(/^[a-z]+:\/\//, "");
+    const pod = cgroupTree(`${this.#memoryCgroup(n)}/pods`).find((d) => d.endsWith(`/pod${uid}`));
+    return pod ? procsOf(`${pod}/${id}`) : [];
+  }
+
   /** The resident memory of node `n`'s own processes (containerd, kubelet, shims), in bytes. */
   nodeRss(n: RealNode): number | null {
     return rssOf(`${this.#memoryCgroup(n)}/daemons`);
@@ -683,9 +693,25 @@ export class RealNodes {
     );
   }
 
-  /** The last lines of each node's containerd and kubelet logs and of its other processes. */
-  async logs(lines = 25): Promise<string> {
+  /**
+   * The last lines of each node's containerd and kubelet logs and of its other processes; or,
+   * with `podPrefix`, of the containers of the Pods whose log folder starts with it.
+   */
+  async logs(lines = 25, podPrefix?: string): Promise<string> {
     const out: string[] = [];
+    if (podPrefix) {
+      // Only the containers' output of the Pods whose log folder (<namespace>_<name>_<uid>)
+      // starts with `podPrefix`, all of it.
+      for (const n of this.nodes) {
+        for (const f of walkFiles(`${n.dir}/var-log/pods`)) {
+          const rel = f.slice(`${n.dir}/var-log/pods/`.length);
+          if (!rel.startsWith(podPrefix) || !f.endsWith(".log")) continue;
+          const text = await Deno.readTextFile(f).catch(() => "");
+          out.push(`--- ${n.name} ${rel}`, ...text.trimEnd().split("\n").slice(-lines));
+        }
+      }
+      return out.join("\n");
+    }
     for (const n of this.nodes) {
       for (const f of ["kubelet.log", "containerd.log"]) {
         const text = await Deno.readTextFile(`${n.dir}/${f}`).catch(() => "");

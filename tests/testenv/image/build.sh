@@ -11,8 +11,9 @@
 #                                    whoami CGI, wget, nc, sh).
 #   meshd-test/pause:1               the same layer; its entrypoint sleeps (the pod sandbox).
 #   meshd-test/coredns:1             the rootfs with CoreDNS (tests/testenv/coredns/build.sh).
-#   meshd-test/client:1              the rootfs with busybox: wget that resolves names with
-#                                    glibc, as an application pod does.
+#   meshd-test/client:1              the rootfs with busybox (wget that resolves names with
+#                                    glibc, as an application pod does) and loadgen
+#                                    (tests/testenv/loadgen: the backends and the load loop).
 #
 # The Dockerfile (the compiled binary on bookworm-slim) stays the users' image; see README.
 #
@@ -181,8 +182,10 @@ fi
 
 # --- on the Debian rootfs (glibc and its resolver): CoreDNS, and a client with busybox's wget
 coredns=$(bash "$root/tests/testenv/coredns/build.sh") || die "building CoreDNS failed"
-extra_key=$( (sha256sum "$coredns" /bin/busybox "$here/build.sh" && echo "$rootfs_dir") |
-  sha256sum | cut -c1-12)
+command -v go >/dev/null || die "go is not on PATH (scripts/_lib.sh ensure_go puts it there)"
+loadgen_src="$root/tests/testenv/loadgen"
+extra_key=$( (sha256sum "$coredns" /bin/busybox "$here/build.sh" "$loadgen_src"/* &&
+  echo "$rootfs_dir $(go env GOVERSION)") | sha256sum | cut -c1-12)
 coredns_tar="$cache/images/coredns-$extra_key.tar"
 client_tar="$cache/images/client-$extra_key.tar"
 if [ ! -f "$coredns_tar" ] || [ ! -f "$client_tar" ]; then
@@ -191,6 +194,8 @@ if [ ! -f "$coredns_tar" ] || [ ! -f "$client_tar" ]; then
   mkdir -p "$work/coredns/usr/local/bin" "$work/client/usr/local/bin"
   cp "$coredns" "$work/coredns/usr/local/bin/coredns"
   cp /bin/busybox "$work/client/usr/local/bin/busybox"
+  (cd "$loadgen_src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
+    -o "$work/client/usr/local/bin/loadgen" .) || die "building loadgen failed"
   tar_layer "$work/coredns" "$work/coredns.tar"
   tar_layer "$work/client" "$work/client.tar"
   write_archive "$coredns_tar" "meshd-test/coredns:1" \

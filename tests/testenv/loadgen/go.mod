@@ -1,0 +1,3 @@
+module meshd.test/loadgen
+
+go 1.22
