@@ -82,7 +82,8 @@ const RUN_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "ADDR",
     default: "127.0.0.1",
-    help: "Address the proxy listens on (0.0.0.0 in a DaemonSet)",
+    help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
+      "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not match)",
   },
   {
     name: "http-port",
@@ -688,18 +689,27 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
     // A restarted node routes on what it last applied before it reaches anyone.
     await node.restore();
-    if ((values["dns-port"] as number) > 0) {
-      const zone = kubeCfg.zone;
-      dns = new DnsServer({
+    // Every node watches the shadow Services the leader keeps: the leader to reconcile them
+    // without listing them all on each change, every node to answer DNS from them. The names
+    // are saved beside the config, so a node restarted while the API server is away still
+    // resolves them. A burst of changes (thousands of shadows at start) rebuilds the zone once.
+    const dnsLog = logger.with({ room: "dns" });
+    const zone = (values["dns-port"] as number) > 0 ? kubeCfg.zone : null;
+    // The responder binds only once it has names to give (saved ones, or the API's): bound
+    // earlier, it would answer NXDOMAIN for every mesh name, and resolvers cache that. Until
+    // then the meshd it replaces (--reuse-port) or no one answers, and clients try again.
+    const startDns = (z: MeshZone) => {
+      if (dns) return;
+      const server = new DnsServer({
         hostname: values["dns-address"] as string,
         port: values["dns-port"] as number,
         reusePort,
-        zone,
-        logger: logger.with({ room: "dns" }),
+        zone: z,
+        logger: dnsLog,
         registry: proxy.registry,
       });
       try {
-        dns.start();
+        server.start();
       } catch (e) {
         throw new CliError(
           `Cannot listen on ${values["dns-address"]}:${values["dns-port"]} for DNS: ${
@@ -707,13 +717,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
           }`,
         );
       }
-    }
-    // Every node watches the shadow Services the leader keeps: the leader to reconcile them
-    // without listing them all on each change, every node to answer DNS from them. The names
-    // are saved beside the config, so a node restarted while the API server is away still
-    // resolves them. A burst of changes (thousands of shadows at start) rebuilds the zone once.
-    const dnsLog = logger.with({ room: "dns" });
-    const zone = dns ? kubeCfg.zone : null;
+      dns = server;
+    };
     const zoneStore = zone && stateDir
       ? new ZoneStore(
         `${stateDir}/dns.json`,
@@ -732,6 +737,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         dnsLog.warn("not using the saved DNS names", { error: (e as Error).message });
       }
     }
+    if (zone && zone.size > 0) startDns(zone);
     let fed = false;
     let zoneTimer: ReturnType<typeof setTimeout> | undefined;
     let resyncTimer: ReturnType<typeof setTimeout> | undefined;
@@ -745,6 +751,12 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         fastPath?.setAddresses(meshAddresses(entries));
         if (!fed) dnsLog.info("DNS names loaded", { from: "api", names: entries.length });
         fed = true;
+        try {
+          startDns(zone);
+        } catch (e) {
+          // Tried again on the next change of the shadow Services.
+          dnsLog.error((e as Error).message);
+        }
         zoneStore?.save(entries);
       }, fed ? 20 : 0);
     };
@@ -934,7 +946,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     await distServer?.stop();
     await provider?.stop();
     await dnsFeed?.stop();
-    await dns?.stop();
+    await (dns as DnsServer | null)?.stop();
     await api?.shutdown();
     await health?.shutdown();
     await metrics?.shutdown();

@@ -74,6 +74,12 @@ export function desiredShadowServices(config: MeshConfig, o: ShadowOptions): Raw
         type: "ClusterIP",
         selector: o.selector,
         internalTrafficPolicy: "Local",
+        // The meshd pods run on the node's network: a new pod (not ready yet) and the one it
+        // replaces share one address, and kube-proxy keeps one endpoint per address, either
+        // one. Were readiness published, the node's traffic would be dropped until the new pod
+        // is Ready, though the old one still serves that address. Any meshd bound there
+        // serves; with no meshd the port refuses, as a Service without endpoints would.
+        publishNotReadyAddresses: true,
         ports,
       },
     });
@@ -242,6 +248,7 @@ function sameShape(have: RawObject, want: RawObject): boolean {
   return ports(h["ports"]) === ports(w["ports"]) &&
     JSON.stringify(h["selector"] ?? {}) === JSON.stringify(w["selector"]) &&
     h["internalTrafficPolicy"] === w["internalTrafficPolicy"] &&
+    (h["publishNotReadyAddresses"] ?? false) === w["publishNotReadyAddresses"] &&
     Object.entries(wl).every(([k, v]) => hl[k] === v);
 }
 

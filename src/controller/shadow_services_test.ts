@@ -48,12 +48,20 @@ Deno.test("desiredShadowServices() makes one node-local Service per meshed servi
   assert.equal(out.length, 1, "a service with no placeable port gets none");
   const svc = out[0] as {
     metadata: { namespace: string; labels: Record<string, string> };
-    spec: { internalTrafficPolicy: string; ports: unknown[]; selector: unknown };
+    spec: {
+      internalTrafficPolicy: string;
+      publishNotReadyAddresses: boolean;
+      ports: unknown[];
+      selector: unknown;
+    };
   };
   assert.equal(svc.metadata.namespace, "meshd");
   assert.equal(svc.metadata.labels["meshd.io/shadow-of-name"], "web");
   assert.equal(svc.metadata.labels["meshd.io/shadow-of-namespace"], "default");
   assert.equal(svc.spec.internalTrafficPolicy, "Local");
+  // A surge pod shares the node's address with the pod it replaces: kube-proxy keeps one
+  // endpoint per address, so a not-ready one would hide the ready one.
+  assert.equal(svc.spec.publishNotReadyAddresses, true);
   assert.deepEqual(svc.spec.selector, { "app.kubernetes.io/name": "meshd" });
   assert.deepEqual(svc.spec.ports, [
     { name: "tcp-80", port: 80, protocol: "TCP", targetPort: 5000 },

@@ -85,7 +85,15 @@ Deno.test("manifests: every object applies, the pod is what a lossless rollout n
       assert.equal(p.targetPort, Number(arg("dns-port")));
       assert.equal(p.port, 53);
     }
-    assert.equal(arg("dns-address"), "0.0.0.0");
+    // On the node's address, where kube-proxy sends: UDP answers leave from the bound address,
+    // and from 0.0.0.0 the kernel may pick one (a Pod bridge's) that kube-proxy's NAT does not
+    // match. Readiness is not published: the new pod of a rollout shares the old one's address.
+    assert.equal(arg("dns-address"), "$(POD_IP)");
+    assert.equal(arg("proxy-address"), "$(POD_IP)");
+    assert.equal(
+      (dnsSvc["spec"] as { publishNotReadyAddresses?: boolean }).publishNotReadyAddresses,
+      true,
+    );
     // Other nodes reach the leader's config stream at its address, on the port meshd serves.
     assert.equal(arg("distribution-address"), "0.0.0.0");
     assert.equal(

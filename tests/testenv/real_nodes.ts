@@ -584,6 +584,54 @@ export class RealNodes {
     });
   }
 
+  /**
+   * A workstation on the nodes' network, as a developer's machine beside a kind cluster: a
+   * network namespace on the fabric (192.0.2.100) with routes to every node's Pods and nothing
+   * else, the API server at https://127.0.0.1:6443 (relayed, as on the nodes), and an admin
+   * kubeconfig for it. Removed with the nodes.
+   */
+  async workstation(): Promise<{ netns: string; ip: string; kubeconfig: string }> {
+    const netns = `${this.base}-w`;
+    const ip = "192.0.2.100";
+    await this.#netns(netns);
+    await sh("ip", [
+      "-n",
+      this.fabric,
+      "link",
+      "add",
+      "w0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      netns,
+    ]);
+    await sh("ip", ["-n", this.fabric, "link", "set", "w0", "master", "br0", "up"]);
+    await sh("ip", ["-n", netns, "addr", "add", `${ip}/24`, "dev", "eth0"]);
+    await sh("ip", ["-n", netns, "link", "set", "eth0", "up"]);
+    for (const n of this.nodes) {
+      await sh("ip", ["-n", netns, "route", "add", n.podCidr, "via", n.ip]);
+    }
+    const agent = new NetnsAgent("workstation", netns, this.cluster.dir);
+    this.#record(agent.pid);
+    this.#agents.push(agent);
+    const r = await agent.call("relay", { hostname: "127.0.0.1", port: 6443, path: this.#socket });
+    if (r.error) throw new Error(`workstation: API relay: ${r.error}`);
+    const kubeconfig = `${this.cluster.dir}/workstation.kubeconfig`;
+    await Deno.writeTextFile(
+      kubeconfig,
+      (await Deno.readTextFile(this.cluster.kubeconfig)).replace(
+        this.cluster.server,
+        "https://127.0.0.1:6443",
+      ),
+    );
+    return { netns, ip, kubeconfig };
+  }
+
+  readonly #agents: NetnsAgent[] = [];
+
   async #kubeProxyConfig(dir: string, name: string): Promise<string> {
     const file = `${dir}/kube-proxy.yaml`;
     await Deno.writeTextFile(
@@ -745,7 +793,7 @@ export class RealNodes {
     await killCgroups(this.nodes.flatMap((n) => n.cgroups), 10_000);
     const { v2 } = cgroupMounts();
     if (v2) await Deno.remove(v2Base(v2)).catch(() => {}); // only when no other run uses it
-    await Promise.all(this.nodes.map((n) => n.agent.stop()));
+    await Promise.all([...this.nodes.map((n) => n.agent), ...this.#agents].map((a) => a.stop()));
     await this.scheduler?.stop();
     for (const l of [this.#relay, ...this.#kubeletRelays]) {
       try {
