@@ -134,9 +134,6 @@ Deno.test({
     for (const o of appObjects(rn.nodes.map((n) => n.name))) {
       await c.must("POST", `/api/v1/namespaces/${APP_NS}/${o.path}`, o.body);
     }
-    await Deno.writeTextFile(`${c.dir}/access.yaml`, ACCESS);
-    const access = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/access.yaml`);
-    assert.equal(access.code, 0, access.out);
     const app = await podsReady(c, rn, APP_NS, "app in (whoami,caller)", 3);
     // The dev loop: meshd from a workstation on the nodes' network, as a user runs it beside a
     // kind cluster, with a kubeconfig and a mesh namespace of its own (README: "Running meshd
@@ -167,6 +164,9 @@ Deno.test({
               "netns",
               "exec",
               ws.netns,
+              // (meshd accepts only once it has a config: until then a request waits.)
+              "timeout",
+              "10",
               "busybox",
               "wget",
               "-q",
@@ -237,6 +237,10 @@ Deno.test({
       `meshd pods Ready: ${meshd.map((p) => `${p.metadata.name} on ${p.spec.nodeName}`)}`,
     );
 
+    // The SMI objects, once the chart has installed their CRDs.
+    await Deno.writeTextFile(`${c.dir}/access.yaml`, ACCESS);
+    const access = await c.kubectl("apply", "--server-side", "-f", `${c.dir}/access.yaml`);
+    assert.equal(access.code, 0, access.out);
     const client = app.find((p) => p.metadata.name === "client")!;
     const intruder = app.find((p) => p.metadata.name === "intruder")!;
 
