@@ -153,6 +153,8 @@ Deno.test({
       `--kubeconfig=${ws.kubeconfig}`,
       "--mesh-namespace=meshd-dev",
       "--identity=workstation",
+      // (Not the default /var/lib/meshd: this is the host.)
+      `--state-dir=${c.dir}/workstation-state`,
       "--datapath=userspace",
     ], { command: "ip", cwd: ROOT });
     try {
