@@ -660,10 +660,13 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
         await new Promise((r) => setTimeout(r, 100));
       }
       await proxy.drain();
-      while (proxy.inFlight > 0 && Date.now() < deadline) {
+      // TCP connections to end, and UDP requests to be answered (the answer leaves through
+      // this process's socket: gone with it, the client would never get it).
+      const busy = () => proxy.inFlight + proxy.udpAwaitingAnswer(UDP_ANSWER_WAIT_MS);
+      while (busy() > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 100));
       }
-      const open = proxy.inFlight;
+      const open = busy();
       (open > 0 || !successor ? log.warn : log.info).call(log, "drained", {
         successor,
         open,
@@ -997,6 +1000,12 @@ function waitUntil(cond: () => boolean, until: Promise<unknown>): Promise<void> 
 }
 
 /** The token this node proves itself with: the token file, else the kubeconfig's token. */
+/**
+ * How long a draining meshd waits for the answer to a UDP datagram it forwarded: a protocol
+ * that never answers (syslog, say) holds a drain no longer than this after its last datagram.
+ */
+const UDP_ANSWER_WAIT_MS = 5_000;
+
 async function nodeToken(file: string, kapi: KubeApi): Promise<string> {
   try {
     return (await Deno.readTextFile(file)).trim();

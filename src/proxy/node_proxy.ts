@@ -371,6 +371,17 @@ export class NodeProxy {
   }
 
   /**
+   * UDP flows whose client sent within the last `ms` milliseconds with no answer since. Once
+   * a successor holds the ports new datagrams go to it; an answer still due here leaves
+   * through this process's socket, so a draining meshd waits for these first.
+   */
+  udpAwaitingAnswer(ms: number): number {
+    let n = 0;
+    for (const l of this.#udp.values()) n += l.awaitingAnswer(ms);
+    return n;
+  }
+
+  /**
    * Stops accepting TCP connections (HTTP and TCP listeners close; no new listener is bound)
    * while the connections open now go on: HTTP ones end after their response in flight. UDP
    * sockets stay open, as replies of open flows leave through them; a successor bound on the

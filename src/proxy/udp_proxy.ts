@@ -134,6 +134,9 @@ interface Flow {
   endpoint: EndpointState;
   route: Route;
   lastActive: number;
+  /** When the client last sent, and when the endpoint last answered (0: never). */
+  lastSent: number;
+  lastAnswer: number;
   /** When the flow last moved to the back of the eviction order. */
   touched: number;
   done: Promise<void>;
@@ -183,6 +186,17 @@ export class UdpListener {
   /** Flows open now. */
   get flows(): number {
     return this.#flows.size;
+  }
+
+  /**
+   * Flows whose client sent within the last `ms` milliseconds and that have had no answer
+   * since: a request still waiting for its reply (or one that gets none, until `ms` passes).
+   */
+  awaitingAnswer(ms: number): number {
+    const since = Date.now() - ms;
+    let n = 0;
+    for (const f of this.#flows.values()) if (f.lastSent >= since && f.lastAnswer < f.lastSent) n++;
+    return n;
   }
 
   /** Stops receiving and closes every flow. */
@@ -238,6 +252,7 @@ export class UdpListener {
       }
       const now = Date.now();
       flow.lastActive = now;
+      flow.lastSent = now;
       if (now - flow.touched >= TOUCH_MS) {
         // Least recently active last to be evicted: a flood of new source ports evicts its own
         // flows first, not a flow that is in use.
@@ -334,6 +349,8 @@ export class UdpListener {
       endpoint,
       route: root,
       lastActive: now,
+      lastSent: now,
+      lastAnswer: 0,
       touched: now,
       done: Promise.resolve(),
     };
@@ -364,7 +381,7 @@ export class UdpListener {
       }
       // Only the endpoint may answer through this flow.
       if (from.port !== flow.endpoint.port || from.hostname !== flow.endpoint.address) continue;
-      flow.lastActive = Date.now();
+      flow.lastActive = flow.lastAnswer = Date.now();
       this.#opts.pool.success(flow.endpoint);
       flow.route.metrics.bytesOut.inc(data.length);
       try {

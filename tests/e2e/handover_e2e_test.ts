@@ -13,6 +13,7 @@ const ECHO = `${ROOT}examples/quickstart/echo.ts`;
 // Addresses of this test's own.
 const WEB_IP = "127.0.9.1";
 const ECHO_IP = "127.0.9.2";
+const UDP_IP = "127.0.9.3";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -267,6 +268,92 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
   } finally {
     stopLoad = true;
     await Promise.allSettled(loops);
+    await Promise.all(children.map((c) => c.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a draining meshd stays until the answer to a UDP datagram it forwarded has gone back", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-handover-udp-" });
+  const children: Child[] = [];
+  // The endpoint holds its answer until the test lets it go.
+  const backendPort = freePort(UDP_IP);
+  const backend = Deno.listenDatagram({ hostname: UDP_IP, port: backendPort, transport: "udp" });
+  let release: () => void = () => {};
+  const released = new Promise<void>((r) => release = r);
+  const serving = (async () => {
+    for (;;) {
+      const [data, from] = await backend.receive();
+      void released.then(() =>
+        backend.send(enc.encode(`answer to ${dec.decode(data)}`), from).catch(() => {})
+      );
+    }
+  })().catch(() => {});
+  const client = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/mesh.yaml`,
+      `apiVersion: v1
+kind: Service
+metadata: { name: dns, namespace: ho }
+spec: { ports: [{ name: dns, port: 53, protocol: UDP }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dns-1, namespace: ho, labels: { kubernetes.io/service-name: dns } }
+addressType: IPv4
+ports: [{ name: dns, port: ${backendPort}, protocol: UDP }]
+endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
+`,
+    );
+    const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
+    const args = (api: number, drain: string | null) => [
+      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain),
+      "--udp-ports",
+      `${ports.udp}-${ports.udp}`,
+    ];
+    const ready = (api: number) =>
+      waitFor(`meshd on API port ${api} to be ready`, async () => {
+        const r = await fetch(`http://127.0.0.1:${api}/readyz`);
+        await r.body?.cancel();
+        return r.status === 200 ? true : undefined;
+      }, 30_000);
+    const apiA = freePort();
+    const a = new Child("meshd-a", args(apiA, "30s"));
+    children.push(a);
+    await ready(apiA);
+    // The request reaches A (the only one bound), A forwards it, and the answer is held.
+    await client.send(enc.encode("query 1"), {
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: ports.udp,
+    });
+    const apiB = freePort();
+    const b = new Child("meshd-b", args(apiB, null));
+    children.push(b);
+    await ready(apiB);
+    const stopped = a.stop();
+    await waitFor(
+      "meshd A to see its successor",
+      () => a.lines.some((l) => l.includes("draining")) ? true : undefined,
+      10_000,
+    );
+    // Past the successor check; without the wait for answers A would be gone by now.
+    await new Promise((r) => setTimeout(r, 500));
+    release();
+    const answer = await Promise.race([
+      client.receive().then(([d]) => dec.decode(d)),
+      new Promise<string>((r) => setTimeout(() => r("no answer within 10 s"), 10_000)),
+    ]);
+    assert.equal(answer, "answer to query 1", a.lines.slice(-10).join("\n"));
+    const status = await stopped;
+    assert.equal(status.code, 0, a.lines.join("\n"));
+    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    assert.equal(drained?.open, 0, a.lines.join("\n"));
+  } finally {
+    client.close();
+    backend.close();
+    await serving;
     await Promise.all(children.map((c) => c.stop()));
     await Deno.remove(dir, { recursive: true });
   }
