@@ -14,6 +14,11 @@ export interface ReflectorOptions {
   /** Only objects whose fields match, such as `metadata.name=meshd`. */
   fieldSelector?: string;
   logger: Logger;
+  /**
+   * Trims each object before it is stored, after the generic {@linkcode stripForCache}: to the
+   * fields its readers use, for kinds whose objects are large and many (Pods).
+   */
+  transform?: (o: RawObject) => void;
   /** Called after every change to the store: a list, or a watch event. */
   onChange: (r: Reflector) => void;
   /** Server-side length of one watch; default 300 s. */
@@ -171,6 +176,7 @@ export class Reflector {
       cont = meta.continue ?? "";
       for (const item of (page["items"] ?? []) as RawObject[]) {
         stripForCache(item);
+        this.opts.transform?.(item);
         item["apiVersion"] ??= this.opts.apiVersion;
         item["kind"] ??= this.opts.kind;
         fresh.set(keyOf(item), item);
@@ -193,6 +199,7 @@ export class Reflector {
     }
     this.stats.events++;
     stripForCache(ev.object);
+    this.opts.transform?.(ev.object);
     ev.object["apiVersion"] ??= this.opts.apiVersion;
     ev.object["kind"] ??= this.opts.kind;
     const key = keyOf(ev.object);

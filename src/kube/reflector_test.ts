@@ -55,3 +55,34 @@ Deno.test("Reflector stores listed and watched objects without managedFields and
     assert.equal(meta["resourceVersion"], "7", key);
   }
 });
+
+Deno.test("Reflector applies its transform to listed and watched objects", async () => {
+  const api = {
+    request: () => Promise.resolve({ metadata: { resourceVersion: "7" }, items: [applied("a")] }),
+    watch: async (
+      _path: string,
+      _rv: string,
+      onEvent: (e: WatchEvent) => void,
+      { signal }: { signal: AbortSignal },
+    ) => {
+      onEvent({ type: "MODIFIED", object: applied("b") });
+      await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+    },
+  } as unknown as KubeApi;
+  const r = new Reflector({
+    api,
+    path: "/api/v1/services",
+    apiVersion: "v1",
+    kind: "Service",
+    logger: new Logger({ level: "error", write: () => {} }),
+    onChange: () => {},
+    transform: (o) => delete o["spec"],
+  });
+  r.start();
+  try {
+    await waitFor("both objects stored", () => r.items.size === 2 ? true : undefined);
+  } finally {
+    await r.stop();
+  }
+  for (const key of ["shop/a", "shop/b"]) assert.equal(r.items.get(key)?.["spec"], undefined, key);
+});
