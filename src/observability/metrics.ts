@@ -68,11 +68,12 @@ function labelText(names: readonly string[], values: LabelValues, extra = ""): s
 abstract class LabelledFamily<C> implements Family {
   abstract readonly type: "counter" | "gauge" | "histogram";
   /**
-   * Children by their label values joined with NUL. `labels` is the children's label pairs,
+   * Children by their label values joined with NUL (what `retain` splits again; a Service name
+   * holds no NUL). `labels` is the children's label pairs,
    * escaped, without braces: rendered once, not at every scrape (1,000 services make about 27,000
    * lines, and building each line's labels again took most of a scrape's garbage).
    */
-  readonly #children = new Map<string, { values: LabelValues; labels: string; child: C }>();
+  readonly #children = new Map<string, { labels: string; child: C }>();
 
   constructor(
     readonly name: string,
@@ -102,7 +103,6 @@ abstract class LabelledFamily<C> implements Family {
     let entry = this.#children.get(key);
     if (!entry) {
       entry = {
-        values: [...values],
         labels: this.labelNames.map((n, i) => `${n}="${escapeLabel(values[i]!)}"`).join(","),
         child: this.create(),
       };
@@ -118,7 +118,10 @@ abstract class LabelledFamily<C> implements Family {
 
   /** Drops every child whose label values fail `keep`. */
   retain(keep: (values: LabelValues) => boolean): void {
-    for (const [k, e] of this.#children) if (!keep(e.values)) this.#children.delete(k);
+    for (const k of this.#children.keys()) {
+      const values = this.labelNames.length === 0 ? [] : k.split("\u0000");
+      if (!keep(values)) this.#children.delete(k);
+    }
   }
 
   render(out: string[]): void {
