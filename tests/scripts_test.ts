@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
+import { FILE_MESHD_RUN, MESHD_PERMISSIONS, MESHD_V8_FLAGS } from "./testenv/meshd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -57,6 +58,27 @@ Deno.test("the image tag, the manifests, the chart and deno.json agree on the ve
   assert.equal(out, "dist/meshd");
   assert.match(docker, new RegExp(`^COPY ${out} /usr/local/bin/meshd$`, "m"));
   assert.match(await Deno.readTextFile(`${ROOT}.dockerignore`), new RegExp(`^!${out}$`, "m"));
+});
+
+Deno.test("every launch of meshd passes MESHD_V8_FLAGS", async () => {
+  // The compiled binary (and so the Dockerfile's image) gets them from the compile task.
+  const launches: [string, string][] = [
+    ["deno.json task meshd", denoJson.tasks.meshd],
+    ["deno.json task compile", denoJson.tasks.compile],
+    [
+      "tests/testenv/image/build.sh",
+      await Deno.readTextFile(`${ROOT}tests/testenv/image/build.sh`),
+    ],
+    ["scripts/quickstart", await Deno.readTextFile(`${ROOT}scripts/quickstart`)],
+  ];
+  for (const [where, text] of launches) {
+    const commands = text.replaceAll("\\\n", " ").split("\n")
+      .filter((l) => /deno (run|compile) .*main\.ts/.test(l) && !l.trim().startsWith("#"));
+    assert.ok(commands.length > 0, `${where} launches no meshd`);
+    for (const c of commands) assert.ok(c.includes(` ${MESHD_V8_FLAGS} `), `${where}: ${c}`);
+  }
+  assert.ok(FILE_MESHD_RUN.includes(MESHD_V8_FLAGS));
+  assert.ok(MESHD_PERMISSIONS.includes(MESHD_V8_FLAGS));
 });
 
 Deno.test("scripts/kind-up explains itself and stops with a plain message without its tools", async () => {

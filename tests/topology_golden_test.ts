@@ -7,7 +7,7 @@
  * its cause. A missing expected.json fails the case.
  */
 import assert from "node:assert/strict";
-import { ObjectLoader } from "../src/provider/mod.ts";
+import { decodeFiles, ObjectLoader } from "../src/provider/mod.ts";
 import {
   buildMeshConfig,
   buildTopology,
@@ -25,8 +25,10 @@ interface Golden {
   config: unknown;
 }
 
-function run(objectsYaml: string, options: CompileOptions): Golden {
-  const loaded = new ObjectLoader().load([{ path: "objects.yaml", text: objectsYaml }]);
+async function run(objectsYaml: string, options: CompileOptions): Promise<Golden> {
+  const loaded = new ObjectLoader().merge(
+    await decodeFiles([{ path: "objects.yaml", text: objectsYaml }]),
+  );
   const topology = buildTopology(loaded.objects, {
     ...options,
     unreadable: unreadableObjects(loaded.errors),
@@ -63,7 +65,7 @@ for (const name of cases) {
     const yaml = await Deno.readTextFile(new URL("objects.yaml", dir));
     const optionsText = await readOptional(new URL("options.json", dir));
     const options: CompileOptions = optionsText ? JSON.parse(optionsText) : {};
-    const actual = run(yaml, options);
+    const actual = await run(yaml, options);
     // Round-trip through JSON, as the file holds it: `undefined` fields disappear.
     const actualJson = JSON.stringify(actual, null, 2) + "\n";
     const expectedUrl = new URL("expected.json", dir);
@@ -78,6 +80,6 @@ for (const name of cases) {
     );
     assert.deepEqual(JSON.parse(actualJson), JSON.parse(expected));
     // The same input always gives the same output, byte for byte.
-    assert.equal(JSON.stringify(run(yaml, options), null, 2) + "\n", actualJson);
+    assert.equal(JSON.stringify(await run(yaml, options), null, 2) + "\n", actualJson);
   });
 }

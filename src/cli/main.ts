@@ -8,7 +8,7 @@ import {
   type Registry,
   serveApi,
 } from "../observability/mod.ts";
-import { FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
+import { decodeFiles, FileProvider, ObjectLoader, readConfigFiles } from "../provider/mod.ts";
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
 import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
@@ -347,7 +347,7 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
   } catch (e) {
     throw new CliError(`Cannot read config directory "${dir}": ${(e as Error).message}`);
   }
-  const result = new ObjectLoader().load(files, limits);
+  const result = new ObjectLoader().merge(await decodeFiles(files, limits));
   // `run` skips a FIFO or device named *.yaml with a warning; a check of the files says no.
   for (const f of files) {
     if (f.skipped !== undefined) {

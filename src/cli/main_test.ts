@@ -185,3 +185,38 @@ current-context: x
     assert.match(selector.err, /--meshd-selector: "app" is not KEY=VALUE/);
   });
 });
+
+Deno.test("main.ts loads the YAML, Kubernetes and gRPC libraries only on demand", async () => {
+  // The serving thread of a file-mode meshd never parses (its reading thread does), and a
+  // library imported statically costs every process its memory: about 6 MB for YAML.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", new URL("../../main.ts", import.meta.url).pathname],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    roots: string[];
+    modules: {
+      specifier: string;
+      dependencies?: { code?: { specifier: string }; isDynamic?: boolean }[];
+    }[];
+  };
+  const byName = new Map(info.modules.map((m) => [m.specifier, m]));
+  const seen = new Set<string>();
+  const todo = [...info.roots];
+  while (todo.length > 0) {
+    const s = todo.pop()!;
+    if (seen.has(s)) continue;
+    seen.add(s);
+    for (const d of byName.get(s)?.dependencies ?? []) {
+      if (d.code && !d.isDynamic) todo.push(d.code.specifier);
+    }
+  }
+  // npm packages are leaves here, named `npm:yaml@2.9.1` (or `npm:/yaml@2.9.1`).
+  const npm = [...seen].filter((s) => s.startsWith("npm:")).map((s) => s.replace(/^npm:\/?/, ""));
+  assert.ok(seen.size > 50, `only ${seen.size} modules found: the graph was not walked`);
+  for (const lib of ["yaml", "@kubernetes/client-node", "@grpc/grpc-js"]) {
+    assert.ok(!npm.some((s) => s.startsWith(`${lib}@`)), `${lib} in ${npm.join(", ")}`);
+  }
+});

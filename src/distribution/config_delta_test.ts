@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ObjectLoader } from "../provider/mod.ts";
+import { decodeFiles, ObjectLoader } from "../provider/mod.ts";
 import { compileMeshConfig, type CompileOptions, type MeshConfig } from "../topology/mod.ts";
 import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
 import { applyDelta, DeltaError, diffConfigs, isEmptyDelta } from "./config_delta.ts";
@@ -7,7 +7,7 @@ import { applyDelta, DeltaError, diffConfigs, isEmptyDelta } from "./config_delt
 const FIXTURES = new URL("../../tests/fixtures/topology/", import.meta.url);
 
 /** What the real builder makes of each golden fixture. */
-function fixtureConfigs(): { name: string; config: MeshConfig }[] {
+async function fixtureConfigs(): Promise<{ name: string; config: MeshConfig }[]> {
   const out = [];
   for (const e of [...Deno.readDirSync(FIXTURES)].sort((a, b) => a.name.localeCompare(b.name))) {
     const dir = new URL(`${e.name}/`, FIXTURES);
@@ -16,14 +16,16 @@ function fixtureConfigs(): { name: string; config: MeshConfig }[] {
     try {
       options = JSON.parse(Deno.readTextFileSync(new URL("options.json", dir)));
     } catch { /* defaults */ }
-    const loaded = new ObjectLoader().load([{ path: "objects.yaml", text: yaml }]);
+    const loaded = new ObjectLoader().merge(
+      await decodeFiles([{ path: "objects.yaml", text: yaml }]),
+    );
     out.push({ name: e.name, config: compileMeshConfig(loaded.objects, options).config });
   }
   return out;
 }
 
-Deno.test("applyDelta(a, diffConfigs(a, b)) is b for every pair of golden configs", () => {
-  const configs = fixtureConfigs();
+Deno.test("applyDelta(a, diffConfigs(a, b)) is b for every pair of golden configs", async () => {
+  const configs = await fixtureConfigs();
   assert.ok(configs.length >= 20);
   let pairs = 0;
   for (const a of configs) {

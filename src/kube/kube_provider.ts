@@ -29,6 +29,24 @@ export const COLLECTIONS: readonly Collection[] = [
   { kind: "TrafficSplit", plural: "trafficsplits", smi: true },
 ].map((c) => ({ ...c, apiVersion: SUPPORTED_KINDS[c.kind]! }));
 
+/**
+ * Keeps of a Pod what `decodeObject` reads (metadata, `spec.serviceAccountName`,
+ * `spec.nodeName`, `status.podIP`, `status.phase`): a Pod's containers, volumes and statuses are
+ * most of its size, and a cluster has many Pods. When `decodePod` reads more, keep it here too
+ * (the test "slimPod() keeps every field decodeObject reads of a Pod" checks a full Pod).
+ */
+export function slimPod(o: RawObject): void {
+  const pick = (from: unknown, keys: string[]): Record<string, unknown> | unknown => {
+    if (typeof from !== "object" || from === null || Array.isArray(from)) return from;
+    const src = from as Record<string, unknown>;
+    const out: Record<string, unknown> = {};
+    for (const k of keys) if (k in src) out[k] = src[k];
+    return out;
+  };
+  if ("spec" in o) o["spec"] = pick(o["spec"], ["serviceAccountName", "nodeName"]);
+  if ("status" in o) o["status"] = pick(o["status"], ["podIP", "phase"]);
+}
+
 /** The API path of a collection, cluster-wide or in one namespace. */
 export function collectionPath(c: Collection, namespace?: string): string {
   const base = c.apiVersion.includes("/") ? `/apis/${c.apiVersion}` : `/api/${c.apiVersion}`;
@@ -170,6 +188,7 @@ export class KubeProvider {
           fieldSelector,
           logger: log,
           onChange: () => this.#schedule(),
+          ...(c.kind === "Pod" ? { transform: slimPod } : {}),
           watchTimeoutSeconds: this.#opts.watchTimeoutSeconds,
         });
         this.#reflectors.push(r);

@@ -14,6 +14,11 @@ export interface ReflectorOptions {
   /** Only objects whose fields match, such as `metadata.name=meshd`. */
   fieldSelector?: string;
   logger: Logger;
+  /**
+   * Trims each object before it is stored, after the generic {@linkcode stripForCache}: to the
+   * fields its readers use, for kinds whose objects are large and many (Pods).
+   */
+  transform?: (o: RawObject) => void;
   /** Called after every change to the store: a list, or a watch event. */
   onChange: (r: Reflector) => void;
   /** Server-side length of one watch; default 300 s. */
@@ -170,6 +175,8 @@ export class Reflector {
       rv = meta.resourceVersion ?? rv;
       cont = meta.continue ?? "";
       for (const item of (page["items"] ?? []) as RawObject[]) {
+        stripForCache(item);
+        this.opts.transform?.(item);
         item["apiVersion"] ??= this.opts.apiVersion;
         item["kind"] ??= this.opts.kind;
         fresh.set(keyOf(item), item);
@@ -191,12 +198,35 @@ export class Reflector {
       return;
     }
     this.stats.events++;
+    stripForCache(ev.object);
+    this.opts.transform?.(ev.object);
     ev.object["apiVersion"] ??= this.opts.apiVersion;
     ev.object["kind"] ??= this.opts.kind;
     const key = keyOf(ev.object);
     if (ev.type === "DELETED") this.items.delete(key);
     else this.items.set(key, ev.object);
     this.opts.onChange(this);
+  }
+}
+
+/** The annotation `kubectl apply` writes: the whole object again, as JSON. */
+export const LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration";
+
+/**
+ * Drops what no reader of the store uses and what can be most of an object's size: the
+ * server-side apply bookkeeping (`metadata.managedFields`) and `kubectl apply`'s copy of the
+ * object. As client-go's informers do with a transform, so a store of thousands of objects
+ * holds what meshd reads, not every field manager's history. A PUT of a stored object leaves
+ * the server's managedFields as they are.
+ */
+export function stripForCache(o: RawObject): void {
+  const m = o["metadata"];
+  if (typeof m !== "object" || m === null) return;
+  const meta = m as Record<string, unknown>;
+  delete meta["managedFields"];
+  const a = meta["annotations"];
+  if (typeof a === "object" && a !== null && LAST_APPLIED_ANNOTATION in a) {
+    delete (a as Record<string, unknown>)[LAST_APPLIED_ANNOTATION];
   }
 }
 

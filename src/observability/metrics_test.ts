@@ -65,3 +65,17 @@ Deno.test("Counter.retain() drops the children of services that are gone", () =>
   assert.doesNotMatch(r.render(), /service="a"/);
   assert.match(r.render(), /service="b"} 1/);
 });
+
+Deno.test("retain() hands each child's label values back as they were given", () => {
+  const r = new Registry();
+  const c = r.counter("meshd_x_total", "x", ["service", "code"]);
+  const none = r.gauge("meshd_y", "y");
+  c.with("shop/a:80", "2xx").inc();
+  c.with("", 'we"ird\n').inc();
+  none.with().set(1);
+  const seen: string[][] = [];
+  c.retain((v) => (seen.push([...v]), true));
+  none.retain((v) => (seen.push([...v]), true));
+  assert.deepEqual(seen.sort(), [[], ["", 'we"ird\n'], ["shop/a:80", "2xx"]].sort());
+  assert.match(r.render(), /meshd_x_total\{service="",code="we\\"ird\\n"\} 1/);
+});

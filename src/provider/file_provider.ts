@@ -6,7 +6,7 @@ import {
   type LoadResult,
   ObjectLoader,
 } from "./object_loader.ts";
-import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./parse_file.ts";
+import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./config_limits.ts";
 import type { ParseReply, ParseRequest } from "./parse_worker.ts";
 
 /** Options for {@linkcode FileProvider}. */

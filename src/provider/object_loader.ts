@@ -1,19 +1,12 @@
 import {
-  abbreviate,
   ConfigError,
-  decodeObject,
   type DecodeResult,
   describeSource,
   type MeshObject,
   objectKey,
   type SourceRef,
 } from "../topology/mod.ts";
-import {
-  type ConfigLimits,
-  DEFAULT_CONFIG_LIMITS,
-  parseFile,
-  type SourceFile,
-} from "./parse_file.ts";
+import { type ConfigLimits, DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
 
 export type { SourceFile };
 
@@ -50,56 +43,15 @@ export interface DecodedFile {
 }
 
 /**
- * Parses and decodes one file. Never throws: anything that goes wrong is an error naming the
- * file.
+ * Parses and decodes files on this thread. The YAML library is loaded on the first call, so a
+ * process that only merges files decoded by the reading thread never loads it.
  */
-export function decodeFile(
-  file: SourceFile & { skipped?: string },
+export async function decodeFiles(
+  files: readonly (SourceFile & { skipped?: string })[],
   limits: ConfigLimits = DEFAULT_CONFIG_LIMITS,
-): DecodedFile {
-  if (file.skipped !== undefined) {
-    return { path: file.path, fileErrors: [], results: [], skipped: file.skipped };
-  }
-  const parsed = parseFile(file, limits);
-  if (parsed.error) return { path: file.path, fileErrors: [parsed.error], results: [] };
-  const fileErrors: ConfigError[] = [];
-  const results: DecodedFile["results"] = [];
-  for (const { raw, source } of parsed.docs) {
-    let r: DecodeResult;
-    try {
-      r = decodeObject(raw, source);
-    } catch (e) {
-      // A bug in a decoder, or a stack overflow: this object's error, never the load's.
-      r = {
-        status: "invalid",
-        error: new ConfigError(
-          `Cannot read object in ${describeSource(source)}: ${
-            abbreviate(e instanceof Error ? e.message : String(e), 200)
-          }`,
-          { source, cause: e },
-        ),
-      };
-    }
-    // An object whose kind, API version or name cannot be read is not an object to drop: it
-    // is the file gone wrong (cut short, a scalar, a list of scalars), so the file keeps the
-    // objects it last had.
-    if (r.status === "invalid" && r.key === undefined) fileErrors.push(r.error);
-    results.push({ ...r, source });
-  }
-  // One line for a broken file, however many documents it breaks in.
-  const first = fileErrors[0];
-  if (first && fileErrors.length > 1) {
-    fileErrors.splice(
-      0,
-      fileErrors.length,
-      new ConfigError(`${first.message} (and ${fileErrors.length - 1} more like it)`, {
-        source: first.source,
-        field: first.field,
-        cause: first,
-      }),
-    );
-  }
-  return { path: file.path, fileErrors, results };
+): Promise<DecodedFile[]> {
+  const { decodeFile } = await import("./decode_file.ts");
+  return files.map((f) => decodeFile(f, limits));
 }
 
 /** A {@linkcode ConfigError} as plain data, to cross to another thread. */
@@ -167,19 +119,17 @@ export function decodeDecodedFile(data: unknown): DecodedFile {
  * @example
  * ```ts
  * const loader = new ObjectLoader();
- * const { objects, errors } = loader.load([{ path: "svc.yaml", text }]);
+ * const { objects, errors } = loader.merge(await decodeFiles([{ path: "svc.yaml", text }]));
  * ```
  */
 export class ObjectLoader {
   #goodFiles = new Map<string, MeshObject[]>();
   #goodObjects = new Map<string, MeshObject>();
 
-  /** Loads a complete set of files; files absent from `files` are gone. */
-  load(files: readonly SourceFile[], limits: ConfigLimits = DEFAULT_CONFIG_LIMITS): LoadResult {
-    return this.merge(files.map((f) => decodeFile(f, limits)));
-  }
-
-  /** Like {@linkcode ObjectLoader.load}, from files decoded already (by another thread). */
+  /**
+   * Merges a complete set of decoded files (see {@linkcode decodeFiles}, or the reading thread
+   * of `FileProvider`); files absent from `files` are gone.
+   */
   merge(files: readonly DecodedFile[]): LoadResult {
     const errors: ConfigError[] = [];
     const warnings: string[] = [];

@@ -1,16 +1,22 @@
 import assert from "node:assert/strict";
-import { decodeDecodedFile, decodeFile, encodeDecodedFile, ObjectLoader } from "./object_loader.ts";
+import type { ConfigLimits, SourceFile } from "./config_limits.ts";
+import { decodeFile } from "./decode_file.ts";
+import { decodeDecodedFile, encodeDecodedFile, ObjectLoader } from "./object_loader.ts";
 import { readConfigFiles } from "./read_config_files.ts";
+
+/** Decodes `files` here and merges them, as `FileProvider` does with its thread's answer. */
+const load = (loader: ObjectLoader, files: SourceFile[], limits?: ConfigLimits) =>
+  loader.merge(files.map((f) => decodeFile(f, limits)));
 
 const svc = (name: string, port: number | string) =>
   `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default }\nspec: { ports: [{ port: ${port} }] }\n`;
 
-const names = (r: ReturnType<ObjectLoader["load"]>) =>
+const names = (r: ReturnType<ObjectLoader["merge"]>) =>
   r.objects.map((o) => `${o.kind}/${o.meta.name}`).sort();
 
 Deno.test("ObjectLoader reads multi-document YAML, List items and JSON", () => {
   const loader = new ObjectLoader();
-  const r = loader.load([
+  const r = load(loader, [
     { path: "a.yaml", text: `${svc("a", 80)}---\n---\n${svc("b", 81)}` },
     {
       path: "list.yml",
@@ -38,8 +44,8 @@ Deno.test("ObjectLoader reads multi-document YAML, List items and JSON", () => {
 
 Deno.test("ObjectLoader keeps a file's last good objects while it does not parse", () => {
   const loader = new ObjectLoader();
-  loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
-  const broken = loader.load([
+  load(loader, [{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
+  const broken = load(loader, [
     { path: "a.yaml", text: "kind: [unclosed" },
     { path: "b.yaml", text: svc("b", 81) },
   ]);
@@ -51,14 +57,17 @@ Deno.test("ObjectLoader keeps a file's last good objects while it does not parse
   assert.deepEqual(names(broken), ["Service/a", "Service/b"]);
   assert.match(broken.warnings.join("\n"), /Keeping the 1 object\(s\) last read from "a\.yaml"/);
   // A broken JSON file too.
-  const json = loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.json", text: "{" }]);
+  const json = load(loader, [{ path: "a.yaml", text: svc("a", 80) }, {
+    path: "b.json",
+    text: "{",
+  }]);
   assert.match(json.errors[0]!.message, /^Cannot parse file "b\.json" as JSON/);
 });
 
 Deno.test("ObjectLoader keeps an object's last good version while it is invalid", () => {
   const loader = new ObjectLoader();
-  loader.load([{ path: "a.yaml", text: `${svc("a", 80)}---\n${svc("b", 80)}` }]);
-  const r = loader.load([{ path: "a.yaml", text: `${svc("a", "eighty")}---\n${svc("b", 81)}` }]);
+  load(loader, [{ path: "a.yaml", text: `${svc("a", 80)}---\n${svc("b", 80)}` }]);
+  const r = load(loader, [{ path: "a.yaml", text: `${svc("a", "eighty")}---\n${svc("b", 81)}` }]);
   assert.equal(r.errors.length, 1);
   assert.match(
     r.errors[0]!.message,
@@ -70,14 +79,14 @@ Deno.test("ObjectLoader keeps an object's last good version while it is invalid"
   const b = r.objects.find((o) => o.meta.name === "b");
   assert.ok(b && b.kind === "Service" && b.ports[0]!.port === 81, "the good change applies");
   // A new object that was never good has nothing to keep.
-  const fresh = new ObjectLoader().load([{ path: "x.yaml", text: svc("x", "bad") }]);
+  const fresh = load(new ObjectLoader(), [{ path: "x.yaml", text: svc("x", "bad") }]);
   assert.deepEqual(fresh.objects, []);
 });
 
 Deno.test("ObjectLoader drops the objects of a deleted file and warns about skipped kinds", () => {
   const loader = new ObjectLoader();
-  loader.load([{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
-  const r = loader.load([{
+  load(loader, [{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);
+  const r = load(loader, [{
     path: "b.yaml",
     text: `${svc("b", 80)}---\napiVersion: example.com/v1\nkind: Widget\nmetadata: { name: s }\n`,
   }]);
@@ -96,7 +105,7 @@ Deno.test("ObjectLoader skips the kinds of a normal manifest quietly, ServiceAcc
     // The kind of another group's name is not the manifest kind: it still warns.
     "apiVersion: example.com/v1\nkind: Deployment\nmetadata: { name: d }",
   ];
-  const r = new ObjectLoader().load([{
+  const r = load(new ObjectLoader(), [{
     path: "a.yaml",
     text: [svc("a", 80), ...other].join("\n---\n"),
   }]);
@@ -162,8 +171,8 @@ Deno.test("ObjectLoader keeps a file's last good objects when a document is not 
   ];
   for (const [name, text, re] of cases) {
     const loader = new ObjectLoader();
-    loader.load([{ path: "a.yaml", text: svc("a", 80) }]);
-    const r = loader.load([{ path: "a.yaml", text }]);
+    load(loader, [{ path: "a.yaml", text: svc("a", 80) }]);
+    const r = load(loader, [{ path: "a.yaml", text }]);
     assert.equal(r.errors.length, 1, `${name}: ${r.errors.map((e) => e.message).join("; ")}`);
     assert.match(r.errors[0]!.message, re, name);
     assert.match(r.errors[0]!.message, /"a\.yaml"/, name);
@@ -185,13 +194,13 @@ Deno.test("ObjectLoader turns limits and unreadable files into errors naming the
   ];
   for (const [name, text, re] of cases) {
     const loader = new ObjectLoader();
-    loader.load([{ path: "a.yaml", text: svc("a", 80) }], limits);
-    const r = loader.load([{ path: "a.yaml", text }], limits);
+    load(loader, [{ path: "a.yaml", text: svc("a", 80) }], limits);
+    const r = load(loader, [{ path: "a.yaml", text }], limits);
     assert.equal(r.errors.length, 1, name);
     assert.match(r.errors[0]!.message, /^Cannot (parse|read) file "a\.yaml"/, name);
     assert.match(r.errors[0]!.message, re, name);
     assert.deepEqual(names(r), ["Service/a"], name);
   }
-  const unreadable = new ObjectLoader().load([{ path: "b.yaml", text: "", error: "boom" }]);
+  const unreadable = load(new ObjectLoader(), [{ path: "b.yaml", text: "", error: "boom" }]);
   assert.equal(unreadable.errors[0]!.message, 'Cannot read file "b.yaml": boom');
 });

@@ -5,8 +5,9 @@
  *
  * @module
  */
-import { decodeFile, encodeDecodedFile } from "./object_loader.ts";
-import type { ConfigLimits } from "./parse_file.ts";
+import type { ConfigLimits } from "./config_limits.ts";
+import { decodeFile } from "./decode_file.ts";
+import { encodeDecodedFile } from "./object_loader.ts";
 import { readConfigFiles } from "./read_config_files.ts";
 
 /** What the provider asks: one complete read of `dir`. */

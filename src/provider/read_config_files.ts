@@ -1,4 +1,4 @@
-import { DEFAULT_CONFIG_LIMITS, type SourceFile } from "./parse_file.ts";
+import { DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
 
 const EXTENSIONS = [".yaml", ".yml", ".json"];
 

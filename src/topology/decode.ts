@@ -395,6 +395,8 @@ function decodeEndpointSlice(raw: Obj, meta: ObjectMeta): EndpointSlice {
   };
 }
 
+// The kube provider stores Pods trimmed to these fields (`slimPod` in src/kube/kube_provider.ts):
+// a field read here must be kept there.
 function decodePod(raw: Obj, meta: ObjectMeta): Pod {
   const spec = optMap(raw, "spec", "") ?? {};
   const status = optMap(raw, "status", "") ?? {};
