@@ -249,11 +249,14 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         return false;
       }
     })();
-    const queuedResets = migrates
-      ? 0
-      : newConns.failed.filter((f) => f.startsWith("ConnectionReset")).length;
-    newConns.failed = newConns.failed.filter((f) => migrates || !f.startsWith("ConnectionReset"));
-    assert.ok(queuedResets <= 3, `newConns: ${queuedResets} resets at the switch`);
+    // (The same holds for the TCP service's listener: a new connection each time too.)
+    let queuedResets = 0;
+    for (const l of [newConns, tcpConns]) {
+      if (migrates) continue;
+      queuedResets += l.failed.filter((f) => f.startsWith("ConnectionReset")).length;
+      l.failed = l.failed.filter((f) => !f.startsWith("ConnectionReset"));
+    }
+    assert.ok(queuedResets <= 3, `${queuedResets} new connections reset at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
     for (const [name, l] of Object.entries(figures)) {
       assert.deepEqual(l.failed, [], `${name}: ${l.failed.length} of ${l.sent} failed`);
