@@ -40,6 +40,15 @@ async function readResponse(conn: Deno.Conn): Promise<{ status: number; close: b
   }
 }
 
+/** Resolves once the meshd whose API is on `api` says it is ready. */
+function ready(api: number): Promise<true> {
+  return waitFor(`meshd on API port ${api} to be ready`, async () => {
+    const r = await fetch(`http://127.0.0.1:${api}/readyz`);
+    await r.body?.cancel();
+    return r.status === 200 ? true as const : undefined;
+  }, 30_000);
+}
+
 interface Load {
   sent: number;
   failed: string[];
@@ -135,12 +144,6 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcp = freePort();
     const apiA = freePort();
     const apiB = freePort();
-    const ready = (api: number) =>
-      waitFor(`meshd on API port ${api} to be ready`, async () => {
-        const r = await fetch(`http://127.0.0.1:${api}/readyz`);
-        await r.body?.cancel();
-        return r.status === 200 ? true : undefined;
-      }, 30_000);
     const a = new Child("meshd-a", meshdArgs(dir, { http, api: apiA, tcp }));
     children.push(a);
     await ready(apiA);
@@ -315,12 +318,6 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
       "--udp-ports",
       `${ports.udp}-${ports.udp}`,
     ];
-    const ready = (api: number) =>
-      waitFor(`meshd on API port ${api} to be ready`, async () => {
-        const r = await fetch(`http://127.0.0.1:${api}/readyz`);
-        await r.body?.cancel();
-        return r.status === 200 ? true : undefined;
-      }, 30_000);
     const apiA = freePort();
     const a = new Child("meshd-a", args(apiA, "30s"));
     children.push(a);

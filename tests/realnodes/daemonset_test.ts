@@ -23,6 +23,7 @@ import {
   pods,
   podsReady,
   ROOT,
+  wget,
   withRealNodes,
 } from "./_setup.ts";
 
@@ -211,15 +212,7 @@ async function tcpUdpSplit(c: TestCluster, app: Pod[], nodes: RealNode[]): Promi
         async () => {
           const answers: string[] = [];
           for (let i = 0; i < 6; i++) {
-            const r = await execIn(c, client, [
-              "timeout",
-              "10",
-              "busybox",
-              "wget",
-              "-q",
-              "-O-",
-              `http://web.${APP_NS}.mesh/`,
-            ]);
+            const r = await wget(c, APP_NS, client, `http://web.${APP_NS}.mesh/`);
             if (r.code !== 0) return undefined;
             answers.push(r.out.trim().split(" ")[0]!);
           }
@@ -324,8 +317,7 @@ async function checkMeshdPods(
     console.log(`${p.metadata.name} init container: ${init.out.trim() || "(nothing to do)"}`);
 
     const client = app.find((a) => a.metadata.name === `client-${n.index}`)!;
-    const get = (url: string) =>
-      execIn(c, client, ["timeout", "10", "busybox", "wget", "-q", "-O-", url]);
+    const get = (url: string) => wget(c, APP_NS, client, url);
     const ready = await get(`http://${n.ip}:9001/readyz`);
     assert.equal(ready.code, 0, `readyz from ${client.metadata.name}: ${ready.out}`);
     const metrics = await get(`http://${n.ip}:9002/metrics`);
@@ -489,18 +481,7 @@ Deno.test({
       const body = await waitFor(
         `a mesh call from ${client.metadata.name} to ${url}`,
         async () => {
-          const r = await execIn(c, client, [
-            // (busybox 1.35's wget crashes with -T: the time limit is timeout's.)
-            "timeout",
-            "10",
-            "busybox",
-            "wget",
-            "-q",
-            "-O-",
-            "--header",
-            `Host: whoami.${APP_NS}.mesh`,
-            url,
-          ]);
+          const r = await wget(c, APP_NS, client, url, `Host: whoami.${APP_NS}.mesh`);
           if (r.code !== 0) throw new Error(`wget exited ${r.code}: ${r.out.trim()}`);
           return r.out;
         },
@@ -577,15 +558,7 @@ Deno.test({
       const body = await waitFor(
         `a mesh call by name from ${client.metadata.name}`,
         async () => {
-          const r = await execIn(c, client, [
-            "timeout",
-            "10",
-            "busybox",
-            "wget",
-            "-q",
-            "-O-",
-            url,
-          ]);
+          const r = await wget(c, APP_NS, client, url);
           if (r.code !== 0) throw new Error(`wget exited ${r.code}: ${r.out.trim()}`);
           return r.out;
         },

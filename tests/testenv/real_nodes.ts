@@ -339,6 +339,27 @@ export class RealNodes {
     await sh("ip", ["-n", name, "link", "set", "lo", "up"]);
   }
 
+  /** A veth from the fabric's bridge (`port` there) to `eth0` in `netns`, holding `ip`/24. */
+  async #joinFabric(port: string, netns: string, ip: string): Promise<void> {
+    await sh("ip", [
+      "-n",
+      this.fabric,
+      "link",
+      "add",
+      port,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      netns,
+    ]);
+    await sh("ip", ["-n", this.fabric, "link", "set", port, "master", "br0", "up"]);
+    await sh("ip", ["-n", netns, "addr", "add", `${ip}/24`, "dev", "eth0"]);
+    await sh("ip", ["-n", netns, "link", "set", "eth0", "up"]);
+  }
+
   async #setUp(count: number, images: Map<string, string>): Promise<void> {
     const c = this.cluster;
     // The kubelets' group may do what the Node authorizer would let them: system:node.
@@ -430,23 +451,7 @@ export class RealNodes {
     const dir = `${c.dir}/node-${i}`;
     await Deno.mkdir(`${dir}/cni/net.d`, { recursive: true });
     await this.#netns(netns);
-    await sh("ip", [
-      "-n",
-      this.fabric,
-      "link",
-      "add",
-      `n${i}`,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      netns,
-    ]);
-    await sh("ip", ["-n", this.fabric, "link", "set", `n${i}`, "master", "br0", "up"]);
-    await sh("ip", ["-n", netns, "addr", "add", `${nodeIp}/24`, "dev", "eth0"]);
-    await sh("ip", ["-n", netns, "link", "set", "eth0", "up"]);
+    await this.#joinFabric(`n${i}`, netns, nodeIp);
     await sh("ip", ["-n", netns, "addr", "add", `${API_VIP}/32`, "dev", "lo"]);
     // ClusterIPs from the node itself (hostNetwork Pods such as meshd, which reach the API
     // server at the `kubernetes` Service): connect() needs a route before kube-proxy's output
@@ -594,23 +599,7 @@ export class RealNodes {
     const netns = `${this.base}-w`;
     const ip = "192.0.2.100";
     await this.#netns(netns);
-    await sh("ip", [
-      "-n",
-      this.fabric,
-      "link",
-      "add",
-      "w0",
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      netns,
-    ]);
-    await sh("ip", ["-n", this.fabric, "link", "set", "w0", "master", "br0", "up"]);
-    await sh("ip", ["-n", netns, "addr", "add", `${ip}/24`, "dev", "eth0"]);
-    await sh("ip", ["-n", netns, "link", "set", "eth0", "up"]);
+    await this.#joinFabric("w0", netns, ip);
     for (const n of this.nodes) {
       await sh("ip", ["-n", netns, "route", "add", n.podCidr, "via", n.ip]);
     }
