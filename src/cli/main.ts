@@ -999,13 +999,13 @@ function waitUntil(cond: () => boolean, until: Promise<unknown>): Promise<void> 
   });
 }
 
-/** The token this node proves itself with: the token file, else the kubeconfig's token. */
 /**
  * How long a draining meshd waits for the answer to a UDP datagram it forwarded: a protocol
  * that never answers (syslog, say) holds a drain no longer than this after its last datagram.
  */
 const UDP_ANSWER_WAIT_MS = 5_000;
 
+/** The token this node proves itself with: the token file, else the kubeconfig's token. */
 async function nodeToken(file: string, kapi: KubeApi): Promise<string> {
   try {
     return (await Deno.readTextFile(file)).trim();
