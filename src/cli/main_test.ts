@@ -186,7 +186,7 @@ current-context: x
   });
 });
 
-Deno.test("main.ts loads the YAML, Kubernetes and gRPC libraries only on demand", async () => {
+Deno.test("main.ts loads the YAML, Kubernetes, gRPC and HTTP/2 libraries only on demand", async () => {
   // The serving thread of a file-mode meshd never parses (its reading thread does), and a
   // library imported statically costs every process its memory: about 6 MB for YAML.
   const out = await new Deno.Command(Deno.execPath(), {
@@ -219,4 +219,7 @@ Deno.test("main.ts loads the YAML, Kubernetes and gRPC libraries only on demand"
   for (const lib of ["yaml", "@kubernetes/client-node", "@grpc/grpc-js"]) {
     assert.ok(!npm.some((s) => s.startsWith(`${lib}@`)), `${lib} in ${npm.join(", ")}`);
   }
+  // node:http2 (about 11 MiB resident) only once an h2c client or service needs it.
+  const h2 = [...seen].filter((s) => s === "node:http2" || s.endsWith("/src/proxy/h2_proxy.ts"));
+  assert.deepEqual(h2, [], "HTTP/2 is loaded with main.ts");
 });

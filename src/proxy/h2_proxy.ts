@@ -57,9 +57,6 @@ export interface H2ProxyOptions {
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
 const FAIL_LOG = new LogThrottle();
 
-/** The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 §3.4). */
-export const H2_PREFACE_HEAD = "PRI * HTTP/2.0\r\n\r\n";
-
 // Connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2); `te` is kept when it is
 // "trailers", which gRPC sends.
 const H2_DROP = new Set([

@@ -15,6 +15,12 @@ export interface Writer {
 /** Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5). */
 const latin1 = new TextDecoder("latin1");
 
+/**
+ * The head of the client preface that opens an HTTP/2 connection with prior knowledge (RFC
+ * 9113 §3.4), as the HTTP/1 reader returns it.
+ */
+export const H2_PREFACE_HEAD = "PRI * HTTP/2.0\r\n\r\n";
+
 /** Encodes a string whose characters are all below U+0100 as ISO-8859-1. */
 export function encodeLatin1(s: string): Uint8Array {
   const out = new Uint8Array(s.length);

@@ -13,6 +13,7 @@ import {
   encodeLatin1,
   encodeLatin1Into,
   getHeader,
+  H2_PREFACE_HEAD,
   headerTokens,
   HttpParseError,
   type MessageHead,
@@ -24,7 +25,9 @@ import {
   type Writer,
 } from "./http1.ts";
 import { checkRequest } from "./http1_validate.ts";
-import { H2_PREFACE_HEAD, H2Proxy } from "./h2_proxy.ts";
+// HTTP/2 (node:http2, some 11 MiB resident) loads on first use: an h2c client's preface or
+// a service whose scheme is h2c. Only the type is imported here.
+import type { H2Proxy } from "./h2_proxy.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
@@ -172,7 +175,9 @@ export class HttpProxy {
   readonly #idleClients = new Map<Deno.Conn, number>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
-  readonly #h2: H2Proxy;
+  /** The HTTP/2 side, once something needed it. */
+  #h2: Promise<H2Proxy> | null = null;
+  #h2Loaded: H2Proxy | null = null;
   readonly #drop: CountDrop;
   readonly #budgets: RetryBudgets;
   /** The watch on each client connection (see {@linkcode ClientSource}). */
@@ -187,18 +192,6 @@ export class HttpProxy {
     this.#opts = options;
     this.#drop = options.drop ?? (() => {});
     this.#budgets = options.budgets ?? new RetryBudgets();
-    this.#h2 = new H2Proxy({
-      routes: options.routes,
-      pool: options.pool,
-      logger: options.logger,
-      connectTimeoutMs: options.connectTimeoutMs,
-      responseTimeoutMs: options.responseTimeoutMs,
-      drop: this.#drop,
-      budgets: this.#budgets,
-      notOwn: (target, candidates) => this.#notOwn(target, candidates),
-      viaName: options.viaName,
-      clientIdleMs: options.clientIdleMs,
-    });
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -209,6 +202,27 @@ export class HttpProxy {
     this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
     this.#sweeper.unref(); // never keeps the process alive on its own
     this.#done = (options.acceptFrom ?? Promise.resolve()).then(() => this.#accept());
+  }
+
+  /** The HTTP/2 side, loaded and made the first time it is asked for. */
+  #http2(): Promise<H2Proxy> {
+    this.#h2 ??= import("./h2_proxy.ts").then(({ H2Proxy }) => {
+      const options = this.#opts;
+      this.#h2Loaded = new H2Proxy({
+        routes: options.routes,
+        pool: options.pool,
+        logger: options.logger,
+        connectTimeoutMs: options.connectTimeoutMs,
+        responseTimeoutMs: options.responseTimeoutMs,
+        drop: this.#drop,
+        budgets: this.#budgets,
+        notOwn: (target, candidates) => this.#notOwn(target, candidates),
+        viaName: options.viaName,
+        clientIdleMs: options.clientIdleMs,
+      });
+      return this.#h2Loaded;
+    });
+    return this.#h2;
   }
 
   /** The bound address. */
@@ -245,12 +259,12 @@ export class HttpProxy {
     for (const c of this.#clients) closeQuietly(c);
     for (const list of this.#idle.values()) for (const u of list) this.#discard(u);
     this.#idle.clear();
-    this.#h2.close();
+    this.#h2Loaded?.close();
   }
 
   /** Closes pooled connections to endpoints that are in no route any more. */
   dropIdle(keep: Set<string>): void {
-    this.#h2.dropIdle(keep);
+    this.#h2Loaded?.dropIdle(keep);
     for (const [key, list] of this.#idle) {
       if (keep.has(key.split("#")[0]!)) continue;
       for (const u of list) this.#discard(u);
@@ -362,7 +376,7 @@ export class HttpProxy {
           const early = new Uint8Array(head.length + rest.length);
           early.set(encodeLatin1(head));
           early.set(rest, head.length);
-          await this.#h2.adopt(client, early, peer);
+          await (await this.#http2()).adopt(client, early, peer);
           return;
         }
         req = parseRequestHead(head);
@@ -467,17 +481,19 @@ export class HttpProxy {
     }
     if (target.service.scheme === "h2c") {
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
-      return this.#h2.fromHttp1(
-        req,
-        reqFraming,
-        reader,
-        this.#clientWriter(client),
-        peer,
-        root,
-        target,
-        candidates,
-        () => this.#sources.get(client)?.gone ?? false,
-      );
+      const run = (h2: H2Proxy) =>
+        h2.fromHttp1(
+          req,
+          reqFraming,
+          reader,
+          this.#clientWriter(client),
+          peer,
+          root,
+          target,
+          candidates,
+          () => this.#sources.get(client)?.gone ?? false,
+        );
+      return this.#h2Loaded ? run(this.#h2Loaded) : this.#http2().then(run);
     }
     return this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
   }
