@@ -62,6 +62,8 @@ interface Measure {
   p50Ms: number | null;
   p99Ms: number | null;
   errors: number;
+  /** The target process's CPU time (user and system) per request, or per MiB for bulk. */
+  cpuUs?: number | null;
   note?: string;
 }
 
@@ -305,6 +307,20 @@ function haproxyMap(pad: number): string {
   return s;
 }
 
+/** Clock ticks a second, the unit of /proc/PID/stat's times (USER_HZ; 100 on Linux). */
+const CLK_TCK = Number(
+  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout)
+    .trim(),
+) || 100;
+
+/** utime + stime of process `pid`, in clock ticks. */
+function cpuTicks(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  // The fields after the command name, which is in parentheses and may hold spaces.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]);
+}
+
 function rssMiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
@@ -427,7 +443,20 @@ async function main(): Promise<void> {
       ref: number,
       refName: Measure["target"] = "haproxy",
     ) => [["direct", direct], ["meshd", meshd], [refName, ref]] as [Measure["target"], number][];
-    const step = (m: Measure) => {
+    // CPU time per request from /proc/PID/stat (utime + stime): what each request costs the
+    // process, which a shared machine's load moves less than the rate.
+    const pids: Partial<Record<Measure["target"], number>> = {
+      meshd: meshd.pid,
+      haproxy: haproxy.pid,
+    };
+    const step = async (t: Measure["target"], load: () => Promise<Measure>) => {
+      const pid = pids[t];
+      const before = pid ? cpuTicks(pid) : null;
+      const m = await load();
+      if (pid && before !== null) {
+        const units = m.rate * secs;
+        m.cpuUs = units > 0 ? ((cpuTicks(pid) - before) / CLK_TCK) * 1e6 / units : null;
+      }
       results.push(m);
       console.error(
         `  ${m.case.padEnd(15)} ${m.target.padEnd(8)} ${m.rate.toFixed(1).padStart(10)} ${m.unit}` +
@@ -437,12 +466,12 @@ async function main(): Promise<void> {
 
     if (want("http-keepalive")) {
       for (const [t, port] of targets(ports.http, mesh.http, hap.web)) {
-        step(await wrk("http-keepalive", t, port, secs, [], 32));
+        await step(t, () => wrk("http-keepalive", t, port, secs, [], 32));
       }
     }
     if (want("http-close")) {
       for (const [t, port] of targets(ports.http, mesh.http, hap.web)) {
-        step(await wrk("http-close", t, port, secs, ["-H", "Connection: close"], 16));
+        await step(t, () => wrk("http-close", t, port, secs, ["-H", "Connection: close"], 16));
       }
     }
     if (want("grpc-unary")) {
@@ -451,13 +480,13 @@ async function main(): Promise<void> {
       body[4] = 16;
       await Deno.writeFile(`${work}/grpc.bin`, body);
       for (const [t, port] of targets(ports.http, mesh.http, hap.grpc)) {
-        step(await h2load(t, port, secs, `${work}/grpc.bin`, `${work}/h2load.log`));
+        await step(t, () => h2load(t, port, secs, `${work}/grpc.bin`, `${work}/h2load.log`));
       }
     }
     if (want("tcp-rr")) {
       for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
-        step(
-          await loadtool(loadtools, "tcp-rr", t, [
+        await step(t, () =>
+          loadtool(loadtools, "tcp-rr", t, [
             "tcp-rr",
             "-target",
             `${HOST}:${port}`,
@@ -465,21 +494,19 @@ async function main(): Promise<void> {
             "16",
             "-size",
             "64",
-          ], secs),
-        );
+          ], secs));
       }
     }
     if (want("tcp-bulk")) {
       for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
-        step(
-          await loadtool(loadtools, "tcp-bulk", t, [
+        await step(t, () =>
+          loadtool(loadtools, "tcp-bulk", t, [
             "tcp-bulk",
             "-target",
             `${HOST}:${port}`,
             "-conns",
             "1",
-          ], secs),
-        );
+          ], secs));
       }
     }
     if (want("udp-rr")) {
@@ -503,19 +530,19 @@ stream {
 }
 `,
       );
-      start(
+      pids.nginx = start(
         new Child("nginx", ["-e", `${work}/nginx.err`, "-p", work, "-c", `${work}/nginx.conf`], {
           command: "nginx",
         }),
-      );
+      ).pid;
       await waitFor("nginx started", async () => {
         const err = await Deno.readTextFile(`${work}/nginx.err`).catch(() => "");
         if (/\[emerg\]/.test(err)) throw new Error(`nginx failed: ${err}`);
         return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
       });
       for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx")) {
-        step(
-          await loadtool(loadtools, "udp-rr", t, [
+        await step(t, () =>
+          loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
             "-target",
             `${HOST}:${port}`,
@@ -523,8 +550,7 @@ stream {
             "16",
             "-size",
             "64",
-          ], secs),
-        );
+          ], secs));
       }
     }
 
@@ -603,7 +629,8 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   const lines = [
     `meshd data plane benchmark: ${args.seconds}s per load, loopback, ${navigator.hardwareConcurrency} CPUs`,
     "",
-    "case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct",
+    "case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct" +
+    "   CPU µs/unit  CPU vs ref",
   ];
   for (const c of cases) {
     const of = (t: string) => results.find((r) => r.case === c && r.target === t);
@@ -612,7 +639,8 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
     for (const r of results.filter((x) => x.case === c)) {
       const vsReference = ratio(r.rate, ref?.rate);
       const vsDirect = ratio(r.rate, direct?.rate);
-      rows.push({ ...r, reference: ref?.target ?? null, vsReference, vsDirect });
+      const cpuVsReference = ratio(r.cpuUs, ref?.cpuUs);
+      rows.push({ ...r, reference: ref?.target ?? null, vsReference, vsDirect, cpuVsReference });
       lines.push(
         `${c.padEnd(15)} ${r.target.padEnd(8)} ${fmt(r.rate, 1).padStart(10)}  ${
           r.unit.padEnd(6)
@@ -620,7 +648,8 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
           ` ${fmt(r.p50Ms).padStart(8)} ${fmt(r.p99Ms).padStart(8)} ${
             String(r.errors).padStart(7)
           }` +
-          `  ${fmt(vsReference, 3).padStart(8)} ${fmt(vsDirect, 3).padStart(10)}`,
+          `  ${fmt(vsReference, 3).padStart(8)} ${fmt(vsDirect, 3).padStart(10)}` +
+          ` ${fmt(r.cpuUs, 1).padStart(13)} ${fmt(cpuVsReference, 3).padStart(11)}`,
       );
     }
   }
@@ -651,7 +680,9 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   lines.push(
     "",
     "vs ref: meshd's rate over HAProxy's (nginx's for UDP, which HAProxy cannot proxy); " +
-      "HAProxy and nginx run one thread, as meshd's proxy does.",
+      "HAProxy and nginx run one thread, as meshd's proxy does. CPU µs/unit: the proxy " +
+      "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
+      "CPU vs ref: meshd's over the reference's (lower is better).",
   );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
