@@ -353,7 +353,8 @@ type LoadCounts = Record<string, { sent: number; failed: number; errors?: string
 /**
  * Runs the load loop in every client pod (HTTP keep-alive and new connections, TCP, UDP, all
  * by mesh name), and once each has sent some of everything, `disrupt`; waits for the meshd
- * DaemonSet to be rolled out again (every pod Ready, every one it replaced gone), lets the
+ * DaemonSet to be rolled out again (`replaces` pods new and Ready, the ones they replaced
+ * gone), lets the
  * load go on a while, stops it, and fails on any failed request. Returns a line of figures.
  */
 async function underLoad(
@@ -362,6 +363,7 @@ async function underLoad(
   clients: Pod[],
   what: string,
   disrupt: () => Promise<void>,
+  replaces: number,
 ): Promise<string> {
   const before = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
   const runs = clients.map((p) =>
@@ -406,7 +408,7 @@ async function underLoad(
           now.every((p) =>
             !(p as { metadata: { deletionTimestamp?: string } }).metadata.deletionTimestamp
           ) &&
-          fresh.length > 0 && replaced.length === fresh.length;
+          fresh.length === replaces && replaced.length === replaces;
         return done ? true : undefined;
       },
       300_000,
@@ -596,14 +598,21 @@ Deno.test({
       const r = await c.kubectl("-n", "meshd", ...args);
       assert.equal(r.code, 0, `kubectl ${args.join(" ")}: ${r.out}`);
     };
-    const disruptions: [string, () => Promise<void>][] = [
-      ["kubectl rollout restart (eBPF)", () => kubectl("rollout", "restart", "daemonset/meshd")],
-      ["deleting one meshd pod (eBPF)", async () => {
-        const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
-          p.spec.nodeName === nodes.nodes[0]!.name
-        )!;
-        await kubectl("delete", "pod", p.metadata.name, "--wait=false");
-      }],
+    const all = nodes.nodes.length;
+    const deletePod = (node: RealNode) => async () => {
+      const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
+        p.spec.nodeName === node.name
+      )!;
+      await kubectl("delete", "pod", p.metadata.name, "--wait=false");
+    };
+    // What each does, and how many meshd pods it replaces.
+    const disruptions: [string, () => Promise<void>, number][] = [
+      [
+        "kubectl rollout restart (eBPF)",
+        () => kubectl("rollout", "restart", "daemonset/meshd"),
+        all,
+      ],
+      ["deleting one meshd pod (eBPF)", deletePod(nodes.nodes[0]!), 1],
       ["an image change (eBPF)", async () => {
         // The same image under a new name on each node, as a new version would arrive.
         for (const n of nodes.nodes) {
@@ -624,7 +633,7 @@ Deno.test({
           `meshd=${NEXT_IMAGE}`,
           `mount-bpffs=${NEXT_IMAGE}`,
         );
-      }],
+      }, all],
       // The eBPF hooks come off as the new pods start with --datapath=userspace.
       ["switching to the userspace data path", () =>
         kubectl(
@@ -637,21 +646,17 @@ Deno.test({
             path: "/spec/template/spec/containers/0/args/-",
             value: "--datapath=userspace",
           }]),
-        )],
+        ), all],
       [
         "kubectl rollout restart (userspace)",
         () => kubectl("rollout", "restart", "daemonset/meshd"),
+        all,
       ],
-      ["deleting one meshd pod (userspace)", async () => {
-        const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
-          p.spec.nodeName === nodes.nodes[1]!.name
-        )!;
-        await kubectl("delete", "pod", p.metadata.name, "--wait=false");
-      }],
+      ["deleting one meshd pod (userspace)", deletePod(nodes.nodes[1]!), 1],
     ];
     const figures: string[] = [];
-    for (const [what, disrupt] of disruptions) {
-      figures.push(await underLoad(c, nodes, clients, what, disrupt));
+    for (const [what, disrupt, replaces] of disruptions) {
+      figures.push(await underLoad(c, nodes, clients, what, disrupt, replaces));
     }
     for (const p of await pods(c, "meshd", "app.kubernetes.io/name=meshd")) {
       const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
