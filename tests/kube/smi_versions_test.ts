@@ -18,6 +18,7 @@ import { serverSideApply } from "../testenv/cluster.ts";
 import { waitFor } from "../testenv/process.ts";
 import type { MeshConfig } from "../../src/topology/mod.ts";
 
+const TIMING = ["--lease-duration=4s", "--renew-deadline=3s", "--retry-period=500ms"];
 const ROOT = new URL("../../", import.meta.url).pathname;
 const CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 
@@ -215,7 +216,7 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
     const crds = await manifestCrds();
 
     // c) meshd starts before any SMI CRD; then CRDs serving several versions arrive.
-    const early = MeshdProcess.start(meshKc, "meshd-early", ["--acl"]);
+    const early = MeshdProcess.start(meshKc, "meshd-early", ["--acl", ...TIMING]);
     procs.push(early);
     await t.step(
       "c) CRDs with several versions installed after meshd started are picked up",
@@ -250,7 +251,6 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
         assert.deepEqual(port.access!.map((a) => [a.trafficTarget, a.sources]), [
           ["shop/to-web", ["shop/shopper"]],
         ]);
-        console.log(JSON.stringify(port));
       },
     );
 
@@ -271,8 +271,10 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
         "the split updated at v1alpha4",
         (p) => p.split?.backends[1]?.weight === 5,
       );
-      // A meshd started now, with the CRDs in place.
-      const late = MeshdProcess.start(meshKc, "meshd-late", ["--acl"]);
+      // A meshd started now, with the CRDs in place; it leads once the first one stopped (only
+      // the leader watches the cluster).
+      await early.stop();
+      const late = MeshdProcess.start(meshKc, "meshd-late", ["--acl", ...TIMING]);
       procs.push(late);
       const port = await waitPort(
         late,
@@ -280,10 +282,17 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
         (p) => p.split !== null && (p.access?.length ?? 0) > 0,
       );
       assert.deepEqual(port.split!.backends.map((b) => b.weight), [3, 5]);
-      console.log(late.events().filter((e) => e["level"] === "warn"));
+      await late.waitLog("started leading");
+      // Extra versions are noted once per group, and nothing else about SMI is logged.
+      const smiLogs = late.events().filter((e) => String(e["msg"]).includes("smi-spec.io"))
+        .map((e) => `${e["level"]} ${e["msg"]}`);
+      assert.deepEqual(smiLogs, [
+        "info access.smi-spec.io/v1alpha2 is served; v1alpha3, v1alpha1 also served, and not read by meshd",
+        "info specs.smi-spec.io/v1alpha3 is served; v1alpha4, v1alpha2, v1alpha1 also served, and not read by meshd",
+        "info split.smi-spec.io/v1alpha3 is served; v1alpha4, v1alpha2, v1alpha1 also served, and not read by meshd",
+      ]);
 
       const check = await meshd("check", kc, `--bpffs=${cluster.dir}/no-bpffs`);
-      console.log(check.out);
       assert.deepEqual(checkLines(check, "smi").map((l) => l.split(" ")[0]), ["ok", "ok", "ok"]);
 
       await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
@@ -291,7 +300,66 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
       await serverSideApply(cluster, dnsSvc);
       const prepared = await meshd("prepare", kc);
       assert.equal(prepared.code, 0, prepared.out + prepared.err);
-      console.log(prepared);
+    });
+
+    await t.step("b) a group served only at versions meshd does not read", async () => {
+      const late = procs.at(-1)!;
+      // split: v1alpha3 stays the storage version but is no longer served (only v1alpha4);
+      // access: only v1alpha3 (recreated, its objects gone); specs as before.
+      const splitCrd = crds.find((c) => c.spec.group === "split.smi-spec.io")!;
+      const onlyV4 = variant(splitCrd, ["v1alpha3", "v1alpha4"], "v1alpha3");
+      onlyV4.spec.versions[0]!["served"] = false;
+      await installCrds(cluster, [onlyV4]);
+      const accessCrds = crds.filter((c) => c.spec.group === "access.smi-spec.io");
+      await deleteCrds(cluster, accessCrds);
+      await installCrds(cluster, accessCrds.map((c) => variant(c, ["v1alpha3"], "v1alpha3")));
+      // The TrafficSplit still exists (at v1alpha4) but meshd does not read that version: as a
+      // meshd started now would, the running one drops it. The HTTPRouteGroup still reads.
+      const port = await waitPort(
+        late,
+        "the split and access gone",
+        (p) => p.split === null && p.access?.length === 0,
+      );
+      assert.equal(port.endpoints.length, 1);
+      const groupWarnings = () =>
+        late.events().filter((e) =>
+          e["level"] === "warn" && /^(split|access)\.smi-spec\.io serves/.test(String(e["msg"]))
+        ).map((e) => String(e["msg"]));
+      await waitFor("a warning per group", () => groupWarnings().length >= 2 || undefined, 15_000)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${late.child.lines.slice(-15).join("\n")}`);
+        });
+      assert.deepEqual(groupWarnings().sort(), [
+        "access.smi-spec.io serves v1alpha3 but not v1alpha2, the version meshd reads",
+        "split.smi-spec.io serves v1alpha4 but not v1alpha3, the version meshd reads",
+      ]);
+      assert.ok((await late.api("/healthz")).status === 200);
+
+      // A fresh meshd in this state: the same, and each group named once.
+      await late.stop();
+      const fresh = MeshdProcess.start(meshKc, "meshd-fresh", ["--acl", ...TIMING]);
+      procs.push(fresh);
+      const p2 = await waitPort(
+        fresh,
+        "web routed, without split or access",
+        (p) => p.split === null && p.access?.length === 0,
+      );
+      assert.equal(p2.endpoints.length, 1);
+      const smiWarnings = fresh.events().filter((e) =>
+        e["level"] === "warn" && String(e["msg"]).includes("smi-spec.io")
+      ).map((e) => String(e["msg"]));
+      assert.deepEqual(smiWarnings, [
+        "access.smi-spec.io serves v1alpha3 but not v1alpha2, the version meshd reads",
+        "split.smi-spec.io serves v1alpha4 but not v1alpha3, the version meshd reads",
+      ]);
+      const check = await meshd("check", kc, `--bpffs=${cluster.dir}/no-bpffs`);
+      assert.deepEqual(checkLines(check, "smi"), [
+        "warn access.smi-spec.io serves v1alpha3 but not v1alpha2, the version meshd reads",
+        "ok specs.smi-spec.io/v1alpha3 is served; v1alpha4, v1alpha2, v1alpha1 also served, and not read by meshd",
+        "warn split.smi-spec.io serves v1alpha4 but not v1alpha3, the version meshd reads",
+      ]);
+      const prepared = await meshd("prepare", kc);
+      assert.equal(prepared.code, 0, prepared.out + prepared.err);
     });
   } finally {
     for (const p of procs) await p.stop().catch(() => {});
