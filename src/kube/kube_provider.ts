@@ -140,6 +140,8 @@ export class KubeProvider {
   #loading: Promise<void> = Promise.resolve();
   #firstLoad: (() => void) | null = null;
   #loads = 0;
+  /** SMI groups whose "not served" warning was logged, until they are served again. */
+  readonly #smiWarned = new Set<string>();
 
   constructor(options: KubeProviderOptions) {
     this.#opts = options;
@@ -163,8 +165,12 @@ export class KubeProvider {
     const log = this.#opts.logger;
     try {
       for (const s of await smiGroupStatus(this.#opts.api)) {
-        if (s.ok && s.served.length === 1) log.info(s.message);
-        else log.warn(s.message);
+        // Extra versions are fine (the server answers meshd's at its version): info only.
+        if (s.ok) log.info(s.message);
+        else {
+          log.warn(s.message);
+          this.#smiWarned.add(s.group);
+        }
       }
     } catch (e) {
       // Only a report: the watches below find out for themselves, and keep trying.
@@ -187,7 +193,10 @@ export class KubeProvider {
           kind: c.kind,
           fieldSelector,
           logger: log,
-          onChange: () => this.#schedule(),
+          onChange: (r) => {
+            if (c.smi) this.#smiChanged(r);
+            this.#schedule();
+          },
           ...(c.kind === "Pod" ? { transform: slimPod } : {}),
           watchTimeoutSeconds: this.#opts.watchTimeoutSeconds,
         });
@@ -196,6 +205,31 @@ export class KubeProvider {
     }
     for (const r of this.#reflectors) r.start();
     await first;
+  }
+
+  /**
+   * Names the group and the versions it serves once, when a collection of it stops being served
+   * while meshd runs (its CRD removed, or changed to versions meshd does not read).
+   */
+  #smiChanged(r: Reflector): void {
+    const group = r.opts.apiVersion.split("/")[0]!;
+    const ofGroup = this.#reflectors.filter((x) => x.opts.apiVersion.startsWith(`${group}/`));
+    if (!r.missing) {
+      if (ofGroup.every((x) => !x.missing)) this.#smiWarned.delete(group);
+      return;
+    }
+    if (this.#smiWarned.has(group)) return;
+    this.#smiWarned.add(group);
+    const log = this.#opts.logger;
+    smiGroupStatus(this.#opts.api).then((all) => {
+      const s = all.find((g) => g.group === group);
+      if (s && !s.ok) log.warn(s.message);
+      else {log.warn(
+          `${r.opts.kind} is not served at ${r.opts.apiVersion}, the version meshd reads`,
+        );}
+    }).catch((e) =>
+      log.warn("cannot ask which SMI versions are served", { error: (e as Error).message })
+    );
   }
 
   /** Stops every watch. */

@@ -134,6 +134,10 @@ export class Reflector {
               path: this.opts.path,
             });
             this.missing = true;
+            // What the server no longer serves is gone for meshd too, as for a meshd started
+            // now: a CRD whose version meshd reads stopped being served keeps its objects (at
+            // other versions), and no DELETED event ever comes for them.
+            this.items.clear();
             this.opts.onChange(this);
           }
           needList = true;
