@@ -2,7 +2,8 @@
  * Where the ceiling of gRPC unary over h2c lies in Deno: the same h2load load as
  * `dataplane_bench.ts`'s grpc-unary case, in one run, straight to the backend, through HAProxy
  * (nbthread 1), through the minimal forwarders of `h2_forwarders.ts` (node:http2, Deno.serve with
- * fetch, an own frame relay over Deno.listen/Deno.connect) and through meshd, in interleaved
+ * fetch, an own frame relay over Deno.listen/Deno.connect without and with HPACK) and through
+ * meshd, in interleaved
  * rounds. Prints each one's req/s, p99 and CPU µs per request (the process's utime + stime from
  * /proc/PID/stat) with its ratios to HAProxy's in the same round, and whether the backend's
  * `grpc-status` trailer reaches the client through it.
@@ -27,6 +28,7 @@ const TARGETS = [
   "node-http2",
   "deno-serve",
   "frame-relay",
+  "frame-hpack",
   "meshd",
 ] as const;
 type Target = typeof TARGETS[number];
@@ -260,6 +262,7 @@ async function main(): Promise<void> {
       "node-http2": freePort(HOST),
       "deno-serve": freePort(HOST),
       "frame-relay": freePort(HOST),
+      "frame-hpack": freePort(HOST),
       meshd: freePort(HOST),
     };
     const pids: Partial<Record<Target, number>> = {};
@@ -269,7 +272,7 @@ async function main(): Promise<void> {
       new Child("haproxy", ["-db", "-f", `${work}/haproxy.cfg`], { command: "haproxy" }),
     ).pid;
 
-    for (const mode of ["node-http2", "deno-serve", "frame-relay"] as const) {
+    for (const mode of ["node-http2", "deno-serve", "frame-relay", "frame-hpack"] as const) {
       pids[mode] = start(
         new Child(mode, [
           "run",
