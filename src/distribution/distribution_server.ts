@@ -73,9 +73,12 @@ export interface DistributionServerOptions {
  * The largest piece of an update written at once to a node that accepts parts. Each stream
  * keeps a send buffer as large as the most it was given at once, for as long as the stream
  * lives (Deno's HTTP/2 stream copies every write into one growable buffer, and keeps it), so
- * a whole config written to each node would keep a copy of the config per node.
+ * a whole config written to each node would keep a copy of the config per node. 16 KiB is
+ * HTTP/2's default frame: with 100 nodes at 3,000 services, 16 KiB parts left the leader about
+ * 35 MB smaller than 64 KiB parts (less freed memory it could not give back), and the nodes
+ * were in sync as fast.
  */
-export const PART_BYTES = 64 * 1024;
+export const PART_BYTES = 16 * 1024;
 
 /** Parts written to a node ahead of its acknowledgements. */
 export const PARTS_AHEAD = 4;
