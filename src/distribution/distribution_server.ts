@@ -321,7 +321,8 @@ export class DistributionServer {
       // Parts received, not the update applied: write the next ones.
       const o = s.outgoing;
       if (o && o.version === ack.version) {
-        o.acked = Math.max(o.acked, ack.parts);
+        // never past what was written: a node cannot open the window wider by overstating
+        o.acked = Math.min(o.written, Math.max(o.acked, ack.parts));
         this.#writeParts(s);
       }
       return;
