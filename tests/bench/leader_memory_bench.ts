@@ -33,6 +33,9 @@ interface Args {
   rounds: number;
   host: string;
   out: string;
+  /** DistributionServer's partBytes and partsAhead; 0 for its defaults. */
+  partBytes: number;
+  partsAhead: number;
 }
 
 /** One leader process's figures. */
@@ -48,6 +51,8 @@ interface CaseResult {
   rssMiB: number;
   peakRssMiB: number;
   heapUsedMiB: number;
+  /** CPU seconds the leader process used, user and system. */
+  cpuSeconds: number;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -58,6 +63,8 @@ function parseArgs(argv: string[]): Args {
     rounds: 1,
     host: "127.0.0.1",
     out: `${ROOT}bench-results/leader_memory.json`,
+    partBytes: 0,
+    partsAhead: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -67,10 +74,12 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--rounds" && v) a.rounds = Number(v), i++;
     else if (k === "--host" && v) a.host = v, i++;
     else if (k === "--out" && v) a.out = v, i++;
+    else if (k === "--part-bytes" && v) a.partBytes = Number(v), i++;
+    else if (k === "--parts-ahead" && v) a.partsAhead = Number(v), i++;
     else {
       console.error(
         "usage: leader_memory_bench.ts [--services 3000] [--nodes 3,100,300] [--changes 20] " +
-          "[--rounds 1] [--host 127.0.0.1] [--out FILE]",
+          "[--rounds 1] [--host 127.0.0.1] [--part-bytes N] [--parts-ahead N] [--out FILE]",
       );
       Deno.exit(2);
     }
@@ -80,8 +89,11 @@ function parseArgs(argv: string[]): Args {
     console.error("--services: 1 to 50000; --nodes: counts from 1 to 2000");
     Deno.exit(2);
   }
-  if (!ok(a.changes, 1, 500) || !ok(a.rounds, 1, 10)) {
-    console.error("--changes: 1 to 500; --rounds: 1 to 10");
+  if (
+    !ok(a.changes, 1, 500) || !ok(a.rounds, 1, 10) || !ok(a.partBytes, 0, 2 ** 30) ||
+    !ok(a.partsAhead, 0, 1000)
+  ) {
+    console.error("--changes: 1 to 500; --rounds: 1 to 10; --part-bytes, --parts-ahead: >= 0");
     Deno.exit(2);
   }
   return a;
@@ -92,6 +104,13 @@ function memory(): { rss: number; peak: number } {
   const s = Deno.readTextFileSync("/proc/self/status");
   const kb = (k: string) => Number(s.match(new RegExp(`^${k}:\\s+(\\d+) kB`, "m"))?.[1] ?? 0);
   return { rss: kb("VmRSS") / 1024, peak: kb("VmHWM") / 1024 };
+}
+
+/** CPU seconds (user + system) this process has used. */
+function cpuSeconds(): number {
+  const stat = Deno.readTextFileSync("/proc/self/stat");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
 function quantile(sorted: number[], q: number): number {
@@ -121,6 +140,7 @@ async function leaderCase(
   changes: number,
   host: string,
   mode: "parts" | "whole",
+  parts: { bytes: number; ahead: number },
 ) {
   const config = (version: number, changed: Map<number, number>, previous?: MeshConfig) => {
     const c = meshConfig(
@@ -143,7 +163,8 @@ async function leaderCase(
   const server = new DistributionServer({
     logger: new Logger({ level: "error", write: (l) => console.error(l) }),
     identity,
-    partBytes: mode === "whole" ? Number.MAX_SAFE_INTEGER : undefined,
+    partBytes: mode === "whole" ? Number.MAX_SAFE_INTEGER : parts.bytes || undefined,
+    partsAhead: parts.ahead || undefined,
   });
   const port = await server.listen(host, 0);
   server.publish(current, "bench");
@@ -199,6 +220,7 @@ async function leaderCase(
       rssMiB: mem.rss,
       peakRssMiB: mem.peak,
       heapUsedMiB: Deno.memoryUsage().heapUsed / 2 ** 20,
+      cpuSeconds: cpuSeconds(),
     };
     console.log(JSON.stringify(result));
   } finally {
@@ -210,12 +232,11 @@ async function leaderCase(
 
 async function main(): Promise<void> {
   if (Deno.args[0] === "--case") {
-    const [services, nodes, changes] = Deno.args.slice(1, 4).map(Number) as [
-      number,
-      number,
-      number,
-    ];
-    await leaderCase(services, nodes, changes, Deno.args[4]!, Deno.args[5] as "parts" | "whole");
+    const [services, nodes, changes, bytes, ahead] = [1, 2, 3, 6, 7].map((i) =>
+      Number(Deno.args[i])
+    ) as [number, number, number, number, number];
+    const mode = Deno.args[5] as "parts" | "whole";
+    await leaderCase(services, nodes, changes, Deno.args[4]!, mode, { bytes, ahead });
     Deno.exit(0);
   }
   const args = parseArgs(Deno.args);
@@ -237,6 +258,8 @@ async function main(): Promise<void> {
             String(args.changes),
             args.host,
             mode,
+            String(args.partBytes),
+            String(args.partsAhead),
           ],
           stdout: "piped",
           stderr: "inherit",
@@ -264,6 +287,7 @@ async function main(): Promise<void> {
       pad("ratio", 8),
       pad("heap", 5),
       pad("settle ms", 10),
+      pad("CPU s", 6),
       pad("p50 ms", 7),
       pad("p99 ms", 7),
     ].join(" "),
@@ -283,6 +307,7 @@ async function main(): Promise<void> {
         pad(ref ? `${(r.rssMiB / ref.rssMiB).toFixed(2)}x` : "", 8),
         pad(r.heapUsedMiB.toFixed(0), 5),
         pad(r.settleMs.toFixed(0), 10),
+        pad(r.cpuSeconds.toFixed(1), 6),
         pad(r.p50Ms.toFixed(1), 7),
         pad(r.p99Ms.toFixed(1), 7),
       ].join(" "),
@@ -292,7 +317,7 @@ async function main(): Promise<void> {
     "updates: parts = large updates in 16 KiB parts, a few ahead of the node's " +
       "acknowledgements (meshd now); whole = each update written whole to each node (before). " +
       "ratio: RSS over the first node count's (--nodes), same updates and round. p50/p99: publish to " +
-      "the last node's apply.",
+      "the last node's apply. CPU s: the leader's, over the whole case.",
   );
   await Deno.mkdir(args.out.slice(0, args.out.lastIndexOf("/")), { recursive: true });
   await Deno.writeTextFile(
