@@ -49,6 +49,8 @@ export interface DistributionClientStats {
   deltas: number;
   /** Versions it could not apply. */
   failures: number;
+  /** Leading parts of large updates received (an update in parts counts its last as above). */
+  parts: number;
 }
 
 /**
@@ -58,7 +60,13 @@ export interface DistributionClientStats {
  * with jitter.
  */
 export class DistributionClient {
-  readonly stats: DistributionClientStats = { connects: 0, snapshots: 0, deltas: 0, failures: 0 };
+  readonly stats: DistributionClientStats = {
+    connects: 0,
+    snapshots: 0,
+    deltas: 0,
+    failures: 0,
+    parts: 0,
+  };
   readonly #o: DistributionClientOptions;
   #stopped = false;
   #wake: (() => void) | null = null;
@@ -158,10 +166,11 @@ export class DistributionClient {
     this.stats.connects++;
     let updates = 0;
     let chain = Promise.resolve();
+    const parts: Parts = { version: 0, epoch: "", pieces: [], bytes: 0 };
     const ended = new Promise<void>((resolve) => {
       call.on("data", (m: ConfigUpdateMessage) => {
         updates++;
-        chain = chain.then(() => this.#update(m, call));
+        chain = chain.then(() => this.#update(m, call, parts));
       });
       call.on("error", (e: grpc.ServiceError) => {
         if (!this.#stopped) {
@@ -182,6 +191,7 @@ export class DistributionClient {
         applied_version: current?.config.version ?? 0,
         applied_epoch: current?.epoch ?? "",
         token,
+        accepts_parts: true,
       },
     });
     await ended;
@@ -196,18 +206,51 @@ export class DistributionClient {
   async #update(
     m: ConfigUpdateMessage,
     call: grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage>,
+    parts: Parts,
   ): Promise<void> {
     let error = "";
     this.#o.logger.debug("config received", { version: m.version, body: m.body ?? "" });
+    if (m.body === "part") {
+      // A leading part of a large update: keep it, and say so, for the leader to send more.
+      if (parts.version !== m.version || parts.epoch !== m.epoch) {
+        Object.assign(parts, { version: m.version, epoch: m.epoch, pieces: [], bytes: 0 });
+      }
+      this.stats.parts++;
+      parts.pieces.push(m.part ?? new Uint8Array());
+      parts.bytes += m.part?.length ?? 0;
+      if (parts.bytes > MAX_UPDATE_BYTES) {
+        this.#o.logger.warn("the leader's update is too large; leaving the stream", {
+          version: m.version,
+          bytes: parts.bytes,
+          limit: MAX_UPDATE_BYTES,
+        });
+        call.cancel();
+        return;
+      }
+      if (!this.#stopped) {
+        call.write({
+          ack: { version: m.version, applied: false, error: "", parts: parts.pieces.length },
+        });
+      }
+      return;
+    }
     try {
       let next: MeshConfig;
-      if (m.snapshot && m.snapshot.length > 0) {
+      const snapshot = m.body === "snapshot" || (!m.body && !!m.snapshot?.length);
+      let body = (snapshot ? m.snapshot : m.delta) ?? new Uint8Array();
+      if (parts.pieces.length > 0) {
+        const mine = parts.version === m.version && parts.epoch === m.epoch;
+        if (mine) body = join([...parts.pieces, body]);
+        Object.assign(parts, { version: 0, epoch: "", pieces: [], bytes: 0 });
+        if (!mine) throw new Error(`version ${m.version} came after parts of another version`);
+      }
+      if (snapshot) {
         this.stats.snapshots++;
-        next = JSON.parse(new TextDecoder().decode(m.snapshot));
+        next = JSON.parse(new TextDecoder().decode(body));
       } else {
         this.stats.deltas++;
         const base = this.#o.current();
-        const delta = JSON.parse(new TextDecoder().decode(m.delta)) as MeshDelta;
+        const delta = JSON.parse(new TextDecoder().decode(body)) as MeshDelta;
         if (!base) throw new Error(`a delta from ${delta.from}, and no config to apply it to`);
         next = applyDelta(base.config, delta);
       }
@@ -225,4 +268,23 @@ export class DistributionClient {
     }
     if (!this.#stopped) call.write({ ack: { version: m.version, applied: !error, error } });
   }
+}
+
+/** The leading parts of a large update received so far on one stream. */
+interface Parts {
+  version: number;
+  epoch: string;
+  pieces: Uint8Array[];
+  bytes: number;
+}
+
+/** `pieces` end to end, in one array. */
+function join(pieces: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of pieces) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }

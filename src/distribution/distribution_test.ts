@@ -2,25 +2,32 @@
  * Config distribution over real gRPC streams on loopback: the leader's DistributionServer and
  * nodes' DistributionClients.
  */
+import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
 import { waitFor } from "../../tests/testenv/process.ts";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { compareServices } from "./config_delta.ts";
 import type { StampedConfig } from "./config_history.ts";
-import { DistributionClient, type LeaderAddress } from "./distribution_client.ts";
+import { DistributionClient, type LeaderAddress, MAX_UPDATE_BYTES } from "./distribution_client.ts";
 import { DistributionServer, type DistributionServerOptions } from "./distribution_server.ts";
-import { createLeaderIdentity } from "./leader_identity.ts";
+import {
+  type ConfigUpdateMessage,
+  distributionPackage,
+  type NodeReportMessage,
+} from "./grpc_service.ts";
+import { createLeaderIdentity, LEADER_TLS_NAME } from "./leader_identity.ts";
 
 const quiet = () => new Logger({ level: "error", write: () => {} });
 
 /** A leader's server with a fresh identity, listening on loopback. */
-async function leader(extra: Partial<DistributionServerOptions> = {}) {
+async function leader(extra: Partial<DistributionServerOptions> = {}, host = "127.0.0.1") {
   const identity = await createLeaderIdentity("test-leader");
   const server = new DistributionServer({ logger: quiet(), identity, ...extra });
-  const port = await server.listen("127.0.0.1", 0);
-  const address: LeaderAddress = { address: `127.0.0.1:${port}`, certPem: identity.certPem };
+  const port = await server.listen(host, 0);
+  const address: LeaderAddress = { address: `${host}:${port}`, certPem: identity.certPem };
   return { server, address, identity };
 }
 
@@ -355,5 +362,136 @@ Deno.test("only the leader's own certificate is trusted, only a leader serves, a
     await n.client.stop();
     await stranger.client.stop();
     await l.server.stop();
+  }
+});
+
+/**
+ * A bare Subscribe stream to `address`, as a node of any version could open one: the test
+ * writes the node's reports itself and sees every message the leader writes.
+ */
+function rawStream(address: LeaderAddress) {
+  const pkg = distributionPackage();
+  const client = new pkg.client(
+    address.address,
+    grpc.credentials.createSsl(Buffer.from(address.certPem)),
+    {
+      "grpc.ssl_target_name_override": LEADER_TLS_NAME,
+      "grpc.default_authority": LEADER_TLS_NAME,
+      "grpc.max_receive_message_length": MAX_UPDATE_BYTES,
+    },
+  );
+  const call = (client as unknown as {
+    Subscribe(): grpc.ClientDuplexStream<NodeReportMessage, ConfigUpdateMessage>;
+  }).Subscribe();
+  const messages: ConfigUpdateMessage[] = [];
+  call.on("data", (m: ConfigUpdateMessage) => messages.push(m));
+  const ended = new Promise<string>((resolve) => {
+    call.on("error", (e: grpc.ServiceError) => resolve(e.details));
+    call.on("end", () => resolve("end"));
+  });
+  const hello = (acceptsParts: boolean) =>
+    call.write({
+      hello: {
+        node: "raw",
+        applied_version: 0,
+        applied_epoch: "",
+        token: "",
+        accepts_parts: acceptsParts,
+      },
+    });
+  const close = () => {
+    call.cancel();
+    client.close();
+  };
+  return { call, messages, ended, hello, close };
+}
+
+/** The bytes of `pieces` end to end. */
+function joined(pieces: Uint8Array[]): string {
+  return new TextDecoder().decode(Buffer.concat(pieces));
+}
+
+Deno.test("DistributionServer writes a large update to a node that accepts parts at most partsAhead parts ahead of its acknowledgements", async () => {
+  const { server, address } = await leader({ partBytes: 1024, partsAhead: 3 }, "127.0.62.1");
+  const whole = config(1, true, 100);
+  const json = JSON.stringify(whole);
+  const count = Math.ceil(new TextEncoder().encode(json).length / 1024);
+  assert.ok(count > 10, `the config makes ${count} parts`);
+  const silent = rawStream(address);
+  const acking = rawStream(address);
+  try {
+    server.publish(whole, "e1");
+    // A node that acknowledges nothing gets 3 parts. A second Hello makes the leader end the
+    // stream: it comes after everything the leader had written, so nothing more was queued.
+    silent.hello(true);
+    await waitFor("3 parts", () => silent.messages.length >= 3 || undefined);
+    silent.hello(true);
+    assert.match(await silent.ended, /Hello was sent twice/);
+    assert.equal(silent.messages.length, 3, "no part past the window before an acknowledgement");
+    for (const m of silent.messages) {
+      assert.equal(m.body, "part");
+      assert.equal(m.part!.length, 1024);
+    }
+    // A node that acknowledges each part gets them all, the last one as the snapshot.
+    acking.call.on("data", (m: ConfigUpdateMessage) => {
+      if (m.body === "part") {
+        const parts = acking.messages.length;
+        acking.call.write({ ack: { version: 1, applied: false, error: "", parts } });
+      }
+    });
+    acking.hello(true);
+    await waitFor("the last part", () => acking.messages.at(-1)?.body === "snapshot" || undefined);
+    assert.equal(acking.messages.length, count);
+    assert.ok(acking.messages.slice(0, -1).every((m) => m.body === "part"));
+    assert.equal(
+      joined(acking.messages.map((m) => m.body === "part" ? m.part! : m.snapshot!)),
+      json,
+    );
+  } finally {
+    silent.close();
+    acking.close();
+    await server.stop();
+  }
+});
+
+Deno.test("DistributionServer sends a large update whole to a node that does not accept parts", async () => {
+  const { server, address } = await leader({ partBytes: 1024 }, "127.0.62.2");
+  const whole = config(1, true, 100);
+  const raw = rawStream(address);
+  try {
+    server.publish(whole, "e1");
+    raw.hello(false);
+    await waitFor("the snapshot", () => raw.messages[0]);
+    assert.equal(raw.messages[0]!.body, "snapshot");
+    assert.equal(joined([raw.messages[0]!.snapshot!]), JSON.stringify(whole));
+    raw.call.write({ ack: { version: 1, applied: true, error: "" } });
+    await waitFor("the node in sync", () => server.nodes()[0]?.inSync || undefined);
+  } finally {
+    raw.close();
+    await server.stop();
+  }
+});
+
+Deno.test("DistributionClient applies a snapshot and a delta that come in parts", async () => {
+  const { server, address } = await leader({ partBytes: 512, partsAhead: 2 }, "127.0.62.3");
+  const n = node("node-parts", () => Promise.resolve(address));
+  try {
+    server.publish(config(1, true, 60), "e1");
+    n.client.start();
+    await waitFor("version 1", () => n.state.applied?.version === 1 || undefined);
+    assert.deepEqual(n.state.applied, config(1, true, 60));
+    const first = n.client.stats.parts;
+    assert.ok(first > 10, `${first} parts`);
+    // 60 services more: a delta of many parts
+    server.publish(config(2, false, 120), "e1");
+    await waitFor("version 2", () => n.state.applied?.version === 2 || undefined);
+    assert.deepEqual(n.state.applied, config(2, false, 120));
+    assert.equal(n.client.stats.snapshots, 1);
+    assert.equal(n.client.stats.deltas, 1);
+    assert.ok(n.client.stats.parts > first + 10, `${n.client.stats.parts - first} parts`);
+    await waitFor("the node in sync", () => server.nodes()[0]?.inSync || undefined);
+  } finally {
+    await n.client.stop();
+    await server.stop();
   }
 });

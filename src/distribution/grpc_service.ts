@@ -6,17 +6,25 @@ import protoText from "./distribution.proto" with { type: "text" };
 /** `NodeReport`, as grpc-js decodes it (oneof field names kept as in the .proto). */
 export interface NodeReportMessage {
   report?: "hello" | "ack";
-  hello?: { node: string; applied_version: number; applied_epoch: string; token: string };
-  ack?: { version: number; applied: boolean; error: string };
+  hello?: {
+    node: string;
+    applied_version: number;
+    applied_epoch: string;
+    token: string;
+    accepts_parts?: boolean;
+  };
+  ack?: { version: number; applied: boolean; error: string; parts?: number };
 }
 
 /** `ConfigUpdate`, as grpc-js decodes it. */
 export interface ConfigUpdateMessage {
   version: number;
   epoch: string;
-  body?: "snapshot" | "delta";
+  body?: "snapshot" | "delta" | "part";
   snapshot?: Uint8Array;
   delta?: Uint8Array;
+  /** A leading part of a large update (only to nodes that accept parts). */
+  part?: Uint8Array;
 }
 
 /** The `ConfigDistribution` service, defined by `distribution.proto` (the one source). */

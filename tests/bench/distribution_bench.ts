@@ -441,6 +441,12 @@ async function main(): Promise<void> {
     for (const s of sims) await s.stop();
     for (const n of nodes) await n.stop();
     await cluster.stop();
+    // Each meshd's log beside the results, to see what a failed or slow case went through.
+    const dir = args.out.slice(0, args.out.lastIndexOf("/"));
+    await Deno.mkdir(dir, { recursive: true });
+    for (const n of nodes) {
+      await Deno.writeTextFile(`${dir}/distribution-${n.identity}.log`, n.child.lines.join("\n"));
+    }
   }
 
   const pad = (s: string, n: number) => s.padStart(n);
