@@ -259,7 +259,8 @@ export class HttpProxy {
     for (const c of this.#clients) closeQuietly(c);
     for (const list of this.#idle.values()) for (const u of list) this.#discard(u);
     this.#idle.clear();
-    this.#h2Loaded?.close();
+    // (One still loading is closed once it is made.)
+    void this.#h2?.then((h2) => h2.close(), () => {});
   }
 
   /** Closes pooled connections to endpoints that are in no route any more. */
