@@ -663,6 +663,8 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       // TCP connections to end, and UDP requests to be answered (the answer leaves through
       // this process's socket: gone with it, the client would never get it).
       const busy = () => proxy.inFlight + proxy.udpAwaitingAnswer(UDP_ANSWER_WAIT_MS);
+      const awaiting = proxy.udpAwaitingAnswer(UDP_ANSWER_WAIT_MS);
+      if (awaiting > 0) log.info("draining: waiting for answers to UDP datagrams", { awaiting });
       while (busy() > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 100));
       }

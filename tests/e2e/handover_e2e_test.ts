@@ -332,14 +332,14 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     const b = new Child("meshd-b", args(apiB, null));
     children.push(b);
     await ready(apiB);
-    const stopped = a.stop();
+    let exited = false;
+    const stopped = a.stop().finally(() => exited = true);
+    // A past its successor check: either waiting for the answer, or (without that wait) gone.
     await waitFor(
-      "meshd A to see its successor",
-      () => a.lines.some((l) => l.includes("draining")) ? true : undefined,
+      "meshd A to wait for the UDP answer, or to leave",
+      () => exited || a.lines.some((l) => l.includes("waiting for answers")) ? true : undefined,
       10_000,
     );
-    // Past the successor check; without the wait for answers A would be gone by now.
-    await new Promise((r) => setTimeout(r, 500));
     release();
     const answer = await Promise.race([
       client.receive().then(([d]) => dec.decode(d)),
