@@ -206,7 +206,10 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
             const got = dec.decode(await new Response(c.readable).arrayBuffer());
             if (!got.endsWith("ping\n")) tcpConns.failed.push(`echoed ${JSON.stringify(got)}`);
           } catch (e) {
-            c.close();
+            // (Reading `c.readable` may have closed it already: report the first error.)
+            try {
+              c.close();
+            } catch { /* closed */ }
             throw e;
           }
         } catch (e) {
