@@ -32,7 +32,16 @@ import {
   type ProxyListener,
   selectDatapath,
 } from "../datapath/mod.ts";
-import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
+import {
+  type FlagGroup,
+  type FlagSpec,
+  type FlagValue,
+  formatFlagGroups,
+  HELP_WIDTH,
+  parseFlags,
+  UsageError,
+  wrap,
+} from "./flags.ts";
 import {
   compileOptions,
   configLimits,
@@ -63,55 +72,74 @@ export const VERSION: string = denoJson.version;
 /** Failures of the cluster commands that are the cluster's state, not a bug in meshd. */
 const KNOWN_ERRORS = new Set(["KubeApiError", "PrepareError", "CorefileError"]);
 
-const RUN_FLAGS: readonly FlagSpec[] = [
+/** `meshd run`'s flags, by topic as `--help` shows them. */
+const RUN_GROUPS: readonly FlagGroup[] = [
   {
-    name: "provider",
-    kind: "string",
-    values: ["file", "kube"],
-    arg: "file|kube",
-    default: "file",
-    help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes API " +
-      "and elects a controller leader",
-  },
-  ...MODEL_FLAGS,
-  ...KUBE_FLAGS,
-  ...DNS_FLAGS,
-  ...DISTRIBUTION_FLAGS,
-  {
-    name: "proxy-address",
-    kind: "string",
-    arg: "ADDR",
-    default: "127.0.0.1",
-    help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
-      "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not match)",
+    title: "Where the config comes from",
+    flags: [
+      {
+        name: "provider",
+        kind: "string",
+        values: ["file", "kube"],
+        arg: "file|kube",
+        default: "file",
+        help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes " +
+          "API and elects a controller leader",
+      },
+      ...MODEL_FLAGS,
+      DOMAIN_ALIASES_FLAG,
+    ],
   },
   {
-    name: "http-port",
-    kind: "int",
-    arg: "PORT",
-    default: "5000",
-    help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+    title: "Proxy",
+    flags: [
+      {
+        name: "proxy-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
+          "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not " +
+          "match)",
+      },
+      {
+        name: "http-port",
+        kind: "int",
+        arg: "PORT",
+        default: "5000",
+        help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+      },
+      ...PROXY_FLAGS,
+      ...DRAIN_FLAGS,
+    ],
   },
-  DOMAIN_ALIASES_FLAG,
+  { title: "Kubernetes (--provider kube)", flags: KUBE_FLAGS },
+  { title: "Config distribution (--provider kube)", flags: DISTRIBUTION_FLAGS },
+  { title: "Mesh DNS (--provider kube)", flags: DNS_FLAGS },
   {
-    name: "api-address",
-    kind: "string",
-    arg: "ADDR",
-    default: "127.0.0.1",
-    help: "Address of the API (/api/config, /api/services, /api/status, /metrics, /healthz, " +
-      "/readyz); it shows every endpoint and ServiceAccount, so keep it on loopback and reach " +
-      "it with kubectl port-forward",
+    title: "API, health and metrics",
+    flags: [
+      {
+        name: "api-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address of the API (/api/config, /api/services, /api/status, /metrics, " +
+          "/healthz, /readyz); it shows every endpoint and ServiceAccount, so keep it on " +
+          "loopback and reach it with kubectl port-forward",
+      },
+      { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+      ...HEALTH_FLAGS,
+    ],
   },
-  { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
-  ...HEALTH_FLAGS,
-  ...PROXY_FLAGS,
-  ...DRAIN_FLAGS,
-  DATAPATH_FLAG,
-  ...EBPF_FLAGS,
-  EBPF_GRACE_FLAG,
-  ...PROBE_FLAGS,
-  ...LOG_FLAGS,
+  {
+    title: "eBPF data path",
+    flags: [DATAPATH_FLAG, ...EBPF_FLAGS, EBPF_GRACE_FLAG, ...PROBE_FLAGS],
+  },
+  { title: "Logging", flags: LOG_FLAGS },
 ];
+
+const RUN_FLAGS: readonly FlagSpec[] = RUN_GROUPS.flatMap((g) => g.flags);
 
 const DUMP_FLAGS: readonly FlagSpec[] = [...MODEL_FLAGS];
 
@@ -168,6 +196,8 @@ interface Command {
   usage: string;
   summary: string;
   flags: readonly FlagSpec[];
+  /** The flags by topic in `--help`, when there are many. */
+  groups?: readonly FlagGroup[];
   run: (values: Record<string, FlagValue>, io: CliIo, positionals: string[]) => Promise<number>;
 }
 
@@ -176,6 +206,7 @@ const COMMANDS: Record<string, Command> = {
     usage: "meshd run [flags]",
     summary: "Run the node proxy and the API, fed by a provider",
     flags: RUN_FLAGS,
+    groups: RUN_GROUPS,
     run: runCommand,
   },
   prepare: {
@@ -216,7 +247,10 @@ const COMMANDS: Record<string, Command> = {
 };
 
 function topHelp(): string {
-  const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(13)}${c.summary}`);
+  const rows = Object.entries(COMMANDS).map(([name, c]) =>
+    wrap(c.summary, HELP_WIDTH - 15).map((l, i) => `${i ? "" : `  ${name}`}`.padEnd(15) + l)
+      .join("\n")
+  );
   return `meshd: a sidecar-less service mesh for Kubernetes
 
 Usage: meshd <command> [flags]
@@ -232,9 +266,9 @@ Run "meshd <command> --help" for its flags.
 
 function commandHelp(c: Command): string {
   const flags = c.flags.length > 0
-    ? `\nFlags:\n${formatFlags(c.flags)}\n  --help${" ".repeat(3)}Show this help\n`
+    ? `\n${formatFlagGroups(c.groups ?? [{ title: "Flags", flags: c.flags }], true)}\n`
     : "";
-  return `${c.summary}\n\nUsage: ${c.usage}\n${flags}`;
+  return `${wrap(c.summary, HELP_WIDTH).join("\n")}\n\nUsage: ${c.usage}\n${flags}`;
 }
 
 /**

@@ -39,9 +39,9 @@ spec: { ports: [{ name: http, port: 80 }] }
 Deno.test("main() prints help for each command and exits 0", async () => {
   const top = await run(["--help"]);
   assert.equal(top.code, 0);
-  assert.match(
-    top.out,
-    /Commands:\n {2}run .*\n {2}prepare .*\n {2}cleanup .*\n {2}check .*\n {2}config dump .*\n {2}version /,
+  assert.deepEqual(
+    [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]),
+    ["run", "prepare", "cleanup", "check", "config dump", "version"],
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
@@ -222,4 +222,42 @@ Deno.test("main.ts loads the YAML, Kubernetes, gRPC and HTTP/2 libraries only on
   // node:http2 (about 11 MiB resident) only once an h2c client or service needs it.
   const h2 = [...seen].filter((s) => s === "node:http2" || s.endsWith("/src/proxy/h2_proxy.ts"));
   assert.deepEqual(h2, [], "HTTP/2 is loaded with main.ts");
+});
+
+Deno.test("main() --help of every command fits 100 columns and lists each of its flags once", async () => {
+  const top = await run(["--help"]);
+  const commands = [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]!);
+  assert.ok(commands.length >= 6, top.out);
+  for (const text of [top.out]) {
+    for (const line of text.split("\n")) assert.ok(line.length < 100, `${line.length}: ${line}`);
+  }
+  for (const c of commands) {
+    const h = await run([...c.split(" "), "--help"]);
+    assert.equal(h.code, 0, c);
+    for (const line of h.out.split("\n")) {
+      assert.ok(line.length < 100, `meshd ${c} --help, ${line.length} columns: ${line}`);
+    }
+    const names = [...h.out.matchAll(/^ {2}--([a-z0-9-]+)/gm)].map((m) => m[1]!);
+    assert.equal(new Set(names).size, names.length, `meshd ${c}: a flag listed twice`);
+  }
+});
+
+Deno.test("main() run --help groups its flags by topic and lists the values of --log-level", async () => {
+  const h = await run(["run", "--help"]);
+  const headings = [...h.out.matchAll(/^(\S[^\n]*):$/gm)].map((m) => m[1]);
+  assert.deepEqual(headings, [
+    "Where the config comes from",
+    "Proxy",
+    "Kubernetes (--provider kube)",
+    "Config distribution (--provider kube)",
+    "Mesh DNS (--provider kube)",
+    "API, health and metrics",
+    "eBPF data path",
+    "Logging",
+  ]);
+  const section = (title: string) => h.out.split(`${title}:\n`)[1]!.split("\n\n")[0]!;
+  assert.match(section("Proxy"), /^ {2}--http-port PORT/m);
+  assert.match(section("eBPF data path"), /^ {2}--datapath /m);
+  assert.match(section("Logging"), /^ {2}--log-level debug\|info\|warn\|error$/m);
+  assert.match(section("Logging"), /^ {2}--help +Show this help$/m);
 });
