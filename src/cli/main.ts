@@ -32,6 +32,8 @@ import {
   type ProxyListener,
   selectDatapath,
 } from "../datapath/mod.ts";
+import { buildInfo, formatBuildInfo } from "./version.ts";
+import { completionScript, type Shell, SHELLS } from "./completion.ts";
 import {
   type FlagGroup,
   type FlagSpec,
@@ -196,6 +198,8 @@ interface Command {
   usage: string;
   summary: string;
   flags: readonly FlagSpec[];
+  /** How many positional arguments it takes (default none). */
+  positionals?: number;
   /** The flags by topic in `--help`, when there are many. */
   groups?: readonly FlagGroup[];
   run: (values: Record<string, FlagValue>, io: CliIo, positionals: string[]) => Promise<number>;
@@ -235,12 +239,36 @@ const COMMANDS: Record<string, Command> = {
     flags: DUMP_FLAGS,
     run: dumpCommand,
   },
+  completion: {
+    usage: "meshd completion bash|zsh|fish",
+    summary: "Print a shell completion script for meshd's commands, flags and flag values",
+    flags: [],
+    positionals: 1,
+    run: (_v, io, positionals) => {
+      const shell = positionals[0];
+      if (!SHELLS.includes(shell as Shell)) {
+        throw new UsageError(
+          shell === undefined
+            ? `Which shell? Expected one of ${SHELLS.join(", ")}`
+            : `Unknown shell "${shell}": expected one of ${SHELLS.join(", ")}`,
+        );
+      }
+      const commands = Object.entries(COMMANDS).map(([name, c]) => ({
+        name,
+        summary: c.summary,
+        flags: c.flags,
+      }));
+      io.stdout(completionScript(shell as Shell, commands));
+      return Promise.resolve(0);
+    },
+  },
   version: {
     usage: "meshd version",
-    summary: "Print the version",
+    summary: "Print the version, the commit and build date, compiled or from source, and " +
+      "the Deno version",
     flags: [],
     run: (_v, io) => {
-      io.stdout(`meshd ${VERSION} (deno ${Deno.version.deno})\n`);
+      io.stdout(formatBuildInfo(buildInfo(VERSION)));
       return Promise.resolve(0);
     },
   },
@@ -315,15 +343,21 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     io.stdout(commandHelp(cmd));
     return 0;
   }
-  if (parsed.positionals.length > 0) {
+  if (parsed.positionals.length > (cmd.positionals ?? 0)) {
     io.stderr(
-      `meshd ${name}: unexpected argument "${parsed.positionals[0]}"; run "meshd ${name} --help"\n`,
+      `meshd ${name}: unexpected argument "${
+        parsed.positionals[cmd.positionals ?? 0]
+      }"; run "meshd ${name} --help"\n`,
     );
     return 2;
   }
   try {
     return await cmd.run(parsed.values, io, parsed.positionals);
   } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr(`meshd ${name}: ${e.message}; run "meshd ${name} --help"\n`);
+      return 2;
+    }
     const debug = parsed.values["log-level"] === "debug";
     if (
       e instanceof CliError || KNOWN_ERRORS.has((e as Error)?.name) ||

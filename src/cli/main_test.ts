@@ -41,7 +41,7 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   assert.equal(top.code, 0);
   assert.deepEqual(
     [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]),
-    ["run", "prepare", "cleanup", "check", "config dump", "version"],
+    ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"],
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
@@ -108,11 +108,22 @@ Deno.test("main() reports usage errors with exit code 2", async () => {
   assert.match(extra.err, /unexpected argument "now"/);
 });
 
-Deno.test("main() version prints the version from deno.json", async () => {
+Deno.test("main() version prints the version, this checkout's commit, from source, and Deno's", async () => {
   const r = await run(["version"]);
   assert.equal(r.code, 0);
-  assert.match(r.out, new RegExp(`^meshd ${VERSION.replaceAll(".", "\\.")} \\(deno `));
+  assert.match(r.out, new RegExp(`^meshd ${VERSION.replaceAll(".", "\\.")}\n`));
   assert.match(VERSION, /^\d+\.\d+\.\d+/);
+  const head = await new Deno.Command("git", { args: ["rev-parse", "HEAD"], stdout: "piped" })
+    .output();
+  const commit = new TextDecoder().decode(head.stdout).trim();
+  assert.match(r.out, new RegExp(`^ {2}commit {2}${commit}$`, "m"));
+  assert.match(r.out, /^ {2}built {3}not built \(run from source\)$/m);
+  assert.match(r.out, /^ {2}binary {2}from source \(deno run\)$/m);
+  assert.match(
+    r.out,
+    new RegExp(`^ {2}deno {4}${Deno.version.deno.replaceAll(".", "\\.")} \\(v8 `, "m"),
+  );
+  assert.equal((await run(["--version"])).out, r.out);
 });
 
 Deno.test("main() config dump prints the MeshConfig as JSON", async () => {
