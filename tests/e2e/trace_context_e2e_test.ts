@@ -1,0 +1,185 @@
+/**
+ * Trace context through meshd: W3C `traceparent` and `tracestate`, and Zipkin's B3 (the single
+ * `b3` header and the `X-B3-*` set) reach the backend byte for byte, through a TrafficSplit
+ * and through a retry after a dead endpoint. meshd is not a tracer: it must neither drop nor
+ * rewrite them, or the traces of everything behind it break apart.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
+
+// Addresses of this file's own.
+const V1 = "127.0.73.10";
+const V2 = "127.0.73.11";
+const DEAD = "127.0.73.12"; // an endpoint of `flaky` that nothing listens on
+
+const TRACE = {
+  traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+  tracestate: "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+  b3: "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+  "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+  "x-b3-spanid": "e457b5a2e4d86bd1",
+  "x-b3-parentspanid": "05e3ac9a4f6e3b90",
+  "x-b3-sampled": "1",
+  "x-b3-flags": "1",
+};
+
+function objects(p: { v1: number; v2: number; dead: number }): string {
+  const pod = (name: string, ip: string) =>
+    `apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, namespace: tr }
+spec: { serviceAccountName: app, nodeName: local }
+status: { phase: Running, podIP: ${ip} }
+`;
+  const service = (name: string, annotations = "{}") =>
+    `apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: tr, annotations: ${annotations} }
+spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
+`;
+  const slice = (svc: string, name: string, ip: string, port: number, pod: string) =>
+    `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: ${name}, namespace: tr, labels: { kubernetes.io/service-name: ${svc} } }
+addressType: IPv4
+ports: [{ name: http, port: ${port}, protocol: TCP }]
+endpoints:
+  - { addresses: ["${ip}"], conditions: { ready: true }, targetRef: { kind: Pod, name: ${pod} } }
+`;
+  return [
+    pod("v1-0", V1),
+    pod("v2-0", V2),
+    pod("dead-0", DEAD),
+    service("api"),
+    service("api-v1"),
+    service("api-v2"),
+    slice("api", "api-a", V1, p.v1, "v1-0"),
+    slice("api-v1", "api-v1-a", V1, p.v1, "v1-0"),
+    slice("api-v2", "api-v2-a", V2, p.v2, "v2-0"),
+    `apiVersion: split.smi-spec.io/v1alpha3
+kind: TrafficSplit
+metadata: { name: api-split, namespace: tr }
+spec:
+  service: api
+  backends:
+    - { service: api-v1, weight: 50 }
+    - { service: api-v2, weight: 50 }
+`,
+    service("flaky", '{ meshd.io/retry-attempts: "3" }'),
+    slice("flaky", "flaky-a", V1, p.v1, "v1-0"),
+    slice("flaky", "flaky-b", DEAD, p.dead, "dead-0"),
+  ].join("---\n");
+}
+
+/** One GET of `host` through meshd with the trace headers; the status and the body. */
+function get(port: number, host: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: "127.0.0.1", port });
+    let raw = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (c: string) => raw += c);
+    socket.on("error", reject);
+    socket.on("end", () => {
+      socket.destroy();
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1] ?? 0);
+      resolve({ status, body: raw.slice(raw.indexOf("\r\n\r\n") + 4) });
+    });
+    const fields = Object.entries(TRACE).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+    socket.write(`GET / HTTP/1.1\r\nHost: ${host}\r\n${fields}Connection: close\r\n\r\n`);
+  });
+}
+
+/** The header lines whoami echoed, by lower-case name. */
+function echoed(body: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of body.split("\n")) {
+    const i = line.indexOf(": ");
+    if (i > 0) m.set(line.slice(0, i), line.slice(i + 2));
+  }
+  return m;
+}
+
+Deno.test("meshd passes traceparent, tracestate and B3 through unchanged, through a split and a retry", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-trace-" });
+  const children: Child[] = [];
+  try {
+    const p = { v1: freePort(V1), v2: freePort(V2), dead: freePort(DEAD) };
+    const whoami = (name: string, ip: string, port: number) =>
+      new Child(name, ["run", "--allow-net", WHOAMI, "--name", name, "--listen", `${ip}:${port}`]);
+    children.push(whoami("api-v1", V1, p.v1), whoami("api-v2", V2, p.v2));
+    await Deno.writeTextFile(`${dir}/mesh.yaml`, objects(p));
+    const http = freePort();
+    const api = freePort();
+    const tcp = freePort();
+    const udp = freePort();
+    children.push(
+      new Child("meshd", [
+        ...FILE_MESHD_RUN,
+        "--config-dir",
+        dir,
+        "--http-port",
+        String(http),
+        "--api-port",
+        String(api),
+        "--tcp-ports",
+        `${tcp}-${tcp}`,
+        "--udp-ports",
+        `${udp}-${udp}`,
+      ]),
+    );
+    await Promise.all([waitForPort(V1, p.v1), waitForPort(V2, p.v2)]);
+    await waitFor("meshd to be ready", async () => {
+      const r = await fetch(`http://127.0.0.1:${api}/readyz`);
+      await r.body?.cancel();
+      return r.status === 200 ? true : undefined;
+    }, 30_000);
+
+    const check = (where: string, body: string) => {
+      const got = echoed(body);
+      for (const [k, v] of Object.entries(TRACE)) assert.equal(got.get(k), v, `${where}: ${k}`);
+    };
+    // Through the split: both backends answer, each with the headers intact.
+    const seen = new Set<string>();
+    await waitFor(
+      "answers from both sides of the split",
+      async () => {
+        const r = await get(http, "api.tr.mesh");
+        assert.equal(r.status, 200, r.body);
+        const name = echoed(r.body).get("name")!;
+        check(`split, ${name}`, r.body);
+        seen.add(name);
+        return seen.size === 2 ? true : undefined;
+      },
+      20_000,
+      0,
+    );
+
+    // Through retries: the dead endpoint is tried first now and then, and the request is sent
+    // again to the live one with the same trace headers.
+    const retries = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${api}/metrics`)).text();
+      return Number(
+        /^meshd_retries_total\{service="tr\/flaky"[^}]*\} (\d+)$/m.exec(text)?.[1] ?? 0,
+      );
+    };
+    await waitFor(
+      "a request to be retried",
+      async () => {
+        const r = await get(http, "flaky.tr.mesh");
+        assert.equal(r.status, 200, r.body);
+        check("after a retry", r.body);
+        return (await retries()) > 0 ? true : undefined;
+      },
+      20_000,
+      0,
+    );
+  } finally {
+    await Promise.all(children.map((c) => c.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
