@@ -64,7 +64,7 @@ import {
   proxyOptions,
 } from "./options.ts";
 import { checkCommand, cleanupCommand, prepareCommand } from "./cluster_commands.ts";
-import { CliError, type CliIo, kubeClient } from "./common.ts";
+import { CliError, type CliIo, errorLine, kubeClient, warningLine } from "./common.ts";
 
 export { CliError, type CliIo };
 
@@ -326,7 +326,9 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
   }
   const cmd = COMMANDS[name];
   if (!cmd) {
-    io.stderr(`meshd: unknown command "${name}"; run "meshd --help" for the commands\n`);
+    io.stderr(
+      errorLine("meshd", `unknown command "${name}"`, 'run "meshd --help" for the commands'),
+    );
     return 2;
   }
   let parsed;
@@ -334,7 +336,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     parsed = parseFlags(rest, cmd.flags, io.env);
   } catch (e) {
     if (e instanceof UsageError) {
-      io.stderr(`meshd ${name}: ${e.message}; run "meshd ${name} --help" for the flags\n`);
+      io.stderr(errorLine(`meshd ${name}`, e.message, `run "meshd ${name} --help" for the flags`));
       return 2;
     }
     throw e;
@@ -344,10 +346,9 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     return 0;
   }
   if (parsed.positionals.length > (cmd.positionals ?? 0)) {
+    const extra = parsed.positionals[cmd.positionals ?? 0];
     io.stderr(
-      `meshd ${name}: unexpected argument "${
-        parsed.positionals[cmd.positionals ?? 0]
-      }"; run "meshd ${name} --help"\n`,
+      errorLine(`meshd ${name}`, `unexpected argument "${extra}"`, `run "meshd ${name} --help"`),
     );
     return 2;
   }
@@ -355,7 +356,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     return await cmd.run(parsed.values, io, parsed.positionals);
   } catch (e) {
     if (e instanceof UsageError) {
-      io.stderr(`meshd ${name}: ${e.message}; run "meshd ${name} --help"\n`);
+      io.stderr(errorLine(`meshd ${name}`, e.message, `run "meshd ${name} --help"`));
       return 2;
     }
     const debug = parsed.values["log-level"] === "debug";
@@ -365,15 +366,16 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
       e instanceof Deno.errors.AddrInUse ||
       e instanceof Deno.errors.PermissionDenied
     ) {
-      io.stderr(`meshd ${name}: ${(e as Error).message}\n`);
+      io.stderr(errorLine(`meshd ${name}`, (e as Error).message));
       if (debug) io.stderr(`${(e as Error).stack}\n`);
       return 1;
     }
     // Not a known failure: a bug. Say so, with the trace.
     io.stderr(
-      `meshd ${name}: internal error (please report): ${
-        e instanceof Error ? e.stack : String(e)
-      }\n`,
+      errorLine(
+        `meshd ${name}`,
+        `internal error (please report): ${e instanceof Error ? e.stack : String(e)}`,
+      ),
     );
     return 1;
   }
@@ -435,12 +437,13 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
     throw new CliError(`Cannot compile the config of "${dir}": ${(e as Error).message}`);
   }
   const { config, diagnostics } = compiled;
-  for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
+  for (const w of result.warnings) io.stderr(warningLine("meshd config dump", w));
   for (const d of diagnostics) {
-    io.stderr(`${d.level === "warn" ? "warning" : d.level}: ${d.object}: ${d.message}\n`);
+    const line = d.level === "warn" ? warningLine : errorLine;
+    io.stderr(line("meshd config dump", `${d.object}: ${d.message}`));
   }
   if (result.errors.length > 0 || diagnostics.some((d) => d.level === "error")) {
-    for (const e of result.errors) io.stderr(`error: ${e.message}\n`);
+    for (const e of result.errors) io.stderr(errorLine("meshd config dump", e.message));
     return 1;
   }
   io.stdout(JSON.stringify(config, null, 2) + "\n");

@@ -102,7 +102,7 @@ Deno.test("main() reports usage errors with exit code 2", async () => {
   assert.match(unknown.err, /unknown command "serve"/);
   const badFlag = await run(["run", "--bogus"]);
   assert.equal(badFlag.code, 2);
-  assert.match(badFlag.err, /^meshd run: Unknown flag "--bogus"; run "meshd run --help"/);
+  assert.match(badFlag.err, /^meshd run: error: unknown flag "--bogus"; run "meshd run --help"/);
   const extra = await run(["version", "now"]);
   assert.equal(extra.code, 2);
   assert.match(extra.err, /unexpected argument "now"/);
@@ -165,7 +165,7 @@ Deno.test("main() run --provider kube says what is wrong in one line, before sta
   assert.equal(missing.code, 1);
   assert.match(
     missing.err,
-    /^meshd run: Cannot load Kubernetes credentials from "\/nonexistent\/kc"/,
+    /^meshd run: error: cannot load Kubernetes credentials from "\/nonexistent\/kc"/,
   );
   assert.equal(missing.err.trim().split("\n").length, 1, missing.err);
   await withDir({
@@ -271,4 +271,56 @@ Deno.test("main() run --help groups its flags by topic and lists the values of -
   assert.match(section("eBPF data path"), /^ {2}--datapath /m);
   assert.match(section("Logging"), /^ {2}--log-level debug\|info\|warn\|error$/m);
   assert.match(section("Logging"), /^ {2}--help +Show this help$/m);
+});
+
+Deno.test("main() errors have one shape in every command: one line, `error:`, exit 2 for usage and 1 for failures", async () => {
+  const shape = (who: string) => new RegExp(`^${who}: error: [a-z"-]`);
+  const oneLine = (r: Run, argv: string[]) => {
+    assert.equal(r.out, "", argv.join(" "));
+    assert.equal(r.err.split("\n").filter((l) => l).length, 1, `${argv.join(" ")}:\n${r.err}`);
+    assert.doesNotMatch(r.err, /\bat .*\.ts:\d+/, "no stack trace");
+  };
+  const unknown = await run(["serve"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.err, shape("meshd"));
+  const commands = ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"];
+  for (const c of commands) {
+    const words = c.split(" ");
+    for (const argv of [[...words, "--bogus"], [...words, "--log-level", "loud"]]) {
+      if (argv.includes("--log-level") && !["run", "prepare", "cleanup", "check"].includes(c)) {
+        continue; // no --log-level there; --bogus covers the flag error
+      }
+      const r = await run(argv);
+      assert.equal(r.code, 2, argv.join(" "));
+      oneLine(r, argv);
+      assert.match(r.err, shape(`meshd ${c}`), r.err);
+      assert.match(r.err, new RegExp(`; run "meshd ${c} --help"`));
+    }
+  }
+  for (const argv of [["version", "now"], ["completion", "tcsh"], ["completion"]]) {
+    const r = await run(argv);
+    assert.equal(r.code, 2, argv.join(" "));
+    oneLine(r, argv);
+    assert.match(r.err, shape(`meshd ${argv[0]}`));
+  }
+  // Failures: the input is well formed but cannot be used.
+  const missing = ["--kubeconfig", "/nonexistent/kc"];
+  for (
+    const argv of [
+      ["run", "--provider", "kube", ...missing],
+      ["prepare", ...missing],
+      ["cleanup", ...missing],
+      ["config", "dump", "--config-dir", "/nonexistent/dir"],
+    ]
+  ) {
+    const r = await run(argv);
+    assert.equal(r.code, 1, `${argv.join(" ")}: ${r.err}`);
+    const who = argv[0] === "config" ? "meshd config dump" : `meshd ${argv[0]}`;
+    assert.match(r.err, shape(who), r.err);
+    oneLine(r, argv);
+  }
+  // check's failures are its report on stdout, one line per check, and exit 1.
+  const check = await run(["check", ...missing]);
+  assert.equal(check.code, 1);
+  assert.match(check.out, /^FAIL +api +cannot load Kubernetes credentials/im);
 });
