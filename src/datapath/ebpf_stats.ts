@@ -1,11 +1,3 @@
-import type { MapCounts } from "./map_writer.ts";
-
-/** Counts shown by `/api/status` and `/metrics`: what the maps hold, and their memory. */
-export interface EbpfStats extends MapCounts {
-  /** Kernel memory of the maps, in bytes. */
-  mapBytes: number;
-}
-
 /**
  * Kernel memory of the maps open at `fds`: the sum of each one's fdinfo `memlock` (0 for one
  * whose fdinfo cannot be read).
