@@ -174,17 +174,8 @@ export function loadPrograms(o: LoaderOptions): LoadedPrograms {
       if (pinned?.from !== "pins") removePins(o.pinDir, "links");
     });
     if (pinned?.from === "unversioned pins") {
-      // Sockets connected through the old programs until the links switched: their reverse
-      // entries are copied too, then the old maps go.
       step = "copy the reverse entries made meanwhile";
-      copyEntries(bpf, pinned.fds.rnat4, fds.rnat4, { missingOnly: true });
-      copyEntries(bpf, pinned.fds.rnat6, fds.rnat6, { missingOnly: true });
-      closeAll(bpf, pinned.fds);
-      removeMapPins(o.pinDir, (n) => MAP_KEYS.some((k) => legacyMapName(k) === n));
-      o.logger.info("eBPF maps pinned without a layout suffix copied into this layout's", {
-        pinDir: o.pinDir,
-        names: mapName("svc4").replace("svc4", "*"),
-      });
+      retireUnversioned(bpf, pinned.fds, fds, o);
     } else if (pinned) {
       closeAll(bpf, pinned.fds);
     }
@@ -331,6 +322,27 @@ function openPinned(
     version: Number(meta["version"]),
     expires: meta["expires"] as bigint,
   };
+}
+
+/**
+ * Finishes taking over unversioned pins once the links run the new programs: sockets
+ * connected through the old programs until then have reverse entries only in the old maps,
+ * so those are copied too; then the old maps are let go and unpinned.
+ */
+function retireUnversioned(
+  bpf: Libbpf,
+  old: Record<MapKey, number>,
+  fds: Record<MapKey, number>,
+  o: LoaderOptions,
+): void {
+  copyEntries(bpf, old.rnat4, fds.rnat4, { missingOnly: true });
+  copyEntries(bpf, old.rnat6, fds.rnat6, { missingOnly: true });
+  closeAll(bpf, old);
+  const removed = removeMapPins(o.pinDir, (n) => MAP_KEYS.some((k) => legacyMapName(k) === n));
+  o.logger.info("eBPF maps pinned without a layout suffix copied into this layout's", {
+    pinDir: o.pinDir,
+    removed,
+  });
 }
 
 /** How a pinned map's shape differs from the one wanted ("" when it does not). */
