@@ -278,7 +278,10 @@ function findPinned(
   );
   const others = removeMapPins(dir, (n) => !keep.has(n));
   if (others.length > 0) {
-    logger.info("removed eBPF map pins of another meshd layout", { pinDir: dir, pins: others });
+    logger.info(
+      "removed eBPF map pins not taken over (another layout, or older than the unversioned ones)",
+      { pinDir: dir, pins: others },
+    );
   }
   return found;
 }

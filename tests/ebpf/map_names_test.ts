@@ -303,7 +303,7 @@ Deno.test("EbpfDatapath.load() reads no pinned map of another shape or layout, a
         const dp = load(logger);
         try {
           assert.equal(dp.tookOver, false);
-          assert.match(lines.join("\n"), /removed eBPF map pins of another meshd layout/);
+          assert.match(lines.join("\n"), /removed eBPF map pins not taken over/);
           assert.deepEqual(
             pins(env),
             [...MAP_KEYS.map((k) => mapName(k)), ...PROGRAMS.map((p) => `link_${p}`)].sort(),
