@@ -9,9 +9,18 @@ import {
   meshZones,
   prepareCoreDns,
 } from "../controller/mod.ts";
-import { EbpfDatapath, findLibbpf, probeDatapath, readBpfObject } from "../datapath/mod.ts";
+import {
+  EbpfDatapath,
+  findLibbpf,
+  kernelVersion,
+  MIN_KERNEL,
+  probeDatapath,
+  readBpfObject,
+} from "../datapath/mod.ts";
 import type { KubeApi } from "../kube/mod.ts";
+import { type CheckResult, checksJson, formatChecks } from "./check_report.ts";
 import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
+import { appliedByLeader, nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
 import type { FlagValue } from "./flags.ts";
 
 type Values = Record<string, FlagValue>;
@@ -83,38 +92,98 @@ export async function cleanupCommand(v: Values, io: CliIo): Promise<number> {
   return 0;
 }
 
-type Level = "ok" | "warn" | "FAIL" | "skip";
+/** The Kubernetes minors meshd supports: SelfSubjectReview v1 (1.28) up to the newest tested. */
+export const KUBE_SUPPORTED: { min: [number, number]; max: [number, number] } = {
+  min: [1, 28],
+  max: [1, 37],
+};
 
-/** `meshd check`: one line per check; 1 when something blocks meshd. */
+type Add = (r: Omit<CheckResult, "group">) => void;
+
+/**
+ * `meshd check`: the checks grouped, ✔ ‼ ✘ per line with a hint under each problem, or
+ * `-o json`; `--pre` checks a cluster before install, otherwise an installed meshd too.
+ * `--wait` runs them again until none fails or the time is up. 1 when something fails.
+ */
 export async function checkCommand(v: Values, io: CliIo): Promise<number> {
-  let failed = false;
-  const line = (level: Level, name: string, text: string) => {
-    if (level === "FAIL") failed = true;
-    io.stdout(`${level.padEnd(5)} ${name.padEnd(9)} ${text}\n`);
-  };
+  const waitMs = (v["wait"] as number | undefined) ?? 0;
+  const deadline = Date.now() + waitMs;
+  for (let round = 1;; round++) {
+    const results = await runChecks(v, io);
+    const failed = results.filter((r) => r.level === "fail");
+    const left = deadline - Date.now();
+    if (failed.length === 0 || left <= 0) {
+      io.stdout(v["output"] === "json" ? checksJson(results) : formatChecks(results));
+      return failed.length ? 1 : 0;
+    }
+    if (v["output"] !== "json") {
+      io.stderr(
+        `meshd check: waiting (round ${round}, ${Math.ceil(left / 1000)}s left): ${
+          failed.map((f) => f.message).join("; ")
+        }\n`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, Math.min(2_000, left)));
+  }
+}
+
+async function runChecks(v: Values, io: CliIo): Promise<CheckResult[]> {
+  const results: CheckResult[] = [];
+  const group = (g: string): Add => (r) => results.push({ group: g, ...r });
+  const pre = v["pre"] === true;
   let api: KubeApi | null = null;
   let kube: typeof import("../kube/mod.ts") | null = null;
+  const apiLine = group("Kubernetes API");
   try {
     ({ kapi: api, kube } = await kubeClient(v, io));
     const ver = await api.request("GET", "/version", undefined, { timeoutMs: 5_000 });
-    line("ok", "api", `${api.server} answers, Kubernetes ${ver["gitVersion"] ?? "(no version)"}`);
+    const git = String(ver["gitVersion"] ?? "(no version)");
+    apiLine({ name: "api", level: "ok", message: `${api.server} answers, Kubernetes ${git}` });
+    apiLine(versionCheck(git));
   } catch (e) {
-    line("FAIL", "api", (e as Error).message);
+    apiLine({
+      name: "api",
+      level: "fail",
+      message: (e as Error).message,
+      hint: "check --kubeconfig (or $KUBECONFIG) and that the API server is up",
+    });
     api = null;
   }
   if (api && kube) {
-    await checkRbac(api, kube, v, line);
+    if (pre) await checkInstallRbac(api, kube, v, group("RBAC"));
+    await checkRbac(api, kube, v, group("RBAC"));
+    const smi = group("SMI CRDs");
     try {
-      for (const s of await kube.smiGroupStatus(api)) line(s.ok ? "ok" : "warn", "smi", s.message);
+      for (const s of await kube.smiGroupStatus(api)) {
+        smi({
+          name: "smi",
+          level: s.ok ? "ok" : "warn",
+          message: s.message,
+          ...(s.ok ? {} : { hint: "kubectl apply --server-side -f manifests/crds/" }),
+        });
+      }
     } catch (e) {
-      line("FAIL", "smi", `Cannot read the SMI API groups: ${(e as Error).message}`);
+      smi({
+        name: "smi",
+        level: "fail",
+        message: `Cannot read the SMI API groups: ${(e as Error).message}`,
+      });
     }
-    await checkCoreDns(api, v, line);
+    if (pre) {
+      await checkCoreDnsFound(api, v, group("CoreDNS"));
+      await checkKernels(api, kube, group("Nodes"));
+    } else {
+      await checkCoreDns(api, v, group("CoreDNS"));
+      await checkInstalled(api, kube, v, group("meshd"));
+    }
   } else {
-    for (const name of ["rbac", "smi", "coredns"]) line("skip", name, "needs the API");
+    const names = pre ? ["rbac", "smi", "coredns", "kernel"] : ["rbac", "smi", "coredns", "meshd"];
+    for (const name of names) {
+      results.push({ group: "Skipped", name, level: "skip", message: `${name}: needs the API` });
+    }
   }
   // What `meshd run --datapath auto` would choose here, short of attaching: the programs are
-  // loaded (the verifier runs) and let go.
+  // loaded (the verifier runs) and let go. Run in a meshd pod, this is that node's answer.
   const libbpf = v["libbpf"] as string | undefined;
   const dp = await probeDatapath({
     kernelRelease: v["kernel-release"] as string | undefined,
@@ -127,15 +196,345 @@ export async function checkCommand(v: Values, io: CliIo): Promise<number> {
       return "the programs load (not attached by check)";
     },
   });
-  line(dp.datapath === "ebpf" ? "ok" : "warn", "datapath", `${dp.datapath}: ${dp.reason}`);
-  return failed ? 1 : 0;
+  group("Data path on this machine")({
+    name: "datapath",
+    level: dp.datapath === "ebpf" ? "ok" : "warn",
+    message: `${dp.datapath}: ${dp.reason}`,
+    ...(dp.datapath === "ebpf" ? {} : {
+      hint: "meshd runs on the userspace proxy here; in a meshd pod this is that node's answer",
+    }),
+  });
+  return results;
+}
+
+/** Whether the API server's version is one meshd supports. */
+export function versionCheck(gitVersion: string): Omit<CheckResult, "group"> {
+  const m = gitVersion.match(/^v?(\d+)\.(\d+)/);
+  const { min, max } = KUBE_SUPPORTED;
+  const range = `${min.join(".")} to ${max.join(".")}`;
+  if (!m) {
+    return {
+      name: "version",
+      level: "warn",
+      message: `Kubernetes "${gitVersion}" is not a version meshd can read; it supports ${range}`,
+      hint: "meshd may work; it is tested on the versions named",
+    };
+  }
+  const v = [Number(m[1]), Number(m[2])];
+  const cmp = (a: number[], b: number[]) => a[0]! - b[0]! || a[1]! - b[1]!;
+  if (cmp(v, min) < 0) {
+    return {
+      name: "version",
+      level: "fail",
+      message: `Kubernetes ${v.join(".")} is older than ${
+        min.join(".")
+      }, the oldest meshd supports`,
+      hint: `upgrade the cluster to ${range}`,
+    };
+  }
+  if (cmp(v, max) > 0) {
+    return {
+      name: "version",
+      level: "warn",
+      message: `Kubernetes ${v.join(".")} is newer than ${max.join(".")}, the newest meshd is ` +
+        "tested on",
+      hint: "meshd should work; report what does not",
+    };
+  }
+  return {
+    name: "version",
+    level: "ok",
+    message: `Kubernetes ${v.join(".")} is in the supported range (${range})`,
+  };
+}
+
+/** A 403 from the API: the identity may not look, which is no failure of meshd. */
+function forbidden(e: unknown): boolean {
+  return (e as { status?: number })?.status === 403;
+}
+
+async function checkInstallRbac(
+  api: KubeApi,
+  kube: typeof import("../kube/mod.ts"),
+  v: Values,
+  add: Add,
+): Promise<void> {
+  try {
+    const wanted = kube.installPermissions(v["mesh-namespace"] as string, corednsRef(v));
+    const missing = [];
+    for (const p of wanted) if (!(await kube.mayI(api, p))) missing.push(p);
+    add(
+      missing.length === 0
+        ? {
+          name: "rbac-install",
+          level: "ok",
+          message: `you may create all ${wanted.length} kinds of object the install creates`,
+        }
+        : {
+          name: "rbac-install",
+          level: "fail",
+          message: `the install needs to ${
+            missing.map((p) => `${kube.describePermission(p)} (${p.why})`).join("; ")
+          }`,
+          hint: "install as a cluster admin (kubectl apply --server-side -k manifests/)",
+        },
+    );
+  } catch (e) {
+    add({
+      name: "rbac-install",
+      level: "fail",
+      message: `Cannot review access: ${(e as Error).message}`,
+    });
+  }
+}
+
+async function checkCoreDnsFound(api: KubeApi, v: Values, add: Add): Promise<void> {
+  const ref = corednsRef(v);
+  const where = `${ref.namespace}/${ref.name}`;
+  try {
+    const corefile = await coreDnsCorefile(api, ref);
+    const served = corefileZones(corefile);
+    add({
+      name: "coredns",
+      level: "ok",
+      message: `CoreDNS's Corefile is in ConfigMap ${where}` +
+        (currentMeshBlock(corefile) ? " (meshd's block is already there)" : "") +
+        (served.elsewhere.length ? `; it already serves ${served.elsewhere.join(", ")}` : ""),
+    });
+  } catch (e) {
+    add({
+      name: "coredns",
+      level: "fail",
+      message: (e as Error).message,
+      hint: "meshd prepare edits CoreDNS's Corefile; pass --coredns-namespace and " +
+        "--coredns-configmap if it lives elsewhere",
+    });
+  }
+}
+
+async function checkKernels(
+  api: KubeApi,
+  kube: typeof import("../kube/mod.ts"),
+  add: Add,
+): Promise<void> {
+  let nodes;
+  try {
+    nodes = await kube.listNodes(api);
+  } catch (e) {
+    add({
+      name: "kernel",
+      level: forbidden(e) ? "skip" : "fail",
+      message: `Cannot list the Nodes: ${(e as Error).message}`,
+    });
+    return;
+  }
+  if (nodes.length === 0) {
+    add({
+      name: "kernel",
+      level: "warn",
+      message: "the cluster has no Nodes yet",
+      hint: "meshd runs on every node; add nodes",
+    });
+    return;
+  }
+  const min = MIN_KERNEL.join(".");
+  for (const n of nodes) {
+    const kv = kernelVersion(n.kernelVersion);
+    const ok = !!kv &&
+      (kv[0] > MIN_KERNEL[0] || (kv[0] === MIN_KERNEL[0] && kv[1] >= MIN_KERNEL[1]));
+    add(
+      ok
+        ? {
+          name: "kernel",
+          level: "ok",
+          message: `${n.name}: kernel ${n.kernelVersion} (eBPF needs ${min})`,
+        }
+        : {
+          name: "kernel",
+          level: "warn",
+          message:
+            `${n.name}: kernel ${n.kernelVersion || "(not reported)"} is older than ${min}, ` +
+            "or not a version: meshd runs there on the userspace proxy alone",
+          hint: `upgrade the node's kernel to ${min} or newer for the eBPF fast path`,
+        },
+    );
+  }
+}
+
+/** After install: the DaemonSet rolled out, a leader elected, every node's config and data path. */
+async function checkInstalled(
+  api: KubeApi,
+  kube: typeof import("../kube/mod.ts"),
+  v: Values,
+  add: Add,
+): Promise<void> {
+  const ns = v["mesh-namespace"] as string;
+  const ref = { namespace: ns, daemonSet: v["daemonset"] as string, selector: selectorOf(v) };
+  let view;
+  try {
+    view = await kube.readMeshView(api, ref);
+  } catch (e) {
+    add({
+      name: "daemonset",
+      level: forbidden(e) ? "skip" : "fail",
+      message: `Cannot read meshd's DaemonSet, pods and Nodes: ${(e as Error).message}`,
+      ...(forbidden(e)
+        ? {}
+        : { hint: "is the API server reachable, and meshd installed in --mesh-namespace?" }),
+    });
+    return;
+  }
+  const ds = view.daemonSet;
+  const dsName = `${ns}/${ref.daemonSet}`;
+  if (!ds) {
+    add({
+      name: "daemonset",
+      level: "fail",
+      message: `there is no DaemonSet ${dsName}`,
+      hint: "install meshd (kubectl apply --server-side -k manifests/), or pass --mesh-namespace",
+    });
+  } else {
+    const done = ds.observed && ds.desired > 0 && ds.updated === ds.desired &&
+      ds.ready === ds.desired && ds.available === ds.desired;
+    add({
+      name: "daemonset",
+      level: done ? "ok" : "fail",
+      message: done
+        ? `DaemonSet ${dsName} is rolled out: ${ds.ready} of ${ds.desired} pods ready and up to date`
+        : `DaemonSet ${dsName} is not rolled out: ${ds.ready} of ${ds.desired} pods ready, ` +
+          `${ds.updated} up to date, ${ds.available} available`,
+      ...(done ? {} : {
+        hint: `kubectl -n ${ns} rollout status daemonset ${ref.daemonSet}; --wait 2m waits for it`,
+      }),
+    });
+  }
+  const lease = v["lease-name"] as string;
+  let holder: string | null = null;
+  try {
+    holder = await leaseHolder(api, ns, lease, Date.now());
+    const known = view.pods.some((p) => p.name === holder);
+    add(
+      !holder
+        ? {
+          name: "leader",
+          level: "fail",
+          message: `no meshd holds the Lease ${ns}/${lease}: no controller is elected`,
+          hint: `see the meshd pods' logs (kubectl -n ${ns} logs -l ${ref.selector})`,
+        }
+        : known
+        ? { name: "leader", level: "ok", message: `${holder} leads (Lease ${ns}/${lease})` }
+        : {
+          name: "leader",
+          level: "warn",
+          message: `${holder} holds the Lease ${ns}/${lease} but is not a meshd pod now`,
+          hint: "a pod that left recently: another takes over when the Lease expires",
+        },
+    );
+  } catch (e) {
+    add({
+      name: "leader",
+      level: forbidden(e) ? "skip" : "fail",
+      message: `Cannot read the Lease ${ns}/${lease}: ${(e as Error).message}`,
+    });
+  }
+  const reports = await readNodeMetrics(api, kube, view, {
+    namespace: ns,
+    port: v["metrics-port"] as number,
+  });
+  const leaderReport = reports.find((r) => r.pod?.name === holder && r.metrics);
+  const leaderFacts = leaderReport ? nodeFacts(leaderReport.metrics!) : null;
+  const applied = leaderReport ? appliedByLeader(leaderReport.metrics!) : new Map<string, number>();
+  const target = leaderFacts?.configVersion ??
+    Math.max(0, ...reports.map((r) => r.metrics ? nodeFacts(r.metrics).configVersion ?? 0 : 0));
+  for (const r of reports) add(nodeCheck(r, { ns, target, applied, leader: holder }));
+}
+
+function nodeCheck(
+  r: NodeReport,
+  o: { ns: string; target: number; applied: Map<string, number>; leader: string | null },
+): Omit<CheckResult, "group"> {
+  const name = r.node.name;
+  if (!r.pod) {
+    return {
+      name: "node",
+      level: "fail",
+      message: `${name}: no meshd pod`,
+      hint:
+        `kubectl -n ${o.ns} describe daemonset (a taint, the nodeSelector, or not scheduled yet)`,
+    };
+  }
+  const pod = r.pod;
+  if (!pod.ready) {
+    const why = [
+      pod.waiting,
+      pod.restarts ? `${pod.restarts} restarts` : "",
+      pod.lastTermination ? `last ended ${pod.lastTermination}` : "",
+    ].filter((x) => x).join(", ");
+    return {
+      name: "node",
+      level: "fail",
+      message: `${name}: meshd pod ${pod.name} is not ready (${pod.phase}${why ? `, ${why}` : ""})`,
+      hint: `kubectl -n ${o.ns} logs ${pod.name}; /readyz says why on port 9001`,
+    };
+  }
+  const byLeader = o.applied.get(pod.name);
+  if (!r.metrics) {
+    if (byLeader !== undefined) {
+      const behind = byLeader < o.target;
+      return {
+        name: "node",
+        level: behind ? "fail" : "warn",
+        message: `${name}: pod ${pod.name} applied config v${byLeader}` +
+          (behind ? `, the leader is at v${o.target}` : "") +
+          ` (as the leader says; its metrics: ${r.metricsError})`,
+        hint: "check needs get pods/proxy, and the API server a route to the node's address",
+      };
+    }
+    return {
+      name: "node",
+      level: "warn",
+      message: `${name}: pod ${pod.name} is ready; its metrics cannot be read: ${r.metricsError}`,
+      hint: "check needs get pods/proxy, and the API server a route to the node's address " +
+        "and --metrics-port",
+    };
+  }
+  const f = nodeFacts(r.metrics);
+  const version = f.configVersion ?? 0;
+  const dp = f.datapath
+    ? `${f.datapath}${f.datapath === "ebpf" ? "" : ` (${f.datapathReason})`}`
+    : "data path unknown";
+  const lead = pod.name === o.leader ? ", leader" : "";
+  if (version < o.target) {
+    return {
+      name: "node",
+      level: "fail",
+      message:
+        `${name}: pod ${pod.name} routes by config v${version}, the leader is at v${o.target}; ${dp}`,
+      hint: f.connected === false
+        ? "it holds no config stream to the leader (meshd_distribution_connected 0): see its log"
+        : "it is behind; --wait gives it time",
+    };
+  }
+  return {
+    name: "node",
+    level: f.datapath === "ebpf" ? "ok" : "warn",
+    message: `${name}: pod ${pod.name}${lead}, config v${version}, ${dp}`,
+    ...(f.datapath === "ebpf" ? {} : {
+      hint: "this node runs on the userspace proxy alone (meshd_datapath_info says why)",
+    }),
+  };
+}
+
+/** The `--meshd-selector` pairs as a label selector. */
+export function selectorOf(v: Values): string {
+  return (v["meshd-selector"] as string[]).join(",");
 }
 
 async function checkRbac(
   api: KubeApi,
   kube: typeof import("../kube/mod.ts"),
   v: Values,
-  line: (level: Level, name: string, text: string) => void,
+  add: Add,
 ): Promise<void> {
   let who = "this identity";
   try {
@@ -151,25 +550,30 @@ async function checkRbac(
     const missing = [];
     for (const p of wanted) if (!(await kube.mayI(api, p))) missing.push(p);
     if (missing.length === 0) {
-      line("ok", "rbac", `${who} may do all ${wanted.length} things meshd run does`);
+      add({
+        name: "rbac",
+        level: "ok",
+        message: `${who} may do all ${wanted.length} things meshd run does`,
+      });
     } else {
-      line(
-        "FAIL",
-        "rbac",
-        `${who} may not ${
+      add({
+        name: "rbac",
+        level: "fail",
+        message: `${who} may not ${
           missing.map((p) => `${kube.describePermission(p)} (${p.why})`).join("; ")
         }`,
-      );
+        hint: "apply manifests/rbac.yaml; meshd's ServiceAccount needs it all",
+      });
     }
   } catch (e) {
-    line("FAIL", "rbac", `Cannot review access: ${(e as Error).message}`);
+    add({ name: "rbac", level: "fail", message: `Cannot review access: ${(e as Error).message}` });
   }
 }
 
 async function checkCoreDns(
   api: KubeApi,
   v: Values,
-  line: (level: Level, name: string, text: string) => void,
+  add: Add,
 ): Promise<void> {
   const ref = corednsRef(v);
   const where = `${ref.namespace}/${ref.name}`;
@@ -181,7 +585,12 @@ async function checkCoreDns(
     const corefile = await coreDnsCorefile(api, ref);
     const block = currentMeshBlock(corefile);
     if (!block) {
-      line("FAIL", "coredns", `the Corefile in ${where} has no meshd block: run meshd prepare`);
+      add({
+        name: "coredns",
+        level: "fail",
+        message: `the Corefile in ${where} has no meshd block`,
+        hint: "run meshd prepare (the install's meshd-prepare Job runs it)",
+      });
       return;
     }
     const { forwarded, elsewhere } = corefileZones(corefile);
@@ -194,35 +603,41 @@ async function checkCoreDns(
     );
     const missing = aliases.filter((a) => !forwarded.includes(a));
     if (!forwarded.includes(domain!)) {
-      line(
-        "FAIL",
-        "coredns",
-        `${where} forwards "${forwarded.join(", ")}", not "${domain}": run meshd prepare`,
-      );
+      add({
+        name: "coredns",
+        level: "fail",
+        message: `${where} forwards "${forwarded.join(", ")}", not "${domain}"`,
+        hint: "run meshd prepare",
+      });
     } else if (to.join() !== want.join()) {
-      line(
-        "FAIL",
-        "coredns",
-        `${where} forwards ${domain} to ${to.join(", ")}, but ${v["dns-service"]} is at ` +
-          `${want.join(", ")}: run meshd prepare`,
-      );
+      add({
+        name: "coredns",
+        level: "fail",
+        message: `${where} forwards ${domain} to ${to.join(", ")}, but ${v["dns-service"]} is ` +
+          `at ${want.join(", ")}`,
+        hint: "run meshd prepare",
+      });
     } else if (missing.length > 0) {
       // meshd answers them, but a client's query never reaches it
       const held = missing.filter((a) => elsewhere.includes(a));
-      line(
-        "warn",
-        "coredns",
-        `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}, not the alias` +
-          `${missing.length === 1 ? "" : "es"} ${missing.join(", ")}: ` +
+      add({
+        name: "coredns",
+        level: "warn",
+        message: `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}, not the alias` +
+          `${missing.length === 1 ? "" : "es"} ${missing.join(", ")}` +
           (held.length > 0
-            ? `a block meshd did not add serves ${held.join(", ")} (Traefik Mesh's?); run meshd ` +
-              "prepare after removing it"
-            : "run meshd prepare"),
-      );
+            ? `: a block meshd did not add serves ${held.join(", ")} (Traefik Mesh's?)`
+            : ""),
+        hint: held.length > 0 ? "run meshd prepare after removing that block" : "run meshd prepare",
+      });
     } else {
-      line("ok", "coredns", `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}`);
+      add({
+        name: "coredns",
+        level: "ok",
+        message: `${where} forwards ${forwarded.join(", ")} to ${want.join(", ")}`,
+      });
     }
   } catch (e) {
-    line("FAIL", "coredns", (e as Error).message);
+    add({ name: "coredns", level: "fail", message: (e as Error).message });
   }
 }

@@ -9,6 +9,8 @@ export interface FlagSpec {
   default?: string;
   /** Placeholder in help, such as `DIR`. */
   arg?: string;
+  /** A one-letter form, such as `o` for `-o json`. */
+  short?: string;
   help: string;
 }
 
@@ -62,12 +64,18 @@ export function parseFlags(
       positionals.push(...argv.slice(i + 1));
       break;
     }
-    if (!a.startsWith("--")) {
+    const short = /^-([a-zA-Z])(?:=(.*))?$/.exec(a);
+    if (!a.startsWith("--") && !short) {
       positionals.push(a);
       continue;
     }
-    const eq = a.indexOf("=");
-    let name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    const eq = short ? (short[2] === undefined ? -1 : 2) : a.indexOf("=");
+    let name = short
+      ? specs.find((s) => s.short === short[1])?.name ?? a
+      : eq > 0
+      ? a.slice(2, eq)
+      : a.slice(2);
+    if (name === a) throw new UsageError(`Unknown flag "${a}"`);
     let value: string | undefined = eq > 0 ? a.slice(eq + 1) : undefined;
     let spec = byName.get(name);
     if (
@@ -157,9 +165,10 @@ export const HELP_WIDTH = 99;
 
 /** The left column of a flag in `--help`: name and placeholder (its values, when listed). */
 function flagLeft(s: FlagSpec): string {
-  if (s.kind === "bool") return `  --${s.name}`;
+  const name = s.short ? `-${s.short}, --${s.name}` : `--${s.name}`;
+  if (s.kind === "bool") return `  ${name}`;
   const arg = s.values && s.values.join("|").length <= 24 ? s.values.join("|") : s.arg ?? "VALUE";
-  return `  --${s.name} ${arg}`;
+  return `  ${name} ${arg}`;
 }
 
 /** `text` in lines of at most `width` columns, broken at spaces (a longer word stays whole). */

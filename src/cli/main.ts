@@ -64,6 +64,7 @@ import {
   proxyOptions,
 } from "./options.ts";
 import { checkCommand, cleanupCommand, prepareCommand } from "./cluster_commands.ts";
+import { statCommand, statusCommand } from "./ops_commands.ts";
 import { CliError, type CliIo, errorLine, kubeClient, warningLine } from "./common.ts";
 
 export { CliError, type CliIo };
@@ -181,8 +182,52 @@ const CLEANUP_FLAGS: readonly FlagSpec[] = [
   ...LEVEL_FLAG,
 ];
 
+/** Where meshd runs, and how its pods' metrics are reached: check, status and stat. */
+const MESH_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "daemonset",
+    kind: "string",
+    arg: "NAME",
+    default: "meshd",
+    help: "meshd's DaemonSet in --mesh-namespace",
+  },
+  ...pick(KUBE_FLAGS, "meshd-selector", "lease-name"),
+  {
+    name: "metrics-port",
+    kind: "int",
+    arg: "PORT",
+    default: "9002",
+    help: "The meshd pods' --metrics-port, read through the API server's pod proxy (needs " +
+      "get pods/proxy)",
+  },
+];
+
+const OUTPUT_FLAG: FlagSpec = {
+  name: "output",
+  short: "o",
+  kind: "string",
+  values: ["text", "json"],
+  default: "text",
+  help: "Print text for people or JSON for programs",
+};
+
 const CHECK_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "pre",
+    kind: "bool",
+    default: "false",
+    help: "Before install: the API version, RBAC to install, CoreDNS found, SMI CRDs and the " +
+      "nodes' kernels (instead of the installed meshd's DaemonSet, leader and nodes)",
+  },
+  {
+    name: "wait",
+    kind: "duration",
+    arg: "DURATION",
+    help: "Run the checks again (every 2s) until none fails or DURATION is up, such as 2m",
+  },
+  OUTPUT_FLAG,
   ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
   ...DOMAIN_FLAG,
   {
     ...DOMAIN_ALIASES_FLAG,
@@ -191,6 +236,27 @@ const CHECK_FLAGS: readonly FlagSpec[] = [
   ...COREDNS_FLAGS,
   ...EBPF_FLAGS,
   ...PROBE_FLAGS,
+  ...LEVEL_FLAG,
+];
+
+const STATUS_FLAGS: readonly FlagSpec[] = [
+  OUTPUT_FLAG,
+  ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
+  ...LEVEL_FLAG,
+];
+
+const STAT_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "window",
+    kind: "duration",
+    arg: "DURATION",
+    default: "30s",
+    help: "How long to count: every node's metrics are read at its start and at its end",
+  },
+  OUTPUT_FLAG,
+  ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
   ...LEVEL_FLAG,
 ];
 
@@ -227,11 +293,27 @@ const COMMANDS: Record<string, Command> = {
     run: (v, io) => cleanupCommand(v, io),
   },
   check: {
-    usage: "meshd check [flags]",
-    summary: "Pre-flight: API, RBAC, SMI CRDs, CoreDNS and data path, one line each; " +
-      "exit 1 when something blocks meshd",
+    usage: "meshd check [--pre] [--wait DURATION] [-o json] [flags]",
+    summary: "Check a cluster for meshd, grouped with a hint per problem: --pre before " +
+      "install (API version, RBAC, CoreDNS, SMI CRDs, kernels); after it also the DaemonSet, " +
+      "the leader and each node's config and data path. Exit 1 when something fails",
     flags: CHECK_FLAGS,
     run: (v, io) => checkCommand(v, io),
+  },
+  status: {
+    usage: "meshd status [-o json] [flags]",
+    summary: "One screen on the installed mesh: version, leader, nodes ready, config version " +
+      "skew, data path per node, last errors. Exit 1 when not every node has a ready meshd",
+    flags: STATUS_FLAGS,
+    run: (v, io) => statusCommand(v, io),
+  },
+  stat: {
+    usage: "meshd stat [NAMESPACE[/SERVICE]] [--window 30s] [-o json] [flags]",
+    summary: "Golden signals per service port over a window, from every node's metrics " +
+      "through the API server: success rate, requests/s, p50, p95, p99",
+    flags: STAT_FLAGS,
+    positionals: 1,
+    run: (v, io, positionals) => statCommand(v, io, positionals),
   },
   "config dump": {
     usage: "meshd config dump --config-dir DIR [flags]",

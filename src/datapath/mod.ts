@@ -14,6 +14,8 @@
 export {
   type DatapathChoice,
   findLibbpf,
+  kernelVersion,
+  MIN_KERNEL,
   type ProbeCheck,
   probeDatapath,
   type ProbeOptions,

@@ -218,6 +218,40 @@ export class KubeApi {
   }
 
   /**
+   * One request whose answer is text, not JSON (a pod's `/metrics` through the API server's
+   * proxy). Throws {@linkcode KubeApiError} for an answer other than 2xx, with the server's
+   * message (its Status, or the first line of the text).
+   */
+  async requestText(
+    method: string,
+    path: string,
+    options: { signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<string> {
+    const timeout = AbortSignal.timeout(options.timeoutMs ?? 15_000);
+    const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+    let res: Response;
+    let text: string;
+    try {
+      res = await this.#fetch(method, path, undefined, undefined, signal);
+      text = await res.text();
+    } catch (e) {
+      if (e instanceof KubeApiError) throw e;
+      throw new KubeApiError(`${method} ${path}: ${(e as Error).message}`, 0);
+    }
+    if (res.status < 200 || res.status > 299) {
+      let message = text.trim().split("\n")[0]?.slice(0, 300) || res.statusText;
+      let reason = "";
+      try {
+        const st = JSON.parse(text) as RawObject;
+        if (typeof st["message"] === "string") message = st["message"];
+        if (typeof st["reason"] === "string") reason = st["reason"];
+      } catch { /* not a Status */ }
+      throw new KubeApiError(`${method} ${path}: ${res.status} ${message}`, res.status, reason);
+    }
+    return text;
+  }
+
+  /**
    * Watches `path` from `resourceVersion`, with bookmarks, calling `onEvent` for each event.
    * Resolves when the server ends the stream (at the latest after `timeoutSeconds`) or
    * `signal` aborts; rejects with {@linkcode KubeApiError} when the server answers or streams

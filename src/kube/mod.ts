@@ -10,3 +10,4 @@ export * from "./kube_provider.ts";
 export * from "./leader.ts";
 export * from "./permissions.ts";
 export * from "./token_review.ts";
+export * from "./mesh_view.ts";

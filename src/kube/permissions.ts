@@ -67,6 +67,55 @@ export function preparePermissions(
   ];
 }
 
+/**
+ * What installing meshd (`kubectl apply --server-side -k manifests/`, then the prepare Job)
+ * creates, as `meshd check --pre` asks before it: the SMI CRDs, the namespace, the
+ * PriorityClass, RBAC (whose bindings need the rights they grant: an installer holds them, or
+ * may bind), the DaemonSet, the DNS Service and the Job; and the CoreDNS Corefile prepare edits.
+ */
+export function installPermissions(
+  meshNamespace: string,
+  coredns: { namespace: string; name: string },
+): Permission[] {
+  const cluster = (group: string, resource: string, why: string): Permission => ({
+    verb: "create",
+    group,
+    resource,
+    why,
+  });
+  const inMesh = (group: string, resource: string, why: string): Permission => ({
+    verb: "create",
+    group,
+    resource,
+    namespace: meshNamespace,
+    why,
+  });
+  return [
+    cluster("apiextensions.k8s.io", "customresourcedefinitions", "the SMI CRDs"),
+    cluster("", "namespaces", `the namespace ${meshNamespace}`),
+    cluster("scheduling.k8s.io", "priorityclasses", "meshd's PriorityClass"),
+    cluster("rbac.authorization.k8s.io", "clusterroles", "meshd's RBAC"),
+    cluster("rbac.authorization.k8s.io", "clusterrolebindings", "meshd's RBAC"),
+    inMesh("", "serviceaccounts", "meshd's ServiceAccounts"),
+    inMesh("rbac.authorization.k8s.io", "roles", "meshd's RBAC"),
+    inMesh("rbac.authorization.k8s.io", "rolebindings", "meshd's RBAC"),
+    inMesh("apps", "daemonsets", "the DaemonSet"),
+    inMesh("", "services", "the DNS Service"),
+    inMesh("batch", "jobs", "the meshd-prepare Job"),
+    ...["roles", "rolebindings"].map((resource) => ({
+      verb: "create",
+      group: "rbac.authorization.k8s.io",
+      resource,
+      namespace: coredns.namespace,
+      why: `meshd's access to the Corefile (ConfigMap ${coredns.name})`,
+    })),
+    ...runPermissions(meshNamespace).filter((p) => !p.namespace).map((p) => ({
+      ...p,
+      why: `granting meshd's ClusterRole (${p.why}) needs the right itself`,
+    })),
+  ];
+}
+
 /** Asks the API server whether the caller may do `p` (a SelfSubjectAccessReview). */
 export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
   const r = await api.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {

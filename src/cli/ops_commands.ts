@@ -1,0 +1,264 @@
+import type { KubeApi, MeshView } from "../kube/mod.ts";
+import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
+import type { FlagValue } from "./flags.ts";
+import { formatStatTable, goldenSignals, type MetricsWindow } from "./golden_signals.ts";
+import { nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
+import { parsePromText } from "./prom_text.ts";
+
+type Values = Record<string, FlagValue>;
+
+function meshRef(v: Values) {
+  return {
+    namespace: v["mesh-namespace"] as string,
+    daemonSet: v["daemonset"] as string,
+    selector: (v["meshd-selector"] as string[]).join(","),
+  };
+}
+
+async function readView(
+  api: KubeApi,
+  kube: typeof import("../kube/mod.ts"),
+  v: Values,
+): Promise<MeshView> {
+  try {
+    return await kube.readMeshView(api, meshRef(v));
+  } catch (e) {
+    throw new CliError(`Cannot read meshd's DaemonSet, pods and Nodes: ${(e as Error).message}`);
+  }
+}
+
+/** One node in `meshd status`. */
+export interface StatusNode {
+  node: string;
+  nodeReady: boolean;
+  pod: string | null;
+  podReady: boolean;
+  leader: boolean;
+  configVersion: number | null;
+  datapath: string | null;
+  datapathReason: string | null;
+  /** Why its metrics could not be read, when they could not. */
+  metricsError?: string;
+}
+
+/** `meshd status` as data (`-o json`). */
+export interface MeshStatus {
+  server: string;
+  kubernetes: string;
+  /** The meshd image(s) the pods run. */
+  versions: string[];
+  daemonSet: MeshView["daemonSet"];
+  leader: string | null;
+  nodesReady: number;
+  nodes: number;
+  /** Lowest and highest config version among the nodes read. */
+  configVersions: { min: number; max: number } | null;
+  perNode: StatusNode[];
+  /** Newest first: pod restarts, error counters, Warning Events. */
+  errors: string[];
+}
+
+/** Builds the status from what the API server and the nodes' metrics say. */
+export function buildStatus(
+  init: { server: string; kubernetes: string; leader: string | null },
+  view: MeshView,
+  reports: readonly NodeReport[],
+  events: readonly { at: string; object: string; reason: string; message: string; count: number }[],
+): MeshStatus {
+  const perNode: StatusNode[] = reports.map((r) => {
+    const f = r.metrics ? nodeFacts(r.metrics) : null;
+    return {
+      node: r.node.name,
+      nodeReady: r.node.ready,
+      pod: r.pod?.name ?? null,
+      podReady: r.pod?.ready ?? false,
+      leader: !!r.pod && r.pod.name === init.leader,
+      configVersion: f?.configVersion ?? null,
+      datapath: f?.datapath ?? null,
+      datapathReason: f?.datapathReason ?? null,
+      ...(r.metricsError ? { metricsError: r.metricsError } : {}),
+    };
+  });
+  const versions = perNode.map((n) => n.configVersion).filter((x): x is number => x !== null);
+  const errors: string[] = [];
+  for (const r of reports) {
+    const p = r.pod;
+    if (!p) continue;
+    if (p.waiting) errors.push(`${r.node.name} ${p.name}: waiting, ${p.waiting}`);
+    if (p.restarts > 0) {
+      errors.push(
+        `${r.node.name} ${p.name}: ${p.restarts} restart${p.restarts === 1 ? "" : "s"}` +
+          (p.lastTermination ? `, last ended ${p.lastTermination}` : ""),
+      );
+    }
+    if (r.metrics) {
+      for (const [what, n] of Object.entries(nodeFacts(r.metrics).errors)) {
+        errors.push(`${r.node.name} ${p.name}: ${what}: ${n}`);
+      }
+      if (nodeFacts(r.metrics).connected === false) {
+        errors.push(`${r.node.name} ${p.name}: no config stream to the leader`);
+      }
+    }
+  }
+  for (const e of events) {
+    errors.push(
+      `${e.at} ${e.object} ${e.reason}${e.count > 1 ? ` (x${e.count})` : ""}: ${e.message}`,
+    );
+  }
+  return {
+    ...init,
+    versions: [...new Set(view.pods.map((p) => p.image).filter((i) => i))].sort(),
+    daemonSet: view.daemonSet,
+    nodesReady: perNode.filter((n) => n.podReady).length,
+    nodes: perNode.length,
+    configVersions: versions.length
+      ? { min: Math.min(...versions), max: Math.max(...versions) }
+      : null,
+    perNode,
+    errors,
+  };
+}
+
+/** `meshd status` as one screen of text. */
+export function formatStatus(s: MeshStatus): string {
+  const ds = s.daemonSet;
+  const rows: [string, string][] = [
+    ["Cluster", `${s.server}, Kubernetes ${s.kubernetes}`],
+    ["meshd", s.versions.length ? s.versions.join(", ") : "(no pods)"],
+    [
+      "DaemonSet",
+      ds
+        ? `desired ${ds.desired}, ready ${ds.ready}, up to date ${ds.updated}, available ${ds.available}`
+        : "not found",
+    ],
+    ["Leader", s.leader ?? "none (no meshd holds the Lease)"],
+    ["Nodes", `${s.nodesReady}/${s.nodes} with a ready meshd`],
+    [
+      "Config",
+      !s.configVersions
+        ? "unknown (no node's metrics could be read)"
+        : s.configVersions.min === s.configVersions.max
+        ? `v${s.configVersions.max} on every node read`
+        : `skew: v${s.configVersions.min} to v${s.configVersions.max} (${
+          s.perNode.filter((n) =>
+            n.configVersion !== null && n.configVersion < s.configVersions!.max
+          )
+            .map((n) => `${n.node} v${n.configVersion}`).join(", ")
+        } behind)`,
+    ],
+    [
+      "Data path",
+      Object.entries(
+        s.perNode.reduce((m, n) => {
+          const k = n.datapath ?? "unknown";
+          m[k] = (m[k] ?? 0) + 1;
+          return m;
+        }, {} as Record<string, number>),
+      ).map(([k, n]) => `${k} ${n}`).join(", ") || "-",
+    ],
+  ];
+  const out = rows.map(([k, v]) => `${(k + ":").padEnd(12)}${v}`);
+  const table = [
+    ["NODE", "POD", "READY", "CONFIG", "DATA PATH"],
+    ...s.perNode.map((n) => [
+      n.node,
+      `${n.pod ?? "(none)"}${n.leader ? " (leader)" : ""}`,
+      n.podReady ? "yes" : "no",
+      n.configVersion === null ? "?" : `v${n.configVersion}`,
+      n.datapath === null
+        ? `? (${n.metricsError ?? "no metrics"})`
+        : n.datapath === "ebpf"
+        ? "ebpf"
+        : `${n.datapath}: ${n.datapathReason}`,
+    ]),
+  ];
+  const w = table[0]!.map((_, i) => Math.max(...table.map((t) => t[i]!.length)));
+  out.push("", ...table.map((t) => t.map((c, i) => i < 4 ? c.padEnd(w[i]!) : c).join("  ")));
+  out.push("", s.errors.length ? "Last errors:" : "Last errors: none");
+  for (const e of s.errors.slice(0, 10)) out.push(`  ${e}`);
+  return out.join("\n") + "\n";
+}
+
+/** `meshd status`: a one-screen summary of the installed mesh. */
+export async function statusCommand(v: Values, io: CliIo): Promise<number> {
+  const { kapi, kube } = await kubeClient(v, io);
+  const ver = await kapi.request("GET", "/version", undefined, { timeoutMs: 5_000 });
+  const view = await readView(kapi, kube, v);
+  const ns = v["mesh-namespace"] as string;
+  const { leaseHolder } = await import("../controller/mod.ts");
+  const leader = await leaseHolder(kapi, ns, v["lease-name"] as string, Date.now());
+  const reports = await readNodeMetrics(kapi, kube, view, {
+    namespace: ns,
+    port: v["metrics-port"] as number,
+  });
+  let events: Awaited<ReturnType<typeof kube.warningEvents>> = [];
+  try {
+    events = await kube.warningEvents(kapi, ns);
+  } catch (e) {
+    io.stderr(
+      warningLine("meshd status", `cannot read the Events in ${ns}: ${(e as Error).message}`),
+    );
+  }
+  const s = buildStatus(
+    { server: kapi.server, kubernetes: String(ver["gitVersion"] ?? "?"), leader },
+    view,
+    reports,
+    events,
+  );
+  io.stdout(v["output"] === "json" ? JSON.stringify(s, null, 2) + "\n" : formatStatus(s));
+  const healthy = s.daemonSet !== null && s.leader !== null && s.nodesReady === s.nodes &&
+    s.nodes > 0;
+  return healthy ? 0 : 1;
+}
+
+/** `meshd stat`: per service port, the golden signals over `--window`, from every node. */
+export async function statCommand(v: Values, io: CliIo, positionals: string[]): Promise<number> {
+  const { kapi, kube } = await kubeClient(v, io);
+  const view = await readView(kapi, kube, v);
+  const ns = v["mesh-namespace"] as string;
+  const port = v["metrics-port"] as number;
+  const windowMs = v["window"] as number;
+  const pods = view.pods.filter((p) => p.ready);
+  if (pods.length === 0) {
+    throw new CliError(`No ready meshd pod in ${ns} (selector ${meshRef(v).selector})`);
+  }
+  const read = (name: string) =>
+    kube.podMetrics(kapi, { namespace: ns, name, port }).then(parsePromText);
+  const first = await Promise.all(pods.map((p) => read(p.name).catch((e: Error) => e)));
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, windowMs));
+  const second = await Promise.all(pods.map((p) => read(p.name).catch((e: Error) => e)));
+  const seconds = (performance.now() - started) / 1000;
+  const windows: MetricsWindow[] = [];
+  const unread: string[] = [];
+  pods.forEach((p, i) => {
+    const [a, b] = [first[i]!, second[i]!];
+    if (a instanceof Error || b instanceof Error) {
+      unread.push(`${p.node} (${p.name}): ${((a instanceof Error ? a : b) as Error).message}`);
+    } else windows.push({ before: a, after: b });
+  });
+  for (const u of unread) {
+    io.stderr(warningLine("meshd stat", `left out, its metrics cannot be read: ${u}`));
+  }
+  if (windows.length === 0) {
+    throw new CliError(
+      "Cannot read any meshd pod's metrics through the API server's pod proxy (needs get " +
+        "pods/proxy, and the API server a route to the nodes)",
+    );
+  }
+  const filter = positionals[0];
+  const rows = goldenSignals(windows, seconds).filter((r) =>
+    !filter || r.service === filter || r.service.startsWith(`${filter}/`)
+  );
+  const windowSeconds = Math.round(windowMs / 100) / 10;
+  io.stdout(
+    v["output"] === "json"
+      ? JSON.stringify(
+        { windowSeconds, nodes: windows.length, unread, services: rows },
+        null,
+        2,
+      ) + "\n"
+      : formatStatTable(rows, windowSeconds),
+  );
+  return 0;
+}
