@@ -1,4 +1,4 @@
-import { type KubeApi, KubeApiError, type RawObject } from "./api.ts";
+import { type KubeApi, KubeApiError } from "./api.ts";
 
 /** A meshd pod as `meshd status` and `meshd check` show it, from its status. */
 export interface MeshPodView {
