@@ -86,3 +86,14 @@ Deno.test("formatFlags() lists every flag with its variable and default", () => 
   }
   assert.match(text, /^ {2}--help +Show this help$/m);
 });
+
+Deno.test("parseFlags() takes a one-letter form as -o value and -o=value", () => {
+  const specs: FlagSpec[] = [
+    { name: "output", short: "o", kind: "string", values: ["text", "json"], help: "Out" },
+  ];
+  assert.equal(parseFlags(["-o", "json"], specs).values["output"], "json");
+  assert.equal(parseFlags(["-o=json"], specs).values["output"], "json");
+  assert.throws(() => parseFlags(["-x"], specs), UsageError, 'Unknown flag "-x"');
+  assert.throws(() => parseFlags(["-o", "yaml"], specs), /expected text, json/);
+  assert.match(formatFlags(specs), /^ {2}-o, --output text\|json/);
+});

@@ -41,7 +41,17 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   assert.equal(top.code, 0);
   assert.deepEqual(
     [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]),
-    ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"],
+    [
+      "run",
+      "prepare",
+      "cleanup",
+      "check",
+      "status",
+      "stat",
+      "config dump",
+      "completion",
+      "version",
+    ],
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
@@ -78,7 +88,13 @@ Deno.test("main() prints help for each command and exits 0", async () => {
       "--dns-service",
       "--kernel-release",
       "--libbpf",
+      "--pre",
+      "--wait",
+      "-o, --output",
+      "--metrics-port",
     ],
+    status: ["-o, --output", "--kubeconfig", "--mesh-namespace", "--daemonset", "--metrics-port"],
+    stat: ["--window", "-o, --output", "--kubeconfig", "--metrics-port"],
   };
   for (const [cmd, flags] of Object.entries(flagsOf)) {
     const h = await run([cmd, "--help"]);
@@ -283,11 +299,22 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
   const unknown = await run(["serve"]);
   assert.equal(unknown.code, 2);
   assert.match(unknown.err, shape("meshd"));
-  const commands = ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"];
+  const commands = [
+    "run",
+    "prepare",
+    "cleanup",
+    "check",
+    "status",
+    "stat",
+    "config dump",
+    "completion",
+    "version",
+  ];
   for (const c of commands) {
     const words = c.split(" ");
     for (const argv of [[...words, "--bogus"], [...words, "--log-level", "loud"]]) {
-      if (argv.includes("--log-level") && !["run", "prepare", "cleanup", "check"].includes(c)) {
+      const levelled = ["run", "prepare", "cleanup", "check", "status", "stat"];
+      if (argv.includes("--log-level") && !levelled.includes(c)) {
         continue; // no --log-level there; --bogus covers the flag error
       }
       const r = await run(argv);
@@ -297,7 +324,16 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
       assert.match(r.err, new RegExp(`; run "meshd ${c} --help"`));
     }
   }
-  for (const argv of [["version", "now"], ["completion", "tcsh"], ["completion"]]) {
+  for (
+    const argv of [
+      ["version", "now"],
+      ["completion", "tcsh"],
+      ["completion"],
+      ["stat", "shop", "extra"],
+      ["check", "-o", "yaml"],
+      ["status", "-x"],
+    ]
+  ) {
     const r = await run(argv);
     assert.equal(r.code, 2, argv.join(" "));
     oneLine(r, argv);
@@ -310,6 +346,8 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
       ["run", "--provider", "kube", ...missing],
       ["prepare", ...missing],
       ["cleanup", ...missing],
+      ["status", ...missing],
+      ["stat", ...missing],
       ["config", "dump", "--config-dir", "/nonexistent/dir"],
     ]
   ) {
@@ -319,8 +357,11 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
     assert.match(r.err, shape(who), r.err);
     oneLine(r, argv);
   }
-  // check's failures are its report on stdout, one line per check, and exit 1.
+  // check's failures are its report on stdout, a line per check, and exit 1.
   const check = await run(["check", ...missing]);
   assert.equal(check.code, 1);
-  assert.match(check.out, /^FAIL +api +cannot load Kubernetes credentials/im);
+  assert.match(check.out, /^Kubernetes API\n-+\n✘ Cannot load Kubernetes credentials/m);
+  const json = await run(["check", "-o", "json", ...missing]);
+  assert.equal(json.code, 1);
+  assert.equal(JSON.parse(json.out).checks[0].level, "fail");
 });
