@@ -47,6 +47,13 @@ export interface ClusterOptions {
    * and have it dial a node by its Hostname address first (default false).
    */
   kubeletClient?: boolean;
+  /**
+   * Send the API server's traffic to the cluster (pod, service and node proxy, kubelets)
+   * through an HTTP CONNECT proxy on the Unix socket {@linkcode TestCluster.egressSocket}, as
+   * konnectivity does (an EgressSelectorConfiguration). The test serves that socket (see
+   * `egress.ts`); nothing reaches the cluster while no one does. Default false.
+   */
+  egress?: boolean;
 }
 
 /**
@@ -212,6 +219,13 @@ export class TestCluster implements ClusterAccess {
   readonly version: string;
   /** Where the control plane's binaries (and kubectl) are. */
   readonly bin: string;
+  /**
+   * The Unix socket the API server sends its traffic to the cluster through (an HTTP CONNECT
+   * proxy the test serves), with `egress: true`.
+   */
+  get egressSocket(): string {
+    return `${this.dir}/egress.sock`;
+  }
   readonly #children: Child[];
   readonly #client: Deno.HttpClient;
   readonly #apiServer: { stop(): Promise<void>; start(): Promise<void> };
@@ -310,6 +324,7 @@ export class TestCluster implements ClusterAccess {
             "--kubelet-preferred-address-types=Hostname,InternalIP",
           ]
           : []),
+        ...(options.egress ? [`--egress-selector-config-file=${await egressConfig(dir)}`] : []),
         "--profiling=false",
         "--v=1",
       ];
@@ -479,6 +494,29 @@ export class TestCluster implements ClusterAccess {
     this.#client.close();
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * Writes the API server's EgressSelectorConfiguration: its `cluster` traffic as HTTP CONNECT
+ * over the Unix socket `<dir>/egress.sock`. Returns the file's path.
+ */
+async function egressConfig(dir: string): Promise<string> {
+  const file = `${dir}/egress-selector.yaml`;
+  await Deno.writeTextFile(
+    file,
+    [
+      "apiVersion: apiserver.k8s.io/v1beta1",
+      "kind: EgressSelectorConfiguration",
+      "egressSelections:",
+      "  - name: cluster",
+      "    connection:",
+      "      proxyProtocol: HTTPConnect",
+      "      transport:",
+      `        uds: { udsName: ${dir}/egress.sock }`,
+      "",
+    ].join("\n"),
+  );
+  return file;
 }
 
 /** One client identity: certificate and key, PEM. */
