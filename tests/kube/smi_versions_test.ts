@@ -100,10 +100,12 @@ function several(crds: Crd[]): Crd[] {
   );
 }
 
-/** The lines of a `meshd check` run named `name`, as `level text`. */
+/** The checks of a `meshd check -o json` run named `name`, as `level text`. */
 function checkLines(r: CliRun, name: string): string[] {
-  return r.out.trimEnd().split("\n").map((l) => l.match(/^(ok|warn|FAIL|skip)\s+(\S+)\s+(.*)$/))
-    .filter((m) => m?.[2] === name).map((m) => `${m![1]} ${m![3]}`);
+  const { checks } = JSON.parse(r.out) as {
+    checks: { name: string; level: string; message: string }[];
+  };
+  return checks.filter((c) => c.name === name).map((c) => `${c.level} ${c.message}`);
 }
 
 async function config(p: MeshdProcess): Promise<MeshConfig | undefined> {
@@ -292,7 +294,7 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
         "info split.smi-spec.io/v1alpha3 is served; v1alpha4, v1alpha2, v1alpha1 also served, and not read by meshd",
       ]);
 
-      const check = await meshd("check", kc, `--bpffs=${cluster.dir}/no-bpffs`);
+      const check = await meshd("check", "-o", "json", kc, `--bpffs=${cluster.dir}/no-bpffs`);
       assert.deepEqual(checkLines(check, "smi").map((l) => l.split(" ")[0]), ["ok", "ok", "ok"]);
 
       await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
@@ -352,7 +354,7 @@ Deno.test("meshd with SMI CRDs that serve other versions", async (t) => {
         "access.smi-spec.io serves v1alpha3 but not v1alpha2, the version meshd reads",
         "split.smi-spec.io serves v1alpha4 but not v1alpha3, the version meshd reads",
       ]);
-      const check = await meshd("check", kc, `--bpffs=${cluster.dir}/no-bpffs`);
+      const check = await meshd("check", "-o", "json", kc, `--bpffs=${cluster.dir}/no-bpffs`);
       assert.deepEqual(checkLines(check, "smi"), [
         "warn access.smi-spec.io serves v1alpha3 but not v1alpha2, the version meshd reads",
         "ok specs.smi-spec.io/v1alpha3 is served; v1alpha4, v1alpha2, v1alpha1 also served, and not read by meshd",
