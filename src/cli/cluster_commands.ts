@@ -386,7 +386,14 @@ async function checkInstalled(
   }
   const ds = view.daemonSet;
   const dsName = `${ns}/${ref.daemonSet}`;
-  if (!ds) {
+  if (view.forbidden.includes("daemonsets")) {
+    add({
+      name: "daemonset",
+      level: "skip",
+      message: `the DaemonSet ${dsName} is not this identity's to read (the nodes below are ` +
+        `from its pods${view.forbidden.includes("nodes") ? "; Nodes may not be listed" : ""})`,
+    });
+  } else if (!ds) {
     add({
       name: "daemonset",
       level: "fail",

@@ -48,6 +48,8 @@ export interface MeshStatus {
   /** The meshd image(s) the pods run. */
   versions: string[];
   daemonSet: MeshView["daemonSet"];
+  /** What this identity may not read (`daemonsets`, `nodes`). */
+  forbidden: string[];
   leader: string | null;
   nodesReady: number;
   nodes: number;
@@ -109,6 +111,7 @@ export function buildStatus(
     ...init,
     versions: [...new Set(view.pods.map((p) => p.image).filter((i) => i))].sort(),
     daemonSet: view.daemonSet,
+    forbidden: view.forbidden,
     nodesReady: perNode.filter((n) => n.podReady).length,
     nodes: perNode.length,
     configVersions: versions.length
@@ -129,6 +132,8 @@ export function formatStatus(s: MeshStatus): string {
       "DaemonSet",
       ds
         ? `desired ${ds.desired}, ready ${ds.ready}, up to date ${ds.updated}, available ${ds.available}`
+        : s.forbidden.includes("daemonsets")
+        ? "not readable by this identity"
         : "not found",
     ],
     ["Leader", s.leader ?? "none (no meshd holds the Lease)"],

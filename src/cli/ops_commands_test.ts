@@ -63,6 +63,7 @@ Deno.test("buildStatus() and formatStatus() show skew, data paths and the last e
         lastTermination: "Error, exit code 1, at 2026-11-29T16:00:00Z",
       }),
     ],
+    forbidden: [],
   };
   const s = buildStatus(
     { server: "https://127.0.0.1:6443", kubernetes: "v1.37.2", leader: "meshd-a" },
@@ -119,6 +120,7 @@ Deno.test("formatStatus() says when every node agrees and nothing went wrong", (
     nodes: [{ name: "n1", ready: true, kernelVersion: "6.1.0" }],
     daemonSet: { desired: 1, current: 1, ready: 1, updated: 1, available: 1, observed: true },
     pods: [pod("meshd-a", "n1")],
+    forbidden: [],
   };
   const out = formatStatus(buildStatus(
     { server: "https://s", kubernetes: "v1.37.2", leader: null },

@@ -38,10 +38,16 @@ export interface DaemonSetView {
 
 /** What the API server knows of an installed meshd. */
 export interface MeshView {
+  /** The Nodes; those of the pods alone when Nodes may not be listed. */
   nodes: NodeView[];
-  /** Null when there is no such DaemonSet. */
+  /** Null when there is no such DaemonSet, or it may not be read. */
   daemonSet: DaemonSetView | null;
   pods: MeshPodView[];
+  /**
+   * What the caller may not read (`daemonsets`, `nodes`): meshd's own ServiceAccount, in a
+   * meshd pod, may list pods but not these.
+   */
+  forbidden: string[];
 }
 
 /** Where meshd is installed: namespace, DaemonSet name and the pods' label selector. */
@@ -123,6 +129,7 @@ export async function listNodes(api: KubeApi): Promise<NodeView[]> {
 export async function readMeshView(api: KubeApi, ref: MeshRef): Promise<MeshView> {
   const ns = encodeURIComponent(ref.namespace);
   let daemonSet: DaemonSetView | null = null;
+  const forbidden: string[] = [];
   try {
     const ds = await api.request(
       "GET",
@@ -138,15 +145,24 @@ export async function readMeshView(api: KubeApi, ref: MeshRef): Promise<MeshView
       observed: (st["observedGeneration"] ?? 0) >= (ds.metadata?.generation ?? 0),
     };
   } catch (e) {
-    if (!(e instanceof KubeApiError && e.status === 404)) throw e;
+    if (e instanceof KubeApiError && e.status === 403) forbidden.push("daemonsets");
+    else if (!(e instanceof KubeApiError && e.status === 404)) throw e;
+  }
+  let nodes: NodeView[] = [];
+  try {
+    nodes = await listNodes(api);
+  } catch (e) {
+    if (!(e instanceof KubeApiError && e.status === 403)) throw e;
+    forbidden.push("nodes");
   }
   const pods = await api.request(
     "GET",
     `/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(ref.selector)}`,
   );
   return {
-    nodes: await listNodes(api),
+    nodes,
     daemonSet,
+    forbidden,
     pods: ((pods["items"] ?? []) as Obj[]).map(podView)
       .sort((a, b) => a.node.localeCompare(b.node) || a.name.localeCompare(b.name)),
   };

@@ -375,6 +375,26 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
       }
     });
 
+    await t.step(
+      "as meshd's own ServiceAccount (in a meshd pod): what it may not read is skipped",
+      async () => {
+        const sa = `--kubeconfig=${await tokenKubeconfig(cluster, NS, "meshd")}`;
+        const { run, checks } = await check(sa, local);
+        assert.equal(run.code, 0, JSON.stringify(checks, null, 1));
+        assert.equal(one(checks, "daemonset").level, "skip");
+        assert.match(one(checks, "daemonset").message, /Nodes may not be listed/);
+        assert.equal(one(checks, "leader").level, "ok");
+        const nodes = checks.filter((c) => c.name === "node");
+        assert.deepEqual(nodes.map((c) => c.level), ["warn", "warn"]);
+        assert.match(
+          nodes[0]!.message,
+          /^n1: pod meshd-n1 is ready; its metrics cannot be read: .*403/,
+        );
+        const status = await meshd("status", sa);
+        assert.match(status.out, /^DaemonSet: {2}not readable by this identity$/m);
+      },
+    );
+
     await t.step("config version skew fails the node behind; --wait sees it catch up", async () => {
       const [a, b] = NODES as [typeof NODES[0], typeof NODES[0]];
       const before = await configVersion(b.host, metricsPort.get("n2")!);
