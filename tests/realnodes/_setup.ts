@@ -6,7 +6,10 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { relative } from "node:path";
+import { parseAllDocuments } from "yaml";
 import { removeLeftovers, TestCluster } from "../testenv/cluster.ts";
+import { type EgressProxy, serveEgress } from "../testenv/egress.ts";
 import { sh } from "../testenv/netns_mesh.ts";
 import {
   CLUSTER_DNS,
@@ -164,7 +167,16 @@ export async function execIn(
  * before meshd is installed), then stops it all and checks that the host is as it was.
  */
 export async function withRealNodes(
-  body: (c: TestCluster, rn: RealNodes) => Promise<void>,
+  body: (c: TestCluster, rn: RealNodes, egress: EgressProxy | null) => Promise<void>,
+  options: {
+    /**
+     * The API server reaches the cluster through an egress proxy (as with konnectivity), so
+     * its pod proxy (`/api/v1/namespaces/NS/pods/POD:PORT/proxy/...`) reaches a node's or a
+     * Pod's address through that node's netns agent; the kubelets' loopback relays stay as
+     * they are. Without it the API server has no route to the nodes' network.
+     */
+    egress?: boolean;
+  } = {},
 ): Promise<void> {
   const leftovers = await removeLeftovers();
   if (leftovers.length) console.log(`removed leftovers of earlier runs: ${leftovers.join(", ")}`);
@@ -174,8 +186,10 @@ export async function withRealNodes(
   const started = performance.now();
   let cluster: TestCluster | null = null;
   let rn: RealNodes | null = null;
+  let egress: EgressProxy | null = null;
   try {
-    cluster = await TestCluster.start({ kubeletClient: true });
+    cluster = await TestCluster.start({ kubeletClient: true, egress: options.egress });
+    if (options.egress) egress = serveNodeEgress(cluster, () => rn);
     rn = await RealNodes.start(cluster, { count: 2, bin, images });
     await Deno.writeTextFile(`${cluster.dir}/coredns.yaml`, COREDNS);
     const dns = await cluster.kubectl(
@@ -185,18 +199,96 @@ export async function withRealNodes(
       `${cluster.dir}/coredns.yaml`,
     );
     assert.equal(dns.code, 0, `kubectl apply CoreDNS failed:\n${dns.out}`);
-    await body(cluster, rn);
+    await body(cluster, rn, egress);
     console.log(
       `the cluster and the test took ${((performance.now() - started) / 1000).toFixed(0)} s`,
     );
   } finally {
     await rn?.stop();
+    await egress?.stop();
     await cluster?.stop();
   }
   const after = await hostState();
   for (const k of Object.keys(before)) {
     assert.equal(after[k], before[k], `the host's ${k} changed during the real-node tier`);
   }
+}
+
+/**
+ * What to apply: `manifests/` as users do, unless the DaemonSet adds a capability this
+ * machine's bounding set lacks (this VM has no CAP_SYS_RESOURCE, see TESTBEDS.md; runc then
+ * refuses to start the container). Then a kustomization over `manifests/`, written in `dir`,
+ * leaves out only those capabilities, and `note` says so.
+ */
+export async function installTarget(
+  dir: string,
+): Promise<{ path: string; note: string; capabilities: string[] }> {
+  const bounding = BigInt(
+    "0x" +
+      (Deno.readTextFileSync("/proc/self/status").match(/^CapBnd:\s*([0-9a-f]+)/m)?.[1] ?? "0"),
+  );
+  const docs = parseAllDocuments(await Deno.readTextFile(`${ROOT}manifests/daemonset.yaml`));
+  const ds = docs.map((d) => d.toJS()).find((o) => o?.kind === "DaemonSet");
+  const add: string[] = ds.spec.template.spec.containers[0].securityContext?.capabilities?.add ??
+    [];
+  const lacking = add.filter((c) =>
+    CAP_NUMBERS[c] !== undefined && (bounding & (1n << BigInt(CAP_NUMBERS[c]!))) === 0n
+  );
+  if (lacking.length === 0) return { path: "manifests/", note: "", capabilities: add };
+  const overlay = `${dir}/install`;
+  await Deno.mkdir(overlay, { recursive: true });
+  await Deno.writeTextFile(
+    `${overlay}/kustomization.yaml`,
+    [
+      "apiVersion: kustomize.config.k8s.io/v1beta1",
+      "kind: Kustomization",
+      `resources: [${relative(overlay, `${ROOT}manifests`)}]`,
+      "patches:",
+      "  - target: { kind: DaemonSet, name: meshd }",
+      "    patch: |-",
+      "      - op: replace",
+      "        path: /spec/template/spec/containers/0/securityContext/capabilities/add",
+      `        value: ${JSON.stringify(add.filter((c) => !lacking.includes(c)))}`,
+      "",
+    ].join("\n"),
+  );
+  return {
+    path: overlay,
+    note: `this machine's capability bounding set lacks ${lacking.join(", ")}: ` +
+      `applied manifests/ without adding ${lacking.length > 1 ? "them" : "it"}`,
+    capabilities: add.filter((c) => !lacking.includes(c)),
+  };
+}
+
+/**
+ * The egress proxy of a real-node cluster: loopback (the kubelets' relays) is dialled as
+ * asked; a node's address, or a Pod's in its range, through a `forward` of that node's netns
+ * agent (a Unix socket in the node's folder, made on first use).
+ */
+function serveNodeEgress(cluster: TestCluster, nodes: () => RealNodes | null): EgressProxy {
+  const forwards = new Map<string, Promise<string>>();
+  const inPodRange = (ip: string, cidr: string) => {
+    const [net, bits] = cidr.split("/") as [string, string];
+    const n = (a: string) => a.split(".").reduce((x, o) => x * 256 + Number(o), 0);
+    const size = 2 ** (32 - Number(bits));
+    return Math.floor(n(ip) / size) === Math.floor(n(net) / size);
+  };
+  return serveEgress(cluster.egressSocket, async (host, port) => {
+    if (host.startsWith("127.")) return { hostname: host, port };
+    const node = nodes()?.nodes.find((n) => n.ip === host || inPodRange(host, n.podCidr));
+    if (!node) return null;
+    const key = `${host}:${port}`;
+    let path = forwards.get(key);
+    if (!path) {
+      const p = `${node.dir}/egress-${host}-${port}.sock`;
+      path = node.agent.call("forward", { path: p, hostname: host, port }).then((r) => {
+        if (r.error) throw new Error(`${node.name}: forward to ${key}: ${r.error}`);
+        return p;
+      });
+      forwards.set(key, path);
+    }
+    return { transport: "unix", path: await path };
+  });
 }
 
 /** Waits for a Ready meshd pod on each node, or fails with why (a pod exiting again and again). */

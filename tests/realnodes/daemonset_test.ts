@@ -7,8 +7,6 @@
  * through its own node's meshd. The host must end exactly as it began.
  */
 import assert from "node:assert/strict";
-import { relative } from "node:path";
-import { parseAllDocuments } from "yaml";
 import type { TestCluster } from "../testenv/cluster.ts";
 import { normalize, type RealNode, type RealNodes } from "../testenv/real_nodes.ts";
 import { waitFor } from "../testenv/process.ts";
@@ -17,61 +15,15 @@ import {
   appNamespace,
   CAP_NUMBERS,
   execIn,
+  installTarget,
   meshdReady,
   type Pod,
   podReady,
   pods,
   podsReady,
-  ROOT,
   wget,
   withRealNodes,
 } from "./_setup.ts";
-
-/**
- * What to apply: `manifests/` as users do, unless the DaemonSet adds a capability this
- * machine's bounding set lacks (this VM has no CAP_SYS_RESOURCE, see TESTBEDS.md; runc then
- * refuses to start the container). Then a kustomization over `manifests/`, written in `dir`,
- * leaves out only those capabilities, and `note` says so.
- */
-async function installTarget(
-  dir: string,
-): Promise<{ path: string; note: string; capabilities: string[] }> {
-  const bounding = BigInt(
-    "0x" +
-      (Deno.readTextFileSync("/proc/self/status").match(/^CapBnd:\s*([0-9a-f]+)/m)?.[1] ?? "0"),
-  );
-  const docs = parseAllDocuments(await Deno.readTextFile(`${ROOT}manifests/daemonset.yaml`));
-  const ds = docs.map((d) => d.toJS()).find((o) => o?.kind === "DaemonSet");
-  const add: string[] = ds.spec.template.spec.containers[0].securityContext?.capabilities?.add ??
-    [];
-  const lacking = add.filter((c) =>
-    CAP_NUMBERS[c] !== undefined && (bounding & (1n << BigInt(CAP_NUMBERS[c]!))) === 0n
-  );
-  if (lacking.length === 0) return { path: "manifests/", note: "", capabilities: add };
-  const overlay = `${dir}/install`;
-  await Deno.mkdir(overlay, { recursive: true });
-  await Deno.writeTextFile(
-    `${overlay}/kustomization.yaml`,
-    [
-      "apiVersion: kustomize.config.k8s.io/v1beta1",
-      "kind: Kustomization",
-      `resources: [${relative(overlay, `${ROOT}manifests`)}]`,
-      "patches:",
-      "  - target: { kind: DaemonSet, name: meshd }",
-      "    patch: |-",
-      "      - op: replace",
-      "        path: /spec/template/spec/containers/0/securityContext/capabilities/add",
-      `        value: ${JSON.stringify(add.filter((c) => !lacking.includes(c)))}`,
-      "",
-    ].join("\n"),
-  );
-  return {
-    path: overlay,
-    note: `this machine's capability bounding set lacks ${lacking.join(", ")}: ` +
-      `applied manifests/ without adding ${lacking.length > 1 ? "them" : "it"}`,
-    capabilities: add.filter((c) => !lacking.includes(c)),
-  };
-}
 
 /** The application: a backend and a client pod on each node, and the Services they use. */
 function appObjects(nodes: RealNode[]): unknown[] {
