@@ -246,6 +246,18 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         ["fail", "n1: no meshd pod"],
         ["fail", "n2: no meshd pod"],
       ]);
+      // seen by the DaemonSet controller, scheduled nowhere: still not rolled out
+      const ds = await cluster.must("GET", `/apis/apps/v1/namespaces/${NS}/daemonsets/meshd`);
+      ds["status"] = {
+        desiredNumberScheduled: 0,
+        currentNumberScheduled: 0,
+        numberReady: 0,
+        numberMisscheduled: 0,
+        observedGeneration: (ds["metadata"] as { generation: number }).generation,
+      };
+      await cluster.must("PUT", `/apis/apps/v1/namespaces/${NS}/daemonsets/meshd/status`, ds);
+      const nowhere = await check(kc, local);
+      assert.equal(one(nowhere.checks, "daemonset").level, "fail");
     });
 
     // The nodes' meshd: real processes on loopback, each with its own config directory.
