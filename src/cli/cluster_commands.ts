@@ -291,16 +291,9 @@ async function checkInstallRbac(
 async function checkCoreDnsFound(api: KubeApi, v: Values, add: Add): Promise<void> {
   const ref = corednsRef(v);
   const where = `${ref.namespace}/${ref.name}`;
+  let corefile: string;
   try {
-    const corefile = await coreDnsCorefile(api, ref);
-    const served = corefileZones(corefile);
-    add({
-      name: "coredns",
-      level: "ok",
-      message: `CoreDNS's Corefile is in ConfigMap ${where}` +
-        (currentMeshBlock(corefile) ? " (meshd's block is already there)" : "") +
-        (served.elsewhere.length ? `; it already serves ${served.elsewhere.join(", ")}` : ""),
-    });
+    corefile = await coreDnsCorefile(api, ref);
   } catch (e) {
     add({
       name: "coredns",
@@ -308,6 +301,38 @@ async function checkCoreDnsFound(api: KubeApi, v: Values, add: Add): Promise<voi
       message: (e as Error).message,
       hint: "meshd prepare edits CoreDNS's Corefile; pass --coredns-namespace and " +
         "--coredns-configmap if it lives elsewhere",
+    });
+    return;
+  }
+  const [domain, ...aliases] = meshZones({
+    domain: v["domain"] as string,
+    aliases: v["domain-aliases"] as string[],
+  });
+  // Zones another block serves: prepare refuses the domain there, and leaves an alias out.
+  const { elsewhere } = corefileZones(corefile);
+  const held = aliases.filter((a) => elsewhere.includes(a));
+  if (elsewhere.includes(domain!)) {
+    add({
+      name: "coredns",
+      level: "fail",
+      message: `the Corefile in ${where} already serves "${domain}" in a block meshd did not add`,
+      hint: "remove that block, or pick another --domain; meshd prepare refuses to serve it twice",
+    });
+  } else if (held.length > 0) {
+    add({
+      name: "coredns",
+      level: "warn",
+      message: `the Corefile in ${where} already serves ${held.join(", ")} in a block meshd did ` +
+        "not add (Traefik Mesh's?): meshd prepare will leave " +
+        (held.length === 1 ? "it" : "them") + " out",
+      hint: "run meshd prepare again once that block is gone",
+    });
+  } else {
+    add({
+      name: "coredns",
+      level: "ok",
+      message: `CoreDNS's Corefile is in ConfigMap ${where}` +
+        (currentMeshBlock(corefile) ? ", with meshd's block already" : ""),
     });
   }
 }

@@ -189,7 +189,19 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
         const ready = await check("--pre", kc, local);
         assert.equal(ready.run.code, 0, "warnings do not fail --pre");
-        assert.equal(one(ready.checks, "coredns").level, "ok");
+        assert.equal(
+          one(ready.checks, "coredns").message,
+          "CoreDNS's Corefile is in ConfigMap kube-system/coredns",
+        );
+        // Traefik Mesh's block holds an alias: prepare will leave it out
+        await putCorefile(
+          cluster,
+          await corefileFixture("coredns-1.8-with-traefik-mesh-1.4.Corefile"),
+        );
+        const held = one((await check("--pre", kc, local)).checks, "coredns");
+        assert.equal(held.level, "warn");
+        assert.match(held.message, /already serves traefik\.mesh in a block meshd did not add/);
+        await putCorefile(cluster, await corefileFixture("coredns-1.11-kubeadm-1.30.Corefile"));
         // the text form: groups, marks and the hint under each problem
         const text = await meshd("check", "--pre", kc, local);
         assert.equal(text.code, 0);
