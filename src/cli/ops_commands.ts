@@ -122,6 +122,11 @@ export function buildStatus(
   };
 }
 
+/** `text`, cut to `max` characters with an ellipsis (the JSON has it whole). */
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
 /** `meshd status` as one screen of text. */
 export function formatStatus(s: MeshStatus): string {
   const ds = s.daemonSet;
@@ -174,7 +179,7 @@ export function formatStatus(s: MeshStatus): string {
         ? `? (${n.metricsError ?? "no metrics"})`
         : n.datapath === "ebpf"
         ? "ebpf"
-        : `${n.datapath}: ${n.datapathReason}`,
+        : clip(`${n.datapath}: ${n.datapathReason}`, 72),
     ]),
   ];
   const w = table[0]!.map((_, i) => Math.max(...table.map((t) => t[i]!.length)));
