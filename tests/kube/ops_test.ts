@@ -416,6 +416,7 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         );
         const status = await meshd("status", sa);
         assert.match(status.out, /^DaemonSet: {2}not readable by this identity$/m);
+        assert.equal(status.code, 0, "what it may not read is no failure");
       },
     );
 
