@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { type CheckResult, checksJson, formatChecks, tally } from "./check_report.ts";
-import { versionCheck } from "./cluster_commands.ts";
+import { nodeCheck, versionCheck } from "./cluster_commands.ts";
+import { appliedByLeader } from "./mesh_nodes.ts";
+import { parsePromText } from "./prom_text.ts";
 
 const RESULTS: CheckResult[] = [
   { group: "Kubernetes API", name: "api", level: "ok", message: "answers" },
@@ -57,4 +59,51 @@ Deno.test("versionCheck() passes the supported minors, fails older, warns newer 
     assert.equal(r.level, level, git);
     assert.match(r.message, text, git);
   }
+});
+
+Deno.test("nodeCheck() falls back on the version the leader says a node applied", () => {
+  const node = { name: "n2", ready: true, kernelVersion: "6.1.0" };
+  const pod = {
+    name: "meshd-b",
+    node: "n2",
+    image: "meshd:0.1.0",
+    ip: "192.0.2.12",
+    phase: "Running",
+    ready: true,
+    restarts: 0,
+    waiting: "",
+    lastTermination: "",
+  };
+  const leaderSays = (v: number) =>
+    appliedByLeader(parsePromText(
+      `meshd_distribution_node_applied_version{node="meshd-b"} ${v}\n` +
+        'meshd_distribution_node_applied_version{node="meshd-a"} 9\n',
+    ));
+  const unread = { node, pod, metrics: null, metricsError: "GET ...: 403 forbidden" };
+  const o = { ns: "meshd", target: 9, leader: "meshd-a" };
+  const behind = nodeCheck(unread, { ...o, applied: leaderSays(7) });
+  assert.equal(behind.level, "fail");
+  assert.equal(
+    behind.message,
+    "n2: pod meshd-b applied config v7, the leader is at v9 (as the leader says; its metrics: " +
+      "GET ...: 403 forbidden)",
+  );
+  const even = nodeCheck(unread, { ...o, applied: leaderSays(9) });
+  assert.equal(even.level, "warn", "in step, but its data path is unknown");
+  assert.match(even.message, /^n2: pod meshd-b applied config v9 \(as the leader says;/);
+  const unknown = nodeCheck(unread, { ...o, applied: new Map() });
+  assert.equal(unknown.level, "warn");
+  assert.match(unknown.message, /its metrics cannot be read: GET \.\.\.: 403 forbidden$/);
+  // its own metrics win over the leader's word
+  const own = nodeCheck(
+    {
+      node,
+      pod,
+      metrics: parsePromText(
+        'meshd_config_version 9\nmeshd_datapath_info{datapath="ebpf",reason="x"} 1\n',
+      ),
+    },
+    { ...o, applied: leaderSays(7) },
+  );
+  assert.deepEqual([own.level, own.message], ["ok", "n2: pod meshd-b, config v9, ebpf"]);
 });

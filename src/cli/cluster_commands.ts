@@ -481,7 +481,11 @@ async function checkInstalled(
   for (const r of reports) add(nodeCheck(r, { ns, target, applied, leader: holder }));
 }
 
-function nodeCheck(
+/**
+ * One node's check: its meshd pod ready, the config version it routes by against `target` (the
+ * leader's), and its data path; from its metrics, else from what the leader says it applied.
+ */
+export function nodeCheck(
   r: NodeReport,
   o: { ns: string; target: number; applied: Map<string, number>; leader: string | null },
 ): Omit<CheckResult, "group"> {
