@@ -17,7 +17,7 @@ import {
   probeDatapath,
   readBpfObject,
 } from "../datapath/mod.ts";
-import type { KubeApi } from "../kube/mod.ts";
+import type { KubeApi, MeshView } from "../kube/mod.ts";
 import { type CheckResult, checksJson, formatChecks } from "./check_report.ts";
 import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
 import { appliedByLeader, nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
@@ -182,8 +182,15 @@ async function runChecks(v: Values, io: CliIo): Promise<CheckResult[]> {
       results.push({ group: "Skipped", name, level: "skip", message: `${name}: needs the API` });
     }
   }
-  // What `meshd run --datapath auto` would choose here, short of attaching: the programs are
-  // loaded (the verifier runs) and let go. Run in a meshd pod, this is that node's answer.
+  group("Data path on this machine")(await localDatapath(v));
+  return results;
+}
+
+/**
+ * What `meshd run --datapath auto` would choose on this machine, short of attaching: the
+ * programs are loaded (the verifier runs) and let go. Run in a meshd pod, that node's answer.
+ */
+async function localDatapath(v: Values): Promise<Omit<CheckResult, "group">> {
   const libbpf = v["libbpf"] as string | undefined;
   const dp = await probeDatapath({
     kernelRelease: v["kernel-release"] as string | undefined,
@@ -196,15 +203,14 @@ async function runChecks(v: Values, io: CliIo): Promise<CheckResult[]> {
       return "the programs load (not attached by check)";
     },
   });
-  group("Data path on this machine")({
+  return {
     name: "datapath",
     level: dp.datapath === "ebpf" ? "ok" : "warn",
     message: `${dp.datapath}: ${dp.reason}`,
     ...(dp.datapath === "ebpf" ? {} : {
       hint: "meshd runs on the userspace proxy here; in a meshd pod this is that node's answer",
     }),
-  });
-  return results;
+  };
 }
 
 /** Whether the API server's version is one meshd supports. */
@@ -409,59 +415,12 @@ async function checkInstalled(
     });
     return;
   }
-  const ds = view.daemonSet;
-  const dsName = `${ns}/${ref.daemonSet}`;
-  if (view.forbidden.includes("daemonsets")) {
-    add({
-      name: "daemonset",
-      level: "skip",
-      message: `the DaemonSet ${dsName} is not this identity's to read (the nodes below are ` +
-        `from its pods${view.forbidden.includes("nodes") ? "; Nodes may not be listed" : ""})`,
-    });
-  } else if (!ds) {
-    add({
-      name: "daemonset",
-      level: "fail",
-      message: `there is no DaemonSet ${dsName}`,
-      hint: "install meshd (kubectl apply --server-side -k manifests/), or pass --mesh-namespace",
-    });
-  } else {
-    const done = ds.observed && ds.desired > 0 && ds.updated === ds.desired &&
-      ds.ready === ds.desired && ds.available === ds.desired;
-    add({
-      name: "daemonset",
-      level: done ? "ok" : "fail",
-      message: done
-        ? `DaemonSet ${dsName} is rolled out: ${ds.ready} of ${ds.desired} pods ready and up to date`
-        : `DaemonSet ${dsName} is not rolled out: ${ds.ready} of ${ds.desired} pods ready, ` +
-          `${ds.updated} up to date, ${ds.available} available`,
-      ...(done ? {} : {
-        hint: `kubectl -n ${ns} rollout status daemonset ${ref.daemonSet}; --wait 2m waits for it`,
-      }),
-    });
-  }
+  add(daemonSetCheck(view, ref));
   const lease = v["lease-name"] as string;
   let holder: string | null = null;
   try {
     holder = await leaseHolder(api, ns, lease, Date.now());
-    const known = view.pods.some((p) => p.name === holder);
-    add(
-      !holder
-        ? {
-          name: "leader",
-          level: "fail",
-          message: `no meshd holds the Lease ${ns}/${lease}: no controller is elected`,
-          hint: `see the meshd pods' logs (kubectl -n ${ns} logs -l ${ref.selector})`,
-        }
-        : known
-        ? { name: "leader", level: "ok", message: `${holder} leads (Lease ${ns}/${lease})` }
-        : {
-          name: "leader",
-          level: "warn",
-          message: `${holder} holds the Lease ${ns}/${lease} but is not a meshd pod now`,
-          hint: "a pod that left recently: another takes over when the Lease expires",
-        },
-    );
+    add(leaderCheck(holder, view, { ...ref, lease }));
   } catch (e) {
     add({
       name: "leader",
@@ -473,12 +432,79 @@ async function checkInstalled(
     namespace: ns,
     port: v["metrics-port"] as number,
   });
+  // The leader's version is what every node should route by; without its metrics, the newest.
   const leaderReport = reports.find((r) => r.pod?.name === holder && r.metrics);
-  const leaderFacts = leaderReport ? nodeFacts(leaderReport.metrics!) : null;
   const applied = leaderReport ? appliedByLeader(leaderReport.metrics!) : new Map<string, number>();
-  const target = leaderFacts?.configVersion ??
+  const target = (leaderReport && nodeFacts(leaderReport.metrics!).configVersion) ??
     Math.max(0, ...reports.map((r) => r.metrics ? nodeFacts(r.metrics).configVersion ?? 0 : 0));
   for (const r of reports) add(nodeCheck(r, { ns, target, applied, leader: holder }));
+}
+
+/** The DaemonSet rolled out: seen by its controller, on some node, every pod new and ready. */
+function daemonSetCheck(
+  view: MeshView,
+  ref: { namespace: string; daemonSet: string },
+): Omit<CheckResult, "group"> {
+  const ds = view.daemonSet;
+  const name = `${ref.namespace}/${ref.daemonSet}`;
+  if (view.forbidden.includes("daemonsets")) {
+    return {
+      name: "daemonset",
+      level: "skip",
+      message: `the DaemonSet ${name} is not this identity's to read (the nodes below are ` +
+        `from its pods${view.forbidden.includes("nodes") ? "; Nodes may not be listed" : ""})`,
+    };
+  }
+  if (!ds) {
+    return {
+      name: "daemonset",
+      level: "fail",
+      message: `there is no DaemonSet ${name}`,
+      hint: "install meshd (kubectl apply --server-side -k manifests/), or pass --mesh-namespace",
+    };
+  }
+  const done = ds.observed && ds.desired > 0 && ds.updated === ds.desired &&
+    ds.ready === ds.desired && ds.available === ds.desired;
+  return done
+    ? {
+      name: "daemonset",
+      level: "ok",
+      message: `DaemonSet ${name} is rolled out: ${ds.ready} of ${ds.desired} pods ready and ` +
+        "up to date",
+    }
+    : {
+      name: "daemonset",
+      level: "fail",
+      message: `DaemonSet ${name} is not rolled out: ${ds.ready} of ${ds.desired} pods ready, ` +
+        `${ds.updated} up to date, ${ds.available} available`,
+      hint: `kubectl -n ${ref.namespace} rollout status daemonset ${ref.daemonSet}; --wait 2m ` +
+        "waits for it",
+    };
+}
+
+/** A leader elected, and one of meshd's pods now. */
+function leaderCheck(
+  holder: string | null,
+  view: MeshView,
+  ref: { namespace: string; selector: string; lease: string },
+): Omit<CheckResult, "group"> {
+  const lease = `${ref.namespace}/${ref.lease}`;
+  if (!holder) {
+    return {
+      name: "leader",
+      level: "fail",
+      message: `no meshd holds the Lease ${lease}: no controller is elected`,
+      hint: `see the meshd pods' logs (kubectl -n ${ref.namespace} logs -l ${ref.selector})`,
+    };
+  }
+  return view.pods.some((p) => p.name === holder)
+    ? { name: "leader", level: "ok", message: `${holder} leads (Lease ${lease})` }
+    : {
+      name: "leader",
+      level: "warn",
+      message: `${holder} holds the Lease ${lease} but is not a meshd pod now`,
+      hint: "a pod that left recently: another takes over when the Lease expires",
+    };
 }
 
 /**
