@@ -10,6 +10,14 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import {
+  anyHttpRoute,
+  endpointSlice,
+  pod,
+  service,
+  trafficTarget,
+  yamlDocs,
+} from "../testenv/objects.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -33,60 +41,22 @@ async function prometheusBinary(): Promise<string> {
 }
 
 function mesh(apiPort: number, deadPort: number): string {
-  const pod = (name: string, ip: string, sa: string) =>
-    `apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: obs }
-spec: { serviceAccountName: ${sa}, nodeName: local }
-status: { phase: Running, podIP: ${ip} }
-`;
-  return [
-    pod("web-0", WEB_POD, "web"),
-    pod("intruder-0", INTRUDER_POD, "intruder"),
-    pod("api-0", API_POD, "api"),
-    pod("api-1", DEAD_POD, "api"),
-    `apiVersion: v1
-kind: Service
-metadata:
-  name: api
-  namespace: obs
-  annotations:
-    meshd.io/retry-attempts: "2"
-    meshd.io/circuit-breaker-expression: "NetworkErrorRatio() > 0.9"
-spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
-`,
-    `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: api-a, namespace: obs, labels: { kubernetes.io/service-name: api } }
-addressType: IPv4
-ports: [{ name: http, port: ${apiPort}, protocol: TCP }]
-endpoints:
-  - { addresses: ["${API_POD}"], conditions: { ready: true }, targetRef: { kind: Pod, name: api-0 } }
-`,
-    `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: api-b, namespace: obs, labels: { kubernetes.io/service-name: api } }
-addressType: IPv4
-ports: [{ name: http, port: ${deadPort}, protocol: TCP }]
-endpoints:
-  - { addresses: ["${DEAD_POD}"], conditions: { ready: true }, targetRef: { kind: Pod, name: api-1 } }
-`,
-    `apiVersion: specs.smi-spec.io/v1alpha3
-kind: HTTPRouteGroup
-metadata: { name: all, namespace: obs }
-spec:
-  matches:
-    - { name: any, pathRegex: "/.*" }
-`,
-    `apiVersion: access.smi-spec.io/v1alpha2
-kind: TrafficTarget
-metadata: { name: web-to-api, namespace: obs }
-spec:
-  destination: { kind: ServiceAccount, name: api, namespace: obs }
-  rules: [{ kind: HTTPRouteGroup, name: all, matches: [any] }]
-  sources: [{ kind: ServiceAccount, name: web, namespace: obs }]
-`,
-  ].join("---\n");
+  return yamlDocs(
+    pod("obs", "web-0", WEB_POD, "web"),
+    pod("obs", "intruder-0", INTRUDER_POD, "intruder"),
+    pod("obs", "api-0", API_POD, "api"),
+    pod("obs", "api-1", DEAD_POD, "api"),
+    service("obs", "api", {
+      annotations: {
+        "meshd.io/retry-attempts": "2",
+        "meshd.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.9",
+      },
+    }),
+    endpointSlice("obs", "api", "api-a", apiPort, [{ ip: API_POD, pod: "api-0" }]),
+    endpointSlice("obs", "api", "api-b", deadPort, [{ ip: DEAD_POD, pod: "api-1" }]),
+    anyHttpRoute("obs", "all"),
+    trafficTarget("obs", "web-to-api", "web", "api", "all", ["any"]),
+  );
 }
 
 /** One GET of `api.obs.mesh` from `source` through the meshd on `port`; the status. */
