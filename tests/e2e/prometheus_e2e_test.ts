@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { startFileMeshd } from "../testenv/meshd.ts";
 import {
   anyHttpRoute,
   endpointSlice,
@@ -119,44 +119,21 @@ Deno.test("meshd dashboard: every query returns data from a real Prometheus scra
     await Deno.mkdir(`${dir}/config`);
     await Deno.writeTextFile(`${dir}/config/mesh.yaml`, mesh(apiPort, deadPort));
 
-    const nodes = [0, 1].map(() => ({
-      http: freePort(),
-      api: freePort(),
-      metrics: freePort(),
-      tcp: freePort(),
-      udp: freePort(),
-    }));
-    for (const [i, n] of nodes.entries()) {
-      children.push(
-        new Child(`meshd-${i}`, [
-          ...FILE_MESHD_RUN,
-          "--config-dir",
-          `${dir}/config`,
-          "--http-port",
-          String(n.http),
-          "--api-port",
-          String(n.api),
-          "--metrics-port",
-          String(n.metrics),
-          "--tcp-ports",
-          `${n.tcp}-${n.tcp}`,
-          "--udp-ports",
-          `${n.udp}-${n.udp}`,
-          "--acl=true",
-          "--outlier-failures",
-          "1",
-          "--log-format",
-          "json",
-        ]),
-      );
-    }
     await waitForPort(API_POD, apiPort);
-    for (const n of nodes) {
-      await waitFor("meshd to be ready", async () => {
-        const r = await fetch(`http://127.0.0.1:${n.api}/readyz`);
-        await r.body?.cancel();
-        return r.status === 200 ? true : undefined;
-      }, 30_000);
+    const nodes: { http: number; api: number; metrics: number }[] = [];
+    for (const i of [0, 1]) {
+      const metrics = freePort();
+      const m = await startFileMeshd(`${dir}/config`, [
+        "--metrics-port",
+        String(metrics),
+        "--acl=true",
+        "--outlier-failures",
+        "1",
+        "--log-format",
+        "json",
+      ], `meshd-${i}`);
+      children.push(m.child);
+      nodes.push({ ...m, metrics });
     }
 
     const promPort = freePort();

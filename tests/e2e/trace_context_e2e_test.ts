@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { startFileMeshd } from "../testenv/meshd.ts";
 import { endpointSlice, pod, service, trafficSplit, yamlDocs } from "../testenv/objects.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -84,31 +84,10 @@ Deno.test("meshd passes traceparent, tracestate and B3 through unchanged, throug
       new Child(name, ["run", "--allow-net", WHOAMI, "--name", name, "--listen", `${ip}:${port}`]);
     children.push(whoami("api-v1", V1, p.v1), whoami("api-v2", V2, p.v2));
     await Deno.writeTextFile(`${dir}/mesh.yaml`, objects(p));
-    const http = freePort();
-    const api = freePort();
-    const tcp = freePort();
-    const udp = freePort();
-    children.push(
-      new Child("meshd", [
-        ...FILE_MESHD_RUN,
-        "--config-dir",
-        dir,
-        "--http-port",
-        String(http),
-        "--api-port",
-        String(api),
-        "--tcp-ports",
-        `${tcp}-${tcp}`,
-        "--udp-ports",
-        `${udp}-${udp}`,
-      ]),
-    );
     await Promise.all([waitForPort(V1, p.v1), waitForPort(V2, p.v2)]);
-    await waitFor("meshd to be ready", async () => {
-      const r = await fetch(`http://127.0.0.1:${api}/readyz`);
-      await r.body?.cancel();
-      return r.status === 200 ? true : undefined;
-    }, 30_000);
+    const meshd = await startFileMeshd(dir);
+    children.push(meshd.child);
+    const { http, api } = meshd;
 
     const check = (where: string, body: string) => {
       const got = echoed(body);
