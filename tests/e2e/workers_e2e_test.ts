@@ -204,7 +204,7 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
       l.startsWith('meshd_requests_total{service="wk/web",port="80",protocol="http"}')
     );
     assert.equal(series.length, 1, metrics);
-    assert.equal(series[0]!.split(" ")[1], "120", series[0]);
+    assert.equal(series[0]!.split(" ")[1], "120", series[0]!);
     const helps = metrics.split("\n").filter((l) => l.startsWith("# HELP "));
     assert.equal(new Set(helps).size, helps.length, "each family once");
     assert.match(metrics, /^meshd_request_duration_seconds_count\{service="wk\/web",.*\} 120$/m);
