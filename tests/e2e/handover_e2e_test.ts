@@ -245,7 +245,11 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
     assert.ok(drained, `meshd A logged its drain:\n${a.lines.join("\n")}`);
     assert.equal(drained.successor, true);
-    assert.equal(drained.open, 0, a.lines.filter((l) => !l.includes("\"debug\"")).slice(-40).join("\n"));
+    assert.equal(
+      drained.open,
+      0,
+      a.lines.filter((l) => !l.includes('"debug"')).slice(-40).join("\n"),
+    );
     // B alone serves from now on.
     await waitFor(
       "load to flow through meshd B alone",
