@@ -36,6 +36,17 @@ function state(): WorkerState {
   };
 }
 
+/**
+ * The state to send the pool, remembered as the last one it got: a report sends only what
+ * differs from whatever went last, reply or report (one that differed from the last report
+ * alone could leave the pool with a reply's older figures).
+ */
+function sent(): WorkerState {
+  const s = state();
+  lastState = JSON.stringify(s);
+  return s;
+}
+
 /** Tells the pool what changed: listeners bound on a retry, connections opened or closed. */
 function report(): void {
   if (!proxy) return;
@@ -59,24 +70,23 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
         .with({ room: "proxy", worker: m.index });
       proxy = new NodeProxy({ ...m.options, logger });
       proxy.start().then(() => {
-        lastState = "";
-        reply({ t: "ok", state: state() });
+        reply({ t: "ok", state: sent() });
         // Bind retries and connection counts change with no message in: report them.
         setInterval(report, 100);
       }, fail);
       return;
     }
     case "apply":
-      chain = chain.then(() => proxy!.apply(workerShare(m.config, slot))).then(() => {
-        lastState = JSON.stringify(state());
-        reply({ t: "ok", state: state() });
-      }, fail);
+      chain = chain.then(() => proxy!.apply(workerShare(m.config, slot))).then(
+        () => reply({ t: "ok", state: sent() }),
+        fail,
+      );
       return;
     case "metrics":
       reply({ t: "ok", metrics: proxy?.registry.snapshot() ?? [] });
       return;
     case "drain":
-      proxy!.drain().then(() => reply({ t: "ok", state: state() }), fail);
+      proxy!.drain().then(() => reply({ t: "ok", state: sent() }), fail);
       return;
     case "stop":
       (proxy?.stop() ?? Promise.resolve()).then(() => reply({ t: "ok" }), fail);
