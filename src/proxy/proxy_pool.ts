@@ -75,6 +75,8 @@ interface Slot {
 /** The first wait before a dead worker is started again; it doubles up to 5 s. */
 const RESTART_MIN_MS = 100;
 const RESTART_MAX_MS = 5_000;
+/** How long {@linkcode ProxyPool.stop} waits for the workers to close their connections. */
+const STOP_WAIT_MS = 5_000;
 /** A worker that lived this long before dying starts again at once. */
 const HEALTHY_MS = 60_000;
 
@@ -408,9 +410,16 @@ export class ProxyPool {
     this.#stopping = true;
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
-    await Promise.allSettled(
-      this.#slots.filter((s) => s.worker !== null).map((s) => this.#call(s, { t: "stop" })),
-    );
+    // A worker that does not answer in time (stuck in a loop, say) is ended all the same.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise((r) => timer = setTimeout(r, STOP_WAIT_MS));
+    await Promise.race([
+      late,
+      Promise.allSettled(
+        this.#slots.filter((s) => s.worker !== null).map((s) => this.#call(s, { t: "stop" })),
+      ),
+    ]);
+    clearTimeout(timer);
     for (const s of this.#slots) {
       s.worker?.terminate();
       s.worker = null;
