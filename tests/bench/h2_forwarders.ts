@@ -38,7 +38,7 @@
  * @module
  */
 import http2 from "node:http2";
-import { encode, encodedSize, HpackDecoder } from "./h2_hpack.ts";
+import { encode, encodedSize, HpackDecoder } from "../../src/proxy/h2/hpack.ts";
 
 function hostPort(s: string): { hostname: string; port: number } {
   const i = s.lastIndexOf(":");
