@@ -179,6 +179,11 @@ export class H2Stream {
     }
   }
 
+  /** Data has arrived that no one has taken yet. */
+  get hasData(): boolean {
+    return this.#inbox.some((c) => c !== null);
+  }
+
   /** The next chunk received (its window given back), or `null` at the end of the stream. */
   read(): Promise<Uint8Array | null> {
     const next = this.#inbox.shift();
@@ -251,6 +256,11 @@ export class H2Stream {
       this.#drain = null;
       d();
     }
+  }
+
+  /** Data is queued behind flow control. */
+  get pending(): boolean {
+    return this.#pending.length > 0;
   }
 
   /** @internal */
