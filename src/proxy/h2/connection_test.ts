@@ -185,7 +185,6 @@ function echo(s: H2Stream, _fields: Fields, end: boolean): void {
   s.onData = (chunk, end) => s.sendData(chunk, end, s);
 }
 
-const u32 = (v: number) => new Uint8Array([v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255]);
 
 Deno.test("H2Connection answers a request and echoes its body", async () => {
   await withServer(async (port) => {
