@@ -185,7 +185,6 @@ function echo(s: H2Stream, _fields: Fields, end: boolean): void {
   s.onData = (chunk, end) => s.sendData(chunk, end, s);
 }
 
-
 Deno.test("H2Connection answers a request and echoes its body", async () => {
   await withServer(async (port) => {
     const p = await RawPeer.connect(port);
