@@ -212,7 +212,7 @@ export class H2Proxy {
   }
 
   #sweep(): void {
-    const now = performance.now();
+    const now = Date.now(); // a coarse clock serves deadlines checked every SWEEP_MS
     for (const d of this.#deadlines) {
       if (now >= d.deadline) {
         this.#deadlines.delete(d);
@@ -395,12 +395,18 @@ export class H2Proxy {
   /** Calls `expire` unless the returned function is called within the response timeout. */
   #deadline(expire: () => void): () => void {
     const d: Deadline = {
-      deadline: performance.now() + (this.#opts.responseTimeoutMs ?? 30_000),
+      deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
       expire,
     };
     this.#deadlines.add(d);
     this.#startSweeper();
     return () => this.#deadlines.delete(d);
+  }
+
+  /** A backend stream for `out` on `ep` at once, when connected and with a slot free. */
+  #openNow(ep: EndpointState, out: Fields, end: boolean): H2Stream | null {
+    const conn = this.#backends.get(ep.key)?.conn;
+    return conn && !conn.closing ? conn.tryRequest(out, end) : null;
   }
 
   /** Opens a backend stream for `out` on `ep`, or throws an {@linkcode UpstreamError}. */
@@ -423,7 +429,9 @@ export class H2Proxy {
   ): Promise<number> {
     // No body at all: the request goes out whole, and may be retried if refused.
     const bodyless = client.remoteEnded && !client.hasData;
-    const up = await this.#open(ep, out, bodyless);
+    // Without an await when it can: the request's frames then leave in the same write as the
+    // others read with it.
+    const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
     if (client.closed) {
       up.reset(ERROR.CANCEL);
       return 499; // the client went away while we connected
@@ -577,7 +585,7 @@ export class H2Proxy {
     return await this.#withEndpoint(root, target, candidates, async (ep) => {
       const m = root.metrics;
       const bodyless = framing.kind === "none";
-      const up = await this.#open(ep, out, bodyless);
+      const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
       let trailers: Fields | null = null;
       // A request body that breaks its own framing ends the exchange with 400.
       let badBody: HttpParseError | undefined;

@@ -355,7 +355,7 @@ export class H2Connection {
   /** Waiters for a stream slot (client: the peer's MAX_CONCURRENT_STREAMS). */
   #slotWaiters: (() => void)[] = [];
   /** When the last stream closed (or the connection began), for idle timeouts. */
-  idleSince: number = performance.now();
+  idleSince: number = Date.now();
   /** Resolves when the connection has ended. */
   readonly done: Promise<void>;
   #resolveDone!: () => void;
@@ -406,15 +406,29 @@ export class H2Connection {
 
   /**
    * Client: opens a stream with request headers `fields`; waits for a slot when the peer's
-   * MAX_CONCURRENT_STREAMS is reached. Throws an {@linkcode H2Error} with `refused` semantics
-   * (nothing was sent) when the connection cannot take new streams.
+   * MAX_CONCURRENT_STREAMS is reached. Throws an {@linkcode H2Error} (REFUSED_STREAM: nothing
+   * was sent) when the connection cannot take new streams.
    */
   async request(fields: Fields, end: boolean): Promise<H2Stream> {
     while (this.#streams.size >= this.#peerMaxStreams && !this.closing) {
       await new Promise<void>((r) => this.#slotWaiters.push(r));
     }
-    if (this.closing || this.#nextStream > MAX_WINDOW) {
-      throw new H2Error("Connection is closing", ERROR.REFUSED_STREAM);
+    const s = this.tryRequest(fields, end);
+    if (s === null) throw new H2Error("Connection is closing", ERROR.REFUSED_STREAM);
+    return s;
+  }
+
+  /**
+   * `request` without waiting: the stream, or `null` when no slot is free or the connection
+   * takes no new streams. Its frames go out in the same write as the others made in this
+   * turn of the event loop.
+   */
+  tryRequest(fields: Fields, end: boolean): H2Stream | null {
+    if (
+      this.closing || this.#nextStream > MAX_WINDOW ||
+      this.#streams.size >= this.#peerMaxStreams
+    ) {
+      return null;
     }
     const id = this.#nextStream;
     this.#nextStream += 2;
@@ -449,7 +463,8 @@ export class H2Connection {
 
   /** @internal */
   _headers(s: H2Stream, fields: Fields, end: boolean): void {
-    this._rawHeaders(s, encodeBlock(fields), end);
+    this.#out.fields(s.id, fields, end, this.#peerMaxFrame);
+    this.#schedule();
   }
 
   /** @internal */
@@ -512,7 +527,7 @@ export class H2Connection {
     this.#streams.delete(s.id);
     this.#blocked.delete(s);
     if (this.#streams.size === 0) {
-      this.idleSince = performance.now();
+      this.idleSince = Date.now();
       if (this.#goingAway && !this.#ended) void this.#closeAfterFlush(null);
     }
     const w = this.#slotWaiters.shift();
@@ -756,6 +771,14 @@ export class H2Connection {
         throw new H2Error("Stream depends on itself", ERROR.PROTOCOL_ERROR, f.stream);
       }
     }
+    if (f.flags & FLAG.END_HEADERS) {
+      // The whole block in one frame (the usual case): decoded in place, not copied.
+      if (p.length > 2 * this.#maxList) {
+        throw new H2Error(`Header block over ${2 * this.#maxList} bytes`, ERROR.ENHANCE_YOUR_CALM);
+      }
+      this.#headerBlock(f.stream, f.flags, p);
+      return;
+    }
     this.#block = {
       stream: f.stream,
       flags: f.flags,
@@ -764,7 +787,6 @@ export class H2Connection {
       frames: 1,
     };
     this.#checkBlock();
-    if (f.flags & FLAG.END_HEADERS) this.#endBlock();
   }
 
   #onContinuation(f: Frame): void {
@@ -802,11 +824,15 @@ export class H2Connection {
         at += p.length;
       }
     }
+    this.#headerBlock(b.stream, b.flags, block);
+  }
+
+  /** A whole header block on `id` with the flags of its HEADERS frame. */
+  #headerBlock(id: number, flags: number, block: Uint8Array): void {
     const fields: Fields = [];
     // Always decoded, so the table stays in step with the peer's (RFC 7541 §2.2).
     const fits = this.#decoder.decode(block, fields);
-    const end = (b.flags & FLAG.END_STREAM) !== 0;
-    const id = b.stream;
+    const end = (flags & FLAG.END_STREAM) !== 0;
     const s = this.#streams.get(id);
     if (s) {
       if (s.remoteEnded) throw new H2Error("HEADERS after END_STREAM", ERROR.STREAM_CLOSED, id);

@@ -197,6 +197,8 @@ export function unpad(f: Frame): Uint8Array {
   return f.payload.subarray(1, f.payload.length - pad);
 }
 
+import { encode, encodedSize } from "./hpack.ts";
+
 /** An output buffer that frames are appended to, then written out and reset. */
 export class FrameWriter {
   buf: Uint8Array = new Uint8Array(16 * 1024);
@@ -286,6 +288,26 @@ export class FrameWriter {
   data(stream: number, p: Uint8Array, end: boolean): void {
     this.header(p.length, FRAME.DATA, end ? FLAG.END_STREAM : 0, stream);
     this.bytes(p);
+  }
+
+  /**
+   * `fields` HPACK-encoded (`hpack.ts`'s `encode`) straight into this buffer as one HEADERS
+   * frame, or HEADERS and CONTINUATION frames when the block is over `maxFrame`.
+   */
+  fields(stream: number, fields: [string, string][], end: boolean, maxFrame: number): void {
+    this.room(FRAME_HEADER + encodedSize(fields));
+    const start = this.len;
+    const blockAt = start + FRAME_HEADER;
+    const blockEnd = encode(fields, this.buf, blockAt);
+    const n = blockEnd - blockAt;
+    if (n > maxFrame) {
+      const block = this.buf.slice(blockAt, blockEnd);
+      this.len = start;
+      this.headers(stream, block, end, maxFrame);
+      return;
+    }
+    this.header(n, FRAME.HEADERS, (end ? FLAG.END_STREAM : 0) | FLAG.END_HEADERS, stream);
+    this.len = blockEnd;
   }
 
   /**

@@ -315,18 +315,21 @@ function putInt(out: Uint8Array, at: number, v: number, prefix: number, first: n
   return at;
 }
 
-/** Static table indexes: by name, and by name and value joined with a NUL. */
-const STATIC_NAME = new Map<string, number>();
-const STATIC_FIELD = new Map<string, number>();
+/** Static table indexes by name: the name's first index, and the index of each value. */
+const STATIC_INDEX = new Map<string, { index: number; values: Map<string, number> }>();
 STATIC.forEach(([k, v], i) => {
-  if (!STATIC_NAME.has(k)) STATIC_NAME.set(k, i + 1);
-  if (v !== "") STATIC_FIELD.set(`${k}\0${v}`, i + 1);
+  let e = STATIC_INDEX.get(k);
+  if (!e) STATIC_INDEX.set(k, e = { index: i + 1, values: new Map() });
+  if (v !== "") e.values.set(v, i + 1);
 });
 
 /** The most bytes `encode` writes for `fields`. */
 export function encodedSize(fields: [string, string][]): number {
   let n = 0;
-  for (const [k, v] of fields) n += k.length + v.length + 11;
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]!;
+    n += f[0].length + f[1].length + 11;
+  }
   return n;
 }
 
@@ -337,15 +340,18 @@ export function encodedSize(fields: [string, string][]): number {
  * must be Latin-1 (char codes below 256).
  */
 export function encode(fields: [string, string][], out: Uint8Array, at: number): number {
-  for (const [k, v] of fields) {
-    const full = STATIC_FIELD.get(`${k}\0${v}`);
-    if (full !== undefined) {
-      out[at++] = 0x80 | full;
-      continue;
-    }
-    const name = STATIC_NAME.get(k);
-    if (name !== undefined) at = putInt(out, at, name, 4, 0);
-    else {
+  for (let f = 0; f < fields.length; f++) {
+    const k = fields[f]![0];
+    const v = fields[f]![1];
+    const known = STATIC_INDEX.get(k);
+    if (known !== undefined) {
+      const full = known.values.get(v);
+      if (full !== undefined) {
+        out[at++] = 0x80 | full;
+        continue;
+      }
+      at = putInt(out, at, known.index, 4, 0);
+    } else {
       out[at++] = 0;
       at = putInt(out, at, k.length, 7, 0);
       for (let i = 0; i < k.length; i++) out[at++] = k.charCodeAt(i);
