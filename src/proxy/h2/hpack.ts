@@ -142,8 +142,27 @@ export class HpackError extends Error {
   override name = "HpackError";
 }
 
-function huffmanDecode(b: Uint8Array, start: number, end: number): string {
+/** Bytes as a Latin-1 string, made in one go rather than a character at a time. */
+function latin1(b: Uint8Array, start: number, end: number): string {
   let s = "";
+  // Chunks keep the argument list of fromCharCode short.
+  for (let at = start; at < end; at += 4096) {
+    s += String.fromCharCode.apply(
+      null,
+      b.subarray(at, Math.min(end, at + 4096)) as unknown as number[],
+    );
+  }
+  return s;
+}
+
+/** Decoded Huffman symbols, reused between strings (8 symbols at most per 5 bits). */
+let scratch = new Uint8Array(256);
+
+function huffmanDecode(b: Uint8Array, start: number, end: number): string {
+  const most = Math.ceil((end - start) * 8 / 5);
+  if (scratch.length < most) scratch = new Uint8Array(most);
+  const out = scratch;
+  let n = 0;
   let node = 0;
   // Bits read since the last whole symbol, and whether they were all ones (RFC 7541 §5.2:
   // the padding is the most significant bits of EOS, at most 7 of them).
@@ -156,7 +175,7 @@ function huffmanDecode(b: Uint8Array, start: number, end: number): string {
       const next = TREE[2 * node + one]!;
       if (next < 0) {
         if (next === -257) throw new HpackError("EOS in a Huffman string");
-        s += String.fromCharCode(-next - 1);
+        out[n++] = -next - 1;
         node = 0;
         pending = 0;
         ones = true;
@@ -168,7 +187,7 @@ function huffmanDecode(b: Uint8Array, start: number, end: number): string {
     }
   }
   if (pending > 7 || !ones) throw new HpackError("Huffman padding is not a prefix of EOS");
-  return s;
+  return latin1(out, 0, n);
 }
 
 /** Options for {@linkcode HpackDecoder}. */
@@ -264,10 +283,7 @@ export class HpackDecoder {
     const end = start + len;
     if (end > b.length) throw new HpackError("string runs past the block");
     this.#pos = end;
-    if (huffman) return huffmanDecode(b, start, end);
-    let s = "";
-    for (let i = start; i < end; i++) s += String.fromCharCode(b[i]!);
-    return s;
+    return huffman ? huffmanDecode(b, start, end) : latin1(b, start, end);
   }
 
   #literal(b: Uint8Array, prefix: number): [string, string] {
