@@ -226,15 +226,12 @@ export class H2Proxy {
     }
   }
 
-  /** Closes every client and backend connection. */
+  /** Closes every client and backend connection, each with a GOAWAY first. */
   close(): void {
     this.#closed = true;
-    for (const c of this.#clients) c.destroy();
+    for (const c of this.#clients) c.close();
     this.#clients.clear();
-    for (const b of this.#backends.values()) {
-      b.conn?.destroy();
-      b.ready.then((c) => c.destroy(), () => {});
-    }
+    for (const b of this.#backends.values()) b.ready.then((c) => c.close(), () => {});
     this.#backends.clear();
     for (const d of this.#deadlines) d.expire();
     this.#deadlines.clear();

@@ -454,6 +454,22 @@ export class H2Connection {
     if (this.#streams.size === 0) void this.#closeAfterFlush(null);
   }
 
+  /**
+   * Ends the connection without waiting for its streams: GOAWAY with NO_ERROR (so the peer
+   * knows which streams were not processed), open streams closed with CANCEL, and the socket
+   * closed once the GOAWAY is written (at most 1 s later).
+   */
+  close(): void {
+    if (this.#ended) return;
+    if (!this.#goingAway) {
+      this.#goingAway = true;
+      this.#out.goaway(this.#client ? 0 : this.#lastStream, ERROR.NO_ERROR);
+      this.#schedule();
+    }
+    for (const s of [...this.#streams.values()]) s.reset(ERROR.CANCEL);
+    void this.#closeAfterFlush(null);
+  }
+
   /** Ends the connection now; open streams close with CANCEL. */
   destroy(): void {
     this.#end(null);
@@ -545,9 +561,18 @@ export class H2Connection {
     });
   }
 
-  async #flush(): Promise<void> {
-    if (this.#writing) return;
-    this.#writing = true;
+  /** The write in progress, if any. */
+  #flushing: Promise<void> | null = null;
+
+  #flush(): Promise<void> {
+    if (!this.#writing) {
+      this.#writing = true;
+      this.#flushing = this.#writeOut();
+    }
+    return this.#flushing!;
+  }
+
+  async #writeOut(): Promise<void> {
     try {
       while (this.#out.len > 0 && !this.#ended) {
         const w = this.#out;
@@ -572,11 +597,15 @@ export class H2Connection {
 
   /** Ends the connection once what is queued has been written (at most 1 s later). */
   async #closeAfterFlush(error: H2Error | null): Promise<void> {
-    const deadline = performance.now() + 1000;
-    while ((this.#writing || this.#out.len > 0) && !this.#ended && performance.now() < deadline) {
-      if (!this.#writing) void this.#flush();
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((r) => timer = setTimeout(r, 1000));
+    const written = (async () => {
+      while ((this.#writing || this.#out.len > 0) && !this.#ended) {
+        await this.#flush();
+      }
+    })();
+    await Promise.race([written, late]);
+    clearTimeout(timer);
     this.#end(error);
   }
 

@@ -595,3 +595,27 @@ Deno.test("H2Connection drain() sends GOAWAY, lets the open stream finish, then 
     (s) => stream = s,
   );
 });
+
+Deno.test("H2Connection close() sends GOAWAY NO_ERROR naming the last stream, then closes", async () => {
+  let opened = 0;
+  await withServer(
+    async (port, server) => {
+      const p = await RawPeer.connect(port);
+      try {
+        await p.send((w) => w.headers(1, encodeBlock(REQUEST), false, 16384));
+        await p.until((f) => f.type === FRAME.SETTINGS && (f.flags & FLAG.ACK) !== 0);
+        while (opened === 0) await new Promise((r) => setTimeout(r, 5));
+        server().close();
+        const g = await p.until((f) => f.type === FRAME.GOAWAY);
+        const view = new DataView(g!.payload.buffer);
+        assert.equal(view.getUint32(0), 1);
+        assert.equal(errorName(view.getUint32(4)), "NO_ERROR");
+        assert.equal(await p.until(() => false), null, "closed after the GOAWAY");
+      } finally {
+        p.close();
+      }
+    },
+    {},
+    () => opened++,
+  );
+});
