@@ -347,12 +347,12 @@ export class H2Proxy {
     const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
     const budget = this.#budgets.of(target.key);
     budget.request();
-    const tried = new Set<EndpointState>();
+    // Made on the first retry only: most requests need one endpoint.
+    let tried: Set<EndpointState> | null = null;
     for (let attempt = 0;; attempt++) {
-      const fresh = candidates.filter((c) => !tried.has(c));
+      const fresh = tried === null ? candidates : candidates.filter((c) => !tried!.has(c));
       const ep = pool.pick(fresh.length > 0 ? fresh : candidates);
       if (!ep) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
-      tried.add(ep);
       ep.inflight++;
       try {
         return await exchange(ep);
@@ -361,6 +361,7 @@ export class H2Proxy {
         pool.failure(ep);
         // A request body is streamed, never kept: only a request not yet sent is retried.
         if (!e.requestSent && attempt + 1 < attempts && !gone()) {
+          (tried ??= new Set()).add(ep);
           if (budget.retry()) {
             root.metrics.retries.inc();
             continue;
@@ -743,7 +744,7 @@ function setField(fields: Fields, name: string, value: string): void {
   }
 }
 
-const PSEUDO = new Set([":method", ":scheme", ":path", ":authority"]);
+const PSEUDO = new Map([[":method", 1], [":scheme", 2], [":path", 4], [":authority", 8]]);
 // RFC 9113 §8.2.2: fields that are specific to one HTTP/1.1 connection make a request malformed.
 const CONNECTION_SPECIFIC = new Set([
   "connection",
@@ -762,15 +763,16 @@ const BAD_VALUE = /[\r\n\0]|^[ \t]|[ \t]$/;
  * another authority than `:authority`.
  */
 export function checkH2Request(fields: Fields): string | null {
-  const seen = new Set<string>();
+  let seen = 0; // a bit per pseudo-header
   let regular = false;
   for (const [name, value] of fields) {
-    const pseudo = name.startsWith(":");
+    const pseudo = name.charCodeAt(0) === 58; // ":"
     if (pseudo) {
-      if (!PSEUDO.has(name)) return `unknown pseudo-header "${name.slice(0, 40)}"`;
+      const bit = PSEUDO.get(name);
+      if (bit === undefined) return `unknown pseudo-header "${name.slice(0, 40)}"`;
       if (regular) return `pseudo-header "${name}" after a regular field`;
-      if (seen.has(name)) return `pseudo-header "${name}" appears twice`;
-      seen.add(name);
+      if (seen & bit) return `pseudo-header "${name}" appears twice`;
+      seen |= bit;
     } else regular = true;
     const bare = pseudo ? name.slice(1) : name;
     if (!isToken(bare) || bare !== bare.toLowerCase()) {

@@ -511,6 +511,16 @@ export class H2Connection {
 
   #writeData(s: H2Stream, chunk: Uint8Array, end: boolean): void {
     const max = this.#peerMaxFrame;
+    if (chunk.length <= max) this.#out.data(s.id, chunk, end);
+    else {
+      this.#writeFrames(s, chunk, end, max);
+    }
+    s.sendWindow -= chunk.length;
+    this.#connSendWindow -= chunk.length;
+    this.#schedule();
+  }
+
+  #writeFrames(s: H2Stream, chunk: Uint8Array, end: boolean, max: number): void {
     let at = 0;
     do {
       const n = Math.min(max, chunk.length - at);
@@ -518,9 +528,6 @@ export class H2Connection {
       this.#out.data(s.id, chunk.subarray(at, at + n), end && last);
       at += n;
     } while (at < chunk.length);
-    s.sendWindow -= chunk.length;
-    this.#connSendWindow -= chunk.length;
-    this.#schedule();
   }
 
   /** @internal */

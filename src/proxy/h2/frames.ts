@@ -157,7 +157,10 @@ export class FrameReader {
     return out;
   }
 
-  /** The next whole frame, or `null` when more bytes are needed. */
+  /** One frame object, filled again by each `next`. */
+  readonly #frame: Frame = { type: 0, flags: 0, stream: 0, payload: new Uint8Array(0) };
+
+  /** The next whole frame (the same object each time, refilled), or `null` when more bytes are needed. */
   next(): Frame | null {
     const b = this.#buf;
     const s = this.#start;
@@ -170,12 +173,12 @@ export class FrameReader {
       );
     }
     if (this.#end - s < FRAME_HEADER + len) return null;
-    const frame: Frame = {
-      type: b[s + 3]!,
-      flags: b[s + 4]!,
-      stream: ((b[s + 5]! & 0x7f) << 24 | (b[s + 6]! << 16) | (b[s + 7]! << 8) | b[s + 8]!) >>> 0,
-      payload: b.subarray(s + FRAME_HEADER, s + FRAME_HEADER + len),
-    };
+    const frame = this.#frame;
+    frame.type = b[s + 3]!;
+    frame.flags = b[s + 4]!;
+    frame.stream = ((b[s + 5]! & 0x7f) << 24 | (b[s + 6]! << 16) | (b[s + 7]! << 8) | b[s + 8]!) >>>
+      0;
+    frame.payload = b.subarray(s + FRAME_HEADER, s + FRAME_HEADER + len);
     this.#start = s + FRAME_HEADER + len;
     return frame;
   }
