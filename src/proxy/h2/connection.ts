@@ -13,7 +13,6 @@ import {
   DEFAULT_MAX_FRAME,
   DEFAULT_WINDOW,
   ERROR,
-  errorName,
   FLAG,
   FRAME,
   type Frame,
@@ -67,6 +66,8 @@ interface Pending {
   end: boolean;
   /** The stream whose receive window is given back when this data goes out. */
   credit: H2Stream | null;
+  /** `data` is a header block (trailers queued behind data), not DATA. */
+  headers?: boolean;
 }
 
 /**
@@ -92,8 +93,6 @@ export class H2Stream {
   onData: ((chunk: Uint8Array, end: boolean) => void) | null = null;
   /** The stream has closed; `byPeer` when the peer reset it or the connection ended. */
   onClose: ((code: number, byPeer: boolean) => void) | null = null;
-  /** Opaque slot for the owner. */
-  tag: unknown = undefined;
 
   sendWindow: number;
   /** @internal What the peer may still send (our window less what it sent). */
@@ -117,8 +116,7 @@ export class H2Stream {
     this.headersSent = true;
     if (this.#pending.length > 0 && end) {
       // Trailers wait for the data queued before them.
-      this.#pending.push({ data: encodeBlock(fields), end: true, credit: null });
-      (this.#pending[this.#pending.length - 1] as Pending & { headers?: boolean }).headers = true;
+      this.#pending.push({ data: encodeBlock(fields), end: true, credit: null, headers: true });
       return;
     }
     this.conn._headers(this, fields, end);
@@ -231,7 +229,7 @@ export class H2Stream {
   /** @internal Sends queued data as far as the windows allow. */
   _flush(): void {
     while (this.#pending.length > 0 && !this.closed) {
-      const p = this.#pending[0]! as Pending & { headers?: boolean };
+      const p = this.#pending[0]!;
       if (p.headers) {
         this.#pending.shift();
         this.conn._rawHeaders(this, p.data, true);
@@ -1060,5 +1058,3 @@ export class H2Connection {
     return `h2 ${this.#opts.role} connection (${this.#streams.size} streams)`;
   }
 }
-
-export { errorName };
