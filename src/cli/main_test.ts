@@ -258,9 +258,15 @@ Deno.test("main.ts loads the YAML, Kubernetes, gRPC and HTTP/2 libraries only on
   for (const lib of ["yaml", "@kubernetes/client-node", "@grpc/grpc-js"]) {
     assert.ok(!npm.some((s) => s.startsWith(`${lib}@`)), `${lib} in ${npm.join(", ")}`);
   }
-  // node:http2 (about 11 MiB resident) only once an h2c client or service needs it.
+  // The HTTP/2 side only once an h2c client or service needs it; node:http2 (about 11 MiB
+  // resident) never.
   const h2 = [...seen].filter((s) => s === "node:http2" || s.endsWith("/src/proxy/h2_proxy.ts"));
   assert.deepEqual(h2, [], "HTTP/2 is loaded with main.ts");
+  // Dynamic imports included: meshd speaks HTTP/2 with its own frame layer (src/proxy/h2/).
+  const http2Users = info.modules
+    .filter((m) => m.dependencies?.some((d) => d.code?.specifier === "node:http2"))
+    .map((m) => m.specifier);
+  assert.deepEqual(http2Users, [], "node:http2 is imported");
 });
 
 Deno.test("main() --help of every command fits 100 columns and lists each of its flags once", async () => {
