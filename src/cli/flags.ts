@@ -2,7 +2,7 @@
 export interface FlagSpec {
   /** Long name without dashes, such as `config-dir`. */
   name: string;
-  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range";
+  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range" | "count-or-auto";
   /** Allowed values for a `string` flag. */
   values?: readonly string[];
   /** The default, as it would be written on the command line; `undefined` for none. */
@@ -128,6 +128,14 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
     case "count": {
       if (!/^\d+$/.test(v) || Number(v) < 1 || !Number.isSafeInteger(Number(v))) {
         bad("a whole number of at least 1");
+      }
+      return Number(v);
+    }
+    case "count-or-auto": {
+      // A count up to 1024, or "auto" (the caller decides what auto is).
+      if (v === "auto") return v;
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1024) {
+        bad("a whole number from 1 to 1024, or auto");
       }
       return Number(v);
     }

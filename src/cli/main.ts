@@ -12,7 +12,7 @@ import { decodeFiles, FileProvider, ObjectLoader, readConfigFiles } from "../pro
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
 import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
-import { NodeProxy } from "../proxy/mod.ts";
+import { availableCpus, type DataPlane, NodeProxy, ProxyPool } from "../proxy/mod.ts";
 import {
   MeshController,
   SHADOW_SELECTOR,
@@ -62,6 +62,7 @@ import {
   PROBE_FLAGS,
   PROXY_FLAGS,
   proxyOptions,
+  WORKERS_FLAG,
 } from "./options.ts";
 import { checkCommand, cleanupCommand, prepareCommand } from "./cluster_commands.ts";
 import { statCommand, statusCommand } from "./ops_commands.ts";
@@ -112,6 +113,7 @@ const RUN_GROUPS: readonly FlagGroup[] = [
         default: "5000",
         help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
       },
+      WORKERS_FLAG,
       ...PROXY_FLAGS,
       ...DRAIN_FLAGS,
     ],
@@ -644,15 +646,19 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
   }
   const reusePort = values["reuse-port"] as boolean;
-  const proxy = new NodeProxy({
+  const workers = values["workers"] === "auto" ? availableCpus() : values["workers"] as number;
+  const proxyOpts = {
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
     domainAliases: values["domain-aliases"] as string[],
     reusePort,
-    logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
     caCerts,
-  });
+  };
+  const proxyLog = logger.with({ room: "proxy" });
+  const proxy: DataPlane = workers > 1
+    ? new ProxyPool({ workers, proxy: proxyOpts, logger: proxyLog, udpWaitMs: UDP_ANSWER_WAIT_MS })
+    : new NodeProxy({ ...proxyOpts, logger: proxyLog });
   let api: ApiServer | null = null;
   let health: ApiServer | null = null;
   let metrics: ApiServer | null = null;
@@ -795,6 +801,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       const ports = {
         tcp: [...held.tcp, ...(dns ? [dns.port] : [])],
         udp: [...held.udp, ...(dns ? [dns.port] : [])],
+        own: held.own,
       };
       const log = logger.with({ room: "node" });
       log.info("draining: serving until a successor holds every port", {

@@ -124,6 +124,34 @@ Deno.test("main() reports usage errors with exit code 2", async () => {
   assert.match(extra.err, /unexpected argument "now"/);
 });
 
+Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with one line", async () => {
+  for (const bad of ["0", "abc", "-1", "1.5", "2000", ""]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--workers", bad]);
+    assert.equal(r.code, 2, `--workers "${bad}": ${r.err}`);
+    assert.equal(r.err.trimEnd().split("\n").length, 1, r.err);
+    assert.match(
+      r.err,
+      new RegExp(
+        `^meshd run: error: invalid value "${bad}" for --workers: expected a whole number ` +
+          `from 1 to 1024, or auto; run "meshd run --help"`,
+      ),
+    );
+  }
+  const env = await run(["run", "--config-dir", "/nonexistent"], { MESHD_WORKERS: "none" });
+  assert.equal(env.code, 2);
+  assert.match(env.err, /invalid value "none" for MESHD_WORKERS/);
+  // Good values get past the flags (to the missing directory).
+  for (const good of ["1", "2", "auto"]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--workers", good]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /cannot read config directory/);
+  }
+  const help = await run(["run", "--help"]);
+  const workers = help.out.split("\n  --workers N|auto")[1]?.split("\n  --")[0] ?? "";
+  assert.match(workers, /^ +Proxy workers, /);
+  assert.match(workers.replace(/\s+/g, " "), /\[default 1; env MESHD_WORKERS\]$/);
+});
+
 Deno.test("main() version prints the version, this checkout's commit, from source, and Deno's", async () => {
   const r = await run(["version"]);
   assert.equal(r.code, 0);
@@ -246,9 +274,15 @@ Deno.test("main.ts loads the YAML, Kubernetes, gRPC and HTTP/2 libraries only on
   for (const lib of ["yaml", "@kubernetes/client-node", "@grpc/grpc-js"]) {
     assert.ok(!npm.some((s) => s.startsWith(`${lib}@`)), `${lib} in ${npm.join(", ")}`);
   }
-  // node:http2 (about 11 MiB resident) only once an h2c client or service needs it.
+  // The HTTP/2 side only once an h2c client or service needs it; node:http2 (about 11 MiB
+  // resident) never.
   const h2 = [...seen].filter((s) => s === "node:http2" || s.endsWith("/src/proxy/h2_proxy.ts"));
   assert.deepEqual(h2, [], "HTTP/2 is loaded with main.ts");
+  // Dynamic imports included: meshd speaks HTTP/2 with its own frame layer (src/proxy/h2/).
+  const http2Users = info.modules
+    .filter((m) => m.dependencies?.some((d) => d.code?.specifier === "node:http2"))
+    .map((m) => m.specifier);
+  assert.deepEqual(http2Users, [], "node:http2 is imported");
 });
 
 Deno.test("main() --help of every command fits 100 columns and lists each of its flags once", async () => {

@@ -9,7 +9,15 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { startFileMeshd } from "../testenv/meshd.ts";
+import {
+  anyHttpRoute,
+  endpointSlice,
+  pod,
+  service,
+  trafficTarget,
+  yamlDocs,
+} from "../testenv/objects.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -33,60 +41,22 @@ async function prometheusBinary(): Promise<string> {
 }
 
 function mesh(apiPort: number, deadPort: number): string {
-  const pod = (name: string, ip: string, sa: string) =>
-    `apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: obs }
-spec: { serviceAccountName: ${sa}, nodeName: local }
-status: { phase: Running, podIP: ${ip} }
-`;
-  return [
-    pod("web-0", WEB_POD, "web"),
-    pod("intruder-0", INTRUDER_POD, "intruder"),
-    pod("api-0", API_POD, "api"),
-    pod("api-1", DEAD_POD, "api"),
-    `apiVersion: v1
-kind: Service
-metadata:
-  name: api
-  namespace: obs
-  annotations:
-    meshd.io/retry-attempts: "2"
-    meshd.io/circuit-breaker-expression: "NetworkErrorRatio() > 0.9"
-spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
-`,
-    `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: api-a, namespace: obs, labels: { kubernetes.io/service-name: api } }
-addressType: IPv4
-ports: [{ name: http, port: ${apiPort}, protocol: TCP }]
-endpoints:
-  - { addresses: ["${API_POD}"], conditions: { ready: true }, targetRef: { kind: Pod, name: api-0 } }
-`,
-    `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: api-b, namespace: obs, labels: { kubernetes.io/service-name: api } }
-addressType: IPv4
-ports: [{ name: http, port: ${deadPort}, protocol: TCP }]
-endpoints:
-  - { addresses: ["${DEAD_POD}"], conditions: { ready: true }, targetRef: { kind: Pod, name: api-1 } }
-`,
-    `apiVersion: specs.smi-spec.io/v1alpha3
-kind: HTTPRouteGroup
-metadata: { name: all, namespace: obs }
-spec:
-  matches:
-    - { name: any, pathRegex: "/.*" }
-`,
-    `apiVersion: access.smi-spec.io/v1alpha2
-kind: TrafficTarget
-metadata: { name: web-to-api, namespace: obs }
-spec:
-  destination: { kind: ServiceAccount, name: api, namespace: obs }
-  rules: [{ kind: HTTPRouteGroup, name: all, matches: [any] }]
-  sources: [{ kind: ServiceAccount, name: web, namespace: obs }]
-`,
-  ].join("---\n");
+  return yamlDocs(
+    pod("obs", "web-0", WEB_POD, "web"),
+    pod("obs", "intruder-0", INTRUDER_POD, "intruder"),
+    pod("obs", "api-0", API_POD, "api"),
+    pod("obs", "api-1", DEAD_POD, "api"),
+    service("obs", "api", {
+      annotations: {
+        "meshd.io/retry-attempts": "2",
+        "meshd.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.9",
+      },
+    }),
+    endpointSlice("obs", "api", "api-a", apiPort, [{ ip: API_POD, pod: "api-0" }]),
+    endpointSlice("obs", "api", "api-b", deadPort, [{ ip: DEAD_POD, pod: "api-1" }]),
+    anyHttpRoute("obs", "all"),
+    trafficTarget("obs", "web-to-api", "web", "api", "all", ["any"]),
+  );
 }
 
 /** One GET of `api.obs.mesh` from `source` through the meshd on `port`; the status. */
@@ -149,44 +119,21 @@ Deno.test("meshd dashboard: every query returns data from a real Prometheus scra
     await Deno.mkdir(`${dir}/config`);
     await Deno.writeTextFile(`${dir}/config/mesh.yaml`, mesh(apiPort, deadPort));
 
-    const nodes = [0, 1].map(() => ({
-      http: freePort(),
-      api: freePort(),
-      metrics: freePort(),
-      tcp: freePort(),
-      udp: freePort(),
-    }));
-    for (const [i, n] of nodes.entries()) {
-      children.push(
-        new Child(`meshd-${i}`, [
-          ...FILE_MESHD_RUN,
-          "--config-dir",
-          `${dir}/config`,
-          "--http-port",
-          String(n.http),
-          "--api-port",
-          String(n.api),
-          "--metrics-port",
-          String(n.metrics),
-          "--tcp-ports",
-          `${n.tcp}-${n.tcp}`,
-          "--udp-ports",
-          `${n.udp}-${n.udp}`,
-          "--acl=true",
-          "--outlier-failures",
-          "1",
-          "--log-format",
-          "json",
-        ]),
-      );
-    }
     await waitForPort(API_POD, apiPort);
-    for (const n of nodes) {
-      await waitFor("meshd to be ready", async () => {
-        const r = await fetch(`http://127.0.0.1:${n.api}/readyz`);
-        await r.body?.cancel();
-        return r.status === 200 ? true : undefined;
-      }, 30_000);
+    const nodes: { http: number; api: number; metrics: number }[] = [];
+    for (const i of [0, 1]) {
+      const metrics = freePort();
+      const m = await startFileMeshd(`${dir}/config`, [
+        "--metrics-port",
+        String(metrics),
+        "--acl=true",
+        "--outlier-failures",
+        "1",
+        "--log-format",
+        "json",
+      ], `meshd-${i}`);
+      children.push(m.child);
+      nodes.push({ ...m, metrics });
     }
 
     const promPort = freePort();

@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { startFileMeshd } from "../testenv/meshd.ts";
+import { endpointSlice, pod, service, trafficSplit, yamlDocs } from "../testenv/objects.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -29,51 +30,21 @@ const TRACE = {
 };
 
 function objects(p: { v1: number; v2: number; dead: number }): string {
-  const pod = (name: string, ip: string) =>
-    `apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: tr }
-spec: { serviceAccountName: app, nodeName: local }
-status: { phase: Running, podIP: ${ip} }
-`;
-  const service = (name: string, annotations = "{}") =>
-    `apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: tr, annotations: ${annotations} }
-spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
-`;
-  const slice = (svc: string, name: string, ip: string, port: number, pod: string) =>
-    `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: ${name}, namespace: tr, labels: { kubernetes.io/service-name: ${svc} } }
-addressType: IPv4
-ports: [{ name: http, port: ${port}, protocol: TCP }]
-endpoints:
-  - { addresses: ["${ip}"], conditions: { ready: true }, targetRef: { kind: Pod, name: ${pod} } }
-`;
-  return [
-    pod("v1-0", V1),
-    pod("v2-0", V2),
-    pod("dead-0", DEAD),
-    service("api"),
-    service("api-v1"),
-    service("api-v2"),
-    slice("api", "api-a", V1, p.v1, "v1-0"),
-    slice("api-v1", "api-v1-a", V1, p.v1, "v1-0"),
-    slice("api-v2", "api-v2-a", V2, p.v2, "v2-0"),
-    `apiVersion: split.smi-spec.io/v1alpha3
-kind: TrafficSplit
-metadata: { name: api-split, namespace: tr }
-spec:
-  service: api
-  backends:
-    - { service: api-v1, weight: 50 }
-    - { service: api-v2, weight: 50 }
-`,
-    service("flaky", '{ meshd.io/retry-attempts: "3" }'),
-    slice("flaky", "flaky-a", V1, p.v1, "v1-0"),
-    slice("flaky", "flaky-b", DEAD, p.dead, "dead-0"),
-  ].join("---\n");
+  return yamlDocs(
+    pod("tr", "v1-0", V1, "app"),
+    pod("tr", "v2-0", V2, "app"),
+    pod("tr", "dead-0", DEAD, "app"),
+    service("tr", "api"),
+    service("tr", "api-v1"),
+    service("tr", "api-v2"),
+    endpointSlice("tr", "api", "api-a", p.v1, [{ ip: V1, pod: "v1-0" }]),
+    endpointSlice("tr", "api-v1", "api-v1-a", p.v1, [{ ip: V1, pod: "v1-0" }]),
+    endpointSlice("tr", "api-v2", "api-v2-a", p.v2, [{ ip: V2, pod: "v2-0" }]),
+    trafficSplit("tr", "api-split", "api", [["api-v1", 50], ["api-v2", 50]]),
+    service("tr", "flaky", { annotations: { "meshd.io/retry-attempts": "3" } }),
+    endpointSlice("tr", "flaky", "flaky-a", p.v1, [{ ip: V1, pod: "v1-0" }]),
+    endpointSlice("tr", "flaky", "flaky-b", p.dead, [{ ip: DEAD, pod: "dead-0" }]),
+  );
 }
 
 /** One GET of `host` through meshd with the trace headers; the status and the body. */
@@ -113,31 +84,10 @@ Deno.test("meshd passes traceparent, tracestate and B3 through unchanged, throug
       new Child(name, ["run", "--allow-net", WHOAMI, "--name", name, "--listen", `${ip}:${port}`]);
     children.push(whoami("api-v1", V1, p.v1), whoami("api-v2", V2, p.v2));
     await Deno.writeTextFile(`${dir}/mesh.yaml`, objects(p));
-    const http = freePort();
-    const api = freePort();
-    const tcp = freePort();
-    const udp = freePort();
-    children.push(
-      new Child("meshd", [
-        ...FILE_MESHD_RUN,
-        "--config-dir",
-        dir,
-        "--http-port",
-        String(http),
-        "--api-port",
-        String(api),
-        "--tcp-ports",
-        `${tcp}-${tcp}`,
-        "--udp-ports",
-        `${udp}-${udp}`,
-      ]),
-    );
     await Promise.all([waitForPort(V1, p.v1), waitForPort(V2, p.v2)]);
-    await waitFor("meshd to be ready", async () => {
-      const r = await fetch(`http://127.0.0.1:${api}/readyz`);
-      await r.body?.cancel();
-      return r.status === 200 ? true : undefined;
-    }, 30_000);
+    const meshd = await startFileMeshd(dir);
+    children.push(meshd.child);
+    const { http, api } = meshd;
 
     const check = (where: string, body: string) => {
       const got = echoed(body);
