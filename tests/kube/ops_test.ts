@@ -270,6 +270,16 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
       await cluster.must("PUT", `/apis/apps/v1/namespaces/${NS}/daemonsets/meshd/status`, ds);
       const nowhere = await check(kc, local);
       assert.equal(one(nowhere.checks, "daemonset").level, "fail");
+      // --wait gives up when its time is up: the last round's report, exit 1
+      const started = performance.now();
+      const gaveUp = await meshd("check", "--wait", "1s", kc, local);
+      assert.equal(gaveUp.code, 1);
+      assert.ok(performance.now() - started >= 1000, "it waited");
+      assert.match(
+        gaveUp.err,
+        /^meshd check: waiting \(round 1, 1s left\): DaemonSet meshd\/meshd is not rolled out/,
+      );
+      assert.match(gaveUp.out, /\n✘ \d+ passed, \d+ warnings?, 4 failed\n$/);
     });
 
     // The nodes' meshd: real processes on loopback, each with its own config directory.
