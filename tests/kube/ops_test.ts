@@ -551,7 +551,8 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
       assert.equal(web.requests, 50, r.out);
       assert.equal(web.successRate, 0.8);
       assert.equal(web.nodes, 2);
-      assert.ok(web.rps > 50 / 7 && web.rps <= 50 / 6, `rps ${web.rps}`);
+      // the window is 6 s plus the second read: a little less than 50 / 6
+      assert.ok(web.rps > 50 / 9 && web.rps <= 50 / 6, `rps ${web.rps}`);
       assert.ok(web.p50 < 0.25, `p50 ${web.p50}`);
       assert.ok(web.p95 > 0.25 && web.p95 <= 0.5, `p95 ${web.p95}`);
       assert.ok(web.p99 > 0.25 && web.p99 <= 0.5, `p99 ${web.p99}`);
