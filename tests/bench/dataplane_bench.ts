@@ -15,7 +15,8 @@ import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const HOST = "127.0.0.1";
+/** The loopback address everything binds and connects to (`--host`). */
+let HOST = "127.0.0.1";
 
 interface Args {
   seconds: number;
@@ -37,10 +38,12 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--out" && v) a.out = v, i++;
     else if (k === "--loadtools" && v) a.loadtools = v, i++;
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
+    else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,memory]",
+          "[--loadtools BINARY] [--host 127.x.y.z] " +
+          "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,memory]",
       );
       Deno.exit(2);
     }
@@ -216,7 +219,7 @@ async function loadtool(
 
 // ---- configs ----
 
-function meshYaml(ports: { http: number; tcp: number; udp: number }, pad: number): string {
+export function meshYaml(ports: { http: number; tcp: number; udp: number }, pad: number): string {
   const docs: string[] = [];
   const svc = (name: string, port: number, protocol: string, annotations: string) =>
     `apiVersion: v1
@@ -347,6 +350,8 @@ async function startMeshd(configDir: string) {
     "--config-dir",
     configDir,
     "--proxy-address",
+    HOST,
+    "--api-address",
     HOST,
     "--http-port",
     String(mesh.http),
