@@ -5,7 +5,7 @@
  * `NodeProxy` on loopback and a `ConfigStore` in a temporary folder. Not a test: it prints
  * the times (p50, p90, max over the changes) and the share of each step.
  *
- *   deno run --allow-all tests/bench/node_apply_bench.ts [--services 10000] [--endpoints 2] [--changes 40] [--host 127.x.y.z] [--acl]
+ *   deno run --allow-all tests/bench/node_apply_bench.ts [--services 10000] [--endpoints 2] [--changes 40] [--gap-ms 250] [--host 127.x.y.z] [--acl]
  *
  * @module
  */
@@ -27,6 +27,8 @@ const endpoints = Number(arg("--endpoints", "2"));
 const changes = Number(arg("--changes", "40"));
 const host = arg("--host", "127.0.64.1");
 const acl = Deno.args.includes("--acl");
+/** The wait between changes, so the node's background work (the saved config) runs between. */
+const gapMs = Number(arg("--gap-ms", "250"));
 if (!host.startsWith("127.")) {
   console.error("--host must be a loopback address");
   Deno.exit(2);
@@ -74,15 +76,25 @@ const logger = new Logger({
     if (j.msg === "config applied") applied.push(Number(j.ms));
   },
 });
+/** A ConfigStore that times its saves. */
+class TimedStore extends ConfigStore {
+  readonly times: number[] = [];
+  override async save(a: Parameters<ConfigStore["save"]>[0]): Promise<void> {
+    const t = performance.now();
+    await super.save(a);
+    this.times.push(performance.now() - t);
+  }
+}
 const dir = await Deno.makeTempDir({ prefix: "meshd-apply-bench-" });
 const proxy = new NodeProxy({ hostname: host, httpPort: 0, logger });
 try {
   await proxy.start();
+  const store = new TimedStore(`${dir}/config.json`);
   const node = new MeshNode({
     proxy,
     logger,
     compile: {},
-    store: new ConfigStore(`${dir}/config.json`),
+    store,
   });
   const identities: Record<string, string> = {};
   if (acl) identities["127.0.64.9"] = "bench/client";
@@ -118,7 +130,9 @@ try {
     await node.apply({ epoch: "e", config }, "leader");
     total.push(performance.now() - s0);
     decode.push(s1 - s0);
+    await new Promise((r) => setTimeout(r, gapMs));
   }
+  await (node as { flush?: () => Promise<void> }).flush?.();
   if (proxy.version !== leader.version) {
     throw new Error(`the node is at ${proxy.version}, the leader at ${leader.version}`);
   }
@@ -134,11 +148,13 @@ try {
     `node apply, ${services} services x ${endpoints} endpoints${acl ? ", ACL on" : ""}, ` +
       `${changes} one-endpoint changes (ms)`,
   );
+  console.log(`${gapMs} ms between changes`);
   console.log(`snapshot applied in ${snapshotMs.toFixed(0)} ms`);
   console.log(`delta to ack (total)      ${fmt(total)}`);
   console.log(`  parse + applyDelta      ${fmt(decode)}`);
   console.log(`  proxy + data path       ${fmt(proxyMs)}`);
   console.log(`  save and the rest       ${fmt(saveMs)}`);
+  console.log(`saves (${store.times.length})               ${fmt(store.times)}`);
 } finally {
   await proxy.stop();
   await Deno.remove(dir, { recursive: true });
