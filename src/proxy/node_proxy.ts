@@ -102,6 +102,7 @@ export class NodeProxy {
   readonly #state: RouteState;
   #routes: RouteTable = {
     version: 0,
+    domains: [],
     http: new Map(),
     tcp: new Map(),
     udp: new Map(),

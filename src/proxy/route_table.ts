@@ -28,7 +28,10 @@ export interface Route {
   serviceKey: string;
   service: MeshService;
   port: MeshPort;
-  /** Ready endpoints, in the config's order. */
+  /**
+   * Ready endpoints with their ServiceAccounts, in the config's order, when access control
+   * narrows them (empty on an open port, which needs only `readyStates`).
+   */
   ready: Candidate[];
   /** `ready`'s states, for the common case where access control does not narrow them. */
   readyStates: EndpointState[];
@@ -44,8 +47,13 @@ export interface Route {
 /** Everything the proxy looks up per request or connection, built once per config. */
 export interface RouteTable {
   version: number;
-  /** HTTP routes by `host:port`, and by bare `host` where that is unambiguous. */
-  http: Map<string, Route>;
+  /**
+   * HTTP services by `<name>.<namespace>`: one entry a service, whatever the domains (see
+   * {@linkcode lookupHttpRoute}).
+   */
+  http: Map<string, HttpHost>;
+  /** The mesh domain and its aliases, each with a leading dot, longest first. */
+  domains: readonly string[];
   /** TCP routes by proxy listen port. */
   tcp: Map<number, Route>;
   /** UDP routes by proxy listen port. */
@@ -55,6 +63,14 @@ export interface RouteTable {
    * the same set as the last build's, updated in place.
    */
   endpointKeys: Set<string>;
+}
+
+/** The HTTP ports of one service. */
+export interface HttpHost {
+  /** Its HTTP routes, in the config's order. */
+  ports: Route[];
+  /** The route of a Host without a port: port 80, or the only HTTP port; else null. */
+  bare: Route | null;
 }
 
 /** State that outlives one config version; the proxy holds one and passes it to each build. */
@@ -85,8 +101,6 @@ export interface RouteState {
 interface ServiceRoutes {
   service: MeshService;
   routes: Route[];
-  /** Its keys in the table's `http` map. */
-  hosts: string[];
   /** The state of each of its endpoints, once per route that lists it. */
   endpoints: EndpointState[];
 }
@@ -97,8 +111,6 @@ interface LastBuild {
   /** The config's service list, to find unchanged services by position first. */
   services: readonly MeshService[];
   byService: Map<string, ServiceRoutes>;
-  /** The domains HTTP hosts were made under. */
-  domains: string;
   /** The config's identity table, as copied into `identities`. */
   configIdentities: Readonly<Record<string, string>>;
   /**
@@ -158,12 +170,10 @@ export function buildRouteTableWithChanges(
 ): { table: RouteTable; changes: RouteTableChanges } {
   const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
   const domain = trim(config.domain);
-  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)];
-  const domainsKey = domains.join(" ");
+  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)]
+    .map((d) => `.${d}`).sort((a, b) => b.length - a.length);
   const last = state.last;
-  // Another domain renames every host: every service is built again.
-  const all = last !== null && last.domains !== domainsKey;
-  const prevServices = last && !all ? last.services : [];
+  const prevServices = last?.services ?? [];
   const byService = last?.byService ?? new Map<string, ServiceRoutes>();
 
   // The services to build again (new or changed), and the keys of those gone. Unchanged
@@ -175,7 +185,7 @@ export function buildRouteTableWithChanges(
     const s = config.services[i]!;
     if (sameList && prevServices[i] === s) continue;
     const key = `${s.namespace}/${s.name}`;
-    if (all || byService.get(key)?.service !== s) changed.push([key, s]);
+    if (byService.get(key)?.service !== s) changed.push([key, s]);
     const p = prevServices[i];
     if (sameKeys && (!p || `${p.namespace}/${p.name}` !== key)) sameKeys = false;
   }
@@ -189,8 +199,9 @@ export function buildRouteTableWithChanges(
   // The new routes first: what may throw runs before any table changes.
   const built = changed.map(([key, s]) => serviceRoutes(key, s, state, identities));
 
-  const table: RouteTable = last ? { ...last.table, version: config.version } : {
+  const table: RouteTable = last ? { ...last.table, version: config.version, domains } : {
     version: config.version,
+    domains,
     http: new Map(),
     tcp: new Map(),
     udp: new Map(),
@@ -208,7 +219,7 @@ export function buildRouteTableWithChanges(
     const was = byService.get(key);
     if (!was) return;
     byService.delete(key);
-    for (const h of was.hosts) if (http.get(h)?.serviceKey === key) http.delete(h);
+    http.delete(`${was.service.name}.${was.service.namespace}`);
     for (const r of was.routes) {
       splitRoots.delete(r);
       droppedMetrics.add(ProxyMetrics.key(key, r.port.port, r.port.protocol));
@@ -229,28 +240,26 @@ export function buildRouteTableWithChanges(
     const [key, service] = changed[i]!;
     const { routes, endpoints, breaker } = built[i]!;
     if (breaker) state.breakers.set(key, breaker);
-    const hosts: string[] = [];
-    const httpPorts = service.ports.filter((p) => p.protocol === "http").length;
+    let host: HttpHost | null = null;
     for (const r of routes) {
       droppedMetrics.delete(ProxyMetrics.key(key, r.port.port, r.port.protocol));
       if (r.rateLimit) state.buckets.set(r.key, r.rateLimit);
       if (r.port.split) splitRoots.add(r);
       if (r.port.protocol === "http") {
-        for (const d of domains) {
-          const host = `${service.name}.${service.namespace}.${d}`;
-          http.set(`${host}:${r.port.port}`, r);
-          hosts.push(`${host}:${r.port.port}`);
-          if (r.port.port === 80 || (httpPorts === 1 && !http.has(host))) {
-            http.set(host, r);
-            hosts.push(host);
-          }
+        if (!host) {
+          http.set(`${service.name}.${service.namespace}`, host = { ports: [], bare: null });
         }
+        host.ports.push(r);
       } else if (r.port.listenPort !== null) {
         (r.port.protocol === "tcp" ? tcp : udp).set(r.port.listenPort, r);
       }
     }
+    if (host) {
+      host.bare = host.ports.find((r) => r.port.port === 80) ??
+        (host.ports.length === 1 ? host.ports[0]! : null);
+    }
     for (const e of endpoints) if (e.routes++ === 0) endpointKeys.add(e.key);
-    byService.set(key, { service, routes, hosts, endpoints });
+    byService.set(key, { service, routes, endpoints });
   }
   for (const e of released) {
     if (--e.routes > 0) continue;
@@ -280,7 +289,6 @@ export function buildRouteTableWithChanges(
     table,
     services: config.services,
     byService,
-    domains: domainsKey,
     configIdentities: config.identities,
     identities,
     splitRoots,
@@ -315,11 +323,15 @@ function serviceRoutes(
         ? old
         : new TokenBucket(average, burst, state.now);
     }
-    const ready: Candidate[] = [];
+    const open = port.access === null;
+    const ready: Candidate[] = open ? NONE : [];
+    const readyStates: EndpointState[] = [];
     for (const ep of port.endpoints) {
       const s = state.pool.state(ep);
       endpoints.push(s);
-      if (ep.ready) ready.push({ state: s, serviceAccount: ep.serviceAccount });
+      if (!ep.ready) continue;
+      readyStates.push(s);
+      if (!open) ready.push({ state: s, serviceAccount: ep.serviceAccount });
     }
     routes.push({
       key,
@@ -327,8 +339,9 @@ function serviceRoutes(
       service,
       port,
       ready,
-      readyStates: ready.map((c) => c.state),
-      access: new AccessPolicy(
+      readyStates,
+      // An open port never explains a refusal: one policy serves them all.
+      access: open ? OPEN : new AccessPolicy(
         `${port.protocol.toUpperCase()} port ${port.port} of service "${serviceKey}"`,
         port.access,
         identities,
@@ -341,6 +354,12 @@ function serviceRoutes(
   }
   return { routes, endpoints, breaker };
 }
+
+/** `ready` of an open port. */
+const NONE: Candidate[] = [];
+Object.freeze(NONE);
+/** The access policy of every port without access control. */
+const OPEN = new AccessPolicy("an open port", null, {});
 
 /** The backends each split root was last resolved to. */
 const resolved = new WeakMap<Route, [Route, number][]>();
@@ -380,7 +399,19 @@ export function lookupHttpRoute(table: RouteTable, hostHeader: string | null): R
     if (!/^\d+$/.test(port)) return undefined;
   }
   if (host.endsWith(".")) host = host.slice(0, -1); // a fully qualified name may end with a dot
-  return port ? table.http.get(`${host}:${port}`) : table.http.get(host);
+  for (const d of table.domains) {
+    // `<name>.<namespace>` under a domain; names and namespaces hold no dot, so the suffix of
+    // a longer domain (`traefik.mesh` against `mesh`) leaves a key with two and finds nothing.
+    if (host.length <= d.length || !host.endsWith(d)) continue;
+    const h = table.http.get(host.slice(0, host.length - d.length));
+    if (!h) continue;
+    if (!port) return h.bare ?? undefined;
+    const n = Number(port);
+    if (String(n) !== port) return undefined; // "080" names no port, as before
+    for (const r of h.ports) if (r.port.port === n) return r;
+    return undefined;
+  }
+  return undefined;
 }
 
 /**

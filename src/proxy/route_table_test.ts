@@ -56,7 +56,11 @@ Deno.test("buildRouteTable() puts TCP ports by listen port and leaves UDP to its
   const t = buildRouteTable(config);
   assert.deepEqual([...t.tcp.keys()], [10000]);
   assert.equal(t.tcp.get(10000)?.key, "default/db:5432");
-  assert.equal([...t.http.values()].some((r) => r.port.protocol !== "http"), false);
+  assert.equal(
+    [...t.http.values()].some((h) => h.ports.some((r) => r.port.protocol !== "http")),
+    false,
+  );
+  assert.equal(t.http.size, 3, "web, api and multi: one entry a service, whatever the domains");
 });
 
 Deno.test("buildRouteTable() reuses the routes of ports whose service object did not change", () => {
@@ -88,7 +92,6 @@ Deno.test("buildRouteTable() reuses the routes of ports whose service object did
   const web2 = web(second);
   const third = buildRouteTable({ ...b, version: 3, identities: { "10.1.0.1": "a/b" } }, state);
   assert.equal(web(third), web2);
-  assert.equal(web(third).access.identities["10.1.0.1"], "a/b");
   // A service that left and came back is built again.
   const web3 = web(third);
   buildRouteTable(meshConfig([]), state);
@@ -204,4 +207,34 @@ Deno.test("buildRouteTable() points a kept split at its backend's new route", ()
   const picked = new Set<string>();
   for (let i = 0; i < 4; i++) picked.add(web.split!.backends.next()!.readyStates[0]!.key);
   assert.deepEqual([...picked].sort(), ["10.0.0.1:80", "10.0.0.3:80"]);
+});
+
+Deno.test("buildRouteTable() gives a new identity table to the access policies it keeps", () => {
+  const state = newRouteState();
+  const access = [{
+    trafficTarget: "default/tt",
+    destination: "default/db",
+    sources: ["default/app"],
+    http: [],
+    l4: true,
+  }];
+  const a = meshConfig([{
+    name: "db",
+    ports: [{
+      port: 5432,
+      protocol: "tcp",
+      listenPort: 10000,
+      access,
+      endpoints: [endpoint("10.0.0.1", 5432, { serviceAccount: "default/db" })],
+    }],
+  }], { acl: true, identities: {} });
+  const route = buildRouteTable(a, state).tcp.get(10000)!;
+  assert.equal(route.access.checkL4("10.1.0.1").allowed, false, "an unknown source");
+  const b = { ...a, version: 2, identities: { "10.1.0.1": "default/app" } };
+  const t = buildRouteTable(b, state);
+  assert.equal(t.tcp.get(10000), route, "the route is kept");
+  assert.equal(route.access.checkL4("10.1.0.1").allowed, true, "the app's Pod now");
+  assert.deepEqual(route.ready.map((c) => c.serviceAccount), ["default/db"]);
+  buildRouteTable({ ...b, version: 3, identities: {} }, state);
+  assert.equal(route.access.checkL4("10.1.0.1").allowed, false, "gone again");
 });

@@ -45,7 +45,13 @@ async function once(): Promise<Record<string, number>> {
     out[name] = now - last;
     last = now;
   };
-  const proxy = new NodeProxy({ hostname: host, httpPort: 0, logger, limits: {} });
+  // The domain aliases `meshd run` has by default.
+  const proxy = new NodeProxy({
+    hostname: host,
+    httpPort: 0,
+    logger,
+    domainAliases: ["traefik.mesh", "maesh"],
+  });
   await proxy.start();
   const [t, u] = [freePort(), freePort()];
   const compile = { tcpPorts: { first: t, last: t }, udpPorts: { first: u, last: u } };
