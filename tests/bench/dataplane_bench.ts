@@ -12,7 +12,7 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { FILE_MESHD_RUN, MESHD_V8_FLAGS } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 /** The loopback address everything binds and connects to (`--host`). */
@@ -23,6 +23,8 @@ interface Args {
   out: string;
   loadtools: string;
   cases: Set<string> | null;
+  /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
+  v8Flags: string;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -31,6 +33,7 @@ function parseArgs(argv: string[]): Args {
     out: `${ROOT}bench-results/dataplane.json`,
     loadtools: "",
     cases: null,
+    v8Flags: "",
   };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -39,10 +42,11 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--loadtools" && v) a.loadtools = v, i++;
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
     else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
+    else if (k === "--meshd-v8-flags" && v) a.v8Flags = v, i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--host 127.x.y.z] " +
+          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] " +
           "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,memory]",
       );
       Deno.exit(2);
@@ -343,10 +347,10 @@ async function heapUsed(apiPort: number): Promise<number> {
 
 // ---- the run ----
 
-async function startMeshd(configDir: string) {
+async function startMeshd(configDir: string, v8Flags: string) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
   const meshd = new Child("meshd", [
-    ...FILE_MESHD_RUN,
+    ...FILE_MESHD_RUN.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a),
     "--config-dir",
     configDir,
     "--proxy-address",
@@ -428,7 +432,7 @@ async function main(): Promise<void> {
     const configDir = `${work}/mesh`;
     await Deno.mkdir(configDir);
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-    let { meshd, mesh } = await startMeshd(configDir);
+    let { meshd, mesh } = await startMeshd(configDir, args.v8Flags);
     start(meshd);
 
     const hap = { web: freePort(), grpc: freePort(), tcp: freePort() };
@@ -564,7 +568,7 @@ stream {
       await haproxy.stop();
       await meshd.stop();
       await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-      ({ meshd, mesh } = await startMeshd(configDir));
+      ({ meshd, mesh } = await startMeshd(configDir, args.v8Flags));
       start(meshd);
       await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB10 = rssMiB(meshd.pid);
@@ -697,6 +701,7 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       {
         date: new Date().toISOString(),
         secondsPerLoad: args.seconds,
+        ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
         cpus: navigator.hardwareConcurrency,
         results: rows,
         memory: mem,
