@@ -1,4 +1,4 @@
-import type { MeshConfig, MeshPort, MeshService } from "../topology/mod.ts";
+import { type MeshConfig, type MeshPort, type MeshService, sameJson } from "../topology/mod.ts";
 import { type BreakerTiming, CircuitBreaker } from "./breaker.ts";
 import { AccessPolicy, type CompiledMatch, compileMatch } from "./access.ts";
 import { EndpointPool, type EndpointState } from "./endpoint_pool.ts";
@@ -185,7 +185,16 @@ export function buildRouteTableWithChanges(
     const s = config.services[i]!;
     if (sameList && prevServices[i] === s) continue;
     const key = `${s.namespace}/${s.name}`;
-    if (byService.get(key)?.service !== s) changed.push([key, s]);
+    const was = byService.get(key);
+    if (was && was.service !== s && sameJson(was.service, s)) {
+      // The same service in a new object (a snapshot after a reconnect, a config read from
+      // disk): its routes are kept and point at the new object, so the old config can go.
+      was.service = s;
+      was.routes.forEach((r, j) => {
+        r.service = s;
+        r.port = s.ports[j]!;
+      });
+    } else if (was?.service !== s) changed.push([key, s]);
     const p = prevServices[i];
     if (sameKeys && (!p || `${p.namespace}/${p.name}` !== key)) sameKeys = false;
   }

@@ -238,3 +238,21 @@ Deno.test("buildRouteTable() gives a new identity table to the access policies i
   buildRouteTable({ ...b, version: 3, identities: {} }, state);
   assert.equal(route.access.checkL4("10.1.0.1").allowed, false, "gone again");
 });
+
+Deno.test("buildRouteTable() keeps the routes of a snapshot's equal services, on its objects", () => {
+  const state = newRouteState();
+  const a = meshConfig([
+    { name: "web", ports: [{ port: 80, endpoints: [endpoint("10.0.0.1", 80)] }] },
+    { name: "api", ports: [{ port: 80, endpoints: [endpoint("10.0.0.2", 80)] }] },
+  ]);
+  const web = lookupHttpRoute(buildRouteTable(a, state), "web.default.mesh")!;
+  // The same content in new objects, as a snapshot after a reconnect arrives; api changed.
+  const b: typeof a = JSON.parse(JSON.stringify({ ...a, version: 2 }));
+  b.services[1]!.ports[0]!.endpoints[0]!.address = "10.0.0.3";
+  const { table, changes } = buildRouteTableWithChanges(b, state);
+  assert.equal(changes.built, 1, "api only");
+  assert.equal(lookupHttpRoute(table, "web.default.mesh"), web);
+  assert.equal(web.service, b.services[0], "the route is on the new object");
+  assert.equal(web.port, b.services[0]!.ports[0]);
+  assert.equal(lookupHttpRoute(table, "api.default.mesh")?.readyStates[0]?.key, "10.0.0.3:80");
+});
