@@ -133,6 +133,12 @@ try {
     await new Promise((r) => setTimeout(r, gapMs));
   }
   await (node as { flush?: () => Promise<void> }).flush?.();
+  // A reconnect: the whole config again as a snapshot, in new objects, one version on.
+  leader = { ...leader, version: leader.version + 1 };
+  const again = JSON.parse(JSON.stringify(leader));
+  const r0 = performance.now();
+  await node.apply({ epoch: "e2", config: again }, "leader");
+  const resnapshotMs = performance.now() - r0;
   if (proxy.version !== leader.version) {
     throw new Error(`the node is at ${proxy.version}, the leader at ${leader.version}`);
   }
@@ -142,7 +148,7 @@ try {
       s.at(-1)!.toFixed(1)
     }`;
   };
-  const proxyMs = applied.slice(1);
+  const proxyMs = applied.slice(1, 1 + changes);
   const saveMs = total.map((t, n) => t - decode[n]! - proxyMs[n]!);
   console.log(
     `node apply, ${services} services x ${endpoints} endpoints${acl ? ", ACL on" : ""}, ` +
@@ -150,6 +156,7 @@ try {
   );
   console.log(`${gapMs} ms between changes`);
   console.log(`snapshot applied in ${snapshotMs.toFixed(0)} ms`);
+  console.log(`the same config again as a snapshot (a reconnect) in ${resnapshotMs.toFixed(0)} ms`);
   console.log(`delta to ack (total)      ${fmt(total)}`);
   console.log(`  parse + applyDelta      ${fmt(decode)}`);
   console.log(`  proxy + data path       ${fmt(proxyMs)}`);
