@@ -52,7 +52,7 @@ export interface RouteTable {
    * {@linkcode lookupHttpRoute}).
    */
   http: Map<string, HttpHost>;
-  /** The mesh domain and its aliases, each with a leading dot, longest first. */
+  /** The mesh domain, then its aliases, each with a leading dot. */
   domains: readonly string[];
   /** TCP routes by proxy listen port. */
   tcp: Map<number, Route>;
@@ -171,7 +171,7 @@ export function buildRouteTableWithChanges(
   const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
   const domain = trim(config.domain);
   const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)]
-    .map((d) => `.${d}`).sort((a, b) => b.length - a.length);
+    .map((d) => `.${d}`);
   const last = state.last;
   const prevServices = last?.services ?? [];
   const byService = last?.byService ?? new Map<string, ServiceRoutes>();
@@ -408,18 +408,25 @@ export function lookupHttpRoute(table: RouteTable, hostHeader: string | null): R
     if (!/^\d+$/.test(port)) return undefined;
   }
   if (host.endsWith(".")) host = host.slice(0, -1); // a fully qualified name may end with a dot
+  // `<name>.<namespace>` (neither holds a dot) then one of the domains.
+  const dot = host.indexOf(".");
+  const end = dot < 0 ? -1 : host.indexOf(".", dot + 1);
+  if (end < 0) return undefined;
+  const tail = host.length - end;
+  let known = false;
   for (const d of table.domains) {
-    // `<name>.<namespace>` under a domain; names and namespaces hold no dot, so the suffix of
-    // a longer domain (`traefik.mesh` against `mesh`) leaves a key with two and finds nothing.
-    if (host.length <= d.length || !host.endsWith(d)) continue;
-    const h = table.http.get(host.slice(0, host.length - d.length));
-    if (!h) continue;
-    if (!port) return h.bare ?? undefined;
-    const n = Number(port);
-    if (String(n) !== port) return undefined; // "080" names no port, as before
-    for (const r of h.ports) if (r.port.port === n) return r;
-    return undefined;
+    if (d.length === tail && host.endsWith(d)) {
+      known = true;
+      break;
+    }
   }
+  if (!known) return undefined;
+  const h = table.http.get(host.slice(0, end));
+  if (!h) return undefined;
+  if (!port) return h.bare ?? undefined;
+  if (port.length > 1 && port.charCodeAt(0) === 48) return undefined; // "080" names none
+  const n = Number(port);
+  for (const r of h.ports) if (r.port.port === n) return r;
   return undefined;
 }
 
