@@ -209,8 +209,23 @@ class LazyRouteMetrics implements RouteMetrics {
     return this.#gone ? family.detached() : family.with(...this.#l, ...extra);
   }
 
+  /**
+   * A port's request, duration, byte, open and retry series appear together, at its first
+   * request, connection or flow: a dashboard's rate of bytes or retries then reads 0 for a port
+   * in use rather than nothing.
+   */
+  #group(): void {
+    this.#requests = this.#child(this.#f.requests);
+    this.#duration = this.#child(this.#f.duration);
+    this.#bytesIn = this.#child(this.#f.bytesIn);
+    this.#bytesOut = this.#child(this.#f.bytesOut);
+    this.#open = this.#child(this.#f.open);
+    this.#retries = this.#child(this.#f.retries);
+  }
+
   get requests(): CounterChild {
-    return this.#requests ??= this.#child(this.#f.requests);
+    if (!this.#requests) this.#group();
+    return this.#requests!;
   }
   /** Index by status / 100; the five classes appear together, at the first response. */
   get responses(): CounterChild[] {
@@ -220,19 +235,24 @@ class LazyRouteMetrics implements RouteMetrics {
     ];
   }
   get duration(): HistogramChild {
-    return this.#duration ??= this.#child(this.#f.duration);
+    if (!this.#duration) this.#group();
+    return this.#duration!;
   }
   get bytesIn(): CounterChild {
-    return this.#bytesIn ??= this.#child(this.#f.bytesIn);
+    if (!this.#bytesIn) this.#group();
+    return this.#bytesIn!;
   }
   get bytesOut(): CounterChild {
-    return this.#bytesOut ??= this.#child(this.#f.bytesOut);
+    if (!this.#bytesOut) this.#group();
+    return this.#bytesOut!;
   }
   get open(): GaugeChild {
-    return this.#open ??= this.#child(this.#f.open);
+    if (!this.#open) this.#group();
+    return this.#open!;
   }
   get retries(): CounterChild {
-    return this.#retries ??= this.#child(this.#f.retries);
+    if (!this.#retries) this.#group();
+    return this.#retries!;
   }
   denied(reason: DenyReason): CounterChild {
     const d = this.#denied ??= new Map();

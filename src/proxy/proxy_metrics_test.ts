@@ -16,6 +16,22 @@ Deno.test("ProxyMetrics.route() makes a port's series at their first use", () =>
     'meshd_requests_total{service="default/web",port="80",protocol="http"} 1',
   ]);
   assert.equal(series(m, "meshd_http_responses_total{").length, 5, "the five classes together");
+  // The port's other series came with its first request, at 0: a rate of them reads 0.
+  for (
+    const name of [
+      "meshd_received_bytes_total{",
+      "meshd_sent_bytes_total{",
+      "meshd_retries_total{",
+      "meshd_open_connections{",
+      "meshd_request_duration_seconds_count{",
+    ]
+  ) {
+    assert.deepEqual(
+      series(m, name).map((l) => l.replace(/\{.*\}/, "")),
+      [`${name.slice(0, -1)} 0`],
+      name,
+    );
+  }
   assert.equal(m.route("default/web", 80, "http"), web, "the same object while the port is");
 });
 
