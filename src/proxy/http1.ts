@@ -405,6 +405,18 @@ export function bodyFraming(
 const COPY_CHUNK = 64 * 1024;
 
 /**
+ * Told of the bytes a copy moves: a function, or a counter such as a metric (passed as it is,
+ * so a request makes no closure to count its bytes).
+ */
+export type OnData = ((bytes: number) => void) | { inc(bytes: number): void };
+
+function counted(onData: OnData | undefined, n: number): void {
+  if (onData === undefined) return;
+  if (typeof onData === "function") onData(n);
+  else onData.inc(n);
+}
+
+/**
  * Copies a body from `src` to `dst` as `framing` says. With `dechunk`, a chunked body is
  * written as plain data (for an HTTP/1.0 peer). Returns false if `src` ended early.
  */
@@ -413,7 +425,7 @@ export async function copyBody(
   dst: Writer,
   framing: BodyFraming,
   dechunk = false,
-  onData?: (bytes: number) => void,
+  onData?: OnData,
 ): Promise<boolean> {
   switch (framing.kind) {
     case "none":
@@ -424,7 +436,7 @@ export async function copyBody(
         const part = await src.readSome(Math.min(left, COPY_CHUNK));
         if (!part) return false;
         await writeAll(dst, part);
-        onData?.(part.length);
+        counted(onData, part.length);
         left -= part.length;
       }
       return true;
@@ -434,7 +446,7 @@ export async function copyBody(
         const part = await src.readSome(COPY_CHUNK);
         if (!part) return true;
         await writeAll(dst, part);
-        onData?.(part.length);
+        counted(onData, part.length);
       }
     case "chunked": {
       for (;;) {
@@ -460,7 +472,7 @@ export async function copyBody(
           const part = await src.readSome(Math.min(left, COPY_CHUNK));
           if (!part) return false;
           await writeAll(dst, part);
-          onData?.(part.length);
+          counted(onData, part.length);
           left -= part.length;
         }
         if ((await src.readLine(2)) !== "") {
