@@ -103,6 +103,15 @@ const HOP_BY_HOP = new Set([
   "proxy-authorization",
 ]);
 
+/**
+ * By length, whether a field name may be hop-by-hop, X-Forwarded-For or Forwarded: a name of
+ * any other length is forwarded as it is, without lower-casing it to look it up.
+ */
+const SPECIAL_LENGTH: boolean[] = [];
+for (const name of [...HOP_BY_HOP, "x-forwarded-for", "forwarded"]) {
+  SPECIAL_LENGTH[name.length] = true;
+}
+
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
@@ -118,6 +127,11 @@ interface Upstream {
   idle: boolean;
   /** The deadline of the response head awaited on it, reused by each request it carries. */
   waiting: Waiting;
+  /**
+   * Takes it out of the idle pool and closes it, if it is still there: made once per
+   * connection, for the read it keeps pending while idle, rather than once per request.
+   */
+  unpool: () => void;
 }
 
 const REASONS: Record<number, string> = {
@@ -782,14 +796,23 @@ export class HttpProxy {
         ? { hostname: tlsServerName(route), caCerts: this.#opts.caCerts }
         : undefined,
     });
-    return {
+    const u: Upstream = {
       conn,
       reader: new BufReader(conn),
       key: upstreamKey(ep, route),
       idleSince: 0,
       idle: false,
       waiting: { deadline: 0, conn, timedOut: false },
+      unpool: () => {
+        if (!u.idle) return; // checked out since: what came is the response to its request
+        const list = this.#idle.get(u.key);
+        const at = list ? list.indexOf(u) : -1;
+        if (at >= 0) list!.splice(at, 1);
+        if (list && list.length === 0) this.#idle.delete(u.key);
+        this.#discard(u);
+      },
     };
+    return u;
   }
 
   /**
@@ -809,14 +832,7 @@ export class HttpProxy {
     u.idleSince = Date.now();
     u.idle = true;
     list.push(u);
-    const unpool = (): void => {
-      if (!u.idle) return; // checked out since: what came is the response to its request
-      const at = list.indexOf(u);
-      if (at >= 0) list.splice(at, 1);
-      if (list.length === 0 && this.#idle.get(u.key) === list) this.#idle.delete(u.key);
-      this.#discard(u);
-    };
-    u.reader.readAhead().then(unpool, unpool);
+    u.reader.readAhead().then(u.unpool, u.unpool);
   }
 
   /** Closes a pooled connection that leaves the pool unused. */
@@ -889,6 +905,10 @@ export function requestHead(
   let xff: string | null = null;
   let forwarded: string | null = null;
   for (const [k, v] of req.headers) {
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+      s += `${k}: ${v}\r\n`;
+      continue;
+    }
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
     // The client's own X-Forwarded-For and Forwarded are kept but never trusted: the proxy
@@ -922,6 +942,10 @@ function responseHead(
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
   for (const [k, v] of res.headers) {
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+      s += `${k}: ${v}\r\n`;
+      continue;
+    }
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
     s += `${k}: ${v}\r\n`;
