@@ -15,24 +15,19 @@ export interface Writer {
 /** Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5). */
 const latin1 = new TextDecoder("latin1");
 
-/** Bytes decoded per `String.fromCharCode` call, well under V8's argument limit. */
-const DECODE_CHUNK = 4096;
+/** For ASCII, which UTF-8 decodes alike, and faster than any ISO-8859-1 decoder here. */
+const ascii = new TextDecoder();
 
 /**
- * Decodes ISO-8859-1 bytes, each byte one character. A head of a few hundred bytes decodes in
- * JavaScript several times faster than through `TextDecoder`, which is a call into the runtime
- * per head; a large one still goes through it.
+ * Decodes ISO-8859-1 bytes, each byte one character. A head is nearly always ASCII, which the
+ * UTF-8 decoder turns into the same string in half the time the ISO-8859-1 one takes; a byte
+ * over 0x7f sends it through the latter.
  */
 export function decodeLatin1(bytes: Uint8Array): string {
-  if (bytes.length > 4 * DECODE_CHUNK) return latin1.decode(bytes);
-  let s = "";
-  for (let i = 0; i < bytes.length; i += DECODE_CHUNK) {
-    s += String.fromCharCode.apply(
-      null,
-      bytes.subarray(i, i + DECODE_CHUNK) as unknown as number[],
-    );
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i]! > 0x7f) return latin1.decode(bytes);
   }
-  return s;
+  return ascii.decode(bytes);
 }
 
 /**
@@ -316,11 +311,21 @@ function headLines(head: string, clean: boolean): string[] {
 }
 
 /**
- * A control character other than HTAB, CR and LF, or a CR or LF that is not part of a CRLF:
- * a head without one has no line with a bare CR or LF and no value with a control character.
+ * Whether a head holds no control character other than HTAB, CR and LF, and every CR and LF
+ * is part of a CRLF: then no line has a bare CR or LF and no value a control character. One
+ * pass over the characters, several times cheaper than the same test as a regular expression.
  */
-// deno-lint-ignore no-control-regex -- matching control characters is the point
-const UNCLEAN_HEAD = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
+function isCleanHead(head: string): boolean {
+  for (let i = 0; i < head.length; i++) {
+    const c = head.charCodeAt(i);
+    if (c >= 0x20 && c !== 0x7f) continue;
+    if (c === 9) continue;
+    if (c === 13 && head.charCodeAt(i + 1) === 10) continue;
+    if (c === 10 && i > 0 && head.charCodeAt(i - 1) === 13) continue;
+    return false;
+  }
+  return true;
+}
 
 function parseFields(lines: string[], start: number, clean: boolean): HeaderList {
   const out: HeaderList = new Array(lines.length - start);
@@ -333,7 +338,7 @@ function parseFields(lines: string[], start: number, clean: boolean): HeaderList
  * HTTP/1.x` with single spaces, a token method and a target of visible ASCII (RFC 9112 §3).
  */
 export function parseRequestHead(head: string): MessageHead {
-  const clean = !UNCLEAN_HEAD.test(head);
+  const clean = isCleanHead(head);
   const lines = headLines(head, clean);
   const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.([01])$/.exec(lines[0]!);
   if (!m) throw new HttpParseError(`invalid request line "${quote(lines[0]!)}"`);
@@ -349,7 +354,7 @@ export function parseRequestHead(head: string): MessageHead {
 
 /** Parses a response head (status line and fields). */
 export function parseResponseHead(head: string): MessageHead {
-  const clean = !UNCLEAN_HEAD.test(head);
+  const clean = isCleanHead(head);
   const lines = headLines(head, clean);
   // deno-lint-ignore no-control-regex -- a reason phrase has no control characters
   const m = /^HTTP\/1\.([01]) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/.exec(lines[0]!);
