@@ -30,6 +30,7 @@ import type { H2Proxy } from "./h2_proxy.ts";
 import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
+import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
 import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
@@ -170,7 +171,7 @@ interface Outcome {
  * and what its tries have made so far. One object per request instead of arguments passed
  * down each step.
  */
-interface Http1Request {
+interface Http1Request extends Metered {
   /** The checked head, in the form routed and forwarded. */
   req: MessageHead;
   framing: BodyFraming;
@@ -453,48 +454,44 @@ export class HttpProxy {
     peer: string,
   ): Promise<boolean> {
     let reqFraming: BodyFraming;
+    let host: string;
     try {
-      // Routed, checked and forwarded in one form, so the backend reads what was checked.
-      ({ head: req, framing: reqFraming } = checkRequest(req));
+      // Routed, checked and forwarded in one form, so the backend reads what was checked: its
+      // one Host is the authority.
+      ({ head: req, framing: reqFraming, authority: host } = checkRequest(req));
     } catch (e) {
       throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
     }
-    const host = getHeader(req.headers, "host");
     const root = lookupHttpRoute(this.#opts.routes(), host);
-    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host ?? ""}"`);
-    const m = root.metrics;
-    m.requests.inc();
-    m.open.inc();
-    const started = performance.now();
-    let status = 0;
-    let networkError = false;
-    let passed = false;
+    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
+    const x: Http1Request = {
+      req,
+      framing: reqFraming,
+      reader,
+      client,
+      peer,
+      root,
+      target: root,
+      candidates: [],
+      started: 0,
+      status: 0,
+      network: false,
+      breakerChecked: false,
+    };
+    meterStart(x);
     try {
-      passed = checkBreaker(root);
-      const result = await this.#route({
-        req,
-        framing: reqFraming,
-        reader,
-        client,
-        peer,
-        root,
-        target: root,
-        candidates: [],
-      });
-      status = result.status;
+      x.breakerChecked = checkBreaker(root);
+      const result = await this.#route(x);
+      x.status = result.status;
       return result.keepAlive;
     } catch (e) {
       if (e instanceof ProxyFailure) {
-        status = e.status;
-        networkError = e.network;
+        x.status = e.status;
+        x.network = e.network;
       }
       throw e;
     } finally {
-      m.open.dec();
-      const ms = performance.now() - started;
-      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe(ms / 1000);
-      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
+      meterEnd(x);
     }
   }
 
