@@ -59,6 +59,9 @@ export class HttpParseError extends Error {
   }
 }
 
+/** What a {@linkcode BufReader} reads a body into, at least. */
+const BODY_BUFFER = 16 * 1024;
+
 /** A buffered reader over a connection. */
 export class BufReader {
   #buf: Uint8Array;
@@ -68,7 +71,11 @@ export class BufReader {
   /** A read started while the connection was idle; the next read waits for it. */
   #ahead: Promise<boolean> | null = null;
 
-  constructor(src: Reader, size = 16 * 1024) {
+  /**
+   * `size` is the buffer's first size: it doubles for a head that does not fit, and grows to
+   * 16 KiB for a body. A client connection's starts small, since most requests are a head.
+   */
+  constructor(src: Reader, size = BODY_BUFFER) {
     this.#src = src;
     this.#buf = new Uint8Array(size);
   }
@@ -204,7 +211,15 @@ export class BufReader {
 
   /** Returns up to `max` bytes (buffered first), or `null` at end of stream. */
   async readSome(max: number): Promise<Uint8Array | null> {
-    if (this.#start === this.#end && !(await this.#fill())) return null;
+    if (this.#start === this.#end) {
+      // A reader made small for heads grows once it carries a body, so that a body is read
+      // in large pieces. Only while it is empty and no read is under way: nothing is moved.
+      if (this.#buf.length < BODY_BUFFER && max > this.#buf.length && !this.#ahead) {
+        this.#buf = new Uint8Array(BODY_BUFFER);
+        this.#start = this.#end = 0;
+      }
+      if (!(await this.#fill())) return null;
+    }
     const n = Math.min(max, this.#end - this.#start);
     const out = this.#buf.subarray(this.#start, this.#start + n);
     this.#start += n;

@@ -299,3 +299,22 @@ Deno.test("parseRequestHead() refuses a control character wherever the head has 
     ["X", "b\tc\u00e9"],
   );
 });
+
+Deno.test("BufReader.readSome() reads a body in 16 KiB pieces on a reader made small for heads", async () => {
+  const asked: number[] = [];
+  let left = 64 * 1024;
+  const src = {
+    read(p: Uint8Array): Promise<number | null> {
+      asked.push(p.length);
+      if (left === 0) return Promise.resolve(null);
+      const n = Math.min(p.length, left);
+      left -= n;
+      return Promise.resolve(n);
+    },
+  };
+  const reader = new BufReader(src, 4096);
+  let got = 0;
+  for (let part; (part = await reader.readSome(64 * 1024)) !== null;) got += part.length;
+  assert.equal(got, 64 * 1024);
+  assert.deepEqual(asked.slice(0, 4), [16384, 16384, 16384, 16384]);
+});
