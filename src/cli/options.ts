@@ -244,6 +244,19 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
   };
 }
 
+/** `--workers`, of meshd run. */
+export const WORKERS_FLAG: FlagSpec = {
+  name: "workers",
+  kind: "count-or-auto",
+  arg: "N|auto",
+  default: "1",
+  help: "Proxy workers, each on a core of its own: N isolates bind the HTTP and TCP ports " +
+    "with SO_REUSEPORT (the kernel spreads connections), each UDP port is served by one of " +
+    "them; auto: the CPUs meshd may use (affinity and cgroup quota). Each config is applied " +
+    "to every worker or to none, and /metrics sums them; a worker that dies is logged and " +
+    "started again",
+};
+
 /** Flags of the kube provider and of the controller's leader election. */
 export const KUBE_FLAGS: readonly FlagSpec[] = [
   {

@@ -1,6 +1,6 @@
 import type { ApiSource, Logger } from "../observability/mod.ts";
 import type { LoadResult } from "../provider/mod.ts";
-import type { NodeProxy } from "../proxy/mod.ts";
+import type { DataPlane } from "../proxy/mod.ts";
 import type { AppliedConfig, ConfigStore } from "./config_store.ts";
 import {
   compileMeshConfig,
@@ -12,7 +12,8 @@ import {
 
 /** Options for {@linkcode MeshNode}. */
 export interface MeshNodeOptions {
-  proxy: NodeProxy;
+  /** The node proxy, or the pool of proxy workers. */
+  proxy: DataPlane;
   logger: Logger;
   compile: CompileOptions;
   /** Called after each new config reached the proxy. */
@@ -88,9 +89,10 @@ export class MeshNode implements ApiSource {
     return this.#opts.nodes;
   }
 
-  /** `/metrics`: the proxy's and the process's. */
-  metrics(): string {
-    return this.#opts.proxy.registry.render();
+  /** `/metrics`: the proxy's (summed over its workers) and the process's. */
+  metrics(): string | Promise<string> {
+    const proxy = this.#opts.proxy;
+    return proxy.metrics ? proxy.metrics() : proxy.registry.render();
   }
 
   /** Compiles and applies a load; bad objects were already dropped by the loader. */

@@ -159,6 +159,8 @@ export class NodeProxy {
       "Circuit breaker per service: 0 standby (closed), 1 recovering, 2 tripped (open).",
       ["service"],
       () => [...this.#state.breakers].map(([k, b]) => [[k], breakerStates[b.state]]),
+      // Proxy workers each keep a breaker: the worst of their states is the service's.
+      { merge: "max" },
     );
   }
 

@@ -29,16 +29,20 @@ export type DenyReason = "acl" | "rate_limit" | "circuit_open" | "no_endpoint";
  * opened, a client that read nothing for `--write-timeout`, a forwarding loop, a retry over the
  * service's retry budget.
  */
-export type DropReason =
-  | "connection_limit"
-  | "source_limit"
-  | "accept_failed"
-  | "udp_flow_evicted"
-  | "udp_source_limit"
-  | "udp_socket_failed"
-  | "write_timeout"
-  | "loop"
-  | "retry_budget";
+export const DROP_REASONS = [
+  "connection_limit",
+  "source_limit",
+  "accept_failed",
+  "udp_flow_evicted",
+  "udp_source_limit",
+  "udp_socket_failed",
+  "write_timeout",
+  "loop",
+  "retry_budget",
+] as const;
+
+/** One of {@linkcode DROP_REASONS}. */
+export type DropReason = typeof DROP_REASONS[number];
 
 /** Counts one drop. */
 export type CountDrop = (reason: DropReason) => void;
@@ -115,6 +119,9 @@ export class ProxyMetrics {
         "write_timeout, loop, retry_budget.",
       ["reason"],
     );
+    // Every reason is a series from the start, at 0: a dashboard's rate() of drops then reads
+    // 0 rather than nothing, and an alert on it works before the first drop.
+    for (const reason of DROP_REASONS) this.#drops.set(reason, this.#dropped.with(reason));
   }
 
   /** Counts one drop; bound, so it can be handed around as a {@linkcode CountDrop}. */

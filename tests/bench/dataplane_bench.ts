@@ -40,7 +40,7 @@ function parseArgs(argv: string[]): Args {
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,memory]",
+          "[--loadtools BINARY] [--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,workers,memory]",
       );
       Deno.exit(2);
     }
@@ -102,9 +102,10 @@ async function wrk(
   seconds: number,
   extra: string[],
   conns: number,
+  threads = 1,
 ): Promise<Measure> {
   const r = await run("wrk", [
-    "-t1",
+    `-t${threads}`,
     `-c${conns}`,
     `-d${seconds}s`,
     "--latency",
@@ -258,9 +259,10 @@ function haproxyCfg(
   p: { web: number; grpc: number; tcp: number },
   backends: { http: number; tcp: number },
   pad: number,
+  threads = 1,
 ): string {
   let s = `global
-  nbthread 1
+  nbthread ${threads}
   maxconn 4096
 defaults
   timeout connect 5s
@@ -340,7 +342,7 @@ async function heapUsed(apiPort: number): Promise<number> {
 
 // ---- the run ----
 
-async function startMeshd(configDir: string) {
+async function startMeshd(configDir: string, workers = 1) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
   const meshd = new Child("meshd", [
     ...FILE_MESHD_RUN,
@@ -356,6 +358,8 @@ async function startMeshd(configDir: string) {
     `${mesh.tcp}-${mesh.tcp}`,
     "--udp-ports",
     `${mesh.udp}-${mesh.udp}`,
+    "--workers",
+    String(workers),
     "--log-format",
     "json",
   ]);
@@ -554,6 +558,48 @@ stream {
       }
     }
 
+    if (want("workers")) {
+      // meshd with 1 and 2 proxy workers against HAProxy with nbthread 1 and 2, on the same
+      // loads: HTTP keep-alive (wrk with two threads, so the load generator is not the limit
+      // of the two-worker figure) and TCP request/response. Each pair runs in its own case, so
+      // "vs ref" compares 1 worker with 1 thread, and 2 with 2.
+      for (const n of [1, 2]) {
+        const m = n === 1 ? { meshd, mesh } : await startMeshd(configDir, n);
+        if (n !== 1) start(m.meshd);
+        const h = { web: freePort(), grpc: freePort(), tcp: freePort() };
+        await Deno.writeTextFile(
+          `${work}/haproxy-${n}t.cfg`,
+          haproxyCfg(h, ports, 0, n).replaceAll("MAP", `${work}/hosts.map`),
+        );
+        const hp = start(
+          new Child(`haproxy-${n}t`, ["-db", "-f", `${work}/haproxy-${n}t.cfg`], {
+            command: "haproxy",
+          }),
+        );
+        await waitForPort(HOST, h.web);
+        const saved = { ...pids };
+        pids.meshd = m.meshd.pid;
+        pids.haproxy = hp.pid;
+        for (const [t, port] of [["meshd", m.mesh.http], ["haproxy", h.web]] as const) {
+          await step(t, () => wrk(`http-keepalive-${n}w`, t, port, secs, [], 64, 2));
+        }
+        for (const [t, port] of [["meshd", m.mesh.tcp], ["haproxy", h.tcp]] as const) {
+          await step(t, () =>
+            loadtool(loadtools, `tcp-rr-${n}w`, t, [
+              "tcp-rr",
+              "-target",
+              `${HOST}:${port}`,
+              "-conns",
+              "32",
+              "-size",
+              "64",
+            ], secs));
+        }
+        Object.assign(pids, saved);
+        await hp.stop();
+        if (n !== 1) await m.meshd.stop();
+      }
+    }
     if (want("memory")) {
       // A fresh meshd, so the figures are the config's and not the loads' buffers.
       await haproxy.stop();
@@ -680,7 +726,9 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   lines.push(
     "",
     "vs ref: meshd's rate over HAProxy's (nginx's for UDP, which HAProxy cannot proxy); " +
-      "HAProxy and nginx run one thread, as meshd's proxy does. CPU µs/unit: the proxy " +
+      "HAProxy and nginx run one thread, as meshd's proxy does, except in the -Nw cases: " +
+      "meshd --workers N against HAProxy nbthread N (wrk -t2 -c64, tcp-rr 32 connections). " +
+      "CPU µs/unit: the proxy " +
       "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
       "CPU vs ref: meshd's over the reference's (lower is better).",
   );
