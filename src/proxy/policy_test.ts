@@ -257,7 +257,7 @@ function webRoute(extra: Record<string, unknown> = {}): Route {
     }],
     ...extra,
   }]));
-  return table.http.get("web.default.mesh")!;
+  return lookupHttpRoute(table, "web.default.mesh")!;
 }
 
 const info = { method: "GET", path: "/", header: () => null };
@@ -277,7 +277,7 @@ Deno.test("admit() holds HTTP requests to the rate limit and never a TCP connect
 
 Deno.test("admit() answers 503 for a route with no ready endpoint, over TCP as over HTTP", () => {
   const table = buildRouteTable(meshConfig([{ name: "web", ports: [{ port: 80 }] }]));
-  const root = table.http.get("web.default.mesh")!;
+  const root = lookupHttpRoute(table, "web.default.mesh")!;
   for (const request of [info, null]) {
     assert.throws(
       () => admit(root, "127.0.62.5", request),

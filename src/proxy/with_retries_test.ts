@@ -3,7 +3,7 @@ import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
 import type { EndpointState } from "./endpoint_pool.ts";
 import { ProxyFailure } from "./policy.ts";
 import { RetryBudget } from "./retry_budget.ts";
-import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
+import { buildRouteTable, lookupHttpRoute, newRouteState, type Route } from "./route_table.ts";
 import { UpstreamError } from "./upstream_error.ts";
 import { ClientGone, type RetryOptions, withRetries } from "./with_retries.ts";
 
@@ -20,7 +20,7 @@ function route(n: number): { root: Route; options: RetryOptions } {
     }]),
     state,
   );
-  const root = table.http.get("web.default.mesh")!;
+  const root = lookupHttpRoute(table, "web.default.mesh")!;
   return {
     root,
     options: {
