@@ -13,8 +13,9 @@ import {
   type RouteState,
   type RouteTable,
 } from "./route_table.ts";
-import { type Connect, TcpListener } from "./tcp_proxy.ts";
-import { UdpFlowTable, UdpListener } from "./udp_proxy.ts";
+import type { Connect } from "./connect_upstream.ts";
+import { TcpListener } from "./tcp_listener.ts";
+import { UdpFlowTable, UdpListener } from "./udp_listener.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
