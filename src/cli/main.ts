@@ -792,6 +792,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     // connections in flight finish. All of it within the timeout.
     const drainMs = (values["drain-timeout"] as number | undefined) ?? 0;
     const drain = async (sig: string): Promise<void> => {
+      await node.flush(); // the config applied last is saved in the background
       if (sig !== "SIGTERM" || drainMs <= 0) return;
       const started = Date.now();
       const deadline = started + drainMs;

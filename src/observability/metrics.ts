@@ -131,6 +131,14 @@ abstract class LabelledFamily<C> implements Family {
     return entry.child;
   }
 
+  /**
+   * A child of no series: counts what is given and is never rendered. For a series dropped
+   * while something still holds its owner (a request in flight on a removed service).
+   */
+  detached(): C {
+    return this.create();
+  }
+
   /** Drops the child for these label values (a service that is gone). */
   remove(...values: string[]): void {
     this.#children.delete(values.join("\u0000"));

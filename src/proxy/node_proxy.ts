@@ -7,9 +7,15 @@ import { HttpProxy } from "./http_proxy.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
 import { ownAddress } from "./own_address.ts";
 import { ProxyMetrics } from "./proxy_metrics.ts";
-import { buildRouteTable, newRouteState, type RouteState, type RouteTable } from "./route_table.ts";
-import { type Connect, TcpListener } from "./tcp_proxy.ts";
-import { UdpFlowTable, UdpListener } from "./udp_proxy.ts";
+import {
+  buildRouteTableWithChanges,
+  newRouteState,
+  type RouteState,
+  type RouteTable,
+} from "./route_table.ts";
+import type { Connect } from "./connect_upstream.ts";
+import { TcpListener } from "./tcp_listener.ts";
+import { UdpFlowTable, UdpListener } from "./udp_listener.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
@@ -97,6 +103,7 @@ export class NodeProxy {
   readonly #state: RouteState;
   #routes: RouteTable = {
     version: 0,
+    domains: [],
     http: new Map(),
     tcp: new Map(),
     udp: new Map(),
@@ -235,7 +242,9 @@ export class NodeProxy {
    * bind or leave the config; every other route still applies.
    */
   async apply(config: MeshConfig): Promise<void> {
-    const next = buildRouteTable(config, this.#state);
+    // Patches the routes in force: only services whose object changed are built again, and
+    // only what they dropped is let go of below.
+    const { table: next, changes } = buildRouteTableWithChanges(config, this.#state);
     const log = this.#opts.logger;
     for (const [port, route] of next.tcp) {
       if (!this.#tcp.has(port)) this.#bind("tcp", port, route.key);
@@ -245,13 +254,9 @@ export class NodeProxy {
     }
     this.#routes = next;
     this.#opened();
-    this.#state.pool.retain(next.endpointKeys);
-    this.#http?.dropIdle(next.endpointKeys);
-    const keep = new Set<string>();
-    for (const r of [...next.http.values(), ...next.tcp.values(), ...next.udp.values()]) {
-      keep.add(ProxyMetrics.key(r.serviceKey, r.port.port, r.port.protocol));
-    }
-    this.#state.metrics.retain(keep);
+    this.#state.pool.forget(changes.endpointKeys, next.endpointKeys);
+    if (changes.endpointKeys.length > 0) this.#http?.dropIdle(next.endpointKeys);
+    for (const k of changes.metricKeys) this.#state.metrics.forget(k);
     const closing: Promise<void>[] = [];
     for (const [port, l] of this.#tcp) {
       if (next.tcp.has(port)) continue;

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import ts from "npm:typescript@5.9.3";
+import ts from "typescript";
 
 export interface FunctionSize {
   file: string;

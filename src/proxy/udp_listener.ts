@@ -2,7 +2,8 @@ import type { Logger } from "../observability/mod.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
-import { candidatesFor, type Route } from "./route_table.ts";
+import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
+import type { Route } from "./route_table.ts";
 
 /** Options for {@linkcode UdpListener}. */
 export interface UdpListenerOptions {
@@ -157,6 +158,7 @@ const DROP_LOG = new LogThrottle();
  */
 export class UdpListener {
   readonly #opts: UdpListenerOptions;
+  readonly #guard: LoopGuard;
   readonly #socket: Deno.DatagramConn;
   readonly #flows = new Map<string, Flow>();
   readonly #sweeper: ReturnType<typeof setInterval>;
@@ -166,6 +168,11 @@ export class UdpListener {
   /** Binds the port; throws if it cannot. */
   constructor(options: UdpListenerOptions) {
     this.#opts = options;
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
     this.#socket = Deno.listenDatagram({
       transport: "udp",
       hostname: options.hostname,
@@ -283,31 +290,23 @@ export class UdpListener {
     const root = this.#opts.route();
     const log = this.#opts.logger;
     if (!root) return null;
-    const target = root.split?.backends.next() ?? root;
-    const decision = target.access.checkL4(client.hostname);
-    if (!decision.allowed) {
-      root.metrics.denied("acl").inc();
-      if (log.enabled("debug")) {
-        log.debug("udp datagram dropped", { service: root.key, reason: decision.reason });
+    // The admit step and the loop guard TCP and HTTP take too.
+    let target: Route;
+    let candidates: EndpointState[];
+    try {
+      const admitted = admit(root, client.hostname, null);
+      target = admitted.target;
+      candidates = withoutOwn(admitted, this.#guard);
+    } catch (e) {
+      if (!(e instanceof ProxyFailure)) throw e;
+      if (e.status === 403) {
+        if (log.enabled("debug")) {
+          log.debug("udp datagram dropped", { service: root.key, reason: e.message });
+        }
+      } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
+        log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
       }
       return null;
-    }
-    let candidates = candidatesFor(target, decision.destinations);
-    const isOwn = this.#opts.isOwn;
-    if (isOwn && candidates.some((c) => isOwn(c.address, c.port))) {
-      // An endpoint that is meshd's own UDP listener would send each datagram around again.
-      const own = candidates.find((c) => isOwn(c.address, c.port))!;
-      candidates = candidates.filter((c) => !isOwn(c.address, c.port));
-      if (candidates.length === 0) {
-        this.#opts.drop?.("loop");
-        if (DROP_LOG.allow(`loop ${target.key}`)) {
-          log.warn("udp forwarding loop refused: the endpoints are meshd's own listeners", {
-            service: target.key,
-            endpoint: own.key,
-          });
-        }
-        return null;
-      }
     }
     const endpoint = this.#opts.pool.pick(candidates);
     if (!endpoint) {
