@@ -22,6 +22,7 @@ import {
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
+import { UpstreamError, upstreamFailure } from "./upstream_error.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
 
@@ -75,14 +76,6 @@ const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "pro
 
 /** How often deadlines (response timeouts, idle clients) are checked. */
 const SWEEP_MS = 50;
-
-/** A backend stream that failed before its response headers: another endpoint may be tried. */
-class UpstreamError extends Error {
-  constructor(message: string, readonly requestSent: boolean, readonly timedOut = false) {
-    super(message);
-    this.name = "UpstreamError";
-  }
-}
 
 interface Backend {
   /** Set once connected. */
@@ -368,26 +361,19 @@ export class H2Proxy {
           }
           this.#opts.drop?.("retry_budget");
         }
-        if (e.timedOut) {
-          throw new ProxyFailure(
-            504,
-            `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
-              this.#opts.responseTimeoutMs ?? 30_000
-            } ms`,
-            {},
-            true,
-          );
-        }
-        throw new ProxyFailure(
-          502,
-          `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
-          {},
-          true,
-        );
+        throw upstreamFailure(e, { ep, target });
       } finally {
         ep.inflight--;
       }
     }
+  }
+
+  /** A backend that sent no response headers within the response timeout (a 504). */
+  #timedOut(): UpstreamError {
+    return new UpstreamError("timed out", {
+      requestSent: true,
+      timeoutMs: this.#opts.responseTimeoutMs ?? 30_000,
+    });
   }
 
   /** Calls `expire` unless the returned function is called within the response timeout. */
@@ -414,7 +400,7 @@ export class H2Proxy {
       return await conn.request(out, end);
     } catch (e) {
       if (this.#backends.get(ep.key)?.conn === conn) this.#backends.delete(ep.key);
-      throw new UpstreamError((e as Error).message, false);
+      throw new UpstreamError((e as Error).message, { requestSent: false });
     }
   }
 
@@ -447,7 +433,7 @@ export class H2Proxy {
         else reject(v);
       };
       const cancelTimer = this.#deadline(() => {
-        settle(new UpstreamError("timed out", true, true)); // before the reset's own close
+        settle(this.#timedOut()); // before the reset's own close
         up.reset(ERROR.CANCEL);
       });
       up.onHeaders = (h, end) => {
@@ -456,7 +442,9 @@ export class H2Proxy {
           status = Number(fieldOf(h, ":status"));
           if (!(status >= 200 && status <= 599)) {
             up.reset(ERROR.PROTOCOL_ERROR);
-            settle(new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, true));
+            settle(
+              new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, { requestSent: true }),
+            );
             return;
           }
           if (status >= 500) pool.failure(ep);
@@ -473,10 +461,9 @@ export class H2Proxy {
           if (client.closed && client.code !== ERROR.NO_ERROR) settle(499);
           else {
             settle(
-              new UpstreamError(
-                `stream closed before a response (${errorName(code)})`,
-                !(up.refused && bodyless),
-              ),
+              new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+                requestSent: !(up.refused && bodyless),
+              }),
             );
           }
           return;
@@ -518,7 +505,10 @@ export class H2Proxy {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const expired = new Promise<never>((_, reject) => {
         timer = setTimeout(
-          () => reject(new UpstreamError(`connect timed out after ${timeout} ms`, false)),
+          () =>
+            reject(
+              new UpstreamError(`connect timed out after ${timeout} ms`, { requestSent: false }),
+            ),
           timeout,
         );
       });
@@ -528,7 +518,7 @@ export class H2Proxy {
         tcp.setNoDelay(true);
         if (this.#closed) {
           tcp.close();
-          throw new UpstreamError("proxy is closing", false);
+          throw new UpstreamError("proxy is closing", { requestSent: false });
         }
         const conn = new H2Connection(tcp, { role: "client", onClose: forget });
         b.conn = conn;
@@ -538,7 +528,7 @@ export class H2Proxy {
         // One that connects after the deadline is closed at once.
         connecting.then((c) => c.close(), () => {});
         if (e instanceof UpstreamError) throw e;
-        throw new UpstreamError(`cannot connect: ${(e as Error).message}`, false);
+        throw new UpstreamError(`cannot connect: ${(e as Error).message}`, { requestSent: false });
       } finally {
         clearTimeout(timer);
       }
@@ -661,7 +651,7 @@ export class H2Proxy {
   ): Promise<Fields> {
     return new Promise((resolve, reject) => {
       const cancel = this.#deadline(() => {
-        reject(new UpstreamError("timed out", true, true)); // before the reset's own close
+        reject(this.#timedOut()); // before the reset's own close
         up.reset(ERROR.CANCEL);
       });
       let response = true;
@@ -674,10 +664,9 @@ export class H2Proxy {
       up.onClose = (code) => {
         cancel();
         reject(
-          new UpstreamError(
-            `stream closed before a response (${errorName(code)})`,
-            !(up.refused && bodyless),
-          ),
+          new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+            requestSent: !(up.refused && bodyless),
+          }),
         );
       };
     });
