@@ -1,5 +1,4 @@
 import type { Logger } from "../observability/mod.ts";
-import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
@@ -22,7 +21,8 @@ import {
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
-import { UpstreamError, upstreamFailure } from "./upstream_error.ts";
+import { UpstreamError } from "./upstream_error.ts";
+import { ClientGone, withRetries } from "./with_retries.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
 
@@ -150,6 +150,7 @@ export class H2Proxy {
   readonly #deadlines = new Set<Deadline>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
+  readonly #onBudgetSpent = (): void => this.#opts.drop?.("retry_budget");
 
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
@@ -302,14 +303,23 @@ export class H2Proxy {
         );
       }
       const out = requestHeaders(fields, peer, this.#via("2"));
-      status = await this.#withEndpoint(
+      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, root), {
+        pool: this.#opts.pool,
         root,
         target,
         candidates,
-        (ep) => this.#exchange(stream, out, ep, root),
-        () => stream.closed,
-      );
+        budget: this.#budgets.of(target.key),
+        onBudgetSpent: this.#onBudgetSpent,
+        gone: () => stream.closed,
+      });
+      // The exchange ended with the response: the endpoint's request in flight is over.
+      ep.inflight--;
+      status = value;
     } catch (e) {
+      if (e instanceof ClientGone) {
+        status = 499; // the stream is gone: nobody to answer
+        return;
+      }
       if (!(e instanceof ProxyFailure)) throw e;
       status = e.status;
       networkError = e.network;
@@ -320,51 +330,6 @@ export class H2Proxy {
       if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
       m.duration.observe(ms / 1000);
       if (passed && status > 0) root.breaker!.record(status, ms, networkError);
-    }
-  }
-
-  /**
-   * Runs `exchange` on an endpoint picked from `candidates`, on another one after a failure
-   * while the request has not been sent (the number of tries is the service's retry
-   * attempts plus one, at most 11, within the service's retry budget, and none once `gone`
-   * says the client left), and turns the last failure into a 502 or 504.
-   */
-  async #withEndpoint<T>(
-    root: Route,
-    target: Route,
-    candidates: EndpointState[],
-    exchange: (ep: EndpointState) => Promise<T>,
-    gone: () => boolean,
-  ): Promise<T> {
-    const pool = this.#opts.pool;
-    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
-    const budget = this.#budgets.of(target.key);
-    budget.request();
-    // Made on the first retry only: most requests need one endpoint.
-    let tried: Set<EndpointState> | null = null;
-    for (let attempt = 0;; attempt++) {
-      const fresh = tried === null ? candidates : candidates.filter((c) => !tried!.has(c));
-      const ep = pool.pick(fresh.length > 0 ? fresh : candidates);
-      if (!ep) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
-      ep.inflight++;
-      try {
-        return await exchange(ep);
-      } catch (e) {
-        if (!(e instanceof UpstreamError)) throw e;
-        pool.failure(ep);
-        // A request body is streamed, never kept: only a request not yet sent is retried.
-        if (!e.requestSent && attempt + 1 < attempts && !gone()) {
-          (tried ??= new Set()).add(ep);
-          if (budget.retry()) {
-            root.metrics.retries.inc();
-            continue;
-          }
-          this.#opts.drop?.("retry_budget");
-        }
-        throw upstreamFailure(e, { ep, target });
-      } finally {
-        ep.inflight--;
-      }
     }
   }
 
@@ -570,7 +535,7 @@ export class H2Proxy {
     ];
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
-    return await this.#withEndpoint(root, target, candidates, async (ep) => {
+    const { value, ep } = await withRetries(async (ep) => {
       const m = root.metrics;
       const bodyless = framing.kind === "none";
       const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
@@ -640,7 +605,18 @@ export class H2Proxy {
       }
       const sent = await bodyDone;
       return { status, keepAlive: !closeAfter && sent };
-    }, gone);
+    }, {
+      pool: this.#opts.pool,
+      root,
+      target,
+      candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      gone,
+    });
+    // The exchange ended with the response: the endpoint's request in flight is over.
+    ep.inflight--;
+    return value;
   }
 
   /** The response headers of `up`, or an {@linkcode UpstreamError} (504 after the timeout). */
