@@ -22,6 +22,7 @@ import {
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import { UpstreamError } from "./upstream_error.ts";
+import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
@@ -31,6 +32,8 @@ export interface H2ProxyOptions {
   routes: () => RouteTable;
   pool: EndpointPool;
   logger: Logger;
+  /** Opens backend connections. Default: `Deno.connect` over TCP. */
+  connect?: Connect;
   /** Give up on a backend that has not accepted within this time (502). Default 5000 ms. */
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent response headers within this time (504). */
@@ -461,42 +464,32 @@ export class H2Proxy {
   #backend(ep: EndpointState): Promise<H2Connection> {
     const have = this.#backends.get(ep.key);
     if (have && !have.conn?.closing) return have.ready;
-    const timeout = this.#opts.connectTimeoutMs ?? 5000;
     const b: Backend = { conn: null, ready: Promise.resolve(null as unknown as H2Connection) };
     const forget = (): void => {
       if (this.#backends.get(ep.key) === b) this.#backends.delete(ep.key);
     };
     b.ready = (async () => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const expired = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              new UpstreamError(`connect timed out after ${timeout} ms`, { requestSent: false }),
-            ),
-          timeout,
-        );
-      });
-      const connecting = Deno.connect({ hostname: ep.address, port: ep.port, transport: "tcp" });
+      let tcp: Deno.Conn;
       try {
-        const tcp = await Promise.race([connecting, expired]);
-        tcp.setNoDelay(true);
-        if (this.#closed) {
-          tcp.close();
-          throw new UpstreamError("proxy is closing", { requestSent: false });
-        }
-        const conn = new H2Connection(tcp, { role: "client", onClose: forget });
-        b.conn = conn;
-        return conn;
+        // Nagle off; one made after the deadline is closed, never leaked.
+        tcp = await connectUpstream(ep, {
+          connect: this.#opts.connect,
+          timeoutMs: this.#opts.connectTimeoutMs,
+        });
       } catch (e) {
         forget();
-        // One that connects after the deadline is closed at once.
-        connecting.then((c) => c.close(), () => {});
-        if (e instanceof UpstreamError) throw e;
-        throw new UpstreamError(`cannot connect: ${(e as Error).message}`, { requestSent: false });
-      } finally {
-        clearTimeout(timer);
+        throw e;
       }
+      if (this.#closed) {
+        forget();
+        try {
+          tcp.close();
+        } catch { /* closed */ }
+        throw new UpstreamError("proxy is closing", { requestSent: false });
+      }
+      const conn = new H2Connection(tcp, { role: "client", onClose: forget });
+      b.conn = conn;
+      return conn;
     })();
     b.ready.catch(() => {});
     this.#backends.set(ep.key, b);

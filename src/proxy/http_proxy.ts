@@ -256,6 +256,7 @@ export class HttpProxy {
         routes: options.routes,
         pool: options.pool,
         logger: options.logger,
+        connect: options.connect,
         connectTimeoutMs: options.connectTimeoutMs,
         responseTimeoutMs: options.responseTimeoutMs,
         drop: this.#drop,
