@@ -23,6 +23,7 @@ import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import { UpstreamError } from "./upstream_error.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
+import { forwardedFor } from "./forwarded_for.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
@@ -795,11 +796,12 @@ function requestHeaders(fields: Fields, peer: string, via: string | null): Field
     out.push([":authority", host]);
   }
   // Appended, never trusted: access control uses the connection's address alone.
-  const xff = fieldOf(fields, "x-forwarded-for");
-  regular.push(["x-forwarded-for", xff ? `${xff}, ${peer}` : peer]);
-  const node = peer.includes(":") ? `"[${peer}]"` : peer;
-  const fwd = fieldOf(fields, "forwarded");
-  regular.push(["forwarded", fwd ? `${fwd}, for=${node}` : `for=${node}`]);
+  // An empty value counts as none, as before the shared helper.
+  const fwd = forwardedFor({
+    xForwardedFor: fieldOf(fields, "x-forwarded-for") || null,
+    forwarded: fieldOf(fields, "forwarded") || null,
+  }, peer);
+  regular.push(["x-forwarded-for", fwd.xForwardedFor], ["forwarded", fwd.forwarded]);
   // RFC 9110 §7.6.3: a proxy appends itself to Via; meshd also finds loops by it.
   const had = fieldOf(fields, "via");
   if (via !== null) regular.push(["via", had ? `${had}, ${via}` : via]);
