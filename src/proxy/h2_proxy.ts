@@ -1,7 +1,7 @@
 import type { Logger } from "../observability/mod.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
-import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
@@ -43,8 +43,11 @@ export interface H2ProxyOptions {
   drop?: CountDrop;
   /** Retry budgets per service, shared with HTTP/1. */
   budgets?: RetryBudgets;
-  /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
-  notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
+  /**
+   * Whether `address:port` is one of this meshd's own listeners: such endpoints are left out,
+   * and a request that has only those is refused with a 508 (a forwarding loop).
+   */
+  isOwn?: (address: string, port: number) => boolean;
   /**
    * This meshd's name in `Via` (RFC 9110 §7.6.3), added to every request it forwards; a
    * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
@@ -155,10 +158,16 @@ export class H2Proxy {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   readonly #onBudgetSpent = (): void => this.#opts.drop?.("retry_budget");
+  readonly #guard: LoopGuard;
 
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
     this.#budgets = options.budgets ?? new RetryBudgets();
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
   }
 
   /**
@@ -297,8 +306,7 @@ export class H2Proxy {
       passed = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(fields));
       const target = admitted.target;
-      const candidates = this.#opts.notOwn?.(target, admitted.candidates) ??
-        admitted.candidates;
+      const candidates = withoutOwn(admitted, this.#guard);
       if (target.service.scheme !== "h2c") {
         throw new ProxyFailure(
           502,

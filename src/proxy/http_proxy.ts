@@ -261,7 +261,7 @@ export class HttpProxy {
         responseTimeoutMs: options.responseTimeoutMs,
         drop: this.#drop,
         budgets: this.#budgets,
-        notOwn: (target, candidates) => withoutOwn({ target, candidates }, this.#guard),
+        isOwn: options.isOwn,
         viaName: options.viaName,
         clientIdleMs: options.clientIdleMs,
       });
