@@ -24,6 +24,7 @@ import { LogThrottle } from "./log_throttle.ts";
 import { UpstreamError } from "./upstream_error.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
+import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
@@ -285,13 +286,9 @@ export class H2Proxy {
       this.#fail(stream, new ProxyFailure(404, `No mesh service answers to "${authority}"`), grpc);
       return;
     }
-    const m = root.metrics;
-    m.requests.inc();
-    m.open.inc();
-    const started = performance.now();
-    let status = 0;
-    let networkError = false;
-    let passed = false;
+    // The stream's metric state, counted by meterStart/meterEnd as HTTP/1 counts a request.
+    const x: Metered = { root, started: 0, status: 0, network: false, breakerChecked: false };
+    meterStart(x);
     try {
       const viaName = this.#opts.viaName;
       const via = fieldOf(fields, "via");
@@ -303,7 +300,7 @@ export class H2Proxy {
             `already (Via "${viaName}")`,
         );
       }
-      passed = checkBreaker(root);
+      x.breakerChecked = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(fields));
       const target = admitted.target;
       const candidates = withoutOwn(admitted, this.#guard);
@@ -326,22 +323,18 @@ export class H2Proxy {
       });
       // The exchange ended with the response: the endpoint's request in flight is over.
       ep.inflight--;
-      status = value;
+      x.status = value;
     } catch (e) {
       if (e instanceof ClientGone) {
-        status = 499; // the stream is gone: nobody to answer
+        x.status = 499; // the stream is gone: nobody to answer
         return;
       }
       if (!(e instanceof ProxyFailure)) throw e;
-      status = e.status;
-      networkError = e.network;
+      x.status = e.status;
+      x.network = e.network;
       this.#fail(stream, e, grpc);
     } finally {
-      m.open.dec();
-      const ms = performance.now() - started;
-      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe(ms / 1000);
-      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
+      meterEnd(x);
     }
   }
 
