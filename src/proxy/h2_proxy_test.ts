@@ -476,3 +476,61 @@ Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the 
     await b.close();
   }
 });
+
+/** A NodeProxy on 127.0.61.1 (this file's newer tests keep to that address) and an h2 client. */
+async function onOwnAddress(
+  options: { connect?: (address: string, port: number) => Promise<Deno.TcpConn> },
+  fn: (client: http2.ClientHttp2Session, port: number, proxy: NodeProxy) => Promise<void>,
+): Promise<void> {
+  const proxy = new NodeProxy({ hostname: "127.0.61.1", httpPort: 0, logger: quiet, ...options });
+  await proxy.start();
+  const port = Number(proxy.httpAddress.split(":")[1]);
+  const client = http2.connect(`http://127.0.61.1:${port}`);
+  client.on("error", () => {});
+  try {
+    await fn(client, port, proxy);
+  } finally {
+    client.close();
+    await proxy.stop();
+  }
+}
+
+Deno.test("H2Proxy opens backend connections through the node's connect seam", async () => {
+  const a = await h2Backend("a");
+  const dialled: string[] = [];
+  try {
+    // Nothing listens at 127.0.61.9: only the seam, which dials the backend instead, reaches it.
+    const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+      dialled.push(`${address}:${port}`);
+      return Deno.connect({ hostname: "127.0.0.1", port: a.port });
+    };
+    await onOwnAddress({ connect }, async (client, _port, proxy) => {
+      await proxy.apply(meshConfig([{
+        name: "greeter",
+        scheme: "h2c",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.61.9", a.port)] }],
+      }]));
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+      assert.equal(r.trailers?.["grpc-status"], "0", JSON.stringify(r));
+      assert.deepEqual(dialled, [`127.0.61.9:${a.port}`]);
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("H2Proxy refuses an h2c endpoint that is its own listener with a loop status", async () => {
+  await onOwnAddress({}, async (client, port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.61.1", port)] }],
+    }]));
+    const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+    assert.equal(r.headers["x-meshd-error"], "loop", JSON.stringify(r));
+    assert.match(
+      decodeURIComponent(String(r.headers["grpc-message"])),
+      /Forwarding loop: endpoint 127\.0\.61\.1:\d+ of service "default\/greeter:80"/,
+    );
+  });
+});
