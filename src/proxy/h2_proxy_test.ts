@@ -534,3 +534,49 @@ Deno.test("H2Proxy refuses an h2c endpoint that is its own listener with a loop 
     );
   });
 });
+
+Deno.test("H2Proxy makes no retry once the client's stream is gone, and counts it as no answer", async () => {
+  const dialled: string[] = [];
+  let refuse!: (e: Error) => void;
+  const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+    dialled.push(`${address}:${port}`);
+    return new Promise((_, reject) => refuse = reject);
+  };
+  await onOwnAddress({ connect }, async (client, _port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      retryAttempts: 2,
+      ports: [{
+        port: 80,
+        endpoints: [endpoint("127.0.61.9", 50051), endpoint("127.0.61.10", 50051)],
+      }],
+    }]));
+    const req = client.request(grpcHeaders("greeter.default.mesh"));
+    req.on("error", () => {});
+    req.end();
+    await waitFor("the first connect", () => dialled.length === 1 ? true : undefined, 5000);
+    // The client cancels while meshd connects; a PING sent after the RST_STREAM left comes
+    // back after meshd has read it.
+    const closed = new Promise((resolve) => req.on("close", resolve));
+    req.close(http2.constants.NGHTTP2_CANCEL);
+    await closed;
+    await new Promise((resolve, reject) => client.ping((e) => e ? reject(e) : resolve(null)));
+    refuse(new Error("connection refused"));
+    const series = (code: string) =>
+      new RegExp(
+        `^meshd_http_responses_total\\{[^}]*service="default/greeter"[^}]*code="${code}"[^}]*\\} (\\d+)$`,
+        "m",
+      );
+    const counted = await waitFor("the request counted", () => {
+      const text = proxy.registry.render();
+      return /^meshd_open_connections\{[^}]*service="default\/greeter"[^}]*\} 0$/m.test(text) &&
+          series("4xx").test(text)
+        ? text
+        : undefined;
+    }, 5000);
+    assert.equal(dialled.length, 1, `a retry was made for nobody: ${dialled.join(", ")}`);
+    assert.equal(counted.match(series("4xx"))?.[1], "1");
+    assert.equal(counted.match(series("5xx"))?.[1] ?? "0", "0", counted);
+  });
+});
