@@ -161,6 +161,7 @@ function logfmtLine(fields: [string, string | number | undefined][]): string {
 
 /** A logfmt value: bare when it has no space, quote, `=` or control byte; else quoted. */
 function logfmtValue(v: string): string {
+  // deno-lint-ignore no-control-regex -- a control byte must be quoted (escaped)
   if (v !== "" && !/[\s"=\\\x00-\x1f\x7f]/.test(v)) return v;
   return JSON.stringify(v);
 }
