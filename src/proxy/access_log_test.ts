@@ -9,7 +9,6 @@ import { AccessLog } from "./access_log.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
 import {
   endpoint,
-  type HttpBackend,
   httpBackend,
   meshConfig,
   rawRequest,
