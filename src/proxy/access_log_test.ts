@@ -7,12 +7,7 @@ import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { AccessLog } from "./access_log.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
-import {
-  endpoint,
-  httpBackend,
-  meshConfig,
-  rawRequest,
-} from "../../tests/testenv/mesh.ts";
+import { endpoint, httpBackend, meshConfig, rawRequest } from "../../tests/testenv/mesh.ts";
 import { freePort, waitFor } from "../../tests/testenv/process.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
