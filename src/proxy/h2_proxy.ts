@@ -1,8 +1,7 @@
 import type { Logger } from "../observability/mod.ts";
-import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
-import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
@@ -22,6 +21,11 @@ import {
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
+import { UpstreamError } from "./upstream_error.ts";
+import { type Connect, connectUpstream } from "./connect_upstream.ts";
+import { forwardedFor } from "./forwarded_for.ts";
+import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
+import { ClientGone, withRetries } from "./with_retries.ts";
 import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
 import { ERROR, errorName } from "./h2/frames.ts";
 
@@ -30,6 +34,8 @@ export interface H2ProxyOptions {
   routes: () => RouteTable;
   pool: EndpointPool;
   logger: Logger;
+  /** Opens backend connections. Default: `Deno.connect` over TCP. */
+  connect?: Connect;
   /** Give up on a backend that has not accepted within this time (502). Default 5000 ms. */
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent response headers within this time (504). */
@@ -38,8 +44,11 @@ export interface H2ProxyOptions {
   drop?: CountDrop;
   /** Retry budgets per service, shared with HTTP/1. */
   budgets?: RetryBudgets;
-  /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
-  notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
+  /**
+   * Whether `address:port` is one of this meshd's own listeners: such endpoints are left out,
+   * and a request that has only those is refused with a 508 (a forwarding loop).
+   */
+  isOwn?: (address: string, port: number) => boolean;
   /**
    * This meshd's name in `Via` (RFC 9110 §7.6.3), added to every request it forwards; a
    * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
@@ -75,14 +84,6 @@ const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "pro
 
 /** How often deadlines (response timeouts, idle clients) are checked. */
 const SWEEP_MS = 50;
-
-/** A backend stream that failed before its response headers: another endpoint may be tried. */
-class UpstreamError extends Error {
-  constructor(message: string, readonly requestSent: boolean, readonly timedOut = false) {
-    super(message);
-    this.name = "UpstreamError";
-  }
-}
 
 interface Backend {
   /** Set once connected. */
@@ -157,10 +158,17 @@ export class H2Proxy {
   readonly #deadlines = new Set<Deadline>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
+  readonly #onBudgetSpent = (): void => this.#opts.drop?.("retry_budget");
+  readonly #guard: LoopGuard;
 
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
     this.#budgets = options.budgets ?? new RetryBudgets();
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
   }
 
   /**
@@ -278,13 +286,9 @@ export class H2Proxy {
       this.#fail(stream, new ProxyFailure(404, `No mesh service answers to "${authority}"`), grpc);
       return;
     }
-    const m = root.metrics;
-    m.requests.inc();
-    m.open.inc();
-    const started = performance.now();
-    let status = 0;
-    let networkError = false;
-    let passed = false;
+    // The stream's metric state, counted by meterStart/meterEnd as HTTP/1 counts a request.
+    const x: Metered = { root, started: 0, status: 0, network: false, breakerChecked: false };
+    meterStart(x);
     try {
       const viaName = this.#opts.viaName;
       const via = fieldOf(fields, "via");
@@ -296,11 +300,10 @@ export class H2Proxy {
             `already (Via "${viaName}")`,
         );
       }
-      passed = checkBreaker(root);
+      x.breakerChecked = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(fields));
       const target = admitted.target;
-      const candidates = this.#opts.notOwn?.(target, admitted.candidates) ??
-        admitted.candidates;
+      const candidates = withoutOwn(admitted, this.#guard);
       if (target.service.scheme !== "h2c") {
         throw new ProxyFailure(
           502,
@@ -309,85 +312,38 @@ export class H2Proxy {
         );
       }
       const out = requestHeaders(fields, peer, this.#via("2"));
-      status = await this.#withEndpoint(
+      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, root), {
+        pool: this.#opts.pool,
         root,
         target,
         candidates,
-        (ep) => this.#exchange(stream, out, ep, root),
-        () => stream.closed,
-      );
+        budget: this.#budgets.of(target.key),
+        onBudgetSpent: this.#onBudgetSpent,
+        gone: () => stream.closed,
+      });
+      // The exchange ended with the response: the endpoint's request in flight is over.
+      ep.inflight--;
+      x.status = value;
     } catch (e) {
+      if (e instanceof ClientGone) {
+        x.status = 499; // the stream is gone: nobody to answer
+        return;
+      }
       if (!(e instanceof ProxyFailure)) throw e;
-      status = e.status;
-      networkError = e.network;
+      x.status = e.status;
+      x.network = e.network;
       this.#fail(stream, e, grpc);
     } finally {
-      m.open.dec();
-      const ms = performance.now() - started;
-      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe(ms / 1000);
-      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
+      meterEnd(x);
     }
   }
 
-  /**
-   * Runs `exchange` on an endpoint picked from `candidates`, on another one after a failure
-   * while the request has not been sent (the number of tries is the service's retry
-   * attempts plus one, at most 11, within the service's retry budget, and none once `gone`
-   * says the client left), and turns the last failure into a 502 or 504.
-   */
-  async #withEndpoint<T>(
-    root: Route,
-    target: Route,
-    candidates: EndpointState[],
-    exchange: (ep: EndpointState) => Promise<T>,
-    gone: () => boolean,
-  ): Promise<T> {
-    const pool = this.#opts.pool;
-    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
-    const budget = this.#budgets.of(target.key);
-    budget.request();
-    // Made on the first retry only: most requests need one endpoint.
-    let tried: Set<EndpointState> | null = null;
-    for (let attempt = 0;; attempt++) {
-      const fresh = tried === null ? candidates : candidates.filter((c) => !tried!.has(c));
-      const ep = pool.pick(fresh.length > 0 ? fresh : candidates);
-      if (!ep) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
-      ep.inflight++;
-      try {
-        return await exchange(ep);
-      } catch (e) {
-        if (!(e instanceof UpstreamError)) throw e;
-        pool.failure(ep);
-        // A request body is streamed, never kept: only a request not yet sent is retried.
-        if (!e.requestSent && attempt + 1 < attempts && !gone()) {
-          (tried ??= new Set()).add(ep);
-          if (budget.retry()) {
-            root.metrics.retries.inc();
-            continue;
-          }
-          this.#opts.drop?.("retry_budget");
-        }
-        if (e.timedOut) {
-          throw new ProxyFailure(
-            504,
-            `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
-              this.#opts.responseTimeoutMs ?? 30_000
-            } ms`,
-            {},
-            true,
-          );
-        }
-        throw new ProxyFailure(
-          502,
-          `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
-          {},
-          true,
-        );
-      } finally {
-        ep.inflight--;
-      }
-    }
+  /** A backend that sent no response headers within the response timeout (a 504). */
+  #timedOut(): UpstreamError {
+    return new UpstreamError("timed out", {
+      requestSent: true,
+      timeoutMs: this.#opts.responseTimeoutMs ?? 30_000,
+    });
   }
 
   /** Calls `expire` unless the returned function is called within the response timeout. */
@@ -414,7 +370,7 @@ export class H2Proxy {
       return await conn.request(out, end);
     } catch (e) {
       if (this.#backends.get(ep.key)?.conn === conn) this.#backends.delete(ep.key);
-      throw new UpstreamError((e as Error).message, false);
+      throw new UpstreamError((e as Error).message, { requestSent: false });
     }
   }
 
@@ -447,7 +403,7 @@ export class H2Proxy {
         else reject(v);
       };
       const cancelTimer = this.#deadline(() => {
-        settle(new UpstreamError("timed out", true, true)); // before the reset's own close
+        settle(this.#timedOut()); // before the reset's own close
         up.reset(ERROR.CANCEL);
       });
       up.onHeaders = (h, end) => {
@@ -456,7 +412,9 @@ export class H2Proxy {
           status = Number(fieldOf(h, ":status"));
           if (!(status >= 200 && status <= 599)) {
             up.reset(ERROR.PROTOCOL_ERROR);
-            settle(new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, true));
+            settle(
+              new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, { requestSent: true }),
+            );
             return;
           }
           if (status >= 500) pool.failure(ep);
@@ -473,10 +431,9 @@ export class H2Proxy {
           if (client.closed && client.code !== ERROR.NO_ERROR) settle(499);
           else {
             settle(
-              new UpstreamError(
-                `stream closed before a response (${errorName(code)})`,
-                !(up.refused && bodyless),
-              ),
+              new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+                requestSent: !(up.refused && bodyless),
+              }),
             );
           }
           return;
@@ -509,39 +466,32 @@ export class H2Proxy {
   #backend(ep: EndpointState): Promise<H2Connection> {
     const have = this.#backends.get(ep.key);
     if (have && !have.conn?.closing) return have.ready;
-    const timeout = this.#opts.connectTimeoutMs ?? 5000;
     const b: Backend = { conn: null, ready: Promise.resolve(null as unknown as H2Connection) };
     const forget = (): void => {
       if (this.#backends.get(ep.key) === b) this.#backends.delete(ep.key);
     };
     b.ready = (async () => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const expired = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new UpstreamError(`connect timed out after ${timeout} ms`, false)),
-          timeout,
-        );
-      });
-      const connecting = Deno.connect({ hostname: ep.address, port: ep.port, transport: "tcp" });
+      let tcp: Deno.Conn;
       try {
-        const tcp = await Promise.race([connecting, expired]);
-        tcp.setNoDelay(true);
-        if (this.#closed) {
-          tcp.close();
-          throw new UpstreamError("proxy is closing", false);
-        }
-        const conn = new H2Connection(tcp, { role: "client", onClose: forget });
-        b.conn = conn;
-        return conn;
+        // Nagle off; one made after the deadline is closed, never leaked.
+        tcp = await connectUpstream(ep, {
+          connect: this.#opts.connect,
+          timeoutMs: this.#opts.connectTimeoutMs,
+        });
       } catch (e) {
         forget();
-        // One that connects after the deadline is closed at once.
-        connecting.then((c) => c.close(), () => {});
-        if (e instanceof UpstreamError) throw e;
-        throw new UpstreamError(`cannot connect: ${(e as Error).message}`, false);
-      } finally {
-        clearTimeout(timer);
+        throw e;
       }
+      if (this.#closed) {
+        forget();
+        try {
+          tcp.close();
+        } catch { /* closed */ }
+        throw new UpstreamError("proxy is closing", { requestSent: false });
+      }
+      const conn = new H2Connection(tcp, { role: "client", onClose: forget });
+      b.conn = conn;
+      return conn;
     })();
     b.ready.catch(() => {});
     this.#backends.set(ep.key, b);
@@ -580,7 +530,7 @@ export class H2Proxy {
     ];
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
-    return await this.#withEndpoint(root, target, candidates, async (ep) => {
+    const { value, ep } = await withRetries(async (ep) => {
       const m = root.metrics;
       const bodyless = framing.kind === "none";
       const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
@@ -650,7 +600,18 @@ export class H2Proxy {
       }
       const sent = await bodyDone;
       return { status, keepAlive: !closeAfter && sent };
-    }, gone);
+    }, {
+      pool: this.#opts.pool,
+      root,
+      target,
+      candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      gone,
+    });
+    // The exchange ended with the response: the endpoint's request in flight is over.
+    ep.inflight--;
+    return value;
   }
 
   /** The response headers of `up`, or an {@linkcode UpstreamError} (504 after the timeout). */
@@ -661,7 +622,7 @@ export class H2Proxy {
   ): Promise<Fields> {
     return new Promise((resolve, reject) => {
       const cancel = this.#deadline(() => {
-        reject(new UpstreamError("timed out", true, true)); // before the reset's own close
+        reject(this.#timedOut()); // before the reset's own close
         up.reset(ERROR.CANCEL);
       });
       let response = true;
@@ -674,10 +635,9 @@ export class H2Proxy {
       up.onClose = (code) => {
         cancel();
         reject(
-          new UpstreamError(
-            `stream closed before a response (${errorName(code)})`,
-            !(up.refused && bodyless),
-          ),
+          new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+            requestSent: !(up.refused && bodyless),
+          }),
         );
       };
     });
@@ -837,11 +797,12 @@ function requestHeaders(fields: Fields, peer: string, via: string | null): Field
     out.push([":authority", host]);
   }
   // Appended, never trusted: access control uses the connection's address alone.
-  const xff = fieldOf(fields, "x-forwarded-for");
-  regular.push(["x-forwarded-for", xff ? `${xff}, ${peer}` : peer]);
-  const node = peer.includes(":") ? `"[${peer}]"` : peer;
-  const fwd = fieldOf(fields, "forwarded");
-  regular.push(["forwarded", fwd ? `${fwd}, for=${node}` : `for=${node}`]);
+  // An empty value counts as none, as before the shared helper.
+  const fwd = forwardedFor({
+    xForwardedFor: fieldOf(fields, "x-forwarded-for") || null,
+    forwarded: fieldOf(fields, "forwarded") || null,
+  }, peer);
+  regular.push(["x-forwarded-for", fwd.xForwardedFor], ["forwarded", fwd.forwarded]);
   // RFC 9110 §7.6.3: a proxy appends itself to Via; meshd also finds loops by it.
   const had = fieldOf(fields, "via");
   if (via !== null) regular.push(["via", had ? `${had}, ${via}` : via]);

@@ -476,3 +476,107 @@ Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the 
     await b.close();
   }
 });
+
+/** A NodeProxy on 127.0.61.1 (this file's newer tests keep to that address) and an h2 client. */
+async function onOwnAddress(
+  options: { connect?: (address: string, port: number) => Promise<Deno.TcpConn> },
+  fn: (client: http2.ClientHttp2Session, port: number, proxy: NodeProxy) => Promise<void>,
+): Promise<void> {
+  const proxy = new NodeProxy({ hostname: "127.0.61.1", httpPort: 0, logger: quiet, ...options });
+  await proxy.start();
+  const port = Number(proxy.httpAddress.split(":")[1]);
+  const client = http2.connect(`http://127.0.61.1:${port}`);
+  client.on("error", () => {});
+  try {
+    await fn(client, port, proxy);
+  } finally {
+    client.close();
+    await proxy.stop();
+  }
+}
+
+Deno.test("H2Proxy opens backend connections through the node's connect seam", async () => {
+  const a = await h2Backend("a");
+  const dialled: string[] = [];
+  try {
+    // Nothing listens at 127.0.61.9: only the seam, which dials the backend instead, reaches it.
+    const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+      dialled.push(`${address}:${port}`);
+      return Deno.connect({ hostname: "127.0.0.1", port: a.port });
+    };
+    await onOwnAddress({ connect }, async (client, _port, proxy) => {
+      await proxy.apply(meshConfig([{
+        name: "greeter",
+        scheme: "h2c",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.61.9", a.port)] }],
+      }]));
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+      assert.equal(r.trailers?.["grpc-status"], "0", JSON.stringify(r));
+      assert.deepEqual(dialled, [`127.0.61.9:${a.port}`]);
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("H2Proxy refuses an h2c endpoint that is its own listener with a loop status", async () => {
+  await onOwnAddress({}, async (client, port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.61.1", port)] }],
+    }]));
+    const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+    assert.equal(r.headers["x-meshd-error"], "loop", JSON.stringify(r));
+    assert.match(
+      decodeURIComponent(String(r.headers["grpc-message"])),
+      /Forwarding loop: endpoint 127\.0\.61\.1:\d+ of service "default\/greeter:80"/,
+    );
+  });
+});
+
+Deno.test("H2Proxy makes no retry once the client's stream is gone, and counts it as no answer", async () => {
+  const dialled: string[] = [];
+  let refuse!: (e: Error) => void;
+  const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+    dialled.push(`${address}:${port}`);
+    return new Promise((_, reject) => refuse = reject);
+  };
+  await onOwnAddress({ connect }, async (client, _port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      retryAttempts: 2,
+      ports: [{
+        port: 80,
+        endpoints: [endpoint("127.0.61.9", 50051), endpoint("127.0.61.10", 50051)],
+      }],
+    }]));
+    const req = client.request(grpcHeaders("greeter.default.mesh"));
+    req.on("error", () => {});
+    req.end();
+    await waitFor("the first connect", () => dialled.length === 1 ? true : undefined, 5000);
+    // The client cancels while meshd connects; a PING sent after the RST_STREAM left comes
+    // back after meshd has read it.
+    const closed = new Promise((resolve) => req.on("close", resolve));
+    req.close(http2.constants.NGHTTP2_CANCEL);
+    await closed;
+    await new Promise((resolve, reject) => client.ping((e) => e ? reject(e) : resolve(null)));
+    refuse(new Error("connection refused"));
+    const series = (code: string) =>
+      new RegExp(
+        `^meshd_http_responses_total\\{[^}]*service="default/greeter"[^}]*code="${code}"[^}]*\\} (\\d+)$`,
+        "m",
+      );
+    const counted = await waitFor("the request counted", () => {
+      const text = proxy.registry.render();
+      return /^meshd_open_connections\{[^}]*service="default\/greeter"[^}]*\} 0$/m.test(text) &&
+          series("4xx").test(text)
+        ? text
+        : undefined;
+    }, 5000);
+    assert.equal(dialled.length, 1, `a retry was made for nobody: ${dialled.join(", ")}`);
+    assert.equal(counted.match(series("4xx"))?.[1], "1");
+    assert.equal(counted.match(series("5xx"))?.[1] ?? "0", "0", counted);
+  });
+});

@@ -3,6 +3,7 @@ import { acceptLoop } from "./accept_loop.ts";
 import { ClientSource } from "./client_source.ts";
 import type { ConnectionLimiter } from "./conn_limiter.ts";
 import type { RequestInfo } from "./access.ts";
+import { type AccessLog, failureReason } from "./access_log.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
   type BodyFraming,
@@ -37,7 +38,7 @@ import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
 import { UpstreamError } from "./upstream_error.ts";
-import { withRetries } from "./with_retries.ts";
+import { ClientGone, withRetries } from "./with_retries.ts";
 
 /** Options for {@linkcode HttpProxy}. */
 export interface HttpProxyOptions {
@@ -75,6 +76,8 @@ export interface HttpProxyOptions {
    * in the listen backlog. Resolve it before {@linkcode HttpProxy.close}. Default: at once.
    */
   acceptFrom?: Promise<void>;
+  /** `--request-id`: add `x-request-id` (a random UUID) to each request that has none. */
+  requestId?: boolean;
 }
 
 const MAX_HEAD = 64 * 1024;
@@ -199,6 +202,22 @@ interface Http1Request extends Metered {
   bodyDone?: Promise<boolean>;
   /** The request body broke its own framing. */
   badBody?: HttpParseError;
+  /** The endpoint of the last try. */
+  ep?: EndpointState;
+  /** Tries made so far. */
+  tries: number;
+  /** Counts the request body's bytes: the route's counter, and this request's when logged. */
+  cin: ByteCounter;
+  /** Counts the response body's bytes, likewise. */
+  cout: ByteCounter;
+  /** The request and response body bytes, counted when the request is logged. */
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** What counts bytes copied. */
+interface ByteCounter {
+  inc(n: number): void;
 }
 
 /**
@@ -256,11 +275,12 @@ export class HttpProxy {
         routes: options.routes,
         pool: options.pool,
         logger: options.logger,
+        connect: options.connect,
         connectTimeoutMs: options.connectTimeoutMs,
         responseTimeoutMs: options.responseTimeoutMs,
         drop: this.#drop,
         budgets: this.#budgets,
-        notOwn: (target, candidates) => withoutOwn({ target, candidates }, this.#guard),
+        isOwn: options.isOwn,
         viaName: options.viaName,
         clientIdleMs: options.clientIdleMs,
       });
@@ -469,6 +489,7 @@ export class HttpProxy {
     }
     const root = lookupHttpRoute(this.#opts.routes(), host);
     if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
+    const m = root.metrics;
     const x: Http1Request = {
       req,
       framing: reqFraming,
@@ -482,14 +503,32 @@ export class HttpProxy {
       status: 0,
       network: false,
       breakerChecked: false,
+      tries: 0,
+      cin: m.bytesIn,
+      cout: m.bytesOut,
+      bytesIn: 0,
+      bytesOut: 0,
     };
+    // Decided when the route was built: a route that does not log allocates nothing here.
+    const log = root.log;
+    if (log !== null) {
+      x.cin = { inc: (n) => (m.bytesIn.inc(n), x.bytesIn += n) };
+      x.cout = { inc: (n) => (m.bytesOut.inc(n), x.bytesOut += n) };
+    }
+    const requestId = this.#opts.requestId
+      ? addRequestId(req)
+      : log !== null
+      ? getHeader(req.headers, "x-request-id")
+      : null;
     meterStart(x);
+    let failed: unknown = null;
     try {
       x.breakerChecked = checkBreaker(root);
       const result = await this.#route(x);
       x.status = result.status;
       return result.keepAlive;
     } catch (e) {
+      failed = e;
       if (e instanceof ProxyFailure) {
         x.status = e.status;
         x.network = e.network;
@@ -497,6 +536,7 @@ export class HttpProxy {
       throw e;
     } finally {
       meterEnd(x);
+      if (log !== null) logRequest(log, x, host, requestId, failed);
     }
   }
 
@@ -604,7 +644,6 @@ export class HttpProxy {
       const resTokens = headerTokens(res.headers, "connection");
       const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
       let complete: boolean;
-      const m = x.root.metrics;
       if (
         resFraming.kind === "length" && resFraming.length <= COALESCE_LIMIT &&
         up.reader.buffered >= resFraming.length
@@ -616,11 +655,11 @@ export class HttpProxy {
         out.set(body, outHead.length);
         const n = await cw.write(out);
         if (n < out.length) await writeAll(cw, out.subarray(n));
-        m.bytesOut.inc(body.length);
+        x.cout.inc(body.length);
         complete = true;
       } else {
         await writeAll(cw, encodeLatin1(outHead));
-        complete = await copyBody(up.reader, cw, resFraming, dechunk, m.bytesOut);
+        complete = await copyBody(up.reader, cw, resFraming, dechunk, x.cout);
       }
       const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
@@ -658,6 +697,8 @@ export class HttpProxy {
     // A pooled connection is taken without an await; only a new one is waited for.
     let up = this.#pooled(ep, x.target);
     const reused = up !== undefined;
+    x.ep = ep;
+    x.tries++;
     try {
       up ??= await this.#connect(ep, x.target);
       const head = x.head!;
@@ -666,7 +707,7 @@ export class HttpProxy {
       if (n < head.length) await writeAll(up.conn, head.subarray(n));
       if (x.framing.kind !== "none") {
         const conn = up.conn;
-        x.bodyDone = copyBody(x.reader, conn, x.framing, false, x.root.metrics.bytesIn)
+        x.bodyDone = copyBody(x.reader, conn, x.framing, false, x.cin)
           .catch((e) => {
             if (e instanceof HttpParseError) {
               x.badBody = e;
@@ -701,7 +742,6 @@ export class HttpProxy {
     const cw = this.#clientWriter(client);
     const bw = this.#timedWriter(up.conn, "backend");
     await writeAll(cw, encodeLatin1(head + "\r\n"));
-    const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
     const abort = (): void => {
       closeQuietly(client);
@@ -710,8 +750,8 @@ export class HttpProxy {
     await Promise.all([
       // Straight from the client: no read ahead is under way (none is started for an Upgrade,
       // and reading this request's head took the last one), and `early` holds what it got.
-      splice(client, up.conn, early[0]!, m.bytesIn, abort, bw),
-      splice(up.conn, client, early[1]!, m.bytesOut, abort, cw),
+      splice(client, up.conn, early[0]!, x.cin, abort, bw),
+      splice(up.conn, client, early[1]!, x.cout, abort, cw),
     ]);
     abort();
     if (this.#opts.logger.enabled("debug")) {
@@ -877,6 +917,57 @@ export function tlsServerName(route: Route): string {
 function upstreamKey(ep: EndpointState, route: Route): string {
   // A TLS connection is verified for one service name: pool it under that name too.
   return route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
+}
+
+/**
+ * The request's `x-request-id`; one is added (a random UUID) when it has none. An existing one
+ * is never replaced.
+ */
+function addRequestId(req: MessageHead): string {
+  const id = getHeader(req.headers, "x-request-id");
+  if (id !== null) return id;
+  const made = crypto.randomUUID();
+  req.headers.push(["x-request-id", made]);
+  return made;
+}
+
+/** Writes the access log line of one HTTP/1 request. */
+function logRequest(
+  log: AccessLog,
+  x: Http1Request,
+  authority: string,
+  requestId: string | null,
+  failed: unknown,
+): void {
+  const durationMs = performance.now() - x.started;
+  const { req } = x;
+  const q = req.target.indexOf("?");
+  log.write({
+    start: Date.now() - durationMs,
+    source: x.peer,
+    sourcePort: (x.client.remoteAddr as Deno.NetAddr).port,
+    protocol: "http",
+    service: x.root.key,
+    backend: x.target === x.root ? undefined : x.target.key,
+    endpoint: x.ep?.key,
+    method: req.method,
+    authority,
+    path: q >= 0 ? req.target.slice(0, q) : req.target,
+    requestId: requestId ?? undefined,
+    status: x.status,
+    reason: failed === null
+      ? undefined
+      : failed instanceof ProxyFailure
+      ? failureReason(failed)
+      : failed instanceof ClientGone
+      ? "client_gone"
+      : "client_error",
+    detail: failed instanceof ProxyFailure ? failed.message : undefined,
+    durationMs,
+    bytesIn: x.bytesIn,
+    bytesOut: x.bytesOut,
+    retries: Math.max(0, x.tries - 1),
+  });
 }
 
 function requestInfo(req: MessageHead): RequestInfo {

@@ -19,3 +19,5 @@ export type { DataPlane } from "./data_plane.ts";
 export { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
 export type { ProxyPoolOptions, WorkerProxyOptions } from "./proxy_pool.ts";
 export { availableCpus } from "./available_cpus.ts";
+export { AccessLog } from "./access_log.ts";
+export type { AccessEntry, AccessLogMode } from "./access_log.ts";

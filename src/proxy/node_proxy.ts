@@ -1,6 +1,7 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
+import { AccessLog, type AccessLogMode } from "./access_log.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
@@ -55,6 +56,12 @@ export interface NodeProxyOptions {
   writeTimeoutMs?: number;
   /** Domains HTTP services answer to besides the config's (`traefik.mesh`, `maesh`). */
   domainAliases?: readonly string[];
+  /** `--access-log`: the default of every Service (its annotation wins), and the format. */
+  accessLog?: AccessLogMode;
+  /** Where access log lines go; stdout when absent (a test seam). */
+  accessLogWrite?: (line: string) => void;
+  /** `--request-id`: add `x-request-id` to HTTP requests that have none. */
+  requestId?: boolean;
 }
 
 /** A service port the config in force needs and the proxy could not bind (it retries). */
@@ -148,6 +155,10 @@ export class NodeProxy {
       metrics,
       breakerTiming: options.breaker,
       domainAliases: options.domainAliases,
+      accessLog: new AccessLog({
+        mode: options.accessLog ?? "off",
+        write: options.accessLogWrite,
+      }),
     });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
     this.#limiter = new ConnectionLimiter({
@@ -198,6 +209,7 @@ export class NodeProxy {
       drop: this.#state.metrics.drop,
       isOwn: this.#isOwnTcp,
       viaName: `meshd-${crypto.randomUUID().slice(0, 8)}`,
+      requestId: this.#opts.requestId,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
     this.#opts.logger.info("connection limits", {

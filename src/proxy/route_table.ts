@@ -1,6 +1,7 @@
 import { type MeshConfig, type MeshPort, type MeshService, sameJson } from "../topology/mod.ts";
 import { type BreakerTiming, CircuitBreaker } from "./breaker.ts";
 import { AccessPolicy, type CompiledMatch, compileMatch } from "./access.ts";
+import type { AccessLog } from "./access_log.ts";
 import { EndpointPool, type EndpointState } from "./endpoint_pool.ts";
 import { ProxyMetrics, type RouteMetrics } from "./proxy_metrics.ts";
 import { TokenBucket } from "./token_bucket.ts";
@@ -42,6 +43,11 @@ export interface Route {
   /** The service's circuit breaker (HTTP only), shared by its HTTP ports. */
   breaker: CircuitBreaker | null;
   metrics: RouteMetrics;
+  /**
+   * Where its requests, connections and flows are logged; null when they are not (decided
+   * when the route is built, so a route that does not log pays one field test).
+   */
+  log: AccessLog | null;
 }
 
 /** Everything the proxy looks up per request or connection, built once per config. */
@@ -89,6 +95,8 @@ export interface RouteState {
    * `traefik.mesh` and `maesh`, so its clients move over without edits.
    */
   domainAliases: readonly string[];
+  /** The access log (`--access-log`, read with each Service's annotation); none when absent. */
+  accessLog: AccessLog | null;
   /**
    * The last build, which the next one patches: configs keep the objects of unchanged services
    * (`applyDelta`, `buildMeshConfig`), so a one-endpoint change rebuilds the routes of one
@@ -132,6 +140,7 @@ export function newRouteState(options: Partial<RouteState> = {}): RouteState {
     breakerTiming: options.breakerTiming ?? {},
     now: options.now ?? Date.now,
     domainAliases: options.domainAliases ?? [],
+    accessLog: options.accessLog ?? null,
     last: options.last ?? null,
   };
 }
@@ -205,6 +214,7 @@ export function buildRouteTableWithChanges(
     for (const k of byService.keys()) if (!now.has(k)) gone.push(k);
   }
   const identities = last?.identities ?? {};
+  if (state.accessLog) state.accessLog.identities = identities;
   // The new routes first: what may throw runs before any table changes.
   const built = changed.map(([key, s]) => serviceRoutes(key, s, state, identities));
 
@@ -359,6 +369,7 @@ function serviceRoutes(
       rateLimit,
       breaker: port.protocol === "http" ? breaker : null,
       metrics: state.metrics.route(serviceKey, port.port, port.protocol),
+      log: state.accessLog?.forService(service) ?? null,
     });
   }
   return { routes, endpoints, breaker };

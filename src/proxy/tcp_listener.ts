@@ -5,6 +5,7 @@ import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
+import { failureReason } from "./access_log.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import type { Route } from "./route_table.ts";
 import { withRetries } from "./with_retries.ts";
@@ -45,6 +46,8 @@ interface Tunnel {
   client: Deno.TcpConn;
   upstream: Deno.TcpConn;
   lastActive: number;
+  /** How it ended, when meshd ended it or a copy failed (the access log's reason). */
+  ended?: "error" | "idle_timeout" | "shutdown";
 }
 
 /**
@@ -104,6 +107,7 @@ export class TcpListener {
       clearInterval(this.#sweeper);
       for (const c of this.#pending) closeQuietly(c);
       for (const t of this.#tunnels) {
+        t.ended ??= "shutdown";
         closeQuietly(t.client);
         closeQuietly(t.upstream);
       }
@@ -121,6 +125,7 @@ export class TcpListener {
           port: this.#opts.port,
           idleMs: now - t.lastActive,
         });
+        t.ended ??= "idle_timeout";
         closeQuietly(t.client);
         closeQuietly(t.upstream);
       }
@@ -164,20 +169,27 @@ export class TcpListener {
     m.requests.inc();
     let upstream: Deno.TcpConn;
     let ep: EndpointState;
+    // Decided when the route was built: a route that does not log pays this test alone.
+    const alog = root.log;
+    const started = performance.now();
+    let target = root;
+    let tries = 0;
+    let lastEp: EndpointState | undefined;
     this.#pending.add(client);
     try {
       // The admit step HTTP takes too (split, access by source address, candidates), then
       // the same loop guard, connect and retry helpers.
       const admitted = admit(root, peer, null);
-      const target = admitted.target;
+      target = admitted.target;
       const candidates = withoutOwn(admitted, this.#guard);
       // Nothing is sent before the connection is made: another endpoint is always safe.
       ({ value: upstream, ep } = await withRetries(
-        (ep) =>
+        (ep) => (tries++,
+          lastEp = ep,
           connectUpstream(ep, {
             connect: this.#opts.connect,
             timeoutMs: this.#opts.connectTimeoutMs,
-          }) as Promise<Deno.TcpConn>,
+          }) as Promise<Deno.TcpConn>),
         {
           pool: this.#opts.pool,
           root,
@@ -200,6 +212,21 @@ export class TcpListener {
     } catch (e) {
       closeQuietly(client);
       if (!(e instanceof ProxyFailure)) throw e;
+      alog?.write({
+        start: Date.now() - (performance.now() - started),
+        source: peer,
+        sourcePort: (client.remoteAddr as Deno.NetAddr).port,
+        protocol: "tcp",
+        service: root.key,
+        backend: target === root ? undefined : target.key,
+        endpoint: lastEp?.key,
+        reason: failureReason(e),
+        detail: e.message,
+        durationMs: performance.now() - started,
+        bytesIn: 0,
+        bytesOut: 0,
+        retries: Math.max(0, tries - 1),
+      });
       if (e.status === 403 || e.status === 503) {
         const denied = e.status === 403;
         if (FAIL_LOG.allow(`${e.status} ${root.key}`)) {
@@ -216,7 +243,7 @@ export class TcpListener {
     const tunnel: Tunnel = { client, upstream, lastActive: Date.now() };
     this.#tunnels.add(tunnel);
     m.open.inc();
-    const started = performance.now();
+    const connected = performance.now();
     if (log.enabled("debug")) {
       log.debug("tcp connection", { service: root.key, client: peer, endpoint: ep.key });
     }
@@ -224,14 +251,37 @@ export class TcpListener {
       closeQuietly(client);
       closeQuietly(upstream);
     };
+    let bytesIn = 0;
+    let bytesOut = 0;
+    const cin = alog === null
+      ? m.bytesIn
+      : { inc: (n: number) => (m.bytesIn.inc(n), bytesIn += n) };
+    const cout = alog === null
+      ? m.bytesOut
+      : { inc: (n: number) => (m.bytesOut.inc(n), bytesOut += n) };
     await Promise.all([
-      pipe(client, upstream, tunnel, m.bytesIn, abort),
-      pipe(upstream, client, tunnel, m.bytesOut, abort),
+      pipe(client, upstream, tunnel, cin, abort),
+      pipe(upstream, client, tunnel, cout, abort),
     ]);
     abort();
     ep.inflight--;
     m.open.dec();
-    m.duration.observe((performance.now() - started) / 1000);
+    const now = performance.now();
+    m.duration.observe((now - connected) / 1000);
+    alog?.write({
+      start: Date.now() - (now - started),
+      source: peer,
+      sourcePort: (client.remoteAddr as Deno.NetAddr).port,
+      protocol: "tcp",
+      service: root.key,
+      backend: target === root ? undefined : target.key,
+      endpoint: ep.key,
+      reason: tunnel.ended ?? "eof",
+      durationMs: now - started,
+      bytesIn,
+      bytesOut,
+      retries: Math.max(0, tries - 1),
+    });
     this.#tunnels.delete(tunnel);
     if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
   }
@@ -257,6 +307,7 @@ async function pipe(
     }
     await to.closeWrite();
   } catch {
+    tunnel.ended ??= "error";
     abort();
   }
 }
