@@ -9,6 +9,7 @@
  */
 import { PREFIX, removeLeftovers } from "./cluster.ts";
 import { sh } from "./netns_mesh.ts";
+import { timeScale } from "./process.ts";
 
 let counter = 0;
 
@@ -54,9 +55,9 @@ export class EnvProcess {
     this.#writer = null;
   }
 
-  /** Waits for it to exit (killing it after `killAfterMs`) and for its output. */
+  /** Waits for it to exit (killing it after `killAfterMs` times `timeScale()`) and for its output. */
   async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
-    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs);
+    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs * timeScale());
     const st = await this.proc.status;
     clearTimeout(timer);
     await this.#done;

@@ -79,9 +79,9 @@ for s in "${series[@]}"; do
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/deb"
     (cd "$dir.tmp/deb" && apt-get "${apt_opts[@]}" download -qq "$pkg" >&2) || die "cannot download $pkg"
     # linux-image-6.18…-amd64 is a meta package in some suites; follow it to the real image.
-    deb=$(ls "$dir.tmp/deb"/*.deb)
+    deb=$(find "$dir.tmp/deb" -name '*.deb' -print -quit)
     dpkg-deb -x "$deb" "$dir.tmp/root"
-    img=$(ls "$dir.tmp/root/boot"/vmlinuz-* 2>/dev/null | head -n 1 || true)
+    img=$(find "$dir.tmp/root/boot" -name 'vmlinuz-*' -print -quit 2>/dev/null || true)
     [ -n "$img" ] || die "$pkg holds no /boot/vmlinuz-*"
     release=${img##*/vmlinuz-}
     extract_vmlinux "$img" "$dir.tmp/vmlinux" || die "cannot find an ELF vmlinux inside $img"

@@ -2,7 +2,10 @@
 # Runs one command inside a QEMU VM (software emulation: KVM does not work on this machine)
 # booting one of Debian's kernels from tests/testenv/vm/kernels.sh.
 #
-#   tests/testenv/vm/run.sh SERIES [--mem MIB] [--timeout SECONDS] -- COMMAND...
+#   tests/testenv/vm/run.sh SERIES [--mem MIB] [--smp CPUS] [--timeout SECONDS] [--save DIR] \
+#     -- COMMAND...
+#
+# Files the command writes to /out in the guest are copied to DIR (--save).
 #
 # The guest sees this machine's root read-only over virtio-9p, under an overlay whose writes
 # stay in guest memory, so the command finds Deno, the repo, libbpf and bpftool where they are
@@ -19,11 +22,15 @@ die() { printf '[vm] error: %s\n' "$*" >&2; exit 1; }
 series=$1
 shift
 mem=1024
+smp=2
+save=
 timeout=1200
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   case $1 in
     --mem) mem=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --save) save=$2; shift 2 ;;
     *) die "unknown option \"$1\"" ;;
   esac
 done
@@ -82,7 +89,11 @@ fi
 
 out=$(mktemp -d -t meshd-vm.XXXXXX)
 qemu_pid=
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+  if [ -n "$save" ]; then
+    mkdir -p "$save" && find "$out" -maxdepth 1 -type f ! -name cmd -exec cp {} "$save/" \;
+  fi
   if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then kill -KILL "$qemu_pid" 2>/dev/null || true; fi
   rm -rf "$out"
 }
@@ -90,13 +101,15 @@ trap cleanup EXIT
 {
   printf 'cd %q\n' "$PWD"
   printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
+  # Emulated CPUs are several times slower: the tests' waits stretch by this factor.
+  printf 'export MESHD_TEST_TIME_SCALE=%q NO_COLOR=1\n' "${MESHD_TEST_TIME_SCALE:-5}"
   printf '%q ' "$@"
   printf '\n'
 } >"$out/cmd"
 
 say "booting $release (${mem} MiB, TCG) for: $*"
 started=$(date +%s)
-qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "$mem" -nodefaults -nic none -display none \
+qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "$mem" -nodefaults -nic none -display none \
   -no-reboot -serial "file:$out/console" \
   -kernel "$kdir/vmlinux" -initrd "$initrd" \
   -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3" \
