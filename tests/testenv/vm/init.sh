@@ -28,7 +28,7 @@ mkdir -p $r/run/netns $r/out
 mount --move /out $r/out
 ip link set lo up 2>/dev/null
 # shellcheck disable=SC2016 # expanded by the guest's shell
-chroot $r /bin/sh -c 'echo "kernel $(uname -r)"; ip link set lo up; . /out/cmd' >$r/out/log 2>&1
+chroot $r /bin/bash -c 'echo "kernel $(uname -r)"; ip link set lo up; . /out/cmd' >$r/out/log 2>&1
 echo $? >$r/out/rc
 sync
 poweroff -f
