@@ -32,7 +32,11 @@ function dirs(path: string): string[] {
 export function readResults(root: string): Results {
   const results: Results = { pieces: {}, cells: {} };
   for (const piece of dirs(root)) {
-    results.pieces[piece] = parseMeta(readText(`${root}/${piece}/meta`) ?? "");
+    const metaText = readText(`${root}/${piece}/meta`) ?? "";
+    results.pieces[piece] = parseMeta(metaText);
+    // A piece may be run in several invocations (a version at a time): its time is their sum.
+    const times = [...metaText.matchAll(/^run\.seconds=(\d+)$/gm)].map((m) => Number(m[1]));
+    if (times.length) results.pieces[piece]["run.seconds"] = String(times.reduce((a, b) => a + b));
     results.cells[piece] = {};
     for (const cell of dirs(`${root}/${piece}`)) {
       const dir = `${root}/${piece}/${cell}`;
