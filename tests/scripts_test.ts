@@ -30,6 +30,10 @@ Deno.test("scripts pass shellcheck", async () => {
     "tests/testenv/nodes/build.sh",
     "tests/testenv/nodes/node.sh",
     "tests/testenv/image/build.sh",
+    "tests/testenv/coredns/build.sh",
+    "tests/testenv/vm/kernels.sh",
+    "tests/testenv/vm/run.sh",
+    "tests/testenv/vm/init.sh",
     "bpf/build.sh",
     ".ci/run",
   ]).catch(
