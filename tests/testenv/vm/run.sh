@@ -55,7 +55,10 @@ module_bytes() {
 }
 add_module() {
   local name=$1 f dep
-  for f in "${order[@]}"; do [ "${f##*/}" = "$name" ] && return 0; done
+  for f in "${order[@]}"; do
+    f=${f##*/}
+    [ "${f%.ko*}" = "$name" ] && return 0
+  done
   f=$(find "$moddir/kernel" -name "$name.ko*" -print -quit)
   [ -n "$f" ] || return 0 # built in
   for dep in $(module_bytes "$f" | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '); do
