@@ -166,15 +166,15 @@ function kubeSection(results: Results): string {
       if (c.meta["build"] === "failed") {
         return `${NO} ${short(c.meta["build.error"] ?? "build failed")}`;
       }
-      return c.meta["build"] === "ok"
-        ? `${OK} (${minutes(c.meta["build.seconds"])})`
-        : "not tested";
+      if (c.meta["build"] !== "ok") return "not tested: the build did not finish";
+      const took = Number(c.meta["build.seconds"] ?? 0);
+      return `${OK} (${took < 10 ? "cached" : `built in ${minutes(String(took))}`})`;
     }),
   ]);
   const probeRows: [string, string][] = [
     ["Lease (leader election)", "Lease"],
     ["EndpointSlice fields", "EndpointSlice"],
-    ["Service internalTrafficPolicy / trafficDistribution", "internalTrafficPolicy"],
+    ["Service internalTrafficPolicy / trafficDistribution", "Service"],
     ["DaemonSet maxSurge (rollouts)", "DaemonSet"],
     ["Pod Security admission", "Pod Security"],
     ["server-side apply of the SMI CRDs", "CRDs"],
@@ -183,7 +183,7 @@ function kubeSection(results: Results): string {
   const factRows: Record<string, string[]> = {
     "Lease": ["Lease"],
     "EndpointSlice": ["EndpointSlice fields"],
-    "internalTrafficPolicy": ["internalTrafficPolicy", "trafficDistribution"],
+    "Service": ["internalTrafficPolicy", "trafficDistribution"],
     "DaemonSet": ["DaemonSet maxSurge"],
     "Pod Security": ["Pod Security admission"],
     "CRDs": ["server-side apply of the CRDs"],
