@@ -779,6 +779,16 @@ export class RealNodes {
       await n.kubeProxy.stop();
       await n.process.stop();
     }
+    // What this kubelet release said about the host's cgroup v1 hierarchies (they are hybrid
+    // here): scripts/compat puts it in the compatibility table, per Kubernetes release.
+    const first = this.nodes[0];
+    if (first) {
+      const log = await Deno.readTextFile(`${first.dir}/kubelet.log`).catch(() => "");
+      const said = log.split("\n").find((l) => /cgroup ?v1/i.test(l));
+      const value = said?.replace(/^\S+ \S+\s+\d+ \S+\] /, "").slice(0, 240) ??
+        "no message about cgroup v1";
+      console.log(`COMPAT ${JSON.stringify({ row: "kubelet on cgroup v1", value })}`);
+    }
     await killCgroups(this.nodes.flatMap((n) => n.cgroups), 10_000);
     const { v2 } = cgroupMounts();
     if (v2) await Deno.remove(v2Base(v2)).catch(() => {}); // only when no other run uses it
