@@ -236,6 +236,17 @@ function kubeSection(results: Results): string {
     rnFiles.length ? rnFiles : ["daemonset_test.ts", "helm_install_test.ts"],
   );
   rows.push([
+    "kubelet on this host's cgroup v1 (hybrid; `failCgroupV1: false`)",
+    ...versions.map((v) => {
+      const c = cells[v];
+      const said = probeFacts(c?.files["realnodes.log"])["kubelet on cgroup v1"];
+      if (said) {
+        return `${c!.meta["realnodes.rc"] === "0" ? `${OK} ` : ""}kubelet: ${short(said, 200)}`;
+      }
+      return notTestedReason(c, "realnodes") ?? "not tested: the real-node run printed nothing";
+    }),
+  ]);
+  rows.push([
     "host left clean after the real nodes",
     ...versions.map((v) => {
       const h = cells[v]?.meta["realnodes.host"];
