@@ -259,6 +259,8 @@ function kubeSection(results: Results): string {
       .map((k) => `${k} ${minutes(m[`${k}.seconds`])}`);
     return `v${v}: ${parts.join(", ") || "no tier ran"} (commit ${m["commit"] ?? "?"})`;
   });
+  const notes = Object.entries(results.pieces["kube"] ?? {}).filter(([k]) => k.startsWith("note."))
+    .map(([, v]) => `- ${v}.`);
   return [
     "## Kubernetes",
     "",
@@ -270,6 +272,7 @@ function kubeSection(results: Results): string {
     "",
     `Run times: ${times.join("; ")}.`,
     "",
+    ...(notes.length ? [...notes, ""] : []),
   ].join("\n");
 }
 
