@@ -259,6 +259,30 @@ function kubeSection(results: Results): string {
       .map((k) => `${k} ${minutes(m[`${k}.seconds`])}`);
     return `v${v}: ${parts.join(", ") || "no tier ran"} (commit ${m["commit"] ?? "?"})`;
   });
+  // What differed between the releases that ran, from what they said (probe and kubelet).
+  const said = versions.filter((v) => cells[v]?.files["probe.log"]).map((v) => ({
+    v,
+    facts: {
+      ...probeFacts(cells[v]!.files["probe.log"]),
+      ...probeFacts(cells[v]!.files["realnodes.log"]),
+    },
+  }));
+  const factNames = [...new Set(said.flatMap((s) => Object.keys(s.facts)))]
+    .filter((f) => f !== "server");
+  const differences = factNames.flatMap((f) => {
+    const values = said.map((s) => `v${s.v}: ${s.facts[f] ?? "(not reported)"}`);
+    return new Set(said.map((s) => s.facts[f] ?? "")).size > 1
+      ? [`- **${f}** — ${values.join("; ")}`]
+      : [];
+  });
+  const diffText = said.length < 2
+    ? ["Differences between releases: fewer than two releases were probed, so none can be named."]
+    : differences.length
+    ? ["Differences between the releases probed (what each server said):", "", ...differences]
+    : [
+      `Differences between the releases probed (${said.map((s) => `v${s.v}`).join(", ")}): ` +
+      `none in ${factNames.join(", ")}.`,
+    ];
   const notes = Object.entries(results.pieces["kube"] ?? {}).filter(([k]) => k.startsWith("note."))
     .map(([, v]) => `- ${v}.`);
   return [
@@ -269,6 +293,8 @@ function kubeSection(results: Results): string {
     "server did (`tests/compat/kube_probe.ts`); the tier rows are one per test file.",
     "",
     table(head, rows),
+    "",
+    ...diffText,
     "",
     `Run times: ${times.join("; ")}.`,
     "",

@@ -91,3 +91,22 @@ Deno.test("renderCompatibility() puts each kernel's results in its column, older
   assert.match(md, /\| 5\.10 \(5\.10\.0-46-amd64\) \| 6\.1 \| < 5\.10/);
   assert.match(md, /\| `meshd check` datapath line \| ✔ ebpf: 8 programs \|/);
 });
+
+Deno.test("renderCompatibility() names what differed between the releases probed", () => {
+  const probe = (lease: string) => ({
+    meta: { build: "ok" },
+    reports: {},
+    files: {
+      "probe.log":
+        `COMPAT {"row":"server","value":"x"}\nCOMPAT {"row":"Lease","value":"${lease}"}\n` +
+        'COMPAT {"row":"DaemonSet maxSurge","value":"maxSurge=1"}\n',
+    },
+  });
+  const md = renderCompatibility({
+    pieces: {},
+    cells: { kube: { "1.35.4": probe("served v1"), "1.36.3": probe("served v1, v1beta1") } },
+  }, { date: "d", commit: "c" });
+  assert.match(md, /- \*\*Lease\*\* — v1\.35\.4: served v1; v1\.36\.3: served v1, v1beta1/);
+  assert.doesNotMatch(md, /\*\*DaemonSet maxSurge\*\*/);
+  assert.doesNotMatch(md, /\*\*server\*\*/);
+});
