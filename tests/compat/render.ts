@@ -353,6 +353,7 @@ function kernelSection(results: Results): string {
     ...series.map((s) => {
       const c = cells[s];
       if (!c) return "not tested: no run recorded";
+      if (c.meta["ebpf.skipped"]) return `not tested: ${c.meta["ebpf.skipped"]}`;
       const line = c.files["check.txt"]?.trim();
       if (!line) return `${NO} no datapath line (VM exit ${c.meta["vm.rc"] ?? "?"})`;
       return `${line.startsWith("ok") ? OK : NO} ${
