@@ -443,7 +443,8 @@ function corednsSection(results: Results): string {
         ...versions.map((v) => {
           const c = cells[v];
           if (!c) return "not tested: no run recorded";
-          return c.meta["build"] === "failed" ? `${NO} ${short(c.meta["build.error"] ?? "")}` : OK;
+          if (c.meta["build"] === "failed") return `${NO} ${short(c.meta["build.error"] ?? "")}`;
+          return c.meta["binary"] ? `${OK} (\`-version\`: ${c.meta["binary"]})` : OK;
         }),
       ],
       [
