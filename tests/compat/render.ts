@@ -396,7 +396,7 @@ function kernelSection(results: Results): string {
     "Debian's kernels booted in QEMU with software emulation (`tests/testenv/vm/`; KVM does not " +
     "work on this machine). Each VM runs `meshd check` (its datapath line) and the whole eBPF " +
     "tier, `tests/ebpf/` (ebpf_e2e, udp_affinity, sockmap), on the guest's own cgroup2, bpffs " +
-    "and network namespaces, with waits stretched by `MESHD_TEST_TIME_SCALE=5`.",
+    "and network namespaces, with waits stretched by `MESHD_TEST_TIME_SCALE` (10 from then on; 5 in the first runs).",
     "",
     table(head, rows),
     "",

@@ -105,7 +105,7 @@ trap cleanup EXIT
   printf 'cd %q\n' "$PWD"
   printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
   # Emulated CPUs are several times slower: the tests' waits stretch by this factor.
-  printf 'export MESHD_TEST_TIME_SCALE=%q NO_COLOR=1\n' "${MESHD_TEST_TIME_SCALE:-5}"
+  printf 'export MESHD_TEST_TIME_SCALE=%q NO_COLOR=1\n' "${MESHD_TEST_TIME_SCALE:-10}"
   printf '%q ' "$@"
   printf '\n'
 } >"$out/cmd"
