@@ -100,11 +100,7 @@ export function casesCell(
 /** Why a cell has no report, or null when it has one. */
 function notTestedReason(cell: CellResult | undefined, report: string): string | null {
   if (!cell) return "not tested: no run recorded";
-  if (cell.meta["build"] === "failed") {
-    return `not tested: the build failed (${
-      short(cell.meta["build.error"] ?? "see build.log", 120)
-    })`;
-  }
+  if (cell.meta["build"] === "failed") return "not tested: the build failed (see its row)";
   const skipped = cell.meta[`${report}.skipped`];
   if (skipped) return `not tested: ${short(skipped)}`;
   if (cell.reports[report]) return null;
@@ -270,8 +266,9 @@ function kubeSection(results: Results): string {
   const factNames = [...new Set(said.flatMap((s) => Object.keys(s.facts)))]
     .filter((f) => f !== "server");
   const differences = factNames.flatMap((f) => {
-    const values = said.map((s) => `v${s.v}: ${s.facts[f] ?? "(not reported)"}`);
-    return new Set(said.map((s) => s.facts[f] ?? "")).size > 1
+    const reported = said.filter((s) => s.facts[f] !== undefined);
+    const values = reported.map((s) => `v${s.v}: ${s.facts[f]}`);
+    return new Set(reported.map((s) => s.facts[f])).size > 1
       ? [`- **${f}** — ${values.join("; ")}`]
       : [];
   });

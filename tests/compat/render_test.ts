@@ -42,7 +42,7 @@ Deno.test("casesCell() is ✔, ✘ naming the failed step, or not tested with th
   const broken = { meta: { build: "failed", "build.error": "go: x | y" }, reports: {}, files: {} };
   assert.equal(
     casesCell(broken, "api", () => true, "-"),
-    "not tested: the build failed (go: x \\| y)",
+    "not tested: the build failed (see its row)",
   );
   const timedOut = { meta: { "api.rc": "124" }, reports: {}, files: {} };
   assert.equal(casesCell(timedOut, "api", () => true, "-"), "✘ timed out (no report)");
