@@ -101,6 +101,7 @@ cleanup() {
   rm -rf "$out"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 {
   printf 'cd %q\n' "$PWD"
   printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
