@@ -263,8 +263,9 @@ function kubeSection(results: Results): string {
       ...probeFacts(cells[v]!.files["realnodes.log"]),
     },
   }));
+  // Only what at least two releases reported can be compared.
   const factNames = [...new Set(said.flatMap((s) => Object.keys(s.facts)))]
-    .filter((f) => f !== "server");
+    .filter((f) => f !== "server" && said.filter((s) => s.facts[f] !== undefined).length > 1);
   const differences = factNames.flatMap((f) => {
     const reported = said.filter((s) => s.facts[f] !== undefined);
     const values = reported.map((s) => `v${s.v}: ${s.facts[f]}`);
