@@ -206,7 +206,16 @@ function kubeSection(results: Results): string {
     for (const f of files) {
       rows.push([
         `${label}: ${f.replace(/_test\.ts$/, "")}`,
-        ...versions.map((v) => casesCell(cells[v], report, byFile(f), `${f} did not run`)),
+        ...versions.map((v) => {
+          const cell = casesCell(cells[v], report, byFile(f), `${f} did not run`);
+          // A tier run again says how the run it replaced failed (a flake is not hidden).
+          const earlier = cells[v]?.meta[`${report}.earlier`];
+          const same = earlier &&
+            (cells[v]!.reports[report] ?? []).some((t) =>
+              byFile(f)(t) && earlier.startsWith(t.name.split(" > ").at(-1)!)
+            );
+          return same ? `${cell} (the run before failed: ✘ ${short(earlier!, 200)})` : cell;
+        }),
       ]);
     }
   };

@@ -110,3 +110,26 @@ Deno.test("renderCompatibility() names what differed between the releases probed
   assert.doesNotMatch(md, /\*\*DaemonSet maxSurge\*\*/);
   assert.doesNotMatch(md, /\*\*server\*\*/);
 });
+
+Deno.test("renderCompatibility() keeps the failure of a tier run that was run again", () => {
+  const junit = (failure: string) =>
+    `<testcase name="three nodes" classname="./tests/e2e/multinode_e2e_test.ts" line="1" col="1">${failure}</testcase>
+<testcase name="three nodes &gt; API outage" classname="./tests/e2e/multinode_e2e_test.ts" line="1" col="1">${failure}</testcase>`;
+  const md = renderCompatibility({
+    pieces: {},
+    cells: {
+      kube: {
+        "1.36.3": {
+          meta: { build: "ok", "netns.earlier": "API outage: web back on v1: still not so" },
+          reports: { netns: parseJunit(junit("")) },
+          files: {},
+        },
+      },
+    },
+  }, { date: "d", commit: "c" });
+  const row = md.split("\n").find((l) => l.startsWith("| multi-node netns tier"))!;
+  assert.match(
+    row,
+    /\| ✔ \(the run before failed: ✘ API outage: web back on v1: still not so\) \|/,
+  );
+});
