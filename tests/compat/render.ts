@@ -362,7 +362,12 @@ function kernelSection(results: Results): string {
       if (!c) return "not tested: no run recorded";
       if (c.meta["ebpf.skipped"]) return `not tested: ${c.meta["ebpf.skipped"]}`;
       const line = c.files["check.txt"]?.trim();
-      if (!line) return `${NO} no datapath line (VM exit ${c.meta["vm.rc"] ?? "?"})`;
+      if (!line) {
+        const last = (c.files["check.log"] ?? "").trim().split("\n").at(-1);
+        return `${NO} no datapath line (VM exit ${c.meta["vm.rc"] ?? "?"}${
+          last ? `; meshd check's last words: ${short(last, 120)}` : ""
+        })`;
+      }
       return `${line.startsWith("ok") ? OK : NO} ${
         short(line.replace(/^\S+\s+datapath\s+/, ""), 120)
       }`;
