@@ -122,6 +122,15 @@ function minutes(seconds: string | undefined): string {
   return s >= 90 ? `${Math.round(s / 60)} min` : `${s} s`;
 }
 
+/**
+ * What the real-node run said about the kubelet: only lines of the form real_nodes.ts prints
+ * now (its --fail-cgroupv1 default; earlier runs printed the kubelet's config echo instead).
+ */
+function kubeletFacts(log: string | undefined): Record<string, string> {
+  const said = probeFacts(log)["kubelet on cgroup v1"];
+  return said && /fail-cgroupv1/.test(said) ? { "kubelet on cgroup v1": said } : {};
+}
+
 /** The facts the probe printed (`COMPAT {"row","value"}` lines), by row. */
 export function probeFacts(log: string | undefined): Record<string, string> {
   const out: Record<string, string> = {};
@@ -244,11 +253,10 @@ function kubeSection(results: Results): string {
     "kubelet on this host's cgroup v1 (hybrid; `failCgroupV1: false`)",
     ...versions.map((v) => {
       const c = cells[v];
-      const said = probeFacts(c?.files["realnodes.log"])["kubelet on cgroup v1"];
-      if (said) {
-        return `${c!.meta["realnodes.rc"] === "0" ? `${OK} ` : ""}kubelet: ${short(said, 200)}`;
-      }
-      return notTestedReason(c, "realnodes") ?? "not tested: the real-node run printed nothing";
+      const said = kubeletFacts(c?.files["realnodes.log"])["kubelet on cgroup v1"];
+      if (said) return `kubelet: ${short(said, 200)}`;
+      return notTestedReason(c, "realnodes") ??
+        "not tested: this release's real-node run predates the kubelet's cgroup v1 report";
     }),
   ]);
   rows.push([
@@ -269,7 +277,7 @@ function kubeSection(results: Results): string {
     v,
     facts: {
       ...probeFacts(cells[v]!.files["probe.log"]),
-      ...probeFacts(cells[v]!.files["realnodes.log"]),
+      ...kubeletFacts(cells[v]!.files["realnodes.log"]),
     },
   }));
   // Only what at least two releases reported can be compared.
