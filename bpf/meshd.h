@@ -3,15 +3,23 @@
  * Every struct shared between meshd's BPF programs and meshd itself. Plain structs and
  * constants only. Fixed-width types, byte order in the type, explicit padding; the
  * TypeScript mirror is src/datapath/layout.ts, and a test checks each size and offset
- * against the BTF of the built object. A changed layout gets new map names (_v2) and a new
- * MESHD_LAYOUT_VERSION, so a meshd never takes over maps it does not understand.
+ * against the BTF of the built object.
+ *
+ * Every map's name ends in _v<MESHD_LAYOUT_VERSION> (meshd_svc4_v2), and so does its pin: a
+ * changed layout bumps the version and with it every name, so no meshd ever opens a map of
+ * another layout by name (an older one would read a longer value into a shorter buffer).
+ * Layouts 1 and 2 were pinned without the suffix; a meshd of layout 2 under the new names
+ * copies such layout-2 maps into its own and removes them (src/datapath/ebpf_loader.ts).
  */
 #ifndef MESHD_H
 #define MESHD_H
 
 #include <linux/types.h>
 
-/* The layout of every map below; kept in meshd_meta so a restarted meshd can check it. */
+/*
+ * The layout of every map below: the suffix of their names, and kept in meshd_meta_v2 so a
+ * restarted meshd can check it again.
+ */
 #define MESHD_LAYOUT_VERSION 2
 
 /*
@@ -102,7 +110,7 @@ struct meshd_rnat6 {
 	__u16 pad;      /* zero */
 };
 
-/* The one value of meshd_meta (key 0): who wrote the maps. */
+/* The one value of meshd_meta_v2 (key 0): who wrote the maps. */
 struct meshd_meta {
 	__u32 layout;  /* MESHD_LAYOUT_VERSION of the meshd that created the maps */
 	__u32 pad;     /* zero */

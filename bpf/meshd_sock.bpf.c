@@ -26,7 +26,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_svc4_key);
 	__type(value, struct meshd_svc);
-} meshd_svc4 SEC(".maps");
+} meshd_svc4_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -34,7 +34,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_svc6_key);
 	__type(value, struct meshd_svc);
-} meshd_svc6 SEC(".maps");
+} meshd_svc6_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -44,7 +44,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_be_key);
 	__type(value, struct meshd_be4);
-} meshd_be4 SEC(".maps");
+} meshd_be4_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -52,28 +52,28 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct meshd_be_key);
 	__type(value, struct meshd_be6);
-} meshd_be6 SEC(".maps");
+} meshd_be6_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct meshd_rnat4_key);
 	__type(value, struct meshd_rnat4);
-} meshd_rnat4 SEC(".maps");
+} meshd_rnat4_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct meshd_rnat6_key);
 	__type(value, struct meshd_rnat6);
-} meshd_rnat6 SEC(".maps");
+} meshd_rnat6_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct meshd_meta);
-} meshd_meta SEC(".maps");
+} meshd_meta_v2 SEC(".maps");
 
 /* The socket's protocol as a service key holds it: TCP or UDP, 0 for anything else. */
 static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
@@ -123,14 +123,14 @@ static __always_inline int pick_slot(struct bpf_sock_addr *ctx, const struct mes
 }
 
 /*
- * False once the maps have gone unrenewed past meshd_meta.expires: meshd has been gone so long
+ * False once the maps have gone unrenewed past meshd_meta_v2.expires: meshd has been gone so long
  * (uninstalled, or stuck) that its backends may be stale, and a ClusterIP may have been given
  * to another Service. Sockets then go where the application sent them.
  */
 static __always_inline int maps_fresh(void)
 {
 	__u32 zero = 0;
-	struct meshd_meta *meta = bpf_map_lookup_elem(&meshd_meta, &zero);
+	struct meshd_meta *meta = bpf_map_lookup_elem(&meshd_meta_v2, &zero);
 
 	if (!meta)
 		return 0;
@@ -157,7 +157,7 @@ static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32
 		return NULL;
 	key.addr = addr;
 	key.port = port;
-	svc = bpf_map_lookup_elem(&meshd_svc4, &key);
+	svc = bpf_map_lookup_elem(&meshd_svc4_v2, &key);
 	if (!svc)
 		return NULL;
 	slot = pick_slot(ctx, svc, key.proto, ((__u64)addr << 16) | port);
@@ -165,7 +165,7 @@ static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32
 		return NULL;
 	bkey.id = svc->id;
 	bkey.slot = (__u32)slot;
-	be = bpf_map_lookup_elem(&meshd_be4, &bkey);
+	be = bpf_map_lookup_elem(&meshd_be4_v2, &bkey);
 	if (!be)
 		return NULL;
 	rkey.cookie = bpf_get_socket_cookie(ctx);
@@ -174,7 +174,7 @@ static __always_inline struct meshd_be4 *pick4(struct bpf_sock_addr *ctx, __be32
 	orig.addr = addr;
 	orig.port = port;
 	/* Without the entry, getpeername would show the backend: still a working socket. */
-	bpf_map_update_elem(&meshd_rnat4, &rkey, &orig, BPF_ANY);
+	bpf_map_update_elem(&meshd_rnat4_v2, &rkey, &orig, BPF_ANY);
 	return be;
 }
 
@@ -197,7 +197,7 @@ static __always_inline struct meshd_rnat4 *rnat4_of(struct bpf_sock_addr *ctx, _
 	rkey.cookie = bpf_get_socket_cookie(ctx);
 	rkey.addr = addr;
 	rkey.port = (__be16)ctx->user_port;
-	return bpf_map_lookup_elem(&meshd_rnat4, &rkey);
+	return bpf_map_lookup_elem(&meshd_rnat4_v2, &rkey);
 }
 
 /* Shows the service address in place of the backend this socket was sent to. */
@@ -280,7 +280,7 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 	key.addr[2] = ctx->user_ip6[2];
 	key.addr[3] = ctx->user_ip6[3];
 	key.port = (__be16)ctx->user_port;
-	svc = bpf_map_lookup_elem(&meshd_svc6, &key);
+	svc = bpf_map_lookup_elem(&meshd_svc6_v2, &key);
 	if (!svc)
 		return;
 	slot = pick_slot(ctx, svc, key.proto,
@@ -290,7 +290,7 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 		return;
 	bkey.id = svc->id;
 	bkey.slot = (__u32)slot;
-	be = bpf_map_lookup_elem(&meshd_be6, &bkey);
+	be = bpf_map_lookup_elem(&meshd_be6_v2, &bkey);
 	if (!be)
 		return;
 	rkey.cookie = bpf_get_socket_cookie(ctx);
@@ -298,7 +298,7 @@ static __always_inline void balance6(struct bpf_sock_addr *ctx)
 	rkey.port = be->port;
 	copy6(orig.addr, key.addr);
 	orig.port = key.port;
-	bpf_map_update_elem(&meshd_rnat6, &rkey, &orig, BPF_ANY);
+	bpf_map_update_elem(&meshd_rnat6_v2, &rkey, &orig, BPF_ANY);
 	copy6(addr, be->addr);
 	set6(ctx, addr, be->port);
 }
@@ -324,7 +324,7 @@ static __always_inline void reverse6(struct bpf_sock_addr *ctx)
 		rkey.addr[2] = ctx->user_ip6[2];
 		rkey.addr[3] = ctx->user_ip6[3];
 		rkey.port = (__be16)ctx->user_port;
-		orig = bpf_map_lookup_elem(&meshd_rnat6, &rkey);
+		orig = bpf_map_lookup_elem(&meshd_rnat6_v2, &rkey);
 		if (!orig)
 			return;
 		copy6(addr, orig->addr);

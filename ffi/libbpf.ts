@@ -41,6 +41,12 @@ const LIBBPF_SYMBOLS = {
   bpf_link__update_program: { parameters: ["pointer", "pointer"], result: "i32" },
   bpf_link__destroy: { parameters: ["pointer"], result: "i32" },
   bpf_obj_get: { parameters: ["buffer"], result: "i32" },
+  bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  bpf_map__type: { parameters: ["pointer"], result: "i32" },
+  bpf_map__key_size: { parameters: ["pointer"], result: "u32" },
+  bpf_map__value_size: { parameters: ["pointer"], result: "u32" },
+  bpf_map__max_entries: { parameters: ["pointer"], result: "u32" },
+  bpf_link__fd: { parameters: ["pointer"], result: "i32" },
   bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
   bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_delete_elem: { parameters: ["i32", "buffer"], result: "i32" },
@@ -72,6 +78,14 @@ export const BPF_ANY = 0n;
 const ENOENT = 2;
 
 const cstr = (s: string): Uint8Array<ArrayBuffer> => new TextEncoder().encode(`${s}\0`);
+
+/** The shape of a map: what must match before meshd reads or reuses a pinned one. */
+export interface MapShape {
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
 
 /** Opaque libbpf handles. */
 export type BpfObject = { readonly object: Deno.PointerObject };
@@ -202,6 +216,46 @@ export class Libbpf {
         this.#lib.symbols.bpf_object__find_map_by_name(obj.object, cstr(name)),
       ),
     };
+  }
+
+  /** The shape the object declares for a map (before load). */
+  mapShape(m: BpfMap): MapShape {
+    const s = this.#lib.symbols;
+    return {
+      type: s.bpf_map__type(m.map),
+      keySize: s.bpf_map__key_size(m.map),
+      valueSize: s.bpf_map__value_size(m.map),
+      maxEntries: s.bpf_map__max_entries(m.map),
+    };
+  }
+
+  /** The shape and name of the map open at `fd`, as the kernel has it. */
+  mapInfo(fd: number): MapShape & { name: string } {
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags (u32 each),
+    // then name[16]; 88 bytes in all, the kernel fills what fits.
+    const info = new Uint8Array(88);
+    const len = new Uint8Array(new Uint32Array([info.byteLength]).buffer);
+    this.#check("bpf_obj_get_info_by_fd", this.#lib.symbols.bpf_obj_get_info_by_fd(fd, info, len));
+    const v = new DataView(info.buffer);
+    const name = new TextDecoder().decode(info.subarray(24, 40)).replace(/\0.*$/s, "");
+    return {
+      type: v.getUint32(0, true),
+      keySize: v.getUint32(8, true),
+      valueSize: v.getUint32(12, true),
+      maxEntries: v.getUint32(16, true),
+      name,
+    };
+  }
+
+  /** The id of the cgroup a cgroup link is attached to (its inode number on cgroup v2). */
+  linkCgroupId(l: BpfLink): bigint {
+    const fd = this.#check("bpf_link__fd", this.#lib.symbols.bpf_link__fd(l.link));
+    // struct bpf_link_info: type, id, prog_id (u32 each), then the union at 8-byte offset 16,
+    // whose cgroup member starts with the u64 cgroup_id.
+    const info = new Uint8Array(64);
+    const len = new Uint8Array(new Uint32Array([info.byteLength]).buffer);
+    this.#check("bpf_obj_get_info_by_fd", this.#lib.symbols.bpf_obj_get_info_by_fd(fd, info, len));
+    return new DataView(info.buffer).getBigUint64(16, true);
   }
 
   /** The map's file descriptor (after load, or after {@linkcode reuseMapFd}). */

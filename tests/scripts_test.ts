@@ -24,24 +24,23 @@ async function run(cmd: string, args: string[], env: Record<string, string> = {}
 Deno.test("scripts pass shellcheck", async () => {
   const scripts = [...Deno.readDirSync(`${ROOT}scripts`)].map((e) => `scripts/${e.name}`).sort();
   assert.ok(scripts.includes("scripts/kind-up"));
-  const r = await run("shellcheck", [
-    ...scripts,
-    "tests/testenv/kube/build.sh",
-    "tests/testenv/nodes/build.sh",
-    "tests/testenv/nodes/node.sh",
-    "tests/testenv/image/build.sh",
-    "tests/testenv/image/prune.sh",
-    "tests/testenv/coredns/build.sh",
-    "tests/testenv/vm/kernels.sh",
-    "tests/testenv/vm/run.sh",
-    "tests/testenv/vm/init.sh",
-    "bpf/build.sh",
-    ".ci/run",
-  ]).catch(
-    (e) => {
-      throw new Error(`Cannot run shellcheck (Debian package shellcheck): ${e.message}`);
-    },
-  );
+  // Every shell script of the test environment, found rather than listed, so a new one is
+  // checked too.
+  const testenv: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of Deno.readDirSync(`${ROOT}${dir}`)) {
+      if (e.isDirectory) walk(`${dir}/${e.name}`);
+      else if (e.name.endsWith(".sh")) testenv.push(`${dir}/${e.name}`);
+    }
+  };
+  walk("tests/testenv");
+  assert.ok(testenv.includes("tests/testenv/nodes/node.sh"));
+  const r = await run("shellcheck", [...scripts, ...testenv.sort(), "bpf/build.sh", ".ci/run"])
+    .catch(
+      (e) => {
+        throw new Error(`Cannot run shellcheck (Debian package shellcheck): ${e.message}`);
+      },
+    );
   assert.equal(r.code, 0, r.stdout + r.stderr);
 });
 

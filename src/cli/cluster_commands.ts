@@ -11,7 +11,7 @@ import {
 } from "../controller/mod.ts";
 import { EbpfDatapath, findLibbpf, probeDatapath, readBpfObject } from "../datapath/mod.ts";
 import type { KubeApi } from "../kube/mod.ts";
-import { CliError, type CliIo, kubeClient } from "./common.ts";
+import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
 import type { FlagValue } from "./flags.ts";
 
 type Values = Record<string, FlagValue>;
@@ -43,17 +43,19 @@ export async function prepareCommand(v: Values, io: CliIo): Promise<number> {
       }; nothing changed\n`,
   );
   for (const a of r.leftOut) {
-    io.stderr(
-      `warning: the Corefile already serves "${a}:53" in a block meshd did not add (Traefik ` +
-        `Mesh's?), so CoreDNS does not forward ${a} to meshd; run meshd prepare again after ` +
-        "Traefik Mesh's cleanup removes that block\n",
-    );
+    io.stderr(warningLine(
+      "meshd prepare",
+      `the Corefile already serves "${a}:53" in a block meshd did not add (Traefik Mesh's?), ` +
+        `so CoreDNS does not forward ${a} to meshd; run meshd prepare again after Traefik ` +
+        "Mesh's cleanup removes that block",
+    ));
   }
   if (!r.reloads) {
-    io.stderr(
-      `warning: the Corefile has no reload plugin, so CoreDNS reads it only at start; restart it ` +
-        `(kubectl -n ${ref.namespace} rollout restart deployment coredns)\n`,
-    );
+    io.stderr(warningLine(
+      "meshd prepare",
+      "the Corefile has no reload plugin, so CoreDNS reads it only at start; restart it " +
+        `(kubectl -n ${ref.namespace} rollout restart deployment coredns)`,
+    ));
   }
   return 0;
 }

@@ -9,6 +9,30 @@ export class CliError extends Error {
   }
 }
 
+/**
+ * A message as the clause after `error:`: an ordinary first word loses its capital ("Unknown
+ * flag" reads "unknown flag"); a name such as CoreDNS, TLS or a quoted value keeps its case.
+ */
+export function clause(message: string): string {
+  return /^[A-Z][a-z]+\b/.test(message) && !/^[A-Z][a-z]+[A-Z]/.test(message)
+    ? message[0]!.toLowerCase() + message.slice(1)
+    : message;
+}
+
+/**
+ * The one line a failed command prints, the same for every command:
+ * `meshd <command>: error: <message>[; <hint>]`. Exit code 2 goes with wrong usage, 1 with a
+ * failure.
+ */
+export function errorLine(who: string, message: string, hint?: string): string {
+  return `${who}: error: ${clause(message)}${hint ? `; ${hint}` : ""}\n`;
+}
+
+/** A warning line, in the same shape: `meshd <command>: warning: <message>`. */
+export function warningLine(who: string, message: string): string {
+  return `${who}: warning: ${clause(message)}\n`;
+}
+
 /** Where the CLI writes and reads; tests swap these. */
 export interface CliIo {
   stdout: (s: string) => void;

@@ -2,7 +2,7 @@
 export interface FlagSpec {
   /** Long name without dashes, such as `config-dir`. */
   name: string;
-  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range";
+  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range" | "count-or-auto";
   /** Allowed values for a `string` flag. */
   values?: readonly string[];
   /** The default, as it would be written on the command line; `undefined` for none. */
@@ -123,6 +123,14 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       }
       return Number(v);
     }
+    case "count-or-auto": {
+      // A count up to 1024, or "auto" (the caller decides what auto is).
+      if (v === "auto") return v;
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1024) {
+        bad("a whole number from 1 to 1024, or auto");
+      }
+      return Number(v);
+    }
     case "duration": {
       // Milliseconds, from a number and a unit: 500ms, 5s, 2m, 1h.
       const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(v.trim());
@@ -146,15 +154,66 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
   }
 }
 
-/** Formats the flags for `--help`: name, placeholder, help, environment variable, default. */
+/** Flags shown together under a heading in `--help`. */
+export interface FlagGroup {
+  title: string;
+  flags: readonly FlagSpec[];
+}
+
+/** The widest `--help` line: it fits a 100-column terminal. */
+export const HELP_WIDTH = 99;
+
+/** The left column of a flag in `--help`: name and placeholder (its values, when listed). */
+function flagLeft(s: FlagSpec): string {
+  if (s.kind === "bool") return `  --${s.name}`;
+  const arg = s.values && s.values.join("|").length <= 24 ? s.values.join("|") : s.arg ?? "VALUE";
+  return `  --${s.name} ${arg}`;
+}
+
+/** `text` in lines of at most `width` columns, broken at spaces (a longer word stays whole). */
+export function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(/\s+/).filter((w) => w)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+/**
+ * Formats the flags for `--help`: name and placeholder on the left, then the help, its values,
+ * default and environment variable, wrapped under {@linkcode HELP_WIDTH} columns.
+ */
 export function formatFlags(specs: readonly FlagSpec[], withHelp = false): string {
-  const rows = specs.map((s) => {
-    const left = `  --${s.name}${s.kind === "bool" ? "" : ` ${s.arg ?? "VALUE"}`}`;
-    const extra = [`env ${envName(s.name)}`];
-    if (s.default !== undefined && s.default !== "") extra.push(`default ${s.default}`);
-    return { left, right: `${s.help} [${extra.join(", ")}]` };
-  });
-  if (withHelp) rows.push({ left: "  --help", right: "Show this help" });
-  const width = Math.max(...rows.map((r) => r.left.length)) + 2;
-  return rows.map((r) => r.left.padEnd(width) + r.right).join("\n");
+  return formatFlagGroups([{ title: "", flags: specs }], withHelp);
+}
+
+/** Like {@linkcode formatFlags}, with the flags under their groups' headings. */
+export function formatFlagGroups(groups: readonly FlagGroup[], withHelp = false): string {
+  const all = groups.flatMap((g) => g.flags);
+  // The help column starts after the usual name, not the longest: a long one gets its own line.
+  const lefts = all.map(flagLeft);
+  const col = Math.min(Math.max(...lefts.map((l) => l.length), 8) + 2, 34);
+  const row = (left: string, right: string): string => {
+    const body = wrap(right, HELP_WIDTH - col);
+    const first = left.length + 2 <= col ? left.padEnd(col) + (body.shift() ?? "") : left;
+    return [first, ...body.map((l) => " ".repeat(col) + l)].join("\n");
+  };
+  const out: string[] = [];
+  for (const g of groups) {
+    if (g.title) out.push(`${out.length > 0 ? "\n" : ""}${g.title}:`);
+    for (const s of g.flags) {
+      const extra: string[] = [];
+      if (s.values && !flagLeft(s).includes("|")) extra.push(`one of ${s.values.join(", ")}`);
+      if (s.default !== undefined && s.default !== "") extra.push(`default ${s.default}`);
+      extra.push(`env ${envName(s.name)}`);
+      out.push(row(flagLeft(s), `${s.help} [${extra.join("; ")}]`));
+    }
+  }
+  if (withHelp) out.push(row("  --help", "Show this help"));
+  return out.join("\n");
 }

@@ -12,7 +12,7 @@ import { decodeFiles, FileProvider, ObjectLoader, readConfigFiles } from "../pro
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
 import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
-import { NodeProxy } from "../proxy/mod.ts";
+import { availableCpus, type DataPlane, NodeProxy, ProxyPool } from "../proxy/mod.ts";
 import {
   MeshController,
   SHADOW_SELECTOR,
@@ -32,7 +32,18 @@ import {
   type ProxyListener,
   selectDatapath,
 } from "../datapath/mod.ts";
-import { type FlagSpec, type FlagValue, formatFlags, parseFlags, UsageError } from "./flags.ts";
+import { buildInfo, formatBuildInfo } from "./version.ts";
+import { completionScript, type Shell, SHELLS } from "./completion.ts";
+import {
+  type FlagGroup,
+  type FlagSpec,
+  type FlagValue,
+  formatFlagGroups,
+  HELP_WIDTH,
+  parseFlags,
+  UsageError,
+  wrap,
+} from "./flags.ts";
 import {
   compileOptions,
   configLimits,
@@ -51,9 +62,10 @@ import {
   PROBE_FLAGS,
   PROXY_FLAGS,
   proxyOptions,
+  WORKERS_FLAG,
 } from "./options.ts";
 import { checkCommand, cleanupCommand, prepareCommand } from "./cluster_commands.ts";
-import { CliError, type CliIo, kubeClient } from "./common.ts";
+import { CliError, type CliIo, errorLine, kubeClient, warningLine } from "./common.ts";
 
 export { CliError, type CliIo };
 
@@ -63,55 +75,75 @@ export const VERSION: string = denoJson.version;
 /** Failures of the cluster commands that are the cluster's state, not a bug in meshd. */
 const KNOWN_ERRORS = new Set(["KubeApiError", "PrepareError", "CorefileError"]);
 
-const RUN_FLAGS: readonly FlagSpec[] = [
+/** `meshd run`'s flags, by topic as `--help` shows them. */
+const RUN_GROUPS: readonly FlagGroup[] = [
   {
-    name: "provider",
-    kind: "string",
-    values: ["file", "kube"],
-    arg: "file|kube",
-    default: "file",
-    help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes API " +
-      "and elects a controller leader",
-  },
-  ...MODEL_FLAGS,
-  ...KUBE_FLAGS,
-  ...DNS_FLAGS,
-  ...DISTRIBUTION_FLAGS,
-  {
-    name: "proxy-address",
-    kind: "string",
-    arg: "ADDR",
-    default: "127.0.0.1",
-    help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
-      "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not match)",
+    title: "Where the config comes from",
+    flags: [
+      {
+        name: "provider",
+        kind: "string",
+        values: ["file", "kube"],
+        arg: "file|kube",
+        default: "file",
+        help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes " +
+          "API and elects a controller leader",
+      },
+      ...MODEL_FLAGS,
+      DOMAIN_ALIASES_FLAG,
+    ],
   },
   {
-    name: "http-port",
-    kind: "int",
-    arg: "PORT",
-    default: "5000",
-    help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+    title: "Proxy",
+    flags: [
+      {
+        name: "proxy-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
+          "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not " +
+          "match)",
+      },
+      {
+        name: "http-port",
+        kind: "int",
+        arg: "PORT",
+        default: "5000",
+        help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+      },
+      WORKERS_FLAG,
+      ...PROXY_FLAGS,
+      ...DRAIN_FLAGS,
+    ],
   },
-  DOMAIN_ALIASES_FLAG,
+  { title: "Kubernetes (--provider kube)", flags: KUBE_FLAGS },
+  { title: "Config distribution (--provider kube)", flags: DISTRIBUTION_FLAGS },
+  { title: "Mesh DNS (--provider kube)", flags: DNS_FLAGS },
   {
-    name: "api-address",
-    kind: "string",
-    arg: "ADDR",
-    default: "127.0.0.1",
-    help: "Address of the API (/api/config, /api/services, /api/status, /metrics, /healthz, " +
-      "/readyz); it shows every endpoint and ServiceAccount, so keep it on loopback and reach " +
-      "it with kubectl port-forward",
+    title: "API, health and metrics",
+    flags: [
+      {
+        name: "api-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address of the API (/api/config, /api/services, /api/status, /metrics, " +
+          "/healthz, /readyz); it shows every endpoint and ServiceAccount, so keep it on " +
+          "loopback and reach it with kubectl port-forward",
+      },
+      { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+      ...HEALTH_FLAGS,
+    ],
   },
-  { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
-  ...HEALTH_FLAGS,
-  ...PROXY_FLAGS,
-  ...DRAIN_FLAGS,
-  DATAPATH_FLAG,
-  ...EBPF_FLAGS,
-  EBPF_GRACE_FLAG,
-  ...PROBE_FLAGS,
-  ...LOG_FLAGS,
+  {
+    title: "eBPF data path",
+    flags: [DATAPATH_FLAG, ...EBPF_FLAGS, EBPF_GRACE_FLAG, ...PROBE_FLAGS],
+  },
+  { title: "Logging", flags: LOG_FLAGS },
 ];
+
+const RUN_FLAGS: readonly FlagSpec[] = RUN_GROUPS.flatMap((g) => g.flags);
 
 const DUMP_FLAGS: readonly FlagSpec[] = [...MODEL_FLAGS];
 
@@ -168,6 +200,10 @@ interface Command {
   usage: string;
   summary: string;
   flags: readonly FlagSpec[];
+  /** How many positional arguments it takes (default none). */
+  positionals?: number;
+  /** The flags by topic in `--help`, when there are many. */
+  groups?: readonly FlagGroup[];
   run: (values: Record<string, FlagValue>, io: CliIo, positionals: string[]) => Promise<number>;
 }
 
@@ -176,6 +212,7 @@ const COMMANDS: Record<string, Command> = {
     usage: "meshd run [flags]",
     summary: "Run the node proxy and the API, fed by a provider",
     flags: RUN_FLAGS,
+    groups: RUN_GROUPS,
     run: runCommand,
   },
   prepare: {
@@ -204,19 +241,46 @@ const COMMANDS: Record<string, Command> = {
     flags: DUMP_FLAGS,
     run: dumpCommand,
   },
+  completion: {
+    usage: "meshd completion bash|zsh|fish",
+    summary: "Print a shell completion script for meshd's commands, flags and flag values",
+    flags: [],
+    positionals: 1,
+    run: (_v, io, positionals) => {
+      const shell = positionals[0];
+      if (!SHELLS.includes(shell as Shell)) {
+        throw new UsageError(
+          shell === undefined
+            ? `Which shell? Expected one of ${SHELLS.join(", ")}`
+            : `Unknown shell "${shell}": expected one of ${SHELLS.join(", ")}`,
+        );
+      }
+      const commands = Object.entries(COMMANDS).map(([name, c]) => ({
+        name,
+        summary: c.summary,
+        flags: c.flags,
+      }));
+      io.stdout(completionScript(shell as Shell, commands));
+      return Promise.resolve(0);
+    },
+  },
   version: {
     usage: "meshd version",
-    summary: "Print the version",
+    summary: "Print the version, the commit and build date, compiled or from source, and " +
+      "the Deno version",
     flags: [],
     run: (_v, io) => {
-      io.stdout(`meshd ${VERSION} (deno ${Deno.version.deno})\n`);
+      io.stdout(formatBuildInfo(buildInfo(VERSION)));
       return Promise.resolve(0);
     },
   },
 };
 
 function topHelp(): string {
-  const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(13)}${c.summary}`);
+  const rows = Object.entries(COMMANDS).map(([name, c]) =>
+    wrap(c.summary, HELP_WIDTH - 15).map((l, i) => `${i ? "" : `  ${name}`}`.padEnd(15) + l)
+      .join("\n")
+  );
   return `meshd: a sidecar-less service mesh for Kubernetes
 
 Usage: meshd <command> [flags]
@@ -232,9 +296,9 @@ Run "meshd <command> --help" for its flags.
 
 function commandHelp(c: Command): string {
   const flags = c.flags.length > 0
-    ? `\nFlags:\n${formatFlags(c.flags)}\n  --help${" ".repeat(3)}Show this help\n`
+    ? `\n${formatFlagGroups(c.groups ?? [{ title: "Flags", flags: c.flags }], true)}\n`
     : "";
-  return `${c.summary}\n\nUsage: ${c.usage}\n${flags}`;
+  return `${wrap(c.summary, HELP_WIDTH).join("\n")}\n\nUsage: ${c.usage}\n${flags}`;
 }
 
 /**
@@ -264,7 +328,9 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
   }
   const cmd = COMMANDS[name];
   if (!cmd) {
-    io.stderr(`meshd: unknown command "${name}"; run "meshd --help" for the commands\n`);
+    io.stderr(
+      errorLine("meshd", `unknown command "${name}"`, 'run "meshd --help" for the commands'),
+    );
     return 2;
   }
   let parsed;
@@ -272,7 +338,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     parsed = parseFlags(rest, cmd.flags, io.env);
   } catch (e) {
     if (e instanceof UsageError) {
-      io.stderr(`meshd ${name}: ${e.message}; run "meshd ${name} --help" for the flags\n`);
+      io.stderr(errorLine(`meshd ${name}`, e.message, `run "meshd ${name} --help" for the flags`));
       return 2;
     }
     throw e;
@@ -281,15 +347,20 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     io.stdout(commandHelp(cmd));
     return 0;
   }
-  if (parsed.positionals.length > 0) {
+  if (parsed.positionals.length > (cmd.positionals ?? 0)) {
+    const extra = parsed.positionals[cmd.positionals ?? 0];
     io.stderr(
-      `meshd ${name}: unexpected argument "${parsed.positionals[0]}"; run "meshd ${name} --help"\n`,
+      errorLine(`meshd ${name}`, `unexpected argument "${extra}"`, `run "meshd ${name} --help"`),
     );
     return 2;
   }
   try {
     return await cmd.run(parsed.values, io, parsed.positionals);
   } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr(errorLine(`meshd ${name}`, e.message, `run "meshd ${name} --help"`));
+      return 2;
+    }
     const debug = parsed.values["log-level"] === "debug";
     if (
       e instanceof CliError || KNOWN_ERRORS.has((e as Error)?.name) ||
@@ -297,15 +368,16 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
       e instanceof Deno.errors.AddrInUse ||
       e instanceof Deno.errors.PermissionDenied
     ) {
-      io.stderr(`meshd ${name}: ${(e as Error).message}\n`);
+      io.stderr(errorLine(`meshd ${name}`, (e as Error).message));
       if (debug) io.stderr(`${(e as Error).stack}\n`);
       return 1;
     }
     // Not a known failure: a bug. Say so, with the trace.
     io.stderr(
-      `meshd ${name}: internal error (please report): ${
-        e instanceof Error ? e.stack : String(e)
-      }\n`,
+      errorLine(
+        `meshd ${name}`,
+        `internal error (please report): ${e instanceof Error ? e.stack : String(e)}`,
+      ),
     );
     return 1;
   }
@@ -367,12 +439,13 @@ async function dumpCommand(values: Record<string, FlagValue>, io: CliIo): Promis
     throw new CliError(`Cannot compile the config of "${dir}": ${(e as Error).message}`);
   }
   const { config, diagnostics } = compiled;
-  for (const w of result.warnings) io.stderr(`warning: ${w}\n`);
+  for (const w of result.warnings) io.stderr(warningLine("meshd config dump", w));
   for (const d of diagnostics) {
-    io.stderr(`${d.level === "warn" ? "warning" : d.level}: ${d.object}: ${d.message}\n`);
+    const line = d.level === "warn" ? warningLine : errorLine;
+    io.stderr(line("meshd config dump", `${d.object}: ${d.message}`));
   }
   if (result.errors.length > 0 || diagnostics.some((d) => d.level === "error")) {
-    for (const e of result.errors) io.stderr(`error: ${e.message}\n`);
+    for (const e of result.errors) io.stderr(errorLine("meshd config dump", e.message));
     return 1;
   }
   io.stdout(JSON.stringify(config, null, 2) + "\n");
@@ -491,15 +564,19 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     }
   }
   const reusePort = values["reuse-port"] as boolean;
-  const proxy = new NodeProxy({
+  const workers = values["workers"] === "auto" ? availableCpus() : values["workers"] as number;
+  const proxyOpts = {
     hostname: values["proxy-address"] as string,
     httpPort: values["http-port"] as number,
     domainAliases: values["domain-aliases"] as string[],
     reusePort,
-    logger: logger.with({ room: "proxy" }),
     ...proxyOptions(values),
     caCerts,
-  });
+  };
+  const proxyLog = logger.with({ room: "proxy" });
+  const proxy: DataPlane = workers > 1
+    ? new ProxyPool({ workers, proxy: proxyOpts, logger: proxyLog, udpWaitMs: UDP_ANSWER_WAIT_MS })
+    : new NodeProxy({ ...proxyOpts, logger: proxyLog });
   let api: ApiServer | null = null;
   let health: ApiServer | null = null;
   let metrics: ApiServer | null = null;
@@ -633,6 +710,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     // connections in flight finish. All of it within the timeout.
     const drainMs = (values["drain-timeout"] as number | undefined) ?? 0;
     const drain = async (sig: string): Promise<void> => {
+      await node.flush(); // the config applied last is saved in the background
       if (sig !== "SIGTERM" || drainMs <= 0) return;
       const started = Date.now();
       const deadline = started + drainMs;
@@ -642,6 +720,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       const ports = {
         tcp: [...held.tcp, ...(dns ? [dns.port] : [])],
         udp: [...held.udp, ...(dns ? [dns.port] : [])],
+        own: held.own,
       };
       const log = logger.with({ room: "node" });
       log.info("draining: serving until a successor holds every port", {

@@ -39,9 +39,9 @@ spec: { ports: [{ name: http, port: 80 }] }
 Deno.test("main() prints help for each command and exits 0", async () => {
   const top = await run(["--help"]);
   assert.equal(top.code, 0);
-  assert.match(
-    top.out,
-    /Commands:\n {2}run .*\n {2}prepare .*\n {2}cleanup .*\n {2}check .*\n {2}config dump .*\n {2}version /,
+  assert.deepEqual(
+    [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]),
+    ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"],
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
@@ -102,17 +102,56 @@ Deno.test("main() reports usage errors with exit code 2", async () => {
   assert.match(unknown.err, /unknown command "serve"/);
   const badFlag = await run(["run", "--bogus"]);
   assert.equal(badFlag.code, 2);
-  assert.match(badFlag.err, /^meshd run: Unknown flag "--bogus"; run "meshd run --help"/);
+  assert.match(badFlag.err, /^meshd run: error: unknown flag "--bogus"; run "meshd run --help"/);
   const extra = await run(["version", "now"]);
   assert.equal(extra.code, 2);
   assert.match(extra.err, /unexpected argument "now"/);
 });
 
-Deno.test("main() version prints the version from deno.json", async () => {
+Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with one line", async () => {
+  for (const bad of ["0", "abc", "-1", "1.5", "2000", ""]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--workers", bad]);
+    assert.equal(r.code, 2, `--workers "${bad}": ${r.err}`);
+    assert.equal(r.err.trimEnd().split("\n").length, 1, r.err);
+    assert.match(
+      r.err,
+      new RegExp(
+        `^meshd run: error: invalid value "${bad}" for --workers: expected a whole number ` +
+          `from 1 to 1024, or auto; run "meshd run --help"`,
+      ),
+    );
+  }
+  const env = await run(["run", "--config-dir", "/nonexistent"], { MESHD_WORKERS: "none" });
+  assert.equal(env.code, 2);
+  assert.match(env.err, /invalid value "none" for MESHD_WORKERS/);
+  // Good values get past the flags (to the missing directory).
+  for (const good of ["1", "2", "auto"]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--workers", good]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /cannot read config directory/);
+  }
+  const help = await run(["run", "--help"]);
+  const workers = help.out.split("\n  --workers N|auto")[1]?.split("\n  --")[0] ?? "";
+  assert.match(workers, /^ +Proxy workers, /);
+  assert.match(workers.replace(/\s+/g, " "), /\[default 1; env MESHD_WORKERS\]$/);
+});
+
+Deno.test("main() version prints the version, this checkout's commit, from source, and Deno's", async () => {
   const r = await run(["version"]);
   assert.equal(r.code, 0);
-  assert.match(r.out, new RegExp(`^meshd ${VERSION.replaceAll(".", "\\.")} \\(deno `));
+  assert.match(r.out, new RegExp(`^meshd ${VERSION.replaceAll(".", "\\.")}\n`));
   assert.match(VERSION, /^\d+\.\d+\.\d+/);
+  const head = await new Deno.Command("git", { args: ["rev-parse", "HEAD"], stdout: "piped" })
+    .output();
+  const commit = new TextDecoder().decode(head.stdout).trim();
+  assert.match(r.out, new RegExp(`^ {2}commit {2}${commit}$`, "m"));
+  assert.match(r.out, /^ {2}built {3}not built \(run from source\)$/m);
+  assert.match(r.out, /^ {2}binary {2}from source \(deno run\)$/m);
+  assert.match(
+    r.out,
+    new RegExp(`^ {2}deno {4}${Deno.version.deno.replaceAll(".", "\\.")} \\(v8 `, "m"),
+  );
+  assert.equal((await run(["--version"])).out, r.out);
 });
 
 Deno.test("main() config dump prints the MeshConfig as JSON", async () => {
@@ -154,7 +193,7 @@ Deno.test("main() run --provider kube says what is wrong in one line, before sta
   assert.equal(missing.code, 1);
   assert.match(
     missing.err,
-    /^meshd run: Cannot load Kubernetes credentials from "\/nonexistent\/kc"/,
+    /^meshd run: error: cannot load Kubernetes credentials from "\/nonexistent\/kc"/,
   );
   assert.equal(missing.err.trim().split("\n").length, 1, missing.err);
   await withDir({
@@ -219,7 +258,103 @@ Deno.test("main.ts loads the YAML, Kubernetes, gRPC and HTTP/2 libraries only on
   for (const lib of ["yaml", "@kubernetes/client-node", "@grpc/grpc-js"]) {
     assert.ok(!npm.some((s) => s.startsWith(`${lib}@`)), `${lib} in ${npm.join(", ")}`);
   }
-  // node:http2 (about 11 MiB resident) only once an h2c client or service needs it.
+  // The HTTP/2 side only once an h2c client or service needs it; node:http2 (about 11 MiB
+  // resident) never.
   const h2 = [...seen].filter((s) => s === "node:http2" || s.endsWith("/src/proxy/h2_proxy.ts"));
   assert.deepEqual(h2, [], "HTTP/2 is loaded with main.ts");
+  // Dynamic imports included: meshd speaks HTTP/2 with its own frame layer (src/proxy/h2/).
+  const http2Users = info.modules
+    .filter((m) => m.dependencies?.some((d) => d.code?.specifier === "node:http2"))
+    .map((m) => m.specifier);
+  assert.deepEqual(http2Users, [], "node:http2 is imported");
+});
+
+Deno.test("main() --help of every command fits 100 columns and lists each of its flags once", async () => {
+  const top = await run(["--help"]);
+  const commands = [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]!);
+  assert.ok(commands.length >= 6, top.out);
+  for (const text of [top.out]) {
+    for (const line of text.split("\n")) assert.ok(line.length < 100, `${line.length}: ${line}`);
+  }
+  for (const c of commands) {
+    const h = await run([...c.split(" "), "--help"]);
+    assert.equal(h.code, 0, c);
+    for (const line of h.out.split("\n")) {
+      assert.ok(line.length < 100, `meshd ${c} --help, ${line.length} columns: ${line}`);
+    }
+    const names = [...h.out.matchAll(/^ {2}--([a-z0-9-]+)/gm)].map((m) => m[1]!);
+    assert.equal(new Set(names).size, names.length, `meshd ${c}: a flag listed twice`);
+  }
+});
+
+Deno.test("main() run --help groups its flags by topic and lists the values of --log-level", async () => {
+  const h = await run(["run", "--help"]);
+  const headings = [...h.out.matchAll(/^(\S[^\n]*):$/gm)].map((m) => m[1]);
+  assert.deepEqual(headings, [
+    "Where the config comes from",
+    "Proxy",
+    "Kubernetes (--provider kube)",
+    "Config distribution (--provider kube)",
+    "Mesh DNS (--provider kube)",
+    "API, health and metrics",
+    "eBPF data path",
+    "Logging",
+  ]);
+  const section = (title: string) => h.out.split(`${title}:\n`)[1]!.split("\n\n")[0]!;
+  assert.match(section("Proxy"), /^ {2}--http-port PORT/m);
+  assert.match(section("eBPF data path"), /^ {2}--datapath /m);
+  assert.match(section("Logging"), /^ {2}--log-level debug\|info\|warn\|error$/m);
+  assert.match(section("Logging"), /^ {2}--help +Show this help$/m);
+});
+
+Deno.test("main() errors have one shape in every command: one line, `error:`, exit 2 for usage and 1 for failures", async () => {
+  const shape = (who: string) => new RegExp(`^${who}: error: [a-z"-]`);
+  const oneLine = (r: Run, argv: string[]) => {
+    assert.equal(r.out, "", argv.join(" "));
+    assert.equal(r.err.split("\n").filter((l) => l).length, 1, `${argv.join(" ")}:\n${r.err}`);
+    assert.doesNotMatch(r.err, /\bat .*\.ts:\d+/, "no stack trace");
+  };
+  const unknown = await run(["serve"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.err, shape("meshd"));
+  const commands = ["run", "prepare", "cleanup", "check", "config dump", "completion", "version"];
+  for (const c of commands) {
+    const words = c.split(" ");
+    for (const argv of [[...words, "--bogus"], [...words, "--log-level", "loud"]]) {
+      if (argv.includes("--log-level") && !["run", "prepare", "cleanup", "check"].includes(c)) {
+        continue; // no --log-level there; --bogus covers the flag error
+      }
+      const r = await run(argv);
+      assert.equal(r.code, 2, argv.join(" "));
+      oneLine(r, argv);
+      assert.match(r.err, shape(`meshd ${c}`), r.err);
+      assert.match(r.err, new RegExp(`; run "meshd ${c} --help"`));
+    }
+  }
+  for (const argv of [["version", "now"], ["completion", "tcsh"], ["completion"]]) {
+    const r = await run(argv);
+    assert.equal(r.code, 2, argv.join(" "));
+    oneLine(r, argv);
+    assert.match(r.err, shape(`meshd ${argv[0]}`));
+  }
+  // Failures: the input is well formed but cannot be used.
+  const missing = ["--kubeconfig", "/nonexistent/kc"];
+  for (
+    const argv of [
+      ["run", "--provider", "kube", ...missing],
+      ["prepare", ...missing],
+      ["cleanup", ...missing],
+      ["config", "dump", "--config-dir", "/nonexistent/dir"],
+    ]
+  ) {
+    const r = await run(argv);
+    assert.equal(r.code, 1, `${argv.join(" ")}: ${r.err}`);
+    const who = argv[0] === "config" ? "meshd config dump" : `meshd ${argv[0]}`;
+    assert.match(r.err, shape(who), r.err);
+    oneLine(r, argv);
+  }
+  // check's failures are its report on stdout, one line per check, and exit 1.
+  const check = await run(["check", ...missing]);
+  assert.equal(check.code, 1);
+  assert.match(check.out, /^FAIL +api +cannot load Kubernetes credentials/im);
 });

@@ -1,4 +1,4 @@
-import { DEFAULT_OUTLIER, type NodeProxyOptions } from "../proxy/mod.ts";
+import { type AccessLogMode, DEFAULT_OUTLIER, type NodeProxyOptions } from "../proxy/mod.ts";
 import { DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "../topology/mod.ts";
 import type { CompileOptions, PortRange } from "../topology/mod.ts";
 import type { FlagSpec, FlagValue } from "./flags.ts";
@@ -97,6 +97,23 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
     arg: "text|json",
     default: "text",
     help: "One line per event, key=value or JSON",
+  },
+  {
+    name: "access-log",
+    kind: "string",
+    values: ["off", "json", "logfmt"],
+    arg: "off|json|logfmt",
+    default: "off",
+    help: "One line on stdout per HTTP request, TCP connection or UDP flow (at its end) and per " +
+      'refusal; a Service\'s "meshd.io/access-log" annotation ("true"|"false") wins, in JSON ' +
+      "when this is off",
+  },
+  {
+    name: "request-id",
+    kind: "bool",
+    default: "false",
+    help: "Add x-request-id (a random UUID) to HTTP/1 requests that have none; the access " +
+      "log shows it",
   },
 ];
 
@@ -229,6 +246,8 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
     tcpIdleTimeoutMs: v["tcp-idle-timeout"] as number,
     udpIdleTimeoutMs: v["udp-idle-timeout"] as number,
     writeTimeoutMs: v["write-timeout"] as number,
+    accessLog: (v["access-log"] ?? "off") as AccessLogMode,
+    requestId: (v["request-id"] ?? false) as boolean,
     limits: {
       maxConnections: v["max-connections"] as number | undefined,
       maxConnectionsPerSource: v["max-connections-per-source"] as number | undefined,
@@ -243,6 +262,19 @@ export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOpt
     },
   };
 }
+
+/** `--workers`, of meshd run. */
+export const WORKERS_FLAG: FlagSpec = {
+  name: "workers",
+  kind: "count-or-auto",
+  arg: "N|auto",
+  default: "1",
+  help: "Proxy workers, each on a core of its own: N isolates bind the HTTP and TCP ports " +
+    "with SO_REUSEPORT (the kernel spreads connections), each UDP port is served by one of " +
+    "them; auto: the CPUs meshd may use (affinity and cgroup quota). Each config is applied " +
+    "to every worker or to none, and /metrics sums them; a worker that dies is logged and " +
+    "started again",
+};
 
 /** Flags of the kube provider and of the controller's leader election. */
 export const KUBE_FLAGS: readonly FlagSpec[] = [

@@ -1,12 +1,8 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import {
-  DatapathError,
-  DEFAULT_GRACE_MS,
-  EbpfDatapath,
-  PROGRAMS,
-  removePins,
-} from "./ebpf_datapath.ts";
+import { registerDatapathMetrics } from "./datapath_metrics.ts";
+import { DEFAULT_GRACE_MS, EbpfDatapath } from "./ebpf_datapath.ts";
+import { DatapathError, PROGRAMS, removePins } from "./ebpf_loader.ts";
 import {
   clusterIPAddresses,
   datapathEntries,
@@ -187,54 +183,13 @@ export class FastPath {
       this.#renewer = setInterval(() => this.#renew(), every);
       Deno.unrefTimer(this.#renewer);
     }
-    const r = o.registry;
-    if (!r) return;
-    r.collect(
-      "meshd_datapath_info",
-      "The data path in use (ebpf or userspace) and why; always 1.",
-      ["datapath", "reason"],
-      () => [[[this.choice.datapath, this.choice.reason], 1]],
-    );
-    if (!this.#ebpf) return;
-    const stats = () => this.#ebpf!.stats();
-    r.collect(
-      "meshd_ebpf_services",
-      "Service addresses in the eBPF maps, by family and by where they go.",
-      ["family", "to"],
-      () => {
-        const s = stats();
-        return [
-          [["4", "any"], s.services4],
-          [["6", "any"], s.services6],
-          [["any", "proxy"], s.redirects],
-        ];
-      },
-    );
-    r.collect("meshd_ebpf_backends", "Backend slots in force in the eBPF maps.", [], () => [[
-      [],
-      stats().backends,
-    ]]);
-    r.collect(
-      "meshd_ebpf_map_bytes",
-      "Kernel memory of meshd's eBPF maps.",
-      [],
-      () => [[[], this.#ebpf!.mapBytes()]],
-    );
-    r.collect(
-      "meshd_ebpf_map_writes_total",
-      "eBPF map entries written and deleted.",
-      ["op"],
-      () => {
-        const s = stats();
-        return [[["update"], s.writes], [["delete"], s.deletes]];
-      },
-    );
-    r.collect(
-      "meshd_ebpf_apply_errors_total",
-      "Configs the eBPF maps could not be brought to.",
-      [],
-      () => [[[], this.#errors]],
-    );
+    if (o.registry) {
+      registerDatapathMetrics(o.registry, {
+        choice: this.choice,
+        ebpf: this.#ebpf,
+        errors: () => this.#errors,
+      });
+    }
   }
 
   /** Brings the maps to `config` (nothing on the userspace path). */

@@ -78,82 +78,12 @@ function exists(path: string): boolean {
  * missing, not just the first; the reason names the first that failed.
  */
 export async function probeDatapath(o: ProbeOptions = {}): Promise<DatapathChoice> {
-  const checks: ProbeCheck[] = [];
-  let release = o.kernelRelease;
-  if (!release) {
-    try {
-      release = Deno.osRelease();
-    } catch (e) {
-      release = "";
-      checks.push({ name: "kernel", ok: false, detail: `cannot read the kernel release: ${e}` });
-    }
-  }
-  if (release) {
-    const v = kernelVersion(release);
-    const ok = !!v && (v[0] > MIN_KERNEL[0] || (v[0] === MIN_KERNEL[0] && v[1] >= MIN_KERNEL[1]));
-    checks.push({
-      name: "kernel",
-      ok,
-      detail: ok
-        ? `kernel ${release}`
-        : `kernel ${release} is older than ${MIN_KERNEL.join(".")}, or not a version`,
-    });
-  }
-  const lib = o.libbpfPath ?? findLibbpf();
-  checks.push(
-    lib && exists(lib) ? { name: "libbpf", ok: true, detail: `libbpf at ${lib}` } : {
-      name: "libbpf",
-      ok: false,
-      detail: lib ? `no libbpf at ${lib}` : "libbpf.so.1 not found (Debian: libbpf1)",
-    },
-  );
-  let table = "";
-  try {
-    table = await (o.mounts ?? (() => Deno.readTextFile("/proc/self/mounts")))();
-  } catch (e) {
-    const why = e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied
-      ? "meshd may not read /proc/self/mounts (the eBPF path runs with --allow-all)"
-      : `cannot read the mount table: ${(e as Error).message}`;
-    checks.push({ name: "bpffs", ok: false, detail: why });
-    checks.push({ name: "cgroup2", ok: false, detail: why });
-  }
-  if (table) {
-    const mounts = table.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
-    const all = (type: string) => mounts.filter((f) => f[2] === type).map((f) => f[1]!);
-    const bpf = all("bpf");
-    const bpfAt = o.bpffs ? bpf.filter((m) => under(o.bpffs!, m)).at(-1) : bpf[0];
-    checks.push(
-      bpfAt ? { name: "bpffs", ok: true, detail: `bpffs at ${bpfAt}` } : {
-        name: "bpffs",
-        ok: false,
-        detail: o.bpffs
-          ? `no bpffs mounted at ${o.bpffs} (mount -t bpf bpf ${o.bpffs})`
-          : "no bpffs mounted (mount -t bpf bpf /sys/fs/bpf)",
-      },
-    );
-    const cg = all("cgroup2");
-    const cgAt = o.cgroup ? cg.filter((m) => under(o.cgroup!, m)).at(-1) : cg[0];
-    checks.push(
-      cgAt ? { name: "cgroup2", ok: true, detail: `cgroup v2 at ${cgAt}` } : {
-        name: "cgroup2",
-        ok: false,
-        detail: o.cgroup
-          ? `${o.cgroup} is not in a cgroup v2 hierarchy`
-          : "no cgroup v2 hierarchy mounted",
-      },
-    );
-  }
-  if (!o.programs) {
-    checks.push({ name: "programs", ok: false, detail: "the programs were not tried" });
-  } else if (checks.some((c) => !c.ok)) {
-    checks.push({ name: "programs", ok: false, detail: "not tried: an earlier check failed" });
-  } else {
-    try {
-      checks.push({ name: "programs", ok: true, detail: await o.programs() });
-    } catch (e) {
-      checks.push({ name: "programs", ok: false, detail: (e as Error).message });
-    }
-  }
+  const checks: ProbeCheck[] = [
+    checkKernel(o.kernelRelease),
+    checkLibbpf(o.libbpfPath ?? findLibbpf()),
+    ...await checkMounts(o),
+  ];
+  checks.push(await checkPrograms(o.programs, checks));
   const failed = checks.find((c) => !c.ok);
   if (!failed) return { datapath: "ebpf", reason: checks.map((c) => c.detail).join(", "), checks };
   return {
@@ -164,4 +94,84 @@ export async function probeDatapath(o: ProbeOptions = {}): Promise<DatapathChoic
         : ""),
     checks,
   };
+}
+
+function checkKernel(given: string | undefined): ProbeCheck {
+  let release = given;
+  if (!release) {
+    try {
+      release = Deno.osRelease();
+    } catch (e) {
+      return { name: "kernel", ok: false, detail: `cannot read the kernel release: ${e}` };
+    }
+  }
+  const v = kernelVersion(release);
+  const ok = !!v && (v[0] > MIN_KERNEL[0] || (v[0] === MIN_KERNEL[0] && v[1] >= MIN_KERNEL[1]));
+  return {
+    name: "kernel",
+    ok,
+    detail: ok
+      ? `kernel ${release}`
+      : `kernel ${release} is older than ${MIN_KERNEL.join(".")}, or not a version`,
+  };
+}
+
+function checkLibbpf(lib: string | undefined): ProbeCheck {
+  if (lib && exists(lib)) return { name: "libbpf", ok: true, detail: `libbpf at ${lib}` };
+  return {
+    name: "libbpf",
+    ok: false,
+    detail: lib ? `no libbpf at ${lib}` : "libbpf.so.1 not found (Debian: libbpf1)",
+  };
+}
+
+/** The bpffs and cgroup2 checks, from the mount table. */
+async function checkMounts(o: ProbeOptions): Promise<ProbeCheck[]> {
+  let table: string;
+  try {
+    table = await (o.mounts ?? (() => Deno.readTextFile("/proc/self/mounts")))();
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied
+      ? "meshd may not read /proc/self/mounts (the eBPF path runs with --allow-all)"
+      : `cannot read the mount table: ${(e as Error).message}`;
+    return [{ name: "bpffs", ok: false, detail: why }, { name: "cgroup2", ok: false, detail: why }];
+  }
+  const mounts = table.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
+  const all = (type: string) => mounts.filter((f) => f[2] === type).map((f) => f[1]!);
+  const bpf = all("bpf");
+  const bpfAt = o.bpffs ? bpf.filter((m) => under(o.bpffs!, m)).at(-1) : bpf[0];
+  const cg = all("cgroup2");
+  const cgAt = o.cgroup ? cg.filter((m) => under(o.cgroup!, m)).at(-1) : cg[0];
+  return [
+    bpfAt ? { name: "bpffs", ok: true, detail: `bpffs at ${bpfAt}` } : {
+      name: "bpffs",
+      ok: false,
+      detail: o.bpffs
+        ? `no bpffs mounted at ${o.bpffs} (mount -t bpf bpf ${o.bpffs})`
+        : "no bpffs mounted (mount -t bpf bpf /sys/fs/bpf)",
+    },
+    cgAt ? { name: "cgroup2", ok: true, detail: `cgroup v2 at ${cgAt}` } : {
+      name: "cgroup2",
+      ok: false,
+      detail: o.cgroup
+        ? `${o.cgroup} is not in a cgroup v2 hierarchy`
+        : "no cgroup v2 hierarchy mounted",
+    },
+  ];
+}
+
+/** Loads and attaches the programs, the last check, only when every other one passed. */
+async function checkPrograms(
+  programs: ProbeOptions["programs"],
+  earlier: ProbeCheck[],
+): Promise<ProbeCheck> {
+  if (!programs) return { name: "programs", ok: false, detail: "the programs were not tried" };
+  if (earlier.some((c) => !c.ok)) {
+    return { name: "programs", ok: false, detail: "not tried: an earlier check failed" };
+  }
+  try {
+    return { name: "programs", ok: true, detail: await programs() };
+  } catch (e) {
+    return { name: "programs", ok: false, detail: (e as Error).message };
+  }
 }

@@ -1,4 +1,4 @@
-import { type MeshConfig, type MeshService, serviceJson } from "../topology/mod.ts";
+import { type MeshConfig, type MeshService, sameJson } from "../topology/mod.ts";
 
 /**
  * What turns one MeshConfig version into the next: services added or changed are sent whole,
@@ -52,7 +52,7 @@ export function diffConfigs(a: MeshConfig, b: MeshConfig): MeshDelta {
     after.add(k);
     const old = before.get(k);
     // The same object is the same service (configs never change a service once built).
-    if (old !== s && (!old || serviceJson(old) !== serviceJson(s))) upserts.push(s);
+    if (old !== s && (!old || !sameJson(old, s))) upserts.push(s);
   }
   const removes = [...before.keys()].filter((k) => !after.has(k));
   const identitiesSet: Record<string, string> = {};

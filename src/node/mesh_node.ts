@@ -1,6 +1,6 @@
 import type { ApiSource, Logger } from "../observability/mod.ts";
 import type { LoadResult } from "../provider/mod.ts";
-import type { NodeProxy } from "../proxy/mod.ts";
+import type { DataPlane } from "../proxy/mod.ts";
 import type { AppliedConfig, ConfigStore } from "./config_store.ts";
 import {
   compileMeshConfig,
@@ -12,7 +12,8 @@ import {
 
 /** Options for {@linkcode MeshNode}. */
 export interface MeshNodeOptions {
-  proxy: NodeProxy;
+  /** The node proxy, or the pool of proxy workers. */
+  proxy: DataPlane;
   logger: Logger;
   compile: CompileOptions;
   /** Called after each new config reached the proxy. */
@@ -28,6 +29,9 @@ export interface MeshNodeOptions {
    */
   datapath?: { apply(config: MeshConfig): void; status(): unknown };
 }
+
+/** How long an applied config waits before it is saved; newer ones replace it meanwhile. */
+export const SAVE_DELAY_MS = 100;
 
 /** Where the config in force came from. */
 export type ConfigSource = "provider" | "leader" | "disk";
@@ -55,6 +59,10 @@ export class MeshNode implements ApiSource {
   #source: ConfigSource | null = null;
   #applying: Promise<void> = Promise.resolve();
   #saveErrors = 0;
+  #toSave: AppliedConfig | null = null;
+  #saving: Promise<void> | null = null;
+  #saveNow: () => void = () => {};
+  #saveTimer: ReturnType<typeof setTimeout> | undefined;
   #errors: Problem[] = [];
   #warnings: string[] = [];
 
@@ -88,9 +96,10 @@ export class MeshNode implements ApiSource {
     return this.#opts.nodes;
   }
 
-  /** `/metrics`: the proxy's and the process's. */
-  metrics(): string {
-    return this.#opts.proxy.registry.render();
+  /** `/metrics`: the proxy's (summed over its workers) and the process's. */
+  metrics(): string | Promise<string> {
+    const proxy = this.#opts.proxy;
+    return proxy.metrics ? proxy.metrics() : proxy.registry.render();
   }
 
   /** Compiles and applies a load; bad objects were already dropped by the loader. */
@@ -159,7 +168,8 @@ export class MeshNode implements ApiSource {
   /**
    * Applies a config to the data plane, whole: the proxy switches to the new routes in one
    * step, or throws and keeps the old ones (and this node keeps reporting the old version).
-   * Then saves it, when a store is set. Applies run one at a time, in order.
+   * Then saves it in the background, when a store is set ({@linkcode MeshNode.flush} waits for
+   * the save). Applies run one at a time, in order.
    */
   apply(
     applied: AppliedConfig,
@@ -195,14 +205,51 @@ export class MeshNode implements ApiSource {
       errors: Number(fields["errors"] ?? 0) + unbound,
       ...(unbound ? { unboundListeners: unbound } : {}),
     });
-    if (this.#opts.store && source !== "disk") {
-      try {
-        await this.#opts.store.save({ epoch, config });
-      } catch (e) {
-        // It routes on the new config all the same; only a restart would start older.
-        this.#saveErrors++;
-        log.error("cannot save the applied config", { error: (e as Error).message });
+    if (this.#opts.store && source !== "disk") this.#save({ epoch, config });
+  }
+
+  /**
+   * Saves an applied config in the background, after {@linkcode SAVE_DELAY_MS}: writing 10,000
+   * services takes tens of milliseconds, which would delay the leader's acknowledgement and the
+   * next version. Saves are coalesced: while one waits or is written, only the newest config
+   * applied meanwhile is saved after it. The file is a fallback for the next start, which asks
+   * the leader for what came since.
+   */
+  #save(applied: AppliedConfig): void {
+    this.#toSave = applied;
+    if (this.#saving) return;
+    this.#saving = new Promise<void>((resolve) => {
+      this.#saveNow = resolve;
+      this.#saveTimer = setTimeout(resolve, SAVE_DELAY_MS);
+    }).then(() => this.#writeSaves());
+  }
+
+  async #writeSaves(): Promise<void> {
+    clearTimeout(this.#saveTimer);
+    try {
+      while (this.#toSave) {
+        const next = this.#toSave;
+        this.#toSave = null;
+        try {
+          await this.#opts.store!.save(next);
+        } catch (e) {
+          // It routes on the new config all the same; only a restart would start older.
+          this.#saveErrors++;
+          this.#opts.logger.error("cannot save the applied config", {
+            error: (e as Error).message,
+          });
+        }
       }
+    } finally {
+      this.#saving = null;
+    }
+  }
+
+  /** Resolves once every config applied so far is saved (or failed to be); saves at once. */
+  async flush(): Promise<void> {
+    while (this.#saving) {
+      this.#saveNow();
+      await this.#saving;
     }
   }
 

@@ -10,6 +10,11 @@
 export interface ListeningPorts {
   tcp: readonly number[];
   udp: readonly number[];
+  /**
+   * Sockets this meshd itself holds on a port, where more than one: with `--workers N`, each
+   * proxy worker binds the HTTP and TCP ports. A port not listed holds one.
+   */
+  own?: { tcp?: ReadonlyMap<number, number>; udp?: ReadonlyMap<number, number> };
 }
 
 /** Reads one of the socket tables; throws when it cannot. */
@@ -47,8 +52,8 @@ const readProc: ReadTable = (name) => Deno.readTextFile(`/proc/net/${name}`);
 /**
  * Whether another process has bound every port in `ports` next to this one: each TCP port has
  * more than one listening socket, each UDP port more than one bound socket, in this network
- * namespace. meshd holds one socket per port; a successor that has applied its config holds
- * the same ports. A table that cannot be read counts as no successor.
+ * namespace. meshd holds one socket per port (or `ports.own` of them); a successor that has
+ * applied its config holds the same ports. A table that cannot be read counts as no successor.
  */
 export async function successorBound(
   ports: ListeningPorts,
@@ -71,8 +76,9 @@ export async function successorBound(
   try {
     const tcp = ports.tcp.length > 0 ? await count("tcp") : new Map<number, number>();
     const udp = ports.udp.length > 0 ? await count("udp") : new Map<number, number>();
-    return ports.tcp.every((p) => (tcp.get(p) ?? 0) > 1) &&
-      ports.udp.every((p) => (udp.get(p) ?? 0) > 1);
+    const own = (proto: "tcp" | "udp", p: number) => ports.own?.[proto]?.get(p) ?? 1;
+    return ports.tcp.every((p) => (tcp.get(p) ?? 0) > own("tcp", p)) &&
+      ports.udp.every((p) => (udp.get(p) ?? 0) > own("udp", p));
   } catch {
     return false;
   }

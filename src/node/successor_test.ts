@@ -34,6 +34,18 @@ Deno.test("successorBound() holds once every TCP and UDP port has a second socke
   assert.equal(await successorBound({ tcp: [5000], udp: [] }, broken), false);
 });
 
+Deno.test("successorBound() counts past the sockets this meshd's own workers hold", async () => {
+  // Two proxy workers on 5000 (one on 0.0.0.0, one on ::), one DNS socket on UDP 5353.
+  const tables = { tcp: TCP, tcp6: TCP6, udp: UDP, udp6: HEAD };
+  const read = (n: keyof typeof tables) => Promise.resolve(tables[n]);
+  const ports = { tcp: [5000], udp: [5353], own: { tcp: new Map([[5000, 2]]) } };
+  assert.equal(await successorBound(ports, read), false);
+  tables.tcp = TCP + "   3: 00000000:1388 00000000:0000 0A 0 0\n"; // the successor's
+  assert.equal(await successorBound(ports, read), false); // UDP 5353 has no second socket
+  tables.udp = UDP + "   2: 00000000:14E9 00000000:0000 07 0 0\n";
+  assert.equal(await successorBound(ports, read), true);
+});
+
 Deno.test("successorBound() sees a second SO_REUSEPORT listener on a real port", async () => {
   const a = Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true });
   const port = (a.addr as Deno.NetAddr).port;

@@ -13,8 +13,8 @@ export interface ApiSource {
   notReadyReason?(): string;
   /** Extra detail for `/api/status`: last load errors and the like. */
   status(): unknown;
-  /** `/metrics` in the Prometheus text format. */
-  metrics(): string;
+  /** `/metrics` in the Prometheus text format (gathered from the proxy workers, when several). */
+  metrics(): string | Promise<string>;
   /** `/api/status/nodes`: what the leader knows of every node; absent when not distributing. */
   nodes?: () => unknown;
 }
@@ -78,7 +78,7 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
   const text = (body: string, status = 200): Response =>
     new Response(body + "\n", { status, headers: { "content-type": "text/plain; charset=utf-8" } });
 
-  const handler = (req: Request): Response => {
+  const handler = (req: Request): Response | Promise<Response> => {
     const path = new URL(req.url).pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {
       return text(`Method ${req.method} is not allowed`, 405);
@@ -105,10 +105,13 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
         return source.nodes
           ? json(source.nodes())
           : json({ error: "this meshd gets its config from files: there are no nodes" }, 404);
-      case "/metrics":
-        return new Response(source.metrics(), {
-          headers: { "content-type": METRICS_CONTENT_TYPE },
-        });
+      case "/metrics": {
+        const headers = { "content-type": METRICS_CONTENT_TYPE };
+        const body = source.metrics();
+        return typeof body === "string"
+          ? new Response(body, { headers })
+          : body.then((b) => new Response(b, { headers }));
+      }
       default:
         return text(`No such endpoint "${path}"; try ${offered.join(", ")}`, 404);
     }

@@ -14,6 +14,26 @@ interface Family {
   readonly help: string;
   readonly type: "counter" | "gauge" | "histogram";
   render(out: string[]): void;
+  snapshot(): FamilySnapshot;
+}
+
+/**
+ * One metric family as plain data (structured-cloneable), so the registries of several proxy
+ * workers add up to one `/metrics`: see {@linkcode renderSnapshots}.
+ */
+export interface FamilySnapshot {
+  name: string;
+  help: string;
+  type: "counter" | "gauge" | "histogram";
+  /** How the same series of several workers combine: added, or the largest (a state). */
+  merge: "sum" | "max";
+  /** A histogram's bucket bounds. */
+  bounds?: number[];
+  /**
+   * Each series: its label pairs (escaped, no braces) and its value; for a histogram, the
+   * per-bucket (not cumulative) counts, then count and sum.
+   */
+  series: [labels: string, value: number, buckets?: number[], sum?: number][];
 }
 
 /** A counter child: one label set. */
@@ -111,6 +131,14 @@ abstract class LabelledFamily<C> implements Family {
     return entry.child;
   }
 
+  /**
+   * A child of no series: counts what is given and is never rendered. For a series dropped
+   * while something still holds its owner (a request in flight on a removed service).
+   */
+  detached(): C {
+    return this.create();
+  }
+
   /** Drops the child for these label values (a service that is gone). */
   remove(...values: string[]): void {
     this.#children.delete(values.join("\u0000"));
@@ -133,6 +161,15 @@ abstract class LabelledFamily<C> implements Family {
       this.renderChild(out, e.labels, e.child);
     }
   }
+
+  /** A child's value as a snapshot series. */
+  protected abstract seriesOf(labels: string, child: C): FamilySnapshot["series"][number];
+
+  snapshot(): FamilySnapshot {
+    const series: FamilySnapshot["series"] = [];
+    for (const e of this.#children.values()) series.push(this.seriesOf(e.labels, e.child));
+    return { name: this.name, help: this.help, type: this.type, merge: "sum", series };
+  }
 }
 
 class CounterImpl implements CounterChild {
@@ -150,6 +187,9 @@ export class Counter extends LabelledFamily<CounterChild> {
   }
   protected renderChild(out: string[], labels: string, c: CounterChild): void {
     out.push(`${this.name}${braced(labels)} ${formatNumber(c.value)}`);
+  }
+  protected seriesOf(labels: string, c: CounterChild): FamilySnapshot["series"][number] {
+    return [labels, c.value];
   }
 }
 
@@ -174,6 +214,9 @@ export class Gauge extends LabelledFamily<GaugeChild> {
   }
   protected renderChild(out: string[], labels: string, g: GaugeChild): void {
     out.push(`${this.name}${braced(labels)} ${formatNumber(g.value)}`);
+  }
+  protected seriesOf(labels: string, g: GaugeChild): FamilySnapshot["series"][number] {
+    return [labels, g.value];
   }
 }
 
@@ -254,6 +297,13 @@ export class Histogram extends LabelledFamily<HistogramChild> {
     out.push(`${this.name}_sum${own} ${formatNumber(h.sum)}`);
     out.push(`${this.name}_count${own} ${h.count}`);
   }
+  protected seriesOf(labels: string, child: HistogramChild): FamilySnapshot["series"][number] {
+    const h = child as HistogramImpl;
+    return [labels, h.count, [...h.counts], h.sum];
+  }
+  override snapshot(): FamilySnapshot {
+    return { ...super.snapshot(), bounds: [...this.#bounds] };
+  }
 }
 
 /** A gauge whose values are read when scraped. */
@@ -264,6 +314,7 @@ class CollectedGauge implements Family {
     readonly help: string,
     readonly labelNames: readonly string[],
     readonly collect: () => Iterable<[LabelValues, number]>,
+    readonly merge: "sum" | "max" = "sum",
   ) {
     if (!NAME.test(name)) throw new TypeError(`Invalid metric name "${name}"`);
   }
@@ -274,6 +325,22 @@ class CollectedGauge implements Family {
       out.push(`${this.name}${labelText(this.labelNames, values)} ${formatNumber(v)}`);
     }
   }
+  snapshot(): FamilySnapshot {
+    const series: FamilySnapshot["series"] = [];
+    for (const [values, v] of this.collect()) {
+      series.push([labelText(this.labelNames, values).slice(1, -1), v]);
+    }
+    return { name: this.name, help: this.help, type: "gauge", merge: this.merge, series };
+  }
+}
+
+/** Options of {@linkcode Registry.collect}. */
+export interface CollectOptions {
+  /**
+   * How the gauge's series from several proxy workers combine: `sum` (default; counts such as
+   * open connections) or `max` (a state, such as a circuit breaker's, where the worst wins).
+   */
+  merge?: "sum" | "max";
 }
 
 /**
@@ -322,8 +389,14 @@ export class Registry {
     help: string,
     labelNames: readonly string[],
     collect: () => Iterable<[LabelValues, number]>,
+    options: CollectOptions = {},
   ): void {
-    this.#add(new CollectedGauge(name, help, labelNames, collect));
+    this.#add(new CollectedGauge(name, help, labelNames, collect, options.merge));
+  }
+
+  /** Every family's values as plain data, for {@linkcode renderSnapshots}. */
+  snapshot(): FamilySnapshot[] {
+    return [...this.#families.values()].map((f) => f.snapshot());
   }
 
   /** The text exposition format, families in registration order. */
@@ -336,3 +409,62 @@ export class Registry {
 
 /** The Content-Type of {@linkcode Registry.render}'s output. */
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/**
+ * Renders the registries of several workers as one: each series once, its values added over
+ * the workers (histogram buckets, sums and counts alike), or the largest for a family that
+ * merges by `max`. Families keep the order they first appear in.
+ *
+ * @example
+ * ```ts
+ * const text = renderSnapshots([a.snapshot(), b.snapshot()]);
+ * ```
+ */
+export function renderSnapshots(sets: readonly (readonly FamilySnapshot[])[]): string {
+  const families = new Map<
+    string,
+    { f: FamilySnapshot; series: Map<string, { value: number; buckets?: number[]; sum: number }> }
+  >();
+  for (const set of sets) {
+    for (const f of set) {
+      let entry = families.get(f.name);
+      if (!entry) families.set(f.name, entry = { f, series: new Map() });
+      const max = entry.f.merge === "max";
+      for (const [labels, value, buckets, sum] of f.series) {
+        const s = entry.series.get(labels);
+        if (!s) {
+          entry.series.set(labels, { value, buckets: buckets && [...buckets], sum: sum ?? 0 });
+          continue;
+        }
+        s.value = max ? Math.max(s.value, value) : s.value + value;
+        s.sum += sum ?? 0;
+        if (s.buckets && buckets) {
+          for (let i = 0; i < s.buckets.length; i++) s.buckets[i]! += buckets[i] ?? 0;
+        }
+      }
+    }
+  }
+  const out: string[] = [];
+  for (const { f, series } of families.values()) {
+    out.push(`# HELP ${f.name} ${escapeHelp(f.help)}`);
+    out.push(`# TYPE ${f.name} ${f.type}`);
+    const keys = [...series.keys()].sort((a, b) => a.localeCompare(b));
+    for (const labels of keys) {
+      const s = series.get(labels)!;
+      if (f.type !== "histogram") {
+        out.push(`${f.name}${braced(labels)} ${formatNumber(s.value)}`);
+        continue;
+      }
+      const bucket = `${f.name}_bucket{${labels ? `${labels},` : ""}`;
+      let cumulative = 0;
+      (f.bounds ?? []).forEach((b, i) => {
+        cumulative += s.buckets?.[i] ?? 0;
+        out.push(`${bucket}le="${formatNumber(b)}"} ${cumulative}`);
+      });
+      out.push(`${bucket}le="+Inf"} ${s.value}`);
+      out.push(`${f.name}_sum${braced(labels)} ${formatNumber(s.sum)}`);
+      out.push(`${f.name}_count${braced(labels)} ${s.value}`);
+    }
+  }
+  return out.length === 0 ? "" : out.join("\n") + "\n";
+}

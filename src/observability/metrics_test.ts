@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Registry } from "./metrics.ts";
+import { Registry, renderSnapshots } from "./metrics.ts";
 
 Deno.test("Registry.render() writes counters with escaped labels in a stable order", () => {
   const r = new Registry();
@@ -78,4 +78,48 @@ Deno.test("retain() hands each child's label values back as they were given", ()
   none.retain((v) => (seen.push([...v]), true));
   assert.deepEqual(seen.sort(), [[], ["", 'we"ird\n'], ["shop/a:80", "2xx"]].sort());
   assert.match(r.render(), /meshd_x_total\{service="",code="we\\"ird\\n"\} 1/);
+});
+
+Deno.test("renderSnapshots() shows each series once, summed over the registries", () => {
+  const make = (n: number, state: number) => {
+    const r = new Registry();
+    const c = r.counter("meshd_requests_total", "Requests.", ["service"]);
+    c.with("a/web").inc(n);
+    if (n > 1) c.with("b/db").inc(1);
+    const h = r.histogram("meshd_request_duration_seconds", "Time.", ["service"], [0.1, 1]);
+    h.with("a/web").observe(0.05 * n);
+    r.collect("meshd_circuit_breaker_state", "State.", ["service"], () => [[["a/web"], state]], {
+      merge: "max",
+    });
+    r.collect("meshd_open", "Open.", [], () => [[[], n]]);
+    return r;
+  };
+  const a = make(1, 2);
+  const b = make(3, 0);
+  // Through structured cloning, as from a worker.
+  const text = renderSnapshots([structuredClone(a.snapshot()), structuredClone(b.snapshot())]);
+  assert.equal(
+    text,
+    `# HELP meshd_requests_total Requests.
+# TYPE meshd_requests_total counter
+meshd_requests_total{service="a/web"} 4
+meshd_requests_total{service="b/db"} 1
+# HELP meshd_request_duration_seconds Time.
+# TYPE meshd_request_duration_seconds histogram
+meshd_request_duration_seconds_bucket{service="a/web",le="0.1"} 1
+meshd_request_duration_seconds_bucket{service="a/web",le="1"} 2
+meshd_request_duration_seconds_bucket{service="a/web",le="+Inf"} 2
+meshd_request_duration_seconds_sum{service="a/web"} 0.2
+meshd_request_duration_seconds_count{service="a/web"} 2
+# HELP meshd_circuit_breaker_state State.
+# TYPE meshd_circuit_breaker_state gauge
+meshd_circuit_breaker_state{service="a/web"} 2
+# HELP meshd_open Open.
+# TYPE meshd_open gauge
+meshd_open 4
+`,
+  );
+  // One registry renders as it does itself.
+  assert.equal(renderSnapshots([a.snapshot()]), a.render());
+  assert.equal(renderSnapshots([]), "");
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { ConfigLimits, SourceFile } from "./config_limits.ts";
 import { decodeFile } from "./decode_file.ts";
+import { ConfigError } from "../topology/mod.ts";
 import { decodeDecodedFile, encodeDecodedFile, ObjectLoader } from "./object_loader.ts";
 import { readConfigFiles } from "./read_config_files.ts";
 
@@ -203,4 +204,26 @@ Deno.test("ObjectLoader turns limits and unreadable files into errors naming the
   }
   const unreadable = load(new ObjectLoader(), [{ path: "b.yaml", text: "", error: "boom" }]);
   assert.equal(unreadable.errors[0]!.message, 'Cannot read file "b.yaml": boom');
+});
+
+Deno.test("ObjectLoader keeps the last good objects through failures in a row, and keep()", () => {
+  const loader = new ObjectLoader();
+  load(loader, [{ path: "a.yaml", text: `${svc("a", 80)}---\n${svc("b", 80)}` }]);
+  for (let i = 0; i < 2; i++) {
+    const r = load(loader, [{ path: "a.yaml", text: "kind: [unclosed" }]);
+    assert.deepEqual(names(r), ["Service/a", "Service/b"], `failure ${i + 1}`);
+  }
+  // An invalid object keeps its last version, and so does the next load that fails with it.
+  load(loader, [{ path: "a.yaml", text: `${svc("a", "eighty")}---\n${svc("b", 81)}` }]);
+  const r = load(loader, [{ path: "a.yaml", text: `${svc("a", "eighty")}---\n${svc("b", 82)}` }]);
+  const ports = r.objects.map((o) =>
+    o.kind === "Service" ? `${o.meta.name}:${o.ports[0]!.port}` : ""
+  )
+    .sort();
+  assert.deepEqual(ports, ["a:80", "b:82"]);
+  const kept = loader.keep(new ConfigError("the reading thread died"));
+  const keptPorts = kept.objects.map((o) =>
+    o.kind === "Service" ? `${o.meta.name}:${o.ports[0]!.port}` : ""
+  ).sort();
+  assert.deepEqual(keptPorts, ["a:80", "b:82"]);
 });

@@ -265,3 +265,173 @@ Deno.test("AccessPolicy.checkL4() says a naming TrafficTarget lacks a TCPRoute r
       'TCPRoute rule, so no connection to TCP port 9000 of service "test/db"',
   );
 });
+
+/** One access check: a source, and a request (HTTP) or none (a TCP connection, a datagram). */
+interface AccessCase {
+  name: string;
+  rules: MeshAccessRule[] | null;
+  source: string;
+  request: RequestInfo | null;
+  /** The destinations allowed (sorted), or the reason refused, as a pattern. */
+  want: string[] | RegExp;
+}
+
+// What the proxy sees of SMI access v1alpha2 (access.smi-spec.io), as the topology compiles
+// each TrafficTarget into one MeshAccessRule per port it applies to. Where SMI is silent, the
+// cases follow Traefik Mesh's reading (pkg/provider/rule.go), which users' objects were written
+// against.
+const ACCESS_CASES: AccessCase[] = [
+  {
+    // Without --acl, Traefik Mesh routes by Host alone: every source, every request.
+    name: "ACL off allows every source, known or not",
+    rules: null,
+    source: "10.0.0.9",
+    request: req("DELETE", "/admin"),
+    want: [],
+  },
+  {
+    // SMI: "access control is deny by default"; a TrafficTarget is what lets traffic in.
+    name: "ACL on with no TrafficTarget for the port denies HTTP",
+    rules: [],
+    source: "10.0.0.1",
+    request: req("GET", "/"),
+    want: /^no TrafficTarget lets ServiceAccount "test\/tool" send GET \/ to/,
+  },
+  {
+    name: "ACL on with no TrafficTarget for the port denies TCP",
+    rules: [],
+    source: "10.0.0.1",
+    request: null,
+    want: /^no TrafficTarget with a TCPRoute lets ServiceAccount "test\/tool" reach/,
+  },
+  {
+    // SMI identifies a source by its ServiceAccount; meshd finds it from the connection's
+    // source address only, never from a header the client sets.
+    name:
+      "TrafficTarget sources: an address that is no known Pod has no ServiceAccount and is denied",
+    rules: [rule({ l4: true })],
+    source: "10.0.0.9",
+    request: req("GET", "/", { "x-forwarded-for": "10.0.0.1" }),
+    want: /^source 10\.0\.0\.9 is not a known Pod/,
+  },
+  {
+    name: "TrafficTarget sources: a ServiceAccount not listed is denied",
+    rules: [rule({ l4: true })],
+    source: "10.0.0.2",
+    request: req("GET", "/"),
+    want: /^no TrafficTarget lets ServiceAccount "test\/other"/,
+  },
+  {
+    name: "TrafficTarget sources: a listed ServiceAccount reaches the destination's endpoints",
+    rules: [rule({ http: [match({ pathRegex: "/api" })] })],
+    source: "10.0.0.1",
+    request: req("GET", "/api/orders"),
+    want: ["test/server"],
+  },
+  {
+    // SMI: an HTTPRouteGroup match holds when all its conditions do (pathRegex, methods,
+    // headers); Traefik Mesh joins them with &&.
+    name: "HTTPRouteGroup match: every condition of the match must hold",
+    rules: [rule({ http: [match({ pathRegex: "/api", methods: ["POST"] })] })],
+    source: "10.0.0.1",
+    request: req("GET", "/api"),
+    want: /TrafficTarget "test\/tt" names .* but none of its rules matches GET \/api/,
+  },
+  {
+    // Traefik Mesh joins the matches of a target's rules with ||.
+    name: "HTTPRouteGroup matches: any one match of the rules allows the request",
+    rules: [rule({ http: [match({ pathRegex: "/a" }), match({ methods: ["HEAD"] })] })],
+    source: "10.0.0.1",
+    request: req("HEAD", "/b"),
+    want: ["test/server"],
+  },
+  {
+    // Traefik Mesh builds PathPrefix(`/{path:<regex>}`): anchored at the start only.
+    name: "HTTPRouteGroup pathRegex anchors at the start of the path, not at its end",
+    rules: [rule({ http: [match({ pathRegex: "/api" })] })],
+    source: "10.0.0.1",
+    request: req("GET", "/api-internal/keys"),
+    want: ["test/server"],
+  },
+  {
+    // The path is matched in normal form, the one the backend serves.
+    name: "HTTPRouteGroup pathRegex is matched against the path with dot segments removed",
+    rules: [rule({ http: [match({ pathRegex: "/public" })] })],
+    source: "10.0.0.1",
+    request: req("GET", "/public/../admin"),
+    want: /none of its rules matches GET \/admin/,
+  },
+  {
+    // SMI v1alpha2 requires rules; Traefik Mesh routes a target without them by Host alone,
+    // and the topology compiles it to one match without conditions.
+    name: "TrafficTarget with no rules allows any HTTP request (as Traefik Mesh reads it)",
+    rules: [rule({ http: [match({ name: "(no rules)" })] })],
+    source: "10.0.0.1",
+    request: req("PUT", "/anything"),
+    want: ["test/server"],
+  },
+  {
+    name: "TrafficTarget with no rules opens no TCP connection",
+    rules: [rule({ http: [match({ name: "(no rules)" })] })],
+    source: "10.0.0.1",
+    request: null,
+    want: /names ServiceAccount "test\/tool" as a source, but no TCPRoute rule/,
+  },
+  {
+    name: "TCPRoute rule allows whole connections",
+    rules: [rule({ l4: true })],
+    source: "10.0.0.1",
+    request: null,
+    want: ["test/server"],
+  },
+  {
+    // A TCPRoute says nothing of requests: the connection, and all it carries, is allowed.
+    name: "TCPRoute rule allows any HTTP request on an HTTP port",
+    rules: [rule({ l4: true })],
+    source: "10.0.0.1",
+    request: req("POST", "/admin"),
+    want: ["test/server"],
+  },
+  {
+    // SMI: the destination is the ServiceAccount whose Pods may be reached; a source lets in
+    // by one target reaches that target's Pods, not the others behind the same port.
+    name: "TrafficTarget destination: only the ServiceAccounts whose rules match are reachable",
+    rules: [
+      rule({ trafficTarget: "test/v1", destination: "test/v1", http: [match({ pathRegex: "/" })] }),
+      rule({
+        trafficTarget: "test/v2",
+        destination: "test/v2",
+        http: [match({ pathRegex: "/v2" })],
+      }),
+      rule({ trafficTarget: "test/v3", destination: "test/v3", sources: ["test/other"], l4: true }),
+    ],
+    source: "10.0.0.1",
+    request: req("GET", "/v1"),
+    want: ["test/v1"],
+  },
+  {
+    name: "TrafficTargets add up: one that matches is enough",
+    rules: [
+      rule({ trafficTarget: "test/a", http: [match({ methods: ["POST"] })] }),
+      rule({ trafficTarget: "test/b", destination: "test/b", http: [match({ methods: ["GET"] })] }),
+    ],
+    source: "10.0.0.1",
+    request: req("GET", "/"),
+    want: ["test/b"],
+  },
+];
+
+for (const c of ACCESS_CASES) {
+  const check = c.request ? "checkHttp" : "checkL4";
+  Deno.test(`AccessPolicy.${check}() ${c.name}`, () => {
+    const p = new AccessPolicy('port 80 of service "test/server"', c.rules, IDS);
+    const d = c.request ? p.checkHttp(c.source, c.request) : p.checkL4(c.source);
+    if (Array.isArray(c.want)) {
+      assert.ok(d.allowed, `refused: ${!d.allowed && d.reason}`);
+      assert.deepEqual([...d.destinations].sort(), c.want);
+    } else {
+      assert.ok(!d.allowed, "allowed");
+      assert.match(d.reason, c.want);
+    }
+  });
+}

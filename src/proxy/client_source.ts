@@ -40,6 +40,9 @@ export class ClientSource {
     if (!got) this.#gone = true;
   };
 
+  /** {@linkcode ClientSource.gone} as a function made once, to hand to a retry loop. */
+  readonly isGone = (): boolean => this.#gone;
+
   readonly #failed = (): void => {
     this.#watching = false;
     this.#gone = true;

@@ -29,16 +29,14 @@ export class EndpointState {
   ejections = 0;
   /** Sequence number of the last pick, to break ties in favour of the least recent. */
   lastPick = 0;
+  /** Routes of the table in force that list it (the route table's count). */
+  routes = 0;
 
-  /** Made at the first use: the proxy reads it per request, most endpoints never. */
-  #key: string | undefined;
-
-  constructor(readonly address: string, readonly port: number) {}
-
-  /** `address:port`, bracketed for IPv6. */
-  get key(): string {
-    return this.#key ??= endpointKey(this.address, this.port);
-  }
+  /**
+   * @param key `address:port`, bracketed for IPv6 ({@linkcode endpointKey}): the pool's key,
+   * the same string.
+   */
+  constructor(readonly address: string, readonly port: number, readonly key: string) {}
 }
 
 /** `address:port`, with IPv6 addresses in brackets. */
@@ -81,6 +79,8 @@ export class EndpointPool {
   readonly #random: () => number;
   readonly #now: () => number;
   readonly #onEject?: (state: EndpointState, ms: number) => void;
+  /** Endpoints in no config any more that had requests in flight when they left it. */
+  readonly #lingering = new Set<EndpointState>();
   #seq = 0;
 
   constructor(options: EndpointPoolOptions = {}) {
@@ -94,13 +94,41 @@ export class EndpointPool {
   state(ep: Pick<MeshEndpoint, "address" | "port">): EndpointState {
     const key = endpointKey(ep.address, ep.port);
     let s = this.#states.get(key);
-    if (!s) this.#states.set(key, s = new EndpointState(ep.address, ep.port));
+    if (!s) this.#states.set(key, s = new EndpointState(ep.address, ep.port, key));
     return s;
   }
 
   /** Forgets endpoints that are in no config any more and have nothing in flight. */
   retain(keys: Set<string>): void {
     for (const [k, s] of this.#states) if (!keys.has(k) && s.inflight === 0) this.#states.delete(k);
+    this.#lingering.clear();
+    for (const [k, s] of this.#states) if (!keys.has(k)) this.#lingering.add(s);
+  }
+
+  /**
+   * Forgets the endpoints of `gone` (keys no config lists now) that are not in `live` and have
+   * nothing in flight; those still busy are looked at again at each call, until they are idle.
+   * What {@linkcode retain} does, at the cost of what changed.
+   */
+  forget(gone: Iterable<string>, live: ReadonlySet<string>): void {
+    for (const s of this.#lingering) {
+      if (live.has(s.key) || this.#states.get(s.key) !== s) this.#lingering.delete(s);
+      else if (s.inflight === 0) {
+        this.#lingering.delete(s);
+        this.#states.delete(s.key);
+      }
+    }
+    for (const k of gone) {
+      const s = this.#states.get(k);
+      if (!s || live.has(k)) continue;
+      if (s.inflight === 0) this.#states.delete(k);
+      else this.#lingering.add(s);
+    }
+  }
+
+  /** How many endpoints it keeps state for. */
+  get size(): number {
+    return this.#states.size;
   }
 
   /** Whether `s` is ejected now. */

@@ -77,3 +77,24 @@ Deno.test("EndpointPool keeps state across configs and forgets idle removed endp
   pool.retain(new Set());
   assert.notEqual(pool.state({ address: "10.0.0.1", port: 80 }), a);
 });
+
+Deno.test("EndpointPool.forget() drops idle gone endpoints and the busy ones once idle", () => {
+  const pool = new EndpointPool();
+  const a = pool.state({ address: "10.0.0.1", port: 80 });
+  const b = pool.state({ address: "10.0.0.2", port: 80 });
+  const c = pool.state({ address: "10.0.0.3", port: 80 });
+  b.inflight = 1;
+  pool.forget(["10.0.0.1:80", "10.0.0.2:80"], new Set(["10.0.0.3:80"]));
+  assert.equal(pool.size, 2, "a is gone; b drains");
+  assert.notEqual(pool.state({ address: "10.0.0.1", port: 80 }), a);
+  assert.equal(pool.state({ address: "10.0.0.2", port: 80 }), b);
+  // A later change, of other endpoints, lets b go once its request is done.
+  pool.forget([], new Set(["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+  assert.equal(pool.state({ address: "10.0.0.2", port: 80 }), b, "listed again: kept");
+  pool.forget(["10.0.0.2:80"], new Set(["10.0.0.1:80", "10.0.0.3:80"]));
+  assert.equal(pool.state({ address: "10.0.0.2", port: 80 }), b, "still busy");
+  b.inflight = 0;
+  pool.forget([], new Set(["10.0.0.1:80", "10.0.0.3:80"]));
+  assert.notEqual(pool.state({ address: "10.0.0.2", port: 80 }), b);
+  assert.equal(pool.state({ address: "10.0.0.3", port: 80 }), c);
+});

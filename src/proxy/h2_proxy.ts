@@ -1,10 +1,7 @@
-import http2 from "node:http2";
-import { Duplex } from "node:stream";
 import type { Logger } from "../observability/mod.ts";
-import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
-import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
@@ -24,13 +21,21 @@ import {
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
-import { STATUS_CODES } from "node:http";
+import { UpstreamError } from "./upstream_error.ts";
+import { type Connect, connectUpstream } from "./connect_upstream.ts";
+import { forwardedFor } from "./forwarded_for.ts";
+import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
+import { ClientGone, withRetries } from "./with_retries.ts";
+import { type Fields, H2Connection, type H2Stream } from "./h2/connection.ts";
+import { ERROR, errorName } from "./h2/frames.ts";
 
 /** Options for {@linkcode H2Proxy}. */
 export interface H2ProxyOptions {
   routes: () => RouteTable;
   pool: EndpointPool;
   logger: Logger;
+  /** Opens backend connections. Default: `Deno.connect` over TCP. */
+  connect?: Connect;
   /** Give up on a backend that has not accepted within this time (502). Default 5000 ms. */
   connectTimeoutMs?: number;
   /** Give up on a backend that has not sent response headers within this time (504). */
@@ -39,8 +44,11 @@ export interface H2ProxyOptions {
   drop?: CountDrop;
   /** Retry budgets per service, shared with HTTP/1. */
   budgets?: RetryBudgets;
-  /** The endpoints that are not this meshd's own listeners; throws a 508 when none is left. */
-  notOwn?: (target: Route, candidates: EndpointState[]) => EndpointState[];
+  /**
+   * Whether `address:port` is one of this meshd's own listeners: such endpoints are left out,
+   * and a request that has only those is refused with a 508 (a forwarding loop).
+   */
+  isOwn?: (address: string, port: number) => boolean;
   /**
    * This meshd's name in `Via` (RFC 9110 §7.6.3), added to every request it forwards; a
    * request that has it already went around a loop (508), over HTTP/2 as over HTTP/1.
@@ -52,6 +60,8 @@ export interface H2ProxyOptions {
    * Default 60 s.
    */
   clientIdleMs?: number;
+  /** Streams one client connection may have open at once. Default 100. */
+  maxConcurrentStreams?: number;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -72,19 +82,19 @@ const H2_DROP = new Set([
 // HTTP/1.1 fields that do not carry over to HTTP/2 (RFC 9110 §7.6.1, RFC 9113 §8.2.2).
 const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "proxy-authorization"]);
 
-const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
-
-/** A backend stream that failed before its response headers: another endpoint may be tried. */
-class UpstreamError extends Error {
-  constructor(message: string, readonly requestSent: boolean, readonly timedOut = false) {
-    super(message);
-    this.name = "UpstreamError";
-  }
-}
+/** How often deadlines (response timeouts, idle clients) are checked. */
+const SWEEP_MS = 50;
 
 interface Backend {
-  session: http2.ClientHttp2Session;
-  ready: Promise<void>;
+  /** Set once connected. */
+  conn: H2Connection | null;
+  ready: Promise<H2Connection>;
+}
+
+/** A response that is awaited: what to do if it has not come by `deadline`. */
+interface Deadline {
+  deadline: number;
+  expire: () => void;
 }
 
 // gRPC status codes for the failures the proxy answers itself.
@@ -98,65 +108,67 @@ const GRPC_STATUS: Record<number, number> = {
   504: 4, // DEADLINE_EXCEEDED
 };
 
+/** Reason phrases for HTTP/1.x status lines (RFC 9110 §15); others go without one. */
+const REASONS: Record<number, string> = {
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  204: "No Content",
+  206: "Partial Content",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  409: "Conflict",
+  410: "Gone",
+  413: "Content Too Large",
+  415: "Unsupported Media Type",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
 /**
- * HTTP/2 over cleartext (prior knowledge), including gRPC: requests are routed by
- * `:authority` through the same policy as HTTP/1.1 and sent to services with scheme `h2c`
- * over one multiplexed connection per endpoint. Bodies stream both ways with flow control;
- * trailers (gRPC status) are passed back.
+ * HTTP/2 over cleartext (prior knowledge), including gRPC, on meshd's own frame layer
+ * (`h2/connection.ts`): requests are routed by `:authority` through the same policy as
+ * HTTP/1.1 and sent to services with scheme `h2c` over one multiplexed connection per
+ * endpoint, which has its own SETTINGS and flow control. Bodies stream both ways within the
+ * flow-control windows of both sides; trailers (gRPC status) are passed back.
  *
  * The HTTP entrypoint hands over a client connection when it sees the HTTP/2 preface, so both
  * versions share one port.
  */
 export class H2Proxy {
   readonly #opts: H2ProxyOptions;
-  readonly #server: http2.Http2Server;
-  readonly #sessions = new Set<http2.ServerHttp2Session>();
-  readonly #peers = new WeakMap<http2.ServerHttp2Session, string>();
+  readonly #clients = new Set<H2Connection>();
   readonly #backends = new Map<string, Backend>();
   readonly #budgets: RetryBudgets;
-  /** Streams open per client session, and the timer that closes it when none has been. */
-  readonly #idle = new WeakMap<
-    http2.ServerHttp2Session,
-    { open: number; timer: ReturnType<typeof setTimeout> | undefined }
-  >();
-  #adopting = "";
+  readonly #deadlines = new Set<Deadline>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  readonly #onBudgetSpent = (): void => this.#opts.drop?.("retry_budget");
+  readonly #guard: LoopGuard;
 
   constructor(options: H2ProxyOptions) {
     this.#opts = options;
     this.#budgets = options.budgets ?? new RetryBudgets();
-    this.#server = http2.createServer({ settings: { enablePush: false } });
-    this.#server.on("sessionError", () => {});
-    this.#server.on("session", (s: http2.ServerHttp2Session) => {
-      this.#peers.set(s, this.#adopting);
-      this.#sessions.add(s);
-      this.#idle.set(s, { open: 0, timer: this.#idleTimer(s) });
-      s.on("close", () => {
-        this.#sessions.delete(s);
-        clearTimeout(this.#idle.get(s)?.timer);
-      });
-      s.on("error", () => {});
-    });
-    this.#server.on(
-      "stream",
-      (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
-        const idle = this.#idle.get(stream.session as http2.ServerHttp2Session);
-        if (idle) {
-          idle.open++;
-          clearTimeout(idle.timer);
-          stream.once("close", () => {
-            if (--idle.open === 0) {
-              idle.timer = this.#idleTimer(stream.session as http2.ServerHttp2Session);
-            }
-          });
-        }
-        // A client that resets or vanishes ends its streams with an error: nothing to report.
-        stream.on("error", () => {});
-        this.#onStream(stream, headers).catch((e) => {
-          this.#opts.logger.warn("h2 stream failed", { error: String(e) });
-          if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
-        });
-      },
-    );
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
   }
 
   /**
@@ -165,49 +177,83 @@ export class H2Proxy {
    * when the connection ends.
    */
   adopt(conn: Deno.TcpConn, early: Uint8Array, peer: string): Promise<void> {
-    const socket = connDuplex(conn, early);
-    // A client that goes away mid-write is routine: the session sees the close and cleans up.
-    socket.on("error", (e: Error) => {
-      if (this.#opts.logger.enabled("debug")) {
-        this.#opts.logger.debug("h2 client connection failed", { client: peer, error: e.message });
-      }
-    });
-    const ended = new Promise<void>((resolve) => socket.once("close", () => resolve()));
-    this.#adopting = peer;
-    try {
-      this.#server.emit("connection", socket);
-    } finally {
-      this.#adopting = "";
+    if (this.#closed) {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      return Promise.resolve();
     }
-    return ended;
+    try {
+      conn.setNoDelay(true);
+    } catch { /* closed */ }
+    const logger = this.#opts.logger;
+    const client: H2Connection = new H2Connection(conn, {
+      role: "server",
+      maxConcurrentStreams: this.#opts.maxConcurrentStreams,
+      onStream: (stream, fields) => {
+        this.#onStream(stream, fields, peer).catch((e) => {
+          logger.warn("h2 stream failed", { error: String(e) });
+          stream.reset(ERROR.INTERNAL_ERROR);
+        });
+      },
+      onClose: (error) => {
+        this.#clients.delete(client);
+        // A hostile or broken client: one line at debug, never a stack.
+        if (error && logger.enabled("debug")) {
+          logger.debug("h2 client connection failed", {
+            client: peer,
+            error: `${errorName(error.code)}: ${error.message}`,
+          });
+        }
+      },
+    }, early);
+    this.#clients.add(client);
+    this.#startSweeper();
+    return client.done;
   }
 
-  /** A timer that closes client session `s` once it has been idle for `clientIdleMs`. */
-  #idleTimer(s: http2.ServerHttp2Session | undefined): ReturnType<typeof setTimeout> | undefined {
-    if (!s || s.destroyed) return undefined;
-    const timer = setTimeout(() => {
-      if (s.destroyed) return;
-      s.close(); // GOAWAY; no stream is open, so the session ends now
-      setTimeout(() => s.destroyed || s.destroy(), 1000).unref();
-    }, this.#opts.clientIdleMs ?? 60_000);
-    timer.unref(); // never keeps the process alive on its own
-    return timer;
+  #startSweeper(): void {
+    if (this.#sweeper !== undefined) return;
+    // One timer for every deadline and idle client, rather than one per request.
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
+    Deno.unrefTimer(this.#sweeper); // never keeps the process alive on its own
   }
 
-  /** Closes every client and backend session. */
+  #sweep(): void {
+    const now = Date.now(); // a coarse clock serves deadlines checked every SWEEP_MS
+    for (const d of this.#deadlines) {
+      if (now >= d.deadline) {
+        this.#deadlines.delete(d);
+        d.expire();
+      }
+    }
+    const idleMs = this.#opts.clientIdleMs ?? 60_000;
+    for (const c of this.#clients) {
+      // GOAWAY; with no stream open the connection ends at once.
+      if (c.streams === 0 && now - c.idleSince >= idleMs) c.drain();
+    }
+  }
+
+  /** Closes every client and backend connection, each with a GOAWAY first. */
   close(): void {
-    for (const s of this.#sessions) s.destroy();
-    this.#sessions.clear();
-    for (const b of this.#backends.values()) b.session.destroy();
+    this.#closed = true;
+    for (const c of this.#clients) c.close();
+    this.#clients.clear();
+    for (const b of this.#backends.values()) b.ready.then((c) => c.close(), () => {});
     this.#backends.clear();
+    for (const d of this.#deadlines) d.expire();
+    this.#deadlines.clear();
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
   }
 
-  /** Closes backend sessions to endpoints that are in no route any more. */
+  /** Closes backend connections to endpoints that are in no route any more. */
   dropIdle(keep: Set<string>): void {
     for (const [key, b] of this.#backends) {
       if (keep.has(key)) continue;
       this.#backends.delete(key);
-      b.session.close(); // lets streams in flight finish
+      // GOAWAY: streams in flight finish, then the connection closes.
+      b.ready.then((c) => c.drain(), () => {});
     }
   }
 
@@ -217,17 +263,13 @@ export class H2Proxy {
     return name === undefined ? null : `${protocol} ${name}`;
   }
 
-  async #onStream(
-    stream: http2.ServerHttp2Stream,
-    headers: http2.IncomingHttpHeaders,
-  ): Promise<void> {
-    const peer = this.#peers.get(stream.session as http2.ServerHttp2Session) ?? "";
-    const grpc = String(headers["content-type"] ?? "").startsWith("application/grpc");
-    let malformed = checkH2Request(headers);
+  async #onStream(stream: H2Stream, fields: Fields, peer: string): Promise<void> {
+    const grpc = (fieldOf(fields, "content-type") ?? "").startsWith("application/grpc");
+    let malformed = checkH2Request(fields);
     if (malformed === null) {
       // Access rules match the path meshd forwards: one normal form, or 400.
       try {
-        headers[":path"] = normalizeTarget(headers[":path"] as string);
+        setField(fields, ":path", normalizeTarget(fieldOf(fields, ":path")!));
       } catch (e) {
         if (!(e instanceof HttpParseError)) throw e;
         malformed = e.message;
@@ -238,23 +280,19 @@ export class H2Proxy {
       this.#fail(stream, new ProxyFailure(400, `Bad request: ${malformed}`), grpc);
       return;
     }
-    const authority = (headers[":authority"] ?? headers["host"] ?? "") as string;
+    const authority = fieldOf(fields, ":authority") ?? fieldOf(fields, "host") ?? "";
     const root = lookupHttpRoute(this.#opts.routes(), authority);
     if (!root) {
       this.#fail(stream, new ProxyFailure(404, `No mesh service answers to "${authority}"`), grpc);
       return;
     }
-    const m = root.metrics;
-    m.requests.inc();
-    m.open.inc();
-    const started = performance.now();
-    let status = 0;
-    let networkError = false;
-    let passed = false;
+    // The stream's metric state, counted by meterStart/meterEnd as HTTP/1 counts a request.
+    const x: Metered = { root, started: 0, status: 0, network: false, breakerChecked: false };
+    meterStart(x);
     try {
       const viaName = this.#opts.viaName;
-      const via = headers["via"];
-      if (viaName !== undefined && via !== undefined && viaHas([["via", String(via)]], viaName)) {
+      const via = fieldOf(fields, "via");
+      if (viaName !== undefined && via !== undefined && viaHas([["via", via]], viaName)) {
         this.#opts.drop?.("loop");
         throw new ProxyFailure(
           508,
@@ -262,11 +300,10 @@ export class H2Proxy {
             `already (Via "${viaName}")`,
         );
       }
-      passed = checkBreaker(root);
-      const admitted = admit(root, peer, requestInfo(headers));
+      x.breakerChecked = checkBreaker(root);
+      const admitted = admit(root, peer, requestInfo(fields));
       const target = admitted.target;
-      const candidates = this.#opts.notOwn?.(target, admitted.candidates) ??
-        admitted.candidates;
+      const candidates = withoutOwn(admitted, this.#guard);
       if (target.service.scheme !== "h2c") {
         throw new ProxyFailure(
           502,
@@ -274,96 +311,191 @@ export class H2Proxy {
             `HTTP/2 clients reach services with scheme h2c only`,
         );
       }
-      status = await this.#forward(stream, headers, peer, root, target, candidates);
+      const out = requestHeaders(fields, peer, this.#via("2"));
+      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, root), {
+        pool: this.#opts.pool,
+        root,
+        target,
+        candidates,
+        budget: this.#budgets.of(target.key),
+        onBudgetSpent: this.#onBudgetSpent,
+        gone: () => stream.closed,
+      });
+      // The exchange ended with the response: the endpoint's request in flight is over.
+      ep.inflight--;
+      x.status = value;
     } catch (e) {
+      if (e instanceof ClientGone) {
+        x.status = 499; // the stream is gone: nobody to answer
+        return;
+      }
       if (!(e instanceof ProxyFailure)) throw e;
-      status = e.status;
-      networkError = e.network;
+      x.status = e.status;
+      x.network = e.network;
       this.#fail(stream, e, grpc);
     } finally {
-      m.open.dec();
-      const ms = performance.now() - started;
-      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe(ms / 1000);
-      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
+      meterEnd(x);
     }
   }
 
-  async #forward(
-    stream: http2.ServerHttp2Stream,
-    headers: http2.IncomingHttpHeaders,
-    peer: string,
+  /** A backend that sent no response headers within the response timeout (a 504). */
+  #timedOut(): UpstreamError {
+    return new UpstreamError("timed out", {
+      requestSent: true,
+      timeoutMs: this.#opts.responseTimeoutMs ?? 30_000,
+    });
+  }
+
+  /** Calls `expire` unless the returned function is called within the response timeout. */
+  #deadline(expire: () => void): () => void {
+    const d: Deadline = {
+      deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
+      expire,
+    };
+    this.#deadlines.add(d);
+    this.#startSweeper();
+    return () => this.#deadlines.delete(d);
+  }
+
+  /** A backend stream for `out` on `ep` at once, when connected and with a slot free. */
+  #openNow(ep: EndpointState, out: Fields, end: boolean): H2Stream | null {
+    const conn = this.#backends.get(ep.key)?.conn;
+    return conn && !conn.closing ? conn.tryRequest(out, end) : null;
+  }
+
+  /** Opens a backend stream for `out` on `ep`, or throws an {@linkcode UpstreamError}. */
+  async #open(ep: EndpointState, out: Fields, end: boolean): Promise<H2Stream> {
+    const conn = await this.#backend(ep);
+    try {
+      return await conn.request(out, end);
+    } catch (e) {
+      if (this.#backends.get(ep.key)?.conn === conn) this.#backends.delete(ep.key);
+      throw new UpstreamError((e as Error).message, { requestSent: false });
+    }
+  }
+
+  /** One request on one endpoint; resolves with the status once the response has ended. */
+  async #exchange(
+    client: H2Stream,
+    out: Fields,
+    ep: EndpointState,
     root: Route,
-    target: Route,
-    candidates: EndpointState[],
   ): Promise<number> {
-    const out = requestHeaders(headers, peer, this.#via("2"));
-    return await this.#withEndpoint(
-      root,
-      target,
-      candidates,
-      (ep) => this.#exchange(stream, out, ep, root),
-      () => stream.closed || stream.destroyed,
-    );
+    // No body at all: the request goes out whole, and may be retried if refused.
+    const bodyless = client.remoteEnded && !client.hasData;
+    // Without an await when it can: the request's frames then leave in the same write as the
+    // others read with it.
+    const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
+    if (client.closed) {
+      up.reset(ERROR.CANCEL);
+      return 499; // the client went away while we connected
+    }
+    const m = root.metrics;
+    const pool = this.#opts.pool;
+    return await new Promise<number>((resolve, reject) => {
+      let status = 0;
+      let settled = false;
+      const settle = (v: number | UpstreamError): void => {
+        if (settled) return;
+        settled = true;
+        cancelTimer();
+        if (typeof v === "number") resolve(v);
+        else reject(v);
+      };
+      const cancelTimer = this.#deadline(() => {
+        settle(this.#timedOut()); // before the reset's own close
+        up.reset(ERROR.CANCEL);
+      });
+      up.onHeaders = (h, end) => {
+        if (status === 0) {
+          cancelTimer();
+          status = Number(fieldOf(h, ":status"));
+          if (!(status >= 200 && status <= 599)) {
+            up.reset(ERROR.PROTOCOL_ERROR);
+            settle(
+              new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, { requestSent: true }),
+            );
+            return;
+          }
+          if (status >= 500) pool.failure(ep);
+          else pool.success(ep);
+        }
+        client.sendHeaders(responseHeaders(h), end);
+      };
+      up.onData = (chunk, end) => {
+        m.bytesOut.inc(chunk.length);
+        client.sendData(chunk, end, up);
+      };
+      up.onClose = (code) => {
+        if (status === 0) {
+          if (client.closed && client.code !== ERROR.NO_ERROR) settle(499);
+          else {
+            settle(
+              new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+                requestSent: !(up.refused && bodyless),
+              }),
+            );
+          }
+          return;
+        }
+        if (code !== ERROR.NO_ERROR) {
+          // Reset mid-response: the client's stream is reset too.
+          client.reset(code === ERROR.REFUSED_STREAM ? ERROR.INTERNAL_ERROR : code);
+        } else if (!client.remoteEnded) {
+          // RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
+          client.reset(ERROR.NO_ERROR);
+        }
+        settle(status);
+      };
+      client.onData = (chunk, end) => {
+        m.bytesIn.inc(chunk.length);
+        up.sendData(chunk, end, client);
+      };
+      client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
+      client.onClose = (code) => {
+        if (code === ERROR.NO_ERROR && client.localEnded) return; // done
+        // The client reset or left: nothing more goes upstream.
+        up.reset(ERROR.CANCEL);
+        if (status === 0) settle(499); // the client cancelled: no fault of the endpoint
+      };
+      if (!bodyless) client.replay();
+    });
   }
 
-  /**
-   * Runs `exchange` on an endpoint picked from `candidates`, on another one after a failure
-   * while the request has not been sent (the number of tries is the service's retry
-   * attempts plus one, at most 11, within the service's retry budget, and none once `gone`
-   * says the client left), and turns the last failure into a 502 or 504.
-   */
-  async #withEndpoint<T>(
-    root: Route,
-    target: Route,
-    candidates: EndpointState[],
-    exchange: (ep: EndpointState) => Promise<T>,
-    gone: () => boolean,
-  ): Promise<T> {
-    const pool = this.#opts.pool;
-    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
-    const budget = this.#budgets.of(target.key);
-    budget.request();
-    const tried = new Set<EndpointState>();
-    for (let attempt = 0;; attempt++) {
-      const fresh = candidates.filter((c) => !tried.has(c));
-      const ep = pool.pick(fresh.length > 0 ? fresh : candidates);
-      if (!ep) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
-      tried.add(ep);
-      ep.inflight++;
+  /** The connection to an endpoint, connecting it if there is none. */
+  #backend(ep: EndpointState): Promise<H2Connection> {
+    const have = this.#backends.get(ep.key);
+    if (have && !have.conn?.closing) return have.ready;
+    const b: Backend = { conn: null, ready: Promise.resolve(null as unknown as H2Connection) };
+    const forget = (): void => {
+      if (this.#backends.get(ep.key) === b) this.#backends.delete(ep.key);
+    };
+    b.ready = (async () => {
+      let tcp: Deno.Conn;
       try {
-        return await exchange(ep);
+        // Nagle off; one made after the deadline is closed, never leaked.
+        tcp = await connectUpstream(ep, {
+          connect: this.#opts.connect,
+          timeoutMs: this.#opts.connectTimeoutMs,
+        });
       } catch (e) {
-        if (!(e instanceof UpstreamError)) throw e;
-        pool.failure(ep);
-        // A request body is streamed, never kept: only a request not yet sent is retried.
-        if (!e.requestSent && attempt + 1 < attempts && !gone()) {
-          if (budget.retry()) {
-            root.metrics.retries.inc();
-            continue;
-          }
-          this.#opts.drop?.("retry_budget");
-        }
-        if (e.timedOut) {
-          throw new ProxyFailure(
-            504,
-            `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
-              this.#opts.responseTimeoutMs ?? 30_000
-            } ms`,
-            {},
-            true,
-          );
-        }
-        throw new ProxyFailure(
-          502,
-          `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
-          {},
-          true,
-        );
-      } finally {
-        ep.inflight--;
+        forget();
+        throw e;
       }
-    }
+      if (this.#closed) {
+        forget();
+        try {
+          tcp.close();
+        } catch { /* closed */ }
+        throw new UpstreamError("proxy is closing", { requestSent: false });
+      }
+      const conn = new H2Connection(tcp, { role: "client", onClose: forget });
+      b.conn = conn;
+      return conn;
+    })();
+    b.ready.catch(() => {});
+    this.#backends.set(ep.key, b);
+    return b.ready;
   }
 
   /**
@@ -381,238 +513,137 @@ export class H2Proxy {
     candidates: EndpointState[],
     gone: () => boolean = () => false,
   ): Promise<{ status: number; keepAlive: boolean }> {
-    const incoming: http2.IncomingHttpHeaders = {};
+    const incoming: Fields = [];
     const connTokens = headerTokens(req.headers, "connection");
     for (const [k, v] of req.headers) {
       const l = k.toLowerCase();
       if (H1_ONLY.has(l) || connTokens.includes(l)) continue;
-      const had = incoming[l];
-      incoming[l] = had === undefined ? v : `${had}${l === "cookie" ? "; " : ", "}${v}`;
+      incoming.push([l, v]);
     }
-    const out = requestHeaders(incoming, peer, this.#via(`1.${req.minor}`));
-    out[":method"] = req.method;
-    out[":path"] = req.target;
-    out[":scheme"] = "http";
-    out[":authority"] = getHeader(req.headers, "host") ?? target.key;
+    const regular = requestHeaders(incoming, peer, this.#via(`1.${req.minor}`));
+    const out: Fields = [
+      [":method", req.method],
+      [":scheme", "http"],
+      [":authority", getHeader(req.headers, "host") ?? target.key],
+      [":path", req.target],
+      ...regular,
+    ];
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
-    return await this.#withEndpoint(root, target, candidates, async (ep) => {
-      const backend = this.#backend(ep);
-      await backend.ready;
+    const { value, ep } = await withRetries(async (ep) => {
       const m = root.metrics;
-      let up: http2.ClientHttp2Stream;
-      try {
-        up = backend.session.request(out, { endStream: framing.kind === "none" });
-      } catch (e) {
-        this.#backends.delete(ep.key);
-        throw new UpstreamError((e as Error).message, false);
-      }
-      let trailers: http2.IncomingHttpHeaders | null = null;
-      up.on("trailers", (t) => trailers = t);
+      const bodyless = framing.kind === "none";
+      const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
+      let trailers: Fields | null = null;
       // A request body that breaks its own framing ends the exchange with 400.
       let badBody: HttpParseError | undefined;
-      const bodyDone = framing.kind === "none"
+      const bodyDone = bodyless
         ? Promise.resolve(true)
-        : copyBody(reader, streamWriter(up), framing, true, (n) => m.bytesIn.inc(n)).then(
+        : copyBody(reader, up, framing, true, (n) => m.bytesIn.inc(n)).then(
           (ok) => {
             up.end();
             return ok;
           },
           (e) => {
             if (e instanceof HttpParseError) badBody = e;
-            up.close(NGHTTP2_CANCEL);
+            up.reset(ERROR.CANCEL);
             return false;
           },
         );
-      let h: http2.IncomingHttpHeaders;
+      let h: Fields;
       try {
-        h = await this.#responseOf(up);
+        h = await this.#responseOf(up, bodyless, (t) => trailers = t);
       } catch (e) {
         await bodyDone;
         if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
         throw e;
       }
-      const status = Number(h[":status"]);
+      const status = Number(fieldOf(h, ":status"));
       if (status >= 500) this.#opts.pool.failure(ep);
       else this.#opts.pool.success(ep);
       const noBody = req.method === "HEAD" || status === 204 || status === 304;
-      const length = h["content-length"];
+      const length = fieldOf(h, "content-length");
       const chunked = !noBody && length === undefined && req.minor === 1;
       const closeAfter = clientClose || (!noBody && length === undefined && !chunked);
-      let head = `HTTP/1.${req.minor === 0 ? 0 : 1} ${status} ${STATUS_CODES[status] ?? ""}\r\n`;
+      let head = `HTTP/1.${req.minor === 0 ? 0 : 1} ${status} ${REASONS[status] ?? ""}\r\n`;
       head += fieldLines(responseHeaders(h));
       if (chunked) head += "transfer-encoding: chunked\r\n";
       head += closeAfter ? "connection: close\r\n\r\n" : "\r\n";
-      // A client gone before the head: cancel the backend stream (in the body, leaving the
-      // loop early destroys it).
-      await writeAll(client, encodeLatin1(head)).catch((e) => {
-        up.close(NGHTTP2_CANCEL);
-        throw e;
-      });
-      for await (const chunk of up as AsyncIterable<Uint8Array>) {
-        if (noBody || chunk.length === 0) continue;
-        m.bytesOut.inc(chunk.length);
-        if (chunked) {
-          const framed = new Uint8Array(chunk.length + 16);
-          const size = encodeLatin1(`${chunk.length.toString(16)}\r\n`);
-          framed.set(size);
-          framed.set(chunk, size.length);
-          framed.set([13, 10], size.length + chunk.length);
-          await writeAll(client, framed.subarray(0, size.length + chunk.length + 2));
-        } else {
-          await writeAll(client, chunk);
+      try {
+        await writeAll(client, encodeLatin1(head));
+        for (let chunk = await up.read(); chunk !== null; chunk = await up.read()) {
+          if (noBody || chunk.length === 0) continue;
+          m.bytesOut.inc(chunk.length);
+          if (chunked) {
+            const size = encodeLatin1(`${chunk.length.toString(16)}\r\n`);
+            const framed = new Uint8Array(size.length + chunk.length + 2);
+            framed.set(size);
+            framed.set(chunk, size.length);
+            framed.set([13, 10], size.length + chunk.length);
+            await writeAll(client, framed);
+          } else {
+            await writeAll(client, chunk);
+          }
         }
+      } catch (e) {
+        // A client gone mid-response: cancel the backend stream.
+        up.reset(ERROR.CANCEL);
+        throw e;
+      }
+      if (up.code !== ERROR.NO_ERROR) {
+        // The backend reset the stream mid-response: the HTTP/1 client's connection ends.
+        return { status, keepAlive: false };
       }
       if (chunked) {
-        const t: http2.OutgoingHttpHeaders = trailers ? responseHeaders(trailers) : {};
+        const t = trailers ? responseHeaders(trailers) : [];
         await writeAll(client, encodeLatin1(`0\r\n${fieldLines(t)}\r\n`));
       }
       const sent = await bodyDone;
       return { status, keepAlive: !closeAfter && sent };
-    }, gone);
+    }, {
+      pool: this.#opts.pool,
+      root,
+      target,
+      candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      gone,
+    });
+    // The exchange ended with the response: the endpoint's request in flight is over.
+    ep.inflight--;
+    return value;
   }
 
   /** The response headers of `up`, or an {@linkcode UpstreamError} (504 after the timeout). */
-  #responseOf(up: http2.ClientHttp2Stream): Promise<http2.IncomingHttpHeaders> {
+  #responseOf(
+    up: H2Stream,
+    bodyless: boolean,
+    onTrailers: (t: Fields) => void,
+  ): Promise<Fields> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        up.close(NGHTTP2_CANCEL);
-        reject(new UpstreamError("timed out", true, true));
-      }, this.#opts.responseTimeoutMs ?? 30_000);
-      up.once("response", (h) => {
-        clearTimeout(timer);
+      const cancel = this.#deadline(() => {
+        reject(this.#timedOut()); // before the reset's own close
+        up.reset(ERROR.CANCEL);
+      });
+      let response = true;
+      up.onHeaders = (h) => {
+        if (!response) return onTrailers(h);
+        response = false;
+        cancel();
         resolve(h);
-      });
-      up.once("error", (e: Error) => {
-        clearTimeout(timer);
-        reject(new UpstreamError(e.message, true));
-      });
-      up.once("close", () => {
-        clearTimeout(timer);
-        reject(new UpstreamError(`stream closed before a response (code ${up.rstCode})`, true));
-      });
-    });
-  }
-
-  /** One request on one endpoint; resolves with the status once the response has ended. */
-  async #exchange(
-    stream: http2.ServerHttp2Stream,
-    out: http2.OutgoingHttpHeaders,
-    ep: EndpointState,
-    root: Route,
-  ): Promise<number> {
-    const backend = this.#backend(ep);
-    await backend.ready;
-    if (stream.destroyed) return 499; // the client went away while we connected
-    const m = root.metrics;
-    return await new Promise<number>((resolve, reject) => {
-      let up: http2.ClientHttp2Stream;
-      try {
-        up = backend.session.request(out);
-      } catch (e) {
-        this.#backends.delete(ep.key);
-        reject(new UpstreamError((e as Error).message, false));
-        return;
-      }
-      let status = 0;
-      let trailers: http2.IncomingHttpHeaders | null = null;
-      let settled = false;
-      const settle = (v: number | UpstreamError): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        if (typeof v === "number") resolve(v);
-        else reject(v);
       };
-      const timeoutMs = this.#opts.responseTimeoutMs ?? 30_000;
-      const timer = setTimeout(() => {
-        stream.unpipe(up);
-        up.close(NGHTTP2_CANCEL);
-        settle(new UpstreamError("timed out", true, true));
-      }, timeoutMs);
-
-      up.on("response", (h) => {
-        clearTimeout(timer);
-        status = Number(h[":status"]);
-        if (status >= 500) this.#opts.pool.failure(ep);
-        else this.#opts.pool.success(ep);
-        if (stream.destroyed) return;
-        stream.respond(responseHeaders(h), { waitForTrailers: true });
-        up.on("data", (chunk: Uint8Array) => m.bytesOut.inc(chunk.length));
-        up.pipe(stream);
-      });
-      up.on("trailers", (t) => {
-        trailers = t;
-      });
-      stream.on("wantTrailers", () => {
-        stream.sendTrailers(trailers ? responseHeaders(trailers) : {});
-      });
-      let clientGone = false;
-      stream.on("close", () => {
-        // The client reset or the response is done: either way nothing more goes upstream.
-        clientGone = status === 0;
-        if (!up.closed) up.close(NGHTTP2_CANCEL);
-        if (status > 0) settle(status);
-      });
-      up.on("error", (e: Error) => {
-        if (status === 0) settle(new UpstreamError(e.message, true));
-        else if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
-      });
-      up.on("close", () => {
-        if (clientGone) {
-          settle(499); // the client cancelled: no fault of the endpoint
-        } else if (status === 0) {
-          settle(
-            new UpstreamError(`stream closed before a response (code ${up.rstCode ?? "?"})`, true),
-          );
-        } else if (!stream.writableEnded && !stream.destroyed && up.rstCode !== 0) {
-          stream.close(up.rstCode ?? NGHTTP2_INTERNAL_ERROR);
-        }
-      });
-      stream.on("data", (chunk: Uint8Array) => m.bytesIn.inc(chunk.length));
-      stream.pipe(up);
-    });
-  }
-
-  /** The session to an endpoint, connecting it if there is none. */
-  #backend(ep: EndpointState): Backend {
-    const have = this.#backends.get(ep.key);
-    if (have && !have.session.closed && !have.session.destroyed) return have;
-    const host = ep.address.includes(":") ? `[${ep.address}]` : ep.address;
-    const session = http2.connect(`http://${host}:${ep.port}`, {
-      settings: { enablePush: false },
-    });
-    const forget = (): void => {
-      if (this.#backends.get(ep.key)?.session === session) this.#backends.delete(ep.key);
-    };
-    const timeout = this.#opts.connectTimeoutMs ?? 5000;
-    const ready = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        forget();
-        session.destroy();
-        reject(new UpstreamError(`connect timed out after ${timeout} ms`, false));
-      }, timeout);
-      session.once("connect", () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      session.once("error", (e: Error) => {
-        clearTimeout(timer);
+      up.onClose = (code) => {
+        cancel();
         reject(
-          new UpstreamError(`cannot connect: ${e.message}`, false),
+          new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+            requestSent: !(up.refused && bodyless),
+          }),
         );
-      });
+      };
     });
-    ready.catch(() => {});
-    session.on("error", forget);
-    session.on("close", forget);
-    session.on("goaway", forget);
-    const b = { session, ready };
-    this.#backends.set(ep.key, b);
-    return b;
   }
 
-  #fail(stream: http2.ServerHttp2Stream, f: ProxyFailure, grpc: boolean): void {
+  #fail(stream: H2Stream, f: ProxyFailure, grpc: boolean): void {
     const level = f.status >= 500 ? "warn" : "debug";
     if (
       this.#opts.logger.enabled(level) &&
@@ -620,34 +651,60 @@ export class H2Proxy {
     ) {
       this.#opts.logger[level]("h2 request failed", { status: f.status, reason: f.message });
     }
-    if (stream.destroyed || stream.closed) return;
+    if (stream.closed) return;
     if (stream.headersSent) {
-      stream.close(NGHTTP2_INTERNAL_ERROR);
+      stream.reset(ERROR.INTERNAL_ERROR);
       return;
     }
+    const extra: Fields = Object.entries(f.extraHeaders).map(([k, v]) => [
+      k.toLowerCase(),
+      String(v),
+    ]);
     if (grpc) {
       // A gRPC client reads the outcome from grpc-status (a trailers-only response).
-      stream.respond({
-        ":status": 200,
-        "content-type": "application/grpc",
-        "grpc-status": String(GRPC_STATUS[f.status] ?? 2),
-        "grpc-message": encodeURIComponent(f.message),
-        "x-meshd-error": f.code,
-        ...f.extraHeaders,
-      }, { endStream: true });
-      return;
+      stream.sendHeaders([
+        [":status", "200"],
+        ["content-type", "application/grpc"],
+        ["grpc-status", String(GRPC_STATUS[f.status] ?? 2)],
+        ["grpc-message", encodeURIComponent(f.message)],
+        ["x-meshd-error", f.code],
+        ...extra,
+      ], true);
+    } else {
+      stream.sendHeaders([
+        [":status", String(f.status)],
+        ["content-type", "text/plain; charset=utf-8"],
+        ["x-meshd-error", f.code],
+        ...extra,
+      ], false);
+      stream.sendData(new TextEncoder().encode(f.message + "\n"), true);
     }
-    stream.respond({
-      ":status": f.status,
-      "content-type": "text/plain; charset=utf-8",
-      "x-meshd-error": f.code,
-      ...f.extraHeaders,
-    });
-    stream.end(f.message + "\n");
+    // The request's body (if any) is not read: the stream is done.
+    if (!stream.remoteEnded && !stream.closed && !stream.pending) stream.reset(ERROR.NO_ERROR);
   }
 }
 
-const PSEUDO = new Set([":method", ":scheme", ":path", ":authority"]);
+/** The value of `name` in `fields` (several joined with ", ", cookies with "; "), if any. */
+function fieldOf(fields: Fields, name: string): string | undefined {
+  let v: string | undefined;
+  for (const [k, x] of fields) {
+    if (k !== name) continue;
+    v = v === undefined ? x : `${v}${name === "cookie" ? "; " : ", "}${x}`;
+  }
+  return v;
+}
+
+/** Sets the first `name` in `fields` to `value`. */
+function setField(fields: Fields, name: string, value: string): void {
+  for (const f of fields) {
+    if (f[0] === name) {
+      f[1] = value;
+      return;
+    }
+  }
+}
+
+const PSEUDO = new Map([[":method", 1], [":scheme", 2], [":path", 4], [":authority", 8]]);
 // RFC 9113 §8.2.2: fields that are specific to one HTTP/1.1 connection make a request malformed.
 const CONNECTION_SPECIFIC = new Set([
   "connection",
@@ -661,164 +718,108 @@ const BAD_VALUE = /[\r\n\0]|^[ \t]|[ \t]$/;
 /**
  * Why an HTTP/2 request is malformed (RFC 9113 §8.1.1), or `null`: names not lower case or with
  * characters outside token, connection-specific fields, `te` other than `trailers`, CR, LF or
- * NUL or edge whitespace in a value (§8.2.1), unknown or missing pseudo-headers, a `:path` that
- * is not origin-form (§8.3.1), and a Host that names another authority than `:authority`.
+ * NUL or edge whitespace in a value (§8.2.1), unknown, repeated, missing or misplaced
+ * pseudo-headers (§8.3), a `:path` that is not origin-form (§8.3.1), and a Host that names
+ * another authority than `:authority`.
  */
-export function checkH2Request(headers: http2.IncomingHttpHeaders): string | null {
-  for (const [name, raw] of Object.entries(headers)) {
-    if (raw === undefined) continue;
-    const pseudo = name.startsWith(":");
-    if (pseudo && !PSEUDO.has(name)) return `unknown pseudo-header "${name}"`;
+export function checkH2Request(fields: Fields): string | null {
+  let seen = 0; // a bit per pseudo-header
+  let regular = false;
+  for (const [name, value] of fields) {
+    const pseudo = name.charCodeAt(0) === 58; // ":"
+    if (pseudo) {
+      const bit = PSEUDO.get(name);
+      if (bit === undefined) return `unknown pseudo-header "${name.slice(0, 40)}"`;
+      if (regular) return `pseudo-header "${name}" after a regular field`;
+      if (seen & bit) return `pseudo-header "${name}" appears twice`;
+      seen |= bit;
+    } else regular = true;
     const bare = pseudo ? name.slice(1) : name;
     if (!isToken(bare) || bare !== bare.toLowerCase()) {
       return `field name "${name.slice(0, 40)}" is not a lower-case token`;
     }
     if (CONNECTION_SPECIFIC.has(name)) return `connection-specific field "${name}"`;
-    for (const v of Array.isArray(raw) ? raw : [raw]) {
-      if (BAD_VALUE.test(String(v))) {
-        return `field "${name}" has a CR, LF, NUL or edge whitespace in its value`;
-      }
+    if (BAD_VALUE.test(value)) {
+      return `field "${name}" has a CR, LF, NUL or edge whitespace in its value`;
     }
-    if (pseudo && Array.isArray(raw)) return `pseudo-header "${name}" appears twice`;
   }
-  if (headers["te"] !== undefined && String(headers["te"]).toLowerCase() !== "trailers") {
-    return `te "${String(headers["te"]).slice(0, 40)}" is not "trailers"`;
+  const te = fieldOf(fields, "te");
+  if (te !== undefined && te.toLowerCase() !== "trailers") {
+    return `te "${te.slice(0, 40)}" is not "trailers"`;
   }
-  const method = headers[":method"];
-  const path = headers[":path"];
-  if (typeof method !== "string" || !isToken(method)) return "no valid :method";
+  const method = fieldOf(fields, ":method");
+  const path = fieldOf(fields, ":path");
+  if (method === undefined || !isToken(method)) return "no valid :method";
   if (method === "CONNECT") return "method CONNECT is not supported";
-  if (typeof headers[":scheme"] !== "string") return "no :scheme";
-  if (
-    typeof path !== "string" || !(path.startsWith("/") || (path === "*" && method === "OPTIONS"))
-  ) {
-    return `:path "${String(path ?? "").slice(0, 60)}" is not an absolute path`;
+  if (fieldOf(fields, ":scheme") === undefined) return "no :scheme";
+  if (path === undefined || !(path.startsWith("/") || (path === "*" && method === "OPTIONS"))) {
+    return `:path "${(path ?? "").slice(0, 60)}" is not an absolute path`;
   }
   if (/[^\x21-\x7e]|#/.test(path)) {
     return `:path "${path.slice(0, 60)}" has a character not allowed`;
   }
-  const authority = headers[":authority"];
-  const host = headers["host"];
+  const authority = fieldOf(fields, ":authority");
+  const host = fieldOf(fields, "host");
   if (authority === undefined && host === undefined) return "no :authority or Host";
   if (
-    authority !== undefined && host !== undefined &&
-    String(host).toLowerCase() !== String(authority).toLowerCase()
+    authority !== undefined && host !== undefined && host.toLowerCase() !== authority.toLowerCase()
   ) {
-    return `Host "${String(host).slice(0, 60)}" differs from :authority`;
+    return `Host "${host.slice(0, 60)}" differs from :authority`;
   }
   return null;
 }
 
-function requestInfo(headers: http2.IncomingHttpHeaders): RequestInfo {
-  const target = String(headers[":path"] ?? "/");
+function requestInfo(fields: Fields): RequestInfo {
+  const target = fieldOf(fields, ":path") ?? "/";
   const q = target.indexOf("?");
   return {
-    method: String(headers[":method"] ?? "GET"),
+    method: fieldOf(fields, ":method") ?? "GET",
     path: q >= 0 ? target.slice(0, q) : target,
-    header: (name) => {
-      const v = headers[name];
-      if (v === undefined) return null;
-      return Array.isArray(v) ? v.join(", ") : String(v);
-    },
+    header: (name) => fieldOf(fields, name) ?? null,
   };
 }
 
-function requestHeaders(
-  h: http2.IncomingHttpHeaders,
-  peer: string,
-  via: string | null,
-): http2.OutgoingHttpHeaders {
-  const out: http2.OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || H2_DROP.has(k)) continue;
-    if (k === "te" && String(v).toLowerCase() !== "trailers") continue;
-    out[k] = v;
+/**
+ * The fields forwarded for a request: connection-specific ones dropped, `:authority` from
+ * Host if missing, and X-Forwarded-For, Forwarded and Via appended to.
+ */
+function requestHeaders(fields: Fields, peer: string, via: string | null): Fields {
+  const out: Fields = [];
+  const regular: Fields = [];
+  for (const f of fields) {
+    const k = f[0];
+    if (H2_DROP.has(k) || k === "x-forwarded-for" || k === "forwarded" || k === "via") continue;
+    if (k === "te" && f[1].toLowerCase() !== "trailers") continue;
+    (k.startsWith(":") ? out : regular).push(f);
   }
-  out[":authority"] ??= h["host"];
+  const host = fieldOf(fields, "host");
+  if (host !== undefined && fieldOf(fields, ":authority") === undefined) {
+    out.push([":authority", host]);
+  }
   // Appended, never trusted: access control uses the connection's address alone.
-  const xff = h["x-forwarded-for"];
-  out["x-forwarded-for"] = xff ? `${xff}, ${peer}` : peer;
-  const node = peer.includes(":") ? `"[${peer}]"` : peer;
-  const fwd = h["forwarded"];
-  out["forwarded"] = fwd ? `${fwd}, for=${node}` : `for=${node}`;
+  // An empty value counts as none, as before the shared helper.
+  const fwd = forwardedFor({
+    xForwardedFor: fieldOf(fields, "x-forwarded-for") || null,
+    forwarded: fieldOf(fields, "forwarded") || null,
+  }, peer);
+  regular.push(["x-forwarded-for", fwd.xForwardedFor], ["forwarded", fwd.forwarded]);
   // RFC 9110 §7.6.3: a proxy appends itself to Via; meshd also finds loops by it.
-  if (via !== null) out["via"] = h["via"] ? `${h["via"]}, ${via}` : via;
+  const had = fieldOf(fields, "via");
+  if (via !== null) regular.push(["via", had ? `${had}, ${via}` : via]);
+  else if (had !== undefined) regular.push(["via", had]);
+  for (const f of regular) out.push(f);
   return out;
 }
 
-function responseHeaders(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
-  const out: http2.OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || H2_DROP.has(k)) continue;
-    out[k] = v;
-  }
+function responseHeaders(fields: Fields): Fields {
+  const out: Fields = [];
+  for (const f of fields) if (!H2_DROP.has(f[0])) out.push(f);
   return out;
 }
 
 /** Header lines for an HTTP/1.1 head or trailer section (pseudo-headers left out). */
-function fieldLines(h: http2.OutgoingHttpHeaders): string {
+function fieldLines(fields: Fields): string {
   let s = "";
-  for (const [k, v] of Object.entries(h)) {
-    if (k.startsWith(":") || v === undefined) continue;
-    for (const one of Array.isArray(v) ? v : [v]) s += `${k}: ${one}\r\n`;
-  }
+  for (const [k, v] of fields) if (!k.startsWith(":")) s += `${k}: ${v}\r\n`;
   return s;
-}
-
-/** A {@linkcode Writer} into an HTTP/2 stream that waits until each chunk is taken. */
-function streamWriter(up: http2.ClientHttp2Stream): Writer {
-  return {
-    write: (p) =>
-      new Promise((resolve, reject) => {
-        const copy = p.slice();
-        up.write(copy, (err) => err ? reject(err) : resolve(copy.length));
-      }),
-  };
-}
-
-/** A Node stream over a Deno connection, starting with bytes already read from it. */
-function connDuplex(conn: Deno.TcpConn, early: Uint8Array): Duplex {
-  let first: Uint8Array | null = early.length > 0 ? early.slice() : null;
-  return new Duplex({
-    read() {
-      if (first) {
-        this.push(first);
-        first = null;
-        return;
-      }
-      const buf = new Uint8Array(32 * 1024);
-      conn.read(buf).then(
-        (n) => this.push(n === null ? null : buf.subarray(0, n)),
-        () => this.push(null),
-      );
-    },
-    write(chunk: Uint8Array, _enc, done) {
-      writeFully(conn, chunk).then(() => done(), (e) => done(e));
-    },
-    writev(chunks: { chunk: Uint8Array }[], done) {
-      let size = 0;
-      for (const c of chunks) size += c.chunk.length;
-      const all = new Uint8Array(size);
-      let at = 0;
-      for (const c of chunks) {
-        all.set(c.chunk, at);
-        at += c.chunk.length;
-      }
-      writeFully(conn, all).then(() => done(), (e) => done(e));
-    },
-    final(done) {
-      conn.closeWrite().then(() => done(), () => done());
-    },
-    destroy(err, done) {
-      try {
-        conn.close();
-      } catch { /* closed */ }
-      done(err);
-    },
-  });
-}
-
-async function writeFully(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let rest = data;
-  while (rest.length > 0) rest = rest.subarray(await conn.write(rest));
 }

@@ -8,12 +8,16 @@ import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { NodeProxy } from "./mod.ts";
 import { endpoint, meshConfig, RawClient, rawRequest } from "../../tests/testenv/mesh.ts";
+import { waitFor } from "../../tests/testenv/process.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 
 interface H2Backend {
   port: number;
   sessions: number;
+  /** Streams open now, and GOAWAY frames received. */
+  open: number;
+  goaways: number;
   seen: http2.IncomingHttpHeaders[];
   close(): Promise<void>;
 }
@@ -28,6 +32,8 @@ function h2Backend(name: string): Promise<H2Backend> {
   const b: H2Backend = {
     port: 0,
     sessions: 0,
+    open: 0,
+    goaways: 0,
     seen: [],
     close: () =>
       new Promise((resolve) => {
@@ -39,10 +45,25 @@ function h2Backend(name: string): Promise<H2Backend> {
     b.sessions++;
     open.add(s);
     s.on("close", () => open.delete(s));
+    s.on("goaway", () => b.goaways++);
   });
   server.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
     b.seen.push(headers);
+    b.open++;
+    stream.on("close", () => b.open--);
+    stream.on("error", () => {});
     if (headers[":path"] === "/slow") return;
+    if (headers[":path"] === "/mirror" || headers[":path"] === "/late") {
+      // The body back as it came; /late answers after 300 ms.
+      const answer = () => {
+        if (stream.destroyed) return;
+        stream.respond({ ":status": 200, "x-backend": name });
+        stream.pipe(stream);
+      };
+      if (headers[":path"] === "/late") setTimeout(answer, 300);
+      else answer();
+      return;
+    }
     stream.respond({ ":status": 200, "content-type": "application/grpc", "x-backend": name }, {
       waitForTrailers: true,
     });
@@ -329,4 +350,233 @@ Deno.test("h2c: clients that vanish mid-response do not hurt the proxy or other 
   } finally {
     await a.close();
   }
+});
+
+Deno.test("h2c: a 2 MiB body streams both ways through both flow-control windows", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (client) => {
+      const sent = new Uint8Array(2 * 1024 * 1024).map((_, i) => (i * 7) & 255);
+      const got = await new Promise<Uint8Array>((resolve, reject) => {
+        const req = client.request({
+          ":method": "POST",
+          ":path": "/mirror",
+          ":authority": "greeter.default.mesh",
+        });
+        const parts: Uint8Array[] = [];
+        req.on("data", (d: Uint8Array) => parts.push(d));
+        req.on("end", () => {
+          const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+          let at = 0;
+          for (const p of parts) all.set(p, (at += p.length) - p.length);
+          resolve(all);
+        });
+        req.on("error", reject);
+        for (let at = 0; at < sent.length; at += 64 * 1024) {
+          req.write(sent.subarray(at, at + 64 * 1024));
+        }
+        req.end();
+      });
+      assert.equal(got.length, sent.length);
+      assert.ok(got.every((v, i) => v === sent[i]), "the body came back changed");
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: an endpoint that refuses connections is retried on another within the retry attempts", async () => {
+  const a = await h2Backend("a");
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = closed.addr.port;
+  closed.close();
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      retryAttempts: 2,
+      ports: [{
+        port: 80,
+        endpoints: [endpoint("127.0.0.1", deadPort), endpoint("127.0.0.1", a.port)],
+      }],
+    }]);
+    await withH2Proxy(config, async (client) => {
+      for (let i = 0; i < 6; i++) {
+        const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+        assert.equal(r.trailers?.["grpc-status"], "0", JSON.stringify(r));
+      }
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: rapid reset cuts the client off and cancels every backend stream it opened", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (client, port) => {
+      const rude = http2.connect(`http://127.0.0.1:${port}`);
+      rude.on("error", () => {});
+      const goaway = new Promise<number>((resolve) => rude.on("goaway", (code) => resolve(code)));
+      for (let i = 0; i < 600 && !rude.destroyed && !rude.closed; i++) {
+        const s = rude.request(grpcHeaders("greeter.default.mesh", "/slow"));
+        s.on("error", () => {});
+        s.close(http2.constants.NGHTTP2_CANCEL);
+      }
+      assert.equal(await goaway, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      rude.destroy();
+      await waitFor("the backend streams cancelled", () => a.open === 0 ? true : undefined, 5000);
+      // Others are served as before.
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["ok"]);
+      assert.equal(r.trailers?.["grpc-status"], "0");
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the call in flight finishes", async () => {
+  const a = await h2Backend("a");
+  const b = await h2Backend("b");
+  try {
+    const service = (port: number) =>
+      meshConfig([{
+        name: "greeter",
+        scheme: "h2c",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }],
+      }]);
+    await withH2Proxy(service(a.port), async (client, _port, proxy) => {
+      const late = call(client, { ...grpcHeaders("greeter.default.mesh", "/late") }, ["x"]);
+      await waitFor("the call at the backend", () => a.open === 1 ? true : undefined, 5000);
+      await proxy.apply({ ...service(b.port), version: 2 });
+      await waitFor(
+        "a GOAWAY at the dropped endpoint",
+        () => a.goaways > 0 ? true : undefined,
+        5000,
+      );
+      const r = await late;
+      assert.equal(r.headers[":status"], 200);
+      assert.equal(r.body, "x");
+      await waitFor("the drained connection closed", () => a.open === 0 ? true : undefined, 5000);
+      const next = await call(client, grpcHeaders("greeter.default.mesh"), ["y"]);
+      assert.equal(next.headers["x-backend"], "b");
+    });
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+/** A NodeProxy on 127.0.61.1 (this file's newer tests keep to that address) and an h2 client. */
+async function onOwnAddress(
+  options: { connect?: (address: string, port: number) => Promise<Deno.TcpConn> },
+  fn: (client: http2.ClientHttp2Session, port: number, proxy: NodeProxy) => Promise<void>,
+): Promise<void> {
+  const proxy = new NodeProxy({ hostname: "127.0.61.1", httpPort: 0, logger: quiet, ...options });
+  await proxy.start();
+  const port = Number(proxy.httpAddress.split(":")[1]);
+  const client = http2.connect(`http://127.0.61.1:${port}`);
+  client.on("error", () => {});
+  try {
+    await fn(client, port, proxy);
+  } finally {
+    client.close();
+    await proxy.stop();
+  }
+}
+
+Deno.test("H2Proxy opens backend connections through the node's connect seam", async () => {
+  const a = await h2Backend("a");
+  const dialled: string[] = [];
+  try {
+    // Nothing listens at 127.0.61.9: only the seam, which dials the backend instead, reaches it.
+    const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+      dialled.push(`${address}:${port}`);
+      return Deno.connect({ hostname: "127.0.0.1", port: a.port });
+    };
+    await onOwnAddress({ connect }, async (client, _port, proxy) => {
+      await proxy.apply(meshConfig([{
+        name: "greeter",
+        scheme: "h2c",
+        ports: [{ port: 80, endpoints: [endpoint("127.0.61.9", a.port)] }],
+      }]));
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+      assert.equal(r.trailers?.["grpc-status"], "0", JSON.stringify(r));
+      assert.deepEqual(dialled, [`127.0.61.9:${a.port}`]);
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("H2Proxy refuses an h2c endpoint that is its own listener with a loop status", async () => {
+  await onOwnAddress({}, async (client, port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.61.1", port)] }],
+    }]));
+    const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+    assert.equal(r.headers["x-meshd-error"], "loop", JSON.stringify(r));
+    assert.match(
+      decodeURIComponent(String(r.headers["grpc-message"])),
+      /Forwarding loop: endpoint 127\.0\.61\.1:\d+ of service "default\/greeter:80"/,
+    );
+  });
+});
+
+Deno.test("H2Proxy makes no retry once the client's stream is gone, and counts it as no answer", async () => {
+  const dialled: string[] = [];
+  let refuse!: (e: Error) => void;
+  const connect = (address: string, port: number): Promise<Deno.TcpConn> => {
+    dialled.push(`${address}:${port}`);
+    return new Promise((_, reject) => refuse = reject);
+  };
+  await onOwnAddress({ connect }, async (client, _port, proxy) => {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      retryAttempts: 2,
+      ports: [{
+        port: 80,
+        endpoints: [endpoint("127.0.61.9", 50051), endpoint("127.0.61.10", 50051)],
+      }],
+    }]));
+    const req = client.request(grpcHeaders("greeter.default.mesh"));
+    req.on("error", () => {});
+    req.end();
+    await waitFor("the first connect", () => dialled.length === 1 ? true : undefined, 5000);
+    // The client cancels while meshd connects; a PING sent after the RST_STREAM left comes
+    // back after meshd has read it.
+    const closed = new Promise((resolve) => req.on("close", resolve));
+    req.close(http2.constants.NGHTTP2_CANCEL);
+    await closed;
+    await new Promise((resolve, reject) => client.ping((e) => e ? reject(e) : resolve(null)));
+    refuse(new Error("connection refused"));
+    const series = (code: string) =>
+      new RegExp(
+        `^meshd_http_responses_total\\{[^}]*service="default/greeter"[^}]*code="${code}"[^}]*\\} (\\d+)$`,
+        "m",
+      );
+    const counted = await waitFor("the request counted", () => {
+      const text = proxy.registry.render();
+      return /^meshd_open_connections\{[^}]*service="default\/greeter"[^}]*\} 0$/m.test(text) &&
+          series("4xx").test(text)
+        ? text
+        : undefined;
+    }, 5000);
+    assert.equal(dialled.length, 1, `a retry was made for nobody: ${dialled.join(", ")}`);
+    assert.equal(counted.match(series("4xx"))?.[1], "1");
+    assert.equal(counted.match(series("5xx"))?.[1] ?? "0", "0", counted);
+  });
 });

@@ -4,6 +4,7 @@ import {
   BufReader,
   chunkSize,
   copyBody,
+  decodeLatin1,
   encodeLatin1,
   encodeLatin1Into,
   HttpParseError,
@@ -267,4 +268,53 @@ Deno.test("encodeLatin1Into() writes ISO-8859-1 bytes at an offset, as encodeLat
   assert.equal(out[0], 7, "nothing before the offset is touched");
   assert.equal(out[head.length + 2], 7, "nothing after the string is touched");
   assert.equal(encodeLatin1("\u00e9")[0], 0xe9, "one byte per character below U+0100");
+});
+
+Deno.test("decodeLatin1() reads each byte as one character, ASCII or not", () => {
+  const cases: [string, number[], string][] = [
+    ["ASCII (the UTF-8 path)", [0x47, 0x45, 0x54, 0x20, 0x2f], "GET /"],
+    // RFC 9110 §5.5: obs-text in a field value is ISO-8859-1, never UTF-8 (0xc3 0xa9 is "Ã©").
+    ["bytes over 0x7f", [0x61, 0xc3, 0xa9, 0xff], "a\u00c3\u00a9\u00ff"],
+    ["empty", [], ""],
+  ];
+  for (const [name, bytes, want] of cases) {
+    assert.equal(decodeLatin1(new Uint8Array(bytes)), want, name);
+  }
+});
+
+Deno.test("parseRequestHead() refuses a control character wherever the head has it", () => {
+  const heads = [
+    "GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\x1b\r\n\r\n",
+  ];
+  for (const head of heads) {
+    assert.throws(() => parseRequestHead(head), HttpParseError, JSON.stringify(head));
+  }
+  // HTAB and obs-text are allowed in a value (RFC 9110 §5.5).
+  assert.deepEqual(
+    parseRequestHead("GET / HTTP/1.1\r\nHost: a\r\nX: b\tc\u00e9\r\n\r\n").headers[1],
+    ["X", "b\tc\u00e9"],
+  );
+});
+
+Deno.test("BufReader.readSome() reads a body in 16 KiB pieces on a reader made small for heads", async () => {
+  const asked: number[] = [];
+  let left = 64 * 1024;
+  const src = {
+    read(p: Uint8Array): Promise<number | null> {
+      asked.push(p.length);
+      if (left === 0) return Promise.resolve(null);
+      const n = Math.min(p.length, left);
+      left -= n;
+      return Promise.resolve(n);
+    },
+  };
+  const reader = new BufReader(src, 4096);
+  let got = 0;
+  for (let part; (part = await reader.readSome(64 * 1024)) !== null;) got += part.length;
+  assert.equal(got, 64 * 1024);
+  assert.deepEqual(asked.slice(0, 4), [16384, 16384, 16384, 16384]);
 });

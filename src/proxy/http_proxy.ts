@@ -1,9 +1,9 @@
 import type { Logger } from "../observability/mod.ts";
-import { MAX_RETRY_ATTEMPTS } from "../topology/mod.ts";
 import { acceptLoop } from "./accept_loop.ts";
 import { ClientSource } from "./client_source.ts";
 import type { ConnectionLimiter } from "./conn_limiter.ts";
 import type { RequestInfo } from "./access.ts";
+import { type AccessLog, failureReason } from "./access_log.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
   type BodyFraming,
@@ -25,15 +25,20 @@ import {
   type Writer,
 } from "./http1.ts";
 import { checkRequest } from "./http1_validate.ts";
-// HTTP/2 (node:http2, some 11 MiB resident) loads on first use: an h2c client's preface or
-// a service whose scheme is h2c. Only the type is imported here.
+// HTTP/2 (meshd's own frame layer, src/proxy/h2/; 1.4-4.4 MiB more resident once loaded,
+// measured) loads on first use: an h2c client's preface or a service whose scheme is h2c.
+// Only the type is imported here.
 import type { H2Proxy } from "./h2_proxy.ts";
-import { admit, checkBreaker, ProxyFailure } from "./policy.ts";
+import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
+import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
 import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
-import type { Connect } from "./tcp_proxy.ts";
+import { type Connect, connectUpstream } from "./connect_upstream.ts";
+import { forwardedFor } from "./forwarded_for.ts";
+import { UpstreamError } from "./upstream_error.ts";
+import { ClientGone, withRetries } from "./with_retries.ts";
 
 /** Options for {@linkcode HttpProxy}. */
 export interface HttpProxyOptions {
@@ -71,9 +76,13 @@ export interface HttpProxyOptions {
    * in the listen backlog. Resolve it before {@linkcode HttpProxy.close}. Default: at once.
    */
   acceptFrom?: Promise<void>;
+  /** `--request-id`: add `x-request-id` (a random UUID) to each request that has none. */
+  requestId?: boolean;
 }
 
 const MAX_HEAD = 64 * 1024;
+/** The first size of a client connection's read buffer. */
+const CLIENT_BUFFER = 4 * 1024;
 const MAX_IDLE_PER_ENDPOINT = 256;
 const UPSTREAM_IDLE_MS = 30_000;
 /** Responses up to this size, when already read, go out in one write with their head. */
@@ -81,8 +90,6 @@ const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
 /** Draining, how long a client connection may sit idle between requests before it is closed. */
 const DRAIN_IDLE_MS = 1000;
-/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
-const LOOP_LOG = new LogThrottle();
 /**
  * A 5xx a client can repeat at will (a forged Via, a service with no endpoint): one warning
  * per status and reason per 10 s; `meshd_responses_total` counts each.
@@ -103,6 +110,15 @@ const HOP_BY_HOP = new Set([
   "proxy-authorization",
 ]);
 
+/**
+ * By length, whether a field name may be hop-by-hop, X-Forwarded-For or Forwarded: a name of
+ * any other length is forwarded as it is, without lower-casing it to look it up.
+ */
+const SPECIAL_LENGTH: boolean[] = [];
+for (const name of [...HOP_BY_HOP, "x-forwarded-for", "forwarded"]) {
+  SPECIAL_LENGTH[name.length] = true;
+}
+
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
@@ -118,14 +134,11 @@ interface Upstream {
   idle: boolean;
   /** The deadline of the response head awaited on it, reused by each request it carries. */
   waiting: Waiting;
-}
-
-/** A backend that failed before sending a response head: another endpoint may be tried. */
-class UpstreamError extends Error {
-  constructor(message: string, readonly requestSent: boolean, readonly timedOut = false) {
-    super(message);
-    this.name = "UpstreamError";
-  }
+  /**
+   * Takes it out of the idle pool and closes it, if it is still there: made once per
+   * connection, for the read it keeps pending while idle, rather than once per request.
+   */
+  unpool: () => void;
 }
 
 const REASONS: Record<number, string> = {
@@ -152,12 +165,59 @@ interface Waiting {
   onTimeout?: () => void;
 }
 
-/** The client went away while its request was being retried: nothing is left to answer. */
-class ClientGone extends Error {
-  constructor() {
-    super("client went away");
-    this.name = "ClientGone";
-  }
+/** What one request's exchange ended with. */
+interface Outcome {
+  status: number;
+  /** Whether the client connection stays open for the next request. */
+  keepAlive: boolean;
+}
+
+/**
+ * One HTTP/1 request on its way through the proxy: what it is, where it came from and goes,
+ * and what its tries have made so far. One object per request instead of arguments passed
+ * down each step.
+ */
+interface Http1Request extends Metered {
+  /** The checked head, in the form routed and forwarded. */
+  req: MessageHead;
+  framing: BodyFraming;
+  /** The client connection's reader, positioned at the request body. */
+  reader: BufReader;
+  client: Deno.TcpConn;
+  /** The client's address: the source for access control and X-Forwarded-For. */
+  peer: string;
+  /** The route the Host names; its metrics count the request. */
+  root: Route;
+  /** The route whose endpoints serve it (the root, or a split backend); set by admit. */
+  target: Route;
+  /** The endpoints it may go to; set by admit. */
+  candidates: EndpointState[];
+  /** The head sent to the backend. */
+  head?: Uint8Array;
+  /** The client's timed writer. */
+  cw?: Writer;
+  /** The response head of the successful try. */
+  response?: MessageHead;
+  /** Resolves when the request body was copied (true) or not (false). */
+  bodyDone?: Promise<boolean>;
+  /** The request body broke its own framing. */
+  badBody?: HttpParseError;
+  /** The endpoint of the last try. */
+  ep?: EndpointState;
+  /** Tries made so far. */
+  tries: number;
+  /** Counts the request body's bytes: the route's counter, and this request's when logged. */
+  cin: ByteCounter;
+  /** Counts the response body's bytes, likewise. */
+  cout: ByteCounter;
+  /** The request and response body bytes, counted when the request is logged. */
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** What counts bytes copied. */
+interface ByteCounter {
+  inc(n: number): void;
 }
 
 /**
@@ -186,12 +246,15 @@ export class HttpProxy {
   readonly #writers = new WeakMap<Deno.Conn, Writer>();
   /** Set by {@linkcode HttpProxy.drain}: every response closes its connection. */
   #draining = false;
+  readonly #guard: LoopGuard;
+  readonly #onBudgetSpent = (): void => this.#drop("retry_budget");
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
     this.#opts = options;
     this.#drop = options.drop ?? (() => {});
     this.#budgets = options.budgets ?? new RetryBudgets();
+    this.#guard = { isOwn: options.isOwn, drop: this.#drop, logger: options.logger };
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -212,11 +275,12 @@ export class HttpProxy {
         routes: options.routes,
         pool: options.pool,
         logger: options.logger,
+        connect: options.connect,
         connectTimeoutMs: options.connectTimeoutMs,
         responseTimeoutMs: options.responseTimeoutMs,
         drop: this.#drop,
         budgets: this.#budgets,
-        notOwn: (target, candidates) => this.#notOwn(target, candidates),
+        isOwn: options.isOwn,
         viaName: options.viaName,
         clientIdleMs: options.clientIdleMs,
       });
@@ -361,7 +425,9 @@ export class HttpProxy {
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    const reader = new BufReader(client);
+    // A request head nearly always fits in 4 KiB; the buffer grows for a body. Every
+    // connection made and closed per request allocates it, so its size is the GC's work.
+    const reader = new BufReader(client, CLIENT_BUFFER);
     this.#sources.set(client, new ClientSource(reader));
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
@@ -413,55 +479,75 @@ export class HttpProxy {
     peer: string,
   ): Promise<boolean> {
     let reqFraming: BodyFraming;
+    let host: string;
     try {
-      // Routed, checked and forwarded in one form, so the backend reads what was checked.
-      ({ head: req, framing: reqFraming } = checkRequest(req));
+      // Routed, checked and forwarded in one form, so the backend reads what was checked: its
+      // one Host is the authority.
+      ({ head: req, framing: reqFraming, authority: host } = checkRequest(req));
     } catch (e) {
       throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
     }
-    const host = getHeader(req.headers, "host");
     const root = lookupHttpRoute(this.#opts.routes(), host);
-    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host ?? ""}"`);
+    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
     const m = root.metrics;
-    m.requests.inc();
-    m.open.inc();
-    const started = performance.now();
-    let status = 0;
-    let networkError = false;
-    let passed = false;
+    const x: Http1Request = {
+      req,
+      framing: reqFraming,
+      reader,
+      client,
+      peer,
+      root,
+      target: root,
+      candidates: [],
+      started: 0,
+      status: 0,
+      network: false,
+      breakerChecked: false,
+      tries: 0,
+      cin: m.bytesIn,
+      cout: m.bytesOut,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    // Decided when the route was built: a route that does not log allocates nothing here.
+    const log = root.log;
+    if (log !== null) {
+      x.cin = { inc: (n) => (m.bytesIn.inc(n), x.bytesIn += n) };
+      x.cout = { inc: (n) => (m.bytesOut.inc(n), x.bytesOut += n) };
+    }
+    const requestId = this.#opts.requestId
+      ? addRequestId(req)
+      : log !== null
+      ? getHeader(req.headers, "x-request-id")
+      : null;
+    meterStart(x);
+    let failed: unknown = null;
     try {
-      passed = checkBreaker(root);
-      const result = await this.#route(req, reqFraming, reader, client, peer, root);
-      status = result.status;
+      x.breakerChecked = checkBreaker(root);
+      const result = await this.#route(x);
+      x.status = result.status;
       return result.keepAlive;
     } catch (e) {
+      failed = e;
       if (e instanceof ProxyFailure) {
-        status = e.status;
-        networkError = e.network;
+        x.status = e.status;
+        x.network = e.network;
       }
       throw e;
     } finally {
-      m.open.dec();
-      const ms = performance.now() - started;
-      if (status > 0) m.responses[Math.min(5, Math.floor(status / 100))]!.inc();
-      m.duration.observe(ms / 1000);
-      if (passed && status > 0) root.breaker!.record(status, ms, networkError);
+      meterEnd(x);
+      if (log !== null) logRequest(log, x, host, requestId, failed);
     }
   }
 
   /**
-   * Not async: each async level costs a promise and a resume per request. A refusal thrown
-   * here is caught by {@linkcode HttpProxy.#handle}, which awaits this in its `try`.
+   * The loop check and the admit step; fills in the target and its candidates. Not async:
+   * each async level costs a promise and a resume per request. A refusal thrown here is
+   * caught by {@linkcode HttpProxy.#handle}, which awaits this in its `try`.
    */
-  #route(
-    req: MessageHead,
-    reqFraming: BodyFraming,
-    reader: BufReader,
-    client: Deno.TcpConn,
-    peer: string,
-    root: Route,
-  ): Promise<{ status: number; keepAlive: boolean }> {
+  #route(x: Http1Request): Promise<Outcome> {
     const viaName = this.#opts.viaName;
+    const { req, root, client } = x;
     if (viaName !== undefined && viaHas(req.headers, viaName)) {
       this.#drop("loop");
       throw new ProxyFailure(
@@ -470,169 +556,68 @@ export class HttpProxy {
           `already (Via "${viaName}")`,
       );
     }
-    const admitted = admit(root, peer, requestInfo(req));
-    const target = admitted.target;
-    const candidates = this.#notOwn(target, admitted.candidates);
+    const admitted = admit(root, x.peer, requestInfo(req));
+    x.target = admitted.target;
+    x.candidates = withoutOwn(admitted, this.#guard);
+    const connTokens = headerTokens(req.headers, "connection");
     // A request with no body has nothing more to read: watch for the client leaving (not
     // on an Upgrade, whose client may send more at once).
-    if (
-      reqFraming.kind === "none" && !headerTokens(req.headers, "connection").includes("upgrade")
-    ) {
+    if (x.framing.kind === "none" && !connTokens.includes("upgrade")) {
       this.#sources.get(client)?.watch();
     }
-    if (target.service.scheme === "h2c") {
+    if (x.target.service.scheme === "h2c") {
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
       const run = (h2: H2Proxy) =>
         h2.fromHttp1(
           req,
-          reqFraming,
-          reader,
+          x.framing,
+          x.reader,
           this.#clientWriter(client),
-          peer,
+          x.peer,
           root,
-          target,
-          candidates,
+          x.target,
+          x.candidates,
           () => this.#sources.get(client)?.gone ?? false,
         );
       return this.#h2Loaded ? run(this.#h2Loaded) : this.#http2().then(run);
     }
-    return this.#forward(req, reqFraming, reader, client, peer, root, target, candidates);
+    return this.#forward(x, connTokens);
   }
 
-  /**
-   * The candidates that are not this meshd's own listeners. An endpoint that is one would
-   * send each request around again, each pass opening two more connections, until the process
-   * runs out of file descriptors: when every candidate is one, the request gets 508.
-   */
-  #notOwn(target: Route, candidates: EndpointState[]): EndpointState[] {
-    const isOwn = this.#opts.isOwn;
-    if (!isOwn || !candidates.some((c) => isOwn(c.address, c.port))) return candidates;
-    const rest = candidates.filter((c) => !isOwn(c.address, c.port));
-    if (rest.length > 0) return rest;
-    this.#drop("loop");
-    if (LOOP_LOG.allow(target.key)) {
-      this.#opts.logger.warn("forwarding loop refused: the endpoints are meshd's own listeners", {
-        service: target.key,
-        endpoint: candidates[0]!.key,
-      });
-    }
-    throw new ProxyFailure(
-      508,
-      `Forwarding loop: endpoint ${candidates[0]!.key} of service "${target.key}" is this ` +
-        "meshd's own listener",
-    );
-  }
-
-  async #forward(
-    req: MessageHead,
-    reqFraming: BodyFraming,
-    reader: BufReader,
-    client: Deno.TcpConn,
-    peer: string,
-    root: Route,
-    target: Route,
-    candidates: EndpointState[],
-  ): Promise<{ status: number; keepAlive: boolean }> {
+  /** Sends the request to an endpoint (retrying as the service allows), then the response back. */
+  async #forward(x: Http1Request, connTokens: string[]): Promise<Outcome> {
+    const { req, target, client } = x;
     const pool = this.#opts.pool;
-    const connTokens = headerTokens(req.headers, "connection");
     const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
     const head = encodeLatin1(
-      requestHead(req, reqFraming, connTokens, peer, upgrade, this.#opts.viaName),
+      requestHead(req, x.framing, connTokens, x.peer, upgrade, this.#opts.viaName),
     );
-    const retryable = reqFraming.kind === "none" && IDEMPOTENT.has(req.method);
-    // The decoder refuses more; a config from elsewhere (an older leader) is held to it too.
-    const attempts = 1 + Math.min(target.service.retryAttempts, MAX_RETRY_ATTEMPTS);
-    const budget = this.#budgets.of(target.key);
-    budget.request();
     const source = this.#sources.get(client);
     const cw = this.#clientWriter(client);
-    // The endpoints that failed this request, made at its first retry.
-    let tried: Set<EndpointState> | undefined;
-    let up!: Upstream;
-    let res!: MessageHead;
-    let ep!: EndpointState;
-    let bodyDone: Promise<boolean> | undefined;
-    // A request body that breaks its own framing: the exchange ends with 400 at once.
-    let badBody: HttpParseError | undefined;
-    for (let attempt = 0;; attempt++) {
-      const fresh = tried ? candidates.filter((c) => !tried!.has(c)) : candidates;
-      const picked = pool.pick(fresh.length > 0 ? fresh : candidates);
-      if (!picked) throw new ProxyFailure(503, `Service "${target.key}" has no ready endpoint`);
-      ep = picked;
-      ep.inflight++;
-      let reused = false;
-      let current: Upstream | undefined;
-      try {
-        // A pooled connection is taken without an await; only a new one is waited for.
-        current = this.#pooled(ep, target);
-        reused = current !== undefined;
-        current ??= await this.#connect(ep, target);
-        up = current;
-        // Most heads go in one write: the rest, if any, through writeAll.
-        const sent = await up.conn.write(head);
-        if (sent < head.length) await writeAll(up.conn, head.subarray(sent));
-        if (reqFraming.kind !== "none") {
-          const m = root.metrics;
-          const conn = up.conn;
-          bodyDone = copyBody(reader, conn, reqFraming, false, (n) => m.bytesIn.inc(n))
-            .catch((e) => {
-              if (e instanceof HttpParseError) {
-                badBody = e;
-                closeQuietly(conn); // ends the wait for a response
-              }
-              return false;
-            });
-        }
-        res = await this.#readResponse(up, req, cw, target, ep);
-        break;
-      } catch (e) {
-        ep.inflight--;
-        (tried ??= new Set()).add(ep);
-        if (current) closeQuietly(current.conn);
-        if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
-        if (!(e instanceof UpstreamError)) throw e;
-        // A pooled connection the backend closed while it sat idle is no fault of the backend.
-        const staleReuse = reused && !e.timedOut && reqFraming.kind === "none" && attempt === 0;
-        // An ejection is logged once, by the pool's owner (NodeProxy), for every protocol.
-        if (!staleReuse) pool.failure(ep);
-        const canRetry = !e.requestSent || retryable;
-        if (staleReuse) continue;
-        if (canRetry && attempt + 1 < attempts) {
-          // Nobody is left to answer: another try would only load the backends.
-          if (source?.gone) throw new ClientGone();
-          if (budget.retry()) {
-            root.metrics.retries.inc();
-            continue;
-          }
-          this.#drop("retry_budget");
-        }
-        if (e.timedOut) {
-          throw new ProxyFailure(
-            504,
-            `Endpoint ${ep.key} of service "${target.key}" sent no response within ${
-              this.#opts.responseTimeoutMs ?? 30_000
-            } ms`,
-            {},
-            true,
-          );
-        }
-        throw new ProxyFailure(
-          502,
-          `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
-          {},
-          true,
-        );
-      }
-    }
+    x.head = head;
+    x.cw = cw;
+    const { value: up, ep } = await withRetries((ep, n) => this.#send(x, ep, n), {
+      pool,
+      root: x.root,
+      target,
+      candidates: x.candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      // RFC 9110 §9.2.2: a request with no body whose method is idempotent may be sent again.
+      retrySent: x.framing.kind === "none" && IDEMPOTENT.has(req.method),
+      gone: source ? source.isGone : undefined,
+    });
+    const res = x.response!;
+    const bodyDone = x.bodyDone;
     let released = false;
     try {
       if (res.status >= 500) pool.failure(ep);
       else pool.success(ep);
 
       if (res.status === 101 && upgrade !== null) {
-        await this.#tunnel(res, req, reader, client, up, root);
+        await this.#tunnel(res, x, up);
         return { status: 101, keepAlive: false };
       }
       if (res.status === 101) {
@@ -659,7 +644,6 @@ export class HttpProxy {
       const resTokens = headerTokens(res.headers, "connection");
       const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
       let complete: boolean;
-      const m = root.metrics;
       if (
         resFraming.kind === "length" && resFraming.length <= COALESCE_LIMIT &&
         up.reader.buffered >= resFraming.length
@@ -669,13 +653,13 @@ export class HttpProxy {
         const out = new Uint8Array(outHead.length + body.length);
         encodeLatin1Into(outHead, out, 0);
         out.set(body, outHead.length);
-        const sent = await cw.write(out);
-        if (sent < out.length) await writeAll(cw, out.subarray(sent));
-        m.bytesOut.inc(body.length);
+        const n = await cw.write(out);
+        if (n < out.length) await writeAll(cw, out.subarray(n));
+        x.cout.inc(body.length);
         complete = true;
       } else {
         await writeAll(cw, encodeLatin1(outHead));
-        complete = await copyBody(up.reader, cw, resFraming, dechunk, (n) => m.bytesOut.inc(n));
+        complete = await copyBody(up.reader, cw, resFraming, dechunk, x.cout);
       }
       const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
       const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
@@ -685,9 +669,9 @@ export class HttpProxy {
       else closeQuietly(up.conn);
       if (this.#opts.logger.enabled("debug")) {
         this.#opts.logger.debug("http request", {
-          client: peer,
-          service: root.key,
-          backend: target === root ? undefined : target.key,
+          client: x.peer,
+          service: x.root.key,
+          backend: target === x.root ? undefined : target.key,
           endpoint: ep.key,
           method: req.method,
           status: res.status,
@@ -705,22 +689,59 @@ export class HttpProxy {
     }
   }
 
+  /**
+   * One try: the request head (and body) to `ep` on a pooled or new connection, then its
+   * response head. Resolves with the connection, the response head in `x.response`.
+   */
+  async #send(x: Http1Request, ep: EndpointState, attempt: number): Promise<Upstream> {
+    // A pooled connection is taken without an await; only a new one is waited for.
+    let up = this.#pooled(ep, x.target);
+    const reused = up !== undefined;
+    x.ep = ep;
+    x.tries++;
+    try {
+      up ??= await this.#connect(ep, x.target);
+      const head = x.head!;
+      // Most heads go in one write: the rest, if any, through writeAll.
+      const n = await up.conn.write(head);
+      if (n < head.length) await writeAll(up.conn, head.subarray(n));
+      if (x.framing.kind !== "none") {
+        const conn = up.conn;
+        x.bodyDone = copyBody(x.reader, conn, x.framing, false, x.cin)
+          .catch((e) => {
+            if (e instanceof HttpParseError) {
+              x.badBody = e;
+              closeQuietly(conn); // ends the wait for a response
+            }
+            return false;
+          });
+      }
+      x.response = await this.#readResponse(up, x, ep);
+      return up;
+    } catch (e) {
+      if (up) closeQuietly(up.conn);
+      // A request body that breaks its own framing: the exchange ends with 400 at once.
+      if (x.badBody) throw new ProxyFailure(400, `Bad request: ${x.badBody.message}`);
+      // A pooled connection the backend closed while it sat idle is no fault of the backend.
+      if (
+        e instanceof UpstreamError && reused && !e.timedOut && x.framing.kind === "none" &&
+        attempt === 0
+      ) {
+        throw new UpstreamError(e.message, { requestSent: e.requestSent, stale: true, cause: e });
+      }
+      throw e;
+    }
+  }
+
   /** After 101 Switching Protocols: bytes both ways until either side closes. */
-  async #tunnel(
-    res: MessageHead,
-    req: MessageHead,
-    reader: BufReader,
-    client: Deno.TcpConn,
-    up: Upstream,
-    root: Route,
-  ): Promise<void> {
+  async #tunnel(res: MessageHead, x: Http1Request, up: Upstream): Promise<void> {
+    const { req, reader, client, root } = x;
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
     // A client or backend that stops reading holds the tunnel no longer than --write-timeout.
     const cw = this.#clientWriter(client);
     const bw = this.#timedWriter(up.conn, "backend");
     await writeAll(cw, encodeLatin1(head + "\r\n"));
-    const m = root.metrics;
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
     const abort = (): void => {
       closeQuietly(client);
@@ -729,15 +750,8 @@ export class HttpProxy {
     await Promise.all([
       // Straight from the client: no read ahead is under way (none is started for an Upgrade,
       // and reading this request's head took the last one), and `early` holds what it got.
-      splice(
-        client,
-        up.conn,
-        early[0]!,
-        (n) => m.bytesIn.inc(n),
-        abort,
-        bw,
-      ),
-      splice(up.conn, client, early[1]!, (n) => m.bytesOut.inc(n), abort, cw),
+      splice(client, up.conn, early[0]!, x.cin, abort, bw),
+      splice(up.conn, client, early[1]!, x.cout, abort, cw),
     ]);
     abort();
     if (this.#opts.logger.enabled("debug")) {
@@ -745,15 +759,12 @@ export class HttpProxy {
     }
   }
 
-  async #readResponse(
-    up: Upstream,
-    req: MessageHead,
-    client: Writer,
-    route: Route,
-    ep: EndpointState,
-  ): Promise<MessageHead> {
+  async #readResponse(up: Upstream, x: Http1Request, ep: EndpointState): Promise<MessageHead> {
+    const { req, target: route } = x;
+    const client = x.cw!;
+    const timeoutMs = this.#opts.responseTimeoutMs ?? 30_000;
     const waiting = up.waiting;
-    waiting.deadline = Date.now() + (this.#opts.responseTimeoutMs ?? 30_000);
+    waiting.deadline = Date.now() + timeoutMs;
     waiting.timedOut = false;
     this.#waiting.add(waiting);
     try {
@@ -762,18 +773,22 @@ export class HttpProxy {
         try {
           head = await up.reader.readHead(MAX_HEAD);
         } catch (e) {
-          if (waiting.timedOut) throw new UpstreamError("timed out", true, true);
+          if (waiting.timedOut) {
+            throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
+          }
           if (e instanceof HttpParseError) {
             throw new ProxyFailure(
               502,
               `Endpoint ${ep.key} of service "${route.key}" sent a bad response: ${e.message}`,
             );
           }
-          throw new UpstreamError((e as Error).message, true);
+          throw new UpstreamError((e as Error).message, { requestSent: true, cause: e });
         }
         if (head === null) {
-          if (waiting.timedOut) throw new UpstreamError("timed out", true, true);
-          throw new UpstreamError("connection closed before a response", true);
+          if (waiting.timedOut) {
+            throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
+          }
+          throw new UpstreamError("connection closed before a response", { requestSent: true });
         }
         let res: MessageHead;
         try {
@@ -816,44 +831,30 @@ export class HttpProxy {
 
   /** A new connection to `ep` for `route` (TLS for https services). */
   async #connect(ep: EndpointState, route: Route): Promise<Upstream> {
-    const key = upstreamKey(ep, route);
-    const timeout = this.#opts.connectTimeoutMs ?? 5000;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`connect timed out after ${timeout} ms`)), timeout);
+    const conn = await connectUpstream(ep, {
+      connect: this.#opts.connect,
+      timeoutMs: this.#opts.connectTimeoutMs,
+      tls: route.service.scheme === "https"
+        ? { hostname: tlsServerName(route), caCerts: this.#opts.caCerts }
+        : undefined,
     });
-    const connecting = (this.#opts.connect ?? defaultConnect)(ep.address, ep.port);
-    let conn: Conn | undefined;
-    try {
-      const tcp = await Promise.race([connecting, expired]);
-      tcp.setNoDelay(true);
-      conn = tcp;
-      if (route.service.scheme === "https") {
-        // The endpoint is an address; its certificate is checked against the service's name.
-        const tls = await Deno.startTls(tcp, {
-          hostname: tlsServerName(route),
-          caCerts: this.#opts.caCerts,
-        });
-        conn = tls;
-        await Promise.race([tls.handshake(), expired]);
-      }
-      return {
-        conn,
-        reader: new BufReader(conn),
-        key,
-        idleSince: 0,
-        idle: false,
-        waiting: { deadline: 0, conn, timedOut: false },
-      };
-    } catch (e) {
-      if (conn) closeQuietly(conn);
-      else connecting.then(closeQuietly, () => {});
-      // The 502 names the endpoint and the service already: say only what went wrong.
-      const what = conn ? "TLS handshake failed" : "cannot connect";
-      throw new UpstreamError(`${what}: ${(e as Error).message}`, false);
-    } finally {
-      clearTimeout(timer);
-    }
+    const u: Upstream = {
+      conn,
+      reader: new BufReader(conn),
+      key: upstreamKey(ep, route),
+      idleSince: 0,
+      idle: false,
+      waiting: { deadline: 0, conn, timedOut: false },
+      unpool: () => {
+        if (!u.idle) return; // checked out since: what came is the response to its request
+        const list = this.#idle.get(u.key);
+        const at = list ? list.indexOf(u) : -1;
+        if (at >= 0) list!.splice(at, 1);
+        if (list && list.length === 0) this.#idle.delete(u.key);
+        this.#discard(u);
+      },
+    };
+    return u;
   }
 
   /**
@@ -873,14 +874,7 @@ export class HttpProxy {
     u.idleSince = Date.now();
     u.idle = true;
     list.push(u);
-    const unpool = (): void => {
-      if (!u.idle) return; // checked out since: what came is the response to its request
-      const at = list.indexOf(u);
-      if (at >= 0) list.splice(at, 1);
-      if (list.length === 0 && this.#idle.get(u.key) === list) this.#idle.delete(u.key);
-      this.#discard(u);
-    };
-    u.reader.readAhead().then(unpool, unpool);
+    u.reader.readAhead().then(u.unpool, u.unpool);
   }
 
   /** Closes a pooled connection that leaves the pool unused. */
@@ -925,8 +919,56 @@ function upstreamKey(ep: EndpointState, route: Route): string {
   return route.service.scheme === "https" ? `${ep.key}#${tlsServerName(route)}` : ep.key;
 }
 
-const defaultConnect: Connect = (hostname, port) =>
-  Deno.connect({ hostname, port, transport: "tcp" });
+/**
+ * The request's `x-request-id`; one is added (a random UUID) when it has none. An existing one
+ * is never replaced.
+ */
+function addRequestId(req: MessageHead): string {
+  const id = getHeader(req.headers, "x-request-id");
+  if (id !== null) return id;
+  const made = crypto.randomUUID();
+  req.headers.push(["x-request-id", made]);
+  return made;
+}
+
+/** Writes the access log line of one HTTP/1 request. */
+function logRequest(
+  log: AccessLog,
+  x: Http1Request,
+  authority: string,
+  requestId: string | null,
+  failed: unknown,
+): void {
+  const durationMs = performance.now() - x.started;
+  const { req } = x;
+  const q = req.target.indexOf("?");
+  log.write({
+    start: Date.now() - durationMs,
+    source: x.peer,
+    sourcePort: (x.client.remoteAddr as Deno.NetAddr).port,
+    protocol: "http",
+    service: x.root.key,
+    backend: x.target === x.root ? undefined : x.target.key,
+    endpoint: x.ep?.key,
+    method: req.method,
+    authority,
+    path: q >= 0 ? req.target.slice(0, q) : req.target,
+    requestId: requestId ?? undefined,
+    status: x.status,
+    reason: failed === null
+      ? undefined
+      : failed instanceof ProxyFailure
+      ? failureReason(failed)
+      : failed instanceof ClientGone
+      ? "client_gone"
+      : "client_error",
+    detail: failed instanceof ProxyFailure ? failed.message : undefined,
+    durationMs,
+    bytesIn: x.bytesIn,
+    bytesOut: x.bytesOut,
+    retries: Math.max(0, x.tries - 1),
+  });
+}
 
 function requestInfo(req: MessageHead): RequestInfo {
   const q = req.target.indexOf("?");
@@ -956,6 +998,10 @@ export function requestHead(
   let xff: string | null = null;
   let forwarded: string | null = null;
   for (const [k, v] of req.headers) {
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+      s += `${k}: ${v}\r\n`;
+      continue;
+    }
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
     // The client's own X-Forwarded-For and Forwarded are kept but never trusted: the proxy
@@ -970,9 +1016,8 @@ export function requestHead(
     }
     s += `${k}: ${v}\r\n`;
   }
-  s += `x-forwarded-for: ${xff === null ? peer : `${xff}, ${peer}`}\r\n`;
-  const node = peer.includes(":") ? `"[${peer}]"` : peer;
-  s += `forwarded: ${forwarded === null ? "" : `${forwarded}, `}for=${node}\r\n`;
+  const fwd = forwardedFor({ xForwardedFor: xff, forwarded }, peer);
+  s += `x-forwarded-for: ${fwd.xForwardedFor}\r\nforwarded: ${fwd.forwarded}\r\n`;
   // RFC 9110 §7.6.3: a proxy adds itself to Via; meshd also finds loops by it.
   if (viaName !== undefined) s += `via: 1.${req.minor} ${viaName}\r\n`;
   if (upgrade !== null) s += `connection: upgrade\r\nupgrade: ${upgrade}\r\n`;
@@ -990,6 +1035,10 @@ function responseHead(
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
   for (const [k, v] of res.headers) {
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+      s += `${k}: ${v}\r\n`;
+      continue;
+    }
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
     s += `${k}: ${v}\r\n`;
@@ -1008,21 +1057,21 @@ async function splice(
   from: Reader,
   to: Conn,
   early: Uint8Array,
-  count: (n: number) => void,
+  counter: { inc(n: number): void },
   abort: () => void,
   w: Writer = to,
 ): Promise<void> {
   try {
     if (early.length > 0) {
       await writeAll(w, early);
-      count(early.length);
+      counter.inc(early.length);
     }
     const buf = new Uint8Array(64 * 1024);
     for (;;) {
       const n = await from.read(buf);
       if (n === null) break;
       await writeAll(w, buf.subarray(0, n));
-      count(n);
+      counter.inc(n);
     }
     await to.closeWrite();
   } catch {

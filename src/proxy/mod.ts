@@ -14,4 +14,10 @@ export { DEFAULT_OUTLIER, EndpointPool, EndpointState } from "./endpoint_pool.ts
 export type { OutlierOptions } from "./endpoint_pool.ts";
 export { AccessPolicy } from "./access.ts";
 export { ProxyMetrics } from "./proxy_metrics.ts";
-export type { Connect } from "./tcp_proxy.ts";
+export type { Connect } from "./connect_upstream.ts";
+export type { DataPlane } from "./data_plane.ts";
+export { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
+export type { ProxyPoolOptions, WorkerProxyOptions } from "./proxy_pool.ts";
+export { availableCpus } from "./available_cpus.ts";
+export { AccessLog } from "./access_log.ts";
+export type { AccessEntry, AccessLogMode } from "./access_log.ts";

@@ -1,15 +1,22 @@
 import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
+import { AccessLog, type AccessLogMode } from "./access_log.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
 import { ownAddress } from "./own_address.ts";
 import { ProxyMetrics } from "./proxy_metrics.ts";
-import { buildRouteTable, newRouteState, type RouteState, type RouteTable } from "./route_table.ts";
-import { type Connect, TcpListener } from "./tcp_proxy.ts";
-import { UdpFlowTable, UdpListener } from "./udp_proxy.ts";
+import {
+  buildRouteTableWithChanges,
+  newRouteState,
+  type RouteState,
+  type RouteTable,
+} from "./route_table.ts";
+import type { Connect } from "./connect_upstream.ts";
+import { TcpListener } from "./tcp_listener.ts";
+import { UdpFlowTable, UdpListener } from "./udp_listener.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
@@ -49,6 +56,12 @@ export interface NodeProxyOptions {
   writeTimeoutMs?: number;
   /** Domains HTTP services answer to besides the config's (`traefik.mesh`, `maesh`). */
   domainAliases?: readonly string[];
+  /** `--access-log`: the default of every Service (its annotation wins), and the format. */
+  accessLog?: AccessLogMode;
+  /** Where access log lines go; stdout when absent (a test seam). */
+  accessLogWrite?: (line: string) => void;
+  /** `--request-id`: add `x-request-id` to HTTP requests that have none. */
+  requestId?: boolean;
 }
 
 /** A service port the config in force needs and the proxy could not bind (it retries). */
@@ -97,6 +110,7 @@ export class NodeProxy {
   readonly #state: RouteState;
   #routes: RouteTable = {
     version: 0,
+    domains: [],
     http: new Map(),
     tcp: new Map(),
     udp: new Map(),
@@ -141,6 +155,10 @@ export class NodeProxy {
       metrics,
       breakerTiming: options.breaker,
       domainAliases: options.domainAliases,
+      accessLog: new AccessLog({
+        mode: options.accessLog ?? "off",
+        write: options.accessLogWrite,
+      }),
     });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
     this.#limiter = new ConnectionLimiter({
@@ -158,6 +176,8 @@ export class NodeProxy {
       "Circuit breaker per service: 0 standby (closed), 1 recovering, 2 tripped (open).",
       ["service"],
       () => [...this.#state.breakers].map(([k, b]) => [[k], breakerStates[b.state]]),
+      // Proxy workers each keep a breaker: the worst of their states is the service's.
+      { merge: "max" },
     );
   }
 
@@ -189,6 +209,7 @@ export class NodeProxy {
       drop: this.#state.metrics.drop,
       isOwn: this.#isOwnTcp,
       viaName: `meshd-${crypto.randomUUID().slice(0, 8)}`,
+      requestId: this.#opts.requestId,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
     this.#opts.logger.info("connection limits", {
@@ -233,7 +254,9 @@ export class NodeProxy {
    * bind or leave the config; every other route still applies.
    */
   async apply(config: MeshConfig): Promise<void> {
-    const next = buildRouteTable(config, this.#state);
+    // Patches the routes in force: only services whose object changed are built again, and
+    // only what they dropped is let go of below.
+    const { table: next, changes } = buildRouteTableWithChanges(config, this.#state);
     const log = this.#opts.logger;
     for (const [port, route] of next.tcp) {
       if (!this.#tcp.has(port)) this.#bind("tcp", port, route.key);
@@ -243,13 +266,9 @@ export class NodeProxy {
     }
     this.#routes = next;
     this.#opened();
-    this.#state.pool.retain(next.endpointKeys);
-    this.#http?.dropIdle(next.endpointKeys);
-    const keep = new Set<string>();
-    for (const r of [...next.http.values(), ...next.tcp.values(), ...next.udp.values()]) {
-      keep.add(ProxyMetrics.key(r.serviceKey, r.port.port, r.port.protocol));
-    }
-    this.#state.metrics.retain(keep);
+    this.#state.pool.forget(changes.endpointKeys, next.endpointKeys);
+    if (changes.endpointKeys.length > 0) this.#http?.dropIdle(next.endpointKeys);
+    for (const k of changes.metricKeys) this.#state.metrics.forget(k);
     const closing: Promise<void>[] = [];
     for (const [port, l] of this.#tcp) {
       if (next.tcp.has(port)) continue;

@@ -1,7 +1,9 @@
 import type { RequestInfo } from "./access.ts";
 import { matches } from "./access.ts";
 import type { EndpointState } from "./endpoint_pool.ts";
-import type { DenyReason } from "./proxy_metrics.ts";
+import type { CountDrop, DenyReason } from "./proxy_metrics.ts";
+import type { Logger } from "../observability/mod.ts";
+import { LogThrottle } from "./log_throttle.ts";
 import { candidatesFor, type Route } from "./route_table.ts";
 
 /**
@@ -70,19 +72,26 @@ export interface Admission {
 }
 
 /**
- * The traffic policy of one HTTP request (any HTTP version) addressed to `root`, in order:
- * rate limit (429), TrafficSplit (one hop: a backend's own route), access control on the
- * route chosen (403 naming the missing rule), ready endpoints (503). Throws a
- * {@linkcode ProxyFailure} for each refusal and counts it.
+ * The one admit step of every protocol, for a request or connection addressed to `root`, in
+ * order: rate limit (429; HTTP only), TrafficSplit (one hop: a backend's own route; an HTTP
+ * split's match rules apply to HTTP only), access control on the route chosen (403 naming the
+ * missing rule), ready endpoints the source may use (503). Throws a {@linkcode ProxyFailure}
+ * for each refusal and counts it on `root`'s metrics. `info` is the HTTP request (any
+ * version); `null` admits a TCP connection, checked by its source address alone.
  *
  * The circuit breaker is checked by the caller, which also records the outcome.
+ *
+ * @example
+ * ```ts
+ * const { target, candidates } = admit(root, "10.0.0.7", null); // a TCP connection
+ * ```
  */
-export function admit(root: Route, peer: string, info: RequestInfo): Admission {
+export function admit(root: Route, peer: string, info: RequestInfo | null): Admission {
   const deny = (reason: DenyReason, f: ProxyFailure): never => {
     root.metrics.denied(reason).inc();
     throw f;
   };
-  if (root.rateLimit && !root.rateLimit.take()) {
+  if (info !== null && root.rateLimit && !root.rateLimit.take()) {
     const wait = Math.max(1, Math.ceil(root.rateLimit.waitMs() / 1000));
     deny(
       "rate_limit",
@@ -96,11 +105,16 @@ export function admit(root: Route, peer: string, info: RequestInfo): Admission {
   // TrafficSplit in one hop: the backend's own endpoints, never back through the mesh.
   let target = root;
   const split = root.split;
-  if (split && (split.matches.length === 0 || split.matches.some((x) => matches(x, info)))) {
+  if (
+    split &&
+    (info === null || split.matches.length === 0 || split.matches.some((x) => matches(x, info)))
+  ) {
     target = split.backends.next() ?? root;
   }
   // Through a split, the source needs access to the backend chosen.
-  const decision = target.access.checkHttp(peer, info);
+  const decision = info === null
+    ? target.access.checkL4(peer)
+    : target.access.checkHttp(peer, info);
   if (!decision.allowed) deny("acl", new ProxyFailure(403, `Access denied: ${decision.reason}`));
   const candidates = candidatesFor(target, decision.allowed ? decision.destinations : new Set());
   if (candidates.length === 0) {
@@ -118,6 +132,45 @@ export function admit(root: Route, peer: string, info: RequestInfo): Admission {
     );
   }
   return { target, candidates };
+}
+
+/** What {@linkcode withoutOwn} needs to find and report a forwarding loop. */
+export interface LoopGuard {
+  /** Whether `address:port` is one of this meshd's own listeners. */
+  isOwn?: (address: string, port: number) => boolean;
+  drop: CountDrop;
+  logger: Logger;
+}
+
+/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
+const LOOP_LOG = new LogThrottle();
+
+/**
+ * The candidates that are not this meshd's own listeners. An endpoint that is one would send
+ * each request or connection around again, each pass opening two more connections, until the
+ * process runs out of file descriptors: when every candidate is one, this throws a 508.
+ */
+export function withoutOwn(
+  where: { target: Route; candidates: EndpointState[] },
+  guard: LoopGuard,
+): EndpointState[] {
+  const { target, candidates } = where;
+  const isOwn = guard.isOwn;
+  if (!isOwn || !candidates.some((c) => isOwn(c.address, c.port))) return candidates;
+  const rest = candidates.filter((c) => !isOwn(c.address, c.port));
+  if (rest.length > 0) return rest;
+  guard.drop("loop");
+  if (LOOP_LOG.allow(target.key)) {
+    guard.logger.warn("forwarding loop refused: the endpoints are meshd's own listeners", {
+      service: target.key,
+      endpoint: candidates[0]!.key,
+    });
+  }
+  throw new ProxyFailure(
+    508,
+    `Forwarding loop: endpoint ${candidates[0]!.key} of service "${target.key}" is this ` +
+      "meshd's own listener",
+  );
 }
 
 /** Refuses a request while `root`'s circuit breaker is open; true when one was checked. */

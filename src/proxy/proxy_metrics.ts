@@ -1,11 +1,18 @@
 import {
+  type Counter,
   type CounterChild,
+  type Gauge,
   type GaugeChild,
+  type Histogram,
   type HistogramChild,
   Registry,
 } from "../observability/mod.ts";
 
-/** The metric children of one service port, held by its route so counting costs an add. */
+/**
+ * The metric children of one service port, held by its route so counting costs an add. Each
+ * series is made at its first use: a service port no traffic reached shows no series (1,000
+ * services would otherwise hold about 11,000 children at zero).
+ */
 export interface RouteMetrics {
   /** Responses by status class: index 1..5 for 1xx..5xx. */
   responses: CounterChild[];
@@ -29,16 +36,20 @@ export type DenyReason = "acl" | "rate_limit" | "circuit_open" | "no_endpoint";
  * opened, a client that read nothing for `--write-timeout`, a forwarding loop, a retry over the
  * service's retry budget.
  */
-export type DropReason =
-  | "connection_limit"
-  | "source_limit"
-  | "accept_failed"
-  | "udp_flow_evicted"
-  | "udp_source_limit"
-  | "udp_socket_failed"
-  | "write_timeout"
-  | "loop"
-  | "retry_budget";
+export const DROP_REASONS = [
+  "connection_limit",
+  "source_limit",
+  "accept_failed",
+  "udp_flow_evicted",
+  "udp_source_limit",
+  "udp_socket_failed",
+  "write_timeout",
+  "loop",
+  "retry_budget",
+] as const;
+
+/** One of {@linkcode DROP_REASONS}. */
+export type DropReason = typeof DROP_REASONS[number];
 
 /** Counts one drop. */
 export type CountDrop = (reason: DropReason) => void;
@@ -48,61 +59,55 @@ export type CountDrop = (reason: DropReason) => void;
  * are `service` (`namespace/name`), `port` and `protocol`.
  */
 export class ProxyMetrics {
-  readonly #requests;
-  readonly #responses;
-  readonly #duration;
-  readonly #bytesIn;
-  readonly #bytesOut;
-  readonly #open;
-  readonly #denied;
-  readonly #retries;
+  readonly #families: RouteFamilies;
   readonly #ejections;
   readonly #dropped;
   readonly #drops = new Map<DropReason, CounterChild>();
-  readonly #cache = new Map<string, RouteMetrics>();
+  readonly #cache = new Map<string, LazyRouteMetrics>();
 
   constructor(readonly registry: Registry = new Registry()) {
     const labels = ["service", "port", "protocol"];
-    this.#requests = registry.counter(
+    const requests = registry.counter(
       "meshd_requests_total",
       "HTTP requests received, and TCP connections or UDP flows opened, per service port.",
       labels,
     );
-    this.#responses = registry.counter(
+    const responses = registry.counter(
       "meshd_http_responses_total",
       "HTTP responses sent to clients, by status class.",
       [...labels, "code"],
     );
-    this.#duration = registry.histogram(
+    const duration = registry.histogram(
       "meshd_request_duration_seconds",
       "Time from a request's head to the end of its response (HTTP), or a connection's life (TCP).",
       labels,
     );
-    this.#bytesIn = registry.counter(
+    const bytesIn = registry.counter(
       "meshd_received_bytes_total",
       "Bytes received from clients (bodies for HTTP, payload for TCP and UDP).",
       labels,
     );
-    this.#bytesOut = registry.counter(
+    const bytesOut = registry.counter(
       "meshd_sent_bytes_total",
       "Bytes sent back to clients (bodies for HTTP, payload for TCP and UDP).",
       labels,
     );
-    this.#open = registry.gauge(
+    const open = registry.gauge(
       "meshd_open_connections",
       "Client connections (TCP) or flows (UDP) open now, or HTTP requests in flight.",
       labels,
     );
-    this.#denied = registry.counter(
+    const denied = registry.counter(
       "meshd_denied_total",
       "Requests, connections or datagrams refused, by reason: acl, rate_limit, circuit_open, no_endpoint.",
       [...labels, "reason"],
     );
-    this.#retries = registry.counter(
+    const retries = registry.counter(
       "meshd_retries_total",
       "HTTP requests sent again to another endpoint after a failure.",
       labels,
     );
+    this.#families = { requests, responses, duration, bytesIn, bytesOut, open, denied, retries };
     this.#ejections = registry.counter(
       "meshd_endpoint_ejections_total",
       "Times an endpoint was taken out of rotation by outlier detection.",
@@ -115,6 +120,9 @@ export class ProxyMetrics {
         "write_timeout, loop, retry_budget.",
       ["reason"],
     );
+    // Every reason is a series from the start, at 0: a dashboard's rate() of drops then reads
+    // 0 rather than nothing, and an alert on it works before the first drop.
+    for (const reason of DROP_REASONS) this.#drops.set(reason, this.#dropped.with(reason));
   }
 
   /** Counts one drop; bound, so it can be handed around as a {@linkcode CountDrop}. */
@@ -126,30 +134,14 @@ export class ProxyMetrics {
 
   /** The children for one service port, the same object for as long as the port exists. */
   route(service: string, port: number, protocol: string): RouteMetrics {
-    const key = `${service}\u0000${port}\u0000${protocol}`;
+    const key = ProxyMetrics.key(service, port, protocol);
     let m = this.#cache.get(key);
-    if (m) return m;
-    const l = [service, String(port), protocol] as const;
-    const denied = new Map<DenyReason, CounterChild>();
-    m = {
-      // Index by status / 100; there is no class 0, so slot 0 counts nothing anyone sees.
-      responses: [
-        { value: 0, inc() {} },
-        ...[1, 2, 3, 4, 5].map((c) => this.#responses.with(...l, `${c}xx`)),
-      ],
-      requests: this.#requests.with(...l),
-      duration: this.#duration.with(...l),
-      bytesIn: this.#bytesIn.with(...l),
-      bytesOut: this.#bytesOut.with(...l),
-      open: this.#open.with(...l),
-      retries: this.#retries.with(...l),
-      denied: (reason) => {
-        let c = denied.get(reason);
-        if (!c) denied.set(reason, c = this.#denied.with(...l, reason));
-        return c;
-      },
-    };
-    this.#cache.set(key, m);
+    if (!m) {
+      this.#cache.set(
+        key,
+        m = new LazyRouteMetrics(this.#families, [service, String(port), protocol]),
+      );
+    }
     return m;
   }
 
@@ -160,24 +152,130 @@ export class ProxyMetrics {
 
   /** Drops the series of service ports no longer in the config. */
   retain(keep: Set<string>): void {
-    const alive = (v: readonly string[]) => keep.has(`${v[0]}\u0000${v[1]}\u0000${v[2]}`);
-    for (const k of this.#cache.keys()) if (!keep.has(k)) this.#cache.delete(k);
-    for (
-      const f of [
-        this.#requests,
-        this.#responses,
-        this.#duration,
-        this.#bytesIn,
-        this.#bytesOut,
-        this.#open,
-        this.#denied,
-        this.#retries,
-      ]
-    ) f.retain(alive);
+    for (const k of [...this.#cache.keys()]) if (!keep.has(k)) this.forget(k);
+  }
+
+  /** Drops the series of one service port ({@linkcode ProxyMetrics.key}). */
+  forget(key: string): void {
+    const m = this.#cache.get(key);
+    if (!m) return;
+    this.#cache.delete(key);
+    m.forget();
   }
 
   /** The key {@linkcode retain} expects for a service port. */
   static key(service: string, port: number, protocol: string): string {
     return `${service}\u0000${port}\u0000${protocol}`;
+  }
+}
+
+/** The families of the per service port series. */
+interface RouteFamilies {
+  requests: Counter;
+  responses: Counter;
+  duration: Histogram;
+  bytesIn: Counter;
+  bytesOut: Counter;
+  open: Gauge;
+  denied: Counter;
+  retries: Counter;
+}
+
+/** Counts nothing: slot 0 of `responses` (there is no status class 0). */
+const NO_CLASS: CounterChild = { value: 0, inc() {} };
+
+/** {@linkcode RouteMetrics} whose children are made at their first use. */
+class LazyRouteMetrics implements RouteMetrics {
+  readonly #f: RouteFamilies;
+  /** `service`, `port`, `protocol`. */
+  readonly #l: readonly [string, string, string];
+  /** Set once the port left the config: later children count into no series. */
+  #gone = false;
+  #requests?: CounterChild;
+  #responses?: CounterChild[];
+  #duration?: HistogramChild;
+  #bytesIn?: CounterChild;
+  #bytesOut?: CounterChild;
+  #open?: GaugeChild;
+  #retries?: CounterChild;
+  #denied?: Map<DenyReason, CounterChild>;
+
+  constructor(families: RouteFamilies, labels: readonly [string, string, string]) {
+    this.#f = families;
+    this.#l = labels;
+  }
+
+  #child<C>(family: { with(...v: string[]): C; detached(): C }, ...extra: string[]): C {
+    return this.#gone ? family.detached() : family.with(...this.#l, ...extra);
+  }
+
+  /**
+   * A port's request, duration, byte, open and retry series appear together, at its first
+   * request, connection or flow: a dashboard's rate of bytes or retries then reads 0 for a port
+   * in use rather than nothing.
+   */
+  #group(): void {
+    this.#requests = this.#child(this.#f.requests);
+    this.#duration = this.#child(this.#f.duration);
+    this.#bytesIn = this.#child(this.#f.bytesIn);
+    this.#bytesOut = this.#child(this.#f.bytesOut);
+    this.#open = this.#child(this.#f.open);
+    this.#retries = this.#child(this.#f.retries);
+  }
+
+  get requests(): CounterChild {
+    if (!this.#requests) this.#group();
+    return this.#requests!;
+  }
+  /** Index by status / 100; the five classes appear together, at the first response. */
+  get responses(): CounterChild[] {
+    return this.#responses ??= [
+      NO_CLASS,
+      ...[1, 2, 3, 4, 5].map((c) => this.#child(this.#f.responses, `${c}xx`)),
+    ];
+  }
+  get duration(): HistogramChild {
+    if (!this.#duration) this.#group();
+    return this.#duration!;
+  }
+  get bytesIn(): CounterChild {
+    if (!this.#bytesIn) this.#group();
+    return this.#bytesIn!;
+  }
+  get bytesOut(): CounterChild {
+    if (!this.#bytesOut) this.#group();
+    return this.#bytesOut!;
+  }
+  get open(): GaugeChild {
+    if (!this.#open) this.#group();
+    return this.#open!;
+  }
+  get retries(): CounterChild {
+    if (!this.#retries) this.#group();
+    return this.#retries!;
+  }
+  denied(reason: DenyReason): CounterChild {
+    const d = this.#denied ??= new Map();
+    let c = d.get(reason);
+    if (!c) d.set(reason, c = this.#child(this.#f.denied, reason));
+    return c;
+  }
+
+  /** Removes the series made so far; children made later count into none. */
+  forget(): void {
+    this.#gone = true;
+    const l = this.#l;
+    if (this.#requests) this.#f.requests.remove(...l);
+    if (this.#responses) {
+      for (const c of [1, 2, 3, 4, 5]) {
+        this.#f.responses.remove(...l, `${c}xx`);
+      }
+    }
+    if (this.#duration) this.#f.duration.remove(...l);
+    if (this.#bytesIn) this.#f.bytesIn.remove(...l);
+    if (this.#bytesOut) this.#f.bytesOut.remove(...l);
+    if (this.#open) this.#f.open.remove(...l);
+    if (this.#retries) this.#f.retries.remove(...l);
+    for (const r of this.#denied?.keys() ?? []) this.#f.denied.remove(...l, r);
   }
 }

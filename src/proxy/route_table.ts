@@ -1,6 +1,7 @@
-import type { MeshConfig, MeshPort, MeshService } from "../topology/mod.ts";
+import { type MeshConfig, type MeshPort, type MeshService, sameJson } from "../topology/mod.ts";
 import { type BreakerTiming, CircuitBreaker } from "./breaker.ts";
 import { AccessPolicy, type CompiledMatch, compileMatch } from "./access.ts";
+import type { AccessLog } from "./access_log.ts";
 import { EndpointPool, type EndpointState } from "./endpoint_pool.ts";
 import { ProxyMetrics, type RouteMetrics } from "./proxy_metrics.ts";
 import { TokenBucket } from "./token_bucket.ts";
@@ -28,7 +29,10 @@ export interface Route {
   serviceKey: string;
   service: MeshService;
   port: MeshPort;
-  /** Ready endpoints, in the config's order. */
+  /**
+   * Ready endpoints with their ServiceAccounts, in the config's order, when access control
+   * narrows them (empty on an open port, which needs only `readyStates`).
+   */
   ready: Candidate[];
   /** `ready`'s states, for the common case where access control does not narrow them. */
   readyStates: EndpointState[];
@@ -39,19 +43,40 @@ export interface Route {
   /** The service's circuit breaker (HTTP only), shared by its HTTP ports. */
   breaker: CircuitBreaker | null;
   metrics: RouteMetrics;
+  /**
+   * Where its requests, connections and flows are logged; null when they are not (decided
+   * when the route is built, so a route that does not log pays one field test).
+   */
+  log: AccessLog | null;
 }
 
 /** Everything the proxy looks up per request or connection, built once per config. */
 export interface RouteTable {
   version: number;
-  /** HTTP routes by `host:port`, and by bare `host` where that is unambiguous. */
-  http: Map<string, Route>;
+  /**
+   * HTTP services by `<name>.<namespace>`: one entry a service, whatever the domains (see
+   * {@linkcode lookupHttpRoute}).
+   */
+  http: Map<string, HttpHost>;
+  /** The mesh domain, then its aliases, each with a leading dot. */
+  domains: readonly string[];
   /** TCP routes by proxy listen port. */
   tcp: Map<number, Route>;
   /** UDP routes by proxy listen port. */
   udp: Map<number, Route>;
-  /** Every endpoint key in the config, so state for the others can be dropped. */
+  /**
+   * Every endpoint key in the config, so state for the others can be dropped. Like the maps,
+   * the same set as the last build's, updated in place.
+   */
   endpointKeys: Set<string>;
+}
+
+/** The HTTP ports of one service. */
+export interface HttpHost {
+  /** Its HTTP routes, in the config's order. */
+  ports: Route[];
+  /** The route of a Host without a port: port 80, or the only HTTP port; else null. */
+  bare: Route | null;
 }
 
 /** State that outlives one config version; the proxy holds one and passes it to each build. */
@@ -66,27 +91,43 @@ export interface RouteState {
   /** The clock in ms. */
   now: () => number;
   /**
-   * Routes of the last build by port object, to reuse for ports that did not change: configs
-   * keep the objects of unchanged services (`applyDelta`, `buildMeshConfig`), so a one-endpoint
-   * change rebuilds one route, not ten thousand.
-   */
-  routes: WeakMap<MeshPort, CachedRoute>;
-  /** Builds so far; a cached route is reused only by the build right after the one it was in. */
-  builds: number;
-  /**
    * Other domains HTTP services answer to besides the config's, such as Traefik Mesh's
    * `traefik.mesh` and `maesh`, so its clients move over without edits.
    */
   domainAliases: readonly string[];
+  /** The access log (`--access-log`, read with each Service's annotation); none when absent. */
+  accessLog: AccessLog | null;
+  /**
+   * The last build, which the next one patches: configs keep the objects of unchanged services
+   * (`applyDelta`, `buildMeshConfig`), so a one-endpoint change rebuilds the routes of one
+   * service and touches the tables, endpoint states and metrics of that service alone.
+   */
+  last: LastBuild | null;
 }
 
-/** A route kept for reuse, with what it was built from. */
-export interface CachedRoute {
-  route: Route;
+/** What one service contributed to the last build. */
+interface ServiceRoutes {
   service: MeshService;
-  identities: string;
-  endpointKeys: string[];
-  build: number;
+  routes: Route[];
+  /** The state of each of its endpoints, once per route that lists it. */
+  endpoints: EndpointState[];
+}
+
+/** The last build of a {@linkcode RouteState}. */
+interface LastBuild {
+  table: RouteTable;
+  /** The config's service list, to find unchanged services by position first. */
+  services: readonly MeshService[];
+  byService: Map<string, ServiceRoutes>;
+  /** The config's identity table, as copied into `identities`. */
+  configIdentities: Readonly<Record<string, string>>;
+  /**
+   * The identity table every access policy reads, updated in place when the config's changes
+   * (policies look a source up per request), so an identity change rebuilds no route.
+   */
+  identities: Record<string, string>;
+  /** Routes that have a TrafficSplit, resolved again when any service changes. */
+  splitRoots: Set<Route>;
 }
 
 /** A fresh {@linkcode RouteState}. */
@@ -98,14 +139,27 @@ export function newRouteState(options: Partial<RouteState> = {}): RouteState {
     breakers: options.breakers ?? new Map(),
     breakerTiming: options.breakerTiming ?? {},
     now: options.now ?? Date.now,
-    routes: options.routes ?? new WeakMap(),
-    builds: options.builds ?? 0,
     domainAliases: options.domainAliases ?? [],
+    accessLog: options.accessLog ?? null,
+    last: options.last ?? null,
   };
 }
 
+/** What a build dropped, for the caller to let go of. */
+export interface RouteTableChanges {
+  /** Endpoint keys no route lists any more. */
+  endpointKeys: string[];
+  /** {@linkcode ProxyMetrics.key}s of service ports that are gone. */
+  metricKeys: string[];
+  /** Services built again (new or changed). */
+  built: number;
+}
+
 /**
- * Builds the lookup tables for a config.
+ * Builds the lookup tables for a config, patching the last build of `state`: only services
+ * whose object changed are built again. The maps (and `endpointKeys`) of the last build's
+ * table are updated in place and shared by the new one: the proxy reads only the table in
+ * force, and switches to the new one in the same step.
  *
  * An HTTP service port is reached as `<service>.<namespace>.<domain>:<port>`, and under each
  * of `state.domainAliases` too; a Host header without a port means port 80, or the service's
@@ -115,125 +169,242 @@ export function buildRouteTable(
   config: MeshConfig,
   state: RouteState = newRouteState(),
 ): RouteTable {
-  const http = new Map<string, Route>();
-  const tcp = new Map<number, Route>();
-  const udp = new Map<number, Route>();
-  const endpointKeys = new Set<string>();
+  return buildRouteTableWithChanges(config, state).table;
+}
+
+/** {@linkcode buildRouteTable}, with what the build dropped. */
+export function buildRouteTableWithChanges(
+  config: MeshConfig,
+  state: RouteState,
+): { table: RouteTable; changes: RouteTableChanges } {
   const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
   const domain = trim(config.domain);
-  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)];
-  const byPort = new Map<string, Route>();
+  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)]
+    .map((d) => `.${d}`);
+  const last = state.last;
+  const prevServices = last?.services ?? [];
+  const byService = last?.byService ?? new Map<string, ServiceRoutes>();
+
+  // The services to build again (new or changed), and the keys of those gone. Unchanged
+  // services are found by position first: a delta replaces a service where it stands.
+  const changed: [string, MeshService][] = [];
+  const sameList = config.services.length === prevServices.length;
+  let sameKeys = sameList;
+  for (let i = 0; i < config.services.length; i++) {
+    const s = config.services[i]!;
+    if (sameList && prevServices[i] === s) continue;
+    const key = `${s.namespace}/${s.name}`;
+    const was = byService.get(key);
+    if (was && was.service !== s && sameJson(was.service, s)) {
+      // The same service in a new object (a snapshot after a reconnect, a config read from
+      // disk): its routes are kept and point at the new object, so the old config can go.
+      was.service = s;
+      was.routes.forEach((r, j) => {
+        r.service = s;
+        r.port = s.ports[j]!;
+      });
+    } else if (was?.service !== s) changed.push([key, s]);
+    const p = prevServices[i];
+    if (sameKeys && (!p || `${p.namespace}/${p.name}` !== key)) sameKeys = false;
+  }
+  const gone: string[] = [];
+  if (!sameKeys) {
+    const now = new Set<string>();
+    for (const s of config.services) now.add(`${s.namespace}/${s.name}`);
+    for (const k of byService.keys()) if (!now.has(k)) gone.push(k);
+  }
+  const identities = last?.identities ?? {};
+  if (state.accessLog) state.accessLog.identities = identities;
+  // The new routes first: what may throw runs before any table changes.
+  const built = changed.map(([key, s]) => serviceRoutes(key, s, state, identities));
+
+  const table: RouteTable = last ? { ...last.table, version: config.version, domains } : {
+    version: config.version,
+    domains,
+    http: new Map(),
+    tcp: new Map(),
+    udp: new Map(),
+    endpointKeys: new Set(),
+  };
+  const { http, tcp, udp, endpointKeys } = table;
+  const splitRoots = last?.splitRoots ?? new Set<Route>();
+  const changes: RouteTableChanges = { endpointKeys: [], metricKeys: [], built: changed.length };
+
+  // Out with what changed or went, all of it first: a listen port may move from one service
+  // to another in one version.
+  const released: EndpointState[] = [];
+  const droppedMetrics = new Set<string>();
+  const drop = (key: string) => {
+    const was = byService.get(key);
+    if (!was) return;
+    byService.delete(key);
+    http.delete(`${was.service.name}.${was.service.namespace}`);
+    for (const r of was.routes) {
+      splitRoots.delete(r);
+      droppedMetrics.add(ProxyMetrics.key(key, r.port.port, r.port.protocol));
+      const l4 = r.port.protocol === "tcp" ? tcp : r.port.protocol === "udp" ? udp : null;
+      if (l4 && r.port.listenPort !== null && l4.get(r.port.listenPort) === r) {
+        l4.delete(r.port.listenPort);
+      }
+      state.buckets.delete(r.key);
+    }
+    state.breakers.delete(key);
+    for (const e of was.endpoints) released.push(e);
+  };
+  for (const k of gone) drop(k);
+  for (const [k] of changed) drop(k);
+
+  // In with the new and changed services.
+  for (let i = 0; i < changed.length; i++) {
+    const [key, service] = changed[i]!;
+    const { routes, endpoints, breaker } = built[i]!;
+    if (breaker) state.breakers.set(key, breaker);
+    let host: HttpHost | null = null;
+    for (const r of routes) {
+      droppedMetrics.delete(ProxyMetrics.key(key, r.port.port, r.port.protocol));
+      if (r.rateLimit) state.buckets.set(r.key, r.rateLimit);
+      if (r.port.split) splitRoots.add(r);
+      if (r.port.protocol === "http") {
+        if (!host) {
+          http.set(`${service.name}.${service.namespace}`, host = { ports: [], bare: null });
+        }
+        host.ports.push(r);
+      } else if (r.port.listenPort !== null) {
+        (r.port.protocol === "tcp" ? tcp : udp).set(r.port.listenPort, r);
+      }
+    }
+    if (host) {
+      host.bare = host.ports.find((r) => r.port.port === 80) ??
+        (host.ports.length === 1 ? host.ports[0]! : null);
+    }
+    for (const e of endpoints) if (e.routes++ === 0) endpointKeys.add(e.key);
+    byService.set(key, { service, routes, endpoints });
+  }
+  for (const e of released) {
+    if (--e.routes > 0) continue;
+    endpointKeys.delete(e.key);
+    changes.endpointKeys.push(e.key);
+  }
+  changes.metricKeys.push(...droppedMetrics);
+
+  // Splits resolve to the backends' routes for the same port: one hop, never re-entering. A
+  // split whose backends are the routes it had keeps its chooser (and its place in the
+  // rotation).
+  if (changed.length > 0 || gone.length > 0) {
+    for (const r of splitRoots) resolveSplit(r, byService);
+  }
+
+  // The identity table last: every access policy, old and new, reads this one object.
+  if (last?.configIdentities !== config.identities) {
+    for (const ip of Object.keys(identities)) {
+      if (!Object.hasOwn(config.identities, ip)) delete identities[ip];
+    }
+    for (const [ip, sa] of Object.entries(config.identities)) {
+      if (identities[ip] !== sa) identities[ip] = sa;
+    }
+  }
+
+  state.last = {
+    table,
+    services: config.services,
+    byService,
+    configIdentities: config.identities,
+    identities,
+    splitRoots,
+  };
+  return { table, changes };
+}
+
+/** The routes of one service's ports, and the states of their endpoints. */
+function serviceRoutes(
+  serviceKey: string,
+  service: MeshService,
+  state: RouteState,
+  identities: Readonly<Record<string, string>>,
+): { routes: Route[]; endpoints: EndpointState[]; breaker: CircuitBreaker | null } {
+  let breaker: CircuitBreaker | null = null;
+  if (service.circuitBreaker) {
+    const { expression, expr } = service.circuitBreaker;
+    const old = state.breakers.get(serviceKey);
+    breaker = old && old.expression === expression
+      ? old
+      : new CircuitBreaker(expression, expr, state.breakerTiming, state.now);
+  }
   const routes: Route[] = [];
-  const buckets = new Map<string, TokenBucket>();
-  const breakers = new Map<string, CircuitBreaker>();
-  const build = ++state.builds;
-  // Access policies read the identity table: a route is reused only while it is the same.
-  const identities = JSON.stringify(config.identities);
-
-  for (const service of config.services) {
-    const serviceKey = `${service.namespace}/${service.name}`;
-    let breaker: CircuitBreaker | null = null;
-    if (service.circuitBreaker) {
-      const { expression, expr } = service.circuitBreaker;
-      const old = state.breakers.get(serviceKey);
-      breaker = old && old.expression === expression
+  const endpoints: EndpointState[] = [];
+  for (const port of service.ports) {
+    const key = `${serviceKey}:${port.port}`;
+    let rateLimit: TokenBucket | null = null;
+    if (service.rateLimit) {
+      const { average, burst } = service.rateLimit;
+      const old = state.buckets.get(key);
+      rateLimit = old && old.rate === average && old.burst === burst
         ? old
-        : new CircuitBreaker(expression, expr, state.breakerTiming, state.now);
-      breakers.set(serviceKey, breaker);
+        : new TokenBucket(average, burst, state.now);
     }
-    for (const port of service.ports) {
-      const key = `${serviceKey}:${port.port}`;
-      let rateLimit: TokenBucket | null = null;
-      if (service.rateLimit) {
-        const { average, burst } = service.rateLimit;
-        const old = state.buckets.get(key);
-        rateLimit = old && old.rate === average && old.burst === burst
-          ? old
-          : new TokenBucket(average, burst, state.now);
-        buckets.set(key, rateLimit);
-      }
-      const cached = state.routes.get(port);
-      if (
-        cached && cached.build === build - 1 && cached.service === service &&
-        cached.identities === identities && cached.route.rateLimit === rateLimit &&
-        cached.route.breaker === (port.protocol === "http" ? breaker : null)
-      ) {
-        // The same port of the same service as in the last build: its endpoint states are
-        // still in the pool (that build kept them), so the route is reused whole.
-        cached.build = build;
-        for (const k of cached.endpointKeys) endpointKeys.add(k);
-        cached.route.split = null;
-        routes.push(cached.route);
-        byPort.set(`${serviceKey}:${port.port}/${port.protocol}`, cached.route);
-        continue;
-      }
-      const keys: string[] = [];
-      const ready: Candidate[] = [];
-      for (const ep of port.endpoints) {
-        const s = state.pool.state(ep);
-        endpointKeys.add(s.key);
-        keys.push(s.key);
-        if (ep.ready) ready.push({ state: s, serviceAccount: ep.serviceAccount });
-      }
-      const route: Route = {
-        key,
-        serviceKey,
-        service,
-        port,
-        ready,
-        readyStates: ready.map((c) => c.state),
-        access: new AccessPolicy(
-          `${port.protocol.toUpperCase()} port ${port.port} of service "${serviceKey}"`,
-          port.access,
-          config.identities,
-        ),
-        split: null,
-        rateLimit,
-        breaker: port.protocol === "http" ? breaker : null,
-        metrics: state.metrics.route(serviceKey, port.port, port.protocol),
-      };
-      routes.push(route);
-      byPort.set(`${serviceKey}:${port.port}/${port.protocol}`, route);
-      state.routes.set(port, { route, service, identities, endpointKeys: keys, build });
+    const open = port.access === null;
+    const ready: Candidate[] = open ? NONE : [];
+    const readyStates: EndpointState[] = [];
+    for (const ep of port.endpoints) {
+      const s = state.pool.state(ep);
+      endpoints.push(s);
+      if (!ep.ready) continue;
+      readyStates.push(s);
+      if (!open) ready.push({ state: s, serviceAccount: ep.serviceAccount });
     }
+    routes.push({
+      key,
+      serviceKey,
+      service,
+      port,
+      ready,
+      readyStates,
+      // An open port never explains a refusal: one policy serves them all.
+      access: open ? OPEN : new AccessPolicy(
+        `${port.protocol.toUpperCase()} port ${port.port} of service "${serviceKey}"`,
+        port.access,
+        identities,
+      ),
+      split: null,
+      rateLimit,
+      breaker: port.protocol === "http" ? breaker : null,
+      metrics: state.metrics.route(serviceKey, port.port, port.protocol),
+      log: state.accessLog?.forService(service) ?? null,
+    });
   }
-  state.buckets.clear();
-  for (const [k, b] of buckets) state.buckets.set(k, b);
-  state.breakers.clear();
-  for (const [k, b] of breakers) state.breakers.set(k, b);
+  return { routes, endpoints, breaker };
+}
 
-  // Splits resolve to the backends' routes for the same port: one hop, never re-entering.
-  for (const r of routes) {
-    const s = r.port.split;
-    if (!s) continue;
-    const backends: [Route, number][] = [];
-    for (const b of s.backends) {
-      const target = byPort.get(
-        `${r.service.namespace}/${b.service}:${r.port.port}/${r.port.protocol}`,
-      );
-      if (target) backends.push([target, b.weight]);
-    }
-    if (backends.length === 0) continue;
-    r.split = {
-      name: s.name,
-      matches: s.matches.map(compileMatch),
-      backends: new WeightedChooser(backends),
-    };
-  }
+/** `ready` of an open port. */
+const NONE: Candidate[] = [];
+Object.freeze(NONE);
+/** The access policy of every port without access control. */
+const OPEN = new AccessPolicy("an open port", null, {});
 
-  for (const r of routes) {
-    if (r.port.protocol === "http") {
-      const httpPorts = r.service.ports.filter((p) => p.protocol === "http");
-      for (const d of domains) {
-        const host = `${r.service.name}.${r.service.namespace}.${d}`;
-        http.set(`${host}:${r.port.port}`, r);
-        if (r.port.port === 80 || (httpPorts.length === 1 && !http.has(host))) http.set(host, r);
-      }
-    } else if (r.port.listenPort !== null) {
-      (r.port.protocol === "tcp" ? tcp : udp).set(r.port.listenPort, r);
-    }
+/** The backends each split root was last resolved to. */
+const resolved = new WeakMap<Route, [Route, number][]>();
+
+/** Resolves the TrafficSplit of `root` against the routes in force. */
+function resolveSplit(root: Route, byService: Map<string, ServiceRoutes>): void {
+  const s = root.port.split!;
+  const backends: [Route, number][] = [];
+  for (const b of s.backends) {
+    const target = byService.get(`${root.service.namespace}/${b.service}`)?.routes.find((r) =>
+      r.port.port === root.port.port && r.port.protocol === root.port.protocol
+    );
+    if (target) backends.push([target, b.weight]);
   }
-  return { version: config.version, http, tcp, udp, endpointKeys };
+  const was = resolved.get(root);
+  if (
+    was && was.length === backends.length &&
+    was.every(([r, w], i) => backends[i]![0] === r && backends[i]![1] === w)
+  ) return;
+  resolved.set(root, backends);
+  root.split = backends.length === 0 ? null : {
+    name: s.name,
+    matches: s.matches.map(compileMatch),
+    backends: new WeightedChooser(backends),
+  };
 }
 
 /** Finds the route for a Host header (`name.ns.mesh`, `name.ns.mesh:8080`, any case). */
@@ -248,7 +419,26 @@ export function lookupHttpRoute(table: RouteTable, hostHeader: string | null): R
     if (!/^\d+$/.test(port)) return undefined;
   }
   if (host.endsWith(".")) host = host.slice(0, -1); // a fully qualified name may end with a dot
-  return port ? table.http.get(`${host}:${port}`) : table.http.get(host);
+  // `<name>.<namespace>` (neither holds a dot) then one of the domains.
+  const dot = host.indexOf(".");
+  const end = dot < 0 ? -1 : host.indexOf(".", dot + 1);
+  if (end < 0) return undefined;
+  const tail = host.length - end;
+  let known = false;
+  for (const d of table.domains) {
+    if (d.length === tail && host.endsWith(d)) {
+      known = true;
+      break;
+    }
+  }
+  if (!known) return undefined;
+  const h = table.http.get(host.slice(0, end));
+  if (!h) return undefined;
+  if (!port) return h.bare ?? undefined;
+  if (port.length > 1 && port.charCodeAt(0) === 48) return undefined; // "080" names none
+  const n = Number(port);
+  for (const r of h.ports) if (r.port.port === n) return r;
+  return undefined;
 }
 
 /**

@@ -95,6 +95,13 @@ export function parseServiceAnnotations(
   const retries = integer("retry-attempts", 0, MAX_RETRY_ATTEMPTS);
   if (retries !== undefined) options.retryAttempts = retries;
 
+  const accessLog = lookup("access-log");
+  if (accessLog) {
+    const v = accessLog.value.toLowerCase();
+    if (v === "true" || v === "false") options.accessLog = v === "true";
+    else bad(accessLog.key, accessLog.value, '"true" or "false"');
+  }
+
   const cb = lookup("circuit-breaker-expression");
   if (cb) {
     try {

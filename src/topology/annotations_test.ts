@@ -12,6 +12,7 @@ Deno.test("parseServiceAnnotations() reads every annotation under each prefix", 
       [`${prefix}circuit-breaker-expression`]: "NetworkErrorRatio() > 0.5",
       [`${prefix}ratelimit-average`]: "50",
       [`${prefix}ratelimit-burst`]: "75",
+      [`${prefix}access-log`]: "True",
     }, WHAT);
     assert.ok(r.ok, prefix);
     assert.deepEqual(r.options, {
@@ -23,6 +24,7 @@ Deno.test("parseServiceAnnotations() reads every annotation under each prefix", 
         expr: { op: ">", metric: { fn: "NetworkErrorRatio" }, value: 0.5 },
       },
       rateLimit: { average: 50, burst: 75 },
+      accessLog: true,
     }, prefix);
   }
 });
@@ -82,6 +84,10 @@ Deno.test("parseServiceAnnotations() rejects bad values, naming key, object and 
       'Cannot parse annotation "maesh.containo.us/ratelimit-average" on Service "shop/web": value is "0", expected an integer >= 1',
     ],
     [
+      { "mesh.traefik.io/access-log": "yes" },
+      'Cannot parse annotation "mesh.traefik.io/access-log" on Service "shop/web": value is "yes", expected "true" or "false"',
+    ],
+    [
       { "meshd.io/ratelimit-burst": "5" },
       'Cannot use annotation "meshd.io/ratelimit-burst" on Service "shop/web": ratelimit-burst needs ratelimit-average',
     ],
@@ -113,4 +119,13 @@ Deno.test("parseServiceAnnotations() reports every bad annotation at once", () =
   }, WHAT);
   assert.ok(!r.ok);
   assert.deepEqual(r.problems.map((p) => p.key), ["meshd.io/traffic-type", "meshd.io/scheme"]);
+});
+
+Deno.test("parseServiceAnnotations() reads access-log false, meshd.io/ over the aliases", () => {
+  const r = parseServiceAnnotations({
+    "mesh.traefik.io/access-log": "true",
+    "meshd.io/access-log": "false",
+  }, WHAT);
+  assert.ok(r.ok);
+  assert.deepEqual(r.options, { accessLog: false });
 });

@@ -1,5 +1,5 @@
 import type { Diagnostic, MeshConfig, MeshPort, MeshService } from "./mesh_config.ts";
-import { knownServiceJson, serviceJson } from "./service_json.ts";
+import { sameJson } from "./same_json.ts";
 import type { Topology } from "./build_topology.ts";
 
 /** An inclusive range of ports. */
@@ -109,12 +109,7 @@ export function buildMeshConfig(
     if (ports.length === 0) continue;
     const built: MeshService = { ...s, ports };
     const old = before.get(`${s.namespace}/${s.name}`);
-    const text = JSON.stringify(built);
-    if (old && serviceJson(old) === text) services.push(old);
-    else {
-      knownServiceJson(built, text);
-      services.push(built);
-    }
+    services.push(old && sameJson(old, built) ? old : built);
   }
   const body = {
     domain: options.domain ?? "mesh",
@@ -122,6 +117,10 @@ export function buildMeshConfig(
     services,
     identities: topology.acl ? topology.identities : {},
   };
+  // The same table keeps its object too: the proxy then has no identity to update.
+  if (previous && sameJson(previous.identities, body.identities)) {
+    body.identities = previous.identities;
+  }
   if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
   return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
 }
@@ -134,5 +133,5 @@ function sameContent(a: MeshConfig, b: Omit<MeshConfig, "version">): boolean {
   return a.domain === b.domain && a.acl === b.acl &&
     a.services.length === b.services.length &&
     a.services.every((s, i) => s === b.services[i]) &&
-    JSON.stringify(a.identities) === JSON.stringify(b.identities);
+    a.identities === b.identities;
 }

@@ -148,6 +148,8 @@ export function buildTopology(
       retryAttempts: svc.mesh.retryAttempts ?? 0,
       circuitBreaker: svc.mesh.circuitBreaker ?? null,
       rateLimit: svc.mesh.rateLimit ?? null,
+      // Only when annotated: the flag decides for the rest, on each node.
+      ...(svc.mesh.accessLog !== undefined ? { accessLog: svc.mesh.accessLog } : {}),
       ports,
     });
   }

@@ -61,6 +61,11 @@ export interface MeshService {
   retryAttempts: number;
   circuitBreaker: { expression: string; expr: BreakerExpr } | null;
   rateLimit: { average: number; burst: number } | null;
+  /**
+   * The `meshd.io/access-log` annotation: logs this Service's traffic (true) or not (false)
+   * whatever `--access-log` says; absent when not annotated, and the flag decides.
+   */
+  accessLog?: boolean;
   ports: MeshPort[];
 }
 

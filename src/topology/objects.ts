@@ -43,6 +43,8 @@ export interface ServiceMeshOptions {
   retryAttempts?: number;
   circuitBreaker?: { expression: string; expr: BreakerExpr };
   rateLimit?: { average: number; burst: number };
+  /** `access-log`: "true" or "false". */
+  accessLog?: boolean;
 }
 
 /** One port of a Service. */

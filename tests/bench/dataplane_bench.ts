@@ -12,16 +12,19 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { FILE_MESHD_RUN, MESHD_V8_FLAGS } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const HOST = "127.0.0.1";
+/** The loopback address everything binds and connects to (`--host`). */
+let HOST = "127.0.0.1";
 
 interface Args {
   seconds: number;
   out: string;
   loadtools: string;
   cases: Set<string> | null;
+  /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
+  v8Flags: string;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -30,6 +33,7 @@ function parseArgs(argv: string[]): Args {
     out: `${ROOT}bench-results/dataplane.json`,
     loadtools: "",
     cases: null,
+    v8Flags: "",
   };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -37,10 +41,13 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--out" && v) a.out = v, i++;
     else if (k === "--loadtools" && v) a.loadtools = v, i++;
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
+    else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
+    else if (k === "--meshd-v8-flags" && v) a.v8Flags = v, i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,memory]",
+          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] " +
+          "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,workers,memory]",
       );
       Deno.exit(2);
     }
@@ -102,9 +109,10 @@ async function wrk(
   seconds: number,
   extra: string[],
   conns: number,
+  threads = 1,
 ): Promise<Measure> {
   const r = await run("wrk", [
-    "-t1",
+    `-t${threads}`,
     `-c${conns}`,
     `-d${seconds}s`,
     "--latency",
@@ -216,7 +224,7 @@ async function loadtool(
 
 // ---- configs ----
 
-function meshYaml(ports: { http: number; tcp: number; udp: number }, pad: number): string {
+export function meshYaml(ports: { http: number; tcp: number; udp: number }, pad: number): string {
   const docs: string[] = [];
   const svc = (name: string, port: number, protocol: string, annotations: string) =>
     `apiVersion: v1
@@ -258,9 +266,10 @@ function haproxyCfg(
   p: { web: number; grpc: number; tcp: number },
   backends: { http: number; tcp: number },
   pad: number,
+  threads = 1,
 ): string {
   let s = `global
-  nbthread 1
+  nbthread ${threads}
   maxconn 4096
 defaults
   timeout connect 5s
@@ -340,13 +349,15 @@ async function heapUsed(apiPort: number): Promise<number> {
 
 // ---- the run ----
 
-async function startMeshd(configDir: string) {
+async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
   const meshd = new Child("meshd", [
-    ...FILE_MESHD_RUN,
+    ...FILE_MESHD_RUN.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a),
     "--config-dir",
     configDir,
     "--proxy-address",
+    HOST,
+    "--api-address",
     HOST,
     "--http-port",
     String(mesh.http),
@@ -356,6 +367,8 @@ async function startMeshd(configDir: string) {
     `${mesh.tcp}-${mesh.tcp}`,
     "--udp-ports",
     `${mesh.udp}-${mesh.udp}`,
+    "--workers",
+    String(workers),
     "--log-format",
     "json",
   ]);
@@ -423,7 +436,7 @@ async function main(): Promise<void> {
     const configDir = `${work}/mesh`;
     await Deno.mkdir(configDir);
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-    let { meshd, mesh } = await startMeshd(configDir);
+    let { meshd, mesh } = await startMeshd(configDir, args.v8Flags);
     start(meshd);
 
     const hap = { web: freePort(), grpc: freePort(), tcp: freePort() };
@@ -554,12 +567,54 @@ stream {
       }
     }
 
+    if (want("workers")) {
+      // meshd with 1 and 2 proxy workers against HAProxy with nbthread 1 and 2, on the same
+      // loads: HTTP keep-alive (wrk with two threads, so the load generator is not the limit
+      // of the two-worker figure) and TCP request/response. Each pair runs in its own case, so
+      // "vs ref" compares 1 worker with 1 thread, and 2 with 2.
+      for (const n of [1, 2]) {
+        const m = n === 1 ? { meshd, mesh } : await startMeshd(configDir, args.v8Flags, n);
+        if (n !== 1) start(m.meshd);
+        const h = { web: freePort(), grpc: freePort(), tcp: freePort() };
+        await Deno.writeTextFile(
+          `${work}/haproxy-${n}t.cfg`,
+          haproxyCfg(h, ports, 0, n).replaceAll("MAP", `${work}/hosts.map`),
+        );
+        const hp = start(
+          new Child(`haproxy-${n}t`, ["-db", "-f", `${work}/haproxy-${n}t.cfg`], {
+            command: "haproxy",
+          }),
+        );
+        await waitForPort(HOST, h.web);
+        const saved = { ...pids };
+        pids.meshd = m.meshd.pid;
+        pids.haproxy = hp.pid;
+        for (const [t, port] of [["meshd", m.mesh.http], ["haproxy", h.web]] as const) {
+          await step(t, () => wrk(`http-keepalive-${n}w`, t, port, secs, [], 64, 2));
+        }
+        for (const [t, port] of [["meshd", m.mesh.tcp], ["haproxy", h.tcp]] as const) {
+          await step(t, () =>
+            loadtool(loadtools, `tcp-rr-${n}w`, t, [
+              "tcp-rr",
+              "-target",
+              `${HOST}:${port}`,
+              "-conns",
+              "32",
+              "-size",
+              "64",
+            ], secs));
+        }
+        Object.assign(pids, saved);
+        await hp.stop();
+        if (n !== 1) await m.meshd.stop();
+      }
+    }
     if (want("memory")) {
       // A fresh meshd, so the figures are the config's and not the loads' buffers.
       await haproxy.stop();
       await meshd.stop();
       await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-      ({ meshd, mesh } = await startMeshd(configDir));
+      ({ meshd, mesh } = await startMeshd(configDir, args.v8Flags));
       start(meshd);
       await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB10 = rssMiB(meshd.pid);
@@ -680,7 +735,9 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
   lines.push(
     "",
     "vs ref: meshd's rate over HAProxy's (nginx's for UDP, which HAProxy cannot proxy); " +
-      "HAProxy and nginx run one thread, as meshd's proxy does. CPU µs/unit: the proxy " +
+      "HAProxy and nginx run one thread, as meshd's proxy does, except in the -Nw cases: " +
+      "meshd --workers N against HAProxy nbthread N (wrk -t2 -c64, tcp-rr 32 connections). " +
+      "CPU µs/unit: the proxy " +
       "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
       "CPU vs ref: meshd's over the reference's (lower is better).",
   );
@@ -692,6 +749,7 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       {
         date: new Date().toISOString(),
         secondsPerLoad: args.seconds,
+        ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
         cpus: navigator.hardwareConcurrency,
         results: rows,
         memory: mem,

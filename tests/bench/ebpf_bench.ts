@@ -174,7 +174,7 @@ backend web
         String(t.errors).padStart(8),
     );
   }
-  console.log("\nmaps (meshd_svc4 etc.), kernel memory from each map's fdinfo memlock:");
+  console.log("\nmaps (meshd_svc4_v2 etc.), kernel memory from each map's fdinfo memlock:");
   for (const m of memory) {
     console.log(
       `${String(m.services).padStart(6)} services (${m.entries} entries): ` +

@@ -19,7 +19,8 @@ import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const HOST = "127.0.65.1";
+// MESHD_BENCH_HOST moves the run to another loopback address (one per concurrent session).
+const HOST = Deno.env.get("MESHD_BENCH_HOST") ?? "127.0.65.1";
 const FORWARDERS = `${ROOT}tests/bench/h2_forwarders.ts`;
 
 const TARGETS = [

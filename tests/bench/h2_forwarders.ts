@@ -9,8 +9,8 @@
  * MODE is one of:
  * - `node-http2`: a `node:http2` server; each stream becomes a request on one shared client
  *   session to the backend (opened once, reused by every stream), bodies piped, response
- *   headers and trailers copied. The approach of meshd's `src/proxy/h2_proxy.ts`, without its
- *   work.
+ *   headers and trailers copied. The approach `src/proxy/h2_proxy.ts` took before meshd had
+ *   its own frame layer, without its work.
  * - `deno-serve`: `Deno.serve` (which accepts cleartext HTTP/2 with prior knowledge) forwarding
  *   with `fetch` over `Deno.createHttpClient({ http1: false, http2: true })`, bodies streamed.
  *   Neither `Response` nor `Request` has trailers in Deno, so the backend's `grpc-status`
@@ -23,7 +23,7 @@
  *   unchanged, so it cannot route on `:authority` nor share a backend connection between
  *   clients), its own SETTINGS, flow control and PING (the two ends negotiate them through
  *   it), and any GOAWAY or RST_STREAM handling beyond passing the frame on.
- * - `frame-hpack`: `frame-relay` plus HPACK (`h2_hpack.ts`): every header block, both ways, is
+ * - `frame-hpack`: `frame-relay` plus HPACK (`src/proxy/h2/hpack.ts`): every header block, both ways, is
  *   decoded with the sender's dynamic table (Huffman included), the request's `:authority`
  *   looked up in a one-entry route table (`--authority`, default `grpc.default.mesh`; a miss
  *   resets the stream with REFUSED_STREAM), and the fields re-encoded as literals without
@@ -38,7 +38,7 @@
  * @module
  */
 import http2 from "node:http2";
-import { encode, encodedSize, HpackDecoder } from "./h2_hpack.ts";
+import { encode, encodedSize, HpackDecoder } from "../../src/proxy/h2/hpack.ts";
 
 function hostPort(s: string): { hostname: string; port: number } {
   const i = s.lastIndexOf(":");

@@ -15,11 +15,10 @@ import {
   type DatapathEntry,
   DEFAULT_BPF_OBJECT,
   EbpfDatapath,
-  encode,
   findLibbpf,
-  LAYOUT_VERSION,
-  STRUCTS,
 } from "../../src/datapath/mod.ts";
+import { encode, LAYOUT_VERSION, STRUCTS } from "../../src/datapath/layout.ts";
+import { mapName } from "../../src/datapath/ebpf_loader.ts";
 import { Logger } from "../../src/observability/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -467,7 +466,7 @@ Deno.test("eBPF maps: a service's backends are replaced in place, never seen emp
 
     await t.step("maps of another layout are not taken over", () => {
       const bpf = Libbpf.open(libbpfPath);
-      const fd = bpf.objGet(`${pinDir}/meshd_meta`)!;
+      const fd = bpf.objGet(`${pinDir}/${mapName("meta")}`)!;
       bpf.mapUpdate(
         fd,
         new Uint8Array(4),

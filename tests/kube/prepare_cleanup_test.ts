@@ -19,7 +19,7 @@ const SERVED_BY_TRAEFIK_MESH: Record<string, string[]> = {
   "coredns-1.6-with-maesh.Corefile": ["maesh"],
 };
 const leftOutWarning = (alias: string) =>
-  `warning: the Corefile already serves "${alias}:53" in a block meshd did not add (Traefik ` +
+  `meshd prepare: warning: the Corefile already serves "${alias}:53" in a block meshd did not add (Traefik ` +
   `Mesh's?), so CoreDNS does not forward ${alias} to meshd; run meshd prepare again after ` +
   "Traefik Mesh's cleanup removes that block\n";
 
@@ -41,7 +41,7 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
       assert.equal(r.code, 1);
       assert.match(
         r.err,
-        /^meshd prepare: Cannot find the Service "meshd\/meshd-dns".*kubectl apply -k manifests\/\)\n$/,
+        /^meshd prepare: error: cannot find the Service "meshd\/meshd-dns".*kubectl apply -k manifests\/\)\n$/,
       );
       // only the namespace and the DNS Service: the CoreDNS ConfigMap is still missing
       const objects = await kustomizationObjects();
@@ -51,7 +51,7 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
       );
       r = await meshd("prepare", kc);
       assert.equal(r.code, 1);
-      assert.match(r.err, /Cannot find the CoreDNS ConfigMap "kube-system\/coredns"/);
+      assert.match(r.err, /cannot find the CoreDNS ConfigMap "kube-system\/coredns"/);
       assert.doesNotMatch(r.err, /\n.+\n/, "one line, no stack trace");
     });
 
@@ -161,7 +161,7 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
         assert.equal(bad.code, 1);
         assert.equal(
           bad.err,
-          'meshd prepare: Cannot use "x {" as a mesh domain alias: expected a domain name such ' +
+          'meshd prepare: error: cannot use "x {" as a mesh domain alias: expected a domain name such ' +
             'as "traefik.mesh"\n',
         );
       },
@@ -171,7 +171,10 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
       await setCorefile(".:53 {\n    forward . /etc/resolv.conf\n}\n");
       const r = await meshd("prepare", kc, "--dns-ttl=30s");
       assert.equal(r.code, 0);
-      assert.match(r.err, /^warning: the Corefile has no reload plugin.*rollout restart/);
+      assert.match(
+        r.err,
+        /^meshd prepare: warning: the Corefile has no reload plugin.*rollout restart/,
+      );
       assert.match((await corefile()).text, /cache 30\n/);
     });
 

@@ -144,7 +144,7 @@ for (const input of INPUTS) {
       assert.notEqual(out.signal, "SIGKILL", `still running after ${DEADLINE_MS} ms`);
       assert.equal(out.code, 1, `exit code; stderr:\n${stderr.join("\n")}`);
       assert.equal(stderr.length, 1, `one line on stderr, got:\n${stderr.join("\n")}`);
-      assert.match(stderr[0]!, /^error: /);
+      assert.match(stderr[0]!, /^meshd config dump: error: /);
       assert.doesNotMatch(stderr[0]!, /internal error|\bat .*\.(ts|js):\d+/);
       assert.match(stderr[0]!, new RegExp(`"${input.file.replace(".", "\\.")}"`), "names the file");
       assert.match(stderr[0]!, input.says);

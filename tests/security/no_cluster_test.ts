@@ -56,7 +56,10 @@ for (
     assert.equal(code, 1, `exit ${code}, stderr:\n${err}`);
     const lines = err.trim().split("\n");
     assert.equal(lines.length, 1, `expected one line, got:\n${err}`);
-    assert.match(lines[0]!, new RegExp(`^meshd ${argv[0]}: No Kubernetes credentials found`));
+    assert.match(
+      lines[0]!,
+      new RegExp(`^meshd ${argv[0]}: error: no Kubernetes credentials found`),
+    );
     assert.match(lines[0]!, /KUBERNETES_SERVICE_HOST is unset/);
     assert.match(lines[0]!, /\$KUBECONFIG is unset and ".*\/\.kube\/config" does not exist/);
   });
@@ -67,7 +70,7 @@ Deno.test("meshd prepare names the $KUBECONFIG files that do not exist", async (
   assert.equal(code, 1, err);
   assert.match(
     err,
-    /^meshd prepare: No Kubernetes credentials found: .*\$KUBECONFIG names "\/nonexistent\/a", "\/nonexistent\/b", none of which exists; pass --kubeconfig\n$/,
+    /^meshd prepare: error: no Kubernetes credentials found: .*\$KUBECONFIG names "\/nonexistent\/a", "\/nonexistent\/b", none of which exists; pass --kubeconfig\n$/,
   );
 });
 
@@ -95,7 +98,7 @@ current-context: x
     assert.equal(code, 1, err);
     assert.match(
       err,
-      /^meshd run: The kubeconfig's cluster "local" has server "http:\/\/127\.0\.0\.1:1", expected an https:\/\/ address/,
+      /^meshd run: error: the kubeconfig's cluster "local" has server "http:\/\/127\.0\.0\.1:1", expected an https:\/\/ address/,
     );
     assert.equal(err.trim().split("\n").length, 1, err);
   } finally {

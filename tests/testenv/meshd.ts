@@ -44,6 +44,54 @@ export const FILE_MESHD_RUN = [
   "run",
 ];
 
+/** A file-mode meshd on loopback: its process and the free ports it was given. */
+export interface FileMeshd {
+  child: Child;
+  http: number;
+  api: number;
+  tcp: number;
+  udp: number;
+}
+
+/**
+ * Starts `meshd run` with the file provider on `configDir` (the userspace path, as
+ * `scripts/quickstart` runs it), on free loopback ports: the HTTP entrypoint, the API, and one
+ * TCP and one UDP proxy port (so it never takes the default ranges); `args` are added. Resolves
+ * once `/readyz` answers 200.
+ */
+export async function startFileMeshd(
+  configDir: string,
+  args: string[] = [],
+  name = "meshd",
+): Promise<FileMeshd> {
+  const ports = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
+  const child = new Child(name, [
+    ...FILE_MESHD_RUN,
+    "--config-dir",
+    configDir,
+    "--http-port",
+    String(ports.http),
+    "--api-port",
+    String(ports.api),
+    "--tcp-ports",
+    `${ports.tcp}-${ports.tcp}`,
+    "--udp-ports",
+    `${ports.udp}-${ports.udp}`,
+    ...args,
+  ]);
+  try {
+    await waitFor(`${name} to be ready`, async () => {
+      const r = await fetch(`http://127.0.0.1:${ports.api}/readyz`);
+      await r.body?.cancel();
+      return r.status === 200 ? true : undefined;
+    }, 30_000);
+  } catch (e) {
+    await child.stop();
+    throw new Error(`${(e as Error).message}\n${child.lines.slice(-10).join("\n")}`);
+  }
+  return { child, ...ports };
+}
+
 /** `GET` on a meshd's API, from wherever it can be reached. */
 export type ApiGet = (path: string) => Promise<{ status: number; body: string }>;
 

@@ -1,8 +1,10 @@
 /**
- * HPACK (RFC 7541) as far as the benchmark's frame proxy needs it: a decoder that keeps the
- * peer's dynamic table and decodes Huffman strings, and an encoder that writes every field as
- * a literal without indexing and without Huffman, so the next hop's table stays empty.
- * Strings are kept byte for byte as Latin-1. A measurement tool, not product code.
+ * HPACK (RFC 7541) for meshd's HTTP/2 frame layer: a decoder that keeps the peer's dynamic
+ * table and decodes Huffman strings, bounded against hostile peers (table size updates above
+ * our setting, header lists above a limit, bad Huffman padding), and an encoder that writes
+ * fields from the static table where they match and otherwise as literals without indexing
+ * and without Huffman, so the next hop's table stays empty and no encoder state is kept.
+ * Strings are kept byte for byte as Latin-1.
  *
  * @module
  */
@@ -140,21 +142,63 @@ export class HpackError extends Error {
   override name = "HpackError";
 }
 
-function huffmanDecode(b: Uint8Array, start: number, end: number): string {
+/** Bytes as a Latin-1 string, made in one go rather than a character at a time. */
+function latin1(b: Uint8Array, start: number, end: number): string {
   let s = "";
+  // Chunks keep the argument list of fromCharCode short.
+  for (let at = start; at < end; at += 4096) {
+    s += String.fromCharCode.apply(
+      null,
+      b.subarray(at, Math.min(end, at + 4096)) as unknown as number[],
+    );
+  }
+  return s;
+}
+
+/** Decoded Huffman symbols, reused between strings (8 symbols at most per 5 bits). */
+let scratch = new Uint8Array(256);
+
+function huffmanDecode(b: Uint8Array, start: number, end: number): string {
+  const most = Math.ceil((end - start) * 8 / 5);
+  if (scratch.length < most) scratch = new Uint8Array(most);
+  const out = scratch;
+  let n = 0;
   let node = 0;
+  // Bits read since the last whole symbol, and whether they were all ones (RFC 7541 §5.2:
+  // the padding is the most significant bits of EOS, at most 7 of them).
+  let pending = 0;
+  let ones = true;
   for (let i = start; i < end; i++) {
     const byte = b[i]!;
     for (let bit = 7; bit >= 0; bit--) {
-      const next = TREE[2 * node + ((byte >> bit) & 1)]!;
+      const one = (byte >> bit) & 1;
+      const next = TREE[2 * node + one]!;
       if (next < 0) {
         if (next === -257) throw new HpackError("EOS in a Huffman string");
-        s += String.fromCharCode(-next - 1);
+        out[n++] = -next - 1;
         node = 0;
-      } else node = next;
+        pending = 0;
+        ones = true;
+      } else {
+        node = next;
+        pending++;
+        ones &&= one === 1;
+      }
     }
   }
-  return s; // the padding (a prefix of EOS, at most 7 bits) is left unchecked
+  if (pending > 7 || !ones) throw new HpackError("Huffman padding is not a prefix of EOS");
+  return latin1(out, 0, n);
+}
+
+/** Options for {@linkcode HpackDecoder}. */
+export interface HpackDecoderOptions {
+  /** Our SETTINGS_HEADER_TABLE_SIZE: the largest table the peer may ask for. Default 4096. */
+  maxTableSize?: number;
+  /**
+   * Decoded header lists above this size (names, values and 32 bytes a field, RFC 9113
+   * §6.5.2) are cut short and reported. Default 64 KiB.
+   */
+  maxListSize?: number;
 }
 
 /** Decodes header blocks from one peer, keeping that peer's dynamic table. */
@@ -162,26 +206,58 @@ export class HpackDecoder {
   /** Newest first. */
   #table: [string, string][] = [];
   #size = 0;
-  #max = 4096;
+  #max: number;
+  readonly #limit: number;
+  readonly #maxList: number;
   #pos = 0;
 
-  /** Appends the fields of one whole header block to `out` as [name, value]. */
-  decode(b: Uint8Array, out: [string, string][]): void {
+  constructor(options: HpackDecoderOptions = {}) {
+    this.#limit = this.#max = options.maxTableSize ?? 4096;
+    this.#maxList = options.maxListSize ?? 64 * 1024;
+  }
+
+  /**
+   * Appends the fields of one whole header block to `out` as [name, value]. Returns `false`
+   * when the list went over the size limit: the block was still read to its end (the table
+   * stays in step with the peer's) but the fields past the limit were left out. Throws
+   * {@linkcode HpackError} on a malformed block (a connection error, COMPRESSION_ERROR).
+   */
+  decode(b: Uint8Array, out: [string, string][]): boolean {
     this.#pos = 0;
+    let listSize = 0;
+    let fits = true;
+    let first = true;
     while (this.#pos < b.length) {
-      const first = b[this.#pos]!;
-      if (first & 0x80) {
-        const e = this.#entry(this.#int(b, 7));
-        out.push([e[0], e[1]]);
-      } else if (first & 0x40) {
-        const f = this.#literal(b, 6);
-        this.#add(f);
-        out.push(f);
-      } else if (first & 0x20) {
-        this.#max = this.#int(b, 5);
+      const byte = b[this.#pos]!;
+      let f: readonly [string, string];
+      if (byte & 0x80) {
+        f = this.#entry(this.#int(b, 7));
+      } else if (byte & 0x40) {
+        const lit = this.#literal(b, 6);
+        this.#add(lit);
+        f = lit;
+      } else if (byte & 0x20) {
+        // RFC 7541 §4.2: a size update comes first in a block, and never above our setting.
+        if (!first) throw new HpackError("dynamic table size update after a field");
+        const max = this.#int(b, 5);
+        if (max > this.#limit) {
+          throw new HpackError(`dynamic table size ${max} is over the ${this.#limit} allowed`);
+        }
+        this.#max = max;
         this.#evict(0);
-      } else out.push(this.#literal(b, 4)); // without indexing, or never indexed
+        continue;
+      } else f = this.#literal(b, 4); // without indexing, or never indexed
+      first = false;
+      listSize += f[0].length + f[1].length + 32;
+      if (listSize > this.#maxList) fits = false;
+      if (fits) out.push([f[0], f[1]]);
     }
+    return fits;
+  }
+
+  /** The dynamic table's size in RFC 7541 §4.1's measure, and its entry count. */
+  get tableSize(): { size: number; entries: number } {
+    return { size: this.#size, entries: this.#table.length };
   }
 
   #int(b: Uint8Array, prefix: number): number {
@@ -195,7 +271,7 @@ export class HpackDecoder {
       v += (byte & 0x7f) * 2 ** shift;
       shift += 7;
       if (!(byte & 0x80)) return v;
-      if (shift > 28) throw new HpackError("integer too large");
+      if (shift > 21) throw new HpackError("integer too large");
     }
   }
 
@@ -207,10 +283,7 @@ export class HpackDecoder {
     const end = start + len;
     if (end > b.length) throw new HpackError("string runs past the block");
     this.#pos = end;
-    if (huffman) return huffmanDecode(b, start, end);
-    let s = "";
-    for (let i = start; i < end; i++) s += String.fromCharCode(b[i]!);
-    return s;
+    return huffman ? huffmanDecode(b, start, end) : latin1(b, start, end);
   }
 
   #literal(b: Uint8Array, prefix: number): [string, string] {
@@ -258,24 +331,55 @@ function putInt(out: Uint8Array, at: number, v: number, prefix: number, first: n
   return at;
 }
 
+/** Static table indexes by name: the name's first index, and the index of each value. */
+const STATIC_INDEX = new Map<string, { index: number; values: Map<string, number> }>();
+STATIC.forEach(([k, v], i) => {
+  let e = STATIC_INDEX.get(k);
+  if (!e) STATIC_INDEX.set(k, e = { index: i + 1, values: new Map() });
+  if (v !== "") e.values.set(v, i + 1);
+});
+
 /** The most bytes `encode` writes for `fields`. */
 export function encodedSize(fields: [string, string][]): number {
   let n = 0;
-  for (const [k, v] of fields) n += k.length + v.length + 11;
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]!;
+    n += f[0].length + f[1].length + 11;
+  }
   return n;
 }
 
 /**
- * Writes `fields` at `at` in `out` (room for `encodedSize(fields)` bytes) as literals without
- * indexing and without Huffman; returns the end.
+ * Writes `fields` at `at` in `out` (room for `encodedSize(fields)` bytes) and returns the end:
+ * a field in the static table as its index (RFC 7541 §6.1), else a literal without indexing
+ * (§6.2.2) with the static name index when there is one, without Huffman. Names and values
+ * must be Latin-1 (char codes below 256).
  */
 export function encode(fields: [string, string][], out: Uint8Array, at: number): number {
-  for (const [k, v] of fields) {
-    out[at++] = 0;
-    at = putInt(out, at, k.length, 7, 0);
-    for (let i = 0; i < k.length; i++) out[at++] = k.charCodeAt(i);
+  for (let f = 0; f < fields.length; f++) {
+    const k = fields[f]![0];
+    const v = fields[f]![1];
+    const known = STATIC_INDEX.get(k);
+    if (known !== undefined) {
+      const full = known.values.get(v);
+      if (full !== undefined) {
+        out[at++] = 0x80 | full;
+        continue;
+      }
+      at = putInt(out, at, known.index, 4, 0);
+    } else {
+      out[at++] = 0;
+      at = putInt(out, at, k.length, 7, 0);
+      for (let i = 0; i < k.length; i++) out[at++] = k.charCodeAt(i);
+    }
     at = putInt(out, at, v.length, 7, 0);
     for (let i = 0; i < v.length; i++) out[at++] = v.charCodeAt(i);
   }
   return at;
+}
+
+/** `fields` as one header block. */
+export function encodeBlock(fields: [string, string][]): Uint8Array {
+  const buf = new Uint8Array(encodedSize(fields));
+  return buf.subarray(0, encode(fields, buf, 0));
 }

@@ -1,8 +1,10 @@
 import type { Logger } from "../observability/mod.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
+import { type AccessEntry, type AccessLog, failureReason } from "./access_log.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
-import { candidatesFor, type Route } from "./route_table.ts";
+import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
+import type { Route } from "./route_table.ts";
 
 /** Options for {@linkcode UdpListener}. */
 export interface UdpListenerOptions {
@@ -140,6 +142,16 @@ interface Flow {
   /** When the flow last moved to the back of the eviction order. */
   touched: number;
   done: Promise<void>;
+  /** The route whose endpoints serve it (the root, or a split backend). */
+  target: Route;
+  /** Where its line goes when it ends; null when the route does not log. */
+  log: AccessLog | null;
+  /** `performance.now()` and `Date.now()` when it opened. */
+  started: number;
+  startedAt: number;
+  /** Bytes from the client and to it; counted only when logged. */
+  bytesIn: number;
+  bytesOut: number;
 }
 
 const MAX_DATAGRAM = 65_535;
@@ -157,6 +169,7 @@ const DROP_LOG = new LogThrottle();
  */
 export class UdpListener {
   readonly #opts: UdpListenerOptions;
+  readonly #guard: LoopGuard;
   readonly #socket: Deno.DatagramConn;
   readonly #flows = new Map<string, Flow>();
   readonly #sweeper: ReturnType<typeof setInterval>;
@@ -166,6 +179,11 @@ export class UdpListener {
   /** Binds the port; throws if it cannot. */
   constructor(options: UdpListenerOptions) {
     this.#opts = options;
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
     this.#socket = Deno.listenDatagram({
       transport: "udp",
       hostname: options.hostname,
@@ -208,17 +226,20 @@ export class UdpListener {
     } catch { /* already closed */ }
     await this.#done;
     const flows = [...this.#flows.values()];
-    for (const f of flows) this.#end(f);
+    for (const f of flows) this.#end(f, "shutdown");
     await Promise.all(flows.map((f) => f.done));
   }
 
   #sweep(): void {
     const limit = this.#opts.idleTimeoutMs ?? 60_000;
     const now = Date.now();
-    for (const f of this.#flows.values()) if (now - f.lastActive >= limit) this.#end(f);
+    for (const f of this.#flows.values()) {
+      if (now - f.lastActive >= limit) this.#end(f, "idle_timeout");
+    }
   }
 
-  #end(f: Flow): void {
+  /** Ends `f`; `reason` is what its access log line says. */
+  #end(f: Flow, reason: string): void {
     const key = flowKey(f.client);
     if (this.#flows.get(key) !== f) return;
     this.#flows.delete(key);
@@ -228,6 +249,20 @@ export class UdpListener {
     try {
       f.upstream.close();
     } catch { /* already closed */ }
+    f.log?.write({
+      start: f.startedAt,
+      source: f.client.hostname,
+      sourcePort: f.client.port,
+      protocol: "udp",
+      service: f.route.key,
+      backend: f.target === f.route ? undefined : f.target.key,
+      endpoint: f.endpoint.key,
+      reason,
+      durationMs: performance.now() - f.started,
+      bytesIn: f.bytesIn,
+      bytesOut: f.bytesOut,
+      retries: 0,
+    });
   }
 
   async #receive(): Promise<void> {
@@ -263,6 +298,7 @@ export class UdpListener {
         this.#opts.flowTable?.touch(flow);
       }
       flow.route.metrics.bytesIn.inc(data.length);
+      if (flow.log !== null) flow.bytesIn += data.length;
       try {
         await flow.upstream.send(data, {
           transport: "udp",
@@ -274,7 +310,7 @@ export class UdpListener {
           endpoint: flow.endpoint.key,
           error: String(e),
         });
-        if (this.#opts.pool.failure(flow.endpoint)) this.#end(flow);
+        if (this.#opts.pool.failure(flow.endpoint)) this.#end(flow, "endpoint_failed");
       }
     }
   }
@@ -283,35 +319,31 @@ export class UdpListener {
     const root = this.#opts.route();
     const log = this.#opts.logger;
     if (!root) return null;
-    const target = root.split?.backends.next() ?? root;
-    const decision = target.access.checkL4(client.hostname);
-    if (!decision.allowed) {
-      root.metrics.denied("acl").inc();
-      if (log.enabled("debug")) {
-        log.debug("udp datagram dropped", { service: root.key, reason: decision.reason });
+    // The admit step and the loop guard TCP and HTTP take too.
+    let target: Route;
+    let candidates: EndpointState[];
+    try {
+      const admitted = admit(root, client.hostname, null);
+      target = admitted.target;
+      candidates = withoutOwn(admitted, this.#guard);
+    } catch (e) {
+      if (!(e instanceof ProxyFailure)) throw e;
+      root.log?.write(refusal(root, client, e.message, failureReason(e)));
+      if (e.status === 403) {
+        if (log.enabled("debug")) {
+          log.debug("udp datagram dropped", { service: root.key, reason: e.message });
+        }
+      } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
+        log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
       }
       return null;
-    }
-    let candidates = candidatesFor(target, decision.destinations);
-    const isOwn = this.#opts.isOwn;
-    if (isOwn && candidates.some((c) => isOwn(c.address, c.port))) {
-      // An endpoint that is meshd's own UDP listener would send each datagram around again.
-      const own = candidates.find((c) => isOwn(c.address, c.port))!;
-      candidates = candidates.filter((c) => !isOwn(c.address, c.port));
-      if (candidates.length === 0) {
-        this.#opts.drop?.("loop");
-        if (DROP_LOG.allow(`loop ${target.key}`)) {
-          log.warn("udp forwarding loop refused: the endpoints are meshd's own listeners", {
-            service: target.key,
-            endpoint: own.key,
-          });
-        }
-        return null;
-      }
     }
     const endpoint = this.#opts.pool.pick(candidates);
     if (!endpoint) {
       root.metrics.denied("no_endpoint").inc();
+      root.log?.write(
+        refusal(root, client, `Service "${target.key}" has no ready endpoint`, "no_endpoint"),
+      );
       if (DROP_LOG.allow(`none ${target.key}`)) {
         log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
       }
@@ -322,7 +354,7 @@ export class UdpListener {
     const max = this.#opts.maxFlows ?? Infinity;
     while (this.#flows.size >= max) {
       this.#opts.drop?.("udp_flow_evicted");
-      this.#end(this.#flows.values().next().value!);
+      this.#end(this.#flows.values().next().value!, "evicted");
     }
     let upstream: Deno.DatagramConn;
     try {
@@ -353,12 +385,21 @@ export class UdpListener {
       lastAnswer: 0,
       touched: now,
       done: Promise.resolve(),
+      target,
+      log: root.log,
+      started: root.log === null ? 0 : performance.now(),
+      startedAt: now,
+      bytesIn: 0,
+      bytesOut: 0,
     };
     endpoint.inflight++;
     root.metrics.requests.inc();
     root.metrics.open.inc();
     this.#flows.set(flowKey(client), flow);
-    this.#opts.flowTable?.add(flow, { source: client.hostname, end: () => this.#end(flow) });
+    this.#opts.flowTable?.add(flow, {
+      source: client.hostname,
+      end: () => this.#end(flow, "evicted"),
+    });
     flow.done = this.#replies(flow);
     if (log.enabled("debug")) {
       log.debug("udp flow", { service: root.key, client: flowKey(client), endpoint: endpoint.key });
@@ -384,6 +425,7 @@ export class UdpListener {
       flow.lastActive = flow.lastAnswer = Date.now();
       this.#opts.pool.success(flow.endpoint);
       flow.route.metrics.bytesOut.inc(data.length);
+      if (flow.log !== null) flow.bytesOut += data.length;
       try {
         await this.#socket.send(data, flow.client);
       } catch {
@@ -391,6 +433,23 @@ export class UdpListener {
       }
     }
   }
+}
+
+/** The access log line of a datagram refused before any flow opened. */
+function refusal(root: Route, client: Deno.NetAddr, detail: string, reason: string): AccessEntry {
+  return {
+    start: Date.now(),
+    source: client.hostname,
+    sourcePort: client.port,
+    protocol: "udp",
+    service: root.key,
+    reason,
+    detail,
+    durationMs: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    retries: 0,
+  };
 }
 
 function flowKey(a: Deno.NetAddr): string {

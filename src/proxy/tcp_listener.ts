@@ -1,13 +1,14 @@
 import type { Logger } from "../observability/mod.ts";
 import { acceptLoop } from "./accept_loop.ts";
 import type { ConnectionLimiter } from "./conn_limiter.ts";
+import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
+import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
+import { failureReason } from "./access_log.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
-import { candidatesFor, type Route } from "./route_table.ts";
-
-/** Opens a connection to a backend; the seam tests and later transports plug into. */
-export type Connect = (address: string, port: number) => Promise<Deno.TcpConn>;
+import type { Route } from "./route_table.ts";
+import { withRetries } from "./with_retries.ts";
 
 /** Options for {@linkcode TcpListener}. */
 export interface TcpListenerOptions {
@@ -33,8 +34,6 @@ export interface TcpListenerOptions {
 }
 
 const BUFFER_SIZE = 64 * 1024;
-/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
-const LOOP_LOG = new LogThrottle();
 /**
  * Failures a client can repeat at will (denied, no endpoint, an endpoint down): one line per
  * kind and service per 10 s; the metrics count each.
@@ -47,6 +46,8 @@ interface Tunnel {
   client: Deno.TcpConn;
   upstream: Deno.TcpConn;
   lastActive: number;
+  /** How it ended, when meshd ended it or a copy failed (the access log's reason). */
+  ended?: "error" | "idle_timeout" | "shutdown";
 }
 
 /**
@@ -64,10 +65,16 @@ export class TcpListener {
   readonly #sweeper: ReturnType<typeof setInterval>;
   #closed = false;
   #done: Promise<void>;
+  readonly #guard: LoopGuard;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: TcpListenerOptions) {
     this.#opts = options;
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -100,6 +107,7 @@ export class TcpListener {
       clearInterval(this.#sweeper);
       for (const c of this.#pending) closeQuietly(c);
       for (const t of this.#tunnels) {
+        t.ended ??= "shutdown";
         closeQuietly(t.client);
         closeQuietly(t.upstream);
       }
@@ -117,6 +125,7 @@ export class TcpListener {
           port: this.#opts.port,
           idleMs: now - t.lastActive,
         });
+        t.ended ??= "idle_timeout";
         closeQuietly(t.client);
         closeQuietly(t.upstream);
       }
@@ -158,85 +167,83 @@ export class TcpListener {
     }
     const m = root.metrics;
     m.requests.inc();
-    const target = root.split?.backends.next() ?? root;
-    const decision = target.access.checkL4(peer);
-    if (!decision.allowed) {
-      m.denied("acl").inc();
-      if (FAIL_LOG.allow(`denied ${root.key}`)) {
-        log.info("tcp connection denied", {
-          service: root.key,
-          client: peer,
-          reason: decision.reason,
-        });
-      }
-      closeQuietly(client);
-      return;
-    }
-    let candidates = candidatesFor(target, decision.destinations);
-    const isOwn = this.#opts.isOwn;
-    if (isOwn && candidates.some((c) => isOwn(c.address, c.port))) {
-      // An endpoint that is meshd's own listener would loop the connection until no file
-      // descriptor is left.
-      const own = candidates.find((c) => isOwn(c.address, c.port))!;
-      candidates = candidates.filter((c) => !isOwn(c.address, c.port));
-      if (candidates.length === 0) {
-        this.#opts.drop?.("loop");
-        if (LOOP_LOG.allow(target.key)) {
-          log.warn("tcp forwarding loop refused: the endpoints are meshd's own listeners", {
-            service: target.key,
-            endpoint: own.key,
-          });
-        }
-        closeQuietly(client);
-        return;
-      }
-    }
+    let upstream: Deno.TcpConn;
+    let ep: EndpointState;
+    // Decided when the route was built: a route that does not log pays this test alone.
+    const alog = root.log;
+    const started = performance.now();
+    let target = root;
+    let tries = 0;
+    let lastEp: EndpointState | undefined;
     this.#pending.add(client);
-    let upstream: Deno.TcpConn | undefined;
-    let ep: EndpointState | null = null;
-    const tried = new Set<EndpointState>();
-    for (let i = 0; i < CONNECT_TRIES && upstream === undefined; i++) {
-      const fresh = candidates.filter((c) => !tried.has(c));
-      ep = this.#opts.pool.pick(fresh);
-      if (!ep) break;
-      tried.add(ep);
-      try {
-        upstream = await withTimeout(
-          (this.#opts.connect ?? defaultConnect)(ep.address, ep.port),
-          this.#opts.connectTimeoutMs ?? 5000,
-        );
-        this.#opts.pool.success(ep);
-        noDelay(upstream);
-      } catch (e) {
-        if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
-          log.warn("tcp backend unreachable", {
-            service: target.key,
-            endpoint: ep.key,
-            error: String(e),
-          });
-        }
-        this.#opts.pool.failure(ep);
-      }
-    }
-    this.#pending.delete(client);
-    if (!upstream || !ep) {
-      if (tried.size === 0) {
-        m.denied("no_endpoint").inc();
-        if (FAIL_LOG.allow(`none ${target.key}`)) {
-          log.warn("tcp connection refused: no ready endpoint", {
-            service: target.key,
-            client: peer,
-          });
-        }
-      }
+    try {
+      // The admit step HTTP takes too (split, access by source address, candidates), then
+      // the same loop guard, connect and retry helpers.
+      const admitted = admit(root, peer, null);
+      target = admitted.target;
+      const candidates = withoutOwn(admitted, this.#guard);
+      // Nothing is sent before the connection is made: another endpoint is always safe.
+      ({ value: upstream, ep } = await withRetries(
+        (ep) => (tries++,
+          lastEp = ep,
+          connectUpstream(ep, {
+            connect: this.#opts.connect,
+            timeoutMs: this.#opts.connectTimeoutMs,
+          }) as Promise<Deno.TcpConn>),
+        {
+          pool: this.#opts.pool,
+          root,
+          target,
+          candidates,
+          attempts: CONNECT_TRIES,
+          reuseFailed: false,
+          onFailure: (e, ep) => {
+            if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
+              log.warn("tcp backend unreachable", {
+                service: target.key,
+                endpoint: ep.key,
+                error: e.message,
+              });
+            }
+          },
+        },
+      ));
+      this.#opts.pool.success(ep);
+    } catch (e) {
       closeQuietly(client);
+      if (!(e instanceof ProxyFailure)) throw e;
+      alog?.write({
+        start: Date.now() - (performance.now() - started),
+        source: peer,
+        sourcePort: (client.remoteAddr as Deno.NetAddr).port,
+        protocol: "tcp",
+        service: root.key,
+        backend: target === root ? undefined : target.key,
+        endpoint: lastEp?.key,
+        reason: failureReason(e),
+        detail: e.message,
+        durationMs: performance.now() - started,
+        bytesIn: 0,
+        bytesOut: 0,
+        retries: Math.max(0, tries - 1),
+      });
+      if (e.status === 403 || e.status === 503) {
+        const denied = e.status === 403;
+        if (FAIL_LOG.allow(`${e.status} ${root.key}`)) {
+          log[denied ? "info" : "warn"](
+            denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
+            { service: root.key, client: peer, reason: e.message },
+          );
+        }
+      }
       return;
+    } finally {
+      this.#pending.delete(client);
     }
     const tunnel: Tunnel = { client, upstream, lastActive: Date.now() };
     this.#tunnels.add(tunnel);
-    ep.inflight++;
     m.open.inc();
-    const started = performance.now();
+    const connected = performance.now();
     if (log.enabled("debug")) {
       log.debug("tcp connection", { service: root.key, client: peer, endpoint: ep.key });
     }
@@ -244,28 +251,48 @@ export class TcpListener {
       closeQuietly(client);
       closeQuietly(upstream);
     };
+    let bytesIn = 0;
+    let bytesOut = 0;
+    const cin = alog === null
+      ? m.bytesIn
+      : { inc: (n: number) => (m.bytesIn.inc(n), bytesIn += n) };
+    const cout = alog === null
+      ? m.bytesOut
+      : { inc: (n: number) => (m.bytesOut.inc(n), bytesOut += n) };
     await Promise.all([
-      pipe(client, upstream, tunnel, (n) => m.bytesIn.inc(n), abort),
-      pipe(upstream, client, tunnel, (n) => m.bytesOut.inc(n), abort),
+      pipe(client, upstream, tunnel, cin, abort),
+      pipe(upstream, client, tunnel, cout, abort),
     ]);
     abort();
     ep.inflight--;
     m.open.dec();
-    m.duration.observe((performance.now() - started) / 1000);
+    const now = performance.now();
+    m.duration.observe((now - connected) / 1000);
+    alog?.write({
+      start: Date.now() - (now - started),
+      source: peer,
+      sourcePort: (client.remoteAddr as Deno.NetAddr).port,
+      protocol: "tcp",
+      service: root.key,
+      backend: target === root ? undefined : target.key,
+      endpoint: ep.key,
+      reason: tunnel.ended ?? "eof",
+      durationMs: now - started,
+      bytesIn,
+      bytesOut,
+      retries: Math.max(0, tries - 1),
+    });
     this.#tunnels.delete(tunnel);
     if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
   }
 }
-
-const defaultConnect: Connect = (hostname, port) =>
-  Deno.connect({ hostname, port, transport: "tcp" });
 
 /** Copies `from` to `to` until EOF, then half-closes `to`. On an error, aborts both ways. */
 async function pipe(
   from: Deno.TcpConn,
   to: Deno.TcpConn,
   tunnel: Tunnel,
-  count: (n: number) => void,
+  counter: { inc(n: number): void },
   abort: () => void,
 ): Promise<void> {
   const buf = new Uint8Array(BUFFER_SIZE);
@@ -275,11 +302,12 @@ async function pipe(
       if (n === null) break;
       let off = 0;
       while (off < n) off += await to.write(buf.subarray(off, n));
-      count(n);
+      counter.inc(n);
       tunnel.lastActive = Date.now();
     }
     await to.closeWrite();
   } catch {
+    tunnel.ended ??= "error";
     abort();
   }
 }
@@ -300,18 +328,4 @@ function closeQuietly(c: Deno.Conn | undefined): void {
   try {
     c?.close();
   } catch { /* already closed */ }
-}
-
-function withTimeout(p: Promise<Deno.TcpConn>, ms: number): Promise<Deno.TcpConn> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let timedOut = false;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      timedOut = true;
-      reject(new Deno.errors.TimedOut(`connect timed out after ${ms} ms`));
-    }, ms);
-  });
-  // A connection that succeeds after we gave up must not leak.
-  p.then((c) => timedOut && closeQuietly(c), () => {});
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { DropReason } from "./proxy_metrics.ts";
-import { UdpFlowTable } from "./udp_proxy.ts";
+import { UdpFlowTable } from "./udp_listener.ts";
 
 Deno.test("UdpFlowTable evicts the least recently active flow over its cap, and counts it", () => {
   const dropped: DropReason[] = [];

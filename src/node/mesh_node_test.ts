@@ -1,0 +1,83 @@
+import assert from "node:assert/strict";
+import { Logger } from "../observability/mod.ts";
+import { NodeProxy } from "../proxy/mod.ts";
+import { type AppliedConfig, ConfigStore } from "./config_store.ts";
+import { MeshNode } from "./mesh_node.ts";
+import { meshConfig } from "../../tests/testenv/mesh.ts";
+
+/** A store whose writes wait until the test lets them go: a slow disk. */
+class SlowStore extends ConfigStore {
+  readonly saved: number[] = [];
+  #release: (() => void)[] = [];
+  constructor() {
+    super("/nonexistent/config.json");
+  }
+  override save(a: AppliedConfig): Promise<void> {
+    return new Promise((resolve) =>
+      this.#release.push(() => {
+        this.saved.push(a.config.version);
+        resolve();
+      })
+    );
+  }
+  /** Lets the writes waiting now finish; how many there were. */
+  release(): number {
+    const r = this.#release.splice(0);
+    for (const f of r) f();
+    return r.length;
+  }
+}
+
+/** `p`, or a failure naming `what` after `ms`. */
+async function within<T>(what: string, p: Promise<T>, ms = 5_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("MeshNode.apply() does not wait for the disk, and saves the newest config", async () => {
+  const logger = new Logger({ level: "error", write: () => {} });
+  const proxy = new NodeProxy({ hostname: "127.0.64.2", httpPort: 0, logger });
+  const store = new SlowStore();
+  const node = new MeshNode({ proxy, logger, compile: {}, store });
+  try {
+    const config = (version: number) =>
+      meshConfig([{ name: "web", ports: [{ port: 80 }] }], { version });
+    // The leader's acknowledgement waits for apply: a slow disk must not hold it up.
+    await within("apply of version 1", node.apply({ epoch: "e", config: config(1) }, "leader"));
+    assert.equal(proxy.version, 1);
+    // Lets the writes go until `n` are done.
+    const saves = (n: number) =>
+      within(
+        `save ${n}`,
+        (async () => {
+          while (store.saved.length < n) {
+            store.release();
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        })(),
+      );
+    await saves(1);
+    // While nothing is being written, versions 2 to 4 come; only the newest is saved next.
+    for (const v of [2, 3, 4]) {
+      await within(
+        `apply of version ${v}`,
+        node.apply({ epoch: "e", config: config(v) }, "leader"),
+      );
+    }
+    const flushed = node.flush();
+    await saves(2);
+    await within("flush", flushed);
+    assert.deepEqual(store.saved, [1, 4]);
+  } finally {
+    await proxy.stop();
+  }
+});

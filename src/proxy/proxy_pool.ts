@@ -1,0 +1,429 @@
+import { type Logger, Registry, renderSnapshots } from "../observability/mod.ts";
+import type { FamilySnapshot } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
+import type { BindError, ListenerState, NodeProxyOptions } from "./node_proxy.ts";
+
+/** The node proxy options a worker can be given: plain data, no logger, registry or seam. */
+export type WorkerProxyOptions = Omit<
+  NodeProxyOptions,
+  "logger" | "registry" | "connect" | "random" | "accessLogWrite"
+>;
+
+/** Options for {@linkcode ProxyPool}. */
+export interface ProxyPoolOptions {
+  /** Proxy workers, 2 or more. */
+  workers: number;
+  /** What each worker's proxy is made with. Listeners are always bound with SO_REUSEPORT. */
+  proxy: WorkerProxyOptions;
+  logger: Logger;
+  /**
+   * The window {@linkcode ProxyPool.udpAwaitingAnswer} counts UDP flows in (workers report it
+   * for this window alone). Default 5 s.
+   */
+  udpWaitMs?: number;
+  /** The worker's module; a test seam. Default `proxy_worker.ts` beside this file. */
+  entry?: URL;
+}
+
+/** A message to a proxy worker. */
+export type ToWorker = WorkerRequest & { id: number };
+
+/** A message to a proxy worker, before its id. */
+export type WorkerRequest =
+  | {
+    t: "start";
+    index: number;
+    count: number;
+    options: WorkerProxyOptions;
+    log: { level: Logger["level"]; format: Logger["format"] };
+    udpWaitMs: number;
+  }
+  | { t: "apply"; config: MeshConfig }
+  | { t: "metrics" }
+  | { t: "drain" }
+  | { t: "stop" };
+
+/** What a worker reports of its proxy. */
+export interface WorkerState {
+  version: number;
+  httpAddress: string;
+  listening: { tcp: number[]; udp: number[] };
+  bindErrors: BindError[];
+  inFlight: number;
+  udpAwaiting: number;
+}
+
+interface Reply {
+  id?: number;
+  t: "ok" | "error" | "state";
+  message?: string;
+  state?: WorkerState;
+  metrics?: FamilySnapshot[];
+}
+
+interface Slot {
+  index: number;
+  worker: Worker | null;
+  state: WorkerState | null;
+  pending: Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>;
+  /** When it last died, and how many times in a row it died soon after a start. */
+  failures: number;
+  startedAt: number;
+}
+
+/** The first wait before a dead worker is started again; it doubles up to 5 s. */
+const RESTART_MIN_MS = 100;
+const RESTART_MAX_MS = 5_000;
+/** How long {@linkcode ProxyPool.stop} waits for the workers to close their connections. */
+const STOP_WAIT_MS = 5_000;
+/** A worker that lived this long before dying starts again at once. */
+const HEALTHY_MS = 60_000;
+
+/** A proxy worker failed to start or to apply a config. */
+export class ProxyWorkerError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ProxyWorkerError";
+  }
+}
+
+/**
+ * The node proxy spread over several cores (`meshd run --workers N`): N Deno Workers, each with
+ * a {@linkcode NodeProxy} of its own bound with SO_REUSEPORT on the same ports, so the kernel
+ * spreads connections over them. The main isolate keeps the providers, distribution, DNS, API
+ * and eBPF; it compiles each config once and this pool hands the same version to every worker.
+ * It answers as one NodeProxy does: {@linkcode version} is a version every worker routes by,
+ * {@linkcode apply} fails (and the workers that took the config go back) when one worker
+ * fails, and {@linkcode metrics} sums the workers' series. A worker that dies is logged and
+ * started again.
+ *
+ * @example
+ * ```ts
+ * const pool = new ProxyPool({ workers: 2, proxy: { hostname: "127.0.0.1", httpPort: 5000 }, logger });
+ * await pool.start();
+ * await pool.apply(config);
+ * ```
+ */
+export class ProxyPool {
+  readonly #opts: ProxyPoolOptions;
+  readonly #slots: Slot[];
+  readonly registry: Registry = new Registry();
+  readonly #restarts;
+  #nextId = 1;
+  #config: MeshConfig | null = null;
+  #httpPort = 0;
+  #stopping = false;
+  #draining = false;
+  readonly #timers = new Set<ReturnType<typeof setTimeout>>();
+
+  constructor(options: ProxyPoolOptions) {
+    if (!(Number.isSafeInteger(options.workers) && options.workers >= 2)) {
+      throw new RangeError(`A proxy pool takes 2 workers or more, not ${options.workers}`);
+    }
+    this.#opts = options;
+    this.#slots = Array.from({ length: options.workers }, (_, index) => ({
+      index,
+      worker: null,
+      state: null,
+      pending: new Map(),
+      failures: 0,
+      startedAt: 0,
+    }));
+    this.registry.collect(
+      "meshd_proxy_workers",
+      "Proxy workers (--workers) running now.",
+      [],
+      () => [[[], this.#slots.filter((s) => s.state !== null).length]],
+    );
+    this.#restarts = this.registry.counter(
+      "meshd_proxy_worker_restarts_total",
+      "Proxy workers that died and were started again.",
+    ).with();
+  }
+
+  /** The limits each worker gets: the process's, divided among the workers. */
+  #workerLimits(): Partial<ProxyLimits> {
+    const n = this.#opts.workers;
+    const all = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, this.#opts.proxy.limits);
+    const share = (v: number) => Math.max(1, Math.ceil(v / n));
+    return {
+      maxConnections: share(all.maxConnections),
+      maxConnectionsPerSource: share(all.maxConnectionsPerSource),
+      maxUdpFlows: share(all.maxUdpFlows),
+      maxUdpFlowsPerListener: share(all.maxUdpFlowsPerListener),
+      maxUdpFlowsPerSource: share(all.maxUdpFlowsPerSource),
+    };
+  }
+
+  /**
+   * Starts the workers: the first binds the HTTP entrypoint (port 0 picks one), the others
+   * bind the same port. Throws if one cannot.
+   */
+  async start(): Promise<void> {
+    const [first, ...rest] = this.#slots;
+    await this.#startSlot(first!, this.#opts.proxy.httpPort);
+    this.#httpPort = Number(first!.state!.httpAddress.split(":").pop());
+    await Promise.all(rest.map((s) => this.#startSlot(s, this.#httpPort)));
+    this.#opts.logger.info("proxy workers started", { workers: this.#slots.length });
+  }
+
+  async #startSlot(slot: Slot, httpPort: number): Promise<void> {
+    const entry = this.#opts.entry ?? new URL("./proxy_worker.ts", import.meta.url);
+    const worker = new Worker(entry, { type: "module", name: `proxy-${slot.index}` });
+    slot.worker = worker;
+    slot.startedAt = Date.now();
+    worker.onmessage = (e: MessageEvent<Reply>) => this.#received(slot, e.data);
+    worker.onerror = (e: ErrorEvent) => {
+      // Handled here: left alone, a worker's uncaught error would end the whole process.
+      e.preventDefault();
+      this.#died(slot, worker, e.message);
+    };
+    worker.onmessageerror = () => this.#died(slot, worker, "a message could not be read");
+    const r = await this.#call(slot, {
+      t: "start",
+      index: slot.index,
+      count: this.#slots.length,
+      options: { ...this.#opts.proxy, httpPort, reusePort: true, limits: this.#workerLimits() },
+      log: { level: this.#opts.logger.level, format: this.#opts.logger.format },
+      udpWaitMs: this.#opts.udpWaitMs ?? 5_000,
+    });
+    slot.state = r.state!;
+  }
+
+  #received(slot: Slot, r: Reply): void {
+    if (r.t === "state") {
+      if (slot.state !== null) slot.state = r.state!;
+      return;
+    }
+    const p = slot.pending.get(r.id!);
+    if (!p) return;
+    slot.pending.delete(r.id!);
+    if (r.t === "ok") p.resolve(r);
+    else p.reject(new ProxyWorkerError(r.message ?? "unknown error"));
+  }
+
+  #call(slot: Slot, msg: WorkerRequest): Promise<Reply> {
+    const worker = slot.worker;
+    if (!worker) {
+      return Promise.reject(new ProxyWorkerError(`proxy worker ${slot.index} is not running`));
+    }
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      slot.pending.set(id, { resolve, reject });
+      worker.postMessage({ ...msg, id });
+    });
+  }
+
+  /** A worker died: its calls fail, it is logged, and started again after a backoff. */
+  #died(slot: Slot, worker: Worker, why: string): void {
+    if (slot.worker !== worker) return;
+    worker.terminate();
+    slot.worker = null;
+    slot.state = null;
+    for (const p of slot.pending.values()) {
+      p.reject(new ProxyWorkerError(`proxy worker ${slot.index} died: ${why}`));
+    }
+    slot.pending.clear();
+    if (this.#stopping || this.#draining) {
+      this.#opts.logger.error("proxy worker died", { worker: slot.index, error: why });
+      return;
+    }
+    slot.failures = Date.now() - slot.startedAt > HEALTHY_MS ? 0 : slot.failures + 1;
+    const wait = slot.failures === 0
+      ? 0
+      : Math.min(RESTART_MIN_MS * 2 ** (slot.failures - 1), RESTART_MAX_MS);
+    this.#opts.logger.error("proxy worker died; starting it again", {
+      worker: slot.index,
+      error: why,
+      restartInMs: wait,
+    });
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      void this.#restart(slot);
+    }, wait);
+    this.#timers.add(timer);
+  }
+
+  async #restart(slot: Slot): Promise<void> {
+    if (this.#stopping || this.#draining) return;
+    try {
+      await this.#startSlot(slot, this.#httpPort);
+      const config = this.#config;
+      if (config) await this.#call(slot, { t: "apply", config }).then((r) => slot.state = r.state!);
+      this.#restarts.inc();
+      this.#opts.logger.info("proxy worker started again", {
+        worker: slot.index,
+        version: slot.state?.version ?? 0,
+      });
+    } catch (e) {
+      // Its error handler has scheduled the next try when it died; a refused start has not.
+      if (slot.worker) this.#died(slot, slot.worker, (e as Error).message);
+    }
+  }
+
+  /** `host:port` of the HTTP entrypoint. */
+  get httpAddress(): string {
+    return this.#slots[0]?.state?.httpAddress ?? "";
+  }
+
+  /** The version every worker routes by: the lowest of theirs; 0 while one is not running. */
+  get version(): number {
+    let v = Infinity;
+    for (const s of this.#slots) v = Math.min(v, s.state?.version ?? 0);
+    return v === Infinity ? 0 : v;
+  }
+
+  /**
+   * Moves every worker to `config`, the same version for all. If one fails, those that took
+   * it go back to the config before, and this throws: the node keeps the old version, as a
+   * single proxy does.
+   */
+  async apply(config: MeshConfig): Promise<void> {
+    const live = this.#slots.filter((s) => s.worker !== null);
+    const results = await Promise.allSettled(
+      live.map((s) => this.#call(s, { t: "apply", config }).then((r) => s.state = r.state!)),
+    );
+    const failed = results.findIndex((r) => r.status === "rejected");
+    if (failed >= 0) {
+      const cause = (results[failed] as PromiseRejectedResult).reason as Error;
+      const previous = this.#config;
+      const back = live.filter((_, i) => results[i]!.status === "fulfilled");
+      if (previous) {
+        await Promise.allSettled(
+          back.map((s) =>
+            this.#call(s, { t: "apply", config: previous }).then((r) => s.state = r.state!)
+          ),
+        );
+      }
+      throw new ProxyWorkerError(
+        `Cannot apply config version ${config.version} in proxy worker ${
+          live[failed]!.index
+        }: ${cause.message}; every worker keeps version ${previous?.version ?? 0}`,
+        { cause },
+      );
+    }
+    this.#config = config;
+    // A worker started again while this went on got the config before: bring it up to date.
+    await Promise.allSettled(
+      this.#slots.filter((s) => s.worker !== null && !live.includes(s)).map((s) =>
+        this.#call(s, { t: "apply", config }).then((r) => s.state = r.state!)
+      ),
+    );
+  }
+
+  /** Where a client reaches a service port, and whether every worker that should serves it. */
+  listener(protocol: string, listenPort: number | null): ListenerState {
+    const states = this.#slots.map((s) => s.state);
+    if (protocol === "http") {
+      return { address: this.httpAddress, served: states.every((s) => s !== null) };
+    }
+    const address = `${this.#opts.proxy.hostname}:${listenPort}`;
+    const udp = protocol === "udp";
+    const holds = (s: WorkerState | null) =>
+      s !== null && listenPort !== null && (udp ? s.listening.udp : s.listening.tcp)
+        .includes(listenPort);
+    // Every worker binds a TCP port; a UDP port is bound by one worker (see workerShare).
+    if (udp ? states.some(holds) : states.every(holds)) return { address, served: true };
+    const reason = this.bindErrors().find((e) => e.protocol === protocol && e.address === address)
+      ?.error;
+    return {
+      address,
+      served: false,
+      reason: reason ??
+        (states.some((s) => s === null) ? "a proxy worker is starting" : "not bound"),
+    };
+  }
+
+  /** Service ports some worker could not bind; each is retried there. */
+  bindErrors(): BindError[] {
+    const out = new Map<string, BindError>();
+    for (const s of this.#slots) {
+      for (const e of s.state?.bindErrors ?? []) {
+        const key = `${e.protocol} ${e.address}`;
+        const had = out.get(key);
+        if (!had || had.attempts < e.attempts) out.set(key, e);
+      }
+    }
+    return [...out.values()];
+  }
+
+  /**
+   * The ports bound now, and how many sockets this process holds on each (one per worker that
+   * binds it), so a handover knows a successor by more sockets than that.
+   */
+  listening(): {
+    tcp: number[];
+    udp: number[];
+    own: { tcp: Map<number, number>; udp: Map<number, number> };
+  } {
+    const own = { tcp: new Map<number, number>(), udp: new Map<number, number>() };
+    for (const s of this.#slots) {
+      for (const p of s.state?.listening.tcp ?? []) own.tcp.set(p, (own.tcp.get(p) ?? 0) + 1);
+      for (const p of s.state?.listening.udp ?? []) own.udp.set(p, (own.udp.get(p) ?? 0) + 1);
+    }
+    return { tcp: [...own.tcp.keys()], udp: [...own.udp.keys()], own };
+  }
+
+  /** Client connections open over every worker, as last reported (every 100 ms at most). */
+  get inFlight(): number {
+    let n = 0;
+    for (const s of this.#slots) n += s.state?.inFlight ?? 0;
+    return n;
+  }
+
+  /**
+   * UDP flows with a datagram unanswered within the `udpWaitMs` window given at construction
+   * (the workers count for that window; `_ms` is taken to be it), as last reported.
+   */
+  udpAwaitingAnswer(_ms: number): number {
+    let n = 0;
+    for (const s of this.#slots) n += s.state?.udpAwaiting ?? 0;
+    return n;
+  }
+
+  /** `/metrics`: this pool's own families, then the workers' summed over the workers. */
+  async metrics(): Promise<string> {
+    const sets = await Promise.allSettled(
+      this.#slots.filter((s) => s.worker !== null).map((s) =>
+        this.#call(s, { t: "metrics" }).then((r) => r.metrics ?? [])
+      ),
+    );
+    const own = this.registry.render();
+    return own + renderSnapshots(
+      sets.filter((r) => r.status === "fulfilled").map((r) => r.value),
+    );
+  }
+
+  /** Every worker stops accepting, as {@linkcode NodeProxy.drain}; no worker is restarted. */
+  async drain(): Promise<void> {
+    this.#draining = true;
+    await Promise.allSettled(
+      this.#slots.filter((s) => s.worker !== null).map((s) =>
+        this.#call(s, { t: "drain" }).then((r) => s.state = r.state!)
+      ),
+    );
+  }
+
+  /** Stops every worker's listeners and connections, then the workers. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+    // A worker that does not answer in time (stuck in a loop, say) is ended all the same.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise((r) => timer = setTimeout(r, STOP_WAIT_MS));
+    await Promise.race([
+      late,
+      Promise.allSettled(
+        this.#slots.filter((s) => s.worker !== null).map((s) => this.#call(s, { t: "stop" })),
+      ),
+    ]);
+    clearTimeout(timer);
+    for (const s of this.#slots) {
+      s.worker?.terminate();
+      s.worker = null;
+      s.state = null;
+    }
+  }
+}

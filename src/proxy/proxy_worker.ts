@@ -1,0 +1,95 @@
+/**
+ * The entry of one proxy worker (a Deno Worker, `meshd run --workers N`): a
+ * {@linkcode NodeProxy} of its own, bound with SO_REUSEPORT beside the other workers', driven by
+ * {@linkcode ProxyPool} over messages. It applies its share of each config the main isolate
+ * compiled (see {@linkcode workerShare}), answers for its metrics, and reports its listeners.
+ *
+ * @module
+ */
+import { Logger } from "../observability/mod.ts";
+import { NodeProxy } from "./node_proxy.ts";
+import { workerShare } from "./worker_share.ts";
+import type { ToWorker, WorkerState } from "./proxy_pool.ts";
+
+// deno-lint-ignore no-explicit-any
+const scope = self as any as {
+  onmessage: ((e: MessageEvent<ToWorker>) => void) | null;
+  postMessage(m: unknown): void;
+};
+
+let proxy: NodeProxy | null = null;
+let slot = { index: 0, count: 1 };
+let udpWaitMs = 5_000;
+/** Applies run one at a time, in the order they came. */
+let chain: Promise<unknown> = Promise.resolve();
+let lastState = "";
+
+function state(): WorkerState {
+  const p = proxy!;
+  return {
+    version: p.version,
+    httpAddress: p.httpAddress,
+    listening: p.listening(),
+    bindErrors: p.bindErrors(),
+    inFlight: p.inFlight,
+    udpAwaiting: p.udpAwaitingAnswer(udpWaitMs),
+  };
+}
+
+/**
+ * The state to send the pool, remembered as the last one it got: a report sends only what
+ * differs from whatever went last, reply or report (one that differed from the last report
+ * alone could leave the pool with a reply's older figures).
+ */
+function sent(): WorkerState {
+  const s = state();
+  lastState = JSON.stringify(s);
+  return s;
+}
+
+/** Tells the pool what changed: listeners bound on a retry, connections opened or closed. */
+function report(): void {
+  if (!proxy) return;
+  const s = state();
+  const text = JSON.stringify(s);
+  if (text === lastState) return;
+  lastState = text;
+  scope.postMessage({ t: "state", state: s });
+}
+
+scope.onmessage = (e: MessageEvent<ToWorker>) => {
+  const m = e.data;
+  const reply = (body: Record<string, unknown>) => scope.postMessage({ id: m.id, ...body });
+  const fail = (err: unknown) =>
+    reply({ t: "error", message: err instanceof Error ? err.message : String(err) });
+  switch (m.t) {
+    case "start": {
+      slot = { index: m.index, count: m.count };
+      udpWaitMs = m.udpWaitMs;
+      const logger = new Logger({ level: m.log.level, format: m.log.format })
+        .with({ room: "proxy", worker: m.index });
+      proxy = new NodeProxy({ ...m.options, logger });
+      proxy.start().then(() => {
+        reply({ t: "ok", state: sent() });
+        // Bind retries and connection counts change with no message in: report them.
+        setInterval(report, 100);
+      }, fail);
+      return;
+    }
+    case "apply":
+      chain = chain.then(() => proxy!.apply(workerShare(m.config, slot))).then(
+        () => reply({ t: "ok", state: sent() }),
+        fail,
+      );
+      return;
+    case "metrics":
+      reply({ t: "ok", metrics: proxy?.registry.snapshot() ?? [] });
+      return;
+    case "drain":
+      proxy!.drain().then(() => reply({ t: "ok", state: sent() }), fail);
+      return;
+    case "stop":
+      (proxy?.stop() ?? Promise.resolve()).then(() => reply({ t: "ok" }), fail);
+      return;
+  }
+};

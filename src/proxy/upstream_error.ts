@@ -1,0 +1,67 @@
+import type { EndpointState } from "./endpoint_pool.ts";
+import { ProxyFailure } from "./policy.ts";
+import type { Route } from "./route_table.ts";
+
+/** Options for {@linkcode UpstreamError}. */
+export interface UpstreamErrorOptions {
+  /** Whether the request had been sent: a request not sent may go to another endpoint. */
+  requestSent: boolean;
+  /** Set when no response came within this many ms (the answer is 504, not 502). */
+  timeoutMs?: number;
+  /**
+   * A pooled connection the backend had closed while it sat idle: no fault of the backend,
+   * and the request may be sent again once, at no cost to the retry budget.
+   */
+  stale?: boolean;
+  cause?: unknown;
+}
+
+/**
+ * A backend that failed before a response head (HTTP/1) or response headers (HTTP/2) came, or
+ * a TCP connect that failed: another endpoint may be tried. Shared by every protocol, so one
+ * retry helper ({@linkcode withRetries}) and one mapping to 502 or 504
+ * ({@linkcode upstreamFailure}) serve them all.
+ */
+export class UpstreamError extends Error {
+  readonly requestSent: boolean;
+  readonly timeoutMs: number | undefined;
+  readonly stale: boolean;
+
+  constructor(message: string, options: UpstreamErrorOptions) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "UpstreamError";
+    this.requestSent = options.requestSent;
+    this.timeoutMs = options.timeoutMs;
+    this.stale = options.stale ?? false;
+  }
+
+  /** Whether the backend sent no response in time. */
+  get timedOut(): boolean {
+    return this.timeoutMs !== undefined;
+  }
+}
+
+/**
+ * The answer the client gets for the last failure of endpoint `ep` of `target`: 504 when it
+ * sent no response in time, else 502. Both count as network errors for the circuit breaker.
+ */
+export function upstreamFailure(
+  e: UpstreamError,
+  where: { ep: EndpointState; target: Route },
+): ProxyFailure {
+  const { ep, target } = where;
+  if (e.timeoutMs !== undefined) {
+    return new ProxyFailure(
+      504,
+      `Endpoint ${ep.key} of service "${target.key}" sent no response within ${e.timeoutMs} ms`,
+      {},
+      true,
+    );
+  }
+  return new ProxyFailure(
+    502,
+    `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
+    {},
+    true,
+  );
+}

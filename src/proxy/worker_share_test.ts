@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import type { MeshConfig, MeshPort, MeshService } from "../topology/mod.ts";
+import { workerShare } from "./worker_share.ts";
+
+const port = (protocol: MeshPort["protocol"], listenPort: number | null): MeshPort => ({
+  name: `${protocol}-${listenPort}`,
+  port: 80,
+  protocol,
+  listenPort,
+  endpoints: [],
+  split: null,
+  access: null,
+});
+
+const service = (name: string, ports: MeshPort[], rate?: [number, number]): MeshService => ({
+  name,
+  namespace: "ns",
+  clusterIP: null,
+  scheme: "http",
+  retryAttempts: 0,
+  circuitBreaker: null,
+  rateLimit: rate ? { average: rate[0], burst: rate[1] } : null,
+  ports,
+});
+
+const CONFIG: MeshConfig = {
+  version: 7,
+  domain: "mesh",
+  acl: false,
+  identities: {},
+  services: [
+    service("web", [port("http", null)], [100, 5]),
+    service("db", [port("tcp", 10000)]),
+    service("dns", [port("udp", 15000), port("udp", 15001), port("tcp", 10001)]),
+  ],
+};
+
+const udpPorts = (c: MeshConfig) =>
+  c.services.flatMap((s) => s.ports.filter((p) => p.protocol === "udp").map((p) => p.listenPort));
+
+Deno.test("workerShare() gives each UDP port to one worker and every HTTP and TCP port to all", () => {
+  const a = workerShare(CONFIG, { index: 0, count: 2 });
+  const b = workerShare(CONFIG, { index: 1, count: 2 });
+  assert.deepEqual(udpPorts(a), [15000]);
+  assert.deepEqual(udpPorts(b), [15001]);
+  for (const share of [a, b]) {
+    assert.equal(share.version, 7);
+    assert.deepEqual(
+      share.services.flatMap((s) => s.ports.filter((p) => p.protocol !== "udp")).map((p) =>
+        p.listenPort
+      ),
+      [null, 10000, 10001],
+    );
+  }
+  // Untouched services are the same objects (the proxy reuses their routes).
+  assert.equal(a.services[1], CONFIG.services[1]);
+  // The input is not changed.
+  assert.deepEqual(udpPorts(CONFIG), [15000, 15001]);
+});
+
+Deno.test("workerShare() splits a rate limit over the workers, a burst of at least 1 each", () => {
+  assert.deepEqual(workerShare(CONFIG, { index: 0, count: 2 }).services[0]!.rateLimit, {
+    average: 50,
+    burst: 3,
+  });
+  assert.deepEqual(workerShare(CONFIG, { index: 3, count: 8 }).services[0]!.rateLimit, {
+    average: 12.5,
+    burst: 1,
+  });
+  assert.equal(workerShare(CONFIG, { index: 0, count: 1 }), CONFIG);
+});

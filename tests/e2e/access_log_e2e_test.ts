@@ -1,0 +1,143 @@
+/**
+ * `meshd run --access-log logfmt --request-id` as a user runs it (file provider, userspace
+ * path): the access log lines come on stdout and meshd's own log on stderr, a Service annotated
+ * `meshd.io/access-log: "false"` is left out, and the request id meshd added is the one logged.
+ */
+import assert from "node:assert/strict";
+import { freePort, waitFor } from "../testenv/process.ts";
+import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { endpointSlice, pod, service, yamlDocs } from "../testenv/objects.ts";
+
+// Addresses of this file's own.
+const BACKEND = "127.0.68.10";
+
+/** Collects a stream's lines into `into`. */
+async function collect(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    const parts = (rest + chunk).split("\n");
+    rest = parts.pop()!;
+    into.push(...parts);
+  }
+  if (rest) into.push(rest);
+}
+
+/** One request through meshd; the status and the body. */
+async function get(
+  port: number,
+  host: string,
+  path: string,
+): Promise<{ status: number; body: string }> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await c.write(
+      new TextEncoder().encode(
+        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    let raw = "";
+    const buf = new Uint8Array(4096);
+    for (;;) {
+      const n = await c.read(buf);
+      if (n === null) break;
+      raw += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return {
+      status: Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1] ?? 0),
+      body: raw.slice(raw.indexOf("\r\n\r\n") + 4),
+    };
+  } finally {
+    c.close();
+  }
+}
+
+Deno.test("meshd run --access-log logfmt writes one line per request on stdout, apart from its own log", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-accesslog-" });
+  const bport = freePort(BACKEND);
+  const backend = Deno.serve(
+    { hostname: BACKEND, port: bport, onListen: () => {} },
+    (req) => new Response(`id=${req.headers.get("x-request-id")}\n`),
+  );
+  const ports = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  let proc: Deno.ChildProcess | null = null;
+  let drained: Promise<unknown> = Promise.resolve();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/mesh.yaml`,
+      yamlDocs(
+        pod("al", "web-0", BACKEND, "web"),
+        service("al", "web"),
+        endpointSlice("al", "web", "web-a", bport, [{ ip: BACKEND, pod: "web-0" }]),
+        service("al", "quiet", { annotations: { "meshd.io/access-log": "false" } }),
+        endpointSlice("al", "quiet", "quiet-a", bport, [{ ip: BACKEND, pod: "web-0" }]),
+      ),
+    );
+    proc = new Deno.Command(Deno.execPath(), {
+      args: [
+        ...FILE_MESHD_RUN,
+        "--config-dir",
+        dir,
+        "--http-port",
+        String(ports.http),
+        "--api-port",
+        String(ports.api),
+        "--tcp-ports",
+        `${ports.tcp}-${ports.tcp}`,
+        "--udp-ports",
+        `${ports.udp}-${ports.udp}`,
+        "--access-log",
+        "logfmt",
+        "--request-id",
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    drained = Promise.all([collect(proc.stdout, stdout), collect(proc.stderr, stderr)]);
+    await waitFor("meshd to be ready", async () => {
+      const r = await fetch(`http://127.0.0.1:${ports.api}/readyz`).catch(() => null);
+      await r?.body?.cancel();
+      return r?.status === 200 ? true : undefined;
+    }, 30_000);
+
+    const quiet = await get(ports.http, "quiet.al.mesh", "/");
+    assert.equal(quiet.status, 200, quiet.body);
+    const r = await get(ports.http, "web.al.mesh", "/hello?x=1");
+    assert.equal(r.status, 200, r.body);
+    const id = /^id=(.*)$/m.exec(r.body)?.[1] ?? "";
+    assert.match(id, /^[0-9a-f-]{36}$/, r.body);
+    const line = await waitFor(
+      "the access log line on stdout",
+      () => stdout.find((l) => l.includes("service=al/web:80")),
+    );
+    assert.match(
+      line,
+      new RegExp(
+        `^time=\\S+Z protocol=http source=127\\.0\\.0\\.1:\\d+ service=al/web:80 ` +
+          `endpoint=${
+            BACKEND.replaceAll(".", "\\.")
+          }:${bport} method=GET authority=web\\.al\\.mesh ` +
+          `path=/hello request_id=${id} status=200 duration_ms=[\\d.]+ bytes_in=0 ` +
+          `bytes_out=${r.body.length} retries=0$`,
+      ),
+    );
+    // Every stdout line is an access log line, and the annotated-off service has none.
+    assert.deepEqual(stdout.filter((l) => l !== ""), [line]);
+    // meshd's own log stays on stderr.
+    assert.ok(stderr.some((l) => l.includes("meshd starting")), stderr.join("\n"));
+    assert.ok(!stderr.some((l) => l.includes("protocol=http")), stderr.join("\n"));
+  } finally {
+    if (proc) {
+      try {
+        proc.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await proc.status;
+      await drained;
+    }
+    await backend.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,217 @@
+/**
+ * `meshd run --workers 2`: two proxy isolates on the same ports. HTTP, TCP and UDP are served;
+ * a config change reaches every worker before the API reports its version (many new
+ * connections, which the kernel spreads over both workers' sockets, all see the new route);
+ * `/metrics` shows each series once, summed over the workers.
+ */
+import assert from "node:assert/strict";
+import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { countSockets } from "../../src/node/successor.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
+const ECHO = `${ROOT}examples/quickstart/echo.ts`;
+// This test's own addresses (127.0.63.0/24).
+const V1_IP = "127.0.63.1";
+const V2_IP = "127.0.63.2";
+const ECHO_IP = "127.0.63.3";
+const MESHD_IP = "127.0.63.10";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function mesh(webIp: string, ports: { web: number; echo: number }): string {
+  return `apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: wk }
+spec: { ports: [{ name: web, port: 80 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-1, namespace: wk, labels: { kubernetes.io/service-name: web } }
+addressType: IPv4
+ports: [{ name: web, port: ${ports.web}, protocol: TCP }]
+endpoints: [{ addresses: ["${webIp}"], conditions: { ready: true } }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: echo, namespace: wk, annotations: { meshd.io/traffic-type: tcp } }
+spec: { ports: [{ name: tcp, port: 7000 }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: echo-1, namespace: wk, labels: { kubernetes.io/service-name: echo } }
+addressType: IPv4
+ports: [{ name: tcp, port: ${ports.echo}, protocol: TCP }]
+endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: echo-udp, namespace: wk, annotations: { meshd.io/traffic-type: udp } }
+spec: { ports: [{ name: udp, port: 7001, protocol: UDP }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: echo-udp-1, namespace: wk, labels: { kubernetes.io/service-name: echo-udp } }
+addressType: IPv4
+ports: [{ name: udp, port: ${ports.echo}, protocol: UDP }]
+endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
+`;
+}
+
+/** One `GET /` on a new connection; the whoami body's `name:` line, or `status N`. */
+async function whoAnswers(port: number): Promise<string> {
+  const c = await Deno.connect({ hostname: MESHD_IP, port });
+  try {
+    await c.write(enc.encode("GET / HTTP/1.1\r\nHost: web.wk.mesh\r\nConnection: close\r\n\r\n"));
+    const text = dec.decode(await new Response(c.readable).arrayBuffer());
+    const status = /^HTTP\/1\.1 (\d+)/.exec(text)?.[1];
+    if (status !== "200") return `status ${status}`;
+    return /^name: (\S+)/m.exec(text)?.[1] ?? "no name";
+  } catch (e) {
+    try {
+      c.close();
+    } catch { /* closed */ }
+    return String(e);
+  }
+}
+
+/** How many answers each name got, over `n` new connections, some at once. */
+async function tally(port: number, n: number): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (let i = 0; i < n; i += 10) {
+    const names = await Promise.all(Array.from({ length: 10 }, () => whoAnswers(port)));
+    for (const name of names) out[name] = (out[name] ?? 0) + 1;
+  }
+  return out;
+}
+
+async function getJson(api: number, path: string): Promise<Record<string, unknown>> {
+  const r = await fetch(`http://127.0.0.1:${api}${path}`);
+  return await r.json();
+}
+
+Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config to both workers and sums their metrics", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
+  const children: Child[] = [];
+  try {
+    const ports = { web: freePort(V1_IP), echo: freePort(ECHO_IP) };
+    for (const [name, ip] of [["v1", V1_IP], ["v2", V2_IP]]) {
+      children.push(
+        new Child(name!, [
+          "run",
+          "--allow-net",
+          WHOAMI,
+          "--name",
+          name!,
+          "--listen",
+          `${ip}:${ports.web}`,
+        ]),
+      );
+    }
+    children.push(
+      new Child("echo", [
+        "run",
+        "--allow-net",
+        ECHO,
+        "--name",
+        "e",
+        "--listen",
+        `${ECHO_IP}:${ports.echo}`,
+        "--udp",
+      ]),
+    );
+    await Deno.writeTextFile(`${dir}/mesh.yaml`, mesh(V1_IP, ports));
+    await waitForPort(V1_IP, ports.web);
+    await waitForPort(V2_IP, ports.web);
+    await waitForPort(ECHO_IP, ports.echo);
+    const http = freePort(MESHD_IP);
+    const tcp = freePort(MESHD_IP);
+    const udp = freePort(MESHD_IP);
+    const api = freePort();
+    const meshd = new Child("meshd", [
+      "run",
+      "--unstable-net",
+      "--allow-all",
+      `${ROOT}main.ts`,
+      "run",
+      "--config-dir",
+      dir,
+      "--proxy-address",
+      MESHD_IP,
+      "--http-port",
+      String(http),
+      "--api-port",
+      String(api),
+      "--tcp-ports",
+      `${tcp}-${tcp}`,
+      "--udp-ports",
+      `${udp}-${udp}`,
+      "--workers",
+      "2",
+      "--log-format",
+      "json",
+    ]);
+    children.push(meshd);
+    await waitFor("meshd to be ready", async () => {
+      const r = await fetch(`http://127.0.0.1:${api}/readyz`).catch(() => null);
+      await r?.body?.cancel();
+      return r?.status === 200 ? true : undefined;
+    }, 30_000);
+
+    // Two listening sockets on the HTTP and the TCP port: one per worker.
+    const sockets = countSockets(await Deno.readTextFile("/proc/net/tcp"), "tcp");
+    assert.equal(sockets.get(http), 2, `sockets on the HTTP port:\n${meshd.lines.join("\n")}`);
+    assert.equal(sockets.get(tcp), 2, "sockets on the TCP port");
+
+    // HTTP, on many connections.
+    assert.deepEqual(await tally(http, 60), { v1: 60 });
+
+    // TCP.
+    const c = await Deno.connect({ hostname: MESHD_IP, port: tcp });
+    await c.write(enc.encode("ping\n"));
+    await c.closeWrite();
+    assert.equal(dec.decode(await new Response(c.readable).arrayBuffer()), "echo e\nping\n");
+
+    // UDP.
+    const u = Deno.listenDatagram({ transport: "udp", hostname: MESHD_IP, port: 0 });
+    try {
+      // The listener is bound (meshd is ready): on loopback the datagram is not lost.
+      await u.send(enc.encode("hello"), { transport: "udp", hostname: MESHD_IP, port: udp });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const answer = await Promise.race([
+        u.receive().then(([d]) => dec.decode(d)),
+        new Promise<string>((r) => timer = setTimeout(() => r("no answer within 10 s"), 10_000)),
+      ]);
+      clearTimeout(timer);
+      assert.equal(answer, "e: hello");
+    } finally {
+      u.close();
+    }
+
+    // A config change: once the API reports its version, every worker routes by it.
+    const before = (await getJson(api, "/api/status"))["version"] as number;
+    await Deno.writeTextFile(`${dir}/mesh.yaml`, mesh(V2_IP, ports));
+    await waitFor("the new config version in /api/status", async () => {
+      const s = await getJson(api, "/api/status");
+      return (s["version"] as number) > before && s["ready"] === true ? true : undefined;
+    }, 15_000);
+    assert.deepEqual(await tally(http, 60), { v2: 60 });
+
+    // Metrics: one series per service port, the requests of both workers added up.
+    const metrics = await (await fetch(`http://127.0.0.1:${api}/metrics`)).text();
+    const series = metrics.split("\n").filter((l) =>
+      l.startsWith('meshd_requests_total{service="wk/web",port="80",protocol="http"}')
+    );
+    assert.equal(series.length, 1, metrics);
+    assert.equal(series[0]!.split(" ")[1], "120", series[0]!);
+    const helps = metrics.split("\n").filter((l) => l.startsWith("# HELP "));
+    assert.equal(new Set(helps).size, helps.length, "each family once");
+    assert.match(metrics, /^meshd_request_duration_seconds_count\{service="wk\/web",.*\} 120$/m);
+    assert.match(metrics, /^meshd_proxy_workers 2$/m);
+    assert.match(metrics, /^meshd_config_version \d+$/m);
+  } finally {
+    for (const c of children.reverse()) await c.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
