@@ -101,3 +101,25 @@ Deno.test("scripts/kind-up explains itself and stops with a plain message withou
     await Deno.remove(empty, { recursive: true });
   }
 });
+
+Deno.test("tests/testenv/image/prune.sh keeps this build's archives and those another may still use", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-prune-" });
+  try {
+    const old = new Date(Date.now() - 3 * 3600_000);
+    for (const f of ["ours.tar", "stale.tar", "theirs.tar"]) {
+      await Deno.writeTextFile(`${dir}/${f}`, f);
+    }
+    await Deno.writeTextFile(`${dir}/stale.tar.sizes`, "1");
+    // ours and stale were last named three hours ago; theirs, by another checkout, just now
+    await Deno.utime(`${dir}/ours.tar`, old, old);
+    await Deno.utime(`${dir}/stale.tar`, old, old);
+    const r = await run("bash", ["tests/testenv/image/prune.sh", dir, `${dir}/ours.tar`]);
+    assert.equal(r.code, 0, r.stderr);
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(left, ["ours.tar", "theirs.tar"]);
+    // and ours is marked as in use now
+    assert.ok(Date.now() - Deno.statSync(`${dir}/ours.tar`).mtime!.getTime() < 60_000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

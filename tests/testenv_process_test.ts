@@ -3,7 +3,7 @@
  * the next one, and nothing else is.
  */
 import assert from "node:assert/strict";
-import { isAlive, sweepOrphanedChildren } from "./testenv/process.ts";
+import { isAlive, sweepOrphanedChildren, timeScale, waitFor } from "./testenv/process.ts";
 
 Deno.test("sweepOrphanedChildren() stops what a dead test process recorded, and only that", async () => {
   // a test process that has exited: its PID is no longer a deno
@@ -34,5 +34,38 @@ Deno.test("sweepOrphanedChildren() stops what a dead test process recorded, and 
     bystander.kill("SIGKILL");
     await bystander.status;
     await Deno.remove(file).catch(() => {});
+  }
+});
+
+Deno.test("waitFor() stretches its deadline by MESHD_TEST_TIME_SCALE, which must be a number >= 1", async () => {
+  const before = Deno.env.get("MESHD_TEST_TIME_SCALE");
+  try {
+    Deno.env.delete("MESHD_TEST_TIME_SCALE");
+    assert.equal(timeScale(), 1);
+    Deno.env.set("MESHD_TEST_TIME_SCALE", "4");
+    assert.equal(timeScale(), 4);
+    // A 50 ms wait, stretched 4 times, still sees a value that turns up after 120 ms.
+    const start = performance.now();
+    const v = await waitFor(
+      "a late value",
+      () => performance.now() - start > 120 ? "late" : undefined,
+      50,
+      10,
+    );
+    assert.equal(v, "late");
+    await assert.rejects(
+      waitFor("nothing", () => undefined, 10, 5),
+      /Timed out after 40 ms waiting for nothing/,
+    );
+    for (const bad of ["0.5", "fast"]) {
+      Deno.env.set("MESHD_TEST_TIME_SCALE", bad);
+      assert.throws(
+        () => timeScale(),
+        new RegExp(`MESHD_TEST_TIME_SCALE "${bad}": expected a number >= 1`),
+      );
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("MESHD_TEST_TIME_SCALE");
+    else Deno.env.set("MESHD_TEST_TIME_SCALE", before);
   }
 });

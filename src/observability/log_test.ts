@@ -13,7 +13,7 @@ function capture(options: ConstructorParameters<typeof Logger>[0] = {}) {
 
 Deno.test("Logger writes one key=value line per event, quoting what needs it", () => {
   const { log, lines } = capture();
-  log.with({ component: "http" }).info("config applied", {
+  log.with({ room: "proxy" }).info("config applied", {
     version: 3,
     file: "a b.yaml",
     note: 'say "hi"\nthen go',
@@ -23,7 +23,7 @@ Deno.test("Logger writes one key=value line per event, quoting what needs it", (
   assert.equal(lines.length, 1);
   assert.equal(
     lines[0],
-    'ts=2026-11-23T01:02:03.000Z level=info msg="config applied" component=http version=3 ' +
+    'ts=2026-11-23T01:02:03.000Z level=info msg="config applied" room=proxy version=3 ' +
       'file="a b.yaml" note="say \\"hi\\"\\nthen go" list=[1,2]',
   );
 });

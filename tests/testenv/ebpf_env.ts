@@ -9,6 +9,7 @@
  */
 import { PREFIX, removeLeftovers } from "./cluster.ts";
 import { sh } from "./netns_mesh.ts";
+import { timeScale } from "./process.ts";
 
 let counter = 0;
 
@@ -54,9 +55,9 @@ export class EnvProcess {
     this.#writer = null;
   }
 
-  /** Waits for it to exit (killing it after `killAfterMs`) and for its output. */
+  /** Waits for it to exit (killing it after `killAfterMs` times `timeScale()`) and for its output. */
   async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
-    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs);
+    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs * timeScale());
     const st = await this.proc.status;
     clearTimeout(timer);
     await this.#done;
@@ -151,8 +152,23 @@ export class EbpfEnv {
 
   /** Programs attached to the scratch cgroup, as bpftool lists them. */
   async attached(): Promise<string[]> {
-    const out = await sh("bpftool", ["cgroup", "show", this.cgroup, "-j"]).catch(() => "[]");
-    return (JSON.parse(out.trim() || "[]") as { name?: string }[]).map((p) => p.name ?? "?");
+    type Prog = { id: number; name?: string };
+    const show = async (dir: string, ...extra: string[]) =>
+      JSON.parse(
+        (await sh("bpftool", ["cgroup", "show", dir, ...extra, "-j"])).trim() || "[]",
+      ) as Prog[];
+    let own: Prog[];
+    try {
+      own = await show(this.cgroup);
+    } catch {
+      // Linux 5.10 (bpftool 7.1): the listing of a cgroup's own programs fails (exit 255,
+      // "[]") once one is attached, while the effective list works. The programs attached
+      // here are those in its effective list that its parent's does not hold.
+      const parent = this.cgroup.slice(0, this.cgroup.lastIndexOf("/"));
+      const inherited = new Set((await show(parent, "effective")).map((p) => p.id));
+      own = (await show(this.cgroup, "effective")).filter((p) => !inherited.has(p.id));
+    }
+    return own.map((p) => p.name ?? "?");
   }
 
   /** Stops every process it started, unpins, unmounts, removes the cgroup and namespace. */

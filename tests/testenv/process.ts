@@ -37,8 +37,23 @@ export function freePort(hostname = "127.0.0.1"): number {
 }
 
 /**
+ * How much longer than usual waits may take: `$MESHD_TEST_TIME_SCALE` (default 1). The
+ * real-kernel tier sets it inside QEMU VMs, whose software emulation runs programs several
+ * times slower than the host (`tests/testenv/vm/run.sh`).
+ */
+export function timeScale(): number {
+  const raw = Deno.env.get("MESHD_TEST_TIME_SCALE");
+  if (raw === undefined || raw === "") return 1;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 1) {
+    throw new Error(`Cannot use MESHD_TEST_TIME_SCALE "${raw}": expected a number >= 1`);
+  }
+  return n;
+}
+
+/**
  * Polls `probe` every `intervalMs` until it returns a value other than `undefined`, or fails
- * after `timeoutMs` with `what` and the last value or error seen.
+ * after `timeoutMs` (times {@linkcode timeScale}) with `what` and the last value or error seen.
  */
 export async function waitFor<T>(
   what: string,
@@ -46,6 +61,7 @@ export async function waitFor<T>(
   timeoutMs = 10_000,
   intervalMs = 20,
 ): Promise<T> {
+  timeoutMs *= timeScale();
   const deadline = performance.now() + timeoutMs;
   let last: unknown = "nothing yet";
   for (;;) {

@@ -779,6 +779,23 @@ export class RealNodes {
       await n.kubeProxy.stop();
       await n.process.stop();
     }
+    // What this kubelet release said about the host's cgroup v1 hierarchies (they are hybrid
+    // here): its --fail-cgroupv1 default and the first line of its own about cgroups v1 (not
+    // the echo of its configuration). scripts/compat puts it in the compatibility table.
+    const first = this.nodes[0];
+    if (first) {
+      const lines = (await Deno.readTextFile(`${first.dir}/kubelet.log`).catch(() => ""))
+        .split("\n");
+      const flag = lines.map((l) => l.match(/FLAG: --fail-cgroupv1="(\w+)"/)?.[1]).find((v) => v);
+      const said = lines.find((l) =>
+        /^[IWE]\d{4} /.test(l) && /cgroups? ?v1/i.test(l) && !/FLAG:/.test(l)
+      );
+      const value = [
+        flag ? `--fail-cgroupv1 defaults to ${flag}` : "no --fail-cgroupv1 flag",
+        said?.replace(/^\S+ \S+\s+\d+ \S+\] /, "").slice(0, 200) ?? "no line about cgroup v1",
+      ].join("; ");
+      console.log(`COMPAT ${JSON.stringify({ row: "kubelet on cgroup v1", value })}`);
+    }
     await killCgroups(this.nodes.flatMap((n) => n.cgroups), 10_000);
     const { v2 } = cgroupMounts();
     if (v2) await Deno.remove(v2Base(v2)).catch(() => {}); // only when no other run uses it

@@ -208,13 +208,9 @@ if [ ! -f "$coredns_tar" ] || [ ! -f "$client_tar" ]; then
   trap - EXIT
 fi
 
-# Older archives (an earlier source or build) are not needed again.
-for f in "$cache"/images/*.tar; do
-  case "$f" in
-    "$meshd_tar" | "$coredns_tar" | "$client_tar" | "$bb_tar" | "$pause_tar") ;;
-    *) rm -f "$f" "$f.sizes" ;;
-  esac
-done
+# Older archives (an earlier source or build) are not needed again; those of other checkouts
+# sharing this cache are kept while they may be in use (prune.sh).
+bash "$here/prune.sh" "$cache/images" "$meshd_tar" "$coredns_tar" "$client_tar" "$bb_tar" "$pause_tar"
 
 echo "meshd:$meshd_version=$meshd_tar"
 echo "meshd-test/coredns:1=$coredns_tar"
