@@ -14,10 +14,14 @@ export class CliError extends Error {
  * flag" reads "unknown flag"); a name such as CoreDNS, TLS or a quoted value keeps its case.
  */
 export function clause(message: string): string {
-  return /^[A-Z][a-z]+\b/.test(message) && !/^[A-Z][a-z]+[A-Z]/.test(message)
+  const first = /^[A-Z][a-z]+\b/.exec(message)?.[0];
+  return first && !/^[A-Z][a-z]+[A-Z]/.test(message) && !PROPER_NOUNS.has(first)
     ? message[0]!.toLowerCase() + message.slice(1)
     : message;
 }
+
+/** Names that keep their capital at the start of a clause. */
+const PROPER_NOUNS = new Set(["Kubernetes", "Deno", "Linux", "Prometheus", "Helm", "Traefik"]);
 
 /**
  * The one line a failed command prints, the same for every command:

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { main, VERSION } from "./main.ts";
+import { clause } from "./common.ts";
 
 interface Run {
   code: number;
@@ -398,4 +399,13 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
   const json = await run(["check", "-o", "json", ...missing]);
   assert.equal(json.code, 1);
   assert.equal(JSON.parse(json.out).checks[0].level, "fail");
+});
+
+Deno.test("clause() lowers an ordinary first word and keeps names", () => {
+  assert.equal(clause("Unknown flag"), "unknown flag");
+  assert.equal(clause("Cannot read it"), "cannot read it");
+  assert.equal(clause("CoreDNS has no block"), "CoreDNS has no block");
+  assert.equal(clause("TLS failed"), "TLS failed");
+  assert.equal(clause("Kubernetes said 403"), "Kubernetes said 403");
+  assert.equal(clause('"x" is bad'), '"x" is bad');
 });
