@@ -31,6 +31,19 @@ async function withDir(files: Record<string, string>, fn: (dir: string) => Promi
   }
 }
 
+/** The commands `meshd --help` lists, in its order. */
+const COMMAND_NAMES = [
+  "run",
+  "prepare",
+  "cleanup",
+  "check",
+  "status",
+  "stat",
+  "config dump",
+  "completion",
+  "version",
+];
+
 const SERVICE = `apiVersion: v1
 kind: Service
 metadata: { name: web, namespace: shop, annotations: { meshd.io/traffic-type: tcp } }
@@ -42,17 +55,7 @@ Deno.test("main() prints help for each command and exits 0", async () => {
   assert.equal(top.code, 0);
   assert.deepEqual(
     [...top.out.matchAll(/^ {2}(\S+(?: dump)?) {2,}/gm)].map((m) => m[1]),
-    [
-      "run",
-      "prepare",
-      "cleanup",
-      "check",
-      "status",
-      "stat",
-      "config dump",
-      "completion",
-      "version",
-    ],
+    COMMAND_NAMES,
   );
   const runHelp = await run(["run", "--help"]);
   assert.equal(runHelp.code, 0);
@@ -334,17 +337,7 @@ Deno.test("main() errors have one shape in every command: one line, `error:`, ex
   const unknown = await run(["serve"]);
   assert.equal(unknown.code, 2);
   assert.match(unknown.err, shape("meshd"));
-  const commands = [
-    "run",
-    "prepare",
-    "cleanup",
-    "check",
-    "status",
-    "stat",
-    "config dump",
-    "completion",
-    "version",
-  ];
+  const commands = COMMAND_NAMES;
   for (const c of commands) {
     const words = c.split(" ");
     for (const argv of [[...words, "--bogus"], [...words, "--log-level", "loud"]]) {
