@@ -62,7 +62,8 @@ function parseArgs(argv: string[]): Args {
 /** One measurement of one load against one target. */
 interface Measure {
   case: string;
-  target: "direct" | "meshd" | "haproxy" | "nginx";
+  /** `ceiling`: the minimal Deno forwarder of `l4_forwarders.ts`, for the TCP and UDP cases. */
+  target: "direct" | "meshd" | "ceiling" | "haproxy" | "nginx";
   /** Requests (or datagrams) a second; for bulk, MiB a second. */
   rate: number;
   unit: "req/s" | "MiB/s";
@@ -450,18 +451,39 @@ async function main(): Promise<void> {
     );
     await waitForPort(HOST, hap.web);
 
+    // The ceilings: minimal Deno forwarders, so a TCP or UDP case shows meshd, what Deno itself
+    // reaches, and the reference, measured in the same run.
+    const ceil = { tcp: freePort(), udp: freePort() };
+    const ceilings: Partial<Record<"tcp" | "udp", Child>> = {};
+    if (want("tcp-rr") || want("tcp-bulk")) {
+      ceilings.tcp = start(ceilingForwarder("tcp", ceil.tcp, ports.tcp));
+      await waitForPort(HOST, ceil.tcp);
+    }
+    if (want("udp-rr")) {
+      ceilings.udp = start(ceilingForwarder("udp", ceil.udp, ports.udp));
+      await waitFor("the UDP ceiling answers", () => udpAnswers(ceil.udp));
+    }
+
     const targets = (
       direct: number,
       meshd: number,
       ref: number,
       refName: Measure["target"] = "haproxy",
-    ) => [["direct", direct], ["meshd", meshd], [refName, ref]] as [Measure["target"], number][];
+      ceiling?: number,
+    ) =>
+      [
+        ["direct", direct],
+        ["meshd", meshd],
+        ...(ceiling ? [["ceiling", ceiling]] : []),
+        [refName, ref],
+      ] as [Measure["target"], number][];
     // CPU time per request from /proc/PID/stat (utime + stime): what each request costs the
     // process, which a shared machine's load moves less than the rate.
     const pids: Partial<Record<Measure["target"], number>> = {
       meshd: meshd.pid,
       haproxy: haproxy.pid,
     };
+    const ceilingPid = (kind: "tcp" | "udp") => (pids.ceiling = ceilings[kind]?.pid);
     const step = async (t: Measure["target"], load: () => Promise<Measure>) => {
       const pid = pids[t];
       const before = pid ? cpuTicks(pid) : null;
@@ -497,7 +519,8 @@ async function main(): Promise<void> {
       }
     }
     if (want("tcp-rr")) {
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
+      ceilingPid("tcp");
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-rr", t, [
             "tcp-rr",
@@ -511,7 +534,8 @@ async function main(): Promise<void> {
       }
     }
     if (want("tcp-bulk")) {
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
+      ceilingPid("tcp");
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-bulk", t, [
             "tcp-bulk",
@@ -553,7 +577,8 @@ stream {
         if (/\[emerg\]/.test(err)) throw new Error(`nginx failed: ${err}`);
         return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
       });
-      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx")) {
+      ceilingPid("udp");
+      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp)) {
         await step(t, () =>
           loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
@@ -671,6 +696,37 @@ stream {
   report(results, memory, args);
 }
 
+/** The minimal Deno forwarder of `kind` on `port`, to the echo backend on `backend`. */
+function ceilingForwarder(kind: "tcp" | "udp", port: number, backend: number): Child {
+  return new Child(`ceiling-${kind}`, [
+    "run",
+    "--allow-net",
+    `${ROOT}tests/bench/l4_forwarders.ts`,
+    kind,
+    "--listen",
+    `${HOST}:${port}`,
+    "--backend",
+    `${HOST}:${backend}`,
+  ]);
+}
+
+/** Whether a datagram to `port` comes back within 200 ms (undefined if not, for waitFor). */
+async function udpAnswers(port: number): Promise<true | undefined> {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await sock.send(new Uint8Array([1]), { transport: "udp", hostname: HOST, port });
+    const got = await Promise.race([
+      sock.receive().then(() => true as const),
+      new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 200)),
+    ]);
+    return got;
+  } finally {
+    clearTimeout(timer);
+    sock.close();
+  }
+}
+
 function ratio(a: number | undefined | null, b: number | undefined | null): number | null {
   if (a === undefined || a === null || b === undefined || b === null || !(b > 0)) return null;
   return Math.round((a / b) * 1000) / 1000;
@@ -695,7 +751,15 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       const vsReference = ratio(r.rate, ref?.rate);
       const vsDirect = ratio(r.rate, direct?.rate);
       const cpuVsReference = ratio(r.cpuUs, ref?.cpuUs);
-      rows.push({ ...r, reference: ref?.target ?? null, vsReference, vsDirect, cpuVsReference });
+      const vsCeiling = ratio(r.rate, of("ceiling")?.rate);
+      rows.push({
+        ...r,
+        reference: ref?.target ?? null,
+        vsReference,
+        vsDirect,
+        cpuVsReference,
+        ...(vsCeiling === null ? {} : { vsCeiling }),
+      });
       lines.push(
         `${c.padEnd(15)} ${r.target.padEnd(8)} ${fmt(r.rate, 1).padStart(10)}  ${
           r.unit.padEnd(6)
@@ -739,7 +803,9 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       "meshd --workers N against HAProxy nbthread N (wrk -t2 -c64, tcp-rr 32 connections). " +
       "CPU µs/unit: the proxy " +
       "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
-      "CPU vs ref: meshd's over the reference's (lower is better).",
+      "CPU vs ref: meshd's over the reference's (lower is better). ceiling: a minimal Deno " +
+      "forwarder (tests/bench/l4_forwarders.ts) with none of meshd's work, the floor of a " +
+      "Deno proxy; meshd's rate over its is in the JSON as vsCeiling.",
   );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
