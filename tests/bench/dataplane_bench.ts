@@ -25,6 +25,8 @@ interface Args {
   cases: Set<string> | null;
   /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
   v8Flags: string;
+  /** Each case's targets are measured this many times, interleaved; the table shows medians. */
+  rounds: number;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -34,6 +36,7 @@ function parseArgs(argv: string[]): Args {
     loadtools: "",
     cases: null,
     v8Flags: "",
+    rounds: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -43,10 +46,11 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
     else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
     else if (k === "--meshd-v8-flags" && v) a.v8Flags = v, i++;
+    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] " +
+          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] [--rounds N] " +
           "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,workers,memory]",
       );
       Deno.exit(2);
@@ -54,6 +58,10 @@ function parseArgs(argv: string[]): Args {
   }
   if (!(a.seconds >= 1 && a.seconds <= 60)) {
     console.error("--seconds must be between 1 and 60");
+    Deno.exit(2);
+  }
+  if (!(Number.isInteger(a.rounds) && a.rounds >= 1 && a.rounds <= 20)) {
+    console.error("--rounds must be an integer between 1 and 20");
     Deno.exit(2);
   }
   return a;
@@ -73,6 +81,8 @@ interface Measure {
   /** The target process's CPU time (user and system) per request, or per MiB for bulk. */
   cpuUs?: number | null;
   note?: string;
+  /** With `--rounds` over 1: each round's rate, in order (the row's figures are medians). */
+  rounds?: number[];
 }
 
 async function run(
@@ -470,13 +480,16 @@ async function main(): Promise<void> {
       ref: number,
       refName: Measure["target"] = "haproxy",
       ceiling?: number,
-    ) =>
-      [
+    ) => {
+      const one = [
         ["direct", direct],
         ["meshd", meshd],
         ...(ceiling ? [["ceiling", ceiling]] : []),
         [refName, ref],
       ] as [Measure["target"], number][];
+      // Rounds interleave the targets, so each round's ratios share the machine's load then.
+      return Array.from({ length: args.rounds }, () => one).flat();
+    };
     // CPU time per request from /proc/PID/stat (utime + stime): what each request costs the
     // process, which a shared machine's load moves less than the rate.
     const pids: Partial<Record<Measure["target"], number>> = {
@@ -732,15 +745,90 @@ function ratio(a: number | undefined | null, b: number | undefined | null): numb
   return Math.round((a / b) * 1000) / 1000;
 }
 
-function report(results: Measure[], memory: Record<string, number>, args: Args): void {
-  const cases = [...new Set(results.map((r) => r.case))];
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** The measures of one case and target, merged into one row of medians when there are rounds. */
+function mergeRounds(ms: Measure[]): Measure {
+  if (ms.length === 1) return ms[0]!;
+  const med = (f: (m: Measure) => number | null | undefined) => {
+    const xs = ms.map(f).filter((x): x is number => typeof x === "number" && !Number.isNaN(x));
+    return xs.length > 0 ? median(xs) : null;
+  };
+  return {
+    ...ms[0]!,
+    rate: med((m) => m.rate) ?? NaN,
+    p50Ms: med((m) => m.p50Ms),
+    p99Ms: med((m) => m.p99Ms),
+    errors: ms.reduce((n, m) => n + m.errors, 0),
+    cpuUs: med((m) => m.cpuUs),
+    rounds: ms.map((m) => m.rate),
+  };
+}
+
+/** A ratio over rounds: its median and range. */
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+/**
+ * Per case, each round's ratio of `a`'s figure to `b`'s (both measured in that round): median
+ * and range, or null without rounds (or without the figure).
+ */
+function roundRatios(
+  all: Measure[],
+  c: string,
+  [a, b]: readonly [Measure["target"], Measure["target"]],
+  figure: (m: Measure) => number | null | undefined,
+): Spread | null {
+  const of = (t: string) => all.filter((r) => r.case === c && r.target === t).map(figure);
+  const [xs, ys] = [of(a), of(b)];
+  if (xs.length < 2 || xs.length !== ys.length) return null;
+  const rs = xs.map((x, i) => (x ?? NaN) / (ys[i] ?? NaN));
+  if (rs.some((r) => !Number.isFinite(r))) return null;
+  return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+}
+
+function report(all: Measure[], memory: Record<string, number>, args: Args): void {
+  const cases = [...new Set(all.map((r) => r.case))];
+  const results = cases.flatMap((c) =>
+    [...new Set(all.filter((r) => r.case === c).map((r) => r.target))].map((t) =>
+      mergeRounds(all.filter((r) => r.case === c && r.target === t))
+    )
+  );
+  const perRound: string[] = [];
+  const perRoundJson: Record<string, unknown> = {};
+  for (const c of cases) {
+    const ref = results.some((r) => r.case === c && r.target === "nginx") ? "nginx" : "haproxy";
+    const pairs = [["meshd", ref], ["meshd", "ceiling"], ["ceiling", ref]] as const;
+    const fmtSpread = (q: Spread | null) =>
+      q ? `${q.median.toFixed(3)} (${q.min.toFixed(3)}–${q.max.toFixed(3)})` : "-";
+    for (const pair of pairs) {
+      const rate = roundRatios(all, c, pair, (m) => m.rate);
+      if (!rate) continue;
+      const cpu = roundRatios(all, c, pair, (m) => m.cpuUs);
+      perRoundJson[`${c} ${pair[0]}/${pair[1]}`] = { rate, cpuPerUnit: cpu };
+      perRound.push(
+        `${c.padEnd(15)} ${`${pair[0]} / ${pair[1]}`.padEnd(18)} rate ${
+          fmtSpread(rate).padEnd(22)
+        }  CPU per unit ${fmtSpread(cpu)}`,
+      );
+    }
+  }
   const rows: Record<string, unknown>[] = [];
   const fmt = (n: number | null | undefined, d = 2) =>
     n === null || n === undefined || Number.isNaN(n) ? "-" : n.toFixed(d);
   const lines = [
     `meshd data plane benchmark: ${args.seconds}s per load, loopback, ${navigator.hardwareConcurrency} CPUs`,
     "",
-    "case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct" +
+    `${
+      args.rounds > 1 ? `medians of ${args.rounds} interleaved rounds\n\n` : ""
+    }case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct` +
     "   CPU µs/unit  CPU vs ref",
   ];
   for (const c of cases) {
@@ -771,6 +859,13 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
           ` ${fmt(r.cpuUs, 1).padStart(13)} ${fmt(cpuVsReference, 3).padStart(11)}`,
       );
     }
+  }
+  if (perRound.length > 0) {
+    lines.push(
+      "",
+      `each round's ratios, median (min–max) of ${args.rounds} rounds:`,
+      ...perRound,
+    );
   }
   const mem = {
     ...memory,
@@ -815,6 +910,7 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       {
         date: new Date().toISOString(),
         secondsPerLoad: args.seconds,
+        ...(args.rounds > 1 ? { rounds: args.rounds, roundRatios: perRoundJson } : {}),
         ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
         cpus: navigator.hardwareConcurrency,
         results: rows,
