@@ -99,6 +99,12 @@ export class H2Stream {
   _recvWindow: number;
   /** @internal Client: the final response headers came. */
   _gotResponse = false;
+  /** @internal The content-length of the peer's message, or -1 when it has none (or no body). */
+  _length = -1;
+  /** @internal DATA bytes received from the peer, padding left out. */
+  _received = 0;
+  /** @internal Client: the request is a HEAD, whose response has no content. */
+  _head = false;
   #recvUnacked = 0;
   #pending: Pending[] = [];
   #inbox: (Uint8Array | null)[] = [];
@@ -294,6 +300,49 @@ export class H2Stream {
   }
 }
 
+/** Whether `fields` has `name` with exactly `value`. */
+function fieldIs(fields: Fields, name: string, value: string): boolean {
+  for (let i = 0; i < fields.length; i++) {
+    if (fields[i]![0] === name && fields[i]![1] === value) return true;
+  }
+  return false;
+}
+
+const DIGITS = /^[0-9]{1,15}$/;
+
+/**
+ * The content-length of a message on stream `id` that the DATA must match, or -1 when it has
+ * none or `noContent`; a value that is not one number (RFC 9110 §8.6: a list of equal numbers
+ * is that number), or a number above 0 on a message that `end`s with its headers, makes the
+ * message malformed (RFC 9113 §8.1.1): a stream error.
+ */
+function checkLength(fields: Fields, end: boolean, id: number, noContent: boolean): number {
+  let length = -1;
+  for (let i = 0; i < fields.length; i++) {
+    if (fields[i]![0] !== "content-length") continue;
+    for (const part of fields[i]![1].split(",")) {
+      const v = part.trim();
+      if (!DIGITS.test(v) || (length >= 0 && Number(v) !== length)) {
+        throw new H2Error(
+          `content-length "${fields[i]![1].slice(0, 40)}" is not one number`,
+          ERROR.PROTOCOL_ERROR,
+          id,
+        );
+      }
+      length = Number(v);
+    }
+  }
+  if (noContent) return -1;
+  if (end && length > 0) {
+    throw new H2Error(
+      `content-length ${length} on a message with no DATA`,
+      ERROR.PROTOCOL_ERROR,
+      id,
+    );
+  }
+  return length;
+}
+
 /** A token bucket: `burst` tokens, refilled at `burst` a second. */
 class Bucket {
   #tokens: number;
@@ -434,6 +483,7 @@ export class H2Connection {
     const s = new H2Stream(id, this, this.#peerInitialWindow);
     this.#streams.set(id, s);
     s.headersSent = true;
+    s._head = fieldIs(fields, ":method", "HEAD");
     this._headers(s, fields, end);
     if (end) s.localEnded = true;
     return s;
@@ -790,6 +840,20 @@ export class H2Connection {
     if (s._recvWindow < 0) {
       throw new H2Error("DATA beyond the stream window", ERROR.FLOW_CONTROL_ERROR, s.id);
     }
+    if (s._length >= 0) {
+      // RFC 9113 §8.1.1: DATA that disagrees with content-length makes the message malformed
+      // (a stream error), found before any of it is passed on.
+      s._received += data.length;
+      if (s._received > s._length || (end && s._received !== s._length)) {
+        throw new H2Error(
+          `${
+            end ? "" : "At least "
+          }${s._received} bytes of DATA against content-length ${s._length}`,
+          ERROR.PROTOCOL_ERROR,
+          s.id,
+        );
+      }
+    }
     if (len > data.length) s.credit(len - data.length);
     s._data(data, end);
   }
@@ -876,9 +940,19 @@ export class H2Connection {
         // Interim responses (1xx) are not passed on; 101 is not allowed in HTTP/2 (§8.6).
         if (status.length === 3 && status[0] === "1" && status !== "101" && !end) return;
         s._gotResponse = true;
+        // RFC 9110 §6.4.1: a response to HEAD, a 204 or a 304 has no content, whatever its
+        // content-length says.
+        const noContent = s._head || status === "204" || status === "304";
+        s._length = checkLength(fields, end, id, noContent);
       } else if (!end) {
         // §8.1: trailers carry END_STREAM.
         throw new H2Error("Trailers without END_STREAM", ERROR.PROTOCOL_ERROR, id);
+      } else if (s._length >= 0 && s._received !== s._length) {
+        throw new H2Error(
+          `${s._received} bytes of DATA against content-length ${s._length}`,
+          ERROR.PROTOCOL_ERROR,
+          id,
+        );
       }
       if (end) s.remoteEnded = true;
       s.onHeaders?.(fields, end);
@@ -916,6 +990,7 @@ export class H2Connection {
       if (!end) s2.reset(ERROR.NO_ERROR);
       return;
     }
+    s2._length = checkLength(fields, end, id, false);
     this.#opts.onStream?.(s2, fields, end);
   }
 
