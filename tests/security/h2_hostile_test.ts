@@ -177,3 +177,114 @@ Deno.test("NodeProxy resets an HTTP/2 client's stream when the h2c backend sends
     }
   });
 });
+
+// RFC 9113 §8.2.1, §8.3.2: a response whose fields have CR, LF or NUL in a value, a name that
+// is not a lower-case token, or a pseudo-header other than one leading :status is malformed;
+// a proxy passes none of it on, least of all into an HTTP/1 head where CR LF starts a field.
+const BAD_RESPONSES: { name: string; fields: Fields }[] = [
+  {
+    name: "CR LF in a value (a forged set-cookie)",
+    fields: [[":status", "200"], ["x-evil", "a\r\nset-cookie: pwned=1"]],
+  },
+  {
+    name: "a bare LF in a value",
+    fields: [[":status", "200"], ["x-evil", "a\nset-cookie: pwned=1"]],
+  },
+  { name: "NUL in a value", fields: [[":status", "200"], ["x-evil", "a\0set-cookie: pwned=1"]] },
+  {
+    name: "CR LF in a name",
+    fields: [[":status", "200"], ["set-cookie: pwned=1\r\nx-evil", "a"]],
+  },
+  { name: "an upper-case name", fields: [[":status", "200"], ["Set-Cookie", "pwned=1"]] },
+  {
+    name: "a request pseudo-header",
+    fields: [[":status", "200"], [":path", "/set-cookie: pwned=1"]],
+  },
+  {
+    name: "a pseudo-header after a regular field",
+    fields: [["set-cookie", "pwned=1"], [":status", "200"]],
+  },
+  {
+    name: "two :status fields",
+    fields: [[":status", "200"], [":status", "204"], ["set-cookie", "pwned=1"]],
+  },
+];
+
+for (const c of BAD_RESPONSES) {
+  Deno.test(`NodeProxy answers 502 to an HTTP/1 client when an h2c backend's response has ${c.name}`, async () => {
+    await withHostileBackend((s) => {
+      s.sendHeaders(c.fields, false);
+      s.sendData(text("body"), true);
+    }, async (port) => {
+      const r = await http1(
+        port,
+        "GET /x HTTP/1.1\r\nHost: hostile.default.mesh\r\nConnection: close\r\n\r\n",
+      );
+      assert.doesNotMatch(r.text, /pwned/, r.text);
+      assert.match(r.text, /^HTTP\/1\.1 502 /, r.text);
+    });
+  });
+}
+
+Deno.test("NodeProxy passes no CR LF from an h2c backend's trailers into an HTTP/1 client's chunked trailer section", async () => {
+  await withHostileBackend((s) => {
+    s.sendHeaders([[":status", "200"]], false);
+    s.sendData(text("body"), false);
+    s.sendHeaders([["grpc-status", "0\r\n\r\nHTTP/1.1 200 OK\r\nset-cookie: pwned=1\r\n"]], true);
+  }, async (port) => {
+    const r = await http1(port, "GET /x HTTP/1.1\r\nHost: hostile.default.mesh\r\n\r\n");
+    assert.match(r.text, /^HTTP\/1\.1 200 /, r.text);
+    assert.doesNotMatch(r.text, /pwned/, r.text);
+    assert.ok(r.closed, `the connection stays open after a broken response: ${r.text}`);
+  });
+});
+
+Deno.test("NodeProxy gives an HTTP/2 client a 502, not a response with a request pseudo-header, from an h2c backend", async () => {
+  await withHostileBackend((s) => {
+    s.sendHeaders([[":status", "200"], [":path", "/evil"]], true);
+  }, async (port) => {
+    const p = await RawPeer.connect("127.0.69.1", port);
+    try {
+      await p.send((w) => w.headers(1, encodeBlock(request([], "GET")), true, 16384));
+      const f = await p.until((f) => f.type === FRAME.HEADERS && f.stream === 1);
+      assert.ok(f, p.describe());
+      const fields: Fields = [];
+      p.decoder.decode(f.payload, fields);
+      assert.deepEqual(fields.filter(([k]) => k.startsWith(":")), [[":status", "502"]]);
+    } finally {
+      p.close();
+    }
+  });
+});
+
+// RFC 9113 §8.1: trailers carry no pseudo-header; §8.2.1: no CR, LF or NUL in any value.
+const BAD_TRAILERS: { name: string; trailers: Fields }[] = [
+  { name: "a pseudo-header", trailers: [[":path", "/admin"]] },
+  { name: "CR LF in a value", trailers: [["x-t", "1\r\nx-forged: 1"]] },
+  { name: "an upper-case name", trailers: [["X-T", "1"]] },
+];
+
+for (const c of BAD_TRAILERS) {
+  Deno.test(`H2Connection resets a request with PROTOCOL_ERROR on trailers with ${c.name}`, async () => {
+    const got = { data: 0, ended: false, opened: 0 };
+    let trailers: Fields | null = null;
+    await withServer((s, fields, end) => {
+      recorder(got)(s, fields, end);
+      s.onHeaders = (t) => trailers = t;
+    }, async (port) => {
+      const p = await RawPeer.connect(SERVER_HOST, port);
+      try {
+        await p.send((w) => {
+          w.headers(1, encodeBlock(request()), false, 16384);
+          w.data(1, text("abc"), false);
+          w.headers(1, encodeBlock(c.trailers), true, 16384);
+        });
+        assert.equal(await p.reset(1), "PROTOCOL_ERROR", p.describe());
+        await p.alive();
+        assert.equal(trailers, null, "the handler got the trailers");
+      } finally {
+        p.close();
+      }
+    });
+  });
+}

@@ -309,6 +309,36 @@ function fieldIs(fields: Fields, name: string, value: string): boolean {
 }
 
 const DIGITS = /^[0-9]{1,15}$/;
+/** A lower-case token (RFC 9110 §5.1, RFC 9113 §8.2.1). */
+const FIELD_NAME = /^[a-z0-9!#$%&'*+\-.^_`|~]+$/;
+/** RFC 9113 §8.2.1: what no field value may hold. */
+const BAD_VALUE = /[\r\n\0]/;
+
+/**
+ * Throws a stream error (PROTOCOL_ERROR) when the fields of a `response` (or of trailers) on
+ * stream `id` are malformed: a name that is not a lower-case token, CR, LF or NUL in a value
+ * (RFC 9113 §8.2.1), or a pseudo-header other than one :status first in a response (§8.3.2;
+ * trailers have none, §8.1). Passed on, such a field could end a line of an HTTP/1 head and
+ * start a field of the proxy's making.
+ */
+function checkFields(fields: Fields, response: boolean, id: number): void {
+  for (let i = 0; i < fields.length; i++) {
+    const name = fields[i]![0];
+    const ok = name === ":status" ? response && i === 0 : FIELD_NAME.test(name);
+    if (!ok || BAD_VALUE.test(fields[i]![1])) {
+      throw new H2Error(
+        `Malformed ${response ? "response" : "trailers"}: field ${
+          JSON.stringify(name.slice(0, 40))
+        } ${ok ? "has CR, LF or NUL in its value" : "is not allowed there"}`,
+        ERROR.PROTOCOL_ERROR,
+        id,
+      );
+    }
+  }
+  if (response && fields[0]?.[0] !== ":status") {
+    throw new H2Error("Malformed response: no :status first", ERROR.PROTOCOL_ERROR, id);
+  }
+}
 
 /**
  * The content-length of a message on stream `id` that the DATA must match, or -1 when it has
@@ -936,6 +966,7 @@ export class H2Connection {
       if (s.remoteEnded) throw new H2Error("HEADERS after END_STREAM", ERROR.STREAM_CLOSED, id);
       if (!fits) throw new H2Error("Header list too large", ERROR.PROTOCOL_ERROR, id);
       if (this.#client && !s._gotResponse) {
+        checkFields(fields, true, id);
         const status = fields[0]?.[0] === ":status" ? fields[0][1] : "";
         // Interim responses (1xx) are not passed on; 101 is not allowed in HTTP/2 (§8.6).
         if (status.length === 3 && status[0] === "1" && status !== "101" && !end) return;
@@ -947,12 +978,15 @@ export class H2Connection {
       } else if (!end) {
         // §8.1: trailers carry END_STREAM.
         throw new H2Error("Trailers without END_STREAM", ERROR.PROTOCOL_ERROR, id);
-      } else if (s._length >= 0 && s._received !== s._length) {
-        throw new H2Error(
-          `${s._received} bytes of DATA against content-length ${s._length}`,
-          ERROR.PROTOCOL_ERROR,
-          id,
-        );
+      } else {
+        checkFields(fields, false, id);
+        if (s._length >= 0 && s._received !== s._length) {
+          throw new H2Error(
+            `${s._received} bytes of DATA against content-length ${s._length}`,
+            ERROR.PROTOCOL_ERROR,
+            id,
+          );
+        }
       }
       if (end) s.remoteEnded = true;
       s.onHeaders?.(fields, end);
