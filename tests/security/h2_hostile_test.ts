@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { encodeBlock } from "../../src/proxy/h2/hpack.ts";
-import { FLAG, FRAME } from "../../src/proxy/h2/frames.ts";
+import { DEFAULT_WINDOW, FLAG, FRAME, MAX_WINDOW, SETTING } from "../../src/proxy/h2/frames.ts";
 import type { Fields, H2Stream } from "../../src/proxy/h2/connection.ts";
 import {
   http1,
@@ -288,3 +288,45 @@ for (const c of BAD_TRAILERS) {
     });
   });
 }
+
+Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its windows wide and never reads", async () => {
+  const total = 160 * 1024 * 1024;
+  let sent = 0;
+  let closed = false;
+  await withHostileBackend(async (s) => {
+    s.sendHeaders([[":status", "200"]], false);
+    const chunk = new Uint8Array(64 * 1024);
+    s.onClose = () => closed = true;
+    while (!s.closed && sent < total) {
+      await s.write(chunk).catch(() => {});
+      sent += chunk.length;
+    }
+  }, async (port) => {
+    const p = await RawPeer.connect("127.0.69.1", port, [[
+      SETTING.INITIAL_WINDOW_SIZE,
+      MAX_WINDOW,
+    ]]);
+    try {
+      await p.send((w) => {
+        w.windowUpdate(0, MAX_WINDOW - DEFAULT_WINDOW);
+        w.headers(1, encodeBlock(request([], "GET")), true, 16384);
+      });
+      // Never read: what the backend managed to send is what meshd and the sockets hold.
+      let last = -1;
+      let still = 0;
+      const deadline = Date.now() + 20_000;
+      while (sent < total && !closed && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        still = sent === last ? still + 1 : 0;
+        last = sent;
+        if (still >= 10) break; // no progress for a second: the backend is held back
+      }
+      assert.ok(
+        sent < 48 * 1024 * 1024,
+        `the backend sent ${(sent / 2 ** 20).toFixed(1)} MiB to a client that reads nothing`,
+      );
+    } finally {
+      p.close();
+    }
+  });
+});

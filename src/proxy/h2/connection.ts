@@ -139,7 +139,7 @@ export class H2Stream {
       return;
     }
     if (this.#pending.length === 0 && this.conn._trySend(this, chunk, end)) {
-      credit?.credit(chunk.length);
+      if (credit) this.conn._giveBack(credit, chunk.length);
       if (end) this._localEnd();
       return;
     }
@@ -245,12 +245,12 @@ export class H2Stream {
       const sent = this.conn._sendSome(this, p.data, p.end);
       if (sent === p.data.length && (p.end ? sent >= 0 : true)) {
         this.#pending.shift();
-        p.credit?.credit(sent);
+        if (p.credit) this.conn._giveBack(p.credit, sent);
         if (p.end) this._localEnd();
         continue;
       }
       if (sent > 0) {
-        p.credit?.credit(sent);
+        if (p.credit) this.conn._giveBack(p.credit, sent);
         p.data = p.data.subarray(sent);
       }
       return;
@@ -299,6 +299,9 @@ export class H2Stream {
     this.onClose?.(code, byPeer);
   }
 }
+
+/** The default `maxBacklog`. */
+const MAX_BACKLOG = 4 * 1024 * 1024;
 
 /** Whether `fields` has `name` with exactly `value`. */
 function fieldIs(fields: Fields, name: string, value: string): boolean {
@@ -429,6 +432,10 @@ export class H2Connection {
   /** The peer's GOAWAY last stream ID. */
   #peerLast = Infinity;
   #ended = false;
+  /** Streams of other connections and the window owed to them, in pairs (`_giveBack`). */
+  #owed: (H2Stream | number)[] = [];
+  /** The backlog below which window is given back at once: a quarter of `maxBacklog`. */
+  readonly #lowWater: number;
   /** Waiters for a stream slot (client: the peer's MAX_CONCURRENT_STREAMS). */
   #slotWaiters: (() => void)[] = [];
   /** When the last stream closed (or the connection began), for idle timeouts. */
@@ -448,6 +455,7 @@ export class H2Connection {
     this.#decoder = new HpackDecoder({ maxListSize: this.#maxList });
     this.#resets = new Bucket(options.resetBurst ?? 200);
     this.#control = new Bucket(options.controlBurst ?? 1000);
+    this.#lowWater = (options.maxBacklog ?? MAX_BACKLOG) / 4;
     this.#prefaceLeft = this.#client ? 0 : PREFACE.length;
     this.done = new Promise((r) => this.#resolveDone = r);
     if (this.#client) this.#out.bytes(PREFACE);
@@ -608,6 +616,26 @@ export class H2Connection {
     } while (at < chunk.length);
   }
 
+  /**
+   * @internal `s` (a stream of another connection whose data went into our output) gets `n`
+   * bytes of receive window back: at once while our backlog is small, else once it has been
+   * written down. So a peer that opens its windows wide and reads nothing holds the sender
+   * back rather than filling our memory.
+   */
+  _giveBack(s: H2Stream, n: number): void {
+    if (this.#backlog <= this.#lowWater || this.#ended) s.credit(n);
+    else this.#owed.push(s, n);
+  }
+
+  /** Gives back the window owed to other connections' streams. */
+  #payOwed(): void {
+    const owed = this.#owed;
+    this.#owed = [];
+    for (let i = 0; i < owed.length; i += 2) {
+      (owed[i] as H2Stream).credit(owed[i + 1] as number);
+    }
+  }
+
   /** @internal */
   _reset(s: H2Stream, code: number): void {
     if (this.#ended) return;
@@ -666,6 +694,7 @@ export class H2Connection {
         let at = 0;
         while (at < w.len) at += await this.#conn.write(w.buf.subarray(at, w.len));
         w.len = 0;
+        if (this.#owed.length > 0 && this.#backlog <= this.#lowWater) this.#payOwed();
         if (w.buf.length > 256 * 1024) w.buf = new Uint8Array(16 * 1024);
       }
     } catch {
@@ -737,6 +766,7 @@ export class H2Connection {
     } catch { /* closed */ }
     for (const s of [...this.#streams.values()]) s._close(error?.code ?? ERROR.CANCEL, true);
     for (const w of this.#slotWaiters.splice(0)) w();
+    this.#payOwed();
     this.#opts.onClose?.(error);
     this.#resolveDone();
   }
@@ -768,7 +798,7 @@ export class H2Connection {
         this.#chargeReset();
       }
     }
-    if (this.#backlog > (this.#opts.maxBacklog ?? 4 * 1024 * 1024)) {
+    if (this.#backlog > (this.#opts.maxBacklog ?? MAX_BACKLOG)) {
       throw new H2Error("Peer does not read what it asks for", ERROR.ENHANCE_YOUR_CALM);
     }
   }
