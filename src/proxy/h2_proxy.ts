@@ -367,9 +367,10 @@ export class H2Proxy {
   async #open(ep: EndpointState, out: Fields, end: boolean): Promise<H2Stream> {
     const conn = await this.#backend(ep);
     try {
-      return await conn.request(out, end);
+      // A backend whose stream slots never free up fails the request in the response timeout.
+      return await conn.request(out, end, this.#opts.responseTimeoutMs ?? 30_000);
     } catch (e) {
-      if (this.#backends.get(ep.key)?.conn === conn) this.#backends.delete(ep.key);
+      if (conn.closing && this.#backends.get(ep.key)?.conn === conn) this.#backends.delete(ep.key);
       throw new UpstreamError((e as Error).message, { requestSent: false });
     }
   }

@@ -16,7 +16,6 @@ import {
   type H2Stream,
 } from "../../src/proxy/h2/connection.ts";
 import {
-  ERROR,
   errorName,
   FRAME,
   type Frame,
@@ -192,6 +191,7 @@ export type Answer = (s: H2Stream, fields: Fields) => void;
 export async function withHostileBackend(
   answer: Answer,
   fn: (proxyPort: number) => Promise<void>,
+  options: { backend?: Partial<H2ConnectionOptions>; responseTimeoutMs?: number } = {},
 ): Promise<void> {
   const listener = Deno.listen({ hostname: BACKEND_HOST, port: 0 });
   const conns = new Set<H2Connection>();
@@ -201,11 +201,17 @@ export async function withHostileBackend(
         role: "server",
         onStream: (s, fields) => answer(s, fields),
         onClose: () => conns.delete(c),
+        ...options.backend,
       });
       conns.add(c);
     }
   })().catch(() => {});
-  const proxy = new NodeProxy({ hostname: PROXY_HOST, httpPort: 0, logger: quiet });
+  const proxy = new NodeProxy({
+    hostname: PROXY_HOST,
+    httpPort: 0,
+    logger: quiet,
+    responseTimeoutMs: options.responseTimeoutMs,
+  });
   await proxy.start();
   try {
     await proxy.apply(meshConfig([{
@@ -264,5 +270,3 @@ export async function http1(
   }
   return { text: new TextDecoder("latin1").decode(all), closed };
 }
-
-export { ERROR };

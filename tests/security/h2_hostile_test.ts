@@ -330,3 +330,21 @@ Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its 
     }
   });
 });
+
+Deno.test("NodeProxy answers within the response timeout when an h2c backend allows no stream at all", async () => {
+  let streams = 0;
+  await withHostileBackend(() => streams++, async (port) => {
+    // The first request may go out before the backend's SETTINGS arrive (and be refused); the
+    // next ones find the connection with no stream slot.
+    for (let i = 0; i < 3; i++) {
+      const started = Date.now();
+      const r = await http1(
+        port,
+        "GET /x HTTP/1.1\r\nHost: hostile.default.mesh\r\nConnection: close\r\n\r\n",
+        5000,
+      );
+      assert.match(r.text, /^HTTP\/1\.1 50[234] /, `no answer in ${Date.now() - started} ms`);
+    }
+    assert.equal(streams, 0);
+  }, { backend: { maxConcurrentStreams: 0 }, responseTimeoutMs: 300 });
+});

@@ -491,12 +491,30 @@ export class H2Connection {
 
   /**
    * Client: opens a stream with request headers `fields`; waits for a slot when the peer's
-   * MAX_CONCURRENT_STREAMS is reached. Throws an {@linkcode H2Error} (REFUSED_STREAM: nothing
-   * was sent) when the connection cannot take new streams.
+   * MAX_CONCURRENT_STREAMS is reached, for `waitMs` at most. Throws an {@linkcode H2Error}
+   * (REFUSED_STREAM: nothing was sent) when the connection cannot take new streams or no slot
+   * came in time (a peer that allows none, or whose streams never end).
    */
-  async request(fields: Fields, end: boolean): Promise<H2Stream> {
+  async request(fields: Fields, end: boolean, waitMs = Infinity): Promise<H2Stream> {
+    const deadline = Date.now() + waitMs;
     while (this.#streams.size >= this.#peerMaxStreams && !this.closing) {
-      await new Promise<void>((r) => this.#slotWaiters.push(r));
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new H2Error(
+          `No stream slot within ${waitMs} ms (the peer allows ${this.#peerMaxStreams} at once)`,
+          ERROR.REFUSED_STREAM,
+        );
+      }
+      let wake!: () => void;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((r) => {
+        wake = r;
+        this.#slotWaiters.push(r);
+        if (Number.isFinite(left)) timer = setTimeout(r, left);
+      });
+      clearTimeout(timer);
+      const at = this.#slotWaiters.indexOf(wake);
+      if (at >= 0) this.#slotWaiters.splice(at, 1);
     }
     const s = this.tryRequest(fields, end);
     if (s === null) throw new H2Error("Connection is closing", ERROR.REFUSED_STREAM);
