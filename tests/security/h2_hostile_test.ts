@@ -5,7 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { encodeBlock } from "../../src/proxy/h2/hpack.ts";
-import { DEFAULT_WINDOW, FLAG, FRAME, MAX_WINDOW, SETTING } from "../../src/proxy/h2/frames.ts";
+import {
+  DEFAULT_WINDOW,
+  ERROR,
+  FLAG,
+  FRAME,
+  MAX_WINDOW,
+  SETTING,
+} from "../../src/proxy/h2/frames.ts";
 import type { Fields, H2Stream } from "../../src/proxy/h2/connection.ts";
 import {
   http1,
@@ -347,4 +354,27 @@ Deno.test("NodeProxy answers within the response timeout when an h2c backend all
     }
     assert.equal(streams, 0);
   }, { backend: { maxConcurrentStreams: 0 }, responseTimeoutMs: 300 });
+});
+
+Deno.test("H2Connection keeps the connection when trailers arrive on a stream it has reset", async () => {
+  await withServer((s) => {
+    // Answered before the body came, as meshd answers a request it refuses.
+    s.sendHeaders([[":status", "404"]], true);
+    s.reset(ERROR.NO_ERROR);
+  }, async (port) => {
+    const p = await RawPeer.connect(SERVER_HOST, port);
+    try {
+      await p.send((w) => w.headers(1, encodeBlock(request()), false, 16384));
+      assert.equal(await p.reset(1), "NO_ERROR");
+      // What the client had in flight when the reset came.
+      await p.send((w) => {
+        w.data(1, text("body"), false);
+        w.headers(1, encodeBlock([["x-checksum", "1"]]), true, 16384);
+      });
+      await p.alive();
+      assert.ok(!p.seen.some((f) => f.type === FRAME.GOAWAY), p.describe());
+    } finally {
+      p.close();
+    }
+  });
 });

@@ -432,6 +432,11 @@ export class H2Connection {
   /** The peer's GOAWAY last stream ID. */
   #peerLast = Infinity;
   #ended = false;
+  /**
+   * Server: the last streams we reset before the peer had ended them, oldest first. Trailers
+   * the peer had in flight on them are dropped, not taken for a stream opened out of order.
+   */
+  #resetByUs: number[] = [];
   /** Streams of other connections and the window owed to them, in pairs (`_giveBack`). */
   #owed: (H2Stream | number)[] = [];
   /** The backlog below which window is given back at once: a quarter of `maxBacklog`. */
@@ -657,6 +662,10 @@ export class H2Connection {
   /** @internal */
   _reset(s: H2Stream, code: number): void {
     if (this.#ended) return;
+    if (!this.#client && !s.remoteEnded) {
+      this.#resetByUs.push(s.id);
+      if (this.#resetByUs.length > 128) this.#resetByUs.shift();
+    }
     this.#out.rstStream(s.id, code);
     this.#schedule();
   }
@@ -1047,6 +1056,12 @@ export class H2Connection {
         throw new H2Error("HEADERS on a stream we did not open", ERROR.PROTOCOL_ERROR);
       }
       return; // a stream we reset
+    }
+    if (id <= this.#lastStream && this.#resetByUs.includes(id)) {
+      // §5.1: frames on a stream we reset are ignored (the block was decoded all the same, to
+      // keep the HPACK table in step).
+      this.#chargeControl("HEADERS on a reset stream");
+      return;
     }
     // Server: a new stream. §5.1.1: client streams are odd and increasing.
     if (id % 2 === 0 || id <= this.#lastStream) {
