@@ -8,12 +8,14 @@ import { encodeBlock } from "../../src/proxy/h2/hpack.ts";
 import {
   DEFAULT_WINDOW,
   ERROR,
+  errorName,
   FLAG,
   FRAME,
+  FrameWriter,
   MAX_WINDOW,
   SETTING,
 } from "../../src/proxy/h2/frames.ts";
-import type { Fields, H2Stream } from "../../src/proxy/h2/connection.ts";
+import { type Fields, H2Connection, type H2Stream } from "../../src/proxy/h2/connection.ts";
 import {
   http1,
   RawPeer,
@@ -373,6 +375,48 @@ Deno.test("H2Connection keeps the connection when trailers arrive on a stream it
       });
       await p.alive();
       assert.ok(!p.seen.some((f) => f.type === FRAME.GOAWAY), p.describe());
+    } finally {
+      p.close();
+    }
+  });
+});
+
+Deno.test("H2Connection as a client ends the connection with PROTOCOL_ERROR when a server sends ENABLE_PUSH 1", async () => {
+  // RFC 9113 §6.5.2: a server must not send 1; a client that gets it treats it as a
+  // connection error. (A client may send 1 to a server: that is allowed, and checked below.)
+  const listener = Deno.listen({ hostname: SERVER_HOST, port: 0 });
+  try {
+    const accepted = listener.accept();
+    let closedWith = -2;
+    const tcp = await Deno.connect({ hostname: SERVER_HOST, port: listener.addr.port });
+    const client = new H2Connection(tcp, {
+      role: "client",
+      onClose: (e) => closedWith = e?.code ?? -1,
+    });
+    const server = await accepted;
+    try {
+      const w = new FrameWriter();
+      w.settings([[SETTING.ENABLE_PUSH, 1]]);
+      await server.write(w.buf.subarray(0, w.len));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([client.done, new Promise((r) => timer = setTimeout(r, 3000))]);
+      clearTimeout(timer);
+      assert.equal(closedWith === -2 ? "still open" : errorName(closedWith), "PROTOCOL_ERROR");
+    } finally {
+      client.destroy();
+      server.close();
+    }
+  } finally {
+    listener.close();
+  }
+});
+
+Deno.test("H2Connection as a server takes ENABLE_PUSH 1 from a client", async () => {
+  await withServer((s) => s.sendHeaders([[":status", "200"]], true), async (port) => {
+    const p = await RawPeer.connect(SERVER_HOST, port, [[SETTING.ENABLE_PUSH, 1]]);
+    try {
+      await p.send((w) => w.headers(1, encodeBlock(request([], "GET")), true, 16384));
+      assert.ok(await p.until((f) => f.type === FRAME.HEADERS && f.stream === 1), p.describe());
     } finally {
       p.close();
     }

@@ -1127,7 +1127,10 @@ export class H2Connection {
       const v = ((p[i + 2]! << 24) | (p[i + 3]! << 16) | (p[i + 4]! << 8) | p[i + 5]!) >>> 0;
       switch (id) {
         case SETTING.ENABLE_PUSH:
-          if (v > 1) throw new H2Error(`ENABLE_PUSH ${v}`, ERROR.PROTOCOL_ERROR);
+          // §6.5.2: 0 or 1, and a server never sends 1.
+          if (v > 1 || (v === 1 && this.#client)) {
+            throw new H2Error(`ENABLE_PUSH ${v}`, ERROR.PROTOCOL_ERROR);
+          }
           break;
         case SETTING.MAX_CONCURRENT_STREAMS:
           this.#peerMaxStreams = v;
