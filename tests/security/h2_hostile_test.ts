@@ -298,7 +298,12 @@ for (const c of BAD_TRAILERS) {
   });
 }
 
-Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its windows wide and never reads", async () => {
+/**
+ * How many bytes an endless response's backend manages to send through meshd to a client that
+ * sent `settings` and `connWindow` more connection window and then reads nothing (it stops
+ * when the backend makes no progress for a second, or at 160 MiB).
+ */
+async function sentToNonReader(settings: [number, number][], connWindow: number): Promise<number> {
   const total = 160 * 1024 * 1024;
   let sent = 0;
   let closed = false;
@@ -311,13 +316,10 @@ Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its 
       sent += chunk.length;
     }
   }, async (port) => {
-    const p = await RawPeer.connect("127.0.69.1", port, [[
-      SETTING.INITIAL_WINDOW_SIZE,
-      MAX_WINDOW,
-    ]]);
+    const p = await RawPeer.connect("127.0.69.1", port, settings);
     try {
       await p.send((w) => {
-        w.windowUpdate(0, MAX_WINDOW - DEFAULT_WINDOW);
+        if (connWindow > 0) w.windowUpdate(0, connWindow);
         w.headers(1, encodeBlock(request([], "GET")), true, 16384);
       });
       // Never read: what the backend managed to send is what meshd and the sockets hold.
@@ -330,14 +332,30 @@ Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its 
         last = sent;
         if (still >= 10) break; // no progress for a second: the backend is held back
       }
-      assert.ok(
-        sent < 48 * 1024 * 1024,
-        `the backend sent ${(sent / 2 ** 20).toFixed(1)} MiB to a client that reads nothing`,
-      );
     } finally {
       p.close();
     }
   });
+  return sent;
+}
+
+Deno.test("NodeProxy holds a bounded amount for an HTTP/2 client that opens its windows wide and never reads", async () => {
+  const sent = await sentToNonReader(
+    [[SETTING.INITIAL_WINDOW_SIZE, MAX_WINDOW]],
+    MAX_WINDOW - DEFAULT_WINDOW,
+  );
+  assert.ok(
+    sent < 48 * 1024 * 1024,
+    `the backend sent ${(sent / 2 ** 20).toFixed(1)} MiB to a client that reads nothing`,
+  );
+});
+
+Deno.test("NodeProxy holds about one stream window for an HTTP/2 client whose window stays 0", async () => {
+  const sent = await sentToNonReader([[SETTING.INITIAL_WINDOW_SIZE, 0]], 0);
+  assert.ok(
+    sent <= 1024 * 1024,
+    `the backend sent ${(sent / 2 ** 20).toFixed(1)} MiB to a client that allows nothing`,
+  );
 });
 
 Deno.test("NodeProxy answers within the response timeout when an h2c backend allows no stream at all", async () => {
