@@ -4,6 +4,10 @@
  * HTTP/2 clients behind meshd.
  */
 import assert from "node:assert/strict";
+import http2 from "node:http2";
+import { Logger } from "../../src/observability/mod.ts";
+import { NodeProxy } from "../../src/proxy/mod.ts";
+import { endpoint, meshConfig } from "../testenv/mesh.ts";
 import { encodeBlock } from "../../src/proxy/h2/hpack.ts";
 import {
   DEFAULT_WINDOW,
@@ -17,6 +21,7 @@ import {
 } from "../../src/proxy/h2/frames.ts";
 import { type Fields, H2Connection, type H2Stream } from "../../src/proxy/h2/connection.ts";
 import {
+  BACKEND_HOST,
   http1,
   RawPeer,
   request,
@@ -26,6 +31,7 @@ import {
 } from "./_h2_hostile_env.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
+const quiet = new Logger({ level: "error", write: () => {} });
 
 /** A handler that takes what comes and records it, answering nothing. */
 function recorder(got: { data: number; ended: boolean; opened: number }) {
@@ -439,4 +445,66 @@ Deno.test("H2Connection as a server takes ENABLE_PUSH 1 from a client", async ()
       p.close();
     }
   });
+});
+
+Deno.test("NodeProxy holds a bounded amount of a request body for an h2c backend that opens its windows wide and never reads", async () => {
+  // The backend: SETTINGS and WINDOW_UPDATE that allow 2^31-1 bytes, then no read at all.
+  const listener = Deno.listen({ hostname: BACKEND_HOST, port: 0 });
+  const conns: Deno.Conn[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      const w = new FrameWriter();
+      w.settings([[SETTING.INITIAL_WINDOW_SIZE, MAX_WINDOW]]);
+      w.windowUpdate(0, MAX_WINDOW - DEFAULT_WINDOW);
+      await conn.write(w.buf.subarray(0, w.len)).catch(() => {});
+    }
+  })().catch(() => {});
+  const proxy = new NodeProxy({ hostname: "127.0.69.1", httpPort: 0, logger: quiet });
+  await proxy.start();
+  const total = 160 * 1024 * 1024;
+  let written = 0;
+  try {
+    await proxy.apply(meshConfig([{
+      name: "hostile",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint(BACKEND_HOST, listener.addr.port)] }],
+    }]));
+    const client = http2.connect(`http://${proxy.httpAddress}`);
+    client.on("error", () => {});
+    try {
+      const req = client.request({
+        ":method": "POST",
+        ":path": "/upload",
+        ":authority": "hostile.default.mesh",
+      });
+      req.on("error", () => {});
+      const chunk = new Uint8Array(64 * 1024);
+      // Writes as fast as HTTP/2 flow control lets it; stops when a second brings no progress.
+      const deadline = Date.now() + 20_000;
+      while (written < total && Date.now() < deadline && !req.destroyed) {
+        const done = new Promise<boolean>((r) => req.write(chunk, (e) => r(!e)));
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const ok = await Promise.race([
+          done,
+          new Promise<false>((r) => timer = setTimeout(() => r(false), 1000)),
+        ]);
+        clearTimeout(timer);
+        if (!ok) break;
+        written += chunk.length;
+      }
+      req.destroy();
+    } finally {
+      client.destroy();
+    }
+  } finally {
+    await proxy.stop();
+    listener.close();
+    for (const c of conns) c.close();
+    await serving;
+  }
+  assert.ok(
+    written < 48 * 1024 * 1024,
+    `the client wrote ${(written / 2 ** 20).toFixed(1)} MiB to a backend that reads nothing`,
+  );
 });
