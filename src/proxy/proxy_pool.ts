@@ -70,6 +70,33 @@ interface Slot {
   /** When it last died, and how many times in a row it died soon after a start. */
   failures: number;
   startedAt: number;
+  /** Its metrics as last reported, kept when it dies. */
+  reported: FamilySnapshot[] | null;
+}
+
+/** Summed series by family name, then by labels. */
+type Retired = Map<string, { f: FamilySnapshot; series: Map<string, FamilySnapshot["series"][0]> }>;
+
+/**
+ * Adds the counters and histograms of `set` (a dead worker's last report) to `into`; gauges and
+ * states are what is open now, so a dead worker's are dropped.
+ */
+function retire(into: Retired, set: readonly FamilySnapshot[]): void {
+  for (const f of set) {
+    if (f.type === "gauge" || f.merge === "max") continue;
+    let have = into.get(f.name);
+    if (!have) into.set(f.name, have = { f, series: new Map() });
+    for (const [labels, value, buckets, sum] of f.series) {
+      const s = have.series.get(labels);
+      if (!s) {
+        have.series.set(labels, [labels, value, buckets && [...buckets], sum]);
+        continue;
+      }
+      s[1] += value;
+      if (sum !== undefined) s[3] = (s[3] ?? 0) + sum;
+      if (s[2] && buckets) { for (let i = 0; i < s[2].length; i++) s[2][i]! += buckets[i] ?? 0; }
+    }
+  }
 }
 
 /** The first wait before a dead worker is started again; it doubles up to 5 s. */
@@ -116,6 +143,11 @@ export class ProxyPool {
   #stopping = false;
   #draining = false;
   readonly #timers = new Set<ReturnType<typeof setTimeout>>();
+  /**
+   * The counters of workers that died, as they last reported them: a worker started again
+   * counts from 0, and without these the sums /metrics shows would go back.
+   */
+  readonly #retired: Retired = new Map();
 
   constructor(options: ProxyPoolOptions) {
     if (!(Number.isSafeInteger(options.workers) && options.workers >= 2)) {
@@ -129,6 +161,7 @@ export class ProxyPool {
       pending: new Map(),
       failures: 0,
       startedAt: 0,
+      reported: null,
     }));
     this.registry.collect(
       "meshd_proxy_workers",
@@ -221,6 +254,8 @@ export class ProxyPool {
     worker.terminate();
     slot.worker = null;
     slot.state = null;
+    if (slot.reported) retire(this.#retired, slot.reported);
+    slot.reported = null;
     for (const p of slot.pending.values()) {
       p.reject(new ProxyWorkerError(`proxy worker ${slot.index} died: ${why}`));
     }
@@ -382,17 +417,25 @@ export class ProxyPool {
     return n;
   }
 
-  /** `/metrics`: this pool's own families, then the workers' summed over the workers. */
+  /**
+   * `/metrics`: this pool's own families, then the workers' summed over the workers, with the
+   * counters of workers that died as they last reported them (so no sum goes back).
+   */
   async metrics(): Promise<string> {
     const sets = await Promise.allSettled(
       this.#slots.filter((s) => s.worker !== null).map((s) =>
-        this.#call(s, { t: "metrics" }).then((r) => r.metrics ?? [])
+        this.#call(s, { t: "metrics" }).then((r) => s.reported = r.metrics ?? [])
       ),
     );
     const own = this.registry.render();
-    return own + renderSnapshots(
-      sets.filter((r) => r.status === "fulfilled").map((r) => r.value),
-    );
+    const retired: FamilySnapshot[] = [];
+    for (const { f, series } of this.#retired.values()) {
+      retired.push({ ...f, series: [...series.values()] });
+    }
+    return own + renderSnapshots([
+      ...sets.filter((r) => r.status === "fulfilled").map((r) => r.value),
+      retired,
+    ]);
   }
 
   /** Every worker stops accepting, as {@linkcode NodeProxy.drain}; no worker is restarted. */
