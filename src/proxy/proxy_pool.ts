@@ -24,6 +24,11 @@ export interface ProxyPoolOptions {
   udpWaitMs?: number;
   /** The worker's module; a test seam. Default `proxy_worker.ts` beside this file. */
   entry?: URL;
+  /**
+   * A worker that has not answered a message within this time is taken for dead: ended and
+   * started again (a busy loop would otherwise hold up every config and /metrics). Default 30 s.
+   */
+  callTimeoutMs?: number;
 }
 
 /** A message to a proxy worker. */
@@ -66,7 +71,14 @@ interface Slot {
   index: number;
   worker: Worker | null;
   state: WorkerState | null;
-  pending: Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>;
+  pending: Map<
+    number,
+    {
+      resolve: (r: Reply) => void;
+      reject: (e: Error) => void;
+      timer: ReturnType<typeof setTimeout>;
+    }
+  >;
   /** When it last died, and how many times in a row it died soon after a start. */
   failures: number;
   startedAt: number;
@@ -232,6 +244,7 @@ export class ProxyPool {
     const p = slot.pending.get(r.id!);
     if (!p) return;
     slot.pending.delete(r.id!);
+    clearTimeout(p.timer);
     if (r.t === "ok") p.resolve(r);
     else p.reject(new ProxyWorkerError(r.message ?? "unknown error"));
   }
@@ -242,8 +255,13 @@ export class ProxyPool {
       return Promise.reject(new ProxyWorkerError(`proxy worker ${slot.index} is not running`));
     }
     const id = this.#nextId++;
+    const ms = this.#opts.callTimeoutMs ?? 30_000;
     return new Promise((resolve, reject) => {
-      slot.pending.set(id, { resolve, reject });
+      const timer = setTimeout(
+        () => this.#died(slot, worker, `it did not answer "${msg.t}" within ${ms} ms`),
+        ms,
+      );
+      slot.pending.set(id, { resolve, reject, timer });
       worker.postMessage({ ...msg, id });
     });
   }
@@ -257,6 +275,7 @@ export class ProxyPool {
     if (slot.reported) retire(this.#retired, slot.reported);
     slot.reported = null;
     for (const p of slot.pending.values()) {
+      clearTimeout(p.timer);
       p.reject(new ProxyWorkerError(`proxy worker ${slot.index} died: ${why}`));
     }
     slot.pending.clear();
@@ -467,6 +486,11 @@ export class ProxyPool {
       s.worker?.terminate();
       s.worker = null;
       s.state = null;
+      for (const p of s.pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new ProxyWorkerError(`proxy worker ${s.index} was stopped`));
+      }
+      s.pending.clear();
     }
   }
 }

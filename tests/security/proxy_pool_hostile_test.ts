@@ -58,3 +58,21 @@ Deno.test("ProxyPool.metrics() keeps a summed counter from going back when a wor
     await p.stop();
   }
 });
+
+Deno.test("ProxyPool ends a worker that stops answering, fails the apply, and starts the worker again", async () => {
+  const p = pool({ callTimeoutMs: 500 });
+  try {
+    await p.start();
+    await p.apply(config(1));
+    const started = Date.now();
+    await assert.rejects(() => p.apply(config(77)), /proxy worker 1 died: .*500 ms/);
+    assert.ok(Date.now() - started < 5000, `the apply took ${Date.now() - started} ms`);
+    await waitUntil("worker 1 back on version 1", () => p.version === 1);
+    // /metrics answers with both workers again.
+    assert.equal(value(await p.metrics(), "meshd_test_open_connections"), 2);
+    await p.apply(config(2));
+    assert.equal(p.version, 2);
+  } finally {
+    await p.stop();
+  }
+});
