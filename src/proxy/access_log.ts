@@ -146,7 +146,22 @@ function hostPort(host: string, port: number): string {
 function jsonLine(fields: [string, string | number | undefined][]): string {
   const o: Record<string, string | number> = {};
   for (const [k, v] of fields) if (v !== undefined) o[k] = v;
-  return JSON.stringify(o) + "\n";
+  return escapeBreaks(JSON.stringify(o)) + "\n";
+}
+
+/**
+ * What JSON.stringify leaves as it is but a reader may act on: DEL and the C1 controls (NEL
+ * ends a line for Unicode-aware splitters, CSI, OSC and DCS start terminal sequences), and the
+ * line and paragraph separators. A client's bytes reach them as Latin-1 characters.
+ */
+// deno-lint-ignore no-control-regex -- these are the characters escaped
+const BREAKS = /[\x7f-\x9f\u2028\u2029]/g;
+
+/** `json` (a JSON text) with {@linkcode BREAKS} written as \u escapes. */
+function escapeBreaks(json: string): string {
+  BREAKS.lastIndex = 0;
+  if (!BREAKS.test(json)) return json;
+  return json.replace(BREAKS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 function logfmtLine(fields: [string, string | number | undefined][]): string {
@@ -162,8 +177,8 @@ function logfmtLine(fields: [string, string | number | undefined][]): string {
 /** A logfmt value: bare when it has no space, quote, `=` or control byte; else quoted. */
 function logfmtValue(v: string): string {
   // deno-lint-ignore no-control-regex -- a control byte must be quoted (escaped)
-  if (v !== "" && !/[\s"=\\\x00-\x1f\x7f]/.test(v)) return v;
-  return JSON.stringify(v);
+  if (v !== "" && !/[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]/.test(v)) return v;
+  return escapeBreaks(JSON.stringify(v));
 }
 
 /** The `reason` of a refusal or failure meshd answered itself. */
