@@ -154,7 +154,6 @@ function jsonLine(fields: [string, string | number | undefined][]): string {
  * ends a line for Unicode-aware splitters, CSI, OSC and DCS start terminal sequences), and the
  * line and paragraph separators. A client's bytes reach them as Latin-1 characters.
  */
-// deno-lint-ignore no-control-regex -- these are the characters escaped
 const BREAKS = /[\x7f-\x9f\u2028\u2029]/g;
 
 /** `json` (a JSON text) with {@linkcode BREAKS} written as \u escapes. */
