@@ -8,11 +8,30 @@ export class KubeApiError extends Error {
   readonly reason: string;
 
   constructor(message: string, status: number, reason = "") {
-    super(message);
+    super(oneLine(message));
     this.name = "KubeApiError";
     this.status = status;
     this.reason = reason;
   }
+}
+
+// deno-lint-ignore no-control-regex -- the characters a terminal acts on
+const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+
+/**
+ * `text` (which may hold a server's or a file's words) as one line for an error: line breaks
+ * and the whitespace around them as one space, other control characters (a terminal's escapes)
+ * as `\xNN`, and at most 400 characters.
+ */
+export function oneLine(text: string): string {
+  let s = text.trim().replace(/\s*[\r\n]+\s*/g, " ");
+  s = s.replace(CONTROL, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  return s.length > 400 ? `${s.slice(0, 400)}...` : s;
+}
+
+/** Whether `signal` was aborted by its time running out (not by its owner). */
+function timedOut(signal: AbortSignal): boolean {
+  return signal.reason instanceof DOMException && signal.reason.name === "TimeoutError";
 }
 
 /** A raw object as the API returns it. */
@@ -42,7 +61,9 @@ export function loadKubeConfig(
     else kc.loadFromDefault();
   } catch (e) {
     const from = path ? `"${path}"` : "the Pod's ServiceAccount or the default kubeconfig";
-    throw new Error(`Cannot load Kubernetes credentials from ${from}: ${(e as Error).message}`);
+    throw new Error(
+      oneLine(`Cannot load Kubernetes credentials from ${from}: ${(e as Error).message}`),
+    );
   }
   if (!kc.getCurrentCluster()) {
     throw new Error(
@@ -179,9 +200,13 @@ export class KubeApi {
         signal,
       });
     } catch (e) {
-      if (signal.aborted) throw e;
+      if (signal.aborted && !timedOut(signal)) throw e;
       throw new KubeApiError(
-        `${method} ${path}: cannot reach the API server at ${this.server}: ${(e as Error).message}`,
+        signal.aborted
+          ? `${method} ${path}: the API server at ${this.server} did not answer in time`
+          : `${method} ${path}: cannot reach the API server at ${this.server}: ${
+            (e as Error).message
+          }`,
         0,
       );
     }
@@ -200,7 +225,13 @@ export class KubeApi {
     const timeout = AbortSignal.timeout(options.timeoutMs ?? 15_000);
     const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
     const res = await this.#fetch(method, path, body, options.contentType, signal);
-    const text = await res.text();
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (e) {
+      if (signal.aborted && !timedOut(signal)) throw e;
+      throw new KubeApiError(`${method} ${path}: ${(e as Error).message}`, 0);
+    }
     let parsed: RawObject = {};
     try {
       parsed = text ? JSON.parse(text) : {};
