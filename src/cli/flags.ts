@@ -113,6 +113,9 @@ export function parseFlags(
   return { values, positionals, help };
 }
 
+/** The longest timer: 2^31-1 ms, just over 596 hours. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function convert(spec: FlagSpec, v: string, from: string): FlagValue {
   const bad = (expected: string): never => {
     throw new UsageError(`Invalid value "${v}" for ${from}: expected ${expected}`);
@@ -144,6 +147,8 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(v.trim());
       const ms = m ? Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2]!]! : NaN;
       if (!m || !(ms >= 1) || !Number.isFinite(ms)) bad("a duration such as 500ms, 5s, 2m or 1h");
+      // A timer longer than 2^31-1 ms fires at once (it is set to 1 ms).
+      if (Math.round(ms) > MAX_TIMER_MS) bad("a duration of at most 596h (2^31-1 ms)");
       return Math.round(ms);
     }
     case "bool":

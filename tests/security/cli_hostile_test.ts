@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { issueCert, makeCa } from "../testenv/tls.ts";
 import { freePort } from "../testenv/process.ts";
+import { parseFlags } from "../../src/cli/flags.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 const HOST = "127.0.69.50";
@@ -158,4 +159,36 @@ Deno.test("meshd status exits 1 with one clean line for a kubeconfig that is bin
   } finally {
     await Deno.remove(file);
   }
+});
+
+// A timer of more than 2^31-1 ms fires at once (Deno sets it to 1 ms), so a duration flag
+// above that did the opposite of what it said: --tcp-idle-timeout 600h closed every connection
+// as idle at once, and check --wait 99999999999h never ended.
+for (
+  const argv of [
+    ["check", "--wait", "99999999999h"],
+    ["check", "--wait", "597h"],
+    ["stat", "--window", "2147483648ms"],
+    ["run", "--tcp-idle-timeout", "600h"],
+  ]
+) {
+  Deno.test(`meshd ${argv.join(" ")} is a usage error (exit 2, one line)`, async () => {
+    const r = await meshd(argv);
+    assert.equal(r.code, 2, `exit ${r.code}:\n${r.err}`);
+    assert.equal(r.err.trim().split("\n").length, 1, r.err);
+    assert.match(r.err, /at most 596h/, r.err);
+  });
+}
+
+Deno.test("parseFlags() takes a duration up to 2^31-1 ms", () => {
+  const spec = [{ name: "wait", kind: "duration" as const, help: "" }];
+  assert.equal(parseFlags(["--wait", "596h"], spec, () => undefined).values["wait"], 2_145_600_000);
+  assert.equal(
+    parseFlags(["--wait", "2147483647ms"], spec, () => undefined).values["wait"],
+    2 ** 31 - 1,
+  );
+  assert.throws(
+    () => parseFlags(["--wait", "2147483648ms"], spec, () => undefined),
+    /at most 596h/,
+  );
 });
