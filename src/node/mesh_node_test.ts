@@ -3,7 +3,7 @@ import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { type AppliedConfig, ConfigStore } from "./config_store.ts";
 import { MeshNode } from "./mesh_node.ts";
-import { meshConfig } from "../../tests/testenv/mesh.ts";
+import { meshConfig } from "../topology/_testing.ts";
 
 /** A store whose writes wait until the test lets them go: a slow disk. */
 class SlowStore extends ConfigStore {

@@ -20,7 +20,7 @@ import { compareServices } from "../../src/distribution/config_delta.ts";
 import { createLeaderIdentity, DistributionServer } from "../../src/distribution/mod.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import type { MeshConfig } from "../../src/topology/mod.ts";
-import { endpoint, meshConfig, type ServiceSpec } from "../testenv/mesh.ts";
+import { endpoint, meshConfig, type ServiceSpec } from "../../src/topology/_testing.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIM = new URL("./sim_agents.ts", import.meta.url).pathname;

@@ -15,7 +15,7 @@ import { NodeProxy } from "../../src/proxy/mod.ts";
 import { ConfigStore, MeshNode } from "../../src/node/mod.ts";
 import type { MeshConfig, MeshService } from "../../src/topology/mod.ts";
 import { compareServices } from "../../src/distribution/config_delta.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(name);

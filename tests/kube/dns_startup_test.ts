@@ -6,9 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { ZONE_STORE_FORMAT } from "../../src/node/zone_store.ts";
-import { dig } from "../testenv/dig.ts";
+import { dig } from "../../src/dns/_testing.ts";
 import { Child, freePort, waitFor } from "../testenv/process.ts";
-import { makePki } from "../testenv/tls.ts";
+import { makePki } from "../../src/proxy/_testing_tls.ts";
 
 const HOST = "127.0.61.1";
 

@@ -10,7 +10,7 @@
  * @module
  */
 import { Child, cmdline, freePort, isAlive, sweepOrphanedChildren, waitFor } from "./process.ts";
-import { issueCert, makeCa, openssl } from "./tls.ts";
+import { issueCert, makeCa, openssl } from "../../src/proxy/_testing_tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** Every folder, network namespace and cgroup a run creates starts with this. */

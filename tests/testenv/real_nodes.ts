@@ -32,7 +32,7 @@
 import { PREFIX, type TestCluster } from "./cluster.ts";
 import { NetnsAgent, sh } from "./netns_mesh.ts";
 import { Child, freePort, isAlive, waitFor } from "./process.ts";
-import { issueCert } from "./tls.ts";
+import { issueCert } from "../../src/proxy/_testing_tls.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 const NODE_SH = `${ROOT}/tests/testenv/nodes/node.sh`;

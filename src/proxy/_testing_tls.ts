@@ -1,4 +1,9 @@
-/** Test certificates made with openssl: a throwaway CA and a server certificate it signed. */
+/**
+ * Test certificates made with openssl: a throwaway CA and a server certificate it signed. For
+ * tests only (the proxy's unit tests and the harness): nothing in meshd imports it.
+ *
+ * @module
+ */
 
 /** PEM text of a CA certificate and of a server key pair it signed. */
 export interface TestPki {
