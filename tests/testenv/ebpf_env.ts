@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { findCgroup2 } from "../../src/datapath/mod.ts";
 import { PREFIX, removeLeftovers } from "./cluster.ts";
 import { sh } from "./netns_mesh.ts";
 import { timeScale } from "./process.ts";
@@ -15,8 +16,7 @@ let counter = 0;
 
 /** The cgroup v2 mount point, or an error saying the tier cannot run. */
 export function cgroup2Mount(): string {
-  const m = Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) => l.split(" "))
-    .find((f) => f[2] === "cgroup2")?.[1];
+  const m = findCgroup2();
   if (!m) throw new Error("no cgroup v2 hierarchy mounted: the eBPF tier needs one");
   return m;
 }
