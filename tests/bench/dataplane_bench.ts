@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_MESHD_RUN, MESHD_V8_FLAGS } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -74,24 +74,8 @@ interface Measure {
   note?: string;
 }
 
-async function run(
-  cmd: string,
-  args: string[],
-  timeoutMs: number,
-  cwd?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped", stdin: "null" })
-    .spawn();
-  const timer = setTimeout(() => {
-    try {
-      p.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, timeoutMs);
-  const out = await p.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (cmd: string, args: string[], timeoutMs: number, cwd?: string) =>
+  runToEnd(cmd, args, { cwd, timeoutMs });
 
 // ---- load generators ----
 

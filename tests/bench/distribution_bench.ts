@@ -20,7 +20,7 @@
 import { serverSideApply, TestCluster } from "../testenv/cluster.ts";
 import { applyManifests, kustomizationObjects, meshdKubeconfig } from "../testenv/manifests.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
-import { waitFor } from "../testenv/process.ts";
+import { Child, waitFor } from "../testenv/process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIM = new URL("./sim_agents.ts", import.meta.url).pathname;
@@ -79,8 +79,7 @@ function parseArgs(argv: string[]): Args {
 
 /** One process of simulated agents. */
 class SimProcess {
-  readonly #proc: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #child: Child;
   /** Every version all of its agents applied: epoch/version to the last apply time. */
   readonly done = new Map<string, { version: number; epoch: string; last: number }>();
   readonly errors: string[] = [];
@@ -88,30 +87,19 @@ class SimProcess {
 
   constructor(prefix: string, count: number, leader: unknown, token: string) {
     this.count = count;
-    this.#proc = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", `--config=${ROOT}deno.json`, SIM],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#writer = this.#proc.stdin.getWriter();
-    this.#writer.write(
-      new TextEncoder().encode(JSON.stringify({ prefix, count, leader, token }) + "\n"),
-    );
-    this.#read(this.#proc.stdout, (l) => {
-      const r = JSON.parse(l) as { epoch: string; version: number; last: number };
-      this.done.set(`${r.epoch}/${r.version}`, r);
+    this.#child = new Child(prefix, ["run", "--allow-all", `--config=${ROOT}deno.json`, SIM], {
+      stdin: true,
+      onLine: (l, stream) => {
+        if (!l) return;
+        if (stream === "stderr") {
+          this.errors.push(l);
+          return;
+        }
+        const r = JSON.parse(l) as { epoch: string; version: number; last: number };
+        this.done.set(`${r.epoch}/${r.version}`, r);
+      },
     });
-    this.#read(this.#proc.stderr, (l) => this.errors.push(l));
-  }
-
-  async #read(s: ReadableStream<Uint8Array>, on: (line: string) => void): Promise<void> {
-    let rest = "";
-    for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      parts.filter(Boolean).forEach(on);
-    }
+    this.#child.write(JSON.stringify({ prefix, count, leader, token }) + "\n");
   }
 
   /** When all its agents had applied `version` of `epoch` or a later one; undefined before. */
@@ -126,14 +114,8 @@ class SimProcess {
   }
 
   async stop(): Promise<void> {
-    await this.#writer.close().catch(() => {});
-    const t = setTimeout(() => {
-      try {
-        this.#proc.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 10_000);
-    await this.#proc.status;
-    clearTimeout(t);
+    await this.#child.closeStdin();
+    await this.#child.wait(10_000);
   }
 }
 

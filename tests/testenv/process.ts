@@ -7,7 +7,7 @@
  */
 
 export { freePort, timeScale, waitFor } from "../../src/_testing.ts";
-import { waitFor } from "../../src/_testing.ts";
+import { timeScale, waitFor } from "../../src/_testing.ts";
 
 /** Whether process `pid` exists. */
 export function isAlive(pid: number): boolean {
@@ -81,32 +81,54 @@ function recordChild(pid: number, argv: string[]): void {
   });
 }
 
-/** A child process (deno itself, or `command`) whose output lines are collected. */
+/** How a {@linkcode Child} is started. */
+export interface ChildOptions {
+  cwd?: string;
+  /** Added to the environment, after `NO_COLOR=1`. */
+  env?: Record<string, string>;
+  /** The program; default Deno itself. */
+  command?: string;
+  /** Keep stdin open for {@linkcode Child.write} (default: stdin is /dev/null). */
+  stdin?: boolean;
+  /** `null`: stdout goes to /dev/null, unread and unkept (default: kept). */
+  stdout?: "piped" | "null";
+  /** Called with each output line as it arrives, after it is kept. */
+  onLine?: (line: string, stream: "stdout" | "stderr") => void;
+}
+
+/**
+ * A child process (deno itself, or `command`): the one process class of the harness. Its
+ * output lines are kept, per stream and together; it is recorded so that a crashed test
+ * process's children are stopped by the next one, and stopped only by its PID.
+ */
 export class Child {
   readonly name: string;
+  /** Every output line, stdout and stderr, in the order they came. */
   readonly lines: string[] = [];
+  readonly stdout: string[] = [];
+  readonly stderr: string[] = [];
   readonly #proc: Deno.ChildProcess;
   readonly #drained: Promise<void>;
+  readonly #onLine: ChildOptions["onLine"];
+  #writer: WritableStreamDefaultWriter<Uint8Array> | null = null;
 
-  constructor(
-    name: string,
-    args: string[],
-    options: { cwd?: string; env?: Record<string, string>; command?: string } = {},
-  ) {
+  constructor(name: string, args: string[], options: ChildOptions = {}) {
     this.name = name;
+    this.#onLine = options.onLine;
     const command = options.command ?? Deno.execPath();
     this.#proc = new Deno.Command(command, {
       args,
       cwd: options.cwd,
       env: { NO_COLOR: "1", ...options.env },
-      stdin: "null",
-      stdout: "piped",
+      stdin: options.stdin ? "piped" : "null",
+      stdout: options.stdout ?? "piped",
       stderr: "piped",
     }).spawn();
     recordChild(this.#proc.pid, [command, ...args]);
+    if (options.stdin) this.#writer = this.#proc.stdin.getWriter();
     this.#drained = Promise.all([
-      this.#collect(this.#proc.stdout),
-      this.#collect(this.#proc.stderr),
+      options.stdout === "null" ? undefined : this.#collect(this.#proc.stdout, "stdout"),
+      this.#collect(this.#proc.stderr, "stderr"),
     ])
       .then(() => {});
   }
@@ -115,30 +137,89 @@ export class Child {
     return this.#proc.pid;
   }
 
-  async #collect(stream: ReadableStream<Uint8Array>): Promise<void> {
+  /** Resolves when the process exits (its output may still be arriving). */
+  get status(): Promise<Deno.CommandStatus> {
+    return this.#proc.status;
+  }
+
+  async #collect(stream: ReadableStream<Uint8Array>, which: "stdout" | "stderr"): Promise<void> {
     let rest = "";
+    const keep = (line: string) => {
+      this.lines.push(line);
+      this[which].push(line);
+      this.#onLine?.(line, which);
+    };
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       const parts = (rest + chunk).split("\n");
       rest = parts.pop()!;
-      this.lines.push(...parts);
+      parts.forEach(keep);
     }
-    if (rest) this.lines.push(rest);
+    if (rest) keep(rest);
   }
 
-  /** Whether the process has exited. */
+  /** Writes `text` to stdin (started with `stdin: true`). */
+  async write(text: string): Promise<void> {
+    if (!this.#writer) throw new Error(`${this.name}: stdin is not open`);
+    await this.#writer.write(new TextEncoder().encode(text));
+  }
+
+  /** Closes stdin (programs that wait on it finish). */
+  async closeStdin(): Promise<void> {
+    await this.#writer?.close().catch(() => {});
+    this.#writer = null;
+  }
+
+  /** Whether the process has exited; resolves once it has and its output is all in. */
   async exited(): Promise<Deno.CommandStatus> {
     const s = await this.#proc.status;
     await this.#drained;
     return s;
   }
 
+  /** Sends `signal` to this process, by its PID; nothing when it is gone. */
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.#proc.kill(signal);
+    } catch { /* already gone */ }
+  }
+
+  /** Waits for the exit, sending SIGKILL after `killAfterMs` (times {@linkcode timeScale}). */
+  async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs * timeScale());
+    try {
+      return await this.exited();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Sends SIGTERM to this process (by its PID) and waits for it to end. */
   async stop(): Promise<Deno.CommandStatus> {
-    try {
-      this.#proc.kill("SIGTERM");
-    } catch { /* already gone */ }
+    this.kill("SIGTERM");
     return await this.exited();
   }
+
+  /** The last non-empty stdout line, parsed as JSON. */
+  last<T>(): T {
+    return JSON.parse(this.stdout.filter(Boolean).at(-1) ?? "null") as T;
+  }
+}
+
+/**
+ * Runs `command` to its end as a {@linkcode Child}, killing it after `timeoutMs` (times
+ * {@linkcode timeScale}); its exit code and its output, line by line.
+ */
+export async function runToEnd(
+  command: string,
+  args: string[],
+  options: { cwd?: string; timeoutMs: number },
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const c = new Child(command.slice(command.lastIndexOf("/") + 1), args, {
+    command,
+    cwd: options.cwd,
+  });
+  const st = await c.wait(options.timeoutMs);
+  return { code: st.code, stdout: c.stdout.join("\n"), stderr: c.stderr.join("\n") };
 }
 
 /** Resolves once a TCP connect to `hostname:port` succeeds. */
