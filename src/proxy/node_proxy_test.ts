@@ -10,7 +10,7 @@ import { parseBreakerExpression } from "../topology/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { field, type HttpBackend, httpBackend, RawClient, rawRequest, sha256 } from "./_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
-import { makePki } from "./_testing_tls.ts";
+import { makePki } from "../_testing_tls.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 

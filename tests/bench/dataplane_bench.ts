@@ -12,7 +12,7 @@
  * @module
  */
 import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN, MESHD_V8_FLAGS } from "../testenv/meshd.ts";
+import { FILE_PERMISSIONS, MESHD_V8_FLAGS, spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 /** The loopback address everything binds and connects to (`--host`). */
@@ -335,8 +335,8 @@ async function heapUsed(apiPort: number): Promise<number> {
 
 async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  const meshd = new Child("meshd", [
-    ...FILE_MESHD_RUN.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a),
+  const deno = FILE_PERMISSIONS.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a);
+  const meshd = spawnMeshd([
     "--config-dir",
     configDir,
     "--proxy-address",
@@ -355,7 +355,7 @@ async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
     String(workers),
     "--log-format",
     "json",
-  ]);
+  ], { deno });
   try {
     await waitFor("meshd ready", async () => {
       const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);

@@ -16,7 +16,7 @@
  */
 import http2 from "node:http2";
 import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 // MESHD_BENCH_HOST moves the run to another loopback address (one per concurrent session).
@@ -277,8 +277,7 @@ async function main(): Promise<void> {
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(backendPort));
     const [api, tcp, udp] = [freePort(HOST), freePort(HOST), freePort(HOST)];
     const meshd = start(
-      new Child("meshd", [
-        ...FILE_MESHD_RUN,
+      spawnMeshd([
         "--config-dir",
         configDir,
         "--proxy-address",

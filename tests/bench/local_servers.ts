@@ -7,6 +7,7 @@
  */
 import type { EbpfEnv } from "../testenv/ebpf_env.ts";
 import { type Child, waitFor } from "../testenv/process.ts";
+import { spawnMeshd as spawnTheMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
@@ -176,16 +177,12 @@ export function spawnMeshd(
   flags: string[],
   o: { inCgroup?: boolean } = {},
 ): Child {
-  return env.spawn(Deno.execPath(), [
-    "run",
-    "--allow-all",
-    `${ROOT}main.ts`,
-    "run",
+  return spawnTheMeshd([
     `--config-dir=${configDir}`,
     "--proxy-address=127.0.0.1",
     "--log-level=warn",
     ...flags,
-  ], o);
+  ], { deno: ["--allow-all"], via: env, inCgroup: o.inCgroup });
 }
 
 /** Waits (30 s at most) until `GET /` to host:port with that Host header answers 200. */

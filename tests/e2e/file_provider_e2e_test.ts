@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -160,8 +160,7 @@ async function startMesh(): Promise<{ mesh: Mesh; stop: () => Promise<void> }> {
     const http = freePort();
     const apiPort = freePort();
     const tcpFirst = freePort();
-    const meshd = new Child("meshd", [
-      ...FILE_MESHD_RUN,
+    const meshd = spawnMeshd([
       "--provider=file",
       "--config-dir",
       dir,

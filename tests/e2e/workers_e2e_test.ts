@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 import { countSockets } from "../../src/node/successor.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -129,12 +130,7 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
     const tcp = freePort(MESHD_IP);
     const udp = freePort(MESHD_IP);
     const api = freePort();
-    const meshd = new Child("meshd", [
-      "run",
-      "--unstable-net",
-      "--allow-all",
-      `${ROOT}main.ts`,
-      "run",
+    const meshd = spawnMeshd([
       "--config-dir",
       dir,
       "--proxy-address",
@@ -151,7 +147,7 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
       "2",
       "--log-format",
       "json",
-    ]);
+    ], { deno: ["--unstable-net", "--allow-all"] });
     children.push(meshd);
     await waitFor("meshd to be ready", async () => {
       const r = await fetch(`http://127.0.0.1:${api}/readyz`).catch(() => null);

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { EbpfEnv } from "../testenv/ebpf_env.ts";
 import { type Child, timeScale, waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 import { BpfCallError, Libbpf } from "../../ffi/libbpf.ts";
 import {
   type DatapathEntry,
@@ -64,11 +65,7 @@ const MESH = [
 ].join("---\n");
 
 function startMeshd(env: EbpfEnv, dir: string, extra: string[]): Child {
-  return env.spawn(Deno.execPath(), [
-    "run",
-    ...MESHD_PERMS,
-    `${ROOT}main.ts`,
-    "run",
+  return spawnMeshd([
     `--config-dir=${dir}`,
     "--proxy-address=127.0.0.1",
     "--http-port=5000",
@@ -77,7 +74,7 @@ function startMeshd(env: EbpfEnv, dir: string, extra: string[]): Child {
     `--bpffs=${env.bpffs}`,
     "--log-format=json",
     ...extra,
-  ]);
+  ], { deno: MESHD_PERMS, via: env });
 }
 
 const logs = (m: Child) =>

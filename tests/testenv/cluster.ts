@@ -10,7 +10,7 @@
  * @module
  */
 import { Child, cmdline, freePort, isAlive, sweepOrphanedChildren, waitFor } from "./process.ts";
-import { issueCert, makeCa, openssl } from "../../src/proxy/_testing_tls.ts";
+import { issueCert, makeCa, openssl } from "../../src/_testing_tls.ts";
 import { findCgroup2 } from "../../src/datapath/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");

@@ -32,7 +32,7 @@
 import { PREFIX, type TestCluster } from "./cluster.ts";
 import { NetnsAgent, sh } from "./netns_mesh.ts";
 import { Child, freePort, isAlive, waitFor } from "./process.ts";
-import { issueCert } from "../../src/proxy/_testing_tls.ts";
+import { issueCert } from "../../src/_testing_tls.ts";
 import { findCgroup2, mountsOfType } from "../../src/datapath/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
