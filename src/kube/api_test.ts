@@ -62,6 +62,16 @@ function stream(chunks: string[]): Response {
   );
 }
 
+/** What `watch()` of pods rejected with: a KubeApiError's message, status and reason. */
+async function watchFailure(
+  api: KubeApi,
+  resourceVersion: string,
+): Promise<{ message: string; status: number; reason: string }> {
+  const err = await api.watch("/api/v1/pods", resourceVersion, () => {}).then(() => null, (e) => e);
+  assert.ok(err instanceof KubeApiError, `expected a KubeApiError, got ${err}`);
+  return { message: err.message, status: err.status, reason: err.reason };
+}
+
 const pod = (name: string) => ({ kind: "Pod", metadata: { name, resourceVersion: "7" } });
 
 Deno.test("KubeApi.watch() delivers each event in order, a line split across chunks included", async () => {
@@ -105,11 +115,11 @@ Deno.test("KubeApi.watch() rejects with the Status of an ERROR event (410 Gone)"
     },
   };
   await withApiServer(() => stream([JSON.stringify(gone) + "\n"]), async (api) => {
-    const err = await api.watch("/api/v1/pods", "5", () => {}).then(() => null, (e) => e);
-    assert.ok(err instanceof KubeApiError, String(err));
-    assert.equal(err.message, "watch /api/v1/pods: too old resource version: 5 (9)");
-    assert.equal(err.status, 410);
-    assert.equal(err.reason, "Expired");
+    assert.deepEqual(await watchFailure(api, "5"), {
+      message: "watch /api/v1/pods: too old resource version: 5 (9)",
+      status: 410,
+      reason: "Expired",
+    });
   });
 });
 
@@ -118,19 +128,18 @@ Deno.test("KubeApi.watch() rejects with the server's status and message when it 
   await withApiServer(
     () => Response.json(forbidden, { status: 403, statusText: "Forbidden" }),
     async (api) => {
-      const err = await api.watch("/api/v1/pods", "", () => {}).then(() => null, (e) => e);
-      assert.ok(err instanceof KubeApiError, String(err));
-      assert.equal(err.message, 'watch /api/v1/pods: 403 pods is forbidden: User "x"');
-      assert.equal(err.status, 403);
-      assert.equal(err.reason, "Forbidden");
+      assert.deepEqual(await watchFailure(api, ""), {
+        message: 'watch /api/v1/pods: 403 pods is forbidden: User "x"',
+        status: 403,
+        reason: "Forbidden",
+      });
     },
   );
 });
 
 Deno.test("KubeApi.watch() rejects a line that is not JSON as a bad event", async () => {
   await withApiServer(() => stream(["{not json\n"]), async (api) => {
-    const err = await api.watch("/api/v1/pods", "1", () => {}).then(() => null, (e) => e);
-    assert.ok(err instanceof KubeApiError, String(err));
+    const err = await watchFailure(api, "1");
     assert.match(err.message, /^watch \/api\/v1\/pods: bad event: SyntaxError/);
     assert.equal(err.status, 0);
   });

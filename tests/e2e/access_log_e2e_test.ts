@@ -4,8 +4,8 @@
  * `meshd.io/access-log: "false"` is left out, and the request id meshd added is the one logged.
  */
 import assert from "node:assert/strict";
-import { type Child, freePort, waitFor } from "../testenv/process.ts";
-import { spawnMeshd } from "../testenv/meshd.ts";
+import { freePort, waitFor } from "../testenv/process.ts";
+import { type FileMeshd, startFileMeshd } from "../testenv/meshd.ts";
 import { endpointSlice, pod, service, yamlDocs } from "../testenv/objects.ts";
 
 // Addresses of this file's own.
@@ -47,8 +47,7 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
     { hostname: BACKEND, port: bport, onListen: () => {} },
     (req) => new Response(`id=${req.headers.get("x-request-id")}\n`),
   );
-  const ports = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  let proc: Child | null = null;
+  let meshd: FileMeshd | null = null;
   try {
     await Deno.writeTextFile(
       `${dir}/mesh.yaml`,
@@ -60,31 +59,12 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
         endpointSlice("al", "quiet", "quiet-a", bport, [{ ip: BACKEND, pod: "web-0" }]),
       ),
     );
-    proc = spawnMeshd([
-      "--config-dir",
-      dir,
-      "--http-port",
-      String(ports.http),
-      "--api-port",
-      String(ports.api),
-      "--tcp-ports",
-      `${ports.tcp}-${ports.tcp}`,
-      "--udp-ports",
-      `${ports.udp}-${ports.udp}`,
-      "--access-log",
-      "logfmt",
-      "--request-id",
-    ]);
-    const { stdout, stderr } = proc;
-    await waitFor("meshd to be ready", async () => {
-      const r = await fetch(`http://127.0.0.1:${ports.api}/readyz`).catch(() => null);
-      await r?.body?.cancel();
-      return r?.status === 200 ? true : undefined;
-    }, 30_000);
+    meshd = await startFileMeshd(dir, ["--access-log", "logfmt", "--request-id"]);
+    const { stdout, stderr } = meshd.child;
 
-    const quiet = await get(ports.http, "quiet.al.mesh", "/");
+    const quiet = await get(meshd.http, "quiet.al.mesh", "/");
     assert.equal(quiet.status, 200, quiet.body);
-    const r = await get(ports.http, "web.al.mesh", "/hello?x=1");
+    const r = await get(meshd.http, "web.al.mesh", "/hello?x=1");
     assert.equal(r.status, 200, r.body);
     const id = /^id=(.*)$/m.exec(r.body)?.[1] ?? "";
     assert.match(id, /^[0-9a-f-]{36}$/, r.body);
@@ -109,7 +89,7 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
     assert.ok(stderr.some((l) => l.includes("meshd starting")), stderr.join("\n"));
     assert.ok(!stderr.some((l) => l.includes("protocol=http")), stderr.join("\n"));
   } finally {
-    await proc?.stop();
+    await meshd?.child.stop();
     await backend.shutdown();
     await Deno.remove(dir, { recursive: true });
   }
