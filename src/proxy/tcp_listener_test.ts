@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { freePort, waitFor } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
