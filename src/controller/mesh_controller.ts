@@ -1,7 +1,6 @@
 import type { ConfigRef, DistributionServer, StampedConfig } from "../distribution/mod.ts";
 import type { Logger, Registry } from "../observability/mod.ts";
-import type { LoadResult } from "../provider/mod.ts";
-import type { MeshConfig } from "../topology/mod.ts";
+import type { LoadResult, MeshConfig } from "../topology/mod.ts";
 
 /** A running watch of the objects the config is built from. */
 export interface ObjectWatch {

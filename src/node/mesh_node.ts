@@ -1,11 +1,11 @@
 import type { ApiSource, Logger } from "../observability/mod.ts";
-import type { LoadResult } from "../provider/mod.ts";
 import type { DataPlane } from "../proxy/mod.ts";
 import type { AppliedConfig, ConfigStore } from "./config_store.ts";
 import {
   compileMeshConfig,
   type CompileOptions,
   describeSource,
+  type LoadResult,
   type MeshConfig,
   unreadableObjects,
 } from "../topology/mod.ts";

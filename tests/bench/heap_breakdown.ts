@@ -9,12 +9,8 @@
  * @module
  */
 import { meshYaml } from "./dataplane_bench.ts";
-import {
-  decodeDecodedFile,
-  encodeDecodedFile,
-  type LoadResult,
-  ObjectLoader,
-} from "../../src/provider/mod.ts";
+import { decodeDecodedFile, encodeDecodedFile, ObjectLoader } from "../../src/provider/mod.ts";
+import type { LoadResult } from "../../src/topology/mod.ts";
 import { decodeFile } from "../../src/provider/decode_file.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
