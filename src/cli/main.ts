@@ -14,6 +14,7 @@ import { decodeFiles, FileProvider, ObjectLoader, readConfigFiles } from "../pro
 import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
 import { availableCpus, type DataPlane, NodeProxy, ProxyPool } from "../proxy/mod.ts";
 import {
+  LocalController,
   MeshController,
   SHADOW_SELECTOR,
   shadowDnsEntries,
@@ -732,16 +733,18 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     const leaseKey = `${values["mesh-namespace"]}/${values["lease-name"]}`;
     const leaseHolder = () =>
       kubeCfg && leaseWatch ? kubeCfg.kube.leaseHolderOf(leaseWatch.items.get(leaseKey)) : null;
+    const nodeLog = logger.with({ room: "node" });
     const node = new MeshNode({
       proxy,
-      logger: logger.with({ room: "node" }),
-      compile: compileOptions(values),
+      logger: nodeLog,
+      registry: proxy.registry,
       store,
       datapath: fastPath,
       nodes: kubeCfg
         ? () => ({ leader: leaseHolder()?.identity ?? null, ...controller?.report() })
         : undefined,
     });
+    registerProcessMetrics(proxy.registry);
     const serve = async (
       name: "api" | "health" | "metrics",
       what: string,
@@ -837,10 +840,15 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       });
     };
     if (!kubeCfg) {
+      const local = new LocalController({
+        agent: node,
+        compile: compileOptions(values),
+        logger: nodeLog,
+      });
       provider = new FileProvider({
         dir: dir!,
         logger: logger.with({ room: "provider" }),
-        onLoad: (r) => node.load(r),
+        onLoad: (r) => local.load(r),
         limits: configLimits(values),
       });
       await provider.start();
@@ -1015,7 +1023,9 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
       server: distServer,
       registry: proxy.registry,
       seed: () => node.current(),
-      compile: (r, previous) => node.compile(r, previous),
+      compile: compileOptions(values),
+      inputLogger: nodeLog,
+      onInput: (r) => node.reportInput(r),
       onConfig: (c) => void shadows?.update(c),
       watch: (onLoad) => {
         const p = new k.KubeProvider({
@@ -1200,5 +1210,23 @@ function registerNodeMetrics(registry: Registry, client: DistributionClient): vo
     "Config streams this node opened to a leader.",
     [],
     () => [[[], client.stats.connects]],
+  );
+}
+
+/** The process's memory, on `/metrics`. */
+function registerProcessMetrics(registry: Registry): void {
+  registry.collect(
+    "meshd_process_memory_bytes",
+    "Memory of the meshd process: rss, heap_total, heap_used, external.",
+    ["kind"],
+    () => {
+      const m = Deno.memoryUsage();
+      return [
+        [["rss"], m.rss],
+        [["heap_total"], m.heapTotal],
+        [["heap_used"], m.heapUsed],
+        [["external"], m.external],
+      ];
+    },
   );
 }

@@ -47,7 +47,7 @@ Deno.test("MeshNode.apply() does not wait for the disk, and saves the newest con
   const logger = new Logger({ level: "error", write: () => {} });
   const proxy = new NodeProxy({ hostname: "127.0.64.2", httpPort: 0, logger });
   const store = new SlowStore();
-  const node = new MeshNode({ proxy, logger, compile: {}, store });
+  const node = new MeshNode({ proxy, logger, registry: proxy.registry, store });
   try {
     const config = (version: number) =>
       meshConfig([{ name: "web", ports: [{ port: 80 }] }], { version });

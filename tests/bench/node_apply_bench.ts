@@ -93,7 +93,7 @@ try {
   const node = new MeshNode({
     proxy,
     logger,
-    compile: {},
+    registry: proxy.registry,
     store,
   });
   const identities: Record<string, string> = {};
