@@ -1,5 +1,5 @@
 import denoJson from "../../deno.json" with { type: "json" };
-import { ConfigStore, MeshNode, successorBound, ZoneStore } from "../node/mod.ts";
+import { ConfigStore, NodeAgent, successorBound, ZoneStore } from "../node/mod.ts";
 import {
   type ApiServer,
   type LogFormat,
@@ -734,7 +734,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
     const leaseHolder = () =>
       kubeCfg && leaseWatch ? kubeCfg.kube.leaseHolderOf(leaseWatch.items.get(leaseKey)) : null;
     const nodeLog = logger.with({ room: "node" });
-    const node = new MeshNode({
+    const node = new NodeAgent({
       proxy,
       logger: nodeLog,
       registry: proxy.registry,

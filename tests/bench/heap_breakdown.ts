@@ -14,7 +14,7 @@ import type { LoadResult } from "../../src/topology/mod.ts";
 import { decodeFile } from "../../src/provider/decode_file.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { MeshNode } from "../../src/node/mod.ts";
+import { NodeAgent } from "../../src/node/mod.ts";
 import { compileLoad } from "../../src/controller/mod.ts";
 import { freePort } from "../testenv/process.ts";
 
@@ -58,7 +58,7 @@ async function once(): Promise<Record<string, number>> {
   await proxy.start();
   const [t, u] = [freePort(), freePort()];
   const compile = { tcpPorts: { first: t, last: t }, udpPorts: { first: u, last: u } };
-  const node = new MeshNode({ proxy, logger, registry: proxy.registry });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry });
   step("proxy and node, empty");
   // The reading thread's answer, as the serving thread receives it (structured clone).
   const text = meshYaml({ http: 8080, tcp: 8081, udp: 8082 }, services - 4);

@@ -3,8 +3,8 @@ import type { DataPlane } from "../proxy/mod.ts";
 import type { AppliedConfig, ConfigStore } from "./config_store.ts";
 import type { ConfigError, MeshConfig } from "../topology/mod.ts";
 
-/** Options for {@linkcode MeshNode}. */
-export interface MeshNodeOptions {
+/** Options for {@linkcode NodeAgent}. */
+export interface NodeAgentOptions {
   /** The node proxy, or the pool of proxy workers. */
   proxy: DataPlane;
   logger: Logger;
@@ -47,8 +47,8 @@ interface Problem {
  * to the proxy and the eBPF maps, and reports the node's state to the API. Applies are
  * serialised, so configs reach the proxy in order.
  */
-export class MeshNode implements ApiSource {
-  readonly #opts: MeshNodeOptions;
+export class NodeAgent implements ApiSource {
+  readonly #opts: NodeAgentOptions;
   #config: MeshConfig | null = null;
   #epoch = "";
   #source: ConfigSource | null = null;
@@ -61,7 +61,7 @@ export class MeshNode implements ApiSource {
   #errors: Problem[] = [];
   #warnings: string[] = [];
 
-  constructor(options: MeshNodeOptions) {
+  constructor(options: NodeAgentOptions) {
     this.#opts = options;
     options.registry.collect(
       "meshd_config_version",
@@ -101,7 +101,7 @@ export class MeshNode implements ApiSource {
   /**
    * Applies a config to the data plane, whole: the proxy switches to the new routes in one
    * step, or throws and keeps the old ones (and this node keeps reporting the old version).
-   * Then saves it in the background, when a store is set ({@linkcode MeshNode.flush} waits for
+   * Then saves it in the background, when a store is set ({@linkcode NodeAgent.flush} waits for
    * the save). Applies run one at a time, in order.
    */
   apply(
