@@ -19,6 +19,18 @@ export interface DnsFeedOptions {
   /** Reconciles the shadow Services with the config. */
   resync: () => void;
   logger: Logger;
+  /** Runs `fn` after `ms`; a test seam (default `setTimeout`). */
+  schedule?: (fn: () => void, ms: number) => Timer;
+}
+
+/** A task {@linkcode DnsFeedOptions.schedule} set. */
+export interface Timer {
+  cancel(): void;
+}
+
+function schedule(fn: () => void, ms: number): Timer {
+  const id = setTimeout(fn, ms);
+  return { cancel: () => clearTimeout(id) };
 }
 
 /** How long a burst of shadow Service changes is gathered before the zone is rebuilt. */
@@ -44,11 +56,13 @@ export const RESYNC_BATCH_MS = 100;
 export class DnsFeed {
   readonly #o: DnsFeedOptions;
   #fed = false;
-  #zoneTimer: ReturnType<typeof setTimeout> | undefined;
-  #resyncTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #schedule: (fn: () => void, ms: number) => Timer;
+  #zoneTimer: Timer | undefined;
+  #resyncTimer: Timer | undefined;
 
   constructor(options: DnsFeedOptions) {
     this.#o = options;
+    this.#schedule = options.schedule ?? schedule;
   }
 
   /**
@@ -81,7 +95,7 @@ export class DnsFeed {
     // arriving, or someone else's edit), it looks again, so nothing waits for the next
     // config. A burst of changes makes one pass.
     if (this.#o.isLeader() && this.#resyncTimer === undefined) {
-      this.#resyncTimer = setTimeout(() => {
+      this.#resyncTimer = this.#schedule(() => {
         this.#resyncTimer = undefined;
         this.#o.resync();
       }, RESYNC_BATCH_MS);
@@ -90,8 +104,8 @@ export class DnsFeed {
 
   /** Stops both timers and waits for the names to be saved. */
   async stop(): Promise<void> {
-    clearTimeout(this.#zoneTimer);
-    clearTimeout(this.#resyncTimer);
+    this.#zoneTimer?.cancel();
+    this.#resyncTimer?.cancel();
     this.#zoneTimer = this.#resyncTimer = undefined;
     await this.#o.store?.flush();
   }
@@ -99,7 +113,7 @@ export class DnsFeed {
   #feedZone(): void {
     const { zone, logger } = this.#o;
     if (!zone || this.#zoneTimer !== undefined) return;
-    this.#zoneTimer = setTimeout(() => {
+    this.#zoneTimer = this.#schedule(() => {
       this.#zoneTimer = undefined;
       const entries = this.#o.names();
       zone.replace(entries);
