@@ -8,12 +8,13 @@ import {
 } from "../controller/mod.ts";
 // Only types here: the kube room (and @kubernetes/client-node with it) loads on demand, so the
 // file provider needs neither it nor the permissions it asks for.
-import type { KubeApi, LeaderElector, Reflector } from "../kube/mod.ts";
+import type { KubeApi, LeaderElector, RawObject, Reflector } from "../kube/mod.ts";
 // Types only as well: the distribution room brings grpc-js, which reads GRPC_* variables as it
 // loads, so it is imported in kube mode alone.
 import type {
   DistributionClient,
   DistributionServer,
+  LeaderAddress,
   LeaderIdentity,
 } from "../distribution/mod.ts";
 import { DnsServer, type MeshDnsEntry, MeshZone } from "../dns/mod.ts";
@@ -113,16 +114,14 @@ export interface KubeModeOptions {
  * first, so another pod takes over at once.
  */
 export function kubeMode(ctx: RunContext, setup: KubeSetup, o: KubeModeOptions): Assembly {
-  const { config, logger } = ctx;
-  const k = config.kube;
+  const { logger } = ctx;
   let election: Election | null = null;
-  let leaseWatch: Reflector | null = null;
-  let client: DistributionClient | null = null;
   const isLeader = () => election?.isLeader ?? false;
+  const lease = watchLease(ctx, setup, () => leader.changed());
   const leader = new LeaderLookup({
-    lease: () => leaseWatch?.items.get(`${k.meshNamespace}/${k.leaseName}`),
+    lease: lease.get,
     holderOf: setup.kube.leaseHolderOf,
-    onChange: (now) => client?.leaderChanged(now),
+    onChange: (now) => client.leaderChanged(now),
     logger,
   });
   const node = nodeServices(ctx, {
@@ -134,34 +133,12 @@ export function kubeMode(ctx: RunContext, setup: KubeSetup, o: KubeModeOptions):
   });
   const dns = new MeshDns(ctx, setup, node, isLeader);
   const stream = new ConfigStream(ctx, setup);
-  const leaseService: Service = {
-    name: "the Lease's watch",
-    start: () => {
-      leaseWatch = new setup.kube.Reflector({
-        api: setup.kapi,
-        path: `/apis/coordination.k8s.io/v1/namespaces/${k.meshNamespace}/leases`,
-        apiVersion: "coordination.k8s.io/v1",
-        kind: "Lease",
-        fieldSelector: `metadata.name=${k.leaseName}`,
-        logger: logger.with({ room: "node" }),
-        onChange: () => leader.changed(),
-      });
-      leaseWatch.start();
-    },
-    stop: () => leaseWatch?.stop(),
-  };
-  const clientService: Service = {
-    name: "the config stream from the leader",
-    start: () => {
-      const dc = client = newClient(ctx, setup, stream, node, {
-        leader: () => leader.address(),
-        leading: () => election?.leading ?? false,
-      });
-      registerNodeMetrics(ctx.registry, dc);
-      dc.start();
-    },
-    stop: () => client?.stop(),
-  };
+  const client = new LeaderClient(ctx, setup, {
+    stream,
+    node,
+    leader,
+    leading: () => election?.leading ?? false,
+  });
   const electionService: Service = {
     name: "the controller's election",
     start: () => {
@@ -178,8 +155,8 @@ export function kubeMode(ctx: RunContext, setup: KubeSetup, o: KubeModeOptions):
       dns.responder,
       dns.shadowWatch,
       stream,
-      leaseService,
-      clientService,
+      lease.service,
+      client,
       electionService,
     ],
     node,
@@ -482,23 +459,83 @@ class Election {
   }
 }
 
-/** This node's stream from whoever holds the Lease (to its own controller, the secret). */
-function newClient(
+/** The watch of the Lease the controllers elect on: who leads, and where. */
+function watchLease(
   ctx: RunContext,
   setup: KubeSetup,
-  stream: ConfigStream,
-  node: NodeServices,
-  o: { leader: () => ReturnType<LeaderLookup["address"]>; leading: () => boolean },
-): DistributionClient {
-  const tokenFile = ctx.config.distribution.tokenFile;
-  return new stream.dist!.DistributionClient({
-    node: setup.identity,
-    leader: () => Promise.resolve(o.leader()),
-    token: () => o.leading() ? Promise.resolve(stream.selfToken) : nodeToken(tokenFile, setup.kapi),
-    current: () => node.agent.current(),
-    apply: (c) => node.agent.apply(c, "leader"),
-    logger: ctx.logger.with({ room: "node" }),
-  });
+  onChange: () => void,
+): { service: Service; get: () => RawObject | undefined } {
+  const k = ctx.config.kube;
+  let watch: Reflector | null = null;
+  const service: Service = {
+    name: "the Lease's watch",
+    start: () => {
+      watch = new setup.kube.Reflector({
+        api: setup.kapi,
+        path: `/apis/coordination.k8s.io/v1/namespaces/${k.meshNamespace}/leases`,
+        apiVersion: "coordination.k8s.io/v1",
+        kind: "Lease",
+        fieldSelector: `metadata.name=${k.leaseName}`,
+        logger: ctx.logger.with({ room: "node" }),
+        onChange,
+      });
+      watch.start();
+    },
+    stop: () => watch?.stop(),
+  };
+  return { service, get: () => watch?.items.get(`${k.meshNamespace}/${k.leaseName}`) };
+}
+
+/** What {@linkcode LeaderClient} uses. */
+interface LeaderClientParts {
+  stream: ConfigStream;
+  node: NodeServices;
+  leader: LeaderLookup;
+  /** Whether this pod's controller leads now. */
+  leading: () => boolean;
+}
+
+/**
+ * This node's config stream from whoever holds the Lease, the leader's own node too (to its
+ * own controller, with the secret only this process knows).
+ */
+class LeaderClient implements Service {
+  readonly name = "this node's config stream from the leader";
+  readonly #ctx: RunContext;
+  readonly #setup: KubeSetup;
+  readonly #o: LeaderClientParts;
+  #client: DistributionClient | null = null;
+
+  constructor(ctx: RunContext, setup: KubeSetup, o: LeaderClientParts) {
+    this.#ctx = ctx;
+    this.#setup = setup;
+    this.#o = o;
+  }
+
+  start(): void {
+    const { stream, node, leader, leading } = this.#o;
+    const tokenFile = this.#ctx.config.distribution.tokenFile;
+    const kapi = this.#setup.kapi;
+    const client = this.#client = new stream.dist!.DistributionClient({
+      node: this.#setup.identity,
+      leader: () => Promise.resolve(leader.address()),
+      token: () => leading() ? Promise.resolve(stream.selfToken) : nodeToken(tokenFile, kapi),
+      current: () => node.agent.current(),
+      apply: (c) => node.agent.apply(c, "leader"),
+      logger: this.#ctx.logger.with({ room: "node" }),
+    });
+    registerNodeMetrics(this.#ctx.registry, client);
+    client.start();
+  }
+
+  stop(): Promise<void> | undefined {
+    return this.#client?.stop();
+  }
+
+  /** The Lease says the leader moved. */
+  leaderChanged(now: LeaderAddress | null): void {
+    this.#client?.leaderChanged(now);
+  }
 }
 
 /** The token this node proves itself with: the token file, else the kubeconfig's token. */
