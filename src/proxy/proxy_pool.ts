@@ -24,6 +24,8 @@ export interface ProxyPoolOptions {
   udpWaitMs?: number;
   /** The worker's module; a test seam. Default `proxy_worker.ts` beside this file. */
   entry?: URL;
+  /** Where the pool's own metrics go, and what `/metrics` renders first; a new one if absent. */
+  registry?: Registry;
 }
 
 /** A message to a proxy worker. */
@@ -108,7 +110,7 @@ export class ProxyWorkerError extends Error {
 export class ProxyPool {
   readonly #opts: ProxyPoolOptions;
   readonly #slots: Slot[];
-  readonly registry: Registry = new Registry();
+  readonly registry: Registry;
   readonly #restarts;
   #nextId = 1;
   #config: MeshConfig | null = null;
@@ -122,6 +124,7 @@ export class ProxyPool {
       throw new RangeError(`A proxy pool takes 2 workers or more, not ${options.workers}`);
     }
     this.#opts = options;
+    this.registry = options.registry ?? new Registry();
     this.#slots = Array.from({ length: options.workers }, (_, index) => ({
       index,
       worker: null,

@@ -14,6 +14,7 @@
 export * from "./objects.ts";
 export * from "./errors.ts";
 export * from "./mesh_config.ts";
+export type { LoadResult } from "./load_result.ts";
 export { ANNOTATION_PREFIXES, MAX_RETRY_ATTEMPTS, parseServiceAnnotations } from "./annotations.ts";
 export type { AnnotationProblem, AnnotationResult } from "./annotations.ts";
 export {

@@ -1,21 +1,15 @@
-import type { ApiSource, Logger } from "../observability/mod.ts";
-import type { LoadResult } from "../provider/mod.ts";
+import type { ApiSource, Logger, Registry } from "../observability/mod.ts";
 import type { DataPlane } from "../proxy/mod.ts";
 import type { AppliedConfig, ConfigStore } from "./config_store.ts";
-import {
-  compileMeshConfig,
-  type CompileOptions,
-  describeSource,
-  type MeshConfig,
-  unreadableObjects,
-} from "../topology/mod.ts";
+import type { ConfigError, MeshConfig } from "../topology/mod.ts";
 
-/** Options for {@linkcode MeshNode}. */
-export interface MeshNodeOptions {
+/** Options for {@linkcode NodeAgent}. */
+export interface NodeAgentOptions {
   /** The node proxy, or the pool of proxy workers. */
   proxy: DataPlane;
   logger: Logger;
-  compile: CompileOptions;
+  /** Where its metrics go: meshd's one registry, which the proxy's are in too. */
+  registry: Registry;
   /** Called after each new config reached the proxy. */
   onApplied?: (config: MeshConfig) => void;
   /** Where each applied config is saved, to route from at the next start. */
@@ -49,11 +43,12 @@ interface Problem {
 }
 
 /**
- * One node of the mesh: takes each load of objects, compiles the MeshConfig, applies it to the
- * proxy and answers the API. Applies are serialised, so configs reach the proxy in order.
+ * The node agent: applies each MeshConfig (from this pod's controller, the leader or the disk)
+ * to the proxy and the eBPF maps, and reports the node's state to the API. Applies are
+ * serialised, so configs reach the proxy in order.
  */
-export class MeshNode implements ApiSource {
-  readonly #opts: MeshNodeOptions;
+export class NodeAgent implements ApiSource {
+  readonly #opts: NodeAgentOptions;
   #config: MeshConfig | null = null;
   #epoch = "";
   #source: ConfigSource | null = null;
@@ -66,28 +61,13 @@ export class MeshNode implements ApiSource {
   #errors: Problem[] = [];
   #warnings: string[] = [];
 
-  constructor(options: MeshNodeOptions) {
+  constructor(options: NodeAgentOptions) {
     this.#opts = options;
-    const registry = options.proxy.registry;
-    registry.collect(
+    options.registry.collect(
       "meshd_config_version",
       "Version of the MeshConfig the proxy routes by.",
       [],
       () => [[[], options.proxy.version]],
-    );
-    registry.collect(
-      "meshd_process_memory_bytes",
-      "Memory of the meshd process: rss, heap_total, heap_used, external.",
-      ["kind"],
-      () => {
-        const m = Deno.memoryUsage();
-        return [
-          [["rss"], m.rss],
-          [["heap_total"], m.heapTotal],
-          [["heap_used"], m.heapUsed],
-          [["external"], m.external],
-        ];
-      },
     );
   }
 
@@ -99,76 +79,29 @@ export class MeshNode implements ApiSource {
   /** `/metrics`: the proxy's (summed over its workers) and the process's. */
   metrics(): string | Promise<string> {
     const proxy = this.#opts.proxy;
-    return proxy.metrics ? proxy.metrics() : proxy.registry.render();
+    return proxy.metrics ? proxy.metrics() : this.#opts.registry.render();
   }
 
-  /** Compiles and applies a load; bad objects were already dropped by the loader. */
-  async load(result: LoadResult): Promise<void> {
-    const started = performance.now();
-    let config: MeshConfig;
-    try {
-      config = this.compile(result, this.#config);
-    } catch (e) {
-      // The loader bounds what reaches the compiler; should it still fail, the config in force
-      // stays and the failure shows where the operator looks, beside the input's errors.
-      const message = `Cannot compile the config: ${(e as Error)?.message ?? String(e)}`;
-      this.#opts.logger.error(message);
-      this.#errors = [...this.#errors, { message }];
-      return;
-    }
-    if (config === this.#config) {
-      this.#opts.logger.debug("config unchanged", { version: config.version });
-      return;
-    }
-    await this.apply({ epoch: "local", config }, "provider", {
-      errors: result.errors.length,
-      // Compiling the objects and switching the proxy to the result.
-      ms: Math.round((performance.now() - started) * 10) / 10,
-    });
-  }
-
-  /**
-   * Compiles a load into the config that follows `previous` (the same object when nothing
-   * changed), logs what is wrong with the objects, and keeps it for `/api/status`.
-   */
-  compile(result: LoadResult, previous: MeshConfig | null): MeshConfig {
-    const log = this.#opts.logger;
-    for (const e of result.errors) {
-      log.error("invalid config", {
-        file: e.source?.file,
-        document: e.source && e.source.doc >= 0 ? e.source.doc + 1 : undefined,
-        field: e.field,
-        error: e.message,
-      });
-    }
-    for (const w of result.warnings) log.warn(w);
-    for (const n of result.notes ?? []) log.debug(n);
-    const { config, diagnostics } = compileMeshConfig(result.objects, {
-      ...this.#opts.compile,
-      previous,
-      unreadable: unreadableObjects(result.errors),
-    });
-    for (const d of diagnostics) {
-      const fields = { object: d.object, source: d.source ? describeSource(d.source) : undefined };
-      log[d.level](d.message, fields);
-    }
-    this.#errors = result.errors.map((e) => ({
+  /** What is wrong with the input of the config in force, for `/api/status`. */
+  reportInput(report: { errors: readonly ConfigError[]; warnings: readonly string[] }): void {
+    this.#errors = report.errors.map((e) => ({
       file: e.source?.file,
       document: e.source && e.source.doc >= 0 ? e.source.doc + 1 : undefined,
       field: e.field,
       message: e.message,
     }));
-    this.#warnings = [
-      ...result.warnings,
-      ...diagnostics.filter((d) => d.level !== "info").map((d) => `${d.object}: ${d.message}`),
-    ];
-    return config;
+    this.#warnings = [...report.warnings];
+  }
+
+  /** A load that could not be compiled: shown beside the input's errors until the next. */
+  reportFailure(message: string): void {
+    this.#errors = [...this.#errors, { message }];
   }
 
   /**
    * Applies a config to the data plane, whole: the proxy switches to the new routes in one
    * step, or throws and keeps the old ones (and this node keeps reporting the old version).
-   * Then saves it in the background, when a store is set ({@linkcode MeshNode.flush} waits for
+   * Then saves it in the background, when a store is set ({@linkcode NodeAgent.flush} waits for
    * the save). Applies run one at a time, in order.
    */
   apply(

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { type AppliedConfig, ConfigStore } from "./config_store.ts";
-import { MeshNode } from "./mesh_node.ts";
+import { NodeAgent } from "./node_agent.ts";
 import { meshConfig } from "../topology/_testing.ts";
 
 /** A store whose writes wait until the test lets them go: a slow disk. */
@@ -43,11 +43,11 @@ async function within<T>(what: string, p: Promise<T>, ms = 5_000): Promise<T> {
   }
 }
 
-Deno.test("MeshNode.apply() does not wait for the disk, and saves the newest config", async () => {
+Deno.test("NodeAgent.apply() does not wait for the disk, and saves the newest config", async () => {
   const logger = new Logger({ level: "error", write: () => {} });
   const proxy = new NodeProxy({ hostname: "127.0.64.2", httpPort: 0, logger });
   const store = new SlowStore();
-  const node = new MeshNode({ proxy, logger, compile: {}, store });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry, store });
   try {
     const config = (version: number) =>
       meshConfig([{ name: "web", ports: [{ port: 80 }] }], { version });
