@@ -139,6 +139,16 @@ export class BufReader {
    * a CRLF CRLF that never comes.
    */
   async readHead(limit: number): Promise<string | null> {
+    const head = await this.readHeadBytes(limit);
+    return head === null ? null : decodeLatin1(head);
+  }
+
+  /**
+   * {@linkcode BufReader.readHead} without decoding: the head's bytes as a view of the buffer,
+   * valid only until the next read from this reader (which may move or overwrite them). A
+   * proxy that forwards the head as it came copies them out before it reads again.
+   */
+  async readHeadBytes(limit: number): Promise<Uint8Array | null> {
     // Bytes from #start already searched; kept relative because #fill may move the data.
     let scanned = 0;
     for (;;) {
@@ -158,7 +168,7 @@ export class BufReader {
         if (i + 1 - this.#start > limit) {
           throw new HttpParseError(`message head is over ${limit} bytes`);
         }
-        const head = decodeLatin1(b.subarray(this.#start, i + 1));
+        const head = b.subarray(this.#start, i + 1);
         this.#start = i + 1;
         return head;
       }
