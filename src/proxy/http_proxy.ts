@@ -602,17 +602,17 @@ export class HttpProxy {
       this.#watch(x, connTokens);
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
       const run = (h2: H2Proxy) =>
-        h2.fromHttp1(
+        h2.fromHttp1({
           req,
-          x.framing,
-          x.reader,
-          this.#clientWriter(client),
-          x.peer,
+          framing: x.framing,
+          reader: x.reader,
+          client: this.#clientWriter(client),
+          peer: x.peer,
           root,
-          x.target,
-          x.candidates,
-          () => this.#sources.get(client)?.gone ?? false,
-        );
+          target: x.target,
+          candidates: x.candidates,
+          gone: () => this.#sources.get(client)?.gone ?? false,
+        });
       return this.#h2Loaded ? run(this.#h2Loaded) : this.#http2().then(run);
     }
     return this.#forward(x, connTokens);
