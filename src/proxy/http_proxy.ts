@@ -635,12 +635,18 @@ export class HttpProxy {
    */
   #backendHead(x: Http1Request, connTokens: string[], upgrade: string | null): Uint8Array {
     const { req, raw } = x;
-    if (x.verbatim && req.minor === 1 && connTokens.length === 0 && !hasSpecial(req.headers)) {
+    // Not for a chunked body, whose Transfer-Encoding requestHead writes again, nor an Upgrade.
+    const drop = x.verbatim && req.minor === 1 && upgrade === null && x.framing.kind !== "chunked"
+      ? dropped(req.headers, connTokens)
+      : null;
+    if (drop !== null) {
       const suffix = this.#suffixOf(x.peer);
       const out = bufferFor(x, raw.length - 2 + suffix.length);
-      out.set(raw.subarray(0, raw.length - 2));
-      out.set(suffix, raw.length - 2);
-      return out;
+      const n = drop === NONE_DROPPED
+        ? (out.set(raw.subarray(0, raw.length - 2)), raw.length - 2)
+        : copyLines(raw, drop, out);
+      out.set(suffix, n);
+      return out.subarray(0, n + suffix.length);
     }
     const head = requestHead(req, x.framing, connTokens, x.peer, upgrade, this.#opts.viaName);
     const out = bufferFor(x, head.length);
@@ -1173,16 +1179,49 @@ function bufferFor(x: Http1Request, length: number): Uint8Array {
 }
 
 /**
- * Whether a head has a field {@linkcode requestHead} removes or edits: hop-by-hop (RFC 9110
- * §7.6.1), X-Forwarded-For or Forwarded.
+ * Which fields a head forwarded as its bytes came must lose: hop-by-hop (RFC 9110 §7.6.1) and
+ * those named in Connection. {@linkcode NONE_DROPPED} when none, and `null` when the head has
+ * X-Forwarded-For or Forwarded, which only {@linkcode requestHead} edits.
  */
-function hasSpecial(headers: MessageHead["headers"]): boolean {
-  for (const [k] of headers) {
-    if (SPECIAL_LENGTH[k.length] !== true) continue;
+function dropped(headers: MessageHead["headers"], connTokens: string[]): boolean[] | null {
+  let drop = NONE_DROPPED;
+  for (let i = 0; i < headers.length; i++) {
+    const k = headers[i]![0];
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) continue;
     const l = k.toLowerCase();
-    if (HOP_BY_HOP.has(l) || l === "x-forwarded-for" || l === "forwarded") return true;
+    // The client's own values are merged with the proxy's by requestHead.
+    if (l === "x-forwarded-for" || l === "forwarded") return null;
+    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) {
+      if (drop === NONE_DROPPED) drop = new Array<boolean>(headers.length).fill(false);
+      drop[i] = true;
+    }
   }
-  return false;
+  return drop;
+}
+
+/** {@linkcode dropped} when the head loses no field. */
+const NONE_DROPPED: boolean[] = [];
+
+/**
+ * Copies a head's request line and its field lines but those `drop` marks (field `i` is line
+ * `i + 1`: a checked head has no folded line) into `out`, without the empty line that ends it.
+ * Returns the bytes written.
+ */
+function copyLines(raw: Uint8Array, drop: boolean[], out: Uint8Array): number {
+  let n = 0;
+  let line = 0;
+  // Each line ends in CRLF: the parser refused a bare CR or LF. The last is the empty line.
+  for (let start = 0; start < raw.length - 2; line++) {
+    let end = start;
+    while (raw[end] !== 10) end++;
+    end++;
+    if (line === 0 || drop[line - 1] !== true) {
+      out.set(raw.subarray(start, end), n);
+      n += end - start;
+    }
+    start = end;
+  }
+  return n;
 }
 
 /** The head sent to a backend for a checked request `req` (exported for the parser fuzzer). */

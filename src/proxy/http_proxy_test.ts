@@ -105,6 +105,22 @@ Deno.test("HttpProxy forwards a request head that needs no edit as it came, plus
           /^GET \/b HTTP\/1\.1\r\nx-first: 1\r\nHost: web\.default\.mesh\r\nx-forwarded-for: /,
         );
         assert.doesNotMatch(backend.heads[1]!, /^te:/im);
+        // Connection and the fields it names go; the other lines stay as they came.
+        await client.request(
+          "GET /c HTTP/1.1\r\nConnection: x-drop, keep-alive\r\nHost: web.default.mesh\r\n" +
+            "X-Drop: 1\r\nKeep-Alive: timeout=5\r\nx-kept:  1\r\n\r\n",
+        );
+        assert.match(
+          backend.heads[2]!,
+          /^GET \/c HTTP\/1\.1\r\nHost: web\.default\.mesh\r\nx-kept:  1\r\nx-forwarded-for: /,
+        );
+        // A chunked body keeps its framing: Transfer-Encoding is written again.
+        await client.request(
+          "POST /d HTTP/1.1\r\nHost: web.default.mesh\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            "2\r\nhi\r\n0\r\n\r\n",
+        );
+        assert.match(backend.heads[3]!, /^POST \/d HTTP\/1\.1\r\n/);
+        assert.match(backend.heads[3]!, /\r\ntransfer-encoding: chunked\r\n/);
       } finally {
         client.close();
       }
