@@ -772,20 +772,35 @@ export class HttpProxy {
    * Ends an exchange whose response was passed on (`complete` when to its end): pools the
    * backend connection when it can carry another request, and says whether the client's can.
    */
-  async #finish(
+  #finish(
     x: Http1Request,
     up: Upstream,
     complete: boolean,
     reusable: boolean,
     closeAfter: boolean,
     status: number,
-  ): Promise<Outcome> {
+  ): Outcome | Promise<Outcome> {
+    // Not async: most requests have no body, and then no promise or closure is made here.
     const bodyDone = x.bodyDone;
-    const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
-    if (complete && requestSent === true && reusable) this.#release(up);
-    else closeQuietly(up.conn);
+    if (bodyDone === undefined) {
+      return this.#ended(up, complete && reusable, complete && !closeAfter, status);
+    }
     // If the request body was not read to its end, the next request cannot be found.
-    return { status, keepAlive: complete && requestSent === true && !closeAfter };
+    return settledWithin(bodyDone).then((sent) =>
+      this.#ended(
+        up,
+        complete && reusable && sent === true,
+        complete && !closeAfter && sent === true,
+        status,
+      )
+    );
+  }
+
+  /** Pools or closes the backend connection, and says whether the client's stays open. */
+  #ended(up: Upstream, pool: boolean, keepAlive: boolean, status: number): Outcome {
+    if (pool) this.#release(up);
+    else closeQuietly(up.conn);
+    return { status, keepAlive };
   }
 
   /** Passes a parsed response to the client, its head rebuilt, or runs its tunnel (101). */
