@@ -279,6 +279,8 @@ export class HttpProxy {
   readonly #onBudgetSpent = (): void => this.#drop("retry_budget");
   /** Scratch buffers not lent now (see {@linkcode Http1Request.scratch}). */
   readonly #scratch: Uint8Array[] = [];
+  /** Client read buffers of closed connections, for the next ones (a connection per request). */
+  readonly #readBuffers: Uint8Array[] = [];
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
@@ -456,9 +458,21 @@ export class HttpProxy {
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    // A request head nearly always fits in 4 KiB; the buffer grows for a body. Every
-    // connection made and closed per request allocates it, so its size is the GC's work.
-    const reader = new BufReader(client, CLIENT_BUFFER);
+    // A request head nearly always fits in 4 KiB; the buffer grows for a body. A connection
+    // made and closed per request takes one a closed connection gave back, if any: a new one
+    // lives outside V8's heap and costs an allocation and the GC's work.
+    const reader = new BufReader(client, CLIENT_BUFFER, this.#readBuffers.pop());
+    try {
+      await this.#serveRequests(client, reader);
+    } finally {
+      const buf = reader.release();
+      if (buf?.length === CLIENT_BUFFER && this.#readBuffers.length < MAX_SCRATCH) {
+        this.#readBuffers.push(buf);
+      }
+    }
+  }
+
+  async #serveRequests(client: Deno.TcpConn, reader: BufReader): Promise<void> {
     this.#sources.set(client, new ClientSource(reader));
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
@@ -620,11 +634,16 @@ export class HttpProxy {
 
   /**
    * A request with no body has nothing more to read: watch for the client leaving (not on an
-   * Upgrade, whose client may send more at once). The watch reads from the client, so the
-   * request's own bytes (`x.raw`) are used before it.
+   * Upgrade, whose client may send more at once), so no retry is made for nobody. Only where a
+   * retry may be made: a read left pending when the connection closes is rejected, and that
+   * error costs more than the rest of a short connection's requests. The watch reads from the
+   * client, so the request's own bytes (`x.raw`) are used before it.
    */
   #watch(x: Http1Request, connTokens: string[]): void {
-    if (x.framing.kind === "none" && !connTokens.includes("upgrade")) {
+    if (
+      x.target.service.retryAttempts > 0 && x.framing.kind === "none" &&
+      !connTokens.includes("upgrade")
+    ) {
       this.#sources.get(x.client)?.watch();
     }
   }
