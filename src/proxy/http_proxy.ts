@@ -473,7 +473,6 @@ export class HttpProxy {
   }
 
   async #serveRequests(client: Deno.TcpConn, reader: BufReader): Promise<void> {
-    this.#sources.set(client, new ClientSource(reader));
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
       let req: MessageHead;
@@ -644,7 +643,10 @@ export class HttpProxy {
       x.target.service.retryAttempts > 0 && x.framing.kind === "none" &&
       !connTokens.includes("upgrade")
     ) {
-      this.#sources.get(x.client)?.watch();
+      // Made at the first watch: most connections never need one.
+      let source = this.#sources.get(x.client);
+      if (!source) this.#sources.set(x.client, source = new ClientSource(x.reader));
+      source.watch();
     }
   }
 
