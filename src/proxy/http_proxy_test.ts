@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./mod.ts";
-import { endpoint, meshConfig, RawClient } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { RawClient } from "./_testing.ts";
 
 const HOST = "127.0.61.5";
 const quiet = new Logger({ level: "error", write: () => {} });

@@ -15,7 +15,7 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const HOST = Deno.env.get("MESHD_BENCH_HOST") ?? "127.0.61.1";
@@ -131,8 +131,7 @@ try {
       HOST,
       String(ports.backend),
     ]),
-    meshd: new Child("meshd", [
-      ...FILE_MESHD_RUN,
+    meshd: spawnMeshd([
       "--config-dir",
       `${work}/mesh`,
       "--proxy-address",
