@@ -44,6 +44,35 @@ Deno.test("sweepOrphanedChildren() stops what a dead test process recorded, and 
   }
 });
 
+Deno.test("sweepOrphanedChildren() goes on past a record another sweeper removed first, or a bad line", async () => {
+  // Test processes that start together (this one, the coordinator's, another helper's) sweep
+  // the same records: one of them may find a record gone between listing and reading it.
+  const dir = await Deno.makeTempDir({ prefix: "meshd-children-" });
+  const dead = async () => {
+    const p = new Deno.Command("true").spawn();
+    await p.status;
+    return p.pid;
+  };
+  const orphan = new Deno.Command("sleep", { args: ["62"] }).spawn();
+  try {
+    // listed, but gone by the time it is read: what a record removed meanwhile looks like
+    await Deno.symlink(`${dir}/removed-meanwhile`, `${dir}/${await dead()}`);
+    await Deno.writeTextFile(
+      `${dir}/${await dead()}`,
+      '{"pid": 1, "argv": ["sle\n' + JSON.stringify({ pid: orphan.pid, argv: ["sleep", "62"] }) +
+        "\n",
+    );
+    assert.equal(sweepOrphanedChildren(dir), 1);
+    assert.equal((await orphan.status).signal, "SIGKILL");
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "both records go");
+  } finally {
+    try {
+      orphan.kill("SIGKILL");
+    } catch { /* stopped */ }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("waitFor() stretches its deadline by MESHD_TEST_TIME_SCALE, which must be a number >= 1", async () => {
   const before = Deno.env.get("MESHD_TEST_TIME_SCALE");
   try {

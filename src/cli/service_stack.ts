@@ -33,8 +33,20 @@ export class ServiceStack {
     }
   }
 
-  /** Stops every service it tried to start, the last first. */
+  /**
+   * Stops every service it tried to start, the last first. A stop that throws does not keep
+   * the ones before it running (the proxy's listeners open, say): they are stopped all the
+   * same, and the first error is thrown once all are.
+   */
   async stop(): Promise<void> {
-    while (this.#tried.length > 0) await this.#tried.pop()!.stop?.();
+    let failed: { error: unknown } | null = null;
+    while (this.#tried.length > 0) {
+      try {
+        await this.#tried.pop()!.stop?.();
+      } catch (e) {
+        failed ??= { error: e };
+      }
+    }
+    if (failed) throw failed.error;
   }
 }

@@ -34,22 +34,22 @@ let swept = false;
 
 /**
  * Stops the children that test processes which no longer run left behind: only PIDs they
- * recorded, and only while such a PID still runs the command line recorded for it.
+ * recorded (in `dir`, default {@linkcode CHILDREN}), and only while such a PID still runs the
+ * command line recorded for it.
  */
-export function sweepOrphanedChildren(): number {
+export function sweepOrphanedChildren(dir: string = CHILDREN): number {
   let killed = 0;
   let files: Deno.DirEntry[] = [];
   try {
-    files = [...Deno.readDirSync(CHILDREN)];
+    files = [...Deno.readDirSync(dir)];
   } catch {
     return 0;
   }
   for (const f of files) {
     const owner = Number(f.name);
     if (owner === Deno.pid || (owner > 0 && cmdline(owner).includes("deno"))) continue;
-    const path = `${CHILDREN}/${f.name}`;
-    for (const line of Deno.readTextFileSync(path).split("\n").filter(Boolean)) {
-      const { pid, argv } = JSON.parse(line) as { pid: number; argv: string[] };
+    const path = `${dir}/${f.name}`;
+    for (const { pid, argv } of readRecords(path)) {
       if (isAlive(pid) && runs(pid, argv)) {
         try {
           Deno.kill(pid, "SIGKILL");
@@ -57,9 +57,34 @@ export function sweepOrphanedChildren(): number {
         } catch { /* gone meanwhile */ }
       }
     }
-    Deno.removeSync(path);
+    try {
+      Deno.removeSync(path);
+    } catch { /* another test process swept it meanwhile */ }
   }
   return killed;
+}
+
+/**
+ * The children recorded in `path`: none when another test process sweeping at the same time
+ * removed it first (its children are that one's to stop), and no line that is not a record.
+ */
+function readRecords(path: string): { pid: number; argv: string[] }[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return [];
+  }
+  return text.split("\n").flatMap((line) => {
+    try {
+      const r = JSON.parse(line) as { pid?: unknown; argv?: unknown };
+      return typeof r.pid === "number" && Array.isArray(r.argv) && r.argv.length > 0
+        ? [r as { pid: number; argv: string[] }]
+        : [];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /** Whether `pid` runs `argv` (the program compared by base name, as it may have been resolved). */
