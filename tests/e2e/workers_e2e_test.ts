@@ -211,3 +211,40 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("meshd run --workers 2 with its HTTP port taken fails in one line, with no worker's stack trace", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
+  // Bound without SO_REUSEPORT, so the workers' reusing sockets cannot join it.
+  const taken = Deno.listen({ hostname: MESHD_IP, port: 0 });
+  const tcp = freePort(MESHD_IP);
+  try {
+    const meshd = spawnMeshd([
+      "--config-dir",
+      dir,
+      "--proxy-address",
+      MESHD_IP,
+      "--http-port",
+      String(taken.addr.port),
+      "--api-port",
+      String(freePort()),
+      "--tcp-ports",
+      `${tcp}-${tcp}`,
+      "--udp-ports",
+      `${tcp}-${tcp}`,
+      "--workers",
+      "2",
+    ]);
+    const st = await meshd.wait();
+    const out = meshd.stderr.join("\n");
+    assert.equal(st.code, 1, out);
+    assert.match(
+      meshd.stderr.at(-1) ?? "",
+      new RegExp(`^meshd run: error: cannot listen on ${MESHD_IP}:${taken.addr.port} `),
+      out,
+    );
+    assert.doesNotMatch(out, /Uncaught|^\s+at /m, `a stack trace reached stderr:\n${out}`);
+  } finally {
+    taken.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
