@@ -121,19 +121,32 @@ export interface ShadowControllerOptions extends ShadowOptions {
   existing?: () => Iterable<RawObject> | null;
   /** Writes in flight at once; default 8. */
   concurrency?: number;
+  /**
+   * How long after a failed pass the next one starts when nothing else starts it, in ms; it
+   * doubles with each failure in a row, up to 30 s. Default 1,000.
+   */
+  retryMs?: number;
 }
+
+/** The longest wait between passes that fail in a row. */
+const MAX_RETRY_MS = 30_000;
 
 /**
  * Keeps the shadow Services in the mesh namespace in line with the MeshConfig: creates and
  * updates them by server-side apply, and deletes the ones no Service needs any more. It writes
- * only while `isLeader()` holds; a failed pass is tried again on the next config or
- * {@linkcode ShadowServiceController.resync}.
+ * only while `isLeader()` holds. A failed pass is tried again on the next config,
+ * {@linkcode ShadowServiceController.resync}, or after a backoff, whichever comes first: a
+ * pass that times out under load must not wait for a change that may never come.
  */
 export class ShadowServiceController {
   readonly #o: ShadowControllerOptions;
   #config: MeshConfig | null = null;
   #running: Promise<void> = Promise.resolve();
   #again = false;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  /** Passes that failed in a row. */
+  #failures = 0;
+  #stopped = false;
   /** Completed passes that wrote something, for tests. */
   writes = 0;
 
@@ -153,14 +166,36 @@ export class ShadowServiceController {
     this.#again = true;
     this.#running = this.#running.then(async () => {
       this.#again = false;
+      clearTimeout(this.#retry);
+      this.#retry = undefined;
+      if (this.#stopped) return;
       try {
         await this.#reconcile();
+        this.#failures = 0;
       } catch (e) {
+        const delay = Math.min(
+          MAX_RETRY_MS,
+          (this.#o.retryMs ?? 1_000) * 2 ** Math.min(this.#failures++, 15),
+        );
         this.#o.logger.warn("shadow services: reconcile failed; will retry", {
           error: String(e),
+          retryMs: delay,
         });
+        if (!this.#stopped) {
+          this.#retry = setTimeout(() => void this.resync(), delay);
+          // A retry alone never keeps the process up.
+          Deno.unrefTimer(this.#retry);
+        }
       }
     });
+    return this.#running;
+  }
+
+  /** Stops retrying; a pass under way finishes. */
+  stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retry);
+    this.#retry = undefined;
     return this.#running;
   }
 

@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { desiredShadowServices, shadowDnsEntries, shadowServiceName } from "./shadow_services.ts";
+import { waitFor } from "../../tests/testenv/process.ts";
+import type { KubeApi } from "../kube/mod.ts";
+import { Logger } from "../observability/mod.ts";
+import {
+  desiredShadowServices,
+  shadowDnsEntries,
+  ShadowServiceController,
+  shadowServiceName,
+} from "./shadow_services.ts";
 
 const DNS_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -91,4 +99,46 @@ Deno.test("shadowDnsEntries() maps shadow Services to their ClusterIPs by family
       { namespace: "shop", name: "old", ipv4: ["10.96.0.3"], ipv6: [] },
     ],
   );
+});
+
+Deno.test("ShadowServiceController tries a failed pass again with no new config or watch event", async () => {
+  // Under load a write can time out; the watch then sees no change and no config follows, so
+  // nothing else would start the next pass.
+  const applied: string[] = [];
+  let failuresLeft = 2;
+  const api = {
+    request(method: string, path: string): Promise<Record<string, unknown>> {
+      if (method === "GET") return Promise.resolve({ items: [] });
+      if (failuresLeft > 0) {
+        failuresLeft--;
+        return Promise.reject(new Error("the request timed out"));
+      }
+      applied.push(path.slice(path.lastIndexOf("/") + 1, path.indexOf("?")));
+      return Promise.resolve({});
+    },
+  } as unknown as KubeApi;
+  const shadows = new ShadowServiceController({
+    api,
+    logger: new Logger({ level: "error", write: () => {} }),
+    meshNamespace: "meshd",
+    selector: { app: "meshd" },
+    httpPort: 5000,
+    isLeader: () => true,
+    concurrency: 1,
+    retryMs: 5,
+  });
+  try {
+    await shadows.update(meshConfig([{ name: "web", ports: [{ port: 80 }] }]));
+    assert.deepEqual(applied, [], "the first pass failed");
+    await waitFor(
+      "the shadow Service written by a later pass",
+      () => applied.length > 0 ? applied : undefined,
+      5_000,
+      5,
+    );
+    assert.deepEqual(applied, [shadowServiceName("default", "web")]);
+    assert.equal(shadows.writes, 1);
+  } finally {
+    await shadows.stop();
+  }
 });
