@@ -185,8 +185,15 @@ function hasCondition(m: HttpMatch): boolean {
     (m.methods.length > 0 && !m.methods.includes("*"));
 }
 
+/**
+ * `localeCompare`'s orders, with the collator made once: `localeCompare` with options builds
+ * one per call, which at 10,000 services was a fifth of a build.
+ */
+const byLocale = new Intl.Collator().compare;
+const byAddress = new Intl.Collator("en", { numeric: true }).compare;
+
 function compareMeta(a: MeshObject, b: MeshObject): number {
-  return a.meta.namespace.localeCompare(b.meta.namespace) || a.meta.name.localeCompare(b.meta.name);
+  return byLocale(a.meta.namespace, b.meta.namespace) || byLocale(a.meta.name, b.meta.name);
 }
 
 function portProtocol(
@@ -257,9 +264,7 @@ function resolveEndpoints(
       }
     }
   }
-  return [...seen.values()].sort((a, b) =>
-    a.address.localeCompare(b.address, "en", { numeric: true }) || a.port - b.port
-  );
+  return [...seen.values()].sort((a, b) => byAddress(a.address, b.address) || a.port - b.port);
 }
 
 function resolveMatches(
