@@ -186,14 +186,15 @@ function hasCondition(m: HttpMatch): boolean {
 }
 
 /**
- * `localeCompare`'s orders, with the collator made once: `localeCompare` with options builds
- * one per call, which at 10,000 services was a fifth of a build.
+ * `localeCompare(b, "en", { numeric: true })`'s order, with the collator made once: with
+ * options, `localeCompare` builds one per call (ICU memory in the malloc heap), which at 10,000
+ * services was a fifth of a build, and at 1,000 left 11-13 MiB of the process's heap behind.
+ * Without options it has a fast path of its own, faster than a collator.
  */
-const byLocale = new Intl.Collator().compare;
 const byAddress = new Intl.Collator("en", { numeric: true }).compare;
 
 function compareMeta(a: MeshObject, b: MeshObject): number {
-  return byLocale(a.meta.namespace, b.meta.namespace) || byLocale(a.meta.name, b.meta.name);
+  return a.meta.namespace.localeCompare(b.meta.namespace) || a.meta.name.localeCompare(b.meta.name);
 }
 
 function portProtocol(
