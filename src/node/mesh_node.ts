@@ -7,6 +7,7 @@ import {
   type CompileOptions,
   describeSource,
   type MeshConfig,
+  TopologyCache,
   unreadableObjects,
 } from "../topology/mod.ts";
 
@@ -54,6 +55,8 @@ interface Problem {
  */
 export class MeshNode implements ApiSource {
   readonly #opts: MeshNodeOptions;
+  /** Each build resolves again only the Services whose objects changed. */
+  readonly #topologyCache = new TopologyCache();
   #config: MeshConfig | null = null;
   #epoch = "";
   #source: ConfigSource | null = null;
@@ -145,6 +148,7 @@ export class MeshNode implements ApiSource {
     for (const n of result.notes ?? []) log.debug(n);
     const { config, diagnostics } = compileMeshConfig(result.objects, {
       ...this.#opts.compile,
+      cache: this.#topologyCache,
       previous,
       unreadable: unreadableObjects(result.errors),
     });

@@ -34,6 +34,8 @@ export interface BuildTopologyOptions {
    * to one says so instead of "does not exist".
    */
   unreadable?: Readonly<Record<string, string>>;
+  /** The results of the last build to reuse where the objects are the same; see {@linkcode TopologyCache}. */
+  cache?: TopologyCache;
 }
 
 /** A service port before the proxy's listen port is chosen. */
@@ -119,39 +121,26 @@ export function buildTopology(
     }
   }
 
+  const cache = options.cache?.next(pods, options.defaultTrafficType ?? "http");
   const result: TopologyService[] = [];
   for (const svc of services) {
-    const key = `${svc.meta.namespace}/${svc.meta.name}`;
-    if (svc.ports.length === 0) {
-      warn(svc, "Service has no ports; skipped");
-      continue;
+    const slices = slicesByService.get(`${svc.meta.namespace}/${svc.meta.name}`) ?? [];
+    let built = cache?.get(svc, slices);
+    if (built) diagnostics.push(...built.diagnostics);
+    else {
+      const mark = diagnostics.length;
+      const service = resolveService(svc, slices, podByKey, podByIp, warn, options);
+      built = { service, diagnostics: diagnostics.slice(mark) };
+      cache?.set(svc, slices, built);
     }
-    const ports: TopologyPort[] = [];
-    for (const sp of svc.ports) {
-      const protocol = portProtocol(svc, sp, options.defaultTrafficType ?? "http", warn);
-      if (!protocol) continue;
-      ports.push({
-        name: sp.name,
-        port: sp.port,
-        protocol,
-        endpoints: resolveEndpoints(sp, slicesByService.get(key) ?? [], podByKey, podByIp, warn),
-        split: null,
-        access: acl ? [] : null,
+    // Fresh ports: splits and access are resolved on them below, from the other objects.
+    const s = built.service;
+    if (s) {
+      result.push({
+        ...s,
+        ports: s.ports.map((p) => ({ ...p, split: null, access: acl ? [] : null })),
       });
     }
-    if (ports.length === 0) continue;
-    result.push({
-      name: svc.meta.name,
-      namespace: svc.meta.namespace,
-      clusterIP: svc.clusterIP,
-      scheme: svc.mesh.scheme ?? "http",
-      retryAttempts: svc.mesh.retryAttempts ?? 0,
-      circuitBreaker: svc.mesh.circuitBreaker ?? null,
-      rateLimit: svc.mesh.rateLimit ?? null,
-      // Only when annotated: the flag decides for the rest, on each node.
-      ...(svc.mesh.accessLog !== undefined ? { accessLog: svc.mesh.accessLog } : {}),
-      ports,
-    });
   }
   const resultByKey = new Map(result.map((s) => [`${s.namespace}/${s.name}`, s]));
   const groups = byKey(of("HTTPRouteGroup"));
@@ -175,6 +164,95 @@ export function buildTopology(
     );
   }
   return { acl, services: result, identities, diagnostics };
+}
+
+/** A Service with its ports' endpoints, before splits and access; null when it has no port. */
+function resolveService(
+  svc: Service,
+  slices: EndpointSlice[],
+  podByKey: Map<string, Pod>,
+  podByIp: Map<string, Pod>,
+  warn: Warn,
+  options: BuildTopologyOptions,
+): TopologyService | null {
+  if (svc.ports.length === 0) {
+    warn(svc, "Service has no ports; skipped");
+    return null;
+  }
+  const ports: TopologyPort[] = [];
+  for (const sp of svc.ports) {
+    const protocol = portProtocol(svc, sp, options.defaultTrafficType ?? "http", warn);
+    if (!protocol) continue;
+    ports.push({
+      name: sp.name,
+      port: sp.port,
+      protocol,
+      endpoints: resolveEndpoints(sp, slices, podByKey, podByIp, warn),
+      split: null,
+      access: null,
+    });
+  }
+  if (ports.length === 0) return null;
+  return {
+    name: svc.meta.name,
+    namespace: svc.meta.namespace,
+    clusterIP: svc.clusterIP,
+    scheme: svc.mesh.scheme ?? "http",
+    retryAttempts: svc.mesh.retryAttempts ?? 0,
+    circuitBreaker: svc.mesh.circuitBreaker ?? null,
+    rateLimit: svc.mesh.rateLimit ?? null,
+    // Only when annotated: the flag decides for the rest, on each node.
+    ...(svc.mesh.accessLog !== undefined ? { accessLog: svc.mesh.accessLog } : {}),
+    ports,
+  };
+}
+
+/** What one Service resolved to, and what was said about it on the way. */
+interface ResolvedService {
+  service: TopologyService | null;
+  diagnostics: Diagnostic[];
+}
+
+/**
+ * What the last build resolved each Service to, given again while the objects it came from
+ * are the same objects: the Service, its EndpointSlices (in order) and every Pod. A provider
+ * that keeps the objects of unchanged resources (the kube provider does, by resourceVersion)
+ * then resolves only what changed: at 10,000 services, one changed endpoint resolves one
+ * service, and the next step ({@linkcode buildMeshConfig}) finds the others equal by
+ * reference. Splits and access are resolved on every build, from all the objects. Pass the
+ * same cache to each build ({@linkcode BuildTopologyOptions.cache}).
+ */
+export class TopologyCache {
+  /**
+   * By the Service object, weakly: a provider that makes new objects for each load (the file
+   * provider) lets go of the old ones, and their entries go with them.
+   */
+  #entries = new WeakMap<Service, { slices: EndpointSlice[]; built: ResolvedService }>();
+  #pods: readonly Pod[] = [];
+  #trafficType = "";
+
+  /** Starts a build: drops everything when a Pod or the default traffic type changed. */
+  next(pods: readonly Pod[], trafficType: string): this {
+    const samePods = pods.length === this.#pods.length && pods.every((p, i) => p === this.#pods[i]);
+    if (!samePods || trafficType !== this.#trafficType) this.#entries = new WeakMap();
+    this.#pods = pods;
+    this.#trafficType = trafficType;
+    return this;
+  }
+
+  /** What `svc` resolved to last time, if it and its slices are the objects they were. */
+  get(svc: Service, slices: EndpointSlice[]): ResolvedService | undefined {
+    const e = this.#entries.get(svc);
+    if (!e || e.slices.length !== slices.length || e.slices.some((s, i) => s !== slices[i])) {
+      return undefined;
+    }
+    return e.built;
+  }
+
+  /** Keeps what `svc` with `slices` resolved to. */
+  set(svc: Service, slices: EndpointSlice[], built: ResolvedService): void {
+    this.#entries.set(svc, { slices, built });
+  }
 }
 
 /** What a TrafficTarget without rules allows: every HTTP request. */
