@@ -196,17 +196,45 @@ function endpointSlice(i: number, generation: number) {
   };
 }
 
+/**
+ * A write that the API server may refuse for a while under load (429, 5xx: on 2 busy cores a
+ * POST can answer 504 after it stored the object): tried up to 6 times with a growing pause. A
+ * 409 to a POST after a failed try is that try's object, already stored.
+ */
+async function write(
+  cluster: TestCluster,
+  method: "POST" | "PUT",
+  path: string,
+  body: unknown,
+): Promise<void> {
+  for (let attempt = 1;; attempt++) {
+    const r = await cluster.request(method, path, body).catch((e) => ({
+      status: 0,
+      body: { message: String(e) } as Record<string, unknown>,
+    }));
+    if (r.status >= 200 && r.status <= 299) return;
+    if (method === "POST" && r.status === 409 && attempt > 1) return;
+    const transient = r.status === 0 || r.status === 429 || r.status >= 500;
+    if (!transient || attempt >= 6) {
+      throw new Error(`${method} ${path} answered ${r.status}: ${JSON.stringify(r.body)}`);
+    }
+    await new Promise((done) => setTimeout(done, 250 * 2 ** attempt));
+  }
+}
+
 /** Creates Services s-<from>..s-<to-1> in the bench namespace, each with its EndpointSlice. */
 async function populate(cluster: TestCluster, from: number, to: number): Promise<void> {
   const ids = Array.from({ length: to - from }, (_, k) => from + k);
-  await pool(ids, 24, async (i) => {
-    await cluster.must("POST", `/api/v1/namespaces/${NS}/services`, {
+  // Eight at a time: more only queues on two cores, and the API server starts timing out.
+  await pool(ids, 8, async (i) => {
+    await write(cluster, "POST", `/api/v1/namespaces/${NS}/services`, {
       apiVersion: "v1",
       kind: "Service",
       metadata: { name: `s-${i}`, namespace: NS },
       spec: { ports: [{ name: "web", port: 80, targetPort: 8080 }] },
     });
-    await cluster.must(
+    await write(
+      cluster,
       "POST",
       `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`,
       endpointSlice(i, 0),
@@ -388,7 +416,8 @@ async function main(): Promise<void> {
           const i = (generation * 7919) % services;
           const published = leader.events().filter((e) => e["msg"] === "config published").length;
           const t0 = performance.timeOrigin + performance.now();
-          await cluster.must(
+          await write(
+            cluster,
             "PUT",
             `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices/s-${i}-1`,
             endpointSlice(i, generation),
