@@ -55,36 +55,42 @@ export interface ShadowOptions {
 export function desiredShadowServices(config: MeshConfig, o: ShadowOptions): RawObject[] {
   const out: RawObject[] = [];
   for (const s of config.services) {
-    const ports = shadowPorts(s, o.httpPort);
-    if (ports.length === 0) continue;
-    out.push({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: {
-        name: shadowServiceName(s.namespace, s.name),
-        namespace: o.meshNamespace,
-        labels: {
-          [SHADOW_LABELS.managedBy]: "meshd",
-          [SHADOW_LABELS.role]: "shadow",
-          [SHADOW_LABELS.ofName]: s.name,
-          [SHADOW_LABELS.ofNamespace]: s.namespace,
-        },
-      },
-      spec: {
-        type: "ClusterIP",
-        selector: o.selector,
-        internalTrafficPolicy: "Local",
-        // The meshd pods run on the node's network: a new pod (not ready yet) and the one it
-        // replaces share one address, and kube-proxy keeps one endpoint per address, either
-        // one. Were readiness published, the node's traffic would be dropped until the new pod
-        // is Ready, though the old one still serves that address. Any meshd bound there
-        // serves; with no meshd the port refuses, as a Service without endpoints would.
-        publishNotReadyAddresses: true,
-        ports,
-      },
-    });
+    const svc = desiredShadowService(s, o);
+    if (svc) out.push(svc);
   }
   return out.sort((a, b) => name(a).localeCompare(name(b)));
+}
+
+/** The shadow Service one meshed service needs; null when none of its ports has a target. */
+export function desiredShadowService(s: MeshService, o: ShadowOptions): RawObject | null {
+  const ports = shadowPorts(s, o.httpPort);
+  if (ports.length === 0) return null;
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: {
+      name: shadowServiceName(s.namespace, s.name),
+      namespace: o.meshNamespace,
+      labels: {
+        [SHADOW_LABELS.managedBy]: "meshd",
+        [SHADOW_LABELS.role]: "shadow",
+        [SHADOW_LABELS.ofName]: s.name,
+        [SHADOW_LABELS.ofNamespace]: s.namespace,
+      },
+    },
+    spec: {
+      type: "ClusterIP",
+      selector: o.selector,
+      internalTrafficPolicy: "Local",
+      // The meshd pods run on the node's network: a new pod (not ready yet) and the one it
+      // replaces share one address, and kube-proxy keeps one endpoint per address, either
+      // one. Were readiness published, the node's traffic would be dropped until the new pod
+      // is Ready, though the old one still serves that address. Any meshd bound there
+      // serves; with no meshd the port refuses, as a Service without endpoints would.
+      publishNotReadyAddresses: true,
+      ports,
+    },
+  };
 }
 
 function name(o: RawObject): string {
@@ -147,6 +153,13 @@ export class ShadowServiceController {
   /** Passes that failed in a row. */
   #failures = 0;
   #stopped = false;
+  /**
+   * The shadow each config service needs, by the service object: configs keep the objects of
+   * unchanged services, so a pass at 10,000 services builds only the changed ones' shadows.
+   */
+  #desired = new WeakMap<MeshService, RawObject | null>();
+  /** Existing Services (as the watch or a list gave them) known to match a desired shadow. */
+  #matched = new WeakMap<RawObject, RawObject>();
   /** Completed passes that wrote something, for tests. */
   writes = 0;
 
@@ -204,7 +217,12 @@ export class ShadowServiceController {
     if (!config || !this.#o.isLeader()) return;
     const { api, meshNamespace } = this.#o;
     const base = `/api/v1/namespaces/${meshNamespace}/services`;
-    const want = desiredShadowServices(config, this.#o);
+    const want: RawObject[] = [];
+    for (const s of config.services) {
+      let svc = this.#desired.get(s);
+      if (svc === undefined) this.#desired.set(s, svc = desiredShadowService(s, this.#o));
+      if (svc) want.push(svc);
+    }
     const have = new Map<string, RawObject>();
     const cached = this.#o.existing?.();
     if (cached) {
@@ -220,7 +238,11 @@ export class ShadowServiceController {
     const writes: (() => Promise<void>)[] = [];
     for (const svc of want) {
       const old = have.get(name(svc));
-      if (old && sameShape(old, svc)) continue;
+      if (old && this.#matched.get(old) === svc) continue;
+      if (old && sameShape(old, svc)) {
+        this.#matched.set(old, svc);
+        continue;
+      }
       writes.push(async () => {
         await api.request("PATCH", `${base}/${name(svc)}?fieldManager=meshd&force=true`, svc, {
           contentType: "application/apply-patch+yaml",

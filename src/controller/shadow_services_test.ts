@@ -142,3 +142,52 @@ Deno.test("ShadowServiceController tries a failed pass again with no new config 
     await shadows.stop();
   }
 });
+
+Deno.test("ShadowServiceController writes only the shadows whose service changed", async () => {
+  // The API as the watch shows it: what was applied, by name.
+  const stored = new Map<string, Record<string, unknown>>();
+  const writes: string[] = [];
+  const api = {
+    request(method: string, path: string, body?: Record<string, unknown>) {
+      if (method === "GET") return Promise.resolve({ items: [...stored.values()] });
+      const n = path.slice(path.lastIndexOf("/") + 1, path.indexOf("?"));
+      writes.push(n);
+      stored.set(n, structuredClone(body!));
+      return Promise.resolve({});
+    },
+  } as unknown as KubeApi;
+  const shadows = new ShadowServiceController({
+    api,
+    logger: new Logger({ level: "error", write: () => {} }),
+    meshNamespace: "meshd",
+    selector: { app: "meshd" },
+    httpPort: 5000,
+    isLeader: () => true,
+    existing: () => stored.values(),
+  });
+  try {
+    const first = meshConfig([
+      { name: "web", ports: [{ port: 80 }] },
+      { name: "db", ports: [{ port: 5432, protocol: "tcp", listenPort: 10000 }] },
+    ]);
+    await shadows.update(first);
+    assert.equal(writes.length, 2);
+    // The next config keeps web's object and changes db's proxy port.
+    const db = meshConfig([{
+      name: "db",
+      ports: [{ port: 5432, protocol: "tcp", listenPort: 10001 }],
+    }])
+      .services[0]!;
+    await shadows.update({ ...first, version: 2, services: [first.services[0]!, db] });
+    assert.deepEqual(writes.slice(2), [shadowServiceName("default", "db")]);
+    const dbShadow = stored.get(shadowServiceName("default", "db")) as {
+      spec: { ports: { targetPort: number }[] };
+    };
+    assert.equal(dbShadow.spec.ports[0]!.targetPort, 10001);
+    // Nothing changed: nothing written.
+    await shadows.update({ ...first, version: 3, services: [first.services[0]!, db] });
+    assert.equal(writes.length, 3);
+  } finally {
+    await shadows.stop();
+  }
+});
