@@ -320,18 +320,30 @@ export function clusterIps(service: RawObject): string[] {
 export function shadowDnsEntries(services: Iterable<RawObject>): MeshDnsEntry[] {
   const out: MeshDnsEntry[] = [];
   for (const s of services) {
-    const labels = ((s["metadata"] ?? {}) as { labels?: Record<string, string> }).labels ?? {};
-    const ofName = labels[SHADOW_LABELS.ofName];
-    const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
-    if (!ofName || !ofNamespace) continue;
-    const ips = clusterIps(s);
-    if (ips.length === 0) continue; // not allocated yet
-    out.push({
-      namespace: ofNamespace,
-      name: ofName,
-      ipv4: ips.filter((ip) => !ip.includes(":")),
-      ipv6: ips.filter((ip) => ip.includes(":")),
-    });
+    let entry = dnsEntries.get(s);
+    if (entry === undefined) dnsEntries.set(s, entry = shadowDnsEntry(s));
+    if (entry) out.push(entry);
   }
   return out;
+}
+
+/**
+ * Each shadow's entry, by the object a watch holds (a changed Service is a new object): every
+ * change of one shadow reads them all again, thousands a second while a leader creates them.
+ */
+const dnsEntries = new WeakMap<RawObject, MeshDnsEntry | null>();
+
+function shadowDnsEntry(s: RawObject): MeshDnsEntry | null {
+  const labels = ((s["metadata"] ?? {}) as { labels?: Record<string, string> }).labels ?? {};
+  const ofName = labels[SHADOW_LABELS.ofName];
+  const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
+  if (!ofName || !ofNamespace) return null;
+  const ips = clusterIps(s);
+  if (ips.length === 0) return null; // not allocated yet
+  return {
+    namespace: ofNamespace,
+    name: ofName,
+    ipv4: ips.filter((ip) => !ip.includes(":")),
+    ipv6: ips.filter((ip) => ip.includes(":")),
+  };
 }

@@ -191,3 +191,14 @@ Deno.test("ShadowServiceController writes only the shadows whose service changed
     await shadows.stop();
   }
 });
+
+Deno.test("shadowDnsEntries() reads each shadow object once, and a changed one (a new object) again", () => {
+  const of = { "meshd.io/shadow-of-name": "web", "meshd.io/shadow-of-namespace": "shop" };
+  const a = { metadata: { name: "x", labels: of }, spec: { clusterIP: "10.96.0.1" } };
+  const [first] = shadowDnsEntries([a]);
+  const [again] = shadowDnsEntries([a]);
+  assert.equal(again, first, "the same object gives the same entry");
+  // A watch event brings a new object for a changed Service.
+  const [changed] = shadowDnsEntries([{ ...a, spec: { clusterIP: "10.96.0.2" } }]);
+  assert.deepEqual(changed?.ipv4, ["10.96.0.2"]);
+});
