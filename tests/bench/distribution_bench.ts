@@ -284,6 +284,9 @@ interface CaseResult {
   /** Write to the leader's publish, p50 and p99. */
   publishP50Ms: number;
   publishP99Ms: number;
+  /** The PUT's round trip through the API server, p50 and p99. */
+  putP50Ms: number;
+  putP99Ms: number;
   /** Write to the last real node's apply, p99. */
   realNodesP99Ms: number;
   maxMs: number;
@@ -410,6 +413,8 @@ async function main(): Promise<void> {
         const times: number[] = [];
         // Where the time goes: the write to the leader's publish, and to the real nodes' apply.
         const toPublish: number[] = [];
+        // The API server's own part: the PUT's round trip (the watch event may come sooner).
+        const putMs: number[] = [];
         const toRealNodes: number[] = [];
         for (let k = 0; k < args.changes; k++) {
           generation++;
@@ -422,6 +427,7 @@ async function main(): Promise<void> {
             `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices/s-${i}-1`,
             endpointSlice(i, generation),
           );
+          putMs.push(performance.timeOrigin + performance.now() - t0);
           const pub = await waitFor(
             "the change published",
             () => leader!.events().filter((e) => e["msg"] === "config published")[published],
@@ -477,6 +483,8 @@ async function main(): Promise<void> {
           p50Ms: quantile(sorted, 0.5),
           publishP50Ms: quantile([...toPublish].sort((a, b) => a - b), 0.5),
           publishP99Ms: quantile([...toPublish].sort((a, b) => a - b), 0.99),
+          putP50Ms: quantile([...putMs].sort((a, b) => a - b), 0.5),
+          putP99Ms: quantile([...putMs].sort((a, b) => a - b), 0.99),
           realNodesP99Ms: quantile([...toRealNodes].sort((a, b) => a - b), 0.99),
           p99Ms: quantile(sorted, 0.99),
           maxMs: sorted.at(-1)!,
@@ -523,6 +531,7 @@ async function main(): Promise<void> {
       pad("shadows", 8),
       pad("p50 ms", 8),
       pad("p99 ms", 8),
+      pad("PUT p50/p99", 12),
       pad("publish p50/p99", 16),
       pad("real p99", 9),
       pad("max ms", 8),
@@ -546,6 +555,7 @@ async function main(): Promise<void> {
         pad(String(r.shadows), 8),
         pad(r.p50Ms.toFixed(1), 8),
         pad(r.p99Ms.toFixed(1), 8),
+        pad(`${r.putP50Ms.toFixed(0)}/${r.putP99Ms.toFixed(0)}`, 12),
         pad(`${r.publishP50Ms.toFixed(0)}/${r.publishP99Ms.toFixed(0)}`, 16),
         pad(r.realNodesP99Ms.toFixed(0), 9),
         pad(r.maxMs.toFixed(1), 8),
@@ -564,7 +574,7 @@ async function main(): Promise<void> {
   }
   console.log(
     "nodes: real meshd + simulated agents. shadows: the leader's shadow Services when the " +
-      "case began (fewer than the services: it was still writing them). publish: from the write to the leader's publish. " +
+      "case began (fewer than the services: it was still writing them). PUT: the write's round trip through the API server. publish: from the write to the leader's publish. " +
       "real: from the write to the last real node's apply. delta/full: bytes a node got per one-endpoint change " +
       "over the whole config. full/s: the whole config to every node each second (Traefik " +
       "Mesh's polling). full/s÷change: how many changes a second meshd could push for the " +
