@@ -238,6 +238,8 @@ class MeshDns {
         watch.start();
       },
       stop: async () => {
+        // No shadow pass retries after this: a pass under way finishes first.
+        await this.shadows.stop();
         await watch?.stop();
         await feed.stop();
       },

@@ -1,5 +1,10 @@
 import type { Logger } from "../observability/mod.ts";
-import type { CompileOptions, LoadResult, MeshConfig } from "../topology/mod.ts";
+import {
+  type CompileOptions,
+  type LoadResult,
+  type MeshConfig,
+  TopologyCache,
+} from "../topology/mod.ts";
 import { compileLoad, type InputReport } from "./compile_load.ts";
 
 /** The node agent, as a controller that feeds it sees it. */
@@ -39,6 +44,8 @@ export interface LocalControllerOptions {
  */
 export class LocalController {
   readonly #o: LocalControllerOptions;
+  /** Each compile resolves again only the Services whose objects changed. */
+  readonly #cache = new TopologyCache();
 
   constructor(options: LocalControllerOptions) {
     this.#o = options;
@@ -51,7 +58,11 @@ export class LocalController {
     const previous = agent.config();
     let config: MeshConfig;
     try {
-      const compiled = compileLoad(result, { compile: this.#o.compile, previous, logger });
+      const compiled = compileLoad(result, {
+        compile: { ...this.#o.compile, cache: this.#cache },
+        previous,
+        logger,
+      });
       config = compiled.config;
       agent.reportInput(compiled.report);
     } catch (e) {

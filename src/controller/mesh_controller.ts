@@ -1,6 +1,11 @@
 import type { ConfigRef, DistributionServer, StampedConfig } from "../distribution/mod.ts";
 import type { Logger, Registry } from "../observability/mod.ts";
-import type { CompileOptions, LoadResult, MeshConfig } from "../topology/mod.ts";
+import {
+  type CompileOptions,
+  type LoadResult,
+  type MeshConfig,
+  TopologyCache,
+} from "../topology/mod.ts";
 import { compileLoad, type InputReport } from "./compile_load.ts";
 
 /** A running watch of the objects the config is built from. */
@@ -49,6 +54,8 @@ export interface NodesReport {
  */
 export class MeshController {
   readonly #o: MeshControllerOptions;
+  /** Each compile resolves again only the Services whose objects changed. */
+  readonly #cache = new TopologyCache();
   #leading = false;
   #term = 0;
   #epoch = "";
@@ -174,7 +181,7 @@ export class MeshController {
     this.#watch = this.#o.watch((result) => {
       if (!this.#leading || term !== this.#term) return Promise.resolve();
       const { config, report } = compileLoad(result, {
-        compile: this.#o.compile,
+        compile: { ...this.#o.compile, cache: this.#cache },
         previous: this.#previous,
         logger: this.#o.inputLogger ?? log,
       });

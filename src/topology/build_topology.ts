@@ -34,6 +34,8 @@ export interface BuildTopologyOptions {
    * to one says so instead of "does not exist".
    */
   unreadable?: Readonly<Record<string, string>>;
+  /** The results of the last build to reuse where the objects are the same; see {@linkcode TopologyCache}. */
+  cache?: TopologyCache;
 }
 
 /** A service port before the proxy's listen port is chosen. */
@@ -100,10 +102,27 @@ export function buildTopology(
     podByIp: new Map(pods.filter((p) => p.podIP).map((p) => [p.podIP!, p])),
   };
   const identities = podIdentities(pods);
+  const fallback = options.defaultTrafficType ?? "http";
+  const cache = options.cache?.next(pods, fallback);
   const result: TopologyService[] = [];
   for (const svc of services) {
-    const t = topologyService(svc, ends, options.defaultTrafficType ?? "http", acl, warn);
-    if (t) result.push(t);
+    const slices = ends.slicesByService.get(`${svc.meta.namespace}/${svc.meta.name}`) ?? [];
+    let built = cache?.get(svc, slices);
+    if (built) diagnostics.push(...built.diagnostics);
+    else {
+      const mark = diagnostics.length;
+      const service = topologyService(svc, slices, ends, fallback, warn);
+      built = { service, diagnostics: diagnostics.slice(mark) };
+      cache?.set(svc, slices, built);
+    }
+    // Fresh ports: splits and access are resolved on them below, from the other objects.
+    const s = built.service;
+    if (s) {
+      result.push({
+        ...s,
+        ports: s.ports.map((p) => ({ ...p, split: null, access: acl ? [] : null })),
+      });
+    }
   }
   const resultByKey = new Map(result.map((s) => [`${s.namespace}/${s.name}`, s]));
   const groups = byKey(of("HTTPRouteGroup"));
@@ -167,20 +186,21 @@ function podIdentities(pods: Pod[]): Record<string, string> {
   return identities;
 }
 
-/** One Service with its ports and endpoints; null (with a diagnostic) when no port is usable. */
+/**
+ * One Service with its ports' endpoints, before splits and access; null (with a diagnostic)
+ * when no port is usable.
+ */
 function topologyService(
   svc: Service,
+  slices: EndpointSlice[],
   ends: EndpointIndex,
   fallback: "http" | "tcp",
-  acl: boolean,
   warn: Warn,
 ): TopologyService | null {
-  const key = `${svc.meta.namespace}/${svc.meta.name}`;
   if (svc.ports.length === 0) {
     warn(svc, "Service has no ports; skipped");
     return null;
   }
-  const slices = ends.slicesByService.get(key) ?? [];
   const ports: TopologyPort[] = [];
   for (const sp of svc.ports) {
     const protocol = portProtocol(svc, sp, fallback, warn);
@@ -191,7 +211,7 @@ function topologyService(
       protocol,
       endpoints: resolveEndpoints(sp, slices, ends.podByKey, ends.podByIp, warn),
       split: null,
-      access: acl ? [] : null,
+      access: null,
     });
   }
   if (ports.length === 0) return null;
@@ -209,6 +229,54 @@ function topologyService(
   };
 }
 
+/** What one Service resolved to, and what was said about it on the way. */
+interface ResolvedService {
+  service: TopologyService | null;
+  diagnostics: Diagnostic[];
+}
+
+/**
+ * What the last build resolved each Service to, given again while the objects it came from
+ * are the same objects: the Service, its EndpointSlices (in order) and every Pod. A provider
+ * that keeps the objects of unchanged resources (the kube provider does, by resourceVersion)
+ * then resolves only what changed: at 10,000 services, one changed endpoint resolves one
+ * service, and the next step ({@linkcode buildMeshConfig}) finds the others equal by
+ * reference. Splits and access are resolved on every build, from all the objects. Pass the
+ * same cache to each build ({@linkcode BuildTopologyOptions.cache}).
+ */
+export class TopologyCache {
+  /**
+   * By the Service object, weakly: a provider that makes new objects for each load (the file
+   * provider) lets go of the old ones, and their entries go with them.
+   */
+  #entries = new WeakMap<Service, { slices: EndpointSlice[]; built: ResolvedService }>();
+  #pods: readonly Pod[] = [];
+  #trafficType = "";
+
+  /** Starts a build: drops everything when a Pod or the default traffic type changed. */
+  next(pods: readonly Pod[], trafficType: string): this {
+    const samePods = pods.length === this.#pods.length && pods.every((p, i) => p === this.#pods[i]);
+    if (!samePods || trafficType !== this.#trafficType) this.#entries = new WeakMap();
+    this.#pods = pods;
+    this.#trafficType = trafficType;
+    return this;
+  }
+
+  /** What `svc` resolved to last time, if it and its slices are the objects they were. */
+  get(svc: Service, slices: EndpointSlice[]): ResolvedService | undefined {
+    const e = this.#entries.get(svc);
+    if (!e || e.slices.length !== slices.length || e.slices.some((s, i) => s !== slices[i])) {
+      return undefined;
+    }
+    return e.built;
+  }
+
+  /** Keeps what `svc` with `slices` resolved to. */
+  set(svc: Service, slices: EndpointSlice[], built: ResolvedService): void {
+    this.#entries.set(svc, { slices, built });
+  }
+}
+
 /** What a TrafficTarget without rules allows: every HTTP request. */
 const ANY_REQUEST: HttpMatch = { name: "(no rules)", methods: [], pathRegex: "", headers: {} };
 
@@ -216,6 +284,14 @@ function hasCondition(m: HttpMatch): boolean {
   return m.pathRegex !== "" || Object.keys(m.headers).length > 0 ||
     (m.methods.length > 0 && !m.methods.includes("*"));
 }
+
+/**
+ * `localeCompare(b, "en", { numeric: true })`'s order, with the collator made once: with
+ * options, `localeCompare` builds one per call (ICU memory in the malloc heap), which at 10,000
+ * services was a fifth of a build, and at 1,000 left 11-13 MiB of the process's heap behind.
+ * Without options it has a fast path of its own, faster than a collator.
+ */
+const byAddress = new Intl.Collator("en", { numeric: true }).compare;
 
 function compareMeta(a: MeshObject, b: MeshObject): number {
   return a.meta.namespace.localeCompare(b.meta.namespace) || a.meta.name.localeCompare(b.meta.name);
@@ -289,9 +365,7 @@ function resolveEndpoints(
       }
     }
   }
-  return [...seen.values()].sort((a, b) =>
-    a.address.localeCompare(b.address, "en", { numeric: true }) || a.port - b.port
-  );
+  return [...seen.values()].sort((a, b) => byAddress(a.address, b.address) || a.port - b.port);
 }
 
 function resolveMatches(

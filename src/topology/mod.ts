@@ -25,7 +25,7 @@ export {
 } from "./circuit_breaker.ts";
 export { decodeObject, isIpv4, isIpv6, SUPPORTED_KINDS } from "./decode.ts";
 export type { DecodeResult } from "./decode.ts";
-export { buildTopology } from "./build_topology.ts";
+export { buildTopology, TopologyCache } from "./build_topology.ts";
 export { sameJson } from "./same_json.ts";
 export type {
   BuildTopologyOptions,

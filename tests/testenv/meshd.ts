@@ -11,9 +11,10 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 /**
  * The V8 flags every launch of meshd passes (deno.json's `meshd` and `compile` tasks, the test
  * image's wrapper, `scripts/quickstart`): the pages of the config reader's thread go back to
- * the system when the thread ends, not 30 s later (see the README, "Memory").
+ * the system when the thread ends, not 30 s later, and `gc()` lets meshd give back what a large
+ * config change grew at once (see the README, "Memory").
  */
-export const MESHD_V8_FLAGS = "--v8-flags=--no-memory-pool-share-memory-on-teardown";
+export const MESHD_V8_FLAGS = "--v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc";
 
 /**
  * The userspace path's permissions (`deno task meshd`). Without FFI, `--datapath auto` falls
