@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
-import { FILE_MESHD_RUN, MESHD_PERMISSIONS, MESHD_V8_FLAGS } from "./testenv/meshd.ts";
+import { FILE_PERMISSIONS, MESHD_PERMISSIONS, MESHD_V8_FLAGS, meshdArgv } from "./testenv/meshd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -81,7 +81,8 @@ Deno.test("every launch of meshd passes MESHD_V8_FLAGS", async () => {
     assert.ok(commands.length > 0, `${where} launches no meshd`);
     for (const c of commands) assert.ok(c.includes(` ${MESHD_V8_FLAGS} `), `${where}: ${c}`);
   }
-  assert.ok(FILE_MESHD_RUN.includes(MESHD_V8_FLAGS));
+  assert.ok(meshdArgv([]).includes(MESHD_V8_FLAGS), "spawnMeshd's default");
+  assert.ok(FILE_PERMISSIONS.includes(MESHD_V8_FLAGS));
   assert.ok(MESHD_PERMISSIONS.includes(MESHD_V8_FLAGS));
 });
 

@@ -12,6 +12,7 @@ import {
   buildMeshConfig,
   buildTopology,
   type CompileOptions,
+  TopologyCache,
   unreadableObjects,
 } from "../src/topology/mod.ts";
 
@@ -81,5 +82,27 @@ for (const name of cases) {
     assert.deepEqual(JSON.parse(actualJson), JSON.parse(expected));
     // The same input always gives the same output, byte for byte.
     assert.equal(JSON.stringify(await run(yaml, options), null, 2) + "\n", actualJson);
+  });
+
+  Deno.test(`golden ${name}: a build from a TopologyCache equals one without`, async () => {
+    const dir = new URL(`${name}/`, DIR);
+    const optionsText = await readOptional(new URL("options.json", dir));
+    const options: CompileOptions = optionsText ? JSON.parse(optionsText) : {};
+    const loaded = new ObjectLoader().merge(
+      await decodeFiles([{
+        path: "objects.yaml",
+        text: await Deno.readTextFile(
+          new URL("objects.yaml", dir),
+        ),
+      }]),
+    );
+    const o = { ...options, unreadable: unreadableObjects(loaded.errors) };
+    const plain = buildTopology(loaded.objects, o);
+    const cache = new TopologyCache();
+    // The second build takes every service from the cache: splits and access are resolved
+    // again on fresh ports, never added to the cached ones.
+    for (const round of ["first", "cached"]) {
+      assert.deepEqual(buildTopology(loaded.objects, { ...o, cache }), plain, round);
+    }
   });
 }

@@ -19,28 +19,33 @@ import {
 } from "../datapath/mod.ts";
 import type { KubeApi, MeshView } from "../kube/mod.ts";
 import { type CheckResult, checksJson, formatChecks } from "./check_report.ts";
-import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
+import { CliError, type CliIo, kubeClientFor, warningLine } from "./common.ts";
 import { appliedByLeader, nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
-import type { FlagValue } from "./flags.ts";
+import { type FlagValue, FlagValues } from "./flags.ts";
+import { dnsTtlSeconds } from "./options.ts";
 
-type Values = Record<string, FlagValue>;
+type Values = FlagValues;
 
 const corednsRef = (v: Values) => ({
-  namespace: v["coredns-namespace"] as string,
-  name: v["coredns-configmap"] as string,
+  namespace: v.string("coredns-namespace"),
+  name: v.string("coredns-configmap"),
 });
 
 /** `meshd prepare`: meshd's server block into the CoreDNS Corefile. */
-export async function prepareCommand(v: Values, io: CliIo): Promise<number> {
-  const { kapi } = await kubeClient(v, io);
+export async function prepareCommand(
+  values: Record<string, FlagValue>,
+  io: CliIo,
+): Promise<number> {
+  const v = new FlagValues(values);
+  const { kapi } = await kubeClientFor(v.optionalString("kubeconfig"), io);
   const ref = corednsRef(v);
   const r = await prepareCoreDns(kapi, {
-    meshNamespace: v["mesh-namespace"] as string,
-    dnsService: v["dns-service"] as string,
-    domain: v["domain"] as string,
-    aliases: v["domain-aliases"] as string[],
+    meshNamespace: v.string("mesh-namespace"),
+    dnsService: v.string("dns-service"),
+    domain: v.string("domain"),
+    aliases: v.list("domain-aliases"),
     coredns: ref,
-    cacheSeconds: Math.max(1, Math.round((v["dns-ttl"] as number) / 1000)),
+    cacheSeconds: dnsTtlSeconds(v.number("dns-ttl")),
   });
   const where = `${ref.namespace}/${ref.name}`;
   const zones = r.zones.join(", ");
@@ -70,13 +75,18 @@ export async function prepareCommand(v: Values, io: CliIo): Promise<number> {
 }
 
 /** `meshd cleanup`: what prepare added, and the shadow Services. */
-export async function cleanupCommand(v: Values, io: CliIo): Promise<number> {
-  const { kapi } = await kubeClient(v, io);
-  const ns = v["mesh-namespace"] as string;
-  const holder = await leaseHolder(kapi, ns, v["lease-name"] as string, Date.now());
-  if (holder && !v["force"]) {
+export async function cleanupCommand(
+  values: Record<string, FlagValue>,
+  io: CliIo,
+): Promise<number> {
+  const v = new FlagValues(values);
+  const { kapi } = await kubeClientFor(v.optionalString("kubeconfig"), io);
+  const ns = v.string("mesh-namespace");
+  const lease = v.string("lease-name");
+  const holder = await leaseHolder(kapi, ns, lease, Date.now());
+  if (holder && !v.bool("force")) {
     throw new CliError(
-      `meshd is still running: "${holder}" holds the Lease ${ns}/${v["lease-name"]} and would ` +
+      `meshd is still running: "${holder}" holds the Lease ${ns}/${lease} and would ` +
         "write its shadow Services again; delete the DaemonSet first, or pass --force",
     );
   }
@@ -105,18 +115,22 @@ type Add = (r: Omit<CheckResult, "group">) => void;
  * `-o json`; `--pre` checks a cluster before install, otherwise an installed meshd too.
  * `--wait` runs them again until none fails or the time is up. 1 when something fails.
  */
-export async function checkCommand(v: Values, io: CliIo): Promise<number> {
-  const waitMs = (v["wait"] as number | undefined) ?? 0;
+export async function checkCommand(
+  values: Record<string, FlagValue>,
+  io: CliIo,
+): Promise<number> {
+  const v = new FlagValues(values);
+  const waitMs = v.optionalNumber("wait") ?? 0;
   const deadline = Date.now() + waitMs;
   for (let round = 1;; round++) {
     const results = await runChecks(v, io);
     const failed = results.filter((r) => r.level === "fail");
     const left = deadline - Date.now();
     if (failed.length === 0 || left <= 0) {
-      io.stdout(v["output"] === "json" ? checksJson(results) : formatChecks(results));
+      io.stdout(v.string("output") === "json" ? checksJson(results) : formatChecks(results));
       return failed.length ? 1 : 0;
     }
-    if (v["output"] !== "json") {
+    if (v.string("output") !== "json") {
       io.stderr(
         `meshd check: waiting (round ${round}, ${Math.ceil(left / 1000)}s left): ${
           failed.map((f) => f.message).join("; ")
@@ -130,12 +144,12 @@ export async function checkCommand(v: Values, io: CliIo): Promise<number> {
 async function runChecks(v: Values, io: CliIo): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   const group = (g: string): Add => (r) => results.push({ group: g, ...r });
-  const pre = v["pre"] === true;
+  const pre = v.bool("pre");
   let api: KubeApi | null = null;
   let kube: typeof import("../kube/mod.ts") | null = null;
   const apiLine = group("Kubernetes API");
   try {
-    ({ kapi: api, kube } = await kubeClient(v, io));
+    ({ kapi: api, kube } = await kubeClientFor(v.optionalString("kubeconfig"), io));
     const ver = await api.request("GET", "/version", undefined, { timeoutMs: 5_000 });
     const git = String(ver["gitVersion"] ?? "(no version)");
     apiLine({ name: "api", level: "ok", message: `${api.server} answers, Kubernetes ${git}` });
@@ -191,14 +205,14 @@ async function runChecks(v: Values, io: CliIo): Promise<CheckResult[]> {
  * programs are loaded (the verifier runs) and let go. Run in a meshd pod, that node's answer.
  */
 async function localDatapath(v: Values): Promise<Omit<CheckResult, "group">> {
-  const libbpf = v["libbpf"] as string | undefined;
+  const libbpf = v.optionalString("libbpf");
   const dp = await probeDatapath({
-    kernelRelease: v["kernel-release"] as string | undefined,
+    kernelRelease: v.optionalString("kernel-release"),
     libbpfPath: libbpf,
-    bpffs: v["bpffs"] as string,
-    cgroup: v["cgroup"] as string | undefined,
+    bpffs: v.string("bpffs"),
+    cgroup: v.optionalString("cgroup"),
     programs: async () => {
-      const object = await readBpfObject(v["bpf-object"] as string | undefined);
+      const object = await readBpfObject(v.optionalString("bpf-object"));
       EbpfDatapath.verify(libbpf ?? findLibbpf() ?? "libbpf.so.1", object);
       return "the programs load (not attached by check)";
     },
@@ -266,7 +280,7 @@ async function checkInstallRbac(
   add: Add,
 ): Promise<void> {
   try {
-    const wanted = kube.installPermissions(v["mesh-namespace"] as string, corednsRef(v));
+    const wanted = kube.installPermissions(v.string("mesh-namespace"), corednsRef(v));
     const missing = [];
     for (const p of wanted) if (!(await kube.mayI(api, p))) missing.push(p);
     add(
@@ -311,8 +325,8 @@ async function checkCoreDnsFound(api: KubeApi, v: Values, add: Add): Promise<voi
     return;
   }
   const [domain, ...aliases] = meshZones({
-    domain: v["domain"] as string,
-    aliases: v["domain-aliases"] as string[],
+    domain: v.string("domain"),
+    aliases: v.list("domain-aliases"),
   });
   // Zones another block serves: prepare refuses the domain there, and leaves an alias out.
   const { elsewhere } = corefileZones(corefile);
@@ -399,8 +413,8 @@ async function checkInstalled(
   v: Values,
   add: Add,
 ): Promise<void> {
-  const ns = v["mesh-namespace"] as string;
-  const ref = { namespace: ns, daemonSet: v["daemonset"] as string, selector: selectorOf(v) };
+  const ns = v.string("mesh-namespace");
+  const ref = { namespace: ns, daemonSet: v.string("daemonset"), selector: selectorOf(v) };
   let view;
   try {
     view = await kube.readMeshView(api, ref);
@@ -416,7 +430,7 @@ async function checkInstalled(
     return;
   }
   add(daemonSetCheck(view, ref));
-  const lease = v["lease-name"] as string;
+  const lease = v.string("lease-name");
   let holder: string | null = null;
   try {
     holder = await leaseHolder(api, ns, lease, Date.now());
@@ -430,7 +444,7 @@ async function checkInstalled(
   }
   const reports = await readNodeMetrics(api, kube, view, {
     namespace: ns,
-    port: v["metrics-port"] as number,
+    port: v.number("metrics-port"),
   });
   // The leader's version is what every node should route by; without its metrics, the newest.
   const leaderReport = reports.find((r) => r.pod?.name === holder && r.metrics);
@@ -589,7 +603,7 @@ export function nodeCheck(
 
 /** The `--meshd-selector` pairs as a label selector. */
 export function selectorOf(v: Values): string {
-  return (v["meshd-selector"] as string[]).join(",");
+  return v.list("meshd-selector").join(",");
 }
 
 async function checkRbac(
@@ -608,7 +622,7 @@ async function checkRbac(
     if (name) who = name;
   } catch { /* an older API server: the reviews below still answer */ }
   try {
-    const wanted = kube.runPermissions(v["mesh-namespace"] as string);
+    const wanted = kube.runPermissions(v.string("mesh-namespace"));
     const missing = [];
     for (const p of wanted) if (!(await kube.mayI(api, p))) missing.push(p);
     if (missing.length === 0) {
@@ -641,8 +655,8 @@ async function checkCoreDns(
   const where = `${ref.namespace}/${ref.name}`;
   try {
     const [domain, ...aliases] = meshZones({
-      domain: v["domain"] as string,
-      aliases: v["domain-aliases"] as string[],
+      domain: v.string("domain"),
+      aliases: v.list("domain-aliases"),
     });
     const corefile = await coreDnsCorefile(api, ref);
     const block = currentMeshBlock(corefile);
@@ -660,8 +674,8 @@ async function checkCoreDns(
       .map((a) => a.replace(/:53$/, "").replace(/^\[(.*)\]$/, "$1"));
     const want = await dnsServiceAddresses(
       api,
-      v["mesh-namespace"] as string,
-      v["dns-service"] as string,
+      v.string("mesh-namespace"),
+      v.string("dns-service"),
     );
     const missing = aliases.filter((a) => !forwarded.includes(a));
     if (!forwarded.includes(domain!)) {
@@ -675,7 +689,8 @@ async function checkCoreDns(
       add({
         name: "coredns",
         level: "fail",
-        message: `${where} forwards ${domain} to ${to.join(", ")}, but ${v["dns-service"]} is ` +
+        message:
+          `${where} forwards ${domain} to ${to.join(", ")}, but ${v.string("dns-service")} is ` +
           `at ${want.join(", ")}`,
         hint: "run meshd prepare",
       });

@@ -1,4 +1,4 @@
-import type { FlagValue } from "./flags.ts";
+import { type FlagValue, FlagValues } from "./flags.ts";
 import type { KubeApi } from "../kube/mod.ts";
 
 /** A failure the user can act on: printed as one line, exit code 1, no stack trace. */
@@ -45,17 +45,35 @@ export interface CliIo {
 }
 
 /** The kube room, loaded on demand, and a client from --kubeconfig or the defaults. */
-export async function kubeClient(
+export function kubeClient(
   values: Record<string, FlagValue>,
+  io: CliIo,
+): Promise<{ kube: typeof import("../kube/mod.ts"); kapi: KubeApi }> {
+  return kubeClientFor(new FlagValues(values).optionalString("kubeconfig"), io);
+}
+
+/** The kube room, loaded on demand, and a client from `kubeconfig` or the defaults. */
+export async function kubeClientFor(
+  kubeconfig: string | undefined,
   io: CliIo,
 ): Promise<{ kube: typeof import("../kube/mod.ts"); kapi: KubeApi }> {
   const kube = await import("../kube/mod.ts");
   try {
-    const kapi = new kube.KubeApi(
-      kube.loadKubeConfig(values["kubeconfig"] as string | undefined, io.env),
-    );
+    const kapi = new kube.KubeApi(kube.loadKubeConfig(kubeconfig, io.env));
     return { kube, kapi };
   } catch (e) {
     throw new CliError((e as Error).message);
   }
+}
+
+/** `--config-dir`, checked: set, and a directory that can be read. */
+export async function needDir(dir: string | undefined): Promise<string> {
+  if (!dir) throw new CliError("--config-dir (or MESHD_CONFIG_DIR) is required");
+  const stat = await Deno.stat(dir).catch((e) => {
+    throw new CliError(`Cannot read config directory "${dir}": ${(e as Error).message}`);
+  });
+  if (!stat.isDirectory) {
+    throw new CliError(`Cannot use "${dir}" as config directory: not a directory`);
+  }
+  return dir;
 }

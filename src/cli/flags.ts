@@ -231,3 +231,95 @@ export function formatFlagGroups(groups: readonly FlagGroup[], withHelp = false)
   if (withHelp) out.push(row("  --help", "Show this help"));
   return out.join("\n");
 }
+
+/**
+ * Typed reads of parsed flags, so no command casts the record: a value of another type than
+ * the read asks for is a bug (the flag's spec and its reader disagree), thrown as a TypeError.
+ *
+ * @example
+ * ```ts
+ * const flags = new FlagValues(parseFlags(argv, specs).values);
+ * const port = flags.number("api-port");
+ * ```
+ */
+export class FlagValues {
+  readonly #values: Readonly<Record<string, FlagValue>>;
+
+  constructor(values: Readonly<Record<string, FlagValue>>) {
+    this.#values = values;
+  }
+
+  /** A `string` flag with a default. */
+  string(name: string): string {
+    return this.#need(name, this.optionalString(name));
+  }
+
+  /** A `string` flag without a default. */
+  optionalString(name: string): string | undefined {
+    return this.#read(name, "a string", (v): v is string => typeof v === "string");
+  }
+
+  /** One of a `string` flag's `values`, typed as the union of them. */
+  choice<const T extends string>(name: string, choices: readonly T[]): T {
+    const v = this.string(name);
+    if (!(choices as readonly string[]).includes(v)) {
+      throw new TypeError(`Flag "--${name}" is "${v}", not one of ${choices.join(", ")}`);
+    }
+    return v as T;
+  }
+
+  /** An `int`, `count` or `duration` (milliseconds) flag with a default. */
+  number(name: string): number {
+    return this.#need(name, this.optionalNumber(name));
+  }
+
+  /** An `int`, `count` or `duration` flag without a default. */
+  optionalNumber(name: string): number | undefined {
+    return this.#read(name, "a number", (v): v is number => typeof v === "number");
+  }
+
+  /** A `count-or-auto` flag. */
+  countOrAuto(name: string): number | "auto" {
+    const v = this.#need(
+      name,
+      this.#read(
+        name,
+        "a number or auto",
+        (v): v is number | "auto" => typeof v === "number" || v === "auto",
+      ),
+    );
+    return v;
+  }
+
+  /** A `bool` flag. */
+  bool(name: string): boolean {
+    return this.#read(name, "true or false", (v): v is boolean => typeof v === "boolean") ??
+      false;
+  }
+
+  /** A `list` flag (empty when unset). */
+  list(name: string): string[] {
+    return this.#read(name, "a list", (v): v is string[] => Array.isArray(v)) ?? [];
+  }
+
+  /** A `range` flag with a default. */
+  range(name: string): { first: number; last: number } {
+    type Range = { first: number; last: number };
+    const isRange = (v: FlagValue): v is Range =>
+      typeof v === "object" && v !== null && !Array.isArray(v) && "first" in v;
+    return this.#need(name, this.#read(name, "a range", isRange));
+  }
+
+  #read<T>(name: string, what: string, is: (v: FlagValue) => v is T & FlagValue): T | undefined {
+    if (!(name in this.#values)) throw new TypeError(`No flag "--${name}" was parsed`);
+    const v = this.#values[name];
+    if (v === undefined) return undefined;
+    if (!is(v)) throw new TypeError(`Flag "--${name}" holds ${typeof v}, not ${what}`);
+    return v;
+  }
+
+  #need<T>(name: string, v: T | undefined): T {
+    if (v === undefined) throw new TypeError(`Flag "--${name}" has no value and no default`);
+    return v;
+  }
+}

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { envName, type FlagSpec, formatFlags, parseFlags, UsageError } from "./flags.ts";
+import {
+  envName,
+  type FlagSpec,
+  FlagValues,
+  formatFlags,
+  parseFlags,
+  UsageError,
+} from "./flags.ts";
 
 const SPECS: FlagSpec[] = [
   { name: "config-dir", kind: "string", arg: "DIR", help: "Dir" },
@@ -96,4 +103,28 @@ Deno.test("parseFlags() takes a one-letter form as -o value and -o=value", () =>
   assert.throws(() => parseFlags(["-x"], specs), UsageError, 'Unknown flag "-x"');
   assert.throws(() => parseFlags(["-o", "yaml"], specs), /expected text, json/);
   assert.match(formatFlags(specs), /^ {2}-o, --output text\|json/);
+});
+
+Deno.test("FlagValues reads each kind typed, and a read of the wrong type is a bug", () => {
+  const specs: FlagSpec[] = [
+    { name: "name", kind: "string", default: "x", help: "" },
+    { name: "port", kind: "int", default: "80", help: "" },
+    { name: "on", kind: "bool", default: "false", help: "" },
+    { name: "ns", kind: "list", default: "a,b", help: "" },
+    { name: "ports", kind: "range", default: "10-20", help: "" },
+    { name: "workers", kind: "count-or-auto", default: "auto", help: "" },
+    { name: "unset", kind: "string", help: "" },
+  ];
+  const v = new FlagValues(parseFlags(["--on"], specs).values);
+  assert.equal(v.string("name"), "x");
+  assert.equal(v.number("port"), 80);
+  assert.equal(v.bool("on"), true);
+  assert.deepEqual(v.list("ns"), ["a", "b"]);
+  assert.deepEqual(v.range("ports"), { first: 10, last: 20 });
+  assert.equal(v.countOrAuto("workers"), "auto");
+  assert.equal(v.optionalString("unset"), undefined);
+  assert.throws(() => v.string("unset"), TypeError);
+  assert.throws(() => v.number("name"), TypeError);
+  assert.throws(() => v.choice("name", ["a", "b"]), TypeError);
+  assert.throws(() => v.string("nope"), /No flag "--nope" was parsed/);
 });

@@ -1,7 +1,7 @@
 import { type AccessLogMode, DEFAULT_OUTLIER, type NodeProxyOptions } from "../proxy/mod.ts";
 import { DEFAULT_TCP_PORTS, DEFAULT_UDP_PORTS } from "../topology/mod.ts";
 import type { CompileOptions, PortRange } from "../topology/mod.ts";
-import type { FlagSpec, FlagValue } from "./flags.ts";
+import type { FlagGroup, FlagSpec, FlagValues } from "./flags.ts";
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "../provider/mod.ts";
 
 const range = (r: PortRange): string => `${r.first}-${r.last}`;
@@ -118,23 +118,23 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
 ];
 
 /** The bounds on each config file the model flags describe. */
-export function configLimits(v: Record<string, FlagValue>): ConfigLimits {
-  const max = v["config-max-file-size"];
+export function configLimits(v: FlagValues): ConfigLimits {
+  const max = v.optionalNumber("config-max-file-size");
   return {
     ...DEFAULT_CONFIG_LIMITS,
-    ...(typeof max === "number" && max > 0 ? { maxFileBytes: max } : {}),
+    ...(max !== undefined && max > 0 ? { maxFileBytes: max } : {}),
   };
 }
 
 /** The builder options the model flags describe. */
-export function compileOptions(v: Record<string, FlagValue>): CompileOptions {
+export function compileOptions(v: FlagValues): CompileOptions {
   return {
-    domain: v["domain"] as string,
-    defaultTrafficType: v["default-mode"] as "http" | "tcp",
-    acl: v["acl"] as boolean,
-    ignoredNamespaces: v["ignore-namespaces"] as string[],
-    tcpPorts: v["tcp-ports"] as PortRange,
-    udpPorts: v["udp-ports"] as PortRange,
+    domain: v.string("domain"),
+    defaultTrafficType: v.choice("default-mode", ["http", "tcp"]),
+    acl: v.bool("acl"),
+    ignoredNamespaces: v.list("ignore-namespaces"),
+    tcpPorts: v.range("tcp-ports"),
+    udpPorts: v.range("udp-ports"),
   };
 }
 
@@ -238,25 +238,25 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
 ];
 
 /** The node proxy options the proxy flags describe. */
-export function proxyOptions(v: Record<string, FlagValue>): Partial<NodeProxyOptions> {
-  const base = v["outlier-ejection"] as number;
+export function proxyOptions(v: FlagValues): Partial<NodeProxyOptions> {
+  const base = v.number("outlier-ejection");
   return {
-    connectTimeoutMs: v["connect-timeout"] as number,
-    responseTimeoutMs: v["response-timeout"] as number,
-    tcpIdleTimeoutMs: v["tcp-idle-timeout"] as number,
-    udpIdleTimeoutMs: v["udp-idle-timeout"] as number,
-    writeTimeoutMs: v["write-timeout"] as number,
-    accessLog: (v["access-log"] ?? "off") as AccessLogMode,
-    requestId: (v["request-id"] ?? false) as boolean,
+    connectTimeoutMs: v.number("connect-timeout"),
+    responseTimeoutMs: v.number("response-timeout"),
+    tcpIdleTimeoutMs: v.number("tcp-idle-timeout"),
+    udpIdleTimeoutMs: v.number("udp-idle-timeout"),
+    writeTimeoutMs: v.number("write-timeout"),
+    accessLog: v.choice<AccessLogMode>("access-log", ["off", "json", "logfmt"]),
+    requestId: v.bool("request-id"),
     limits: {
-      maxConnections: v["max-connections"] as number | undefined,
-      maxConnectionsPerSource: v["max-connections-per-source"] as number | undefined,
-      maxUdpFlows: v["max-udp-flows"] as number | undefined,
-      maxUdpFlowsPerListener: v["max-udp-flows-per-listener"] as number | undefined,
-      maxUdpFlowsPerSource: v["max-udp-flows-per-source"] as number | undefined,
+      maxConnections: v.optionalNumber("max-connections"),
+      maxConnectionsPerSource: v.optionalNumber("max-connections-per-source"),
+      maxUdpFlows: v.optionalNumber("max-udp-flows"),
+      maxUdpFlowsPerListener: v.optionalNumber("max-udp-flows-per-listener"),
+      maxUdpFlowsPerSource: v.optionalNumber("max-udp-flows-per-source"),
     },
     outlier: {
-      consecutiveFailures: v["outlier-failures"] as number,
+      consecutiveFailures: v.number("outlier-failures"),
       baseEjectionMs: base,
       maxEjectionMs: base * 10,
     },
@@ -368,6 +368,11 @@ export const DNS_FLAGS: readonly FlagSpec[] = [
     help: "TTL of DNS answers and of negative answers (whole seconds)",
   },
 ];
+
+/** `--dns-ttl` (milliseconds) in the whole seconds a DNS answer carries: at least 1. */
+export function dnsTtlSeconds(ms: number): number {
+  return Math.max(1, Math.round(ms / 1000));
+}
 
 /** Flags that say where CoreDNS and the mesh DNS Service are (prepare, cleanup, check). */
 export const COREDNS_FLAGS: readonly FlagSpec[] = [
@@ -555,4 +560,190 @@ export const DRAIN_FLAGS: readonly FlagSpec[] = [
       "(default: none, stop at once); reading the successor's sockets in /proc/net takes " +
       "--allow-all, which the compiled binary has",
   },
+];
+
+/** `meshd run`'s flags, by topic as `--help` shows them. */
+export const RUN_GROUPS: readonly FlagGroup[] = [
+  {
+    title: "Where the config comes from",
+    flags: [
+      {
+        name: "provider",
+        kind: "string",
+        values: ["file", "kube"],
+        arg: "file|kube",
+        default: "file",
+        help: "Where objects come from: file reads --config-dir; kube watches the Kubernetes " +
+          "API and elects a controller leader",
+      },
+      ...MODEL_FLAGS,
+      DOMAIN_ALIASES_FLAG,
+    ],
+  },
+  {
+    title: "Proxy",
+    flags: [
+      {
+        name: "proxy-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address the proxy listens on (the node's address in a DaemonSet: UDP answers " +
+          "leave from the address bound, and from 0.0.0.0 the kernel picks one NAT does not " +
+          "match)",
+      },
+      {
+        name: "http-port",
+        kind: "int",
+        arg: "PORT",
+        default: "5000",
+        help: "HTTP entrypoint, routed by Host <service>.<namespace>.<domain>[:port]",
+      },
+      WORKERS_FLAG,
+      ...PROXY_FLAGS,
+      ...DRAIN_FLAGS,
+    ],
+  },
+  { title: "Kubernetes (--provider kube)", flags: KUBE_FLAGS },
+  { title: "Config distribution (--provider kube)", flags: DISTRIBUTION_FLAGS },
+  { title: "Mesh DNS (--provider kube)", flags: DNS_FLAGS },
+  {
+    title: "API, health and metrics",
+    flags: [
+      {
+        name: "api-address",
+        kind: "string",
+        arg: "ADDR",
+        default: "127.0.0.1",
+        help: "Address of the API (/api/config, /api/services, /api/status, /metrics, " +
+          "/healthz, /readyz); it shows every endpoint and ServiceAccount, so keep it on " +
+          "loopback and reach it with kubectl port-forward",
+      },
+      { name: "api-port", kind: "int", arg: "PORT", default: "9000", help: "Port of the API" },
+      ...HEALTH_FLAGS,
+    ],
+  },
+  {
+    title: "eBPF data path",
+    flags: [DATAPATH_FLAG, ...EBPF_FLAGS, EBPF_GRACE_FLAG, ...PROBE_FLAGS],
+  },
+  { title: "Logging", flags: LOG_FLAGS },
+];
+
+export const RUN_FLAGS: readonly FlagSpec[] = RUN_GROUPS.flatMap((g) => g.flags);
+
+export const DUMP_FLAGS: readonly FlagSpec[] = [...MODEL_FLAGS];
+
+const pick = (specs: readonly FlagSpec[], ...names: string[]) =>
+  specs.filter((f) => names.includes(f.name));
+const CLUSTER_FLAGS = pick(KUBE_FLAGS, "kubeconfig", "mesh-namespace");
+const LEVEL_FLAG = pick(LOG_FLAGS, "log-level");
+const DOMAIN_FLAG = pick(MODEL_FLAGS, "domain");
+
+export const PREPARE_FLAGS: readonly FlagSpec[] = [
+  ...CLUSTER_FLAGS,
+  ...DOMAIN_FLAG,
+  {
+    ...DOMAIN_ALIASES_FLAG,
+    help: "Domains CoreDNS also sends to meshd (match meshd run's); one that a block meshd " +
+      "did not add serves (Traefik Mesh's) is left out, with a warning",
+  },
+  ...COREDNS_FLAGS,
+  {
+    ...pick(DNS_FLAGS, "dns-ttl")[0]!,
+    help: "How long CoreDNS caches mesh answers; match meshd run's --dns-ttl",
+  },
+  ...LEVEL_FLAG,
+];
+
+export const CLEANUP_FLAGS: readonly FlagSpec[] = [
+  ...CLUSTER_FLAGS,
+  ...pick(COREDNS_FLAGS, "coredns-namespace", "coredns-configmap"),
+  ...pick(KUBE_FLAGS, "lease-name"),
+  {
+    name: "force",
+    kind: "bool",
+    default: "false",
+    help: "Clean up even while a meshd controller holds the Lease (it will write its shadow " +
+      "Services again)",
+  },
+  ...LEVEL_FLAG,
+];
+
+/** Where meshd runs, and how its pods' metrics are reached: check, status and stat. */
+const MESH_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "daemonset",
+    kind: "string",
+    arg: "NAME",
+    default: "meshd",
+    help: "meshd's DaemonSet in --mesh-namespace",
+  },
+  ...pick(KUBE_FLAGS, "meshd-selector", "lease-name"),
+  {
+    name: "metrics-port",
+    kind: "int",
+    arg: "PORT",
+    default: "9002",
+    help: "The meshd pods' --metrics-port, read through the API server's pod proxy (needs " +
+      "get pods/proxy)",
+  },
+];
+
+const OUTPUT_FLAG: FlagSpec = {
+  name: "output",
+  short: "o",
+  kind: "string",
+  values: ["text", "json"],
+  default: "text",
+  help: "Print text for people or JSON for programs",
+};
+
+export const CHECK_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "pre",
+    kind: "bool",
+    default: "false",
+    help: "Before install: the API version, RBAC to install, CoreDNS found, SMI CRDs and the " +
+      "nodes' kernels (instead of the installed meshd's DaemonSet, leader and nodes)",
+  },
+  {
+    name: "wait",
+    kind: "duration",
+    arg: "DURATION",
+    help: "Run the checks again (every 2s) until none fails or DURATION is up, such as 2m",
+  },
+  OUTPUT_FLAG,
+  ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
+  ...DOMAIN_FLAG,
+  {
+    ...DOMAIN_ALIASES_FLAG,
+    help: "Domains the coredns line expects forwarded with --domain; one missing is a warning",
+  },
+  ...COREDNS_FLAGS,
+  ...EBPF_FLAGS,
+  ...PROBE_FLAGS,
+  ...LEVEL_FLAG,
+];
+
+export const STATUS_FLAGS: readonly FlagSpec[] = [
+  OUTPUT_FLAG,
+  ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
+  ...LEVEL_FLAG,
+];
+
+export const STAT_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "window",
+    kind: "duration",
+    arg: "DURATION",
+    default: "30s",
+    help: "How long to count: every node's metrics are read at its start and at its end",
+  },
+  OUTPUT_FLAG,
+  ...CLUSTER_FLAGS,
+  ...MESH_FLAGS,
+  ...LEVEL_FLAG,
 ];

@@ -1,7 +1,12 @@
 import type { ConfigRef, DistributionServer, StampedConfig } from "../distribution/mod.ts";
 import type { Logger, Registry } from "../observability/mod.ts";
-import type { LoadResult } from "../provider/mod.ts";
-import type { MeshConfig } from "../topology/mod.ts";
+import {
+  type CompileOptions,
+  type LoadResult,
+  type MeshConfig,
+  TopologyCache,
+} from "../topology/mod.ts";
+import { compileLoad, type InputReport } from "./compile_load.ts";
 
 /** A running watch of the objects the config is built from. */
 export interface ObjectWatch {
@@ -16,8 +21,15 @@ export interface MeshControllerOptions {
   server: DistributionServer;
   /** Starts watching the objects and calls `onLoad` with every load. */
   watch: (onLoad: (result: LoadResult) => Promise<void>) => ObjectWatch;
-  /** Builds the config that follows `previous` from a load (the same object if unchanged). */
-  compile: (result: LoadResult, previous: MeshConfig | null) => MeshConfig;
+  /** How each load is compiled into the config that follows the last. */
+  compile: CompileOptions;
+  /**
+   * Where the problems of each load are logged (default: `logger`). meshd gives its node
+   * agent's log: the leader's `/api/status` shows them, as a meshd on its own does.
+   */
+  inputLogger?: Logger;
+  /** Told what is wrong with each load compiled: this pod's node agent shows it. */
+  onInput?: (report: InputReport) => void;
   /** The config this pod's own node has now: the start of a new term's history. */
   seed: () => StampedConfig | null;
   /** Called with each config the controller settles on, the first of a term included. */
@@ -42,6 +54,8 @@ export interface NodesReport {
  */
 export class MeshController {
   readonly #o: MeshControllerOptions;
+  /** Each compile resolves again only the Services whose objects changed. */
+  readonly #cache = new TopologyCache();
   #leading = false;
   #term = 0;
   #epoch = "";
@@ -166,7 +180,12 @@ export class MeshController {
     });
     this.#watch = this.#o.watch((result) => {
       if (!this.#leading || term !== this.#term) return Promise.resolve();
-      const config = this.#o.compile(result, this.#previous);
+      const { config, report } = compileLoad(result, {
+        compile: { ...this.#o.compile, cache: this.#cache },
+        previous: this.#previous,
+        logger: this.#o.inputLogger ?? log,
+      });
+      this.#o.onInput?.(report);
       const changed = config !== this.#previous;
       if (changed) {
         server.publish(config, this.#epoch);

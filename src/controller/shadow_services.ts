@@ -55,36 +55,42 @@ export interface ShadowOptions {
 export function desiredShadowServices(config: MeshConfig, o: ShadowOptions): RawObject[] {
   const out: RawObject[] = [];
   for (const s of config.services) {
-    const ports = shadowPorts(s, o.httpPort);
-    if (ports.length === 0) continue;
-    out.push({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: {
-        name: shadowServiceName(s.namespace, s.name),
-        namespace: o.meshNamespace,
-        labels: {
-          [SHADOW_LABELS.managedBy]: "meshd",
-          [SHADOW_LABELS.role]: "shadow",
-          [SHADOW_LABELS.ofName]: s.name,
-          [SHADOW_LABELS.ofNamespace]: s.namespace,
-        },
-      },
-      spec: {
-        type: "ClusterIP",
-        selector: o.selector,
-        internalTrafficPolicy: "Local",
-        // The meshd pods run on the node's network: a new pod (not ready yet) and the one it
-        // replaces share one address, and kube-proxy keeps one endpoint per address, either
-        // one. Were readiness published, the node's traffic would be dropped until the new pod
-        // is Ready, though the old one still serves that address. Any meshd bound there
-        // serves; with no meshd the port refuses, as a Service without endpoints would.
-        publishNotReadyAddresses: true,
-        ports,
-      },
-    });
+    const svc = desiredShadowService(s, o);
+    if (svc) out.push(svc);
   }
   return out.sort((a, b) => name(a).localeCompare(name(b)));
+}
+
+/** The shadow Service one meshed service needs; null when none of its ports has a target. */
+export function desiredShadowService(s: MeshService, o: ShadowOptions): RawObject | null {
+  const ports = shadowPorts(s, o.httpPort);
+  if (ports.length === 0) return null;
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: {
+      name: shadowServiceName(s.namespace, s.name),
+      namespace: o.meshNamespace,
+      labels: {
+        [SHADOW_LABELS.managedBy]: "meshd",
+        [SHADOW_LABELS.role]: "shadow",
+        [SHADOW_LABELS.ofName]: s.name,
+        [SHADOW_LABELS.ofNamespace]: s.namespace,
+      },
+    },
+    spec: {
+      type: "ClusterIP",
+      selector: o.selector,
+      internalTrafficPolicy: "Local",
+      // The meshd pods run on the node's network: a new pod (not ready yet) and the one it
+      // replaces share one address, and kube-proxy keeps one endpoint per address, either
+      // one. Were readiness published, the node's traffic would be dropped until the new pod
+      // is Ready, though the old one still serves that address. Any meshd bound there
+      // serves; with no meshd the port refuses, as a Service without endpoints would.
+      publishNotReadyAddresses: true,
+      ports,
+    },
+  };
 }
 
 function name(o: RawObject): string {
@@ -121,19 +127,39 @@ export interface ShadowControllerOptions extends ShadowOptions {
   existing?: () => Iterable<RawObject> | null;
   /** Writes in flight at once; default 8. */
   concurrency?: number;
+  /**
+   * How long after a failed pass the next one starts when nothing else starts it, in ms; it
+   * doubles with each failure in a row, up to 30 s. Default 1,000.
+   */
+  retryMs?: number;
 }
+
+/** The longest wait between passes that fail in a row. */
+const MAX_RETRY_MS = 30_000;
 
 /**
  * Keeps the shadow Services in the mesh namespace in line with the MeshConfig: creates and
  * updates them by server-side apply, and deletes the ones no Service needs any more. It writes
- * only while `isLeader()` holds; a failed pass is tried again on the next config or
- * {@linkcode ShadowServiceController.resync}.
+ * only while `isLeader()` holds. A failed pass is tried again on the next config,
+ * {@linkcode ShadowServiceController.resync}, or after a backoff, whichever comes first: a
+ * pass that times out under load must not wait for a change that may never come.
  */
 export class ShadowServiceController {
   readonly #o: ShadowControllerOptions;
   #config: MeshConfig | null = null;
   #running: Promise<void> = Promise.resolve();
   #again = false;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  /** Passes that failed in a row. */
+  #failures = 0;
+  #stopped = false;
+  /**
+   * The shadow each config service needs, by the service object: configs keep the objects of
+   * unchanged services, so a pass at 10,000 services builds only the changed ones' shadows.
+   */
+  #desired = new WeakMap<MeshService, RawObject | null>();
+  /** Existing Services (as the watch or a list gave them) known to match a desired shadow. */
+  #matched = new WeakMap<RawObject, RawObject>();
   /** Completed passes that wrote something, for tests. */
   writes = 0;
 
@@ -153,14 +179,36 @@ export class ShadowServiceController {
     this.#again = true;
     this.#running = this.#running.then(async () => {
       this.#again = false;
+      clearTimeout(this.#retry);
+      this.#retry = undefined;
+      if (this.#stopped) return;
       try {
         await this.#reconcile();
+        this.#failures = 0;
       } catch (e) {
+        const delay = Math.min(
+          MAX_RETRY_MS,
+          (this.#o.retryMs ?? 1_000) * 2 ** Math.min(this.#failures++, 15),
+        );
         this.#o.logger.warn("shadow services: reconcile failed; will retry", {
           error: String(e),
+          retryMs: delay,
         });
+        if (!this.#stopped) {
+          this.#retry = setTimeout(() => void this.resync(), delay);
+          // A retry alone never keeps the process up.
+          Deno.unrefTimer(this.#retry);
+        }
       }
     });
+    return this.#running;
+  }
+
+  /** Stops retrying; a pass under way finishes. */
+  stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retry);
+    this.#retry = undefined;
     return this.#running;
   }
 
@@ -169,7 +217,12 @@ export class ShadowServiceController {
     if (!config || !this.#o.isLeader()) return;
     const { api, meshNamespace } = this.#o;
     const base = `/api/v1/namespaces/${meshNamespace}/services`;
-    const want = desiredShadowServices(config, this.#o);
+    const want: RawObject[] = [];
+    for (const s of config.services) {
+      let svc = this.#desired.get(s);
+      if (svc === undefined) this.#desired.set(s, svc = desiredShadowService(s, this.#o));
+      if (svc) want.push(svc);
+    }
     const have = new Map<string, RawObject>();
     const cached = this.#o.existing?.();
     if (cached) {
@@ -185,7 +238,11 @@ export class ShadowServiceController {
     const writes: (() => Promise<void>)[] = [];
     for (const svc of want) {
       const old = have.get(name(svc));
-      if (old && sameShape(old, svc)) continue;
+      if (old && this.#matched.get(old) === svc) continue;
+      if (old && sameShape(old, svc)) {
+        this.#matched.set(old, svc);
+        continue;
+      }
       writes.push(async () => {
         await api.request("PATCH", `${base}/${name(svc)}?fieldManager=meshd&force=true`, svc, {
           contentType: "application/apply-patch+yaml",
@@ -263,18 +320,30 @@ export function clusterIps(service: RawObject): string[] {
 export function shadowDnsEntries(services: Iterable<RawObject>): MeshDnsEntry[] {
   const out: MeshDnsEntry[] = [];
   for (const s of services) {
-    const labels = ((s["metadata"] ?? {}) as { labels?: Record<string, string> }).labels ?? {};
-    const ofName = labels[SHADOW_LABELS.ofName];
-    const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
-    if (!ofName || !ofNamespace) continue;
-    const ips = clusterIps(s);
-    if (ips.length === 0) continue; // not allocated yet
-    out.push({
-      namespace: ofNamespace,
-      name: ofName,
-      ipv4: ips.filter((ip) => !ip.includes(":")),
-      ipv6: ips.filter((ip) => ip.includes(":")),
-    });
+    let entry = dnsEntries.get(s);
+    if (entry === undefined) dnsEntries.set(s, entry = shadowDnsEntry(s));
+    if (entry) out.push(entry);
   }
   return out;
+}
+
+/**
+ * Each shadow's entry, by the object a watch holds (a changed Service is a new object): every
+ * change of one shadow reads them all again, thousands a second while a leader creates them.
+ */
+const dnsEntries = new WeakMap<RawObject, MeshDnsEntry | null>();
+
+function shadowDnsEntry(s: RawObject): MeshDnsEntry | null {
+  const labels = ((s["metadata"] ?? {}) as { labels?: Record<string, string> }).labels ?? {};
+  const ofName = labels[SHADOW_LABELS.ofName];
+  const ofNamespace = labels[SHADOW_LABELS.ofNamespace];
+  if (!ofName || !ofNamespace) return null;
+  const ips = clusterIps(s);
+  if (ips.length === 0) return null; // not allocated yet
+  return {
+    namespace: ofNamespace,
+    name: ofName,
+    ipv4: ips.filter((ip) => !ip.includes(":")),
+    ipv6: ips.filter((ip) => ip.includes(":")),
+  };
 }

@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { desiredShadowServices, shadowDnsEntries, shadowServiceName } from "./shadow_services.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { waitFor } from "../_testing.ts";
+import type { KubeApi } from "../kube/mod.ts";
+import { Logger } from "../observability/mod.ts";
+import {
+  desiredShadowServices,
+  shadowDnsEntries,
+  ShadowServiceController,
+  shadowServiceName,
+} from "./shadow_services.ts";
 
 const DNS_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 
@@ -91,4 +99,106 @@ Deno.test("shadowDnsEntries() maps shadow Services to their ClusterIPs by family
       { namespace: "shop", name: "old", ipv4: ["10.96.0.3"], ipv6: [] },
     ],
   );
+});
+
+Deno.test("ShadowServiceController tries a failed pass again with no new config or watch event", async () => {
+  // Under load a write can time out; the watch then sees no change and no config follows, so
+  // nothing else would start the next pass.
+  const applied: string[] = [];
+  let failuresLeft = 2;
+  const api = {
+    request(method: string, path: string): Promise<Record<string, unknown>> {
+      if (method === "GET") return Promise.resolve({ items: [] });
+      if (failuresLeft > 0) {
+        failuresLeft--;
+        return Promise.reject(new Error("the request timed out"));
+      }
+      applied.push(path.slice(path.lastIndexOf("/") + 1, path.indexOf("?")));
+      return Promise.resolve({});
+    },
+  } as unknown as KubeApi;
+  const shadows = new ShadowServiceController({
+    api,
+    logger: new Logger({ level: "error", write: () => {} }),
+    meshNamespace: "meshd",
+    selector: { app: "meshd" },
+    httpPort: 5000,
+    isLeader: () => true,
+    concurrency: 1,
+    retryMs: 5,
+  });
+  try {
+    await shadows.update(meshConfig([{ name: "web", ports: [{ port: 80 }] }]));
+    assert.deepEqual(applied, [], "the first pass failed");
+    await waitFor(
+      "the shadow Service written by a later pass",
+      () => applied.length > 0 ? applied : undefined,
+      5_000,
+      5,
+    );
+    assert.deepEqual(applied, [shadowServiceName("default", "web")]);
+    assert.equal(shadows.writes, 1);
+  } finally {
+    await shadows.stop();
+  }
+});
+
+Deno.test("ShadowServiceController writes only the shadows whose service changed", async () => {
+  // The API as the watch shows it: what was applied, by name.
+  const stored = new Map<string, Record<string, unknown>>();
+  const writes: string[] = [];
+  const api = {
+    request(method: string, path: string, body?: Record<string, unknown>) {
+      if (method === "GET") return Promise.resolve({ items: [...stored.values()] });
+      const n = path.slice(path.lastIndexOf("/") + 1, path.indexOf("?"));
+      writes.push(n);
+      stored.set(n, structuredClone(body!));
+      return Promise.resolve({});
+    },
+  } as unknown as KubeApi;
+  const shadows = new ShadowServiceController({
+    api,
+    logger: new Logger({ level: "error", write: () => {} }),
+    meshNamespace: "meshd",
+    selector: { app: "meshd" },
+    httpPort: 5000,
+    isLeader: () => true,
+    existing: () => stored.values(),
+  });
+  try {
+    const first = meshConfig([
+      { name: "web", ports: [{ port: 80 }] },
+      { name: "db", ports: [{ port: 5432, protocol: "tcp", listenPort: 10000 }] },
+    ]);
+    await shadows.update(first);
+    assert.equal(writes.length, 2);
+    // The next config keeps web's object and changes db's proxy port.
+    const db = meshConfig([{
+      name: "db",
+      ports: [{ port: 5432, protocol: "tcp", listenPort: 10001 }],
+    }])
+      .services[0]!;
+    await shadows.update({ ...first, version: 2, services: [first.services[0]!, db] });
+    assert.deepEqual(writes.slice(2), [shadowServiceName("default", "db")]);
+    const dbShadow = stored.get(shadowServiceName("default", "db")) as {
+      spec: { ports: { targetPort: number }[] };
+    };
+    assert.equal(dbShadow.spec.ports[0]!.targetPort, 10001);
+    // Nothing changed: nothing written.
+    await shadows.update({ ...first, version: 3, services: [first.services[0]!, db] });
+    assert.equal(writes.length, 3);
+  } finally {
+    await shadows.stop();
+  }
+});
+
+Deno.test("shadowDnsEntries() reads each shadow object once, and a changed one (a new object) again", () => {
+  const of = { "meshd.io/shadow-of-name": "web", "meshd.io/shadow-of-namespace": "shop" };
+  const a = { metadata: { name: "x", labels: of }, spec: { clusterIP: "10.96.0.1" } };
+  const [first] = shadowDnsEntries([a]);
+  const [again] = shadowDnsEntries([a]);
+  assert.equal(again, first, "the same object gives the same entry");
+  // A watch event brings a new object for a changed Service.
+  const [changed] = shadowDnsEntries([{ ...a, spec: { clusterIP: "10.96.0.2" } }]);
+  assert.deepEqual(changed?.ipv4, ["10.96.0.2"]);
 });

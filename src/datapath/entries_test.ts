@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { clusterIPAddresses, datapathEntries } from "./entries.ts";
 
 const proxy = { ipv4: "10.0.0.5", httpPort: 5000 };

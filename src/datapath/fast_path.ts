@@ -9,7 +9,13 @@ import {
   type MeshAddresses,
   type ProxyListener,
 } from "./entries.ts";
-import { type DatapathChoice, findLibbpf, probeDatapath, type ProbeOptions } from "./probe.ts";
+import {
+  cgroup2Root,
+  type DatapathChoice,
+  findLibbpf,
+  probeDatapath,
+  type ProbeOptions,
+} from "./probe.ts";
 
 /** `--datapath`: what the node may use. */
 export type DatapathMode = "auto" | "ebpf" | "userspace";
@@ -36,16 +42,6 @@ export interface SelectOptions extends Omit<ProbeOptions, "programs" | "bpffs" |
 export interface Selected {
   choice: DatapathChoice;
   ebpf: EbpfDatapath | null;
-}
-
-async function cgroup2Root(mounts: () => Promise<string>): Promise<string | undefined> {
-  try {
-    // The last one: a hostPath mount of the node's hierarchy lies over the container's own.
-    return (await mounts()).split("\n").map((l) => l.split(" ")).filter((f) => f[2] === "cgroup2")
-      .at(-1)?.[1];
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -97,7 +93,7 @@ export async function selectDatapath(o: SelectOptions): Promise<Selected> {
   }
   const mounts = o.mounts ?? (() => Deno.readTextFile("/proc/self/mounts"));
   const cgroup = o.cgroup === undefined
-    ? await cgroup2Root(mounts)
+    ? cgroup2Root(await Promise.resolve().then(mounts).catch(() => ""))
     : cgroupV2Dir(o.cgroup, await mounts().catch(() => ""));
   let ebpf: EbpfDatapath | null = null;
   const choice = await probeDatapath({

@@ -12,10 +12,13 @@
  * @module
  */
 export {
+  cgroup2Root,
   type DatapathChoice,
+  findCgroup2,
   findLibbpf,
   kernelVersion,
   MIN_KERNEL,
+  mountsOfType,
   type ProbeCheck,
   probeDatapath,
   type ProbeOptions,

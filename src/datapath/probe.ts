@@ -42,6 +42,33 @@ function under(path: string, mount: string): boolean {
   return path === mount || path.startsWith(m);
 }
 
+/** The mount points of file systems of `type` in a mount table (`/proc/self/mounts`), in order. */
+export function mountsOfType(table: string, type: string): string[] {
+  return table.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2 && f[2] === type)
+    .map((f) => f[1]!);
+}
+
+/**
+ * The cgroup v2 hierarchy in a mount table: the last one mounted, as a hostPath mount of the
+ * node's hierarchy lies over a container's own. `undefined` when there is none.
+ */
+export function cgroup2Root(table: string): string | undefined {
+  return mountsOfType(table, "cgroup2").at(-1);
+}
+
+/**
+ * The cgroup v2 hierarchy this process sees ({@linkcode cgroup2Root} of `/proc/self/mounts`),
+ * or `undefined` when there is none or the table cannot be read. The one finder: meshd's
+ * default `--cgroup` and the test harness's scratch cgroups both come from it.
+ */
+export function findCgroup2(): string | undefined {
+  try {
+    return cgroup2Root(Deno.readTextFileSync("/proc/self/mounts"));
+  } catch {
+    return undefined;
+  }
+}
+
 /** The oldest kernel the eBPF path supports. */
 export const MIN_KERNEL: readonly [number, number] = [5, 10];
 
@@ -136,11 +163,9 @@ async function checkMounts(o: ProbeOptions): Promise<ProbeCheck[]> {
       : `cannot read the mount table: ${(e as Error).message}`;
     return [{ name: "bpffs", ok: false, detail: why }, { name: "cgroup2", ok: false, detail: why }];
   }
-  const mounts = table.split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
-  const all = (type: string) => mounts.filter((f) => f[2] === type).map((f) => f[1]!);
-  const bpf = all("bpf");
+  const bpf = mountsOfType(table, "bpf");
   const bpfAt = o.bpffs ? bpf.filter((m) => under(o.bpffs!, m)).at(-1) : bpf[0];
-  const cg = all("cgroup2");
+  const cg = mountsOfType(table, "cgroup2");
   const cgAt = o.cgroup ? cg.filter((m) => under(o.cgroup!, m)).at(-1) : cg[0];
   return [
     bpfAt ? { name: "bpffs", ok: true, detail: `bpffs at ${bpfAt}` } : {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { kernelVersion, probeDatapath } from "./probe.ts";
+import { cgroup2Root, findCgroup2, kernelVersion, mountsOfType, probeDatapath } from "./probe.ts";
 
 const MOUNTS = [
   "sysfs /sys sysfs rw,nosuid 0 0",
@@ -15,6 +15,27 @@ async function withLib(fn: (lib: string) => Promise<void>): Promise<void> {
     await Deno.remove(lib);
   }
 }
+
+Deno.test("mountsOfType() lists the mount points of one type in the table's order", () => {
+  const table = `${MOUNTS}\ncgroup2 /host/sys/fs/cgroup cgroup2 rw 0 0\n`;
+  assert.deepEqual(mountsOfType(table, "cgroup2"), [
+    "/sys/fs/cgroup/unified",
+    "/host/sys/fs/cgroup",
+  ]);
+  assert.deepEqual(mountsOfType(table, "bpf"), ["/sys/fs/bpf"]);
+  assert.deepEqual(mountsOfType(table, "tmpfs"), []);
+});
+
+Deno.test("cgroup2Root() takes the last cgroup v2 mount, which lies over the ones before", () => {
+  const table = `${MOUNTS}\ncgroup2 /host/sys/fs/cgroup cgroup2 rw 0 0`;
+  assert.equal(cgroup2Root(table), "/host/sys/fs/cgroup");
+  assert.equal(cgroup2Root(MOUNTS), "/sys/fs/cgroup/unified");
+  assert.equal(cgroup2Root("sysfs /sys sysfs rw 0 0"), undefined);
+});
+
+Deno.test("findCgroup2() agrees with cgroup2Root() of this process's mount table", () => {
+  assert.equal(findCgroup2(), cgroup2Root(Deno.readTextFileSync("/proc/self/mounts")));
+});
 
 Deno.test("kernelVersion() reads major and minor from a release string", () => {
   assert.deepEqual(kernelVersion("6.18.44-fc-v657"), [6, 18]);

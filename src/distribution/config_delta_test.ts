@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { decodeFiles, ObjectLoader } from "../provider/mod.ts";
 import { compileMeshConfig, type CompileOptions, type MeshConfig } from "../topology/mod.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { applyDelta, DeltaError, diffConfigs, isEmptyDelta } from "./config_delta.ts";
 
 const FIXTURES = new URL("../../tests/fixtures/topology/", import.meta.url);

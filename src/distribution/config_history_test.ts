@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { applyDelta } from "./config_delta.ts";
 import { ConfigHistory } from "./config_history.ts";

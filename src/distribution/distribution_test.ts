@@ -5,8 +5,8 @@
 import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { waitFor } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { waitFor } from "../_testing.ts";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { compareServices } from "./config_delta.ts";

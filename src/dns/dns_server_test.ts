@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Logger, Registry } from "../observability/mod.ts";
 import { DnsServer } from "./dns_server.ts";
 import { MeshZone } from "./mesh_zone.ts";
-import { dig } from "../../tests/testenv/dig.ts";
+import { dig } from "./_testing.ts";
 
 async function withServer(
   fn: (port: number, zone: MeshZone, registry: Registry) => Promise<void>,

@@ -86,9 +86,16 @@ export class MeshZone {
       next.set(`${e.name.toLowerCase()}.${ns}`, e);
       namespaces.add(ns);
     }
-    const same = next.size === this.#entries.size &&
-      [...next].every(([k, e]) => sameEntry(this.#entries.get(k), e));
-    if (same) return;
+    if (next.size === this.#entries.size) {
+      let same = true;
+      for (const [k, e] of next) {
+        if (!sameEntry(this.#entries.get(k), e)) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return;
+    }
     this.#entries = next;
     this.#namespaces = namespaces;
     this.#serial = (this.#serial + 1) >>> 0 || 1;
@@ -188,5 +195,5 @@ export class MeshZone {
 }
 
 function sameEntry(a: MeshDnsEntry | undefined, b: MeshDnsEntry): boolean {
-  return !!a && a.ipv4.join() === b.ipv4.join() && a.ipv6.join() === b.ipv6.join();
+  return a === b || !!a && a.ipv4.join() === b.ipv4.join() && a.ipv6.join() === b.ipv6.join();
 }

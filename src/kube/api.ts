@@ -325,38 +325,8 @@ export class KubeApi {
         ac.signal,
         true,
       );
-      if (res.status !== 200) {
-        const text = await res.text();
-        let st: RawObject = {};
-        try {
-          st = JSON.parse(text);
-        } catch { /* not a Status */ }
-        throw new KubeApiError(
-          `watch ${path}: ${res.status} ${st["message"] ?? res.statusText}`,
-          res.status,
-          typeof st["reason"] === "string" ? st["reason"] : "",
-        );
-      }
-      let rest = "";
-      for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) {
-        arm();
-        const lines = (rest + chunk).split("\n");
-        rest = lines.pop()!;
-        for (const line of lines) {
-          if (!line.trim()) continue;
-          const ev = JSON.parse(line) as { type: string; object: RawObject };
-          if (ev.type === "ERROR") {
-            // A Status object: 410 Gone when resourceVersion is too old.
-            const o = ev.object;
-            throw new KubeApiError(
-              `watch ${path}: ${o["message"] ?? "error"}`,
-              Number(o["code"] ?? 0),
-              typeof o["reason"] === "string" ? o["reason"] : "",
-            );
-          }
-          onEvent(ev as WatchEvent);
-        }
-      }
+      if (res.status !== 200) throw await watchRefused(path, res);
+      await readWatchEvents(path, res.body!, arm, onEvent);
     } catch (e) {
       if (options.signal?.aborted) return;
       if (silent) throw new KubeApiError(`watch ${path}: no data for too long`, 0);
@@ -378,5 +348,51 @@ export class KubeApi {
   close(): void {
     this.#client?.close();
     this.#client = null;
+  }
+}
+
+/** The error for a watch the server answered with a status other than 200. */
+async function watchRefused(path: string, res: Response): Promise<KubeApiError> {
+  const text = await res.text();
+  let st: RawObject = {};
+  try {
+    st = JSON.parse(text);
+  } catch { /* not a Status */ }
+  return new KubeApiError(
+    `watch ${path}: ${res.status} ${st["message"] ?? res.statusText}`,
+    res.status,
+    typeof st["reason"] === "string" ? st["reason"] : "",
+  );
+}
+
+/**
+ * Reads a watch stream's JSON lines into `onEvent`, calling `alive` on each chunk; throws
+ * {@linkcode KubeApiError} for an ERROR event, `SyntaxError` for a line that is not JSON.
+ */
+async function readWatchEvents(
+  path: string,
+  body: ReadableStream<Uint8Array>,
+  alive: () => void,
+  onEvent: (ev: WatchEvent) => void,
+): Promise<void> {
+  let rest = "";
+  for await (const chunk of body.pipeThrough(new TextDecoderStream())) {
+    alive();
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    for (const line of lines) {
+      if (!line.trim()) continue;
+      const ev = JSON.parse(line) as { type: string; object: RawObject };
+      if (ev.type === "ERROR") {
+        // A Status object: 410 Gone when resourceVersion is too old.
+        const o = ev.object;
+        throw new KubeApiError(
+          `watch ${path}: ${o["message"] ?? "error"}`,
+          Number(o["code"] ?? 0),
+          typeof o["reason"] === "string" ? o["reason"] : "",
+        );
+      }
+      onEvent(ev as WatchEvent);
+    }
   }
 }

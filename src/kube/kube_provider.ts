@@ -1,8 +1,8 @@
 import type { Logger } from "../observability/mod.ts";
-import type { LoadResult } from "../provider/mod.ts";
 import {
   type ConfigError,
   decodeObject,
+  type LoadResult,
   type MeshObject,
   SUPPORTED_KINDS,
 } from "../topology/mod.ts";

@@ -4,7 +4,7 @@ import type { KubeApi, RawObject, WatchEvent } from "./api.ts";
 import { Reflector } from "./reflector.ts";
 
 const LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration";
-import { waitFor } from "../../tests/testenv/process.ts";
+import { waitFor } from "../_testing.ts";
 
 /** A Service as `kubectl apply` and server-side apply leave it. */
 const applied = (name: string): RawObject => ({

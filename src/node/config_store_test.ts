@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { CONFIG_STORE_FORMAT, ConfigStore, ConfigStoreError } from "./config_store.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {

@@ -3,8 +3,8 @@
  *
  * @module
  */
-export { MeshNode } from "./mesh_node.ts";
-export type { ConfigSource, MeshNodeOptions } from "./mesh_node.ts";
+export { NodeAgent } from "./node_agent.ts";
+export type { ConfigSource, NodeAgentOptions } from "./node_agent.ts";
 export * from "./config_store.ts";
 export * from "./zone_store.ts";
 export * from "./successor.ts";

@@ -1,11 +1,6 @@
 import type { Logger } from "../observability/mod.ts";
-import { ConfigError } from "../topology/mod.ts";
-import {
-  decodeDecodedFile,
-  type DecodedFile,
-  type LoadResult,
-  ObjectLoader,
-} from "./object_loader.ts";
+import { ConfigError, type LoadResult } from "../topology/mod.ts";
+import { decodeDecodedFile, type DecodedFile, ObjectLoader } from "./object_loader.ts";
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./config_limits.ts";
 import type { ParseReply, ParseRequest } from "./parse_worker.ts";
 

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { FileProvider } from "./file_provider.ts";
-import type { LoadResult } from "./object_loader.ts";
-import { waitFor } from "../../tests/testenv/process.ts";
+import type { LoadResult } from "../topology/mod.ts";
+import { waitFor } from "../_testing.ts";
 
 const svc = (name: string) =>
   `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default }\n` +

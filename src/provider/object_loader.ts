@@ -2,6 +2,7 @@ import {
   ConfigError,
   type DecodeResult,
   describeSource,
+  type LoadResult,
   type MeshObject,
   objectKey,
   type SourceRef,
@@ -9,21 +10,6 @@ import {
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
 
 export type { SourceFile };
-
-/** What one load produced. */
-export interface LoadResult {
-  /** The objects in force: new where they decoded, the last good version where they did not. */
-  objects: MeshObject[];
-  /** Bad input, each naming the file, the document and, where it can, the field. */
-  errors: ConfigError[];
-  /** Skipped documents (unknown kinds) and objects kept from an earlier load. */
-  warnings: string[];
-  /**
-   * Documents skipped without a warning, for the debug log: kinds any application manifest
-   * carries (ServiceAccount, Deployment, ...).
-   */
-  notes?: string[];
-}
 
 /**
  * One file, parsed and decoded: the part of a load that costs time, and that runs off the

@@ -63,12 +63,19 @@ function tooLarge(
   );
 }
 
-function parseYaml(
-  file: SourceFile,
-  limits: ConfigLimits,
-  fail: (m: string, doc?: number, cause?: unknown) => ParsedFile,
-): ParsedFile {
-  const lines = new LineCounter();
+/** Says why a file cannot be used, naming document `doc` (0-based). */
+type Fail = (m: string, doc?: number, cause?: unknown) => ParsedFile;
+
+/** What turning one YAML document into a plain object needs. */
+interface YamlContext {
+  file: SourceFile;
+  limits: ConfigLimits;
+  lines: LineCounter;
+  fail: Fail;
+}
+
+function parseYaml(file: SourceFile, limits: ConfigLimits, fail: Fail): ParsedFile {
+  const ctx: YamlContext = { file, limits, lines: new LineCounter(), fail };
   // One document at a time, from text to tokens to a Document to plain objects: the tokens and
   // the Document of a document are garbage once its objects are out. Holding every token and
   // Document of a file at once took about 170 MB of heap for a 1 MB file of 2,000 documents,
@@ -79,52 +86,15 @@ function parseYaml(
   let aliases = 0;
   const take = (documents: Iterable<Document.Parsed>): ParsedFile | null => {
     for (const d of documents) {
-      const i = raws.length;
-      const err = d.errors[0];
-      if (err) {
-        const { line, col } = lines.linePos(err.pos[0]);
-        return fail(
-          `Cannot parse file "${file.path}", document ${
-            i + 1
-          }, as YAML: ${err.message} at line ${line}, column ${col}`,
-          i,
-          err,
-        );
-      }
-      // An empty document (a stray `---`) has no contents and is fine; an explicit `~` or
-      // `null` is a document that is not an object.
-      const c = d.contents as { source?: unknown } | null;
-      if (c === null || (isScalar(c) && c.value === null && c.source === "")) {
-        raws.push(EMPTY);
-        continue;
-      }
-      let raw: unknown;
-      try {
-        // maxAliasCount also bounds what aliases expand to (an alias bomb).
-        raw = d.toJS({ maxAliasCount: limits.maxAliases });
-      } catch (e) {
-        return fail(
-          `Cannot parse file "${file.path}", document ${i + 1}, as YAML: ${firstLine(e)}`,
-          i,
-          e,
-        );
-      }
-      // Aliases can nest what they point to deeper than the text does.
-      if (depthOf(raw, limits.maxDepth) > limits.maxDepth) {
-        return fail(
-          `Cannot parse file "${file.path}", document ${
-            i + 1
-          }, as YAML: nesting deeper than ${limits.maxDepth} levels`,
-          i,
-        );
-      }
-      raws.push(raw);
+      const r = yamlObject(d, raws.length, ctx);
+      if (!("raw" in r)) return r;
+      raws.push(r.raw);
     }
     return null;
   };
   // The lexer and parser keep their own stacks; only the composer and toJS recurse, so each
   // token of the concrete syntax tree is checked for depth and aliases before either sees it.
-  for (const token of new Parser(lines.addNewLine).parse(file.text)) {
+  for (const token of new Parser(ctx.lines.addNewLine).parse(file.text)) {
     if (token.type === "document") docIndex++;
     const scan = scanToken(token, limits.maxDepth);
     aliases += scan.aliases;
@@ -146,6 +116,50 @@ function parseYaml(
     if (failed) return failed;
   }
   return take(composer.end()) ?? { docs: toDocs(file.path, raws) };
+}
+
+/** Document `i` of a file as a plain object, or why the file cannot be used. */
+function yamlObject(
+  d: Document.Parsed,
+  i: number,
+  { file, limits, lines, fail }: YamlContext,
+): { raw: unknown } | ParsedFile {
+  const err = d.errors[0];
+  if (err) {
+    const { line, col } = lines.linePos(err.pos[0]);
+    return fail(
+      `Cannot parse file "${file.path}", document ${
+        i + 1
+      }, as YAML: ${err.message} at line ${line}, column ${col}`,
+      i,
+      err,
+    );
+  }
+  // An empty document (a stray `---`) has no contents and is fine; an explicit `~` or
+  // `null` is a document that is not an object.
+  const c = d.contents as { source?: unknown } | null;
+  if (c === null || (isScalar(c) && c.value === null && c.source === "")) return { raw: EMPTY };
+  let raw: unknown;
+  try {
+    // maxAliasCount also bounds what aliases expand to (an alias bomb).
+    raw = d.toJS({ maxAliasCount: limits.maxAliases });
+  } catch (e) {
+    return fail(
+      `Cannot parse file "${file.path}", document ${i + 1}, as YAML: ${firstLine(e)}`,
+      i,
+      e,
+    );
+  }
+  // Aliases can nest what they point to deeper than the text does.
+  if (depthOf(raw, limits.maxDepth) > limits.maxDepth) {
+    return fail(
+      `Cannot parse file "${file.path}", document ${
+        i + 1
+      }, as YAML: nesting deeper than ${limits.maxDepth} levels`,
+      i,
+    );
+  }
+  return { raw };
 }
 
 /** Aliases in a token, and how deep its collections nest (stopping past `maxDepth`). */

@@ -7,8 +7,9 @@ import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { AccessLog } from "./access_log.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
-import { endpoint, httpBackend, meshConfig, rawRequest } from "../../tests/testenv/mesh.ts";
-import { freePort, waitFor } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { httpBackend, rawRequest } from "./_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 const BACKEND_HOST = "127.0.68.1";

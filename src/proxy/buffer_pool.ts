@@ -32,6 +32,11 @@ export class BufferPool {
     this.#keep = options.keep;
   }
 
+  /** Bytes in each buffer. */
+  get size(): number {
+    return this.#size;
+  }
+
   /** Buffers this pool has allocated so far (taken ones and free ones alike). */
   get allocated(): number {
     return this.#allocated;
@@ -54,4 +59,14 @@ export class BufferPool {
   give(buf: Uint8Array): void {
     if (buf.length === this.#size && this.#free.length < this.#keep) this.#free.push(buf);
   }
+}
+
+/**
+ * The buffers of copy loops: a loop reads into a small one, moves to a large one after a read
+ * that filled the small one, and back after a read the small one would have held. A connection
+ * that sits idle, or carries requests and answers of a few KiB, holds only small buffers.
+ */
+export interface CopyBuffers {
+  small: BufferPool;
+  large: BufferPool;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freePort } from "../../tests/testenv/process.ts";
+import { freePort } from "../_testing.ts";
 import { connectUpstream } from "./connect_upstream.ts";
 import { UpstreamError } from "./upstream_error.ts";
 

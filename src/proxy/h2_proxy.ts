@@ -85,6 +85,36 @@ const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "pro
 /** How often deadlines (response timeouts, idle clients) are checked. */
 const SWEEP_MS = 50;
 
+/** An HTTP/1 request to a service whose scheme is h2c ({@linkcode H2Proxy.fromHttp1}). */
+export interface Http1ToH2 {
+  /** The checked request head. */
+  req: MessageHead;
+  framing: BodyFraming;
+  /** The client connection's reader, positioned at the request body. */
+  reader: BufReader;
+  /** Where the HTTP/1 response goes. */
+  client: Writer;
+  /** The client's address, for X-Forwarded-For and Forwarded. */
+  peer: string;
+  /** The route the Host names (its metrics count the request) and the one serving it. */
+  root: Route;
+  target: Route;
+  /** The target's endpoints the request may go to. */
+  candidates: EndpointState[];
+  /** Whether the client went away; no retry is made for nobody. */
+  gone?: () => boolean;
+}
+
+/** One chunk of a chunked body (RFC 9112 §7.1): size line, data, CRLF. */
+function chunkOf(data: Uint8Array): Uint8Array {
+  const size = encodeLatin1(`${data.length.toString(16)}\r\n`);
+  const framed = new Uint8Array(size.length + data.length + 2);
+  framed.set(size);
+  framed.set(data, size.length);
+  framed.set([13, 10], size.length + data.length);
+  return framed;
+}
+
 interface Backend {
   /** Set once connected. */
   conn: H2Connection | null;
@@ -503,116 +533,127 @@ export class H2Proxy {
    * An HTTP/1.x request to a service with scheme h2c: sent as HTTP/2, and the response written
    * back as HTTP/1.1 (chunked, with trailers) or HTTP/1.0 (closed at the end).
    */
-  async fromHttp1(
-    req: MessageHead,
-    framing: BodyFraming,
-    reader: BufReader,
-    client: Writer,
-    peer: string,
-    root: Route,
-    target: Route,
-    candidates: EndpointState[],
-    gone: () => boolean = () => false,
-  ): Promise<{ status: number; keepAlive: boolean }> {
-    const incoming: Fields = [];
+  async fromHttp1(r: Http1ToH2): Promise<{ status: number; keepAlive: boolean }> {
+    const { req, target } = r;
     const connTokens = headerTokens(req.headers, "connection");
+    const out = this.#h2Fields(r, connTokens);
+    const clientClose = connTokens.includes("close") ||
+      (req.minor === 0 && !connTokens.includes("keep-alive"));
+    const { value, ep } = await withRetries((ep) => this.#h1Exchange(r, ep, out, clientClose), {
+      pool: this.#opts.pool,
+      root: r.root,
+      target,
+      candidates: r.candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      gone: r.gone,
+    });
+    // The exchange ended with the response: the endpoint's request in flight is over.
+    ep.inflight--;
+    return value;
+  }
+
+  /** The HTTP/2 request fields of an HTTP/1 request: pseudo-fields, then regular ones. */
+  #h2Fields(r: Http1ToH2, connTokens: string[]): Fields {
+    const { req } = r;
+    const incoming: Fields = [];
     for (const [k, v] of req.headers) {
       const l = k.toLowerCase();
       if (H1_ONLY.has(l) || connTokens.includes(l)) continue;
       incoming.push([l, v]);
     }
-    const regular = requestHeaders(incoming, peer, this.#via(`1.${req.minor}`));
-    const out: Fields = [
+    const regular = requestHeaders(incoming, r.peer, this.#via(`1.${req.minor}`));
+    return [
       [":method", req.method],
       [":scheme", "http"],
-      [":authority", getHeader(req.headers, "host") ?? target.key],
+      [":authority", getHeader(req.headers, "host") ?? r.target.key],
       [":path", req.target],
       ...regular,
     ];
-    const clientClose = connTokens.includes("close") ||
-      (req.minor === 0 && !connTokens.includes("keep-alive"));
-    const { value, ep } = await withRetries(async (ep) => {
-      const m = root.metrics;
-      const bodyless = framing.kind === "none";
-      const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
-      let trailers: Fields | null = null;
-      // A request body that breaks its own framing ends the exchange with 400.
-      let badBody: HttpParseError | undefined;
-      const bodyDone = bodyless
-        ? Promise.resolve(true)
-        : copyBody(reader, up, framing, true, (n) => m.bytesIn.inc(n)).then(
-          (ok) => {
-            up.end();
-            return ok;
-          },
-          (e) => {
-            if (e instanceof HttpParseError) badBody = e;
-            up.reset(ERROR.CANCEL);
-            return false;
-          },
-        );
-      let h: Fields;
-      try {
-        h = await this.#responseOf(up, bodyless, (t) => trailers = t);
-      } catch (e) {
-        await bodyDone;
-        if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
-        throw e;
+  }
+
+  /** One try of an HTTP/1 request on `ep`: the stream, its body, then the response back. */
+  async #h1Exchange(
+    r: Http1ToH2,
+    ep: EndpointState,
+    out: Fields,
+    clientClose: boolean,
+  ): Promise<{ status: number; keepAlive: boolean }> {
+    const m = r.root.metrics;
+    const bodyless = r.framing.kind === "none";
+    const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
+    let trailers: Fields | null = null;
+    // A request body that breaks its own framing ends the exchange with 400.
+    let badBody: HttpParseError | undefined;
+    const bodyDone = bodyless
+      ? Promise.resolve(true)
+      : copyBody(r.reader, up, r.framing, true, (n) => m.bytesIn.inc(n)).then(
+        (ok) => {
+          up.end();
+          return ok;
+        },
+        (e) => {
+          if (e instanceof HttpParseError) badBody = e;
+          up.reset(ERROR.CANCEL);
+          return false;
+        },
+      );
+    let h: Fields;
+    try {
+      h = await this.#responseOf(up, bodyless, (t) => trailers = t);
+    } catch (e) {
+      await bodyDone;
+      if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
+      throw e;
+    }
+    const status = Number(fieldOf(h, ":status"));
+    if (status >= 500) this.#opts.pool.failure(ep);
+    else this.#opts.pool.success(ep);
+    const open = await this.#toHttp1(r, up, { status, h, trailers: () => trailers, clientClose });
+    return { status, keepAlive: open && await bodyDone };
+  }
+
+  /**
+   * Writes an HTTP/2 response to the HTTP/1 client: its head, its body (chunked for HTTP/1.1
+   * when it has no length, with the trailers after), and says whether the client connection
+   * may stay open: not when the response ends it, nor when the backend reset the stream
+   * mid-response.
+   */
+  async #toHttp1(
+    r: Http1ToH2,
+    up: H2Stream,
+    res: { status: number; h: Fields; trailers: () => Fields | null; clientClose: boolean },
+  ): Promise<boolean> {
+    const { req } = r;
+    const { status } = res;
+    const noBody = req.method === "HEAD" || status === 204 || status === 304;
+    const length = fieldOf(res.h, "content-length");
+    const chunked = !noBody && length === undefined && req.minor === 1;
+    const closeAfter = res.clientClose || (!noBody && length === undefined && !chunked);
+    let head = `HTTP/1.${req.minor === 0 ? 0 : 1} ${status} ${REASONS[status] ?? ""}\r\n`;
+    head += fieldLines(responseHeaders(res.h));
+    if (chunked) head += "transfer-encoding: chunked\r\n";
+    head += closeAfter ? "connection: close\r\n\r\n" : "\r\n";
+    const m = r.root.metrics;
+    try {
+      await writeAll(r.client, encodeLatin1(head));
+      for (let chunk = await up.read(); chunk !== null; chunk = await up.read()) {
+        if (noBody || chunk.length === 0) continue;
+        m.bytesOut.inc(chunk.length);
+        await writeAll(r.client, chunked ? chunkOf(chunk) : chunk);
       }
-      const status = Number(fieldOf(h, ":status"));
-      if (status >= 500) this.#opts.pool.failure(ep);
-      else this.#opts.pool.success(ep);
-      const noBody = req.method === "HEAD" || status === 204 || status === 304;
-      const length = fieldOf(h, "content-length");
-      const chunked = !noBody && length === undefined && req.minor === 1;
-      const closeAfter = clientClose || (!noBody && length === undefined && !chunked);
-      let head = `HTTP/1.${req.minor === 0 ? 0 : 1} ${status} ${REASONS[status] ?? ""}\r\n`;
-      head += fieldLines(responseHeaders(h));
-      if (chunked) head += "transfer-encoding: chunked\r\n";
-      head += closeAfter ? "connection: close\r\n\r\n" : "\r\n";
-      try {
-        await writeAll(client, encodeLatin1(head));
-        for (let chunk = await up.read(); chunk !== null; chunk = await up.read()) {
-          if (noBody || chunk.length === 0) continue;
-          m.bytesOut.inc(chunk.length);
-          if (chunked) {
-            const size = encodeLatin1(`${chunk.length.toString(16)}\r\n`);
-            const framed = new Uint8Array(size.length + chunk.length + 2);
-            framed.set(size);
-            framed.set(chunk, size.length);
-            framed.set([13, 10], size.length + chunk.length);
-            await writeAll(client, framed);
-          } else {
-            await writeAll(client, chunk);
-          }
-        }
-      } catch (e) {
-        // A client gone mid-response: cancel the backend stream.
-        up.reset(ERROR.CANCEL);
-        throw e;
-      }
-      if (up.code !== ERROR.NO_ERROR) {
-        // The backend reset the stream mid-response: the HTTP/1 client's connection ends.
-        return { status, keepAlive: false };
-      }
-      if (chunked) {
-        const t = trailers ? responseHeaders(trailers) : [];
-        await writeAll(client, encodeLatin1(`0\r\n${fieldLines(t)}\r\n`));
-      }
-      const sent = await bodyDone;
-      return { status, keepAlive: !closeAfter && sent };
-    }, {
-      pool: this.#opts.pool,
-      root,
-      target,
-      candidates,
-      budget: this.#budgets.of(target.key),
-      onBudgetSpent: this.#onBudgetSpent,
-      gone,
-    });
-    // The exchange ended with the response: the endpoint's request in flight is over.
-    ep.inflight--;
-    return value;
+    } catch (e) {
+      // A client gone mid-response: cancel the backend stream.
+      up.reset(ERROR.CANCEL);
+      throw e;
+    }
+    // The backend reset the stream mid-response: the HTTP/1 client's connection ends.
+    if (up.code !== ERROR.NO_ERROR) return false;
+    if (chunked) {
+      const t = res.trailers();
+      await writeAll(r.client, encodeLatin1(`0\r\n${fieldLines(t ? responseHeaders(t) : [])}\r\n`));
+    }
+    return !closeAfter;
   }
 
   /** The response headers of `up`, or an {@linkcode UpstreamError} (504 after the timeout). */

@@ -7,8 +7,9 @@ import http2 from "node:http2";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { NodeProxy } from "./mod.ts";
-import { endpoint, meshConfig, RawClient, rawRequest } from "../../tests/testenv/mesh.ts";
-import { waitFor } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { RawClient, rawRequest } from "./_testing.ts";
+import { waitFor } from "../_testing.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 

@@ -70,14 +70,37 @@ export class BufReader {
   readonly #src: Reader;
   /** A read started while the connection was idle; the next read waits for it. */
   #ahead: Promise<boolean> | null = null;
+  /** A read from the source is under way. */
+  #reading = false;
+  /**
+   * Bytes of the buffer were handed out beyond a head (a body, or the rest for a tunnel), so
+   * a write elsewhere may still hold a view of it: the buffer is never given up for reuse.
+   */
+  #lent = false;
+  #released = false;
 
   /**
    * `size` is the buffer's first size: it doubles for a head that does not fit, and grows to
    * 16 KiB for a body. A client connection's starts small, since most requests are a head.
+   * `buffer`, when given, is used instead of a new one of `size` bytes.
    */
-  constructor(src: Reader, size = BODY_BUFFER) {
+  constructor(src: Reader, size = BODY_BUFFER, buffer?: Uint8Array) {
     this.#src = src;
-    this.#buf = new Uint8Array(size);
+    this.#buf = buffer ?? new Uint8Array(size);
+  }
+
+  /**
+   * Gives up the buffer for reuse by another reader, when no read is under way and no byte of
+   * it was handed out but heads (which are used before the next read); `null` otherwise. A
+   * read after this fails.
+   */
+  release(): Uint8Array | null {
+    if (this.#reading || this.#ahead !== null || this.#lent || this.#released) return null;
+    this.#released = true;
+    const buf = this.#buf;
+    this.#buf = new Uint8Array(0);
+    this.#start = this.#end = 0;
+    return buf;
   }
 
   /** Bytes read from the connection and not consumed yet. */
@@ -111,6 +134,7 @@ export class BufReader {
   }
 
   async #read(): Promise<boolean> {
+    if (this.#released) throw new Deno.errors.BadResource("the reader's buffer was released");
     if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
       if (this.#start > 0) {
@@ -123,7 +147,13 @@ export class BufReader {
         this.#buf = bigger;
       }
     }
-    const n = await this.#src.read(this.#buf.subarray(this.#end));
+    this.#reading = true;
+    let n: number | null;
+    try {
+      n = await this.#src.read(this.#buf.subarray(this.#end));
+    } finally {
+      this.#reading = false;
+    }
     if (n === null) return false;
     this.#end += n;
     return true;
@@ -139,6 +169,16 @@ export class BufReader {
    * a CRLF CRLF that never comes.
    */
   async readHead(limit: number): Promise<string | null> {
+    const head = await this.readHeadBytes(limit);
+    return head === null ? null : decodeLatin1(head);
+  }
+
+  /**
+   * {@linkcode BufReader.readHead} without decoding: the head's bytes as a view of the buffer,
+   * valid only until the next read from this reader (which may move or overwrite them). A
+   * proxy that forwards the head as it came copies them out before it reads again.
+   */
+  async readHeadBytes(limit: number): Promise<Uint8Array | null> {
     // Bytes from #start already searched; kept relative because #fill may move the data.
     let scanned = 0;
     for (;;) {
@@ -158,7 +198,7 @@ export class BufReader {
         if (i + 1 - this.#start > limit) {
           throw new HttpParseError(`message head is over ${limit} bytes`);
         }
-        const head = decodeLatin1(b.subarray(this.#start, i + 1));
+        const head = b.subarray(this.#start, i + 1);
         this.#start = i + 1;
         return head;
       }
@@ -179,6 +219,7 @@ export class BufReader {
    * longer than `limit`, however the bytes arrived.
    */
   async readLine(limit: number): Promise<string> {
+    this.#lent = true;
     for (;;) {
       const b = this.#buf;
       for (let i = this.#start; i < this.#end; i++) {
@@ -203,6 +244,7 @@ export class BufReader {
 
   /** Takes up to `max` bytes already buffered, without reading; may be empty. */
   takeBuffered(max: number): Uint8Array {
+    this.#lent = true;
     const n = Math.min(max, this.#end - this.#start);
     const out = this.#buf.subarray(this.#start, this.#start + n);
     this.#start += n;
@@ -211,6 +253,7 @@ export class BufReader {
 
   /** Returns up to `max` bytes (buffered first), or `null` at end of stream. */
   async readSome(max: number): Promise<Uint8Array | null> {
+    this.#lent = true;
     if (this.#start === this.#end) {
       // A reader made small for heads grows once it carries a body, so that a body is read
       // in large pieces. Only while it is empty and no read is under way: nothing is moved.

@@ -318,3 +318,26 @@ Deno.test("BufReader.readSome() reads a body in 16 KiB pieces on a reader made s
   assert.equal(got, 64 * 1024);
   assert.deepEqual(asked.slice(0, 4), [16384, 16384, 16384, 16384]);
 });
+
+Deno.test("BufReader.release() gives up a buffer only heads were read from, and no read is under way", async () => {
+  const given = new Uint8Array(64);
+  const heads = new BufReader(reader("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 64, given);
+  assert.equal(await heads.readHead(1024), "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+  assert.equal(heads.release(), given);
+  assert.equal(heads.release(), null, "twice");
+  await assert.rejects(heads.readHead(1024), Deno.errors.BadResource);
+
+  // A body's bytes may still be in a write elsewhere: its buffer is never reused.
+  const body = new BufReader(reader("GET / HTTP/1.1\r\n\r\nab"), 64);
+  await body.readHead(1024);
+  await body.readSome(2);
+  assert.equal(body.release(), null);
+
+  // A read left pending (a pooled connection's, or a client's watch) keeps the buffer.
+  let finish: (n: number | null) => void = () => {};
+  const pending = new BufReader({ read: () => new Promise((r) => finish = r) }, 64);
+  const ahead = pending.readAhead();
+  assert.equal(pending.release(), null);
+  finish(null);
+  assert.equal(await ahead, false);
+});

@@ -7,7 +7,6 @@
 import {
   type BodyFraming,
   bodyFraming,
-  getHeader,
   type HeaderList,
   headerTokens,
   HttpParseError,
@@ -27,6 +26,12 @@ export interface CheckedRequest {
   framing: BodyFraming;
   /** The authority the request is for: what routing uses. */
   authority: string;
+  /**
+   * `head` is the request as it came, unedited: its target already in normal form, one Host
+   * that is the authority, no HTTP2-Settings or Upgrade, at most one Content-Length, already
+   * in normal form. Its bytes can then be forwarded as they are, plus what the proxy adds.
+   */
+  verbatim: boolean;
 }
 
 // RFC 9110 §7.6.1: a field named in Connection is removed before forwarding. Removing one of
@@ -66,21 +71,88 @@ const UPGRADE_PROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\/[!#$%&'*+\-.^_`|~0-9
  * ```
  */
 export function checkRequest(req: MessageHead): CheckedRequest {
-  const connTokens = connectionTokens(req.headers);
+  const fields = fieldsOf(req.headers);
+  const connTokens = connectionTokens(fields.connection);
   for (const t of connTokens) {
     if (PROTECTED.has(t)) {
       throw new HttpParseError(`Connection names "${t}", a field that frames or routes a request`);
     }
   }
+  const { target, authority } = routedTarget(req, fields);
+  const framing = checkFraming(req, fields);
+  const upgrade = keptUpgrade(req, fields, connTokens, framing);
+  // Most heads need no edit: they are forwarded as they came (see CheckedRequest.verbatim).
+  const length = framing.kind === "length" ? String(framing.length) : "0";
+  const verbatim = target === req.target && fields.hosts === 1 && authority === fields.host &&
+    !fields.http2Settings && fields.upgrade === null && fields.lengths <= 1 &&
+    (fields.lengths === 0 || fields.length === length);
+  if (verbatim) return { head: req, framing, authority, verbatim };
+  return {
+    head: { ...req, target, headers: editedFields(req.headers, authority, upgrade, length) },
+    framing,
+    authority,
+    verbatim,
+  };
+}
 
-  const hosts = req.headers.filter(([k]) => k.length === 4 && k.toLowerCase() === "host");
-  if (hosts.length > 1) throw new HttpParseError("request has more than one Host header");
-  const host = hosts[0]?.[1] ?? null;
+/** The fields {@linkcode checkRequest} looks at, found in one pass over the head. */
+interface RequestFields {
+  /** The Host value (the first), and how many Host fields there are. */
+  host: string | null;
+  hosts: number;
+  /** Connection, Transfer-Encoding and Upgrade, each field's values joined with ", ". */
+  connection: string | null;
+  transferEncoding: string | null;
+  upgrade: string | null;
+  /** The first Content-Length value, and how many Content-Length fields there are. */
+  length: string | null;
+  lengths: number;
+  http2Settings: boolean;
+}
+
+function joined(prior: string | null, v: string): string {
+  return prior === null ? v : `${prior}, ${v}`;
+}
+
+/** One pass over the fields; a name is lower-cased only when its length is one of these. */
+function fieldsOf(headers: HeaderList): RequestFields {
+  const f: RequestFields = {
+    host: null,
+    hosts: 0,
+    connection: null,
+    transferEncoding: null,
+    upgrade: null,
+    length: null,
+    lengths: 0,
+    http2Settings: false,
+  };
+  for (const [k, v] of headers) {
+    const n = k.length;
+    if (n !== 4 && n !== 7 && n !== 10 && n !== 14 && n !== 17) continue;
+    const l = k.toLowerCase();
+    if (l === "host") {
+      if (f.hosts++ === 0) f.host = v;
+    } else if (l === "connection") f.connection = joined(f.connection, v);
+    else if (l === "transfer-encoding") f.transferEncoding = joined(f.transferEncoding, v);
+    else if (l === "upgrade") f.upgrade = joined(f.upgrade, v);
+    else if (l === "content-length") {
+      if (f.lengths++ === 0) f.length = v;
+    } else if (l === "http2-settings") f.http2Settings = true;
+  }
+  return f;
+}
+
+/** The target in the form forwarded, and the authority routed on (RFC 9112 §3.2). */
+function routedTarget(
+  req: MessageHead,
+  fields: RequestFields,
+): { target: string; authority: string } {
+  if (fields.hosts > 1) throw new HttpParseError("request has more than one Host header");
+  const host = fields.host;
   if (host !== null && !AUTHORITY.test(host)) {
     throw new HttpParseError(`invalid Host "${host.slice(0, 60)}"`);
   }
   if (host === null && req.minor === 1) throw new HttpParseError("request has no Host header");
-
   if (req.method === "CONNECT") throw new HttpParseError("method CONNECT is not supported");
   let target = req.target;
   let authority = host;
@@ -92,37 +164,45 @@ export function checkRequest(req: MessageHead): CheckedRequest {
       throw new HttpParseError(`request target "*" is for OPTIONS only, not ${req.method}`);
     }
   } else {
-    const m = ABSOLUTE_FORM.exec(target);
-    const scheme = m?.[1]?.toLowerCase();
-    if (!m || (scheme !== "http" && scheme !== "https")) {
-      throw new HttpParseError(
-        `request target "${target.slice(0, 60)}" is neither a path nor an http(s) URI`,
-      );
-    }
-    if (!AUTHORITY.test(m[2]!)) {
-      throw new HttpParseError(`invalid authority in request target "${target.slice(0, 60)}"`);
-    }
-    // RFC 9112 §3.2.2: the target's authority replaces Host; the backend gets origin-form
-    // (§3.2.1), or "*" for an OPTIONS with an empty path (§3.2.4).
-    authority = m[2]!;
-    const rest = m[3]!;
-    target = rest.startsWith("/")
-      ? rest
-      : rest === "" && req.method === "OPTIONS"
-      ? "*"
-      : `/${rest}`;
+    ({ target, authority } = fromAbsoluteForm(req));
   }
   if (!authority) throw new HttpParseError("request has no Host header");
   // Access rules match the path meshd forwards: one normal form, or 400 (see normalizeTarget).
-  target = normalizeTarget(target);
+  return { target: normalizeTarget(target), authority };
+}
 
-  const te = getHeader(req.headers, "transfer-encoding");
+/** An absolute-form target (RFC 9112 §3.2.2) split into the origin-form and its authority. */
+function fromAbsoluteForm(req: MessageHead): { target: string; authority: string } {
+  const m = ABSOLUTE_FORM.exec(req.target);
+  const scheme = m?.[1]?.toLowerCase();
+  if (!m || (scheme !== "http" && scheme !== "https")) {
+    throw new HttpParseError(
+      `request target "${req.target.slice(0, 60)}" is neither a path nor an http(s) URI`,
+    );
+  }
+  if (!AUTHORITY.test(m[2]!)) {
+    throw new HttpParseError(`invalid authority in request target "${req.target.slice(0, 60)}"`);
+  }
+  // RFC 9112 §3.2.2: the target's authority replaces Host; the backend gets origin-form
+  // (§3.2.1), or "*" for an OPTIONS with an empty path (§3.2.4).
+  const rest = m[3]!;
+  const target = rest.startsWith("/")
+    ? rest
+    : rest === "" && req.method === "OPTIONS"
+    ? "*"
+    : `/${rest}`;
+  return { target, authority: m[2]! };
+}
+
+/** The body's framing; throws on any Transfer-Encoding but a lone `chunked` (RFC 9112 §6.1). */
+function checkFraming(req: MessageHead, fields: RequestFields): BodyFraming {
+  const te = fields.transferEncoding;
   if (te !== null) {
     if (req.minor === 0) {
       // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
       throw new HttpParseError("an HTTP/1.0 request has Transfer-Encoding");
     }
-    if (getHeader(req.headers, "content-length") !== null) {
+    if (fields.lengths > 0) {
       throw new HttpParseError("both Transfer-Encoding and Content-Length are present");
     }
     const codings = headerTokens(req.headers, "transfer-encoding");
@@ -130,27 +210,47 @@ export function checkRequest(req: MessageHead): CheckedRequest {
       throw new HttpParseError(`unsupported Transfer-Encoding "${te.slice(0, 60)}"`);
     }
   }
-  const framing = bodyFraming(req, true);
+  return bodyFraming(req, true);
+}
 
-  // Upgrade (RFC 9110 §7.8): only in HTTP/1.1, only with "upgrade" in Connection, never to
-  // HTTP/2, and never with a body, whose bytes would race the tunnel's.
-  let upgrade: string | null = null;
-  const offered = getHeader(req.headers, "upgrade");
+/**
+ * The Upgrade value passed on (RFC 9110 §7.8), or `null`: only in HTTP/1.1, only with "upgrade"
+ * in Connection, never to HTTP/2, and never with a body, whose bytes would race the tunnel's.
+ */
+function keptUpgrade(
+  req: MessageHead,
+  fields: RequestFields,
+  connTokens: string[],
+  framing: BodyFraming,
+): string | null {
+  const offered = fields.upgrade;
   if (
-    offered !== null && req.minor === 1 && connTokens.includes("upgrade") &&
-    framing.kind === "none"
+    offered === null || req.minor !== 1 || !connTokens.includes("upgrade") ||
+    framing.kind !== "none"
   ) {
-    // RFC 9110 §7.8: protocol = protocol-name ["/" protocol-version], both tokens. Anything
-    // else (say "h2c" and a byte over 0x7f) is dropped: a lenient backend may read it as h2c.
-    const kept = offered.split(",").map((p) => p.trim()).filter((p) =>
-      UPGRADE_PROTOCOL.test(p) && !H2_UPGRADES.has(p.split("/")[0]!.toLowerCase())
-    );
-    if (kept.length > 0) upgrade = kept.join(", ");
+    return null;
   }
+  // RFC 9110 §7.8: protocol = protocol-name ["/" protocol-version], both tokens. Anything
+  // else (say "h2c" and a byte over 0x7f) is dropped: a lenient backend may read it as h2c.
+  const kept = offered.split(",").map((p) => p.trim()).filter((p) =>
+    UPGRADE_PROTOCOL.test(p) && !H2_UPGRADES.has(p.split("/")[0]!.toLowerCase())
+  );
+  return kept.length > 0 ? kept.join(", ") : null;
+}
 
+/**
+ * The fields as forwarded when some need an edit: one Host (the authority) first, no
+ * HTTP2-Settings, Upgrade only as kept, one Content-Length with the framing's length.
+ */
+function editedFields(
+  fields: HeaderList,
+  authority: string,
+  upgrade: string | null,
+  length: string,
+): HeaderList {
   const headers: HeaderList = [["Host", authority]];
   let hadLength = false;
-  for (const [k, v] of req.headers) {
+  for (const [k, v] of fields) {
     const l = k.toLowerCase();
     if (l === "host" || l === "http2-settings") continue;
     if (l === "upgrade") {
@@ -159,18 +259,17 @@ export function checkRequest(req: MessageHead): CheckedRequest {
       continue;
     }
     if (l === "content-length") {
-      if (!hadLength) headers.push([k, framing.kind === "length" ? String(framing.length) : "0"]);
+      if (!hadLength) headers.push([k, length]);
       hadLength = true;
       continue;
     }
     headers.push([k, v]);
   }
-  return { head: { ...req, target, headers }, framing, authority };
+  return headers;
 }
 
 /** The tokens of Connection, lower-cased; throws if one is not a token. */
-function connectionTokens(headers: HeaderList): string[] {
-  const raw = getHeader(headers, "connection");
+function connectionTokens(raw: string | null): string[] {
   if (raw === null) return [];
   const out: string[] = [];
   for (const part of raw.split(",")) {

@@ -10,6 +10,7 @@ import {
   bodyFraming,
   BufReader,
   copyBody,
+  decodeLatin1,
   encodeLatin1,
   encodeLatin1Into,
   getHeader,
@@ -24,7 +25,7 @@ import {
   writeAll,
   type Writer,
 } from "./http1.ts";
-import { checkRequest } from "./http1_validate.ts";
+import { type CheckedRequest, checkRequest } from "./http1_validate.ts";
 // HTTP/2 (meshd's own frame layer, src/proxy/h2/; 1.4-4.4 MiB more resident once loaded,
 // measured) loads on first use: an h2c client's preface or a service whose scheme is h2c.
 // Only the type is imported here.
@@ -37,6 +38,7 @@ import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
+import { type PlainResponse, scanResponseHead } from "./scan_response_head.ts";
 import { UpstreamError } from "./upstream_error.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 
@@ -88,6 +90,14 @@ const UPSTREAM_IDLE_MS = 30_000;
 /** Responses up to this size, when already read, go out in one write with their head. */
 const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
+/**
+ * The size of the buffers requests build their heads in. Allocating a Uint8Array over 64
+ * bytes costs about a microsecond (its memory is outside V8's heap) and the GC's work later,
+ * so they are lent and given back instead, as many as requests are in flight.
+ */
+const SCRATCH = 8 * 1024;
+/** Scratch buffers kept for reuse at most; a burst beyond makes more, which the GC takes. */
+const MAX_SCRATCH = 256;
 /** Draining, how long a client connection may sit idle between requests before it is closed. */
 const DRAIN_IDLE_MS = 1000;
 /**
@@ -121,6 +131,12 @@ for (const name of [...HOP_BY_HOP, "x-forwarded-for", "forwarded"]) {
 
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/** The framing of a message with no body. */
+const NO_BODY: BodyFraming = { kind: "none" };
+
+/** Added to a plain response head that ends its client connection. */
+const CONNECTION_CLOSE = encodeLatin1("connection: close\r\n\r\n");
 
 /** A connection to a backend: TCP, or TLS for services with scheme https. */
 type Conn = Deno.TcpConn | Deno.TlsConn;
@@ -180,6 +196,13 @@ interface Outcome {
 interface Http1Request extends Metered {
   /** The checked head, in the form routed and forwarded. */
   req: MessageHead;
+  /**
+   * The head's bytes as received, a view of the client reader's buffer that the next read
+   * from the client may overwrite: used before then, or not at all.
+   */
+  raw: Uint8Array;
+  /** `req` is the head as received (see {@linkcode CheckedRequest.verbatim}). */
+  verbatim: boolean;
   framing: BodyFraming;
   /** The client connection's reader, positioned at the request body. */
   reader: BufReader;
@@ -194,10 +217,16 @@ interface Http1Request extends Metered {
   candidates: EndpointState[];
   /** The head sent to the backend. */
   head?: Uint8Array;
+  /**
+   * A buffer of {@linkcode SCRATCH} bytes lent for this exchange: the head sent to the backend
+   * is built in it, and once a response came (no try is left to send the head again), the
+   * response head and a small body are. Every write from it is awaited before it is given back.
+   */
+  scratch: Uint8Array | null;
   /** The client's timed writer. */
   cw?: Writer;
-  /** The response head of the successful try. */
-  response?: MessageHead;
+  /** The response head of the successful try: parsed, or plain (passed on as it came). */
+  response?: MessageHead | PlainResponse;
   /** Resolves when the request body was copied (true) or not (false). */
   bodyDone?: Promise<boolean>;
   /** The request body broke its own framing. */
@@ -248,6 +277,10 @@ export class HttpProxy {
   #draining = false;
   readonly #guard: LoopGuard;
   readonly #onBudgetSpent = (): void => this.#drop("retry_budget");
+  /** Scratch buffers not lent now (see {@linkcode Http1Request.scratch}). */
+  readonly #scratch: Uint8Array[] = [];
+  /** Client read buffers of closed connections, for the next ones (a connection per request). */
+  readonly #readBuffers: Uint8Array[] = [];
 
   /** Binds the port; throws if it cannot. */
   constructor(options: HttpProxyOptions) {
@@ -425,17 +458,31 @@ export class HttpProxy {
   }
 
   async #serve(client: Deno.TcpConn): Promise<void> {
-    // A request head nearly always fits in 4 KiB; the buffer grows for a body. Every
-    // connection made and closed per request allocates it, so its size is the GC's work.
-    const reader = new BufReader(client, CLIENT_BUFFER);
-    this.#sources.set(client, new ClientSource(reader));
+    // A request head nearly always fits in 4 KiB; the buffer grows for a body. A connection
+    // made and closed per request takes one a closed connection gave back, if any: a new one
+    // lives outside V8's heap and costs an allocation and the GC's work.
+    const reader = new BufReader(client, CLIENT_BUFFER, this.#readBuffers.pop());
+    try {
+      await this.#serveRequests(client, reader);
+    } finally {
+      const buf = reader.release();
+      if (buf?.length === CLIENT_BUFFER && this.#readBuffers.length < MAX_SCRATCH) {
+        this.#readBuffers.push(buf);
+      }
+    }
+  }
+
+  async #serveRequests(client: Deno.TcpConn, reader: BufReader): Promise<void> {
     const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     for (let first = true;; first = false) {
       let req: MessageHead;
+      let raw: Uint8Array;
       this.#idleClients.set(client, Date.now());
       try {
-        const head = await reader.readHead(MAX_HEAD);
-        if (head === null) return;
+        const bytes = await reader.readHeadBytes(MAX_HEAD);
+        if (bytes === null) return;
+        raw = bytes;
+        const head = decodeLatin1(bytes);
         if (first && head === H2_PREFACE_HEAD) {
           // HTTP/2 with prior knowledge (h2c, gRPC): the rest of the connection is HTTP/2.
           this.#idleClients.delete(client);
@@ -459,7 +506,7 @@ export class HttpProxy {
       }
       let keepAlive: boolean;
       try {
-        keepAlive = await this.#handle(req, reader, client, peer);
+        keepAlive = await this.#handle(req, raw, reader, client, peer);
       } catch (e) {
         if (e instanceof ProxyFailure) await this.#fail(client, req.minor, e).catch(() => {});
         else if (this.#opts.logger.enabled("debug")) {
@@ -473,26 +520,30 @@ export class HttpProxy {
 
   /** One request: policy, then forwarding. Returns whether the client connection stays open. */
   async #handle(
-    req: MessageHead,
+    parsed: MessageHead,
+    raw: Uint8Array,
     reader: BufReader,
     client: Deno.TcpConn,
     peer: string,
   ): Promise<boolean> {
-    let reqFraming: BodyFraming;
-    let host: string;
+    let checked: CheckedRequest;
     try {
       // Routed, checked and forwarded in one form, so the backend reads what was checked: its
       // one Host is the authority.
-      ({ head: req, framing: reqFraming, authority: host } = checkRequest(req));
+      checked = checkRequest(parsed);
     } catch (e) {
       throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
     }
+    const { head: req, authority: host } = checked;
     const root = lookupHttpRoute(this.#opts.routes(), host);
     if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
     const m = root.metrics;
     const x: Http1Request = {
       req,
-      framing: reqFraming,
+      raw,
+      verbatim: checked.verbatim,
+      framing: checked.framing,
+      scratch: null,
       reader,
       client,
       peer,
@@ -516,7 +567,7 @@ export class HttpProxy {
       x.cout = { inc: (n) => (m.bytesOut.inc(n), x.bytesOut += n) };
     }
     const requestId = this.#opts.requestId
-      ? addRequestId(req)
+      ? addRequestId(x)
       : log !== null
       ? getHeader(req.headers, "x-request-id")
       : null;
@@ -560,44 +611,107 @@ export class HttpProxy {
     x.target = admitted.target;
     x.candidates = withoutOwn(admitted, this.#guard);
     const connTokens = headerTokens(req.headers, "connection");
-    // A request with no body has nothing more to read: watch for the client leaving (not
-    // on an Upgrade, whose client may send more at once).
-    if (x.framing.kind === "none" && !connTokens.includes("upgrade")) {
-      this.#sources.get(client)?.watch();
-    }
     if (x.target.service.scheme === "h2c") {
+      this.#watch(x, connTokens);
       // The backend speaks HTTP/2 only: translate (an Upgrade cannot cross; it is dropped).
       const run = (h2: H2Proxy) =>
-        h2.fromHttp1(
+        h2.fromHttp1({
           req,
-          x.framing,
-          x.reader,
-          this.#clientWriter(client),
-          x.peer,
+          framing: x.framing,
+          reader: x.reader,
+          client: this.#clientWriter(client),
+          peer: x.peer,
           root,
-          x.target,
-          x.candidates,
-          () => this.#sources.get(client)?.gone ?? false,
-        );
+          target: x.target,
+          candidates: x.candidates,
+          gone: () => this.#sources.get(client)?.gone ?? false,
+        });
       return this.#h2Loaded ? run(this.#h2Loaded) : this.#http2().then(run);
     }
     return this.#forward(x, connTokens);
   }
 
+  /**
+   * A request with no body has nothing more to read: watch for the client leaving (not on an
+   * Upgrade, whose client may send more at once), so no retry is made for nobody. Only where a
+   * retry may be made: a read left pending when the connection closes is rejected, and that
+   * error costs more than the rest of a short connection's requests. The watch reads from the
+   * client, so the request's own bytes (`x.raw`) are used before it.
+   */
+  #watch(x: Http1Request, connTokens: string[]): void {
+    if (
+      x.target.service.retryAttempts > 0 && x.framing.kind === "none" &&
+      !connTokens.includes("upgrade")
+    ) {
+      // Made at the first watch: most connections never need one.
+      let source = this.#sources.get(x.client);
+      if (!source) this.#sources.set(x.client, source = new ClientSource(x.reader));
+      source.watch();
+    }
+  }
+
+  /**
+   * The head sent to the backend. A head that needs no edit but the proxy's own fields
+   * (X-Forwarded-For, Forwarded, Via) goes out as its bytes came, with those appended.
+   */
+  #backendHead(x: Http1Request, connTokens: string[], upgrade: string | null): Uint8Array {
+    const { req, raw } = x;
+    // Not for a chunked body, whose Transfer-Encoding requestHead writes again, nor an Upgrade.
+    const drop = x.verbatim && req.minor === 1 && upgrade === null && x.framing.kind !== "chunked"
+      ? dropped(req.headers, connTokens)
+      : null;
+    if (drop !== null) {
+      const suffix = this.#suffixOf(x.peer);
+      const out = bufferFor(x, raw.length - 2 + suffix.length);
+      const n = drop === NONE_DROPPED
+        ? (out.set(raw.subarray(0, raw.length - 2)), raw.length - 2)
+        : copyLines(raw, drop, out);
+      out.set(suffix, n);
+      return out.subarray(0, n + suffix.length);
+    }
+    const head = requestHead(req, x.framing, connTokens, x.peer, upgrade, this.#opts.viaName);
+    const out = bufferFor(x, head.length);
+    encodeLatin1Into(head, out, 0);
+    return out;
+  }
+
+  /** The last client address's fields that end a verbatim head, kept for the next request. */
+  #suffix: { peer: string; bytes: Uint8Array } | null = null;
+
+  /** What ends a verbatim HTTP/1.1 head from `peer`: the fields {@linkcode requestHead} adds. */
+  #suffixOf(peer: string): Uint8Array {
+    if (this.#suffix?.peer === peer) return this.#suffix.bytes;
+    const fwd = forwardedFor({ xForwardedFor: null, forwarded: null }, peer);
+    const via = this.#opts.viaName;
+    const bytes = encodeLatin1(
+      `x-forwarded-for: ${fwd.xForwardedFor}\r\nforwarded: ${fwd.forwarded}\r\n` +
+        `${via !== undefined ? `via: 1.1 ${via}\r\n` : ""}\r\n`,
+    );
+    this.#suffix = { peer, bytes };
+    return bytes;
+  }
+
   /** Sends the request to an endpoint (retrying as the service allows), then the response back. */
   async #forward(x: Http1Request, connTokens: string[]): Promise<Outcome> {
+    const { req } = x;
+    const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
+    x.scratch = this.#scratch.pop() ?? new Uint8Array(SCRATCH);
+    try {
+      x.head = this.#backendHead(x, connTokens, upgrade);
+      this.#watch(x, connTokens);
+      return await this.#exchange(x, connTokens, upgrade);
+    } finally {
+      if (this.#scratch.length < MAX_SCRATCH) this.#scratch.push(x.scratch);
+      x.scratch = null;
+    }
+  }
+
+  /** The tries, then the response back to the client. */
+  async #exchange(x: Http1Request, connTokens: string[], upgrade: string | null): Promise<Outcome> {
     const { req, target, client } = x;
     const pool = this.#opts.pool;
-    const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
-    const clientClose = connTokens.includes("close") ||
-      (req.minor === 0 && !connTokens.includes("keep-alive"));
-    const head = encodeLatin1(
-      requestHead(req, x.framing, connTokens, x.peer, upgrade, this.#opts.viaName),
-    );
     const source = this.#sources.get(client);
-    const cw = this.#clientWriter(client);
-    x.head = head;
-    x.cw = cw;
+    x.cw = this.#clientWriter(client);
     const { value: up, ep } = await withRetries((ep, n) => this.#send(x, ep, n), {
       pool,
       root: x.root,
@@ -610,63 +724,14 @@ export class HttpProxy {
       gone: source ? source.isGone : undefined,
     });
     const res = x.response!;
-    const bodyDone = x.bodyDone;
-    let released = false;
     try {
       if (res.status >= 500) pool.failure(ep);
       else pool.success(ep);
-
-      if (res.status === 101 && upgrade !== null) {
-        await this.#tunnel(res, x, up);
-        return { status: 101, keepAlive: false };
-      }
-      if (res.status === 101) {
-        // A protocol switch nobody asked for: this connection no longer speaks HTTP/1.1.
-        closeQuietly(up.conn);
-        throw new ProxyFailure(
-          502,
-          `Endpoint ${ep.key} of service "${target.key}" switched protocols unasked`,
-        );
-      }
-      let resFraming: BodyFraming;
-      try {
-        resFraming = bodyFraming(res, false, req.method);
-      } catch (e) {
-        closeQuietly(up.conn);
-        throw new ProxyFailure(
-          502,
-          `Service "${target.key}" sent a bad response: ${(e as Error).message}`,
-        );
-      }
-      // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
-      const dechunk = resFraming.kind === "chunked" && req.minor === 0;
-      const closeAfter = clientClose || resFraming.kind === "close" || dechunk || this.#draining;
-      const resTokens = headerTokens(res.headers, "connection");
-      const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
-      let complete: boolean;
-      if (
-        resFraming.kind === "length" && resFraming.length <= COALESCE_LIMIT &&
-        up.reader.buffered >= resFraming.length
-      ) {
-        // The whole small body is already here: one write instead of two.
-        const body = up.reader.takeBuffered(resFraming.length);
-        const out = new Uint8Array(outHead.length + body.length);
-        encodeLatin1Into(outHead, out, 0);
-        out.set(body, outHead.length);
-        const n = await cw.write(out);
-        if (n < out.length) await writeAll(cw, out.subarray(n));
-        x.cout.inc(body.length);
-        complete = true;
-      } else {
-        await writeAll(cw, encodeLatin1(outHead));
-        complete = await copyBody(up.reader, cw, resFraming, dechunk, x.cout);
-      }
-      const requestSent = bodyDone === undefined ? true : await settledWithin(bodyDone);
-      const reusable = complete && requestSent === true && resFraming.kind !== "close" &&
-        !resTokens.includes("close");
-      released = true;
-      if (reusable) this.#release(up);
-      else closeQuietly(up.conn);
+      const clientClose = connTokens.includes("close") ||
+        (req.minor === 0 && !connTokens.includes("keep-alive"));
+      const outcome = "raw" in res
+        ? await this.#respondPlain(x, up, res, clientClose)
+        : await this.#respond(x, up, res, clientClose, upgrade);
       if (this.#opts.logger.enabled("debug")) {
         this.#opts.logger.debug("http request", {
           client: x.peer,
@@ -677,16 +742,164 @@ export class HttpProxy {
           status: res.status,
         });
       }
-      // If the request body was not read to its end, the next request cannot be found.
-      return { status: res.status, keepAlive: complete && requestSent === true && !closeAfter };
-    } catch (e) {
-      // The client went away or stopped reading mid-response: the backend connection goes too,
-      // or it would stay open with the rest of the response unread.
-      if (!released) closeQuietly(up.conn);
-      throw e;
+      return outcome;
     } finally {
       ep.inflight--;
     }
+  }
+
+  /**
+   * Passes a plain response (see {@linkcode scanResponseHead}) to the client: its head as it
+   * came, with `connection: close` added when the client connection ends after it.
+   */
+  async #respondPlain(
+    x: Http1Request,
+    up: Upstream,
+    res: PlainResponse,
+    clientClose: boolean,
+  ): Promise<Outcome> {
+    const closeAfter = clientClose || this.#draining;
+    const none = res.length === 0 || x.req.method === "HEAD" || res.status === 204 ||
+      res.status === 304;
+    const framing: BodyFraming = none ? NO_BODY : { kind: "length", length: res.length };
+    const raw = res.raw;
+    const headLength = closeAfter ? raw.length - 2 + CONNECTION_CLOSE.length : raw.length;
+    // The whole small body is already here: one write instead of two.
+    const whole = framing.kind === "none" ||
+      (res.length <= COALESCE_LIMIT && up.reader.buffered >= res.length);
+    const bodyLength = whole && framing.kind === "length" ? res.length : 0;
+    const out = bufferFor(x, headLength + bodyLength);
+    if (closeAfter) {
+      out.set(raw.subarray(0, raw.length - 2));
+      out.set(CONNECTION_CLOSE, raw.length - 2);
+    } else out.set(raw);
+    try {
+      if (bodyLength > 0) out.set(up.reader.takeBuffered(bodyLength), headLength);
+      const cw = x.cw!;
+      const n = await cw.write(out);
+      if (n < out.length) await writeAll(cw, out.subarray(n));
+      if (bodyLength > 0) x.cout.inc(bodyLength);
+      const complete = whole || await copyBody(up.reader, cw, framing, false, x.cout);
+      return await this.#finish(x, up, complete, true, closeAfter, res.status);
+    } catch (e) {
+      // The client went away or stopped reading mid-response: the backend connection goes
+      // too, or it would stay open with the rest of the response unread.
+      closeQuietly(up.conn);
+      throw e;
+    }
+  }
+
+  /**
+   * Ends an exchange whose response was passed on (`complete` when to its end): pools the
+   * backend connection when it can carry another request, and says whether the client's can.
+   */
+  #finish(
+    x: Http1Request,
+    up: Upstream,
+    complete: boolean,
+    reusable: boolean,
+    closeAfter: boolean,
+    status: number,
+  ): Outcome | Promise<Outcome> {
+    // Not async: most requests have no body, and then no promise or closure is made here.
+    const bodyDone = x.bodyDone;
+    if (bodyDone === undefined) {
+      return this.#ended(up, complete && reusable, complete && !closeAfter, status);
+    }
+    // If the request body was not read to its end, the next request cannot be found.
+    return settledWithin(bodyDone).then((sent) =>
+      this.#ended(
+        up,
+        complete && reusable && sent === true,
+        complete && !closeAfter && sent === true,
+        status,
+      )
+    );
+  }
+
+  /** Pools or closes the backend connection, and says whether the client's stays open. */
+  #ended(up: Upstream, pool: boolean, keepAlive: boolean, status: number): Outcome {
+    if (pool) this.#release(up);
+    else closeQuietly(up.conn);
+    return { status, keepAlive };
+  }
+
+  /** Passes a parsed response to the client, its head rebuilt, or runs its tunnel (101). */
+  async #respond(
+    x: Http1Request,
+    up: Upstream,
+    res: MessageHead,
+    clientClose: boolean,
+    upgrade: string | null,
+  ): Promise<Outcome> {
+    const { req, target, ep } = x;
+    if (res.status === 101) {
+      if (upgrade !== null) {
+        await this.#tunnel(res, x, up).catch((e) => {
+          closeQuietly(up.conn);
+          throw e;
+        });
+        return { status: 101, keepAlive: false };
+      }
+      // A protocol switch nobody asked for: this connection no longer speaks HTTP/1.1.
+      closeQuietly(up.conn);
+      throw new ProxyFailure(
+        502,
+        `Endpoint ${ep!.key} of service "${target.key}" switched protocols unasked`,
+      );
+    }
+    let resFraming: BodyFraming;
+    try {
+      resFraming = bodyFraming(res, false, req.method);
+    } catch (e) {
+      closeQuietly(up.conn);
+      throw new ProxyFailure(
+        502,
+        `Service "${target.key}" sent a bad response: ${(e as Error).message}`,
+      );
+    }
+    // An HTTP/1.0 client cannot read chunked framing: send the data and close instead.
+    const dechunk = resFraming.kind === "chunked" && req.minor === 0;
+    const closeAfter = clientClose || resFraming.kind === "close" || dechunk || this.#draining;
+    const resTokens = headerTokens(res.headers, "connection");
+    const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
+    try {
+      const complete = await this.#writeResponse(x, up, outHead, resFraming, dechunk);
+      const reusable = resFraming.kind !== "close" && !resTokens.includes("close");
+      return await this.#finish(x, up, complete, reusable, closeAfter, res.status);
+    } catch (e) {
+      closeQuietly(up.conn);
+      throw e;
+    }
+  }
+
+  /** Writes a rebuilt response head and the body; true when the body was copied to its end. */
+  async #writeResponse(
+    x: Http1Request,
+    up: Upstream,
+    outHead: string,
+    resFraming: BodyFraming,
+    dechunk: boolean,
+  ): Promise<boolean> {
+    const cw = x.cw!;
+    if (
+      resFraming.kind === "length" && resFraming.length <= COALESCE_LIMIT &&
+      up.reader.buffered >= resFraming.length
+    ) {
+      // The whole small body is already here: one write instead of two.
+      const body = up.reader.takeBuffered(resFraming.length);
+      const out = bufferFor(x, outHead.length + body.length);
+      encodeLatin1Into(outHead, out, 0);
+      out.set(body, outHead.length);
+      const n = await cw.write(out);
+      if (n < out.length) await writeAll(cw, out.subarray(n));
+      x.cout.inc(body.length);
+      return true;
+    }
+    const out = bufferFor(x, outHead.length);
+    encodeLatin1Into(outHead, out, 0);
+    await writeAll(cw, out);
+    return await copyBody(up.reader, cw, resFraming, dechunk, x.cout);
   }
 
   /**
@@ -759,7 +972,11 @@ export class HttpProxy {
     }
   }
 
-  async #readResponse(up: Upstream, x: Http1Request, ep: EndpointState): Promise<MessageHead> {
+  async #readResponse(
+    up: Upstream,
+    x: Http1Request,
+    ep: EndpointState,
+  ): Promise<MessageHead | PlainResponse> {
     const { req, target: route } = x;
     const client = x.cw!;
     const timeoutMs = this.#opts.responseTimeoutMs ?? 30_000;
@@ -769,9 +986,9 @@ export class HttpProxy {
     this.#waiting.add(waiting);
     try {
       for (;;) {
-        let head: string | null;
+        let bytes: Uint8Array | null;
         try {
-          head = await up.reader.readHead(MAX_HEAD);
+          bytes = await up.reader.readHeadBytes(MAX_HEAD);
         } catch (e) {
           if (waiting.timedOut) {
             throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
@@ -784,15 +1001,18 @@ export class HttpProxy {
           }
           throw new UpstreamError((e as Error).message, { requestSent: true, cause: e });
         }
-        if (head === null) {
+        if (bytes === null) {
           if (waiting.timedOut) {
             throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
           }
           throw new UpstreamError("connection closed before a response", { requestSent: true });
         }
+        // Most responses pass as they came; the rest are parsed and rebuilt.
+        const plain = req.minor === 1 ? scanResponseHead(bytes) : null;
+        if (plain !== null) return plain;
         let res: MessageHead;
         try {
-          res = parseResponseHead(head);
+          res = parseResponseHead(decodeLatin1(bytes));
         } catch (e) {
           throw new ProxyFailure(
             502,
@@ -923,11 +1143,12 @@ function upstreamKey(ep: EndpointState, route: Route): string {
  * The request's `x-request-id`; one is added (a random UUID) when it has none. An existing one
  * is never replaced.
  */
-function addRequestId(req: MessageHead): string {
-  const id = getHeader(req.headers, "x-request-id");
+function addRequestId(x: Http1Request): string {
+  const id = getHeader(x.req.headers, "x-request-id");
   if (id !== null) return id;
   const made = crypto.randomUUID();
-  req.headers.push(["x-request-id", made]);
+  x.req.headers.push(["x-request-id", made]);
+  x.verbatim = false;
   return made;
 }
 
@@ -983,6 +1204,60 @@ function requestInfo(req: MessageHead): RequestInfo {
     path,
     header: (name) => getHeader(req.headers, name),
   };
+}
+
+/** `length` bytes of the request's scratch buffer, or a new buffer when they do not fit. */
+function bufferFor(x: Http1Request, length: number): Uint8Array {
+  const scratch = x.scratch;
+  return scratch !== null && length <= scratch.length
+    ? scratch.subarray(0, length)
+    : new Uint8Array(length);
+}
+
+/**
+ * Which fields a head forwarded as its bytes came must lose: hop-by-hop (RFC 9110 §7.6.1) and
+ * those named in Connection. {@linkcode NONE_DROPPED} when none, and `null` when the head has
+ * X-Forwarded-For or Forwarded, which only {@linkcode requestHead} edits.
+ */
+function dropped(headers: MessageHead["headers"], connTokens: string[]): boolean[] | null {
+  let drop = NONE_DROPPED;
+  for (let i = 0; i < headers.length; i++) {
+    const k = headers[i]![0];
+    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) continue;
+    const l = k.toLowerCase();
+    // The client's own values are merged with the proxy's by requestHead.
+    if (l === "x-forwarded-for" || l === "forwarded") return null;
+    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) {
+      if (drop === NONE_DROPPED) drop = new Array<boolean>(headers.length).fill(false);
+      drop[i] = true;
+    }
+  }
+  return drop;
+}
+
+/** {@linkcode dropped} when the head loses no field. */
+const NONE_DROPPED: boolean[] = [];
+
+/**
+ * Copies a head's request line and its field lines but those `drop` marks (field `i` is line
+ * `i + 1`: a checked head has no folded line) into `out`, without the empty line that ends it.
+ * Returns the bytes written.
+ */
+function copyLines(raw: Uint8Array, drop: boolean[], out: Uint8Array): number {
+  let n = 0;
+  let line = 0;
+  // Each line ends in CRLF: the parser refused a bare CR or LF. The last is the empty line.
+  for (let start = 0; start < raw.length - 2; line++) {
+    let end = start;
+    while (raw[end] !== 10) end++;
+    end++;
+    if (line === 0 || drop[line - 1] !== true) {
+      out.set(raw.subarray(start, end), n);
+      n += end - start;
+    }
+    start = end;
+  }
+  return n;
 }
 
 /** The head sent to a backend for a checked request `req` (exported for the parser fuzzer). */

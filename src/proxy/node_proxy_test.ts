@@ -7,18 +7,10 @@ import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
 import { parseBreakerExpression } from "../topology/mod.ts";
-import {
-  endpoint,
-  field,
-  type HttpBackend,
-  httpBackend,
-  meshConfig,
-  RawClient,
-  rawRequest,
-  sha256,
-} from "../../tests/testenv/mesh.ts";
-import { freePort, waitFor } from "../../tests/testenv/process.ts";
-import { makePki } from "../../tests/testenv/tls.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { field, type HttpBackend, httpBackend, RawClient, rawRequest, sha256 } from "./_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
+import { makePki } from "../_testing_tls.ts";
 
 const quiet = new Logger({ level: "error", write: () => {} });
 

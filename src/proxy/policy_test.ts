@@ -7,7 +7,7 @@ import type {
   MeshService,
 } from "../topology/mod.ts";
 import type { RequestInfo } from "./access.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { Logger } from "../observability/mod.ts";
 import { admit, ProxyFailure, withoutOwn } from "./policy.ts";
 import { buildRouteTable, lookupHttpRoute, newRouteState, type Route } from "./route_table.ts";

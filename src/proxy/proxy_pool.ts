@@ -29,6 +29,8 @@ export interface ProxyPoolOptions {
    * started again (a busy loop would otherwise hold up every config and /metrics). Default 30 s.
    */
   callTimeoutMs?: number;
+  /** Where the pool's own metrics go, and what `/metrics` renders first; a new one if absent. */
+  registry?: Registry;
 }
 
 /** A message to a proxy worker. */
@@ -147,7 +149,7 @@ export class ProxyWorkerError extends Error {
 export class ProxyPool {
   readonly #opts: ProxyPoolOptions;
   readonly #slots: Slot[];
-  readonly registry: Registry = new Registry();
+  readonly registry: Registry;
   readonly #restarts;
   #nextId = 1;
   #config: MeshConfig | null = null;
@@ -166,6 +168,7 @@ export class ProxyPool {
       throw new RangeError(`A proxy pool takes 2 workers or more, not ${options.workers}`);
     }
     this.#opts = options;
+    this.registry = options.registry ?? new Registry();
     this.#slots = Array.from({ length: options.workers }, (_, index) => ({
       index,
       worker: null,

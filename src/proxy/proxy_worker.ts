@@ -68,8 +68,12 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       udpWaitMs = m.udpWaitMs;
       const logger = new Logger({ level: m.log.level, format: m.log.format })
         .with({ room: "proxy", worker: m.index });
-      proxy = new NodeProxy({ ...m.options, logger });
-      proxy.start().then(() => {
+      // start() can throw before its first await (a port in use): that is the pool's refused
+      // start, answered as such, not an uncaught error that prints the worker's stack.
+      Promise.resolve().then(() => {
+        proxy = new NodeProxy({ ...m.options, logger });
+        return proxy.start();
+      }).then(() => {
         reply({ t: "ok", state: sent() });
         // Bind retries and connection counts change with no message in: report them.
         setInterval(report, 100);

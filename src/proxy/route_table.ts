@@ -177,47 +177,15 @@ export function buildRouteTableWithChanges(
   config: MeshConfig,
   state: RouteState,
 ): { table: RouteTable; changes: RouteTableChanges } {
-  const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
-  const domain = trim(config.domain);
-  const domains = [domain, ...state.domainAliases.map(trim).filter((d) => d && d !== domain)]
-    .map((d) => `.${d}`);
   const last = state.last;
-  const prevServices = last?.services ?? [];
   const byService = last?.byService ?? new Map<string, ServiceRoutes>();
-
-  // The services to build again (new or changed), and the keys of those gone. Unchanged
-  // services are found by position first: a delta replaces a service where it stands.
-  const changed: [string, MeshService][] = [];
-  const sameList = config.services.length === prevServices.length;
-  let sameKeys = sameList;
-  for (let i = 0; i < config.services.length; i++) {
-    const s = config.services[i]!;
-    if (sameList && prevServices[i] === s) continue;
-    const key = `${s.namespace}/${s.name}`;
-    const was = byService.get(key);
-    if (was && was.service !== s && sameJson(was.service, s)) {
-      // The same service in a new object (a snapshot after a reconnect, a config read from
-      // disk): its routes are kept and point at the new object, so the old config can go.
-      was.service = s;
-      was.routes.forEach((r, j) => {
-        r.service = s;
-        r.port = s.ports[j]!;
-      });
-    } else if (was?.service !== s) changed.push([key, s]);
-    const p = prevServices[i];
-    if (sameKeys && (!p || `${p.namespace}/${p.name}` !== key)) sameKeys = false;
-  }
-  const gone: string[] = [];
-  if (!sameKeys) {
-    const now = new Set<string>();
-    for (const s of config.services) now.add(`${s.namespace}/${s.name}`);
-    for (const k of byService.keys()) if (!now.has(k)) gone.push(k);
-  }
+  const { changed, gone } = diffServices(config.services, last?.services ?? [], byService);
   const identities = last?.identities ?? {};
   if (state.accessLog) state.accessLog.identities = identities;
   // The new routes first: what may throw runs before any table changes.
   const built = changed.map(([key, s]) => serviceRoutes(key, s, state, identities));
 
+  const domains = tableDomains(config.domain, state.domainAliases);
   const table: RouteTable = last ? { ...last.table, version: config.version, domains } : {
     version: config.version,
     domains,
@@ -226,83 +194,33 @@ export function buildRouteTableWithChanges(
     udp: new Map(),
     endpointKeys: new Set(),
   };
-  const { http, tcp, udp, endpointKeys } = table;
-  const splitRoots = last?.splitRoots ?? new Set<Route>();
-  const changes: RouteTableChanges = { endpointKeys: [], metricKeys: [], built: changed.length };
-
-  // Out with what changed or went, all of it first: a listen port may move from one service
-  // to another in one version.
-  const released: EndpointState[] = [];
-  const droppedMetrics = new Set<string>();
-  const drop = (key: string) => {
-    const was = byService.get(key);
-    if (!was) return;
-    byService.delete(key);
-    http.delete(`${was.service.name}.${was.service.namespace}`);
-    for (const r of was.routes) {
-      splitRoots.delete(r);
-      droppedMetrics.add(ProxyMetrics.key(key, r.port.port, r.port.protocol));
-      const l4 = r.port.protocol === "tcp" ? tcp : r.port.protocol === "udp" ? udp : null;
-      if (l4 && r.port.listenPort !== null && l4.get(r.port.listenPort) === r) {
-        l4.delete(r.port.listenPort);
-      }
-      state.buckets.delete(r.key);
-    }
-    state.breakers.delete(key);
-    for (const e of was.endpoints) released.push(e);
+  const patch: TablePatch = {
+    table,
+    byService,
+    splitRoots: last?.splitRoots ?? new Set<Route>(),
+    state,
+    released: [],
+    droppedMetrics: new Set(),
   };
-  for (const k of gone) drop(k);
-  for (const [k] of changed) drop(k);
-
-  // In with the new and changed services.
-  for (let i = 0; i < changed.length; i++) {
-    const [key, service] = changed[i]!;
-    const { routes, endpoints, breaker } = built[i]!;
-    if (breaker) state.breakers.set(key, breaker);
-    let host: HttpHost | null = null;
-    for (const r of routes) {
-      droppedMetrics.delete(ProxyMetrics.key(key, r.port.port, r.port.protocol));
-      if (r.rateLimit) state.buckets.set(r.key, r.rateLimit);
-      if (r.port.split) splitRoots.add(r);
-      if (r.port.protocol === "http") {
-        if (!host) {
-          http.set(`${service.name}.${service.namespace}`, host = { ports: [], bare: null });
-        }
-        host.ports.push(r);
-      } else if (r.port.listenPort !== null) {
-        (r.port.protocol === "tcp" ? tcp : udp).set(r.port.listenPort, r);
-      }
-    }
-    if (host) {
-      host.bare = host.ports.find((r) => r.port.port === 80) ??
-        (host.ports.length === 1 ? host.ports[0]! : null);
-    }
-    for (const e of endpoints) if (e.routes++ === 0) endpointKeys.add(e.key);
-    byService.set(key, { service, routes, endpoints });
-  }
-  for (const e of released) {
-    if (--e.routes > 0) continue;
-    endpointKeys.delete(e.key);
-    changes.endpointKeys.push(e.key);
-  }
-  changes.metricKeys.push(...droppedMetrics);
+  // Out with what changed or went, all of it first: a listen port may move from one service
+  // to another in one version. Then in with the new and changed services.
+  for (const key of gone) removeService(patch, key);
+  for (const [key] of changed) removeService(patch, key);
+  changed.forEach(([key, service], i) => addService(patch, key, service, built[i]!));
+  const changes: RouteTableChanges = {
+    endpointKeys: releaseEndpoints(patch.released, table.endpointKeys),
+    metricKeys: [...patch.droppedMetrics],
+    built: changed.length,
+  };
 
   // Splits resolve to the backends' routes for the same port: one hop, never re-entering. A
   // split whose backends are the routes it had keeps its chooser (and its place in the
   // rotation).
   if (changed.length > 0 || gone.length > 0) {
-    for (const r of splitRoots) resolveSplit(r, byService);
+    for (const r of patch.splitRoots) resolveSplit(r, byService);
   }
-
   // The identity table last: every access policy, old and new, reads this one object.
-  if (last?.configIdentities !== config.identities) {
-    for (const ip of Object.keys(identities)) {
-      if (!Object.hasOwn(config.identities, ip)) delete identities[ip];
-    }
-    for (const [ip, sa] of Object.entries(config.identities)) {
-      if (identities[ip] !== sa) identities[ip] = sa;
-    }
-  }
+  if (last?.configIdentities !== config.identities) syncIdentities(identities, config.identities);
 
   state.last = {
     table,
@@ -310,9 +228,141 @@ export function buildRouteTableWithChanges(
     byService,
     configIdentities: config.identities,
     identities,
-    splitRoots,
+    splitRoots: patch.splitRoots,
   };
   return { table, changes };
+}
+
+/** The mesh domain, then each alias not equal to it, each with a leading dot. */
+function tableDomains(domain: string, aliases: readonly string[]): string[] {
+  const trim = (d: string) => d.toLowerCase().replace(/^\.+|\.+$/g, "");
+  const main = trim(domain);
+  return [main, ...aliases.map(trim).filter((d) => d && d !== main)].map((d) => `.${d}`);
+}
+
+/**
+ * The services to build again (new or changed), and the keys of those gone. Unchanged services
+ * are found by position first: a delta replaces a service where it stands. A service equal to
+ * the last build's in a new object (a snapshot after a reconnect, a config read from disk)
+ * keeps its routes, pointed at the new object so the old config can go.
+ */
+function diffServices(
+  services: readonly MeshService[],
+  previous: readonly MeshService[],
+  byService: Map<string, ServiceRoutes>,
+): { changed: [string, MeshService][]; gone: string[] } {
+  const changed: [string, MeshService][] = [];
+  const sameList = services.length === previous.length;
+  let sameKeys = sameList;
+  for (let i = 0; i < services.length; i++) {
+    const s = services[i]!;
+    if (sameList && previous[i] === s) continue;
+    const key = `${s.namespace}/${s.name}`;
+    const was = byService.get(key);
+    if (was && was.service !== s && sameJson(was.service, s)) {
+      was.service = s;
+      was.routes.forEach((r, j) => {
+        r.service = s;
+        r.port = s.ports[j]!;
+      });
+    } else if (was?.service !== s) changed.push([key, s]);
+    const p = previous[i];
+    if (sameKeys && (!p || `${p.namespace}/${p.name}` !== key)) sameKeys = false;
+  }
+  const gone: string[] = [];
+  if (!sameKeys) {
+    const now = new Set<string>();
+    for (const s of services) now.add(`${s.namespace}/${s.name}`);
+    for (const k of byService.keys()) if (!now.has(k)) gone.push(k);
+  }
+  return { changed, gone };
+}
+
+/** One build's changes to the last table, and what they let go of. */
+interface TablePatch {
+  table: RouteTable;
+  byService: Map<string, ServiceRoutes>;
+  splitRoots: Set<Route>;
+  state: RouteState;
+  /** The endpoint states of the routes taken out, once per route that listed them. */
+  released: EndpointState[];
+  /** Metric keys of the ports taken out and not put back. */
+  droppedMetrics: Set<string>;
+}
+
+/** Takes a service's hosts, ports, buckets and breaker out of the table. */
+function removeService(patch: TablePatch, key: string): void {
+  const { table, byService, state } = patch;
+  const was = byService.get(key);
+  if (!was) return;
+  byService.delete(key);
+  table.http.delete(`${was.service.name}.${was.service.namespace}`);
+  for (const r of was.routes) {
+    patch.splitRoots.delete(r);
+    patch.droppedMetrics.add(ProxyMetrics.key(key, r.port.port, r.port.protocol));
+    const l4 = r.port.protocol === "tcp" ? table.tcp : r.port.protocol === "udp" ? table.udp : null;
+    if (l4 && r.port.listenPort !== null && l4.get(r.port.listenPort) === r) {
+      l4.delete(r.port.listenPort);
+    }
+    state.buckets.delete(r.key);
+  }
+  state.breakers.delete(key);
+  patch.released.push(...was.endpoints);
+}
+
+/** Puts a service's built routes in the table: its host, listen ports, buckets and breaker. */
+function addService(
+  patch: TablePatch,
+  key: string,
+  service: MeshService,
+  { routes, endpoints, breaker }: ReturnType<typeof serviceRoutes>,
+): void {
+  const { table, state } = patch;
+  if (breaker) state.breakers.set(key, breaker);
+  let host: HttpHost | null = null;
+  for (const r of routes) {
+    patch.droppedMetrics.delete(ProxyMetrics.key(key, r.port.port, r.port.protocol));
+    if (r.rateLimit) state.buckets.set(r.key, r.rateLimit);
+    if (r.port.split) patch.splitRoots.add(r);
+    if (r.port.protocol === "http") {
+      if (!host) {
+        table.http.set(`${service.name}.${service.namespace}`, host = { ports: [], bare: null });
+      }
+      host.ports.push(r);
+    } else if (r.port.listenPort !== null) {
+      (r.port.protocol === "tcp" ? table.tcp : table.udp).set(r.port.listenPort, r);
+    }
+  }
+  if (host) {
+    host.bare = host.ports.find((r) => r.port.port === 80) ??
+      (host.ports.length === 1 ? host.ports[0]! : null);
+  }
+  for (const e of endpoints) if (e.routes++ === 0) table.endpointKeys.add(e.key);
+  patch.byService.set(key, { service, routes, endpoints });
+}
+
+/** Counts the released states down; returns the keys no route lists any more. */
+function releaseEndpoints(released: EndpointState[], endpointKeys: Set<string>): string[] {
+  const keys: string[] = [];
+  for (const e of released) {
+    if (--e.routes > 0) continue;
+    endpointKeys.delete(e.key);
+    keys.push(e.key);
+  }
+  return keys;
+}
+
+/** Makes `identities` equal to the config's, in place: every access policy reads it. */
+function syncIdentities(
+  identities: Record<string, string>,
+  wanted: Readonly<Record<string, string>>,
+): void {
+  for (const ip of Object.keys(identities)) {
+    if (!Object.hasOwn(wanted, ip)) delete identities[ip];
+  }
+  for (const [ip, sa] of Object.entries(wanted)) {
+    if (identities[ip] !== sa) identities[ip] = sa;
+  }
 }
 
 /** The routes of one service's ports, and the states of their endpoints. */

@@ -6,7 +6,7 @@ import {
   newRouteState,
 } from "./route_table.ts";
 import { ProxyMetrics } from "./proxy_metrics.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 
 const config = meshConfig([
   { name: "web", ports: [{ port: 80 }, { port: 8080 }] },

@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { freePort, waitFor } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
@@ -74,7 +74,10 @@ async function echo(conn: Deno.TcpConn, text: string): Promise<string> {
 }
 
 Deno.test("TcpListener gives its copy buffers back when a connection ends, so the next allocates none", async () => {
-  const buffers = new BufferPool({ size: 64 * 1024, keep: 8 });
+  const buffers = {
+    small: new BufferPool({ size: 8 * 1024, keep: 8 }),
+    large: new BufferPool({ size: 64 * 1024, keep: 8 }),
+  };
   await withListener({ buffers }, async (listener) => {
     for (let i = 0; i < 5; i++) {
       const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
@@ -88,8 +91,39 @@ Deno.test("TcpListener gives its copy buffers back when a connection ends, so th
       );
     }
     // One buffer each way for the first connection, reused by the four after it.
-    assert.equal(buffers.allocated, 2, `allocated ${buffers.allocated} buffers for 5 connections`);
-    assert.equal(buffers.free, 2);
+    const { small, large } = buffers;
+    assert.equal(small.allocated, 2, `allocated ${small.allocated} buffers for 5 connections`);
+    assert.equal(small.free, 2);
+    assert.equal(large.allocated, 0, "a few bytes each way took a large buffer");
+  });
+});
+
+Deno.test("TcpListener holds small copy buffers on a quiet connection and large ones only while reads fill them", async () => {
+  const buffers = {
+    small: new BufferPool({ size: 8 * 1024, keep: 8 }),
+    large: new BufferPool({ size: 64 * 1024, keep: 8 }),
+  };
+  const { small, large } = buffers;
+  await withListener({ buffers }, async (listener) => {
+    const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    try {
+      assert.equal(await echo(conn, "ping"), "ping");
+      assert.deepEqual([small.allocated, small.free, large.allocated], [2, 0, 0]);
+      // A MiB each way: reads fill 8 KiB, so both loops move to 64 KiB buffers.
+      const bulk = "z".repeat(1024 * 1024);
+      assert.equal(await echo(conn, bulk), bulk);
+      assert.ok(large.allocated >= 1, "a MiB went through small buffers only");
+      // Quiet again: the next small read hands each large buffer back.
+      assert.equal(await echo(conn, "pong"), "pong");
+      await waitFor(
+        "both copy loops to give their large buffers back",
+        () => large.free === large.allocated || undefined,
+      );
+      assert.equal(listener.open, 1, "the connection closed");
+      assert.equal(small.allocated - small.free, 2, "the open connection holds two small buffers");
+    } finally {
+      conn.close();
+    }
   });
 });
 

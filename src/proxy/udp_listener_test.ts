@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
-import { freePort } from "../../tests/testenv/process.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { freePort } from "../_testing.ts";
 import type { DropReason } from "./proxy_metrics.ts";
 import { buildRouteTable, newRouteState } from "./route_table.ts";
 import { UdpFlowTable, UdpListener } from "./udp_listener.ts";

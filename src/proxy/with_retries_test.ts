@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
 import type { EndpointState } from "./endpoint_pool.ts";
 import { ProxyFailure } from "./policy.ts";
 import { RetryBudget } from "./retry_budget.ts";

@@ -44,85 +44,98 @@ export function parseServiceAnnotations(
   annotations: Record<string, string>,
   what: string,
 ): AnnotationResult {
-  const problems: AnnotationProblem[] = [];
+  const r = new AnnotationReader(annotations, what);
   const options: ServiceMeshOptions = {};
-  const lookup = (name: string): { key: string; value: string } | undefined => {
+  const trafficType = r.choice("traffic-type", TRAFFIC_TYPES, TRAFFIC_TYPES_EXPECTED);
+  if (trafficType !== undefined) options.trafficType = trafficType;
+  const scheme = r.choice("scheme", SCHEMES, "http, https or h2c");
+  if (scheme !== undefined) options.scheme = scheme;
+  const retries = r.integer("retry-attempts", 0, MAX_RETRY_ATTEMPTS);
+  if (retries !== undefined) options.retryAttempts = retries;
+  const accessLog = r.choice("access-log", ["true", "false"], '"true" or "false"');
+  if (accessLog !== undefined) options.accessLog = accessLog === "true";
+  const cb = r.lookup("circuit-breaker-expression");
+  if (cb) {
+    try {
+      options.circuitBreaker = { expression: cb.value, expr: parseBreakerExpression(cb.value) };
+    } catch (e) {
+      const why = e instanceof SyntaxError ? e.message : String(e);
+      r.bad(cb.key, cb.value, `a circuit-breaker expression (${why})`);
+    }
+  }
+  const average = r.integer("ratelimit-average", 1);
+  const burst = r.integer("ratelimit-burst", 1);
+  if (average !== undefined) {
+    options.rateLimit = { average, burst: burst ?? 1 };
+  } else if (burst !== undefined) {
+    const key = r.lookup("ratelimit-burst")!.key;
+    r.problems.push({
+      key,
+      message: `Cannot use annotation "${key}" on ${what}: ratelimit-burst needs ratelimit-average`,
+    });
+  }
+  return r.problems.length > 0 ? { ok: false, problems: r.problems } : { ok: true, options };
+}
+
+const TRAFFIC_TYPES_EXPECTED = TRAFFIC_TYPES.join(", ").replace(/, (\w+)$/, " or $1");
+
+/** Reads one Service's annotations under any prefix, and collects what it cannot parse. */
+class AnnotationReader {
+  readonly problems: AnnotationProblem[] = [];
+  readonly #annotations: Record<string, string>;
+  readonly #what: string;
+
+  constructor(annotations: Record<string, string>, what: string) {
+    this.#annotations = annotations;
+    this.#what = what;
+  }
+
+  /** The annotation `name` under the most specific prefix that has it, its value trimmed. */
+  lookup(name: string): { key: string; value: string } | undefined {
     for (const prefix of ANNOTATION_PREFIXES) {
       const key = prefix + name;
-      const value = annotations[key];
+      const value = this.#annotations[key];
       if (value !== undefined) return { key, value: value.trim() };
     }
     return undefined;
-  };
-  const bad = (key: string, value: string, expected: string): void => {
-    problems.push({
+  }
+
+  /** Records that `key`'s `value` is not the `expected` one. */
+  bad(key: string, value: string, expected: string): void {
+    this.problems.push({
       key,
-      message: `Cannot parse annotation "${key}" on ${what}: value is "${
+      message: `Cannot parse annotation "${key}" on ${this.#what}: value is "${
         abbreviate(value)
       }", expected ${expected}`,
     });
-  };
-  const integer = (name: string, min: number, max?: number): number | undefined => {
-    const a = lookup(name);
+  }
+
+  /** One of `allowed`, matched without regard to case. */
+  choice<T extends string>(name: string, allowed: readonly T[], expected: string): T | undefined {
+    const a = this.lookup(name);
+    if (!a) return undefined;
+    const v = a.value.toLowerCase();
+    if ((allowed as readonly string[]).includes(v)) return v as T;
+    this.bad(a.key, a.value, expected);
+    return undefined;
+  }
+
+  /** A whole number from `min` (to `max`, when given). */
+  integer(name: string, min: number, max?: number): number | undefined {
+    const a = this.lookup(name);
     if (!a) return undefined;
     const n = Number(a.value);
     if (
       !/^\d+$/.test(a.value) || n < min || !Number.isSafeInteger(n) ||
       (max !== undefined && n > max)
     ) {
-      bad(
+      this.bad(
         a.key,
         a.value,
         max === undefined ? `an integer >= ${min}` : `an integer from ${min} to ${max}`,
       );
       return undefined;
     }
-    return Number(a.value);
-  };
-
-  const tt = lookup("traffic-type");
-  if (tt) {
-    const v = tt.value.toLowerCase();
-    if ((TRAFFIC_TYPES as readonly string[]).includes(v)) options.trafficType = v as TrafficType;
-    else bad(tt.key, tt.value, TRAFFIC_TYPES.join(", ").replace(/, (\w+)$/, " or $1"));
+    return n;
   }
-  const scheme = lookup("scheme");
-  if (scheme) {
-    const v = scheme.value.toLowerCase();
-    if ((SCHEMES as readonly string[]).includes(v)) options.scheme = v as Scheme;
-    else bad(scheme.key, scheme.value, "http, https or h2c");
-  }
-  const retries = integer("retry-attempts", 0, MAX_RETRY_ATTEMPTS);
-  if (retries !== undefined) options.retryAttempts = retries;
-
-  const accessLog = lookup("access-log");
-  if (accessLog) {
-    const v = accessLog.value.toLowerCase();
-    if (v === "true" || v === "false") options.accessLog = v === "true";
-    else bad(accessLog.key, accessLog.value, '"true" or "false"');
-  }
-
-  const cb = lookup("circuit-breaker-expression");
-  if (cb) {
-    try {
-      options.circuitBreaker = { expression: cb.value, expr: parseBreakerExpression(cb.value) };
-    } catch (e) {
-      const why = e instanceof SyntaxError ? e.message : String(e);
-      bad(cb.key, cb.value, `a circuit-breaker expression (${why})`);
-    }
-  }
-
-  const average = integer("ratelimit-average", 1);
-  const burst = integer("ratelimit-burst", 1);
-  if (average !== undefined) {
-    options.rateLimit = { average, burst: burst ?? 1 };
-  } else if (burst !== undefined) {
-    const a = lookup("ratelimit-burst")!;
-    problems.push({
-      key: a.key,
-      message:
-        `Cannot use annotation "${a.key}" on ${what}: ratelimit-burst needs ratelimit-average`,
-    });
-  }
-  return problems.length > 0 ? { ok: false, problems } : { ok: true, options };
 }

@@ -51,35 +51,7 @@ export function buildMeshConfig(
     tcp: options.tcpPorts ?? DEFAULT_TCP_PORTS,
     udp: options.udpPorts ?? DEFAULT_UDP_PORTS,
   };
-  const held = new Map<string, number>();
-  for (const s of previous?.services ?? []) {
-    for (const p of s.ports) {
-      if (p.listenPort !== null) {
-        held.set(portKey(s.namespace, s.name, p.port, p.protocol), p.listenPort);
-      }
-    }
-  }
-  // Ports still in use keep their number; only then are new ones handed out, lowest first.
-  const wanted = new Set<string>();
-  for (const s of topology.services) {
-    for (const p of s.ports) {
-      if (p.protocol !== "http") wanted.add(portKey(s.namespace, s.name, p.port, p.protocol));
-    }
-  }
-  const used = { tcp: new Set<number>(), udp: new Set<number>() };
-  for (const [k, port] of held) {
-    const proto = k.endsWith("/udp") ? "udp" : "tcp";
-    if (wanted.has(k) && port >= ranges[proto].first && port <= ranges[proto].last) {
-      used[proto].add(port);
-    } else held.delete(k);
-  }
-  const next = { tcp: ranges.tcp.first, udp: ranges.udp.first };
-  const allocate = (proto: "tcp" | "udp"): number | null => {
-    while (next[proto] <= ranges[proto].last && used[proto].has(next[proto])) next[proto]++;
-    if (next[proto] > ranges[proto].last) return null;
-    used[proto].add(next[proto]);
-    return next[proto]++;
-  };
+  const listenPortOf = portAllocator(topology, previous, ranges);
 
   // An unchanged service keeps the previous config's object, so whoever compares the two
   // configs (the delta to the nodes, the proxy's routes) can skip it by reference.
@@ -91,8 +63,7 @@ export function buildMeshConfig(
     for (const p of s.ports) {
       let listenPort: number | null = null;
       if (p.protocol !== "http") {
-        const k = portKey(s.namespace, s.name, p.port, p.protocol);
-        listenPort = held.get(k) ?? allocate(p.protocol);
+        listenPort = listenPortOf(portKey(s.namespace, s.name, p.port, p.protocol), p.protocol);
         if (listenPort === null) {
           const r = ranges[p.protocol];
           diagnostics.push({
@@ -123,6 +94,47 @@ export function buildMeshConfig(
   }
   if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
   return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
+}
+
+/**
+ * Hands out proxy ports for TCP and UDP service ports, by {@linkcode portKey}: a port the
+ * previous config gave and that is still in use and in range keeps its number; only then are
+ * new ones handed out, lowest first. `null` when the range is full.
+ */
+function portAllocator(
+  topology: Topology,
+  previous: MeshConfig | null,
+  ranges: Record<"tcp" | "udp", PortRange>,
+): (key: string, proto: "tcp" | "udp") => number | null {
+  const held = new Map<string, number>();
+  for (const s of previous?.services ?? []) {
+    for (const p of s.ports) {
+      if (p.listenPort !== null) {
+        held.set(portKey(s.namespace, s.name, p.port, p.protocol), p.listenPort);
+      }
+    }
+  }
+  const wanted = new Set<string>();
+  for (const s of topology.services) {
+    for (const p of s.ports) {
+      if (p.protocol !== "http") wanted.add(portKey(s.namespace, s.name, p.port, p.protocol));
+    }
+  }
+  const used = { tcp: new Set<number>(), udp: new Set<number>() };
+  for (const [k, port] of held) {
+    const proto = k.endsWith("/udp") ? "udp" : "tcp";
+    if (wanted.has(k) && port >= ranges[proto].first && port <= ranges[proto].last) {
+      used[proto].add(port);
+    } else held.delete(k);
+  }
+  const next = { tcp: ranges.tcp.first, udp: ranges.udp.first };
+  const allocate = (proto: "tcp" | "udp"): number | null => {
+    while (next[proto] <= ranges[proto].last && used[proto].has(next[proto])) next[proto]++;
+    if (next[proto] > ranges[proto].last) return null;
+    used[proto].add(next[proto]);
+    return next[proto]++;
+  };
+  return (key, proto) => held.get(key) ?? allocate(proto);
 }
 
 function portKey(ns: string, name: string, port: number, proto: string): string {

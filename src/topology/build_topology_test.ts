@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { buildTopology } from "./build_topology.ts";
+import { buildTopology, TopologyCache } from "./build_topology.ts";
 import { decodeObject } from "./decode.ts";
 import type { MeshObject } from "./objects.ts";
 
@@ -162,4 +162,31 @@ Deno.test("buildTopology() says an HTTPRouteGroup that could not be read is brok
   assert.deepEqual(t.diagnostics.map((d) => d.message), [
     'HTTPRouteGroup "test/api" exists but could not be read (field "spec" is required)',
   ]);
+});
+
+Deno.test("buildTopology() with a TopologyCache resolves again only the services whose objects changed", () => {
+  const [web, webSlice, api, apiSlice, pod] = objects(
+    ...service("web", 8080),
+    ...service("api", 9000),
+    POD,
+  );
+  const cache = new TopologyCache();
+  const first = buildTopology([web!, webSlice!, api!, apiSlice!, pod!], { cache });
+  const endpointsOf = (t: ReturnType<typeof buildTopology>, name: string) =>
+    t.services.find((s) => s.name === name)!.ports[0]!.endpoints;
+
+  // A new object for api's slice, as the kube provider makes for a new resourceVersion.
+  const [, apiSlice2] = objects(...service("api", 9000));
+  (apiSlice2 as { endpoints: { addresses: string[] }[] }).endpoints[0]!.addresses = ["10.0.0.9"];
+  const changed = [web!, webSlice!, api!, apiSlice2!, pod!];
+  const second = buildTopology(changed, { cache });
+  assert.deepEqual(second, buildTopology(changed));
+  assert.equal(endpointsOf(second, "web"), endpointsOf(first, "web"), "web was not resolved again");
+  assert.deepEqual(endpointsOf(second, "api").map((e) => e.address), ["10.0.0.9"]);
+
+  // A Pod changed: its ServiceAccount may be any service's endpoint's, so all resolve again.
+  const [pod2] = objects({ ...POD, spec: { serviceAccountName: "other" } });
+  const third = buildTopology([web!, webSlice!, api!, apiSlice2!, pod2!], { cache });
+  assert.deepEqual(third, buildTopology([web!, webSlice!, api!, apiSlice2!, pod2!]));
+  assert.equal(endpointsOf(third, "web")[0]!.serviceAccount, "test/other");
 });

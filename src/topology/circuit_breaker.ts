@@ -40,99 +40,120 @@ export function parseBreakerExpression(text: string): BreakerExpr {
       `the expression has ${terms} terms, expected at most ${MAX_BREAKER_TERMS}`,
     );
   }
-  let nesting = 0;
-  let i = 0;
-  const peek = (): string | undefined => tokens[i];
-  const take = (what: string): string => {
-    const t = tokens[i];
+  if (tokens.length === 0) throw new SyntaxError("the expression is empty");
+  return new BreakerParser(tokens).parse();
+}
+
+const COMPARISONS = [">", ">=", "<", "<=", "==", "!="] as const;
+type Comparison = typeof COMPARISONS[number];
+
+/** A recursive-descent parser over the tokens of one expression, one method per rule. */
+class BreakerParser {
+  readonly #tokens: string[];
+  #i = 0;
+  #nesting = 0;
+
+  constructor(tokens: string[]) {
+    this.#tokens = tokens;
+  }
+
+  /** The whole expression; throws on tokens left over. */
+  parse(): BreakerExpr {
+    const expr = this.#or();
+    const rest = this.#tokens[this.#i];
+    if (rest !== undefined) throw new SyntaxError(`unexpected "${rest}" after the expression`);
+    return expr;
+  }
+
+  #take(what: string): string {
+    const t = this.#tokens[this.#i];
     if (t === undefined) throw new SyntaxError(`expected ${what} but the expression ended`);
-    i++;
+    this.#i++;
     return t;
-  };
-  const expect = (tok: string): void => {
-    const t = take(`"${tok}"`);
+  }
+
+  /** Takes the next token if it is `tok`. */
+  #skip(tok: string): boolean {
+    if (this.#tokens[this.#i] !== tok) return false;
+    this.#i++;
+    return true;
+  }
+
+  #expect(tok: string): void {
+    const t = this.#take(`"${tok}"`);
     if (t !== tok) throw new SyntaxError(`expected "${tok}" but found "${t}"`);
-  };
-  const number = (): number => {
-    const t = take("a number");
+  }
+
+  #number(): number {
+    const t = this.#take("a number");
     if (!/^-?\d+(\.\d+)?$/.test(t)) throw new SyntaxError(`expected a number but found "${t}"`);
     return Number(t);
-  };
-  const metric = (): BreakerMetric => {
-    const name = take("a metric");
-    expect("(");
-    let m: BreakerMetric;
+  }
+
+  #metric(): BreakerMetric {
+    const name = this.#take("a metric");
+    this.#expect("(");
+    const m = this.#metricArgs(name);
+    this.#expect(")");
+    return m;
+  }
+
+  #metricArgs(name: string): BreakerMetric {
     switch (name) {
       case "NetworkErrorRatio":
-        m = { fn: name };
-        break;
+        return { fn: name };
       case "LatencyAtQuantileMS": {
-        const quantile = number();
+        const quantile = this.#number();
         if (quantile <= 0 || quantile >= 100) {
           throw new SyntaxError(`LatencyAtQuantileMS quantile ${quantile} is not in (0, 100)`);
         }
-        m = { fn: name, quantile };
-        break;
+        return { fn: name, quantile };
       }
       case "ResponseCodeRatio": {
-        const from = number();
-        expect(",");
-        const to = number();
-        expect(",");
-        const divFrom = number();
-        expect(",");
-        const divTo = number();
-        m = { fn: name, from, to, divFrom, divTo };
-        break;
+        const from = this.#number();
+        this.#expect(",");
+        const to = this.#number();
+        this.#expect(",");
+        const divFrom = this.#number();
+        this.#expect(",");
+        return { fn: name, from, to, divFrom, divTo: this.#number() };
       }
       default:
         throw new SyntaxError(
           `unknown metric "${name}", expected NetworkErrorRatio, LatencyAtQuantileMS or ResponseCodeRatio`,
         );
     }
-    expect(")");
-    return m;
-  };
-  const term = (): BreakerExpr => {
-    if (peek() === "(") {
-      i++;
-      if (++nesting > MAX_BREAKER_NESTING) {
-        throw new SyntaxError(
-          `parentheses nest deeper than ${MAX_BREAKER_NESTING} levels`,
-        );
+  }
+
+  #term(): BreakerExpr {
+    if (this.#skip("(")) {
+      if (++this.#nesting > MAX_BREAKER_NESTING) {
+        throw new SyntaxError(`parentheses nest deeper than ${MAX_BREAKER_NESTING} levels`);
       }
-      const e = or();
-      expect(")");
-      nesting--;
+      const e = this.#or();
+      this.#expect(")");
+      this.#nesting--;
       return e;
     }
-    const m = metric();
-    const op = take("a comparison");
-    if (![">", ">=", "<", "<=", "==", "!="].includes(op)) {
+    const metric = this.#metric();
+    const op = this.#take("a comparison");
+    if (!(COMPARISONS as readonly string[]).includes(op)) {
       throw new SyntaxError(`expected a comparison such as ">" but found "${op}"`);
     }
-    return { op: op as ">" | ">=" | "<" | "<=" | "==" | "!=", metric: m, value: number() };
-  };
-  const and = (): BreakerExpr => {
-    let left = term();
-    while (peek() === "&&") {
-      i++;
-      left = { op: "&&", left, right: term() };
-    }
+    return { op: op as Comparison, metric, value: this.#number() };
+  }
+
+  #and(): BreakerExpr {
+    let left = this.#term();
+    while (this.#skip("&&")) left = { op: "&&", left, right: this.#term() };
     return left;
-  };
-  const or = (): BreakerExpr => {
-    let left = and();
-    while (peek() === "||") {
-      i++;
-      left = { op: "||", left, right: and() };
-    }
+  }
+
+  #or(): BreakerExpr {
+    let left = this.#and();
+    while (this.#skip("||")) left = { op: "||", left, right: this.#and() };
     return left;
-  };
-  if (tokens.length === 0) throw new SyntaxError("the expression is empty");
-  const expr = or();
-  if (i < tokens.length) throw new SyntaxError(`unexpected "${tokens[i]}" after the expression`);
-  return expr;
+  }
 }
 
 function tokenize(text: string): string[] {

@@ -53,3 +53,17 @@ const previous = compileMeshConfig(large).config;
 Deno.bench("compileMeshConfig 1,000 services, unchanged rebuild", { group: "compile" }, () => {
   compileMeshConfig(large, { previous });
 });
+
+// The leader's step on every change at the scale of issue 21: 10,000 services, one endpoint of
+// one changed, on the config before it (what the kube provider gives after one write).
+const huge = cluster(10_000, 2);
+let last = compileMeshConfig(huge).config;
+let generation = 0;
+Deno.bench("compileMeshConfig 10,000 services, one endpoint changed", { group: "change" }, () => {
+  const slice = huge[1] as Extract<MeshObject, { kind: "EndpointSlice" }>;
+  huge[1] = {
+    ...slice,
+    endpoints: [{ ...slice.endpoints[0]!, addresses: [`198.51.100.${++generation % 250 + 1}`] }],
+  };
+  last = compileMeshConfig(huge, { previous: last }).config;
+});

@@ -504,6 +504,72 @@ function decodeTrafficSplit(raw: Obj, meta: ObjectMeta): TrafficSplit {
   };
 }
 
+/** The decoder of each kind in {@linkcode SUPPORTED_KINDS}. */
+const DECODERS: Readonly<Record<string, (raw: Obj, meta: ObjectMeta) => MeshObject>> = {
+  Service: decodeService,
+  EndpointSlice: decodeEndpointSlice,
+  Pod: decodePod,
+  TrafficTarget: decodeTrafficTarget,
+  HTTPRouteGroup: decodeHttpRouteGroup,
+  TCPRoute: (_raw, meta) => ({ kind: "TCPRoute", meta }) satisfies TcpRoute,
+  TrafficSplit: decodeTrafficSplit,
+};
+
+/** Says why an object meshd cannot read is invalid, naming field `f`. */
+type Broken = (f: string, message: string) => DecodeResult;
+
+/**
+ * The kind of `raw`, or the result for an object whose kind or API version is missing, broken,
+ * or not read by meshd.
+ */
+function identify(raw: Obj, broken: Broken): DecodeResult | string {
+  const kind = raw["kind"];
+  const apiVersion = raw["apiVersion"];
+  if (typeof kind !== "string" || typeof apiVersion !== "string" || !kind || !apiVersion) {
+    const f = typeof apiVersion !== "string" || !apiVersion ? "apiVersion" : "kind";
+    return broken(f, "is required");
+  }
+  // A broken kind or apiVersion (cut short, mistyped) is not another kind to skip: it is an
+  // object meshd cannot identify, and its file keeps its last good objects.
+  if (!API_VERSION.test(apiVersion)) {
+    return broken(
+      "apiVersion",
+      `expected GROUP/VERSION or VERSION such as "v1", found "${abbreviate(apiVersion)}"`,
+    );
+  }
+  if (!KIND.test(kind)) {
+    return broken("kind", `expected a kind such as "Service", found "${abbreviate(kind)}"`);
+  }
+  const want = SUPPORTED_KINDS[kind];
+  if (want === undefined) return unsupportedKind(kind, apiVersion, broken);
+  if (want !== apiVersion) {
+    return {
+      status: "skipped",
+      reason: `${kind} "${apiVersion}" is not supported, expected "${want}"`,
+    };
+  }
+  return kind;
+}
+
+/** The result for a well-formed kind that meshd does not read: skipped, or a file cut short. */
+function unsupportedKind(kind: string, apiVersion: string, broken: Broken): DecodeResult {
+  if (apiVersion === "v1" && !CORE_KINDS.has(kind)) {
+    return broken("kind", `expected a kind of the core API (v1), found "${kind}"`);
+  }
+  // A kind of a group meshd reads that is the start of one it uses: a file cut short.
+  const group = (v: string) => v.includes("/") ? v.slice(0, v.indexOf("/")) : "";
+  const cut = Object.entries(SUPPORTED_KINDS).find(([k, v]) =>
+    k.startsWith(kind) && group(v) === group(apiVersion)
+  )?.[0];
+  if (cut) return broken("kind", `is "${kind}": is it "${cut}" cut short?`);
+  const quiet = MANIFEST_KINDS[kind]?.includes(group(apiVersion)) ?? false;
+  return {
+    status: "skipped",
+    reason: `kind "${kind}" is not used by meshd`,
+    ...(quiet ? { quiet } : {}),
+  };
+}
+
 /**
  * Turns one raw Kubernetes-style object (parsed YAML or JSON) into a domain object, or says
  * why it cannot. A bad object never throws: the error names the source, the object and the
@@ -525,87 +591,20 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
       }),
     };
   }
-  const kind = raw["kind"];
-  const apiVersion = raw["apiVersion"];
-  if (typeof kind !== "string" || typeof apiVersion !== "string" || !kind || !apiVersion) {
-    const f = typeof apiVersion !== "string" || !apiVersion ? "apiVersion" : "kind";
-    return {
-      status: "invalid",
-      error: new ConfigError(`Cannot read object${where}: field "${f}" is required`, {
-        source,
-        field: f,
-      }),
-    };
-  }
-  // A broken kind or apiVersion (cut short, mistyped) is not another kind to skip: it is an
-  // object meshd cannot identify, and its file keeps its last good objects.
-  const broken = (f: string, message: string): DecodeResult => ({
+  const broken: Broken = (f, message) => ({
     status: "invalid",
     error: new ConfigError(`Cannot read object${where}: field "${f}" ${message}`, {
       source,
       field: f,
     }),
   });
-  if (!API_VERSION.test(apiVersion)) {
-    return broken(
-      "apiVersion",
-      `expected GROUP/VERSION or VERSION such as "v1", found "${abbreviate(apiVersion)}"`,
-    );
-  }
-  if (!KIND.test(kind)) {
-    return broken("kind", `expected a kind such as "Service", found "${abbreviate(kind)}"`);
-  }
-  const want = SUPPORTED_KINDS[kind];
-  if (want === undefined) {
-    if (apiVersion === "v1" && !CORE_KINDS.has(kind)) {
-      return broken("kind", `expected a kind of the core API (v1), found "${kind}"`);
-    }
-    // A kind of a group meshd reads that is the start of one it uses: a file cut short.
-    const group = (v: string) => v.includes("/") ? v.slice(0, v.indexOf("/")) : "";
-    const cut = Object.entries(SUPPORTED_KINDS).find(([k, v]) =>
-      k.startsWith(kind) && group(v) === group(apiVersion)
-    )?.[0];
-    if (cut) return broken("kind", `is "${kind}": is it "${cut}" cut short?`);
-    const quiet = MANIFEST_KINDS[kind]?.includes(group(apiVersion)) ?? false;
-    return {
-      status: "skipped",
-      reason: `kind "${kind}" is not used by meshd`,
-      ...(quiet ? { quiet } : {}),
-    };
-  }
-  if (want !== apiVersion) {
-    return {
-      status: "skipped",
-      reason: `${kind} "${apiVersion}" is not supported, expected "${want}"`,
-    };
-  }
+  const kind = identify(raw, broken);
+  if (typeof kind !== "string") return kind;
   let key: string | undefined;
   try {
     const meta = decodeMeta(raw, kind);
     key = `${kind}/${meta.namespace}/${meta.name}`;
-    let object: MeshObject;
-    switch (kind) {
-      case "Service":
-        object = decodeService(raw, meta);
-        break;
-      case "EndpointSlice":
-        object = decodeEndpointSlice(raw, meta);
-        break;
-      case "Pod":
-        object = decodePod(raw, meta);
-        break;
-      case "TrafficTarget":
-        object = decodeTrafficTarget(raw, meta);
-        break;
-      case "HTTPRouteGroup":
-        object = decodeHttpRouteGroup(raw, meta);
-        break;
-      case "TCPRoute":
-        object = { kind: "TCPRoute", meta } satisfies TcpRoute;
-        break;
-      default:
-        object = decodeTrafficSplit(raw, meta);
-    }
+    const object = DECODERS[kind]!(raw, meta);
     if (source) object.source = source;
     return { status: "ok", object };
   } catch (e) {

@@ -14,6 +14,7 @@
 export * from "./objects.ts";
 export * from "./errors.ts";
 export * from "./mesh_config.ts";
+export type { LoadResult } from "./load_result.ts";
 export { ANNOTATION_PREFIXES, MAX_RETRY_ATTEMPTS, parseServiceAnnotations } from "./annotations.ts";
 export type { AnnotationProblem, AnnotationResult } from "./annotations.ts";
 export {
@@ -24,7 +25,7 @@ export {
 } from "./circuit_breaker.ts";
 export { decodeObject, isIpv4, isIpv6, SUPPORTED_KINDS } from "./decode.ts";
 export type { DecodeResult } from "./decode.ts";
-export { buildTopology } from "./build_topology.ts";
+export { buildTopology, TopologyCache } from "./build_topology.ts";
 export { sameJson } from "./same_json.ts";
 export type {
   BuildTopologyOptions,

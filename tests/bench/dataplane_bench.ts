@@ -11,8 +11,8 @@
  *
  * @module
  */
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN, MESHD_V8_FLAGS } from "../testenv/meshd.ts";
+import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
+import { FILE_PERMISSIONS, MESHD_V8_FLAGS, spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 /** The loopback address everything binds and connects to (`--host`). */
@@ -85,24 +85,8 @@ interface Measure {
   rounds?: number[];
 }
 
-async function run(
-  cmd: string,
-  args: string[],
-  timeoutMs: number,
-  cwd?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped", stdin: "null" })
-    .spawn();
-  const timer = setTimeout(() => {
-    try {
-      p.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, timeoutMs);
-  const out = await p.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (cmd: string, args: string[], timeoutMs: number, cwd?: string) =>
+  runToEnd(cmd, args, { cwd, timeoutMs });
 
 // ---- load generators ----
 
@@ -362,8 +346,8 @@ async function heapUsed(apiPort: number): Promise<number> {
 
 async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  const meshd = new Child("meshd", [
-    ...FILE_MESHD_RUN.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a),
+  const deno = FILE_PERMISSIONS.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a);
+  const meshd = spawnMeshd([
     "--config-dir",
     configDir,
     "--proxy-address",
@@ -382,7 +366,7 @@ async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
     String(workers),
     "--log-format",
     "json",
-  ]);
+  ], { deno });
   try {
     await waitFor("meshd ready", async () => {
       const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);

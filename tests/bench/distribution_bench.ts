@@ -20,7 +20,7 @@
 import { serverSideApply, TestCluster } from "../testenv/cluster.ts";
 import { applyManifests, kustomizationObjects, meshdKubeconfig } from "../testenv/manifests.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
-import { waitFor } from "../testenv/process.ts";
+import { Child, waitFor } from "../testenv/process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIM = new URL("./sim_agents.ts", import.meta.url).pathname;
@@ -31,6 +31,8 @@ interface Args {
   services: number[];
   agents: number[];
   changes: number;
+  /** The longest wait for the leader's shadow Services before measuring anyway, seconds. */
+  shadowWaitS: number;
   out: string;
 }
 
@@ -39,6 +41,7 @@ function parseArgs(argv: string[]): Args {
     services: [1000, 10000],
     agents: [100, 500],
     changes: 40,
+    shadowWaitS: 600,
     out: `${ROOT}bench-results/distribution.json`,
   };
   const list = (v: string) => v.split(",").map(Number);
@@ -47,11 +50,12 @@ function parseArgs(argv: string[]): Args {
     if (k === "--services" && v) a.services = list(v), i++;
     else if (k === "--agents" && v) a.agents = list(v), i++;
     else if (k === "--changes" && v) a.changes = Number(v), i++;
+    else if (k === "--shadow-wait" && v) a.shadowWaitS = Number(v), i++;
     else if (k === "--out" && v) a.out = v, i++;
     else {
       console.error(
         "usage: distribution_bench.ts [--services 1000,10000] [--agents 100,500] " +
-          "[--changes N (per case, default 40)] [--out FILE]",
+          "[--changes N (per case, default 40)] [--shadow-wait SECONDS (default 600)] [--out FILE]",
       );
       Deno.exit(2);
     }
@@ -70,6 +74,10 @@ function parseArgs(argv: string[]): Args {
     console.error("--agents: ascending counts from 1 to 2000");
     Deno.exit(2);
   }
+  if (!ok(a.shadowWaitS, 0, 3600)) {
+    console.error("--shadow-wait: 0 to 3600 seconds");
+    Deno.exit(2);
+  }
   if (!ok(a.changes, 5, 500)) {
     console.error("--changes: 5 to 500");
     Deno.exit(2);
@@ -79,8 +87,7 @@ function parseArgs(argv: string[]): Args {
 
 /** One process of simulated agents. */
 class SimProcess {
-  readonly #proc: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #child: Child;
   /** Every version all of its agents applied: epoch/version to the last apply time. */
   readonly done = new Map<string, { version: number; epoch: string; last: number }>();
   readonly errors: string[] = [];
@@ -88,30 +95,19 @@ class SimProcess {
 
   constructor(prefix: string, count: number, leader: unknown, token: string) {
     this.count = count;
-    this.#proc = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", `--config=${ROOT}deno.json`, SIM],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#writer = this.#proc.stdin.getWriter();
-    this.#writer.write(
-      new TextEncoder().encode(JSON.stringify({ prefix, count, leader, token }) + "\n"),
-    );
-    this.#read(this.#proc.stdout, (l) => {
-      const r = JSON.parse(l) as { epoch: string; version: number; last: number };
-      this.done.set(`${r.epoch}/${r.version}`, r);
+    this.#child = new Child(prefix, ["run", "--allow-all", `--config=${ROOT}deno.json`, SIM], {
+      stdin: true,
+      onLine: (l, stream) => {
+        if (!l) return;
+        if (stream === "stderr") {
+          this.errors.push(l);
+          return;
+        }
+        const r = JSON.parse(l) as { epoch: string; version: number; last: number };
+        this.done.set(`${r.epoch}/${r.version}`, r);
+      },
     });
-    this.#read(this.#proc.stderr, (l) => this.errors.push(l));
-  }
-
-  async #read(s: ReadableStream<Uint8Array>, on: (line: string) => void): Promise<void> {
-    let rest = "";
-    for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      parts.filter(Boolean).forEach(on);
-    }
+    this.#child.write(JSON.stringify({ prefix, count, leader, token }) + "\n");
   }
 
   /** When all its agents had applied `version` of `epoch` or a later one; undefined before. */
@@ -126,14 +122,8 @@ class SimProcess {
   }
 
   async stop(): Promise<void> {
-    await this.#writer.close().catch(() => {});
-    const t = setTimeout(() => {
-      try {
-        this.#proc.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 10_000);
-    await this.#proc.status;
-    clearTimeout(t);
+    await this.#child.closeStdin();
+    await this.#child.wait(10_000);
   }
 }
 
@@ -188,17 +178,45 @@ function endpointSlice(i: number, generation: number) {
   };
 }
 
+/**
+ * A write that the API server may refuse for a while under load (429, 5xx: on 2 busy cores a
+ * POST can answer 504 after it stored the object): tried up to 6 times with a growing pause. A
+ * 409 to a POST after a failed try is that try's object, already stored.
+ */
+async function write(
+  cluster: TestCluster,
+  method: "POST" | "PUT",
+  path: string,
+  body: unknown,
+): Promise<void> {
+  for (let attempt = 1;; attempt++) {
+    const r = await cluster.request(method, path, body).catch((e) => ({
+      status: 0,
+      body: { message: String(e) } as Record<string, unknown>,
+    }));
+    if (r.status >= 200 && r.status <= 299) return;
+    if (method === "POST" && r.status === 409 && attempt > 1) return;
+    const transient = r.status === 0 || r.status === 429 || r.status >= 500;
+    if (!transient || attempt >= 6) {
+      throw new Error(`${method} ${path} answered ${r.status}: ${JSON.stringify(r.body)}`);
+    }
+    await new Promise((done) => setTimeout(done, 250 * 2 ** attempt));
+  }
+}
+
 /** Creates Services s-<from>..s-<to-1> in the bench namespace, each with its EndpointSlice. */
 async function populate(cluster: TestCluster, from: number, to: number): Promise<void> {
   const ids = Array.from({ length: to - from }, (_, k) => from + k);
-  await pool(ids, 24, async (i) => {
-    await cluster.must("POST", `/api/v1/namespaces/${NS}/services`, {
+  // Eight at a time: more only queues on two cores, and the API server starts timing out.
+  await pool(ids, 8, async (i) => {
+    await write(cluster, "POST", `/api/v1/namespaces/${NS}/services`, {
       apiVersion: "v1",
       kind: "Service",
       metadata: { name: `s-${i}`, namespace: NS },
       spec: { ports: [{ name: "web", port: 80, targetPort: 8080 }] },
     });
-    await cluster.must(
+    await write(
+      cluster,
       "POST",
       `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`,
       endpointSlice(i, 0),
@@ -206,16 +224,51 @@ async function populate(cluster: TestCluster, from: number, to: number): Promise
   });
 }
 
+/** The Services in the meshd namespace: the leader's shadows. */
+async function shadowCount(cluster: TestCluster): Promise<number> {
+  const r = await cluster.must("GET", "/api/v1/namespaces/meshd/services?limit=1");
+  const meta = r["metadata"] as { remainingItemCount?: number };
+  return (r["items"] as unknown[]).length + (meta.remainingItemCount ?? 0);
+}
+
+/**
+ * Waits until the leader has `want` shadow Services, or `seconds` pass; says how many it has
+ * every 30 s. Returns the count at the end.
+ */
+async function waitForShadows(
+  cluster: TestCluster,
+  want: number,
+  seconds: number,
+  say: (s: string) => void,
+): Promise<number> {
+  const deadline = performance.now() + seconds * 1000;
+  let told = performance.now();
+  for (;;) {
+    const n = await shadowCount(cluster).catch(() => 0);
+    if (n >= want || performance.now() >= deadline) return n;
+    if (performance.now() - told >= 30_000) {
+      say(`  ${n} of ${want} shadow Services so far`);
+      told = performance.now();
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 interface CaseResult {
   services: number;
   realNodes: number;
   simulatedAgents: number;
   changes: number;
+  /** The leader's shadow Services when the case began (fewer than `services`: still writing). */
+  shadows: number;
   p50Ms: number;
   p99Ms: number;
   /** Write to the leader's publish, p50 and p99. */
   publishP50Ms: number;
   publishP99Ms: number;
+  /** The PUT's round trip through the API server, p50 and p99. */
+  putP50Ms: number;
+  putP99Ms: number;
   /** Write to the last real node's apply, p99. */
   realNodesP99Ms: number;
   maxMs: number;
@@ -281,20 +334,12 @@ async function main(): Promise<void> {
       );
       const fullBytes = new TextEncoder().encode(JSON.stringify(full)).length;
       say(`the config holds ${full.services.length} services, ${fullBytes} bytes of JSON`);
-      // The leader keeps a shadow Service per meshed Service; let it finish before measuring.
-      // (Only shadows live in the meshd namespace here; a label selector would hide the count.)
-      await waitFor(
-        "the shadow Services",
-        async () => {
-          const r = await cluster.must("GET", "/api/v1/namespaces/meshd/services?limit=1");
-          const meta = r["metadata"] as { remainingItemCount?: number };
-          const n = (r["items"] as unknown[]).length + (meta.remainingItemCount ?? 0);
-          return n >= services ? true : undefined;
-        },
-        900_000,
-        500,
-      );
-
+      // The leader keeps a shadow Service per meshed Service; let it finish before measuring,
+      // for at most --shadow-wait seconds: past that the cases run while it still writes them,
+      // and the table says how many there were. (Only shadows live in the meshd namespace
+      // here; a label selector would hide the count.)
+      const shadows = await waitForShadows(cluster, services, args.shadowWaitS, say);
+      say(`${shadows} of ${services} shadow Services`);
       const leaderInfo = async () => {
         const r = await cluster.must(
           "GET",
@@ -350,17 +395,21 @@ async function main(): Promise<void> {
         const times: number[] = [];
         // Where the time goes: the write to the leader's publish, and to the real nodes' apply.
         const toPublish: number[] = [];
+        // The API server's own part: the PUT's round trip (the watch event may come sooner).
+        const putMs: number[] = [];
         const toRealNodes: number[] = [];
         for (let k = 0; k < args.changes; k++) {
           generation++;
           const i = (generation * 7919) % services;
           const published = leader.events().filter((e) => e["msg"] === "config published").length;
           const t0 = performance.timeOrigin + performance.now();
-          await cluster.must(
+          await write(
+            cluster,
             "PUT",
             `/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices/s-${i}-1`,
             endpointSlice(i, generation),
           );
+          putMs.push(performance.timeOrigin + performance.now() - t0);
           const pub = await waitFor(
             "the change published",
             () => leader!.events().filter((e) => e["msg"] === "config published")[published],
@@ -412,9 +461,12 @@ async function main(): Promise<void> {
           realNodes: 3,
           simulatedAgents: simulated,
           changes: args.changes,
+          shadows: await shadowCount(cluster),
           p50Ms: quantile(sorted, 0.5),
           publishP50Ms: quantile([...toPublish].sort((a, b) => a - b), 0.5),
           publishP99Ms: quantile([...toPublish].sort((a, b) => a - b), 0.99),
+          putP50Ms: quantile([...putMs].sort((a, b) => a - b), 0.5),
+          putP99Ms: quantile([...putMs].sort((a, b) => a - b), 0.99),
           realNodesP99Ms: quantile([...toRealNodes].sort((a, b) => a - b), 0.99),
           p99Ms: quantile(sorted, 0.99),
           maxMs: sorted.at(-1)!,
@@ -458,8 +510,10 @@ async function main(): Promise<void> {
     [
       pad("services", 8),
       pad("nodes", 12),
+      pad("shadows", 8),
       pad("p50 ms", 8),
       pad("p99 ms", 8),
+      pad("PUT p50/p99", 12),
       pad("publish p50/p99", 16),
       pad("real p99", 9),
       pad("max ms", 8),
@@ -480,8 +534,10 @@ async function main(): Promise<void> {
       [
         pad(String(r.services), 8),
         pad(`3+${r.simulatedAgents}`, 12),
+        pad(String(r.shadows), 8),
         pad(r.p50Ms.toFixed(1), 8),
         pad(r.p99Ms.toFixed(1), 8),
+        pad(`${r.putP50Ms.toFixed(0)}/${r.putP99Ms.toFixed(0)}`, 12),
         pad(`${r.publishP50Ms.toFixed(0)}/${r.publishP99Ms.toFixed(0)}`, 16),
         pad(r.realNodesP99Ms.toFixed(0), 9),
         pad(r.maxMs.toFixed(1), 8),
@@ -499,7 +555,8 @@ async function main(): Promise<void> {
     );
   }
   console.log(
-    "nodes: real meshd + simulated agents. publish: from the write to the leader's publish. " +
+    "nodes: real meshd + simulated agents. shadows: the leader's shadow Services when the " +
+      "case began (fewer than the services: it was still writing them). PUT: the write's round trip through the API server. publish: from the write to the leader's publish. " +
       "real: from the write to the last real node's apply. delta/full: bytes a node got per one-endpoint change " +
       "over the whole config. full/s: the whole config to every node each second (Traefik " +
       "Mesh's polling). full/s÷change: how many changes a second meshd could push for the " +

@@ -16,7 +16,8 @@
  *
  * @module
  */
-import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
+import { EbpfEnv } from "../testenv/ebpf_env.ts";
+import type { Child } from "../testenv/process.ts";
 import {
   hey,
   median,
@@ -80,7 +81,7 @@ const args = parseBenchArgs(Deno.args, "ebpf_bench.ts", {
   what: "per case and round",
 });
 const env = await EbpfEnv.create();
-const procs: EnvProcess[] = [];
+const procs: Child[] = [];
 try {
   const dir = env.dir;
   await Deno.mkdir(`${dir}/config`);

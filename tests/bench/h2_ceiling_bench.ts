@@ -15,8 +15,8 @@
  * @module
  */
 import http2 from "node:http2";
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 // MESHD_BENCH_HOST moves the run to another loopback address (one per concurrent session).
@@ -83,24 +83,8 @@ interface Measure {
   cpuUs: number | null;
 }
 
-async function run(
-  cmd: string,
-  args: string[],
-  timeoutMs: number,
-  cwd?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped", stdin: "null" })
-    .spawn();
-  const timer = setTimeout(() => {
-    try {
-      p.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, timeoutMs);
-  const out = await p.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (cmd: string, args: string[], timeoutMs: number, cwd?: string) =>
+  runToEnd(cmd, args, { cwd, timeoutMs });
 
 /** The same h2load load as dataplane_bench's grpc-unary case: 4 connections, 32 streams each. */
 async function h2load(
@@ -293,8 +277,7 @@ async function main(): Promise<void> {
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(backendPort));
     const [api, tcp, udp] = [freePort(HOST), freePort(HOST), freePort(HOST)];
     const meshd = start(
-      new Child("meshd", [
-        ...FILE_MESHD_RUN,
+      spawnMeshd([
         "--config-dir",
         configDir,
         "--proxy-address",

@@ -9,16 +9,13 @@
  * @module
  */
 import { meshYaml } from "./dataplane_bench.ts";
-import {
-  decodeDecodedFile,
-  encodeDecodedFile,
-  type LoadResult,
-  ObjectLoader,
-} from "../../src/provider/mod.ts";
+import { decodeDecodedFile, encodeDecodedFile, ObjectLoader } from "../../src/provider/mod.ts";
+import type { LoadResult } from "../../src/topology/mod.ts";
 import { decodeFile } from "../../src/provider/decode_file.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { MeshNode } from "../../src/node/mod.ts";
+import { NodeAgent } from "../../src/node/mod.ts";
+import { compileLoad } from "../../src/controller/mod.ts";
 import { freePort } from "../testenv/process.ts";
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -61,7 +58,7 @@ async function once(): Promise<Record<string, number>> {
   await proxy.start();
   const [t, u] = [freePort(), freePort()];
   const compile = { tcpPorts: { first: t, last: t }, udpPorts: { first: u, last: u } };
-  const node = new MeshNode({ proxy, logger, compile });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry });
   step("proxy and node, empty");
   // The reading thread's answer, as the serving thread receives it (structured clone).
   const text = meshYaml({ http: 8080, tcp: 8081, udp: 8082 }, services - 4);
@@ -71,7 +68,7 @@ async function once(): Promise<Record<string, number>> {
   let loader: ObjectLoader | null = new ObjectLoader();
   let result: LoadResult | null = loader.merge(wire.map(decodeDecodedFile));
   wire = null;
-  const config = node.compile(result, null);
+  const { config } = compileLoad(result, { compile, previous: null, logger });
   // What the provider and the node keep once the load is compiled: the objects of the load
   // are garbage then (the loader keeps its own copy of what was good).
   result = null;

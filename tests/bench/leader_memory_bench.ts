@@ -20,7 +20,8 @@ import { compareServices } from "../../src/distribution/config_delta.ts";
 import { createLeaderIdentity, DistributionServer } from "../../src/distribution/mod.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import type { MeshConfig } from "../../src/topology/mod.ts";
-import { endpoint, meshConfig, type ServiceSpec } from "../testenv/mesh.ts";
+import { endpoint, meshConfig, type ServiceSpec } from "../../src/topology/_testing.ts";
+import { Child } from "../testenv/process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIM = new URL("./sim_agents.ts", import.meta.url).pathname;
@@ -169,7 +170,7 @@ async function leaderCase(
   const port = await server.listen(host, 0);
   server.publish(current, "bench");
   const leader = { address: `${host}:${port}`, certPem: identity.certPem };
-  const sims: { proc: Deno.ChildProcess; stdin: WritableStreamDefaultWriter<Uint8Array> }[] = [];
+  const sims: Child[] = [];
   const inSync = async (what: string) => {
     const t0 = performance.now();
     for (;;) {
@@ -183,16 +184,21 @@ async function leaderCase(
     for (let left = nodes; left > 0;) {
       const count = Math.min(AGENTS_PER_PROCESS, left);
       left -= count;
-      const proc = new Deno.Command(Deno.execPath(), {
-        args: ["run", "--allow-all", `--config=${ROOT}deno.json`, SIM],
-        stdin: "piped",
-        stdout: "null",
-        stderr: "inherit",
-      }).spawn();
-      const stdin = proc.stdin.getWriter();
       const settings = { prefix: `sim-${sims.length}`, count, leader, token: "" };
-      await stdin.write(new TextEncoder().encode(JSON.stringify(settings) + "\n"));
-      sims.push({ proc, stdin });
+      // (Its stdout is not read, so it takes none of this process's heap; its stderr goes on
+      // to the bench's.)
+      const sim = new Child(settings.prefix, [
+        "run",
+        "--allow-all",
+        `--config=${ROOT}deno.json`,
+        SIM,
+      ], {
+        stdin: true,
+        stdout: "null",
+        onLine: (l) => console.error(l),
+      });
+      await sim.write(JSON.stringify(settings) + "\n");
+      sims.push(sim);
     }
     const settleMs = await inSync("every node on version 1");
     const times: number[] = [];
@@ -224,8 +230,8 @@ async function leaderCase(
     };
     console.log(JSON.stringify(result));
   } finally {
-    for (const s of sims) await s.stdin.close().catch(() => {});
-    for (const s of sims) await s.proc.status;
+    for (const s of sims) await s.closeStdin();
+    for (const s of sims) await s.exited();
     await server.stop();
   }
 }

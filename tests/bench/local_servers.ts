@@ -5,8 +5,9 @@
  *
  * @module
  */
-import type { EbpfEnv, EnvProcess } from "../testenv/ebpf_env.ts";
-import { waitFor } from "../testenv/process.ts";
+import type { EbpfEnv } from "../testenv/ebpf_env.ts";
+import { type Child, waitFor } from "../testenv/process.ts";
+import { spawnMeshd as spawnTheMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SOCK = `${ROOT}tests/ebpf/sock_tool.ts`;
@@ -40,8 +41,8 @@ export async function hey(
   });
   await p.closeStdin();
   const st = await p.wait(120_000);
-  const out = p.lines.join("\n");
-  if (!st.success) throw new Error(`hey ${url}: ${p.errLines.join("\n")}`);
+  const out = p.stdout.join("\n");
+  if (!st.success) throw new Error(`hey ${url}: ${p.stderr.join("\n")}`);
   const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1]);
   const p99 = Number(out.match(/99%+ in ([\d.]+) secs/)?.[1]) * 1000;
   const ok = Number(out.match(/\[200\]\s+(\d+) responses/)?.[1] ?? 0);
@@ -65,7 +66,7 @@ export async function startNginx(
   env: EbpfEnv,
   listen: string,
   o: { inCgroup?: boolean } = {},
-): Promise<EnvProcess> {
+): Promise<Child> {
   const dir = `${env.dir}/nginx`;
   await Deno.mkdir(`${dir}/www`, { recursive: true });
   await Deno.writeTextFile(
@@ -175,17 +176,13 @@ export function spawnMeshd(
   configDir: string,
   flags: string[],
   o: { inCgroup?: boolean } = {},
-): EnvProcess {
-  return env.spawn(Deno.execPath(), [
-    "run",
-    "--allow-all",
-    `${ROOT}main.ts`,
-    "run",
+): Child {
+  return spawnTheMeshd([
     `--config-dir=${configDir}`,
     "--proxy-address=127.0.0.1",
     "--log-level=warn",
     ...flags,
-  ], o);
+  ], { deno: ["--allow-all"], via: env, inCgroup: o.inCgroup });
 }
 
 /** Waits (30 s at most) until `GET /` to host:port with that Host header answers 200. */

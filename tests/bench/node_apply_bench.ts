@@ -1,7 +1,7 @@
 /**
  * What a one-endpoint change costs a node at 10,000 services: the time from a delta's bytes
  * to the node acknowledging it, as `DistributionClient` does it (parse, `applyDelta`,
- * `MeshNode.apply`: the proxy's routes, then the saved config), in one process with a real
+ * `NodeAgent.apply`: the proxy's routes, then the saved config), in one process with a real
  * `NodeProxy` on loopback and a `ConfigStore` in a temporary folder. Not a test: it prints
  * the times (p50, p90, max over the changes) and the share of each step.
  *
@@ -12,10 +12,10 @@
 import { applyDelta, diffConfigs, type MeshDelta } from "../../src/distribution/mod.ts";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { ConfigStore, MeshNode } from "../../src/node/mod.ts";
+import { ConfigStore, NodeAgent } from "../../src/node/mod.ts";
 import type { MeshConfig, MeshService } from "../../src/topology/mod.ts";
 import { compareServices } from "../../src/distribution/config_delta.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(name);
@@ -90,10 +90,10 @@ const proxy = new NodeProxy({ hostname: host, httpPort: 0, logger });
 try {
   await proxy.start();
   const store = new TimedStore(`${dir}/config.json`);
-  const node = new MeshNode({
+  const node = new NodeAgent({
     proxy,
     logger,
-    compile: {},
+    registry: proxy.registry,
     store,
   });
   const identities: Record<string, string> = {};

@@ -20,7 +20,8 @@
  *
  * @module
  */
-import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
+import { EbpfEnv } from "../testenv/ebpf_env.ts";
+import type { Child } from "../testenv/process.ts";
 import { findLibbpf } from "../../src/datapath/mod.ts";
 import {
   hey,
@@ -91,7 +92,7 @@ const args = parseBenchArgs(Deno.args, "sockmap_bench.ts", {
   what: "per case, mode and round",
 });
 const env = await EbpfEnv.create();
-const procs: EnvProcess[] = [];
+const procs: Child[] = [];
 let accel: SockmapAccel | null = null;
 try {
   const dir = env.dir;

@@ -5,22 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { freePort, waitFor } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { type FileMeshd, startFileMeshd } from "../testenv/meshd.ts";
 import { endpointSlice, pod, service, yamlDocs } from "../testenv/objects.ts";
 
 // Addresses of this file's own.
 const BACKEND = "127.0.68.10";
-
-/** Collects a stream's lines into `into`. */
-async function collect(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
-  let rest = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    const parts = (rest + chunk).split("\n");
-    rest = parts.pop()!;
-    into.push(...parts);
-  }
-  if (rest) into.push(rest);
-}
 
 /** One request through meshd; the status and the body. */
 async function get(
@@ -58,11 +47,7 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
     { hostname: BACKEND, port: bport, onListen: () => {} },
     (req) => new Response(`id=${req.headers.get("x-request-id")}\n`),
   );
-  const ports = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  let proc: Deno.ChildProcess | null = null;
-  let drained: Promise<unknown> = Promise.resolve();
+  let meshd: FileMeshd | null = null;
   try {
     await Deno.writeTextFile(
       `${dir}/mesh.yaml`,
@@ -74,38 +59,12 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
         endpointSlice("al", "quiet", "quiet-a", bport, [{ ip: BACKEND, pod: "web-0" }]),
       ),
     );
-    proc = new Deno.Command(Deno.execPath(), {
-      args: [
-        ...FILE_MESHD_RUN,
-        "--config-dir",
-        dir,
-        "--http-port",
-        String(ports.http),
-        "--api-port",
-        String(ports.api),
-        "--tcp-ports",
-        `${ports.tcp}-${ports.tcp}`,
-        "--udp-ports",
-        `${ports.udp}-${ports.udp}`,
-        "--access-log",
-        "logfmt",
-        "--request-id",
-      ],
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    drained = Promise.all([collect(proc.stdout, stdout), collect(proc.stderr, stderr)]);
-    await waitFor("meshd to be ready", async () => {
-      const r = await fetch(`http://127.0.0.1:${ports.api}/readyz`).catch(() => null);
-      await r?.body?.cancel();
-      return r?.status === 200 ? true : undefined;
-    }, 30_000);
+    meshd = await startFileMeshd(dir, ["--access-log", "logfmt", "--request-id"]);
+    const { stdout, stderr } = meshd.child;
 
-    const quiet = await get(ports.http, "quiet.al.mesh", "/");
+    const quiet = await get(meshd.http, "quiet.al.mesh", "/");
     assert.equal(quiet.status, 200, quiet.body);
-    const r = await get(ports.http, "web.al.mesh", "/hello?x=1");
+    const r = await get(meshd.http, "web.al.mesh", "/hello?x=1");
     assert.equal(r.status, 200, r.body);
     const id = /^id=(.*)$/m.exec(r.body)?.[1] ?? "";
     assert.match(id, /^[0-9a-f-]{36}$/, r.body);
@@ -130,13 +89,7 @@ Deno.test("meshd run --access-log logfmt writes one line per request on stdout, 
     assert.ok(stderr.some((l) => l.includes("meshd starting")), stderr.join("\n"));
     assert.ok(!stderr.some((l) => l.includes("protocol=http")), stderr.join("\n"));
   } finally {
-    if (proc) {
-      try {
-        proc.kill("SIGTERM");
-      } catch { /* already gone */ }
-      await proc.status;
-      await drained;
-    }
+    await meshd?.child.stop();
     await backend.shutdown();
     await Deno.remove(dir, { recursive: true });
   }

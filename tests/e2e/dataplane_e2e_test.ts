@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -178,8 +178,7 @@ async function startMesh(opts: { acl: boolean; v2Account?: string }): Promise<{
     const api = freePort();
     const tcpPort = freePort();
     const udpPort = freePort();
-    const meshd = new Child("meshd", [
-      ...FILE_MESHD_RUN,
+    const meshd = spawnMeshd([
       "--config-dir",
       dir,
       "--http-port",

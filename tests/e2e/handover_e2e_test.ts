@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -54,6 +55,13 @@ interface Load {
   failed: string[];
 }
 
+/**
+ * Deno's flags, as the compiled binary has them: Deno lets only --allow-all read /proc/net,
+ * where a successor's sockets show.
+ */
+const DENO_FLAGS = ["--unstable-net", "--allow-all"];
+
+/** meshd's flags for one of the pair. */
 function meshdArgs(
   dir: string,
   ports: { http: number; api: number; tcp: number },
@@ -61,13 +69,6 @@ function meshdArgs(
   workers = 1,
 ): string[] {
   return [
-    "run",
-    "--unstable-net",
-    // As the compiled binary: Deno lets only --allow-all read /proc/net, where a successor's
-    // sockets show.
-    "--allow-all",
-    `${ROOT}main.ts`,
-    "run",
     "--provider=file",
     "--config-dir",
     dir,
@@ -157,7 +158,10 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcp = freePort();
     const apiA = freePort();
     const apiB = freePort();
-    const a = new Child("meshd-a", meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers));
+    const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers), {
+      name: "meshd-a",
+      deno: DENO_FLAGS,
+    });
     children.push(a);
     await ready(apiA);
 
@@ -245,7 +249,10 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
 
     // The successor binds the same ports, then the first one is told to stop.
-    const b = new Child("meshd-b", meshdArgs(dir, { http, api: apiB, tcp }, null, workers));
+    const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null, workers), {
+      name: "meshd-b",
+      deno: DENO_FLAGS,
+    });
     children.push(b);
     await ready(apiB);
     const before = { n: newConns.sent, k: keepAlive.sent, t: tcpConns.sent };
@@ -366,7 +373,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
       `${ports.udp}-${ports.udp}`,
     ];
     const apiA = freePort();
-    const a = new Child("meshd-a", args(apiA, "30s"));
+    const a = spawnMeshd(args(apiA, "30s"), { name: "meshd-a", deno: DENO_FLAGS });
     children.push(a);
     await ready(apiA);
     // The request reaches A (the only one bound), A forwards it, and the answer is held.
@@ -376,7 +383,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
       port: ports.udp,
     });
     const apiB = freePort();
-    const b = new Child("meshd-b", args(apiB, null));
+    const b = spawnMeshd(args(apiB, null), { name: "meshd-b", deno: DENO_FLAGS });
     children.push(b);
     await ready(apiB);
     let exited = false;

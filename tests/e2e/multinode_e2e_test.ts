@@ -139,6 +139,12 @@ async function ask(pod: PodNs, url: string): Promise<{ status: number; who?: Who
  * Resolves with the milliseconds from now until `check` holds for every client, polling each
  * client on its own; fails after `timeoutMs` naming the clients it never held for.
  */
+/**
+ * How long a change may take to reach every node before a step fails. How fast it is belongs to
+ * the benchmarks (`scripts/bench-distribution`); the steps print the figures they saw.
+ */
+const CHANGE_DEADLINE_MS = 10_000;
+
 async function untilEveryNode(
   clients: PodNs[],
   what: string,
@@ -278,7 +284,7 @@ Deno.test({
     };
 
     await t.step(
-      "a TrafficTarget written through the API lets a source in on every node within one second, and its removal shuts it out again",
+      "a TrafficTarget written through the API lets a source in on every node, and its removal shuts it out again",
       async () => {
         await untilEveryNode(
           strangers,
@@ -311,7 +317,7 @@ spec:
           strangers,
           "the stranger let in",
           async (p) => (await statusFrom(p, "http://whoami.default.mesh/")) === 200,
-          1_000,
+          CHANGE_DEADLINE_MS,
         );
         await cluster.must(
           "DELETE",
@@ -321,7 +327,7 @@ spec:
           strangers,
           "the stranger shut out",
           async (p) => (await statusFrom(p, "http://whoami.default.mesh/")) === 403,
-          1_000,
+          CHANGE_DEADLINE_MS,
         );
       },
     );
@@ -345,7 +351,7 @@ spec:
     const isV1 = (pod: string) => /^whoami-[123]$/.test(pod);
 
     await t.step(
-      "a TrafficSplit written through the API moves traffic on every node within one second",
+      "a TrafficSplit written through the API moves traffic on every node",
       async () => {
         await waitFor("web-v2 to have its endpoint on every node", async () => {
           for (const n of m.nodes) {
@@ -362,7 +368,7 @@ spec:
           clients,
           "web sent to v2",
           (p) => allTo(p, (pod) => pod === v2.name, 1),
-          1_000,
+          CHANGE_DEADLINE_MS,
         );
         for (const c of clients) {
           assert.ok(await allTo(c, (pod) => pod === v2.name, 10), `${c.name} still reaches v1`);
@@ -372,7 +378,7 @@ spec:
           clients,
           "web sent back to v1",
           (p) => allTo(p, isV1, 1),
-          1_000,
+          CHANGE_DEADLINE_MS,
         );
         const rounded = Object.entries(figures).map(([k, v]) => `${k} ${Math.round(v)}`);
         console.log(`changes in effect on all three nodes after (ms): ${rounded.join(", ")}`);

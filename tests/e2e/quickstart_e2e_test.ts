@@ -3,7 +3,7 @@
  * work, and an interrupt stops everything it started.
  */
 import assert from "node:assert/strict";
-import { freePort, waitFor } from "../testenv/process.ts";
+import { Child, freePort, waitFor } from "../testenv/process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -29,32 +29,27 @@ Deno.test("scripts/quickstart serves the printed commands and stops everything o
   const http = freePort();
   const api = freePort();
   const tcp = freePort();
-  const proc = new Deno.Command(`${ROOT}scripts/quickstart`, {
+  const proc = new Child("quickstart", [], {
+    command: `${ROOT}scripts/quickstart`,
     env: {
       MESHD_HTTP_PORT: String(http),
       MESHD_API_PORT: String(api),
       MESHD_TCP_PORTS: `${tcp}-${tcp}`,
-      NO_COLOR: "1",
     },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const collect = (s: ReadableStream<Uint8Array>) =>
-    s.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (c) => void (out += c) }),
-    );
-  const drained = Promise.all([collect(proc.stdout), collect(proc.stderr)]);
+  });
+  const out = () => proc.lines.join("\n");
   let status: Deno.CommandStatus | null = null;
   try {
     await waitFor(
       "the quickstart to print its commands",
-      () => out.includes("Press Ctrl-C") ? true : undefined,
+      () => out().includes("Press Ctrl-C") ? true : undefined,
       120_000,
     );
-    assert.ok(out.includes(`curl -H 'Host: whoami.default.mesh' http://127.0.0.1:${http}/`), out);
-    assert.ok(out.includes(`nc -q1 127.0.0.1 ${tcp}`), out);
+    assert.ok(
+      out().includes(`curl -H 'Host: whoami.default.mesh' http://127.0.0.1:${http}/`),
+      out(),
+    );
+    assert.ok(out().includes(`nc -q1 127.0.0.1 ${tcp}`), out());
 
     const names = new Set<string>();
     for (let i = 0; i < 6; i++) {
@@ -68,9 +63,8 @@ Deno.test("scripts/quickstart serves the printed commands and stops everything o
     assert.equal(await new Response(conn.readable).text(), "echo echo-a\nhello mesh\n");
 
     proc.kill("SIGINT");
-    status = await proc.status;
-    await drained;
-    assert.match(out, /stopping meshd and the backends/);
+    status = await proc.exited();
+    assert.match(out(), /stopping meshd and the backends/);
     // Everything it started is gone: meshd's ports and every backend refuse connections.
     for (
       const [h, p] of [
@@ -91,11 +85,8 @@ Deno.test("scripts/quickstart serves the printed commands and stops everything o
     }
   } finally {
     if (!status) {
-      try {
-        proc.kill("SIGINT");
-      } catch { /* gone */ }
-      await proc.status;
-      await drained;
+      proc.kill("SIGINT");
+      await proc.exited();
     }
   }
 });

@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 import { countSockets } from "../../src/node/successor.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -129,12 +130,7 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
     const tcp = freePort(MESHD_IP);
     const udp = freePort(MESHD_IP);
     const api = freePort();
-    const meshd = new Child("meshd", [
-      "run",
-      "--unstable-net",
-      "--allow-all",
-      `${ROOT}main.ts`,
-      "run",
+    const meshd = spawnMeshd([
       "--config-dir",
       dir,
       "--proxy-address",
@@ -151,7 +147,7 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
       "2",
       "--log-format",
       "json",
-    ]);
+    ], { deno: ["--unstable-net", "--allow-all"] });
     children.push(meshd);
     await waitFor("meshd to be ready", async () => {
       const r = await fetch(`http://127.0.0.1:${api}/readyz`).catch(() => null);
@@ -212,6 +208,43 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
     assert.match(metrics, /^meshd_config_version \d+$/m);
   } finally {
     for (const c of children.reverse()) await c.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("meshd run --workers 2 with its HTTP port taken fails in one line, with no worker's stack trace", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
+  // Bound without SO_REUSEPORT, so the workers' reusing sockets cannot join it.
+  const taken = Deno.listen({ hostname: MESHD_IP, port: 0 });
+  const tcp = freePort(MESHD_IP);
+  try {
+    const meshd = spawnMeshd([
+      "--config-dir",
+      dir,
+      "--proxy-address",
+      MESHD_IP,
+      "--http-port",
+      String(taken.addr.port),
+      "--api-port",
+      String(freePort()),
+      "--tcp-ports",
+      `${tcp}-${tcp}`,
+      "--udp-ports",
+      `${tcp}-${tcp}`,
+      "--workers",
+      "2",
+    ]);
+    const st = await meshd.wait();
+    const out = meshd.stderr.join("\n");
+    assert.equal(st.code, 1, out);
+    assert.match(
+      meshd.stderr.at(-1) ?? "",
+      new RegExp(`^meshd run: error: cannot listen on ${MESHD_IP}:${taken.addr.port} `),
+      out,
+    );
+    assert.doesNotMatch(out, /Uncaught|^\s+at /m, `a stack trace reached stderr:\n${out}`);
+  } finally {
+    taken.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -8,8 +8,9 @@
  * test command does both).
  */
 import assert from "node:assert/strict";
-import { EbpfEnv, type EnvProcess } from "../testenv/ebpf_env.ts";
-import { timeScale, waitFor } from "../testenv/process.ts";
+import { EbpfEnv } from "../testenv/ebpf_env.ts";
+import { type Child, timeScale, waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 import { BpfCallError, Libbpf } from "../../ffi/libbpf.ts";
 import {
   type DatapathEntry,
@@ -63,12 +64,8 @@ const MESH = [
   slice("whoami", "IPv4", 8080, "TCP", ["127.0.2.1"]),
 ].join("---\n");
 
-function startMeshd(env: EbpfEnv, dir: string, extra: string[]): EnvProcess {
-  return env.spawn(Deno.execPath(), [
-    "run",
-    ...MESHD_PERMS,
-    `${ROOT}main.ts`,
-    "run",
+function startMeshd(env: EbpfEnv, dir: string, extra: string[]): Child {
+  return spawnMeshd([
     `--config-dir=${dir}`,
     "--proxy-address=127.0.0.1",
     "--http-port=5000",
@@ -77,28 +74,28 @@ function startMeshd(env: EbpfEnv, dir: string, extra: string[]): EnvProcess {
     `--bpffs=${env.bpffs}`,
     "--log-format=json",
     ...extra,
-  ]);
+  ], { deno: MESHD_PERMS, via: env });
 }
 
-const logs = (m: EnvProcess) =>
-  m.errLines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>);
+const logs = (m: Child) =>
+  m.stderr.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>);
 
-async function ready(m: EnvProcess): Promise<void> {
+async function ready(m: Child): Promise<void> {
   let exited = false;
-  m.proc.status.then(() => exited = true);
+  m.status.then(() => exited = true);
   const seen = await waitFor("meshd ready", () => {
     if (logs(m).some((l) => l["msg"] === "meshd ready")) return "ready";
     return exited ? "exited" : undefined;
   }, 30_000).catch((e) => `${(e as Error).message}`);
   if (seen !== "ready") {
-    throw new Error(`meshd not ready (${seen}); its log:\n${m.errLines.join("\n")}`);
+    throw new Error(`meshd not ready (${seen}); its log:\n${m.stderr.join("\n")}`);
   }
 }
 
-async function stopMeshd(m: EnvProcess): Promise<void> {
+async function stopMeshd(m: Child): Promise<void> {
   m.kill("SIGTERM");
   const st = await m.wait(10_000);
-  assert.equal(st.code, 0, `meshd exit: ${m.errLines.slice(-5).join("\n")}`);
+  assert.equal(st.code, 0, `meshd exit: ${m.stderr.slice(-5).join("\n")}`);
 }
 
 async function status(env: EbpfEnv): Promise<Record<string, unknown>> {
@@ -117,14 +114,14 @@ async function status(env: EbpfEnv): Promise<Record<string, unknown>> {
  * A bounded connection loop to 10.96.0.10:7000 from inside the cgroup, and the count of its
  * answers so far (from its progress lines).
  */
-function connectLoop(env: EbpfEnv, maxMs: number): { loop: EnvProcess; okNow: () => number } {
+function connectLoop(env: EbpfEnv, maxMs: number): { loop: Child; okNow: () => number } {
   const loop = env.spawn(
     Deno.execPath(),
     ["run", "--allow-net", SOCK, "loop", "10.96.0.10", "7000", String(maxMs * timeScale())],
     { inCgroup: true },
   );
   const okNow =
-    () => (loop.lines.length ? (JSON.parse(loop.lines.at(-1)!) as { ok: number }).ok : 0);
+    () => (loop.stdout.length ? (JSON.parse(loop.stdout.at(-1)!) as { ok: number }).ok : 0);
   return { loop, okNow };
 }
 
@@ -156,7 +153,7 @@ Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, a
     ]);
     await waitFor(
       "the backends",
-      () => servers.every((s) => s.lines.includes("ready")) || undefined,
+      () => servers.every((s) => s.stdout.includes("ready")) || undefined,
       20_000,
     );
 
@@ -371,10 +368,10 @@ Deno.test("eBPF path: meshd balances a scratch cgroup's sockets in the kernel, a
       const st = await m.wait(20_000);
       assert.equal(st.code, 1);
       assert.match(
-        m.errLines.join("\n"),
+        m.stderr.join("\n"),
         /--datapath ebpf: kernel 5\.4\.0-150-generic is older than 5\.10/,
       );
-      assert.doesNotMatch(m.errLines.join("\n"), /^\s+at /m, "no stack trace");
+      assert.doesNotMatch(m.stderr.join("\n"), /^\s+at /m, "no stack trace");
     });
   } finally {
     await env.remove();
@@ -392,7 +389,7 @@ Deno.test("eBPF maps: a service's backends are replaced in place, never seen emp
     );
     await waitFor(
       "the backends",
-      () => servers.every((s) => s.lines.includes("ready")) || undefined,
+      () => servers.every((s) => s.stdout.includes("ready")) || undefined,
       20_000,
     );
     const object = await Deno.readFile(DEFAULT_BPF_OBJECT);

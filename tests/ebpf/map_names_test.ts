@@ -141,7 +141,7 @@ Deno.test("EbpfDatapath.load() takes over unversioned layout-2 pins, maps copied
     );
     await waitFor(
       "the backends",
-      () => servers.every((s) => s.lines.includes("ready")) || undefined,
+      () => servers.every((s) => s.stdout.includes("ready")) || undefined,
       20_000,
     );
     const libbpfPath = findLibbpf()!;
@@ -152,7 +152,7 @@ Deno.test("EbpfDatapath.load() takes over unversioned layout-2 pins, maps copied
       { inCgroup: true },
     );
     const okNow = () =>
-      loop.lines.length ? (JSON.parse(loop.lines.at(-1)!) as { ok: number }).ok : 0;
+      loop.stdout.length ? (JSON.parse(loop.stdout.at(-1)!) as { ok: number }).ok : 0;
     await waitFor(
       "the loop answering through the old hooks",
       () => okNow() > 20 || undefined,

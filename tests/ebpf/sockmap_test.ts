@@ -38,7 +38,7 @@ Deno.test("sockmap experiment: local sockets of the cgroup reach their peer by s
     ];
     await waitFor(
       "the servers",
-      () => servers.every((s) => s.lines.includes("ready")) || undefined,
+      () => servers.every((s) => s.stdout.includes("ready")) || undefined,
     );
 
     await t.step(

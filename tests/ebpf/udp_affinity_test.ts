@@ -46,7 +46,7 @@ Deno.test("cgroup/sendmsg4/6 send every datagram of one unconnected UDP socket t
     );
     await waitFor(
       "the backends",
-      () => servers.every((s) => s.lines.includes("ready")) || undefined,
+      () => servers.every((s) => s.stdout.includes("ready")) || undefined,
       20_000,
     );
     dp = EbpfDatapath.load({

@@ -8,7 +8,7 @@ import { TestCluster } from "../testenv/cluster.ts";
 import { MeshdProcess } from "../testenv/meshd.ts";
 import { meshdKubeconfig } from "../testenv/manifests.ts";
 import { waitFor } from "../testenv/process.ts";
-import { dig } from "../testenv/dig.ts";
+import { dig } from "../../src/dns/_testing.ts";
 import { CoreDns, corednsBinary, corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { meshd } from "../testenv/cli.ts";
 import { kustomizationObjects } from "../testenv/manifests.ts";

@@ -6,9 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { ZONE_STORE_FORMAT } from "../../src/node/zone_store.ts";
-import { dig } from "../testenv/dig.ts";
-import { Child, freePort, waitFor } from "../testenv/process.ts";
-import { makePki } from "../testenv/tls.ts";
+import { dig } from "../../src/dns/_testing.ts";
+import { type Child, freePort, waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
+import { makePki } from "../../src/_testing_tls.ts";
 
 const HOST = "127.0.61.1";
 
@@ -63,11 +64,7 @@ async function startMeshd(
   dnsPort: number,
   until: string,
 ): Promise<Child> {
-  const meshd = new Child("meshd", [
-    "run",
-    "--allow-all",
-    new URL("../../main.ts", import.meta.url).pathname,
-    "run",
+  const meshd = spawnMeshd([
     "--provider=kube",
     `--kubeconfig=${kubeconfig}`,
     `--state-dir=${stateDir}`,
@@ -81,7 +78,7 @@ async function startMeshd(
     "--dns-address=127.0.0.1",
     `--dns-port=${dnsPort}`,
     "--identity=dns-startup-test",
-  ]);
+  ], { deno: ["--allow-all"] });
   await waitFor(until, () => meshd.lines.some((l) => l.includes(until)) || undefined, 60_000, 50)
     .catch(async (e) => {
       await meshd.stop();

@@ -13,8 +13,7 @@ import {
   smiGroupStatus,
 } from "../../src/kube/mod.ts";
 import { Logger } from "../../src/observability/mod.ts";
-import type { LoadResult } from "../../src/provider/mod.ts";
-import { compileMeshConfig, type MeshObject } from "../../src/topology/mod.ts";
+import { compileMeshConfig, type LoadResult, type MeshObject } from "../../src/topology/mod.ts";
 import { serverSideApply, TestCluster, waitEstablished } from "../testenv/cluster.ts";
 import { registerNode, runPod } from "../testenv/kubelet.ts";
 import { waitFor } from "../testenv/process.ts";

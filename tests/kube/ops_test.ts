@@ -14,8 +14,8 @@ import { type CliRun, meshd } from "../testenv/cli.ts";
 import { applyManifests, tokenKubeconfig } from "../testenv/manifests.ts";
 import { corefileFixture, putCorefile } from "../testenv/coredns.ts";
 import { serveEgress } from "../testenv/egress.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
-import { Child, freePort, waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
+import { type Child, freePort, waitFor } from "../testenv/process.ts";
 
 // This file's loopback range: 127.0.67.0/24.
 const BACKEND = "127.0.67.10";
@@ -292,8 +292,7 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
       httpPort.set(n.name, freePort(n.host));
       const tcpPort = freePort(n.host);
       children.push(
-        new Child(`meshd-${n.name}`, [
-          ...FILE_MESHD_RUN,
+        spawnMeshd([
           "--config-dir",
           dir,
           "--proxy-address",
@@ -312,7 +311,7 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
           `${tcpPort}-${tcpPort}`,
           "--log-format",
           "json",
-        ]),
+        ], { name: `meshd-${n.name}` }),
       );
     }
     for (const n of NODES) {

@@ -11,6 +11,7 @@ import { parseAllDocuments } from "yaml";
 import { removeLeftovers, TestCluster } from "../testenv/cluster.ts";
 import { type EgressProxy, serveEgress } from "../testenv/egress.ts";
 import { sh } from "../testenv/netns_mesh.ts";
+import { mountsOfType } from "../../src/datapath/mod.ts";
 import {
   CLUSTER_DNS,
   nodeBinaries,
@@ -62,14 +63,12 @@ export async function hostState(): Promise<Record<string, string>> {
     l.split(" ").slice(0, 3).join(" ")
   ).sort();
   const cgroups: string[] = [];
-  for (const l of Deno.readTextFileSync("/proc/self/mounts").split("\n")) {
-    const [, dir, type] = l.split(" ");
-    if ((type === "cgroup" || type === "cgroup2") && dir) {
-      // (meshd-test is the scratch cgroups' shared parent: other tiers make it too, and a run
-      // removes it once it is empty.)
-      for (const e of Deno.readDirSync(dir)) {
-        if (e.isDirectory && e.name !== "meshd-test") cgroups.push(`${dir}/${e.name}`);
-      }
+  const table = Deno.readTextFileSync("/proc/self/mounts");
+  for (const dir of [...mountsOfType(table, "cgroup"), ...mountsOfType(table, "cgroup2")]) {
+    // (meshd-test is the scratch cgroups' shared parent: other tiers make it too, and a run
+    // removes it once it is empty.)
+    for (const e of Deno.readDirSync(dir)) {
+      if (e.isDirectory && e.name !== "meshd-test") cgroups.push(`${dir}/${e.name}`);
     }
   }
   const links = JSON.parse(await sh("ip", ["-j", "link", "show"])).map((l: { ifname: string }) =>

@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import type { TestCluster } from "../testenv/cluster.ts";
-import { Child, waitFor } from "../testenv/process.ts";
+import { waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 import {
   APP_NS,
   appNamespace,
@@ -143,15 +144,7 @@ Deno.test({
     // against a cluster from your machine").
     const ws = await rn.workstation();
     await appNamespace(c, "meshd-dev");
-    const dev = new Child("meshd (workstation)", [
-      "netns",
-      "exec",
-      ws.netns,
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      `${ROOT}main.ts`,
-      "run",
+    const dev = spawnMeshd([
       "--provider=kube",
       `--kubeconfig=${ws.kubeconfig}`,
       "--mesh-namespace=meshd-dev",
@@ -159,7 +152,7 @@ Deno.test({
       // (Not the default /var/lib/meshd: this is the host.)
       `--state-dir=${c.dir}/workstation-state`,
       "--datapath=userspace",
-    ], { command: "ip", cwd: ROOT });
+    ], { name: "meshd (workstation)", deno: ["--allow-all"], netns: ws.netns, cwd: ROOT });
     try {
       const viaDev = await waitFor(
         "whoami through the workstation's meshd",

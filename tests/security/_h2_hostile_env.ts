@@ -24,7 +24,7 @@ import {
   PREFACE,
 } from "../../src/proxy/h2/frames.ts";
 import { HpackDecoder } from "../../src/proxy/h2/hpack.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 
 /** The proxy's address. */
 export const PROXY_HOST = "127.0.69.1";

@@ -10,9 +10,8 @@
  * @module
  */
 import net from "node:net";
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-
-const ROOT = new URL("../../", import.meta.url).pathname;
+import { type Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 /** The source address attackers bind. */
 export const ATTACKER = "127.0.51.1";
@@ -90,15 +89,7 @@ export async function startMeshd(o: MeshdOptions): Promise<Meshd> {
   const tcp = freePort(o.address);
   const udp = freePort(o.address);
   await Deno.writeTextFile(`${dir}/mesh.yaml`, o.config({ http, tcp, udp }).join("---\n"));
-  const child = new Child("meshd", [
-    `--nofile=${o.nofile}:${o.nofile}`,
-    Deno.execPath(),
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env",
-    `${ROOT}main.ts`,
-    "run",
+  const child = spawnMeshd([
     "--config-dir",
     dir,
     "--proxy-address",
@@ -116,7 +107,11 @@ export async function startMeshd(o: MeshdOptions): Promise<Meshd> {
     "--datapath",
     "userspace",
     ...(o.flags ?? []),
-  ], { command: "prlimit", env: o.env });
+  ], {
+    deno: ["--allow-net", "--allow-read", "--allow-env"],
+    wrap: ["prlimit", `--nofile=${o.nofile}:${o.nofile}`],
+    env: o.env,
+  });
   const m: Meshd = { child, dir, address: o.address, http, api, tcp, udp };
   try {
     await waitFor(

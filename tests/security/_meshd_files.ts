@@ -5,7 +5,7 @@
  * @module
  */
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -67,8 +67,7 @@ export async function startFilesMesh(extraArgs: string[] = []): Promise<FilesMes
     const http = freePort();
     const api = freePort();
     const tcp = freePort();
-    const meshd = new Child("meshd", [
-      ...FILE_MESHD_RUN,
+    const meshd = spawnMeshd([
       "--provider=file",
       "--config-dir",
       dir,

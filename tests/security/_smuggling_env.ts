@@ -12,8 +12,8 @@
  */
 import http2 from "node:http2";
 import net from "node:net";
-import { Child, freePort, waitFor } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { type Child, freePort, waitFor } from "../testenv/process.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 /** ServiceAccount default/client: allowed `/public` and `/x`, nothing else. */
 export const CLIENT_POD = "127.0.40.1";
@@ -443,8 +443,7 @@ export async function startEnv(): Promise<SmugglingEnv> {
     const api = freePort();
     const tcp = freePort();
     const udp = freePort();
-    meshd = new Child("meshd", [
-      ...FILE_MESHD_RUN,
+    meshd = spawnMeshd([
       "--config-dir",
       dir,
       "--http-port",

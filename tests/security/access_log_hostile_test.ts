@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { Logger } from "../../src/observability/mod.ts";
 import { type AccessEntry, AccessLog } from "../../src/proxy/access_log.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { endpoint, httpBackend, meshConfig, RawClient } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
+import { httpBackend, RawClient } from "../../src/proxy/_testing.ts";
 import { waitFor } from "../testenv/process.ts";
 
 /**

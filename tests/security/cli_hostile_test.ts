@@ -6,7 +6,7 @@
  * real processes against a TLS server of the test's own on 127.0.69.50.
  */
 import assert from "node:assert/strict";
-import { issueCert, makeCa } from "../testenv/tls.ts";
+import { issueCert, makeCa } from "../../src/_testing_tls.ts";
 import { freePort } from "../testenv/process.ts";
 import { parseFlags } from "../../src/cli/flags.ts";
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { encodeBlock } from "../../src/proxy/h2/hpack.ts";
 import {
   DEFAULT_WINDOW,

@@ -4,47 +4,34 @@
  * which one could not, and stops; QUICKSTART_NET moves the backends out of the way.
  */
 import assert from "node:assert/strict";
-import { freePort, waitFor } from "../testenv/process.ts";
+import { Child, freePort, waitFor } from "../testenv/process.ts";
 
 const QUICKSTART = new URL("../../scripts/quickstart", import.meta.url).pathname;
 
 interface Run {
-  proc: Deno.ChildProcess;
+  child: Child;
   out: () => string;
-  done: Promise<void>;
   http: number;
 }
 
 function quickstart(env: Record<string, string>): Run {
   const http = freePort();
   const tcp = freePort();
-  const proc = new Deno.Command(QUICKSTART, {
+  const child = new Child("quickstart", [], {
+    command: QUICKSTART,
     env: {
       MESHD_HTTP_PORT: String(http),
       MESHD_API_PORT: String(freePort()),
       MESHD_TCP_PORTS: `${tcp}-${tcp}`,
-      NO_COLOR: "1",
       ...env,
     },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let text = "";
-  const collect = (s: ReadableStream<Uint8Array>) =>
-    s.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (c) => void (text += c) }),
-    );
-  const done = Promise.all([collect(proc.stdout), collect(proc.stderr)]).then(() => {});
-  return { proc, out: () => text, done, http };
+  });
+  return { child, out: () => child.lines.join("\n"), http };
 }
 
 async function stop(run: Run): Promise<void> {
-  try {
-    run.proc.kill("SIGINT");
-  } catch { /* already gone */ }
-  await run.proc.status;
-  await run.done;
+  run.child.kill("SIGINT");
+  await run.child.exited();
 }
 
 async function refused(hostname: string, port: number): Promise<boolean> {
@@ -62,7 +49,7 @@ Deno.test("scripts/quickstart names a backend that cannot listen and does not cl
   const run = quickstart({ QUICKSTART_NET: "127.78" });
   try {
     let code: number | undefined;
-    run.proc.status.then((s) => code = s.code);
+    run.child.status.then((s) => code = s.code);
     await waitFor(
       "the quickstart to exit or to print its commands",
       () => code !== undefined || run.out().includes("Press Ctrl-C") || undefined,
@@ -70,7 +57,7 @@ Deno.test("scripts/quickstart names a backend that cannot listen and does not cl
     );
     assert.doesNotMatch(run.out(), /meshd is running/);
     assert.equal(code, 1, run.out());
-    await run.done;
+    await run.child.exited();
     assert.match(run.out(), /whoami-2 could not listen on 127\.78\.1\.2:8080/);
     assert.match(run.out(), /QUICKSTART_NET=127\.N/);
     // What it had started is gone again.
@@ -117,8 +104,7 @@ Deno.test("scripts/quickstart with QUICKSTART_NET serves the moved backends", as
       assert.equal(await refused(h, p), false, `nothing listens on ${h}:${p}`);
     }
     const bad = quickstart({ QUICKSTART_NET: "10.0" });
-    assert.equal((await bad.proc.status).code, 1);
-    await bad.done;
+    assert.equal((await bad.child.exited()).code, 1);
     assert.match(bad.out(), /QUICKSTART_NET is "10\.0", expected 127\.N/);
   } finally {
     await stop(run);

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_MESHD_RUN } from "../testenv/meshd.ts";
+import { spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const ECHO = `${ROOT}examples/quickstart/echo.ts`;
@@ -32,8 +32,7 @@ endpoints:
 `;
 
 function meshd(dir: string, http: number, api: number, extra: string[] = []): Child {
-  return new Child("meshd", [
-    ...FILE_MESHD_RUN,
+  return spawnMeshd([
     `--config-dir=${dir}`,
     `--proxy-address=${PROXY}`,
     `--http-port=${http}`,

@@ -8,7 +8,7 @@ import { ConnectionLimiter } from "../../src/proxy/conn_limiter.ts";
 import { EndpointPool } from "../../src/proxy/endpoint_pool.ts";
 import { HttpProxy } from "../../src/proxy/http_proxy.ts";
 import { buildRouteTable } from "../../src/proxy/route_table.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { waitFor } from "../testenv/process.ts";
 import net from "node:net";
 import {

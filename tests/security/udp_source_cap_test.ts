@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
-import { endpoint, meshConfig } from "../testenv/mesh.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { freePort } from "../testenv/process.ts";
 
 const MESHD = "127.0.110.10";

@@ -10,7 +10,8 @@
  * @module
  */
 import { Child, cmdline, freePort, isAlive, sweepOrphanedChildren, waitFor } from "./process.ts";
-import { issueCert, makeCa, openssl } from "./tls.ts";
+import { issueCert, makeCa, openssl } from "../../src/_testing_tls.ts";
+import { findCgroup2 } from "../../src/datapath/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 /** Every folder, network namespace and cgroup a run creates starts with this. */
@@ -67,7 +68,7 @@ export async function requireIntegrationHost(): Promise<void> {
     if (Deno.uid() !== 0) missing.push("root (the tier creates network namespaces)");
     const ip = await run("ip", ["netns", "list"]).catch((e) => ({ ok: false, out: String(e) }));
     if (!ip.ok) missing.push(`"ip netns" from iproute2 (${ip.out.trim()})`);
-    if (!(await cgroup2Mount())) missing.push("a cgroup v2 mount");
+    if (!findCgroup2()) missing.push("a cgroup v2 mount");
     const go = await run("go", ["version"]).catch((e) => ({ ok: false, out: String(e) }));
     if (!go.ok) missing.push("Go, to build the control plane");
   }
@@ -77,16 +78,6 @@ export async function requireIntegrationHost(): Promise<void> {
         "It does not skip itself: run it as root on Linux, or run only the unit tests.",
     );
   }
-}
-
-/** The mount point of cgroup v2, or null. */
-export async function cgroup2Mount(): Promise<string | null> {
-  const mounts = await Deno.readTextFile("/proc/self/mounts").catch(() => "");
-  for (const line of mounts.split("\n")) {
-    const [, dir, type] = line.split(" ");
-    if (type === "cgroup2" && dir) return dir;
-  }
-  return null;
 }
 
 async function run(
@@ -150,7 +141,7 @@ export async function removeLeftovers(): Promise<string[]> {
     removed.push(dir);
   }
   // An eBPF run's scratch cgroups (empty once its processes are gone).
-  const cg2 = mountsOfType("cgroup2")[0];
+  const cg2 = findCgroup2();
   if (cg2) {
     let cgs: Deno.DirEntry[] = [];
     try {
@@ -200,10 +191,6 @@ function mountTable(): string[][] {
 function mountsUnder(dir: string): string[] {
   return mountTable().map((f) => f[1] ?? "").filter((m) => m === dir || m.startsWith(`${dir}/`))
     .sort((a, b) => b.length - a.length);
-}
-
-function mountsOfType(type: string): string[] {
-  return mountTable().filter((f) => f[2] === type).map((f) => f[1]!);
 }
 
 let runCounter = 0;

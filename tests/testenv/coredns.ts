@@ -7,7 +7,7 @@
  */
 import { Child, waitFor } from "./process.ts";
 import type { TestCluster } from "./cluster.ts";
-import { dig } from "./dig.ts";
+import { dig } from "../../src/dns/_testing.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 

@@ -7,73 +7,18 @@
  *
  * @module
  */
+import { findCgroup2 } from "../../src/datapath/mod.ts";
 import { PREFIX, removeLeftovers } from "./cluster.ts";
 import { sh } from "./netns_mesh.ts";
-import { timeScale } from "./process.ts";
+import { Child } from "./process.ts";
 
 let counter = 0;
 
 /** The cgroup v2 mount point, or an error saying the tier cannot run. */
 export function cgroup2Mount(): string {
-  const m = Deno.readTextFileSync("/proc/self/mounts").split("\n").map((l) => l.split(" "))
-    .find((f) => f[2] === "cgroup2")?.[1];
+  const m = findCgroup2();
   if (!m) throw new Error("no cgroup v2 hierarchy mounted: the eBPF tier needs one");
   return m;
-}
-
-/** A process started in the namespace; its output lines are kept. */
-export class EnvProcess {
-  readonly proc: Deno.ChildProcess;
-  readonly lines: string[] = [];
-  readonly errLines: string[] = [];
-  readonly #done: Promise<void>;
-  #writer: WritableStreamDefaultWriter<Uint8Array> | null;
-
-  constructor(proc: Deno.ChildProcess) {
-    this.proc = proc;
-    this.#writer = proc.stdin.getWriter();
-    const read = async (s: ReadableStream<Uint8Array>, into: string[]) => {
-      let rest = "";
-      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
-        const parts = (rest + chunk).split("\n");
-        rest = parts.pop()!;
-        into.push(...parts);
-      }
-      if (rest) into.push(rest);
-    };
-    this.#done = Promise.all([read(proc.stdout, this.lines), read(proc.stderr, this.errLines)])
-      .then(() => {});
-  }
-
-  get pid(): number {
-    return this.proc.pid;
-  }
-
-  /** Closes stdin (programs that wait on it finish). */
-  async closeStdin(): Promise<void> {
-    await this.#writer?.close().catch(() => {});
-    this.#writer = null;
-  }
-
-  /** Waits for it to exit (killing it after `killAfterMs` times `timeScale()`) and for its output. */
-  async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
-    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs * timeScale());
-    const st = await this.proc.status;
-    clearTimeout(timer);
-    await this.#done;
-    return st;
-  }
-
-  kill(sig: Deno.Signal = "SIGTERM"): void {
-    try {
-      this.proc.kill(sig);
-    } catch { /* gone */ }
-  }
-
-  /** The last stdout line parsed as JSON. */
-  last<T>(): T {
-    return JSON.parse(this.lines.filter(Boolean).at(-1) ?? "null") as T;
-  }
 }
 
 /** One scratch namespace, cgroup and bpffs. */
@@ -83,7 +28,7 @@ export class EbpfEnv {
   readonly netns: string;
   readonly cgroup: string;
   readonly bpffs: string;
-  readonly #procs: EnvProcess[] = [];
+  readonly #procs: Child[] = [];
 
   private constructor(name: string) {
     this.name = name;
@@ -112,23 +57,19 @@ export class EbpfEnv {
    * Starts `cmd args` in the namespace; `inCgroup` puts it in the scratch cgroup first, where
    * the hooks see its sockets.
    */
-  spawn(cmd: string, args: string[], o: { inCgroup?: boolean } = {}): EnvProcess {
+  spawn(cmd: string, args: string[], o: { inCgroup?: boolean } = {}): Child {
     // nsenter switches the network namespace only: `ip netns exec` would also mount a new
     // /sys, where the cgroup v2 mount below /sys/fs/cgroup is not to be found.
     const inner = ["nsenter", `--net=/run/netns/${this.netns}`, cmd, ...args];
     const argv = o.inCgroup
       ? ["sh", "-c", `echo $$ > '${this.cgroup}/cgroup.procs' && exec "$@"`, "sh", ...inner]
       : inner;
-    const proc = new Deno.Command(argv[0]!, {
-      args: argv.slice(1),
-      env: { NO_COLOR: "1" },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const p = new Child(cmd.slice(cmd.lastIndexOf("/") + 1), argv.slice(1), {
+      command: argv[0]!,
+      stdin: true,
+    });
     // Recorded at once, so a crashed run's processes can be found by removeLeftovers().
-    Deno.writeTextFileSync(`${this.dir}/pids`, `${proc.pid}\n`, { append: true });
-    const p = new EnvProcess(proc);
+    Deno.writeTextFileSync(`${this.dir}/pids`, `${p.pid}\n`, { append: true });
     this.#procs.push(p);
     return p;
   }
@@ -146,7 +87,7 @@ export class EbpfEnv {
     );
     await p.closeStdin();
     const st = await p.wait();
-    if (!st.success) throw new Error(`${script} ${args.join(" ")}: ${p.errLines.join("\n")}`);
+    if (!st.success) throw new Error(`${script} ${args.join(" ")}: ${p.stderr.join("\n")}`);
     return p.last<T>();
   }
 

@@ -11,9 +11,10 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 /**
  * The V8 flags every launch of meshd passes (deno.json's `meshd` and `compile` tasks, the test
  * image's wrapper, `scripts/quickstart`): the pages of the config reader's thread go back to
- * the system when the thread ends, not 30 s later (see the README, "Memory").
+ * the system when the thread ends, not 30 s later, and `gc()` lets meshd give back what a large
+ * config change grew at once (see the README, "Memory").
  */
-export const MESHD_V8_FLAGS = "--v8-flags=--no-memory-pool-share-memory-on-teardown";
+export const MESHD_V8_FLAGS = "--v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc";
 
 /**
  * The userspace path's permissions (`deno task meshd`). Without FFI, `--datapath auto` falls
@@ -30,19 +31,57 @@ export const MESHD_PERMISSIONS = [
 ];
 
 /**
- * Deno's argv up to meshd's own flags for a file-mode meshd, with the permissions
- * `scripts/quickstart` gives it (no FFI, so the userspace path):
- * `new Child("meshd", [...FILE_MESHD_RUN, "--config-dir", dir, ...])`.
+ * The file-mode permissions `scripts/quickstart` gives meshd: no FFI, so the userspace path.
+ * The default of {@linkcode spawnMeshd}.
  */
-export const FILE_MESHD_RUN = [
-  "run",
+export const FILE_PERMISSIONS: readonly string[] = [
   MESHD_V8_FLAGS,
   "--allow-net",
   "--allow-read",
   "--allow-env=MESHD_*,LOG_TOKENS,LOG_STREAM",
-  `${ROOT}main.ts`,
-  "run",
 ];
+
+/**
+ * Deno's argv for `meshd run` from this checkout: `deno` (permissions and other Deno flags,
+ * default {@linkcode FILE_PERMISSIONS}), `main.ts`, `run`, then meshd's `flags`.
+ */
+export function meshdArgv(flags: string[], deno: readonly string[] = FILE_PERMISSIONS): string[] {
+  return ["run", ...deno, `${ROOT}main.ts`, "run", ...flags];
+}
+
+/** Where and how {@linkcode spawnMeshd} starts meshd. */
+export interface SpawnMeshdOptions {
+  /** The process's name in the harness's messages; default `meshd`. */
+  name?: string;
+  /** Deno's flags before `main.ts`; default {@linkcode FILE_PERMISSIONS}. */
+  deno?: readonly string[];
+  /** A network namespace to run it in (`ip netns exec`). */
+  netns?: string;
+  /** A command and its arguments that run Deno in turn, such as `["prlimit", "--nofile=64"]`. */
+  wrap?: string[];
+  /** Starts it through an eBPF env: in its namespace, and with `inCgroup` in its cgroup. */
+  via?: { spawn(cmd: string, args: string[], o: { inCgroup?: boolean }): Child };
+  inCgroup?: boolean;
+  cwd?: string;
+  env?: Record<string, string>;
+}
+
+/**
+ * Starts `meshd run` with `flags` from this checkout: the one place the harness, the tests
+ * and the benches build meshd's command line. Returns at once; wait for readiness yourself.
+ */
+export function spawnMeshd(flags: string[], o: SpawnMeshdOptions = {}): Child {
+  const argv = meshdArgv(flags, o.deno);
+  if (o.via) return o.via.spawn(Deno.execPath(), argv, { inCgroup: o.inCgroup });
+  const before = [...(o.netns ? ["ip", "netns", "exec", o.netns] : []), ...(o.wrap ?? [])];
+  const name = o.name ?? "meshd";
+  if (before.length === 0) return new Child(name, argv, { cwd: o.cwd, env: o.env });
+  return new Child(name, [...before.slice(1), Deno.execPath(), ...argv], {
+    command: before[0]!,
+    cwd: o.cwd,
+    env: o.env,
+  });
+}
 
 /** A file-mode meshd on loopback: its process and the free ports it was given. */
 export interface FileMeshd {
@@ -65,8 +104,7 @@ export async function startFileMeshd(
   name = "meshd",
 ): Promise<FileMeshd> {
   const ports = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  const child = new Child(name, [
-    ...FILE_MESHD_RUN,
+  const child = spawnMeshd([
     "--config-dir",
     configDir,
     "--http-port",
@@ -78,7 +116,7 @@ export async function startFileMeshd(
     "--udp-ports",
     `${ports.udp}-${ports.udp}`,
     ...args,
-  ]);
+  ], { name });
   try {
     await waitFor(`${name} to be ready`, async () => {
       const r = await fetch(`http://127.0.0.1:${ports.api}/readyz`);
@@ -151,11 +189,7 @@ export class MeshdProcess {
     const ports = place
       ? { api: 9000, http: 5000, dns: 53, distribution: 9443 }
       : { api: freePort(), http: freePort(), dns: freePort(), distribution: freePort() };
-    const args = [
-      "run",
-      ...MESHD_PERMISSIONS,
-      `${ROOT}main.ts`,
-      "run",
+    const child = spawnMeshd([
       "--provider=kube",
       `--kubeconfig=${kubeconfig}`,
       `--identity=${identity}`,
@@ -169,13 +203,7 @@ export class MeshdProcess {
         ? ["--proxy-address=0.0.0.0", "--dns-address=0.0.0.0", "--distribution-address=0.0.0.0"]
         : []),
       ...extra,
-    ];
-    const child = place
-      ? new Child(identity, ["netns", "exec", place.netns, Deno.execPath(), ...args], {
-        cwd: ROOT,
-        command: "ip",
-      })
-      : new Child(identity, args, { cwd: ROOT });
+    ], { name: identity, deno: MESHD_PERMISSIONS, netns: place?.netns, cwd: ROOT });
     place?.started?.(child.pid);
     return new MeshdProcess(child, identity, ports, place?.api);
   }

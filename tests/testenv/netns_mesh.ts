@@ -62,58 +62,44 @@ const vethPair = (ns: string, name: string, peerNs: string) =>
 export class NetnsAgent {
   readonly name: string;
   readonly netns: string;
-  readonly lines: string[] = [];
-  readonly #proc: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #child: Child;
   readonly #pending = new Map<number, (r: AgentReply) => void>();
-  readonly #done: Promise<void>;
   #next = 1;
 
   constructor(name: string, netns: string, runDir: string) {
     this.name = name;
     this.netns = netns;
-    this.#proc = new Deno.Command("ip", {
-      args: ["netns", "exec", netns, Deno.execPath(), "run", "--allow-all", AGENT, name, runDir],
-      env: { NO_COLOR: "1" },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.#writer = this.#proc.stdin.getWriter();
-    this.#done = Promise.all([this.#read(), this.#stderr()]).then(() => {});
+    this.#child = new Child(
+      `agent ${name}`,
+      ["netns", "exec", netns, Deno.execPath(), "run", "--allow-all", AGENT, name, runDir],
+      { command: "ip", stdin: true, onLine: (line, stream) => this.#reply(line, stream) },
+    );
+    this.#child.exited().then(() => {
+      for (const [, resolve] of this.#pending) resolve({ error: `agent ${this.name} exited` });
+    });
   }
 
   get pid(): number {
-    return this.#proc.pid;
+    return this.#child.pid;
   }
 
-  async #read(): Promise<void> {
-    let rest = "";
-    for await (const chunk of this.#proc.stdout.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      for (const line of parts.filter(Boolean)) {
-        const r = JSON.parse(line) as AgentReply & { id: number };
-        this.#pending.get(r.id)?.(r);
-        this.#pending.delete(r.id);
-      }
-    }
-    for (const [, resolve] of this.#pending) resolve({ error: `agent ${this.name} exited` });
+  /** The agent's log (its stderr lines). */
+  get lines(): string[] {
+    return this.#child.stderr.filter(Boolean);
   }
 
-  async #stderr(): Promise<void> {
-    for await (const chunk of this.#proc.stderr.pipeThrough(new TextDecoderStream())) {
-      this.lines.push(...chunk.split("\n").filter(Boolean));
-    }
+  #reply(line: string, stream: "stdout" | "stderr"): void {
+    if (stream !== "stdout" || !line) return;
+    const r = JSON.parse(line) as AgentReply & { id: number };
+    this.#pending.get(r.id)?.(r);
+    this.#pending.delete(r.id);
   }
 
   /** Sends one command; resolves with the agent's reply. */
   async call(op: string, params: Record<string, unknown> = {}): Promise<AgentReply> {
     const id = this.#next++;
     const reply = new Promise<AgentReply>((r) => this.#pending.set(id, r));
-    await this.#writer.write(
-      new TextEncoder().encode(JSON.stringify({ id, op, ...params }) + "\n"),
-    );
+    await this.#child.write(JSON.stringify({ id, op, ...params }) + "\n");
     return await reply;
   }
 
@@ -142,15 +128,8 @@ export class NetnsAgent {
 
   /** Closes its stdin, so it exits; kills it if it has not within a few seconds. */
   async stop(): Promise<void> {
-    await this.#writer.close().catch(() => {});
-    const timer = setTimeout(() => {
-      try {
-        this.#proc.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 3_000);
-    await this.#proc.status;
-    clearTimeout(timer);
-    await this.#done;
+    await this.#child.closeStdin();
+    await this.#child.wait(3_000);
   }
 }
 

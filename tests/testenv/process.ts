@@ -6,80 +6,8 @@
  * @module
  */
 
-/** Ports this process handed out already: never twice. */
-const handedOut = new Set<number>();
-
-/**
- * A port free for TCP and UDP on `hostname`, below the kernel's ephemeral range (32768 and
- * up): a port the kernel picked for `port: 0` could be given to some outgoing connection's
- * local end before the process under test binds it (seen as a flaky "Address already in use").
- * Chosen at random from 20000-32767, away from meshd's default ranges and fixed ports.
- */
-export function freePort(hostname = "127.0.0.1"): number {
-  for (let tries = 0; tries < 1000; tries++) {
-    const port = 20000 + Math.floor(Math.random() * 12768);
-    if (handedOut.has(port)) continue;
-    let tcp: Deno.Listener | null = null;
-    let udp: Deno.DatagramConn | null = null;
-    try {
-      tcp = Deno.listen({ hostname, port });
-      udp = Deno.listenDatagram({ hostname, port, transport: "udp" });
-    } catch {
-      continue;
-    } finally {
-      tcp?.close();
-      udp?.close();
-    }
-    handedOut.add(port);
-    return port;
-  }
-  throw new Error(`No free port on ${hostname} in 20000-32767 after 1000 tries`);
-}
-
-/**
- * How much longer than usual waits may take: `$MESHD_TEST_TIME_SCALE` (default 1). The
- * real-kernel tier sets it inside QEMU VMs, whose software emulation runs programs several
- * times slower than the host (`tests/testenv/vm/run.sh`).
- */
-export function timeScale(): number {
-  const raw = Deno.env.get("MESHD_TEST_TIME_SCALE");
-  if (raw === undefined || raw === "") return 1;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < 1) {
-    throw new Error(`Cannot use MESHD_TEST_TIME_SCALE "${raw}": expected a number >= 1`);
-  }
-  return n;
-}
-
-/**
- * Polls `probe` every `intervalMs` until it returns a value other than `undefined`, or fails
- * after `timeoutMs` (times {@linkcode timeScale}) with `what` and the last value or error seen.
- */
-export async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined> | T | undefined,
-  timeoutMs = 10_000,
-  intervalMs = 20,
-): Promise<T> {
-  timeoutMs *= timeScale();
-  const deadline = performance.now() + timeoutMs;
-  let last: unknown = "nothing yet";
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-      last = "not yet";
-    } catch (e) {
-      last = e instanceof Error ? e.message : e;
-    }
-    if (performance.now() > deadline) {
-      throw new Error(
-        `Timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${JSON.stringify(last)}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
+export { freePort, timeScale, waitFor } from "../../src/_testing.ts";
+import { timeScale, waitFor } from "../../src/_testing.ts";
 
 /** Whether process `pid` exists. */
 export function isAlive(pid: number): boolean {
@@ -106,22 +34,22 @@ let swept = false;
 
 /**
  * Stops the children that test processes which no longer run left behind: only PIDs they
- * recorded, and only while such a PID still runs the command line recorded for it.
+ * recorded (in `dir`, default {@linkcode CHILDREN}), and only while such a PID still runs the
+ * command line recorded for it.
  */
-export function sweepOrphanedChildren(): number {
+export function sweepOrphanedChildren(dir: string = CHILDREN): number {
   let killed = 0;
   let files: Deno.DirEntry[] = [];
   try {
-    files = [...Deno.readDirSync(CHILDREN)];
+    files = [...Deno.readDirSync(dir)];
   } catch {
     return 0;
   }
   for (const f of files) {
     const owner = Number(f.name);
     if (owner === Deno.pid || (owner > 0 && cmdline(owner).includes("deno"))) continue;
-    const path = `${CHILDREN}/${f.name}`;
-    for (const line of Deno.readTextFileSync(path).split("\n").filter(Boolean)) {
-      const { pid, argv } = JSON.parse(line) as { pid: number; argv: string[] };
+    const path = `${dir}/${f.name}`;
+    for (const { pid, argv } of readRecords(path)) {
       if (isAlive(pid) && runs(pid, argv)) {
         try {
           Deno.kill(pid, "SIGKILL");
@@ -129,9 +57,34 @@ export function sweepOrphanedChildren(): number {
         } catch { /* gone meanwhile */ }
       }
     }
-    Deno.removeSync(path);
+    try {
+      Deno.removeSync(path);
+    } catch { /* another test process swept it meanwhile */ }
   }
   return killed;
+}
+
+/**
+ * The children recorded in `path`: none when another test process sweeping at the same time
+ * removed it first (its children are that one's to stop), and no line that is not a record.
+ */
+function readRecords(path: string): { pid: number; argv: string[] }[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return [];
+  }
+  return text.split("\n").flatMap((line) => {
+    try {
+      const r = JSON.parse(line) as { pid?: unknown; argv?: unknown };
+      return typeof r.pid === "number" && Array.isArray(r.argv) && r.argv.length > 0
+        ? [r as { pid: number; argv: string[] }]
+        : [];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /** Whether `pid` runs `argv` (the program compared by base name, as it may have been resolved). */
@@ -153,32 +106,54 @@ function recordChild(pid: number, argv: string[]): void {
   });
 }
 
-/** A child process (deno itself, or `command`) whose output lines are collected. */
+/** How a {@linkcode Child} is started. */
+export interface ChildOptions {
+  cwd?: string;
+  /** Added to the environment, after `NO_COLOR=1`. */
+  env?: Record<string, string>;
+  /** The program; default Deno itself. */
+  command?: string;
+  /** Keep stdin open for {@linkcode Child.write} (default: stdin is /dev/null). */
+  stdin?: boolean;
+  /** `null`: stdout goes to /dev/null, unread and unkept (default: kept). */
+  stdout?: "piped" | "null";
+  /** Called with each output line as it arrives, after it is kept. */
+  onLine?: (line: string, stream: "stdout" | "stderr") => void;
+}
+
+/**
+ * A child process (deno itself, or `command`): the one process class of the harness. Its
+ * output lines are kept, per stream and together; it is recorded so that a crashed test
+ * process's children are stopped by the next one, and stopped only by its PID.
+ */
 export class Child {
   readonly name: string;
+  /** Every output line, stdout and stderr, in the order they came. */
   readonly lines: string[] = [];
+  readonly stdout: string[] = [];
+  readonly stderr: string[] = [];
   readonly #proc: Deno.ChildProcess;
   readonly #drained: Promise<void>;
+  readonly #onLine: ChildOptions["onLine"];
+  #writer: WritableStreamDefaultWriter<Uint8Array> | null = null;
 
-  constructor(
-    name: string,
-    args: string[],
-    options: { cwd?: string; env?: Record<string, string>; command?: string } = {},
-  ) {
+  constructor(name: string, args: string[], options: ChildOptions = {}) {
     this.name = name;
+    this.#onLine = options.onLine;
     const command = options.command ?? Deno.execPath();
     this.#proc = new Deno.Command(command, {
       args,
       cwd: options.cwd,
       env: { NO_COLOR: "1", ...options.env },
-      stdin: "null",
-      stdout: "piped",
+      stdin: options.stdin ? "piped" : "null",
+      stdout: options.stdout ?? "piped",
       stderr: "piped",
     }).spawn();
     recordChild(this.#proc.pid, [command, ...args]);
+    if (options.stdin) this.#writer = this.#proc.stdin.getWriter();
     this.#drained = Promise.all([
-      this.#collect(this.#proc.stdout),
-      this.#collect(this.#proc.stderr),
+      options.stdout === "null" ? undefined : this.#collect(this.#proc.stdout, "stdout"),
+      this.#collect(this.#proc.stderr, "stderr"),
     ])
       .then(() => {});
   }
@@ -187,30 +162,89 @@ export class Child {
     return this.#proc.pid;
   }
 
-  async #collect(stream: ReadableStream<Uint8Array>): Promise<void> {
+  /** Resolves when the process exits (its output may still be arriving). */
+  get status(): Promise<Deno.CommandStatus> {
+    return this.#proc.status;
+  }
+
+  async #collect(stream: ReadableStream<Uint8Array>, which: "stdout" | "stderr"): Promise<void> {
     let rest = "";
+    const keep = (line: string) => {
+      this.lines.push(line);
+      this[which].push(line);
+      this.#onLine?.(line, which);
+    };
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       const parts = (rest + chunk).split("\n");
       rest = parts.pop()!;
-      this.lines.push(...parts);
+      parts.forEach(keep);
     }
-    if (rest) this.lines.push(rest);
+    if (rest) keep(rest);
   }
 
-  /** Whether the process has exited. */
+  /** Writes `text` to stdin (started with `stdin: true`). */
+  async write(text: string): Promise<void> {
+    if (!this.#writer) throw new Error(`${this.name}: stdin is not open`);
+    await this.#writer.write(new TextEncoder().encode(text));
+  }
+
+  /** Closes stdin (programs that wait on it finish). */
+  async closeStdin(): Promise<void> {
+    await this.#writer?.close().catch(() => {});
+    this.#writer = null;
+  }
+
+  /** Whether the process has exited; resolves once it has and its output is all in. */
   async exited(): Promise<Deno.CommandStatus> {
     const s = await this.#proc.status;
     await this.#drained;
     return s;
   }
 
+  /** Sends `signal` to this process, by its PID; nothing when it is gone. */
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.#proc.kill(signal);
+    } catch { /* already gone */ }
+  }
+
+  /** Waits for the exit, sending SIGKILL after `killAfterMs` (times {@linkcode timeScale}). */
+  async wait(killAfterMs = 30_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), killAfterMs * timeScale());
+    try {
+      return await this.exited();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Sends SIGTERM to this process (by its PID) and waits for it to end. */
   async stop(): Promise<Deno.CommandStatus> {
-    try {
-      this.#proc.kill("SIGTERM");
-    } catch { /* already gone */ }
+    this.kill("SIGTERM");
     return await this.exited();
   }
+
+  /** The last non-empty stdout line, parsed as JSON. */
+  last<T>(): T {
+    return JSON.parse(this.stdout.filter(Boolean).at(-1) ?? "null") as T;
+  }
+}
+
+/**
+ * Runs `command` to its end as a {@linkcode Child}, killing it after `timeoutMs` (times
+ * {@linkcode timeScale}); its exit code and its output, line by line.
+ */
+export async function runToEnd(
+  command: string,
+  args: string[],
+  options: { cwd?: string; timeoutMs: number },
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const c = new Child(command.slice(command.lastIndexOf("/") + 1), args, {
+    command,
+    cwd: options.cwd,
+  });
+  const st = await c.wait(options.timeoutMs);
+  return { code: st.code, stdout: c.stdout.join("\n"), stderr: c.stderr.join("\n") };
 }
 
 /** Resolves once a TCP connect to `hostname:port` succeeds. */

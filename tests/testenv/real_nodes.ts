@@ -32,7 +32,8 @@
 import { PREFIX, type TestCluster } from "./cluster.ts";
 import { NetnsAgent, sh } from "./netns_mesh.ts";
 import { Child, freePort, isAlive, waitFor } from "./process.ts";
-import { issueCert } from "./tls.ts";
+import { issueCert } from "../../src/_testing_tls.ts";
+import { findCgroup2, mountsOfType } from "../../src/datapath/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 const NODE_SH = `${ROOT}/tests/testenv/nodes/node.sh`;
@@ -100,14 +101,10 @@ async function runScript(path: string, what: string): Promise<string[]> {
 
 /** Mount points of the host's cgroup v1 hierarchies, and of cgroup v2. */
 function cgroupMounts(): { v1: string[]; v2: string | null } {
-  const v1: string[] = [];
-  let v2: string | null = null;
-  for (const line of Deno.readTextFileSync("/proc/self/mounts").split("\n")) {
-    const [, dir, type] = line.split(" ");
-    if (type === "cgroup" && dir) v1.push(dir);
-    if (type === "cgroup2" && dir && !v2) v2 = dir;
-  }
-  return { v1, v2 };
+  return {
+    v1: mountsOfType(Deno.readTextFileSync("/proc/self/mounts"), "cgroup"),
+    v2: findCgroup2() ?? null,
+  };
 }
 
 /** The cgroup v2 folder that holds the nodes' scratch cgroups. */

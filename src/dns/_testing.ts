@@ -1,6 +1,8 @@
 /**
  * DNS queries with BIND's dig, a client written independently of meshd's DNS code. scripts/test
- * installs it (Debian bind9-dnsutils); without it the tests that ask fail and say so.
+ * installs it (Debian bind9-dnsutils); without it the tests that ask fail and say so. For tests
+ * only (the DNS server's unit test and the harness): nothing in meshd imports it. It runs a
+ * process because an independent client is the point of the check.
  *
  * @module
  */

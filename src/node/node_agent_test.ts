@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { type AppliedConfig, ConfigStore } from "./config_store.ts";
-import { MeshNode } from "./mesh_node.ts";
-import { meshConfig } from "../../tests/testenv/mesh.ts";
+import { NodeAgent } from "./node_agent.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { waitFor } from "../_testing.ts";
 
 /** A store whose writes wait until the test lets them go: a slow disk. */
 class SlowStore extends ConfigStore {
@@ -43,11 +44,11 @@ async function within<T>(what: string, p: Promise<T>, ms = 5_000): Promise<T> {
   }
 }
 
-Deno.test("MeshNode.apply() does not wait for the disk, and saves the newest config", async () => {
+Deno.test("NodeAgent.apply() does not wait for the disk, and saves the newest config", async () => {
   const logger = new Logger({ level: "error", write: () => {} });
   const proxy = new NodeProxy({ hostname: "127.0.64.2", httpPort: 0, logger });
   const store = new SlowStore();
-  const node = new MeshNode({ proxy, logger, compile: {}, store });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry, store });
   try {
     const config = (version: number) =>
       meshConfig([{ name: "web", ports: [{ port: 80 }] }], { version });
@@ -77,6 +78,44 @@ Deno.test("MeshNode.apply() does not wait for the disk, and saves the newest con
     await saves(2);
     await within("flush", flushed);
     assert.deepEqual(store.saved, [1, 4]);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+Deno.test("NodeAgent.apply() collects garbage after a config that adds or removes many services", async () => {
+  const logger = new Logger({ level: "error", write: () => {} });
+  const proxy = new NodeProxy({ hostname: "127.0.64.2", httpPort: 0, logger });
+  let collections = 0;
+  const node = new NodeAgent({
+    proxy,
+    logger,
+    registry: proxy.registry,
+    collectGarbage: () => collections++,
+    collectEveryMs: 0,
+  });
+  const services = (n: number, address: string) =>
+    Array.from({ length: n }, (_, i) => ({
+      name: `s-${i}`,
+      ports: [{ port: 80, endpoints: [endpoint(address, 8080)] }],
+    }));
+  // Each apply's collection runs after it, in a later turn; a turn later there is none.
+  const settled = () => new Promise((r) => setTimeout(r, 20));
+  try {
+    await node.apply({ epoch: "e", config: meshConfig(services(250, "10.0.0.1")) }, "leader");
+    await waitFor("a collection after 250 new services", () => collections === 1 || undefined);
+    // The same services in new objects, every endpoint changed: a snapshot after a reconnect.
+    await node.apply(
+      { epoch: "e", config: meshConfig(services(250, "10.0.0.2"), { version: 2 }) },
+      "leader",
+    );
+    await settled();
+    assert.equal(collections, 1, "no collection when no service came or went");
+    await node.apply(
+      { epoch: "e", config: meshConfig(services(10, "10.0.0.2"), { version: 3 }) },
+      "leader",
+    );
+    await waitFor("a collection after 240 services went", () => collections === 2 || undefined);
   } finally {
     await proxy.stop();
   }

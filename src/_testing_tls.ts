@@ -1,4 +1,10 @@
-/** Test certificates made with openssl: a throwaway CA and a server certificate it signed. */
+/**
+ * Test certificates made with openssl: a throwaway CA and a server certificate it signed. For
+ * tests only (unit tests of the proxy and the Kubernetes client, and the harness): nothing in
+ * meshd imports it.
+ *
+ * @module
+ */
 
 /** PEM text of a CA certificate and of a server key pair it signed. */
 export interface TestPki {
@@ -86,14 +92,16 @@ export async function issueCert(
   };
 }
 
-/** A new CA and a server certificate for `dnsNames`, in a temporary dir. */
+/** A new CA and a server certificate for `dnsNames` (IPv4 addresses too), in a temporary dir. */
 export async function makePki(dnsNames: string[]): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-pki-" });
   try {
     await makeCa(dir, "meshd test CA");
     const srv = await issueCert(dir, "srv", {
       subj: "/CN=srv",
-      ext: `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(",")}\n` +
+      ext: `subjectAltName=${
+        dnsNames.map((n) => /^[\d.]+$/.test(n) ? `IP:${n}` : `DNS:${n}`).join(",")
+      }\n` +
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     });
     return { caCert: await Deno.readTextFile(`${dir}/ca.crt`), ...srv };

@@ -1,64 +1,11 @@
 /**
- * Test helpers for the data plane: MeshConfig builders, backends on loopback that say who
- * answered, and a raw HTTP/1.1 client (Deno's fetch rewrites Host and adds headers, so tests
- * that check what a proxy forwards write the bytes themselves).
+ * Test helpers for the data plane: backends on loopback that say who answered, and a raw
+ * HTTP/1.1 client (Deno's fetch rewrites Host and adds headers, so tests that check what a proxy
+ * forwards write the bytes themselves). For tests only: the MeshConfig builders are in
+ * `src/topology/_testing.ts`.
+ *
+ * @module
  */
-import type { MeshConfig, MeshEndpoint, MeshPort, MeshService } from "../../src/topology/mod.ts";
-
-/** A service port as a test writes it: only what the case needs. */
-export type PortSpec = Partial<MeshPort> & { port: number; endpoints?: MeshEndpoint[] };
-/** A service as a test writes it. */
-export type ServiceSpec = Partial<Omit<MeshService, "ports">> & { name: string; ports: PortSpec[] };
-
-/** A ready endpoint at `address:port`. */
-export function endpoint(
-  address: string,
-  port: number,
-  extra: Partial<MeshEndpoint> = {},
-): MeshEndpoint {
-  return {
-    address,
-    port,
-    ready: true,
-    serving: true,
-    terminating: false,
-    nodeName: null,
-    serviceAccount: null,
-    ...extra,
-  };
-}
-
-/** A MeshConfig from short specs; every omitted field takes the builder's default. */
-export function meshConfig(
-  services: ServiceSpec[],
-  extra: Partial<Omit<MeshConfig, "services">> = {},
-): MeshConfig {
-  return {
-    version: 1,
-    domain: "mesh",
-    acl: false,
-    identities: {},
-    ...extra,
-    services: services.map((s) => ({
-      namespace: "default",
-      clusterIP: null,
-      scheme: "http",
-      retryAttempts: 0,
-      circuitBreaker: null,
-      rateLimit: null,
-      ...s,
-      ports: s.ports.map((p) => ({
-        name: "",
-        protocol: "http",
-        listenPort: null,
-        endpoints: [],
-        split: null,
-        access: null,
-        ...p,
-      })),
-    })),
-  };
-}
 
 /** An HTTP backend on loopback that answers `name` and records what it saw. */
 export interface HttpBackend {
