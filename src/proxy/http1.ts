@@ -12,22 +12,28 @@ export interface Writer {
   write(p: Uint8Array): Promise<number>;
 }
 
-/** Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5). */
-const latin1 = new TextDecoder("latin1");
-
 /** For ASCII, which UTF-8 decodes alike, and faster than any ISO-8859-1 decoder here. */
 const ascii = new TextDecoder();
 
 /**
- * Decodes ISO-8859-1 bytes, each byte one character. A head is nearly always ASCII, which the
- * UTF-8 decoder turns into the same string in half the time the ISO-8859-1 one takes; a byte
- * over 0x7f sends it through the latter.
+ * Decodes ISO-8859-1 bytes (header bytes on the wire, RFC 9110 §5.5), each byte the character
+ * of its code, so that encoding the string again gives the same bytes. A head is nearly always
+ * ASCII, which the UTF-8 decoder turns into the same string fastest. Not `TextDecoder("latin1")`:
+ * that label is windows-1252, which turns 0x80-0x9f into other characters (0x85 into U+2026).
  */
 export function decodeLatin1(bytes: Uint8Array): string {
   for (let i = 0; i < bytes.length; i++) {
-    if (bytes[i]! > 0x7f) return latin1.decode(bytes);
+    if (bytes[i]! > 0x7f) return byteChars(bytes);
   }
   return ascii.decode(bytes);
+}
+
+function byteChars(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192) as unknown as number[]);
+  }
+  return s;
 }
 
 /**

@@ -280,6 +280,16 @@ Deno.test("decodeLatin1() reads each byte as one character, ASCII or not", () =>
   for (const [name, bytes, want] of cases) {
     assert.equal(decodeLatin1(new Uint8Array(bytes)), want, name);
   }
+  // Every byte, 0x80-0x9f among them (windows-1252 maps those elsewhere), and a long run.
+  const every = Uint8Array.from({ length: 40_000 }, (_, i) => i % 256);
+  const text = decodeLatin1(every);
+  assert.equal(text.length, every.length);
+  for (let i = 0; i < text.length; i++) {
+    if (text.charCodeAt(i) !== every[i]) {
+      assert.fail(`byte ${every[i]} read as ${text.charCodeAt(i)}`);
+    }
+  }
+  assert.deepEqual(encodeLatin1(text), every, "encoding it again gives the same bytes");
 });
 
 Deno.test("parseRequestHead() refuses a control character wherever the head has it", () => {
