@@ -486,7 +486,9 @@ function smiSection(results: Results): string {
     "",
     "meshd reads access v1alpha2, specs v1alpha3 and split v1alpha3. What happens when the " +
     "cluster's CRDs serve other versions (`tests/kube/smi_versions_test.ts`, on the pinned " +
-    `Kubernetes${c?.meta["kube"] ? ` v${c.meta["kube"]}` : ""}):`,
+    `Kubernetes${c?.meta["kube"] ? ` v${c.meta["kube"]}` : ""}` +
+    (c?.meta["smi.from"] ? `; the results of ${c.meta["smi.from"]}, which ran this file` : "") +
+    "):",
     "",
   ];
   const cases = c?.reports["smi"] ?? [];
