@@ -105,13 +105,15 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
-# Deno's caches for the guest. The host's DENO_DIR holds SQLite databases in WAL mode (the V8
-# code cache among them) that the host's Deno processes write all the time. Read live through
-# 9p, the guest saw them torn: its first Deno process, when it had to write a code cache entry,
-# got the overlay's copy of the database taken mid-write and fed V8 a blob it cannot read,
-# and V8 aborts on such a blob ("out_of_range was thrown in -fno-exceptions mode with message
-# \"vector\"", "Check failed: current == end_slot_index"). SQLite's backup gives the guest a
-# consistent copy; the rest (npm packages, remote modules) is written once and only read.
+# Deno's caches for the guest. The host's DENO_DIR holds SQLite databases in WAL mode, the V8
+# code cache among them, that the host's Deno processes write all the time; read live through
+# 9p (cached loosely) and copied up into the overlay at the guest's first write, the guest can
+# get a database torn mid-write. V8 trusts a code cache blob that passes its header checks and
+# aborts on one it cannot read: the first Deno process of fresh 5.10 guests died so
+# ("out_of_range was thrown in -fno-exceptions mode with message \"vector\"", "Check failed:
+# current == end_slot_index", a CHECK of V8's deserializer), later ones in the same guest did
+# not. SQLite's backup gives the guest a consistent copy; the rest of DENO_DIR (npm packages,
+# remote modules) is written once and only read.
 deno_dir=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
 mkdir -p "$out/deno-dir"
 for db in "$deno_dir"/*; do
