@@ -376,8 +376,10 @@ function kernelSection(results: Results): string {
           last ? `; meshd check's last words: ${short(last, 120)}` : ""
         })`;
       }
-      return `${line.startsWith("ok") ? OK : NO} ${
-        short(line.replace(/^\S+\s+datapath\s+/, ""), 120)
+      // check's line: "✔ ebpf: …" (grouped), or "ok    datapath  ebpf: …" (before).
+      const ok = line.startsWith("ok") || line.startsWith(OK);
+      return `${ok ? OK : NO} ${
+        short(line.replace(/^\S+\s+datapath\s+/, "").replace(/^(✔|‼|✘)\s+/, ""), 120)
       }`;
     }),
     "`--kernel-release=5.4.0`: userspace, says why (host kernel, `tests/ebpf`)",

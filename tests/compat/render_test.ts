@@ -162,3 +162,22 @@ Deno.test("renderCompatibility() states one pass's run time: a cell run again co
   assert.match(md, /kube 30 min/);
   assert.match(md, /builds \(cold once per version, then cached\) 30 min more/);
 });
+
+Deno.test("renderCompatibility() reads check's grouped datapath line (✔ ebpf: …)", () => {
+  const md = renderCompatibility({
+    pieces: { kernels: { series: "5.10" } },
+    cells: {
+      kernels: {
+        "5.10": {
+          meta: { "vm.rc": "0" },
+          reports: {},
+          files: { "check.txt": "✔ ebpf: kernel 5.10.0-46-amd64, the programs load\n" },
+        },
+      },
+    },
+  }, { date: "d", commit: "c" });
+  assert.match(
+    md,
+    /\| `meshd check` datapath line \| ✔ ebpf: kernel 5\.10\.0-46-amd64, the programs load \|/,
+  );
+});
