@@ -133,3 +133,51 @@ Deno.test("renderCompatibility() keeps the failure of a tier run that was run ag
     /\| ✔ \(the run before failed: ✘ API outage: web back on v1: still not so\) \|/,
   );
 });
+
+Deno.test("renderCompatibility() states one pass's run time: a cell run again counts once", () => {
+  const md = renderCompatibility({
+    // Three invocations: the first ran both releases, the next two ran 1.36.3's netns tier again.
+    pieces: { kube: { "run.seconds": "3000" } },
+    cells: {
+      kube: {
+        "1.35.4": {
+          meta: { build: "ok", "build.seconds": "2", "api.seconds": "600", "netns.seconds": "300" },
+          reports: {},
+          files: {},
+        },
+        "1.36.3": {
+          meta: {
+            build: "ok",
+            "build.seconds": "1800",
+            "api.seconds": "600",
+            "netns.seconds": "300",
+          },
+          reports: {},
+          files: {},
+        },
+      },
+    },
+  }, { date: "d", commit: "c" });
+  assert.match(md, /Run time: 30 min for one pass/);
+  assert.match(md, /kube 30 min/);
+  assert.match(md, /builds \(cold once per version, then cached\) 30 min more/);
+});
+
+Deno.test("renderCompatibility() reads check's grouped datapath line (✔ ebpf: …)", () => {
+  const md = renderCompatibility({
+    pieces: { kernels: { series: "5.10" } },
+    cells: {
+      kernels: {
+        "5.10": {
+          meta: { "vm.rc": "0" },
+          reports: {},
+          files: { "check.txt": "✔ ebpf: kernel 5.10.0-46-amd64, the programs load\n" },
+        },
+      },
+    },
+  }, { date: "d", commit: "c" });
+  assert.match(
+    md,
+    /\| `meshd check` datapath line \| ✔ ebpf: kernel 5\.10\.0-46-amd64, the programs load \|/,
+  );
+});

@@ -164,7 +164,14 @@ async function untilEveryNode(
   }));
   const ms = performance.now() - t0;
   if (pending.size > 0) {
-    throw new Error(`${what}: still not so after ${Math.round(ms)} ms from ${[...pending]}`);
+    // What the lagging nodes' meshd said meanwhile: which leader it tried, what it was told.
+    const said = clients.filter((c) => pending.has(c.name)).map((c) =>
+      [`--- meshd ${c.node.name} (of ${c.name})`, ...c.node.meshd.child.lines.slice(-40)]
+        .join("\n")
+    );
+    throw new Error(
+      `${what}: still not so after ${Math.round(ms)} ms from ${[...pending]}\n${said.join("\n")}`,
+    );
   }
   return ms;
 }

@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { EbpfEnv } from "../testenv/ebpf_env.ts";
-import { waitFor } from "../testenv/process.ts";
+import { timeScale, waitFor } from "../testenv/process.ts";
 import { Libbpf } from "../../ffi/libbpf.ts";
 import {
   type DatapathEntry,
@@ -148,7 +148,15 @@ Deno.test("EbpfDatapath.load() takes over unversioned layout-2 pins, maps copied
     pinLegacy(libbpfPath, await buildLegacyObject(env.dir), env);
     const loop = env.spawn(
       Deno.execPath(),
-      ["run", "--allow-net", SOCK, "loop", VIP.address, String(VIP.port), "60000"],
+      [
+        "run",
+        "--allow-net",
+        SOCK,
+        "loop",
+        VIP.address,
+        String(VIP.port),
+        String(60_000 * timeScale()),
+      ],
       { inCgroup: true },
     );
     const okNow = () =>

@@ -21,8 +21,14 @@
  *   until stdin closes or MAXMS pass; prints a progress line `{"ok", "failed"}` every 100 ms,
  *   and the totals at the end with the errors seen.
  *
+ * The UDP modes give up on an answer after 2 s times `$MESHD_TEST_TIME_SCALE` (the VMs of the
+ * real-kernel tier run everything several times slower), so they need
+ * `--allow-env=MESHD_TEST_TIME_SCALE` (`EbpfEnv.deno` passes it).
+ *
  * @module
  */
+import { timeScale } from "../testenv/process.ts";
+
 const [mode, ...args] = Deno.args;
 const dec = new TextDecoder();
 const enc = new TextEncoder();
@@ -50,6 +56,11 @@ async function once(hostname: string, port: number): Promise<{ name: string; pee
   } finally {
     c.close();
   }
+}
+
+/** How long a UDP mode waits for each answer before it counts the datagram as failed. */
+function answerWaitMs(): number {
+  return 2_000 * timeScale();
 }
 
 function count(m: Record<string, number>, k: string): void {
@@ -93,10 +104,11 @@ if (mode === "serve") {
   const s = Deno.listenDatagram({ hostname: v6 ? "::" : "0.0.0.0", port: 0, transport: "udp" });
   const by: Record<string, number> = {};
   const from = new Set<string>();
+  const waitMs = answerWaitMs();
   let failed = 0;
   for (let i = 0; i < n; i++) {
     await s.send(enc.encode("hi"), { transport: "udp", hostname, port });
-    const timer = setTimeout(() => s.close(), 2_000);
+    const timer = setTimeout(() => s.close(), waitMs);
     try {
       const [data, addr] = await s.receive();
       count(by, dec.decode(data));
@@ -118,13 +130,14 @@ if (mode === "serve") {
   ];
   const v6 = hostname.includes(":");
   const out: Record<string, number>[] = [];
+  const waitMs = answerWaitMs();
   let failed = 0;
   for (let k = 0; k < sockets; k++) {
     const s = Deno.listenDatagram({ hostname: v6 ? "::" : "0.0.0.0", port: 0, transport: "udp" });
     const by: Record<string, number> = {};
     for (let i = 0; i < n; i++) {
       await s.send(enc.encode("hi"), { transport: "udp", hostname, port });
-      const timer = setTimeout(() => s.close(), 2_000);
+      const timer = setTimeout(() => s.close(), waitMs);
       try {
         const [data] = await s.receive();
         count(by, dec.decode(data));
@@ -161,8 +174,13 @@ if (mode === "serve") {
     return a;
   };
   const fd = libc.symbols.socket(2, 2, 0); // AF_INET, SOCK_DGRAM
-  // SO_RCVTIMEO of 2 s, so a lost answer ends the run instead of hanging it.
-  const tv = new BigInt64Array([2n, 0n]);
+  // SO_RCVTIMEO (struct timeval: seconds, microseconds), so a lost answer ends the run
+  // instead of hanging it.
+  const waitMs = answerWaitMs();
+  const tv = new BigInt64Array([
+    BigInt(Math.floor(waitMs / 1000)),
+    BigInt(Math.round((waitMs % 1000) * 1000)),
+  ]);
   libc.symbols.setsockopt(fd, 1, 20, new Uint8Array(tv.buffer), 16);
   const by: Record<string, number> = {};
   let failed = 0;

@@ -90,6 +90,17 @@ async function run(
   return { ok: o.success, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
 }
 
+/**
+ * What a release's kube-proxy configuration needs for nftables mode: 1.29 and 1.30 have it as
+ * an alpha feature behind the `NFTablesProxyMode` gate (without it kube-proxy refuses the mode:
+ * "must be iptables, ipvs or blank"); from 1.31 it is on by default, and a release that has
+ * dropped the gate refuses it as unknown, so it is set only where it is needed.
+ */
+export function kubeProxyNftablesGate(version: string): string[] {
+  const minor = Number(version.match(/^v?1\.(\d+)\./)?.[1] ?? NaN);
+  return minor < 31 ? ["featureGates:", "  NFTablesProxyMode: true"] : [];
+}
+
 /** Builds (once per version, cached outside the repo) and returns the control plane's bin dir. */
 export async function controlPlaneBinaries(version?: string): Promise<string> {
   const args = [`${ROOT}/tests/testenv/kube/build.sh`];

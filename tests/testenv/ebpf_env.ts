@@ -21,6 +21,12 @@ export function cgroup2Mount(): string {
   return m;
 }
 
+/**
+ * The permission `tests/ebpf/sock_tool.ts`'s UDP modes need to stretch their answer wait by
+ * `$MESHD_TEST_TIME_SCALE`; {@linkcode EbpfEnv.deno} adds it to every script it runs.
+ */
+export const TIME_SCALE_PERM = "--allow-env=MESHD_TEST_TIME_SCALE";
+
 /** One scratch namespace, cgroup and bpffs. */
 export class EbpfEnv {
   readonly name: string;
@@ -74,7 +80,10 @@ export class EbpfEnv {
     return p;
   }
 
-  /** Runs a Deno script (with `perms`) to its end and returns its last JSON line. */
+  /**
+   * Runs a Deno script (with `perms`, and {@linkcode TIME_SCALE_PERM}) to its end and returns
+   * its last JSON line.
+   */
   async deno<T>(
     script: string,
     args: string[],
@@ -82,7 +91,7 @@ export class EbpfEnv {
   ): Promise<T> {
     const p = this.spawn(
       Deno.execPath(),
-      ["run", ...(o.perms ?? ["--allow-net"]), script, ...args],
+      ["run", ...(o.perms ?? ["--allow-net"]), TIME_SCALE_PERM, script, ...args],
       o,
     );
     await p.closeStdin();

@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { PREFIX, SERVICE_CIDR, type TestCluster } from "./cluster.ts";
+import { kubeProxyNftablesGate, PREFIX, SERVICE_CIDR, type TestCluster } from "./cluster.ts";
 import { registerNode, runPod } from "./kubelet.ts";
 import { meshdKubeconfig } from "./manifests.ts";
 import { MeshdProcess } from "./meshd.ts";
@@ -297,7 +297,10 @@ export class NetnsMesh {
 
     // kube-proxy, as the node's: nftables mode, leaving the conntrack sysctls alone.
     const cfg = `${this.cluster.dir}/${this.base}-kube-proxy-${name}.yaml`;
-    await Deno.writeTextFile(cfg, kubeProxyConfig(this.#proxyKubeconfig, name));
+    await Deno.writeTextFile(
+      cfg,
+      kubeProxyConfig(this.#proxyKubeconfig, name, this.cluster.version),
+    );
     const stateDir = `${this.cluster.dir}/${this.base}-state-${name}`;
     this.nodes.push({
       index: i,
@@ -477,7 +480,7 @@ function podRange(index: number): string {
   return `203.0.113.${32 * index}/27`;
 }
 
-function kubeProxyConfig(kubeconfig: string, node: string): string {
+function kubeProxyConfig(kubeconfig: string, node: string, version: string): string {
   return [
     "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
     "kind: KubeProxyConfiguration",
@@ -485,6 +488,7 @@ function kubeProxyConfig(kubeconfig: string, node: string): string {
     `  kubeconfig: ${kubeconfig}`,
     `hostnameOverride: ${node}`,
     "mode: nftables",
+    ...kubeProxyNftablesGate(version),
     `clusterCIDR: ${POD_NET}`,
     "healthzBindAddress: 127.0.0.1:10256",
     "metricsBindAddress: 127.0.0.1:10249",

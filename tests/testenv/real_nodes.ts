@@ -29,7 +29,7 @@
  *
  * @module
  */
-import { PREFIX, type TestCluster } from "./cluster.ts";
+import { kubeProxyNftablesGate, PREFIX, type TestCluster } from "./cluster.ts";
 import { NetnsAgent, sh } from "./netns_mesh.ts";
 import { Child, freePort, isAlive, waitFor } from "./process.ts";
 import { issueCert } from "../../src/_testing_tls.ts";
@@ -629,6 +629,7 @@ export class RealNodes {
         `  kubeconfig: ${dir}/admin.kubeconfig`,
         `hostnameOverride: ${name}`,
         "mode: nftables",
+        ...kubeProxyNftablesGate(this.cluster.version),
         `clusterCIDR: ${POD_NET}`,
         "healthzBindAddress: 127.0.0.1:10256",
         "metricsBindAddress: 127.0.0.1:10249",

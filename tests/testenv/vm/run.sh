@@ -9,9 +9,11 @@
 #
 # The guest sees this machine's root read-only over virtio-9p, under an overlay whose writes
 # stay in guest memory, so the command finds Deno, the repo, libbpf and bpftool where they are
-# here and changes nothing. It runs as root in the repo's folder with proc, sysfs, cgroup2
-# (/sys/fs/cgroup), bpffs (/sys/fs/bpf) and a fresh /tmp and /run; veth is loaded. The VM has
-# no network device at all. Its output goes to stdout; the exit status is the command's (124
+# here and changes nothing; Deno's caches are the exception: their SQLite databases are copied
+# (consistently, by SQLite's backup) before the boot and the guest's DENO_DIR uses the copies,
+# because the host's own Deno processes keep writing them (see below). It runs as root in the
+# repo's folder with proc, sysfs, cgroup2 (/sys/fs/cgroup), bpffs (/sys/fs/bpf) and a fresh
+# /tmp and /run; veth is loaded. The VM has no network device at all. Its output goes to stdout; the exit status is the command's (124
 # when the timeout killed the VM, 125 when the guest did not report one).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +39,7 @@ done
 [ "${1:-}" = "--" ] && shift
 [ $# -gt 0 ] || die "no command given after --"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing (Debian: qemu-system-x86)"
+command -v sqlite3 >/dev/null || die "sqlite3 is missing (Debian: sqlite3); it copies Deno's caches"
 
 kdir=$(bash "$here/kernels.sh" "$series" | sed -n "s/^$series=//p")
 [ -f "$kdir/vmlinux" ] || die "no kernel for $series"
@@ -102,9 +105,33 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
+# Deno's caches for the guest. The host's DENO_DIR holds SQLite databases in WAL mode, the V8
+# code cache among them, that the host's Deno processes write all the time; read live through
+# 9p (cached loosely) and copied up into the overlay at the guest's first write, the guest can
+# get a database torn mid-write. V8 trusts a code cache blob that passes its header checks and
+# aborts on one it cannot read: the first Deno process of fresh 5.10 guests died so
+# ("out_of_range was thrown in -fno-exceptions mode with message \"vector\"", "Check failed:
+# current == end_slot_index", a CHECK of V8's deserializer), later ones in the same guest did
+# not. SQLite's backup gives the guest a consistent copy; the rest of DENO_DIR (npm packages,
+# remote modules) is written once and only read.
+deno_dir=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
+mkdir -p "$out/deno-dir"
+for db in "$deno_dir"/*; do
+  if [ ! -f "$db" ] || [ "$(head -c 15 "$db")" != "SQLite format 3" ]; then continue; fi
+  sqlite3 "$db" ".timeout 10000" ".backup '$out/deno-dir/${db##*/}'" ||
+    die "cannot copy Deno's cache $db"
+done
 {
   printf 'cd %q\n' "$PWD"
   printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
+  # The guest's DENO_DIR: the copied databases, and links to the rest of the host's (not to
+  # the databases' live -wal and -shm files).
+  printf 'export DENO_DIR=/tmp/deno-dir\n'
+  # shellcheck disable=SC2016 # expanded by the guest's shell
+  printf 'mkdir -p "$DENO_DIR" && cp /out/deno-dir/* "$DENO_DIR"/\n'
+  # shellcheck disable=SC2016
+  printf 'for f in %q/*; do case $f in *-wal | *-shm | *-journal) continue ;; esac
+    [ -e "$DENO_DIR/${f##*/}" ] || ln -s "$f" "$DENO_DIR/"; done\n' "$deno_dir"
   # Emulated CPUs are several times slower: the tests' waits stretch by this factor.
   printf 'export MESHD_TEST_TIME_SCALE=%q NO_COLOR=1\n' "${MESHD_TEST_TIME_SCALE:-10}"
   printf '%q ' "$@"
@@ -115,10 +142,16 @@ say "booting $release (${mem} MiB, TCG) for: $*"
 started=$(date +%s)
 # no_timer_check: on a starved host the emulated timer can miss the kernel's IO-APIC check at
 # boot ("IO-APIC + timer doesn't work!"), which is a property of the emulation, not the kernel.
+# tsc=reliable clocksource=tsc: with two emulated CPUs every kernel here judges the TSCs
+# "unsynchronized" (the check is fooled by the emulation's pace; TCG derives each CPU's TSC
+# from the one host clock) and falls back to the HPET, whose every read is an emulated device
+# access outside the vDSO. Deno reads the clock all the time: on 5.10 a `deno eval` took
+# 34-41 s with the TSC against 35-66 s with the HPET, and `meshd --version` 67-82 s against
+# 104-149 s (two boots each, on a loaded host).
 qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "$mem" -nodefaults -nic none -display none \
   -no-reboot -serial "file:$out/console" \
   -kernel "$kdir/vmlinux" -initrd "$initrd" \
-  -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3 no_timer_check" \
+  -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3 no_timer_check tsc=reliable clocksource=tsc" \
   -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev local,id=out,path="$out",security_model=none \
