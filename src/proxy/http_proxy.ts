@@ -38,7 +38,7 @@ import { RetryBudgets } from "./retry_budget.ts";
 import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
-import { type PlainResponse, scanResponseHead } from "./scan_response_head.ts";
+import { HOP_BY_HOP, type PlainResponse, scanResponseHead } from "./scan_response_head.ts";
 import { UpstreamError } from "./upstream_error.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 
@@ -105,20 +105,6 @@ const DRAIN_IDLE_MS = 1000;
  * per status and reason per 10 s; `meshd_responses_total` counts each.
  */
 const FAIL_LOG = new LogThrottle();
-
-// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the ones named
-// in Connection. Transfer-Encoding is re-added by the proxy when it frames the body.
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authenticate",
-  "proxy-authorization",
-]);
 
 /**
  * By length, whether a field name may be hop-by-hop, X-Forwarded-For or Forwarded: a name of

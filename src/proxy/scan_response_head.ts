@@ -28,23 +28,24 @@ for (let c = 48; c <= 57; c++) TCHAR[c] = 1;
 for (let c = 65; c <= 90; c++) TCHAR[c] = TCHAR[c + 32] = 1;
 
 /**
- * Fields that make a head other than plain, by length: those a proxy removes or acts on
- * (RFC 9110 §7.6.1: Connection and the hop-by-hop fields; Transfer-Encoding frames the body).
+ * RFC 9110 §7.6.1: connection-specific fields a proxy must not forward (besides those named in
+ * Connection). Transfer-Encoding is one too: a proxy frames the body it sends itself.
  */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "proxy-authenticate",
+  "proxy-authorization",
+]);
+
+/** Fields that make a head other than plain, by length: the hop-by-hop ones. */
 const SPECIAL: string[][] = [];
-for (
-  const name of [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-  ]
-) (SPECIAL[name.length] ??= []).push(name);
+for (const name of HOP_BY_HOP) (SPECIAL[name.length] ??= []).push(name);
 
 const CONTENT_LENGTH = "content-length";
 
