@@ -463,7 +463,7 @@ function h2Backend(name: string): Promise<{ port: number; close(): Promise<void>
     sessions.add(s);
     s.on("close", () => sessions.delete(s));
   });
-  server.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
     stream.on("error", () => {});
     stream.respond({ ":status": 200, "content-type": "application/grpc" }, {
       waitForTrailers: true,
