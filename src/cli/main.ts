@@ -5,6 +5,7 @@ import {
   type LogFormat,
   Logger,
   type LogLevel,
+  registerBuildInfo,
   type Registry,
   serveApi,
 } from "../observability/mod.ts";
@@ -659,6 +660,7 @@ async function runCommand(values: Record<string, FlagValue>, io: CliIo): Promise
   const proxy: DataPlane = workers > 1
     ? new ProxyPool({ workers, proxy: proxyOpts, logger: proxyLog, udpWaitMs: UDP_ANSWER_WAIT_MS })
     : new NodeProxy({ ...proxyOpts, logger: proxyLog });
+  registerBuildInfo(proxy.registry, buildInfo(VERSION));
   let api: ApiServer | null = null;
   let health: ApiServer | null = null;
   let metrics: ApiServer | null = null;
