@@ -37,6 +37,8 @@ export const PROBLEM_MESSAGE_MAX = 200;
 
 /** A rejected object's problem in one line: where, then what. */
 function describeProblem(p: Problem): string {
+  // The loader's messages name the file already ("Cannot parse file "a.yaml", document 1").
+  if (p.file && p.message.includes(`"${p.file}"`)) return p.message;
   const at = [p.file, p.document !== undefined ? `document ${p.document}` : undefined, p.field]
     .filter((x) => x !== undefined).join(", ");
   return at ? `${at}: ${p.message}` : p.message;
