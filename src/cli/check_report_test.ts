@@ -123,11 +123,12 @@ Deno.test("nodeCheck() warns of what a node's /api/status lists as errors, and o
   };
   const o = { ns: "meshd", target: 9, leader: "meshd-a", applied: new Map<string, number>() };
   const base = 'meshd_config_version 9\nmeshd_datapath_info{datapath="ebpf",reason="x"} 1\n';
+  // Objects rejected are the input's (status shows them), not the node's: no warning.
   const clean = nodeCheck({
     node,
     pod,
     metrics: parsePromText(
-      base + 'meshd_status_problems{kind="invalid_object"} 0\n' +
+      base + 'meshd_status_problems{kind="invalid_object"} 3\n' +
         'meshd_status_problems{kind="config_warning"} 4\nmeshd_config_source{source="leader"} 1\n',
     ),
   }, o);
@@ -140,14 +141,15 @@ Deno.test("nodeCheck() warns of what a node's /api/status lists as errors, and o
     pod,
     metrics: parsePromText(
       base + 'meshd_status_problems{kind="invalid_object"} 2\n' +
-        'meshd_status_problems{kind="listener_unbound"} 1\nmeshd_config_source{source="disk"} 1\n',
+        'meshd_status_problems{kind="listener_unbound"} 1\n' +
+        'meshd_status_problems{kind="save_failed"} 3\nmeshd_config_source{source="disk"} 1\n',
     ),
   }, o);
   assert.equal(troubled.level, "warn");
   assert.equal(
     troubled.message,
     "n1: pod meshd-a, leader, config v9, from the config saved on disk, ebpf; " +
-      "object rejected: 2, listener not bound: 1",
+      "listener not bound: 1, config saves failed: 3",
   );
   assert.match(troubled.hint!, /meshd status shows the messages/);
 });

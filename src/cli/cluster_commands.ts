@@ -615,8 +615,9 @@ export function nodeCheck(
         : "it is behind; --wait gives it time",
     };
   }
-  // What its /api/status lists as errors (meshd_status_problems): routing goes on without them.
-  const problems = ["invalid_object", "listener_unbound", "save_failed"]
+  // What its /api/status lists that degrades the node itself (meshd_status_problems): objects
+  // rejected are the input's, the same wherever they are compiled; `meshd status` shows them.
+  const problems = ["listener_unbound", "save_failed"]
     .filter((k) => (f.problems[k] ?? 0) > 0)
     .map((k) => `${PROBLEM_KINDS[k]}: ${f.problems[k]}`);
   const fromDisk = f.configSource === "disk" ? ", from the config saved on disk" : "";
