@@ -193,4 +193,10 @@ Deno.test("versionsCheck() reads meshd_build_info, falls back on the image tag, 
       "meshd:0.0.9 (image tag) on n2, n3",
   );
   assert.equal(versionsCheck([{ node: node("n1"), pod: null, metrics: null }], "meshd"), null);
+  // A build from a changed checkout keeps its -dirty mark.
+  assert.equal(
+    versionsCheck([{ node: node("n1"), pod: pod("a", "n1"), metrics: build(`${sha}-dirty`) }], "m")
+      ?.message,
+    "every node runs meshd 0.1.0 (commit 5867a54-dirty, deno 2.9.6)",
+  );
 });

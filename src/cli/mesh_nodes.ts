@@ -79,9 +79,9 @@ export function meshdVersion(
   image: string | null | undefined,
 ): string {
   if (f?.build) {
-    const c = f.build.commit;
-    return `${f.build.version} (commit ${/^[0-9a-f]{40}$/.test(c) ? c.slice(0, 7) : c}, ` +
-      `deno ${f.build.deno})`;
+    // A full hash is cut as git shows it; `-dirty` (a build from a changed checkout) stays.
+    const c = f.build.commit.replace(/^([0-9a-f]{7})[0-9a-f]{33}/, "$1");
+    return `${f.build.version} (commit ${c}, deno ${f.build.deno})`;
   }
   // An older meshd serves no meshd_build_info (or its metrics were not read): the tag it runs.
   return image ? `${image} (image tag)` : "unknown";
