@@ -1,11 +1,12 @@
-import type { Logger } from "../observability/mod.ts";
+import type { CounterChild, Logger } from "../observability/mod.ts";
 import { acceptLoop } from "./accept_loop.ts";
 import type { ConnectionLimiter } from "./conn_limiter.ts";
-import { type Connect, connectUpstream } from "./connect_upstream.ts";
+import { type Connect, connectUpstream, type ConnectUpstreamOptions } from "./connect_upstream.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
-import { failureReason } from "./access_log.ts";
+import { type AccessEntry, failureReason } from "./access_log.ts";
+import { BufferPool, type CopyBuffers } from "./buffer_pool.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import type { Route } from "./route_table.ts";
 import { withRetries } from "./with_retries.ts";
@@ -29,11 +30,22 @@ export interface TcpListenerOptions {
   limiter?: ConnectionLimiter;
   /** Counts what the listener drops to protect meshd. */
   drop?: CountDrop;
+  /** Where copy buffers come from and go back to. Default: pools shared by every listener. */
+  buffers?: CopyBuffers;
   /** Whether `address:port` is one of this meshd's own TCP listeners (a forwarding loop). */
   isOwn?: (address: string, port: number) => boolean;
 }
 
-const BUFFER_SIZE = 64 * 1024;
+/**
+ * Copy buffers of every TCP listener: two per open connection, taken back when it ends. Each is
+ * 8 KiB while the reads are small (1,000 idle connections hold 16 MiB) and 64 KiB while a read
+ * fills the one it has (bulk transfers). Free ones are kept for the next connections: 256 KiB
+ * of small ones, 2 MiB of large ones.
+ */
+const COPY_BUFFERS: CopyBuffers = {
+  small: new BufferPool({ size: 8 * 1024, keep: 32 }),
+  large: new BufferPool({ size: 64 * 1024, keep: 32 }),
+};
 /**
  * Failures a client can repeat at will (denied, no endpoint, an endpoint down): one line per
  * kind and service per 10 s; the metrics count each.
@@ -45,7 +57,14 @@ const CONNECT_TRIES = 3;
 interface Tunnel {
   client: Deno.TcpConn;
   upstream: Deno.TcpConn;
+  /** `Date.now()` when the idle sweep last saw it carry a byte (or when it opened). */
   lastActive: number;
+  /** Reads so far, either way, and the count the idle sweep saw last. */
+  reads: number;
+  seen: number;
+  /** Bytes from the client and to it. */
+  bytesIn: number;
+  bytesOut: number;
   /** How it ended, when meshd ended it or a copy failed (the access log's reason). */
   ended?: "error" | "idle_timeout" | "shutdown";
 }
@@ -66,6 +85,7 @@ export class TcpListener {
   #closed = false;
   #done: Promise<void>;
   readonly #guard: LoopGuard;
+  readonly #connectOptions: ConnectUpstreamOptions;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: TcpListenerOptions) {
@@ -75,6 +95,7 @@ export class TcpListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#connectOptions = { connect: options.connect, timeoutMs: options.connectTimeoutMs };
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -108,8 +129,7 @@ export class TcpListener {
       for (const c of this.#pending) closeQuietly(c);
       for (const t of this.#tunnels) {
         t.ended ??= "shutdown";
-        closeQuietly(t.client);
-        closeQuietly(t.upstream);
+        closeTunnel(t);
       }
     } else if (this.#tunnels.size === 0) {
       clearInterval(this.#sweeper);
@@ -120,14 +140,18 @@ export class TcpListener {
     const limit = this.#opts.idleTimeoutMs ?? 3_600_000;
     const now = Date.now();
     for (const t of this.#tunnels) {
-      if (now - t.lastActive >= limit) {
+      // A tunnel that read since the last sweep was active within the sweep's period: the copy
+      // loops count reads and leave the clock to this timer.
+      if (t.reads !== t.seen) {
+        t.seen = t.reads;
+        t.lastActive = now;
+      } else if (now - t.lastActive >= limit) {
         this.#opts.logger.info("tcp connection idle too long; closed", {
           port: this.#opts.port,
           idleMs: now - t.lastActive,
         });
         t.ended ??= "idle_timeout";
-        closeQuietly(t.client);
-        closeQuietly(t.upstream);
+        closeTunnel(t);
       }
     }
   }
@@ -158,43 +182,48 @@ export class TcpListener {
   async #handle(client: Deno.TcpConn): Promise<void> {
     noDelay(client);
     const root = this.#opts.route();
-    const log = this.#opts.logger;
-    const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     if (!root) {
-      log.debug("tcp connection to a port with no service", { port: this.#opts.port });
+      this.#opts.logger.debug("tcp connection to a port with no service", {
+        port: this.#opts.port,
+      });
       closeQuietly(client);
       return;
     }
-    const m = root.metrics;
-    m.requests.inc();
-    let upstream: Deno.TcpConn;
-    let ep: EndpointState;
-    // Decided when the route was built: a route that does not log pays this test alone.
-    const alog = root.log;
+    root.metrics.requests.inc();
     const started = performance.now();
+    let dialled: Dialled | null;
+    this.#pending.add(client);
+    try {
+      dialled = await this.#dial(client, root, started);
+    } finally {
+      this.#pending.delete(client);
+    }
+    if (dialled) await this.#relay(client, dialled, started);
+  }
+
+  /**
+   * Admits `client` and connects to an endpoint, trying another when one does not accept.
+   * Null when it was refused or nothing accepted: then the client is closed, logged and counted.
+   */
+  async #dial(client: Deno.TcpConn, root: Route, started: number): Promise<Dialled | null> {
+    const log = this.#opts.logger;
+    const peer = (client.remoteAddr as Deno.NetAddr).hostname;
     let target = root;
     let tries = 0;
     let lastEp: EndpointState | undefined;
-    this.#pending.add(client);
     try {
       // The admit step HTTP takes too (split, access by source address, candidates), then
       // the same loop guard, connect and retry helpers.
       const admitted = admit(root, peer, null);
       target = admitted.target;
-      const candidates = withoutOwn(admitted, this.#guard);
       // Nothing is sent before the connection is made: another endpoint is always safe.
-      ({ value: upstream, ep } = await withRetries(
-        (ep) => (tries++,
-          lastEp = ep,
-          connectUpstream(ep, {
-            connect: this.#opts.connect,
-            timeoutMs: this.#opts.connectTimeoutMs,
-          }) as Promise<Deno.TcpConn>),
+      const { value: upstream, ep } = await withRetries(
+        (ep) => (tries++, lastEp = ep, connectUpstream(ep, this.#connectOptions)),
         {
           pool: this.#opts.pool,
           root,
           target,
-          candidates,
+          candidates: withoutOwn(admitted, this.#guard),
           attempts: CONNECT_TRIES,
           reuseFailed: false,
           onFailure: (e, ep) => {
@@ -207,95 +236,123 @@ export class TcpListener {
             }
           },
         },
-      ));
+      );
       this.#opts.pool.success(ep);
+      return { root, target, ep, upstream: upstream as Deno.TcpConn, tries };
     } catch (e) {
       closeQuietly(client);
       if (!(e instanceof ProxyFailure)) throw e;
-      alog?.write({
-        start: Date.now() - (performance.now() - started),
-        source: peer,
-        sourcePort: (client.remoteAddr as Deno.NetAddr).port,
-        protocol: "tcp",
-        service: root.key,
-        backend: target === root ? undefined : target.key,
+      root.log?.write({
+        ...this.#entry(client, { root, target, tries }, started, performance.now()),
         endpoint: lastEp?.key,
         reason: failureReason(e),
         detail: e.message,
-        durationMs: performance.now() - started,
-        bytesIn: 0,
-        bytesOut: 0,
-        retries: Math.max(0, tries - 1),
       });
-      if (e.status === 403 || e.status === 503) {
+      if ((e.status === 403 || e.status === 503) && FAIL_LOG.allow(`${e.status} ${root.key}`)) {
         const denied = e.status === 403;
-        if (FAIL_LOG.allow(`${e.status} ${root.key}`)) {
-          log[denied ? "info" : "warn"](
-            denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
-            { service: root.key, client: peer, reason: e.message },
-          );
-        }
+        log[denied ? "info" : "warn"](
+          denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
+          { service: root.key, client: peer, reason: e.message },
+        );
       }
-      return;
-    } finally {
-      this.#pending.delete(client);
+      return null;
     }
-    const tunnel: Tunnel = { client, upstream, lastActive: Date.now() };
+  }
+
+  /** Copies bytes both ways until both are done, then counts and logs the connection. */
+  async #relay(client: Deno.TcpConn, d: Dialled, started: number): Promise<void> {
+    const { root, ep, upstream } = d;
+    const m = root.metrics;
+    const tunnel: Tunnel = {
+      client,
+      upstream,
+      lastActive: Date.now(),
+      reads: 0,
+      seen: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     this.#tunnels.add(tunnel);
     m.open.inc();
     const connected = performance.now();
-    if (log.enabled("debug")) {
-      log.debug("tcp connection", { service: root.key, client: peer, endpoint: ep.key });
+    if (this.#opts.logger.enabled("debug")) {
+      this.#opts.logger.debug("tcp connection", {
+        service: root.key,
+        client: (client.remoteAddr as Deno.NetAddr).hostname,
+        endpoint: ep.key,
+      });
     }
-    const abort = (): void => {
-      closeQuietly(client);
-      closeQuietly(upstream);
-    };
-    let bytesIn = 0;
-    let bytesOut = 0;
-    const cin = alog === null
-      ? m.bytesIn
-      : { inc: (n: number) => (m.bytesIn.inc(n), bytesIn += n) };
-    const cout = alog === null
-      ? m.bytesOut
-      : { inc: (n: number) => (m.bytesOut.inc(n), bytesOut += n) };
+    const buffers = this.#opts.buffers ?? COPY_BUFFERS;
     await Promise.all([
-      pipe(client, upstream, tunnel, cin, abort),
-      pipe(upstream, client, tunnel, cout, abort),
+      pipe(client, upstream, tunnel, m.bytesIn, buffers),
+      pipe(upstream, client, tunnel, m.bytesOut, buffers),
     ]);
-    abort();
+    closeTunnel(tunnel);
     ep.inflight--;
     m.open.dec();
     const now = performance.now();
     m.duration.observe((now - connected) / 1000);
-    alog?.write({
-      start: Date.now() - (now - started),
-      source: peer,
-      sourcePort: (client.remoteAddr as Deno.NetAddr).port,
-      protocol: "tcp",
-      service: root.key,
-      backend: target === root ? undefined : target.key,
+    root.log?.write({
+      ...this.#entry(client, d, started, now),
       endpoint: ep.key,
       reason: tunnel.ended ?? "eof",
-      durationMs: now - started,
-      bytesIn,
-      bytesOut,
-      retries: Math.max(0, tries - 1),
+      bytesIn: tunnel.bytesIn,
+      bytesOut: tunnel.bytesOut,
     });
     this.#tunnels.delete(tunnel);
     if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
   }
+
+  /** The access log fields every line of a connection has. */
+  #entry(
+    client: Deno.TcpConn,
+    d: Pick<Dialled, "root" | "target" | "tries">,
+    started: number,
+    now: number,
+  ): AccessEntry {
+    const peer = client.remoteAddr as Deno.NetAddr;
+    return {
+      start: Date.now() - (now - started),
+      source: peer.hostname,
+      sourcePort: peer.port,
+      protocol: "tcp",
+      service: d.root.key,
+      backend: d.target === d.root ? undefined : d.target.key,
+      reason: "eof",
+      durationMs: now - started,
+      bytesIn: 0,
+      bytesOut: 0,
+      retries: Math.max(0, d.tries - 1),
+    };
+  }
 }
 
-/** Copies `from` to `to` until EOF, then half-closes `to`. On an error, aborts both ways. */
+/** A connection made to an endpoint, and how it was chosen. */
+interface Dialled {
+  root: Route;
+  /** The route whose endpoint it is (the root, or a split backend). */
+  target: Route;
+  ep: EndpointState;
+  upstream: Deno.TcpConn;
+  /** Endpoints tried, this one included. */
+  tries: number;
+}
+
+/**
+ * Copies `from` to `to` until EOF, then half-closes `to`. On an error, closes both ways. Counts
+ * bytes into `counter` and the tunnel, and marks the tunnel active by counting the read: the
+ * idle sweep compares counts, so the loop reads no clock.
+ */
 async function pipe(
   from: Deno.TcpConn,
   to: Deno.TcpConn,
   tunnel: Tunnel,
-  counter: { inc(n: number): void },
-  abort: () => void,
+  counter: CounterChild,
+  buffers: CopyBuffers,
 ): Promise<void> {
-  const buf = new Uint8Array(BUFFER_SIZE);
+  const inbound = from === tunnel.client;
+  const { small, large } = buffers;
+  let buf = small.take();
   try {
     for (;;) {
       const n = await from.read(buf);
@@ -303,13 +360,31 @@ async function pipe(
       let off = 0;
       while (off < n) off += await to.write(buf.subarray(off, n));
       counter.inc(n);
-      tunnel.lastActive = Date.now();
+      if (inbound) tunnel.bytesIn += n;
+      else tunnel.bytesOut += n;
+      tunnel.reads++;
+      // Nothing is pending on `buf` here, so it can change hands (see CopyBuffers).
+      if (n === buf.length && buf.length < large.size) {
+        small.give(buf);
+        buf = large.take();
+      } else if (n <= small.size && buf.length > small.size) {
+        large.give(buf);
+        buf = small.take();
+      }
     }
     await to.closeWrite();
   } catch {
     tunnel.ended ??= "error";
-    abort();
+    closeTunnel(tunnel);
+  } finally {
+    // No read or write is pending on it: each was awaited, or failed.
+    (buf.length > small.size ? large : small).give(buf);
   }
+}
+
+function closeTunnel(t: Tunnel): void {
+  closeQuietly(t.client);
+  closeQuietly(t.upstream);
 }
 
 /**

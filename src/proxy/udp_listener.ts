@@ -134,6 +134,8 @@ interface Flow {
   client: Deno.NetAddr;
   upstream: Deno.DatagramConn;
   endpoint: EndpointState;
+  /** The endpoint's address as `send` takes it, made once. */
+  to: Deno.NetAddr;
   route: Route;
   lastActive: number;
   /** When the client last sent, and when the endpoint last answered (0: never). */
@@ -171,7 +173,10 @@ export class UdpListener {
   readonly #opts: UdpListenerOptions;
   readonly #guard: LoopGuard;
   readonly #socket: Deno.DatagramConn;
-  readonly #flows = new Map<string, Flow>();
+  /** Every flow, least recently active first (see `TOUCH_MS`). */
+  readonly #flows = new Set<Flow>();
+  /** The flows by client address, then port. */
+  readonly #index = new Map<string, Map<number, Flow>>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
   #closed = false;
@@ -225,7 +230,7 @@ export class UdpListener {
       this.#socket.close();
     } catch { /* already closed */ }
     await this.#done;
-    const flows = [...this.#flows.values()];
+    const flows = [...this.#flows];
     for (const f of flows) this.#end(f, "shutdown");
     await Promise.all(flows.map((f) => f.done));
   }
@@ -240,9 +245,10 @@ export class UdpListener {
 
   /** Ends `f`; `reason` is what its access log line says. */
   #end(f: Flow, reason: string): void {
-    const key = flowKey(f.client);
-    if (this.#flows.get(key) !== f) return;
-    this.#flows.delete(key);
+    if (!this.#flows.delete(f)) return;
+    const byPort = this.#index.get(f.client.hostname);
+    byPort?.delete(f.client.port);
+    if (byPort?.size === 0) this.#index.delete(f.client.hostname);
     this.#opts.flowTable?.remove(f);
     f.endpoint.inflight--;
     f.route.metrics.open.dec();
@@ -279,12 +285,9 @@ export class UdpListener {
         continue;
       }
       const client = from as Deno.NetAddr;
-      let flow = this.#flows.get(flowKey(client));
-      if (!flow) {
-        const opened = this.#open(client);
-        if (!opened) continue;
-        flow = opened;
-      }
+      // Two lookups (address, then port) and no key built per datagram.
+      const flow = this.#index.get(client.hostname)?.get(client.port) ?? this.#open(client);
+      if (!flow) continue;
       const now = Date.now();
       flow.lastActive = now;
       flow.lastSent = now;
@@ -292,19 +295,14 @@ export class UdpListener {
         // Least recently active last to be evicted: a flood of new source ports evicts its own
         // flows first, not a flow that is in use.
         flow.touched = now;
-        const key = flowKey(client);
-        this.#flows.delete(key);
-        this.#flows.set(key, flow);
+        this.#flows.delete(flow);
+        this.#flows.add(flow);
         this.#opts.flowTable?.touch(flow);
       }
       flow.route.metrics.bytesIn.inc(data.length);
       if (flow.log !== null) flow.bytesIn += data.length;
       try {
-        await flow.upstream.send(data, {
-          transport: "udp",
-          hostname: flow.endpoint.address,
-          port: flow.endpoint.port,
-        });
+        await flow.upstream.send(data, flow.to);
       } catch (e) {
         this.#opts.logger.debug("udp send to endpoint failed", {
           endpoint: flow.endpoint.key,
@@ -315,11 +313,69 @@ export class UdpListener {
     }
   }
 
+  /** Opens a flow for `client`'s first datagram; null when the datagram is to be dropped. */
   #open(client: Deno.NetAddr): Flow | null {
     const root = this.#opts.route();
-    const log = this.#opts.logger;
     if (!root) return null;
-    // The admit step and the loop guard TCP and HTTP take too.
+    const picked = this.#pick(root, client);
+    if (!picked) return null;
+    const { target, endpoint } = picked;
+    // The source's own flows first: the listener's cap below would evict another client's.
+    this.#opts.flowTable?.admit(client.hostname);
+    const max = this.#opts.maxFlows ?? Infinity;
+    while (this.#flows.size >= max) {
+      this.#opts.drop?.("udp_flow_evicted");
+      this.#end(this.#flows.values().next().value!, "evicted");
+    }
+    const upstream = this.#flowSocket(root, endpoint);
+    if (!upstream) return null;
+    const now = Date.now();
+    const flow: Flow = {
+      client,
+      upstream,
+      endpoint,
+      to: { transport: "udp", hostname: endpoint.address, port: endpoint.port },
+      route: root,
+      lastActive: now,
+      lastSent: now,
+      lastAnswer: 0,
+      touched: now,
+      done: Promise.resolve(),
+      target,
+      log: root.log,
+      started: root.log === null ? 0 : performance.now(),
+      startedAt: now,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    endpoint.inflight++;
+    root.metrics.requests.inc();
+    root.metrics.open.inc();
+    this.#flows.add(flow);
+    let byPort = this.#index.get(client.hostname);
+    if (!byPort) this.#index.set(client.hostname, byPort = new Map());
+    byPort.set(client.port, flow);
+    this.#opts.flowTable?.add(flow, {
+      source: client.hostname,
+      end: () => this.#end(flow, "evicted"),
+    });
+    flow.done = this.#replies(flow);
+    if (this.#opts.logger.enabled("debug")) {
+      this.#opts.logger.debug("udp flow", {
+        service: root.key,
+        client: `${client.hostname}:${client.port}`,
+        endpoint: endpoint.key,
+      });
+    }
+    return flow;
+  }
+
+  /**
+   * The admit step and the loop guard TCP and HTTP take too, then an endpoint. Null when the
+   * datagram is refused or no endpoint is ready: logged and counted here.
+   */
+  #pick(root: Route, client: Deno.NetAddr): { target: Route; endpoint: EndpointState } | null {
+    const log = this.#opts.logger;
     let target: Route;
     let candidates: EndpointState[];
     try {
@@ -349,16 +405,13 @@ export class UdpListener {
       }
       return null;
     }
-    // The source's own flows first: the listener's cap below would evict another client's.
-    this.#opts.flowTable?.admit(client.hostname);
-    const max = this.#opts.maxFlows ?? Infinity;
-    while (this.#flows.size >= max) {
-      this.#opts.drop?.("udp_flow_evicted");
-      this.#end(this.#flows.values().next().value!, "evicted");
-    }
-    let upstream: Deno.DatagramConn;
+    return { target, endpoint };
+  }
+
+  /** A socket of the flow's own towards `endpoint`; null (logged, counted) if none opens. */
+  #flowSocket(root: Route, endpoint: EndpointState): Deno.DatagramConn | null {
     try {
-      upstream = Deno.listenDatagram({
+      return Deno.listenDatagram({
         transport: "udp",
         hostname: endpoint.address.includes(":") ? "::" : "0.0.0.0",
         port: 0,
@@ -367,44 +420,13 @@ export class UdpListener {
       // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
       this.#opts.drop?.("udp_socket_failed");
       if (DROP_LOG.allow(`socket ${root.key}`)) {
-        log.warn("udp datagram dropped: cannot open a flow socket", {
+        this.#opts.logger.warn("udp datagram dropped: cannot open a flow socket", {
           service: root.key,
           error: String(e),
         });
       }
       return null;
     }
-    const now = Date.now();
-    const flow: Flow = {
-      client,
-      upstream,
-      endpoint,
-      route: root,
-      lastActive: now,
-      lastSent: now,
-      lastAnswer: 0,
-      touched: now,
-      done: Promise.resolve(),
-      target,
-      log: root.log,
-      started: root.log === null ? 0 : performance.now(),
-      startedAt: now,
-      bytesIn: 0,
-      bytesOut: 0,
-    };
-    endpoint.inflight++;
-    root.metrics.requests.inc();
-    root.metrics.open.inc();
-    this.#flows.set(flowKey(client), flow);
-    this.#opts.flowTable?.add(flow, {
-      source: client.hostname,
-      end: () => this.#end(flow, "evicted"),
-    });
-    flow.done = this.#replies(flow);
-    if (log.enabled("debug")) {
-      log.debug("udp flow", { service: root.key, client: flowKey(client), endpoint: endpoint.key });
-    }
-    return flow;
   }
 
   /** Replies from the endpoint go back to the flow's client, from the service port. */
@@ -450,8 +472,4 @@ function refusal(root: Route, client: Deno.NetAddr, detail: string, reason: stri
     bytesOut: 0,
     retries: 0,
   };
-}
-
-function flowKey(a: Deno.NetAddr): string {
-  return `${a.hostname}|${a.port}`;
 }

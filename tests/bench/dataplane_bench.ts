@@ -25,6 +25,8 @@ interface Args {
   cases: Set<string> | null;
   /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
   v8Flags: string;
+  /** Each case's targets are measured this many times, interleaved; the table shows medians. */
+  rounds: number;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -34,6 +36,7 @@ function parseArgs(argv: string[]): Args {
     loadtools: "",
     cases: null,
     v8Flags: "",
+    rounds: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -43,10 +46,11 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
     else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
     else if (k === "--meshd-v8-flags" && v) a.v8Flags = v, i++;
+    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] " +
+          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] [--rounds N] " +
           "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,workers,memory]",
       );
       Deno.exit(2);
@@ -56,13 +60,18 @@ function parseArgs(argv: string[]): Args {
     console.error("--seconds must be between 1 and 60");
     Deno.exit(2);
   }
+  if (!(Number.isInteger(a.rounds) && a.rounds >= 1 && a.rounds <= 20)) {
+    console.error("--rounds must be an integer between 1 and 20");
+    Deno.exit(2);
+  }
   return a;
 }
 
 /** One measurement of one load against one target. */
 interface Measure {
   case: string;
-  target: "direct" | "meshd" | "haproxy" | "nginx";
+  /** `ceiling`: the minimal Deno forwarder of `l4_forwarders.ts`, for the TCP and UDP cases. */
+  target: "direct" | "meshd" | "ceiling" | "haproxy" | "nginx";
   /** Requests (or datagrams) a second; for bulk, MiB a second. */
   rate: number;
   unit: "req/s" | "MiB/s";
@@ -72,6 +81,8 @@ interface Measure {
   /** The target process's CPU time (user and system) per request, or per MiB for bulk. */
   cpuUs?: number | null;
   note?: string;
+  /** With `--rounds` over 1: each round's rate, in order (the row's figures are medians). */
+  rounds?: number[];
 }
 
 async function run(
@@ -450,18 +461,42 @@ async function main(): Promise<void> {
     );
     await waitForPort(HOST, hap.web);
 
+    // The ceilings: minimal Deno forwarders, so a TCP or UDP case shows meshd, what Deno itself
+    // reaches, and the reference, measured in the same run.
+    const ceil = { tcp: freePort(), udp: freePort() };
+    const ceilings: Partial<Record<"tcp" | "udp", Child>> = {};
+    if (want("tcp-rr") || want("tcp-bulk")) {
+      ceilings.tcp = start(ceilingForwarder("tcp", ceil.tcp, ports.tcp));
+      await waitForPort(HOST, ceil.tcp);
+    }
+    if (want("udp-rr")) {
+      ceilings.udp = start(ceilingForwarder("udp", ceil.udp, ports.udp));
+      await waitFor("the UDP ceiling answers", () => udpAnswers(ceil.udp));
+    }
+
     const targets = (
       direct: number,
       meshd: number,
       ref: number,
       refName: Measure["target"] = "haproxy",
-    ) => [["direct", direct], ["meshd", meshd], [refName, ref]] as [Measure["target"], number][];
+      ceiling?: number,
+    ) => {
+      const one = [
+        ["direct", direct],
+        ["meshd", meshd],
+        ...(ceiling ? [["ceiling", ceiling]] : []),
+        [refName, ref],
+      ] as [Measure["target"], number][];
+      // Rounds interleave the targets, so each round's ratios share the machine's load then.
+      return Array.from({ length: args.rounds }, () => one).flat();
+    };
     // CPU time per request from /proc/PID/stat (utime + stime): what each request costs the
     // process, which a shared machine's load moves less than the rate.
     const pids: Partial<Record<Measure["target"], number>> = {
       meshd: meshd.pid,
       haproxy: haproxy.pid,
     };
+    const ceilingPid = (kind: "tcp" | "udp") => (pids.ceiling = ceilings[kind]?.pid);
     const step = async (t: Measure["target"], load: () => Promise<Measure>) => {
       const pid = pids[t];
       const before = pid ? cpuTicks(pid) : null;
@@ -497,7 +532,8 @@ async function main(): Promise<void> {
       }
     }
     if (want("tcp-rr")) {
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
+      ceilingPid("tcp");
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-rr", t, [
             "tcp-rr",
@@ -511,7 +547,8 @@ async function main(): Promise<void> {
       }
     }
     if (want("tcp-bulk")) {
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp)) {
+      ceilingPid("tcp");
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-bulk", t, [
             "tcp-bulk",
@@ -553,7 +590,8 @@ stream {
         if (/\[emerg\]/.test(err)) throw new Error(`nginx failed: ${err}`);
         return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
       });
-      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx")) {
+      ceilingPid("udp");
+      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp)) {
         await step(t, () =>
           loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
@@ -671,20 +709,126 @@ stream {
   report(results, memory, args);
 }
 
+/** The minimal Deno forwarder of `kind` on `port`, to the echo backend on `backend`. */
+function ceilingForwarder(kind: "tcp" | "udp", port: number, backend: number): Child {
+  return new Child(`ceiling-${kind}`, [
+    "run",
+    "--allow-net",
+    `${ROOT}tests/bench/l4_forwarders.ts`,
+    kind,
+    "--listen",
+    `${HOST}:${port}`,
+    "--backend",
+    `${HOST}:${backend}`,
+  ]);
+}
+
+/** Whether a datagram to `port` comes back within 200 ms (undefined if not, for waitFor). */
+async function udpAnswers(port: number): Promise<true | undefined> {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await sock.send(new Uint8Array([1]), { transport: "udp", hostname: HOST, port });
+    const got = await Promise.race([
+      sock.receive().then(() => true as const),
+      new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 200)),
+    ]);
+    return got;
+  } finally {
+    clearTimeout(timer);
+    sock.close();
+  }
+}
+
 function ratio(a: number | undefined | null, b: number | undefined | null): number | null {
   if (a === undefined || a === null || b === undefined || b === null || !(b > 0)) return null;
   return Math.round((a / b) * 1000) / 1000;
 }
 
-function report(results: Measure[], memory: Record<string, number>, args: Args): void {
-  const cases = [...new Set(results.map((r) => r.case))];
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** The measures of one case and target, merged into one row of medians when there are rounds. */
+function mergeRounds(ms: Measure[]): Measure {
+  if (ms.length === 1) return ms[0]!;
+  const med = (f: (m: Measure) => number | null | undefined) => {
+    const xs = ms.map(f).filter((x): x is number => typeof x === "number" && !Number.isNaN(x));
+    return xs.length > 0 ? median(xs) : null;
+  };
+  return {
+    ...ms[0]!,
+    rate: med((m) => m.rate) ?? NaN,
+    p50Ms: med((m) => m.p50Ms),
+    p99Ms: med((m) => m.p99Ms),
+    errors: ms.reduce((n, m) => n + m.errors, 0),
+    cpuUs: med((m) => m.cpuUs),
+    rounds: ms.map((m) => m.rate),
+  };
+}
+
+/** A ratio over rounds: its median and range. */
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+/**
+ * Per case, each round's ratio of `a`'s figure to `b`'s (both measured in that round): median
+ * and range, or null without rounds (or without the figure).
+ */
+function roundRatios(
+  all: Measure[],
+  c: string,
+  [a, b]: readonly [Measure["target"], Measure["target"]],
+  figure: (m: Measure) => number | null | undefined,
+): Spread | null {
+  const of = (t: string) => all.filter((r) => r.case === c && r.target === t).map(figure);
+  const [xs, ys] = [of(a), of(b)];
+  if (xs.length < 2 || xs.length !== ys.length) return null;
+  const rs = xs.map((x, i) => (x ?? NaN) / (ys[i] ?? NaN));
+  if (rs.some((r) => !Number.isFinite(r))) return null;
+  return { median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+}
+
+function report(all: Measure[], memory: Record<string, number>, args: Args): void {
+  const cases = [...new Set(all.map((r) => r.case))];
+  const results = cases.flatMap((c) =>
+    [...new Set(all.filter((r) => r.case === c).map((r) => r.target))].map((t) =>
+      mergeRounds(all.filter((r) => r.case === c && r.target === t))
+    )
+  );
+  const perRound: string[] = [];
+  const perRoundJson: Record<string, unknown> = {};
+  for (const c of cases) {
+    const ref = results.some((r) => r.case === c && r.target === "nginx") ? "nginx" : "haproxy";
+    const pairs = [["meshd", ref], ["meshd", "ceiling"], ["ceiling", ref]] as const;
+    const fmtSpread = (q: Spread | null) =>
+      q ? `${q.median.toFixed(3)} (${q.min.toFixed(3)}–${q.max.toFixed(3)})` : "-";
+    for (const pair of pairs) {
+      const rate = roundRatios(all, c, pair, (m) => m.rate);
+      if (!rate) continue;
+      const cpu = roundRatios(all, c, pair, (m) => m.cpuUs);
+      perRoundJson[`${c} ${pair[0]}/${pair[1]}`] = { rate, cpuPerUnit: cpu };
+      perRound.push(
+        `${c.padEnd(15)} ${`${pair[0]} / ${pair[1]}`.padEnd(18)} rate ${
+          fmtSpread(rate).padEnd(22)
+        }  CPU per unit ${fmtSpread(cpu)}`,
+      );
+    }
+  }
   const rows: Record<string, unknown>[] = [];
   const fmt = (n: number | null | undefined, d = 2) =>
     n === null || n === undefined || Number.isNaN(n) ? "-" : n.toFixed(d);
   const lines = [
     `meshd data plane benchmark: ${args.seconds}s per load, loopback, ${navigator.hardwareConcurrency} CPUs`,
     "",
-    "case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct" +
+    `${
+      args.rounds > 1 ? `medians of ${args.rounds} interleaved rounds\n\n` : ""
+    }case            target         rate        unit    p50 ms   p99 ms  errors    vs ref  vs direct` +
     "   CPU µs/unit  CPU vs ref",
   ];
   for (const c of cases) {
@@ -695,7 +839,15 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       const vsReference = ratio(r.rate, ref?.rate);
       const vsDirect = ratio(r.rate, direct?.rate);
       const cpuVsReference = ratio(r.cpuUs, ref?.cpuUs);
-      rows.push({ ...r, reference: ref?.target ?? null, vsReference, vsDirect, cpuVsReference });
+      const vsCeiling = ratio(r.rate, of("ceiling")?.rate);
+      rows.push({
+        ...r,
+        reference: ref?.target ?? null,
+        vsReference,
+        vsDirect,
+        cpuVsReference,
+        ...(vsCeiling === null ? {} : { vsCeiling }),
+      });
       lines.push(
         `${c.padEnd(15)} ${r.target.padEnd(8)} ${fmt(r.rate, 1).padStart(10)}  ${
           r.unit.padEnd(6)
@@ -707,6 +859,13 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
           ` ${fmt(r.cpuUs, 1).padStart(13)} ${fmt(cpuVsReference, 3).padStart(11)}`,
       );
     }
+  }
+  if (perRound.length > 0) {
+    lines.push(
+      "",
+      `each round's ratios, median (min–max) of ${args.rounds} rounds:`,
+      ...perRound,
+    );
   }
   const mem = {
     ...memory,
@@ -739,7 +898,9 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       "meshd --workers N against HAProxy nbthread N (wrk -t2 -c64, tcp-rr 32 connections). " +
       "CPU µs/unit: the proxy " +
       "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
-      "CPU vs ref: meshd's over the reference's (lower is better).",
+      "CPU vs ref: meshd's over the reference's (lower is better). ceiling: a minimal Deno " +
+      "forwarder (tests/bench/l4_forwarders.ts) with none of meshd's work, the floor of a " +
+      "Deno proxy; meshd's rate over its is in the JSON as vsCeiling.",
   );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
@@ -749,6 +910,7 @@ function report(results: Measure[], memory: Record<string, number>, args: Args):
       {
         date: new Date().toISOString(),
         secondsPerLoad: args.seconds,
+        ...(args.rounds > 1 ? { rounds: args.rounds, roundRatios: perRoundJson } : {}),
         ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
         cpus: navigator.hardwareConcurrency,
         results: rows,

@@ -134,6 +134,9 @@ type counts struct {
 	Sent   int      `json:"sent"`
 	Failed int      `json:"failed"`
 	Errors []string `json:"errors,omitempty"`
+	// Cut: an exchange still unanswered when the run ended, with how long it had waited and
+	// what it was doing; it is not counted as sent or failed.
+	Cut string `json:"cut,omitempty"`
 	// Backends: who answered, and how often.
 	Backends map[string]int `json:"backends"`
 }
@@ -156,6 +159,12 @@ func (t *tally) add(kind string, answer string, err error) {
 		return
 	}
 	c.Backends[strings.Fields(answer + " ?")[0]]++
+}
+
+func (t *tally) cut(kind string, what string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.kinds[kind].Cut = what
 }
 
 func (t *tally) json() []byte {
@@ -187,9 +196,13 @@ func load(args []string) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
+				began := time.Now()
 				answer, err := one()
 				if ctx.Err() != nil && err != nil {
-					return // cut off by the end of the run, not a failure
+					// Cut off by the end of the run: not a failure, but said, so that a run
+					// whose only exchange hung is not read as a run that sent nothing.
+					t.cut(kind, fmt.Sprintf("after %s: %v", time.Since(began).Round(time.Millisecond), err))
+					return
 				}
 				t.add(kind, answer, err)
 				time.Sleep(*pause)

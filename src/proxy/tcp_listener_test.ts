@@ -1,0 +1,169 @@
+/**
+ * The TCP listener alone, on 127.0.62.1: a route built from a MeshConfig, a raw echo backend,
+ * real connections from the test.
+ */
+import assert from "node:assert/strict";
+import { Logger } from "../observability/mod.ts";
+import { endpoint, meshConfig } from "../../tests/testenv/mesh.ts";
+import { freePort, waitFor } from "../../tests/testenv/process.ts";
+import { BufferPool } from "./buffer_pool.ts";
+import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
+import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
+
+const HOST = "127.0.62.1";
+const quiet = new Logger({ level: "error", write: () => {} });
+
+/** An echo backend, a route to it and a listener for the route; closed after `fn`. */
+async function withListener(
+  options: Partial<TcpListenerOptions>,
+  fn: (listener: TcpListener, route: Route) => Promise<void>,
+): Promise<void> {
+  const backend = Deno.listen({ hostname: HOST, port: 0 });
+  const serving = (async () => {
+    for await (const conn of backend) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        await conn.closeWrite();
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })().catch(() => {});
+  const listenPort = freePort(HOST);
+  const state = newRouteState();
+  const table = buildRouteTable(
+    meshConfig([{
+      name: "echo",
+      ports: [{
+        port: 7,
+        protocol: "tcp",
+        listenPort,
+        endpoints: [endpoint(HOST, backend.addr.port)],
+      }],
+    }]),
+    state,
+  );
+  const route = table.tcp.get(listenPort)!;
+  const listener = new TcpListener({
+    hostname: HOST,
+    port: listenPort,
+    route: () => route,
+    pool: state.pool,
+    logger: quiet,
+    ...options,
+  });
+  try {
+    await fn(listener, route);
+  } finally {
+    await listener.close(true);
+    backend.close();
+    await serving;
+  }
+}
+
+/** Sends `text` on `conn` and reads until as many bytes came back. */
+async function echo(conn: Deno.TcpConn, text: string): Promise<string> {
+  const sent = new TextEncoder().encode(text);
+  await conn.write(sent);
+  const got = new Uint8Array(sent.length);
+  for (let off = 0; off < got.length;) {
+    const n = await conn.read(got.subarray(off));
+    if (n === null) throw new Error(`connection closed after ${off} of ${got.length} bytes`);
+    off += n;
+  }
+  return new TextDecoder().decode(got);
+}
+
+Deno.test("TcpListener gives its copy buffers back when a connection ends, so the next allocates none", async () => {
+  const buffers = {
+    small: new BufferPool({ size: 8 * 1024, keep: 8 }),
+    large: new BufferPool({ size: 64 * 1024, keep: 8 }),
+  };
+  await withListener({ buffers }, async (listener) => {
+    for (let i = 0; i < 5; i++) {
+      const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      assert.equal(await echo(conn, `hello ${i}`), `hello ${i}`);
+      await conn.closeWrite();
+      assert.equal(await conn.read(new Uint8Array(16)), null);
+      conn.close();
+      await waitFor(
+        "the connection to end in the listener",
+        () => listener.open === 0 || undefined,
+      );
+    }
+    // One buffer each way for the first connection, reused by the four after it.
+    const { small, large } = buffers;
+    assert.equal(small.allocated, 2, `allocated ${small.allocated} buffers for 5 connections`);
+    assert.equal(small.free, 2);
+    assert.equal(large.allocated, 0, "a few bytes each way took a large buffer");
+  });
+});
+
+Deno.test("TcpListener holds small copy buffers on a quiet connection and large ones only while reads fill them", async () => {
+  const buffers = {
+    small: new BufferPool({ size: 8 * 1024, keep: 8 }),
+    large: new BufferPool({ size: 64 * 1024, keep: 8 }),
+  };
+  const { small, large } = buffers;
+  await withListener({ buffers }, async (listener) => {
+    const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    try {
+      assert.equal(await echo(conn, "ping"), "ping");
+      assert.deepEqual([small.allocated, small.free, large.allocated], [2, 0, 0]);
+      // A MiB each way: reads fill 8 KiB, so both loops move to 64 KiB buffers.
+      const bulk = "z".repeat(1024 * 1024);
+      assert.equal(await echo(conn, bulk), bulk);
+      assert.ok(large.allocated >= 1, "a MiB went through small buffers only");
+      // Quiet again: the next small read hands each large buffer back.
+      assert.equal(await echo(conn, "pong"), "pong");
+      await waitFor(
+        "both copy loops to give their large buffers back",
+        () => large.free === large.allocated || undefined,
+      );
+      assert.equal(listener.open, 1, "the connection closed");
+      assert.equal(small.allocated - small.free, 2, "the open connection holds two small buffers");
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("TcpListener counts the bytes of each direction in its route's metrics", async () => {
+  await withListener({}, async (listener, route) => {
+    const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    assert.equal(await echo(conn, "x".repeat(1000)), "x".repeat(1000));
+    assert.equal(await echo(conn, "y".repeat(234)), "y".repeat(234));
+    conn.close();
+    await waitFor("the connection to end in the listener", () => listener.open === 0 || undefined);
+    assert.equal(route.metrics.bytesIn.value, 1234);
+    assert.equal(route.metrics.bytesOut.value, 1234);
+    assert.equal(route.metrics.requests.value, 1);
+  });
+});
+
+Deno.test("TcpListener closes a connection idle past idleTimeoutMs and keeps one that carries bytes", async () => {
+  // The sweep runs each second; a connection that read since the last sweep counts as active.
+  await withListener({ idleTimeoutMs: 1500 }, async (listener) => {
+    const idle = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    const busy = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    assert.equal(await echo(idle, "a"), "a");
+    const idleEnded = idle.read(new Uint8Array(1));
+    let closed = false;
+    idleEnded.then(() => closed = true, () => closed = true);
+    const t0 = Date.now();
+    // Bytes on the busy connection every 200 ms until the idle one is closed (at most 6 s).
+    let rounds = 0;
+    while (!closed && Date.now() - t0 < 6000) {
+      assert.equal(await echo(busy, `b${rounds}`), `b${rounds}`, "the busy connection broke");
+      rounds++;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(closed, `the idle connection was still open after ${Date.now() - t0} ms`);
+    assert.equal(await idleEnded, null);
+    // The busy connection outlived the idle one by more than the timeout, and still works.
+    assert.ok(Date.now() - t0 >= 1500, `closed after ${Date.now() - t0} ms, under the timeout`);
+    assert.equal(await echo(busy, "still"), "still");
+    assert.equal(listener.open, 1);
+    idle.close();
+    busy.close();
+  });
+});
