@@ -20,7 +20,14 @@ import {
 import type { KubeApi, MeshView } from "../kube/mod.ts";
 import { type CheckResult, checksJson, formatChecks } from "./check_report.ts";
 import { CliError, type CliIo, kubeClientFor, warningLine } from "./common.ts";
-import { appliedByLeader, nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
+import {
+  appliedByLeader,
+  meshdVersion,
+  nodeFacts,
+  type NodeReport,
+  PROBLEM_KINDS,
+  readNodeMetrics,
+} from "./mesh_nodes.ts";
 import { type FlagValue, FlagValues } from "./flags.ts";
 import { dnsTtlSeconds } from "./options.ts";
 
@@ -452,6 +459,37 @@ async function checkInstalled(
   const target = (leaderReport && nodeFacts(leaderReport.metrics!).configVersion) ??
     Math.max(0, ...reports.map((r) => r.metrics ? nodeFacts(r.metrics).configVersion ?? 0 : 0));
   for (const r of reports) add(nodeCheck(r, { ns, target, applied, leader: holder }));
+  const versions = versionsCheck(reports, ns);
+  if (versions) add(versions);
+}
+
+/**
+ * Every node's meshd the same build (`meshd_build_info`; the image tag for a meshd older than
+ * the metric, or whose metrics were not read); different ones are a warning. Null: no pod.
+ */
+export function versionsCheck(
+  reports: readonly NodeReport[],
+  ns: string,
+): Omit<CheckResult, "group"> | null {
+  const by = new Map<string, string[]>();
+  for (const r of reports) {
+    if (!r.pod) continue;
+    const v = meshdVersion(r.metrics ? nodeFacts(r.metrics) : null, r.pod.image);
+    by.set(v, [...(by.get(v) ?? []), r.node.name]);
+  }
+  if (by.size === 0) return null;
+  if (by.size === 1) {
+    const [v] = [...by.keys()];
+    return { name: "versions", level: "ok", message: `every node runs meshd ${v}` };
+  }
+  return {
+    name: "versions",
+    level: "warn",
+    message: `nodes run different meshd builds: ${
+      [...by].map(([v, nodes]) => `${v} on ${nodes.join(", ")}`).join("; ")
+    }`,
+    hint: `a rollout under way, or pods left behind: kubectl -n ${ns} rollout status daemonset`,
+  };
 }
 
 /** The DaemonSet rolled out: seen by its controller, on some node, every pod new and ready. */
@@ -591,12 +629,24 @@ export function nodeCheck(
         : "it is behind; --wait gives it time",
     };
   }
+  // What its /api/status lists that degrades the node itself (meshd_status_problems): objects
+  // rejected are the input's, the same wherever they are compiled; `meshd status` shows them.
+  const problems = ["listener_unbound", "save_failed"]
+    .filter((k) => (f.problems[k] ?? 0) > 0)
+    .map((k) => `${PROBLEM_KINDS[k]}: ${f.problems[k]}`);
+  const fromDisk = f.configSource === "disk" ? ", from the config saved on disk" : "";
+  const ok = f.datapath === "ebpf" && problems.length === 0 && !fromDisk;
   return {
     name: "node",
-    level: f.datapath === "ebpf" ? "ok" : "warn",
-    message: `${name}: pod ${pod.name}${lead}, config v${version}, ${dp}`,
-    ...(f.datapath === "ebpf" ? {} : {
-      hint: "this node runs on the userspace proxy alone (meshd_datapath_info says why)",
+    level: ok ? "ok" : "warn",
+    message: `${name}: pod ${pod.name}${lead}, config v${version}${fromDisk}, ${dp}` +
+      (problems.length ? `; ${problems.join(", ")}` : ""),
+    ...(ok ? {} : {
+      hint: problems.length
+        ? "meshd status shows the messages; the node's /api/status lists them all"
+        : fromDisk
+        ? "it has not reached a leader since it started: see its log"
+        : "this node runs on the userspace proxy alone (meshd_datapath_info says why)",
     }),
   };
 }

@@ -21,6 +21,14 @@ export interface NodeFacts {
   connected?: boolean;
   /** Non-zero error counters: `name{label}` → value. */
   errors: Record<string, number>;
+  /** `meshd_build_info`; absent from a meshd older than the metric. */
+  build?: { version: string; commit: string; deno: string };
+  /** What `/api/status` lists, by kind (`meshd_status_problems`); empty on an older meshd. */
+  problems: Record<string, number>;
+  /** The first messages of each kind (`meshd_status_problem_info`). */
+  problemMessages: { kind: string; message: string }[];
+  /** Where its config came from (`meshd_config_source`): provider, leader or disk. */
+  configSource?: string;
 }
 
 /** Reads the facts `meshd check` and `meshd status` show from one node's metrics. */
@@ -35,6 +43,9 @@ export function nodeFacts(m: readonly PromSample[]): NodeFacts {
   for (const d of select(m, "meshd_dropped_total")) {
     if (d.value > 0) errors[`dropped (${d.labels["reason"]})`] = d.value;
   }
+  const build = select(m, "meshd_build_info")[0]?.labels;
+  const problems: Record<string, number> = {};
+  for (const p of select(m, "meshd_status_problems")) problems[p.labels["kind"] ?? ""] = p.value;
   return {
     configVersion: valueOf(m, "meshd_config_version"),
     datapath: dp?.labels["datapath"],
@@ -42,8 +53,47 @@ export function nodeFacts(m: readonly PromSample[]): NodeFacts {
     leading: valueOf(m, "meshd_controller_leading") === 1,
     connected: connected === undefined ? undefined : connected === 1,
     errors,
+    ...(build
+      ? {
+        build: {
+          version: build["version"] ?? "?",
+          commit: build["commit"] ?? "unknown",
+          deno: build["deno"] ?? "?",
+        },
+      }
+      : {}),
+    problems,
+    problemMessages: select(m, "meshd_status_problem_info").map((p) => ({
+      kind: p.labels["kind"] ?? "",
+      message: p.labels["message"] ?? "",
+    })),
+    ...(select(m, "meshd_config_source")[0]
+      ? { configSource: select(m, "meshd_config_source")[0]!.labels["source"] }
+      : {}),
   };
 }
+
+/** How `status` and `check` name a node's meshd: its build, or its pod's image tag. */
+export function meshdVersion(
+  f: Pick<NodeFacts, "build"> | null,
+  image: string | null | undefined,
+): string {
+  if (f?.build) {
+    // A full hash is cut as git shows it; `-dirty` (a build from a changed checkout) stays.
+    const c = f.build.commit.replace(/^([0-9a-f]{7})[0-9a-f]{33}/, "$1");
+    return `${f.build.version} (commit ${c}, deno ${f.build.deno})`;
+  }
+  // An older meshd serves no meshd_build_info (or its metrics were not read): the tag it runs.
+  return image ? `${image} (image tag)` : "unknown";
+}
+
+/** What a problem kind of `meshd_status_problems` is called in `status` and `check`. */
+export const PROBLEM_KINDS: Record<string, string> = {
+  invalid_object: "object rejected",
+  listener_unbound: "listener not bound",
+  save_failed: "config saves failed",
+  config_warning: "config warning",
+};
 
 /** The leader's view of every node: `meshd_distribution_node_applied_version` by pod name. */
 export function appliedByLeader(m: readonly PromSample[]): Map<string, number> {

@@ -2,7 +2,13 @@ import type { KubeApi, MeshView } from "../kube/mod.ts";
 import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
 import type { FlagValue } from "./flags.ts";
 import { formatStatTable, goldenSignals, type MetricsWindow } from "./golden_signals.ts";
-import { nodeFacts, type NodeReport, readNodeMetrics } from "./mesh_nodes.ts";
+import {
+  meshdVersion,
+  nodeFacts,
+  type NodeReport,
+  PROBLEM_KINDS,
+  readNodeMetrics,
+} from "./mesh_nodes.ts";
 import { parsePromText } from "./prom_text.ts";
 
 type Values = Record<string, FlagValue>;
@@ -37,6 +43,15 @@ export interface StatusNode {
   configVersion: number | null;
   datapath: string | null;
   datapathReason: string | null;
+  /**
+   * The meshd it runs: `meshd_build_info` (version, commit, Deno), or its pod's image tag
+   * (`... (image tag)`) from a meshd older than the metric or whose metrics were not read.
+   */
+  version: string;
+  /** What its `/api/status` lists, by kind (`meshd_status_problems`); absent when unknown. */
+  problems?: Record<string, number>;
+  /** Where its config came from: provider, leader, or disk (no leader reached yet). */
+  configSource?: string;
   /** Why its metrics could not be read, when they could not. */
   metricsError?: string;
 }
@@ -45,8 +60,10 @@ export interface StatusNode {
 export interface MeshStatus {
   server: string;
   kubernetes: string;
-  /** The meshd image(s) the pods run. */
+  /** The meshd versions the nodes run (see {@linkcode StatusNode.version}). */
   versions: string[];
+  /** The meshd image(s) the pods run. */
+  images: string[];
   daemonSet: MeshView["daemonSet"];
   /** What this identity may not read (`daemonsets`, `nodes`). */
   forbidden: string[];
@@ -78,6 +95,9 @@ export function buildStatus(
       configVersion: f?.configVersion ?? null,
       datapath: f?.datapath ?? null,
       datapathReason: f?.datapathReason ?? null,
+      version: meshdVersion(f, r.pod?.image),
+      ...(f && Object.keys(f.problems).length ? { problems: f.problems } : {}),
+      ...(f?.configSource ? { configSource: f.configSource } : {}),
       ...(r.metricsError ? { metricsError: r.metricsError } : {}),
     };
   });
@@ -97,9 +117,16 @@ export function buildStatus(
       for (const [what, n] of Object.entries(nodeFacts(r.metrics).errors)) {
         errors.push(`${r.node.name} ${p.name}: ${what}: ${n}`);
       }
-      if (nodeFacts(r.metrics).connected === false) {
+      const f = nodeFacts(r.metrics);
+      if (f.connected === false) {
         errors.push(`${r.node.name} ${p.name}: no config stream to the leader`);
       }
+      if (f.configSource === "disk") {
+        errors.push(
+          `${r.node.name} ${p.name}: routes by the config saved on disk (no leader reached yet)`,
+        );
+      }
+      errors.push(...problemLines(`${r.node.name} ${p.name}`, f));
     }
   }
   for (const e of events) {
@@ -109,7 +136,8 @@ export function buildStatus(
   }
   return {
     ...init,
-    versions: [...new Set(view.pods.map((p) => p.image).filter((i) => i))].sort(),
+    versions: [...new Set(perNode.filter((n) => n.pod).map((n) => n.version))].sort(),
+    images: [...new Set(view.pods.map((p) => p.image).filter((i) => i))].sort(),
     daemonSet: view.daemonSet,
     forbidden: view.forbidden,
     nodesReady: perNode.filter((n) => n.podReady).length,
@@ -122,9 +150,40 @@ export function buildStatus(
   };
 }
 
+/**
+ * The errors of what a node's `/api/status` lists (warnings are left to it): each message
+ * served, then how many more of a kind there are.
+ */
+function problemLines(who: string, f: ReturnType<typeof nodeFacts>): string[] {
+  const out: string[] = [];
+  for (const kind of ["invalid_object", "listener_unbound", "save_failed"]) {
+    const n = f.problems[kind] ?? 0;
+    if (n === 0) continue;
+    const shown = f.problemMessages.filter((p) => p.kind === kind);
+    for (const p of shown) out.push(`${who}: ${PROBLEM_KINDS[kind]}: ${p.message}`);
+    if (n > shown.length) {
+      out.push(
+        `${who}: ${PROBLEM_KINDS[kind]}: ${shown.length ? `${n - shown.length} more` : n}` +
+          (kind === "save_failed" ? "" : " (its /api/status lists them all)"),
+      );
+    }
+  }
+  return out;
+}
+
 /** `text`, cut to `max` characters with an ellipsis (the JSON has it whole). */
 function clip(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/** One version, or each with its nodes. */
+function versionsRow(s: MeshStatus): string {
+  const withPod = s.perNode.filter((n) => n.pod);
+  if (withPod.length === 0) return "(no pods)";
+  if (s.versions.length === 1) return s.versions[0]!;
+  return s.versions.map((v) =>
+    `${v} on ${withPod.filter((n) => n.version === v).map((n) => n.node).join(", ")}`
+  ).join("; ");
 }
 
 /** `meshd status` as one screen of text. */
@@ -132,7 +191,7 @@ export function formatStatus(s: MeshStatus): string {
   const ds = s.daemonSet;
   const rows: [string, string][] = [
     ["Cluster", `${s.server}, Kubernetes ${s.kubernetes}`],
-    ["meshd", s.versions.length ? s.versions.join(", ") : "(no pods)"],
+    ["meshd", versionsRow(s)],
     [
       "DaemonSet",
       ds

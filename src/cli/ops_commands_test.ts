@@ -27,13 +27,18 @@ function pod(name: string, node: string, o: Partial<MeshPodView> = {}): MeshPodV
   };
 }
 
-Deno.test("nodeFacts() reads version, data path, leading, stream and the non-zero errors", () => {
+Deno.test("nodeFacts() reads version, data path, leading, stream, build, problems and the non-zero errors", () => {
   const f = nodeFacts(metrics(
     7,
     "ebpf",
     "meshd_controller_leading 1\nmeshd_distribution_connected 0\n" +
       'meshd_distribution_updates_total{kind="failed"} 2\n' +
-      'meshd_dropped_total{reason="loop"} 0\nmeshd_dropped_total{reason="write_timeout"} 3\n',
+      'meshd_dropped_total{reason="loop"} 0\nmeshd_dropped_total{reason="write_timeout"} 3\n' +
+      'meshd_build_info{version="0.1.0",commit="abc",deno="2.9.6"} 1\n' +
+      'meshd_status_problems{kind="invalid_object"} 1\n' +
+      'meshd_status_problems{kind="listener_unbound"} 0\n' +
+      'meshd_status_problem_info{kind="invalid_object",message="a.yaml: \\"x\\" is bad"} 1\n' +
+      'meshd_config_source{source="leader"} 1\n',
   ));
   assert.deepEqual(f, {
     configVersion: 7,
@@ -42,7 +47,15 @@ Deno.test("nodeFacts() reads version, data path, leading, stream and the non-zer
     leading: true,
     connected: false,
     errors: { "config updates failed to apply": 2, "dropped (write_timeout)": 3 },
+    build: { version: "0.1.0", commit: "abc", deno: "2.9.6" },
+    problems: { invalid_object: 1, listener_unbound: 0 },
+    problemMessages: [{ kind: "invalid_object", message: 'a.yaml: "x" is bad' }],
+    configSource: "leader",
   });
+  // A meshd older than these metrics: none of them, and no build.
+  const old = nodeFacts(metrics(7, "ebpf"));
+  assert.equal(old.build, undefined);
+  assert.deepEqual([old.problems, old.problemMessages, old.configSource], [{}, [], undefined]);
 });
 
 Deno.test("buildStatus() and formatStatus() show skew, data paths and the last errors", () => {
@@ -69,7 +82,24 @@ Deno.test("buildStatus() and formatStatus() show skew, data paths and the last e
     { server: "https://127.0.0.1:6443", kubernetes: "v1.37.2", leader: "meshd-a" },
     view,
     [
-      { node: view.nodes[0]!, pod: view.pods[0]!, metrics: metrics(9, "ebpf") },
+      {
+        node: view.nodes[0]!,
+        pod: view.pods[0]!,
+        metrics: metrics(
+          9,
+          "ebpf",
+          'meshd_build_info{version="0.1.0",commit="5867a54c0ffee0000000000000000000000000aa",' +
+            'deno="2.9.6"} 1\n' +
+            'meshd_status_problems{kind="invalid_object"} 0\n' +
+            'meshd_status_problems{kind="listener_unbound"} 4\n' +
+            'meshd_status_problems{kind="config_warning"} 1\n' +
+            'meshd_status_problems{kind="save_failed"} 2\n' +
+            'meshd_status_problem_info{kind="listener_unbound",message="Cannot bind tcp ' +
+            'listener on \\"0.0.0.0:5432\\" for \\"shop/db:5432\\": Address in use"} 1\n' +
+            'meshd_status_problem_info{kind="config_warning",message="skipped kind Widget"} 1\n' +
+            'meshd_config_source{source="disk"} 1\n',
+        ),
+      },
       {
         node: view.nodes[1]!,
         pod: view.pods[1]!,
@@ -88,12 +118,23 @@ Deno.test("buildStatus() and formatStatus() show skew, data paths and the last e
   assert.equal(s.nodesReady, 2);
   assert.equal(s.nodes, 3);
   assert.deepEqual(s.configVersions, { min: 8, max: 9 });
-  assert.deepEqual(s.versions, ["meshd:0.1.0"]);
+  assert.deepEqual(s.versions, [
+    "0.1.0 (commit 5867a54, deno 2.9.6)",
+    "meshd:0.1.0 (image tag)",
+  ]);
+  assert.deepEqual(s.images, ["meshd:0.1.0"]);
+  assert.deepEqual(s.perNode[0]!.problems, {
+    invalid_object: 0,
+    listener_unbound: 4,
+    config_warning: 1,
+    save_failed: 2,
+  });
+  assert.equal(s.perNode[0]!.configSource, "disk");
   assert.equal(
     formatStatus(s),
     [
       "Cluster:    https://127.0.0.1:6443, Kubernetes v1.37.2",
-      "meshd:      meshd:0.1.0",
+      "meshd:      0.1.0 (commit 5867a54, deno 2.9.6) on n1; meshd:0.1.0 (image tag) on n2, n3",
       "DaemonSet:  desired 3, ready 2, up to date 3, available 2",
       "Leader:     meshd-a",
       "Nodes:      2/3 with a ready meshd",
@@ -106,6 +147,11 @@ Deno.test("buildStatus() and formatStatus() show skew, data paths and the last e
       "n3    meshd-c           no     ?       ? (503 refused)",
       "",
       "Last errors:",
+      "  n1 meshd-a: routes by the config saved on disk (no leader reached yet)",
+      '  n1 meshd-a: listener not bound: Cannot bind tcp listener on "0.0.0.0:5432" for ' +
+      '"shop/db:5432": Address in use',
+      "  n1 meshd-a: listener not bound: 3 more (its /api/status lists them all)",
+      "  n1 meshd-a: config saves failed: 2",
       "  n2 meshd-b: dropped (loop): 1",
       "  n3 meshd-c: waiting, CrashLoopBackOff",
       "  n3 meshd-c: 4 restarts, last ended Error, exit code 1, at 2026-11-29T16:00:00Z",

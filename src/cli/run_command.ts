@@ -1,6 +1,6 @@
 import denoJson from "../../deno.json" with { type: "json" };
 import { ConfigStore } from "../node/mod.ts";
-import { Logger, Registry } from "../observability/mod.ts";
+import { Logger, registerBuildInfo, Registry } from "../observability/mod.ts";
 import { CliError, type CliIo, needDir } from "./common.ts";
 import { drain } from "./drain.ts";
 import { fileMode } from "./file_mode.ts";
@@ -8,6 +8,7 @@ import { advertiseAddress, kubeMode, kubeSetup } from "./kube_mode.ts";
 import type { Assembly, RunContext } from "./node_services.ts";
 import type { RunConfig } from "./run_config.ts";
 import { ServiceStack } from "./service_stack.ts";
+import { buildInfo } from "./version.ts";
 
 /**
  * `meshd run`: checks what can be checked before anything starts, makes the logger and the
@@ -32,7 +33,9 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
     ...(dir ? { configDir: dir } : { server: setup!.kapi.server, identity: setup!.identity }),
   });
   checkDomainAliases(config.domainAliases);
-  const ctx: RunContext = { config, logger, registry: new Registry(), stopped: signals() };
+  const registry = new Registry();
+  registerBuildInfo(registry, buildInfo(denoJson.version));
+  const ctx: RunContext = { config, logger, registry, stopped: signals() };
   const assembly = setup
     ? kubeMode(ctx, setup, { caCerts, advertise, store })
     : fileMode(ctx, { dir: dir!, caCerts });

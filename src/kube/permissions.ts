@@ -5,6 +5,8 @@ export interface Permission {
   verb: string;
   group: string;
   resource: string;
+  /** A subresource (`proxy` of `pods`), when it is one. */
+  subresource?: string;
   /** Namespace; absent for every namespace. */
   namespace?: string;
   /** One object by name, when meshd touches only that one. */
@@ -113,6 +115,15 @@ export function installPermissions(
       ...p,
       why: `granting meshd's ClusterRole (${p.why}) needs the right itself`,
     })),
+    {
+      verb: "get",
+      group: "",
+      resource: "pods",
+      subresource: "proxy",
+      namespace: meshNamespace,
+      why: "granting the Role meshd-pod-proxy (check and status in a meshd pod read each " +
+        "node's metrics) needs the right itself",
+    },
   ];
 }
 
@@ -126,6 +137,7 @@ export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
         verb: p.verb,
         group: p.group,
         resource: p.resource,
+        ...(p.subresource ? { subresource: p.subresource } : {}),
         ...(p.namespace ? { namespace: p.namespace } : {}),
         ...(p.name ? { name: p.name } : {}),
       },
@@ -136,6 +148,7 @@ export async function mayI(api: KubeApi, p: Permission): Promise<boolean> {
 
 /** `verb group/resource in namespace`, as a person reads it. */
 export function describePermission(p: Permission): string {
-  const res = (p.group ? `${p.resource}.${p.group}` : p.resource) + (p.name ? ` ${p.name}` : "");
+  const res = (p.group ? `${p.resource}.${p.group}` : p.resource) +
+    (p.subresource ? `/${p.subresource}` : "") + (p.name ? ` ${p.name}` : "");
   return `${p.verb} ${res} ${p.namespace ? `in ${p.namespace}` : "in every namespace"}`;
 }

@@ -52,6 +52,20 @@ export const COLLECT_AFTER_SERVICES = 200;
 /** The least time between two collections {@linkcode NodeAgentOptions.collectGarbage} runs. */
 export const COLLECT_EVERY_MS = 30_000;
 
+/** Problems of each kind `meshd_status_problem_info` shows. */
+export const PROBLEMS_SHOWN = 3;
+/** The longest message in `meshd_status_problem_info`. */
+export const PROBLEM_MESSAGE_MAX = 200;
+
+/** A rejected object's problem in one line: where, then what. */
+function describeProblem(p: Problem): string {
+  // The loader's messages name the file already ("Cannot parse file "a.yaml", document 1").
+  if (p.file && p.message.includes(`"${p.file}"`)) return p.message;
+  const at = [p.file, p.document !== undefined ? `document ${p.document}` : undefined, p.field]
+    .filter((x) => x !== undefined).join(", ");
+  return at ? `${at}: ${p.message}` : p.message;
+}
+
 /** How long an applied config waits before it is saved; newer ones replace it meanwhile. */
 export const SAVE_DELAY_MS = 100;
 
@@ -102,6 +116,34 @@ export class NodeAgent implements ApiSource {
       "Version of the MeshConfig the proxy routes by.",
       [],
       () => [[[], options.proxy.version]],
+    );
+    // What /api/status lists (the API port stays on the node's loopback), where a scrape and
+    // `meshd status` (through the pod proxy) can read it.
+    options.registry.collect(
+      "meshd_status_problems",
+      "Problems /api/status lists: invalid_object (objects rejected), listener_unbound (service " +
+        "ports not bound), config_warning, save_failed (saves of the applied config that failed).",
+      ["kind"],
+      () => [
+        [["invalid_object"], this.#errors.length],
+        [["listener_unbound"], options.proxy.bindErrors().length],
+        [["config_warning"], this.#warnings.length],
+        [["save_failed"], this.#saveErrors],
+      ],
+    );
+    options.registry.collect(
+      "meshd_status_problem_info",
+      `1 for each of the first ${PROBLEMS_SHOWN} problems of a kind /api/status lists, with its ` +
+        `message (at most ${PROBLEM_MESSAGE_MAX} characters).`,
+      ["kind", "message"],
+      () => this.#problemSeries(),
+    );
+    options.registry.collect(
+      "meshd_config_source",
+      "1 for where the config in force came from: provider, leader, or disk (the config saved " +
+        "at the last run, while no leader has been reached).",
+      ["source"],
+      () => this.#source ? [[[this.#source], 1]] : [],
     );
   }
 
@@ -325,6 +367,29 @@ export class NodeAgent implements ApiSource {
         });
       }
     }
+    return out;
+  }
+
+  /** `meshd_status_problem_info`: the first problems of each kind, messages stable and cut. */
+  #problemSeries(): [string[], number][] {
+    const out: [string[], number][] = [];
+    const add = (kind: string, messages: string[]): void => {
+      for (const m of new Set(messages.slice(0, PROBLEMS_SHOWN))) {
+        const cut = m.length > PROBLEM_MESSAGE_MAX
+          ? `${m.slice(0, PROBLEM_MESSAGE_MAX - 3)}...`
+          : m;
+        out.push([[kind, cut], 1]);
+      }
+    };
+    add("invalid_object", this.#errors.map(describeProblem));
+    // Without the count of tries, which changes at each retry (a new series each time).
+    add(
+      "listener_unbound",
+      this.#opts.proxy.bindErrors().map((e) =>
+        `Cannot bind ${e.protocol} listener on "${e.address}" for "${e.service}": ${e.error}`
+      ),
+    );
+    add("config_warning", this.#warnings);
     return out;
   }
 

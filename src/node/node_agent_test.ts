@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "../proxy/mod.ts";
 import { type AppliedConfig, ConfigStore } from "./config_store.ts";
-import { NodeAgent } from "./node_agent.ts";
+import { NodeAgent, PROBLEM_MESSAGE_MAX, PROBLEMS_SHOWN } from "./node_agent.ts";
+import { ConfigError } from "../topology/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { waitFor } from "../_testing.ts";
 
@@ -119,4 +120,75 @@ Deno.test("NodeAgent.apply() collects garbage after a config that adds or remove
   } finally {
     await proxy.stop();
   }
+});
+
+Deno.test("NodeAgent serves what /api/status lists on /metrics: problems by kind, their messages, the config's source", async () => {
+  const logger = new Logger({ level: "error", write: () => {} });
+  const host = "127.0.67.2"; // the ops2 session's range
+  const proxy = new NodeProxy({ hostname: host, httpPort: 0, logger });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry });
+  const taken = Deno.listen({ hostname: host, port: 0 }); // the TCP port the config wants
+  await proxy.start();
+  try {
+    const before = await node.metrics();
+    assert.match(before, /^meshd_status_problems\{kind="invalid_object"\} 0$/m);
+    assert.doesNotMatch(before, /^meshd_config_source/m);
+    node.reportInput({
+      errors: [
+        new ConfigError('Cannot read "spec.ports[0].port": value is "x", expected an integer', {
+          source: { file: "/cfg/web.yaml", doc: 1 },
+          field: "spec.ports[0].port",
+        }),
+      ],
+      warnings: ['Skipped kind "Widget" in /cfg/w.yaml'],
+    });
+    await node.apply({
+      epoch: "e",
+      config: meshConfig([{
+        name: "db",
+        ports: [{ port: 5432, protocol: "tcp", listenPort: taken.addr.port }],
+      }], { version: 7 }),
+    }, "disk");
+    const m = await node.metrics();
+    assert.match(m, /^meshd_status_problems\{kind="invalid_object"\} 1$/m);
+    assert.match(m, /^meshd_status_problems\{kind="listener_unbound"\} 1$/m);
+    assert.match(m, /^meshd_status_problems\{kind="config_warning"\} 1$/m);
+    assert.match(m, /^meshd_status_problems\{kind="save_failed"\} 0$/m);
+    assert.match(
+      m,
+      /^meshd_status_problem_info\{kind="invalid_object",message="\/cfg\/web\.yaml, document 2, spec\.ports\[0\]\.port: Cannot read \\"spec\.ports\[0\]\.port\\": value is \\"x\\", expected an integer"\} 1$/m,
+    );
+    assert.match(
+      m,
+      new RegExp(
+        `^meshd_status_problem_info\\{kind="listener_unbound",message="Cannot bind tcp listener ` +
+          `on \\\\"${
+            host.replaceAll(".", "\\.")
+          }:${taken.addr.port}\\\\" for \\\\"default/db:5432\\\\": [^"]+"\\} 1$`,
+        "m",
+      ),
+    );
+    assert.match(
+      m,
+      /^meshd_status_problem_info\{kind="config_warning",message="Skipped kind \\"Widget\\" in \/cfg\/w\.yaml"\} 1$/m,
+    );
+    assert.match(m, /^meshd_config_source\{source="disk"\} 1$/m);
+  } finally {
+    taken.close();
+    await proxy.stop();
+  }
+});
+
+Deno.test("NodeAgent cuts a long problem message in meshd_status_problem_info", async () => {
+  const logger = new Logger({ level: "error", write: () => {} });
+  const proxy = new NodeProxy({ hostname: "127.0.67.2", httpPort: 0, logger });
+  const node = new NodeAgent({ proxy, logger, registry: proxy.registry });
+  node.reportInput({ errors: [], warnings: ["w".repeat(500), "a", "b", "c"] });
+  const m = await node.metrics();
+  const info = m.split("\n").filter((l) => l.startsWith("meshd_status_problem_info"));
+  assert.equal(info.length, PROBLEMS_SHOWN);
+  const first = /message="([^"]*)"/.exec(info[0]!)![1]!;
+  assert.equal(first.length, PROBLEM_MESSAGE_MAX);
+  assert.ok(first.endsWith("..."));
+  assert.match(m, /^meshd_status_problems\{kind="config_warning"\} 4$/m);
 });

@@ -7,3 +7,4 @@
 export * from "./log.ts";
 export * from "./metrics.ts";
 export * from "./api_server.ts";
+export * from "./build_info_metric.ts";

@@ -1,5 +1,6 @@
 import type { MeshService } from "../topology/mod.ts";
 import type { ProxyFailure } from "./policy.ts";
+import { ATOMIC_WRITE, LineQueue } from "./line_queue.ts";
 
 /** `--access-log`: off, or the format of the lines. */
 export type AccessLogMode = "off" | "json" | "logfmt";
@@ -19,8 +20,8 @@ export interface AccessEntry {
   /** The client's port, when known. */
   sourcePort?: number;
   protocol: "http" | "tcp" | "udp";
-  /** `namespace/name:port` of the service port addressed. */
-  service: string;
+  /** `namespace/name:port` of the service port addressed; absent when none answers. */
+  service?: string;
   /** `address:port` of the endpoint of the last try. */
   endpoint?: string;
   /** `namespace/name:port` of the backend a TrafficSplit chose, when one did. */
@@ -29,7 +30,8 @@ export interface AccessEntry {
   status?: number;
   /**
    * Why it ended or was refused: `acl`, `rate_limit`, `circuit_open`, `no_endpoint`, `loop`,
-   * `timeout`, `endpoint_failed`, `bad_request`, `client_gone` (HTTP); `eof`, `error`,
+   * `timeout`, `endpoint_failed`, `bad_request`, `client_gone`, `unknown_host`, `reset`
+   * (HTTP); `eof`, `error`,
    * `idle_timeout`, `shutdown` (TCP); `idle_timeout`, `evicted`, `endpoint_failed`, `shutdown`
    * (UDP).
    */
@@ -53,18 +55,18 @@ export interface AccessEntry {
 export interface AccessLogOptions {
   /** The `--access-log` flag: the default of every Service, and the format. */
   mode: AccessLogMode;
-  /** Writes one line (with its newline). Default: stdout. */
+  /**
+   * Takes one line (with its newline) and must not block. Default: a {@linkcode LineQueue} on
+   * stdout.
+   */
   write?: (line: string) => void;
 }
 
-const encoder = new TextEncoder();
-
-function writeStdout(line: string): void {
-  // One write per line: lines of several proxy workers never interleave within a line.
-  const bytes = encoder.encode(line);
-  let off = 0;
-  while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
-}
+/**
+ * The longest line in bytes: a longer one has its long text fields cut (ending in `...`), so
+ * that it goes to a pipe in one write and is never mixed with another worker's lines.
+ */
+export const MAX_LINE = ATOMIC_WRITE;
 
 /**
  * The access log of one proxy. Whether a route logs is decided once per config, when routes
@@ -88,7 +90,11 @@ export class AccessLog {
 
   constructor(options: AccessLogOptions) {
     this.#mode = options.mode;
-    this.#write = options.write ?? writeStdout;
+    if (options.write) this.#write = options.write;
+    else {
+      const q = new LineQueue();
+      this.#write = (l) => q.push(l);
+    }
   }
 
   /** The format lines are written in. */
@@ -110,6 +116,14 @@ export class AccessLog {
     }
     this.#annotated.identities = this.identities;
     return this.#annotated;
+  }
+
+  /**
+   * The log of requests no service answers (no Host of the mesh, too malformed to route): the
+   * flag's, or null when the flag is off (an annotation turns on a Service, not the rest).
+   */
+  get unrouted(): AccessLog | null {
+    return this.#mode === "off" ? null : this;
   }
 
   /** Writes one line for `e`. */
@@ -135,8 +149,24 @@ export class AccessLog {
       ["bytes_out", e.bytesOut],
       ["retries", e.retries],
     ];
-    this.#write(this.format === "json" ? jsonLine(fields) : logfmtLine(fields));
+    const render = this.format === "json" ? jsonLine : logfmtLine;
+    let line = render(fields);
+    // Cheap test first: a line of MAX_LINE / 3 UTF-16 units or fewer fits in MAX_LINE bytes.
+    for (let cut = 256; line.length * 3 > MAX_LINE && byteLength(line) > MAX_LINE; cut >>= 2) {
+      for (const f of fields) {
+        if (typeof f[1] === "string" && f[1].length > cut) f[1] = f[1].slice(0, cut) + "...";
+      }
+      line = render(fields);
+      if (cut < 16) break;
+    }
+    this.#write(line);
   }
+}
+
+const encoder = new TextEncoder();
+
+function byteLength(s: string): number {
+  return encoder.encode(s).length;
 }
 
 function hostPort(host: string, port: number): string {
@@ -190,4 +220,41 @@ export function failureReason(f: ProxyFailure): string {
     default:
       return f.code.replaceAll("-", "_");
   }
+}
+
+/** An HTTP request no service answered, as {@linkcode logUnrouted} logs it. */
+export interface UnroutedRequest {
+  /** The client's address and port. */
+  source: string;
+  sourcePort?: number;
+  method?: string;
+  authority?: string;
+  /** The request target (its query is left out of the line). */
+  target?: string;
+  /** meshd's answer: a 404 for a Host of no service, a 400 or 431 for a malformed request. */
+  failure: ProxyFailure;
+}
+
+/**
+ * Writes the line of an HTTP request that reached no service (so no service's log): with
+ * `reason` `unknown_host` or `bad_request` and meshd's answer in `detail`.
+ */
+export function logUnrouted(log: AccessLog, r: UnroutedRequest): void {
+  const q = r.target?.indexOf("?") ?? -1;
+  log.write({
+    start: Date.now(),
+    source: r.source,
+    sourcePort: r.sourcePort,
+    protocol: "http",
+    method: r.method,
+    authority: r.authority,
+    path: q >= 0 ? r.target!.slice(0, q) : r.target,
+    status: r.failure.status,
+    reason: failureReason(r.failure),
+    detail: r.failure.message,
+    durationMs: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    retries: 0,
+  });
 }

@@ -3,9 +3,12 @@
  * traffic on loopback (backends on 127.0.68.x).
  */
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { AccessLog } from "./access_log.ts";
+import { AccessLog, MAX_LINE } from "./access_log.ts";
+import { H2Connection } from "./h2/connection.ts";
+import { ERROR } from "./h2/frames.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { httpBackend, rawRequest } from "./_testing.ts";
@@ -444,5 +447,316 @@ Deno.test("NodeProxy logs a UDP flow when it ends idle, and a refused datagram",
     client.close();
     backend.close();
     await answering;
+  }
+});
+
+// This session's own backends for the HTTP/2 and unrouted cases (ops2: 127.0.67.0/24).
+const H2_HOST = "127.0.67.1";
+
+/**
+ * An h2c backend on {@linkcode H2_HOST}: it answers gRPC-style (body back with its name, then
+ * trailers).
+ */
+function h2Backend(name: string): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http2.createServer();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
+    stream.on("error", () => {});
+    stream.respond({ ":status": 200, "content-type": "application/grpc" }, {
+      waitForTrailers: true,
+    });
+    stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+    stream.on("data", (chunk: Uint8Array) => stream.write(`${name}:${chunk.length};`));
+    stream.on("end", () => stream.end());
+  });
+  return new Promise((resolve) => {
+    server.listen(0, H2_HOST, () => {
+      resolve({
+        port: (server.address() as { port: number }).port,
+        close: () =>
+          new Promise((done) => {
+            for (const s of sessions) s.destroy();
+            server.close(() => done());
+          }),
+      });
+    });
+  });
+}
+
+/**
+ * An h2c backend on meshd's own frame layer (node:http2 here resets with NO_ERROR whatever the
+ * code): every stream gets headers and 7 bytes, then RST_STREAM INTERNAL_ERROR.
+ */
+function resettingBackend(): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: H2_HOST, port: 0 });
+  const conns: H2Connection[] = [];
+  const accepting = (async () => {
+    for await (const c of listener) {
+      conns.push(
+        new H2Connection(c, {
+          role: "server",
+          onStream: (st) => {
+            st.sendHeaders([[":status", "200"]], false);
+            st.sendData(enc.encode("partial"), false);
+            st.reset(ERROR.INTERNAL_ERROR);
+          },
+        }),
+      );
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    close: async () => {
+      listener.close();
+      await accepting.catch(() => {});
+      for (const c of conns) c.destroy();
+    },
+  };
+}
+
+/** One HTTP/2 request: its status (0 when none came), its body, and whether it was reset. */
+function h2Call(
+  client: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  body?: string,
+): Promise<{ status: number; body: string; reset: boolean }> {
+  return new Promise((resolve) => {
+    const req = client.request(headers);
+    let status = 0;
+    let got = "";
+    req.on("response", (h) => status = Number(h[":status"]));
+    req.on("data", (d: Uint8Array) => got += new TextDecoder().decode(d));
+    req.on("error", () => {});
+    req.on("close", () => resolve({ status, body: got, reset: req.rstCode !== 0 }));
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+async function withH2Client(
+  port: number,
+  fn: (c: http2.ClientHttp2Session) => Promise<void>,
+): Promise<void> {
+  const client = http2.connect(`http://127.0.0.1:${port}`);
+  client.on("error", () => {});
+  try {
+    await fn(client);
+  } finally {
+    await new Promise<void>((r) => client.close(() => r()));
+  }
+}
+
+const grpc = (authority: string, path = "/pkg.Svc/Call"): http2.OutgoingHttpHeaders => ({
+  ":method": "POST",
+  ":path": path,
+  ":authority": authority,
+  "content-type": "application/grpc",
+  "te": "trailers",
+});
+
+Deno.test("NodeProxy logs an h2c stream with the fields of an HTTP/1 line: split, endpoint, retries, bytes", async () => {
+  const live = await h2Backend("v2");
+  const dead = freePort(H2_HOST);
+  try {
+    const config = meshConfig([
+      {
+        name: "greeter",
+        scheme: "h2c",
+        ports: [{
+          port: 80,
+          endpoints: [endpoint(H2_HOST, 9, { ready: false })],
+          split: {
+            name: "default/canary",
+            matches: [],
+            backends: [{ service: "greeter-v2", weight: 1 }],
+          },
+        }],
+      },
+      {
+        name: "greeter-v2",
+        scheme: "h2c",
+        retryAttempts: 2,
+        ports: [{ port: 80, endpoints: [endpoint(H2_HOST, dead), endpoint(H2_HOST, live.port)] }],
+      },
+    ], { identities: { "127.0.0.1": "default/client" } });
+    await withLoggedProxy(
+      config,
+      { accessLog: "json", outlier: { consecutiveFailures: 1000 } },
+      (port, lines) =>
+        withH2Client(port, async (client) => {
+          let sent = 0;
+          let retried: Line | undefined;
+          while (!retried && sent < 40) {
+            const r = await h2Call(
+              client,
+              { ...grpc("greeter.default.mesh", "/pkg.Svc/Call?x=1"), "x-request-id": "h2-1" },
+              "hello",
+            );
+            assert.equal(r.status, 200);
+            sent++;
+            await waitFor("the stream's line", lineCount(lines, sent));
+            const l = lines[sent - 1]!;
+            assert.ok(ISO.test(String(l.time)), JSON.stringify(l));
+            assert.equal(l.protocol, "http");
+            assert.match(String(l.source), /^127\.0\.0\.1:\d+$/);
+            assert.equal(l.identity, "default/client");
+            assert.equal(l.service, "default/greeter:80");
+            assert.equal(l.backend, "default/greeter-v2:80");
+            assert.equal(l.endpoint, `${H2_HOST}:${live.port}`);
+            assert.equal(l.method, "POST");
+            assert.equal(l.authority, "greeter.default.mesh");
+            assert.equal(l.path, "/pkg.Svc/Call", "the query is left out");
+            assert.equal(l.request_id, "h2-1");
+            assert.equal(l.status, 200);
+            assert.equal(l.reason, undefined, JSON.stringify(l));
+            assert.equal(l.bytes_in, 5);
+            assert.equal(l.bytes_out, enc.encode(r.body).length);
+            assert.ok((l.duration_ms as number) >= 0);
+            if (l.retries === 1) retried = l;
+            else assert.equal(l.retries, 0);
+          }
+          assert.ok(retried, `no stream of ${sent} was retried: ${JSON.stringify(lines)}`);
+        }),
+    );
+  } finally {
+    await live.close();
+  }
+});
+
+Deno.test("NodeProxy logs h2c denials, resets and streams no service answers, with the reason", async () => {
+  const b = await h2Backend("a");
+  const r = resettingBackend();
+  try {
+    const config = meshConfig([{
+      name: "open",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint(H2_HOST, r.port)] }],
+    }, {
+      name: "locked",
+      scheme: "h2c",
+      ports: [{
+        port: 80,
+        endpoints: [endpoint(H2_HOST, b.port, { serviceAccount: "default/locked" })],
+        access: [],
+      }],
+    }], { acl: true, identities: { "127.0.0.1": "default/client" } });
+    await withLoggedProxy(
+      config,
+      { accessLog: "logfmt", requestId: true },
+      (port, lines) =>
+        withH2Client(port, async (client) => {
+          const denied = await h2Call(client, grpc("locked.default.mesh"));
+          assert.equal(denied.status, 200, "gRPC: a trailers-only answer");
+          await waitFor("the denial's line", lineCount(lines, 1));
+          assert.equal(lines[0]!.service, "default/locked:80");
+          assert.equal(lines[0]!.status, 403);
+          assert.equal(lines[0]!.reason, "acl");
+          assert.match(String(lines[0]!.detail), /no TrafficTarget lets ServiceAccount/);
+          assert.match(String(lines[0]!.request_id), /^[0-9a-f-]{36}$/, "--request-id adds one");
+
+          const reset = await h2Call(client, { ...grpc("open.default.mesh", "/reset") });
+          assert.equal(reset.reset, true);
+          await waitFor("the reset stream's line", lineCount(lines, 2));
+          assert.equal(lines[1]!.service, "default/open:80");
+          assert.equal(lines[1]!.status, 200);
+          assert.equal(lines[1]!.reason, "reset");
+          assert.match(String(lines[1]!.detail), /endpoint reset the stream.*INTERNAL_ERROR/);
+          assert.equal(lines[1]!.bytes_out, 7);
+
+          const lost = await h2Call(client, {
+            ":method": "GET",
+            ":path": "/x?q=1",
+            ":authority": "nowhere.default.mesh",
+          });
+          assert.equal(lost.status, 404);
+          await waitFor("the unrouted stream's line", lineCount(lines, 3));
+          const l = lines[2]!;
+          assert.equal(l.service, undefined);
+          assert.equal(l.status, 404);
+          assert.equal(l.reason, "unknown_host");
+          assert.equal(l.authority, "nowhere.default.mesh");
+          assert.equal(l.path, "/x");
+          assert.match(String(l.detail), /No mesh service answers to "nowhere\.default\.mesh"/);
+        }),
+    );
+  } finally {
+    await b.close();
+    await r.close();
+  }
+});
+
+Deno.test("NodeProxy logs HTTP/1 requests that reach no service: 404 for an unknown Host, 400 malformed", async () => {
+  const config = meshConfig([{ name: "web", ports: [{ port: 80, endpoints: [] }] }]);
+  await withLoggedProxy(config, { accessLog: "json" }, async (port, lines) => {
+    const lost = await rawRequest(port, "nowhere.default.mesh", { path: "/a?b=c" });
+    assert.equal(lost.status, 404);
+    await waitFor("the 404's line", lineCount(lines, 1));
+    assert.equal(lines[0]!.service, undefined);
+    assert.equal(lines[0]!.status, 404);
+    assert.equal(lines[0]!.reason, "unknown_host");
+    assert.equal(lines[0]!.method, "GET");
+    assert.equal(lines[0]!.authority, "nowhere.default.mesh");
+    assert.equal(lines[0]!.path, "/a");
+    assert.match(String(lines[0]!.detail), /No mesh service answers to Host/);
+    assert.match(String(lines[0]!.source), /^127\.0\.0\.1:\d+$/);
+
+    const two = await rawRequest(port, "web.default.mesh", { headers: ["Host: other"] });
+    assert.equal(two.status, 400);
+    await waitFor("the 400's line", lineCount(lines, 2));
+    assert.equal(lines[1]!.status, 400);
+    assert.equal(lines[1]!.reason, "bad_request");
+    assert.match(String(lines[1]!.detail), /^Bad request: /);
+
+    const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    await c.write(enc.encode("NOT HTTP\r\n\r\n"));
+    await c.read(new Uint8Array(1024)).catch(() => null);
+    c.close();
+    await waitFor("the unparsed request's line", lineCount(lines, 3));
+    assert.equal(lines[2]!.status, 400);
+    assert.equal(lines[2]!.reason, "bad_request");
+    assert.equal(lines[2]!.method, undefined);
+  });
+  // A Service turned on by its annotation alone does not turn on the lines of no service.
+  const annotated = meshConfig([{ name: "web", accessLog: true, ports: [{ port: 80 }] }]);
+  await withLoggedProxy(annotated, { accessLog: "off" }, async (port, lines) => {
+    assert.equal((await rawRequest(port, "nowhere.default.mesh")).status, 404);
+    assert.equal((await rawRequest(port, "web.default.mesh")).status, 503);
+    await waitFor("the service's line", lineCount(lines, 1));
+    assert.equal(lines.length, 1);
+    assert.equal(lines[0]!.service, "default/web:80");
+  });
+});
+
+Deno.test("AccessLog.write() cuts long text fields so a line fits in one atomic pipe write", () => {
+  for (const mode of ["json", "logfmt"] as const) {
+    const out: string[] = [];
+    const log = new AccessLog({ mode, write: (l) => out.push(l) });
+    const entry = {
+      start: 0,
+      source: "127.0.67.9",
+      protocol: "http" as const,
+      service: "shop/web:80",
+      method: "GET",
+      path: "/" + "p".repeat(9000),
+      detail: "d\u00e9".repeat(3000),
+      durationMs: 1,
+      bytesIn: 0,
+      bytesOut: 0,
+      retries: 0,
+    };
+    log.write(entry);
+    log.write({ ...entry, path: "/short", detail: undefined });
+    const line = out[0]!;
+    assert.ok(enc.encode(line).length <= MAX_LINE, `${mode}: ${enc.encode(line).length} bytes`);
+    assert.ok(line.endsWith("\n"));
+    const parsed = mode === "json" ? JSON.parse(line) : parseLogfmt(line);
+    assert.match(String(parsed.path), /^\/p+\.\.\.$/);
+    assert.equal(parsed.service, "shop/web:80");
+    assert.equal(parsed.status, undefined);
+    assert.match(out[1]!, /\/short/, "a short line is left whole");
   }
 });

@@ -1,4 +1,5 @@
 import type { Logger } from "../observability/mod.ts";
+import { type AccessLog, failureReason, logUnrouted } from "./access_log.ts";
 import type { RequestInfo } from "./access.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { admit, checkBreaker, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
@@ -62,6 +63,28 @@ export interface H2ProxyOptions {
   clientIdleMs?: number;
   /** Streams one client connection may have open at once. Default 100. */
   maxConcurrentStreams?: number;
+  /**
+   * The log of streams no service answers (malformed, or an `:authority` of no service);
+   * a routed stream is logged by its route's own log (`Route.log`).
+   */
+  accessLog?: AccessLog | null;
+  /** `--request-id`: add `x-request-id` (a random UUID) to each request that has none. */
+  requestId?: boolean;
+}
+
+/** One client stream: its metric state, and what its access log line says. */
+interface StreamState extends Metered {
+  /** The route that served it: the root, or the TrafficSplit backend chosen. */
+  target: Route;
+  /** The endpoint of the last try. */
+  ep: EndpointState | null;
+  tries: number;
+  /** DATA bytes from the client and to it. */
+  bytesIn: number;
+  bytesOut: number;
+  /** Why the stream ended without a whole response, when it did (`reason`, `detail`). */
+  reason: string | undefined;
+  detail: string | undefined;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -217,11 +240,12 @@ export class H2Proxy {
       conn.setNoDelay(true);
     } catch { /* closed */ }
     const logger = this.#opts.logger;
+    const peerPort = (conn.remoteAddr as Deno.NetAddr).port;
     const client: H2Connection = new H2Connection(conn, {
       role: "server",
       maxConcurrentStreams: this.#opts.maxConcurrentStreams,
       onStream: (stream, fields) => {
-        this.#onStream(stream, fields, peer).catch((e) => {
+        this.#onStream(stream, fields, peer, peerPort).catch((e) => {
           logger.warn("h2 stream failed", { error: String(e) });
           stream.reset(ERROR.INTERNAL_ERROR);
         });
@@ -293,7 +317,12 @@ export class H2Proxy {
     return name === undefined ? null : `${protocol} ${name}`;
   }
 
-  async #onStream(stream: H2Stream, fields: Fields, peer: string): Promise<void> {
+  async #onStream(
+    stream: H2Stream,
+    fields: Fields,
+    peer: string,
+    peerPort: number,
+  ): Promise<void> {
     const grpc = (fieldOf(fields, "content-type") ?? "").startsWith("application/grpc");
     let malformed = checkH2Request(fields);
     if (malformed === null) {
@@ -305,19 +334,48 @@ export class H2Proxy {
         malformed = e.message;
       }
     }
-    if (malformed !== null) {
-      // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
-      this.#fail(stream, new ProxyFailure(400, `Bad request: ${malformed}`), grpc);
-      return;
-    }
     const authority = fieldOf(fields, ":authority") ?? fieldOf(fields, "host") ?? "";
-    const root = lookupHttpRoute(this.#opts.routes(), authority);
+    const root = malformed === null ? lookupHttpRoute(this.#opts.routes(), authority) : null;
     if (!root) {
-      this.#fail(stream, new ProxyFailure(404, `No mesh service answers to "${authority}"`), grpc);
+      // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
+      const f = malformed !== null
+        ? new ProxyFailure(400, `Bad request: ${malformed}`)
+        : new ProxyFailure(404, `No mesh service answers to "${authority}"`);
+      this.#fail(stream, f, grpc);
+      const log = this.#opts.accessLog;
+      if (log) {
+        logUnrouted(log, {
+          source: peer,
+          sourcePort: peerPort,
+          method: fieldOf(fields, ":method"),
+          authority: authority || undefined,
+          target: fieldOf(fields, ":path"),
+          failure: f,
+        });
+      }
       return;
     }
     // The stream's metric state, counted by meterStart/meterEnd as HTTP/1 counts a request.
-    const x: Metered = { root, started: 0, status: 0, network: false, breakerChecked: false };
+    const x: StreamState = {
+      root,
+      started: 0,
+      status: 0,
+      network: false,
+      breakerChecked: false,
+      target: root,
+      ep: null,
+      tries: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      reason: undefined,
+      detail: undefined,
+    };
+    const log = root.log;
+    let requestId: string | undefined;
+    if (this.#opts.requestId) {
+      requestId = fieldOf(fields, "x-request-id");
+      if (requestId === undefined) fields.push(["x-request-id", requestId = crypto.randomUUID()]);
+    } else if (log !== null) requestId = fieldOf(fields, "x-request-id");
     meterStart(x);
     try {
       const viaName = this.#opts.viaName;
@@ -333,6 +391,7 @@ export class H2Proxy {
       x.breakerChecked = checkBreaker(root);
       const admitted = admit(root, peer, requestInfo(fields));
       const target = admitted.target;
+      x.target = target;
       const candidates = withoutOwn(admitted, this.#guard);
       if (target.service.scheme !== "h2c") {
         throw new ProxyFailure(
@@ -342,7 +401,7 @@ export class H2Proxy {
         );
       }
       const out = requestHeaders(fields, peer, this.#via("2"));
-      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, root), {
+      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, x), {
         pool: this.#opts.pool,
         root,
         target,
@@ -357,14 +416,22 @@ export class H2Proxy {
     } catch (e) {
       if (e instanceof ClientGone) {
         x.status = 499; // the stream is gone: nobody to answer
+        x.reason = "client_gone";
         return;
       }
-      if (!(e instanceof ProxyFailure)) throw e;
+      if (!(e instanceof ProxyFailure)) {
+        x.reason = "error";
+        x.detail = String(e);
+        throw e;
+      }
       x.status = e.status;
       x.network = e.network;
+      x.reason = failureReason(e);
+      x.detail = e.message;
       this.#fail(stream, e, grpc);
     } finally {
       meterEnd(x);
+      if (log !== null) logStream(log, x, fields, peer, peerPort, requestId);
     }
   }
 
@@ -410,8 +477,10 @@ export class H2Proxy {
     client: H2Stream,
     out: Fields,
     ep: EndpointState,
-    root: Route,
+    x: StreamState,
   ): Promise<number> {
+    x.ep = ep;
+    x.tries++;
     // No body at all: the request goes out whole, and may be retried if refused.
     const bodyless = client.remoteEnded && !client.hasData;
     // Without an await when it can: the request's frames then leave in the same write as the
@@ -419,9 +488,10 @@ export class H2Proxy {
     const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
     if (client.closed) {
       up.reset(ERROR.CANCEL);
+      x.reason = "client_gone";
       return 499; // the client went away while we connected
     }
-    const m = root.metrics;
+    const m = x.root.metrics;
     const pool = this.#opts.pool;
     return await new Promise<number>((resolve, reject) => {
       let status = 0;
@@ -455,12 +525,15 @@ export class H2Proxy {
       };
       up.onData = (chunk, end) => {
         m.bytesOut.inc(chunk.length);
+        x.bytesOut += chunk.length;
         client.sendData(chunk, end, up);
       };
       up.onClose = (code) => {
         if (status === 0) {
-          if (client.closed && client.code !== ERROR.NO_ERROR) settle(499);
-          else {
+          if (client.closed && client.code !== ERROR.NO_ERROR) {
+            x.reason = "client_gone";
+            settle(499);
+          } else {
             settle(
               new UpstreamError(`stream closed before a response (${errorName(code)})`, {
                 requestSent: !(up.refused && bodyless),
@@ -471,6 +544,10 @@ export class H2Proxy {
         }
         if (code !== ERROR.NO_ERROR) {
           // Reset mid-response: the client's stream is reset too.
+          if (x.reason === undefined) {
+            x.reason = "reset";
+            x.detail = `The endpoint reset the stream mid-response (${errorName(code)})`;
+          }
           client.reset(code === ERROR.REFUSED_STREAM ? ERROR.INTERNAL_ERROR : code);
         } else if (!client.remoteEnded) {
           // RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
@@ -480,6 +557,7 @@ export class H2Proxy {
       };
       client.onData = (chunk, end) => {
         m.bytesIn.inc(chunk.length);
+        x.bytesIn += chunk.length;
         up.sendData(chunk, end, client);
       };
       client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
@@ -487,6 +565,10 @@ export class H2Proxy {
         if (code === ERROR.NO_ERROR && client.localEnded) return; // done
         // The client reset or left: nothing more goes upstream.
         up.reset(ERROR.CANCEL);
+        if (x.reason === undefined) {
+          x.reason = status === 0 ? "client_gone" : "reset";
+          x.detail = `The client reset the stream (${errorName(code)})`;
+        }
         if (status === 0) settle(499); // the client cancelled: no fault of the endpoint
       };
       if (!bodyless) client.replay();
@@ -724,6 +806,45 @@ export class H2Proxy {
     // The request's body (if any) is not read: the stream is done.
     if (!stream.remoteEnded && !stream.closed && !stream.pending) stream.reset(ERROR.NO_ERROR);
   }
+}
+
+/** The path of a request's fields, without the query. */
+function pathOf(fields: Fields): string | undefined {
+  const target = fieldOf(fields, ":path");
+  const q = target?.indexOf("?") ?? -1;
+  return q >= 0 ? target!.slice(0, q) : target;
+}
+
+/** Writes the access log line of one HTTP/2 stream, at its end. */
+function logStream(
+  log: AccessLog,
+  x: StreamState,
+  fields: Fields,
+  peer: string,
+  peerPort: number,
+  requestId: string | undefined,
+): void {
+  const durationMs = performance.now() - x.started;
+  log.write({
+    start: Date.now() - durationMs,
+    source: peer,
+    sourcePort: peerPort,
+    protocol: "http",
+    service: x.root.key,
+    backend: x.target === x.root ? undefined : x.target.key,
+    endpoint: x.ep?.key,
+    method: fieldOf(fields, ":method"),
+    authority: fieldOf(fields, ":authority") ?? fieldOf(fields, "host"),
+    path: pathOf(fields),
+    requestId,
+    status: x.status,
+    reason: x.reason,
+    detail: x.detail,
+    durationMs,
+    bytesIn: x.bytesIn,
+    bytesOut: x.bytesOut,
+    retries: Math.max(0, x.tries - 1),
+  });
 }
 
 /** The value of `name` in `fields` (several joined with ", ", cookies with "; "), if any. */

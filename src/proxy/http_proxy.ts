@@ -3,7 +3,7 @@ import { acceptLoop } from "./accept_loop.ts";
 import { ClientSource } from "./client_source.ts";
 import type { ConnectionLimiter } from "./conn_limiter.ts";
 import type { RequestInfo } from "./access.ts";
-import { type AccessLog, failureReason } from "./access_log.ts";
+import { type AccessLog, failureReason, logUnrouted } from "./access_log.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import {
   type BodyFraming,
@@ -80,6 +80,8 @@ export interface HttpProxyOptions {
   acceptFrom?: Promise<void>;
   /** `--request-id`: add `x-request-id` (a random UUID) to each request that has none. */
   requestId?: boolean;
+  /** The log of requests no service answers (404, 400); routed ones use `Route.log`. */
+  accessLog?: AccessLog | null;
 }
 
 const MAX_HEAD = 64 * 1024;
@@ -302,6 +304,8 @@ export class HttpProxy {
         isOwn: options.isOwn,
         viaName: options.viaName,
         clientIdleMs: options.clientIdleMs,
+        accessLog: options.accessLog,
+        requestId: options.requestId,
       });
       return this.#h2Loaded;
     });
@@ -483,8 +487,9 @@ export class HttpProxy {
       } catch (e) {
         if (e instanceof HttpParseError) {
           const status = e.message.includes("over") ? 431 : 400;
-          await this.#fail(client, 1, new ProxyFailure(status, `Bad request: ${e.message}`))
-            .catch(() => {});
+          const f = new ProxyFailure(status, `Bad request: ${e.message}`);
+          this.#logUnrouted(client, f);
+          await this.#fail(client, 1, f).catch(() => {});
         }
         return;
       } finally {
@@ -518,11 +523,18 @@ export class HttpProxy {
       // one Host is the authority.
       checked = checkRequest(parsed);
     } catch (e) {
-      throw new ProxyFailure(400, `Bad request: ${(e as Error).message}`);
+      throw this.#logUnrouted(
+        client,
+        new ProxyFailure(400, `Bad request: ${(e as Error).message}`),
+        parsed,
+      );
     }
     const { head: req, authority: host } = checked;
     const root = lookupHttpRoute(this.#opts.routes(), host);
-    if (!root) throw new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
+    if (!root) {
+      const f = new ProxyFailure(404, `No mesh service answers to Host "${host}"`);
+      throw this.#logUnrouted(client, f, req, host);
+    }
     const m = root.metrics;
     const x: Http1Request = {
       req,
@@ -1087,6 +1099,27 @@ export class HttpProxy {
   #discard(u: Upstream): void {
     u.idle = false;
     closeQuietly(u.conn);
+  }
+
+  /** Logs a request no service answers (when the flag turns the log on); returns `f`. */
+  #logUnrouted(
+    client: Deno.Conn,
+    f: ProxyFailure,
+    req?: MessageHead,
+    authority?: string,
+  ): ProxyFailure {
+    const log = this.#opts.accessLog;
+    if (!log) return f;
+    const addr = client.remoteAddr as Deno.NetAddr;
+    logUnrouted(log, {
+      source: addr.hostname,
+      sourcePort: addr.port,
+      method: req?.method,
+      authority: authority ?? (req && getHeader(req.headers, "host")) ?? undefined,
+      target: req?.target,
+      failure: f,
+    });
+    return f;
   }
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {

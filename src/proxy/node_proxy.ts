@@ -2,6 +2,7 @@ import type { Logger, Registry } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
 import { AccessLog, type AccessLogMode } from "./access_log.ts";
+import { LineQueue } from "./line_queue.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
@@ -58,8 +59,14 @@ export interface NodeProxyOptions {
   domainAliases?: readonly string[];
   /** `--access-log`: the default of every Service (its annotation wins), and the format. */
   accessLog?: AccessLogMode;
-  /** Where access log lines go; stdout when absent (a test seam). */
+  /**
+   * Where access log lines go, at once (a test seam). When absent they are queued and written
+   * to stdout in the background ({@linkcode LineQueue}): a stdout nobody reads drops lines and
+   * counts them (`meshd_access_log_dropped_total`), and never stalls the proxy.
+   */
   accessLogWrite?: (line: string) => void;
+  /** Bytes of access log lines that may wait for stdout. Default 1 MiB. */
+  accessLogQueueBytes?: number;
   /** `--request-id`: add `x-request-id` to HTTP requests that have none. */
   requestId?: boolean;
 }
@@ -135,6 +142,8 @@ export class NodeProxy {
   #draining = false;
   #retryMs = BIND_RETRY_MIN_MS;
   #opened!: () => void;
+  /** The access log's queue to stdout, unless a test took the lines. */
+  readonly #logQueue: LineQueue | null = null;
   /** Resolved by the first apply: the HTTP entrypoint accepts only from then on. */
   readonly #firstApply = new Promise<void>((resolve) => this.#opened = resolve);
 
@@ -142,6 +151,20 @@ export class NodeProxy {
     this.#opts = options;
     const metrics = new ProxyMetrics(options.registry);
     const log = options.logger;
+    const dropped = metrics.registry.counter(
+      "meshd_access_log_dropped_total",
+      "Access log lines dropped because stdout did not take them in time (or was closed).",
+    ).with();
+    let writeLine = options.accessLogWrite;
+    if (!writeLine) {
+      const q = new LineQueue({
+        maxBytes: options.accessLogQueueBytes,
+        onDrop: () => dropped.inc(),
+        logger: log,
+      });
+      this.#logQueue = q;
+      writeLine = (l) => q.push(l);
+    }
     const pool = new EndpointPool({
       outlier: options.outlier,
       random: options.random,
@@ -155,10 +178,7 @@ export class NodeProxy {
       metrics,
       breakerTiming: options.breaker,
       domainAliases: options.domainAliases,
-      accessLog: new AccessLog({
-        mode: options.accessLog ?? "off",
-        write: options.accessLogWrite,
-      }),
+      accessLog: new AccessLog({ mode: options.accessLog ?? "off", write: writeLine }),
     });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
     this.#limiter = new ConnectionLimiter({
@@ -210,6 +230,7 @@ export class NodeProxy {
       isOwn: this.#isOwnTcp,
       viaName: `meshd-${crypto.randomUUID().slice(0, 8)}`,
       requestId: this.#opts.requestId,
+      accessLog: this.#state.accessLog?.unrouted,
     });
     this.#opts.logger.info("http entrypoint listening", { address: this.httpAddress });
     this.#opts.logger.info("connection limits", {
@@ -432,5 +453,14 @@ export class NodeProxy {
     ]);
     this.#tcp.clear();
     this.#udp.clear();
+    // The lines of the connections just closed, and any still queued, go out before the end.
+    if (this.#logQueue && !(await this.#logQueue.flush(LOG_FLUSH_MS))) {
+      this.#opts.logger.warn("access log lines left unwritten at shutdown", {
+        bytes: this.#logQueue.queuedBytes,
+      });
+    }
   }
 }
+
+/** How long {@linkcode NodeProxy.stop} waits for queued access log lines to be written. */
+const LOG_FLUSH_MS = 2_000;

@@ -184,7 +184,9 @@ Deno.test("manifests: every object applies, the pod is what a lossless rollout n
             resourceAttributes: {
               verb,
               group,
-              resource,
+              // "pods/proxy": a subresource
+              resource: resource.split("/")[0],
+              ...(resource.includes("/") ? { subresource: resource.split("/")[1] } : {}),
               ...(namespace ? { namespace } : {}),
               ...(name ? { name } : {}),
             },
@@ -224,6 +226,13 @@ Deno.test("manifests: every object applies, the pod is what a lossless rollout n
       );
     }
     assert.ok(!(await prepareCan("list", "", "pods")), "meshd-prepare reads no pods");
+    // meshd check and status in a meshd pod read each node's /metrics through the pod proxy:
+    // GET, in meshd's namespace alone.
+    assert.ok(await can("get", "", "pods/proxy", "meshd"), "meshd may get pods/proxy in meshd");
+    assert.ok(!(await can("get", "", "pods/proxy", "default")), "nor in another namespace");
+    assert.ok(!(await can("create", "", "pods/proxy", "meshd")), "no POST through the pod proxy");
+    assert.ok(!(await can("get", "", "services/proxy", "meshd")), "no Service proxy");
+    assert.ok(!(await prepareCan("get", "", "pods/proxy", "meshd")), "meshd-prepare: no proxy");
     const forbidden: [string, string, string, string?][] = [
       ["delete", "", "services", "default"],
       ["update", "coordination.k8s.io", "leases", "kube-system"],

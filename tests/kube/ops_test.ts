@@ -399,6 +399,13 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         new RegExp(`^n1: pod meshd-n1, leader, config v${v}, userspace \\(.+\\)$`),
       );
       assert.match(n2!.message, new RegExp(`^n2: pod meshd-n2, config v${v}, userspace \\(.+\\)$`));
+      // meshd_build_info: both run this checkout (from source, so the commit is git's)
+      const versions = one(checks, "versions");
+      assert.equal(versions.level, "ok");
+      assert.match(
+        versions.message,
+        /^every node runs meshd 0\.1\.0 \(commit ([0-9a-f]{7}|unknown), deno \d+\.\d+\.\d+\)$/,
+      );
       // the pod proxy went through the egress, to each node's metrics port
       for (const n of NODES) {
         assert.ok(
@@ -417,12 +424,13 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         assert.equal(one(checks, "daemonset").level, "skip");
         assert.match(one(checks, "daemonset").message, /Nodes may not be listed/);
         assert.equal(one(checks, "leader").level, "ok");
+        // The Role meshd-pod-proxy lets it read each node's metrics through the pod proxy:
+        // the node lines are whole (warnings here only for the userspace data path).
         const nodes = checks.filter((c) => c.name === "node");
         assert.deepEqual(nodes.map((c) => c.level), ["warn", "warn"]);
-        assert.match(
-          nodes[0]!.message,
-          /^n1: pod meshd-n1 is ready; its metrics cannot be read: .*403/,
-        );
+        assert.match(nodes[0]!.message, /^n1: pod meshd-n1, leader, config v\d+, userspace \(/);
+        assert.match(nodes[1]!.message, /^n2: pod meshd-n2, config v\d+, userspace \(/);
+        assert.equal(one(checks, "versions").level, "ok");
         const status = await meshd("status", sa);
         assert.match(status.out, /^DaemonSet: {2}not readable by this identity$/m);
         assert.equal(status.code, 0, "what it may not read is no failure");
@@ -466,7 +474,9 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
         assert.equal(j.leader, "meshd-n1");
         assert.equal(j.nodesReady, 2);
         assert.equal(j.nodes, 2);
-        assert.deepEqual(j.versions, ["meshd:0.1.0"]);
+        assert.equal(j.versions.length, 1, j.versions);
+        assert.match(j.versions[0], /^0\.1\.0 \(commit ([0-9a-f]{7}|unknown), deno [\d.]+\)$/);
+        assert.deepEqual(j.images, ["meshd:0.1.0"]);
         assert.equal(j.configVersions.min, j.configVersions.max);
         assert.deepEqual(j.perNode.map((n: { datapath: string }) => n.datapath), [
           "userspace",
@@ -519,6 +529,34 @@ Deno.test("meshd check, status and stat read the cluster and every node's metric
           /^n2: meshd pod meshd-n2 is not ready \(Running, CrashLoopBackOff, 3 restarts, last ended Error, exit code 1, at 2026-11-29T16:00:00Z\)$/,
         );
         await setPod(1, running(1));
+      },
+    );
+
+    await t.step(
+      "status shows what a node's /api/status lists: a file that does not parse",
+      async () => {
+        const bad = `${dirs.get("n2")!}/broken.yaml`;
+        await Deno.writeTextFile(bad, "kind: Service\nmetadata: [unclosed\n");
+        try {
+          await waitFor("n2's metrics to count the bad file", async () => {
+            const m = await metricsOf(NODES[1]!.host, metricsPort.get("n2")!);
+            return /^meshd_status_problems\{kind="invalid_object"\} 1$/m.test(m) ? true : undefined;
+          }, 20_000);
+          const text = await meshd("status", kc);
+          assert.match(
+            text.out,
+            /^ {2}n2 meshd-n2: object rejected: Cannot parse file "broken\.yaml", document 1, as YAML: /m,
+            text.out,
+          );
+          const j = JSON.parse((await meshd("status", "-o", "json", kc)).out);
+          assert.equal(j.perNode[1].problems.invalid_object, 1);
+        } finally {
+          await Deno.remove(bad);
+        }
+        await waitFor("n2's metrics to clear", async () => {
+          const m = await metricsOf(NODES[1]!.host, metricsPort.get("n2")!);
+          return /^meshd_status_problems\{kind="invalid_object"\} 0$/m.test(m) ? true : undefined;
+        }, 20_000);
       },
     );
 

@@ -108,6 +108,14 @@ Deno.test({
     assert.equal(podChecks.find((x) => x.name === "daemonset")?.level, "skip");
     assert.equal(podChecks.find((x) => x.name === "leader")?.level, "ok");
     assert.equal(podChecks.find((x) => x.name === "rbac")?.level, "ok");
+    // The Role meshd-pod-proxy: in a pod, every node's metrics are read too.
+    const podNodes = podChecks.filter((x) => x.name === "node");
+    assert.equal(podNodes.length, nodes.nodes.length);
+    for (const l of podNodes) assert.match(l.message, /, config v\d+, ebpf$/);
+    // meshd_build_info, the same on every node
+    const versions = byName("versions")[0];
+    assert.equal(versions?.level, "ok", JSON.stringify(versions));
+    assert.match(versions!.message, /^every node runs meshd \d+\.\d+\.\d+ \(commit \S+, deno /);
 
     const status = await meshd("status", kc);
     show("meshd status", status);
@@ -116,6 +124,7 @@ Deno.test({
     assert.equal(s.nodesReady, nodes.nodes.length);
     assert.ok(meshdPods.some((p) => p.metadata.name === s.leader), `leader ${s.leader}`);
     assert.equal(s.configVersions.min, s.configVersions.max, "no skew");
+    assert.deepEqual(s.versions, [versions!.message.replace("every node runs meshd ", "")]);
     assert.deepEqual(s.perNode.map((n: { datapath: string }) => n.datapath), ["ebpf", "ebpf"]);
 
     // Traffic: from a client pod on each node, 50 requests through its node's meshd.
