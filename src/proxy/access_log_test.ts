@@ -627,6 +627,48 @@ Deno.test("NodeProxy logs an h2c stream with the fields of an HTTP/1 line: split
   }
 });
 
+Deno.test("NodeProxy logs an HTTP/1 request to an h2c service with its endpoint, bytes and retries", async () => {
+  const live = await h2Backend("v2");
+  const dead = freePort(H2_HOST);
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      retryAttempts: 2,
+      ports: [{ port: 80, endpoints: [endpoint(H2_HOST, dead), endpoint(H2_HOST, live.port)] }],
+    }]);
+    await withLoggedProxy(
+      config,
+      { accessLog: "json", outlier: { consecutiveFailures: 1000 } },
+      async (port, lines) => {
+        let sent = 0;
+        let retried: Line | undefined;
+        while (!retried && sent < 40) {
+          const r = await rawRequest(port, "greeter.default.mesh", {
+            method: "POST",
+            path: "/pkg.Svc/Call",
+            body: "hello",
+          });
+          assert.equal(r.status, 200);
+          sent++;
+          await waitFor("the request's line", lineCount(lines, sent));
+          const l = lines[sent - 1]!;
+          assert.equal(l.service, "default/greeter:80");
+          assert.equal(l.endpoint, `${H2_HOST}:${live.port}`, JSON.stringify(l));
+          assert.equal(l.status, 200);
+          assert.equal(l.bytes_in, 5);
+          assert.equal(l.bytes_out, enc.encode(r.body).length);
+          if (l.retries === 1) retried = l;
+          else assert.equal(l.retries, 0);
+        }
+        assert.ok(retried, `no request of ${sent} was retried: ${JSON.stringify(lines)}`);
+      },
+    );
+  } finally {
+    await live.close();
+  }
+});
+
 Deno.test("NodeProxy logs h2c denials, resets and streams no service answers, with the reason", async () => {
   const b = await h2Backend("a");
   const r = resettingBackend();

@@ -126,6 +126,11 @@ export interface Http1ToH2 {
   candidates: EndpointState[];
   /** Whether the client went away; no retry is made for nobody. */
   gone?: () => boolean;
+  /** Count the request's and the response's body bytes; default the root route's counters. */
+  cin?: { inc(n: number): void };
+  cout?: { inc(n: number): void };
+  /** Told of each try's endpoint, for the access log. */
+  onTry?: (ep: EndpointState) => void;
 }
 
 /** One chunk of a chunked body (RFC 9112 §7.1): size line, data, CRLF. */
@@ -661,7 +666,8 @@ export class H2Proxy {
     out: Fields,
     clientClose: boolean,
   ): Promise<{ status: number; keepAlive: boolean }> {
-    const m = r.root.metrics;
+    r.onTry?.(ep);
+    const cin = r.cin ?? r.root.metrics.bytesIn;
     const bodyless = r.framing.kind === "none";
     const up = this.#openNow(ep, out, bodyless) ?? await this.#open(ep, out, bodyless);
     let trailers: Fields | null = null;
@@ -669,7 +675,7 @@ export class H2Proxy {
     let badBody: HttpParseError | undefined;
     const bodyDone = bodyless
       ? Promise.resolve(true)
-      : copyBody(r.reader, up, r.framing, true, (n) => m.bytesIn.inc(n)).then(
+      : copyBody(r.reader, up, r.framing, true, (n) => cin.inc(n)).then(
         (ok) => {
           up.end();
           return ok;
@@ -716,12 +722,12 @@ export class H2Proxy {
     head += fieldLines(responseHeaders(res.h));
     if (chunked) head += "transfer-encoding: chunked\r\n";
     head += closeAfter ? "connection: close\r\n\r\n" : "\r\n";
-    const m = r.root.metrics;
+    const cout = r.cout ?? r.root.metrics.bytesOut;
     try {
       await writeAll(r.client, encodeLatin1(head));
       for (let chunk = await up.read(); chunk !== null; chunk = await up.read()) {
         if (noBody || chunk.length === 0) continue;
-        m.bytesOut.inc(chunk.length);
+        cout.inc(chunk.length);
         await writeAll(r.client, chunked ? chunkOf(chunk) : chunk);
       }
     } catch (e) {

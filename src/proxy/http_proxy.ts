@@ -623,6 +623,12 @@ export class HttpProxy {
           target: x.target,
           candidates: x.candidates,
           gone: () => this.#sources.get(client)?.gone ?? false,
+          cin: x.cin,
+          cout: x.cout,
+          onTry: (ep) => {
+            x.ep = ep;
+            x.tries++;
+          },
         });
       return this.#h2Loaded ? run(this.#h2Loaded) : this.#http2().then(run);
     }
