@@ -17,12 +17,13 @@ import {
   probeDatapath,
   readBpfObject,
 } from "../datapath/mod.ts";
-import type { KubeApi, MeshView } from "../kube/mod.ts";
+import type { KubeApi, MeshPodView, MeshView } from "../kube/mod.ts";
 import { type CheckResult, checksJson, formatChecks } from "./check_report.ts";
 import { CliError, type CliIo, kubeClientFor, warningLine } from "./common.ts";
 import {
   appliedByLeader,
   meshdVersion,
+  type NodeFacts,
   nodeFacts,
   type NodeReport,
   PROBLEM_KINDS,
@@ -578,52 +579,73 @@ export function nodeCheck(
     };
   }
   const pod = r.pod;
-  if (!pod.ready) {
-    const why = [
-      pod.waiting,
-      pod.restarts ? `${pod.restarts} restarts` : "",
-      pod.lastTermination ? `last ended ${pod.lastTermination}` : "",
-    ].filter((x) => x).join(", ");
-    return {
-      name: "node",
-      level: "fail",
-      message: `${name}: meshd pod ${pod.name} is not ready (${pod.phase}${why ? `, ${why}` : ""})`,
-      hint: `kubectl -n ${o.ns} logs ${pod.name}; /readyz says why on port 9001`,
-    };
-  }
+  if (!pod.ready) return notReadyCheck(name, pod, o.ns);
   const byLeader = o.applied.get(pod.name);
-  if (!r.metrics) {
-    if (byLeader !== undefined) {
-      const behind = byLeader < o.target;
-      return {
-        name: "node",
-        level: behind ? "fail" : "warn",
-        message: `${name}: pod ${pod.name} applied config v${byLeader}` +
-          (behind ? `, the leader is at v${o.target}` : "") +
-          ` (as the leader says; its metrics: ${r.metricsError})`,
-        hint: "check needs get pods/proxy, and the API server a route to the node's address",
-      };
-    }
+  if (!r.metrics) return unreadCheck(name, pod.name, r.metricsError, byLeader, o.target);
+  return metricsCheck(name, pod.name, nodeFacts(r.metrics), o);
+}
+
+/** The check of a node whose meshd pod is not ready, with what its status says of why. */
+function notReadyCheck(name: string, pod: MeshPodView, ns: string): Omit<CheckResult, "group"> {
+  const why = [
+    pod.waiting,
+    pod.restarts ? `${pod.restarts} restarts` : "",
+    pod.lastTermination ? `last ended ${pod.lastTermination}` : "",
+  ].filter((x) => x).join(", ");
+  return {
+    name: "node",
+    level: "fail",
+    message: `${name}: meshd pod ${pod.name} is not ready (${pod.phase}${why ? `, ${why}` : ""})`,
+    hint: `kubectl -n ${ns} logs ${pod.name}; /readyz says why on port 9001`,
+  };
+}
+
+/** The check of a ready node whose metrics cannot be read: by what the leader says it applied. */
+function unreadCheck(
+  name: string,
+  podName: string,
+  metricsError: string | undefined,
+  byLeader: number | undefined,
+  target: number,
+): Omit<CheckResult, "group"> {
+  if (byLeader !== undefined) {
+    const behind = byLeader < target;
     return {
       name: "node",
-      level: "warn",
-      message: `${name}: pod ${pod.name} is ready; its metrics cannot be read: ${r.metricsError}`,
-      hint: "check needs get pods/proxy, and the API server a route to the node's address " +
-        "and --metrics-port",
+      level: behind ? "fail" : "warn",
+      message: `${name}: pod ${podName} applied config v${byLeader}` +
+        (behind ? `, the leader is at v${target}` : "") +
+        ` (as the leader says; its metrics: ${metricsError})`,
+      hint: "check needs get pods/proxy, and the API server a route to the node's address",
     };
   }
-  const f = nodeFacts(r.metrics);
+  return {
+    name: "node",
+    level: "warn",
+    message: `${name}: pod ${podName} is ready; its metrics cannot be read: ${metricsError}`,
+    hint: "check needs get pods/proxy, and the API server a route to the node's address " +
+      "and --metrics-port",
+  };
+}
+
+/** The check of a ready node from its metrics: config version, data path and problems. */
+function metricsCheck(
+  name: string,
+  podName: string,
+  f: NodeFacts,
+  o: { target: number; leader: string | null },
+): Omit<CheckResult, "group"> {
   const version = f.configVersion ?? 0;
   const dp = f.datapath
     ? `${f.datapath}${f.datapath === "ebpf" ? "" : ` (${f.datapathReason})`}`
     : "data path unknown";
-  const lead = pod.name === o.leader ? ", leader" : "";
+  const lead = podName === o.leader ? ", leader" : "";
   if (version < o.target) {
     return {
       name: "node",
       level: "fail",
       message:
-        `${name}: pod ${pod.name} routes by config v${version}, the leader is at v${o.target}; ${dp}`,
+        `${name}: pod ${podName} routes by config v${version}, the leader is at v${o.target}; ${dp}`,
       hint: f.connected === false
         ? "it holds no config stream to the leader (meshd_distribution_connected 0): see its log"
         : "it is behind; --wait gives it time",
@@ -639,7 +661,7 @@ export function nodeCheck(
   return {
     name: "node",
     level: ok ? "ok" : "warn",
-    message: `${name}: pod ${pod.name}${lead}, config v${version}${fromDisk}, ${dp}` +
+    message: `${name}: pod ${podName}${lead}, config v${version}${fromDisk}, ${dp}` +
       (problems.length ? `; ${problems.join(", ")}` : ""),
     ...(ok ? {} : {
       hint: problems.length
