@@ -322,6 +322,7 @@ export class H2Proxy {
     return name === undefined ? null : `${protocol} ${name}`;
   }
 
+  /** Answers one client stream: routes it, forwards it, then counts and logs it. */
   async #onStream(
     stream: H2Stream,
     fields: Fields,
@@ -329,37 +330,8 @@ export class H2Proxy {
     peerPort: number,
   ): Promise<void> {
     const grpc = (fieldOf(fields, "content-type") ?? "").startsWith("application/grpc");
-    let malformed = checkH2Request(fields);
-    if (malformed === null) {
-      // Access rules match the path meshd forwards: one normal form, or 400.
-      try {
-        setField(fields, ":path", normalizeTarget(fieldOf(fields, ":path")!));
-      } catch (e) {
-        if (!(e instanceof HttpParseError)) throw e;
-        malformed = e.message;
-      }
-    }
-    const authority = fieldOf(fields, ":authority") ?? fieldOf(fields, "host") ?? "";
-    const root = malformed === null ? lookupHttpRoute(this.#opts.routes(), authority) : null;
-    if (!root) {
-      // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
-      const f = malformed !== null
-        ? new ProxyFailure(400, `Bad request: ${malformed}`)
-        : new ProxyFailure(404, `No mesh service answers to "${authority}"`);
-      this.#fail(stream, f, grpc);
-      const log = this.#opts.accessLog;
-      if (log) {
-        logUnrouted(log, {
-          source: peer,
-          sourcePort: peerPort,
-          method: fieldOf(fields, ":method"),
-          authority: authority || undefined,
-          target: fieldOf(fields, ":path"),
-          failure: f,
-        });
-      }
-      return;
-    }
+    const root = this.#routeOf(stream, fields, grpc, peer, peerPort);
+    if (!root) return;
     // The stream's metric state, counted by meterStart/meterEnd as HTTP/1 counts a request.
     const x: StreamState = {
       root,
@@ -376,48 +348,10 @@ export class H2Proxy {
       detail: undefined,
     };
     const log = root.log;
-    let requestId: string | undefined;
-    if (this.#opts.requestId) {
-      requestId = fieldOf(fields, "x-request-id");
-      if (requestId === undefined) fields.push(["x-request-id", requestId = crypto.randomUUID()]);
-    } else if (log !== null) requestId = fieldOf(fields, "x-request-id");
+    const requestId = this.#requestId(fields, log !== null);
     meterStart(x);
     try {
-      const viaName = this.#opts.viaName;
-      const via = fieldOf(fields, "via");
-      if (viaName !== undefined && via !== undefined && viaHas([["via", via]], viaName)) {
-        this.#opts.drop?.("loop");
-        throw new ProxyFailure(
-          508,
-          `Forwarding loop: the request to service "${root.key}" came through this meshd ` +
-            `already (Via "${viaName}")`,
-        );
-      }
-      x.breakerChecked = checkBreaker(root);
-      const admitted = admit(root, peer, requestInfo(fields));
-      const target = admitted.target;
-      x.target = target;
-      const candidates = withoutOwn(admitted, this.#guard);
-      if (target.service.scheme !== "h2c") {
-        throw new ProxyFailure(
-          502,
-          `Service "${target.key}" has scheme ${target.service.scheme}; ` +
-            `HTTP/2 clients reach services with scheme h2c only`,
-        );
-      }
-      const out = requestHeaders(fields, peer, this.#via("2"));
-      const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, x), {
-        pool: this.#opts.pool,
-        root,
-        target,
-        candidates,
-        budget: this.#budgets.of(target.key),
-        onBudgetSpent: this.#onBudgetSpent,
-        gone: () => stream.closed,
-      });
-      // The exchange ended with the response: the endpoint's request in flight is over.
-      ep.inflight--;
-      x.status = value;
+      x.status = await this.#forward(stream, fields, peer, x);
     } catch (e) {
       if (e instanceof ClientGone) {
         x.status = 499; // the stream is gone: nobody to answer
@@ -438,6 +372,101 @@ export class H2Proxy {
       meterEnd(x);
       if (log !== null) logStream(log, x, fields, peer, peerPort, requestId);
     }
+  }
+
+  /** The route a stream's request goes to, or none once a 400 or 404 is answered and logged. */
+  #routeOf(
+    stream: H2Stream,
+    fields: Fields,
+    grpc: boolean,
+    peer: string,
+    peerPort: number,
+  ): Route | undefined {
+    let malformed = checkH2Request(fields);
+    if (malformed === null) {
+      // Access rules match the path meshd forwards: one normal form, or 400.
+      try {
+        setField(fields, ":path", normalizeTarget(fieldOf(fields, ":path")!));
+      } catch (e) {
+        if (!(e instanceof HttpParseError)) throw e;
+        malformed = e.message;
+      }
+    }
+    const authority = fieldOf(fields, ":authority") ?? fieldOf(fields, "host") ?? "";
+    const root = malformed === null ? lookupHttpRoute(this.#opts.routes(), authority) : null;
+    if (root) return root;
+    // RFC 9113 §8.1.1: a malformed request is answered here, never forwarded.
+    const f = malformed !== null
+      ? new ProxyFailure(400, `Bad request: ${malformed}`)
+      : new ProxyFailure(404, `No mesh service answers to "${authority}"`);
+    this.#fail(stream, f, grpc);
+    const log = this.#opts.accessLog;
+    if (log) {
+      logUnrouted(log, {
+        source: peer,
+        sourcePort: peerPort,
+        method: fieldOf(fields, ":method"),
+        authority: authority || undefined,
+        target: fieldOf(fields, ":path"),
+        failure: f,
+      });
+    }
+    return undefined;
+  }
+
+  /** The request's `x-request-id`, added first when meshd adds ids; read only when `logged`. */
+  #requestId(fields: Fields, logged: boolean): string | undefined {
+    let requestId: string | undefined;
+    if (this.#opts.requestId) {
+      requestId = fieldOf(fields, "x-request-id");
+      if (requestId === undefined) fields.push(["x-request-id", requestId = crypto.randomUUID()]);
+    } else if (logged) requestId = fieldOf(fields, "x-request-id");
+    return requestId;
+  }
+
+  /** Forwards a routed stream to an endpoint, with retries; resolves with the status sent. */
+  async #forward(
+    stream: H2Stream,
+    fields: Fields,
+    peer: string,
+    x: StreamState,
+  ): Promise<number> {
+    const root = x.root;
+    const viaName = this.#opts.viaName;
+    const via = fieldOf(fields, "via");
+    if (viaName !== undefined && via !== undefined && viaHas([["via", via]], viaName)) {
+      this.#opts.drop?.("loop");
+      throw new ProxyFailure(
+        508,
+        `Forwarding loop: the request to service "${root.key}" came through this meshd ` +
+          `already (Via "${viaName}")`,
+      );
+    }
+    x.breakerChecked = checkBreaker(root);
+    const admitted = admit(root, peer, requestInfo(fields));
+    const target = admitted.target;
+    x.target = target;
+    const candidates = withoutOwn(admitted, this.#guard);
+    if (target.service.scheme !== "h2c") {
+      throw new ProxyFailure(
+        502,
+        `Service "${target.key}" has scheme ${target.service.scheme}; ` +
+          `HTTP/2 clients reach services with scheme h2c only`,
+      );
+    }
+    const out = requestHeaders(fields, peer, this.#via("2"));
+    const { value, ep } = await withRetries((ep) => this.#exchange(stream, out, ep, x), {
+      pool: this.#opts.pool,
+      root,
+      target,
+      candidates,
+      budget: this.#budgets.of(target.key),
+      onBudgetSpent: this.#onBudgetSpent,
+      gone: () => stream.closed,
+    });
+    // The exchange ended with the response: the endpoint's request in flight is over.
+    ep.inflight--;
+    return value;
   }
 
   /** A backend that sent no response headers within the response timeout (a 504). */
