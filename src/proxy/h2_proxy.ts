@@ -87,6 +87,22 @@ interface StreamState extends Metered {
   detail: string | undefined;
 }
 
+/** One exchange in flight between a client stream and a backend stream, as its relays share it. */
+interface Relay {
+  client: H2Stream;
+  up: H2Stream;
+  ep: EndpointState;
+  x: StreamState;
+  /** The request had no body: it went out whole with its headers. */
+  bodyless: boolean;
+  /** The response's status; 0 until its headers come. */
+  status: number;
+  /** Ends the exchange with a status or a failure; only the first call counts. */
+  settle: (v: number | UpstreamError) => void;
+  /** Stops the response timeout. */
+  cancelTimer: () => void;
+}
+
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
 const FAIL_LOG = new LogThrottle();
 
@@ -525,10 +541,7 @@ export class H2Proxy {
       x.reason = "client_gone";
       return 499; // the client went away while we connected
     }
-    const m = x.root.metrics;
-    const pool = this.#opts.pool;
     return await new Promise<number>((resolve, reject) => {
-      let status = 0;
       let settled = false;
       const settle = (v: number | UpstreamError): void => {
         if (settled) return;
@@ -541,72 +554,88 @@ export class H2Proxy {
         settle(this.#timedOut()); // before the reset's own close
         up.reset(ERROR.CANCEL);
       });
-      up.onHeaders = (h, end) => {
-        if (status === 0) {
-          cancelTimer();
-          status = Number(fieldOf(h, ":status"));
-          if (!(status >= 200 && status <= 599)) {
-            up.reset(ERROR.PROTOCOL_ERROR);
-            settle(
-              new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, { requestSent: true }),
-            );
-            return;
-          }
-          if (status >= 500) pool.failure(ep);
-          else pool.success(ep);
-        }
-        client.sendHeaders(responseHeaders(h), end);
-      };
-      up.onData = (chunk, end) => {
-        m.bytesOut.inc(chunk.length);
-        x.bytesOut += chunk.length;
-        client.sendData(chunk, end, up);
-      };
-      up.onClose = (code) => {
-        if (status === 0) {
-          if (client.closed && client.code !== ERROR.NO_ERROR) {
-            x.reason = "client_gone";
-            settle(499);
-          } else {
-            settle(
-              new UpstreamError(`stream closed before a response (${errorName(code)})`, {
-                requestSent: !(up.refused && bodyless),
-              }),
-            );
-          }
-          return;
-        }
-        if (code !== ERROR.NO_ERROR) {
-          // Reset mid-response: the client's stream is reset too.
-          if (x.reason === undefined) {
-            x.reason = "reset";
-            x.detail = `The endpoint reset the stream mid-response (${errorName(code)})`;
-          }
-          client.reset(code === ERROR.REFUSED_STREAM ? ERROR.INTERNAL_ERROR : code);
-        } else if (!client.remoteEnded) {
-          // RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
-          client.reset(ERROR.NO_ERROR);
-        }
-        settle(status);
-      };
-      client.onData = (chunk, end) => {
-        m.bytesIn.inc(chunk.length);
-        x.bytesIn += chunk.length;
-        up.sendData(chunk, end, client);
-      };
-      client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
-      client.onClose = (code) => {
-        if (code === ERROR.NO_ERROR && client.localEnded) return; // done
-        // The client reset or left: nothing more goes upstream.
-        up.reset(ERROR.CANCEL);
-        if (x.reason === undefined) {
-          x.reason = status === 0 ? "client_gone" : "reset";
-          x.detail = `The client reset the stream (${errorName(code)})`;
-        }
-        if (status === 0) settle(499); // the client cancelled: no fault of the endpoint
-      };
+      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer };
+      this.#relayResponse(r);
+      this.#relayRequest(r);
       if (!bodyless) client.replay();
     });
+  }
+
+  /** Sends the backend's response on to the client, settling the exchange when it ends. */
+  #relayResponse(r: Relay): void {
+    const { client, up, ep, x, bodyless, settle } = r;
+    const m = x.root.metrics;
+    const pool = this.#opts.pool;
+    up.onHeaders = (h, end) => {
+      if (r.status === 0) {
+        r.cancelTimer();
+        r.status = Number(fieldOf(h, ":status"));
+        if (!(r.status >= 200 && r.status <= 599)) {
+          up.reset(ERROR.PROTOCOL_ERROR);
+          settle(
+            new UpstreamError(`bad :status "${fieldOf(h, ":status")}"`, { requestSent: true }),
+          );
+          return;
+        }
+        if (r.status >= 500) pool.failure(ep);
+        else pool.success(ep);
+      }
+      client.sendHeaders(responseHeaders(h), end);
+    };
+    up.onData = (chunk, end) => {
+      m.bytesOut.inc(chunk.length);
+      x.bytesOut += chunk.length;
+      client.sendData(chunk, end, up);
+    };
+    up.onClose = (code) => {
+      if (r.status === 0) {
+        if (client.closed && client.code !== ERROR.NO_ERROR) {
+          x.reason = "client_gone";
+          settle(499);
+        } else {
+          settle(
+            new UpstreamError(`stream closed before a response (${errorName(code)})`, {
+              requestSent: !(up.refused && bodyless),
+            }),
+          );
+        }
+        return;
+      }
+      if (code !== ERROR.NO_ERROR) {
+        // Reset mid-response: the client's stream is reset too.
+        if (x.reason === undefined) {
+          x.reason = "reset";
+          x.detail = `The endpoint reset the stream mid-response (${errorName(code)})`;
+        }
+        client.reset(code === ERROR.REFUSED_STREAM ? ERROR.INTERNAL_ERROR : code);
+      } else if (!client.remoteEnded) {
+        // RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
+        client.reset(ERROR.NO_ERROR);
+      }
+      settle(r.status);
+    };
+  }
+
+  /** Sends the rest of the client's request on to the backend, and its reset or leaving. */
+  #relayRequest(r: Relay): void {
+    const { client, up, x, settle } = r;
+    const m = x.root.metrics;
+    client.onData = (chunk, end) => {
+      m.bytesIn.inc(chunk.length);
+      x.bytesIn += chunk.length;
+      up.sendData(chunk, end, client);
+    };
+    client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
+    client.onClose = (code) => {
+      if (code === ERROR.NO_ERROR && client.localEnded) return; // done
+      // The client reset or left: nothing more goes upstream.
+      up.reset(ERROR.CANCEL);
+      if (x.reason === undefined) {
+        x.reason = r.status === 0 ? "client_gone" : "reset";
+        x.detail = `The client reset the stream (${errorName(code)})`;
+      }
+      if (r.status === 0) settle(499); // the client cancelled: no fault of the endpoint
+    };
   }
 
   /** The connection to an endpoint, connecting it if there is none. */
