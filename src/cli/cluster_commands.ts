@@ -644,8 +644,8 @@ function metricsCheck(
     return {
       name: "node",
       level: "fail",
-      message:
-        `${name}: pod ${podName} routes by config v${version}, the leader is at v${o.target}; ${dp}`,
+      message: `${name}: pod ${podName} routes by config v${version}, ` +
+        `the leader is at v${o.target}; ${dp}`,
       hint: f.connected === false
         ? "it holds no config stream to the leader (meshd_distribution_connected 0): see its log"
         : "it is behind; --wait gives it time",
