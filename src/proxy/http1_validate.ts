@@ -47,7 +47,9 @@ const ABSOLUTE_FORM = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)([^#]*)$/;
 
 // Upgrades to HTTP/2 over cleartext: the backend would then take requests on this connection
 // that the proxy never sees, so they are never passed on (RFC 9113 §3.1 removed the upgrade).
-const H2_UPGRADES = new Set(["h2c", "h2"]);
+// Also a token that begins as one and then stops being a word ("h2c#", "h2.1"): a lenient
+// backend may read it as the upgrade.
+const H2_UPGRADE = /^h2c?\b/i;
 const UPGRADE_PROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\/[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?$/;
 
 /**
@@ -233,7 +235,7 @@ function keptUpgrade(
   // RFC 9110 §7.8: protocol = protocol-name ["/" protocol-version], both tokens. Anything
   // else (say "h2c" and a byte over 0x7f) is dropped: a lenient backend may read it as h2c.
   const kept = offered.split(",").map((p) => p.trim()).filter((p) =>
-    UPGRADE_PROTOCOL.test(p) && !H2_UPGRADES.has(p.split("/")[0]!.toLowerCase())
+    UPGRADE_PROTOCOL.test(p) && !H2_UPGRADE.test(p)
   );
   return kept.length > 0 ? kept.join(", ") : null;
 }

@@ -70,6 +70,11 @@ Deno.test("checkRequest() keeps one Content-Length and drops HTTP/2 upgrades", (
   // RFC 9110 §7.8: a protocol that is not a token is dropped (found by the fuzzer).
   assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c\x80, websocket/13\r\n"), "websocket/13");
   assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c\xa0\r\n"), undefined);
+  // A token that begins as h2c or h2 then stops being a word: a lenient backend may read it as
+  // HTTP/2 (found by the fuzzer, seed 689770470).
+  assert.equal(up("Connection: Upgrade\r\nUpgrade: h2c#\r\nUpgrade: websocket\r\n"), "websocket");
+  assert.equal(up("Connection: Upgrade\r\nUpgrade: H2.1, h2-x\r\n"), undefined);
+  assert.equal(up("Connection: Upgrade\r\nUpgrade: h2cx\r\n"), "h2cx");
   // No upgrade with a body, whose bytes would race the tunnel's.
   assert.equal(up("Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n"), undefined);
 });
