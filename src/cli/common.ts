@@ -1,4 +1,3 @@
-import { type FlagValue, FlagValues } from "./flags.ts";
 import type { KubeApi } from "../kube/mod.ts";
 
 /** A failure the user can act on: printed as one line, exit code 1, no stack trace. */
@@ -42,14 +41,6 @@ export interface CliIo {
   stdout: (s: string) => void;
   stderr: (s: string) => void;
   env: (name: string) => string | undefined;
-}
-
-/** The kube room, loaded on demand, and a client from --kubeconfig or the defaults. */
-export function kubeClient(
-  values: Record<string, FlagValue>,
-  io: CliIo,
-): Promise<{ kube: typeof import("../kube/mod.ts"); kapi: KubeApi }> {
-  return kubeClientFor(new FlagValues(values).optionalString("kubeconfig"), io);
 }
 
 /** The kube room, loaded on demand, and a client from `kubeconfig` or the defaults. */

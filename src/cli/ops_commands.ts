@@ -1,6 +1,6 @@
 import type { KubeApi, MeshView } from "../kube/mod.ts";
-import { CliError, type CliIo, kubeClient, warningLine } from "./common.ts";
-import type { FlagValue } from "./flags.ts";
+import { CliError, type CliIo, kubeClientFor, warningLine } from "./common.ts";
+import { type FlagValue, FlagValues } from "./flags.ts";
 import { formatStatTable, goldenSignals, type MetricsWindow } from "./golden_signals.ts";
 import {
   meshdVersion,
@@ -11,13 +11,13 @@ import {
 } from "./mesh_nodes.ts";
 import { parsePromText } from "./prom_text.ts";
 
-type Values = Record<string, FlagValue>;
+type Values = FlagValues;
 
 function meshRef(v: Values) {
   return {
-    namespace: v["mesh-namespace"] as string,
-    daemonSet: v["daemonset"] as string,
-    selector: (v["meshd-selector"] as string[]).join(","),
+    namespace: v.string("mesh-namespace"),
+    daemonSet: v.string("daemonset"),
+    selector: v.list("meshd-selector").join(","),
   };
 }
 
@@ -249,16 +249,20 @@ export function formatStatus(s: MeshStatus): string {
 }
 
 /** `meshd status`: a one-screen summary of the installed mesh. */
-export async function statusCommand(v: Values, io: CliIo): Promise<number> {
-  const { kapi, kube } = await kubeClient(v, io);
+export async function statusCommand(
+  values: Record<string, FlagValue>,
+  io: CliIo,
+): Promise<number> {
+  const v = new FlagValues(values);
+  const { kapi, kube } = await kubeClientFor(v.optionalString("kubeconfig"), io);
   const ver = await kapi.request("GET", "/version", undefined, { timeoutMs: 5_000 });
   const view = await readView(kapi, kube, v);
-  const ns = v["mesh-namespace"] as string;
+  const ns = v.string("mesh-namespace");
   const { leaseHolder } = await import("../controller/mod.ts");
-  const leader = await leaseHolder(kapi, ns, v["lease-name"] as string, Date.now());
+  const leader = await leaseHolder(kapi, ns, v.string("lease-name"), Date.now());
   const reports = await readNodeMetrics(kapi, kube, view, {
     namespace: ns,
-    port: v["metrics-port"] as number,
+    port: v.number("metrics-port"),
   });
   let events: Awaited<ReturnType<typeof kube.warningEvents>> = [];
   try {
@@ -274,19 +278,26 @@ export async function statusCommand(v: Values, io: CliIo): Promise<number> {
     reports,
     events,
   );
-  io.stdout(v["output"] === "json" ? JSON.stringify(s, null, 2) + "\n" : formatStatus(s));
+  io.stdout(
+    v.optionalString("output") === "json" ? JSON.stringify(s, null, 2) + "\n" : formatStatus(s),
+  );
   const healthy = (s.daemonSet !== null || s.forbidden.includes("daemonsets")) &&
     s.leader !== null && s.nodesReady === s.nodes && s.nodes > 0;
   return healthy ? 0 : 1;
 }
 
 /** `meshd stat`: per service port, the golden signals over `--window`, from every node. */
-export async function statCommand(v: Values, io: CliIo, positionals: string[]): Promise<number> {
-  const { kapi, kube } = await kubeClient(v, io);
+export async function statCommand(
+  values: Record<string, FlagValue>,
+  io: CliIo,
+  positionals: string[],
+): Promise<number> {
+  const v = new FlagValues(values);
+  const { kapi, kube } = await kubeClientFor(v.optionalString("kubeconfig"), io);
   const view = await readView(kapi, kube, v);
-  const ns = v["mesh-namespace"] as string;
-  const port = v["metrics-port"] as number;
-  const windowMs = v["window"] as number;
+  const ns = v.string("mesh-namespace");
+  const port = v.number("metrics-port");
+  const windowMs = v.number("window");
   const pods = view.pods.filter((p) => p.ready);
   if (pods.length === 0) {
     throw new CliError(`No ready meshd pod in ${ns} (selector ${meshRef(v).selector})`);
@@ -321,7 +332,7 @@ export async function statCommand(v: Values, io: CliIo, positionals: string[]): 
   );
   const windowSeconds = Math.round(windowMs / 100) / 10;
   io.stdout(
-    v["output"] === "json"
+    v.optionalString("output") === "json"
       ? JSON.stringify(
         { windowSeconds, nodes: windows.length, unread, services: rows },
         null,
