@@ -132,11 +132,13 @@ function pem(v: unknown): string | undefined {
 export class KubeApi {
   readonly kc: KubeConfig;
   readonly server: string;
+  readonly limits: KubeApiLimits;
   #client: Deno.HttpClient | null = null;
   #tlsKey = "";
 
-  constructor(kc: KubeConfig) {
+  constructor(kc: KubeConfig, limits: KubeApiLimits = DEFAULT_LIMITS) {
     this.kc = kc;
+    this.limits = limits;
     const cluster = kc.getCurrentCluster()!;
     this.server = cluster.server.replace(/\/+$/, "");
     if (!this.server.startsWith("https://")) {
@@ -227,7 +229,7 @@ export class KubeApi {
     const res = await this.#fetch(method, path, body, options.contentType, signal);
     let text: string;
     try {
-      text = await res.text();
+      text = await readCapped(res, this.limits.answerBytes);
     } catch (e) {
       if (signal.aborted && !timedOut(signal)) throw e;
       throw new KubeApiError(`${method} ${path}: ${(e as Error).message}`, 0);
@@ -264,7 +266,7 @@ export class KubeApi {
     let text: string;
     try {
       res = await this.#fetch(method, path, undefined, undefined, signal);
-      text = await res.text();
+      text = await readCapped(res, this.limits.answerBytes);
     } catch (e) {
       if (e instanceof KubeApiError) throw e;
       throw new KubeApiError(`${method} ${path}: ${(e as Error).message}`, 0);
@@ -326,7 +328,7 @@ export class KubeApi {
         true,
       );
       if (res.status !== 200) throw await watchRefused(path, res);
-      await readWatchEvents(path, res.body!, arm, onEvent);
+      await readWatchEvents(path, res.body!, arm, onEvent, this.limits.eventBytes);
     } catch (e) {
       if (options.signal?.aborted) return;
       if (silent) throw new KubeApiError(`watch ${path}: no data for too long`, 0);
@@ -351,9 +353,61 @@ export class KubeApi {
   }
 }
 
+/**
+ * How much meshd reads from the API server: an answer to one request (a page of a list is at
+ * most 500 objects; etcd keeps objects of at most 1.5 MiB by default) and one watch event. A
+ * server that streams more is cut off with an error instead of filling meshd's memory.
+ */
+export interface KubeApiLimits {
+  answerBytes: number;
+  eventBytes: number;
+}
+export const DEFAULT_LIMITS: KubeApiLimits = {
+  answerBytes: 256 * 2 ** 20,
+  eventBytes: 16 * 2 ** 20,
+};
+/** The most read of an answer that refuses a watch (a Status). */
+const STATUS_BYTES = 2 ** 20;
+
+const mib = (bytes: number) =>
+  bytes >= 2 ** 20 ? `${+(bytes / 2 ** 20).toFixed(1)} MiB` : `${+(bytes / 1024).toFixed(1)} KiB`;
+
+/**
+ * A response's body as text, read up to `limit` bytes; throws (and cancels the body) when it
+ * declares or streams more.
+ */
+async function readCapped(res: Response, limit: number): Promise<string> {
+  const tooLong = () => new Error(`the answer is longer than ${mib(limit)}, more than meshd reads`);
+  if (!res.body) return "";
+  if (Number(res.headers.get("content-length") ?? 0) > limit) {
+    await res.body.cancel();
+    throw tooLong();
+  }
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw tooLong();
+    }
+    parts.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    all.set(part, at);
+    at += part.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /** The error for a watch the server answered with a status other than 200. */
 async function watchRefused(path: string, res: Response): Promise<KubeApiError> {
-  const text = await res.text();
+  const text = await readCapped(res, STATUS_BYTES).catch((e: Error) => e.message);
   let st: RawObject = {};
   try {
     st = JSON.parse(text);
@@ -374,25 +428,48 @@ async function readWatchEvents(
   body: ReadableStream<Uint8Array>,
   alive: () => void,
   onEvent: (ev: WatchEvent) => void,
+  eventBytes: number,
 ): Promise<void> {
-  let rest = "";
+  // The unfinished line, in pieces: joined once its newline comes, so that a long event sent in
+  // many chunks is copied once, not once per chunk.
+  let pending: string[] = [];
+  let pendingLength = 0;
   for await (const chunk of body.pipeThrough(new TextDecoderStream())) {
     alive();
-    const lines = (rest + chunk).split("\n");
-    rest = lines.pop()!;
-    for (const line of lines) {
-      if (!line.trim()) continue;
-      const ev = JSON.parse(line) as { type: string; object: RawObject };
-      if (ev.type === "ERROR") {
-        // A Status object: 410 Gone when resourceVersion is too old.
-        const o = ev.object;
-        throw new KubeApiError(
-          `watch ${path}: ${o["message"] ?? "error"}`,
-          Number(o["code"] ?? 0),
-          typeof o["reason"] === "string" ? o["reason"] : "",
-        );
-      }
-      onEvent(ev as WatchEvent);
+    let start = 0;
+    for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", start)) {
+      pending.push(chunk.slice(start, nl));
+      const line = pending.join("");
+      pending = [];
+      pendingLength = 0;
+      start = nl + 1;
+      if (line.trim()) deliverWatchLine(path, line, onEvent);
+    }
+    if (start < chunk.length) {
+      pending.push(chunk.slice(start));
+      pendingLength += chunk.length - start;
+    }
+    // (A character is at least one byte, so this never cuts off an event within the limit.)
+    if (pendingLength > eventBytes) {
+      throw new KubeApiError(
+        `watch ${path}: an event is longer than ${mib(eventBytes)}, more than meshd reads`,
+        0,
+      );
     }
   }
+}
+
+/** One line of a watch stream to `onEvent`; an ERROR event throws its Status. */
+function deliverWatchLine(path: string, line: string, onEvent: (ev: WatchEvent) => void): void {
+  const ev = JSON.parse(line) as { type: string; object: RawObject };
+  if (ev.type === "ERROR") {
+    // A Status object: 410 Gone when resourceVersion is too old.
+    const o = ev.object;
+    throw new KubeApiError(
+      `watch ${path}: ${o["message"] ?? "error"}`,
+      Number(o["code"] ?? 0),
+      typeof o["reason"] === "string" ? o["reason"] : "",
+    );
+  }
+  onEvent(ev as WatchEvent);
 }

@@ -144,3 +144,49 @@ Deno.test("KubeApi.watch() rejects a line that is not JSON as a bad event", asyn
     assert.equal(err.status, 0);
   });
 });
+
+/** A body that streams `piece` for ever (until the reader cancels it). */
+function endless(piece: string, headers: HeadersInit = {}): Response {
+  const bytes = new TextEncoder().encode(piece);
+  return new Response(new ReadableStream({ pull: (c) => c.enqueue(bytes) }), { headers });
+}
+
+Deno.test("KubeApi.request() cuts off an answer longer than its limit with a one-line error", async () => {
+  await withApiServer(
+    (req) =>
+      new URL(req.url).pathname === "/declared"
+        ? new Response("x".repeat(5000), { headers: { "content-length": "5000" } })
+        : endless('{"items":[' + '{"kind":"Pod"},'.repeat(100)),
+    async (api) => {
+      const small = new KubeApi(api.kc, { answerBytes: 4096, eventBytes: 4096 });
+      try {
+        for (const path of ["/endless", "/declared"]) {
+          const err = await small.request("GET", path).then(() => null, (e) => e);
+          assert.ok(err instanceof KubeApiError, `${path}: expected a KubeApiError, got ${err}`);
+          assert.equal(
+            err.message,
+            `GET ${path}: the answer is longer than 4 KiB, more than meshd reads`,
+          );
+        }
+        const text = await small.requestText("GET", "/endless").then(() => null, (e) => e);
+        assert.match(String(text), /GET \/endless: the answer is longer than/);
+      } finally {
+        small.close();
+      }
+    },
+  );
+});
+
+Deno.test("KubeApi.watch() gives up on an event longer than 16 MiB instead of holding it", async () => {
+  await withApiServer(
+    () => endless('{"type":"ADDED","object":{"x":"' + "y".repeat(65536)),
+    async (api) => {
+      const f = await watchFailure(api, "1");
+      assert.equal(
+        f.message,
+        "watch /api/v1/pods: an event is longer than 16 MiB, more than meshd reads",
+      );
+      assert.equal(f.status, 0);
+    },
+  );
+});
