@@ -1,4 +1,10 @@
 /** A command-line flag, also settable as the environment variable `MESHD_<NAME>`. */
+/**
+ * The most a `count-or-auto` flag takes (`--workers`): each worker is an isolate of its own
+ * (tens of MiB), and HAProxy's threads stop at the same number by default.
+ */
+export const MAX_COUNT = 64;
+
 export interface FlagSpec {
   /** Long name without dashes, such as `config-dir`. */
   name: string;
@@ -135,10 +141,10 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       return Number(v);
     }
     case "count-or-auto": {
-      // A count up to 1024, or "auto" (the caller decides what auto is).
+      // A count up to MAX_COUNT, or "auto" (the caller decides what auto is).
       if (v === "auto") return v;
-      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1024) {
-        bad("a whole number from 1 to 1024, or auto");
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_COUNT) {
+        bad(`a whole number from 1 to ${MAX_COUNT}, or auto`);
       }
       return Number(v);
     }

@@ -129,7 +129,7 @@ Deno.test("main() reports usage errors with exit code 2", async () => {
 });
 
 Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with one line", async () => {
-  for (const bad of ["0", "abc", "-1", "1.5", "2000", ""]) {
+  for (const bad of ["0", "abc", "-1", "1.5", "65", "2000", ""]) {
     const r = await run(["run", "--config-dir", "/nonexistent", "--workers", bad]);
     assert.equal(r.code, 2, `--workers "${bad}": ${r.err}`);
     assert.equal(r.err.trimEnd().split("\n").length, 1, r.err);
@@ -137,7 +137,7 @@ Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with 
       r.err,
       new RegExp(
         `^meshd run: error: invalid value "${bad}" for --workers: expected a whole number ` +
-          `from 1 to 1024, or auto; run "meshd run --help"`,
+          `from 1 to 64, or auto; run "meshd run --help"`,
       ),
     );
   }

@@ -10,6 +10,7 @@ import {
 } from "../datapath/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { CliError } from "./common.ts";
+import { MAX_COUNT } from "./flags.ts";
 import type { RunConfig } from "./run_config.ts";
 import type { Service } from "./service_stack.ts";
 
@@ -87,10 +88,26 @@ export function nodeServices(ctx: RunContext, options: NodeServicesOptions): Nod
   return { proxy, datapath, agent, servers, services: [proxyService, datapath, servers] };
 }
 
+/**
+ * How many proxy workers `--workers` asks for, given the CPUs meshd may use: `auto` takes them
+ * all (up to the flag's limit); a count above them is kept, with a warning.
+ */
+export function proxyWorkers(requested: number | "auto", cpus: number, logger: Logger): number {
+  if (requested === "auto") return Math.min(cpus, MAX_COUNT);
+  if (requested > cpus) {
+    logger.warn("more proxy workers than CPUs: they share cores, each with memory of its own", {
+      workers: requested,
+      cpus,
+    });
+  }
+  return requested;
+}
+
 /** The node proxy, or a pool of them with `--workers` above 1. */
 function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
   const { config, registry } = ctx;
-  const workers = config.proxy.workers === "auto" ? availableCpus() : config.proxy.workers;
+  const logger = ctx.logger.with({ room: "proxy" });
+  const workers = proxyWorkers(config.proxy.workers, availableCpus(), logger);
   const proxyOpts = {
     hostname: config.proxy.address,
     httpPort: config.proxy.httpPort,
@@ -99,7 +116,6 @@ function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
     ...config.proxy.options,
     caCerts,
   };
-  const logger = ctx.logger.with({ room: "proxy" });
   return workers > 1
     ? new ProxyPool({ workers, proxy: proxyOpts, logger, udpWaitMs: UDP_ANSWER_WAIT_MS, registry })
     : new NodeProxy({ ...proxyOpts, logger, registry });

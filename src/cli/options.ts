@@ -271,7 +271,8 @@ export const WORKERS_FLAG: FlagSpec = {
   default: "1",
   help: "Proxy workers, each on a core of its own: N isolates bind the HTTP and TCP ports " +
     "with SO_REUSEPORT (the kernel spreads connections), each UDP port is served by one of " +
-    "them; auto: the CPUs meshd may use (affinity and cgroup quota). Each config is applied " +
+    "them; at most 64; auto: the CPUs meshd may use (affinity and cgroup quota); more than " +
+    "those is logged as a warning, as the workers then share cores. Each config is applied " +
     "to every worker or to none, and /metrics sums them; a worker that dies is logged and " +
     "started again",
 };
