@@ -402,3 +402,44 @@ Deno.test("clause() lowers an ordinary first word and keeps names", () => {
   assert.equal(clause("Kubernetes said 403"), "Kubernetes said 403");
   assert.equal(clause('"x" is bad'), '"x" is bad');
 });
+
+/**
+ * The modules `main.ts` loads before any command runs: the closure of its static imports, from
+ * `deno info --json` (which marks each `import()` as dynamic).
+ */
+async function staticImports(entry: URL): Promise<Set<string>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", entry.pathname],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    roots: string[];
+    modules: {
+      specifier: string;
+      dependencies?: { isDynamic?: boolean; code?: { specifier?: string } }[];
+    }[];
+  };
+  const bySpecifier = new Map(info.modules.map((m) => [m.specifier, m]));
+  const seen = new Set<string>();
+  const todo = [...info.roots];
+  while (todo.length > 0) {
+    const s = todo.pop()!;
+    if (seen.has(s)) continue;
+    seen.add(s);
+    for (const d of bySpecifier.get(s)?.dependencies ?? []) {
+      if (!d.isDynamic && d.code?.specifier) todo.push(d.code.specifier);
+    }
+  }
+  return seen;
+}
+
+Deno.test("main() loads the cluster and ops commands only when one of them runs", async () => {
+  // `meshd run` stays up for days: modules it never calls cost it RSS (issue 21).
+  const loaded = await staticImports(new URL("../../main.ts", import.meta.url));
+  assert.ok(loaded.has(new URL("./run_command.ts", import.meta.url).href), "run_command.ts");
+  for (const lazy of ["cluster_commands.ts", "ops_commands.ts", "../kube/mod.ts"]) {
+    assert.ok(!loaded.has(new URL(lazy, import.meta.url).href), `${lazy} is imported statically`);
+  }
+});

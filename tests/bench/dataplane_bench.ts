@@ -25,6 +25,8 @@ interface Args {
   cases: Set<string> | null;
   /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
   v8Flags: string;
+  /** Variables added to meshd's environment (`--meshd-env NAME=VALUE,...`), such as glibc's. */
+  meshdEnv: Record<string, string>;
   /** Each case's targets are measured this many times, interleaved; the table shows medians. */
   rounds: number;
 }
@@ -36,6 +38,7 @@ function parseArgs(argv: string[]): Args {
     loadtools: "",
     cases: null,
     v8Flags: "",
+    meshdEnv: {},
     rounds: 1,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -46,11 +49,19 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--cases" && v) a.cases = new Set(v.split(",")), i++;
     else if (k === "--host" && v && v.startsWith("127.")) HOST = v, i++;
     else if (k === "--meshd-v8-flags" && v) a.v8Flags = v, i++;
-    else if (k === "--rounds" && v) a.rounds = Number(v), i++;
+    else if (
+      k === "--meshd-env" && v && /^[A-Z_][A-Z0-9_]*=[^,]*(,[A-Z_][A-Z0-9_]*=[^,]*)*$/.test(v)
+    ) {
+      for (const kv of v.split(",")) {
+        a.meshdEnv[kv.slice(0, kv.indexOf("="))] = kv.slice(kv.indexOf("=") + 1);
+      }
+      i++;
+    } else if (k === "--rounds" && v) a.rounds = Number(v), i++;
     else {
       console.error(
         "usage: dataplane_bench.ts [--seconds N (per load, default 5)] [--out FILE] " +
-          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] [--rounds N] " +
+          "[--loadtools BINARY] [--host 127.x.y.z] [--meshd-v8-flags FLAG,...] " +
+          "[--meshd-env NAME=VALUE,...] [--rounds N] " +
           "[--cases http-keepalive,http-close,grpc-unary,tcp-rr,tcp-bulk,udp-rr,workers,memory]",
       );
       Deno.exit(2);
@@ -331,20 +342,69 @@ function rssMiB(pid: number): number {
   return kb / 1024;
 }
 
+/** Resident MiB of process `pid` by kind of mapping, from `/proc/PID/smaps`. */
+export interface RssParts {
+  /** Pages of the program's own file (`deno` or `haproxy`): code, read-only data, V8 snapshot. */
+  program: number;
+  /** Pages of shared libraries. */
+  libraries: number;
+  /** The brk heap: glibc's main malloc arena. */
+  brk: number;
+  /** Other anonymous memory: V8 heaps and code, other threads' malloc arenas, stacks. */
+  anonymous: number;
+}
+
+/** Splits the RSS of `pid` into {@linkcode RssParts}; `program` names the executable's file. */
+export function rssParts(pid: number, program: string): RssParts {
+  const parts: RssParts = { program: 0, libraries: 0, brk: 0, anonymous: 0 };
+  let kind: keyof RssParts = "anonymous";
+  for (const line of Deno.readTextFileSync(`/proc/${pid}/smaps`).split("\n")) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      const name = head[1]!;
+      kind = name === "[heap]"
+        ? "brk"
+        : name === program
+        ? "program"
+        : name.startsWith("/")
+        ? "libraries"
+        : "anonymous";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) parts[kind] += Number(rss[1]) / 1024;
+  }
+  return parts;
+}
+
 async function metric(apiPort: number, name: string): Promise<number | undefined> {
   const text = await (await fetch(`http://${HOST}:${apiPort}/metrics`)).text();
   const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "m").exec(text);
   return m ? Number(m[1]) : undefined;
 }
 
-async function heapUsed(apiPort: number): Promise<number> {
+async function heapUsed(apiPort: number, kind = "heap_used"): Promise<number> {
   const text = await (await fetch(`http://${HOST}:${apiPort}/metrics`)).text();
-  return Number(/^meshd_process_memory_bytes\{kind="heap_used"\} (\S+)$/m.exec(text)?.[1] ?? NaN);
+  const m = new RegExp(`^meshd_process_memory_bytes\\{kind="${kind}"\\} (\\S+)$`, "m").exec(text);
+  return Number(m?.[1] ?? NaN);
+}
+
+/** {@linkcode rssParts} of `pid` into `memory`, as `<prefix>Program` and so on. */
+function recordParts(
+  memory: Record<string, number>,
+  prefix: string,
+  pid: number,
+  program: string,
+): void {
+  for (const [k, v] of Object.entries(rssParts(pid, program))) {
+    memory[`${prefix}${k[0]!.toUpperCase()}${k.slice(1)}`] = v;
+  }
 }
 
 // ---- the run ----
 
-async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
+async function startMeshd(configDir: string, args: Args, workers = 1) {
+  const { v8Flags, meshdEnv } = args;
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
   const deno = FILE_PERMISSIONS.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a);
   const meshd = spawnMeshd([
@@ -366,7 +426,7 @@ async function startMeshd(configDir: string, v8Flags: string, workers = 1) {
     String(workers),
     "--log-format",
     "json",
-  ], { deno });
+  ], { deno, env: meshdEnv });
   try {
     await waitFor("meshd ready", async () => {
       const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);
@@ -431,7 +491,7 @@ async function main(): Promise<void> {
     const configDir = `${work}/mesh`;
     await Deno.mkdir(configDir);
     await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-    let { meshd, mesh } = await startMeshd(configDir, args.v8Flags);
+    let { meshd, mesh } = await startMeshd(configDir, args);
     start(meshd);
 
     const hap = { web: freePort(), grpc: freePort(), tcp: freePort() };
@@ -595,7 +655,7 @@ stream {
       // of the two-worker figure) and TCP request/response. Each pair runs in its own case, so
       // "vs ref" compares 1 worker with 1 thread, and 2 with 2.
       for (const n of [1, 2]) {
-        const m = n === 1 ? { meshd, mesh } : await startMeshd(configDir, args.v8Flags, n);
+        const m = n === 1 ? { meshd, mesh } : await startMeshd(configDir, args, n);
         if (n !== 1) start(m.meshd);
         const h = { web: freePort(), grpc: freePort(), tcp: freePort() };
         await Deno.writeTextFile(
@@ -636,7 +696,7 @@ stream {
       await haproxy.stop();
       await meshd.stop();
       await Deno.writeTextFile(`${configDir}/mesh.yaml`, meshYaml(ports, 6));
-      ({ meshd, mesh } = await startMeshd(configDir, args.v8Flags));
+      ({ meshd, mesh } = await startMeshd(configDir, args));
       start(meshd);
       await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB10 = rssMiB(meshd.pid);
@@ -664,6 +724,8 @@ stream {
       await new Promise((r) => setTimeout(r, 1000));
       memory.meshdRssMiB1000 = rssMiB(meshd.pid);
       memory.meshdHeapUsedMiB1000 = (await heapUsed(mesh.api)) / 2 ** 20;
+      memory.meshdHeapTotalMiB1000 = (await heapUsed(mesh.api, "heap_total")) / 2 ** 20;
+      recordParts(memory, "meshdMiB1000", meshd.pid, Deno.realPathSync(Deno.execPath()));
 
       // HAProxy with the same 1,000 backends and 10,000 servers, and a Host map to them.
       await Deno.writeTextFile(`${work}/hosts.map`, haproxyMap(1000));
@@ -680,6 +742,12 @@ stream {
       memory.haproxyStartMs1000 = performance.now() - h0;
       await new Promise((r) => setTimeout(r, 1000));
       memory.haproxyRssMiB1000 = rssMiB(bigHaproxy.pid);
+      recordParts(
+        memory,
+        "haproxyMiB1000",
+        bigHaproxy.pid,
+        Deno.readLinkSync(`/proc/${bigHaproxy.pid}/exe`),
+      );
     }
   } catch (e) {
     for (const c of children) {
@@ -869,6 +937,19 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
         fmt(mem.rssVsHaproxy1000, 3).padStart(13)
       }`,
       "",
+      "RSS at 1,000 services by mapping, MiB   program file  shared libs  brk (malloc)  " +
+        "other anonymous",
+      ...(["meshd", "haproxy"] as const).map((t) =>
+        `${t.padEnd(39)} ${fmt(memory[`${t}MiB1000Program`], 1).padStart(12)}  ${
+          fmt(memory[`${t}MiB1000Libraries`], 1).padStart(11)
+        }  ${fmt(memory[`${t}MiB1000Brk`], 1).padStart(12)}  ${
+          fmt(memory[`${t}MiB1000Anonymous`], 1).padStart(15)
+        }`
+      ),
+      `meshd's other anonymous holds its V8 heap (${
+        fmt(memory.meshdHeapTotalMiB1000, 1)
+      } MiB committed), V8 code, other threads' malloc arenas and stacks`,
+      "",
       `apply 1,000 services: ${fmt(memory.meshdCompileApplyMs, 1)} ms compile+switch in meshd, ` +
         `${fmt(memory.meshdFileToLiveMs, 0)} ms from file write to live routes ` +
         `(incl. read, YAML parse, 100 ms debounce); HAProxy start with the same config ` +
@@ -896,6 +977,7 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
         secondsPerLoad: args.seconds,
         ...(args.rounds > 1 ? { rounds: args.rounds, roundRatios: perRoundJson } : {}),
         ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
+        ...(Object.keys(args.meshdEnv).length > 0 ? { meshdEnv: args.meshdEnv } : {}),
         cpus: navigator.hardwareConcurrency,
         results: rows,
         memory: mem,
