@@ -4,7 +4,13 @@
  */
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
-import { FILE_PERMISSIONS, MESHD_PERMISSIONS, MESHD_V8_FLAGS, meshdArgv } from "./testenv/meshd.ts";
+import {
+  FILE_PERMISSIONS,
+  MESHD_ENV,
+  MESHD_PERMISSIONS,
+  MESHD_V8_FLAGS,
+  meshdArgv,
+} from "./testenv/meshd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -86,10 +92,16 @@ Deno.test("every launch of meshd passes MESHD_V8_FLAGS", async () => {
   assert.ok(MESHD_PERMISSIONS.includes(MESHD_V8_FLAGS));
 });
 
-Deno.test("deno task meshd runs meshd with one glibc malloc arena", () => {
+Deno.test("every launch of meshd runs it with one glibc malloc arena", async () => {
   // glibc reads MALLOC_ARENA_MAX at start only; per-thread arenas kept 8-12 MiB that no thread
   // used after a 1,000-service config (README, Memory).
+  assert.deepEqual(MESHD_ENV, { MALLOC_ARENA_MAX: "1" });
   assert.match(denoJson.tasks.meshd, /^MALLOC_ARENA_MAX=1 deno run /);
+  const quickstart = await Deno.readTextFile(`${ROOT}scripts/quickstart`);
+  assert.match(quickstart, /^MALLOC_ARENA_MAX=1 deno run .* main\.ts run/m);
+  assert.match(await Deno.readTextFile(`${ROOT}Dockerfile`), /^ENV MALLOC_ARENA_MAX=1$/m);
+  const image = await Deno.readTextFile(`${ROOT}tests/testenv/image/build.sh`);
+  assert.match(image, /"Env":\[[^\]]*"MALLOC_ARENA_MAX=1"/);
 });
 
 Deno.test("scripts/kind-up explains itself and stops with a plain message without its tools", async () => {

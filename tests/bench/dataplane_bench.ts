@@ -12,7 +12,7 @@
  * @module
  */
 import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
-import { FILE_PERMISSIONS, MESHD_V8_FLAGS, spawnMeshd } from "../testenv/meshd.ts";
+import { FILE_PERMISSIONS, MESHD_ENV, MESHD_V8_FLAGS, spawnMeshd } from "../testenv/meshd.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 /** The loopback address everything binds and connects to (`--host`). */
@@ -25,7 +25,10 @@ interface Args {
   cases: Set<string> | null;
   /** V8 flags meshd gets besides its own (comma-separated), to measure one against the default. */
   v8Flags: string;
-  /** Variables added to meshd's environment (`--meshd-env NAME=VALUE,...`), such as glibc's. */
+  /**
+   * Variables added to meshd's environment (`--meshd-env NAME=VALUE,...`), such as glibc's; on
+   * top of the one it ships with (`MESHD_ENV`).
+   */
   meshdEnv: Record<string, string>;
   /** Each case's targets are measured this many times, interleaved; the table shows medians. */
   rounds: number;
@@ -977,7 +980,7 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
         secondsPerLoad: args.seconds,
         ...(args.rounds > 1 ? { rounds: args.rounds, roundRatios: perRoundJson } : {}),
         ...(args.v8Flags ? { meshdV8Flags: args.v8Flags } : {}),
-        ...(Object.keys(args.meshdEnv).length > 0 ? { meshdEnv: args.meshdEnv } : {}),
+        meshdEnv: { ...MESHD_ENV, ...args.meshdEnv },
         cpus: navigator.hardwareConcurrency,
         results: rows,
         memory: mem,

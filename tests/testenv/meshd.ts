@@ -67,6 +67,13 @@ export interface SpawnMeshdOptions {
 }
 
 /**
+ * The environment meshd is shipped with (the Dockerfile's `ENV`, the test image's `Env`,
+ * `deno task meshd`): one glibc malloc arena, which glibc reads only at start (README, Memory).
+ * {@linkcode spawnMeshd} starts meshd with it unless `env` says otherwise.
+ */
+export const MESHD_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: "1" };
+
+/**
  * Starts `meshd run` with `flags` from this checkout: the one place the harness, the tests
  * and the benches build meshd's command line. Returns at once; wait for readiness yourself.
  */
@@ -75,11 +82,12 @@ export function spawnMeshd(flags: string[], o: SpawnMeshdOptions = {}): Child {
   if (o.via) return o.via.spawn(Deno.execPath(), argv, { inCgroup: o.inCgroup });
   const before = [...(o.netns ? ["ip", "netns", "exec", o.netns] : []), ...(o.wrap ?? [])];
   const name = o.name ?? "meshd";
-  if (before.length === 0) return new Child(name, argv, { cwd: o.cwd, env: o.env });
+  const env = { ...MESHD_ENV, ...o.env };
+  if (before.length === 0) return new Child(name, argv, { cwd: o.cwd, env });
   return new Child(name, [...before.slice(1), Deno.execPath(), ...argv], {
     command: before[0]!,
     cwd: o.cwd,
-    env: o.env,
+    env,
   });
 }
 

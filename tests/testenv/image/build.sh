@@ -137,7 +137,7 @@ EOF
   tar_layer "$work/deno" "$work/deno.tar"
   tar_layer "$work/app" "$work/app.tar"
   write_archive "$meshd_tar" "meshd:$meshd_version" \
-    '{"Entrypoint":["/usr/local/bin/meshd"],"Cmd":["run","--provider=kube"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}' \
+    '{"Entrypoint":["/usr/local/bin/meshd"],"Cmd":["run","--provider=kube"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","MALLOC_ARENA_MAX=1"]}' \
     "$rootfs_dir/layer.tar" "$work/deno.tar" "$work/app.tar"
   {
     echo "layer sizes (bytes): rootfs $(stat -c %s "$rootfs_dir/layer.tar")" \
