@@ -111,10 +111,16 @@ export interface KubeProviderOptions {
   ignoreNamespaces: readonly string[];
   /** Called with every load once every collection was listed (or found missing). */
   onLoad: (result: LoadResult) => void | Promise<void>;
-  /** How long a burst of events may settle before a load; default 50 ms. */
+  /**
+   * How long a burst of events may settle before a load; default 50 ms. A lone change (none
+   * in the last `debounceMs`) is loaded at once; only the events that follow it within
+   * `debounceMs` wait and go together in the next load.
+   */
   debounceMs?: number;
   /** Passed to each {@linkcode Reflector}. */
   watchTimeoutSeconds?: number;
+  /** The clock that tells a lone change from a burst, in ms; default `performance.now`. */
+  now?: () => number;
 }
 
 interface Decoded {
@@ -137,6 +143,8 @@ export class KubeProvider {
   readonly #decoded = new Map<string, Decoded>();
   readonly #good = new Map<string, MeshObject>();
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the last load started, by the clock of the options; -Infinity before the first. */
+  #lastLoad = -Infinity;
   #loading: Promise<void> = Promise.resolve();
   #firstLoad: (() => void) | null = null;
   #loads = 0;
@@ -239,15 +247,31 @@ export class KubeProvider {
     await this.#loading;
   }
 
+  #now(): number {
+    return this.#opts.now?.() ?? performance.now();
+  }
+
+  /**
+   * Starts a load for the changes so far. A change after a quiet spell loads on the next turn
+   * of the event loop (the events of one watch chunk still go together): waiting out the
+   * debounce there only delayed every single edit by it, a quarter of the leader's part of
+   * propagation at 10,000 services. Changes that come while a load is pending, or within
+   * `debounceMs` of the last one, are a burst: they wait until it settles and load together.
+   */
   #schedule(): void {
+    const debounce = this.#opts.debounceMs ?? 50;
+    const burst = this.#timer !== undefined ||
+      this.#now() - this.#lastLoad < debounce;
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
+      this.#timer = undefined;
       // The first load waits for every collection, so meshd never routes on half a picture.
       if (!this.#reflectors.every((r) => r.synced || r.missing)) return;
+      this.#lastLoad = this.#now();
       this.#loading = this.#loading.then(() => this.#deliver()).catch((e) =>
         this.#opts.logger.error("applying a load failed", { error: String(e) })
       );
-    }, this.#opts.debounceMs ?? 50);
+    }, burst ? debounce : 0);
   }
 
   async #deliver(): Promise<void> {
