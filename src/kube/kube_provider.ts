@@ -279,7 +279,7 @@ export class KubeProvider {
     const objects: MeshObject[] = [];
     const errors: ConfigError[] = [];
     const warnings: string[] = [];
-    const seen = new Set<string>();
+    let seen = 0;
     for (const r of this.#reflectors) {
       for (const [nsName, raw] of r.items) {
         const ns = nsName.slice(0, nsName.indexOf("/"));
@@ -287,7 +287,7 @@ export class KubeProvider {
         const key = `${r.opts.kind}/${nsName}`;
         // The API server's own Service: clients reach it directly, never through the mesh.
         if (key === "Service/default/kubernetes") continue;
-        seen.add(key);
+        seen++;
         const d = this.#decode(key, raw);
         if (d.object) {
           objects.push(d.object);
@@ -304,16 +304,27 @@ export class KubeProvider {
         }
       }
     }
-    for (const k of this.#decoded.keys()) {
-      if (!seen.has(k)) {
-        this.#decoded.delete(k);
-        this.#good.delete(k);
-      }
-    }
+    // Every key seen was decoded just now, once: more decoded keys than seen means objects
+    // went away. Only then is a set of every key made (20,000 at 10,000 Services).
+    if (this.#decoded.size > seen) this.#forgetGone();
     this.#loads++;
     await this.#opts.onLoad({ objects, errors, warnings });
     this.#firstLoad?.();
     this.#firstLoad = null;
+  }
+
+  /** Forgets the decoded and last good versions of objects no reflector holds any more. */
+  #forgetGone(): void {
+    const held = new Set<string>();
+    for (const r of this.#reflectors) {
+      for (const nsName of r.items.keys()) held.add(`${r.opts.kind}/${nsName}`);
+    }
+    for (const k of this.#decoded.keys()) {
+      if (!held.has(k)) {
+        this.#decoded.delete(k);
+        this.#good.delete(k);
+      }
+    }
   }
 
   #decode(key: string, raw: RawObject): Decoded {

@@ -122,8 +122,9 @@ async function startProvider(debounceMs: number) {
   return {
     provider,
     loads,
-    send: (address: string, rv: string) =>
-      sendSlice!({ type: "MODIFIED", object: slice(address, rv) }),
+    send: (address: string, rv: string, type: WatchEvent["type"] = "MODIFIED") =>
+      sendSlice!({ type, object: slice(address, rv) }),
+    sendRaw: (e: WatchEvent) => sendSlice!(e),
     skip: (ms: number) => ahead += ms,
   };
 }
@@ -167,6 +168,25 @@ Deno.test("KubeProvider coalesces a burst of changes into one load after it sett
     assert.deepEqual(addressesOf(load.result), ["127.0.66.5"]);
     await p.provider.stop();
     assert.equal(p.loads.length, 3, "one load for the whole burst");
+  } finally {
+    await p.provider.stop();
+  }
+});
+
+Deno.test("KubeProvider forgets the last good version of an object deleted from the API", async () => {
+  const p = await startProvider(1);
+  try {
+    p.send("127.0.66.1", "2", "DELETED");
+    await waitFor("the load without the slice", () => p.loads[1]);
+    assert.deepEqual(addressesOf(p.loads[1]!.result), []);
+    // Created again, broken: nothing of the deleted one may stand in for it.
+    const broken = slice("127.0.66.9", "3");
+    broken["endpoints"] = "not a list";
+    p.sendRaw({ type: "ADDED", object: broken });
+    const load = await waitFor("the load with the broken slice", () => p.loads[2]);
+    assert.deepEqual(addressesOf(load.result), []);
+    assert.equal(load.result.errors.length, 1);
+    assert.deepEqual(load.result.warnings, []);
   } finally {
     await p.provider.stop();
   }
