@@ -55,8 +55,7 @@ export function buildMeshConfig(
 
   // An unchanged service keeps the previous config's object, so whoever compares the two
   // configs (the delta to the nodes, the proxy's routes) can skip it by reference.
-  const before = new Map<string, MeshService>();
-  for (const s of previous?.services ?? []) before.set(`${s.namespace}/${s.name}`, s);
+  const oldOf = previousServices(previous);
   const services: MeshService[] = [];
   for (const s of topology.services) {
     const ports: MeshPort[] = [];
@@ -79,7 +78,7 @@ export function buildMeshConfig(
     }
     if (ports.length === 0) continue;
     const built: MeshService = { ...s, ports };
-    const old = before.get(`${s.namespace}/${s.name}`);
+    const old = oldOf(s);
     services.push(old && sameJson(old, built) ? old : built);
   }
   const body = {
@@ -94,6 +93,28 @@ export function buildMeshConfig(
   }
   if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
   return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
+}
+
+/**
+ * Finds the previous config's service of the same namespace and name. Services come in the
+ * same order build after build, so each is first looked for where the last one found left
+ * off; an index of every key is made only when that misses (a service added or removed).
+ */
+function previousServices(
+  previous: MeshConfig | null,
+): (s: { namespace: string; name: string }) => MeshService | undefined {
+  const list = previous?.services ?? [];
+  let next = 0;
+  let index: Map<string, MeshService> | null = null;
+  return (s) => {
+    const at = list[next];
+    if (at && at.namespace === s.namespace && at.name === s.name) {
+      next++;
+      return at;
+    }
+    index ??= new Map(list.map((p) => [`${p.namespace}/${p.name}`, p]));
+    return index.get(`${s.namespace}/${s.name}`);
+  };
 }
 
 /**
