@@ -1,6 +1,6 @@
 import type { Diagnostic, MeshConfig, MeshPort, MeshService } from "./mesh_config.ts";
 import { sameJson } from "./same_json.ts";
-import type { Topology } from "./build_topology.ts";
+import type { Topology, TopologyService } from "./build_topology.ts";
 
 /** An inclusive range of ports. */
 export interface PortRange {
@@ -77,9 +77,16 @@ export function buildMeshConfig(
       ports.push({ ...p, listenPort });
     }
     if (ports.length === 0) continue;
-    const built: MeshService = { ...s, ports };
     const old = oldOf(s);
-    services.push(old && sameJson(old, built) ? old : built);
+    // Made from this very topology service, with the same proxy ports: the same service.
+    if (old && madeFrom.get(old) === s && sameListenPorts(old.ports, ports)) {
+      services.push(old);
+      continue;
+    }
+    const built: MeshService = { ...s, ports };
+    const kept = old && sameJson(old, built) ? old : built;
+    madeFrom.set(kept, s);
+    services.push(kept);
   }
   const body = {
     domain: options.domain ?? "mesh",
@@ -93,6 +100,21 @@ export function buildMeshConfig(
   }
   if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
   return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
+}
+
+/**
+ * The topology service each MeshService was made from. The topology builder gives an
+ * unchanged service as the same object build after build (when there are no splits or ACL),
+ * so a service made from it again is known equal without a comparison of every field. Both
+ * are never changed once made.
+ */
+const madeFrom = new WeakMap<MeshService, TopologyService>();
+
+function sameListenPorts(a: readonly MeshPort[], b: readonly MeshPort[]): boolean {
+  return a.length === b.length &&
+    a.every((p, i) =>
+      p.port === b[i]!.port && p.protocol === b[i]!.protocol && p.listenPort === b[i]!.listenPort
+    );
 }
 
 /**
