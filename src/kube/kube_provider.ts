@@ -282,17 +282,14 @@ export class KubeProvider {
     let seen = 0;
     for (const r of this.#reflectors) {
       for (const [nsName, raw] of r.items) {
-        const ns = nsName.slice(0, nsName.indexOf("/"));
-        if (ignored.has(ns)) continue;
+        if (ignored.size > 0 && ignored.has(nsName.slice(0, nsName.indexOf("/")))) continue;
         const key = `${r.opts.kind}/${nsName}`;
         // The API server's own Service: clients reach it directly, never through the mesh.
         if (key === "Service/default/kubernetes") continue;
         seen++;
         const d = this.#decode(key, raw);
-        if (d.object) {
-          objects.push(d.object);
-          this.#good.set(key, d.object);
-        } else if (d.error) {
+        if (d.object) objects.push(d.object);
+        else if (d.error) {
           errors.push(d.error);
           const old = this.#good.get(key);
           if (old) {
@@ -342,6 +339,8 @@ export class KubeProvider {
       skipped: r.status === "skipped" ? r.reason : null,
     };
     this.#decoded.set(key, d);
+    // Set once per version here, not on every load for every object.
+    if (d.object) this.#good.set(key, d.object);
     return d;
   }
 }

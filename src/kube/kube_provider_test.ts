@@ -191,3 +191,19 @@ Deno.test("KubeProvider forgets the last good version of an object deleted from 
     await p.provider.stop();
   }
 });
+
+Deno.test("KubeProvider keeps the last good version of an object that stops decoding", async () => {
+  const p = await startProvider(1);
+  try {
+    const broken = slice("127.0.66.9", "2");
+    broken["endpoints"] = "not a list";
+    p.sendRaw({ type: "MODIFIED", object: broken });
+    const load = await waitFor("the load with the broken slice", () => p.loads[1]);
+    assert.deepEqual(addressesOf(load.result), ["127.0.66.1"]);
+    assert.equal(load.result.errors.length, 1);
+    assert.equal(load.result.warnings.length, 1);
+    assert.match(load.result.warnings[0]!, /Keeping the last good version of EndpointSlice/);
+  } finally {
+    await p.provider.stop();
+  }
+});
