@@ -16,7 +16,7 @@
  * asserts nothing about times.
  *
  *   deno run --allow-all tests/bench/leader_stages_bench.ts [--services 10000] [--changes 40]
- *     [--rounds 2]
+ *     [--rounds 2] [--gap 100 (ms between changes; under the 50 ms debounce they are a burst)]
  *
  * @module
  */
@@ -104,7 +104,12 @@ interface Row {
   p99: number;
 }
 
-async function run(services: number, changes: number, round: number): Promise<Row[]> {
+async function run(
+  services: number,
+  changes: number,
+  gapMs: number,
+  round: number,
+): Promise<Row[]> {
   const logger = new Logger({ level: "error", write: () => {} });
   const { api, send } = fakeApi(services);
   const server = new DistributionServer({
@@ -152,6 +157,9 @@ async function run(services: number, changes: number, round: number): Promise<Ro
   const encode: number[] = [];
   try {
     for (let g = 1; g <= changes; g++) {
+      // The pause a real change sees between writes: the benchmark with nodes waits for every
+      // node's apply (over 100 ms) before its next write, so each is a lone change.
+      await new Promise((r) => setTimeout(r, gapMs));
       const i = (g * 7919) % services;
       const before = server.history.current!;
       const done = new Promise<number>((r) => onPublished = r);
@@ -189,19 +197,26 @@ async function main(): Promise<void> {
   let services = 10_000;
   let changes = 40;
   let rounds = 2;
+  let gapMs = 100;
   for (let i = 0; i < Deno.args.length; i += 2) {
     const [k, v] = [Deno.args[i], Number(Deno.args[i + 1])];
     if (k === "--services" && v >= 1) services = v;
     else if (k === "--changes" && v >= 1) changes = v;
     else if (k === "--rounds" && v >= 1) rounds = v;
+    else if (k === "--gap" && v >= 0) gapMs = v;
     else {
-      console.error("usage: leader_stages_bench.ts [--services N] [--changes N] [--rounds N]");
+      console.error(
+        "usage: leader_stages_bench.ts [--services N] [--changes N] [--rounds N] [--gap MS]",
+      );
       Deno.exit(2);
     }
   }
   const rows: Row[] = [];
-  for (let r = 1; r <= rounds; r++) rows.push(...await run(services, changes, r));
-  console.log(`\nLeader stages per one-endpoint change, ${services} services, ${changes} changes`);
+  for (let r = 1; r <= rounds; r++) rows.push(...await run(services, changes, gapMs, r));
+  console.log(
+    `\nLeader stages per one-endpoint change, ${services} services, ${changes} changes ` +
+      `${gapMs} ms apart`,
+  );
   console.log(["round", "stage".padEnd(20), "p50 ms".padStart(8), "p99 ms".padStart(8)].join(" "));
   for (const r of rows) {
     console.log(
