@@ -44,22 +44,19 @@ export function compareServices(a: MeshService, b: MeshService): number {
 
 /** The delta from `a` to `b`. Pure. */
 export function diffConfigs(a: MeshConfig, b: MeshConfig): MeshDelta {
-  const before = new Map(a.services.map((s) => [serviceKey(s), s]));
-  const after = new Set<string>();
-  const upserts: MeshService[] = [];
-  for (const s of b.services) {
-    const k = serviceKey(s);
-    after.add(k);
-    const old = before.get(k);
-    // The same object is the same service (configs never change a service once built).
-    if (old !== s && (!old || !sameJson(old, s))) upserts.push(s);
-  }
-  const removes = [...before.keys()].filter((k) => !after.has(k));
+  const { upserts, removes } = changedInPlace(a.services, b.services) ??
+    diffServices(a.services, b.services);
   const identitiesSet: Record<string, string> = {};
-  for (const [ip, sa] of Object.entries(b.identities)) {
-    if (a.identities[ip] !== sa) identitiesSet[ip] = sa;
+  const identitiesRemoved: string[] = [];
+  // A table the builder kept is the same object (configs are never changed once made).
+  if (a.identities !== b.identities) {
+    for (const [ip, sa] of Object.entries(b.identities)) {
+      if (a.identities[ip] !== sa) identitiesSet[ip] = sa;
+    }
+    for (const ip of Object.keys(a.identities)) {
+      if (!(ip in b.identities)) identitiesRemoved.push(ip);
+    }
   }
-  const identitiesRemoved = Object.keys(a.identities).filter((ip) => !(ip in b.identities));
   return {
     from: a.version,
     to: b.version,
@@ -70,6 +67,48 @@ export function diffConfigs(a: MeshConfig, b: MeshConfig): MeshDelta {
     identitiesSet,
     identitiesRemoved,
   };
+}
+
+/**
+ * The delta of two service lists of one length where every service that is not the same object
+ * is the same service (key) at the same place: what the builder makes when services only
+ * changed, the common case. Only the services that are not the same object are looked at, so
+ * one change at 10,000 services costs a pass of reference compares, not two indexes of every
+ * key. Null when services were added, removed or moved.
+ */
+function changedInPlace(
+  a: readonly MeshService[],
+  b: readonly MeshService[],
+): { upserts: MeshService[]; removes: string[] } | null {
+  if (a.length !== b.length) return null;
+  const upserts: MeshService[] = [];
+  for (let i = 0; i < b.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x === y) continue;
+    if (x.namespace !== y.namespace || x.name !== y.name) return null;
+    if (!sameJson(x, y)) upserts.push(y);
+  }
+  return { upserts, removes: [] };
+}
+
+/** The delta of any two service lists, by key; upserts in the order of `b`. */
+function diffServices(
+  a: readonly MeshService[],
+  b: readonly MeshService[],
+): { upserts: MeshService[]; removes: string[] } {
+  const before = new Map(a.map((s) => [serviceKey(s), s]));
+  const after = new Set<string>();
+  const upserts: MeshService[] = [];
+  for (const s of b) {
+    const k = serviceKey(s);
+    after.add(k);
+    const old = before.get(k);
+    // The same object is the same service (configs never change a service once built).
+    if (old !== s && (!old || !sameJson(old, s))) upserts.push(s);
+  }
+  const removes = [...before.keys()].filter((k) => !after.has(k));
+  return { upserts, removes };
 }
 
 /**

@@ -75,6 +75,30 @@ Deno.test("diffConfigs() sends one service for a one-endpoint change", () => {
   assert.ok(ratio < 0.01, `delta is ${(ratio * 100).toFixed(3)}% of the config`);
 });
 
+Deno.test("diffConfigs() reads only the services the next config does not share", () => {
+  // The builder keeps every unchanged service object: at 10,000 services the delta of one
+  // change must not cost a key and a lookup for each of them.
+  const reads = new Set<string>();
+  const plain = big(1000).services;
+  const watched = plain.map((s) =>
+    new Proxy(s, {
+      get: (t, k) => {
+        reads.add(`${t.namespace}/${t.name}`);
+        return Reflect.get(t, k);
+      },
+    })
+  );
+  const a: MeshConfig = { ...big(0), services: watched };
+  const changed = structuredClone(plain[500]!);
+  changed.ports[0]!.endpoints[1]!.ready = false;
+  const b: MeshConfig = { ...a, version: 2, services: a.services.with(500, changed) };
+  const d = diffConfigs(a, b);
+  assert.equal(d.upserts.length, 1);
+  assert.equal(d.upserts[0], changed);
+  assert.deepEqual(d.removes, []);
+  assert.deepEqual([...reads], [`${changed.namespace}/${changed.name}`]);
+});
+
 Deno.test("diffConfigs() carries removals, domain, ACL and identity changes", () => {
   const a = big(20);
   const b = structuredClone(a);

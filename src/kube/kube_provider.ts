@@ -111,10 +111,16 @@ export interface KubeProviderOptions {
   ignoreNamespaces: readonly string[];
   /** Called with every load once every collection was listed (or found missing). */
   onLoad: (result: LoadResult) => void | Promise<void>;
-  /** How long a burst of events may settle before a load; default 50 ms. */
+  /**
+   * How long a burst of events may settle before a load; default 50 ms. A lone change (none
+   * in the last `debounceMs`) is loaded at once; only the events that follow it within
+   * `debounceMs` wait and go together in the next load.
+   */
   debounceMs?: number;
   /** Passed to each {@linkcode Reflector}. */
   watchTimeoutSeconds?: number;
+  /** The clock that tells a lone change from a burst, in ms; default `performance.now`. */
+  now?: () => number;
 }
 
 interface Decoded {
@@ -137,6 +143,8 @@ export class KubeProvider {
   readonly #decoded = new Map<string, Decoded>();
   readonly #good = new Map<string, MeshObject>();
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the last load started, by the clock of the options; -Infinity before the first. */
+  #lastLoad = -Infinity;
   #loading: Promise<void> = Promise.resolve();
   #firstLoad: (() => void) | null = null;
   #loads = 0;
@@ -239,15 +247,31 @@ export class KubeProvider {
     await this.#loading;
   }
 
+  #now(): number {
+    return this.#opts.now?.() ?? performance.now();
+  }
+
+  /**
+   * Starts a load for the changes so far. A change after a quiet spell loads on the next turn
+   * of the event loop (the events of one watch chunk still go together): waiting out the
+   * debounce there only delayed every single edit by it, a quarter of the leader's part of
+   * propagation at 10,000 services. Changes that come while a load is pending, or within
+   * `debounceMs` of the last one, are a burst: they wait until it settles and load together.
+   */
   #schedule(): void {
+    const debounce = this.#opts.debounceMs ?? 50;
+    const burst = this.#timer !== undefined ||
+      this.#now() - this.#lastLoad < debounce;
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
+      this.#timer = undefined;
       // The first load waits for every collection, so meshd never routes on half a picture.
       if (!this.#reflectors.every((r) => r.synced || r.missing)) return;
+      this.#lastLoad = this.#now();
       this.#loading = this.#loading.then(() => this.#deliver()).catch((e) =>
         this.#opts.logger.error("applying a load failed", { error: String(e) })
       );
-    }, this.#opts.debounceMs ?? 50);
+    }, burst ? debounce : 0);
   }
 
   async #deliver(): Promise<void> {
@@ -255,20 +279,17 @@ export class KubeProvider {
     const objects: MeshObject[] = [];
     const errors: ConfigError[] = [];
     const warnings: string[] = [];
-    const seen = new Set<string>();
+    let seen = 0;
     for (const r of this.#reflectors) {
       for (const [nsName, raw] of r.items) {
-        const ns = nsName.slice(0, nsName.indexOf("/"));
-        if (ignored.has(ns)) continue;
+        if (ignored.size > 0 && ignored.has(nsName.slice(0, nsName.indexOf("/")))) continue;
         const key = `${r.opts.kind}/${nsName}`;
         // The API server's own Service: clients reach it directly, never through the mesh.
         if (key === "Service/default/kubernetes") continue;
-        seen.add(key);
+        seen++;
         const d = this.#decode(key, raw);
-        if (d.object) {
-          objects.push(d.object);
-          this.#good.set(key, d.object);
-        } else if (d.error) {
+        if (d.object) objects.push(d.object);
+        else if (d.error) {
           errors.push(d.error);
           const old = this.#good.get(key);
           if (old) {
@@ -280,16 +301,27 @@ export class KubeProvider {
         }
       }
     }
-    for (const k of this.#decoded.keys()) {
-      if (!seen.has(k)) {
-        this.#decoded.delete(k);
-        this.#good.delete(k);
-      }
-    }
+    // Every key seen was decoded just now, once: more decoded keys than seen means objects
+    // went away. Only then is a set of every key made (20,000 at 10,000 Services).
+    if (this.#decoded.size > seen) this.#forgetGone();
     this.#loads++;
     await this.#opts.onLoad({ objects, errors, warnings });
     this.#firstLoad?.();
     this.#firstLoad = null;
+  }
+
+  /** Forgets the decoded and last good versions of objects no reflector holds any more. */
+  #forgetGone(): void {
+    const held = new Set<string>();
+    for (const r of this.#reflectors) {
+      for (const nsName of r.items.keys()) held.add(`${r.opts.kind}/${nsName}`);
+    }
+    for (const k of this.#decoded.keys()) {
+      if (!held.has(k)) {
+        this.#decoded.delete(k);
+        this.#good.delete(k);
+      }
+    }
   }
 
   #decode(key: string, raw: RawObject): Decoded {
@@ -307,6 +339,8 @@ export class KubeProvider {
       skipped: r.status === "skipped" ? r.reason : null,
     };
     this.#decoded.set(key, d);
+    // Set once per version here, not on every load for every object.
+    if (d.object) this.#good.set(key, d.object);
     return d;
   }
 }

@@ -1,6 +1,6 @@
 import type { Diagnostic, MeshConfig, MeshPort, MeshService } from "./mesh_config.ts";
 import { sameJson } from "./same_json.ts";
-import type { Topology } from "./build_topology.ts";
+import type { Topology, TopologyService } from "./build_topology.ts";
 
 /** An inclusive range of ports. */
 export interface PortRange {
@@ -55,8 +55,7 @@ export function buildMeshConfig(
 
   // An unchanged service keeps the previous config's object, so whoever compares the two
   // configs (the delta to the nodes, the proxy's routes) can skip it by reference.
-  const before = new Map<string, MeshService>();
-  for (const s of previous?.services ?? []) before.set(`${s.namespace}/${s.name}`, s);
+  const oldOf = previousServices(previous);
   const services: MeshService[] = [];
   for (const s of topology.services) {
     const ports: MeshPort[] = [];
@@ -78,9 +77,16 @@ export function buildMeshConfig(
       ports.push({ ...p, listenPort });
     }
     if (ports.length === 0) continue;
+    const old = oldOf(s);
+    // Made from this very topology service, with the same proxy ports: the same service.
+    if (old && madeFrom.get(old) === s && sameListenPorts(old.ports, ports)) {
+      services.push(old);
+      continue;
+    }
     const built: MeshService = { ...s, ports };
-    const old = before.get(`${s.namespace}/${s.name}`);
-    services.push(old && sameJson(old, built) ? old : built);
+    const kept = old && sameJson(old, built) ? old : built;
+    madeFrom.set(kept, s);
+    services.push(kept);
   }
   const body = {
     domain: options.domain ?? "mesh",
@@ -94,6 +100,43 @@ export function buildMeshConfig(
   }
   if (previous && sameContent(previous, body)) return { config: previous, diagnostics };
   return { config: { version: (previous?.version ?? 0) + 1, ...body }, diagnostics };
+}
+
+/**
+ * The topology service each MeshService was made from. The topology builder gives an
+ * unchanged service as the same object build after build (when there are no splits or ACL),
+ * so a service made from it again is known equal without a comparison of every field. Both
+ * are never changed once made.
+ */
+const madeFrom = new WeakMap<MeshService, TopologyService>();
+
+function sameListenPorts(a: readonly MeshPort[], b: readonly MeshPort[]): boolean {
+  return a.length === b.length &&
+    a.every((p, i) =>
+      p.port === b[i]!.port && p.protocol === b[i]!.protocol && p.listenPort === b[i]!.listenPort
+    );
+}
+
+/**
+ * Finds the previous config's service of the same namespace and name. Services come in the
+ * same order build after build, so each is first looked for where the last one found left
+ * off; an index of every key is made only when that misses (a service added or removed).
+ */
+function previousServices(
+  previous: MeshConfig | null,
+): (s: { namespace: string; name: string }) => MeshService | undefined {
+  const list = previous?.services ?? [];
+  let next = 0;
+  let index: Map<string, MeshService> | null = null;
+  return (s) => {
+    const at = list[next];
+    if (at && at.namespace === s.namespace && at.name === s.name) {
+      next++;
+      return at;
+    }
+    index ??= new Map(list.map((p) => [`${p.namespace}/${p.name}`, p]));
+    return index.get(`${s.namespace}/${s.name}`);
+  };
 }
 
 /**

@@ -62,6 +62,28 @@ Deno.test("buildMeshConfig() keeps the previous object of every unchanged servic
   assert.deepEqual(next.services.map((s) => s.name), ["a", "b"], "c has no ports: left out");
 });
 
+Deno.test("buildMeshConfig() keeps a service made from the same topology service without comparing it", () => {
+  const a = svc("a", [80, "http"], [5432, "tcp"]);
+  const first = buildMeshConfig(topo(a, svc("b", [80, "http"]))).config;
+  // A read of any field but the name, namespace and ports is a field-by-field comparison.
+  const old = first.services[0]!;
+  let reads = 0;
+  const scheme = old.scheme;
+  Object.defineProperty(old, "scheme", {
+    enumerable: true,
+    get: () => (reads++, scheme),
+  });
+  const next = buildMeshConfig(topo(a, svc("b", [81, "http"])), { previous: first }).config;
+  assert.equal(next.services[0], old);
+  assert.equal(reads, 0, "the unchanged service was compared field by field");
+  // A new topology object with the same content is compared, and kept.
+  const again = buildMeshConfig(topo(svc("a", [80, "http"], [5432, "tcp"]), next.services[1]!), {
+    previous: next,
+  }).config;
+  assert.equal(again.services[0], old);
+  assert.ok(reads > 0);
+});
+
 Deno.test("buildMeshConfig() keeps each TCP and UDP port's proxy port while it exists", () => {
   const tcpPorts = { first: 20000, last: 20009 };
   const udpPorts = { first: 21000, last: 21009 };

@@ -190,3 +190,23 @@ Deno.test("buildTopology() with a TopologyCache resolves again only the services
   assert.deepEqual(third, buildTopology([web!, webSlice!, api!, apiSlice2!, pod2!]));
   assert.equal(endpointsOf(third, "web")[0]!.serviceAccount, "test/other");
 });
+
+Deno.test("buildTopology() with a TopologyCache gives an unchanged service as the same object unless splits or ACL may change it", () => {
+  const [web, webSlice, api, apiSlice, pod] = objects(
+    ...service("web", 8080),
+    ...service("api", 9000),
+    POD,
+  );
+  const [, apiSlice2] = objects(...service("api", 9000));
+  (apiSlice2 as { endpoints: { addresses: string[] }[] }).endpoints[0]!.addresses = ["10.0.0.9"];
+  const webOf = (t: ReturnType<typeof buildTopology>) => t.services.find((s) => s.name === "web")!;
+  for (const acl of [false, true]) {
+    const cache = new TopologyCache();
+    const first = buildTopology([web!, webSlice!, api!, apiSlice!, pod!], { cache, acl });
+    const second = buildTopology([web!, webSlice!, api!, apiSlice2!, pod!], { cache, acl });
+    assert.deepEqual(second, buildTopology([web!, webSlice!, api!, apiSlice2!, pod!], { acl }));
+    // With ACL the ports get access rules of this build: they must be fresh objects.
+    if (acl) assert.notEqual(webOf(second), webOf(first), "with ACL");
+    else assert.equal(webOf(second), webOf(first), "without splits or ACL");
+  }
+});
