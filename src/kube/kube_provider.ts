@@ -117,6 +117,11 @@ export interface KubeProviderOptions {
    * `debounceMs` wait and go together in the next load.
    */
   debounceMs?: number;
+  /**
+   * The longest a change waits in a burst that does not settle (events keep coming within
+   * `debounceMs` of each other, as endpoints churn in a large cluster); default 10 debounces.
+   */
+  maxWaitMs?: number;
   /** Passed to each {@linkcode Reflector}. */
   watchTimeoutSeconds?: number;
   /** The clock that tells a lone change from a burst, in ms; default `performance.now`. */
@@ -145,6 +150,8 @@ export class KubeProvider {
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** When the last load started, by the clock of the options; -Infinity before the first. */
   #lastLoad = -Infinity;
+  /** When the first change the pending load waits for came. */
+  #pendingSince = 0;
   #loading: Promise<void> = Promise.resolve();
   #firstLoad: (() => void) | null = null;
   #loads = 0;
@@ -256,12 +263,16 @@ export class KubeProvider {
    * of the event loop (the events of one watch chunk still go together): waiting out the
    * debounce there only delayed every single edit by it, a quarter of the leader's part of
    * propagation at 10,000 services. Changes that come while a load is pending, or within
-   * `debounceMs` of the last one, are a burst: they wait until it settles and load together.
+   * `debounceMs` of the last one, are a burst: they wait until it settles and load together,
+   * but none waits longer than `maxWaitMs`.
    */
   #schedule(): void {
     const debounce = this.#opts.debounceMs ?? 50;
-    const burst = this.#timer !== undefined ||
-      this.#now() - this.#lastLoad < debounce;
+    const maxWait = this.#opts.maxWaitMs ?? 10 * debounce;
+    const now = this.#now();
+    if (this.#timer === undefined) this.#pendingSince = now;
+    const burst = this.#timer !== undefined || now - this.#lastLoad < debounce;
+    const delay = burst ? Math.max(0, Math.min(debounce, this.#pendingSince + maxWait - now)) : 0;
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
@@ -271,7 +282,7 @@ export class KubeProvider {
       this.#loading = this.#loading.then(() => this.#deliver()).catch((e) =>
         this.#opts.logger.error("applying a load failed", { error: String(e) })
       );
-    }, burst ? debounce : 0);
+    }, delay);
   }
 
   async #deliver(): Promise<void> {

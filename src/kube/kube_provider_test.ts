@@ -76,7 +76,7 @@ const slice = (address: string, rv: string): RawObject => ({
  * A KubeProvider on an API that lists one Service and its slice, serves no SMI kind, and
  * sends the EndpointSlice watch events the test gives; its clock runs `skip()` ms ahead.
  */
-async function startProvider(debounceMs: number) {
+async function startProvider(debounceMs: number, maxWaitMs?: number) {
   const loads: { at: number; result: LoadResult }[] = [];
   let sendSlice: ((e: WatchEvent) => void) | null = null;
   let ahead = 0;
@@ -112,6 +112,7 @@ async function startProvider(debounceMs: number) {
     watchNamespaces: [],
     ignoreNamespaces: [],
     debounceMs,
+    maxWaitMs,
     now: () => performance.now() + ahead,
     onLoad: (result) => {
       loads.push({ at: performance.now(), result });
@@ -169,6 +170,21 @@ Deno.test("KubeProvider coalesces a burst of changes into one load after it sett
     await p.provider.stop();
     assert.equal(p.loads.length, 3, "one load for the whole burst");
   } finally {
+    await p.provider.stop();
+  }
+});
+
+Deno.test("KubeProvider loads a burst that never settles after at most maxWaitMs", async () => {
+  // Events every 20 ms against a debounce of 1 s: without a longest wait, no load would come
+  // while they go on.
+  const p = await startProvider(1000, 2000);
+  let n = 2;
+  const churn = setInterval(() => p.send("127.0.66.7", String(n++)), 20);
+  try {
+    const load = await waitFor("a load during the churn", () => p.loads[1], 30_000);
+    assert.deepEqual(addressesOf(load.result), ["127.0.66.7"]);
+  } finally {
+    clearInterval(churn);
     await p.provider.stop();
   }
 });
