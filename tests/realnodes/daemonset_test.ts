@@ -380,7 +380,18 @@ async function underLoad(
     const per: string[] = [];
     const errors: string[] = [];
     for (const [i, r] of results.entries()) {
-      const out = JSON.parse(r.out.trim().split("\n").at(-1)!) as {
+      // `kubectl exec`'s own stderr comes after the load's stdout: kubectl 1.30.14 ended one
+      // run with a klog line ("E1129 ..."). The load's result is its last JSON line; what else
+      // kubectl said is shown, and a run with no result fails with all of it.
+      const lines = r.out.trim().split("\n");
+      const result = lines.findLast((l) => l.startsWith("{"));
+      const name = clients[i]!.metadata.name;
+      assert.ok(result, `the load in ${name} printed no result (exit ${r.code}): ${r.out}`);
+      const said = lines.filter((l) => !l.startsWith("{"));
+      if (said.length) {
+        console.log(`kubectl exec in ${name} (exit ${r.code}) said: ${said.join(" | ")}`);
+      }
+      const out = JSON.parse(result) as {
         ended: string;
         kinds: LoadCounts;
       };
