@@ -10,6 +10,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { KubeApi, loadKubeConfig } from "../../src/kube/mod.ts";
 import { TestCluster } from "../testenv/cluster.ts";
 
 function fact(row: string, value: string): void {
@@ -199,6 +200,44 @@ Deno.test("Kubernetes probe: the API behaviours meshd relies on, as this release
           }
         }
         fact("Pod Security admission", results.join(", "));
+      },
+    );
+
+    await t.step(
+      "bookmarks: a watch from version 0 sends what exists; whether a BOOKMARK follows",
+      async () => {
+        // meshd's reflector resumes from the last version it saw, so it needs no bookmark, and
+        // the server owes none ("clients may not assume the server will send any BOOKMARK
+        // event during a session"); when and whether one comes differs by release.
+        await c.must("POST", `/api/v1/namespaces/${ns}/services`, {
+          metadata: { name: "bookmark-probe" },
+          spec: { ports: [{ port: 80 }] },
+        });
+        const api = new KubeApi(loadKubeConfig(c.kubeconfig));
+        const seconds = 12;
+        const t0 = performance.now();
+        const ac = new AbortController();
+        let sawService = false;
+        let bookmarkAfter = -1;
+        await api.watch(`/api/v1/namespaces/${ns}/services`, "0", (ev) => {
+          if (ev.type === "BOOKMARK") {
+            bookmarkAfter = (performance.now() - t0) / 1000;
+            ac.abort();
+          } else if (
+            ev.object["metadata"] && (ev.object["metadata"] as Obj)["name"] === "bookmark-probe"
+          ) {
+            sawService = true;
+          }
+        }, { signal: ac.signal, timeoutSeconds: seconds }).catch((e) => {
+          if (!ac.signal.aborted) throw e;
+        });
+        fact(
+          "watch bookmarks",
+          bookmarkAfter < 0
+            ? `no BOOKMARK in a ${seconds} s watch from version 0`
+            : `BOOKMARK ${bookmarkAfter.toFixed(1)} s into a watch from version 0`,
+        );
+        assert.ok(sawService, "the watch from version 0 did not send the existing Service");
       },
     );
 

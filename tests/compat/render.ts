@@ -182,6 +182,7 @@ function kubeSection(results: Results): string {
     ["Service internalTrafficPolicy / trafficDistribution", "Service"],
     ["DaemonSet maxSurge (rollouts)", "DaemonSet"],
     ["Pod Security admission", "Pod Security"],
+    ["watch bookmarks (meshd needs none)", "bookmarks"],
     ["server-side apply of the SMI CRDs", "CRDs"],
     ["`kubectl apply --server-side -k manifests/`", "kustomization"],
   ];
@@ -191,6 +192,7 @@ function kubeSection(results: Results): string {
     "Service": ["internalTrafficPolicy", "trafficDistribution"],
     "DaemonSet": ["DaemonSet maxSurge"],
     "Pod Security": ["Pod Security admission"],
+    "bookmarks": ["watch bookmarks"],
     "CRDs": ["server-side apply of the CRDs"],
     "kustomization": ["kubectl apply -k manifests/"],
   };

@@ -19,6 +19,14 @@ import { registerNode, runPod } from "../testenv/kubelet.ts";
 import { waitFor } from "../testenv/process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** The newest minor seen sending no watch bookmark in 10 s (1.30.14; 1.35.4 and later send). */
+const LAST_MINOR_WITHOUT_BOOKMARK = 30;
+
+/** `30` for "v1.30.14". */
+function kubeMinor(version: string): number {
+  return Number(version.match(/^v?1\.(\d+)\./)?.[1] ?? NaN);
+}
 const quiet = () => new Logger({ level: "error", write: () => {} });
 
 function service(ns: string, name: string, app = name) {
@@ -258,13 +266,28 @@ Deno.test("kube provider", async (t) => {
       } finally {
         await r.stop();
       }
-      // From version 0 the server sends what exists, then a bookmark with its current version.
+      // From version 0 the server sends what exists, with no list; then, on the releases that
+      // do, a bookmark with its current version. Bookmarks are the server's choice ("clients
+      // may not assume the server will send any BOOKMARK event during a session"), and the
+      // releases differ: 1.35.4 to 1.37.2 send one right after the initial events, 1.30.14
+      // sent none in a whole 60 s watch, from version 0 or from a list's version alike. A
+      // release newer than those seen without one must send it, so a change shows here.
       const b = make("0");
       b.start();
       try {
-        await waitFor("a bookmark", () => b.stats.bookmarks > 0 ? true : undefined);
-        assert.ok(b.items.has("shop/after-resume"));
-        assert.ok(Number(b.resourceVersion) >= Number(r.resourceVersion));
+        await waitFor("the existing Services", () => b.items.has("shop/after-resume") || undefined);
+        const bookmark = await waitFor("a bookmark", () => b.stats.bookmarks > 0 || undefined)
+          .catch((e: Error) => e);
+        if (bookmark instanceof Error) {
+          assert.ok(
+            kubeMinor(cluster.version) <= LAST_MINOR_WITHOUT_BOOKMARK,
+            `Kubernetes ${cluster.version}: ${bookmark.message}`,
+          );
+          console.log(`Kubernetes ${cluster.version} sent no bookmark in 10 s, as 1.30 does`);
+        } else {
+          // The initial events come in no order of version; the bookmark carries the newest.
+          assert.ok(Number(b.resourceVersion) >= Number(r.resourceVersion));
+        }
         assert.equal(b.stats.lists, 0);
       } finally {
         await b.stop();

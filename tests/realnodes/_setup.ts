@@ -157,7 +157,7 @@ export async function execIn(
   cluster: TestCluster,
   pod: Pod,
   argv: string[],
-): Promise<{ code: number; out: string }> {
+): Promise<{ code: number; out: string; stdout: string; stderr: string }> {
   return await cluster.kubectl("-n", APP_NS, "exec", pod.metadata.name, "--", ...argv);
 }
 

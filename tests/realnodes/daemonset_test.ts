@@ -335,7 +335,9 @@ async function underLoad(
   const progress = async () =>
     await Promise.all(clients.map(async (p) => {
       const r = await execIn(c, p, ["cat", "/tmp/loadgen.progress"]);
-      return r.code === 0 ? JSON.parse(r.out) as LoadCounts : {};
+      if (r.stderr.trim()) console.log(`kubectl exec in ${p.metadata.name}: ${r.stderr.trim()}`);
+      // stdout only: kubectl 1.30.14's exec sometimes ends with a klog line on stderr.
+      return r.code === 0 ? JSON.parse(r.stdout) as LoadCounts : {};
     }));
   const least = (all: LoadCounts[]) =>
     Math.min(
@@ -380,7 +382,15 @@ async function underLoad(
     const per: string[] = [];
     const errors: string[] = [];
     for (const [i, r] of results.entries()) {
-      const out = JSON.parse(r.out.trim().split("\n").at(-1)!) as {
+      // The load's result is the last line of its stdout: kubectl 1.30.14's exec sometimes
+      // ends with a klog line ("E1129 ...") on its own stderr, shown here, never parsed.
+      const name = clients[i]!.metadata.name;
+      if (r.stderr.trim()) {
+        console.log(`kubectl exec in ${name} (exit ${r.code}): ${r.stderr.trim()}`);
+      }
+      const result = r.stdout.trim().split("\n").at(-1);
+      assert.ok(result, `the load in ${name} printed no result (exit ${r.code}): ${r.out}`);
+      const out = JSON.parse(result) as {
         ended: string;
         kinds: LoadCounts;
       };

@@ -278,7 +278,21 @@ Deno.test({
     });
     assert.match(allowed, /^pod=whoami /);
     console.log(`client (ServiceAccount client) -> ${url}: ${allowed.trim()}`);
-    const denied = await wget(c, APP_NS, intruder, url);
+    // The intruder is on the other node, whose path the wait above did not warm: on 1.30.14 its
+    // first request timed out (timeout's exit 124) where a 403 came on the run before. Wait,
+    // with a deadline, for meshd to answer it at all (an HTTP status or a 200); then assert.
+    const denied = await waitFor(
+      `an answer to the intruder from ${url}`,
+      async () => {
+        const r = await wget(c, APP_NS, intruder, url);
+        if (r.code === 0 || /HTTP\/1\.1 \d{3}/.test(r.out)) return r;
+        throw new Error(`exit ${r.code}: ${r.out.trim()}`);
+      },
+      90_000,
+      1_000,
+    ).catch(async (e) => {
+      throw new Error(`${e.message}\n${await rn.logs(40, "meshd_")}`);
+    });
     assert.notEqual(denied.code, 0, `the intruder got an answer: ${denied.out}`);
     assert.match(denied.out, /403/, denied.out);
     console.log(`intruder (ServiceAccount intruder) -> ${url}: ${denied.out.trim()}`);

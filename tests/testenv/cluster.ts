@@ -414,7 +414,9 @@ export class TestCluster implements ClusterAccess {
   }
 
   /** Runs the kubectl built with the cluster, as admin; resolves with its exit code and output. */
-  async kubectl(...args: string[]): Promise<{ code: number; out: string }> {
+  async kubectl(
+    ...args: string[]
+  ): Promise<{ code: number; out: string; stdout: string; stderr: string }> {
     const o = await new Deno.Command(`${this.bin}/kubectl`, {
       args: [`--kubeconfig=${this.kubeconfig}`, ...args],
       cwd: ROOT,
@@ -422,7 +424,8 @@ export class TestCluster implements ClusterAccess {
       stderr: "piped",
     }).output();
     const dec = new TextDecoder();
-    return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
+    const stdout = dec.decode(o.stdout), stderr = dec.decode(o.stderr);
+    return { code: o.code, out: stdout + stderr, stdout, stderr };
   }
 
   /** The last lines each control-plane process wrote, for a failure message. */
