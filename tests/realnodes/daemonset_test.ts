@@ -406,13 +406,49 @@ async function underLoad(
       `[sent/failed: ${per.join(", ")}]`;
     console.log(line);
     if (failed > 0) {
-      assert.fail(`${line}\n${errors.join("\n")}\n${await rn.logs(60, "meshd_")}`);
+      const restarts = await meshdRestarts(c).catch((e) => `meshd pods: ${e}`);
+      assert.fail(`${line}\n${errors.join("\n")}\n${restarts}\n${await rn.logs(60, "meshd_")}`);
     }
     return line;
   } finally {
     for (const p of clients) await execIn(c, p, ["touch", "/tmp/loadgen.stop"]).catch(() => {});
     await Promise.allSettled(runs);
   }
+}
+
+/**
+ * Each meshd pod's containers: how often they restarted and how the last run ended (reason,
+ * exit code, signal, times), which a step that lost requests prints: a process that died
+ * leaves no line of its own.
+ */
+async function meshdRestarts(c: TestCluster): Promise<string> {
+  type Terminated = {
+    reason?: string;
+    exitCode?: number;
+    signal?: number;
+    startedAt?: string;
+    finishedAt?: string;
+  };
+  type Status = { name: string; restartCount?: number; lastState?: { terminated?: Terminated } };
+  const r = await c.must("GET", "/api/v1/namespaces/meshd/pods");
+  const items = r["items"] as {
+    metadata: { name: string };
+    status?: { containerStatuses?: Status[] };
+  }[];
+  const lines = ["meshd pods' containers:"];
+  for (const p of items) {
+    for (const s of p.status?.containerStatuses ?? []) {
+      const t = s.lastState?.terminated;
+      lines.push(
+        `  ${p.metadata.name}/${s.name}: ${s.restartCount ?? 0} restarts` +
+          (t
+            ? `; the last run ended: ${t.reason ?? "?"}, exit ${t.exitCode ?? "?"}` +
+              `${t.signal ? `, signal ${t.signal}` : ""}, ${t.startedAt} to ${t.finishedAt}`
+            : ""),
+      );
+    }
+  }
+  return lines.join("\n");
 }
 
 Deno.test({
@@ -626,6 +662,7 @@ Deno.test({
       assert.match(chosen, /datapath=userspace/, `${p.metadata.name}: ${chosen}`);
     }
     console.log(`rollouts under load:\n  ${figures.join("\n  ")}`);
+    console.log(await meshdRestarts(c));
     const now = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
     const mib = (b: number | null) => b === null ? "?" : `${(b / 2 ** 20).toFixed(0)} MiB`;
     for (const p of now) {
