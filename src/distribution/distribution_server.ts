@@ -130,7 +130,9 @@ interface Outgoing {
 export class DistributionServer {
   history: ConfigHistory;
   readonly #o: DistributionServerOptions;
-  readonly #server = new grpc.Server();
+  #server: grpc.Server;
+  /** Whether {@linkcode listen} has bound a port. */
+  #listening = false;
   readonly #streams = new Set<Stream>();
   readonly #nodes = new Map<string, NodeStatus>();
   readonly #appliedRefs = new Map<string, ConfigRef>();
@@ -146,9 +148,15 @@ export class DistributionServer {
   constructor(options: DistributionServerOptions) {
     this.#o = options;
     this.history = options.history ?? new ConfigHistory();
-    this.#server.addService(distributionPackage().service, {
+    this.#server = this.#newServer();
+  }
+
+  #newServer(): grpc.Server {
+    const server = new grpc.Server();
+    server.addService(distributionPackage().service, {
       Subscribe: (call: Call) => this.#subscribe(call),
     });
+    return server;
   }
 
   /** Listens with TLS on `hostname:port`; resolves with the port bound. */
@@ -161,11 +169,20 @@ export class DistributionServer {
     ], false);
     const host = hostname.includes(":") ? `[${hostname}]` : hostname;
     return new Promise((resolve, reject) => {
-      this.#server.bindAsync(
-        `${host}:${port}`,
-        creds,
-        (err, bound) => err ? reject(err) : resolve(bound),
-      );
+      this.#server.bindAsync(`${host}:${port}`, creds, (err, bound) => {
+        if (!err) {
+          this.#listening = true;
+          return resolve(bound);
+        }
+        // grpc-js keeps a failed bind and answers every later bind of the same address with
+        // the same failure, so a port that frees up later could never be taken: a server that
+        // has not listened yet is replaced by a fresh one, and the next try binds anew.
+        if (!this.#listening) {
+          this.#server.forceShutdown();
+          this.#server = this.#newServer();
+        }
+        reject(err);
+      });
     });
   }
 

@@ -104,6 +104,32 @@ Deno.test("a node gets the whole config, then deltas, and the leader tracks what
   }
 });
 
+Deno.test("a port held by another process is taken once it is free, by the same server", async () => {
+  // A replacing meshd (--reuse-port) finds its predecessor on the config stream's port and
+  // retries: the retry must bind once the predecessor has gone.
+  const holder = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (holder.addr as Deno.NetAddr).port;
+  const identity = await createLeaderIdentity("test-leader");
+  const server = new DistributionServer({ logger: quiet(), identity });
+  const address: LeaderAddress = { address: `127.0.0.1:${port}`, certPem: identity.certPem };
+  const n = node("node-1", () => Promise.resolve(address));
+  try {
+    await assert.rejects(server.listen("127.0.0.1", port), /No address added/);
+    await assert.rejects(server.listen("127.0.0.1", port), /No address added/, "still held");
+    holder.close();
+    assert.equal(await server.listen("127.0.0.1", port), port);
+    server.publish(config(1), "e1");
+    n.client.start();
+    await waitFor("version 1 on the node", () => n.state.applied?.version === 1 || undefined);
+  } finally {
+    try {
+      holder.close();
+    } catch { /* closed above */ }
+    await n.client.stop();
+    await server.stop();
+  }
+});
+
 Deno.test("a snapshot larger than gRPC's default 4 MiB limit reaches the node", async () => {
   const { server, address } = await leader();
   const n = node("node-big", () => Promise.resolve(address));

@@ -126,3 +126,42 @@ Deno.test("leader election: one leads, a killed leader is replaced, leading neve
     await cluster.stop();
   }
 });
+
+Deno.test("leader election: a successor on its predecessor's ports (--reuse-port) takes the config stream's port and the Lease once the predecessor has left", async () => {
+  // A DaemonSet rollout with hostNetwork: the new pod starts while the old one, the leader,
+  // still holds the config stream's port, which cannot be shared.
+  const cluster = await TestCluster.start({ controllerManager: false });
+  const procs: MeshdProcess[] = [];
+  try {
+    await cluster.must("POST", "/api/v1/namespaces", {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: "meshd" },
+    });
+    const kc = await meshdKubeconfig(cluster);
+    const flags = [...TIMING, "--reuse-port"];
+    const old = MeshdProcess.start(kc, "meshd-old", flags);
+    procs.push(old);
+    await old.waitLog("started leading", () => true, 30_000);
+    const successor = MeshdProcess.start(kc, "meshd-new", flags, "", undefined, old);
+    procs.push(successor);
+    await successor.waitLog(
+      "the config stream's port is held, by the meshd this one replaces; retrying",
+    );
+    // Two retries fail while the predecessor holds the port.
+    await new Promise((r) => setTimeout(r, 2 * 1000 + 500));
+    assert.equal(await holder(cluster), old.identity);
+    const st = await old.stop();
+    assert.equal(st.code, 0);
+    await successor.waitLog("config stream listening", () => true, 5000).catch((e) => {
+      throw new Error(`${e.message}\n${successor.child.lines.slice(-10).join("\n")}`);
+    });
+    await successor.waitLog("started leading", () => true, LEASE_MS);
+    assert.equal(await holder(cluster), successor.identity);
+    const status = JSON.parse((await successor.api("/api/status/nodes")).body);
+    assert.equal(status.leading, true);
+  } finally {
+    for (const p of procs) await p.stop();
+    await cluster.stop();
+  }
+});

@@ -185,7 +185,8 @@ export class MeshdProcess {
    * Starts `meshd run --provider kube` with `extra` flags; it keeps its applied config in
    * `stateDir` when one is given, and nothing otherwise. On loopback it takes free ports; in a
    * namespace (`place`) it listens on every address there, on ports 9000 (API), 5000 (HTTP),
-   * 53 (DNS) and 9443 (config stream).
+   * 53 (DNS) and 9443 (config stream). A successor (`samePorts`, with `--reuse-port` in both)
+   * takes the ports of the meshd it replaces.
    */
   static start(
     kubeconfig: string,
@@ -193,8 +194,16 @@ export class MeshdProcess {
     extra: string[] = [],
     stateDir = "",
     place?: MeshdPlace,
+    samePorts?: MeshdProcess,
   ): MeshdProcess {
-    const ports = place
+    const ports = samePorts
+      ? {
+        api: samePorts.apiPort,
+        http: samePorts.httpPort,
+        dns: samePorts.dnsPort,
+        distribution: samePorts.distributionPort,
+      }
+      : place
       ? { api: 9000, http: 5000, dns: 53, distribution: 9443 }
       : { api: freePort(), http: freePort(), dns: freePort(), distribution: freePort() };
     const child = spawnMeshd([
