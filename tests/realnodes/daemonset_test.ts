@@ -407,13 +407,67 @@ async function underLoad(
     console.log(line);
     if (failed > 0) {
       const restarts = await meshdRestarts(c).catch((e) => `meshd pods: ${e}`);
-      assert.fail(`${line}\n${errors.join("\n")}\n${restarts}\n${await rn.logs(60, "meshd_")}`);
+      assert.fail(
+        `${line}\n${errors.join("\n")}\n${restarts}\n${await rn.logs(60, "meshd_")}\n${await rn
+          .grepNodeLogs(/meshd/)}`,
+      );
     }
+    await leaderAfter(c, rn, what);
     return line;
   } finally {
     for (const p of clients) await execIn(c, p, ["touch", "/tmp/loadgen.stop"]).catch(() => {});
     await Promise.allSettled(runs);
   }
+}
+
+/**
+ * After a step: one of the meshd pods now running holds the controller's Lease, each one that
+ * found its config stream's port held by the pod it replaced has bound it since, and no meshd
+ * container restarted (a restart drops the node's connections).
+ */
+async function leaderAfter(c: TestCluster, rn: RealNodes, what: string): Promise<void> {
+  const now = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
+  const names = now.map((p) => p.metadata.name);
+  const holder = async () => {
+    const r = await c.request(
+      "GET",
+      "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
+    );
+    return r.status === 200
+      ? (r.body["spec"] as { holderIdentity?: string }).holderIdentity ?? ""
+      : "";
+  };
+  // A pod that takes over waits out the Lease of a predecessor that left without giving it up.
+  await waitFor(
+    `a running meshd pod to hold the Lease after ${what}`,
+    async () => {
+      return names.includes(await holder()) ? true : undefined;
+    },
+    60_000,
+    500,
+  ).catch(async (e) => {
+    throw new Error(
+      `${e.message}: held by ${JSON.stringify(await holder())}, pods ${names.join(", ")}\n${await rn
+        .logs(30, "meshd_")}`,
+    );
+  });
+  for (const p of now) {
+    const logs = (await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd")).out;
+    if (!logs.includes("the config stream's port is held")) continue;
+    await waitFor(
+      `${p.metadata.name} to bind the config stream's port after ${what}`,
+      async () => {
+        const l = (await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd")).out;
+        return l.includes("config stream listening") ? true : undefined;
+      },
+      30_000,
+      1000,
+    ).catch(async (e) => {
+      throw new Error(`${e.message}\n${logs.split("\n").slice(-30).join("\n")}`);
+    });
+  }
+  const restarts = await meshdRestarts(c);
+  assert.doesNotMatch(restarts, /: [1-9]\d* restarts/, `after ${what}:\n${restarts}`);
 }
 
 /**
@@ -603,6 +657,20 @@ Deno.test({
       )!;
       await kubectl("delete", "pod", p.metadata.name, "--wait=false");
     };
+    // The pod that runs the controller: its successor must take over the config stream's
+    // port from it, and a new leader must be elected, while the node's traffic goes on.
+    const deleteLeader = async () => {
+      const r = await c.must(
+        "GET",
+        "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
+      );
+      const leader = (r["spec"] as { holderIdentity?: string }).holderIdentity ?? "";
+      const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
+        p.metadata.name === leader
+      );
+      assert.ok(p, `the Lease's holder ${JSON.stringify(leader)} is not a running meshd pod`);
+      await kubectl("delete", "pod", p.metadata.name, "--wait=false");
+    };
     // What each does, and how many meshd pods it replaces.
     const disruptions: [string, () => Promise<void>, number][] = [
       [
@@ -650,7 +718,7 @@ Deno.test({
         () => kubectl("rollout", "restart", "daemonset/meshd"),
         all,
       ],
-      ["deleting one meshd pod (userspace)", deletePod(nodes.nodes[1]!), 1],
+      ["deleting the leader's meshd pod (userspace)", deleteLeader, 1],
     ];
     const figures: string[] = [];
     for (const [what, disrupt, replaces] of disruptions) {

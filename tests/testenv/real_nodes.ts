@@ -729,6 +729,22 @@ export class RealNodes {
   }
 
   /**
+   * The last `lines` lines of each node's kubelet and containerd logs that match `re`: what
+   * they did to a Pod (probes, kills, restarts, OOM events).
+   */
+  async grepNodeLogs(re: RegExp, lines = 40): Promise<string> {
+    const out: string[] = [];
+    for (const n of this.nodes) {
+      for (const f of ["kubelet.log", "containerd.log"]) {
+        const text = await Deno.readTextFile(`${n.dir}/${f}`).catch(() => "");
+        const hits = text.split("\n").filter((l) => re.test(l)).slice(-lines);
+        out.push(`--- ${n.name} ${f}, lines matching ${re}`, ...hits);
+      }
+    }
+    return out.join("\n");
+  }
+
+  /**
    * The last lines of each node's containerd and kubelet logs and of its other processes; or,
    * with `podPrefix`, of the containers of the Pods whose log folder starts with it.
    */
