@@ -462,7 +462,7 @@ async function leaderAfter(c: TestCluster, rn: RealNodes, what: string): Promise
       },
       30_000,
       1000,
-    ).catch(async (e) => {
+    ).catch((e) => {
       throw new Error(`${e.message}\n${logs.split("\n").slice(-30).join("\n")}`);
     });
   }
