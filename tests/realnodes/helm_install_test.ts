@@ -313,7 +313,13 @@ Deno.test({
       throw new Error(`${e.message}\n${await rn.logs(40, "meshd_")}`);
     });
     const ok = await tcpExchanges(c, client);
-    assert.ok(ok.sent > 0 && ok.failed === 0, `client's TCP exchanges: ${JSON.stringify(ok)}`);
+    if (!(ok.sent > 0 && ok.failed === 0)) {
+      // One dial in 86 timed out once (5 s without a SYN-ACK): what each meshd and node saw.
+      assert.fail(
+        `client's TCP exchanges: ${JSON.stringify(ok)}\n${await rn.logs(60, "meshd_")}\n${await rn
+          .grepNodeLogs(/meshd|echo-tcp/)}`,
+      );
+    }
     const refused = await tcpExchanges(c, intruder);
     assert.ok(
       refused.sent > 0 && refused.failed === refused.sent,
