@@ -38,27 +38,27 @@ function intervals(procs: MeshdProcess[], killedAt: Map<string, number>): Interv
   return out.sort((a, b) => a.start - b.start);
 }
 
-async function holder(cluster: TestCluster): Promise<string> {
-  const r = await cluster.request(
-    "GET",
-    "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
-  );
-  return r.status === 200
-    ? (r.body["spec"] as { holderIdentity?: string }).holderIdentity ?? ""
-    : "";
-}
-
-Deno.test("leader election: one leads, a killed leader is replaced, leading never overlaps", async () => {
+/** A test cluster with meshd's namespace, and a kubeconfig for meshd processes. */
+async function clusterWithMeshNamespace(): Promise<{ cluster: TestCluster; kc: string }> {
   const cluster = await TestCluster.start({ controllerManager: false });
-  const procs: MeshdProcess[] = [];
-  const killedAt = new Map<string, number>();
   try {
     await cluster.must("POST", "/api/v1/namespaces", {
       apiVersion: "v1",
       kind: "Namespace",
       metadata: { name: "meshd" },
     });
-    const kc = await meshdKubeconfig(cluster);
+    return { cluster, kc: await meshdKubeconfig(cluster) };
+  } catch (e) {
+    await cluster.stop();
+    throw e;
+  }
+}
+
+Deno.test("leader election: one leads, a killed leader is replaced, leading never overlaps", async () => {
+  const { cluster, kc } = await clusterWithMeshNamespace();
+  const procs: MeshdProcess[] = [];
+  const killedAt = new Map<string, number>();
+  try {
     for (const n of ["meshd-a", "meshd-b", "meshd-c"]) {
       procs.push(MeshdProcess.start(kc, n, TIMING));
     }
@@ -75,7 +75,7 @@ Deno.test("leader election: one leads, a killed leader is replaced, leading neve
       const logs = procs.map((p) => `--- ${p.identity}\n${p.child.lines.slice(-8).join("\n")}`);
       throw new Error(`${e.message}\n${logs.join("\n")}`);
     });
-    assert.equal(await holder(cluster), first.identity);
+    assert.equal(await cluster.leaseHolder(), first.identity);
     // Stays alone for a few renewals.
     await new Promise((r) => setTimeout(r, 3 * RETRY_MS));
     assert.deepEqual(leading().map((p) => p.identity), [first.identity]);
@@ -96,7 +96,7 @@ Deno.test("leader election: one leads, a killed leader is replaced, leading neve
       takeover <= LEASE_MS + 2 * RETRY_MS,
       `took over ${takeover} ms after the kill; lease ${LEASE_MS} ms`,
     );
-    assert.equal(await holder(cluster), second.identity);
+    assert.equal(await cluster.leaseHolder(), second.identity);
 
     // A clean shutdown gives the lease up, so the third takes over well within a lease.
     const stoppedAt = Date.now();
@@ -130,15 +130,9 @@ Deno.test("leader election: one leads, a killed leader is replaced, leading neve
 Deno.test("leader election: a successor on its predecessor's ports (--reuse-port) takes the config stream's port and the Lease once the predecessor has left", async () => {
   // A DaemonSet rollout with hostNetwork: the new pod starts while the old one, the leader,
   // still holds the config stream's port, which cannot be shared.
-  const cluster = await TestCluster.start({ controllerManager: false });
+  const { cluster, kc } = await clusterWithMeshNamespace();
   const procs: MeshdProcess[] = [];
   try {
-    await cluster.must("POST", "/api/v1/namespaces", {
-      apiVersion: "v1",
-      kind: "Namespace",
-      metadata: { name: "meshd" },
-    });
-    const kc = await meshdKubeconfig(cluster);
     const flags = [...TIMING, "--reuse-port"];
     const old = MeshdProcess.start(kc, "meshd-old", flags);
     procs.push(old);
@@ -150,14 +144,14 @@ Deno.test("leader election: a successor on its predecessor's ports (--reuse-port
     );
     // Two retries fail while the predecessor holds the port.
     await new Promise((r) => setTimeout(r, 2 * 1000 + 500));
-    assert.equal(await holder(cluster), old.identity);
+    assert.equal(await cluster.leaseHolder(), old.identity);
     const st = await old.stop();
     assert.equal(st.code, 0);
     await successor.waitLog("config stream listening", () => true, 5000).catch((e) => {
       throw new Error(`${e.message}\n${successor.child.lines.slice(-10).join("\n")}`);
     });
     await successor.waitLog("started leading", () => true, LEASE_MS);
-    assert.equal(await holder(cluster), successor.identity);
+    assert.equal(await cluster.leaseHolder(), successor.identity);
     const status = JSON.parse((await successor.api("/api/status/nodes")).body);
     assert.equal(status.leading, true);
   } finally {

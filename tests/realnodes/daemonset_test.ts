@@ -428,15 +428,7 @@ async function underLoad(
 async function leaderAfter(c: TestCluster, rn: RealNodes, what: string): Promise<void> {
   const now = await pods(c, "meshd", "app.kubernetes.io/name=meshd");
   const names = now.map((p) => p.metadata.name);
-  const holder = async () => {
-    const r = await c.request(
-      "GET",
-      "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
-    );
-    return r.status === 200
-      ? (r.body["spec"] as { holderIdentity?: string }).holderIdentity ?? ""
-      : "";
-  };
+  const holder = () => c.leaseHolder();
   // A pod that takes over waits out the Lease of a predecessor that left without giving it up.
   await waitFor(
     `a running meshd pod to hold the Lease after ${what}`,
@@ -660,11 +652,7 @@ Deno.test({
     // The pod that runs the controller: its successor must take over the config stream's
     // port from it, and a new leader must be elected, while the node's traffic goes on.
     const deleteLeader = async () => {
-      const r = await c.must(
-        "GET",
-        "/apis/coordination.k8s.io/v1/namespaces/meshd/leases/meshd-controller",
-      );
-      const leader = (r["spec"] as { holderIdentity?: string }).holderIdentity ?? "";
+      const leader = await c.leaseHolder();
       const p = (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).find((p) =>
         p.metadata.name === leader
       );

@@ -189,11 +189,7 @@ Deno.test({
         new RegExp(`^pod=whoami .* remote=${ws.ip.replaceAll(".", "\\.")}:\\d+ `),
       );
       console.log(`workstation meshd -> whoami.${APP_NS}.mesh: ${viaDev.trim()}`);
-      const lease = await c.must(
-        "GET",
-        "/apis/coordination.k8s.io/v1/namespaces/meshd-dev/leases/meshd-controller",
-      );
-      assert.equal((lease["spec"] as { holderIdentity?: string }).holderIdentity, "workstation");
+      assert.equal(await c.leaseHolder("meshd-dev"), "workstation");
     } finally {
       await dev.stop();
     }

@@ -475,6 +475,17 @@ export class TestCluster implements ClusterAccess {
     return r.body;
   }
 
+  /** Who holds meshd's controller Lease in `namespace`: "" when no one does, or there is none. */
+  async leaseHolder(namespace = "meshd"): Promise<string> {
+    const r = await this.request(
+      "GET",
+      `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases/meshd-controller`,
+    );
+    return r.status === 200
+      ? (r.body["spec"] as { holderIdentity?: string }).holderIdentity ?? ""
+      : "";
+  }
+
   /** Kills the API server (SIGKILL, by PID), as an outage; etcd and the rest keep running. */
   async stopApiServer(): Promise<void> {
     await this.#apiServer.stop();
