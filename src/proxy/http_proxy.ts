@@ -137,7 +137,7 @@ interface Upstream {
   /** In the idle pool, with a read pending that must return nothing while it is there. */
   idle: boolean;
   /** The deadline of the response head awaited on it, reused by each request it carries. */
-  waiting: Waiting;
+  watch: Watch;
   /**
    * Takes it out of the idle pool and closes it, if it is still there: made once per
    * connection, for the read it keeps pending while idle, rather than once per request.
@@ -161,12 +161,28 @@ const REASONS: Record<number, string> = {
  * A response head being waited for, or a write to a client; the sweeper closes the connection
  * when its deadline passes.
  */
-interface Waiting {
-  deadline: number;
+/**
+ * The deadline and idle time of one connection, read by the sweep. Arming one writes a field:
+ * the record joins the sweep's set only if it is not in it already, and the sweep takes out a
+ * record with nothing armed. A keep-alive connection's requests mostly start and end between
+ * two sweeps, so a request costs no set insertion or removal.
+ */
+interface Watch {
   conn: Deno.Conn;
+  /** When the operation under way (a write, or the wait for a response head) gives up; 0: none. */
+  deadline: number;
+  /** When a client connection became idle between requests; 0: not idle. */
+  idleSince: number;
+  /** Set when the sweep closed the connection at its deadline. */
   timedOut: boolean;
+  /** In the sweep's set. */
+  listed: boolean;
   /** Told when the deadline closed the connection. */
   onTimeout?: () => void;
+}
+
+function newWatch(conn: Deno.Conn, onTimeout?: () => void): Watch {
+  return { conn, deadline: 0, idleSince: 0, timedOut: false, listed: false, onTimeout };
 }
 
 /** What one request's exchange ended with. */
@@ -195,6 +211,8 @@ interface Http1Request extends Metered {
   /** The client connection's reader, positioned at the request body. */
   reader: BufReader;
   client: Deno.TcpConn;
+  /** What is kept for the client connection while it is served. */
+  cc: ClientConn;
   /** The client's address: the source for access control and X-Forwarded-For. */
   peer: string;
   /** The route the Host names; its metrics count the request. */
@@ -212,7 +230,7 @@ interface Http1Request extends Metered {
    */
   scratch: Uint8Array | null;
   /** The client's timed writer. */
-  cw?: Writer;
+  cw?: TimedWriter;
   /** The response head of the successful try: parsed, or plain (passed on as it came). */
   response?: MessageHead | PlainResponse;
   /** Resolves when the request body was copied (true) or not (false). */
@@ -233,6 +251,30 @@ interface Http1Request extends Metered {
 }
 
 /** What counts bytes copied. */
+/** What is kept for one client connection while it is served. */
+interface ClientConn {
+  conn: Deno.TcpConn;
+  reader: BufReader;
+  /** The client's address. */
+  peer: string;
+  /** Its idle time between requests, for the sweep. */
+  idle: Watch;
+  /** Its timed writer, made at its first response that needs one. */
+  writer: TimedWriter | null;
+  /** The watch for it leaving, made at the first request that needs one. */
+  source: ClientSource | null;
+}
+
+/**
+ * A {@linkcode Writer} whose writes close the connection after `--write-timeout` without
+ * progress. A hot path may also write to the connection itself between `begin()` and `end()`,
+ * which arm and disarm that deadline, and save the wrapper's level of async function.
+ */
+interface TimedWriter extends Writer {
+  begin(): Watch;
+  end(w: Watch): void;
+}
+
 interface ByteCounter {
   inc(n: number): void;
 }
@@ -248,8 +290,8 @@ export class HttpProxy {
   readonly #listener: Deno.TcpListener;
   readonly #clients = new Set<Deno.Conn>();
   readonly #idle = new Map<string, Upstream[]>();
-  readonly #waiting = new Set<Waiting>();
-  readonly #idleClients = new Map<Deno.Conn, number>();
+  /** What the sweep checks: see {@linkcode Watch}. */
+  readonly #watches = new Set<Watch>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
   /** The HTTP/2 side, once something needed it. */
@@ -257,10 +299,6 @@ export class HttpProxy {
   #h2Loaded: H2Proxy | null = null;
   readonly #drop: CountDrop;
   readonly #budgets: RetryBudgets;
-  /** The watch on each client connection (see {@linkcode ClientSource}). */
-  readonly #sources = new WeakMap<Deno.Conn, ClientSource>();
-  /** The timed writer of each client connection, made once rather than per request. */
-  readonly #writers = new WeakMap<Deno.Conn, Writer>();
   /** Set by {@linkcode HttpProxy.drain}: every response closes its connection. */
   #draining = false;
   readonly #guard: LoopGuard;
@@ -360,23 +398,43 @@ export class HttpProxy {
     }
   }
 
+  /** Arms `w`'s deadline. */
+  #arm(w: Watch, deadline: number): void {
+    w.deadline = deadline;
+    w.timedOut = false;
+    if (!w.listed) {
+      w.listed = true;
+      this.#watches.add(w);
+    }
+  }
+
+  /** Marks the client connection of `w` idle from now. */
+  #idleFrom(w: Watch): void {
+    w.idleSince = Date.now();
+    if (!w.listed) {
+      w.listed = true;
+      this.#watches.add(w);
+    }
+  }
+
   #sweep(): void {
     const now = Date.now();
-    for (const w of this.#waiting) {
-      if (w.deadline <= now) {
-        w.timedOut = true;
-        this.#waiting.delete(w);
-        closeQuietly(w.conn);
-        w.onTimeout?.();
-      }
-    }
     const idleLimit = this.#draining
       ? Math.min(DRAIN_IDLE_MS, this.#opts.clientIdleMs ?? DRAIN_IDLE_MS)
       : this.#opts.clientIdleMs ?? 60_000;
-    for (const [conn, since] of this.#idleClients) {
-      if (now - since >= idleLimit) {
-        this.#idleClients.delete(conn);
-        closeQuietly(conn);
+    for (const w of this.#watches) {
+      if (w.deadline !== 0 && w.deadline <= now) {
+        w.deadline = 0;
+        w.timedOut = true;
+        closeQuietly(w.conn);
+        w.onTimeout?.();
+      } else if (w.idleSince !== 0 && now - w.idleSince >= idleLimit) {
+        w.idleSince = 0;
+        closeQuietly(w.conn);
+      }
+      if (w.deadline === 0 && w.idleSince === 0) {
+        w.listed = false;
+        this.#watches.delete(w);
       }
     }
     for (const [key, list] of this.#idle) {
@@ -401,25 +459,22 @@ export class HttpProxy {
       this.#clients.add(conn);
       this.#serve(conn).finally(() => {
         this.#clients.delete(conn);
-        this.#idleClients.delete(conn);
         closeQuietly(conn);
         limiter?.release(source);
       });
     }, { what: "http", logger: this.#opts.logger, drop: this.#drop });
   }
 
-  /** Writes to `client` that fail after `--write-timeout` without progress (a client that never reads). */
-  #clientWriter(client: Deno.Conn): Writer {
-    let w = this.#writers.get(client);
-    if (!w) this.#writers.set(client, w = this.#timedWriter(client, "client"));
-    return w;
+  /** Writes to the client that fail after `--write-timeout` without progress (a client that never reads). */
+  #clientWriter(cc: ClientConn): TimedWriter {
+    return cc.writer ??= this.#timedWriter(cc.conn, "client");
   }
 
   /**
    * Writes to `conn` that close it after `--write-timeout` without progress: a peer that never
    * reads (the client, or the backend of a tunnel) must not hold the connection for good.
    */
-  #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): Writer {
+  #timedWriter(conn: Deno.Conn, peer: "client" | "backend"): TimedWriter {
     const ms = this.#opts.writeTimeoutMs ?? 60_000;
     const onTimeout = (): void => {
       this.#drop("write_timeout");
@@ -429,21 +484,28 @@ export class HttpProxy {
     };
     // Writes through one writer follow each other, so one deadline record serves them all; a
     // write that overlaps another (none does today) gets a record of its own.
-    let spare: Waiting | null = { deadline: 0, conn, timedOut: false, onTimeout };
+    let spare: Watch | null = newWatch(conn, onTimeout);
+    const begin = (): Watch => {
+      const w = spare ?? newWatch(conn, onTimeout);
+      spare = null;
+      this.#arm(w, Date.now() + ms);
+      return w;
+    };
+    const end = (w: Watch): void => {
+      w.deadline = 0;
+      spare = w;
+    };
     return {
       write: async (p) => {
-        const w = spare ?? { deadline: 0, conn, timedOut: false, onTimeout };
-        spare = null;
-        w.deadline = Date.now() + ms;
-        w.timedOut = false;
-        this.#waiting.add(w);
+        const w = begin();
         try {
           return await conn.write(p);
         } finally {
-          this.#waiting.delete(w);
-          spare = w;
+          end(w);
         }
       },
+      begin,
+      end,
     };
   }
 
@@ -452,9 +514,18 @@ export class HttpProxy {
     // made and closed per request takes one a closed connection gave back, if any: a new one
     // lives outside V8's heap and costs an allocation and the GC's work.
     const reader = new BufReader(client, CLIENT_BUFFER, this.#readBuffers.pop());
+    const cc: ClientConn = {
+      conn: client,
+      reader,
+      peer: (client.remoteAddr as Deno.NetAddr).hostname,
+      idle: newWatch(client),
+      writer: null,
+      source: null,
+    };
     try {
-      await this.#serveRequests(client, reader);
+      await this.#serveRequests(cc);
     } finally {
+      cc.idle.idleSince = 0; // the sweep lets go of it
       const buf = reader.release();
       if (buf?.length === CLIENT_BUFFER && this.#readBuffers.length < MAX_SCRATCH) {
         this.#readBuffers.push(buf);
@@ -462,12 +533,12 @@ export class HttpProxy {
     }
   }
 
-  async #serveRequests(client: Deno.TcpConn, reader: BufReader): Promise<void> {
-    const peer = (client.remoteAddr as Deno.NetAddr).hostname;
+  async #serveRequests(cc: ClientConn): Promise<void> {
+    const { conn: client, reader, peer } = cc;
     for (let first = true;; first = false) {
       let req: MessageHead;
       let raw: Uint8Array;
-      this.#idleClients.set(client, Date.now());
+      this.#idleFrom(cc.idle);
       try {
         const bytes = await reader.readHeadBytes(MAX_HEAD);
         if (bytes === null) return;
@@ -475,7 +546,7 @@ export class HttpProxy {
         const head = decodeLatin1(bytes);
         if (first && head === H2_PREFACE_HEAD) {
           // HTTP/2 with prior knowledge (h2c, gRPC): the rest of the connection is HTTP/2.
-          this.#idleClients.delete(client);
+          cc.idle.idleSince = 0;
           const rest = reader.takeBuffered(Infinity);
           const early = new Uint8Array(head.length + rest.length);
           early.set(encodeLatin1(head));
@@ -493,11 +564,11 @@ export class HttpProxy {
         }
         return;
       } finally {
-        this.#idleClients.delete(client);
+        cc.idle.idleSince = 0;
       }
       let keepAlive: boolean;
       try {
-        keepAlive = await this.#handle(req, raw, reader, client, peer);
+        keepAlive = await this.#handle(req, raw, cc);
       } catch (e) {
         if (e instanceof ProxyFailure) await this.#fail(client, req.minor, e).catch(() => {});
         else if (this.#opts.logger.enabled("debug")) {
@@ -510,13 +581,8 @@ export class HttpProxy {
   }
 
   /** One request: policy, then forwarding. Returns whether the client connection stays open. */
-  async #handle(
-    parsed: MessageHead,
-    raw: Uint8Array,
-    reader: BufReader,
-    client: Deno.TcpConn,
-    peer: string,
-  ): Promise<boolean> {
+  async #handle(parsed: MessageHead, raw: Uint8Array, cc: ClientConn): Promise<boolean> {
+    const client = cc.conn;
     let checked: CheckedRequest;
     try {
       // Routed, checked and forwarded in one form, so the backend reads what was checked: its
@@ -542,9 +608,10 @@ export class HttpProxy {
       verbatim: checked.verbatim,
       framing: checked.framing,
       scratch: null,
-      reader,
+      reader: cc.reader,
       client,
-      peer,
+      cc,
+      peer: cc.peer,
       root,
       target: root,
       candidates: [],
@@ -596,7 +663,7 @@ export class HttpProxy {
    */
   #route(x: Http1Request): Promise<Outcome> {
     const viaName = this.#opts.viaName;
-    const { req, root, client } = x;
+    const { req, root } = x;
     if (viaName !== undefined && viaHas(req.headers, viaName)) {
       this.#drop("loop");
       throw new ProxyFailure(
@@ -617,12 +684,12 @@ export class HttpProxy {
           req,
           framing: x.framing,
           reader: x.reader,
-          client: this.#clientWriter(client),
+          client: this.#clientWriter(x.cc),
           peer: x.peer,
           root,
           target: x.target,
           candidates: x.candidates,
-          gone: () => this.#sources.get(client)?.gone ?? false,
+          gone: () => x.cc.source?.gone ?? false,
           cin: x.cin,
           cout: x.cout,
           onTry: (ep) => {
@@ -648,9 +715,7 @@ export class HttpProxy {
       !connTokens.includes("upgrade")
     ) {
       // Made at the first watch: most connections never need one.
-      let source = this.#sources.get(x.client);
-      if (!source) this.#sources.set(x.client, source = new ClientSource(x.reader));
-      source.watch();
+      (x.cc.source ??= new ClientSource(x.reader)).watch();
     }
   }
 
@@ -695,60 +760,57 @@ export class HttpProxy {
     return bytes;
   }
 
-  /** Sends the request to an endpoint (retrying as the service allows), then the response back. */
+  /**
+   * Sends the request to an endpoint (retrying as the service allows), then the response back.
+   * One async function for both, rather than two: each level costs a promise and a resume.
+   */
   async #forward(x: Http1Request, connTokens: string[]): Promise<Outcome> {
-    const { req } = x;
+    const { req, target } = x;
     const upgrade = connTokens.includes("upgrade") ? getHeader(req.headers, "upgrade") : null;
     x.scratch = this.#scratch.pop() ?? new Uint8Array(SCRATCH);
     try {
       x.head = this.#backendHead(x, connTokens, upgrade);
       this.#watch(x, connTokens);
-      return await this.#exchange(x, connTokens, upgrade);
+      const pool = this.#opts.pool;
+      const source = x.cc.source;
+      x.cw = this.#clientWriter(x.cc);
+      const { value: up, ep } = await withRetries((ep, n) => this.#send(x, ep, n), {
+        pool,
+        root: x.root,
+        target,
+        candidates: x.candidates,
+        budget: this.#budgets.of(target.key),
+        onBudgetSpent: this.#onBudgetSpent,
+        // RFC 9110 §9.2.2: a request with no body whose method is idempotent may be sent again.
+        retrySent: x.framing.kind === "none" && IDEMPOTENT.has(req.method),
+        gone: source ? source.isGone : undefined,
+      });
+      const res = x.response!;
+      try {
+        if (res.status >= 500) pool.failure(ep);
+        else pool.success(ep);
+        const clientClose = connTokens.includes("close") ||
+          (req.minor === 0 && !connTokens.includes("keep-alive"));
+        const outcome = "raw" in res
+          ? await this.#respondPlain(x, up, res, clientClose)
+          : await this.#respond(x, up, res, clientClose, upgrade);
+        if (this.#opts.logger.enabled("debug")) {
+          this.#opts.logger.debug("http request", {
+            client: x.peer,
+            service: x.root.key,
+            backend: target === x.root ? undefined : target.key,
+            endpoint: ep.key,
+            method: req.method,
+            status: res.status,
+          });
+        }
+        return outcome;
+      } finally {
+        ep.inflight--;
+      }
     } finally {
       if (this.#scratch.length < MAX_SCRATCH) this.#scratch.push(x.scratch);
       x.scratch = null;
-    }
-  }
-
-  /** The tries, then the response back to the client. */
-  async #exchange(x: Http1Request, connTokens: string[], upgrade: string | null): Promise<Outcome> {
-    const { req, target, client } = x;
-    const pool = this.#opts.pool;
-    const source = this.#sources.get(client);
-    x.cw = this.#clientWriter(client);
-    const { value: up, ep } = await withRetries((ep, n) => this.#send(x, ep, n), {
-      pool,
-      root: x.root,
-      target,
-      candidates: x.candidates,
-      budget: this.#budgets.of(target.key),
-      onBudgetSpent: this.#onBudgetSpent,
-      // RFC 9110 §9.2.2: a request with no body whose method is idempotent may be sent again.
-      retrySent: x.framing.kind === "none" && IDEMPOTENT.has(req.method),
-      gone: source ? source.isGone : undefined,
-    });
-    const res = x.response!;
-    try {
-      if (res.status >= 500) pool.failure(ep);
-      else pool.success(ep);
-      const clientClose = connTokens.includes("close") ||
-        (req.minor === 0 && !connTokens.includes("keep-alive"));
-      const outcome = "raw" in res
-        ? await this.#respondPlain(x, up, res, clientClose)
-        : await this.#respond(x, up, res, clientClose, upgrade);
-      if (this.#opts.logger.enabled("debug")) {
-        this.#opts.logger.debug("http request", {
-          client: x.peer,
-          service: x.root.key,
-          backend: target === x.root ? undefined : target.key,
-          endpoint: ep.key,
-          method: req.method,
-          status: res.status,
-        });
-      }
-      return outcome;
-    } finally {
-      ep.inflight--;
     }
   }
 
@@ -780,7 +842,13 @@ export class HttpProxy {
     try {
       if (bodyLength > 0) out.set(up.reader.takeBuffered(bodyLength), headLength);
       const cw = x.cw!;
-      const n = await cw.write(out);
+      const w = cw.begin();
+      let n: number;
+      try {
+        n = await x.client.write(out);
+      } finally {
+        cw.end(w);
+      }
       if (n < out.length) await writeAll(cw, out.subarray(n));
       if (bodyLength > 0) x.cout.inc(bodyLength);
       const complete = whole || await copyBody(up.reader, cw, framing, false, x.cout);
@@ -933,8 +1001,32 @@ export class HttpProxy {
             return false;
           });
       }
-      x.response = await this.#readResponse(up, x, ep);
-      return up;
+      // The response head, read here rather than in a function of its own: a level of async
+      // function less per request. Its deadline is the connection's, armed per request.
+      this.#arm(up.watch, Date.now() + (this.#opts.responseTimeoutMs ?? 30_000));
+      try {
+        for (;;) {
+          let bytes: Uint8Array | null;
+          try {
+            bytes = await up.reader.readHeadBytes(MAX_HEAD);
+          } catch (e) {
+            throw this.#responseFailure(e, up, x, ep);
+          }
+          if (bytes === null) throw this.#responseFailure(null, up, x, ep);
+          const res = this.#responseOf(bytes, x, ep);
+          if (res.status >= 200 || res.status === 101) {
+            x.response = res;
+            return up;
+          }
+          // 1xx: pass 100 Continue and 103 Early Hints through to an HTTP/1.1 client.
+          if (x.req.minor === 1) {
+            const head = responseHead(res as MessageHead, NO_BODY, false, 1, false);
+            await writeAll(x.cw!, encodeLatin1(head));
+          }
+        }
+      } finally {
+        up.watch.deadline = 0;
+      }
     } catch (e) {
       if (up) closeQuietly(up.conn);
       // A request body that breaks its own framing: the exchange ends with 400 at once.
@@ -956,7 +1048,7 @@ export class HttpProxy {
     let head = `HTTP/1.1 101 ${res.reason}\r\n`;
     for (const [k, v] of res.headers) head += `${k}: ${v}\r\n`;
     // A client or backend that stops reading holds the tunnel no longer than --write-timeout.
-    const cw = this.#clientWriter(client);
+    const cw = this.#clientWriter(x.cc);
     const bw = this.#timedWriter(up.conn, "backend");
     await writeAll(cw, encodeLatin1(head + "\r\n"));
     const early = [reader.takeBuffered(Infinity), up.reader.takeBuffered(Infinity)];
@@ -976,66 +1068,39 @@ export class HttpProxy {
     }
   }
 
-  async #readResponse(
-    up: Upstream,
-    x: Http1Request,
-    ep: EndpointState,
-  ): Promise<MessageHead | PlainResponse> {
-    const { req, target: route } = x;
-    const client = x.cw!;
+  /**
+   * What a response head read from `ep` fails with: a timeout or a lost connection is an
+   * {@linkcode UpstreamError} (retried as the service allows), a malformed head a 502. `e` is
+   * null when the connection ended before a head.
+   */
+  #responseFailure(e: unknown, up: Upstream, x: Http1Request, ep: EndpointState): Error {
     const timeoutMs = this.#opts.responseTimeoutMs ?? 30_000;
-    const waiting = up.waiting;
-    waiting.deadline = Date.now() + timeoutMs;
-    waiting.timedOut = false;
-    this.#waiting.add(waiting);
+    if (up.watch.timedOut) return new UpstreamError("timed out", { requestSent: true, timeoutMs });
+    if (e === null) {
+      return new UpstreamError("connection closed before a response", { requestSent: true });
+    }
+    if (e instanceof HttpParseError) return this.#badResponse(x, ep, e);
+    return new UpstreamError((e as Error).message, { requestSent: true, cause: e });
+  }
+
+  #badResponse(x: Http1Request, ep: EndpointState, e: Error): ProxyFailure {
+    return new ProxyFailure(
+      502,
+      `Endpoint ${ep.key} of service "${x.target.key}" sent a bad response: ${e.message}`,
+    );
+  }
+
+  /**
+   * A response head's bytes as what {@linkcode HttpProxy.#send} resolves with: most pass as
+   * they came (see {@linkcode scanResponseHead}); the rest are parsed, to be rebuilt.
+   */
+  #responseOf(bytes: Uint8Array, x: Http1Request, ep: EndpointState): MessageHead | PlainResponse {
+    const plain = x.req.minor === 1 ? scanResponseHead(bytes) : null;
+    if (plain !== null) return plain;
     try {
-      for (;;) {
-        let bytes: Uint8Array | null;
-        try {
-          bytes = await up.reader.readHeadBytes(MAX_HEAD);
-        } catch (e) {
-          if (waiting.timedOut) {
-            throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
-          }
-          if (e instanceof HttpParseError) {
-            throw new ProxyFailure(
-              502,
-              `Endpoint ${ep.key} of service "${route.key}" sent a bad response: ${e.message}`,
-            );
-          }
-          throw new UpstreamError((e as Error).message, { requestSent: true, cause: e });
-        }
-        if (bytes === null) {
-          if (waiting.timedOut) {
-            throw new UpstreamError("timed out", { requestSent: true, timeoutMs });
-          }
-          throw new UpstreamError("connection closed before a response", { requestSent: true });
-        }
-        // Most responses pass as they came; the rest are parsed and rebuilt.
-        const plain = req.minor === 1 ? scanResponseHead(bytes) : null;
-        if (plain !== null) return plain;
-        let res: MessageHead;
-        try {
-          res = parseResponseHead(decodeLatin1(bytes));
-        } catch (e) {
-          throw new ProxyFailure(
-            502,
-            `Endpoint ${ep.key} of service "${route.key}" sent a bad response: ${
-              (e as Error).message
-            }`,
-          );
-        }
-        if (res.status >= 200 || res.status === 101) return res;
-        // 1xx: pass 100 Continue and 103 Early Hints through to an HTTP/1.1 client.
-        if (req.minor === 1) {
-          await writeAll(
-            client,
-            encodeLatin1(responseHead(res, { kind: "none" }, false, 1, false)),
-          );
-        }
-      }
-    } finally {
-      this.#waiting.delete(waiting);
+      return parseResponseHead(decodeLatin1(bytes));
+    } catch (e) {
+      throw this.#badResponse(x, ep, e as Error);
     }
   }
 
@@ -1068,7 +1133,7 @@ export class HttpProxy {
       key: upstreamKey(ep, route),
       idleSince: 0,
       idle: false,
-      waiting: { deadline: 0, conn, timedOut: false },
+      watch: newWatch(conn),
       unpool: () => {
         if (!u.idle) return; // checked out since: what came is the response to its request
         const list = this.#idle.get(u.key);
