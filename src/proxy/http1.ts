@@ -140,21 +140,6 @@ export class BufReader {
   }
 
   async #read(): Promise<boolean> {
-    const room = this.#room();
-    this.#reading = true;
-    let n: number | null;
-    try {
-      n = await this.#src.read(room);
-    } finally {
-      this.#reading = false;
-    }
-    if (n === null) return false;
-    this.#end += n;
-    return true;
-  }
-
-  /** The free end of the buffer for the next read, made room for (moved or grown) if full. */
-  #room(): Uint8Array {
     if (this.#released) throw new Deno.errors.BadResource("the reader's buffer was released");
     if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
@@ -168,7 +153,16 @@ export class BufReader {
         this.#buf = bigger;
       }
     }
-    return this.#buf.subarray(this.#end);
+    this.#reading = true;
+    let n: number | null;
+    try {
+      n = await this.#src.read(this.#buf.subarray(this.#end));
+    } finally {
+      this.#reading = false;
+    }
+    if (n === null) return false;
+    this.#end += n;
+    return true;
   }
 
   /**
@@ -218,26 +212,7 @@ export class BufReader {
       if (have > limit) throw new HttpParseError(`message head is over ${limit} bytes`);
       // Under two bytes, a CRLF before the request may still be coming: look again from the start.
       scanned = have < 2 ? 0 : have;
-      // The read is awaited here rather than through #fill: a level of async function less on
-      // every request (this is read twice per request, client and backend).
-      let more: boolean;
-      const ahead = this.#ahead;
-      if (ahead) {
-        this.#ahead = null;
-        more = await ahead;
-      } else {
-        const room = this.#room();
-        this.#reading = true;
-        let n: number | null;
-        try {
-          n = await this.#src.read(room);
-        } finally {
-          this.#reading = false;
-        }
-        if (n !== null) this.#end += n;
-        more = n !== null;
-      }
-      if (!more) {
+      if (!(await this.#fill())) {
         if (have === 0) return null;
         throw new HttpParseError("connection closed inside a message head");
       }
