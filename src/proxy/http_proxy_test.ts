@@ -5,8 +5,12 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./mod.ts";
+import { EndpointPool } from "./endpoint_pool.ts";
+import { HttpProxy } from "./http_proxy.ts";
+import { buildRouteTable } from "./route_table.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { RawClient } from "./_testing.ts";
+import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.5";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -189,6 +193,55 @@ Deno.test("HttpProxy keeps each response with its request while heads share lent
       }));
     });
   } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("HttpProxy closes a client that pipelines requests and never reads the small answers, after the write timeout", async () => {
+  // Each answer fits the backend reader's buffer whole, so it goes to the client in one
+  // write of the plain-response path, not through the body copy.
+  const body = "x".repeat(1024);
+  const backend = rawBackend(() =>
+    `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`
+  );
+  const drops: string[] = [];
+  const table = buildRouteTable(meshConfig([{
+    name: "web",
+    ports: [{ port: 80, endpoints: [endpoint(HOST, backend.port)] }],
+  }]));
+  const proxy = new HttpProxy({
+    hostname: HOST,
+    port: 0,
+    routes: () => table,
+    pool: new EndpointPool(),
+    logger: quiet,
+    writeTimeoutMs: 300,
+    drop: (reason) => drops.push(reason),
+  });
+  const conn = await Deno.connect({ hostname: HOST, port: proxy.addr.port });
+  try {
+    // Bounded: at most 30,000 requests (30 MiB of answers), more than the socket buffers hold.
+    const request = enc.encode("GET / HTTP/1.1\r\nHost: web.default.mesh\r\n\r\n".repeat(100));
+    const sending = (async () => {
+      for (let i = 0; i < 300; i++) await conn.write(request);
+    })().catch(() => {}); // the proxy closes the connection under it
+    await waitFor("the write timeout", () => drops.includes("write_timeout") || undefined, 20_000);
+    await sending;
+    // The connection is closed: reading drains what was sent and then ends.
+    const buf = new Uint8Array(256 * 1024);
+    const ended = await (async () => {
+      try {
+        while ((await conn.read(buf)) !== null) { /* the answers written before the timeout */ }
+      } catch { /* reset */ }
+      return true;
+    })();
+    assert.ok(ended);
+    assert.ok(backend.heads.length >= 1);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the proxy */ }
+    await proxy.close();
     await backend.close();
   }
 });
