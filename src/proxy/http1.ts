@@ -402,6 +402,71 @@ function parseFields(lines: string[], start: number, clean: boolean): HeaderList
  * HTTP/1.x` with single spaces, a token method and a target of visible ASCII (RFC 9112 §3).
  */
 export function parseRequestHead(head: string): MessageHead {
+  return scanRequestHead(head) ?? parseRequestLines(head);
+}
+
+/** Token characters (RFC 9110 §5.6.2), by character code below 128. */
+const TOKEN_CHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+  TOKEN_CHAR[c.charCodeAt(0)] = 1;
+}
+
+function isTchar(c: number): boolean {
+  return c < 128 && TOKEN_CHAR[c] === 1;
+}
+
+/**
+ * {@linkcode parseRequestHead} in one pass over the characters, for a head with nothing
+ * unusual: the same result as {@linkcode parseRequestLines}, or `null` at the first thing
+ * that is not plainly valid, which that parser then reads (and refuses with its message).
+ * Most requests take this path; it builds no array of lines and runs no regular expression.
+ */
+export function scanRequestHead(head: string): MessageHead | null {
+  const n = head.length;
+  let i = 0;
+  while (i < n && isTchar(head.charCodeAt(i))) i++;
+  if (i === 0 || head.charCodeAt(i) !== 32) return null;
+  const method = head.slice(0, i);
+  const t = ++i;
+  for (let c = head.charCodeAt(i); c >= 0x21 && c <= 0x7e; c = head.charCodeAt(++i));
+  if (i === t || head.charCodeAt(i) !== 32 || !head.startsWith("HTTP/1.", i + 1)) return null;
+  const target = head.slice(t, i);
+  const minor = head.charCodeAt(i + 8) - 48;
+  if ((minor !== 0 && minor !== 1) || head.charCodeAt(i + 9) !== 13) return null;
+  if (head.charCodeAt(i + 10) !== 10) return null;
+  i += 11;
+  const headers: HeaderList = [];
+  for (;;) {
+    // A line: the empty one that ends the head, or `name:value` with the value's OWS trimmed.
+    if (head.charCodeAt(i) === 13) {
+      return head.charCodeAt(i + 1) === 10 && i + 2 === n
+        ? { method, target, minor, status: 0, reason: "", headers }
+        : null;
+    }
+    const nameStart = i;
+    while (i < n && isTchar(head.charCodeAt(i))) i++;
+    if (i === nameStart || head.charCodeAt(i) !== 58) return null;
+    const name = head.slice(nameStart, i);
+    i++;
+    while (isOws(head.charCodeAt(i))) i++;
+    const valueStart = i;
+    let valueEnd = i;
+    for (;; i++) {
+      const c = head.charCodeAt(i);
+      if (c === 13) break;
+      if (c === 9 || c === 32) continue;
+      // A control character, DEL or the end of the string: the full parser says which.
+      if (!(c > 0x20 && c !== 0x7f)) return null;
+      valueEnd = i + 1;
+    }
+    if (head.charCodeAt(i + 1) !== 10) return null;
+    headers.push([name, head.slice(valueStart, valueEnd)]);
+    i += 2;
+  }
+}
+
+/** {@linkcode parseRequestHead} line by line, with the error that names what is wrong. */
+export function parseRequestLines(head: string): MessageHead {
   const clean = isCleanHead(head);
   const lines = headLines(head, clean);
   const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.([01])$/.exec(lines[0]!);

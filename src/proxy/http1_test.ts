@@ -9,8 +9,10 @@ import {
   encodeLatin1Into,
   HttpParseError,
   parseRequestHead,
+  parseRequestLines,
   parseResponseHead,
   type Reader,
+  scanRequestHead,
   type Writer,
 } from "./http1.ts";
 
@@ -350,4 +352,74 @@ Deno.test("BufReader.release() gives up a buffer only heads were read from, and 
   assert.equal(pending.release(), null);
   finish(null);
   assert.equal(await ahead, false);
+});
+
+/** The outcome of a parse: its result, or the error's message. */
+function outcome(parse: () => unknown): unknown {
+  try {
+    return { ok: parse() };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+Deno.test("scanRequestHead() reads what parseRequestLines reads, or leaves it to it", () => {
+  const seeds = [
+    "GET / HTTP/1.1\r\nHost: web.default.mesh\r\n\r\n",
+    "POST /a?b=c HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\nX-Empty:\r\nX-Pad: \t v a \t\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nhost:h\r\nA: \u00e9\u00ff\r\n\r\n",
+    "GET http://h/p HTTP/1.1\r\n\r\n",
+  ];
+  // Characters that sit on a rule's edge: line ends, OWS, separators, controls, DEL, Latin-1.
+  const alphabet = [
+    "\r",
+    "\n",
+    "\t",
+    " ",
+    ":",
+    "\0",
+    "\x01",
+    "\x7f",
+    "\x80",
+    "\u00e9",
+    "/",
+    "a",
+    "1",
+    '"',
+    "(",
+    "@",
+  ];
+  // A fixed seed: the same cases every run, enough to reach every `return null`.
+  let state = 0x2545f491;
+  const random = (n: number) => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % n;
+  };
+  let accepted = 0;
+  let refused = 0;
+  for (let k = 0; k < 20_000; k++) {
+    let h = seeds[random(seeds.length)]!;
+    for (let m = random(3) + 1; m > 0; m--) {
+      const at = random(h.length + 1);
+      const c = alphabet[random(alphabet.length)]!;
+      const op = random(3);
+      h = op === 0
+        ? h.slice(0, at) + c + h.slice(at)
+        : op === 1
+        ? h.slice(0, at) + h.slice(at + 1)
+        : h.slice(0, at) + c + h.slice(at + 1);
+    }
+    const fast = scanRequestHead(h);
+    if (fast === null) {
+      refused++;
+      continue;
+    }
+    accepted++;
+    assert.deepEqual(outcome(() => fast), outcome(() => parseRequestLines(h)), JSON.stringify(h));
+  }
+  // Both sides of the scanner were exercised.
+  assert.ok(accepted > 1000 && refused > 1000, `accepted ${accepted}, refused ${refused}`);
+  for (const h of seeds) assert.deepEqual(scanRequestHead(h), parseRequestLines(h));
 });
