@@ -7,9 +7,11 @@
  *
  *   deno run --allow-all tests/bench/program_pages.ts PID [PID ...]
  *   deno run --allow-all tests/bench/program_pages.ts --diff PID_A PID_B
+ *   deno run --allow-all tests/bench/program_pages.ts --icu PID [PID ...]
  *
  * `--diff` prints, by region, the pages B holds and A does not, then the 1 MiB file windows
- * where B holds the most such pages.
+ * where B holds the most such pages. `--icu` splits the ICU data by item (`coll/root.res`,
+ * `zoneinfo64.res`, ...) instead of the file by section.
  *
  * @module
  */
@@ -109,6 +111,29 @@ export function fileRegions(path: string, v8Version: string): FileRegion[] {
   }
   if (cursor < rodata.end) out.push({ name: ".rodata: other", start: cursor, end: rodata.end });
   return sections.flatMap((s) => s === rodata ? out : [s]);
+}
+
+/**
+ * The items of the ICU common data that starts at file offset `start` of `path` (`coll/root.res`,
+ * `zoneinfo64.res`, `uts46.nrm`, ...), each a region, from the package's table of contents.
+ */
+export function icuItems(path: string, start: number): FileRegion[] {
+  const b = Deno.readFileSync(path);
+  const toc = start + u16(b, start);
+  const count = u32(b, toc);
+  const items: FileRegion[] = [];
+  for (let i = 0; i < count; i++) {
+    const nameAt = toc + u32(b, toc + 4 + 8 * i);
+    let e = nameAt;
+    while (b[e] !== 0) e++;
+    const name = new TextDecoder().decode(b.subarray(nameAt, e)).replace(/^icudt\d+l\//, "");
+    items.push({ name: `ICU ${name}`, start: toc + u32(b, toc + 8 + 8 * i), end: 0 });
+  }
+  items.sort((x, y) => x.start - y.start);
+  for (let i = 0; i < items.length; i++) {
+    items[i]!.end = items[i + 1]?.start ?? items[i]!.start + 4096;
+  }
+  return items;
 }
 
 /** The file pages (offset / 4096) of `program` that process `pid` holds present. */
@@ -215,13 +240,18 @@ function mib(kib: number): string {
 
 if (import.meta.main) {
   const diff = Deno.args[0] === "--diff";
-  const pids = Deno.args.filter((a) => a !== "--diff").map(Number);
+  const icu = Deno.args[0] === "--icu";
+  const pids = Deno.args.filter((a) => !a.startsWith("--")).map(Number);
   if (pids.length === 0 || pids.some((p) => !Number.isInteger(p)) || (diff && pids.length !== 2)) {
-    console.error("usage: program_pages.ts PID [PID ...] | --diff PID_A PID_B");
+    console.error("usage: program_pages.ts [--icu] PID [PID ...] | --diff PID_A PID_B");
     Deno.exit(2);
   }
   const program = programOf(pids[0]!);
-  const regions = fileRegions(program, Deno.version.v8);
+  let regions = fileRegions(program, Deno.version.v8);
+  if (icu) {
+    const data = regions.find((r) => r.name.includes("ICU"));
+    regions = data ? icuItems(program, data.start) : [];
+  }
   const sets = pids.map((p) => residentPages(p, program));
   if (diff) sets.push(new Set([...sets[1]!].filter((p) => !sets[0]!.has(p))));
   const cols = sets.map((s) => pagesByRegion(s, regions));
