@@ -443,3 +443,12 @@ Deno.test("main() loads the cluster and ops commands only when one of them runs"
     assert.ok(!loaded.has(new URL(lazy, import.meta.url).href), `${lazy} is imported statically`);
   }
 });
+
+Deno.test("main() loads the kube provider's mode and the DNS room only for --provider kube", async () => {
+  // A file-mode meshd never runs them (issue 21).
+  const loaded = await staticImports(new URL("../../main.ts", import.meta.url));
+  assert.ok(loaded.has(new URL("./file_mode.ts", import.meta.url).href), "file_mode.ts");
+  for (const lazy of ["kube_mode.ts", "leader_lookup.ts", "dns_feed.ts", "../dns/mod.ts"]) {
+    assert.ok(!loaded.has(new URL(lazy, import.meta.url).href), `${lazy} is imported statically`);
+  }
+});

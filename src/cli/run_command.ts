@@ -4,7 +4,7 @@ import { Logger, registerBuildInfo, Registry } from "../observability/mod.ts";
 import { CliError, type CliIo, needDir } from "./common.ts";
 import { drain } from "./drain.ts";
 import { fileMode } from "./file_mode.ts";
-import { advertiseAddress, kubeMode, kubeSetup } from "./kube_mode.ts";
+import type { KubeSetup } from "./kube_mode.ts";
 import type { Assembly, RunContext } from "./node_services.ts";
 import type { RunConfig } from "./run_config.ts";
 import { ServiceStack } from "./service_stack.ts";
@@ -16,16 +16,19 @@ import { buildInfo } from "./version.ts";
  * waits for a signal, drains, and stops them in reverse.
  */
 export async function runCommand(config: RunConfig, io: CliIo): Promise<number> {
-  const kube = config.provider === "kube";
-  const dir = kube ? undefined : await needDir(config.configDir);
-  const setup = kube ? await kubeSetup(config, io) : null;
+  // The kube provider's module (and the DNS, controller and leader-lookup code only it uses)
+  // loads on demand: a file-mode meshd never runs it, and every module loaded stays in the
+  // process's heaps for good (issue 21).
+  const km = config.provider === "kube" ? await import("./kube_mode.ts") : null;
+  const dir = km ? undefined : await needDir(config.configDir);
+  const setup: KubeSetup | null = km ? await km.kubeSetup(config, io) : null;
   const logger = new Logger({
     level: config.log.level,
     format: config.log.format,
     write: (line) => io.stderr(line + "\n"),
   });
   const caCerts = await readBackendCa(config.proxy.backendCa);
-  const advertise = setup ? advertiseAddress(config, io) : "";
+  const advertise = km && setup ? km.advertiseAddress(config, io) : "";
   const store = setup ? await configStore(config.distribution.stateDir) : undefined;
   logger.info("meshd starting", {
     version: denoJson.version,
@@ -36,8 +39,8 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
   const registry = new Registry();
   registerBuildInfo(registry, buildInfo(denoJson.version));
   const ctx: RunContext = { config, logger, registry, stopped: signals() };
-  const assembly = setup
-    ? kubeMode(ctx, setup, { caCerts, advertise, store })
+  const assembly = km && setup
+    ? km.kubeMode(ctx, setup, { caCerts, advertise, store })
     : fileMode(ctx, { dir: dir!, caCerts });
   const stack = new ServiceStack();
   try {

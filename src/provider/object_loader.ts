@@ -8,6 +8,7 @@ import {
   type SourceRef,
 } from "../topology/mod.ts";
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
+import { compareNames } from "./_compare_names.ts";
 
 export type { SourceFile };
 
@@ -152,7 +153,7 @@ export class ObjectLoader {
     const nextFiles = new Map<string, string>();
     const parsed = new Map<string, MeshObject[]>();
 
-    for (const file of [...files].sort((a, b) => a.path.localeCompare(b.path))) {
+    for (const file of [...files].sort((a, b) => compareNames(a.path, b.path))) {
       if (file.skipped !== undefined) {
         warnings.push(`Skipping "${file.path}": ${file.skipped}`);
         continue;

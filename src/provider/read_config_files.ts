@@ -1,4 +1,5 @@
 import { DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
+import { compareNames } from "./_compare_names.ts";
 
 const EXTENSIONS = [".yaml", ".yml", ".json"];
 
@@ -32,7 +33,7 @@ export async function readConfigFiles(
   const walk = async (d: string, rel: string): Promise<void> => {
     const entries: Deno.DirEntry[] = [];
     for await (const e of Deno.readDir(d)) entries.push(e);
-    entries.sort((a, b) => a.name.localeCompare(b.name));
+    entries.sort((a, b) => compareNames(a.name, b.name));
     for (const e of entries) {
       if (e.name.startsWith(".")) continue;
       const path = `${d}/${e.name}`;
