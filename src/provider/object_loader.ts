@@ -1,4 +1,5 @@
 import {
+  compareNames,
   ConfigError,
   type DecodeResult,
   describeSource,
@@ -8,7 +9,6 @@ import {
   type SourceRef,
 } from "../topology/mod.ts";
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
-import { compareNames } from "./_compare_names.ts";
 
 export type { SourceFile };
 

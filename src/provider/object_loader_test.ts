@@ -227,3 +227,54 @@ Deno.test("ObjectLoader keeps the last good objects through failures in a row, a
   ).sort();
   assert.deepEqual(keptPorts, ["a:80", "b:82"]);
 });
+
+Deno.test("readConfigFiles() and ObjectLoader order files alike in every locale", async () => {
+  // In Danish collation "aa" sorts after "z": the process's locale must not pick which of two
+  // files defining the same Service wins.
+  const dir = await Deno.makeTempDir({ prefix: "meshd-compare-names-" });
+  try {
+    const svc = (port: number) =>
+      `apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: default }\n` +
+      `spec: { ports: [{ port: ${port} }] }\n`;
+    await Deno.mkdir(`${dir}/config`);
+    await Deno.writeTextFile(`${dir}/config/aa.yaml`, svc(81));
+    await Deno.writeTextFile(`${dir}/config/z.yaml`, svc(82));
+    const here = (f: string) => new URL(f, import.meta.url).href;
+    await Deno.writeTextFile(
+      `${dir}/order.ts`,
+      `import { readConfigFiles } from "${here("./read_config_files.ts")}";
+import { decodeFile } from "${here("./decode_file.ts")}";
+import { ObjectLoader } from "${here("./object_loader.ts")}";
+const files = await readConfigFiles(Deno.args[0]!);
+const r = new ObjectLoader().merge(files.map((f) => decodeFile(f)));
+const web = r.objects.find((o) => o.kind === "Service") as { ports?: { port: number }[] };
+console.log(JSON.stringify({ files: files.map((f) => f.path), port: web.ports?.[0]?.port }));
+`,
+    );
+    for (const locale of ["da_DK.UTF-8", "en_US.UTF-8"]) {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--config",
+          new URL("../../deno.json", import.meta.url).pathname,
+          `--allow-read=${dir}`,
+          "--allow-env=LOG_TOKENS,LOG_STREAM",
+          `${dir}/order.ts`,
+          `${dir}/config`,
+        ],
+        env: { LANG: locale, LC_ALL: locale, DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, err);
+      assert.deepEqual(
+        JSON.parse(new TextDecoder().decode(out.stdout)),
+        { files: ["aa.yaml", "z.yaml"], port: 82 },
+        `in ${locale}`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,5 +1,5 @@
 import { DEFAULT_CONFIG_LIMITS, type SourceFile } from "./config_limits.ts";
-import { compareNames } from "./_compare_names.ts";
+import { compareNames } from "../topology/mod.ts";
 
 const EXTENSIONS = [".yaml", ".yml", ".json"];
 

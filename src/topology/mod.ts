@@ -41,3 +41,5 @@ export type {
 } from "./build_mesh_config.ts";
 export { compileMeshConfig, unreadableObjects } from "./compile_mesh_config.ts";
 export type { CompileOptions } from "./compile_mesh_config.ts";
+export { compareNames } from "./compare_names.ts";
+export { compareAddresses } from "./compare_addresses.ts";

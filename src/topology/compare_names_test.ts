@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { compareNames } from "./compare_names.ts";
+
+const english = new Intl.Collator("en").compare;
+
+/** Fails on the first pair of `names` that `compareNames` orders otherwise than `english`. */
+function assertSameOrder(names: string[]): void {
+  for (const a of names) {
+    for (const b of names) {
+      const got = Math.sign(compareNames(a, b));
+      const want = Math.sign(english(a, b));
+      if (got !== want) {
+        assert.fail(
+          `compareNames(${JSON.stringify(a)}, ${
+            JSON.stringify(b)
+          }) is ${got}, English collation ${want}`,
+        );
+      }
+    }
+  }
+}
+
+/** A small deterministic generator (mulberry32), so a failure can be replayed. */
+function random(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+Deno.test("compareNames() orders names as English collation does", () => {
+  // Every name of up to two characters from the alphabet compared without a collator, and
+  // names with what it does not cover: upper case, "_", a non-ASCII letter.
+  const plain = "abcdefghijklmnopqrstuvwxyz0123456789-./".split("");
+  const names = ["", ...plain, ...plain.flatMap((a) => plain.map((b) => a + b))];
+  names.push("B.yaml", "a.yaml", "A", "_x", "a_b", "é.yaml", "e.yaml", "svc-10", "svc-9", "Z");
+  names.push("l\u00b7a", "la", "lb", "L\u00b7", "ch", "cz", "aa", "z");
+  assertSameOrder(names);
+});
+
+Deno.test("compareNames() orders every ASCII string as English collation does", () => {
+  // Every ASCII character (controls, punctuation, case) alone and after "a" and "A", then
+  // strings drawn from all of ASCII, and from a few characters, so that many pairs share a
+  // prefix and differ only in case, an ignorable control or punctuation.
+  const ascii = Array.from({ length: 128 }, (_, c) => String.fromCharCode(c));
+  const names = ["", ...ascii, ...ascii.map((c) => `a${c}`), ...ascii.map((c) => `A${c}b`)];
+  const next = random(21);
+  const pick = (alphabet: string) => alphabet[Math.floor(next() * alphabet.length)]!;
+  const few = 'aAbB_-.\u0000\u0001\t =",{}09Zz\u007f';
+  for (let i = 0; i < 600; i++) {
+    const alphabet = i % 2 ? ascii.join("") : few;
+    let s = "";
+    for (let n = Math.floor(next() * 9); n > 0; n--) s += pick(alphabet);
+    names.push(s);
+  }
+  // Metric series keys as the registry sorts them: label values joined by U+0000, and
+  // rendered label sets.
+  names.push(
+    "GET\u0000200\u0000default/web",
+    "get\u0000200\u0000default/web",
+    "GET\u0000201\u0000default/web",
+    'code="200",method="GET",service="default/web"',
+    'code="200",method="get",service="default/web"',
+    'code="200",method="GET",service="default/Web"',
+    'code="200",service="default/web"',
+    "2026-11-30T03:45:14Z",
+    "2026-11-30T03:45:14.5Z",
+  );
+  assertSameOrder(names);
+});
