@@ -1,4 +1,5 @@
 import type { PromSample } from "./prom_text.ts";
+import { compareNames } from "../topology/mod.ts";
 
 /** One node's `/metrics`, read at the start and at the end of the window. */
 export interface MetricsWindow {
@@ -144,8 +145,8 @@ export function goldenSignals(nodes: readonly MetricsWindow[], seconds: number):
     p95: bucketQuantile(0.95, le),
     p99: bucketQuantile(0.99, le),
   })).sort((a, b) =>
-    a.service.localeCompare(b.service) || a.port - b.port ||
-    a.protocol.localeCompare(b.protocol)
+    compareNames(a.service, b.service) || a.port - b.port ||
+    compareNames(a.protocol, b.protocol)
   );
 }
 

@@ -1,5 +1,6 @@
 import type { KubeApi, MeshPodView, MeshView, NodeView } from "../kube/mod.ts";
 import { parsePromText, type PromSample, select, valueOf } from "./prom_text.ts";
+import { compareNames } from "../topology/mod.ts";
 
 /** One node as `meshd check` and `meshd status` see it: the Node, its meshd pod, its metrics. */
 export interface NodeReport {
@@ -110,7 +111,7 @@ export function podsByNode(view: MeshView): { node: NodeView; pod: MeshPodView |
       nodes.set(p.node, { name: p.node, ready: false, kernelVersion: "" });
     }
   }
-  return [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)).map((node) => {
+  return [...nodes.values()].sort((a, b) => compareNames(a.name, b.name)).map((node) => {
     const mine = view.pods.filter((p) => p.node === node.name);
     return { node, pod: mine.find((p) => p.ready) ?? mine[0] ?? null };
   });

@@ -1,6 +1,6 @@
 import type { KubeApi, RawObject } from "../kube/mod.ts";
 import type { Logger } from "../observability/mod.ts";
-import type { MeshConfig, MeshService } from "../topology/mod.ts";
+import { compareNames, type MeshConfig, type MeshService } from "../topology/mod.ts";
 import type { MeshDnsEntry } from "../dns/mod.ts";
 
 /** Labels on every shadow Service. */
@@ -58,7 +58,7 @@ export function desiredShadowServices(config: MeshConfig, o: ShadowOptions): Raw
     const svc = desiredShadowService(s, o);
     if (svc) out.push(svc);
   }
-  return out.sort((a, b) => name(a).localeCompare(name(b)));
+  return out.sort((a, b) => compareNames(name(a), name(b)));
 }
 
 /** The shadow Service one meshed service needs; null when none of its ports has a target. */

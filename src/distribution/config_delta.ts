@@ -1,4 +1,4 @@
-import { type MeshConfig, type MeshService, sameJson } from "../topology/mod.ts";
+import { compareNames, type MeshConfig, type MeshService, sameJson } from "../topology/mod.ts";
 
 /**
  * What turns one MeshConfig version into the next: services added or changed are sent whole,
@@ -39,7 +39,7 @@ export function serviceKey(s: { namespace: string; name: string }): string {
 
 /** The order the topology builder gives services: by namespace, then name. */
 export function compareServices(a: MeshService, b: MeshService): number {
-  return a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name);
+  return compareNames(a.namespace, b.namespace) || compareNames(a.name, b.name);
 }
 
 /** The delta from `a` to `b`. Pure. */

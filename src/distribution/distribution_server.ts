@@ -1,6 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../observability/mod.ts";
-import type { MeshConfig } from "../topology/mod.ts";
+import { compareNames, type MeshConfig } from "../topology/mod.ts";
 import { Buffer } from "node:buffer";
 import { ConfigHistory, type ConfigRef, type ConfigUpdate } from "./config_history.ts";
 import type { LeaderIdentity } from "./leader_identity.ts";
@@ -222,7 +222,7 @@ export class DistributionServer {
       const ref = this.#appliedRefs.get(st.node);
       st.inSync = !!cur && ref?.epoch === cur.epoch && ref.version === cur.config.version;
     }
-    return [...this.#nodes.values()].sort((a, b) => a.node.localeCompare(b.node));
+    return [...this.#nodes.values()].sort((a, b) => compareNames(a.node, b.node));
   }
 
   /** Closes every stream and the listener. */

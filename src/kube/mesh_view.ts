@@ -1,4 +1,5 @@
 import { type KubeApi, KubeApiError } from "./api.ts";
+import { compareNames } from "../topology/mod.ts";
 
 /** A meshd pod as `meshd status` and `meshd check` show it, from its status. */
 export interface MeshPodView {
@@ -115,7 +116,7 @@ function nodeView(n: Obj): NodeView {
 /** The Nodes, sorted by name. */
 export async function listNodes(api: KubeApi): Promise<NodeView[]> {
   const r = await api.request("GET", "/api/v1/nodes");
-  return ((r["items"] ?? []) as Obj[]).map(nodeView).sort((a, b) => a.name.localeCompare(b.name));
+  return ((r["items"] ?? []) as Obj[]).map(nodeView).sort((a, b) => compareNames(a.name, b.name));
 }
 
 /**
@@ -164,7 +165,7 @@ export async function readMeshView(api: KubeApi, ref: MeshRef): Promise<MeshView
     daemonSet,
     forbidden,
     pods: ((pods["items"] ?? []) as Obj[]).map(podView)
-      .sort((a, b) => a.node.localeCompare(b.node) || a.name.localeCompare(b.name)),
+      .sort((a, b) => compareNames(a.node, b.node) || compareNames(a.name, b.name)),
   };
 }
 
@@ -212,5 +213,5 @@ export async function warningEvents(
     reason: e.reason ?? "",
     message: (e.message ?? "").trim(),
     count: e.count ?? 1,
-  })).sort((a, b) => b.at.localeCompare(a.at)).slice(0, limit);
+  })).sort((a, b) => compareNames(b.at, a.at)).slice(0, limit);
 }

@@ -6,6 +6,8 @@
  * property add per event, no label lookup.
  */
 
+import { compareNames } from "../topology/mod.ts";
+
 /** One set of label values, in the order the metric's label names were declared. */
 export type LabelValues = readonly string[];
 
@@ -155,7 +157,7 @@ abstract class LabelledFamily<C> implements Family {
   render(out: string[]): void {
     out.push(`# HELP ${this.name} ${escapeHelp(this.help)}`);
     out.push(`# TYPE ${this.name} ${this.type}`);
-    const keys = [...this.#children.keys()].sort((a, b) => a.localeCompare(b));
+    const keys = [...this.#children.keys()].sort(compareNames);
     for (const k of keys) {
       const e = this.#children.get(k)!;
       this.renderChild(out, e.labels, e.child);
@@ -448,7 +450,7 @@ export function renderSnapshots(sets: readonly (readonly FamilySnapshot[])[]): s
   for (const { f, series } of families.values()) {
     out.push(`# HELP ${f.name} ${escapeHelp(f.help)}`);
     out.push(`# TYPE ${f.name} ${f.type}`);
-    const keys = [...series.keys()].sort((a, b) => a.localeCompare(b));
+    const keys = [...series.keys()].sort(compareNames);
     for (const labels of keys) {
       const s = series.get(labels)!;
       if (f.type !== "histogram") {
