@@ -10,7 +10,8 @@
 // "." < "/" < digits < letters), and no contraction among them. So such names need no
 // collator: the first collator made in the process costs it about 3 MiB of the deno file's
 // pages, ICU's collation code and data (issue 21).
-const PLAIN = /^[a-z0-9./-]*$/;
+const PLAIN = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyz0123456789./-") PLAIN[c.charCodeAt(0)] = 1;
 
 // The rest of ASCII is still simple in English collation: each character has one primary
 // weight, in the order below (CLDR root; an upper-case letter shares its lower-case letter's),
@@ -40,15 +41,27 @@ let english: Intl.Collator["compare"] | undefined;
  * ```
  */
 export function compareNames(a: string, b: string): number {
-  if (PLAIN.test(a) && PLAIN.test(b)) return a < b ? -1 : a > b ? 1 : 0;
-  if (isAscii(a) && isAscii(b)) return compareAscii(a, b);
+  if (a === b) return 0;
+  const kind = Math.min(kindOf(a), kindOf(b));
+  if (kind === PLAIN_NAME) return a < b ? -1 : a > b ? 1 : 0;
+  if (kind === ASCII) return compareAscii(a, b);
   english ??= new Intl.Collator("en").compare;
   return english(a, b);
 }
 
-function isAscii(s: string): boolean {
-  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 127) return false;
-  return true;
+const OTHER = 0;
+const ASCII = 1;
+const PLAIN_NAME = 2;
+
+/** What a string holds: only plain name characters, only ASCII, or anything else. */
+function kindOf(s: string): number {
+  let kind = PLAIN_NAME;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 127) return OTHER;
+    if (PLAIN[c] === 0) kind = ASCII;
+  }
+  return kind;
 }
 
 /** English collation of two ASCII strings: primary weights first, then case. */
