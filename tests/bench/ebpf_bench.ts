@@ -122,7 +122,7 @@ function parseArgs(argv: string[]): Args {
   }
   const int = (x: number, lo: number, hi: number) => Number.isInteger(x) && x >= lo && x <= hi;
   if (!int(a.rounds, 1, 10)) bad(`--rounds is ${a.rounds}, expected 1 to 10`);
-  if (!int(a.seconds, 1, 60)) bad(`--seconds is ${a.seconds}, expected 1 to 60`);
+  if (!(a.seconds >= 1 && a.seconds <= 60)) bad(`--seconds is ${a.seconds}, expected 1 to 60`);
   // hey prints no p99 for fewer than 100 answers.
   if (!int(a.requests, 1000, 200_000)) bad(`--requests is ${a.requests}, expected 1000 to 200000`);
   if (!int(a.concurrency, 1, 64)) bad(`--concurrency is ${a.concurrency}, expected 1 to 64`);
@@ -474,7 +474,7 @@ backend echo
       }
     }
     const all: RrMeasure[] = [];
-    const ms = args.seconds * 1000;
+    const ms = Math.round(args.seconds * 1000);
     for (const c of rrCases) {
       for (let round = 0; round < args.rounds; round++) {
         for (const [t, target, proxy] of targets[c]) {
