@@ -275,8 +275,10 @@ const env = await EbpfEnv.create();
 // Ctrl-C, a TERM, or a run past its bound: the namespace, cgroup, pins and processes go all
 // the same. env.remove() stops meshd first, and removing its pins detaches its hooks.
 let removing: Promise<void> | null = null;
+let stopping = false;
 const cleanUp = () => removing ??= env.remove();
 const onSignal = (signal: Deno.Signal) => async () => {
+  stopping = true;
   say(`${signal}: removing the namespace, cgroup, pins and processes`);
   await cleanUp();
   Deno.exit(130);
@@ -286,6 +288,7 @@ const rrTargets = (want("tcp-rr") ? 4 : 0) + (want("udp-rr") ? 4 : 0);
 const boundMs = 240_000 + (want("conn") ? args.rounds * 4 * 120_000 : 0) +
   rrTargets * args.rounds * (args.seconds * 1000 + 30_000) + (want("maps") ? 120_000 : 0);
 const watchdog = setTimeout(async () => {
+  stopping = true;
   say(`still running after ${Math.round(boundMs / 1000)} s: giving up`);
   await cleanUp();
   Deno.exit(1);
@@ -522,6 +525,8 @@ backend echo
   }
 } catch (e) {
   failed = true;
+  // Stopping on a signal or the time bound kills the load mid-run: that error is no news.
+  if (stopping) await new Promise(() => {});
   for (const p of procs) {
     if (p.lines.length) console.error(`--- ${p.name}:\n${p.lines.slice(-10).join("\n")}`);
   }
