@@ -243,12 +243,18 @@ export function cgroupCpuUs(cgroup: string): number {
  * with Go's output when that fails.
  */
 export async function buildLoadtools(out: string): Promise<string> {
-  const r = await new Deno.Command("go", {
-    args: ["build", "-o", out, "."],
-    cwd: `${ROOT}tests/bench/loadtools`,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  let r: Deno.CommandOutput;
+  try {
+    r = await new Deno.Command("go", {
+      args: ["build", "-o", out, "."],
+      cwd: `${ROOT}tests/bench/loadtools`,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new Error("Cannot build tests/bench/loadtools: no go in PATH, expected Go 1.24 or later");
+  }
   if (!r.success) {
     throw new Error(`Cannot build tests/bench/loadtools: ${new TextDecoder().decode(r.stderr)}`);
   }
