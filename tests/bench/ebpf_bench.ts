@@ -273,7 +273,8 @@ const want = (c: CaseName) => args.cases.has(c);
 const env = await EbpfEnv.create();
 
 // Ctrl-C, a TERM, or a run past its bound: the namespace, cgroup, pins and processes go all
-// the same. env.remove() stops meshd first, and removing its pins detaches its hooks.
+// the same. env.remove() stops every process it started (meshd too), then removes the pins,
+// which detaches the hooks.
 let removing: Promise<void> | null = null;
 let stopping = false;
 const cleanUp = () => removing ??= env.remove();
