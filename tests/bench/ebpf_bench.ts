@@ -268,7 +268,11 @@ function rrTable(all: RrMeasure[], c: "tcp-rr" | "udp-rr", rounds: number) {
   return { rows, ratios };
 }
 
+/** The machine's 1-minute load average now: how busy the shared machine was around the run. */
+const loadAverage = () => Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+
 const args = parseArgs(Deno.args);
+const loadBefore = loadAverage();
 const want = (c: CaseName) => args.cases.has(c);
 const env = await EbpfEnv.create();
 
@@ -537,6 +541,7 @@ backend echo
   await cleanUp();
 }
 if (failed) Deno.exit(1);
+const load = { before: loadBefore, after: loadAverage() };
 
 const fmt = (n: unknown, d = 2) => typeof n === "number" && Number.isFinite(n) ? n.toFixed(d) : "-";
 if (conn.length) {
@@ -560,7 +565,7 @@ for (const [c, tab] of Object.entries(rr) as [string, ReturnType<typeof rrTable>
   console.log(
     `\n${c}: ${RR.conns} ${c === "tcp-rr" ? "connections" : "connected sockets"}, 64 B each way, ` +
       `${args.seconds} s x ${args.rounds} interleaved rounds (median), Go echo backend, ` +
-      `${navigator.hardwareConcurrency} CPUs`,
+      `${navigator.hardwareConcurrency} CPUs, load average ${load.before} before, ${load.after} after`,
   );
   console.log(
     "target".padEnd(16) + "rate/s".padStart(10) + "p50 ms".padStart(8) + "p99 ms".padStart(8) +
@@ -609,6 +614,7 @@ await writeResult(args.out, "ebpf.json", {
   args: { ...args, cases: [...args.cases] },
   kernel: Deno.osRelease(),
   cpus: navigator.hardwareConcurrency,
+  loadAverage: load,
   ...(conn.length ? { table: conn } : {}),
   ...(Object.keys(rr).length ? { rr } : {}),
   ...(memory.length ? { memory } : {}),
