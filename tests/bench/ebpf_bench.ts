@@ -1,30 +1,46 @@
 /**
- * The eBPF fast path benchmark (not a test). In one run, a new TCP connection plus one HTTP
- * request, with `hey -disable-keepalive`, to one nginx backend:
+ * The eBPF fast path benchmark (not a test). Everything runs in a network namespace with only
+ * loopback (so no address in it leads off the machine), with meshd's hooks on a scratch cgroup
+ * that holds the load generator; all of it is removed at the end, on a failure or Ctrl-C too.
+ * Its cases (`--cases`, default all):
  *
- * - direct, by the backend's address;
- * - through the eBPF path, by the service's mesh address (the hook picks the backend);
- * - through meshd's userspace TCP proxy (the service's listener port);
- * - through HAProxy in TCP mode.
+ * - `conn`: a new TCP connection plus one HTTP request, `hey -disable-keepalive`, to one nginx:
+ *   direct by the backend's address; through the eBPF path, by the service's mesh address (the
+ *   hook picks the backend); through meshd's userspace TCP proxy; through HAProxy in TCP mode.
+ *   Requests per second and p99, with ratios against direct.
+ * - `tcp-rr`, `udp-rr`: the loads of `dataplane_bench.ts`'s cases of the same names (the Go
+ *   tools of `tests/bench/loadtools`: 16 connections, or 16 connected UDP sockets, each sending
+ *   64 bytes and waiting for their echo, again and again for `--seconds`) against the same
+ *   four kinds of target: direct, the eBPF path, meshd's userspace proxy, and the reference
+ *   with one thread (HAProxy in TCP mode; nginx's stream module for UDP, which HAProxy cannot
+ *   proxy). Rate, p50, p99, the ratios to the reference and to direct, each proxy process's
+ *   CPU per request, and the whole path's (load tool, echo backend and proxy).
+ * - `maps`: the kernel memory of the maps at 1,000 and 10,000 services of 3 endpoints each,
+ *   and how long writing them took.
  *
- * It prints requests per second and p99 for each, with ratios against direct. Then it prints
- * the kernel memory of the maps at 1,000 and 10,000 services of 3 endpoints each, and how long
- * writing them took. Everything runs in a network namespace with only loopback, with the
- * hooks on a scratch cgroup that holds the load generator; all of it is removed at the end.
+ * The targets of a case take turns over `--rounds` rounds, so the machine's other load hits
+ * each alike; the table shows medians, and below it each round's ratios as median and range.
  *
- *   deno run -A tests/bench/ebpf_bench.ts [--requests N] [--concurrency C] [--rounds R] [--out FILE]
+ *   deno run -A tests/bench/ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,maps] [--rounds R]
+ *     [--seconds S] [--requests N] [--concurrency C] [--loadtools BINARY] [--out FILE]
  *
  * @module
  */
 import { EbpfEnv } from "../testenv/ebpf_env.ts";
-import type { Child } from "../testenv/process.ts";
+import { type Child, waitFor } from "../testenv/process.ts";
 import {
+  buildLoadtools,
+  cgroupCpuUs,
   hey,
   median,
-  parseBenchArgs,
+  processCpuUs,
+  rrLoad,
+  type RrResult,
   say,
+  serviceYaml,
   spawnMeshd,
   startNginx,
+  startNginxUdp,
   waitAnswering,
   WEB_SERVICE,
   writeResult,
@@ -38,6 +54,80 @@ import {
 import { Logger } from "../../src/observability/mod.ts";
 
 const SOCK = new URL("../ebpf/sock_tool.ts", import.meta.url).pathname;
+const CASES = ["conn", "tcp-rr", "udp-rr", "maps"] as const;
+type CaseName = typeof CASES[number];
+
+/**
+ * Addresses of the request/response cases, all inside the namespace (its own loopback): the
+ * echo backends, the references' listeners, and the mesh addresses (ClusterIPs) the hooks
+ * answer for. Nothing listens on a mesh address: without the hook, a connect to it is refused.
+ */
+const RR = {
+  backend: "127.0.68.1",
+  haproxy: "127.0.68.2",
+  nginx: "127.0.68.3",
+  tcpVip: "127.0.68.10",
+  udpVip: "127.0.68.11",
+  tcpPort: 7000,
+  udpPort: 7001,
+  /** Connections (tcp-rr) or sockets (udp-rr), as in dataplane_bench.ts. */
+  conns: 16,
+};
+
+interface Args {
+  cases: Set<CaseName>;
+  rounds: number;
+  seconds: number;
+  requests: number;
+  concurrency: number;
+  loadtools: string;
+  out: string;
+}
+
+const USAGE = "usage: ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,maps (default all)] " +
+  "[--rounds R (1 to 10, default 3)] [--seconds S (per rr load, 1 to 60, default 5)] " +
+  "[--requests N (conn, per target and round, default 20000)] [--concurrency C (conn, default 8)] " +
+  "[--loadtools BINARY] [--out FILE]";
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = {
+    cases: new Set(CASES),
+    rounds: 3,
+    seconds: 5,
+    requests: 20_000,
+    concurrency: 8,
+    loadtools: "",
+    out: "",
+  };
+  const bad = (what: string) => {
+    console.error(`ebpf_bench.ts: ${what}\n${USAGE}`);
+    Deno.exit(2);
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const [k, v] = [argv[i], argv[i + 1]];
+    if (v === undefined) bad(`${k} needs a value`);
+    else if (k === "--cases") {
+      const names = v.split(",").filter(Boolean);
+      const unknown = names.filter((n) => !(CASES as readonly string[]).includes(n));
+      if (unknown.length || !names.length) bad(`unknown case "${unknown.join(",")}"`);
+      a.cases = new Set(names as CaseName[]);
+    } else if (k === "--rounds") a.rounds = Number(v);
+    else if (k === "--seconds") a.seconds = Number(v);
+    else if (k === "--requests") a.requests = Number(v);
+    else if (k === "--concurrency") a.concurrency = Number(v);
+    else if (k === "--loadtools") a.loadtools = v;
+    else if (k === "--out") a.out = v;
+    else bad(`unknown flag "${k}"`);
+    i++;
+  }
+  const int = (x: number, lo: number, hi: number) => Number.isInteger(x) && x >= lo && x <= hi;
+  if (!int(a.rounds, 1, 10)) bad(`--rounds is ${a.rounds}, expected 1 to 10`);
+  if (!(a.seconds >= 1 && a.seconds <= 60)) bad(`--seconds is ${a.seconds}, expected 1 to 60`);
+  // hey prints no p99 for fewer than 100 answers.
+  if (!int(a.requests, 1000, 200_000)) bad(`--requests is ${a.requests}, expected 1000 to 200000`);
+  if (!int(a.concurrency, 1, 64)) bad(`--concurrency is ${a.concurrency}, expected 1 to 64`);
+  return a;
+}
 
 async function mapMemory(env: EbpfEnv): Promise<
   { services: number; entries: number; mapBytes: number; writeMs: number }[]
@@ -76,105 +166,441 @@ async function mapMemory(env: EbpfEnv): Promise<
   return out;
 }
 
-const args = parseBenchArgs(Deno.args, "ebpf_bench.ts", {
-  requests: 20_000,
-  what: "per case and round",
-});
+/** The UDP Service of the udp-rr case: its mesh address, one ready echo endpoint. */
+function udpServiceYaml(): string {
+  return `
+apiVersion: v1
+kind: Service
+metadata: { name: uecho, namespace: default }
+spec:
+  clusterIP: ${RR.udpVip}
+  ports: [{ name: u, port: ${RR.udpPort}, protocol: UDP }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: uecho-1, namespace: default, labels: { kubernetes.io/service-name: uecho } }
+addressType: IPv4
+ports: [{ name: u, port: ${RR.udpPort}, protocol: UDP }]
+endpoints:
+  - { addresses: ["${RR.backend}"], conditions: { ready: true } }
+`;
+}
+
+/** One rr measurement: one load against one target in one round. */
+interface RrMeasure extends RrResult {
+  case: "tcp-rr" | "udp-rr";
+  target: RrTarget;
+  round: number;
+  /** The proxy process's user and system CPU per request, µs; null where there is none. */
+  proxyCpuUs: number | null;
+  /** The load tool's (its cgroup's), the echo backend's and the proxy's CPU per request, µs. */
+  pathCpuUs: number;
+  /** meshd's CPU per request during the load, µs: what it does while another target runs. */
+  meshdCpuUs: number;
+}
+type RrTarget = "direct" | "ebpf" | "meshd-userspace" | "haproxy" | "nginx";
+
+/** A ratio over rounds: its median and range. */
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function spread(xs: number[]): Spread | null {
+  const ok = xs.filter(Number.isFinite);
+  if (ok.length === 0) return null;
+  return { median: median(ok), min: Math.min(...ok), max: Math.max(...ok) };
+}
+
+/** The rr rows of one case: medians per target, the ratios, and each round's ratios. */
+function rrTable(all: RrMeasure[], c: "tcp-rr" | "udp-rr", rounds: number) {
+  const ref: RrTarget = c === "udp-rr" ? "nginx" : "haproxy";
+  const targets: RrTarget[] = ["direct", "ebpf", "meshd-userspace", ref];
+  const of = (t: RrTarget) => all.filter((m) => m.case === c && m.target === t);
+  const med = (t: RrTarget, f: (m: RrMeasure) => number | null) => {
+    const xs = of(t).map(f).filter((x): x is number => x !== null && Number.isFinite(x));
+    return xs.length ? median(xs) : null;
+  };
+  const r3 = (x: number | null, d = 3) => x === null ? null : Math.round(x * 10 ** d) / 10 ** d;
+  const refRate = med(ref, (m) => m.rate);
+  const directRate = med("direct", (m) => m.rate);
+  const rows = targets.map((t) => {
+    const rate = med(t, (m) => m.rate);
+    return {
+      case: c,
+      target: t,
+      rate: r3(rate, 1),
+      p50Ms: r3(med(t, (m) => m.p50Ms)),
+      p99Ms: r3(med(t, (m) => m.p99Ms)),
+      errors: of(t).reduce((n, m) => n + m.errors, 0),
+      vsReference: rate !== null && refRate ? r3(rate / refRate) : null,
+      vsDirect: rate !== null && directRate ? r3(rate / directRate) : null,
+      proxyCpuUs: r3(med(t, (m) => m.proxyCpuUs), 2),
+      pathCpuUs: r3(med(t, (m) => m.pathCpuUs), 2),
+      meshdCpuUs: r3(med(t, (m) => m.meshdCpuUs), 2),
+      rounds: of(t).map((m) => Math.round(m.rate)),
+      firstError: of(t).find((m) => m.firstError)?.firstError,
+    };
+  });
+  // Each round's ratio of one target's figure to another's, both measured in that round.
+  const perRound = (a: RrTarget, b: RrTarget, f: (m: RrMeasure) => number | null) => {
+    const xs: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const [x, y] = [a, b].map((t) => of(t).find((m) => m.round === r));
+      const [fx, fy] = [x ? f(x) : null, y ? f(y) : null];
+      if (fx !== null && fy !== null && fy > 0) xs.push(fx / fy);
+    }
+    return spread(xs);
+  };
+  const ratios = {
+    [`ebpf/${ref} rate`]: perRound("ebpf", ref, (m) => m.rate),
+    [`ebpf/direct rate`]: perRound("ebpf", "direct", (m) => m.rate),
+    [`meshd-userspace/${ref} rate`]: perRound("meshd-userspace", ref, (m) => m.rate),
+    [`ebpf/${ref} path CPU`]: perRound("ebpf", ref, (m) => m.pathCpuUs),
+    [`ebpf/direct path CPU`]: perRound("ebpf", "direct", (m) => m.pathCpuUs),
+    [`meshd-userspace/${ref} proxy CPU`]: perRound(
+      "meshd-userspace",
+      ref,
+      (m) => m.proxyCpuUs,
+    ),
+  };
+  return { rows, ratios };
+}
+
+/** The machine's 1-minute load average now: how busy the shared machine was around the run. */
+const loadAverage = () => Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+
+const args = parseArgs(Deno.args);
+const loadBefore = loadAverage();
+const want = (c: CaseName) => args.cases.has(c);
 const env = await EbpfEnv.create();
+
+// Ctrl-C, a TERM, or a run past its bound: the namespace, cgroup, pins and processes go all
+// the same. env.remove() stops every process it started (meshd too), then removes the pins,
+// which detaches the hooks.
+let removing: Promise<void> | null = null;
+let stopping = false;
+const cleanUp = () => removing ??= env.remove();
+const onSignal = (signal: Deno.Signal) => async () => {
+  stopping = true;
+  say(`${signal}: removing the namespace, cgroup, pins and processes`);
+  await cleanUp();
+  Deno.exit(130);
+};
+for (const s of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(s, onSignal(s));
+const rrTargets = (want("tcp-rr") ? 4 : 0) + (want("udp-rr") ? 4 : 0);
+const boundMs = 240_000 + (want("conn") ? args.rounds * 4 * 120_000 : 0) +
+  rrTargets * args.rounds * (args.seconds * 1000 + 30_000) + (want("maps") ? 120_000 : 0);
+const watchdog = setTimeout(async () => {
+  stopping = true;
+  say(`still running after ${Math.round(boundMs / 1000)} s: giving up`);
+  await cleanUp();
+  Deno.exit(1);
+}, boundMs);
+
 const procs: Child[] = [];
+let conn: Record<string, unknown>[] = [];
+let rr: Record<string, unknown> = {};
+let memory: Awaited<ReturnType<typeof mapMemory>> = [];
+let failed = false;
 try {
   const dir = env.dir;
+  const needMeshd = want("conn") || want("tcp-rr") || want("udp-rr");
+  const loadtools = want("tcp-rr") || want("udp-rr")
+    ? args.loadtools || await buildLoadtools(`${dir}/loadtools`)
+    : "";
   await Deno.mkdir(`${dir}/config`);
-  await Deno.writeTextFile(`${dir}/config/mesh.yaml`, WEB_SERVICE);
+  await Deno.writeTextFile(
+    `${dir}/config/mesh.yaml`,
+    [
+      WEB_SERVICE,
+      serviceYaml("echo", {
+        clusterIP: RR.tcpVip,
+        type: "tcp",
+        port: RR.tcpPort,
+        endpoint: RR.backend,
+        target: RR.tcpPort,
+      }),
+      udpServiceYaml(),
+    ].join("---\n"),
+  );
+  // One thread, as meshd's proxy runs (HAProxy 2.6 starts one per CPU by default).
   await Deno.writeTextFile(
     `${dir}/haproxy.cfg`,
     `global
+  nbthread 1
   maxconn 4096
 defaults
   mode tcp
   timeout connect 5s
-  timeout client 30s
-  timeout server 30s
+  timeout client 60s
+  timeout server 60s
 frontend web
   bind 127.0.0.1:9100
   default_backend web
 backend web
   server b1 127.0.1.1:8080
+frontend echo
+  bind ${RR.haproxy}:${RR.tcpPort}
+  default_backend echo
+backend echo
+  server b1 ${RR.backend}:${RR.tcpPort}
 `,
   );
-  procs.push(await startNginx(env, "127.0.1.1:8080"));
-  procs.push(env.spawn("haproxy", ["-f", `${dir}/haproxy.cfg`, "-db"]));
-  const meshd = spawnMeshd(env, `${dir}/config`, [
-    `--cgroup=${env.cgroup}`,
-    `--bpffs=${env.bpffs}`,
-    "--datapath=ebpf",
-  ]);
-  procs.push(meshd);
-  // The service's TCP listener is the first port of meshd's TCP range.
-  const meshdPort = 10000;
-  await waitAnswering(env, "nginx", "127.0.1.1", 8080);
-  await waitAnswering(env, "haproxy", "127.0.0.1", 9100);
-  await waitAnswering(env, "meshd's TCP listener", "127.0.0.1", meshdPort);
-  // The eBPF path answers by the mesh address only from inside the cgroup.
-  const viaHook = await env.deno<{ status: number }>(SOCK, ["http", "10.96.0.10", "8080", "x"], {
-    inCgroup: true,
-  });
-  if (viaHook.status !== 200) throw new Error("the eBPF path does not answer");
+  const haproxy = env.spawn("haproxy", ["-f", `${dir}/haproxy.cfg`, "-db"]);
+  procs.push(haproxy);
+  let meshd: Child | null = null;
+  if (needMeshd) {
+    meshd = spawnMeshd(env, `${dir}/config`, [
+      `--cgroup=${env.cgroup}`,
+      `--bpffs=${env.bpffs}`,
+      "--datapath=ebpf",
+    ]);
+    procs.push(meshd);
+  }
 
-  const cases = [
-    ["direct", "http://127.0.1.1:8080/"],
-    ["ebpf", "http://10.96.0.10:8080/"],
-    ["meshd-userspace", `http://127.0.0.1:${meshdPort}/`],
-    ["haproxy", "http://127.0.0.1:9100/"],
-  ] as const;
-  const runs: Record<string, { rps: number[]; p99: number[]; errors: number }> = {};
-  for (const [name] of cases) runs[name] = { rps: [], p99: [], errors: 0 };
-  // A short warm-up, then rounds that take the cases in turn, so drift hits each alike.
-  for (const [, url] of cases) await hey(env, url, 500, args.concurrency, ["-disable-keepalive"]);
-  for (let r = 0; r < args.rounds; r++) {
-    for (const [name, url] of cases) {
-      const h = await hey(env, url, args.requests, args.concurrency, ["-disable-keepalive"]);
-      runs[name]!.rps.push(h.rps);
-      runs[name]!.p99.push(h.p99);
-      runs[name]!.errors += h.errors;
-      say(`round ${r + 1} ${name}: ${h.rps.toFixed(0)} conn+req/s, p99 ${h.p99.toFixed(2)} ms`);
+  if (want("conn")) {
+    procs.push(await startNginx(env, "127.0.1.1:8080"));
+    // The web service's TCP listener: meshd's first TCP port, which the API below confirms.
+    await waitAnswering(env, "nginx", "127.0.1.1", 8080);
+    await waitAnswering(env, "haproxy", "127.0.0.1", 9100);
+  }
+  // meshd's userspace listener of each service, from its applied config.
+  const listenPorts = new Map<string, number>();
+  if (meshd) {
+    await Deno.writeTextFile(
+      `${dir}/get_config.ts`,
+      "const r = await fetch(Deno.args[0]!);\n" +
+        "console.log(JSON.stringify(r.ok ? await r.json() : null));\n",
+    );
+    type Config = { services: { name: string; ports: { listenPort: number | null }[] }[] };
+    const config = await waitFor(
+      "meshd's config applied",
+      async () => {
+        const c = await env.deno<Config | null>(`${dir}/get_config.ts`, [
+          "http://127.0.0.1:9000/api/config",
+        ]).catch(() => null);
+        const ready = ["web", "echo", "uecho"].every((n) =>
+          c?.services.some((s) => s.name === n && s.ports[0]?.listenPort)
+        );
+        return ready ? c! : undefined;
+      },
+      60_000,
+      200,
+    );
+    for (const s of config.services) {
+      const port = s.ports[0]?.listenPort;
+      if (port) listenPorts.set(s.name, port);
     }
   }
-  meshd.kill("SIGTERM");
-  await meshd.wait(10_000);
-  await Deno.remove(`${env.bpffs}/meshd`, { recursive: true });
 
-  const direct = median(runs["direct"]!.rps);
-  const directP99 = median(runs["direct"]!.p99);
-  const table = cases.map(([name]) => {
-    const x = runs[name]!;
-    return {
-      path: name,
-      rps: Math.round(median(x.rps)),
-      p99Ms: Math.round(median(x.p99) * 100) / 100,
-      rpsVsDirect: Math.round((median(x.rps) / direct) * 1000) / 1000,
-      p99VsDirect: Math.round((median(x.p99) / directP99) * 100) / 100,
-      errors: x.errors,
+  if (want("conn")) {
+    const meshdPort = listenPorts.get("web")!;
+    await waitAnswering(env, "meshd's TCP listener", "127.0.0.1", meshdPort);
+    // The eBPF path answers by the mesh address only from inside the cgroup.
+    const viaHook = await env.deno<{ status: number }>(SOCK, ["http", "10.96.0.10", "8080", "x"], {
+      inCgroup: true,
+    });
+    if (viaHook.status !== 200) throw new Error("the eBPF path does not answer");
+
+    const cases = [
+      ["direct", "http://127.0.1.1:8080/"],
+      ["ebpf", "http://10.96.0.10:8080/"],
+      ["meshd-userspace", `http://127.0.0.1:${meshdPort}/`],
+      ["haproxy", "http://127.0.0.1:9100/"],
+    ] as const;
+    const runs: Record<string, { rps: number[]; p99: number[]; errors: number }> = {};
+    for (const [name] of cases) runs[name] = { rps: [], p99: [], errors: 0 };
+    // A short warm-up, then rounds that take the cases in turn, so drift hits each alike.
+    for (const [, url] of cases) await hey(env, url, 500, args.concurrency, ["-disable-keepalive"]);
+    for (let r = 0; r < args.rounds; r++) {
+      for (const [name, url] of cases) {
+        const h = await hey(env, url, args.requests, args.concurrency, ["-disable-keepalive"]);
+        runs[name]!.rps.push(h.rps);
+        runs[name]!.p99.push(h.p99);
+        runs[name]!.errors += h.errors;
+        say(
+          `conn round ${r + 1} ${name}: ${h.rps.toFixed(0)} conn+req/s, p99 ${h.p99.toFixed(2)} ms`,
+        );
+      }
+    }
+    const direct = median(runs["direct"]!.rps);
+    const directP99 = median(runs["direct"]!.p99);
+    conn = cases.map(([name]) => {
+      const x = runs[name]!;
+      return {
+        path: name,
+        rps: Math.round(median(x.rps)),
+        p99Ms: Math.round(median(x.p99) * 100) / 100,
+        rpsVsDirect: Math.round((median(x.rps) / direct) * 1000) / 1000,
+        p99VsDirect: Math.round((median(x.p99) / directP99) * 100) / 100,
+        errors: x.errors,
+      };
+    });
+  }
+
+  const rrCases = (["tcp-rr", "udp-rr"] as const).filter(want);
+  if (rrCases.length) {
+    const backends = {
+      "tcp-rr": env.spawn(loadtools, ["tcp-echo", "-listen", `${RR.backend}:${RR.tcpPort}`]),
+      "udp-rr": env.spawn(loadtools, ["udp-echo", "-listen", `${RR.backend}:${RR.udpPort}`]),
     };
-  });
-  say("measuring the maps' memory");
-  const memory = await mapMemory(env);
+    procs.push(...Object.values(backends));
+    const nginx = want("udp-rr")
+      ? await startNginxUdp(env, `${RR.nginx}:${RR.udpPort}`, `${RR.backend}:${RR.udpPort}`)
+      : null;
+    if (nginx) procs.push(nginx);
+    const targets = {
+      "tcp-rr": [
+        ["direct", `${RR.backend}:${RR.tcpPort}`, null],
+        ["ebpf", `${RR.tcpVip}:${RR.tcpPort}`, null],
+        ["meshd-userspace", `127.0.0.1:${listenPorts.get("echo")}`, meshd],
+        ["haproxy", `${RR.haproxy}:${RR.tcpPort}`, haproxy],
+      ],
+      "udp-rr": [
+        ["direct", `${RR.backend}:${RR.udpPort}`, null],
+        ["ebpf", `${RR.udpVip}:${RR.udpPort}`, null],
+        ["meshd-userspace", `127.0.0.1:${listenPorts.get("uecho")}`, meshd],
+        ["nginx", `${RR.nginx}:${RR.udpPort}`, nginx],
+      ],
+    } as const satisfies Record<string, readonly (readonly [RrTarget, string, Child | null])[]>;
+    // Every target answers before anything is measured. The mesh address answers only through
+    // the hook: nothing listens there, so a connect that the hook left alone is refused.
+    for (const c of rrCases) {
+      for (const [t, target] of targets[c]) {
+        await waitFor(
+          `${c} ${t} (${target}) answers`,
+          async () => {
+            const r = await rrLoad(env, { bin: loadtools, kind: c, target, conns: 1, ms: 200 });
+            if (r.errors > 0) throw new Error(r.firstError ?? `${r.errors} errors`);
+            return r.requests > 0 ? true : undefined;
+          },
+          30_000,
+          200,
+        );
+      }
+    }
+    const all: RrMeasure[] = [];
+    const ms = Math.round(args.seconds * 1000);
+    for (const c of rrCases) {
+      for (let round = 0; round < args.rounds; round++) {
+        for (const [t, target, proxy] of targets[c]) {
+          const backendPid = backends[c].pid;
+          const before = {
+            client: cgroupCpuUs(env.cgroup),
+            backend: processCpuUs(backendPid),
+            proxy: proxy ? processCpuUs(proxy.pid) : 0,
+            meshd: processCpuUs(meshd!.pid),
+          };
+          const r = await rrLoad(env, { bin: loadtools, kind: c, target, conns: RR.conns, ms });
+          const n = Math.max(r.requests, 1);
+          const proxyUs = proxy ? (processCpuUs(proxy.pid) - before.proxy) / n : null;
+          const m: RrMeasure = {
+            ...r,
+            case: c,
+            target: t,
+            round,
+            proxyCpuUs: proxyUs,
+            pathCpuUs: (cgroupCpuUs(env.cgroup) - before.client) / n +
+              (processCpuUs(backendPid) - before.backend) / n + (proxyUs ?? 0),
+            meshdCpuUs: (processCpuUs(meshd!.pid) - before.meshd) / n,
+          };
+          all.push(m);
+          say(
+            `${c} round ${round + 1} ${t}: ${r.rate.toFixed(0)}/s, p99 ${r.p99Ms.toFixed(2)} ms, ` +
+              `errors ${r.errors}${r.firstError ? ` (${r.firstError})` : ""}`,
+          );
+        }
+      }
+    }
+    rr = Object.fromEntries(rrCases.map((c) => [c, rrTable(all, c, args.rounds)]));
+  }
 
+  if (meshd) {
+    meshd.kill("SIGTERM");
+    await meshd.wait(10_000);
+    await Deno.remove(`${env.bpffs}/meshd`, { recursive: true });
+    const left = await env.attached();
+    if (left.length) throw new Error(`programs still attached after meshd: ${left.join(", ")}`);
+  }
+  if (want("maps")) {
+    say("measuring the maps' memory");
+    memory = await mapMemory(env);
+  }
+} catch (e) {
+  failed = true;
+  // Stopping on a signal or the time bound kills the load mid-run: that error is no news.
+  if (stopping) await new Promise(() => {});
+  for (const p of procs) {
+    if (p.lines.length) console.error(`--- ${p.name}:\n${p.lines.slice(-10).join("\n")}`);
+  }
+  console.error(`ebpf_bench.ts failed: ${e instanceof Error ? e.message : e}`);
+} finally {
+  clearTimeout(watchdog);
+  await cleanUp();
+}
+if (failed) Deno.exit(1);
+const load = { before: loadBefore, after: loadAverage() };
+
+const fmt = (n: unknown, d = 2) => typeof n === "number" && Number.isFinite(n) ? n.toFixed(d) : "-";
+if (conn.length) {
   console.log(
     `\nnew connection + 1 request, hey -disable-keepalive -c ${args.concurrency}, ` +
-      `${args.requests} requests x ${args.rounds} rounds (median), one nginx backend, 2 cores`,
+      `${args.requests} requests x ${args.rounds} rounds (median), one nginx backend`,
   );
   console.log(
     "path".padEnd(17) + "conn+req/s".padStart(11) + "p99 ms".padStart(9) +
       "rps/direct".padStart(12) + "p99/direct".padStart(12) + "errors".padStart(8),
   );
-  for (const t of table) {
+  for (const t of conn) {
     console.log(
-      t.path.padEnd(17) + String(t.rps).padStart(11) + t.p99Ms.toFixed(2).padStart(9) +
-        t.rpsVsDirect.toFixed(3).padStart(12) + t.p99VsDirect.toFixed(2).padStart(12) +
+      String(t.path).padEnd(17) + String(t.rps).padStart(11) + fmt(t.p99Ms).padStart(9) +
+        fmt(t.rpsVsDirect, 3).padStart(12) + fmt(t.p99VsDirect).padStart(12) +
         String(t.errors).padStart(8),
     );
   }
+}
+for (const [c, tab] of Object.entries(rr) as [string, ReturnType<typeof rrTable>][]) {
+  console.log(
+    `\n${c}: ${RR.conns} ${c === "tcp-rr" ? "connections" : "connected sockets"}, 64 B each way, ` +
+      `${args.seconds} s x ${args.rounds} interleaved rounds (median), Go echo backend, ` +
+      `${navigator.hardwareConcurrency} CPUs, load average ${load.before} before, ${load.after} after`,
+  );
+  console.log(
+    "target".padEnd(16) + "rate/s".padStart(10) + "p50 ms".padStart(8) + "p99 ms".padStart(8) +
+      "errors".padStart(8) + "vs ref".padStart(8) + "vs direct".padStart(10) +
+      "proxy CPU µs".padStart(13) + "path CPU µs".padStart(12),
+  );
+  for (const r of tab.rows) {
+    console.log(
+      r.target.padEnd(16) + fmt(r.rate, 0).padStart(10) + fmt(r.p50Ms).padStart(8) +
+        fmt(r.p99Ms).padStart(8) + String(r.errors).padStart(8) +
+        fmt(r.vsReference, 3).padStart(8) + fmt(r.vsDirect, 3).padStart(10) +
+        fmt(r.proxyCpuUs, 1).padStart(13) + fmt(r.pathCpuUs, 1).padStart(12),
+    );
+  }
+  const ebpfRow = tab.rows.find((r) => r.target === "ebpf");
+  console.log(
+    `meshd's CPU while the ebpf rows ran: ${fmt(ebpfRow?.meshdCpuUs, 2)} µs per request ` +
+      "(no proxy hop: the hook sent each socket to the backend at connect)",
+  );
+  console.log(`each round's ratios, median (min–max) of ${args.rounds}:`);
+  for (const [name, s] of Object.entries(tab.ratios)) {
+    console.log(
+      `  ${name.padEnd(34)} ${s ? `${fmt(s.median, 3)} (${fmt(s.min, 3)}–${fmt(s.max, 3)})` : "-"}`,
+    );
+  }
+}
+if (Object.keys(rr).length) {
+  console.log(
+    "\nvs ref: the rate over the reference's (HAProxy TCP mode; nginx stream for UDP), each " +
+      "one thread; proxy CPU: that process's user+system time per request (/proc/PID/stat); " +
+      "path CPU: the load tool's (its cgroup's cpu.stat), the echo backend's and the proxy's, " +
+      "per request.",
+  );
+}
+if (memory.length) {
   console.log("\nmaps (meshd_svc4_v2 etc.), kernel memory from each map's fdinfo memlock:");
   for (const m of memory) {
     console.log(
@@ -182,8 +608,15 @@ backend web
         `${(m.mapBytes / 1048576).toFixed(2)} MiB, written in ${m.writeMs.toFixed(0)} ms`,
     );
   }
-  await writeResult(args.out, "ebpf.json", { args, table, memory, kernel: Deno.osRelease() });
-} finally {
-  await env.remove();
 }
+await writeResult(args.out, "ebpf.json", {
+  date: new Date().toISOString(),
+  args: { ...args, cases: [...args.cases] },
+  kernel: Deno.osRelease(),
+  cpus: navigator.hardwareConcurrency,
+  loadAverage: load,
+  ...(conn.length ? { table: conn } : {}),
+  ...(Object.keys(rr).length ? { rr } : {}),
+  ...(memory.length ? { memory } : {}),
+});
 Deno.exit(0);

@@ -212,3 +212,144 @@ export async function writeResult(out: string, name: string, result: unknown): P
   await Deno.writeTextFile(file, JSON.stringify(result, null, 2) + "\n");
   console.log(`wrote ${file}`);
 }
+
+/** Clock ticks a second, the unit of /proc/PID/stat's times (USER_HZ; 100 on Linux). */
+export const CLK_TCK: number = Number(
+  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout)
+    .trim(),
+) || 100;
+
+/** User plus system CPU time of process `pid` so far, in µs (clock-tick resolution). */
+export function processCpuUs(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  // The fields after the command name, which is in parentheses and may hold spaces.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK * 1e6;
+}
+
+/**
+ * CPU time of every process that has run in cgroup v2 directory `cgroup` so far, in µs: its
+ * `cpu.stat` `usage_usec`, which the cgroup core keeps whether or not the cpu controller is on.
+ */
+export function cgroupCpuUs(cgroup: string): number {
+  const text = Deno.readTextFileSync(`${cgroup}/cpu.stat`);
+  const m = /^usage_usec (\d+)$/m.exec(text);
+  if (!m) throw new Error(`Cannot read usage_usec from "${cgroup}/cpu.stat"`);
+  return Number(m[1]);
+}
+
+/**
+ * Builds the Go load tools (`tests/bench/loadtools`) into `out` with the `go` in PATH; throws
+ * with Go's output when that fails.
+ */
+export async function buildLoadtools(out: string): Promise<string> {
+  let r: Deno.CommandOutput;
+  try {
+    r = await new Deno.Command("go", {
+      args: ["build", "-o", out, "."],
+      cwd: `${ROOT}tests/bench/loadtools`,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new Error("Cannot build tests/bench/loadtools: no go in PATH, expected Go 1.24 or later");
+  }
+  if (!r.success) {
+    throw new Error(`Cannot build tests/bench/loadtools: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  return out;
+}
+
+/** One run of a request/response load of `tests/bench/loadtools`, from its JSON line. */
+export interface RrResult {
+  /** Exchanges answered. */
+  requests: number;
+  /** Exchanges a second. */
+  rate: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Failed writes, reads, dials, and (UDP) answers not back within 200 ms. */
+  errors: number;
+  firstError?: string;
+}
+
+/**
+ * Runs `loadtools tcp-rr` (`conns` connections) or `udp-rr` (`conns` connected sockets) with
+ * 64-byte requests against `target` for `ms` milliseconds, in the env's namespace and inside its
+ * scratch cgroup, where the hooks see its sockets: the loads of `dataplane_bench.ts`'s cases of
+ * the same names. Bounded: the tool stops itself, and is killed 30 s past its duration.
+ */
+export async function rrLoad(
+  env: EbpfEnv,
+  o: {
+    bin: string;
+    kind: "tcp-rr" | "udp-rr";
+    target: string;
+    conns: number;
+    ms: number;
+  },
+): Promise<RrResult> {
+  const p = env.spawn(o.bin, [
+    o.kind,
+    "-target",
+    o.target,
+    o.kind === "tcp-rr" ? "-conns" : "-clients",
+    String(o.conns),
+    "-size",
+    "64",
+    "-duration",
+    `${o.ms}ms`,
+  ], { inCgroup: true });
+  await p.closeStdin();
+  const st = await p.wait(o.ms + 30_000);
+  if (!st.success) throw new Error(`${o.kind} ${o.target}: ${p.stderr.join(" ")}`);
+  const j = p.last<Record<string, number | string | undefined>>();
+  return {
+    requests: Number(j.requests ?? 0),
+    rate: Number(j.perSecond ?? 0),
+    p50Ms: Number(j.p50Ms ?? NaN),
+    p99Ms: Number(j.p99Ms ?? NaN),
+    errors: Number(j.errors ?? 0),
+    ...(j.firstError ? { firstError: String(j.firstError) } : {}),
+  };
+}
+
+/**
+ * Starts nginx's stream module as a one-process UDP proxy (no master, one worker, as
+ * `dataplane_bench.ts` runs it) from `listen` to `backend`, in the env's namespace, under
+ * `<env.dir>/nginx-udp`; resolves once its pid file is written, throws on an `[emerg]`.
+ */
+export async function startNginxUdp(
+  env: EbpfEnv,
+  listen: string,
+  backend: string,
+): Promise<Child> {
+  const dir = `${env.dir}/nginx-udp`;
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(
+    `${dir}/nginx.conf`,
+    `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx.err warn;
+events { worker_connections 4096; }
+stream {
+  server {
+    listen ${listen} udp;
+    proxy_pass ${backend};
+    proxy_timeout 60s;
+  }
+}
+`,
+  );
+  const p = env.spawn("nginx", ["-e", `${dir}/nginx.err`, "-p", dir, "-c", `${dir}/nginx.conf`]);
+  await waitFor("nginx (UDP) started", async () => {
+    const err = await Deno.readTextFile(`${dir}/nginx.err`).catch(() => "");
+    if (/\[emerg\]/.test(err)) throw new Error(`nginx failed: ${err}`);
+    return await Deno.stat(`${dir}/nginx.pid`).then(() => true, () => undefined);
+  }, 15_000);
+  return p;
+}
