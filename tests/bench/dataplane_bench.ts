@@ -13,6 +13,7 @@
  */
 import { Child, freePort, runToEnd, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_PERMISSIONS, MESHD_ENV, MESHD_V8_FLAGS, spawnMeshd } from "../testenv/meshd.ts";
+import { nginxUdpConf, processCpuUs } from "./local_servers.ts";
 import { programParts } from "./program_pages.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -326,20 +327,6 @@ function haproxyMap(pad: number): string {
   return s;
 }
 
-/** Clock ticks a second, the unit of /proc/PID/stat's times (USER_HZ; 100 on Linux). */
-const CLK_TCK = Number(
-  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout)
-    .trim(),
-) || 100;
-
-/** utime + stime of process `pid`, in clock ticks. */
-function cpuTicks(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  // The fields after the command name, which is in parentheses and may hold spaces.
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return Number(f[11]) + Number(f[12]);
-}
-
 function rssMiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
@@ -557,11 +544,11 @@ async function main(): Promise<void> {
     const ceilingPid = (kind: "tcp" | "udp") => (pids.ceiling = ceilings[kind]?.pid);
     const step = async (t: Measure["target"], load: () => Promise<Measure>) => {
       const pid = pids[t];
-      const before = pid ? cpuTicks(pid) : null;
+      const before = pid ? processCpuUs(pid) : null;
       const m = await load();
       if (pid && before !== null) {
         const units = m.rate * secs;
-        m.cpuUs = units > 0 ? ((cpuTicks(pid) - before) / CLK_TCK) * 1e6 / units : null;
+        m.cpuUs = units > 0 ? (processCpuUs(pid) - before) / units : null;
       }
       results.push(m);
       console.error(
@@ -622,21 +609,7 @@ async function main(): Promise<void> {
       const ng = freePort();
       await Deno.writeTextFile(
         `${work}/nginx.conf`,
-        `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-daemon off;
-master_process off;
-worker_processes 1;
-pid ${work}/nginx.pid;
-error_log ${work}/nginx.err warn;
-events { worker_connections 4096; }
-stream {
-  server {
-    listen ${HOST}:${ng} udp;
-    proxy_pass ${HOST}:${ports.udp};
-    proxy_timeout 60s;
-  }
-}
-`,
+        nginxUdpConf(work, `${HOST}:${ng}`, `${HOST}:${ports.udp}`),
       );
       pids.nginx = start(
         new Child("nginx", ["-e", `${work}/nginx.err`, "-p", work, "-c", `${work}/nginx.conf`], {

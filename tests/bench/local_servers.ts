@@ -316,20 +316,11 @@ export async function rrLoad(
 }
 
 /**
- * Starts nginx's stream module as a one-process UDP proxy (no master, one worker, as
- * `dataplane_bench.ts` runs it) from `listen` to `backend`, in the env's namespace, under
- * `<env.dir>/nginx-udp`; resolves once its pid file is written, throws on an `[emerg]`.
+ * The config of nginx's stream module as a one-process UDP proxy (no master, one worker) from
+ * `listen` to `backend`, with its pid and error files in `dir`.
  */
-export async function startNginxUdp(
-  env: EbpfEnv,
-  listen: string,
-  backend: string,
-): Promise<Child> {
-  const dir = `${env.dir}/nginx-udp`;
-  await Deno.mkdir(dir, { recursive: true });
-  await Deno.writeTextFile(
-    `${dir}/nginx.conf`,
-    `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+export function nginxUdpConf(dir: string, listen: string, backend: string): string {
+  return `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 master_process off;
 worker_processes 1;
@@ -343,8 +334,22 @@ stream {
     proxy_timeout 60s;
   }
 }
-`,
-  );
+`;
+}
+
+/**
+ * Starts nginx's stream module as a one-process UDP proxy (no master, one worker, as
+ * `dataplane_bench.ts` runs it) from `listen` to `backend`, in the env's namespace, under
+ * `<env.dir>/nginx-udp`; resolves once its pid file is written, throws on an `[emerg]`.
+ */
+export async function startNginxUdp(
+  env: EbpfEnv,
+  listen: string,
+  backend: string,
+): Promise<Child> {
+  const dir = `${env.dir}/nginx-udp`;
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/nginx.conf`, nginxUdpConf(dir, listen, backend));
   const p = env.spawn("nginx", ["-e", `${dir}/nginx.err`, "-p", dir, "-c", `${dir}/nginx.conf`]);
   await waitFor("nginx (UDP) started", async () => {
     const err = await Deno.readTextFile(`${dir}/nginx.err`).catch(() => "");
