@@ -1,6 +1,6 @@
 /**
  * Loopback helpers for the unit tests of every room and for the harness under `tests/`: free
- * ports, and waiting on a condition with a deadline. For tests only: nothing in meshd imports
+ * ports, waiting on a condition with a deadline, and a seeded random generator. For tests only: nothing in meshd imports
  * it. Process helpers stay with the harness (`tests/`).
  *
  * @module
@@ -79,4 +79,19 @@ export async function waitFor<T>(
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }
+}
+
+/**
+ * A small seeded generator (mulberry32): numbers in [0, 1), the same sequence for the same
+ * seed, so that a failing generated case can be replayed.
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

@@ -1,17 +1,8 @@
 import assert from "node:assert/strict";
+import { seededRandom as random } from "../_testing.ts";
 import { compareAddresses } from "./compare_addresses.ts";
 
 const numeric = new Intl.Collator("en", { numeric: true }).compare;
-
-/** A small deterministic generator (mulberry32), so a failure can be replayed. */
-function random(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 Deno.test("compareAddresses() orders addresses as English numeric collation does", () => {
   const next = random(67);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { seededRandom as random } from "../_testing.ts";
 import { compareNames } from "./compare_names.ts";
 
 const english = new Intl.Collator("en").compare;
@@ -18,16 +19,6 @@ function assertSameOrder(names: string[]): void {
       }
     }
   }
-}
-
-/** A small deterministic generator (mulberry32), so a failure can be replayed. */
-function random(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 Deno.test("compareNames() orders names as English collation does", () => {

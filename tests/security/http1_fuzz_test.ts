@@ -25,23 +25,12 @@ import {
 } from "../../src/proxy/http1.ts";
 import { checkRequest } from "../../src/proxy/http1_validate.ts";
 import { requestHead } from "../../src/proxy/http_proxy.ts";
+import { seededRandom as rng } from "../../src/_testing.ts";
 
 const SECONDS = Number(Deno.env.get("MESHD_FUZZ_SECONDS") ?? "3");
 const SEED = Number(Deno.env.get("MESHD_FUZZ_SEED") ?? String(Date.now() % 2 ** 31));
 /** A small head limit, so mutations cross it often. */
 const LIMIT = 2048;
-
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEEDS = [
   "GET /public HTTP/1.1\r\nHost: web.default.mesh\r\nAccept: */*\r\n\r\n",
