@@ -90,15 +90,7 @@ export function buildTopology(
       : `${kind} "${key}" exists but could not be read (${why})`;
   };
 
-  // One pass sorts the objects by kind (seven filters over 20,000 objects cost more).
-  const kinds = new Map<string, MeshObject[]>();
-  for (const o of objects) {
-    const list = kinds.get(o.kind);
-    if (list) list.push(o);
-    else kinds.set(o.kind, [o]);
-  }
-  const of = <K extends MeshObject["kind"]>(kind: K) =>
-    (kinds.get(kind) ?? []) as Extract<MeshObject, { kind: K }>[];
+  const of = byKind(objects);
   const inMesh = <T extends MeshObject>(objs: T[]): T[] =>
     objs.filter((o) => !ignored.has(o.meta.namespace));
 
@@ -156,6 +148,21 @@ export function buildTopology(
     );
   }
   return { acl, services: result, identities, diagnostics };
+}
+
+/** The objects of one kind, from {@linkcode byKind}. */
+type OfKind = <K extends MeshObject["kind"]>(kind: K) => Extract<MeshObject, { kind: K }>[];
+
+/** The objects by kind, sorted into lists in one pass (seven filters over 20,000 cost more). */
+function byKind(objects: readonly MeshObject[]): OfKind {
+  const kinds = new Map<string, MeshObject[]>();
+  for (const o of objects) {
+    const list = kinds.get(o.kind);
+    if (list) list.push(o);
+    else kinds.set(o.kind, [o]);
+  }
+  return <K extends MeshObject["kind"]>(kind: K) =>
+    (kinds.get(kind) ?? []) as Extract<MeshObject, { kind: K }>[];
 }
 
 /** Where a Service port finds its endpoints: its slices, and the Pods they name. */
