@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { spawnMeshd } from "../testenv/meshd.ts";
+import { rawGet } from "../testenv/backends.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
@@ -54,29 +55,6 @@ interface Mesh {
   http: number;
   api: number;
   backends: Map<string, number>;
-}
-
-/** A GET written by hand: Deno's fetch() would replace the Host header with the URL's host. */
-async function rawGet(
-  port: number,
-  host: string,
-  path = "/",
-): Promise<{ status: number; body: string }> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    await conn.write(
-      new TextEncoder().encode(
-        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
-      ),
-    );
-    const text = await new Response(conn.readable).text();
-    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
-    return { status, body: text.slice(text.indexOf("\r\n\r\n") + 4) };
-  } finally {
-    try {
-      conn.close();
-    } catch { /* closed by the readable */ }
-  }
 }
 
 async function api<T>(mesh: Mesh, path: string): Promise<T> {

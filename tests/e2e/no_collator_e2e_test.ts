@@ -8,11 +8,10 @@
  * the same `compareNames`, which `src/topology/compare_names_test.ts` checks.
  */
 import assert from "node:assert/strict";
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { type Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { FILE_PERMISSIONS, spawnMeshd } from "../testenv/meshd.ts";
+import { rawGet, startWhoami } from "../testenv/backends.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
-const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
 const BACKEND_IP = "127.0.67.2";
 const MARK = "collator-watch:";
 
@@ -83,22 +82,6 @@ ${extra}`;
 
 let backendPort = 0;
 
-/** A GET written by hand: Deno's fetch() would replace the Host header with the URL's host. */
-async function rawGet(port: number, host: string): Promise<number> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    await conn.write(
-      new TextEncoder().encode(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
-    );
-    const text = await new Response(conn.readable).text();
-    return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
-  } finally {
-    try {
-      conn.close();
-    } catch { /* closed by the readable */ }
-  }
-}
-
 Deno.test("meshd run makes no collator for plain names: config, request, API, metrics, reload", async () => {
   const dir = await Deno.makeTempDir({ prefix: "meshd-no-collator-" });
   const children: Child[] = [];
@@ -106,16 +89,7 @@ Deno.test("meshd run makes no collator for plain names: config, request, API, me
     await Deno.writeTextFile(`${dir}/preload.js`, PRELOAD);
     await Deno.mkdir(`${dir}/config`);
     backendPort = freePort(BACKEND_IP);
-    const whoami = new Child("whoami", [
-      "run",
-      "--allow-net",
-      WHOAMI,
-      "--name",
-      "whoami",
-      "--listen",
-      `${BACKEND_IP}:${backendPort}`,
-    ]);
-    children.push(whoami);
+    children.push(startWhoami(BACKEND_IP, backendPort));
     await Deno.writeTextFile(`${dir}/config/shop.yaml`, objects());
     const http = freePort();
     const api = freePort();
@@ -143,7 +117,7 @@ Deno.test("meshd run makes no collator for plain names: config, request, API, me
       return r?.status === 200 ? true : undefined;
     }, 30_000);
     await waitForPort(BACKEND_IP, backendPort);
-    assert.equal(await rawGet(http, "web.shop.mesh"), 200);
+    assert.equal((await rawGet(http, "web.shop.mesh")).status, 200);
     await rawGet(http, "nothing.shop.mesh"); // an unknown host: its answer and metrics
     for (const path of ["/metrics", "/api/services", "/api/config", "/api/status"]) {
       assert.equal((await get(path)).status, 200, path);
@@ -162,7 +136,7 @@ spec: { ports: [{ name: http, port: 80 }] }
       const r = await get("/api/services");
       return r.body.includes("cart") ? true : undefined;
     }, 30_000);
-    assert.equal(await rawGet(http, "web.shop.mesh"), 200);
+    assert.equal((await rawGet(http, "web.shop.mesh")).status, 200);
     assert.equal((await get("/metrics")).status, 200);
 
     assert.ok(

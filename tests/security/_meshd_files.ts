@@ -4,11 +4,12 @@
  *
  * @module
  */
-import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
+import { type Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { spawnMeshd } from "../testenv/meshd.ts";
+import { rawGet, startWhoami } from "../testenv/backends.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
-const WHOAMI = `${ROOT}examples/quickstart/whoami.ts`;
+export { rawGet };
+
 export const BACKEND_IP = "127.0.60.1";
 
 /** A Service and its EndpointSlice in namespace `sec`, routed to the whoami backend. */
@@ -52,17 +53,7 @@ export async function startFilesMesh(extraArgs: string[] = []): Promise<FilesMes
   };
   try {
     const backendPort = freePort(BACKEND_IP);
-    children.push(
-      new Child("whoami", [
-        "run",
-        "--allow-net",
-        WHOAMI,
-        "--name",
-        "whoami",
-        "--listen",
-        `${BACKEND_IP}:${backendPort}`,
-      ]),
-    );
+    children.push(startWhoami(BACKEND_IP, backendPort));
     await Deno.writeTextFile(`${dir}/web.yaml`, serviceYaml("web", backendPort));
     const http = freePort();
     const api = freePort();
@@ -92,35 +83,6 @@ export async function startFilesMesh(extraArgs: string[] = []): Promise<FilesMes
   } catch (e) {
     await stop();
     throw e;
-  }
-}
-
-/** A GET written by hand, so the Host header is the mesh name. Status 0 when it failed. */
-export async function rawGet(
-  port: number,
-  host: string,
-  timeoutMs = 5000,
-): Promise<{ status: number; body: string }> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const timer = setTimeout(() => {
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, timeoutMs);
-  try {
-    await conn.write(
-      new TextEncoder().encode(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
-    );
-    const text = await new Response(conn.readable).text();
-    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
-    return { status, body: text.slice(text.indexOf("\r\n\r\n") + 4) };
-  } catch {
-    return { status: 0, body: "" };
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed by the readable */ }
   }
 }
 

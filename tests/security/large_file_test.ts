@@ -44,7 +44,7 @@ Deno.test("FileProvider keeps answering other clients while it parses a large fi
     // (the version moves), or at a generous deadline.
     let applied = 0;
     while (performance.now() - t0 < 120_000) {
-      const r = await rawGet(mesh.http, "web.sec.mesh", 120_000);
+      const r = await rawGet(mesh.http, "web.sec.mesh", { timeoutMs: 120_000 });
       if (r.status === 200) answers.push(performance.now());
       else failures.push(r.status);
       rssPeak = Math.max(rssPeak, rssKb(mesh.meshd.pid));
