@@ -407,7 +407,12 @@ async function startMeshd(configDir: string, args: Args, workers = 1) {
   const { v8Flags } = args;
   const meshdEnv = { ...BENCH_MESHD_ENV, ...args.meshdEnv };
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
-  const deno = FILE_PERMISSIONS.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a);
+  // FFI as the shipped binary has it (the malloc trim after a large apply); the userspace data
+  // path, which does the job HAProxy does (and no eBPF program on the host's cgroup).
+  const deno = [
+    ...FILE_PERMISSIONS.map((a) => a === MESHD_V8_FLAGS && v8Flags ? `${a},${v8Flags}` : a),
+    "--allow-ffi",
+  ];
   const meshd = spawnMeshd([
     "--config-dir",
     configDir,
@@ -425,6 +430,8 @@ async function startMeshd(configDir: string, args: Args, workers = 1) {
     `${mesh.udp}-${mesh.udp}`,
     "--workers",
     String(workers),
+    "--datapath",
+    "userspace",
     "--log-format",
     "json",
   ], { deno, env: meshdEnv });
