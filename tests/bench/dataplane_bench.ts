@@ -86,8 +86,11 @@ function parseArgs(argv: string[]): Args {
 /** One measurement of one load against one target. */
 interface Measure {
   case: string;
-  /** `ceiling`: the minimal Deno forwarder of `l4_forwarders.ts`, for the TCP and UDP cases. */
-  target: "direct" | "meshd" | "ceiling" | "haproxy" | "nginx";
+  /**
+   * `ceiling`: the minimal Deno forwarder of `l4_forwarders.ts`, for the TCP and UDP cases;
+   * `ffi`: the same job with libc's epoll and sockets through FFI (`ffi_forwarders.ts`).
+   */
+  target: "direct" | "meshd" | "ceiling" | "ffi" | "haproxy" | "nginx";
   /** Requests (or datagrams) a second; for bulk, MiB a second. */
   rate: number;
   unit: "req/s" | "MiB/s";
@@ -516,14 +519,21 @@ async function main(): Promise<void> {
     // The ceilings: minimal Deno forwarders, so a TCP or UDP case shows meshd, what Deno itself
     // reaches, and the reference, measured in the same run.
     const ceil = { tcp: freePort(), udp: freePort() };
+    // And the same forwarders with libc's I/O through FFI: how far Deno's I/O layer is the limit.
+    const ffi = { tcp: freePort(), udp: freePort() };
     const ceilings: Partial<Record<"tcp" | "udp", Child>> = {};
+    const ffiForwarders: Partial<Record<"tcp" | "udp", Child>> = {};
     if (want("tcp-rr") || want("tcp-bulk")) {
       ceilings.tcp = start(ceilingForwarder("tcp", ceil.tcp, ports.tcp));
+      ffiForwarders.tcp = start(ceilingForwarder("tcp", ffi.tcp, ports.tcp, "ffi"));
       await waitForPort(HOST, ceil.tcp);
+      await waitForPort(HOST, ffi.tcp);
     }
     if (want("udp-rr")) {
       ceilings.udp = start(ceilingForwarder("udp", ceil.udp, ports.udp));
+      ffiForwarders.udp = start(ceilingForwarder("udp", ffi.udp, ports.udp, "ffi"));
       await waitFor("the UDP ceiling answers", () => udpAnswers(ceil.udp));
+      await waitFor("the FFI UDP forwarder answers", () => udpAnswers(ffi.udp));
     }
 
     const targets = (
@@ -532,11 +542,13 @@ async function main(): Promise<void> {
       ref: number,
       refName: Measure["target"] = "haproxy",
       ceiling?: number,
+      ffiPort?: number,
     ) => {
       const one = [
         ["direct", direct],
         ["meshd", meshd],
         ...(ceiling ? [["ceiling", ceiling]] : []),
+        ...(ffiPort ? [["ffi", ffiPort]] : []),
         [refName, ref],
       ] as [Measure["target"], number][];
       // Rounds interleave the targets, so each round's ratios share the machine's load then.
@@ -548,7 +560,10 @@ async function main(): Promise<void> {
       meshd: meshd.pid,
       haproxy: haproxy.pid,
     };
-    const ceilingPid = (kind: "tcp" | "udp") => (pids.ceiling = ceilings[kind]?.pid);
+    const ceilingPid = (kind: "tcp" | "udp") => {
+      pids.ceiling = ceilings[kind]?.pid;
+      pids.ffi = ffiForwarders[kind]?.pid;
+    };
     const step = async (t: Measure["target"], load: () => Promise<Measure>) => {
       const pid = pids[t];
       const before = pid ? processCpuUs(pid) : null;
@@ -585,7 +600,7 @@ async function main(): Promise<void> {
     }
     if (want("tcp-rr")) {
       ceilingPid("tcp");
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp, ffi.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-rr", t, [
             "tcp-rr",
@@ -600,7 +615,7 @@ async function main(): Promise<void> {
     }
     if (want("tcp-bulk")) {
       ceilingPid("tcp");
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp)) {
+      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp, ffi.tcp)) {
         await step(t, () =>
           loadtool(loadtools, "tcp-bulk", t, [
             "tcp-bulk",
@@ -629,7 +644,7 @@ async function main(): Promise<void> {
         return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
       });
       ceilingPid("udp");
-      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp)) {
+      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp, ffi.udp)) {
         await step(t, () =>
           loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
@@ -759,12 +774,20 @@ async function main(): Promise<void> {
   report(results, memory, args);
 }
 
-/** The minimal Deno forwarder of `kind` on `port`, to the echo backend on `backend`. */
-function ceilingForwarder(kind: "tcp" | "udp", port: number, backend: number): Child {
-  return new Child(`ceiling-${kind}`, [
+/**
+ * The minimal Deno forwarder of `kind` on `port`, to the echo backend on `backend`; with
+ * `ffi`, the one whose I/O is libc's through FFI.
+ */
+function ceilingForwarder(
+  kind: "tcp" | "udp",
+  port: number,
+  backend: number,
+  io: "deno" | "ffi" = "deno",
+): Child {
+  return new Child(`${io === "ffi" ? "ffi" : "ceiling"}-${kind}`, [
     "run",
-    "--allow-net",
-    `${ROOT}tests/bench/l4_forwarders.ts`,
+    io === "ffi" ? "--allow-ffi" : "--allow-net",
+    `${ROOT}tests/bench/${io === "ffi" ? "ffi" : "l4"}_forwarders.ts`,
     kind,
     "--listen",
     `${HOST}:${port}`,
@@ -855,7 +878,7 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
   const perRoundJson: Record<string, unknown> = {};
   for (const c of cases) {
     const ref = results.some((r) => r.case === c && r.target === "nginx") ? "nginx" : "haproxy";
-    const pairs = [["meshd", ref], ["meshd", "ceiling"], ["ceiling", ref]] as const;
+    const pairs = [["meshd", ref], ["meshd", "ceiling"], ["ceiling", ref], ["ffi", ref]] as const;
     const fmtSpread = (q: Spread | null) =>
       q ? `${q.median.toFixed(3)} (${q.min.toFixed(3)}–${q.max.toFixed(3)})` : "-";
     for (const pair of pairs) {
@@ -970,7 +993,9 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
       "process's user and system time per request (per MiB for bulk), from /proc/PID/stat; " +
       "CPU vs ref: meshd's over the reference's (lower is better). ceiling: a minimal Deno " +
       "forwarder (tests/bench/l4_forwarders.ts) with none of meshd's work, the floor of a " +
-      "Deno proxy; meshd's rate over its is in the JSON as vsCeiling.",
+      "Deno proxy; meshd's rate over its is in the JSON as vsCeiling. ffi: the same forwarder " +
+      "with libc's epoll and sockets through FFI and no promise on the path " +
+      "(tests/bench/ffi_forwarders.ts), what the same job costs outside Deno's I/O layer.",
   );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
