@@ -12,9 +12,8 @@
  * Modes:
  * - `tcp`: a {@linkcode TcpRelay} per client connection, to a nonblocking connect to the
  *   backend: no promise on the path.
- * - `udp`: a client's first datagram opens a socket connected to the backend (found again by
- *   the client's address and port); its replies go back to the client from the listener's
- *   socket. Handlers on the same loop.
+ * - `udp`: a {@linkcode UdpRelay}: a client's first datagram opens a socket connected to the
+ *   backend; its replies go back to the client from the listener's socket.
  * - `tcp-promise`: connections with Deno's `read`/`write` promise API over the same loop (an
  *   edge-triggered handler settles the read or write that waits), and `l4_forwarders.ts`'s copy
  *   loop: what promises cost on their own.
@@ -26,9 +25,9 @@
  */
 import { Reactor } from "../../src/engine/reactor.ts";
 import { TcpRelay } from "../../src/engine/tcp_relay.ts";
+import { UdpRelay } from "../../src/engine/udp_relay.ts";
 import { acceptOne, bindSocket, closeFd, dialTcp } from "../../src/engine/sockets.ts";
 import {
-  AF_INET,
   EAGAIN,
   EPOLLERR,
   EPOLLET,
@@ -37,10 +36,6 @@ import {
   EPOLLOUT,
   libcNet,
   SHUT_WR,
-  SOCK_CLOEXEC,
-  SOCK_DGRAM,
-  SOCK_NONBLOCK,
-  sockaddr,
 } from "../../ffi/libc_net.ts";
 
 function hostPort(s: string): [string, number] {
@@ -66,39 +61,9 @@ function tcp(reactor: Reactor, listen: string, backend: string): void {
 }
 
 function udp(reactor: Reactor, listen: string, backend: string): void {
-  const { call } = libcNet();
-  const lfd = bindSocket("udp", ...hostPort(listen));
-  const to = sockaddr(...hostPort(backend));
-  /** Flow sockets by the client's address and port (IPv4). */
-  const flows = new Map<number, number>();
-  const buf = new Uint8Array(65_535);
-  const from = new Uint8Array(16);
-  const fromView = new DataView(from.buffer);
-  const fromLen = new Uint32Array(1);
-  const fromLenBytes = new Uint8Array(fromLen.buffer);
-  reactor.add(lfd, EPOLLIN, () => {
-    for (;;) {
-      fromLen[0] = 16;
-      const n = Number(call.recvfrom(lfd, buf, BigInt(buf.length), 0, from, fromLenBytes));
-      if (n < 0) return;
-      const key = fromView.getUint32(4, false) * 65536 + fromView.getUint16(2, false);
-      let ufd = flows.get(key);
-      if (ufd === undefined) {
-        ufd = call.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (ufd < 0 || call.connect(ufd, to, to.length) < 0) throw new Error("flow socket");
-        const flow = ufd;
-        const client = from.slice();
-        flows.set(key, flow);
-        reactor.add(flow, EPOLLIN, () => {
-          for (;;) {
-            const m = Number(call.read(flow, buf, BigInt(buf.length)));
-            if (m < 0) return;
-            call.sendto(lfd, buf, BigInt(m), 0, client, client.length);
-          }
-        });
-      }
-      call.write(ufd, buf, BigInt(n));
-    }
+  const [address, port] = hostPort(backend);
+  new UdpRelay(reactor, bindSocket("udp", ...hostPort(listen)), {
+    open: () => ({ address, port }),
   });
 }
 

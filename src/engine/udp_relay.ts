@@ -1,0 +1,209 @@
+/**
+ * The datagram relay of a UDP proxy on a {@linkcode Reactor}: each client address gets a flow,
+ * a socket connected to the endpoint its owner chose; what the client sends goes out on it, and
+ * what comes back on it goes to the client from the listening socket, so the client sees the
+ * answer come from where it sent.
+ *
+ * @module
+ */
+import {
+  addressOf,
+  AF_INET,
+  AF_INET6,
+  EPOLLIN,
+  libcNet,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  sockaddr,
+} from "../../ffi/libc_net.ts";
+import type { Reactor, ReactorTimer } from "./reactor.ts";
+
+/** Where a flow goes: an endpoint's address and port. */
+export interface UdpTarget {
+  address: string;
+  port: number;
+}
+
+/** One client's flow. */
+export interface UdpFlow {
+  readonly client: UdpTarget;
+  readonly target: UdpTarget;
+}
+
+/** How a flow ended. */
+export type UdpFlowEnd = "idle_timeout" | "evicted" | "error" | "shutdown";
+
+/** Options for {@linkcode UdpRelay}. */
+export interface UdpRelayOptions {
+  /** For a client's first datagram: where its flow goes, or null to drop the datagram. */
+  open(client: UdpTarget): UdpTarget | null;
+  /** `n` bytes went from a client on (`up`) or back to it (`down`). */
+  onBytes?(flow: UdpFlow, way: "up" | "down", n: number): void;
+  /** A flow ended; its socket is closed by then. */
+  onEnd?(flow: UdpFlow, reason: UdpFlowEnd): void;
+  /** A flow idle this long either way ends. Default 60 s. */
+  idleMs?: number;
+  /** Flows at most; a new one ends the least recently active. Default 1,000. */
+  maxFlows?: number;
+}
+
+interface Flow extends UdpFlow {
+  fd: number;
+  /** The client's `sockaddr`, as `sendto` takes it. */
+  sa: Uint8Array;
+  key: number | string;
+  /** Datagrams either way, and the count the idle sweep saw last. */
+  count: number;
+  seen: number;
+  /** `performance.now()` when the sweep last saw it carry a datagram (or when it opened). */
+  active: number;
+}
+
+/** What every relay of one thread reads a datagram into; handlers run one at a time. */
+const SCRATCH = new Uint8Array(65_535);
+
+/**
+ * Relays datagrams that come to the bound UDP socket `listenFd` (which stays its owner's).
+ * Flows end when idle for `idleMs` (the sweep looks four times in that span, at most once a
+ * second), when `maxFlows` is reached and a new client comes (the least recently active one),
+ * or at {@linkcode UdpRelay.close}.
+ *
+ * @example
+ * ```ts
+ * const relay = new UdpRelay(reactor, fd, { open: () => ({ address: "10.0.0.7", port: 53 }) });
+ * ```
+ */
+export class UdpRelay {
+  readonly #reactor: Reactor;
+  readonly #fd: number;
+  readonly #opts: UdpRelayOptions;
+  /** Flows by client key, least recently active first (moved to the back by the sweep). */
+  readonly #flows = new Map<number | string, Flow>();
+  readonly #from = new Uint8Array(28);
+  readonly #fromLen = new Uint32Array(1);
+  readonly #fromLenBytes = new Uint8Array(this.#fromLen.buffer);
+  #sweep: ReactorTimer;
+
+  constructor(reactor: Reactor, listenFd: number, options: UdpRelayOptions) {
+    this.#reactor = reactor;
+    this.#fd = listenFd;
+    this.#opts = options;
+    reactor.add(listenFd, EPOLLIN, () => this.#receive());
+    this.#sweep = reactor.after(this.#sweepMs(), () => this.#sweepIdle());
+  }
+
+  /** Flows open now. */
+  get flows(): number {
+    return this.#flows.size;
+  }
+
+  /** Ends every flow and stops reading the listening socket (which stays open). */
+  close(): void {
+    this.#sweep.cancel();
+    this.#reactor.remove(this.#fd);
+    for (const f of [...this.#flows.values()]) this.#end(f, "shutdown");
+  }
+
+  #sweepMs(): number {
+    return Math.min(1000, Math.max(10, (this.#opts.idleMs ?? 60_000) / 4));
+  }
+
+  #receive(): void {
+    const { call } = libcNet();
+    for (;;) {
+      this.#fromLen[0] = this.#from.length;
+      const n = Number(
+        call.recvfrom(this.#fd, SCRATCH, BigInt(SCRATCH.length), 0, this.#from, this.#fromLenBytes),
+      );
+      if (n < 0) return; // EAGAIN: nothing more now
+      const sa = this.#from.subarray(0, this.#fromLen[0]);
+      const key = clientKey(sa);
+      const flow = this.#flows.get(key) ?? this.#open(key, sa);
+      if (!flow) continue;
+      flow.count++;
+      if (Number(call.write(flow.fd, SCRATCH, BigInt(n))) === n) {
+        this.#opts.onBytes?.(flow, "up", n);
+      }
+    }
+  }
+
+  /** A flow for a client's first datagram; null when it is dropped. */
+  #open(key: number | string, sa: Uint8Array): Flow | null {
+    const client = addressOf(sa);
+    const target = this.#opts.open(client);
+    if (!target) return null;
+    const { call } = libcNet();
+    const to = sockaddr(target.address, target.port);
+    const family = target.address.includes(":") ? AF_INET6 : AF_INET;
+    const fd = call.socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return null;
+    if (call.connect(fd, to, to.length) < 0) {
+      call.close(fd);
+      return null;
+    }
+    while (this.#flows.size >= (this.#opts.maxFlows ?? 1000)) {
+      this.#end(this.#flows.values().next().value!, "evicted");
+    }
+    const flow: Flow = {
+      client,
+      target,
+      fd,
+      sa: sa.slice(),
+      key,
+      count: 0,
+      seen: 0,
+      active: performance.now(),
+    };
+    this.#flows.set(key, flow);
+    this.#reactor.add(fd, EPOLLIN, () => this.#reply(flow));
+    return flow;
+  }
+
+  /** Datagrams that came back on a flow's socket, to its client. */
+  #reply(flow: Flow): void {
+    const { call } = libcNet();
+    for (;;) {
+      const n = Number(call.read(flow.fd, SCRATCH, BigInt(SCRATCH.length)));
+      if (n < 0) return; // EAGAIN, or an ICMP error for an earlier datagram: the sweep decides
+      flow.count++;
+      if (Number(call.sendto(this.#fd, SCRATCH, BigInt(n), 0, flow.sa, flow.sa.length)) === n) {
+        this.#opts.onBytes?.(flow, "down", n);
+      }
+    }
+  }
+
+  #sweepIdle(): void {
+    const now = performance.now();
+    const limit = this.#opts.idleMs ?? 60_000;
+    for (const f of [...this.#flows.values()]) {
+      if (f.count !== f.seen) {
+        // Active since the last look: to the back of the eviction order.
+        f.seen = f.count;
+        f.active = now;
+        this.#flows.delete(f.key);
+        this.#flows.set(f.key, f);
+      } else if (now - f.active >= limit) {
+        this.#end(f, "idle_timeout");
+      }
+    }
+    this.#sweep = this.#reactor.after(this.#sweepMs(), () => this.#sweepIdle());
+  }
+
+  #end(f: Flow, reason: UdpFlowEnd): void {
+    if (this.#flows.get(f.key) !== f) return;
+    this.#flows.delete(f.key);
+    this.#reactor.remove(f.fd);
+    libcNet().call.close(f.fd);
+    this.#opts.onEnd?.(f, reason);
+  }
+}
+
+/** A client's key: its IPv4 address and port as one number, or its IPv6 `sockaddr` as text. */
+function clientKey(sa: Uint8Array): number | string {
+  if (sa[0] === AF_INET && sa[1] === 0) {
+    return ((sa[4]! << 24 >>> 0) + (sa[5]! << 16) + (sa[6]! << 8) + sa[7]!) * 65536 +
+      (sa[2]! << 8) + sa[3]!;
+  }
+  return String.fromCharCode(...sa.subarray(2, 24));
+}

@@ -1,0 +1,131 @@
+import assert from "node:assert/strict";
+import { Reactor } from "./reactor.ts";
+import { type UdpFlowEnd, UdpRelay, type UdpRelayOptions, type UdpTarget } from "./udp_relay.ts";
+import { bindSocket, closeFd, localAddress } from "./sockets.ts";
+
+const HOST = "127.0.61.22";
+
+/** A UDP echo backend in this isolate: answers each datagram with it, prefixed by "re:". */
+function echoBackend(): { port: number; close(): void } {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
+  (async () => {
+    for (;;) {
+      const [data, from] = await sock.receive().catch(() => [null, null] as const);
+      if (!data) return;
+      await sock.send(new Uint8Array([...new TextEncoder().encode("re:"), ...data]), from!);
+    }
+  })();
+  return { port: (sock.addr as Deno.NetAddr).port, close: () => sock.close() };
+}
+
+/** Runs a relay on a fresh listening socket while `test` runs with its port. */
+async function withUdpRelay(
+  options: UdpRelayOptions,
+  test: (port: number, relay: UdpRelay) => Promise<void>,
+): Promise<void> {
+  const reactor = new Reactor();
+  const fd = bindSocket("udp", HOST, 0);
+  const relay = new UdpRelay(reactor, fd, options);
+  const running = reactor.run();
+  try {
+    await test(localAddress(fd).port, relay);
+  } finally {
+    relay.close();
+    reactor.stop();
+    await running;
+    closeFd(fd);
+  }
+}
+
+/** Sends `text` from `sock` to `port` and waits up to `ms` for one answer. */
+async function ask(
+  sock: Deno.DatagramConn,
+  port: number,
+  text: string,
+  ms = 2000,
+): Promise<{ text: string; from: number } | null> {
+  await sock.send(new TextEncoder().encode(text), { transport: "udp", hostname: HOST, port });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      sock.receive().then(([d, from]) => ({
+        text: new TextDecoder().decode(d),
+        from: (from as Deno.NetAddr).port,
+      })),
+      new Promise<null>((r) => timer = setTimeout(() => r(null), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const client = () => Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
+
+Deno.test("UdpRelay gives each client a flow, and the answers come from the listening port", async () => {
+  const backend = echoBackend();
+  const opened: UdpTarget[] = [];
+  const bytes = { up: 0, down: 0 };
+  const [a, b] = [client(), client()];
+  try {
+    await withUdpRelay({
+      open: (c) => (opened.push(c), { address: HOST, port: backend.port }),
+      onBytes: (_f, way, n) => bytes[way] += n,
+    }, async (port, relay) => {
+      assert.deepEqual(await ask(a, port, "one"), { text: "re:one", from: port });
+      assert.deepEqual(await ask(b, port, "two"), { text: "re:two", from: port });
+      assert.deepEqual(await ask(a, port, "three"), { text: "re:three", from: port });
+      assert.equal(relay.flows, 2);
+    });
+    assert.deepEqual(opened.map((c) => c.port), [
+      (a.addr as Deno.NetAddr).port,
+      (b.addr as Deno.NetAddr).port,
+    ]);
+    assert.deepEqual(bytes, { up: 11, down: 20 });
+  } finally {
+    a.close();
+    b.close();
+    backend.close();
+  }
+});
+
+Deno.test("UdpRelay drops a datagram its owner opens no flow for", async () => {
+  const backend = echoBackend();
+  const a = client();
+  try {
+    await withUdpRelay({ open: () => null }, async (port, relay) => {
+      assert.equal(await ask(a, port, "dropped", 200), null);
+      assert.equal(relay.flows, 0);
+    });
+  } finally {
+    a.close();
+    backend.close();
+  }
+});
+
+Deno.test("UdpRelay ends a flow idle past idleMs, and the least recently active one at maxFlows", async () => {
+  const backend = echoBackend();
+  const ends: [number, UdpFlowEnd][] = [];
+  const [a, b] = [client(), client()];
+  try {
+    await withUdpRelay({
+      open: () => ({ address: HOST, port: backend.port }),
+      onEnd: (f, reason) => ends.push([f.client.port, reason]),
+      idleMs: 60,
+      maxFlows: 1,
+    }, async (port, relay) => {
+      assert.ok(await ask(a, port, "a"));
+      assert.ok(await ask(b, port, "b")); // evicts a's flow
+      assert.deepEqual(ends, [[(a.addr as Deno.NetAddr).port, "evicted"]]);
+      const deadline = Date.now() + 5000;
+      while (relay.flows > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.equal(relay.flows, 0);
+      assert.deepEqual(ends[1], [(b.addr as Deno.NetAddr).port, "idle_timeout"]);
+    });
+  } finally {
+    a.close();
+    b.close();
+    backend.close();
+  }
+});
