@@ -206,57 +206,15 @@ export class TcpListener {
    * Null when it was refused or nothing accepted: then the client is closed, logged and counted.
    */
   async #dial(client: Deno.TcpConn, root: Route, started: number): Promise<Dialled | null> {
-    const log = this.#opts.logger;
-    const peer = (client.remoteAddr as Deno.NetAddr).hostname;
-    let target = root;
-    let tries = 0;
-    let lastEp: EndpointState | undefined;
-    try {
-      // The admit step HTTP takes too (split, access by source address, candidates), then
-      // the same loop guard, connect and retry helpers.
-      const admitted = admit(root, peer, null);
-      target = admitted.target;
-      // Nothing is sent before the connection is made: another endpoint is always safe.
-      const { value: upstream, ep } = await withRetries(
-        (ep) => (tries++, lastEp = ep, connectUpstream(ep, this.#connectOptions)),
-        {
-          pool: this.#opts.pool,
-          root,
-          target,
-          candidates: withoutOwn(admitted, this.#guard),
-          attempts: CONNECT_TRIES,
-          reuseFailed: false,
-          onFailure: (e, ep) => {
-            if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
-              log.warn("tcp backend unreachable", {
-                service: target.key,
-                endpoint: ep.key,
-                error: e.message,
-              });
-            }
-          },
-        },
-      );
-      this.#opts.pool.success(ep);
-      return { root, target, ep, upstream: upstream as Deno.TcpConn, tries };
-    } catch (e) {
-      closeQuietly(client);
-      if (!(e instanceof ProxyFailure)) throw e;
-      root.log?.write({
-        ...this.#entry(client, { root, target, tries }, started, performance.now()),
-        endpoint: lastEp?.key,
-        reason: failureReason(e),
-        detail: e.message,
-      });
-      if ((e.status === 403 || e.status === 503) && FAIL_LOG.allow(`${e.status} ${root.key}`)) {
-        const denied = e.status === 403;
-        log[denied ? "info" : "warn"](
-          denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
-          { service: root.key, client: peer, reason: e.message },
-        );
-      }
-      return null;
-    }
+    const d = await dialEndpoint(
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      client.remoteAddr as Deno.NetAddr,
+      root,
+      started,
+      (ep) => connectUpstream(ep, this.#connectOptions) as Promise<Deno.TcpConn>,
+    );
+    if (!d) closeQuietly(client);
+    return d;
   }
 
   /** Copies bytes both ways until both are done, then counts and logs the connection. */
@@ -293,7 +251,7 @@ export class TcpListener {
     const now = performance.now();
     m.duration.observe((now - connected) / 1000);
     root.log?.write({
-      ...this.#entry(client, d, started, now),
+      ...tcpAccessEntry(client.remoteAddr as Deno.NetAddr, d, started, now),
       endpoint: ep.key,
       reason: tunnel.ended ?? "eof",
       bytesIn: tunnel.bytesIn,
@@ -302,40 +260,108 @@ export class TcpListener {
     this.#tunnels.delete(tunnel);
     if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
   }
-
-  /** The access log fields every line of a connection has. */
-  #entry(
-    client: Deno.TcpConn,
-    d: Pick<Dialled, "root" | "target" | "tries">,
-    started: number,
-    now: number,
-  ): AccessEntry {
-    const peer = client.remoteAddr as Deno.NetAddr;
-    return {
-      start: Date.now() - (now - started),
-      source: peer.hostname,
-      sourcePort: peer.port,
-      protocol: "tcp",
-      service: d.root.key,
-      backend: d.target === d.root ? undefined : d.target.key,
-      reason: "eof",
-      durationMs: now - started,
-      bytesIn: 0,
-      bytesOut: 0,
-      retries: Math.max(0, d.tries - 1),
-    };
-  }
 }
 
 /** A connection made to an endpoint, and how it was chosen. */
-interface Dialled {
+export interface Dialled<U = Deno.TcpConn> {
   root: Route;
   /** The route whose endpoint it is (the root, or a split backend). */
   target: Route;
   ep: EndpointState;
-  upstream: Deno.TcpConn;
+  upstream: U;
   /** Endpoints tried, this one included. */
   tries: number;
+}
+
+/** What {@linkcode dialEndpoint} needs of its listener. */
+export interface DialContext {
+  pool: EndpointPool;
+  logger: Logger;
+  guard: LoopGuard;
+}
+
+/**
+ * The admit step HTTP takes too (split, access by source address, candidates), the loop
+ * guard, then `connect` to an endpoint, trying another (up to {@linkcode CONNECT_TRIES}) when
+ * one does not accept: nothing was sent, so another is always safe. Null when the connection
+ * was refused or nothing accepted; then it is logged (throttled) and in the access log, and the
+ * caller closes the client. Shared by the TCP listeners on Deno's I/O and on meshd's own loop.
+ */
+export async function dialEndpoint<U>(
+  ctx: DialContext,
+  peer: { hostname: string; port: number },
+  root: Route,
+  started: number,
+  connect: (ep: EndpointState) => Promise<U>,
+): Promise<Dialled<U> | null> {
+  const log = ctx.logger;
+  let target = root;
+  let tries = 0;
+  let lastEp: EndpointState | undefined;
+  try {
+    const admitted = admit(root, peer.hostname, null);
+    target = admitted.target;
+    const { value: upstream, ep } = await withRetries(
+      (ep) => (tries++, lastEp = ep, connect(ep)),
+      {
+        pool: ctx.pool,
+        root,
+        target,
+        candidates: withoutOwn(admitted, ctx.guard),
+        attempts: CONNECT_TRIES,
+        reuseFailed: false,
+        onFailure: (e, ep) => {
+          if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
+            log.warn("tcp backend unreachable", {
+              service: target.key,
+              endpoint: ep.key,
+              error: e.message,
+            });
+          }
+        },
+      },
+    );
+    ctx.pool.success(ep);
+    return { root, target, ep, upstream, tries };
+  } catch (e) {
+    if (!(e instanceof ProxyFailure)) throw e;
+    root.log?.write({
+      ...tcpAccessEntry(peer, { root, target, tries }, started, performance.now()),
+      endpoint: lastEp?.key,
+      reason: failureReason(e),
+      detail: e.message,
+    });
+    if ((e.status === 403 || e.status === 503) && FAIL_LOG.allow(`${e.status} ${root.key}`)) {
+      const denied = e.status === 403;
+      log[denied ? "info" : "warn"](
+        denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
+        { service: root.key, client: peer.hostname, reason: e.message },
+      );
+    }
+    return null;
+  }
+}
+
+/** The access log fields every line of a TCP connection has. */
+export function tcpAccessEntry(
+  peer: { hostname: string; port: number },
+  d: Pick<Dialled<unknown>, "root" | "target" | "tries">,
+  started: number,
+  now: number,
+): AccessEntry {
+  return {
+    start: Date.now() - (now - started),
+    source: peer.hostname,
+    sourcePort: peer.port,
+    protocol: "tcp",
+    service: d.root.key,
+    backend: d.target === d.root ? undefined : d.target.key,
+    reason: "eof",
+    durationMs: now - started,
+    bytesIn: 0,
+    bytesOut: 0,
+    retries: Math.max(0, d.tries - 1),
+  };
 }
 
 /**

@@ -1,0 +1,249 @@
+/**
+ * The TCP listener of one service port on meshd's own event loop (`src/engine/`): what
+ * {@linkcode TcpListener} does on Deno's I/O (admit, connect with retries, relay, the idle
+ * sweep, metrics, the access log), with a handler per readiness event and no promise per read
+ * or write. Its loop blocks its thread, so it runs in a Worker of its own (see the README,
+ * "TCP and UDP request/response"); it uses the loop's timers, never Deno's.
+ *
+ * @module
+ */
+import { EPOLLIN } from "../../ffi/libc_net.ts";
+import { ConnectError, connectTcp } from "../engine/connect_tcp.ts";
+import type { Reactor, ReactorTimer } from "../engine/reactor.ts";
+import { acceptOne, bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
+import { TcpRelay } from "../engine/tcp_relay.ts";
+import type { LoopGuard } from "./policy.ts";
+import {
+  dialEndpoint,
+  type Dialled,
+  tcpAccessEntry,
+  type TcpListenerOptions,
+} from "./tcp_listener.ts";
+import { UpstreamError } from "./upstream_error.ts";
+
+/** Options for {@linkcode TcpEngineListener}: {@linkcode TcpListenerOptions}' on a loop. */
+export interface TcpEngineListenerOptions extends Omit<TcpListenerOptions, "connect" | "buffers"> {
+  reactor: Reactor;
+}
+
+interface Tunnel {
+  relay: TcpRelay;
+  peer: { hostname: string; port: number };
+  /** Reads either way so far, and the count the idle sweep saw last. */
+  reads: number;
+  seen: number;
+  /** `performance.now()` when the sweep last saw it carry a byte (or when it opened). */
+  active: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** How often the idle sweep looks, ms. */
+const SWEEP_MS = 1000;
+
+/**
+ * One TCP listener for one service port, on `reactor`. Each accepted connection is checked
+ * against access control (by its source address alone), goes through the port's TrafficSplit
+ * if there is one, and to a ready endpoint; bytes are then relayed both ways with half-close.
+ *
+ * @example
+ * ```ts
+ * const l = new TcpEngineListener({ reactor, hostname, port, route, pool, logger });
+ * ```
+ */
+export class TcpEngineListener {
+  readonly #opts: TcpEngineListenerOptions;
+  readonly #reactor: Reactor;
+  readonly #fd: number;
+  readonly #addr: Deno.NetAddr;
+  readonly #guard: LoopGuard;
+  readonly #tunnels = new Set<Tunnel>();
+  /** Connections admitted and dialling, by client socket. */
+  readonly #pending = new Set<number>();
+  #sweep: ReactorTimer;
+  #closed = false;
+  /** Closed with `abort`: connections still dialling are closed when their dial ends. */
+  #aborted = false;
+  #drained: (() => void) | null = null;
+
+  /** Binds the port; throws if it cannot. */
+  constructor(options: TcpEngineListenerOptions) {
+    this.#opts = options;
+    this.#reactor = options.reactor;
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
+    this.#fd = bindSocket("tcp", options.hostname, options.port, { reusePort: options.reusePort });
+    const bound = localAddress(this.#fd);
+    this.#addr = { transport: "tcp", hostname: bound.address, port: bound.port };
+    this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    this.#sweep = this.#reactor.after(SWEEP_MS, () => this.#sweepIdle());
+  }
+
+  /** The bound address. */
+  get addr(): Deno.NetAddr {
+    return this.#addr;
+  }
+
+  /** Connections open now. */
+  get open(): number {
+    return this.#tunnels.size;
+  }
+
+  /** Stops accepting. Open connections go on until they end, unless `abort` is set. */
+  async close(abort = false): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#reactor.remove(this.#fd);
+      closeFd(this.#fd);
+    }
+    if (abort) {
+      this.#aborted = true;
+      for (const t of [...this.#tunnels]) t.relay.close("shutdown");
+    }
+    if (this.#tunnels.size > 0 || this.#pending.size > 0) {
+      await new Promise<void>((r) => this.#drained = r);
+    }
+    this.#sweep.cancel();
+  }
+
+  #accept(): void {
+    const limiter = this.#opts.limiter;
+    for (;;) {
+      let c;
+      try {
+        c = acceptOne(this.#fd);
+      } catch (e) {
+        // EMFILE and the like: the loop calls again while connections wait, at most once a turn.
+        this.#opts.drop?.("accept_failed");
+        this.#opts.logger.warn("tcp accept failed", { port: this.#opts.port, error: String(e) });
+        return;
+      }
+      if (!c) return;
+      const peer = { hostname: c.address, port: c.port };
+      if (limiter && !limiter.acquire(peer.hostname)) {
+        closeFd(c.fd);
+        continue;
+      }
+      const fd = c.fd;
+      this.#handle(fd, peer).catch((e) => {
+        closeFd(fd);
+        this.#opts.logger.warn("tcp connection failed", {
+          port: this.#opts.port,
+          error: String(e),
+        });
+      }).finally(() => limiter?.release(peer.hostname));
+    }
+  }
+
+  async #handle(fd: number, peer: { hostname: string; port: number }): Promise<void> {
+    const root = this.#opts.route();
+    if (!root) {
+      this.#opts.logger.debug("tcp connection to a port with no service", {
+        port: this.#opts.port,
+      });
+      closeFd(fd);
+      return;
+    }
+    root.metrics.requests.inc();
+    const started = performance.now();
+    const timeout = this.#opts.connectTimeoutMs ?? 5000;
+    let d: Dialled<number> | null;
+    this.#pending.add(fd);
+    try {
+      d = await dialEndpoint(
+        { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+        peer,
+        root,
+        started,
+        (ep) =>
+          connectTcp(this.#reactor, ep.address, ep.port, timeout).catch((e) => {
+            throw e instanceof ConnectError
+              ? new UpstreamError(`cannot connect: ${e.message}`, { requestSent: false, cause: e })
+              : e;
+          }),
+      );
+    } finally {
+      this.#pending.delete(fd);
+    }
+    if (!d || this.#aborted) {
+      if (d) d.ep.inflight--, closeFd(d.upstream);
+      closeFd(fd);
+      this.#maybeDrained();
+      return;
+    }
+    await this.#relay(fd, peer, d, started);
+  }
+
+  /** Relays until both ways end, then counts and logs the connection. */
+  #relay(
+    fd: number,
+    peer: { hostname: string; port: number },
+    d: Dialled<number>,
+    started: number,
+  ): Promise<void> {
+    const { root, ep } = d;
+    const m = root.metrics;
+    m.open.inc();
+    const connected = performance.now();
+    return new Promise((resolve) => {
+      const t: Tunnel = {
+        relay: null!,
+        peer,
+        reads: 0,
+        seen: 0,
+        active: connected,
+        bytesIn: 0,
+        bytesOut: 0,
+      };
+      t.relay = new TcpRelay(this.#reactor, fd, d.upstream, {
+        onBytes: (way, n) => {
+          t.reads++;
+          if (way === "up") m.bytesIn.inc(n), t.bytesIn += n;
+          else m.bytesOut.inc(n), t.bytesOut += n;
+        },
+        onEnd: (reason) => {
+          ep.inflight--;
+          m.open.dec();
+          const now = performance.now();
+          m.duration.observe((now - connected) / 1000);
+          root.log?.write({
+            ...tcpAccessEntry(peer, d, started, now),
+            endpoint: ep.key,
+            reason,
+            bytesIn: t.bytesIn,
+            bytesOut: t.bytesOut,
+          });
+          this.#tunnels.delete(t);
+          this.#maybeDrained();
+          resolve();
+        },
+      });
+      this.#tunnels.add(t);
+    });
+  }
+
+  #maybeDrained(): void {
+    if (this.#tunnels.size === 0 && this.#pending.size === 0) this.#drained?.();
+  }
+
+  #sweepIdle(): void {
+    const limit = this.#opts.idleTimeoutMs ?? 3_600_000;
+    const now = performance.now();
+    for (const t of this.#tunnels) {
+      if (t.reads !== t.seen) {
+        t.seen = t.reads;
+        t.active = now;
+      } else if (now - t.active >= limit) {
+        this.#opts.logger.info("tcp connection idle too long; closed", {
+          port: this.#opts.port,
+          idleMs: Math.round(now - t.active),
+        });
+        t.relay.close("idle_timeout");
+      }
+    }
+    this.#sweep = this.#reactor.after(SWEEP_MS, () => this.#sweepIdle());
+  }
+}

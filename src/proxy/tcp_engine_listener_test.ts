@@ -1,0 +1,211 @@
+/**
+ * The TCP listener on meshd's own loop, on 127.0.62.2: a route built from a MeshConfig, raw
+ * echo backends, real connections from the test (this isolate also runs the loop, which gives
+ * the thread up whenever it has nothing to do).
+ */
+import assert from "node:assert/strict";
+import { Logger } from "../observability/mod.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
+import { Reactor } from "../engine/reactor.ts";
+import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
+import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
+
+const HOST = "127.0.62.2";
+const quiet = new Logger({ level: "error", write: () => {} });
+
+/** An echo backend on `HOST`: each connection gets back what it sent, then the end. */
+function echoBackend(): { port: number; connections: () => number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  let connections = 0;
+  const serving = (async () => {
+    for await (const conn of listener) {
+      connections++;
+      (async () => {
+        const buf = new Uint8Array(4096);
+        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        await conn.closeWrite();
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    connections: () => connections,
+    close: async () => (listener.close(), await serving),
+  };
+}
+
+/** A route to `ports` (endpoints on `HOST`) and a listener for it on a running loop. */
+async function withListener(
+  ports: number[],
+  options: Partial<TcpEngineListenerOptions>,
+  fn: (listener: TcpEngineListener, route: Route) => Promise<void>,
+): Promise<void> {
+  const listenPort = freePort(HOST);
+  const state = newRouteState();
+  const table = buildRouteTable(
+    meshConfig([{
+      name: "echo",
+      ports: [{
+        port: 7,
+        protocol: "tcp",
+        listenPort,
+        endpoints: ports.map((p) => endpoint(HOST, p)),
+      }],
+    }]),
+    state,
+  );
+  const route = table.tcp.get(listenPort)!;
+  const reactor = new Reactor();
+  const listener = new TcpEngineListener({
+    reactor,
+    hostname: HOST,
+    port: listenPort,
+    route: () => route,
+    pool: state.pool,
+    logger: quiet,
+    ...options,
+  });
+  const running = reactor.run();
+  try {
+    await fn(listener, route);
+  } finally {
+    await listener.close(true);
+    reactor.stop();
+    await running;
+  }
+}
+
+/** Sends `text` on `conn` and reads until as many bytes came back. */
+async function echo(conn: Deno.TcpConn, text: string): Promise<string> {
+  const sent = new TextEncoder().encode(text);
+  await conn.write(sent);
+  const got = new Uint8Array(sent.length);
+  for (let off = 0; off < got.length;) {
+    const n = await conn.read(got.subarray(off));
+    if (n === null) throw new Error(`connection closed after ${off} of ${got.length} bytes`);
+    off += n;
+  }
+  return new TextDecoder().decode(got);
+}
+
+Deno.test("TcpEngineListener relays both ways and counts the bytes of each in its route's metrics", async () => {
+  const backend = echoBackend();
+  try {
+    await withListener([backend.port], {}, async (listener, route) => {
+      const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      assert.equal(await echo(conn, "x".repeat(1000)), "x".repeat(1000));
+      assert.equal(await echo(conn, "y".repeat(234)), "y".repeat(234));
+      await conn.closeWrite();
+      assert.equal(await conn.read(new Uint8Array(1)), null, "the backend's end came through");
+      conn.close();
+      await waitFor(
+        "the connection to end in the listener",
+        () => listener.open === 0 || undefined,
+      );
+      assert.equal(route.metrics.bytesIn.value, 1234);
+      assert.equal(route.metrics.bytesOut.value, 1234);
+      assert.equal(route.metrics.requests.value, 1);
+    });
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener tries another endpoint when one refuses the connect", async () => {
+  const backend = echoBackend();
+  const gone = Deno.listen({ hostname: HOST, port: 0 });
+  const refusing = gone.addr.port;
+  gone.close();
+  try {
+    await withListener([refusing, backend.port], {}, async (listener) => {
+      // Each connection reaches the live endpoint, whichever the pool picks first.
+      for (let i = 0; i < 4; i++) {
+        const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+        assert.equal(await echo(conn, `hello ${i}`), `hello ${i}`);
+        conn.close();
+      }
+      assert.equal(backend.connections(), 4);
+    });
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener closes the client when no endpoint accepts", async () => {
+  const gone = Deno.listen({ hostname: HOST, port: 0 });
+  const refusing = gone.addr.port;
+  gone.close();
+  await withListener([refusing], {}, async (listener, route) => {
+    const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    const got = await conn.read(new Uint8Array(1)).catch(() => null);
+    assert.equal(got, null);
+    conn.close();
+    assert.equal(route.metrics.requests.value, 1);
+    assert.equal(listener.open, 0);
+  });
+});
+
+Deno.test("TcpEngineListener closes a connection idle past idleTimeoutMs and keeps one that carries bytes", async () => {
+  const backend = echoBackend();
+  try {
+    await withListener([backend.port], { idleTimeoutMs: 1500 }, async (listener) => {
+      const idle = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      const busy = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      assert.equal(await echo(idle, "a"), "a");
+      let closed = false;
+      const idleEnded = idle.read(new Uint8Array(1));
+      idleEnded.then(() => closed = true, () => closed = true);
+      const t0 = Date.now();
+      for (let i = 0; !closed && Date.now() - t0 < 6000; i++) {
+        assert.equal(await echo(busy, `b${i}`), `b${i}`, "the busy connection broke");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.ok(closed, `the idle connection was still open after ${Date.now() - t0} ms`);
+      assert.ok(Date.now() - t0 >= 1500, `closed after ${Date.now() - t0} ms, under the timeout`);
+      assert.equal(await echo(busy, "still"), "still");
+      assert.equal(listener.open, 1);
+      idle.close();
+      busy.close();
+    });
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener.close lets open connections finish", async () => {
+  const backend = echoBackend();
+  try {
+    await withListener([backend.port], {}, async (listener) => {
+      const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      assert.equal(await echo(conn, "open"), "open");
+      let closed = false;
+      const closing = listener.close().then(() => closed = true);
+      // Not accepting any more; the open connection still works.
+      await assert.rejects(Deno.connect({ hostname: HOST, port: listener.addr.port }));
+      assert.equal(await echo(conn, "still"), "still");
+      assert.equal(closed, false);
+      conn.close();
+      await closing;
+      assert.equal(listener.open, 0);
+    });
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener.close with abort ends open connections", async () => {
+  const backend = echoBackend();
+  try {
+    await withListener([backend.port], {}, async (listener) => {
+      const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+      assert.equal(await echo(conn, "open"), "open");
+      await listener.close(true);
+      assert.equal(listener.open, 0);
+      assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
+      conn.close();
+    });
+  } finally {
+    await backend.close();
+  }
+});
