@@ -153,7 +153,9 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     kind: "duration",
     arg: "DURATION",
     default: "30s",
-    help: "A backend that has not sent a response head by then fails (HTTP 504)",
+    help: "A backend that has not sent a response head by then fails (HTTP 504); while a " +
+      "request body is sent, counted from its last progress, and a body that stops coming " +
+      "for as long gets 408",
   },
   {
     name: "tcp-idle-timeout",

@@ -1,0 +1,232 @@
+/**
+ * Deadlines of the HTTP/1 entrypoint under slow peers, found in an adversarial pass: each case
+ * drives an in-process {@linkcode HttpProxy} with lowered timeouts from a raw client against a
+ * raw backend that reads each request body to its Content-Length before it answers.
+ */
+import assert from "node:assert/strict";
+import { Logger } from "../../src/observability/mod.ts";
+import { EndpointPool } from "../../src/proxy/endpoint_pool.ts";
+import { HttpProxy } from "../../src/proxy/http_proxy.ts";
+import { buildRouteTable, newRouteState } from "../../src/proxy/route_table.ts";
+import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
+
+const PROXY = "127.0.70.110";
+const BACKEND = "127.0.70.111";
+const HOST = "web.default.mesh";
+const quiet = new Logger({ level: "error", write: () => {} });
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * A backend that reads each request head and its Content-Length body, then answers 200 with
+ * the body's length; it counts the requests it answered.
+ */
+function bodyBackend(hostname: string): { port: number; answered: () => number; close(): void } {
+  const listener = Deno.listen({ hostname, port: 0 });
+  const conns = new Set<Deno.Conn>();
+  let answered = 0;
+  (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        let got = "";
+        try {
+          for (;;) {
+            const n = await conn.read(buf);
+            if (n === null) return;
+            got += decoder.decode(buf.subarray(0, n));
+            for (;;) {
+              const end = got.indexOf("\r\n\r\n");
+              if (end < 0) break;
+              const length = Number(
+                /\r\ncontent-length: *(\d+)/i.exec(got.slice(0, end))?.[1] ?? 0,
+              );
+              if (got.length < end + 4 + length) break;
+              got = got.slice(end + 4 + length);
+              const body = String(length);
+              await conn.write(
+                encoder.encode(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`),
+              );
+              answered++;
+            }
+          }
+        } catch {
+          /* the proxy closed it */
+        } finally {
+          conns.delete(conn);
+          try {
+            conn.close();
+          } catch { /* closed */ }
+        }
+      })();
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    answered: () => answered,
+    close: () => {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    },
+  };
+}
+
+/** Reads what the proxy sends until it closes, or until `ms` pass (then `timedOut`). */
+async function readUntilClosed(
+  conn: Deno.Conn,
+  ms: number,
+): Promise<{ text: string; timedOut: boolean }> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }, ms);
+  let text = "";
+  const buf = new Uint8Array(4096);
+  try {
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += decoder.decode(buf.subarray(0, n));
+    }
+  } catch {
+    /* our own close at the deadline, or a reset */
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+  return { text, timedOut };
+}
+
+/** A proxy for `web.default.mesh` in front of `backend`, with a 500 ms response timeout. */
+function proxyFor(backendPort: number, pool: EndpointPool): HttpProxy {
+  const table = buildRouteTable(
+    meshConfig([{
+      name: "web",
+      ports: [{ port: 80, endpoints: [endpoint(BACKEND, backendPort)] }],
+    }]),
+    newRouteState({ pool }),
+  );
+  return new HttpProxy({
+    hostname: PROXY,
+    port: 0,
+    routes: () => table,
+    pool,
+    logger: quiet,
+    responseTimeoutMs: 500,
+  });
+}
+
+Deno.test("HttpProxy passes an upload that keeps coming for longer than --response-timeout", async () => {
+  const backend = bodyBackend(BACKEND);
+  const proxy = proxyFor(backend.port, new EndpointPool());
+  try {
+    const conn = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    const reply = readUntilClosed(conn, 10_000);
+    await conn.write(
+      encoder.encode(
+        `POST /up HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 12\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    // 12 bytes, one each 150 ms: the body takes 1.8 s, over three times the response timeout,
+    // and never stops for as long as the timeout.
+    for (let i = 0; i < 12; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      try {
+        await conn.write(encoder.encode("x"));
+      } catch {
+        break; // the proxy gave up on the request: what it answered says why
+      }
+    }
+    const { text, timedOut } = await reply;
+    assert.equal(timedOut, false, `no answer within 10 s; got ${JSON.stringify(text)}`);
+    assert.match(
+      text,
+      /^HTTP\/1\.1 200 /,
+      `expected the backend's 200, got ${JSON.stringify(text)}`,
+    );
+    assert.match(text, /\r\n\r\n12$/, `expected the backend to have read 12 bytes: ${text}`);
+  } finally {
+    await proxy.close();
+    backend.close();
+  }
+});
+
+Deno.test("HttpProxy answers 408 to a request body that stalls, and holds it against no endpoint", async () => {
+  const backend = bodyBackend(BACKEND);
+  // One failure ejects: a stall blamed on the endpoint would take it out of rotation.
+  const pool = new EndpointPool({ outlier: { consecutiveFailures: 1 } });
+  const proxy = proxyFor(backend.port, pool);
+  try {
+    const conn = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    const reply = readUntilClosed(conn, 10_000);
+    // Ten bytes announced, two sent, then nothing: the backend waits for the rest.
+    await conn.write(
+      encoder.encode(`POST /up HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 10\r\n\r\nab`),
+    );
+    const { text, timedOut } = await reply;
+    assert.equal(timedOut, false, `the stalled request still open after 10 s: ${text}`);
+    assert.match(text, /^HTTP\/1\.1 408 /, `expected 408, got ${JSON.stringify(text)}`);
+    const state = pool.state({ address: BACKEND, port: backend.port });
+    assert.equal(state.failures, 0, "the client's stall was counted as an endpoint failure");
+    assert.equal(pool.ejected(state), false, "the client's stall ejected the endpoint");
+    // The endpoint still serves the next client.
+    const next = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    const answer = readUntilClosed(next, 10_000);
+    await next.write(
+      encoder.encode(`GET / HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`),
+    );
+    const after = await answer;
+    assert.match(after.text, /^HTTP\/1\.1 200 /, `next request: ${JSON.stringify(after.text)}`);
+  } finally {
+    await proxy.close();
+    backend.close();
+  }
+});
+
+Deno.test("HttpProxy still answers 504 when the backend stops taking the request body", async () => {
+  // A backend that accepts and never reads: the body's copy waits on it, not on the client.
+  const listener = Deno.listen({ hostname: BACKEND, port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of listener) held.push(c);
+  })();
+  const pool = new EndpointPool();
+  const proxy = proxyFor((listener.addr as Deno.NetAddr).port, pool);
+  try {
+    const conn = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    const reply = readUntilClosed(conn, 10_000);
+    const size = 16 * 1024 * 1024; // far over what the socket buffers on the way hold
+    await conn.write(
+      encoder.encode(`POST /up HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: ${size}\r\n\r\n`),
+    );
+    const sending = (async () => {
+      const block = new Uint8Array(64 * 1024);
+      for (let sent = 0; sent < size;) sent += await conn.write(block);
+    })().catch(() => {}); // refused at the end: what the proxy answered says why
+    const { text, timedOut } = await reply;
+    await sending;
+    assert.equal(timedOut, false, `no answer within 10 s: ${text}`);
+    assert.match(text, /^HTTP\/1\.1 504 /, `expected 504, got ${JSON.stringify(text)}`);
+    const state = pool.state({ address: BACKEND, port: (listener.addr as Deno.NetAddr).port });
+    assert.equal(
+      state.failures,
+      1,
+      `the backend's stall was not counted against it (failures ${state.failures})`,
+    );
+  } finally {
+    await proxy.close();
+    listener.close();
+    for (const c of held) c.close();
+    await accepting;
+  }
+});
