@@ -16,6 +16,7 @@ import {
   getHeader,
   H2_PREFACE_HEAD,
   headerTokens,
+  HeadTooLargeError,
   HttpParseError,
   type MessageHead,
   parseRequestHead,
@@ -560,7 +561,8 @@ export class HttpProxy {
         req = parseRequestHead(head);
       } catch (e) {
         if (e instanceof HttpParseError) {
-          const status = e.message.includes("over") ? 431 : 400;
+          // Not by the message's words: a malformed line may hold any word ("GET /cover").
+          const status = e instanceof HeadTooLargeError ? 431 : 400;
           const f = new ProxyFailure(status, `Bad request: ${e.message}`);
           this.#logUnrouted(client, f);
           await this.#fail(client, 1, f).catch(() => {});
