@@ -171,6 +171,20 @@ interface Deadline {
   expire: () => void;
 }
 
+/**
+ * An HTTP/1 request body on its way to an h2c backend: while it is sent, the response deadline
+ * counts from its last progress, and a body that stops coming is the client's stall (408), not
+ * the backend's (as `BodyToBackend` does for HTTP/1 backends).
+ */
+interface BodyProgress {
+  /** The response deadline, once armed. */
+  timer: Deadline | null;
+  /** A write to the backend is under way (or failed): the copy waits on the backend. */
+  writing: boolean;
+  /** The body was copied to its end. */
+  sent: boolean;
+}
+
 // gRPC status codes for the failures the proxy answers itself.
 const GRPC_STATUS: Record<number, number> = {
   400: 13, // INTERNAL
@@ -493,12 +507,16 @@ export class H2Proxy {
     });
   }
 
-  /** Calls `expire` unless the returned function is called within the response timeout. */
-  #deadline(expire: () => void): () => void {
+  /**
+   * Calls `expire` unless the returned function is called within the response timeout; a
+   * request body's `progress` may push the deadline on.
+   */
+  #deadline(expire: () => void, progress?: BodyProgress): () => void {
     const d: Deadline = {
       deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
       expire,
     };
+    if (progress) progress.timer = d;
     this.#deadlines.add(d);
     this.#startSweeper();
     return () => this.#deadlines.delete(d);
@@ -731,10 +749,24 @@ export class H2Proxy {
     let trailers: Fields | null = null;
     // A request body that breaks its own framing ends the exchange with 400.
     let badBody: HttpParseError | undefined;
+    const ms = this.#opts.responseTimeoutMs ?? 30_000;
+    const body: BodyProgress = { timer: null, writing: false, sent: bodyless };
+    const toBackend: Writer = {
+      write: async (p) => {
+        body.writing = true;
+        const n = await up.write(p);
+        body.writing = false; // not on a failure: see BodyProgress.writing
+        return n;
+      },
+    };
     const bodyDone = bodyless
       ? Promise.resolve(true)
-      : copyBody(r.reader, up, r.framing, true, (n) => cin.inc(n)).then(
+      : copyBody(r.reader, toBackend, r.framing, true, (n) => {
+        cin.inc(n);
+        if (body.timer) body.timer.deadline = Date.now() + ms;
+      }).then(
         (ok) => {
+          body.sent = ok;
           up.end();
           return ok;
         },
@@ -746,8 +778,12 @@ export class H2Proxy {
       );
     let h: Fields;
     try {
-      h = await this.#responseOf(up, bodyless, (t) => trailers = t);
+      h = await this.#responseOf(up, bodyless, (t) => trailers = t, body);
     } catch (e) {
+      // A 408: the body's copy waits on a client that sends nothing, and ends with the
+      // client connection, which the answer closes. Any other failure may be retried: the
+      // copy must be over before another one reads the client.
+      if (e instanceof ProxyFailure) throw e;
       await bodyDone;
       if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
       throw e;
@@ -807,12 +843,23 @@ export class H2Proxy {
     up: H2Stream,
     bodyless: boolean,
     onTrailers: (t: Fields) => void,
+    body?: BodyProgress,
   ): Promise<Fields> {
     return new Promise((resolve, reject) => {
       const cancel = this.#deadline(() => {
-        reject(this.#timedOut()); // before the reset's own close
+        // Before the reset's own close. The backend took all the client sent: its stall.
+        reject(
+          body && !body.sent && !body.writing
+            ? new ProxyFailure(
+              408,
+              `Request body from the client made no progress for ${
+                this.#opts.responseTimeoutMs ?? 30_000
+              } ms`,
+            )
+            : this.#timedOut(),
+        );
         up.reset(ERROR.CANCEL);
-      });
+      }, body);
       let response = true;
       up.onHeaders = (h) => {
         if (!response) return onTrailers(h);

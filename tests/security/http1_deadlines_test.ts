@@ -4,6 +4,7 @@
  * raw backend that reads each request body to its Content-Length before it answers.
  */
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import { Logger } from "../../src/observability/mod.ts";
 import { EndpointPool } from "../../src/proxy/endpoint_pool.ts";
 import { HttpProxy } from "../../src/proxy/http_proxy.ts";
@@ -228,5 +229,110 @@ Deno.test("HttpProxy still answers 504 when the backend stops taking the request
     listener.close();
     for (const c of held) c.close();
     await accepting;
+  }
+});
+
+/** An h2c backend that reads each request body to its end, then answers 200 with its length. */
+async function h2cBackend(hostname: string): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http2.createServer();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
+    let length = 0;
+    stream.on("error", () => {});
+    stream.on("data", (chunk: Uint8Array) => length += chunk.length);
+    stream.on("end", () => {
+      if (stream.destroyed) return; // the proxy reset it
+      stream.respond({ ":status": 200 });
+      stream.end(String(length));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, hostname, () => resolve()));
+  return {
+    port: (server.address() as { port: number }).port,
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sessions) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A proxy for `web.default.mesh`, a service with scheme h2c, with a 500 ms response timeout. */
+function h2cProxyFor(backendPort: number): HttpProxy {
+  const table = buildRouteTable(meshConfig([{
+    name: "web",
+    scheme: "h2c",
+    ports: [{ port: 80, endpoints: [endpoint(BACKEND, backendPort)] }],
+  }]));
+  return new HttpProxy({
+    hostname: PROXY,
+    port: 0,
+    routes: () => table,
+    pool: new EndpointPool(),
+    logger: quiet,
+    responseTimeoutMs: 500,
+    clientIdleMs: 1000,
+    writeTimeoutMs: 1000,
+  });
+}
+
+Deno.test("HttpProxy passes an HTTP/1 upload to an h2c service that keeps coming for longer than --response-timeout", async () => {
+  const backend = await h2cBackend(BACKEND);
+  const proxy = h2cProxyFor(backend.port);
+  try {
+    const conn = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    const reply = readUntilClosed(conn, 10_000);
+    await conn.write(
+      encoder.encode(
+        `POST /up HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 12\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    for (let i = 0; i < 12; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      try {
+        await conn.write(encoder.encode("x"));
+      } catch {
+        break; // the proxy gave up on the request: what it answered says why
+      }
+    }
+    const { text, timedOut } = await reply;
+    assert.equal(timedOut, false, `no answer within 10 s; got ${JSON.stringify(text)}`);
+    assert.match(
+      text,
+      /^HTTP\/1\.1 200 /,
+      `expected the backend's 200, got ${JSON.stringify(text)}`,
+    );
+    // No length from the backend: the body comes chunked ("2", "12", then the last chunk).
+    assert.match(
+      text,
+      /\r\n\r\n2\r\n12\r\n0\r\n\r\n$/,
+      `expected the backend to have read 12 bytes: ${text}`,
+    );
+  } finally {
+    await proxy.close();
+    await backend.close();
+  }
+});
+
+Deno.test("HttpProxy answers 408 to an HTTP/1 body for an h2c service that stalls, rather than hang", async () => {
+  const backend = await h2cBackend(BACKEND);
+  const proxy = h2cProxyFor(backend.port);
+  try {
+    const conn = await Deno.connect({ hostname: PROXY, port: proxy.addr.port });
+    // Every timeout is 1 s at most: an answer that has not come after 10 s never comes.
+    const reply = readUntilClosed(conn, 10_000);
+    await conn.write(
+      encoder.encode(`POST /up HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 10\r\n\r\nab`),
+    );
+    const { text, timedOut } = await reply;
+    assert.equal(timedOut, false, `the stalled request still open after 10 s: ${text}`);
+    assert.match(text, /^HTTP\/1\.1 408 /, `expected 408, got ${JSON.stringify(text)}`);
+  } finally {
+    await proxy.close();
+    await backend.close();
   }
 });
