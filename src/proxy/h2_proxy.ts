@@ -98,9 +98,11 @@ interface Relay {
   /** The response's status; 0 until its headers come. */
   status: number;
   /** Ends the exchange with a status or a failure; only the first call counts. */
-  settle: (v: number | UpstreamError) => void;
+  settle: (v: number | UpstreamError | ProxyFailure) => void;
   /** Stops the response timeout. */
   cancelTimer: () => void;
+  /** The response timeout, which the request body's progress pushes on. */
+  body: BodyProgress;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -499,6 +501,16 @@ export class H2Proxy {
     return value;
   }
 
+  /** A request body that made no progress within the response timeout (a 408). */
+  #bodyStalled(): ProxyFailure {
+    return new ProxyFailure(
+      408,
+      `Request body from the client made no progress for ${
+        this.#opts.responseTimeoutMs ?? 30_000
+      } ms`,
+    );
+  }
+
   /** A backend that sent no response headers within the response timeout (a 504). */
   #timedOut(): UpstreamError {
     return new UpstreamError("timed out", {
@@ -561,18 +573,21 @@ export class H2Proxy {
     }
     return await new Promise<number>((resolve, reject) => {
       let settled = false;
-      const settle = (v: number | UpstreamError): void => {
+      const settle = (v: number | UpstreamError | ProxyFailure): void => {
         if (settled) return;
         settled = true;
         cancelTimer();
         if (typeof v === "number") resolve(v);
         else reject(v);
       };
+      const body: BodyProgress = { timer: null, writing: false, sent: bodyless };
       const cancelTimer = this.#deadline(() => {
-        settle(this.#timedOut()); // before the reset's own close
+        // Before the reset's own close. The backend took all the client sent: its stall.
+        const stalled = !client.remoteEnded && !up.backlogged;
+        settle(stalled ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
-      });
-      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer };
+      }, body);
+      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer, body };
       this.#relayResponse(r);
       this.#relayRequest(r);
       if (!bodyless) client.replay();
@@ -638,10 +653,14 @@ export class H2Proxy {
   #relayRequest(r: Relay): void {
     const { client, up, x, settle } = r;
     const m = x.root.metrics;
+    const timer = r.body.timer;
+    const ms = this.#opts.responseTimeoutMs ?? 30_000;
     client.onData = (chunk, end) => {
       m.bytesIn.inc(chunk.length);
       x.bytesIn += chunk.length;
       up.sendData(chunk, end, client);
+      // While the body comes, the response deadline counts from its last progress.
+      if (r.status === 0 && timer !== null) timer.deadline = Date.now() + ms;
     };
     client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
     client.onClose = (code) => {
@@ -848,16 +867,7 @@ export class H2Proxy {
     return new Promise((resolve, reject) => {
       const cancel = this.#deadline(() => {
         // Before the reset's own close. The backend took all the client sent: its stall.
-        reject(
-          body && !body.sent && !body.writing
-            ? new ProxyFailure(
-              408,
-              `Request body from the client made no progress for ${
-                this.#opts.responseTimeoutMs ?? 30_000
-              } ms`,
-            )
-            : this.#timedOut(),
-        );
+        reject(body && !body.sent && !body.writing ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
       }, body);
       let response = true;

@@ -336,3 +336,68 @@ Deno.test("HttpProxy answers 408 to an HTTP/1 body for an h2c service that stall
     await backend.close();
   }
 });
+
+/**
+ * An HTTP/2 request with prior knowledge through the proxy, its body `parts` one byte each
+ * 150 ms (the stream left open after them when `stall`); resolves with the status and body.
+ */
+async function h2Upload(port: number, parts: number, stall: boolean): Promise<string> {
+  const client = http2.connect(`http://${PROXY}:${port}`);
+  client.on("error", () => {});
+  try {
+    const req = client.request({ ":method": "POST", ":path": "/up", ":authority": HOST });
+    const answer = new Promise<string>((resolve) => {
+      let status = "";
+      let body = "";
+      const timer = setTimeout(() => resolve("no answer in 10 s"), 10_000);
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(`${status} ${body}`);
+      };
+      req.on("response", (h) => status = String(h[":status"]));
+      req.on("data", (c) => body += c);
+      req.on("error", done);
+      req.on("close", done);
+    });
+    for (let i = 0; i < parts && !req.destroyed; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      req.write("x");
+    }
+    if (!stall && !req.destroyed) req.end();
+    return await answer;
+  } finally {
+    client.destroy();
+  }
+}
+
+Deno.test("HttpProxy passes an HTTP/2 upload that keeps coming for longer than --response-timeout, and answers 408 to one that stalls", async () => {
+  const backend = await h2cBackend(BACKEND);
+  const pool = new EndpointPool({ outlier: { consecutiveFailures: 1 } });
+  const table = buildRouteTable(
+    meshConfig([{
+      name: "web",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint(BACKEND, backend.port)] }],
+    }]),
+    newRouteState({ pool }),
+  );
+  const proxy = new HttpProxy({
+    hostname: PROXY,
+    port: 0,
+    routes: () => table,
+    pool,
+    logger: quiet,
+    responseTimeoutMs: 500,
+  });
+  try {
+    // 12 bytes over 1.8 s, against a 500 ms response timeout.
+    assert.equal(await h2Upload(proxy.addr.port, 12, false), "200 12");
+    // Two bytes, then nothing: the client's stall, held against no endpoint.
+    assert.match(await h2Upload(proxy.addr.port, 2, true), /^408 /);
+    const state = pool.state({ address: BACKEND, port: backend.port });
+    assert.equal(state.failures, 0, "the client's stall was counted as an endpoint failure");
+  } finally {
+    await proxy.close();
+    await backend.close();
+  }
+});
