@@ -1,7 +1,8 @@
 /**
- * Deadlines of the HTTP/1 entrypoint under slow peers, found in an adversarial pass: each case
- * drives an in-process {@linkcode HttpProxy} with lowered timeouts from a raw client against a
- * raw backend that reads each request body to its Content-Length before it answers.
+ * Deadlines of the HTTP entrypoint under slow peers, found in an adversarial pass: each case
+ * drives an in-process {@linkcode HttpProxy} with lowered timeouts, from a raw HTTP/1 client
+ * or an HTTP/2 one, against a backend (HTTP/1, or h2c) that reads each request body to its end
+ * before it answers.
  */
 import assert from "node:assert/strict";
 import http2 from "node:http2";
