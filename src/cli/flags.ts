@@ -11,6 +11,11 @@ export interface FlagSpec {
   kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range" | "count-or-auto";
   /** Allowed values for a `string` flag. */
   values?: readonly string[];
+  /**
+   * What a `string` flag's value, or each item of a `list` flag, must match, and how a usage
+   * error says it (`expected ...`).
+   */
+  pattern?: { re: RegExp; expected: string };
   /** The default, as it would be written on the command line; `undefined` for none. */
   default?: string;
   /** Placeholder in help, such as `DIR`. */
@@ -129,6 +134,7 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
   switch (spec.kind) {
     case "string":
       if (spec.values && !spec.values.includes(v)) bad(spec.values.join(", "));
+      if (spec.pattern && !spec.pattern.re.test(v)) bad(spec.pattern.expected);
       return v;
     case "int": {
       if (!/^\d+$/.test(v) || Number(v) > 65535) bad("a port number from 0 to 65535");
@@ -161,8 +167,13 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       if (["true", "1", "yes"].includes(v.toLowerCase())) return true;
       if (["false", "0", "no"].includes(v.toLowerCase())) return false;
       return bad("true or false");
-    case "list":
-      return v.split(",").map((s) => s.trim()).filter((s) => s);
+    case "list": {
+      const items = v.split(",").map((s) => s.trim()).filter((s) => s);
+      if (spec.pattern && !items.every((s) => spec.pattern!.re.test(s))) {
+        bad(`a list of ${spec.pattern.expected}`);
+      }
+      return items;
+    }
     case "range": {
       const m = /^(\d+)-(\d+)$/.exec(v.trim());
       const first = Number(m?.[1]);

@@ -6,6 +6,15 @@ import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "../provider/mod.ts";
 
 const range = (r: PortRange): string => `${r.first}-${r.last}`;
 
+/**
+ * A DNS name (RFC 1123 labels, any case, an optional final dot), as `--domain` and each of
+ * `--domain-aliases` must be: an empty or malformed one is a usage error, in file mode too.
+ */
+const DOMAIN_NAME = {
+  re: /^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?\.?$/i,
+  expected: 'a domain name such as "mesh" or "traefik.mesh"',
+};
+
 /** Flags that shape the MeshConfig; `run` and `config dump` share them. */
 export const MODEL_FLAGS: readonly FlagSpec[] = [
   {
@@ -28,6 +37,7 @@ export const MODEL_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     arg: "DOMAIN",
     default: "mesh",
+    pattern: DOMAIN_NAME,
     help: "Mesh DNS domain: services are <name>.<namespace>.<domain>",
   },
   {
@@ -74,6 +84,7 @@ export const MODEL_FLAGS: readonly FlagSpec[] = [
 export const DOMAIN_ALIASES_FLAG: FlagSpec = {
   name: "domain-aliases",
   kind: "list",
+  pattern: DOMAIN_NAME,
   arg: "DOMAIN,...",
   default: "traefik.mesh,maesh",
   help: "Domains answered like --domain, in Host routing and mesh DNS (Traefik Mesh's names); " +
@@ -153,7 +164,9 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     kind: "duration",
     arg: "DURATION",
     default: "30s",
-    help: "A backend that has not sent a response head by then fails (HTTP 504)",
+    help: "A backend that has not sent a response head by then fails (HTTP 504); while a " +
+      "request body is sent, counted from its last progress, and a body that stops coming " +
+      "for as long gets 408",
   },
   {
     name: "tcp-idle-timeout",

@@ -35,7 +35,6 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
     provider: config.provider,
     ...(dir ? { configDir: dir } : { server: setup!.kapi.server, identity: setup!.identity }),
   });
-  checkDomainAliases(config.domainAliases);
   const registry = new Registry();
   registerBuildInfo(registry, buildInfo(denoJson.version));
   const ctx: RunContext = { config, logger, registry, stopped: signals() };
@@ -95,14 +94,4 @@ async function configStore(stateDir: string): Promise<ConfigStore | undefined> {
     );
   }
   return new ConfigStore(`${stateDir}/config.json`);
-}
-
-function checkDomainAliases(aliases: readonly string[]): void {
-  for (const a of aliases) {
-    if (!/^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?\.?$/i.test(a)) {
-      throw new CliError(
-        `Cannot use "${a}" from --domain-aliases: expected a domain name such as "traefik.mesh"`,
-      );
-    }
-  }
 }

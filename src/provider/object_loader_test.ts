@@ -278,3 +278,27 @@ console.log(JSON.stringify({ files: files.map((f) => f.path), port: web.ports?.[
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("ObjectLoader picks the same one of two definitions whatever order the files come in", () => {
+  // File names that English collation cannot tell apart, though they differ: é precomposed
+  // and decomposed (a file from macOS and one from Linux), a soft hyphen and a control
+  // character (both ignorable). The directory listing's order, which differs between
+  // filesystems and runs, must not pick the winner.
+  const pairs: [string, string][] = [
+    ["caf\u00e9.yaml", "cafe\u0301.yaml"],
+    ["web.yaml", "we\u00adb.yaml"],
+    ["web.yaml", "web\u0001.yaml"],
+  ];
+  const svc = (port: number) =>
+    `apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: default }\n` +
+    `spec: { ports: [{ port: ${port} }] }\n`;
+  const port = (r: ReturnType<ObjectLoader["merge"]>) =>
+    (r.objects.find((o) => o.kind === "Service") as { ports?: { port: number }[] }).ports?.[0]
+      ?.port;
+  for (const [a, b] of pairs) {
+    const files = [{ path: a, text: svc(81) }, { path: b, text: svc(82) }];
+    const forward = port(load(new ObjectLoader(), files));
+    const backward = port(load(new ObjectLoader(), [...files].reverse()));
+    assert.equal(forward, backward, `${JSON.stringify(a)} and ${JSON.stringify(b)}`);
+  }
+});

@@ -98,9 +98,11 @@ interface Relay {
   /** The response's status; 0 until its headers come. */
   status: number;
   /** Ends the exchange with a status or a failure; only the first call counts. */
-  settle: (v: number | UpstreamError) => void;
+  settle: (v: number | UpstreamError | ProxyFailure) => void;
   /** Stops the response timeout. */
   cancelTimer: () => void;
+  /** The response timeout, which the request body's progress pushes on. */
+  body: BodyProgress;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -169,6 +171,20 @@ interface Backend {
 interface Deadline {
   deadline: number;
   expire: () => void;
+}
+
+/**
+ * An HTTP/1 request body on its way to an h2c backend: while it is sent, the response deadline
+ * counts from its last progress, and a body that stops coming is the client's stall (408), not
+ * the backend's (as `BodyToBackend` does for HTTP/1 backends).
+ */
+interface BodyProgress {
+  /** The response deadline, once armed. */
+  timer: Deadline | null;
+  /** A write to the backend is under way (or failed): the copy waits on the backend. */
+  writing: boolean;
+  /** The body was copied to its end. */
+  sent: boolean;
 }
 
 // gRPC status codes for the failures the proxy answers itself.
@@ -485,6 +501,16 @@ export class H2Proxy {
     return value;
   }
 
+  /** A request body that made no progress within the response timeout (a 408). */
+  #bodyStalled(): ProxyFailure {
+    return new ProxyFailure(
+      408,
+      `Request body from the client made no progress for ${
+        this.#opts.responseTimeoutMs ?? 30_000
+      } ms`,
+    );
+  }
+
   /** A backend that sent no response headers within the response timeout (a 504). */
   #timedOut(): UpstreamError {
     return new UpstreamError("timed out", {
@@ -493,12 +519,16 @@ export class H2Proxy {
     });
   }
 
-  /** Calls `expire` unless the returned function is called within the response timeout. */
-  #deadline(expire: () => void): () => void {
+  /**
+   * Calls `expire` unless the returned function is called within the response timeout; a
+   * request body's `progress` may push the deadline on.
+   */
+  #deadline(expire: () => void, progress?: BodyProgress): () => void {
     const d: Deadline = {
       deadline: Date.now() + (this.#opts.responseTimeoutMs ?? 30_000),
       expire,
     };
+    if (progress) progress.timer = d;
     this.#deadlines.add(d);
     this.#startSweeper();
     return () => this.#deadlines.delete(d);
@@ -543,18 +573,21 @@ export class H2Proxy {
     }
     return await new Promise<number>((resolve, reject) => {
       let settled = false;
-      const settle = (v: number | UpstreamError): void => {
+      const settle = (v: number | UpstreamError | ProxyFailure): void => {
         if (settled) return;
         settled = true;
         cancelTimer();
         if (typeof v === "number") resolve(v);
         else reject(v);
       };
+      const body: BodyProgress = { timer: null, writing: false, sent: bodyless };
       const cancelTimer = this.#deadline(() => {
-        settle(this.#timedOut()); // before the reset's own close
+        // Before the reset's own close. The backend took all the client sent: its stall.
+        const stalled = !client.remoteEnded && !up.backlogged;
+        settle(stalled ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
-      });
-      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer };
+      }, body);
+      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer, body };
       this.#relayResponse(r);
       this.#relayRequest(r);
       if (!bodyless) client.replay();
@@ -620,10 +653,14 @@ export class H2Proxy {
   #relayRequest(r: Relay): void {
     const { client, up, x, settle } = r;
     const m = x.root.metrics;
+    const timer = r.body.timer;
+    const ms = this.#opts.responseTimeoutMs ?? 30_000;
     client.onData = (chunk, end) => {
       m.bytesIn.inc(chunk.length);
       x.bytesIn += chunk.length;
       up.sendData(chunk, end, client);
+      // While the body comes, the response deadline counts from its last progress.
+      if (r.status === 0 && timer !== null) timer.deadline = Date.now() + ms;
     };
     client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
     client.onClose = (code) => {
@@ -731,10 +768,24 @@ export class H2Proxy {
     let trailers: Fields | null = null;
     // A request body that breaks its own framing ends the exchange with 400.
     let badBody: HttpParseError | undefined;
+    const ms = this.#opts.responseTimeoutMs ?? 30_000;
+    const body: BodyProgress = { timer: null, writing: false, sent: bodyless };
+    const toBackend: Writer = {
+      write: async (p) => {
+        body.writing = true;
+        const n = await up.write(p);
+        body.writing = false; // not on a failure: see BodyProgress.writing
+        return n;
+      },
+    };
     const bodyDone = bodyless
       ? Promise.resolve(true)
-      : copyBody(r.reader, up, r.framing, true, (n) => cin.inc(n)).then(
+      : copyBody(r.reader, toBackend, r.framing, true, (n) => {
+        cin.inc(n);
+        if (body.timer) body.timer.deadline = Date.now() + ms;
+      }).then(
         (ok) => {
+          body.sent = ok;
           up.end();
           return ok;
         },
@@ -746,8 +797,12 @@ export class H2Proxy {
       );
     let h: Fields;
     try {
-      h = await this.#responseOf(up, bodyless, (t) => trailers = t);
+      h = await this.#responseOf(up, bodyless, (t) => trailers = t, body);
     } catch (e) {
+      // A 408: the body's copy waits on a client that sends nothing, and ends with the
+      // client connection, which the answer closes. Any other failure may be retried: the
+      // copy must be over before another one reads the client.
+      if (e instanceof ProxyFailure) throw e;
       await bodyDone;
       if (badBody) throw new ProxyFailure(400, `Bad request: ${badBody.message}`);
       throw e;
@@ -807,12 +862,14 @@ export class H2Proxy {
     up: H2Stream,
     bodyless: boolean,
     onTrailers: (t: Fields) => void,
+    body?: BodyProgress,
   ): Promise<Fields> {
     return new Promise((resolve, reject) => {
       const cancel = this.#deadline(() => {
-        reject(this.#timedOut()); // before the reset's own close
+        // Before the reset's own close. The backend took all the client sent: its stall.
+        reject(body && !body.sent && !body.writing ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
-      });
+      }, body);
       let response = true;
       up.onHeaders = (h) => {
         if (!response) return onTrailers(h);

@@ -65,6 +65,14 @@ export class HttpParseError extends Error {
   }
 }
 
+/** A message head over the size limit: the proxy answers 431 (RFC 6585 §5), not 400. */
+export class HeadTooLargeError extends HttpParseError {
+  constructor(limit: number) {
+    super(`message head is over ${limit} bytes`);
+    this.name = "HeadTooLargeError";
+  }
+}
+
 /** What a {@linkcode BufReader} reads a body into, at least. */
 const BODY_BUFFER = 16 * 1024;
 
@@ -201,15 +209,13 @@ export class BufReader {
         const empty = b[i - 1] === 10 ||
           (b[i - 1] === 13 && i - 2 >= this.#start && b[i - 2] === 10);
         if (!empty) continue;
-        if (i + 1 - this.#start > limit) {
-          throw new HttpParseError(`message head is over ${limit} bytes`);
-        }
+        if (i + 1 - this.#start > limit) throw new HeadTooLargeError(limit);
         const head = b.subarray(this.#start, i + 1);
         this.#start = i + 1;
         return head;
       }
       const have = this.#end - this.#start;
-      if (have > limit) throw new HttpParseError(`message head is over ${limit} bytes`);
+      if (have > limit) throw new HeadTooLargeError(limit);
       // Under two bytes, a CRLF before the request may still be coming: look again from the start.
       scanned = have < 2 ? 0 : have;
       if (!(await this.#fill())) {

@@ -16,6 +16,7 @@ import {
   getHeader,
   H2_PREFACE_HEAD,
   headerTokens,
+  HeadTooLargeError,
   HttpParseError,
   type MessageHead,
   parseRequestHead,
@@ -148,6 +149,7 @@ interface Upstream {
 const REASONS: Record<number, string> = {
   400: "Bad Request",
   403: "Forbidden",
+  408: "Request Timeout",
   404: "Not Found",
   429: "Too Many Requests",
   431: "Request Header Fields Too Large",
@@ -237,6 +239,8 @@ interface Http1Request extends Metered {
   bodyDone?: Promise<boolean>;
   /** The request body broke its own framing. */
   badBody?: HttpParseError;
+  /** The request body's way to the backend on the last try, if it has a body. */
+  body?: BodyToBackend;
   /** The endpoint of the last try. */
   ep?: EndpointState;
   /** Tries made so far. */
@@ -557,7 +561,8 @@ export class HttpProxy {
         req = parseRequestHead(head);
       } catch (e) {
         if (e instanceof HttpParseError) {
-          const status = e.message.includes("over") ? 431 : 400;
+          // Not by the message's words: a malformed line may hold any word ("GET /cover").
+          const status = e instanceof HeadTooLargeError ? 431 : 400;
           const f = new ProxyFailure(status, `Bad request: ${e.message}`);
           this.#logUnrouted(client, f);
           await this.#fail(client, 1, f).catch(() => {});
@@ -992,14 +997,23 @@ export class HttpProxy {
       if (n < head.length) await writeAll(up.conn, head.subarray(n));
       if (x.framing.kind !== "none") {
         const conn = up.conn;
-        x.bodyDone = copyBody(x.reader, conn, x.framing, false, x.cin)
-          .catch((e) => {
+        const body = new BodyToBackend(
+          conn,
+          up.watch,
+          this.#opts.responseTimeoutMs ?? 30_000,
+          x.cin,
+        );
+        x.body = body;
+        x.bodyDone = copyBody(x.reader, body, x.framing, false, body).then(
+          (sent) => (body.sent = sent),
+          (e) => {
             if (e instanceof HttpParseError) {
               x.badBody = e;
               closeQuietly(conn); // ends the wait for a response
             }
             return false;
-          });
+          },
+        );
       }
       // The response head, read here rather than in a function of its own: a level of async
       // function less per request. Its deadline is the connection's, armed per request.
@@ -1075,7 +1089,18 @@ export class HttpProxy {
    */
   #responseFailure(e: unknown, up: Upstream, x: Http1Request, ep: EndpointState): Error {
     const timeoutMs = this.#opts.responseTimeoutMs ?? 30_000;
-    if (up.watch.timedOut) return new UpstreamError("timed out", { requestSent: true, timeoutMs });
+    if (up.watch.timedOut) {
+      // The backend took every byte of the body the client sent, and waits for the rest: the
+      // client stalled, not the backend (which is not held to account for it).
+      const body = x.body;
+      if (body !== undefined && !body.sent && !body.writing) {
+        return new ProxyFailure(
+          408,
+          `Request body from the client made no progress for ${timeoutMs} ms`,
+        );
+      }
+      return new UpstreamError("timed out", { requestSent: true, timeoutMs });
+    }
     if (e === null) {
       return new UpstreamError("connection closed before a response", { requestSent: true });
     }
@@ -1441,6 +1466,42 @@ async function splice(
     await to.closeWrite();
   } catch {
     abort();
+  }
+}
+
+/**
+ * A request body's way to the backend: counts its bytes, says whether a write to the backend
+ * is under way, and while the body is sent, keeps the response deadline `ms` after its last
+ * progress (RFC 9110 §15.5.9), so that an upload that keeps coming is not cut short, and one
+ * that stops is told apart from a backend that stopped.
+ */
+class BodyToBackend implements Writer {
+  /** A write to the backend is under way (or failed): the copy waits on the backend. */
+  writing = false;
+  /** The body was copied to its end. */
+  sent = false;
+
+  constructor(
+    readonly conn: Conn,
+    readonly watch: Watch,
+    readonly ms: number,
+    readonly counter: ByteCounter,
+  ) {}
+
+  async write(p: Uint8Array): Promise<number> {
+    this.writing = true;
+    const n = await this.conn.write(p);
+    // Not on a failure: the deadline closing the connection fails the write under way, and the
+    // timeout must still see that the copy was waiting on the backend.
+    this.writing = false;
+    return n;
+  }
+
+  /** Counts `n` bytes the backend took. */
+  inc(n: number): void {
+    this.counter.inc(n);
+    // Only while a response head is awaited: 0 once it came (or the deadline passed).
+    if (this.watch.deadline !== 0) this.watch.deadline = Date.now() + this.ms;
   }
 }
 

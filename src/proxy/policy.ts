@@ -25,6 +25,7 @@ export type ErrorCode =
 function codeFor(status: number): ErrorCode {
   switch (status) {
     case 400:
+    case 408:
     case 431:
       return "bad-request";
     case 403:

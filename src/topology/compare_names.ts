@@ -33,7 +33,9 @@ let english: Intl.Collator["compare"] | undefined;
  * Orders `a` and `b` as `a.localeCompare(b, "en")` does, in every locale: the process's own
  * (`LANG`) must not decide which of two files defining the same object wins (in Danish
  * collation "aa" comes after "z"). ASCII strings are compared without a collator; one is made,
- * once, for the first pair with any other character.
+ * once, for the first pair with any other character. Two different strings the collation
+ * finds equal (an ignorable character, é precomposed or not) are ordered by their code units:
+ * never 0, or their order, and so which file wins, would be the order they came in.
  *
  * @example
  * ```ts
@@ -43,10 +45,15 @@ let english: Intl.Collator["compare"] | undefined;
 export function compareNames(a: string, b: string): number {
   if (a === b) return 0;
   const kind = Math.min(kindOf(a), kindOf(b));
-  if (kind === PLAIN_NAME) return a < b ? -1 : a > b ? 1 : 0;
-  if (kind === ASCII) return compareAscii(a, b);
-  english ??= new Intl.Collator("en").compare;
-  return english(a, b);
+  if (kind === PLAIN_NAME) return a < b ? -1 : 1;
+  let order: number;
+  if (kind === ASCII) order = compareAscii(a, b);
+  else {
+    english ??= new Intl.Collator("en").compare;
+    order = english(a, b);
+  }
+  // Equal to the collation, yet different strings: code-unit order, never 0 (see above).
+  return order !== 0 ? order : a < b ? -1 : 1;
 }
 
 const OTHER = 0;

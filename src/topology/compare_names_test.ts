@@ -4,12 +4,16 @@ import { compareNames } from "./compare_names.ts";
 
 const english = new Intl.Collator("en").compare;
 
-/** Fails on the first pair of `names` that `compareNames` orders otherwise than `english`. */
+/**
+ * Fails on the first pair of `names` that `compareNames` orders otherwise than `english`; two
+ * different strings `english` finds equal must be in code-unit order.
+ */
 function assertSameOrder(names: string[]): void {
   for (const a of names) {
     for (const b of names) {
       const got = Math.sign(compareNames(a, b));
-      const want = Math.sign(english(a, b));
+      const collated = Math.sign(english(a, b));
+      const want = collated !== 0 || a === b ? collated : a < b ? -1 : 1;
       if (got !== want) {
         assert.fail(
           `compareNames(${JSON.stringify(a)}, ${
@@ -60,4 +64,21 @@ Deno.test("compareNames() orders every ASCII string as English collation does", 
     "2026-11-30T03:45:14.5Z",
   );
   assertSameOrder(names);
+});
+
+Deno.test("compareNames() tells apart two different names English collation finds equal", () => {
+  // An ignorable control character or soft hyphen, é precomposed and decomposed: without an
+  // order between them, sorting keeps the order they came in (a directory listing's).
+  const pairs: [string, string][] = [
+    ["web.yaml", "web\u0001.yaml"],
+    ["web.yaml", "we\u00adb.yaml"],
+    ["caf\u00e9.yaml", "cafe\u0301.yaml"],
+  ];
+  for (const [a, b] of pairs) {
+    assert.equal(english(a, b), 0, `the collation tells ${JSON.stringify([a, b])} apart`);
+    const ab = compareNames(a, b);
+    assert.notEqual(ab, 0, `compareNames(${JSON.stringify(a)}, ${JSON.stringify(b)}) is 0`);
+    assert.equal(Math.sign(compareNames(b, a)), -Math.sign(ab), `${JSON.stringify([a, b])}`);
+    assert.deepEqual([b, a].sort(compareNames), [a, b].sort(compareNames));
+  }
 });

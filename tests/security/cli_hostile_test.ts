@@ -192,3 +192,26 @@ Deno.test("parseFlags() takes a duration up to 2^31-1 ms", () => {
     /at most 596h/,
   );
 });
+
+// --domain was checked only in kube mode: a file-mode meshd ran with an empty or malformed
+// mesh domain, and a bad --domain-aliases was refused with exit 1 after "meshd starting".
+for (
+  const argv of [
+    ["run", "--domain", ""],
+    ["run", "--domain", "a..b"],
+    ["run", "--domain", "web mesh"],
+    ["run", "--domain-aliases", "traefik.mesh,bad alias"],
+    // A run needs no config to be refused; a dump reads this empty one (and printed it).
+    ["config", "dump", "--domain", "-mesh", "--config-dir", "EMPTY"],
+  ]
+) {
+  Deno.test(`meshd ${JSON.stringify(argv)} is a usage error (exit 2, one line)`, async () => {
+    const empty = await Deno.makeTempDir({ prefix: "meshd-cli-hostile-" });
+    const r = await meshd(argv.map((a) => a === "EMPTY" ? empty : a)).finally(() =>
+      Deno.remove(empty, { recursive: true })
+    );
+    assert.equal(r.code, 2, `exit ${r.code}:\n${r.err}`);
+    assert.equal(r.err.trim().split("\n").length, 1, r.err);
+    assert.match(r.err, /expected (a list of )?a domain name such as "mesh"/, r.err);
+  });
+}

@@ -160,6 +160,11 @@ export class H2Stream {
     });
   }
 
+  /** Data or headers of ours wait for flow-control window: the peer has not taken them. */
+  get backlogged(): boolean {
+    return this.#pending.length > 0;
+  }
+
   /** Ends our side. */
   end(): void {
     this.sendData(new Uint8Array(0), true);
