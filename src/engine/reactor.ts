@@ -1,11 +1,12 @@
 /**
  * An event loop of meshd's own: one `epoll` instance, a handler per socket called for each
  * readiness event, and timers, with no promise per read or write. It blocks its thread in
- * `epoll_wait`, so it runs in a Worker of its own, never on the thread of Deno's I/O; between
- * waits it lets that isolate's JavaScript run (promises, Deno timers, messages), at least every
- * `yieldEveryMs` and whenever it has nothing to do. README, "TCP and UDP request/response"
- * has the measurements behind it: handlers on a blocking `epoll_wait` cost what HAProxy costs a
- * request, where Deno's I/O, or promises over the same calls, cost a quarter more.
+ * `epoll_wait`, so it runs in a Worker of its own, never on the thread of Deno's I/O: while it
+ * is busy it lets the isolate's promises and messages run every `yieldEveryMs`, but Deno's
+ * own sockets and timers only once it has nothing to do. README, "TCP and UDP
+ * request/response" has the measurements behind it: handlers on a blocking `epoll_wait` cost
+ * about what HAProxy and nginx cost a request, Deno's I/O 1.05 to 1.6 times as much, and
+ * promises over the same calls what Deno's I/O costs.
  *
  * @module
  */
@@ -136,7 +137,10 @@ export class Reactor {
     if (this.#libc.call.epoll_ctl(this.#ep, op, fd, this.#ev) < 0) throw this.error("epoll_ctl");
   }
 
-  /** Calls `fn` once, `ms` from now, on this loop. */
+  /**
+   * Calls `fn` once, `ms` from now, on this loop. A cancelled timer stays in the heap until its
+   * time comes (a connect's deadline, cancelled when it connects, for `ms`).
+   */
   after(ms: number, fn: () => void): ReactorTimer {
     const t: Timer = { at: performance.now() + ms, fn, cancelled: false, seq: this.#seq++ };
     this.#push(t);
