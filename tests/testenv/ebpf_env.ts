@@ -136,6 +136,11 @@ export class EbpfEnv {
     return p;
   }
 
+  /** Sets sysctl `name` (a `net.` one: it is the namespace's own) to `value` in the namespace. */
+  async sysctl(name: string, value: string): Promise<void> {
+    await sh("nsenter", [`--net=/run/netns/${this.netns}`, "sysctl", "-qw", `${name}=${value}`]);
+  }
+
   /**
    * Runs a Deno script (with `perms`, and {@linkcode TIME_SCALE_PERM}) to its end and returns
    * its last JSON line.
