@@ -183,23 +183,26 @@ export class EbpfEnv {
 
   /** Programs attached to the scratch cgroup, as bpftool lists them. */
   async attached(): Promise<string[]> {
+    return (await this.#attachedProgs()).map((p) => p.name ?? "?");
+  }
+
+  /** The ids and names of the programs attached to the scratch cgroup. */
+  async #attachedProgs(): Promise<{ id: number; name?: string }[]> {
     type Prog = { id: number; name?: string };
     const show = async (dir: string, ...extra: string[]) =>
       JSON.parse(
         (await sh("bpftool", ["cgroup", "show", dir, ...extra, "-j"])).trim() || "[]",
       ) as Prog[];
-    let own: Prog[];
     try {
-      own = await show(this.cgroup);
+      return await show(this.cgroup);
     } catch {
       // Linux 5.10 (bpftool 7.1): the listing of a cgroup's own programs fails (exit 255,
       // "[]") once one is attached, while the effective list works. The programs attached
       // here are those in its effective list that its parent's does not hold.
       const parent = this.cgroup.slice(0, this.cgroup.lastIndexOf("/"));
       const inherited = new Set((await show(parent, "effective")).map((p) => p.id));
-      own = (await show(this.cgroup, "effective")).filter((p) => !inherited.has(p.id));
+      return (await show(this.cgroup, "effective")).filter((p) => !inherited.has(p.id));
     }
-    return own.map((p) => p.name ?? "?");
   }
 
   /**
@@ -208,13 +211,9 @@ export class EbpfEnv {
    * the kernel's statistics on. Null when bpftool cannot list them.
    */
   async hookRuns(): Promise<Map<string, HookRuns> | null> {
-    type Attached = { id: number; name?: string };
     type Prog = { id: number; name?: string; run_time_ns?: number; run_cnt?: number };
     try {
-      const attached = JSON.parse(
-        (await sh("bpftool", ["cgroup", "show", this.cgroup, "-j"])).trim() || "[]",
-      ) as Attached[];
-      const ids = new Set(attached.map((p) => p.id));
+      const ids = new Set((await this.#attachedProgs()).map((p) => p.id));
       const progs = JSON.parse(await sh("bpftool", ["prog", "show", "-j"])) as Prog[];
       const out = new Map<string, HookRuns>();
       for (const p of progs) {
