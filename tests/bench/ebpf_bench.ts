@@ -23,19 +23,19 @@
  *   address, so sendmsg4 and recvmsg4 run on every datagram (a connected socket pays only at
  *   connect). A reply from another address than the one sent to (a backend's, where recvmsg4
  *   did not rewrite it back) counts as an error. Targets as in udp-rr.
- *
- * Every rr case also reads the hooks' own run counts and times from the kernel's BPF
- * statistics (on while the bench runs, off at its end): runs and ns per request, for each
- * target (the load tool sits in the hooked cgroup, so the direct rows and those through a
- * proxy pay the hooks' lookups that miss).
  * - `maps`: the kernel memory of the maps at 1,000 and 10,000 services of 3 endpoints each,
  *   and how long writing them took.
+ *
+ * The four load cases (all but `conn` and `maps`) also read the hooks' own run counts and
+ * times from the kernel's BPF statistics (on while the bench runs, off at its end): runs and ns
+ * per request, for each target (the load tool sits in the hooked cgroup, so the direct rows
+ * and those through a proxy pay the hooks' lookups that miss).
  *
  * The targets of a case take turns over `--rounds` rounds, so the machine's other load hits
  * each alike; the table shows medians, and below it each round's ratios as median and range.
  *
- *   deno run -A tests/bench/ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,maps] [--rounds R]
- *     [--seconds S] [--requests N] [--concurrency C] [--loadtools BINARY] [--out FILE]
+ *   deno run -A tests/bench/ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,tcp-conn,udp-unconnected,maps]
+ *     [--rounds R] [--seconds S] [--requests N] [--concurrency C] [--loadtools BINARY] [--out FILE]
  *
  * @module
  */
