@@ -15,18 +15,31 @@
  *   with one thread (HAProxy in TCP mode; nginx's stream module for UDP, which HAProxy cannot
  *   proxy). Rate, p50, p99, the ratios to the reference and to direct, each proxy process's
  *   CPU per request, and the whole path's (load tool, echo backend and proxy).
+ * - `tcp-conn`: the hook's cost per new connection. 16 workers of the Go tool, each opening a new
+ *   TCP connection per exchange (connect, 64 bytes each way, close), so connect4 runs on every
+ *   request; the same four targets and figures as tcp-rr, where proxy CPU is per connection.
+ *   Against `conn` it leaves out HTTP (hey's client, nginx's parser) and adds CPU per request.
+ * - `udp-unconnected`: 16 unconnected UDP sockets using sendto and recvfrom to the service's
+ *   address, so sendmsg4 and recvmsg4 run on every datagram (a connected socket pays only at
+ *   connect). A reply from another address than the one sent to (a backend's, where recvmsg4
+ *   did not rewrite it back) counts as an error. Targets as in udp-rr.
  * - `maps`: the kernel memory of the maps at 1,000 and 10,000 services of 3 endpoints each,
  *   and how long writing them took.
+ *
+ * The four load cases (all but `conn` and `maps`) also read the hooks' own run counts and
+ * times from the kernel's BPF statistics (on while the bench runs, off at its end): runs and ns
+ * per request, for each target (the load tool sits in the hooked cgroup, so the direct rows
+ * and those through a proxy pay the hooks' lookups that miss).
  *
  * The targets of a case take turns over `--rounds` rounds, so the machine's other load hits
  * each alike; the table shows medians, and below it each round's ratios as median and range.
  *
- *   deno run -A tests/bench/ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,maps] [--rounds R]
- *     [--seconds S] [--requests N] [--concurrency C] [--loadtools BINARY] [--out FILE]
+ *   deno run -A tests/bench/ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,tcp-conn,udp-unconnected,maps]
+ *     [--rounds R] [--seconds S] [--requests N] [--concurrency C] [--loadtools BINARY] [--out FILE]
  *
  * @module
  */
-import { EbpfEnv } from "../testenv/ebpf_env.ts";
+import { EbpfEnv, enableBpfRunStats, type HookRuns } from "../testenv/ebpf_env.ts";
 import { type Child, waitFor } from "../testenv/process.ts";
 import {
   buildLoadtools,
@@ -54,8 +67,12 @@ import {
 import { Logger } from "../../src/observability/mod.ts";
 
 const SOCK = new URL("../ebpf/sock_tool.ts", import.meta.url).pathname;
-const CASES = ["conn", "tcp-rr", "udp-rr", "maps"] as const;
+const CASES = ["conn", "tcp-rr", "udp-rr", "tcp-conn", "udp-unconnected", "maps"] as const;
 type CaseName = typeof CASES[number];
+/** The cases that run a load of the Go tools against the four targets. */
+const RR_CASES = ["tcp-rr", "udp-rr", "tcp-conn", "udp-unconnected"] as const;
+type RrCase = typeof RR_CASES[number];
+const isUdp = (c: RrCase) => c.startsWith("udp");
 
 /**
  * Addresses of the request/response cases, all inside the namespace (its own loopback): the
@@ -70,7 +87,10 @@ const RR = {
   udpVip: "127.0.68.11",
   tcpPort: 7000,
   udpPort: 7001,
-  /** Connections (tcp-rr) or sockets (udp-rr), as in dataplane_bench.ts. */
+  /**
+   * Connections (tcp-rr), sockets (udp-rr, udp-unconnected), as in dataplane_bench.ts; or
+   * workers each with one connection at a time (tcp-conn).
+   */
   conns: 16,
 };
 
@@ -84,7 +104,8 @@ interface Args {
   out: string;
 }
 
-const USAGE = "usage: ebpf_bench.ts [--cases conn,tcp-rr,udp-rr,maps (default all)] " +
+const USAGE = "usage: ebpf_bench.ts " +
+  "[--cases conn,tcp-rr,udp-rr,tcp-conn,udp-unconnected,maps (default all)] " +
   "[--rounds R (1 to 10, default 3)] [--seconds S (per rr load, 1 to 60, default 5)] " +
   "[--requests N (conn, per target and round, default 20000)] [--concurrency C (conn, default 8)] " +
   "[--loadtools BINARY] [--out FILE]";
@@ -188,7 +209,7 @@ endpoints:
 
 /** One rr measurement: one load against one target in one round. */
 interface RrMeasure extends RrResult {
-  case: "tcp-rr" | "udp-rr";
+  case: RrCase;
   target: RrTarget;
   round: number;
   /** The proxy process's user and system CPU per request, µs; null where there is none. */
@@ -197,8 +218,22 @@ interface RrMeasure extends RrResult {
   pathCpuUs: number;
   /** meshd's CPU per request during the load, µs: what it does while another target runs. */
   meshdCpuUs: number;
+  /** Runs of the cgroup's hooks per request, all hooks together; null without BPF statistics. */
+  hookRuns: number | null;
+  /** The hooks' run time per request, ns; null without BPF statistics. */
+  hookNs: number | null;
+  /** Each hook's runs and run time during the load (not per request). */
+  hooks: Record<string, HookRuns>;
 }
 type RrTarget = "direct" | "ebpf" | "meshd-userspace" | "haproxy" | "nginx";
+
+/** What each rr case's load is, for its table's title. */
+const LOADS: Record<RrCase, string> = {
+  "tcp-rr": "connections",
+  "udp-rr": "connected sockets",
+  "tcp-conn": "workers each opening a new connection per exchange",
+  "udp-unconnected": "unconnected sockets (sendto, recvfrom; a reply from elsewhere an error)",
+};
 
 /** A ratio over rounds: its median and range. */
 interface Spread {
@@ -214,8 +249,8 @@ function spread(xs: number[]): Spread | null {
 }
 
 /** The rr rows of one case: medians per target, the ratios, and each round's ratios. */
-function rrTable(all: RrMeasure[], c: "tcp-rr" | "udp-rr", rounds: number) {
-  const ref: RrTarget = c === "udp-rr" ? "nginx" : "haproxy";
+function rrTable(all: RrMeasure[], c: RrCase, rounds: number) {
+  const ref: RrTarget = isUdp(c) ? "nginx" : "haproxy";
   const targets: RrTarget[] = ["direct", "ebpf", "meshd-userspace", ref];
   const of = (t: RrTarget) => all.filter((m) => m.case === c && m.target === t);
   const med = (t: RrTarget, f: (m: RrMeasure) => number | null) => {
@@ -239,17 +274,28 @@ function rrTable(all: RrMeasure[], c: "tcp-rr" | "udp-rr", rounds: number) {
       proxyCpuUs: r3(med(t, (m) => m.proxyCpuUs), 2),
       pathCpuUs: r3(med(t, (m) => m.pathCpuUs), 2),
       meshdCpuUs: r3(med(t, (m) => m.meshdCpuUs), 2),
+      hookRuns: r3(med(t, (m) => m.hookRuns), 2),
+      hookNs: r3(med(t, (m) => m.hookNs), 0),
+      hooks: hookTotals(of(t)),
       rounds: of(t).map((m) => Math.round(m.rate)),
       firstError: of(t).find((m) => m.firstError)?.firstError,
     };
   });
-  // Each round's ratio of one target's figure to another's, both measured in that round.
-  const perRound = (a: RrTarget, b: RrTarget, f: (m: RrMeasure) => number | null) => {
+  // Each round's ratio of one target's figure to another's (or, `diff`, their difference),
+  // both measured in that round.
+  const perRound = (
+    a: RrTarget,
+    b: RrTarget,
+    f: (m: RrMeasure) => number | null,
+    diff = false,
+  ) => {
     const xs: number[] = [];
     for (let r = 0; r < rounds; r++) {
       const [x, y] = [a, b].map((t) => of(t).find((m) => m.round === r));
       const [fx, fy] = [x ? f(x) : null, y ? f(y) : null];
-      if (fx !== null && fy !== null && fy > 0) xs.push(fx / fy);
+      if (fx === null || fy === null) continue;
+      if (diff) xs.push(fx - fy);
+      else if (fy > 0) xs.push(fx / fy);
     }
     return spread(xs);
   };
@@ -265,7 +311,36 @@ function rrTable(all: RrMeasure[], c: "tcp-rr" | "udp-rr", rounds: number) {
       (m) => m.proxyCpuUs,
     ),
   };
-  return { rows, ratios };
+  // Differences, not ratios: what the hook's hit adds to each request, in µs and ns.
+  const differences = {
+    "ebpf-direct path CPU µs": perRound("ebpf", "direct", (m) => m.pathCpuUs, true),
+    "ebpf-direct hook ns": perRound("ebpf", "direct", (m) => m.hookNs, true),
+  };
+  return { rows, ratios, differences };
+}
+
+/** Each hook's runs and run time summed over some measurements. */
+function hookTotals(ms: RrMeasure[]): Record<string, HookRuns & { requests: number }> {
+  const out: Record<string, HookRuns & { requests: number }> = {};
+  for (const m of ms) {
+    for (const [name, h] of Object.entries(m.hooks)) {
+      const t = out[name] ??= { runs: 0, ns: 0, requests: 0 };
+      t.runs += h.runs;
+      t.ns += h.ns;
+      t.requests += m.requests;
+    }
+  }
+  return out;
+}
+
+/** What changed in each hook's counters from `a` to `b`. */
+function hookDelta(a: Map<string, HookRuns>, b: Map<string, HookRuns>): Record<string, HookRuns> {
+  const out: Record<string, HookRuns> = {};
+  for (const [name, h] of b) {
+    const was = a.get(name) ?? { runs: 0, ns: 0 };
+    out[name] = { runs: h.runs - was.runs, ns: h.ns - was.ns };
+  }
+  return out;
 }
 
 /** The machine's 1-minute load average now: how busy the shared machine was around the run. */
@@ -278,10 +353,16 @@ const env = await EbpfEnv.create();
 
 // Ctrl-C, a TERM, or a run past its bound: the namespace, cgroup, pins and processes go all
 // the same. env.remove() stops every process it started (meshd too), then removes the pins,
-// which detaches the hooks.
+// which detaches the hooks; the BPF statistics go off (the kernel would do it at exit too).
 let removing: Promise<void> | null = null;
 let stopping = false;
-const cleanUp = () => removing ??= env.remove();
+/** The handle that keeps the kernel's BPF run-time statistics on while the rr cases run. */
+let runStats: { close(): void } | null = null;
+const cleanUp = () => {
+  runStats?.close();
+  runStats = null;
+  return removing ??= env.remove();
+};
 const onSignal = (signal: Deno.Signal) => async () => {
   stopping = true;
   say(`${signal}: removing the namespace, cgroup, pins and processes`);
@@ -289,7 +370,7 @@ const onSignal = (signal: Deno.Signal) => async () => {
   Deno.exit(130);
 };
 for (const s of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(s, onSignal(s));
-const rrTargets = (want("tcp-rr") ? 4 : 0) + (want("udp-rr") ? 4 : 0);
+const rrTargets = RR_CASES.filter(want).length * 4;
 const boundMs = 240_000 + (want("conn") ? args.rounds * 4 * 120_000 : 0) +
   rrTargets * args.rounds * (args.seconds * 1000 + 30_000) + (want("maps") ? 120_000 : 0);
 const watchdog = setTimeout(async () => {
@@ -306,8 +387,13 @@ let memory: Awaited<ReturnType<typeof mapMemory>> = [];
 let failed = false;
 try {
   const dir = env.dir;
-  const needMeshd = want("conn") || want("tcp-rr") || want("udp-rr");
-  const loadtools = want("tcp-rr") || want("udp-rr")
+  // tcp-conn leaves a TIME_WAIT per connection for 60 s, on the client's side and (through a
+  // proxy) on the proxy's, most of them from 127.0.0.1 to the one echo backend. With the default
+  // 28,232 ephemeral ports a later target would connect among more of them than an earlier one:
+  // the whole range spreads them thinner, so the port search weighs less on the later ones.
+  if (want("tcp-conn")) await env.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+  const needMeshd = want("conn") || RR_CASES.some(want);
+  const loadtools = RR_CASES.some(want)
     ? args.loadtools || await buildLoadtools(`${dir}/loadtools`)
     : "";
   await Deno.mkdir(`${dir}/config`);
@@ -440,35 +526,34 @@ backend echo
     });
   }
 
-  const rrCases = (["tcp-rr", "udp-rr"] as const).filter(want);
+  const rrCases = RR_CASES.filter(want);
   if (rrCases.length) {
-    const backends = {
-      "tcp-rr": env.spawn(loadtools, ["tcp-echo", "-listen", `${RR.backend}:${RR.tcpPort}`]),
-      "udp-rr": env.spawn(loadtools, ["udp-echo", "-listen", `${RR.backend}:${RR.udpPort}`]),
-    };
-    procs.push(...Object.values(backends));
-    const nginx = want("udp-rr")
+    const tcpEcho = env.spawn(loadtools, ["tcp-echo", "-listen", `${RR.backend}:${RR.tcpPort}`]);
+    const udpEcho = env.spawn(loadtools, ["udp-echo", "-listen", `${RR.backend}:${RR.udpPort}`]);
+    procs.push(tcpEcho, udpEcho);
+    const nginx = rrCases.some(isUdp)
       ? await startNginxUdp(env, `${RR.nginx}:${RR.udpPort}`, `${RR.backend}:${RR.udpPort}`)
       : null;
     if (nginx) procs.push(nginx);
-    const targets = {
-      "tcp-rr": [
-        ["direct", `${RR.backend}:${RR.tcpPort}`, null],
-        ["ebpf", `${RR.tcpVip}:${RR.tcpPort}`, null],
-        ["meshd-userspace", `127.0.0.1:${listenPorts.get("echo")}`, meshd],
-        ["haproxy", `${RR.haproxy}:${RR.tcpPort}`, haproxy],
-      ],
-      "udp-rr": [
-        ["direct", `${RR.backend}:${RR.udpPort}`, null],
-        ["ebpf", `${RR.udpVip}:${RR.udpPort}`, null],
-        ["meshd-userspace", `127.0.0.1:${listenPorts.get("uecho")}`, meshd],
-        ["nginx", `${RR.nginx}:${RR.udpPort}`, nginx],
-      ],
-    } as const satisfies Record<string, readonly (readonly [RrTarget, string, Child | null])[]>;
+    type Target = readonly [RrTarget, string, Child | null];
+    const tcpTargets: Target[] = [
+      ["direct", `${RR.backend}:${RR.tcpPort}`, null],
+      ["ebpf", `${RR.tcpVip}:${RR.tcpPort}`, null],
+      ["meshd-userspace", `127.0.0.1:${listenPorts.get("echo")}`, meshd],
+      ["haproxy", `${RR.haproxy}:${RR.tcpPort}`, haproxy],
+    ];
+    const udpTargets: Target[] = [
+      ["direct", `${RR.backend}:${RR.udpPort}`, null],
+      ["ebpf", `${RR.udpVip}:${RR.udpPort}`, null],
+      ["meshd-userspace", `127.0.0.1:${listenPorts.get("uecho")}`, meshd],
+      ["nginx", `${RR.nginx}:${RR.udpPort}`, nginx],
+    ];
+    const targets = (c: RrCase) => isUdp(c) ? udpTargets : tcpTargets;
+    const backendOf = (c: RrCase) => isUdp(c) ? udpEcho : tcpEcho;
     // Every target answers before anything is measured. The mesh address answers only through
     // the hook: nothing listens there, so a connect that the hook left alone is refused.
     for (const c of rrCases) {
-      for (const [t, target] of targets[c]) {
+      for (const [t, target] of targets(c)) {
         await waitFor(
           `${c} ${t} (${target}) answers`,
           async () => {
@@ -481,12 +566,19 @@ backend echo
         );
       }
     }
+    // The hooks' own cost: the kernel's BPF statistics, on from here to the end of the run.
+    try {
+      runStats = enableBpfRunStats(findLibbpf()!);
+    } catch (e) {
+      say(`no hook run times: ${e instanceof Error ? e.message : e}`);
+    }
     const all: RrMeasure[] = [];
     const ms = Math.round(args.seconds * 1000);
     for (const c of rrCases) {
       for (let round = 0; round < args.rounds; round++) {
-        for (const [t, target, proxy] of targets[c]) {
-          const backendPid = backends[c].pid;
+        for (const [t, target, proxy] of targets(c)) {
+          const backendPid = backendOf(c).pid;
+          const hooksBefore = runStats ? await env.hookRuns() : null;
           const before = {
             client: cgroupCpuUs(env.cgroup),
             backend: processCpuUs(backendPid),
@@ -496,6 +588,10 @@ backend echo
           const r = await rrLoad(env, { bin: loadtools, kind: c, target, conns: RR.conns, ms });
           const n = Math.max(r.requests, 1);
           const proxyUs = proxy ? (processCpuUs(proxy.pid) - before.proxy) / n : null;
+          const hooksAfter = hooksBefore ? await env.hookRuns() : null;
+          const hooks = hooksBefore && hooksAfter ? hookDelta(hooksBefore, hooksAfter) : {};
+          const hookSum = (f: (h: HookRuns) => number) =>
+            hooksAfter ? Object.values(hooks).reduce((a, h) => a + f(h), 0) / n : null;
           const m: RrMeasure = {
             ...r,
             case: c,
@@ -505,6 +601,9 @@ backend echo
             pathCpuUs: (cgroupCpuUs(env.cgroup) - before.client) / n +
               (processCpuUs(backendPid) - before.backend) / n + (proxyUs ?? 0),
             meshdCpuUs: (processCpuUs(meshd!.pid) - before.meshd) / n,
+            hookRuns: hookSum((h) => h.runs),
+            hookNs: hookSum((h) => h.ns),
+            hooks,
           };
           all.push(m);
           say(
@@ -563,41 +662,56 @@ if (conn.length) {
 }
 for (const [c, tab] of Object.entries(rr) as [string, ReturnType<typeof rrTable>][]) {
   console.log(
-    `\n${c}: ${RR.conns} ${c === "tcp-rr" ? "connections" : "connected sockets"}, 64 B each way, ` +
+    `\n${c}: ${RR.conns} ${LOADS[c as RrCase]}, 64 B each way, ` +
       `${args.seconds} s x ${args.rounds} interleaved rounds (median), Go echo backend, ` +
       `${navigator.hardwareConcurrency} CPUs, load average ${load.before} before, ${load.after} after`,
   );
   console.log(
     "target".padEnd(16) + "rate/s".padStart(10) + "p50 ms".padStart(8) + "p99 ms".padStart(8) +
       "errors".padStart(8) + "vs ref".padStart(8) + "vs direct".padStart(10) +
-      "proxy CPU µs".padStart(13) + "path CPU µs".padStart(12),
+      "proxy CPU µs".padStart(13) + "path CPU µs".padStart(12) + "hook runs".padStart(10) +
+      "hook ns".padStart(8),
   );
   for (const r of tab.rows) {
     console.log(
       r.target.padEnd(16) + fmt(r.rate, 0).padStart(10) + fmt(r.p50Ms).padStart(8) +
         fmt(r.p99Ms).padStart(8) + String(r.errors).padStart(8) +
         fmt(r.vsReference, 3).padStart(8) + fmt(r.vsDirect, 3).padStart(10) +
-        fmt(r.proxyCpuUs, 1).padStart(13) + fmt(r.pathCpuUs, 1).padStart(12),
+        fmt(r.proxyCpuUs, 1).padStart(13) + fmt(r.pathCpuUs, 1).padStart(12) +
+        fmt(r.hookRuns, 2).padStart(10) + fmt(r.hookNs, 0).padStart(8),
     );
   }
   const ebpfRow = tab.rows.find((r) => r.target === "ebpf");
   console.log(
     `meshd's CPU while the ebpf rows ran: ${fmt(ebpfRow?.meshdCpuUs, 2)} µs per request ` +
-      "(no proxy hop: the hook sent each socket to the backend at connect)",
+      "(no proxy hop: the hook sent each socket to the backend)",
   );
-  console.log(`each round's ratios, median (min–max) of ${args.rounds}:`);
-  for (const [name, s] of Object.entries(tab.ratios)) {
-    console.log(
-      `  ${name.padEnd(34)} ${s ? `${fmt(s.median, 3)} (${fmt(s.min, 3)}–${fmt(s.max, 3)})` : "-"}`,
+  for (const r of tab.rows.filter((r) => r.target === "ebpf" || r.target === "direct")) {
+    const each = Object.entries(r.hooks).filter(([, h]) => h.runs > 0).map(([name, h]) =>
+      `${name} ${fmt(h.ns / h.runs, 0)} ns, ` +
+      `${(h.runs / Math.max(h.requests, 1)).toPrecision(2)} runs per request`
     );
+    if (each.length) console.log(`hooks per run on the ${r.target} rows: ${each.join(", ")}`);
   }
+  console.log(`each round's ratios, median (min–max) of ${args.rounds}:`);
+  const show = (name: string, s: Spread | null, d: number) =>
+    console.log(
+      `  ${name.padEnd(34)} ${s ? `${fmt(s.median, d)} (${fmt(s.min, d)}–${fmt(s.max, d)})` : "-"}`,
+    );
+  for (const [name, s] of Object.entries(tab.ratios)) show(name, s, 3);
+  console.log("and differences:");
+  show("ebpf-direct path CPU µs", tab.differences["ebpf-direct path CPU µs"], 2);
+  show("ebpf-direct hook ns", tab.differences["ebpf-direct hook ns"], 0);
 }
 if (Object.keys(rr).length) {
   console.log(
     "\nvs ref: the rate over the reference's (HAProxy TCP mode; nginx stream for UDP), each " +
       "one thread; proxy CPU: that process's user+system time per request (/proc/PID/stat); " +
       "path CPU: the load tool's (its cgroup's cpu.stat), the echo backend's and the proxy's, " +
-      "per request.",
+      "per request; hook runs and ns: the runs of meshd's programs on the load's cgroup and " +
+      "their run time per request, from the kernel's BPF statistics (run_cnt, run_time_ns; " +
+      "on during the run, which adds two clock reads to each run). The load tool sits in that " +
+      "cgroup for every target, so the rows other than ebpf pay the hooks' lookups that miss.",
   );
 }
 if (memory.length) {

@@ -269,37 +269,46 @@ export interface RrResult {
   rate: number;
   p50Ms: number;
   p99Ms: number;
-  /** Failed writes, reads, dials, and (UDP) answers not back within 200 ms. */
+  /** Failed dials, writes and reads, UDP answers not back within 200 ms, and (udp-unconnected)
+   * answers from another address than the one sent to. */
   errors: number;
   firstError?: string;
 }
 
+/** The request/response loads of `tests/bench/loadtools` that {@linkcode rrLoad} runs. */
+export type RrKind = "tcp-rr" | "udp-rr" | "tcp-conn" | "udp-unconnected";
+
 /**
- * Runs `loadtools tcp-rr` (`conns` connections) or `udp-rr` (`conns` connected sockets) with
- * 64-byte requests against `target` for `ms` milliseconds, in the env's namespace and inside its
- * scratch cgroup, where the hooks see its sockets: the loads of `dataplane_bench.ts`'s cases of
- * the same names. Bounded: the tool stops itself, and is killed 30 s past its duration.
+ * Runs a request/response load of `tests/bench/loadtools` with 64-byte requests against
+ * `target` for `ms` milliseconds, in the env's namespace and inside its scratch cgroup, where
+ * the hooks see its sockets: `tcp-rr` (`conns` connections) or `udp-rr` (`conns` connected
+ * sockets), the loads of `dataplane_bench.ts`'s cases of the same names; `tcp-conn` (`conns`
+ * workers, each opening a new connection per exchange); `udp-unconnected` (`conns` unconnected
+ * sockets, sendto and recvfrom, a reply from another address than `target` an error). Bounded:
+ * the tool stops itself, and is killed 30 s past its duration.
  */
 export async function rrLoad(
   env: EbpfEnv,
   o: {
     bin: string;
-    kind: "tcp-rr" | "udp-rr";
+    kind: RrKind;
     target: string;
     conns: number;
     ms: number;
   },
 ): Promise<RrResult> {
+  const tcp = o.kind === "tcp-rr" || o.kind === "tcp-conn";
   const p = env.spawn(o.bin, [
-    o.kind,
+    o.kind === "udp-unconnected" ? "udp-rr" : o.kind,
     "-target",
     o.target,
-    o.kind === "tcp-rr" ? "-conns" : "-clients",
+    tcp ? "-conns" : "-clients",
     String(o.conns),
     "-size",
     "64",
     "-duration",
     `${o.ms}ms`,
+    ...(o.kind === "udp-unconnected" ? ["-unconnected"] : []),
   ], { inCgroup: true });
   await p.closeStdin();
   const st = await p.wait(o.ms + 30_000);

@@ -39,6 +39,44 @@ export const TIME_SCALE_PERM = "--allow-env=MESHD_TEST_TIME_SCALE";
  */
 export const TIME_WAIT_SLOTS = 262_144;
 
+/** One program's runs and the time they took, from the kernel's BPF statistics. */
+export interface HookRuns {
+  runs: number;
+  ns: number;
+}
+
+/**
+ * Turns on the kernel's run-time statistics of BPF programs (`BPF_ENABLE_STATS`, through
+ * libbpf's `bpf_enable_stats`) for as long as the returned handle is open: each program run
+ * then adds to its `run_cnt` and `run_time_ns`, which {@linkcode EbpfEnv.hookRuns} reads. The
+ * kernel counts the holders and switches the statistics off when the last one closes, or when
+ * this process exits, so a crashed run leaves them as they were; unlike the
+ * `kernel.bpf_stats_enabled` sysctl, nothing stays set. The statistics are machine-wide while
+ * on: every program run also pays two clock reads. Throws when the kernel refuses.
+ */
+export function enableBpfRunStats(libbpfPath: string): { close(): void } {
+  const libbpf = Deno.dlopen(
+    libbpfPath,
+    {
+      bpf_enable_stats: { parameters: ["i32"], result: "i32" },
+    } as const,
+  );
+  const libc = Deno.dlopen("libc.so.6", { close: { parameters: ["i32"], result: "i32" } } as const);
+  // enum bpf_stats_type: BPF_STATS_RUN_TIME is 0. libbpf returns the new fd or -errno.
+  const fd = libbpf.symbols.bpf_enable_stats(0);
+  libbpf.close();
+  if (fd < 0) {
+    libc.close();
+    throw new Error(`Cannot enable the BPF run-time statistics: bpf_enable_stats gave ${fd}`);
+  }
+  return {
+    close: () => {
+      libc.symbols.close(fd);
+      libc.close();
+    },
+  };
+}
+
 /** One scratch namespace, cgroup and bpffs. */
 export class EbpfEnv {
   readonly name: string;
@@ -98,6 +136,11 @@ export class EbpfEnv {
     return p;
   }
 
+  /** Sets sysctl `name` (a `net.` one: it is the namespace's own) to `value` in the namespace. */
+  async sysctl(name: string, value: string): Promise<void> {
+    await sh("nsenter", [`--net=/run/netns/${this.netns}`, "sysctl", "-qw", `${name}=${value}`]);
+  }
+
   /**
    * Runs a Deno script (with `perms`, and {@linkcode TIME_SCALE_PERM}) to its end and returns
    * its last JSON line.
@@ -140,23 +183,49 @@ export class EbpfEnv {
 
   /** Programs attached to the scratch cgroup, as bpftool lists them. */
   async attached(): Promise<string[]> {
+    return (await this.#attachedProgs()).map((p) => p.name ?? "?");
+  }
+
+  /** The ids and names of the programs attached to the scratch cgroup. */
+  async #attachedProgs(): Promise<{ id: number; name?: string }[]> {
     type Prog = { id: number; name?: string };
     const show = async (dir: string, ...extra: string[]) =>
       JSON.parse(
         (await sh("bpftool", ["cgroup", "show", dir, ...extra, "-j"])).trim() || "[]",
       ) as Prog[];
-    let own: Prog[];
     try {
-      own = await show(this.cgroup);
+      return await show(this.cgroup);
     } catch {
       // Linux 5.10 (bpftool 7.1): the listing of a cgroup's own programs fails (exit 255,
       // "[]") once one is attached, while the effective list works. The programs attached
       // here are those in its effective list that its parent's does not hold.
       const parent = this.cgroup.slice(0, this.cgroup.lastIndexOf("/"));
       const inherited = new Set((await show(parent, "effective")).map((p) => p.id));
-      own = (await show(this.cgroup, "effective")).filter((p) => !inherited.has(p.id));
+      return (await show(this.cgroup, "effective")).filter((p) => !inherited.has(p.id));
     }
-    return own.map((p) => p.name ?? "?");
+  }
+
+  /**
+   * The run counts and run times so far of the programs attached to the scratch cgroup, by
+   * program name (`bpftool prog show`); both stay 0 unless {@linkcode enableBpfRunStats} holds
+   * the kernel's statistics on. Null when bpftool cannot list them.
+   */
+  async hookRuns(): Promise<Map<string, HookRuns> | null> {
+    type Prog = { id: number; name?: string; run_time_ns?: number; run_cnt?: number };
+    try {
+      const ids = new Set((await this.#attachedProgs()).map((p) => p.id));
+      const progs = JSON.parse(await sh("bpftool", ["prog", "show", "-j"])) as Prog[];
+      const out = new Map<string, HookRuns>();
+      for (const p of progs) {
+        if (!ids.has(p.id)) continue;
+        const name = p.name ?? `id ${p.id}`;
+        const had = out.get(name) ?? { runs: 0, ns: 0 };
+        out.set(name, { runs: had.runs + (p.run_cnt ?? 0), ns: had.ns + (p.run_time_ns ?? 0) });
+      }
+      return out;
+    } catch {
+      return null;
+    }
   }
 
   /** Stops every process it started, unpins, unmounts, removes the cgroup and namespace. */

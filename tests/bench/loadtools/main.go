@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sort"
 	"sync"
@@ -35,6 +36,8 @@ func main() {
 		udpEcho(args)
 	case "tcp-rr":
 		tcpRR(args)
+	case "tcp-conn":
+		tcpConn(args)
 	case "tcp-bulk":
 		tcpBulk(args)
 	case "udp-rr":
@@ -50,8 +53,9 @@ backends:   http-backend -listen ADDR -name NAME   (HTTP/1.1 and h2c; gRPC-frame
             tcp-echo -listen ADDR
             udp-echo -listen ADDR
 load:       tcp-rr -target ADDR -conns N -duration D -size BYTES
+            tcp-conn -target ADDR -conns N -duration D -size BYTES   (a new connection per exchange)
             tcp-bulk -target ADDR -conns N -duration D
-            udp-rr -target ADDR -clients N -duration D -size BYTES`)
+            udp-rr -target ADDR -clients N -duration D -size BYTES [-unconnected]`)
 	os.Exit(2)
 }
 
@@ -251,6 +255,67 @@ func tcpRR(args []string) {
 		P50Ms: lat.quantile(0.5), P99Ms: lat.quantile(0.99), FirstError: e.firstText()})
 }
 
+// tcpConn opens a new connection for every exchange: connect, send size bytes, read their
+// echo, close. So every exchange pays a TCP handshake and teardown, and anything that runs at
+// connect (such as a cgroup connect4 hook) runs once per exchange. The client closes first,
+// so the TIME_WAIT states stay on its side.
+func tcpConn(args []string) {
+	fs := flag.NewFlagSet("tcp-conn", flag.ExitOnError)
+	target := fs.String("target", "", "address of a TCP echo server")
+	conns := fs.Int("conns", 16, "concurrent workers, each with one connection at a time")
+	duration := fs.Duration("duration", 5*time.Second, "how long to run")
+	size := fs.Int("size", 64, "bytes per request (echoed back)")
+	fs.Parse(args)
+	var lat latencies
+	var e errs
+	var total atomic.Int64
+	deadline := time.Now().Add(*duration)
+	start := time.Now()
+	dialer := net.Dialer{Timeout: 2 * time.Second}
+	var wg sync.WaitGroup
+	for i := 0; i < *conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := bytes.Repeat([]byte{'x'}, *size)
+			resp := make([]byte, *size)
+			local := make([]time.Duration, 0, 1<<16)
+			// One exchange; the latency runs from before connect to the last byte read.
+			once := func() (time.Duration, error) {
+				t0 := time.Now()
+				c, err := dialer.Dial("tcp", *target)
+				if err != nil {
+					return 0, err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				if _, err := c.Write(req); err != nil {
+					return 0, err
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					return 0, err
+				}
+				return time.Since(t0), nil
+			}
+			for time.Now().Before(deadline) {
+				d, err := once()
+				if err != nil {
+					e.add(err)
+					continue
+				}
+				local = append(local, d)
+			}
+			total.Add(int64(len(local)))
+			lat.add(local)
+		}()
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	emit(result{Kind: "tcp-conn", Target: *target, Seconds: secs, Requests: total.Load(),
+		Errors: e.n.Load(), PerSecond: float64(total.Load()) / secs,
+		P50Ms: lat.quantile(0.5), P99Ms: lat.quantile(0.99), FirstError: e.firstText()})
+}
+
 func tcpBulk(args []string) {
 	fs := flag.NewFlagSet("tcp-bulk", flag.ExitOnError)
 	target := fs.String("target", "", "address of an echo server")
@@ -306,7 +371,18 @@ func udpRR(args []string) {
 	clients := fs.Int("clients", 16, "concurrent clients, each from its own port")
 	duration := fs.Duration("duration", 5*time.Second, "how long to run")
 	size := fs.Int("size", 64, "bytes per datagram")
+	unconnected := fs.Bool("unconnected", false,
+		"send with sendto and read with recvfrom on unconnected sockets; a reply from any "+
+			"address but the target counts as an error")
 	fs.Parse(args)
+	to, err := netip.ParseAddrPort(*target)
+	if err != nil {
+		fail("-target %q: %v, expected IP:PORT", *target, err)
+	}
+	kind := "udp-rr"
+	if *unconnected {
+		kind = "udp-unconnected"
+	}
 	var lat latencies
 	var e errs
 	var total atomic.Int64
@@ -317,7 +393,15 @@ func udpRR(args []string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("udp", *target)
+			var c *net.UDPConn
+			var err error
+			if *unconnected {
+				// "udp4", not "udp": Go opens a wildcard "udp" socket as a dual-stack IPv6
+				// one, whose datagrams to an IPv4 address would pass the IPv6 hooks.
+				c, err = net.ListenUDP(udpNet(to), nil)
+			} else {
+				c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+			}
 			if err != nil {
 				e.add(err)
 				return
@@ -328,17 +412,35 @@ func udpRR(args []string) {
 			local := make([]time.Duration, 0, 1<<16)
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
-				if _, err := c.Write(req); err != nil {
+				var err error
+				if *unconnected {
+					_, err = c.WriteToUDPAddrPort(req, to)
+				} else {
+					_, err = c.Write(req)
+				}
+				if err != nil {
 					e.add(err)
 					continue
 				}
 				// A lost datagram counts as an error after 200 ms, and the client goes on.
 				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-				n, err := c.Read(resp)
-				if err != nil || n != *size {
-					if err == nil {
-						err = fmt.Errorf("reply of %d bytes, sent %d", n, *size)
-					}
+				var n int
+				var from netip.AddrPort
+				if *unconnected {
+					n, from, err = c.ReadFromUDPAddrPort(resp)
+				} else {
+					n, err = c.Read(resp)
+				}
+				if err == nil && n != *size {
+					err = fmt.Errorf("reply of %d bytes, sent %d", n, *size)
+				}
+				// The application sent to the target, so its answer must come from there: a
+				// datagram showing another source (a backend's address that recvmsg did not
+				// rewrite back) is one such an application would drop.
+				if err == nil && *unconnected && from != to {
+					err = fmt.Errorf("reply from %s, sent to %s", from, to)
+				}
+				if err != nil {
 					e.add(err)
 					continue
 				}
@@ -350,7 +452,15 @@ func udpRR(args []string) {
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	emit(result{Kind: "udp-rr", Target: *target, Seconds: secs, Requests: total.Load(),
+	emit(result{Kind: kind, Target: *target, Seconds: secs, Requests: total.Load(),
 		Errors: e.n.Load(), PerSecond: float64(total.Load()) / secs,
 		P50Ms: lat.quantile(0.5), P99Ms: lat.quantile(0.99), FirstError: e.firstText()})
+}
+
+// udpNet is the network of an unconnected socket that sends to addr: one of addr's family.
+func udpNet(addr netip.AddrPort) string {
+	if addr.Addr().Is4() {
+		return "udp4"
+	}
+	return "udp6"
 }
