@@ -546,15 +546,21 @@ export class H2Proxy {
    * The `--stream-idle-timeout` deadline of a response body from `ep`, unarmed (its deadline
    * is Infinity until a wait on the backend sets it), or none when the flag is 0. When it
    * passes it counts the drop, charges the endpoint a failure (a backend that stops mid-body is
-   * failing, as Envoy counts it against its upstream) and calls `cut`. Remove it from
+   * failing, as Envoy counts it against its upstream) and calls `cut`; unless `held` says the
+   * backend is held back by the client, and then it waits as long again. Remove it from
    * {@linkcode H2Proxy.#deadlines} when the body ends.
    */
-  #streamIdle(ep: EndpointState, cut: () => void): Deadline | null {
+  #streamIdle(ep: EndpointState, cut: () => void, held?: () => boolean): Deadline | null {
     const ms = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
     if (ms <= 0) return null;
     const d: Deadline = {
       deadline: Infinity,
       expire: () => {
+        if (held?.()) {
+          d.deadline = Date.now() + ms;
+          this.#deadlines.add(d);
+          return;
+        }
         this.#opts.drop?.("stream_idle_timeout");
         this.#opts.pool.failure(ep);
         if (this.#opts.logger.enabled("debug")) {
@@ -640,13 +646,6 @@ export class H2Proxy {
     /** The response body's `--stream-idle-timeout`, armed once its headers came. */
     let idle: Deadline | null = null;
     const cut = (): void => {
-      // A client that does not take what came holds the backend back by flow control: that
-      // is the client's stall, not the backend's.
-      if (client.backlogged) {
-        idle!.deadline = Date.now() + idleMs;
-        this.#deadlines.add(idle!);
-        return;
-      }
       x.reason = "stream_idle_timeout";
       x.detail = `The endpoint sent nothing of the response body for ${idleMs} ms`;
       up.reset(ERROR.CANCEL); // and so the client's stream (onClose)
@@ -665,7 +664,9 @@ export class H2Proxy {
         if (r.status >= 500) pool.failure(ep);
         else pool.success(ep);
         if (!end) {
-          idle = this.#streamIdle(ep, cut);
+          // A client that does not take what came holds the backend back by flow control:
+          // that is the client's stall, not the backend's.
+          idle = this.#streamIdle(ep, cut, () => client.backlogged);
           if (idle !== null) idle.deadline = Date.now() + idleMs;
         }
       }
