@@ -357,7 +357,8 @@ Deno.test("HttpProxy does not cut a response that a client is slow to take (that
 const BIG = 1024 * 1024;
 
 /**
- * An h2c backend: `/big` answers {@linkcode BIG} bytes at once, `/stall` answers 200 with "hello" and then nothing (the stream left open);
+ * An h2c backend: `/big` answers {@linkcode BIG} bytes at once, `/drip` "1234567890" a byte
+ * every 200 ms, `/stall` answers 200 with "hello" and then nothing (the stream left open);
  * any other path answers 200 "ok".
  */
 async function h2cStallingBackend(): Promise<{ port: number; close(): Promise<void> }> {
@@ -372,7 +373,16 @@ async function h2cStallingBackend(): Promise<{ port: number; close(): Promise<vo
     stream.respond({ ":status": 200 });
     if (headers[":path"] === "/stall") stream.write("hello");
     else if (headers[":path"] === "/big") stream.end(new Uint8Array(BIG).fill(120));
-    else stream.end("ok");
+    else if (headers[":path"] === "/drip") {
+      // A byte every 200 ms, 10 in all.
+      let i = 0;
+      const timer = setInterval(() => {
+        if (stream.destroyed) return clearInterval(timer);
+        if (++i < 10) return void stream.write(String(i));
+        clearInterval(timer);
+        stream.end("0");
+      }, 200);
+    } else stream.end("ok");
   });
   await new Promise<void>((resolve) => server.listen(0, BACKEND, () => resolve()));
   return {
@@ -490,6 +500,50 @@ Deno.test("HttpProxy does not reset an HTTP/2 stream whose client is slow to tak
     req.resume();
     assert.equal(await done, `rst=${http2.constants.NGHTTP2_NO_ERROR}`);
     assert.equal(got, BIG, "the slow client's stream was cut");
+    assert.equal(drops.count("stream_idle_timeout"), 0);
+  } finally {
+    client.destroy();
+    await proxy.close();
+    await backend.close();
+  }
+});
+
+Deno.test("HttpProxy passes an h2c body that comes a byte every 200 ms, to HTTP/2 and HTTP/1 clients", async () => {
+  const backend = await h2cStallingBackend();
+  const drops = dropCounter();
+  const proxy = proxyFor(backend.port, new EndpointPool(), {
+    drop: drops.drop,
+    clientIdleMs: 10_000,
+  }, "h2c");
+  const client = http2.connect(`http://${PROXY}:${proxy.addr.port}`);
+  client.on("error", () => {});
+  try {
+    const h2 = new Promise<string>((resolve) => {
+      const req = client.request({ ":path": "/drip", ":authority": HOST });
+      let body = "";
+      const timer = setTimeout(() => resolve("none after 5 s"), 5000);
+      req.on("data", (c) => body += c);
+      req.on("error", () => {});
+      req.on("close", () => {
+        clearTimeout(timer);
+        resolve(`${body} rst=${req.rstCode}`);
+      });
+      req.end();
+    });
+    const h1 = exchange(
+      proxy.addr.port,
+      `GET /drip HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`,
+      5000,
+    );
+    assert.equal(await h2, `1234567890 rst=${http2.constants.NGHTTP2_NO_ERROR}`);
+    const got = await h1;
+    assert.equal(got.timedOut, false, `no whole answer in 5 s: ${JSON.stringify(got.text)}`);
+    // Chunked: each byte is a chunk of its own, then the last chunk.
+    assert.equal(
+      got.text.split("\r\n\r\n").slice(1).join("\r\n\r\n").replace(/1\r\n(\d)\r\n/g, "$1"),
+      "12345678900\r\n\r\n",
+      `the body was cut: ${JSON.stringify(got.text)}`,
+    );
     assert.equal(drops.count("stream_idle_timeout"), 0);
   } finally {
     client.destroy();
