@@ -819,9 +819,9 @@ export class HttpProxy {
             ? await this.#respondPlain(x, up, res, clientClose)
             : await this.#respond(x, up, res, clientClose, upgrade);
         } catch (e) {
-          throw this.#stalled(x, up, ep, res.status) ?? e;
+          throw this.#stalled(up, ep, res.status) ?? e;
         }
-        if (up.stall?.watch.timedOut) throw this.#stalled(x, up, ep, res.status)!;
+        if (up.stall?.watch.timedOut) throw this.#stalled(up, ep, res.status)!;
         if (this.#opts.logger.enabled("debug")) {
           this.#opts.logger.debug("http request", {
             client: x.peer,
@@ -847,12 +847,7 @@ export class HttpProxy {
    * endpoint is charged a failure, as Envoy counts a stream idle timeout against its upstream:
    * a backend that stops mid-body is failing, and the client got a broken response.
    */
-  #stalled(
-    x: Http1Request,
-    up: Upstream,
-    ep: EndpointState,
-    status: number,
-  ): StreamIdleTimeout | null {
+  #stalled(up: Upstream, ep: EndpointState, status: number): StreamIdleTimeout | null {
     const stall = up.stall;
     if (stall === null || !stall.watch.timedOut) return null;
     stall.watch.timedOut = false; // counted once
