@@ -109,6 +109,12 @@ interface Relay {
   cancelTimer: () => void;
   /** The response timeout, which the request body's progress pushes on. */
   body: BodyProgress;
+  /**
+   * The response body's `--stream-idle-timeout`, once its headers came: DATA either way pushes
+   * it on (as Envoy's `stream_idle_timeout` counts both), so a gRPC stream the client keeps
+   * feeding is not cut while its backend waits for more of it.
+   */
+  idle: Deadline | null;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -630,7 +636,18 @@ export class H2Proxy {
         settle(stalled ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
       }, body);
-      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer, body };
+      const r: Relay = {
+        client,
+        up,
+        ep,
+        x,
+        bodyless,
+        status: 0,
+        settle,
+        cancelTimer,
+        body,
+        idle: null,
+      };
       this.#relayResponse(r);
       this.#relayRequest(r);
       if (!bodyless) client.replay();
@@ -643,8 +660,6 @@ export class H2Proxy {
     const m = x.root.metrics;
     const pool = this.#opts.pool;
     const idleMs = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
-    /** The response body's `--stream-idle-timeout`, armed once its headers came. */
-    let idle: Deadline | null = null;
     const cut = (): void => {
       x.reason = "stream_idle_timeout";
       x.detail = `The endpoint sent nothing of the response body for ${idleMs} ms`;
@@ -666,21 +681,22 @@ export class H2Proxy {
         if (!end) {
           // A client that does not take what came holds the backend back by flow control:
           // that is the client's stall, not the backend's.
-          idle = this.#streamIdle(ep, cut, () => client.backlogged);
+          const idle = this.#streamIdle(ep, cut, () => client.backlogged);
           if (idle !== null) idle.deadline = Date.now() + idleMs;
+          r.idle = idle;
         }
       }
       client.sendHeaders(responseHeaders(h), end);
     };
     up.onData = (chunk, end) => {
       // One field per DATA frame: the sweep compares it with its clock.
-      if (idle !== null) idle.deadline = Date.now() + idleMs;
+      if (r.idle !== null) r.idle.deadline = Date.now() + idleMs;
       m.bytesOut.inc(chunk.length);
       x.bytesOut += chunk.length;
       client.sendData(chunk, end, up);
     };
     up.onClose = (code) => {
-      if (idle !== null) this.#deadlines.delete(idle);
+      if (r.idle !== null) this.#deadlines.delete(r.idle);
       if (r.status === 0) {
         if (client.closed && client.code !== ERROR.NO_ERROR) {
           x.reason = "client_gone";
@@ -715,12 +731,14 @@ export class H2Proxy {
     const m = x.root.metrics;
     const timer = r.body.timer;
     const ms = this.#opts.responseTimeoutMs ?? 30_000;
+    const idleMs = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
     client.onData = (chunk, end) => {
       m.bytesIn.inc(chunk.length);
       x.bytesIn += chunk.length;
       up.sendData(chunk, end, client);
       // While the body comes, the response deadline counts from its last progress.
       if (r.status === 0 && timer !== null) timer.deadline = Date.now() + ms;
+      else if (r.idle !== null) r.idle.deadline = Date.now() + idleMs;
     };
     client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
     client.onClose = (code) => {

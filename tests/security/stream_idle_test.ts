@@ -358,7 +358,7 @@ const BIG = 1024 * 1024;
 
 /**
  * An h2c backend: `/big` answers {@linkcode BIG} bytes at once, `/drip` "1234567890" a byte
- * every 200 ms, `/stall` answers 200 with "hello" and then nothing (the stream left open);
+ * every 200 ms, `/wait` its headers and then, once the request ended, its length; `/stall` answers 200 with "hello" and then nothing (the stream left open);
  * any other path answers 200 "ok".
  */
 async function h2cStallingBackend(): Promise<{ port: number; close(): Promise<void> }> {
@@ -372,7 +372,12 @@ async function h2cStallingBackend(): Promise<{ port: number; close(): Promise<vo
     stream.on("error", () => {});
     stream.respond({ ":status": 200 });
     if (headers[":path"] === "/stall") stream.write("hello");
-    else if (headers[":path"] === "/big") stream.end(new Uint8Array(BIG).fill(120));
+    else if (headers[":path"] === "/wait") {
+      // Headers at once, then nothing until the request ends: its length then.
+      let length = 0;
+      stream.on("data", (c: Uint8Array) => length += c.length);
+      stream.on("end", () => stream.end(`got ${length}`));
+    } else if (headers[":path"] === "/big") stream.end(new Uint8Array(BIG).fill(120));
     else if (headers[":path"] === "/drip") {
       // A byte every 200 ms, 10 in all.
       let i = 0;
@@ -544,6 +549,44 @@ Deno.test("HttpProxy passes an h2c body that comes a byte every 200 ms, to HTTP/
       "12345678900\r\n\r\n",
       `the body was cut: ${JSON.stringify(got.text)}`,
     );
+    assert.equal(drops.count("stream_idle_timeout"), 0);
+  } finally {
+    client.destroy();
+    await proxy.close();
+    await backend.close();
+  }
+});
+
+Deno.test("HttpProxy does not reset an HTTP/2 stream whose client keeps sending while its h2c backend waits", async () => {
+  const backend = await h2cStallingBackend();
+  const drops = dropCounter();
+  const proxy = proxyFor(backend.port, new EndpointPool(), {
+    drop: drops.drop,
+    clientIdleMs: 10_000,
+  }, "h2c");
+  const client = http2.connect(`http://${PROXY}:${proxy.addr.port}`);
+  client.on("error", () => {});
+  try {
+    // A client-streaming call: 10 bytes, 200 ms apart; the backend answers at the end.
+    const req = client.request({ ":method": "POST", ":path": "/wait", ":authority": HOST });
+    const answer = new Promise<string>((resolve) => {
+      let status = "";
+      let body = "";
+      const timer = setTimeout(() => resolve("none after 5 s"), 5000);
+      req.on("response", (h) => status = String(h[":status"]));
+      req.on("data", (c) => body += c);
+      req.on("error", () => {});
+      req.on("close", () => {
+        clearTimeout(timer);
+        resolve(`${status} ${body} rst=${req.rstCode}`);
+      });
+    });
+    for (let i = 0; i < 10 && !req.destroyed; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      req.write("x");
+    }
+    req.end();
+    assert.equal(await answer, `200 got 10 rst=${http2.constants.NGHTTP2_NO_ERROR}`);
     assert.equal(drops.count("stream_idle_timeout"), 0);
   } finally {
     client.destroy();
