@@ -200,7 +200,7 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     help: "An HTTP response whose backend sends no byte of its body for this long (while the " +
       "client takes what came) is cut: both connections are closed, or over HTTP/2 the stream " +
       "is reset, and the endpoint is charged a failure; a stream that keeps coming, however " +
-      "slowly, is never cut; 0: no limit",
+      "slowly, is never cut (over HTTP/2, the client's DATA counts too); 0: no limit",
   },
   {
     name: "max-connections",
