@@ -20,6 +20,8 @@ export interface FlagSpec {
   default?: string;
   /** Placeholder in help, such as `DIR`. */
   arg?: string;
+  /** A `duration` flag that also takes `0` (any unit, or none): the feature is off. */
+  zeroOff?: boolean;
   /** A one-letter form, such as `o` for `-o json`. */
   short?: string;
   help: string;
@@ -158,7 +160,10 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       // Milliseconds, from a number and a unit: 500ms, 5s, 2m, 1h.
       const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(v.trim());
       const ms = m ? Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2]!]! : NaN;
-      if (!m || !(ms >= 1) || !Number.isFinite(ms)) bad("a duration such as 500ms, 5s, 2m or 1h");
+      if (spec.zeroOff && (ms === 0 || v.trim() === "0")) return 0;
+      if (!m || !(ms >= 1) || !Number.isFinite(ms)) {
+        bad(`a duration such as 500ms, 5s, 2m or 1h${spec.zeroOff ? ", or 0 for none" : ""}`);
+      }
       // A timer longer than 2^31-1 ms fires at once (it is set to 1 ms).
       if (Math.round(ms) > MAX_TIMER_MS) bad("a duration of at most 596h (2^31-1 ms)");
       return Math.round(ms);

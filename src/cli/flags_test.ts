@@ -83,6 +83,33 @@ Deno.test("parseFlags() rejects unknown flags, missing and bad values, naming th
   }
 });
 
+Deno.test("parseFlags() takes 0 for a duration flag that allows it, in any unit or none", () => {
+  const specs: FlagSpec[] = [
+    { name: "idle", kind: "duration", default: "5m", zeroOff: true, help: "Idle" },
+  ];
+  const d = (t: string) => parseFlags(["--idle", t], specs).values.idle;
+  assert.deepEqual([d("0"), d("0s"), d("0ms"), d("0.0h"), d("5m"), d("1ms")], [
+    0,
+    0,
+    0,
+    0,
+    300_000,
+    1,
+  ]);
+  for (const bad of ["-1", "5", "0x", "abc", "0.1ms", ""]) {
+    assert.throws(
+      () => parseFlags(["--idle", bad], specs),
+      (e: unknown) => {
+        assert.ok(e instanceof UsageError, `--idle "${bad}"`);
+        assert.match(e.message, /expected a duration such as 500ms, 5s, 2m or 1h, or 0 for none$/);
+        return true;
+      },
+    );
+  }
+  // Not allowed, 0 stays an error.
+  assert.throws(() => parseFlags(["--timeout", "0"], SPECS), /expected a duration such as/);
+});
+
 Deno.test("formatFlags() lists every flag with its variable and default", () => {
   const text = formatFlags(SPECS, true);
   for (const s of SPECS) {

@@ -156,6 +156,33 @@ Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with 
   assert.match(workers.replace(/\s+/g, " "), /\[default 1; env MESHD_WORKERS\]$/);
 });
 
+Deno.test("main() run --stream-idle-timeout takes a duration or 0, else exits 2 with one line", async () => {
+  for (const bad of ["abc", "-1", "5", "1x", "0.5ms", "597h"]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--stream-idle-timeout", bad]);
+    assert.equal(r.code, 2, `--stream-idle-timeout "${bad}": ${r.err}`);
+    assert.equal(r.err.trimEnd().split("\n").length, 1, r.err);
+    assert.match(
+      r.err,
+      new RegExp(`^meshd run: error: invalid value "${bad}" for --stream-idle-timeout: expected a`),
+    );
+  }
+  const env = await run(["run", "--config-dir", "/nonexistent"], {
+    MESHD_STREAM_IDLE_TIMEOUT: "never",
+  });
+  assert.equal(env.code, 2);
+  assert.match(env.err, /invalid value "never" for MESHD_STREAM_IDLE_TIMEOUT/);
+  // Good values get past the flags (to the missing directory).
+  for (const good of ["0", "500ms", "5m"]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", "--stream-idle-timeout", good]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /cannot read config directory/);
+  }
+  const help = await run(["run", "--help"]);
+  const flag = help.out.split("\n  --stream-idle-timeout DURATION")[1]?.split("\n  --")[0] ?? "";
+  assert.match(flag.replace(/\s+/g, " "), /no byte of its body for this long.* 0: no limit/);
+  assert.match(flag.replace(/\s+/g, " "), /\[default 5m; env MESHD_STREAM_IDLE_TIMEOUT\]$/);
+});
+
 Deno.test("main() version prints the version, this checkout's commit, from source, and Deno's", async () => {
   const r = await run(["version"]);
   assert.equal(r.code, 0);

@@ -192,6 +192,17 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
       "no byte for as long",
   },
   {
+    name: "stream-idle-timeout",
+    kind: "duration",
+    arg: "DURATION",
+    default: "5m",
+    zeroOff: true,
+    help: "An HTTP response whose backend sends no byte of its body for this long (while the " +
+      "client takes what came) is cut: both connections are closed, or over HTTP/2 the stream " +
+      "is reset, and the endpoint is charged a failure; a stream that keeps coming, however " +
+      "slowly, is never cut (over HTTP/2, the client's DATA counts too); 0: no limit",
+  },
+  {
     name: "max-connections",
     kind: "count",
     arg: "N",
@@ -259,6 +270,7 @@ export function proxyOptions(v: FlagValues): Partial<NodeProxyOptions> {
     tcpIdleTimeoutMs: v.number("tcp-idle-timeout"),
     udpIdleTimeoutMs: v.number("udp-idle-timeout"),
     writeTimeoutMs: v.number("write-timeout"),
+    streamIdleTimeoutMs: v.number("stream-idle-timeout"),
     accessLog: v.choice<AccessLogMode>("access-log", ["off", "json", "logfmt"]),
     requestId: v.bool("request-id"),
     limits: {

@@ -30,4 +30,8 @@ Deno.test("runConfig() types the defaults and turns --dns-ttl into whole seconds
   assert.equal(parse(["--dns-ttl", "2m"]).dns.ttlSeconds, 120);
   assert.equal(parse(["--workers", "auto"]).proxy.workers, "auto");
   assert.equal(parse(["--state-dir", ""]).distribution.stateDir, "");
+  // Envoy's stream_idle_timeout default; 0 turns it off.
+  assert.equal(c.proxy.options.streamIdleTimeoutMs, 300_000);
+  assert.equal(parse(["--stream-idle-timeout", "0"]).proxy.options.streamIdleTimeoutMs, 0);
+  assert.equal(parse(["--stream-idle-timeout", "90s"]).proxy.options.streamIdleTimeoutMs, 90_000);
 });

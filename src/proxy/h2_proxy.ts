@@ -22,7 +22,7 @@ import {
 } from "./http1.ts";
 import { normalizeTarget } from "./normalize_path.ts";
 import { LogThrottle } from "./log_throttle.ts";
-import { UpstreamError } from "./upstream_error.ts";
+import { StreamIdleTimeout, UpstreamError } from "./upstream_error.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
 import { type Metered, meterEnd, meterStart } from "./request_meter.ts";
@@ -61,6 +61,12 @@ export interface H2ProxyOptions {
    * Default 60 s.
    */
   clientIdleMs?: number;
+  /**
+   * Reset a stream whose backend sends no DATA for this long while its response body is
+   * under way and the client takes what came (the endpoint is charged a failure). 0: no
+   * limit. Default 5 min.
+   */
+  streamIdleTimeoutMs?: number;
   /** Streams one client connection may have open at once. Default 100. */
   maxConcurrentStreams?: number;
   /**
@@ -103,6 +109,12 @@ interface Relay {
   cancelTimer: () => void;
   /** The response timeout, which the request body's progress pushes on. */
   body: BodyProgress;
+  /**
+   * The response body's `--stream-idle-timeout`, once its headers came: DATA either way pushes
+   * it on (as Envoy's `stream_idle_timeout` counts both), so a gRPC stream the client keeps
+   * feeding is not cut while its backend waits for more of it.
+   */
+  idle: Deadline | null;
 }
 
 /** A 5xx a client can repeat at will: one warning per status and reason per 10 s. */
@@ -125,6 +137,8 @@ const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "pro
 
 /** How often deadlines (response timeouts, idle clients) are checked. */
 const SWEEP_MS = 50;
+/** `--stream-idle-timeout`'s default, as Envoy's `stream_idle_timeout`. */
+const STREAM_IDLE_MS = 300_000;
 
 /** An HTTP/1 request to a service whose scheme is h2c ({@linkcode H2Proxy.fromHttp1}). */
 export interface Http1ToH2 {
@@ -534,6 +548,41 @@ export class H2Proxy {
     return () => this.#deadlines.delete(d);
   }
 
+  /**
+   * The `--stream-idle-timeout` deadline of a response body from `ep`, unarmed (its deadline
+   * is Infinity until a wait on the backend sets it), or none when the flag is 0. When it
+   * passes it counts the drop, charges the endpoint a failure (a backend that stops mid-body is
+   * failing, as Envoy counts it against its upstream) and calls `cut`; unless `held` says the
+   * backend is held back by the client, and then it waits as long again. Remove it from
+   * {@linkcode H2Proxy.#deadlines} when the body ends.
+   */
+  #streamIdle(ep: EndpointState, cut: () => void, held?: () => boolean): Deadline | null {
+    const ms = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
+    if (ms <= 0) return null;
+    const d: Deadline = {
+      deadline: Infinity,
+      expire: () => {
+        if (held?.()) {
+          d.deadline = Date.now() + ms;
+          this.#deadlines.add(d);
+          return;
+        }
+        this.#opts.drop?.("stream_idle_timeout");
+        this.#opts.pool.failure(ep);
+        if (this.#opts.logger.enabled("debug")) {
+          this.#opts.logger.debug("h2 backend sent nothing of its response; cut", {
+            endpoint: ep.key,
+            timeoutMs: ms,
+          });
+        }
+        cut();
+      },
+    };
+    this.#deadlines.add(d);
+    this.#startSweeper();
+    return d;
+  }
+
   /** A backend stream for `out` on `ep` at once, when connected and with a slot free. */
   #openNow(ep: EndpointState, out: Fields, end: boolean): H2Stream | null {
     const conn = this.#backends.get(ep.key)?.conn;
@@ -587,7 +636,18 @@ export class H2Proxy {
         settle(stalled ? this.#bodyStalled() : this.#timedOut());
         up.reset(ERROR.CANCEL);
       }, body);
-      const r: Relay = { client, up, ep, x, bodyless, status: 0, settle, cancelTimer, body };
+      const r: Relay = {
+        client,
+        up,
+        ep,
+        x,
+        bodyless,
+        status: 0,
+        settle,
+        cancelTimer,
+        body,
+        idle: null,
+      };
       this.#relayResponse(r);
       this.#relayRequest(r);
       if (!bodyless) client.replay();
@@ -599,6 +659,12 @@ export class H2Proxy {
     const { client, up, ep, x, bodyless, settle } = r;
     const m = x.root.metrics;
     const pool = this.#opts.pool;
+    const idleMs = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
+    const cut = (): void => {
+      x.reason = "stream_idle_timeout";
+      x.detail = `The endpoint sent nothing of the response body for ${idleMs} ms`;
+      up.reset(ERROR.CANCEL); // and so the client's stream (onClose)
+    };
     up.onHeaders = (h, end) => {
       if (r.status === 0) {
         r.cancelTimer();
@@ -612,15 +678,25 @@ export class H2Proxy {
         }
         if (r.status >= 500) pool.failure(ep);
         else pool.success(ep);
+        if (!end) {
+          // A client that does not take what came holds the backend back by flow control:
+          // that is the client's stall, not the backend's.
+          const idle = this.#streamIdle(ep, cut, () => client.backlogged);
+          if (idle !== null) idle.deadline = Date.now() + idleMs;
+          r.idle = idle;
+        }
       }
       client.sendHeaders(responseHeaders(h), end);
     };
     up.onData = (chunk, end) => {
+      // One field per DATA frame: the sweep compares it with its clock.
+      if (r.idle !== null) r.idle.deadline = Date.now() + idleMs;
       m.bytesOut.inc(chunk.length);
       x.bytesOut += chunk.length;
       client.sendData(chunk, end, up);
     };
     up.onClose = (code) => {
+      if (r.idle !== null) this.#deadlines.delete(r.idle);
       if (r.status === 0) {
         if (client.closed && client.code !== ERROR.NO_ERROR) {
           x.reason = "client_gone";
@@ -655,12 +731,14 @@ export class H2Proxy {
     const m = x.root.metrics;
     const timer = r.body.timer;
     const ms = this.#opts.responseTimeoutMs ?? 30_000;
+    const idleMs = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
     client.onData = (chunk, end) => {
       m.bytesIn.inc(chunk.length);
       x.bytesIn += chunk.length;
       up.sendData(chunk, end, client);
       // While the body comes, the response deadline counts from its last progress.
       if (r.status === 0 && timer !== null) timer.deadline = Date.now() + ms;
+      else if (r.idle !== null) r.idle.deadline = Date.now() + idleMs;
     };
     client.onHeaders = (trailers, end) => up.sendHeaders(trailers, end);
     client.onClose = (code) => {
@@ -810,7 +888,21 @@ export class H2Proxy {
     const status = Number(fieldOf(h, ":status"));
     if (status >= 500) this.#opts.pool.failure(ep);
     else this.#opts.pool.success(ep);
-    const open = await this.#toHttp1(r, up, { status, h, trailers: () => trailers, clientClose });
+    let stalled = false;
+    const idle = this.#streamIdle(ep, () => {
+      stalled = true;
+      up.reset(ERROR.CANCEL);
+    });
+    let open: boolean;
+    try {
+      open = await this.#toHttp1(r, up, { status, h, trailers: () => trailers, clientClose }, idle);
+    } finally {
+      if (idle !== null) this.#deadlines.delete(idle);
+    }
+    // The deadline passed (and reset the stream): the HTTP/1 client's response is cut.
+    if (stalled) {
+      throw new StreamIdleTimeout(this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS, status);
+    }
     return { status, keepAlive: open && await bodyDone };
   }
 
@@ -824,6 +916,7 @@ export class H2Proxy {
     r: Http1ToH2,
     up: H2Stream,
     res: { status: number; h: Fields; trailers: () => Fields | null; clientClose: boolean },
+    idle: Deadline | null,
   ): Promise<boolean> {
     const { req } = r;
     const { status } = res;
@@ -838,7 +931,14 @@ export class H2Proxy {
     const cout = r.cout ?? r.root.metrics.bytesOut;
     try {
       await writeAll(r.client, encodeLatin1(head));
-      for (let chunk = await up.read(); chunk !== null; chunk = await up.read()) {
+      const ms = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
+      for (;;) {
+        // Each wait on the backend is held to --stream-idle-timeout; a write to a client that
+        // is slow to take it is not (that is --write-timeout's).
+        if (idle !== null) idle.deadline = Date.now() + ms;
+        const chunk = await up.read();
+        if (idle !== null) idle.deadline = Infinity;
+        if (chunk === null) break;
         if (noBody || chunk.length === 0) continue;
         cout.inc(chunk.length);
         await writeAll(r.client, chunked ? chunkOf(chunk) : chunk);

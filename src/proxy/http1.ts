@@ -76,6 +76,18 @@ export class HeadTooLargeError extends HttpParseError {
 /** What a {@linkcode BufReader} reads a body into, at least. */
 const BODY_BUFFER = 16 * 1024;
 
+/**
+ * Told when a {@linkcode BufReader} starts and ends a read from its source, while set: a
+ * proxy arms a deadline on the peer's silence with it (`--stream-idle-timeout`). One object
+ * per connection, so a read makes no closure.
+ */
+export interface ReadTimer {
+  /** A read from the source starts. */
+  start(): void;
+  /** That read ended: bytes, the end of the stream, or an error. */
+  stop(): void;
+}
+
 /** A buffered reader over a connection. */
 export class BufReader {
   #buf: Uint8Array;
@@ -92,6 +104,8 @@ export class BufReader {
    */
   #lent = false;
   #released = false;
+  /** Told of each read from the source while set; none by default. */
+  timer: ReadTimer | null = null;
 
   /**
    * `size` is the buffer's first size: it doubles for a head that does not fit, and grows to
@@ -162,11 +176,14 @@ export class BufReader {
       }
     }
     this.#reading = true;
+    const timer = this.timer;
+    timer?.start();
     let n: number | null;
     try {
       n = await this.#src.read(this.#buf.subarray(this.#end));
     } finally {
       this.#reading = false;
+      timer?.stop();
     }
     if (n === null) return false;
     this.#end += n;

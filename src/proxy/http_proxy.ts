@@ -22,6 +22,7 @@ import {
   parseRequestHead,
   parseResponseHead,
   type Reader,
+  type ReadTimer,
   viaHas,
   writeAll,
   type Writer,
@@ -40,7 +41,7 @@ import { lookupHttpRoute, type Route, type RouteTable } from "./route_table.ts";
 import { type Connect, connectUpstream } from "./connect_upstream.ts";
 import { forwardedFor } from "./forwarded_for.ts";
 import { HOP_BY_HOP, type PlainResponse, scanResponseHead } from "./scan_response_head.ts";
-import { UpstreamError } from "./upstream_error.ts";
+import { StreamIdleTimeout, UpstreamError } from "./upstream_error.ts";
 import { ClientGone, withRetries } from "./with_retries.ts";
 
 /** Options for {@linkcode HttpProxy}. */
@@ -64,6 +65,12 @@ export interface HttpProxyOptions {
   clientIdleMs?: number;
   /** Close a client connection a write to which makes no progress for this long. Default 60 s. */
   writeTimeoutMs?: number;
+  /**
+   * Cut a response whose backend sends no byte of its body for this long while the client
+   * takes what came (both connections closed, the endpoint charged a failure). 0: no limit.
+   * Default 5 min.
+   */
+  streamIdleTimeoutMs?: number;
   /** Caps on client connections, shared with the TCP listeners; none when absent. */
   limiter?: ConnectionLimiter;
   /** Counts what the proxy drops to protect itself. */
@@ -90,6 +97,8 @@ const MAX_HEAD = 64 * 1024;
 const CLIENT_BUFFER = 4 * 1024;
 const MAX_IDLE_PER_ENDPOINT = 256;
 const UPSTREAM_IDLE_MS = 30_000;
+/** `--stream-idle-timeout`'s default, as Envoy's `stream_idle_timeout`. */
+const STREAM_IDLE_MS = 300_000;
 /** Responses up to this size, when already read, go out in one write with their head. */
 const COALESCE_LIMIT = 64 * 1024;
 const SWEEP_MS = 100;
@@ -144,6 +153,13 @@ interface Upstream {
    * connection, for the read it keeps pending while idle, rather than once per request.
    */
   unpool: () => void;
+  /** The `--stream-idle-timeout` deadline of its reads, made at its first streamed body. */
+  stall: StallTimer | null;
+}
+
+/** A {@linkcode ReadTimer} that arms a {@linkcode Watch} for each read it is told of. */
+interface StallTimer extends ReadTimer {
+  watch: Watch;
 }
 
 const REASONS: Record<number, string> = {
@@ -346,6 +362,7 @@ export class HttpProxy {
         isOwn: options.isOwn,
         viaName: options.viaName,
         clientIdleMs: options.clientIdleMs,
+        streamIdleTimeoutMs: options.streamIdleTimeoutMs,
         accessLog: options.accessLog,
         requestId: options.requestId,
       });
@@ -653,7 +670,7 @@ export class HttpProxy {
       if (e instanceof ProxyFailure) {
         x.status = e.status;
         x.network = e.network;
-      }
+      } else if (e instanceof StreamIdleTimeout) x.status = e.status; // the status sent
       throw e;
     } finally {
       meterEnd(x);
@@ -796,9 +813,15 @@ export class HttpProxy {
         else pool.success(ep);
         const clientClose = connTokens.includes("close") ||
           (req.minor === 0 && !connTokens.includes("keep-alive"));
-        const outcome = "raw" in res
-          ? await this.#respondPlain(x, up, res, clientClose)
-          : await this.#respond(x, up, res, clientClose, upgrade);
+        let outcome: Outcome;
+        try {
+          outcome = "raw" in res
+            ? await this.#respondPlain(x, up, res, clientClose)
+            : await this.#respond(x, up, res, clientClose, upgrade);
+        } catch (e) {
+          throw this.#stalled(up, ep, res.status) ?? e;
+        }
+        if (up.stall?.watch.timedOut) throw this.#stalled(up, ep, res.status)!;
         if (this.#opts.logger.enabled("debug")) {
           this.#opts.logger.debug("http request", {
             client: x.peer,
@@ -817,6 +840,19 @@ export class HttpProxy {
       if (this.#scratch.length < MAX_SCRATCH) this.#scratch.push(x.scratch);
       x.scratch = null;
     }
+  }
+
+  /**
+   * When `--stream-idle-timeout` cut the response from `up`, what the exchange ends with; the
+   * endpoint is charged a failure, as Envoy counts a stream idle timeout against its upstream:
+   * a backend that stops mid-body is failing, and the client got a broken response.
+   */
+  #stalled(up: Upstream, ep: EndpointState, status: number): StreamIdleTimeout | null {
+    const stall = up.stall;
+    if (stall === null || !stall.watch.timedOut) return null;
+    stall.watch.timedOut = false; // counted once
+    this.#opts.pool.failure(ep);
+    return new StreamIdleTimeout(this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS, status);
   }
 
   /**
@@ -856,7 +892,7 @@ export class HttpProxy {
       }
       if (n < out.length) await writeAll(cw, out.subarray(n));
       if (bodyLength > 0) x.cout.inc(bodyLength);
-      const complete = whole || await copyBody(up.reader, cw, framing, false, x.cout);
+      const complete = whole || await this.#copyResponseBody(x, up, framing, false);
       return await this.#finish(x, up, complete, true, closeAfter, res.status);
     } catch (e) {
       // The client went away or stopped reading mid-response: the backend connection goes
@@ -976,7 +1012,52 @@ export class HttpProxy {
     const out = bufferFor(x, outHead.length);
     encodeLatin1Into(outHead, out, 0);
     await writeAll(cw, out);
-    return await copyBody(up.reader, cw, resFraming, dechunk, x.cout);
+    return await this.#copyResponseBody(x, up, resFraming, dechunk);
+  }
+
+  /**
+   * Copies a response body from the backend to the client, each read from the backend held to
+   * `--stream-idle-timeout` (a write to a client that is slow to take it is not: that is
+   * `--write-timeout`'s). Only for a body not already read with its head.
+   */
+  async #copyResponseBody(
+    x: Http1Request,
+    up: Upstream,
+    framing: BodyFraming,
+    dechunk: boolean,
+  ): Promise<boolean> {
+    if (framing.kind === "none") return true;
+    const ms = this.#opts.streamIdleTimeoutMs ?? STREAM_IDLE_MS;
+    if (ms <= 0) return await copyBody(up.reader, x.cw!, framing, dechunk, x.cout);
+    up.reader.timer = up.stall ??= this.#stallTimer(up.conn, ms);
+    try {
+      return await copyBody(up.reader, x.cw!, framing, dechunk, x.cout);
+    } finally {
+      up.reader.timer = null;
+      up.stall.watch.deadline = 0;
+    }
+  }
+
+  /**
+   * The read deadline of a backend connection: the sweep closes it `ms` after a read started
+   * that has not ended, which ends the copy that waits on it.
+   */
+  #stallTimer(conn: Conn, ms: number): StallTimer {
+    const watch = newWatch(conn, () => {
+      this.#drop("stream_idle_timeout");
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug("http backend sent nothing of its response; cut", {
+          timeoutMs: ms,
+        });
+      }
+    });
+    return {
+      watch,
+      start: () => this.#arm(watch, Date.now() + ms),
+      stop: () => {
+        watch.deadline = 0;
+      },
+    };
   }
 
   /**
@@ -1159,6 +1240,7 @@ export class HttpProxy {
       idleSince: 0,
       idle: false,
       watch: newWatch(conn),
+      stall: null,
       unpool: () => {
         if (!u.idle) return; // checked out since: what came is the response to its request
         const list = this.#idle.get(u.key);
@@ -1297,6 +1379,8 @@ function logRequest(
       ? failureReason(failed)
       : failed instanceof ClientGone
       ? "client_gone"
+      : failed instanceof StreamIdleTimeout
+      ? "stream_idle_timeout"
       : "client_error",
     detail: failed instanceof ProxyFailure ? failed.message : undefined,
     durationMs,

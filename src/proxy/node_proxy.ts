@@ -55,6 +55,11 @@ export interface NodeProxyOptions {
   limits?: Partial<ProxyLimits>;
   /** A client of the HTTP entrypoint that reads nothing for this long is closed. Default 60 s. */
   writeTimeoutMs?: number;
+  /**
+   * An HTTP response body from a backend that sends nothing for this long is cut (both
+   * connections closed, or the HTTP/2 stream reset). 0: no limit. Default 5 min.
+   */
+  streamIdleTimeoutMs?: number;
   /** Domains HTTP services answer to besides the config's (`traefik.mesh`, `maesh`). */
   domainAliases?: readonly string[];
   /** `--access-log`: the default of every Service (its annotation wins), and the format. */
@@ -225,6 +230,7 @@ export class NodeProxy {
       responseTimeoutMs: this.#opts.responseTimeoutMs,
       caCerts: this.#opts.caCerts,
       writeTimeoutMs: this.#opts.writeTimeoutMs,
+      streamIdleTimeoutMs: this.#opts.streamIdleTimeoutMs,
       limiter: this.#limiter,
       drop: this.#state.metrics.drop,
       isOwn: this.#isOwnTcp,

@@ -2,6 +2,18 @@ import type { EndpointState } from "./endpoint_pool.ts";
 import { ProxyFailure } from "./policy.ts";
 import type { Route } from "./route_table.ts";
 
+/**
+ * A backend that sent no byte of a response body under way for `--stream-idle-timeout`: the
+ * response was cut, its connections closed (or its HTTP/2 stream reset).
+ */
+export class StreamIdleTimeout extends Error {
+  /** `timeoutMs`: the flag's value; `status`: the status the client was sent before the cut. */
+  constructor(readonly timeoutMs: number, readonly status: number) {
+    super(`the backend sent nothing of the response body for ${timeoutMs} ms`);
+    this.name = "StreamIdleTimeout";
+  }
+}
+
 /** Options for {@linkcode UpstreamError}. */
 export interface UpstreamErrorOptions {
   /** Whether the request had been sent: a request not sent may go to another endpoint. */
