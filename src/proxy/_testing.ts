@@ -232,3 +232,16 @@ export async function rawRequest(
 export function field(body: string, key: string): string | undefined {
   return new RegExp(`^${key}=(.*)$`, "m").exec(body)?.[1];
 }
+
+/** Sends `text` on `conn` and reads until as many bytes came back (from an echo backend). */
+export async function echoOver(conn: Deno.Conn, text: string): Promise<string> {
+  const sent = new TextEncoder().encode(text);
+  await conn.write(sent);
+  const got = new Uint8Array(sent.length);
+  for (let off = 0; off < got.length;) {
+    const n = await conn.read(got.subarray(off));
+    if (n === null) throw new Error(`connection closed after ${off} of ${got.length} bytes`);
+    off += n;
+  }
+  return new TextDecoder().decode(got);
+}

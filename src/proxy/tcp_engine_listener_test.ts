@@ -10,6 +10,7 @@ import { freePort, waitFor } from "../_testing.ts";
 import { Reactor } from "../engine/reactor.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
+import { echoOver } from "./_testing.ts";
 
 const HOST = "127.0.62.2";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -76,26 +77,13 @@ async function withListener(
   }
 }
 
-/** Sends `text` on `conn` and reads until as many bytes came back. */
-async function echo(conn: Deno.TcpConn, text: string): Promise<string> {
-  const sent = new TextEncoder().encode(text);
-  await conn.write(sent);
-  const got = new Uint8Array(sent.length);
-  for (let off = 0; off < got.length;) {
-    const n = await conn.read(got.subarray(off));
-    if (n === null) throw new Error(`connection closed after ${off} of ${got.length} bytes`);
-    off += n;
-  }
-  return new TextDecoder().decode(got);
-}
-
 Deno.test("TcpEngineListener relays both ways and counts the bytes of each in its route's metrics", async () => {
   const backend = echoBackend();
   try {
     await withListener([backend.port], {}, async (listener, route) => {
       const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-      assert.equal(await echo(conn, "x".repeat(1000)), "x".repeat(1000));
-      assert.equal(await echo(conn, "y".repeat(234)), "y".repeat(234));
+      assert.equal(await echoOver(conn, "x".repeat(1000)), "x".repeat(1000));
+      assert.equal(await echoOver(conn, "y".repeat(234)), "y".repeat(234));
       await conn.closeWrite();
       assert.equal(await conn.read(new Uint8Array(1)), null, "the backend's end came through");
       conn.close();
@@ -122,7 +110,7 @@ Deno.test("TcpEngineListener tries another endpoint when one refuses the connect
       // Each connection reaches the live endpoint, whichever the pool picks first.
       for (let i = 0; i < 4; i++) {
         const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-        assert.equal(await echo(conn, `hello ${i}`), `hello ${i}`);
+        assert.equal(await echoOver(conn, `hello ${i}`), `hello ${i}`);
         conn.close();
       }
       assert.equal(backend.connections(), 4);
@@ -152,18 +140,18 @@ Deno.test("TcpEngineListener closes a connection idle past idleTimeoutMs and kee
     await withListener([backend.port], { idleTimeoutMs: 1500 }, async (listener) => {
       const idle = await Deno.connect({ hostname: HOST, port: listener.addr.port });
       const busy = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-      assert.equal(await echo(idle, "a"), "a");
+      assert.equal(await echoOver(idle, "a"), "a");
       let closed = false;
       const idleEnded = idle.read(new Uint8Array(1));
       idleEnded.then(() => closed = true, () => closed = true);
       const t0 = Date.now();
       for (let i = 0; !closed && Date.now() - t0 < 6000; i++) {
-        assert.equal(await echo(busy, `b${i}`), `b${i}`, "the busy connection broke");
+        assert.equal(await echoOver(busy, `b${i}`), `b${i}`, "the busy connection broke");
         await new Promise((r) => setTimeout(r, 200));
       }
       assert.ok(closed, `the idle connection was still open after ${Date.now() - t0} ms`);
       assert.ok(Date.now() - t0 >= 1500, `closed after ${Date.now() - t0} ms, under the timeout`);
-      assert.equal(await echo(busy, "still"), "still");
+      assert.equal(await echoOver(busy, "still"), "still");
       assert.equal(listener.open, 1);
       idle.close();
       busy.close();
@@ -178,12 +166,12 @@ Deno.test("TcpEngineListener.close lets open connections finish", async () => {
   try {
     await withListener([backend.port], {}, async (listener) => {
       const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-      assert.equal(await echo(conn, "open"), "open");
+      assert.equal(await echoOver(conn, "open"), "open");
       let closed = false;
       const closing = listener.close().then(() => closed = true);
       // Not accepting any more; the open connection still works.
       await assert.rejects(Deno.connect({ hostname: HOST, port: listener.addr.port }));
-      assert.equal(await echo(conn, "still"), "still");
+      assert.equal(await echoOver(conn, "still"), "still");
       assert.equal(closed, false);
       conn.close();
       await closing;
@@ -199,7 +187,7 @@ Deno.test("TcpEngineListener.close with abort ends open connections", async () =
   try {
     await withListener([backend.port], {}, async (listener) => {
       const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-      assert.equal(await echo(conn, "open"), "open");
+      assert.equal(await echoOver(conn, "open"), "open");
       await listener.close(true);
       assert.equal(listener.open, 0);
       assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);

@@ -9,6 +9,7 @@ import { freePort, waitFor } from "../_testing.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
+import { echoOver } from "./_testing.ts";
 
 const HOST = "127.0.62.1";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -60,19 +61,6 @@ async function withListener(
   }
 }
 
-/** Sends `text` on `conn` and reads until as many bytes came back. */
-async function echo(conn: Deno.TcpConn, text: string): Promise<string> {
-  const sent = new TextEncoder().encode(text);
-  await conn.write(sent);
-  const got = new Uint8Array(sent.length);
-  for (let off = 0; off < got.length;) {
-    const n = await conn.read(got.subarray(off));
-    if (n === null) throw new Error(`connection closed after ${off} of ${got.length} bytes`);
-    off += n;
-  }
-  return new TextDecoder().decode(got);
-}
-
 Deno.test("TcpListener gives its copy buffers back when a connection ends, so the next allocates none", async () => {
   const buffers = {
     small: new BufferPool({ size: 8 * 1024, keep: 8 }),
@@ -81,7 +69,7 @@ Deno.test("TcpListener gives its copy buffers back when a connection ends, so th
   await withListener({ buffers }, async (listener) => {
     for (let i = 0; i < 5; i++) {
       const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-      assert.equal(await echo(conn, `hello ${i}`), `hello ${i}`);
+      assert.equal(await echoOver(conn, `hello ${i}`), `hello ${i}`);
       await conn.closeWrite();
       assert.equal(await conn.read(new Uint8Array(16)), null);
       conn.close();
@@ -107,14 +95,14 @@ Deno.test("TcpListener holds small copy buffers on a quiet connection and large 
   await withListener({ buffers }, async (listener) => {
     const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
     try {
-      assert.equal(await echo(conn, "ping"), "ping");
+      assert.equal(await echoOver(conn, "ping"), "ping");
       assert.deepEqual([small.allocated, small.free, large.allocated], [2, 0, 0]);
       // A MiB each way: reads fill 8 KiB, so both loops move to 64 KiB buffers.
       const bulk = "z".repeat(1024 * 1024);
-      assert.equal(await echo(conn, bulk), bulk);
+      assert.equal(await echoOver(conn, bulk), bulk);
       assert.ok(large.allocated >= 1, "a MiB went through small buffers only");
       // Quiet again: the next small read hands each large buffer back.
-      assert.equal(await echo(conn, "pong"), "pong");
+      assert.equal(await echoOver(conn, "pong"), "pong");
       await waitFor(
         "both copy loops to give their large buffers back",
         () => large.free === large.allocated || undefined,
@@ -130,8 +118,8 @@ Deno.test("TcpListener holds small copy buffers on a quiet connection and large 
 Deno.test("TcpListener counts the bytes of each direction in its route's metrics", async () => {
   await withListener({}, async (listener, route) => {
     const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-    assert.equal(await echo(conn, "x".repeat(1000)), "x".repeat(1000));
-    assert.equal(await echo(conn, "y".repeat(234)), "y".repeat(234));
+    assert.equal(await echoOver(conn, "x".repeat(1000)), "x".repeat(1000));
+    assert.equal(await echoOver(conn, "y".repeat(234)), "y".repeat(234));
     conn.close();
     await waitFor("the connection to end in the listener", () => listener.open === 0 || undefined);
     assert.equal(route.metrics.bytesIn.value, 1234);
@@ -145,7 +133,7 @@ Deno.test("TcpListener closes a connection idle past idleTimeoutMs and keeps one
   await withListener({ idleTimeoutMs: 1500 }, async (listener) => {
     const idle = await Deno.connect({ hostname: HOST, port: listener.addr.port });
     const busy = await Deno.connect({ hostname: HOST, port: listener.addr.port });
-    assert.equal(await echo(idle, "a"), "a");
+    assert.equal(await echoOver(idle, "a"), "a");
     const idleEnded = idle.read(new Uint8Array(1));
     let closed = false;
     idleEnded.then(() => closed = true, () => closed = true);
@@ -153,7 +141,7 @@ Deno.test("TcpListener closes a connection idle past idleTimeoutMs and keeps one
     // Bytes on the busy connection every 200 ms until the idle one is closed (at most 6 s).
     let rounds = 0;
     while (!closed && Date.now() - t0 < 6000) {
-      assert.equal(await echo(busy, `b${rounds}`), `b${rounds}`, "the busy connection broke");
+      assert.equal(await echoOver(busy, `b${rounds}`), `b${rounds}`, "the busy connection broke");
       rounds++;
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -161,7 +149,7 @@ Deno.test("TcpListener closes a connection idle past idleTimeoutMs and keeps one
     assert.equal(await idleEnded, null);
     // The busy connection outlived the idle one by more than the timeout, and still works.
     assert.ok(Date.now() - t0 >= 1500, `closed after ${Date.now() - t0} ms, under the timeout`);
-    assert.equal(await echo(busy, "still"), "still");
+    assert.equal(await echoOver(busy, "still"), "still");
     assert.equal(listener.open, 1);
     idle.close();
     busy.close();

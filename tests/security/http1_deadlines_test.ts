@@ -11,6 +11,7 @@ import { EndpointPool } from "../../src/proxy/endpoint_pool.ts";
 import { HttpProxy } from "../../src/proxy/http_proxy.ts";
 import { buildRouteTable, newRouteState } from "../../src/proxy/route_table.ts";
 import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
+import { readUntilClosed } from "./_read_until_closed.ts";
 
 const PROXY = "127.0.70.110";
 const BACKEND = "127.0.70.111";
@@ -76,37 +77,6 @@ function bodyBackend(hostname: string): { port: number; answered: () => number; 
       }
     },
   };
-}
-
-/** Reads what the proxy sends until it closes, or until `ms` pass (then `timedOut`). */
-async function readUntilClosed(
-  conn: Deno.Conn,
-  ms: number,
-): Promise<{ text: string; timedOut: boolean }> {
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, ms);
-  let text = "";
-  const buf = new Uint8Array(4096);
-  try {
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += decoder.decode(buf.subarray(0, n));
-    }
-  } catch {
-    /* our own close at the deadline, or a reset */
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }
-  return { text, timedOut };
 }
 
 /** A proxy for `web.default.mesh` in front of `backend`, with a 500 ms response timeout. */

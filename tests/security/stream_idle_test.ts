@@ -14,6 +14,7 @@ import type { DropReason } from "../../src/proxy/proxy_metrics.ts";
 import { buildRouteTable, newRouteState } from "../../src/proxy/route_table.ts";
 import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { waitFor } from "../testenv/process.ts";
+import { readUntilClosed } from "./_read_until_closed.ts";
 
 const PROXY = "127.0.71.10";
 const BACKEND = "127.0.71.11";
@@ -136,33 +137,7 @@ async function exchange(
   request: string,
   ms: number,
 ): Promise<{ text: string; timedOut: boolean; elapsed: number }> {
-  const conn = await Deno.connect({ hostname: PROXY, port });
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, ms);
-  const started = Date.now();
-  let text = "";
-  try {
-    await conn.write(encoder.encode(request));
-    const buf = new Uint8Array(4096);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += decoder.decode(buf.subarray(0, n));
-    }
-  } catch {
-    /* our own close at the deadline, or a reset */
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }
-  return { text, timedOut, elapsed: Date.now() - started };
+  return readUntilClosed(await Deno.connect({ hostname: PROXY, port }), ms, request);
 }
 
 const GET = `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
