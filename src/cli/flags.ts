@@ -174,8 +174,9 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       return bad("true or false");
     case "list": {
       const items = v.split(",").map((s) => s.trim()).filter((s) => s);
-      if (spec.pattern && !items.every((s) => spec.pattern!.re.test(s))) {
-        bad(`a list of ${spec.pattern.expected}`);
+      const wrong = spec.pattern && items.find((s) => !spec.pattern!.re.test(s));
+      if (wrong !== undefined && spec.pattern) {
+        bad(`each item ${spec.pattern.expected}, and "${wrong}" is not`);
       }
       return items;
     }

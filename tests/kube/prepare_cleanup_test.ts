@@ -158,11 +158,13 @@ Deno.test("meshd prepare and cleanup edit only meshd's block in CoreDNS's Corefi
         assert.match((await corefile()).text, /\nmesh:53 \{\n/);
         // a name that is not a domain name would become Corefile syntax
         const bad = await meshd("prepare", kc, "--domain-aliases=traefik.mesh,x {");
-        assert.equal(bad.code, 1);
+        // A usage error, found when the flags are read (exit 2), naming the item.
+        assert.equal(bad.code, 2);
         assert.equal(
           bad.err,
-          'meshd prepare: error: cannot use "x {" as a mesh domain alias: expected a domain name such ' +
-            'as "traefik.mesh"\n',
+          'meshd prepare: error: invalid value "traefik.mesh,x {" for --domain-aliases: expected ' +
+            'each item a domain name such as "mesh" or "traefik.mesh", and "x {" is not; run ' +
+            '"meshd prepare --help" for the flags\n',
         );
       },
     );

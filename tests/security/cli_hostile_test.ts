@@ -212,6 +212,6 @@ for (
     );
     assert.equal(r.code, 2, `exit ${r.code}:\n${r.err}`);
     assert.equal(r.err.trim().split("\n").length, 1, r.err);
-    assert.match(r.err, /expected (a list of )?a domain name such as "mesh"/, r.err);
+    assert.match(r.err, /expected (each item )?a domain name such as "mesh"/, r.err);
   });
 }
