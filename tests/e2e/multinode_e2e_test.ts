@@ -459,6 +459,17 @@ spec:
       "a restarted node routes on its saved config before it reaches the leader",
       async () => {
         const n = m.nodes[0]!;
+        // What it routes on must be on its disk before it dies: a node saves an applied config
+        // 100 ms after the apply, in the background, and one killed sooner starts from the one
+        // before (seen once under load: the pod of the config before the split answered).
+        await waitFor(`${n.name} to have saved the config it routes on`, async () => {
+          const live = JSON.parse((await n.meshd.api("/api/config")).body).version;
+          const saved = await Deno.readTextFile(`${n.stateDir}/config.json`).then(
+            (t) => JSON.parse(t).config?.version,
+            () => undefined,
+          );
+          return saved !== undefined && saved === live ? true : undefined;
+        }, 10_000);
         await n.meshd.kill();
         const p = m.startMeshd(n);
         const fromDisk = await p.waitLog("config applied", (e) => e["from"] === "disk", 30_000);
