@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
 import { EPOLLIN, libcNet } from "../../ffi/libc_net.ts";
+import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.20";
 
@@ -56,9 +57,9 @@ Deno.test("Reactor calls a socket's handler for its events, and goes on past one
     const to = { transport: "udp" as const, hostname: HOST, port: localAddress(fd).port };
     const guarded = await runGuarded(r, async () => {
       await sender.send(new Uint8Array(3), to);
-      while (got.length < 1) await new Promise((res) => setTimeout(res, 1));
+      await waitFor("the first datagram handled", () => got.length >= 1 || undefined);
       await sender.send(new Uint8Array(7), to);
-      while (got.length < 2) await new Promise((res) => setTimeout(res, 1));
+      await waitFor("the second datagram handled", () => got.length >= 2 || undefined);
     });
     assert.equal(guarded, false);
     assert.deepEqual(got, [3, 7]);

@@ -4,6 +4,7 @@ import { type RelayEnd, TcpRelay } from "./tcp_relay.ts";
 import { acceptOne, bindSocket, closeFd, dialTcp, localAddress } from "./sockets.ts";
 import { EPOLLIN } from "../../ffi/libc_net.ts";
 import { seededRandom } from "../_testing.ts";
+import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.21";
 
@@ -94,7 +95,7 @@ Deno.test("TcpRelay carries bytes both ways and passes each way's end on", async
       client.close();
       assert.equal(answer.length, sent.length);
       assert.ok(sameBytes(answer, sent.slice().reverse()), "the answer is what was sent, reversed");
-      while (ends.length === 0) await new Promise((r) => setTimeout(r, 2));
+      await waitFor("the relay to end", () => ends.length > 0 || undefined);
       assert.deepEqual(ends, ["eof"]);
     }, bytes);
     assert.deepEqual(bytes, { up: 300_000, down: 300_000 });
@@ -156,7 +157,7 @@ Deno.test("TcpRelay ends as an error when the backend refuses, and closes the cl
     const got = await readAll(client).catch(() => new Uint8Array());
     client.close();
     assert.equal(got.length, 0);
-    while (ends.length === 0) await new Promise((r) => setTimeout(r, 2));
+    await waitFor("the relay to end", () => ends.length > 0 || undefined);
     assert.deepEqual(ends, ["error"]);
   });
 });
@@ -173,7 +174,7 @@ Deno.test("TcpRelay.close closes both sockets and says why", async () => {
     await withRelay(backend.addr.port, async (port, relays, ends) => {
       const client = await Deno.connect({ hostname: HOST, port });
       await writeAll(client, new Uint8Array(10));
-      while (relays.length === 0) await new Promise((r) => setTimeout(r, 2));
+      await waitFor("the relay to start", () => relays.length > 0 || undefined);
       relays[0]!.close("idle_timeout");
       assert.deepEqual(ends, ["idle_timeout"]);
       // Both ends see it closed.

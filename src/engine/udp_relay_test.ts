@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { type UdpFlowEnd, UdpRelay, type UdpRelayOptions, type UdpTarget } from "./udp_relay.ts";
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
+import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.22";
 
@@ -116,10 +117,7 @@ Deno.test("UdpRelay ends a flow idle past idleMs, and the least recently active 
       assert.ok(await ask(a, port, "a"));
       assert.ok(await ask(b, port, "b")); // evicts a's flow
       assert.deepEqual(ends, [[(a.addr as Deno.NetAddr).port, "evicted"]]);
-      const deadline = Date.now() + 5000;
-      while (relay.flows > 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor("the idle flow to end", () => relay.flows === 0 || undefined);
       assert.equal(relay.flows, 0);
       assert.deepEqual(ends[1], [(b.addr as Deno.NetAddr).port, "idle_timeout"]);
     });
