@@ -103,7 +103,7 @@ export function proxyWorkers(requested: number | "auto", cpus: number, logger: L
   return requested;
 }
 
-/** The node proxy, or a pool of them with `--workers` above 1. */
+/** The node proxy, or a pool of them with `--workers` above 1 or `--l4-worker`. */
 function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
   const { config, registry } = ctx;
   const logger = ctx.logger.with({ room: "proxy" });
@@ -116,8 +116,16 @@ function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
     ...config.proxy.options,
     caCerts,
   };
-  return workers > 1
-    ? new ProxyPool({ workers, proxy: proxyOpts, logger, udpWaitMs: UDP_ANSWER_WAIT_MS, registry })
+  const l4Worker = config.proxy.l4Worker;
+  return workers > 1 || l4Worker
+    ? new ProxyPool({
+      workers,
+      l4Worker,
+      proxy: proxyOpts,
+      logger,
+      udpWaitMs: UDP_ANSWER_WAIT_MS,
+      registry,
+    })
     : new NodeProxy({ ...proxyOpts, logger, registry });
 }
 

@@ -41,6 +41,11 @@ export function closeFd(fd: number): void {
 export interface BindOptions {
   /** SO_REUSEPORT, so a successor can bind the port before this one leaves. */
   reusePort?: boolean;
+  /**
+   * SO_REUSEADDR on a UDP socket (a TCP one always has it), so a successor can bind the port
+   * beside it: on Linux the socket bound last then receives every new datagram.
+   */
+  reuseAddress?: boolean;
   /** The listen backlog of a TCP socket; default 1024. */
   backlog?: number;
 }
@@ -62,7 +67,12 @@ export function bindSocket(
   const fd = call.socket(family, (kind === "tcp" ? SOCK_STREAM : SOCK_DGRAM) | FLAGS, 0);
   if (fd < 0) throw failed("socket");
   try {
-    if (call.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) < 0) throw failed("setsockopt");
+    if (
+      (kind === "tcp" || options.reuseAddress) &&
+      call.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) < 0
+    ) {
+      throw failed("setsockopt");
+    }
     if (options.reusePort && call.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, ONE, 4) < 0) {
       throw failed("setsockopt SO_REUSEPORT");
     }

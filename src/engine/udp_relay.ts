@@ -25,30 +25,39 @@ export interface UdpTarget {
   port: number;
 }
 
-/** One client's flow. */
-export interface UdpFlow {
+/** One client's flow; `target` is what {@linkcode UdpRelayOptions.open} chose for it. */
+export interface UdpFlow<T extends UdpTarget = UdpTarget> {
   readonly client: UdpTarget;
-  readonly target: UdpTarget;
+  readonly target: T;
 }
 
 /** How a flow ended. */
-export type UdpFlowEnd = "idle_timeout" | "evicted" | "error" | "shutdown";
+export type UdpFlowEnd = "idle_timeout" | "evicted" | "error" | "shutdown" | "endpoint_failed";
 
 /** Options for {@linkcode UdpRelay}. */
-export interface UdpRelayOptions {
-  /** For a client's first datagram: where its flow goes, or null to drop the datagram. */
-  open(client: UdpTarget): UdpTarget | null;
+export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {
+  /**
+   * For a client's first datagram: where its flow goes (the object is kept as the flow's
+   * `target`, so it may carry the owner's own fields), or null to drop the datagram.
+   */
+  open(client: UdpTarget): T | null;
+  /** A flow was opened, before its first datagram goes on. */
+  onOpen?(flow: UdpFlow<T>): void;
   /** `n` bytes went from a client on (`up`) or back to it (`down`). */
-  onBytes?(flow: UdpFlow, way: "up" | "down", n: number): void;
+  onBytes?(flow: UdpFlow<T>, way: "up" | "down", n: number): void;
+  /** A datagram from the client could not be sent on to the endpoint (an ICMP error, say). */
+  onSendError?(flow: UdpFlow<T>): void;
+  /** A socket for a new flow could not be opened or connected (out of descriptors, say). */
+  onOpenError?(client: UdpTarget, target: T, error: Error): void;
   /** A flow ended; its socket is closed by then. */
-  onEnd?(flow: UdpFlow, reason: UdpFlowEnd): void;
+  onEnd?(flow: UdpFlow<T>, reason: UdpFlowEnd): void;
   /** A flow idle this long either way ends. Default 60 s. */
   idleMs?: number;
   /** Flows at most; a new one ends the least recently active. Default 1,000. */
   maxFlows?: number;
 }
 
-interface Flow extends UdpFlow {
+interface Flow<T extends UdpTarget> extends UdpFlow<T> {
   fd: number;
   /** The client's `sockaddr`, as `sendto` takes it. */
   sa: Uint8Array;
@@ -74,18 +83,19 @@ const SCRATCH = new Uint8Array(65_535);
  * const relay = new UdpRelay(reactor, fd, { open: () => ({ address: "10.0.0.7", port: 53 }) });
  * ```
  */
-export class UdpRelay {
+export class UdpRelay<T extends UdpTarget = UdpTarget> {
   readonly #reactor: Reactor;
   readonly #fd: number;
-  readonly #opts: UdpRelayOptions;
+  readonly #opts: UdpRelayOptions<T>;
   /** Flows by client key, least recently active first (moved to the back by the sweep). */
-  readonly #flows = new Map<number | string, Flow>();
+  readonly #flows = new Map<number | string, Flow<T>>();
   readonly #from = new Uint8Array(28);
   readonly #fromLen = new Uint32Array(1);
   readonly #fromLenBytes = new Uint8Array(this.#fromLen.buffer);
   #sweep: ReactorTimer;
+  #paused = false;
 
-  constructor(reactor: Reactor, listenFd: number, options: UdpRelayOptions) {
+  constructor(reactor: Reactor, listenFd: number, options: UdpRelayOptions<T>) {
     this.#reactor = reactor;
     this.#fd = listenFd;
     this.#opts = options;
@@ -98,10 +108,30 @@ export class UdpRelay {
     return this.#flows.size;
   }
 
+  /** The flows open now, least recently active first (as of the last sweep). */
+  values(): IterableIterator<UdpFlow<T>> {
+    return this.#flows.values();
+  }
+
+  /** Ends `flow` (one of this relay's) for `reason`; a flow already ended is left alone. */
+  end(flow: UdpFlow<T>, reason: UdpFlowEnd): void {
+    this.#end(flow as Flow<T>, reason);
+  }
+
+  /**
+   * Stops reading the listening socket (which stays open, and whose datagrams then wait for
+   * no one); flows go on, so answers still due go back, until {@linkcode UdpRelay.close}.
+   */
+  pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#reactor.remove(this.#fd);
+  }
+
   /** Ends every flow and stops reading the listening socket (which stays open). */
   close(): void {
     this.#sweep.cancel();
-    this.#reactor.remove(this.#fd);
+    this.pause();
     for (const f of [...this.#flows.values()]) this.#end(f, "shutdown");
   }
 
@@ -124,12 +154,14 @@ export class UdpRelay {
       flow.count++;
       if (Number(call.write(flow.fd, SCRATCH, BigInt(n))) === n) {
         this.#opts.onBytes?.(flow, "up", n);
+      } else {
+        this.#opts.onSendError?.(flow);
       }
     }
   }
 
   /** A flow for a client's first datagram; null when it is dropped. */
-  #open(key: number | string, sa: Uint8Array): Flow | null {
+  #open(key: number | string, sa: Uint8Array): Flow<T> | null {
     const client = addressOf(sa);
     const target = this.#opts.open(client);
     if (!target) return null;
@@ -137,15 +169,20 @@ export class UdpRelay {
     const to = sockaddr(target.address, target.port);
     const family = target.address.includes(":") ? AF_INET6 : AF_INET;
     const fd = call.socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return null;
+    if (fd < 0) {
+      this.#opts.onOpenError?.(client, target, this.#reactor.error("socket"));
+      return null;
+    }
     if (call.connect(fd, to, to.length) < 0) {
+      const e = this.#reactor.error(`connect ${target.address}:${target.port}`);
       call.close(fd);
+      this.#opts.onOpenError?.(client, target, e);
       return null;
     }
     while (this.#flows.size >= (this.#opts.maxFlows ?? 1000)) {
       this.#end(this.#flows.values().next().value!, "evicted");
     }
-    const flow: Flow = {
+    const flow: Flow<T> = {
       client,
       target,
       fd,
@@ -157,11 +194,13 @@ export class UdpRelay {
     };
     this.#flows.set(key, flow);
     this.#reactor.add(fd, EPOLLIN, () => this.#reply(flow));
-    return flow;
+    this.#opts.onOpen?.(flow);
+    // The owner may have ended it at once (a cap of its own).
+    return this.#flows.get(key) === flow ? flow : null;
   }
 
   /** Datagrams that came back on a flow's socket, to its client. */
-  #reply(flow: Flow): void {
+  #reply(flow: Flow<T>): void {
     const { call } = libcNet();
     for (;;) {
       const n = Number(call.read(flow.fd, SCRATCH, BigInt(SCRATCH.length)));
@@ -190,7 +229,7 @@ export class UdpRelay {
     this.#sweep = this.#reactor.after(this.#sweepMs(), () => this.#sweepIdle());
   }
 
-  #end(f: Flow, reason: UdpFlowEnd): void {
+  #end(f: Flow<T>, reason: UdpFlowEnd): void {
     if (this.#flows.get(f.key) !== f) return;
     this.#flows.delete(f.key);
     this.#reactor.remove(f.fd);

@@ -18,6 +18,7 @@ import {
 import type { Connect } from "./connect_upstream.ts";
 import { TcpListener } from "./tcp_listener.ts";
 import { UdpFlowTable, UdpListener } from "./udp_listener.ts";
+import type { Reactor } from "../engine/reactor.ts";
 
 /** Options for {@linkcode NodeProxy}. */
 export interface NodeProxyOptions {
@@ -74,6 +75,27 @@ export interface NodeProxyOptions {
   accessLogQueueBytes?: number;
   /** `--request-id`: add `x-request-id` to HTTP requests that have none. */
   requestId?: boolean;
+  /** Binds the HTTP entrypoint (default). Off in the L4 worker, which serves TCP and UDP alone. */
+  entrypoint?: boolean;
+  /**
+   * Serves TCP and UDP service ports on meshd's own event loop (`src/engine/`, libc's epoll
+   * through FFI), which then holds this isolate's thread: the L4 worker (`--l4-worker`).
+   */
+  engine?: boolean;
+}
+
+/** A TCP listener of one service port, on Deno's I/O or on the engine. */
+interface TcpPort {
+  readonly addr: Deno.NetAddr;
+  readonly open: number;
+  close(abort?: boolean): Promise<void>;
+}
+
+/** A UDP listener of one service port, on Deno's I/O or on the engine. */
+interface UdpPort {
+  readonly addr: Deno.NetAddr;
+  awaitingAnswer(ms: number): number;
+  close(): Promise<void>;
 }
 
 /** A service port the config in force needs and the proxy could not bind (it retries). */
@@ -129,8 +151,15 @@ export class NodeProxy {
     endpointKeys: new Set(),
   };
   #http: HttpProxy | null = null;
-  readonly #tcp = new Map<number, TcpListener>();
-  readonly #udp = new Map<number, UdpListener>();
+  readonly #tcp = new Map<number, TcpPort>();
+  readonly #udp = new Map<number, UdpPort>();
+  /** The engine's loop, with its listener classes, once `start` made it (`engine` set). */
+  #engine: {
+    reactor: Reactor;
+    running: Promise<void>;
+    Tcp: typeof import("./tcp_engine_listener.ts").TcpEngineListener;
+    Udp: typeof import("./udp_engine_listener.ts").UdpEngineListener;
+  } | null = null;
   readonly #fdLimit: number | null = readFdLimit();
   readonly #limits: ProxyLimits;
   readonly #limiter: ConnectionLimiter;
@@ -216,7 +245,26 @@ export class NodeProxy {
    * {@linkcode apply} on: clients that connect before wait in the listen backlog, rather than
    * get 404 from an empty route table.
    */
-  start(): Promise<void> {
+  async start(): Promise<void> {
+    if (this.#opts.engine) {
+      // Loaded only here: the engine opens libc through FFI when its module loads.
+      const [{ Reactor }, { TcpEngineListener }, { UdpEngineListener }] = await Promise.all([
+        import("../engine/reactor.ts"),
+        import("./tcp_engine_listener.ts"),
+        import("./udp_engine_listener.ts"),
+      ]);
+      const log = this.#opts.logger;
+      const reactor = new Reactor({
+        onError: (e) => log.error("event loop handler failed", { error: String(e) }),
+      });
+      this.#engine = {
+        reactor,
+        running: reactor.run(),
+        Tcp: TcpEngineListener,
+        Udp: UdpEngineListener,
+      };
+    }
+    if (this.#opts.entrypoint === false) return;
     this.#http = new HttpProxy({
       hostname: this.#opts.hostname,
       port: this.#opts.httpPort,
@@ -243,7 +291,6 @@ export class NodeProxy {
       fdLimit: this.#fdLimit ?? `unknown (taken as ${FALLBACK_FD_LIMIT})`,
       ...this.#limits,
     });
-    return Promise.resolve();
   }
 
   /** `host:port` of the HTTP entrypoint. */
@@ -323,39 +370,44 @@ export class NodeProxy {
     const before = this.#failed.get(key);
     try {
       if (protocol === "tcp") {
+        const options = {
+          hostname: this.#opts.hostname,
+          reusePort: this.#opts.reusePort,
+          port,
+          route: () => this.#routes.tcp.get(port),
+          pool: this.#state.pool,
+          logger: log.with({ protocol: "tcp" }),
+          connectTimeoutMs: this.#opts.connectTimeoutMs,
+          idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
+          limiter: this.#limiter,
+          drop: this.#state.metrics.drop,
+          isOwn: this.#isOwnTcp,
+        };
+        const e = this.#engine;
         this.#tcp.set(
           port,
-          new TcpListener({
-            hostname: this.#opts.hostname,
-            reusePort: this.#opts.reusePort,
-            port,
-            route: () => this.#routes.tcp.get(port),
-            pool: this.#state.pool,
-            logger: log.with({ protocol: "tcp" }),
-            connect: this.#opts.connect,
-            connectTimeoutMs: this.#opts.connectTimeoutMs,
-            idleTimeoutMs: this.#opts.tcpIdleTimeoutMs,
-            limiter: this.#limiter,
-            drop: this.#state.metrics.drop,
-            isOwn: this.#isOwnTcp,
-          }),
+          e
+            ? new e.Tcp({ ...options, reactor: e.reactor })
+            : new TcpListener({ ...options, connect: this.#opts.connect }),
         );
       } else {
+        const options = {
+          hostname: this.#opts.hostname,
+          reuseAddress: this.#opts.reusePort,
+          port,
+          route: () => this.#routes.udp.get(port),
+          pool: this.#state.pool,
+          logger: log.with({ protocol: "udp" }),
+          idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
+          maxFlows: this.#limits.maxUdpFlowsPerListener,
+          flowTable: this.#flowTable,
+          drop: this.#state.metrics.drop,
+          isOwn: this.#isOwnUdp,
+        };
+        const e = this.#engine;
         this.#udp.set(
           port,
-          new UdpListener({
-            hostname: this.#opts.hostname,
-            reuseAddress: this.#opts.reusePort,
-            port,
-            route: () => this.#routes.udp.get(port),
-            pool: this.#state.pool,
-            logger: log.with({ protocol: "udp" }),
-            idleTimeoutMs: this.#opts.udpIdleTimeoutMs,
-            maxFlows: this.#limits.maxUdpFlowsPerListener,
-            flowTable: this.#flowTable,
-            drop: this.#state.metrics.drop,
-            isOwn: this.#isOwnUdp,
-          }),
+          e ? new e.Udp({ ...options, reactor: e.reactor }) : new UdpListener(options),
         );
       }
       this.#failed.delete(key);
@@ -459,6 +511,11 @@ export class NodeProxy {
     ]);
     this.#tcp.clear();
     this.#udp.clear();
+    if (this.#engine) {
+      this.#engine.reactor.stop();
+      await this.#engine.running;
+      this.#engine = null;
+    }
     // The lines of the connections just closed, and any still queued, go out before the end.
     if (this.#logQueue && !(await this.#logQueue.flush(LOG_FLUSH_MS))) {
       this.#opts.logger.warn("access log lines left unwritten at shutdown", {

@@ -286,127 +286,132 @@ Deno.test("NodeProxy passes 100 Continue through before the body is sent", async
   }
 });
 
-Deno.test("NodeProxy.apply() switches routes at once and closes removed TCP listeners", async () => {
-  const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const echoing = (async () => {
-    for await (const conn of echo) {
-      (async () => {
-        await conn.readable.pipeTo(conn.writable).catch(() => {});
-      })();
-    }
-  })().catch(() => {});
-  const tcpPort = freePort();
-  try {
-    await withBackends(["a", "b"], async ([a, b]) => {
-      const first = meshConfig([
-        { name: "web", ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a!.port)] }] },
-        {
-          name: "echo",
-          ports: [{
-            port: 7,
-            protocol: "tcp",
-            listenPort: tcpPort,
-            endpoints: [endpoint("127.0.0.1", echo.addr.port)],
-          }],
-        },
-      ]);
-      await withProxy(first, async (proxy, port) => {
-        assert.equal(field((await rawRequest(port, "web.default.mesh")).body, "name"), "a");
-        assert.deepEqual(proxy.listener("tcp", tcpPort), {
-          address: `127.0.0.1:${tcpPort}`,
-          served: true,
-        });
-        const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcpPort });
-        await conn.write(new TextEncoder().encode("ping"));
-        const buf = new Uint8Array(4);
-        assert.equal(await conn.read(buf), 4);
-        conn.close();
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.apply() switches routes at once and closes removed TCP listeners${engine ? " (on the engine)" : ""}`, async () => {
+    const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const echoing = (async () => {
+      for await (const conn of echo) {
+        (async () => {
+          await conn.readable.pipeTo(conn.writable).catch(() => {});
+        })();
+      }
+    })().catch(() => {});
+    const tcpPort = freePort();
+    try {
+      await withBackends(["a", "b"], async ([a, b]) => {
+        const first = meshConfig([
+          { name: "web", ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a!.port)] }] },
+          {
+            name: "echo",
+            ports: [{
+              port: 7,
+              protocol: "tcp",
+              listenPort: tcpPort,
+              endpoints: [endpoint("127.0.0.1", echo.addr.port)],
+            }],
+          },
+        ]);
+        await withProxy(first, async (proxy, port) => {
+          assert.equal(field((await rawRequest(port, "web.default.mesh")).body, "name"), "a");
+          assert.deepEqual(proxy.listener("tcp", tcpPort), {
+            address: `127.0.0.1:${tcpPort}`,
+            served: true,
+          });
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcpPort });
+          await conn.write(new TextEncoder().encode("ping"));
+          const buf = new Uint8Array(4);
+          assert.equal(await conn.read(buf), 4);
+          conn.close();
 
-        await proxy.apply(
-          meshConfig([{
-            name: "web",
-            ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", b!.port)] }],
-          }], { version: 2 }),
-        );
-        assert.equal(proxy.version, 2);
-        assert.equal(field((await rawRequest(port, "web.default.mesh")).body, "name"), "b");
-        assert.equal(proxy.listener("tcp", tcpPort).served, false);
-        await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: tcpPort }));
+          await proxy.apply(
+            meshConfig([{
+              name: "web",
+              ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", b!.port)] }],
+            }], { version: 2 }),
+          );
+          assert.equal(proxy.version, 2);
+          assert.equal(field((await rawRequest(port, "web.default.mesh")).body, "name"), "b");
+          assert.equal(proxy.listener("tcp", tcpPort).served, false);
+          await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: tcpPort }));
+        }, { engine });
       });
-    });
-  } finally {
-    echo.close();
-    await echoing;
-  }
-});
-
-Deno.test("NodeProxy TCP listener keeps the reply path open after the client half-closes, with Nagle off upstream", async () => {
-  // A backend that reads to EOF, then answers with the byte count and closes.
-  const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    for await (const conn of backend) {
-      (async () => {
-        let n = 0;
-        const buf = new Uint8Array(65536);
-        for (;;) {
-          const r = await conn.read(buf);
-          if (r === null) break;
-          n += r;
-        }
-        await conn.write(new TextEncoder().encode(`got ${n}`));
-        conn.close();
-      })().catch(() => {});
+    } finally {
+      echo.close();
+      await echoing;
     }
-  })().catch(() => {});
-  const listenPort = freePort();
-  const refusedPort = freePort();
-  const config = meshConfig([
-    {
-      name: "count",
-      ports: [{
-        port: 9,
-        protocol: "tcp",
-        listenPort,
-        endpoints: [endpoint("127.0.0.1", backend.addr.port)],
-      }],
-    },
-    {
-      name: "dead",
-      ports: [{
-        port: 9,
-        protocol: "tcp",
-        listenPort: refusedPort,
-        endpoints: [endpoint("127.0.0.1", freePort())],
-      }],
-    },
-  ]);
-  // Every backend connection is dialled with Nagle off: the proxy's last short segment must
-  // not wait for the backend's delayed ACK.
-  const noDelay: boolean[] = [];
-  const connect = async (hostname: string, port: number) => {
-    const c = await Deno.connect({ hostname, port });
-    const set = c.setNoDelay.bind(c);
-    c.setNoDelay = (v?: boolean) => (noDelay.push(v ?? true), set(v));
-    return c;
-  };
-  try {
-    await withProxy(config, async () => {
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port: listenPort });
-      await conn.write(new Uint8Array(100_000));
-      await conn.closeWrite();
-      const reply = await new Response(conn.readable).text();
-      assert.equal(reply, "got 100000");
-      assert.deepEqual(noDelay, [true]);
+  });
+}
 
-      // An endpoint that refuses: the client's connection is closed without data.
-      const dead = await Deno.connect({ hostname: "127.0.0.1", port: refusedPort });
-      assert.equal(await new Response(dead.readable).text(), "");
-    }, { connect });
-  } finally {
-    backend.close();
-    await serving;
-  }
-});
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy TCP listener keeps the reply path open after the client half-closes, with Nagle off upstream${engine ? " (on the engine)" : ""}`, async () => {
+    // A backend that reads to EOF, then answers with the byte count and closes.
+    const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const serving = (async () => {
+      for await (const conn of backend) {
+        (async () => {
+          let n = 0;
+          const buf = new Uint8Array(65536);
+          for (;;) {
+            const r = await conn.read(buf);
+            if (r === null) break;
+            n += r;
+          }
+          await conn.write(new TextEncoder().encode(`got ${n}`));
+          conn.close();
+        })().catch(() => {});
+      }
+    })().catch(() => {});
+    const listenPort = freePort();
+    const refusedPort = freePort();
+    const config = meshConfig([
+      {
+        name: "count",
+        ports: [{
+          port: 9,
+          protocol: "tcp",
+          listenPort,
+          endpoints: [endpoint("127.0.0.1", backend.addr.port)],
+        }],
+      },
+      {
+        name: "dead",
+        ports: [{
+          port: 9,
+          protocol: "tcp",
+          listenPort: refusedPort,
+          endpoints: [endpoint("127.0.0.1", freePort())],
+        }],
+      },
+    ]);
+    // Every backend connection is dialled with Nagle off: the proxy's last short segment must
+    // not wait for the backend's delayed ACK.
+    const noDelay: boolean[] = [];
+    const connect = async (hostname: string, port: number) => {
+      const c = await Deno.connect({ hostname, port });
+      const set = c.setNoDelay.bind(c);
+      c.setNoDelay = (v?: boolean) => (noDelay.push(v ?? true), set(v));
+      return c;
+    };
+    try {
+      await withProxy(config, async () => {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port: listenPort });
+        await conn.write(new Uint8Array(100_000));
+        await conn.closeWrite();
+        const reply = await new Response(conn.readable).text();
+        assert.equal(reply, "got 100000");
+        // (The engine dials with libc, Nagle off, and takes no connect seam.)
+        assert.deepEqual(noDelay, engine ? [] : [true]);
+
+        // An endpoint that refuses: the client's connection is closed without data.
+        const dead = await Deno.connect({ hostname: "127.0.0.1", port: refusedPort });
+        assert.equal(await new Response(dead.readable).text(), "");
+      }, { connect, engine });
+    } finally {
+      backend.close();
+      await serving;
+    }
+  });
+}
 
 /** A raw backend that accepts and, per connection, runs `handle`. */
 function rawBackend(handle: (conn: Deno.TcpConn) => Promise<void>) {
@@ -617,77 +622,80 @@ Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes
   }
 });
 
-Deno.test("NodeProxy UDP keeps one flow per client and sends replies back to each", async () => {
-  const backend = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const echoing = (async () => {
-    for (;;) {
-      const [data, from] = await backend.receive();
-      const text = new TextDecoder().decode(data);
-      await backend.send(
-        new TextEncoder().encode(`re:${text}:${(from as Deno.NetAddr).port}`),
-        from,
-      );
-    }
-  })().catch(() => {});
-  const listenPort = freePort();
-  const config = meshConfig([{
-    name: "dns",
-    ports: [{
-      port: 53,
-      protocol: "udp",
-      listenPort,
-      endpoints: [endpoint("127.0.0.1", (backend.addr as Deno.NetAddr).port)],
-    }],
-  }]);
-  const proxy = new NodeProxy({
-    hostname: "127.0.0.1",
-    httpPort: 0,
-    logger: quiet,
-    udpIdleTimeoutMs: 100,
-  });
-  await proxy.start();
-  const clients = [0, 1].map(() =>
-    Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 })
-  );
-  try {
-    await proxy.apply(config);
-    const ask = async (c: Deno.DatagramConn, text: string) => {
-      await c.send(new TextEncoder().encode(text), {
-        transport: "udp",
-        hostname: "127.0.0.1",
-        port: listenPort,
-      });
-      const [data, from] = await c.receive();
-      // The reply comes from the service port the client sent to.
-      assert.equal((from as Deno.NetAddr).port, listenPort);
-      return new TextDecoder().decode(data);
-    };
-    const a1 = await ask(clients[0]!, "a1");
-    const b1 = await ask(clients[1]!, "b1");
-    const a2 = await ask(clients[0]!, "a2");
-    const flowPort = (s: string) => s.split(":")[2];
-    assert.match(a1, /^re:a1:/);
-    assert.match(b1, /^re:b1:/);
-    // Same client, same flow (same upstream socket); another client, another flow.
-    assert.equal(flowPort(a1), flowPort(a2));
-    assert.notEqual(flowPort(a1), flowPort(b1));
-    // An idle flow is closed; the next datagram opens a new one.
-    await waitFor(
-      "flows to close",
-      () =>
-        /^meshd_open_connections\{service="default\/dns",port="53",protocol="udp"\} 0$/m.test(
-          proxy.registry.render(),
-        ) || undefined,
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy UDP keeps one flow per client and sends replies back to each${engine ? " (on the engine)" : ""}`, async () => {
+    const backend = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    const echoing = (async () => {
+      for (;;) {
+        const [data, from] = await backend.receive();
+        const text = new TextDecoder().decode(data);
+        await backend.send(
+          new TextEncoder().encode(`re:${text}:${(from as Deno.NetAddr).port}`),
+          from,
+        );
+      }
+    })().catch(() => {});
+    const listenPort = freePort();
+    const config = meshConfig([{
+      name: "dns",
+      ports: [{
+        port: 53,
+        protocol: "udp",
+        listenPort,
+        endpoints: [endpoint("127.0.0.1", (backend.addr as Deno.NetAddr).port)],
+      }],
+    }]);
+    const proxy = new NodeProxy({
+      hostname: "127.0.0.1",
+      httpPort: 0,
+      logger: quiet,
+      udpIdleTimeoutMs: 100,
+      engine,
+    });
+    await proxy.start();
+    const clients = [0, 1].map(() =>
+      Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 })
     );
-    const a3 = await ask(clients[0]!, "a3");
-    assert.notEqual(flowPort(a3), flowPort(a1));
-  } finally {
-    for (const c of clients) c.close();
-    await proxy.stop();
-    backend.close();
-    await echoing;
-  }
-});
+    try {
+      await proxy.apply(config);
+      const ask = async (c: Deno.DatagramConn, text: string) => {
+        await c.send(new TextEncoder().encode(text), {
+          transport: "udp",
+          hostname: "127.0.0.1",
+          port: listenPort,
+        });
+        const [data, from] = await c.receive();
+        // The reply comes from the service port the client sent to.
+        assert.equal((from as Deno.NetAddr).port, listenPort);
+        return new TextDecoder().decode(data);
+      };
+      const a1 = await ask(clients[0]!, "a1");
+      const b1 = await ask(clients[1]!, "b1");
+      const a2 = await ask(clients[0]!, "a2");
+      const flowPort = (s: string) => s.split(":")[2];
+      assert.match(a1, /^re:a1:/);
+      assert.match(b1, /^re:b1:/);
+      // Same client, same flow (same upstream socket); another client, another flow.
+      assert.equal(flowPort(a1), flowPort(a2));
+      assert.notEqual(flowPort(a1), flowPort(b1));
+      // An idle flow is closed; the next datagram opens a new one.
+      await waitFor(
+        "flows to close",
+        () =>
+          /^meshd_open_connections\{service="default\/dns",port="53",protocol="udp"\} 0$/m.test(
+            proxy.registry.render(),
+          ) || undefined,
+      );
+      const a3 = await ask(clients[0]!, "a3");
+      assert.notEqual(flowPort(a3), flowPort(a1));
+    } finally {
+      for (const c of clients) c.close();
+      await proxy.stop();
+      backend.close();
+      await echoing;
+    }
+  });
+}
 
 Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
   await withBackends(["a"], async ([a]) => {
@@ -810,43 +818,45 @@ Deno.test("NodeProxy lets a request in flight finish on an endpoint the new conf
   }
 });
 
-Deno.test("NodeProxy.apply() reports a TCP or UDP port it cannot bind, retries it, and clears the error once bound", async () => {
-  const tcpPort = freePort("127.0.70.5");
-  const blockTcp = Deno.listen({ hostname: "127.0.70.5", port: tcpPort });
-  const blockUdp = Deno.listenDatagram({ hostname: "127.0.70.5", port: 0, transport: "udp" });
-  const udpPort = (blockUdp.addr as Deno.NetAddr).port;
-  const proxy = new NodeProxy({ hostname: "127.0.70.5", httpPort: 0, logger: quiet });
-  await proxy.start();
-  try {
-    await proxy.apply(meshConfig([{
-      name: "db",
-      ports: [
-        { port: 5432, protocol: "tcp", listenPort: tcpPort, endpoints: [] },
-        { port: 53, protocol: "udp", listenPort: udpPort, endpoints: [] },
-      ],
-    }]));
-    const errors = proxy.bindErrors();
-    assert.deepEqual(errors.map((e) => [e.protocol, e.address, e.service]).sort(), [
-      ["tcp", `127.0.70.5:${tcpPort}`, "default/db:5432"],
-      ["udp", `127.0.70.5:${udpPort}`, "default/db:53"],
-    ]);
-    for (const e of errors) assert.match(e.error, /in use/i);
-    assert.equal(proxy.listener("tcp", tcpPort).served, false);
-    blockTcp.close();
-    blockUdp.close();
-    await waitFor("both ports bound", () => proxy.bindErrors().length === 0 || undefined, 20_000);
-    assert.equal(proxy.listener("tcp", tcpPort).served, true);
-    assert.equal(proxy.listener("udp", udpPort).served, true);
-  } finally {
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.apply() reports a TCP or UDP port it cannot bind, retries it, and clears the error once bound${engine ? " (on the engine)" : ""}`, async () => {
+    const tcpPort = freePort("127.0.70.5");
+    const blockTcp = Deno.listen({ hostname: "127.0.70.5", port: tcpPort });
+    const blockUdp = Deno.listenDatagram({ hostname: "127.0.70.5", port: 0, transport: "udp" });
+    const udpPort = (blockUdp.addr as Deno.NetAddr).port;
+    const proxy = new NodeProxy({ hostname: "127.0.70.5", httpPort: 0, logger: quiet, engine });
+    await proxy.start();
     try {
+      await proxy.apply(meshConfig([{
+        name: "db",
+        ports: [
+          { port: 5432, protocol: "tcp", listenPort: tcpPort, endpoints: [] },
+          { port: 53, protocol: "udp", listenPort: udpPort, endpoints: [] },
+        ],
+      }]));
+      const errors = proxy.bindErrors();
+      assert.deepEqual(errors.map((e) => [e.protocol, e.address, e.service]).sort(), [
+        ["tcp", `127.0.70.5:${tcpPort}`, "default/db:5432"],
+        ["udp", `127.0.70.5:${udpPort}`, "default/db:53"],
+      ]);
+      for (const e of errors) assert.match(e.error, /in use/i);
+      assert.equal(proxy.listener("tcp", tcpPort).served, false);
       blockTcp.close();
-    } catch { /* closed above */ }
-    try {
       blockUdp.close();
-    } catch { /* closed above */ }
-    await proxy.stop();
-  }
-});
+      await waitFor("both ports bound", () => proxy.bindErrors().length === 0 || undefined, 20_000);
+      assert.equal(proxy.listener("tcp", tcpPort).served, true);
+      assert.equal(proxy.listener("udp", udpPort).served, true);
+    } finally {
+      try {
+        blockTcp.close();
+      } catch { /* closed above */ }
+      try {
+        blockUdp.close();
+      } catch { /* closed above */ }
+      await proxy.stop();
+    }
+  });
+}
 
 Deno.test("NodeProxy HTTP entrypoint holds connections made before the first apply until it", async () => {
   await withBackends(["a"], async ([a]) => {

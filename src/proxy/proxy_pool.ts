@@ -12,8 +12,13 @@ export type WorkerProxyOptions = Omit<
 
 /** Options for {@linkcode ProxyPool}. */
 export interface ProxyPoolOptions {
-  /** Proxy workers, 2 or more. */
+  /** Proxy workers, 2 or more; with `l4Worker`, HTTP workers, 1 or more. */
   workers: number;
+  /**
+   * One more worker serves every TCP and UDP service port on meshd's own event loop
+   * (`--l4-worker`); the `workers` others serve HTTP alone.
+   */
+  l4Worker?: boolean;
   /** What each worker's proxy is made with. Listeners are always bound with SO_REUSEPORT. */
   proxy: WorkerProxyOptions;
   logger: Logger;
@@ -42,6 +47,7 @@ export type WorkerRequest =
     t: "start";
     index: number;
     count: number;
+    role: SlotRole;
     options: WorkerProxyOptions;
     log: { level: Logger["level"]; format: Logger["format"] };
     udpWaitMs: number;
@@ -69,8 +75,12 @@ interface Reply {
   metrics?: FamilySnapshot[];
 }
 
+/** What a worker serves: see {@linkcode WorkerSlot.role}. */
+export type SlotRole = "all" | "http" | "l4";
+
 interface Slot {
   index: number;
+  role: SlotRole;
   worker: Worker | null;
   state: WorkerState | null;
   pending: Map<
@@ -164,13 +174,22 @@ export class ProxyPool {
   readonly #retired: Retired = new Map();
 
   constructor(options: ProxyPoolOptions) {
-    if (!(Number.isSafeInteger(options.workers) && options.workers >= 2)) {
-      throw new RangeError(`A proxy pool takes 2 workers or more, not ${options.workers}`);
+    const least = options.l4Worker ? 1 : 2;
+    if (!(Number.isSafeInteger(options.workers) && options.workers >= least)) {
+      throw new RangeError(
+        `A proxy pool takes ${least} ${options.l4Worker ? "HTTP " : ""}worker${
+          least > 1 ? "s" : ""
+        } or more, not ${options.workers}`,
+      );
     }
     this.#opts = options;
     this.registry = options.registry ?? new Registry();
-    this.#slots = Array.from({ length: options.workers }, (_, index) => ({
+    const http: SlotRole = options.l4Worker ? "http" : "all";
+    const roles: SlotRole[] = Array.from({ length: options.workers }, () => http);
+    if (options.l4Worker) roles.push("l4");
+    this.#slots = roles.map((role, index) => ({
       index,
+      role,
       worker: null,
       state: null,
       pending: new Map(),
@@ -190,18 +209,27 @@ export class ProxyPool {
     ).with();
   }
 
-  /** The limits each worker gets: the process's, divided among the workers. */
-  #workerLimits(): Partial<ProxyLimits> {
-    const n = this.#opts.workers;
+  /**
+   * The limits a worker gets: the process's, divided among the workers. UDP flows are the
+   * L4 worker's alone when there is one.
+   */
+  #workerLimits(role: SlotRole): Partial<ProxyLimits> {
+    const n = this.#slots.length;
     const all = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, this.#opts.proxy.limits);
     const share = (v: number) => Math.max(1, Math.ceil(v / n));
+    const udp = role === "l4" ? (v: number) => v : share;
     return {
       maxConnections: share(all.maxConnections),
       maxConnectionsPerSource: share(all.maxConnectionsPerSource),
-      maxUdpFlows: share(all.maxUdpFlows),
-      maxUdpFlowsPerListener: share(all.maxUdpFlowsPerListener),
-      maxUdpFlowsPerSource: share(all.maxUdpFlowsPerSource),
+      maxUdpFlows: udp(all.maxUdpFlows),
+      maxUdpFlowsPerListener: udp(all.maxUdpFlowsPerListener),
+      maxUdpFlowsPerSource: udp(all.maxUdpFlowsPerSource),
     };
+  }
+
+  /** Whether `slot`'s worker serves `protocol`'s ports. */
+  #serves(slot: Slot, protocol: "http" | "tcp" | "udp"): boolean {
+    return slot.role === "all" || (slot.role === "http") === (protocol === "http");
   }
 
   /**
@@ -213,7 +241,10 @@ export class ProxyPool {
     await this.#startSlot(first!, this.#opts.proxy.httpPort);
     this.#httpPort = Number(first!.state!.httpAddress.split(":").pop());
     await Promise.all(rest.map((s) => this.#startSlot(s, this.#httpPort)));
-    this.#opts.logger.info("proxy workers started", { workers: this.#slots.length });
+    this.#opts.logger.info("proxy workers started", {
+      workers: this.#slots.length,
+      l4Worker: this.#opts.l4Worker ?? false,
+    });
   }
 
   async #startSlot(slot: Slot, httpPort: number): Promise<void> {
@@ -228,11 +259,19 @@ export class ProxyPool {
       this.#died(slot, worker, e.message);
     };
     worker.onmessageerror = () => this.#died(slot, worker, "a message could not be read");
+    const l4 = slot.role === "l4";
     const r = await this.#call(slot, {
       t: "start",
       index: slot.index,
-      count: this.#slots.length,
-      options: { ...this.#opts.proxy, httpPort, reusePort: true, limits: this.#workerLimits() },
+      count: this.#opts.workers,
+      role: slot.role,
+      options: {
+        ...this.#opts.proxy,
+        httpPort,
+        reusePort: true,
+        limits: this.#workerLimits(slot.role),
+        ...(l4 ? { entrypoint: false, engine: true } : {}),
+      },
       log: { level: this.#opts.logger.level, format: this.#opts.logger.format },
       udpWaitMs: this.#opts.udpWaitMs ?? 5_000,
     });
@@ -371,12 +410,14 @@ export class ProxyPool {
 
   /** Where a client reaches a service port, and whether every worker that should serves it. */
   listener(protocol: string, listenPort: number | null): ListenerState {
-    const states = this.#slots.map((s) => s.state);
+    const serving = (p: "http" | "tcp" | "udp") =>
+      this.#slots.filter((s) => this.#serves(s, p)).map((s) => s.state);
     if (protocol === "http") {
-      return { address: this.httpAddress, served: states.every((s) => s !== null) };
+      return { address: this.httpAddress, served: serving("http").every((s) => s !== null) };
     }
     const address = `${this.#opts.proxy.hostname}:${listenPort}`;
     const udp = protocol === "udp";
+    const states = serving(udp ? "udp" : "tcp");
     const holds = (s: WorkerState | null) =>
       s !== null && listenPort !== null && (udp ? s.listening.udp : s.listening.tcp)
         .includes(listenPort);

@@ -8,7 +8,7 @@
  */
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./node_proxy.ts";
-import { workerShare } from "./worker_share.ts";
+import { workerShare, type WorkerSlot } from "./worker_share.ts";
 import type { ToWorker, WorkerState } from "./proxy_pool.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -18,7 +18,7 @@ const scope = self as any as {
 };
 
 let proxy: NodeProxy | null = null;
-let slot = { index: 0, count: 1 };
+let slot: WorkerSlot = { index: 0, count: 1 };
 let udpWaitMs = 5_000;
 /** Applies run one at a time, in the order they came. */
 let chain: Promise<unknown> = Promise.resolve();
@@ -64,7 +64,7 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
     reply({ t: "error", message: err instanceof Error ? err.message : String(err) });
   switch (m.t) {
     case "start": {
-      slot = { index: m.index, count: m.count };
+      slot = { index: m.index, count: m.count, role: m.role };
       udpWaitMs = m.udpWaitMs;
       const logger = new Logger({ level: m.log.level, format: m.log.format })
         .with({ room: "proxy", worker: m.index });

@@ -255,20 +255,7 @@ export class UdpListener {
     try {
       f.upstream.close();
     } catch { /* already closed */ }
-    f.log?.write({
-      start: f.startedAt,
-      source: f.client.hostname,
-      sourcePort: f.client.port,
-      protocol: "udp",
-      service: f.route.key,
-      backend: f.target === f.route ? undefined : f.target.key,
-      endpoint: f.endpoint.key,
-      reason,
-      durationMs: performance.now() - f.started,
-      bytesIn: f.bytesIn,
-      bytesOut: f.bytesOut,
-      retries: 0,
-    });
+    f.log?.write(udpFlowEntry(f, reason));
   }
 
   async #receive(): Promise<void> {
@@ -317,7 +304,11 @@ export class UdpListener {
   #open(client: Deno.NetAddr): Flow | null {
     const root = this.#opts.route();
     if (!root) return null;
-    const picked = this.#pick(root, client);
+    const picked = pickUdpEndpoint(
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      root,
+      client,
+    );
     if (!picked) return null;
     const { target, endpoint } = picked;
     // The source's own flows first: the listener's cap below would evict another client's.
@@ -370,44 +361,6 @@ export class UdpListener {
     return flow;
   }
 
-  /**
-   * The admit step and the loop guard TCP and HTTP take too, then an endpoint. Null when the
-   * datagram is refused or no endpoint is ready: logged and counted here.
-   */
-  #pick(root: Route, client: Deno.NetAddr): { target: Route; endpoint: EndpointState } | null {
-    const log = this.#opts.logger;
-    let target: Route;
-    let candidates: EndpointState[];
-    try {
-      const admitted = admit(root, client.hostname, null);
-      target = admitted.target;
-      candidates = withoutOwn(admitted, this.#guard);
-    } catch (e) {
-      if (!(e instanceof ProxyFailure)) throw e;
-      root.log?.write(refusal(root, client, e.message, failureReason(e)));
-      if (e.status === 403) {
-        if (log.enabled("debug")) {
-          log.debug("udp datagram dropped", { service: root.key, reason: e.message });
-        }
-      } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
-        log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
-      }
-      return null;
-    }
-    const endpoint = this.#opts.pool.pick(candidates);
-    if (!endpoint) {
-      root.metrics.denied("no_endpoint").inc();
-      root.log?.write(
-        refusal(root, client, `Service "${target.key}" has no ready endpoint`, "no_endpoint"),
-      );
-      if (DROP_LOG.allow(`none ${target.key}`)) {
-        log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
-      }
-      return null;
-    }
-    return { target, endpoint };
-  }
-
   /** A socket of the flow's own towards `endpoint`; null (logged, counted) if none opens. */
   #flowSocket(root: Route, endpoint: EndpointState): Deno.DatagramConn | null {
     try {
@@ -457,8 +410,94 @@ export class UdpListener {
   }
 }
 
+/** What {@linkcode pickUdpEndpoint} needs of its listener. */
+export interface UdpPickContext {
+  pool: EndpointPool;
+  logger: Logger;
+  guard: LoopGuard;
+}
+
+/**
+ * The endpoint for a new UDP flow from `client`: the admit step and the loop guard TCP and HTTP
+ * take too, then the pool's pick. Null when the datagram is refused or no endpoint is ready:
+ * logged and counted here. Both UDP listeners (Deno's I/O and the engine's) take it.
+ */
+export function pickUdpEndpoint(
+  ctx: UdpPickContext,
+  root: Route,
+  client: { hostname: string; port: number },
+): { target: Route; endpoint: EndpointState } | null {
+  const log = ctx.logger;
+  let target: Route;
+  let candidates: EndpointState[];
+  try {
+    const admitted = admit(root, client.hostname, null);
+    target = admitted.target;
+    candidates = withoutOwn(admitted, ctx.guard);
+  } catch (e) {
+    if (!(e instanceof ProxyFailure)) throw e;
+    root.log?.write(refusal(root, client, e.message, failureReason(e)));
+    if (e.status === 403) {
+      if (log.enabled("debug")) {
+        log.debug("udp datagram dropped", { service: root.key, reason: e.message });
+      }
+    } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
+      log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
+    }
+    return null;
+  }
+  const endpoint = ctx.pool.pick(candidates);
+  if (!endpoint) {
+    root.metrics.denied("no_endpoint").inc();
+    root.log?.write(
+      refusal(root, client, `Service "${target.key}" has no ready endpoint`, "no_endpoint"),
+    );
+    if (DROP_LOG.allow(`none ${target.key}`)) {
+      log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
+    }
+    return null;
+  }
+  return { target, endpoint };
+}
+
+/** What the access log line of a UDP flow says, from either UDP listener. */
+export interface LoggedFlow {
+  client: { hostname: string; port: number };
+  route: Route;
+  target: Route;
+  endpoint: EndpointState;
+  /** `Date.now()` and `performance.now()` when it opened. */
+  startedAt: number;
+  started: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** The access log line of a UDP flow that ended for `reason`. */
+export function udpFlowEntry(f: LoggedFlow, reason: string): AccessEntry {
+  return {
+    start: f.startedAt,
+    source: f.client.hostname,
+    sourcePort: f.client.port,
+    protocol: "udp",
+    service: f.route.key,
+    backend: f.target === f.route ? undefined : f.target.key,
+    endpoint: f.endpoint.key,
+    reason,
+    durationMs: performance.now() - f.started,
+    bytesIn: f.bytesIn,
+    bytesOut: f.bytesOut,
+    retries: 0,
+  };
+}
+
 /** The access log line of a datagram refused before any flow opened. */
-function refusal(root: Route, client: Deno.NetAddr, detail: string, reason: string): AccessEntry {
+function refusal(
+  root: Route,
+  client: { hostname: string; port: number },
+  detail: string,
+  reason: string,
+): AccessEntry {
   return {
     start: Date.now(),
     source: client.hostname,

@@ -92,7 +92,11 @@ async function getJson(api: number, path: string): Promise<Record<string, unknow
   return await r.json();
 }
 
-Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config to both workers and sums their metrics", async () => {
+/**
+ * Serves HTTP, TCP and UDP through `workers` proxy workers (HTTP alone beside an L4 worker
+ * with `l4`), a config change reaches every worker, and /metrics sums them.
+ */
+async function servesEverything(workers: number, l4: boolean): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
   const children: Child[] = [];
   try {
@@ -144,7 +148,8 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
       "--udp-ports",
       `${udp}-${udp}`,
       "--workers",
-      "2",
+      String(workers),
+      ...(l4 ? ["--l4-worker"] : []),
       "--log-format",
       "json",
     ], { deno: ["--unstable-net", "--allow-all"] });
@@ -155,10 +160,15 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
       return r?.status === 200 ? true : undefined;
     }, 30_000);
 
-    // Two listening sockets on the HTTP and the TCP port: one per worker.
+    // A listening socket on the HTTP port per HTTP worker; on the TCP port, one per worker, or
+    // the L4 worker's alone.
     const sockets = countSockets(await Deno.readTextFile("/proc/net/tcp"), "tcp");
-    assert.equal(sockets.get(http), 2, `sockets on the HTTP port:\n${meshd.lines.join("\n")}`);
-    assert.equal(sockets.get(tcp), 2, "sockets on the TCP port");
+    assert.equal(
+      sockets.get(http),
+      workers,
+      `sockets on the HTTP port:\n${meshd.lines.join("\n")}`,
+    );
+    assert.equal(sockets.get(tcp), l4 ? 1 : workers, "sockets on the TCP port");
 
     // HTTP, on many connections.
     assert.deepEqual(await tally(http, 60), { v1: 60 });
@@ -204,12 +214,40 @@ Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config t
     const helps = metrics.split("\n").filter((l) => l.startsWith("# HELP "));
     assert.equal(new Set(helps).size, helps.length, "each family once");
     assert.match(metrics, /^meshd_request_duration_seconds_count\{service="wk\/web",.*\} 120$/m);
-    assert.match(metrics, /^meshd_proxy_workers 2$/m);
+    for (const [service, protocol] of [["echo", "tcp"], ["echo-udp", "udp"]]) {
+      const l4Series = metrics.split("\n").filter((l) =>
+        l.startsWith(`meshd_requests_total{service="wk/${service}",`) &&
+        l.includes(`protocol="${protocol}"`)
+      );
+      assert.equal(l4Series.length, 1, `${service}:\n${metrics}`);
+      assert.equal(l4Series[0]!.split(" ")[1], "1", l4Series[0]!);
+    }
+    assert.match(metrics, new RegExp(`^meshd_proxy_workers ${workers + (l4 ? 1 : 0)}$`, "m"));
     assert.match(metrics, /^meshd_config_version \d+$/m);
+    if (l4) {
+      assert.ok(
+        meshd.lines.some((l) =>
+          l.includes('"proxy workers started"') && l.includes('"l4Worker":true')
+        ),
+        meshd.lines.join("\n"),
+      );
+    }
   } finally {
     for (const c of children.reverse()) await c.stop();
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+Deno.test("meshd run --workers 2 serves HTTP, TCP and UDP, applies each config to both workers and sums their metrics", async () => {
+  await servesEverything(2, false);
+});
+
+Deno.test("meshd run --l4-worker serves TCP and UDP on its own loop in a worker beside one HTTP worker, and sums their metrics", async () => {
+  await servesEverything(1, true);
+});
+
+Deno.test("meshd run --workers 2 --l4-worker serves HTTP in two workers and TCP and UDP in a third", async () => {
+  await servesEverything(2, true);
 });
 
 Deno.test("meshd run --workers 2 with its HTTP port taken fails in one line, with no worker's stack trace", async () => {

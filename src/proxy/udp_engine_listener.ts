@@ -1,0 +1,203 @@
+/**
+ * The UDP listener of one service port on meshd's own event loop (`src/engine/`): what
+ * {@linkcode UdpListener} does on Deno's I/O (a flow per client through the port's split and
+ * access control, answers from the service port, the listener's and the node's flow caps, the
+ * idle sweep, metrics, the access log) on a {@linkcode UdpRelay}, with a handler per readiness
+ * event and no promise per datagram. Like {@linkcode TcpEngineListener}, it runs in the L4
+ * worker (`--l4-worker`), and uses the loop's timers, never Deno's.
+ *
+ * @module
+ */
+import type { Reactor } from "../engine/reactor.ts";
+import { bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
+import { type UdpFlow, UdpRelay, type UdpTarget } from "../engine/udp_relay.ts";
+import type { EndpointState } from "./endpoint_pool.ts";
+import { LogThrottle } from "./log_throttle.ts";
+import type { LoopGuard } from "./policy.ts";
+import type { Route } from "./route_table.ts";
+import { pickUdpEndpoint, udpFlowEntry, type UdpListenerOptions } from "./udp_listener.ts";
+
+/** Options for {@linkcode UdpEngineListener}: {@linkcode UdpListenerOptions}' on a loop. */
+export interface UdpEngineListenerOptions extends UdpListenerOptions {
+  reactor: Reactor;
+}
+
+/** What a flow goes to, and what the listener keeps of it (the relay's flow `target`). */
+interface Target extends UdpTarget {
+  flow: UdpFlow<Target> | null;
+  client: { hostname: string; port: number };
+  endpoint: EndpointState;
+  route: Route;
+  /** The route whose endpoints serve it (the root, or a split backend). */
+  target: Route;
+  /** `Date.now()` when the client last sent, and when the endpoint last answered (0: never). */
+  lastSent: number;
+  lastAnswer: number;
+  startedAt: number;
+  started: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
+const DROP_LOG = new LogThrottle();
+
+/**
+ * One UDP listener for one service port, on `reactor`. Datagrams from each client address
+ * form a flow: the first picks an endpoint (through the port's split, after access control)
+ * and opens a socket connected to it, so only that endpoint can answer; answers go back to the
+ * client from the service port. A flow idle for `idleTimeoutMs` is closed.
+ *
+ * @example
+ * ```ts
+ * const l = new UdpEngineListener({ reactor, hostname, port, route, pool, logger });
+ * ```
+ */
+export class UdpEngineListener {
+  readonly #opts: UdpEngineListenerOptions;
+  readonly #guard: LoopGuard;
+  readonly #fd: number;
+  readonly #addr: Deno.NetAddr;
+  readonly #relay: UdpRelay<Target>;
+  #closed = false;
+
+  /** Binds the port; throws if it cannot. */
+  constructor(options: UdpEngineListenerOptions) {
+    this.#opts = options;
+    this.#guard = {
+      isOwn: options.isOwn,
+      drop: options.drop ?? (() => {}),
+      logger: options.logger,
+    };
+    this.#fd = bindSocket("udp", options.hostname, options.port, {
+      reuseAddress: options.reuseAddress,
+    });
+    const bound = localAddress(this.#fd);
+    this.#addr = { transport: "udp", hostname: bound.address, port: bound.port };
+    const flowTable = options.flowTable;
+    this.#relay = new UdpRelay<Target>(options.reactor, this.#fd, {
+      idleMs: options.idleTimeoutMs,
+      maxFlows: options.maxFlows ?? Infinity,
+      open: (client) => this.#open(client),
+      onOpen: (flow) => {
+        const t = flow.target;
+        t.flow = flow;
+        t.endpoint.inflight++;
+        t.route.metrics.requests.inc();
+        t.route.metrics.open.inc();
+        flowTable?.add(t, {
+          source: t.client.hostname,
+          end: () => this.#relay.end(flow, "evicted"),
+        });
+        if (options.logger.enabled("debug")) {
+          options.logger.debug("udp flow", {
+            service: t.route.key,
+            client: `${t.client.hostname}:${t.client.port}`,
+            endpoint: t.endpoint.key,
+          });
+        }
+      },
+      onBytes: (flow, way, n) => {
+        const t = flow.target;
+        if (way === "up") {
+          t.lastSent = Date.now();
+          t.route.metrics.bytesIn.inc(n);
+          t.bytesIn += n;
+        } else {
+          if (t.lastAnswer < t.lastSent) options.pool.success(t.endpoint);
+          t.lastAnswer = Date.now();
+          t.route.metrics.bytesOut.inc(n);
+          t.bytesOut += n;
+        }
+      },
+      onSendError: (flow) => {
+        if (options.pool.failure(flow.target.endpoint)) {
+          this.#relay.end(flow, "endpoint_failed");
+        }
+      },
+      onOpenError: (client, t, e) => {
+        // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
+        options.drop?.("udp_socket_failed");
+        if (DROP_LOG.allow(`socket ${t.route.key}`)) {
+          options.logger.warn("udp datagram dropped: cannot open a flow socket", {
+            service: t.route.key,
+            client: client.address,
+            error: e.message,
+          });
+        }
+      },
+      onEnd: (flow, reason) => {
+        const t = flow.target;
+        flowTable?.remove(t);
+        t.endpoint.inflight--;
+        t.route.metrics.open.dec();
+        t.route.log?.write(udpFlowEntry(t, reason));
+      },
+    });
+  }
+
+  /** The bound address. */
+  get addr(): Deno.NetAddr {
+    return this.#addr;
+  }
+
+  /** Flows open now. */
+  get flows(): number {
+    return this.#relay.flows;
+  }
+
+  /**
+   * Flows whose client sent within the last `ms` milliseconds and that have had no answer
+   * since: a request still waiting for its reply (or one that gets none, until `ms` passes).
+   */
+  awaitingAnswer(ms: number): number {
+    const since = Date.now() - ms;
+    let n = 0;
+    for (const f of this.#relay.values()) {
+      const t = f.target;
+      if (t.lastSent >= since && t.lastAnswer < t.lastSent) n++;
+    }
+    return n;
+  }
+
+  /** Stops receiving, closes every flow and the socket. */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#relay.close();
+      closeFd(this.#fd);
+    }
+    return Promise.resolve();
+  }
+
+  /** What a client's first datagram opens a flow to; null when it is dropped. */
+  #open(client: UdpTarget): Target | null {
+    const root = this.#opts.route();
+    if (!root) return null;
+    const peer = { hostname: client.address, port: client.port };
+    const picked = pickUdpEndpoint(
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      root,
+      peer,
+    );
+    if (!picked) return null;
+    // The source's own flows first: the listener's cap (in the relay) would evict another's.
+    this.#opts.flowTable?.admit(peer.hostname);
+    const now = Date.now();
+    return {
+      address: picked.endpoint.address,
+      port: picked.endpoint.port,
+      flow: null,
+      client: peer,
+      endpoint: picked.endpoint,
+      route: root,
+      target: picked.target,
+      lastSent: now,
+      lastAnswer: 0,
+      startedAt: now,
+      started: performance.now(),
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+  }
+}
