@@ -88,9 +88,10 @@ interface Measure {
   case: string;
   /**
    * `ceiling`: the minimal Deno forwarder of `l4_forwarders.ts`, for the TCP and UDP cases;
-   * `ffi`: the same job with libc's epoll and sockets through FFI (`ffi_forwarders.ts`).
+   * `ffi`: the same job with libc's epoll and sockets through FFI (`ffi_forwarders.ts`);
+   * `meshd-l4`: meshd with `--l4-worker`, its TCP and UDP ports on that loop in a worker.
    */
-  target: "direct" | "meshd" | "ceiling" | "ffi" | "haproxy" | "nginx";
+  target: "direct" | "meshd" | "meshd-l4" | "ceiling" | "ffi" | "haproxy" | "nginx";
   /** Requests (or datagrams) a second; for bulk, MiB a second. */
   rate: number;
   unit: "req/s" | "MiB/s";
@@ -406,7 +407,7 @@ function recordParts(
  */
 const BENCH_MESHD_ENV: Readonly<Record<string, string>> = { DENO_NO_UPDATE_CHECK: "1" };
 
-async function startMeshd(configDir: string, args: Args, workers = 1) {
+async function startMeshd(configDir: string, args: Args, workers = 1, extra: string[] = []) {
   const { v8Flags } = args;
   const meshdEnv = { ...BENCH_MESHD_ENV, ...args.meshdEnv };
   const mesh = { http: freePort(), api: freePort(), tcp: freePort(), udp: freePort() };
@@ -437,6 +438,7 @@ async function startMeshd(configDir: string, args: Args, workers = 1) {
     "userspace",
     "--log-format",
     "json",
+    ...extra,
   ], { deno, env: meshdEnv });
   try {
     await waitFor("meshd ready", async () => {
@@ -522,6 +524,7 @@ async function main(): Promise<void> {
     // And the same forwarders with libc's I/O through FFI: how far Deno's I/O layer is the limit.
     const ffi = { tcp: freePort(), udp: freePort() };
     const ceilings: Partial<Record<"tcp" | "udp", Child>> = {};
+    let pidsL4: number | undefined;
     const ffiForwarders: Partial<Record<"tcp" | "udp", Child>> = {};
     if (want("tcp-rr") || want("tcp-bulk")) {
       ceilings.tcp = start(ceilingForwarder("tcp", ceil.tcp, ports.tcp));
@@ -536,6 +539,17 @@ async function main(): Promise<void> {
       await waitFor("the FFI UDP forwarder answers", () => udpAnswers(ffi.udp));
     }
 
+    // meshd with --l4-worker: its TCP and UDP ports on meshd's own loop, in a worker.
+    let l4: { tcp: number; udp: number } | null = null;
+    if (want("tcp-rr") || want("tcp-bulk") || want("udp-rr")) {
+      const m = await startMeshd(configDir, args, 1, ["--l4-worker"]);
+      start(m.meshd);
+      pidsL4 = m.meshd.pid;
+      l4 = m.mesh;
+      await waitForPort(HOST, l4.tcp);
+      await waitFor("meshd --l4-worker answers UDP", () => udpAnswers(l4!.udp));
+    }
+
     const targets = (
       direct: number,
       meshd: number,
@@ -543,10 +557,12 @@ async function main(): Promise<void> {
       refName: Measure["target"] = "haproxy",
       ceiling?: number,
       ffiPort?: number,
+      l4Port?: number,
     ) => {
       const one = [
         ["direct", direct],
         ["meshd", meshd],
+        ...(l4Port ? [["meshd-l4", l4Port]] : []),
         ...(ceiling ? [["ceiling", ceiling]] : []),
         ...(ffiPort ? [["ffi", ffiPort]] : []),
         [refName, ref],
@@ -558,6 +574,7 @@ async function main(): Promise<void> {
     // process, which a shared machine's load moves less than the rate.
     const pids: Partial<Record<Measure["target"], number>> = {
       meshd: meshd.pid,
+      "meshd-l4": pidsL4,
       haproxy: haproxy.pid,
     };
     const ceilingPid = (kind: "tcp" | "udp") => {
@@ -600,7 +617,17 @@ async function main(): Promise<void> {
     }
     if (want("tcp-rr")) {
       ceilingPid("tcp");
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp, ffi.tcp)) {
+      for (
+        const [t, port] of targets(
+          ports.tcp,
+          mesh.tcp,
+          hap.tcp,
+          "haproxy",
+          ceil.tcp,
+          ffi.tcp,
+          l4?.tcp,
+        )
+      ) {
         await step(t, () =>
           loadtool(loadtools, "tcp-rr", t, [
             "tcp-rr",
@@ -615,7 +642,17 @@ async function main(): Promise<void> {
     }
     if (want("tcp-bulk")) {
       ceilingPid("tcp");
-      for (const [t, port] of targets(ports.tcp, mesh.tcp, hap.tcp, "haproxy", ceil.tcp, ffi.tcp)) {
+      for (
+        const [t, port] of targets(
+          ports.tcp,
+          mesh.tcp,
+          hap.tcp,
+          "haproxy",
+          ceil.tcp,
+          ffi.tcp,
+          l4?.tcp,
+        )
+      ) {
         await step(t, () =>
           loadtool(loadtools, "tcp-bulk", t, [
             "tcp-bulk",
@@ -644,7 +681,9 @@ async function main(): Promise<void> {
         return await Deno.stat(`${work}/nginx.pid`).then(() => true, () => undefined);
       });
       ceilingPid("udp");
-      for (const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp, ffi.udp)) {
+      for (
+        const [t, port] of targets(ports.udp, mesh.udp, ng, "nginx", ceil.udp, ffi.udp, l4?.udp)
+      ) {
         await step(t, () =>
           loadtool(loadtools, "udp-rr", t, [
             "udp-rr",
@@ -878,7 +917,13 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
   const perRoundJson: Record<string, unknown> = {};
   for (const c of cases) {
     const ref = results.some((r) => r.case === c && r.target === "nginx") ? "nginx" : "haproxy";
-    const pairs = [["meshd", ref], ["meshd", "ceiling"], ["ceiling", ref], ["ffi", ref]] as const;
+    const pairs = [
+      ["meshd", ref],
+      ["meshd-l4", ref],
+      ["meshd", "ceiling"],
+      ["ceiling", ref],
+      ["ffi", ref],
+    ] as const;
     const fmtSpread = (q: Spread | null) =>
       q ? `${q.median.toFixed(3)} (${q.min.toFixed(3)}–${q.max.toFixed(3)})` : "-";
     for (const pair of pairs) {
@@ -995,7 +1040,9 @@ function report(all: Measure[], memory: Record<string, number>, args: Args): voi
       "forwarder (tests/bench/l4_forwarders.ts) with none of meshd's work, the floor of a " +
       "Deno proxy; meshd's rate over its is in the JSON as vsCeiling. ffi: the same forwarder " +
       "with libc's epoll and sockets through FFI and no promise on the path " +
-      "(tests/bench/ffi_forwarders.ts), what the same job costs outside Deno's I/O layer.",
+      "(tests/bench/ffi_forwarders.ts), what the same job costs outside Deno's I/O layer. " +
+      "meshd-l4: meshd with --l4-worker, its TCP and UDP ports served on that loop in a " +
+      "worker of their own.",
   );
   console.log(lines.join("\n"));
   Deno.mkdirSync(args.out.replace(/\/[^/]+$/, ""), { recursive: true });
