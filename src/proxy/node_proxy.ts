@@ -152,6 +152,8 @@ export class NodeProxy {
   };
   #http: HttpProxy | null = null;
   readonly #tcp = new Map<number, TcpPort>();
+  /** TCP listeners of ports a config dropped, whose connections go on: counted in flight. */
+  readonly #dropped = new Set<TcpPort>();
   readonly #udp = new Map<number, UdpPort>();
   /** The engine's loop, with its listener classes, once `start` made it (`engine` set). */
   #engine: {
@@ -347,6 +349,7 @@ export class NodeProxy {
     for (const [port, l] of this.#tcp) {
       if (next.tcp.has(port)) continue;
       this.#tcp.delete(port);
+      this.#dropped.add(l);
       closing.push(l.close().then(() => log.info("tcp listener stopped", { port })));
     }
     for (const [port, l] of this.#udp) {
@@ -465,6 +468,10 @@ export class NodeProxy {
   get inFlight(): number {
     let n = this.#http?.open ?? 0;
     for (const l of this.#tcp.values()) n += l.open;
+    for (const l of this.#dropped) {
+      if (l.open === 0) this.#dropped.delete(l);
+      else n += l.open;
+    }
     return n;
   }
 
@@ -506,10 +513,11 @@ export class NodeProxy {
     await this.#http?.close();
     this.#http = null;
     await Promise.all([
-      ...[...this.#tcp.values()].map((l) => l.close(true)),
+      ...[...this.#tcp.values(), ...this.#dropped].map((l) => l.close(true)),
       ...[...this.#udp.values()].map((l) => l.close()),
     ]);
     this.#tcp.clear();
+    this.#dropped.clear();
     this.#udp.clear();
     if (this.#engine) {
       this.#engine.reactor.stop();

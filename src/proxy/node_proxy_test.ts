@@ -895,3 +895,60 @@ Deno.test("NodeProxy.stop() ends an entrypoint that never saw a config", async (
   await proxy.stop();
   assert.equal(proxy.version, 0);
 });
+
+for (const engine of [false, true]) {
+  Deno.test(
+    `NodeProxy.apply() drops a TCP port at once while a connection through it is open, which goes on${
+      engine ? " (on the engine)" : ""
+    }`,
+    async () => {
+      const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const echoing = (async () => {
+        for await (const conn of echo) conn.readable.pipeTo(conn.writable).catch(() => {});
+      })().catch(() => {});
+      const tcpPort = freePort();
+      const config = (version: number, withEcho: boolean) =>
+        meshConfig(
+          withEcho
+            ? [{
+              name: "echo",
+              ports: [{
+                port: 7,
+                protocol: "tcp",
+                listenPort: tcpPort,
+                endpoints: [endpoint("127.0.0.1", echo.addr.port)],
+              }],
+            }]
+            : [],
+          { version },
+        );
+      try {
+        await withProxy(config(1, true), async (proxy) => {
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcpPort });
+          const buf = new Uint8Array(4);
+          await conn.write(new TextEncoder().encode("ping"));
+          assert.equal(await conn.read(buf), 4);
+          assert.equal(proxy.inFlight, 1);
+          // The apply must not wait for the connection, which may last an hour.
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const applied = await Promise.race([
+            proxy.apply(config(2, false)).then(() => true),
+            new Promise<boolean>((r) => timer = setTimeout(() => r(false), 5_000)),
+          ]);
+          clearTimeout(timer);
+          assert.ok(applied, "the apply waited for the open connection");
+          assert.equal(proxy.listener("tcp", tcpPort).served, false);
+          await conn.write(new TextEncoder().encode("pong"));
+          assert.equal(await conn.read(buf), 4);
+          assert.equal(new TextDecoder().decode(buf), "pong");
+          assert.equal(proxy.inFlight, 1, "it still counts as in flight");
+          conn.close();
+          await waitFor("the connection to end", () => proxy.inFlight === 0 || undefined);
+        }, { engine });
+      } finally {
+        echo.close();
+        await echoing;
+      }
+    },
+  );
+}

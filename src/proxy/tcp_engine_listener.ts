@@ -87,12 +87,15 @@ export class TcpEngineListener {
     return this.#addr;
   }
 
-  /** Connections open now. */
+  /** Connections open now: relayed, or admitted and still dialling. */
   get open(): number {
-    return this.#tunnels.size;
+    return this.#tunnels.size + this.#pending.size;
   }
 
-  /** Stops accepting. Open connections go on until they end, unless `abort` is set. */
+  /**
+   * Stops accepting, at once. Open connections go on until they end (the idle sweep with
+   * them), unless `abort` is set: then they are closed, and this resolves once they are.
+   */
   async close(abort = false): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
@@ -102,11 +105,9 @@ export class TcpEngineListener {
     if (abort) {
       this.#aborted = true;
       for (const t of [...this.#tunnels]) t.relay.close("shutdown");
+      if (this.open > 0) await new Promise<void>((r) => this.#drained = r);
     }
-    if (this.#tunnels.size > 0 || this.#pending.size > 0) {
-      await new Promise<void>((r) => this.#drained = r);
-    }
-    this.#sweep.cancel();
+    if (this.open === 0) this.#sweep.cancel();
   }
 
   #accept(): void {
@@ -226,7 +227,9 @@ export class TcpEngineListener {
   }
 
   #maybeDrained(): void {
-    if (this.#tunnels.size === 0 && this.#pending.size === 0) this.#drained?.();
+    if (this.open > 0) return;
+    this.#drained?.();
+    if (this.#closed) this.#sweep.cancel();
   }
 
   #sweepIdle(): void {
@@ -244,6 +247,8 @@ export class TcpEngineListener {
         t.relay.close("idle_timeout");
       }
     }
+    // A closed listener's sweep ends with its last connection.
+    if (this.#closed && this.open === 0) return;
     this.#sweep = this.#reactor.after(SWEEP_MS, () => this.#sweepIdle());
   }
 }
