@@ -12,6 +12,7 @@ import { ConnectError, connectTcp } from "../engine/connect_tcp.ts";
 import type { Reactor, ReactorTimer } from "../engine/reactor.ts";
 import { acceptOne, bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
 import { TcpRelay } from "../engine/tcp_relay.ts";
+import { LogThrottle } from "./log_throttle.ts";
 import type { LoopGuard } from "./policy.ts";
 import {
   dialEndpoint,
@@ -37,6 +38,9 @@ interface Tunnel {
   bytesIn: number;
   bytesOut: number;
 }
+
+/** One "accept failed" line per port per 10 s; `meshd_dropped_total` counts each. */
+const ACCEPT_LOG = new LogThrottle();
 
 /** How often the idle sweep looks, ms. */
 const SWEEP_MS = 1000;
@@ -65,6 +69,10 @@ export class TcpEngineListener {
   /** Closed with `abort`: connections still dialling are closed when their dial ends. */
   #aborted = false;
   #drained: (() => void) | null = null;
+  /** The pause after the last failed accept, ms (0: the last one worked). */
+  #backoff = 0;
+  /** Failed accepts since the last log line. */
+  #unlogged = 0;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: TcpEngineListenerOptions) {
@@ -117,12 +125,11 @@ export class TcpEngineListener {
       try {
         c = acceptOne(this.#fd);
       } catch (e) {
-        // EMFILE and the like: the loop calls again while connections wait, at most once a turn.
-        this.#opts.drop?.("accept_failed");
-        this.#opts.logger.warn("tcp accept failed", { port: this.#opts.port, error: String(e) });
+        this.#acceptFailed(e);
         return;
       }
       if (!c) return;
+      this.#backoff = 0;
       const peer = { hostname: c.address, port: c.port };
       if (limiter && !limiter.acquire(peer.hostname)) {
         closeFd(c.fd);
@@ -137,6 +144,31 @@ export class TcpEngineListener {
         });
       }).finally(() => limiter?.release(peer.hostname));
     }
+  }
+
+  /**
+   * A failed accept (EMFILE when out of file descriptors, ENFILE, ENOBUFS): counted, and the
+   * listener leaves the loop for a pause, 10 ms after the first failure in a row and twice as
+   * long after each next one, up to 1 s (the socket stays readable while connections wait:
+   * left in, it would call this again every turn). One log line per 10 s says so.
+   */
+  #acceptFailed(e: unknown): void {
+    this.#opts.drop?.("accept_failed");
+    this.#unlogged++;
+    this.#backoff = this.#backoff === 0 ? 10 : Math.min(1000, this.#backoff * 2);
+    if (ACCEPT_LOG.allow(String(this.#opts.port))) {
+      this.#opts.logger.warn("tcp accept failed; pausing accepts", {
+        port: this.#opts.port,
+        error: String(e),
+        failures: this.#unlogged,
+        pauseMs: this.#backoff,
+      });
+      this.#unlogged = 0;
+    }
+    this.#reactor.remove(this.#fd);
+    this.#reactor.after(this.#backoff, () => {
+      if (!this.#closed) this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    });
   }
 
   async #handle(fd: number, peer: { hostname: string; port: number }): Promise<void> {

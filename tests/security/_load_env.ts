@@ -67,6 +67,8 @@ export interface MeshdOptions {
   nofile: number;
   /** Extra flags. */
   flags?: string[];
+  /** Lets meshd use FFI (`--l4-worker`'s event loop). */
+  ffi?: boolean;
   /**
    * Environment, such as `MESHD_MAX_CONNECTIONS`: flags set this way are ignored by a meshd
    * that does not know them, so a case run against one without the fix fails on what it
@@ -108,7 +110,7 @@ export async function startMeshd(o: MeshdOptions): Promise<Meshd> {
     "userspace",
     ...(o.flags ?? []),
   ], {
-    deno: ["--allow-net", "--allow-read", "--allow-env"],
+    deno: ["--allow-net", "--allow-read", "--allow-env", ...(o.ffi ? ["--allow-ffi"] : [])],
     wrap: ["prlimit", `--nofile=${o.nofile}:${o.nofile}`],
     env: o.env,
   });

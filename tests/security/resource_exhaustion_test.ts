@@ -53,7 +53,13 @@ function figures(
 
 /** meshd with an HTTP service (web), a TCP echo service and a UDP echo service. */
 async function withMesh(
-  opts: { nofile: number; env?: Record<string, string>; bigBytes?: number },
+  opts: {
+    nofile: number;
+    env?: Record<string, string>;
+    bigBytes?: number;
+    flags?: string[];
+    ffi?: boolean;
+  },
   fn: (m: Meshd, web: CountingBackend) => Promise<void>,
 ): Promise<void> {
   const web = new CountingBackend(WEB, opts.bigBytes);
@@ -65,6 +71,8 @@ async function withMesh(
       address: MESHD,
       nofile: opts.nofile,
       env: opts.env,
+      flags: opts.flags,
+      ffi: opts.ffi,
       services: 3,
       config: () => [
         service("web", 80),
@@ -241,6 +249,50 @@ Deno.test("meshd keeps accepting after EMFILE, with one log line per interval", 
       "n/a (no descriptor left to answer with)",
       `accept-failure log lines ${lines}, dropped ${JSON.stringify(dropped)}`,
     );
+  });
+});
+
+Deno.test("meshd --l4-worker keeps accepting TCP after EMFILE, with one log line per interval and no busy loop", async () => {
+  // The engine's listening socket stays readable while accepts fail: left in the loop, it
+  // would be called every turn.
+  await withMesh({
+    nofile: 200,
+    flags: ["--l4-worker"],
+    ffi: true,
+    env: { MESHD_MAX_CONNECTIONS: "5000", MESHD_MAX_CONNECTIONS_PER_SOURCE: "5000" },
+  }, async (m) => {
+    assert.ok(await tcpEchoes(MESHD, m.tcp), "no TCP echo before the attack");
+    const cpu = () => {
+      const f = Deno.readTextFileSync(`/proc/${m.child.pid}/stat`).split(") ")[1]!.split(" ");
+      return Number(f[11]) + Number(f[12]); // utime + stime, in clock ticks
+    };
+    const attack = await idleConnections(MESHD, m.tcp, 400);
+    let ticks = 0;
+    try {
+      await waitFor(
+        "accepts to fail with the descriptors gone",
+        () => logLines(m, /accept failed/) > 0 ? true : undefined,
+        20_000,
+      );
+      // Keep the descriptors exhausted 3 s: a loop called every turn would take the whole core.
+      const before = cpu();
+      await new Promise((r) => setTimeout(r, 3000));
+      ticks = cpu() - before;
+      assert.ok(alive(m), "meshd died with its descriptors exhausted");
+    } finally {
+      attack.close();
+    }
+    await waitFor(
+      "the TCP port to echo after the attack",
+      async () => (await tcpEchoes(MESHD, m.tcp)) ? true : undefined,
+      20_000,
+    );
+    const lines = logLines(m, /accept failed/);
+    assert.ok(lines <= 3, `expected at most one accept-failure line per 10 s, got ${lines}`);
+    const dropped = await drops(m);
+    assert.ok((dropped["accept_failed"] ?? 0) >= 1, JSON.stringify(dropped));
+    // 100 ticks a second: a spinning loop would use about 300 in 3 s.
+    assert.ok(ticks < 150, `meshd used ${ticks} CPU ticks in 3 s with accepts failing`);
   });
 });
 
