@@ -1,6 +1,12 @@
 import { type ConfigStore, NodeAgent } from "../node/mod.ts";
 import { type ApiServer, type Logger, type Registry, serveApi } from "../observability/mod.ts";
-import { availableCpus, type DataPlane, NodeProxy, ProxyPool } from "../proxy/mod.ts";
+import {
+  availableCpus,
+  type DataPlane,
+  L4WorkerError,
+  NodeProxy,
+  ProxyPool,
+} from "../proxy/mod.ts";
 import {
   DatapathError,
   FastPath,
@@ -77,6 +83,7 @@ export function nodeServices(ctx: RunContext, options: NodeServicesOptions): Nod
       try {
         await proxy.start();
       } catch (e) {
+        if (e instanceof L4WorkerError) throw new CliError(e.message);
         throw new CliError(
           `Cannot listen on ${config.proxy.address}:${config.proxy.httpPort} for the HTTP ` +
             `entrypoint: ${(e as Error).message}`,

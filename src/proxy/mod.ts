@@ -16,7 +16,7 @@ export { AccessPolicy } from "./access.ts";
 export { ProxyMetrics } from "./proxy_metrics.ts";
 export type { Connect } from "./connect_upstream.ts";
 export type { DataPlane } from "./data_plane.ts";
-export { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
+export { L4WorkerError, ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
 export type { ProxyPoolOptions, WorkerProxyOptions } from "./proxy_pool.ts";
 export { availableCpus } from "./available_cpus.ts";
 export { AccessLog } from "./access_log.ts";

@@ -139,6 +139,14 @@ export class ProxyWorkerError extends Error {
   }
 }
 
+/** The L4 worker (`--l4-worker`) could not start: FFI not permitted, say. */
+export class L4WorkerError extends ProxyWorkerError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "L4WorkerError";
+  }
+}
+
 /**
  * The node proxy spread over several cores (`meshd run --workers N`): N Deno Workers, each with
  * a {@linkcode NodeProxy} of its own bound with SO_REUSEPORT on the same ports, so the kernel
@@ -240,7 +248,15 @@ export class ProxyPool {
     const [first, ...rest] = this.#slots;
     await this.#startSlot(first!, this.#opts.proxy.httpPort);
     this.#httpPort = Number(first!.state!.httpAddress.split(":").pop());
-    await Promise.all(rest.map((s) => this.#startSlot(s, this.#httpPort)));
+    await Promise.all(rest.map((s) =>
+      this.#startSlot(s, this.#httpPort).catch((e) => {
+        if (s.role !== "l4") throw e;
+        throw new L4WorkerError(
+          `--l4-worker cannot start its event loop: ${(e as Error).message}`,
+          { cause: e },
+        );
+      })
+    ));
     this.#opts.logger.info("proxy workers started", {
       workers: this.#slots.length,
       l4Worker: this.#opts.l4Worker ?? false,

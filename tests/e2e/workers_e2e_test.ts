@@ -286,3 +286,33 @@ Deno.test("meshd run --workers 2 with its HTTP port taken fails in one line, wit
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("meshd run --l4-worker without FFI permission fails in one line that says so", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
+  try {
+    const meshd = spawnMeshd([
+      "--config-dir",
+      dir,
+      "--proxy-address",
+      MESHD_IP,
+      "--http-port",
+      String(freePort(MESHD_IP)),
+      "--api-port",
+      String(freePort()),
+      "--l4-worker",
+      "--datapath",
+      "userspace",
+    ], { deno: ["--allow-net", "--allow-read", "--allow-env"] });
+    const st = await meshd.wait();
+    const out = meshd.stderr.join("\n");
+    assert.equal(st.code, 1, out);
+    assert.match(
+      meshd.stderr.at(-1) ?? "",
+      /^meshd run: error: --l4-worker cannot start its event loop: .*--allow-ffi/,
+      out,
+    );
+    assert.doesNotMatch(out, /Uncaught|^\s+at /m, `a stack trace reached stderr:\n${out}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
