@@ -90,117 +90,122 @@ async function withMesh(
   }
 }
 
-Deno.test("meshd survives a UDP flood from many source ports, evicting the oldest flows", async () => {
-  // Default caps, from the open-file limit meshd reads: 10% of 256 is 25 flows.
-  await withMesh({ nofile: 256 }, async (m) => {
-    const bystander = new UdpClient(BYSTANDER);
-    const sockets: Deno.DatagramConn[] = [];
-    try {
-      assert.ok(await bystander.echoes(MESHD, m.udp), "no UDP echo before the flood");
-      const before = procStats(m);
-      let during = before;
-      let answered = 0;
-      let asked = 0;
-      const payload = new TextEncoder().encode("flood");
-      // 600 source ports, 100 at a time, each sending a datagram twice.
-      for (let round = 0; round < 6; round++) {
-        const batch = Array.from(
-          { length: 100 },
-          () => Deno.listenDatagram({ transport: "udp", hostname: ATTACKER, port: 0 }),
-        );
-        sockets.push(...batch);
-        for (let k = 0; k < 2; k++) {
-          await Promise.all(
-            batch.map((s) =>
-              s.send(payload, { transport: "udp", hostname: MESHD, port: m.udp }).catch(() => 0)
-            ),
+for (const l4 of [false, true]) {
+  Deno.test(`meshd survives a UDP flood from many source ports, evicting the oldest flows${l4 ? " (--l4-worker)" : ""}`, async () => {
+    // Default caps, from the open-file limit meshd reads: 10% of 256 is 25 flows.
+    await withMesh({ nofile: 256, ...(l4 ? L4 : {}) }, async (m) => {
+      const bystander = new UdpClient(BYSTANDER);
+      const sockets: Deno.DatagramConn[] = [];
+      try {
+        assert.ok(await bystander.echoes(MESHD, m.udp), "no UDP echo before the flood");
+        const before = procStats(m);
+        let during = before;
+        let answered = 0;
+        let asked = 0;
+        const payload = new TextEncoder().encode("flood");
+        // 600 source ports, 100 at a time, each sending a datagram twice.
+        for (let round = 0; round < 6; round++) {
+          const batch = Array.from(
+            { length: 100 },
+            () => Deno.listenDatagram({ transport: "udp", hostname: ATTACKER, port: 0 }),
           );
+          sockets.push(...batch);
+          for (let k = 0; k < 2; k++) {
+            await Promise.all(
+              batch.map((s) =>
+                s.send(payload, { transport: "udp", hostname: MESHD, port: m.udp }).catch(() => 0)
+              ),
+            );
+          }
+          const s = procStats(m);
+          if (s.fds > during.fds) during = s;
+          asked += 2;
+          if (await bystander.echoes(MESHD, m.udp)) answered++;
+          if ((await httpStatus(m, WEB_HOST)) === 200) answered++;
         }
-        const s = procStats(m);
-        if (s.fds > during.fds) during = s;
-        asked += 2;
-        if (await bystander.echoes(MESHD, m.udp)) answered++;
-        if ((await httpStatus(m, WEB_HOST)) === 200) answered++;
+        assert.ok(alive(m), `meshd died under the flood:\n${m.child.lines.slice(-5).join("\n")}`);
+        assert.ok(during.fds < 256, `meshd reached ${during.fds} fds of 256`);
+        const dropped = await drops(m);
+        // One attacker address: its flows over --max-udp-flows-per-source evict its own.
+        assert.ok(
+          (dropped["udp_flow_evicted"] ?? 0) + (dropped["udp_source_limit"] ?? 0) >= 500,
+          `expected flows evicted and counted, got ${JSON.stringify(dropped)}`,
+        );
+        assert.equal(answered, asked, "other clients went unanswered during the flood");
+        for (const s of sockets) s.close();
+        sockets.length = 0;
+        assert.ok(await bystander.echoes(MESHD, m.udp), "no UDP echo after the flood");
+        assert.equal(await httpStatus(m, WEB_HOST), 200);
+        figures(
+          "udp flood, 600 source ports, nofile 256",
+          before,
+          during,
+          procStats(m),
+          `${answered}/${asked}`,
+          `dropped ${JSON.stringify(dropped)}`,
+        );
+      } finally {
+        for (const s of sockets) s.close();
+        await bystander.close();
       }
-      assert.ok(alive(m), `meshd died under the flood:\n${m.child.lines.slice(-5).join("\n")}`);
-      assert.ok(during.fds < 256, `meshd reached ${during.fds} fds of 256`);
-      const dropped = await drops(m);
-      // One attacker address: its flows over --max-udp-flows-per-source evict its own.
-      assert.ok(
-        (dropped["udp_flow_evicted"] ?? 0) + (dropped["udp_source_limit"] ?? 0) >= 500,
-        `expected flows evicted and counted, got ${JSON.stringify(dropped)}`,
-      );
-      assert.equal(answered, asked, "other clients went unanswered during the flood");
-      for (const s of sockets) s.close();
-      sockets.length = 0;
-      assert.ok(await bystander.echoes(MESHD, m.udp), "no UDP echo after the flood");
-      assert.equal(await httpStatus(m, WEB_HOST), 200);
-      figures(
-        "udp flood, 600 source ports, nofile 256",
-        before,
-        during,
-        procStats(m),
-        `${answered}/${asked}`,
-        `dropped ${JSON.stringify(dropped)}`,
-      );
-    } finally {
-      for (const s of sockets) s.close();
-      await bystander.close();
-    }
+    });
   });
-});
+}
 
-Deno.test("meshd caps idle TCP connections per source and keeps answering others", async () => {
-  await withMesh({
-    nofile: 256,
-    env: { MESHD_MAX_CONNECTIONS: "100", MESHD_MAX_CONNECTIONS_PER_SOURCE: "40" },
-  }, async (m) => {
-    const before = procStats(m);
-    const toHttp = await idleConnections(MESHD, m.http, 300);
-    const toTcp = await idleConnections(MESHD, m.tcp, 300);
-    try {
-      let answered = 0;
-      const asked = 10;
-      let during = procStats(m);
-      for (let i = 0; i < asked / 2; i++) {
-        if ((await httpStatus(m, WEB_HOST)) === 200) answered++;
-        if (await tcpEchoes(MESHD, m.tcp)) answered++;
-        const s = procStats(m);
-        if (s.fds > during.fds) during = s;
+for (const l4 of [false, true]) {
+  Deno.test(`meshd caps idle TCP connections per source and keeps answering others${l4 ? " (--l4-worker)" : ""}`, async () => {
+    await withMesh({
+      nofile: 256,
+      env: { MESHD_MAX_CONNECTIONS: "100", MESHD_MAX_CONNECTIONS_PER_SOURCE: "40" },
+      ...(l4 ? L4 : {}),
+    }, async (m) => {
+      const before = procStats(m);
+      const toHttp = await idleConnections(MESHD, m.http, 300);
+      const toTcp = await idleConnections(MESHD, m.tcp, 300);
+      try {
+        let answered = 0;
+        const asked = 10;
+        let during = procStats(m);
+        for (let i = 0; i < asked / 2; i++) {
+          if ((await httpStatus(m, WEB_HOST)) === 200) answered++;
+          if (await tcpEchoes(MESHD, m.tcp)) answered++;
+          const s = procStats(m);
+          if (s.fds > during.fds) during = s;
+        }
+        assert.ok(alive(m), "meshd died under idle connections");
+        assert.ok(during.fds < 256, `meshd reached ${during.fds} fds of 256`);
+        assert.equal(answered, asked, "other clients went unanswered during the attack");
+        const dropped = await drops(m);
+        assert.ok(
+          (dropped["source_limit"] ?? 0) >= 500,
+          `expected connections over the per-source cap counted, got ${JSON.stringify(dropped)}`,
+        );
+        assert.equal(logLines(m, /accept failed/), 0, "accepts failed under the caps");
+        toHttp.close();
+        toTcp.close();
+        await waitFor(
+          "the bystander to be answered after the attack",
+          async () =>
+            (await httpStatus(m, WEB_HOST)) === 200 && await tcpEchoes(MESHD, m.tcp)
+              ? true
+              : undefined,
+          15_000,
+        );
+        figures(
+          "600 idle TCP connections from one source, nofile 256, caps 100/40",
+          before,
+          during,
+          procStats(m),
+          `${answered}/${asked}`,
+          `dropped ${JSON.stringify(dropped)}`,
+        );
+      } finally {
+        toHttp.close();
+        toTcp.close();
       }
-      assert.ok(alive(m), "meshd died under idle connections");
-      assert.ok(during.fds < 256, `meshd reached ${during.fds} fds of 256`);
-      assert.equal(answered, asked, "other clients went unanswered during the attack");
-      const dropped = await drops(m);
-      assert.ok(
-        (dropped["source_limit"] ?? 0) >= 500,
-        `expected connections over the per-source cap counted, got ${JSON.stringify(dropped)}`,
-      );
-      assert.equal(logLines(m, /accept failed/), 0, "accepts failed under the caps");
-      toHttp.close();
-      toTcp.close();
-      await waitFor(
-        "the bystander to be answered after the attack",
-        async () =>
-          (await httpStatus(m, WEB_HOST)) === 200 && await tcpEchoes(MESHD, m.tcp)
-            ? true
-            : undefined,
-        15_000,
-      );
-      figures(
-        "600 idle TCP connections from one source, nofile 256, caps 100/40",
-        before,
-        during,
-        procStats(m),
-        `${answered}/${asked}`,
-        `dropped ${JSON.stringify(dropped)}`,
-      );
-    } finally {
-      toHttp.close();
-      toTcp.close();
-    }
+    });
   });
-});
+}
 
 Deno.test("meshd keeps accepting after EMFILE, with one log line per interval", async () => {
   // Caps above the open-file limit, so the descriptors run out and accept fails.
@@ -252,13 +257,15 @@ Deno.test("meshd keeps accepting after EMFILE, with one log line per interval", 
   });
 });
 
+/** meshd with its TCP and UDP ports on its own loop in a worker. */
+const L4 = { flags: ["--l4-worker"], ffi: true };
+
 Deno.test("meshd --l4-worker keeps accepting TCP after EMFILE, with one log line per interval and no busy loop", async () => {
   // The engine's listening socket stays readable while accepts fail: left in the loop, it
   // would be called every turn.
   await withMesh({
     nofile: 200,
-    flags: ["--l4-worker"],
-    ffi: true,
+    ...L4,
     env: { MESHD_MAX_CONNECTIONS: "5000", MESHD_MAX_CONNECTIONS_PER_SOURCE: "5000" },
   }, async (m) => {
     assert.ok(await tcpEchoes(MESHD, m.tcp), "no TCP echo before the attack");
