@@ -65,6 +65,14 @@ export class TcpRelay {
   /** Each socket's `EPOLL*` interest now. */
   #maskA: number;
   #maskB: number;
+  /** Each socket's handler, and whether it is out of the loop (see {@linkcode TcpRelay.#remask}). */
+  readonly #onA: (events: number) => void;
+  readonly #onB: (events: number) => void;
+  #parkedA = false;
+  #parkedB = false;
+  /** Whether each socket reported EPOLLHUP: shut both ways, or closed. */
+  #hupA = false;
+  #hupB = false;
   #ended = false;
 
   constructor(reactor: Reactor, a: number, b: number, hooks: RelayHooks) {
@@ -75,8 +83,10 @@ export class TcpRelay {
     this.#maskA = EPOLLIN;
     // EPOLLOUT until the connect is done; the first event's remask drops it.
     this.#maskB = EPOLLIN | EPOLLOUT;
-    reactor.add(a, this.#maskA, (events) => this.#on(this.#up, this.#down, events));
-    reactor.add(b, this.#maskB, (events) => this.#on(this.#down, this.#up, events));
+    this.#onA = (events) => this.#on(this.#up, this.#down, events);
+    this.#onB = (events) => this.#on(this.#down, this.#up, events);
+    reactor.add(a, this.#maskA, this.#onA);
+    reactor.add(b, this.#maskB, this.#onB);
   }
 
   /** Bytes read and not yet written on, both ways: at most one read's worth a way. */
@@ -104,6 +114,10 @@ export class TcpRelay {
   /** An event of the socket `reading` reads from (and `writing` writes to). */
   #on(reading: Way, writing: Way, events: number): void {
     if (this.#ended) return;
+    if (events & EPOLLHUP) {
+      if (reading === this.#up) this.#hupA = true;
+      else this.#hupB = true;
+    }
     if (events & EPOLLOUT && writing.pending) {
       if (!this.#flush(writing)) return;
     }
@@ -158,13 +172,27 @@ export class TcpRelay {
     return true;
   }
 
-  /** Each socket reads while its way is open and holds nothing, and waits to write what the other holds. */
+  /**
+   * Each socket reads while its way is open and holds nothing, and waits to write what the other
+   * holds. A socket that reported EPOLLHUP and wants nothing now leaves the loop until it wants
+   * something again: epoll reports EPOLLHUP whatever the interest, so, level-triggered, it would
+   * come back every turn while its way waits for the other socket to take what it holds (a
+   * backend that answered and closed, a client that reads slowly): a busy loop.
+   */
   #remask(): void {
     const a = (this.#up.eof || this.#up.pending ? 0 : EPOLLIN) |
       (this.#down.pending ? EPOLLOUT : 0);
     const b = (this.#down.eof || this.#down.pending ? 0 : EPOLLIN) |
       (this.#up.pending ? EPOLLOUT : 0);
-    if (a !== this.#maskA) this.#reactor.modify(this.#up.from, this.#maskA = a);
-    if (b !== this.#maskB) this.#reactor.modify(this.#up.to, this.#maskB = b);
+    if (a === 0 && this.#hupA) {
+      if (!this.#parkedA) this.#reactor.remove(this.#up.from), this.#parkedA = true;
+    } else if (this.#parkedA) {
+      this.#reactor.add(this.#up.from, this.#maskA = a, this.#onA), this.#parkedA = false;
+    } else if (a !== this.#maskA) this.#reactor.modify(this.#up.from, this.#maskA = a);
+    if (b === 0 && this.#hupB) {
+      if (!this.#parkedB) this.#reactor.remove(this.#up.to), this.#parkedB = true;
+    } else if (this.#parkedB) {
+      this.#reactor.add(this.#up.to, this.#maskB = b, this.#onB), this.#parkedB = false;
+    } else if (b !== this.#maskB) this.#reactor.modify(this.#up.to, this.#maskB = b);
   }
 }

@@ -2,7 +2,16 @@ import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { type RelayEnd, TcpRelay } from "./tcp_relay.ts";
 import { acceptOne, bindSocket, closeFd, dialTcp, localAddress } from "./sockets.ts";
-import { EPOLLIN } from "../../ffi/libc_net.ts";
+import {
+  AF_INET,
+  EPOLLIN,
+  libcNet,
+  SHUT_WR,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  sockaddr,
+  SOL_SOCKET,
+} from "../../ffi/libc_net.ts";
 import { seededRandom } from "../_testing.ts";
 import { waitFor } from "../_testing.ts";
 
@@ -185,6 +194,105 @@ Deno.test("TcpRelay.close closes both sockets and says why", async () => {
       assert.deepEqual(ends, ["idle_timeout"]);
     });
   } finally {
+    backend.close();
+  }
+});
+
+/** Resolves after `ms` on `reactor`'s own clock: Deno's timers wait while the loop is busy. */
+function loopDelay(reactor: Reactor, ms: number): Promise<void> {
+  return new Promise((r) => reactor.after(ms, r));
+}
+
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
+/** Fits the buffers on the backend side with its FIN, not those towards the client. */
+const ANSWER = 96 * 1024;
+
+/** Sets the socket option `name` of `fd` to `value` (an int). */
+function setIntOption(fd: number, name: number, value: number): void {
+  const v = new Uint8Array(new Int32Array([value]).buffer);
+  assert.equal(libcNet().call.setsockopt(fd, SOL_SOCKET, name, v, 4), 0, `setsockopt ${name}`);
+}
+
+Deno.test("TcpRelay does not spin on a socket closed both ways while its way waits for the other", async () => {
+  // The client sends a request and half-closes (the relay half-closes the backend); the backend
+  // answers with more than the client takes, and closes. The backend socket is then shut both
+  // ways (EPOLLHUP, which epoll reports whatever the interest) while its way holds what the
+  // client has not taken: level-triggered, that event came back every turn, a busy loop.
+  const host = "127.0.64.1";
+  const answer = ANSWER;
+  const backend = Deno.listen({ hostname: host, port: 0 });
+  let answered = false;
+  const serving = (async () => {
+    const c = await backend.accept();
+    await readAll(c);
+    await writeAll(c, new Uint8Array(answer));
+    answered = true;
+    c.close();
+  })();
+  const reactor = new Reactor();
+  let calls = 0;
+  const add = reactor.add.bind(reactor);
+  reactor.add = (fd, interest, handler) =>
+    add(fd, interest, (events) => (calls++, handler(events)));
+  const { call } = libcNet();
+  const lfd = bindSocket("tcp", host, 0);
+  // Small buffers towards the client (an accepted socket takes its listener's), so the relay
+  // holds bytes while the rest of the answer, and the backend's FIN, wait on its side.
+  setIntOption(lfd, SO_SNDBUF, 8192);
+  const relays: TcpRelay[] = [];
+  reactor.add(lfd, EPOLLIN, () => {
+    for (let c = acceptOne(lfd); c; c = acceptOne(lfd)) {
+      relays.push(
+        new TcpRelay(reactor, c.fd, dialTcp(host, backend.addr.port), { onEnd: () => {} }),
+      );
+    }
+  });
+  const running = reactor.run();
+  const client = call.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  try {
+    setIntOption(client, SO_RCVBUF, 8192);
+    const sa = sockaddr(host, localAddress(lfd).port);
+    call.connect(client, sa, sa.length);
+    for (let i = 0; relays.length === 0; i++) {
+      assert.ok(i < 500, "the relay accepted the client");
+      await loopDelay(reactor, 10);
+    }
+    const request = new TextEncoder().encode("GET");
+    assert.equal(Number(call.write(client, request, BigInt(request.length))), request.length);
+    assert.equal(call.shutdown(client, SHUT_WR), 0);
+    // Polled on the loop's clock: with the defect, Deno's timers would not fire.
+    for (let i = 0; !(answered && relays[0]!.held > 0); i++) {
+      assert.ok(i < 1000, `the backend answered: ${answered}, the relay holds ${relays[0]!.held}`);
+      await loopDelay(reactor, 10);
+    }
+    await loopDelay(reactor, 100); // the backend's FIN comes in
+    const before = calls;
+    await loopDelay(reactor, 300);
+    const during = calls - before;
+    assert.ok(during < 50, `${during} handler calls in 300 ms while nothing moved`);
+    // What was held still reaches the client once it reads, and the relay ends.
+    const buf = new Uint8Array(64 * 1024);
+    let got = 0;
+    for (let i = 0;; i++) {
+      const n = Number(call.read(client, buf, BigInt(buf.length)));
+      if (n === 0) break;
+      if (n > 0) got += n;
+      else await loopDelay(reactor, 5);
+      assert.ok(i < 10_000, `the client read the answer to its end: ${got} bytes`);
+    }
+    assert.equal(got, answer);
+    for (let i = 0; !relays[0]!.ended; i++) {
+      assert.ok(i < 500, "the relay ended");
+      await loopDelay(reactor, 10);
+    }
+  } finally {
+    call.close(client);
+    for (const r of relays) r.close("test over");
+    reactor.stop();
+    await running;
+    closeFd(lfd);
+    await serving.catch(() => {});
     backend.close();
   }
 });
