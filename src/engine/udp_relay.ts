@@ -108,9 +108,17 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
     return this.#flows.size;
   }
 
-  /** The flows open now, least recently active first (as of the last sweep). */
+  /** The flows open now, least recently active first (as of the last sweep or touch). */
   values(): IterableIterator<UdpFlow<T>> {
     return this.#flows.values();
+  }
+
+  /** Moves `flow` (one of this relay's) to the back of the eviction order: it is in use. */
+  touch(flow: UdpFlow<T>): void {
+    const f = flow as Flow<T>;
+    if (this.#flows.get(f.key) !== f) return;
+    this.#flows.delete(f.key);
+    this.#flows.set(f.key, f);
   }
 
   /** Ends `flow` (one of this relay's) for `reason`; a flow already ended is left alone. */

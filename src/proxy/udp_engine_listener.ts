@@ -33,6 +33,8 @@ interface Target extends UdpTarget {
   /** `Date.now()` when the client last sent, and when the endpoint last answered (0: never). */
   lastSent: number;
   lastAnswer: number;
+  /** `Date.now()` when it last moved to the back of the flow table's eviction order. */
+  touched: number;
   startedAt: number;
   started: number;
   bytesIn: number;
@@ -41,6 +43,11 @@ interface Target extends UdpTarget {
 
 /** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
 const DROP_LOG = new LogThrottle();
+/**
+ * A flow moves to the back of the node's flow table at most this often, as on Deno's I/O: the
+ * table's caps then evict the least recently active flow, not the oldest one still in use.
+ */
+const TOUCH_MS = 1000;
 
 /**
  * One UDP listener for one service port, on `reactor`. Datagrams from each client address
@@ -77,7 +84,8 @@ export class UdpEngineListener {
     const flowTable = options.flowTable;
     this.#relay = new UdpRelay<Target>(options.reactor, this.#fd, {
       idleMs: options.idleTimeoutMs,
-      maxFlows: options.maxFlows ?? Infinity,
+      // The listener's cap is kept in #open, before the flow's socket opens, and counted.
+      maxFlows: Infinity,
       open: (client) => this.#open(client),
       onOpen: (flow) => {
         const t = flow.target;
@@ -100,7 +108,12 @@ export class UdpEngineListener {
       onBytes: (flow, way, n) => {
         const t = flow.target;
         if (way === "up") {
-          t.lastSent = Date.now();
+          const now = t.lastSent = Date.now();
+          if (now - t.touched >= TOUCH_MS) {
+            t.touched = now;
+            this.#relay.touch(flow);
+            flowTable?.touch(t);
+          }
           t.route.metrics.bytesIn.inc(n);
           t.bytesIn += n;
         } else {
@@ -181,8 +194,14 @@ export class UdpEngineListener {
       peer,
     );
     if (!picked) return null;
-    // The source's own flows first: the listener's cap (in the relay) would evict another's.
+    // The source's own flows first: the listener's cap below would evict another client's.
     this.#opts.flowTable?.admit(peer.hostname);
+    // Before the socket opens: out of descriptors, the one an eviction frees serves this flow.
+    const max = this.#opts.maxFlows ?? Infinity;
+    while (this.#relay.flows >= max) {
+      this.#opts.drop?.("udp_flow_evicted");
+      this.#relay.end(this.#relay.values().next().value!, "evicted");
+    }
     const now = Date.now();
     return {
       address: picked.endpoint.address,
@@ -194,6 +213,7 @@ export class UdpEngineListener {
       target: picked.target,
       lastSent: now,
       lastAnswer: 0,
+      touched: now,
       startedAt: now,
       started: performance.now(),
       bytesIn: 0,
