@@ -19,16 +19,19 @@ export class ConnectError extends Error {
 /**
  * Connects to `address`:`port`; resolves with the connected nonblocking socket (Nagle off),
  * which the caller owns, or rejects with a {@linkcode ConnectError} after a failure or
- * `timeoutMs`, the socket closed. Settles on the reactor's thread and has it let JavaScript
- * run at once.
+ * `timeoutMs`, the socket closed. When `signal` aborts first, the socket is closed and it
+ * rejects with the signal's reason (no {@linkcode ConnectError}: the endpoint did not fail).
+ * Settles on the reactor's thread and has it let JavaScript run at once.
  */
 export function connectTcp(
   reactor: Reactor,
   address: string,
   port: number,
   timeoutMs: number,
+  signal?: AbortSignal,
 ): Promise<number> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
     let fd: number;
     try {
       fd = dialTcp(address, port);
@@ -36,14 +39,17 @@ export function connectTcp(
       reject(new ConnectError((e as Error).message));
       return;
     }
-    const finish = (error: string | null) => {
+    const finish = (error: string | null, aborted = false) => {
       timer.cancel();
+      signal?.removeEventListener("abort", onAbort);
       reactor.remove(fd);
       reactor.settle();
       if (error === null) return resolve(fd);
       closeFd(fd);
-      reject(new ConnectError(error));
+      reject(aborted ? signal!.reason : new ConnectError(error));
     };
+    const onAbort = () => finish("aborted", true);
+    signal?.addEventListener("abort", onAbort, { once: true });
     const timer = reactor.after(timeoutMs, () => finish(`connect timed out after ${timeoutMs} ms`));
     const value = new Int32Array(1);
     const len = new Uint32Array([4]);

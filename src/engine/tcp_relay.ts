@@ -50,6 +50,8 @@ const SCRATCH = new Uint8Array(64 * 1024);
  * write does not take is kept, and that way reads nothing more until it is written: memory is
  * one read's worth a way at most. An error on either socket closes both. `b` may still be
  * connecting: its first write waits for it, and a failed connect ends the relay as an error.
+ * If the loop takes neither socket (`epoll_ctl` failed), the constructor throws and both are
+ * still the caller's.
  *
  * @example
  * ```ts
@@ -86,7 +88,13 @@ export class TcpRelay {
     this.#onA = (events) => this.#on(this.#up, this.#down, events);
     this.#onB = (events) => this.#on(this.#down, this.#up, events);
     reactor.add(a, this.#maskA, this.#onA);
-    reactor.add(b, this.#maskB, this.#onB);
+    try {
+      reactor.add(b, this.#maskB, this.#onB);
+    } catch (e) {
+      // The caller still owns both sockets, and the loop holds neither.
+      reactor.remove(a);
+      throw e;
+    }
   }
 
   /** Bytes read and not yet written on, both ways: at most one read's worth a way. */

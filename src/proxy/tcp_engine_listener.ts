@@ -11,7 +11,7 @@ import { EPOLLIN } from "../../ffi/libc_net.ts";
 import { ConnectError, connectTcp } from "../engine/connect_tcp.ts";
 import type { Reactor, ReactorTimer } from "../engine/reactor.ts";
 import { acceptOne, bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
-import { TcpRelay } from "../engine/tcp_relay.ts";
+import { type RelayHooks, TcpRelay } from "../engine/tcp_relay.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { LoopGuard } from "./policy.ts";
 import {
@@ -66,8 +66,9 @@ export class TcpEngineListener {
   readonly #pending = new Set<number>();
   #sweep: ReactorTimer;
   #closed = false;
-  /** Closed with `abort`: connections still dialling are closed when their dial ends. */
+  /** Closed with `abort`: connections still dialling are closed, their dials cut short. */
   #aborted = false;
+  readonly #abort = new AbortController();
   #drained: (() => void) | null = null;
   /** The pause after the last failed accept, ms (0: the last one worked). */
   #backoff = 0;
@@ -112,6 +113,7 @@ export class TcpEngineListener {
     }
     if (abort) {
       this.#aborted = true;
+      this.#abort.abort(new Error("the listener was closed"));
       for (const t of [...this.#tunnels]) t.relay.close("shutdown");
       if (this.open > 0) await new Promise<void>((r) => this.#drained = r);
     }
@@ -135,14 +137,7 @@ export class TcpEngineListener {
         closeFd(c.fd);
         continue;
       }
-      const fd = c.fd;
-      this.#handle(fd, peer).catch((e) => {
-        closeFd(fd);
-        this.#opts.logger.warn("tcp connection failed", {
-          port: this.#opts.port,
-          error: String(e),
-        });
-      }).finally(() => limiter?.release(peer.hostname));
+      this.#handle(c.fd, peer).finally(() => limiter?.release(peer.hostname));
     }
   }
 
@@ -171,6 +166,7 @@ export class TcpEngineListener {
     });
   }
 
+  /** Serves one accepted connection; closes `fd` on every path, and never rejects. */
   async #handle(fd: number, peer: { hostname: string; port: number }): Promise<void> {
     const root = this.#opts.route();
     if (!root) {
@@ -183,7 +179,8 @@ export class TcpEngineListener {
     root.metrics.requests.inc();
     const started = performance.now();
     const timeout = this.#opts.connectTimeoutMs ?? 5000;
-    let d: Dialled<number> | null;
+    const signal = this.#abort.signal;
+    let d: Dialled<number> | null = null;
     this.#pending.add(fd);
     try {
       d = await dialEndpoint(
@@ -192,12 +189,20 @@ export class TcpEngineListener {
         root,
         started,
         (ep) =>
-          connectTcp(this.#reactor, ep.address, ep.port, timeout).catch((e) => {
+          connectTcp(this.#reactor, ep.address, ep.port, timeout, signal).catch((e) => {
             throw e instanceof ConnectError
               ? new UpstreamError(`cannot connect: ${e.message}`, { requestSent: false, cause: e })
               : e;
           }),
       );
+    } catch (e) {
+      // A dial that close(true) cut short is no failure worth a line.
+      if (!this.#aborted) {
+        this.#opts.logger.warn("tcp connection failed", {
+          port: this.#opts.port,
+          error: String(e),
+        });
+      }
     } finally {
       this.#pending.delete(fd);
     }
@@ -231,7 +236,7 @@ export class TcpEngineListener {
         bytesIn: 0,
         bytesOut: 0,
       };
-      t.relay = new TcpRelay(this.#reactor, fd, d.upstream, {
+      const hooks = {
         onBytes: (way, n) => {
           t.reads++;
           if (way === "up") m.bytesIn.inc(n), t.bytesIn += n;
@@ -253,7 +258,23 @@ export class TcpEngineListener {
           this.#maybeDrained();
           resolve();
         },
-      });
+      } satisfies RelayHooks;
+      try {
+        t.relay = new TcpRelay(this.#reactor, fd, d.upstream, hooks);
+      } catch (e) {
+        // The loop would not take a socket (epoll_ctl failed): no relay owns them.
+        this.#opts.logger.warn("tcp connection failed", {
+          port: this.#opts.port,
+          error: String(e),
+        });
+        closeFd(fd);
+        closeFd(d.upstream);
+        ep.inflight--;
+        m.open.dec();
+        this.#maybeDrained();
+        resolve();
+        return;
+      }
       this.#tunnels.add(t);
     });
   }

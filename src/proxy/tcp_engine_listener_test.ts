@@ -11,6 +11,7 @@ import { Reactor } from "../engine/reactor.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
+import { bindSocket, closeFd, dialTcp, localAddress } from "../engine/sockets.ts";
 
 const HOST = "127.0.62.2";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -41,8 +42,9 @@ async function withListener(
   ports: number[],
   options: Partial<TcpEngineListenerOptions>,
   fn: (listener: TcpEngineListener, route: Route) => Promise<void>,
+  host = HOST,
 ): Promise<void> {
-  const listenPort = freePort(HOST);
+  const listenPort = freePort(host);
   const state = newRouteState();
   const table = buildRouteTable(
     meshConfig([{
@@ -51,7 +53,7 @@ async function withListener(
         port: 7,
         protocol: "tcp",
         listenPort,
-        endpoints: ports.map((p) => endpoint(HOST, p)),
+        endpoints: ports.map((p) => endpoint(host, p)),
       }],
     }]),
     state,
@@ -60,7 +62,7 @@ async function withListener(
   const reactor = new Reactor();
   const listener = new TcpEngineListener({
     reactor,
-    hostname: HOST,
+    hostname: host,
     port: listenPort,
     route: () => route,
     pool: state.pool,
@@ -194,5 +196,44 @@ Deno.test("TcpEngineListener.close with abort ends open connections", async () =
     });
   } finally {
     await backend.close();
+  }
+});
+
+/** File descriptors this process holds now. */
+function openFds(): number {
+  return [...Deno.readDirSync("/proc/self/fd")].length;
+}
+
+Deno.test("TcpEngineListener.close with abort ends connections still dialling at once, and leaks no descriptor", async () => {
+  const host = "127.0.64.3";
+  // A backend whose accept queue is full: the kernel drops the SYNs of further connects, which
+  // then wait for their deadline.
+  const backlog = bindSocket("tcp", host, 0, { backlog: 0 });
+  const fillers = [0, 1, 2].map(() => dialTcp(host, localAddress(backlog).port));
+  try {
+    const before = openFds();
+    let closedIn = 0;
+    await withListener(
+      [localAddress(backlog).port],
+      { connectTimeoutMs: 20_000 },
+      async (l, route) => {
+        const conn = await Deno.connect({ hostname: host, port: l.addr.port });
+        await waitFor("the connection to be dialling", () => l.open === 1 || undefined);
+        const t0 = performance.now();
+        await l.close(true);
+        closedIn = performance.now() - t0;
+        assert.equal(l.open, 0);
+        assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
+        conn.close();
+        // Cut short by the proxy, not failed by the endpoint: nothing held against it.
+        assert.deepEqual(route.readyStates.map((e) => [e.failures, e.inflight]), [[0, 0]]);
+      },
+      host,
+    );
+    assert.ok(closedIn < 2000, `close(true) took ${Math.round(closedIn)} ms`);
+    assert.equal(openFds(), before, "descriptors open after the listener closed");
+  } finally {
+    for (const fd of fillers) closeFd(fd);
+    closeFd(backlog);
   }
 });
