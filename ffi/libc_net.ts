@@ -61,6 +61,7 @@ export const TCP_NODELAY = 1;
 export const SHUT_WR = 1;
 export const EINTR = 4;
 export const EAGAIN = 11;
+export const ECONNREFUSED = 111;
 export const EINPROGRESS = 115;
 export const EPOLLIN = 0x1;
 export const EPOLLOUT = 0x4;

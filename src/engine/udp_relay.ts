@@ -10,6 +10,7 @@ import {
   addressOf,
   AF_INET,
   AF_INET6,
+  ECONNREFUSED,
   EPOLLIN,
   libcNet,
   SOCK_CLOEXEC,
@@ -45,7 +46,10 @@ export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {
   onOpen?(flow: UdpFlow<T>): void;
   /** `n` bytes went from a client on (`up`) or back to it (`down`). */
   onBytes?(flow: UdpFlow<T>, way: "up" | "down", n: number): void;
-  /** A datagram from the client could not be sent on to the endpoint (an ICMP error, say). */
+  /**
+   * A datagram from the client could not be sent on to the endpoint, or the endpoint answered
+   * one with an ICMP error (port unreachable).
+   */
   onSendError?(flow: UdpFlow<T>): void;
   /** A socket for a new flow could not be opened or connected (out of descriptors, say). */
   onOpenError?(client: UdpTarget, target: T, error: Error): void;
@@ -207,12 +211,19 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
     return this.#flows.get(key) === flow ? flow : null;
   }
 
-  /** Datagrams that came back on a flow's socket, to its client. */
+  /**
+   * Datagrams that came back on a flow's socket, to its client. An ICMP error for an earlier
+   * datagram (port unreachable: ECONNREFUSED) comes here, on the connected socket, and not to
+   * the next send, since this read takes it first: the owner hears of it as of a failed send.
+   */
   #reply(flow: Flow<T>): void {
-    const { call } = libcNet();
+    const { call, errno } = libcNet();
     for (;;) {
       const n = Number(call.read(flow.fd, SCRATCH, BigInt(SCRATCH.length)));
-      if (n < 0) return; // EAGAIN, or an ICMP error for an earlier datagram: the sweep decides
+      if (n < 0) {
+        if (errno() === ECONNREFUSED) this.#opts.onSendError?.(flow);
+        return; // EAGAIN, or the error: the next event or datagram says more
+      }
       flow.count++;
       if (Number(call.sendto(this.#fd, SCRATCH, BigInt(n), 0, flow.sa, flow.sa.length)) === n) {
         this.#opts.onBytes?.(flow, "down", n);

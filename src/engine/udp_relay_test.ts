@@ -127,3 +127,36 @@ Deno.test("UdpRelay ends a flow idle past idleMs, and the least recently active 
     backend.close();
   }
 });
+
+Deno.test("UdpRelay tells its owner of an endpoint that answers with ICMP port unreachable", async () => {
+  // The flow's socket is connected: the kernel reports the ICMP error of one datagram on the
+  // socket (ECONNREFUSED), and the relay's read of it, not the next send, is what sees it.
+  const host = "127.0.64.30";
+  const gone = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const dead = (gone.addr as Deno.NetAddr).port;
+  gone.close();
+  const reactor = new Reactor();
+  const fd = bindSocket("udp", host, 0);
+  let errors = 0;
+  const relay = new UdpRelay(reactor, fd, {
+    open: () => ({ address: host, port: dead }),
+    onSendError: () => errors++,
+  });
+  const running = reactor.run();
+  const c = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  try {
+    const to = { transport: "udp" as const, hostname: host, port: localAddress(fd).port };
+    for (let i = 0; i < 5 && errors < 3; i++) {
+      await c.send(new Uint8Array([i]), to);
+      await waitFor(`the error of datagram ${i}`, () => errors > i || undefined, 2000)
+        .catch(() => {});
+    }
+    assert.ok(errors >= 3, `${errors} errors told for 5 datagrams to a closed port`);
+  } finally {
+    c.close();
+    relay.close();
+    reactor.stop();
+    await running;
+    closeFd(fd);
+  }
+});
