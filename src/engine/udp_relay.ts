@@ -75,6 +75,12 @@ interface Flow<T extends UdpTarget> extends UdpFlow<T> {
 
 /** What every relay of one thread reads a datagram into; handlers run one at a time. */
 const SCRATCH = new Uint8Array(65_535);
+/**
+ * Datagrams one readiness event takes from a socket at most. The loop is level-triggered, so
+ * what is left comes back at the next turn, after the other sockets and timers have had theirs:
+ * read to EAGAIN, a flood that never lets the socket run dry would hold the loop for its length.
+ */
+const BATCH = 64;
 
 /**
  * Relays datagrams that come to the bound UDP socket `listenFd` (which stays its owner's).
@@ -153,7 +159,7 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
 
   #receive(): void {
     const { call } = libcNet();
-    for (;;) {
+    for (let i = 0; i < BATCH; i++) {
       this.#fromLen[0] = this.#from.length;
       const n = Number(
         call.recvfrom(this.#fd, SCRATCH, BigInt(SCRATCH.length), 0, this.#from, this.#fromLenBytes),
@@ -218,7 +224,7 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
    */
   #reply(flow: Flow<T>): void {
     const { call, errno } = libcNet();
-    for (;;) {
+    for (let i = 0; i < BATCH; i++) {
       const n = Number(call.read(flow.fd, SCRATCH, BigInt(SCRATCH.length)));
       if (n < 0) {
         if (errno() === ECONNREFUSED) this.#opts.onSendError?.(flow);

@@ -3,6 +3,7 @@ import { Reactor } from "./reactor.ts";
 import { type UdpFlowEnd, UdpRelay, type UdpRelayOptions, type UdpTarget } from "./udp_relay.ts";
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
 import { waitFor } from "../_testing.ts";
+import { AF_INET, libcNet, SOCK_DGRAM, SOCK_NONBLOCK, sockaddr } from "../../ffi/libc_net.ts";
 
 const HOST = "127.0.61.22";
 
@@ -158,5 +159,48 @@ Deno.test("UdpRelay tells its owner of an endpoint that answers with ICMP port u
     reactor.stop();
     await running;
     closeFd(fd);
+  }
+});
+
+Deno.test("UdpRelay lets the loop's other work run while datagrams keep coming", async () => {
+  // A client that sends its next datagram as soon as one went on: the listening socket never
+  // runs dry. Reading it to EAGAIN in one event, the relay would hold the loop (every other
+  // socket and timer of the worker) for as long as the flood lasts.
+  const host = "127.0.64.31";
+  const sink = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const reactor = new Reactor();
+  const fd = bindSocket("udp", host, 0);
+  const { call } = libcNet();
+  const c = call.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  const to = sockaddr(host, localAddress(fd).port);
+  const one = new Uint8Array(1);
+  const limit = 5000;
+  let relayed = 0;
+  let timerAt = -1;
+  const relay = new UdpRelay(reactor, fd, {
+    open: () => ({ address: host, port: (sink.addr as Deno.NetAddr).port }),
+    onBytes: (_flow, way) => {
+      if (way !== "up") return;
+      if (++relayed < limit) call.sendto(c, one, 1n, 0, to, to.length);
+    },
+  });
+  const running = reactor.run();
+  try {
+    let timer!: () => void;
+    const fired = new Promise<void>((r) => timer = r);
+    reactor.after(0, () => {
+      timerAt = relayed;
+      timer();
+    });
+    call.sendto(c, one, 1n, 0, to, to.length);
+    await fired;
+    assert.ok(timerAt >= 0 && timerAt < 1000, `the timer ran after ${timerAt} datagrams`);
+  } finally {
+    call.close(c);
+    relay.close();
+    reactor.stop();
+    await running;
+    closeFd(fd);
+    sink.close();
   }
 });
