@@ -82,6 +82,13 @@ export interface NodeProxyOptions {
    * through FFI), which then holds this isolate's thread: the L4 worker (`--l4-worker`).
    */
   engine?: boolean;
+  /**
+   * Ports of this meshd that other proxy workers serve (`--l4-worker`: the HTTP entrypoint
+   * for the L4 worker, the TCP and UDP ports for an HTTP worker), read at each new connection
+   * or flow: an endpoint there is this meshd's own listener, a forwarding loop, as much as one
+   * at this proxy's. None when absent.
+   */
+  siblingPorts?: () => { tcp: ReadonlySet<number>; udp: ReadonlySet<number> };
 }
 
 /** A TCP listener of one service port, on Deno's I/O or on the engine. */
@@ -169,9 +176,11 @@ export class NodeProxy {
   /** Whether an address is this host as the proxy listens on it (see ownAddress). */
   readonly #ownAddress: (address: string) => boolean;
   readonly #isOwnTcp = (address: string, port: number): boolean =>
-    (port === this.#http?.addr.port || this.#tcp.has(port)) && this.#ownAddress(address);
+    (port === this.#http?.addr.port || this.#tcp.has(port) ||
+      this.#opts.siblingPorts?.().tcp.has(port) === true) && this.#ownAddress(address);
   readonly #isOwnUdp = (address: string, port: number): boolean =>
-    this.#udp.has(port) && this.#ownAddress(address);
+    (this.#udp.has(port) || this.#opts.siblingPorts?.().udp.has(port) === true) &&
+    this.#ownAddress(address);
   readonly #failed = new Map<string, BindError & { port: number }>();
   #retry: ReturnType<typeof setTimeout> | null = null;
   /** Set by {@linkcode NodeProxy.drain}: configs still apply, but no listener is bound. */

@@ -7,7 +7,7 @@ import type { BindError, ListenerState, NodeProxyOptions } from "./node_proxy.ts
 /** The node proxy options a worker can be given: plain data, no logger, registry or seam. */
 export type WorkerProxyOptions = Omit<
   NodeProxyOptions,
-  "logger" | "registry" | "connect" | "random" | "accessLogWrite"
+  "logger" | "registry" | "connect" | "random" | "accessLogWrite" | "siblingPorts"
 >;
 
 /** Options for {@linkcode ProxyPool}. */

@@ -10,6 +10,7 @@ import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./node_proxy.ts";
 import { workerShare, type WorkerSlot } from "./worker_share.ts";
 import type { ToWorker, WorkerState } from "./proxy_pool.ts";
+import type { MeshConfig } from "../topology/mod.ts";
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -23,6 +24,32 @@ let udpWaitMs = 5_000;
 /** Applies run one at a time, in the order they came. */
 let chain: Promise<unknown> = Promise.resolve();
 let lastState = "";
+/** This meshd's ports that other workers serve (see {@linkcode siblingsOf}). */
+let siblings: { tcp: ReadonlySet<number>; udp: ReadonlySet<number> } = {
+  tcp: new Set(),
+  udp: new Set(),
+};
+let httpPort = 0;
+
+/**
+ * The ports of `config` that workers of other roles serve: beside an L4 worker, the HTTP
+ * entrypoint is the HTTP workers' and the TCP and UDP ports are the L4 worker's. An endpoint at
+ * one of them is this meshd as much as one at a listener of this worker's.
+ */
+function siblingsOf(config: MeshConfig): typeof siblings {
+  const tcp = new Set<number>();
+  const udp = new Set<number>();
+  if (slot.role === "l4") tcp.add(httpPort);
+  if (slot.role === "http") {
+    for (const s of config.services) {
+      for (const p of s.ports) {
+        if (p.listenPort === null || p.protocol === "http") continue;
+        (p.protocol === "udp" ? udp : tcp).add(p.listenPort);
+      }
+    }
+  }
+  return { tcp, udp };
+}
 
 function state(): WorkerState {
   const p = proxy!;
@@ -71,7 +98,8 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       // start() can throw before its first await (a port in use): that is the pool's refused
       // start, answered as such, not an uncaught error that prints the worker's stack.
       Promise.resolve().then(() => {
-        proxy = new NodeProxy({ ...m.options, logger });
+        httpPort = m.options.httpPort;
+        proxy = new NodeProxy({ ...m.options, logger, siblingPorts: () => siblings });
         return proxy.start();
       }).then(() => {
         reply({ t: "ok", state: sent() });
@@ -81,7 +109,10 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       return;
     }
     case "apply":
-      chain = chain.then(() => proxy!.apply(workerShare(m.config, slot))).then(
+      chain = chain.then(() => {
+        siblings = siblingsOf(m.config);
+        return proxy!.apply(workerShare(m.config, slot));
+      }).then(
         () => reply({ t: "ok", state: sent() }),
         fail,
       );
