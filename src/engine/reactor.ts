@@ -69,7 +69,12 @@ const EPOLL_CLOEXEC = 0o2000000;
 export class Reactor {
   readonly #libc = libcNet();
   readonly #ep: number;
-  readonly #handlers = new Map<number, Handler>();
+  /**
+   * Each socket's handler, and the number its registration carries in the event's data beside
+   * the socket (see {@linkcode Reactor.add}).
+   */
+  readonly #handlers = new Map<number, { handler: Handler; gen: number }>();
+  #gen = 0;
   readonly #events = new Uint8Array(MAX_EVENTS * EPOLL_EVENT_SIZE);
   readonly #eventsView = new DataView(this.#events.buffer);
   readonly #ev = new Uint8Array(EPOLL_EVENT_SIZE);
@@ -114,15 +119,23 @@ export class Reactor {
     return this.#handlers.size - 1;
   }
 
-  /** Calls `handler` for each event of `fd`; `interest` is the `EPOLL*` bits wanted. */
+  /**
+   * Calls `handler` for each event of `fd`; `interest` is the `EPOLL*` bits wanted. Each
+   * registration carries a number of its own in the event's data: a batch of events can hold
+   * one for a socket a handler before it closed, whose number a socket opened since (the
+   * kernel gives the lowest free one) may carry; that event is not the new socket's.
+   */
   add(fd: number, interest: number, handler: Handler): void {
-    this.#ctl(EPOLL_CTL_ADD, fd, interest);
-    this.#handlers.set(fd, handler);
+    const gen = this.#gen = (this.#gen + 1) >>> 0;
+    this.#ctl(EPOLL_CTL_ADD, fd, interest, gen);
+    this.#handlers.set(fd, { handler, gen });
   }
 
   /** Changes the events wanted from `fd`. */
   modify(fd: number, interest: number): void {
-    this.#ctl(EPOLL_CTL_MOD, fd, interest);
+    const h = this.#handlers.get(fd);
+    if (!h) throw new Error(`epoll_ctl failed: socket ${fd} is not in the loop`);
+    this.#ctl(EPOLL_CTL_MOD, fd, interest, h.gen);
   }
 
   /** Stops watching `fd` (it is not closed). */
@@ -131,9 +144,10 @@ export class Reactor {
     this.#libc.call.epoll_ctl(this.#ep, EPOLL_CTL_DEL, fd, this.#ev);
   }
 
-  #ctl(op: number, fd: number, interest: number): void {
+  #ctl(op: number, fd: number, interest: number, gen: number): void {
     this.#evView.setUint32(0, interest >>> 0, true);
     this.#evView.setInt32(EPOLL_DATA_OFFSET, fd, true);
+    this.#evView.setUint32(EPOLL_DATA_OFFSET + 4, gen, true);
     if (this.#libc.call.epoll_ctl(this.#ep, op, fd, this.#ev) < 0) throw this.error("epoll_ctl");
   }
 
@@ -243,10 +257,11 @@ export class Reactor {
     const v = this.#eventsView;
     for (let i = 0; i < n; i++) {
       const at = i * EPOLL_EVENT_SIZE;
-      const handler = this.#handlers.get(v.getInt32(at + EPOLL_DATA_OFFSET, true));
-      if (!handler) continue; // removed by an earlier handler of this batch
+      const h = this.#handlers.get(v.getInt32(at + EPOLL_DATA_OFFSET, true));
+      // Removed by an earlier handler of this batch, or closed there and its number reused.
+      if (!h || h.gen !== v.getUint32(at + EPOLL_DATA_OFFSET + 4, true)) continue;
       try {
-        handler(v.getUint32(at, true));
+        h.handler(v.getUint32(at, true));
       } catch (e) {
         this.#onError(e);
       }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
-import { EPOLLIN, libcNet } from "../../ffi/libc_net.ts";
+import { AF_INET, EPOLLIN, libcNet, SOCK_DGRAM, SOCK_NONBLOCK } from "../../ffi/libc_net.ts";
 import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.20";
@@ -68,5 +68,60 @@ Deno.test("Reactor calls a socket's handler for its events, and goes on past one
   } finally {
     sender.close();
     closeFd(fd);
+  }
+});
+
+Deno.test("Reactor does not pass an event of a closed socket to a new one given the same number", async () => {
+  // One batch of epoll_wait holds an event of `old` after one of `first`, whose handler closes
+  // `old` and opens a socket the kernel numbers as `old` was (the lowest free number). The
+  // event left in the batch was for the closed socket: the new one's handler must not get it.
+  const host = "127.0.64.32";
+  const { call } = libcNet();
+  const r = new Reactor();
+  const first = bindSocket("udp", host, 0);
+  const old = bindSocket("udp", host, 0);
+  const extra: number[] = [];
+  let reused = -1;
+  const stale: number[] = [];
+  const buf = new Uint8Array(64);
+  r.add(first, EPOLLIN, () => {
+    call.read(first, buf, BigInt(buf.length));
+    if (reused >= 0) return;
+    r.remove(old);
+    closeFd(old);
+    // Lower free numbers go first; the socket after them gets `old`'s.
+    for (let i = 0; i < 1000 && reused !== old; i++) {
+      const fd = call.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+      if (fd === old) reused = fd;
+      else extra.push(fd);
+    }
+    assert.equal(reused, old, "the kernel gave the closed socket's number again");
+    r.add(reused, EPOLLIN, (events) => stale.push(events));
+  });
+  r.add(old, EPOLLIN, () => stale.push(-1));
+  const sender = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  try {
+    // Both readable before the loop's first wait: `first` first, so its event comes first.
+    const to = (fd: number) => ({
+      transport: "udp" as const,
+      hostname: host,
+      port: localAddress(fd).port,
+    });
+    await sender.send(new Uint8Array(1), to(first));
+    await sender.send(new Uint8Array(1), to(old));
+    let turns = 0;
+    const guarded = await runGuarded(r, async () => {
+      await waitFor("the socket to be opened again", () => reused >= 0 || undefined);
+      // A few more turns of the loop, on its own clock.
+      await new Promise<void>((res) => r.after(50, res)).then(() => turns++);
+    });
+    assert.equal(guarded, false);
+    assert.equal(turns, 1);
+    assert.deepEqual(stale, [], "an event of the closed socket reached a handler");
+  } finally {
+    sender.close();
+    closeFd(first);
+    if (reused >= 0) closeFd(reused);
+    for (const fd of extra) closeFd(fd);
   }
 });
