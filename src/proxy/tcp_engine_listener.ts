@@ -44,6 +44,12 @@ const ACCEPT_LOG = new LogThrottle();
 
 /** How often the idle sweep looks, ms. */
 const SWEEP_MS = 1000;
+/**
+ * Connections one readiness event accepts at most. The loop is level-triggered, so those left
+ * come back at the next turn, after the other sockets and timers: accepted to EAGAIN, a stream
+ * of connections that never lets the queue run dry would hold the loop for its length.
+ */
+const ACCEPT_BATCH = 64;
 
 /**
  * One TCP listener for one service port, on `reactor`. Each accepted connection is checked
@@ -122,7 +128,7 @@ export class TcpEngineListener {
 
   #accept(): void {
     const limiter = this.#opts.limiter;
-    for (;;) {
+    for (let i = 0; i < ACCEPT_BATCH; i++) {
       let c;
       try {
         c = acceptOne(this.#fd);

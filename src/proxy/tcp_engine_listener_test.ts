@@ -12,6 +12,7 @@ import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
 import { bindSocket, closeFd, dialTcp, localAddress } from "../engine/sockets.ts";
+import { AF_INET, libcNet, SOCK_NONBLOCK, SOCK_STREAM, sockaddr } from "../../ffi/libc_net.ts";
 
 const HOST = "127.0.62.2";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -235,5 +236,55 @@ Deno.test("TcpEngineListener.close with abort ends connections still dialling at
   } finally {
     for (const fd of fillers) closeFd(fd);
     closeFd(backlog);
+  }
+});
+
+Deno.test("TcpEngineListener lets the loop's other work run while connections keep coming", async () => {
+  // Each accepted connection opens the next (a connect on loopback is in the accept queue when
+  // the call returns): the listening socket never runs dry. Accepting to EAGAIN in one event,
+  // the listener would hold the loop for as long as that lasts.
+  const host = "127.0.64.4";
+  const { call } = libcNet();
+  const listenPort = freePort(host);
+  const state = newRouteState();
+  const reactor = new Reactor();
+  const clients: number[] = [];
+  const limit = 3000;
+  let accepted = 0;
+  let timerAt = -1;
+  const next = () => {
+    const fd = call.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    const sa = sockaddr(host, listenPort);
+    call.connect(fd, sa, sa.length);
+    clients.push(fd);
+  };
+  const listener = new TcpEngineListener({
+    reactor,
+    hostname: host,
+    port: listenPort,
+    // Read once per accepted connection: no service, so each is closed at once.
+    route: () => {
+      if (++accepted < limit) next();
+      return undefined;
+    },
+    pool: state.pool,
+    logger: quiet,
+  });
+  const running = reactor.run();
+  try {
+    let fired!: () => void;
+    const done = new Promise<void>((r) => fired = r);
+    reactor.after(0, () => {
+      timerAt = accepted;
+      fired();
+    });
+    next();
+    await done;
+    assert.ok(timerAt >= 0 && timerAt < 1000, `the timer ran after ${timerAt} accepts`);
+  } finally {
+    await listener.close(true);
+    reactor.stop();
+    await running;
+    for (const fd of clients) closeFd(fd);
   }
 });
