@@ -22,6 +22,8 @@ import {
   EPOLLIN,
   libcNet,
 } from "../../ffi/libc_net.ts";
+import { held } from "./fd_ledger.ts";
+import { closeFd } from "./sockets.ts";
 
 /** Called with the `EPOLL*` bits of one readiness event of its socket. */
 export type Handler = (events: number) => void;
@@ -99,12 +101,14 @@ export class Reactor {
     this.#onError = options.onError ?? ((e) => console.error("reactor:", e));
     this.#ep = this.#libc.call.epoll_create1(EPOLL_CLOEXEC);
     if (this.#ep < 0) throw this.error("epoll_create1");
+    held(this.#ep);
     this.#wakeFd = this.#libc.call.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#wakeFd < 0) {
       const e = this.error("eventfd");
-      this.#libc.call.close(this.#ep);
+      closeFd(this.#ep);
       throw e;
     }
+    held(this.#wakeFd);
     const drain = new Uint8Array(8);
     this.add(this.#wakeFd, EPOLLIN, () => void this.#libc.call.read(this.#wakeFd, drain, 8n));
   }
@@ -222,8 +226,8 @@ export class Reactor {
     } finally {
       channel.port1.close();
       channel.port2.close();
-      this.#libc.call.close(this.#ep);
-      this.#libc.call.close(this.#wakeFd);
+      closeFd(this.#ep);
+      closeFd(this.#wakeFd);
       this.#handlers.clear();
     }
   }

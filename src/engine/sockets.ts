@@ -22,6 +22,7 @@ import {
   SOL_SOCKET,
   TCP_NODELAY,
 } from "../../ffi/libc_net.ts";
+import { held, released } from "./fd_ledger.ts";
 
 const ONE = new Uint8Array(new Int32Array([1]).buffer);
 const FLAGS = SOCK_NONBLOCK | SOCK_CLOEXEC;
@@ -32,8 +33,9 @@ function failed(call: string): Error {
   return new Error(`${call} failed: ${describe(e)} (errno ${e})`);
 }
 
-/** Closes `fd`, ignoring errors. */
+/** Closes `fd`, ignoring errors (and takes it off the fd ledger). */
 export function closeFd(fd: number): void {
+  released(fd);
   libcNet().call.close(fd);
 }
 
@@ -66,6 +68,7 @@ export function bindSocket(
   const family = address.includes(":") ? AF_INET6 : AF_INET;
   const fd = call.socket(family, (kind === "tcp" ? SOCK_STREAM : SOCK_DGRAM) | FLAGS, 0);
   if (fd < 0) throw failed("socket");
+  held(fd);
   try {
     if (
       (kind === "tcp" || options.reuseAddress) &&
@@ -83,7 +86,7 @@ export function bindSocket(
     if (kind === "tcp" && call.listen(fd, options.backlog ?? 1024) < 0) throw failed("listen");
     return fd;
   } catch (e) {
-    call.close(fd);
+    closeFd(fd);
     throw e;
   }
 }
@@ -114,6 +117,7 @@ export function acceptOne(fd: number): { fd: number; address: string; port: numb
     if (errno() === EAGAIN) return null;
     throw failed("accept4");
   }
+  held(c);
   return { fd: c, ...addressOf(peerBuf) };
 }
 
@@ -126,9 +130,10 @@ export function dialTcp(address: string, port: number): number {
   const sa = sockaddr(address, port);
   const fd = call.socket(address.includes(":") ? AF_INET6 : AF_INET, SOCK_STREAM | FLAGS, 0);
   if (fd < 0) throw failed("socket");
+  held(fd);
   if (call.connect(fd, sa, sa.length) < 0 && errno() !== EINPROGRESS) {
     const e = failed(`connect ${address}:${port}`);
-    call.close(fd);
+    closeFd(fd);
     throw e;
   }
   call.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, ONE, 4);

@@ -14,6 +14,7 @@ import {
   SHUT_WR,
 } from "../../ffi/libc_net.ts";
 import type { Reactor } from "./reactor.ts";
+import { closeFd } from "./sockets.ts";
 
 /**
  * How a relay ended: `eof` (both ways to their end), `error` (on either socket), or the reason
@@ -111,10 +112,9 @@ export class TcpRelay {
   close(reason: RelayEnd): void {
     if (this.#ended) return;
     this.#ended = true;
-    const { call } = libcNet();
     for (const fd of [this.#up.from, this.#up.to]) {
       this.#reactor.remove(fd);
-      call.close(fd);
+      closeFd(fd);
     }
     this.#hooks.onEnd(reason);
   }

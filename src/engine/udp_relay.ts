@@ -19,6 +19,8 @@ import {
   sockaddr,
 } from "../../ffi/libc_net.ts";
 import type { Reactor, ReactorTimer } from "./reactor.ts";
+import { held } from "./fd_ledger.ts";
+import { closeFd } from "./sockets.ts";
 
 /** Where a flow goes: an endpoint's address and port. */
 export interface UdpTarget {
@@ -191,9 +193,10 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
       this.#opts.onOpenError?.(client, target, this.#reactor.error("socket"));
       return null;
     }
+    held(fd);
     if (call.connect(fd, to, to.length) < 0) {
       const e = this.#reactor.error(`connect ${target.address}:${target.port}`);
-      call.close(fd);
+      closeFd(fd);
       this.#opts.onOpenError?.(client, target, e);
       return null;
     }
@@ -258,7 +261,7 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
     if (this.#flows.get(f.key) !== f) return;
     this.#flows.delete(f.key);
     this.#reactor.remove(f.fd);
-    libcNet().call.close(f.fd);
+    closeFd(f.fd);
     this.#opts.onEnd?.(f, reason);
   }
 }

@@ -51,6 +51,8 @@ export type WorkerRequest =
     options: WorkerProxyOptions;
     log: { level: Logger["level"]; format: Logger["format"] };
     udpWaitMs: number;
+    /** The L4 worker's: where its engine marks the descriptors it holds (see fd_ledger.ts). */
+    fdLedger?: SharedArrayBuffer;
   }
   | { t: "apply"; config: MeshConfig }
   | { t: "metrics" }
@@ -96,6 +98,8 @@ interface Slot {
   startedAt: number;
   /** Its metrics as last reported, kept when it dies. */
   reported: FamilySnapshot[] | null;
+  /** The L4 worker's descriptors, by number (its engine opens them outside Deno's resources). */
+  fdLedger: SharedArrayBuffer | null;
 }
 
 /** Summed series by family name, then by labels. */
@@ -130,6 +134,8 @@ const RESTART_MAX_MS = 5_000;
 const STOP_WAIT_MS = 5_000;
 /** A worker that lived this long before dying starts again at once. */
 const HEALTHY_MS = 60_000;
+/** How long after ending a worker its descriptors are closed: its thread has stopped by then. */
+const DEAD_WORKER_CLOSE_MS = 100;
 
 /** A proxy worker failed to start or to apply a config. */
 export class ProxyWorkerError extends Error {
@@ -204,6 +210,7 @@ export class ProxyPool {
       failures: 0,
       startedAt: 0,
       reported: null,
+      fdLedger: null,
     }));
     this.registry.collect(
       "meshd_proxy_workers",
@@ -276,6 +283,10 @@ export class ProxyPool {
     };
     worker.onmessageerror = () => this.#died(slot, worker, "a message could not be read");
     const l4 = slot.role === "l4";
+    // A ledger of its own per start: a dead worker's is closed while the next one runs.
+    // Descriptors are numbered from the lowest free one: past 2^20, too many are open anyway.
+    const fds = Math.min(readFdLimit() ?? FALLBACK_FD_LIMIT, 1 << 20);
+    slot.fdLedger = l4 ? new SharedArrayBuffer(fds) : null;
     const r = await this.#call(slot, {
       t: "start",
       index: slot.index,
@@ -290,6 +301,7 @@ export class ProxyPool {
       },
       log: { level: this.#opts.logger.level, format: this.#opts.logger.format },
       udpWaitMs: this.#opts.udpWaitMs ?? 5_000,
+      ...(slot.fdLedger ? { fdLedger: slot.fdLedger } : {}),
     });
     slot.state = r.state!;
   }
@@ -328,6 +340,7 @@ export class ProxyPool {
   #died(slot: Slot, worker: Worker, why: string): void {
     if (slot.worker !== worker) return;
     worker.terminate();
+    if (slot.fdLedger) this.#closeHeld(slot.index, slot.fdLedger);
     slot.worker = null;
     slot.state = null;
     if (slot.reported) retire(this.#retired, slot.reported);
@@ -354,6 +367,35 @@ export class ProxyPool {
       this.#timers.delete(timer);
       void this.#restart(slot);
     }, wait);
+    this.#timers.add(timer);
+  }
+
+  /**
+   * Closes the descriptors a dead L4 worker's engine held (Deno closes only its own resources):
+   * its listening sockets would otherwise take their share of new connections and accept none.
+   * Once its thread has stopped: a JavaScript call in flight (an FFI call) ends first.
+   */
+  #closeHeld(index: number, ledger: SharedArrayBuffer): void {
+    const timer = setTimeout(async () => {
+      this.#timers.delete(timer);
+      try {
+        const [{ closeHeld }, { libcNet }] = await Promise.all([
+          import("../engine/fd_ledger.ts"),
+          import("../../ffi/libc_net.ts"),
+        ]);
+        const { call } = libcNet();
+        const n = closeHeld(ledger, (fd) => call.close(fd));
+        this.#opts.logger.info("closed the sockets of a dead proxy worker", {
+          worker: index,
+          descriptors: n,
+        });
+      } catch (e) {
+        this.#opts.logger.error("cannot close the sockets of a dead proxy worker", {
+          worker: index,
+          error: (e as Error).message,
+        });
+      }
+    }, DEAD_WORKER_CLOSE_MS);
     this.#timers.add(timer);
   }
 

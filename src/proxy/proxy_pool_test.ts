@@ -100,3 +100,100 @@ Deno.test("ProxyPool.apply() is all or nothing, and a dead worker is started aga
     await pool.stop();
   }
 });
+
+Deno.test("ProxyPool closes the sockets of an L4 worker that died, so the one started again takes every connection", async () => {
+  // The engine opens its sockets through libc, which Deno does not close with the worker: its
+  // listening socket stayed in the port's SO_REUSEPORT group and took a share of the new
+  // connections, which nobody accepted.
+  const host = "127.0.64.5";
+  const echo = Deno.listen({ hostname: host, port: 0 });
+  const serving = (async () => {
+    for await (const c of echo) {
+      (async () => {
+        const b = new Uint8Array(64);
+        for (let n; (n = await c.read(b)) !== null;) await c.write(b.subarray(0, n));
+      })().catch(() => {}).finally(() => c.close());
+    }
+  })().catch(() => {});
+  const lines: string[] = [];
+  const pool = new ProxyPool({
+    workers: 1,
+    l4Worker: true,
+    proxy: { hostname: host, httpPort: 0 },
+    logger: new Logger({ level: "info", format: "json", write: (l) => lines.push(l) }),
+    entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
+  });
+  const l = Deno.listen({ hostname: host, port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const withEndpoint = (c: MeshConfig): MeshConfig => ({
+    ...c,
+    services: c.services.map((s) => ({
+      ...s,
+      ports: s.ports.map((port) => ({
+        ...port,
+        endpoints: [{
+          address: host,
+          port: echo.addr.port,
+          ready: true,
+          serving: true,
+          terminating: false,
+          nodeName: null,
+          serviceAccount: null,
+        }],
+      })),
+    })),
+  });
+  /** Whether a connection to the TCP port is echoed within `ms`. */
+  const echoes = async (ms: number): Promise<boolean> => {
+    const c = await Deno.connect({ hostname: host, port: p });
+    const timer = setTimeout(() => c.close(), ms);
+    try {
+      await c.write(new Uint8Array([1, 2, 3]));
+      return (await c.read(new Uint8Array(8)).catch(() => null)) === 3;
+    } finally {
+      clearTimeout(timer);
+      try {
+        c.close();
+      } catch { /* closed by the timer */ }
+    }
+  };
+  /** Sockets this process holds (Deno's own runtime of a dead worker may keep others a while). */
+  const sockets = () =>
+    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+      try {
+        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
+      } catch {
+        return false; // closed since it was listed
+      }
+    }).length;
+  try {
+    await pool.start();
+    await pool.apply(withEndpoint(config(1, [p])));
+    assert.ok(await echoes(2000), "echoed before the worker died");
+    const before = sockets();
+    // Worker 1, the L4 worker, dies on version 66 and starts again on version 1.
+    await assert.rejects(() => pool.apply(withEndpoint(config(66, [p]))), /proxy worker 1 died/);
+    await waitUntil(
+      "worker 1 back on version 1",
+      () => pool.version === 1 && pool.listening().own.tcp.get(p) === 1,
+    );
+    // The dead worker's sockets are closed shortly after it ended: the assertions below say
+    // what is wrong if they are not.
+    await waitUntil("the dead worker's sockets closed", () => sockets() <= before, 3000)
+      .catch(() => {});
+    let echoed = 0;
+    for (let i = 0; i < 20; i++) if (await echoes(1000)) echoed++;
+    assert.equal(echoed, 20, "connections echoed after the L4 worker started again");
+    const after = sockets();
+    assert.ok(after <= before, `${before} sockets before the worker died, ${after} after`);
+    assert.match(
+      lines.join("\n"),
+      /"msg":"closed the sockets of a dead proxy worker".*"descriptors":[1-9]/,
+    );
+  } finally {
+    await pool.stop();
+    echo.close();
+    await serving;
+  }
+});

@@ -8,6 +8,7 @@
  */
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./node_proxy.ts";
+import { useFdLedger } from "../engine/fd_ledger.ts";
 import { workerShare, type WorkerSlot } from "./worker_share.ts";
 import type { ToWorker, WorkerState } from "./proxy_pool.ts";
 import type { MeshConfig } from "../topology/mod.ts";
@@ -92,6 +93,7 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
   switch (m.t) {
     case "start": {
       slot = { index: m.index, count: m.count, role: m.role };
+      if (m.fdLedger) useFdLedger(m.fdLedger);
       udpWaitMs = m.udpWaitMs;
       const logger = new Logger({ level: m.log.level, format: m.log.format })
         .with({ room: "proxy", worker: m.index });
