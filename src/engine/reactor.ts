@@ -35,6 +35,7 @@ export interface ReactorTimer {
 
 interface Timer {
   at: number;
+  /** Let go of (a no-op) once cancelled: it holds its caller's closure. */
   fn: () => void;
   cancelled: boolean;
   seq: number;
@@ -53,6 +54,9 @@ export interface ReactorOptions {
 }
 
 const MAX_EVENTS = 256;
+const NOOP = () => {};
+/** Cancelled timers the heap may hold before it is rebuilt without them (and half of it). */
+const CANCELLED_SLACK = 64;
 const EPOLL_CLOEXEC = 0o2000000;
 
 /**
@@ -82,6 +86,8 @@ export class Reactor {
   readonly #ev = new Uint8Array(EPOLL_EVENT_SIZE);
   readonly #evView = new DataView(this.#ev.buffer);
   readonly #timers: Timer[] = [];
+  /** Timers in the heap that were cancelled. */
+  #cancelled = 0;
   #seq = 0;
   #stopped = false;
   #running = false;
@@ -156,13 +162,33 @@ export class Reactor {
   }
 
   /**
-   * Calls `fn` once, `ms` from now, on this loop. A cancelled timer stays in the heap until its
-   * time comes (a connect's deadline, cancelled when it connects, for `ms`).
+   * Calls `fn` once, `ms` from now, on this loop. A cancelled timer lets go of `fn` at once,
+   * and leaves the heap when its time comes or when cancelled ones make up half of the heap
+   * (a connect's deadline is cancelled when it connects: at thousands of connections a second
+   * they would hold every connect's closure for the whole deadline, about 1 KiB each).
    */
   after(ms: number, fn: () => void): ReactorTimer {
     const t: Timer = { at: performance.now() + ms, fn, cancelled: false, seq: this.#seq++ };
     this.#push(t);
-    return { cancel: () => void (t.cancelled = true) };
+    return { cancel: () => this.#cancel(t) };
+  }
+
+  /** Timers waiting in the heap, cancelled ones not yet dropped included. */
+  get timers(): number {
+    return this.#timers.length;
+  }
+
+  #cancel(t: Timer): void {
+    if (t.cancelled) return;
+    t.cancelled = true;
+    t.fn = NOOP;
+    this.#cancelled++;
+    if (this.#cancelled > CANCELLED_SLACK && 2 * this.#cancelled > this.#timers.length) {
+      const live = this.#timers.filter((x) => !x.cancelled);
+      this.#timers.length = 0;
+      this.#cancelled = 0;
+      for (const x of live) this.#push(x);
+    }
   }
 
   /**
@@ -276,7 +302,12 @@ export class Reactor {
     const now = performance.now();
     while (this.#timers.length > 0 && this.#timers[0]!.at <= now) {
       const t = this.#pop();
-      if (t.cancelled) continue;
+      if (t.cancelled) {
+        this.#cancelled--;
+        continue;
+      }
+      // Spent: a cancel from here on (its own callback's, say) is a no-op.
+      t.cancelled = true;
       try {
         t.fn();
       } catch (e) {
