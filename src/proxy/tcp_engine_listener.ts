@@ -87,9 +87,12 @@ export class TcpEngineListener {
     return this.#addr;
   }
 
-  /** Connections open now. */
+  /**
+   * Client connections open now: relayed, or accepted and still dialling their endpoint (a
+   * draining meshd waits for this to reach 0, as for {@linkcode TcpListener.open}).
+   */
   get open(): number {
-    return this.#tunnels.size;
+    return this.#tunnels.size + this.#pending.size;
   }
 
   /** Stops accepting. Open connections go on until they end, unless `abort` is set. */
