@@ -56,6 +56,23 @@ interface Load {
 }
 
 /**
+ * meshd's JSON log lines (Deno may print a warning box before them, on the first run of a
+ * fresh checkout).
+ */
+function logLines(c: Child): Record<string, unknown>[] {
+  return c.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+}
+
+/**
+ * How a client sees a reset before any byte came back: on its read, or on a write or the
+ * half-close that the reset beat (EPIPE, ENOTCONN).
+ */
+function isReset(e: unknown): boolean {
+  return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
+    e instanceof Deno.errors.NotConnected;
+}
+
+/**
  * Deno's flags, as the compiled binary has them: Deno lets only --allow-all read /proc/net,
  * where a successor's sockets show.
  */
@@ -141,7 +158,11 @@ endpoints: [{ addresses: ["${WEB_IP}"], conditions: { ready: true } }]
 ---
 apiVersion: v1
 kind: Service
-metadata: { name: echo, namespace: ho, annotations: { meshd.io/traffic-type: tcp } }
+metadata:
+  name: echo
+  namespace: ho
+  # Each meshd logs each connection it accepted (by source port) on stdout.
+  annotations: { meshd.io/traffic-type: tcp, meshd.io/access-log: "true" }
 spec: { ports: [{ name: tcp, port: 7000 }] }
 ---
 apiVersion: discovery.k8s.io/v1
@@ -170,6 +191,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const newConns: Load = { sent: 0, failed: [] };
     const keepAlive: Load = { sent: 0, failed: [] };
     const tcpConns: Load = { sent: 0, failed: [] };
+    // TCP connections reset before any byte came back, by the client's port: the accept-queue
+    // resets below, unless a meshd had accepted them.
+    const tcpResets: { port: number; error: string }[] = [];
     const request = (close: boolean) =>
       enc.encode(
         `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
@@ -222,24 +246,29 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
       c?.close();
     })());
     loops.push((async () => {
+      const buf = new Uint8Array(1024);
       while (!stopLoad) {
         tcpConns.sent++;
+        let c: Deno.TcpConn | null = null;
+        let got = "";
         try {
-          const c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
-          try {
-            await c.write(enc.encode("ping\n"));
-            await c.closeWrite();
-            const got = dec.decode(await new Response(c.readable).arrayBuffer());
-            if (!got.endsWith("ping\n")) tcpConns.failed.push(`echoed ${JSON.stringify(got)}`);
-          } catch (e) {
-            // (Reading `c.readable` may have closed it already: report the first error.)
-            try {
-              c.close();
-            } catch { /* closed */ }
-            throw e;
+          c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
+          await c.write(enc.encode("ping\n"));
+          await c.closeWrite();
+          for (let n; (n = await c.read(buf)) !== null;) got += dec.decode(buf.subarray(0, n));
+          if (!got.endsWith("ping\n")) {
+            tcpConns.failed.push(`echoed ${JSON.stringify(got)} (port ${c.localAddr.port})`);
           }
         } catch (e) {
-          tcpConns.failed.push(String(e));
+          // The echo answers each connection with a line first: bytes before the reset mean a
+          // meshd had relayed it.
+          if (c && got === "" && isReset(e)) {
+            tcpResets.push({ port: c.localAddr.port, error: String(e) });
+          } else tcpConns.failed.push(`${e} after ${JSON.stringify(got)}`);
+        } finally {
+          try {
+            c?.close();
+          } catch { /* closed */ }
         }
       }
     })());
@@ -258,7 +287,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const before = { n: newConns.sent, k: keepAlive.sent, t: tcpConns.sent };
     const status = await a.stop();
     assert.equal(status.code, 0, a.lines.join("\n"));
-    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    const drained = logLines(a).find((l) => l.msg === "drained") as
+      | { successor: boolean; open: number; ms: number }
+      | undefined;
     assert.ok(drained, `meshd A logged its drain:\n${a.lines.join("\n")}`);
     assert.equal(drained.successor, true);
     assert.equal(
@@ -277,6 +308,8 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
     stopLoad = true;
     await Promise.all(loops);
+    // B's access log lines are all out once it has stopped.
+    assert.equal((await b.stop()).code, 0, b.lines.slice(-20).join("\n"));
     // Without net.ipv4.tcp_migrate_req (the DaemonSet's init container sets it in the node's
     // network namespace; a test may not change the host's), the kernel resets a connection
     // still in the closing listener's accept queue: at most a few, at the switch, and nothing
@@ -288,19 +321,32 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         return false;
       }
     })();
-    // (The same holds for the TCP service's listener: a new connection each time too.)
     // The keep-alive loop's first request on a connection it has just opened counts the same.
     let queuedResets = 0;
-    for (
-      const [l, prefix] of [[newConns, ""], [tcpConns, ""], [
-        keepAlive,
-        "new connection: ",
-      ]] as const
-    ) {
+    for (const [l, prefix] of [[newConns, ""], [keepAlive, "new connection: "]] as const) {
       if (migrates) continue;
       const queued = (f: string) => f.startsWith(`${prefix}ConnectionReset`);
       queuedResets += l.failed.filter(queued).length;
       l.failed = l.failed.filter((f) => !queued(f));
+    }
+    // The same holds for the TCP service's listener (a new connection each time too), and
+    // there it can be told apart: a connection either meshd accepted is in its access log (by
+    // the client's port), and one it accepted and then reset is its own failure.
+    const accepted = new Map<number, string>();
+    for (const [who, m] of [["meshd A", a], ["meshd B", b]] as const) {
+      for (const l of logLines(m)) {
+        if (l.protocol !== "tcp" || typeof l.source !== "string") continue;
+        accepted.set(Number(l.source.split(":").at(-1)), `${who} (reason ${l.reason})`);
+      }
+    }
+    assert.ok(accepted.size > 0, "no access log line of a TCP connection");
+    for (const r of tcpResets) {
+      const by = accepted.get(r.port);
+      if (by !== undefined) {
+        tcpConns.failed.push(`${r.error} (port ${r.port}) on a connection ${by} had accepted`);
+      } else if (migrates) {
+        tcpConns.failed.push(`${r.error} (port ${r.port}) with tcp_migrate_req on`);
+      } else queuedResets++;
     }
     assert.ok(queuedResets <= 3, `${queuedResets} new connections reset at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
@@ -402,7 +448,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     assert.equal(answer, "answer to query 1", a.lines.slice(-10).join("\n"));
     const status = await stopped;
     assert.equal(status.code, 0, a.lines.join("\n"));
-    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    const drained = logLines(a).find((l) => l.msg === "drained");
     assert.equal(drained?.open, 0, a.lines.join("\n"));
   } finally {
     client.close();
