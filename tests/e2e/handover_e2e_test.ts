@@ -332,6 +332,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     // The same holds for the TCP service's listener (a new connection each time too), and
     // there it can be told apart: a connection either meshd accepted is in its access log (by
     // the client's port), and one it accepted and then reset is its own failure.
+    let tcpQueued = 0;
     const accepted = new Map<number, string>();
     for (const [who, m] of [["meshd A", a], ["meshd B", b]] as const) {
       for (const l of logLines(m)) {
@@ -346,7 +347,10 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         tcpConns.failed.push(`${r.error} (port ${r.port}) on a connection ${by} had accepted`);
       } else if (migrates) {
         tcpConns.failed.push(`${r.error} (port ${r.port}) with tcp_migrate_req on`);
-      } else queuedResets++;
+      } else {
+        queuedResets++;
+        tcpQueued++;
+      }
     }
     assert.ok(queuedResets <= 3, `${queuedResets} new connections reset at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
@@ -357,7 +361,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
       `handover: ${newConns.sent} new HTTP connections, ${keepAlive.sent} keep-alive requests, ` +
         `${tcpConns.sent} TCP connections, 0 failed` +
         (migrates ? "" : ` (${queuedResets} new connections reset in the old accept queue, ` +
-          "tcp_migrate_req off)") +
+          `${tcpQueued} of them TCP with no meshd's access log line; tcp_migrate_req off)`) +
         `; drain took ${drained.ms} ms`,
     );
   } finally {
