@@ -191,9 +191,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const newConns: Load = { sent: 0, failed: [] };
     const keepAlive: Load = { sent: 0, failed: [] };
     const tcpConns: Load = { sent: 0, failed: [] };
-    // TCP connections reset before any byte came back, by the client's port: the accept-queue
-    // resets below, unless a meshd had accepted them.
-    const tcpResets: { port: number; error: string }[] = [];
+    // TCP connections reset before any byte came back, by the client's port and when (ms) it
+    // connected and saw the reset: the accept-queue resets below, unless a meshd accepted them.
+    const tcpResets: { port: number; error: string; from: number; to: number }[] = [];
     const request = (close: boolean) =>
       enc.encode(
         `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
@@ -251,6 +251,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         tcpConns.sent++;
         let c: Deno.TcpConn | null = null;
         let got = "";
+        const from = Date.now();
         try {
           c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
           await c.write(enc.encode("ping\n"));
@@ -263,7 +264,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
           // The echo answers each connection with a line first: bytes before the reset mean a
           // meshd had relayed it.
           if (c && got === "" && isReset(e)) {
-            tcpResets.push({ port: c.localAddr.port, error: String(e) });
+            tcpResets.push({ port: c.localAddr.port, error: String(e), from, to: Date.now() });
           } else tcpConns.failed.push(`${e} after ${JSON.stringify(got)}`);
         } finally {
           try {
@@ -330,19 +331,30 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
       l.failed = l.failed.filter((f) => !queued(f));
     }
     // The same holds for the TCP service's listener (a new connection each time too), and
-    // there it can be told apart: a connection either meshd accepted is in its access log (by
-    // the client's port), and one it accepted and then reset is its own failure.
+    // there it can be told apart: a connection either meshd accepted is in its access log, by
+    // the client's port and the time, and one it accepted and then reset is its own failure.
+    // (A port comes back for a later connection, but only a second or more after the last one
+    // on it ended: tcp_tw_reuse.)
     let tcpQueued = 0;
-    const accepted = new Map<number, string>();
+    const accepted: { port: number; start: number; end: number; by: string }[] = [];
     for (const [who, m] of [["meshd A", a], ["meshd B", b]] as const) {
       for (const l of logLines(m)) {
         if (l.protocol !== "tcp" || typeof l.source !== "string") continue;
-        accepted.set(Number(l.source.split(":").at(-1)), `${who} (reason ${l.reason})`);
+        const start = Date.parse(String(l.time));
+        accepted.push({
+          port: Number(l.source.split(":").at(-1)),
+          start,
+          end: start + Number(l.duration_ms),
+          by: `${who} (reason ${l.reason})`,
+        });
       }
     }
-    assert.ok(accepted.size > 0, "no access log line of a TCP connection");
+    assert.ok(accepted.length > 0, "no access log line of a TCP connection");
+    const SLACK_MS = 100; // times logged to the ms, and taken after a wait on a busy machine
     for (const r of tcpResets) {
-      const by = accepted.get(r.port);
+      const by = accepted.find((x) =>
+        x.port === r.port && x.start <= r.to + SLACK_MS && x.end >= r.from - SLACK_MS
+      )?.by;
       if (by !== undefined) {
         tcpConns.failed.push(`${r.error} (port ${r.port}) on a connection ${by} had accepted`);
       } else if (migrates) {
