@@ -193,7 +193,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcpConns: Load = { sent: 0, failed: [] };
     // TCP connections reset before any byte came back, by the client's port and when (ms) it
     // connected and saw the reset: the accept-queue resets below, unless a meshd accepted them.
-    const tcpResets: { port: number; error: string; from: number; to: number }[] = [];
+    const tcpResets: { port: number | null; error: string; from: number; to: number }[] = [];
     const request = (close: boolean) =>
       enc.encode(
         `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
@@ -262,9 +262,16 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
           }
         } catch (e) {
           // The echo answers each connection with a line first: bytes before the reset mean a
-          // meshd had relayed it.
-          if (c && got === "" && isReset(e)) {
-            tcpResets.push({ port: c.localAddr.port, error: String(e), from, to: Date.now() });
+          // meshd had relayed it. A reset before connect() returned (the socket's error, read
+          // once the handshake completed) has no port to look up, and no meshd sent it: one
+          // closing a connection before the client wrote sends a FIN.
+          if (got === "" && isReset(e)) {
+            tcpResets.push({
+              port: c?.localAddr.port ?? null,
+              error: String(e),
+              from,
+              to: Date.now(),
+            });
           } else tcpConns.failed.push(`${e} after ${JSON.stringify(got)}`);
         } finally {
           try {
@@ -352,9 +359,11 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     assert.ok(accepted.length > 0, "no access log line of a TCP connection");
     const SLACK_MS = 100; // times logged to the ms, and taken after a wait on a busy machine
     for (const r of tcpResets) {
-      const by = accepted.find((x) =>
-        x.port === r.port && x.start <= r.to + SLACK_MS && x.end >= r.from - SLACK_MS
-      )?.by;
+      const by = r.port === null
+        ? undefined
+        : accepted.find((x) =>
+          x.port === r.port && x.start <= r.to + SLACK_MS && x.end >= r.from - SLACK_MS
+        )?.by;
       if (by !== undefined) {
         tcpConns.failed.push(`${r.error} (port ${r.port}) on a connection ${by} had accepted`);
       } else if (migrates) {
