@@ -55,6 +55,15 @@ interface Load {
   failed: string[];
 }
 
+/** A TCP connection through meshd that failed: the client's port, and when (ms) it tried. */
+interface TcpTry {
+  /** Null when connect() itself failed. */
+  port: number | null;
+  what: string;
+  from: number;
+  to: number;
+}
+
 /**
  * meshd's JSON log lines (Deno may print a warning box before them, on the first run of a
  * fresh checkout).
@@ -193,7 +202,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcpConns: Load = { sent: 0, failed: [] };
     // TCP connections reset before any byte came back, by the client's port and when (ms) it
     // connected and saw the reset: the accept-queue resets below, unless a meshd accepted them.
-    const tcpResets: { port: number | null; error: string; from: number; to: number }[] = [];
+    const tcpResets: TcpTry[] = [];
+    // The other failed ones, each named below with the meshd that logged it, if one did.
+    const tcpFailed: TcpTry[] = [];
     const request = (close: boolean) =>
       enc.encode(
         `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
@@ -258,21 +269,25 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
           await c.closeWrite();
           for (let n; (n = await c.read(buf)) !== null;) got += dec.decode(buf.subarray(0, n));
           if (!got.endsWith("ping\n")) {
-            tcpConns.failed.push(`echoed ${JSON.stringify(got)} (port ${c.localAddr.port})`);
+            const what = `echoed ${JSON.stringify(got)}`;
+            tcpFailed.push({ port: c.localAddr.port, what, from, to: Date.now() });
           }
         } catch (e) {
           // The echo answers each connection with a line first: bytes before the reset mean a
           // meshd had relayed it. A reset before connect() returned (the socket's error, read
           // once the handshake completed) has no port to look up, and no meshd sent it: one
           // closing a connection before the client wrote sends a FIN.
+          const port = c?.localAddr.port ?? null;
           if (got === "" && isReset(e)) {
-            tcpResets.push({
-              port: c?.localAddr.port ?? null,
-              error: String(e),
+            tcpResets.push({ port, what: String(e), from, to: Date.now() });
+          } else {
+            tcpFailed.push({
+              port,
+              what: `${e} after ${JSON.stringify(got)}`,
               from,
               to: Date.now(),
             });
-          } else tcpConns.failed.push(`${e} after ${JSON.stringify(got)}`);
+          }
         } finally {
           try {
             c?.close();
@@ -358,16 +373,24 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     }
     assert.ok(accepted.length > 0, "no access log line of a TCP connection");
     const SLACK_MS = 100; // times logged to the ms, and taken after a wait on a busy machine
-    for (const r of tcpResets) {
-      const by = r.port === null
+    const loggedBy = (t: TcpTry) =>
+      t.port === null
         ? undefined
         : accepted.find((x) =>
-          x.port === r.port && x.start <= r.to + SLACK_MS && x.end >= r.from - SLACK_MS
+          x.port === t.port && x.start <= t.to + SLACK_MS && x.end >= t.from - SLACK_MS
         )?.by;
+    for (const f of tcpFailed) {
+      const by = loggedBy(f);
+      tcpConns.failed.push(
+        `${f.what} (port ${f.port}; ${by ? `accepted by ${by}` : "in no meshd's access log"})`,
+      );
+    }
+    for (const r of tcpResets) {
+      const by = loggedBy(r);
       if (by !== undefined) {
-        tcpConns.failed.push(`${r.error} (port ${r.port}) on a connection ${by} had accepted`);
+        tcpConns.failed.push(`${r.what} (port ${r.port}) on a connection ${by} had accepted`);
       } else if (migrates) {
-        tcpConns.failed.push(`${r.error} (port ${r.port}) with tcp_migrate_req on`);
+        tcpConns.failed.push(`${r.what} (port ${r.port}) with tcp_migrate_req on`);
       } else {
         queuedResets++;
         tcpQueued++;
