@@ -398,8 +398,17 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     }
     assert.ok(queuedResets <= 3, `${queuedResets} new connections reset at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
+    // meshd A's lifecycle lines (not its access log or debug lines) say how its drain went.
+    const aLog = () =>
+      logLines(a).filter((l) => l.level !== undefined && l.level !== "debug")
+        .slice(-25).map((l) => JSON.stringify(l)).join("\n");
     for (const [name, l] of Object.entries(figures)) {
-      assert.deepEqual(l.failed, [], `${name}: ${l.failed.length} of ${l.sent} failed`);
+      if (l.failed.length === 0) continue;
+      assert.deepEqual(
+        l.failed,
+        [],
+        `${name}: ${l.failed.length} of ${l.sent} failed; meshd A's last lines:\n${aLog()}`,
+      );
     }
     console.log(
       `handover: ${newConns.sent} new HTTP connections, ${keepAlive.sent} keep-alive requests, ` +
