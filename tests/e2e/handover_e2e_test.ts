@@ -275,8 +275,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         } catch (e) {
           // The echo answers each connection with a line first: bytes before the reset mean a
           // meshd had relayed it. A reset before connect() returned (the socket's error, read
-          // once the handshake completed) has no port to look up, and no meshd sent it: one
-          // closing a connection before the client wrote sends a FIN.
+          // once the handshake completed) has no port to look up, and no meshd sent it: meshd
+          // closing a connection sends a FIN (Deno's close does, even with the client's bytes
+          // unread), which the client reads as the end, never as a reset.
           const port = c?.localAddr.port ?? null;
           if (got === "" && isReset(e)) {
             tcpResets.push({ port, what: String(e), from, to: Date.now() });
