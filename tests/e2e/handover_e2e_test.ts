@@ -277,7 +277,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
           // meshd had relayed it. A reset before connect() returned (the socket's error, read
           // once the handshake completed) has no port to look up, and no meshd sent it: meshd
           // closing a connection sends a FIN (Deno's close does, even with the client's bytes
-          // unread), which the client reads as the end, never as a reset.
+          // unread): the client reads the end (so in every case made to happen here).
           const port = c?.localAddr.port ?? null;
           if (got === "" && isReset(e)) {
             tcpResets.push({ port, what: String(e), from, to: Date.now() });
