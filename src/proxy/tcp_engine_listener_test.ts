@@ -1,5 +1,6 @@
 /**
- * The TCP listener on meshd's own loop, on 127.0.62.2: a route built from a MeshConfig, raw
+ * The TCP listener on meshd's own loop, on 127.0.62.2 (its drain, on 127.0.63.2): a route built
+ * from a MeshConfig, raw
  * echo backends, real connections from the test (this isolate also runs the loop, which gives
  * the thread up whenever it has nothing to do).
  */
@@ -8,6 +9,7 @@ import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
 import { Reactor } from "../engine/reactor.ts";
+import { bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
@@ -36,13 +38,17 @@ function echoBackend(): { port: number; connections: () => number; close(): Prom
   };
 }
 
-/** A route to `ports` (endpoints on `HOST`) and a listener for it on a running loop. */
+/**
+ * A route to `ports` (endpoints on `options.hostname`, default `HOST`) and a listener for it on
+ * a running loop.
+ */
 async function withListener(
   ports: number[],
   options: Partial<TcpEngineListenerOptions>,
   fn: (listener: TcpEngineListener, route: Route) => Promise<void>,
 ): Promise<void> {
-  const listenPort = freePort(HOST);
+  const host = options.hostname ?? HOST;
+  const listenPort = freePort(host);
   const state = newRouteState();
   const table = buildRouteTable(
     meshConfig([{
@@ -51,7 +57,7 @@ async function withListener(
         port: 7,
         protocol: "tcp",
         listenPort,
-        endpoints: ports.map((p) => endpoint(HOST, p)),
+        endpoints: ports.map((p) => endpoint(host, p)),
       }],
     }]),
     state,
@@ -60,7 +66,7 @@ async function withListener(
   const reactor = new Reactor();
   const listener = new TcpEngineListener({
     reactor,
-    hostname: HOST,
+    hostname: host,
     port: listenPort,
     route: () => route,
     pool: state.pool,
@@ -194,5 +200,42 @@ Deno.test("TcpEngineListener.close with abort ends open connections", async () =
     });
   } finally {
     await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener counts a connection still dialling its endpoint as open until the dial ends", async () => {
+  // An endpoint whose accept queue is full (backlog 0 holds one connection, which the test
+  // makes and nobody accepts): the kernel drops the listener's SYN, so its dial waits.
+  const host = "127.0.63.2";
+  const full = bindSocket("tcp", host, 0, { backlog: 0 });
+  let fullOpen = true;
+  const filler = await Deno.connect({ hostname: host, port: localAddress(full).port });
+  try {
+    await withListener(
+      [localAddress(full).port],
+      { hostname: host, connectTimeoutMs: 10_000 },
+      async (listener, route) => {
+        const conn = await Deno.connect({ hostname: host, port: listener.addr.port });
+        await waitFor(
+          "the listener to dial",
+          () => route.metrics.requests.value === 1 || undefined,
+        );
+        assert.equal(listener.open, 1, "a connection still dialling is not counted as open");
+        let closed = false;
+        const closing = listener.close().then(() => closed = true);
+        assert.equal(listener.open, 1, "closing the listener dropped the dialling connection");
+        // The endpoint goes: the SYN sent again (after 1 s) is refused, and the dial ends.
+        closeFd(full);
+        fullOpen = false;
+        assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
+        await closing;
+        assert.ok(closed);
+        assert.equal(listener.open, 0);
+        conn.close();
+      },
+    );
+  } finally {
+    filler.close();
+    if (fullOpen) closeFd(full);
   }
 });
