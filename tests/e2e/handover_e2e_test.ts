@@ -93,6 +93,7 @@ function meshdArgs(
   ports: { http: number; api: number; tcp: number },
   drain: string | null = "30s",
   workers = 1,
+  l4 = false,
 ): string[] {
   return [
     "--provider=file",
@@ -107,6 +108,7 @@ function meshdArgs(
     "--reuse-port",
     ...(drain ? [`--drain-timeout=${drain}`] : []),
     ...(workers > 1 ? ["--workers", String(workers)] : []),
+    ...(l4 ? ["--l4-worker"] : []),
     "--log-format",
     "json",
   ];
@@ -122,8 +124,13 @@ Deno.test(
   () => handover(2),
 );
 
+Deno.test(
+  "meshd run --reuse-port --drain-timeout --l4-worker hands its ports over with no failed request",
+  () => handover(1, true),
+);
+
 /** The handover under load, both meshd processes with `workers` proxy workers. */
-async function handover(workers: number): Promise<void> {
+async function handover(workers: number, l4 = false): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-handover-" });
   const children: Child[] = [];
   let stopLoad = false;
@@ -188,7 +195,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcp = freePort();
     const apiA = freePort();
     const apiB = freePort();
-    const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers), {
+    const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers, l4), {
       name: "meshd-a",
       deno: DENO_FLAGS,
     });
@@ -302,7 +309,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
 
     // The successor binds the same ports, then the first one is told to stop.
-    const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null, workers), {
+    const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null, workers, l4), {
       name: "meshd-b",
       deno: DENO_FLAGS,
     });
@@ -432,12 +439,17 @@ Deno.test(
 );
 
 Deno.test(
+  "a draining meshd with --l4-worker stays until the answer to a UDP datagram its L4 worker forwarded has gone back",
+  () => udpHandover(1, true),
+);
+
+Deno.test(
   "a draining meshd with --workers 2 stays until the answer to a UDP datagram it forwarded has gone back",
   () => udpHandover(2),
 );
 
 /** The UDP part of a handover, both meshd processes with `workers` proxy workers. */
-async function udpHandover(workers: number): Promise<void> {
+async function udpHandover(workers: number, l4 = false): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-handover-udp-" });
   const children: Child[] = [];
   // The endpoint holds its answer until the test lets it go.
@@ -472,7 +484,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     );
     const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
     const args = (api: number, drain: string | null) => [
-      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers),
+      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers, l4),
       "--udp-ports",
       `${ports.udp}-${ports.udp}`,
     ];
