@@ -6,6 +6,7 @@ import {
   L4WorkerError,
   NodeProxy,
   ProxyPool,
+  SplitPlane,
 } from "../proxy/mod.ts";
 import {
   DatapathError,
@@ -110,7 +111,10 @@ export function proxyWorkers(requested: number | "auto", cpus: number, logger: L
   return requested;
 }
 
-/** The node proxy, or a pool of them with `--workers` above 1 or `--l4-worker`. */
+/**
+ * The node proxy; a pool of them with `--workers` above 1; with `--l4-worker`, TCP and UDP in a
+ * worker of their own beside it (or beside the pool's HTTP workers).
+ */
 function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
   const { config, registry } = ctx;
   const logger = ctx.logger.with({ room: "proxy" });
@@ -124,6 +128,13 @@ function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
     caCerts,
   };
   const l4Worker = config.proxy.l4Worker;
+  if (workers === 1 && l4Worker) {
+    return new SplitPlane({
+      proxy: { ...proxyOpts, logger, registry },
+      worker: proxyOpts,
+      udpWaitMs: UDP_ANSWER_WAIT_MS,
+    });
+  }
   return workers > 1 || l4Worker
     ? new ProxyPool({
       workers,

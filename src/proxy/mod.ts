@@ -17,6 +17,8 @@ export { ProxyMetrics } from "./proxy_metrics.ts";
 export type { Connect } from "./connect_upstream.ts";
 export type { DataPlane } from "./data_plane.ts";
 export { L4WorkerError, ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
+export { SplitPlane } from "./split_plane.ts";
+export type { SplitPlaneOptions } from "./split_plane.ts";
 export type { ProxyPoolOptions, WorkerProxyOptions } from "./proxy_pool.ts";
 export { availableCpus } from "./available_cpus.ts";
 export { AccessLog } from "./access_log.ts";

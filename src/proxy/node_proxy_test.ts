@@ -1,6 +1,6 @@
 /**
  * The node proxy in process, from MeshConfig to what a client on loopback sees. Backends are
- * real servers on 127.0.0.1; no Kubernetes object is involved.
+ * real servers on 127.0.0.1 (the drain test's on 127.0.63.3); no Kubernetes object is involved.
  */
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
@@ -952,3 +952,60 @@ for (const engine of [false, true]) {
     },
   );
 }
+
+Deno.test("NodeProxy.inFlight counts a TCP connection still dialling its endpoint through a drain", async () => {
+  // What `meshd run --drain-timeout` waits on: a connection accepted just before drain() closed
+  // the listener, still connecting to its endpoint, must keep the process until it is served.
+  const host = "127.0.63.3";
+  const backend = Deno.listen({ hostname: host, port: 0 });
+  const serving = (async () => {
+    for await (const conn of backend) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        await conn.closeWrite();
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })().catch(() => {});
+  const listenPort = freePort(host);
+  let release = () => {};
+  const held = new Promise<void>((r) => release = r);
+  let dialling = false;
+  const connect = async (hostname: string, port: number) => {
+    dialling = true;
+    await held;
+    return await Deno.connect({ hostname, port });
+  };
+  const config = meshConfig([{
+    name: "echo",
+    ports: [{
+      port: 7,
+      protocol: "tcp",
+      listenPort,
+      endpoints: [endpoint(host, backend.addr.port)],
+    }],
+  }]);
+  try {
+    await withProxy(config, async (proxy) => {
+      const conn = await Deno.connect({ hostname: host, port: listenPort });
+      try {
+        await waitFor("the proxy to dial the endpoint", () => dialling || undefined);
+        await proxy.drain();
+        assert.equal(proxy.inFlight, 1, "a draining meshd would leave with the connection");
+        release();
+        await conn.write(new TextEncoder().encode("ping"));
+        await conn.closeWrite();
+        assert.equal(await new Response(conn.readable).text(), "ping");
+      } finally {
+        try {
+          conn.close();
+        } catch { /* closed by reading it to the end */ }
+      }
+      await waitFor("the connection to end", () => proxy.inFlight === 0 || undefined);
+    }, { hostname: host, connect });
+  } finally {
+    release();
+    backend.close();
+    await serving;
+  }
+});

@@ -12,7 +12,10 @@ export type WorkerProxyOptions = Omit<
 
 /** Options for {@linkcode ProxyPool}. */
 export interface ProxyPoolOptions {
-  /** Proxy workers, 2 or more; with `l4Worker`, HTTP workers, 1 or more. */
+  /**
+   * Proxy workers, 2 or more; with `l4Worker`, HTTP workers, 0 or more (0: HTTP is served
+   * elsewhere, by a {@linkcode SplitPlane}'s proxy in the main isolate).
+   */
   workers: number;
   /**
    * One more worker serves every TCP and UDP service port on meshd's own event loop
@@ -188,7 +191,8 @@ export class ProxyPool {
   readonly #retired: Retired = new Map();
 
   constructor(options: ProxyPoolOptions) {
-    const least = options.l4Worker ? 1 : 2;
+    // An L4 worker alone (0 HTTP workers) serves beside a proxy in the main isolate (SplitPlane).
+    const least = options.l4Worker ? 0 : 2;
     if (!(Number.isSafeInteger(options.workers) && options.workers >= least)) {
       throw new RangeError(
         `A proxy pool takes ${least} ${options.l4Worker ? "HTTP " : ""}worker${
@@ -253,8 +257,11 @@ export class ProxyPool {
    */
   async start(): Promise<void> {
     const [first, ...rest] = this.#slots;
-    await this.#startSlot(first!, this.#opts.proxy.httpPort);
-    this.#httpPort = Number(first!.state!.httpAddress.split(":").pop());
+    if (first!.role === "l4") rest.unshift(first!);
+    else {
+      await this.#startSlot(first!, this.#opts.proxy.httpPort);
+      this.#httpPort = Number(first!.state!.httpAddress.split(":").pop());
+    }
     await Promise.all(rest.map((s) =>
       this.#startSlot(s, this.#httpPort).catch((e) => {
         if (s.role !== "l4") throw e;
@@ -543,20 +550,22 @@ export class ProxyPool {
    * counters of workers that died as they last reported them (so no sum goes back).
    */
   async metrics(): Promise<string> {
+    const sets = await this.workerMetrics();
+    return this.registry.render() + renderSnapshots(sets);
+  }
+
+  /** The workers' series, one set per worker, and the counters of those that died. */
+  async workerMetrics(): Promise<FamilySnapshot[][]> {
     const sets = await Promise.allSettled(
       this.#slots.filter((s) => s.worker !== null).map((s) =>
         this.#call(s, { t: "metrics" }).then((r) => s.reported = r.metrics ?? [])
       ),
     );
-    const own = this.registry.render();
     const retired: FamilySnapshot[] = [];
     for (const { f, series } of this.#retired.values()) {
       retired.push({ ...f, series: [...series.values()] });
     }
-    return own + renderSnapshots([
-      ...sets.filter((r) => r.status === "fulfilled").map((r) => r.value),
-      retired,
-    ]);
+    return [...sets.filter((r) => r.status === "fulfilled").map((r) => r.value), retired];
   }
 
   /** Every worker stops accepting, as {@linkcode NodeProxy.drain}; no worker is restarted. */

@@ -102,7 +102,10 @@ export class TcpEngineListener {
     return this.#addr;
   }
 
-  /** Connections open now: relayed, or admitted and still dialling. */
+  /**
+   * Client connections open now: relayed, or accepted and still dialling their endpoint (a
+   * draining meshd waits for this to reach 0, as for {@linkcode TcpListener.open}).
+   */
   get open(): number {
     return this.#tunnels.size + this.#pending.size;
   }

@@ -1,5 +1,6 @@
 /**
- * The TCP listener on meshd's own loop, on 127.0.62.2: a route built from a MeshConfig, raw
+ * The TCP listener on meshd's own loop, on 127.0.62.2 (its drain, on 127.0.63.2): a route built
+ * from a MeshConfig, raw
  * echo backends, real connections from the test (this isolate also runs the loop, which gives
  * the thread up whenever it has nothing to do).
  */
@@ -38,13 +39,16 @@ function echoBackend(): { port: number; connections: () => number; close(): Prom
   };
 }
 
-/** A route to `ports` (endpoints on `HOST`) and a listener for it on a running loop. */
+/**
+ * A route to `ports` (endpoints on `options.hostname`, default `HOST`) and a listener for it on
+ * a running loop.
+ */
 async function withListener(
   ports: number[],
   options: Partial<TcpEngineListenerOptions>,
   fn: (listener: TcpEngineListener, route: Route) => Promise<void>,
-  host = HOST,
 ): Promise<void> {
+  const host = options.hostname ?? HOST;
   const listenPort = freePort(host);
   const state = newRouteState();
   const table = buildRouteTable(
@@ -216,7 +220,7 @@ Deno.test("TcpEngineListener.close with abort ends connections still dialling at
     let closedIn = 0;
     await withListener(
       [localAddress(backlog).port],
-      { connectTimeoutMs: 20_000 },
+      { hostname: host, connectTimeoutMs: 20_000 },
       async (l, route) => {
         const conn = await Deno.connect({ hostname: host, port: l.addr.port });
         await waitFor("the connection to be dialling", () => l.open === 1 || undefined);
@@ -229,7 +233,6 @@ Deno.test("TcpEngineListener.close with abort ends connections still dialling at
         // Cut short by the proxy, not failed by the endpoint: nothing held against it.
         assert.deepEqual(route.readyStates.map((e) => [e.failures, e.inflight]), [[0, 0]]);
       },
-      host,
     );
     assert.ok(closedIn < 2000, `close(true) took ${Math.round(closedIn)} ms`);
     assert.equal(openFds(), before, "descriptors open after the listener closed");
@@ -286,5 +289,42 @@ Deno.test("TcpEngineListener lets the loop's other work run while connections ke
     reactor.stop();
     await running;
     for (const fd of clients) closeFd(fd);
+  }
+});
+
+Deno.test("TcpEngineListener counts a connection still dialling its endpoint as open until the dial ends", async () => {
+  // An endpoint whose accept queue is full (backlog 0 holds one connection, which the test
+  // makes and nobody accepts): the kernel drops the listener's SYN, so its dial waits.
+  const host = "127.0.63.2";
+  const full = bindSocket("tcp", host, 0, { backlog: 0 });
+  let fullOpen = true;
+  const filler = await Deno.connect({ hostname: host, port: localAddress(full).port });
+  try {
+    await withListener(
+      [localAddress(full).port],
+      { hostname: host, connectTimeoutMs: 10_000 },
+      async (listener, route) => {
+        const conn = await Deno.connect({ hostname: host, port: listener.addr.port });
+        await waitFor(
+          "the listener to dial",
+          () => route.metrics.requests.value === 1 || undefined,
+        );
+        assert.equal(listener.open, 1, "a connection still dialling is not counted as open");
+        let closed = false;
+        const closing = listener.close().then(() => closed = true);
+        assert.equal(listener.open, 1, "closing the listener dropped the dialling connection");
+        // The endpoint goes: the SYN sent again (after 1 s) is refused, and the dial ends.
+        closeFd(full);
+        fullOpen = false;
+        assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
+        await closing;
+        assert.ok(closed);
+        assert.equal(listener.open, 0);
+        conn.close();
+      },
+    );
+  } finally {
+    filler.close();
+    if (fullOpen) closeFd(full);
   }
 });

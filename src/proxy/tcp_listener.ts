@@ -80,9 +80,12 @@ export class TcpListener {
   readonly #opts: TcpListenerOptions;
   readonly #listener: Deno.TcpListener;
   readonly #tunnels = new Set<Tunnel>();
+  /** Connections admitted and dialling their endpoint: open, though not relayed yet. */
   readonly #pending = new Set<Deno.Conn>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   #closed = false;
+  /** Closed with `abort`: a connection still dialling is closed when its dial ends. */
+  #aborted = false;
   #done: Promise<void>;
   readonly #guard: LoopGuard;
   readonly #connectOptions: ConnectUpstreamOptions;
@@ -112,9 +115,13 @@ export class TcpListener {
     return this.#listener.addr;
   }
 
-  /** Connections open now. */
+  /**
+   * Client connections open now: relayed, or accepted and still dialling their endpoint. A
+   * draining meshd waits for this to reach 0, so one accepted just before the listener closed
+   * is served before the process leaves, not closed with it.
+   */
   get open(): number {
-    return this.#tunnels.size;
+    return this.#tunnels.size + this.#pending.size;
   }
 
   /** Stops accepting. Open connections go on until they end, unless `abort` is set. */
@@ -125,15 +132,21 @@ export class TcpListener {
     } catch { /* already closed */ }
     await this.#done;
     if (abort) {
+      this.#aborted = true;
       clearInterval(this.#sweeper);
       for (const c of this.#pending) closeQuietly(c);
       for (const t of this.#tunnels) {
         t.ended ??= "shutdown";
         closeTunnel(t);
       }
-    } else if (this.#tunnels.size === 0) {
-      clearInterval(this.#sweeper);
+    } else {
+      this.#idleAfterClose();
     }
+  }
+
+  /** Once closed with nothing open, the idle sweep has nothing left to watch. */
+  #idleAfterClose(): void {
+    if (this.#closed && this.open === 0) clearInterval(this.#sweeper);
   }
 
   #sweep(): void {
@@ -198,7 +211,19 @@ export class TcpListener {
     } finally {
       this.#pending.delete(client);
     }
+    if (dialled && this.#aborted) {
+      // Stopped while it dialled: the client is closed already, so the endpoint goes too.
+      dialled.ep.inflight--;
+      closeQuietly(dialled.upstream);
+      root.log?.write({
+        ...tcpAccessEntry(client.remoteAddr as Deno.NetAddr, dialled, started, performance.now()),
+        endpoint: dialled.ep.key,
+        reason: "shutdown",
+      });
+      return;
+    }
     if (dialled) await this.#relay(client, dialled, started);
+    else this.#idleAfterClose();
   }
 
   /**
@@ -258,7 +283,7 @@ export class TcpListener {
       bytesOut: tunnel.bytesOut,
     });
     this.#tunnels.delete(tunnel);
-    if (this.#closed && this.#tunnels.size === 0) clearInterval(this.#sweeper);
+    this.#idleAfterClose();
   }
 }
 

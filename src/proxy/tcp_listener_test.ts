@@ -1,11 +1,12 @@
 /**
- * The TCP listener alone, on 127.0.62.1: a route built from a MeshConfig, a raw echo backend,
- * real connections from the test.
+ * The TCP listener alone, on 127.0.62.1 (its drain, on 127.0.63.1): a route built from a
+ * MeshConfig, a raw echo backend, real connections from the test.
  */
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
+import { AccessLog } from "./access_log.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
@@ -14,12 +15,17 @@ import { echoOver } from "./_testing.ts";
 const HOST = "127.0.62.1";
 const quiet = new Logger({ level: "error", write: () => {} });
 
-/** An echo backend, a route to it and a listener for the route; closed after `fn`. */
+/**
+ * An echo backend, a route to it and a listener for the route, all on `options.hostname`
+ * (default `HOST`); closed after `fn`.
+ */
 async function withListener(
-  options: Partial<TcpListenerOptions>,
+  options: Partial<TcpListenerOptions> & { accessLog?: AccessLog },
   fn: (listener: TcpListener, route: Route) => Promise<void>,
 ): Promise<void> {
-  const backend = Deno.listen({ hostname: HOST, port: 0 });
+  const { accessLog, ...listenerOptions } = options;
+  const host = options.hostname ?? HOST;
+  const backend = Deno.listen({ hostname: host, port: 0 });
   const serving = (async () => {
     for await (const conn of backend) {
       (async () => {
@@ -29,8 +35,8 @@ async function withListener(
       })().catch(() => {}).finally(() => conn.close());
     }
   })().catch(() => {});
-  const listenPort = freePort(HOST);
-  const state = newRouteState();
+  const listenPort = freePort(host);
+  const state = newRouteState({ accessLog: accessLog ?? null });
   const table = buildRouteTable(
     meshConfig([{
       name: "echo",
@@ -38,19 +44,19 @@ async function withListener(
         port: 7,
         protocol: "tcp",
         listenPort,
-        endpoints: [endpoint(HOST, backend.addr.port)],
+        endpoints: [endpoint(host, backend.addr.port)],
       }],
     }]),
     state,
   );
   const route = table.tcp.get(listenPort)!;
   const listener = new TcpListener({
-    hostname: HOST,
+    hostname: host,
     port: listenPort,
     route: () => route,
     pool: state.pool,
     logger: quiet,
-    ...options,
+    ...listenerOptions,
   });
   try {
     await fn(listener, route);
@@ -154,4 +160,76 @@ Deno.test("TcpListener closes a connection idle past idleTimeoutMs and keeps one
     idle.close();
     busy.close();
   });
+});
+
+/** The drain tests' own address. */
+const DRAIN_HOST = "127.0.63.1";
+
+/** A `connect` that holds each dial until `release()`, and says whether one began. */
+function heldConnect(): {
+  connect: TcpListenerOptions["connect"];
+  dialling(): boolean;
+  release(): void;
+} {
+  let release = () => {};
+  const held = new Promise<void>((r) => release = r);
+  let dialling = false;
+  return {
+    connect: async (hostname, port) => {
+      dialling = true;
+      await held;
+      return await Deno.connect({ hostname, port });
+    },
+    dialling: () => dialling,
+    release,
+  };
+}
+
+Deno.test("TcpListener counts a connection still dialling its endpoint as open, and serves it after close(false)", async () => {
+  // A draining meshd leaves once `open` (summed in NodeProxy.inFlight) is 0: a connection
+  // accepted just before the listener closed, still dialling, must count, or it is cut off.
+  const dial = heldConnect();
+  await withListener({ hostname: DRAIN_HOST, connect: dial.connect }, async (listener) => {
+    const conn = await Deno.connect({ hostname: DRAIN_HOST, port: listener.addr.port });
+    try {
+      await waitFor("the listener to dial the endpoint", () => dial.dialling() || undefined);
+      assert.equal(listener.open, 1, "a connection still dialling is not counted as open");
+      await listener.close(false);
+      assert.equal(listener.open, 1, "closing the listener dropped the dialling connection");
+      dial.release();
+      assert.equal(await echoOver(conn, "ping"), "ping");
+      await conn.closeWrite();
+      assert.equal(await conn.read(new Uint8Array(16)), null);
+    } finally {
+      conn.close();
+    }
+    await waitFor("the connection to end in the listener", () => listener.open === 0 || undefined);
+  });
+});
+
+Deno.test("TcpListener.close with abort closes a connection still dialling, and its endpoint's once made", async () => {
+  const lines: string[] = [];
+  const accessLog = new AccessLog({ mode: "json", write: (l) => lines.push(l) });
+  const dial = heldConnect();
+  await withListener(
+    { hostname: DRAIN_HOST, connect: dial.connect, accessLog },
+    async (listener, route) => {
+      const conn = await Deno.connect({ hostname: DRAIN_HOST, port: listener.addr.port });
+      try {
+        await waitFor("the listener to dial the endpoint", () => dial.dialling() || undefined);
+        await listener.close(true);
+        const end = await conn.read(new Uint8Array(16)).catch((e) => e.name);
+        assert.ok(end === null || end === "ConnectionReset", `the client read ${end}`);
+        dial.release();
+        await waitFor("the dial to end", () => lines.length > 0 || undefined);
+        // Not relayed: nothing was copied, and the line says meshd stopped it.
+        const text = lines[0]!;
+        assert.equal(JSON.parse(text).reason, "shutdown", text);
+        assert.equal(route.metrics.duration.count, 0, "the connection was relayed after all");
+        assert.equal(listener.open, 0);
+      } finally {
+        conn.close();
+      }
+    },
+  );
 });

@@ -55,6 +55,32 @@ interface Load {
   failed: string[];
 }
 
+/** A TCP connection through meshd that failed: the client's port, and when (ms) it tried. */
+interface TcpTry {
+  /** Null when connect() itself failed. */
+  port: number | null;
+  what: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * meshd's JSON log lines (Deno may print a warning box before them, on the first run of a
+ * fresh checkout).
+ */
+function logLines(c: Child): Record<string, unknown>[] {
+  return c.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+}
+
+/**
+ * How a client sees a reset before any byte came back: on its read, or on a write or the
+ * half-close that the reset beat (EPIPE, ENOTCONN).
+ */
+function isReset(e: unknown): boolean {
+  return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
+    e instanceof Deno.errors.NotConnected;
+}
+
 /**
  * Deno's flags, as the compiled binary has them: Deno lets only --allow-all read /proc/net,
  * where a successor's sockets show.
@@ -67,6 +93,7 @@ function meshdArgs(
   ports: { http: number; api: number; tcp: number },
   drain: string | null = "30s",
   workers = 1,
+  l4 = false,
 ): string[] {
   return [
     "--provider=file",
@@ -81,6 +108,7 @@ function meshdArgs(
     "--reuse-port",
     ...(drain ? [`--drain-timeout=${drain}`] : []),
     ...(workers > 1 ? ["--workers", String(workers)] : []),
+    ...(l4 ? ["--l4-worker"] : []),
     "--log-format",
     "json",
   ];
@@ -96,8 +124,13 @@ Deno.test(
   () => handover(2),
 );
 
+Deno.test(
+  "meshd run --reuse-port --drain-timeout --l4-worker hands its ports over with no failed request",
+  () => handover(1, true),
+);
+
 /** The handover under load, both meshd processes with `workers` proxy workers. */
-async function handover(workers: number): Promise<void> {
+async function handover(workers: number, l4 = false): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-handover-" });
   const children: Child[] = [];
   let stopLoad = false;
@@ -141,7 +174,11 @@ endpoints: [{ addresses: ["${WEB_IP}"], conditions: { ready: true } }]
 ---
 apiVersion: v1
 kind: Service
-metadata: { name: echo, namespace: ho, annotations: { meshd.io/traffic-type: tcp } }
+metadata:
+  name: echo
+  namespace: ho
+  # Each meshd logs each connection it accepted (by source port) on stdout.
+  annotations: { meshd.io/traffic-type: tcp, meshd.io/access-log: "true" }
 spec: { ports: [{ name: tcp, port: 7000 }] }
 ---
 apiVersion: discovery.k8s.io/v1
@@ -158,7 +195,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const tcp = freePort();
     const apiA = freePort();
     const apiB = freePort();
-    const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers), {
+    const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s", workers, l4), {
       name: "meshd-a",
       deno: DENO_FLAGS,
     });
@@ -170,6 +207,11 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const newConns: Load = { sent: 0, failed: [] };
     const keepAlive: Load = { sent: 0, failed: [] };
     const tcpConns: Load = { sent: 0, failed: [] };
+    // TCP connections reset before any byte came back, by the client's port and when (ms) it
+    // connected and saw the reset: the accept-queue resets below, unless a meshd accepted them.
+    const tcpResets: TcpTry[] = [];
+    // The other failed ones, each named below with the meshd that logged it, if one did.
+    const tcpFailed: TcpTry[] = [];
     const request = (close: boolean) =>
       enc.encode(
         `GET / HTTP/1.1\r\nHost: web.ho.mesh\r\n${close ? "Connection: close\r\n" : ""}\r\n`,
@@ -222,24 +264,42 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
       c?.close();
     })());
     loops.push((async () => {
+      const buf = new Uint8Array(1024);
       while (!stopLoad) {
         tcpConns.sent++;
+        let c: Deno.TcpConn | null = null;
+        let got = "";
+        const from = Date.now();
         try {
-          const c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
-          try {
-            await c.write(enc.encode("ping\n"));
-            await c.closeWrite();
-            const got = dec.decode(await new Response(c.readable).arrayBuffer());
-            if (!got.endsWith("ping\n")) tcpConns.failed.push(`echoed ${JSON.stringify(got)}`);
-          } catch (e) {
-            // (Reading `c.readable` may have closed it already: report the first error.)
-            try {
-              c.close();
-            } catch { /* closed */ }
-            throw e;
+          c = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
+          await c.write(enc.encode("ping\n"));
+          await c.closeWrite();
+          for (let n; (n = await c.read(buf)) !== null;) got += dec.decode(buf.subarray(0, n));
+          if (!got.endsWith("ping\n")) {
+            const what = `echoed ${JSON.stringify(got)}`;
+            tcpFailed.push({ port: c.localAddr.port, what, from, to: Date.now() });
           }
         } catch (e) {
-          tcpConns.failed.push(String(e));
+          // The echo answers each connection with a line first: bytes before the reset mean a
+          // meshd had relayed it. A reset before connect() returned (the socket's error, read
+          // once the handshake completed) has no port to look up, and no meshd sent it: meshd
+          // closing a connection sends a FIN (Deno's close does, even with the client's bytes
+          // unread): the client reads the end (so in every case made to happen here).
+          const port = c?.localAddr.port ?? null;
+          if (got === "" && isReset(e)) {
+            tcpResets.push({ port, what: String(e), from, to: Date.now() });
+          } else {
+            tcpFailed.push({
+              port,
+              what: `${e} after ${JSON.stringify(got)}`,
+              from,
+              to: Date.now(),
+            });
+          }
+        } finally {
+          try {
+            c?.close();
+          } catch { /* closed */ }
         }
       }
     })());
@@ -249,7 +309,7 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
 
     // The successor binds the same ports, then the first one is told to stop.
-    const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null, workers), {
+    const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null, workers, l4), {
       name: "meshd-b",
       deno: DENO_FLAGS,
     });
@@ -258,7 +318,9 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     const before = { n: newConns.sent, k: keepAlive.sent, t: tcpConns.sent };
     const status = await a.stop();
     assert.equal(status.code, 0, a.lines.join("\n"));
-    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    const drained = logLines(a).find((l) => l.msg === "drained") as
+      | { successor: boolean; open: number; ms: number }
+      | undefined;
     assert.ok(drained, `meshd A logged its drain:\n${a.lines.join("\n")}`);
     assert.equal(drained.successor, true);
     assert.equal(
@@ -277,6 +339,8 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     );
     stopLoad = true;
     await Promise.all(loops);
+    // B's access log lines are all out once it has stopped.
+    assert.equal((await b.stop()).code, 0, b.lines.slice(-20).join("\n"));
     // Without net.ipv4.tcp_migrate_req (the DaemonSet's init container sets it in the node's
     // network namespace; a test may not change the host's), the kernel resets a connection
     // still in the closing listener's accept queue: at most a few, at the switch, and nothing
@@ -288,30 +352,77 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
         return false;
       }
     })();
-    // (The same holds for the TCP service's listener: a new connection each time too.)
     // The keep-alive loop's first request on a connection it has just opened counts the same.
     let queuedResets = 0;
-    for (
-      const [l, prefix] of [[newConns, ""], [tcpConns, ""], [
-        keepAlive,
-        "new connection: ",
-      ]] as const
-    ) {
+    for (const [l, prefix] of [[newConns, ""], [keepAlive, "new connection: "]] as const) {
       if (migrates) continue;
       const queued = (f: string) => f.startsWith(`${prefix}ConnectionReset`);
       queuedResets += l.failed.filter(queued).length;
       l.failed = l.failed.filter((f) => !queued(f));
     }
+    // The same holds for the TCP service's listener (a new connection each time too), and
+    // there it can be told apart: a connection either meshd accepted is in its access log, by
+    // the client's port and the time, and one it accepted and then reset is its own failure.
+    // (A port comes back for a later connection, but only a second or more after the last one
+    // on it ended: tcp_tw_reuse.)
+    let tcpQueued = 0;
+    const accepted: { port: number; start: number; end: number; by: string }[] = [];
+    for (const [who, m] of [["meshd A", a], ["meshd B", b]] as const) {
+      for (const l of logLines(m)) {
+        if (l.protocol !== "tcp" || typeof l.source !== "string") continue;
+        const start = Date.parse(String(l.time));
+        accepted.push({
+          port: Number(l.source.split(":").at(-1)),
+          start,
+          end: start + Number(l.duration_ms),
+          by: `${who} (reason ${l.reason})`,
+        });
+      }
+    }
+    assert.ok(accepted.length > 0, "no access log line of a TCP connection");
+    const SLACK_MS = 100; // times logged to the ms, and taken after a wait on a busy machine
+    const loggedBy = (t: TcpTry) =>
+      t.port === null
+        ? undefined
+        : accepted.find((x) =>
+          x.port === t.port && x.start <= t.to + SLACK_MS && x.end >= t.from - SLACK_MS
+        )?.by;
+    for (const f of tcpFailed) {
+      const by = loggedBy(f);
+      tcpConns.failed.push(
+        `${f.what} (port ${f.port}; ${by ? `accepted by ${by}` : "in no meshd's access log"})`,
+      );
+    }
+    for (const r of tcpResets) {
+      const by = loggedBy(r);
+      if (by !== undefined) {
+        tcpConns.failed.push(`${r.what} (port ${r.port}) on a connection ${by} had accepted`);
+      } else if (migrates) {
+        tcpConns.failed.push(`${r.what} (port ${r.port}) with tcp_migrate_req on`);
+      } else {
+        queuedResets++;
+        tcpQueued++;
+      }
+    }
     assert.ok(queuedResets <= 3, `${queuedResets} new connections reset at the switch`);
     const figures = { newConns, keepAlive, tcpConns };
+    // meshd A's lifecycle lines (not its access log or debug lines) say how its drain went.
+    const aLog = () =>
+      logLines(a).filter((l) => l.level !== undefined && l.level !== "debug")
+        .slice(-25).map((l) => JSON.stringify(l)).join("\n");
     for (const [name, l] of Object.entries(figures)) {
-      assert.deepEqual(l.failed, [], `${name}: ${l.failed.length} of ${l.sent} failed`);
+      if (l.failed.length === 0) continue;
+      assert.deepEqual(
+        l.failed,
+        [],
+        `${name}: ${l.failed.length} of ${l.sent} failed; meshd A's last lines:\n${aLog()}`,
+      );
     }
     console.log(
       `handover: ${newConns.sent} new HTTP connections, ${keepAlive.sent} keep-alive requests, ` +
         `${tcpConns.sent} TCP connections, 0 failed` +
         (migrates ? "" : ` (${queuedResets} new connections reset in the old accept queue, ` +
-          "tcp_migrate_req off)") +
+          `${tcpQueued} of them TCP with no meshd's access log line; tcp_migrate_req off)`) +
         `; drain took ${drained.ms} ms`,
     );
   } finally {
@@ -328,12 +439,17 @@ Deno.test(
 );
 
 Deno.test(
+  "a draining meshd with --l4-worker stays until the answer to a UDP datagram its L4 worker forwarded has gone back",
+  () => udpHandover(1, true),
+);
+
+Deno.test(
   "a draining meshd with --workers 2 stays until the answer to a UDP datagram it forwarded has gone back",
   () => udpHandover(2),
 );
 
 /** The UDP part of a handover, both meshd processes with `workers` proxy workers. */
-async function udpHandover(workers: number): Promise<void> {
+async function udpHandover(workers: number, l4 = false): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-handover-udp-" });
   const children: Child[] = [];
   // The endpoint holds its answer until the test lets it go.
@@ -368,7 +484,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     );
     const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
     const args = (api: number, drain: string | null) => [
-      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers),
+      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers, l4),
       "--udp-ports",
       `${ports.udp}-${ports.udp}`,
     ];
@@ -402,7 +518,7 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     assert.equal(answer, "answer to query 1", a.lines.slice(-10).join("\n"));
     const status = await stopped;
     assert.equal(status.code, 0, a.lines.join("\n"));
-    const drained = a.lines.map((l) => JSON.parse(l)).find((l) => l.msg === "drained");
+    const drained = logLines(a).find((l) => l.msg === "drained");
     assert.equal(drained?.open, 0, a.lines.join("\n"));
   } finally {
     client.close();

@@ -1,0 +1,154 @@
+import { renderSnapshots } from "../observability/mod.ts";
+import type { Registry } from "../observability/mod.ts";
+import type { MeshConfig } from "../topology/mod.ts";
+import type { DataPlane } from "./data_plane.ts";
+import {
+  type BindError,
+  type ListenerState,
+  NodeProxy,
+  type NodeProxyOptions,
+} from "./node_proxy.ts";
+import { defaultLimits, FALLBACK_FD_LIMIT, readFdLimit } from "./limits.ts";
+import { ProxyPool, ProxyWorkerError, type WorkerProxyOptions } from "./proxy_pool.ts";
+import { workerShare } from "./worker_share.ts";
+
+/** Options for {@linkcode SplitPlane}. */
+export interface SplitPlaneOptions {
+  /** The proxy of this isolate: the HTTP entrypoint. */
+  proxy: NodeProxyOptions;
+  /** What the L4 worker's proxy is made with (plain data). */
+  worker: WorkerProxyOptions;
+  /** See {@linkcode ProxyPool}'s `udpWaitMs`. */
+  udpWaitMs?: number;
+  /** The L4 worker's module; a test seam. */
+  entry?: URL;
+}
+
+/**
+ * The node proxy with its TCP and UDP ports in a worker of their own (`--l4-worker` with one
+ * proxy): HTTP is served in this isolate, as without the flag, and every TCP and UDP service
+ * port by an L4 worker on meshd's own event loop (a {@linkcode ProxyPool} of that one worker).
+ * It answers as one NodeProxy does: a config applies to both or to neither, `/metrics` sums
+ * both, and the HTTP side keeps the config in this isolate alone (no second copy for HTTP).
+ *
+ * @example
+ * ```ts
+ * const plane = new SplitPlane({ proxy: { hostname, httpPort: 5000, logger }, worker: { hostname, httpPort: 0 } });
+ * await plane.start();
+ * await plane.apply(config);
+ * ```
+ */
+export class SplitPlane implements DataPlane {
+  readonly #http: NodeProxy;
+  readonly #l4: ProxyPool;
+  #config: MeshConfig | null = null;
+
+  constructor(options: SplitPlaneOptions) {
+    // The connection caps are the process's: each side holds half of them (as the workers of a
+    // pool share them). UDP flows are the L4 worker's alone.
+    const all = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, options.proxy.limits);
+    const half = (v: number) => Math.max(1, Math.ceil(v / 2));
+    const limits = {
+      ...all,
+      maxConnections: half(all.maxConnections),
+      maxConnectionsPerSource: half(all.maxConnectionsPerSource),
+    };
+    this.#http = new NodeProxy({ ...options.proxy, limits });
+    this.#l4 = new ProxyPool({
+      workers: 0,
+      l4Worker: true,
+      proxy: { ...options.worker, limits },
+      logger: options.proxy.logger,
+      udpWaitMs: options.udpWaitMs,
+      entry: options.entry,
+      registry: this.#http.registry,
+    });
+  }
+
+  get registry(): Registry {
+    return this.#http.registry;
+  }
+
+  get httpAddress(): string {
+    return this.#http.httpAddress;
+  }
+
+  /** The version both sides route by. */
+  get version(): number {
+    return Math.min(this.#http.version, this.#l4.version);
+  }
+
+  get inFlight(): number {
+    return this.#http.inFlight + this.#l4.inFlight;
+  }
+
+  /** Binds the HTTP entrypoint, then starts the L4 worker. Throws if either cannot. */
+  async start(): Promise<void> {
+    await this.#http.start();
+    try {
+      await this.#l4.start();
+    } catch (e) {
+      await this.#http.stop();
+      throw e;
+    }
+  }
+
+  /**
+   * Moves both sides to `config`. If the L4 worker cannot take it, or this isolate's proxy
+   * fails after it did, both keep (or go back to) the config before, and this throws.
+   */
+  async apply(config: MeshConfig): Promise<void> {
+    await this.#l4.apply(config);
+    try {
+      await this.#http.apply(workerShare(config, { index: 0, count: 1, role: "http" }));
+    } catch (e) {
+      const previous = this.#config;
+      if (previous) await this.#l4.apply(previous).catch(() => {});
+      throw new ProxyWorkerError(
+        `Cannot apply config version ${config.version}: ${(e as Error).message}; ` +
+          `the proxy keeps version ${previous?.version ?? 0}`,
+        { cause: e },
+      );
+    }
+    this.#config = config;
+  }
+
+  listener(protocol: string, listenPort: number | null): ListenerState {
+    return protocol === "http"
+      ? this.#http.listener(protocol, listenPort)
+      : this.#l4.listener(protocol, listenPort);
+  }
+
+  bindErrors(): BindError[] {
+    return [...this.#http.bindErrors(), ...this.#l4.bindErrors()];
+  }
+
+  listening(): {
+    tcp: number[];
+    udp: number[];
+    own: { tcp: ReadonlyMap<number, number>; udp: ReadonlyMap<number, number> };
+  } {
+    const http = this.#http.listening();
+    const l4 = this.#l4.listening();
+    const tcp = new Map(l4.own.tcp);
+    for (const p of http.tcp) tcp.set(p, (tcp.get(p) ?? 0) + 1);
+    return { tcp: [...tcp.keys()], udp: l4.udp, own: { tcp, udp: l4.own.udp } };
+  }
+
+  udpAwaitingAnswer(ms: number): number {
+    return this.#l4.udpAwaitingAnswer(ms);
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all([this.#http.drain(), this.#l4.drain()]);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.#http.stop(), this.#l4.stop()]);
+  }
+
+  /** `/metrics`: this isolate's registry and the L4 worker's series, each series once. */
+  async metrics(): Promise<string> {
+    return renderSnapshots([this.#http.registry.snapshot(), ...await this.#l4.workerMetrics()]);
+  }
+}
