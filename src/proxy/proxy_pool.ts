@@ -257,6 +257,8 @@ export class ProxyPool {
    */
   async start(): Promise<void> {
     const [first, ...rest] = this.#slots;
+    // An L4 worker alone (beside an entrypoint of the main isolate's) is given that port.
+    this.#httpPort = this.#opts.proxy.httpPort;
     if (first!.role === "l4") rest.unshift(first!);
     else {
       await this.#startSlot(first!, this.#opts.proxy.httpPort);

@@ -9,9 +9,8 @@
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./node_proxy.ts";
 import { useFdLedger } from "../engine/fd_ledger.ts";
-import { workerShare, type WorkerSlot } from "./worker_share.ts";
+import { type OwnPorts, siblingPorts, workerShare, type WorkerSlot } from "./worker_share.ts";
 import type { ToWorker, WorkerState } from "./proxy_pool.ts";
-import type { MeshConfig } from "../topology/mod.ts";
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -25,32 +24,9 @@ let udpWaitMs = 5_000;
 /** Applies run one at a time, in the order they came. */
 let chain: Promise<unknown> = Promise.resolve();
 let lastState = "";
-/** This meshd's ports that other workers serve (see {@linkcode siblingsOf}). */
-let siblings: { tcp: ReadonlySet<number>; udp: ReadonlySet<number> } = {
-  tcp: new Set(),
-  udp: new Set(),
-};
+/** This meshd's ports that proxies of other roles serve (see {@linkcode siblingPorts}). */
+let siblings: OwnPorts = { tcp: new Set(), udp: new Set() };
 let httpPort = 0;
-
-/**
- * The ports of `config` that workers of other roles serve: beside an L4 worker, the HTTP
- * entrypoint is the HTTP workers' and the TCP and UDP ports are the L4 worker's. An endpoint at
- * one of them is this meshd as much as one at a listener of this worker's.
- */
-function siblingsOf(config: MeshConfig): typeof siblings {
-  const tcp = new Set<number>();
-  const udp = new Set<number>();
-  if (slot.role === "l4") tcp.add(httpPort);
-  if (slot.role === "http") {
-    for (const s of config.services) {
-      for (const p of s.ports) {
-        if (p.listenPort === null || p.protocol === "http") continue;
-        (p.protocol === "udp" ? udp : tcp).add(p.listenPort);
-      }
-    }
-  }
-  return { tcp, udp };
-}
 
 function state(): WorkerState {
   const p = proxy!;
@@ -112,7 +88,7 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
     }
     case "apply":
       chain = chain.then(() => {
-        siblings = siblingsOf(m.config);
+        siblings = siblingPorts(m.config, slot.role ?? "all", httpPort);
         return proxy!.apply(workerShare(m.config, slot));
       }).then(
         () => reply({ t: "ok", state: sent() }),

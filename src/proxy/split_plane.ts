@@ -10,7 +10,7 @@ import {
 } from "./node_proxy.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, readFdLimit } from "./limits.ts";
 import { ProxyPool, ProxyWorkerError, type WorkerProxyOptions } from "./proxy_pool.ts";
-import { workerShare } from "./worker_share.ts";
+import { type OwnPorts, siblingPorts, workerShare } from "./worker_share.ts";
 
 /** Options for {@linkcode SplitPlane}. */
 export interface SplitPlaneOptions {
@@ -41,6 +41,10 @@ export interface SplitPlaneOptions {
 export class SplitPlane implements DataPlane {
   readonly #http: NodeProxy;
   readonly #l4: ProxyPool;
+  /** What the L4 worker is started with (its HTTP port is set once the entrypoint is bound). */
+  readonly #worker: WorkerProxyOptions;
+  /** The L4 worker's TCP and UDP ports in the config in force: loops for the entrypoint. */
+  #siblings: OwnPorts = { tcp: new Set(), udp: new Set() };
   #config: MeshConfig | null = null;
 
   constructor(options: SplitPlaneOptions) {
@@ -53,11 +57,12 @@ export class SplitPlane implements DataPlane {
       maxConnections: half(all.maxConnections),
       maxConnectionsPerSource: half(all.maxConnectionsPerSource),
     };
-    this.#http = new NodeProxy({ ...options.proxy, limits });
+    this.#http = new NodeProxy({ ...options.proxy, limits, siblingPorts: () => this.#siblings });
+    this.#worker = { ...options.worker, limits };
     this.#l4 = new ProxyPool({
       workers: 0,
       l4Worker: true,
-      proxy: { ...options.worker, limits },
+      proxy: this.#worker,
       logger: options.proxy.logger,
       udpWaitMs: options.udpWaitMs,
       entry: options.entry,
@@ -85,6 +90,8 @@ export class SplitPlane implements DataPlane {
   /** Binds the HTTP entrypoint, then starts the L4 worker. Throws if either cannot. */
   async start(): Promise<void> {
     await this.#http.start();
+    // The L4 worker refuses an endpoint at the entrypoint as a loop: it needs the bound port.
+    this.#worker.httpPort = Number(this.#http.httpAddress.split(":").pop());
     try {
       await this.#l4.start();
     } catch (e) {
@@ -99,9 +106,12 @@ export class SplitPlane implements DataPlane {
    */
   async apply(config: MeshConfig): Promise<void> {
     await this.#l4.apply(config);
+    const siblings = this.#siblings;
     try {
+      this.#siblings = siblingPorts(config, "http", 0);
       await this.#http.apply(workerShare(config, { index: 0, count: 1, role: "http" }));
     } catch (e) {
+      this.#siblings = siblings;
       const previous = this.#config;
       if (previous) await this.#l4.apply(previous).catch(() => {});
       throw new ProxyWorkerError(

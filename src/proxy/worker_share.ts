@@ -14,6 +14,42 @@ export interface WorkerSlot {
   role?: "all" | "http" | "l4";
 }
 
+/** Ports of this meshd by protocol: see {@linkcode siblingPorts}. */
+export interface OwnPorts {
+  tcp: ReadonlySet<number>;
+  udp: ReadonlySet<number>;
+}
+
+/**
+ * The ports of `config` that a proxy of `role` does not serve and another proxy of the same
+ * meshd does: the HTTP entrypoint (`httpPort`) for the L4 worker, the TCP and UDP ports for an
+ * HTTP proxy beside it. An endpoint at one of them is this meshd as much as one at a listener
+ * of its own: a forwarding loop. Empty for a proxy that serves every port. Pure.
+ *
+ * @example
+ * ```ts
+ * const own = siblingPorts(config, "http", 5000); // the L4 worker's TCP and UDP ports
+ * ```
+ */
+export function siblingPorts(
+  config: MeshConfig,
+  role: "all" | "http" | "l4",
+  httpPort: number,
+): OwnPorts {
+  const tcp = new Set<number>();
+  const udp = new Set<number>();
+  if (role === "l4") tcp.add(httpPort);
+  if (role === "http") {
+    for (const s of config.services) {
+      for (const p of s.ports) {
+        if (p.listenPort === null || p.protocol === "http") continue;
+        (p.protocol === "udp" ? udp : tcp).add(p.listenPort);
+      }
+    }
+  }
+  return { tcp, udp };
+}
+
 /**
  * The part of `config` one proxy worker of `count` serves. Every worker gets every HTTP and TCP
  * route (they all bind those ports with SO_REUSEPORT and the kernel spreads connections). A UDP

@@ -43,8 +43,10 @@ function tcpExchange(m: Meshd, port: number): Promise<string> {
   });
 }
 
-for (const l4 of [false, true]) {
-  Deno.test(`meshd refuses a TCP endpoint at its HTTP entrypoint and an HTTP endpoint at its TCP listener${l4 ? " (--l4-worker)" : ""}`, async () => {
+// One process; the entrypoint here and TCP in the L4 worker; HTTP in two workers beside it.
+for (const flags of [[], ["--l4-worker"], ["--workers", "2", "--l4-worker"]]) {
+  const named = flags.length ? ` (${flags.join(" ")})` : "";
+  Deno.test(`meshd refuses a TCP endpoint at its HTTP entrypoint and an HTTP endpoint at its TCP listener${named}`, async () => {
     const web = new CountingBackend(WEB);
     let m: Meshd | undefined;
     try {
@@ -52,7 +54,7 @@ for (const l4 of [false, true]) {
         address: MESHD,
         nofile: 512,
         services: 3,
-        ...(l4 ? { flags: ["--l4-worker"], ffi: true } : {}),
+        ...(flags.length ? { flags, ffi: true } : {}),
         config: ({ http, tcp }) => [
           service("web", 80),
           slice("web", WEB, web.port),
