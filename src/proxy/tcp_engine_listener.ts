@@ -205,7 +205,8 @@ export class TcpEngineListener {
           }),
       );
     } catch (e) {
-      // A dial that close(true) cut short is no failure worth a line.
+      // A dial that close(true) cut short is no failure worth a warning: its access log line
+      // says shutdown, as one stopped while it dialled does on Deno's I/O.
       if (!this.#aborted) {
         this.#opts.logger.warn("tcp connection failed", {
           port: this.#opts.port,
@@ -216,6 +217,18 @@ export class TcpEngineListener {
       this.#pending.delete(fd);
     }
     if (!d || this.#aborted) {
+      if (this.#aborted) {
+        root.log?.write({
+          ...tcpAccessEntry(
+            peer,
+            d ?? { root, target: root, tries: 1 },
+            started,
+            performance.now(),
+          ),
+          endpoint: d?.ep.key,
+          reason: "shutdown",
+        });
+      }
       if (d) d.ep.inflight--, closeFd(d.upstream);
       closeFd(fd);
       this.#maybeDrained();

@@ -12,6 +12,7 @@ import { Reactor } from "../engine/reactor.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
+import { AccessLog } from "./access_log.ts";
 import { bindSocket, closeFd, dialTcp, localAddress } from "../engine/sockets.ts";
 import { AF_INET, libcNet, SOCK_NONBLOCK, SOCK_STREAM, sockaddr } from "../../ffi/libc_net.ts";
 
@@ -45,12 +46,13 @@ function echoBackend(): { port: number; connections: () => number; close(): Prom
  */
 async function withListener(
   ports: number[],
-  options: Partial<TcpEngineListenerOptions>,
+  options: Partial<TcpEngineListenerOptions> & { accessLog?: AccessLog },
   fn: (listener: TcpEngineListener, route: Route) => Promise<void>,
 ): Promise<void> {
+  const { accessLog, ...listenerOptions } = options;
   const host = options.hostname ?? HOST;
   const listenPort = freePort(host);
-  const state = newRouteState();
+  const state = newRouteState({ accessLog: accessLog ?? null });
   const table = buildRouteTable(
     meshConfig([{
       name: "echo",
@@ -72,7 +74,7 @@ async function withListener(
     route: () => route,
     pool: state.pool,
     logger: quiet,
-    ...options,
+    ...listenerOptions,
   });
   const running = reactor.run();
   try {
@@ -218,9 +220,11 @@ Deno.test("TcpEngineListener.close with abort ends connections still dialling at
   try {
     const before = openFds();
     let closedIn = 0;
+    const lines: string[] = [];
+    const accessLog = new AccessLog({ mode: "json", write: (l) => lines.push(l) });
     await withListener(
       [localAddress(backlog).port],
-      { hostname: host, connectTimeoutMs: 20_000 },
+      { hostname: host, connectTimeoutMs: 20_000, accessLog },
       async (l, route) => {
         const conn = await Deno.connect({ hostname: host, port: l.addr.port });
         await waitFor("the connection to be dialling", () => l.open === 1 || undefined);
@@ -230,8 +234,10 @@ Deno.test("TcpEngineListener.close with abort ends connections still dialling at
         assert.equal(l.open, 0);
         assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
         conn.close();
-        // Cut short by the proxy, not failed by the endpoint: nothing held against it.
+        // Cut short by the proxy, not failed by the endpoint: nothing held against it, and its
+        // line says meshd stopped it (as on Deno's I/O).
         assert.deepEqual(route.readyStates.map((e) => [e.failures, e.inflight]), [[0, 0]]);
+        assert.deepEqual(lines.map((l) => JSON.parse(l).reason), ["shutdown"]);
       },
     );
     assert.ok(closedIn < 2000, `close(true) took ${Math.round(closedIn)} ms`);
