@@ -110,6 +110,14 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
     help: "One line per event, key=value or JSON",
   },
   {
+    name: "watchdog",
+    kind: "duration",
+    arg: "DURATION",
+    help: "Log an error, with the RSS, when meshd's main thread has been stuck for DURATION " +
+      "(it then serves and logs nothing), and again when it moves; the watch is a thread of " +
+      "its own, about 14 MiB (default: none)",
+  },
+  {
     name: "access-log",
     kind: "string",
     values: ["off", "json", "logfmt"],

@@ -1,6 +1,6 @@
 import denoJson from "../../deno.json" with { type: "json" };
 import { ConfigStore } from "../node/mod.ts";
-import { Logger, registerBuildInfo, Registry } from "../observability/mod.ts";
+import { Logger, registerBuildInfo, Registry, startWatchdog } from "../observability/mod.ts";
 import { CliError, type CliIo, needDir } from "./common.ts";
 import { drain } from "./drain.ts";
 import { fileMode } from "./file_mode.ts";
@@ -42,6 +42,12 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
     ? km.kubeMode(ctx, setup, { caCerts, advertise, store })
     : fileMode(ctx, { dir: dir!, caCerts });
   const stack = new ServiceStack();
+  // Started before any service and stopped after all: a main thread stuck at any point says so.
+  const watchdog = startWatchdog({
+    stallMs: config.watchdogMs,
+    level: config.log.level,
+    format: config.log.format,
+  });
   try {
     await stack.start(assembly.services);
     const first = await assembly.untilReady();
@@ -52,6 +58,7 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
     return 0;
   } finally {
     await stack.stop();
+    watchdog.stop();
   }
 }
 

@@ -32,6 +32,8 @@ export interface RunConfig {
   reusePort: boolean;
   /** `--drain-timeout`; 0 when unset (stop at once). */
   drainMs: number;
+  /** `--watchdog`; 0 when unset (no watch). */
+  watchdogMs: number;
   api: { address: string; port: number };
   /** The health and metrics ports, each apart from the API's only when given. */
   health: { address: string; port?: number; metricsPort?: number };
@@ -89,6 +91,7 @@ export function runConfig(values: FlagValues): RunConfig {
     },
     reusePort: v.bool("reuse-port"),
     drainMs: v.optionalNumber("drain-timeout") ?? 0,
+    watchdogMs: v.optionalNumber("watchdog") ?? 0,
     api: { address: v.string("api-address"), port: v.number("api-port") },
     health: {
       address: v.string("health-address"),

@@ -24,6 +24,8 @@ Deno.test("runConfig() types the defaults and turns --dns-ttl into whole seconds
   assert.equal(c.proxy.workers, 1);
   assert.equal(c.dns.ttlSeconds, 5);
   assert.equal(c.drainMs, 0);
+  assert.equal(c.watchdogMs, 0, "no watch unless asked");
+  assert.equal(parse(["--watchdog", "3s"]).watchdogMs, 3000);
   assert.equal(c.health.port, undefined);
   assert.deepEqual(c.compile.tcpPorts, { first: 10000, last: 14999 });
   assert.equal(parse(["--dns-ttl", "200ms"]).dns.ttlSeconds, 1, "at least one second");

@@ -155,6 +155,14 @@ export class DistributionClient {
       "grpc.default_authority": LEADER_TLS_NAME,
       // gRPC refuses messages over 4 MiB by default; a snapshot of 10,000 services is larger.
       "grpc.max_receive_message_length": MAX_UPDATE_BYTES,
+      // No retries inside grpc-js: this loop retries, with backoff. When a leader's SETTINGS
+      // and GOAWAY arrive in one read (it stepped down as this node connected, and this node
+      // read late), grpc-js 1.14 reports the GOAWAY before anyone listens for it, then marks the
+      // dead connection ready; every call on it fails before it is sent, and its "transparent
+      // retry" of such calls starts the next attempt at once, in a microtask, without end. No
+      // timer or I/O ran again, and memory grew until the kubelet killed the pod. With retries
+      // off, the call fails to us, this client closes, and the next attempt connects anew.
+      "grpc.enable_retries": 0,
     });
     this.#client = client;
     this.#session = leader;

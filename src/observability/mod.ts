@@ -8,3 +8,4 @@ export * from "./log.ts";
 export * from "./metrics.ts";
 export * from "./api_server.ts";
 export * from "./build_info_metric.ts";
+export * from "./watchdog.ts";
