@@ -49,6 +49,11 @@ export interface ReactorOptions {
   maxIdleMs?: number;
   /** Under load, the isolate's promises and messages run at least this often, ms. Default 5. */
   yieldEveryMs?: number;
+  /**
+   * Under load, the isolate's own timers (`setTimeout`, `setInterval`) run at least this often,
+   * ms: one of the yields is a `setTimeout(0)` then, which costs about 1 ms. Default 100.
+   */
+  timerYieldEveryMs?: number;
   /** A handler or timer that threw; the loop goes on. Default: printed to stderr. */
   onError?: (e: unknown) => void;
 }
@@ -95,6 +100,7 @@ export class Reactor {
   readonly #spinMs: number;
   readonly #maxIdleMs: number;
   readonly #yieldEveryMs: number;
+  readonly #timerYieldEveryMs: number;
   /** An eventfd in the epoll set: {@linkcode Reactor.wake} ends a wait at once. */
   readonly #wakeFd: number;
   readonly #wakeBuf = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -104,6 +110,7 @@ export class Reactor {
     this.#spinMs = options.spinMs ?? 1;
     this.#maxIdleMs = options.maxIdleMs ?? 1000;
     this.#yieldEveryMs = options.yieldEveryMs ?? 5;
+    this.#timerYieldEveryMs = options.timerYieldEveryMs ?? 100;
     this.#onError = options.onError ?? ((e) => console.error("reactor:", e));
     this.#ep = this.#libc.call.epoll_create1(EPOLL_CLOEXEC);
     if (this.#ep < 0) throw this.error("epoll_create1");
@@ -217,8 +224,9 @@ export class Reactor {
    * time, and lets the isolate run (its promises and messages) every `yieldEveryMs`, through a
    * message to itself. Once a wait finds nothing, it waits on a thread of Deno's blocking pool
    * instead, and the isolate's event loop (timers too) runs until an event comes: an idle loop
-   * holds no thread and delays no timer. Deno's timers run late while the loop is busy; the
-   * loop's own ({@linkcode Reactor.after}) do not.
+   * holds no thread and delays no timer. While the loop is busy, Deno's timers run every
+   * `timerYieldEveryMs` (a worker's state reports, a bind retry); the loop's own
+   * ({@linkcode Reactor.after}) run on time.
    */
   async run(): Promise<void> {
     if (this.#running) throw new Error("the reactor runs already");
@@ -232,20 +240,29 @@ export class Reactor {
         resume = resolve;
         channel.port1.postMessage(null);
       });
+    // A macrotask after the isolate's due timers: the isolate's event loop takes a whole turn.
+    const yieldToTimers = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
     let lastYield = performance.now();
+    let lastTimerYield = lastYield;
     try {
       while (!this.#stopped) {
         const timer = this.#untilTimer();
         let n = this.#waitHere(this.#settle ? 0 : Math.min(this.#spinMs, timer));
         if (n === 0 && !this.#settle && timer > 0) {
           n = await this.#waitAway(Math.min(this.#maxIdleMs, timer));
-          lastYield = performance.now();
+          lastYield = lastTimerYield = performance.now();
         }
         this.#dispatch(n);
         this.#runTimers();
-        if (this.#settle || performance.now() - lastYield >= this.#yieldEveryMs) {
+        const now = performance.now();
+        if (this.#settle || now - lastYield >= this.#yieldEveryMs) {
           this.#settle = false;
-          await yieldToJs();
+          if (now - lastTimerYield >= this.#timerYieldEveryMs) {
+            await yieldToTimers();
+            lastTimerYield = performance.now();
+          } else {
+            await yieldToJs();
+          }
           lastYield = performance.now();
         }
       }

@@ -142,3 +142,38 @@ Deno.test("Reactor drops cancelled timers before they make up most of its heap",
   await r.run();
   assert.deepEqual(order, ["10", "20"]);
 });
+
+Deno.test("Reactor lets the isolate's own timers run while it is kept busy", async () => {
+  // A socket that is always readable keeps the loop busy: it never waits away from its thread.
+  const r = new Reactor({ timerYieldEveryMs: 50 });
+  const fd = bindSocket("udp", HOST, 0);
+  const to = localAddress(fd);
+  const sender = Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
+  let handled = 0;
+  r.add(fd, EPOLLIN, () => {
+    handled++;
+    // Reads nothing: the datagram stays, and the socket stays readable.
+  });
+  let ticks = 0;
+  const interval = setInterval(() => ticks++, 10);
+  try {
+    await sender.send(new Uint8Array(1), { transport: "udp", hostname: HOST, port: to.port });
+    const running = r.run();
+    await waitFor("the loop to be busy", () => handled > 100 || undefined);
+    const before = ticks;
+    const until = performance.now() + 600;
+    await waitFor("600 ms", () => performance.now() >= until || undefined, 5_000, 20);
+    const during = ticks - before;
+    r.stop();
+    await running;
+    // A timer every 10 ms, let run every 50 ms or so: some 12 turns in 600 ms.
+    assert.ok(
+      during >= 5,
+      `the isolate's 10 ms timer ran ${during} times in 600 ms of a busy loop`,
+    );
+  } finally {
+    clearInterval(interval);
+    sender.close();
+    closeFd(fd);
+  }
+});
