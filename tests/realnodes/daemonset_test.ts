@@ -707,6 +707,20 @@ Deno.test({
         all,
       ],
       ["deleting the leader's meshd pod (userspace)", deleteLeader, 1],
+      // TCP and UDP on meshd's own event loop, in a worker of their own.
+      ["switching to the L4 worker (--l4-worker)", () =>
+        kubectl(
+          "patch",
+          "daemonset/meshd",
+          "--type=json",
+          "-p",
+          JSON.stringify([{
+            op: "add",
+            path: "/spec/template/spec/containers/0/args/-",
+            value: "--l4-worker",
+          }]),
+        ), all],
+      ["deleting the leader's meshd pod (--l4-worker)", deleteLeader, 1],
     ];
     const figures: string[] = [];
     for (const [what, disrupt, replaces] of disruptions) {
@@ -716,6 +730,8 @@ Deno.test({
       const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
       const chosen = logs.out.split("\n").find((l) => l.includes("data path chosen")) ?? "";
       assert.match(chosen, /datapath=userspace/, `${p.metadata.name}: ${chosen}`);
+      const l4 = logs.out.split("\n").find((l) => l.includes("proxy workers started")) ?? "";
+      assert.match(l4, /l4Worker=true/, `${p.metadata.name}: the L4 worker did not start`);
     }
     console.log(`rollouts under load:\n  ${figures.join("\n  ")}`);
     console.log((await meshdRestarts(c)).text);
