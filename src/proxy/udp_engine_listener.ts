@@ -30,9 +30,13 @@ interface Target extends UdpTarget {
   route: Route;
   /** The route whose endpoints serve it (the root, or a split backend). */
   target: Route;
-  /** `Date.now()` when the client last sent, and when the endpoint last answered (0: never). */
+  /** `Date.now()` when the client last sent. */
   lastSent: number;
-  lastAnswer: number;
+  /**
+   * Whether the client sent after the endpoint's last answer (or before any): kept as a flag,
+   * not by comparing times, as a request and the answer before it often share a millisecond.
+   */
+  awaiting: boolean;
   /** `Date.now()` when it last moved to the back of the flow table's eviction order. */
   touched: number;
   startedAt: number;
@@ -109,6 +113,7 @@ export class UdpEngineListener {
         const t = flow.target;
         if (way === "up") {
           const now = t.lastSent = Date.now();
+          t.awaiting = true;
           if (now - t.touched >= TOUCH_MS) {
             t.touched = now;
             this.#relay.touch(flow);
@@ -117,8 +122,8 @@ export class UdpEngineListener {
           t.route.metrics.bytesIn.inc(n);
           t.bytesIn += n;
         } else {
-          if (t.lastAnswer < t.lastSent) options.pool.success(t.endpoint);
-          t.lastAnswer = Date.now();
+          if (t.awaiting) options.pool.success(t.endpoint);
+          t.awaiting = false;
           t.route.metrics.bytesOut.inc(n);
           t.bytesOut += n;
         }
@@ -168,7 +173,7 @@ export class UdpEngineListener {
     let n = 0;
     for (const f of this.#relay.values()) {
       const t = f.target;
-      if (t.lastSent >= since && t.lastAnswer < t.lastSent) n++;
+      if (t.awaiting && t.lastSent >= since) n++;
     }
     return n;
   }
@@ -212,7 +217,7 @@ export class UdpEngineListener {
       route: root,
       target: picked.target,
       lastSent: now,
-      lastAnswer: 0,
+      awaiting: false,
       touched: now,
       startedAt: now,
       started: performance.now(),
