@@ -204,3 +204,64 @@ Deno.test("UdpRelay lets the loop's other work run while datagrams keep coming",
     sink.close();
   }
 });
+
+Deno.test("UdpRelay opens no flow when the loop will not take its socket, and tells its owner", async () => {
+  // epoll_ctl can fail (ENOMEM, or fs.epoll.max_user_watches reached). The flow was kept with
+  // its socket out of the loop: its answers were never read, and its end was reported for an
+  // open that never was (the owner's open gauge and endpoint count went below zero).
+  const host = "127.0.65.2";
+  class Refusing extends Reactor {
+    refuse = false;
+    override add(fd: number, interest: number, handler: (events: number) => void): void {
+      if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
+      super.add(fd, interest, handler);
+    }
+  }
+  const handlerErrors: unknown[] = [];
+  const reactor = new Refusing({ onError: (e) => handlerErrors.push(e) });
+  const fd = bindSocket("udp", host, 0);
+  const backend = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const events: string[] = [];
+  const relay = new UdpRelay(reactor, fd, {
+    open: () => ({ address: host, port: (backend.addr as Deno.NetAddr).port }),
+    onOpen: () => events.push("open"),
+    onOpenError: (_c, _t, e) => events.push(`open error: ${e.message}`),
+    onEnd: (_f, reason) => events.push(`end ${reason}`),
+  });
+  const running = reactor.run();
+  const c = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  /** Sockets this process holds. */
+  const sockets = () =>
+    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+      try {
+        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
+      } catch {
+        return false; // closed since it was listed
+      }
+    }).length;
+  try {
+    const before = sockets();
+    reactor.refuse = true;
+    await c.send(new TextEncoder().encode("x"), {
+      transport: "udp",
+      hostname: host,
+      port: localAddress(fd).port,
+    });
+    await waitFor(
+      "the datagram to be taken",
+      () => events.length + handlerErrors.length + relay.flows > 0 || undefined,
+    );
+    assert.deepEqual(events, ["open error: epoll_ctl failed: No space left on device (errno 28)"]);
+    assert.equal(relay.flows, 0, "no flow kept");
+    assert.deepEqual(handlerErrors, []);
+    assert.equal(sockets(), before, "the flow's socket is closed");
+  } finally {
+    relay.close();
+    reactor.stop();
+    await running;
+    closeFd(fd);
+    c.close();
+    backend.close();
+  }
+  assert.deepEqual(events.filter((e) => e.startsWith("end")), [], "no end for a flow never opened");
+});
