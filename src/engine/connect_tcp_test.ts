@@ -64,3 +64,45 @@ Deno.test("connectTcp rejects at its deadline when nothing answers", async () =>
     listener.close();
   }
 });
+
+Deno.test("connectTcp closes its socket at once and rejects when the loop will not take it", async () => {
+  // epoll_ctl can fail (ENOMEM, or fs.epoll.max_user_watches reached): the socket stayed open
+  // until the connect deadline, and the promise rejected with the socket still open.
+  const host = "127.0.65.3";
+  class Refusing extends Reactor {
+    refuse = false;
+    override add(fd: number, interest: number, handler: (events: number) => void): void {
+      if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
+      super.add(fd, interest, handler);
+    }
+  }
+  const listener = Deno.listen({ hostname: host, port: 0 });
+  const r = new Refusing();
+  const running = r.run();
+  /** Sockets this process holds. */
+  const sockets = () =>
+    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+      try {
+        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
+      } catch {
+        return false; // closed since it was listed
+      }
+    }).length;
+  try {
+    const before = sockets();
+    r.refuse = true;
+    const e = await connectTcp(r, host, listener.addr.port, 60_000).then(() => null, (e) => e);
+    assert.ok(e instanceof Error);
+    assert.match(e.message, /epoll_ctl failed/);
+    // Not the endpoint's failure: nothing counts it against the endpoint.
+    assert.ok(!(e instanceof ConnectError), "not a ConnectError");
+    assert.equal(sockets(), before, "the socket is closed");
+  } finally {
+    r.stop();
+    await running;
+    // The kernel may have completed the handshake before the socket closed.
+    const t = setTimeout(() => listener.close(), 200);
+    for await (const c of listener) c.close();
+    clearTimeout(t);
+  }
+});
