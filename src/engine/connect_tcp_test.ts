@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { ConnectError, connectTcp } from "./connect_tcp.ts";
 import { closeFd } from "./sockets.ts";
+import { openSockets, RefusingReactor } from "./_testing.ts";
 
 const HOST = "127.0.61.23";
 
@@ -69,34 +70,18 @@ Deno.test("connectTcp closes its socket at once and rejects when the loop will n
   // epoll_ctl can fail (ENOMEM, or fs.epoll.max_user_watches reached): the socket stayed open
   // until the connect deadline, and the promise rejected with the socket still open.
   const host = "127.0.65.3";
-  class Refusing extends Reactor {
-    refuse = false;
-    override add(fd: number, interest: number, handler: (events: number) => void): void {
-      if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
-      super.add(fd, interest, handler);
-    }
-  }
   const listener = Deno.listen({ hostname: host, port: 0 });
-  const r = new Refusing();
+  const r = new RefusingReactor();
   const running = r.run();
-  /** Sockets this process holds. */
-  const sockets = () =>
-    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
-      try {
-        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
-      } catch {
-        return false; // closed since it was listed
-      }
-    }).length;
   try {
-    const before = sockets();
+    const before = openSockets();
     r.refuse = true;
     const e = await connectTcp(r, host, listener.addr.port, 60_000).then(() => null, (e) => e);
     assert.ok(e instanceof Error);
     assert.match(e.message, /epoll_ctl failed/);
     // Not the endpoint's failure: nothing counts it against the endpoint.
     assert.ok(!(e instanceof ConnectError), "not a ConnectError");
-    assert.equal(sockets(), before, "the socket is closed");
+    assert.equal(openSockets(), before, "the socket is closed");
   } finally {
     r.stop();
     await running;

@@ -4,6 +4,7 @@ import { type UdpFlowEnd, UdpRelay, type UdpRelayOptions, type UdpTarget } from 
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
 import { waitFor } from "../_testing.ts";
 import { AF_INET, libcNet, SOCK_DGRAM, SOCK_NONBLOCK, sockaddr } from "../../ffi/libc_net.ts";
+import { openSockets, RefusingReactor } from "./_testing.ts";
 
 const HOST = "127.0.61.22";
 
@@ -210,15 +211,8 @@ Deno.test("UdpRelay opens no flow when the loop will not take its socket, and te
   // its socket out of the loop: its answers were never read, and its end was reported for an
   // open that never was (the owner's open gauge and endpoint count went below zero).
   const host = "127.0.65.2";
-  class Refusing extends Reactor {
-    refuse = false;
-    override add(fd: number, interest: number, handler: (events: number) => void): void {
-      if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
-      super.add(fd, interest, handler);
-    }
-  }
   const handlerErrors: unknown[] = [];
-  const reactor = new Refusing({ onError: (e) => handlerErrors.push(e) });
+  const reactor = new RefusingReactor({ onError: (e) => handlerErrors.push(e) });
   const fd = bindSocket("udp", host, 0);
   const backend = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
   const events: string[] = [];
@@ -230,17 +224,8 @@ Deno.test("UdpRelay opens no flow when the loop will not take its socket, and te
   });
   const running = reactor.run();
   const c = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
-  /** Sockets this process holds. */
-  const sockets = () =>
-    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
-      try {
-        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
-      } catch {
-        return false; // closed since it was listed
-      }
-    }).length;
   try {
-    const before = sockets();
+    const before = openSockets();
     reactor.refuse = true;
     await c.send(new TextEncoder().encode("x"), {
       transport: "udp",
@@ -254,7 +239,7 @@ Deno.test("UdpRelay opens no flow when the loop will not take its socket, and te
     assert.deepEqual(events, ["open error: epoll_ctl failed: No space left on device (errno 28)"]);
     assert.equal(relay.flows, 0, "no flow kept");
     assert.deepEqual(handlerErrors, []);
-    assert.equal(sockets(), before, "the flow's socket is closed");
+    assert.equal(openSockets(), before, "the flow's socket is closed");
   } finally {
     relay.close();
     reactor.stop();

@@ -1,0 +1,28 @@
+/**
+ * Test helpers for the engine: a loop that can refuse sockets, and a count of the sockets this
+ * process holds.
+ *
+ * @module
+ */
+import { type Handler, Reactor } from "./reactor.ts";
+
+/** A {@linkcode Reactor} whose `add` fails, as epoll_ctl does (ENOSPC), once `refuse` is set. */
+export class RefusingReactor extends Reactor {
+  refuse = false;
+
+  override add(fd: number, interest: number, handler: Handler): void {
+    if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
+    super.add(fd, interest, handler);
+  }
+}
+
+/** Sockets this process holds now. */
+export function openSockets(): number {
+  return [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+    try {
+      return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
+    } catch {
+      return false; // closed since it was listed
+    }
+  }).length;
+}
