@@ -91,9 +91,15 @@ export class TcpEngineListener {
       logger: options.logger,
     };
     this.#fd = bindSocket("tcp", options.hostname, options.port, { reusePort: options.reusePort });
-    const bound = localAddress(this.#fd);
-    this.#addr = { transport: "tcp", hostname: bound.address, port: bound.port };
-    this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    try {
+      const bound = localAddress(this.#fd);
+      this.#addr = { transport: "tcp", hostname: bound.address, port: bound.port };
+      this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    } catch (e) {
+      // Left open, the socket would stay in the port's SO_REUSEPORT group, accepting for no one.
+      closeFd(this.#fd);
+      throw e;
+    }
     this.#sweep = this.#reactor.after(SWEEP_MS, () => this.#sweepIdle());
   }
 

@@ -9,6 +9,8 @@ import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
 import { Reactor } from "../engine/reactor.ts";
+import { openSockets, RefusingReactor } from "../engine/_testing.ts";
+import { EndpointPool } from "./endpoint_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
@@ -332,5 +334,37 @@ Deno.test("TcpEngineListener counts a connection still dialling its endpoint as 
   } finally {
     filler.close();
     if (fullOpen) closeFd(full);
+  }
+});
+
+Deno.test("TcpEngineListener closes its socket when the loop will not take it, so the port is free", async () => {
+  // A listening socket left open stays in the port's SO_REUSEPORT group and takes a share of
+  // new connections that nobody accepts; the proxy retries a failed bind, leaving one more.
+  const host = "127.0.65.4";
+  const port = freePort(host);
+  const reactor = new RefusingReactor();
+  const running = reactor.run();
+  try {
+    const before = openSockets();
+    reactor.refuse = true;
+    assert.throws(
+      () =>
+        new TcpEngineListener({
+          reactor,
+          hostname: host,
+          port,
+          reusePort: true,
+          route: () => undefined,
+          pool: new EndpointPool(),
+          logger: quiet,
+        }),
+      /epoll_ctl failed/,
+    );
+    assert.equal(openSockets(), before, "the listening socket is closed");
+    // Bound without SO_REUSEPORT: it would fail beside a socket left listening.
+    Deno.listen({ hostname: host, port }).close();
+  } finally {
+    reactor.stop();
+    await running;
   }
 });

@@ -83,10 +83,22 @@ export class UdpEngineListener {
     this.#fd = bindSocket("udp", options.hostname, options.port, {
       reuseAddress: options.reuseAddress,
     });
-    const bound = localAddress(this.#fd);
-    this.#addr = { transport: "udp", hostname: bound.address, port: bound.port };
+    try {
+      const bound = localAddress(this.#fd);
+      this.#addr = { transport: "udp", hostname: bound.address, port: bound.port };
+      this.#relay = this.#makeRelay();
+    } catch (e) {
+      // Left open, the socket would hold the port that the proxy's bind retry then asks for.
+      closeFd(this.#fd);
+      throw e;
+    }
+  }
+
+  /** The relay on the bound socket; throws if the loop will not take it. */
+  #makeRelay(): UdpRelay<Target> {
+    const options = this.#opts;
     const flowTable = options.flowTable;
-    this.#relay = new UdpRelay<Target>(options.reactor, this.#fd, {
+    return new UdpRelay<Target>(options.reactor, this.#fd, {
       idleMs: options.idleTimeoutMs,
       // The listener's cap is kept in #open, before the flow's socket opens, and counted.
       maxFlows: Infinity,
