@@ -75,7 +75,8 @@ export class TcpEngineListener {
   /** Closed with `abort`: connections still dialling are closed, their dials cut short. */
   #aborted = false;
   readonly #abort = new AbortController();
-  #drained: (() => void) | null = null;
+  /** Calls of `close(true)` waiting for the last connection to end. */
+  readonly #drained: (() => void)[] = [];
   /** The pause after the last failed accept, ms (0: the last one worked). */
   #backoff = 0;
   /** Failed accepts since the last log line. */
@@ -130,7 +131,7 @@ export class TcpEngineListener {
       this.#aborted = true;
       this.#abort.abort(new Error("the listener was closed"));
       for (const t of [...this.#tunnels]) t.relay.close("shutdown");
-      if (this.open > 0) await new Promise<void>((r) => this.#drained = r);
+      if (this.open > 0) await new Promise<void>((r) => this.#drained.push(r));
     }
     if (this.open === 0) this.#sweep.cancel();
   }
@@ -309,7 +310,7 @@ export class TcpEngineListener {
 
   #maybeDrained(): void {
     if (this.open > 0) return;
-    this.#drained?.();
+    for (const r of this.#drained.splice(0)) r();
     if (this.#closed) this.#sweep.cancel();
   }
 

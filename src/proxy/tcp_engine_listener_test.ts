@@ -368,3 +368,30 @@ Deno.test("TcpEngineListener closes its socket when the loop will not take it, s
     await running;
   }
 });
+
+Deno.test("TcpEngineListener.close with abort, called twice while a connection dials, resolves both calls", async () => {
+  // The second call took the place of the first one's wait: the first never resolved.
+  const host = "127.0.65.6";
+  const backlog = bindSocket("tcp", host, 0, { backlog: 0 });
+  const fillers = [0, 1, 2].map(() => dialTcp(host, localAddress(backlog).port));
+  try {
+    await withListener(
+      [localAddress(backlog).port],
+      { hostname: host, connectTimeoutMs: 20_000 },
+      async (l) => {
+        const conn = await Deno.connect({ hostname: host, port: l.addr.port });
+        await waitFor("the connection to be dialling", () => l.open === 1 || undefined);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<string>((r) => timer = setTimeout(() => r("hung"), 5000));
+        const calls = [l.close(true).then(() => "first"), l.close(true).then(() => "second")];
+        const settled = await Promise.all(calls.map((c) => Promise.race([c, late])));
+        clearTimeout(timer);
+        assert.deepEqual(settled, ["first", "second"]);
+        conn.close();
+      },
+    );
+  } finally {
+    for (const fd of fillers) closeFd(fd);
+    closeFd(backlog);
+  }
+});
