@@ -16,13 +16,20 @@ export class RefusingReactor extends Reactor {
   }
 }
 
+/** The descriptors of the sockets this process holds now. */
+export function socketFds(): Set<number> {
+  const fds = new Set<number>();
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:")) {
+        fds.add(Number(e.name));
+      }
+    } catch { /* closed since it was listed */ }
+  }
+  return fds;
+}
+
 /** Sockets this process holds now. */
 export function openSockets(): number {
-  return [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
-    try {
-      return Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("socket:");
-    } catch {
-      return false; // closed since it was listed
-    }
-  }).length;
+  return socketFds().size;
 }

@@ -178,7 +178,13 @@ export class TcpEngineListener {
     }
     this.#reactor.remove(this.#fd);
     this.#reactor.after(this.#backoff, () => {
-      if (!this.#closed) this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+      if (this.#closed) return;
+      try {
+        this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+      } catch (e) {
+        // The loop will not take it back now (epoll_ctl failed): another pause, then again.
+        this.#acceptFailed(e);
+      }
     });
   }
 

@@ -9,7 +9,7 @@ import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
 import { Reactor } from "../engine/reactor.ts";
-import { openSockets, RefusingReactor } from "../engine/_testing.ts";
+import { openSockets, RefusingReactor, socketFds } from "../engine/_testing.ts";
 import { EndpointPool } from "./endpoint_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
@@ -393,5 +393,38 @@ Deno.test("TcpEngineListener.close with abort, called twice while a connection d
   } finally {
     for (const fd of fillers) closeFd(fd);
     closeFd(backlog);
+  }
+});
+
+Deno.test("TcpEngineListener goes on pausing and trying when the loop will not take its socket back after a failed accept", async () => {
+  // After a failed accept (EMFILE, say) the listener leaves the loop for a pause; if the loop
+  // would not take it back then, it stayed out for good, its connections queued for no one.
+  const host = "127.0.65.7";
+  const errors: unknown[] = [];
+  const reactor = new RefusingReactor({ onError: (e) => errors.push(e) });
+  const drops: string[] = [];
+  const had = socketFds();
+  const l = new TcpEngineListener({
+    reactor,
+    hostname: host,
+    port: 0,
+    route: () => undefined,
+    pool: new EndpointPool(),
+    logger: quiet,
+    drop: (reason) => drops.push(reason),
+  });
+  const fd = [...socketFds()].find((n) => !had.has(n))!;
+  const running = reactor.run();
+  try {
+    // A listening socket shut for reading is readable, and accept4 fails on it (EINVAL).
+    reactor.refuse = true;
+    libcNet().call.shutdown(fd, 0);
+    // 10, 20 and 40 ms pauses: each try the loop refuses is one more failure, and one more pause.
+    await waitFor("three failures", () => drops.length >= 3 || undefined, 5000);
+    assert.deepEqual(errors, [], "no handler failed");
+  } finally {
+    await l.close(true);
+    reactor.stop();
+    await running;
   }
 });
