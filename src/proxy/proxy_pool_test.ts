@@ -223,10 +223,11 @@ Deno.test("ProxyPool.stop closes the sockets of an L4 worker that died just befo
   } finally {
     await pool.stop();
   }
+  // Bound without SO_REUSEPORT: it fails beside the engine's socket left listening there.
+  Deno.listen({ hostname: host, port: p }).close();
   // Deno closes a worker's own sockets once its thread is gone; the engine's are the pool's.
+  // (Fewer than before: an earlier test's sockets may close meanwhile.)
   await waitUntil("the workers' sockets closed", () => openSockets() <= before, 3000)
     .catch(() => {});
-  assert.equal(openSockets(), before, "sockets open after stop");
-  // Bound without SO_REUSEPORT: it fails beside a socket left listening there.
-  Deno.listen({ hostname: host, port: p }).close();
+  assert.ok(openSockets() <= before, `${before} sockets before, ${openSockets()} after stop`);
 });
