@@ -20,7 +20,8 @@ export class ConnectError extends Error {
  * Connects to `address`:`port`; resolves with the connected nonblocking socket (Nagle off),
  * which the caller owns, or rejects with a {@linkcode ConnectError} after a failure or
  * `timeoutMs`, the socket closed. When `signal` aborts first, the socket is closed and it
- * rejects with the signal's reason (no {@linkcode ConnectError}: the endpoint did not fail).
+ * rejects with the signal's reason (no {@linkcode ConnectError}: the endpoint did not fail), as
+ * it does with the loop's error, the socket closed, if the loop will not take the socket.
  * Settles on the reactor's thread and has it let JavaScript run at once.
  */
 export function connectTcp(
@@ -53,7 +54,7 @@ export function connectTcp(
     const timer = reactor.after(timeoutMs, () => finish(`connect timed out after ${timeoutMs} ms`));
     const value = new Int32Array(1);
     const len = new Uint32Array([4]);
-    reactor.add(fd, EPOLLOUT, (events) => {
+    const watch = (events: number) => {
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
       const { call, describe } = libcNet();
       len[0] = 4;
@@ -65,6 +66,15 @@ export function connectTcp(
         new Uint8Array(len.buffer),
       );
       finish(value[0] === 0 ? null : `connect ${address}:${port} failed: ${describe(value[0]!)}`);
-    });
+    };
+    try {
+      reactor.add(fd, EPOLLOUT, watch);
+    } catch (e) {
+      // The loop would not take the socket (epoll_ctl failed): not the endpoint's failure.
+      timer.cancel();
+      signal?.removeEventListener("abort", onAbort);
+      closeFd(fd);
+      reject(e);
+    }
   });
 }

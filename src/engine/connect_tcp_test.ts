@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Reactor } from "./reactor.ts";
 import { ConnectError, connectTcp } from "./connect_tcp.ts";
 import { closeFd } from "./sockets.ts";
+import { openSockets, RefusingReactor } from "./_testing.ts";
 
 const HOST = "127.0.61.23";
 
@@ -62,5 +63,31 @@ Deno.test("connectTcp rejects at its deadline when nothing answers", async () =>
   } finally {
     for (const c of held) c.close();
     listener.close();
+  }
+});
+
+Deno.test("connectTcp closes its socket at once and rejects when the loop will not take it", async () => {
+  // epoll_ctl can fail (ENOMEM, or fs.epoll.max_user_watches reached): the socket stayed open
+  // until the connect deadline, and the promise rejected with the socket still open.
+  const host = "127.0.65.3";
+  const listener = Deno.listen({ hostname: host, port: 0 });
+  const r = new RefusingReactor();
+  const running = r.run();
+  try {
+    const before = openSockets();
+    r.refuse = true;
+    const e = await connectTcp(r, host, listener.addr.port, 60_000).then(() => null, (e) => e);
+    assert.ok(e instanceof Error);
+    assert.match(e.message, /epoll_ctl failed/);
+    // Not the endpoint's failure: nothing counts it against the endpoint.
+    assert.ok(!(e instanceof ConnectError), "not a ConnectError");
+    assert.equal(openSockets(), before, "the socket is closed");
+  } finally {
+    r.stop();
+    await running;
+    // The kernel may have completed the handshake before the socket closed.
+    const t = setTimeout(() => listener.close(), 200);
+    for await (const c of listener) c.close();
+    clearTimeout(t);
   }
 });

@@ -53,7 +53,10 @@ export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {
    * one with an ICMP error (port unreachable).
    */
   onSendError?(flow: UdpFlow<T>): void;
-  /** A socket for a new flow could not be opened or connected (out of descriptors, say). */
+  /**
+   * A socket for a new flow could not be opened, connected or taken into the loop (out of
+   * descriptors, say): the datagram is dropped, and no flow opens.
+   */
   onOpenError?(client: UdpTarget, target: T, error: Error): void;
   /** A flow ended; its socket is closed by then. */
   onEnd?(flow: UdpFlow<T>, reason: UdpFlowEnd): void;
@@ -213,8 +216,15 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
       seen: 0,
       active: performance.now(),
     };
+    try {
+      this.#reactor.add(fd, EPOLLIN, () => this.#reply(flow));
+    } catch (e) {
+      // The loop would not take the socket (epoll_ctl failed): no flow, as when none opens.
+      closeFd(fd);
+      this.#opts.onOpenError?.(client, target, e as Error);
+      return null;
+    }
     this.#flows.set(key, flow);
-    this.#reactor.add(fd, EPOLLIN, () => this.#reply(flow));
     this.#opts.onOpen?.(flow);
     // The owner may have ended it at once (a cap of its own).
     return this.#flows.get(key) === flow ? flow : null;

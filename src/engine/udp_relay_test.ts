@@ -4,6 +4,7 @@ import { type UdpFlowEnd, UdpRelay, type UdpRelayOptions, type UdpTarget } from 
 import { bindSocket, closeFd, localAddress } from "./sockets.ts";
 import { waitFor } from "../_testing.ts";
 import { AF_INET, libcNet, SOCK_DGRAM, SOCK_NONBLOCK, sockaddr } from "../../ffi/libc_net.ts";
+import { openSockets, RefusingReactor } from "./_testing.ts";
 
 const HOST = "127.0.61.22";
 
@@ -203,4 +204,49 @@ Deno.test("UdpRelay lets the loop's other work run while datagrams keep coming",
     closeFd(fd);
     sink.close();
   }
+});
+
+Deno.test("UdpRelay opens no flow when the loop will not take its socket, and tells its owner", async () => {
+  // epoll_ctl can fail (ENOMEM, or fs.epoll.max_user_watches reached). The flow was kept with
+  // its socket out of the loop: its answers were never read, and its end was reported for an
+  // open that never was (the owner's open gauge and endpoint count went below zero).
+  const host = "127.0.65.2";
+  const handlerErrors: unknown[] = [];
+  const reactor = new RefusingReactor({ onError: (e) => handlerErrors.push(e) });
+  const fd = bindSocket("udp", host, 0);
+  const backend = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const events: string[] = [];
+  const relay = new UdpRelay(reactor, fd, {
+    open: () => ({ address: host, port: (backend.addr as Deno.NetAddr).port }),
+    onOpen: () => events.push("open"),
+    onOpenError: (_c, _t, e) => events.push(`open error: ${e.message}`),
+    onEnd: (_f, reason) => events.push(`end ${reason}`),
+  });
+  const running = reactor.run();
+  const c = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  try {
+    const before = openSockets();
+    reactor.refuse = true;
+    await c.send(new TextEncoder().encode("x"), {
+      transport: "udp",
+      hostname: host,
+      port: localAddress(fd).port,
+    });
+    await waitFor(
+      "the datagram to be taken",
+      () => events.length + handlerErrors.length + relay.flows > 0 || undefined,
+    );
+    assert.deepEqual(events, ["open error: epoll_ctl failed: No space left on device (errno 28)"]);
+    assert.equal(relay.flows, 0, "no flow kept");
+    assert.deepEqual(handlerErrors, []);
+    assert.equal(openSockets(), before, "the flow's socket is closed");
+  } finally {
+    relay.close();
+    reactor.stop();
+    await running;
+    closeFd(fd);
+    c.close();
+    backend.close();
+  }
+  assert.deepEqual(events.filter((e) => e.startsWith("end")), [], "no end for a flow never opened");
 });

@@ -697,6 +697,73 @@ for (const engine of [false, true]) {
   });
 }
 
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.udpAwaitingAnswer() counts a datagram sent in the millisecond its flow's last answer came${engine ? " (on the engine)" : ""}`, async () => {
+    // Date.now() counts whole milliseconds: on loopback a client's next request often leaves in
+    // the millisecond its last answer came back, and a flow whose send and answer times were
+    // equal was taken as answered (a draining meshd could leave before that answer went back).
+    const host = "127.0.65.1";
+    const enc = (s: string) => new TextEncoder().encode(s);
+    const backend = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+    const got: string[] = [];
+    let flow: Deno.Addr | null = null;
+    const answering = (async () => {
+      for (;;) {
+        const [data, from] = await backend.receive();
+        const text = new TextDecoder().decode(data);
+        got.push(text);
+        flow = from;
+        // The first is answered; the second waits for an answer that does not come.
+        if (text === "first") await backend.send(data, from);
+      }
+    })().catch(() => {});
+    const listenPort = freePort(host);
+    const proxy = new NodeProxy({ hostname: host, httpPort: 0, logger: quiet, engine });
+    await proxy.start();
+    const client = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+    const realNow = Date.now;
+    // A receive that never comes ends the test instead of hanging it.
+    const guard = setTimeout(() => client.close(), 10_000);
+    try {
+      await proxy.apply(meshConfig([{
+        name: "dns",
+        ports: [{
+          port: 53,
+          protocol: "udp",
+          listenPort,
+          endpoints: [endpoint(host, (backend.addr as Deno.NetAddr).port)],
+        }],
+      }]));
+      const to = { transport: "udp" as const, hostname: host, port: listenPort };
+      // Every Date.now() from here on is one millisecond, as on a fast loopback.
+      const frozen = realNow();
+      Date.now = () => frozen;
+      await client.send(enc("first"), to);
+      await client.receive();
+      await client.send(enc("second"), to);
+      await waitFor(
+        "the second datagram at the endpoint",
+        () => got.includes("second") || undefined,
+      );
+      Date.now = realNow;
+      assert.equal(proxy.udpAwaitingAnswer(5000), 1, "the second datagram awaits its answer");
+      // Its answer ends the wait.
+      await backend.send(enc("late"), flow!);
+      await client.receive();
+      assert.equal(proxy.udpAwaitingAnswer(5000), 0, "answered");
+    } finally {
+      Date.now = realNow;
+      clearTimeout(guard);
+      try {
+        client.close();
+      } catch { /* closed by the guard */ }
+      await proxy.stop();
+      backend.close();
+      await answering;
+    }
+  });
+}
+
 Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
   await withBackends(["a"], async ([a]) => {
     const expression = "ResponseCodeRatio(500, 600, 0, 600) > 0.5";

@@ -189,6 +189,8 @@ export class ProxyPool {
    * counts from 0, and without these the sums /metrics shows would go back.
    */
   readonly #retired: Retired = new Map();
+  /** Ledgers of L4 workers ended whose descriptors are still to be closed, with their index. */
+  readonly #unclosed = new Map<SharedArrayBuffer, number>();
 
   constructor(options: ProxyPoolOptions) {
     // An L4 worker alone (0 HTTP workers) serves beside a proxy in the main isolate (SplitPlane).
@@ -382,30 +384,40 @@ export class ProxyPool {
   /**
    * Closes the descriptors a dead L4 worker's engine held (Deno closes only its own resources):
    * its listening sockets would otherwise take their share of new connections and accept none.
-   * Once its thread has stopped: a JavaScript call in flight (an FFI call) ends first.
+   * Once its thread has stopped: a JavaScript call in flight (an FFI call) ends first. Until
+   * then the ledger waits in `#unclosed`, which {@linkcode ProxyPool.stop} closes too.
    */
   #closeHeld(index: number, ledger: SharedArrayBuffer): void {
-    const timer = setTimeout(async () => {
+    this.#unclosed.set(ledger, index);
+    const timer = setTimeout(() => {
       this.#timers.delete(timer);
-      try {
-        const [{ closeHeld }, { libcNet }] = await Promise.all([
-          import("../engine/fd_ledger.ts"),
-          import("../../ffi/libc_net.ts"),
-        ]);
-        const { call } = libcNet();
-        const n = closeHeld(ledger, (fd) => call.close(fd));
-        this.#opts.logger.info("closed the sockets of a dead proxy worker", {
-          worker: index,
-          descriptors: n,
-        });
-      } catch (e) {
-        this.#opts.logger.error("cannot close the sockets of a dead proxy worker", {
-          worker: index,
-          error: (e as Error).message,
-        });
-      }
+      void this.#closeLedger(ledger);
     }, DEAD_WORKER_CLOSE_MS);
     this.#timers.add(timer);
+  }
+
+  /** Closes what `ledger` (one of `#unclosed`) lists, once; logs how many, or why it cannot. */
+  async #closeLedger(ledger: SharedArrayBuffer): Promise<void> {
+    const index = this.#unclosed.get(ledger);
+    if (index === undefined) return;
+    this.#unclosed.delete(ledger);
+    try {
+      const [{ closeHeld }, { libcNet }] = await Promise.all([
+        import("../engine/fd_ledger.ts"),
+        import("../../ffi/libc_net.ts"),
+      ]);
+      const { call } = libcNet();
+      const n = closeHeld(ledger, (fd) => call.close(fd));
+      this.#opts.logger.info("closed the sockets of a dead proxy worker", {
+        worker: index,
+        descriptors: n,
+      });
+    } catch (e) {
+      this.#opts.logger.error("cannot close the sockets of a dead proxy worker", {
+        worker: index,
+        error: (e as Error).message,
+      });
+    }
   }
 
   async #restart(slot: Slot): Promise<void> {
@@ -588,15 +600,20 @@ export class ProxyPool {
     // A worker that does not answer in time (stuck in a loop, say) is ended all the same.
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise((r) => timer = setTimeout(r, STOP_WAIT_MS));
+    const stopped = new Set<Slot>();
     await Promise.race([
       late,
       Promise.allSettled(
-        this.#slots.filter((s) => s.worker !== null).map((s) => this.#call(s, { t: "stop" })),
+        this.#slots.filter((s) => s.worker !== null).map((s) =>
+          this.#call(s, { t: "stop" }).then(() => stopped.add(s))
+        ),
       ),
     ]);
     clearTimeout(timer);
     for (const s of this.#slots) {
       s.worker?.terminate();
+      // An L4 worker that did not stop its engine may hold its sockets still.
+      if (s.worker && s.fdLedger && !stopped.has(s)) this.#unclosed.set(s.fdLedger, s.index);
       s.worker = null;
       s.state = null;
       for (const p of s.pending.values()) {
@@ -604,6 +621,11 @@ export class ProxyPool {
         p.reject(new ProxyWorkerError(`proxy worker ${s.index} was stopped`));
       }
       s.pending.clear();
+    }
+    // Dead L4 workers' sockets, their timers cleared above: closed once the threads stopped.
+    if (this.#unclosed.size > 0) {
+      await new Promise((r) => setTimeout(r, DEAD_WORKER_CLOSE_MS));
+      await Promise.all([...this.#unclosed.keys()].map((l) => this.#closeLedger(l)));
     }
   }
 }

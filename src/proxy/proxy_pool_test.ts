@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
+import { openSockets } from "../engine/_testing.ts";
 
 const HOST = "127.0.63.20";
 
@@ -196,4 +197,37 @@ Deno.test("ProxyPool closes the sockets of an L4 worker that died, so the one st
     echo.close();
     await serving;
   }
+});
+
+Deno.test("ProxyPool.stop closes the sockets of an L4 worker that died just before", async () => {
+  // The pool closes a dead L4 worker's sockets shortly after ending it; stop() cleared that
+  // timer, so a listening socket of its engine stayed open (in its SO_REUSEPORT group, taking
+  // connections for no one) for as long as the process lived.
+  const host = "127.0.65.8";
+  const l = Deno.listen({ hostname: host, port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const before = openSockets();
+  const pool = new ProxyPool({
+    workers: 1,
+    l4Worker: true,
+    proxy: { hostname: host, httpPort: 0 },
+    logger: new Logger({ level: "error", write: () => {} }),
+    entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
+  });
+  try {
+    await pool.start();
+    await pool.apply(config(1, [p]));
+    // Worker 1, the L4 worker, dies on version 66.
+    await assert.rejects(() => pool.apply(config(66, [p])), /proxy worker 1 died/);
+  } finally {
+    await pool.stop();
+  }
+  // Bound without SO_REUSEPORT: it fails beside the engine's socket left listening there.
+  Deno.listen({ hostname: host, port: p }).close();
+  // Deno closes a worker's own sockets once its thread is gone; the engine's are the pool's.
+  // (Fewer than before: an earlier test's sockets may close meanwhile.)
+  await waitUntil("the workers' sockets closed", () => openSockets() <= before, 3000)
+    .catch(() => {});
+  assert.ok(openSockets() <= before, `${before} sockets before, ${openSockets()} after stop`);
 });

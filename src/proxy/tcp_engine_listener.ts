@@ -75,7 +75,8 @@ export class TcpEngineListener {
   /** Closed with `abort`: connections still dialling are closed, their dials cut short. */
   #aborted = false;
   readonly #abort = new AbortController();
-  #drained: (() => void) | null = null;
+  /** Calls of `close(true)` waiting for the last connection to end. */
+  readonly #drained: (() => void)[] = [];
   /** The pause after the last failed accept, ms (0: the last one worked). */
   #backoff = 0;
   /** Failed accepts since the last log line. */
@@ -91,9 +92,15 @@ export class TcpEngineListener {
       logger: options.logger,
     };
     this.#fd = bindSocket("tcp", options.hostname, options.port, { reusePort: options.reusePort });
-    const bound = localAddress(this.#fd);
-    this.#addr = { transport: "tcp", hostname: bound.address, port: bound.port };
-    this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    try {
+      const bound = localAddress(this.#fd);
+      this.#addr = { transport: "tcp", hostname: bound.address, port: bound.port };
+      this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+    } catch (e) {
+      // Left open, the socket would stay in the port's SO_REUSEPORT group, accepting for no one.
+      closeFd(this.#fd);
+      throw e;
+    }
     this.#sweep = this.#reactor.after(SWEEP_MS, () => this.#sweepIdle());
   }
 
@@ -124,7 +131,7 @@ export class TcpEngineListener {
       this.#aborted = true;
       this.#abort.abort(new Error("the listener was closed"));
       for (const t of [...this.#tunnels]) t.relay.close("shutdown");
-      if (this.open > 0) await new Promise<void>((r) => this.#drained = r);
+      if (this.open > 0) await new Promise<void>((r) => this.#drained.push(r));
     }
     if (this.open === 0) this.#sweep.cancel();
   }
@@ -171,7 +178,13 @@ export class TcpEngineListener {
     }
     this.#reactor.remove(this.#fd);
     this.#reactor.after(this.#backoff, () => {
-      if (!this.#closed) this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+      if (this.#closed) return;
+      try {
+        this.#reactor.add(this.#fd, EPOLLIN, () => this.#accept());
+      } catch (e) {
+        // The loop will not take it back now (epoll_ctl failed): another pause, then again.
+        this.#acceptFailed(e);
+      }
     });
   }
 
@@ -303,7 +316,7 @@ export class TcpEngineListener {
 
   #maybeDrained(): void {
     if (this.open > 0) return;
-    this.#drained?.();
+    for (const r of this.#drained.splice(0)) r();
     if (this.#closed) this.#sweep.cancel();
   }
 

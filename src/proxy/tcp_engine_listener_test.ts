@@ -9,6 +9,8 @@ import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
 import { Reactor } from "../engine/reactor.ts";
+import { openSockets, RefusingReactor, socketFds } from "../engine/_testing.ts";
+import { EndpointPool } from "./endpoint_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver } from "./_testing.ts";
@@ -332,5 +334,97 @@ Deno.test("TcpEngineListener counts a connection still dialling its endpoint as 
   } finally {
     filler.close();
     if (fullOpen) closeFd(full);
+  }
+});
+
+Deno.test("TcpEngineListener closes its socket when the loop will not take it, so the port is free", async () => {
+  // A listening socket left open stays in the port's SO_REUSEPORT group and takes a share of
+  // new connections that nobody accepts; the proxy retries a failed bind, leaving one more.
+  const host = "127.0.65.4";
+  const port = freePort(host);
+  const reactor = new RefusingReactor();
+  const running = reactor.run();
+  try {
+    const before = openSockets();
+    reactor.refuse = true;
+    assert.throws(
+      () =>
+        new TcpEngineListener({
+          reactor,
+          hostname: host,
+          port,
+          reusePort: true,
+          route: () => undefined,
+          pool: new EndpointPool(),
+          logger: quiet,
+        }),
+      /epoll_ctl failed/,
+    );
+    assert.equal(openSockets(), before, "the listening socket is closed");
+    // Bound without SO_REUSEPORT: it would fail beside a socket left listening.
+    Deno.listen({ hostname: host, port }).close();
+  } finally {
+    reactor.stop();
+    await running;
+  }
+});
+
+Deno.test("TcpEngineListener.close with abort, called twice while a connection dials, resolves both calls", async () => {
+  // The second call took the place of the first one's wait: the first never resolved.
+  const host = "127.0.65.6";
+  const backlog = bindSocket("tcp", host, 0, { backlog: 0 });
+  const fillers = [0, 1, 2].map(() => dialTcp(host, localAddress(backlog).port));
+  try {
+    await withListener(
+      [localAddress(backlog).port],
+      { hostname: host, connectTimeoutMs: 20_000 },
+      async (l) => {
+        const conn = await Deno.connect({ hostname: host, port: l.addr.port });
+        await waitFor("the connection to be dialling", () => l.open === 1 || undefined);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<string>((r) => timer = setTimeout(() => r("hung"), 5000));
+        const calls = [l.close(true).then(() => "first"), l.close(true).then(() => "second")];
+        const settled = await Promise.all(calls.map((c) => Promise.race([c, late])));
+        clearTimeout(timer);
+        assert.deepEqual(settled, ["first", "second"]);
+        conn.close();
+      },
+    );
+  } finally {
+    for (const fd of fillers) closeFd(fd);
+    closeFd(backlog);
+  }
+});
+
+Deno.test("TcpEngineListener goes on pausing and trying when the loop will not take its socket back after a failed accept", async () => {
+  // After a failed accept (EMFILE, say) the listener leaves the loop for a pause; if the loop
+  // would not take it back then, it stayed out for good, its connections queued for no one.
+  const host = "127.0.65.7";
+  const errors: unknown[] = [];
+  const reactor = new RefusingReactor({ onError: (e) => errors.push(e) });
+  const drops: string[] = [];
+  const had = socketFds();
+  const l = new TcpEngineListener({
+    reactor,
+    hostname: host,
+    port: 0,
+    route: () => undefined,
+    pool: new EndpointPool(),
+    logger: quiet,
+    drop: (reason) => drops.push(reason),
+  });
+  const fd = [...socketFds()].find((n) => !had.has(n))!;
+  const running = reactor.run();
+  try {
+    // A listening socket shut for reading is readable, and accept4 fails on it (EINVAL).
+    reactor.refuse = true;
+    libcNet().call.shutdown(fd, 0);
+    // 10, 20 and 40 ms pauses: each try the loop refuses is one more failure, and one more pause.
+    await waitFor("three failures", () => drops.length >= 3 || undefined, 5000);
+    assert.deepEqual(errors, [], "no handler failed");
+  } finally {
+    await l.close(true);
+    reactor.stop();
+    await running;
   }
 });

@@ -30,9 +30,13 @@ interface Target extends UdpTarget {
   route: Route;
   /** The route whose endpoints serve it (the root, or a split backend). */
   target: Route;
-  /** `Date.now()` when the client last sent, and when the endpoint last answered (0: never). */
+  /** `Date.now()` when the client last sent. */
   lastSent: number;
-  lastAnswer: number;
+  /**
+   * Whether the client sent after the endpoint's last answer (or before any): kept as a flag,
+   * not by comparing times, as a request and the answer before it often share a millisecond.
+   */
+  awaiting: boolean;
   /** `Date.now()` when it last moved to the back of the flow table's eviction order. */
   touched: number;
   startedAt: number;
@@ -79,10 +83,22 @@ export class UdpEngineListener {
     this.#fd = bindSocket("udp", options.hostname, options.port, {
       reuseAddress: options.reuseAddress,
     });
-    const bound = localAddress(this.#fd);
-    this.#addr = { transport: "udp", hostname: bound.address, port: bound.port };
+    try {
+      const bound = localAddress(this.#fd);
+      this.#addr = { transport: "udp", hostname: bound.address, port: bound.port };
+      this.#relay = this.#makeRelay();
+    } catch (e) {
+      // Left open, the socket would hold the port that the proxy's bind retry then asks for.
+      closeFd(this.#fd);
+      throw e;
+    }
+  }
+
+  /** The relay on the bound socket; throws if the loop will not take it. */
+  #makeRelay(): UdpRelay<Target> {
+    const options = this.#opts;
     const flowTable = options.flowTable;
-    this.#relay = new UdpRelay<Target>(options.reactor, this.#fd, {
+    return new UdpRelay<Target>(options.reactor, this.#fd, {
       idleMs: options.idleTimeoutMs,
       // The listener's cap is kept in #open, before the flow's socket opens, and counted.
       maxFlows: Infinity,
@@ -109,6 +125,7 @@ export class UdpEngineListener {
         const t = flow.target;
         if (way === "up") {
           const now = t.lastSent = Date.now();
+          t.awaiting = true;
           if (now - t.touched >= TOUCH_MS) {
             t.touched = now;
             this.#relay.touch(flow);
@@ -117,8 +134,8 @@ export class UdpEngineListener {
           t.route.metrics.bytesIn.inc(n);
           t.bytesIn += n;
         } else {
-          if (t.lastAnswer < t.lastSent) options.pool.success(t.endpoint);
-          t.lastAnswer = Date.now();
+          if (t.awaiting) options.pool.success(t.endpoint);
+          t.awaiting = false;
           t.route.metrics.bytesOut.inc(n);
           t.bytesOut += n;
         }
@@ -168,7 +185,7 @@ export class UdpEngineListener {
     let n = 0;
     for (const f of this.#relay.values()) {
       const t = f.target;
-      if (t.lastSent >= since && t.lastAnswer < t.lastSent) n++;
+      if (t.awaiting && t.lastSent >= since) n++;
     }
     return n;
   }
@@ -212,7 +229,7 @@ export class UdpEngineListener {
       route: root,
       target: picked.target,
       lastSent: now,
-      lastAnswer: 0,
+      awaiting: false,
       touched: now,
       startedAt: now,
       started: performance.now(),

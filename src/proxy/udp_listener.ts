@@ -138,9 +138,13 @@ interface Flow {
   to: Deno.NetAddr;
   route: Route;
   lastActive: number;
-  /** When the client last sent, and when the endpoint last answered (0: never). */
+  /** When the client last sent. */
   lastSent: number;
-  lastAnswer: number;
+  /**
+   * Whether the client sent after the endpoint's last answer (or before any): kept as a flag,
+   * not by comparing times, as a request and the answer before it often share a millisecond.
+   */
+  awaiting: boolean;
   /** When the flow last moved to the back of the eviction order. */
   touched: number;
   done: Promise<void>;
@@ -218,7 +222,7 @@ export class UdpListener {
   awaitingAnswer(ms: number): number {
     const since = Date.now() - ms;
     let n = 0;
-    for (const f of this.#flows.values()) if (f.lastSent >= since && f.lastAnswer < f.lastSent) n++;
+    for (const f of this.#flows.values()) if (f.awaiting && f.lastSent >= since) n++;
     return n;
   }
 
@@ -278,6 +282,7 @@ export class UdpListener {
       const now = Date.now();
       flow.lastActive = now;
       flow.lastSent = now;
+      flow.awaiting = true;
       if (now - flow.touched >= TOUCH_MS) {
         // Least recently active last to be evicted: a flood of new source ports evicts its own
         // flows first, not a flow that is in use.
@@ -329,7 +334,7 @@ export class UdpListener {
       route: root,
       lastActive: now,
       lastSent: now,
-      lastAnswer: 0,
+      awaiting: false,
       touched: now,
       done: Promise.resolve(),
       target,
@@ -397,7 +402,8 @@ export class UdpListener {
       }
       // Only the endpoint may answer through this flow.
       if (from.port !== flow.endpoint.port || from.hostname !== flow.endpoint.address) continue;
-      flow.lastActive = flow.lastAnswer = Date.now();
+      flow.lastActive = Date.now();
+      flow.awaiting = false;
       this.#opts.pool.success(flow.endpoint);
       flow.route.metrics.bytesOut.inc(data.length);
       if (flow.log !== null) flow.bytesOut += data.length;
