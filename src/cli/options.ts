@@ -114,7 +114,8 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
     kind: "duration",
     arg: "DURATION",
     help: "Log an error, with the RSS, when meshd's main thread has been stuck for DURATION " +
-      "(it then serves and logs nothing), and again when it moves; the watch is a thread of " +
+      "(what it serves stops: its config stream, API and DNS, and its proxy unless that is in " +
+      "--workers or --l4-worker workers), and again when it moves; the watch is a thread of " +
       "its own, about 14 MiB (default: none)",
   },
   {

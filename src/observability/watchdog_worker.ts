@@ -47,7 +47,7 @@ function watch(start: WatchdogStart): void {
     if (!stuck && t - movedAt >= start.stallMs) {
       stuck = true;
       // rss is the whole process's; the heap figures would be this worker's own.
-      log.error("the main thread has not answered; meshd serves nothing until it does", {
+      log.error("the main thread has not answered; what it serves waits until it does", {
         stalledMs: Math.round(t - movedAt),
         rssMiB: mib(Deno.memoryUsage().rss),
       });
