@@ -8,54 +8,18 @@ import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
 import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { freePort, waitFor } from "../testenv/process.ts";
+import { ask, flowEchoBackend, flowOf } from "./_udp_flows.ts";
 
 const MESHD = "127.0.64.10";
 const BACKEND = "127.0.64.11";
 /** Each client its own address: the per-source cap plays no part. */
 const CLIENTS = ["127.0.64.12", "127.0.64.13", "127.0.64.14", "127.0.64.15", "127.0.64.16"];
 const quiet = new Logger({ level: "error", write: () => {} });
-const enc = new TextEncoder();
-const dec = new TextDecoder();
-
-/** Sends `text` from `c` to the proxy and returns the reply, or throws after `ms`. */
-async function ask(c: Deno.DatagramConn, port: number, text: string, ms = 5000): Promise<string> {
-  await c.send(enc.encode(text), { transport: "udp", hostname: MESHD, port });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no reply to "${text}" within ${ms} ms`)), ms);
-  });
-  try {
-    const [data] = await Promise.race([c.receive(), late]);
-    return dec.decode(data);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A backend that echoes each datagram with the flow socket's port it came from. */
-function echoBackend(): { port: number; close: () => Promise<void> } {
-  const backend = Deno.listenDatagram({ transport: "udp", hostname: BACKEND, port: 0 });
-  const echoing = (async () => {
-    for (;;) {
-      const [data, from] = await backend.receive();
-      await backend.send(enc.encode(`${dec.decode(data)}@${(from as Deno.NetAddr).port}`), from);
-    }
-  })().catch(() => {});
-  return {
-    port: (backend.addr as Deno.NetAddr).port,
-    close: async () => {
-      backend.close();
-      await echoing;
-    },
-  };
-}
 
 function dropped(proxy: NodeProxy, reason: string): number {
   const re = new RegExp(`^meshd_dropped_total\\{reason="${reason}"\\} (\\d+)$`, "m");
   return Number(re.exec(proxy.registry.render())?.[1] ?? 0);
 }
-
-const flowOf = (reply: string) => reply.split("@")[1];
 
 for (const engine of [false, true]) {
   const on = engine ? " (on the engine)" : "";
@@ -64,7 +28,7 @@ for (const engine of [false, true]) {
   for (const listeners of [1, 2]) {
     const cap = listeners === 1 ? "the listener's cap" : "--max-udp-flows";
     Deno.test(`NodeProxy UDP over ${cap} evicts the least recently active flow, not an older one in use${on}`, async () => {
-      const backend = echoBackend();
+      const backend = flowEchoBackend(BACKEND);
       const portA = freePort(MESHD);
       const portB = listeners === 1 ? portA : freePort(MESHD);
       const proxy = new NodeProxy({
@@ -89,23 +53,23 @@ for (const engine of [false, true]) {
           }],
         }))));
         const [user, o0, o1, o2, o3] = clients;
-        const first = await ask(user!, portA, "u0");
+        const first = await ask(user!, MESHD, portA, "u0");
         const opened = Date.now();
-        await ask(o0!, portA, "o0");
-        await ask(o1!, portB, "o1");
-        await ask(o2!, portB, "o2");
+        await ask(o0!, MESHD, portA, "o0");
+        await ask(o1!, MESHD, portB, "o1");
+        await ask(o2!, MESHD, portB, "o2");
         // Flows are ordered by activity at a second's grain: the user's next datagram must come
         // a second after its flow opened to move it behind the three others.
         await waitFor(
           "a second since the flows opened",
           () => Date.now() - opened > 1100 || undefined,
         );
-        assert.equal(flowOf(await ask(user!, portA, "u1")), flowOf(first));
+        assert.equal(flowOf(await ask(user!, MESHD, portA, "u1")), flowOf(first));
         // A fifth flow, over the cap of 4: the least recently active goes (o0's), not the user's.
-        await ask(o3!, portA, "o3");
-        const again = await ask(user!, portA, "u2");
+        await ask(o3!, MESHD, portA, "o3");
+        const again = await ask(user!, MESHD, portA, "u2");
         assert.equal(flowOf(again), flowOf(first), "the flow in use was evicted, not an idle one");
-        assert.match(await ask(o1!, portB, "o1 again"), new RegExp(`^o1 again@`));
+        assert.match(await ask(o1!, MESHD, portB, "o1 again"), new RegExp(`^o1 again@`));
         assert.equal(dropped(proxy, "udp_flow_evicted"), 1);
       } finally {
         for (const c of clients) c.close();
@@ -116,7 +80,7 @@ for (const engine of [false, true]) {
   }
 
   Deno.test(`NodeProxy UDP counts each flow evicted over the listener's cap${on}`, async () => {
-    const backend = echoBackend();
+    const backend = flowEchoBackend(BACKEND);
     const listenPort = freePort(MESHD);
     const proxy = new NodeProxy({
       hostname: MESHD,
@@ -140,7 +104,7 @@ for (const engine of [false, true]) {
         }],
       }]));
       for (const [i, c] of clients.entries()) {
-        assert.match(await ask(c, listenPort, `c${i}`), new RegExp(`^c${i}@`));
+        assert.match(await ask(c, MESHD, listenPort, `c${i}`), new RegExp(`^c${i}@`));
       }
       // Five clients, two flows at most: three evicted, each counted as the node's cap counts.
       assert.equal(dropped(proxy, "udp_flow_evicted"), 3);

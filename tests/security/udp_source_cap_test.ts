@@ -7,40 +7,18 @@ import { Logger } from "../../src/observability/mod.ts";
 import { NodeProxy } from "../../src/proxy/mod.ts";
 import { endpoint, meshConfig } from "../../src/topology/_testing.ts";
 import { freePort } from "../testenv/process.ts";
+import { ask, flowEchoBackend, flowOf } from "./_udp_flows.ts";
 
 const MESHD = "127.0.110.10";
 const BACKEND = "127.0.110.11";
 const VICTIM = "127.0.110.12";
 const ATTACKER = "127.0.110.13";
 const quiet = new Logger({ level: "error", write: () => {} });
-const enc = new TextEncoder();
-const dec = new TextDecoder();
-
-/** Sends `text` from `c` to the proxy and returns the reply, or throws after `ms`. */
-async function ask(c: Deno.DatagramConn, port: number, text: string, ms = 5000): Promise<string> {
-  await c.send(enc.encode(text), { transport: "udp", hostname: MESHD, port });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no reply to "${text}" within ${ms} ms`)), ms);
-  });
-  try {
-    const [data] = await Promise.race([c.receive(), late]);
-    return dec.decode(data);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 for (const engine of [false, true]) {
   Deno.test(`NodeProxy UDP evicts a source's own oldest flow over --max-udp-flows-per-source, never another client's${engine ? " (on the engine)" : ""}`, async () => {
     // An echo backend that says which flow socket (source port) each datagram came from.
-    const backend = Deno.listenDatagram({ transport: "udp", hostname: BACKEND, port: 0 });
-    const echoing = (async () => {
-      for (;;) {
-        const [data, from] = await backend.receive();
-        await backend.send(enc.encode(`${dec.decode(data)}@${(from as Deno.NetAddr).port}`), from);
-      }
-    })().catch(() => {});
+    const backend = flowEchoBackend(BACKEND);
     const listenPort = freePort(MESHD);
     const proxy = new NodeProxy({
       hostname: MESHD,
@@ -59,30 +37,28 @@ for (const engine of [false, true]) {
           port: 53,
           protocol: "udp",
           listenPort,
-          endpoints: [endpoint(BACKEND, (backend.addr as Deno.NetAddr).port)],
+          endpoints: [endpoint(BACKEND, backend.port)],
         }],
       }]));
-      const flowOf = (reply: string) => reply.split("@")[1];
-      const before = await ask(victim, listenPort, "v0");
+      const before = await ask(victim, MESHD, listenPort, "v0");
       // One address, 40 source ports: over twice the global cap of 16 flows.
       for (let i = 0; i < 40; i++) {
         const s = Deno.listenDatagram({ transport: "udp", hostname: ATTACKER, port: 0 });
         attackers.push(s);
-        assert.match(await ask(s, listenPort, `a${i}`), new RegExp(`^a${i}@`));
+        assert.match(await ask(s, MESHD, listenPort, `a${i}`), new RegExp(`^a${i}@`));
       }
-      const after = await ask(victim, listenPort, "v1");
+      const after = await ask(victim, MESHD, listenPort, "v1");
       assert.equal(flowOf(after), flowOf(before), "the victim's flow was evicted by the flood");
       const text = proxy.registry.render();
       const dropped = /^meshd_dropped_total\{reason="udp_source_limit"\} (\d+)$/m.exec(text)?.[1];
       assert.equal(Number(dropped), 36, "each attacker flow over the cap counted");
       // The attacker's most recent flows still work: it was capped, not cut off.
-      assert.match(await ask(attackers[39]!, listenPort, "a39 again"), /^a39 again@/);
+      assert.match(await ask(attackers[39]!, MESHD, listenPort, "a39 again"), /^a39 again@/);
     } finally {
       for (const s of attackers) s.close();
       victim.close();
       await proxy.stop();
-      backend.close();
-      await echoing;
+      await backend.close();
     }
   });
 }
