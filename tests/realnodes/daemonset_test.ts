@@ -659,6 +659,19 @@ Deno.test({
       assert.ok(p, `the Lease's holder ${JSON.stringify(leader)} is not a running meshd pod`);
       await kubectl("delete", "pod", p.metadata.name, "--wait=false");
     };
+    /** A rollout that adds `arg` to meshd's arguments. */
+    const addArg = (arg: string) => () =>
+      kubectl(
+        "patch",
+        "daemonset/meshd",
+        "--type=json",
+        "-p",
+        JSON.stringify([{
+          op: "add",
+          path: "/spec/template/spec/containers/0/args/-",
+          value: arg,
+        }]),
+      );
     // What each does, and how many meshd pods it replaces.
     const disruptions: [string, () => Promise<void>, number][] = [
       [
@@ -689,18 +702,7 @@ Deno.test({
         );
       }, all],
       // The eBPF hooks come off as the new pods start with --datapath=userspace.
-      ["switching to the userspace data path", () =>
-        kubectl(
-          "patch",
-          "daemonset/meshd",
-          "--type=json",
-          "-p",
-          JSON.stringify([{
-            op: "add",
-            path: "/spec/template/spec/containers/0/args/-",
-            value: "--datapath=userspace",
-          }]),
-        ), all],
+      ["switching to the userspace data path", addArg("--datapath=userspace"), all],
       [
         "kubectl rollout restart (userspace)",
         () => kubectl("rollout", "restart", "daemonset/meshd"),
@@ -708,18 +710,7 @@ Deno.test({
       ],
       ["deleting the leader's meshd pod (userspace)", deleteLeader, 1],
       // TCP and UDP on meshd's own event loop, in a worker of their own.
-      ["switching to the L4 worker (--l4-worker)", () =>
-        kubectl(
-          "patch",
-          "daemonset/meshd",
-          "--type=json",
-          "-p",
-          JSON.stringify([{
-            op: "add",
-            path: "/spec/template/spec/containers/0/args/-",
-            value: "--l4-worker",
-          }]),
-        ), all],
+      ["switching to the L4 worker (--l4-worker)", addArg("--l4-worker"), all],
       ["deleting the leader's meshd pod (--l4-worker)", deleteLeader, 1],
     ];
     const figures: string[] = [];
