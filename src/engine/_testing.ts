@@ -6,13 +6,22 @@
  */
 import { type Handler, Reactor } from "./reactor.ts";
 
-/** A {@linkcode Reactor} whose `add` fails, as epoll_ctl does (ENOSPC), once `refuse` is set. */
+/**
+ * A {@linkcode Reactor} whose `add` fails, as epoll_ctl does (ENOSPC), once `refuse` is set, and
+ * whose `modify` fails (ENOMEM) once `refuseModify` is.
+ */
 export class RefusingReactor extends Reactor {
   refuse = false;
+  refuseModify = false;
 
   override add(fd: number, interest: number, handler: Handler): void {
     if (this.refuse) throw new Error("epoll_ctl failed: No space left on device (errno 28)");
     super.add(fd, interest, handler);
+  }
+
+  override modify(fd: number, interest: number): void {
+    if (this.refuseModify) throw new Error("epoll_ctl failed: Cannot allocate memory (errno 12)");
+    super.modify(fd, interest);
   }
 }
 

@@ -188,6 +188,16 @@ export class TcpRelay {
    * backend that answered and closed, a client that reads slowly): a busy loop.
    */
   #remask(): void {
+    try {
+      this.#setMasks();
+    } catch {
+      // The loop would not take the change (epoll_ctl: out of memory, say): left as it is, the
+      // relay would wait for events that never come, until the idle timeout.
+      this.close("error");
+    }
+  }
+
+  #setMasks(): void {
     const a = (this.#up.eof || this.#up.pending ? 0 : EPOLLIN) |
       (this.#down.pending ? EPOLLOUT : 0);
     const b = (this.#down.eof || this.#down.pending ? 0 : EPOLLIN) |

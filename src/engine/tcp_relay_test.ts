@@ -13,6 +13,7 @@ import {
   SOL_SOCKET,
 } from "../../ffi/libc_net.ts";
 import { seededRandom } from "../_testing.ts";
+import { RefusingReactor } from "./_testing.ts";
 import { waitFor } from "../_testing.ts";
 
 const HOST = "127.0.61.21";
@@ -25,8 +26,8 @@ async function withRelay(
   backendPort: number,
   test: (port: number, relays: TcpRelay[], ends: RelayEnd[]) => Promise<void>,
   bytes?: { up: number; down: number },
+  reactor: Reactor = new Reactor(),
 ): Promise<void> {
-  const reactor = new Reactor();
   const lfd = bindSocket("tcp", HOST, 0);
   const relays: TcpRelay[] = [];
   const ends: RelayEnd[] = [];
@@ -294,5 +295,48 @@ Deno.test("TcpRelay does not spin on a socket closed both ways while its way wai
     closeFd(lfd);
     await serving.catch(() => {});
     backend.close();
+  }
+});
+
+Deno.test("TcpRelay ends, with both sockets closed, when the loop will not take a change of what it waits for", async () => {
+  // A backend that accepts and never reads: the relay's writes to it fill its buffers, and the
+  // relay must then ask the loop to wait for room (EPOLLOUT), which this loop refuses.
+  const backend = Deno.listen({ hostname: HOST, port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of backend) held.push(c);
+  })().catch(() => {});
+  const reactor = new RefusingReactor({ onError: () => {} });
+  try {
+    await withRelay(
+      backend.addr.port,
+      async (port, _relays, ends) => {
+        reactor.refuseModify = true;
+        const c = await Deno.connect({ hostname: HOST, port });
+        const chunk = new Uint8Array(1 << 20);
+        const writing = (async () => {
+          for (let i = 0; i < 64; i++) await c.write(chunk);
+        })().catch(() => {});
+        await waitFor("the relay to end", () => ends.length > 0 || undefined, 10_000);
+        assert.deepEqual(ends, ["error"]);
+        // The client sees its connection end rather than wait on a relay that is gone.
+        await waitFor("the client's writes to fail", async () => {
+          try {
+            await c.write(chunk);
+            return undefined;
+          } catch {
+            return true;
+          }
+        }, 10_000);
+        c.close();
+        await writing;
+      },
+      undefined,
+      reactor,
+    );
+  } finally {
+    for (const c of held) c.close();
+    backend.close();
+    await accepting;
   }
 });
