@@ -1,3 +1,5 @@
+import type { Logger } from "../observability/mod.ts";
+
 /**
  * Lets a log line through once per interval per key, so that traffic repeating one fault (a
  * forwarding loop, say) logs it once in a while, not once per request; the metrics count each.
@@ -21,4 +23,27 @@ export class LogThrottle {
     this.#last.set(key, now);
     return true;
   }
+}
+
+/**
+ * An error handler that logs `msg` at error level at most once per `throttle`'s interval, with
+ * how many errors came since the last line: for errors that can repeat on every turn of a loop.
+ *
+ * @example
+ * ```ts
+ * const reactor = new Reactor({ onError: throttledErrors(logger, "event loop handler failed") });
+ * ```
+ */
+export function throttledErrors(
+  log: Logger,
+  msg: string,
+  throttle: LogThrottle = new LogThrottle(),
+): (e: unknown) => void {
+  let unlogged = 0;
+  return (e) => {
+    unlogged++;
+    if (!throttle.allow(msg)) return;
+    log.error(msg, { error: String(e), failures: unlogged });
+    unlogged = 0;
+  };
 }

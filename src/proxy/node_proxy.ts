@@ -3,6 +3,7 @@ import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
 import { AccessLog, type AccessLogMode } from "./access_log.ts";
 import { LineQueue } from "./line_queue.ts";
+import { throttledErrors } from "./log_throttle.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
@@ -265,9 +266,8 @@ export class NodeProxy {
         import("./udp_engine_listener.ts"),
       ]);
       const log = this.#opts.logger;
-      const reactor = new Reactor({
-        onError: (e) => log.error("event loop handler failed", { error: String(e) }),
-      });
+      // A handler that throws on every turn (a bug) logs once per 10 s, with the count.
+      const reactor = new Reactor({ onError: throttledErrors(log, "event loop handler failed") });
       this.#engine = {
         reactor,
         running: reactor.run(),
