@@ -85,9 +85,8 @@ Deno.test("connectTcp closes its socket at once and rejects when the loop will n
   } finally {
     r.stop();
     await running;
-    // The kernel may have completed the handshake before the socket closed.
-    const t = setTimeout(() => listener.close(), 200);
-    for await (const c of listener) c.close();
-    clearTimeout(t);
+    // A handshake the kernel completed before the socket closed waits in the accept queue,
+    // which closing the listener empties (no Deno resource is left).
+    listener.close();
   }
 });

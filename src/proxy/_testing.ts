@@ -245,3 +245,32 @@ export async function echoOver(conn: Deno.Conn, text: string): Promise<string> {
   }
   return new TextDecoder().decode(got);
 }
+
+/** A TCP backend that echoes what each connection sends, then ends it: see {@linkcode tcpEchoBackend}. */
+export interface TcpEchoBackend {
+  port: number;
+  /** Connections accepted so far. */
+  connections: () => number;
+  close(): Promise<void>;
+}
+
+/** A TCP echo backend on `hostname`: each connection gets back what it sent, then the end. */
+export function tcpEchoBackend(hostname: string): TcpEchoBackend {
+  const listener = Deno.listen({ hostname, port: 0 });
+  let connections = 0;
+  const serving = (async () => {
+    for await (const conn of listener) {
+      connections++;
+      (async () => {
+        const buf = new Uint8Array(4096);
+        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        await conn.closeWrite();
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    connections: () => connections,
+    close: async () => (listener.close(), await serving),
+  };
+}

@@ -8,7 +8,15 @@ import type { MeshConfig } from "../topology/mod.ts";
 import { NodeProxy, type NodeProxyOptions } from "./mod.ts";
 import { parseBreakerExpression } from "../topology/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
-import { field, type HttpBackend, httpBackend, RawClient, rawRequest, sha256 } from "./_testing.ts";
+import {
+  field,
+  type HttpBackend,
+  httpBackend,
+  RawClient,
+  rawRequest,
+  sha256,
+  tcpEchoBackend,
+} from "./_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
 import { makePki } from "../_testing_tls.ts";
 
@@ -1024,16 +1032,7 @@ Deno.test("NodeProxy.inFlight counts a TCP connection still dialling its endpoin
   // What `meshd run --drain-timeout` waits on: a connection accepted just before drain() closed
   // the listener, still connecting to its endpoint, must keep the process until it is served.
   const host = "127.0.63.3";
-  const backend = Deno.listen({ hostname: host, port: 0 });
-  const serving = (async () => {
-    for await (const conn of backend) {
-      (async () => {
-        const buf = new Uint8Array(4096);
-        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-        await conn.closeWrite();
-      })().catch(() => {}).finally(() => conn.close());
-    }
-  })().catch(() => {});
+  const backend = tcpEchoBackend(host);
   const listenPort = freePort(host);
   let release = () => {};
   const held = new Promise<void>((r) => release = r);
@@ -1049,7 +1048,7 @@ Deno.test("NodeProxy.inFlight counts a TCP connection still dialling its endpoin
       port: 7,
       protocol: "tcp",
       listenPort,
-      endpoints: [endpoint(host, backend.addr.port)],
+      endpoints: [endpoint(host, backend.port)],
     }],
   }]);
   try {
@@ -1072,7 +1071,6 @@ Deno.test("NodeProxy.inFlight counts a TCP connection still dialling its endpoin
     }, { hostname: host, connect });
   } finally {
     release();
-    backend.close();
-    await serving;
+    await backend.close();
   }
 });

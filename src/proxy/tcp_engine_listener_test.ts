@@ -13,7 +13,7 @@ import { openSockets, RefusingReactor, socketFds } from "../engine/_testing.ts";
 import { EndpointPool } from "./endpoint_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
-import { echoOver } from "./_testing.ts";
+import { echoOver, tcpEchoBackend } from "./_testing.ts";
 import { AccessLog } from "./access_log.ts";
 import { bindSocket, closeFd, dialTcp, localAddress } from "../engine/sockets.ts";
 import { AF_INET, libcNet, SOCK_NONBLOCK, SOCK_STREAM, sockaddr } from "../../ffi/libc_net.ts";
@@ -21,26 +21,8 @@ import { AF_INET, libcNet, SOCK_NONBLOCK, SOCK_STREAM, sockaddr } from "../../ff
 const HOST = "127.0.62.2";
 const quiet = new Logger({ level: "error", write: () => {} });
 
-/** An echo backend on `HOST`: each connection gets back what it sent, then the end. */
-function echoBackend(): { port: number; connections: () => number; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: HOST, port: 0 });
-  let connections = 0;
-  const serving = (async () => {
-    for await (const conn of listener) {
-      connections++;
-      (async () => {
-        const buf = new Uint8Array(4096);
-        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-        await conn.closeWrite();
-      })().catch(() => {}).finally(() => conn.close());
-    }
-  })().catch(() => {});
-  return {
-    port: listener.addr.port,
-    connections: () => connections,
-    close: async () => (listener.close(), await serving),
-  };
-}
+/** An echo backend on `HOST`. */
+const echoBackend = () => tcpEchoBackend(HOST);
 
 /**
  * A route to `ports` (endpoints on `options.hostname`, default `HOST`) and a listener for it on

@@ -10,7 +10,7 @@ import { AccessLog } from "./access_log.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpListener, type TcpListenerOptions } from "./tcp_listener.ts";
-import { echoOver } from "./_testing.ts";
+import { echoOver, tcpEchoBackend } from "./_testing.ts";
 
 const HOST = "127.0.62.1";
 const quiet = new Logger({ level: "error", write: () => {} });
@@ -25,16 +25,7 @@ async function withListener(
 ): Promise<void> {
   const { accessLog, ...listenerOptions } = options;
   const host = options.hostname ?? HOST;
-  const backend = Deno.listen({ hostname: host, port: 0 });
-  const serving = (async () => {
-    for await (const conn of backend) {
-      (async () => {
-        const buf = new Uint8Array(4096);
-        for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-        await conn.closeWrite();
-      })().catch(() => {}).finally(() => conn.close());
-    }
-  })().catch(() => {});
+  const backend = tcpEchoBackend(host);
   const listenPort = freePort(host);
   const state = newRouteState({ accessLog: accessLog ?? null });
   const table = buildRouteTable(
@@ -44,7 +35,7 @@ async function withListener(
         port: 7,
         protocol: "tcp",
         listenPort,
-        endpoints: [endpoint(host, backend.addr.port)],
+        endpoints: [endpoint(host, backend.port)],
       }],
     }]),
     state,
@@ -62,8 +53,7 @@ async function withListener(
     await fn(listener, route);
   } finally {
     await listener.close(true);
-    backend.close();
-    await serving;
+    await backend.close();
   }
 }
 
