@@ -167,6 +167,25 @@ const STALLS: { name: string; head: string; first: string; request: string }[] =
   },
 ];
 
+/**
+ * How an HTTP/2 stream ended: `status body rst=code`, or "none after 5 s" when it has not
+ * closed by then.
+ */
+function streamOutcome(req: http2.ClientHttp2Stream, ms = 5000): Promise<string> {
+  return new Promise<string>((resolve) => {
+    let status = "";
+    let body = "";
+    const timer = setTimeout(() => resolve(`none after ${ms / 1000} s`), ms);
+    req.on("response", (h) => status = String(h[":status"]));
+    req.on("data", (c) => body += c);
+    req.on("error", () => {});
+    req.on("close", () => {
+      clearTimeout(timer);
+      resolve(`${status} ${body} rst=${req.rstCode}`);
+    });
+  });
+}
+
 for (const c of STALLS) {
   Deno.test(`HttpProxy cuts ${c.name} whose backend stalls mid-body after --stream-idle-timeout`, async () => {
     const backend = stallingBackend(c.head, c.first);
@@ -412,22 +431,12 @@ Deno.test("HttpProxy resets only the HTTP/2 stream whose h2c backend stalls mid-
   const proxy = proxyFor(backend.port, pool, { drop: drops.drop, clientIdleMs: 10_000 }, "h2c");
   const client = http2.connect(`http://${PROXY}:${proxy.addr.port}`);
   client.on("error", () => {});
-  /** The status, body and reset code of a request for `path`; "none" after 5 s. */
-  const get = (path: string) =>
-    new Promise<string>((resolve) => {
-      const req = client.request({ ":path": path, ":authority": HOST });
-      let status = "";
-      let body = "";
-      const timer = setTimeout(() => resolve("none after 5 s"), 5000);
-      req.on("response", (h) => status = String(h[":status"]));
-      req.on("data", (c) => body += c);
-      req.on("error", () => {});
-      req.on("close", () => {
-        clearTimeout(timer);
-        resolve(`${status} ${body} rst=${req.rstCode}`);
-      });
-      req.end();
-    });
+  /** The status, body and reset code of a request for `path`. */
+  const get = (path: string) => {
+    const req = client.request({ ":path": path, ":authority": HOST });
+    req.end();
+    return streamOutcome(req);
+  };
   try {
     const stalled = get("/stall");
     const started = Date.now();
@@ -498,24 +507,15 @@ Deno.test("HttpProxy passes an h2c body that comes a byte every 200 ms, to HTTP/
   const client = http2.connect(`http://${PROXY}:${proxy.addr.port}`);
   client.on("error", () => {});
   try {
-    const h2 = new Promise<string>((resolve) => {
-      const req = client.request({ ":path": "/drip", ":authority": HOST });
-      let body = "";
-      const timer = setTimeout(() => resolve("none after 5 s"), 5000);
-      req.on("data", (c) => body += c);
-      req.on("error", () => {});
-      req.on("close", () => {
-        clearTimeout(timer);
-        resolve(`${body} rst=${req.rstCode}`);
-      });
-      req.end();
-    });
+    const drip = client.request({ ":path": "/drip", ":authority": HOST });
+    drip.end();
+    const h2 = streamOutcome(drip);
     const h1 = exchange(
       proxy.addr.port,
       `GET /drip HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`,
       5000,
     );
-    assert.equal(await h2, `1234567890 rst=${http2.constants.NGHTTP2_NO_ERROR}`);
+    assert.equal(await h2, `200 1234567890 rst=${http2.constants.NGHTTP2_NO_ERROR}`);
     const got = await h1;
     assert.equal(got.timedOut, false, `no whole answer in 5 s: ${JSON.stringify(got.text)}`);
     // Chunked: each byte is a chunk of its own, then the last chunk.
@@ -544,18 +544,7 @@ Deno.test("HttpProxy does not reset an HTTP/2 stream whose client keeps sending 
   try {
     // A client-streaming call: 10 bytes, 200 ms apart; the backend answers at the end.
     const req = client.request({ ":method": "POST", ":path": "/wait", ":authority": HOST });
-    const answer = new Promise<string>((resolve) => {
-      let status = "";
-      let body = "";
-      const timer = setTimeout(() => resolve("none after 5 s"), 5000);
-      req.on("response", (h) => status = String(h[":status"]));
-      req.on("data", (c) => body += c);
-      req.on("error", () => {});
-      req.on("close", () => {
-        clearTimeout(timer);
-        resolve(`${status} ${body} rst=${req.rstCode}`);
-      });
-    });
+    const answer = streamOutcome(req);
     for (let i = 0; i < 10 && !req.destroyed; i++) {
       await new Promise((r) => setTimeout(r, 200));
       req.write("x");
