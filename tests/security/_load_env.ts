@@ -496,3 +496,25 @@ export class UdpClient {
 export function logLines(m: Meshd, re: RegExp): number {
   return m.child.lines.filter((l) => re.test(l)).length;
 }
+
+/**
+ * Sends `text` on a TCP connection from `from` to `port` of `m`; resolves with what came back
+ * before the close (or after 10 s).
+ */
+export function tcpExchange(m: Meshd, port: number, from: string, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: m.address, port, localAddress: from });
+    let got = "";
+    const timer = setTimeout(() => done(), 10_000);
+    const done = () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(got);
+    };
+    s.setEncoding("latin1");
+    s.on("connect", () => s.write(text));
+    s.on("data", (c: string) => got += c);
+    s.on("error", done);
+    s.on("close", done);
+  });
+}

@@ -7,7 +7,6 @@
  * loop which is not caught fails fast.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { freePort, waitFor } from "../testenv/process.ts";
 import {
   alive,
@@ -21,6 +20,7 @@ import {
   slice,
   startMeshd,
   stopMeshd,
+  tcpExchange,
   UdpClient,
 } from "./_load_env.ts";
 
@@ -42,25 +42,6 @@ function figures(
       `${before.rssMiB}/${during.rssMiB}/${after.rssMiB} (before/during/after); ` +
       `answered to other clients during the attack: ${answered}; ${extra}`,
   );
-}
-
-/** Sends `ping` on a TCP connection; resolves with what came back before the close. */
-function tcpExchange(m: Meshd): Promise<string> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: m.address, port: m.tcp, localAddress: BYSTANDER });
-    let got = "";
-    const timer = setTimeout(() => done(), 10_000);
-    const done = () => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(got);
-    };
-    s.setEncoding("latin1");
-    s.on("connect", () => s.write("ping"));
-    s.on("data", (c: string) => got += c);
-    s.on("error", done);
-    s.on("close", done);
-  });
 }
 
 Deno.test("meshd refuses endpoints that are its own listeners: 508, closed, dropped", async () => {
@@ -99,7 +80,11 @@ Deno.test("meshd refuses endpoints that are its own listeners: 508, closed, drop
     assert.ok(afterHttp >= 3, `HTTP loops not counted: ${afterHttp}`);
 
     // TCP: the connection is closed without reaching anything.
-    assert.equal(await tcpExchange(mesh), "", "a TCP connection to a looping service got data");
+    assert.equal(
+      await tcpExchange(mesh, mesh.tcp, BYSTANDER, "ping"),
+      "",
+      "a TCP connection to a looping service got data",
+    );
     await waitFor(
       "the TCP loop to be counted",
       async () => ((await drops(mesh))["loop"] ?? 0) > afterHttp ? true : undefined,
@@ -204,7 +189,11 @@ Deno.test("meshd knows its own listener by an IPv4-mapped IPv6 spelling of its a
     });
     const mesh = m;
     const before = procStats(mesh);
-    assert.equal(await tcpExchange(mesh), "", "a TCP connection to a looping service got data");
+    assert.equal(
+      await tcpExchange(mesh, mesh.tcp, BYSTANDER, "ping"),
+      "",
+      "a TCP connection to a looping service got data",
+    );
     const during = procStats(mesh);
     await waitFor(
       "the TCP loop to be counted as a loop",

@@ -6,7 +6,6 @@
  * at the first hop, as in one process.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { waitFor } from "../testenv/process.ts";
 import {
   alive,
@@ -18,30 +17,12 @@ import {
   slice,
   startMeshd,
   stopMeshd,
+  tcpExchange,
 } from "./_load_env.ts";
 
 const MESHD = "127.0.64.60";
 const WEB = "127.0.64.61";
 const CLIENT = "127.0.64.62";
-
-/** Sends `ping` on a TCP connection to `port`; resolves with what came back before the close. */
-function tcpExchange(m: Meshd, port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: m.address, port, localAddress: CLIENT });
-    let got = "";
-    const timer = setTimeout(() => done(), 10_000);
-    const done = () => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(got);
-    };
-    s.setEncoding("latin1");
-    s.on("connect", () => s.write("ping\r\n\r\n"));
-    s.on("data", (c: string) => got += c);
-    s.on("error", done);
-    s.on("close", done);
-  });
-}
 
 // One process; the entrypoint here and TCP in the L4 worker; HTTP in two workers beside it.
 for (const flags of [[], ["--l4-worker"], ["--workers", "2", "--l4-worker"]]) {
@@ -67,7 +48,11 @@ for (const flags of [[], ["--l4-worker"], ["--workers", "2", "--l4-worker"]]) {
       });
       const mesh = m;
       assert.equal(await httpStatus(mesh, "web.hl.mesh", { source: CLIENT }), 200);
-      assert.equal(await tcpExchange(mesh, mesh.tcp), "", "the TCP service reached meshd's HTTP");
+      assert.equal(
+        await tcpExchange(mesh, mesh.tcp, CLIENT, "ping\r\n\r\n"),
+        "",
+        "the TCP service reached meshd's HTTP",
+      );
       await waitFor(
         "the TCP loop to be counted",
         async () => ((await drops(mesh))["loop"] ?? 0) >= 1 ? true : undefined,
