@@ -22,6 +22,8 @@ export interface FlagSpec {
   arg?: string;
   /** A `duration` flag that also takes `0` (any unit, or none): the feature is off. */
   zeroOff?: boolean;
+  /** The shortest a `duration` flag takes, in ms (default 1). */
+  minMs?: number;
   /** A one-letter form, such as `o` for `-o json`. */
   short?: string;
   help: string;
@@ -166,6 +168,9 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       }
       // A timer longer than 2^31-1 ms fires at once (it is set to 1 ms).
       if (Math.round(ms) > MAX_TIMER_MS) bad("a duration of at most 596h (2^31-1 ms)");
+      if (spec.minMs !== undefined && ms < spec.minMs) {
+        bad(`a duration of at least ${spec.minMs} ms`);
+      }
       return Math.round(ms);
     }
     case "bool":

@@ -113,10 +113,12 @@ export const LOG_FLAGS: readonly FlagSpec[] = [
     name: "watchdog",
     kind: "duration",
     arg: "DURATION",
+    // Shorter, a collection or a busy moment would read as a stall, in a line each time.
+    minMs: 1000,
     help: "Log an error, with the RSS, when meshd's main thread has been stuck for DURATION " +
       "(what it serves stops: its config stream, API and DNS, and its proxy unless that is in " +
       "--workers or --l4-worker workers), and again when it moves; the watch is a thread of " +
-      "its own, about 14 MiB (default: none)",
+      "its own, about 14 MiB; at least 1s (default: none)",
   },
   {
     name: "access-log",

@@ -26,6 +26,9 @@ Deno.test("runConfig() types the defaults and turns --dns-ttl into whole seconds
   assert.equal(c.drainMs, 0);
   assert.equal(c.watchdogMs, 0, "no watch unless asked");
   assert.equal(parse(["--watchdog", "3s"]).watchdogMs, 3000);
+  // Under a second, any collection would read as a stall, logged each time.
+  assert.throws(() => parse(["--watchdog", "10ms"]), /expected a duration of at least 1000 ms/);
+  assert.equal(parse(["--watchdog", "1s"]).watchdogMs, 1000);
   assert.equal(c.health.port, undefined);
   assert.deepEqual(c.compile.tcpPorts, { first: 10000, last: 14999 });
   assert.equal(parse(["--dns-ttl", "200ms"]).dns.ttlSeconds, 1, "at least one second");
