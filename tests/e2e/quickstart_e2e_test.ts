@@ -51,8 +51,10 @@ Deno.test("scripts/quickstart serves the printed commands and stops everything o
     );
     assert.ok(out().includes(`nc -q1 127.0.0.1 ${tcp}`), out());
 
+    // The balancer picks the less loaded of two at random (the least recently picked on a
+    // tie): six requests missed one of three backends about once in 80 runs. Up to 60 do not.
     const names = new Set<string>();
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 60 && names.size < 3; i++) {
       names.add(/^name: (.*)$/m.exec(await rawGet(http, "whoami.default.mesh"))?.[1] ?? "?");
     }
     assert.deepEqual([...names].sort(), ["whoami-1", "whoami-2", "whoami-3"]);
