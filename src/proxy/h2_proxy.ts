@@ -262,6 +262,8 @@ export class H2Proxy {
   readonly #deadlines = new Set<Deadline>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
+  /** Set by {@linkcode H2Proxy.drain}. */
+  #draining = false;
   readonly #onBudgetSpent = (): void => this.#opts.drop?.("retry_budget");
   readonly #guard: LoopGuard;
 
@@ -313,6 +315,8 @@ export class H2Proxy {
       },
     }, early);
     this.#clients.add(client);
+    // Accepted before a drain, its preface read after: no new streams here either.
+    if (this.#draining) client.drain();
     this.#startSweeper();
     return client.done;
   }
@@ -337,6 +341,16 @@ export class H2Proxy {
       // GOAWAY; with no stream open the connection ends at once.
       if (c.streams === 0 && now - c.idleSince >= idleMs) c.drain();
     }
+  }
+
+  /**
+   * Sends every client connection GOAWAY (a drain before this process leaves): the streams in
+   * flight finish, then each connection ends, and the clients open their next streams on a new
+   * connection, to whoever listens on the port then. A client adopted from now on gets it too.
+   */
+  drain(): void {
+    this.#draining = true;
+    for (const c of this.#clients) c.drain();
   }
 
   /** Closes every client and backend connection, each with a GOAWAY first. */

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import http2 from "node:http2";
+import net from "node:net";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { NodeProxy } from "./mod.ts";
@@ -475,6 +476,68 @@ Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the 
   } finally {
     await a.close();
     await b.close();
+  }
+});
+
+Deno.test("h2c: a draining proxy sends its clients GOAWAY at once; the call in flight finishes, then the connection ends", async () => {
+  const a = await h2Backend("a");
+  try {
+    const config = meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
+    }]);
+    await withH2Proxy(config, async (client, _port, proxy) => {
+      let goaway = false;
+      let closed = false;
+      client.on("goaway", () => goaway = true);
+      client.on("close", () => closed = true);
+      const late = call(client, { ...grpcHeaders("greeter.default.mesh", "/late") }, ["x"]);
+      await waitFor("the call at the backend", () => a.open === 1 ? true : undefined, 5000);
+      await proxy.drain();
+      const r = await late;
+      // Before the call ended (the backend answers 300 ms after it came): the client opens its
+      // next calls elsewhere (a successor on the same port) rather than on a leaving proxy.
+      assert.ok(goaway, "no GOAWAY came before the answer");
+      assert.equal(r.headers[":status"], 200);
+      assert.equal(r.body, "x");
+      await waitFor("the connection ended", () => closed ? true : undefined, 5000);
+      await waitFor("no connection in flight", () => proxy.inFlight === 0 ? true : undefined, 5000);
+    });
+  } finally {
+    await a.close();
+  }
+});
+
+Deno.test("h2c: a client accepted before a drain whose preface comes after it gets GOAWAY, and its connection ends", async () => {
+  const proxy = new NodeProxy({ hostname: "127.0.0.1", httpPort: 0, logger: quiet });
+  await proxy.start();
+  try {
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", 9)] }],
+    }]));
+    const port = Number(proxy.httpAddress.split(":")[1]);
+    const socket = net.connect(port, "127.0.0.1");
+    socket.on("error", () => {});
+    await waitFor("the connection accepted", () => proxy.inFlight === 1 ? true : undefined, 5000);
+    await proxy.drain();
+    // The preface is written once the session starts on the socket: after the drain.
+    const client = http2.connect(`http://127.0.0.1:${port}`, { createConnection: () => socket });
+    client.on("error", () => {});
+    let goaway = false;
+    let closed = false;
+    client.on("goaway", () => goaway = true);
+    client.on("close", () => closed = true);
+    try {
+      await waitFor("a GOAWAY at the client", () => goaway ? true : undefined, 5000);
+      await waitFor("the connection ended", () => closed ? true : undefined, 5000);
+    } finally {
+      client.destroy();
+    }
+  } finally {
+    await proxy.stop();
   }
 });
 

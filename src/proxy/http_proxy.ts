@@ -366,6 +366,8 @@ export class HttpProxy {
         accessLog: options.accessLog,
         requestId: options.requestId,
       });
+      // Its first client came during a drain: it is drained as it comes.
+      if (this.#draining) this.#h2Loaded.drain();
       return this.#h2Loaded;
     });
     return this.#h2;
@@ -385,10 +387,12 @@ export class HttpProxy {
    * Stops accepting and lets the connections open now finish: each response from now on says
    * `connection: close` and ends its connection, and a connection idle between requests for
    * {@linkcode DRAIN_IDLE_MS} is closed (a client may be sending its next request on one that
-   * just went idle), so the clients open their next connection to whoever listens then.
+   * just went idle), so the clients open their next connection to whoever listens then. HTTP/2
+   * clients get GOAWAY at once: their streams in flight finish, then their connections end.
    */
   async drain(): Promise<void> {
     this.#draining = true;
+    this.#h2Loaded?.drain();
     try {
       this.#listener.close();
     } catch { /* already closed */ }
