@@ -68,7 +68,7 @@ function udp(reactor: Reactor, listen: string, backend: string): void {
 }
 
 /** A TCP connection with the `read`/`write` promise API of a `Deno.Conn`, on `reactor`. */
-class PromiseConn {
+export class PromiseConn {
   readonly #fd: number;
   readonly #reactor: Reactor;
   #onReadable: (() => void) | null = null;

@@ -5,9 +5,11 @@
  * forwarder of `h1_forwarder.ts` and through meshd. Prints each one's req/s, p99 and CPU µs per
  * request (the process's utime + stime from /proc/PID/stat) with the ratios to HAProxy's in
  * the same round. The forwarder opens a backend connection per client connection, so it is
- * the ceiling of the keep-alive case only.
+ * the ceiling of the keep-alive case only; for the close case, `h1_close_forwarders.ts` pools
+ * backend connections as meshd and HAProxy do, on Deno's I/O (`deno-pool`) and on meshd's own
+ * event loop (`ffi-pool`).
  *
- *   deno run --allow-all tests/bench/h1_ceiling_bench.ts [--seconds N] [--rounds R] [--loadtools BINARY]
+ *   deno run --allow-all tests/bench/h1_ceiling_bench.ts [--seconds N] [--rounds R] [--loadtools BINARY] [--close-only]
  *
  * Needs haproxy, wrk, and Go 1.24 or later for the backend (tests/bench/loadtools) unless
  * `--loadtools` names one built already. `MESHD_BENCH_HOST` moves it to another loopback address.
@@ -20,16 +22,17 @@ import { spawnMeshd } from "../testenv/meshd.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 const HOST = Deno.env.get("MESHD_BENCH_HOST") ?? "127.0.61.1";
 
-const args = { seconds: 4, rounds: 3, loadtools: "" };
+const args = { seconds: 4, rounds: 3, loadtools: "", closeOnly: false };
 for (let i = 0; i < Deno.args.length; i += 2) {
   const [k, v] = [Deno.args[i], Deno.args[i + 1]];
-  if (k === "--seconds" && Number(v) >= 1 && Number(v) <= 60) args.seconds = Number(v);
+  if (k === "--close-only") args.closeOnly = true, i--;
+  else if (k === "--seconds" && Number(v) >= 1 && Number(v) <= 60) args.seconds = Number(v);
   else if (k === "--rounds" && Number(v) >= 1 && Number(v) <= 20) args.rounds = Number(v);
   else if (k === "--loadtools" && v) args.loadtools = v;
   else {
     console.error(
       "usage: h1_ceiling_bench.ts [--seconds N (1-60, default 4)] [--rounds R (1-20, default 3)] " +
-        "[--loadtools BINARY]",
+        "[--loadtools BINARY] [--close-only]",
     );
     Deno.exit(2);
   }
@@ -92,7 +95,14 @@ try {
     loadtools = `${work}/loadtools`;
     await output("go", ["build", "-o", loadtools, "."], `${ROOT}tests/bench/loadtools`);
   }
-  const ports = { backend: freePort(), haproxy: freePort(), forwarder: freePort() };
+  const ports = {
+    backend: freePort(),
+    haproxy: freePort(),
+    forwarder: freePort(),
+    denoPool: freePort(),
+    ffiPool: freePort(),
+    ffiPromisePool: freePort(),
+  };
   const mesh = { http: freePort(), api: freePort(), tcp: freePort() };
   const backend = new Child("http-backend", [
     "http-backend",
@@ -120,6 +130,18 @@ try {
       `addressType: IPv4\nports: [{ name: p, port: ${ports.backend}, protocol: TCP }]\n` +
       `endpoints:\n  - addresses: ["${HOST}"]\n    conditions: { ready: true }\n`,
   );
+  const closeForwarder = (mode: "deno" | "ffi" | "ffi-promise", port: number) =>
+    new Child(`${mode}-pool`, [
+      "run",
+      "--allow-net",
+      "--allow-ffi",
+      `${ROOT}tests/bench/h1_close_forwarders.ts`,
+      mode,
+      HOST,
+      String(port),
+      HOST,
+      String(ports.backend),
+    ]);
   const targets = {
     haproxy: new Child("haproxy", ["-db", "-f", `${work}/haproxy.cfg`], { command: "haproxy" }),
     forwarder: new Child("forwarder", [
@@ -131,6 +153,9 @@ try {
       HOST,
       String(ports.backend),
     ]),
+    "deno-pool": closeForwarder("deno", ports.denoPool),
+    "ffi-pool": closeForwarder("ffi", ports.ffiPool),
+    "ffi-promise-pool": closeForwarder("ffi-promise", ports.ffiPromisePool),
     meshd: spawnMeshd([
       "--config-dir",
       `${work}/mesh`,
@@ -149,9 +174,17 @@ try {
     ]),
   };
   children.push(...Object.values(targets));
-  const portOf = { haproxy: ports.haproxy, forwarder: ports.forwarder, meshd: mesh.http };
-  await waitForPort(HOST, ports.haproxy);
-  await waitForPort(HOST, ports.forwarder);
+  const portOf = {
+    haproxy: ports.haproxy,
+    forwarder: ports.forwarder,
+    "deno-pool": ports.denoPool,
+    "ffi-pool": ports.ffiPool,
+    "ffi-promise-pool": ports.ffiPromisePool,
+    meshd: mesh.http,
+  };
+  for (const port of Object.values(ports)) {
+    await waitForPort(HOST, port);
+  }
   await waitFor("meshd ready", async () => {
     const r = await fetch(`http://${HOST}:${mesh.api}/readyz`).catch(() => null);
     await r?.body?.cancel();
@@ -161,9 +194,12 @@ try {
     "case       round  target          req/s   p99 ms  CPU µs/req   rate vs HAProxy  CPU vs HAProxy",
   );
   for (let round = 1; round <= args.rounds; round++) {
-    for (const close of [false, true]) {
+    for (const close of args.closeOnly ? [true] : [false, true]) {
       let ref: { rate: number; cpu: number } | null = null;
       for (const [name, child] of Object.entries(targets)) {
+        // The pooled forwarders close every client connection: the close case only; the
+        // forwarder that connects per client connection is no ceiling for that case.
+        if (close ? name === "forwarder" : name.endsWith("-pool")) continue;
         const before = cpuTicks(child.pid);
         const m = await wrk(portOf[name as keyof typeof portOf], close);
         const cpu = (cpuTicks(child.pid) - before) / CLK_TCK * 1e6 / m.n;
