@@ -58,7 +58,7 @@ Deno.test("helm template charts/meshd renders what kubectl kustomize manifests/ 
   for (const [key, o] of fromManifests) assert.deepEqual(fromChart.get(key), o, key);
 });
 
-Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespaces, data path, tolerations and resources from values", async () => {
+Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespaces, data path, L4 worker, tolerations and resources from values", async () => {
   const r = await run(await helm, [
     "template",
     "meshd",
@@ -66,7 +66,7 @@ Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespa
     "--set",
     "image.repository=registry.example/meshd,image.tag=9.9.9,logLevel=debug,acl=true",
     "--set",
-    "defaultMode=tcp,datapath=userspace,namespace=mesh-system,drainTimeoutSeconds=40",
+    "defaultMode=tcp,datapath=userspace,namespace=mesh-system,drainTimeoutSeconds=40,l4Worker=false",
     "--set",
     "watchNamespaces={shop,web},ignoreNamespaces={kube-system,batch},prepare=false",
     "--set",
@@ -96,6 +96,7 @@ Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespa
       "--drain-timeout=40s",
     ]
   ) assert.ok(c.args.includes(a), `${a} in ${c.args.join(" ")}`);
+  assert.ok(!c.args.includes("--l4-worker"), `l4Worker=false: ${c.args.join(" ")}`);
   assert.equal(spec.terminationGracePeriodSeconds, 50);
   assert.deepEqual(spec.tolerations, [{ key: "gpu", operator: "Exists" }]);
   assert.deepEqual(c.resources, {

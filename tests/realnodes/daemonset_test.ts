@@ -709,20 +709,36 @@ Deno.test({
         all,
       ],
       ["deleting the leader's meshd pod (userspace)", deleteLeader, 1],
-      // TCP and UDP on meshd's own event loop, in a worker of their own.
-      ["switching to the L4 worker (--l4-worker)", addArg("--l4-worker"), all],
-      ["deleting the leader's meshd pod (--l4-worker)", deleteLeader, 1],
+      // The DaemonSet runs TCP and UDP in the L4 worker by default: every step above did.
+      ["turning the L4 worker off (--l4-worker=false)", addArg("--l4-worker=false"), all],
+      ["deleting the leader's meshd pod (no L4 worker)", deleteLeader, 1],
     ];
+    /** Each meshd pod's log lines that say which data path it chose and whether its L4 worker started. */
+    const started = async () =>
+      await Promise.all(
+        (await pods(c, "meshd", "app.kubernetes.io/name=meshd")).map(async (p) => {
+          const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
+          const line = (what: string) => logs.out.split("\n").find((l) => l.includes(what)) ?? "";
+          return {
+            pod: p.metadata.name,
+            datapath: line("data path chosen"),
+            l4: line("proxy workers started"),
+          };
+        }),
+      );
     const figures: string[] = [];
     for (const [what, disrupt, replaces] of disruptions) {
       figures.push(await underLoad(c, nodes, clients, what, disrupt, replaces));
+      if (what === "deleting the leader's meshd pod (userspace)") {
+        for (const s of await started()) {
+          assert.match(s.l4, /l4Worker=true/, `${s.pod}: the L4 worker did not start: ${s.l4}`);
+        }
+      }
     }
-    for (const p of await pods(c, "meshd", "app.kubernetes.io/name=meshd")) {
-      const logs = await c.kubectl("-n", "meshd", "logs", p.metadata.name, "-c", "meshd");
-      const chosen = logs.out.split("\n").find((l) => l.includes("data path chosen")) ?? "";
-      assert.match(chosen, /datapath=userspace/, `${p.metadata.name}: ${chosen}`);
-      const l4 = logs.out.split("\n").find((l) => l.includes("proxy workers started")) ?? "";
-      assert.match(l4, /l4Worker=true/, `${p.metadata.name}: the L4 worker did not start`);
+    for (const s of await started()) {
+      assert.match(s.datapath, /datapath=userspace/, `${s.pod}: ${s.datapath}`);
+      // With one proxy and no L4 worker, no pool of proxy workers starts at all.
+      assert.equal(s.l4, "", `${s.pod}: ${s.l4}`);
     }
     console.log(`rollouts under load:\n  ${figures.join("\n  ")}`);
     console.log((await meshdRestarts(c)).text);
