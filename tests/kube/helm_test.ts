@@ -100,7 +100,7 @@ Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespa
   assert.equal(spec.terminationGracePeriodSeconds, 50);
   assert.deepEqual(spec.tolerations, [{ key: "gpu", operator: "Exists" }]);
   assert.deepEqual(c.resources, {
-    requests: { cpu: "100m", memory: "128Mi" },
+    requests: { cpu: "100m", memory: "160Mi" },
     limits: { memory: "1Gi" },
   });
   assert.ok(all.has("Namespace /mesh-system"));
