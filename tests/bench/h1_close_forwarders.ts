@@ -172,7 +172,7 @@ function viaEngine(): void {
     if (listed) reactor.remove(fd);
     if (n <= 0) {
       closeFd(fd);
-      return;
+      return true;
     }
     const req = keepBackendOpen(buf.slice(0, n));
     let b = pool.pop();
