@@ -184,7 +184,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     kind: "duration",
     arg: "DURATION",
     default: "1h",
-    help: "A TCP connection with no byte either way for this long is closed",
+    help: "A TCP connection, or an HTTP Upgrade tunnel (WebSocket), with no byte either way " +
+      "for this long is closed",
   },
   {
     name: "udp-idle-timeout",

@@ -66,6 +66,11 @@ export interface HttpProxyOptions {
   /** Close a client connection a write to which makes no progress for this long. Default 60 s. */
   writeTimeoutMs?: number;
   /**
+   * Close an Upgrade tunnel (WebSocket) with no byte either way for this long, as a TCP
+   * connection (`--tcp-idle-timeout`). Default 1 h.
+   */
+  tunnelIdleMs?: number;
+  /**
    * Cut a response whose backend sends no byte of its body for this long while the client
    * takes what came (both connections closed, the endpoint charged a failure). 0: no limit.
    * Default 5 min.
@@ -1155,12 +1160,27 @@ export class HttpProxy {
       closeQuietly(client);
       closeQuietly(up.conn);
     };
-    await Promise.all([
-      // Straight from the client: no read ahead is under way (none is started for an Upgrade,
-      // and reading this request's head took the last one), and `early` holds what it got.
-      splice(client, up.conn, early[0]!, x.cin, abort, bw),
-      splice(up.conn, client, early[1]!, x.cout, abort, cw),
-    ]);
+    // No byte either way for the idle time: the sweep ends the tunnel, as a TCP connection's.
+    const idleMs = this.#opts.tunnelIdleMs ?? 3_600_000;
+    const idle = newWatch(client, () => {
+      abort();
+      if (this.#opts.logger.enabled("debug")) {
+        this.#opts.logger.debug("http upgrade idle; closed", { service: root.key, idleMs });
+      }
+    });
+    const active = (): void => this.#arm(idle, Date.now() + idleMs);
+    active();
+    try {
+      await Promise.all([
+        // Straight from the client: no read ahead is under way (none is started for an
+        // Upgrade, and reading this request's head took the last one), and `early` holds what
+        // it got.
+        splice(client, up.conn, early[0]!, x.cin, abort, bw, active),
+        splice(up.conn, client, early[1]!, x.cout, abort, cw, active),
+      ]);
+    } finally {
+      idle.deadline = 0; // the sweep lets go of it
+    }
     abort();
     if (this.#opts.logger.enabled("debug")) {
       this.#opts.logger.debug("http upgrade ended", { service: root.key, method: req.method });
@@ -1529,7 +1549,7 @@ function responseHead(
 
 /**
  * Copies `early` and then everything from `from` to `to` (written through `w`), then
- * half-closes `to`.
+ * half-closes `to`; `active` is told of each chunk.
  */
 async function splice(
   from: Reader,
@@ -1537,7 +1557,8 @@ async function splice(
   early: Uint8Array,
   counter: { inc(n: number): void },
   abort: () => void,
-  w: Writer = to,
+  w: Writer,
+  active: () => void,
 ): Promise<void> {
   try {
     if (early.length > 0) {
@@ -1548,6 +1569,7 @@ async function splice(
     for (;;) {
       const n = await from.read(buf);
       if (n === null) break;
+      active();
       await writeAll(w, buf.subarray(0, n));
       counter.inc(n);
     }

@@ -43,7 +43,7 @@ export interface NodeProxyOptions {
   connectTimeoutMs?: number;
   /** A backend that has not answered within this time fails (HTTP 504). Default 30 s. */
   responseTimeoutMs?: number;
-  /** TCP connections idle this long are closed. Default 1 hour. */
+  /** TCP connections and HTTP Upgrade tunnels idle this long are closed. Default 1 hour. */
   tcpIdleTimeoutMs?: number;
   /** UDP flows idle this long are forgotten. Default 60 s. */
   udpIdleTimeoutMs?: number;
@@ -290,6 +290,7 @@ export class NodeProxy {
       caCerts: this.#opts.caCerts,
       writeTimeoutMs: this.#opts.writeTimeoutMs,
       streamIdleTimeoutMs: this.#opts.streamIdleTimeoutMs,
+      tunnelIdleMs: this.#opts.tcpIdleTimeoutMs,
       limiter: this.#limiter,
       drop: this.#state.metrics.drop,
       isOwn: this.#isOwnTcp,

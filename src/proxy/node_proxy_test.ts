@@ -582,8 +582,9 @@ Deno.test("NodeProxy answers 429 over the rate limit, with Retry-After", async (
   });
 });
 
-Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes both ways", async () => {
-  const ws = rawBackend(async (conn) => {
+/** A WebSocket-like backend: answers an Upgrade with 101 and "hello", then echoes in capitals. */
+function shoutingBackend() {
+  return rawBackend(async (conn) => {
     const buf = new Uint8Array(4096);
     let head = "";
     while (!head.includes("\r\n\r\n")) {
@@ -604,20 +605,29 @@ Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes
       );
     }
   });
+}
+
+/** Opens a tunnel to `ws.default.mesh` through the proxy on `port`, past its "hello". */
+async function openTunnel(port: number): Promise<RawClient> {
+  const client = await RawClient.connect(port);
+  const r = await client.request(
+    "GET /chat HTTP/1.1\r\nHost: ws.default.mesh\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+  );
+  assert.equal(r.status, 101);
+  assert.equal(r.headers.get("upgrade"), "websocket");
+  assert.equal(await client.readBytes(5), "hello");
+  return client;
+}
+
+const wsConfig = (port: number) =>
+  meshConfig([{ name: "ws", ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }] }]);
+
+Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes both ways", async () => {
+  const ws = shoutingBackend();
   try {
-    const config = meshConfig([{
-      name: "ws",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", ws.port)] }],
-    }]);
-    await withProxy(config, async (_, port) => {
-      const client = await RawClient.connect(port);
+    await withProxy(wsConfig(ws.port), async (_, port) => {
+      const client = await openTunnel(port);
       try {
-        const r = await client.request(
-          "GET /chat HTTP/1.1\r\nHost: ws.default.mesh\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        );
-        assert.equal(r.status, 101);
-        assert.equal(r.headers.get("upgrade"), "websocket");
-        assert.equal(await client.readBytes(5), "hello");
         await client.send("shout");
         const got = await client.readBytes(5);
         assert.equal(got, "SHOUT");
@@ -625,6 +635,39 @@ Deno.test("NodeProxy passes an Upgrade (WebSocket) through and then copies bytes
         client.close();
       }
     });
+  } finally {
+    await ws.close();
+  }
+});
+
+Deno.test("NodeProxy closes an Upgrade tunnel with no byte either way for --tcp-idle-timeout, and only then", async () => {
+  const ws = shoutingBackend();
+  try {
+    await withProxy(wsConfig(ws.port), async (proxy, port) => {
+      const client = await openTunnel(port);
+      try {
+        // A byte each way every 150 ms for 1.2 s: four times the idle timeout, and open.
+        for (let i = 0; i < 8; i++) {
+          await new Promise((r) => setTimeout(r, 150));
+          await client.send("a");
+          assert.equal(await client.readBytes(1), "A");
+        }
+        // Then nothing: closed after the timeout (the sweep runs every 100 ms).
+        const idleFrom = performance.now();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const closed = await Promise.race([
+          client.closedByPeer(),
+          new Promise<false>((r) => timer = setTimeout(() => r(false), 5000)),
+        ]);
+        clearTimeout(timer);
+        assert.ok(closed, "the idle tunnel stayed open 5 s");
+        const idleMs = performance.now() - idleFrom;
+        assert.ok(idleMs >= 250, `closed after ${idleMs.toFixed(0)} ms idle, before the timeout`);
+        await waitFor("the tunnel counted out", () => proxy.inFlight === 0 ? true : undefined);
+      } finally {
+        client.close();
+      }
+    }, { tcpIdleTimeoutMs: 300 });
   } finally {
     await ws.close();
   }
