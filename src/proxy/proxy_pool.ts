@@ -37,6 +37,13 @@ export interface ProxyPoolOptions {
    * started again (a busy loop would otherwise hold up every config and /metrics). Default 30 s.
    */
   callTimeoutMs?: number;
+  /**
+   * Each running worker is asked to answer this often, so that one whose loop is stuck is
+   * found (after `callTimeoutMs`) and started again even when no config or /metrics call
+   * comes: a stuck L4 worker would otherwise hold the node's TCP and UDP ports unserved while
+   * the probes, answered by the main thread, pass. Default 5 s.
+   */
+  pingEveryMs?: number;
   /** Where the pool's own metrics go, and what `/metrics` renders first; a new one if absent. */
   registry?: Registry;
 }
@@ -60,7 +67,8 @@ export type WorkerRequest =
   | { t: "apply"; config: MeshConfig }
   | { t: "metrics" }
   | { t: "drain" }
-  | { t: "stop" };
+  | { t: "stop" }
+  | { t: "ping" };
 
 /** What a worker reports of its proxy. */
 export interface WorkerState {
@@ -103,6 +111,8 @@ interface Slot {
   reported: FamilySnapshot[] | null;
   /** The L4 worker's descriptors, by number (its engine opens them outside Deno's resources). */
   fdLedger: SharedArrayBuffer | null;
+  /** A liveness ping is waiting for its answer. */
+  pinging: boolean;
 }
 
 /** Summed series by family name, then by labels. */
@@ -184,6 +194,7 @@ export class ProxyPool {
   #stopping = false;
   #draining = false;
   readonly #timers = new Set<ReturnType<typeof setTimeout>>();
+  #pinger: ReturnType<typeof setInterval> | undefined;
   /**
    * The counters of workers that died, as they last reported them: a worker started again
    * counts from 0, and without these the sums /metrics shows would go back.
@@ -217,6 +228,7 @@ export class ProxyPool {
       startedAt: 0,
       reported: null,
       fdLedger: null,
+      pinging: false,
     }));
     this.registry.collect(
       "meshd_proxy_workers",
@@ -279,6 +291,17 @@ export class ProxyPool {
       workers: this.#slots.length,
       l4Worker: this.#opts.l4Worker ?? false,
     });
+    this.#pinger = setInterval(() => this.#ping(), this.#opts.pingEveryMs ?? 5000);
+    Deno.unrefTimer(this.#pinger); // never keeps the process alive on its own
+  }
+
+  /** Asks each running worker to answer; one that does not within the call timeout has died. */
+  #ping(): void {
+    for (const s of this.#slots) {
+      if (s.worker === null || s.state === null || s.pinging) continue;
+      s.pinging = true;
+      this.#call(s, { t: "ping" }).catch(() => {}).finally(() => s.pinging = false);
+    }
   }
 
   async #startSlot(slot: Slot, httpPort: number): Promise<void> {
@@ -595,6 +618,7 @@ export class ProxyPool {
   /** Stops every worker's listeners and connections, then the workers. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    clearInterval(this.#pinger);
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     // A worker that does not answer in time (stuck in a loop, say) is ended all the same.

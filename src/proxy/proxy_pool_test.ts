@@ -102,6 +102,44 @@ Deno.test("ProxyPool.apply() is all or nothing, and a dead worker is started aga
   }
 });
 
+Deno.test("ProxyPool starts a worker whose thread is stuck again, with no config or /metrics call to find it", async () => {
+  const lines: string[] = [];
+  const pool = new ProxyPool({
+    workers: 2,
+    proxy: { hostname: HOST, httpPort: 0 },
+    logger: new Logger({ level: "info", format: "json", write: (l) => lines.push(l) }),
+    entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
+    // Long enough for a worker's first start on a busy machine.
+    callTimeoutMs: 5000,
+    pingEveryMs: 100,
+  });
+  const p = freePort();
+  try {
+    await pool.start();
+    await pool.apply(config(1, [p]));
+    // Worker 1 takes version 77, and its thread is stuck 300 ms later; version 78 before then
+    // is what it is started again on.
+    await pool.apply(config(77, [p]));
+    await pool.apply(config(78, [p]));
+    await waitUntil(
+      "worker 1 started again",
+      () => lines.some((l) => l.includes('"msg":"proxy worker started again"')),
+      30_000,
+    );
+    assert.match(
+      lines.join("\n"),
+      /"msg":"proxy worker died; starting it again".*"worker":1.*did not answer \\"ping\\" within 5000 ms/,
+    );
+    await waitUntil(
+      "both workers on version 78",
+      () => pool.version === 78 && pool.listening().own.tcp.get(p) === 2,
+    );
+    assert.match(await pool.metrics(), /^meshd_proxy_worker_restarts_total 1$/m);
+  } finally {
+    await pool.stop();
+  }
+});
+
 Deno.test("ProxyPool closes the sockets of an L4 worker that died, so the one started again takes every connection", async () => {
   // The engine opens its sockets through libc, which Deno does not close with the worker: its
   // listening socket stayed in the port's SO_REUSEPORT group and took a share of the new

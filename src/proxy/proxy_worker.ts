@@ -104,5 +104,8 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
     case "stop":
       (proxy?.stop() ?? Promise.resolve()).then(() => reply({ t: "ok" }), fail);
       return;
+    case "ping":
+      reply({ t: "ok" });
+      return;
   }
 };

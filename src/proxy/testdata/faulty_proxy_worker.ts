@@ -1,6 +1,7 @@
 /**
  * The proxy worker, with faults for `proxy_pool_test.ts`: worker 1 refuses a config of version
- * 13 and dies (an uncaught error) on version 66; everything else goes to the real worker.
+ * 13, dies (an uncaught error) on version 66, and 300 ms after it took version 77 its thread
+ * gets stuck in a loop for good; everything else goes to the real worker.
  *
  * @module
  */
@@ -24,6 +25,13 @@ scope.onmessage = (e: MessageEvent) => {
     setTimeout(() => {
       throw new Error("crashed by the test");
     });
+    return;
+  }
+  if (m.t === "apply" && index === 1 && m.config.version === 77) {
+    real(e);
+    setTimeout(() => {
+      while (Date.now() > 0) { /* stuck */ }
+    }, 300);
     return;
   }
   real(e);
