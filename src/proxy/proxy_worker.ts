@@ -75,11 +75,16 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
         .with({ room: "proxy", worker: m.index });
       // start() can throw before its first await (a port in use): that is the pool's refused
       // start, answered as such, not an uncaught error that prints the worker's stack.
-      Promise.resolve().then(() => {
+      const starting = Promise.resolve().then(() => {
         httpPort = m.options.httpPort;
         proxy = new NodeProxy({ ...m.options, logger, siblingPorts: () => siblings });
         return proxy.start();
-      }).then(() => {
+      });
+      // What comes while it starts (a config the pool applies while it starts this worker
+      // again) waits for the start: an apply before it bound the L4 worker's ports on Deno's
+      // I/O, the engine not loaded yet; a failed start fails them too.
+      chain = starting;
+      starting.then(() => {
         reply({ t: "ok", state: sent() });
         // Bind retries and connection counts change with no message in: report them.
         setInterval(report, 100);
@@ -99,10 +104,11 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       reply({ t: "ok", metrics: proxy?.registry.snapshot() ?? [] });
       return;
     case "drain":
-      proxy!.drain().then(() => reply({ t: "ok", state: sent() }), fail);
+      chain = chain.then(() => proxy!.drain()).then(() => reply({ t: "ok", state: sent() }), fail);
       return;
     case "stop":
-      (proxy?.stop() ?? Promise.resolve()).then(() => reply({ t: "ok" }), fail);
+      // After a start or apply under way: stopped before, the engine it went on to make stayed.
+      chain.catch(() => {}).then(() => proxy?.stop()).then(() => reply({ t: "ok" }), fail);
       return;
   }
 };
