@@ -61,6 +61,22 @@ function report(): void {
   scope.postMessage({ t: "state", state: s });
 }
 
+/**
+ * An error nothing caught: the pool is told, and ends this worker, logs it in one line and
+ * starts it again. Prevented here, so Deno does not print it on meshd's stderr as well, with its
+ * stack in lines of its own (in colour): the pool's handler runs only after Deno printed it.
+ */
+function fatal(e: Event, what: string, error: unknown): void {
+  e.preventDefault();
+  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  scope.postMessage({ t: "fatal", message: `${what} ${text}` });
+}
+self.addEventListener("error", (e) => fatal(e, "Uncaught", (e as ErrorEvent).error));
+self.addEventListener(
+  "unhandledrejection",
+  (e) => fatal(e, "Uncaught (in promise)", (e as PromiseRejectionEvent).reason),
+);
+
 scope.onmessage = (e: MessageEvent<ToWorker>) => {
   const m = e.data;
   const reply = (body: Record<string, unknown>) => scope.postMessage({ id: m.id, ...body });
