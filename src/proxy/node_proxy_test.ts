@@ -777,7 +777,7 @@ for (const engine of [false, true]) {
     // kube-proxy clears the conntrack entries of a UDP endpoint that left for the same reason:
     // a client that keeps sending from one port (a resolver, a metrics agent) never lets its
     // flow go idle, and went on reaching the removed pod (or nothing) for as long as it sent.
-    const host = "127.0.65.2";
+    const host = "127.0.67.201";
     const named = (name: string) => {
       const s = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
       const done = (async () => {

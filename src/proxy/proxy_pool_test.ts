@@ -111,7 +111,7 @@ Deno.test("ProxyPool logs a worker that dies of an uncaught error in one line, a
       "run",
       "--allow-all",
       new URL("./testdata/crashing_pool.ts", import.meta.url).pathname,
-      "127.0.63.21",
+      "127.0.67.203",
     ],
     stdout: "null",
     stderr: "piped",

@@ -1,13 +1,13 @@
 /**
  * The proxy worker's entry over its messages, as {@linkcode ProxyPool} sends them, on
- * 127.0.64.6.
+ * 127.0.67.202.
  */
 import assert from "node:assert/strict";
 import type { MeshConfig } from "../topology/mod.ts";
 import type { WorkerRequest } from "./proxy_pool.ts";
 import { freePort } from "../_testing.ts";
 
-const HOST = "127.0.64.6";
+const HOST = "127.0.67.202";
 
 /** A config with one TCP service on `listenPort`. */
 function config(version: number, listenPort: number): MeshConfig {

@@ -195,13 +195,14 @@ Deno.test("TcpEngineListener gives a connection's slot back to the limiter as th
   // It was given back by a promise callback, which a busy loop runs only when it lets the
   // isolate run (every 5 ms): meanwhile the loop accepted new connections against caps that
   // still counted the ended ones, and refused some from a source under its cap (source_limit).
-  const backend = echoBackend();
+  const host = "127.0.67.204";
+  const backend = tcpEchoBackend(host);
   const limiter = new ConnectionLimiter({ max: 10, perSource: 10 }, () => {});
   const openAtEnd: number[] = [];
   const accessLog = new AccessLog({ mode: "json", write: () => void openAtEnd.push(limiter.open) });
   try {
-    await withListener([backend.port], { limiter, accessLog }, async (listener) => {
-      const conn = await Deno.connect({ hostname: HOST, port: listener.addr.port });
+    await withListener([backend.port], { hostname: host, limiter, accessLog }, async (listener) => {
+      const conn = await Deno.connect({ hostname: host, port: listener.addr.port });
       assert.equal(await echoOver(conn, "x"), "x");
       assert.equal(limiter.open, 1);
       conn.close();
