@@ -35,7 +35,13 @@ export interface UdpFlow<T extends UdpTarget = UdpTarget> {
 }
 
 /** How a flow ended. */
-export type UdpFlowEnd = "idle_timeout" | "evicted" | "error" | "shutdown" | "endpoint_failed";
+export type UdpFlowEnd =
+  | "idle_timeout"
+  | "evicted"
+  | "error"
+  | "shutdown"
+  | "endpoint_failed"
+  | "endpoint_removed";
 
 /** Options for {@linkcode UdpRelay}. */
 export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {

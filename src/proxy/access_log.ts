@@ -32,8 +32,8 @@ export interface AccessEntry {
    * Why it ended or was refused: `acl`, `rate_limit`, `circuit_open`, `no_endpoint`, `loop`,
    * `timeout`, `endpoint_failed`, `bad_request`, `client_gone`, `unknown_host`, `reset`
    * (HTTP); `eof`, `error`,
-   * `idle_timeout`, `shutdown` (TCP); `idle_timeout`, `evicted`, `endpoint_failed`, `shutdown`
-   * (UDP).
+   * `idle_timeout`, `shutdown` (TCP); `idle_timeout`, `evicted`, `endpoint_failed`,
+   * `endpoint_removed`, `shutdown` (UDP).
    */
   reason?: string;
   /** For a refusal: meshd's own message, naming the rule that was missing. */

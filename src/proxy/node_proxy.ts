@@ -103,6 +103,8 @@ interface TcpPort {
 interface UdpPort {
   readonly addr: Deno.NetAddr;
   awaitingAnswer(ms: number): number;
+  /** Ends the flows of endpoints the port's route no longer lists as ready. */
+  endStale(): void;
   close(): Promise<void>;
 }
 
@@ -352,6 +354,7 @@ export class NodeProxy {
     }
     this.#routes = next;
     this.#opened();
+    for (const [port, l] of this.#udp) if (next.udp.has(port)) l.endStale();
     this.#state.pool.forget(changes.endpointKeys, next.endpointKeys);
     if (changes.endpointKeys.length > 0) this.#http?.dropIdle(next.endpointKeys);
     for (const k of changes.metricKeys) this.#state.metrics.forget(k);

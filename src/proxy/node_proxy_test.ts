@@ -815,6 +815,79 @@ for (const engine of [false, true]) {
   });
 }
 
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.apply() ends the UDP flows of an endpoint the config no longer lists as ready, so the client's next datagram goes to one it does${engine ? " (on the engine)" : ""}`, async () => {
+    // kube-proxy clears the conntrack entries of a UDP endpoint that left for the same reason:
+    // a client that keeps sending from one port (a resolver, a metrics agent) never lets its
+    // flow go idle, and went on reaching the removed pod (or nothing) for as long as it sent.
+    const host = "127.0.67.201";
+    const named = (name: string) => {
+      const s = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+      const done = (async () => {
+        for (;;) {
+          const [, from] = await s.receive();
+          await s.send(new TextEncoder().encode(name), from);
+        }
+      })().catch(() => {});
+      return { port: (s.addr as Deno.NetAddr).port, close: () => (s.close(), done) };
+    };
+    const a = named("a");
+    const b = named("b");
+    const listenPort = freePort(host);
+    const config = (version: number, ...eps: ReturnType<typeof endpoint>[]) =>
+      meshConfig([{
+        name: "dns",
+        ports: [{ port: 53, protocol: "udp", listenPort, endpoints: eps }],
+      }], { version });
+    const lines: string[] = [];
+    const proxy = new NodeProxy({
+      hostname: host,
+      httpPort: 0,
+      logger: quiet,
+      engine,
+      accessLog: "json",
+      accessLogWrite: (l) => void lines.push(l),
+    });
+    await proxy.start();
+    const client = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+    const guard = setTimeout(() => client.close(), 10_000);
+    const ask = async () => {
+      await client.send(new Uint8Array(1), { transport: "udp", hostname: host, port: listenPort });
+      return new TextDecoder().decode((await client.receive())[0]);
+    };
+    const open = () =>
+      Number(
+        /^meshd_open_connections\{service="default\/dns",port="53",protocol="udp"\} (\S+)$/m
+          .exec(proxy.registry.render())?.[1],
+      );
+    try {
+      await proxy.apply(config(1, endpoint(host, a.port)));
+      assert.equal(await ask(), "a");
+      // a leaves the config: its flow ends, and the next datagram opens one to b.
+      await proxy.apply(config(2, endpoint(host, b.port)));
+      assert.equal(await ask(), "b", "the datagram after a left went to a");
+      // a comes back: b's flow stays. Then b stops being ready (a pod terminating): it ends.
+      await proxy.apply(config(3, endpoint(host, a.port), endpoint(host, b.port)));
+      assert.equal(await ask(), "b");
+      await proxy.apply(
+        config(4, endpoint(host, a.port), endpoint(host, b.port, { ready: false })),
+      );
+      assert.equal(await ask(), "a", "the datagram after b stopped being ready went to b");
+      assert.equal(open(), 1, "one flow open");
+      const reasons = lines.map((l) => (JSON.parse(l) as { reason?: string }).reason);
+      assert.deepEqual(reasons, ["endpoint_removed", "endpoint_removed"]);
+    } finally {
+      clearTimeout(guard);
+      try {
+        client.close();
+      } catch { /* closed by the guard */ }
+      await proxy.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+}
+
 Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
   await withBackends(["a"], async ([a]) => {
     const expression = "ResponseCodeRatio(500, 600, 0, 600) > 0.5";

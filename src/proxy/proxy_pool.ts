@@ -82,7 +82,8 @@ export interface WorkerState {
 
 interface Reply {
   id?: number;
-  t: "ok" | "error" | "state";
+  /** `fatal`: an error nothing caught in the worker (`message`); it is taken for dead. */
+  t: "ok" | "error" | "state" | "fatal";
   message?: string;
   state?: WorkerState;
   metrics?: FamilySnapshot[];
@@ -309,7 +310,10 @@ export class ProxyPool {
     const worker = new Worker(entry, { type: "module", name: `proxy-${slot.index}` });
     slot.worker = worker;
     slot.startedAt = Date.now();
-    worker.onmessage = (e: MessageEvent<Reply>) => this.#received(slot, e.data);
+    worker.onmessage = (e: MessageEvent<Reply>) =>
+      e.data.t === "fatal"
+        ? this.#died(slot, worker, e.data.message ?? "an uncaught error")
+        : this.#received(slot, e.data);
     worker.onerror = (e: ErrorEvent) => {
       // Handled here: left alone, a worker's uncaught error would end the whole process.
       e.preventDefault();

@@ -140,6 +140,36 @@ Deno.test("ProxyPool starts a worker whose thread is stuck again, with no config
   }
 });
 
+Deno.test("ProxyPool logs a worker that dies of an uncaught error in one line, and Deno prints nothing of it", async () => {
+  // Deno printed the worker's uncaught error on stderr, with its stack in lines of their own
+  // and in colour, before the pool's handler could prevent it: a log reader got a line per
+  // stack frame beside the pool's one line, and JSON logs lines that are not JSON.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      new URL("./testdata/crashing_pool.ts", import.meta.url).pathname,
+      "127.0.67.203",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const lines = new TextDecoder().decode(out.stderr).split("\n").filter((l) => l !== "");
+  assert.equal(out.code, 0, lines.join("\n"));
+  const notJson = lines.filter((l) => {
+    try {
+      JSON.parse(l);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  assert.deepEqual(notJson, [], "stderr lines that are not the pool's log");
+  const died = lines.map((l) => JSON.parse(l)).filter((e) => /proxy worker died/.test(e.msg));
+  assert.equal(died.length, 1, lines.join("\n"));
+  assert.equal(died[0].error, "Uncaught Error: crashed by the test");
+});
+
 Deno.test("ProxyPool closes the sockets of an L4 worker that died, so the one started again takes every connection", async () => {
   // The engine opens its sockets through libc, which Deno does not close with the worker: its
   // listening socket stayed in the port's SO_REUSEPORT group and took a share of the new

@@ -61,6 +61,22 @@ function report(): void {
   scope.postMessage({ t: "state", state: s });
 }
 
+/**
+ * An error nothing caught: the pool is told, and ends this worker, logs it in one line and
+ * starts it again. Prevented here, so Deno does not print it on meshd's stderr as well, with its
+ * stack in lines of its own (in colour): the pool's handler runs only after Deno printed it.
+ */
+function fatal(e: Event, what: string, error: unknown): void {
+  e.preventDefault();
+  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  scope.postMessage({ t: "fatal", message: `${what} ${text}` });
+}
+self.addEventListener("error", (e) => fatal(e, "Uncaught", (e as ErrorEvent).error));
+self.addEventListener(
+  "unhandledrejection",
+  (e) => fatal(e, "Uncaught (in promise)", (e as PromiseRejectionEvent).reason),
+);
+
 scope.onmessage = (e: MessageEvent<ToWorker>) => {
   const m = e.data;
   const reply = (body: Record<string, unknown>) => scope.postMessage({ id: m.id, ...body });
@@ -75,11 +91,16 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
         .with({ room: "proxy", worker: m.index });
       // start() can throw before its first await (a port in use): that is the pool's refused
       // start, answered as such, not an uncaught error that prints the worker's stack.
-      Promise.resolve().then(() => {
+      const starting = Promise.resolve().then(() => {
         httpPort = m.options.httpPort;
         proxy = new NodeProxy({ ...m.options, logger, siblingPorts: () => siblings });
         return proxy.start();
-      }).then(() => {
+      });
+      // What comes while it starts (a config the pool applies while it starts this worker
+      // again) waits for the start: an apply before it bound the L4 worker's ports on Deno's
+      // I/O, the engine not loaded yet; a failed start fails them too.
+      chain = starting;
+      starting.then(() => {
         reply({ t: "ok", state: sent() });
         // Bind retries and connection counts change with no message in: report them.
         setInterval(report, 100);
@@ -99,10 +120,11 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       reply({ t: "ok", metrics: proxy?.registry.snapshot() ?? [] });
       return;
     case "drain":
-      proxy!.drain().then(() => reply({ t: "ok", state: sent() }), fail);
+      chain = chain.then(() => proxy!.drain()).then(() => reply({ t: "ok", state: sent() }), fail);
       return;
     case "stop":
-      (proxy?.stop() ?? Promise.resolve()).then(() => reply({ t: "ok" }), fail);
+      // After a start or apply under way: stopped before, the engine it went on to make stayed.
+      chain.catch(() => {}).then(() => proxy?.stop()).then(() => reply({ t: "ok" }), fail);
       return;
     case "ping":
       reply({ t: "ok" });

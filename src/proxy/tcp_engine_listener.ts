@@ -153,7 +153,14 @@ export class TcpEngineListener {
         closeFd(c.fd);
         continue;
       }
-      this.#handle(c.fd, peer).finally(() => limiter?.release(peer.hostname));
+      // Given back as the connection ends, in that turn of the loop: a promise callback runs
+      // only when a busy loop lets the isolate run (every 5 ms), and the accepts meanwhile
+      // would count the connections that ended against the caps.
+      let held = limiter !== undefined;
+      const release = () => {
+        if (held) held = false, limiter!.release(peer.hostname);
+      };
+      this.#handle(c.fd, peer, release).finally(release);
     }
   }
 
@@ -188,13 +195,21 @@ export class TcpEngineListener {
     });
   }
 
-  /** Serves one accepted connection; closes `fd` on every path, and never rejects. */
-  async #handle(fd: number, peer: { hostname: string; port: number }): Promise<void> {
+  /**
+   * Serves one accepted connection; closes `fd` on every path, and never rejects. `release`
+   * gives its limiter slot back (once), as it ends.
+   */
+  async #handle(
+    fd: number,
+    peer: { hostname: string; port: number },
+    release: () => void,
+  ): Promise<void> {
     const root = this.#opts.route();
     if (!root) {
       this.#opts.logger.debug("tcp connection to a port with no service", {
         port: this.#opts.port,
       });
+      release();
       closeFd(fd);
       return;
     }
@@ -243,11 +258,12 @@ export class TcpEngineListener {
         });
       }
       if (d) d.ep.inflight--, closeFd(d.upstream);
+      release();
       closeFd(fd);
       this.#maybeDrained();
       return;
     }
-    await this.#relay(fd, peer, d, started);
+    await this.#relay(fd, peer, d, started, release);
   }
 
   /** Relays until both ways end, then counts and logs the connection. */
@@ -256,6 +272,7 @@ export class TcpEngineListener {
     peer: { hostname: string; port: number },
     d: Dialled<number>,
     started: number,
+    release: () => void,
   ): Promise<void> {
     const { root, ep } = d;
     const m = root.metrics;
@@ -278,6 +295,7 @@ export class TcpEngineListener {
           else m.bytesOut.inc(n), t.bytesOut += n;
         },
         onEnd: (reason) => {
+          release();
           ep.inflight--;
           m.open.dec();
           const now = performance.now();
@@ -302,6 +320,7 @@ export class TcpEngineListener {
           port: this.#opts.port,
           error: String(e),
         });
+        release();
         closeFd(fd);
         closeFd(d.upstream);
         ep.inflight--;

@@ -15,6 +15,7 @@ import { buildRouteTable, newRouteState, type Route } from "./route_table.ts";
 import { TcpEngineListener, type TcpEngineListenerOptions } from "./tcp_engine_listener.ts";
 import { echoOver, tcpEchoBackend } from "./_testing.ts";
 import { AccessLog } from "./access_log.ts";
+import { ConnectionLimiter } from "./conn_limiter.ts";
 import { bindSocket, closeFd, dialTcp, localAddress } from "../engine/sockets.ts";
 import { AF_INET, libcNet, SOCK_NONBLOCK, SOCK_STREAM, sockaddr } from "../../ffi/libc_net.ts";
 
@@ -184,6 +185,29 @@ Deno.test("TcpEngineListener.close with abort ends open connections", async () =
       assert.equal(listener.open, 0);
       assert.equal(await conn.read(new Uint8Array(1)).catch(() => null), null);
       conn.close();
+    });
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("TcpEngineListener gives a connection's slot back to the limiter as the connection ends, in that turn of the loop", async () => {
+  // It was given back by a promise callback, which a busy loop runs only when it lets the
+  // isolate run (every 5 ms): meanwhile the loop accepted new connections against caps that
+  // still counted the ended ones, and refused some from a source under its cap (source_limit).
+  const host = "127.0.67.204";
+  const backend = tcpEchoBackend(host);
+  const limiter = new ConnectionLimiter({ max: 10, perSource: 10 }, () => {});
+  const openAtEnd: number[] = [];
+  const accessLog = new AccessLog({ mode: "json", write: () => void openAtEnd.push(limiter.open) });
+  try {
+    await withListener([backend.port], { hostname: host, limiter, accessLog }, async (listener) => {
+      const conn = await Deno.connect({ hostname: host, port: listener.addr.port });
+      assert.equal(await echoOver(conn, "x"), "x");
+      assert.equal(limiter.open, 1);
+      conn.close();
+      await waitFor("the connection's access log line", () => openAtEnd.length > 0 || undefined);
+      assert.deepEqual(openAtEnd, [0], "slots taken when its access log line was written");
     });
   } finally {
     await backend.close();

@@ -15,7 +15,12 @@ import type { EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { LoopGuard } from "./policy.ts";
 import type { Route } from "./route_table.ts";
-import { pickUdpEndpoint, udpFlowEntry, type UdpListenerOptions } from "./udp_listener.ts";
+import {
+  pickUdpEndpoint,
+  readyEndpointKeys,
+  udpFlowEntry,
+  type UdpListenerOptions,
+} from "./udp_listener.ts";
 
 /** Options for {@linkcode UdpEngineListener}: {@linkcode UdpListenerOptions}' on a loop. */
 export interface UdpEngineListenerOptions extends UdpListenerOptions {
@@ -188,6 +193,16 @@ export class UdpEngineListener {
       if (t.awaiting && t.lastSent >= since) n++;
     }
     return n;
+  }
+
+  /** Ends the flows of endpoints no longer ready, as {@linkcode UdpListener.endStale} does. */
+  endStale(): void {
+    const root = this.#opts.route();
+    if (!root) return;
+    const ready = readyEndpointKeys(root);
+    for (const f of [...this.#relay.values()]) {
+      if (!ready.has(f.target.endpoint.key)) this.#relay.end(f, "endpoint_removed");
+    }
   }
 
   /** Stops receiving, closes every flow and the socket. */

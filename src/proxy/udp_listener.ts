@@ -239,6 +239,21 @@ export class UdpListener {
     await Promise.all(flows.map((f) => f.done));
   }
 
+  /**
+   * Ends the flows whose endpoint the port's route no longer lists as ready (it left the
+   * config, or its pod is terminating), as kube-proxy clears such a UDP endpoint's conntrack
+   * entries: a client that keeps sending from one port never lets its flow go idle, and would
+   * reach that endpoint for as long as it sends. Its next datagram opens a flow to a ready one.
+   */
+  endStale(): void {
+    const root = this.#opts.route();
+    if (!root) return;
+    const ready = readyEndpointKeys(root);
+    for (const f of [...this.#flows]) {
+      if (!ready.has(f.endpoint.key)) this.#end(f, "endpoint_removed");
+    }
+  }
+
   #sweep(): void {
     const limit = this.#opts.idleTimeoutMs ?? 60_000;
     const now = Date.now();
@@ -464,6 +479,19 @@ export function pickUdpEndpoint(
     return null;
   }
   return { target, endpoint };
+}
+
+/**
+ * The keys of the endpoints a new flow of `root` could go to now: its ready endpoints, and
+ * those of its split's backends. A flow whose endpoint is not among them ends at the next
+ * config (see {@linkcode UdpListener.endStale}).
+ */
+export function readyEndpointKeys(root: Route): Set<string> {
+  const keys = new Set<string>();
+  for (const r of [root, ...(root.split?.backends.items ?? [])]) {
+    for (const s of r.readyStates) keys.add(s.key);
+  }
+  return keys;
 }
 
 /** What the access log line of a UDP flow says, from either UDP listener. */

@@ -25,6 +25,11 @@ export class WeightedChooser<T> {
     this.#total = this.#weights.reduce((a, b) => a + b, 0);
   }
 
+  /** The items that can be chosen. */
+  get items(): readonly T[] {
+    return this.#items;
+  }
+
   /** How many items can be chosen. */
   get size(): number {
     return this.#items.length;

@@ -443,7 +443,7 @@ Deno.test(
     const children: Child[] = [];
     // An h2c backend in this process: each call gets 200 and its body back.
     const backend = http2.createServer();
-    backend.on("stream", (stream, headers) => {
+    backend.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
       stream.on("error", () => {});
       stream.respond({ ":status": 200, "x-path": String(headers[":path"]) });
       stream.pipe(stream);
