@@ -131,6 +131,14 @@ async function withH2Proxy(
   }
 }
 
+/** The h2c service `greeter.default.mesh` with one endpoint, on 127.0.0.1:`port`. */
+const greeter = (port: number): MeshConfig =>
+  meshConfig([{
+    name: "greeter",
+    scheme: "h2c",
+    ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }],
+  }]);
+
 const grpcHeaders = (authority: string, path = "/echo"): http2.OutgoingHttpHeaders => ({
   ":method": "POST",
   ":path": path,
@@ -142,11 +150,7 @@ const grpcHeaders = (authority: string, path = "/echo"): http2.OutgoingHttpHeade
 Deno.test("h2c: a gRPC call gets its body and trailers back, with X-Forwarded-For added", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (client) => {
       const r = await call(
         client,
@@ -278,11 +282,7 @@ Deno.test("h2c and HTTP/1.1 share the entrypoint port", async () => {
 Deno.test("h2c: an HTTP/1.1 client reaches an h2c service, with chunked body and trailers", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (_, port) => {
       const client = await RawClient.connect(port);
       try {
@@ -326,11 +326,7 @@ Deno.test("h2c: an HTTP/1.1 client reaches an h2c service, with chunked body and
 Deno.test("h2c: clients that vanish mid-response do not hurt the proxy or other clients", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (client, port) => {
       for (let round = 0; round < 5; round++) {
         const rude = http2.connect(`http://127.0.0.1:${port}`);
@@ -357,11 +353,7 @@ Deno.test("h2c: clients that vanish mid-response do not hurt the proxy or other 
 Deno.test("h2c: a 2 MiB body streams both ways through both flow-control windows", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (client) => {
       const sent = new Uint8Array(2 * 1024 * 1024).map((_, i) => (i * 7) & 255);
       const got = await new Promise<Uint8Array>((resolve, reject) => {
@@ -421,11 +413,7 @@ Deno.test("h2c: an endpoint that refuses connections is retried on another withi
 Deno.test("h2c: rapid reset cuts the client off and cancels every backend stream it opened", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (client, port) => {
       const rude = http2.connect(`http://127.0.0.1:${port}`);
       rude.on("error", () => {});
@@ -451,16 +439,10 @@ Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the 
   const a = await h2Backend("a");
   const b = await h2Backend("b");
   try {
-    const service = (port: number) =>
-      meshConfig([{
-        name: "greeter",
-        scheme: "h2c",
-        ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", port)] }],
-      }]);
-    await withH2Proxy(service(a.port), async (client, _port, proxy) => {
+    await withH2Proxy(greeter(a.port), async (client, _port, proxy) => {
       const late = call(client, { ...grpcHeaders("greeter.default.mesh", "/late") }, ["x"]);
       await waitFor("the call at the backend", () => a.open === 1 ? true : undefined, 5000);
-      await proxy.apply({ ...service(b.port), version: 2 });
+      await proxy.apply({ ...greeter(b.port), version: 2 });
       await waitFor(
         "a GOAWAY at the dropped endpoint",
         () => a.goaways > 0 ? true : undefined,
@@ -482,11 +464,7 @@ Deno.test("h2c: an endpoint dropped from the config is drained: GOAWAY, and the 
 Deno.test("h2c: a draining proxy sends its clients GOAWAY at once; the call in flight finishes, then the connection ends", async () => {
   const a = await h2Backend("a");
   try {
-    const config = meshConfig([{
-      name: "greeter",
-      scheme: "h2c",
-      ports: [{ port: 80, endpoints: [endpoint("127.0.0.1", a.port)] }],
-    }]);
+    const config = greeter(a.port);
     await withH2Proxy(config, async (client, _port, proxy) => {
       let goaway = false;
       let closed = false;
