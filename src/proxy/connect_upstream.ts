@@ -1,4 +1,4 @@
-import { UpstreamError } from "./upstream_error.ts";
+import { isLocalSocketError, UpstreamError } from "./upstream_error.ts";
 
 /** Opens a connection to a backend; the seam tests and later transports plug into. */
 export type Connect = (address: string, port: number) => Promise<Deno.TcpConn>;
@@ -69,7 +69,11 @@ export async function connectUpstream(
     // A connection made after the deadline must not leak.
     else if (expired) connecting.then(closeQuietly, () => {});
     const what = conn ? "TLS handshake failed" : "cannot connect";
-    throw new UpstreamError(`${what}: ${(e as Error).message}`, { requestSent: false, cause: e });
+    throw new UpstreamError(`${what}: ${(e as Error).message}`, {
+      requestSent: false,
+      local: !conn && isLocalSocketError(e),
+      cause: e,
+    });
   } finally {
     clearTimeout(timer);
   }

@@ -20,7 +20,7 @@ import {
   tcpAccessEntry,
   type TcpListenerOptions,
 } from "./tcp_listener.ts";
-import { UpstreamError } from "./upstream_error.ts";
+import { isLocalSocketError, UpstreamError } from "./upstream_error.ts";
 
 /** Options for {@linkcode TcpEngineListener}: {@linkcode TcpListenerOptions}' on a loop. */
 export interface TcpEngineListenerOptions extends Omit<TcpListenerOptions, "connect" | "buffers"> {
@@ -228,7 +228,11 @@ export class TcpEngineListener {
         (ep) =>
           connectTcp(this.#reactor, ep.address, ep.port, timeout, signal).catch((e) => {
             throw e instanceof ConnectError
-              ? new UpstreamError(`cannot connect: ${e.message}`, { requestSent: false, cause: e })
+              ? new UpstreamError(`cannot connect: ${e.message}`, {
+                requestSent: false,
+                local: isLocalSocketError(e),
+                cause: e,
+              })
               : e;
           }),
       );

@@ -25,7 +25,21 @@ export interface UpstreamErrorOptions {
    * and the request may be sent again once, at no cost to the retry budget.
    */
   stale?: boolean;
+  /**
+   * The failure was this process's own: no descriptor or buffer for a socket (EMFILE, ENFILE,
+   * ENOBUFS, ENOMEM). No fault of the endpoint, which is not charged for it.
+   */
+  local?: boolean;
   cause?: unknown;
+}
+
+/**
+ * Whether `e` (Deno's error, whose message ends "(os error N)", or the engine's, "(errno N)")
+ * says this process could not make a socket: out of descriptors (EMFILE 24, ENFILE 23), of
+ * buffer space (ENOBUFS 105) or of memory (ENOMEM 12).
+ */
+export function isLocalSocketError(e: unknown): boolean {
+  return /\((?:os error|errno) (?:12|23|24|105)\)/.test(String((e as Error)?.message ?? e));
 }
 
 /**
@@ -38,6 +52,7 @@ export class UpstreamError extends Error {
   readonly requestSent: boolean;
   readonly timeoutMs: number | undefined;
   readonly stale: boolean;
+  readonly local: boolean;
 
   constructor(message: string, options: UpstreamErrorOptions) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -45,6 +60,7 @@ export class UpstreamError extends Error {
     this.requestSent = options.requestSent;
     this.timeoutMs = options.timeoutMs;
     this.stale = options.stale ?? false;
+    this.local = options.local ?? false;
   }
 
   /** Whether the backend sent no response in time. */

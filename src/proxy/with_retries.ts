@@ -89,6 +89,9 @@ export async function withRetries<T>(
       if (!(e instanceof UpstreamError)) throw e;
       (tried ??= new Set()).add(ep);
       if (e.stale && attempt === 0) continue;
+      // This process could not make a socket: no endpoint is at fault, and none would do
+      // better now. The endpoint is not charged (outlier detection would eject a healthy one).
+      if (e.local) throw upstreamFailure(e, { ep, target });
       // An ejection is logged once, by the pool's owner (NodeProxy), for every protocol.
       pool.failure(ep);
       options.onFailure?.(e, ep);

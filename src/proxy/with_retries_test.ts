@@ -107,6 +107,27 @@ Deno.test("withRetries() retries a stale pooled connection once, free, without b
   assert.equal(root.metrics.retries.value, 0);
 });
 
+Deno.test("withRetries() answers a failure of this process's own (out of descriptors) at once, and blames no endpoint", async () => {
+  const { root, options } = route(2);
+  let tries = 0;
+  let told = 0;
+  await assert.rejects(
+    withRetries(() => {
+      tries++;
+      return Promise.reject(
+        new UpstreamError("cannot connect: Too many open files (os error 24)", {
+          requestSent: false,
+          local: true,
+        }),
+      );
+    }, { ...options, onFailure: () => told++ }),
+    (e) => e instanceof ProxyFailure && e.status === 502 && /Too many open files/.test(e.message),
+  );
+  assert.equal(tries, 1, "another endpoint would fare no better");
+  assert.equal(told, 0);
+  assert.deepEqual(root.readyStates.map((s) => s.failures), [0, 0]);
+});
+
 Deno.test("withRetries() with reuseFailed false stops once every endpoint has failed", async () => {
   const { options } = route(2);
   let tries = 0;
