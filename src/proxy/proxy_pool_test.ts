@@ -110,15 +110,15 @@ Deno.test("ProxyPool starts a worker whose thread is stuck again, with no config
     logger: new Logger({ level: "info", format: "json", write: (l) => lines.push(l) }),
     entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
     // Long enough for a worker's first start on a busy machine.
-    callTimeoutMs: 5000,
+    callTimeoutMs: 10_000,
     pingEveryMs: 100,
   });
   const p = freePort();
   try {
     await pool.start();
     await pool.apply(config(1, [p]));
-    // Worker 1 takes version 77, and its thread is stuck 300 ms later; version 78 before then
-    // is what it is started again on.
+    // Worker 1 takes version 77, and its thread is stuck 1 s later; version 78 before then is
+    // what it is started again on.
     await pool.apply(config(77, [p]));
     await pool.apply(config(78, [p]));
     await waitUntil(
@@ -128,7 +128,7 @@ Deno.test("ProxyPool starts a worker whose thread is stuck again, with no config
     );
     assert.match(
       lines.join("\n"),
-      /"msg":"proxy worker died; starting it again".*"worker":1.*did not answer \\"ping\\" within 5000 ms/,
+      /"msg":"proxy worker died; starting it again".*"worker":1.*did not answer \\"ping\\" within 10000 ms/,
     );
     await waitUntil(
       "both workers on version 78",

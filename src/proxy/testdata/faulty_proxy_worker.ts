@@ -1,6 +1,6 @@
 /**
  * The proxy worker, with faults for `proxy_pool_test.ts`: worker 1 refuses a config of version
- * 13, dies (an uncaught error) on version 66, and 300 ms after it took version 77 its thread
+ * 13, dies (an uncaught error) on version 66, and 1 s after it took version 77 its thread
  * gets stuck in a loop for good; everything else goes to the real worker.
  *
  * @module
@@ -31,7 +31,7 @@ scope.onmessage = (e: MessageEvent) => {
     real(e);
     setTimeout(() => {
       while (Date.now() > 0) { /* stuck */ }
-    }, 300);
+    }, 1000);
     return;
   }
   real(e);
