@@ -2,11 +2,9 @@
  * A meshd handing a node over to its successor (a DaemonSet rollout with `maxSurge: 1` and
  * `hostNetwork`): two meshd processes with `--reuse-port` on the same ports, the first one
  * told to stop with `--drain-timeout`, under a bounded load of new HTTP connections, HTTP
- * keep-alive requests and TCP connections (and, in a test of its own, h2c calls). Nothing may
- * fail.
+ * keep-alive requests and TCP connections. Nothing may fail.
  */
 import assert from "node:assert/strict";
-import http2 from "node:http2";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
 import { spawnMeshd } from "../testenv/meshd.ts";
 
@@ -17,7 +15,6 @@ const ECHO = `${ROOT}examples/quickstart/echo.ts`;
 const WEB_IP = "127.0.9.1";
 const ECHO_IP = "127.0.9.2";
 const UDP_IP = "127.0.9.3";
-const GRPC_IP = "127.0.9.4";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -435,148 +432,6 @@ endpoints: [{ addresses: ["${ECHO_IP}"], conditions: { ready: true } }]
     await Deno.remove(dir, { recursive: true });
   }
 }
-
-Deno.test(
-  "meshd run --reuse-port --drain-timeout hands its h2c (gRPC) clients over: GOAWAY at once, no failed call, and it leaves before the timeout",
-  async () => {
-    const dir = await Deno.makeTempDir({ prefix: "meshd-handover-h2-" });
-    const children: Child[] = [];
-    // An h2c backend in this process: each call gets 200 and its body back.
-    const backend = http2.createServer();
-    backend.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
-      stream.on("error", () => {});
-      stream.respond({ ":status": 200, "x-path": String(headers[":path"]) });
-      stream.pipe(stream);
-    });
-    await new Promise<void>((r) => backend.listen(0, GRPC_IP, () => r()));
-    const grpcPort = (backend.address() as { port: number }).port;
-    let stopLoad = false;
-    const loops: Promise<void>[] = [];
-    const sessions: http2.ClientHttp2Session[] = [];
-    try {
-      await Deno.writeTextFile(
-        `${dir}/mesh.yaml`,
-        `apiVersion: v1
-kind: Service
-metadata: { name: greeter, namespace: ho, annotations: { meshd.io/scheme: h2c } }
-spec: { ports: [{ name: grpc, port: 80 }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: greeter-1, namespace: ho, labels: { kubernetes.io/service-name: greeter } }
-addressType: IPv4
-ports: [{ name: grpc, port: ${grpcPort}, protocol: TCP }]
-endpoints: [{ addresses: ["${GRPC_IP}"], conditions: { ready: true } }]
-`,
-      );
-      const http = freePort();
-      const tcp = freePort();
-      const apiA = freePort();
-      const apiB = freePort();
-      const a = spawnMeshd(meshdArgs(dir, { http, api: apiA, tcp }, "30s"), {
-        name: "meshd-a",
-        deno: DENO_FLAGS,
-      });
-      children.push(a);
-      await ready(apiA);
-
-      // As a gRPC client does: calls share one connection; after a GOAWAY (or the connection's
-      // end) the next calls go on a new one, and a call the server refused unprocessed (a
-      // stream above the GOAWAY's last stream) is made again there.
-      let session: http2.ClientHttp2Session | null = null;
-      const current = (): http2.ClientHttp2Session => {
-        if (session && !session.closed && !session.destroyed) return session;
-        const s = http2.connect(`http://127.0.0.1:${http}`);
-        s.on("error", () => {});
-        s.on("goaway", () => {
-          if (session === s) session = null;
-        });
-        sessions.push(s);
-        return session = s;
-      };
-      const once = (body: string) =>
-        new Promise<string>((resolve, reject) => {
-          const req = current().request({
-            ":method": "POST",
-            ":path": "/greet",
-            ":authority": "greeter.ho.mesh",
-          });
-          let status = 0;
-          let got = "";
-          req.on("response", (h) => status = Number(h[":status"]));
-          req.on("data", (d: Uint8Array) => got += dec.decode(d));
-          req.on("end", () =>
-            status === 200 && got === body
-              ? resolve(got)
-              : reject(new Error(`status ${status}, body ${JSON.stringify(got)}`)));
-          req.on("error", reject);
-          req.end(body);
-        });
-      const calls = { sent: 0, refused: new Map<string, number>(), failed: [] as string[] };
-      // What node:http2 says of a call that never reached the server: the stream was refused
-      // (above the GOAWAY's last stream), or opened on a connection that had had its GOAWAY.
-      const refusedUnprocessed = (e: unknown) =>
-        /NGHTTP2_REFUSED_STREAM|ERR_HTTP2_GOAWAY_SESSION|ERR_HTTP2_INVALID_SESSION/
-          .test(`${(e as { code?: string }).code} ${e}`);
-      for (let caller = 0; caller < 4; caller++) {
-        loops.push((async () => {
-          while (!stopLoad) {
-            const body = `call-${caller}-${calls.sent++}`;
-            try {
-              await once(body);
-            } catch (e) {
-              if (!refusedUnprocessed(e)) {
-                calls.failed.push(String(e));
-                continue;
-              }
-              const why = `${(e as { code?: string }).code}: ${e}`;
-              calls.refused.set(why, (calls.refused.get(why) ?? 0) + 1);
-              await once(body).catch((e2) => calls.failed.push(`again: ${e2}`));
-            }
-          }
-        })());
-      }
-      await waitFor("calls to flow through meshd A", () => calls.sent > 40 ? true : undefined);
-
-      const b = spawnMeshd(meshdArgs(dir, { http, api: apiB, tcp }, null), {
-        name: "meshd-b",
-        deno: DENO_FLAGS,
-      });
-      children.push(b);
-      await ready(apiB);
-      const status = await a.stop();
-      assert.equal(status.code, 0, a.lines.join("\n"));
-      const drained = logLines(a).find((l) => l.msg === "drained") as
-        | { successor: boolean; open: number; ms: number }
-        | undefined;
-      assert.ok(drained, `meshd A logged its drain:\n${a.lines.join("\n")}`);
-      // Its clients left at once for the successor: nothing held it to --drain-timeout.
-      assert.equal(drained.open, 0, a.lines.slice(-30).join("\n"));
-      assert.ok(drained.ms < 15_000, `meshd A took ${drained.ms} ms to drain`);
-      const after = calls.sent;
-      await waitFor(
-        "calls to flow through meshd B alone",
-        () => calls.sent > after + 40 ? true : undefined,
-      );
-      stopLoad = true;
-      await Promise.all(loops);
-      assert.deepEqual(calls.failed, [], `${calls.failed.length} of ${calls.sent} calls failed`);
-      console.log(
-        `h2c handover: ${calls.sent} calls, 0 failed (refused unprocessed and made again: ` +
-          `${JSON.stringify(Object.fromEntries(calls.refused))}); ` +
-          `meshd A drained in ${drained.ms} ms`,
-      );
-      assert.equal((await b.stop()).code, 0, b.lines.slice(-20).join("\n"));
-    } finally {
-      stopLoad = true;
-      await Promise.allSettled(loops);
-      for (const s of sessions) s.destroy();
-      await Promise.all(children.map((c) => c.stop()));
-      await new Promise((r) => backend.close(() => r(null)));
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-);
 
 Deno.test(
   "a draining meshd stays until the answer to a UDP datagram it forwarded has gone back",
