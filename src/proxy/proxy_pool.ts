@@ -451,9 +451,11 @@ export class ProxyPool {
     if (this.#stopping || this.#draining) return;
     try {
       await this.#startSlot(slot, this.#httpPort);
+      // Counted once it runs: from here its state reports (version, listeners) reach the pool,
+      // and may show it serving before the apply below has answered.
+      this.#restarts.inc();
       const config = this.#config;
       if (config) await this.#call(slot, { t: "apply", config }).then((r) => slot.state = r.state!);
-      this.#restarts.inc();
       this.#opts.logger.info("proxy worker started again", {
         worker: slot.index,
         version: slot.state?.version ?? 0,
