@@ -8,8 +8,17 @@ export const MAX_COUNT = 64;
 export interface FlagSpec {
   /** Long name without dashes, such as `config-dir`. */
   name: string;
-  kind: "string" | "int" | "count" | "duration" | "bool" | "list" | "range" | "count-or-auto";
-  /** Allowed values for a `string` flag. */
+  kind:
+    | "string"
+    | "int"
+    | "count"
+    | "duration"
+    | "bool"
+    | "bool-or-auto"
+    | "list"
+    | "range"
+    | "count-or-auto";
+  /** Allowed values for a `string` flag; for a `bool-or-auto` flag, how help and completion list them. */
   values?: readonly string[];
   /**
    * What a `string` flag's value, or each item of a `list` flag, must match, and how a usage
@@ -94,8 +103,7 @@ export function parseFlags(
     let value: string | undefined = eq > 0 ? a.slice(eq + 1) : undefined;
     let spec = byName.get(name);
     if (
-      !spec && name.startsWith("no-") && byName.get(name.slice(3))?.kind === "bool" &&
-      value === undefined
+      !spec && name.startsWith("no-") && isSwitch(byName.get(name.slice(3))) && value === undefined
     ) {
       name = name.slice(3);
       spec = byName.get(name);
@@ -103,7 +111,9 @@ export function parseFlags(
     }
     if (!spec) throw new UsageError(`Unknown flag "--${name}"`);
     if (value === undefined) {
-      if (spec.kind === "bool") value = "true";
+      // A switch alone is on; `bool-or-auto` takes its other values after `=` only, so a bare
+      // `--l4-worker` never eats the next argument.
+      if (isSwitch(spec)) value = "true";
       else {
         const next = argv[i + 1];
         if (next === undefined || (next.startsWith("--") && next.length > 2)) {
@@ -126,6 +136,11 @@ export function parseFlags(
     values[spec.name] = r ? convert(spec, r.value, r.from) : undefined;
   }
   return { values, positionals, help };
+}
+
+/** A flag that stands alone (`--acl`, `--no-acl`): `bool` and `bool-or-auto`. */
+export function isSwitch(spec: FlagSpec | undefined): boolean {
+  return spec?.kind === "bool" || spec?.kind === "bool-or-auto";
 }
 
 /** The longest timer: 2^31-1 ms, just over 596 hours. */
@@ -177,6 +192,12 @@ function convert(spec: FlagSpec, v: string, from: string): FlagValue {
       if (["true", "1", "yes"].includes(v.toLowerCase())) return true;
       if (["false", "0", "no"].includes(v.toLowerCase())) return false;
       return bad("true or false");
+    case "bool-or-auto":
+      // A switch that also takes auto (probe, then fall back): `--l4-worker=auto`.
+      if (v.toLowerCase() === "auto") return "auto";
+      if (["true", "1", "yes"].includes(v.toLowerCase())) return true;
+      if (["false", "0", "no"].includes(v.toLowerCase())) return false;
+      return bad("true, false or auto");
     case "list": {
       const items = v.split(",").map((s) => s.trim()).filter((s) => s);
       const wrong = spec.pattern && items.find((s) => !spec.pattern!.re.test(s));
@@ -208,6 +229,10 @@ export const HELP_WIDTH = 99;
 function flagLeft(s: FlagSpec): string {
   const name = s.short ? `-${s.short}, --${s.name}` : `--${s.name}`;
   if (s.kind === "bool") return `  ${name}`;
+  // Its value only after `=`: a bare `--l4-worker` is on.
+  if (s.kind === "bool-or-auto") {
+    return `  ${name}[=${(s.values ?? ["true", "false", "auto"]).join("|")}]`;
+  }
   const arg = s.values && s.values.join("|").length <= 24 ? s.values.join("|") : s.arg ?? "VALUE";
   return `  ${name} ${arg}`;
 }
@@ -323,6 +348,15 @@ export class FlagValues {
   bool(name: string): boolean {
     return this.#read(name, "true or false", (v): v is boolean => typeof v === "boolean") ??
       false;
+  }
+
+  /** A `bool-or-auto` flag (false when unset). */
+  boolOrAuto(name: string): boolean | "auto" {
+    return this.#read(
+      name,
+      "true, false or auto",
+      (v): v is boolean | "auto" => typeof v === "boolean" || v === "auto",
+    ) ?? false;
   }
 
   /** A `list` flag (empty when unset). */

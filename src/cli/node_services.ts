@@ -3,8 +3,10 @@ import { type ApiServer, type Logger, type Registry, serveApi } from "../observa
 import {
   availableCpus,
   type DataPlane,
+  type EngineProbe,
   L4WorkerError,
   NodeProxy,
+  probeEngine,
   ProxyPool,
   SplitPlane,
 } from "../proxy/mod.ts";
@@ -112,8 +114,28 @@ export function proxyWorkers(requested: number | "auto", cpus: number, logger: L
 }
 
 /**
- * The node proxy; a pool of them with `--workers` above 1; with `--l4-worker`, TCP and UDP in a
- * worker of their own beside it (or beside the pool's HTTP workers).
+ * Whether TCP and UDP go to an L4 worker, as `--l4-worker` asks: `true` and `false` as given;
+ * `auto` after `probe` (FFI, libc, epoll) passes, and when it fails, no L4 worker and one
+ * warning saying why. The warning is the only line: a node where the loop cannot run (musl,
+ * no FFI) serves on Deno's I/O instead of exiting at each start.
+ */
+export function chooseL4Worker(
+  requested: boolean | "auto",
+  options: { logger: Logger; probe?: () => EngineProbe },
+): boolean {
+  if (requested !== "auto") return requested;
+  const probe = (options.probe ?? probeEngine)();
+  if (probe.ok) return true;
+  options.logger.warn("L4 worker off: TCP and UDP stay on Deno's I/O", {
+    reason: probe.reason,
+  });
+  return false;
+}
+
+/**
+ * The node proxy; a pool of them with `--workers` above 1; with `--l4-worker` (or `auto` where
+ * its probe passes), TCP and UDP in a worker of their own beside it (or beside the pool's HTTP
+ * workers).
  */
 function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
   const { config, registry } = ctx;
@@ -127,7 +149,7 @@ function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
     ...config.proxy.options,
     caCerts,
   };
-  const l4Worker = config.proxy.l4Worker;
+  const l4Worker = chooseL4Worker(config.proxy.l4Worker, { logger });
   if (workers === 1 && l4Worker) {
     return new SplitPlane({
       proxy: { ...proxyOpts, logger, registry },

@@ -317,13 +317,16 @@ export const WORKERS_FLAG: FlagSpec = {
 /** `--l4-worker`, of meshd run. */
 export const L4_WORKER_FLAG: FlagSpec = {
   name: "l4-worker",
-  kind: "bool",
+  kind: "bool-or-auto",
+  values: ["auto", "true", "false"],
   default: "false",
   help: "Serve every TCP and UDP service port in a worker of its own, on meshd's own event " +
     "loop (libc's epoll and sockets through FFI, a handler per readiness event) instead of " +
     "Deno's I/O: about HAProxy's and nginx's cost per request where Deno's costs 1.2 to 1.6 " +
-    "times as much; HTTP stays with the --workers workers. Needs FFI (the shipped binary " +
-    "has it; deno run needs --allow-ffi)",
+    "times as much; HTTP stays with the --workers workers. Needs FFI and glibc (the shipped " +
+    "binary has FFI; deno run needs --allow-ffi). Bare or true: exit with one line when the " +
+    "loop cannot start; auto: probe FFI, libc and epoll first, and when they fail keep TCP and " +
+    "UDP on Deno's I/O, with one log line saying why; false: off",
 };
 
 /** Flags of the kube provider and of the controller's leader election. */

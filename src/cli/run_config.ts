@@ -22,8 +22,11 @@ export interface RunConfig {
     address: string;
     httpPort: number;
     workers: number | "auto";
-    /** `--l4-worker`: TCP and UDP ports in a worker of their own, on meshd's event loop. */
-    l4Worker: boolean;
+    /**
+     * `--l4-worker`: TCP and UDP ports in a worker of their own, on meshd's event loop; `auto`:
+     * when a probe finds that loop can run here, else on Deno's I/O.
+     */
+    l4Worker: boolean | "auto";
     /** `--backend-ca`: a PEM file. */
     backendCa?: string;
     /** Timeouts, limits, outlier detection and the access log. */
@@ -85,7 +88,7 @@ export function runConfig(values: FlagValues): RunConfig {
       address: v.string("proxy-address"),
       httpPort: v.number("http-port"),
       workers: v.countOrAuto("workers"),
-      l4Worker: v.bool("l4-worker"),
+      l4Worker: v.boolOrAuto("l4-worker"),
       backendCa: v.optionalString("backend-ca"),
       options: proxyOptions(v),
     },

@@ -20,6 +20,8 @@ export { L4WorkerError, ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
 export { SplitPlane } from "./split_plane.ts";
 export type { SplitPlaneOptions } from "./split_plane.ts";
 export type { ProxyPoolOptions, WorkerProxyOptions } from "./proxy_pool.ts";
+export { probeEngine } from "../engine/probe_engine.ts";
+export type { EngineProbe, ProbeEngineOptions } from "../engine/probe_engine.ts";
 export { availableCpus } from "./available_cpus.ts";
 export { AccessLog } from "./access_log.ts";
 export type { AccessEntry, AccessLogMode } from "./access_log.ts";
