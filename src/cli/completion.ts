@@ -21,8 +21,10 @@ export const SHELLS = ["bash", "zsh", "fish"] as const;
 export type Shell = typeof SHELLS[number];
 
 /** How a flag's value is completed. */
-function valueKind(f: FlagSpec): "none" | "values" | "file" | "dir" | "free" {
+function valueKind(f: FlagSpec): "none" | "after-eq" | "values" | "file" | "dir" | "free" {
   if (f.kind === "bool") return "none";
+  // A switch whose value, when given, follows `=` in the same word (`--l4-worker=auto`).
+  if (f.kind === "bool-or-auto") return "after-eq";
   if (f.values) return "values";
   if (f.arg === "DIR") return "dir";
   if (f.arg === "FILE" || f.arg === "PATH") return "file";
@@ -43,7 +45,7 @@ function topWords(commands: readonly CompletionCommand[]): string[] {
 function bash(commands: readonly CompletionCommand[]): string {
   const cases = commands.map((c) => {
     const flags = [...c.flags.map((f) => `--${f.name}`), "--help"].join(" ");
-    const values = c.flags.filter((f) => valueKind(f) !== "none" && valueKind(f) !== "free").map(
+    const values = c.flags.filter((f) => ["values", "file", "dir"].includes(valueKind(f))).map(
       (f) => {
         const k = valueKind(f);
         const gen = k === "values" ? `-W "${f.values!.join(" ")}"` : k === "dir" ? "-d" : "-f";
@@ -51,8 +53,15 @@ function bash(commands: readonly CompletionCommand[]): string {
       },
     );
     const free = c.flags.filter((f) => valueKind(f) === "free").map((f) => `--${f.name}`);
+    // bash splits `--l4-worker=au` at the "=" (COMP_WORDBREAKS): "=" is then the word before.
+    const afterEq = c.flags.filter((f) => valueKind(f) === "after-eq").map((f) =>
+      `        --${f.name}) mapfile -t COMPREPLY < <(compgen -W "${
+        (f.values ?? ["true", "false"]).join(" ")
+      }" -- "$cur"); return ;;`
+    );
     return [
       `    "${c.name}")`,
+      ...(afterEq.length ? [`      case "$eq" in`, ...afterEq, `      esac`] : []),
       `      case "$prev" in`,
       ...values,
       ...(free.length ? [`        ${free.join("|")}) return ;;`] : []),
@@ -64,9 +73,10 @@ function bash(commands: readonly CompletionCommand[]): string {
   return `# bash completion for meshd: source it, or put it in
 # /etc/bash_completion.d/meshd (meshd completion bash > /etc/bash_completion.d/meshd).
 _meshd() {
-  local cur prev cmd flags="" at=2
+  local cur prev cmd flags="" at=2 eq=""
   cur="\${COMP_WORDS[COMP_CWORD]}"
   prev="\${COMP_WORDS[COMP_CWORD-1]}"
+  if [ "$prev" = "=" ] && [ "$COMP_CWORD" -ge 2 ]; then eq="\${COMP_WORDS[COMP_CWORD-2]}"; fi
   if [ "$COMP_CWORD" -eq 1 ]; then
     mapfile -t COMPREPLY < <(compgen -W "${topWords(commands).join(" ")}" -- "$cur")
     return
@@ -101,6 +111,11 @@ function zsh(commands: readonly CompletionCommand[]): string {
     const head = `--${f.name}[${q(short(f.help))}]`;
     if (k === "none") return `'${head}'`;
     const arg = q(f.arg ?? "VALUE");
+    // `=-`: the value only in the same word, after "="; `::`: it is optional.
+    if (k === "after-eq") {
+      const vs = f.values ?? ["true", "false"];
+      return `'--${f.name}=-[${q(short(f.help))}]::${vs.join("|")}:(${vs.join(" ")})'`;
+    }
     if (k === "values") return `'${head}:${arg}:(${f.values!.join(" ")})'`;
     if (k === "dir") return `'${head}:${arg}:_files -/'`;
     if (k === "file") return `'${head}:${arg}:_files'`;
@@ -186,6 +201,8 @@ function fish(commands: readonly CompletionCommand[]): string {
       const k = valueKind(f);
       const how = k === "none"
         ? ""
+        : k === "after-eq"
+        ? ` -a "${(f.values ?? ["true", "false"]).join(" ")}"`
         : k === "values"
         ? ` -x -a "${f.values!.join(" ")}"`
         : k === "dir"

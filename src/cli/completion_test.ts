@@ -54,14 +54,17 @@ t meshd config ""
 t meshd config dump --do
 t meshd completion ""
 t meshd run --datapath ""
-t meshd run --http-port ""`;
+t meshd run --http-port ""
+t meshd run --l4-worker = ""
+t meshd run --l4-worker = a
+t meshd run --l4-worker --log-l`;
   const out = await inShell(
     "bash",
     "meshd.bash",
     await script("bash"),
     (p) => ["-c", probe, "x", p],
   );
-  assert.deepEqual(out.split("\n").slice(0, 8), [
+  assert.deepEqual(out.split("\n").slice(0, 11), [
     "run",
     "--log-level",
     "debug info warn error",
@@ -70,6 +73,10 @@ t meshd run --http-port ""`;
     "bash zsh fish",
     "auto ebpf userspace",
     "", // a port: nothing to offer
+    // bash splits --l4-worker=a at "=": its values after it, and no value taken from the next word
+    "auto true false",
+    "auto",
+    "--log-level",
   ]);
 });
 
@@ -77,7 +84,7 @@ Deno.test("completionScript() for fish completes commands, flags, flag values an
   const out = await inShell("fish", "meshd.fish", await script("fish"), (p) => [
     "-c",
     `source ${p}
-for line in "meshd r" "meshd run --log-level " "meshd config " "meshd config dump --do" "meshd completion "
+for line in "meshd r" "meshd run --log-level " "meshd config " "meshd config dump --do" "meshd completion " "meshd run --l4-worker=" "meshd run --l4-worker --log-l"
   echo "[$line]"; complete -C "$line" | string replace -r '\\t.*' ''
 end
 true`,
@@ -93,6 +100,12 @@ true`,
   assert.deepEqual(sections["meshd config "], ["dump"]);
   assert.deepEqual(sections["meshd config dump --do"], ["--domain"]);
   assert.deepEqual(sections["meshd completion "], ["bash", "fish", "zsh"]);
+  assert.deepEqual(sections["meshd run --l4-worker="], [
+    "--l4-worker=auto",
+    "--l4-worker=false",
+    "--l4-worker=true",
+  ]);
+  assert.deepEqual(sections["meshd run --l4-worker --log-l"], ["--log-level"]);
 });
 
 Deno.test("completionScript() for zsh registers _meshd and hands each command its own flags", async () => {
@@ -123,6 +136,11 @@ t 3 meshd completion ""`,
   );
   assert.match(part("meshd run --log-level "), /^--config-dir\[[^\]]+\]:DIR:_files -\/$/m);
   assert.doesNotMatch(part("meshd run --log-level "), /^--coredns-namespace/m);
+  // Its value optional (::), and only after "=" in the same word (=-).
+  assert.match(
+    part("meshd run --log-level "),
+    /^--l4-worker=-\[[^\]]+\]::auto\|true\|false:\(auto true false\)$/m,
+  );
   assert.equal(part("meshd config ").trim(), "values subcommand dump");
   assert.match(part("meshd config dump --d"), /^--domain\[/m);
   assert.doesNotMatch(part("meshd config dump --d"), /^--http-port/m);

@@ -132,6 +132,49 @@ Deno.test("parseFlags() takes a one-letter form as -o value and -o=value", () =>
   assert.match(formatFlags(specs), /^ {2}-o, --output text\|json/);
 });
 
+Deno.test("parseFlags() takes a bool-or-auto flag alone (on), with =true|false|auto, as --no-, and the last one given wins", () => {
+  const specs: FlagSpec[] = [
+    {
+      name: "l4",
+      kind: "bool-or-auto",
+      values: ["auto", "true", "false"],
+      default: "false",
+      help: "",
+    },
+    { name: "acl", kind: "bool", default: "false", help: "" },
+  ];
+  const l4 = (argv: string[], env: Record<string, string> = {}) =>
+    parseFlags(argv, specs, (k) => env[k]).values.l4;
+  const cases: [string, string[], boolean | "auto"][] = [
+    ["unset: the default", [], false],
+    ["alone: on, as before auto existed", ["--l4"], true],
+    ["=true", ["--l4=true"], true],
+    ["=false", ["--l4=false"], false],
+    ["=auto", ["--l4=auto"], "auto"],
+    ["=AUTO: any case, as true and false", ["--l4=AUTO"], "auto"],
+    ["=1 and =no, as a bool takes", ["--l4=no"], false],
+    ["--no-", ["--no-l4"], false],
+    ["the last one wins: auto, then false", ["--l4=auto", "--l4=false"], false],
+    ["the last one wins: false, then alone", ["--l4=false", "--l4"], true],
+    ["the last one wins: alone, then auto", ["--l4", "--l4=auto"], "auto"],
+  ];
+  for (const [name, argv, want] of cases) assert.equal(l4(argv), want, name);
+  // Alone, it never takes the next word: that stays a positional (or the next flag).
+  const next = parseFlags(["--l4", "auto", "--acl"], specs);
+  assert.equal(next.values.l4, true);
+  assert.deepEqual(next.positionals, ["auto"]);
+  assert.equal(next.values.acl, true);
+  assert.equal(l4([], { MESHD_L4: "auto" }), "auto");
+  assert.equal(l4(["--l4=false"], { MESHD_L4: "auto" }), false);
+  assert.throws(() => parseFlags(["--l4=maybe"], specs), UsageError);
+  assert.throws(
+    () => parseFlags(["--l4=maybe"], specs),
+    /^UsageError: Invalid value "maybe" for --l4: expected true, false or auto$/,
+  );
+  assert.throws(() => parseFlags([], specs, (k) => ({ MESHD_L4: "on" })[k]), /for MESHD_L4/);
+  assert.match(formatFlags(specs), /^ {2}--l4\[=auto\|true\|false\] /m);
+});
+
 Deno.test("FlagValues reads each kind typed, and a read of the wrong type is a bug", () => {
   const specs: FlagSpec[] = [
     { name: "name", kind: "string", default: "x", help: "" },
@@ -140,6 +183,7 @@ Deno.test("FlagValues reads each kind typed, and a read of the wrong type is a b
     { name: "ns", kind: "list", default: "a,b", help: "" },
     { name: "ports", kind: "range", default: "10-20", help: "" },
     { name: "workers", kind: "count-or-auto", default: "auto", help: "" },
+    { name: "l4", kind: "bool-or-auto", default: "auto", help: "" },
     { name: "unset", kind: "string", help: "" },
   ];
   const v = new FlagValues(parseFlags(["--on"], specs).values);
@@ -149,6 +193,9 @@ Deno.test("FlagValues reads each kind typed, and a read of the wrong type is a b
   assert.deepEqual(v.list("ns"), ["a", "b"]);
   assert.deepEqual(v.range("ports"), { first: 10, last: 20 });
   assert.equal(v.countOrAuto("workers"), "auto");
+  assert.equal(v.boolOrAuto("l4"), "auto");
+  assert.equal(v.boolOrAuto("on"), true);
+  assert.throws(() => v.boolOrAuto("name"), TypeError);
   assert.equal(v.optionalString("unset"), undefined);
   assert.throws(() => v.string("unset"), TypeError);
   assert.throws(() => v.number("name"), TypeError);

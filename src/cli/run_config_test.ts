@@ -34,6 +34,12 @@ Deno.test("runConfig() types the defaults and turns --dns-ttl into whole seconds
   assert.equal(parse(["--dns-ttl", "200ms"]).dns.ttlSeconds, 1, "at least one second");
   assert.equal(parse(["--dns-ttl", "2m"]).dns.ttlSeconds, 120);
   assert.equal(parse(["--workers", "auto"]).proxy.workers, "auto");
+  // --l4-worker: off unless asked; alone (and =true) required, =auto probed, the last one wins.
+  assert.equal(c.proxy.l4Worker, false);
+  assert.equal(parse(["--l4-worker"]).proxy.l4Worker, true);
+  assert.equal(parse(["--l4-worker=auto"]).proxy.l4Worker, "auto");
+  assert.equal(parse(["--l4-worker=auto", "--l4-worker=false"]).proxy.l4Worker, false);
+  assert.equal(parse(["--l4-worker=auto", "--l4-worker"]).proxy.l4Worker, true);
   assert.equal(parse(["--state-dir", ""]).distribution.stateDir, "");
   // Envoy's stream_idle_timeout default; 0 turns it off.
   assert.equal(c.proxy.options.streamIdleTimeoutMs, 300_000);
