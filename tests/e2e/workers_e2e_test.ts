@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Child, freePort, waitFor, waitForPort } from "../testenv/process.ts";
-import { spawnMeshd } from "../testenv/meshd.ts";
+import { FILE_PERMISSIONS, spawnMeshd } from "../testenv/meshd.ts";
 import { countSockets } from "../../src/node/successor.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -317,4 +317,117 @@ Deno.test("meshd run --l4-worker without FFI permission fails in one line that s
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// The --l4-worker=auto tests' own addresses (127.0.68.0/24).
+const AUTO_ECHO_IP = "127.0.68.3";
+const AUTO_MESHD_IP = "127.0.68.10";
+
+/**
+ * `meshd run --l4-worker=auto` with Deno's flags `deno`, a TCP and a UDP service to an echo
+ * backend: waits for it to be ready, checks both service ports answer through it, and returns
+ * its output lines (stdout and stderr) and stderr alone.
+ */
+async function autoServes(deno: readonly string[]): Promise<{ lines: string[]; stderr: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-workers-" });
+  const children: Child[] = [];
+  try {
+    const echoPort = freePort(AUTO_ECHO_IP);
+    children.push(
+      new Child("echo", [
+        "run",
+        "--allow-net",
+        ECHO,
+        "--name",
+        "e",
+        "--listen",
+        `${AUTO_ECHO_IP}:${echoPort}`,
+        "--udp",
+      ]),
+    );
+    // The same objects as the other tests: only the TCP and UDP services matter here.
+    await Deno.writeTextFile(
+      `${dir}/mesh.yaml`,
+      mesh(AUTO_ECHO_IP, { web: echoPort, echo: echoPort }).replaceAll(ECHO_IP, AUTO_ECHO_IP),
+    );
+    await waitForPort(AUTO_ECHO_IP, echoPort);
+    const tcp = freePort(AUTO_MESHD_IP);
+    const udp = freePort(AUTO_MESHD_IP);
+    const api = freePort();
+    const meshd = spawnMeshd([
+      "--config-dir",
+      dir,
+      "--proxy-address",
+      AUTO_MESHD_IP,
+      "--http-port",
+      String(freePort(AUTO_MESHD_IP)),
+      "--api-port",
+      String(api),
+      "--tcp-ports",
+      `${tcp}-${tcp}`,
+      "--udp-ports",
+      `${udp}-${udp}`,
+      "--l4-worker=auto",
+      "--datapath",
+      "userspace",
+      "--log-format",
+      "json",
+    ], { deno });
+    children.push(meshd);
+    let gone = false;
+    meshd.status.then(() => gone = true);
+    await waitFor("meshd to be ready", async () => {
+      if (gone) throw new Error(`meshd exited:\n${meshd.lines.join("\n")}`);
+      const r = await fetch(`http://127.0.0.1:${api}/readyz`).catch(() => null);
+      await r?.body?.cancel();
+      return r?.status === 200 ? true : undefined;
+    }, 30_000);
+
+    const c = await Deno.connect({ hostname: AUTO_MESHD_IP, port: tcp });
+    await c.write(enc.encode("ping\n"));
+    await c.closeWrite();
+    assert.equal(dec.decode(await new Response(c.readable).arrayBuffer()), "echo e\nping\n");
+
+    const u = Deno.listenDatagram({ transport: "udp", hostname: AUTO_MESHD_IP, port: 0 });
+    try {
+      // The listener is bound (meshd is ready): on loopback the datagram is not lost.
+      await u.send(enc.encode("hello"), { transport: "udp", hostname: AUTO_MESHD_IP, port: udp });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const answer = await Promise.race([
+        u.receive().then(([d]) => dec.decode(d)),
+        new Promise<string>((r) => timer = setTimeout(() => r("no answer within 10 s"), 10_000)),
+      ]);
+      clearTimeout(timer);
+      assert.equal(answer, "e: hello");
+    } finally {
+      u.close();
+    }
+    return { lines: [...meshd.lines], stderr: meshd.stderr.join("\n") };
+  } finally {
+    for (const c of children.reverse()) await c.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const L4_OFF = "L4 worker off: TCP and UDP stay on Deno's I/O";
+
+Deno.test("meshd run --l4-worker=auto without FFI permission serves TCP and UDP on Deno's I/O, with one warning that says why", async () => {
+  // spawnMeshd's default permissions: those of scripts/quickstart, without --allow-ffi.
+  const { lines, stderr } = await autoServes(FILE_PERMISSIONS);
+  const warned = lines.filter((l) => l.includes(L4_OFF));
+  assert.equal(warned.length, 1, `one warning, in:\n${lines.join("\n")}`);
+  const warning = JSON.parse(warned[0]!) as Record<string, unknown>;
+  assert.equal(warning["level"], "warn");
+  assert.match(String(warning["reason"]), /^FFI is not permitted .*--allow-ffi/);
+  assert.ok(!lines.some((l) => l.includes('"l4Worker":true')), lines.join("\n"));
+  assert.doesNotMatch(stderr, /Uncaught|^\s+at |"level":"error"/m, `stderr:\n${stderr}`);
+});
+
+Deno.test("meshd run --l4-worker=auto with FFI permission starts the L4 worker and warns of nothing", async () => {
+  const { lines } = await autoServes(["--unstable-net", "--allow-all"]);
+  assert.ok(
+    lines.some((l) => l.includes('"proxy workers started"') && l.includes('"l4Worker":true')),
+    lines.join("\n"),
+  );
+  assert.ok(!lines.some((l) => l.includes(L4_OFF)), lines.join("\n"));
 });
