@@ -96,7 +96,7 @@ Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespa
       "--drain-timeout=40s",
     ]
   ) assert.ok(c.args.includes(a), `${a} in ${c.args.join(" ")}`);
-  assert.ok(!c.args.includes("--l4-worker"), `l4Worker=false: ${c.args.join(" ")}`);
+  assert.ok(!c.args.some((a) => a.startsWith("--l4-worker")), `l4Worker=false: ${c.args}`);
   assert.equal(spec.terminationGracePeriodSeconds, 50);
   assert.deepEqual(spec.tolerations, [{ key: "gpu", operator: "Exists" }]);
   assert.deepEqual(c.resources, {
@@ -110,4 +110,30 @@ Deno.test("helm template charts/meshd takes image, log level, ACL, mode, namespa
       assert.equal(o.metadata.namespace, "mesh-system", `${o.kind} ${o.metadata.name}`);
     }
   }
+});
+
+Deno.test("helm template charts/meshd takes l4Worker auto (the default), true or false, and refuses another value", async () => {
+  const l4Args = async (set: string[]): Promise<string[]> => {
+    const r = await run(await helm, ["template", "meshd", "charts/meshd", ...set]);
+    assert.equal(r.code, 0, r.err);
+    const ds = objects(r.out).get("DaemonSet meshd/meshd");
+    assert.ok(ds, r.out);
+    const spec = (ds["spec"] as { template: { spec: { containers: { args: string[] }[] } } })
+      .template.spec;
+    return spec.containers[0]!.args.filter((a) => a.startsWith("--l4-worker"));
+  };
+  const cases: [string, string[], string[]][] = [
+    ["unset: auto, so a node where the loop cannot run does not crash-loop", [], [
+      "--l4-worker=auto",
+    ]],
+    ["auto", ["--set", "l4Worker=auto"], ["--l4-worker=auto"]],
+    ["true: required, as before auto", ["--set", "l4Worker=true"], ["--l4-worker"]],
+    ['"true" as a string', ["--set-string", "l4Worker=true"], ["--l4-worker"]],
+    ["false: meshd's default, off", ["--set", "l4Worker=false"], []],
+    ["null: the default", ["--set", "l4Worker=null"], ["--l4-worker=auto"]],
+  ];
+  for (const [name, set, want] of cases) assert.deepEqual(await l4Args(set), want, name);
+  const bad = await run(await helm, ["template", "meshd", "charts/meshd", "--set", "l4Worker=on"]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.err, /l4Worker must be auto, true or false, not "on"/);
 });
