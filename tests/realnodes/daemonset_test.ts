@@ -709,7 +709,8 @@ Deno.test({
         all,
       ],
       ["deleting the leader's meshd pod (userspace)", deleteLeader, 1],
-      // The DaemonSet runs TCP and UDP in the L4 worker by default: every step above did.
+      // The DaemonSet runs TCP and UDP in the L4 worker by default (--l4-worker=auto, whose
+      // probe passes in the shipped image): every step above did, as the check below says.
       ["turning the L4 worker off (--l4-worker=false)", addArg("--l4-worker=false"), all],
       ["deleting the leader's meshd pod (no L4 worker)", deleteLeader, 1],
     ];
