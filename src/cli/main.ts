@@ -210,9 +210,18 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     return 0;
   }
   if (parsed.positionals.length > (cmd.positionals ?? 0)) {
-    const extra = parsed.positionals[cmd.positionals ?? 0];
+    const extra = parsed.positionals[cmd.positionals ?? 0]!;
+    // `--l4-worker auto`: a bool-or-auto flag alone is on, so its value must follow "=".
+    const before = rest[rest.indexOf(extra) - 1];
+    const sw = cmd.flags.find((f) => f.kind === "bool-or-auto" && before === `--${f.name}`);
     io.stderr(
-      errorLine(`meshd ${name}`, `unexpected argument "${extra}"`, `run "meshd ${name} --help"`),
+      errorLine(
+        `meshd ${name}`,
+        `unexpected argument "${extra}"`,
+        sw
+          ? `--${sw.name} takes its value after "=", as in --${sw.name}=${extra}`
+          : `run "meshd ${name} --help"`,
+      ),
     );
     return 2;
   }

@@ -156,6 +156,33 @@ Deno.test("main() run --workers takes a count from 1 or auto, else exits 2 with 
   assert.match(workers.replace(/\s+/g, " "), /\[default 1; env MESHD_WORKERS\]$/);
 });
 
+Deno.test('main() run --l4-worker takes auto, true or false after "=", and says so of a value after a space', async () => {
+  const bad = await run(["run", "--config-dir", "/nonexistent", "--l4-worker=on"]);
+  assert.equal(bad.code, 2, bad.err);
+  assert.equal(bad.err.trimEnd().split("\n").length, 1, bad.err);
+  assert.match(
+    bad.err,
+    /^meshd run: error: invalid value "on" for --l4-worker: expected true, false or auto; /,
+  );
+  const spaced = await run(["run", "--l4-worker", "auto", "--config-dir", "/nonexistent"]);
+  assert.equal(spaced.code, 2, spaced.err);
+  assert.equal(
+    spaced.err,
+    'meshd run: error: unexpected argument "auto"; --l4-worker takes its value after "=", as ' +
+      "in --l4-worker=auto\n",
+  );
+  // Good values get past the flags (to the missing directory).
+  for (const good of ["--l4-worker", "--l4-worker=auto", "--l4-worker=false", "--no-l4-worker"]) {
+    const r = await run(["run", "--config-dir", "/nonexistent", good]);
+    assert.equal(r.code, 1, `${good}: ${r.err}`);
+    assert.match(r.err, /cannot read config directory/);
+  }
+  const help = await run(["run", "--help"]);
+  const l4 = help.out.split("\n  --l4-worker[=auto|true|false]")[1]?.split("\n  --")[0] ?? "";
+  assert.match(l4.replace(/\s+/g, " "), /auto: probe FFI, libc and epoll first/);
+  assert.match(l4.replace(/\s+/g, " "), /\[default false; env MESHD_L4_WORKER\]$/);
+});
+
 Deno.test("main() run --stream-idle-timeout takes a duration or 0, else exits 2 with one line", async () => {
   for (const bad of ["abc", "-1", "5", "1x", "0.5ms", "597h"]) {
     const r = await run(["run", "--config-dir", "/nonexistent", "--stream-idle-timeout", bad]);
