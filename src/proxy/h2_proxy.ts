@@ -398,6 +398,7 @@ export class H2Proxy {
       started: 0,
       status: 0,
       network: false,
+      local: false,
       breakerChecked: false,
       target: root,
       ep: null,
@@ -425,6 +426,7 @@ export class H2Proxy {
       }
       x.status = e.status;
       x.network = e.network;
+      x.local = e.local;
       x.reason = failureReason(e);
       x.detail = e.message;
       this.#fail(stream, e, grpc);

@@ -649,6 +649,7 @@ export class HttpProxy {
       started: 0,
       status: 0,
       network: false,
+      local: false,
       breakerChecked: false,
       tries: 0,
       cin: m.bytesIn,
@@ -679,6 +680,7 @@ export class HttpProxy {
       if (e instanceof ProxyFailure) {
         x.status = e.status;
         x.network = e.network;
+        x.local = e.local;
       } else if (e instanceof StreamIdleTimeout) x.status = e.status; // the status sent
       throw e;
     } finally {

@@ -920,6 +920,41 @@ Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and clo
   });
 });
 
+Deno.test("NodeProxy's circuit breaker records no connect that failed for want of a descriptor in meshd", async () => {
+  const a = await httpBackend("a", "127.0.69.1");
+  try {
+    // Neither a network error nor a 5xx of the service's: not in the window at all.
+    const expression = "NetworkErrorRatio() > 0.5 || ResponseCodeRatio(500, 600, 0, 600) > 0.5";
+    const circuitBreaker = { expression, expr: parseBreakerExpression(expression) };
+    const config = meshConfig([
+      { name: "web", ports: [{ port: 80, endpoints: [endpoint("127.0.69.1", a.port)] }] },
+      { name: "api", ports: [{ port: 80, endpoints: [endpoint("127.0.69.2", a.port)] }] },
+    ].map((s) => ({ ...s, circuitBreaker })));
+    // Deno's own messages: meshd out of descriptors; an endpoint that refuses.
+    let fail: string | null = "Too many open files (os error 24)";
+    const connect = (hostname: string, port: number) =>
+      fail === null ? Deno.connect({ hostname, port }) : Promise.reject(new Error(fail));
+    await withProxy(config, async (proxy, port) => {
+      const get = (host: string) => rawRequest(port, host);
+      for (let i = 0; i < 10; i++) assert.equal((await get("web.default.mesh")).status, 502);
+      fail = null;
+      const r = await get("web.default.mesh");
+      assert.equal(r.status, 200, `the breaker stayed closed; got ${r.status} ${r.body}`);
+      assert.match(
+        proxy.registry.render(),
+        /meshd_circuit_breaker_state\{service="default\/web"\} 0/,
+      );
+      // As many failures at the endpoint open the breaker of a service just like it.
+      fail = "Connection refused (os error 111)";
+      for (let i = 0; i < 5; i++) assert.equal((await get("api.default.mesh")).status, 502);
+      const refused = await get("api.default.mesh");
+      assert.equal(refused.headers.get("x-meshd-error"), "circuit-open");
+    }, { connect, breaker: { checkMs: 0 } });
+  } finally {
+    await a.close();
+  }
+});
+
 Deno.test("NodeProxy speaks TLS to https services and checks the certificate names the service", async () => {
   const pki = await makePki(["secure.default.svc"]);
   const seen: string[] = [];

@@ -57,6 +57,11 @@ export class ProxyFailure extends Error {
     /** The backend failed at the network level (counted by `NetworkErrorRatio()`). */
     readonly network = false,
     code?: ErrorCode,
+    /**
+     * The failure was meshd's own (no descriptor or buffer for a socket): the circuit breaker
+     * records it neither as a success nor as a failure of the service.
+     */
+    readonly local = false,
   ) {
     super(message);
     this.name = "ProxyFailure";
