@@ -10,7 +10,13 @@
  */
 import type { Reactor } from "../engine/reactor.ts";
 import { bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
-import { type UdpFlow, UdpRelay, type UdpTarget } from "../engine/udp_relay.ts";
+import {
+  isLocalSendErrno,
+  type UdpFlow,
+  UdpRelay,
+  type UdpRelayOptions,
+  type UdpTarget,
+} from "../engine/udp_relay.ts";
 import type { EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { LoopGuard } from "./policy.ts";
@@ -25,6 +31,8 @@ import {
 /** Options for {@linkcode UdpEngineListener}: {@linkcode UdpListenerOptions}' on a loop. */
 export interface UdpEngineListenerOptions extends UdpListenerOptions {
   reactor: Reactor;
+  /** How a datagram goes out on a flow's socket (a test seam): the relay's `write`. */
+  flowWrite?: UdpRelayOptions["write"];
 }
 
 /** What a flow goes to, and what the listener keeps of it (the relay's flow `target`). */
@@ -107,6 +115,7 @@ export class UdpEngineListener {
       idleMs: options.idleTimeoutMs,
       // The listener's cap is kept in #open, before the flow's socket opens, and counted.
       maxFlows: Infinity,
+      write: options.flowWrite,
       open: (client) => this.#open(client),
       onOpen: (flow) => {
         const t = flow.target;
@@ -145,7 +154,20 @@ export class UdpEngineListener {
           t.bytesOut += n;
         }
       },
-      onSendError: (flow) => {
+      onSendError: (flow, errno) => {
+        if (isLocalSendErrno(errno)) {
+          // This host had no room for the datagram: it is lost, and the endpoint not charged
+          // (outlier detection would eject a healthy one, as for a connect out of descriptors).
+          options.drop?.("udp_send_failed");
+          if (DROP_LOG.allow(`send ${flow.target.route.key}`)) {
+            options.logger.warn("udp datagram dropped: no buffer space to send it", {
+              service: flow.target.route.key,
+              endpoint: flow.target.endpoint.key,
+              errno,
+            });
+          }
+          return;
+        }
         if (options.pool.failure(flow.target.endpoint)) {
           this.#relay.end(flow, "endpoint_failed");
         }

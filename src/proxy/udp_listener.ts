@@ -2,6 +2,7 @@ import type { Logger } from "../observability/mod.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { type AccessEntry, type AccessLog, failureReason } from "./access_log.ts";
 import { LogThrottle } from "./log_throttle.ts";
+import { isLocalSocketError } from "./upstream_error.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import type { Route } from "./route_table.ts";
@@ -29,6 +30,8 @@ export interface UdpListenerOptions {
   drop?: CountDrop;
   /** Whether `address:port` is one of this meshd's own UDP listeners (a forwarding loop). */
   isOwn?: (address: string, port: number) => boolean;
+  /** Opens a flow's own socket (a test seam; Deno's I/O only). Default `Deno.listenDatagram`. */
+  listenDatagram?: (options: Deno.UdpListenOptions & { transport: "udp" }) => Deno.DatagramConn;
 }
 
 /** Caps of a {@linkcode UdpFlowTable}. */
@@ -311,6 +314,19 @@ export class UdpListener {
       try {
         await flow.upstream.send(data, flow.to);
       } catch (e) {
+        if (isLocalSocketError(e)) {
+          // No buffer space or memory here: the datagram is lost, and the endpoint is not
+          // charged (outlier detection would eject a healthy one).
+          this.#opts.drop?.("udp_send_failed");
+          if (DROP_LOG.allow(`send ${flow.route.key}`)) {
+            this.#opts.logger.warn("udp datagram dropped: no buffer space to send it", {
+              service: flow.route.key,
+              endpoint: flow.endpoint.key,
+              error: String(e),
+            });
+          }
+          continue;
+        }
         this.#opts.logger.debug("udp send to endpoint failed", {
           endpoint: flow.endpoint.key,
           error: String(e),
@@ -384,7 +400,7 @@ export class UdpListener {
   /** A socket of the flow's own towards `endpoint`; null (logged, counted) if none opens. */
   #flowSocket(root: Route, endpoint: EndpointState): Deno.DatagramConn | null {
     try {
-      return Deno.listenDatagram({
+      return (this.#opts.listenDatagram ?? Deno.listenDatagram)({
         transport: "udp",
         hostname: endpoint.address.includes(":") ? "::" : "0.0.0.0",
         port: 0,
