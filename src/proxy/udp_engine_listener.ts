@@ -58,8 +58,6 @@ interface Target extends UdpTarget {
   bytesOut: number;
 }
 
-/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
-const DROP_LOG = new LogThrottle();
 /**
  * A flow moves to the back of the node's flow table at most this often, as on Deno's I/O: the
  * table's caps then evict the least recently active flow, not the oldest one still in use.
@@ -80,6 +78,8 @@ const TOUCH_MS = 1000;
 export class UdpEngineListener {
   readonly #opts: UdpEngineListenerOptions;
   readonly #guard: LoopGuard;
+  /** One warning per reason and service per interval; `meshd_dropped_total` counts each drop. */
+  readonly #log: LogThrottle;
   readonly #fd: number;
   readonly #addr: Deno.NetAddr;
   readonly #relay: UdpRelay<Target>;
@@ -93,6 +93,7 @@ export class UdpEngineListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#fd = bindSocket("udp", options.hostname, options.port, {
       reuseAddress: options.reuseAddress,
     });
@@ -159,11 +160,13 @@ export class UdpEngineListener {
           // This host had no room for the datagram: it is lost, and the endpoint not charged
           // (outlier detection would eject a healthy one, as for a connect out of descriptors).
           options.drop?.("udp_send_failed");
-          if (DROP_LOG.allow(`send ${flow.target.route.key}`)) {
+          const said = this.#log.take(`send ${flow.target.route.key}`);
+          if (said) {
             options.logger.warn("udp datagram dropped: no buffer space to send it", {
               service: flow.target.route.key,
               endpoint: flow.target.endpoint.key,
               errno,
+              ...said,
             });
           }
           return;
@@ -175,11 +178,13 @@ export class UdpEngineListener {
       onOpenError: (client, t, e) => {
         // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
         options.drop?.("udp_socket_failed");
-        if (DROP_LOG.allow(`socket ${t.route.key}`)) {
+        const said = this.#log.take(`socket ${t.route.key}`);
+        if (said) {
           options.logger.warn("udp datagram dropped: cannot open a flow socket", {
             service: t.route.key,
             client: client.address,
             error: e.message,
+            ...said,
           });
         }
       },
@@ -243,7 +248,7 @@ export class UdpEngineListener {
     if (!root) return null;
     const peer = { hostname: client.address, port: client.port };
     const picked = pickUdpEndpoint(
-      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
       root,
       peer,
     );

@@ -32,6 +32,12 @@ export interface UdpListenerOptions {
   isOwn?: (address: string, port: number) => boolean;
   /** Opens a flow's own socket (a test seam; Deno's I/O only). Default `Deno.listenDatagram`. */
   listenDatagram?: (options: Deno.UdpListenOptions & { transport: "udp" }) => Deno.DatagramConn;
+  /**
+   * Lines this listener logs once per flow or datagram (a drop, a failure) are logged once per
+   * this many ms per kind and service, each saying how many were left out before it; the
+   * metrics count every one. Default 10 s.
+   */
+  logIntervalMs?: number;
 }
 
 /** Caps of a {@linkcode UdpFlowTable}. */
@@ -166,8 +172,6 @@ interface Flow {
 const MAX_DATAGRAM = 65_535;
 /** A flow moves to the back of the eviction order at most this often: cheap, and close enough. */
 const TOUCH_MS = 1000;
-/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
-const DROP_LOG = new LogThrottle();
 
 /**
  * One UDP listener for one service port. Datagrams from each client address form a flow: the
@@ -179,6 +183,8 @@ const DROP_LOG = new LogThrottle();
 export class UdpListener {
   readonly #opts: UdpListenerOptions;
   readonly #guard: LoopGuard;
+  /** One warning per reason and service per interval; `meshd_dropped_total` counts each drop. */
+  readonly #log: LogThrottle;
   readonly #socket: Deno.DatagramConn;
   /** Every flow, least recently active first (see `TOUCH_MS`). */
   readonly #flows = new Set<Flow>();
@@ -196,6 +202,7 @@ export class UdpListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#socket = Deno.listenDatagram({
       transport: "udp",
       hostname: options.hostname,
@@ -290,7 +297,14 @@ export class UdpListener {
         [data, from] = await this.#socket.receive(buf);
       } catch (e) {
         if (this.#closed || e instanceof Deno.errors.BadResource) return;
-        this.#opts.logger.warn("udp receive failed", { port: this.#opts.port, error: String(e) });
+        const said = this.#log.take("receive");
+        if (said) {
+          this.#opts.logger.warn("udp receive failed", {
+            port: this.#opts.port,
+            error: String(e),
+            ...said,
+          });
+        }
         continue;
       }
       const client = from as Deno.NetAddr;
@@ -318,11 +332,13 @@ export class UdpListener {
           // No buffer space or memory here: the datagram is lost, and the endpoint is not
           // charged (outlier detection would eject a healthy one).
           this.#opts.drop?.("udp_send_failed");
-          if (DROP_LOG.allow(`send ${flow.route.key}`)) {
+          const said = this.#log.take(`send ${flow.route.key}`);
+          if (said) {
             this.#opts.logger.warn("udp datagram dropped: no buffer space to send it", {
               service: flow.route.key,
               endpoint: flow.endpoint.key,
               error: String(e),
+              ...said,
             });
           }
           continue;
@@ -341,7 +357,7 @@ export class UdpListener {
     const root = this.#opts.route();
     if (!root) return null;
     const picked = pickUdpEndpoint(
-      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
       root,
       client,
     );
@@ -408,10 +424,12 @@ export class UdpListener {
     } catch (e) {
       // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
       this.#opts.drop?.("udp_socket_failed");
-      if (DROP_LOG.allow(`socket ${root.key}`)) {
+      const said = this.#log.take(`socket ${root.key}`);
+      if (said) {
         this.#opts.logger.warn("udp datagram dropped: cannot open a flow socket", {
           service: root.key,
           error: String(e),
+          ...said,
         });
       }
       return null;
@@ -452,6 +470,8 @@ export interface UdpPickContext {
   pool: EndpointPool;
   logger: Logger;
   guard: LoopGuard;
+  /** The listener's throttle of lines a client can repeat. */
+  log: LogThrottle;
 }
 
 /**
@@ -478,8 +498,9 @@ export function pickUdpEndpoint(
       if (log.enabled("debug")) {
         log.debug("udp datagram dropped", { service: root.key, reason: e.message });
       }
-    } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
-      log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
+    } else if (e.status === 503) {
+      const said = ctx.log.take(`none ${root.key}`);
+      if (said) log.warn("udp datagram dropped: no ready endpoint", { service: root.key, ...said });
     }
     return null;
   }
@@ -489,9 +510,8 @@ export function pickUdpEndpoint(
     root.log?.write(
       refusal(root, client, `Service "${target.key}" has no ready endpoint`, "no_endpoint"),
     );
-    if (DROP_LOG.allow(`none ${target.key}`)) {
-      log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
-    }
+    const said = ctx.log.take(`none ${target.key}`);
+    if (said) log.warn("udp datagram dropped: no ready endpoint", { service: target.key, ...said });
     return null;
   }
   return { target, endpoint };
