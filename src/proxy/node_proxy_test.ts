@@ -889,6 +889,85 @@ for (const engine of [false, true]) {
   });
 }
 
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.apply() keeps a UDP flow of a split whose backend's endpoint is still ready, and ends one whose endpoint left${engine ? " (on the engine)" : ""}`, async () => {
+    // The flows of a TrafficSplit's root go to its backends' endpoints (one hop): those are
+    // the ready endpoints a flow of the root may keep.
+    const host = "127.0.69.40";
+    const named = (name: string) => {
+      const s = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+      const done = (async () => {
+        for (;;) {
+          const [, from] = await s.receive();
+          await s.send(new TextEncoder().encode(name), from);
+        }
+      })().catch(() => {});
+      return { port: (s.addr as Deno.NetAddr).port, close: () => (s.close(), done) };
+    };
+    const a = named("a");
+    const b = named("b");
+    const listenPort = freePort(host);
+    const backendPort = freePort(host);
+    const config = (version: number, ...eps: ReturnType<typeof endpoint>[]) =>
+      meshConfig([
+        {
+          name: "dns",
+          ports: [{
+            port: 53,
+            protocol: "udp",
+            listenPort,
+            split: {
+              name: "default/dns-split",
+              matches: [],
+              backends: [{ service: "dns-v2", weight: 1 }],
+            },
+          }],
+        },
+        {
+          name: "dns-v2",
+          ports: [{ port: 53, protocol: "udp", listenPort: backendPort, endpoints: eps }],
+        },
+      ], { version });
+    const lines: string[] = [];
+    const proxy = new NodeProxy({
+      hostname: host,
+      httpPort: 0,
+      logger: quiet,
+      engine,
+      accessLog: "json",
+      accessLogWrite: (l) => void lines.push(l),
+    });
+    await proxy.start();
+    const client = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+    const guard = setTimeout(() => client.close(), 10_000);
+    const ask = async () => {
+      await client.send(new Uint8Array(1), { transport: "udp", hostname: host, port: listenPort });
+      return new TextDecoder().decode((await client.receive())[0]);
+    };
+    const reasons = () => lines.map((l) => (JSON.parse(l) as { reason?: string }).reason);
+    try {
+      await proxy.apply(config(1, endpoint(host, a.port)));
+      assert.equal(await ask(), "a");
+      // b joins the backend; a is still ready: the flow to a goes on.
+      await proxy.apply(config(2, endpoint(host, a.port), endpoint(host, b.port)));
+      assert.deepEqual(reasons(), [], "a flow to a backend's ready endpoint was ended");
+      assert.equal(await ask(), "a");
+      // a leaves the backend: its flow ends, and the next datagram goes to b.
+      await proxy.apply(config(3, endpoint(host, b.port)));
+      assert.deepEqual(reasons(), ["endpoint_removed"]);
+      assert.equal(await ask(), "b", "the datagram after a left went to a");
+    } finally {
+      clearTimeout(guard);
+      try {
+        client.close();
+      } catch { /* closed by the guard */ }
+      await proxy.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+}
+
 Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
   await withBackends(["a"], async ([a]) => {
     const expression = "ResponseCodeRatio(500, 600, 0, 600) > 0.5";

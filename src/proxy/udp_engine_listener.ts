@@ -83,6 +83,8 @@ export class UdpEngineListener {
   readonly #fd: number;
   readonly #addr: Deno.NetAddr;
   readonly #relay: UdpRelay<Target>;
+  /** The flows by endpoint key: a config apply looks at endpoints, not at every flow. */
+  readonly #byEndpoint = new Map<string, Set<Target>>();
   #closed = false;
 
   /** Binds the port; throws if it cannot. */
@@ -122,6 +124,9 @@ export class UdpEngineListener {
         const t = flow.target;
         t.flow = flow;
         t.endpoint.inflight++;
+        let same = this.#byEndpoint.get(t.endpoint.key);
+        if (!same) this.#byEndpoint.set(t.endpoint.key, same = new Set());
+        same.add(t);
         t.route.metrics.requests.inc();
         t.route.metrics.open.inc();
         flowTable?.add(t, {
@@ -191,6 +196,9 @@ export class UdpEngineListener {
       onEnd: (flow, reason) => {
         const t = flow.target;
         flowTable?.remove(t);
+        const same = this.#byEndpoint.get(t.endpoint.key);
+        same?.delete(t);
+        if (same?.size === 0) this.#byEndpoint.delete(t.endpoint.key);
         t.endpoint.inflight--;
         t.route.metrics.open.dec();
         t.route.log?.write(udpFlowEntry(t, reason));
@@ -227,8 +235,9 @@ export class UdpEngineListener {
     const root = this.#opts.route();
     if (!root) return;
     const ready = readyEndpointKeys(root);
-    for (const f of [...this.#relay.values()]) {
-      if (!ready.has(f.target.endpoint.key)) this.#relay.end(f, "endpoint_removed");
+    for (const [key, targets] of this.#byEndpoint) {
+      if (ready.has(key)) continue;
+      for (const t of [...targets]) if (t.flow) this.#relay.end(t.flow, "endpoint_removed");
     }
   }
 

@@ -190,6 +190,8 @@ export class UdpListener {
   readonly #flows = new Set<Flow>();
   /** The flows by client address, then port. */
   readonly #index = new Map<string, Map<number, Flow>>();
+  /** The flows by endpoint key: a config apply looks at endpoints, not at every flow. */
+  readonly #byEndpoint = new Map<string, Set<Flow>>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
   #closed = false;
@@ -259,8 +261,8 @@ export class UdpListener {
     const root = this.#opts.route();
     if (!root) return;
     const ready = readyEndpointKeys(root);
-    for (const f of [...this.#flows]) {
-      if (!ready.has(f.endpoint.key)) this.#end(f, "endpoint_removed");
+    for (const [key, flows] of this.#byEndpoint) {
+      if (!ready.has(key)) { for (const f of [...flows]) this.#end(f, "endpoint_removed"); }
     }
   }
 
@@ -278,6 +280,9 @@ export class UdpListener {
     const byPort = this.#index.get(f.client.hostname);
     byPort?.delete(f.client.port);
     if (byPort?.size === 0) this.#index.delete(f.client.hostname);
+    const same = this.#byEndpoint.get(f.endpoint.key);
+    same?.delete(f);
+    if (same?.size === 0) this.#byEndpoint.delete(f.endpoint.key);
     this.#opts.flowTable?.remove(f);
     f.endpoint.inflight--;
     f.route.metrics.open.dec();
@@ -398,6 +403,9 @@ export class UdpListener {
     let byPort = this.#index.get(client.hostname);
     if (!byPort) this.#index.set(client.hostname, byPort = new Map());
     byPort.set(client.port, flow);
+    let same = this.#byEndpoint.get(endpoint.key);
+    if (!same) this.#byEndpoint.set(endpoint.key, same = new Set());
+    same.add(flow);
     this.#opts.flowTable?.add(flow, {
       source: client.hostname,
       end: () => this.#end(flow, "evicted"),
