@@ -10,7 +10,10 @@ import {
   addressOf,
   AF_INET,
   AF_INET6,
+  EAGAIN,
   ECONNREFUSED,
+  ENOBUFS,
+  ENOMEM,
   EPOLLIN,
   libcNet,
   SOCK_CLOEXEC,
@@ -56,9 +59,10 @@ export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {
   onBytes?(flow: UdpFlow<T>, way: "up" | "down", n: number): void;
   /**
    * A datagram from the client could not be sent on to the endpoint, or the endpoint answered
-   * one with an ICMP error (port unreachable).
+   * one with an ICMP error (port unreachable: ECONNREFUSED). `errno` says which: one such as
+   * ENOBUFS, ENOMEM or EAGAIN is this host's own shortage, no fault of the endpoint.
    */
-  onSendError?(flow: UdpFlow<T>): void;
+  onSendError?(flow: UdpFlow<T>, errno: number): void;
   /**
    * A socket for a new flow could not be opened, connected or taken into the loop (out of
    * descriptors, say): the datagram is dropped, and no flow opens.
@@ -70,6 +74,11 @@ export interface UdpRelayOptions<T extends UdpTarget = UdpTarget> {
   idleMs?: number;
   /** Flows at most; a new one ends the least recently active. Default 1,000. */
   maxFlows?: number;
+  /**
+   * Sends the first `n` bytes of `data` on a flow's connected socket `fd`: the bytes sent, or
+   * `-errno`. A test seam; default libc's `write`.
+   */
+  write?(fd: number, data: Uint8Array, n: number): number;
 }
 
 interface Flow<T extends UdpTarget> extends UdpFlow<T> {
@@ -82,6 +91,15 @@ interface Flow<T extends UdpTarget> extends UdpFlow<T> {
   seen: number;
   /** `performance.now()` when the sweep last saw it carry a datagram (or when it opened). */
   active: number;
+}
+
+/**
+ * Whether a send that failed with `errno` failed for this host's own want of room: the socket's
+ * send buffer full (EAGAIN), no buffer space (ENOBUFS) or memory (ENOMEM). Transient, and no
+ * fault of the endpoint: the datagram is lost as a full queue loses one.
+ */
+export function isLocalSendErrno(errno: number): boolean {
+  return errno === EAGAIN || errno === ENOBUFS || errno === ENOMEM;
 }
 
 /** What every relay of one thread reads a datagram into; handlers run one at a time. */
@@ -181,11 +199,9 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
       const flow = this.#flows.get(key) ?? this.#open(key, sa);
       if (!flow) continue;
       flow.count++;
-      if (Number(call.write(flow.fd, SCRATCH, BigInt(n))) === n) {
-        this.#opts.onBytes?.(flow, "up", n);
-      } else {
-        this.#opts.onSendError?.(flow);
-      }
+      const sent = this.#write(flow.fd, SCRATCH, n);
+      if (sent === n) this.#opts.onBytes?.(flow, "up", n);
+      else this.#opts.onSendError?.(flow, sent < 0 ? -sent : 0);
     }
   }
 
@@ -246,7 +262,7 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
     for (let i = 0; i < BATCH; i++) {
       const n = Number(call.read(flow.fd, SCRATCH, BigInt(SCRATCH.length)));
       if (n < 0) {
-        if (errno() === ECONNREFUSED) this.#opts.onSendError?.(flow);
+        if (errno() === ECONNREFUSED) this.#opts.onSendError?.(flow, ECONNREFUSED);
         return; // EAGAIN, or the error: the next event or datagram says more
       }
       flow.count++;
@@ -254,6 +270,14 @@ export class UdpRelay<T extends UdpTarget = UdpTarget> {
         this.#opts.onBytes?.(flow, "down", n);
       }
     }
+  }
+
+  /** libc's `write` on a datagram socket, or the owner's seam: bytes sent, or `-errno`. */
+  #write(fd: number, data: Uint8Array, n: number): number {
+    if (this.#opts.write) return this.#opts.write(fd, data, n);
+    const { call, errno } = libcNet();
+    const sent = Number(call.write(fd, data, BigInt(n)));
+    return sent < 0 ? -errno() : sent;
   }
 
   #sweepIdle(): void {

@@ -299,7 +299,8 @@ export class H2Proxy {
       maxConcurrentStreams: this.#opts.maxConcurrentStreams,
       onStream: (stream, fields) => {
         this.#onStream(stream, fields, peer, peerPort).catch((e) => {
-          logger.warn("h2 stream failed", { error: String(e) });
+          const said = FAIL_LOG.take("stream failed");
+          if (said) logger.warn("h2 stream failed", { error: String(e), ...said });
           stream.reset(ERROR.INTERNAL_ERROR);
         });
       },
@@ -398,6 +399,7 @@ export class H2Proxy {
       started: 0,
       status: 0,
       network: false,
+      local: false,
       breakerChecked: false,
       target: root,
       ep: null,
@@ -425,6 +427,7 @@ export class H2Proxy {
       }
       x.status = e.status;
       x.network = e.network;
+      x.local = e.local;
       x.reason = failureReason(e);
       x.detail = e.message;
       this.#fail(stream, e, grpc);
@@ -1004,11 +1007,15 @@ export class H2Proxy {
 
   #fail(stream: H2Stream, f: ProxyFailure, grpc: boolean): void {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (
-      this.#opts.logger.enabled(level) &&
-      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
-    ) {
-      this.#opts.logger[level]("h2 request failed", { status: f.status, reason: f.message });
+    if (this.#opts.logger.enabled(level)) {
+      const said = level === "debug" ? {} : FAIL_LOG.take(`${f.status} ${f.message.slice(0, 200)}`);
+      if (said) {
+        this.#opts.logger[level]("h2 request failed", {
+          status: f.status,
+          reason: f.message,
+          ...said,
+        });
+      }
     }
     if (stream.closed) return;
     if (stream.headersSent) {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import net from "node:net";
 import { Logger } from "../observability/mod.ts";
-import type { MeshConfig } from "../topology/mod.ts";
+import { type MeshConfig, parseBreakerExpression } from "../topology/mod.ts";
 import { NodeProxy } from "./mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { RawClient, rawRequest } from "./_testing.ts";
@@ -621,4 +621,50 @@ Deno.test("H2Proxy makes no retry once the client's stream is gone, and counts i
     assert.equal(counted.match(series("4xx"))?.[1], "1");
     assert.equal(counted.match(series("5xx"))?.[1] ?? "0", "0", counted);
   });
+});
+
+Deno.test("h2c: the circuit breaker records no connect that failed for want of a descriptor in meshd", async () => {
+  const a = await h2Backend("a");
+  let fail = true;
+  // Nothing listens at 127.0.69.11: the seam fails as Deno does when meshd is out of
+  // descriptors, then dials the backend.
+  const connect = (_address: string, _port: number): Promise<Deno.TcpConn> =>
+    fail
+      ? Promise.reject(new Error("Too many open files (os error 24)"))
+      : Deno.connect({ hostname: "127.0.0.1", port: a.port });
+  const proxy = new NodeProxy({
+    hostname: "127.0.69.10",
+    httpPort: 0,
+    logger: quiet,
+    connect,
+    breaker: { checkMs: 0 },
+  });
+  await proxy.start();
+  const client = http2.connect(`http://127.0.69.10:${proxy.httpAddress.split(":")[1]}`);
+  client.on("error", () => {});
+  try {
+    const expression = "NetworkErrorRatio() > 0.5 || ResponseCodeRatio(500, 600, 0, 600) > 0.5";
+    await proxy.apply(meshConfig([{
+      name: "greeter",
+      scheme: "h2c",
+      ports: [{ port: 80, endpoints: [endpoint("127.0.69.11", a.port)] }],
+      circuitBreaker: { expression, expr: parseBreakerExpression(expression) },
+    }]));
+    for (let i = 0; i < 10; i++) {
+      const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+      assert.equal(r.headers["grpc-status"], "14", JSON.stringify(r));
+      assert.match(decodeURIComponent(String(r.headers["grpc-message"])), /Too many open files/);
+    }
+    fail = false;
+    const r = await call(client, grpcHeaders("greeter.default.mesh"), ["x"]);
+    assert.equal(
+      r.trailers?.["grpc-status"],
+      "0",
+      `the breaker stayed closed: ${JSON.stringify(r)}`,
+    );
+  } finally {
+    client.close();
+    await proxy.stop();
+    await a.close();
+  }
 });

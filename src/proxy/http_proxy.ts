@@ -649,6 +649,7 @@ export class HttpProxy {
       started: 0,
       status: 0,
       network: false,
+      local: false,
       breakerChecked: false,
       tries: 0,
       cin: m.bytesIn,
@@ -679,6 +680,7 @@ export class HttpProxy {
       if (e instanceof ProxyFailure) {
         x.status = e.status;
         x.network = e.network;
+        x.local = e.local;
       } else if (e instanceof StreamIdleTimeout) x.status = e.status; // the status sent
       throw e;
     } finally {
@@ -1326,11 +1328,15 @@ export class HttpProxy {
 
   async #fail(client: Deno.Conn, minor: number, f: ProxyFailure): Promise<void> {
     const level = f.status >= 500 ? "warn" : "debug";
-    if (
-      this.#opts.logger.enabled(level) &&
-      (level === "debug" || FAIL_LOG.allow(`${f.status} ${f.message.slice(0, 200)}`))
-    ) {
-      this.#opts.logger[level]("http request failed", { status: f.status, reason: f.message });
+    if (this.#opts.logger.enabled(level)) {
+      const said = level === "debug" ? {} : FAIL_LOG.take(`${f.status} ${f.message.slice(0, 200)}`);
+      if (said) {
+        this.#opts.logger[level]("http request failed", {
+          status: f.status,
+          reason: f.message,
+          ...said,
+        });
+      }
     }
     const body = encodeLatin1(f.message.replace(/[^\x20-\x7e]/g, "?") + "\n");
     const head = `HTTP/1.${minor === 0 ? 0 : 1} ${f.status} ${REASONS[f.status] ?? "Error"}\r\n` +

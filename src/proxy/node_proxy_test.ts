@@ -889,6 +889,85 @@ for (const engine of [false, true]) {
   });
 }
 
+for (const engine of [false, true]) {
+  Deno.test(`NodeProxy.apply() keeps a UDP flow of a split whose backend's endpoint is still ready, and ends one whose endpoint left${engine ? " (on the engine)" : ""}`, async () => {
+    // The flows of a TrafficSplit's root go to its backends' endpoints (one hop): those are
+    // the ready endpoints a flow of the root may keep.
+    const host = "127.0.69.40";
+    const named = (name: string) => {
+      const s = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+      const done = (async () => {
+        for (;;) {
+          const [, from] = await s.receive();
+          await s.send(new TextEncoder().encode(name), from);
+        }
+      })().catch(() => {});
+      return { port: (s.addr as Deno.NetAddr).port, close: () => (s.close(), done) };
+    };
+    const a = named("a");
+    const b = named("b");
+    const listenPort = freePort(host);
+    const backendPort = freePort(host);
+    const config = (version: number, ...eps: ReturnType<typeof endpoint>[]) =>
+      meshConfig([
+        {
+          name: "dns",
+          ports: [{
+            port: 53,
+            protocol: "udp",
+            listenPort,
+            split: {
+              name: "default/dns-split",
+              matches: [],
+              backends: [{ service: "dns-v2", weight: 1 }],
+            },
+          }],
+        },
+        {
+          name: "dns-v2",
+          ports: [{ port: 53, protocol: "udp", listenPort: backendPort, endpoints: eps }],
+        },
+      ], { version });
+    const lines: string[] = [];
+    const proxy = new NodeProxy({
+      hostname: host,
+      httpPort: 0,
+      logger: quiet,
+      engine,
+      accessLog: "json",
+      accessLogWrite: (l) => void lines.push(l),
+    });
+    await proxy.start();
+    const client = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+    const guard = setTimeout(() => client.close(), 10_000);
+    const ask = async () => {
+      await client.send(new Uint8Array(1), { transport: "udp", hostname: host, port: listenPort });
+      return new TextDecoder().decode((await client.receive())[0]);
+    };
+    const reasons = () => lines.map((l) => (JSON.parse(l) as { reason?: string }).reason);
+    try {
+      await proxy.apply(config(1, endpoint(host, a.port)));
+      assert.equal(await ask(), "a");
+      // b joins the backend; a is still ready: the flow to a goes on.
+      await proxy.apply(config(2, endpoint(host, a.port), endpoint(host, b.port)));
+      assert.deepEqual(reasons(), [], "a flow to a backend's ready endpoint was ended");
+      assert.equal(await ask(), "a");
+      // a leaves the backend: its flow ends, and the next datagram goes to b.
+      await proxy.apply(config(3, endpoint(host, b.port)));
+      assert.deepEqual(reasons(), ["endpoint_removed"]);
+      assert.equal(await ask(), "b", "the datagram after a left went to a");
+    } finally {
+      clearTimeout(guard);
+      try {
+        client.close();
+      } catch { /* closed by the guard */ }
+      await proxy.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+}
+
 Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and closes it again", async () => {
   await withBackends(["a"], async ([a]) => {
     const expression = "ResponseCodeRatio(500, 600, 0, 600) > 0.5";
@@ -918,6 +997,41 @@ Deno.test("NodeProxy opens the circuit breaker on failures, answers 503, and clo
       );
     }, { breaker: { fallbackMs: 200, recoveryMs: 200, checkMs: 0 } });
   });
+});
+
+Deno.test("NodeProxy's circuit breaker records no connect that failed for want of a descriptor in meshd", async () => {
+  const a = await httpBackend("a", "127.0.69.1");
+  try {
+    // Neither a network error nor a 5xx of the service's: not in the window at all.
+    const expression = "NetworkErrorRatio() > 0.5 || ResponseCodeRatio(500, 600, 0, 600) > 0.5";
+    const circuitBreaker = { expression, expr: parseBreakerExpression(expression) };
+    const config = meshConfig([
+      { name: "web", ports: [{ port: 80, endpoints: [endpoint("127.0.69.1", a.port)] }] },
+      { name: "api", ports: [{ port: 80, endpoints: [endpoint("127.0.69.2", a.port)] }] },
+    ].map((s) => ({ ...s, circuitBreaker })));
+    // Deno's own messages: meshd out of descriptors; an endpoint that refuses.
+    let fail: string | null = "Too many open files (os error 24)";
+    const connect = (hostname: string, port: number) =>
+      fail === null ? Deno.connect({ hostname, port }) : Promise.reject(new Error(fail));
+    await withProxy(config, async (proxy, port) => {
+      const get = (host: string) => rawRequest(port, host);
+      for (let i = 0; i < 10; i++) assert.equal((await get("web.default.mesh")).status, 502);
+      fail = null;
+      const r = await get("web.default.mesh");
+      assert.equal(r.status, 200, `the breaker stayed closed; got ${r.status} ${r.body}`);
+      assert.match(
+        proxy.registry.render(),
+        /meshd_circuit_breaker_state\{service="default\/web"\} 0/,
+      );
+      // As many failures at the endpoint open the breaker of a service just like it.
+      fail = "Connection refused (os error 111)";
+      for (let i = 0; i < 5; i++) assert.equal((await get("api.default.mesh")).status, 502);
+      const refused = await get("api.default.mesh");
+      assert.equal(refused.headers.get("x-meshd-error"), "circuit-open");
+    }, { connect, breaker: { checkMs: 0 } });
+  } finally {
+    await a.close();
+  }
 });
 
 Deno.test("NodeProxy speaks TLS to https services and checks the certificate names the service", async () => {

@@ -57,6 +57,11 @@ export class ProxyFailure extends Error {
     /** The backend failed at the network level (counted by `NetworkErrorRatio()`). */
     readonly network = false,
     code?: ErrorCode,
+    /**
+     * The failure was meshd's own (no descriptor or buffer for a socket): the circuit breaker
+     * records it neither as a success nor as a failure of the service.
+     */
+    readonly local = false,
   ) {
     super(message);
     this.name = "ProxyFailure";
@@ -143,7 +148,10 @@ export interface LoopGuard {
   logger: Logger;
 }
 
-/** One loop warning per service per 10 s; `meshd_dropped_total{reason="loop"}` counts each. */
+/**
+ * One loop warning per service per 10 s, saying how many were left out before it;
+ * `meshd_dropped_total{reason="loop"}` counts each.
+ */
 const LOOP_LOG = new LogThrottle();
 
 /**
@@ -161,10 +169,12 @@ export function withoutOwn(
   const rest = candidates.filter((c) => !isOwn(c.address, c.port));
   if (rest.length > 0) return rest;
   guard.drop("loop");
-  if (LOOP_LOG.allow(target.key)) {
+  const said = LOOP_LOG.take(target.key);
+  if (said) {
     guard.logger.warn("forwarding loop refused: the endpoints are meshd's own listeners", {
       service: target.key,
       endpoint: candidates[0]!.key,
+      ...said,
     });
   }
   throw new ProxyFailure(

@@ -33,7 +33,7 @@ export type DenyReason = "acl" | "rate_limit" | "circuit_open" | "no_endpoint";
  * `--max-connections-per-source`, a failed accept (such as EMFILE), a UDP flow evicted for
  * `--max-udp-flows` or `--max-udp-flows-per-listener`, a UDP flow of a source evicted for
  * `--max-udp-flows-per-source`, a UDP flow whose socket could not be
- * opened, a client that read nothing for `--write-timeout`, a response whose backend sent
+ * opened, a datagram meshd had no buffer space or memory to send on, a client that read nothing for `--write-timeout`, a response whose backend sent
  * nothing for `--stream-idle-timeout`, a forwarding loop, a retry over the service's retry
  * budget.
  */
@@ -44,6 +44,7 @@ export const DROP_REASONS = [
   "udp_flow_evicted",
   "udp_source_limit",
   "udp_socket_failed",
+  "udp_send_failed",
   "write_timeout",
   "stream_idle_timeout",
   "loop",
@@ -119,7 +120,7 @@ export class ProxyMetrics {
       "meshd_dropped_total",
       "Connections, datagrams, requests or retries meshd dropped to protect itself, by reason: " +
         "connection_limit, source_limit, accept_failed, udp_flow_evicted, udp_socket_failed, " +
-        "write_timeout, stream_idle_timeout, loop, retry_budget.",
+        "udp_send_failed, write_timeout, stream_idle_timeout, loop, retry_budget.",
       ["reason"],
     );
     // Every reason is a series from the start, at 0: a dashboard's rate() of drops then reads

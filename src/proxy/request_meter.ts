@@ -13,6 +13,13 @@ export interface Metered {
   status: number;
   /** The failure was the backend's at the network level (counted by `NetworkErrorRatio()`). */
   network: boolean;
+  /**
+   * The failure was meshd's own (out of descriptors or buffers): no outcome of the service's,
+   * so the circuit breaker records it neither as a failure (a shortage in meshd would open the
+   * breakers of healthy services) nor as a success (it would dilute real failures and hold a
+   * failing service's breaker closed while meshd is short).
+   */
+  local: boolean;
   /** The circuit breaker let it through, so its outcome is recorded there. */
   breakerChecked: boolean;
 }
@@ -23,7 +30,7 @@ export interface Metered {
  *
  * @example
  * ```ts
- * const x = { root, started: 0, status: 0, network: false, breakerChecked: false };
+ * const x = { root, started: 0, status: 0, network: false, local: false, breakerChecked: false };
  * meterStart(x);
  * try {
  *   x.status = await forward(x);
@@ -41,7 +48,8 @@ export function meterStart(x: Metered): void {
 
 /**
  * Counts a request ending: one fewer open, its status class (when it got one), its duration,
- * and its outcome for the circuit breaker when the breaker was checked.
+ * and its outcome for the circuit breaker when the breaker was checked and the failure, if any,
+ * was not meshd's own.
  */
 export function meterEnd(x: Metered): void {
   const m = x.root.metrics;
@@ -49,5 +57,5 @@ export function meterEnd(x: Metered): void {
   const ms = performance.now() - x.started;
   if (x.status > 0) m.responses[Math.min(5, Math.floor(x.status / 100))]!.inc();
   m.duration.observe(ms / 1000);
-  if (x.breakerChecked && x.status > 0) x.root.breaker!.record(x.status, ms, x.network);
+  if (x.breakerChecked && x.status > 0 && !x.local) x.root.breaker!.record(x.status, ms, x.network);
 }

@@ -39,9 +39,6 @@ interface Tunnel {
   bytesOut: number;
 }
 
-/** One "accept failed" line per port per 10 s; `meshd_dropped_total` counts each. */
-const ACCEPT_LOG = new LogThrottle();
-
 /** How often the idle sweep looks, ms. */
 const SWEEP_MS = 1000;
 /**
@@ -67,6 +64,12 @@ export class TcpEngineListener {
   readonly #fd: number;
   readonly #addr: Deno.NetAddr;
   readonly #guard: LoopGuard;
+  /**
+   * Lines a client can repeat at will, one per kind (and service or endpoint) per interval: an
+   * accept that failed (`meshd_dropped_total` counts each), a connection that failed, an idle
+   * close, and those of {@linkcode dialEndpoint}.
+   */
+  readonly #log: LogThrottle;
   readonly #tunnels = new Set<Tunnel>();
   /** Connections admitted and dialling, by client socket. */
   readonly #pending = new Set<number>();
@@ -91,6 +94,7 @@ export class TcpEngineListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#fd = bindSocket("tcp", options.hostname, options.port, { reusePort: options.reusePort });
     try {
       const bound = localAddress(this.#fd);
@@ -174,7 +178,7 @@ export class TcpEngineListener {
     this.#opts.drop?.("accept_failed");
     this.#unlogged++;
     this.#backoff = this.#backoff === 0 ? 10 : Math.min(1000, this.#backoff * 2);
-    if (ACCEPT_LOG.allow(String(this.#opts.port))) {
+    if (this.#log.take("accept") !== null) { // `failures` says how many came
       this.#opts.logger.warn("tcp accept failed; pausing accepts", {
         port: this.#opts.port,
         error: String(e),
@@ -221,7 +225,7 @@ export class TcpEngineListener {
     this.#pending.add(fd);
     try {
       d = await dialEndpoint(
-        { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+        { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
         peer,
         root,
         started,
@@ -239,10 +243,12 @@ export class TcpEngineListener {
     } catch (e) {
       // A dial that close(true) cut short is no failure worth a warning: its access log line
       // says shutdown, as one stopped while it dialled does on Deno's I/O.
-      if (!this.#aborted) {
+      const said = this.#aborted ? null : this.#log.take("failed");
+      if (said) {
         this.#opts.logger.warn("tcp connection failed", {
           port: this.#opts.port,
           error: String(e),
+          ...said,
         });
       }
     } finally {
@@ -320,10 +326,14 @@ export class TcpEngineListener {
         t.relay = new TcpRelay(this.#reactor, fd, d.upstream, hooks);
       } catch (e) {
         // The loop would not take a socket (epoll_ctl failed): no relay owns them.
-        this.#opts.logger.warn("tcp connection failed", {
-          port: this.#opts.port,
-          error: String(e),
-        });
+        const said = this.#log.take("failed");
+        if (said) {
+          this.#opts.logger.warn("tcp connection failed", {
+            port: this.#opts.port,
+            error: String(e),
+            ...said,
+          });
+        }
         release();
         closeFd(fd);
         closeFd(d.upstream);
@@ -351,10 +361,14 @@ export class TcpEngineListener {
         t.seen = t.reads;
         t.active = now;
       } else if (now - t.active >= limit) {
-        this.#opts.logger.info("tcp connection idle too long; closed", {
-          port: this.#opts.port,
-          idleMs: Math.round(now - t.active),
-        });
+        const said = this.#log.take("idle");
+        if (said) {
+          this.#opts.logger.info("tcp connection idle too long; closed", {
+            port: this.#opts.port,
+            idleMs: Math.round(now - t.active),
+            ...said,
+          });
+        }
         t.relay.close("idle_timeout");
       }
     }

@@ -34,6 +34,12 @@ export interface TcpListenerOptions {
   buffers?: CopyBuffers;
   /** Whether `address:port` is one of this meshd's own TCP listeners (a forwarding loop). */
   isOwn?: (address: string, port: number) => boolean;
+  /**
+   * Lines this listener logs once per connection, flow or datagram (a failure, an idle close)
+   * are logged once per this many ms per kind and service or endpoint, each saying how many
+   * were left out before it; the metrics count every one. Default 10 s.
+   */
+  logIntervalMs?: number;
 }
 
 /**
@@ -46,11 +52,6 @@ const COPY_BUFFERS: CopyBuffers = {
   small: new BufferPool({ size: 8 * 1024, keep: 32 }),
   large: new BufferPool({ size: 64 * 1024, keep: 32 }),
 };
-/**
- * Failures a client can repeat at will (denied, no endpoint, an endpoint down): one line per
- * kind and service per 10 s; the metrics count each.
- */
-const FAIL_LOG = new LogThrottle();
 /** Endpoints tried for one connection when connecting fails; nothing was sent, so it is safe. */
 const CONNECT_TRIES = 3;
 
@@ -89,6 +90,11 @@ export class TcpListener {
   #done: Promise<void>;
   readonly #guard: LoopGuard;
   readonly #connectOptions: ConnectUpstreamOptions;
+  /**
+   * Lines a client can repeat at will (denied, no endpoint, an endpoint down, a failure, an
+   * idle close): one per kind and service or endpoint per interval.
+   */
+  readonly #log: LogThrottle;
 
   /** Binds the port; throws if it cannot. */
   constructor(options: TcpListenerOptions) {
@@ -99,6 +105,7 @@ export class TcpListener {
       logger: options.logger,
     };
     this.#connectOptions = { connect: options.connect, timeoutMs: options.connectTimeoutMs };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
@@ -159,10 +166,14 @@ export class TcpListener {
         t.seen = t.reads;
         t.lastActive = now;
       } else if (now - t.lastActive >= limit) {
-        this.#opts.logger.info("tcp connection idle too long; closed", {
-          port: this.#opts.port,
-          idleMs: now - t.lastActive,
-        });
+        const said = this.#log.take("idle");
+        if (said) {
+          this.#opts.logger.info("tcp connection idle too long; closed", {
+            port: this.#opts.port,
+            idleMs: now - t.lastActive,
+            ...said,
+          });
+        }
         t.ended ??= "idle_timeout";
         closeTunnel(t);
       }
@@ -179,10 +190,14 @@ export class TcpListener {
       }
       this.#handle(conn).catch((e) => {
         closeQuietly(conn);
-        this.#opts.logger.warn("tcp connection failed", {
-          port: this.#opts.port,
-          error: String(e),
-        });
+        const said = this.#log.take("failed");
+        if (said) {
+          this.#opts.logger.warn("tcp connection failed", {
+            port: this.#opts.port,
+            error: String(e),
+            ...said,
+          });
+        }
       }).finally(() => limiter?.release(source));
     }, {
       what: "tcp",
@@ -232,7 +247,7 @@ export class TcpListener {
    */
   async #dial(client: Deno.TcpConn, root: Route, started: number): Promise<Dialled | null> {
     const d = await dialEndpoint(
-      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
       client.remoteAddr as Deno.NetAddr,
       root,
       started,
@@ -303,6 +318,8 @@ export interface DialContext {
   pool: EndpointPool;
   logger: Logger;
   guard: LoopGuard;
+  /** The listener's throttle of lines a client can repeat. */
+  log: LogThrottle;
 }
 
 /**
@@ -336,11 +353,13 @@ export async function dialEndpoint<U>(
         attempts: CONNECT_TRIES,
         reuseFailed: false,
         onFailure: (e, ep) => {
-          if (FAIL_LOG.allow(`unreachable ${ep.key}`)) {
+          const said = ctx.log.take(`unreachable ${ep.key}`);
+          if (said) {
             log.warn("tcp backend unreachable", {
               service: target.key,
               endpoint: ep.key,
               error: e.message,
+              ...said,
             });
           }
         },
@@ -356,11 +375,14 @@ export async function dialEndpoint<U>(
       reason: failureReason(e),
       detail: e.message,
     });
-    if ((e.status === 403 || e.status === 503) && FAIL_LOG.allow(`${e.status} ${root.key}`)) {
+    const said = e.status === 403 || e.status === 503
+      ? ctx.log.take(`${e.status} ${root.key}`)
+      : null;
+    if (said) {
       const denied = e.status === 403;
       log[denied ? "info" : "warn"](
         denied ? "tcp connection denied" : "tcp connection refused: no ready endpoint",
-        { service: root.key, client: peer.hostname, reason: e.message },
+        { service: root.key, client: peer.hostname, reason: e.message, ...said },
       );
     }
     return null;

@@ -223,3 +223,58 @@ Deno.test("TcpListener.close with abort closes a connection still dialling, and 
     },
   );
 });
+
+Deno.test("TcpListener logs a burst of refused connections once per interval, then says how many it left out", async () => {
+  const host = "127.0.69.30";
+  const listenPort = freePort(host);
+  const state = newRouteState();
+  const route = buildRouteTable(
+    meshConfig([{
+      name: "echo",
+      ports: [{
+        port: 7,
+        protocol: "tcp",
+        listenPort,
+        endpoints: [endpoint(host, 9, { ready: false })],
+      }],
+    }]),
+    state,
+  ).tcp.get(listenPort)!;
+  const lines: string[] = [];
+  const listener = new TcpListener({
+    hostname: host,
+    port: listenPort,
+    route: () => route,
+    pool: state.pool,
+    logger: new Logger({ level: "info", write: (l) => lines.push(l) }),
+    logIntervalMs: 1000,
+  });
+  const refusedOnce = async () => {
+    const conn = await Deno.connect({ hostname: host, port: listenPort });
+    try {
+      assert.equal(await conn.read(new Uint8Array(1)), null, "the connection is closed");
+    } finally {
+      conn.close();
+    }
+  };
+  try {
+    const started = performance.now();
+    for (let i = 0; i < 20; i++) await refusedOnce();
+    if (performance.now() - started < 1000) {
+      assert.equal(lines.length, 1, lines.join("\n"));
+      assert.match(lines[0]!, /msg="tcp connection refused: no ready endpoint"/);
+      assert.doesNotMatch(lines[0]!, /suppressed/);
+    }
+    assert.equal(route.metrics.denied("no_endpoint").value, 20, "the metric counts each");
+    await new Promise((r) => setTimeout(r, 1050)); // the interval, on the listener's own clock
+    const before = lines.length;
+    await refusedOnce();
+    assert.equal(lines.length, before + 1);
+    assert.match(lines.at(-1)!, /suppressed=\d+/);
+    // Every refusal is logged or counted in the suppressed field of a line after it.
+    const told = lines.reduce((n, l) => n + 1 + Number(/suppressed=(\d+)/.exec(l)?.[1] ?? 0), 0);
+    assert.equal(told, 21, lines.join("\n"));
+  } finally {
+    await listener.close(true);
+  }
+});

@@ -10,7 +10,13 @@
  */
 import type { Reactor } from "../engine/reactor.ts";
 import { bindSocket, closeFd, localAddress } from "../engine/sockets.ts";
-import { type UdpFlow, UdpRelay, type UdpTarget } from "../engine/udp_relay.ts";
+import {
+  isLocalSendErrno,
+  type UdpFlow,
+  UdpRelay,
+  type UdpRelayOptions,
+  type UdpTarget,
+} from "../engine/udp_relay.ts";
 import type { EndpointState } from "./endpoint_pool.ts";
 import { LogThrottle } from "./log_throttle.ts";
 import type { LoopGuard } from "./policy.ts";
@@ -25,6 +31,8 @@ import {
 /** Options for {@linkcode UdpEngineListener}: {@linkcode UdpListenerOptions}' on a loop. */
 export interface UdpEngineListenerOptions extends UdpListenerOptions {
   reactor: Reactor;
+  /** How a datagram goes out on a flow's socket (a test seam): the relay's `write`. */
+  flowWrite?: UdpRelayOptions["write"];
 }
 
 /** What a flow goes to, and what the listener keeps of it (the relay's flow `target`). */
@@ -50,8 +58,6 @@ interface Target extends UdpTarget {
   bytesOut: number;
 }
 
-/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
-const DROP_LOG = new LogThrottle();
 /**
  * A flow moves to the back of the node's flow table at most this often, as on Deno's I/O: the
  * table's caps then evict the least recently active flow, not the oldest one still in use.
@@ -72,9 +78,13 @@ const TOUCH_MS = 1000;
 export class UdpEngineListener {
   readonly #opts: UdpEngineListenerOptions;
   readonly #guard: LoopGuard;
+  /** One warning per reason and service per interval; `meshd_dropped_total` counts each drop. */
+  readonly #log: LogThrottle;
   readonly #fd: number;
   readonly #addr: Deno.NetAddr;
   readonly #relay: UdpRelay<Target>;
+  /** The flows by endpoint key: a config apply looks at endpoints, not at every flow. */
+  readonly #byEndpoint = new Map<string, Set<Target>>();
   #closed = false;
 
   /** Binds the port; throws if it cannot. */
@@ -85,6 +95,7 @@ export class UdpEngineListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#fd = bindSocket("udp", options.hostname, options.port, {
       reuseAddress: options.reuseAddress,
     });
@@ -107,11 +118,15 @@ export class UdpEngineListener {
       idleMs: options.idleTimeoutMs,
       // The listener's cap is kept in #open, before the flow's socket opens, and counted.
       maxFlows: Infinity,
+      write: options.flowWrite,
       open: (client) => this.#open(client),
       onOpen: (flow) => {
         const t = flow.target;
         t.flow = flow;
         t.endpoint.inflight++;
+        let same = this.#byEndpoint.get(t.endpoint.key);
+        if (!same) this.#byEndpoint.set(t.endpoint.key, same = new Set());
+        same.add(t);
         t.route.metrics.requests.inc();
         t.route.metrics.open.inc();
         flowTable?.add(t, {
@@ -145,7 +160,22 @@ export class UdpEngineListener {
           t.bytesOut += n;
         }
       },
-      onSendError: (flow) => {
+      onSendError: (flow, errno) => {
+        if (isLocalSendErrno(errno)) {
+          // This host had no room for the datagram: it is lost, and the endpoint not charged
+          // (outlier detection would eject a healthy one, as for a connect out of descriptors).
+          options.drop?.("udp_send_failed");
+          const said = this.#log.take(`send ${flow.target.route.key}`);
+          if (said) {
+            options.logger.warn("udp datagram dropped: no buffer space to send it", {
+              service: flow.target.route.key,
+              endpoint: flow.target.endpoint.key,
+              errno,
+              ...said,
+            });
+          }
+          return;
+        }
         if (options.pool.failure(flow.target.endpoint)) {
           this.#relay.end(flow, "endpoint_failed");
         }
@@ -153,17 +183,22 @@ export class UdpEngineListener {
       onOpenError: (client, t, e) => {
         // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
         options.drop?.("udp_socket_failed");
-        if (DROP_LOG.allow(`socket ${t.route.key}`)) {
+        const said = this.#log.take(`socket ${t.route.key}`);
+        if (said) {
           options.logger.warn("udp datagram dropped: cannot open a flow socket", {
             service: t.route.key,
             client: client.address,
             error: e.message,
+            ...said,
           });
         }
       },
       onEnd: (flow, reason) => {
         const t = flow.target;
         flowTable?.remove(t);
+        const same = this.#byEndpoint.get(t.endpoint.key);
+        same?.delete(t);
+        if (same?.size === 0) this.#byEndpoint.delete(t.endpoint.key);
         t.endpoint.inflight--;
         t.route.metrics.open.dec();
         t.route.log?.write(udpFlowEntry(t, reason));
@@ -200,8 +235,9 @@ export class UdpEngineListener {
     const root = this.#opts.route();
     if (!root) return;
     const ready = readyEndpointKeys(root);
-    for (const f of [...this.#relay.values()]) {
-      if (!ready.has(f.target.endpoint.key)) this.#relay.end(f, "endpoint_removed");
+    for (const [key, targets] of this.#byEndpoint) {
+      if (ready.has(key)) continue;
+      for (const t of [...targets]) if (t.flow) this.#relay.end(t.flow, "endpoint_removed");
     }
   }
 
@@ -221,7 +257,7 @@ export class UdpEngineListener {
     if (!root) return null;
     const peer = { hostname: client.address, port: client.port };
     const picked = pickUdpEndpoint(
-      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
       root,
       peer,
     );

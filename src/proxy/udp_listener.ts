@@ -2,6 +2,7 @@ import type { Logger } from "../observability/mod.ts";
 import type { EndpointPool, EndpointState } from "./endpoint_pool.ts";
 import { type AccessEntry, type AccessLog, failureReason } from "./access_log.ts";
 import { LogThrottle } from "./log_throttle.ts";
+import { isLocalSocketError } from "./upstream_error.ts";
 import type { CountDrop } from "./proxy_metrics.ts";
 import { admit, type LoopGuard, ProxyFailure, withoutOwn } from "./policy.ts";
 import type { Route } from "./route_table.ts";
@@ -29,6 +30,14 @@ export interface UdpListenerOptions {
   drop?: CountDrop;
   /** Whether `address:port` is one of this meshd's own UDP listeners (a forwarding loop). */
   isOwn?: (address: string, port: number) => boolean;
+  /** Opens a flow's own socket (a test seam; Deno's I/O only). Default `Deno.listenDatagram`. */
+  listenDatagram?: (options: Deno.UdpListenOptions & { transport: "udp" }) => Deno.DatagramConn;
+  /**
+   * Lines this listener logs once per flow or datagram (a drop, a failure) are logged once per
+   * this many ms per kind and service, each saying how many were left out before it; the
+   * metrics count every one. Default 10 s.
+   */
+  logIntervalMs?: number;
 }
 
 /** Caps of a {@linkcode UdpFlowTable}. */
@@ -163,8 +172,6 @@ interface Flow {
 const MAX_DATAGRAM = 65_535;
 /** A flow moves to the back of the eviction order at most this often: cheap, and close enough. */
 const TOUCH_MS = 1000;
-/** One warning per reason and service per 10 s; `meshd_dropped_total` counts each drop. */
-const DROP_LOG = new LogThrottle();
 
 /**
  * One UDP listener for one service port. Datagrams from each client address form a flow: the
@@ -176,11 +183,15 @@ const DROP_LOG = new LogThrottle();
 export class UdpListener {
   readonly #opts: UdpListenerOptions;
   readonly #guard: LoopGuard;
+  /** One warning per reason and service per interval; `meshd_dropped_total` counts each drop. */
+  readonly #log: LogThrottle;
   readonly #socket: Deno.DatagramConn;
   /** Every flow, least recently active first (see `TOUCH_MS`). */
   readonly #flows = new Set<Flow>();
   /** The flows by client address, then port. */
   readonly #index = new Map<string, Map<number, Flow>>();
+  /** The flows by endpoint key: a config apply looks at endpoints, not at every flow. */
+  readonly #byEndpoint = new Map<string, Set<Flow>>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #done: Promise<void>;
   #closed = false;
@@ -193,6 +204,7 @@ export class UdpListener {
       drop: options.drop ?? (() => {}),
       logger: options.logger,
     };
+    this.#log = new LogThrottle(options.logIntervalMs);
     this.#socket = Deno.listenDatagram({
       transport: "udp",
       hostname: options.hostname,
@@ -249,8 +261,8 @@ export class UdpListener {
     const root = this.#opts.route();
     if (!root) return;
     const ready = readyEndpointKeys(root);
-    for (const f of [...this.#flows]) {
-      if (!ready.has(f.endpoint.key)) this.#end(f, "endpoint_removed");
+    for (const [key, flows] of this.#byEndpoint) {
+      if (!ready.has(key)) { for (const f of [...flows]) this.#end(f, "endpoint_removed"); }
     }
   }
 
@@ -268,6 +280,9 @@ export class UdpListener {
     const byPort = this.#index.get(f.client.hostname);
     byPort?.delete(f.client.port);
     if (byPort?.size === 0) this.#index.delete(f.client.hostname);
+    const same = this.#byEndpoint.get(f.endpoint.key);
+    same?.delete(f);
+    if (same?.size === 0) this.#byEndpoint.delete(f.endpoint.key);
     this.#opts.flowTable?.remove(f);
     f.endpoint.inflight--;
     f.route.metrics.open.dec();
@@ -287,7 +302,14 @@ export class UdpListener {
         [data, from] = await this.#socket.receive(buf);
       } catch (e) {
         if (this.#closed || e instanceof Deno.errors.BadResource) return;
-        this.#opts.logger.warn("udp receive failed", { port: this.#opts.port, error: String(e) });
+        const said = this.#log.take("receive");
+        if (said) {
+          this.#opts.logger.warn("udp receive failed", {
+            port: this.#opts.port,
+            error: String(e),
+            ...said,
+          });
+        }
         continue;
       }
       const client = from as Deno.NetAddr;
@@ -311,6 +333,21 @@ export class UdpListener {
       try {
         await flow.upstream.send(data, flow.to);
       } catch (e) {
+        if (isLocalSocketError(e)) {
+          // No buffer space or memory here: the datagram is lost, and the endpoint is not
+          // charged (outlier detection would eject a healthy one).
+          this.#opts.drop?.("udp_send_failed");
+          const said = this.#log.take(`send ${flow.route.key}`);
+          if (said) {
+            this.#opts.logger.warn("udp datagram dropped: no buffer space to send it", {
+              service: flow.route.key,
+              endpoint: flow.endpoint.key,
+              error: String(e),
+              ...said,
+            });
+          }
+          continue;
+        }
         this.#opts.logger.debug("udp send to endpoint failed", {
           endpoint: flow.endpoint.key,
           error: String(e),
@@ -325,7 +362,7 @@ export class UdpListener {
     const root = this.#opts.route();
     if (!root) return null;
     const picked = pickUdpEndpoint(
-      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard },
+      { pool: this.#opts.pool, logger: this.#opts.logger, guard: this.#guard, log: this.#log },
       root,
       client,
     );
@@ -366,6 +403,9 @@ export class UdpListener {
     let byPort = this.#index.get(client.hostname);
     if (!byPort) this.#index.set(client.hostname, byPort = new Map());
     byPort.set(client.port, flow);
+    let same = this.#byEndpoint.get(endpoint.key);
+    if (!same) this.#byEndpoint.set(endpoint.key, same = new Set());
+    same.add(flow);
     this.#opts.flowTable?.add(flow, {
       source: client.hostname,
       end: () => this.#end(flow, "evicted"),
@@ -384,7 +424,7 @@ export class UdpListener {
   /** A socket of the flow's own towards `endpoint`; null (logged, counted) if none opens. */
   #flowSocket(root: Route, endpoint: EndpointState): Deno.DatagramConn | null {
     try {
-      return Deno.listenDatagram({
+      return (this.#opts.listenDatagram ?? Deno.listenDatagram)({
         transport: "udp",
         hostname: endpoint.address.includes(":") ? "::" : "0.0.0.0",
         port: 0,
@@ -392,10 +432,12 @@ export class UdpListener {
     } catch (e) {
       // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
       this.#opts.drop?.("udp_socket_failed");
-      if (DROP_LOG.allow(`socket ${root.key}`)) {
+      const said = this.#log.take(`socket ${root.key}`);
+      if (said) {
         this.#opts.logger.warn("udp datagram dropped: cannot open a flow socket", {
           service: root.key,
           error: String(e),
+          ...said,
         });
       }
       return null;
@@ -436,6 +478,8 @@ export interface UdpPickContext {
   pool: EndpointPool;
   logger: Logger;
   guard: LoopGuard;
+  /** The listener's throttle of lines a client can repeat. */
+  log: LogThrottle;
 }
 
 /**
@@ -462,8 +506,9 @@ export function pickUdpEndpoint(
       if (log.enabled("debug")) {
         log.debug("udp datagram dropped", { service: root.key, reason: e.message });
       }
-    } else if (e.status === 503 && DROP_LOG.allow(`none ${root.key}`)) {
-      log.warn("udp datagram dropped: no ready endpoint", { service: root.key });
+    } else if (e.status === 503) {
+      const said = ctx.log.take(`none ${root.key}`);
+      if (said) log.warn("udp datagram dropped: no ready endpoint", { service: root.key, ...said });
     }
     return null;
   }
@@ -473,9 +518,8 @@ export function pickUdpEndpoint(
     root.log?.write(
       refusal(root, client, `Service "${target.key}" has no ready endpoint`, "no_endpoint"),
     );
-    if (DROP_LOG.allow(`none ${target.key}`)) {
-      log.warn("udp datagram dropped: no ready endpoint", { service: target.key });
-    }
+    const said = ctx.log.take(`none ${target.key}`);
+    if (said) log.warn("udp datagram dropped: no ready endpoint", { service: target.key, ...said });
     return null;
   }
   return { target, endpoint };

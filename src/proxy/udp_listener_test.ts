@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
-import { freePort } from "../_testing.ts";
+import { freePort, waitFor } from "../_testing.ts";
 import type { DropReason } from "./proxy_metrics.ts";
 import { buildRouteTable, newRouteState } from "./route_table.ts";
 import { UdpFlowTable, UdpListener } from "./udp_listener.ts";
@@ -124,6 +124,77 @@ Deno.test("UdpListener finds each client's flow by address and port, and forgets
     assert.equal(route.metrics.requests.value, 4);
   } finally {
     for (const c of clients) c.close();
+    await listener.close();
+    await backend.close();
+  }
+});
+
+/** A UDP echo backend on `host`: answers each datagram with it. */
+function echoOn(host: string) {
+  const socket = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const done = (async () => {
+    for (;;) {
+      const [data, from] = await socket.receive();
+      await socket.send(data, from);
+    }
+  })().catch(() => {});
+  return { port: (socket.addr as Deno.NetAddr).port, close: () => (socket.close(), done) };
+}
+
+Deno.test("UdpListener charges no endpoint for a send that failed for want of buffer space here", async () => {
+  const host = "127.0.69.20";
+  const backend = echoOn(host);
+  const listenPort = freePort(host);
+  const state = newRouteState();
+  const route = buildRouteTable(
+    meshConfig([{
+      name: "dns",
+      ports: [{ port: 53, protocol: "udp", listenPort, endpoints: [endpoint(host, backend.port)] }],
+    }]),
+    state,
+  ).udp.get(listenPort)!;
+  const dropped: DropReason[] = [];
+  let failing = 10;
+  // The flow's socket, whose sends fail as Deno's do when the host has no buffer space.
+  const listenDatagram = (o: Deno.UdpListenOptions & { transport: "udp" }) => {
+    const real = Deno.listenDatagram(o);
+    return {
+      get addr() {
+        return real.addr;
+      },
+      receive: (p?: Uint8Array) => real.receive(p),
+      send: (p: Uint8Array, a: Deno.Addr) =>
+        failing-- > 0
+          ? Promise.reject(new Error("No buffer space available (os error 105)"))
+          : real.send(p, a),
+      close: () => real.close(),
+    } as unknown as Deno.DatagramConn;
+  };
+  const listener = new UdpListener({
+    hostname: host,
+    port: listenPort,
+    route: () => route,
+    pool: state.pool,
+    logger: new Logger({ level: "error", write: () => {} }),
+    drop: (r) => dropped.push(r),
+    listenDatagram,
+  });
+  const client = Deno.listenDatagram({ transport: "udp", hostname: host, port: 0 });
+  const to = { transport: "udp" as const, hostname: host, port: listenPort };
+  try {
+    for (let i = 0; i < 10; i++) await client.send(new Uint8Array([i]), to);
+    await waitFor("10 drops", () => dropped.length >= 10 || undefined, 5000)
+      .catch(() => assert.fail(`drops: ${dropped.join(", ")}`));
+    assert.deepEqual(new Set(dropped), new Set(["udp_send_failed"]));
+    const ep = route.readyStates[0]!;
+    assert.equal(ep.failures, 0, "the endpoint was charged");
+    assert.equal(ep.ejections, 0, "the endpoint was ejected");
+    assert.equal(listener.flows, 1, "the flow goes on");
+    await client.send(new TextEncoder().encode("hi"), to);
+    const [data] = await client.receive();
+    assert.equal(new TextDecoder().decode(data), "hi");
+  } finally {
+    client.close();
     await listener.close();
     await backend.close();
   }

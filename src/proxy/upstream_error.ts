@@ -71,7 +71,8 @@ export class UpstreamError extends Error {
 
 /**
  * The answer the client gets for the last failure of endpoint `ep` of `target`: 504 when it
- * sent no response in time, else 502. Both count as network errors for the circuit breaker.
+ * sent no response in time, else 502. Both count as network errors for the circuit breaker,
+ * except a failure of this process's own (`local`), which the breaker does not record at all.
  */
 export function upstreamFailure(
   e: UpstreamError,
@@ -90,6 +91,8 @@ export function upstreamFailure(
     502,
     `Endpoint ${ep.key} of service "${target.key}" failed: ${e.message}`,
     {},
-    true,
+    !e.local,
+    undefined,
+    e.local,
   );
 }
