@@ -1,7 +1,16 @@
 import { isLocalSocketError, UpstreamError } from "./upstream_error.ts";
 
 /** Opens a connection to a backend; the seam tests and later transports plug into. */
-export type Connect = (address: string, port: number) => Promise<Deno.TcpConn>;
+/**
+ * Opens a TCP connection. `signal` aborts it: a connect cut at its deadline must give back its
+ * socket then, not hold it while the kernel sends the SYN again (about 2 minutes to an address
+ * that never answers).
+ */
+export type Connect = (
+  address: string,
+  port: number,
+  signal?: AbortSignal,
+) => Promise<Deno.TcpConn>;
 
 /** Options for {@linkcode connectUpstream}. */
 export interface ConnectUpstreamOptions {
@@ -17,8 +26,12 @@ export interface ConnectUpstreamOptions {
 }
 
 /** `Deno.connect` over TCP. */
-export function defaultConnect(hostname: string, port: number): Promise<Deno.TcpConn> {
-  return Deno.connect({ hostname, port, transport: "tcp" });
+export function defaultConnect(
+  hostname: string,
+  port: number,
+  signal?: AbortSignal,
+): Promise<Deno.TcpConn> {
+  return Deno.connect({ hostname, port, transport: "tcp", signal });
 }
 
 /**
@@ -40,13 +53,16 @@ export async function connectUpstream(
   const timeout = options.timeoutMs ?? 5000;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let expired = false;
+  // At the deadline the connect is aborted, which closes its socket at once.
+  const abort = new AbortController();
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       expired = true;
       reject(new Error(`connect timed out after ${timeout} ms`));
+      abort.abort();
     }, timeout);
   });
-  const connecting = (options.connect ?? defaultConnect)(to.address, to.port);
+  const connecting = (options.connect ?? defaultConnect)(to.address, to.port, abort.signal);
   let conn: Deno.TcpConn | Deno.TlsConn | undefined;
   try {
     const tcp = await Promise.race([connecting, deadline]);
