@@ -167,8 +167,8 @@ export const PROXY_FLAGS: readonly FlagSpec[] = [
     kind: "duration",
     arg: "DURATION",
     default: "5s",
-    help:
-      "A backend that has not accepted a connection by then fails (HTTP 502, or the next endpoint)",
+    help: "A backend that has not accepted a connection by then fails (HTTP 502, or the next " +
+      "endpoint), and the connect's socket is closed then",
   },
   {
     name: "response-timeout",
