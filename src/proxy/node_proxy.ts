@@ -3,7 +3,7 @@ import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
 import { AccessLog, type AccessLogMode } from "./access_log.ts";
 import { LineQueue } from "./line_queue.ts";
-import { throttledErrors } from "./log_throttle.ts";
+import { LogThrottle, throttledErrors } from "./log_throttle.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
@@ -55,6 +55,12 @@ export interface NodeProxyOptions {
   random?: () => number;
   /** Caps on connections and UDP flows; those not given follow the open-file limit. */
   limits?: Partial<ProxyLimits>;
+  /**
+   * Connection counts shared with the other proxies of this process (`--workers`,
+   * `--l4-worker`), made by `sharedCountsBuffer()` with the connection caps: they then
+   * hold over every isolate, this one counting in `column`. Counted here alone when absent.
+   */
+  sharedCaps?: { buffer: SharedArrayBuffer; column: number };
   /** A client of the HTTP entrypoint that reads nothing for this long is closed. Default 60 s. */
   writeTimeoutMs?: number;
   /**
@@ -229,9 +235,27 @@ export class NodeProxy {
       accessLog: new AccessLog({ mode: options.accessLog ?? "off", write: writeLine }),
     });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
+    // Shared counts only: one isolate counts every source in a Map of its own.
+    const uncounted = options.sharedCaps
+      ? metrics.registry.counter(
+        "meshd_source_uncounted_total",
+        "Connections admitted under --max-connections alone, not counted for their source: the " +
+          "table of sources the proxy workers share was full.",
+      ).with()
+      : null;
+    const throttle = new LogThrottle(60_000);
     this.#limiter = new ConnectionLimiter({
       max: this.#limits.maxConnections,
       perSource: this.#limits.maxConnectionsPerSource,
+      shared: options.sharedCaps,
+      onUncounted: (total) => {
+        uncounted?.inc();
+        if (throttle.allow("uncounted")) {
+          log.warn("connection not counted for its source: the table of sources is full", {
+            uncounted: total,
+          });
+        }
+      },
     }, metrics.drop);
     this.#flowTable = new UdpFlowTable({
       max: this.#limits.maxUdpFlows,
