@@ -3,7 +3,7 @@ import type { MeshConfig } from "../topology/mod.ts";
 import type { BreakerTiming } from "./breaker.ts";
 import { AccessLog, type AccessLogMode } from "./access_log.ts";
 import { LineQueue } from "./line_queue.ts";
-import { LogThrottle, throttledErrors } from "./log_throttle.ts";
+import { throttledErrors } from "./log_throttle.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
 import { EndpointPool, type OutlierOptions } from "./endpoint_pool.ts";
 import { HttpProxy } from "./http_proxy.ts";
@@ -243,14 +243,17 @@ export class NodeProxy {
           "table of sources the proxy workers share was full.",
       ).with()
       : null;
-    const throttle = new LogThrottle(60_000);
+    /** When the last line on uncounted sources was logged: one a minute at most. */
+    let uncountedSaid = -Infinity;
     this.#limiter = new ConnectionLimiter({
       max: this.#limits.maxConnections,
       perSource: this.#limits.maxConnectionsPerSource,
       shared: options.sharedCaps,
       onUncounted: (total) => {
         uncounted?.inc();
-        if (throttle.allow("uncounted")) {
+        const now = performance.now();
+        if (now - uncountedSaid >= 60_000) {
+          uncountedSaid = now;
           log.warn("connection not counted for its source: the table of sources is full", {
             uncounted: total,
           });

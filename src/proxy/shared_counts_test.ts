@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
+import { Logger } from "../observability/mod.ts";
+import { endpoint, meshConfig } from "../topology/_testing.ts";
+import { waitFor } from "../_testing.ts";
+import { httpBackend, httpServed } from "./_testing.ts";
 import { ConnectionLimiter } from "./conn_limiter.ts";
+import { NodeProxy } from "./node_proxy.ts";
 import type { DropReason } from "./proxy_metrics.ts";
 import {
   ADMIT,
@@ -277,4 +282,44 @@ Deno.test("SharedCounts: the connections of a worker ended while holding them co
   for (let i = 0; i < 3; i++) assert.equal(here.acquire("10.0.0.7"), ADMIT.counted);
   assert.equal(here.acquire("10.0.0.7"), ADMIT.overSource);
   assert.equal(here.openAll, 4);
+});
+
+Deno.test("NodeProxy on shared counts serves a source the full table has no room for, under the total cap, with a warning and a count", async () => {
+  const host = "127.0.70.30";
+  const web = await httpBackend("w", host);
+  // One slot, held by a source of another isolate's (column 1).
+  const buffer = sharedCountsBuffer({ max: 10, perSource: 5, columns: 2, tableSlots: 1 });
+  const other = new SharedCounts(buffer, 1);
+  assert.equal(other.acquire("10.0.0.1"), ADMIT.counted);
+  const lines: string[] = [];
+  const proxy = new NodeProxy({
+    hostname: host,
+    httpPort: 0,
+    logger: new Logger({ level: "warn", format: "json", write: (l) => lines.push(l) }),
+    sharedCaps: { buffer, column: 0 },
+  });
+  await proxy.start();
+  try {
+    await proxy.apply(meshConfig([
+      { name: "web", ports: [{ port: 80, endpoints: [endpoint(host, web.port)] }] },
+    ]));
+    const port = Number(proxy.httpAddress.split(":").pop());
+    for (let i = 0; i < 2; i++) {
+      const c = await Deno.connect({ hostname: host, port });
+      try {
+        assert.ok(await httpServed(c, "web.default.mesh"), `connection ${i + 1} served`);
+      } finally {
+        c.close();
+      }
+    }
+    const text = await proxy.registry.render();
+    assert.match(text, /^meshd_source_uncounted_total 2$/m);
+    const warned = lines.filter((l) => l.includes("the table of sources is full"));
+    assert.equal(warned.length, 1, "one line a minute");
+    assert.equal(JSON.parse(warned[0]!).uncounted, 1);
+    await waitFor("the connections given back", () => other.openAll === 1 || undefined);
+  } finally {
+    await proxy.stop();
+    await web.close();
+  }
 });
