@@ -246,6 +246,33 @@ export async function echoOver(conn: Deno.Conn, text: string): Promise<string> {
   return new TextDecoder().decode(got);
 }
 
+/** Whether `conn` is served: what it sends comes back within `ms` (a refused one is closed). */
+export async function tcpServed(conn: Deno.Conn, ms = 3000): Promise<boolean> {
+  const timer = setTimeout(() => conn.close(), ms);
+  try {
+    return await echoOver(conn, "ping") === "ping";
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Whether `conn` to an HTTP entrypoint is answered 200 within `ms`; it is kept open. */
+export async function httpServed(conn: Deno.Conn, host: string, ms = 3000): Promise<boolean> {
+  const timer = setTimeout(() => conn.close(), ms);
+  try {
+    await conn.write(new TextEncoder().encode(`GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+    const buf = new Uint8Array(1024);
+    const n = await conn.read(buf);
+    return n !== null && /^HTTP\/1\.1 200 /.test(new TextDecoder().decode(buf.subarray(0, n)));
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A TCP backend that echoes what each connection sends, then ends it: see {@linkcode tcpEchoBackend}. */
 export interface TcpEchoBackend {
   port: number;

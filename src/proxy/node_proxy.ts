@@ -55,6 +55,12 @@ export interface NodeProxyOptions {
   random?: () => number;
   /** Caps on connections and UDP flows; those not given follow the open-file limit. */
   limits?: Partial<ProxyLimits>;
+  /**
+   * Connection counts shared with the other proxies of this process (`--workers`,
+   * `--l4-worker`), made by `sharedCountsBuffer()` with the connection caps: they then
+   * hold over every isolate, this one counting in `column`. Counted here alone when absent.
+   */
+  sharedCaps?: { buffer: SharedArrayBuffer; column: number };
   /** A client of the HTTP entrypoint that reads nothing for this long is closed. Default 60 s. */
   writeTimeoutMs?: number;
   /**
@@ -229,9 +235,30 @@ export class NodeProxy {
       accessLog: new AccessLog({ mode: options.accessLog ?? "off", write: writeLine }),
     });
     this.#limits = defaultLimits(this.#fdLimit ?? FALLBACK_FD_LIMIT, options.limits);
+    // Shared counts only: one isolate counts every source in a Map of its own.
+    const uncounted = options.sharedCaps
+      ? metrics.registry.counter(
+        "meshd_source_uncounted_total",
+        "Connections admitted under --max-connections alone, not counted for their source: the " +
+          "table of sources the proxy workers share was full.",
+      ).with()
+      : null;
+    /** When the last line on uncounted sources was logged: one a minute at most. */
+    let uncountedSaid = -Infinity;
     this.#limiter = new ConnectionLimiter({
       max: this.#limits.maxConnections,
       perSource: this.#limits.maxConnectionsPerSource,
+      shared: options.sharedCaps,
+      onUncounted: (total) => {
+        uncounted?.inc();
+        const now = performance.now();
+        if (now - uncountedSaid >= 60_000) {
+          uncountedSaid = now;
+          log.warn("connection not counted for its source: the table of sources is full", {
+            uncounted: total,
+          });
+        }
+      },
     }, metrics.drop);
     this.#flowTable = new UdpFlowTable({
       max: this.#limits.maxUdpFlows,

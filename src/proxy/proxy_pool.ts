@@ -3,8 +3,12 @@ import type { FamilySnapshot } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
 import type { BindError, ListenerState, NodeProxyOptions } from "./node_proxy.ts";
+import { releaseColumn, sharedCountsBuffer } from "./shared_counts.ts";
 
-/** The node proxy options a worker can be given: plain data, no logger, registry or seam. */
+/**
+ * The node proxy options a worker can be given: plain data, no logger, registry or seam. (The
+ * pool sets `sharedCaps` itself.)
+ */
 export type WorkerProxyOptions = Omit<
   NodeProxyOptions,
   "logger" | "registry" | "connect" | "random" | "accessLogWrite" | "siblingPorts"
@@ -46,6 +50,22 @@ export interface ProxyPoolOptions {
   pingEveryMs?: number;
   /** Where the pool's own metrics go, and what `/metrics` renders first; a new one if absent. */
   registry?: Registry;
+  /**
+   * The connection counts the workers share (see `shared_counts.ts`), when an isolate outside
+   * the pool counts in them too (a {@linkcode SplitPlane}'s): the workers count in
+   * {@linkcode poolColumns} columns from `firstColumn` on. Made by the pool when absent.
+   */
+  sharedCaps?: { buffer: SharedArrayBuffer; firstColumn: number };
+}
+
+/**
+ * The columns of shared connection counts a pool of `workers` (and an L4 worker with
+ * `l4Worker`) counts in: two per worker, one for each start in turn, so that a worker started
+ * again counts apart from the dead one, whose column is cleared as it dies and again before
+ * its next use (a thread ended in a call may still count once as it stops).
+ */
+export function poolColumns(workers: number, l4Worker = false): number {
+  return 2 * (workers + (l4Worker ? 1 : 0));
 }
 
 /** A message to a proxy worker. */
@@ -114,6 +134,10 @@ interface Slot {
   fdLedger: SharedArrayBuffer | null;
   /** A liveness ping is waiting for its answer. */
   pinging: boolean;
+  /** Starts so far: the column of shared counts it counts in alternates between two. */
+  starts: number;
+  /** The column of shared counts of its current (or last) start. */
+  column: number;
 }
 
 /** Summed series by family name, then by labels. */
@@ -203,6 +227,10 @@ export class ProxyPool {
   readonly #retired: Retired = new Map();
   /** Ledgers of L4 workers ended whose descriptors are still to be closed, with their index. */
   readonly #unclosed = new Map<SharedArrayBuffer, number>();
+  /** The process's caps. */
+  readonly #limits: ProxyLimits;
+  /** The connection counts every worker (and a SplitPlane's proxy) shares. */
+  readonly #caps: { buffer: SharedArrayBuffer; firstColumn: number };
 
   constructor(options: ProxyPoolOptions) {
     // An L4 worker alone (0 HTTP workers) serves beside a proxy in the main isolate (SplitPlane).
@@ -230,7 +258,18 @@ export class ProxyPool {
       reported: null,
       fdLedger: null,
       pinging: false,
+      starts: 0,
+      column: 0,
     }));
+    this.#limits = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, options.proxy.limits);
+    this.#caps = options.sharedCaps ?? {
+      buffer: sharedCountsBuffer({
+        max: this.#limits.maxConnections,
+        perSource: this.#limits.maxConnectionsPerSource,
+        columns: poolColumns(options.workers, options.l4Worker),
+      }),
+      firstColumn: 0,
+    };
     this.registry.collect(
       "meshd_proxy_workers",
       "Proxy workers (--workers) running now.",
@@ -244,17 +283,18 @@ export class ProxyPool {
   }
 
   /**
-   * The limits a worker gets: the process's, divided among the workers. UDP flows are the
-   * L4 worker's alone when there is one.
+   * The limits a worker gets: the connection caps are the process's, held over the counts the
+   * workers share; UDP flows are divided among the workers, or the L4 worker's alone when
+   * there is one.
    */
   #workerLimits(role: SlotRole): Partial<ProxyLimits> {
     const n = this.#slots.length;
-    const all = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, this.#opts.proxy.limits);
+    const all = this.#limits;
     const share = (v: number) => Math.max(1, Math.ceil(v / n));
     const udp = role === "l4" ? (v: number) => v : share;
     return {
-      maxConnections: share(all.maxConnections),
-      maxConnectionsPerSource: share(all.maxConnectionsPerSource),
+      maxConnections: all.maxConnections,
+      maxConnectionsPerSource: all.maxConnectionsPerSource,
       maxUdpFlows: udp(all.maxUdpFlows),
       maxUdpFlowsPerListener: udp(all.maxUdpFlowsPerListener),
       maxUdpFlowsPerSource: udp(all.maxUdpFlowsPerSource),
@@ -325,6 +365,9 @@ export class ProxyPool {
     // Descriptors are numbered from the lowest free one: past 2^20, too many are open anyway.
     const fds = Math.min(readFdLimit() ?? FALLBACK_FD_LIMIT, 1 << 20);
     slot.fdLedger = l4 ? new SharedArrayBuffer(fds) : null;
+    // Its column, cleared of whatever the start two before left (see poolColumns).
+    slot.column = this.#caps.firstColumn + 2 * slot.index + (slot.starts++ & 1);
+    releaseColumn(this.#caps.buffer, slot.column);
     const r = await this.#call(slot, {
       t: "start",
       index: slot.index,
@@ -335,6 +378,7 @@ export class ProxyPool {
         httpPort,
         reusePort: true,
         limits: this.#workerLimits(slot.role),
+        sharedCaps: { buffer: this.#caps.buffer, column: slot.column },
         ...(l4 ? { entrypoint: false, engine: true } : {}),
       },
       log: { level: this.#opts.logger.level, format: this.#opts.logger.format },
@@ -379,6 +423,8 @@ export class ProxyPool {
     if (slot.worker !== worker) return;
     worker.terminate();
     if (slot.fdLedger) this.#closeHeld(slot.index, slot.fdLedger);
+    // Its connections went with it: they no longer count against the caps.
+    const connections = this.#giveBack(slot);
     slot.worker = null;
     slot.state = null;
     if (slot.reported) retire(this.#retired, slot.reported);
@@ -389,7 +435,7 @@ export class ProxyPool {
     }
     slot.pending.clear();
     if (this.#stopping || this.#draining) {
-      this.#opts.logger.error("proxy worker died", { worker: slot.index, error: why });
+      this.#opts.logger.error("proxy worker died", { worker: slot.index, error: why, connections });
       return;
     }
     slot.failures = Date.now() - slot.startedAt > HEALTHY_MS ? 0 : slot.failures + 1;
@@ -399,6 +445,7 @@ export class ProxyPool {
     this.#opts.logger.error("proxy worker died; starting it again", {
       worker: slot.index,
       error: why,
+      connections,
       restartInMs: wait,
     });
     const timer = setTimeout(() => {
@@ -406,6 +453,22 @@ export class ProxyPool {
       void this.#restart(slot);
     }, wait);
     this.#timers.add(timer);
+  }
+
+  /**
+   * Takes a dead worker's connections off the shared counts, at once and again once its thread
+   * has stopped (a call it was in may have counted one more); returns how many it held.
+   */
+  #giveBack(slot: Slot): number {
+    const { buffer } = this.#caps;
+    const column = slot.column;
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      // Unless a worker started again counts there already.
+      if (slot.worker === null || slot.column !== column) releaseColumn(buffer, column);
+    }, DEAD_WORKER_CLOSE_MS);
+    this.#timers.add(timer);
+    return releaseColumn(buffer, column);
   }
 
   /**

@@ -3,6 +3,9 @@ import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
 import { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
 import { openSockets } from "../engine/_testing.ts";
+import { endpoint } from "../topology/_testing.ts";
+import { freePort as freePortOn } from "../_testing.ts";
+import { tcpEchoBackend, tcpServed } from "./_testing.ts";
 
 const HOST = "127.0.63.20";
 
@@ -298,4 +301,93 @@ Deno.test("ProxyPool.stop closes the sockets of an L4 worker that died just befo
   await waitUntil("the workers' sockets closed", () => openSockets() <= before, 3000)
     .catch(() => {});
   assert.ok(openSockets() <= before, `${before} sockets before, ${openSockets()} after stop`);
+});
+
+/** A config with one TCP service at `listenPort`, sent to `backend`. */
+function echoConfig(version: number, host: string, listenPort: number, backend: number) {
+  const c = config(version, [listenPort]);
+  c.services[0]!.ports[0]!.endpoints = [endpoint(host, backend)];
+  return c;
+}
+
+/** Opens connections to `port` one after another; the served ones are kept, the others closed. */
+async function openServed(host: string, port: number, tries: number): Promise<Deno.Conn[]> {
+  const served: Deno.Conn[] = [];
+  for (let i = 0; i < tries; i++) {
+    const c = await Deno.connect({ hostname: host, port });
+    if (await tcpServed(c, 2000)) served.push(c);
+    else {
+      try {
+        c.close();
+      } catch { /* closed by tcpServed */ }
+    }
+  }
+  return served;
+}
+
+Deno.test("ProxyPool holds --max-connections-per-source over its workers: N from one source, whichever worker took each", async () => {
+  // Each worker held ceil(N / workers) of it: 3 became 2 a worker, 4 in all, and which of a
+  // source's connections were refused depended on how the kernel spread them.
+  const host = "127.0.70.2";
+  const echo = tcpEchoBackend(host);
+  const p = freePortOn(host);
+  const pool = new ProxyPool({
+    workers: 2,
+    proxy: { hostname: host, httpPort: 0, limits: { maxConnectionsPerSource: 3 } },
+    logger: new Logger({ level: "error", write: () => {} }),
+  });
+  let held: Deno.Conn[] = [];
+  try {
+    await pool.start();
+    await pool.apply(echoConfig(1, host, p, echo.port));
+    held = await openServed(host, p, 12);
+    assert.equal(held.length, 3, "connections served from one source of 12");
+    assert.match(await pool.metrics(), /^meshd_dropped_total\{reason="source_limit"\} 9$/m);
+  } finally {
+    for (const c of held) c.close();
+    await pool.stop();
+    await echo.close();
+  }
+});
+
+Deno.test("ProxyPool gives back the connections of a worker that died: the source gets its whole cap again", async () => {
+  const host = "127.0.70.3";
+  const echo = tcpEchoBackend(host);
+  const p = freePortOn(host);
+  const cap = 6;
+  const lines: string[] = [];
+  const pool = new ProxyPool({
+    workers: 2,
+    proxy: { hostname: host, httpPort: 0, limits: { maxConnectionsPerSource: cap } },
+    logger: new Logger({ level: "error", format: "json", write: (l) => lines.push(l) }),
+    entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
+  });
+  const conns: Deno.Conn[] = [];
+  try {
+    await pool.start();
+    await pool.apply(echoConfig(1, host, p, echo.port));
+    conns.push(...await openServed(host, p, cap + 2));
+    assert.equal(conns.length, cap);
+    // Worker 1 dies on version 66 with its share of them, and starts again on version 1.
+    await assert.rejects(() => pool.apply(echoConfig(66, host, p, echo.port)), /worker 1 died/);
+    await waitUntil(
+      "worker 1 back on version 1",
+      () => pool.version === 1 && pool.listening().own.tcp.get(p) === 2,
+    );
+    const died = lines.map((l) => JSON.parse(l)).find((e) => /proxy worker died/.test(e.msg));
+    let alive = 0;
+    for (const c of conns) if (await tcpServed(c, 1000)) alive++;
+    // The survivors, on worker 0, count still; the dead worker's count no more.
+    conns.push(...await openServed(host, p, cap + 2 - alive));
+    assert.equal(conns.length - cap, cap - alive, `new connections served, ${alive} survived`);
+    assert.equal(died?.connections, cap - alive, "the dead worker's connections, logged");
+  } finally {
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch { /* closed already */ }
+    }
+    await pool.stop();
+    await echo.close();
+  }
 });

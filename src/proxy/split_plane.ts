@@ -9,7 +9,8 @@ import {
   type NodeProxyOptions,
 } from "./node_proxy.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, readFdLimit } from "./limits.ts";
-import { ProxyPool, ProxyWorkerError, type WorkerProxyOptions } from "./proxy_pool.ts";
+import { poolColumns, ProxyPool, ProxyWorkerError, type WorkerProxyOptions } from "./proxy_pool.ts";
+import { sharedCountsBuffer } from "./shared_counts.ts";
 import { type OwnPorts, siblingPorts, workerShare } from "./worker_share.ts";
 
 /** Options for {@linkcode SplitPlane}. */
@@ -48,16 +49,21 @@ export class SplitPlane implements DataPlane {
   #config: MeshConfig | null = null;
 
   constructor(options: SplitPlaneOptions) {
-    // The connection caps are the process's: each side holds half of them (as the workers of a
-    // pool share them). UDP flows are the L4 worker's alone.
-    const all = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, options.proxy.limits);
-    const half = (v: number) => Math.max(1, Math.ceil(v / 2));
-    const limits = {
-      ...all,
-      maxConnections: half(all.maxConnections),
-      maxConnectionsPerSource: half(all.maxConnectionsPerSource),
-    };
-    this.#http = new NodeProxy({ ...options.proxy, limits, siblingPorts: () => this.#siblings });
+    // The connection caps are the process's, held by both sides over one count in memory they
+    // share: this isolate counts in column 0, the L4 worker in the pool's columns after it.
+    // UDP flows are the L4 worker's alone.
+    const limits = defaultLimits(readFdLimit() ?? FALLBACK_FD_LIMIT, options.proxy.limits);
+    const buffer = sharedCountsBuffer({
+      max: limits.maxConnections,
+      perSource: limits.maxConnectionsPerSource,
+      columns: 1 + poolColumns(0, true),
+    });
+    this.#http = new NodeProxy({
+      ...options.proxy,
+      limits,
+      sharedCaps: { buffer, column: 0 },
+      siblingPorts: () => this.#siblings,
+    });
     this.#worker = { ...options.worker, limits };
     this.#l4 = new ProxyPool({
       workers: 0,
@@ -67,6 +73,7 @@ export class SplitPlane implements DataPlane {
       udpWaitMs: options.udpWaitMs,
       entry: options.entry,
       registry: this.#http.registry,
+      sharedCaps: { buffer, firstColumn: 1 },
     });
   }
 

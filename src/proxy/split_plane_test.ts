@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import { endpoint, meshConfig } from "../topology/_testing.ts";
 import { freePort, waitFor } from "../_testing.ts";
-import { echoOver, httpBackend } from "./_testing.ts";
+import { echoOver, httpBackend, httpServed, tcpEchoBackend, tcpServed } from "./_testing.ts";
 import { SplitPlane } from "./split_plane.ts";
 
 const HOST = "127.0.65.20";
@@ -87,6 +87,73 @@ Deno.test("SplitPlane serves HTTP here and TCP in its L4 worker from one config,
     await plane.stop();
     echo.close();
     await echoing;
+    await web.close();
+  }
+});
+
+Deno.test("SplitPlane holds --max-connections-per-source over HTTP and TCP together: N in all, not N/2 a side", async () => {
+  // Each side held half of each cap: a client with a per-source cap of 4 was refused at its
+  // third HTTP connection, with no TCP connection open.
+  const host = "127.0.70.1";
+  const web = await httpBackend("w", host);
+  const echo = tcpEchoBackend(host);
+  const tcpPort = freePort(host);
+  const limits = { maxConnections: 100, maxConnectionsPerSource: 4 };
+  const plane = new SplitPlane({
+    proxy: { hostname: host, httpPort: 0, logger: quiet, limits },
+    worker: { hostname: host, httpPort: 0, limits },
+  });
+  const conns: Deno.Conn[] = [];
+  const open = async (port: number) => {
+    const c = await Deno.connect({ hostname: host, port });
+    conns.push(c);
+    return c;
+  };
+  await plane.start();
+  try {
+    await plane.apply(meshConfig([
+      { name: "web", ports: [{ port: 80, endpoints: [endpoint(host, web.port)] }] },
+      {
+        name: "echo",
+        ports: [{
+          port: 7,
+          protocol: "tcp",
+          listenPort: tcpPort,
+          endpoints: [endpoint(host, echo.port)],
+        }],
+      },
+    ]));
+    const httpPort = Number(plane.httpAddress.split(":").pop());
+    const first = await open(httpPort);
+    for (let i = 0; i < 3; i++) {
+      assert.ok(
+        await httpServed(i === 0 ? first : await open(httpPort), "web.default.mesh"),
+        `HTTP connection ${i + 1} of 4 served`,
+      );
+    }
+    assert.ok(await tcpServed(await open(tcpPort)), "TCP connection 4 of 4 served");
+    // The fifth from the source, on either side, is over the cap.
+    assert.equal(await tcpServed(await open(tcpPort)), false, "a fifth over TCP is refused");
+    assert.equal(
+      await httpServed(await open(httpPort), "web.default.mesh"),
+      false,
+      "a fifth over HTTP is refused",
+    );
+    assert.match(await plane.metrics(), /^meshd_dropped_total\{reason="source_limit"\} 2$/m);
+    // One HTTP connection closed gives its slot to the TCP side.
+    first.close();
+    await waitFor(
+      "a TCP connection served once an HTTP one closed",
+      async () => await tcpServed(await open(tcpPort)) || undefined,
+    );
+  } finally {
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch { /* closed already */ }
+    }
+    await plane.stop();
+    await echo.close();
     await web.close();
   }
 });
