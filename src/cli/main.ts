@@ -164,6 +164,27 @@ function commandHelp(c: Command): string {
 }
 
 /**
+ * The error line for an argument `cmd` has no place for. After a bare `bool-or-auto` flag
+ * (`--l4-worker auto`) it says that the value follows "=": alone, the flag is on.
+ */
+function unexpectedArgument(
+  name: string,
+  cmd: Command,
+  argv: readonly string[],
+  extra: string,
+): string {
+  const before = argv[argv.indexOf(extra) - 1];
+  const sw = cmd.flags.find((f) => f.kind === "bool-or-auto" && before === `--${f.name}`);
+  return errorLine(
+    `meshd ${name}`,
+    `unexpected argument "${extra}"`,
+    sw
+      ? `--${sw.name} takes its value after "=", as in --${sw.name}=${extra}`
+      : `run "meshd ${name} --help"`,
+  );
+}
+
+/**
  * The CLI: parses `argv`, runs the command, returns the exit code (0 done, 1 failed, 2 wrong
  * usage). Known errors are one line on stderr; stack traces only at `--log-level debug`.
  */
@@ -210,19 +231,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     return 0;
   }
   if (parsed.positionals.length > (cmd.positionals ?? 0)) {
-    const extra = parsed.positionals[cmd.positionals ?? 0]!;
-    // `--l4-worker auto`: a bool-or-auto flag alone is on, so its value must follow "=".
-    const before = rest[rest.indexOf(extra) - 1];
-    const sw = cmd.flags.find((f) => f.kind === "bool-or-auto" && before === `--${f.name}`);
-    io.stderr(
-      errorLine(
-        `meshd ${name}`,
-        `unexpected argument "${extra}"`,
-        sw
-          ? `--${sw.name} takes its value after "=", as in --${sw.name}=${extra}`
-          : `run "meshd ${name} --help"`,
-      ),
-    );
+    io.stderr(unexpectedArgument(name, cmd, rest, parsed.positionals[cmd.positionals ?? 0]!));
     return 2;
   }
   try {

@@ -160,26 +160,7 @@ export class UdpEngineListener {
           t.bytesOut += n;
         }
       },
-      onSendError: (flow, errno) => {
-        if (isLocalSendErrno(errno)) {
-          // This host had no room for the datagram: it is lost, and the endpoint not charged
-          // (outlier detection would eject a healthy one, as for a connect out of descriptors).
-          options.drop?.("udp_send_failed");
-          const said = this.#log.take(`send ${flow.target.route.key}`);
-          if (said) {
-            options.logger.warn("udp datagram dropped: no buffer space to send it", {
-              service: flow.target.route.key,
-              endpoint: flow.target.endpoint.key,
-              errno,
-              ...said,
-            });
-          }
-          return;
-        }
-        if (options.pool.failure(flow.target.endpoint)) {
-          this.#relay.end(flow, "endpoint_failed");
-        }
-      },
+      onSendError: (flow, errno) => this.#sendFailed(flow, errno),
       onOpenError: (client, t, e) => {
         // Out of file descriptors, say: drop this datagram, keep serving the flows there are.
         options.drop?.("udp_socket_failed");
@@ -204,6 +185,30 @@ export class UdpEngineListener {
         t.route.log?.write(udpFlowEntry(t, reason));
       },
     });
+  }
+
+  /**
+   * A datagram of `flow` that could not be sent on (`errno`), or an ICMP error back: the
+   * endpoint is charged, unless this host had no room for the datagram.
+   */
+  #sendFailed(flow: UdpFlow<Target>, errno: number): void {
+    const options = this.#opts;
+    if (isLocalSendErrno(errno)) {
+      // This host had no room for the datagram: it is lost, and the endpoint not charged
+      // (outlier detection would eject a healthy one, as for a connect out of descriptors).
+      options.drop?.("udp_send_failed");
+      const said = this.#log.take(`send ${flow.target.route.key}`);
+      if (said) {
+        options.logger.warn("udp datagram dropped: no buffer space to send it", {
+          service: flow.target.route.key,
+          endpoint: flow.target.endpoint.key,
+          errno,
+          ...said,
+        });
+      }
+      return;
+    }
+    if (options.pool.failure(flow.target.endpoint)) this.#relay.end(flow, "endpoint_failed");
   }
 
   /** The bound address. */
