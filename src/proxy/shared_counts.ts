@@ -6,8 +6,8 @@
  * One SharedArrayBuffer of 32-bit words:
  *
  * - a header: the caps, the table's size and hash seed, the insert lock, the count of
- *   connections admitted with no per-source count, the connections open, and one total per
- *   column;
+ *   connections admitted with no per-source count, the connections open, one total per
+ *   column, and one epoch per column (bumped as the column is released);
  * - a table of source addresses, open addressing with linear probing from a seeded hash of the
  *   address's 16 bytes (IPv4 as IPv4-mapped IPv6): per slot a state word, the key (5 words), a
  *   generation (bumped at each new key), the count of connections, then one count per column.
@@ -16,7 +16,9 @@
  * undone if the value before was at the cap: the count never goes over a cap, and two that
  * race at the cap may both refuse. Each isolate also adds to its own column (one per start of
  * a worker), which it alone writes: a dead isolate's connections died with it, and
- * {@linkcode releaseColumn} takes them off the counts.
+ * {@linkcode releaseColumn} takes them off the counts. It bumps the column's epoch first: an
+ * isolate ended in a task (Deno's `Worker.terminate()` lets a running task finish) sees it,
+ * takes nothing more and gives nothing back.
  *
  * A slot, once keyed, keeps its key while its count is 0, so a source that comes back finds it
  * without the lock; only a new key takes the insert lock, and reuses the first slot of its
@@ -43,6 +45,11 @@ const H_UNCOUNTED = 7;
 const H_OPEN = 8;
 /** One word per column: the connections that column's isolate holds (written by it alone). */
 const H_TOTALS = 9;
+/**
+ * After the totals, one word per column: its epoch, bumped by {@linkcode releaseColumn}. A
+ * {@linkcode SharedCounts} made at another epoch of its column no longer counts.
+ */
+const epochOf = (columns: number, column: number) => H_TOTALS + columns + column;
 
 // Slot words.
 const S_STATE = 0;
@@ -114,7 +121,7 @@ export function sharedCountsBuffer(options: SharedCountsOptions): SharedArrayBuf
     throw new RangeError(`Cannot make a source table of ${slots} slots: expected a power of two`);
   }
   const stride = S_COLUMNS + columns;
-  const buffer = new SharedArrayBuffer(4 * (H_TOTALS + columns + slots * stride));
+  const buffer = new SharedArrayBuffer(4 * (H_TOTALS + 2 * columns + slots * stride));
   const w = new Int32Array(buffer);
   w[H_MAX] = max;
   w[H_PER_SOURCE] = Math.min(max, cap(options.perSource));
@@ -166,7 +173,13 @@ function layout(buffer: SharedArrayBuffer): {
     );
   }
   const columns = w[H_COLUMNS]!;
-  return { w, columns, mask: w[H_MASK]!, stride: S_COLUMNS + columns, base: H_TOTALS + columns };
+  return {
+    w,
+    columns,
+    mask: w[H_MASK]!,
+    stride: S_COLUMNS + columns,
+    base: H_TOTALS + 2 * columns,
+  };
 }
 
 /** Subtracts `n` from word `i`, down to 0 at most. */
@@ -195,6 +208,9 @@ export class SharedCounts {
   readonly #max: number;
   readonly #perSource: number;
   readonly #seed: number;
+  /** The word of this column's epoch, and the epoch this isolate counts at. */
+  readonly #epochAt: number;
+  readonly #epoch: number;
   readonly #held = new Map<string, Held>();
   readonly #key = new Int32Array(5);
   /** Entries of `#held` with no connection. */
@@ -219,6 +235,13 @@ export class SharedCounts {
     this.#max = w[H_MAX]!;
     this.#perSource = w[H_PER_SOURCE]!;
     this.#seed = w[H_SEED]!;
+    this.#epochAt = epochOf(columns, column);
+    this.#epoch = Atomics.load(w, this.#epochAt);
+  }
+
+  /** Whether this column was released since this view was made (its isolate was ended). */
+  #released(): boolean {
+    return Atomics.load(this.#w, this.#epochAt) !== this.#epoch;
   }
 
   /** The caps the buffer holds. */
@@ -258,6 +281,8 @@ export class SharedCounts {
   /** Takes a connection from `source` if the caps allow. */
   acquire(source: string): Admit {
     const w = this.#w;
+    // Ended, and its connections given back: it is to serve none.
+    if (this.#released()) return ADMIT.overTotal;
     if (Atomics.add(w, H_OPEN, 1) >= this.#max) {
       Atomics.sub(w, H_OPEN, 1);
       return ADMIT.overTotal;
@@ -312,7 +337,8 @@ export class SharedCounts {
   /** Gives back a connection from `source` this isolate took; one it holds none of is ignored. */
   release(source: string): void {
     const h = this.#held.get(source);
-    if (h === undefined) return;
+    // Given back already if its column was released.
+    if (h === undefined || this.#released()) return;
     const w = this.#w;
     if (h.over > 0) h.over--;
     else if (h.held > 0) {
@@ -327,11 +353,11 @@ export class SharedCounts {
   }
 
   /**
-   * Adds `n` to a word of this isolate's column. Plain: no other isolate writes it, and one
-   * reads it only once this isolate is dead.
+   * Adds `n` to a word of this isolate's column. Atomic although no other isolate adds to it:
+   * {@linkcode releaseColumn} may empty it as an ended isolate's last task still runs.
    */
   #count(i: number, n: number): void {
-    this.#w[i] = this.#w[i]! + n;
+    Atomics.add(this.#w, i, n);
   }
 
   /** Forgets the slots of sources with no connection here. */
@@ -456,7 +482,8 @@ export class SharedCounts {
 
 /**
  * Takes off the counts every connection counted in `column`, whose isolate is dead (or not
- * started yet): its connections went with it. Frees the insert lock if that isolate held it,
+ * started yet): its connections went with it; a {@linkcode SharedCounts} made on the column
+ * before no longer counts (one made after does). Frees the insert lock if that isolate held it,
  * and turns the slot it was rekeying into a tombstone. No count goes below 0. Returns how many
  * connections the column held.
  */
@@ -465,6 +492,7 @@ export function releaseColumn(buffer: SharedArrayBuffer, column: number): number
   if (!(Number.isSafeInteger(column) && column >= 0 && column < columns)) {
     throw new RangeError(`Cannot release column ${column}: the buffer has ${columns}`);
   }
+  Atomics.add(w, epochOf(columns, column), 1);
   const held = Atomics.exchange(w, H_TOTALS + column, 0);
   if (held !== 0) subClamped(w, H_OPEN, held);
   for (let s = 0; s <= mask; s++) {

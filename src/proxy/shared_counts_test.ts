@@ -16,8 +16,10 @@ import {
   sourceKey,
 } from "./shared_counts.ts";
 import type { SharedCountsJob } from "./testdata/shared_counts_worker.ts";
+import type { ZombieJob } from "./testdata/shared_counts_zombie_worker.ts";
 
 const WORKER = new URL("./testdata/shared_counts_worker.ts", import.meta.url);
+const ZOMBIE = new URL("./testdata/shared_counts_zombie_worker.ts", import.meta.url);
 
 function key(source: string): number[] {
   const out = new Int32Array(5);
@@ -282,6 +284,83 @@ Deno.test("SharedCounts: the connections of a worker ended while holding them co
   for (let i = 0; i < 3; i++) assert.equal(here.acquire("10.0.0.7"), ADMIT.counted);
   assert.equal(here.acquire("10.0.0.7"), ADMIT.overSource);
   assert.equal(here.openAll, 4);
+});
+
+Deno.test("releaseColumn() ends the counting of the views made on the column before it, not of those made after", () => {
+  const buffer = sharedCountsBuffer({ max: 8, perSource: 4, columns: 2 });
+  const here = new SharedCounts(buffer, 0);
+  const ended = new SharedCounts(buffer, 1);
+  assert.equal(ended.acquire("10.0.0.12"), ADMIT.counted);
+  assert.equal(releaseColumn(buffer, 1), 1);
+  ended.release("10.0.0.12");
+  assert.equal(ended.acquire("10.0.0.12"), ADMIT.overTotal, "an ended isolate serves nothing");
+  assert.equal(here.openAll, 0);
+  // The column's next isolate counts there.
+  const next = new SharedCounts(buffer, 1);
+  assert.equal(next.acquire("10.0.0.12"), ADMIT.counted);
+  assert.equal(here.acquire("10.0.0.12"), ADMIT.counted);
+  assert.equal(here.openAll, 2);
+  assert.equal(here.countOf("10.0.0.12"), 2);
+  assert.equal(releaseColumn(buffer, 1), 1);
+  assert.equal(here.openAll, 1);
+});
+
+/**
+ * Runs a {@linkcode ZombieJob} in column 1, ends its worker as soon as it holds its connections,
+ * gives its column back as `ProxyPool#giveBack` does (at once, and again 100 ms later), then
+ * waits for the ended worker's task to finish.
+ */
+async function endedMidTask(
+  buffer: SharedArrayBuffer,
+  job: Omit<ZombieJob, "buffer" | "column" | "flags">,
+): Promise<void> {
+  const flags = new SharedArrayBuffer(8);
+  const f = new Int32Array(flags);
+  const worker = new Worker(ZOMBIE, { type: "module" });
+  try {
+    worker.postMessage({ ...job, buffer, column: 1, flags } satisfies ZombieJob);
+    await waitFor("the worker holds its connections", () => Atomics.load(f, 0) === 1 || undefined);
+    worker.terminate();
+    releaseColumn(buffer, 1);
+    await new Promise((r) => setTimeout(r, 100));
+    releaseColumn(buffer, 1);
+    await waitFor("the ended worker's task ends", () => Atomics.load(f, 1) === 1 || undefined);
+  } finally {
+    worker.terminate();
+  }
+}
+
+Deno.test("SharedCounts: a worker ended in a long task that gives back its connections after its column was released does not take them off twice", async () => {
+  const buffer = sharedCountsBuffer({ max: 8, perSource: 4, columns: 2 });
+  const here = new SharedCounts(buffer, 0);
+  for (let i = 0; i < 2; i++) assert.equal(here.acquire("10.0.0.9"), ADMIT.counted);
+  await endedMidTask(buffer, {
+    source: "10.0.0.9",
+    hold: 2,
+    busyMs: 300,
+    then: "release",
+    next: "",
+  });
+  // Open now: this isolate's 2 (the ended worker's went with it).
+  assert.equal(here.openAll, 2, "connections open over every isolate");
+  assert.equal(here.countOf("10.0.0.9"), 2, "connections open from 10.0.0.9");
+  const admitted = Array.from({ length: 4 }, () => here.acquire("10.0.0.9"));
+  assert.deepEqual(admitted, [ADMIT.counted, ADMIT.counted, ADMIT.overSource, ADMIT.overSource]);
+});
+
+Deno.test("SharedCounts: a worker ended in a long task that takes a connection after its column was released does not lock its source out", async () => {
+  const buffer = sharedCountsBuffer({ max: 8, perSource: 1, columns: 2 });
+  const here = new SharedCounts(buffer, 0);
+  await endedMidTask(buffer, {
+    source: "10.0.0.10",
+    hold: 1,
+    busyMs: 300,
+    then: "acquire",
+    next: "10.0.0.11",
+  });
+  // Nothing is open: the ended worker's connection (it never got to serve) went with it.
+  assert.equal(here.openAll, 0, "connections open over every isolate");
+  assert.equal(here.acquire("10.0.0.11"), ADMIT.counted, "10.0.0.11 is served");
 });
 
 Deno.test("NodeProxy on shared counts serves a source the full table has no room for, under the total cap, with a warning and a count", async () => {
