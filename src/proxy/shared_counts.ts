@@ -456,7 +456,9 @@ export class SharedCounts {
       }
       return -1;
     } finally {
-      Atomics.store(w, H_LOCK, 0);
+      // Only its own: releaseColumn() may have freed it (this isolate ended mid-insert) and
+      // another isolate taken it since.
+      Atomics.compareExchange(w, H_LOCK, this.#me, 0);
       Atomics.notify(w, H_LOCK);
     }
   }
