@@ -42,10 +42,13 @@ const SYMBOLS = {
     nonblocking: true,
   },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
+export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_STREAM = 1;

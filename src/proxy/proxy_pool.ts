@@ -4,6 +4,7 @@ import type { MeshConfig } from "../topology/mod.ts";
 import { defaultLimits, FALLBACK_FD_LIMIT, type ProxyLimits, readFdLimit } from "./limits.ts";
 import type { BindError, ListenerState, NodeProxyOptions } from "./node_proxy.ts";
 import { releaseColumn, sharedCountsBuffer } from "./shared_counts.ts";
+import { AF_UNIX, libcNet, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK } from "../../ffi/libc_net.ts";
 
 /**
  * The node proxy options a worker can be given: plain data, no logger, registry or seam. (The
@@ -107,6 +108,8 @@ interface Reply {
   message?: string;
   state?: WorkerState;
   metrics?: FamilySnapshot[];
+  /** An L4 worker's answer to `start`: its thread's id. */
+  tid?: number;
 }
 
 /** What a worker serves: see {@linkcode WorkerSlot.role}. */
@@ -132,6 +135,8 @@ interface Slot {
   reported: FamilySnapshot[] | null;
   /** The L4 worker's descriptors, by number (its engine opens them outside Deno's resources). */
   fdLedger: SharedArrayBuffer | null;
+  /** The L4 worker's thread id (from its start), or null. */
+  tid: number | null;
   /** A liveness ping is waiting for its answer. */
   pinging: boolean;
   /** Starts so far: the column of shared counts it counts in alternates between two. */
@@ -172,8 +177,13 @@ const RESTART_MAX_MS = 5_000;
 const STOP_WAIT_MS = 5_000;
 /** A worker that lived this long before dying starts again at once. */
 const HEALTHY_MS = 60_000;
-/** How long after ending a worker its descriptors are closed: its thread has stopped by then. */
+/**
+ * How long after ending a worker its descriptors are closed, or, while its thread still runs,
+ * given up (see {@linkcode ProxyPool}'s `#closeLedger`).
+ */
 const DEAD_WORKER_CLOSE_MS = 100;
+/** How often the numbers a dead worker's thread may still use are checked for its end. */
+const DEAD_THREAD_POLL_MS = 1_000;
 
 /** A proxy worker failed to start or to apply a config. */
 export class ProxyWorkerError extends Error {
@@ -225,8 +235,16 @@ export class ProxyPool {
    * counts from 0, and without these the sums /metrics shows would go back.
    */
   readonly #retired: Retired = new Map();
-  /** Ledgers of L4 workers ended whose descriptors are still to be closed, with their index. */
-  readonly #unclosed = new Map<SharedArrayBuffer, number>();
+  /**
+   * Ledgers of L4 workers ended whose descriptors are still to be closed, with their index and
+   * thread id.
+   */
+  readonly #unclosed = new Map<SharedArrayBuffer, { index: number; tid: number | null }>();
+  /** Descriptor numbers held for dead workers' threads that still run (see #closeLedger). */
+  readonly #heldNumbers = new Set<number>();
+  /** What those numbers point at meanwhile (a socket of no use), and its name in /proc. */
+  #placeholder = -1;
+  #placeholderLink = "";
   /** The process's caps. */
   readonly #limits: ProxyLimits;
   /** The connection counts every worker (and a SplitPlane's proxy) shares. */
@@ -257,6 +275,7 @@ export class ProxyPool {
       startedAt: 0,
       reported: null,
       fdLedger: null,
+      tid: null,
       pinging: false,
       starts: 0,
       column: 0,
@@ -386,6 +405,7 @@ export class ProxyPool {
       ...(slot.fdLedger ? { fdLedger: slot.fdLedger } : {}),
     });
     slot.state = r.state!;
+    slot.tid = r.tid ?? null;
   }
 
   #received(slot: Slot, r: Reply): void {
@@ -422,7 +442,7 @@ export class ProxyPool {
   #died(slot: Slot, worker: Worker, why: string): void {
     if (slot.worker !== worker) return;
     worker.terminate();
-    if (slot.fdLedger) this.#closeHeld(slot.index, slot.fdLedger);
+    if (slot.fdLedger) this.#closeHeld(slot.index, slot.tid, slot.fdLedger);
     // Its connections went with it: they no longer count against the caps.
     const connections = this.#giveBack(slot);
     slot.worker = null;
@@ -474,11 +494,11 @@ export class ProxyPool {
   /**
    * Closes the descriptors a dead L4 worker's engine held (Deno closes only its own resources):
    * its listening sockets would otherwise take their share of new connections and accept none.
-   * Once its thread has stopped: a JavaScript call in flight (an FFI call) ends first. Until
+   * Shortly after it was ended: a JavaScript call in flight (an FFI call) ends first. Until
    * then the ledger waits in `#unclosed`, which {@linkcode ProxyPool.stop} closes too.
    */
-  #closeHeld(index: number, ledger: SharedArrayBuffer): void {
-    this.#unclosed.set(ledger, index);
+  #closeHeld(index: number, tid: number | null, ledger: SharedArrayBuffer): void {
+    this.#unclosed.set(ledger, { index, tid });
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       void this.#closeLedger(ledger);
@@ -486,28 +506,76 @@ export class ProxyPool {
     this.#timers.add(timer);
   }
 
-  /** Closes what `ledger` (one of `#unclosed`) lists, once; logs how many, or why it cannot. */
-  async #closeLedger(ledger: SharedArrayBuffer): Promise<void> {
-    const index = this.#unclosed.get(ledger);
-    if (index === undefined) return;
+  /**
+   * Closes what `ledger` (one of `#unclosed`) lists, once; logs how many, or why it cannot.
+   *
+   * `Worker.terminate()` does not stop JavaScript that is running: a worker ended for not
+   * answering (stuck in a long task) goes on with that task when it ends, and may read, write
+   * or close the descriptor numbers it had. Closed, those numbers go to the next sockets the
+   * process opens (another worker's connections), which that task would then use. So while its
+   * thread runs, each number is pointed at an eventfd instead (`dup2`, which lets go of the
+   * socket at once) and held until the thread has ended; `final` (the pool stopping) closes
+   * them at once.
+   */
+  async #closeLedger(ledger: SharedArrayBuffer, final = false): Promise<void> {
+    const dead = this.#unclosed.get(ledger);
+    if (dead === undefined) return;
     this.#unclosed.delete(ledger);
+    const { index, tid } = dead;
     try {
-      const [{ closeHeld }, { libcNet }] = await Promise.all([
-        import("../engine/fd_ledger.ts"),
-        import("../../ffi/libc_net.ts"),
-      ]);
+      const { closeHeld } = await import("../engine/fd_ledger.ts");
       const { call } = libcNet();
-      const n = closeHeld(ledger, (fd) => call.close(fd));
-      this.#opts.logger.info("closed the sockets of a dead proxy worker", {
-        worker: index,
-        descriptors: n,
+      if (final || threadEnded(tid)) {
+        const n = closeHeld(ledger, (fd) => call.close(fd));
+        this.#opts.logger.info("closed the sockets of a dead proxy worker", {
+          worker: index,
+          descriptors: n,
+        });
+        return;
+      }
+      if (this.#placeholder < 0) {
+        // A socket of no use (unbound, nonblocking): every call the dead thread makes on it
+        // fails or finds nothing. Its name in /proc tells a number still pointing at it.
+        const fd = call.socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) throw new Error(`socket failed (errno ${libcNet().errno()})`);
+        this.#placeholder = fd;
+        this.#placeholderLink = Deno.readLinkSync(`/proc/self/fd/${fd}`);
+      }
+      const numbers: number[] = [];
+      closeHeld(ledger, (fd) => {
+        if (call.dup2(this.#placeholder, fd) >= 0) numbers.push(fd);
       });
+      for (const fd of numbers) this.#heldNumbers.add(fd);
+      this.#opts.logger.warn(
+        "closed the sockets of a dead proxy worker; its thread still runs, so their numbers " +
+          "are held until it ends",
+        { worker: index, descriptors: numbers.length, thread: tid },
+      );
+      const poll = setInterval(() => {
+        if (!threadEnded(tid) && !this.#stopping) return;
+        clearInterval(poll);
+        for (const fd of numbers) if (this.#heldNumbers.delete(fd)) this.#closeNumber(fd);
+      }, DEAD_THREAD_POLL_MS);
+      Deno.unrefTimer(poll);
     } catch (e) {
       this.#opts.logger.error("cannot close the sockets of a dead proxy worker", {
         worker: index,
         error: (e as Error).message,
       });
     }
+  }
+
+  /**
+   * Closes a number held for a dead thread if it still points at the placeholder: the thread,
+   * before it ended, may have closed it, and the process given the number to a socket since.
+   */
+  #closeNumber(fd: number): void {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${fd}`) !== this.#placeholderLink) return;
+    } catch {
+      return; // closed already
+    }
+    libcNet().call.close(fd);
   }
 
   async #restart(slot: Slot): Promise<void> {
@@ -706,7 +774,9 @@ export class ProxyPool {
     for (const s of this.#slots) {
       s.worker?.terminate();
       // An L4 worker that did not stop its engine may hold its sockets still.
-      if (s.worker && s.fdLedger && !stopped.has(s)) this.#unclosed.set(s.fdLedger, s.index);
+      if (s.worker && s.fdLedger && !stopped.has(s)) {
+        this.#unclosed.set(s.fdLedger, { index: s.index, tid: s.tid });
+      }
       s.worker = null;
       s.state = null;
       for (const p of s.pending.values()) {
@@ -718,7 +788,29 @@ export class ProxyPool {
     // Dead L4 workers' sockets, their timers cleared above: closed once the threads stopped.
     if (this.#unclosed.size > 0) {
       await new Promise((r) => setTimeout(r, DEAD_WORKER_CLOSE_MS));
-      await Promise.all([...this.#unclosed.keys()].map((l) => this.#closeLedger(l)));
+      await Promise.all([...this.#unclosed.keys()].map((l) => this.#closeLedger(l, true)));
     }
+    if (this.#placeholder >= 0) {
+      for (const fd of this.#heldNumbers) this.#closeNumber(fd);
+      this.#heldNumbers.clear();
+      libcNet().call.close(this.#placeholder);
+      this.#placeholder = -1;
+    }
+  }
+}
+
+/**
+ * Whether thread `tid` of this process has ended (no `/proc/self/task/TID`). An unknown thread
+ * (null) counts as ended, as before thread ids were kept; so does one this process may not look
+ * up (`/proc` not readable), which then behaves as before too.
+ */
+function threadEnded(tid: number | null): boolean {
+  if (tid === null) return true;
+  try {
+    Deno.statSync(`/proc/self/task/${tid}`);
+    return false;
+  } catch (e) {
+    return e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied ||
+      e instanceof Deno.errors.NotCapable;
   }
 }

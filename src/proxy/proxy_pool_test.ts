@@ -5,7 +5,7 @@ import { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
 import { openSockets } from "../engine/_testing.ts";
 import { endpoint } from "../topology/_testing.ts";
 import { freePort as freePortOn } from "../_testing.ts";
-import { tcpEchoBackend, tcpServed } from "./_testing.ts";
+import { echoOver, tcpEchoBackend, tcpServed } from "./_testing.ts";
 
 const HOST = "127.0.63.20";
 
@@ -389,5 +389,82 @@ Deno.test("ProxyPool gives back the connections of a worker that died: the sourc
     }
     await pool.stop();
     await echo.close();
+  }
+});
+
+Deno.test("ProxyPool keeps a dead L4 worker's descriptor numbers from other sockets while its thread still runs", async () => {
+  // Worker.terminate() does not stop a task that is running: an L4 worker ended for not
+  // answering goes on once its task ends, with the descriptor numbers it had. Closed at its
+  // death, those numbers went to the next sockets the process opened (the new worker's, the
+  // clients'), and what the old thread then wrote reached them.
+  const host = "127.0.64.9";
+  const backend = tcpEchoBackend(host);
+  const lines: string[] = [];
+  const pool = new ProxyPool({
+    workers: 1,
+    l4Worker: true,
+    proxy: { hostname: host, httpPort: 0 },
+    logger: new Logger({ level: "info", format: "json", write: (l) => lines.push(l) }),
+    entry: new URL("./testdata/faulty_proxy_worker.ts", import.meta.url),
+    // Long enough for a worker's first start on a busy machine, short beside the stall.
+    callTimeoutMs: 4000,
+    pingEveryMs: 100,
+  });
+  const l = Deno.listen({ hostname: host, port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const withEndpoint = (version: number): MeshConfig => {
+    const c = config(version, [p]);
+    c.services[0]!.ports[0]!.endpoints = [endpoint(host, backend.port)];
+    return c;
+  };
+  const clients: Deno.TcpConn[] = [];
+  try {
+    await pool.start();
+    await pool.apply(withEndpoint(1));
+    // Connections through the L4 worker, so its engine holds a number for each side of each.
+    for (let i = 0; i < 8; i++) {
+      const c = await Deno.connect({ hostname: host, port: p });
+      clients.push(c);
+      assert.ok(await tcpServed(c), `connection ${i} served before the stall`);
+    }
+    // 1 s after version 88 the L4 worker (worker 1) is stuck for 12 s, then writes "zombie" to
+    // every number its engine held.
+    await pool.apply(withEndpoint(88));
+    const wakes = Date.now() + 13_000;
+    await waitUntil(
+      "the L4 worker started again",
+      () => lines.some((l) => l.includes('"msg":"proxy worker started again"')),
+      11_000,
+    );
+    await waitUntil("the new L4 worker serving", () => pool.listening().own.tcp.get(p) === 1);
+    for (const c of clients.splice(0)) c.close();
+    for (let i = 0; i < 16; i++) {
+      const c = await Deno.connect({ hostname: host, port: p });
+      clients.push(c);
+      assert.ok(await tcpServed(c), `connection ${i} served by the new worker`);
+    }
+    assert.ok(
+      Date.now() < wakes - 500,
+      "the new connections were not open before the old thread woke",
+    );
+    await new Promise((r) => setTimeout(r, wakes + 1500 - Date.now()));
+    // Each is still served, and its echo is its own: bytes the old thread wrote to a number
+    // now another socket's would come back first.
+    for (const [i, c] of clients.entries()) {
+      assert.equal(await echoOver(c, "ping"), "ping", `connection ${i}`);
+    }
+    assert.match(
+      lines.join("\n"),
+      /its thread still runs, so their numbers are held until it ends/,
+    );
+  } finally {
+    for (const c of clients) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    await pool.stop();
+    await backend.close();
   }
 });

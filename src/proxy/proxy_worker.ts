@@ -9,6 +9,7 @@
 import { Logger } from "../observability/mod.ts";
 import { NodeProxy } from "./node_proxy.ts";
 import { useFdLedger } from "../engine/fd_ledger.ts";
+import { libcNet } from "../../ffi/libc_net.ts";
 import { type OwnPorts, siblingPorts, workerShare, type WorkerSlot } from "./worker_share.ts";
 import type { ToWorker, WorkerState } from "./proxy_pool.ts";
 
@@ -101,7 +102,8 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       // I/O, the engine not loaded yet; a failed start fails them too.
       chain = starting;
       starting.then(() => {
-        reply({ t: "ok", state: sent() });
+        // The L4 worker's thread: the pool closes its engine's descriptors once it has ended.
+        reply({ t: "ok", state: sent(), ...(m.fdLedger ? { tid: libcNet().call.gettid() } : {}) });
         // Bind retries and connection counts change with no message in: report them.
         setInterval(report, 100);
       }, fail);
