@@ -155,6 +155,8 @@ function dataPlane(ctx: RunContext, caCerts: string[] | undefined): DataPlane {
       proxy: { ...proxyOpts, logger, registry },
       worker: proxyOpts,
       udpWaitMs: UDP_ANSWER_WAIT_MS,
+      // auto: a worker that fails to start after the probe passed falls back too.
+      l4Optional: config.proxy.l4Worker === "auto",
     });
   }
   return workers > 1 || l4Worker

@@ -23,6 +23,11 @@ export interface SplitPlaneOptions {
   udpWaitMs?: number;
   /** The L4 worker's module; a test seam. */
   entry?: URL;
+  /**
+   * `--l4-worker=auto`: if the L4 worker does not start, this isolate's proxy serves the TCP
+   * and UDP ports too, as with no L4 worker, after one warning. Otherwise that is an error.
+   */
+  l4Optional?: boolean;
 }
 
 /**
@@ -47,8 +52,14 @@ export class SplitPlane implements DataPlane {
   /** The L4 worker's TCP and UDP ports in the config in force: loops for the entrypoint. */
   #siblings: OwnPorts = { tcp: new Set(), udp: new Set() };
   #config: MeshConfig | null = null;
+  readonly #optional: boolean;
+  readonly #logger: NodeProxyOptions["logger"];
+  /** The L4 worker did not start ({@linkcode SplitPlaneOptions.l4Optional}): all is served here. */
+  #solo = false;
 
   constructor(options: SplitPlaneOptions) {
+    this.#optional = options.l4Optional ?? false;
+    this.#logger = options.proxy.logger;
     // The connection caps are the process's, held by both sides over one count in memory they
     // share: this isolate counts in column 0, the L4 worker in the pool's columns after it.
     // UDP flows are the L4 worker's alone.
@@ -87,11 +98,11 @@ export class SplitPlane implements DataPlane {
 
   /** The version both sides route by. */
   get version(): number {
-    return Math.min(this.#http.version, this.#l4.version);
+    return this.#solo ? this.#http.version : Math.min(this.#http.version, this.#l4.version);
   }
 
   get inFlight(): number {
-    return this.#http.inFlight + this.#l4.inFlight;
+    return this.#http.inFlight + (this.#solo ? 0 : this.#l4.inFlight);
   }
 
   /** Binds the HTTP entrypoint, then starts the L4 worker. Throws if either cannot. */
@@ -102,9 +113,21 @@ export class SplitPlane implements DataPlane {
     try {
       await this.#l4.start();
     } catch (e) {
-      await this.#http.stop();
-      throw e;
+      if (!this.#optional) {
+        await this.#http.stop();
+        throw e;
+      }
+      await this.#l4.stop().catch(() => {});
+      this.#solo = true;
+      this.#logger.warn("L4 worker did not start: TCP and UDP stay on Deno's I/O", {
+        reason: (e as Error).message,
+      });
     }
+  }
+
+  /** Whether TCP and UDP are served by the L4 worker (false after it failed to start). */
+  get l4Worker(): boolean {
+    return !this.#solo;
   }
 
   /**
@@ -112,6 +135,11 @@ export class SplitPlane implements DataPlane {
    * fails after it did, both keep (or go back to) the config before, and this throws.
    */
   async apply(config: MeshConfig): Promise<void> {
+    if (this.#solo) {
+      await this.#http.apply(config);
+      this.#config = config;
+      return;
+    }
     await this.#l4.apply(config);
     const siblings = this.#siblings;
     try {
@@ -131,12 +159,13 @@ export class SplitPlane implements DataPlane {
   }
 
   listener(protocol: string, listenPort: number | null): ListenerState {
-    return protocol === "http"
+    return protocol === "http" || this.#solo
       ? this.#http.listener(protocol, listenPort)
       : this.#l4.listener(protocol, listenPort);
   }
 
   bindErrors(): BindError[] {
+    if (this.#solo) return this.#http.bindErrors();
     return [...this.#http.bindErrors(), ...this.#l4.bindErrors()];
   }
 
@@ -146,6 +175,7 @@ export class SplitPlane implements DataPlane {
     own: { tcp: ReadonlyMap<number, number>; udp: ReadonlyMap<number, number> };
   } {
     const http = this.#http.listening();
+    if (this.#solo) return { ...http, own: { tcp: new Map(), udp: new Map() } };
     const l4 = this.#l4.listening();
     const tcp = new Map(l4.own.tcp);
     for (const p of http.tcp) tcp.set(p, (tcp.get(p) ?? 0) + 1);
@@ -153,19 +183,20 @@ export class SplitPlane implements DataPlane {
   }
 
   udpAwaitingAnswer(ms: number): number {
-    return this.#l4.udpAwaitingAnswer(ms);
+    return this.#solo ? this.#http.udpAwaitingAnswer(ms) : this.#l4.udpAwaitingAnswer(ms);
   }
 
   async drain(): Promise<void> {
-    await Promise.all([this.#http.drain(), this.#l4.drain()]);
+    await Promise.all([this.#http.drain(), this.#solo ? undefined : this.#l4.drain()]);
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.#http.stop(), this.#l4.stop()]);
+    await Promise.all([this.#http.stop(), this.#solo ? undefined : this.#l4.stop()]);
   }
 
   /** `/metrics`: this isolate's registry and the L4 worker's series, each series once. */
   async metrics(): Promise<string> {
+    if (this.#solo) return renderSnapshots([this.#http.registry.snapshot()]);
     return renderSnapshots([this.#http.registry.snapshot(), ...await this.#l4.workerMetrics()]);
   }
 }

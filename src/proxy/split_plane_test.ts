@@ -157,3 +157,62 @@ Deno.test("SplitPlane holds --max-connections-per-source over HTTP and TCP toget
     await web.close();
   }
 });
+
+Deno.test("SplitPlane with l4Optional serves TCP here when its L4 worker does not start, after one warning; without it, start fails", async () => {
+  const lines: string[] = [];
+  const logger = new Logger({ level: "info", write: (l) => lines.push(l) });
+  const entry = new URL("./testdata/failing_l4_worker.ts", import.meta.url);
+  const strict = new SplitPlane({
+    proxy: { hostname: HOST, httpPort: 0, logger: quiet },
+    worker: { hostname: HOST, httpPort: 0 },
+    entry,
+  });
+  await assert.rejects(strict.start(), /cannot start its event loop: .*EMFILE/);
+
+  const echo = Deno.listen({ hostname: HOST, port: 0 });
+  const echoing = (async () => {
+    for await (const conn of echo) conn.readable.pipeTo(conn.writable).catch(() => {});
+  })().catch(() => {});
+  const tcpPort = freePort(HOST);
+  const plane = new SplitPlane({
+    proxy: { hostname: HOST, httpPort: 0, logger },
+    worker: { hostname: HOST, httpPort: 0 },
+    entry,
+    l4Optional: true,
+  });
+  await plane.start();
+  try {
+    assert.equal(plane.l4Worker, false);
+    const warned = lines.filter((l) => l.includes("L4 worker did not start"));
+    assert.equal(warned.length, 1, lines.join("\n"));
+    assert.match(warned[0]!, /EMFILE/);
+    await plane.apply(meshConfig([{
+      name: "echo",
+      ports: [{
+        port: 7,
+        protocol: "tcp",
+        listenPort: tcpPort,
+        endpoints: [endpoint(HOST, echo.addr.port)],
+      }],
+    }], { version: 5 }));
+    assert.equal(plane.version, 5);
+    assert.deepEqual(plane.listener("tcp", tcpPort), {
+      address: `${HOST}:${tcpPort}`,
+      served: true,
+    });
+    const t = await Deno.connect({ hostname: HOST, port: tcpPort });
+    assert.equal(await echoOver(t, "ping"), "ping");
+    t.close();
+    assert.deepEqual(plane.listening().tcp.includes(tcpPort), true);
+    const text = await plane.metrics();
+    assert.match(
+      text,
+      /^meshd_requests_total\{service="default\/echo",port="7",protocol="tcp"\} 1$/m,
+    );
+    assert.match(text, /^meshd_proxy_workers 0$/m);
+  } finally {
+    await plane.stop();
+    echo.close();
+    await echoing;
+  }
+});

@@ -528,3 +528,109 @@ endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test(
+  "a UDP handover under load loses no datagram: each exchange on a new client socket",
+  () => udpHandoverUnderLoad(false),
+);
+
+Deno.test(
+  "a UDP handover under load with --l4-worker loses no datagram: each exchange on a new client socket",
+  () => udpHandoverUnderLoad(true),
+);
+
+/**
+ * Exchanges each from a new client socket, as DNS resolvers send them, through the stop of the
+ * first meshd and after it: every one must be answered. meshd binds UDP ports with
+ * SO_REUSEADDR, so the successor, bound last, takes every new datagram once it binds; the
+ * first answers those it took before, then leaves.
+ */
+async function udpHandoverUnderLoad(l4: boolean): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-handover-udp-load-" });
+  const children: Child[] = [];
+  const backendPort = freePort(UDP_IP);
+  const backend = Deno.listenDatagram({ hostname: UDP_IP, port: backendPort, transport: "udp" });
+  const serving = (async () => {
+    for (;;) {
+      const [data, from] = await backend.receive();
+      await backend.send(data, from);
+    }
+  })().catch(() => {});
+  let stopLoad = false;
+  const loops: Promise<void>[] = [];
+  const load = { sent: 0, lost: [] as string[] };
+  try {
+    await Deno.writeTextFile(
+      `${dir}/mesh.yaml`,
+      `apiVersion: v1
+kind: Service
+metadata: { name: dns, namespace: ho }
+spec: { ports: [{ name: dns, port: 53, protocol: UDP }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dns-1, namespace: ho, labels: { kubernetes.io/service-name: dns } }
+addressType: IPv4
+ports: [{ name: dns, port: ${backendPort}, protocol: UDP }]
+endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
+`,
+    );
+    const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
+    const args = (api: number, drain: string | null) => [
+      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, 1, l4),
+      "--udp-ports",
+      `${ports.udp}-${ports.udp}`,
+    ];
+    const apiA = freePort();
+    const a = spawnMeshd(args(apiA, "30s"), { name: "meshd-a", deno: DENO_FLAGS });
+    children.push(a);
+    await ready(apiA);
+    for (let i = 0; i < 4; i++) {
+      loops.push((async () => {
+        for (let seq = 0; !stopLoad; seq++) {
+          const msg = `loop ${i} exchange ${seq}`;
+          const c = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+          load.sent++;
+          try {
+            await c.send(enc.encode(msg), {
+              transport: "udp",
+              hostname: "127.0.0.1",
+              port: ports.udp,
+            });
+            const answer = await Promise.race([
+              c.receive().then(([d]) => dec.decode(d)),
+              new Promise<string>((r) => setTimeout(() => r("no answer within 3 s"), 3_000)),
+            ]);
+            if (answer !== msg) load.lost.push(`${msg}: ${answer} (${new Date().toISOString()})`);
+          } finally {
+            c.close();
+          }
+        }
+      })());
+    }
+    const atLeast = (n: number) =>
+      waitFor(`${n} UDP exchanges`, () => load.sent >= n ? true : undefined, 30_000);
+    await atLeast(200);
+    const apiB = freePort();
+    const b = spawnMeshd(args(apiB, null), { name: "meshd-b", deno: DENO_FLAGS });
+    children.push(b);
+    await ready(apiB);
+    const status = await a.stop();
+    assert.equal(status.code, 0, a.lines.join("\n"));
+    await atLeast(load.sent + 200);
+    stopLoad = true;
+    await Promise.all(loops);
+    assert.deepEqual(
+      load.lost,
+      [],
+      `${load.lost.length} of ${load.sent} lost\n${a.lines.slice(-15).join("\n")}`,
+    );
+  } finally {
+    stopLoad = true;
+    await Promise.allSettled(loops);
+    backend.close();
+    await serving;
+    await Promise.all(children.map((c) => c.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+}

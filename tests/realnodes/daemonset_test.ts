@@ -409,7 +409,7 @@ async function underLoad(
       const restarts = await meshdRestarts(c).then((r) => r.text, (e) => `meshd pods: ${e}`);
       assert.fail(
         `${line}\n${errors.join("\n")}\n${restarts}\n${await rn.logs(60, "meshd_")}\n${await rn
-          .grepNodeLogs(/meshd/)}`,
+          .grepNodeLogs(/meshd/)}\n${rn.kubeProxyLogs()}\n${await rn.dropCounters()}`,
       );
     }
     await leaderAfter(c, rn, what);

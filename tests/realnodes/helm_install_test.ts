@@ -313,7 +313,7 @@ Deno.test({
       // One dial in 86 timed out once (5 s without a SYN-ACK): what each meshd and node saw.
       assert.fail(
         `client's TCP exchanges: ${JSON.stringify(ok)}\n${await rn.logs(60, "meshd_")}\n${await rn
-          .grepNodeLogs(/meshd|echo-tcp/)}`,
+          .grepNodeLogs(/meshd|echo-tcp/)}\n${rn.kubeProxyLogs()}\n${await rn.dropCounters()}`,
       );
     }
     const refused = await tcpExchanges(c, intruder);

@@ -275,6 +275,7 @@ export class RealNodes {
     opts: { count: number; bin: NodeBinaries; images: Map<string, string> },
   ): Promise<RealNodes> {
     const rn = new RealNodes(cluster, opts.bin);
+    rn.#keeper = setInterval(() => rn.#keepLogs(), 250);
     try {
       await rn.#setUp(opts.count, opts.images);
     } catch (e) {
@@ -305,6 +306,28 @@ export class RealNodes {
   }
 
   readonly #kubeletRelays: Deno.Listener[] = [];
+  #keeper: ReturnType<typeof setInterval> | undefined;
+  readonly #kept = new Set<string>();
+
+  /**
+   * Hard-links each container log file the kubelets write into `<node dir>/kept-logs`, so the
+   * output of a Pod deleted during a test (the kubelet removes its log folder) can still be
+   * shown when the test fails. The link shares the file: what the container writes after it
+   * is kept too.
+   */
+  #keepLogs(): void {
+    for (const n of this.nodes) {
+      const root = `${n.dir}/var-log/pods/`;
+      for (const f of walkFiles(root)) {
+        if (!f.endsWith(".log") || this.#kept.has(f)) continue;
+        try {
+          Deno.mkdirSync(`${n.dir}/kept-logs`, { recursive: true });
+          Deno.linkSync(f, `${n.dir}/kept-logs/${f.slice(root.length).replaceAll("/", "~")}`);
+          this.#kept.add(f);
+        } catch { /* gone before the link, or already linked */ }
+      }
+    }
+  }
 
   /** Pipes each connection to `listener` (host loopback) to the node's kubelet relay socket. */
   async #serveKubeletRelay(listener: Deno.Listener, path: string): Promise<void> {
@@ -745,6 +768,39 @@ export class RealNodes {
   }
 
   /**
+   * Each node's kernel counters of TCP connections dropped before an accept (a full accept or
+   * SYN queue) and of UDP datagrams dropped, in its network namespace (meshd's, with
+   * hostNetwork): whether a lost SYN or datagram died at a listener there.
+   */
+  async dropCounters(): Promise<string> {
+    const names = [
+      "TcpExtListenOverflows",
+      "TcpExtListenDrops",
+      "TcpExtTCPReqQFullDrop",
+      "UdpRcvbufErrors",
+      "UdpInErrors",
+      "UdpNoPorts",
+    ];
+    const out: string[] = [];
+    for (const n of this.nodes) {
+      const text = await sh("ip", ["netns", "exec", n.netns, "nstat", "-asz", ...names])
+        .catch((e) => `nstat: ${(e as Error).message}`);
+      const got = text.split("\n").filter((l) => names.some((x) => l.startsWith(x)))
+        .map((l) => l.split(/\s+/).slice(0, 2).join("="));
+      out.push(`${n.name} kernel drops: ${got.join(" ") || text.trim()}`);
+    }
+    return out.join("\n");
+  }
+
+  /** The last `lines` lines of each node's kube-proxy: its syncs, and what it did to conntrack. */
+  kubeProxyLogs(lines = 40): string {
+    return this.nodes.flatMap((
+      n,
+    ) => [`--- ${n.name} kube-proxy`, ...n.kubeProxy.lines.slice(-lines)])
+      .join("\n");
+  }
+
+  /**
    * The last lines of each node's containerd and kubelet logs and of its other processes; or,
    * with `podPrefix`, of the containers of the Pods whose log folder starts with it.
    */
@@ -752,13 +808,15 @@ export class RealNodes {
     const out: string[] = [];
     if (podPrefix) {
       // Only the containers' output of the Pods whose log folder (<namespace>_<name>_<uid>)
-      // starts with `podPrefix`, all of it.
+      // starts with `podPrefix`, including the Pods deleted since (see #keepLogs).
+      this.#keepLogs();
       for (const n of this.nodes) {
-        for (const f of walkFiles(`${n.dir}/var-log/pods`)) {
-          const rel = f.slice(`${n.dir}/var-log/pods/`.length);
-          if (!rel.startsWith(podPrefix) || !f.endsWith(".log")) continue;
+        for (const f of walkFiles(`${n.dir}/kept-logs`)) {
+          const rel = f.slice(`${n.dir}/kept-logs/`.length).replaceAll("~", "/");
+          if (!rel.startsWith(podPrefix)) continue;
+          const gone = isFile(`${n.dir}/var-log/pods/${rel}`) ? "" : " (Pod deleted)";
           const text = await Deno.readTextFile(f).catch(() => "");
-          out.push(`--- ${n.name} ${rel}`, ...text.trimEnd().split("\n").slice(-lines));
+          out.push(`--- ${n.name} ${rel}${gone}`, ...text.trimEnd().split("\n").slice(-lines));
         }
       }
       return out.join("\n");
@@ -789,6 +847,7 @@ export class RealNodes {
    * cgroups and the network namespaces (and with them the Pods' namespaces and veths).
    */
   async stop(): Promise<void> {
+    clearInterval(this.#keeper);
     for (const n of this.nodes) {
       await n.kubeProxy.stop();
       await n.process.stop();
@@ -824,6 +883,14 @@ export class RealNodes {
     for (const ns of this.#namespaces.reverse()) {
       await sh("ip", ["netns", "delete", ns]).catch(() => {});
     }
+  }
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
   }
 }
 
