@@ -169,10 +169,7 @@ Deno.test("SplitPlane with l4Optional serves TCP here when its L4 worker does no
   });
   await assert.rejects(strict.start(), /cannot start its event loop: .*EMFILE/);
 
-  const echo = Deno.listen({ hostname: HOST, port: 0 });
-  const echoing = (async () => {
-    for await (const conn of echo) conn.readable.pipeTo(conn.writable).catch(() => {});
-  })().catch(() => {});
+  const echo = tcpEchoBackend(HOST);
   const tcpPort = freePort(HOST);
   const plane = new SplitPlane({
     proxy: { hostname: HOST, httpPort: 0, logger },
@@ -192,7 +189,7 @@ Deno.test("SplitPlane with l4Optional serves TCP here when its L4 worker does no
         port: 7,
         protocol: "tcp",
         listenPort: tcpPort,
-        endpoints: [endpoint(HOST, echo.addr.port)],
+        endpoints: [endpoint(HOST, echo.port)],
       }],
     }], { version: 5 }));
     assert.equal(plane.version, 5);
@@ -212,7 +209,6 @@ Deno.test("SplitPlane with l4Optional serves TCP here when its L4 worker does no
     assert.match(text, /^meshd_proxy_workers 0$/m);
   } finally {
     await plane.stop();
-    echo.close();
-    await echoing;
+    await echo.close();
   }
 });

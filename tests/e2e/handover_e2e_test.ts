@@ -448,6 +448,35 @@ Deno.test(
   () => udpHandover(2),
 );
 
+/**
+ * Writes a UDP service `dns` whose one endpoint is `UDP_IP:backendPort`; its ports, and the
+ * flags of a meshd serving it (with its API port and drain timeout).
+ */
+async function udpMesh(dir: string, backendPort: number, workers: number, l4: boolean) {
+  await Deno.writeTextFile(
+    `${dir}/mesh.yaml`,
+    `apiVersion: v1
+kind: Service
+metadata: { name: dns, namespace: ho }
+spec: { ports: [{ name: dns, port: 53, protocol: UDP }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dns-1, namespace: ho, labels: { kubernetes.io/service-name: dns } }
+addressType: IPv4
+ports: [{ name: dns, port: ${backendPort}, protocol: UDP }]
+endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
+`,
+  );
+  const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
+  const args = (api: number, drain: string | null) => [
+    ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers, l4),
+    "--udp-ports",
+    `${ports.udp}-${ports.udp}`,
+  ];
+  return { ports, args };
+}
+
 /** The UDP part of a handover, both meshd processes with `workers` proxy workers. */
 async function udpHandover(workers: number, l4 = false): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "meshd-handover-udp-" });
@@ -467,27 +496,7 @@ async function udpHandover(workers: number, l4 = false): Promise<void> {
   })().catch(() => {});
   const client = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
   try {
-    await Deno.writeTextFile(
-      `${dir}/mesh.yaml`,
-      `apiVersion: v1
-kind: Service
-metadata: { name: dns, namespace: ho }
-spec: { ports: [{ name: dns, port: 53, protocol: UDP }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: dns-1, namespace: ho, labels: { kubernetes.io/service-name: dns } }
-addressType: IPv4
-ports: [{ name: dns, port: ${backendPort}, protocol: UDP }]
-endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
-`,
-    );
-    const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
-    const args = (api: number, drain: string | null) => [
-      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, workers, l4),
-      "--udp-ports",
-      `${ports.udp}-${ports.udp}`,
-    ];
+    const { ports, args } = await udpMesh(dir, backendPort, workers, l4);
     const apiA = freePort();
     const a = spawnMeshd(args(apiA, "30s"), { name: "meshd-a", deno: DENO_FLAGS });
     children.push(a);
@@ -560,27 +569,7 @@ async function udpHandoverUnderLoad(l4: boolean): Promise<void> {
   const loops: Promise<void>[] = [];
   const load = { sent: 0, lost: [] as string[] };
   try {
-    await Deno.writeTextFile(
-      `${dir}/mesh.yaml`,
-      `apiVersion: v1
-kind: Service
-metadata: { name: dns, namespace: ho }
-spec: { ports: [{ name: dns, port: 53, protocol: UDP }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: dns-1, namespace: ho, labels: { kubernetes.io/service-name: dns } }
-addressType: IPv4
-ports: [{ name: dns, port: ${backendPort}, protocol: UDP }]
-endpoints: [{ addresses: ["${UDP_IP}"], conditions: { ready: true } }]
-`,
-    );
-    const ports = { http: freePort(), tcp: freePort(), udp: freePort() };
-    const args = (api: number, drain: string | null) => [
-      ...meshdArgs(dir, { http: ports.http, api, tcp: ports.tcp }, drain, 1, l4),
-      "--udp-ports",
-      `${ports.udp}-${ports.udp}`,
-    ];
+    const { ports, args } = await udpMesh(dir, backendPort, 1, l4);
     const apiA = freePort();
     const a = spawnMeshd(args(apiA, "30s"), { name: "meshd-a", deno: DENO_FLAGS });
     children.push(a);
