@@ -40,6 +40,8 @@ export interface TcpListenerOptions {
    * were left out before it; the metrics count every one. Default 10 s.
    */
   logIntervalMs?: number;
+  /** The clock of that interval, ms (a test seam). Default `performance.now`. */
+  logClock?: () => number;
 }
 
 /**
@@ -105,7 +107,7 @@ export class TcpListener {
       logger: options.logger,
     };
     this.#connectOptions = { connect: options.connect, timeoutMs: options.connectTimeoutMs };
-    this.#log = new LogThrottle(options.logIntervalMs);
+    this.#log = new LogThrottle(options.logIntervalMs, options.logClock);
     this.#listener = Deno.listen({
       hostname: options.hostname,
       port: options.port,
