@@ -185,6 +185,36 @@ const DEAD_WORKER_CLOSE_MS = 100;
 /** How often the numbers a dead worker's thread may still use are checked for its end. */
 const DEAD_THREAD_POLL_MS = 1_000;
 
+/**
+ * The limits one of `n` workers of `role` gets: the connection caps are the process's, held
+ * over the counts the workers share. The L4 worker holds every UDP flow. Otherwise the flows
+ * in all and per source are divided among the workers (`ceil(limit / n)`); a port's cap is
+ * not, as one worker alone binds each UDP port (see `workerShare`), bounded by that
+ * worker's share of the flows in all. Pure.
+ */
+export function workerLimits(all: ProxyLimits, n: number, role: SlotRole): Partial<ProxyLimits> {
+  const limits = {
+    maxConnections: all.maxConnections,
+    maxConnectionsPerSource: all.maxConnectionsPerSource,
+  };
+  if (role === "l4") {
+    return {
+      ...limits,
+      maxUdpFlows: all.maxUdpFlows,
+      maxUdpFlowsPerListener: all.maxUdpFlowsPerListener,
+      maxUdpFlowsPerSource: all.maxUdpFlowsPerSource,
+    };
+  }
+  const share = (v: number) => Math.max(1, Math.ceil(v / n));
+  const maxUdpFlows = share(all.maxUdpFlows);
+  return {
+    ...limits,
+    maxUdpFlows,
+    maxUdpFlowsPerListener: Math.min(maxUdpFlows, all.maxUdpFlowsPerListener),
+    maxUdpFlowsPerSource: share(all.maxUdpFlowsPerSource),
+  };
+}
+
 /** A proxy worker failed to start or to apply a config. */
 export class ProxyWorkerError extends Error {
   constructor(message: string, options?: ErrorOptions) {
@@ -301,23 +331,8 @@ export class ProxyPool {
     ).with();
   }
 
-  /**
-   * The limits a worker gets: the connection caps are the process's, held over the counts the
-   * workers share; UDP flows are divided among the workers, or the L4 worker's alone when
-   * there is one.
-   */
   #workerLimits(role: SlotRole): Partial<ProxyLimits> {
-    const n = this.#slots.length;
-    const all = this.#limits;
-    const share = (v: number) => Math.max(1, Math.ceil(v / n));
-    const udp = role === "l4" ? (v: number) => v : share;
-    return {
-      maxConnections: all.maxConnections,
-      maxConnectionsPerSource: all.maxConnectionsPerSource,
-      maxUdpFlows: udp(all.maxUdpFlows),
-      maxUdpFlowsPerListener: udp(all.maxUdpFlowsPerListener),
-      maxUdpFlowsPerSource: udp(all.maxUdpFlowsPerSource),
-    };
+    return workerLimits(this.#limits, this.#slots.length, role);
   }
 
   /** Whether `slot`'s worker serves `protocol`'s ports. */

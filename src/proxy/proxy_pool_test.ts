@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../observability/mod.ts";
 import type { MeshConfig } from "../topology/mod.ts";
-import { ProxyPool, ProxyWorkerError } from "./proxy_pool.ts";
+import { ProxyPool, ProxyWorkerError, workerLimits } from "./proxy_pool.ts";
 import { openSockets } from "../engine/_testing.ts";
 import { endpoint } from "../topology/_testing.ts";
 import { freePort as freePortOn } from "../_testing.ts";
@@ -467,4 +467,26 @@ Deno.test("ProxyPool keeps a dead L4 worker's descriptor numbers from other sock
     await pool.stop();
     await backend.close();
   }
+});
+
+Deno.test("workerLimits() divides the UDP flows in all and per source among workers, but not a port's cap: one worker binds each UDP port", () => {
+  const all = {
+    maxConnections: 100,
+    maxConnectionsPerSource: 10,
+    maxUdpFlows: 1000,
+    maxUdpFlowsPerListener: 500,
+    maxUdpFlowsPerSource: 62,
+  };
+  assert.deepEqual(workerLimits(all, 2, "all"), {
+    maxConnections: 100,
+    maxConnectionsPerSource: 10,
+    maxUdpFlows: 500,
+    maxUdpFlowsPerListener: 500,
+    maxUdpFlowsPerSource: 31,
+  });
+  // Bounded by the worker's share of the flows in all.
+  assert.equal(workerLimits(all, 4, "all").maxUdpFlowsPerListener, 250);
+  assert.equal(workerLimits(all, 3, "http").maxUdpFlowsPerSource, 21);
+  // The L4 worker holds every UDP flow.
+  assert.deepEqual(workerLimits(all, 3, "l4"), all);
 });
