@@ -4,6 +4,9 @@
  * - `race`: takes and gives back connections from random sources for a number of turns, and
  *   keeps in `truth` what it holds (added after a take, taken off before a give-back), so that
  *   a count over a cap in `truth` is a cap the counts let through; answers with its figures.
+ *   A connection admitted uncounted (the insert lock held past its wait, as a loaded machine
+ *   may do to the racer holding it) counts in all, not for its source: that cap does not
+ *   hold for it, by design.
  * - `hold`: takes `n` connections from `source` and answers, holding them until ended.
  *
  * @module
@@ -40,15 +43,17 @@ scope.onmessage = (e) => {
     return;
   }
   const truth = new Int32Array(job.truth);
+  // Each held connection: its source's index, negative (-1 - index) when admitted uncounted.
   const held: number[] = [];
   let taken = 0;
   let refused = 0;
   let uncounted = 0;
   const giveBack = (at: number) => {
-    const s = held[at]!;
+    const h = held[at]!;
     held[at] = held[held.length - 1]!;
     held.pop();
-    Atomics.sub(truth, 2 + s, 1);
+    const s = h < 0 ? -1 - h : h;
+    if (h >= 0) Atomics.sub(truth, 2 + s, 1);
     Atomics.sub(truth, 1, 1);
     counts.release(job.sources[s]!);
   };
@@ -63,10 +68,14 @@ scope.onmessage = (e) => {
       refused++;
       continue;
     }
-    if (r === ADMIT.uncounted) uncounted++;
     taken++;
-    held.push(s);
     if (Atomics.add(truth, 1, 1) + 1 > job.max) Atomics.add(truth, 0, 1);
+    if (r === ADMIT.uncounted) {
+      uncounted++;
+      held.push(-1 - s);
+      continue;
+    }
+    held.push(s);
     if (Atomics.add(truth, 2 + s, 1) + 1 > job.perSource) Atomics.add(truth, 0, 1);
   }
   while (held.length > 0) giveBack(held.length - 1);
