@@ -989,7 +989,10 @@ export class HttpProxy {
     const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
     try {
       const complete = await this.#writeResponse(x, up, outHead, resFraming, dechunk);
-      const reusable = resFraming.kind !== "close" && !resTokens.includes("close");
+      // RFC 9112 §9.3: after an HTTP/1.0 response the connection persists only with
+      // keep-alive; the backend closes it otherwise, perhaps under the next request sent on it.
+      const reusable = resFraming.kind !== "close" && !resTokens.includes("close") &&
+        (res.minor === 1 || resTokens.includes("keep-alive"));
       return await this.#finish(x, up, complete, reusable, closeAfter, res.status);
     } catch (e) {
       closeQuietly(up.conn);
@@ -1544,7 +1547,10 @@ function responseHead(
       continue;
     }
     const l = k.toLowerCase();
-    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
+    if (HOP_BY_HOP.has(l)) continue;
+    // Content-Length named in Connection is kept: meshd framed the body by it, and a client
+    // given the body without it would read to the close, taking the next response as body.
+    if (connTokens.length > 0 && connTokens.includes(l) && l !== "content-length") continue;
     s += `${k}: ${v}\r\n`;
   }
   if (!dechunk && framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";
