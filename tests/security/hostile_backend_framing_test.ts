@@ -253,3 +253,23 @@ Deno.test("NodeProxy passes an h2c backend's interim 103 by and its final respon
     assert.match(r.text, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, r.text);
   });
 });
+
+Deno.test("NodeProxy passes no framing field from an h2c backend's trailers into an HTTP/1 client's trailer section", async () => {
+  // RFC 9110 §6.5.1: Content-Length, Transfer-Encoding and Host are not trailer fields; a client
+  // that merges trailers into the head would frame or route by them. meshd's HTTP/1 side
+  // refuses them from an HTTP/1 backend (copyBody); from an h2c one they are dropped.
+  await withH2Backend((s) => {
+    s.sendHeaders([[":status", "200"]], false);
+    s.sendData(encode("ok"), false);
+    s.sendHeaders([
+      ["content-length", "500"],
+      ["transfer-encoding", "chunked"],
+      ["host", "admin.default.mesh"],
+      ["grpc-status", "0"],
+    ], true);
+  }, async (send) => {
+    const r = await send(`GET /x HTTP/1.1\r\n${H}Connection: close\r\n\r\n`);
+    const trailers = r.text.split("\r\n0\r\n")[1];
+    assert.equal(trailers, "grpc-status: 0\r\n\r\n", r.text);
+  });
+});
