@@ -975,6 +975,11 @@ export class HttpProxy {
     let resFraming: BodyFraming;
     try {
       resFraming = bodyFraming(res, false, req.method);
+      // RFC 9112 §6.3: a coding other than chunked last runs to the close. Transfer-Encoding is
+      // not passed on (hop by hop), so the client would take the coded bytes as the content:
+      // refused, as a coding before chunked is.
+      const te = resFraming.kind === "close" ? getHeader(res.headers, "transfer-encoding") : null;
+      if (te !== null) throw new HttpParseError(`unsupported Transfer-Encoding "${te}"`);
     } catch (e) {
       closeQuietly(up.conn);
       throw new ProxyFailure(

@@ -273,3 +273,21 @@ Deno.test("NodeProxy passes no framing field from an h2c backend's trailers into
     assert.equal(trailers, "grpc-status: 0\r\n\r\n", r.text);
   });
 });
+
+Deno.test("NodeProxy answers 502 to a response with a transfer coding it would pass on as content", async () => {
+  // RFC 9112 §6.3: the gzip-coded body runs to the close. Without Transfer-Encoding, which is
+  // hop by hop, the client would read the coded bytes as the content itself.
+  const backend = rawBackend(() => ({
+    bytes: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8bcoded",
+    closeAfterMs: 0,
+  }));
+  try {
+    await withProxy(BACKEND, backend.port, "http", async (send) => {
+      const r = await send(`GET /first HTTP/1.1\r\n${H}Connection: close\r\n\r\n`);
+      assert.match(r.text, /^HTTP\/1\.1 502 Bad Gateway\r\n/, r.text);
+      assert.doesNotMatch(r.text, /coded/, r.text);
+    });
+  } finally {
+    backend.close();
+  }
+});
