@@ -132,6 +132,8 @@ for (const name of [...HOP_BY_HOP, "x-forwarded-for", "forwarded"]) {
   SPECIAL_LENGTH[name.length] = true;
 }
 
+const CONTENT_LENGTH = "content-length";
+
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
@@ -1546,16 +1548,27 @@ function responseHead(
   connTokens: string[] = headerTokens(res.headers, "connection"),
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
+  let lengthSent = false;
   for (const [k, v] of res.headers) {
-    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+    if (
+      connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true &&
+      k.length !== CONTENT_LENGTH.length
+    ) {
       s += `${k}: ${v}\r\n`;
       continue;
     }
     const l = k.toLowerCase();
     if (HOP_BY_HOP.has(l)) continue;
-    // Content-Length named in Connection is kept: meshd framed the body by it, and a client
-    // given the body without it would read to the close, taking the next response as body.
-    if (connTokens.length > 0 && connTokens.includes(l) && l !== "content-length") continue;
+    if (l === CONTENT_LENGTH && framing.kind === "length") {
+      // The length meshd framed the body by, once: a list ("5, 5") or repeated field is one
+      // length to meshd (RFC 9110 §8.6), and an error to many clients. Kept even when
+      // Connection names it: a client given the body without it would read to the close,
+      // taking the next response as the rest of this body.
+      if (!lengthSent) s += `${k}: ${framing.length}\r\n`;
+      lengthSent = true;
+      continue;
+    }
+    if (connTokens.length > 0 && connTokens.includes(l) && l !== CONTENT_LENGTH) continue;
     s += `${k}: ${v}\r\n`;
   }
   if (!dechunk && framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";

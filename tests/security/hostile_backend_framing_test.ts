@@ -291,3 +291,26 @@ Deno.test("NodeProxy answers 502 to a response with a transfer coding it would p
     backend.close();
   }
 });
+
+Deno.test("NodeProxy sends one Content-Length for a response whose length came as a list or twice", async () => {
+  // RFC 9110 §8.6: a recipient may read "5, 5" as 5, or refuse it; meshd reads it as 5, so its
+  // client gets that one value, not a list its parser may refuse or read otherwise.
+  const backend = rawBackend((line) => ({
+    bytes: line.startsWith("GET /first")
+      ? "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-A: 1\r\n\r\nhello"
+      : "HTTP/1.1 200 OK\r\nContent-Length: 6\r\ncontent-length: 6\r\n\r\nsecond",
+  }));
+  try {
+    await withProxy(BACKEND, backend.port, "http", async (send) => {
+      const r = await send(TWO);
+      const heads = r.text.split(/\r\n\r\n(?:hello|second)/).slice(0, 2);
+      assert.equal(heads.length, 2, r.text);
+      assert.deepEqual(heads.map((h) => h.match(/^content-length: .*$/gim)), [
+        ["Content-Length: 5"],
+        ["Content-Length: 6"],
+      ], r.text);
+    });
+  } finally {
+    backend.close();
+  }
+});
