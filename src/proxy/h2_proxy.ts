@@ -969,7 +969,7 @@ export class H2Proxy {
     if (up.code !== ERROR.NO_ERROR) return false;
     if (chunked) {
       const t = res.trailers();
-      await writeAll(r.client, encodeLatin1(`0\r\n${fieldLines(t ? responseHeaders(t) : [])}\r\n`));
+      await writeAll(r.client, encodeLatin1(`0\r\n${fieldLines(t ? trailerFields(t) : [])}\r\n`));
     }
     return !closeAfter;
   }
@@ -1220,6 +1220,15 @@ function responseHeaders(fields: Fields): Fields {
   const out: Fields = [];
   for (const f of fields) if (!H2_DROP.has(f[0])) out.push(f);
   return out;
+}
+
+/**
+ * The trailer fields passed to an HTTP/1.1 client: as {@linkcode responseHeaders}, and never
+ * Content-Length (RFC 9110 §6.5.1: framing fields are not for trailers; a client that merges
+ * trailers into the head would read it, and meshd's HTTP/1 side refuses it from a backend).
+ */
+function trailerFields(fields: Fields): Fields {
+  return responseHeaders(fields).filter((f) => f[0] !== "content-length");
 }
 
 /** Header lines for an HTTP/1.1 head or trailer section (pseudo-headers left out). */

@@ -510,7 +510,11 @@ export function parseResponseHead(head: string): MessageHead {
   const lines = headLines(head, clean);
   // deno-lint-ignore no-control-regex -- a reason phrase has no control characters
   const m = /^HTTP\/1\.([01]) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/.exec(lines[0]!);
-  if (!m) throw new HttpParseError(`invalid status line "${quote(lines[0]!)}"`);
+  // RFC 9110 §15: a status code from 100 to 599. Another one (000, 099) would be passed on as
+  // an interim response, in a status line ("HTTP/1.1 0") no client parses alike.
+  if (!m || m[2]! < "100" || m[2]! > "599") {
+    throw new HttpParseError(`invalid status line "${quote(lines[0]!)}"`);
+  }
   return {
     method: "",
     target: "",

@@ -132,6 +132,8 @@ for (const name of [...HOP_BY_HOP, "x-forwarded-for", "forwarded"]) {
   SPECIAL_LENGTH[name.length] = true;
 }
 
+const CONTENT_LENGTH = "content-length";
+
 // RFC 9110 §9.2.2: methods a client expects may be repeated.
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
@@ -975,6 +977,11 @@ export class HttpProxy {
     let resFraming: BodyFraming;
     try {
       resFraming = bodyFraming(res, false, req.method);
+      // RFC 9112 §6.3: a coding other than chunked last runs to the close. Transfer-Encoding is
+      // not passed on (hop by hop), so the client would take the coded bytes as the content:
+      // refused, as a coding before chunked is.
+      const te = resFraming.kind === "close" ? getHeader(res.headers, "transfer-encoding") : null;
+      if (te !== null) throw new HttpParseError(`unsupported Transfer-Encoding "${te}"`);
     } catch (e) {
       closeQuietly(up.conn);
       throw new ProxyFailure(
@@ -989,7 +996,10 @@ export class HttpProxy {
     const outHead = responseHead(res, resFraming, closeAfter, req.minor, dechunk, resTokens);
     try {
       const complete = await this.#writeResponse(x, up, outHead, resFraming, dechunk);
-      const reusable = resFraming.kind !== "close" && !resTokens.includes("close");
+      // RFC 9112 §9.3: after an HTTP/1.0 response the connection persists only with
+      // keep-alive; the backend closes it otherwise, perhaps under the next request sent on it.
+      const reusable = resFraming.kind !== "close" && !resTokens.includes("close") &&
+        (res.minor === 1 || resTokens.includes("keep-alive"));
       return await this.#finish(x, up, complete, reusable, closeAfter, res.status);
     } catch (e) {
       closeQuietly(up.conn);
@@ -1538,13 +1548,27 @@ function responseHead(
   connTokens: string[] = headerTokens(res.headers, "connection"),
 ): string {
   let s = `HTTP/1.${minor === 0 ? 0 : 1} ${res.status} ${res.reason}\r\n`;
+  let lengthSent = false;
   for (const [k, v] of res.headers) {
-    if (connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true) {
+    if (
+      connTokens.length === 0 && SPECIAL_LENGTH[k.length] !== true &&
+      k.length !== CONTENT_LENGTH.length
+    ) {
       s += `${k}: ${v}\r\n`;
       continue;
     }
     const l = k.toLowerCase();
-    if (HOP_BY_HOP.has(l) || (connTokens.length > 0 && connTokens.includes(l))) continue;
+    if (HOP_BY_HOP.has(l)) continue;
+    if (l === CONTENT_LENGTH && framing.kind === "length") {
+      // The length meshd framed the body by, once: a list ("5, 5") or repeated field is one
+      // length to meshd (RFC 9110 §8.6), and an error to many clients. Kept even when
+      // Connection names it: a client given the body without it would read to the close,
+      // taking the next response as the rest of this body.
+      if (!lengthSent) s += `${k}: ${framing.length}\r\n`;
+      lengthSent = true;
+      continue;
+    }
+    if (connTokens.length > 0 && connTokens.includes(l) && l !== CONTENT_LENGTH) continue;
     s += `${k}: ${v}\r\n`;
   }
   if (!dechunk && framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";

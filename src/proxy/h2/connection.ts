@@ -348,6 +348,27 @@ function checkFields(fields: Fields, response: boolean, id: number): void {
   }
 }
 
+/** RFC 9110 §15: a status code is three digits, 100 to 599. */
+const STATUS = /^[1-5][0-9][0-9]$/;
+
+/**
+ * Throws a stream error (PROTOCOL_ERROR) for a response :status that is no status code, 101
+ * (RFC 9113 §8.6: no Switching Protocols in HTTP/2), or interim (1xx) on a HEADERS frame that
+ * ends the stream (§8.1.1). Passed on to an HTTP/1 client, any of these is a status line its
+ * parser reads differently ("HTTP/1.1 NaN", or a 1xx it skips to read the next bytes as the
+ * final response).
+ */
+function checkStatus(status: string, end: boolean, id: number): void {
+  if (STATUS.test(status) && status !== "101" && !(end && status[0] === "1")) return;
+  throw new H2Error(
+    `Malformed response: :status ${JSON.stringify(status.slice(0, 40))}${
+      end && STATUS.test(status) ? " ends the stream" : ""
+    }`,
+    ERROR.PROTOCOL_ERROR,
+    id,
+  );
+}
+
 /**
  * The content-length of a message on stream `id` that the DATA must match, or -1 when it has
  * none or `noContent`; a value that is not one number (RFC 9110 §8.6: a list of equal numbers
@@ -1029,9 +1050,10 @@ export class H2Connection {
       if (!fits) throw new H2Error("Header list too large", ERROR.PROTOCOL_ERROR, id);
       if (this.#client && !s._gotResponse) {
         checkFields(fields, true, id);
-        const status = fields[0]?.[0] === ":status" ? fields[0][1] : "";
-        // Interim responses (1xx) are not passed on; 101 is not allowed in HTTP/2 (§8.6).
-        if (status.length === 3 && status[0] === "1" && status !== "101" && !end) return;
+        const status = fields[0]![1];
+        checkStatus(status, end, id);
+        // Interim responses (1xx) are not passed on.
+        if (status[0] === "1") return;
         s._gotResponse = true;
         // RFC 9110 §6.4.1: a response to HEAD, a 204 or a 304 has no content, whatever its
         // content-length says.
