@@ -1,5 +1,6 @@
 import { parseServiceAnnotations } from "./annotations.ts";
 import { abbreviate, ConfigError, describeSource } from "./errors.ts";
+import { pathRegexSource, userRegex } from "./user_regex.ts";
 import type {
   EndpointSlice,
   HttpMatch,
@@ -151,13 +152,22 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], path: string)
   }
   return v as T;
 }
-function regex(v: string, path: string): string {
+/**
+ * Checks a user's regular expression as the proxy compiles it (`source`, by default `v`
+ * itself), so that an object that decodes never fails to apply.
+ */
+function regex(v: string, path: string, source = v): string {
   try {
-    new RegExp(v);
+    userRegex(source);
   } catch (e) {
+    const why = (e as Error).message;
     throw new FieldError(
       path,
-      `is not a valid regular expression "${abbreviate(v)}" (${(e as Error).message})`,
+      /linear time/.test(why)
+        ? `is a regular expression meshd cannot match in time linear in the input "${
+          abbreviate(v)
+        }" (such as backreferences, lookahead, (?i:...) groups, repetition counts in the hundreds)`
+        : `is not a valid regular expression "${abbreviate(v)}" (${why})`,
     );
   }
   return v;
@@ -449,7 +459,7 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     return {
       name: str(m, "name", p),
       methods: strList(m, "methods", p).map((x) => x.toUpperCase()),
-      pathRegex: regex(optStr(m, "pathRegex", p) ?? "", field(p, "pathRegex")),
+      pathRegex: pathRegex(optStr(m, "pathRegex", p) ?? "", field(p, "pathRegex")),
       headers,
     };
   });
@@ -461,6 +471,11 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     seen.add(m.name);
   }
   return { kind: "HTTPRouteGroup", meta, matches };
+}
+
+/** A `pathRegex`, checked in the form the proxy matches it in ("" matches every path). */
+function pathRegex(v: string, path: string): string {
+  return v === "" ? v : regex(v, path, pathRegexSource(v));
 }
 
 /**

@@ -111,6 +111,18 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       /field "spec\.matches\[0\]\.pathRegex"/,
       "HTTPRouteGroup/default/g",
     ],
+    [
+      // Valid alone, but matched as `^/(?:*)`: the prefix Traefik Mesh's PathPrefix(`/{path:*}`)
+      // stands for, which Go's regexp refuses too. Accepted, it failed every reload.
+      {
+        apiVersion: "specs.smi-spec.io/v1alpha3",
+        kind: "HTTPRouteGroup",
+        metadata: { name: "g" },
+        spec: { matches: [{ name: "a", pathRegex: "/*" }] },
+      },
+      /field "spec\.matches\[0\]\.pathRegex" is not a valid regular expression "\/\*"/,
+      "HTTPRouteGroup/default/g",
+    ],
     ["text", /expected a map, found string "text"/, undefined],
     [{ kind: "Service" }, /apiVersion/, undefined],
   ];
