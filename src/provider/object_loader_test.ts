@@ -84,6 +84,27 @@ Deno.test("ObjectLoader keeps an object's last good version while it is invalid"
   assert.deepEqual(fresh.objects, []);
 });
 
+Deno.test("ObjectLoader drops alone an object whose label or annotation is not a string", () => {
+  // `retry-attempts: 3` and `version: 2` unquoted are common slips. The object's kind and name
+  // are readable, so it is that object's error; the file's other objects apply (they once were
+  // all dropped, as for a file that does not parse).
+  const labelled = (name: string, meta: string) =>
+    `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: default, ${meta} }\n` +
+    `spec: { ports: [{ port: 80 }] }\n`;
+  const r = load(new ObjectLoader(), [{
+    path: "a.yaml",
+    text: `${svc("good", 80)}---\n${
+      labelled("a", "annotations: { mesh.traefik.io/retry-attempts: 3 }")
+    }---\n${labelled("b", "labels: { version: 2 }")}`,
+  }]);
+  assert.deepEqual(names(r), ["Service/good"]);
+  assert.deepEqual(r.errors.map((e) => [e.key, e.field]), [
+    ["Service/default/a", 'metadata.annotations["mesh.traefik.io/retry-attempts"]'],
+    ["Service/default/b", 'metadata.labels["version"]'],
+  ]);
+  assert.match(r.errors[0]!.message, /^Cannot read Service "default\/a" in file "a\.yaml"/);
+});
+
 Deno.test("ObjectLoader drops the objects of a deleted file and warns about skipped kinds", () => {
   const loader = new ObjectLoader();
   load(loader, [{ path: "a.yaml", text: svc("a", 80) }, { path: "b.yaml", text: svc("b", 80) }]);

@@ -283,7 +283,12 @@ function checkName(kind: string, name: string): void {
   }
 }
 
-function decodeMeta(raw: Obj, kind: string): ObjectMeta {
+/**
+ * The object's namespace and name: once they are read, the object can be dropped alone, so
+ * `named` hears of them before anything else of the object is read (a label or an annotation
+ * that is not a string is that object's error, not its file's).
+ */
+function decodeMeta(raw: Obj, kind: string, named: (ns: string, name: string) => void): ObjectMeta {
   const m = map(raw, "metadata", "");
   const name = str(m, "name", "metadata");
   checkName(kind, name);
@@ -294,6 +299,7 @@ function decodeMeta(raw: Obj, kind: string): ObjectMeta {
       `expected a DNS label, found "${abbreviate(namespace)}"`,
     );
   }
+  named(namespace, name);
   return {
     name,
     namespace,
@@ -617,8 +623,7 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
   if (typeof kind !== "string") return kind;
   let key: string | undefined;
   try {
-    const meta = decodeMeta(raw, kind);
-    key = `${kind}/${meta.namespace}/${meta.name}`;
+    const meta = decodeMeta(raw, kind, (ns, name) => key = `${kind}/${ns}/${name}`);
     const object = DECODERS[kind]!(raw, meta);
     if (source) object.source = source;
     return { status: "ok", object };
