@@ -285,21 +285,24 @@ function checkName(kind: string, name: string): void {
 
 /**
  * The object's namespace and name: once they are read, the object can be dropped alone, so
- * `named` hears of them before anything else of the object is read (a label or an annotation
- * that is not a string is that object's error, not its file's).
+ * `named` hears of them before anything else of the object is checked (a name that is not a
+ * DNS label, or a label or an annotation that is not a string, is that object's error, not its
+ * file's).
  */
 function decodeMeta(raw: Obj, kind: string, named: (ns: string, name: string) => void): ObjectMeta {
   const m = map(raw, "metadata", "");
   const name = str(m, "name", "metadata");
-  checkName(kind, name);
   const namespace = optStr(m, "namespace", "metadata") ?? "default";
+  // Read, though perhaps not valid (`Web`): Kubernetes refuses such an object alone, and so
+  // does meshd.
+  named(namespace, name);
+  checkName(kind, name);
   if (!DNS_LABEL.test(namespace) || namespace.length > 63) {
     throw new FieldError(
       "metadata.namespace",
       `expected a DNS label, found "${abbreviate(namespace)}"`,
     );
   }
-  named(namespace, name);
   return {
     name,
     namespace,
@@ -629,7 +632,7 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
     return { status: "ok", object };
   } catch (e) {
     if (!(e instanceof FieldError)) throw e;
-    const name = key ? ` ${kind} "${key.split("/").slice(1).join("/")}"` : ` ${kind}`;
+    const name = key ? ` ${kind} "${abbreviate(key.split("/").slice(1).join("/"))}"` : ` ${kind}`;
     return {
       status: "invalid",
       key,

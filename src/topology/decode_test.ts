@@ -92,6 +92,18 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       undefined,
     ],
     [
+      // Read but not a DNS label: the object's error (Kubernetes refuses it alone), so the
+      // file's other objects apply. Characters that would mislead a reader are escaped.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "Web", namespace: "t\u202e" },
+        spec: { ports: [{ port: 80 }] },
+      },
+      /^Cannot read Service "t\\u202e\/Web" in .*field "metadata\.name" expected a DNS-1035 label/,
+      "Service/t\u202e/Web",
+    ],
+    [
       {
         apiVersion: "v1",
         kind: "Service",
