@@ -173,6 +173,29 @@ Deno.test("readConfigFiles() reads YAML and JSON recursively, skipping hidden an
   }
 });
 
+Deno.test("readConfigFiles() reads each folder once through links to folders above it", async () => {
+  // `ln -s . loop`: the walk once read everything again at each of 40 levels (the kernel's
+  // ELOOP), and with two such links the whole read failed.
+  const dir = await Deno.makeTempDir({ prefix: "meshd-files-" });
+  try {
+    await Deno.mkdir(`${dir}/sub`);
+    await Deno.writeTextFile(`${dir}/a.yaml`, "a");
+    await Deno.writeTextFile(`${dir}/sub/b.yaml`, "b");
+    await Deno.symlink(".", `${dir}/loop`);
+    await Deno.symlink("..", `${dir}/sub/up`);
+    const files = await readConfigFiles(dir);
+    assert.deepEqual(files.map((f) => [f.path, f.skipped !== undefined]), [
+      ["a.yaml", false],
+      ["loop", true],
+      ["sub/b.yaml", false],
+      ["sub/up", true],
+    ]);
+    assert.match(files[1]!.skipped!, /a link to a folder already read/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("ObjectLoader keeps a file's last good objects when a document is not an object", () => {
   // Issue 18, item 11: each of these once removed the Service with no error.
   const cases: [string, string, RegExp][] = [

@@ -30,6 +30,11 @@ export async function readConfigFiles(
 ): Promise<FoundFile[]> {
   const max = options.maxFileBytes ?? DEFAULT_CONFIG_LIMITS.maxFileBytes;
   const out: FoundFile[] = [];
+  const root = dir.replace(/\/+$/, "") || "/";
+  // Folders already read, by device and inode: a symbolic link to a folder above (`ln -s .
+  // loop`) made the walk read everything again at each of 40 levels, until the kernel's
+  // ELOOP, and two such links failed the whole read.
+  const folders = new Set([folderId(await Deno.stat(root))]);
   const walk = async (d: string, rel: string): Promise<void> => {
     const entries: Deno.DirEntry[] = [];
     for await (const e of Deno.readDir(d)) entries.push(e);
@@ -49,7 +54,16 @@ export async function readConfigFiles(
         continue;
       }
       if (info.isDirectory) {
-        await walk(path, relPath);
+        if (folders.has(folderId(info))) {
+          out.push({
+            path: relPath,
+            text: "",
+            skipped: "a link to a folder already read (a loop, or a second path to it)",
+          });
+        } else {
+          folders.add(folderId(info));
+          await walk(path, relPath);
+        }
         continue;
       }
       if (!EXTENSIONS.some((x) => e.name.endsWith(x))) continue;
@@ -67,8 +81,13 @@ export async function readConfigFiles(
       out.push({ path: relPath, ...read });
     }
   };
-  await walk(dir.replace(/\/+$/, "") || "/", "");
+  await walk(root, "");
   return out;
+}
+
+/** A folder's identity, whatever path (or link) reaches it. */
+export function folderId(info: Deno.FileInfo): string {
+  return `${info.dev}:${info.ino}`;
 }
 
 async function readRegularFile(
