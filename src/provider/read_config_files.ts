@@ -49,7 +49,7 @@ export async function readConfigFiles(
       } catch (err) {
         if (err instanceof Deno.errors.NotFound) continue; // removed meanwhile, or dangling
         if (EXTENSIONS.some((x) => e.name.endsWith(x))) {
-          out.push({ path: relPath, text: "", error: (err as Error).message });
+          out.push({ path: relPath, text: "", error: readError(err) });
         }
         continue;
       }
@@ -85,6 +85,17 @@ export async function readConfigFiles(
   return out;
 }
 
+/** Why a file could not be read, as its error says it. */
+function readError(err: unknown): string {
+  // The reading thread may read the config directory alone; Deno's own message would say to
+  // run again with --allow-read, which is no advice to a user of meshd.
+  if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+    return "it leads outside the config directory (a link to a file elsewhere?), " +
+      "where meshd does not read";
+  }
+  return (err as Error).message;
+}
+
 /** A folder's identity, whatever path (or link) reaches it. */
 export function folderId(info: Deno.FileInfo): string {
   return `${info.dev}:${info.ino}`;
@@ -99,7 +110,7 @@ async function readRegularFile(
     file = await Deno.open(path, { read: true });
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return null;
-    return { text: "", error: (err as Error).message };
+    return { text: "", error: readError(err) };
   }
   try {
     // Checked again on the open file: it may have been swapped since the directory was listed.
@@ -131,7 +142,7 @@ async function readRegularFile(
       return { text: "", error: "it is not valid UTF-8" };
     }
   } catch (err) {
-    return { text: "", error: (err as Error).message };
+    return { text: "", error: readError(err) };
   } finally {
     file.close();
   }
