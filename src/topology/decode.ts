@@ -160,7 +160,8 @@ function regex(v: string, path: string, source = v): string {
   try {
     userRegex(source);
   } catch (e) {
-    const why = (e as Error).message;
+    // V8 says `Invalid regular expression: /<the compiled form>/<flags>: <why>`: the why alone.
+    const why = (e as Error).message.replace(/^Invalid regular expression: \/.*\/[a-z]*: /s, "");
     throw new FieldError(
       path,
       /linear time/.test(why)
@@ -318,7 +319,7 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
     const tp = p["targetPort"];
     let targetPort: number | string = port;
     if (typeof tp === "number") targetPort = int(p, "targetPort", path, 1, 65535);
-    else if (typeof tp === "string") targetPort = /^\d+$/.test(tp) ? Number(tp) : tp;
+    else if (typeof tp === "string") targetPort = targetPortOf(tp, field(path, "targetPort"));
     else if (tp !== undefined && tp !== null) {
       throw new FieldError(
         field(path, "targetPort"),
@@ -332,6 +333,7 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
       protocol: oneOf(optStr(p, "protocol", path) ?? "TCP", PROTOCOLS, field(path, "protocol")),
     };
   });
+  uniquePorts(ports);
   const clusterIP = optStr(spec, "clusterIP", "spec") ?? null;
   if (clusterIP && clusterIP !== "None" && !isIpv4(clusterIP) && !isIpv6(clusterIP)) {
     throw new FieldError(
@@ -354,6 +356,43 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
     selector: strMap(spec, "selector", "spec"),
     mesh: ann.options,
   };
+}
+
+/** IANA service names, as Kubernetes takes a named `targetPort`: 1 to 15, with a letter. */
+const PORT_NAME = /^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
+
+/** A `targetPort` given as a string: a number in range, or a port name. */
+function targetPortOf(v: string, path: string): number | string {
+  if (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 65535) return Number(v);
+  if (PORT_NAME.test(v)) return v;
+  throw new FieldError(
+    path,
+    `expected a port from 1 to 65535 or a port name (an IANA service name), found "${
+      abbreviate(v)
+    }"`,
+  );
+}
+
+/**
+ * Kubernetes refuses a Service that repeats a port (number and protocol) or a port name; two
+ * HTTP ports 80 would share one Host, and one of them would never be reached.
+ */
+function uniquePorts(ports: readonly ServicePort[]): void {
+  const seen = new Set<string>();
+  for (const [i, p] of ports.entries()) {
+    for (const [what, key] of [["port", `${p.port}/${p.protocol}`], ["name", p.name]]) {
+      if (what === "name" && key === "") continue;
+      if (seen.has(`${what}:${key}`)) {
+        throw new FieldError(
+          `spec.ports[${i}].${what}`,
+          `repeats ${what} ${
+            what === "port" ? `${p.port} (${p.protocol})` : `"${key}"`
+          } of an earlier port`,
+        );
+      }
+      seen.add(`${what}:${key}`);
+    }
+  }
 }
 
 function decodeEndpointSlice(raw: Obj, meta: ObjectMeta): EndpointSlice {

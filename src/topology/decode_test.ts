@@ -114,6 +114,39 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       "Service/default/w",
     ],
     [
+      // Kubernetes: "spec.ports[1]: Duplicate value". Both were HTTP ports 80 of one Host, and
+      // the second was listed as served but never reached.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ name: "a", port: 80 }, { name: "b", port: 80 }] },
+      },
+      /field "spec\.ports\[1\]\.port" repeats port 80 \(TCP\)/,
+      "Service/default/w",
+    ],
+    [
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ name: "a", port: 80 }, { name: "a", port: 81 }] },
+      },
+      /field "spec\.ports\[1\]\.name" repeats name "a"/,
+      "Service/default/w",
+    ],
+    [
+      // A targetPort string is a port in range or an IANA service name, as in Kubernetes.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ port: 80, targetPort: "99999" }] },
+      },
+      /field "spec\.ports\[0\]\.targetPort" expected a port from 1 to 65535 or a port name/,
+      "Service/default/w",
+    ],
+    [
       {
         apiVersion: "specs.smi-spec.io/v1alpha3",
         kind: "HTTPRouteGroup",
