@@ -223,7 +223,7 @@ Deno.test("ObjectLoader keeps a file's last good objects when a document is not 
 });
 
 Deno.test("ObjectLoader turns limits and unreadable files into errors naming the file", () => {
-  const limits = { maxFileBytes: 1000, maxAliases: 3, maxDepth: 8 };
+  const limits = { maxFileBytes: 1000, maxAliases: 3, maxDepth: 8, maxDocuments: 50 };
   const cases: [string, string, RegExp][] = [
     ["an undefined alias", "x: *nope\n", /Unresolved alias/],
     [
