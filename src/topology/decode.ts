@@ -58,6 +58,8 @@ function typeName(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a map";
+  // JSON has no NaN or Infinity (YAML's `.nan`, `.inf`): it would print them as null.
+  if (typeof v === "number" && !Number.isFinite(v)) return `number ${v}`;
   return `${typeof v} ${abbreviate(JSON.stringify(v) ?? String(v))}`;
 }
 

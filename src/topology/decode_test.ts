@@ -136,6 +136,17 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       "Service/default/w",
     ],
     [
+      // YAML's `.nan`: said as NaN, not as JSON's null.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ port: NaN }] },
+      },
+      /field "spec\.ports\[0\]\.port" expected an integer from 1 to 65535, found number NaN$/,
+      "Service/default/w",
+    ],
+    [
       // A targetPort string is a port in range or an IANA service name, as in Kubernetes.
       {
         apiVersion: "v1",
