@@ -8,6 +8,7 @@ import type { KubeSetup } from "./kube_mode.ts";
 import type { Assembly, RunContext } from "./node_services.ts";
 import type { RunConfig } from "./run_config.ts";
 import { ServiceStack } from "./service_stack.ts";
+import { LINEAR_REGEX_FLAGS } from "../topology/mod.ts";
 import { buildInfo } from "./version.ts";
 
 /**
@@ -35,6 +36,11 @@ export async function runCommand(config: RunConfig, io: CliIo): Promise<number> 
     provider: config.provider,
     ...(dir ? { configDir: dir } : { server: setup!.kapi.server, identity: setup!.identity }),
   });
+  if (!LINEAR_REGEX_FLAGS) {
+    logger.warn(
+      "regular expressions of HTTPRouteGroups backtrack: run meshd with --v8-flags=--enable-experimental-regexp-engine, as its launches do, so that no request can stall it",
+    );
+  }
   const registry = new Registry();
   registerBuildInfo(registry, buildInfo(denoJson.version));
   const ctx: RunContext = { config, logger, registry, stopped: signals() };

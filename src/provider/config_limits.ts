@@ -16,16 +16,21 @@ export interface ConfigLimits {
   maxAliases: number;
   /** Nesting of maps and lists in one document. */
   maxDepth: number;
+  /** Documents in one file, and items of its `List`s, all counted. */
+  maxDocuments: number;
 }
 
 /**
  * The defaults: 4 MiB a file (an EndpointSlice of 1,000 endpoints is about 200 kB), 100
- * aliases and 64 levels (a Kubernetes object nests about 6 deep; a `List` adds 2).
+ * aliases, 64 levels (a Kubernetes object nests about 6 deep; a `List` adds 2) and 20,000
+ * documents (4 MiB of `--- {}` is 500,000 of them: 30 s of parsing and 800 MB on the reading
+ * thread, past the DaemonSet's memory limit; a Service is at least 60 bytes).
  */
 export const DEFAULT_CONFIG_LIMITS: Readonly<ConfigLimits> = {
   maxFileBytes: 4 * 1024 * 1024,
   maxAliases: 100,
   maxDepth: 64,
+  maxDocuments: 20_000,
 };
 
 /** A file's path and text. */

@@ -3,6 +3,7 @@ import { ConfigError, type LoadResult } from "../topology/mod.ts";
 import { decodeDecodedFile, type DecodedFile, ObjectLoader } from "./object_loader.ts";
 import { type ConfigLimits, DEFAULT_CONFIG_LIMITS } from "./config_limits.ts";
 import type { ParseReply, ParseRequest } from "./parse_worker.ts";
+import { folderId } from "./read_config_files.ts";
 
 /** Options for {@linkcode FileProvider}. */
 export interface FileProviderOptions {
@@ -256,14 +257,20 @@ export class FileProvider {
  */
 async function listing(dir: string): Promise<string> {
   const parts: string[] = [];
+  // Each folder once, as readConfigFiles() reads them: a link to a folder above is no loop.
+  const folders = new Set([folderId(await Deno.stat(dir))]);
   const walk = async (d: string): Promise<void> => {
     for await (const e of Deno.readDir(d)) {
       if (e.name.startsWith(".")) continue;
       const path = `${d}/${e.name}`;
       const info = await Deno.stat(path).catch(() => null);
       if (!info) continue;
-      if (info.isDirectory) await walk(path);
-      else {
+      if (info.isDirectory) {
+        if (!folders.has(folderId(info))) {
+          folders.add(folderId(info));
+          await walk(path);
+        }
+      } else {
         parts.push(
           `${path}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}:${info.ino}`,
         );

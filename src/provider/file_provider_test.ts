@@ -44,3 +44,31 @@ Deno.test("FileProvider reads a file written in two parts once, whole", async ()
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("FileProvider says a link to a file outside the directory is not read there", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "meshd-link-" });
+  const elsewhere = await Deno.makeTempDir({ prefix: "meshd-link-target-" });
+  const loads: LoadResult[] = [];
+  const provider = new FileProvider({
+    dir,
+    logger: new Logger({ level: "error", write: () => {} }),
+    onLoad: (r) => void loads.push(r),
+  });
+  try {
+    await Deno.writeTextFile(`${elsewhere}/b.yaml`, svc("b"));
+    await Deno.writeTextFile(`${dir}/a.yaml`, svc("a"));
+    await Deno.symlink(`${elsewhere}/b.yaml`, `${dir}/b.yaml`);
+    await provider.start();
+    const errors = loads[0]!.errors.map((e) => e.message);
+    // Not Deno's "run again with the --allow-read flag", which a user of meshd cannot do.
+    assert.deepEqual(errors, [
+      'Cannot read file "b.yaml": it leads outside the config directory (a link to a file ' +
+      "elsewhere?), where meshd does not read",
+    ]);
+    assert.deepEqual(loads[0]!.objects.map((o) => o.meta.name), ["a"]);
+  } finally {
+    await provider.stop();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(elsewhere, { recursive: true });
+  }
+});

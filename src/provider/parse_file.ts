@@ -47,7 +47,7 @@ export function parseFile(
           `Cannot parse file "${file.path}" as JSON: nesting deeper than ${limits.maxDepth} levels`,
         );
       }
-      return { docs: toDocs(file.path, docs) };
+      return counted(toDocs(file.path, docs), file, limits, fail);
     }
     return parseYaml(file, limits, fail);
   } catch (e) {
@@ -107,7 +107,9 @@ function parseYaml(file: SourceFile, limits: ConfigLimits, fail: Fail): ParsedFi
   // The lexer and parser keep their own stacks; only the composer and toJS recurse, so each
   // token of the concrete syntax tree is checked for depth and aliases before either sees it.
   for (const token of new Parser(ctx.lines.addNewLine).parse(file.text)) {
-    if (token.type === "document") docIndex++;
+    if (token.type === "document" && ++docIndex >= limits.maxDocuments) {
+      return tooManyDocuments(file, limits, fail);
+    }
     const scan = scanToken(token, limits.maxDepth);
     aliases += scan.aliases;
     if (scan.depth > limits.maxDepth) {
@@ -127,7 +129,24 @@ function parseYaml(file: SourceFile, limits: ConfigLimits, fail: Fail): ParsedFi
     const failed = take(composer.next(token));
     if (failed) return failed;
   }
-  return take(composer.end()) ?? { docs: toDocs(file.path, raws) };
+  return take(composer.end()) ?? counted(toDocs(file.path, raws), file, limits, fail);
+}
+
+/** The file's documents, or its error when they (with `List` items) are too many. */
+function counted(
+  docs: RawDocument[],
+  file: SourceFile,
+  limits: ConfigLimits,
+  fail: Fail,
+): ParsedFile {
+  return docs.length > limits.maxDocuments ? tooManyDocuments(file, limits, fail) : { docs };
+}
+
+function tooManyDocuments(file: SourceFile, limits: ConfigLimits, fail: Fail): ParsedFile {
+  return fail(
+    `Cannot parse file "${file.path}": it holds more than ${limits.maxDocuments} documents ` +
+      "and List items; split it into several files",
+  );
 }
 
 /** Document `i` of a file as a plain object, or why the file cannot be used. */

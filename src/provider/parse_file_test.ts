@@ -51,3 +51,27 @@ Deno.test("parseFile() reads a map of 80,000 keys in bounded time, not one pairw
   const repeated = parseFile({ path: "big.yaml", text: `${text}    k0: w\n` });
   assert.match(repeated.error?.message ?? "(no error)", /Map keys must be unique at line 80006,/);
 });
+
+Deno.test("parseFile() refuses a file of more than 20,000 documents or List items, early", () => {
+  // 4 MiB of `--- {}` is 500,000 documents: it took 30 s and 800 MB of the reading thread,
+  // past the DaemonSet's memory limit. The count stops the parse at the limit.
+  const cases: [string, string, string][] = [
+    ["documents", "--- {}\n".repeat(500_000), "f.yaml"],
+    ["empty documents", "---\n".repeat(500_000), "f.yaml"],
+    ["YAML List items", `kind: List\nitems:\n${"- {}\n".repeat(20_001)}`, "f.yaml"],
+    ["JSON List items", JSON.stringify({ kind: "List", items: Array(20_001).fill({}) }), "f.json"],
+  ];
+  for (const [name, text, path] of cases) {
+    const started = performance.now();
+    const r = parseFile({ path, text });
+    const ms = performance.now() - started;
+    assert.match(
+      r.error?.message ?? "(no error)",
+      new RegExp(`^Cannot parse file "${path}": it holds more than 20000 documents and List items`),
+      name,
+    );
+    assert.ok(ms < 10_000, `${name}: took ${Math.round(ms)} ms`);
+  }
+  // 20,000 is still fine.
+  assert.equal(parseFile({ path: "f.yaml", text: "--- {}\n".repeat(20_000) }).docs?.length, 20_000);
+});

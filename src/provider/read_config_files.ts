@@ -30,6 +30,11 @@ export async function readConfigFiles(
 ): Promise<FoundFile[]> {
   const max = options.maxFileBytes ?? DEFAULT_CONFIG_LIMITS.maxFileBytes;
   const out: FoundFile[] = [];
+  const root = dir.replace(/\/+$/, "") || "/";
+  // Folders already read, by device and inode: a symbolic link to a folder above (`ln -s .
+  // loop`) made the walk read everything again at each of 40 levels, until the kernel's
+  // ELOOP, and two such links failed the whole read.
+  const folders = new Set([folderId(await Deno.stat(root))]);
   const walk = async (d: string, rel: string): Promise<void> => {
     const entries: Deno.DirEntry[] = [];
     for await (const e of Deno.readDir(d)) entries.push(e);
@@ -44,12 +49,21 @@ export async function readConfigFiles(
       } catch (err) {
         if (err instanceof Deno.errors.NotFound) continue; // removed meanwhile, or dangling
         if (EXTENSIONS.some((x) => e.name.endsWith(x))) {
-          out.push({ path: relPath, text: "", error: (err as Error).message });
+          out.push({ path: relPath, text: "", error: readError(err) });
         }
         continue;
       }
       if (info.isDirectory) {
-        await walk(path, relPath);
+        if (folders.has(folderId(info))) {
+          out.push({
+            path: relPath,
+            text: "",
+            skipped: "a link to a folder already read (a loop, or a second path to it)",
+          });
+        } else {
+          folders.add(folderId(info));
+          await walk(path, relPath);
+        }
         continue;
       }
       if (!EXTENSIONS.some((x) => e.name.endsWith(x))) continue;
@@ -67,8 +81,24 @@ export async function readConfigFiles(
       out.push({ path: relPath, ...read });
     }
   };
-  await walk(dir.replace(/\/+$/, "") || "/", "");
+  await walk(root, "");
   return out;
+}
+
+/** Why a file could not be read, as its error says it. */
+function readError(err: unknown): string {
+  // The reading thread may read the config directory alone; Deno's own message would say to
+  // run again with --allow-read, which is no advice to a user of meshd.
+  if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+    return "it leads outside the config directory (a link to a file elsewhere?), " +
+      "where meshd does not read";
+  }
+  return (err as Error).message;
+}
+
+/** A folder's identity, whatever path (or link) reaches it. */
+export function folderId(info: Deno.FileInfo): string {
+  return `${info.dev}:${info.ino}`;
 }
 
 async function readRegularFile(
@@ -80,7 +110,7 @@ async function readRegularFile(
     file = await Deno.open(path, { read: true });
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return null;
-    return { text: "", error: (err as Error).message };
+    return { text: "", error: readError(err) };
   }
   try {
     // Checked again on the open file: it may have been swapped since the directory was listed.
@@ -112,7 +142,7 @@ async function readRegularFile(
       return { text: "", error: "it is not valid UTF-8" };
     }
   } catch (err) {
-    return { text: "", error: (err as Error).message };
+    return { text: "", error: readError(err) };
   } finally {
     file.close();
   }

@@ -1,4 +1,9 @@
-import type { HttpMatch, MeshAccessRule } from "../topology/mod.ts";
+import {
+  type HttpMatch,
+  type MeshAccessRule,
+  pathRegexSource,
+  userRegex,
+} from "../topology/mod.ts";
 
 /** An HTTP request as access control and split matches see it. */
 export interface RequestInfo {
@@ -30,18 +35,20 @@ export interface CompiledMatch {
  *   `/metricsfoo`. The regex sits in a group after the `/`, so `/a|/b` allows `/a…` and `//b…`
  *   but not `/b`, as there.
  * - Header values are unanchored regular expressions (`HeadersRegexp`): `t|True` matches `true`.
+ * - Both run on V8's linear-time engine when it is on (as in every launch of meshd), as Go's
+ *   regexp, which Traefik Mesh uses, runs in linear time: a client cannot stall meshd with a
+ *   path or header that makes a pattern backtrack.
  * - `methods` empty or holding `*` allows any method; others are compared upper-cased.
  */
 export function compileMatch(m: HttpMatch): CompiledMatch {
   const methods = m.methods.length === 0 || m.methods.includes("*")
     ? null
     : new Set(m.methods.map((x) => x.toUpperCase()));
-  const path = m.pathRegex.startsWith("/") ? m.pathRegex.slice(1) : m.pathRegex;
   return {
     name: m.name,
     methods,
-    path: m.pathRegex === "" ? null : new RegExp(`^/(?:${path})`),
-    headers: Object.entries(m.headers).map(([k, v]) => [k.toLowerCase(), new RegExp(v)]),
+    path: m.pathRegex === "" ? null : userRegex(pathRegexSource(m.pathRegex)),
+    headers: Object.entries(m.headers).map(([k, v]) => [k.toLowerCase(), userRegex(v)]),
   };
 }
 

@@ -1,5 +1,6 @@
 import { parseServiceAnnotations } from "./annotations.ts";
 import { abbreviate, ConfigError, describeSource } from "./errors.ts";
+import { pathRegexSource, userRegex } from "./user_regex.ts";
 import type {
   EndpointSlice,
   HttpMatch,
@@ -57,6 +58,8 @@ function typeName(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a map";
+  // JSON has no NaN or Infinity (YAML's `.nan`, `.inf`): it would print them as null.
+  if (typeof v === "number" && !Number.isFinite(v)) return `number ${v}`;
   return `${typeof v} ${abbreviate(JSON.stringify(v) ?? String(v))}`;
 }
 
@@ -151,13 +154,23 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], path: string)
   }
   return v as T;
 }
-function regex(v: string, path: string): string {
+/**
+ * Checks a user's regular expression as the proxy compiles it (`source`, by default `v`
+ * itself), so that an object that decodes never fails to apply.
+ */
+function regex(v: string, path: string, source = v): string {
   try {
-    new RegExp(v);
+    userRegex(source);
   } catch (e) {
+    // V8 says `Invalid regular expression: /<the compiled form>/<flags>: <why>`: the why alone.
+    const why = (e as Error).message.replace(/^Invalid regular expression: \/.*\/[a-z]*: /s, "");
     throw new FieldError(
       path,
-      `is not a valid regular expression "${abbreviate(v)}" (${(e as Error).message})`,
+      /linear time/.test(why)
+        ? `is a regular expression meshd cannot match in time linear in the input "${
+          abbreviate(v)
+        }" (such as backreferences, lookahead, (?i:...) groups, repetition counts in the hundreds)`
+        : `is not a valid regular expression "${abbreviate(v)}" (${why})`,
     );
   }
   return v;
@@ -273,11 +286,20 @@ function checkName(kind: string, name: string): void {
   }
 }
 
-function decodeMeta(raw: Obj, kind: string): ObjectMeta {
+/**
+ * The object's namespace and name: once they are read, the object can be dropped alone, so
+ * `named` hears of them before anything else of the object is checked (a name that is not a
+ * DNS label, or a label or an annotation that is not a string, is that object's error, not its
+ * file's).
+ */
+function decodeMeta(raw: Obj, kind: string, named: (ns: string, name: string) => void): ObjectMeta {
   const m = map(raw, "metadata", "");
   const name = str(m, "name", "metadata");
-  checkName(kind, name);
   const namespace = optStr(m, "namespace", "metadata") ?? "default";
+  // Read, though perhaps not valid (`Web`): Kubernetes refuses such an object alone, and so
+  // does meshd.
+  named(namespace, name);
+  checkName(kind, name);
   if (!DNS_LABEL.test(namespace) || namespace.length > 63) {
     throw new FieldError(
       "metadata.namespace",
@@ -299,7 +321,7 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
     const tp = p["targetPort"];
     let targetPort: number | string = port;
     if (typeof tp === "number") targetPort = int(p, "targetPort", path, 1, 65535);
-    else if (typeof tp === "string") targetPort = /^\d+$/.test(tp) ? Number(tp) : tp;
+    else if (typeof tp === "string") targetPort = targetPortOf(tp, field(path, "targetPort"));
     else if (tp !== undefined && tp !== null) {
       throw new FieldError(
         field(path, "targetPort"),
@@ -313,6 +335,7 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
       protocol: oneOf(optStr(p, "protocol", path) ?? "TCP", PROTOCOLS, field(path, "protocol")),
     };
   });
+  uniquePorts(ports);
   const clusterIP = optStr(spec, "clusterIP", "spec") ?? null;
   if (clusterIP && clusterIP !== "None" && !isIpv4(clusterIP) && !isIpv6(clusterIP)) {
     throw new FieldError(
@@ -335,6 +358,43 @@ function decodeService(raw: Obj, meta: ObjectMeta): Service {
     selector: strMap(spec, "selector", "spec"),
     mesh: ann.options,
   };
+}
+
+/** IANA service names, as Kubernetes takes a named `targetPort`: 1 to 15, with a letter. */
+const PORT_NAME = /^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
+
+/** A `targetPort` given as a string: a number in range, or a port name. */
+function targetPortOf(v: string, path: string): number | string {
+  if (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 65535) return Number(v);
+  if (PORT_NAME.test(v)) return v;
+  throw new FieldError(
+    path,
+    `expected a port from 1 to 65535 or a port name (an IANA service name), found "${
+      abbreviate(v)
+    }"`,
+  );
+}
+
+/**
+ * Kubernetes refuses a Service that repeats a port (number and protocol) or a port name; two
+ * HTTP ports 80 would share one Host, and one of them would never be reached.
+ */
+function uniquePorts(ports: readonly ServicePort[]): void {
+  const seen = new Set<string>();
+  for (const [i, p] of ports.entries()) {
+    for (const [what, key] of [["port", `${p.port}/${p.protocol}`], ["name", p.name]]) {
+      if (what === "name" && key === "") continue;
+      if (seen.has(`${what}:${key}`)) {
+        throw new FieldError(
+          `spec.ports[${i}].${what}`,
+          `repeats ${what} ${
+            what === "port" ? `${p.port} (${p.protocol})` : `"${key}"`
+          } of an earlier port`,
+        );
+      }
+      seen.add(`${what}:${key}`);
+    }
+  }
 }
 
 function decodeEndpointSlice(raw: Obj, meta: ObjectMeta): EndpointSlice {
@@ -449,7 +509,7 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     return {
       name: str(m, "name", p),
       methods: strList(m, "methods", p).map((x) => x.toUpperCase()),
-      pathRegex: regex(optStr(m, "pathRegex", p) ?? "", field(p, "pathRegex")),
+      pathRegex: pathRegex(optStr(m, "pathRegex", p) ?? "", field(p, "pathRegex")),
       headers,
     };
   });
@@ -461,6 +521,11 @@ function decodeHttpRouteGroup(raw: Obj, meta: ObjectMeta): HttpRouteGroup {
     seen.add(m.name);
   }
   return { kind: "HTTPRouteGroup", meta, matches };
+}
+
+/** A `pathRegex`, checked in the form the proxy matches it in ("" matches every path). */
+function pathRegex(v: string, path: string): string {
+  return v === "" ? v : regex(v, path, pathRegexSource(v));
 }
 
 /**
@@ -602,14 +667,13 @@ export function decodeObject(raw: unknown, source?: SourceRef): DecodeResult {
   if (typeof kind !== "string") return kind;
   let key: string | undefined;
   try {
-    const meta = decodeMeta(raw, kind);
-    key = `${kind}/${meta.namespace}/${meta.name}`;
+    const meta = decodeMeta(raw, kind, (ns, name) => key = `${kind}/${ns}/${name}`);
     const object = DECODERS[kind]!(raw, meta);
     if (source) object.source = source;
     return { status: "ok", object };
   } catch (e) {
     if (!(e instanceof FieldError)) throw e;
-    const name = key ? ` ${kind} "${key.split("/").slice(1).join("/")}"` : ` ${kind}`;
+    const name = key ? ` ${kind} "${abbreviate(key.split("/").slice(1).join("/"))}"` : ` ${kind}`;
     return {
       status: "invalid",
       key,

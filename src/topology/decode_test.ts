@@ -92,6 +92,18 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       undefined,
     ],
     [
+      // Read but not a DNS label: the object's error (Kubernetes refuses it alone), so the
+      // file's other objects apply. Characters that would mislead a reader are escaped.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "Web", namespace: "t\u202e" },
+        spec: { ports: [{ port: 80 }] },
+      },
+      /^Cannot read Service "t\\u202e\/Web" in .*field "metadata\.name" expected a DNS-1035 label/,
+      "Service/t\u202e/Web",
+    ],
+    [
       {
         apiVersion: "v1",
         kind: "Service",
@@ -102,6 +114,50 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
       "Service/default/w",
     ],
     [
+      // Kubernetes: "spec.ports[1]: Duplicate value". Both were HTTP ports 80 of one Host, and
+      // the second was listed as served but never reached.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ name: "a", port: 80 }, { name: "b", port: 80 }] },
+      },
+      /field "spec\.ports\[1\]\.port" repeats port 80 \(TCP\)/,
+      "Service/default/w",
+    ],
+    [
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ name: "a", port: 80 }, { name: "a", port: 81 }] },
+      },
+      /field "spec\.ports\[1\]\.name" repeats name "a"/,
+      "Service/default/w",
+    ],
+    [
+      // YAML's `.nan`: said as NaN, not as JSON's null.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ port: NaN }] },
+      },
+      /field "spec\.ports\[0\]\.port" expected an integer from 1 to 65535, found number NaN$/,
+      "Service/default/w",
+    ],
+    [
+      // A targetPort string is a port in range or an IANA service name, as in Kubernetes.
+      {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "w" },
+        spec: { ports: [{ port: 80, targetPort: "99999" }] },
+      },
+      /field "spec\.ports\[0\]\.targetPort" expected a port from 1 to 65535 or a port name/,
+      "Service/default/w",
+    ],
+    [
       {
         apiVersion: "specs.smi-spec.io/v1alpha3",
         kind: "HTTPRouteGroup",
@@ -109,6 +165,18 @@ Deno.test("decodeObject() names the source, object and field of a bad object", (
         spec: { matches: [{ name: "a", pathRegex: "([" }] },
       },
       /field "spec\.matches\[0\]\.pathRegex"/,
+      "HTTPRouteGroup/default/g",
+    ],
+    [
+      // Valid alone, but matched as `^/(?:*)`: the prefix Traefik Mesh's PathPrefix(`/{path:*}`)
+      // stands for, which Go's regexp refuses too. Accepted, it failed every reload.
+      {
+        apiVersion: "specs.smi-spec.io/v1alpha3",
+        kind: "HTTPRouteGroup",
+        metadata: { name: "g" },
+        spec: { matches: [{ name: "a", pathRegex: "/*" }] },
+      },
+      /field "spec\.matches\[0\]\.pathRegex" is not a valid regular expression "\/\*"/,
       "HTTPRouteGroup/default/g",
     ],
     ["text", /expected a map, found string "text"/, undefined],

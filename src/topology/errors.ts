@@ -34,11 +34,18 @@ export function describeSource(source: SourceRef | undefined): string {
  * a 20,000-term annotation or a binary file must not become a 20 kB log line.
  */
 export function abbreviate(text: string, max = 80): string {
-  // Control characters (a newline in binary garbage) would break the one line.
+  // Control characters (a newline in binary garbage) would break the one line; C1 controls,
+  // line and paragraph separators and bidirectional overrides (`\u202e` in a name) would make
+  // it read as other than it is.
   const flat = text.replace(
     // deno-lint-ignore no-control-regex
-    /[\u0000-\u001f\u007f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g,
+    (c) => {
+      const code = c.charCodeAt(0);
+      return code <= 0xff
+        ? `\\x${code.toString(16).padStart(2, "0")}`
+        : `\\u${code.toString(16).padStart(4, "0")}`;
+    },
   );
   return flat.length <= max ? flat : `${flat.slice(0, max)}… (${text.length} characters)`;
 }

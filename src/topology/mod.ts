@@ -24,6 +24,7 @@ export {
   parseBreakerExpression,
 } from "./circuit_breaker.ts";
 export { decodeObject, isIpv4, isIpv6, SUPPORTED_KINDS } from "./decode.ts";
+export { LINEAR_REGEX_FLAGS, pathRegexSource, userRegex } from "./user_regex.ts";
 export type { DecodeResult } from "./decode.ts";
 export { buildTopology, TopologyCache } from "./build_topology.ts";
 export { sameJson } from "./same_json.ts";

@@ -12,9 +12,11 @@ const ROOT = new URL("../../", import.meta.url).pathname;
  * The V8 flags every launch of meshd passes (deno.json's `meshd` and `compile` tasks, the test
  * image's wrapper, `scripts/quickstart`): the pages of the config reader's thread go back to
  * the system when the thread ends, not 30 s later, and `gc()` lets meshd give back what a large
- * config change grew at once (see the README, "Memory").
+ * config change grew at once (see the README, "Memory"), and HTTPRouteGroups' regular
+ * expressions run on V8's linear-time engine (`src/topology/user_regex.ts`).
  */
-export const MESHD_V8_FLAGS = "--v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc";
+export const MESHD_V8_FLAGS =
+  "--v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc,--enable-experimental-regexp-engine";
 
 /**
  * The userspace path's permissions (`deno task meshd`). Without FFI, `--datapath auto` falls

@@ -130,7 +130,7 @@ if [ ! -f "$meshd_tar" ]; then
 #!/bin/sh
 # meshd from source: the compiled binary's equivalent in the test image (see the README).
 export DENO_DIR=/opt/meshd/deno-dir DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
-exec /usr/local/bin/deno run --quiet --cached-only --v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc --allow-all --unstable-net --unstable-worker-options \
+exec /usr/local/bin/deno run --quiet --cached-only --v8-flags=--no-memory-pool-share-memory-on-teardown,--expose-gc,--enable-experimental-regexp-engine --allow-all --unstable-net --unstable-worker-options \
   --config /opt/meshd/deno.json /opt/meshd/main.ts "$@"
 EOF
   chmod 755 "$work/app/usr/local/bin/meshd"
