@@ -1,5 +1,6 @@
 import {
   type HttpMatch,
+  identitiesAt,
   type MeshAccessRule,
   pathRegexSource,
   userRegex,
@@ -110,15 +111,35 @@ export class AccessPolicy {
   /** True when ACL is off for this port. */
   readonly open: boolean;
 
-  #identity(source: string): string | undefined {
-    return this.identities[source];
+  /**
+   * The source's ServiceAccounts: one, or several for an address Pods of more than one share
+   * (see `MeshConfig.identities`); undefined for an address no Pod has.
+   */
+  #identities(source: string): string[] | undefined {
+    const entry = this.identities[source];
+    return entry === undefined ? undefined : identitiesAt(entry);
   }
 
   /** May `source` (an IP address) open a connection or send a datagram (TCP, UDP)? */
   checkL4(source: string): AccessDecision {
     if (this.open) return ALLOW_ALL;
-    const sa = this.#identity(source);
-    if (!sa) return this.#unknown(source);
+    const sas = this.#identities(source);
+    if (!sas) return this.#unknown(source);
+    return sas.length === 1 ? this.#l4As(sas[0]!) : anyOf(source, sas.map((sa) => this.#l4As(sa)));
+  }
+
+  /** May `source` send this HTTP request? A TCPRoute rule allows any request. */
+  checkHttp(source: string, req: RequestInfo): AccessDecision {
+    if (this.open) return ALLOW_ALL;
+    const sas = this.#identities(source);
+    if (!sas) return this.#unknown(source);
+    return sas.length === 1
+      ? this.#httpAs(sas[0]!, req)
+      : anyOf(source, sas.map((sa) => this.#httpAs(sa, req)));
+  }
+
+  /** {@linkcode AccessPolicy.checkL4} for a source running as `sa`. */
+  #l4As(sa: string): AccessDecision {
     const destinations = new Set<string>();
     const rules = this.#bySource.get(sa) ?? [];
     for (const r of rules) if (r.l4) destinations.add(r.destination);
@@ -136,11 +157,8 @@ export class AccessPolicy {
     };
   }
 
-  /** May `source` send this HTTP request? A TCPRoute rule allows any request. */
-  checkHttp(source: string, req: RequestInfo): AccessDecision {
-    if (this.open) return ALLOW_ALL;
-    const sa = this.#identity(source);
-    if (!sa) return this.#unknown(source);
+  /** {@linkcode AccessPolicy.checkHttp} for a source running as `sa`. */
+  #httpAs(sa: string, req: RequestInfo): AccessDecision {
     const destinations = new Set<string>();
     const rules = this.#bySource.get(sa) ?? [];
     for (const r of rules) {
@@ -172,6 +190,25 @@ export class AccessPolicy {
         `source ${source} is not a known Pod, so no TrafficTarget can let it reach ${this.what}`,
     };
   }
+}
+
+/**
+ * The decision for an address Pods of several ServiceAccounts share: allowed to the
+ * destinations any of them may reach, else denied with each one's reason.
+ */
+function anyOf(source: string, each: AccessDecision[]): AccessDecision {
+  const destinations = new Set<string>();
+  const reasons: string[] = [];
+  for (const d of each) {
+    if (d.allowed) { for (const x of d.destinations) destinations.add(x); }
+    else reasons.push(d.reason);
+  }
+  if (destinations.size > 0) return { allowed: true, destinations };
+  return {
+    allowed: false,
+    reason: `Pods of ${each.length} ServiceAccounts share ${source}, and none may: ` +
+      reasons.join("; "),
+  };
 }
 
 /** `TrafficTarget "ns/a" names` or `TrafficTargets "ns/a", "ns/b" name`. */

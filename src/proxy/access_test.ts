@@ -435,3 +435,29 @@ for (const c of ACCESS_CASES) {
     }
   });
 }
+
+Deno.test("AccessPolicy lets in an address Pods of several ServiceAccounts share when any of them may come in, to what any may reach", () => {
+  const ids = { "192.0.2.11": "test/metrics,test/tool", "10.0.0.5": "test/metrics" };
+  const rule = (sources: string[], l4: boolean): MeshAccessRule => ({
+    trafficTarget: "test/tt",
+    destination: "test/server",
+    sources,
+    http: [match({ pathRegex: "/api" })],
+    l4,
+  });
+  const p = new AccessPolicy('port 80 of service "test/server"', [rule(["test/tool"], false)], ids);
+  const allowed = p.checkHttp("192.0.2.11", req("GET", "/api/x"));
+  assert.deepEqual(allowed, { allowed: true, destinations: new Set(["test/server"]) });
+  // Neither may: both reasons, and that the address is shared.
+  const denied = p.checkHttp("192.0.2.11", req("GET", "/other"));
+  assert.equal(denied.allowed, false);
+  assert.match(
+    (denied as { reason: string }).reason,
+    /^Pods of 2 ServiceAccounts share 192\.0\.2\.11, and none may: .*"test\/metrics".*; .*"test\/tool"/,
+  );
+  // The address of a Pod of "metrics" alone is not let in.
+  assert.equal(p.checkHttp("10.0.0.5", req("GET", "/api/x")).allowed, false);
+  const tcp = new AccessPolicy('port 9000 of service "test/db"', [rule(["test/tool"], true)], ids);
+  assert.equal(tcp.checkL4("192.0.2.11").allowed, true);
+  assert.equal(tcp.checkL4("10.0.0.5").allowed, false);
+});

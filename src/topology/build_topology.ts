@@ -191,15 +191,25 @@ function slicesByService(slices: EndpointSlice[], warn: Warn): Map<string, Endpo
   return out;
 }
 
-/** The ServiceAccount (`namespace/name`) of each Pod IP. */
+/**
+ * The ServiceAccount (`namespace/name`) of each Pod IP. An IP that running Pods of several
+ * ServiceAccounts share (hostNetwork Pods on one node) has them all, sorted and joined by `,`:
+ * a source there is let in when any of them is, as Traefik Mesh lets in each Pod IP of a
+ * TrafficTarget's sources, whatever else runs at that address.
+ */
 function podIdentities(pods: Pod[]): Record<string, string> {
-  const identities: Record<string, string> = {};
+  const byIp = new Map<string, Set<string>>();
   for (const p of [...pods].sort(compareMeta)) {
     // Only running pods own their address; a finished pod's IP may be reused.
     if (p.podIP && (p.phase === "Running" || p.phase === "Pending")) {
-      identities[p.podIP] = `${p.meta.namespace}/${p.serviceAccountName}`;
+      const sa = `${p.meta.namespace}/${p.serviceAccountName}`;
+      const at = byIp.get(p.podIP);
+      if (at) at.add(sa);
+      else byIp.set(p.podIP, new Set([sa]));
     }
   }
+  const identities: Record<string, string> = {};
+  for (const [ip, sas] of byIp) identities[ip] = [...sas].sort().join(",");
   return identities;
 }
 

@@ -210,3 +210,26 @@ Deno.test("buildTopology() with a TopologyCache gives an unchanged service as th
     else assert.equal(webOf(second), webOf(first), "without splits or ACL");
   }
 });
+
+Deno.test("buildTopology() gives an address that running Pods of several ServiceAccounts share (hostNetwork) all of them, sorted", () => {
+  const node = (name: string, sa: string, phase = "Running") => ({
+    ...POD,
+    metadata: { name, namespace: "test" },
+    spec: { serviceAccountName: sa, hostNetwork: true },
+    status: { phase, podIP: "192.0.2.11" },
+  });
+  const t = buildTopology(
+    objects(
+      node("agent", "tool"),
+      node("exporter", "metrics"),
+      node("agent-2", "tool"), // the same ServiceAccount once
+      node("done", "admin", "Succeeded"), // a finished Pod owns no address
+      POD,
+    ),
+    { acl: true },
+  );
+  assert.deepEqual(t.identities, {
+    "192.0.2.11": "test/metrics,test/tool",
+    "10.0.0.1": "test/server",
+  });
+});

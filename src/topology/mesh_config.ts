@@ -90,6 +90,15 @@ export interface MeshConfig {
   domain: string;
   acl: boolean;
   services: MeshService[];
-  /** Source address to ServiceAccount (`namespace/name`), for access control. */
+  /**
+   * Source address to ServiceAccount (`namespace/name`), for access control. Where running
+   * Pods of several ServiceAccounts share an address (hostNetwork Pods on one node), their
+   * ServiceAccounts, sorted and joined by `,` (see {@linkcode identitiesAt}).
+   */
   identities: Record<string, string>;
+}
+
+/** The ServiceAccounts an entry of {@linkcode MeshConfig.identities} names. */
+export function identitiesAt(entry: string): string[] {
+  return entry.includes(",") ? entry.split(",") : [entry];
 }
