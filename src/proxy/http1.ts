@@ -65,13 +65,28 @@ export class HttpParseError extends Error {
   }
 }
 
-/** A message head over the size limit: the proxy answers 431 (RFC 6585 §5), not 400. */
+/**
+ * A message head over the size limit, or with more fields than {@linkcode MAX_REQUEST_FIELDS}:
+ * the proxy answers 431 (RFC 6585 §5), not 400.
+ */
 export class HeadTooLargeError extends HttpParseError {
-  constructor(limit: number) {
-    super(`message head is over ${limit} bytes`);
+  constructor(limit: number, unit: "bytes" | "fields" = "bytes") {
+    super(
+      unit === "bytes"
+        ? `message head is over ${limit} bytes`
+        : `message head has more than ${limit} header fields`,
+    );
     this.name = "HeadTooLargeError";
   }
 }
+
+/**
+ * Header fields a request may have, as Envoy's and HAProxy's defaults (100, 101): within the
+ * 64 KiB head, thousands of tiny fields cost meshd a parse each, and a backend with a lower
+ * cap of its own (Node's HTTP/2 server: 128) refuses the request in a way meshd would charge
+ * to the endpoint, so a client could get a healthy endpoint ejected.
+ */
+export const MAX_REQUEST_FIELDS = 100;
 
 /** What a {@linkcode BufReader} reads a body into, at least. */
 const BODY_BUFFER = 16 * 1024;
@@ -423,9 +438,14 @@ function parseFields(lines: string[], start: number, clean: boolean): HeaderList
 /**
  * Parses a request head (request line and fields). The request line is `method SP target SP
  * HTTP/1.x` with single spaces, a token method and a target of visible ASCII (RFC 9112 §3).
+ * More than {@linkcode MAX_REQUEST_FIELDS} fields is a {@linkcode HeadTooLargeError}.
  */
 export function parseRequestHead(head: string): MessageHead {
-  return scanRequestHead(head) ?? parseRequestLines(head);
+  const req = scanRequestHead(head) ?? parseRequestLines(head);
+  if (req.headers.length > MAX_REQUEST_FIELDS) {
+    throw new HeadTooLargeError(MAX_REQUEST_FIELDS, "fields");
+  }
+  return req;
 }
 
 /** Token characters (RFC 9110 §5.6.2), by character code below 128. */

@@ -1,6 +1,6 @@
 /**
  * The status the HTTP/1 entrypoint answers a malformed head with: 431 only for a head over the
- * size limit (RFC 6585 §5), 400 for every other malformed head (RFC 9110 §15.5.1), whatever
+ * size limit or with more than 100 fields (RFC 6585 §5), 400 for every other malformed head (RFC 9110 §15.5.1), whatever
  * words the request itself holds. Driven against an in-process {@linkcode HttpProxy} that
  * routes nothing: a malformed head is refused before any routing.
  */
@@ -70,6 +70,24 @@ const CASES: { name: string; head: string; status: number }[] = [
     name: "a head over 64 KiB",
     head: `GET / HTTP/1.1\r\nHost: web.default.mesh\r\nX-Big: ${"a".repeat(70_000)}\r\n\r\n`,
     status: 431,
+  },
+  {
+    // More fields than Envoy's and HAProxy's default caps, each tiny: well within 64 KiB.
+    name: "101 header fields",
+    head: `GET / HTTP/1.1\r\nHost: web.default.mesh\r\n${"a: 1\r\n".repeat(100)}\r\n`,
+    status: 431,
+  },
+  {
+    // The same through the line-by-line parser (a tab before a value leaves the fast scan).
+    name: "101 header fields, one with a tab",
+    head: `GET / HTTP/1.1\r\nHost: web.default.mesh\r\nb:\t1\r\n${"a: 1\r\n".repeat(99)}\r\n`,
+    status: 431,
+  },
+  {
+    // 100 is the cap: parsed, then not routed (this proxy routes nothing).
+    name: "100 header fields",
+    head: `GET / HTTP/1.1\r\nHost: web.default.mesh\r\n${"a: 1\r\n".repeat(99)}\r\n`,
+    status: 404,
   },
 ];
 

@@ -39,6 +39,11 @@ export interface H2ConnectionOptions {
   maxConcurrentStreams?: number;
   /** Largest decoded header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE). Default 64 KiB. */
   maxHeaderListSize?: number;
+  /**
+   * As a server, the regular (not pseudo-) fields a request may have; more is answered 431.
+   * Default 100, as the HTTP/1 entrypoint's `MAX_REQUEST_FIELDS`.
+   */
+  maxRequestFields?: number;
   /** Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE). Default 64 KiB. */
   streamWindow?: number;
   /** Our receive window for the whole connection. Default 1 MiB. */
@@ -346,6 +351,13 @@ function checkFields(fields: Fields, response: boolean, id: number): void {
   if (response && fields[0]?.[0] !== ":status") {
     throw new H2Error("Malformed response: no :status first", ERROR.PROTOCOL_ERROR, id);
   }
+}
+
+/** The fields of a list that are not pseudo-header fields. */
+function regularFields(fields: Fields): number {
+  let n = 0;
+  for (const f of fields) if (f[0].charCodeAt(0) !== 58) n++;
+  return n;
 }
 
 /** RFC 9110 §15: a status code is three digits, 100 to 599. */
@@ -1108,7 +1120,7 @@ export class H2Connection {
     const s2 = new H2Stream(id, this, this.#peerInitialWindow);
     this.#streams.set(id, s2);
     if (end) s2.remoteEnded = true;
-    if (!fits) {
+    if (!fits || regularFields(fields) > (this.#opts.maxRequestFields ?? 100)) {
       // RFC 9113 §10.5.1: 431 for a header list over the limit.
       s2.sendHeaders([[":status", "431"]], true);
       if (!end) s2.reset(ERROR.NO_ERROR);

@@ -619,3 +619,24 @@ Deno.test("H2Connection close() sends GOAWAY NO_ERROR naming the last stream, th
     () => opened++,
   );
 });
+
+Deno.test("H2Connection answers a request of more than 100 header fields with 431, and serves 100", async () => {
+  await withServer(async (port) => {
+    const p = await RawPeer.connect(port);
+    try {
+      const fields = (n: number): [string, string][] =>
+        Array.from({ length: n }, (_, i) => [`x-f${i}`, "1"]);
+      const regular = REQUEST.filter(([k]) => !k.startsWith(":")).length;
+      await p.send((w) =>
+        w.headers(1, encodeBlock([...REQUEST, ...fields(101 - regular)]), true, 16384)
+      );
+      assert.deepEqual(await p.headers(1), [[":status", "431"]]);
+      await p.send((w) =>
+        w.headers(3, encodeBlock([...REQUEST, ...fields(100 - regular)]), true, 16384)
+      );
+      assert.deepEqual(await p.headers(3), [[":status", "200"]]);
+    } finally {
+      p.close();
+    }
+  });
+});
