@@ -135,6 +135,9 @@ const H2_DROP = new Set([
 // HTTP/1.1 fields that do not carry over to HTTP/2 (RFC 9110 §7.6.1, RFC 9113 §8.2.2).
 const H1_ONLY = new Set([...H2_DROP, "te", "trailer", "proxy-authenticate", "proxy-authorization"]);
 
+/** The interim response meshd sends an HTTP/1.1 client that expects one (see fromHttp1). */
+const CONTINUE = encodeLatin1("HTTP/1.1 100 Continue\r\n\r\n");
+
 /** How often deadlines (response timeouts, idle clients) are checked. */
 const SWEEP_MS = 50;
 /** `--stream-idle-timeout`'s default, as Envoy's `stream_idle_timeout`. */
@@ -813,7 +816,13 @@ export class H2Proxy {
   async fromHttp1(r: Http1ToH2): Promise<{ status: number; keepAlive: boolean }> {
     const { req, target } = r;
     const connTokens = headerTokens(req.headers, "connection");
-    const out = this.#h2Fields(r, connTokens);
+    // RFC 9110 §10.1.1: such a client waits for 100 Continue before it sends its body, and an
+    // h2c backend's interim responses are not passed on, so meshd answers it, as Envoy does by
+    // default (the request has passed access control by now); the backend is not asked.
+    const continued = r.framing.kind !== "none" && req.minor === 1 &&
+      getHeader(req.headers, "expect")?.toLowerCase() === "100-continue";
+    if (continued) await writeAll(r.client, CONTINUE);
+    const out = this.#h2Fields(r, connTokens, continued);
     const clientClose = connTokens.includes("close") ||
       (req.minor === 0 && !connTokens.includes("keep-alive"));
     const { value, ep } = await withRetries((ep) => this.#h1Exchange(r, ep, out, clientClose), {
@@ -831,12 +840,12 @@ export class H2Proxy {
   }
 
   /** The HTTP/2 request fields of an HTTP/1 request: pseudo-fields, then regular ones. */
-  #h2Fields(r: Http1ToH2, connTokens: string[]): Fields {
+  #h2Fields(r: Http1ToH2, connTokens: string[], continued: boolean): Fields {
     const { req } = r;
     const incoming: Fields = [];
     for (const [k, v] of req.headers) {
       const l = k.toLowerCase();
-      if (H1_ONLY.has(l) || connTokens.includes(l)) continue;
+      if (H1_ONLY.has(l) || connTokens.includes(l) || (continued && l === "expect")) continue;
       incoming.push([l, v]);
     }
     const regular = requestHeaders(incoming, r.peer, this.#via(`1.${req.minor}`));

@@ -323,6 +323,39 @@ Deno.test("h2c: an HTTP/1.1 client reaches an h2c service, with chunked body and
   }
 });
 
+Deno.test("h2c: an HTTP/1.1 client that expects 100 Continue gets it from meshd, then sends its body", async () => {
+  // An h2c backend's interim responses are not passed on: without meshd's own 100 the client
+  // waited out its own timer before its body went.
+  const a = await h2Backend("a");
+  try {
+    await withH2Proxy(greeter(a.port), async (_, port) => {
+      const client = await RawClient.connect(port);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await client.send(
+          "POST /echo HTTP/1.1\r\nHost: greeter.default.mesh\r\nContent-Length: 5\r\n" +
+            "Expect: 100-continue\r\n\r\n",
+        );
+        const interim = await Promise.race([
+          client.readBytes(25),
+          new Promise<string>((r) => timer = setTimeout(() => r("nothing within 2 s"), 2000)),
+        ]);
+        assert.equal(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+        await client.send("hello");
+        const r = await client.read();
+        assert.equal(r.status, 200);
+        assert.equal(r.body, "a:hello;");
+        assert.equal(a.seen[0]!["expect"], undefined, "the backend is not asked for another");
+      } finally {
+        clearTimeout(timer);
+        client.close();
+      }
+    });
+  } finally {
+    await a.close();
+  }
+});
+
 Deno.test("h2c: clients that vanish mid-response do not hurt the proxy or other clients", async () => {
   const a = await h2Backend("a");
   try {
