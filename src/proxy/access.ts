@@ -111,31 +111,24 @@ export class AccessPolicy {
   /** True when ACL is off for this port. */
   readonly open: boolean;
 
-  /**
-   * The source's ServiceAccounts: one, or several for an address Pods of more than one share
-   * (see `MeshConfig.identities`); undefined for an address no Pod has.
-   */
-  #identities(source: string): string[] | undefined {
-    const entry = this.identities[source];
-    return entry === undefined ? undefined : identitiesAt(entry);
-  }
-
   /** May `source` (an IP address) open a connection or send a datagram (TCP, UDP)? */
   checkL4(source: string): AccessDecision {
     if (this.open) return ALLOW_ALL;
-    const sas = this.#identities(source);
-    if (!sas) return this.#unknown(source);
-    return sas.length === 1 ? this.#l4As(sas[0]!) : anyOf(source, sas.map((sa) => this.#l4As(sa)));
+    // One ServiceAccount, or several for an address Pods of more than one share (see
+    // `MeshConfig.identities`): the common case makes no list.
+    const entry = this.identities[source];
+    if (entry === undefined) return this.#unknown(source);
+    if (!entry.includes(",")) return this.#l4As(entry);
+    return anyOf(source, identitiesAt(entry).map((sa) => this.#l4As(sa)));
   }
 
   /** May `source` send this HTTP request? A TCPRoute rule allows any request. */
   checkHttp(source: string, req: RequestInfo): AccessDecision {
     if (this.open) return ALLOW_ALL;
-    const sas = this.#identities(source);
-    if (!sas) return this.#unknown(source);
-    return sas.length === 1
-      ? this.#httpAs(sas[0]!, req)
-      : anyOf(source, sas.map((sa) => this.#httpAs(sa, req)));
+    const entry = this.identities[source];
+    if (entry === undefined) return this.#unknown(source);
+    if (!entry.includes(",")) return this.#httpAs(entry, req);
+    return anyOf(source, identitiesAt(entry).map((sa) => this.#httpAs(sa, req)));
   }
 
   /** {@linkcode AccessPolicy.checkL4} for a source running as `sa`. */
