@@ -67,7 +67,17 @@ export interface DistributionServerOptions {
    * With `partBytes`, it bounds what waits in a node's stream at once.
    */
   partsAhead?: number;
+  /**
+   * How often the leader checks that its listener still accepts connections, in ms; default
+   * {@linkcode LISTENER_CHECK_MS}. Deno's `node:net` stops accepting for good, and says
+   * nothing, after an accept fails (EMFILE once the process is out of file descriptors, as a
+   * client that opens thousands of connections makes it): a listener found stuck is bound anew.
+   */
+  listenerCheckMs?: number;
 }
+
+/** How often the listener is checked; see {@linkcode DistributionServerOptions.listenerCheckMs}. */
+export const LISTENER_CHECK_MS = 10_000;
 
 /**
  * The largest piece of an update written at once to a node that accepts parts. Each stream
@@ -133,6 +143,11 @@ export class DistributionServer {
   #server: grpc.Server;
   /** Whether {@linkcode listen} has bound a port. */
   #listening = false;
+  /** Where it listens, once bound: what the listener check connects to. */
+  #bound: { host: string; port: number } | null = null;
+  #listenerCheck: ReturnType<typeof setInterval> | null = null;
+  /** Checks in a row that found the listener not accepting. */
+  #stuckChecks = 0;
   readonly #streams = new Set<Stream>();
   readonly #nodes = new Map<string, NodeStatus>();
   readonly #appliedRefs = new Map<string, ConfigRef>();
@@ -172,6 +187,7 @@ export class DistributionServer {
       this.#server.bindAsync(`${host}:${port}`, creds, (err, bound) => {
         if (!err) {
           this.#listening = true;
+          this.#watchListener(host, bound);
           return resolve(bound);
         }
         // grpc-js keeps a failed bind and answers every later bind of the same address with
@@ -225,8 +241,69 @@ export class DistributionServer {
     return [...this.#nodes.values()].sort((a, b) => compareNames(a.node, b.node));
   }
 
+  /** Checks the listener now and then once bound (see `listenerCheckMs`). */
+  #watchListener(host: string, port: number): void {
+    this.#bound = { host, port };
+    if (this.#listenerCheck) return;
+    const every = this.#o.listenerCheckMs ?? LISTENER_CHECK_MS;
+    let checking = false;
+    this.#listenerCheck = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      void this.#checkListener(Math.min(3000, every)).finally(() => checking = false);
+    }, every);
+    Deno.unrefTimer(this.#listenerCheck);
+  }
+
+  /**
+   * Connects to the listener and sends a line no TLS server takes: one that accepts answers
+   * or closes at once; one that no longer accepts leaves the connection in its backlog. Two
+   * such checks in a row, and the port is bound anew (the nodes' streams stay open).
+   */
+  async #checkListener(timeoutMs: number): Promise<void> {
+    const b = this.#bound!;
+    const hostname = b.host === "0.0.0.0" ? "127.0.0.1" : b.host === "[::]" ? "::1" : b.host;
+    let conn: Deno.TcpConn;
+    try {
+      conn = await Deno.connect({ hostname: hostname.replace(/^\[|\]$/g, ""), port: b.port });
+    } catch {
+      return; // out of descriptors here too, or the port is gone: nothing to learn
+    }
+    let answered = true;
+    const timer = setTimeout(() => {
+      answered = false;
+      conn.close();
+    }, timeoutMs);
+    try {
+      await conn.write(new TextEncoder().encode("meshd listener check\r\n\r\n"));
+      await conn.read(new Uint8Array(512)); // an alert, the end, or a reset: all answers
+    } catch {
+      // a reset, or closed by the timer
+    } finally {
+      clearTimeout(timer);
+      try {
+        conn.close();
+      } catch { /* closed by the timer */ }
+    }
+    this.#stuckChecks = answered ? 0 : this.#stuckChecks + 1;
+    if (this.#stuckChecks >= 2) await this.#rebind(b);
+  }
+
+  async #rebind(b: { host: string; port: number }): Promise<void> {
+    this.#stuckChecks = 0;
+    this.#o.logger.warn("the config stream stopped accepting connections; listening anew", {
+      address: `${b.host}:${b.port}`,
+    });
+    this.#server.unbind(`${b.host}:${b.port}`);
+    await this.listen(b.host.replace(/^\[|\]$/g, ""), b.port).catch((e) =>
+      this.#o.logger.error("cannot listen anew for the config stream", { error: String(e) })
+    );
+  }
+
   /** Closes every stream and the listener. */
   async stop(): Promise<void> {
+    if (this.#listenerCheck) clearInterval(this.#listenerCheck);
+    this.#listenerCheck = null;
     for (const s of this.#streams) s.call.end();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {

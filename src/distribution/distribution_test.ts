@@ -521,3 +521,44 @@ Deno.test("DistributionClient applies a snapshot and a delta that come in parts"
     await server.stop();
   }
 });
+
+/** Sets this process's soft open-file limit (the hard one stays); returns the old one. */
+async function setSoftNofile(n: number): Promise<number> {
+  const cur = Number(
+    /^Max open files\s+(\d+)/m.exec(Deno.readTextFileSync("/proc/self/limits"))![1],
+  );
+  const out = await new Deno.Command("prlimit", {
+    args: ["--pid", String(Deno.pid), `--nofile=${n}:`],
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  return cur;
+}
+
+Deno.test("the leader accepts nodes again after a flood of connections exhausted its descriptors", async () => {
+  const { server, address } = await leader({ listenerCheckMs: 300 }, "127.0.74.1");
+  const port = Number(address.address.split(":")[1]);
+  server.publish(config(1), "e1");
+  const n = node("node-1", () => Promise.resolve(address));
+  let fds = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) fds++;
+  const old = await setSoftNofile(fds + 60);
+  const flood: Deno.Conn[] = [];
+  try {
+    // each connection takes a descriptor on both sides: the leader's accepts fail
+    for (let i = 0; i < 100; i++) {
+      const c = await Deno.connect({ hostname: "127.0.74.1", port }).catch(() => null);
+      if (c) flood.push(c);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  } finally {
+    for (const c of flood) c.close();
+    await setSoftNofile(old);
+  }
+  try {
+    n.client.start();
+    await waitFor("the node to get version 1", () => n.state.applied?.version === 1 || undefined);
+  } finally {
+    await n.client.stop();
+    await server.stop();
+  }
+});
