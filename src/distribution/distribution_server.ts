@@ -74,7 +74,18 @@ export interface DistributionServerOptions {
    * client that opens thousands of connections makes it): a listener found stuck is bound anew.
    */
   listenerCheckMs?: number;
+  /**
+   * Tokens checked from one client address: at most `burst` at once, then one per
+   * `everyMs`; default {@linkcode TOKEN_CHECKS}. Each check is a TokenReview on the API
+   * server, so a pod that sends Hello after Hello with made-up tokens (many streams on one
+   * connection cost it nothing) would make the leader flood the API server; over the limit it
+   * is refused without a check, and retries later as a node does.
+   */
+  tokenChecks?: { burst: number; everyMs: number };
 }
+
+/** Tokens checked from one address: see {@linkcode DistributionServerOptions.tokenChecks}. */
+export const TOKEN_CHECKS = { burst: 5, everyMs: 1000 };
 
 /** How often the listener is checked; see {@linkcode DistributionServerOptions.listenerCheckMs}. */
 export const LISTENER_CHECK_MS = 10_000;
@@ -148,6 +159,8 @@ export class DistributionServer {
   #listenerCheck: ReturnType<typeof setInterval> | null = null;
   /** Checks in a row that found the listener not accepting. */
   #stuckChecks = 0;
+  /** Token checks each client address may start now, and when that was counted. */
+  readonly #checkBudgets = new Map<string, { left: number; at: number }>();
   readonly #streams = new Set<Stream>();
   readonly #nodes = new Map<string, NodeStatus>();
   readonly #appliedRefs = new Map<string, ConfigRef>();
@@ -374,6 +387,13 @@ export class DistributionServer {
       });
       return;
     }
+    if (this.#o.authenticate && !this.#mayCheckToken(s.call)) {
+      s.call.emit("error", {
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        details: "too many tokens checked from this address; retry later",
+      });
+      return;
+    }
     const refused = this.#o.authenticate
       ? await this.#o.authenticate({ node: hello.node, token: hello.token }).catch((e) =>
         `cannot check its token: ${(e as Error).message}`
@@ -402,6 +422,27 @@ export class DistributionServer {
     });
     log.info("node connected", { node: hello.node, applied: s.applied?.version ?? 0 });
     this.#pump(s);
+  }
+
+  /** Takes one token check from the budget of `call`'s address; false when none is left. */
+  #mayCheckToken(call: Call): boolean {
+    const { burst, everyMs } = this.#o.tokenChecks ?? TOKEN_CHECKS;
+    const peer = call.getPeer();
+    const address = peer.slice(0, peer.lastIndexOf(":"));
+    const now = performance.now();
+    const b = this.#checkBudgets.get(address) ?? { left: burst, at: now };
+    b.left = Math.min(burst, b.left + (now - b.at) / everyMs);
+    b.at = now;
+    if (b.left < 1) return false;
+    b.left--;
+    this.#checkBudgets.set(address, b);
+    // A full budget needs no entry: addresses that stopped asking are forgotten.
+    if (this.#checkBudgets.size > 1024) {
+      for (const [a, o] of this.#checkBudgets) {
+        if (o.left + (now - o.at) / everyMs >= burst) this.#checkBudgets.delete(a);
+      }
+    }
+    return true;
   }
 
   #ack(s: Stream, ack: NonNullable<NodeReportMessage["ack"]>): void {

@@ -562,3 +562,24 @@ Deno.test("the leader accepts nodes again after a flood of connections exhausted
     await server.stop();
   }
 });
+
+Deno.test("Hellos with made-up tokens from one address cost a few token checks, not one each", async () => {
+  let checks = 0;
+  const { server, address } = await leader({
+    authenticate: () => {
+      checks++;
+      return Promise.resolve("its token is not valid");
+    },
+  }, "127.0.74.1");
+  const streams = Array.from({ length: 50 }, () => rawStream(address));
+  try {
+    for (const s of streams) s.hello(true);
+    const why = await Promise.all(streams.map((s) => s.ended));
+    assert.ok(checks <= 6, `${checks} token checks (TokenReviews) for 50 Hellos from one address`);
+    assert.ok(why.some((w) => /too many tokens checked/.test(w)), why.join(", "));
+    assert.ok(why.every((w) => /too many tokens|not valid/.test(w)), why.join(", "));
+  } finally {
+    for (const s of streams) s.close();
+    await server.stop();
+  }
+});
