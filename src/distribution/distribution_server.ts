@@ -82,7 +82,19 @@ export interface DistributionServerOptions {
    * is refused without a check, and retries later as a node does.
    */
   tokenChecks?: { burst: number; everyMs: number };
+  /** Time a stream has to send its Hello before it is ended; default {@linkcode HELLO_TIMEOUT_MS}. */
+  helloTimeoutMs?: number;
 }
+
+/** A node sends its Hello as it opens its stream: a stream without one by then is ended. */
+export const HELLO_TIMEOUT_MS = 10_000;
+
+/**
+ * Streams one client connection may have open at once. A node opens one; without a limit a
+ * client that never sends Hello could open thousands on one connection (5,000 cost the leader
+ * 70 MB) before any token is checked.
+ */
+export const MAX_STREAMS_PER_CONNECTION = 4;
 
 /** Tokens checked from one address: see {@linkcode DistributionServerOptions.tokenChecks}. */
 export const TOKEN_CHECKS = { burst: 5, everyMs: 1000 };
@@ -180,7 +192,7 @@ export class DistributionServer {
   }
 
   #newServer(): grpc.Server {
-    const server = new grpc.Server();
+    const server = new grpc.Server({ "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION });
     server.addService(distributionPackage().service, {
       Subscribe: (call: Call) => this.#subscribe(call),
     });
@@ -344,6 +356,7 @@ export class DistributionServer {
     this.#streams.add(s);
     const log = this.#o.logger;
     const gone = () => {
+      clearTimeout(helloTimer);
       if (!this.#streams.delete(s)) return;
       this.#waiting.delete(s);
       this.#snapshotDone(s);
@@ -352,7 +365,11 @@ export class DistributionServer {
       if (st && !this.#current(s.node!)) st.connected = false;
       if (s.node) log.info("node disconnected", { node: s.node });
     };
+    const helloTimer = setTimeout(() => {
+      call.emit("error", { code: grpc.status.DEADLINE_EXCEEDED, details: "no Hello in time" });
+    }, this.#o.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
     call.on("data", (m: NodeReportMessage) => {
+      clearTimeout(helloTimer);
       if (m.hello) void this.#hello(s, m.hello);
       else if (m.ack) this.#ack(s, m.ack);
     });

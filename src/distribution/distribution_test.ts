@@ -395,9 +395,9 @@ Deno.test("only the leader's own certificate is trusted, only a leader serves, a
  * A bare Subscribe stream to `address`, as a node of any version could open one: the test
  * writes the node's reports itself and sees every message the leader writes.
  */
-function rawStream(address: LeaderAddress) {
+function rawStream(address: LeaderAddress, shared?: grpc.Client) {
   const pkg = distributionPackage();
-  const client = new pkg.client(
+  const client = shared ?? new pkg.client(
     address.address,
     grpc.credentials.createSsl(Buffer.from(address.certPem)),
     {
@@ -429,7 +429,7 @@ function rawStream(address: LeaderAddress) {
     call.cancel();
     client.close();
   };
-  return { call, messages, ended, hello, close };
+  return { call, messages, ended, hello, close, client };
 }
 
 /** The bytes of `pieces` end to end. */
@@ -580,6 +580,30 @@ Deno.test("Hellos with made-up tokens from one address cost a few token checks, 
     assert.ok(why.every((w) => /too many tokens|not valid/.test(w)), why.join(", "));
   } finally {
     for (const s of streams) s.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a stream that sends no Hello is ended, and one connection has at most a few streams", async () => {
+  const { server, address } = await leader({ helloTimeoutMs: 1500 }, "127.0.74.1");
+  server.publish(config(1), "e1");
+  const first = rawStream(address);
+  const client = first.client;
+  const silent = [first, ...Array.from({ length: 3 }, () => rawStream(address, client))];
+  const fifth = rawStream(address, client);
+  try {
+    fifth.hello(true);
+    await new Promise((r) => setTimeout(r, 500));
+    // the four silent streams fill the connection: the fifth waits its turn
+    assert.equal(fifth.messages.length, 0, "a fifth stream on one connection was served");
+    const why = await Promise.race([
+      Promise.all(silent.map((s) => s.ended)),
+      new Promise((r) => setTimeout(() => r("still open"), 5000)),
+    ]);
+    assert.deepEqual(why, silent.map(() => "no Hello in time"));
+    await waitFor("the fifth stream's config", () => fifth.messages.length > 0 || undefined);
+  } finally {
+    for (const s of [...silent, fifth]) s.close();
     await server.stop();
   }
 });
