@@ -67,7 +67,40 @@ export interface DistributionServerOptions {
    * With `partBytes`, it bounds what waits in a node's stream at once.
    */
   partsAhead?: number;
+  /**
+   * How often the leader checks that its listener still accepts connections, in ms; default
+   * {@linkcode LISTENER_CHECK_MS}. Deno's `node:net` stops accepting for good, and says
+   * nothing, after an accept fails (EMFILE once the process is out of file descriptors, as a
+   * client that opens thousands of connections makes it): a listener found stuck is bound anew.
+   */
+  listenerCheckMs?: number;
+  /**
+   * Tokens checked from one client address: at most `burst` at once, then one per
+   * `everyMs`; default {@linkcode TOKEN_CHECKS}. Each check is a TokenReview on the API
+   * server, so a pod that sends Hello after Hello with made-up tokens (many streams on one
+   * connection cost it nothing) would make the leader flood the API server; over the limit it
+   * is refused without a check, and retries later as a node does.
+   */
+  tokenChecks?: { burst: number; everyMs: number };
+  /** Time a stream has to send its Hello before it is ended; default {@linkcode HELLO_TIMEOUT_MS}. */
+  helloTimeoutMs?: number;
 }
+
+/** A node sends its Hello as it opens its stream: a stream without one by then is ended. */
+export const HELLO_TIMEOUT_MS = 10_000;
+
+/**
+ * Streams one client connection may have open at once. A node opens one; without a limit a
+ * client that never sends Hello could open thousands on one connection (5,000 cost the leader
+ * 70 MB) before any token is checked.
+ */
+export const MAX_STREAMS_PER_CONNECTION = 4;
+
+/** Tokens checked from one address: see {@linkcode DistributionServerOptions.tokenChecks}. */
+export const TOKEN_CHECKS = { burst: 5, everyMs: 1000 };
+
+/** How often the listener is checked; see {@linkcode DistributionServerOptions.listenerCheckMs}. */
+export const LISTENER_CHECK_MS = 10_000;
 
 /**
  * The largest piece of an update written at once to a node that accepts parts. Each stream
@@ -133,6 +166,13 @@ export class DistributionServer {
   #server: grpc.Server;
   /** Whether {@linkcode listen} has bound a port. */
   #listening = false;
+  /** Where it listens, once bound: what the listener check connects to. */
+  #bound: { host: string; port: number } | null = null;
+  #listenerCheck: ReturnType<typeof setInterval> | null = null;
+  /** Checks in a row that found the listener not accepting. */
+  #stuckChecks = 0;
+  /** Token checks each client address may start now, and when that was counted. */
+  readonly #checkBudgets = new Map<string, { left: number; at: number }>();
   readonly #streams = new Set<Stream>();
   readonly #nodes = new Map<string, NodeStatus>();
   readonly #appliedRefs = new Map<string, ConfigRef>();
@@ -152,7 +192,7 @@ export class DistributionServer {
   }
 
   #newServer(): grpc.Server {
-    const server = new grpc.Server();
+    const server = new grpc.Server({ "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION });
     server.addService(distributionPackage().service, {
       Subscribe: (call: Call) => this.#subscribe(call),
     });
@@ -172,6 +212,7 @@ export class DistributionServer {
       this.#server.bindAsync(`${host}:${port}`, creds, (err, bound) => {
         if (!err) {
           this.#listening = true;
+          this.#watchListener(host, bound);
           return resolve(bound);
         }
         // grpc-js keeps a failed bind and answers every later bind of the same address with
@@ -225,8 +266,69 @@ export class DistributionServer {
     return [...this.#nodes.values()].sort((a, b) => compareNames(a.node, b.node));
   }
 
+  /** Checks the listener now and then once bound (see `listenerCheckMs`). */
+  #watchListener(host: string, port: number): void {
+    this.#bound = { host, port };
+    if (this.#listenerCheck) return;
+    const every = this.#o.listenerCheckMs ?? LISTENER_CHECK_MS;
+    let checking = false;
+    this.#listenerCheck = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      void this.#checkListener(Math.min(3000, every)).finally(() => checking = false);
+    }, every);
+    Deno.unrefTimer(this.#listenerCheck);
+  }
+
+  /**
+   * Connects to the listener and sends a line no TLS server takes: one that accepts answers
+   * or closes at once; one that no longer accepts leaves the connection in its backlog. Two
+   * such checks in a row, and the port is bound anew (the nodes' streams stay open).
+   */
+  async #checkListener(timeoutMs: number): Promise<void> {
+    const b = this.#bound!;
+    const hostname = b.host === "0.0.0.0" ? "127.0.0.1" : b.host === "[::]" ? "::1" : b.host;
+    let conn: Deno.TcpConn;
+    try {
+      conn = await Deno.connect({ hostname: hostname.replace(/^\[|\]$/g, ""), port: b.port });
+    } catch {
+      return; // out of descriptors here too, or the port is gone: nothing to learn
+    }
+    let answered = true;
+    const timer = setTimeout(() => {
+      answered = false;
+      conn.close();
+    }, timeoutMs);
+    try {
+      await conn.write(new TextEncoder().encode("meshd listener check\r\n\r\n"));
+      await conn.read(new Uint8Array(512)); // an alert, the end, or a reset: all answers
+    } catch {
+      // a reset, or closed by the timer
+    } finally {
+      clearTimeout(timer);
+      try {
+        conn.close();
+      } catch { /* closed by the timer */ }
+    }
+    this.#stuckChecks = answered ? 0 : this.#stuckChecks + 1;
+    if (this.#stuckChecks >= 2) await this.#rebind(b);
+  }
+
+  async #rebind(b: { host: string; port: number }): Promise<void> {
+    this.#stuckChecks = 0;
+    this.#o.logger.warn("the config stream stopped accepting connections; listening anew", {
+      address: `${b.host}:${b.port}`,
+    });
+    this.#server.unbind(`${b.host}:${b.port}`);
+    await this.listen(b.host.replace(/^\[|\]$/g, ""), b.port).catch((e) =>
+      this.#o.logger.error("cannot listen anew for the config stream", { error: String(e) })
+    );
+  }
+
   /** Closes every stream and the listener. */
   async stop(): Promise<void> {
+    if (this.#listenerCheck) clearInterval(this.#listenerCheck);
+    this.#listenerCheck = null;
     for (const s of this.#streams) s.call.end();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
@@ -254,6 +356,7 @@ export class DistributionServer {
     this.#streams.add(s);
     const log = this.#o.logger;
     const gone = () => {
+      clearTimeout(helloTimer);
       if (!this.#streams.delete(s)) return;
       this.#waiting.delete(s);
       this.#snapshotDone(s);
@@ -262,7 +365,11 @@ export class DistributionServer {
       if (st && !this.#current(s.node!)) st.connected = false;
       if (s.node) log.info("node disconnected", { node: s.node });
     };
+    const helloTimer = setTimeout(() => {
+      call.emit("error", { code: grpc.status.DEADLINE_EXCEEDED, details: "no Hello in time" });
+    }, this.#o.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
     call.on("data", (m: NodeReportMessage) => {
+      clearTimeout(helloTimer);
       if (m.hello) void this.#hello(s, m.hello);
       else if (m.ack) this.#ack(s, m.ack);
     });
@@ -297,6 +404,13 @@ export class DistributionServer {
       });
       return;
     }
+    if (this.#o.authenticate && !this.#mayCheckToken(s.call)) {
+      s.call.emit("error", {
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        details: "too many tokens checked from this address; retry later",
+      });
+      return;
+    }
     const refused = this.#o.authenticate
       ? await this.#o.authenticate({ node: hello.node, token: hello.token }).catch((e) =>
         `cannot check its token: ${(e as Error).message}`
@@ -325,6 +439,27 @@ export class DistributionServer {
     });
     log.info("node connected", { node: hello.node, applied: s.applied?.version ?? 0 });
     this.#pump(s);
+  }
+
+  /** Takes one token check from the budget of `call`'s address; false when none is left. */
+  #mayCheckToken(call: Call): boolean {
+    const { burst, everyMs } = this.#o.tokenChecks ?? TOKEN_CHECKS;
+    const peer = call.getPeer();
+    const address = peer.slice(0, peer.lastIndexOf(":"));
+    const now = performance.now();
+    const b = this.#checkBudgets.get(address) ?? { left: burst, at: now };
+    b.left = Math.min(burst, b.left + (now - b.at) / everyMs);
+    b.at = now;
+    if (b.left < 1) return false;
+    b.left--;
+    this.#checkBudgets.set(address, b);
+    // A full budget needs no entry: addresses that stopped asking are forgotten.
+    if (this.#checkBudgets.size > 1024) {
+      for (const [a, o] of this.#checkBudgets) {
+        if (o.left + (now - o.at) / everyMs >= burst) this.#checkBudgets.delete(a);
+      }
+    }
+    return true;
   }
 
   #ack(s: Stream, ack: NonNullable<NodeReportMessage["ack"]>): void {

@@ -395,9 +395,9 @@ Deno.test("only the leader's own certificate is trusted, only a leader serves, a
  * A bare Subscribe stream to `address`, as a node of any version could open one: the test
  * writes the node's reports itself and sees every message the leader writes.
  */
-function rawStream(address: LeaderAddress) {
+function rawStream(address: LeaderAddress, shared?: grpc.Client) {
   const pkg = distributionPackage();
-  const client = new pkg.client(
+  const client = shared ?? new pkg.client(
     address.address,
     grpc.credentials.createSsl(Buffer.from(address.certPem)),
     {
@@ -429,7 +429,7 @@ function rawStream(address: LeaderAddress) {
     call.cancel();
     client.close();
   };
-  return { call, messages, ended, hello, close };
+  return { call, messages, ended, hello, close, client };
 }
 
 /** The bytes of `pieces` end to end. */
@@ -518,6 +518,92 @@ Deno.test("DistributionClient applies a snapshot and a delta that come in parts"
     await waitFor("the node in sync", () => server.nodes()[0]?.inSync || undefined);
   } finally {
     await n.client.stop();
+    await server.stop();
+  }
+});
+
+/** Sets this process's soft open-file limit (the hard one stays); returns the old one. */
+async function setSoftNofile(n: number): Promise<number> {
+  const cur = Number(
+    /^Max open files\s+(\d+)/m.exec(Deno.readTextFileSync("/proc/self/limits"))![1],
+  );
+  const out = await new Deno.Command("prlimit", {
+    args: ["--pid", String(Deno.pid), `--nofile=${n}:`],
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  return cur;
+}
+
+Deno.test("the leader accepts nodes again after a flood of connections exhausted its descriptors", async () => {
+  const { server, address } = await leader({ listenerCheckMs: 300 }, "127.0.74.1");
+  const port = Number(address.address.split(":")[1]);
+  server.publish(config(1), "e1");
+  const n = node("node-1", () => Promise.resolve(address));
+  let fds = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) fds++;
+  const old = await setSoftNofile(fds + 60);
+  const flood: Deno.Conn[] = [];
+  try {
+    // each connection takes a descriptor on both sides: the leader's accepts fail
+    for (let i = 0; i < 100; i++) {
+      const c = await Deno.connect({ hostname: "127.0.74.1", port }).catch(() => null);
+      if (c) flood.push(c);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  } finally {
+    for (const c of flood) c.close();
+    await setSoftNofile(old);
+  }
+  try {
+    n.client.start();
+    await waitFor("the node to get version 1", () => n.state.applied?.version === 1 || undefined);
+  } finally {
+    await n.client.stop();
+    await server.stop();
+  }
+});
+
+Deno.test("Hellos with made-up tokens from one address cost a few token checks, not one each", async () => {
+  let checks = 0;
+  const { server, address } = await leader({
+    authenticate: () => {
+      checks++;
+      return Promise.resolve("its token is not valid");
+    },
+  }, "127.0.74.1");
+  const streams = Array.from({ length: 50 }, () => rawStream(address));
+  try {
+    for (const s of streams) s.hello(true);
+    const why = await Promise.all(streams.map((s) => s.ended));
+    assert.ok(checks <= 6, `${checks} token checks (TokenReviews) for 50 Hellos from one address`);
+    assert.ok(why.some((w) => /too many tokens checked/.test(w)), why.join(", "));
+    assert.ok(why.every((w) => /too many tokens|not valid/.test(w)), why.join(", "));
+  } finally {
+    for (const s of streams) s.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a stream that sends no Hello is ended, and one connection has at most a few streams", async () => {
+  const { server, address } = await leader({ helloTimeoutMs: 1500 }, "127.0.74.1");
+  server.publish(config(1), "e1");
+  const first = rawStream(address);
+  const client = first.client;
+  const silent = [first, ...Array.from({ length: 3 }, () => rawStream(address, client))];
+  const fifth = rawStream(address, client);
+  try {
+    fifth.hello(true);
+    await new Promise((r) => setTimeout(r, 500));
+    // the four silent streams fill the connection: the fifth waits its turn
+    assert.equal(fifth.messages.length, 0, "a fifth stream on one connection was served");
+    const why = await Promise.race([
+      Promise.all(silent.map((s) => s.ended)),
+      new Promise((r) => setTimeout(() => r("still open"), 5000)),
+    ]);
+    assert.deepEqual(why, silent.map(() => "no Hello in time"));
+    await waitFor("the fifth stream's config", () => fifth.messages.length > 0 || undefined);
+  } finally {
+    for (const s of [...silent, fifth]) s.close();
     await server.stop();
   }
 });

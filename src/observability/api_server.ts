@@ -1,5 +1,6 @@
 import type { Logger } from "./log.ts";
 import { METRICS_CONTENT_TYPE } from "./metrics.ts";
+import { serveSmallHttp } from "./small_http.ts";
 
 /** What the API shows; the caller owns the state and the API only reads it. */
 export interface ApiSource {
@@ -50,7 +51,8 @@ export interface ApiServer {
  * `/api/status/nodes`, `/metrics`,
  * `/healthz` and `/readyz`, or the part of it `serves` names (a health port answers
  * `/healthz` and `/readyz` alone, so the probes' port shows no config). Resolves once the port
- * is bound.
+ * is bound. One request per connection, on {@linkcode serveSmallHttp}: these ports face the
+ * node network (see there why not `Deno.serve`).
  *
  * @example
  * ```ts
@@ -117,23 +119,21 @@ export function serveApi(options: ApiOptions): Promise<ApiServer> {
     }
   };
 
-  return new Promise((resolve, reject) => {
-    try {
-      const server = Deno.serve({
-        hostname: options.hostname,
-        port: options.port,
-        ...(options.reusePort ? { reusePort: true } : {}),
-        onListen: (addr) => {
-          options.logger.info(`${name} listening`, { address: `${addr.hostname}:${addr.port}` });
-          resolve({ addr: addr as Deno.NetAddr, shutdown: () => server.shutdown() });
-        },
-        onError: (e) => {
-          options.logger.error(`${name} request failed`, { error: String(e) });
-          return text("internal error", 500);
-        },
-      }, handler);
-    } catch (e) {
-      reject(e);
-    }
+  let server: ApiServer;
+  try {
+    server = serveSmallHttp({
+      hostname: options.hostname,
+      port: options.port,
+      reusePort: options.reusePort,
+      logger: options.logger,
+      name,
+      handler,
+    });
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  options.logger.info(`${name} listening`, {
+    address: `${server.addr.hostname}:${server.addr.port}`,
   });
+  return Promise.resolve(server);
 }
