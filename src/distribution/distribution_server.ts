@@ -79,7 +79,8 @@ export interface DistributionServerOptions {
    * `everyMs`; default {@linkcode TOKEN_CHECKS}. Each check is a TokenReview on the API
    * server, so a pod that sends Hello after Hello with made-up tokens (many streams on one
    * connection cost it nothing) would make the leader flood the API server; over the limit it
-   * is refused without a check, and retries later as a node does.
+   * is refused without a check, and retries later as a node does. A token found valid gives
+   * its check back: nodes that share an address are held to `burst` checks at once only.
    */
   tokenChecks?: { burst: number; everyMs: number };
   /** Time a stream has to send its Hello before it is ended; default {@linkcode HELLO_TIMEOUT_MS}. */
@@ -421,6 +422,9 @@ export class DistributionServer {
       s.call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: refused });
       return;
     }
+    // A valid token costs its address nothing: nodes that share one (behind NAT, or many
+    // agents of one host) are held to a few checks at once, never to one a second.
+    if (this.#o.authenticate) this.#refundTokenCheck(s.call);
     s.node = hello.node;
     s.parts = hello.accepts_parts === true;
     s.applied = hello.applied_version > 0
@@ -441,11 +445,23 @@ export class DistributionServer {
     this.#pump(s);
   }
 
+  /** The client address of `call`, without its port. */
+  #addressOf(call: Call): string {
+    const peer = call.getPeer();
+    return peer.slice(0, peer.lastIndexOf(":"));
+  }
+
+  /** Gives back the check `call`'s address took, for a token found valid. */
+  #refundTokenCheck(call: Call): void {
+    const b = this.#checkBudgets.get(this.#addressOf(call));
+    const { burst } = this.#o.tokenChecks ?? TOKEN_CHECKS;
+    if (b) b.left = Math.min(burst, b.left + 1);
+  }
+
   /** Takes one token check from the budget of `call`'s address; false when none is left. */
   #mayCheckToken(call: Call): boolean {
     const { burst, everyMs } = this.#o.tokenChecks ?? TOKEN_CHECKS;
-    const peer = call.getPeer();
-    const address = peer.slice(0, peer.lastIndexOf(":"));
+    const address = this.#addressOf(call);
     const now = performance.now();
     const b = this.#checkBudgets.get(address) ?? { left: burst, at: now };
     b.left = Math.min(burst, b.left + (now - b.at) / everyMs);

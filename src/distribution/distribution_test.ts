@@ -584,6 +584,32 @@ Deno.test("Hellos with made-up tokens from one address cost a few token checks, 
   }
 });
 
+Deno.test("valid tokens from one address cost it nothing: nodes that share one are not held to a check a second", async () => {
+  let checks = 0;
+  const { server, address } = await leader({
+    authenticate: () => {
+      checks++;
+      return Promise.resolve(null);
+    },
+  }, "127.0.74.1");
+  server.publish(config(1), "e1");
+  try {
+    // One after the other, each past its check: more than the 5 a second an address may start.
+    for (let i = 0; i < 12; i++) {
+      const s = rawStream(address);
+      try {
+        s.hello(true);
+        await waitFor(`node ${i}'s config`, () => s.messages.length > 0 || undefined, 5000);
+      } finally {
+        s.close();
+      }
+    }
+    assert.equal(checks, 12);
+  } finally {
+    await server.stop();
+  }
+});
+
 Deno.test("a stream that sends no Hello is ended, and one connection has at most a few streams", async () => {
   const { server, address } = await leader({ helloTimeoutMs: 1500 }, "127.0.74.1");
   server.publish(config(1), "e1");

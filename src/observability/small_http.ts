@@ -165,7 +165,8 @@ async function answer(
   }
   let res: Response;
   try {
-    const host = `${conn.localAddr.hostname}:${conn.localAddr.port}`;
+    const h = conn.localAddr.hostname;
+    const host = `${h.includes(":") ? `[${h}]` : h}:${conn.localAddr.port}`;
     res = await o.handler(new Request(`http://${host}${target}`, { method }));
   } catch (e) {
     o.logger.error(`${o.name} request failed`, { error: String(e) });

@@ -95,3 +95,14 @@ Deno.test("serveSmallHttp over a cap closes the oldest connection, not the newes
     await s.shutdown();
   }
 });
+
+Deno.test("serveSmallHttp answers on an IPv6 address (the request's URL names it in brackets)", async () => {
+  const s = server({ hostname: "::1" });
+  try {
+    const r = await fetch(`http://[::1]:${s.addr.port}/readyz`);
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), "GET /readyz\n");
+  } finally {
+    await s.shutdown();
+  }
+});
