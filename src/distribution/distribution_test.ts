@@ -549,6 +549,8 @@ Deno.test("the leader accepts nodes again after a flood of connections exhausted
       const c = await Deno.connect({ hostname: "127.0.74.1", port }).catch(() => null);
       if (c) flood.push(c);
     }
+    // Not a wait for something to happen: the leader's event loop runs a while at the limit,
+    // so that its listener's accepts fail, which nothing reports (the stuck state to get out of).
     await new Promise((r) => setTimeout(r, 500));
   } finally {
     for (const c of flood) c.close();
@@ -617,17 +619,28 @@ Deno.test("a stream that sends no Hello is ended, and one connection has at most
   const client = first.client;
   const silent = [first, ...Array.from({ length: 3 }, () => rawStream(address, client))];
   const fifth = rawStream(address, client);
+  // When the first silent stream ended, and when the fifth got its first message, as they
+  // happen (event handlers, not the promises after them).
+  let silentEndedAt = 0;
+  let fifthServedAt = 0;
+  for (const x of silent) {
+    x.call.on("error", () => silentEndedAt ||= performance.now());
+  }
+  fifth.call.on("data", () => fifthServedAt ||= performance.now());
   try {
     fifth.hello(true);
-    await new Promise((r) => setTimeout(r, 500));
-    // the four silent streams fill the connection: the fifth waits its turn
-    assert.equal(fifth.messages.length, 0, "a fifth stream on one connection was served");
     const why = await Promise.race([
       Promise.all(silent.map((s) => s.ended)),
       new Promise((r) => setTimeout(() => r("still open"), 5000)),
     ]);
     assert.deepEqual(why, silent.map(() => "no Hello in time"));
     await waitFor("the fifth stream's config", () => fifth.messages.length > 0 || undefined);
+    // The four silent streams filled the connection: the fifth waited for one to end.
+    assert.ok(
+      fifthServedAt >= silentEndedAt,
+      `a fifth stream on one connection was served ${silentEndedAt - fifthServedAt} ms before ` +
+        "any of the four before it ended",
+    );
   } finally {
     for (const s of [...silent, fifth]) s.close();
     await server.stop();

@@ -225,13 +225,15 @@ export async function idleConnections(
   port: number,
   n: number,
   source = ATTACKER,
-): Promise<{ opened: number; close: () => void }> {
+): Promise<{ opened: number; ended: () => number; close: () => void }> {
   const sockets: net.Socket[] = [];
   let opened = 0;
+  let ended = 0;
   await Promise.all(Array.from({ length: n }, () =>
     new Promise<void>((resolve) => {
       const s = net.connect({ host: address, port, localAddress: source });
       sockets.push(s);
+      s.on("end", () => ended++); // the server closed it
       const timer = setTimeout(resolve, 5000);
       s.on("connect", () => {
         opened++;
@@ -243,7 +245,7 @@ export async function idleConnections(
         resolve();
       });
     })));
-  return { opened, close: () => sockets.forEach((s) => s.destroy()) };
+  return { opened, ended: () => ended, close: () => sockets.forEach((s) => s.destroy()) };
 }
 
 /**
