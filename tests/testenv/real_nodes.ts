@@ -317,12 +317,14 @@ export class RealNodes {
    */
   #keepLogs(): void {
     for (const n of this.nodes) {
-      const root = `${n.dir}/var-log/pods/`;
+      const root = `${n.dir}/var-log/pods`;
       for (const f of walkFiles(root)) {
         if (!f.endsWith(".log") || this.#kept.has(f)) continue;
         try {
           Deno.mkdirSync(`${n.dir}/kept-logs`, { recursive: true });
-          Deno.linkSync(f, `${n.dir}/kept-logs/${f.slice(root.length).replaceAll("/", "~")}`);
+          // `<namespace>_<pod>_<uid>/<container>/<n>.log`, its slashes as `~`.
+          const name = f.slice(root.length + 1).replaceAll("/", "~");
+          Deno.linkSync(f, `${n.dir}/kept-logs/${name}`);
           this.#kept.add(f);
         } catch { /* gone before the link, or already linked */ }
       }
